@@ -1,0 +1,266 @@
+"""The client's result types: frozen dataclasses, not protos, and never ``None`` for "missing".
+
+A :class:`ImageDetections` is what ``FashionClient.detect`` returns. It is built from the
+``fashionbox.v1.ImageDetections`` message the server sends (:meth:`ImageDetections.from_proto`),
+is immutable, and offers the few operations a caller needs to use it straight away: filters
+that return new results, a JSON-friendly dict, and drawing on the image.
+
+Usage::
+
+    result = client.detect("look.jpg")
+    for detection in result.above(0.5).with_attribute("sleeve length", "wrist-length"):
+        print(detection.category, detection.box.as_list(), detection.attribute("neckline type"))
+    result.draw("look.jpg").save("look.boxes.png")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+if TYPE_CHECKING:
+    from fashionbox.v1 import detections_pb2
+
+__all__ = [
+    "AttributeScore",
+    "BoundingBox",
+    "Detection",
+    "ImageDetections",
+    "ImageInput",
+    "ModelInfo",
+    "TensorInfo",
+]
+
+ImageInput: TypeAlias = bytes | bytearray | memoryview | str | os.PathLike[str] | Image.Image | npt.NDArray[Any]
+"""What ``detect`` and ``draw`` accept: encoded bytes, a file path (``str`` is always a path),
+a PIL image, or a numpy ``uint8`` array ``[height, width, 3]`` in RGB order."""
+
+
+def _f32(value: float) -> float:
+    """The shortest Python float that reads back as the same float32.
+
+    Scores and coordinates are float32 on the wire; widening 0.9f gives 0.8999999761581421,
+    which is the same number to the model but noise in JSON and in logs.
+    """
+    return float(str(np.float32(value)))
+
+
+@dataclass(frozen=True, slots=True)
+class BoundingBox:
+    """A box in original-image pixels after EXIF orientation; (x1, y1) top-left, (x2, y2) bottom-right."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+    @property
+    def width(self) -> float:
+        return max(0.0, self.x2 - self.x1)
+
+    @property
+    def height(self) -> float:
+        return max(0.0, self.y2 - self.y1)
+
+    @property
+    def area(self) -> float:
+        return self.width * self.height
+
+    def as_list(self) -> list[float]:
+        """``[x1, y1, x2, y2]``, the order of the BOXES tensor and of COCO-style ``xyxy`` tools."""
+        return [self.x1, self.y1, self.x2, self.y2]
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeScore:
+    """The most likely label of one attribute group, and its probability within the group."""
+
+    label: str
+    score: float
+    fashionpedia_id: int | None = None
+    """Fashionpedia attribute id of ``label``; ``None`` when built by hand without one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """One garment or accessory.
+
+    ``attributes`` maps group name (``"sleeve length"``) to its prediction, for the groups that
+    apply to the category only: a shoe has no ``"sleeve length"`` key. It is read-only.
+    """
+
+    box: BoundingBox
+    category: str
+    score: float
+    attributes: Mapping[str, AttributeScore] = field(default_factory=dict)
+    category_index: int | None = None
+    """Index of the category in the server's label map (``FashionClient.labels()``)."""
+    fashionpedia_id: int | None = None
+    """Fashionpedia category id."""
+
+    def __post_init__(self) -> None:
+        # A private copy, so the caller's dict cannot change a frozen result afterwards. A plain
+        # dict rather than a MappingProxyType, because results must pickle (process pools, caches).
+        object.__setattr__(self, "attributes", dict(self.attributes))
+
+    def attribute(self, group: str) -> str | None:
+        """The label predicted for ``group``, or ``None`` when the group does not apply."""
+        prediction = self.attributes.get(group)
+        return None if prediction is None else prediction.label
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "box": self.box.as_list(),
+            "category": self.category,
+            "score": self.score,
+            "attributes": {
+                group: {"label": prediction.label, "score": prediction.score}
+                for group, prediction in self.attributes.items()
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ImageDetections:
+    """Everything found in one image, sorted by descending score as the server sent it.
+
+    ``width`` and ``height`` are the size of the image after EXIF orientation: the frame the
+    boxes are in. Iterating yields the detections; ``len()`` counts them.
+    """
+
+    width: int
+    height: int
+    detections: tuple[Detection, ...] = ()
+    model_version: str = ""
+    model_name: str = ""
+    label_map: str = ""
+    """Name of the label map the category and attribute names come from."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detections", tuple(self.detections))
+
+    def __len__(self) -> int:
+        return len(self.detections)
+
+    def __iter__(self) -> Iterator[Detection]:
+        return iter(self.detections)
+
+    # -- filters: each returns a new result with the same image and provenance --------------
+
+    def _keep(self, detections: tuple[Detection, ...]) -> ImageDetections:
+        return ImageDetections(
+            width=self.width,
+            height=self.height,
+            detections=detections,
+            model_version=self.model_version,
+            model_name=self.model_name,
+            label_map=self.label_map,
+        )
+
+    def above(self, min_score: float) -> ImageDetections:
+        """Detections whose score is at least ``min_score``."""
+        return self._keep(tuple(d for d in self.detections if d.score >= min_score))
+
+    def with_category(self, *names: str) -> ImageDetections:
+        """Detections of any of the given categories (exact Fashionpedia names, e.g. ``"dress"``)."""
+        if not names:
+            raise TypeError("with_category() needs at least one category name")
+        wanted = frozenset(names)
+        return self._keep(tuple(d for d in self.detections if d.category in wanted))
+
+    def with_attribute(self, group: str, label: str) -> ImageDetections:
+        """Detections whose predicted ``group`` label is ``label``.
+
+        Detections of categories the group does not apply to are dropped: a shoe never matches
+        ``("sleeve length", "sleeveless")``.
+        """
+        return self._keep(tuple(d for d in self.detections if d.attribute(group) == label))
+
+    # -- conversions ---------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types: ``{"width", "height", "detections": [{"box", "category", "score", "attributes"}]}``.
+
+        ``box`` is ``[x1, y1, x2, y2]``; ``attributes`` is ``{group: {"label", "score"}}``.
+        """
+        return {
+            "width": self.width,
+            "height": self.height,
+            "detections": [d.to_dict() for d in self.detections],
+        }
+
+    def to_json(self, *, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    @classmethod
+    def from_proto(cls, message: detections_pb2.ImageDetections) -> ImageDetections:
+        """Convert the ``fashionbox.v1.ImageDetections`` message the server sends."""
+        detections = tuple(
+            Detection(
+                box=BoundingBox(_f32(d.box.x1), _f32(d.box.y1), _f32(d.box.x2), _f32(d.box.y2)),
+                category=str(d.category),
+                score=_f32(d.score),
+                attributes={
+                    str(a.group): AttributeScore(
+                        label=str(a.label), score=_f32(a.score), fashionpedia_id=int(a.fashionpedia_id)
+                    )
+                    for a in d.attributes
+                },
+                category_index=int(d.category_index),
+                fashionpedia_id=int(d.fashionpedia_id),
+            )
+            for d in message.detections
+        )
+        return cls(
+            width=int(message.width),
+            height=int(message.height),
+            detections=detections,
+            model_version=str(message.model_version),
+            model_name=str(message.model_name),
+            label_map=str(message.label_map),
+        )
+
+    def draw(self, image: ImageInput, *, show_attributes: bool = True) -> Image.Image:
+        """A copy of ``image`` with every box, its category, score and attributes drawn on it.
+
+        See :func:`fashionbox.client.draw.draw_detections`.
+        """
+        from .draw import draw_detections  # drawing needs fonts; plain detect() callers never load them
+
+        return draw_detections(image, self, show_attributes=show_attributes)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    """One input or output of the served model, as the server describes it."""
+
+    name: str
+    datatype: str
+    """KServe v2 datatype, e.g. ``"BYTES"``, ``"FP32"``."""
+    shape: tuple[int, ...]
+    """With the batch dimension when the model batches; ``-1`` is variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the server says about the served ensemble (metadata and configuration)."""
+
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    max_batch_size: int
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    """The model config's ``parameters`` (provenance from the converter), without the label map,
+    which ``FashionClient.labels()`` returns parsed."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parameters", dict(self.parameters))

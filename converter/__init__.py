@@ -1,0 +1,192 @@
+"""The converter: trained PyTorch models -> ONNX (-> TensorRT) -> a complete Triton model repository.
+
+A thin orchestrator over typed steps (``export``, ``repository``). Model families are one
+table, :data:`FAMILIES`: adding a family means adding one entry with its loader and its
+export/compare pair, not another branch::
+
+    result = convert(ConvertOptions(out=Path("artifacts/model_repository")))
+    result.repository, result.reports
+
+Model specs: ``default`` (the shipped weights) or a path to a FashionBox ``.safetensors``
+checkpoint. Nothing is downloaded and no code is executed from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from fashionbox.labels import LabelMap
+
+__all__ = ["FAMILIES", "ConvertError", "ConvertOptions", "ConvertResult", "Family", "convert", "resolve_spec"]
+
+log = logging.getLogger(__name__)
+
+Target = Literal["cpu", "gpu"]
+
+
+class ConvertError(ValueError):
+    """A bad spec, a bad combination of options, or a model that fails its checks."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to load, export and check one detector family."""
+
+    name: str
+    load_detector: Callable[[Path], tuple[Any, LabelMap]]
+    export_detector: Callable[..., Path]
+    compare_detector: Callable[..., Any]
+
+
+def _default_family() -> Family:
+    from fashionbox.converter.export import compare_detector, export_detector_onnx
+    from fashionbox.models import load_detector
+
+    return Family("fashionbox", load_detector, export_detector_onnx, compare_detector)
+
+
+FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family}
+"""Family name -> factory (lazy, so importing the converter does not import torch)."""
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    out: Path
+    detector: str = "default"
+    attributes: str = "default"
+    target: Target = "cpu"
+    opset: int = 17
+    score_threshold: float = 0.2
+    iou_threshold: float = 0.6
+    max_detections: int = 50
+    compare_samples: int = 8
+    """Generated scenes used to compare ONNX Runtime with PyTorch (plus random inputs)."""
+    tolerance: dict[str, float] = field(default_factory=lambda: {
+        "boxes": 0.05, "scores": 1e-4, "probs": 1e-4, "nms_count_mismatch": 0.0, "nms_scores": 1e-4})
+    repository_settings: dict[str, Any] = field(default_factory=dict)
+    """Overrides for ``RepositorySettings`` (instance counts, batching...)."""
+
+    def __post_init__(self) -> None:
+        if self.target not in ("cpu", "gpu"):
+            raise ConvertError(f"unknown target {self.target!r}: choose cpu or gpu")
+        if self.opset < 17:
+            raise ConvertError(f"opset {self.opset} is too old: FashionBox exports opset 17 or newer")
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    repository: Path
+    reports: dict[str, dict[str, float]]
+    manifest: dict[str, Any]
+
+
+def resolve_spec(spec: str, kind: Literal["detector", "attributes"]) -> tuple[str, Path]:
+    """``default`` | ``PATH.safetensors`` -> (family, checkpoint path)."""
+    from fashionbox.models import default_weights
+
+    if spec == "default":
+        return "fashionbox", default_weights(kind)
+    if ":" in spec and not Path(spec).exists():
+        family = spec.split(":", 1)[0]
+        raise ConvertError(f"unknown model family {family!r} in {spec!r}; known: {sorted(FAMILIES)}")
+    path = Path(spec)
+    if path.suffix != ".safetensors":
+        raise ConvertError(f"{spec!r}: expected 'default' or a .safetensors checkpoint (pickle files are refused)")
+    if not path.is_file():
+        raise ConvertError(f"checkpoint not found: {spec}")
+    return "fashionbox", path
+
+
+def _comparison_inputs(size: int, crop: int, samples: int,
+                       label_map: LabelMap) -> tuple[list[npt.NDArray[np.uint8]], list[npt.NDArray[np.uint8]]]:
+    """Random uint8 batches plus letterboxed generated scenes (and their garment crops)."""
+    from fashionbox.imaging import crop_garments
+    from fashionbox.training.data import render_sample
+
+    rng = np.random.default_rng(0)
+    scenes = [render_sample(90_000 + i, size, label_map) for i in range(samples)]
+    detector_batches = [rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8),
+                        np.stack([s.pixels for s in scenes])]
+    crops = [crop_garments(s.pixels, s.boxes, crop) for s in scenes]
+    attribute_batches = [rng.integers(0, 256, (3, crop, crop, 3), dtype=np.uint8), np.concatenate(crops)]
+    return detector_batches, attribute_batches
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    import fashionbox
+
+    return {"fashionbox": fashionbox.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+
+
+def convert(options: ConvertOptions) -> ConvertResult:
+    """Export, check, compare and write the repository; nothing is written on failure."""
+    from fashionbox.converter.export import compare_attributes, export_attributes_onnx
+    from fashionbox.converter.repository import RepositorySettings, write_repository
+    from fashionbox.models import file_sha256, load_attributes
+    from fashionbox.models.nms import NmsSettings
+
+    if options.target == "gpu":
+        raise ConvertError("--target gpu needs TensorRT engines, which this build cannot make yet; use --target cpu")
+    family_name, detector_path = resolve_spec(options.detector, "detector")
+    _, attributes_path = resolve_spec(options.attributes, "attributes")
+    family = FAMILIES[family_name]()
+    detector, label_map = family.load_detector(detector_path)
+    classifier, attribute_labels = load_attributes(attributes_path)
+    if attribute_labels.attribute_groups != label_map.attribute_groups:
+        raise ConvertError("the detector's and the attribute heads' label maps disagree on attribute groups")
+    nms = NmsSettings(score_threshold=options.score_threshold, iou_threshold=options.iou_threshold,
+                      max_per_class=options.max_detections, max_detections=options.max_detections)
+    size = detector.config.input_size
+    crop = classifier.config.crop_size
+    detector_sha, attributes_sha = file_sha256(detector_path), file_sha256(attributes_path)
+    settings = RepositorySettings(input_size=size, crop_size=crop, max_detections=options.max_detections,
+                                  model_name=family.name, model_version=f"{detector_sha[:8]}-{attributes_sha[:8]}",
+                                  **options.repository_settings)
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="fashionbox-convert-") as tmp:
+        detector_onnx = family.export_detector(detector, Path(tmp) / "detector.onnx", nms=nms, opset=options.opset)
+        attributes_onnx = export_attributes_onnx(classifier, Path(tmp) / "attributes.onnx", opset=options.opset)
+        det_batches, attr_batches = _comparison_inputs(size, crop, options.compare_samples, label_map)
+        det_report = family.compare_detector(detector, detector_onnx, det_batches, nms)
+        attr_report = compare_attributes(classifier, attributes_onnx, attr_batches)
+        for report in (det_report, attr_report):
+            log.info("%s: max abs error ONNX Runtime vs PyTorch %s over %d samples",
+                     report.model, report.max_abs_error, report.samples)
+            report.raise_if_over(options.tolerance)
+        manifest = {
+            "created_unix_s": int(started),
+            "target": options.target,
+            "family": family.name,
+            "sources": {
+                "detector": {"spec": options.detector, "sha256": detector_sha,
+                             "file": detector_path.name},
+                "attributes": {"spec": options.attributes, "sha256": attributes_sha,
+                               "file": attributes_path.name},
+            },
+            "export": {"opset": options.opset, "nms": asdict(nms), "input_size": size, "crop_size": crop,
+                       "exporter": "torch.onnx (TorchScript), dynamic batch"},
+            "comparison": {"detector": det_report.max_abs_error, "attributes": attr_report.max_abs_error,
+                           "tolerance": options.tolerance},
+            "versions": _versions(),
+        }
+        repository = write_repository(options.out, detector_onnx=detector_onnx, attributes_onnx=attributes_onnx,
+                                      label_map=label_map, settings=settings, manifest=manifest)
+    log.info("model repository written to %s in %.1f s", repository, time.time() - started)
+    return ConvertResult(repository, {"detector": det_report.max_abs_error,
+                                      "attributes": attr_report.max_abs_error}, json.loads(json.dumps(manifest)))

@@ -1,0 +1,175 @@
+"""The ``fashionbox`` command: train, convert, serve, detect, eval, synth, demo.
+
+Each subcommand imports its part lazily, so ``fashionbox detect`` works with the client
+extra alone (no torch). Reports go to stdout as tables or JSON; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fashionbox import contract
+
+__all__ = ["main"]
+
+DEFAULT_REPOSITORY = Path("artifacts/model_repository")
+
+
+def _url(text: str) -> str:
+    if ":" not in text:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return text
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from fashionbox.training.trainer import TrainSettings, train_default
+
+    settings = TrainSettings(out_dir=args.out, cache_dir=args.cache_dir, seed=args.seed, train_scenes=args.scenes,
+                             detector_steps=args.detector_steps, attribute_epochs=args.attribute_epochs,
+                             threads=args.threads, resume=args.resume)
+    written = train_default(settings, stages=tuple(args.stage or ("detector", "attributes")))
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from fashionbox.converter import ConvertOptions, convert
+
+    result = convert(ConvertOptions(out=args.out, detector=args.detector, attributes=args.attributes,
+                                    target=args.target, opset=args.opset, score_threshold=args.score_threshold,
+                                    max_detections=args.max_detections))
+    print(f"model repository: {result.repository}")
+    for model, errors in result.reports.items():
+        print(f"  {model}: max abs error ONNX Runtime vs PyTorch " +
+              ", ".join(f"{k}={v:.3g}" for k, v in errors.items()))
+    return 0
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from fashionbox.detect import detect_files
+
+    return detect_files(args.images, url=args.url, as_json=args.json, min_score=args.min_score,
+                        draw_dir=args.draw, timeout_s=args.timeout_s)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from fashionbox.evaluation import run_eval_cli
+
+    return run_eval_cli(args)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from fashionbox.synth import write_coco_dataset
+
+    path = write_coco_dataset(args.out, count=args.count, seed=args.seed, progress=True)
+    print(f"annotations: {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from fashionbox.demo import run_demo
+
+    return run_demo(args)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from fashionbox.server import serve_main
+
+    return serve_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fashionbox", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train the default detector and attribute heads on generated scenes")
+    p.add_argument("--out", type=Path, default=Path("models/weights"), help="where the .safetensors go")
+    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "fashionbox")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--scenes", type=int, default=6000, help="generated training scenes")
+    p.add_argument("--detector-steps", type=int, default=900)
+    p.add_argument("--attribute-epochs", type=int, default=6)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--stage", action="append", choices=["detector", "attributes"],
+                   help="train only this stage (repeatable); default both")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("convert", help="export to ONNX, check, and write a Triton model repository")
+    p.add_argument("--detector", default="default", help="'default' or a detector .safetensors checkpoint")
+    p.add_argument("--attributes", default="default", help="'default' or an attributes .safetensors checkpoint")
+    p.add_argument("--target", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--out", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--score-threshold", type=float, default=0.2)
+    p.add_argument("--max-detections", type=int, default=50)
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("serve", help="run the embedded Triton server on a model repository")
+    from fashionbox.server import add_serve_arguments
+
+    add_serve_arguments(p)
+    p.set_defaults(func=_cmd_serve)
+
+    default_url = f"{contract.DEFAULT_HOST}:{contract.DEFAULT_GRPC_PORT}"
+    p = sub.add_parser("detect", help="detect garments in images through the server")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--url", type=_url, default=default_url, help="gRPC HOST:PORT")
+    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    p.add_argument("--min-score", type=float, default=0.3)
+    p.add_argument("--draw", type=Path, metavar="OUT_DIR", help="write annotated pictures here")
+    p.add_argument("--timeout-s", type=float, default=30.0)
+    p.set_defaults(func=_cmd_detect)
+
+    p = sub.add_parser("eval", help="measure quality on held-out generated scenes or a COCO file")
+    p.add_argument("--url", type=_url, default=default_url)
+    p.add_argument("--reference", action="store_true", help="evaluate the in-process PyTorch reference instead")
+    p.add_argument("--images", type=int, default=200, help="number of generated held-out scenes")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--coco", type=Path, help="COCO annotation file (with --image-dir) instead of generated scenes")
+    p.add_argument("--image-dir", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("synth", help="write a generated COCO-format dataset")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--count", type=int, default=100)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("demo", help="build the repository, serve, detect sample images, short load test, stop")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--out", type=Path, default=Path("artifacts/demo"))
+    p.add_argument("--images", type=int, default=4)
+    p.add_argument("--loadtest-s", type=float, default=10.0)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the CLI reports; the library raises
+        from fashionbox.errors import user_facing
+
+        message = user_facing(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Names, dtypes and shapes of every tensor that crosses a model boundary, defined once.
+
+The converter writes ``config.pbtxt`` files from these specs, the python-backend models read
+and write tensors by these names, and the client decodes the ensemble's outputs with them.
+Shapes exclude the batch dimension (every model batches); ``-1`` is a variable dimension.
+
+Pipeline (ensemble ``fashion``)::
+
+    IMAGE ─► preprocess ─► PIXELS, IMAGE_INFO
+    PIXELS ─► detector ─► DET_BOXES, DET_SCORES, DET_CLASSES        (NMS inside the ONNX graph)
+    PIXELS, IMAGE_INFO, DET_* ─► postprocess ─► BOXES, SCORES, CATEGORIES, ATTRIBUTE_SCORES, DETECTIONS
+                                   └─ BLS: CROPS ─► attributes ─► ATTRIBUTE_PROBS
+
+``postprocess`` cuts the crops for the attribute heads and calls the ``attributes`` model
+through BLS, because the number of crops per image is known only after detection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ATTRIBUTES_MODEL",
+    "DETECTOR_MODEL",
+    "ENSEMBLE_MODEL",
+    "POSTPROCESS_MODEL",
+    "PREPROCESS_MODEL",
+    "TensorSpec",
+]
+
+ENSEMBLE_MODEL = "fashion"
+PREPROCESS_MODEL = "preprocess"
+DETECTOR_MODEL = "detector"
+ATTRIBUTES_MODEL = "attributes"
+POSTPROCESS_MODEL = "postprocess"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str  # KServe v2 datatype: "BYTES", "UINT8", "INT32", "FP32", ...
+    dims: tuple[int, ...]
+    doc: str = ""
+
+
+# -- the ensemble's public contract ------------------------------------------------------------
+
+IMAGE = TensorSpec("IMAGE", "BYTES", (1,), "one encoded image (JPEG, PNG or WebP) per batch row")
+BOXES = TensorSpec("BOXES", "FP32", (-1, 4), "x1, y1, x2, y2 in original image pixels (after EXIF rotation)")
+SCORES = TensorSpec("SCORES", "FP32", (-1,), "detection confidence in [0, 1], sorted descending")
+CATEGORIES = TensorSpec("CATEGORIES", "INT32", (-1,), "index into the label map's categories")
+ATTRIBUTE_SCORES = TensorSpec(
+    "ATTRIBUTE_SCORES",
+    "FP32",
+    (-1, -1),
+    "per detection, the softmax of every attribute group concatenated in label-map order; "
+    "groups that do not apply to the category are 0",
+)
+DETECTIONS = TensorSpec("DETECTIONS", "BYTES", (1,), "serialized fashionbox.v1.ImageDetections")
+
+ENSEMBLE_INPUTS = (IMAGE,)
+ENSEMBLE_OUTPUTS = (BOXES, SCORES, CATEGORIES, ATTRIBUTE_SCORES, DETECTIONS)
+
+# -- between composing models ---------------------------------------------------------------------
+
+# PIXELS dims are (S, S, 3); S comes from the detector checkpoint and is written into configs.
+PIXELS = TensorSpec("PIXELS", "UINT8", (-1, -1, 3), "letterboxed RGB image, HWC uint8")
+IMAGE_INFO = TensorSpec("IMAGE_INFO", "FP32", (5,), "original width, original height, scale, pad x, pad y")
+DET_BOXES = TensorSpec("DET_BOXES", "FP32", (-1, 4), "x1, y1, x2, y2 in letterbox pixels")
+DET_SCORES = TensorSpec("DET_SCORES", "FP32", (-1,), "detection confidence")
+DET_CLASSES = TensorSpec("DET_CLASSES", "INT32", (-1,), "category index")
+CROPS = TensorSpec("CROPS", "UINT8", (-1, -1, 3), "one garment crop, HWC uint8, square")
+ATTRIBUTE_PROBS = TensorSpec("ATTRIBUTE_PROBS", "FP32", (-1,), "softmax per group, concatenated")
+
+# -- inside the ONNX graphs ---------------------------------------------------------------------------
+
+ONNX_DETECTOR_INPUT = "pixels"  # uint8 [B, S, S, 3]
+ONNX_DETECTOR_BOXES = "boxes"  # float32 [B, N, 4], letterbox pixels
+ONNX_DETECTOR_SCORES = "scores"  # float32 [B, C, N]
+ONNX_DETECTOR_SELECTED = "selected"  # int64 [M, 3]: (batch, class, box) kept by NonMaxSuppression
+ONNX_ATTRIBUTES_INPUT = "crops"  # uint8 [B, C, C, 3]
+ONNX_ATTRIBUTES_OUTPUT = "probs"  # float32 [B, A]
+
+# -- files the converter writes into the repository ---------------------------------------------------
+
+LABELS_FILE = "labels.json"
+LABELS_PARAMETER = "labels_json"
+"""Key of the ensemble config parameter holding the label map JSON (clients read labels from it)."""
+MANIFEST_FILE = "manifest.json"
+
+# -- serving defaults -----------------------------------------------------------------------------------
+
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_METRICS_PORT = 8002
+DEFAULT_HOST = "127.0.0.1"

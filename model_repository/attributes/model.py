@@ -1,0 +1,52 @@
+"""Triton model ``attributes``: garment crops -> attribute probabilities, ONNX Runtime on CPU.
+
+CROPS UINT8 [C, C, 3] -> ATTRIBUTE_PROBS FP32 [A] (softmax per attribute group, concatenated in
+label-map order). Called by ``postprocess`` through BLS; the whole dynamic batch of crops runs as
+one ONNX Runtime call. Parameters: :class:`fashionbox.serving.AttributesParameters` and
+:class:`fashionbox.serving.OrtSettings`.
+"""
+
+# Bootstrap: the python backend stub ignores PYTHONPATH, so make the server's site-packages visible.
+import os
+import site
+import sys
+
+_before = list(sys.path)
+site.addsitedir(os.environ.get("FASHIONBOX_SITE_PACKAGES", ""))
+sys.path[:0] = [p for p in sys.path if p not in _before]
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from fashionbox import contract  # noqa: E402
+from fashionbox.serving import (  # noqa: E402
+    AttributesParameters,
+    InputSpec,
+    ModelArgs,
+    OnnxAttributes,
+    OrtSettings,
+    run_concatenated,
+)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.args = ModelArgs.from_backend_args(args)
+        params = AttributesParameters.from_parameters(self.args.parameters)
+        ort_settings = OrtSettings.from_parameters(self.args.parameters)
+        path = self.args.version_file(params.onnx_file)
+        self.heads = OnnxAttributes(path, ort_settings, num_attribute_labels=params.num_attribute_labels)
+        self.crops = InputSpec(contract.CROPS.name, np.uint8, (params.crop_size, params.crop_size, 3))
+        pb_utils.Logger.log_info(f"{self.args.name}: {path} {params} {ort_settings}")
+
+    def execute(self, requests):
+        return run_concatenated(
+            requests, self.crops, compute=self.heads.classify, split=self._split, model=self.args.name
+        )
+
+    @staticmethod
+    def _split(probs, part):
+        return {contract.ATTRIBUTE_PROBS.name: probs[part]}
+
+    def finalize(self):
+        self.heads = None

@@ -1,0 +1,55 @@
+"""Triton model ``detector``: letterboxed pixels -> detections, ONNX Runtime on CPU.
+
+PIXELS UINT8 [S, S, 3] -> DET_BOXES FP32 [-1, 4] (letterbox px), DET_SCORES FP32 [-1],
+DET_CLASSES INT32 [-1]. The whole dynamic batch runs as one ONNX Runtime call; NMS is inside
+the graph and :func:`fashionbox.postprocessing.gather_detections` picks the kept boxes. A request
+carrying several images gets rows padded with class -1. Parameters:
+:class:`fashionbox.serving.DetectorParameters` and :class:`fashionbox.serving.OrtSettings`.
+"""
+
+# Bootstrap: the python backend stub ignores PYTHONPATH, so make the server's site-packages visible.
+import os
+import site
+import sys
+
+_before = list(sys.path)
+site.addsitedir(os.environ.get("FASHIONBOX_SITE_PACKAGES", ""))
+sys.path[:0] = [p for p in sys.path if p not in _before]
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from fashionbox import contract  # noqa: E402
+from fashionbox.postprocessing import stack_padded  # noqa: E402
+from fashionbox.serving import (  # noqa: E402
+    DetectorParameters,
+    InputSpec,
+    ModelArgs,
+    OnnxDetector,
+    OrtSettings,
+    run_concatenated,
+)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.args = ModelArgs.from_backend_args(args)
+        params = DetectorParameters.from_parameters(self.args.parameters)
+        ort_settings = OrtSettings.from_parameters(self.args.parameters)
+        path = self.args.version_file(params.onnx_file)
+        self.detector = OnnxDetector(path, ort_settings, max_detections=params.max_detections)
+        self.pixels = InputSpec(contract.PIXELS.name, np.uint8, (params.input_size, params.input_size, 3))
+        pb_utils.Logger.log_info(f"{self.args.name}: {path} {params} {ort_settings}")
+
+    def execute(self, requests):
+        return run_concatenated(
+            requests, self.pixels, compute=self.detector.detect, split=self._split, model=self.args.name
+        )
+
+    @staticmethod
+    def _split(rows, part):
+        boxes, scores, classes = stack_padded(rows[part])
+        return {contract.DET_BOXES.name: boxes, contract.DET_SCORES.name: scores, contract.DET_CLASSES.name: classes}
+
+    def finalize(self):
+        self.detector = None

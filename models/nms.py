@@ -1,0 +1,69 @@
+"""Non-maximum suppression in PyTorch with the semantics of ONNX ``NonMaxSuppression``.
+
+The served detector runs NMS inside its ONNX graph (``NonMaxSuppression``, opset 11+, which
+TensorRT also implements); the in-process reference pipeline uses this function so the two
+can be compared detection for detection. Semantics copied from the ONNX operator spec:
+per batch and class, candidates with ``score > score_threshold`` in descending score order,
+a candidate is dropped when its IoU with a kept box is ``> iou_threshold``, at most
+``max_per_class`` kept; output rows are ``(batch, class, box)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["NmsSettings", "box_iou", "nms_onnx_semantics"]
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class NmsSettings:
+    score_threshold: float = 0.2
+    iou_threshold: float = 0.6
+    max_per_class: int = 50
+    max_detections: int = 50
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_threshold < 1.0 or not 0.0 < self.iou_threshold <= 1.0:
+            raise ValueError("thresholds must lie in [0, 1)")
+        if self.max_per_class < 1 or self.max_detections < 1:
+            raise ValueError("max_per_class and max_detections must be >= 1")
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of boxes ``a [n, 4]`` and ``b [m, 4]`` (x1, y1, x2, y2) -> ``[n, m]``."""
+    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
+    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area_a[:, None] + area_b[None, :] - inter
+    return torch.where(union > 0, inter / union, torch.zeros_like(union))
+
+
+def nms_onnx_semantics(boxes: Tensor, scores: Tensor, settings: NmsSettings) -> Tensor:
+    """``boxes [B, N, 4]``, ``scores [B, C, N]`` -> selected ``[M, 3]`` int64 (batch, class, box)."""
+    rows: list[tuple[int, int, int]] = []
+    for b in range(boxes.shape[0]):
+        for c in range(scores.shape[1]):
+            candidates = torch.nonzero(scores[b, c] > settings.score_threshold).flatten()
+            if candidates.numel() == 0:
+                continue
+            order = candidates[torch.argsort(scores[b, c, candidates], descending=True, stable=True)]
+            ious = box_iou(boxes[b, order], boxes[b, order])
+            kept: list[int] = []
+            suppressed = torch.zeros(len(order), dtype=torch.bool)
+            for i in range(len(order)):
+                if suppressed[i]:
+                    continue
+                kept.append(i)
+                if len(kept) == settings.max_per_class:
+                    break
+                suppressed |= ious[i] > settings.iou_threshold
+            rows.extend((b, c, int(order[i])) for i in kept)
+    if not rows:
+        return torch.zeros((0, 3), dtype=torch.int64)
+    return torch.tensor(rows, dtype=torch.int64)

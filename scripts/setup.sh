@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Create .venv and install FashionBox with every extra, pinned by constraints.txt.
+# Idempotent: a second run only reinstalls when pyproject.toml or constraints.txt changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+
+# The python-backend stub of the wheel's tritonserver links the system libpython3.11
+# (FIELD_NOTES); install it when missing and we are allowed to.
+if ! ldconfig -p 2>/dev/null | grep -q 'libpython3\.11\.so\.1\.0'; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing libpython3.11 for the Triton python backend ..."
+        apt-get update -qq && apt-get install -y -qq libpython3.11 >/dev/null
+    else
+        echo "warning: libpython3.11.so.1.0 not found; the Triton python backend will not start" >&2
+    fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.fashionbox-installed
+digest=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    # torch is pinned to 2.13.0 (a local CPU wheel); the constraints keep pip from pulling CUDA builds.
+    .venv/bin/python -m pip install -q -c constraints.txt -e ".[all]"
+    echo "$digest" > "$stamp"
+fi

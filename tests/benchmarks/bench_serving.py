@@ -1,0 +1,211 @@
+"""Benchmark: the served pipeline at saturation against the best in-process baseline, in one run.
+
+    .venv/bin/python tests/benchmarks/bench_serving.py [--rounds 3] [--out tests/benchmarks/results/serving.json]
+
+What it measures, on the same 1280x960 JPEGs with 2-4 garments (generated, fixed seeds):
+
+- **baseline**: the same ONNX graphs and the same Python pre/post-processing in ONNX Runtime,
+  without Triton (``InProcessPipeline.from_repository``), in several configurations (worker
+  processes x ORT threads x batch); the best one is the baseline.
+- **served**: the embedded Triton on a repository converted from the shipped weights, driven by
+  the closed-loop load generator over gRPC at several concurrencies; the best is "saturation".
+  The load generator shares the machine's cores with the server, as a client on the same host would.
+- **latency** at concurrency 1, and Triton's per-model statistics (queue, compute, batch size)
+  to show where the time goes.
+
+Rounds interleave baseline and served runs; the JSON keeps every run and the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    processes: int
+    threads: int
+    batch: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.processes} proc x {self.threads} thread, batch {self.batch}"
+
+
+BASELINE_CONFIGS = (BaselineConfig(1, 2, 1), BaselineConfig(2, 1, 1), BaselineConfig(2, 1, 4))
+
+
+def make_images(count: int) -> list[bytes]:
+    """1280x960 JPEGs (quality 90) with 2 to 4 annotated garments."""
+    from fashionbox.synth import render_scene
+
+    images: list[bytes] = []
+    seed = 500_000
+    while len(images) < count:
+        scene = render_scene(seed, size=(1280, 960))
+        seed += 1
+        if 2 <= len(scene.garments) <= 4:
+            images.append(scene.encode(format="JPEG", quality=90))
+    return images
+
+
+def _baseline_worker(repository: str, images: list[bytes], config: BaselineConfig, start: Any,
+                     duration_s: float, results: Any) -> None:
+    from fashionbox.pipeline import InProcessPipeline
+
+    pipeline = InProcessPipeline.from_repository(Path(repository), intra_op_threads=config.threads)
+    for i in range(0, 8, config.batch):  # warm-up: sessions, allocator, caches
+        pipeline.run(images[i : i + config.batch])
+    start.wait()
+    done = 0
+    i = 0
+    t_end = time.perf_counter() + duration_s
+    while time.perf_counter() < t_end:
+        batch = [images[(i + k) % len(images)] for k in range(config.batch)]
+        pipeline.run(batch)
+        done += len(batch)
+        i += config.batch
+    results.put(done)
+
+
+def run_baseline(repository: Path, images: list[bytes], config: BaselineConfig, duration_s: float) -> float:
+    context = mp.get_context("spawn")
+    start = context.Barrier(config.processes + 1)
+    results = context.Queue()
+    workers = [context.Process(target=_baseline_worker,
+                               args=(str(repository), images, config, start, duration_s, results))
+               for _ in range(config.processes)]
+    for w in workers:
+        w.start()
+    start.wait()
+    total = sum(results.get(timeout=duration_s + 120) for _ in workers)
+    for w in workers:
+        w.join()
+    return total / duration_s
+
+
+def triton_statistics(url: str) -> dict[str, dict[str, float]]:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    stats = client.get_inference_statistics(as_json=True)
+    out: dict[str, dict[str, float]] = {}
+    for model in stats.get("model_stats", []):
+        s = model["inference_stats"]
+        requests = int(s.get("success", {}).get("count", 0))
+        executions = int(model.get("execution_count", 0))
+        if not requests:
+            continue
+
+        def ms(key: str, s: dict[str, Any] = s, requests: int = requests) -> float:
+            return int(s.get(key, {}).get("ns", 0)) / requests / 1e6
+
+        out[model["name"]] = {
+            "requests": requests,
+            "executions": executions,
+            "avg_batch": float(model.get("inference_count", requests)) / max(executions, 1),
+            "queue_ms": ms("queue"),
+            "compute_input_ms": ms("compute_input"),
+            "compute_infer_ms": ms("compute_infer"),
+            "compute_output_ms": ms("compute_output"),
+            "total_ms": ms("success"),
+        }
+    client.close()
+    return out
+
+
+def run_served(url: str, images: list[bytes], concurrency: int, duration_s: float) -> dict[str, Any]:
+    from fashionbox.loadtest.closed_loop import run_closed_loop
+
+    point = asyncio.run(run_closed_loop(url, images, concurrency=concurrency, duration_s=duration_s, warmup_s=1.5))
+    return point.to_dict()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration-s", type=float, default=8.0)
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--concurrency", default="1,4,8,16")
+    parser.add_argument("--instances", default="preprocess=2,detector=2,attributes=1,postprocess=2",
+                        help="instance count per composing model")
+    parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/serving.json")
+    args = parser.parse_args(argv)
+
+    from fashionbox.converter import ConvertOptions, convert
+    from fashionbox.converter.repository import ModelScheduling
+    from fashionbox.server import ServerConfig, TritonServer, find_free_ports
+
+    instances = {k: int(v) for k, v in (item.split("=") for item in args.instances.split(","))}
+    overrides = {name: ModelScheduling(instances=count, max_batch_size=64 if name == "attributes" else 8)
+                 for name, count in instances.items()}
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    images = make_images(args.images)
+    runs: dict[str, Any] = {"baseline": {c.label: [] for c in BASELINE_CONFIGS}, "served": {}, "latency_c1": []}
+    with tempfile.TemporaryDirectory(prefix="fashionbox-bench-") as tmp:
+        repository = convert(ConvertOptions(out=Path(tmp) / "repo", repository_settings=overrides)).repository
+        grpc, http, metrics = find_free_ports(3)
+        config = ServerConfig(repository=repository, grpc_port=grpc, http_port=http, metrics_port=metrics,
+                              log_path=Path(tmp) / "tritonserver.log")
+        best_config, best_concurrency = BASELINE_CONFIGS[0], concurrencies[0]
+        for round_index in range(args.rounds):
+            # Round 1 explores every configuration; later rounds repeat only the best of each side.
+            configs = BASELINE_CONFIGS if round_index == 0 else (best_config,)
+            for c in configs:
+                rate = run_baseline(repository, images, c, args.duration_s)
+                runs["baseline"][c.label].append(rate)
+                print(f"round {round_index + 1} baseline {c.label}: {rate:.1f} images/s", flush=True)
+            best_config = max(BASELINE_CONFIGS, key=lambda c: statistics.median(runs["baseline"][c.label] or [0]))
+            with TritonServer(config) as server:
+                url = server.endpoints.grpc
+                run_served(url, images, 4, 2.0)  # warm every instance
+                levels = concurrencies if round_index == 0 else [best_concurrency]
+                for c in levels:
+                    point = run_served(url, images, c, args.duration_s)
+                    runs["served"].setdefault(str(c), []).append(point)
+                    lat = point["latency_ms"]
+                    print(f"round {round_index + 1} served c={c}: {point['throughput_rps']:.1f} images/s "
+                          f"p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms", flush=True)
+                best_concurrency = max(concurrencies, key=lambda c: statistics.median(
+                    p["throughput_rps"] for p in runs["served"].get(str(c), [{"throughput_rps": 0}])))
+                latency = run_served(url, images, 1, args.duration_s)
+                runs["latency_c1"].append(latency)
+                if round_index == args.rounds - 1:
+                    runs["triton_statistics"] = triton_statistics(url)
+
+    baseline = statistics.median(runs["baseline"][best_config.label])
+    served = statistics.median(p["throughput_rps"] for p in runs["served"][str(best_concurrency)])
+    summary = {
+        "baseline_config": best_config.label,
+        "baseline_images_per_s": round(baseline, 1),
+        "served_concurrency": best_concurrency,
+        "served_images_per_s": round(served, 1),
+        "ratio_served_to_baseline": round(served / baseline, 3),
+        "latency_c1_p50_ms": round(statistics.median(p["latency_ms"]["p50"] for p in runs["latency_c1"]), 1),
+        "latency_c1_p99_ms": round(statistics.median(p["latency_ms"]["p99"] for p in runs["latency_c1"]), 1),
+    }
+    report = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+              "machine": {"cpus": mp.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+              "instances": instances, "rounds": args.rounds, "duration_s": args.duration_s,
+              "summary": summary, "runs": runs, "unix_time": int(time.time())}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Fixtures shared by the test files: real embedded Triton servers for integration tests.
+
+``triton_server`` (session scope) is a callable that returns a *ready* ``TritonServer``::
+
+    @pytest.mark.integration
+    def test_something(triton_server, my_repository):
+        server = triton_server(my_repository)                   # or triton_server(repo, log_verbose=1)
+        client = tritonclient.grpc.InferenceServerClient(server.endpoints.grpc)
+
+Servers bind 127.0.0.1 on free ports and write their log under pytest's temporary folder. The same
+repository with the same extra ``ServerConfig`` fields gets the same running server for the whole
+session, so each test file pays for a start once; all are stopped when the session ends. Keep a
+shared server read-only in tests (no unloading models); start a private ``TritonServer`` otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fashionbox.server import PortInUseError, ServerConfig, TritonServer, find_free_ports
+
+logger = logging.getLogger(__name__)
+
+
+class TritonServers:
+    """Starts servers on demand, one per (repository, config fields), and stops them all at the end."""
+
+    # Free ports are only free until someone binds them; other test runs may share the machine.
+    _PORT_ATTEMPTS = 3
+
+    def __init__(self, log_root: Path) -> None:
+        self._log_root = log_root
+        self._servers: dict[tuple[str, str], TritonServer] = {}
+
+    def __call__(self, repository: Path, **fields: Any) -> TritonServer:
+        key = (str(Path(repository).resolve()), repr(sorted(fields.items())))
+        server = self._servers.get(key)
+        if server is not None:
+            if server.is_alive():
+                return server
+            # A test crashed or stopped it; that test fails on its own, the others get a fresh server.
+            logger.warning("shared server for %s died (log %s); starting another", repository, server.log_path)
+            server.stop(timeout_s=0)
+        server = self._start(repository, fields)
+        self._servers[key] = server
+        return server
+
+    def _start(self, repository: Path, fields: dict[str, Any]) -> TritonServer:
+        for attempt in range(1, self._PORT_ATTEMPTS + 1):
+            grpc_port, http_port, metrics_port = find_free_ports(3)
+            log_path = self._log_root / f"server-{len(self._servers)}-{attempt}.log"
+            config = ServerConfig(
+                repository=repository,
+                grpc_port=grpc_port,
+                http_port=http_port,
+                metrics_port=metrics_port,
+                log_path=log_path,
+                **fields,
+            )
+            server = TritonServer(config)
+            try:
+                server.start()
+                server.wait_until_ready()
+            except PortInUseError:
+                server.stop(timeout_s=0)
+                if attempt == self._PORT_ATTEMPTS:
+                    raise
+                continue
+            except BaseException:
+                server.stop(timeout_s=0)
+                raise
+            return server
+        raise AssertionError("unreachable")
+
+    def stop_all(self) -> None:
+        for server in self._servers.values():
+            server.stop(timeout_s=10)
+        self._servers.clear()
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServers]:
+    """``triton_server(repository, **config_fields) -> TritonServer``: a ready, shared server."""
+    servers = TritonServers(tmp_path_factory.mktemp("triton-logs"))
+    try:
+        yield servers
+    finally:
+        servers.stop_all()

@@ -1,0 +1,426 @@
+"""The embedded Triton server: configuration, command line, and the real process lifecycle."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from fashionbox.server import (
+    ConfigError,
+    PortInUseError,
+    RepositoryError,
+    ServerConfig,
+    ServerStartError,
+    TritonServer,
+    add_serve_arguments,
+    build_command,
+    config_from_arguments,
+    find_free_ports,
+)
+
+if TYPE_CHECKING:
+    from conftest import TritonServers
+
+# Verbatim from the project's model.py files: the stub ignores PYTHONPATH (see fashionbox.server).
+SITE_BOOTSTRAP = """\
+import os, site, sys
+_before = list(sys.path); site.addsitedir(os.environ.get("FASHIONBOX_SITE_PACKAGES", "")); sys.path[:0] = [p for p in sys.path if p not in _before]
+"""  # noqa: E501
+
+ECHO_MODEL = (
+    SITE_BOOTSTRAP
+    + '''
+import numpy as np
+import numpy.typing as npt
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """Returns INPUT unchanged, and the numpy version the stub imported."""
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            data = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+            version = np.array([[np.__version__.encode()]] * data.shape[0], dtype=np.object_)
+            responses.append(
+                pb_utils.InferenceResponse(
+                    [pb_utils.Tensor("OUTPUT", data), pb_utils.Tensor("NUMPY_VERSION", version)]
+                )
+            )
+        return responses
+'''
+)
+
+ECHO_CONFIG = """\
+backend: "python"
+max_batch_size: 8
+input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [
+  { name: "OUTPUT" data_type: TYPE_FP32 dims: [ -1 ] },
+  { name: "NUMPY_VERSION" data_type: TYPE_STRING dims: [ 1 ] }
+]
+instance_group [ { kind: KIND_CPU count: 1 } ]
+"""
+
+
+def write_model(repository: Path, name: str, model_py: str, config: str = ECHO_CONFIG) -> None:
+    (repository / name / "1").mkdir(parents=True)
+    (repository / name / "config.pbtxt").write_text(config)
+    (repository / name / "1" / "model.py").write_text(model_py)
+
+
+@pytest.fixture(scope="session")
+def echo_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repository = tmp_path_factory.mktemp("echo-repository")
+    write_model(repository, "echo", ECHO_MODEL)
+    return repository
+
+
+def free_port_config(repository: Path, tmp_path: Path, **fields: object) -> ServerConfig:
+    grpc_port, http_port, metrics_port = find_free_ports(3)
+    return ServerConfig(
+        repository=repository,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        metrics_port=metrics_port,
+        log_path=tmp_path / "tritonserver.log",
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def process_is_gone(pid: int) -> bool:
+    """True once ``pid`` has exited; a zombie waiting for a non-reaping init counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def live_processes_in_group(pgid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(condition: object, timeout_s: float) -> bool:
+    assert callable(condition)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return bool(condition())
+
+
+def non_loopback_ipv4() -> str | None:
+    """A local non-loopback address, found by routing a UDP socket (which sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("198.51.100.1", 9))
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+# -- configuration (no server) -------------------------------------------------------------------
+
+
+def test_config_rejects_a_port_out_of_range(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="grpc_port"):
+        ServerConfig(repository=tmp_path, grpc_port=70000)
+
+
+def test_config_rejects_the_same_port_twice(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="must differ"):
+        ServerConfig(repository=tmp_path, grpc_port=9000, http_port=9000)
+
+
+def test_config_rejects_extra_args_that_set_a_managed_flag(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--grpc-address"):
+        ServerConfig(repository=tmp_path, extra_args=("--grpc-address=0.0.0.0",))
+
+
+def test_config_rejects_models_to_load_outside_explicit_mode(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="explicit"):
+        ServerConfig(repository=tmp_path, load_models=("echo",))
+
+
+def test_from_env_reads_prefixed_variables_and_parses_booleans_explicitly() -> None:
+    config = ServerConfig.from_env(
+        environ={
+            "FASHIONBOX_REPOSITORY": "/models",
+            "FASHIONBOX_GRPC_PORT": "9001",
+            "FASHIONBOX_STRICT_READINESS": "false",
+            "FASHIONBOX_MODEL_CONTROL_MODE": "explicit",
+            "FASHIONBOX_LOAD_MODELS": "echo, fashion",
+            "FASHIONBOX_TRITON_ARGS": "--grpc-keepalive-time=10000 --log-info=false",
+        }
+    )
+    assert config == ServerConfig(
+        repository=Path("/models"),
+        grpc_port=9001,
+        strict_readiness=False,
+        model_control_mode="explicit",
+        load_models=("echo", "fashion"),
+        extra_args=("--grpc-keepalive-time=10000", "--log-info=false"),
+    )
+
+
+def test_from_env_rejects_an_unclear_boolean() -> None:
+    with pytest.raises(ConfigError, match="FASHIONBOX_STRICT_READINESS"):
+        ServerConfig.from_env(environ={"FASHIONBOX_REPOSITORY": "/m", "FASHIONBOX_STRICT_READINESS": "nope"})
+
+
+def test_from_env_needs_a_repository() -> None:
+    with pytest.raises(ConfigError, match="FASHIONBOX_REPOSITORY"):
+        ServerConfig.from_env(environ={})
+
+
+def test_serve_flags_win_over_the_environment() -> None:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    args = parser.parse_args(["--http-port", "9100", "--log-verbose", "--triton-arg=--log-info=false"])
+    config = config_from_arguments(
+        args,
+        environ={"FASHIONBOX_REPOSITORY": "/models", "FASHIONBOX_HTTP_PORT": "9000", "FASHIONBOX_GRPC_PORT": "9001"},
+    )
+    assert (config.repository, config.grpc_port, config.http_port) == (Path("/models"), 9001, 9100)
+    assert config.log_verbose == 1
+    assert config.extra_args == ("--log-info=false",)
+
+
+def test_command_binds_every_service_to_the_configured_host_only(tmp_path: Path) -> None:
+    config = ServerConfig(repository=tmp_path, grpc_port=9001, http_port=9000, metrics_port=9002)
+    command = build_command(config, binary=Path("/bin/tritonserver"), backend_directory=Path("/backends"))
+    for service in ("grpc", "http", "metrics"):
+        assert f"--{service}-address=127.0.0.1" in command
+    assert "--grpc-port=9001" in command
+    assert f"--model-repository={tmp_path.resolve()}" in command
+
+
+# -- start-up checks (no server process) ---------------------------------------------------------
+
+
+def test_a_missing_repository_raises_repository_error(tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError, match="does not exist"):
+        TritonServer(free_port_config(tmp_path / "nowhere", tmp_path)).start()
+
+
+def test_an_empty_repository_raises_repository_error(tmp_path: Path) -> None:
+    (tmp_path / "repository").mkdir()
+    with pytest.raises(RepositoryError, match="holds no model"):
+        TritonServer(free_port_config(tmp_path / "repository", tmp_path)).start()
+
+
+def test_a_taken_port_raises_port_in_use_error_naming_the_port(echo_repository: Path, tmp_path: Path) -> None:
+    config = free_port_config(echo_repository, tmp_path)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", config.http_port))
+        squatter.listen()
+        server = TritonServer(config)
+        with pytest.raises(PortInUseError, match=f"port {config.http_port} \\(http\\).*--http-port") as caught:
+            server.start()
+    assert caught.value.port == config.http_port
+    assert server.pid is None  # refused before starting anything
+
+
+# -- a real server -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def echo_server(triton_server: TritonServers, echo_repository: Path) -> TritonServer:
+    return triton_server(echo_repository)
+
+
+@pytest.fixture
+def grpc_client(echo_server: TritonServer) -> Iterator[object]:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(echo_server.endpoints.grpc)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def infer_echo(client: object, data: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    import tritonclient.grpc as grpcclient
+
+    tensor = grpcclient.InferInput("INPUT", list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data)
+    result = client.infer("echo", [tensor])  # type: ignore[attr-defined]
+    output, version = result.as_numpy("OUTPUT"), result.as_numpy("NUMPY_VERSION")
+    assert output is not None and version is not None, "a requested output is missing"
+    return output, version
+
+
+@pytest.mark.integration
+def test_server_answers_grpc_inference(grpc_client: object) -> None:
+    data = np.arange(6, dtype=np.float32).reshape(2, 3)
+    output, _ = infer_echo(grpc_client, data)
+    np.testing.assert_array_equal(output, data)
+
+
+@pytest.mark.integration
+def test_python_backend_model_sees_numpy_1_and_returns_non_empty_outputs(grpc_client: object) -> None:
+    output, version = infer_echo(grpc_client, np.ones((1, 4), dtype=np.float32))
+    assert output.size == 4  # numpy 2 in the stub empties outputs silently (FIELD_NOTES)
+    stub_numpy = version[0, 0].decode()
+    assert stub_numpy.split(".")[0] == "1", f"the stub imported numpy {stub_numpy}"
+
+
+@pytest.mark.integration
+def test_server_listens_on_loopback_only(echo_server: TritonServer) -> None:
+    for service in ("grpc", "http", "metrics"):
+        assert f"--{service}-address=127.0.0.1" in echo_server.command
+    port = echo_server.config.grpc_port
+    socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    address = non_loopback_ipv4()
+    if address is None:
+        pytest.skip("no non-loopback IPv4 address on this machine")
+    with pytest.raises(OSError):
+        socket.create_connection((address, port), timeout=2).close()
+
+
+@pytest.mark.integration
+def test_log_file_holds_the_server_output(echo_server: TritonServer) -> None:
+    assert echo_server.log_path is not None
+    log = echo_server.log_path.read_text()
+    assert f"Started GRPCInferenceService at 127.0.0.1:{echo_server.config.grpc_port}" in log
+    assert "successfully loaded 'echo'" in log
+
+
+@pytest.mark.integration
+def test_stop_ends_the_server_gracefully(echo_repository: Path, tmp_path: Path) -> None:
+    with TritonServer(free_port_config(echo_repository, tmp_path)) as server:
+        pid = server.pid
+        assert pid is not None and server.is_alive()
+        started = time.monotonic()
+    assert time.monotonic() - started < 10
+    assert server.returncode == 0
+    assert process_is_gone(pid)
+    assert live_processes_in_group(pid) == []  # the python-backend stubs too
+
+
+SLEEPY_FINALIZE_MODEL = (
+    ECHO_MODEL
+    + """
+    def finalize(self):
+        import time
+        time.sleep(120)  # holds up unloading, so a graceful stop cannot finish
+"""
+)
+
+
+@pytest.mark.integration
+def test_stop_kills_a_server_that_does_not_exit_within_the_timeout(tmp_path: Path) -> None:
+    repository = tmp_path / "repository"
+    write_model(repository, "sleepy", SLEEPY_FINALIZE_MODEL)
+    server = TritonServer(free_port_config(repository, tmp_path))
+    with server:
+        pid = server.pid
+        assert pid is not None
+        started = time.monotonic()
+        server.stop(timeout_s=1.0)
+        took_s = time.monotonic() - started
+    assert took_s < 3.0
+    assert server.returncode == -signal.SIGKILL
+    assert process_is_gone(pid)
+    assert live_processes_in_group(pid) == []
+
+
+BROKEN_MODEL = (
+    SITE_BOOTSTRAP
+    + """
+class TritonPythonModel:
+    def initialize(self, args):
+        raise RuntimeError("this model refuses to load")
+"""
+)
+
+
+@pytest.mark.integration
+def test_a_server_that_exits_early_fails_fast_with_the_log_tail(tmp_path: Path) -> None:
+    repository = tmp_path / "repository"
+    write_model(repository, "broken", BROKEN_MODEL)
+    server = TritonServer(free_port_config(repository, tmp_path, startup_timeout_s=60.0))
+    server.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(ServerStartError, match="this model refuses to load") as caught:
+            server.wait_until_ready()
+        assert time.monotonic() - started < 20  # far below startup_timeout_s: it noticed the exit
+        assert "refuses to load" in caught.value.log_tail
+        assert not server.is_alive()
+    finally:
+        server.stop(timeout_s=5)
+
+
+# -- the CLI in a child process ------------------------------------------------------------------
+
+
+def spawn_serve(repository: Path, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """Run ``python -m fashionbox.server`` and wait for its ready banner; returns (process, server pid, output)."""
+    grpc_port, http_port, metrics_port = find_free_ports(3)
+    output = tmp_path / "serve.out"
+    args = [
+        *("--repository", str(repository), "--log-file", str(tmp_path / "tritonserver.log")),
+        *("--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port)),
+    ]
+    with open(output, "wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fashionbox.server", *args], stdout=sink, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        text = output.read_text()
+        if "ready (pid " in text:
+            server_pid = int(text.split("ready (pid ", 1)[1].split(")", 1)[0])
+            return process, server_pid, output
+        time.sleep(0.1)
+    process.kill()
+    process.wait()
+    raise AssertionError(f"serve did not become ready:\n{output.read_text()}")
+
+
+@pytest.mark.integration
+def test_serve_stops_cleanly_on_sigterm(echo_repository: Path, tmp_path: Path) -> None:
+    process, server_pid, output = spawn_serve(echo_repository, tmp_path)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0, output.read_text()
+    assert process_is_gone(server_pid)
+    assert "gRPC     127.0.0.1:" in output.read_text()
+
+
+@pytest.mark.integration
+def test_tritonserver_dies_when_its_parent_is_killed(echo_repository: Path, tmp_path: Path) -> None:
+    process, server_pid, _ = spawn_serve(echo_repository, tmp_path)
+    assert not process_is_gone(server_pid)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    assert wait_for(lambda: process_is_gone(server_pid), timeout_s=5), "tritonserver outlived its parent"
+    # The stubs are not our children; they notice the server is gone and exit by themselves.
+    assert wait_for(lambda: live_processes_in_group(server_pid) == [], timeout_s=15), "stubs outlived the server"

@@ -1,0 +1,437 @@
+"""fashionbox.serving: parameters, ONNX runners and per-request error handling, without a server.
+
+``triton_python_backend_utils`` exists only inside Triton's python stub; these tests put a small
+fake of it in ``sys.modules`` so the response logic runs in-process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from onnx_standins import DetectorStandIn, write_attributes, write_detector
+
+from fashionbox import contract
+from fashionbox.labels import default_label_map
+from fashionbox.serving import (
+    AttributesParameters,
+    DetectorParameters,
+    ErrorCode,
+    InputSpec,
+    ModelArgs,
+    OnnxAttributes,
+    OnnxDetector,
+    OrtSettings,
+    ParameterError,
+    Parameters,
+    PostprocessParameters,
+    PreprocessParameters,
+    RequestError,
+    call_model_chunked,
+    respond_each,
+    run_concatenated,
+    safe_relative_path,
+)
+
+LABELS = default_label_map()
+
+
+# -- parameters --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "value"), [("true", True), ("False", False), ("0", False), (" yes ", True)])
+def test_booleans_parse_explicitly(text: str, value: bool) -> None:
+    assert Parameters({"flag": text}).boolean("flag") is value
+
+
+def test_a_boolean_that_is_not_one_is_refused_with_the_model_and_parameter_named() -> None:
+    with pytest.raises(ParameterError, match="model 'detector': parameter 'allow_spinning' must be true or false"):
+        Parameters({"allow_spinning": "maybe"}, model_name="detector").boolean("allow_spinning", True)
+
+
+def test_missing_required_and_malformed_integers_are_refused() -> None:
+    params = Parameters({"input_size": "big"})
+    with pytest.raises(ParameterError, match="must be an integer"):
+        params.integer("input_size")
+    with pytest.raises(ParameterError, match="required"):
+        params.integer("crop_size")
+    with pytest.raises(ParameterError, match="at least 1"):
+        Parameters({"n": "0"}).integer("n", minimum=1)
+
+
+def test_parameters_read_the_triton_model_config_layout() -> None:
+    config = {"name": "m", "parameters": {"input_size": {"string_value": "320"}}}
+
+    assert Parameters.from_model_config(config).integer("input_size") == 320
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        OrtSettings(intra_op_threads=2, inter_op_threads=1, allow_spinning=False),
+        PreprocessParameters(input_size=320, max_image_bytes=1000, max_pixels=2000),
+        DetectorParameters(input_size=320, max_detections=7, onnx_file="x.onnx"),
+        AttributesParameters(crop_size=96, num_attribute_labels=15),
+        PostprocessParameters(input_size=320, crop_size=96, attributes_max_batch_size=64, model_version="v1"),
+    ],
+)
+def test_every_parameter_set_round_trips_through_config_strings(value: Any) -> None:
+    written = value.to_parameters()
+
+    assert all(isinstance(v, str) for v in written.values())
+    assert type(value).from_parameters(Parameters(written)) == value
+
+
+def test_parameter_defaults_apply_when_the_config_leaves_them_out() -> None:
+    assert OrtSettings.from_parameters(Parameters({})) == OrtSettings(1, 1, True)
+    assert DetectorParameters.from_parameters(Parameters({"input_size": "64"})).onnx_file == "model.onnx"
+
+
+def test_parameter_sets_refuse_non_positive_integers() -> None:
+    with pytest.raises(ValueError, match="input_size must be at least 1"):
+        DetectorParameters(input_size=0)
+
+
+@pytest.mark.parametrize("bad", ["../model.onnx", "/etc/passwd", "a/../../b", "", "."])
+def test_files_outside_the_version_folder_are_refused(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(ParameterError):
+        safe_relative_path(tmp_path, bad)
+
+
+def test_model_args_locate_the_version_folder_and_the_label_map(tmp_path: Path) -> None:
+    LABELS.save(tmp_path / contract.LABELS_FILE)
+    args = ModelArgs.from_backend_args(
+        {
+            "model_config": json.dumps({"name": "detector", "max_batch_size": 8}),
+            "model_version": "1",
+            "model_repository": str(tmp_path / "detector"),
+            "model_name": "detector",
+        }
+    )
+
+    assert args.version_file("model.onnx") == tmp_path / "detector" / "1" / "model.onnx"
+    assert args.label_map() == LABELS
+    assert args.max_batch_size() == 8
+
+
+# -- ONNX runners ------------------------------------------------------------------------------
+
+
+def test_onnx_detector_returns_sorted_detections_per_image(tmp_path: Path) -> None:
+    spec = DetectorStandIn.default(input_size=32, num_categories=LABELS.num_categories)
+    detector = OnnxDetector(write_detector(tmp_path / "d.onnx", spec), OrtSettings(), max_detections=3)
+
+    rows = detector.detect(np.zeros((2, 32, 32, 3), np.uint8))
+
+    assert [len(r) for r in rows] == [3, 3]
+    assert np.all(np.diff(rows[0].scores) <= 0)
+
+
+def test_onnx_attributes_refuse_heads_of_another_width(tmp_path: Path) -> None:
+    path = write_attributes(tmp_path / "a.onnx", crop_size=8, group_sizes=(2, 3))
+    heads = OnnxAttributes(path, OrtSettings(), num_attribute_labels=4)
+
+    with pytest.raises(ValueError, match="expected"):
+        heads.classify(np.zeros((1, 8, 8, 3), np.uint8))
+
+
+def test_an_onnx_graph_without_the_contract_tensors_fails_to_load(tmp_path: Path) -> None:
+    path = write_attributes(tmp_path / "a.onnx", crop_size=8, group_sizes=(2, 2))
+
+    with pytest.raises(ValueError, match="does not follow the FashionBox ONNX contract"):
+        OnnxDetector(path, OrtSettings(), max_detections=1)
+
+
+# -- per-request responses ---------------------------------------------------------------------------
+
+
+class _FakeTensor:
+    def __init__(self, name: str, array: NDArray[Any]) -> None:
+        self._name, self._array = name, array
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> NDArray[Any]:
+        return self._array
+
+
+class _FakeError:
+    INVALID_ARG, INTERNAL, UNAVAILABLE = "INVALID_ARG", "INTERNAL", "UNAVAILABLE"
+
+    def __init__(self, message: str, code: str) -> None:
+        self.text, self.code = message, code
+
+
+class _FakeResponse:
+    def __init__(self, output_tensors: list[_FakeTensor] | None = None, error: _FakeError | None = None) -> None:
+        self.outputs = {t.name(): t.as_numpy() for t in output_tensors or []}
+        self.error = error
+
+
+class _FakeBlsResponse:
+    def __init__(self, outputs: dict[str, NDArray[Any]] | None = None, error: str | None = None) -> None:
+        self.tensors = {name: _FakeTensor(name, value) for name, value in (outputs or {}).items()}
+        self._error = error
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> Any:
+        return types.SimpleNamespace(message=lambda: self._error)
+
+
+BlsHandler = Callable[[str, dict[str, NDArray[Any]]], _FakeBlsResponse]
+
+
+class _FakePbUtils(types.ModuleType):
+    """Just enough of triton_python_backend_utils for the glue code; BLS calls go to ``bls``."""
+
+    Tensor = _FakeTensor
+    TritonError = _FakeError
+    InferenceResponse = _FakeResponse
+    Logger = types.SimpleNamespace(log_info=lambda message: None, log_warn=lambda message: None)
+
+    def __init__(self) -> None:
+        super().__init__("triton_python_backend_utils")
+        self.bls_calls: list[tuple[str, dict[str, NDArray[Any]]]] = []
+        self.bls: BlsHandler = lambda model, inputs: _FakeBlsResponse(error="no BLS handler in this test")
+        fake = self
+
+        class InferenceRequest:
+            def __init__(self, *, model_name: str, requested_output_names: list[str], inputs: list[_FakeTensor]):
+                self.model_name = model_name
+                self.inputs = {t.name(): t.as_numpy() for t in inputs}
+
+            def exec(self) -> _FakeBlsResponse:
+                fake.bls_calls.append((self.model_name, self.inputs))
+                return fake.bls(self.model_name, self.inputs)
+
+        self.InferenceRequest = InferenceRequest
+
+    @staticmethod
+    def get_input_tensor_by_name(request: dict[str, _FakeTensor], name: str) -> _FakeTensor | None:
+        return request.get(name)
+
+    @staticmethod
+    def get_output_tensor_by_name(response: _FakeBlsResponse, name: str) -> _FakeTensor | None:
+        return response.tensors.get(name)
+
+
+@pytest.fixture
+def fake_pb_utils(monkeypatch: pytest.MonkeyPatch) -> Iterator[_FakePbUtils]:
+    module = _FakePbUtils()
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", module)
+    yield module
+
+
+def _request(name: str, array: NDArray[Any]) -> dict[str, _FakeTensor]:
+    return {name: _FakeTensor(name, array)}
+
+
+SPEC = InputSpec("X", np.float32, (2,))
+
+
+@pytest.mark.usefixtures("fake_pb_utils")
+def test_a_malformed_request_fails_alone_and_the_others_share_one_compute() -> None:
+    calls: list[NDArray[Any]] = []
+
+    def compute(batch: NDArray[Any]) -> NDArray[Any]:
+        calls.append(batch)
+        return batch * 2
+
+    requests = [
+        _request("X", np.ones((1, 2), np.float32)),
+        _request("X", np.ones((1, 3), np.float32)),  # wrong shape
+        _request("X", np.full((2, 2), 3, np.float32)),
+        {},  # input missing
+    ]
+
+    responses = run_concatenated(requests, SPEC, compute=compute, split=lambda r, s: {"Y": r[s]}, model="m")
+
+    assert len(calls) == 1 and calls[0].shape == (3, 2)
+    np.testing.assert_array_equal(responses[0].outputs["Y"], [[2, 2]])
+    np.testing.assert_array_equal(responses[2].outputs["Y"], [[6, 6], [6, 6]])
+    assert responses[1].error.code == "INVALID_ARG"
+    assert "must have shape [batch, 2], got [1, 3]" in responses[1].error.text
+    assert responses[3].error.code == "INVALID_ARG" and "missing" in responses[3].error.text
+
+
+@pytest.mark.usefixtures("fake_pb_utils")
+def test_a_failed_compute_fails_every_request_in_it_as_internal() -> None:
+    def compute(batch: NDArray[Any]) -> NDArray[Any]:
+        raise RuntimeError("out of memory")
+
+    requests = [_request("X", np.ones((1, 2), np.float32)), _request("X", np.ones((1, 2), np.int32))]
+
+    responses = run_concatenated(requests, SPEC, compute=compute, split=lambda r, s: {}, model="m")
+
+    assert responses[0].error.code == "INTERNAL" and "out of memory" in responses[0].error.text
+    assert responses[1].error.code == "INVALID_ARG" and "float32" in responses[1].error.text
+
+
+@pytest.mark.usefixtures("fake_pb_utils")
+def test_respond_each_turns_request_errors_into_their_own_codes() -> None:
+    def handle(request: dict[str, Any]) -> dict[str, NDArray[Any]]:
+        if "bad" in request:
+            raise RequestError("not an image", ErrorCode.INVALID_ARG)
+        if "bug" in request:
+            raise KeyError("oops")
+        return {"Y": np.zeros(1)}
+
+    responses = respond_each([{}, {"bad": 1}, {"bug": 1}], handle, model="m")
+
+    assert responses[0].error is None
+    assert (responses[1].error.code, responses[1].error.text) == ("INVALID_ARG", "not an image")
+    assert responses[2].error.code == "INTERNAL" and "KeyError" in responses[2].error.text
+
+
+# -- BLS and the postprocess model, offline ------------------------------------------------------------
+
+
+def test_a_bls_call_is_split_into_chunks_and_a_failed_chunk_is_reported_not_raised(
+    fake_pb_utils: _FakePbUtils,
+) -> None:
+    def bls(model: str, inputs: dict[str, NDArray[Any]]) -> _FakeBlsResponse:
+        crops = inputs["CROPS"]
+        if crops[0, 0, 0, 0] == 4:
+            return _FakeBlsResponse(error="instance crashed")
+        return _FakeBlsResponse({"ATTRIBUTE_PROBS": crops[:, 0, 0, :2].astype(np.float32)})
+
+    fake_pb_utils.bls = bls
+    crops = np.arange(6, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+
+    chunks = call_model_chunked(
+        "attributes", input_name="CROPS", output_name="ATTRIBUTE_PROBS", array=crops, max_batch_size=4
+    )
+
+    assert [c.rows for c in chunks] == [slice(0, 4), slice(4, 6)]
+    assert chunks[0].output is not None and chunks[0].output[:, 0].tolist() == [0, 1, 2, 3]
+    assert chunks[1].output is None and chunks[1].error is not None
+    assert chunks[1].error.code is ErrorCode.INTERNAL
+    assert "model 'attributes' failed: instance crashed" in chunks[1].error.message
+
+
+POST_SETTINGS = {"input_size": 32, "crop_size": 8, "attributes_max_batch_size": 4}
+
+
+def _load_model(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Import ``model_repository/<name>/model.py`` and initialize it as Triton would."""
+    import sysconfig
+
+    from google.protobuf import json_format
+
+    # The model's bootstrap edits sys.path; give it a copy that the test restores afterwards.
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("FASHIONBOX_SITE_PACKAGES", sysconfig.get_paths()["purelib"])
+
+    from fashionbox.converter.repository import ModelScheduling, RepositorySettings, model_configs
+
+    settings = RepositorySettings(
+        input_size=POST_SETTINGS["input_size"],
+        crop_size=POST_SETTINGS["crop_size"],
+        attributes=ModelScheduling(max_batch_size=POST_SETTINGS["attributes_max_batch_size"]),
+        model_version="offline",
+    )
+    config = model_configs(settings, LABELS)[name]
+    LABELS.save(tmp_path / contract.LABELS_FILE)
+    source = Path(__file__).resolve().parents[1] / "model_repository" / name / "model.py"
+    spec = importlib.util.spec_from_file_location(f"fashionbox_offline_{name}_model", source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.TritonPythonModel()
+    model.initialize(
+        {
+            "model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
+            "model_version": "1",
+            "model_repository": str(tmp_path / name),
+            "model_name": name,
+        }
+    )
+    return model
+
+
+def _post_request(num_detections: int) -> dict[str, _FakeTensor]:
+    s = POST_SETTINGS["input_size"]
+    boxes = np.tile(np.array([4, 4, 20, 28], np.float32), (1, num_detections, 1))
+    arrays = {
+        "PIXELS": np.zeros((1, s, s, 3), np.uint8),
+        "IMAGE_INFO": np.array([[64, 64, 0.5, 0, 0]], np.float32),  # a 64x64 image at scale 0.5
+        "DET_BOXES": boxes,
+        "DET_SCORES": np.linspace(0.9, 0.5, num_detections, dtype=np.float32)[None],
+        "DET_CLASSES": np.zeros((1, num_detections), np.int32),
+    }
+    return {name: _FakeTensor(name, value) for name, value in arrays.items()}
+
+
+def test_postprocess_fails_only_the_requests_whose_crops_were_in_a_failed_bls_chunk(
+    fake_pb_utils: _FakePbUtils, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = LABELS.num_attribute_labels
+    calls = []
+
+    def bls(model: str, inputs: dict[str, NDArray[Any]]) -> _FakeBlsResponse:
+        calls.append(len(inputs["CROPS"]))
+        if len(calls) == 2:
+            return _FakeBlsResponse(error="out of memory")
+        return _FakeBlsResponse({"ATTRIBUTE_PROBS": np.full((len(inputs["CROPS"]), a), 0.5, np.float32)})
+
+    fake_pb_utils.bls = bls
+    model = _load_model("postprocess", tmp_path, monkeypatch)
+
+    # crops 0-2 belong to request 0, 3-5 to request 2: chunk [0, 4) succeeds, chunk [4, 6) fails
+    responses = model.execute([_post_request(3), _post_request(0), _post_request(3)])
+
+    assert calls == [4, 2]  # one logical call for the whole batch, in chunks of max_batch_size
+    assert responses[0].error is None and responses[1].error is None
+    np.testing.assert_allclose(responses[0].outputs["BOXES"][0, 0], [8, 8, 40, 56])
+    assert responses[0].outputs["ATTRIBUTE_SCORES"].shape == (1, 3, a)
+    assert responses[1].outputs["BOXES"].shape == (1, 0, 4)
+    assert responses[2].error.code == "INTERNAL"
+    assert "attributes" in responses[2].error.text and "out of memory" in responses[2].error.text
+
+
+def test_postprocess_makes_no_bls_call_when_nothing_was_detected(
+    fake_pb_utils: _FakePbUtils, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _load_model("postprocess", tmp_path, monkeypatch)
+
+    responses = model.execute([_post_request(0), _post_request(0)])
+
+    assert fake_pb_utils.bls_calls == []
+    assert all(r.error is None for r in responses)
+    assert responses[0].outputs["DETECTIONS"].shape == (1, 1)
+
+
+@pytest.mark.usefixtures("fake_pb_utils")
+def test_preprocess_answers_a_corrupt_image_alone_with_invalid_arg(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 32), (10, 20, 30)).save(buffer, format="PNG")
+    good = {"IMAGE": _FakeTensor("IMAGE", np.array([[buffer.getvalue()]], dtype=np.object_))}
+    bad = {"IMAGE": _FakeTensor("IMAGE", np.array([[b"GIF89a nonsense"]], dtype=np.object_))}
+    model = _load_model("preprocess", tmp_path, monkeypatch)
+
+    responses = model.execute([good, bad, good])
+
+    size = POST_SETTINGS["input_size"]
+    for response in (responses[0], responses[2]):
+        assert response.error is None
+        assert response.outputs["PIXELS"].shape == (1, size, size, 3)
+        np.testing.assert_allclose(response.outputs["IMAGE_INFO"], [[64, 32, 0.5, 0, 8]])
+    assert responses[1].error.code == "INVALID_ARG"
+    assert "not a JPEG, PNG or WebP image" in responses[1].error.text
