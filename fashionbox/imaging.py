@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 PAD_VALUE = 114
-"""Grey used to pad the letterbox (and crops that reach past the image)."""
+"""Grey used to pad the letterbox (and the crop of a box with no area inside the image)."""
 
 CROP_MARGIN = 0.08
 """Context kept around a garment box on each side, as a fraction of the box size."""

@@ -72,6 +72,12 @@ class LabelMap:
             unknown = set(category.groups) - group_names
             if unknown:
                 raise LabelMapError(f"category {category.name!r} names unknown groups {sorted(unknown)}")
+        taxonomy = _TaxonomyIndex.shared()
+        for category in self.categories:
+            known = taxonomy.known_category_id(category.name)
+            if known is not None and known != category.fashionpedia_id:
+                raise LabelMapError(f"category {category.name!r} has Fashionpedia id {known}, "
+                                    f"not {category.fashionpedia_id}")
         for group in self.attribute_groups:
             if len(group.labels) < 2 or len(group.labels) != len(group.fashionpedia_ids):
                 raise LabelMapError(f"attribute group {group.name!r} needs at least two labels with ids")
@@ -107,8 +113,11 @@ class LabelMap:
         raise LabelMapError(f"unknown attribute group {name!r}; known: {list(self.group_names)}")
 
     def groups_for(self, category: str | int) -> tuple[str, ...]:
-        index = category if isinstance(category, int) else self.category_index(category)
-        return self.categories[index].groups
+        if isinstance(category, int):
+            if not 0 <= category < len(self.categories):
+                raise LabelMapError(f"category index {category} outside [0, {len(self.categories)})")
+            return self.categories[category].groups
+        return self.categories[self.category_index(category)].groups
 
     @cached_property
     def group_offsets(self) -> tuple[tuple[str, int, int], ...]:
@@ -227,6 +236,11 @@ class _TaxonomyIndex:
         if name not in self._categories:
             raise LabelMapError(f"{name!r} is not a Fashionpedia category")
         return int(self._categories[name]["id"])
+
+    def known_category_id(self, name: str) -> int | None:
+        """The taxonomy's id for ``name``, or ``None`` for a label outside Fashionpedia."""
+        entry = self._categories.get(name)
+        return None if entry is None else int(entry["id"])
 
     def category_supercategory(self, name: str) -> str:
         self.category_id(name)

@@ -58,6 +58,12 @@ class DetectorConfig:
             raise ValueError(f"input_size {self.input_size} must be a multiple of {max(self.strides)}")
         if len(self.level_ranges) != len(self.strides):
             raise ValueError("level_ranges needs one entry per stride")
+        produced, stride = [], 2  # the stem halves the input
+        for _, _, _, stage_stride in self.stages:
+            stride *= stage_stride
+            produced.append(stride)
+        if tuple(produced[-len(self.strides):]) != self.strides:
+            raise ValueError(f"strides {self.strides} do not match the backbone's last stages {produced}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

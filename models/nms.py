@@ -27,7 +27,7 @@ class NmsSettings:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score_threshold < 1.0 or not 0.0 < self.iou_threshold <= 1.0:
-            raise ValueError("thresholds must lie in [0, 1)")
+            raise ValueError("score_threshold must lie in [0, 1) and iou_threshold in (0, 1]")
         if self.max_per_class < 1 or self.max_detections < 1:
             raise ValueError("max_per_class and max_detections must be >= 1")
 

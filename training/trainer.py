@@ -115,7 +115,7 @@ def train_detector(settings: TrainSettings, cache: SceneCache, label_map: LabelM
         loss.total.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
-        progress.set_postfix(loss=f"{float(loss.total):.3f}", cls=f"{float(loss.classification):.3f}",
+        progress.set_postfix(loss=f"{float(loss.total.detach()):.3f}", cls=f"{float(loss.classification):.3f}",
                              box=f"{float(loss.box):.3f}")
         if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.detector_steps:
             save_checkpoint(path, model, kind="detector", config_json=config.to_json(), label_map=label_map,
@@ -176,7 +176,7 @@ def train_attributes(settings: TrainSettings, cache: SceneCache, label_map: Labe
             optimizer.step()
             step += 1
             progress.update(1)
-            progress.set_postfix(loss=f"{float(loss):.3f}")
+            progress.set_postfix(loss=f"{float(loss.detach()):.3f}")  # type: ignore[union-attr]
     progress.close()
     path = settings.out_dir / "attributes.safetensors"
     save_checkpoint(path, model.eval(), kind="attributes", config_json=config.to_json(), label_map=label_map,

@@ -10,9 +10,11 @@ import os
 import site
 import sys
 
-_before = list(sys.path)
-site.addsitedir(os.environ.get("FASHIONBOX_SITE_PACKAGES", ""))
-sys.path[:0] = [p for p in sys.path if p not in _before]
+_site_packages = os.environ.get("FASHIONBOX_SITE_PACKAGES")  # set by `fashionbox serve`; unset in containers
+if _site_packages:
+    _before = list(sys.path)
+    site.addsitedir(_site_packages)  # processes .pth files, so editable installs resolve too
+    sys.path[:0] = [p for p in sys.path if p not in _before]
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402

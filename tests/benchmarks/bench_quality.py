@@ -1,0 +1,79 @@
+"""Quality and fidelity of the served pipeline on held-out generated scenes, written to a file.
+
+    .venv/bin/python tests/benchmarks/bench_quality.py [--images 200] [--seed 7]
+
+Converts the shipped weights, serves them on the embedded Triton, sends the held-out scenes
+through gRPC, runs the same scenes through the in-process PyTorch reference, and records:
+COCO bbox mAP / mAP@.5 and attribute accuracy for both, and the served-vs-reference fidelity
+report (detections compared one to one, boxes within 0.5 px, threshold ties counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/quality.json")
+    args = parser.parse_args(argv)
+
+    from fashionbox import contract
+    from fashionbox.client import FashionClient
+    from fashionbox.converter import ConvertOptions, convert
+    from fashionbox.evaluation import Prediction, compare_fidelity, evaluate, heldout_samples, predictions_from_result
+    from fashionbox.pipeline import InProcessPipeline
+    from fashionbox.server import ServerConfig, TritonServer, find_free_ports
+
+    samples = heldout_samples(args.images, args.seed)
+    with tempfile.TemporaryDirectory(prefix="fashionbox-quality-") as tmp:
+        repository = convert(ConvertOptions(out=Path(tmp) / "repo")).repository
+        manifest = json.loads((repository / contract.MANIFEST_FILE).read_text())
+        threshold = float(manifest["export"]["nms"]["score_threshold"])
+        grpc, http, metrics = find_free_ports(3)
+        config = ServerConfig(repository=repository, grpc_port=grpc, http_port=http, metrics_port=metrics,
+                              log_path=Path(tmp) / "tritonserver.log")
+        with TritonServer(config) as server, FashionClient(server.endpoints.grpc) as client:
+            label_map = client.labels()
+            served = []
+            for sample in samples:
+                result = client.detect(sample.data)
+                served.append([Prediction(tuple(d.box.as_list()), d.category, d.score,  # type: ignore[arg-type]
+                                          {g: a.label for g, a in d.attributes.items()},
+                                          {g: a.score for g, a in d.attributes.items()}) for d in result.detections])
+    reference_pipeline = InProcessPipeline.torch_reference(score_threshold=threshold)
+    reference = []
+    for sample in samples:
+        (result,) = reference_pipeline.run([sample.data])
+        if isinstance(result, Exception):
+            raise result
+        reference.append(predictions_from_result(result, reference_pipeline.label_map))
+    fidelity = compare_fidelity(served, reference, score_threshold=threshold)
+    report = {
+        "command": " ".join(["tests/benchmarks/bench_quality.py", *(argv or sys.argv[1:])]),
+        "images": args.images,
+        "seed": args.seed,
+        "weights": manifest["sources"],
+        "served": evaluate(samples, served, label_map),
+        "reference": evaluate(samples, reference, label_map),
+        "fidelity": {**dataclasses.asdict(fidelity), "identical": fidelity.identical},
+        "unix_time": int(time.time()),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("served", "reference", "fidelity")}, indent=2))
+    return 0 if fidelity.identical else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
