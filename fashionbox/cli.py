@@ -77,6 +77,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _cmd_loadtest(args: argparse.Namespace) -> int:
+    from fashionbox.loadtest.cli import loadtest_main
+
+    return loadtest_main(args)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from fashionbox.loadtest.cli import tune_main
+
+    return tune_main(args)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from fashionbox.server import serve_main
 
@@ -92,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("models/weights"), help="where the .safetensors go")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "fashionbox")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--scenes", type=int, default=6000, help="generated training scenes")
-    p.add_argument("--detector-steps", type=int, default=900)
+    p.add_argument("--scenes", type=int, default=8000, help="generated training scenes")
+    p.add_argument("--detector-steps", type=int, default=1000)
     p.add_argument("--attribute-epochs", type=int, default=6)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--stage", action="append", choices=["detector", "attributes"],
@@ -150,6 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--loadtest-s", type=float, default=10.0)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("loadtest", help="measure throughput, latency percentiles and capacity against servers")
+    from fashionbox.loadtest.cli import add_loadtest_arguments
+
+    add_loadtest_arguments(p)
+    p.set_defaults(func=_cmd_loadtest)
+
+    p = sub.add_parser("tune", help="search dynamic batching and instance counts under a p99 SLO")
+    from fashionbox.loadtest.cli import add_tune_arguments
+
+    add_tune_arguments(p)
+    p.set_defaults(func=_cmd_tune)
     return parser
 
 
