@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from fashionbox import contract
 from fashionbox.labels import LabelMap
 
 __all__ = ["FAMILIES", "ConvertError", "ConvertOptions", "ConvertResult", "Family", "convert", "resolve_spec"]
@@ -67,9 +68,9 @@ class ConvertOptions:
     attributes: str = "default"
     target: Target = "cpu"
     opset: int = 17
-    score_threshold: float = 0.2
-    iou_threshold: float = 0.6
-    max_detections: int = 50
+    score_threshold: float = contract.DEFAULT_SCORE_THRESHOLD
+    iou_threshold: float = contract.DEFAULT_IOU_THRESHOLD
+    max_detections: int = contract.DEFAULT_MAX_DETECTIONS
     compare_samples: int = 8
     """Generated scenes used to compare ONNX Runtime with PyTorch (plus random inputs)."""
     tolerance: dict[str, float] = field(default_factory=lambda: {

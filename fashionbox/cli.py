@@ -119,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--out", type=Path, default=DEFAULT_REPOSITORY)
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--score-threshold", type=float, default=0.2)
-    p.add_argument("--max-detections", type=int, default=50)
+    p.add_argument("--score-threshold", type=float, default=contract.DEFAULT_SCORE_THRESHOLD)
+    p.add_argument("--max-detections", type=int, default=contract.DEFAULT_MAX_DETECTIONS)
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("serve", help="run the embedded Triton server on a model repository")

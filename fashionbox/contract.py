@@ -90,6 +90,12 @@ MANIFEST_FILE = "manifest.json"
 
 # -- serving defaults -----------------------------------------------------------------------------------
 
+DEFAULT_SCORE_THRESHOLD = 0.3
+"""Detections scoring at or below this are dropped inside the detector graph (NMS input)."""
+DEFAULT_IOU_THRESHOLD = 0.6
+DEFAULT_MAX_DETECTIONS = 50
+"""Per image, after NMS (also the NMS cap per class)."""
+
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_METRICS_PORT = 8002

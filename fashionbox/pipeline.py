@@ -77,8 +77,10 @@ class InProcessPipeline:
 
     @classmethod
     def torch_reference(cls, detector_path: Path | None = None, attributes_path: Path | None = None, *,
-                        score_threshold: float = 0.2, iou_threshold: float = 0.6,
-                        max_detections: int = 50, threads: int | None = None) -> InProcessPipeline:
+                        score_threshold: float = contract.DEFAULT_SCORE_THRESHOLD,
+                        iou_threshold: float = contract.DEFAULT_IOU_THRESHOLD,
+                        max_detections: int = contract.DEFAULT_MAX_DETECTIONS,
+                        threads: int | None = None) -> InProcessPipeline:
         import torch
 
         from fashionbox.models import default_weights, load_attributes, load_detector

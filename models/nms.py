@@ -17,13 +17,15 @@ __all__ = ["NmsSettings", "box_iou", "nms_onnx_semantics"]
 
 from dataclasses import dataclass
 
+from fashionbox import contract
+
 
 @dataclass(frozen=True)
 class NmsSettings:
-    score_threshold: float = 0.2
-    iou_threshold: float = 0.6
-    max_per_class: int = 50
-    max_detections: int = 50
+    score_threshold: float = contract.DEFAULT_SCORE_THRESHOLD
+    iou_threshold: float = contract.DEFAULT_IOU_THRESHOLD
+    max_per_class: int = contract.DEFAULT_MAX_DETECTIONS
+    max_detections: int = contract.DEFAULT_MAX_DETECTIONS
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score_threshold < 1.0 or not 0.0 < self.iou_threshold <= 1.0:

@@ -19,7 +19,6 @@ Rounds interleave baseline and served runs; the JSON keeps every run and the med
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing as mp
 import platform
@@ -62,8 +61,9 @@ def make_images(count: int) -> list[bytes]:
     return images
 
 
-def _baseline_worker(repository: str, images: list[bytes], config: BaselineConfig, start: Any,
-                     duration_s: float, results: Any) -> None:
+def _baseline_worker(
+    repository: str, images: list[bytes], config: BaselineConfig, start: Any, duration_s: float, results: Any
+) -> None:
     from fashionbox.pipeline import InProcessPipeline
 
     pipeline = InProcessPipeline.from_repository(Path(repository), intra_op_threads=config.threads)
@@ -85,9 +85,10 @@ def run_baseline(repository: Path, images: list[bytes], config: BaselineConfig, 
     context = mp.get_context("spawn")
     start = context.Barrier(config.processes + 1)
     results = context.Queue()
-    workers = [context.Process(target=_baseline_worker,
-                               args=(str(repository), images, config, start, duration_s, results))
-               for _ in range(config.processes)]
+    workers = [
+        context.Process(target=_baseline_worker, args=(str(repository), images, config, start, duration_s, results))
+        for _ in range(config.processes)
+    ]
     for w in workers:
         w.start()
     start.wait()
@@ -128,10 +129,19 @@ def triton_statistics(url: str) -> dict[str, dict[str, float]]:
 
 
 def run_served(url: str, images: list[bytes], concurrency: int, duration_s: float) -> dict[str, Any]:
-    from fashionbox.loadtest.closed_loop import run_closed_loop
+    from fashionbox.loadtest import measure_concurrency
 
-    point = asyncio.run(run_closed_loop(url, images, concurrency=concurrency, duration_s=duration_s, warmup_s=1.5))
-    return point.to_dict()
+    # The load generator shares the cores with the server; its CPU per request is part of
+    # where the time goes. Process CPU time covers warm-up too, so it is prorated to the window.
+    warmup_s = 1.5
+    cpu_before = time.process_time()
+    point = measure_concurrency(
+        url, images, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s, metrics="none"
+    )
+    cpu_ms = (time.process_time() - cpu_before) * 1000.0 * duration_s / (duration_s + warmup_s)
+    result = point.as_dict()
+    result["client_cpu_ms_per_request"] = round(cpu_ms / max(1, int(result.get("requests", 0))), 2)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=8.0)
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--concurrency", default="1,4,8,16")
-    parser.add_argument("--instances", default="preprocess=2,detector=2,attributes=1,postprocess=2",
-                        help="instance count per composing model")
+    parser.add_argument(
+        "--instances",
+        default="preprocess=2,detector=2,attributes=1,postprocess=2",
+        help="instance count per composing model",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/serving.json")
     args = parser.parse_args(argv)
 
@@ -150,16 +163,23 @@ def main(argv: list[str] | None = None) -> int:
     from fashionbox.server import ServerConfig, TritonServer, find_free_ports
 
     instances = {k: int(v) for k, v in (item.split("=") for item in args.instances.split(","))}
-    overrides = {name: ModelScheduling(instances=count, max_batch_size=64 if name == "attributes" else 8)
-                 for name, count in instances.items()}
+    overrides = {
+        name: ModelScheduling(instances=count, max_batch_size=64 if name == "attributes" else 8)
+        for name, count in instances.items()
+    }
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     images = make_images(args.images)
     runs: dict[str, Any] = {"baseline": {c.label: [] for c in BASELINE_CONFIGS}, "served": {}, "latency_c1": []}
     with tempfile.TemporaryDirectory(prefix="fashionbox-bench-") as tmp:
         repository = convert(ConvertOptions(out=Path(tmp) / "repo", repository_settings=overrides)).repository
         grpc, http, metrics = find_free_ports(3)
-        config = ServerConfig(repository=repository, grpc_port=grpc, http_port=http, metrics_port=metrics,
-                              log_path=Path(tmp) / "tritonserver.log")
+        config = ServerConfig(
+            repository=repository,
+            grpc_port=grpc,
+            http_port=http,
+            metrics_port=metrics,
+            log_path=Path(tmp) / "tritonserver.log",
+        )
         best_config, best_concurrency = BASELINE_CONFIGS[0], concurrencies[0]
         for round_index in range(args.rounds):
             # Round 1 explores every configuration; later rounds repeat only the best of each side.
@@ -177,10 +197,17 @@ def main(argv: list[str] | None = None) -> int:
                     point = run_served(url, images, c, args.duration_s)
                     runs["served"].setdefault(str(c), []).append(point)
                     lat = point["latency_ms"]
-                    print(f"round {round_index + 1} served c={c}: {point['throughput_rps']:.1f} images/s "
-                          f"p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms", flush=True)
-                best_concurrency = max(concurrencies, key=lambda c: statistics.median(
-                    p["throughput_rps"] for p in runs["served"].get(str(c), [{"throughput_rps": 0}])))
+                    print(
+                        f"round {round_index + 1} served c={c}: {point['throughput_rps']:.1f} images/s "
+                        f"p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms",
+                        flush=True,
+                    )
+                best_concurrency = max(
+                    concurrencies,
+                    key=lambda c: statistics.median(
+                        p["throughput_rps"] for p in runs["served"].get(str(c), [{"throughput_rps": 0}])
+                    ),
+                )
                 latency = run_served(url, images, 1, args.duration_s)
                 runs["latency_c1"].append(latency)
                 if round_index == args.rounds - 1:
@@ -196,11 +223,19 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_served_to_baseline": round(served / baseline, 3),
         "latency_c1_p50_ms": round(statistics.median(p["latency_ms"]["p50"] for p in runs["latency_c1"]), 1),
         "latency_c1_p99_ms": round(statistics.median(p["latency_ms"]["p99"] for p in runs["latency_c1"]), 1),
+        "client_cpu_ms_per_request": statistics.median(
+            p["client_cpu_ms_per_request"] for p in runs["served"][str(best_concurrency)]),
     }
-    report = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-              "machine": {"cpus": mp.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-              "instances": instances, "rounds": args.rounds, "duration_s": args.duration_s,
-              "summary": summary, "runs": runs, "unix_time": int(time.time())}
+    report = {
+        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "machine": {"cpus": mp.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "instances": instances,
+        "rounds": args.rounds,
+        "duration_s": args.duration_s,
+        "summary": summary,
+        "runs": runs,
+        "unix_time": int(time.time()),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
