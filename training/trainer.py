@@ -60,7 +60,9 @@ class TrainSettings:
             raise ValueError("steps and epochs must be >= 1")
 
     def to_json(self) -> str:
-        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}, sort_keys=True)
+        """The recipe, recorded in checkpoints; local folders are left out (they name this machine)."""
+        recipe = {k: v for k, v in asdict(self).items() if k not in ("out_dir", "cache_dir")}
+        return json.dumps(recipe, sort_keys=True)
 
 
 def _lr_at(step: int, total: int, base: float, warmup: int = 100) -> float:
