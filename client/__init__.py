@@ -19,17 +19,25 @@ Usage::
         result.draw("look.jpg").save("look.boxes.png")
 
         labels = client.labels()                           # the label map, from the server
-        outcomes = client.detect_many(["a.jpg", "b.jpg"])  # results or errors, one per image
+        outcomes = client.detect_many(paths, max_in_flight=32)  # a result or an error per image
+
+    async with AsyncFashionClient("127.0.0.1:8001") as client:    # the asyncio twin, same methods
+        outcomes = await client.detect_many(paths, max_in_flight=64)
 
 Configuration comes from :class:`ClientConfig` (or ``ClientConfig.from_env()``, variables
-``FASHIONBOX_*``). Every error is a :class:`FashionBoxError`; the tree is drawn in
-``fashionbox.client._exceptions``.
+``FASHIONBOX_*``): timeouts, :class:`RetryPolicy`, :class:`TlsConfig`, headers, message size,
+compression, keepalive. Every error is a :class:`FashionBoxError`; the tree is drawn in
+``fashionbox.client._exceptions``. ``client/README.md`` covers all of it, and calling the server
+from other languages.
 """
 
 from fashionbox.labels import LabelMap
 
-from ._config import DEFAULT_URL, ClientConfig, ImageEncoding, KeepAlive, Timeouts
+from ._async import AsyncFashionClient
+from ._base import DEFAULT_MAX_IN_FLIGHT
+from ._config import DEFAULT_URL, ClientConfig, Compression, ImageEncoding, KeepAlive, RetryPolicy, Timeouts, TlsConfig
 from ._exceptions import (
+    AccessDenied,
     ClientClosed,
     ConfigError,
     ConnectError,
@@ -44,16 +52,31 @@ from ._exceptions import (
     TransportError,
 )
 from ._sync import FashionClient
-from ._transport import GrpcTransport, Transport
-from ._types import AttributeScore, BoundingBox, Detection, ImageDetections, ImageInput, ModelInfo, TensorInfo
+from ._transport import AsyncGrpcTransport, AsyncTransport, GrpcTransport, Transport
+from ._types import (
+    AttributeScore,
+    BoundingBox,
+    Detection,
+    ImageDetections,
+    ImageInput,
+    ModelInfo,
+    ModelStatistics,
+    TensorInfo,
+)
 from .draw import draw_detections
 
 __all__ = [
+    "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_URL",
+    "AccessDenied",
+    "AsyncFashionClient",
+    "AsyncGrpcTransport",
+    "AsyncTransport",
     "AttributeScore",
     "BoundingBox",
     "ClientClosed",
     "ClientConfig",
+    "Compression",
     "ConfigError",
     "ConnectError",
     "DeadlineExceeded",
@@ -70,11 +93,14 @@ __all__ = [
     "LabelMap",
     "ModelInfo",
     "ModelNotReady",
+    "ModelStatistics",
     "Overloaded",
     "ProtocolError",
+    "RetryPolicy",
     "ServerError",
     "TensorInfo",
     "Timeouts",
+    "TlsConfig",
     "Transport",
     "TransportError",
     "draw_detections",

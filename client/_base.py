@@ -1,8 +1,9 @@
 """The pure half of the client: build requests, parse responses. No I/O, no tritonclient calls.
 
-``FashionClient`` (and the asyncio twin to come) call the transport in between; everything that
-decides *what* is sent and *how* an answer is read lives here, once, so the two clients cannot
-drift apart and all of it is tested without a server.
+``FashionClient`` and ``AsyncFashionClient`` call their transport in between; everything that
+decides *what* is sent, *how* an answer is read and *when* a failed call is retried
+(``_retry``) lives here, once, so the two clients cannot drift apart and all of it is tested
+without a server.
 
 What goes on the wire for each kind of image (the ensemble's IMAGE input, BYTES, one element):
 
@@ -40,9 +41,11 @@ from fashionbox.v1 import detections_pb2
 
 from ._config import ClientConfig, ImageEncoding, _is_seconds
 from ._exceptions import ClientClosed, ConfigError, InvalidInput, ProtocolError
-from ._types import ImageDetections, ImageInput, ModelInfo, TensorInfo
+from ._retry import Attempts
+from ._types import ImageDetections, ImageInput, ModelInfo, ModelStatistics, TensorInfo
 
 __all__ = [
+    "DEFAULT_MAX_IN_FLIGHT",
     "LABELS_PARAMETER",
     "BaseClient",
     "InferRequest",
@@ -53,10 +56,15 @@ __all__ = [
     "parse_detections",
     "parse_label_map",
     "parse_model_info",
+    "parse_statistics",
 ]
 
 LABELS_PARAMETER = contract.LABELS_PARAMETER
 """Key of the ensemble config ``parameters`` entry where the converter puts the label map JSON."""
+
+DEFAULT_MAX_IN_FLIGHT = 16
+"""Requests ``detect_many`` keeps in flight unless told otherwise: enough to keep Triton's dynamic
+batcher fed on a CPU server; raise it for a GPU server or a distant one."""
 
 _PNG_COMPRESS_LEVEL = 1
 """zlib level for PNG: lossless either way; level 1 encodes several times faster than the default 6
@@ -125,6 +133,11 @@ def _encode_pil(image: Image.Image, encoding: ImageEncoding) -> bytes:
         # textile-pattern head looks at, and 4:2:0 smears them.
         image.save(buffer, format="JPEG", quality=encoding.jpeg_quality, subsampling=0)
     return buffer.getvalue()
+
+
+def is_encoded(image: ImageInput) -> bool:
+    """Whether ``image`` is sent as it is: no file to read, nothing to encode (no blocking work)."""
+    return isinstance(image, bytes | bytearray | memoryview)
 
 
 def encode_image(image: ImageInput, encoding: ImageEncoding) -> bytes:
@@ -225,6 +238,35 @@ def parse_model_info(metadata_response: Any, config_response: Any) -> ModelInfo:
     )
 
 
+def _ms(total_ns: int, count: int) -> float:
+    return total_ns / count / 1e6 if count else 0.0
+
+
+def parse_statistics(response: Any) -> tuple[ModelStatistics, ...]:
+    """:class:`ModelStatistics` per model version from tritonclient's ``ModelStatisticsResponse``."""
+    summaries = []
+    for model in response.model_stats:
+        stats = model.inference_stats
+        successes = int(stats.success.count)
+        compute_ns = int(stats.compute_input.ns) + int(stats.compute_infer.ns) + int(stats.compute_output.ns)
+        executions = int(model.execution_count)
+        summaries.append(
+            ModelStatistics(
+                model_name=str(model.name),
+                model_version=str(model.version),
+                request_count=successes + int(stats.fail.count),
+                failure_count=int(stats.fail.count),
+                inference_count=int(model.inference_count),
+                execution_count=executions,
+                avg_request_ms=_ms(int(stats.success.ns), successes),
+                avg_queue_ms=_ms(int(stats.queue.ns), int(stats.queue.count)),
+                avg_compute_ms=_ms(compute_ns, int(stats.compute_infer.count)),
+                avg_batch_size=int(model.inference_count) / executions if executions else 0.0,
+            )
+        )
+    return tuple(sorted(summaries, key=lambda s: (s.model_name, s.model_version)))
+
+
 # -- the shared base of the sync and async clients ------------------------------------------------
 
 
@@ -266,6 +308,16 @@ class BaseClient:
         if not _is_seconds(timeout_s):
             raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
         return float(timeout_s)
+
+    def _attempts(self, timeout_s: float) -> Attempts:
+        """A new call's deadline and attempt count under the configured retry policy."""
+        return Attempts(self._config.retry, timeout_s)
+
+    @staticmethod
+    def _max_in_flight(max_in_flight: int) -> int:
+        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ConfigError(f"max_in_flight must be an integer >= 1, got {max_in_flight!r}")
+        return max_in_flight
 
     def _build_detect_request(self, image: ImageInput, *, timeout_s: float | None) -> InferRequest:
         data = encode_image(image, self._config.encoding)

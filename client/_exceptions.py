@@ -1,29 +1,36 @@
 """Every error the FashionBox client raises, in one tree, and the one place gRPC errors are mapped.
 
 Catch :class:`FashionBoxError` to handle everything; catch a branch to handle one kind of
-failure. Retry policy falls out of the tree: a :class:`TransportError` or :class:`Overloaded`
-is worth retrying with backoff, an :class:`InvalidImage` never is.
+failure. Whether an error is worth retrying is decided here too, once: ``error.retryable`` is
+true for the errors the client's :class:`~fashionbox.client.RetryPolicy` retries (marked ↻).
 
 ::
 
     FashionBoxError                  root: everything below, nothing else
     ├── TransportError               the request did not complete; the server may not have seen it
-    │   ├── ConnectError             no connection (server down, wrong address, network)   UNAVAILABLE
-    │   └── DeadlineExceeded         no answer within the timeout                           DEADLINE_EXCEEDED
+    │   ├── ConnectError           ↻ no connection (server down or stopping, wrong address,   UNAVAILABLE,
+    │   │                            TLS handshake refused, network)                          INTERNAL + "server not
+    │   │                                                                                     ready"/"is stopping"
+    │   └── DeadlineExceeded         no answer within the call's timeout_s                    DEADLINE_EXCEEDED
     ├── ServerError                  the server answered with an error status
-    │   ├── InvalidImage             this image cannot be read: not an image, corrupt,      INVALID_ARGUMENT
-    │   │                            too large (only this request fails)
-    │   ├── Overloaded               queue full or out of resources: back off and retry     RESOURCE_EXHAUSTED,
-    │   │                                                                                   UNAVAILABLE + "queue"
-    │   └── ModelNotReady            the ensemble is unknown, loading or unloaded           NOT_FOUND,
-    │                                                                                       "unknown model"
+    │   ├── InvalidImage             this image cannot be read: not an image, corrupt,        INVALID_ARGUMENT,
+    │   │                            larger than the message limit (only this request fails)  RESOURCE_EXHAUSTED +
+    │   │                                                                                     "larger than max"
+    │   ├── Overloaded             ↻ queue full or out of resources: back off and retry       RESOURCE_EXHAUSTED,
+    │   │                                                                                     UNAVAILABLE + "queue"
+    │   ├── ModelNotReady          ↻ the ensemble is loading or unloading (↻); a model name   UNAVAILABLE,
+    │   │                            the server does not know is not retried                  NOT_FOUND,
+    │   │                                                                                     "unknown model"
+    │   └── AccessDenied             a restricted API without the right header (e.g. an       PERMISSION_DENIED,
+    │                                admin key in ClientConfig.headers), or bad credentials    UNAUTHENTICATED,
+    │                                                                                         "is restricted"
     ├── ProtocolError                the answer does not follow the contract (missing output, bad proto,
     │                                label map missing from the model config): a server/client mismatch
     ├── InvalidInput                 the client cannot turn the given value into an image request
     │                                (also a ValueError)
     ├── ConfigError                  a configuration value, timeout argument or FASHIONBOX_* variable
     │                                is invalid (also a ValueError)
-    └── ClientClosed                 the client was used after close()
+    └── ClientClosed                 the client was used after close() / aclose()
 
 Errors from tritonclient (``InferenceServerException``, whose ``status()`` is a string such as
 ``'StatusCode.UNAVAILABLE'``) are translated by :func:`error_from_triton` only, and always
@@ -39,6 +46,7 @@ from contextlib import contextmanager
 from tritonclient.utils import InferenceServerException
 
 __all__ = [
+    "AccessDenied",
     "ClientClosed",
     "ConfigError",
     "ConnectError",
@@ -73,13 +81,22 @@ class FashionBoxError(Exception):
     def __str__(self) -> str:
         return f"[{self.status}] {self.message}" if self.status else self.message
 
+    @property
+    def retryable(self) -> bool:
+        """Whether the same request may succeed if sent again after a backoff (↻ in the tree)."""
+        return False
+
 
 class TransportError(FashionBoxError):
     """The request did not complete; the server may or may not have processed it."""
 
 
 class ConnectError(TransportError):
-    """No connection to the server: it is down, the address is wrong, or the network is."""
+    """No connection to the server: it is down or stopping, the address is wrong, TLS failed, or the network."""
+
+    @property
+    def retryable(self) -> bool:
+        return True
 
 
 class DeadlineExceeded(TransportError):
@@ -97,9 +114,27 @@ class InvalidImage(ServerError):
 class Overloaded(ServerError):
     """The server is shedding load (request queue full, out of resources): back off and retry."""
 
+    @property
+    def retryable(self) -> bool:
+        return True
+
 
 class ModelNotReady(ServerError):
     """The server is up but the model is unknown, still loading, or unloaded."""
+
+    @property
+    def retryable(self) -> bool:
+        # A model that exists but is not ready (loading, or unloading while the server restarts)
+        # may be back in a moment; a name the server does not know never will.
+        return self.status == "UNAVAILABLE" or _mentions(self.message, _MODEL_NOT_LOADED_MARKERS)
+
+
+class AccessDenied(ServerError):
+    """The server refused the call: a restricted API was called without its header, or bad credentials.
+
+    Triton restricts API groups with ``--grpc-restricted-protocol=<apis>:<key>=<value>``; send
+    ``triton-grpc-protocol-<key>: <value>`` through ``ClientConfig.headers`` (Triton adds the prefix).
+    """
 
 
 class ProtocolError(FashionBoxError):
@@ -115,13 +150,23 @@ class ConfigError(FashionBoxError, ValueError):
 
 
 class ClientClosed(FashionBoxError):
-    """The client was used after ``close()`` (or after its ``with`` block ended)."""
+    """The client was used after ``close()`` / ``aclose()`` (or after its ``with`` block ended)."""
 
 
 # Triton has answered "model unavailable" with several codes over its versions (UNAVAILABLE,
 # NOT_FOUND, and INVALID_ARGUMENT for "Request for unknown model"), so the message decides.
 _MODEL_UNAVAILABLE_MARKERS = ("unknown model", "not at ready state", "no available versions", "is not ready")
+_MODEL_NOT_LOADED_MARKERS = ("no available versions", "not at ready state", "is not ready")
 _QUEUE_FULL_MARKERS = ("queue",)
+# A server that is shutting down fails what it cannot finish with these words, under UNAVAILABLE
+# ("Server is stopping, scheduler ... stopped accepting") or INTERNAL (a step's "Server not ready").
+_SERVER_STOPPING_MARKERS = ("server is stopping", "server not ready")
+# gRPC's own size check ("Received message larger than max (5000 vs. 4194304)") shares
+# RESOURCE_EXHAUSTED with real overload, but retrying the same message can never help.
+_TOO_LARGE_MARKERS = ("larger than max",)
+# Triton answers a restricted API without its header with UNAVAILABLE ("This protocol is
+# restricted, expecting header 'triton-grpc-protocol-admin-key'"): not a connection error to retry.
+_RESTRICTED_MARKERS = ("is restricted",)
 
 
 def _mentions(message: str, markers: tuple[str, ...]) -> bool:
@@ -147,17 +192,25 @@ def error_from_triton(exc: InferenceServerException) -> FashionBoxError:
 
     if status == "DEADLINE_EXCEEDED":
         return DeadlineExceeded(message, status=status)
+    if status in ("UNAVAILABLE", "INTERNAL") and _mentions(message, _SERVER_STOPPING_MARKERS):
+        return ConnectError(message, status=status)
     if status == "INVALID_ARGUMENT":
         if _mentions(message, _MODEL_UNAVAILABLE_MARKERS):
             return ModelNotReady(message, status=status)
         return InvalidImage(message, status=status)
     if status == "RESOURCE_EXHAUSTED":
+        if _mentions(message, _TOO_LARGE_MARKERS):
+            return InvalidImage(message, status=status)
         return Overloaded(message, status=status)
     if status == "NOT_FOUND":
         return ModelNotReady(message, status=status)
+    if status in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        return AccessDenied(message, status=status)
     if status == "UNAVAILABLE":
-        # One code for three situations: Triton's full queue, Triton's unready model, and gRPC's
-        # own "failed to connect"; only the message tells them apart.
+        # One code for four situations: Triton's full queue, Triton's unready model, Triton's
+        # restricted APIs, and gRPC's own "failed to connect"; only the message tells them apart.
+        if _mentions(message, _RESTRICTED_MARKERS):
+            return AccessDenied(message, status=status)
         if _mentions(message, _QUEUE_FULL_MARKERS):
             return Overloaded(message, status=status)
         if _mentions(message, _MODEL_UNAVAILABLE_MARKERS):

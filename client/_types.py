@@ -35,6 +35,7 @@ __all__ = [
     "ImageDetections",
     "ImageInput",
     "ModelInfo",
+    "ModelStatistics",
     "TensorInfo",
 ]
 
@@ -264,3 +265,36 @@ class ModelInfo:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parameters", dict(self.parameters))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatistics:
+    """Triton's inference statistics for one model version, summed since the model loaded.
+
+    Averages are per successful request; Triton times a request from its arrival in the model's
+    queue. For the ensemble, queue and compute times are the sums over its steps; the composing
+    models (``preprocess``, ``detector``...) show where the time goes. An average is 0.0 when
+    there was nothing to average over.
+    """
+
+    model_name: str
+    model_version: str
+    request_count: int
+    """Requests answered, successes and failures."""
+    failure_count: int
+    inference_count: int
+    """Images (batch rows) inferred; more than ``execution_count`` when requests were batched."""
+    execution_count: int
+    """Times the model ran (one per batch)."""
+    avg_request_ms: float
+    """Successful requests, from arrival to response, inside the server."""
+    avg_queue_ms: float
+    """Waiting in the scheduler's queue (for the dynamic batcher, or for a free instance)."""
+    avg_compute_ms: float
+    """Running the model: input copy, inference and output copy."""
+    avg_batch_size: float
+    """``inference_count / execution_count``: how well the dynamic batcher is filling batches."""
+
+    @property
+    def success_count(self) -> int:
+        return self.request_count - self.failure_count

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 from pathlib import Path
@@ -36,7 +35,7 @@ def _sample_images(out_dir: Path, count: int) -> list[Path]:
 
 def run_demo(args: argparse.Namespace) -> int:
     from fashionbox.detect import detect_files
-    from fashionbox.loadtest.closed_loop import run_closed_loop
+    from fashionbox.loadtest import measure_concurrency
     from fashionbox.server import ServerConfig, TritonServer, find_free_port
 
     repository: Path = args.repository
@@ -61,12 +60,12 @@ def run_demo(args: argparse.Namespace) -> int:
         payloads = [p.read_bytes() for p in images]
         points = []
         for concurrency in (1, 4):
-            point = asyncio.run(run_closed_loop(url, payloads, concurrency=concurrency,
-                                                duration_s=args.loadtest_s / 2, warmup_s=1.0))
-            points.append(point.to_dict())
-            lat = point.latency_ms
+            point = measure_concurrency(url, payloads, concurrency=concurrency, duration_s=args.loadtest_s / 2,
+                                        warmup_s=1.0, metrics="none")
+            points.append(point.as_dict())
+            lat = point.latency
             print(f"      concurrency {concurrency}: {point.throughput_rps:6.1f} images/s, "
-                  f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, errors {sum(point.errors.values())}",
+                  f"p50 {lat.p50_ms:.1f} ms, p99 {lat.p99_ms:.1f} ms, errors {point.error_count}",
                   flush=True)
         (args.out / "loadtest.json").write_text(json.dumps({"points": points}, indent=2) + "\n")
         print("[5/5] stopping the server", flush=True)

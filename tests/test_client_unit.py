@@ -1,8 +1,8 @@
-"""The typed client without a server: a fake transport answers with real tritonclient messages.
+"""The typed blocking client without a server: a fake transport answers with real tritonclient messages.
 
-Answers are built the way tritonclient builds them from the wire (``ModelInferResponse`` with raw
-output contents, ``ModelConfigResponse``), so parsing is tested against the real types, and
-errors are tritonclient's own ``InferenceServerException`` with the status strings it produces.
+The fakes live in ``client_fakes.py``, shared with ``test_client_async_unit.py``, which mirrors this
+file test for test for everything that does I/O. Pure parts (request building, result types,
+configuration, drawing, the retry schedule) are tested here only: both clients use the same code.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import json
 import pickle
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,12 +22,23 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import tritonclient.grpc as grpcclient
+from client_fakes import (
+    FakeTransport,
+    TritonClientRecord,
+    detections_result,
+    dress_and_shoe_payload,
+    grpc_error,
+    infer_result,
+    labels_config,
+    png_bytes,
+    sent_image_of,
+)
 from PIL import Image
-from tritonclient.grpc import model_config_pb2, service_pb2
-from tritonclient.utils import InferenceServerException, serialize_byte_tensor
+from tritonclient.utils import InferenceServerException
 
 from fashionbox import contract
 from fashionbox.client import (
+    AccessDenied,
     AttributeScore,
     BoundingBox,
     ClientClosed,
@@ -42,110 +55,24 @@ from fashionbox.client import (
     InvalidInput,
     KeepAlive,
     ModelNotReady,
+    ModelStatistics,
     Overloaded,
     ProtocolError,
+    RetryPolicy,
     ServerError,
     Timeouts,
+    TlsConfig,
     TransportError,
     draw_detections,
 )
 from fashionbox.client._base import LABELS_PARAMETER, InferRequest, InferResultLike
-from fashionbox.client._transport import channel_args
+from fashionbox.client._retry import Attempts, retry_delay_s
+from fashionbox.client._transport import channel_args, channel_credentials
 from fashionbox.labels import LabelMap, default_label_map
 from fashionbox.results import build_image_detections
 
-# -- fakes ------------------------------------------------------------------------------------------
-
-Responder = Callable[[InferRequest], InferResultLike]
-
-
-def infer_result(outputs: dict[str, tuple[str, npt.NDArray[Any]]]) -> InferResultLike:
-    """A tritonclient ``InferResult`` holding ``outputs`` ({name: (datatype, array)}) as raw contents."""
-    response = service_pb2.ModelInferResponse(model_name=contract.ENSEMBLE_MODEL)
-    for name, (datatype, array) in outputs.items():
-        response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
-        raw = serialize_byte_tensor(array).item() if datatype == "BYTES" else array.tobytes()
-        response.raw_output_contents.append(raw)
-    result: InferResultLike = grpcclient.InferResult(response)
-    return result
-
-
-def detections_result(payloads: list[bytes]) -> InferResultLike:
-    array = np.empty((len(payloads), 1), dtype=np.object_)
-    for i, payload in enumerate(payloads):
-        array[i, 0] = payload
-    return infer_result({"DETECTIONS": ("BYTES", array)})
-
-
-def labels_config(labels: LabelMap | None) -> service_pb2.ModelConfigResponse:
-    config = model_config_pb2.ModelConfig(name=contract.ENSEMBLE_MODEL, platform="ensemble", max_batch_size=16)
-    config.parameters["manifest_sha256"].string_value = "abc123"
-    if labels is not None:
-        config.parameters[LABELS_PARAMETER].string_value = labels.to_json()
-    return service_pb2.ModelConfigResponse(config=config)
-
-
-def ensemble_metadata() -> service_pb2.ModelMetadataResponse:
-    metadata = service_pb2.ModelMetadataResponse(name=contract.ENSEMBLE_MODEL, versions=["1"], platform="ensemble")
-    metadata.inputs.add(name="IMAGE", datatype="BYTES", shape=[-1, 1])
-    metadata.outputs.add(name="DETECTIONS", datatype="BYTES", shape=[-1, 1])
-    return metadata
-
-
-class FakeTransport:
-    """Records every request and answers from canned values, or raises a canned error."""
-
-    def __init__(
-        self,
-        responder: Responder | None = None,
-        *,
-        error: BaseException | None = None,
-        live: bool = True,
-        server_ready: bool = True,
-        model_ready: bool = True,
-        config: Any = None,
-    ) -> None:
-        self.responder = responder
-        self.error = error
-        self.live, self.server_ready, self.model_ready = live, server_ready, model_ready
-        self.config = config
-        self.requests: list[InferRequest] = []
-        self.config_reads = 0
-        self.closed = False
-
-    def _raise_if_failing(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def infer(self, request: InferRequest) -> InferResultLike:
-        self.requests.append(request)
-        self._raise_if_failing()
-        assert self.responder is not None, "this test sends no images"
-        return self.responder(request)
-
-    def is_server_live(self, *, timeout_s: float) -> bool:
-        self._raise_if_failing()
-        return self.live
-
-    def is_server_ready(self, *, timeout_s: float) -> bool:
-        self._raise_if_failing()
-        return self.server_ready
-
-    def is_model_ready(self, model_name: str, model_version: str, *, timeout_s: float) -> bool:
-        self._raise_if_failing()
-        return self.model_ready
-
-    def get_model_metadata(self, model_name: str, model_version: str, *, timeout_s: float) -> Any:
-        self._raise_if_failing()
-        return ensemble_metadata()
-
-    def get_model_config(self, model_name: str, model_version: str, *, timeout_s: float) -> Any:
-        self._raise_if_failing()
-        self.config_reads += 1
-        return self.config
-
-    def close(self) -> None:
-        self.closed = True
+FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff_s=0.001, max_backoff_s=0.004, jitter=0.0)
+RESTRICTED = "This protocol is restricted, expecting header 'triton-grpc-protocol-admin-key'"
 
 
 @pytest.fixture(scope="module")
@@ -153,37 +80,10 @@ def labels() -> LabelMap:
     return default_label_map()
 
 
-def dress_and_shoe_payload(labels: LabelMap) -> bytes:
-    """A serialized ImageDetections with a striped short-sleeved v-neck dress and a shoe."""
-    row = np.zeros(labels.num_attribute_labels, np.float32)
-    for group, start, _ in labels.group_offsets:
-        best = {"sleeve length": 1, "neckline type": 1, "textile pattern": 1}[group]
-        row[start + best] = 0.9
-    message = build_image_detections(
-        width=640,
-        height=480,
-        boxes=np.array([[100, 50, 300, 450], [400, 400, 480, 470]], np.float32),
-        scores=np.array([0.9, 0.4], np.float32),
-        categories=np.array([labels.category_index("dress"), labels.category_index("shoe")], np.int32),
-        attribute_scores=np.stack([row, row]),
-        label_map=labels,
-        model_version="1",
-        model_name="fashionbox-default",
-    )
-    payload: bytes = message.SerializeToString()
-    return payload
-
-
 @pytest.fixture
 def answering(labels: LabelMap) -> FakeTransport:
     payload = dress_and_shoe_payload(labels)
     return FakeTransport(lambda request: detections_result([payload]), config=labels_config(labels))
-
-
-def png_bytes(size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def sent_image(transport: FakeTransport) -> bytes:
@@ -205,7 +105,7 @@ def test_the_request_holds_one_image_as_a_bytes_tensor_and_asks_for_detections(a
     assert request.outputs == ("DETECTIONS",)
     assert request.model_name == contract.ENSEMBLE_MODEL
     assert request.model_version == ""
-    assert request.timeout_s == Timeouts().request_s
+    assert request.timeout_s == pytest.approx(Timeouts().request_s, abs=0.5)
 
 
 def test_the_request_tensor_is_accepted_by_tritonclient(answering: FakeTransport) -> None:
@@ -320,7 +220,7 @@ def test_timeout_s_overrides_the_configured_request_timeout_for_one_call(answeri
         client.detect(png_bytes(), timeout_s=0.5)
         client.detect(png_bytes())
 
-    assert [r.timeout_s for r in answering.requests] == [0.5, 12.0]
+    assert [r.timeout_s for r in answering.requests] == [pytest.approx(0.5, abs=0.1), pytest.approx(12.0, abs=0.5)]
 
 
 @pytest.mark.parametrize("timeout_s", [0, -1.0, True])
@@ -416,6 +316,10 @@ def test_an_answer_that_breaks_the_contract_raises_protocol_error(result: InferR
         ),
         ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", DeadlineExceeded),
         ("StatusCode.RESOURCE_EXHAUSTED", "out of memory", Overloaded),
+        ("StatusCode.RESOURCE_EXHAUSTED", "Received message larger than max (9000 vs. 4096)", InvalidImage),
+        ("StatusCode.UNAVAILABLE", RESTRICTED, AccessDenied),
+        ("StatusCode.PERMISSION_DENIED", "admin key required", AccessDenied),
+        ("StatusCode.UNAUTHENTICATED", "bad token", AccessDenied),
         ("StatusCode.NOT_FOUND", "model 'fashion' not found", ModelNotReady),
         ("StatusCode.CANCELLED", "Locally cancelled by application!", TransportError),
         ("StatusCode.INTERNAL", "python backend crashed", ServerError),
@@ -439,7 +343,7 @@ def test_each_grpc_status_becomes_its_own_fashionbox_error_chained_to_the_origin
         assert caught.value.status == status.removeprefix("StatusCode.")
 
 
-@pytest.mark.parametrize("call", ["health", "ready", "labels", "model_info"])
+@pytest.mark.parametrize("call", ["health", "ready", "labels", "model_info", "statistics"])
 def test_errors_from_every_call_are_translated_not_only_from_detect(call: str) -> None:
     transport = FakeTransport(error=InferenceServerException(msg="connection refused", status="StatusCode.UNAVAILABLE"))
 
@@ -448,12 +352,45 @@ def test_errors_from_every_call_are_translated_not_only_from_detect(call: str) -
 
 
 def test_every_client_error_is_a_fashionbox_error_and_input_errors_are_also_value_errors() -> None:
-    for error in (ConnectError, DeadlineExceeded, InvalidImage, Overloaded, ModelNotReady, ProtocolError, ClientClosed):
+    for error in (
+        ConnectError,
+        DeadlineExceeded,
+        InvalidImage,
+        Overloaded,
+        ModelNotReady,
+        AccessDenied,
+        ProtocolError,
+        ClientClosed,
+    ):
         assert issubclass(error, FashionBoxError)
     assert issubclass(ConnectError, TransportError)
     assert issubclass(InvalidImage, ServerError)
     assert issubclass(InvalidInput, ValueError)
     assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "retryable"),
+    [
+        ("UNAVAILABLE", "failed to connect to all addresses", True),
+        ("UNAVAILABLE", "Exceeds maximum queue size", True),
+        ("RESOURCE_EXHAUSTED", "out of memory", True),
+        ("UNAVAILABLE", "Request for unknown model: 'fashion' version 1 is not at ready state", True),
+        ("NOT_FOUND", "Request for unknown model: 'fashion' is not found", False),
+        ("NOT_FOUND", "Request for unknown model: 'fashion' has no available versions", True),
+        ("INTERNAL", "in ensemble 'fashion', model 'attributes' failed: Server not ready", True),
+        ("INTERNAL", "python backend crashed", False),
+        ("RESOURCE_EXHAUSTED", "Sent message larger than max (9000 vs. 4096)", False),
+        ("UNAVAILABLE", RESTRICTED, False),
+        ("INVALID_ARGUMENT", "corrupt JPEG", False),
+        ("DEADLINE_EXCEEDED", "Deadline Exceeded", False),
+        ("CANCELLED", "Locally cancelled", False),
+    ],
+)
+def test_only_errors_that_may_pass_by_waiting_are_marked_retryable(status: str, message: str, retryable: bool) -> None:
+    from fashionbox.client._exceptions import error_from_triton
+
+    assert error_from_triton(grpc_error(status, message)).retryable is retryable
 
 
 # -- lifecycle ------------------------------------------------------------------------------------------
@@ -468,8 +405,9 @@ def test_every_client_error_is_a_fashionbox_error_and_input_errors_are_also_valu
         lambda c: c.ready(),
         lambda c: c.labels(),
         lambda c: c.model_info(),
+        lambda c: c.statistics(),
     ],
-    ids=["detect", "detect_many", "health", "ready", "labels", "model_info"],
+    ids=["detect", "detect_many", "health", "ready", "labels", "model_info", "statistics"],
 )
 def test_a_closed_client_refuses_every_call(answering: FakeTransport, call: Callable[[FashionClient], Any]) -> None:
     client = FashionClient(transport=answering)
@@ -514,11 +452,6 @@ def test_detect_many_refuses_a_bad_timeout_at_once_instead_of_failing_every_imag
     with FashionClient(transport=answering) as client, pytest.raises(ConfigError):
         client.detect_many([png_bytes(), png_bytes()], timeout_s=-1)
     assert answering.requests == []
-
-
-def sent_image_of(request: InferRequest) -> bytes:
-    payload: bytes = request.inputs[0].data.reshape(-1)[0]
-    return payload
 
 
 # -- server and model ------------------------------------------------------------------------------------
@@ -566,6 +499,283 @@ def test_ready_needs_both_the_server_and_the_model(server_ready: bool, model_rea
     with FashionClient(transport=transport) as client:
         assert client.ready() is expected
         assert client.health() is True
+
+
+def test_statistics_are_a_typed_summary_per_model_sorted_by_name(answering: FakeTransport) -> None:
+    with FashionClient(transport=answering) as client:
+        detector, ensemble = client.statistics()
+
+    assert detector == ModelStatistics(
+        model_name="detector",
+        model_version="1",
+        request_count=7,
+        failure_count=0,
+        inference_count=7,
+        execution_count=3,
+        avg_request_ms=10.0,
+        avg_queue_ms=2.0,
+        avg_compute_ms=6.0,
+        avg_batch_size=7 / 3,
+    )
+    assert (ensemble.request_count, ensemble.failure_count, ensemble.success_count) == (8, 1, 7)
+    assert (ensemble.avg_request_ms, ensemble.avg_queue_ms, ensemble.avg_batch_size) == (20.0, 0.0, 0.0)
+    assert answering.statistics_asked == [""], "no name asks Triton for every model"
+
+
+def test_statistics_for_one_model_ask_the_server_for_that_model(answering: FakeTransport) -> None:
+    with FashionClient(transport=answering) as client:
+        client.statistics("detector")
+
+    assert answering.statistics_asked == ["detector"]
+
+
+# -- retries ------------------------------------------------------------------------------------------------
+
+
+def retrying_client(transport: FakeTransport, policy: RetryPolicy = FAST_RETRY, **timeouts: float) -> FashionClient:
+    return FashionClient(config=ClientConfig(retry=policy, timeouts=Timeouts(**timeouts)), transport=transport)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        grpc_error("UNAVAILABLE", "failed to connect to all addresses; last error: Connection refused"),
+        grpc_error("UNAVAILABLE", "Server is stopping to serve requests."),
+        grpc_error("UNAVAILABLE", "Exceeds maximum queue size"),
+        grpc_error("RESOURCE_EXHAUSTED", "out of memory"),
+        grpc_error("UNAVAILABLE", "Request for unknown model: 'fashion' version 1 is not at ready state"),
+        grpc_error("NOT_FOUND", "Request for unknown model: 'fashion' has no available versions"),
+        grpc_error("INTERNAL", "in ensemble 'fashion', model 'attributes' failed: Server not ready"),
+    ],
+    ids=["refused", "stopping", "queue-full", "exhausted", "loading", "unloaded", "step-stopping"],
+)
+def test_unavailable_and_resource_exhausted_are_retried_until_an_attempt_succeeds(
+    labels: LabelMap, failure: InferenceServerException
+) -> None:
+    payload = dress_and_shoe_payload(labels)
+    transport = FakeTransport(lambda request: detections_result([payload]), failures=[failure, failure])
+
+    with retrying_client(transport) as client:
+        result = client.detect(png_bytes())
+
+    assert len(result) == 2
+    assert len(transport.requests) == 3
+
+
+def test_retries_stop_after_max_attempts_and_raise_the_last_error_chained() -> None:
+    failures = [grpc_error("UNAVAILABLE", f"connection refused {n}") for n in range(1, 10)]
+    transport = FakeTransport(lambda request: detections_result([]), failures=failures)
+
+    with retrying_client(transport) as client, pytest.raises(ConnectError, match="refused 4") as caught:
+        client.detect(png_bytes())
+
+    assert len(transport.requests) == FAST_RETRY.max_attempts
+    assert caught.value.__cause__ is failures[3]
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected"),
+    [
+        (grpc_error("INVALID_ARGUMENT", "not a JPEG, PNG or WebP image"), InvalidImage),
+        (grpc_error("RESOURCE_EXHAUSTED", "Sent message larger than max (9000 vs. 4096)"), InvalidImage),
+        (grpc_error("NOT_FOUND", "Request for unknown model: 'fashoin' is not found"), ModelNotReady),
+        (grpc_error("DEADLINE_EXCEEDED", "Deadline Exceeded"), DeadlineExceeded),
+        (grpc_error("UNAVAILABLE", RESTRICTED), AccessDenied),
+        (grpc_error("INTERNAL", "python backend crashed"), ServerError),
+    ],
+    ids=["bad-image", "too-large", "unknown-model", "deadline", "restricted", "internal"],
+)
+def test_errors_that_cannot_pass_by_waiting_are_raised_at_once(
+    failure: InferenceServerException, expected: type[FashionBoxError]
+) -> None:
+    transport = FakeTransport(lambda request: detections_result([]), error=failure)
+
+    with retrying_client(transport) as client, pytest.raises(expected):
+        client.detect(png_bytes())
+
+    assert len(transport.requests) == 1
+
+
+def test_each_attempt_gets_the_time_left_until_the_calls_deadline() -> None:
+    failure = grpc_error("UNAVAILABLE", "connection refused")
+    policy = RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.05, jitter=0.0)
+    transport = FakeTransport(lambda request: detections_result([]), failures=[failure] * 3)
+
+    with retrying_client(transport, policy) as client, pytest.raises(ConnectError):
+        client.detect(png_bytes(), timeout_s=2.0)
+
+    first, second, third = transport.timeouts_s
+    assert first == pytest.approx(2.0, abs=0.02)
+    assert second == pytest.approx(first - 0.05, abs=0.03)
+    assert third == pytest.approx(second - 0.05, abs=0.03)
+
+
+def test_a_backoff_that_would_end_after_the_deadline_is_not_slept() -> None:
+    policy = RetryPolicy(max_attempts=5, initial_backoff_s=1.0, max_backoff_s=1.0, jitter=0.0)
+    transport = FakeTransport(error=grpc_error("UNAVAILABLE", "connection refused"))
+
+    started = time.monotonic()
+    with retrying_client(transport, policy) as client, pytest.raises(ConnectError):
+        client.detect(png_bytes(), timeout_s=0.3)
+
+    assert time.monotonic() - started < 0.2
+    assert len(transport.requests) == 1
+
+
+@pytest.mark.parametrize("call", ["labels", "model_info", "statistics"])
+def test_reads_of_the_server_are_retried_like_detections(labels: LabelMap, call: str) -> None:
+    transport = FakeTransport(config=labels_config(labels), failures=[grpc_error("UNAVAILABLE", "connection refused")])
+
+    with retrying_client(transport) as client:
+        getattr(client, call)()
+
+    assert len(transport.timeouts_s) >= 2
+
+
+@pytest.mark.parametrize("call", ["health", "ready"])
+def test_health_and_ready_are_never_retried_they_report_now(call: str) -> None:
+    transport = FakeTransport(failures=[grpc_error("UNAVAILABLE", "connection refused")])
+
+    with retrying_client(transport) as client, pytest.raises(ConnectError):
+        getattr(client, call)()
+
+    assert len(transport.timeouts_s) == 1
+
+
+def test_a_disabled_retry_policy_makes_one_attempt() -> None:
+    transport = FakeTransport(error=grpc_error("UNAVAILABLE", "connection refused"))
+
+    with retrying_client(transport, RetryPolicy.disabled()) as client, pytest.raises(ConnectError):
+        client.detect(png_bytes())
+
+    assert len(transport.requests) == 1
+
+
+def test_the_backoff_grows_by_the_multiplier_up_to_its_cap() -> None:
+    policy = RetryPolicy(max_attempts=10, initial_backoff_s=0.1, max_backoff_s=1.0, multiplier=3.0, jitter=0.0)
+
+    assert [policy.backoff_s(n, 0.5) for n in range(1, 6)] == pytest.approx([0.1, 0.3, 0.9, 1.0, 1.0])
+    assert policy.backoff_s(10_000, 0.5) == 1.0, "no overflow for a long outage"
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.25, 1.0])
+def test_jitter_takes_a_random_share_off_the_backoff_never_adds_to_it(jitter: float) -> None:
+    policy = RetryPolicy(initial_backoff_s=0.4, max_backoff_s=0.4, jitter=jitter)
+
+    assert policy.backoff_s(1, 0.0) == 0.4
+    assert policy.backoff_s(1, 0.999999) == pytest.approx(0.4 * (1 - jitter), abs=1e-6)
+
+
+def test_the_retry_schedule_never_sleeps_into_the_deadline_or_past_the_last_attempt() -> None:
+    policy = RetryPolicy(max_attempts=3, initial_backoff_s=0.5, max_backoff_s=0.5, jitter=0.0)
+    refused = ConnectError("connection refused", status="UNAVAILABLE")
+
+    assert retry_delay_s(policy, attempt=1, error=refused, remaining_s=10.0, random_fraction=0.0) == 0.5
+    assert retry_delay_s(policy, attempt=1, error=refused, remaining_s=0.5, random_fraction=0.0) is None
+    assert retry_delay_s(policy, attempt=3, error=refused, remaining_s=10.0, random_fraction=0.0) is None
+    bad = InvalidImage("corrupt", status="INVALID_ARGUMENT")
+    assert retry_delay_s(policy, attempt=1, error=bad, remaining_s=10.0, random_fraction=0.0) is None
+
+
+def test_attempts_count_down_one_deadline_on_the_given_clock() -> None:
+    now = [100.0]
+    attempts = Attempts(FAST_RETRY, 5.0, clock=lambda: now[0], random_fraction=lambda: 0.0)
+
+    assert attempts.start() == 5.0
+    now[0] += 2.0
+    assert attempts.delay_after(ConnectError("refused", status="UNAVAILABLE")) == FAST_RETRY.initial_backoff_s
+    assert attempts.start() == 3.0
+    assert attempts.attempt == 2
+    now[0] += 3.0
+    with pytest.raises(DeadlineExceeded):
+        attempts.start()
+
+
+# -- detect_many: pipelined ------------------------------------------------------------------------------
+
+
+def test_detect_many_keeps_max_in_flight_requests_going_at_once(answering: FakeTransport) -> None:
+    answering.delay_s = 0.02
+
+    with FashionClient(transport=answering) as client:
+        outcomes = client.detect_many([png_bytes()] * 40, max_in_flight=8)
+
+    assert all(isinstance(o, ImageDetections) for o in outcomes)
+    assert answering.peak_in_flight == 8
+
+
+def test_detect_many_returns_results_in_the_order_of_the_images_not_of_completion(labels: LabelMap) -> None:
+    def respond(request: InferRequest) -> InferResultLike:
+        width = Image.open(io.BytesIO(sent_image_of(request))).size[0]
+        time.sleep(0.002 * (50 - width))  # the first images answer last
+        return detections_result([build_image_detections_payload(labels, width)])
+
+    with FashionClient(transport=FakeTransport(respond)) as client:
+        outcomes = client.detect_many([png_bytes(size=(w, 8)) for w in range(10, 50)], max_in_flight=16)
+
+    assert [o.width for o in outcomes if isinstance(o, ImageDetections)] == list(range(10, 50))
+
+
+def build_image_detections_payload(labels: LabelMap, width: int) -> bytes:
+    empty = np.zeros(0)
+    message = build_image_detections(
+        width=width,
+        height=8,
+        boxes=np.zeros((0, 4)),
+        scores=empty,
+        categories=np.zeros(0, np.int32),
+        attribute_scores=empty,
+        label_map=labels,
+        model_version="1",
+    )
+    payload: bytes = message.SerializeToString()
+    return payload
+
+
+def test_detect_many_reads_the_images_lazily_no_further_ahead_than_max_in_flight(answering: FakeTransport) -> None:
+    answering.delay_s = 0.01
+    produced = 0
+    most_ahead = 0
+
+    def images() -> Any:
+        nonlocal produced, most_ahead
+        for _ in range(30):
+            produced += 1
+            most_ahead = max(most_ahead, produced - len(answering.requests))
+            yield png_bytes()
+
+    with FashionClient(transport=answering) as client:
+        assert len(client.detect_many(images(), max_in_flight=4)) == 30
+
+    assert most_ahead <= 4 + 1
+
+
+def test_detect_many_with_one_in_flight_sends_one_after_another(answering: FakeTransport) -> None:
+    with FashionClient(transport=answering) as client:
+        client.detect_many([png_bytes()] * 5, max_in_flight=1)
+
+    assert answering.peak_in_flight == 1
+
+
+@pytest.mark.parametrize("max_in_flight", [0, -3, 2.5, True])
+def test_detect_many_refuses_a_max_in_flight_that_is_not_a_positive_integer(
+    answering: FakeTransport, max_in_flight: Any
+) -> None:
+    with FashionClient(transport=answering) as client, pytest.raises(ConfigError, match="max_in_flight"):
+        client.detect_many([png_bytes()], max_in_flight=max_in_flight)
+    assert answering.requests == []
+
+
+def test_closing_the_client_during_detect_many_raises_client_closed(answering: FakeTransport) -> None:
+    answering.delay_s = 0.01
+    client = FashionClient(transport=answering)
+    closer = threading.Timer(0.05, client.close)
+    closer.start()
+
+    with pytest.raises(ClientClosed):
+        client.detect_many([png_bytes()] * 500, max_in_flight=4)
+    closer.join()
+    assert len(answering.requests) < 500
 
 
 # -- configuration ------------------------------------------------------------------------------------------
@@ -633,6 +843,163 @@ def test_the_url_argument_wins_over_the_configured_url(answering: FakeTransport)
 
     assert client.url == "elsewhere:8001"
     assert client.config.url == "elsewhere:8001"
+
+
+def test_config_from_env_reads_retry_tls_headers_size_and_compression(tmp_path: Path) -> None:
+    config = ClientConfig.from_env(
+        {
+            "FASHIONBOX_RETRY_MAX_ATTEMPTS": "6",
+            "FASHIONBOX_RETRY_INITIAL_BACKOFF_S": "0.2",
+            "FASHIONBOX_RETRY_MAX_BACKOFF_S": "3",
+            "FASHIONBOX_RETRY_MULTIPLIER": "1.5",
+            "FASHIONBOX_RETRY_JITTER": "1",
+            "FASHIONBOX_TLS_ROOT_CERTIFICATES": "/etc/fashionbox/ca.pem",
+            "FASHIONBOX_TLS_PRIVATE_KEY": "/etc/fashionbox/client.key",
+            "FASHIONBOX_TLS_CERTIFICATE_CHAIN": "/etc/fashionbox/client.pem",
+            "FASHIONBOX_TLS_SERVER_NAME_OVERRIDE": "fashionbox.internal",
+            "FASHIONBOX_HEADERS": "Admin-Key=s3cr%2Ct, x-team = search ",
+            "FASHIONBOX_MAX_MESSAGE_BYTES": "16777216",
+            "FASHIONBOX_COMPRESSION": "GZIP",
+            "FASHIONBOX_KEEPALIVE_MAX_PINGS_WITHOUT_DATA": "0",
+        }
+    )
+
+    assert config.retry == RetryPolicy(
+        max_attempts=6, initial_backoff_s=0.2, max_backoff_s=3.0, multiplier=1.5, jitter=1.0
+    )
+    assert config.tls == TlsConfig(
+        root_certificates="/etc/fashionbox/ca.pem",
+        private_key="/etc/fashionbox/client.key",
+        certificate_chain="/etc/fashionbox/client.pem",
+        server_name_override="fashionbox.internal",
+    )
+    assert config.headers == {"admin-key": "s3cr,t", "x-team": "search"}
+    assert (config.max_message_bytes, config.compression) == (16 * 2**20, "gzip")
+    assert config.keepalive.max_pings_without_data == 0
+
+
+def test_tls_is_on_with_system_roots_when_only_fashionbox_tls_is_set() -> None:
+    assert ClientConfig.from_env({"FASHIONBOX_TLS": "true"}).tls == TlsConfig()
+    assert ClientConfig.from_env({"FASHIONBOX_TLS": "false"}).tls is None
+    assert ClientConfig.from_env({"FASHIONBOX_COMPRESSION": "none"}).compression is None
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"FASHIONBOX_RETRY_MAX_ATTEMPTS": "0"}, "FASHIONBOX_RETRY_MAX_ATTEMPTS"),
+        ({"FASHIONBOX_RETRY_JITTER": "2"}, "FASHIONBOX_RETRY_JITTER"),
+        ({"FASHIONBOX_RETRY_MAX_BACKOFF_S": "0.01"}, "FASHIONBOX_RETRY_"),
+        ({"FASHIONBOX_TLS": "false", "FASHIONBOX_TLS_ROOT_CERTIFICATES": "ca.pem"}, "FASHIONBOX_TLS"),
+        ({"FASHIONBOX_TLS_PRIVATE_KEY": "client.key"}, "FASHIONBOX_TLS_"),
+        ({"FASHIONBOX_HEADERS": "no-equals-sign"}, "FASHIONBOX_HEADERS"),
+        ({"FASHIONBOX_HEADERS": "grpc-timeout=1"}, "FASHIONBOX_HEADERS"),
+        ({"FASHIONBOX_MAX_MESSAGE_BYTES": "0"}, "FASHIONBOX_MAX_MESSAGE_BYTES"),
+        ({"FASHIONBOX_COMPRESSION": "zstd"}, "FASHIONBOX_COMPRESSION"),
+    ],
+)
+def test_config_from_env_names_the_variables_behind_a_bad_retry_tls_or_header_setting(
+    environ: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=named):
+        ClientConfig.from_env(environ)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: RetryPolicy(max_attempts=0),
+        lambda: RetryPolicy(initial_backoff_s=2.0, max_backoff_s=1.0),
+        lambda: RetryPolicy(multiplier=0.5),
+        lambda: RetryPolicy(jitter=1.5),
+        lambda: TlsConfig(private_key=b"key"),
+        lambda: TlsConfig(root_certificates=b""),
+        lambda: TlsConfig(server_name_override=""),
+        lambda: ClientConfig(headers={"bad name": "x"}),
+        lambda: ClientConfig(headers={"x-key": "line\nbreak"}),
+        lambda: ClientConfig(headers={"X-Key": "a", "x-key": "b"}),
+        lambda: ClientConfig(headers={"trace-bin": "x"}),
+        lambda: ClientConfig(max_message_bytes=0),
+        lambda: ClientConfig(compression="brotli"),  # type: ignore[arg-type]
+    ],
+    ids=[
+        "no-attempts",
+        "max-below-initial",
+        "shrinking-backoff",
+        "jitter-above-one",
+        "key-without-chain",
+        "empty-pem",
+        "empty-override",
+        "header-name",
+        "header-value",
+        "header-twice",
+        "binary-header",
+        "message-size",
+        "compression",
+    ],
+)
+def test_invalid_retry_tls_and_channel_settings_are_refused_when_built(build: Callable[[], object]) -> None:
+    with pytest.raises(ConfigError):
+        build()
+
+
+def test_header_names_are_lowercased_as_http2_sends_them_and_values_stay_out_of_repr() -> None:
+    config = ClientConfig(headers={"Admin-Key": "s3cret"}, tls=TlsConfig(private_key=b"KEY", certificate_chain=b"C"))
+
+    assert config.headers == {"admin-key": "s3cret"}
+    assert "s3cret" not in repr(config)
+    assert "KEY" not in repr(config)
+
+
+def test_channel_args_carry_the_message_limit_reconnect_pacing_and_tls_name() -> None:
+    config = ClientConfig(
+        max_message_bytes=1024,
+        retry=RetryPolicy(initial_backoff_s=0.25, max_backoff_s=4.0),
+        tls=TlsConfig(server_name_override="fashionbox.test"),
+    )
+
+    args = dict(channel_args(config))
+
+    assert args["grpc.max_send_message_length"] == args["grpc.max_receive_message_length"] == 1024
+    assert (args["grpc.initial_reconnect_backoff_ms"], args["grpc.max_reconnect_backoff_ms"]) == (250, 4000)
+    assert args["grpc.ssl_target_name_override"] == "fashionbox.test"
+    assert "grpc.ssl_target_name_override" not in dict(channel_args(ClientConfig()))
+
+
+def test_tls_credentials_come_from_pem_bytes_or_files_and_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    import grpc
+
+    (tmp_path / "ca.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\n")
+    from_file = ClientConfig(tls=TlsConfig(root_certificates=str(tmp_path / "ca.pem")))
+    from_bytes = ClientConfig(tls=TlsConfig(root_certificates=b"-----BEGIN CERTIFICATE-----\n"))
+
+    assert channel_credentials(ClientConfig()) is None
+    assert isinstance(channel_credentials(from_file), grpc.ChannelCredentials)
+    assert isinstance(channel_credentials(from_bytes), grpc.ChannelCredentials)
+    assert from_file.tls is not None and from_file.tls.load()[0] == b"-----BEGIN CERTIFICATE-----\n"
+    missing = ClientConfig(tls=TlsConfig(root_certificates=tmp_path / "missing.pem"))
+    with pytest.raises(ConfigError, match=r"root_certificates.*missing\.pem"):
+        FashionClient(config=missing)
+
+
+def test_the_grpc_transport_sends_headers_and_compression_with_its_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fashionbox.client import _transport
+
+    record = TritonClientRecord()
+    monkeypatch.setattr(_transport.grpcclient, "InferenceServerClient", record.sync_client)
+    config = ClientConfig(url="triton:9001", headers={"admin-key": "k"}, compression="deflate")
+
+    with FashionClient(config=config) as client:
+        client.detect(png_bytes())
+        client.health()
+        client.statistics()
+
+    assert record.built["url"] == "triton:9001"
+    assert record.built["channel_args"] == channel_args(config)
+    assert record.built["creds"] is None
+    assert [name for name, _ in record.calls] == ["infer", "is_server_live", "get_inference_statistics"]
+    assert all(kwargs["headers"] == {"admin-key": "k"} for _, kwargs in record.calls)
+    assert record.calls[0][1]["compression_algorithm"] == "deflate"
 
 
 # -- result types --------------------------------------------------------------------------------------------

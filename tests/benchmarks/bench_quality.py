@@ -41,16 +41,30 @@ def main(argv: list[str] | None = None) -> int:
         manifest = json.loads((repository / contract.MANIFEST_FILE).read_text())
         threshold = float(manifest["export"]["nms"]["score_threshold"])
         grpc, http, metrics = find_free_ports(3)
-        config = ServerConfig(repository=repository, grpc_port=grpc, http_port=http, metrics_port=metrics,
-                              log_path=Path(tmp) / "tritonserver.log")
+        config = ServerConfig(
+            repository=repository,
+            grpc_port=grpc,
+            http_port=http,
+            metrics_port=metrics,
+            log_path=Path(tmp) / "tritonserver.log",
+        )
         with TritonServer(config) as server, FashionClient(server.endpoints.grpc) as client:
             label_map = client.labels()
             served = []
             for sample in samples:
                 result = client.detect(sample.data)
-                served.append([Prediction(tuple(d.box.as_list()), d.category, d.score,  # type: ignore[arg-type]
-                                          {g: a.label for g, a in d.attributes.items()},
-                                          {g: a.score for g, a in d.attributes.items()}) for d in result.detections])
+                served.append(
+                    [
+                        Prediction(
+                            tuple(d.box.as_list()),
+                            d.category,
+                            d.score,  # type: ignore[arg-type]
+                            {g: a.label for g, a in d.attributes.items()},
+                            {g: a.score for g, a in d.attributes.items()},
+                        )
+                        for d in result.detections
+                    ]
+                )
     reference_pipeline = InProcessPipeline.torch_reference(score_threshold=threshold)
     reference = []
     for sample in samples:

@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         "latency_c1_p50_ms": round(statistics.median(p["latency_ms"]["p50"] for p in runs["latency_c1"]), 1),
         "latency_c1_p99_ms": round(statistics.median(p["latency_ms"]["p99"] for p in runs["latency_c1"]), 1),
         "client_cpu_ms_per_request": statistics.median(
-            p["client_cpu_ms_per_request"] for p in runs["served"][str(best_concurrency)]),
+            p["client_cpu_ms_per_request"] for p in runs["served"][str(best_concurrency)]
+        ),
     }
     report = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),

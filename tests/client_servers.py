@@ -1,0 +1,148 @@
+"""Servers and images for the client's integration tests, shared by the sync, async, TLS and wire files.
+
+The repository is built once per test session from the ONNX stand-ins (``onnx_standins.py``: exact
+contract, real NMS, tiny graphs), so these tests measure the client and the serving path, not a
+model, and start in seconds. Private servers (``private_server``) run on ports of their own, for
+tests that stop, restart or reconfigure them; always stop them (``with`` or ``finally``).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx_standins import DetectorStandIn, write_attributes, write_detector
+from PIL import Image
+
+from fashionbox.converter.repository import ModelScheduling, RepositorySettings, write_repository
+from fashionbox.labels import default_label_map
+from fashionbox.server import PortInUseError, ServerConfig, TritonServer, find_free_ports
+
+ADMIN_KEY = "s3cret-admin-key"
+RESTRICT_STATISTICS = f"--grpc-restricted-protocol=statistics:admin-key={ADMIN_KEY}"
+"""Triton flag: the statistics API answers only calls that carry the admin header."""
+ADMIN_HEADER = "triton-grpc-protocol-admin-key"
+"""The header a client sends for that flag: Triton prefixes the key with ``triton-grpc-protocol-``."""
+
+_SETTINGS = RepositorySettings(
+    input_size=64,
+    crop_size=32,
+    max_detections=10,
+    # Batches of up to 16 images: at 64 requests in flight the batcher has work to group.
+    preprocess=ModelScheduling(max_batch_size=16),
+    detector=ModelScheduling(max_batch_size=16),
+    postprocess=ModelScheduling(max_batch_size=16),
+    attributes=ModelScheduling(max_batch_size=64),
+    model_version="client-integration",
+    model_name="stand-ins",
+)
+_repositories: dict[Path, Path] = {}
+
+
+def standin_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stand-in model repository of this test session (built on the first call)."""
+    key = tmp_path_factory.getbasetemp()
+    if key not in _repositories:
+        labels = default_label_map()
+        folder = tmp_path_factory.mktemp("client-standins")
+        spec = DetectorStandIn.default(input_size=_SETTINGS.input_size, num_categories=labels.num_categories)
+        detector = write_detector(folder / "detector.onnx", spec)
+        group_sizes = [len(group.labels) for group in labels.attribute_groups]
+        attributes = write_attributes(
+            folder / "attributes.onnx", crop_size=_SETTINGS.crop_size, group_sizes=group_sizes
+        )
+        _repositories[key] = write_repository(
+            folder / "repository",
+            detector_onnx=detector,
+            attributes_onnx=attributes,
+            label_map=labels,
+            settings=_SETTINGS,
+            manifest={"purpose": "client integration tests with ONNX stand-ins"},
+        )
+    return _repositories[key]
+
+
+def start_private_server(
+    repository: Path, log_dir: Path, *, extra_args: Sequence[str] = (), wait: bool = True
+) -> TritonServer:
+    """A server of the caller's own on fresh ports, started (and ready unless ``wait=False``).
+
+    Call from the thread that will stop it: the server dies with the thread that started it.
+    """
+    for attempt in range(3):
+        grpc_port, http_port, metrics_port = find_free_ports(3)
+        server = TritonServer(
+            ServerConfig(
+                repository=repository,
+                grpc_port=grpc_port,
+                http_port=http_port,
+                metrics_port=metrics_port,
+                log_path=log_dir / f"triton-{grpc_port}.log",
+                exit_timeout_s=5,
+                extra_args=tuple(extra_args),
+            )
+        )
+        try:
+            server.start()
+            if wait:
+                server.wait_until_ready()
+        except PortInUseError:
+            server.stop(timeout_s=0)
+            if attempt == 2:
+                raise
+            continue
+        except BaseException:
+            server.stop(timeout_s=0)
+            raise
+        return server
+    raise AssertionError("unreachable")
+
+
+def restart(server: TritonServer) -> None:
+    """Stop ``server`` and start it again on the same ports (call from the thread that started it).
+
+    Between the two, another process on a shared machine may briefly hold one of the ports; the
+    start is tried again for a few seconds before giving up.
+    """
+    server.stop(timeout_s=15)
+    for attempt in range(10):
+        try:
+            server.start()
+            server.wait_until_ready()
+            return
+        except PortInUseError:
+            server.stop(timeout_s=0)
+            if attempt == 9:
+                raise
+            time.sleep(0.5)
+
+
+def dark_jpeg(seed: int, size: tuple[int, int] = (96, 72)) -> bytes:
+    """A small dark textured JPEG: the stand-in detector finds garments in dark images."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 90, size=(size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def image_set(count: int, unique: int = 50) -> list[bytes]:
+    """``count`` images cycling through ``unique`` different ones (sizes vary too)."""
+    distinct = [dark_jpeg(seed, size=(64 + 8 * (seed % 5), 48 + 8 * (seed % 3))) for seed in range(unique)]
+    return [distinct[i % unique] for i in range(count)]
+
+
+def large_png(size: tuple[int, int] = (2400, 1800)) -> bytes:
+    """A large noisy PNG: decoding and letterboxing it takes the server tens of milliseconds."""
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 90, size=(size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG", compress_level=0)
+    return buffer.getvalue()
+
+
+NOT_AN_IMAGE = b"this is not an image, just text with a .jpg name"

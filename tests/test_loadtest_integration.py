@@ -1,0 +1,135 @@
+"""The harness against a real embedded Triton: a short sweep through the CLI and a short tune.
+
+The repository holds the ONNX stand-ins of ``tests/onnx_standins.py`` (exact contract, tiny compute),
+so this checks the harness end to end, not model speed: every report form is written and holds the
+documented keys, the server breakdown names the composing models, and tuning reloads models through
+the repository API, measures each trial and writes the recommendation back.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from onnx_standins import DetectorStandIn, write_attributes, write_detector
+
+from fashionbox import contract
+from fashionbox.cli import main
+from fashionbox.converter.repository import CONFIG_FILE, ModelScheduling, RepositorySettings, write_repository
+from fashionbox.labels import default_label_map
+from fashionbox.loadtest.tune import read_configs, scheduling_of
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
+
+LABELS = default_label_map()
+SETTINGS = RepositorySettings(
+    input_size=64,
+    crop_size=32,
+    max_detections=20,
+    detector=ModelScheduling(max_batch_size=4),
+    model_version="loadtest-integration",
+)
+QUICK = ["--window-s", "0.5", "--warmup-s", "0.5", "--generate", "4", "--sizes", "320x240:1,640x480:1", "-q"]
+COMPOSING = {contract.PREPROCESS_MODEL, contract.DETECTOR_MODEL, contract.POSTPROCESS_MODEL, contract.ATTRIBUTES_MODEL}
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("loadtest-standins")
+    spec = DetectorStandIn.default(input_size=SETTINGS.input_size, num_categories=LABELS.num_categories)
+    detector = write_detector(folder / "detector.onnx", spec)
+    group_sizes = [len(g.labels) for g in LABELS.attribute_groups]
+    attributes = write_attributes(folder / "attributes.onnx", crop_size=SETTINGS.crop_size, group_sizes=group_sizes)
+    return write_repository(
+        folder / "repository",
+        detector_onnx=detector,
+        attributes_onnx=attributes,
+        label_map=LABELS,
+        settings=SETTINGS,
+        manifest={"purpose": "load-test integration test with ONNX stand-ins"},
+    )
+
+
+def test_a_short_sweep_writes_every_report_form(triton_server: Any, repository: Path, tmp_path: Path) -> None:
+    server = triton_server(repository)
+    out = tmp_path / "report"
+    metrics = server.config.metrics_port
+    code = main([
+        "loadtest", "--url", server.endpoints.grpc, "--name", "cpu", "--metrics", str(metrics),
+        "--concurrency", "1,2", "--rate", "15", "--arrivals", "poisson", "--duration-s", "2",
+        *QUICK, "--json", str(out / "points.json"), "--csv", str(out / "points.csv"),
+        "--html", str(out / "report.html"),
+        "--slo-p99-ms", "2000", "--target-rps", "100", "--cost-per-hour", "cpu=0.5",
+    ])  # fmt: skip
+    assert code == 0
+
+    doc = json.loads((out / "points.json").read_text())
+    points = doc["points"]
+    assert [p.get("concurrency", p.get("rate_rps")) for p in points] == [1, 2, 15.0]
+    for p in points:
+        assert p["throughput_rps"] > 0 and p["errors"] == 0 and isinstance(p["stable"], bool)
+        assert p["latency_ms"]["p50"] <= p["latency_ms"]["p90"] <= p["latency_ms"]["p95"] <= p["latency_ms"]["p99"]
+        assert p["bytes_sent"] > 0
+        assert {b["model"] for b in p["server"]} >= COMPOSING | {contract.ENSEMBLE_MODEL}
+        detector = next(b for b in p["server"] if b["model"] == contract.DETECTOR_MODEL)
+        assert detector["compute_infer_ms"] > 0 and detector["avg_batch_size"] >= 1
+        assert p["metrics"]["available"], "the embedded Triton serves a metrics endpoint"
+        assert p["harness"]["cpu_fraction"] >= 0
+    assert points[2]["arrivals"] == "poisson" and points[2]["harness"]["send_lag_p99_ms"] is not None
+    row = doc["capacity"]["rows"][0]
+    assert row["target"] == "cpu" and row["instances"] >= 1 and row["cost_per_million_images"] > 0
+
+    with (out / "points.csv").open(newline="") as f:
+        assert len(list(csv.DictReader(f))) == 3
+    page = (out / "report.html").read_text()
+    assert page.count("<svg") >= 4 and "Server-side time per request" in page
+
+
+def test_a_ramp_reports_one_point_per_step(triton_server: Any, repository: Path, tmp_path: Path) -> None:
+    server = triton_server(repository)
+    out = tmp_path / "ramp.json"
+    code = main(["loadtest", "--url", server.endpoints.grpc, "--metrics", "none", "--ramp", "rate:step:10:20:10:1",
+                 *QUICK, "--json", str(out)])  # fmt: skip
+    assert code == 0
+    points = json.loads(out.read_text())["points"]
+    assert [p["rate_rps"] for p in points] == [10.0, 20.0]
+    assert all(p["ramp"] for p in points)
+
+
+def test_an_unreachable_target_fails_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
+    from fashionbox.server import find_free_port
+
+    code = main(["loadtest", "--url", f"127.0.0.1:{find_free_port()}", "--concurrency", "1", *QUICK])
+    assert code == 1
+    assert "did not answer" in capsys.readouterr().err
+
+
+def test_a_short_tune_reloads_models_and_writes_the_recommendation(repository: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "repository"
+    shutil.copytree(repository, mine)
+    out = tmp_path / "tune.json"
+    code = main([
+        "tune", "--repository", str(mine), "--models", "detector", "--instances", "1,2", "--max-batch-sizes", "4",
+        "--queue-delays-us", "0", "--concurrency", "2", "--max-trials", "2", "--min-gain", "-0.99",
+        "--slo-p99-ms", "5000", "--duration-s", "1.5", *QUICK, "--write", "--json", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    doc = json.loads(out.read_text())
+    trials = doc["trials"]
+    assert [t["change"] for t in trials] == ["baseline", "detector.instances 1 -> 2"]
+    assert all(t["throughput_rps"] > 0 and t["meets_slo"] and not t["error"] for t in trials)
+    assert doc["space"]["cross_product_size"] == 2
+    # The winner and the baseline are measured again back to back, to tell a real gain from noise.
+    assert [t["change"] for t in doc["confirmation"]] == ["baseline, again", "best, again"]
+    # min-gain -0.99 accepts any measured trial, so the 2-instance config wins and is written back.
+    assert doc["best"] == 1
+    assert scheduling_of(read_configs(mine)[contract.DETECTOR_MODEL]).instances == 2
+    assert (mine / contract.DETECTOR_MODEL / CONFIG_FILE).read_text() != (
+        repository / contract.DETECTOR_MODEL / CONFIG_FILE
+    ).read_text()
+    assert scheduling_of(read_configs(repository)[contract.DETECTOR_MODEL]).instances == 1  # the source is untouched

@@ -1,0 +1,191 @@
+"""Tuning without a server: configs rewritten through ModelConfig protobufs, and the search on known objectives."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+
+from fashionbox import contract
+from fashionbox.converter.repository import (
+    CONFIG_FILE,
+    ModelScheduling,
+    RepositorySettings,
+    model_configs,
+    write_model_config,
+)
+from fashionbox.labels import default_label_map
+from fashionbox.loadtest.tune import (
+    ATTRIBUTES_MAX_BATCH_PARAMETER,
+    Trial,
+    TuneConfig,
+    TuneReport,
+    TuneSpace,
+    apply_scheduling,
+    configs_for,
+    coordinate_descent,
+    make_consistent,
+    read_configs,
+    scheduling_of,
+    write_back,
+)
+from fashionbox.serving import PostprocessParameters
+
+CONFIGS = model_configs(RepositorySettings(), default_label_map())
+
+
+def test_scheduling_is_read_back_from_a_generated_config() -> None:
+    assert scheduling_of(CONFIGS[contract.DETECTOR_MODEL]) == RepositorySettings().detector
+    assert scheduling_of(CONFIGS[contract.ATTRIBUTES_MODEL]).max_batch_size == 64
+
+
+def test_apply_scheduling_changes_only_scheduling_fields() -> None:
+    wanted = ModelScheduling(instances=3, max_batch_size=16, preferred_batch_sizes=(4, 8), max_queue_delay_us=500)
+    before = CONFIGS[contract.DETECTOR_MODEL]
+    after = apply_scheduling(before, wanted)
+    assert scheduling_of(after) == wanted
+    assert after.instance_group[0].kind == before.instance_group[0].kind
+    assert after.parameters == before.parameters and after.input == before.input and after.output == before.output
+    assert before.max_batch_size == 8  # the original is untouched
+
+
+def test_the_ensemble_batch_follows_its_smallest_step_and_postprocess_follows_attributes() -> None:
+    changed = dict(CONFIGS)
+    changed[contract.PREPROCESS_MODEL] = apply_scheduling(
+        changed[contract.PREPROCESS_MODEL], ModelScheduling(max_batch_size=4)
+    )
+    changed[contract.ATTRIBUTES_MODEL] = apply_scheduling(
+        changed[contract.ATTRIBUTES_MODEL], ModelScheduling(max_batch_size=32)
+    )
+    consistent = make_consistent(changed)
+    assert consistent[contract.ENSEMBLE_MODEL].max_batch_size == 4
+    post = consistent[contract.POSTPROCESS_MODEL]
+    assert post.parameters[ATTRIBUTES_MAX_BATCH_PARAMETER].string_value == "32"
+    assert CONFIGS[contract.ENSEMBLE_MODEL].max_batch_size == 8  # copies, not edits
+
+
+def test_the_coupled_parameter_is_a_postprocess_parameter() -> None:
+    assert ATTRIBUTES_MAX_BATCH_PARAMETER in {f.name for f in dataclasses.fields(PostprocessParameters)}
+
+
+def _write(repository: Path) -> None:
+    for name, config in CONFIGS.items():
+        (repository / name).mkdir(parents=True)
+        write_model_config(repository / name / CONFIG_FILE, config)
+
+
+def test_write_back_rewrites_exactly_the_changed_configs(tmp_path: Path) -> None:
+    _write(tmp_path)
+    untouched = (tmp_path / contract.DETECTOR_MODEL / CONFIG_FILE).read_text()
+    config: TuneConfig = (
+        (contract.PREPROCESS_MODEL, ModelScheduling(instances=2, max_batch_size=4)),
+        (contract.DETECTOR_MODEL, RepositorySettings().detector),
+    )
+    written = write_back(tmp_path, config)
+    assert sorted(p.parent.name for p in written) == [contract.ENSEMBLE_MODEL, contract.PREPROCESS_MODEL]
+    again = read_configs(tmp_path)
+    assert again == configs_for(CONFIGS, config)
+    assert scheduling_of(again[contract.PREPROCESS_MODEL]) == ModelScheduling(instances=2, max_batch_size=4)
+    assert (tmp_path / contract.DETECTOR_MODEL / CONFIG_FILE).read_text() == untouched
+    assert write_back(tmp_path, config) == []  # idempotent
+
+
+def _objective(config: TuneConfig, slo_p99_ms: float = 100.0) -> tuple[float, float]:
+    """Throughput peaks at 2 detector instances and batch 8; a long queue delay breaks the SLO."""
+    s = dict(config)["detector"]
+    throughput = 100.0 - 20 * abs(s.instances - 2) - 5 * abs(math.log2(s.max_batch_size) - 3)
+    p99 = 50.0 + s.max_queue_delay_us / 40
+    return throughput, p99
+
+
+def _search(
+    space: TuneSpace, start: TuneConfig, max_trials: int, slo: float = 100.0
+) -> tuple[list[Trial], Trial, list[TuneConfig]]:
+    calls: list[TuneConfig] = []
+
+    async def evaluate(config: TuneConfig, change: str) -> Trial:
+        calls.append(config)
+        throughput, p99 = _objective(config)
+        return Trial(len(calls) - 1, config, change, throughput, p99, 4, p99 <= slo)
+
+    trials, best = asyncio.run(coordinate_descent(evaluate, start, space, max_trials=max_trials))
+    return trials, best, calls
+
+
+SPACE = TuneSpace(
+    models=("detector",), instances=(1, 2, 3, 4), max_batch_sizes=(1, 2, 4, 8, 16, 32), queue_delays_us=(0, 1000, 4000)
+)
+START: TuneConfig = (("detector", ModelScheduling(instances=1, max_batch_size=1)),)
+
+
+def test_coordinate_descent_finds_the_optimum_with_far_fewer_trials_than_the_cross_product() -> None:
+    trials, best, calls = _search(SPACE, START, max_trials=40)
+    assert dict(best.config)["detector"] == ModelScheduling(instances=2, max_batch_size=8)
+    assert len(trials) < SPACE.cross_product_size == 72
+    assert len(calls) == len(set(calls)) == len(trials)  # each configuration measured once
+    assert trials[0].change == "baseline"
+    assert any(t.change == "detector.instances 1 -> 2" for t in trials)
+
+
+def test_configurations_that_break_the_slo_are_never_chosen() -> None:
+    _, best, _ = _search(SPACE, START, max_trials=40)
+    assert dict(best.config)["detector"].max_queue_delay_us < 4000
+
+
+def test_the_trial_budget_is_respected() -> None:
+    trials, _, _ = _search(SPACE, START, max_trials=5)
+    assert len(trials) == 5
+
+
+def test_preferred_sizes_larger_than_the_batch_are_skipped_not_tried() -> None:
+    space = TuneSpace(
+        models=("detector",), instances=(1,), max_batch_sizes=(4,), queue_delays_us=(0,), preferred=((), (2,), (8,))
+    )
+    start: TuneConfig = (("detector", ModelScheduling(max_batch_size=4)),)
+    _trials, _, calls = _search(space, start, max_trials=10)
+    assert all(max(dict(c)["detector"].preferred_batch_sizes, default=0) <= 4 for c in calls)
+
+
+def test_a_failed_trial_never_wins() -> None:
+    async def evaluate(config: TuneConfig, change: str) -> Trial:
+        if change != "baseline":
+            return Trial(1, config, change, 1e9, 1.0, 4, True, (), "load failed")
+        return Trial(0, config, change, 10.0, 50.0, 4, True)
+
+    _, best = asyncio.run(coordinate_descent(evaluate, START, SPACE, max_trials=6))
+    assert best.change == "baseline"
+
+
+def test_bad_spaces_are_refused() -> None:
+    with pytest.raises(ValueError):
+        TuneSpace(models=())
+    with pytest.raises(ValueError):
+        TuneSpace(instances=(1, 1))
+    with pytest.raises(ValueError):
+        TuneSpace(queue_delays_us=(-1,))
+
+
+def _trial(index: int, config: TuneConfig, throughput: float, p99: float = 50.0) -> Trial:
+    return Trial(index, config, "x", throughput, p99, 4, True)
+
+
+@pytest.mark.parametrize(
+    ("baseline_again", "best_again", "confirmed"),
+    [(100.0, 110.0, True), (100.0, 101.0, False), (100.0, 90.0, False)],
+)
+def test_a_recommendation_counts_only_if_it_still_wins_back_to_back(
+    baseline_again: float, best_again: float, confirmed: bool
+) -> None:
+    best_config: TuneConfig = (("detector", ModelScheduling(instances=2)),)
+    report = TuneReport(
+        repository=Path("r"), slo_p99_ms=100.0, concurrency=(4,), space=SPACE,
+        trials=(_trial(0, START, 100.0), _trial(1, best_config, 130.0)), best=_trial(1, best_config, 130.0),
+        baseline=_trial(0, START, 100.0),
+        confirmation=(_trial(2, START, baseline_again), _trial(3, best_config, best_again)), min_gain=0.03,
+    )  # fmt: skip
+    assert report.confirmed is confirmed
+    assert report.gain == pytest.approx(best_again / baseline_again - 1)
+    assert report.to_dict()["confirmed"] is confirmed
