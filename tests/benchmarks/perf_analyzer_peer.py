@@ -145,7 +145,8 @@ def run(
         with out.open(newline="") as f:
             (row,) = list(csv.DictReader(f))
         header = " ".join(row)
-    shown = " ".join(Path(c).name if c.startswith(tmp) else c for c in command)
+    # Recorded without local folders: the binary and temporary files by name only.
+    shown = " ".join([Path(command[0]).name] + [Path(c).name if c.startswith(tmp) else c for c in command[1:]])
     return PeerResult(
         concurrency=int(row["Concurrency"]),
         throughput_rps=float(row["Inferences/Second"]),
