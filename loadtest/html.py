@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fashionbox.loadtest.printers import POINT_COLUMNS
 from fashionbox.loadtest.report import CapacityPlan, Point, Report
 
 __all__ = ["Series", "line_chart", "nice_ticks", "render_html", "stacked_bars"]
@@ -262,20 +263,7 @@ def _points_html(points: Sequence[Point]) -> str:
         for p in points
     ]
     return _table(
-        [
-            "target",
-            "load",
-            "req/s",
-            "p50 ms",
-            "p90 ms",
-            "p95 ms",
-            "p99 ms",
-            "p99.9 ms",
-            "errors",
-            "MB sent",
-            "stable",
-            "note",
-        ],
+        [*POINT_COLUMNS, "note"],
         rows,
     )
 

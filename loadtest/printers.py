@@ -57,20 +57,13 @@ def _errors(point: Point) -> str:
     return ", ".join(f"{status} {count}" for status, count in sorted(point.errors.items()))
 
 
+POINT_COLUMNS = ("target", "load", "req/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "p99.9 ms", "errors",
+                 "MB sent", "stable")
+"""Columns of the per-point table, shared by the terminal and HTML reports."""
+
+
 def _points_table(points: Sequence[Point]) -> str:
-    headers = [
-        "target",
-        "load",
-        "req/s",
-        "p50 ms",
-        "p90 ms",
-        "p95 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "errors",
-        "MB sent",
-        "stable",
-    ]
+    headers = list(POINT_COLUMNS)
     rows = [
         [
             p.target,
