@@ -20,12 +20,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fashionbox.labels import LabelMap, default_label_map
 from fashionbox.postprocessing import ImageResult
+
+if TYPE_CHECKING:  # the client is only needed for its result type here
+    from fashionbox.client import ImageDetections
 
 __all__ = [
     "EvalSample",
@@ -35,6 +38,7 @@ __all__ = [
     "coco_metrics",
     "compare_fidelity",
     "heldout_samples",
+    "predictions_from_detections",
     "predictions_from_result",
     "run_eval_cli",
 ]
@@ -98,6 +102,17 @@ def predictions_from_result(result: ImageResult, label_map: LabelMap) -> list[Pr
         out.append(Prediction(tuple(float(v) for v in box), label_map.categories[int(category)].name,  # type: ignore[arg-type]
                               float(score), labels, scores))
     return out
+
+
+def predictions_from_detections(result: ImageDetections) -> list[Prediction]:
+    """The typed client's result -> predictions (the served side of every comparison)."""
+    return [
+        Prediction(
+            (d.box.x1, d.box.y1, d.box.x2, d.box.y2), d.category, d.score,
+            {g: a.label for g, a in d.attributes.items()}, {g: a.score for g, a in d.attributes.items()},
+        )
+        for d in result.detections
+    ]
 
 
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -239,10 +254,7 @@ def _served_predictions(url: str, samples: Sequence[EvalSample],
         label_map = client.labels()
 
         def one(sample: EvalSample) -> list[Prediction]:
-            result = client.detect(sample.data)
-            return [Prediction(tuple(d.box.as_list()), d.category, d.score,  # type: ignore[arg-type]
-                               {g: a.label for g, a in d.attributes.items()},
-                               {g: a.score for g, a in d.attributes.items()}) for d in result.detections]
+            return predictions_from_detections(client.detect(sample.data))
 
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             return list(pool.map(one, samples)), label_map

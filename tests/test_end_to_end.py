@@ -26,6 +26,7 @@ from fashionbox.evaluation import (
     compare_fidelity,
     evaluate,
     heldout_samples,
+    predictions_from_detections,
     predictions_from_result,
 )
 from fashionbox.pipeline import InProcessPipeline
@@ -54,10 +55,7 @@ def heldout() -> list[EvalSample]:
 @pytest.fixture(scope="session")
 def served_predictions(url: str, heldout: list[EvalSample]) -> list[list[Prediction]]:
     with FashionClient(url) as client:
-        results = [client.detect(sample.data) for sample in heldout]
-    return [[Prediction(tuple(d.box.as_list()), d.category, d.score,  # type: ignore[arg-type]
-                        {g: a.label for g, a in d.attributes.items()},
-                        {g: a.score for g, a in d.attributes.items()}) for d in r.detections] for r in results]
+        return [predictions_from_detections(client.detect(sample.data)) for sample in heldout]
 
 
 def test_served_detections_equal_the_pytorch_reference_on_200_heldout_images(

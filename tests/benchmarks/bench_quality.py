@@ -31,7 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     from fashionbox import contract
     from fashionbox.client import FashionClient
     from fashionbox.converter import ConvertOptions, convert
-    from fashionbox.evaluation import Prediction, compare_fidelity, evaluate, heldout_samples, predictions_from_result
+    from fashionbox.evaluation import (
+        compare_fidelity,
+        evaluate,
+        heldout_samples,
+        predictions_from_detections,
+        predictions_from_result,
+    )
     from fashionbox.pipeline import InProcessPipeline
     from fashionbox.server import ServerConfig, TritonServer, find_free_ports
 
@@ -50,21 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         with TritonServer(config) as server, FashionClient(server.endpoints.grpc) as client:
             label_map = client.labels()
-            served = []
-            for sample in samples:
-                result = client.detect(sample.data)
-                served.append(
-                    [
-                        Prediction(
-                            tuple(d.box.as_list()),
-                            d.category,
-                            d.score,  # type: ignore[arg-type]
-                            {g: a.label for g, a in d.attributes.items()},
-                            {g: a.score for g, a in d.attributes.items()},
-                        )
-                        for d in result.detections
-                    ]
-                )
+            served = [predictions_from_detections(client.detect(sample.data)) for sample in samples]
     reference_pipeline = InProcessPipeline.torch_reference(score_threshold=threshold)
     reference = []
     for sample in samples:
