@@ -100,3 +100,10 @@ DEFAULT_GRPC_PORT = 8001
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_HOST = "127.0.0.1"
+
+# -- access ---------------------------------------------------------------------------------------------
+
+ADMIN_KEY_NAME = "admin-key"
+"""Header carrying the admin key when the admin APIs are restricted (``fashionbox serve --admin-key-file``)."""
+ADMIN_GRPC_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_NAME}"
+"""The gRPC metadata key a client sends: Triton prefixes restricted-protocol header names with this."""

@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, TypeVar, cast
 
 from fashionbox.contract import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
+from fashionbox.security import SECURITY_FLAGS, SecurityError, ServerTls, read_admin_key, redact, security_arguments
 
 __all__ = [
     "ConfigError",
@@ -189,6 +190,10 @@ class ServerConfig:
     python_shm_growth_bytes: int | None = None
     extra_args: tuple[str, ...] = ()
     cache_dir: Path | None = None  # where the prepared backends folder is kept; None: the user cache
+    tls: ServerTls | None = None  # gRPC TLS; mutual when it names a client CA
+    # Restricts the admin APIs (fashionbox.security.ADMIN_APIS) to callers sending this key.
+    admin_key: str | None = dataclasses.field(default=None, repr=False)
+    secure: bool = False  # the secure profile: refuse to start without TLS and an admin key
 
     def __post_init__(self) -> None:
         # Accept str paths from callers but store Paths, so equality and hashing are predictable.
@@ -229,6 +234,25 @@ class ServerConfig:
             flag = arg.split("=", 1)[0]
             if flag in _MANAGED_FLAGS:
                 raise ConfigError(f"extra argument {arg!r} sets {flag}, which ServerConfig manages; use its field")
+            if flag in SECURITY_FLAGS and (self.tls is not None or self.admin_key is not None):
+                raise ConfigError(f"extra argument {flag} conflicts with the tls/admin_key settings; use those only")
+        self._check_security()
+
+    def _check_security(self) -> None:
+        try:
+            security_arguments(self.tls, self.admin_key)  # validates the key
+        except SecurityError as exc:
+            raise ConfigError(str(exc)) from exc
+        if self.secure and (self.tls is None or self.admin_key is None):
+            missing = [name for name, value in (("TLS (--tls-cert/--tls-key)", self.tls),
+                                                ("an admin key (--admin-key-file)", self.admin_key)) if value is None]
+            raise ConfigError(f"the secure profile needs {' and '.join(missing)}")
+        # Explicit mode lets a caller load and unload models at run time: never open to the network.
+        if self.model_control_mode == "explicit" and self.admin_key is None and not _is_loopback(self.host):
+            raise ConfigError(
+                f"model_control_mode='explicit' on {self.host} would let anyone on the network load and unload "
+                "models: bind loopback, or set an admin key to restrict the model-repository API"
+            )
 
     @classmethod
     def from_env(cls, repository: str | Path | None = None, environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -239,7 +263,8 @@ class ServerConfig:
         Variables: REPOSITORY, HOST, GRPC_PORT, HTTP_PORT, METRICS_PORT, MODEL_CONTROL_MODE,
         LOAD_MODELS (comma-separated), STRICT_READINESS (true/false), EXIT_TIMEOUT_S, STARTUP_TIMEOUT_S,
         LOG_FILE, LOG_VERBOSE, PYTHON_SHM_DEFAULT_BYTES, PYTHON_SHM_GROWTH_BYTES, TRITON_ARGS (shell
-        words), CACHE_DIR; each with the ``FASHIONBOX_`` prefix.
+        words), CACHE_DIR, TLS_CERT, TLS_KEY, TLS_CLIENT_CA, SECURE, ADMIN_KEY_FILE, ADMIN_KEY; each with
+        the ``FASHIONBOX_`` prefix.
         """
         env = os.environ if environ is None else environ
 
@@ -273,8 +298,26 @@ class ServerConfig:
             changes["extra_args"] = tuple(shlex.split(value))
         if (value := get("CACHE_DIR")) is not None:
             changes["cache_dir"] = Path(value)
+        if (value := get("TLS_CERT")) is not None or get("TLS_KEY") is not None:
+            ca = get("TLS_CLIENT_CA")
+            changes["tls"] = _server_tls(value, get("TLS_KEY"), ca)
+        if (value := get("SECURE")) is not None:
+            changes["secure"] = parse_bool(ENV_PREFIX + "SECURE", value)
+        try:
+            changes["admin_key"] = read_admin_key(environ=env)
+        except SecurityError as exc:
+            raise ConfigError(str(exc)) from exc
         # replace() runs __post_init__ again, which checks the types and values read above.
         return dataclasses.replace(cls(repository=Path(repo)), **changes)
+
+
+def _server_tls(cert: str | Path | None, key: str | Path | None, client_ca: str | Path | None) -> ServerTls:
+    if cert is None or key is None:
+        raise ConfigError("TLS needs both a certificate and a private key")
+    try:
+        return ServerTls(Path(cert), Path(key), Path(client_ca) if client_ca is not None else None)
+    except SecurityError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def parse_bool(name: str, value: str) -> bool:
@@ -428,6 +471,7 @@ def build_command(config: ServerConfig, *, binary: Path, backend_directory: Path
         command.append(f"--backend-config=python,shm-default-byte-size={config.python_shm_default_bytes}")
     if config.python_shm_growth_bytes is not None:
         command.append(f"--backend-config=python,shm-growth-byte-size={config.python_shm_growth_bytes}")
+    command.extend(security_arguments(config.tls, config.admin_key))
     command.extend(config.extra_args)
     return command
 
@@ -571,7 +615,11 @@ class TritonServer:
             if not _port_is_free(config.host, port):
                 raise PortInUseError(port, protocol, config.host)
         if not _is_loopback(config.host):
-            logger.warning("binding %s: the server is reachable from the network", config.host)
+            logger.warning(
+                "binding %s: the server is reachable from the network%s",
+                config.host,
+                "" if config.tls is not None else " over plaintext gRPC (no --tls-cert)",
+            )
 
         dist = _find_triton_distribution()
         backend_directory = prepare_backend_directory(config.cache_dir)
@@ -586,7 +634,7 @@ class TritonServer:
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(dist.libs), env.get("LD_LIBRARY_PATH")]))
         env[SITE_PACKAGES_ENV] = sysconfig.get_paths()["purelib"]
-        logger.info("starting tritonserver: %s", shlex.join(self._command))
+        logger.info("starting tritonserver: %s", shlex.join(redact(self._command, config.admin_key)))
         try:
             self._process = subprocess.Popen(
                 self._command,
@@ -785,6 +833,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--startup-timeout-s", type=float, help="seconds to wait for readiness (default 120)")
     parser.add_argument("--exit-timeout-s", type=int, help="seconds Triton waits for in-flight requests on exit")
     parser.add_argument("--python-shm-default-bytes", type=int, help="python backend shared memory per model")
+    security = parser.add_argument_group("security")
+    security.add_argument("--tls-cert", type=Path, help="PEM server certificate: gRPC over TLS")
+    security.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    security.add_argument("--tls-client-ca", type=Path, help="PEM CA: mutual TLS, only clients it signed get in")
+    security.add_argument(
+        "--admin-key-file",
+        type=Path,
+        help="file holding the admin key: model repository/config, shared memory, statistics, trace and "
+        "logging APIs then need it (default: $FASHIONBOX_ADMIN_KEY_FILE or $FASHIONBOX_ADMIN_KEY)",
+    )
+    security.add_argument(
+        "--secure", action="store_true", default=None, help="secure profile: refuse to start without TLS and a key"
+    )
     parser.add_argument(
         "--triton-arg",
         action="append",
@@ -813,6 +874,16 @@ def config_from_arguments(args: argparse.Namespace, environ: Mapping[str, str] |
         "extra_args",
     )
     changes = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    tls_flags = (getattr(args, "tls_cert", None), getattr(args, "tls_key", None), getattr(args, "tls_client_ca", None))
+    if any(flag is not None for flag in tls_flags):
+        changes["tls"] = _server_tls(*tls_flags)
+    if getattr(args, "admin_key_file", None) is not None:
+        try:
+            changes["admin_key"] = read_admin_key(args.admin_key_file)
+        except SecurityError as exc:
+            raise ConfigError(str(exc)) from exc
+    if getattr(args, "secure", None):
+        changes["secure"] = True
     if "load_models" in changes:
         changes["load_models"] = tuple(cast("Sequence[str]", changes["load_models"]))
     if "extra_args" in changes:
@@ -843,9 +914,11 @@ def run_server_cli(config: ServerConfig) -> int:
             print(f"fashionbox serve: {exc}", file=sys.stderr)
             return 1
         endpoints = server.endpoints
+        transport = "plaintext" if config.tls is None else ("mutual TLS" if config.tls.mutual else "TLS")
+        admin = "restricted to the admin key" if config.admin_key is not None else "open"
         print(
             f"FashionBox Triton server ready (pid {server.pid})\n"
-            f"  gRPC     {endpoints.grpc}\n"
+            f"  gRPC     {endpoints.grpc} ({transport}; admin APIs {admin})\n"
             f"  HTTP     {endpoints.http}\n"
             f"  metrics  {endpoints.metrics}\n"
             f"  log      {server.log_path}\n"

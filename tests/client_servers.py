@@ -20,6 +20,7 @@ from PIL import Image
 
 from fashionbox.converter.repository import ModelScheduling, RepositorySettings, write_repository
 from fashionbox.labels import default_label_map
+from fashionbox.security import ServerTls
 from fashionbox.server import PortInUseError, ServerConfig, TritonServer, find_free_ports
 
 ADMIN_KEY = "s3cret-admin-key"
@@ -67,7 +68,14 @@ def standin_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def start_private_server(
-    repository: Path, log_dir: Path, *, extra_args: Sequence[str] = (), wait: bool = True
+    repository: Path,
+    log_dir: Path,
+    *,
+    extra_args: Sequence[str] = (),
+    wait: bool = True,
+    tls: ServerTls | None = None,
+    admin_key: str | None = None,
+    exit_timeout_s: int = 5,
 ) -> TritonServer:
     """A server of the caller's own on fresh ports, started (and ready unless ``wait=False``).
 
@@ -82,8 +90,10 @@ def start_private_server(
                 http_port=http_port,
                 metrics_port=metrics_port,
                 log_path=log_dir / f"triton-{grpc_port}.log",
-                exit_timeout_s=5,
+                exit_timeout_s=exit_timeout_s,
                 extra_args=tuple(extra_args),
+                tls=tls,
+                admin_key=admin_key,
             )
         )
         try:

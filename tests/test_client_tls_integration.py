@@ -1,6 +1,7 @@
 """TLS and mutual TLS between both clients and a real embedded Triton, with certificates made here.
 
-Two private servers on stand-in models: one with server-side TLS (``--grpc-use-ssl``), one that
+Two private servers on stand-in models, configured through :class:`ServerTls` as ``fashionbox serve
+--tls-cert/--tls-key[/--tls-client-ca]`` does: one with server-side TLS (``--grpc-use-ssl``), one that
 also demands client certificates (``--grpc-use-ssl-mutual``). The certificates come from a test CA
 generated with ``cryptography``; a second, unrelated CA plays the stranger. Every refusal must be a
 :class:`ConnectError`, because from the caller's side a failed handshake is a connection failure.
@@ -9,14 +10,13 @@ generated with ``cryptography``; a second, unrelated CA plays the stranger. Ever
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from client_servers import image_set, standin_repository, start_private_server
+from pki import SERVER_NAME, Pem, ca_pem, issue, make_ca
 
 from fashionbox.client import (
     AsyncFashionClient,
@@ -27,104 +27,13 @@ from fashionbox.client import (
     RetryPolicy,
     TlsConfig,
 )
+from fashionbox.security import ServerTls
 from fashionbox.server import TritonServer
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
-x509 = pytest.importorskip("cryptography.x509", reason="certificates are made with the 'dev' extra's cryptography")
 
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
-
-SERVER_NAME = "fashionbox.test"
 NO_RETRY = RetryPolicy.disabled()  # handshakes fail the same way every time
-
-
-@dataclass(frozen=True)
-class Pem:
-    key: bytes
-    cert: bytes
-
-    def write(self, folder: Path, name: str) -> tuple[Path, Path]:
-        key, cert = folder / f"{name}.key", folder / f"{name}.pem"
-        key.write_bytes(self.key)
-        cert.write_bytes(self.cert)
-        return key, cert
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def make_ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def issue(ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], common_name: str, *, server: bool) -> Pem:
-    ca_key, ca_cert = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False,
-        )
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName(SERVER_NAME),
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-    cert = builder.sign(ca_key, hashes.SHA256())
-    return Pem(key=_key_pem(key), cert=cert.public_bytes(serialization.Encoding.PEM))
 
 
 @dataclass(frozen=True)
@@ -150,7 +59,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pki, Path, P
     ca = make_ca("FashionBox test CA")
     stranger_ca = make_ca("Somebody else's CA")
     ca_file = folder / "ca.pem"
-    ca_file.write_bytes(ca[1].public_bytes(serialization.Encoding.PEM))
+    ca_file.write_bytes(ca_pem(ca))
     server_key, server_cert = issue(ca, SERVER_NAME, server=True).write(folder, "server")
     client = issue(ca, "search-backend", server=False)
     client_key, client_cert = client.write(folder, "client")
@@ -161,7 +70,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pki, Path, P
             client=client,
             client_key_file=client_key,
             client_cert_file=client_cert,
-            stranger_ca_pem=stranger_ca[1].public_bytes(serialization.Encoding.PEM),
+            stranger_ca_pem=ca_pem(stranger_ca),
             stranger_client=issue(stranger_ca, "intruder", server=False),
         ),
         server_key,
@@ -174,18 +83,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory, pki: tuple[Pki, Path, Path
     keys, server_key, server_cert = pki
     repository = standin_repository(tmp_path_factory)
     logs = tmp_path_factory.mktemp("tls-logs")
-    tls_args = (
-        "--grpc-use-ssl=true",
-        f"--grpc-server-cert={server_cert}",
-        f"--grpc-server-key={server_key}",
-        f"--grpc-root-cert={keys.ca_file}",
-    )
     # Both start at once and load their models side by side.
-    tls = start_private_server(repository, logs, extra_args=tls_args, wait=False)
+    tls = start_private_server(repository, logs, tls=ServerTls(server_cert, server_key), wait=False)
     mutual = None
     try:
         mutual = start_private_server(
-            repository, logs, extra_args=(*tls_args, "--grpc-use-ssl-mutual=true"), wait=False
+            repository, logs, tls=ServerTls(server_cert, server_key, client_ca=keys.ca_file), wait=False
         )
         tls.wait_until_ready()
         mutual.wait_until_ready()

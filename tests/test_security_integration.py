@@ -1,0 +1,220 @@
+"""The secure profile end to end: ``fashionbox serve --secure`` with mutual TLS and an admin key.
+
+One real server, started through the command line exactly as an operator would start it (key in a
+file, certificates made here), on the stand-in models. Inference stays open to any client holding a
+certificate the CA signed; every admin API answers only callers that send the key, on gRPC and HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as grpcclient
+from client_servers import image_set, standin_repository
+from pki import ca_pem, issue, make_ca
+from tritonclient.utils import InferenceServerException
+
+from fashionbox import contract
+from fashionbox.client import AccessDenied, ClientConfig, FashionClient, RetryPolicy, TlsConfig
+from fashionbox.server import find_free_ports
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
+
+ADMIN_KEY = "fashionbox-test-admin-key-0123456789"
+EXIT_TIMEOUT_S = 5
+
+
+@dataclass(frozen=True)
+class SecureServer:
+    process: subprocess.Popen[bytes]
+    grpc: str
+    http: str
+    ca: Path
+    client_key: Path
+    client_cert: Path
+    log: Path
+
+    def client_config(self, **changes: object) -> ClientConfig:
+        tls = TlsConfig(root_certificates=self.ca, private_key=self.client_key, certificate_chain=self.client_cert)
+        return ClientConfig(url=self.grpc, tls=tls, retry=RetryPolicy.disabled(), **changes)  # type: ignore[arg-type]
+
+    def grpc_client(self) -> grpcclient.InferenceServerClient:
+        return grpcclient.InferenceServerClient(
+            self.grpc,
+            ssl=True,
+            root_certificates=str(self.ca),
+            private_key=str(self.client_key),
+            certificate_chain=str(self.client_cert),
+        )
+
+
+def _wait_ready(server: SecureServer, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise AssertionError(f"fashionbox serve exited with {server.process.returncode}:\n{server.log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{server.http}/v2/health/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"not ready after {timeout_s} s:\n{server.log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureServer]:
+    folder = tmp_path_factory.mktemp("secure")
+    ca = make_ca("FashionBox secure-profile CA")
+    ca_file = folder / "ca.pem"
+    ca_file.write_bytes(ca_pem(ca))
+    server_key, server_cert = issue(ca, "fashionbox.test", server=True).write(folder, "server")
+    client_key, client_cert = issue(ca, "search-backend", server=False).write(folder, "client")
+    key_file = folder / "admin.key"
+    key_file.write_text(ADMIN_KEY + "\n")
+    key_file.chmod(0o600)
+    grpc_port, http_port, metrics_port = find_free_ports(3)
+    log = folder / "serve.log"
+    command = [
+        sys.executable, "-m", "fashionbox.cli", "serve", "--secure",
+        "--repository", str(standin_repository(tmp_path_factory)),
+        "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
+        "--tls-cert", str(server_cert), "--tls-key", str(server_key), "--tls-client-ca", str(ca_file),
+        "--admin-key-file", str(key_file), "--exit-timeout-s", str(EXIT_TIMEOUT_S),
+        "--log-file", str(folder / "triton.log"),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASHIONBOX_")}
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    server = SecureServer(
+        process, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", ca_file, client_key, client_cert, log
+    )
+    try:
+        _wait_ready(server)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=EXIT_TIMEOUT_S + 15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _http_status(url: str, headers: dict[str, str] | None = None, data: bytes | None = None) -> int:
+    request = urllib.request.Request(url, headers=headers or {}, data=data)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+# -- what stays open ----------------------------------------------------------------------------------
+
+
+def test_inference_needs_a_client_certificate_but_no_admin_key(secure: SecureServer) -> None:
+    with FashionClient(config=secure.client_config()) as client:
+        result = client.detect(image_set(1)[0])
+
+    assert result.width > 0
+
+
+def test_the_serve_banner_names_the_transport_and_the_restriction_but_never_the_key(secure: SecureServer) -> None:
+    banner = secure.log.read_text()
+
+    assert "mutual TLS; admin APIs restricted to the admin key" in banner
+    assert "starting tritonserver:" in banner and "admin-key=<redacted>" in banner
+    assert ADMIN_KEY not in banner
+
+
+def test_health_and_metadata_stay_open_over_http(secure: SecureServer) -> None:
+    assert _http_status(f"{secure.http}/v2/health/ready") == 200
+    assert _http_status(f"{secure.http}/v2/models/{contract.ENSEMBLE_MODEL}") == 200
+
+
+# -- what the key guards ------------------------------------------------------------------------------
+
+
+def test_statistics_without_the_key_are_refused_and_with_it_are_served(secure: SecureServer) -> None:
+    with FashionClient(config=secure.client_config()) as client, pytest.raises(AccessDenied):
+        client.statistics()
+
+    with FashionClient(config=secure.client_config(headers={contract.ADMIN_GRPC_HEADER: ADMIN_KEY})) as client:
+        assert {stats.model_name for stats in client.statistics()} >= {contract.ENSEMBLE_MODEL}
+
+
+def test_the_model_config_without_the_key_is_refused_and_with_it_is_served(secure: SecureServer) -> None:
+    with FashionClient(config=secure.client_config()) as client, pytest.raises(AccessDenied):
+        client.labels()
+
+    with FashionClient(config=secure.client_config(headers={contract.ADMIN_GRPC_HEADER: ADMIN_KEY})) as client:
+        assert client.labels().num_categories > 0
+
+
+@pytest.mark.parametrize("wrong", ["", "fashionbox-test-admin-key-WRONG"])
+def test_the_model_repository_api_refuses_a_missing_or_wrong_key(secure: SecureServer, wrong: str) -> None:
+    headers = {contract.ADMIN_GRPC_HEADER: wrong} if wrong else None
+    client = secure.grpc_client()
+    try:
+        with pytest.raises(InferenceServerException, match="restricted"):
+            client.get_model_repository_index(headers=headers)
+        with pytest.raises(InferenceServerException, match="restricted"):
+            client.unload_model(contract.ENSEMBLE_MODEL, headers=headers)
+        assert client.is_model_ready(contract.ENSEMBLE_MODEL)
+    finally:
+        client.close()
+
+
+def test_the_model_repository_api_answers_the_key(secure: SecureServer) -> None:
+    client = secure.grpc_client()
+    try:
+        index = client.get_model_repository_index(headers={contract.ADMIN_GRPC_HEADER: ADMIN_KEY}, as_json=True)
+    finally:
+        client.close()
+
+    assert contract.ENSEMBLE_MODEL in {model["name"] for model in index["models"]}
+
+
+@pytest.mark.parametrize(
+    ("path", "data"),
+    [
+        ("/v2/models/stats", None),
+        (f"/v2/models/{contract.ENSEMBLE_MODEL}/config", None),
+        ("/v2/repository/index", b"{}"),
+        ("/v2/logging", None),
+        ("/v2/trace/setting", None),
+        ("/v2/systemsharedmemory/status", None),
+    ],
+)
+def test_http_admin_apis_need_the_key_too(secure: SecureServer, path: str, data: bytes | None) -> None:
+    url = f"{secure.http}{path}"
+
+    refused = _http_status(url, data=data)
+    allowed = _http_status(url, headers={contract.ADMIN_KEY_NAME: ADMIN_KEY}, data=data)
+
+    assert refused == 403
+    assert allowed == 200
+
+
+def test_sigterm_stops_the_secure_server_cleanly(secure: SecureServer) -> None:
+    # Last in the file: the fixture's server is not needed afterwards.
+    started = time.monotonic()
+    secure.process.send_signal(signal.SIGTERM)
+    code = secure.process.wait(timeout=EXIT_TIMEOUT_S + 15)
+
+    assert code == 0
+    assert time.monotonic() - started < EXIT_TIMEOUT_S + 15
