@@ -1,11 +1,17 @@
 """Quality and fidelity measurement: COCO bbox mAP, attribute accuracy, served-vs-reference.
 
 ``fashionbox eval`` renders a held-out set of generated scenes (a seed the training never
-used) or reads a COCO annotation file, sends the images through the served pipeline (or the
-in-process PyTorch reference with ``--reference``) and reports::
+used) or reads a COCO annotation file (``--coco-annotations FILE --images DIR``, e.g. real
+Fashionpedia validation data), sends the images through the served pipeline (or the in-process
+PyTorch reference with ``--reference``) and reports::
 
-    {"images": 200, "bbox_map": 0.71, "bbox_map50": 0.95,
-     "attribute_accuracy": {"sleeve length": 0.93, ...}, "detections": 612}
+    {"images": 200, "bbox_map": 0.71, "bbox_map50": 0.95, "imaterialist_score": 0.52,
+     "attribute_accuracy": {"sleeve length": 0.93, ...}, "attribute_f1": {"sleeve length": 0.91, ...},
+     "detections": 612}
+
+``imaterialist_score`` is the iMaterialist (Kaggle FGVC6) style figure: per image, the mean over
+IoU thresholds 0.5:0.95 of TP/(TP+FP+FN), averaged over images. ``attribute_f1`` is the macro F1
+over each group's labels, on garments matched at IoU >= 0.5.
 
 Predictions from either path are reduced to :class:`Prediction` so the metrics code is one.
 """
@@ -35,9 +41,11 @@ __all__ = [
     "FidelityReport",
     "Prediction",
     "attribute_accuracy",
+    "attribute_f1",
     "coco_metrics",
     "compare_fidelity",
     "heldout_samples",
+    "imaterialist_score",
     "predictions_from_detections",
     "predictions_from_result",
     "run_eval_cli",
@@ -129,6 +137,9 @@ def coco_metrics(samples: Sequence[EvalSample], predictions: Sequence[Sequence[P
     from faster_coco_eval import COCO, COCOeval_faster
 
     cat_id = {c.name: i + 1 for i, c in enumerate(label_map.categories)}
+    for sample in samples:  # truth the model cannot name still counts, as misses
+        for truth in sample.truth:
+            cat_id.setdefault(truth.category, len(cat_id) + 1)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     detections: list[dict[str, Any]] = []
@@ -179,6 +190,70 @@ def attribute_accuracy(samples: Sequence[EvalSample], predictions: Sequence[Sequ
                 correct[group] += int(p.attributes.get(group) == label)
     return {g: {"accuracy": correct[g] / total[g] if total[g] else float("nan"), "matched": total[g]}
             for g in label_map.group_names}
+
+
+def _match(truth: Sequence[GroundTruth], preds: Sequence[Prediction], iou_threshold: float) -> list[tuple[int, int]]:
+    """Greedy by score: each prediction takes the unused same-category truth of highest IoU >= threshold."""
+    pairs: list[tuple[int, int]] = []
+    used: set[int] = set()
+    for i in sorted(range(len(preds)), key=lambda k: -preds[k].score):
+        best, best_iou = -1, iou_threshold
+        for k, t in enumerate(truth):
+            if k in used or t.category != preds[i].category:
+                continue
+            iou = _iou(preds[i].box, t.box)
+            if iou >= best_iou:
+                best, best_iou = k, iou
+        if best >= 0:
+            used.add(best)
+            pairs.append((i, best))
+    return pairs
+
+
+IMATERIALIST_IOUS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
+
+
+def imaterialist_score(samples: Sequence[EvalSample], predictions: Sequence[Sequence[Prediction]],
+                       iou_thresholds: Sequence[float] = IMATERIALIST_IOUS) -> float:
+    """Mean over images of the mean over IoU thresholds of TP / (TP + FP + FN).
+
+    The iMaterialist (FGVC6) style score, on boxes: a prediction is a TP when it matches an unused
+    truth of the same category at IoU >= the threshold (greedy by score). The served detections are
+    scored as returned (the server's threshold is the operating point); images with neither truth
+    nor predictions are skipped.
+    """
+    per_image = []
+    for sample, preds in zip(samples, predictions, strict=True):
+        if not sample.truth and not preds:
+            continue
+        scores = []
+        for threshold in iou_thresholds:
+            tp = len(_match(sample.truth, preds, threshold))
+            scores.append(tp / (len(preds) + len(sample.truth) - tp))
+        per_image.append(float(np.mean(scores)))
+    return float(np.mean(per_image)) if per_image else float("nan")
+
+
+def attribute_f1(samples: Sequence[EvalSample], predictions: Sequence[Sequence[Prediction]],
+                 label_map: LabelMap, iou_threshold: float = 0.5) -> dict[str, dict[str, float]]:
+    """Per group: macro F1 over the group's labels on matched garments whose truth has the group."""
+    pairs: dict[str, list[tuple[str, str | None]]] = {g: [] for g in label_map.group_names}
+    for sample, preds in zip(samples, predictions, strict=True):
+        for i, k in _match(sample.truth, preds, iou_threshold):
+            for group, label in sample.truth[k].attributes.items():
+                if group in pairs:
+                    pairs[group].append((label, preds[i].attributes.get(group)))
+    out: dict[str, dict[str, float]] = {}
+    for group, rows in pairs.items():
+        f1s = []
+        for label in label_map.group(group).labels:
+            tp = sum(1 for t, p in rows if t == label and p == label)
+            fp = sum(1 for t, p in rows if t != label and p == label)
+            fn = sum(1 for t, p in rows if t == label and p != label)
+            if tp + fp + fn:
+                f1s.append(2 * tp / (2 * tp + fp + fn))
+        out[group] = {"f1": float(np.mean(f1s)) if f1s else float("nan"), "matched": len(rows)}
+    return out
 
 
 @dataclass(frozen=True)
@@ -273,11 +348,12 @@ def _reference_predictions(samples: Sequence[EvalSample]) -> tuple[list[list[Pre
     return out, pipeline.label_map
 
 
-def _coco_samples(annotation_file: Path, image_dir: Path) -> list[EvalSample]:
+def _coco_samples(annotation_file: Path, image_dir: Path, label_map: LabelMap | None = None) -> list[EvalSample]:
+    """COCO annotations (Fashionpedia style: ``attribute_ids`` decoded with ``label_map``) and their images."""
     from fashionbox.synth import read_coco_dataset
 
     samples = []
-    for record in read_coco_dataset(annotation_file):
+    for record in read_coco_dataset(annotation_file, label_map=label_map):
         path = image_dir / record.file_name
         truth = tuple(GroundTruth(tuple(g.box), g.category, dict(g.attributes)) for g in record.garments)  # type: ignore[arg-type]
         samples.append(EvalSample(record.file_name, path.read_bytes(), record.width, record.height, truth))
@@ -288,17 +364,31 @@ def evaluate(samples: Sequence[EvalSample], predictions: Sequence[Sequence[Predi
              label_map: LabelMap) -> dict[str, Any]:
     report: dict[str, Any] = {"images": len(samples), "detections": sum(len(p) for p in predictions)}
     report.update(coco_metrics(samples, predictions, label_map))
+    report["imaterialist_score"] = imaterialist_score(samples, predictions)
     accuracy = attribute_accuracy(samples, predictions, label_map)
     report["attribute_accuracy"] = {g: v["accuracy"] for g, v in accuracy.items()}
     report["attribute_matched"] = {g: v["matched"] for g, v in accuracy.items()}
+    report["attribute_f1"] = {g: v["f1"] for g, v in attribute_f1(samples, predictions, label_map).items()}
     return report
+
+
+def _served_label_map(url: str) -> LabelMap:
+    from fashionbox.client import FashionClient
+
+    with FashionClient(url) as client:
+        return client.labels()
 
 
 def run_eval_cli(args: argparse.Namespace) -> int:
     if args.coco:
-        if not args.image_dir:
-            raise FileNotFoundError("--coco needs --image-dir")
-        samples = _coco_samples(args.coco, args.image_dir)
+        image_dir = args.image_dir or (args.images if isinstance(args.images, Path) else None)
+        if image_dir is None:
+            raise FileNotFoundError("--coco-annotations needs the image folder: --images DIR")
+        # Attribute ids decode through the served label map (its categories say which groups apply).
+        labels = default_label_map() if args.reference else _served_label_map(args.url)
+        samples = _coco_samples(args.coco, Path(image_dir), labels)
+    elif isinstance(args.images, Path):
+        raise FileNotFoundError("--images DIR needs --coco-annotations FILE")
     else:
         samples = heldout_samples(args.images, args.seed)
     if args.reference:

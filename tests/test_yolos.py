@@ -1,0 +1,252 @@
+"""The YOLOS family: a tiny random YOLOS checkpoint converted, served by a real Triton, equal to transformers.
+
+No network: the checkpoint is a random-initialised ``YolosConfig`` (Fashionpedia names in
+``id2label``) saved with ``save_pretrained`` into a temporary folder. Its weights are drawn wider
+than transformers' initialisation so that scores spread and some detections pass the threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fashionbox.converter import ConvertError, ConvertOptions, convert, resolve_spec
+from fashionbox.evaluation import EvalSample, GroundTruth, Prediction, attribute_f1, imaterialist_score
+from fashionbox.labels import default_label_map, fashionpedia_taxonomy
+
+transformers = pytest.importorskip("transformers", reason="the YOLOS family needs the 'hf' extra")
+torch = pytest.importorskip("torch")
+
+from fashionbox.converter.yolos import (  # noqa: E402
+    ATTRIBUTE_PROXIES,
+    checkpoint_weights,
+    compare_yolos,
+    export_yolos_onnx,
+    load_yolos,
+    reference_detections,
+    yolos_label_map,
+)
+from fashionbox.models.nms import NmsSettings  # noqa: E402
+
+FASHIONPEDIA = [c["name"] for c in fashionpedia_taxonomy()["categories"]]
+THRESHOLD = 0.2
+INPUT_SIZE = 64
+
+
+def save_tiny_yolos(folder: Path, *, seed: int = 0) -> Path:
+    """A 2-layer YOLOS with 46 Fashionpedia classes, image_size 64x96 (not square, so embeddings interpolate)."""
+    torch.manual_seed(seed)
+    config = transformers.YolosConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=[64, 96],
+        num_detection_tokens=10, id2label=dict(enumerate(FASHIONPEDIA)),
+        label2id={name: i for i, name in enumerate(FASHIONPEDIA)})
+    model = transformers.YolosForObjectDetection(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "layernorm" not in name:
+                parameter.normal_(0.0, 0.3)
+    model.save_pretrained(folder)
+    transformers.YolosImageProcessorPil(size={"shortest_edge": INPUT_SIZE, "longest_edge": 112}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_yolos(tmp_path_factory.mktemp("tiny-yolos"))
+
+
+@pytest.fixture(scope="module")
+def repository(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("yolos-repo") / "repository"
+    result = convert(ConvertOptions(out=out, detector=f"hf:{checkpoint_dir}", score_threshold=THRESHOLD,
+                                    compare_samples=2))
+    return result.repository
+
+
+# -- the category mapping ---------------------------------------------------------------------------------
+
+
+def test_every_fashionpedia_category_has_an_explicit_attribute_proxy() -> None:
+    assert sorted(ATTRIBUTE_PROXIES) == sorted(FASHIONPEDIA)
+    default_names = set(default_label_map().category_names)
+    assert {v for v in ATTRIBUTE_PROXIES.values() if v is not None} <= default_names
+    assert all(ATTRIBUTE_PROXIES[name] == name for name in default_names)
+
+
+def test_yolos_label_map_keeps_id2label_order_and_gives_parts_no_attributes() -> None:
+    labels = yolos_label_map(dict(enumerate(FASHIONPEDIA)))
+    assert labels.category_names == tuple(FASHIONPEDIA)
+    assert labels.attribute_groups == default_label_map().attribute_groups
+    assert labels.groups_for("sleeve") == labels.groups_for("neckline") == ()
+    assert labels.groups_for("cardigan") == default_label_map().groups_for("sweater")
+    assert labels.groups_for("dress") == default_label_map().groups_for("dress")
+    assert [c.fashionpedia_id for c in labels.categories] == list(range(46))
+
+
+def test_yolos_label_map_refuses_gaps_in_id2label() -> None:
+    with pytest.raises(ValueError, match=r"0\.\.1"):
+        yolos_label_map({0: "dress", 2: "sleeve"})
+
+
+# -- specs and loading -----------------------------------------------------------------------------------
+
+
+def test_hf_spec_resolves_a_yolos_folder_to_its_safetensors(checkpoint_dir: Path) -> None:
+    assert resolve_spec(f"hf:{checkpoint_dir}", "detector") == ("yolos", checkpoint_dir / "model.safetensors")
+
+
+def test_hf_spec_refuses_other_model_types_missing_weights_and_attribute_heads(tmp_path: Path,
+                                                                               checkpoint_dir: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "detr"}))
+    with pytest.raises(ConvertError, match="none of"):
+        resolve_spec(f"hf:{tmp_path}", "detector")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ConvertError, match="'detr' is not supported"):
+        resolve_spec(f"hf:{tmp_path}", "detector")
+    with pytest.raises(ConvertError, match="attribute heads"):
+        resolve_spec(f"hf:{checkpoint_dir}", "attributes")
+
+
+def test_a_bin_checkpoint_loads_through_weights_only_torch_load(checkpoint_dir: Path, tmp_path: Path) -> None:
+    reference = load_yolos(checkpoint_weights(checkpoint_dir))
+    for name in ("config.json", "preprocessor_config.json"):
+        (tmp_path / name).write_bytes((checkpoint_dir / name).read_bytes())
+    torch.save(reference.model.state_dict(), tmp_path / "pytorch_model.bin")
+    loaded = load_yolos(checkpoint_weights(tmp_path))
+    for key, value in reference.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+
+
+def test_a_bin_holding_arbitrary_objects_is_refused(checkpoint_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_bytes((checkpoint_dir / "config.json").read_bytes())
+    torch.save({"not": argparse.Namespace(x=1)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="weights_only"):
+        load_yolos(checkpoint_weights(tmp_path))
+
+
+# -- export and in-process parity -----------------------------------------------------------------------------
+
+
+def test_exported_graph_equals_transformers_post_processing(checkpoint_dir: Path, tmp_path: Path) -> None:
+    checkpoint = load_yolos(checkpoint_weights(checkpoint_dir))
+    assert checkpoint.input_size == INPUT_SIZE
+    nms = NmsSettings(score_threshold=THRESHOLD)
+    path = export_yolos_onnx(checkpoint, tmp_path / "detector.onnx", nms=nms)
+    batches = [np.random.default_rng(i).integers(0, 256, (3, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+               for i in range(2)]
+    report = compare_yolos(checkpoint, path, batches, nms)
+    assert report.max_abs_error["kept_mismatch"] == 0
+    assert report.max_abs_error["scores"] < 1e-5
+    assert report.max_abs_error["boxes"] < 1e-3  # letterbox pixels
+    assert sum(len(r) for b in batches for r in reference_detections(checkpoint, b, THRESHOLD)) > 0
+
+
+def test_convert_writes_a_yolos_repository_with_the_checkpoints_labels(repository: Path) -> None:
+    manifest = json.loads((repository / "manifest.json").read_text())
+    labels = json.loads((repository / "labels.json").read_text())
+    assert manifest["family"] == "yolos"
+    assert manifest["sources"]["detector"]["file"] == "model.safetensors"
+    assert manifest["export"]["input_size"] == INPUT_SIZE
+    assert [c["name"] for c in labels["categories"]] == FASHIONPEDIA
+
+
+def test_cli_convert_takes_an_hf_folder(checkpoint_dir: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from fashionbox.cli import main
+
+    assert main(["convert", "--detector", f"hf:{checkpoint_dir}", "--out", str(tmp_path / "repo"),
+                 "--score-threshold", str(THRESHOLD)]) == 0
+    manifest = json.loads((tmp_path / "repo" / "manifest.json").read_text())
+    assert manifest["family"] == "yolos"
+    assert manifest["versions"]["transformers"] == transformers.__version__
+    assert "model repository" in capsys.readouterr().out
+
+
+# -- evaluation metrics ------------------------------------------------------------------------------------
+
+
+def _sample(*truth: GroundTruth) -> EvalSample:
+    return EvalSample("x", b"", 100, 100, truth)
+
+
+def test_imaterialist_score_is_tp_over_tp_fp_fn_averaged_over_iou_thresholds() -> None:
+    truth = GroundTruth((0, 0, 10, 10), "dress", {})
+    exact = Prediction((0, 0, 10, 10), "dress", 0.9)
+    shifted = Prediction((0, 0, 10, 8), "dress", 0.9)  # IoU 0.8: a TP at 0.5..0.8, else FP + FN
+    wrong = Prediction((50, 50, 60, 60), "dress", 0.5)
+    assert imaterialist_score([_sample(truth)], [[exact]]) == 1.0
+    assert imaterialist_score([_sample(truth)], [[exact, wrong]]) == pytest.approx(0.5)
+    assert imaterialist_score([_sample(truth)], [[shifted]]) == pytest.approx((7 * 1.0 + 3 * 0.0) / 10)
+    assert imaterialist_score([_sample(truth), _sample()], [[exact], []]) == 1.0  # empty images skipped
+
+
+def test_attribute_f1_is_macro_over_labels_on_matched_garments() -> None:
+    labels = default_label_map()
+    samples = [_sample(GroundTruth((0, 0, 10, 10), "dress", {"sleeve length": "sleeveless"})),
+               _sample(GroundTruth((0, 0, 10, 10), "dress", {"sleeve length": "wrist-length"}))]
+    predictions = [[Prediction((0, 0, 10, 10), "dress", 0.9, {"sleeve length": "sleeveless"})],
+                   [Prediction((0, 0, 10, 10), "dress", 0.9, {"sleeve length": "sleeveless"})]]
+    f1 = attribute_f1(samples, predictions, labels)
+    # sleeveless: tp 1, fp 1 -> 2/3; wrist-length: fn 1 -> 0
+    assert f1["sleeve length"] == {"f1": pytest.approx(1 / 3), "matched": 2}
+    assert np.isnan(f1["neckline type"]["f1"])
+
+
+# -- served through a real Triton -------------------------------------------------------------------------------
+
+
+def _scenes() -> list[bytes]:
+    from fashionbox.synth import render_scene
+
+    sizes = [(640, 480), (360, 640), (500, 500)]
+    return [render_scene(50 + i, size=size).encode(format="JPEG", quality=90) for i, size in enumerate(sizes)]
+
+
+@pytest.mark.integration
+def test_served_yolos_detections_equal_transformers_on_the_same_images(
+        triton_server: Any, repository: Path, checkpoint_dir: Path) -> None:
+    from fashionbox.client import FashionClient
+    from fashionbox.imaging import decode_image, letterbox
+
+    checkpoint = load_yolos(checkpoint_weights(checkpoint_dir))
+    labels = checkpoint.label_map
+    server = triton_server(repository)
+    total = parts = garments = 0
+    with FashionClient(str(server.endpoints.grpc)) as client:
+        for data in _scenes():
+            served = client.detect(data).detections
+            pixels, info = letterbox(decode_image(data, target_size=INPUT_SIZE), INPUT_SIZE)
+            (expected,) = reference_detections(checkpoint, pixels[None], THRESHOLD)
+            assert [d.category for d in served] == [labels.category_names[c] for c in expected.classes]
+            np.testing.assert_allclose([d.score for d in served], expected.scores, atol=1e-3)
+            boxes = np.array([[d.box.x1, d.box.y1, d.box.x2, d.box.y2] for d in served]).reshape(-1, 4)
+            np.testing.assert_allclose(boxes, info.to_original(expected.boxes), atol=0.5)
+            for d in served:
+                assert set(d.attributes) == set(labels.groups_for(d.category))
+                parts += not labels.groups_for(d.category)
+                garments += bool(d.attributes)
+            total += len(served)
+    # garments carry the attribute heads' groups; parts such as sleeve are reported without attributes
+    assert total > 0 and parts > 0 and garments > 0
+
+
+@pytest.mark.integration
+def test_eval_measures_the_served_yolos_model_on_a_coco_file(
+        triton_server: Any, repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fashionbox.cli import main
+    from fashionbox.synth import write_coco_dataset
+
+    annotations = write_coco_dataset(tmp_path / "coco", count=3, seed=5)
+    url = str(triton_server(repository).endpoints.grpc)
+    assert main(["eval", "--url", url, "--coco-annotations", str(annotations),
+                 "--images", str(annotations.parent / "images"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 3
+    for key in ("bbox_map", "bbox_map50", "imaterialist_score"):
+        assert 0.0 <= report[key] <= 1.0
+    assert set(report["attribute_f1"]) == {"sleeve length", "neckline type", "textile pattern"}
