@@ -14,4 +14,6 @@ COPY proto /opt/fashionbox/proto
 COPY model_repository /opt/fashionbox/model_repository
 
 # numpy < 2 is pinned by the constraints: numpy 2 empties python-backend outputs (FIELD_NOTES).
-RUN python3 -m pip install --no-cache-dir -c /opt/fashionbox/constraints.txt "/opt/fashionbox[runtime]"
+# [loadtest] serves the compose loadtest service. GPU JPEG decoding in preprocess needs torch and
+# torchvision for this image's CUDA as well; without them it decodes on the CPU (and logs so).
+RUN python3 -m pip install --no-cache-dir -c /opt/fashionbox/constraints.txt "/opt/fashionbox[runtime,loadtest]"

@@ -1,8 +1,14 @@
-"""The production compose file, validated offline (no Docker engine runs here)."""
+"""The production compose file and the Kubernetes manifests, validated offline (no Docker engine runs here).
+
+No compose JSON schema or ``docker compose`` plugin is available offline in this project, so the
+checks are structural and cross-file: the image matches the embedded Triton, ports match
+``fashionbox/contract.py``, probes hit Triton's health paths, drains outlast ``--exit-timeout-secs``.
+"""
 
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +60,175 @@ def test_every_source_folder_the_package_needs_is_copied_into_the_image(compose:
     top_folders = {folder.split("/")[0] for folder in package_dirs.values()}
     copied = set(re.findall(r"^COPY (\S+) /opt/fashionbox/", dockerfile, re.MULTILINE))
     assert top_folders <= copied
+
+
+# -- GPU deployment (issue 6) ---------------------------------------------------------------------------
+
+K8S = ROOT / "deploy" / "k8s"
+TRITON_RELEASE = "24.10"  # NGC tritonserver 24.10 = Triton 2.51 (the embedded one) = TensorRT 10.5
+
+
+def _flag(command: list[str], name: str) -> str:
+    return next(c for c in command if c.startswith(f"{name}=")).split("=", 1)[1]
+
+
+def test_the_engine_builder_uses_the_tensorrt_release_of_the_serving_triton(compose: dict[str, Any]) -> None:
+    builder = compose["services"]["engine-builder"]
+    assert builder["image"] == f"nvcr.io/nvidia/tensorrt:{TRITON_RELEASE}-py3"
+    device = builder["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert "./artifacts/model_repository:/models" in builder["volumes"]  # writable: the plans go in
+    assert "sh build_engines.sh" in " ".join(builder["command"])  # the converter's generated script
+    assert builder["environment"]["FASHIONBOX_TIMING_CACHE"].startswith("/cache/")
+    assert any(v.startswith("tensorrt-cache:/cache") for v in builder["volumes"])
+    assert "tensorrt-cache" in compose["volumes"]
+
+
+def test_triton_starts_after_the_engines_are_built_and_refuses_foreign_ones(compose: dict[str, Any]) -> None:
+    triton = compose["services"]["triton"]
+    assert triton["depends_on"] == {"engine-builder": {"condition": "service_completed_successfully"}}
+    entrypoint = triton["entrypoint"]
+    assert entrypoint[1:] == ["python3", "-m", "fashionbox.converter.tensorrt", "check", "/models", "--"]
+    assert triton["command"][0] == "tritonserver" and _flag(triton["command"], "--model-repository") == "/models"
+
+
+def test_the_secure_profile_passes_tritons_tls_flags_with_secrets_from_files(compose: dict[str, Any]) -> None:
+    from fashionbox.contract import ADMIN_KEY_NAME
+    from fashionbox.security import ADMIN_APIS
+
+    secure = compose["services"]["triton-secure"]
+    assert secure["profiles"] == ["secure"]
+    assert secure["command"][:2] == ["sh", "-c"]
+    script = secure["command"][2].replace("$$", "$")  # compose's escape for a literal $
+    read_key, _, server = script.partition(" && ")
+    assert read_key == 'key="$(cat /run/secrets/admin_key)"'
+    command = shlex.split(server)
+    assert command[:2] == ["exec", "tritonserver"]
+    assert _flag(command, "--grpc-use-ssl") == "true" and _flag(command, "--grpc-use-ssl-mutual") == "true"
+    for flag, secret in (("--grpc-server-cert", "tls_cert"), ("--grpc-server-key", "tls_key"),
+                         ("--grpc-root-cert", "tls_client_ca")):
+        assert _flag(command, flag) == f"/run/secrets/{secret}" and secret in secure["secrets"]
+    restriction = f"{','.join(ADMIN_APIS)}:{ADMIN_KEY_NAME}=$key"  # shlex drops the quotes the shell drops
+    assert _flag(command, "--grpc-restricted-protocol") == restriction
+    assert _flag(command, "--http-restricted-api") == restriction
+    assert _flag(command, "--exit-timeout-secs") == _flag(compose["services"]["triton"]["command"],
+                                                           "--exit-timeout-secs")
+    assert all(compose["secrets"][name]["file"].startswith("./secrets/") for name in secure["secrets"])
+    assert "/secrets/" in (ROOT / ".gitignore").read_text().splitlines()  # no secret ever lands in git
+    assert secure["volumes"] == ["./artifacts/model_repository:/models:ro"]
+
+
+def test_the_loadtest_service_measures_the_triton_service(compose: dict[str, Any]) -> None:
+    from fashionbox.contract import DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT
+
+    loadtest = compose["services"]["loadtest"]
+    assert loadtest["entrypoint"] == ["fashionbox", "loadtest"]
+    assert loadtest["depends_on"] == {"triton": {"condition": "service_healthy"}}
+    command = loadtest["command"]
+    assert command[command.index("--url") + 1] == f"triton:{DEFAULT_GRPC_PORT}"
+    assert command[command.index("--metrics") + 1] == f"triton:{DEFAULT_METRICS_PORT}"
+    assert "loadtest" in (ROOT / "deploy/triton.Dockerfile").read_text()  # the [loadtest] extra is installed
+
+
+def test_compose_publishes_the_contract_ports(compose: dict[str, Any]) -> None:
+    from fashionbox.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
+
+    for name in ("triton", "triton-secure"):
+        published = {int(p.split(":")[-1]) for p in compose["services"][name]["ports"]}
+        assert published == {DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT}
+
+
+# -- Kubernetes -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def k8s() -> dict[str, dict[str, Any]]:
+    documents: dict[str, dict[str, Any]] = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            key = f"{document['kind']}/{document['metadata']['name']}" if "metadata" in document else document["kind"]
+            assert key not in documents, f"{key} defined twice"
+            documents[key] = document
+    return documents
+
+
+def _pod(k8s: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    spec: dict[str, Any] = k8s["Deployment/fashionbox-triton"]["spec"]["template"]["spec"]
+    return spec
+
+
+def _triton(k8s: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return next(c for c in _pod(k8s)["containers"] if c["name"] == "triton")
+
+
+def test_kustomization_lists_every_manifest(k8s: dict[str, dict[str, Any]]) -> None:
+    listed = k8s["Kustomization"]["resources"]
+    assert sorted(listed) == sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def test_k8s_runs_the_compose_image_and_command(k8s: dict[str, dict[str, Any]], compose: dict[str, Any]) -> None:
+    triton = _triton(k8s)
+    assert triton["image"] == compose["services"]["triton"]["image"] == f"fashionbox/triton:{TRITON_RELEASE}"
+    assert triton["command"] == compose["services"]["triton"]["entrypoint"]
+    assert triton["args"] == compose["services"]["triton"]["command"]
+    builder = next(c for c in _pod(k8s)["initContainers"] if c["name"] == "engine-builder")
+    assert builder["image"] == compose["services"]["engine-builder"]["image"]
+    assert "sh /models/build_engines.sh" in " ".join(builder["command"])
+
+
+def test_every_replica_gets_a_gpu_and_a_read_only_repository(k8s: dict[str, dict[str, Any]]) -> None:
+    pod = _pod(k8s)
+    triton = _triton(k8s)
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
+    mounts = {m["mountPath"]: m for m in triton["volumeMounts"]}
+    assert mounts["/models"]["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/dev/shm"]["name"]]["emptyDir"]["medium"] == "Memory"
+    source = volumes["model-source"]["persistentVolumeClaim"]
+    assert source["readOnly"] is True
+
+
+def test_probes_hit_tritons_health_endpoints_on_the_contract_ports(k8s: dict[str, dict[str, Any]]) -> None:
+    from fashionbox.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
+
+    triton = _triton(k8s)
+    ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
+    assert ports == {"http": DEFAULT_HTTP_PORT, "grpc": DEFAULT_GRPC_PORT, "metrics": DEFAULT_METRICS_PORT}
+    assert triton["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert triton["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert triton["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    annotations = k8s["Deployment/fashionbox-triton"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(DEFAULT_METRICS_PORT)
+
+
+def test_the_grace_period_outlasts_tritons_exit_timeout(k8s: dict[str, dict[str, Any]]) -> None:
+    exit_timeout_s = int(_flag(_triton(k8s)["args"], "--exit-timeout-secs"))
+    assert _pod(k8s)["terminationGracePeriodSeconds"] > exit_timeout_s
+
+
+def test_grpc_is_served_by_a_headless_service_for_per_call_balancing(k8s: dict[str, dict[str, Any]]) -> None:
+    labels = k8s["Deployment/fashionbox-triton"]["spec"]["template"]["metadata"]["labels"]
+    assert k8s["Deployment/fashionbox-triton"]["spec"]["selector"]["matchLabels"] == labels
+    grpc = k8s["Service/fashionbox-grpc"]["spec"]
+    assert grpc["clusterIP"] == "None" and grpc["selector"] == labels
+    assert grpc["ports"] == [{"name": "grpc", "port": 8001, "targetPort": "grpc", "appProtocol": "grpc"}]
+    assert k8s["Service/fashionbox-metrics"]["spec"]["selector"] == labels
+
+
+def test_the_autoscaler_follows_tritons_queue_time(k8s: dict[str, dict[str, Any]]) -> None:
+    hpa = k8s["HorizontalPodAutoscaler/fashionbox-triton"]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "fashionbox-triton"}
+    assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"]
+    (metric,) = hpa["metrics"]
+    rules = yaml.safe_load(k8s["ConfigMap/prometheus-adapter-fashionbox"]["data"]["config.yaml"])["rules"]
+    (rule,) = rules
+    assert metric["pods"]["metric"]["name"] == rule["name"]["as"]
+    assert rule["seriesQuery"].startswith("nv_inference_queue_duration_us{")
+    assert "rate(<<.Series>>" in rule["metricsQuery"]
+
+
+def test_a_disruption_budget_keeps_a_replica_serving(k8s: dict[str, dict[str, Any]]) -> None:
+    pdb = k8s["PodDisruptionBudget/fashionbox-triton"]["spec"]
+    labels = k8s["Deployment/fashionbox-triton"]["spec"]["template"]["metadata"]["labels"]
+    assert pdb["selector"]["matchLabels"] == labels
+    assert 1 <= pdb["minAvailable"] < k8s["HorizontalPodAutoscaler/fashionbox-triton"]["spec"]["minReplicas"]

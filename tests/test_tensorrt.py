@@ -1,0 +1,443 @@
+"""fashionbox.converter.tensorrt: engine graphs, GPU configs, trtexec commands, engine records.
+
+Everything here runs on a CPU (the engine graphs run in ONNX Runtime; trtexec and nvidia-smi are
+stand-in scripts); the tests that build real engines carry the ``tensorrt`` marker and skip with a
+reason where TensorRT or a GPU is truly absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from google.protobuf import text_format
+from onnx_standins import DetectorStandIn, write_attributes, write_detector
+from tritonclient.grpc import model_config_pb2 as mc
+
+from fashionbox import contract
+from fashionbox.converter import ConvertError, ConvertOptions, convert
+from fashionbox.converter import tensorrt as trt_module
+from fashionbox.converter.repository import ModelScheduling, RepositorySettings, model_configs, write_repository
+from fashionbox.converter.tensorrt import (
+    ENGINES_RECORD,
+    ENGINES_SCRIPT,
+    EngineError,
+    EngineMismatchError,
+    EngineOptions,
+    EngineSpec,
+    Fp16UnsupportedError,
+    GpuInfo,
+    OptimizationProfile,
+    build_engine,
+    check_engine_compatibility,
+    compare_detector_graphs,
+    engine_specs,
+    gpu_model_configs,
+    local_gpus,
+    prepare_gpu_repository,
+    profile_for,
+    tensorrt_attributes_graph,
+    tensorrt_detector_graph,
+    trtexec_command,
+)
+from fashionbox.labels import default_label_map
+from fashionbox.server import RepositoryError, _check_repository
+
+LABELS = default_label_map()
+SIZE, CROP, K = 64, 32, 10
+SETTINGS = RepositorySettings(
+    input_size=SIZE, crop_size=CROP, max_detections=K,
+    detector=ModelScheduling(instances=2, max_batch_size=8, preferred_batch_sizes=(4,), max_queue_delay_us=100,
+                             max_queue_size=32),
+    attributes=ModelScheduling(max_batch_size=32, max_queue_size=0),
+    model_version="test-1", model_name="standin",
+)
+H200 = GpuInfo("NVIDIA H200", "9.0")
+RECORD = {"tensorrt": "10.5.0.18", "gpu_name": "NVIDIA H200", "compute_capability": "9.0"}
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("graphs")
+    detector = write_detector(folder / "detector.onnx",
+                              DetectorStandIn.default(input_size=SIZE, num_categories=LABELS.num_categories))
+    attributes = write_attributes(folder / "attributes.onnx", crop_size=CROP,
+                                  group_sizes=[len(g.labels) for g in LABELS.attribute_groups])
+    return {
+        "detector": detector,
+        "attributes": attributes,
+        "engine_detector": tensorrt_detector_graph(detector, folder / "engine_detector.onnx", max_detections=K),
+        "engine_attributes": tensorrt_attributes_graph(attributes, folder / "engine_attributes.onnx"),
+    }
+
+
+def _run(path: Path, feeds: dict[str, Any]) -> list[Any]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    result: list[Any] = session.run(None, feeds)
+    return result
+
+
+def _images(*brightness: int) -> Any:
+    return np.stack([np.full((SIZE, SIZE, 3), b, dtype=np.uint8) for b in brightness])
+
+
+# -- engine graphs ----------------------------------------------------------------------------------------
+
+
+def test_the_engine_detector_graph_pads_exactly_the_detections_the_cpu_graph_keeps(graphs: dict[str, Path]) -> None:
+    batches = [_images(0), _images(0, 255, 60), _images(30, 90)]
+    assert compare_detector_graphs(graphs["detector"], graphs["engine_detector"], batches, max_detections=K) == 6
+
+    boxes, scores, classes = _run(graphs["engine_detector"], {contract.PIXELS.name: _images(0, 255)})
+    assert boxes.shape == (2, K, 4) and scores.shape == (2, K) and classes.dtype == np.int32
+    assert classes[0].tolist() == [0, 10, 5, 2, 6] + [-1] * (K - 5)  # the stand-in's black-image detections
+    assert (np.diff(scores[0, :5]) <= 0).all()
+    assert classes[1].tolist() == [-1] * K and not scores[1].any() and not boxes[1].any()  # white: padding only
+
+
+def test_the_engine_graphs_use_the_contract_tensor_names_triton_binds(graphs: dict[str, Path]) -> None:
+    session = ort.InferenceSession(str(graphs["engine_detector"]), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [contract.PIXELS.name]
+    assert [o.name for o in session.get_outputs()] == [
+        contract.DET_BOXES.name, contract.DET_SCORES.name, contract.DET_CLASSES.name]
+
+    crops = np.random.default_rng(0).integers(0, 256, (3, CROP, CROP, 3), dtype=np.uint8)
+    (want,) = _run(graphs["attributes"], {contract.ONNX_ATTRIBUTES_INPUT: crops})
+    (got,) = _run(graphs["engine_attributes"], {contract.CROPS.name: crops})
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_graph_without_the_contract_tensors_is_refused(graphs: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match="no input 'pixels'"):
+        tensorrt_detector_graph(graphs["engine_detector"], tmp_path / "x.onnx", max_detections=K)
+
+
+# -- configs ----------------------------------------------------------------------------------------------
+
+
+def test_gpu_configs_are_tensorrt_plans_on_gpus_and_the_ensemble_is_unchanged() -> None:
+    cpu = model_configs(SETTINGS, LABELS)
+    gpu = gpu_model_configs(SETTINGS, LABELS, EngineOptions(cuda_graphs=True))
+
+    assert list(gpu) == list(cpu)
+    assert gpu[contract.ENSEMBLE_MODEL] == cpu[contract.ENSEMBLE_MODEL]
+    assert gpu[contract.POSTPROCESS_MODEL] == cpu[contract.POSTPROCESS_MODEL]
+    for name in (contract.DETECTOR_MODEL, contract.ATTRIBUTES_MODEL):
+        config = gpu[name]
+        assert config.platform == "tensorrt_plan" and config.backend == ""
+        assert [(g.count, g.kind) for g in config.instance_group] == [
+            (cpu[name].instance_group[0].count, mc.ModelInstanceGroup.KIND_GPU)]
+        assert config.dynamic_batching == cpu[name].dynamic_batching  # queue policy included
+        assert config.max_batch_size == cpu[name].max_batch_size
+        assert config.optimization.cuda.graphs
+        assert not config.parameters  # ONNX Runtime threading means nothing to TensorRT
+        parsed = text_format.Parse(text_format.MessageToString(config), mc.ModelConfig())
+        assert parsed == config
+    preprocess = gpu[contract.PREPROCESS_MODEL]
+    assert preprocess.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert preprocess.parameters["decode_device"].string_value == "auto"
+
+
+def test_the_gpu_detector_config_is_exactly_this() -> None:
+    config = gpu_model_configs(SETTINGS, LABELS, EngineOptions())[contract.DETECTOR_MODEL]
+    assert text_format.MessageToString(config) == f"""\
+name: "detector"
+platform: "tensorrt_plan"
+max_batch_size: 8
+input {{
+  name: "PIXELS"
+  data_type: TYPE_UINT8
+  dims: {SIZE}
+  dims: {SIZE}
+  dims: 3
+}}
+output {{
+  name: "DET_BOXES"
+  data_type: TYPE_FP32
+  dims: {K}
+  dims: 4
+}}
+output {{
+  name: "DET_SCORES"
+  data_type: TYPE_FP32
+  dims: {K}
+}}
+output {{
+  name: "DET_CLASSES"
+  data_type: TYPE_INT32
+  dims: {K}
+}}
+instance_group {{
+  count: 2
+  kind: KIND_GPU
+}}
+dynamic_batching {{
+  preferred_batch_size: 4
+  max_queue_delay_microseconds: 100
+  default_queue_policy {{
+    max_queue_size: 32
+  }}
+}}
+"""
+
+
+def test_without_gpu_decode_preprocess_stays_on_the_cpu_profile() -> None:
+    gpu = gpu_model_configs(SETTINGS, LABELS, EngineOptions(gpu_decode=False))
+    assert gpu[contract.PREPROCESS_MODEL] == model_configs(SETTINGS, LABELS)[contract.PREPROCESS_MODEL]
+
+
+# -- profiles and trtexec -----------------------------------------------------------------------------------
+
+
+def test_the_profile_comes_from_the_batching_config() -> None:
+    gpu = gpu_model_configs(SETTINGS, LABELS, EngineOptions())
+    assert profile_for(gpu[contract.DETECTOR_MODEL]) == OptimizationProfile("PIXELS", (SIZE, SIZE, 3), 1, 4, 8)
+    assert profile_for(gpu[contract.ATTRIBUTES_MODEL]) == OptimizationProfile("CROPS", (CROP, CROP, 3), 1, 32, 32)
+    with pytest.raises(ConvertError, match="min <= opt <= max"):
+        OptimizationProfile("PIXELS", (SIZE, SIZE, 3), 1, 16, 8)
+    no_batching = mc.ModelConfig(name="x", max_batch_size=0)
+    with pytest.raises(ConvertError, match="batching models"):
+        profile_for(no_batching)
+
+
+def test_trtexec_command_is_exactly_the_engine_build() -> None:
+    spec = engine_specs(gpu_model_configs(SETTINGS, LABELS, EngineOptions()))[0]
+    assert trtexec_command(spec, EngineOptions(workspace_mib=1024), timing_cache="/cache/t.cache") == [
+        "trtexec", "--onnx=detector/1/model.onnx", "--saveEngine=detector/1/model.plan",
+        f"--minShapes=PIXELS:1x{SIZE}x{SIZE}x3", f"--optShapes=PIXELS:4x{SIZE}x{SIZE}x3",
+        f"--maxShapes=PIXELS:8x{SIZE}x{SIZE}x3", "--memPoolSize=workspace:1024M", "--fp16",
+        "--timingCacheFile=/cache/t.cache", "--skipInference",
+    ]
+    assert "--fp16" not in trtexec_command(spec, EngineOptions(fp16=False))
+
+
+@pytest.mark.parametrize("bad", [{"build": "soon"}, {"workspace_mib": 0}])
+def test_bad_engine_options_are_refused(bad: dict[str, Any]) -> None:
+    with pytest.raises(ConvertError):
+        EngineOptions(**bad)
+
+
+# -- a GPU repository, engines later ------------------------------------------------------------------------
+
+
+def _fake_tools(folder: Path, gpu_line: str = "NVIDIA H200, 9.0") -> dict[str, str]:
+    """trtexec and nvidia-smi stand-ins: trtexec logs its arguments and writes the --saveEngine file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "trtexec").write_text(
+        '#!/bin/sh\necho "$@" >> "$TRTEXEC_LOG"\n'
+        'for a in "$@"; do case "$a" in --saveEngine=*) echo plan > "${a#--saveEngine=}";; esac; done\n')
+    (folder / "nvidia-smi").write_text(f'#!/bin/sh\necho "{gpu_line}"\n')
+    for tool in ("trtexec", "nvidia-smi"):
+        (folder / tool).chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}", "TRT_VERSION": "10.5.0.18",
+            "TRTEXEC_LOG": str(folder / "trtexec.log"), "FASHIONBOX_TIMING_CACHE": str(folder / "cache/t.cache")}
+
+
+@pytest.fixture()
+def later_repository(graphs: dict[str, Path], tmp_path: Path) -> Path:
+    gpu = prepare_gpu_repository(tmp_path / "work", detector_onnx=graphs["detector"],
+                                 attributes_onnx=graphs["attributes"], settings=SETTINGS, label_map=LABELS,
+                                 options=EngineOptions(build="later"), detector_batches=[_images(0, 128)])
+    return write_repository(tmp_path / "repo", detector_onnx=graphs["detector"], attributes_onnx=graphs["attributes"],
+                            label_map=LABELS, settings=SETTINGS, manifest={"target": "gpu", "engines": gpu.manifest},
+                            configs=gpu.configs, files=gpu.files)
+
+
+def test_engines_later_writes_the_engine_graphs_configs_and_the_build_script(later_repository: Path) -> None:
+    out = later_repository
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == [
+        "README.md", "attributes/1/model.onnx", "attributes/config.pbtxt", ENGINES_SCRIPT,
+        "detector/1/model.onnx", "detector/config.pbtxt", "fashion/config.pbtxt", "labels.json", "manifest.json",
+        "postprocess/1/model.py", "postprocess/config.pbtxt", "preprocess/1/model.py", "preprocess/config.pbtxt",
+    ]
+    session = ort.InferenceSession(str(out / "detector/1/model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].name == contract.PIXELS.name
+    for name in ("detector", "attributes"):
+        config = text_format.Parse((out / name / "config.pbtxt").read_text(), mc.ModelConfig())
+        assert config.platform == "tensorrt_plan"
+    assert os.access(out / ENGINES_SCRIPT, os.X_OK)
+    engines = json.loads((out / "manifest.json").read_text())["engines"]
+    assert engines["status"] == "pending" and engines["built_on"] is None
+    assert engines["models"]["detector"]["profile"] == {"input_name": "PIXELS", "item_shape": [SIZE, SIZE, 3],
+                                                        "min_batch": 1, "opt_batch": 4, "max_batch": 8}
+
+
+def test_serving_refuses_a_repository_whose_engines_are_not_built(later_repository: Path) -> None:
+    with pytest.raises(EngineError, match=f"not built yet; run .*{re.escape(ENGINES_SCRIPT)}"):
+        check_engine_compatibility(later_repository, gpus=[H200], tensorrt_version="10.5.0")
+
+
+def test_the_build_script_runs_trtexec_per_engine_and_records_where(later_repository: Path, tmp_path: Path) -> None:
+    env = _fake_tools(tmp_path / "bin")
+    subprocess.run(["sh", str(later_repository / ENGINES_SCRIPT)], check=True, env=env, capture_output=True)
+
+    calls = (tmp_path / "bin" / "trtexec.log").read_text().splitlines()
+    assert len(calls) == 2 and all(f"--timingCacheFile={tmp_path}/bin/cache/t.cache" in c for c in calls)
+    assert calls[0].startswith("--onnx=detector/1/model.onnx --saveEngine=detector/1/model.plan")
+    assert (later_repository / "detector/1/model.plan").is_file()
+    assert json.loads((later_repository / ENGINES_RECORD).read_text()) == RECORD
+    record = check_engine_compatibility(later_repository, gpus=[H200], tensorrt_version="10.5.0")
+    assert record is not None and record.gpu_name == "NVIDIA H200"
+
+
+def test_the_build_script_refuses_fp16_on_a_gpu_without_fast_fp16(later_repository: Path, tmp_path: Path) -> None:
+    env = _fake_tools(tmp_path / "bin", gpu_line="Tesla P4, 6.1")
+    done = subprocess.run(["sh", str(later_repository / ENGINES_SCRIPT)], env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "Tesla P4 (compute capability 6.1) has no fast FP16: convert again with --no-fp16" in done.stderr
+    assert not (tmp_path / "bin" / "trtexec.log").exists() and not (later_repository / ENGINES_RECORD).exists()
+
+
+@pytest.mark.parametrize(
+    ("gpus", "tensorrt_version", "message"),
+    [
+        ([GpuInfo("NVIDIA L4", "8.9")], "10.5.0", "compute capability 8.9, the engines were built for 9.0"),
+        ([H200, GpuInfo("NVIDIA H100 80GB HBM3", "9.0")], "10.5.0", "GPU 1 is NVIDIA H100 80GB HBM3"),
+        ([H200], "10.3.0.26", "TensorRT here is 10.3.0.26, the engines were built with 10.5.0.18"),
+        ([], "10.5.0", "no NVIDIA GPU is visible"),
+    ],
+)
+def test_engines_built_elsewhere_are_refused_with_what_differs(
+    later_repository: Path, tmp_path: Path, gpus: list[GpuInfo], tensorrt_version: str, message: str
+) -> None:
+    subprocess.run(["sh", str(later_repository / ENGINES_SCRIPT)], check=True, env=_fake_tools(tmp_path / "bin"),
+                   capture_output=True)
+    with pytest.raises(EngineMismatchError, match=re.escape(message)):
+        check_engine_compatibility(later_repository, gpus=gpus, tensorrt_version=tensorrt_version)
+
+
+def test_fashionbox_serve_refuses_foreign_engines_and_says_where_gpu_repositories_run(
+    later_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subprocess.run(["sh", str(later_repository / ENGINES_SCRIPT)], check=True, env=_fake_tools(tmp_path / "bin"),
+                   capture_output=True)
+    monkeypatch.setenv("TRT_VERSION", "10.5.0.18")
+    monkeypatch.setattr(trt_module, "local_gpus", lambda: [GpuInfo("NVIDIA A10G", "8.6")])
+    with pytest.raises(RepositoryError, match=r"compute capability 8\.6"):
+        _check_repository(later_repository)
+    monkeypatch.setattr(trt_module, "local_gpus", lambda: [H200])
+    with pytest.raises(RepositoryError, match=r"embedded server .* cannot load"):
+        _check_repository(later_repository)
+
+
+def test_the_entrypoint_check_refuses_then_execs_the_server(later_repository: Path, tmp_path: Path) -> None:
+    env = _fake_tools(tmp_path / "bin", gpu_line="NVIDIA A10G, 8.6")
+    subprocess.run(["sh", str(later_repository / ENGINES_SCRIPT)], check=True, env=env, capture_output=True)
+    command = [sys.executable, "-m", "fashionbox.converter.tensorrt", "check", str(later_repository), "--",
+               "echo", "server started"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "server started"
+    (tmp_path / "bin" / "nvidia-smi").write_text('#!/bin/sh\necho "NVIDIA L4, 8.9"\n')
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 1 and "compute capability 8.9" in done.stderr and "server started" not in done.stdout
+
+
+def test_a_cpu_repository_has_nothing_to_check(tmp_path: Path) -> None:
+    (tmp_path / contract.MANIFEST_FILE).write_text(json.dumps({"target": "cpu"}))
+    assert check_engine_compatibility(tmp_path, gpus=[]) is None
+
+
+def test_local_gpus_reads_nvidia_smi() -> None:
+    out = "NVIDIA H200, 9.0\nNVIDIA H200, 9.0\n"
+    assert local_gpus(runner=lambda command: out) == [H200, H200]
+
+
+# -- engines now --------------------------------------------------------------------------------------------
+
+
+def test_engines_now_without_tensorrt_is_refused_before_any_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as when the package is absent
+    with pytest.raises(EngineError, match="--engines later"):
+        convert(ConvertOptions(out=tmp_path / "repo", target="gpu"))
+    assert not (tmp_path / "repo").exists()
+
+
+def test_convert_target_gpu_engines_later_writes_the_gpu_repository_of_the_shipped_weights(tmp_path: Path) -> None:
+    result = convert(ConvertOptions(out=tmp_path / "repo", target="gpu", compare_samples=2,
+                                    engines=EngineOptions(build="later", cuda_graphs=True)))
+    out = result.repository
+    assert result.manifest["target"] == "gpu" and result.manifest["engines"]["status"] == "pending"
+    assert (out / ENGINES_SCRIPT).is_file() and not (out / "detector/1/model.plan").exists()
+    detector = text_format.Parse((out / "detector/config.pbtxt").read_text(), mc.ModelConfig())
+    assert detector.platform == "tensorrt_plan" and detector.optimization.cuda.graphs
+    # The engine graph in the repository is the one checked against the CPU graph during convert.
+    pixels = np.zeros((2, detector.input[0].dims[0], detector.input[0].dims[1], 3), dtype=np.uint8)
+    boxes, _, classes = _run(out / "detector/1/model.onnx", {contract.PIXELS.name: pixels})
+    assert boxes.shape == (2, contract.DEFAULT_MAX_DETECTIONS, 4) and classes.dtype == np.int32
+
+
+def _fake_tensorrt(*, fast_fp16: bool) -> Any:
+    class Builder:
+        platform_has_fast_fp16 = fast_fp16
+
+        def __init__(self, logger: object) -> None:
+            pass
+
+        def create_network(self, flags: int) -> object:
+            raise AssertionError("FP16 must be checked before anything is built")
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            pass
+
+    return types.SimpleNamespace(__version__="10.5.0", Logger=Logger, Builder=Builder)
+
+
+def test_fp16_on_a_gpu_without_fast_fp16_is_refused_not_dropped(tmp_path: Path) -> None:
+    spec = EngineSpec("detector", tmp_path / "d.onnx", tmp_path / "d.plan",
+                      OptimizationProfile("PIXELS", (SIZE, SIZE, 3), 1, 4, 8))
+    with pytest.raises(Fp16UnsupportedError, match=r"no fast FP16; pass --no-fp16"):
+        build_engine(spec, EngineOptions(fp16=True), tensorrt=_fake_tensorrt(fast_fp16=False),
+                     gpu=GpuInfo("Tesla P4", "6.1"))
+
+
+def _tensorrt_and_gpu() -> str | None:
+    """Why real-engine tests cannot run here, or None when they can."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "the tensorrt package is not installed"
+    if not local_gpus():
+        return "no NVIDIA GPU is visible"
+    return None
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(_tensorrt_and_gpu() is not None, reason=str(_tensorrt_and_gpu()))
+def test_real_engines_build_from_the_engine_graphs_and_record_this_gpu(graphs: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    options = EngineOptions(fp16=False, workspace_mib=512, timing_cache=tmp_path / "t.cache")
+    gpu = prepare_gpu_repository(tmp_path / "work", detector_onnx=graphs["detector"],
+                                 attributes_onnx=graphs["attributes"], settings=SETTINGS, label_map=LABELS,
+                                 options=options, detector_batches=[_images(0)])
+    out = write_repository(tmp_path / "repo", detector_onnx=graphs["detector"], attributes_onnx=graphs["attributes"],
+                           label_map=LABELS, settings=SETTINGS, manifest={"target": "gpu", "engines": gpu.manifest},
+                           configs=gpu.configs, files=gpu.files)
+    assert (tmp_path / "t.cache").stat().st_size > 0
+    assert gpu.manifest["status"] == "built" and gpu.manifest["built_on"]["gpu_name"] == local_gpus()[0].name
+    assert check_engine_compatibility(out) is not None
+
+    import tensorrt
+
+    runtime = tensorrt.Runtime(tensorrt.Logger(tensorrt.Logger.WARNING))
+    expected = {"detector": [contract.PIXELS.name, contract.DET_BOXES.name, contract.DET_SCORES.name,
+                             contract.DET_CLASSES.name],
+                "attributes": [contract.CROPS.name, contract.ATTRIBUTE_PROBS.name]}
+    for model, names in expected.items():
+        engine = runtime.deserialize_cuda_engine((out / model / "1" / "model.plan").read_bytes())
+        assert engine is not None
+        assert [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)] == names  # what Triton binds
