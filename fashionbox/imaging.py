@@ -15,16 +15,18 @@ Usage::
 from __future__ import annotations
 
 import io
+import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 __all__ = [
+    "ENV_PREFIX",
     "PAD_VALUE",
     "DecodeLimits",
     "DecodedImage",
@@ -33,6 +35,7 @@ __all__ = [
     "crop_garments",
     "decode_image",
     "letterbox",
+    "pillow_pixel_ceiling",
 ]
 
 PAD_VALUE = 114
@@ -42,6 +45,26 @@ CROP_MARGIN = 0.08
 """Context kept around a garment box on each side, as a fraction of the box size."""
 
 _FORMATS = ("JPEG", "PNG", "WEBP")
+
+ENV_PREFIX = "FASHIONBOX_"
+"""Prefix of the environment variables read by :meth:`DecodeLimits.from_env`."""
+
+# What people send by mistake, recognised by its first bytes so the refusal can say what it was.
+_OTHER_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"%PDF-", "a PDF document"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"BM", "a BMP image"),
+    (b"\x00\x00\x01\x00", "an ICO icon"),
+    (b"8BPS", "a Photoshop document"),
+    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip archive"),
+)
+_HEIF_BRANDS = {b"heic": "a HEIC image", b"heix": "a HEIC image", b"mif1": "a HEIF image",
+                b"avif": "an AVIF image"}
 
 FloatArray = npt.NDArray[np.float32]
 Pixels = npt.NDArray[np.uint8]
@@ -54,9 +77,55 @@ class InvalidImageError(ValueError):
 
 @dataclass(frozen=True)
 class DecodeLimits:
+    """What one image may cost the server; larger ones are refused before decoding.
+
+    ``max_pixels`` bounds the memory and time one image can take, whatever its byte size: a
+    PNG needs 4-5 bytes per pixel (RGB) to about 20 (RGBA, converted over white), so a 250 kB
+    RGBA PNG at the default limit costs about 1.2 GB and 1.5 s (docs/RELIABILITY.md). JPEGs are
+    decoded DCT-scaled and cost far less.
+    """
+
     max_image_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 64_000_000
     """Checked against the size declared in the header, before any pixel is decoded."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_image_bytes", "max_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"DecodeLimits.{name} must be a positive integer, got {value!r}")
+        ceiling = pillow_pixel_ceiling()
+        if ceiling is not None and self.max_pixels > ceiling:
+            raise ValueError(
+                f"DecodeLimits.max_pixels must be at most {ceiling}: Pillow refuses larger images "
+                f"as decompression bombs; got {self.max_pixels}"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], defaults: DecodeLimits | None = None) -> DecodeLimits:
+        """``defaults`` with ``FASHIONBOX_MAX_IMAGE_BYTES`` / ``FASHIONBOX_MAX_PIXELS`` applied.
+
+        The serve-time override of the limits the converter wrote into the ``preprocess``
+        model's config; an unset or empty variable keeps the default.
+        """
+        base = defaults or cls()
+        values = {"max_image_bytes": base.max_image_bytes, "max_pixels": base.max_pixels}
+        for name in values:
+            variable = f"{ENV_PREFIX}{name.upper()}"
+            text = environ.get(variable, "").strip()
+            if not text:
+                continue
+            try:
+                values[name] = int(text.replace("_", ""))
+            except ValueError:
+                raise ValueError(f"{variable} must be a positive integer, got {text!r}") from None
+        return cls(**values)
+
+
+def pillow_pixel_ceiling() -> int | None:
+    """Pixels above which Pillow itself refuses to open an image (``None``: no ceiling set)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
 
 
 @dataclass(frozen=True)
@@ -104,24 +173,71 @@ class LetterboxInfo:
         return out
 
 
-def _oriented_size(image: Image.Image) -> tuple[int, int]:
-    width, height = image.size
+# EXIF orientation -> the transpose that makes the stored pixels upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(image: Image.Image) -> int:
     try:
-        orientation = image.getexif().get(0x0112, 1)
+        value = image.getexif().get(0x0112, 1)
     except Exception:  # a broken EXIF block must not fail an otherwise good image
-        orientation = 1
-    if orientation in (5, 6, 7, 8):
-        return height, width
-    return width, height
+        return 1
+    return value if isinstance(value, int) and value in _UPRIGHT else 1
+
+
+def _describe_refused_format(data: bytes) -> str:
+    """Why Pillow found no JPEG, PNG or WebP in ``data``, in words a person understands."""
+    head = data[:16]
+    if head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        kind = "JPEG" if head.startswith(b"\xff") else "PNG" if head.startswith(b"\x89") else "WebP"
+        return f"cannot read image header: the {kind} header is corrupt"
+    for signature, what in _OTHER_SIGNATURES:
+        if head.startswith(signature):
+            return f"not a JPEG, PNG or WebP image (it is {what})"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return f"not a JPEG, PNG or WebP image (it is {_HEIF_BRANDS[head[8:12]]})"
+    sample = data[:512]
+    try:
+        text = sample.decode("utf-8")
+    except UnicodeDecodeError as exc:  # text cut inside its last character is still text
+        text = sample[: exc.start].decode("utf-8") if exc.start >= len(sample) - 3 else ""
+    if text and all(ch.isprintable() or ch in "\t\r\n" for ch in text):
+        markup = text.lstrip().lower().startswith(("<?xml", "<svg", "<!doctype", "<html"))
+        return f"not a JPEG, PNG or WebP image (it is {'markup (SVG/HTML/XML)' if markup else 'text'})"
+    return "not a JPEG, PNG or WebP image (unrecognised header)"
+
+
+def _declared_pixels(exc: Exception) -> str:
+    # Pillow's message: "Image size (900000000 pixels) exceeds limit of ... pixels, ...".
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return found.group(1) if found else "too many"
 
 
 def decode_image(data: bytes, *, target_size: int, limits: DecodeLimits | None = None) -> DecodedImage:
     """Decode JPEG/PNG/WebP bytes to an RGB image, checking limits before decoding pixels.
 
     JPEGs are decoded at the smallest DCT scale that still covers ``target_size`` on the long
-    side (Pillow ``draft``), which is 2-3x cheaper than a full decode for photos.
+    side (Pillow ``draft``), which is 2-3x cheaper than a full decode for photos. Any bytes give
+    either a :class:`DecodedImage` or :class:`InvalidImageError` (``tests/fuzz_decode.py``).
     """
-    limits = limits or DecodeLimits()
+    with warnings.catch_warnings():
+        # Pillow warns about what it skips in damaged files (EXIF tags, APNG chunks) and about
+        # large images (max_pixels decides those). The image is served or refused either way;
+        # a warning per hostile request would flood the server log, and an "error" filter
+        # would turn a servable image into a refusal.
+        warnings.simplefilter("ignore")
+        return _decode(data, target_size, limits or DecodeLimits())
+
+
+def _decode(data: bytes, target_size: int, limits: DecodeLimits) -> DecodedImage:
     if not data:
         raise InvalidImageError("empty image: the request carried 0 bytes")
     if len(data) > limits.max_image_bytes:
@@ -129,15 +245,13 @@ def decode_image(data: bytes, *, target_size: int, limits: DecodeLimits | None =
             f"image is {len(data)} bytes, over the limit of {limits.max_image_bytes} bytes"
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=_FORMATS)
+        image = Image.open(io.BytesIO(data), formats=_FORMATS)
     except UnidentifiedImageError:
+        raise InvalidImageError(_describe_refused_format(data)) from None
+    except Image.DecompressionBombError as exc:
         raise InvalidImageError(
-            "not a JPEG, PNG or WebP image (unrecognised header)"
+            f"image declares {_declared_pixels(exc)} pixels, over the limit of {limits.max_pixels}"
         ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidImageError(f"image declares too many pixels: {exc}") from None
     except Exception as exc:
         raise InvalidImageError(f"cannot read image header: {exc}") from None
 
@@ -151,7 +265,8 @@ def decode_image(data: bytes, *, target_size: int, limits: DecodeLimits | None =
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)  # animated WebP/PNG: the first frame is the picture
 
-    oriented_w, oriented_h = _oriented_size(image)
+    orientation = _orientation(image)
+    oriented_w, oriented_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
     try:
         if image.format == "JPEG":
             long_side = max(width, height)
@@ -159,7 +274,7 @@ def decode_image(data: bytes, *, target_size: int, limits: DecodeLimits | None =
                 requested = (max(1, width * target_size // long_side), max(1, height * target_size // long_side))
                 image.draft("RGB", requested)
         image.load()
-        upright: Image.Image = ImageOps.exif_transpose(image)
+        upright: Image.Image = image.transpose(_UPRIGHT[orientation]) if orientation != 1 else image
         if upright.mode != "RGB":
             upright = _to_rgb(upright)
     except InvalidImageError:

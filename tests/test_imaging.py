@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
-import zlib
 from typing import Any
 
 import numpy as np
 import pytest
+from fuzz_decode import png_bytes
 from numpy.typing import NDArray
 from PIL import Image
 
@@ -49,16 +50,6 @@ def _noise(width: int, height: int, seed: int = 0) -> Image.Image:
 
 def _pixels(decoded: DecodedImage) -> NDArray[np.uint8]:
     return np.asarray(decoded.image, dtype=np.uint8)
-
-
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG signature, an IHDR declaring ``width x height`` RGB and IEND: no pixel data at all."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 def _assert_close_to(pixels: NDArray[np.uint8], colour: tuple[int, int, int], tolerance: int) -> None:
@@ -245,17 +236,30 @@ def test_empty_bytes_are_refused_as_empty() -> None:
 
 
 @pytest.mark.parametrize(
-    "data",
+    ("data", "what"),
     [
-        pytest.param(np.random.default_rng(7).bytes(2000), id="random bytes"),
-        pytest.param(b"name,colour\nshirt,red\n" * 20, id="text file"),
-        pytest.param(_encode(_red_over_blue(), "GIF"), id="gif"),
-        pytest.param(_encode(_red_over_blue(), "BMP"), id="bmp"),
+        pytest.param(np.random.default_rng(7).bytes(2000), "unrecognised header", id="random bytes"),
+        pytest.param(b"name,colour\nshirt,red\n" * 20, "it is text", id="text file"),
+        pytest.param(("a\u00e9" * 200).encode(), "it is text", id="utf-8 text"),
+        pytest.param(b"<?xml version='1.0'?><svg/>", "it is markup (SVG/HTML/XML)", id="svg"),
+        pytest.param(_encode(_red_over_blue(), "GIF"), "it is a GIF image", id="gif"),
+        pytest.param(_encode(_red_over_blue(), "BMP"), "it is a BMP image", id="bmp"),
+        pytest.param(_encode(_red_over_blue(), "TIFF"), "it is a TIFF image", id="tiff"),
+        pytest.param(_encode(_red_over_blue(), "PDF"), "it is a PDF document", id="pdf"),
+        pytest.param(b"\x00\x00\x00\x18ftypheic" + bytes(100), "it is a HEIC image", id="heic"),
     ],
 )
-def test_bytes_that_are_not_jpeg_png_or_webp_are_refused_by_format(data: bytes) -> None:
-    with pytest.raises(InvalidImageError, match=r"^not a JPEG, PNG or WebP image \(unrecognised header\)$"):
+def test_bytes_that_are_not_jpeg_png_or_webp_are_refused_naming_what_they_are(data: bytes, what: str) -> None:
+    with pytest.raises(InvalidImageError, match=rf"^not a JPEG, PNG or WebP image \({re.escape(what)}\)$"):
         decode_image(data, target_size=64)
+
+
+def test_png_with_a_corrupt_header_is_refused_as_a_corrupt_png() -> None:
+    data = bytearray(_encode(_noise(20, 10), "PNG"))
+    data[16:20] = struct.pack(">I", 3000)  # IHDR width changed: its checksum no longer matches
+
+    with pytest.raises(InvalidImageError, match=r"^cannot read image header: the PNG header is corrupt$"):
+        decode_image(bytes(data), target_size=64)
 
 
 def test_jpeg_cut_in_its_pixel_data_is_refused_as_truncated() -> None:
@@ -294,15 +298,46 @@ def test_image_at_the_pixel_limit_is_accepted() -> None:
 
 
 def test_header_declaring_30000_by_30000_pixels_is_refused_without_pixel_data() -> None:
-    with pytest.raises(InvalidImageError, match=r"^image declares too many pixels: .*900000000 pixels"):
-        decode_image(_png_header(30000, 30000), target_size=320)
+    with pytest.raises(InvalidImageError, match=r"^image declares 900000000 pixels, over the limit of 64000000$"):
+        decode_image(png_bytes(30000, 30000), target_size=320)
+
+
+def test_header_between_pillows_warning_and_error_limits_gets_the_same_refusal_as_any_other() -> None:
+    # 100 M pixels: Pillow only warns (over MAX_IMAGE_PIXELS, under twice that); max_pixels refuses.
+    with pytest.raises(InvalidImageError,
+                       match=r"^image is 10000x10000 = 100000000 pixels, over the limit of 64000000$"):
+        decode_image(png_bytes(10000, 10000), target_size=320)
+
+
+def test_limits_come_from_the_environment_over_the_defaults_given() -> None:
+    defaults = DecodeLimits(max_image_bytes=1000, max_pixels=2000)
+
+    assert DecodeLimits.from_env({}, defaults) == defaults
+    assert DecodeLimits.from_env({"FASHIONBOX_MAX_PIXELS": " 5_000 ", "FASHIONBOX_MAX_IMAGE_BYTES": ""}, defaults) == (
+        DecodeLimits(max_image_bytes=1000, max_pixels=5000)
+    )
+    with pytest.raises(ValueError, match=r"^FASHIONBOX_MAX_IMAGE_BYTES must be a positive integer, got '1e6'$"):
+        DecodeLimits.from_env({"FASHIONBOX_MAX_IMAGE_BYTES": "1e6"})
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"max_pixels": 0}, r"^DecodeLimits.max_pixels must be a positive integer, got 0$"),
+        ({"max_image_bytes": True}, r"^DecodeLimits.max_image_bytes must be a positive integer, got True$"),
+        ({"max_pixels": 200_000_000}, r"^DecodeLimits.max_pixels must be at most 178956970: Pillow refuses"),
+    ],
+)
+def test_limits_that_cannot_work_are_refused_when_made(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DecodeLimits(**fields)
 
 
 def test_header_declaring_more_than_max_pixels_is_refused_by_the_default_limit() -> None:
     # 81 M pixels: under Pillow's own bomb limits, over DecodeLimits.max_pixels (64 M).
     with pytest.raises(InvalidImageError,
                        match=r"^image is 9000x9000 = 81000000 pixels, over the limit of 64000000$"):
-        decode_image(_png_header(9000, 9000), target_size=320)
+        decode_image(png_bytes(9000, 9000), target_size=320)
 
 
 def test_bytes_over_the_size_limit_are_refused_with_both_numbers() -> None:

@@ -435,3 +435,42 @@ def test_preprocess_answers_a_corrupt_image_alone_with_invalid_arg(
         np.testing.assert_allclose(response.outputs["IMAGE_INFO"], [[64, 32, 0.5, 0, 8]])
     assert responses[1].error.code == "INVALID_ARG"
     assert "not a JPEG, PNG or WebP image" in responses[1].error.text
+
+
+@pytest.mark.usefixtures("fake_pb_utils")
+def test_preprocess_decode_limits_from_the_environment_override_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FASHIONBOX_MAX_IMAGE_BYTES", "50")
+    model = _load_model("preprocess", tmp_path, monkeypatch)
+    request = {"IMAGE": _FakeTensor("IMAGE", np.array([[bytes(64)]], dtype=np.object_))}
+
+    (response,) = model.execute([request])
+
+    assert response.error.code == "INVALID_ARG"
+    assert response.error.text == "image is 64 bytes, over the limit of 50 bytes"
+
+
+@pytest.mark.usefixtures("fake_pb_utils")
+def test_preprocess_answers_fuzzed_images_with_pixels_or_invalid_arg_and_never_fails_the_good_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import random
+
+    from fuzz_decode import SEEDS, random_input
+
+    model = _load_model("preprocess", tmp_path, monkeypatch)
+    rng = random.Random(5)
+    good = {"IMAGE": _FakeTensor("IMAGE", np.array([[SEEDS[0]]], dtype=np.object_))}
+    size = POST_SETTINGS["input_size"]
+
+    for _ in range(50):
+        fuzzed = [{"IMAGE": _FakeTensor("IMAGE", np.array([[random_input(rng)]], dtype=np.object_))} for _ in range(4)]
+        responses = model.execute([good, *fuzzed, good])
+
+        assert [r.error for r in (responses[0], responses[-1])] == [None, None]
+        for response in responses:
+            if response.error is None:
+                assert response.outputs["PIXELS"].shape == (1, size, size, 3)
+            else:
+                assert response.error.code == "INVALID_ARG", response.error.text
