@@ -10,7 +10,8 @@ true for the errors the client's :class:`~fashionbox.client.RetryPolicy` retries
     ├── TransportError               the request did not complete; the server may not have seen it
     │   ├── ConnectError           ↻ no connection (server down or stopping, wrong address,   UNAVAILABLE,
     │   │                            TLS handshake refused, network)                          INTERNAL + "server not
-    │   │                                                                                     ready"/"is stopping"
+    │   │                                                                                     ready"/"is stopping",
+    │   │                                                                                     CANCELLED by the server
     │   └── DeadlineExceeded         no answer within the call's timeout_s                    DEADLINE_EXCEEDED
     ├── ServerError                  the server answered with an error status
     │   ├── InvalidImage             this image cannot be read: not an image, corrupt,        INVALID_ARGUMENT,
@@ -18,9 +19,12 @@ true for the errors the client's :class:`~fashionbox.client.RetryPolicy` retries
     │   │                                                                                     "larger than max"
     │   ├── Overloaded             ↻ queue full or out of resources: back off and retry       RESOURCE_EXHAUSTED,
     │   │                                                                                     UNAVAILABLE + "queue"
+    │   │                                                                                     or "timeout expired"
     │   ├── ModelNotReady          ↻ the ensemble is loading or unloading (↻); a model name   UNAVAILABLE,
-    │   │                            the server does not know is not retried                  NOT_FOUND,
-    │   │                                                                                     "unknown model"
+    │   │                            the server does not know is not retried; a model          NOT_FOUND,
+    │   │                            process that died until the server is restarted (↻)       "unknown model",
+    │   │                                                                                     INTERNAL + "is not
+    │   │                                                                                     healthy"
     │   └── AccessDenied             a restricted API without the right header (e.g. an       PERMISSION_DENIED,
     │                                admin key in ClientConfig.headers), or bad credentials    UNAUTHENTICATED,
     │                                                                                         "is restricted"
@@ -126,7 +130,7 @@ class ModelNotReady(ServerError):
     def retryable(self) -> bool:
         # A model that exists but is not ready (loading, or unloading while the server restarts)
         # may be back in a moment; a name the server does not know never will.
-        return self.status == "UNAVAILABLE" or _mentions(self.message, _MODEL_NOT_LOADED_MARKERS)
+        return self.status == "UNAVAILABLE" or _mentions(self.message, _MODEL_NOT_LOADED_MARKERS + _STUB_DEAD_MARKERS)
 
 
 class AccessDenied(ServerError):
@@ -157,7 +161,13 @@ class ClientClosed(FashionBoxError):
 # NOT_FOUND, and INVALID_ARGUMENT for "Request for unknown model"), so the message decides.
 _MODEL_UNAVAILABLE_MARKERS = ("unknown model", "not at ready state", "no available versions", "is not ready")
 _MODEL_NOT_LOADED_MARKERS = ("no available versions", "not at ready state", "is not ready")
-_QUEUE_FULL_MARKERS = ("queue",)
+# Triton's queue policy refuses with UNAVAILABLE: "Exceeds maximum queue size" past max_queue_size,
+# "Request timeout expired" past a queue timeout (both prefixed "in ensemble 'fashion', ...").
+_QUEUE_FULL_MARKERS = ("queue", "request timeout expired")
+# A python-backend process that died: INTERNAL "Stub process 'preprocess_0_0' is not healthy."
+# Triton 2.51 does not bring it back, `fashionbox serve` restarts the server (fashionbox.stubs).
+_STUB_DEAD_MARKERS = ("is not healthy",)
+_LOCAL_CANCEL_MARKERS = ("locally cancelled",)
 # A server that is shutting down fails what it cannot finish with these words, under UNAVAILABLE
 # ("Server is stopping, scheduler ... stopped accepting") or INTERNAL (a step's "Server not ready").
 _SERVER_STOPPING_MARKERS = ("server is stopping", "server not ready")
@@ -217,7 +227,13 @@ def error_from_triton(exc: InferenceServerException) -> FashionBoxError:
             return ModelNotReady(message, status=status)
         return ConnectError(message, status=status)
     if status == "CANCELLED":
-        return TransportError(message, status=status)
+        # gRPC cancels the calls still open when a server shuts down: that one may be sent again.
+        # A cancel of our own says "Locally cancelled" and is final.
+        if _mentions(message, _LOCAL_CANCEL_MARKERS):
+            return TransportError(message, status=status)
+        return ConnectError(message, status=status)
+    if status == "INTERNAL" and _mentions(message, _STUB_DEAD_MARKERS):
+        return ModelNotReady(message, status=status)
     return ServerError(message, status=status)
 
 

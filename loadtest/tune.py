@@ -108,6 +108,8 @@ def scheduling_of(config: Any) -> ModelScheduling:
         max_batch_size=max(config.max_batch_size, 1),
         preferred_batch_sizes=tuple(batching.preferred_batch_size),
         max_queue_delay_us=int(batching.max_queue_delay_microseconds),
+        max_queue_size=int(batching.default_queue_policy.max_queue_size),
+        queue_timeout_us=int(batching.default_queue_policy.default_timeout_microseconds),
     )
 
 
@@ -131,6 +133,11 @@ def apply_scheduling(config: Any, scheduling: ModelScheduling) -> Any:
     del batching.preferred_batch_size[:]
     batching.preferred_batch_size.extend(scheduling.preferred_batch_sizes)
     batching.max_queue_delay_microseconds = scheduling.max_queue_delay_us
+    # Other queue-policy fields (timeout action, override) are kept as the config had them.
+    batching.default_queue_policy.max_queue_size = scheduling.max_queue_size
+    batching.default_queue_policy.default_timeout_microseconds = scheduling.queue_timeout_us
+    if batching.default_queue_policy == _mc().ModelQueuePolicy():
+        batching.ClearField("default_queue_policy")
     return out
 
 

@@ -301,6 +301,9 @@ def test_an_answer_that_breaks_the_contract_raises_protocol_error(result: InferR
 
 # -- errors: one gRPC status, one exception ----------------------------------------------------------
 
+IN_ENSEMBLE = "in ensemble 'fashion', [request id: <id_unknown>]"
+"""How Triton 2.51 prefixes an error raised by one of the ensemble's steps."""
+
 
 @pytest.mark.parametrize(
     ("status", "message", "expected"),
@@ -309,6 +312,9 @@ def test_an_answer_that_breaks_the_contract_raises_protocol_error(result: InferR
         ("StatusCode.INVALID_ARGUMENT", "Request for unknown model: 'fashion' is not found", ModelNotReady),
         ("StatusCode.UNAVAILABLE", "failed to connect to all addresses", ConnectError),
         ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", Overloaded),
+        # Triton 2.51's exact words for the ensemble's first step refusing (docs/RELIABILITY.md).
+        ("StatusCode.UNAVAILABLE", f"{IN_ENSEMBLE} Exceeds maximum queue size", Overloaded),
+        ("StatusCode.UNAVAILABLE", f"{IN_ENSEMBLE} Request timeout expired", Overloaded),
         (
             "StatusCode.UNAVAILABLE",
             "Request for unknown model: 'fashion' version 1 is not at ready state",
@@ -322,7 +328,9 @@ def test_an_answer_that_breaks_the_contract_raises_protocol_error(result: InferR
         ("StatusCode.UNAUTHENTICATED", "bad token", AccessDenied),
         ("StatusCode.NOT_FOUND", "model 'fashion' not found", ModelNotReady),
         ("StatusCode.CANCELLED", "Locally cancelled by application!", TransportError),
+        ("StatusCode.CANCELLED", "CANCELLED", ConnectError),  # the server shut down with the call open
         ("StatusCode.INTERNAL", "python backend crashed", ServerError),
+        ("StatusCode.INTERNAL", f"{IN_ENSEMBLE} Stub process 'preprocess_0_0' is not healthy.", ModelNotReady),
         ("StatusCode.UNIMPLEMENTED", "no such method", ServerError),
         (None, "model version must be a string", ProtocolError),
     ],
@@ -374,12 +382,14 @@ def test_every_client_error_is_a_fashionbox_error_and_input_errors_are_also_valu
     [
         ("UNAVAILABLE", "failed to connect to all addresses", True),
         ("UNAVAILABLE", "Exceeds maximum queue size", True),
+        ("UNAVAILABLE", f"{IN_ENSEMBLE} Request timeout expired", True),
         ("RESOURCE_EXHAUSTED", "out of memory", True),
         ("UNAVAILABLE", "Request for unknown model: 'fashion' version 1 is not at ready state", True),
         ("NOT_FOUND", "Request for unknown model: 'fashion' is not found", False),
         ("NOT_FOUND", "Request for unknown model: 'fashion' has no available versions", True),
         ("INTERNAL", "in ensemble 'fashion', model 'attributes' failed: Server not ready", True),
         ("INTERNAL", "python backend crashed", False),
+        ("INTERNAL", "in ensemble 'fashion', Stub process 'preprocess_0_0' is not healthy.", True),
         ("RESOURCE_EXHAUSTED", "Sent message larger than max (9000 vs. 4096)", False),
         ("UNAVAILABLE", RESTRICTED, False),
         ("INVALID_ARGUMENT", "corrupt JPEG", False),

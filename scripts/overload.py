@@ -1,0 +1,143 @@
+"""Overload check: twice the sustainable rate for a minute; the server must refuse fast, not queue.
+
+    .venv/bin/python scripts/overload.py --repository artifacts/model_repository     # starts its own server
+    .venv/bin/python scripts/overload.py --url 127.0.0.1:8001 --rate 110              # a running server
+    .venv/bin/python scripts/overload.py --repository DIR --duration-s 5 --capacity-s 3   # the short CI form
+
+Steps: measure the sustainable rate (closed loop, ``--capacity-concurrency``, ``--capacity-s``)
+unless ``--rate`` gives it; send ``--factor`` times that rate, open loop, for ``--duration-s``,
+each request with a ``--deadline-s`` deadline; write the figures as JSON to ``--out``.
+
+Checks (exit code 1 if one fails; each is in the JSON under ``checks``):
+
+- no crash: the server is still live (and, when started here, still running) afterwards;
+- accepted requests meet their deadline: no DEADLINE_EXCEEDED, no OK later than the deadline;
+- nothing but OK and refusals (UNAVAILABLE / RESOURCE_EXHAUSTED), and every OK has its outputs;
+- refusals come back fast: p99 under ``--max-refusal-p99-ms`` (10), timed from the send, for the
+  entry's "queue full" refusals (``entry_refusals_fast``) and for all (``all_refusals_fast``).
+  A later step refuses only after its queue timeout (2 s by default), so the second fails
+  wherever a later step is the bottleneck (the detector, on the CPU target: docs/RELIABILITY.md).
+
+The generator shares the machine with the server; ``send_lag_ms`` in the JSON says whether it kept
+its schedule (a p99 lag of several ms means the figures are the machine's, not the server's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "tests" / "benchmarks" / "results" / "overload.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--repository", type=Path, help="model repository: start an embedded server on it")
+    where.add_argument("--url", help="host:port of a running server's gRPC endpoint")
+    parser.add_argument("--rate", type=float, help="sustainable rate in requests/s (default: measured)")
+    parser.add_argument("--factor", type=float, default=2.0, help="multiple of the sustainable rate to send")
+    parser.add_argument("--duration-s", type=float, default=60.0)
+    parser.add_argument("--deadline-s", type=float, default=5.0, help="request deadline (> the 2 s step timeout)")
+    parser.add_argument("--capacity-concurrency", type=int, default=8)
+    parser.add_argument("--capacity-s", type=float, default=10.0)
+    parser.add_argument("--images", type=int, default=16, help="generated 1280x960 JPEG scenes to cycle through")
+    parser.add_argument("--image-size", default="1280x960")
+    parser.add_argument("--max-refusal-p99-ms", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    return parser.parse_args(argv)
+
+
+def server_is_live(url: str) -> bool:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        return bool(client.is_server_live(client_timeout=5.0))
+    except InferenceServerException:
+        return False
+    finally:
+        client.close()
+
+
+def run(args: argparse.Namespace, url: str, server: Any | None) -> dict[str, Any]:
+    from fashionbox.loadtest.corpus import generated_corpus, parse_size_mix
+    from fashionbox.loadtest.reliability import drive_open_loop, measure_capacity_rps
+
+    images = generated_corpus(args.images, parse_size_mix(args.image_size)).images
+    capacity = args.rate
+    if capacity is None:
+        capacity = measure_capacity_rps(url, images, concurrency=args.capacity_concurrency, duration_s=args.capacity_s)
+    rate = capacity * args.factor
+    logging.info("sustainable rate %.1f/s; sending %.1f/s for %g s", capacity, rate, args.duration_s)
+    result = asyncio.run(
+        drive_open_loop(url, images, rate_rps=rate, duration_s=args.duration_s, deadline_s=args.deadline_s)
+    )
+    live = server_is_live(url) and (server is None or server.is_alive())
+    figures = result.as_dict()
+    # The entry's refusals (a full queue) come at once; a later step's refuse only after its queue
+    # timeout. Both are checked: the second fails wherever a later step is the bottleneck.
+    entry = result.refusal_latency_by_reason.get("queue_full")
+    checks = {
+        "no_crash": live,
+        "accepted_meet_deadline": result.deadline_misses == 0,
+        "only_ok_or_refused": result.errors == 0 and result.empty_ok == 0,
+        "entry_refusals_fast": entry is None or entry.p99_ms < args.max_refusal_p99_ms,
+        "all_refusals_fast": result.refused == 0 or result.refusal_latency.p99_ms < args.max_refusal_p99_ms,
+    }
+    return {
+        "what": "open loop at factor x the sustainable rate",
+        "created_unix_s": int(time.time()),
+        "sustainable_rps": round(capacity, 2),
+        "sustainable_measured": args.rate is None,
+        "factor": args.factor,
+        "max_refusal_p99_ms": args.max_refusal_p99_ms,
+        "images": f"{args.images} generated {args.image_size} JPEGs",
+        "run": figures,
+        "checks": checks,
+        "passed": all(checks.values()),
+    }
+
+
+def _p(figures: dict[str, Any], reason: str) -> str:
+    latency = figures["refusal_latency_ms_by_reason"].get(reason)
+    return f"{latency['p50']}/{latency['p99']}" if latency else "-"
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    if args.url:
+        report = run(args, args.url, None)
+    else:
+        from fashionbox.loadtest.reliability import embedded_server
+
+        with (
+            tempfile.TemporaryDirectory(prefix="fashionbox-overload-") as logs,
+            embedded_server(args.repository, Path(logs)) as server,
+        ):
+            report = run(args, server.endpoints.grpc, server)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    run_figures = report["run"]
+    print(
+        f"sustainable {report['sustainable_rps']}/s, sent {run_figures['rate_rps']:.1f}/s for "
+        f"{run_figures['duration_s']} s: {run_figures['ok']} OK ({run_figures['ok_rps']}/s), "
+        f"{run_figures['refused']} refused (queue full: p50/p99 {_p(run_figures, 'queue_full')} ms), "
+        f"accepted p99 {run_figures['accepted_latency_ms']['p99']} ms, {run_figures['deadline_misses']} deadline "
+        f"misses, {run_figures['errors']} errors; checks {report['checks']} -> {args.out}"
+    )
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

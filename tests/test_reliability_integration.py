@@ -1,0 +1,408 @@
+"""Overload, shutdown and faults against a real embedded Triton (stand-in models, see ``client_servers.py``).
+
+- past capacity the server refuses at once (UNAVAILABLE), answers the rest, and the client's
+  retries back off until everything is answered;
+- the short form of ``scripts/overload.py`` (twice the sustainable rate) holds its checks;
+- SIGTERM under load: requests in flight finish, later ones are refused cleanly, the server exits
+  within its exit timeout;
+- a killed python-backend stub is noticed by ``fashionbox.stubs`` and the server restarted by
+  ``supervise``; a client with retries carries on and every answer it got is correct.
+
+Server restarts seen from the client (stop, start on the same port) are covered by
+``test_client_integration.py`` and its async twin. Figures: docs/RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from client_servers import dark_jpeg, image_set, start_private_server
+from onnx_standins import DetectorStandIn, write_attributes, write_detector
+
+from fashionbox import contract
+from fashionbox.client import (
+    ClientConfig,
+    ConnectError,
+    FashionBoxError,
+    FashionClient,
+    ImageDetections,
+    ModelNotReady,
+    RetryPolicy,
+    Timeouts,
+)
+from fashionbox.converter.repository import ModelScheduling, RepositorySettings, write_repository
+from fashionbox.labels import default_label_map
+from fashionbox.loadtest.reliability import drive_open_loop, embedded_server
+from fashionbox.server import Endpoints, ServerConfig, TritonServer, find_free_ports
+from fashionbox.stubs import StubWatch, python_stubs, supervise
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
+
+ROOT = Path(__file__).resolve().parent.parent
+logger = logging.getLogger(__name__)
+PATIENT_RETRY = RetryPolicy(max_attempts=200, initial_backoff_s=0.02, max_backoff_s=0.5, jitter=1.0)
+"""Enough attempts to ride out a full queue or a restart, with full jitter so retries spread."""
+
+
+def _repository(folder: Path, settings: RepositorySettings) -> Path:
+    labels = default_label_map()
+    spec = DetectorStandIn.default(input_size=settings.input_size, num_categories=labels.num_categories)
+    detector = write_detector(folder / "detector.onnx", spec)
+    group_sizes = [len(group.labels) for group in labels.attribute_groups]
+    attributes = write_attributes(folder / "attributes.onnx", crop_size=settings.crop_size, group_sizes=group_sizes)
+    return write_repository(
+        folder / "repository",
+        detector_onnx=detector,
+        attributes_onnx=attributes,
+        label_map=labels,
+        settings=settings,
+        manifest={"purpose": "reliability tests with ONNX stand-ins"},
+    )
+
+
+@pytest.fixture(scope="module")
+def shipped_policy_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stand-in models with the queue policy ``fashionbox convert`` writes (RepositorySettings' defaults)."""
+    settings = RepositorySettings(input_size=64, crop_size=32, max_detections=10, model_version="reliability")
+    return _repository(tmp_path_factory.mktemp("shipped-policy"), settings)
+
+
+@pytest.fixture(scope="module")
+def small_queue_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """The entry admits 2 waiting requests (2 instances x batch 2 at work): easy to overload."""
+    settings = RepositorySettings(
+        input_size=64,
+        crop_size=32,
+        max_detections=10,
+        preprocess=ModelScheduling(instances=2, max_batch_size=2, max_queue_size=2),
+        model_version="small-queue",
+    )
+    repository = _repository(tmp_path_factory.mktemp("small-queue"), settings)
+    server = start_private_server(repository, tmp_path_factory.mktemp("logs"))
+    try:
+        yield server
+    finally:
+        server.stop(timeout_s=10)
+
+
+# -- overload ----------------------------------------------------------------------------------------------
+
+
+def test_past_capacity_the_server_refuses_at_once_with_unavailable_and_answers_the_rest(
+    small_queue_server: TritonServer,
+) -> None:
+    images = image_set(50)
+
+    # 300 requests within 0.15 s: far more than 2 waiting + 4 at work.
+    result = asyncio.run(
+        drive_open_loop(small_queue_server.endpoints.grpc, images, rate_rps=2000, duration_s=0.15, deadline_s=10)
+    )
+
+    assert result.sent == 300
+    assert result.ok > 0 and result.refused > 0, result.as_dict()
+    assert set(result.outcomes) == {"OK", "UNAVAILABLE"}, result.as_dict()["messages"]
+    # The entry refuses past its queue; a later step may refuse what waited past its queue timeout.
+    reasons = result.refusal_latency_by_reason
+    assert "queue_full" in reasons and set(reasons) <= {"queue_full", "queue_timeout"}, result.as_dict()["messages"]
+    assert result.errors == 0 and result.empty_ok == 0 and result.deadline_misses == 0
+    # The bar is 10 ms (scripts/overload.py); the test allows for a busy shared CI machine.
+    figures = result.as_dict()["refusal_latency_ms_by_reason"]
+    assert reasons["queue_full"].p50_ms < 50 and reasons["queue_full"].p99_ms < 100, figures
+    assert small_queue_server.is_alive()
+
+
+def test_the_clients_retries_back_off_until_an_overloaded_server_has_answered_everything(
+    small_queue_server: TritonServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    images = image_set(120)
+    config = ClientConfig(url=small_queue_server.endpoints.grpc, retry=PATIENT_RETRY)
+    with FashionClient(config=config) as client:
+        expected = {image: client.detect(image) for image in set(images)}
+        caplog.set_level(logging.INFO, logger="fashionbox.client")
+
+        outcomes = client.detect_many(images, max_in_flight=32)
+
+    assert [f"{type(o).__name__}: {o}" for o in outcomes if not isinstance(o, ImageDetections)][:3] == []
+    assert outcomes == [expected[image] for image in images]
+    retried = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert retried, "32 in flight against 6 places: some were refused and retried"
+    assert any("Exceeds maximum queue size" in message for message in retried), retried[:3]
+
+
+def test_the_short_overload_script_holds_at_twice_the_sustainable_rate(
+    shipped_policy_repository: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "overload.json"
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "overload.py"),
+        f"--repository={shipped_policy_repository}",
+        "--duration-s=3",
+        "--capacity-s=2",
+        "--images=4",
+        "--image-size=640x480",
+        "--deadline-s=5",  # above the later steps' 2 s queue timeout
+        "--max-refusal-p99-ms=250",  # the script's bar is 10 ms on a quiet machine; CI shares its cores
+        f"--out={out}",
+    ]
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+    assert out.is_file(), done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    checks = report["checks"]
+    assert checks["no_crash"] and checks["only_ok_or_refused"], report
+    assert checks["accepted_meet_deadline"], report["run"]
+    assert report["run"]["ok"] > 0 and report["run"]["rate_rps"] > 1.9 * report["sustainable_rps"]
+
+
+# -- SIGTERM under load ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Call:
+    sent: float
+    done: float
+    outcome: ImageDetections | FashionBoxError
+
+
+def _load(client: FashionClient, images: list[bytes], stop: threading.Event, calls: list[_Call]) -> None:
+    index = 0
+    while not stop.is_set():
+        sent = time.monotonic()
+        try:
+            outcome: ImageDetections | FashionBoxError = client.detect(images[index % len(images)])
+        except FashionBoxError as error:
+            outcome = error
+            # Pause as a retrying client would: six threads resending instantly refused requests
+            # would take the CPU from the requests still being served.
+            time.sleep(0.02)
+        calls.append(_Call(sent, time.monotonic(), outcome))
+        index += 1
+
+
+def _under_load(
+    server: TritonServer, stop_server: Callable[[], int | None]
+) -> tuple[list[_Call], float, float, int | None]:
+    """Six clients without retries send 640x480 images; after 1.5 s ``stop_server()`` runs.
+
+    Returns every call, when the stop began, how long it took, and the server's exit code.
+    """
+    images = [dark_jpeg(seed, size=(640, 480)) for seed in range(8)]
+    config = ClientConfig(url=server.endpoints.grpc, retry=RetryPolicy.disabled(), timeouts=Timeouts(request_s=10))
+    stop = threading.Event()
+    calls: list[_Call] = []
+    try:
+        with FashionClient(config=config) as client:
+            workers = [threading.Thread(target=_load, args=(client, images, stop, calls)) for _ in range(6)]
+            for worker in workers:
+                worker.start()
+            time.sleep(1.5)
+            began = time.monotonic()
+            code = stop_server()
+            took_s = time.monotonic() - began
+            time.sleep(0.5)  # requests sent after the exit are refused too
+            stop.set()
+            for worker in workers:
+                worker.join(timeout=30)
+    finally:
+        stop.set()
+        server.stop(timeout_s=0)
+    return calls, began, took_s, code
+
+
+def _log_figures(what: str, exit_s: float, in_flight: list[_Call], after: list[_Call]) -> None:
+    # For docs/RELIABILITY.md: pytest -o log_cli=true --log-cli-level=INFO shows them.
+    logger.info(
+        "%s: exited after %.2f s; in flight %d (%d failed: %s); sent after %d (%d refused: %s)",
+        what,
+        exit_s,
+        len(in_flight),
+        len(_failures(in_flight)),
+        sorted({type(o).__name__ for o in _failures(in_flight)}),
+        len(after),
+        len(_failures(after)),
+        sorted({f"{type(o).__name__}/{o.status}" for o in _failures(after)}),
+    )
+
+
+def _failures(calls: list[_Call]) -> list[FashionBoxError]:
+    return [c.outcome for c in calls if isinstance(c.outcome, FashionBoxError)]
+
+
+def test_sigterm_refuses_new_requests_cleanly_and_exits_within_the_exit_timeout(
+    shipped_policy_repository: Path, tmp_path: Path
+) -> None:
+    server = start_private_server(shipped_policy_repository, tmp_path)  # exit_timeout_s=5
+
+    def sigterm() -> int | None:
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGTERM)
+        return server.wait(timeout_s=server.config.exit_timeout_s + 5)
+
+    calls, signalled, exit_s, code = _under_load(server, sigterm)
+
+    in_flight = [c for c in calls if c.sent < signalled < c.done]
+    after = [c for c in calls if c.sent > signalled]
+    _log_figures("SIGTERM", exit_s, in_flight, after)
+    assert code == 0 and exit_s < server.config.exit_timeout_s + 5, (code, exit_s)
+    assert len(in_flight) >= 3 and after, "six clients were sending before and after the signal"
+    # Triton stops every scheduler at once: an ensemble request between two steps is refused by
+    # the next ("Server is stopping"), so not everything in flight finishes; each failure is a
+    # clean, retryable refusal, never a wrong or partial answer (the draining stop below fixes it).
+    refused = _failures(in_flight) + _failures(after)
+    assert _failures(after), "requests after the signal are refused"
+    # Stopping (UNAVAILABLE), models unloaded (NOT_FOUND), no listener, calls cancelled by the
+    # server's exit: all retryable.
+    assert all(o.retryable for o in refused), {f"{type(o).__name__}: {o}" for o in refused}
+
+
+def test_a_draining_stop_finishes_every_request_in_flight_and_refuses_new_ones_cleanly(
+    shipped_policy_repository: Path, tmp_path: Path
+) -> None:
+    # The default config: stop() unloads the ensemble first (fashionbox.drain), then SIGTERMs.
+    with embedded_server(shipped_policy_repository, tmp_path, exit_timeout_s=5) as server:
+        calls, stopped, stop_s, code = _under_load(server, server.stop)
+
+    in_flight = [c for c in calls if c.sent < stopped < c.done]
+    after = [c for c in calls if c.sent > stopped]
+    _log_figures("draining stop", stop_s, in_flight, after)
+    assert code == 0 and stop_s < 2 * server.config.exit_timeout_s + 5, (code, stop_s)
+    assert len(in_flight) >= 3 and after, "six clients were sending before and after the stop"
+    assert _failures(in_flight) == [], "every request in flight when the stop began finished"
+    refused = _failures(after)
+    assert refused, "requests after the stop began are refused"
+    # NOT_FOUND "no available versions" while draining, then no listener: both retryable.
+    assert all(isinstance(o, ModelNotReady | ConnectError) and o.retryable for o in refused), {
+        f"{type(o).__name__}: {o}" for o in refused
+    }
+
+
+def _ready(client: FashionClient) -> bool:
+    try:
+        return client.ready(timeout_s=2)
+    except FashionBoxError:
+        return False
+
+
+@dataclass
+class _ServeProcess:
+    """``fashionbox serve`` in a child process, shaped like a TritonServer for ``_under_load``."""
+
+    process: subprocess.Popen[bytes]
+    endpoints: Endpoints
+
+    def stop(self, timeout_s: float = 0) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def test_sigterm_to_fashionbox_serve_drains_what_is_in_flight_and_exits_cleanly(
+    shipped_policy_repository: Path, tmp_path: Path
+) -> None:
+    # What systemd, docker stop (on an image running `fashionbox serve`) or Ctrl-C do.
+    grpc_port, http_port, metrics_port = find_free_ports(3)
+    command = [
+        sys.executable, "-m", "fashionbox.cli", "serve", "--repository", str(shipped_policy_repository),
+        "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
+        "--exit-timeout-s", "5", "--log-file", str(tmp_path / "triton.log"),
+    ]  # fmt: skip
+    with (tmp_path / "serve.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    serve = _ServeProcess(process, Endpoints.for_config(ServerConfig(
+        repository=shipped_policy_repository, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)))
+    try:
+        deadline = time.monotonic() + 90
+        with FashionClient(config=ClientConfig(url=serve.endpoints.grpc)) as client:
+            while not _ready(client):
+                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                time.sleep(0.2)
+
+        def sigterm() -> int | None:
+            process.send_signal(signal.SIGTERM)
+            return process.wait(timeout=30)
+
+        calls, signalled, exit_s, code = _under_load(serve, sigterm)  # type: ignore[arg-type]
+    finally:
+        serve.stop()
+
+    in_flight = [c for c in calls if c.sent < signalled < c.done]
+    after = [c for c in calls if c.sent > signalled]
+    _log_figures("SIGTERM to fashionbox serve", exit_s, in_flight, after)
+    assert code == 0 and exit_s < 2 * 5 + 5, ((tmp_path / "serve.log").read_text(), exit_s)
+    assert len(in_flight) >= 3 and after, "six clients were sending before and after the signal"
+    assert _failures(in_flight) == [], "every request in flight when the signal came finished"
+    assert _failures(after) and all(o.retryable for o in _failures(after))
+
+
+# -- a killed python-backend stub -------------------------------------------------------------------------
+
+
+def test_a_killed_stub_is_noticed_the_server_restarted_and_no_acknowledged_answer_is_wrong(
+    shipped_policy_repository: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_private_server(shipped_policy_repository, tmp_path)
+    images = image_set(300)
+    config = ClientConfig(url=server.endpoints.grpc, retry=PATIENT_RETRY, timeouts=Timeouts(request_s=60))
+    done = threading.Event()
+    outcomes: list[ImageDetections | FashionBoxError] = []
+    restarted: list[list[str]] = []
+    client = FashionClient(config=config)
+    try:
+        expected = {image: client.detect(image) for image in set(images)}
+        assert server.pid is not None
+        stubs = python_stubs(server.pid)
+        victim = next(pid for pid, name in stubs.items() if name.startswith(contract.PREPROCESS_MODEL))
+        caplog.set_level(logging.INFO, logger="fashionbox.client")
+
+        def load() -> None:
+            try:
+                outcomes.extend(client.detect_many(images, max_in_flight=4))
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=load)
+        worker.start()
+        time.sleep(0.3)
+        watch = StubWatch.of(server.pid)
+        killed = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        while not watch.dead() and time.monotonic() - killed < 5:
+            time.sleep(0.01)
+        noticed_s = time.monotonic() - killed
+        # Poll fast in the test; `fashionbox serve` polls once a second.
+        supervise(server, poll_s=0.1, stop=done, on_restart=restarted.append, watch=watch)
+        worker.join(timeout=60)
+        recovered_s = time.monotonic() - killed
+        logger.info(
+            "stub killed: seen dead after %.3f s, %s restarted, all %d requests answered %.1f s after the kill",
+            noticed_s,
+            restarted,
+            len(outcomes),
+            recovered_s,
+        )
+    finally:
+        client.close()
+        server.stop(timeout_s=10)
+
+    assert noticed_s < 1, "the watch sees a killed stub at once"
+    assert restarted and restarted[0][0].startswith(contract.PREPROCESS_MODEL), restarted
+    assert [f"{type(o).__name__}: {o}" for o in outcomes if not isinstance(o, ImageDetections)][:3] == []
+    assert outcomes == [expected[image] for image in images], "every acknowledged answer is the right one"
+    messages = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert any("is not healthy" in m or "UNAVAILABLE" in m for m in messages), messages[:3]
+    assert recovered_s < 60
