@@ -16,18 +16,22 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from fashionbox import contract
 from fashionbox.labels import LabelMap
+
+if TYPE_CHECKING:
+    from fashionbox.converter.tensorrt import EngineOptions
 
 __all__ = ["FAMILIES", "ConvertError", "ConvertOptions", "ConvertResult", "Family", "convert", "resolve_spec"]
 
@@ -48,6 +52,8 @@ class Family:
     load_detector: Callable[[Path], tuple[Any, LabelMap]]
     export_detector: Callable[..., Path]
     compare_detector: Callable[..., Any]
+    input_size: Callable[[Any], int] = lambda detector: int(detector.config.input_size)
+    """Side of the square letterbox the loaded detector is served at."""
 
 
 def _default_family() -> Family:
@@ -57,8 +63,18 @@ def _default_family() -> Family:
     return Family("fashionbox", load_detector, export_detector_onnx, compare_detector)
 
 
-FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family}
+def _yolos_family() -> Family:
+    from fashionbox.converter.yolos import compare_yolos, export_yolos_onnx, load_yolos_family
+
+    return Family("yolos", load_yolos_family, export_yolos_onnx, compare_yolos,
+                  input_size=lambda checkpoint: int(checkpoint.input_size))
+
+
+FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yolos": _yolos_family}
 """Family name -> factory (lazy, so importing the converter does not import torch)."""
+
+HF_MODEL_TYPES: dict[str, str] = {"yolos": "yolos"}
+"""``model_type`` of a Hugging Face checkpoint's config.json -> family (specs ``hf:FOLDER``)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,8 @@ class ConvertOptions:
         "boxes": 0.05, "scores": 1e-4, "probs": 1e-4, "nms_count_mismatch": 0.0, "nms_scores": 1e-4})
     repository_settings: dict[str, Any] = field(default_factory=dict)
     """Overrides for ``RepositorySettings`` (instance counts, batching...)."""
+    engines: EngineOptions = field(default_factory=lambda: _engine_options())
+    """``--target gpu`` only: TensorRT engines built now or later, FP16, workspace, CUDA graphs."""
 
     def __post_init__(self) -> None:
         if self.target not in ("cpu", "gpu"):
@@ -92,12 +110,20 @@ class ConvertResult:
     manifest: dict[str, Any]
 
 
+def _engine_options() -> EngineOptions:
+    from fashionbox.converter.tensorrt import EngineOptions
+
+    return EngineOptions()
+
+
 def resolve_spec(spec: str, kind: Literal["detector", "attributes"]) -> tuple[str, Path]:
-    """``default`` | ``PATH.safetensors`` -> (family, checkpoint path)."""
+    """``default`` | ``PATH.safetensors`` | ``hf:FOLDER`` (detector only) -> (family, weights file)."""
     from fashionbox.models import default_weights
 
     if spec == "default":
         return "fashionbox", default_weights(kind)
+    if spec.startswith("hf:") and not Path(spec).exists():
+        return _resolve_hf(Path(spec[3:]), kind)
     if ":" in spec and not Path(spec).exists():
         family = spec.split(":", 1)[0]
         raise ConvertError(f"unknown model family {family!r} in {spec!r}; known: {sorted(FAMILIES)}")
@@ -107,6 +133,22 @@ def resolve_spec(spec: str, kind: Literal["detector", "attributes"]) -> tuple[st
     if not path.is_file():
         raise ConvertError(f"checkpoint not found: {spec}")
     return "fashionbox", path
+
+
+def _resolve_hf(folder: Path, kind: Literal["detector", "attributes"]) -> tuple[str, Path]:
+    from fashionbox.converter.yolos import YolosError, checkpoint_weights, hf_model_type
+
+    if kind != "detector":
+        raise ConvertError("hf: checkpoints are detectors; the attribute heads are FashionBox checkpoints")
+    try:
+        weights = checkpoint_weights(folder)
+        model_type = hf_model_type(folder)
+    except YolosError as exc:
+        raise ConvertError(str(exc)) from exc
+    if model_type not in HF_MODEL_TYPES:
+        raise ConvertError(f"{folder}: Hugging Face model_type {model_type!r} is not supported; "
+                           f"known: {sorted(HF_MODEL_TYPES)}")
+    return HF_MODEL_TYPES[model_type], weights
 
 
 def _comparison_inputs(size: int, crop: int, samples: int,
@@ -131,8 +173,12 @@ def _versions() -> dict[str, str]:
 
     import fashionbox
 
-    return {"fashionbox": fashionbox.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+    versions = {"fashionbox": fashionbox.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+    transformers = sys.modules.get("transformers")  # only when a family loaded a Hugging Face checkpoint
+    if transformers is not None:
+        versions["transformers"] = str(transformers.__version__)
+    return versions
 
 
 def convert(options: ConvertOptions) -> ConvertResult:
@@ -142,8 +188,10 @@ def convert(options: ConvertOptions) -> ConvertResult:
     from fashionbox.models import file_sha256, load_attributes
     from fashionbox.models.nms import NmsSettings
 
-    if options.target == "gpu":
-        raise ConvertError("--target gpu needs TensorRT engines, which this build cannot make yet; use --target cpu")
+    if options.target == "gpu" and options.engines.build == "now":
+        from fashionbox.converter.tensorrt import import_tensorrt
+
+        import_tensorrt()  # refuse before minutes of export when engines cannot be built here
     family_name, detector_path = resolve_spec(options.detector, "detector")
     _, attributes_path = resolve_spec(options.attributes, "attributes")
     family = FAMILIES[family_name]()
@@ -153,7 +201,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
         raise ConvertError("the detector's and the attribute heads' label maps disagree on attribute groups")
     nms = NmsSettings(score_threshold=options.score_threshold, iou_threshold=options.iou_threshold,
                       max_per_class=options.max_detections, max_detections=options.max_detections)
-    size = detector.config.input_size
+    size = family.input_size(detector)
     crop = classifier.config.crop_size
     detector_sha, attributes_sha = file_sha256(detector_path), file_sha256(attributes_path)
     settings = RepositorySettings(input_size=size, crop_size=crop, max_detections=options.max_detections,
@@ -163,7 +211,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
     with tempfile.TemporaryDirectory(prefix="fashionbox-convert-") as tmp:
         detector_onnx = family.export_detector(detector, Path(tmp) / "detector.onnx", nms=nms, opset=options.opset)
         attributes_onnx = export_attributes_onnx(classifier, Path(tmp) / "attributes.onnx", opset=options.opset)
-        det_batches, attr_batches = _comparison_inputs(size, crop, options.compare_samples, label_map)
+        det_batches, attr_batches = _comparison_inputs(size, crop, options.compare_samples, attribute_labels)
         det_report = family.compare_detector(detector, detector_onnx, det_batches, nms)
         attr_report = compare_attributes(classifier, attributes_onnx, attr_batches)
         for report in (det_report, attr_report):
@@ -186,8 +234,17 @@ def convert(options: ConvertOptions) -> ConvertResult:
                            "tolerance": options.tolerance},
             "versions": _versions(),
         }
+        gpu = None
+        if options.target == "gpu":
+            from fashionbox.converter.tensorrt import prepare_gpu_repository
+
+            gpu = prepare_gpu_repository(Path(tmp), detector_onnx=detector_onnx, attributes_onnx=attributes_onnx,
+                                         settings=settings, label_map=label_map, options=options.engines,
+                                         detector_batches=det_batches)
+            manifest["engines"] = gpu.manifest
         repository = write_repository(options.out, detector_onnx=detector_onnx, attributes_onnx=attributes_onnx,
-                                      label_map=label_map, settings=settings, manifest=manifest)
+                                      label_map=label_map, settings=settings, manifest=manifest,
+                                      configs=gpu.configs if gpu else None, files=gpu.files if gpu else None)
     log.info("model repository written to %s in %.1f s", repository, time.time() - started)
     return ConvertResult(repository, {"detector": det_report.max_abs_error,
                                       "attributes": attr_report.max_abs_error}, json.loads(json.dumps(manifest)))

@@ -33,19 +33,22 @@ Usage::
         manifest={"export": {...}},
     )
 
-Only ``target="cpu"`` is written today. ``"gpu"`` is a valid setting so the seam is visible:
-there the ``detector`` and ``attributes`` models become ``tensorrt_plan`` models with
-``KIND_GPU`` instances and ``model.plan`` files; :func:`model_configs` raises ``ValueError`` for
-it until the engine builder exists.
+:func:`model_configs` writes the cpu profile. The gpu profile (``detector`` and ``attributes``
+as ``tensorrt_plan`` models on ``KIND_GPU`` with ``model.plan`` files, ``preprocess`` decoding on
+the GPU) is derived from it by :func:`fashionbox.converter.tensorrt.gpu_model_configs` and
+written by :func:`write_repository` through its ``configs`` and ``files`` arguments.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Mapping
@@ -71,6 +74,8 @@ from fashionbox.serving import (
 
 __all__ = [
     "CONFIG_FILE",
+    "DEFAULT_ENTRY_QUEUE_SIZE",
+    "DEFAULT_STEP_QUEUE_TIMEOUT_US",
     "LABELS_JSON_PARAMETER",
     "MODEL_VERSION",
     "ModelScheduling",
@@ -120,6 +125,16 @@ _PYTHON_MODELS = (
 )
 _ENSEMBLE_STEPS = (contract.PREPROCESS_MODEL, contract.DETECTOR_MODEL, contract.POSTPROCESS_MODEL)
 
+DEFAULT_ENTRY_QUEUE_SIZE = 16
+"""Requests that may wait for ``preprocess``, the ensemble's entry: two batches of 8, about 0.15 s
+of work at the ~110 img/s one CPU server reaches (BENCHMARKS.md). Past it Triton refuses at once."""
+DEFAULT_STEP_QUEUE_TIMEOUT_US = 2_000_000
+"""Longest wait in the queue of ``detector`` and ``postprocess``: a backstop for when one of them,
+not the entry, is the bottleneck (seen at 2x overload on the shared CPU; a GPU detector under
+load). Far above their normal wait (milliseconds), so it only acts past capacity: 250 ms fired
+on the busy shared CI machine at six requests in flight, and 500 ms while a draining stop
+unloaded the ensemble (0.5 s) and in a batch held back by a 500 ms batching delay."""
+
 
 # -- settings ---------------------------------------------------------------------------------------
 
@@ -131,16 +146,44 @@ class ModelScheduling:
     ``max_queue_delay_us`` defaults to 0: Triton still batches whatever is queued when an
     instance frees up, and FIELD_NOTES measured 2.2 ms added latency for a 2 ms delay at low
     load. Tune it with the load-test harness, not by guessing.
+
+    The queue policy (off unless set: Triton's own default) makes an overloaded server refuse
+    work instead of queueing it without bound: past ``max_queue_size`` waiting requests Triton
+    rejects a new one at once, and a request that waited ``queue_timeout_us`` is rejected, both
+    with UNAVAILABLE, which the client retries with backoff. :class:`RepositorySettings` sets
+    the policy FashionBox ships (docs/RELIABILITY.md has the measurements behind it):
+
+    - the entry, ``preprocess``, is bounded by size: its refusals come back in milliseconds;
+    - ``detector`` and ``postprocess`` are bounded by waiting time: on a CPU the entry admits
+      faster than the detector finishes, and without a bound there latency grows without limit.
+      Not by size: a size-bounded single-instance model that refuses many requests a second
+      left its instance mostly idle in Triton 2.51 (goodput fell to 5-10 % of capacity). A
+      request refused by a later step fails as a whole with that status, never half-answered;
+      only the work already done for it is lost;
+    - ``attributes`` stays unbounded: ``postprocess`` calls it synchronously (BLS), so its queue
+      never holds more than one request per ``postprocess`` instance, and a refusal there would
+      surface as a postprocess error rather than as overload.
     """
 
     instances: int = 1
     max_batch_size: int = 8
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 0
+    max_queue_size: int = 0
+    """Requests that may wait in this model's queue; one more is rejected at once with
+    UNAVAILABLE "Exceeds maximum queue size". 0 is unbounded (Triton's own default)."""
+    queue_timeout_us: int = 0
+    """Longest wait in this model's queue before the request is rejected (UNAVAILABLE "Request
+    timeout expired"); 0 is no limit. Not taken from clients: Triton 2.51's ensemble does not pass
+    a request's own timeout on to its steps (measured: a 1 ms timeout still ran after 700 ms)."""
 
     def __post_init__(self) -> None:
         if self.instances < 1:
             raise ValueError(f"instances must be at least 1, got {self.instances}")
+        if self.max_queue_size < 0:
+            raise ValueError(f"max_queue_size must not be negative (0 is unbounded), got {self.max_queue_size}")
+        if self.queue_timeout_us < 0:
+            raise ValueError(f"queue_timeout_us must not be negative (0 is none), got {self.queue_timeout_us}")
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {self.max_batch_size}")
         if self.max_queue_delay_us < 0:
@@ -165,11 +208,18 @@ class RepositorySettings:
     crop_size: int = 96
     max_detections: int = 100
     """Per image, after NMS."""
-    preprocess: ModelScheduling = field(default_factory=ModelScheduling)
-    detector: ModelScheduling = field(default_factory=ModelScheduling)
+    preprocess: ModelScheduling = field(
+        default_factory=lambda: ModelScheduling(max_queue_size=DEFAULT_ENTRY_QUEUE_SIZE)
+    )
+    """The entry: refuses past a short queue (see :class:`ModelScheduling`)."""
+    detector: ModelScheduling = field(
+        default_factory=lambda: ModelScheduling(queue_timeout_us=DEFAULT_STEP_QUEUE_TIMEOUT_US)
+    )
     attributes: ModelScheduling = field(default_factory=lambda: ModelScheduling(max_batch_size=64))
-    """Batches crops, not images: several per image."""
-    postprocess: ModelScheduling = field(default_factory=ModelScheduling)
+    """Batches crops, not images: several per image. Unbounded queue: see :class:`ModelScheduling`."""
+    postprocess: ModelScheduling = field(
+        default_factory=lambda: ModelScheduling(queue_timeout_us=DEFAULT_STEP_QUEUE_TIMEOUT_US)
+    )
     ort: OrtSettings = field(default_factory=OrtSettings)
     max_image_bytes: int = DecodeLimits.max_image_bytes
     max_pixels: int = DecodeLimits.max_pixels
@@ -184,11 +234,23 @@ class RepositorySettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        DecodeLimits(max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels)  # refuses unusable limits
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         for name in ("preprocess", "detector", "attributes", "postprocess"):
             if not isinstance(getattr(self, name), ModelScheduling):
                 raise TypeError(f"{name} must be a ModelScheduling, got {type(getattr(self, name)).__name__}")
+        # A step's queue timeout must leave room for the batching delays a request may sit out on its
+        # way there, or requests held back only to form a batch are refused as if the server were full.
+        delays_us = 0
+        for name in ("preprocess", "detector", "postprocess"):
+            scheduling = getattr(self, name)
+            delays_us += scheduling.max_queue_delay_us
+            if scheduling.queue_timeout_us and scheduling.queue_timeout_us <= 2 * delays_us:
+                raise ValueError(
+                    f"{name}.queue_timeout_us ({scheduling.queue_timeout_us}) must be more than twice the batching "
+                    f"delays up to it ({delays_us} us), or batched requests time out; raise it or set 0 (no limit)"
+                )
 
     @property
     def ensemble_max_batch_size(self) -> int:
@@ -232,6 +294,16 @@ def _parameters(config: Any, *sets: ParameterSet) -> None:
             config.parameters[key].string_value = value
 
 
+def _queue_policy(scheduling: ModelScheduling) -> Any:
+    # REJECT (the enum's zero, so not written out) rather than DELAY: a timed-out request fails
+    # instead of running late.
+    return mc.ModelQueuePolicy(
+        timeout_action=mc.ModelQueuePolicy.REJECT,
+        default_timeout_microseconds=scheduling.queue_timeout_us,
+        max_queue_size=scheduling.max_queue_size,
+    )
+
+
 def _python_model(
     name: str,
     scheduling: ModelScheduling,
@@ -252,6 +324,9 @@ def _python_model(
             max_queue_delay_microseconds=scheduling.max_queue_delay_us,
         ),
     )
+    if scheduling.max_queue_size or scheduling.queue_timeout_us:
+        # Only when bounded: an empty policy would still be written out as "default_queue_policy { }".
+        config.dynamic_batching.default_queue_policy.CopyFrom(_queue_policy(scheduling))
     _parameters(config, *parameters)
     return config
 
@@ -267,10 +342,10 @@ def _runner_model(
     """The seam between runtimes: a network model's config for ``settings.target``."""
     if settings.target == "cpu":
         return _python_model(name, settings.scheduling(name), inputs, outputs, sizes, parameters, settings.ort)
-    # gpu: a tensorrt_plan model with KIND_GPU instances and model.plan, built on the serving host.
+    # gpu: tensorrt_plan models with KIND_GPU instances and model.plan, built on the serving host.
     raise ValueError(
-        f"target {settings.target!r} is not supported by the repository writer yet: it needs TensorRT "
-        "engines (tensorrt_plan models on KIND_GPU); write a 'cpu' repository"
+        f"target {settings.target!r} is not supported by model_configs, which writes the cpu profile: the gpu "
+        "profile's configs come from fashionbox.converter.tensorrt.gpu_model_configs"
     )
 
 
@@ -463,6 +538,7 @@ def _build(
     onnx_files: Mapping[str, Path],
     label_map: LabelMap,
     manifest_json: str,
+    files: Mapping[str, Path] | None = None,
 ) -> None:
     for name, config in configs.items():
         if config.name != name:
@@ -473,13 +549,17 @@ def _build(
         write_model_config(_inside(model_dir, CONFIG_FILE), config)
         if config.backend == "python":
             _inside(version_dir, _PYTHON_SOURCE).write_bytes(_model_source(name))
-        if name in onnx_files:
+        if name in onnx_files and config.backend == "python":  # the ONNX Runtime runners (cpu target)
             shutil.copyfile(onnx_files[name], _inside(version_dir, ONNX_FILE))
     label_map.save(_inside(root, contract.LABELS_FILE))
     _inside(root, contract.MANIFEST_FILE).write_text(manifest_json, encoding="utf-8")
     readme = resources.files(_SOURCE_PACKAGE).joinpath(_README)
     if readme.is_file():
         _inside(root, _README).write_bytes(readme.read_bytes())
+    for relative, source in (files or {}).items():  # e.g. TensorRT plans and build_engines.sh (gpu target)
+        destination = _inside(root, *relative.split("/"))
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, destination)  # keeps the mode: build_engines.sh stays executable
 
 
 def _check_replaceable(out: Path) -> None:
@@ -493,16 +573,42 @@ def _check_replaceable(out: Path) -> None:
         )
 
 
-def _swap_into_place(staging: Path, out: Path) -> None:
-    """Move the finished ``staging`` folder to ``out``, keeping the old ``out`` until it is there.
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
 
-    POSIX cannot atomically exchange two non-empty folders with ``rename``, so the old one is
-    renamed aside first; if the second rename fails it is renamed back.
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # no libc symbol (glibc < 2.28, musl)
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # kernel or file system without it
+        return False
+    raise OSError(error, os.strerror(error), str(a), None, str(b))
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Move the finished ``staging`` folder to ``out``; the old ``out`` stays until the new one is there.
+
+    On Linux the two folders are exchanged in one ``renameat2`` call, so a process killed at any
+    moment (SIGKILL, power loss) leaves either the old or the new repository at ``out``, never
+    none; the old one then sits under the hidden staging name until it is removed. Elsewhere
+    POSIX cannot exchange two non-empty folders atomically: the old one is renamed aside first
+    and renamed back if the second rename fails (an exception, not a kill, between the two).
     """
     if not (out.exists() or out.is_symlink()):
         os.rename(staging, out)
         return
     _check_replaceable(out)
+    if _exchange(staging, out):
+        shutil.rmtree(staging, ignore_errors=True)  # now the previous repository
+        return
     previous = out.with_name(f".{out.name}.previous-{uuid.uuid4().hex[:8]}")
     os.rename(out, previous)
     try:
@@ -521,8 +627,14 @@ def write_repository(
     label_map: LabelMap,
     settings: RepositorySettings,
     manifest: Mapping[str, Any],
+    configs: Mapping[str, Any] | None = None,
+    files: Mapping[str, Path] | None = None,
 ) -> Path:
     """Write the whole repository to ``out`` (replacing a previous one) and return ``out``.
+
+    ``configs`` replaces :func:`model_configs` (the gpu target derives its own,
+    :func:`fashionbox.converter.tensorrt.gpu_model_configs`); ``files`` maps repository-relative
+    paths to files copied there last. The ONNX graphs are always checked against the contract.
 
     Everything is checked before the first byte is written (configs, ONNX contract, manifest is
     JSON), then built in a hidden sibling folder and renamed into place. If anything fails, the
@@ -534,7 +646,10 @@ def write_repository(
     for path in (detector_onnx, attributes_onnx):
         if not Path(path).is_file():
             raise FileNotFoundError(f"ONNX model not found: {path}")
-    configs = model_configs(settings, label_map)
+    configs = dict(configs) if configs is not None else model_configs(settings, label_map)
+    for path in (files or {}).values():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"file to copy into the repository not found: {path}")
     check_onnx_contract(Path(detector_onnx), Path(attributes_onnx), settings, label_map)
     try:
         manifest_json = json.dumps(dict(manifest), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
@@ -552,6 +667,7 @@ def write_repository(
             {contract.DETECTOR_MODEL: Path(detector_onnx), contract.ATTRIBUTES_MODEL: Path(attributes_onnx)},
             label_map,
             manifest_json,
+            files,
         )
         staging.chmod(0o755)  # mkdtemp makes it 0700; a server running as another user must read it
         _swap_into_place(staging, out)

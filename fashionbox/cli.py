@@ -25,6 +25,10 @@ def _url(text: str) -> str:
     return text
 
 
+def _count_or_folder(text: str) -> int | Path:
+    return int(text) if text.isdigit() else Path(text)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from fashionbox.training.trainer import TrainSettings, train_default
 
@@ -39,10 +43,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from fashionbox.converter import ConvertOptions, convert
+    from fashionbox.converter.tensorrt import EngineOptions
 
+    engines = EngineOptions(build=args.engines, fp16=args.fp16, workspace_mib=args.workspace_mib,
+                            timing_cache=args.timing_cache, cuda_graphs=args.cuda_graphs)
+    limits = {name: value for name in ("max_image_bytes", "max_pixels") if (value := getattr(args, name)) is not None}
     result = convert(ConvertOptions(out=args.out, detector=args.detector, attributes=args.attributes,
                                     target=args.target, opset=args.opset, score_threshold=args.score_threshold,
-                                    max_detections=args.max_detections))
+                                    max_detections=args.max_detections, repository_settings=limits,
+                                    engines=engines))
     print(f"model repository: {result.repository}")
     for model, errors in result.reports.items():
         print(f"  {model}: max abs error ONNX Runtime vs PyTorch " +
@@ -114,13 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("convert", help="export to ONNX, check, and write a Triton model repository")
-    p.add_argument("--detector", default="default", help="'default' or a detector .safetensors checkpoint")
+    p.add_argument("--detector", default="default",
+                   help="'default', a detector .safetensors checkpoint, or hf:FOLDER (a YOLOS checkpoint)")
     p.add_argument("--attributes", default="default", help="'default' or an attributes .safetensors checkpoint")
     p.add_argument("--target", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--out", type=Path, default=DEFAULT_REPOSITORY)
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--score-threshold", type=float, default=contract.DEFAULT_SCORE_THRESHOLD)
     p.add_argument("--max-detections", type=int, default=contract.DEFAULT_MAX_DETECTIONS)
+    p.add_argument("--max-image-bytes", type=int, help="larger images are refused (default 32 MiB)")
+    p.add_argument("--max-pixels", type=int, help="images declaring more pixels are refused (default 64000000)")
+    g = p.add_argument_group("--target gpu (TensorRT)")
+    g.add_argument("--engines", choices=["now", "later"], default="now",
+                   help="now: build with the tensorrt package on this (serving) GPU; later: write build_engines.sh "
+                        "(the trtexec commands) for the deployment GPU, e.g. the compose engine-builder service")
+    g.add_argument("--no-fp16", dest="fp16", action="store_false", help="build FP32 engines")
+    g.add_argument("--workspace-mib", type=int, default=2048, help="TensorRT builder workspace limit")
+    g.add_argument("--timing-cache", type=Path, help="persisted TensorRT timing cache (default: user cache folder)")
+    g.add_argument("--cuda-graphs", action="store_true", help="optimization { cuda { graphs: true } } on engines")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("serve", help="run the embedded Triton server on a model repository")
@@ -142,9 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="measure quality on held-out generated scenes or a COCO file")
     p.add_argument("--url", type=_url, default=default_url)
     p.add_argument("--reference", action="store_true", help="evaluate the in-process PyTorch reference instead")
-    p.add_argument("--images", type=int, default=200, help="number of generated held-out scenes")
+    p.add_argument("--images", type=_count_or_folder, default=200,
+                   help="number of generated held-out scenes, or with --coco-annotations the image folder")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--coco", type=Path, help="COCO annotation file (with --image-dir) instead of generated scenes")
+    p.add_argument("--coco-annotations", "--coco", dest="coco", type=Path,
+                   help="COCO annotation file (images in --images DIR) instead of generated scenes")
     p.add_argument("--image-dir", type=Path)
     p.add_argument("--json", action="store_true")
     p.add_argument("--concurrency", type=int, default=4)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ __all__ = [
     "SecurityError",
     "ServerTls",
     "check_admin_key",
+    "new_repository_key",
     "read_admin_key",
     "redact",
     "security_arguments",
@@ -135,17 +137,33 @@ def read_admin_key(path: Path | None = None, environ: Mapping[str, str] | None =
     return check_admin_key(value) if value else None
 
 
-def security_arguments(tls: ServerTls | None, admin_key: str | None) -> list[str]:
-    """Triton flags for TLS and the admin restriction (empty when neither is set)."""
+def security_arguments(
+    tls: ServerTls | None, admin_key: str | None, *, repository_key: str | None = None
+) -> list[str]:
+    """Triton flags for TLS and the admin restriction (empty when nothing is set).
+
+    ``repository_key`` locks only the model-repository API, for a server whose owner needs it
+    (to drain before stopping) but whose user set no admin key; an admin key locks it anyway.
+    """
     arguments = tls.arguments() if tls is not None else []
     if admin_key is not None:
         restriction = f"{','.join(ADMIN_APIS)}:{ADMIN_KEY_NAME}={check_admin_key(admin_key)}"
-        arguments += [f"--grpc-restricted-protocol={restriction}", f"--http-restricted-api={restriction}"]
-    return arguments
+    elif repository_key is not None:
+        restriction = f"model-repository:{ADMIN_KEY_NAME}={check_admin_key(repository_key)}"
+    else:
+        return arguments
+    return [*arguments, f"--grpc-restricted-protocol={restriction}", f"--http-restricted-api={restriction}"]
 
 
-def redact(command: Sequence[str], secret: str | None) -> list[str]:
-    """``command`` with every occurrence of ``secret`` replaced, for logs."""
-    if not secret:
-        return list(command)
-    return [word.replace(secret, _REDACTED) for word in command]
+def new_repository_key() -> str:
+    """A random key for :func:`security_arguments`' ``repository_key``: known only to this process."""
+    return secrets.token_urlsafe(24)
+
+
+def redact(command: Sequence[str], *secrets_: str | None) -> list[str]:
+    """``command`` with every occurrence of each secret replaced, for logs."""
+    words = list(command)
+    for secret in secrets_:
+        if secret:
+            words = [word.replace(secret, _REDACTED) for word in words]
+    return words

@@ -61,8 +61,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar, cast
 
-from fashionbox.contract import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
-from fashionbox.security import SECURITY_FLAGS, SecurityError, ServerTls, read_admin_key, redact, security_arguments
+from fashionbox.contract import (
+    ADMIN_KEY_NAME,
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HOST,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_METRICS_PORT,
+)
+from fashionbox.security import (
+    SECURITY_FLAGS,
+    SecurityError,
+    ServerTls,
+    new_repository_key,
+    read_admin_key,
+    redact,
+    security_arguments,
+)
 
 __all__ = [
     "ConfigError",
@@ -82,6 +96,7 @@ __all__ = [
     "prepare_backend_directory",
     "run_server_cli",
     "serve_main",
+    "start_on_free_ports",
 ]
 
 logger = logging.getLogger(__name__)
@@ -194,6 +209,10 @@ class ServerConfig:
     # Restricts the admin APIs (fashionbox.security.ADMIN_APIS) to callers sending this key.
     admin_key: str | None = dataclasses.field(default=None, repr=False)
     secure: bool = False  # the secure profile: refuse to start without TLS and an admin key
+    # Let stop() drain in-flight requests (fashionbox.drain). In mode "none" Triton then runs in explicit
+    # mode with every model loaded and its repository API locked behind a key only this process knows
+    # (the admin key, when set): from outside it is mode "none", nothing can be loaded or unloaded.
+    drain_on_stop: bool = True
 
     def __post_init__(self) -> None:
         # Accept str paths from callers but store Paths, so equality and hashing are predictable.
@@ -447,14 +466,28 @@ def prepare_backend_directory(cache_dir: Path | None = None) -> Path:
     return target
 
 
-def build_command(config: ServerConfig, *, binary: Path, backend_directory: Path) -> list[str]:
-    """The tritonserver command line for ``config``. Pure, so tests can check it without a server."""
+def _locks_repository(config: ServerConfig) -> bool:
+    """Whether the server runs Triton's explicit mode only to drain (see ``ServerConfig.drain_on_stop``)."""
+    return config.model_control_mode == "none" and config.drain_on_stop
+
+
+def build_command(
+    config: ServerConfig, *, binary: Path, backend_directory: Path, repository_key: str | None = None
+) -> list[str]:
+    """The tritonserver command line for ``config``. Pure, so tests can check it without a server.
+
+    ``repository_key`` locks the model-repository API of a draining server in mode "none" that has
+    no admin key; such a server needs one.
+    """
+    locked = _locks_repository(config)
+    if locked and config.admin_key is None and repository_key is None:
+        raise ConfigError("a draining server in model control mode 'none' needs a repository key or an admin key")
     command = [
         str(binary),
         f"--model-repository={config.repository.resolve()}",
         f"--backend-directory={backend_directory}",
-        f"--model-control-mode={config.model_control_mode}",
-        *(f"--load-model={name}" for name in config.load_models),
+        f"--model-control-mode={'explicit' if locked else config.model_control_mode}",
+        *(f"--load-model={name}" for name in (("*",) if locked else config.load_models)),
         f"--strict-readiness={str(config.strict_readiness).lower()}",
         f"--exit-timeout-secs={config.exit_timeout_s}",
         f"--log-verbose={config.log_verbose}",
@@ -471,7 +504,7 @@ def build_command(config: ServerConfig, *, binary: Path, backend_directory: Path
         command.append(f"--backend-config=python,shm-default-byte-size={config.python_shm_default_bytes}")
     if config.python_shm_growth_bytes is not None:
         command.append(f"--backend-config=python,shm-growth-byte-size={config.python_shm_growth_bytes}")
-    command.extend(security_arguments(config.tls, config.admin_key))
+    command.extend(security_arguments(config.tls, config.admin_key, repository_key=repository_key if locked else None))
     command.extend(config.extra_args)
     return command
 
@@ -570,6 +603,7 @@ class TritonServer:
         self._log_path: Path | None = config.log_path
         self._command: list[str] = []
         self._returncode: int | None = None
+        self._repository_key: str | None = None  # locks the repository API of a draining server
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -623,7 +657,10 @@ class TritonServer:
 
         dist = _find_triton_distribution()
         backend_directory = prepare_backend_directory(config.cache_dir)
-        self._command = build_command(config, binary=dist.binary, backend_directory=backend_directory)
+        self._repository_key = new_repository_key() if _locks_repository(config) and config.admin_key is None else None
+        self._command = build_command(
+            config, binary=dist.binary, backend_directory=backend_directory, repository_key=self._repository_key
+        )
 
         if self._log_path is None:
             self._log_path = Path(tempfile.mkdtemp(prefix="fashionbox-triton-")) / _LOG_NAME
@@ -634,7 +671,9 @@ class TritonServer:
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(dist.libs), env.get("LD_LIBRARY_PATH")]))
         env[SITE_PACKAGES_ENV] = sysconfig.get_paths()["purelib"]
-        logger.info("starting tritonserver: %s", shlex.join(redact(self._command, config.admin_key)))
+        logger.info(
+            "starting tritonserver: %s", shlex.join(redact(self._command, config.admin_key, self._repository_key))
+        )
         try:
             self._process = subprocess.Popen(
                 self._command,
@@ -699,6 +738,17 @@ class TritonServer:
             return self._returncode
         timeout_s = self.config.exit_timeout_s + _STOP_GRACE_S if timeout_s is None else timeout_s
         if _exit_status(process) is None:
+            if timeout_s > 0 and (self.config.model_control_mode == "explicit" or _locks_repository(self.config)):
+                # SIGTERM alone fails ensemble requests between two steps; unloading the ensemble
+                # first lets them finish (fashionbox/drain.py). Needs the repository API.
+                from fashionbox.drain import drain
+
+                key = self.config.admin_key or self._repository_key
+                drain(
+                    self.endpoints.http,
+                    timeout_s=min(timeout_s, float(self.config.exit_timeout_s)),
+                    headers={ADMIN_KEY_NAME: key} if key else None,
+                )
             # Only the server gets SIGTERM: it unloads the models, which ends the stubs in order.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGTERM)
@@ -789,6 +839,23 @@ def _check_repository(repository: Path) -> None:
         if folder not in models:
             # In mode "none" Triton tries every folder, and one without a config may fail the start.
             logger.warning("%s has no config.pbtxt; Triton may fail to load it as a model", folder)
+    _check_engines(repository)
+
+
+def _check_engines(repository: Path) -> None:
+    """A GPU repository: refuse engines built elsewhere, then say why the embedded server cannot serve it."""
+    from fashionbox.converter.tensorrt import EngineError, check_engine_compatibility
+
+    try:
+        record = check_engine_compatibility(repository)
+    except EngineError as exc:
+        raise RepositoryError(str(exc)) from exc
+    if record is not None:
+        raise RepositoryError(
+            f"{repository} holds TensorRT engines (tensorrt_plan models), which the embedded server (python "
+            "backend only) cannot load: serve it with the NGC tritonserver image (docker compose up, README "
+            "'GPU deployment')"
+        )
 
 
 def _is_loopback(host: str) -> bool:
@@ -798,6 +865,44 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def start_on_free_ports(
+    repository: Path, log_dir: Path, *, wait: bool = True, attempts: int = 3, **fields: Any
+) -> TritonServer:
+    """A server on fresh loopback ports (more ``ServerConfig`` fields in ``fields``), started and,
+    unless ``wait=False``, ready. For tests, scripts and tools that run a private server.
+
+    Ports are found free, then bound by Triton a moment later; another process may take one in
+    between, so the start is tried ``attempts`` times on new ports. Call from the thread that will
+    stop it: the server dies with the thread that started it (``PR_SET_PDEATHSIG``).
+    """
+    for attempt in range(1, attempts + 1):
+        grpc_port, http_port, metrics_port = find_free_ports(3)
+        server = TritonServer(
+            ServerConfig(
+                repository=repository,
+                grpc_port=grpc_port,
+                http_port=http_port,
+                metrics_port=metrics_port,
+                log_path=Path(log_dir) / f"tritonserver-{grpc_port}.log",
+                **fields,
+            )
+        )
+        try:
+            server.start()
+            if wait:
+                server.wait_until_ready()
+        except PortInUseError:
+            server.stop(timeout_s=0)
+            if attempt == attempts:
+                raise
+            continue
+        except BaseException:
+            server.stop(timeout_s=0)
+            raise
+        return server
+    raise AssertionError("unreachable")
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -925,7 +1030,15 @@ def run_server_cli(config: ServerConfig) -> int:
             "Press Ctrl-C to stop.",
             flush=True,
         )
-        code = server.wait()
+        # Triton 2.51 neither restarts a python-backend stub that dies nor stops reporting ready:
+        # supervise() restarts the server then (fashionbox/stubs.py, docs/RELIABILITY.md).
+        from fashionbox.stubs import supervise
+
+        try:
+            code = supervise(server)
+        except ServerStartError as exc:
+            print(f"fashionbox serve: the restart after a python backend stub died failed: {exc}", file=sys.stderr)
+            return 1
         print(
             f"fashionbox serve: tritonserver exited unexpectedly with code {code}; see {server.log_path}",
             file=sys.stderr,

@@ -9,7 +9,6 @@ tests that stop, restart or reconfigure them; always stop them (``with`` or ``fi
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +20,8 @@ from PIL import Image
 from fashionbox.converter.repository import ModelScheduling, RepositorySettings, write_repository
 from fashionbox.labels import default_label_map
 from fashionbox.security import ServerTls
-from fashionbox.server import PortInUseError, ServerConfig, TritonServer, find_free_ports
+from fashionbox.server import TritonServer, start_on_free_ports
+from fashionbox.stubs import restart_on_same_ports
 
 ADMIN_KEY = "s3cret-admin-key"
 RESTRICT_STATISTICS = f"--grpc-restricted-protocol=statistics:admin-key={ADMIN_KEY}"
@@ -81,54 +81,20 @@ def start_private_server(
 
     Call from the thread that will stop it: the server dies with the thread that started it.
     """
-    for attempt in range(3):
-        grpc_port, http_port, metrics_port = find_free_ports(3)
-        server = TritonServer(
-            ServerConfig(
-                repository=repository,
-                grpc_port=grpc_port,
-                http_port=http_port,
-                metrics_port=metrics_port,
-                log_path=log_dir / f"triton-{grpc_port}.log",
-                exit_timeout_s=exit_timeout_s,
-                extra_args=tuple(extra_args),
-                tls=tls,
-                admin_key=admin_key,
-            )
-        )
-        try:
-            server.start()
-            if wait:
-                server.wait_until_ready()
-        except PortInUseError:
-            server.stop(timeout_s=0)
-            if attempt == 2:
-                raise
-            continue
-        except BaseException:
-            server.stop(timeout_s=0)
-            raise
-        return server
-    raise AssertionError("unreachable")
+    return start_on_free_ports(
+        repository,
+        log_dir,
+        wait=wait,
+        exit_timeout_s=exit_timeout_s,
+        extra_args=tuple(extra_args),
+        tls=tls,
+        admin_key=admin_key,
+    )
 
 
 def restart(server: TritonServer) -> None:
-    """Stop ``server`` and start it again on the same ports (call from the thread that started it).
-
-    Between the two, another process on a shared machine may briefly hold one of the ports; the
-    start is tried again for a few seconds before giving up.
-    """
-    server.stop(timeout_s=15)
-    for attempt in range(10):
-        try:
-            server.start()
-            server.wait_until_ready()
-            return
-        except PortInUseError:
-            server.stop(timeout_s=0)
-            if attempt == 9:
-                raise
-            time.sleep(0.5)
+    """Stop ``server`` and start it again on the same ports (call from the thread that started it)."""
+    restart_on_same_ports(server, stop_timeout_s=15)
 
 
 def dark_jpeg(seed: int, size: tuple[int, int] = (96, 72)) -> bytes:

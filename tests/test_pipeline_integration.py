@@ -42,6 +42,9 @@ SETTINGS = RepositorySettings(
     # Waiting up to 0.5 s for a batch of 3 makes three concurrent requests share one execute(),
     # which is what the per-request error test must exercise. Single requests pay the wait.
     preprocess=ModelScheduling(max_batch_size=4, preferred_batch_sizes=(BATCH_OF_THREE,), max_queue_delay_us=500_000),
+    # The 500 ms batching delay must stay below the later steps' queue timeouts (RepositorySettings checks).
+    detector=ModelScheduling(queue_timeout_us=5_000_000),
+    postprocess=ModelScheduling(queue_timeout_us=5_000_000),
     attributes=ModelScheduling(max_batch_size=4),  # small, so one BLS call is split into chunks
     model_version="integration-test",
 )

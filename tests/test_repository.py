@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,14 @@ SETTINGS = RepositorySettings(
     input_size=64,
     crop_size=32,
     max_detections=10,
-    preprocess=ModelScheduling(instances=2, max_batch_size=4, preferred_batch_sizes=(2, 4), max_queue_delay_us=500),
+    preprocess=ModelScheduling(
+        instances=2,
+        max_batch_size=4,
+        preferred_batch_sizes=(2, 4),
+        max_queue_delay_us=500,
+        max_queue_size=16,
+        queue_timeout_us=250_000,
+    ),
     detector=ModelScheduling(instances=1, max_batch_size=8),
     attributes=ModelScheduling(instances=1, max_batch_size=32, max_queue_delay_us=100),
     postprocess=ModelScheduling(instances=3, max_batch_size=8),
@@ -58,7 +68,10 @@ EXPECTED = {
         output { name: "PIXELS" data_type: TYPE_UINT8 dims: [64, 64, 3] }
         output { name: "IMAGE_INFO" data_type: TYPE_FP32 dims: [5] }
         instance_group { count: 2 kind: KIND_CPU }
-        dynamic_batching { preferred_batch_size: [2, 4] max_queue_delay_microseconds: 500 }
+        dynamic_batching {
+          preferred_batch_size: [2, 4] max_queue_delay_microseconds: 500
+          default_queue_policy { default_timeout_microseconds: 250000 max_queue_size: 16 }
+        }
         parameters { key: "input_size" value { string_value: "64" } }
         parameters { key: "max_image_bytes" value { string_value: "1000000" } }
         parameters { key: "max_pixels" value { string_value: "4000000" } }
@@ -233,10 +246,28 @@ def test_the_ensemble_allows_no_larger_batch_than_its_smallest_step() -> None:
     assert model_configs(SETTINGS, LABELS)[contract.ENSEMBLE_MODEL].max_batch_size == 4
 
 
-def test_the_gpu_target_is_refused_with_a_clear_error_until_engines_exist() -> None:
+def test_by_default_the_entry_refuses_past_a_short_queue_and_later_steps_past_a_queue_timeout() -> None:
+    configs = model_configs(RepositorySettings(), LABELS)
+
+    policies = {name: config.dynamic_batching.default_queue_policy for name, config in configs.items()}
+
+    assert policies[contract.PREPROCESS_MODEL] == mc.ModelQueuePolicy(
+        max_queue_size=repository.DEFAULT_ENTRY_QUEUE_SIZE
+    )
+    for step in (contract.DETECTOR_MODEL, contract.POSTPROCESS_MODEL):
+        assert policies[step] == mc.ModelQueuePolicy(
+            default_timeout_microseconds=repository.DEFAULT_STEP_QUEUE_TIMEOUT_US
+        )
+    assert {policy.timeout_action for policy in policies.values()} == {mc.ModelQueuePolicy.REJECT}
+    # Called synchronously by postprocess (BLS): bounded by postprocess's instances already.
+    assert not configs[contract.ATTRIBUTES_MODEL].dynamic_batching.HasField("default_queue_policy")
+    assert not configs[contract.ENSEMBLE_MODEL].HasField("dynamic_batching")
+
+
+def test_model_configs_refuses_the_gpu_target_and_names_the_gpu_profile_builder() -> None:
     settings = RepositorySettings(target="gpu")
 
-    with pytest.raises(ValueError, match="target 'gpu' is not supported"):
+    with pytest.raises(ValueError, match=r"target 'gpu' is not supported .*tensorrt\.gpu_model_configs"):
         model_configs(settings, LABELS)
 
 
@@ -247,8 +278,16 @@ def test_the_gpu_target_is_refused_with_a_clear_error_until_engines_exist() -> N
         (lambda: ModelScheduling(preferred_batch_sizes=(4, 2)), "strictly increasing"),
         (lambda: ModelScheduling(instances=0), "instances"),
         (lambda: ModelScheduling(max_queue_delay_us=-1), "max_queue_delay_us"),
+        (lambda: ModelScheduling(max_queue_size=-1), "max_queue_size"),
+        (lambda: ModelScheduling(queue_timeout_us=-1), "queue_timeout_us"),
         (lambda: RepositorySettings(input_size=0), "input_size"),
         (lambda: RepositorySettings(target="tpu"), "target"),  # type: ignore[arg-type]
+        # A 0.5 s batching delay before a step that refuses after 0.5 s in the queue: batched requests would fail.
+        (lambda: RepositorySettings(preprocess=ModelScheduling(max_queue_delay_us=500_000),
+                                    detector=ModelScheduling(queue_timeout_us=500_000)),
+         r"detector\.queue_timeout_us \(500000\) must be more than twice the batching delays up to it \(500000 us\)"),
+        (lambda: RepositorySettings(postprocess=ModelScheduling(max_queue_delay_us=400_000, queue_timeout_us=800_000)),
+         "postprocess.queue_timeout_us"),
     ],
 )
 def test_invalid_settings_are_refused_when_made(build: Callable[[], object], message: str) -> None:
@@ -363,11 +402,99 @@ def test_a_failed_swap_puts_the_previous_repository_back(
         real_rename(src, dst)
 
     monkeypatch.setattr(repository.os, "rename", rename)
+    monkeypatch.setattr(repository, "_exchange", lambda a, b: False)  # the path where renameat2 is missing
 
     with pytest.raises(OSError, match="disk full"):
         _write(out, onnx_models, manifest={"run": 2})
 
     assert json.loads((out / contract.MANIFEST_FILE).read_text()) == {"run": 1}
+    assert _siblings(out) == ["repo"]
+
+
+# A process killed outright runs no cleanup: the repository must be whole at every instant. The
+# writer runs in a child that SIGKILLs itself at one point of the write.
+_KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from fashionbox.converter import repository
+from fashionbox.labels import default_label_map
+
+point, out, detector, attributes = sys.argv[1:5]
+die = lambda *_, **__: os.kill(os.getpid(), signal.SIGKILL)
+if point == "while_building":
+    real_write, written = repository.write_model_config, []
+    def write(path, config):
+        written.append(path)
+        if len(written) == 3:
+            die()
+        real_write(path, config)
+    repository.write_model_config = write
+elif point == "before_the_swap":
+    repository._swap_into_place = die
+elif point == "inside_the_swap":  # between the exchange and removing the previous repository
+    repository.shutil.rmtree = die
+elif point == "after_the_swap":
+    real_swap = repository._swap_into_place
+    repository._swap_into_place = lambda staging, out: (real_swap(staging, out), die())
+settings = repository.RepositorySettings(input_size=64, crop_size=32, max_detections=10)
+repository.write_repository(Path(out), detector_onnx=Path(detector), attributes_onnx=Path(attributes),
+                            label_map=default_label_map(), settings=settings, manifest={"run": 2})
+"""
+
+
+@pytest.mark.parametrize(
+    ("point", "run_after"),
+    [("while_building", 1), ("before_the_swap", 1), ("inside_the_swap", 2), ("after_the_swap", 2)],
+)
+def test_a_write_killed_at_any_point_leaves_a_whole_repository_the_old_or_the_new(
+    point: str, run_after: int, tmp_path: Path, onnx_models: tuple[Path, Path]
+) -> None:
+    if not repository._exchange(tmp_path, tmp_path):  # swapping a folder with itself: a no-op probe
+        pytest.skip("no renameat2(RENAME_EXCHANGE) here: the rename-aside fallback is used")
+    out = _write(tmp_path / "repo", onnx_models, manifest={"run": 1})
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, point, str(out), *map(str, onnx_models)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert json.loads(after[Path(contract.MANIFEST_FILE)]) == {"run": run_after}
+    if run_after == 1:
+        assert after == before
+    assert sorted(after) == sorted(before), "every file of a repository, none missing"
+    # Only hidden leftovers (the unfinished or the replaced repository) may remain beside it.
+    assert [name for name in _siblings(out) if not name.startswith(".")] == ["repo"]
+
+
+def test_convert_interrupted_before_writing_leaves_the_previous_repository_untouched(
+    tmp_path: Path, onnx_models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fashionbox import converter
+
+    out = _write(tmp_path / "repo", onnx_models, manifest={"run": 1})
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real = converter.FAMILIES["fashionbox"]
+
+    def interrupted_during_comparison() -> converter.Family:
+        family = real()
+
+        def compare(*args: Any, **kwargs: Any) -> Any:
+            raise KeyboardInterrupt  # Ctrl-C while ONNX Runtime is compared with PyTorch
+
+        return converter.Family(family.name, family.load_detector, family.export_detector, compare)
+
+    monkeypatch.setitem(converter.FAMILIES, "fashionbox", interrupted_during_comparison)
+
+    with pytest.raises(KeyboardInterrupt):
+        converter.convert(converter.ConvertOptions(out=out, compare_samples=1))
+
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert _siblings(out) == ["repo"]
 
 

@@ -214,11 +214,58 @@ def test_serve_flags_win_over_the_environment() -> None:
 
 def test_command_binds_every_service_to_the_configured_host_only(tmp_path: Path) -> None:
     config = ServerConfig(repository=tmp_path, grpc_port=9001, http_port=9000, metrics_port=9002)
-    command = build_command(config, binary=Path("/bin/tritonserver"), backend_directory=Path("/backends"))
+    command = build_command(
+        config, binary=Path("/bin/tritonserver"), backend_directory=Path("/backends"), repository_key=LOCK_KEY
+    )
     for service in ("grpc", "http", "metrics"):
         assert f"--{service}-address=127.0.0.1" in command
     assert "--grpc-port=9001" in command
     assert f"--model-repository={tmp_path.resolve()}" in command
+
+
+LOCK_KEY = "lock-key-known-to-the-wrapper-only"
+
+
+def _control_flags(command: list[str]) -> list[str]:
+    prefixes = ("--model-control-mode", "--load-model", "--grpc-restricted-protocol", "--http-restricted-api")
+    return [word for word in command if word.startswith(prefixes)]
+
+
+def test_mode_none_runs_triton_explicit_with_every_model_and_the_repository_api_locked(tmp_path: Path) -> None:
+    # So stop() can drain (unload the ensemble first) while nobody else can load or unload.
+    command = build_command(
+        ServerConfig(repository=tmp_path), binary=Path("t"), backend_directory=Path("b"), repository_key=LOCK_KEY
+    )
+
+    assert _control_flags(command) == [
+        "--model-control-mode=explicit",
+        "--load-model=*",
+        f"--grpc-restricted-protocol=model-repository:admin-key={LOCK_KEY}",
+        f"--http-restricted-api=model-repository:admin-key={LOCK_KEY}",
+    ]
+
+
+def test_an_admin_key_locks_the_repository_api_with_the_other_admin_apis(tmp_path: Path) -> None:
+    config = ServerConfig(repository=tmp_path, admin_key="admin-key-of-the-operator")
+
+    command = build_command(config, binary=Path("t"), backend_directory=Path("b"))
+
+    restriction = "model-repository,model-config,shared-memory,statistics,trace,logging:admin-key=" + config.admin_key
+    assert _control_flags(command)[2:] == [
+        f"--grpc-restricted-protocol={restriction}", f"--http-restricted-api={restriction}"]
+
+
+def test_without_draining_mode_none_is_triton_mode_none(tmp_path: Path) -> None:
+    config = ServerConfig(repository=tmp_path, drain_on_stop=False)
+
+    assert _control_flags(build_command(config, binary=Path("t"), backend_directory=Path("b"))) == [
+        "--model-control-mode=none"
+    ]
+
+
+def test_a_draining_command_without_any_key_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs a repository key"):
+        build_command(ServerConfig(repository=tmp_path), binary=Path("t"), backend_directory=Path("b"))
 
 
 # -- start-up checks (no server process) ---------------------------------------------------------

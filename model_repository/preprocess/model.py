@@ -2,7 +2,8 @@
 
 IMAGE BYTES [1] -> PIXELS UINT8 [S, S, 3], IMAGE_INFO FP32 [5]. A request whose image does not
 decode fails alone with INVALID_ARG; the rest of the batch is answered normally. Parameters:
-:class:`fashionbox.serving.PreprocessParameters`.
+:class:`fashionbox.serving.PreprocessParameters`; the decode limits among them can be overridden
+at serve time by the environment (:meth:`fashionbox.imaging.DecodeLimits.from_env`).
 """
 
 # Bootstrap: the python backend stub ignores PYTHONPATH, so make the server's site-packages visible.
@@ -20,7 +21,8 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from fashionbox import contract  # noqa: E402
-from fashionbox.imaging import InvalidImageError, decode_image, letterbox  # noqa: E402
+from fashionbox.gpu_imaging import DecodeSettings, select_decoder  # noqa: E402
+from fashionbox.imaging import DecodeLimits, InvalidImageError  # noqa: E402
 from fashionbox.serving import (  # noqa: E402
     InputSpec,
     ModelArgs,
@@ -36,9 +38,15 @@ class TritonPythonModel:
         self.args = ModelArgs.from_backend_args(args)
         params = PreprocessParameters.from_parameters(self.args.parameters)
         self.input_size = params.input_size
-        self.limits = params.limits
+        # FASHIONBOX_MAX_IMAGE_BYTES / FASHIONBOX_MAX_PIXELS in the server's environment override
+        # the limits in config.pbtxt, so an operator can change them without a new repository.
+        self.limits = DecodeLimits.from_env(os.environ, params.limits)
         self.image = InputSpec(contract.IMAGE.name, np.object_, contract.IMAGE.dims)
-        pb_utils.Logger.log_info(f"{self.args.name}: {params}")
+        # The GPU profile decodes JPEGs with nvJPEG (decode_device auto/cuda); everything else on the CPU.
+        self.decoder = select_decoder(DecodeSettings.from_parameters(self.args.parameters).decode_device,
+                                      gpu_index=int(args.get("model_instance_device_id", 0)))
+        pb_utils.Logger.log_info(f"{self.args.name}: decoding images on {self.decoder.device}")
+        pb_utils.Logger.log_info(f"{self.args.name}: {params}, effective {self.limits}")
 
     def execute(self, requests):
         return respond_each(requests, self._preprocess, model=self.args.name)
@@ -50,11 +58,10 @@ class TritonPythonModel:
         info = np.empty((len(images), 5), dtype=np.float32)
         for row, data in enumerate(images):
             try:
-                decoded = decode_image(bytes(data), target_size=size, limits=self.limits)
+                pixels[row], box = self.decoder.decode_letterbox(bytes(data), size, self.limits)
             except InvalidImageError as exc:
                 where = f"image {row} of {len(images)} in this request: " if len(images) > 1 else ""
                 raise RequestError(f"{where}{exc}") from exc
-            pixels[row], box = letterbox(decoded, size)
             info[row] = box.as_array()
         return {contract.PIXELS.name: pixels, contract.IMAGE_INFO.name: info}
 
