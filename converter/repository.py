@@ -128,12 +128,13 @@ _ENSEMBLE_STEPS = (contract.PREPROCESS_MODEL, contract.DETECTOR_MODEL, contract.
 DEFAULT_ENTRY_QUEUE_SIZE = 16
 """Requests that may wait for ``preprocess``, the ensemble's entry: two batches of 8, about 0.15 s
 of work at the ~110 img/s one CPU server reaches (BENCHMARKS.md). Past it Triton refuses at once."""
-DEFAULT_STEP_QUEUE_TIMEOUT_US = 2_000_000
+DEFAULT_STEP_QUEUE_TIMEOUT_US = 1_000_000
 """Longest wait in the queue of ``detector`` and ``postprocess``: a backstop for when one of them,
 not the entry, is the bottleneck (seen at 2x overload on the shared CPU; a GPU detector under
 load). Far above their normal wait (milliseconds), so it only acts past capacity: 250 ms fired
 on the busy shared CI machine at six requests in flight, and 500 ms while a draining stop
-unloaded the ensemble (0.5 s) and in a batch held back by a 500 ms batching delay."""
+unloaded the ensemble (0.5 s) and in a batch held back by a 500 ms batching delay. 2 s held
+those but cut goodput at 2x load to 54 % (1 s: 62 %; 500 ms: 71 %), docs/RELIABILITY.md."""
 
 
 # -- settings ---------------------------------------------------------------------------------------

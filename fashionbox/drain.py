@@ -80,3 +80,35 @@ def drain(
     except (OSError, ValueError) as exc:
         logger.warning("could not drain %s before stopping: %s", ", ".join(models), exc)
     return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fashionbox.drain``: drain a running server, e.g. from a Kubernetes ``preStop`` hook.
+
+    The key that unlocks the repository API comes from ``$FASHIONBOX_ADMIN_KEY_FILE`` or
+    ``$FASHIONBOX_ADMIN_KEY`` (never a flag: flags end up in process listings). Exit code 0 when
+    drained, 1 when not (the caller stops the server anyway).
+    """
+    import argparse
+
+    from fashionbox.contract import ADMIN_KEY_NAME, DEFAULT_HTTP_PORT
+    from fashionbox.security import SecurityError, read_admin_key
+
+    parser = argparse.ArgumentParser(prog="python -m fashionbox.drain", description=main.__doc__)
+    parser.add_argument("--http-url", default=f"http://127.0.0.1:{DEFAULT_HTTP_PORT}", help="server HTTP base URL")
+    parser.add_argument("--timeout-s", type=float, default=10.0, help="longest wait for requests in flight")
+    parser.add_argument("--model", action="append", dest="models", help=f"model to unload (default {ENSEMBLE_MODEL})")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        key = read_admin_key()
+    except SecurityError as exc:
+        parser.error(str(exc))
+    headers = {ADMIN_KEY_NAME: key} if key else None
+    drained = drain(args.http_url.rstrip("/"), tuple(args.models or (ENSEMBLE_MODEL,)), timeout_s=args.timeout_s,
+                    headers=headers)
+    return 0 if drained else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

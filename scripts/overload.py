@@ -15,7 +15,7 @@ Checks (exit code 1 if one fails; each is in the JSON under ``checks``):
 - nothing but OK and refusals (UNAVAILABLE / RESOURCE_EXHAUSTED), and every OK has its outputs;
 - refusals come back fast: p99 under ``--max-refusal-p99-ms`` (10), timed from the send, for the
   entry's "queue full" refusals (``entry_refusals_fast``) and for all (``all_refusals_fast``).
-  A later step refuses only after its queue timeout (2 s by default), so the second fails
+  A later step refuses only after its queue timeout (1 s by default), so the second fails
   wherever a later step is the bottleneck (the detector, on the CPU target: docs/RELIABILITY.md).
 
 The generator shares the machine with the server; ``send_lag_ms`` in the JSON says whether it kept
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, help="sustainable rate in requests/s (default: measured)")
     parser.add_argument("--factor", type=float, default=2.0, help="multiple of the sustainable rate to send")
     parser.add_argument("--duration-s", type=float, default=60.0)
-    parser.add_argument("--deadline-s", type=float, default=5.0, help="request deadline (> the 2 s step timeout)")
+    parser.add_argument("--deadline-s", type=float, default=5.0, help="request deadline (> the 1 s step timeout)")
     parser.add_argument("--capacity-concurrency", type=int, default=8)
     parser.add_argument("--capacity-s", type=float, default=10.0)
     parser.add_argument("--images", type=int, default=16, help="generated 1280x960 JPEG scenes to cycle through")

@@ -170,7 +170,8 @@ def test_k8s_runs_the_compose_image_and_command(k8s: dict[str, dict[str, Any]], 
     triton = _triton(k8s)
     assert triton["image"] == compose["services"]["triton"]["image"] == f"fashionbox/triton:{TRITON_RELEASE}"
     assert triton["command"] == compose["services"]["triton"]["entrypoint"]
-    assert triton["args"] == compose["services"]["triton"]["command"]
+    # The same command, but for the model control flags that let a terminating pod drain.
+    assert _without(_DRAIN_FLAGS, triton["args"]) == _without(_DRAIN_FLAGS, compose["services"]["triton"]["command"])
     builder = next(c for c in _pod(k8s)["initContainers"] if c["name"] == "engine-builder")
     assert builder["image"] == compose["services"]["engine-builder"]["image"]
     assert "sh /models/build_engines.sh" in " ".join(builder["command"])
@@ -201,9 +202,32 @@ def test_probes_hit_tritons_health_endpoints_on_the_contract_ports(k8s: dict[str
     assert annotations["prometheus.io/port"] == str(DEFAULT_METRICS_PORT)
 
 
-def test_the_grace_period_outlasts_tritons_exit_timeout(k8s: dict[str, dict[str, Any]]) -> None:
-    exit_timeout_s = int(_flag(_triton(k8s)["args"], "--exit-timeout-secs"))
-    assert _pod(k8s)["terminationGracePeriodSeconds"] > exit_timeout_s
+_DRAIN_FLAGS = ("--model-control-mode", "--load-model", "--grpc-restricted-protocol", "--http-restricted-api")
+
+
+def _without(prefixes: tuple[str, ...], command: list[str]) -> list[str]:
+    return [word for word in command if not word.startswith(prefixes)]
+
+
+def test_a_terminating_pod_drains_the_ensemble_before_tritons_exit_timeout(k8s: dict[str, dict[str, Any]]) -> None:
+    from fashionbox.contract import ADMIN_KEY_NAME, DEFAULT_HTTP_PORT
+    from fashionbox.security import ADMIN_APIS
+
+    triton = _triton(k8s)
+    args = triton["args"]
+    # Every model loaded, nothing loadable from outside: the repository API needs the admin key.
+    assert _flag(args, "--model-control-mode") == "explicit" and _flag(args, "--load-model") == "*"
+    restriction = f"{','.join(ADMIN_APIS)}:{ADMIN_KEY_NAME}=$(FASHIONBOX_ADMIN_KEY)"
+    assert _flag(args, "--grpc-restricted-protocol") == _flag(args, "--http-restricted-api") == restriction
+    env = {e["name"]: e for e in triton["env"]}
+    assert env["FASHIONBOX_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "fashionbox-admin-key"
+    # preStop unloads the ensemble (fashionbox.drain, key from the environment), then the kubelet SIGTERMs.
+    hook = triton["lifecycle"]["preStop"]["exec"]["command"]
+    assert hook[:3] == ["python3", "-m", "fashionbox.drain"]
+    assert _flag(hook, "--http-url") == f"http://127.0.0.1:{DEFAULT_HTTP_PORT}"
+    drain_s = float(_flag(hook, "--timeout-s"))
+    exit_timeout_s = int(_flag(args, "--exit-timeout-secs"))
+    assert _pod(k8s)["terminationGracePeriodSeconds"] > drain_s + exit_timeout_s
 
 
 def test_grpc_is_served_by_a_headless_service_for_per_call_balancing(k8s: dict[str, dict[str, Any]]) -> None:

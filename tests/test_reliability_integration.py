@@ -154,7 +154,7 @@ def test_the_short_overload_script_holds_at_twice_the_sustainable_rate(
         "--capacity-s=2",
         "--images=4",
         "--image-size=640x480",
-        "--deadline-s=5",  # above the later steps' 2 s queue timeout
+        "--deadline-s=5",  # above the later steps' 1 s queue timeout
         "--max-refusal-p99-ms=250",  # the script's bar is 10 ms on a quiet machine; CI shares its cores
         f"--out={out}",
     ]

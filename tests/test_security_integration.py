@@ -210,6 +210,30 @@ def test_http_admin_apis_need_the_key_too(secure: SecureServer, path: str, data:
     assert allowed == 200
 
 
+def _drain_cli(secure: SecureServer, key: str | None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASHIONBOX_")}
+    if key is not None:
+        env["FASHIONBOX_ADMIN_KEY"] = key
+    command = [sys.executable, "-m", "fashionbox.drain", f"--http-url={secure.http}", "--timeout-s=10"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_drain_command_of_a_prestop_hook_needs_the_key_and_then_unloads_the_ensemble(
+    secure: SecureServer,
+) -> None:
+    # What the Kubernetes preStop hook runs (deploy/k8s/deployment.yaml). Second to last: it unloads.
+    refused = _drain_cli(secure, None)
+    assert refused.returncode == 1 and "HTTP 403" in refused.stderr, refused.stderr
+    assert _http_status(f"{secure.http}/v2/models/{contract.ENSEMBLE_MODEL}/ready") == 200
+
+    drained = _drain_cli(secure, ADMIN_KEY)
+
+    assert drained.returncode == 0, drained.stderr
+    assert f"drained {contract.ENSEMBLE_MODEL}" in drained.stderr
+    assert _http_status(f"{secure.http}/v2/models/{contract.ENSEMBLE_MODEL}/ready") != 200
+    assert ADMIN_KEY not in drained.stderr
+
+
 def test_sigterm_stops_the_secure_server_cleanly(secure: SecureServer) -> None:
     # Last in the file: the fixture's server is not needed afterwards.
     started = time.monotonic()
