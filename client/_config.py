@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeAlias, TypeVar
 
-from fashionbox.contract import DEFAULT_GRPC_PORT, DEFAULT_HOST, ENSEMBLE_MODEL
+from fashionbox.contract import DEFAULT_GRPC_PORT, DEFAULT_HOST, ENSEMBLE_MODEL, ENV_PREFIX
 
 from ._exceptions import ConfigError
 
@@ -74,7 +74,6 @@ __all__ = [
 ]
 
 DEFAULT_URL = f"{DEFAULT_HOST}:{DEFAULT_GRPC_PORT}"
-ENV_PREFIX = "FASHIONBOX_"
 
 _T = TypeVar("_T")
 

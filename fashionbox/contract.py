@@ -101,6 +101,9 @@ DEFAULT_HTTP_PORT = 8000
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_HOST = "127.0.0.1"
 
+ENV_PREFIX = "FASHIONBOX_"
+"""Prefix of every environment variable FashionBox reads (server, decode limits, admin key, client)."""
+
 # -- access ---------------------------------------------------------------------------------------------
 
 ADMIN_KEY_NAME = "admin-key"

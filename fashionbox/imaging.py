@@ -25,8 +25,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
+from fashionbox.contract import ENV_PREFIX
+
 __all__ = [
-    "ENV_PREFIX",
     "PAD_VALUE",
     "DecodeLimits",
     "DecodedImage",
@@ -45,9 +46,6 @@ CROP_MARGIN = 0.08
 """Context kept around a garment box on each side, as a fraction of the box size."""
 
 _FORMATS = ("JPEG", "PNG", "WEBP")
-
-ENV_PREFIX = "FASHIONBOX_"
-"""Prefix of the environment variables read by :meth:`DecodeLimits.from_env`."""
 
 # What people send by mistake, recognised by its first bytes so the refusal can say what it was.
 _OTHER_SIGNATURES: tuple[tuple[bytes, str], ...] = (

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fashionbox.contract import ADMIN_KEY_NAME
+from fashionbox.contract import ADMIN_KEY_NAME, ENV_PREFIX
 
 __all__ = [
     "ADMIN_APIS",
@@ -124,8 +124,8 @@ def read_admin_key(path: Path | None = None, environ: Mapping[str, str] | None =
     A key file holds the key on its first line (a trailing newline is fine).
     """
     env = os.environ if environ is None else environ
-    if path is None and env.get("FASHIONBOX_ADMIN_KEY_FILE", "").strip():
-        path = Path(env["FASHIONBOX_ADMIN_KEY_FILE"].strip())
+    if path is None and env.get(f"{ENV_PREFIX}ADMIN_KEY_FILE", "").strip():
+        path = Path(env[f"{ENV_PREFIX}ADMIN_KEY_FILE"].strip())
     if path is not None:
         try:
             text = Path(path).read_text(encoding="utf-8")
@@ -133,7 +133,7 @@ def read_admin_key(path: Path | None = None, environ: Mapping[str, str] | None =
             raise SecurityError(f"admin key file {os.fspath(path)!r} cannot be read: {exc}") from exc
         lines = text.splitlines()
         return check_admin_key(lines[0].strip() if lines else "")
-    value = env.get("FASHIONBOX_ADMIN_KEY", "").strip()
+    value = env.get(f"{ENV_PREFIX}ADMIN_KEY", "").strip()
     return check_admin_key(value) if value else None
 
 

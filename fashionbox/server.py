@@ -67,6 +67,7 @@ from fashionbox.contract import (
     DEFAULT_HOST,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
+    ENV_PREFIX,
 )
 from fashionbox.security import (
     SECURITY_FLAGS,
@@ -104,7 +105,6 @@ logger = logging.getLogger(__name__)
 ModelControlMode = Literal["none", "explicit"]
 MODEL_CONTROL_MODES: tuple[ModelControlMode, ...] = ("none", "explicit")
 
-ENV_PREFIX = "FASHIONBOX_"
 # Read by every model.py (see the module docstring); set for the child, never read from our own env.
 SITE_PACKAGES_ENV = "FASHIONBOX_SITE_PACKAGES"
 

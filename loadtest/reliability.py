@@ -18,6 +18,7 @@ accepted request that missed its deadline.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import threading
@@ -38,8 +39,10 @@ __all__ = [
     "OpenLoopResult",
     "RssSample",
     "RssSampler",
+    "add_run_arguments",
     "drive_open_loop",
     "embedded_server",
+    "images_and_capacity",
     "measure_capacity_rps",
     "process_tree_rss_bytes",
     "refusal_reason",
@@ -358,7 +361,8 @@ def measure_capacity_rps(
     """The sustainable rate: successful responses a second, closed loop at ``concurrency``.
 
     Closed loop never queues more than ``concurrency`` requests, so the queue policy does not
-    refuse any (with the default bound of 32) and the figure is what the server completes.
+    refuse any (at the default concurrency 8 and entry bound 16) and the figure is what the server
+    completes.
     """
     from fashionbox.loadtest.runner import measure_concurrency
 
@@ -368,6 +372,31 @@ def measure_capacity_rps(
     if not point.throughput_rps > 0:
         raise RuntimeError(f"the server answered nothing successfully at concurrency {concurrency}: {point.errors}")
     return float(point.throughput_rps)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, out: Path, capacity_s: float, url_help: str) -> None:
+    """The flags ``scripts/overload.py`` and ``scripts/soak.py`` share: where the server is, how the
+    sustainable rate is found, the images, the output file."""
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--repository", type=Path, help="model repository: start an embedded server on it")
+    where.add_argument("--url", help=url_help)
+    parser.add_argument("--rate", type=float, help="sustainable rate in requests/s (default: measured)")
+    parser.add_argument("--capacity-concurrency", type=int, default=8)
+    parser.add_argument("--capacity-s", type=float, default=capacity_s)
+    parser.add_argument("--images", type=int, default=16, help="generated JPEG scenes to cycle through")
+    parser.add_argument("--image-size", default="1280x960")
+    parser.add_argument("--out", type=Path, default=out)
+
+
+def images_and_capacity(args: argparse.Namespace, url: str) -> tuple[list[bytes], float]:
+    """The generated images of :func:`add_run_arguments`' flags, and ``--rate`` or the measured rate."""
+    from fashionbox.loadtest.corpus import generated_corpus, parse_size_mix
+
+    images = list(generated_corpus(args.images, parse_size_mix(args.image_size)).images)
+    capacity = args.rate
+    if capacity is None:
+        capacity = measure_capacity_rps(url, images, concurrency=args.capacity_concurrency, duration_s=args.capacity_s)
+    return images, float(capacity)
 
 
 @contextlib.contextmanager

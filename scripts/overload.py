@@ -39,20 +39,14 @@ DEFAULT_OUT = ROOT / "tests" / "benchmarks" / "results" / "overload.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from fashionbox.loadtest.reliability import add_run_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--repository", type=Path, help="model repository: start an embedded server on it")
-    where.add_argument("--url", help="host:port of a running server's gRPC endpoint")
-    parser.add_argument("--rate", type=float, help="sustainable rate in requests/s (default: measured)")
+    add_run_arguments(parser, out=DEFAULT_OUT, capacity_s=10.0, url_help="host:port of a running server's gRPC")
     parser.add_argument("--factor", type=float, default=2.0, help="multiple of the sustainable rate to send")
     parser.add_argument("--duration-s", type=float, default=60.0)
     parser.add_argument("--deadline-s", type=float, default=5.0, help="request deadline (> the 1 s step timeout)")
-    parser.add_argument("--capacity-concurrency", type=int, default=8)
-    parser.add_argument("--capacity-s", type=float, default=10.0)
-    parser.add_argument("--images", type=int, default=16, help="generated 1280x960 JPEG scenes to cycle through")
-    parser.add_argument("--image-size", default="1280x960")
     parser.add_argument("--max-refusal-p99-ms", type=float, default=10.0)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return parser.parse_args(argv)
 
 
@@ -70,13 +64,9 @@ def server_is_live(url: str) -> bool:
 
 
 def run(args: argparse.Namespace, url: str, server: Any | None) -> dict[str, Any]:
-    from fashionbox.loadtest.corpus import generated_corpus, parse_size_mix
-    from fashionbox.loadtest.reliability import drive_open_loop, measure_capacity_rps
+    from fashionbox.loadtest.reliability import drive_open_loop, images_and_capacity
 
-    images = generated_corpus(args.images, parse_size_mix(args.image_size)).images
-    capacity = args.rate
-    if capacity is None:
-        capacity = measure_capacity_rps(url, images, concurrency=args.capacity_concurrency, duration_s=args.capacity_s)
+    images, capacity = images_and_capacity(args, url)
     rate = capacity * args.factor
     logging.info("sustainable rate %.1f/s; sending %.1f/s for %g s", capacity, rate, args.duration_s)
     result = asyncio.run(

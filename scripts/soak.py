@@ -36,24 +36,19 @@ logger = logging.getLogger("soak")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from fashionbox.loadtest.reliability import add_run_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--repository", type=Path, help="model repository: start an embedded server on it")
-    where.add_argument("--url", help="host:port of a running server's gRPC endpoint (give --server-pid for RSS)")
+    add_run_arguments(parser, out=DEFAULT_OUT, capacity_s=20.0,
+                      url_help="host:port of a running server's gRPC endpoint (give --server-pid for RSS)")
     parser.add_argument("--server-pid", type=int, help="tritonserver's pid, with --url")
-    parser.add_argument("--rate", type=float, help="sustainable rate in requests/s (default: measured)")
     parser.add_argument("--fraction", type=float, default=0.7, help="share of the sustainable rate to send")
     parser.add_argument("--duration-s", type=float, default=1800.0)
     parser.add_argument("--segment-s", type=float, default=60.0)
     parser.add_argument("--warmup-s", type=float, default=120.0, help="memory baseline taken after this")
     parser.add_argument("--sample-s", type=float, default=5.0)
     parser.add_argument("--deadline-s", type=float, default=2.0, help="each request's deadline")
-    parser.add_argument("--capacity-concurrency", type=int, default=8)
-    parser.add_argument("--capacity-s", type=float, default=20.0)
-    parser.add_argument("--images", type=int, default=16, help="generated JPEG scenes to cycle through")
-    parser.add_argument("--image-size", default="1280x960")
     parser.add_argument("--max-rss-growth-percent", type=float, default=5.0)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     if args.url and args.server_pid is None:
         parser.error("--url needs --server-pid to sample the server's memory")
@@ -61,13 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def soak(args: argparse.Namespace, url: str, server_pid: int) -> dict[str, Any]:
-    from fashionbox.loadtest.corpus import generated_corpus, parse_size_mix
-    from fashionbox.loadtest.reliability import RssSampler, drive_open_loop, measure_capacity_rps
+    from fashionbox.loadtest.reliability import RssSampler, drive_open_loop, images_and_capacity
 
-    images = generated_corpus(args.images, parse_size_mix(args.image_size)).images
-    capacity = args.rate
-    if capacity is None:
-        capacity = measure_capacity_rps(url, images, concurrency=args.capacity_concurrency, duration_s=args.capacity_s)
+    images, capacity = images_and_capacity(args, url)
     rate = capacity * args.fraction
     report: dict[str, Any] = {
         "what": "open loop at a fraction of the sustainable rate, server RSS sampled",

@@ -14,19 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx_standins import DetectorStandIn, write_attributes, write_detector
+from onnx_standins import write_standin_repository
 from PIL import Image
 
-from fashionbox.converter.repository import ModelScheduling, RepositorySettings, write_repository
-from fashionbox.labels import default_label_map
+from fashionbox.contract import ADMIN_GRPC_HEADER, ADMIN_KEY_NAME
+from fashionbox.converter.repository import ModelScheduling, RepositorySettings
 from fashionbox.security import ServerTls
 from fashionbox.server import TritonServer, start_on_free_ports
 from fashionbox.stubs import restart_on_same_ports
 
 ADMIN_KEY = "s3cret-admin-key"
-RESTRICT_STATISTICS = f"--grpc-restricted-protocol=statistics:admin-key={ADMIN_KEY}"
+RESTRICT_STATISTICS = f"--grpc-restricted-protocol=statistics:{ADMIN_KEY_NAME}={ADMIN_KEY}"
 """Triton flag: the statistics API answers only calls that carry the admin header."""
-ADMIN_HEADER = "triton-grpc-protocol-admin-key"
+ADMIN_HEADER = ADMIN_GRPC_HEADER
 """The header a client sends for that flag: Triton prefixes the key with ``triton-grpc-protocol-``."""
 
 _SETTINGS = RepositorySettings(
@@ -48,21 +48,9 @@ def standin_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The stand-in model repository of this test session (built on the first call)."""
     key = tmp_path_factory.getbasetemp()
     if key not in _repositories:
-        labels = default_label_map()
-        folder = tmp_path_factory.mktemp("client-standins")
-        spec = DetectorStandIn.default(input_size=_SETTINGS.input_size, num_categories=labels.num_categories)
-        detector = write_detector(folder / "detector.onnx", spec)
-        group_sizes = [len(group.labels) for group in labels.attribute_groups]
-        attributes = write_attributes(
-            folder / "attributes.onnx", crop_size=_SETTINGS.crop_size, group_sizes=group_sizes
-        )
-        _repositories[key] = write_repository(
-            folder / "repository",
-            detector_onnx=detector,
-            attributes_onnx=attributes,
-            label_map=labels,
-            settings=_SETTINGS,
-            manifest={"purpose": "client integration tests with ONNX stand-ins"},
+        _repositories[key] = write_standin_repository(
+            tmp_path_factory.mktemp("client-standins"), _SETTINGS,
+            purpose="client integration tests with ONNX stand-ins",
         )
     return _repositories[key]
 

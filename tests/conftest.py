@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from fashionbox.server import PortInUseError, ServerConfig, TritonServer, find_free_ports
+from fashionbox.server import TritonServer, start_on_free_ports
 
 logger = logging.getLogger(__name__)
 
@@ -51,31 +51,9 @@ class TritonServers:
         return server
 
     def _start(self, repository: Path, fields: dict[str, Any]) -> TritonServer:
-        for attempt in range(1, self._PORT_ATTEMPTS + 1):
-            grpc_port, http_port, metrics_port = find_free_ports(3)
-            log_path = self._log_root / f"server-{len(self._servers)}-{attempt}.log"
-            config = ServerConfig(
-                repository=repository,
-                grpc_port=grpc_port,
-                http_port=http_port,
-                metrics_port=metrics_port,
-                log_path=log_path,
-                **fields,
-            )
-            server = TritonServer(config)
-            try:
-                server.start()
-                server.wait_until_ready()
-            except PortInUseError:
-                server.stop(timeout_s=0)
-                if attempt == self._PORT_ATTEMPTS:
-                    raise
-                continue
-            except BaseException:
-                server.stop(timeout_s=0)
-                raise
-            return server
-        raise AssertionError("unreachable")
+        log_dir = self._log_root / f"server-{len(self._servers)}"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        return start_on_free_ports(repository, log_dir, attempts=self._PORT_ATTEMPTS, **fields)
 
     def stop_all(self) -> None:
         for server in self._servers.values():

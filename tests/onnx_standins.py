@@ -176,3 +176,23 @@ def write_attributes(path: Path, *, crop_size: int, group_sizes: Sequence[int], 
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [_BATCH, a])],
     )
     return _save(graph, path)
+
+
+def write_standin_repository(folder: Path, settings: Any, *, purpose: str, label_map: Any = None) -> Path:
+    """A complete model repository in ``folder / "repository"`` with stand-in graphs sized for ``settings``
+    (a ``RepositorySettings``) and ``label_map`` (default: the shipped one)."""
+    from fashionbox.converter.repository import write_repository
+    from fashionbox.labels import default_label_map
+
+    labels = label_map if label_map is not None else default_label_map()
+    spec = DetectorStandIn.default(input_size=settings.input_size, num_categories=labels.num_categories)
+    group_sizes = [len(group.labels) for group in labels.attribute_groups]
+    return write_repository(
+        folder / "repository",
+        detector_onnx=write_detector(folder / "detector.onnx", spec),
+        attributes_onnx=write_attributes(folder / "attributes.onnx", crop_size=settings.crop_size,
+                                         group_sizes=group_sizes),
+        label_map=labels,
+        settings=settings,
+        manifest={"purpose": purpose},
+    )

@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 import pytest
 from fuzz_decode import png_bytes
-from onnx_standins import DetectorStandIn, write_attributes, write_detector
+from onnx_standins import write_standin_repository
 from PIL import Image
 
 from fashionbox import contract
 from fashionbox.client import ClientConfig, FashionClient, ImageDetections, InvalidImage, InvalidInput
-from fashionbox.converter.repository import ModelScheduling, RepositorySettings, write_repository
-from fashionbox.labels import default_label_map
+from fashionbox.converter.repository import ModelScheduling, RepositorySettings
 from fashionbox.server import TritonServer
 from fashionbox.v1 import detections_pb2
 
@@ -222,18 +221,8 @@ BAD = [case for case in CASES if isinstance(case.outcome, Refused)]
 
 @pytest.fixture(scope="module")
 def server(triton_server: Any, tmp_path_factory: pytest.TempPathFactory) -> TritonServer:
-    labels = default_label_map()
-    folder = tmp_path_factory.mktemp("bad-input")
-    spec = DetectorStandIn.default(input_size=SETTINGS.input_size, num_categories=labels.num_categories)
-    group_sizes = [len(group.labels) for group in labels.attribute_groups]
-    repository = write_repository(
-        folder / "repository",
-        detector_onnx=write_detector(folder / "detector.onnx", spec),
-        attributes_onnx=write_attributes(folder / "attributes.onnx", crop_size=SETTINGS.crop_size,
-                                         group_sizes=group_sizes),
-        label_map=labels,
-        settings=SETTINGS,
-        manifest={"purpose": "bad-input matrix with ONNX stand-ins"},
+    repository = write_standin_repository(
+        tmp_path_factory.mktemp("bad-input"), SETTINGS, purpose="bad-input matrix with ONNX stand-ins"
     )
     server: TritonServer = triton_server(repository)
     return server

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from onnx_standins import DetectorStandIn, write_attributes, write_detector
+from onnx_standins import write_standin_repository
 
 from fashionbox import contract
 from fashionbox.cli import main
-from fashionbox.converter.repository import CONFIG_FILE, ModelScheduling, RepositorySettings, write_repository
+from fashionbox.converter.repository import CONFIG_FILE, ModelScheduling, RepositorySettings
 from fashionbox.labels import default_label_map
 from fashionbox.loadtest.tune import read_configs, scheduling_of
 
@@ -40,18 +40,9 @@ COMPOSING = {contract.PREPROCESS_MODEL, contract.DETECTOR_MODEL, contract.POSTPR
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("loadtest-standins")
-    spec = DetectorStandIn.default(input_size=SETTINGS.input_size, num_categories=LABELS.num_categories)
-    detector = write_detector(folder / "detector.onnx", spec)
-    group_sizes = [len(g.labels) for g in LABELS.attribute_groups]
-    attributes = write_attributes(folder / "attributes.onnx", crop_size=SETTINGS.crop_size, group_sizes=group_sizes)
-    return write_repository(
-        folder / "repository",
-        detector_onnx=detector,
-        attributes_onnx=attributes,
-        label_map=LABELS,
-        settings=SETTINGS,
-        manifest={"purpose": "load-test integration test with ONNX stand-ins"},
+    return write_standin_repository(
+        tmp_path_factory.mktemp("loadtest-standins"), SETTINGS, label_map=LABELS,
+        purpose="load-test integration test with ONNX stand-ins",
     )
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from client_servers import dark_jpeg, image_set, start_private_server
-from onnx_standins import DetectorStandIn, write_attributes, write_detector
+from onnx_standins import write_standin_repository
 
 from fashionbox import contract
 from fashionbox.client import (
@@ -42,8 +42,7 @@ from fashionbox.client import (
     RetryPolicy,
     Timeouts,
 )
-from fashionbox.converter.repository import ModelScheduling, RepositorySettings, write_repository
-from fashionbox.labels import default_label_map
+from fashionbox.converter.repository import ModelScheduling, RepositorySettings
 from fashionbox.loadtest.reliability import drive_open_loop, embedded_server
 from fashionbox.server import Endpoints, ServerConfig, TritonServer, find_free_ports
 from fashionbox.stubs import StubWatch, python_stubs, supervise
@@ -58,19 +57,7 @@ PATIENT_RETRY = RetryPolicy(max_attempts=200, initial_backoff_s=0.02, max_backof
 
 
 def _repository(folder: Path, settings: RepositorySettings) -> Path:
-    labels = default_label_map()
-    spec = DetectorStandIn.default(input_size=settings.input_size, num_categories=labels.num_categories)
-    detector = write_detector(folder / "detector.onnx", spec)
-    group_sizes = [len(group.labels) for group in labels.attribute_groups]
-    attributes = write_attributes(folder / "attributes.onnx", crop_size=settings.crop_size, group_sizes=group_sizes)
-    return write_repository(
-        folder / "repository",
-        detector_onnx=detector,
-        attributes_onnx=attributes,
-        label_map=labels,
-        settings=settings,
-        manifest={"purpose": "reliability tests with ONNX stand-ins"},
-    )
+    return write_standin_repository(folder, settings, purpose="reliability tests with ONNX stand-ins")
 
 
 @pytest.fixture(scope="module")
