@@ -38,6 +38,9 @@ __all__ = ["FAMILIES", "ConvertError", "ConvertOptions", "ConvertResult", "Famil
 log = logging.getLogger(__name__)
 
 Target = Literal["cpu", "gpu"]
+Runtime = Literal["auto", "onnxruntime", "tensorrt", "torch"]
+RUNTIMES: dict[Target, tuple[str, ...]] = {"cpu": ("onnxruntime", "torch"), "gpu": ("tensorrt", "torch")}
+"""What may run the networks on each target; the first is ``auto``'s choice."""
 
 
 class ConvertError(ValueError):
@@ -54,13 +57,15 @@ class Family:
     compare_detector: Callable[..., Any]
     input_size: Callable[[Any], int] = lambda detector: int(detector.config.input_size)
     """Side of the square letterbox the loaded detector is served at."""
+    torch_runtime: bool = False
+    """Whether :class:`fashionbox.torch_runtime.TorchDetector` can serve its checkpoints."""
 
 
 def _default_family() -> Family:
     from fashionbox.converter.export import compare_detector, export_detector_onnx
     from fashionbox.models import load_detector
 
-    return Family("fashionbox", load_detector, export_detector_onnx, compare_detector)
+    return Family("fashionbox", load_detector, export_detector_onnx, compare_detector, torch_runtime=True)
 
 
 def _yolos_family() -> Family:
@@ -83,6 +88,10 @@ class ConvertOptions:
     detector: str = "default"
     attributes: str = "default"
     target: Target = "cpu"
+    runtime: Runtime = "auto"
+    """What runs the networks: ``onnxruntime`` (cpu) or TensorRT engines (gpu) for ``auto``, or
+    ``torch`` (PyTorch in the python backend, on the GPU for target gpu, FP16 unless
+    ``engines.fp16`` is off)."""
     opset: int = 17
     score_threshold: float = contract.DEFAULT_SCORE_THRESHOLD
     iou_threshold: float = contract.DEFAULT_IOU_THRESHOLD
@@ -90,7 +99,8 @@ class ConvertOptions:
     compare_samples: int = 8
     """Generated scenes used to compare ONNX Runtime with PyTorch (plus random inputs)."""
     tolerance: dict[str, float] = field(default_factory=lambda: {
-        "boxes": 0.05, "scores": 1e-4, "probs": 1e-4, "nms_count_mismatch": 0.0, "nms_scores": 1e-4})
+        "boxes": 0.05, "scores": 1e-4, "probs": 1e-4, "nms_count_mismatch": 0.0, "nms_scores": 1e-4,
+        "detections_count_mismatch": 0.0})
     repository_settings: dict[str, Any] = field(default_factory=dict)
     """Overrides for ``RepositorySettings`` (instance counts, batching...)."""
     engines: EngineOptions = field(default_factory=lambda: _engine_options())
@@ -101,6 +111,13 @@ class ConvertOptions:
             raise ConvertError(f"unknown target {self.target!r}: choose cpu or gpu")
         if self.opset < 17:
             raise ConvertError(f"opset {self.opset} is too old: FashionBox exports opset 17 or newer")
+        if self.runtime != "auto" and self.runtime not in RUNTIMES[self.target]:
+            raise ConvertError(f"runtime {self.runtime!r} does not run on target {self.target}; choose one of "
+                               f"{RUNTIMES[self.target]}")
+
+    @property
+    def resolved_runtime(self) -> str:
+        return RUNTIMES[self.target][0] if self.runtime == "auto" else self.runtime
 
 
 @dataclass(frozen=True)
@@ -184,17 +201,28 @@ def _versions() -> dict[str, str]:
 def convert(options: ConvertOptions) -> ConvertResult:
     """Export, check, compare and write the repository; nothing is written on failure."""
     from fashionbox.converter.export import compare_attributes, export_attributes_onnx
-    from fashionbox.converter.repository import RepositorySettings, write_repository
+    from fashionbox.converter.repository import (
+        MODEL_VERSION,
+        WEIGHTS_FILE,
+        RepositorySettings,
+        gpu_scheduling,
+        write_repository,
+    )
     from fashionbox.models import file_sha256, load_attributes
     from fashionbox.models.nms import NmsSettings
+    from fashionbox.serving import RuntimeSettings
 
-    if options.target == "gpu" and options.engines.build == "now":
+    runtime = options.resolved_runtime
+    if runtime == "tensorrt" and options.engines.build == "now":
         from fashionbox.converter.tensorrt import import_tensorrt
 
         import_tensorrt()  # refuse before minutes of export when engines cannot be built here
     family_name, detector_path = resolve_spec(options.detector, "detector")
     _, attributes_path = resolve_spec(options.attributes, "attributes")
     family = FAMILIES[family_name]()
+    if runtime == "torch" and not family.torch_runtime:
+        raise ConvertError(f"the torch runtime serves FashionBox checkpoints; a {family.name} detector runs through "
+                           "ONNX Runtime (--target cpu) or TensorRT (--target gpu)")
     detector, label_map = family.load_detector(detector_path)
     classifier, attribute_labels = load_attributes(attributes_path)
     if attribute_labels.attribute_groups != label_map.attribute_groups:
@@ -204,9 +232,16 @@ def convert(options: ConvertOptions) -> ConvertResult:
     size = family.input_size(detector)
     crop = classifier.config.crop_size
     detector_sha, attributes_sha = file_sha256(detector_path), file_sha256(attributes_path)
+    runtime_settings = RuntimeSettings(
+        runtime="torch" if runtime == "torch" else "onnxruntime",
+        precision="fp16" if runtime == "torch" and options.target == "gpu" and options.engines.fp16 else "fp32",
+        score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold)
+    repository_settings = {"target": options.target, "runtime": runtime_settings,
+                           "gpu_decode": options.engines.gpu_decode,
+                           **(gpu_scheduling() if options.target == "gpu" else {}), **options.repository_settings}
     settings = RepositorySettings(input_size=size, crop_size=crop, max_detections=options.max_detections,
                                   model_name=family.name, model_version=f"{detector_sha[:8]}-{attributes_sha[:8]}",
-                                  **options.repository_settings)
+                                  **repository_settings)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fashionbox-convert-") as tmp:
         detector_onnx = family.export_detector(detector, Path(tmp) / "detector.onnx", nms=nms, opset=options.opset)
@@ -214,13 +249,22 @@ def convert(options: ConvertOptions) -> ConvertResult:
         det_batches, attr_batches = _comparison_inputs(size, crop, options.compare_samples, attribute_labels)
         det_report = family.compare_detector(detector, detector_onnx, det_batches, nms)
         attr_report = compare_attributes(classifier, attributes_onnx, attr_batches)
-        for report in (det_report, attr_report):
+        reports = [det_report, attr_report]
+        if runtime == "torch":
+            from fashionbox.converter.export import compare_torch_runners
+
+            reports += compare_torch_runners(detector_path, detector_onnx, attributes_path, attributes_onnx,
+                                             det_batches, attr_batches, runtime_settings,
+                                             max_detections=options.max_detections,
+                                             num_attribute_labels=label_map.num_attribute_labels)
+        for report in reports:
             log.info("%s: max abs error ONNX Runtime vs PyTorch %s over %d samples",
                      report.model, report.max_abs_error, report.samples)
             report.raise_if_over(options.tolerance)
         manifest = {
             "created_unix_s": int(started),
             "target": options.target,
+            "runtime": runtime if runtime != "torch" else f"torch ({runtime_settings.precision})",
             "family": family.name,
             "sources": {
                 "detector": {"spec": options.detector, "sha256": detector_sha,
@@ -230,12 +274,16 @@ def convert(options: ConvertOptions) -> ConvertResult:
             },
             "export": {"opset": options.opset, "nms": asdict(nms), "input_size": size, "crop_size": crop,
                        "exporter": "torch.onnx (TorchScript), dynamic batch"},
-            "comparison": {"detector": det_report.max_abs_error, "attributes": attr_report.max_abs_error,
+            "comparison": {**{report.model: report.max_abs_error for report in reports},
                            "tolerance": options.tolerance},
             "versions": _versions(),
         }
         gpu = None
-        if options.target == "gpu":
+        files: dict[str, Path] = {}
+        if runtime == "torch":  # the runners load the checkpoints themselves
+            files = {f"{contract.DETECTOR_MODEL}/{MODEL_VERSION}/{WEIGHTS_FILE}": detector_path,
+                     f"{contract.ATTRIBUTES_MODEL}/{MODEL_VERSION}/{WEIGHTS_FILE}": attributes_path}
+        if runtime == "tensorrt":
             from fashionbox.converter.tensorrt import prepare_gpu_repository
 
             gpu = prepare_gpu_repository(Path(tmp), detector_onnx=detector_onnx, attributes_onnx=attributes_onnx,
@@ -244,7 +292,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
             manifest["engines"] = gpu.manifest
         repository = write_repository(options.out, detector_onnx=detector_onnx, attributes_onnx=attributes_onnx,
                                       label_map=label_map, settings=settings, manifest=manifest,
-                                      configs=gpu.configs if gpu else None, files=gpu.files if gpu else None)
+                                      configs=gpu.configs if gpu else None, files=gpu.files if gpu else files)
     log.info("model repository written to %s in %.1f s", repository, time.time() - started)
-    return ConvertResult(repository, {"detector": det_report.max_abs_error,
-                                      "attributes": attr_report.max_abs_error}, json.loads(json.dumps(manifest)))
+    return ConvertResult(repository, {report.model: report.max_abs_error for report in reports},
+                         json.loads(json.dumps(manifest)))

@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -31,12 +32,16 @@ from fashionbox import contract
 from fashionbox.models import AttributeClassifier, FashionDetector
 from fashionbox.models.nms import NmsSettings
 
+if TYPE_CHECKING:
+    from fashionbox.serving import RuntimeSettings
+
 __all__ = [
     "ComparisonReport",
     "ExportError",
     "check_onnx",
     "compare_attributes",
     "compare_detector",
+    "compare_torch_runners",
     "export_attributes_onnx",
     "export_detector_onnx",
 ]
@@ -197,3 +202,39 @@ def compare_attributes(classifier: AttributeClassifier, path: Path,
         worst = max(worst, float(np.abs(probs - reference).max()))
         samples += len(batch)
     return ComparisonReport("attributes", {"probs": worst}, samples)
+
+
+
+def compare_torch_runners(detector_weights: Path, detector_onnx: Path, attributes_weights: Path,
+                          attributes_onnx: Path, detector_batches: Sequence[npt.NDArray[np.uint8]],
+                          attribute_batches: Sequence[npt.NDArray[np.uint8]], runtime: RuntimeSettings, *,
+                          max_detections: int, num_attribute_labels: int) -> list[ComparisonReport]:
+    """The torch runtime's runners (on the CPU, FP32) against the ONNX graphs, answer for answer.
+
+    Checks what the torch runtime adds to the networks the ONNX comparison already covered:
+    batched NMS and the gathering of detections. Per image the same number of detections
+    (``detections_count_mismatch`` counts images where they differ), then the largest difference
+    of boxes and scores in the served order, and of the attribute probabilities.
+    """
+    from fashionbox.serving import OnnxAttributes, OnnxDetector, OrtSettings
+    from fashionbox.torch_runtime import TorchAttributes, TorchDetector
+
+    cpu = replace(runtime, precision="fp32")
+    torch_detector = TorchDetector.from_settings(detector_weights, cpu, device="cpu", max_detections=max_detections)
+    onnx_detector = OnnxDetector(detector_onnx, OrtSettings(), max_detections=max_detections)
+    errors = {"boxes": 0.0, "scores": 0.0, "detections_count_mismatch": 0.0}
+    samples = 0
+    for batch in detector_batches:
+        for ours, theirs in zip(torch_detector.detect(batch), onnx_detector.detect(batch), strict=True):
+            if len(ours) != len(theirs):
+                errors["detections_count_mismatch"] += 1.0
+            elif len(ours):
+                errors["boxes"] = max(errors["boxes"], float(np.abs(ours.boxes - theirs.boxes).max()))
+                errors["scores"] = max(errors["scores"], float(np.abs(ours.scores - theirs.scores).max()))
+        samples += len(batch)
+    torch_heads = TorchAttributes(attributes_weights, device="cpu", precision="fp32",
+                                  num_attribute_labels=num_attribute_labels)
+    onnx_heads = OnnxAttributes(attributes_onnx, OrtSettings(), num_attribute_labels=num_attribute_labels)
+    worst = max(float(np.abs(torch_heads.classify(b) - onnx_heads.classify(b)).max()) for b in attribute_batches)
+    return [ComparisonReport("torch detector", errors, samples),
+            ComparisonReport("torch attributes", {"probs": worst}, sum(len(b) for b in attribute_batches))]

@@ -70,6 +70,7 @@ from fashionbox.serving import (
     ParameterSet,
     PostprocessParameters,
     PreprocessParameters,
+    RuntimeSettings,
 )
 
 __all__ = [
@@ -83,6 +84,8 @@ __all__ = [
     "Target",
     "check_onnx_contract",
     "ensemble_config",
+    "gpu_preprocess",
+    "gpu_scheduling",
     "model_configs",
     "write_model_config",
     "write_repository",
@@ -99,6 +102,10 @@ ONNX_FILE = "model.onnx"
 LABELS_JSON_PARAMETER = contract.LABELS_PARAMETER
 """Ensemble config parameter holding the label map JSON, so clients read labels from the server."""
 MODEL_VERSION_PARAMETER = "model_version"
+DECODE_DEVICE_PARAMETER = "decode_device"
+"""``preprocess`` parameter: where JPEGs are decoded (:class:`fashionbox.gpu_imaging.DecodeSettings`)."""
+WEIGHTS_FILE = RuntimeSettings.weights_file
+"""The checkpoint a ``torch`` runner loads, in its model's version folder."""
 
 _PYTHON_SOURCE = "model.py"
 _README = "README.md"
@@ -196,6 +203,24 @@ class ModelScheduling:
             raise ValueError(f"preferred_batch_sizes {sizes} must be strictly increasing")
 
 
+def gpu_scheduling() -> dict[str, ModelScheduling]:
+    """Starting scheduling for the GPU profiles (one GPU), before ``fashionbox tune`` refines it.
+
+    A GPU runs a batch of 64 letterboxes in about the time a CPU core runs one, so the networks
+    get large batches and two instances (one computes while the other's inputs are copied), and
+    the CPU-side python steps (``preprocess`` decodes what nvJPEG cannot, ``postprocess`` crops and
+    builds results) get many instances: they, not the GPU, bound the throughput. The entry queue
+    holds about a quarter second of work at 2,000 images/s before the server refuses.
+    """
+    step_timeout = DEFAULT_STEP_QUEUE_TIMEOUT_US
+    return {
+        "preprocess": ModelScheduling(instances=8, max_batch_size=32, max_queue_size=512),
+        "detector": ModelScheduling(instances=2, max_batch_size=64, queue_timeout_us=step_timeout),
+        "attributes": ModelScheduling(instances=2, max_batch_size=256),
+        "postprocess": ModelScheduling(instances=8, max_batch_size=32, queue_timeout_us=step_timeout),
+    }
+
+
 @dataclass(frozen=True)
 class RepositorySettings:
     """Everything about a repository that is not the weights or the label map.
@@ -222,6 +247,13 @@ class RepositorySettings:
         default_factory=lambda: ModelScheduling(queue_timeout_us=DEFAULT_STEP_QUEUE_TIMEOUT_US)
     )
     ort: OrtSettings = field(default_factory=OrtSettings)
+    """ONNX Runtime threading (runtime ``onnxruntime``)."""
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    """What runs ``detector`` and ``attributes`` in the python backend: ONNX Runtime (the cpu
+    target's default) or PyTorch (``torch``: on the GPU for target gpu, else the CPU). Target gpu
+    with ``onnxruntime`` means TensorRT engines instead (configs from ``gpu_model_configs``)."""
+    gpu_decode: bool = True
+    """Target gpu: ``preprocess`` runs on a GPU instance and decodes JPEGs with nvJPEG where it can."""
     max_image_bytes: int = DecodeLimits.max_image_bytes
     max_pixels: int = DecodeLimits.max_pixels
     model_version: str = "unversioned"
@@ -238,6 +270,10 @@ class RepositorySettings:
         DecodeLimits(max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels)  # refuses unusable limits
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if not isinstance(self.runtime, RuntimeSettings):
+            raise TypeError(f"runtime must be a RuntimeSettings, got {type(self.runtime).__name__}")
+        if self.runtime.precision == "fp16" and not (self.target == "gpu" and self.runtime.runtime == "torch"):
+            raise ValueError("precision fp16 applies to the torch runtime on target gpu only (CPUs serve fp32)")
         for name in ("preprocess", "detector", "attributes", "postprocess"):
             if not isinstance(getattr(self, name), ModelScheduling):
                 raise TypeError(f"{name} must be a ModelScheduling, got {type(getattr(self, name)).__name__}")
@@ -340,14 +376,32 @@ def _runner_model(
     sizes: Mapping[str, tuple[int, ...]],
     parameters: ParameterSet,
 ) -> Any:
-    """The seam between runtimes: a network model's config for ``settings.target``."""
+    """The seam between runtimes: a network model's config for ``settings.target`` and runtime."""
+    scheduling = settings.scheduling(name)
+    if settings.runtime.runtime == "torch":
+        config = _python_model(name, scheduling, inputs, outputs, sizes, parameters, settings.runtime)
+        if settings.target == "gpu":
+            _on_gpu(config)
+        return config
     if settings.target == "cpu":
-        return _python_model(name, settings.scheduling(name), inputs, outputs, sizes, parameters, settings.ort)
-    # gpu: tensorrt_plan models with KIND_GPU instances and model.plan, built on the serving host.
+        return _python_model(name, scheduling, inputs, outputs, sizes, parameters, settings.ort)
+    # gpu with engines: tensorrt_plan models with KIND_GPU instances and model.plan, built on the serving host.
     raise ValueError(
-        f"target {settings.target!r} is not supported by model_configs, which writes the cpu profile: the gpu "
-        "profile's configs come from fashionbox.converter.tensorrt.gpu_model_configs"
+        f"target {settings.target!r} with runtime {settings.runtime.runtime!r} is not written by model_configs: "
+        "the TensorRT profile's configs come from fashionbox.converter.tensorrt.gpu_model_configs"
     )
+
+
+def _on_gpu(config: Any) -> None:
+    """Run every instance of ``config`` on a GPU: ``count`` instances on each GPU Triton sees."""
+    for group in config.instance_group:
+        group.kind = mc.ModelInstanceGroup.KIND_GPU
+
+
+def gpu_preprocess(config: Any) -> None:
+    """The GPU profiles' ``preprocess``: a GPU instance decoding JPEGs with nvJPEG where it can."""
+    _on_gpu(config)
+    config.parameters[DECODE_DEVICE_PARAMETER].string_value = "auto"
 
 
 def ensemble_config(settings: RepositorySettings, label_map: LabelMap, steps: Mapping[str, Any]) -> Any:
@@ -433,6 +487,8 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
             ),
         ),
     }
+    if settings.target == "gpu" and settings.gpu_decode:
+        gpu_preprocess(configs[contract.PREPROCESS_MODEL])
     configs[contract.ENSEMBLE_MODEL] = ensemble_config(settings, label_map, configs)
     return configs
 

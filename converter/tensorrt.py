@@ -91,7 +91,6 @@ ENGINES_RECORD = "engines.json"
 """Written by ``build_engines.sh``: where the engines were built."""
 TIMING_CACHE_ENV = "FASHIONBOX_TIMING_CACHE"
 ENGINE_MODELS = (contract.DETECTOR_MODEL, contract.ATTRIBUTES_MODEL)
-DECODE_DEVICE_PARAMETER = "decode_device"
 SLOW_FP16_COMPUTE_CAPABILITIES = ("5.0", "5.2", "6.1")
 """Where TensorRT's ``platform_has_fast_fp16`` is false (Maxwell, consumer Pascal such as the P4/P40)."""
 
@@ -385,9 +384,7 @@ def gpu_model_configs(settings: Any, label_map: Any, options: EngineOptions) -> 
     GPU instance and decodes JPEGs with nvJPEG where it can; ``postprocess`` and the ensemble
     are unchanged.
     """
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    from fashionbox.converter.repository import ensemble_config, model_configs
+    from fashionbox.converter.repository import ensemble_config, gpu_preprocess, model_configs
 
     cpu_settings = replace(settings, target="cpu")
     configs = model_configs(cpu_settings, label_map)
@@ -399,10 +396,7 @@ def gpu_model_configs(settings: Any, label_map: Any, options: EngineOptions) -> 
     configs[contract.ATTRIBUTES_MODEL] = tensorrt_config(configs[contract.ATTRIBUTES_MODEL],
                                                          cuda_graphs=options.cuda_graphs)
     if options.gpu_decode:
-        preprocess = configs[contract.PREPROCESS_MODEL]
-        for group in preprocess.instance_group:
-            group.kind = mc.ModelInstanceGroup.KIND_GPU
-        preprocess.parameters[DECODE_DEVICE_PARAMETER].string_value = "auto"
+        gpu_preprocess(configs[contract.PREPROCESS_MODEL])
     configs[contract.ENSEMBLE_MODEL] = ensemble_config(cpu_settings, label_map, configs)
     return configs
 
@@ -568,13 +562,21 @@ def _release(version: str) -> tuple[str, ...]:
     return tuple(version.split(".")[:3])
 
 
+def repository_runtime(manifest: Mapping[str, Any]) -> str:
+    """``onnxruntime``, ``tensorrt`` or ``torch``: what runs a repository's networks, from its manifest."""
+    runtime = str(manifest.get("runtime", ""))
+    if runtime:
+        return runtime.split(" ", 1)[0]  # "torch (fp16)" -> "torch"
+    return "tensorrt" if manifest.get("target") == "gpu" else "onnxruntime"  # written before --runtime existed
+
+
 def engine_record(repository: Path) -> EngineRecord | None:
-    """Where the repository's engines were built; None for a CPU repository."""
+    """Where the repository's engines were built; None for a repository without TensorRT engines."""
     manifest_path = repository / contract.MANIFEST_FILE
     if not manifest_path.is_file():
         return None
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    if manifest.get("target") != "gpu":
+    if repository_runtime(manifest) != "tensorrt":
         return None
     engines = manifest.get("engines") or {}
     record_path = repository / ENGINES_RECORD

@@ -1,5 +1,6 @@
 # Production image: NGC Triton 24.10 (Triton 2.51, the same release as the embedded server)
-# plus what the FashionBox python-backend models import. No torch: the converter runs elsewhere.
+# plus what the FashionBox python-backend models import. No torch unless asked for (below): the
+# converter runs elsewhere.
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
 
 COPY pyproject.toml constraints.txt README.md /opt/fashionbox/
@@ -17,3 +18,13 @@ COPY model_repository /opt/fashionbox/model_repository
 # [loadtest] serves the compose loadtest service. GPU JPEG decoding in preprocess needs torch and
 # torchvision for this image's CUDA as well; without them it decodes on the CPU (and logs so).
 RUN python3 -m pip install --no-cache-dir -c /opt/fashionbox/constraints.txt "/opt/fashionbox[runtime,loadtest]"
+
+# The torch runtime (`fashionbox convert --target gpu --runtime torch`) needs torch built for this
+# image's CUDA (12.6 in 24.10) inside the image: pass the PyTorch wheel index for it, e.g.
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 ...
+# Left empty, the image serves the TensorRT and CPU profiles only.
+ARG TORCH_INDEX_URL=""
+RUN if [ -n "$TORCH_INDEX_URL" ]; then \
+      python3 -m pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" "torch==2.13.0" && \
+      python3 -m pip install --no-cache-dir -c /opt/fashionbox/constraints.txt "/opt/fashionbox[torch-runtime]"; \
+    fi

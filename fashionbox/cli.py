@@ -49,7 +49,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                             timing_cache=args.timing_cache, cuda_graphs=args.cuda_graphs)
     limits = {name: value for name in ("max_image_bytes", "max_pixels") if (value := getattr(args, name)) is not None}
     result = convert(ConvertOptions(out=args.out, detector=args.detector, attributes=args.attributes,
-                                    target=args.target, opset=args.opset, score_threshold=args.score_threshold,
+                                    target=args.target, runtime=args.runtime, opset=args.opset,
+                                    score_threshold=args.score_threshold,
                                     max_detections=args.max_detections, repository_settings=limits,
                                     engines=engines))
     print(f"model repository: {result.repository}")
@@ -127,17 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'default', a detector .safetensors checkpoint, or hf:FOLDER (a YOLOS checkpoint)")
     p.add_argument("--attributes", default="default", help="'default' or an attributes .safetensors checkpoint")
     p.add_argument("--target", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--runtime", choices=["auto", "onnxruntime", "tensorrt", "torch"], default="auto",
+                   help="what runs the networks: auto is onnxruntime on cpu and TensorRT engines on gpu; torch is "
+                        "PyTorch in the python backend (on the GPU for --target gpu, FP16 unless --no-fp16)")
     p.add_argument("--out", type=Path, default=DEFAULT_REPOSITORY)
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--score-threshold", type=float, default=contract.DEFAULT_SCORE_THRESHOLD)
     p.add_argument("--max-detections", type=int, default=contract.DEFAULT_MAX_DETECTIONS)
     p.add_argument("--max-image-bytes", type=int, help="larger images are refused (default 32 MiB)")
     p.add_argument("--max-pixels", type=int, help="images declaring more pixels are refused (default 64000000)")
-    g = p.add_argument_group("--target gpu (TensorRT)")
+    g = p.add_argument_group("--target gpu (TensorRT engines, or --runtime torch)")
     g.add_argument("--engines", choices=["now", "later"], default="now",
                    help="now: build with the tensorrt package on this (serving) GPU; later: write build_engines.sh "
                         "(the trtexec commands) for the deployment GPU, e.g. the compose engine-builder service")
-    g.add_argument("--no-fp16", dest="fp16", action="store_false", help="build FP32 engines")
+    g.add_argument("--no-fp16", dest="fp16", action="store_false", help="FP32 engines / FP32 torch runners")
     g.add_argument("--workspace-mib", type=int, default=2048, help="TensorRT builder workspace limit")
     g.add_argument("--timing-cache", type=Path, help="persisted TensorRT timing cache (default: user cache folder)")
     g.add_argument("--cuda-graphs", action="store_true", help="optimization { cuda { graphs: true } } on engines")

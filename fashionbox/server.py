@@ -41,6 +41,7 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -68,6 +69,7 @@ from fashionbox.contract import (
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
     ENV_PREFIX,
+    MANIFEST_FILE,
 )
 from fashionbox.security import (
     SECURITY_FLAGS,
@@ -843,8 +845,17 @@ def _check_repository(repository: Path) -> None:
 
 
 def _check_engines(repository: Path) -> None:
-    """A GPU repository: refuse engines built elsewhere, then say why the embedded server cannot serve it."""
-    from fashionbox.converter.tensorrt import EngineError, check_engine_compatibility
+    """A GPU repository: refuse engines built elsewhere, then say why the embedded server cannot serve it;
+    refuse the torch GPU profile where no GPU is visible (Triton would fail its KIND_GPU instances)."""
+    from fashionbox.converter.tensorrt import EngineError, check_engine_compatibility, local_gpus, repository_runtime
+
+    manifest_path = repository / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    if manifest.get("target") == "gpu" and repository_runtime(manifest) == "torch" and not local_gpus():
+        raise RepositoryError(
+            f"{repository} is the GPU profile (--target gpu --runtime torch), but no NVIDIA GPU is visible here "
+            "(nvidia-smi lists none): convert with --target cpu for this machine, or serve it on a GPU host"
+        )
 
     try:
         record = check_engine_compatibility(repository)

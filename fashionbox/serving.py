@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar, cast, get_type_hints
+from typing import Any, NoReturn, Protocol, TypeVar, cast, get_type_hints
 
 import numpy as np
 
@@ -65,10 +65,13 @@ __all__ = [
     "PostprocessParameters",
     "PreprocessParameters",
     "RequestError",
+    "RuntimeSettings",
     "call_model_chunked",
     "check_session_io",
     "create_ort_session",
     "error_response",
+    "load_attributes_runner",
+    "load_detector_runner",
     "read_input",
     "respond_each",
     "run_concatenated",
@@ -163,6 +166,20 @@ class Parameters:
             self._fail(name, f"must be at least {minimum}, got {value}")
         return value
 
+    def number(self, name: str, default: float | None = None) -> float:
+        if name not in self._values:
+            if default is None:
+                self._fail(name, "is required but missing from config.pbtxt")
+            return default
+        text = self._values[name].strip()
+        try:
+            value = float(text)
+        except ValueError:
+            self._fail(name, f"must be a number, got {text!r}")
+        if not np.isfinite(value):
+            self._fail(name, f"must be a finite number, got {text!r}")
+        return value
+
     def boolean(self, name: str, default: bool | None = None) -> bool:
         if name not in self._values:
             if default is None:
@@ -201,6 +218,8 @@ class ModelArgs:
     model_dir: Path
     """The model's folder (Triton calls it ``model_repository``); ``labels.json`` is one level up."""
     config: Mapping[str, Any]
+    backend_args: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Everything Triton passed, e.g. ``model_instance_kind`` and ``model_instance_device_id``."""
 
     @classmethod
     def from_backend_args(cls, args: Mapping[str, str]) -> ModelArgs:
@@ -210,6 +229,7 @@ class ModelArgs:
             version=str(args["model_version"]),
             model_dir=Path(args["model_repository"]),
             config=config,
+            backend_args=dict(args),
         )
 
     @property
@@ -223,6 +243,19 @@ class ModelArgs:
     @property
     def repository_dir(self) -> Path:
         return self.model_dir.parent
+
+    @property
+    def instance_kind(self) -> str:
+        """``KIND_CPU`` or ``KIND_GPU`` (Triton passes ``CPU`` / ``GPU``) for this model instance."""
+        return "GPU" if str(self.backend_args.get("model_instance_kind", "CPU")).upper() == "GPU" else "CPU"
+
+    @property
+    def device_id(self) -> int:
+        return int(self.backend_args.get("model_instance_device_id", 0) or 0)
+
+    def torch_device(self) -> str:
+        """Where a PyTorch runner of this instance computes: ``cuda:<id>`` for ``KIND_GPU``, else ``cpu``."""
+        return f"cuda:{self.device_id}" if self.instance_kind == "GPU" else "cpu"
 
     def version_file(self, relative: str) -> Path:
         """A file inside this model's version folder (e.g. ``model.onnx``); escaping it is refused."""
@@ -247,8 +280,8 @@ class ParameterSet:
 
     The converter writes :meth:`to_parameters` into ``config.pbtxt`` and the model reads
     :meth:`from_parameters` back, so each parameter's name, type and default are defined once,
-    here. Fields are ``int`` (at least 1), ``str`` or ``bool``; fields without a default are
-    required in the config.
+    here. Fields are ``int`` (at least 1), ``float``, ``str`` or ``bool``; fields without a default
+    are required in the config.
     """
 
     def __post_init__(self) -> None:
@@ -262,7 +295,10 @@ class ParameterSet:
         out: dict[str, str] = {}
         for field in dataclasses.fields(cast(Any, self)):
             value = getattr(self, field.name)
-            out[field.name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            if isinstance(value, bool):
+                out[field.name] = "true" if value else "false"
+            else:
+                out[field.name] = repr(value) if isinstance(value, float) else str(value)
         return out
 
     @classmethod
@@ -276,10 +312,12 @@ class ParameterSet:
                 kwargs[field.name] = params.boolean(field.name, default)
             elif kind is int:
                 kwargs[field.name] = params.integer(field.name, default, minimum=1)
+            elif kind is float:
+                kwargs[field.name] = params.number(field.name, default)
             elif kind is str:
                 kwargs[field.name] = params.string(field.name, default)
             else:  # a programming error in a subclass, caught by the unit tests
-                raise TypeError(f"{cls.__name__}.{field.name}: parameters must be int, str or bool, not {kind}")
+                raise TypeError(f"{cls.__name__}.{field.name}: parameters must be int, float, str or bool, not {kind}")
         return cls(**kwargs)
 
 
@@ -294,6 +332,40 @@ class OrtSettings(ParameterSet):
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     allow_spinning: bool = True
+
+
+RUNTIMES = ("onnxruntime", "torch")
+"""What runs a network model inside the python backend (TensorRT engines are not python models)."""
+PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class RuntimeSettings(ParameterSet):
+    """Which runtime a python-backend network model (``detector``, ``attributes``) uses.
+
+    ``onnxruntime`` runs ``model.onnx`` on the CPU (:class:`OrtSettings` apply). ``torch`` runs the
+    safetensors checkpoint (``weights_file``) with PyTorch on the instance's device: ``cuda:<id>``
+    for a ``KIND_GPU`` instance, else the CPU, in ``fp16`` (autocast, CUDA only) or ``fp32``. The
+    NMS thresholds are the ones the converter baked into the ONNX graph.
+    """
+
+    runtime: str = "onnxruntime"
+    weights_file: str = "model.safetensors"
+    precision: str = "fp32"
+    pre_nms_top_k: int = 512
+    """Torch runtime, detector: candidates per image and class that enter NMS."""
+    score_threshold: float = contract.DEFAULT_SCORE_THRESHOLD
+    iou_threshold: float = contract.DEFAULT_IOU_THRESHOLD
+    torch_threads: int = 1
+    """Torch runtime: CPU threads of the instance's stub process (its own process, so its own pool).
+    One, as for ONNX Runtime: more single-thread instances beat fewer multi-thread ones."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass(frozen=True)
@@ -428,6 +500,66 @@ class OnnxAttributes:
             # A label map that does not match the heads would mislabel every attribute: refuse.
             raise ValueError(f"{self.model_path} returned probs of shape {probs.shape}, expected {expected}")
         return probs
+
+
+class DetectorRunner(Protocol):
+    def detect(self, pixels: AnyArray) -> list[DetectorOutput]: ...
+
+
+class AttributesRunner(Protocol):
+    def classify(self, crops: AnyArray) -> Float32Array: ...
+
+
+def _load_runner(
+    args: ModelArgs,
+    onnx_file: str,
+    make_onnx: Callable[[Path, OrtSettings], R],
+    make_torch: Callable[[Path, RuntimeSettings, str], R],
+) -> tuple[R, str]:
+    """The runner of ``args``' runtime (:class:`RuntimeSettings`), and a line saying what was loaded."""
+    runtime = RuntimeSettings.from_parameters(args.parameters)
+    if runtime.runtime == "torch":
+        from fashionbox.torch_runtime import set_threads
+
+        set_threads(runtime.torch_threads)
+        path, device = args.version_file(runtime.weights_file), args.torch_device()
+        return make_torch(path, runtime, device), f"{path} on {device} ({runtime.precision}) {runtime}"
+    ort = OrtSettings.from_parameters(args.parameters)
+    path = args.version_file(onnx_file)
+    return make_onnx(path, ort), f"{path} {ort}"
+
+
+def load_detector_runner(args: ModelArgs) -> tuple[DetectorRunner, str]:
+    """The ``detector`` model's runner for its config's runtime, and a line saying what was loaded."""
+    params = DetectorParameters.from_parameters(args.parameters)
+
+    def torch_detector(path: Path, runtime: RuntimeSettings, device: str) -> DetectorRunner:
+        from fashionbox.torch_runtime import TorchDetector
+
+        return TorchDetector.from_settings(path, runtime, device=device, max_detections=params.max_detections)
+
+    def onnx_detector(path: Path, ort: OrtSettings) -> DetectorRunner:
+        return OnnxDetector(path, ort, max_detections=params.max_detections)
+
+    runner, loaded = _load_runner(args, params.onnx_file, onnx_detector, torch_detector)
+    return runner, f"{loaded} {params}"
+
+
+def load_attributes_runner(args: ModelArgs) -> tuple[AttributesRunner, str]:
+    """The ``attributes`` model's runner for its config's runtime, and a line saying what was loaded."""
+    params = AttributesParameters.from_parameters(args.parameters)
+
+    def torch_heads(path: Path, runtime: RuntimeSettings, device: str) -> AttributesRunner:
+        from fashionbox.torch_runtime import TorchAttributes
+
+        return TorchAttributes(path, device=device, precision=runtime.precision,
+                               num_attribute_labels=params.num_attribute_labels)
+
+    def onnx_heads(path: Path, ort: OrtSettings) -> AttributesRunner:
+        return OnnxAttributes(path, ort, num_attribute_labels=params.num_attribute_labels)
+
+    runner, loaded = _load_runner(args, params.onnx_file, onnx_heads, torch_heads)
+    return runner, f"{loaded} {params}"
 
 
 # -- requests and responses ----------------------------------------------------------------------------

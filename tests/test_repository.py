@@ -267,7 +267,7 @@ def test_by_default_the_entry_refuses_past_a_short_queue_and_later_steps_past_a_
 def test_model_configs_refuses_the_gpu_target_and_names_the_gpu_profile_builder() -> None:
     settings = RepositorySettings(target="gpu")
 
-    with pytest.raises(ValueError, match=r"target 'gpu' is not supported .*tensorrt\.gpu_model_configs"):
+    with pytest.raises(ValueError, match=r"target 'gpu' with runtime 'onnxruntime' is not written .*gpu_model_configs"):
         model_configs(settings, LABELS)
 
 

@@ -1,8 +1,9 @@
-"""Triton model ``attributes``: garment crops -> attribute probabilities, ONNX Runtime on CPU.
+"""Triton model ``attributes``: garment crops -> attribute probabilities, ONNX Runtime or PyTorch.
 
 CROPS UINT8 [C, C, 3] -> ATTRIBUTE_PROBS FP32 [A] (softmax per attribute group, concatenated in
 label-map order). Called by ``postprocess`` through BLS; the whole dynamic batch of crops runs as
-one ONNX Runtime call. Parameters: :class:`fashionbox.serving.AttributesParameters` and
+one call of its runtime (ONNX Runtime on the CPU, or PyTorch on the instance's device). Parameters:
+:class:`fashionbox.serving.AttributesParameters`, :class:`fashionbox.serving.RuntimeSettings` and
 :class:`fashionbox.serving.OrtSettings`.
 """
 
@@ -25,8 +26,7 @@ from fashionbox.serving import (  # noqa: E402
     AttributesParameters,
     InputSpec,
     ModelArgs,
-    OnnxAttributes,
-    OrtSettings,
+    load_attributes_runner,
     run_concatenated,
 )
 
@@ -35,11 +35,9 @@ class TritonPythonModel:
     def initialize(self, args):
         self.args = ModelArgs.from_backend_args(args)
         params = AttributesParameters.from_parameters(self.args.parameters)
-        ort_settings = OrtSettings.from_parameters(self.args.parameters)
-        path = self.args.version_file(params.onnx_file)
-        self.heads = OnnxAttributes(path, ort_settings, num_attribute_labels=params.num_attribute_labels)
+        self.heads, loaded = load_attributes_runner(self.args)
         self.crops = InputSpec(contract.CROPS.name, np.uint8, (params.crop_size, params.crop_size, 3))
-        pb_utils.Logger.log_info(f"{self.args.name}: {path} {params} {ort_settings}")
+        pb_utils.Logger.log_info(f"{self.args.name}: {loaded}")
 
     def execute(self, requests):
         return run_concatenated(

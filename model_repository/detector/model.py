@@ -1,10 +1,12 @@
-"""Triton model ``detector``: letterboxed pixels -> detections, ONNX Runtime on CPU.
+"""Triton model ``detector``: letterboxed pixels -> detections, ONNX Runtime (CPU) or PyTorch (GPU/CPU).
 
 PIXELS UINT8 [S, S, 3] -> DET_BOXES FP32 [-1, 4] (letterbox px), DET_SCORES FP32 [-1],
-DET_CLASSES INT32 [-1]. The whole dynamic batch runs as one ONNX Runtime call; NMS is inside
-the graph and :func:`fashionbox.postprocessing.gather_detections` picks the kept boxes. A request
-carrying several images gets rows padded with class -1. Parameters:
-:class:`fashionbox.serving.DetectorParameters` and :class:`fashionbox.serving.OrtSettings`.
+DET_CLASSES INT32 [-1]. The whole dynamic batch runs as one call: ONNX Runtime with NMS inside
+the graph, or PyTorch on the instance's device with batched NMS (runtime ``torch``), and
+:func:`fashionbox.postprocessing.gather_detections` picks the kept boxes. A request carrying
+several images gets rows padded with class -1. Parameters:
+:class:`fashionbox.serving.DetectorParameters`, :class:`fashionbox.serving.RuntimeSettings` and
+:class:`fashionbox.serving.OrtSettings`.
 """
 
 # Bootstrap: the python backend stub ignores PYTHONPATH, so make the server's site-packages visible.
@@ -27,8 +29,7 @@ from fashionbox.serving import (  # noqa: E402
     DetectorParameters,
     InputSpec,
     ModelArgs,
-    OnnxDetector,
-    OrtSettings,
+    load_detector_runner,
     run_concatenated,
 )
 
@@ -37,11 +38,9 @@ class TritonPythonModel:
     def initialize(self, args):
         self.args = ModelArgs.from_backend_args(args)
         params = DetectorParameters.from_parameters(self.args.parameters)
-        ort_settings = OrtSettings.from_parameters(self.args.parameters)
-        path = self.args.version_file(params.onnx_file)
-        self.detector = OnnxDetector(path, ort_settings, max_detections=params.max_detections)
+        self.detector, loaded = load_detector_runner(self.args)
         self.pixels = InputSpec(contract.PIXELS.name, np.uint8, (params.input_size, params.input_size, 3))
-        pb_utils.Logger.log_info(f"{self.args.name}: {path} {params} {ort_settings}")
+        pb_utils.Logger.log_info(f"{self.args.name}: {loaded}")
 
     def execute(self, requests):
         return run_concatenated(

@@ -1,0 +1,182 @@
+"""PyTorch runners for the python backend: the detector and the attribute heads on CUDA or the CPU.
+
+The GPU profile without TensorRT (``fashionbox convert --target gpu --runtime torch``) serves the
+networks with PyTorch on the model instance's GPU; the same classes run on the CPU, which is how
+they are tested on a machine without CUDA and how the converter checks them against ONNX Runtime
+before it writes a repository. They load the FashionBox safetensors checkpoint (no pickle, no code
+from a file) into the networks of :mod:`fashionbox.models`, and answer exactly as
+:class:`fashionbox.serving.OnnxDetector` / :class:`fashionbox.serving.OnnxAttributes` do::
+
+    detector = TorchDetector(path, device="cuda:0", precision="fp16", nms=NmsSettings(), max_detections=100)
+    detector.detect(pixels)          # uint8 [B, S, S, 3] -> list[DetectorOutput]
+    heads = TorchAttributes(path, device="cuda:0", precision="fp16", num_attribute_labels=15)
+    heads.classify(crops)            # uint8 [B, C, C, 3] -> float32 [B, A]
+
+FP16 is autocast (convolutions and matmuls in half precision, reductions and the box decode in
+float32), and only on CUDA: asking for it on a CPU is refused, never silently dropped. A device
+that is not there (``cuda:1`` on a one-GPU host, CUDA on a CPU build of torch) fails model load
+with a message naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fashionbox.postprocessing import AnyArray, DetectorOutput, Float32Array, gather_detections
+
+if TYPE_CHECKING:
+    import torch
+
+    from fashionbox.models.nms import NmsSettings
+    from fashionbox.serving import RuntimeSettings
+
+__all__ = ["TorchAttributes", "TorchDetector", "TorchRuntimeError", "resolve_device", "set_threads"]
+
+log = logging.getLogger(__name__)
+
+
+class TorchRuntimeError(RuntimeError):
+    """The requested device or precision is not available here; fails model load."""
+
+
+def set_threads(threads: int) -> None:
+    """CPU threads of this process's torch pools (a python-backend stub runs one model instance)."""
+    import torch
+
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # only settable before the first parallel region
+        torch.set_num_interop_threads(threads)
+
+
+def resolve_device(device: str, precision: str) -> torch.device:
+    """``device`` checked against this host and ``precision`` against the device."""
+    import torch
+
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise TorchRuntimeError(f"unknown torch device {device!r}: {exc}") from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TorchRuntimeError(
+                f"device {device} was asked for (a KIND_GPU instance) but this torch ({torch.__version__}) sees no "
+                "CUDA device: install a CUDA build of torch on the GPU host, or serve the cpu profile")
+        index = 0 if resolved.index is None else resolved.index
+        if index >= torch.cuda.device_count():
+            raise TorchRuntimeError(f"device {device} does not exist: this host has {torch.cuda.device_count()} GPU(s)")
+        resolved = torch.device("cuda", index)
+    elif resolved.type != "cpu":
+        raise TorchRuntimeError(f"device {device!r}: FashionBox runs PyTorch on cuda or cpu only")
+    if precision == "fp16" and resolved.type != "cuda":
+        raise TorchRuntimeError("fp16 needs a CUDA device; on the CPU serve fp32 (it is not dropped silently)")
+    if precision not in ("fp16", "fp32"):
+        raise TorchRuntimeError(f"precision must be fp16 or fp32, got {precision!r}")
+    return resolved
+
+
+class _Runner:
+    """Shared device, precision and input handling of the two runners."""
+
+    def __init__(self, model: Any, *, device: str, precision: str) -> None:
+        import torch
+
+        self.device = resolve_device(device, precision)
+        self.precision = precision
+        self.model = model.to(self.device).eval()
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
+
+    def _context(self) -> contextlib.AbstractContextManager[Any]:
+        import torch
+
+        if self.precision == "fp16":
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def _tensor(self, array: AnyArray) -> torch.Tensor:
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+
+class TorchDetector(_Runner):
+    """The FashionBox detector network plus batched NMS (:func:`fashionbox.models.nms.nms_batched`)."""
+
+    def __init__(self, weights: Path, *, device: str, precision: str, nms: NmsSettings, max_detections: int,
+                 pre_nms_top_k: int = 512) -> None:
+        from fashionbox.models import load_detector
+
+        if max_detections < 1:
+            raise ValueError(f"max_detections must be at least 1, got {max_detections}")
+        detector, _labels = load_detector(weights)
+        super().__init__(detector, device=device, precision=precision)
+        self.weights = weights
+        self.nms = nms
+        self.max_detections = max_detections
+        self.pre_nms_top_k = pre_nms_top_k
+        self.input_size = int(detector.config.input_size)
+        self.detect(np.zeros((1, self.input_size, self.input_size, 3), dtype=np.uint8))  # warm up before serving
+        log.info("torch detector %s on %s (%s)", weights, self.device, precision)
+
+    @classmethod
+    def from_settings(cls, weights: Path, runtime: RuntimeSettings, *, device: str,
+                      max_detections: int) -> TorchDetector:
+        from fashionbox.models.nms import NmsSettings
+
+        nms = NmsSettings(score_threshold=runtime.score_threshold, iou_threshold=runtime.iou_threshold,
+                          max_per_class=max_detections, max_detections=max_detections)
+        return cls(weights, device=device, precision=runtime.precision, nms=nms, max_detections=max_detections,
+                   pre_nms_top_k=runtime.pre_nms_top_k)
+
+    def detect(self, pixels: AnyArray) -> list[DetectorOutput]:
+        """uint8 ``[B, S, S, 3]`` letterboxed images -> one :class:`DetectorOutput` per image."""
+        import torch
+
+        from fashionbox.models.nms import nms_batched
+
+        with torch.inference_mode():
+            with self._context():
+                out = self.model(self._tensor(pixels))
+            boxes, scores = out.boxes.float(), out.scores.float()
+            selected = nms_batched(boxes, scores, self.nms, pre_nms_top_k=self.pre_nms_top_k)
+            return gather_detections(boxes.cpu().numpy(), scores.cpu().numpy(), selected.cpu().numpy(),
+                                     max_detections=self.max_detections)
+
+
+class TorchAttributes(_Runner):
+    """The attribute heads: uint8 crops ``[B, C, C, 3]`` -> float32 probs ``[B, A]``."""
+
+    def __init__(self, weights: Path, *, device: str, precision: str, num_attribute_labels: int) -> None:
+        from fashionbox.models import load_attributes
+
+        classifier, _labels = load_attributes(weights)
+        super().__init__(classifier, device=device, precision=precision)
+        self.weights = weights
+        self.num_attribute_labels = num_attribute_labels
+        size = int(classifier.config.crop_size)
+        self.classify(np.zeros((1, size, size, 3), dtype=np.uint8))  # warm up; also checks the label count
+        log.info("torch attribute heads %s on %s (%s)", weights, self.device, precision)
+
+    def classify(self, crops: AnyArray) -> Float32Array:
+        import torch
+
+        with torch.inference_mode():
+            with self._context():
+                probs = self.model(self._tensor(crops))
+            result: Float32Array = probs.float().cpu().numpy()
+        expected = (crops.shape[0], self.num_attribute_labels)
+        if result.shape != expected:
+            # A label map that does not match the heads would mislabel every attribute: refuse.
+            raise ValueError(f"{self.weights} returned probs of shape {result.shape}, expected {expected}")
+        return result

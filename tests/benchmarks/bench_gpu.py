@@ -1,0 +1,196 @@
+"""Benchmark: the GPU profile against the CPU fallback, served by Triton, in one run.
+
+    .venv/bin/python tests/benchmarks/bench_gpu.py [--rounds 3] [--duration-s 10] [--concurrency 8,32,128]
+
+Each profile is a repository converted from the shipped weights and served by the embedded
+Triton; the load-test harness drives it closed loop over gRPC with the same 1280x960 JPEGs:
+
+- ``cpu``: the CPU fallback (``--target cpu``, ONNX Runtime), instances scaled to the cores;
+- ``cpu-torch``: the same with ``--runtime torch`` (PyTorch on the CPU), to separate the runtime
+  from the device;
+- ``gpu``: ``--target gpu --runtime torch`` (PyTorch on CUDA, FP16, nvJPEG where torchvision has it);
+- ``gpu-unbatched``: the gpu profile with every step's ``max_batch_size`` 1, so the dynamic
+  batching gain is measured, not assumed.
+
+The gpu profiles run only where torch sees CUDA; elsewhere the JSON says they were not measured.
+Per profile: the best throughput over the concurrencies, its p50/p99, latency at concurrency 1,
+and Triton's per-model statistics (where the time goes). Besides the served figures, the
+networks alone (``TorchDetector`` on a batch of 64 letterboxes, no decode, no gRPC) give each
+device's ceiling. Rounds alternate the profiles; the summary holds medians over rounds.
+
+Writes ``tests/benchmarks/results/gpu.json`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_serving import run_served, triton_statistics
+
+ROOT = Path(__file__).resolve().parents[2]
+GPU_PROFILES = ("gpu", "gpu-unbatched")
+
+
+def cpu_instances(cores: int) -> dict[str, int]:
+    """Instances for the CPU profiles: one single-thread instance per core, most for the detector."""
+    return {"preprocess": max(1, cores // 4), "detector": max(1, cores // 2),
+            "attributes": max(1, cores // 8), "postprocess": max(1, cores // 4)}
+
+
+def convert_profile(profile: str, out: Path, cores: int) -> Path:
+    from fashionbox.converter import ConvertOptions, convert
+    from fashionbox.converter.repository import ModelScheduling, gpu_scheduling
+
+    if profile.startswith("cpu"):
+        overrides = {name: ModelScheduling(instances=count, max_batch_size=64 if name == "attributes" else 8,
+                                           max_queue_size=512 if name == "preprocess" else 0)
+                     for name, count in cpu_instances(cores).items()}
+        runtime = "torch" if profile == "cpu-torch" else "onnxruntime"
+        return convert(ConvertOptions(out=out, runtime=runtime, repository_settings=overrides)).repository  # type: ignore[arg-type]
+    overrides = {}
+    if profile == "gpu-unbatched":
+        overrides = {name: ModelScheduling(instances=s.instances, max_batch_size=1, max_queue_size=s.max_queue_size,
+                                           queue_timeout_us=s.queue_timeout_us)
+                     for name, s in gpu_scheduling().items()}
+    return convert(ConvertOptions(out=out, target="gpu", runtime="torch", repository_settings=overrides)).repository
+
+
+def network_ceiling(device: str, precision: str, *, batch: int, seconds: float) -> dict[str, float]:
+    """Letterboxes per second through ``TorchDetector`` alone (network + NMS + gathering)."""
+    import numpy as np
+
+    from fashionbox.labels import default_label_map
+    from fashionbox.models import default_weights
+    from fashionbox.models.nms import NmsSettings
+    from fashionbox.torch_runtime import TorchDetector
+    from fashionbox.training.data import render_sample
+
+    labels = default_label_map()
+    scenes = np.stack([render_sample(80_000 + i, 320, labels).pixels for i in range(batch)])
+    detector = TorchDetector(default_weights("detector"), device=device, precision=precision, nms=NmsSettings(),
+                             max_detections=100)
+    for _ in range(3):
+        detector.detect(scenes)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        detector.detect(scenes)
+        done += batch
+    elapsed = time.perf_counter() - start
+    return {"images_per_s": round(done / elapsed, 1), "ms_per_batch": round(1000 * elapsed / (done / batch), 2),
+            "batch": batch}
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"cpus": os.cpu_count(), "platform": platform.platform(),
+                            "python": platform.python_version(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def measure_profile(repository: Path, log_dir: Path, images: list[bytes], concurrencies: list[int],
+                    duration_s: float) -> dict[str, Any]:
+    from fashionbox.loadtest.reliability import embedded_server
+
+    with embedded_server(repository, log_dir, exit_timeout_s=30, startup_timeout_s=600) as server:
+        url = str(server.endpoints.grpc)
+        run_served(url, images, max(concurrencies), 3.0)  # warm every instance (cudnn picks kernels here)
+        points = {str(c): run_served(url, images, c, duration_s) for c in concurrencies}
+        best = max(points.values(), key=lambda p: p["throughput_rps"])
+        return {"points": points, "best": best, "latency_c1": run_served(url, images, 1, duration_s),
+                "triton_statistics": triton_statistics(url)}
+
+
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in rounds[0]:
+        runs = [r[name] for r in rounds if name in r]
+        best = [run["best"] for run in runs]
+        out[name] = {
+            "images_per_s": round(statistics.median(p["throughput_rps"] for p in best), 1),
+            "at_concurrency": statistics.median_low(p["concurrency"] for p in best),
+            "p50_ms": round(statistics.median(p["latency_ms"]["p50"] for p in best), 1),
+            "p99_ms": round(statistics.median(p["latency_ms"]["p99"] for p in best), 1),
+            "c1_p50_ms": round(statistics.median(run["latency_c1"]["latency_ms"]["p50"] for run in runs), 1),
+            "c1_p99_ms": round(statistics.median(run["latency_c1"]["latency_ms"]["p99"] for run in runs), 1),
+            "errors": sum(int(q["errors"]) for run in runs for q in run["points"].values()),
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from fashionbox.loadtest.corpus import generated_corpus, parse_size_mix
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--concurrency", default="8,32,128", help="closed-loop levels, comma-separated")
+    parser.add_argument("--profiles", default="cpu,cpu-torch,gpu,gpu-unbatched")
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores the CPU profiles scale to")
+    parser.add_argument("--ceiling-s", type=float, default=5.0, help="seconds per network-only measurement")
+    parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/gpu.json")
+    args = parser.parse_args(argv)
+
+    cuda = torch.cuda.is_available()
+    wanted = [p for p in args.profiles.split(",") if p]
+    profiles = [p for p in wanted if cuda or p not in GPU_PROFILES]
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    images = list(generated_corpus(args.images, parse_size_mix("1280x960")).images)
+    ceilings: dict[str, Any] = {"cpu fp32": network_ceiling("cpu", "fp32", batch=8, seconds=args.ceiling_s)}
+    if cuda:
+        for precision in ("fp32", "fp16"):
+            ceilings[f"cuda {precision}"] = network_ceiling("cuda:0", precision, batch=64, seconds=args.ceiling_s)
+    rounds: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="fashionbox-bench-gpu-") as tmp:
+        repositories = {p: convert_profile(p, Path(tmp) / p, args.cores) for p in profiles}
+        for index in range(args.rounds):
+            results: dict[str, Any] = {}
+            for profile in profiles:
+                results[profile] = measure_profile(repositories[profile], Path(tmp) / f"log-{profile}-{index}",
+                                                   images, concurrencies, args.duration_s)
+                best = results[profile]["best"]
+                print(f"round {index + 1} {profile}: {best['throughput_rps']:.1f} images/s at c={best['concurrency']}"
+                      f" p50 {best['latency_ms']['p50']:.1f} ms p99 {best['latency_ms']['p99']:.1f} ms", flush=True)
+            rounds.append(results)
+    summary = summarize(rounds)
+    if "gpu" in summary and "cpu" in summary:
+        summary["gpu_over_cpu"] = round(summary["gpu"]["images_per_s"] / summary["cpu"]["images_per_s"], 1)
+    if "gpu" in summary and "gpu-unbatched" in summary:
+        summary["dynamic_batching_gain"] = round(
+            summary["gpu"]["images_per_s"] / summary["gpu-unbatched"]["images_per_s"], 2)
+    report = {
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine(),
+        "not_measured": {p: "torch sees no CUDA device on this machine" for p in wanted if p not in profiles},
+        "cpu_instances": cpu_instances(args.cores),
+        "network_ceiling": ceilings,
+        "summary": summary,
+        "rounds": rounds,
+        "unix_time": int(time.time()),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({"summary": summary, "network_ceiling": ceilings, "not_measured": report["not_measured"]},
+                     indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
