@@ -162,8 +162,9 @@ class ClientClosed(FashionBoxError):
 _MODEL_UNAVAILABLE_MARKERS = ("unknown model", "not at ready state", "no available versions", "is not ready")
 _MODEL_NOT_LOADED_MARKERS = ("no available versions", "not at ready state", "is not ready")
 # Triton's queue policy refuses with UNAVAILABLE: "Exceeds maximum queue size" past max_queue_size,
-# "Request timeout expired" past a queue timeout (both prefixed "in ensemble 'fashion', ...").
-_QUEUE_FULL_MARKERS = ("queue", "request timeout expired")
+# "Request timeout expired" past a queue timeout (both prefixed "in ensemble 'fashion', ..."); the
+# ensemble's admission control (fashionbox.admission) with "the server is at capacity (...)".
+_QUEUE_FULL_MARKERS = ("queue", "request timeout expired", "at capacity")
 # A python-backend process that died: INTERNAL "Stub process 'preprocess_0_0' is not healthy."
 # Triton 2.51 does not bring it back, `fashionbox serve` restarts the server (fashionbox.stubs).
 _STUB_DEAD_MARKERS = ("is not healthy",)

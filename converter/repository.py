@@ -64,6 +64,7 @@ from fashionbox import contract
 from fashionbox.imaging import DecodeLimits
 from fashionbox.labels import LabelMap
 from fashionbox.serving import (
+    AdmissionSettings,
     AttributesParameters,
     DetectorParameters,
     OrtSettings,
@@ -76,6 +77,7 @@ from fashionbox.serving import (
 __all__ = [
     "CONFIG_FILE",
     "DEFAULT_ENTRY_QUEUE_SIZE",
+    "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_STEP_QUEUE_TIMEOUT_US",
     "LABELS_JSON_PARAMETER",
     "MODEL_VERSION",
@@ -143,6 +145,11 @@ on the busy shared CI machine at six requests in flight, and 500 ms while a drai
 unloaded the ensemble (0.5 s) and in a batch held back by a 500 ms batching delay. 2 s held
 those but cut goodput at 2x load to 54 % (1 s: 62 %; 500 ms: 71 %), docs/RELIABILITY.md."""
 
+DEFAULT_MAX_IN_FLIGHT = 16
+"""Requests admitted into the ensemble at once (CPU target): two detector batches, about 0.2 s of
+work at the ~80 img/s one 2-core server sustains. Past it the entry refuses at once (p99 8 ms at
+twice the sustainable rate, goodput 100 % of it; 24 kept 86 %: docs/RELIABILITY.md)."""
+
 
 # -- settings ---------------------------------------------------------------------------------------
 
@@ -203,17 +210,19 @@ class ModelScheduling:
             raise ValueError(f"preferred_batch_sizes {sizes} must be strictly increasing")
 
 
-def gpu_scheduling() -> dict[str, ModelScheduling]:
+def gpu_scheduling() -> dict[str, Any]:
     """Starting scheduling for the GPU profiles (one GPU), before ``fashionbox tune`` refines it.
 
     A GPU runs a batch of 64 letterboxes in about the time a CPU core runs one, so the networks
     get large batches and two instances (one computes while the other's inputs are copied), and
     the CPU-side python steps (``preprocess`` decodes what nvJPEG cannot, ``postprocess`` crops and
     builds results) get many instances: they, not the GPU, bound the throughput. The entry queue
-    holds about a quarter second of work at 2,000 images/s before the server refuses.
+    and the admission bound hold about a quarter second of work at 2,000 images/s before the
+    server refuses.
     """
     step_timeout = DEFAULT_STEP_QUEUE_TIMEOUT_US
     return {
+        "max_in_flight": 512,
         "preprocess": ModelScheduling(instances=8, max_batch_size=32, max_queue_size=512),
         "detector": ModelScheduling(instances=2, max_batch_size=64, queue_timeout_us=step_timeout),
         "attributes": ModelScheduling(instances=2, max_batch_size=256),
@@ -235,9 +244,10 @@ class RepositorySettings:
     max_detections: int = 100
     """Per image, after NMS."""
     preprocess: ModelScheduling = field(
-        default_factory=lambda: ModelScheduling(max_queue_size=DEFAULT_ENTRY_QUEUE_SIZE)
+        default_factory=lambda: ModelScheduling(instances=2, max_queue_size=DEFAULT_ENTRY_QUEUE_SIZE)
     )
-    """The entry: refuses past a short queue (see :class:`ModelScheduling`)."""
+    """The entry: admits or refuses (``max_in_flight``) and refuses past a short queue (see
+    :class:`ModelScheduling`). Two instances, so a refusal rarely waits behind a decode."""
     detector: ModelScheduling = field(
         default_factory=lambda: ModelScheduling(queue_timeout_us=DEFAULT_STEP_QUEUE_TIMEOUT_US)
     )
@@ -256,6 +266,13 @@ class RepositorySettings:
     """Target gpu: ``preprocess`` runs on a GPU instance and decodes JPEGs with nvJPEG where it can."""
     max_image_bytes: int = DecodeLimits.max_image_bytes
     max_pixels: int = DecodeLimits.max_pixels
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    """Admission control: requests inside the ensemble at once; ``preprocess`` refuses more at once
+    with UNAVAILABLE (:mod:`fashionbox.admission`). 0 is off."""
+    admission_ttl_ms: int = 0
+    """A slot whose request never reached ``postprocess`` (refused by a later step's queue timeout)
+    frees itself after this long: more than any request spends in the pipeline. 0: ten seconds
+    more than the later steps' queue timeouts together."""
     model_version: str = "unversioned"
     """Recorded in every result for provenance (e.g. a date plus the weights' hash)."""
     model_name: str = ""
@@ -268,6 +285,13 @@ class RepositorySettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         DecodeLimits(max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels)  # refuses unusable limits
+        if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int) or self.max_in_flight < 0:
+            raise ValueError(f"max_in_flight must be a whole number >= 0 (0 is off), got {self.max_in_flight!r}")
+        if self.admission_ttl_ms < 0 or 0 < self.admission_ttl_ms <= self._later_timeouts_ms:
+            raise ValueError(
+                f"admission_ttl_ms ({self.admission_ttl_ms}) must be more than the later steps' queue timeouts "
+                f"together ({self._later_timeouts_ms} ms), or slots of requests still in the pipeline expire; "
+                "0 chooses for you")
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if not isinstance(self.runtime, RuntimeSettings):
@@ -288,6 +312,18 @@ class RepositorySettings:
                     f"{name}.queue_timeout_us ({scheduling.queue_timeout_us}) must be more than twice the batching "
                     f"delays up to it ({delays_us} us), or batched requests time out; raise it or set 0 (no limit)"
                 )
+
+    @property
+    def admission(self) -> tuple[ParameterSet, ...]:
+        """The admission parameters ``preprocess`` and ``postprocess`` share; none when it is off."""
+        if not self.max_in_flight:
+            return ()
+        ttl_ms = self.admission_ttl_ms or self._later_timeouts_ms + 10_000
+        return (AdmissionSettings(max_in_flight=self.max_in_flight, admission_ttl_ms=ttl_ms),)
+
+    @property
+    def _later_timeouts_ms(self) -> int:
+        return (self.detector.queue_timeout_us + self.postprocess.queue_timeout_us) // 1000
 
     @property
     def ensemble_max_batch_size(self) -> int:
@@ -448,6 +484,7 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
                 max_image_bytes=settings.max_image_bytes,
                 max_pixels=settings.max_pixels,
             ),
+            *settings.admission,
         ),
         contract.DETECTOR_MODEL: _runner_model(
             contract.DETECTOR_MODEL,
@@ -485,6 +522,7 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
                 model_version=settings.model_version,
                 model_name=settings.model_name,
             ),
+            *settings.admission,
         ),
     }
     if settings.target == "gpu" and settings.gpu_decode:

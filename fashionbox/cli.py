@@ -47,7 +47,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     engines = EngineOptions(build=args.engines, fp16=args.fp16, workspace_mib=args.workspace_mib,
                             timing_cache=args.timing_cache, cuda_graphs=args.cuda_graphs)
-    limits = {name: value for name in ("max_image_bytes", "max_pixels") if (value := getattr(args, name)) is not None}
+    limits = {name: value for name in ("max_image_bytes", "max_pixels", "max_in_flight")
+              if (value := getattr(args, name)) is not None}
     result = convert(ConvertOptions(out=args.out, detector=args.detector, attributes=args.attributes,
                                     target=args.target, runtime=args.runtime, opset=args.opset,
                                     score_threshold=args.score_threshold,
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-detections", type=int, default=contract.DEFAULT_MAX_DETECTIONS)
     p.add_argument("--max-image-bytes", type=int, help="larger images are refused (default 32 MiB)")
     p.add_argument("--max-pixels", type=int, help="images declaring more pixels are refused (default 64000000)")
+    p.add_argument("--max-in-flight", type=int,
+                   help="admission control: requests inside the pipeline at once; more are refused at once "
+                        "(UNAVAILABLE). 0 turns it off")
     g = p.add_argument_group("--target gpu (TensorRT engines, or --runtime torch)")
     g.add_argument("--engines", choices=["now", "later"], default="now",
                    help="now: build with the tensorrt package on this (serving) GPU; later: write build_engines.sh "

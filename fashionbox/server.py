@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, TypeVar, cast
 
+from fashionbox.admission import slots_path
 from fashionbox.contract import (
     ADMIN_KEY_NAME,
     DEFAULT_GRPC_PORT,
@@ -763,6 +764,8 @@ class TritonServer:
         self._returncode = process.wait()
         self._process = None
         self._close_log()
+        with contextlib.suppress(OSError):  # the admission slots its stubs shared (fashionbox.admission)
+            slots_path(Path(self.config.repository), process.pid).unlink(missing_ok=True)
         logger.info("tritonserver stopped with code %d", self._returncode)
         return self._returncode
 

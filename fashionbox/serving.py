@@ -50,6 +50,7 @@ from fashionbox.labels import LabelMap
 from fashionbox.postprocessing import AnyArray, DetectorOutput, Float32Array, gather_detections
 
 __all__ = [
+    "AdmissionSettings",
     "AttributesParameters",
     "ChunkResult",
     "DetectorParameters",
@@ -366,6 +367,31 @@ class RuntimeSettings(ParameterSet):
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+@dataclass(frozen=True)
+class AdmissionSettings(ParameterSet):
+    """Admission control (:mod:`fashionbox.admission`), parameters of ``preprocess`` and ``postprocess``.
+
+    Present only when the repository bounds the requests inside the ensemble: ``preprocess``
+    refuses a request that finds ``max_in_flight`` already admitted, ``postprocess`` gives a slot
+    back for each request it answers; a slot never given back frees itself after ``admission_ttl_ms``.
+    """
+
+    max_in_flight: int
+    admission_ttl_ms: int = 10_000
+
+    @classmethod
+    def optional(cls, params: Parameters) -> AdmissionSettings | None:
+        """The settings, or None when the config has no ``max_in_flight`` (admission control off)."""
+        return cls.from_parameters(params) if "max_in_flight" in params else None
+
+    def slots(self, args: ModelArgs) -> Any:
+        """This server's shared :class:`fashionbox.admission.AdmissionSlots`."""
+        from fashionbox.admission import AdmissionSlots
+
+        return AdmissionSlots.for_server(args.repository_dir, capacity=self.max_in_flight,
+                                         ttl_s=self.admission_ttl_ms / 1000.0)
 
 
 @dataclass(frozen=True)

@@ -91,8 +91,9 @@ class _Runner:
         self.precision = precision
         self.model = model.to(self.device).eval()
         if self.device.type == "cuda":
+            # NHWC input permuted to NCHW is channels-last in memory already. No cudnn.benchmark: dynamic
+            # batching brings every batch size up to max_batch_size, each would be timed on first sight.
             self.model = self.model.to(memory_format=torch.channels_last)
-            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
 
     def _context(self) -> contextlib.AbstractContextManager[Any]:
         import torch

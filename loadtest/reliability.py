@@ -58,10 +58,13 @@ _MESSAGES_KEPT = 5
 
 
 def refusal_reason(status: str, details: str) -> str:
-    """``queue_full`` / ``queue_timeout`` / ``stopping`` for Triton's words, else the status name."""
+    """``queue_full`` / ``queue_timeout`` / ``stopping`` for Triton's words, ``at_capacity`` for the
+    ensemble's admission control, else the status name."""
     lowered = details.lower()
     if "maximum queue size" in lowered:
         return "queue_full"
+    if "at capacity" in lowered:
+        return "at_capacity"
     if "timeout expired" in lowered:
         return "queue_timeout"
     if "stopping" in lowered:

@@ -38,6 +38,7 @@ _SETTINGS = RepositorySettings(
     detector=ModelScheduling(max_batch_size=16),
     postprocess=ModelScheduling(max_batch_size=16),
     attributes=ModelScheduling(max_batch_size=64),
+    max_in_flight=64,  # the tests keep up to 64 requests in flight on purpose
     model_version="client-integration",
     model_name="stand-ins",
 )

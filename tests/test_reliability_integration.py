@@ -75,6 +75,7 @@ def small_queue_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tri
         crop_size=32,
         max_detections=10,
         preprocess=ModelScheduling(instances=2, max_batch_size=2, max_queue_size=2),
+        max_in_flight=0,  # Triton's own queue policy alone (admission control: tests/test_admission.py)
         model_version="small-queue",
     )
     repository = _repository(tmp_path_factory.mktemp("small-queue"), settings)

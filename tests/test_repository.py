@@ -57,6 +57,8 @@ SETTINGS = RepositorySettings(
     ort=OrtSettings(intra_op_threads=2),
     max_image_bytes=1_000_000,
     max_pixels=4_000_000,
+    max_in_flight=12,
+    admission_ttl_ms=5_000,
     model_version="test-1",
     model_name="standin",
 )
@@ -75,6 +77,8 @@ EXPECTED = {
         parameters { key: "input_size" value { string_value: "64" } }
         parameters { key: "max_image_bytes" value { string_value: "1000000" } }
         parameters { key: "max_pixels" value { string_value: "4000000" } }
+        parameters { key: "max_in_flight" value { string_value: "12" } }
+        parameters { key: "admission_ttl_ms" value { string_value: "5000" } }
     """,
     "detector": """
         name: "detector"  backend: "python"  max_batch_size: 8
@@ -124,6 +128,8 @@ EXPECTED = {
         parameters { key: "attributes_model" value { string_value: "attributes" } }
         parameters { key: "model_version" value { string_value: "test-1" } }
         parameters { key: "model_name" value { string_value: "standin" } }
+        parameters { key: "max_in_flight" value { string_value: "12" } }
+        parameters { key: "admission_ttl_ms" value { string_value: "5000" } }
     """,
     "fashion": """
         name: "fashion"  platform: "ensemble"  max_batch_size: 4

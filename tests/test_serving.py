@@ -339,6 +339,7 @@ def _load_model(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> A
         input_size=POST_SETTINGS["input_size"],
         crop_size=POST_SETTINGS["crop_size"],
         attributes=ModelScheduling(max_batch_size=POST_SETTINGS["attributes_max_batch_size"]),
+        max_in_flight=0,  # one model alone never gives slots back; tests/test_admission.py serves it whole
         model_version="offline",
     )
     config = model_configs(settings, LABELS)[name]

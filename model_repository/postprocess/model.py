@@ -28,6 +28,7 @@ from fashionbox.imaging import LetterboxInfo, crop_garments  # noqa: E402
 from fashionbox.postprocessing import finish_detections, stack_image_results, unpad  # noqa: E402
 from fashionbox.results import build_image_detections  # noqa: E402
 from fashionbox.serving import (  # noqa: E402
+    AdmissionSettings,
     InputSpec,
     ModelArgs,
     PostprocessParameters,
@@ -65,8 +66,17 @@ class TritonPythonModel:
             InputSpec(contract.DET_CLASSES.name, np.int32, contract.DET_CLASSES.dims),
         )
         pb_utils.Logger.log_info(f"{self.args.name}: label map {self.label_map.name!r} {params}")
+        admission = AdmissionSettings.optional(self.args.parameters)
+        self.slots = admission.slots(self.args) if admission else None
 
     def execute(self, requests):
+        try:
+            return self._execute(requests)
+        finally:
+            if self.slots is not None:
+                self.slots.release(len(requests))  # each request admitted by preprocess ends here
+
+    def _execute(self, requests):
         responses = [None] * len(requests)
         staged = {}
         for i, request in enumerate(requests):
@@ -164,4 +174,5 @@ class TritonPythonModel:
         }
 
     def finalize(self):
-        pass
+        if self.slots is not None:
+            self.slots.close()

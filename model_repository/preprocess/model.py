@@ -3,7 +3,9 @@
 IMAGE BYTES [1] -> PIXELS UINT8 [S, S, 3], IMAGE_INFO FP32 [5]. A request whose image does not
 decode fails alone with INVALID_ARG; the rest of the batch is answered normally. Parameters:
 :class:`fashionbox.serving.PreprocessParameters`; the decode limits among them can be overridden
-at serve time by the environment (:meth:`fashionbox.imaging.DecodeLimits.from_env`).
+at serve time by the environment (:meth:`fashionbox.imaging.DecodeLimits.from_env`). With
+:class:`fashionbox.serving.AdmissionSettings` it is the ensemble's admission control: every request
+of a batch is admitted or refused (UNAVAILABLE, at once) before any image is decoded.
 """
 
 # Bootstrap: the python backend stub ignores PYTHONPATH, so make the server's site-packages visible.
@@ -24,10 +26,13 @@ from fashionbox import contract  # noqa: E402
 from fashionbox.gpu_imaging import DecodeSettings, select_decoder  # noqa: E402
 from fashionbox.imaging import DecodeLimits, InvalidImageError  # noqa: E402
 from fashionbox.serving import (  # noqa: E402
+    AdmissionSettings,
+    ErrorCode,
     InputSpec,
     ModelArgs,
     PreprocessParameters,
     RequestError,
+    error_response,
     read_input,
     respond_each,
 )
@@ -47,9 +52,28 @@ class TritonPythonModel:
                                       gpu_index=int(args.get("model_instance_device_id", 0)))
         pb_utils.Logger.log_info(f"{self.args.name}: decoding images on {self.decoder.device}")
         pb_utils.Logger.log_info(f"{self.args.name}: {params}, effective {self.limits}")
+        admission = AdmissionSettings.optional(self.args.parameters)
+        self.slots = admission.slots(self.args) if admission else None
+        if admission:
+            self.refusal = RequestError(
+                f"the server is at capacity ({admission.max_in_flight} requests in flight); retry later",
+                ErrorCode.UNAVAILABLE)
+            pb_utils.Logger.log_info(f"{self.args.name}: admission control {admission}, slots {self.slots.path}")
 
     def execute(self, requests):
-        return respond_each(requests, self._preprocess, model=self.args.name)
+        if self.slots is None:
+            return respond_each(requests, self._preprocess, model=self.args.name)
+        admitted = [self.slots.acquire() for _ in requests]  # all decided before anything is decoded
+        answers = iter(respond_each([r for r, ok in zip(requests, admitted, strict=True) if ok], self._admitted,
+                                    model=self.args.name))
+        return [next(answers) if ok else error_response(self.refusal) for ok in admitted]
+
+    def _admitted(self, request):
+        try:
+            return self._preprocess(request)
+        except BaseException:
+            self.slots.release()  # it ends here: postprocess will not give its slot back
+            raise
 
     def _preprocess(self, request):
         images = read_input(request, self.image).reshape(-1)
@@ -66,4 +90,5 @@ class TritonPythonModel:
         return {contract.PIXELS.name: pixels, contract.IMAGE_INFO.name: info}
 
     def finalize(self):
-        pass
+        if self.slots is not None:
+            self.slots.close()

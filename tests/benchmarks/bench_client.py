@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -39,6 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_report import machine, write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 GOAL_PCT = 5.0
@@ -292,9 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     table = medians(runs)
     costs = overheads(runs, concurrencies)
     print_table(table, costs)
-    report = {
+    write_report(args.out, __file__, argv, {
         "benchmark": "typed client overhead over raw tritonclient.grpc.aio",
-        "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": _cpus()},
         "settings": {
             "rounds": args.rounds,
             "duration_s": args.duration_s,
@@ -307,9 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "medians": table,
         "added_cost": costs,
         "runs": [asdict(run) for run in runs],
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    }, machine_info=machine(cpus=_cpus()))
     print(f"\nwritten {args.out}")
     return 0
 

@@ -26,16 +26,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_report import machine, write_report
 from bench_serving import run_served, triton_statistics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,25 +45,30 @@ GPU_PROFILES = ("gpu", "gpu-unbatched")
 
 def cpu_instances(cores: int) -> dict[str, int]:
     """Instances for the CPU profiles: one single-thread instance per core, most for the detector."""
-    return {"preprocess": max(1, cores // 4), "detector": max(1, cores // 2),
+    return {"preprocess": max(2, cores // 4), "detector": max(1, cores // 2),
             "attributes": max(1, cores // 8), "postprocess": max(1, cores // 4)}
 
 
 def convert_profile(profile: str, out: Path, cores: int) -> Path:
     from fashionbox.converter import ConvertOptions, convert
-    from fashionbox.converter.repository import ModelScheduling, gpu_scheduling
+    from fashionbox.converter.repository import ModelScheduling, RepositorySettings, gpu_scheduling
 
     if profile.startswith("cpu"):
-        overrides = {name: ModelScheduling(instances=count, max_batch_size=64 if name == "attributes" else 8,
-                                           max_queue_size=512 if name == "preprocess" else 0)
-                     for name, count in cpu_instances(cores).items()}
+        # The shipped scheduling and queue policy with more instances; the entry holds as many
+        # requests as the highest concurrency, as the GPU profiles' does, so it queues, not refuses.
+        shipped = RepositorySettings()
+        overrides: dict[str, Any] = {
+            name: replace(shipped.scheduling(name), instances=count,
+                          **({"max_queue_size": 512} if name == "preprocess" else {}))
+            for name, count in cpu_instances(cores).items()}
+        # The admission bound grows with the detector instances it has to keep busy.
+        overrides["max_in_flight"] = shipped.max_in_flight * max(1, cores // 2)
         runtime = "torch" if profile == "cpu-torch" else "onnxruntime"
         return convert(ConvertOptions(out=out, runtime=runtime, repository_settings=overrides)).repository  # type: ignore[arg-type]
-    overrides = {}
+    overrides: dict[str, Any] = {}
     if profile == "gpu-unbatched":
-        overrides = {name: ModelScheduling(instances=s.instances, max_batch_size=1, max_queue_size=s.max_queue_size,
-                                           queue_timeout_us=s.queue_timeout_us)
-                     for name, s in gpu_scheduling().items()}
+        overrides = {name: replace(s, max_batch_size=1, preferred_batch_sizes=())
+                     for name, s in gpu_scheduling().items() if isinstance(s, ModelScheduling)}
     return convert(ConvertOptions(out=out, target="gpu", runtime="torch", repository_settings=overrides)).repository
 
 
@@ -91,15 +97,12 @@ def network_ceiling(device: str, precision: str, *, batch: int, seconds: float) 
             "batch": batch}
 
 
-def machine() -> dict[str, Any]:
+def gpu_machine() -> dict[str, Any]:
     import torch
 
-    info: dict[str, Any] = {"cpus": os.cpu_count(), "platform": platform.platform(),
-                            "python": platform.python_version(), "torch": torch.__version__}
     if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-    return info
+        return machine(torch=torch.__version__, gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda)
+    return machine(torch=torch.__version__)
 
 
 def measure_profile(repository: Path, log_dir: Path, images: list[bytes], concurrencies: list[int],
@@ -127,7 +130,7 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "p99_ms": round(statistics.median(p["latency_ms"]["p99"] for p in best), 1),
             "c1_p50_ms": round(statistics.median(run["latency_c1"]["latency_ms"]["p50"] for run in runs), 1),
             "c1_p99_ms": round(statistics.median(run["latency_c1"]["latency_ms"]["p99"] for run in runs), 1),
-            "errors": sum(int(q["errors"]) for run in runs for q in run["points"].values()),
+            "errors_all_levels": sum(int(q["errors"]) for run in runs for q in run["points"].values()),
         }
     return out
 
@@ -175,18 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     if "gpu" in summary and "gpu-unbatched" in summary:
         summary["dynamic_batching_gain"] = round(
             summary["gpu"]["images_per_s"] / summary["gpu-unbatched"]["images_per_s"], 2)
-    report = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine(),
+    report = write_report(args.out, __file__, argv, {
         "not_measured": {p: "torch sees no CUDA device on this machine" for p in wanted if p not in profiles},
         "cpu_instances": cpu_instances(args.cores),
         "network_ceiling": ceilings,
         "summary": summary,
         "rounds": rounds,
-        "unix_time": int(time.time()),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    }, machine_info=gpu_machine())
     print(json.dumps({"summary": summary, "network_ceiling": ceilings, "not_measured": report["not_measured"]},
                      indent=2))
     return 0

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import perf_analyzer_peer
+from bench_report import write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -191,9 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         summary[f"harness_{s}_client_cpu_us_per_request"] = round(
             statistics.median(x["client_cpu_us_per_request"] for x in runs[f"harness_{s}"][str(c)]), 1
         )
-    report = {
-        "command": " ".join(["tests/benchmarks/bench_loadtest_capacity.py", *(argv or sys.argv[1:])]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+    write_report(args.out, __file__, argv, {
         "model": {
             "name": "identity",
             "backend": "python",
@@ -203,10 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "summary": summary,
         "runs": runs,
-        "unix_time": int(time.time()),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    })
     print(json.dumps(summary, indent=2))
     return 0
 

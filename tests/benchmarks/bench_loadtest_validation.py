@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import perf_analyzer_peer
+from bench_report import write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -210,17 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             kind: round(statistics.median(r["client_cpu_us_per_request"] for r in results), 1)
             for kind, results in senders.items()
         }
-    report = {
-        "command": " ".join(["tests/benchmarks/bench_loadtest_validation.py", *(argv or sys.argv[1:])]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "corpus": corpus.describe(),
-        "summary": summary,
-        "runs": runs,
-        "senders": senders,
-        "unix_time": int(time.time()),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    write_report(args.out, __file__, argv,
+                 {"corpus": corpus.describe(), "summary": summary, "runs": runs, "senders": senders})
     print(json.dumps(summary, indent=2))
     return 0
 

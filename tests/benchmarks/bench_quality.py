@@ -15,8 +15,11 @@ import dataclasses
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_report import write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,18 +68,14 @@ def main(argv: list[str] | None = None) -> int:
             raise result
         reference.append(predictions_from_result(result, reference_pipeline.label_map))
     fidelity = compare_fidelity(served, reference, score_threshold=threshold)
-    report = {
-        "command": " ".join(["tests/benchmarks/bench_quality.py", *(argv or sys.argv[1:])]),
+    report = write_report(args.out, __file__, argv, {
         "images": args.images,
         "seed": args.seed,
         "weights": manifest["sources"],
         "served": evaluate(samples, served, label_map),
         "reference": evaluate(samples, reference, label_map),
         "fidelity": {**dataclasses.asdict(fidelity), "identical": fidelity.identical},
-        "unix_time": int(time.time()),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    })
     print(json.dumps({k: report[k] for k in ("served", "reference", "fidelity")}, indent=2))
     return 0 if fidelity.identical else 1
 

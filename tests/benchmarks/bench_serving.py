@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_report import write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -227,18 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             p["client_cpu_ms_per_request"] for p in runs["served"][str(best_concurrency)]
         ),
     }
-    report = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-        "machine": {"cpus": mp.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "instances": instances,
-        "rounds": args.rounds,
-        "duration_s": args.duration_s,
-        "summary": summary,
-        "runs": runs,
-        "unix_time": int(time.time()),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, __file__, argv, {"instances": instances, "rounds": args.rounds,
+                                            "duration_s": args.duration_s, "summary": summary, "runs": runs})
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_report import write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED_SHAPE = {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6, "intermediate_size": 1536,
@@ -202,20 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         "goal_p50_under_1s": served_p50 <= 1000.0,
         "convert_s": round(convert_s, 1),
     }
-    report = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-        "machine": {"cpus": mp.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+    write_report(args.out, __file__, argv, {
         "model": {**SEED_SHAPE, "processor_size": SEED_PROCESSOR_SIZE, "served_letterbox": 512,
                   "weights": "random (same compute as the seed's checkpoint)"},
-        "rounds": args.rounds,
-        "images": args.images,
-        "duration_s": args.duration_s,
-        "summary": summary,
-        "runs": runs,
-        "unix_time": int(time.time()),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+        "rounds": args.rounds, "images": args.images, "duration_s": args.duration_s, "summary": summary, "runs": runs,
+    })
     print(json.dumps(summary, indent=2))
     return 0
 

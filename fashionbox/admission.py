@@ -1,0 +1,125 @@
+"""Admission control: a bound on the requests inside the ensemble, shared by its python steps.
+
+Triton's queue policies bound one model's queue each; an ensemble has none of its own. On a CPU
+the entry (``preprocess``) admits faster than the detector finishes, so with only per-model
+bounds the excess waits in a later step's queue and is refused there after its timeout, about a
+second later (docs/RELIABILITY.md). :class:`AdmissionSlots` bounds the whole pipeline instead:
+``preprocess`` takes a slot for each request before it decodes anything and refuses one that finds
+every slot taken, at once, with UNAVAILABLE; ``postprocess`` gives a slot back for each request it
+answers, whatever the answer. A request that never reaches ``postprocess`` (a bad image gives its
+slot back in ``preprocess``; a later step's queue timeout does not) holds its slot until it is
+``ttl_s`` old, so a lost release costs a slot for a while, never for good.
+
+The slots are admission times in a small file shared by the stub processes of one server
+(``/dev/shm`` where it exists), changed only under an exclusive ``flock``; the file's name comes
+from the repository and the server's process id, so two servers never share one and a restarted
+server starts empty::
+
+    slots = AdmissionSlots.for_server(repository_dir, capacity=24, ttl_s=10.0)
+    if not slots.acquire():
+        ...refuse: the server is at capacity...
+    slots.release()
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import mmap
+import os
+import struct
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["AdmissionSlots", "slots_path"]
+
+_SLOT = struct.Struct("<d")  # admission time (time.monotonic()); 0.0 is a free slot
+_FILE_PREFIX = "fashionbox-admission-"
+
+
+def slots_path(repository: Path, server_pid: int) -> Path:
+    """Where the slots of the server ``server_pid`` serving ``repository`` live."""
+    key = hashlib.sha256(f"{Path(repository).resolve()}\0{server_pid}".encode()).hexdigest()[:16]
+    folder = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    return folder / f"{_FILE_PREFIX}{key}"
+
+
+class AdmissionSlots:
+    """``capacity`` slots in the file at ``path``; see the module docstring."""
+
+    def __init__(self, path: Path, *, capacity: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        if not ttl_s > 0:
+            raise ValueError(f"ttl_s must be positive, got {ttl_s}")
+        self.path = Path(path)
+        self.capacity = capacity
+        self.ttl_s = ttl_s
+        self._clock = clock
+        size = capacity * _SLOT.size
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            with _Lock(fd):
+                if os.fstat(fd).st_size < size:  # the first process sizes it; zeros are free slots
+                    os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    @classmethod
+    def for_server(cls, repository: Path, *, capacity: int, ttl_s: float) -> AdmissionSlots:
+        """The slots of the server this python-backend stub belongs to (its parent process)."""
+        return cls(slots_path(repository, os.getppid()), capacity=capacity, ttl_s=ttl_s)
+
+    def _times(self) -> list[float]:
+        return [_SLOT.unpack_from(self._map, i * _SLOT.size)[0] for i in range(self.capacity)]
+
+    def _set(self, index: int, value: float) -> None:
+        _SLOT.pack_into(self._map, index * _SLOT.size, value)
+
+    def acquire(self, count: int = 1) -> bool:
+        """Take ``count`` slots (all or none); False when fewer are free."""
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        with _Lock(self._fd):
+            now = self._clock()
+            free = [i for i, t in enumerate(self._times()) if t == 0.0 or now - t > self.ttl_s]
+            if len(free) < count:
+                return False
+            for index in free[:count]:
+                self._set(index, now)
+            return True
+
+    def release(self, count: int = 1) -> None:
+        """Give back ``count`` slots: the oldest taken ones (which slot does not matter, only how many)."""
+        with _Lock(self._fd):
+            now = self._clock()
+            taken = sorted((t, i) for i, t in enumerate(self._times()) if t != 0.0 and now - t <= self.ttl_s)
+            for _, index in taken[:count]:
+                self._set(index, 0.0)
+
+    def in_use(self) -> int:
+        with _Lock(self._fd):
+            now = self._clock()
+            return sum(1 for t in self._times() if t != 0.0 and now - t <= self.ttl_s)
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._fd)
+
+
+class _Lock:
+    """``flock`` held for a ``with`` block, between processes (a stub runs one ``execute`` at a time)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def __enter__(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
