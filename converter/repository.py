@@ -271,8 +271,10 @@ class RepositorySettings:
     with UNAVAILABLE (:mod:`fashionbox.admission`). 0 is off."""
     admission_ttl_ms: int = 0
     """A slot whose request never reached ``postprocess`` (refused by a later step's queue timeout)
-    frees itself after this long: more than any request spends in the pipeline. 0: ten seconds
-    more than the later steps' queue timeouts together."""
+    frees itself after this long: more than a request admitted spends in the pipeline. 0: the
+    later steps' queue timeouts together plus 2 s (4 s by default). Short, because until then a
+    lost slot is capacity refused: a flood that starves the CPU until later steps time out would
+    otherwise keep refusing for as long after it ends."""
     model_version: str = "unversioned"
     """Recorded in every result for provenance (e.g. a date plus the weights' hash)."""
     model_name: str = ""
@@ -318,7 +320,7 @@ class RepositorySettings:
         """The admission parameters ``preprocess`` and ``postprocess`` share; none when it is off."""
         if not self.max_in_flight:
             return ()
-        ttl_ms = self.admission_ttl_ms or self._later_timeouts_ms + 10_000
+        ttl_ms = self.admission_ttl_ms or self._later_timeouts_ms + 2_000
         return (AdmissionSettings(max_in_flight=self.max_in_flight, admission_ttl_ms=ttl_ms),)
 
     @property

@@ -105,14 +105,25 @@ def gpu_machine() -> dict[str, Any]:
     return machine(torch=torch.__version__)
 
 
+def max_in_flight(repository: Path) -> int:
+    """The repository's admission bound (0: none), from the entry's config."""
+    from fashionbox.loadtest.tune import read_config
+
+    parameters = read_config(repository / "preprocess" / "config.pbtxt").parameters
+    return int(parameters["max_in_flight"].string_value) if "max_in_flight" in parameters else 0
+
+
 def measure_profile(repository: Path, log_dir: Path, images: list[bytes], concurrencies: list[int],
                     duration_s: float) -> dict[str, Any]:
     from fashionbox.loadtest.reliability import embedded_server
 
+    # Warm every instance at the admission bound, not past it: a closed loop past it turns into a
+    # flood of refusals (docs/RELIABILITY.md, admission control). Levels run in increasing order.
+    warm = min(max(concurrencies), max_in_flight(repository) or max(concurrencies))
     with embedded_server(repository, log_dir, exit_timeout_s=30, startup_timeout_s=600) as server:
         url = str(server.endpoints.grpc)
-        run_served(url, images, max(concurrencies), 3.0)  # warm every instance (cudnn picks kernels here)
-        points = {str(c): run_served(url, images, c, duration_s) for c in concurrencies}
+        run_served(url, images, warm, 3.0)
+        points = {str(c): run_served(url, images, c, duration_s) for c in sorted(concurrencies)}
         best = max(points.values(), key=lambda p: p["throughput_rps"])
         return {"points": points, "best": best, "latency_c1": run_served(url, images, 1, duration_s),
                 "triton_statistics": triton_statistics(url)}
