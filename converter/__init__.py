@@ -206,6 +206,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
         WEIGHTS_FILE,
         RepositorySettings,
         gpu_scheduling,
+        step_timeouts,
         write_repository,
     )
     from fashionbox.models import file_sha256, load_attributes
@@ -236,9 +237,9 @@ def convert(options: ConvertOptions) -> ConvertResult:
         runtime="torch" if runtime == "torch" else "onnxruntime",
         precision="fp16" if runtime == "torch" and options.target == "gpu" and options.engines.fp16 else "fp32",
         score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold)
-    repository_settings = {"target": options.target, "runtime": runtime_settings,
-                           "gpu_decode": options.engines.gpu_decode,
-                           **(gpu_scheduling() if options.target == "gpu" else {}), **options.repository_settings}
+    repository_settings = step_timeouts({
+        "target": options.target, "runtime": runtime_settings, "gpu_decode": options.engines.gpu_decode,
+        **(gpu_scheduling() if options.target == "gpu" else {}), **options.repository_settings})
     settings = RepositorySettings(input_size=size, crop_size=crop, max_detections=options.max_detections,
                                   model_name=family.name, model_version=f"{detector_sha[:8]}-{attributes_sha[:8]}",
                                   **repository_settings)

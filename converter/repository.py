@@ -89,6 +89,7 @@ __all__ = [
     "gpu_preprocess",
     "gpu_scheduling",
     "model_configs",
+    "step_timeouts",
     "write_model_config",
     "write_repository",
 ]
@@ -138,9 +139,11 @@ DEFAULT_ENTRY_QUEUE_SIZE = 16
 """Requests that may wait for ``preprocess``, the ensemble's entry: two batches of 8, about 0.15 s
 of work at the ~110 img/s one CPU server reaches (BENCHMARKS.md). Past it Triton refuses at once."""
 DEFAULT_STEP_QUEUE_TIMEOUT_US = 1_000_000
-"""Longest wait in the queue of ``detector`` and ``postprocess``: a backstop for when one of them,
-not the entry, is the bottleneck (seen at 2x overload on the shared CPU; a GPU detector under
-load). Far above their normal wait (milliseconds), so it only acts past capacity: 250 ms fired
+"""Longest wait in the queue of ``detector`` and ``postprocess`` in a repository without admission
+control (``--max-in-flight 0``; with it, their queues never hold more than ``max_in_flight``, and a
+timeout would only lose the admitted request's slot): a bound for when one of them, not the entry,
+is the bottleneck (seen at 2x overload on the shared CPU; a GPU detector under load). Far above
+their normal wait (milliseconds), so it only acts past capacity: 250 ms fired
 on the busy shared CI machine at six requests in flight, and 500 ms while a draining stop
 unloaded the ensemble (0.5 s) and in a batch held back by a 500 ms batching delay. 2 s held
 those but cut goodput at 2x load to 54 % (1 s: 62 %; 500 ms: 71 %), docs/RELIABILITY.md."""
@@ -169,9 +172,11 @@ class ModelScheduling:
     the policy FashionBox ships (docs/RELIABILITY.md has the measurements behind it):
 
     - the entry, ``preprocess``, is bounded by size: its refusals come back in milliseconds;
-    - ``detector`` and ``postprocess`` are bounded by waiting time: on a CPU the entry admits
-      faster than the detector finishes, and without a bound there latency grows without limit.
-      Not by size: a size-bounded single-instance model that refuses many requests a second
+    - ``detector`` and ``postprocess`` are bounded by the admission control
+      (``RepositorySettings.max_in_flight``), which caps the requests inside the whole ensemble;
+      without it (``max_in_flight=0``) :func:`step_timeouts` bounds them by waiting time: on a
+      CPU the entry admits faster than the detector finishes, and without a bound there latency
+      grows without limit. Not by size: a size-bounded single-instance model that refuses many requests a second
       left its instance mostly idle in Triton 2.51 (goodput fell to 5-10 % of capacity). A
       request refused by a later step fails as a whole with that status, never half-answered;
       only the work already done for it is lost;
@@ -220,14 +225,22 @@ def gpu_scheduling() -> dict[str, Any]:
     and the admission bound hold about a quarter second of work at 2,000 images/s before the
     server refuses.
     """
-    step_timeout = DEFAULT_STEP_QUEUE_TIMEOUT_US
     return {
         "max_in_flight": 512,
         "preprocess": ModelScheduling(instances=8, max_batch_size=32, max_queue_size=512),
-        "detector": ModelScheduling(instances=2, max_batch_size=64, queue_timeout_us=step_timeout),
+        "detector": ModelScheduling(instances=2, max_batch_size=64),
         "attributes": ModelScheduling(instances=2, max_batch_size=256),
-        "postprocess": ModelScheduling(instances=8, max_batch_size=32, queue_timeout_us=step_timeout),
+        "postprocess": ModelScheduling(instances=8, max_batch_size=32),
     }
+
+
+def step_timeouts(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` (keyword arguments of :class:`RepositorySettings`) with the later steps bounded by
+    :data:`DEFAULT_STEP_QUEUE_TIMEOUT_US` when admission control is off and they are not given."""
+    if settings.get("max_in_flight", DEFAULT_MAX_IN_FLIGHT):
+        return dict(settings)
+    bounded = ModelScheduling(queue_timeout_us=DEFAULT_STEP_QUEUE_TIMEOUT_US)
+    return {"detector": bounded, "postprocess": bounded, **settings}
 
 
 @dataclass(frozen=True)
@@ -248,14 +261,12 @@ class RepositorySettings:
     )
     """The entry: admits or refuses (``max_in_flight``) and refuses past a short queue (see
     :class:`ModelScheduling`). Two instances, so a refusal rarely waits behind a decode."""
-    detector: ModelScheduling = field(
-        default_factory=lambda: ModelScheduling(queue_timeout_us=DEFAULT_STEP_QUEUE_TIMEOUT_US)
-    )
+    detector: ModelScheduling = field(default_factory=ModelScheduling)
+    """No queue bound of its own: admission control bounds what can wait here (without it, use
+    :func:`step_timeouts`)."""
     attributes: ModelScheduling = field(default_factory=lambda: ModelScheduling(max_batch_size=64))
     """Batches crops, not images: several per image. Unbounded queue: see :class:`ModelScheduling`."""
-    postprocess: ModelScheduling = field(
-        default_factory=lambda: ModelScheduling(queue_timeout_us=DEFAULT_STEP_QUEUE_TIMEOUT_US)
-    )
+    postprocess: ModelScheduling = field(default_factory=ModelScheduling)
     ort: OrtSettings = field(default_factory=OrtSettings)
     """ONNX Runtime threading (runtime ``onnxruntime``)."""
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
@@ -270,11 +281,10 @@ class RepositorySettings:
     """Admission control: requests inside the ensemble at once; ``preprocess`` refuses more at once
     with UNAVAILABLE (:mod:`fashionbox.admission`). 0 is off."""
     admission_ttl_ms: int = 0
-    """A slot whose request never reached ``postprocess`` (refused by a later step's queue timeout)
-    frees itself after this long: more than a request admitted spends in the pipeline. 0: the
-    later steps' queue timeouts together plus 2 s (4 s by default). Short, because until then a
-    lost slot is capacity refused: a flood that starves the CPU until later steps time out would
-    otherwise keep refusing for as long after it ends."""
+    """A slot whose request never reached ``postprocess`` (its stub died, or a later step's queue
+    timeout refused it) frees itself after this long: more than an admitted request spends in the
+    pipeline. 0: the later steps' queue timeouts together plus 5 s (5 s by default). Short,
+    because until then a lost slot is capacity refused."""
     model_version: str = "unversioned"
     """Recorded in every result for provenance (e.g. a date plus the weights' hash)."""
     model_name: str = ""
@@ -320,7 +330,7 @@ class RepositorySettings:
         """The admission parameters ``preprocess`` and ``postprocess`` share; none when it is off."""
         if not self.max_in_flight:
             return ()
-        ttl_ms = self.admission_ttl_ms or self._later_timeouts_ms + 2_000
+        ttl_ms = self.admission_ttl_ms or self._later_timeouts_ms + 5_000
         return (AdmissionSettings(max_in_flight=self.max_in_flight, admission_ttl_ms=ttl_ms),)
 
     @property

@@ -379,7 +379,7 @@ class AdmissionSettings(ParameterSet):
     """
 
     max_in_flight: int
-    admission_ttl_ms: int = 4_000
+    admission_ttl_ms: int = 5_000
 
     @classmethod
     def optional(cls, params: Parameters) -> AdmissionSettings | None:

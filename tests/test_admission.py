@@ -143,8 +143,8 @@ def test_admission_settings_go_to_preprocess_and_postprocess_only_when_on() -> N
     for name in ("preprocess", "postprocess"):
         parameters = Parameters.from_model_config({"name": name, "parameters": {
             k: {"string_value": v.string_value} for k, v in on[name].parameters.items()}})
-        # Unset, the TTL is 2 s more than the two 1 s step timeouts.
-        assert AdmissionSettings.optional(parameters) == AdmissionSettings(max_in_flight=24, admission_ttl_ms=4_000)
+        # Unset, the TTL is 5 s (more than the later steps' queue timeouts, none here).
+        assert AdmissionSettings.optional(parameters) == AdmissionSettings(max_in_flight=24, admission_ttl_ms=5_000)
     assert "max_in_flight" not in on["detector"].parameters
     assert AdmissionSettings.optional(Parameters({})) is None
 

@@ -252,7 +252,7 @@ def test_the_ensemble_allows_no_larger_batch_than_its_smallest_step() -> None:
     assert model_configs(SETTINGS, LABELS)[contract.ENSEMBLE_MODEL].max_batch_size == 4
 
 
-def test_by_default_the_entry_refuses_past_a_short_queue_and_later_steps_past_a_queue_timeout() -> None:
+def test_by_default_admission_bounds_the_pipeline_and_the_entry_refuses_past_a_short_queue() -> None:
     configs = model_configs(RepositorySettings(), LABELS)
 
     policies = {name: config.dynamic_batching.default_queue_policy for name, config in configs.items()}
@@ -260,11 +260,26 @@ def test_by_default_the_entry_refuses_past_a_short_queue_and_later_steps_past_a_
     assert policies[contract.PREPROCESS_MODEL] == mc.ModelQueuePolicy(
         max_queue_size=repository.DEFAULT_ENTRY_QUEUE_SIZE
     )
+    # Admission control bounds what can wait in the later steps: a timeout there would only lose slots.
+    for step in (contract.DETECTOR_MODEL, contract.POSTPROCESS_MODEL):
+        assert not configs[step].dynamic_batching.HasField("default_queue_policy")
+        assert configs[step].parameters["max_in_flight" if step == contract.POSTPROCESS_MODEL else "input_size"]
+
+
+def test_without_admission_the_converter_bounds_the_later_steps_by_a_queue_timeout() -> None:
+    configs = model_configs(RepositorySettings(**repository.step_timeouts({"max_in_flight": 0})), LABELS)
+
+    policies = {name: config.dynamic_batching.default_queue_policy for name, config in configs.items()}
+
     for step in (contract.DETECTOR_MODEL, contract.POSTPROCESS_MODEL):
         assert policies[step] == mc.ModelQueuePolicy(
             default_timeout_microseconds=repository.DEFAULT_STEP_QUEUE_TIMEOUT_US
         )
     assert {policy.timeout_action for policy in policies.values()} == {mc.ModelQueuePolicy.REJECT}
+    assert "max_in_flight" not in configs[contract.PREPROCESS_MODEL].parameters
+    # Given explicitly, the later steps' scheduling is kept as given.
+    kept = repository.step_timeouts({"max_in_flight": 0, "detector": ModelScheduling(instances=3)})
+    assert kept["detector"] == ModelScheduling(instances=3)
     # Called synchronously by postprocess (BLS): bounded by postprocess's instances already.
     assert not configs[contract.ATTRIBUTES_MODEL].dynamic_batching.HasField("default_queue_policy")
     assert not configs[contract.ENSEMBLE_MODEL].HasField("dynamic_batching")
