@@ -42,7 +42,8 @@ _FILE_PREFIX = "fashionbox-admission-"
 def slots_path(repository: Path, server_pid: int) -> Path:
     """Where the slots of the server ``server_pid`` serving ``repository`` live."""
     key = hashlib.sha256(f"{Path(repository).resolve()}\0{server_pid}".encode()).hexdigest()[:16]
-    folder = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    shm = Path("/dev/shm")
+    folder = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
     return folder / f"{_FILE_PREFIX}{key}"
 
 

@@ -154,6 +154,7 @@ def test_the_short_overload_script_holds_at_twice_the_sustainable_rate(
     checks = report["checks"]
     assert checks["no_crash"] and checks["only_ok_or_refused"], report
     assert checks["accepted_meet_deadline"], report["run"]
+    assert checks["entry_refusals_fast"], report["run"]["refusal_latency_ms_by_reason"]  # admission's, at 250 ms here
     assert report["run"]["ok"] > 0 and report["run"]["rate_rps"] > 1.9 * report["sustainable_rps"]
 
 
