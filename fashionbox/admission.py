@@ -6,16 +6,18 @@ bounds the excess waits in a later step's queue and is refused there after its t
 second later (docs/RELIABILITY.md). :class:`AdmissionSlots` bounds the whole pipeline instead:
 ``preprocess`` takes a slot for each request before it decodes anything and refuses one that finds
 every slot taken, at once, with UNAVAILABLE; ``postprocess`` gives a slot back for each request it
-answers, whatever the answer. A request that never reaches ``postprocess`` (a bad image gives its
-slot back in ``preprocess``; a later step's queue timeout does not) holds its slot until it is
-``ttl_s`` old, so a lost release costs a slot for a while, never for good.
+answers, whatever the answer; a bad image gives its slot back in ``preprocess``. A request that
+never reaches ``postprocess`` otherwise (its stub died; a later step's queue timeout, where one is
+set) holds its slot until it is ``ttl_s`` old, so a lost release costs a slot for a while, never
+for good.
 
 The slots are admission times in a small file shared by the stub processes of one server
-(``/dev/shm`` where it exists), changed only under an exclusive ``flock``; the file's name comes
+(``/dev/shm`` where it is writable, else the temporary folder), changed only under an exclusive
+``flock``; the file's name comes
 from the repository and the server's process id, so two servers never share one and a restarted
 server starts empty::
 
-    slots = AdmissionSlots.for_server(repository_dir, capacity=24, ttl_s=10.0)
+    slots = AdmissionSlots.for_server(repository_dir, capacity=16, ttl_s=5.0)
     if not slots.acquire():
         ...refuse: the server is at capacity...
     slots.release()
