@@ -265,7 +265,8 @@ def convert(options: ConvertOptions) -> ConvertResult:
         manifest = {
             "created_unix_s": int(started),
             "target": options.target,
-            "runtime": runtime if runtime != "torch" else f"torch ({runtime_settings.precision})",
+            "runtime": runtime,
+            "precision": runtime_settings.precision if runtime == "torch" else None,
             "family": family.name,
             "sources": {
                 "detector": {"spec": options.detector, "sha256": detector_sha,

@@ -150,8 +150,9 @@ those but cut goodput at 2x load to 54 % (1 s: 62 %; 500 ms: 71 %), docs/RELIABI
 
 DEFAULT_MAX_IN_FLIGHT = 16
 """Requests admitted into the ensemble at once (CPU target): two detector batches, about 0.2 s of
-work at the ~80 img/s one 2-core server sustains. Past it the entry refuses at once (p99 8 ms at
-twice the sustainable rate, goodput 100 % of it; 24 kept 86 %: docs/RELIABILITY.md)."""
+work at the ~80-100 img/s one 2-core server sustains. Past it the entry refuses at once (at twice
+the sustainable rate: p50 2 ms, p99 7-15 ms as the rate rises; goodput 91-100 % of it, where 24
+kept 86 %: docs/RELIABILITY.md)."""
 
 
 # -- settings ---------------------------------------------------------------------------------------

@@ -564,9 +564,8 @@ def _release(version: str) -> tuple[str, ...]:
 
 def repository_runtime(manifest: Mapping[str, Any]) -> str:
     """``onnxruntime``, ``tensorrt`` or ``torch``: what runs a repository's networks, from its manifest."""
-    runtime = str(manifest.get("runtime", ""))
-    if runtime:
-        return runtime.split(" ", 1)[0]  # "torch (fp16)" -> "torch"
+    if "runtime" in manifest:
+        return str(manifest["runtime"])
     return "tensorrt" if manifest.get("target") == "gpu" else "onnxruntime"  # written before --runtime existed
 
 

@@ -29,15 +29,17 @@ import fcntl
 import hashlib
 import mmap
 import os
-import struct
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 __all__ = ["AdmissionSlots", "slots_path"]
 
-_SLOT = struct.Struct("<d")  # admission time (time.monotonic()); 0.0 is a free slot
+_SLOT_TYPE = np.dtype("<f8")  # admission time (time.monotonic()); 0.0 is a free slot
 _FILE_PREFIX = "fashionbox-admission-"
 
 
@@ -61,13 +63,14 @@ class AdmissionSlots:
         self.capacity = capacity
         self.ttl_s = ttl_s
         self._clock = clock
-        size = capacity * _SLOT.size
+        size = capacity * _SLOT_TYPE.itemsize
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             with _Lock(fd):
                 if os.fstat(fd).st_size < size:  # the first process sizes it; zeros are free slots
                     os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size)
+            self._times: npt.NDArray[np.float64] = np.frombuffer(self._map, dtype=_SLOT_TYPE, count=capacity)
         except BaseException:
             os.close(fd)
             raise
@@ -78,11 +81,9 @@ class AdmissionSlots:
         """The slots of the server this python-backend stub belongs to (its parent process)."""
         return cls(slots_path(repository, os.getppid()), capacity=capacity, ttl_s=ttl_s)
 
-    def _times(self) -> list[float]:
-        return [_SLOT.unpack_from(self._map, i * _SLOT.size)[0] for i in range(self.capacity)]
-
-    def _set(self, index: int, value: float) -> None:
-        _SLOT.pack_into(self._map, index * _SLOT.size, value)
+    def _live(self, now: float) -> npt.NDArray[np.bool_]:
+        live: npt.NDArray[np.bool_] = (self._times != 0.0) & (now - self._times <= self.ttl_s)
+        return live
 
     def acquire(self, count: int = 1) -> bool:
         """Take ``count`` slots (all or none); False when fewer are free."""
@@ -90,27 +91,36 @@ class AdmissionSlots:
             raise ValueError(f"count must be at least 1, got {count}")
         with _Lock(self._fd):
             now = self._clock()
-            free = [i for i, t in enumerate(self._times()) if t == 0.0 or now - t > self.ttl_s]
+            free = np.flatnonzero(~self._live(now))
             if len(free) < count:
                 return False
-            for index in free[:count]:
-                self._set(index, now)
+            self._times[free[:count]] = now
             return True
+
+    def take(self, count: int) -> int:
+        """Take up to ``count`` slots, as many as are free, under one lock; how many were taken.
+
+        ``preprocess`` admits the first ``take(len(requests))`` requests of a batch and refuses the rest.
+        """
+        with _Lock(self._fd):
+            now = self._clock()
+            free = np.flatnonzero(~self._live(now))[:max(count, 0)]
+            self._times[free] = now
+            return len(free)
 
     def release(self, count: int = 1) -> None:
         """Give back ``count`` slots: the oldest taken ones (which slot does not matter, only how many)."""
         with _Lock(self._fd):
-            now = self._clock()
-            taken = sorted((t, i) for i, t in enumerate(self._times()) if t != 0.0 and now - t <= self.ttl_s)
-            for _, index in taken[:count]:
-                self._set(index, 0.0)
+            live = np.flatnonzero(self._live(self._clock()))
+            oldest = live[np.argsort(self._times[live], kind="stable")[:count]]
+            self._times[oldest] = 0.0
 
     def in_use(self) -> int:
         with _Lock(self._fd):
-            now = self._clock()
-            return sum(1 for t in self._times() if t != 0.0 and now - t <= self.ttl_s)
+            return int(self._live(self._clock()).sum())
 
     def close(self) -> None:
+        del self._times  # the array shares the map's buffer: it must go before the map closes
         self._map.close()
         os.close(self._fd)
 

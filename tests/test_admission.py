@@ -53,6 +53,14 @@ def test_a_take_of_several_is_all_or_nothing(tmp_path: Path) -> None:
         slots.acquire(0)
 
 
+def test_take_admits_as_many_as_are_free_under_one_lock(tmp_path: Path) -> None:
+    slots = AdmissionSlots(tmp_path / "slots", capacity=5, ttl_s=10)
+    assert slots.acquire(2)
+
+    assert slots.take(4) == 3
+    assert slots.take(1) == 0 and slots.in_use() == 5
+
+
 def test_a_slot_never_given_back_frees_itself_after_the_ttl(tmp_path: Path) -> None:
     clock = Clock()
     slots = AdmissionSlots(tmp_path / "slots", capacity=2, ttl_s=5, clock=clock)

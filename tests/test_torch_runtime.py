@@ -269,7 +269,7 @@ def test_the_converter_refuses_the_torch_runtime_for_a_family_it_cannot_serve(tm
 
 def test_the_torch_repository_records_the_runtime_and_ships_the_checkpoints(torch_repository: Path) -> None:
     manifest = json.loads((torch_repository / contract.MANIFEST_FILE).read_text())
-    assert manifest["runtime"] == "torch (fp32)"
+    assert manifest["runtime"] == "torch" and manifest["precision"] == "fp32"
     assert manifest["comparison"]["torch detector"]["detections_count_mismatch"] == 0
     for model, kind in (("detector", "detector"), ("attributes", "attributes")):
         shipped = torch_repository / model / "1" / "model.safetensors"
@@ -351,6 +351,6 @@ def test_a_torch_gpu_repository_has_no_engines_to_check(gpu_torch_repository: Pa
 
     manifest = json.loads((gpu_torch_repository / contract.MANIFEST_FILE).read_text())
 
-    assert repository_runtime(manifest) == "torch" and manifest["runtime"] == "torch (fp16)"
+    assert repository_runtime(manifest) == "torch" and manifest["precision"] == "fp16"
     assert check_engine_compatibility(gpu_torch_repository, gpus=[]) is None
     assert repository_runtime({"target": "gpu"}) == "tensorrt"  # manifests written before --runtime existed

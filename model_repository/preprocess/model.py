@@ -49,7 +49,7 @@ class TritonPythonModel:
         self.image = InputSpec(contract.IMAGE.name, np.object_, contract.IMAGE.dims)
         # The GPU profile decodes JPEGs with nvJPEG (decode_device auto/cuda); everything else on the CPU.
         self.decoder = select_decoder(DecodeSettings.from_parameters(self.args.parameters).decode_device,
-                                      gpu_index=int(args.get("model_instance_device_id", 0)))
+                                      gpu_index=self.args.device_id)
         pb_utils.Logger.log_info(f"{self.args.name}: decoding images on {self.decoder.device}")
         pb_utils.Logger.log_info(f"{self.args.name}: {params}, effective {self.limits}")
         admission = AdmissionSettings.optional(self.args.parameters)
@@ -63,10 +63,9 @@ class TritonPythonModel:
     def execute(self, requests):
         if self.slots is None:
             return respond_each(requests, self._preprocess, model=self.args.name)
-        admitted = [self.slots.acquire() for _ in requests]  # all decided before anything is decoded
-        answers = iter(respond_each([r for r, ok in zip(requests, admitted, strict=True) if ok], self._admitted,
-                                    model=self.args.name))
-        return [next(answers) if ok else error_response(self.refusal) for ok in admitted]
+        admitted = self.slots.take(len(requests))  # the whole batch decided before anything is decoded
+        answers = respond_each(requests[:admitted], self._admitted, model=self.args.name)
+        return answers + [error_response(self.refusal) for _ in requests[admitted:]]
 
     def _admitted(self, request):
         try:
