@@ -20,8 +20,11 @@ How the child is wrapped, and why:
   a few seconds later.
 
 The python-backend stub runs in isolated mode on the system's libpython, ignoring ``PYTHONPATH``.
-The server therefore sets ``FASHIONBOX_SITE_PACKAGES`` to this interpreter's site-packages for the
-child, and every ``model.py`` starts by adding it to ``sys.path``.
+The server therefore sets ``FASHIONBOX_SITE_PACKAGES`` for the child to where this interpreter
+imports from (its ``PYTHONPATH`` entries, then its site-packages; ``os.pathsep``-separated), and
+every ``model.py`` starts by adding those folders to the front of ``sys.path``. The folder holding
+this interpreter's libpython joins ``LD_LIBRARY_PATH``, for a Python outside the system's library
+path (a stub links ``libpython3.X.so.1.0``).
 
 Exceptions::
 
@@ -101,6 +104,7 @@ __all__ = [
     "run_server_cli",
     "serve_main",
     "start_on_free_ports",
+    "stub_import_paths",
 ]
 
 logger = logging.getLogger(__name__)
@@ -424,6 +428,31 @@ def _find_triton_distribution() -> _TritonDistribution:
     return dist
 
 
+def stub_import_paths() -> list[str]:
+    """Folders the python-backend stubs import from: this interpreter's ``PYTHONPATH``, then its site-packages.
+
+    The stub ignores ``PYTHONPATH`` (module docstring), so a package installed beside the
+    interpreter (``pip install --target DIR`` with ``PYTHONPATH=DIR``: numpy 1.x over an image's
+    numpy 2, say) would reach this process but not the models without this.
+    """
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    installed = sysconfig.get_paths()
+    paths += [installed["purelib"], installed["platlib"]]
+    return list(dict.fromkeys(os.path.abspath(p) for p in paths))
+
+
+def _libpython_dir() -> str | None:
+    """The folder holding this interpreter's shared libpython, where the system's loader cannot find one."""
+    import ctypes.util
+
+    if ctypes.util.find_library(f"python{sys.version_info.major}.{sys.version_info.minor}"):
+        return None  # the system's own libpython: the stub finds it as it always has
+    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    if libdir and soname and (Path(libdir) / soname).is_file():
+        return str(libdir)
+    return None
+
+
 def _default_cache_dir() -> Path:
     # XDG_CACHE_HOME is the platform's convention rather than one of our settings, hence read here.
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -672,8 +701,10 @@ class TritonServer:
         self._log_file = open(self._log_path, "ab")  # noqa: SIM115 - closed in stop()
 
         env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(dist.libs), env.get("LD_LIBRARY_PATH")]))
-        env[SITE_PACKAGES_ENV] = sysconfig.get_paths()["purelib"]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            dict.fromkeys(filter(None, [str(dist.libs), env.get("LD_LIBRARY_PATH"), _libpython_dir()]))
+        )
+        env[SITE_PACKAGES_ENV] = os.pathsep.join(stub_import_paths())
         logger.info(
             "starting tritonserver: %s", shlex.join(redact(self._command, config.admin_key, self._repository_key))
         )

@@ -607,8 +607,29 @@ def measure_concurrency(
     model: str = contract.ENSEMBLE_MODEL,
     timeout_s: float = 30.0,
     metrics: str | None = "default",
+    processes: int = 1,
 ) -> Point:
-    """One closed-loop level held for exactly ``duration_s`` (three windows, stability reported, not awaited)."""
+    """One closed-loop level held for exactly ``duration_s`` (three windows, stability reported, not awaited).
+
+    ``processes`` above 1 spreads the load over that many processes
+    (:func:`~fashionbox.loadtest.parallel.measure_concurrency_parallel`), for servers faster than one
+    client process can load: the point then has one window, exact merged percentiles and the CPU of
+    all load processes, but no server statistics or metrics (``metrics`` is ignored).
+    """
+    if processes != 1:
+        # Imported here: parallel.py builds on this module.
+        from fashionbox.loadtest.parallel import measure_concurrency_parallel
+
+        return measure_concurrency_parallel(
+            url,
+            images,
+            concurrency=concurrency,
+            duration_s=duration_s,
+            processes=processes,
+            warmup_s=warmup_s,
+            model=model,
+            timeout_s=timeout_s,
+        )
     options = RunOptions(
         targets=(Target("target", url, metrics_url_for(url, metrics)),),
         stages=(Stage(ClosedShape(FixedConcurrency(concurrency, hold_s=duration_s)), until_stable=False),),

@@ -8,6 +8,7 @@ histogram of its windows, never an average of percentiles)::
     h = LatencyHistogram()
     h.record_s(0.0123)                  # a 12.3 ms request
     h.summary().p99_ms
+    LatencyHistogram.decode(h.encode())  # the same histogram, e.g. sent back by a load process
 
 The percentile definition is HdrHistogram's: the smallest recorded value (to the histogram's
 resolution) at or below which ``p`` % of the values lie.
@@ -15,6 +16,7 @@ resolution) at or below which ``p`` % of the values lie.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -115,6 +117,26 @@ class LatencyHistogram:
         if other.count:
             self._h.add(other._h)
             self._sum_us += other._sum_us
+
+    def encode(self) -> str:
+        """This histogram as text (HdrHistogram's compressed V2 blob plus the running sum), for :meth:`decode`."""
+        blob = self._h.encode()
+        return json.dumps({"hdr": blob.decode("ascii") if isinstance(blob, bytes) else blob, "sum_us": self._sum_us})
+
+    @classmethod
+    def decode(cls, text: str) -> LatencyHistogram:
+        """The histogram :meth:`encode` wrote: the same counts, so the same percentiles, and the same mean."""
+        try:
+            fields = json.loads(text)
+            blob, sum_us = fields["hdr"], fields["sum_us"]
+            if not isinstance(blob, str) or not isinstance(sum_us, int):
+                raise TypeError(f"unexpected field types {type(blob).__name__}, {type(sum_us).__name__}")
+            out = cls()
+            out._h.decode_and_add(blob)
+        except Exception as exc:  # json, base64, zlib and hdrh each raise their own kinds
+            raise LoadTestConfigError(f"not an encoded latency histogram: {exc}") from exc
+        out._sum_us = sum_us
+        return out
 
     @classmethod
     def merged(cls, histograms: Iterable[LatencyHistogram]) -> LatencyHistogram:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from fashionbox.server import (
     build_command,
     config_from_arguments,
     find_free_ports,
+    stub_import_paths,
 )
 
 if TYPE_CHECKING:
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 # Verbatim from the project's model.py files: the stub ignores PYTHONPATH (see fashionbox.server).
 SITE_BOOTSTRAP = """\
 import os, site, sys
-_before = list(sys.path); site.addsitedir(os.environ.get("FASHIONBOX_SITE_PACKAGES", "")); sys.path[:0] = [p for p in sys.path if p not in _before]
+_before = list(sys.path); [site.addsitedir(f) for f in os.environ.get("FASHIONBOX_SITE_PACKAGES", "").split(os.pathsep)]; sys.path[:0] = [p for p in sys.path if p not in _before]
 """  # noqa: E501
 
 ECHO_MODEL = (
@@ -337,6 +339,43 @@ def test_python_backend_model_sees_numpy_1_and_returns_non_empty_outputs(grpc_cl
     assert output.size == 4  # numpy 2 in the stub empties outputs silently (FIELD_NOTES)
     stub_numpy = version[0, 0].decode()
     assert stub_numpy.split(".")[0] == "1", f"the stub imported numpy {stub_numpy}"
+
+
+def test_stub_import_paths_put_pythonpath_before_site_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(first), "", str(second)]))
+    paths = stub_import_paths()
+    assert paths[:2] == [str(first), str(second)]
+    assert sysconfig.get_paths()["purelib"] in paths[2:]
+    assert len(paths) == len(set(paths))
+
+
+@pytest.mark.integration
+def test_models_import_from_the_servers_pythonpath(
+    triton_server: TritonServers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a GPU image needs: numpy 1.x installed with `pip install --target DIR` over the image's
+    # numpy 2, reaching the stubs (which ignore PYTHONPATH) through FASHIONBOX_SITE_PACKAGES.
+    extra = tmp_path / "extra-site"
+    extra.mkdir()
+    (extra / "fashionbox_path_probe.py").write_text("OFFSET = 41.0\n")
+    monkeypatch.setenv("PYTHONPATH", str(extra))
+    repository = tmp_path / "repository"
+    write_model(repository, "echo", ECHO_MODEL.replace(
+        'pb_utils.Tensor("OUTPUT", data)', 'pb_utils.Tensor("OUTPUT", data + fashionbox_path_probe.OFFSET)'
+    ).replace("import numpy as np\n", "import numpy as np\nimport fashionbox_path_probe\n", 1))
+    server = triton_server(repository)
+
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.endpoints.grpc)
+    try:
+        output, _ = infer_echo(client, np.ones((1, 2), dtype=np.float32))
+    finally:
+        client.close()
+    np.testing.assert_array_equal(output, np.full((1, 2), 42.0, dtype=np.float32))
 
 
 @pytest.mark.integration

@@ -17,7 +17,8 @@ import sys
 _site_packages = os.environ.get("FASHIONBOX_SITE_PACKAGES")  # set by `fashionbox serve`; unset in containers
 if _site_packages:
     _before = list(sys.path)
-    site.addsitedir(_site_packages)  # processes .pth files, so editable installs resolve too
+    for _folder in _site_packages.split(os.pathsep):
+        site.addsitedir(_folder)  # processes .pth files, so editable installs resolve too
     sys.path[:0] = [p for p in sys.path if p not in _before]
 
 import numpy as np  # noqa: E402

@@ -1,6 +1,7 @@
 """Benchmark: the GPU profile against the CPU fallback, served by Triton, in one run.
 
     .venv/bin/python tests/benchmarks/bench_gpu.py [--rounds 3] [--duration-s 10] [--concurrency 8,32,128]
+                                                   [--load-processes N]
 
 Each profile is a repository converted from the shipped weights and served by the embedded
 Triton; the load-test harness drives it closed loop over gRPC with the same 1280x960 JPEGs:
@@ -14,7 +15,9 @@ Triton; the load-test harness drives it closed loop over gRPC with the same 1280
 
 The gpu profiles run only where torch sees CUDA; elsewhere the JSON says they were not measured.
 Per profile: the best throughput over the concurrencies, its p50/p99, latency at concurrency 1,
-and Triton's per-model statistics (where the time goes). Besides the served figures, the
+and Triton's per-model statistics (where the time goes). One client process offers about 1,000
+requests/s at most, so each level is sent by ``--load-processes`` processes (a quarter of the cores
+by default; one on this VM) whose latency histograms are merged exactly. Besides the served figures, the
 networks alone (``TorchDetector`` on a batch of 64 letterboxes, no decode, no gRPC) give each
 device's ceiling. Rounds alternate the profiles; the summary holds medians over rounds.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -49,7 +53,7 @@ def cpu_instances(cores: int) -> dict[str, int]:
             "attributes": max(1, cores // 8), "postprocess": max(1, cores // 4)}
 
 
-def convert_profile(profile: str, out: Path, cores: int) -> Path:
+def convert_profile(profile: str, out: Path, cores: int, concurrency: int) -> Path:
     from fashionbox.converter import ConvertOptions, convert
     from fashionbox.converter.repository import ModelScheduling, RepositorySettings, gpu_scheduling
 
@@ -61,8 +65,9 @@ def convert_profile(profile: str, out: Path, cores: int) -> Path:
             name: replace(shipped.scheduling(name), instances=count,
                           **({"max_queue_size": 512} if name == "preprocess" else {}))
             for name, count in cpu_instances(cores).items()}
-        # The admission bound grows with the detector instances it has to keep busy.
-        overrides["max_in_flight"] = shipped.max_in_flight * max(1, cores // 2)
+        # The admission bound grows with the detector instances it has to keep busy, and holds the
+        # highest concurrency measured, so a closed loop queues there rather than floods refusals.
+        overrides["max_in_flight"] = max(shipped.max_in_flight * max(1, cores // 2), concurrency)
         runtime = "torch" if profile == "cpu-torch" else "onnxruntime"
         return convert(ConvertOptions(out=out, runtime=runtime, repository_settings=overrides)).repository  # type: ignore[arg-type]
     overrides: dict[str, Any] = {}
@@ -113,8 +118,24 @@ def max_in_flight(repository: Path) -> int:
     return int(parameters["max_in_flight"].string_value) if "max_in_flight" in parameters else 0
 
 
+def run_level(url: str, images: list[bytes], concurrency: int, duration_s: float, processes: int) -> dict[str, Any]:
+    """One closed-loop level; over several load processes where one client process would cap it."""
+    processes = min(processes, concurrency)
+    if processes <= 1:
+        return run_served(url, images, concurrency, duration_s)
+    from fashionbox.loadtest import measure_concurrency
+
+    point = measure_concurrency(url, images, concurrency=concurrency, duration_s=duration_s, warmup_s=1.5,
+                                metrics="none", processes=processes)
+    result = point.as_dict()
+    cpu_s = point.harness.cpu_fraction * duration_s if point.harness else math.nan
+    result["client_cpu_ms_per_request"] = round(1000 * cpu_s / max(1, point.requests), 2)
+    result["load_processes"] = processes
+    return result
+
+
 def measure_profile(repository: Path, log_dir: Path, images: list[bytes], concurrencies: list[int],
-                    duration_s: float) -> dict[str, Any]:
+                    duration_s: float, processes: int) -> dict[str, Any]:
     from fashionbox.loadtest.reliability import embedded_server
 
     # Warm every instance at the admission bound, not past it: a closed loop past it turns into a
@@ -122,8 +143,8 @@ def measure_profile(repository: Path, log_dir: Path, images: list[bytes], concur
     warm = min(max(concurrencies), max_in_flight(repository) or max(concurrencies))
     with embedded_server(repository, log_dir, exit_timeout_s=30, startup_timeout_s=600) as server:
         url = str(server.endpoints.grpc)
-        run_served(url, images, warm, 3.0)
-        points = {str(c): run_served(url, images, c, duration_s) for c in sorted(concurrencies)}
+        run_level(url, images, warm, 3.0, processes)
+        points = {str(c): run_level(url, images, c, duration_s, processes) for c in sorted(concurrencies)}
         best = max(points.values(), key=lambda p: p["throughput_rps"])
         return {"points": points, "best": best, "latency_c1": run_served(url, images, 1, duration_s),
                 "triton_statistics": triton_statistics(url)}
@@ -146,6 +167,17 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def summary_with_ratios(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians per profile, with the GPU/CPU ratio and the dynamic batching gain where both sides ran."""
+    summary = summarize(rounds)
+    if "gpu" in summary and "cpu" in summary:
+        summary["gpu_over_cpu"] = round(summary["gpu"]["images_per_s"] / summary["cpu"]["images_per_s"], 1)
+    if "gpu" in summary and "gpu-unbatched" in summary:
+        summary["dynamic_batching_gain"] = round(
+            summary["gpu"]["images_per_s"] / summary["gpu-unbatched"]["images_per_s"], 2)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -159,8 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores the CPU profiles scale to")
     parser.add_argument("--ceiling-s", type=float, default=5.0, help="seconds per network-only measurement")
+    parser.add_argument("--load-processes", type=int, default=max(1, (os.cpu_count() or 1) // 4),
+                        help="client processes per level (one offers about 1,000 requests/s at most)")
     parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/gpu.json")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     cuda = torch.cuda.is_available()
     wanted = [p for p in args.profiles.split(",") if p]
@@ -173,31 +209,27 @@ def main(argv: list[str] | None = None) -> int:
             ceilings[f"cuda {precision}"] = network_ceiling("cuda:0", precision, batch=64, seconds=args.ceiling_s)
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="fashionbox-bench-gpu-") as tmp:
-        repositories = {p: convert_profile(p, Path(tmp) / p, args.cores) for p in profiles}
+        repositories = {p: convert_profile(p, Path(tmp) / p, args.cores, max(concurrencies)) for p in profiles}
         for index in range(args.rounds):
             results: dict[str, Any] = {}
             for profile in profiles:
                 results[profile] = measure_profile(repositories[profile], Path(tmp) / f"log-{profile}-{index}",
-                                                   images, concurrencies, args.duration_s)
+                                                   images, concurrencies, args.duration_s, args.load_processes)
                 best = results[profile]["best"]
                 print(f"round {index + 1} {profile}: {best['throughput_rps']:.1f} images/s at c={best['concurrency']}"
                       f" p50 {best['latency_ms']['p50']:.1f} ms p99 {best['latency_ms']['p99']:.1f} ms", flush=True)
             rounds.append(results)
-    summary = summarize(rounds)
-    if "gpu" in summary and "cpu" in summary:
-        summary["gpu_over_cpu"] = round(summary["gpu"]["images_per_s"] / summary["cpu"]["images_per_s"], 1)
-    if "gpu" in summary and "gpu-unbatched" in summary:
-        summary["dynamic_batching_gain"] = round(
-            summary["gpu"]["images_per_s"] / summary["gpu-unbatched"]["images_per_s"], 2)
-    report = write_report(args.out, __file__, argv, {
-        "not_measured": {p: "torch sees no CUDA device on this machine" for p in wanted if p not in profiles},
-        "cpu_instances": cpu_instances(args.cores),
-        "network_ceiling": ceilings,
-        "summary": summary,
-        "rounds": rounds,
-    }, machine_info=gpu_machine())
-    print(json.dumps({"summary": summary, "network_ceiling": ceilings, "not_measured": report["not_measured"]},
-                     indent=2))
+            # After every round, so a run stopped at a time limit keeps the rounds it finished.
+            report = write_report(args.out, __file__, argv, {
+                "not_measured": {p: "torch sees no CUDA device on this machine" for p in wanted if p not in profiles},
+                "rounds_done": len(rounds),
+                "cpu_instances": cpu_instances(args.cores),
+                "load_processes": args.load_processes,
+                "network_ceiling": ceilings,
+                "summary": summary_with_ratios(rounds),
+                "rounds": rounds,
+            }, machine_info=gpu_machine())
+    print(json.dumps({key: report[key] for key in ("summary", "network_ceiling", "not_measured")}, indent=2))
     return 0
 
 

@@ -36,7 +36,8 @@ import sys
 
 _site_packages = os.environ.get("FASHIONBOX_SITE_PACKAGES")
 if _site_packages:
-    site.addsitedir(_site_packages)
+    for _folder in _site_packages.split(os.pathsep):
+        site.addsitedir(_folder)
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 

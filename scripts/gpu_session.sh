@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The prepared run for a session lent a GPU machine (the `device` tool): in one call, the CUDA tests
+# and the GPU profile measured against the CPU fallback (tests/benchmarks/bench_gpu.py).
+#
+#   here, once:  .venv/bin/python scripts/device_kit.py        # -> .devicekit/site-py3.12.tar.xz (~41 MiB)
+#   device:      run(command="bash scripts/gpu_session.sh", carry=[".devicekit"], timeout_s=590)
+#
+# That machine has PyTorch on CUDA and numpy 2 but no Triton, no tritonclient and no network: the kit
+# (scripts/device_kit.py) is unpacked into a folder on PYTHONPATH, which `fashionbox serve` forwards to
+# the python-backend stubs; this checkout is installed editable, as here.
+#
+# Everything lands in $OUT (the device tool's folder; ./gpu-session-out elsewhere): session.log,
+# environment.txt, cuda_tests.log, gpu.json, bench.log, and the Triton logs of anything that failed.
+# Each step has its own time limit, so the files of the finished steps come back when a later one
+# runs long. Limits (seconds): TESTS_S, BENCH_S; the benchmark's arguments: BENCH_ARGS.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+OUT=${OUT:-$REPO/gpu-session-out}
+PYTHON=${PYTHON:-python3}
+KIT=${FASHIONBOX_DEVICE_KIT:-$REPO/.devicekit}
+SITE=${FASHIONBOX_DEVICE_SITE:-/tmp/fashionbox-site}
+TESTS_S=${TESTS_S:-150}
+BENCH_S=${BENCH_S:-360}
+BENCH_ARGS=${BENCH_ARGS:---rounds 2 --duration-s 4 --ceiling-s 2 --profiles cpu,gpu,gpu-unbatched --concurrency 32,256}
+mkdir -p "$OUT" "$SITE"
+exec > >(tee -a "$OUT/session.log") 2>&1
+step() { echo "== $(date -u +%T) $*"; }
+started=$(date +%s)
+
+step "unpack the kit into $SITE"
+version=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+archive="$KIT/site-py$version.tar.xz"
+[ -f "$archive" ] || { echo "no $archive: build it with scripts/device_kit.py --python-version $version"; exit 10; }
+tar -xJf "$archive" -C "$SITE" || exit 11
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH" PYTHONUNBUFFERED=1
+# This checkout, installed as here (editable, setuptools from the image, no dependencies resolved).
+"$PYTHON" -m pip install --quiet --no-index --no-deps --no-build-isolation --editable . || exit 12
+export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/fashionbox-cache}
+
+step "environment"
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo "no nvidia-smi"
+  echo "cpus: $(nproc)"
+  "$PYTHON" - <<'EOF'
+import sys, sysconfig
+import numpy, torch, google.protobuf, onnxruntime, tritonclient  # noqa: F401
+import fashionbox
+print("python", sys.version.split()[0], "libpython dir", sysconfig.get_config_var("LIBDIR"))
+print("numpy", numpy.__version__, numpy.__file__)
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+print("protobuf", google.protobuf.__version__, "onnxruntime", onnxruntime.__version__)
+print("fashionbox from", fashionbox.__file__)
+try:
+    import torchvision
+    print("torchvision", torchvision.__version__)
+except ImportError as exc:
+    print("torchvision missing:", exc)
+EOF
+  stub="$SITE/pytriton/tritonserver/python_backend_stubs/$version/triton_python_backend_stub"
+  libdir=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')
+  echo "stub libraries not found (empty: none):"
+  LD_LIBRARY_PATH="$SITE/nvidia_pytriton.libs:$libdir" ldd "$stub" | grep "not found"
+  echo "perf_analyzer: $(command -v perf_analyzer)"
+} 2>&1 | tee "$OUT/environment.txt"
+
+step "CUDA tests (limit ${TESTS_S}s)"
+# -W default: the device's newer packages may warn where ours do not; a warning is not a failure here.
+timeout "$TESTS_S" "$PYTHON" -m pytest -q -p no:cacheprovider -W default -m cuda -rs \
+  tests/test_torch_runtime.py tests/test_gpu_imaging.py >"$OUT/cuda_tests.log" 2>&1
+echo "pytest exit $? (log: cuda_tests.log)"; tail -n 15 "$OUT/cuda_tests.log"
+
+step "benchmark: $BENCH_ARGS (limit ${BENCH_S}s)"
+# shellcheck disable=SC2086 # BENCH_ARGS is a list of arguments
+timeout "$BENCH_S" "$PYTHON" tests/benchmarks/bench_gpu.py $BENCH_ARGS --out "$OUT/gpu.json" >"$OUT/bench.log" 2>&1
+status=$?
+echo "bench_gpu exit $status (log: bench.log)"; tail -n 40 "$OUT/bench.log"
+if [ "$status" -ne 0 ]; then
+  # The Triton logs of the failed run: the newest few, one file (the tool brings back 8 files at most).
+  find /tmp -name tritonserver.log -newermt "@$started" -print0 2>/dev/null | xargs -0 -r ls -t | head -n 4 |
+    while read -r log; do echo "### $log"; tail -n 80 "$log"; done >"$OUT/triton_logs.txt"
+fi
+step "done in $(( $(date +%s) - started ))s"
