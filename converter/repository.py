@@ -428,7 +428,9 @@ def _runner_model(
     """The seam between runtimes: a network model's config for ``settings.target`` and runtime."""
     scheduling = settings.scheduling(name)
     if settings.runtime.runtime == "torch":
-        config = _python_model(name, scheduling, inputs, outputs, sizes, parameters, settings.runtime)
+        config = _python_model(name, scheduling, inputs, outputs, sizes, parameters)
+        for key, value in settings.runtime.for_model(name).items():
+            config.parameters[key].string_value = value
         if settings.target == "gpu":
             _on_gpu(config)
         return config

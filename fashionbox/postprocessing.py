@@ -31,6 +31,7 @@ __all__ = [
     "DetectorOutput",
     "ImageResult",
     "attribute_mask",
+    "detections_from_kept",
     "finish_detections",
     "gather_detections",
     "mask_attribute_scores",
@@ -113,7 +114,23 @@ def gather_detections(
         if values.min() < 0 or values.max() >= limit:
             raise ValueError(f"selected holds a {name} index outside [0, {limit}): {values.min()}..{values.max()}")
 
-    kept_scores = scores[b_idx, c_idx, n_idx].astype(np.float32)
+    return detections_from_kept(selected, boxes[b_idx, n_idx], scores[b_idx, c_idx, n_idx],
+                                batch=batch, max_detections=max_detections)
+
+
+def detections_from_kept(
+    selected: AnyArray, kept_boxes: AnyArray, kept_scores: AnyArray, *, batch: int, max_detections: int
+) -> list[DetectorOutput]:
+    """:func:`gather_detections` from the kept rows alone: ``selected [M, 3]``, boxes ``[M, 4]``, scores ``[M]``.
+
+    For a runtime that gathers on its device and copies only what NMS kept (``TorchDetector``).
+    """
+    selected = np.asarray(selected).reshape(-1, 3)
+    b_idx, c_idx, n_idx = (selected[:, k].astype(np.int64) for k in range(3))
+    kept_boxes = np.asarray(kept_boxes, dtype=np.float32).reshape(-1, 4)
+    kept_scores = np.asarray(kept_scores, dtype=np.float32).reshape(-1)
+    if not len(kept_boxes) == len(kept_scores) == len(selected):
+        raise ValueError(f"{len(selected)} kept rows but {len(kept_boxes)} boxes and {len(kept_scores)} scores")
     # np.lexsort sorts by the last key first: batch, then score descending, then box, then class.
     order = np.lexsort((c_idx, n_idx, -kept_scores, b_idx))
     results: list[DetectorOutput] = []
@@ -122,8 +139,8 @@ def gather_detections(
         rows = order[sorted_batch == image][:max_detections]
         results.append(
             DetectorOutput(
-                boxes=np.ascontiguousarray(boxes[image, n_idx[rows]], dtype=np.float32).reshape(-1, 4),
-                scores=np.ascontiguousarray(kept_scores[rows], dtype=np.float32),
+                boxes=np.ascontiguousarray(kept_boxes[rows]),
+                scores=np.ascontiguousarray(kept_scores[rows]),
                 classes=np.ascontiguousarray(c_idx[rows], dtype=np.int32),
             )
         )

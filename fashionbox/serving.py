@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, NoReturn, Protocol, TypeVar, cast, get_type_hints
+from typing import Any, ClassVar, NoReturn, Protocol, TypeVar, cast, get_type_hints
 
 import numpy as np
 
@@ -360,6 +360,16 @@ class RuntimeSettings(ParameterSet):
     torch_threads: int = 1
     """Torch runtime: CPU threads of the instance's stub process (its own process, so its own pool).
     One, as for ONNX Runtime: more single-thread instances beat fewer multi-thread ones."""
+
+    DETECTOR_ONLY: ClassVar[tuple[str, ...]] = ("pre_nms_top_k", "score_threshold", "iou_threshold")
+
+    def for_model(self, name: str) -> dict[str, str]:
+        """:meth:`to_parameters` for model ``name``: the NMS fields only where NMS runs (the detector)."""
+        parameters = self.to_parameters()
+        if name != contract.DETECTOR_MODEL:
+            for key in self.DETECTOR_ONLY:
+                del parameters[key]
+        return parameters
 
     def __post_init__(self) -> None:
         super().__post_init__()

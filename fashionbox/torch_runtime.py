@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fashionbox.postprocessing import AnyArray, DetectorOutput, Float32Array, gather_detections
+from fashionbox.postprocessing import AnyArray, DetectorOutput, Float32Array, detections_from_kept
 
 if TYPE_CHECKING:
     import torch
@@ -151,8 +151,11 @@ class TorchDetector(_Runner):
                 out = self.model(self._tensor(pixels))
             boxes, scores = out.boxes.float(), out.scores.float()
             selected = nms_batched(boxes, scores, self.nms, pre_nms_top_k=self.pre_nms_top_k)
-            return gather_detections(boxes.cpu().numpy(), scores.cpu().numpy(), selected.cpu().numpy(),
-                                     max_detections=self.max_detections)
+            # Gathered on the device: only the kept rows cross to the host, not [B, N, 4] and [B, C, N].
+            b, c, n = selected.unbind(1)
+            return detections_from_kept(selected.cpu().numpy(), boxes[b, n].cpu().numpy(),
+                                        scores[b, c, n].cpu().numpy(), batch=int(boxes.shape[0]),
+                                        max_detections=self.max_detections)
 
 
 class TorchAttributes(_Runner):

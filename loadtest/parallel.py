@@ -53,7 +53,7 @@ from typing import Any
 from fashionbox import contract
 from fashionbox.loadtest.errors import LoadTestConfigError, LoadTestError, TargetUnavailable
 from fashionbox.loadtest.report import HarnessUsage, LoadLevel, Point
-from fashionbox.loadtest.runner import _SATURATED_CPU_FRACTION, _check_ready, _split_host_port
+from fashionbox.loadtest.runner import SATURATED_CPU_FRACTION, check_ready, split_host_port
 from fashionbox.loadtest.senders import RawGrpcSender, RequestSpec
 from fashionbox.loadtest.stats import LatencyHistogram
 
@@ -155,7 +155,7 @@ async def _run_plan(plan: WorkerPlan, conn: Connection) -> WorkerFigures:
     sender = RawGrpcSender(RequestSpec.for_ensemble(plan.model), plan.url, plan.images, timeout_s=plan.timeout_s)
     try:
         await sender.open()
-        await _check_ready(plan.url, plan.model, min(plan.timeout_s, _READY_CHECK_S))
+        await check_ready(plan.url, plan.model, min(plan.timeout_s, _READY_CHECK_S))
         conn.send(("ready",))
         # Nothing else runs on this loop yet, so blocking on the parent here costs nothing.
         start = conn.recv()
@@ -321,7 +321,7 @@ def measure_concurrency_parallel(
         )
     if not images:
         raise LoadTestConfigError("no image to send")
-    _split_host_port(url)
+    split_host_port(url)
     RequestSpec.for_ensemble(model)  # a bad model name fails here, not in every process
     plans = [
         WorkerPlan(
@@ -366,7 +366,7 @@ def point_from_figures(
     requests = ok + sum(errors.values())
     cpu_s = sum(f.cpu_s for f in figures)
     busiest = max((f.cpu_s / duration_s for f in figures), default=math.nan)
-    saturated = math.isfinite(busiest) and busiest >= _SATURATED_CPU_FRACTION
+    saturated = math.isfinite(busiest) and busiest >= SATURATED_CPU_FRACTION
     cpu_note = f"{cpu_s / requests * 1000:.3f} ms client CPU per request" if requests else "no request completed"
     if saturated:
         cpu_note += (

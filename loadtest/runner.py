@@ -59,14 +59,17 @@ from fashionbox.loadtest.shapes import (
 from fashionbox.loadtest.windows import StabilityRule, Window, WindowRecorder, aggregate, check_stability
 
 __all__ = [
+    "SATURATED_CPU_FRACTION",
     "Probe",
     "RunOptions",
     "Stage",
     "Target",
+    "check_ready",
     "measure_concurrency",
     "run",
     "run_async",
     "run_target",
+    "split_host_port",
     "sweep_concurrency",
     "sweep_rates",
 ]
@@ -74,7 +77,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # The harness is called saturated above this CPU use (seconds per second) or this open-loop send lag.
-_SATURATED_CPU_FRACTION = 0.9
+SATURATED_CPU_FRACTION = 0.9
 _SATURATED_SEND_LAG_MS = 5.0
 _DRAIN_TIMEOUT_S = 10.0
 
@@ -93,7 +96,7 @@ class Target:
     def __post_init__(self) -> None:
         if not self.name or "=" in self.name or "," in self.name:
             raise LoadTestConfigError(f"target name {self.name!r} must be non-empty without '=' or ','")
-        _split_host_port(self.url)
+        split_host_port(self.url)
 
     @classmethod
     def parse(cls, text: str) -> Target:
@@ -111,7 +114,8 @@ class Target:
         return cls(name, url, metrics_url_for(url, metrics))
 
 
-def _split_host_port(url: str) -> tuple[str, int]:
+def split_host_port(url: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> (host, port); :class:`LoadTestConfigError` for anything else."""
     host, sep, port = url.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise LoadTestConfigError(f"expected HOST:PORT, got {url!r}")
@@ -122,14 +126,14 @@ def metrics_url_for(grpc_url: str, metrics: str | None = "default") -> str | Non
     """The Prometheus URL: ``default`` is the gRPC port + 1 (8001 -> 8002), ``none`` turns scraping off."""
     if metrics is None or metrics == "none":
         return None
-    host, port = _split_host_port(grpc_url)
+    host, port = split_host_port(grpc_url)
     if metrics == "default":
         return f"http://{host}:{port + 1}/metrics"
     if metrics.isdigit():
         return f"http://{host}:{metrics}/metrics"
     if metrics.startswith("http://") or metrics.startswith("https://"):
         return metrics
-    _split_host_port(metrics)
+    split_host_port(metrics)
     return f"http://{metrics}/metrics"
 
 
@@ -494,7 +498,7 @@ class _Phase:
         if start is not None and end is not None and end[0] > start[0]:
             cpu = (end[1] - start[1]) / (end[0] - start[0])
         lagging = math.isfinite(send_lag_p99_ms) and send_lag_p99_ms > _SATURATED_SEND_LAG_MS
-        busy = math.isfinite(cpu) and cpu >= _SATURATED_CPU_FRACTION
+        busy = math.isfinite(cpu) and cpu >= SATURATED_CPU_FRACTION
         note = ""
         if busy or lagging:
             reasons = []
@@ -509,7 +513,8 @@ class _Phase:
 # -- targets and the whole run ---------------------------------------------------------------------------
 
 
-async def _check_ready(url: str, model: str, timeout_s: float) -> None:
+async def check_ready(url: str, model: str, timeout_s: float) -> None:
+    """Raise :class:`TargetUnavailable` unless ``model`` is ready on ``url`` (within ``timeout_s``)."""
     import tritonclient.grpc.aio as grpcclient
     from tritonclient.utils import InferenceServerException
 
@@ -539,7 +544,7 @@ async def run_target(
     need no server); by default the target's readiness is checked first.
     """
     if sender is None:
-        await _check_ready(target.url, options.request.model, min(options.timeout_s, 10.0))
+        await check_ready(target.url, options.request.model, min(options.timeout_s, 10.0))
         sender = make_sender(
             options.sender,
             options.request,

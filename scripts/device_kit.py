@@ -79,6 +79,9 @@ def copy_triton(target: Path, python_version: str) -> str:
         raise SystemExit(f"nvidia-pytriton {dist.version} has no python backend stub for Python {python_version}")
     root = target / "pytriton" / "tritonserver"
     (root / "bin").mkdir(parents=True)
+    # A regular package, not a namespace one: found first from PYTHONPATH even beside an installed wheel.
+    (target / "pytriton" / "__init__.py").write_text(
+        '"""The tritonserver of nvidia-pytriton cut to serving (scripts/device_kit.py); no pytriton API."""\n')
     shutil.copy2(dist.binary, root / "bin")
     shutil.copytree(dist.root / "backends", root / "backends", ignore=shutil.ignore_patterns("__pycache__"))
     (root / "python_backend_stubs" / python_version).mkdir(parents=True)

@@ -21,7 +21,7 @@ PYTHON=${PYTHON:-python3}
 KIT=${FASHIONBOX_DEVICE_KIT:-$REPO/.devicekit}
 SITE=${FASHIONBOX_DEVICE_SITE:-/tmp/fashionbox-site}
 TESTS_S=${TESTS_S:-150}
-BENCH_S=${BENCH_S:-360}
+BENCH_S=${BENCH_S:-400}
 BENCH_ARGS=${BENCH_ARGS:---rounds 2 --duration-s 4 --ceiling-s 2 --profiles cpu,gpu,gpu-unbatched --concurrency 32,256}
 mkdir -p "$OUT" "$SITE"
 exec > >(tee -a "$OUT/session.log") 2>&1

@@ -16,6 +16,7 @@ from fashionbox.postprocessing import (
     PAD_CLASS,
     DetectorOutput,
     attribute_mask,
+    detections_from_kept,
     finish_detections,
     gather_detections,
     mask_attribute_scores,
@@ -49,6 +50,24 @@ def test_detections_are_gathered_per_image_and_sorted_by_score() -> None:
     np.testing.assert_array_equal(rows[1].classes, [1, 1])
     assert rows[0].boxes.dtype == np.float32 and rows[0].scores.dtype == np.float32
     assert rows[0].classes.dtype == np.int32
+
+
+def test_gathering_from_the_kept_rows_alone_equals_gathering_from_the_whole_tensors() -> None:
+    rng = np.random.default_rng(3)
+    boxes = rng.uniform(0, 300, (3, 20, 4)).astype(np.float32)
+    scores = rng.uniform(0, 1, (3, 5, 20)).astype(np.float32)
+    selected = np.unique(np.stack([rng.integers(0, 3, 40), rng.integers(0, 5, 40), rng.integers(0, 20, 40)], 1), axis=0)
+    b, c, n = selected.T
+
+    whole = gather_detections(boxes, scores, selected, max_detections=6)
+    kept = detections_from_kept(selected, boxes[b, n], scores[b, c, n], batch=3, max_detections=6)
+
+    for ours, theirs in zip(kept, whole, strict=True):
+        for field in ("boxes", "scores", "classes"):
+            np.testing.assert_array_equal(getattr(ours, field), getattr(theirs, field))
+            assert getattr(ours, field).dtype == getattr(theirs, field).dtype
+    with pytest.raises(ValueError, match="3 kept rows but 2 boxes"):
+        detections_from_kept(selected[:3], boxes[0, :2], scores[0, 0, :3], batch=1, max_detections=6)
 
 
 def test_equal_scores_are_ordered_by_box_then_class_whatever_the_nms_order() -> None:

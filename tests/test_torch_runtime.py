@@ -226,6 +226,10 @@ def test_the_cpu_torch_profile_runs_python_models_on_cpu_instances_with_the_runt
         assert config.parameters["weights_file"].string_value == "model.safetensors"
         assert "intra_op_threads" not in config.parameters
     assert "decode_device" not in configs[contract.PREPROCESS_MODEL].parameters
+    # NMS runs in the detector alone; the heads' config does not carry its thresholds.
+    for key in ("pre_nms_top_k", "score_threshold", "iou_threshold"):
+        assert key in configs[contract.DETECTOR_MODEL].parameters
+        assert key not in configs[contract.ATTRIBUTES_MODEL].parameters
 
 
 def test_the_gpu_torch_profile_puts_networks_and_decoding_on_gpu_instances() -> None:

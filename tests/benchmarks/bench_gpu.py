@@ -19,7 +19,9 @@ and Triton's per-model statistics (where the time goes). One client process offe
 requests/s at most, so each level is sent by ``--load-processes`` processes (a quarter of the cores
 by default; one on this VM) whose latency histograms are merged exactly. Besides the served figures, the
 networks alone (``TorchDetector`` on a batch of 64 letterboxes, no decode, no gRPC) give each
-device's ceiling. Rounds alternate the profiles; the summary holds medians over rounds.
+device's ceiling. Each profile's server starts once and serves every round; rounds alternate
+the profiles; the summary holds medians over rounds (Triton's statistics are cumulative since the
+server started). The last round also runs ``perf_analyzer`` at each profile's best level.
 
 Writes ``tests/benchmarks/results/gpu.json`` (or ``--out``).
 """
@@ -27,6 +29,7 @@ Writes ``tests/benchmarks/results/gpu.json`` (or ``--out``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -134,20 +137,32 @@ def run_level(url: str, images: list[bytes], concurrency: int, duration_s: float
     return result
 
 
-def measure_profile(repository: Path, log_dir: Path, images: list[bytes], concurrencies: list[int],
-                    duration_s: float, processes: int) -> dict[str, Any]:
-    from fashionbox.loadtest.reliability import embedded_server
+def cross_check(url: str, images: list[bytes], concurrency: int, duration_s: float) -> dict[str, Any]:
+    """``perf_analyzer`` (C++, the tritonclient wheel's) at one level: the server's rate whatever the harness's."""
+    import perf_analyzer_peer
 
-    # Warm every instance at the admission bound, not past it: a closed loop past it turns into a
-    # flood of refusals (docs/RELIABILITY.md, admission control). Levels run in increasing order.
-    warm = min(max(concurrencies), max_in_flight(repository) or max(concurrencies))
-    with embedded_server(repository, log_dir, exit_timeout_s=30, startup_timeout_s=600) as server:
-        url = str(server.endpoints.grpc)
-        run_level(url, images, warm, 3.0, processes)
-        points = {str(c): run_level(url, images, c, duration_s, processes) for c in sorted(concurrencies)}
-        best = max(points.values(), key=lambda p: p["throughput_rps"])
-        return {"points": points, "best": best, "latency_c1": run_served(url, images, 1, duration_s),
-                "triton_statistics": triton_statistics(url)}
+    from fashionbox import contract
+
+    try:
+        peer = perf_analyzer_peer.run(url, contract.ENSEMBLE_MODEL, contract.IMAGE.name, images,
+                                      concurrency=concurrency, measurement_interval_ms=int(duration_s * 1000),
+                                      stability_percent=50, max_trials=3)
+    except (FileNotFoundError, RuntimeError, OSError) as exc:  # a missing binary or library is a note, not a stop
+        return {"error": str(exc)[-500:]}
+    return dict(peer.__dict__)
+
+
+def measure_profile(url: str, warm: int, images: list[bytes], concurrencies: list[int], duration_s: float,
+                    processes: int, *, with_perf_analyzer: bool = False) -> dict[str, Any]:
+    """One round of one profile on its running server: warm-up, the levels, concurrency 1, statistics."""
+    run_level(url, images, warm, 3.0, processes)
+    points = {str(c): run_level(url, images, c, duration_s, processes) for c in sorted(concurrencies)}
+    best = max(points.values(), key=lambda p: p["throughput_rps"])
+    result = {"points": points, "best": best, "latency_c1": run_served(url, images, 1, duration_s),
+              "triton_statistics": triton_statistics(url)}
+    if with_perf_analyzer:
+        result["perf_analyzer"] = cross_check(url, images, int(best["concurrency"]), duration_s)
+    return result
 
 
 def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -170,6 +185,10 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 def summary_with_ratios(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians per profile, with the GPU/CPU ratio and the dynamic batching gain where both sides ran."""
     summary = summarize(rounds)
+    for name, figures in summary.items():
+        checked = [r[name]["perf_analyzer"] for r in rounds if "throughput_rps" in r[name].get("perf_analyzer", {})]
+        if checked:
+            figures["perf_analyzer_images_per_s"] = round(checked[-1]["throughput_rps"], 1)
     if "gpu" in summary and "cpu" in summary:
         summary["gpu_over_cpu"] = round(summary["gpu"]["images_per_s"] / summary["cpu"]["images_per_s"], 1)
     if "gpu" in summary and "gpu-unbatched" in summary:
@@ -182,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from fashionbox.loadtest.corpus import generated_corpus, parse_size_mix
+    from fashionbox.loadtest.reliability import embedded_server
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -191,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores the CPU profiles scale to")
     parser.add_argument("--ceiling-s", type=float, default=5.0, help="seconds per network-only measurement")
+    parser.add_argument("--perf-analyzer", action=argparse.BooleanOptionalAction, default=True,
+                        help="last round: perf_analyzer at each profile's best level, as a cross-check")
     parser.add_argument("--load-processes", type=int, default=max(1, (os.cpu_count() or 1) // 4),
                         help="client processes per level (one offers about 1,000 requests/s at most)")
     parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/gpu.json")
@@ -208,13 +230,24 @@ def main(argv: list[str] | None = None) -> int:
         for precision in ("fp32", "fp16"):
             ceilings[f"cuda {precision}"] = network_ceiling("cuda:0", precision, batch=64, seconds=args.ceiling_s)
     rounds: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="fashionbox-bench-gpu-") as tmp:
-        repositories = {p: convert_profile(p, Path(tmp) / p, args.cores, max(concurrencies)) for p in profiles}
+    with tempfile.TemporaryDirectory(prefix="fashionbox-bench-gpu-") as tmp, contextlib.ExitStack() as servers:
+        urls: dict[str, str] = {}
+        warm: dict[str, int] = {}
+        for profile in profiles:
+            repository = convert_profile(profile, Path(tmp) / profile, args.cores, max(concurrencies))
+            # Every server stays up for all rounds (an idle one costs no CPU): started once, not per round.
+            server = servers.enter_context(embedded_server(repository, Path(tmp) / f"log-{profile}",
+                                                           exit_timeout_s=30, startup_timeout_s=600))
+            urls[profile] = str(server.endpoints.grpc)
+            # Warm at the admission bound, not past it: a closed loop past it turns into a flood of
+            # refusals (docs/RELIABILITY.md, admission control). Levels run in increasing order.
+            warm[profile] = min(max(concurrencies), max_in_flight(repository) or max(concurrencies))
         for index in range(args.rounds):
             results: dict[str, Any] = {}
             for profile in profiles:
-                results[profile] = measure_profile(repositories[profile], Path(tmp) / f"log-{profile}-{index}",
-                                                   images, concurrencies, args.duration_s, args.load_processes)
+                results[profile] = measure_profile(urls[profile], warm[profile], images, concurrencies,
+                                                   args.duration_s, args.load_processes,
+                                                   with_perf_analyzer=args.perf_analyzer and index == args.rounds - 1)
                 best = results[profile]["best"]
                 print(f"round {index + 1} {profile}: {best['throughput_rps']:.1f} images/s at c={best['concurrency']}"
                       f" p50 {best['latency_ms']['p50']:.1f} ms p99 {best['latency_ms']['p99']:.1f} ms", flush=True)

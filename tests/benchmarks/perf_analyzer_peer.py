@@ -14,6 +14,7 @@ import csv
 import importlib.metadata
 import json
 import os
+import shutil
 import struct
 import subprocess
 import tempfile
@@ -30,7 +31,12 @@ def binary() -> Path:
             path = Path(str(file.locate())).resolve()
             if path.is_file():
                 return path
-    raise FileNotFoundError("perf_analyzer is not in the installed tritonclient wheel")
+    # `pip install --target DIR` records the scripts relative to a build prefix; they sit in DIR/bin,
+    # which the GPU session puts on PATH (scripts/gpu_session.sh).
+    found = shutil.which("perf_analyzer")
+    if found:
+        return Path(found).resolve()
+    raise FileNotFoundError("perf_analyzer is neither in the installed tritonclient wheel nor on PATH")
 
 
 def library_dir(folder: Path) -> Path:

@@ -1,0 +1,85 @@
+"""The GPU session's kit (scripts/device_kit.py): the Triton it cuts to serving still serves.
+
+Building the whole kit downloads wheels and compresses 190 MB (a minute and more), so the tests
+take the part that can silently break: the shared libraries read with ``ldd``. A library left out
+fails only when the server starts on the device, where time is short; here a server is started
+from the cut copy alone and answers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from test_server import ECHO_MODEL, write_model
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _kit_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("device_kit", ROOT / "scripts" / "device_kit.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def cut_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    site = tmp_path_factory.mktemp("cut-site")
+    _kit_module().copy_triton(site, PYTHON_VERSION)
+    return site
+
+
+def test_the_cut_triton_holds_only_what_serving_loads(cut_site: Path) -> None:
+    from fashionbox.server import _find_triton_distribution
+
+    installed = _find_triton_distribution()
+    root = cut_site / "pytriton" / "tritonserver"
+    assert (root / "bin" / "tritonserver").is_file()
+    assert (root / "backends" / "python" / "libtriton_python.so").is_file()
+    assert [p.name for p in (root / "python_backend_stubs").iterdir()] == [PYTHON_VERSION]
+    libraries = {p.name for p in (cut_site / installed.libs.name).iterdir()}
+    assert any(name.startswith("libtritonserver") for name in libraries)
+    assert libraries < {p.name for p in installed.libs.iterdir()}  # a strict subset: something was cut
+    assert not any(name.startswith("libpython") for name in libraries)  # the other Pythons' stubs' needs
+    metadata = (cut_site / f"nvidia_pytriton-{installed.version}.dist-info" / "METADATA").read_text()
+    assert f"Version: {installed.version}" in metadata
+
+
+def test_a_stub_missing_for_the_python_asked_for_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"no python backend stub for Python 2\.7"):
+        _kit_module().copy_triton(tmp_path, "2.7")
+
+
+@pytest.mark.integration
+def test_a_server_started_from_the_cut_triton_alone_answers(cut_site: Path, tmp_path: Path) -> None:
+    repository = tmp_path / "repository"
+    write_model(repository, "echo", ECHO_MODEL)
+    # A child whose PYTHONPATH puts the cut copy before the installed wheel, with a fresh backends
+    # cache, so binary, libraries, backend and stub all come from the cut copy.
+    program = f"""
+import numpy as np, tritonclient.grpc as grpcclient
+from fashionbox.server import _find_triton_distribution, start_on_free_ports
+assert _find_triton_distribution().root.is_relative_to({str(cut_site)!r}), _find_triton_distribution()
+server = start_on_free_ports(__import__("pathlib").Path({str(repository)!r}), {str(tmp_path)!r})
+try:
+    client = grpcclient.InferenceServerClient(server.endpoints.grpc)
+    tensor = grpcclient.InferInput("INPUT", [1, 3], "FP32")
+    tensor.set_data_from_numpy(np.arange(3, dtype=np.float32).reshape(1, 3))
+    print("OUTPUT", client.infer("echo", [tensor]).as_numpy("OUTPUT").tolist())
+    client.close()
+finally:
+    server.stop()
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(cut_site), os.environ.get("PYTHONPATH")])),
+           "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "OUTPUT [[0.0, 1.0, 2.0]]" in done.stdout
