@@ -32,7 +32,14 @@ step "unpack the kit into $SITE"
 version=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 archive="$KIT/site-py$version.tar.xz"
 [ -f "$archive" ] || { echo "no $archive: build it with scripts/device_kit.py --python-version $version"; exit 10; }
-tar -xJf "$archive" -C "$SITE" || exit 11
+"$PYTHON" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="tar")' \
+  "$archive" "$SITE" || exit 11
+# The stub links libpython3.X.so.1.0: where the loader does not know one, take the first on disk.
+if ! ldconfig -p 2>/dev/null | grep -q "libpython$version.so.1.0"; then
+  found=$(find / -xdev -name "libpython$version.so.1.0" 2>/dev/null | head -n 1)
+  echo "libpython$version.so.1.0 is not in the loader's cache; found: ${found:-none}"
+  [ -n "$found" ] && export LD_LIBRARY_PATH="$(dirname "$found")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH" PYTHONUNBUFFERED=1
 # This checkout, installed as here (editable, setuptools from the image, no dependencies resolved).
 "$PYTHON" -m pip install --quiet --no-index --no-deps --no-build-isolation --editable . || exit 12
@@ -61,7 +68,7 @@ EOF
   stub="$SITE/pytriton/tritonserver/python_backend_stubs/$version/triton_python_backend_stub"
   libdir=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')
   echo "stub libraries not found (empty: none):"
-  LD_LIBRARY_PATH="$SITE/nvidia_pytriton.libs:$libdir" ldd "$stub" | grep "not found"
+  LD_LIBRARY_PATH="$SITE/nvidia_pytriton.libs:$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ldd "$stub" | grep "not found"
   echo "perf_analyzer: $(command -v perf_analyzer)"
 } 2>&1 | tee "$OUT/environment.txt"
 

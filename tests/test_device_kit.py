@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +85,19 @@ finally:
     done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "OUTPUT [[0.0, 1.0, 2.0]]" in done.stdout
+
+
+def test_the_session_script_is_valid_bash_and_its_benchmark_arguments_parse() -> None:
+    script = ROOT / "scripts" / "gpu_session.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    match = re.search(r"^BENCH_ARGS=\$\{BENCH_ARGS:-(.*)\}$", script.read_text(), re.MULTILINE)
+    assert match is not None, "gpu_session.sh sets no default BENCH_ARGS"
+    sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
+    try:
+        import bench_gpu
+    finally:
+        sys.path.remove(str(ROOT / "tests" / "benchmarks"))
+    args = bench_gpu.build_parser().parse_args(shlex.split(match.group(1)))
+    assert set(args.profiles.split(",")) <= set(bench_gpu.PROFILES)
+    assert {"cpu", "gpu"} <= set(args.profiles.split(","))  # the comparison the session is for
+    assert args.rounds >= 2  # medians of several runs

@@ -48,6 +48,7 @@ from bench_serving import run_served, triton_statistics
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU_PROFILES = ("gpu", "gpu-unbatched")
+PROFILES = ("cpu", "cpu-torch", *GPU_PROFILES)
 
 
 def cpu_instances(cores: int) -> dict[str, int]:
@@ -197,17 +198,12 @@ def summary_with_ratios(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    from fashionbox.loadtest.corpus import generated_corpus, parse_size_mix
-    from fashionbox.loadtest.reliability import embedded_server
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--concurrency", default="8,32,128", help="closed-loop levels, comma-separated")
-    parser.add_argument("--profiles", default="cpu,cpu-torch,gpu,gpu-unbatched")
+    parser.add_argument("--profiles", default="cpu,cpu-torch,gpu,gpu-unbatched", help=f"of {', '.join(PROFILES)}")
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores the CPU profiles scale to")
     parser.add_argument("--ceiling-s", type=float, default=5.0, help="seconds per network-only measurement")
@@ -216,9 +212,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-processes", type=int, default=max(1, (os.cpu_count() or 1) // 4),
                         help="client processes per level (one offers about 1,000 requests/s at most)")
     parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/gpu.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from fashionbox.loadtest.corpus import generated_corpus, parse_size_mix
+    from fashionbox.loadtest.reliability import embedded_server
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if unknown := {p for p in args.profiles.split(",") if p} - set(PROFILES):
+        parser.error(f"unknown profiles {sorted(unknown)}: choose from {', '.join(PROFILES)}")
 
     cuda = torch.cuda.is_available()
     wanted = [p for p in args.profiles.split(",") if p]
