@@ -89,3 +89,16 @@ if [ "$status" -ne 0 ]; then
     while read -r log; do echo "### $log"; tail -n 80 "$log"; done >"$OUT/triton_logs.txt"
 fi
 step "done in $(( $(date +%s) - started ))s"
+# Last, a short table: the reply of the device tool carries the end of the output.
+"$PYTHON" - "$OUT/gpu.json" <<'EOF' || true
+import json, sys
+report = json.load(open(sys.argv[1]))
+summary = report["summary"]
+print(f"{'profile':<14}{'img/s':>9}{'at c':>6}{'p50 ms':>9}{'p99 ms':>9}{'c1 p50':>8}{'perf_an.':>10}{'errors':>8}")
+for name, f in summary.items():
+    if isinstance(f, dict):
+        print(f"{name:<14}{f['images_per_s']:>9}{f['at_concurrency']:>6}{f['p50_ms']:>9}{f['p99_ms']:>9}"
+              f"{f['c1_p50_ms']:>8}{f.get('perf_analyzer_images_per_s', '-'):>10}{f['errors_all_levels']:>8}")
+print({k: v for k, v in summary.items() if not isinstance(v, dict)}, "rounds", report.get("rounds_done"),
+      "not measured", report.get("not_measured"))
+EOF
