@@ -198,7 +198,7 @@ def wait_until_quiet(max_busy_cores: float = 0.3, max_wait_s: float = 300.0) -> 
     return busy
 
 
-def _jiffies(pid: int) -> int:
+def jiffies(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -207,7 +207,7 @@ def _jiffies(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime of the process itself
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -251,7 +251,7 @@ class ForeignLoad:
         import time
 
         total, idle = self._machine()
-        tree = {pid: _jiffies(pid) for pid in _descendants(os.getpid())}
+        tree = {pid: jiffies(pid) for pid in descendants(os.getpid())}
         self._start = (time.monotonic(), total, idle, self._own_s(), tree)
 
     def stop(self) -> float:
@@ -264,6 +264,6 @@ class ForeignLoad:
         hz = os.sysconf("SC_CLK_TCK")
         cores = os.cpu_count() or 1
         busy_s = (1 - (idle - idle0) / max(total - total0, 1)) * wall * cores
-        tree_s = sum(max(_jiffies(pid) - tree0.get(pid, 0), 0) for pid in _descendants(os.getpid())) / hz
+        tree_s = sum(max(jiffies(pid) - tree0.get(pid, 0), 0) for pid in descendants(os.getpid())) / hz
         mine = self._own_s() - own0 + tree_s
         return max(busy_s - mine, 0.0) / max(wall, 1e-9)
