@@ -18,6 +18,8 @@ COPY model_repository /opt/fashionbox/model_repository
 # [loadtest] serves the compose loadtest service. GPU JPEG decoding in preprocess needs torch and
 # torchvision for this image's CUDA as well; without them it decodes on the CPU (and logs so).
 RUN python3 -m pip install --no-cache-dir -c /opt/fashionbox/constraints.txt "/opt/fashionbox[runtime,loadtest]"
+# `fashionbox serve` runs this image's Triton (binary, libraries, backends) instead of the wheel's.
+ENV FASHIONBOX_TRITON_HOME=/opt/tritonserver
 
 # The torch runtime (`fashionbox convert --target gpu --runtime torch`) needs torch built for this
 # image's CUDA (12.6 in 24.10) inside the image: pass the PyTorch wheel index for it, e.g.

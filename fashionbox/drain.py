@@ -83,7 +83,10 @@ def drain(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fashionbox.drain``: drain a running server, e.g. from a Kubernetes ``preStop`` hook.
+    """``python -m fashionbox.drain``: drain a running server from outside it (a ``preStop`` hook, a script).
+
+    ``fashionbox serve`` drains on SIGTERM by itself (also in the production image); this is for a
+    Triton started some other way, in explicit mode with the repository API behind the admin key.
 
     The key that unlocks the repository API comes from ``$FASHIONBOX_ADMIN_KEY_FILE`` or
     ``$FASHIONBOX_ADMIN_KEY`` (never a flag: flags end up in process listings). Exit code 0 when

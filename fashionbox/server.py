@@ -1,5 +1,9 @@
 """The embedded Triton server: the ``tritonserver`` binary of the nvidia-pytriton wheel as a child process.
 
+With ``$FASHIONBOX_TRITON_HOME`` set (the production image sets ``/opt/tritonserver``), the Triton
+installed there is run instead, with its own backends: the same wrapper (draining on SIGTERM,
+loopback by default, TLS and admin-key flags) in a container as on a laptop.
+
 ``fashionbox serve`` runs it on a model repository; tests start it through the fixtures in
 ``tests/conftest.py``. In code::
 
@@ -86,6 +90,7 @@ from fashionbox.security import (
 )
 
 __all__ = [
+    "TRITON_HOME_ENV",
     "ConfigError",
     "Endpoints",
     "PortInUseError",
@@ -114,6 +119,8 @@ MODEL_CONTROL_MODES: tuple[ModelControlMode, ...] = ("none", "explicit")
 
 # Read by every model.py (see the module docstring); set for the child, never read from our own env.
 SITE_PACKAGES_ENV = "FASHIONBOX_SITE_PACKAGES"
+# Where an installed Triton lives (NGC image: /opt/tritonserver); unset, the nvidia-pytriton wheel's is run.
+TRITON_HOME_ENV = "FASHIONBOX_TRITON_HOME"
 
 _STUB_NAME = "triton_python_backend_stub"
 _LOG_NAME = "tritonserver.log"
@@ -402,9 +409,10 @@ def _connect_host(bind_host: str) -> str:
 
 @dataclass(frozen=True)
 class _TritonDistribution:
-    root: Path  # <site-packages>/pytriton/tritonserver
-    libs: Path  # <site-packages>/nvidia_pytriton.libs
+    root: Path  # <site-packages>/pytriton/tritonserver, or an installed Triton's home (/opt/tritonserver)
+    libs: Path  # <site-packages>/nvidia_pytriton.libs, or <home>/lib
     version: str
+    installed: bool = False  # a Triton installation: its backends folder is used as it is
 
     @property
     def binary(self) -> Path:
@@ -412,6 +420,17 @@ class _TritonDistribution:
 
 
 def _find_triton_distribution() -> _TritonDistribution:
+    home = os.environ.get(TRITON_HOME_ENV)
+    if home:
+        # An installed Triton, as in NGC's tritonserver image: its own binary, libraries and
+        # backends (the python backend with the stub built for that image's Python).
+        root = Path(home)
+        version_file = root / "TRITON_VERSION"
+        dist = _TritonDistribution(root=root, libs=root / "lib", installed=True,
+                                   version=version_file.read_text().strip() if version_file.is_file() else "unknown")
+        if not dist.binary.is_file():
+            raise ServerStartError(f"${TRITON_HOME_ENV} is {home}, which has no bin/tritonserver")
+        return dist
     # find_spec on a top-level name locates the package without importing it (pytriton's own
     # import pulls in much more than we need).
     spec = importlib.util.find_spec("pytriton")
@@ -462,11 +481,17 @@ def _default_cache_dir() -> Path:
 def prepare_backend_directory(cache_dir: Path | None = None) -> Path:
     """Return a Triton backends folder whose python backend has the stub for this Python version.
 
-    The wheel ships the backend and one stub per Python version in separate folders; Triton wants the
-    stub next to the backend. The folder is made once per wheel version and Python version, atomically,
+    An installed Triton (``$FASHIONBOX_TRITON_HOME``) has one: its own ``backends``. The wheel
+    ships the backend and one stub per Python version in separate folders; Triton wants the stub
+    next to the backend. The folder is made once per wheel version and Python version, atomically,
     so servers started in parallel never see a half-copied backend.
     """
     dist = _find_triton_distribution()
+    if dist.installed:
+        backends = dist.root / "backends"
+        if not (backends / "python" / _STUB_NAME).is_file():
+            raise ServerStartError(f"the Triton installed at {dist.root} has no python backend in {backends}")
+        return backends
     python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = dist.root / "python_backend_stubs" / python_version / _STUB_NAME
     if not stub.is_file():

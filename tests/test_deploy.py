@@ -2,13 +2,14 @@
 
 No compose JSON schema or ``docker compose`` plugin is available offline in this project, so the
 checks are structural and cross-file: the image matches the embedded Triton, ports match
-``fashionbox/contract.py``, probes hit Triton's health paths, drains outlast ``--exit-timeout-secs``.
+``fashionbox/contract.py``, probes hit Triton's health paths, grace periods outlast the drain and
+Triton's exit timeout, and the servers' commands go through ``fashionbox serve``'s own parser and
+``build_command``, so the Triton flags checked are the ones the image would run.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,21 @@ def test_server_reserves_a_gpu_checks_readiness_and_drains_on_stop(compose: dict
     device = service["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert "/v2/health/ready" in " ".join(service["healthcheck"]["test"])
-    command = service["command"]
-    assert "--model-control-mode=none" in command
-    exit_timeout_s = int(next(c for c in command if c.startswith("--exit-timeout-secs=")).split("=")[1])
+    config = _serve_config(service["command"])
+    assert config.drain_on_stop and config.model_control_mode == "none" and config.host == "0.0.0.0"
+    # Every model loaded, nothing loadable from outside, the ensemble unloadable by the wrapper alone.
+    triton = _triton_command(config, repository_key="wrapper-only-repository-key")
+    assert _flag(triton, "--model-control-mode") == "explicit" and _flag(triton, "--load-model") == "*"
+    assert _flag(triton, "--http-restricted-api").startswith("model-repository:")
     grace_s = int(str(service["stop_grace_period"]).rstrip("s"))
-    assert grace_s > exit_timeout_s, "docker would SIGKILL before Triton finished draining"
+    assert grace_s > _stop_budget_s(config), "docker would SIGKILL before the server drained and exited"
+
+
+def test_the_image_runs_its_own_triton_through_fashionbox_serve() -> None:
+    from fashionbox.server import TRITON_HOME_ENV
+
+    dockerfile = (ROOT / "deploy/triton.Dockerfile").read_text()
+    assert re.search(rf"^ENV {TRITON_HOME_ENV}=/opt/tritonserver$", dockerfile, re.MULTILINE)
 
 
 def test_every_source_folder_the_package_needs_is_copied_into_the_image(compose: dict[str, Any]) -> None:
@@ -72,6 +83,37 @@ def _flag(command: list[str], name: str) -> str:
     return next(c for c in command if c.startswith(f"{name}=")).split("=", 1)[1]
 
 
+ADMIN_KEY = "k8s-and-compose-test-admin-key"
+
+
+def _serve_config(command: list[str], environ: dict[str, str] | None = None) -> Any:
+    """The ``ServerConfig`` that ``fashionbox serve`` builds from a manifest's command (same parser)."""
+    import argparse
+
+    from fashionbox.server import add_serve_arguments, config_from_arguments
+
+    assert command[:2] == ["fashionbox", "serve"]
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    return config_from_arguments(parser.parse_args(command[2:]), environ=environ or {})
+
+
+def _triton_command(config: Any, repository_key: str | None = None) -> list[str]:
+    """The tritonserver command ``fashionbox serve`` runs for ``config`` in the image."""
+    from fashionbox.server import build_command
+
+    home = Path("/opt/tritonserver")
+    return build_command(config, binary=home / "bin/tritonserver", backend_directory=home / "backends",
+                         repository_key=repository_key)
+
+
+def _stop_budget_s(config: Any) -> float:
+    """The longest ``fashionbox serve`` takes to stop: the drain (at most the exit timeout), then Triton's exit."""
+    from fashionbox.server import _STOP_GRACE_S
+
+    return 2 * config.exit_timeout_s + _STOP_GRACE_S
+
+
 def test_the_engine_builder_uses_the_tensorrt_release_of_the_serving_triton(compose: dict[str, Any]) -> None:
     builder = compose["services"]["engine-builder"]
     assert builder["image"] == f"nvcr.io/nvidia/tensorrt:{TRITON_RELEASE}-py3"
@@ -89,30 +131,31 @@ def test_triton_starts_after_the_engines_are_built_and_refuses_foreign_ones(comp
     assert triton["depends_on"] == {"engine-builder": {"condition": "service_completed_successfully"}}
     entrypoint = triton["entrypoint"]
     assert entrypoint[1:] == ["python3", "-m", "fashionbox.converter.tensorrt", "check", "/models", "--"]
-    assert triton["command"][0] == "tritonserver" and _flag(triton["command"], "--model-repository") == "/models"
+    assert _serve_config(triton["command"]).repository == Path("/models")
 
 
-def test_the_secure_profile_passes_tritons_tls_flags_with_secrets_from_files(compose: dict[str, Any]) -> None:
+def test_the_secure_profile_passes_tritons_tls_flags_with_secrets_from_files(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
     from fashionbox.contract import ADMIN_KEY_NAME
     from fashionbox.security import ADMIN_APIS
 
     secure = compose["services"]["triton-secure"]
     assert secure["profiles"] == ["secure"]
-    assert secure["command"][:2] == ["sh", "-c"]
-    script = secure["command"][2].replace("$$", "$")  # compose's escape for a literal $
-    read_key, _, server = script.partition(" && ")
-    assert read_key == 'key="$(cat /run/secrets/admin_key)"'
-    command = shlex.split(server)
-    assert command[:2] == ["exec", "tritonserver"]
+    # The secrets as compose mounts them, here under a temporary folder instead of /run/secrets/.
+    for name in secure["secrets"]:
+        (tmp_path / name).write_text(ADMIN_KEY if name == "admin_key" else f"-----BEGIN {name}-----\n")
+    config = _serve_config([word.replace("/run/secrets/", f"{tmp_path}/") for word in secure["command"]])
+    assert config.secure and config.tls is not None and config.tls.mutual and config.admin_key == ADMIN_KEY
+    command = _triton_command(config)
     assert _flag(command, "--grpc-use-ssl") == "true" and _flag(command, "--grpc-use-ssl-mutual") == "true"
     for flag, secret in (("--grpc-server-cert", "tls_cert"), ("--grpc-server-key", "tls_key"),
                          ("--grpc-root-cert", "tls_client_ca")):
-        assert _flag(command, flag) == f"/run/secrets/{secret}" and secret in secure["secrets"]
-    restriction = f"{','.join(ADMIN_APIS)}:{ADMIN_KEY_NAME}=$key"  # shlex drops the quotes the shell drops
+        assert _flag(command, flag) == str(tmp_path / secret) and secret in secure["secrets"]
+    restriction = f"{','.join(ADMIN_APIS)}:{ADMIN_KEY_NAME}={ADMIN_KEY}"
     assert _flag(command, "--grpc-restricted-protocol") == restriction
     assert _flag(command, "--http-restricted-api") == restriction
-    assert _flag(command, "--exit-timeout-secs") == _flag(compose["services"]["triton"]["command"],
-                                                           "--exit-timeout-secs")
+    assert config.exit_timeout_s == _serve_config(compose["services"]["triton"]["command"]).exit_timeout_s
     assert all(compose["secrets"][name]["file"].startswith("./secrets/") for name in secure["secrets"])
     assert "/secrets/" in (ROOT / ".gitignore").read_text().splitlines()  # no secret ever lands in git
     assert secure["volumes"] == ["./artifacts/model_repository:/models:ro"]
@@ -170,8 +213,7 @@ def test_k8s_runs_the_compose_image_and_command(k8s: dict[str, dict[str, Any]], 
     triton = _triton(k8s)
     assert triton["image"] == compose["services"]["triton"]["image"] == f"fashionbox/triton:{TRITON_RELEASE}"
     assert triton["command"] == compose["services"]["triton"]["entrypoint"]
-    # The same command, but for the model control flags that let a terminating pod drain.
-    assert _without(_DRAIN_FLAGS, triton["args"]) == _without(_DRAIN_FLAGS, compose["services"]["triton"]["command"])
+    assert triton["args"] == compose["services"]["triton"]["command"]  # the same server, the same flags
     builder = next(c for c in _pod(k8s)["initContainers"] if c["name"] == "engine-builder")
     assert builder["image"] == compose["services"]["engine-builder"]["image"]
     assert "sh /models/build_engines.sh" in " ".join(builder["command"])
@@ -202,32 +244,23 @@ def test_probes_hit_tritons_health_endpoints_on_the_contract_ports(k8s: dict[str
     assert annotations["prometheus.io/port"] == str(DEFAULT_METRICS_PORT)
 
 
-_DRAIN_FLAGS = ("--model-control-mode", "--load-model", "--grpc-restricted-protocol", "--http-restricted-api")
-
-
-def _without(prefixes: tuple[str, ...], command: list[str]) -> list[str]:
-    return [word for word in command if not word.startswith(prefixes)]
-
-
 def test_a_terminating_pod_drains_the_ensemble_before_tritons_exit_timeout(k8s: dict[str, dict[str, Any]]) -> None:
-    from fashionbox.contract import ADMIN_KEY_NAME, DEFAULT_HTTP_PORT
+    from fashionbox.contract import ADMIN_KEY_NAME
     from fashionbox.security import ADMIN_APIS
 
     triton = _triton(k8s)
-    args = triton["args"]
-    # Every model loaded, nothing loadable from outside: the repository API needs the admin key.
-    assert _flag(args, "--model-control-mode") == "explicit" and _flag(args, "--load-model") == "*"
-    restriction = f"{','.join(ADMIN_APIS)}:{ADMIN_KEY_NAME}=$(FASHIONBOX_ADMIN_KEY)"
-    assert _flag(args, "--grpc-restricted-protocol") == _flag(args, "--http-restricted-api") == restriction
     env = {e["name"]: e for e in triton["env"]}
     assert env["FASHIONBOX_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "fashionbox-admin-key"
-    # preStop unloads the ensemble (fashionbox.drain, key from the environment), then the kubelet SIGTERMs.
-    hook = triton["lifecycle"]["preStop"]["exec"]["command"]
-    assert hook[:3] == ["python3", "-m", "fashionbox.drain"]
-    assert _flag(hook, "--http-url") == f"http://127.0.0.1:{DEFAULT_HTTP_PORT}"
-    drain_s = float(_flag(hook, "--timeout-s"))
-    exit_timeout_s = int(_flag(args, "--exit-timeout-secs"))
-    assert _pod(k8s)["terminationGracePeriodSeconds"] > drain_s + exit_timeout_s
+    config = _serve_config(triton["args"], environ={"FASHIONBOX_ADMIN_KEY": ADMIN_KEY})
+    # Every model loaded, nothing loadable from outside: the repository API needs the admin key, and
+    # `fashionbox serve` unloads the ensemble with it on SIGTERM before Triton stops (no preStop hook).
+    assert config.admin_key == ADMIN_KEY and config.drain_on_stop
+    args = _triton_command(config)
+    assert _flag(args, "--model-control-mode") == "explicit" and _flag(args, "--load-model") == "*"
+    restriction = f"{','.join(ADMIN_APIS)}:{ADMIN_KEY_NAME}={ADMIN_KEY}"
+    assert _flag(args, "--grpc-restricted-protocol") == _flag(args, "--http-restricted-api") == restriction
+    assert "lifecycle" not in triton
+    assert _pod(k8s)["terminationGracePeriodSeconds"] > _stop_budget_s(config)
 
 
 def test_grpc_is_served_by_a_headless_service_for_per_call_balancing(k8s: dict[str, dict[str, Any]]) -> None:

@@ -218,10 +218,11 @@ def _drain_cli(secure: SecureServer, key: str | None) -> subprocess.CompletedPro
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
-def test_the_drain_command_of_a_prestop_hook_needs_the_key_and_then_unloads_the_ensemble(
+def test_the_drain_command_needs_the_key_and_then_unloads_the_ensemble(
     secure: SecureServer,
 ) -> None:
-    # What the Kubernetes preStop hook runs (deploy/k8s/deployment.yaml). Second to last: it unloads.
+    # The operator's tool (a preStop hook, a script before a plain tritonserver stops). Second to last:
+    # it unloads.
     refused = _drain_cli(secure, None)
     assert refused.returncode == 1 and "HTTP 403" in refused.stderr, refused.stderr
     assert _http_status(f"{secure.http}/v2/models/{contract.ENSEMBLE_MODEL}/ready") == 200

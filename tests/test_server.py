@@ -19,6 +19,7 @@ import numpy.typing as npt
 import pytest
 
 from fashionbox.server import (
+    TRITON_HOME_ENV,
     ConfigError,
     PortInUseError,
     RepositoryError,
@@ -29,6 +30,7 @@ from fashionbox.server import (
     build_command,
     config_from_arguments,
     find_free_ports,
+    prepare_backend_directory,
     stub_import_paths,
 )
 
@@ -376,6 +378,55 @@ def test_models_import_from_the_servers_pythonpath(
     finally:
         client.close()
     np.testing.assert_array_equal(output, np.full((1, 2), 42.0, dtype=np.float32))
+
+
+def _installed_triton(home: Path, backends: Path) -> Path:
+    """An installed Triton's layout (as /opt/tritonserver in NGC's image), made of the wheel's files."""
+    from fashionbox.server import _find_triton_distribution
+
+    wheel = _find_triton_distribution()
+    (home / "bin").mkdir(parents=True)
+    (home / "bin" / "tritonserver").symlink_to(wheel.binary)
+    (home / "lib").symlink_to(wheel.libs)
+    (home / "backends").symlink_to(backends)
+    (home / "TRITON_VERSION").write_text("2.51.0\n")
+    return home
+
+
+def test_an_installed_triton_without_a_binary_or_python_backend_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(TRITON_HOME_ENV, str(tmp_path))
+    with pytest.raises(ServerStartError, match="has no bin/tritonserver"):
+        prepare_backend_directory(tmp_path / "cache")
+    (tmp_path / "empty-backends").mkdir()
+    monkeypatch.delenv(TRITON_HOME_ENV)
+    home = _installed_triton(tmp_path / "home", tmp_path / "empty-backends")
+    monkeypatch.setenv(TRITON_HOME_ENV, str(home))
+    with pytest.raises(ServerStartError, match="has no python backend"):
+        prepare_backend_directory(tmp_path / "cache")
+
+
+@pytest.mark.integration
+def test_an_installed_triton_named_by_the_environment_is_run_with_its_own_backends(
+    triton_server: TritonServers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = _installed_triton(tmp_path / "opt-tritonserver", prepare_backend_directory(tmp_path / "cache"))
+    monkeypatch.setenv(TRITON_HOME_ENV, str(home))
+    repository = tmp_path / "repository"
+    write_model(repository, "echo", ECHO_MODEL)
+    server = triton_server(repository)
+    assert server.command[0] == str(home / "bin" / "tritonserver")
+    assert f"--backend-directory={home / 'backends'}" in server.command
+
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.endpoints.grpc)
+    try:
+        output, _ = infer_echo(client, np.arange(3, dtype=np.float32).reshape(1, 3))
+    finally:
+        client.close()
+    np.testing.assert_array_equal(output, np.arange(3, dtype=np.float32).reshape(1, 3))
 
 
 @pytest.mark.integration
