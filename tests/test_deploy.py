@@ -52,6 +52,8 @@ def test_server_reserves_a_gpu_checks_readiness_and_drains_on_stop(compose: dict
     triton = _triton_command(config, repository_key="wrapper-only-repository-key")
     assert _flag(triton, "--model-control-mode") == "explicit" and _flag(triton, "--load-model") == "*"
     assert _flag(triton, "--http-restricted-api").startswith("model-repository:")
+    assert _flag(triton, "--exit-timeout-secs") == str(config.exit_timeout_s) == "30"
+    assert _flag(triton, "--backend-config") == "python,shm-default-byte-size=16777216"
     grace_s = int(str(service["stop_grace_period"]).rstrip("s"))
     assert grace_s > _stop_budget_s(config), "docker would SIGKILL before the server drained and exited"
 
