@@ -184,13 +184,13 @@ def _load(client: FashionClient, images: list[bytes], stop: threading.Event, cal
 
 
 def _under_load(
-    server: TritonServer, stop_server: Callable[[], int | None]
+    server: TritonServer, stop_server: Callable[[], int | None], *, size: tuple[int, int] = (640, 480)
 ) -> tuple[list[_Call], float, float, int | None]:
-    """Six clients without retries send 640x480 images; after 1.5 s ``stop_server()`` runs.
+    """Six clients without retries send images of ``size``; after 1.5 s ``stop_server()`` runs.
 
     Returns every call, when the stop began, how long it took, and the server's exit code.
     """
-    images = [dark_jpeg(seed, size=(640, 480)) for seed in range(8)]
+    images = [dark_jpeg(seed, size=size) for seed in range(8)]
     config = ClientConfig(url=server.endpoints.grpc, retry=RetryPolicy.disabled(), timeouts=Timeouts(request_s=10))
     stop = threading.Event()
     calls: list[_Call] = []
@@ -232,6 +232,19 @@ def _failures(calls: list[_Call]) -> list[FashionBoxError]:
     return [c.outcome for c in calls if isinstance(c.outcome, FashionBoxError)]
 
 
+def _assert_drained(in_flight: list[_Call]) -> None:
+    """Every request inside the ensemble when the stop began finished.
+
+    A call's ``sent`` is read before its bytes leave the client, so one sent just before the stop
+    began may reach Triton after the unload and be refused at the entry (NOT_FOUND, retryable),
+    as those sent after are. A request failing once inside the ensemble must never happen.
+    """
+    inside = [o for o in _failures(in_flight) if not isinstance(o, ModelNotReady)]
+    assert inside == [], "every request inside the ensemble when the stop began finished"
+    finished = [c for c in in_flight if not isinstance(c.outcome, FashionBoxError)]
+    assert len(finished) >= 2, "requests in flight finished rather than being refused at the entry"
+
+
 def test_sigterm_refuses_new_requests_cleanly_and_exits_within_the_exit_timeout(
     shipped_policy_repository: Path, tmp_path: Path
 ) -> None:
@@ -264,14 +277,15 @@ def test_a_draining_stop_finishes_every_request_in_flight_and_refuses_new_ones_c
 ) -> None:
     # The default config: stop() unloads the ensemble first (fashionbox.drain), then SIGTERMs.
     with embedded_server(shipped_policy_repository, tmp_path, exit_timeout_s=5) as server:
-        calls, stopped, stop_s, code = _under_load(server, server.stop)
+        # Larger images: requests long enough that several were sent well before the stop began.
+        calls, stopped, stop_s, code = _under_load(server, server.stop, size=(1600, 1200))
 
     in_flight = [c for c in calls if c.sent < stopped < c.done]
     after = [c for c in calls if c.sent > stopped]
     _log_figures("draining stop", stop_s, in_flight, after)
     assert code == 0 and stop_s < 2 * server.config.exit_timeout_s + 5, (code, stop_s)
     assert len(in_flight) >= 3 and after, "six clients were sending before and after the stop"
-    assert _failures(in_flight) == [], "every request in flight when the stop began finished"
+    _assert_drained(in_flight)
     refused = _failures(after)
     assert refused, "requests after the stop began are refused"
     # NOT_FOUND "no available versions" while draining, then no listener: both retryable.
@@ -334,7 +348,7 @@ def test_sigterm_to_fashionbox_serve_drains_what_is_in_flight_and_exits_cleanly(
     _log_figures("SIGTERM to fashionbox serve", exit_s, in_flight, after)
     assert code == 0 and exit_s < 2 * 5 + 5, ((tmp_path / "serve.log").read_text(), exit_s)
     assert len(in_flight) >= 3 and after, "six clients were sending before and after the signal"
-    assert _failures(in_flight) == [], "every request in flight when the signal came finished"
+    _assert_drained(in_flight)
     assert _failures(after) and all(o.retryable for o in _failures(after))
 
 
