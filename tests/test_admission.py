@@ -191,8 +191,10 @@ def _server_slots(server: TritonServer) -> AdmissionSlots:
 
 @pytest.mark.integration
 def test_past_the_bound_the_ensemble_refuses_at_once_and_gives_every_slot_back(admission_server: TritonServer) -> None:
-    # 200 requests within 0.1 s against 3 slots.
-    result = asyncio.run(drive_open_loop(admission_server.endpoints.grpc, image_set(40), rate_rps=2000,
+    # 60 requests within 0.1 s against 3 slots. (A burst of 200 made the sender and Triton's
+    # frontend starve the stubs of the 2 cores now and then: the entry then answered its first
+    # refusals after 35-100 ms, in 1 of 6 runs; this measures the refusal, not that contention.)
+    result = asyncio.run(drive_open_loop(admission_server.endpoints.grpc, image_set(40), rate_rps=600,
                                          duration_s=0.1, deadline_s=10))
 
     assert result.ok > 0 and result.refused > 0, result.as_dict()
