@@ -61,6 +61,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fashionbox import contract
+from fashionbox.gpu_imaging import DecodeSettings
 from fashionbox.imaging import DecodeLimits
 from fashionbox.labels import LabelMap
 from fashionbox.serving import (
@@ -105,8 +106,6 @@ ONNX_FILE = "model.onnx"
 LABELS_JSON_PARAMETER = contract.LABELS_PARAMETER
 """Ensemble config parameter holding the label map JSON, so clients read labels from the server."""
 MODEL_VERSION_PARAMETER = "model_version"
-DECODE_DEVICE_PARAMETER = "decode_device"
-"""``preprocess`` parameter: where JPEGs are decoded (:class:`fashionbox.gpu_imaging.DecodeSettings`)."""
 WEIGHTS_FILE = RuntimeSettings.weights_file
 """The checkpoint a ``torch`` runner loads, in its model's version folder."""
 
@@ -452,7 +451,7 @@ def _on_gpu(config: Any) -> None:
 def gpu_preprocess(config: Any) -> None:
     """The GPU profiles' ``preprocess``: a GPU instance decoding JPEGs with nvJPEG where it can."""
     _on_gpu(config)
-    config.parameters[DECODE_DEVICE_PARAMETER].string_value = "auto"
+    _parameters(config, DecodeSettings(decode_device="auto"))
 
 
 def ensemble_config(settings: RepositorySettings, label_map: LabelMap, steps: Mapping[str, Any]) -> Any:

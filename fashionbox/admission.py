@@ -18,9 +18,9 @@ from the repository and the server's process id, so two servers never share one 
 server starts empty::
 
     slots = AdmissionSlots.for_server(repository_dir, capacity=16, ttl_s=5.0)
-    if not slots.acquire():
-        ...refuse: the server is at capacity...
-    slots.release()
+    admitted = slots.take(len(requests))     # the first `admitted` go in; the rest are refused
+    ...
+    slots.release()                          # one per request answered
 """
 
 from __future__ import annotations
@@ -84,18 +84,6 @@ class AdmissionSlots:
     def _live(self, now: float) -> npt.NDArray[np.bool_]:
         live: npt.NDArray[np.bool_] = (self._times != 0.0) & (now - self._times <= self.ttl_s)
         return live
-
-    def acquire(self, count: int = 1) -> bool:
-        """Take ``count`` slots (all or none); False when fewer are free."""
-        if count < 1:
-            raise ValueError(f"count must be at least 1, got {count}")
-        with _Lock(self._fd):
-            now = self._clock()
-            free = np.flatnonzero(~self._live(now))
-            if len(free) < count:
-                return False
-            self._times[free[:count]] = now
-            return True
 
     def take(self, count: int) -> int:
         """Take up to ``count`` slots, as many as are free, under one lock; how many were taken.

@@ -37,14 +37,14 @@ class NmsSettings:
 
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of boxes ``a [n, 4]`` and ``b [m, 4]`` (x1, y1, x2, y2) -> ``[n, m]``."""
-    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    """IoU of boxes ``a [..., n, 4]`` and ``b [..., m, 4]`` (x1, y1, x2, y2) -> ``[..., n, m]``."""
+    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
+    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
+    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
     wh = (rb - lt).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
-    union = area_a[:, None] + area_b[None, :] - inter
+    union = area_a[..., :, None] + area_b[..., None, :] - inter
     return torch.where(union > 0, inter / union, torch.zeros_like(union))
 
 
@@ -101,16 +101,8 @@ def nms_batched(boxes: Tensor, scores: Tensor, settings: NmsSettings, *, pre_nms
     order, valid = order[..., :k], valid[..., :k]
     candidates = torch.gather(boxes[:, None].expand(batch, num_classes, num_boxes, 4), 2,
                               order[..., None].expand(batch, num_classes, k, 4))  # [B, C, k, 4]
-    flat = candidates.reshape(-1, k, 4)
-    area = (flat[..., 2] - flat[..., 0]).clamp(min=0) * (flat[..., 3] - flat[..., 1]).clamp(min=0)
-    lt = torch.maximum(flat[:, :, None, :2], flat[:, None, :, :2])
-    rb = torch.minimum(flat[:, :, None, 2:], flat[:, None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area[:, :, None] + area[:, None, :] - inter
-    iou = torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(union))
     # suppresses[i, j]: candidate i, ranked before j, overlaps j too much.
-    suppresses = (iou > settings.iou_threshold).triu(diagonal=1).reshape(batch, num_classes, k, k)
+    suppresses = (box_iou(candidates, candidates) > settings.iou_threshold).triu(diagonal=1)  # [B, C, k, k]
     keep = valid
     for _ in range(k):
         blocked = (suppresses & keep[..., :, None]).any(dim=-2)

@@ -1,4 +1,4 @@
-"""Admission control's shared slots: all-or-nothing takes, releases, expiry, and several processes at once."""
+"""Admission control's shared slots: takes, releases, expiry, and several processes at once."""
 
 from __future__ import annotations
 
@@ -37,67 +37,58 @@ class Clock:
 def test_slots_are_taken_until_none_is_left_and_given_back(tmp_path: Path) -> None:
     slots = AdmissionSlots(tmp_path / "slots", capacity=3, ttl_s=10)
 
-    assert [slots.acquire() for _ in range(4)] == [True, True, True, False]
+    assert [slots.take(1) == 1 for _ in range(4)] == [True, True, True, False]
     assert slots.in_use() == 3
     slots.release()
-    assert slots.in_use() == 2 and slots.acquire() and not slots.acquire()
-
-
-def test_a_take_of_several_is_all_or_nothing(tmp_path: Path) -> None:
-    slots = AdmissionSlots(tmp_path / "slots", capacity=4, ttl_s=10)
-    assert slots.acquire(3)
-
-    assert not slots.acquire(2)
-    assert slots.in_use() == 3
-    with pytest.raises(ValueError, match="count"):
-        slots.acquire(0)
+    assert slots.in_use() == 2 and slots.take(1) == 1 and slots.take(1) == 0
 
 
 def test_take_admits_as_many_as_are_free_under_one_lock(tmp_path: Path) -> None:
     slots = AdmissionSlots(tmp_path / "slots", capacity=5, ttl_s=10)
-    assert slots.acquire(2)
+    assert slots.take(2) == 2
 
     assert slots.take(4) == 3
     assert slots.take(1) == 0 and slots.in_use() == 5
+    assert slots.take(0) == 0
 
 
 def test_a_slot_never_given_back_frees_itself_after_the_ttl(tmp_path: Path) -> None:
     clock = Clock()
     slots = AdmissionSlots(tmp_path / "slots", capacity=2, ttl_s=5, clock=clock)
-    assert slots.acquire(2) and not slots.acquire()
+    assert slots.take(2) == 2 and slots.take(1) == 0
 
     clock.now += 5.5
     assert slots.in_use() == 0
-    assert slots.acquire(2)
+    assert slots.take(2) == 2
 
 
 def test_release_gives_back_the_oldest_live_slots_and_never_more_than_are_taken(tmp_path: Path) -> None:
     clock = Clock()
     slots = AdmissionSlots(tmp_path / "slots", capacity=3, ttl_s=5, clock=clock)
-    slots.acquire()
+    slots.take(1)
     clock.now += 1
-    slots.acquire()
+    slots.take(1)
 
     slots.release(5)
     assert slots.in_use() == 0
-    assert slots.acquire(3)
+    assert slots.take(3) == 3
 
 
 def test_processes_opening_the_same_file_share_the_slots(tmp_path: Path) -> None:
     first = AdmissionSlots(tmp_path / "slots", capacity=2, ttl_s=10)
     second = AdmissionSlots(tmp_path / "slots", capacity=2, ttl_s=10)
 
-    assert first.acquire() and second.acquire()
-    assert not first.acquire() and not second.acquire()
+    assert first.take(1) == 1 and second.take(1) == 1
+    assert first.take(1) == 0 and second.take(1) == 0
     second.release()
-    assert first.acquire()
+    assert first.take(1) == 1
 
 
 def _hammer(path: str, rounds: int, results: mp.Queue) -> None:
     slots = AdmissionSlots(Path(path), capacity=5, ttl_s=60)
     taken = 0
     for _ in range(rounds):
-        if slots.acquire():
+        if slots.take(1) == 1:
             taken += 1
             assert slots.in_use() <= 5
             slots.release()

@@ -3,7 +3,7 @@
 PIXELS UINT8 [S, S, 3] -> DET_BOXES FP32 [-1, 4] (letterbox px), DET_SCORES FP32 [-1],
 DET_CLASSES INT32 [-1]. The whole dynamic batch runs as one call: ONNX Runtime with NMS inside
 the graph, or PyTorch on the instance's device with batched NMS (runtime ``torch``), and
-:func:`fashionbox.postprocessing.gather_detections` picks the kept boxes. A request carrying
+:mod:`fashionbox.postprocessing` gathers the kept boxes per image. A request carrying
 several images gets rows padded with class -1. Parameters:
 :class:`fashionbox.serving.DetectorParameters`, :class:`fashionbox.serving.RuntimeSettings` and
 :class:`fashionbox.serving.OrtSettings`.
