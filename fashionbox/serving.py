@@ -572,7 +572,8 @@ def load_detector_runner(args: ModelArgs) -> tuple[DetectorRunner, str]:
     def torch_detector(path: Path, runtime: RuntimeSettings, device: str) -> DetectorRunner:
         from fashionbox.torch_runtime import TorchDetector
 
-        return TorchDetector.from_settings(path, runtime, device=device, max_detections=params.max_detections)
+        return TorchDetector.from_settings(path, runtime, device=device, max_detections=params.max_detections,
+                                           max_batch_size=max(1, args.max_batch_size()))
 
     def onnx_detector(path: Path, ort: OrtSettings) -> DetectorRunner:
         return OnnxDetector(path, ort, max_detections=params.max_detections)
@@ -589,7 +590,8 @@ def load_attributes_runner(args: ModelArgs) -> tuple[AttributesRunner, str]:
         from fashionbox.torch_runtime import TorchAttributes
 
         return TorchAttributes(path, device=device, precision=runtime.precision,
-                               num_attribute_labels=params.num_attribute_labels)
+                               num_attribute_labels=params.num_attribute_labels,
+                               max_batch_size=max(1, args.max_batch_size()))
 
     def onnx_heads(path: Path, ort: OrtSettings) -> AttributesRunner:
         return OnnxAttributes(path, ort, num_attribute_labels=params.num_attribute_labels)

@@ -5,6 +5,9 @@
 #   here, once:  .venv/bin/python scripts/device_kit.py        # -> .devicekit/site-py3.12.tar.xz (~41 MiB)
 #   device:      run(command="bash scripts/gpu_session.sh", carry=[".devicekit"], timeout_s=590)
 #
+# Measured on the H200 (2026-12-04): unpack and environment 25 s, shape benchmark 46 s, CUDA tests
+# 70 s, one benchmark round 255 s; a machine's start adds about 30 s to the call's device time.
+#
 # That machine has PyTorch on CUDA and numpy 2 but no Triton, no tritonclient and no network: the kit
 # (scripts/device_kit.py) is unpacked into a folder on PYTHONPATH, which `fashionbox serve` forwards to
 # the python-backend stubs; this checkout is installed editable, as here.
@@ -12,7 +15,7 @@
 # Everything lands in $OUT (the device tool's folder; ./gpu-session-out elsewhere): session.log,
 # environment.txt, cuda_tests.log, gpu.json, bench.log, and the Triton logs of anything that failed.
 # Each step has its own time limit, so the files of the finished steps come back when a later one
-# runs long. Limits (seconds): TESTS_S, BENCH_S; the benchmark's arguments: BENCH_ARGS.
+# runs long. Limits (seconds): TESTS_S (0: no tests), SHAPES_S, BENCH_S; the benchmark's arguments: BENCH_ARGS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -20,9 +23,12 @@ OUT=${OUT:-$REPO/gpu-session-out}
 PYTHON=${PYTHON:-python3}
 KIT=${FASHIONBOX_DEVICE_KIT:-$REPO/.devicekit}
 SITE=${FASHIONBOX_DEVICE_SITE:-/tmp/fashionbox-site}
-TESTS_S=${TESTS_S:-150}
-BENCH_S=${BENCH_S:-400}
-BENCH_ARGS=${BENCH_ARGS:---rounds 2 --duration-s 4 --ceiling-s 2 --profiles cpu,gpu,gpu-unbatched --concurrency 32,256}
+TESTS_S=${TESTS_S:-100}
+SHAPES_S=${SHAPES_S:-60}
+BENCH_S=${BENCH_S:-380}
+# One round of these three profiles took 255 s on the H200 (2026-12-04: server starts, bucket warm-ups
+# and the network ceilings included); a second round adds about 100 s.
+BENCH_ARGS=${BENCH_ARGS:---rounds 2 --duration-s 4 --ceiling-s 1 --profiles gpu,cpu,gpu-unbatched --concurrency 64,256}
 mkdir -p "$OUT" "$SITE"
 exec > >(tee -a "$OUT/session.log") 2>&1
 step() { echo "== $(date -u +%T) $*"; }
@@ -90,13 +96,22 @@ EOF
   echo "perf_analyzer: $(command -v perf_analyzer)"
 } 2>&1 | tee "$OUT/environment.txt"
 
-step "CUDA tests (limit ${TESTS_S}s)"
-# -W default: the device's newer packages may warn where ours do not; a warning is not a failure here.
-# From tests/: `python -m pytest` puts its folder first on sys.path, and this checkout's own
-# fashionbox/ folder (without the parts pyproject maps into it) must not shadow the package.
-(cd tests && timeout "$TESTS_S" "$PYTHON" -m pytest -q -p no:cacheprovider -W default -m cuda -rs \
-  test_torch_runtime.py test_gpu_imaging.py) >"$OUT/cuda_tests.log" 2>&1
-echo "pytest exit $? (log: cuda_tests.log)"; tail -n 15 "$OUT/cuda_tests.log"
+step "first sight of a batch shape, unbucketed and bucketed (limit ${SHAPES_S}s)"
+timeout "$SHAPES_S" "$PYTHON" tests/benchmarks/bench_torch_shapes.py --out "$OUT/torch_shapes.json" \
+  >"$OUT/shapes.log" 2>&1
+echo "bench_torch_shapes exit $?"; tail -n 4 "$OUT/shapes.log"
+
+step "CUDA tests (limit ${TESTS_S}s; 0 skips them)"
+if [ "$TESTS_S" -gt 0 ]; then
+  # -W default: the device's newer packages may warn where ours do not; a warning is not a failure here.
+  # From tests/: `python -m pytest` puts its folder first on sys.path, and this checkout's own
+  # fashionbox/ folder (without the parts pyproject maps into it) must not shadow the package.
+  (cd tests && timeout "$TESTS_S" "$PYTHON" -m pytest -q -p no:cacheprovider -W default -m cuda -rs \
+    test_torch_runtime.py test_gpu_imaging.py) >"$OUT/cuda_tests.log" 2>&1
+  echo "pytest exit $? (log: cuda_tests.log)"; tail -n 15 "$OUT/cuda_tests.log"
+else
+  echo "skipped (TESTS_S=0)"
+fi
 
 step "benchmark: $BENCH_ARGS (limit ${BENCH_S}s)"
 # shellcheck disable=SC2086 # BENCH_ARGS is a list of arguments

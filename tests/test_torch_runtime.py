@@ -47,7 +47,13 @@ from fashionbox.serving import (
     load_attributes_runner,
     load_detector_runner,
 )
-from fashionbox.torch_runtime import TorchAttributes, TorchDetector, TorchRuntimeError, resolve_device
+from fashionbox.torch_runtime import (
+    TorchAttributes,
+    TorchDetector,
+    TorchRuntimeError,
+    batch_buckets,
+    resolve_device,
+)
 from fashionbox.training.data import render_sample
 
 LABELS = default_label_map()
@@ -148,6 +154,38 @@ def test_the_torch_heads_answer_as_the_onnx_graph_does(torch_repository: Path, s
     crops = np.ascontiguousarray(scenes[:, 100:196, 100:196])
 
     np.testing.assert_allclose(heads.classify(crops), onnx_heads.classify(crops), atol=1e-4)
+
+
+def test_batch_buckets_are_powers_of_two_up_to_the_largest_batch() -> None:
+    assert batch_buckets(1) == (1,)
+    assert batch_buckets(64) == (1, 2, 4, 8, 16, 32, 64)
+    assert batch_buckets(48) == (1, 2, 4, 8, 16, 32, 48)
+    with pytest.raises(ValueError, match="at least 1"):
+        batch_buckets(0)
+
+
+def test_bucketed_runners_pad_and_answer_only_the_rows_asked_for(scenes: np.ndarray) -> None:
+    plain = TorchDetector(default_weights("detector"), device="cpu", precision="fp32", nms=NMS, max_detections=50)
+    padded = TorchDetector(default_weights("detector"), device="cpu", precision="fp32", nms=NMS, max_detections=50,
+                           max_batch_size=8, bucketed=True)
+    assert plain.buckets == () and padded.buckets == (1, 2, 4, 8)
+    assert padded._padded(scenes[:3]).shape[0] == 4 and padded._padded(scenes[:4]).shape[0] == 4
+    assert padded._padded(np.concatenate([scenes, scenes])).shape[0] == 12, "past the largest bucket: as is"
+    for rows in (1, 3, 5):
+        ours, theirs = padded.detect(scenes[:rows]), plain.detect(scenes[:rows])
+        assert len(ours) == rows
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.classes.tolist() == b.classes.tolist()
+            np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+            np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+    heads = TorchAttributes(default_weights("attributes"), device="cpu", precision="fp32",
+                            num_attribute_labels=LABELS.num_attribute_labels, max_batch_size=16, bucketed=True)
+    plain_heads = TorchAttributes(default_weights("attributes"), device="cpu", precision="fp32",
+                                  num_attribute_labels=LABELS.num_attribute_labels)
+    crops = np.ascontiguousarray(scenes[:5, 100:196, 100:196])
+    probs = heads.classify(crops)
+    assert probs.shape == (5, LABELS.num_attribute_labels)
+    np.testing.assert_allclose(probs, plain_heads.classify(crops), atol=1e-5)
 
 
 def test_heads_whose_label_count_disagrees_fail_at_load() -> None:

@@ -259,17 +259,18 @@ def main(argv: list[str] | None = None) -> int:
                 best = results[profile]["best"]
                 print(f"round {index + 1} {profile}: {best['throughput_rps']:.1f} images/s at c={best['concurrency']}"
                       f" p50 {best['latency_ms']['p50']:.1f} ms p99 {best['latency_ms']['p99']:.1f} ms", flush=True)
+                # After every profile, so a run stopped at a time limit keeps what it finished.
+                report = write_report(args.out, __file__, argv, {
+                    "not_measured": {p: "torch sees no CUDA device on this machine"
+                                     for p in wanted if p not in profiles},
+                    "rounds_done": index + (len(results) == len(profiles)),
+                    "cpu_instances": cpu_instances(args.cores),
+                    "load_processes": args.load_processes,
+                    "network_ceiling": ceilings,
+                    "summary": summary_with_ratios([*rounds, results]),
+                    "rounds": [*rounds, results],
+                }, machine_info=gpu_machine())
             rounds.append(results)
-            # After every round, so a run stopped at a time limit keeps the rounds it finished.
-            report = write_report(args.out, __file__, argv, {
-                "not_measured": {p: "torch sees no CUDA device on this machine" for p in wanted if p not in profiles},
-                "rounds_done": len(rounds),
-                "cpu_instances": cpu_instances(args.cores),
-                "load_processes": args.load_processes,
-                "network_ceiling": ceilings,
-                "summary": summary_with_ratios(rounds),
-                "rounds": rounds,
-            }, machine_info=gpu_machine())
     print(json.dumps({key: report[key] for key in ("summary", "network_ceiling", "not_measured")}, indent=2))
     return 0
 
