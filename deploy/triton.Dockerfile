@@ -3,21 +3,28 @@
 # converter runs elsewhere.
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
 
-COPY pyproject.toml constraints.txt README.md /opt/fashionbox/
-COPY fashionbox /opt/fashionbox/fashionbox
+COPY constraints.txt /opt/fashionbox/
 COPY client /opt/fashionbox/client
-COPY converter /opt/fashionbox/converter
-COPY loadtest /opt/fashionbox/loadtest
+COPY core /opt/fashionbox/core
 COPY models /opt/fashionbox/models
 COPY synth /opt/fashionbox/synth
 COPY training /opt/fashionbox/training
-COPY proto /opt/fashionbox/proto
+COPY converter /opt/fashionbox/converter
 COPY model_repository /opt/fashionbox/model_repository
+COPY server /opt/fashionbox/server
+COPY loadtest /opt/fashionbox/loadtest
+COPY commands /opt/fashionbox/commands
 
-# numpy < 2 is pinned by the constraints: numpy 2 empties python-backend outputs (FIELD_NOTES).
-# [loadtest] serves the compose loadtest service. GPU JPEG decoding in preprocess needs torch and
-# torchvision for this image's CUDA as well; without them it decodes on the CPU (and logs so).
-RUN python3 -m pip install --no-cache-dir -c /opt/fashionbox/constraints.txt "/opt/fashionbox[runtime,loadtest]"
+# Every part's code (one distribution per folder, docs/ARCHITECTURE.md), and only the third-party
+# packages that serving, `fashionbox loadtest` and the python-backend models import: no torch
+# (the converter and the networks' torch code are imported only by the commands that need them).
+# numpy < 2 is pinned by the constraints: numpy 2 empties python-backend outputs (docs/FIELD_NOTES.md).
+# GPU JPEG decoding in preprocess needs torch and torchvision for this image's CUDA as well; without
+# them it decodes on the CPU (and logs so).
+RUN cd /opt/fashionbox && python3 -m pip install --no-cache-dir --no-deps \
+      ./client ./core ./models ./synth ./training ./converter ./model_repository ./server ./loadtest ./commands && \
+    python3 -m pip install --no-cache-dir -c constraints.txt \
+      numpy pillow protobuf "tritonclient[grpc]" onnxruntime hdrhistogram
 # `fashionbox serve` runs this image's Triton (binary, libraries, backends) instead of the wheel's.
 ENV FASHIONBOX_TRITON_HOME=/opt/tritonserver
 
@@ -28,5 +35,5 @@ ENV FASHIONBOX_TRITON_HOME=/opt/tritonserver
 ARG TORCH_INDEX_URL=""
 RUN if [ -n "$TORCH_INDEX_URL" ]; then \
       python3 -m pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" "torch==2.13.0" && \
-      python3 -m pip install --no-cache-dir -c /opt/fashionbox/constraints.txt "/opt/fashionbox[torch-runtime]"; \
+      python3 -m pip install --no-cache-dir -c /opt/fashionbox/constraints.txt safetensors; \
     fi

@@ -47,25 +47,14 @@ if ! ldconfig -p 2>/dev/null | grep -q "libpython$version.so.1.0"; then
   [ -n "$found" ] && export LD_LIBRARY_PATH="$(dirname "$found")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH" PYTHONUNBUFFERED=1
-# This checkout, installed as here (editable, setuptools from the image, no dependencies resolved);
-# where that fails, linked into $SITE as the installed package would be laid out (pyproject's map).
-if ! "$PYTHON" -m pip install --quiet --no-index --no-deps --no-build-isolation --editable .; then
-  echo "editable install failed: linking this checkout into $SITE instead"
-  "$PYTHON" - "$REPO" "$SITE" <<'EOF' || exit 12
-import sys, tomllib
-from pathlib import Path
-
-repo, site = Path(sys.argv[1]), Path(sys.argv[2])
-package = site / "fashionbox"
-package.mkdir(exist_ok=True)
-for entry in (repo / "fashionbox").iterdir():
-    if entry.name != "__pycache__" and not (package / entry.name).exists():
-        (package / entry.name).symlink_to(entry)
-mapping = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-for name, folder in mapping.items():
-    if name.count(".") == 1 and not (package / name.split(".")[1]).exists():
-        (package / name.split(".")[1]).symlink_to(repo / folder)
-EOF
+# This checkout's parts, installed as here (editable, setuptools from the image, no dependencies
+# resolved); where that fails, every part's src/ folder on PYTHONPATH (they are PEP 420 portions).
+parts=$(for f in */pyproject.toml; do printf -- '-e ./%s ' "$(dirname "$f")"; done)
+# shellcheck disable=SC2086 # one argument per part
+if ! "$PYTHON" -m pip install --quiet --no-index --no-deps --no-build-isolation $parts; then
+  echo "editable install failed: putting every part's src/ on PYTHONPATH instead"
+  for src in "$REPO"/*/src; do PYTHONPATH="$PYTHONPATH:$src"; done
+  export PYTHONPATH
 fi
 export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/fashionbox-cache}
 
@@ -82,7 +71,7 @@ print("numpy", numpy.__version__, numpy.__file__)
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
 print("protobuf", google.protobuf.__version__, "onnxruntime", onnxruntime.__version__)
-print("fashionbox from", fashionbox.__file__)
+print("fashionbox from", list(fashionbox.__path__))
 try:
     import torchvision
     print("torchvision", torchvision.__version__)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install FashionBox with every extra, pinned by constraints.txt.
+# Create .venv and install every FashionBox part (editable) and the dev tools, pinned by constraints.txt.
 # Idempotent: a second run only reinstalls when pyproject.toml or constraints.txt changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,10 +26,10 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.fashionbox-installed
-digest=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+digest=$(cat pyproject.toml constraints.txt requirements-dev.txt ./*/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     # torch is pinned to 2.13.0 (a local CPU wheel); the constraints keep pip from pulling CUDA builds.
-    .venv/bin/python -m pip install -q -c constraints.txt -e ".[all]"
+    .venv/bin/python -m pip install -q -c constraints.txt -r requirements-dev.txt
     echo "$digest" > "$stamp"
 fi

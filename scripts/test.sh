@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 .venv/bin/ruff check .
-.venv/bin/python scripts/typecheck.py
-.venv/bin/python -m fashionbox.protogen --check
+.venv/bin/python -m mypy
+.venv/bin/python -m fashionbox.contract.protogen --check
 .venv/bin/python -m pytest -q "$@"

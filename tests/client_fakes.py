@@ -26,8 +26,8 @@ from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 from fashionbox import contract
 from fashionbox.client._base import LABELS_PARAMETER, InferRequest, InferResultLike
-from fashionbox.labels import LabelMap
-from fashionbox.results import build_image_detections
+from fashionbox.contract.labels import LabelMap
+from fashionbox.core.results import build_image_detections
 
 Responder = Callable[[InferRequest], InferResultLike]
 

@@ -19,9 +19,9 @@ from PIL import Image
 
 from fashionbox.contract import ADMIN_GRPC_HEADER, ADMIN_KEY_NAME
 from fashionbox.converter.repository import ModelScheduling, RepositorySettings
-from fashionbox.security import ServerTls
 from fashionbox.server import TritonServer, start_on_free_ports
-from fashionbox.stubs import restart_on_same_ports
+from fashionbox.server.security import ServerTls
+from fashionbox.server.stubs import restart_on_same_ports
 
 ADMIN_KEY = "s3cret-admin-key"
 RESTRICT_STATISTICS = f"--grpc-restricted-protocol=statistics:{ADMIN_KEY_NAME}={ADMIN_KEY}"

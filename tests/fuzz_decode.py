@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fashionbox.imaging import DecodeLimits, InvalidImageError, decode_image, letterbox
+from fashionbox.core.imaging import DecodeLimits, InvalidImageError, decode_image, letterbox
 
 INPUT_SIZE = 320
 """The served letterbox size: JPEG DCT scaling depends on it, so fuzz at the real one."""

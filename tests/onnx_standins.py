@@ -181,8 +181,8 @@ def write_attributes(path: Path, *, crop_size: int, group_sizes: Sequence[int], 
 def write_standin_repository(folder: Path, settings: Any, *, purpose: str, label_map: Any = None) -> Path:
     """A complete model repository in ``folder / "repository"`` with stand-in graphs sized for ``settings``
     (a ``RepositorySettings``) and ``label_map`` (default: the shipped one)."""
+    from fashionbox.contract.labels import default_label_map
     from fashionbox.converter.repository import write_repository
-    from fashionbox.labels import default_label_map
 
     labels = label_map if label_map is not None else default_label_map()
     spec = DetectorStandIn.default(input_size=settings.input_size, num_categories=labels.num_categories)

@@ -11,8 +11,8 @@ import pytest
 from client_servers import dark_jpeg, image_set, start_private_server
 from onnx_standins import write_standin_repository
 
-from fashionbox.admission import AdmissionSlots, slots_path
 from fashionbox.client import ClientConfig, FashionClient, ImageDetections, InvalidImage, RetryPolicy
+from fashionbox.contract.labels import default_label_map
 from fashionbox.converter.repository import (
     DEFAULT_MAX_IN_FLIGHT,
     ModelScheduling,
@@ -20,10 +20,10 @@ from fashionbox.converter.repository import (
     gpu_scheduling,
     model_configs,
 )
-from fashionbox.labels import default_label_map
+from fashionbox.core.admission import AdmissionSlots, slots_path
+from fashionbox.core.serving import AdmissionSettings, Parameters
 from fashionbox.loadtest.reliability import drive_open_loop
 from fashionbox.server import TritonServer
-from fashionbox.serving import AdmissionSettings, Parameters
 
 
 class Clock:

@@ -314,7 +314,7 @@ def test_the_convert_command_passes_the_limits_to_the_repository_settings(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     import fashionbox.converter
-    from fashionbox.cli import main
+    from fashionbox.commands.cli import main
 
     given: list[Any] = []
     monkeypatch.setattr(fashionbox.converter, "convert",

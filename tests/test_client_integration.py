@@ -40,7 +40,7 @@ from fashionbox.client import (
     RetryPolicy,
     Timeouts,
 )
-from fashionbox.labels import default_label_map
+from fashionbox.contract.labels import default_label_map
 from fashionbox.server import TritonServer, find_free_port
 
 pytestmark = pytest.mark.integration

@@ -30,6 +30,7 @@ from fashionbox.client import ClientConfig, FashionClient, ImageDetections
 from fashionbox.v1 import detections_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "client" / "src" / "fashionbox" / "v1" / "detections.proto"
 README = ROOT / "client" / "README.md"
 needs_shell = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("bash", "base64", "jq", "tail", "wc")),
@@ -75,8 +76,15 @@ def test_the_contract_table_in_the_readme_is_the_contract() -> None:
     assert [row[4] for row in documented] == [spec.doc for _, spec in specs]
 
 
+def copy_schema(folder: Path) -> None:
+    """The schema as the client's README finds it: ``src/fashionbox/v1/detections.proto`` under its folder."""
+    target = folder / "src" / "fashionbox" / "v1"
+    target.mkdir(parents=True)
+    shutil.copy(SCHEMA, target / SCHEMA.name)
+
+
 def test_the_python_stub_command_in_the_readme_generates_a_module_that_decodes_results(tmp_path: Path) -> None:
-    shutil.copytree(ROOT / "proto", tmp_path / "proto", ignore=shutil.ignore_patterns("*.py", "*.pyi", "__pycache__"))
+    copy_schema(tmp_path)
     (tmp_path / "gen").mkdir()
     command = readme_block("python-stubs").replace("python ", f'"{sys.executable}" ', 1)
 
@@ -124,7 +132,7 @@ def model_infer(url: str, request_json: str) -> str:
 def test_the_worked_example_round_trips_and_decodes_to_the_typed_clients_result(url: str, tmp_path: Path) -> None:
     image = dark_jpeg(11, size=(320, 240))
     (tmp_path / "look.jpg").write_bytes(image)
-    shutil.copytree(ROOT / "proto", tmp_path / "proto", ignore=shutil.ignore_patterns("*.py", "*.pyi", "__pycache__"))
+    copy_schema(tmp_path)
 
     run_bash(readme_block("build-request"), tmp_path)
     (tmp_path / "response.json").write_text(model_infer(url, (tmp_path / "request.json").read_text()))

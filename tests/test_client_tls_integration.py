@@ -27,8 +27,8 @@ from fashionbox.client import (
     RetryPolicy,
     TlsConfig,
 )
-from fashionbox.security import ServerTls
 from fashionbox.server import TritonServer
+from fashionbox.server.security import ServerTls
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")

@@ -68,8 +68,8 @@ from fashionbox.client import (
 from fashionbox.client._base import LABELS_PARAMETER, InferRequest, InferResultLike
 from fashionbox.client._retry import Attempts, retry_delay_s
 from fashionbox.client._transport import channel_args, channel_credentials
-from fashionbox.labels import LabelMap, default_label_map
-from fashionbox.results import build_image_detections
+from fashionbox.contract.labels import LabelMap, default_label_map
+from fashionbox.core.results import build_image_detections
 
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff_s=0.001, max_backoff_s=0.004, jitter=0.0)
 RESTRICTED = "This protocol is restricted, expecting header 'triton-grpc-protocol-admin-key'"

@@ -19,8 +19,7 @@ import pytest
 
 from fashionbox import contract
 from fashionbox.client import FashionClient, InvalidImage
-from fashionbox.converter import ConvertOptions, convert
-from fashionbox.evaluation import (
+from fashionbox.commands.evaluation import (
     EvalSample,
     Prediction,
     compare_fidelity,
@@ -29,7 +28,8 @@ from fashionbox.evaluation import (
     predictions_from_detections,
     predictions_from_result,
 )
-from fashionbox.pipeline import InProcessPipeline
+from fashionbox.converter import ConvertOptions, convert
+from fashionbox.models.pipeline import InProcessPipeline
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +97,7 @@ def test_a_bad_image_among_good_ones_fails_alone_with_its_message(url: str, held
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fashionbox.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "fashionbox.commands.cli", *args], capture_output=True, text=True,
                           timeout=300, check=False)
 
 

@@ -1,4 +1,4 @@
-"""fashionbox.gpu_imaging: where JPEGs are decoded, and the fallbacks to the CPU.
+"""fashionbox.core.gpu_imaging: where JPEGs are decoded, and the fallbacks to the CPU.
 
 The GPU path runs here on torch's CPU device with Pillow standing in for nvJPEG, so orientation,
 letterbox geometry and the fallbacks are tested without a GPU; the nvJPEG test carries the
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashionbox.gpu_imaging import (
+from fashionbox.core.gpu_imaging import (
     CpuDecoder,
     DecodeSettings,
     GpuDecoder,
@@ -24,8 +24,8 @@ from fashionbox.gpu_imaging import (
     select_decoder,
     torchvision_ops,
 )
-from fashionbox.imaging import DecodedImage, DecodeLimits, InvalidImageError, letterbox
-from fashionbox.serving import Parameters
+from fashionbox.core.imaging import DecodedImage, DecodeLimits, InvalidImageError, letterbox
+from fashionbox.core.serving import Parameters
 
 torch = pytest.importorskip("torch")
 
@@ -136,7 +136,7 @@ def _unavailable(device: str) -> TorchImageOps:
 
 
 def test_auto_falls_back_to_the_cpu_with_a_warning_when_nvjpeg_cannot_run(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="fashionbox.gpu_imaging"):
+    with caplog.at_level(logging.WARNING, logger="fashionbox.core.gpu_imaging"):
         decoder = select_decoder("auto", load_ops=_unavailable)
     assert isinstance(decoder, CpuDecoder)
     assert "decoding images on the CPU" in caplog.text and "torchvision" in caplog.text

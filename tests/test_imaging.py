@@ -1,4 +1,4 @@
-"""fashionbox.imaging: decoding (formats, EXIF, modes, limits, errors), letterboxing and garment crops."""
+"""fashionbox.core.imaging: decoding (formats, EXIF, modes, limits, errors), letterboxing and garment crops."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fuzz_decode import png_bytes
 from numpy.typing import NDArray
 from PIL import Image
 
-from fashionbox.imaging import (
+from fashionbox.core.imaging import (
     PAD_VALUE,
     DecodedImage,
     DecodeLimits,

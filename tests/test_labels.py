@@ -1,4 +1,4 @@
-"""fashionbox.labels: the default map against the Fashionpedia taxonomy, lookups, JSON, validation."""
+"""fashionbox.contract.labels: the default map against the Fashionpedia taxonomy, lookups, JSON, validation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fashionbox.labels import (
+from fashionbox.contract.labels import (
     AttributeGroup,
     Category,
     LabelMap,
@@ -18,7 +18,8 @@ from fashionbox.labels import (
     fashionpedia_taxonomy,
 )
 
-DEFAULT_JSON = Path(__file__).resolve().parents[1] / "fashionbox" / "data" / "default_labels.json"
+DEFAULT_JSON = (Path(__file__).resolve().parents[1] / "client" / "src" / "fashionbox" / "contract" / "data"
+                / "default_labels.json")
 
 CATEGORIES = (
     "shirt, blouse",

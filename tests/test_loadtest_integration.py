@@ -18,9 +18,9 @@ import pytest
 from onnx_standins import write_standin_repository
 
 from fashionbox import contract
-from fashionbox.cli import main
+from fashionbox.commands.cli import main
+from fashionbox.contract.labels import default_label_map
 from fashionbox.converter.repository import CONFIG_FILE, ModelScheduling, RepositorySettings
-from fashionbox.labels import default_label_map
 from fashionbox.loadtest.tune import read_configs, scheduling_of
 
 pytestmark = pytest.mark.integration

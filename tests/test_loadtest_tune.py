@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fashionbox import contract
+from fashionbox.contract.labels import default_label_map
 from fashionbox.converter.repository import (
     CONFIG_FILE,
     ModelScheduling,
@@ -17,7 +18,7 @@ from fashionbox.converter.repository import (
     model_configs,
     write_model_config,
 )
-from fashionbox.labels import default_label_map
+from fashionbox.core.serving import PostprocessParameters
 from fashionbox.loadtest.tune import (
     ATTRIBUTES_MAX_BATCH_PARAMETER,
     Trial,
@@ -32,7 +33,6 @@ from fashionbox.loadtest.tune import (
     scheduling_of,
     write_back,
 )
-from fashionbox.serving import PostprocessParameters
 
 CONFIGS = model_configs(RepositorySettings(), default_label_map())
 

@@ -14,7 +14,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from fashionbox.labels import default_label_map
+from fashionbox.contract.labels import default_label_map
 from fashionbox.models import (
     AttributeClassifier,
     AttributeConfig,

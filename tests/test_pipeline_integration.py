@@ -22,11 +22,11 @@ from onnx_standins import DetectorStandIn, write_attributes, write_detector
 from PIL import Image
 
 from fashionbox import contract
+from fashionbox.contract.labels import LabelMap, default_label_map
 from fashionbox.converter.repository import LABELS_JSON_PARAMETER, ModelScheduling, RepositorySettings, write_repository
-from fashionbox.imaging import crop_garments, decode_image, letterbox
-from fashionbox.labels import LabelMap, default_label_map
-from fashionbox.postprocessing import PAD_CLASS, ImageResult, finish_detections
-from fashionbox.serving import OnnxAttributes, OnnxDetector, OrtSettings
+from fashionbox.core.imaging import crop_garments, decode_image, letterbox
+from fashionbox.core.postprocessing import PAD_CLASS, ImageResult, finish_detections
+from fashionbox.core.serving import OnnxAttributes, OnnxDetector, OrtSettings
 from fashionbox.v1 import detections_pb2
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""fashionbox.postprocessing: gathering NMS output, masking attributes, padding, final assembly."""
+"""fashionbox.core.postprocessing: gathering NMS output, masking attributes, padding, final assembly."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from numpy.typing import NDArray
 from onnx_standins import DetectorStandIn, write_detector
 
-from fashionbox.imaging import LetterboxInfo
-from fashionbox.labels import default_label_map
-from fashionbox.postprocessing import (
+from fashionbox.contract.labels import default_label_map
+from fashionbox.core.imaging import LetterboxInfo
+from fashionbox.core.postprocessing import (
     PAD_CLASS,
     DetectorOutput,
     attribute_mask,

@@ -1,4 +1,4 @@
-"""The committed result schema modules are exactly what the pinned compiler makes of proto/."""
+"""The committed result schema modules are exactly what the pinned compiler makes of the .proto files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fashionbox import protogen
+from fashionbox.contract import protogen
 from fashionbox.v1 import detections_pb2
 
 needs_compiler = pytest.mark.skipif(
@@ -28,8 +28,8 @@ def test_the_check_command_passes_when_the_modules_are_up_to_date() -> None:
 
 @needs_compiler
 def test_the_check_notices_a_hand_edited_module(tmp_path: Path) -> None:
-    copy = tmp_path / "proto"
-    shutil.copytree(protogen.PROTO_ROOT, copy)
+    copy = tmp_path / "src"
+    shutil.copytree(protogen.PROTO_ROOT / "fashionbox" / "v1", copy / "fashionbox" / "v1")
     edited = copy / "fashionbox" / "v1" / "detections_pb2.pyi"
     edited.write_text(edited.read_text() + "\n# edited by hand\n")
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from fashionbox.loadtest.reliability import RssSampler, drive_open_loop, process_tree_rss_bytes, refusal_reason
-from fashionbox.stubs import STUB_NAME, StubWatch, python_stubs
+from fashionbox.server.stubs import STUB_NAME, StubWatch, python_stubs
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

@@ -5,7 +5,7 @@
 - the short form of ``scripts/overload.py`` (twice the sustainable rate) holds its checks;
 - SIGTERM under load: requests in flight finish, later ones are refused cleanly, the server exits
   within its exit timeout;
-- a killed python-backend stub is noticed by ``fashionbox.stubs`` and the server restarted by
+- a killed python-backend stub is noticed by ``fashionbox.server.stubs`` and the server restarted by
   ``supervise``; a client with retries carries on and every answer it got is correct.
 
 Server restarts seen from the client (stop, start on the same port) are covered by
@@ -45,7 +45,7 @@ from fashionbox.client import (
 from fashionbox.converter.repository import ModelScheduling, RepositorySettings
 from fashionbox.loadtest.reliability import drive_open_loop, embedded_server
 from fashionbox.server import Endpoints, ServerConfig, TritonServer, find_free_ports
-from fashionbox.stubs import StubWatch, python_stubs, supervise
+from fashionbox.server.stubs import StubWatch, python_stubs, supervise
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
@@ -275,7 +275,7 @@ def test_sigterm_refuses_new_requests_cleanly_and_exits_within_the_exit_timeout(
 def test_a_draining_stop_finishes_every_request_in_flight_and_refuses_new_ones_cleanly(
     shipped_policy_repository: Path, tmp_path: Path
 ) -> None:
-    # The default config: stop() unloads the ensemble first (fashionbox.drain), then SIGTERMs.
+    # The default config: stop() unloads the ensemble first (fashionbox.server.drain), then SIGTERMs.
     with embedded_server(shipped_policy_repository, tmp_path, exit_timeout_s=5) as server:
         # Larger images: requests long enough that several were sent well before the stop began.
         calls, stopped, stop_s, code = _under_load(server, server.stop, size=(1600, 1200))
@@ -320,7 +320,7 @@ def test_sigterm_to_fashionbox_serve_drains_what_is_in_flight_and_exits_cleanly(
     # What systemd, docker stop (on an image running `fashionbox serve`) or Ctrl-C do.
     grpc_port, http_port, metrics_port = find_free_ports(3)
     command = [
-        sys.executable, "-m", "fashionbox.cli", "serve", "--repository", str(shipped_policy_repository),
+        sys.executable, "-m", "fashionbox.commands.cli", "serve", "--repository", str(shipped_policy_repository),
         "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
         "--exit-timeout-s", "5", "--log-file", str(tmp_path / "triton.log"),
     ]  # fmt: skip

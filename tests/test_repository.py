@@ -18,6 +18,7 @@ from onnx_standins import DetectorStandIn, write_attributes, write_detector
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fashionbox import contract
+from fashionbox.contract.labels import LabelMap, default_label_map
 from fashionbox.converter import repository
 from fashionbox.converter.repository import (
     LABELS_JSON_PARAMETER,
@@ -27,8 +28,7 @@ from fashionbox.converter.repository import (
     write_model_config,
     write_repository,
 )
-from fashionbox.labels import LabelMap, default_label_map
-from fashionbox.serving import (
+from fashionbox.core.serving import (
     AttributesParameters,
     DetectorParameters,
     OrtSettings,
@@ -367,7 +367,7 @@ def test_a_written_repository_has_every_file_triton_loads(tmp_path: Path, onnx_m
         "preprocess/config.pbtxt",
     ]
     assert (out / "fashion" / "1").is_dir()
-    source_root = Path(__file__).resolve().parents[1] / "model_repository"
+    source_root = Path(__file__).resolve().parents[1] / "model_repository" / "src" / "fashionbox" / "model_repository"
     for name in ("preprocess", "detector", "attributes", "postprocess"):
         assert (out / name / "1" / "model.py").read_bytes() == (source_root / name / "model.py").read_bytes()
         parsed = text_format.Parse((out / name / "config.pbtxt").read_text(), mc.ModelConfig())
@@ -438,7 +438,7 @@ _KILLED_WRITER = """
 import os, signal, sys
 from pathlib import Path
 from fashionbox.converter import repository
-from fashionbox.labels import default_label_map
+from fashionbox.contract.labels import default_label_map
 
 point, out, detector, attributes = sys.argv[1:5]
 die = lambda *_, **__: os.kill(os.getpid(), signal.SIGKILL)

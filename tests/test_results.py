@@ -8,8 +8,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from fashionbox.labels import LabelMap, default_label_map
-from fashionbox.results import build_image_detections
+from fashionbox.contract.labels import LabelMap, default_label_map
+from fashionbox.core.results import build_image_detections
 from fashionbox.v1 import detections_pb2
 
 

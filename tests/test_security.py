@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pki import ca_pem, issue, make_ca
 
-from fashionbox.security import (
+from fashionbox.server import ConfigError, ServerConfig, add_serve_arguments, build_command, config_from_arguments
+from fashionbox.server.security import (
     ADMIN_APIS,
     SecurityError,
     ServerTls,
@@ -17,7 +18,6 @@ from fashionbox.security import (
     redact,
     security_arguments,
 )
-from fashionbox.server import ConfigError, ServerConfig, add_serve_arguments, build_command, config_from_arguments
 
 KEY = "abcdefghijklmnop-0123456789"
 

@@ -88,7 +88,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureServer]:
     grpc_port, http_port, metrics_port = find_free_ports(3)
     log = folder / "serve.log"
     command = [
-        sys.executable, "-m", "fashionbox.cli", "serve", "--secure",
+        sys.executable, "-m", "fashionbox.commands.cli", "serve", "--secure",
         "--repository", str(standin_repository(tmp_path_factory)),
         "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
         "--tls-cert", str(server_cert), "--tls-key", str(server_key), "--tls-client-ca", str(ca_file),
@@ -214,7 +214,7 @@ def _drain_cli(secure: SecureServer, key: str | None) -> subprocess.CompletedPro
     env = {k: v for k, v in os.environ.items() if not k.startswith("FASHIONBOX_")}
     if key is not None:
         env["FASHIONBOX_ADMIN_KEY"] = key
-    command = [sys.executable, "-m", "fashionbox.drain", f"--http-url={secure.http}", "--timeout-s=10"]
+    command = [sys.executable, "-m", "fashionbox.server.drain", f"--http-url={secure.http}", "--timeout-s=10"]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 

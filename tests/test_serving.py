@@ -1,4 +1,4 @@
-"""fashionbox.serving: parameters, ONNX runners and per-request error handling, without a server.
+"""fashionbox.core.serving: parameters, ONNX runners and per-request error handling, without a server.
 
 ``triton_python_backend_utils`` exists only inside Triton's python stub; these tests put a small
 fake of it in ``sys.modules`` so the response logic runs in-process.
@@ -20,8 +20,8 @@ from numpy.typing import NDArray
 from onnx_standins import DetectorStandIn, write_attributes, write_detector
 
 from fashionbox import contract
-from fashionbox.labels import default_label_map
-from fashionbox.serving import (
+from fashionbox.contract.labels import default_label_map
+from fashionbox.core.serving import (
     AttributesParameters,
     DetectorParameters,
     ErrorCode,
@@ -344,7 +344,8 @@ def _load_model(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> A
     )
     config = model_configs(settings, LABELS)[name]
     LABELS.save(tmp_path / contract.LABELS_FILE)
-    source = Path(__file__).resolve().parents[1] / "model_repository" / name / "model.py"
+    sources = Path(__file__).resolve().parents[1] / "model_repository" / "src" / "fashionbox" / "model_repository"
+    source = sources / name / "model.py"
     spec = importlib.util.spec_from_file_location(f"fashionbox_offline_{name}_model", source)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -14,7 +14,7 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 
-from fashionbox.labels import LabelMap, default_label_map
+from fashionbox.contract.labels import LabelMap, default_label_map
 from fashionbox.synth import (
     DROPPED_INSTANCE,
     CocoFormatError,

@@ -24,6 +24,7 @@ from onnx_standins import DetectorStandIn, write_attributes, write_detector
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fashionbox import contract
+from fashionbox.contract.labels import default_label_map
 from fashionbox.converter import ConvertError, ConvertOptions, convert
 from fashionbox.converter import tensorrt as trt_module
 from fashionbox.converter.repository import ModelScheduling, RepositorySettings, model_configs, write_repository
@@ -49,7 +50,6 @@ from fashionbox.converter.tensorrt import (
     tensorrt_detector_graph,
     trtexec_command,
 )
-from fashionbox.labels import default_label_map
 from fashionbox.server import RepositoryError, _check_repository
 
 LABELS = default_label_map()

@@ -19,6 +19,13 @@ import torch
 
 from fashionbox import contract
 from fashionbox.client import FashionClient
+from fashionbox.commands.evaluation import (
+    compare_fidelity,
+    heldout_samples,
+    predictions_from_detections,
+    predictions_from_result,
+)
+from fashionbox.contract.labels import default_label_map
 from fashionbox.converter import ConvertError, ConvertOptions, convert
 from fashionbox.converter.repository import (
     ModelScheduling,
@@ -26,17 +33,7 @@ from fashionbox.converter.repository import (
     gpu_scheduling,
     model_configs,
 )
-from fashionbox.evaluation import (
-    compare_fidelity,
-    heldout_samples,
-    predictions_from_detections,
-    predictions_from_result,
-)
-from fashionbox.labels import default_label_map
-from fashionbox.models import default_weights
-from fashionbox.models.nms import NmsSettings, nms_batched, nms_onnx_semantics
-from fashionbox.pipeline import InProcessPipeline
-from fashionbox.serving import (
+from fashionbox.core.serving import (
     ModelArgs,
     OnnxAttributes,
     OnnxDetector,
@@ -47,7 +44,10 @@ from fashionbox.serving import (
     load_attributes_runner,
     load_detector_runner,
 )
-from fashionbox.torch_runtime import (
+from fashionbox.models import default_weights
+from fashionbox.models.nms import NmsSettings, nms_batched, nms_onnx_semantics
+from fashionbox.models.pipeline import InProcessPipeline
+from fashionbox.models.torch_runtime import (
     TorchAttributes,
     TorchDetector,
     TorchRuntimeError,

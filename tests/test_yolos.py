@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fashionbox.commands.evaluation import EvalSample, GroundTruth, Prediction, attribute_f1, imaterialist_score
+from fashionbox.contract.labels import default_label_map, fashionpedia_taxonomy
 from fashionbox.converter import ConvertError, ConvertOptions, convert, resolve_spec
-from fashionbox.evaluation import EvalSample, GroundTruth, Prediction, attribute_f1, imaterialist_score
-from fashionbox.labels import default_label_map, fashionpedia_taxonomy
 
 transformers = pytest.importorskip("transformers", reason="the YOLOS family needs the 'hf' extra")
 torch = pytest.importorskip("torch")
@@ -157,7 +157,7 @@ def test_convert_writes_a_yolos_repository_with_the_checkpoints_labels(repositor
 
 def test_cli_convert_takes_an_hf_folder(checkpoint_dir: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    from fashionbox.cli import main
+    from fashionbox.commands.cli import main
 
     assert main(["convert", "--detector", f"hf:{checkpoint_dir}", "--out", str(tmp_path / "repo"),
                  "--score-threshold", str(THRESHOLD)]) == 0
@@ -211,7 +211,7 @@ def _scenes() -> list[bytes]:
 def test_served_yolos_detections_equal_transformers_on_the_same_images(
         triton_server: Any, repository: Path, checkpoint_dir: Path) -> None:
     from fashionbox.client import FashionClient
-    from fashionbox.imaging import decode_image, letterbox
+    from fashionbox.core.imaging import decode_image, letterbox
 
     checkpoint = load_yolos(checkpoint_weights(checkpoint_dir))
     labels = checkpoint.label_map
@@ -238,7 +238,7 @@ def test_served_yolos_detections_equal_transformers_on_the_same_images(
 @pytest.mark.integration
 def test_eval_measures_the_served_yolos_model_on_a_coco_file(
         triton_server: Any, repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fashionbox.cli import main
+    from fashionbox.commands.cli import main
     from fashionbox.synth import write_coco_dataset
 
     annotations = write_coco_dataset(tmp_path / "coco", count=3, seed=5)

@@ -38,9 +38,9 @@ def in_process_ms(repository: Path, images: list[bytes]) -> dict[str, float]:
     """ms per image of each step run alone, one image at a time (best of three passes)."""
     import numpy as np
 
-    from fashionbox.imaging import crop_garments, decode_image, letterbox
-    from fashionbox.pipeline import InProcessPipeline
-    from fashionbox.postprocessing import finish_detections
+    from fashionbox.core.imaging import crop_garments, decode_image, letterbox
+    from fashionbox.core.postprocessing import finish_detections
+    from fashionbox.models.pipeline import InProcessPipeline
 
     pipe = InProcessPipeline.from_repository(repository)
 

@@ -85,10 +85,10 @@ def network_ceiling(device: str, precision: str, *, batch: int, seconds: float) 
     """Letterboxes per second through ``TorchDetector`` alone (network + NMS + gathering)."""
     import numpy as np
 
-    from fashionbox.labels import default_label_map
+    from fashionbox.contract.labels import default_label_map
     from fashionbox.models import default_weights
     from fashionbox.models.nms import NmsSettings
-    from fashionbox.torch_runtime import TorchDetector
+    from fashionbox.models.torch_runtime import TorchDetector
     from fashionbox.training.data import render_sample
 
     labels = default_label_map()

@@ -33,15 +33,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from fashionbox import contract
     from fashionbox.client import FashionClient
-    from fashionbox.converter import ConvertOptions, convert
-    from fashionbox.evaluation import (
+    from fashionbox.commands.evaluation import (
         compare_fidelity,
         evaluate,
         heldout_samples,
         predictions_from_detections,
         predictions_from_result,
     )
-    from fashionbox.pipeline import InProcessPipeline
+    from fashionbox.converter import ConvertOptions, convert
+    from fashionbox.models.pipeline import InProcessPipeline
     from fashionbox.server import ServerConfig, TritonServer, find_free_ports
 
     samples = heldout_samples(args.images, args.seed)

@@ -67,7 +67,7 @@ def make_images(count: int) -> list[bytes]:
 def _baseline_worker(
     repository: str, images: list[bytes], config: BaselineConfig, start: Any, duration_s: float, results: Any
 ) -> None:
-    from fashionbox.pipeline import InProcessPipeline
+    from fashionbox.models.pipeline import InProcessPipeline
 
     pipeline = InProcessPipeline.from_repository(Path(repository), intra_op_threads=config.threads)
     for i in range(0, 8, config.batch):  # warm-up: sessions, allocator, caches

@@ -5,7 +5,7 @@
 Dynamic batching hands the detector every batch size from 1 to ``max_batch_size``. For each size
 in a fixed list, the detector's ``detect`` is timed on its first sight of that size and again
 right after, once with no buckets (every size its own shape) and once bucketed as served
-(:func:`fashionbox.torch_runtime.batch_buckets`: every bucket run at load, whose time is reported).
+(:func:`fashionbox.models.torch_runtime.batch_buckets`: every bucket run at load, whose time is reported).
 Writes ``tests/benchmarks/results/torch_shapes.json`` (or ``--out``).
 """
 
@@ -38,10 +38,10 @@ def timed(call: Any) -> float:
 def measure(device: str, precision: str, max_batch_size: int) -> dict[str, Any]:
     import numpy as np
 
-    from fashionbox.labels import default_label_map
+    from fashionbox.contract.labels import default_label_map
     from fashionbox.models import default_weights
     from fashionbox.models.nms import NmsSettings
-    from fashionbox.torch_runtime import TorchDetector
+    from fashionbox.models.torch_runtime import TorchDetector
     from fashionbox.training.data import render_sample
 
     labels = default_label_map()

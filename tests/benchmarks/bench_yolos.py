@@ -47,7 +47,7 @@ def save_seed_sized_yolos(folder: Path) -> Path:
     import torch
     import transformers
 
-    from fashionbox.labels import fashionpedia_taxonomy
+    from fashionbox.contract.labels import fashionpedia_taxonomy
 
     names = [c["name"] for c in fashionpedia_taxonomy()["categories"]]
     torch.manual_seed(0)
@@ -77,7 +77,7 @@ def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int |
     import transformers
     from PIL import Image
 
-    from fashionbox.imaging import decode_image, letterbox
+    from fashionbox.core.imaging import decode_image, letterbox
 
     torch.set_num_threads(2)
     model = transformers.YolosForObjectDetection.from_pretrained(str(folder), local_files_only=True).eval()
@@ -102,8 +102,8 @@ def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int |
 
 def run_onnx_detector(repository: Path, images: list[bytes], size: int) -> list[float]:
     """Seconds per image for the served detector graph alone, 2 ONNX Runtime threads, batch 1."""
-    from fashionbox.imaging import decode_image, letterbox
-    from fashionbox.serving import OrtSettings, create_ort_session
+    from fashionbox.core.imaging import decode_image, letterbox
+    from fashionbox.core.serving import OrtSettings, create_ort_session
 
     session = create_ort_session(repository / "detector" / "1" / "model.onnx", OrtSettings(intra_op_threads=2))
     pixels = [letterbox(decode_image(data, target_size=size), size)[0][None] for data in images]
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from fashionbox.converter import ConvertOptions, convert
+    from fashionbox.core.serving import OrtSettings
     from fashionbox.server import ServerConfig, TritonServer, find_free_ports
-    from fashionbox.serving import OrtSettings
 
     images = make_images(args.images)
     runs: dict[str, Any] = {"seed_way_s": [], "letterbox_s": [], "onnx_alone_s": [], "served_c1": [],

@@ -1,0 +1,229 @@
+"""The ``fashionbox`` command: train, convert, serve, detect, eval, synth, demo.
+
+Each subcommand imports its part lazily, so ``fashionbox detect`` works with the client
+extra alone (no torch). Reports go to stdout as tables or JSON; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fashionbox import contract
+
+__all__ = ["main"]
+
+DEFAULT_REPOSITORY = Path("artifacts/model_repository")
+
+
+def _url(text: str) -> str:
+    if ":" not in text:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return text
+
+
+def _count_or_folder(text: str) -> int | Path:
+    return int(text) if text.isdigit() else Path(text)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from fashionbox.training.trainer import TrainSettings, train_default
+
+    settings = TrainSettings(out_dir=args.out, cache_dir=args.cache_dir, seed=args.seed, train_scenes=args.scenes,
+                             detector_steps=args.detector_steps, attribute_epochs=args.attribute_epochs,
+                             threads=args.threads, resume=args.resume)
+    written = train_default(settings, stages=tuple(args.stage or ("detector", "attributes")))
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from fashionbox.converter import ConvertOptions, convert
+    from fashionbox.converter.tensorrt import EngineOptions
+
+    engines = EngineOptions(build=args.engines, fp16=args.fp16, workspace_mib=args.workspace_mib,
+                            timing_cache=args.timing_cache, cuda_graphs=args.cuda_graphs)
+    limits = {name: value for name in ("max_image_bytes", "max_pixels", "max_in_flight")
+              if (value := getattr(args, name)) is not None}
+    result = convert(ConvertOptions(out=args.out, detector=args.detector, attributes=args.attributes,
+                                    target=args.target, runtime=args.runtime, opset=args.opset,
+                                    score_threshold=args.score_threshold,
+                                    max_detections=args.max_detections, repository_settings=limits,
+                                    engines=engines))
+    print(f"model repository: {result.repository}")
+    for model, errors in result.reports.items():
+        print(f"  {model}: max abs error ONNX Runtime vs PyTorch " +
+              ", ".join(f"{k}={v:.3g}" for k, v in errors.items()))
+    return 0
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from fashionbox.commands.detect import detect_files
+
+    return detect_files(args.images, url=args.url, as_json=args.json, min_score=args.min_score,
+                        draw_dir=args.draw, timeout_s=args.timeout_s)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from fashionbox.commands.evaluation import run_eval_cli
+
+    return run_eval_cli(args)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from fashionbox.synth import write_coco_dataset
+
+    path = write_coco_dataset(args.out, count=args.count, seed=args.seed, progress=True)
+    print(f"annotations: {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from fashionbox.commands.demo import run_demo
+
+    return run_demo(args)
+
+
+def _cmd_loadtest(args: argparse.Namespace) -> int:
+    from fashionbox.loadtest.cli import loadtest_main
+
+    return loadtest_main(args)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from fashionbox.loadtest.cli import tune_main
+
+    return tune_main(args)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from fashionbox.server import serve_main
+
+    return serve_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fashionbox", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train the default detector and attribute heads on generated scenes")
+    p.add_argument("--out", type=Path, default=Path("models/weights"), help="where the .safetensors go")
+    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "fashionbox")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--scenes", type=int, default=8000, help="generated training scenes")
+    p.add_argument("--detector-steps", type=int, default=1000)
+    p.add_argument("--attribute-epochs", type=int, default=6)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--stage", action="append", choices=["detector", "attributes"],
+                   help="train only this stage (repeatable); default both")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("convert", help="export to ONNX, check, and write a Triton model repository")
+    p.add_argument("--detector", default="default",
+                   help="'default', a detector .safetensors checkpoint, or hf:FOLDER (a YOLOS checkpoint)")
+    p.add_argument("--attributes", default="default", help="'default' or an attributes .safetensors checkpoint")
+    p.add_argument("--target", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--runtime", choices=["auto", "onnxruntime", "tensorrt", "torch"], default="auto",
+                   help="what runs the networks: auto is onnxruntime on cpu and TensorRT engines on gpu; torch is "
+                        "PyTorch in the python backend (on the GPU for --target gpu, FP16 unless --no-fp16)")
+    p.add_argument("--out", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--score-threshold", type=float, default=contract.DEFAULT_SCORE_THRESHOLD)
+    p.add_argument("--max-detections", type=int, default=contract.DEFAULT_MAX_DETECTIONS)
+    p.add_argument("--max-image-bytes", type=int, help="larger images are refused (default 32 MiB)")
+    p.add_argument("--max-pixels", type=int, help="images declaring more pixels are refused (default 64000000)")
+    p.add_argument("--max-in-flight", type=int,
+                   help="admission control: requests inside the pipeline at once; more are refused at once "
+                        "(UNAVAILABLE). 0 turns it off")
+    g = p.add_argument_group("--target gpu (TensorRT engines, or --runtime torch)")
+    g.add_argument("--engines", choices=["now", "later"], default="now",
+                   help="now: build with the tensorrt package on this (serving) GPU; later: write build_engines.sh "
+                        "(the trtexec commands) for the deployment GPU, e.g. the compose engine-builder service")
+    g.add_argument("--no-fp16", dest="fp16", action="store_false", help="FP32 engines / FP32 torch runners")
+    g.add_argument("--workspace-mib", type=int, default=2048, help="TensorRT builder workspace limit")
+    g.add_argument("--timing-cache", type=Path, help="persisted TensorRT timing cache (default: user cache folder)")
+    g.add_argument("--cuda-graphs", action="store_true", help="optimization { cuda { graphs: true } } on engines")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("serve", help="run the embedded Triton server on a model repository")
+    from fashionbox.server import add_serve_arguments
+
+    add_serve_arguments(p)
+    p.set_defaults(func=_cmd_serve)
+
+    default_url = f"{contract.DEFAULT_HOST}:{contract.DEFAULT_GRPC_PORT}"
+    p = sub.add_parser("detect", help="detect garments in images through the server")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--url", type=_url, default=default_url, help="gRPC HOST:PORT")
+    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    p.add_argument("--min-score", type=float, default=0.3)
+    p.add_argument("--draw", type=Path, metavar="OUT_DIR", help="write annotated pictures here")
+    p.add_argument("--timeout-s", type=float, default=30.0)
+    p.set_defaults(func=_cmd_detect)
+
+    p = sub.add_parser("eval", help="measure quality on held-out generated scenes or a COCO file")
+    p.add_argument("--url", type=_url, default=default_url)
+    p.add_argument("--reference", action="store_true", help="evaluate the in-process PyTorch reference instead")
+    p.add_argument("--images", type=_count_or_folder, default=200,
+                   help="number of generated held-out scenes, or with --coco-annotations the image folder")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--coco-annotations", "--coco", dest="coco", type=Path,
+                   help="COCO annotation file (images in --images DIR) instead of generated scenes")
+    p.add_argument("--image-dir", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("synth", help="write a generated COCO-format dataset")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--count", type=int, default=100)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("demo", help="build the repository, serve, detect sample images, short load test, stop")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--out", type=Path, default=Path("artifacts/demo"))
+    p.add_argument("--images", type=int, default=4)
+    p.add_argument("--loadtest-s", type=float, default=10.0)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("loadtest", help="measure throughput, latency percentiles and capacity against servers")
+    from fashionbox.loadtest.cli import add_loadtest_arguments
+
+    add_loadtest_arguments(p)
+    p.set_defaults(func=_cmd_loadtest)
+
+    p = sub.add_parser("tune", help="search dynamic batching and instance counts under a p99 SLO")
+    from fashionbox.loadtest.cli import add_tune_arguments
+
+    add_tune_arguments(p)
+    p.set_defaults(func=_cmd_tune)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the CLI reports; the library raises
+        from fashionbox.commands.errors import user_facing
+
+        message = user_facing(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

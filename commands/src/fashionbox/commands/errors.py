@@ -1,0 +1,31 @@
+"""Which exceptions the CLI reports as one line instead of a traceback.
+
+Library code raises typed errors from each part's own tree; this is the one place that
+decides which of them are a user's mistake (bad flag, missing file, server down) and so
+deserve a plain message rather than a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["user_facing"]
+
+# Matched by qualified name through the MRO, so nothing heavy (torch) is imported to check.
+_USER_ERRORS = frozenset({
+    "fashionbox.contract.labels.LabelMapError",
+    "fashionbox.core.imaging.InvalidImageError",
+    "fashionbox.converter.ConvertError",
+    "fashionbox.converter.export.ExportError",
+    "fashionbox.models.CheckpointError",
+    "fashionbox.server.ServerError",
+    "fashionbox.client._exceptions.FashionBoxError",
+})
+
+
+def user_facing(exc: BaseException) -> str | None:
+    """A one-line message for errors a user can act on; ``None`` for bugs (show the traceback)."""
+    if isinstance(exc, (FileNotFoundError, PermissionError)):
+        return str(exc)
+    for cls in type(exc).__mro__:
+        if f"{cls.__module__}.{cls.__qualname__}" in _USER_ERRORS:
+            return f"{type(exc).__name__}: {exc}"
+    return None

@@ -1,0 +1,407 @@
+"""Quality and fidelity measurement: COCO bbox mAP, attribute accuracy, served-vs-reference.
+
+``fashionbox eval`` renders a held-out set of generated scenes (a seed the training never
+used) or reads a COCO annotation file (``--coco-annotations FILE --images DIR``, e.g. real
+Fashionpedia validation data), sends the images through the served pipeline (or the in-process
+PyTorch reference with ``--reference``) and reports::
+
+    {"images": 200, "bbox_map": 0.71, "bbox_map50": 0.95, "imaterialist_score": 0.52,
+     "attribute_accuracy": {"sleeve length": 0.93, ...}, "attribute_f1": {"sleeve length": 0.91, ...},
+     "detections": 612}
+
+``imaterialist_score`` is the iMaterialist (Kaggle FGVC6) style figure: per image, the mean over
+IoU thresholds 0.5:0.95 of TP/(TP+FP+FN), averaged over images. ``attribute_f1`` is the macro F1
+over each group's labels, on garments matched at IoU >= 0.5.
+
+Predictions from either path are reduced to :class:`Prediction` so the metrics code is one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fashionbox.contract.labels import LabelMap, default_label_map
+from fashionbox.core.postprocessing import ImageResult
+
+if TYPE_CHECKING:  # the client is only needed for its result type here
+    from fashionbox.client import ImageDetections
+
+__all__ = [
+    "EvalSample",
+    "FidelityReport",
+    "Prediction",
+    "attribute_accuracy",
+    "attribute_f1",
+    "coco_metrics",
+    "compare_fidelity",
+    "heldout_samples",
+    "imaterialist_score",
+    "predictions_from_detections",
+    "predictions_from_result",
+    "run_eval_cli",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    box: tuple[float, float, float, float]
+    category: str
+    score: float
+    attributes: dict[str, str] = field(default_factory=dict)
+    attribute_scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    box: tuple[float, float, float, float]
+    category: str
+    attributes: dict[str, str]
+
+
+@dataclass(frozen=True)
+class EvalSample:
+    name: str
+    data: bytes
+    width: int
+    height: int
+    truth: tuple[GroundTruth, ...]
+
+
+def heldout_samples(count: int, seed: int, label_map: LabelMap | None = None) -> list[EvalSample]:
+    """Generated scenes at photo sizes, JPEG-encoded; seeds disjoint from training (seed 1)."""
+    from fashionbox.synth import render_scene
+    from fashionbox.training.data import scene_seed
+
+    label_map = label_map or default_label_map()
+    samples = []
+    for i in range(count):
+        scene = render_scene(scene_seed(seed, i), label_map=label_map)
+        truth = tuple(GroundTruth(tuple(g.box), g.category, dict(g.attributes)) for g in scene.garments)  # type: ignore[arg-type]
+        samples.append(EvalSample(f"heldout-{seed}-{i:05d}", scene.encode(format="JPEG", quality=90),
+                                  scene.image.width, scene.image.height, truth))
+    return samples
+
+
+def predictions_from_result(result: ImageResult, label_map: LabelMap) -> list[Prediction]:
+    """Numeric pipeline output -> predictions (argmax per applicable attribute group)."""
+    out = []
+    for box, score, category, attrs in zip(result.boxes, result.scores, result.categories,
+                                            result.attribute_scores, strict=True):
+        labels: dict[str, str] = {}
+        scores: dict[str, float] = {}
+        for (group, start, stop), applies in zip(label_map.group_offsets, label_map.applicability[int(category)],
+                                                 strict=True):
+            if applies:
+                k = int(np.argmax(attrs[start:stop]))
+                labels[group] = label_map.group(group).labels[k]
+                scores[group] = float(attrs[start + k])
+        out.append(Prediction(tuple(float(v) for v in box), label_map.categories[int(category)].name,  # type: ignore[arg-type]
+                              float(score), labels, scores))
+    return out
+
+
+def predictions_from_detections(result: ImageDetections) -> list[Prediction]:
+    """The typed client's result -> predictions (the served side of every comparison)."""
+    return [
+        Prediction(
+            (d.box.x1, d.box.y1, d.box.x2, d.box.y2), d.category, d.score,
+            {g: a.label for g, a in d.attributes.items()}, {g: a.score for g, a in d.attributes.items()},
+        )
+        for d in result.detections
+    ]
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def coco_metrics(samples: Sequence[EvalSample], predictions: Sequence[Sequence[Prediction]],
+                 label_map: LabelMap) -> dict[str, float]:
+    """COCO bbox mAP@[.5:.95] and mAP@.5 (faster-coco-eval, the COCO definition)."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    cat_id = {c.name: i + 1 for i, c in enumerate(label_map.categories)}
+    for sample in samples:  # truth the model cannot name still counts, as misses
+        for truth in sample.truth:
+            cat_id.setdefault(truth.category, len(cat_id) + 1)
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    detections: list[dict[str, Any]] = []
+    for image_id, (sample, preds) in enumerate(zip(samples, predictions, strict=True), start=1):
+        images.append({"id": image_id, "width": sample.width, "height": sample.height, "file_name": sample.name})
+        for truth in sample.truth:
+            x1, y1, x2, y2 = truth.box
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cat_id[truth.category],
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+        for p in preds:
+            x1, y1, x2, y2 = p.box
+            detections.append({"image_id": image_id, "category_id": cat_id[p.category],
+                               "bbox": [x1, y1, x2 - x1, y2 - y1], "score": p.score})
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": annotations,
+                  "categories": [{"id": i, "name": n} for n, i in cat_id.items()]}
+    gt.createIndex()
+    if not detections:
+        return {"bbox_map": 0.0, "bbox_map50": 0.0}
+    dt = gt.loadRes(detections)
+    evaluator = COCOeval_faster(gt, dt, "bbox", print_function=log.debug)
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return {"bbox_map": float(evaluator.stats[0]), "bbox_map50": float(evaluator.stats[1])}
+
+
+def attribute_accuracy(samples: Sequence[EvalSample], predictions: Sequence[Sequence[Prediction]],
+                       label_map: LabelMap, iou_threshold: float = 0.5) -> dict[str, dict[str, float]]:
+    """Per group: accuracy over garments matched (same category, IoU >= 0.5, greedy by score)."""
+    correct = dict.fromkeys(label_map.group_names, 0)
+    total = dict.fromkeys(label_map.group_names, 0)
+    for sample, preds in zip(samples, predictions, strict=True):
+        used: set[int] = set()
+        for p in sorted(preds, key=lambda q: -q.score):
+            best, best_iou = -1, iou_threshold
+            for k, truth in enumerate(sample.truth):
+                if k in used or truth.category != p.category:
+                    continue
+                iou = _iou(p.box, truth.box)
+                if iou >= best_iou:
+                    best, best_iou = k, iou
+            if best < 0:
+                continue
+            used.add(best)
+            for group, label in sample.truth[best].attributes.items():
+                total[group] += 1
+                correct[group] += int(p.attributes.get(group) == label)
+    return {g: {"accuracy": correct[g] / total[g] if total[g] else float("nan"), "matched": total[g]}
+            for g in label_map.group_names}
+
+
+def _match(truth: Sequence[GroundTruth], preds: Sequence[Prediction], iou_threshold: float) -> list[tuple[int, int]]:
+    """Greedy by score: each prediction takes the unused same-category truth of highest IoU >= threshold."""
+    pairs: list[tuple[int, int]] = []
+    used: set[int] = set()
+    for i in sorted(range(len(preds)), key=lambda k: -preds[k].score):
+        best, best_iou = -1, iou_threshold
+        for k, t in enumerate(truth):
+            if k in used or t.category != preds[i].category:
+                continue
+            iou = _iou(preds[i].box, t.box)
+            if iou >= best_iou:
+                best, best_iou = k, iou
+        if best >= 0:
+            used.add(best)
+            pairs.append((i, best))
+    return pairs
+
+
+IMATERIALIST_IOUS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
+
+
+def imaterialist_score(samples: Sequence[EvalSample], predictions: Sequence[Sequence[Prediction]],
+                       iou_thresholds: Sequence[float] = IMATERIALIST_IOUS) -> float:
+    """Mean over images of the mean over IoU thresholds of TP / (TP + FP + FN).
+
+    The iMaterialist (FGVC6) style score, on boxes: a prediction is a TP when it matches an unused
+    truth of the same category at IoU >= the threshold (greedy by score). The served detections are
+    scored as returned (the server's threshold is the operating point); images with neither truth
+    nor predictions are skipped.
+    """
+    per_image = []
+    for sample, preds in zip(samples, predictions, strict=True):
+        if not sample.truth and not preds:
+            continue
+        scores = []
+        for threshold in iou_thresholds:
+            tp = len(_match(sample.truth, preds, threshold))
+            scores.append(tp / (len(preds) + len(sample.truth) - tp))
+        per_image.append(float(np.mean(scores)))
+    return float(np.mean(per_image)) if per_image else float("nan")
+
+
+def attribute_f1(samples: Sequence[EvalSample], predictions: Sequence[Sequence[Prediction]],
+                 label_map: LabelMap, iou_threshold: float = 0.5) -> dict[str, dict[str, float]]:
+    """Per group: macro F1 over the group's labels on matched garments whose truth has the group."""
+    pairs: dict[str, list[tuple[str, str | None]]] = {g: [] for g in label_map.group_names}
+    for sample, preds in zip(samples, predictions, strict=True):
+        for i, k in _match(sample.truth, preds, iou_threshold):
+            for group, label in sample.truth[k].attributes.items():
+                if group in pairs:
+                    pairs[group].append((label, preds[i].attributes.get(group)))
+    out: dict[str, dict[str, float]] = {}
+    for group, rows in pairs.items():
+        f1s = []
+        for label in label_map.group(group).labels:
+            tp = sum(1 for t, p in rows if t == label and p == label)
+            fp = sum(1 for t, p in rows if t != label and p == label)
+            fn = sum(1 for t, p in rows if t == label and p != label)
+            if tp + fp + fn:
+                f1s.append(2 * tp / (2 * tp + fp + fn))
+        out[group] = {"f1": float(np.mean(f1s)) if f1s else float("nan"), "matched": len(rows)}
+    return out
+
+
+@dataclass(frozen=True)
+class FidelityReport:
+    images: int
+    detections: int
+    matched: int
+    category_mismatches: int
+    attribute_mismatches: int
+    max_box_diff_px: float
+    threshold_ties: int
+    """Detections present on one side only, whose score lies within 1e-3 of the threshold."""
+    unexplained_differences: int
+    attribute_ties: int
+    """Attribute labels that differ where the top two probabilities are within 1e-3."""
+
+    @property
+    def identical(self) -> bool:
+        return self.unexplained_differences == 0 and self.max_box_diff_px <= 0.5
+
+
+def compare_fidelity(served: Sequence[Sequence[Prediction]], reference: Sequence[Sequence[Prediction]],
+                     score_threshold: float, tolerance: float = 1e-3) -> FidelityReport:
+    """Pair each served detection with the reference one (same category, best IoU) and compare."""
+    detections = matched = cat_mis = attr_mis = ties = unexplained = attr_ties = 0
+    max_diff = 0.0
+    for served_preds, ref_preds in zip(served, reference, strict=True):
+        detections += len(ref_preds)
+        used: set[int] = set()
+        for p in served_preds:
+            best, best_iou = -1, 0.5
+            for k, r in enumerate(ref_preds):
+                if k not in used and r.category == p.category and _iou(p.box, r.box) > best_iou:
+                    best, best_iou = k, _iou(p.box, r.box)
+            if best < 0:
+                if abs(p.score - score_threshold) <= tolerance:
+                    ties += 1
+                else:
+                    unexplained += 1
+                    cat_mis += 1
+                continue
+            used.add(best)
+            matched += 1
+            r = ref_preds[best]
+            max_diff = max(max_diff, max(abs(a - b) for a, b in zip(p.box, r.box, strict=True)))
+            for group, label in r.attributes.items():
+                if p.attributes.get(group) != label:
+                    # Probabilities agree to ~1e-6 across runtimes, so differing labels mean the top
+                    # two were tied: equal top scores on both sides show it.
+                    if abs(r.attribute_scores.get(group, 0.0) - p.attribute_scores.get(group, 1.0)) <= tolerance:
+                        attr_ties += 1
+                    else:
+                        attr_mis += 1
+                        unexplained += 1
+        for k, r in enumerate(ref_preds):
+            if k not in used:
+                if abs(r.score - score_threshold) <= tolerance:
+                    ties += 1
+                else:
+                    unexplained += 1
+    return FidelityReport(len(reference), detections, matched, cat_mis, attr_mis, max_diff, ties, unexplained,
+                          attr_ties)
+
+
+# -- the CLI -------------------------------------------------------------------------------------------
+
+
+def _served_predictions(url: str, samples: Sequence[EvalSample],
+                        concurrency: int) -> tuple[list[list[Prediction]], LabelMap]:
+    from fashionbox.client import FashionClient
+
+    with FashionClient(url) as client:
+        label_map = client.labels()
+
+        def one(sample: EvalSample) -> list[Prediction]:
+            return predictions_from_detections(client.detect(sample.data))
+
+        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+            return list(pool.map(one, samples)), label_map
+
+
+def _reference_predictions(samples: Sequence[EvalSample]) -> tuple[list[list[Prediction]], LabelMap]:
+    from fashionbox.models.pipeline import InProcessPipeline
+
+    pipeline = InProcessPipeline.torch_reference()
+    out: list[list[Prediction]] = []
+    for sample in samples:
+        (result,) = pipeline.run([sample.data])
+        if isinstance(result, Exception):
+            raise result
+        out.append(predictions_from_result(result, pipeline.label_map))
+    return out, pipeline.label_map
+
+
+def _coco_samples(annotation_file: Path, image_dir: Path, label_map: LabelMap | None = None) -> list[EvalSample]:
+    """COCO annotations (Fashionpedia style: ``attribute_ids`` decoded with ``label_map``) and their images."""
+    from fashionbox.synth import read_coco_dataset
+
+    samples = []
+    for record in read_coco_dataset(annotation_file, label_map=label_map):
+        path = image_dir / record.file_name
+        truth = tuple(GroundTruth(tuple(g.box), g.category, dict(g.attributes)) for g in record.garments)  # type: ignore[arg-type]
+        samples.append(EvalSample(record.file_name, path.read_bytes(), record.width, record.height, truth))
+    return samples
+
+
+def evaluate(samples: Sequence[EvalSample], predictions: Sequence[Sequence[Prediction]],
+             label_map: LabelMap) -> dict[str, Any]:
+    report: dict[str, Any] = {"images": len(samples), "detections": sum(len(p) for p in predictions)}
+    report.update(coco_metrics(samples, predictions, label_map))
+    report["imaterialist_score"] = imaterialist_score(samples, predictions)
+    accuracy = attribute_accuracy(samples, predictions, label_map)
+    report["attribute_accuracy"] = {g: v["accuracy"] for g, v in accuracy.items()}
+    report["attribute_matched"] = {g: v["matched"] for g, v in accuracy.items()}
+    report["attribute_f1"] = {g: v["f1"] for g, v in attribute_f1(samples, predictions, label_map).items()}
+    return report
+
+
+def _served_label_map(url: str) -> LabelMap:
+    from fashionbox.client import FashionClient
+
+    with FashionClient(url) as client:
+        return client.labels()
+
+
+def run_eval_cli(args: argparse.Namespace) -> int:
+    if args.coco:
+        image_dir = args.image_dir or (args.images if isinstance(args.images, Path) else None)
+        if image_dir is None:
+            raise FileNotFoundError("--coco-annotations needs the image folder: --images DIR")
+        # Attribute ids decode through the served label map (its categories say which groups apply).
+        labels = default_label_map() if args.reference else _served_label_map(args.url)
+        samples = _coco_samples(args.coco, Path(image_dir), labels)
+    elif isinstance(args.images, Path):
+        raise FileNotFoundError("--images DIR needs --coco-annotations FILE")
+    else:
+        samples = heldout_samples(args.images, args.seed)
+    if args.reference:
+        predictions, label_map = _reference_predictions(samples)
+    else:
+        predictions, label_map = _served_predictions(args.url, samples, args.concurrency)
+    report = evaluate(samples, predictions, label_map)
+    report["source"] = "reference (in-process PyTorch)" if args.reference else f"served at {args.url}"
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for key, value in report.items():
+            print(f"{key:>20}: {value}")
+    return 0
+

@@ -1,0 +1,300 @@
+"""The converter: trained PyTorch models -> ONNX (-> TensorRT) -> a complete Triton model repository.
+
+A thin orchestrator over typed steps (``export``, ``repository``). Model families are one
+table, :data:`FAMILIES`: adding a family means adding one entry with its loader and its
+export/compare pair, not another branch::
+
+    result = convert(ConvertOptions(out=Path("artifacts/model_repository")))
+    result.repository, result.reports
+
+Model specs: ``default`` (the shipped weights) or a path to a FashionBox ``.safetensors``
+checkpoint. Nothing is downloaded and no code is executed from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from fashionbox import contract
+from fashionbox.contract.labels import LabelMap
+
+if TYPE_CHECKING:
+    from fashionbox.converter.tensorrt import EngineOptions
+
+__all__ = ["FAMILIES", "ConvertError", "ConvertOptions", "ConvertResult", "Family", "convert", "resolve_spec"]
+
+log = logging.getLogger(__name__)
+
+Target = Literal["cpu", "gpu"]
+Runtime = Literal["auto", "onnxruntime", "tensorrt", "torch"]
+RUNTIMES: dict[Target, tuple[str, ...]] = {"cpu": ("onnxruntime", "torch"), "gpu": ("tensorrt", "torch")}
+"""What may run the networks on each target; the first is ``auto``'s choice."""
+
+
+class ConvertError(ValueError):
+    """A bad spec, a bad combination of options, or a model that fails its checks."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to load, export and check one detector family."""
+
+    name: str
+    load_detector: Callable[[Path], tuple[Any, LabelMap]]
+    export_detector: Callable[..., Path]
+    compare_detector: Callable[..., Any]
+    input_size: Callable[[Any], int] = lambda detector: int(detector.config.input_size)
+    """Side of the square letterbox the loaded detector is served at."""
+    torch_runtime: bool = False
+    """Whether :class:`fashionbox.models.torch_runtime.TorchDetector` can serve its checkpoints."""
+
+
+def _default_family() -> Family:
+    from fashionbox.converter.export import compare_detector, export_detector_onnx
+    from fashionbox.models import load_detector
+
+    return Family("fashionbox", load_detector, export_detector_onnx, compare_detector, torch_runtime=True)
+
+
+def _yolos_family() -> Family:
+    from fashionbox.converter.yolos import compare_yolos, export_yolos_onnx, load_yolos_family
+
+    return Family("yolos", load_yolos_family, export_yolos_onnx, compare_yolos,
+                  input_size=lambda checkpoint: int(checkpoint.input_size))
+
+
+FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yolos": _yolos_family}
+"""Family name -> factory (lazy, so importing the converter does not import torch)."""
+
+HF_MODEL_TYPES: dict[str, str] = {"yolos": "yolos"}
+"""``model_type`` of a Hugging Face checkpoint's config.json -> family (specs ``hf:FOLDER``)."""
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    out: Path
+    detector: str = "default"
+    attributes: str = "default"
+    target: Target = "cpu"
+    runtime: Runtime = "auto"
+    """What runs the networks: ``onnxruntime`` (cpu) or TensorRT engines (gpu) for ``auto``, or
+    ``torch`` (PyTorch in the python backend, on the GPU for target gpu, FP16 unless
+    ``engines.fp16`` is off)."""
+    opset: int = 17
+    score_threshold: float = contract.DEFAULT_SCORE_THRESHOLD
+    iou_threshold: float = contract.DEFAULT_IOU_THRESHOLD
+    max_detections: int = contract.DEFAULT_MAX_DETECTIONS
+    compare_samples: int = 8
+    """Generated scenes used to compare ONNX Runtime with PyTorch (plus random inputs)."""
+    tolerance: dict[str, float] = field(default_factory=lambda: {
+        "boxes": 0.05, "scores": 1e-4, "probs": 1e-4, "nms_count_mismatch": 0.0, "nms_scores": 1e-4,
+        "detections_count_mismatch": 0.0})
+    repository_settings: dict[str, Any] = field(default_factory=dict)
+    """Overrides for ``RepositorySettings`` (instance counts, batching...)."""
+    engines: EngineOptions = field(default_factory=lambda: _engine_options())
+    """``--target gpu`` only: TensorRT engines built now or later, FP16, workspace, CUDA graphs."""
+
+    def __post_init__(self) -> None:
+        if self.target not in ("cpu", "gpu"):
+            raise ConvertError(f"unknown target {self.target!r}: choose cpu or gpu")
+        if self.opset < 17:
+            raise ConvertError(f"opset {self.opset} is too old: FashionBox exports opset 17 or newer")
+        if self.runtime != "auto" and self.runtime not in RUNTIMES[self.target]:
+            raise ConvertError(f"runtime {self.runtime!r} does not run on target {self.target}; choose one of "
+                               f"{RUNTIMES[self.target]}")
+
+    @property
+    def resolved_runtime(self) -> str:
+        return RUNTIMES[self.target][0] if self.runtime == "auto" else self.runtime
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    repository: Path
+    reports: dict[str, dict[str, float]]
+    manifest: dict[str, Any]
+
+
+def _engine_options() -> EngineOptions:
+    from fashionbox.converter.tensorrt import EngineOptions
+
+    return EngineOptions()
+
+
+def resolve_spec(spec: str, kind: Literal["detector", "attributes"]) -> tuple[str, Path]:
+    """``default`` | ``PATH.safetensors`` | ``hf:FOLDER`` (detector only) -> (family, weights file)."""
+    from fashionbox.models import default_weights
+
+    if spec == "default":
+        return "fashionbox", default_weights(kind)
+    if spec.startswith("hf:") and not Path(spec).exists():
+        return _resolve_hf(Path(spec[3:]), kind)
+    if ":" in spec and not Path(spec).exists():
+        family = spec.split(":", 1)[0]
+        raise ConvertError(f"unknown model family {family!r} in {spec!r}; known: {sorted(FAMILIES)}")
+    path = Path(spec)
+    if path.suffix != ".safetensors":
+        raise ConvertError(f"{spec!r}: expected 'default' or a .safetensors checkpoint (pickle files are refused)")
+    if not path.is_file():
+        raise ConvertError(f"checkpoint not found: {spec}")
+    return "fashionbox", path
+
+
+def _resolve_hf(folder: Path, kind: Literal["detector", "attributes"]) -> tuple[str, Path]:
+    from fashionbox.converter.yolos import YolosError, checkpoint_weights, hf_model_type
+
+    if kind != "detector":
+        raise ConvertError("hf: checkpoints are detectors; the attribute heads are FashionBox checkpoints")
+    try:
+        weights = checkpoint_weights(folder)
+        model_type = hf_model_type(folder)
+    except YolosError as exc:
+        raise ConvertError(str(exc)) from exc
+    if model_type not in HF_MODEL_TYPES:
+        raise ConvertError(f"{folder}: Hugging Face model_type {model_type!r} is not supported; "
+                           f"known: {sorted(HF_MODEL_TYPES)}")
+    return HF_MODEL_TYPES[model_type], weights
+
+
+def _comparison_inputs(size: int, crop: int, samples: int,
+                       label_map: LabelMap) -> tuple[list[npt.NDArray[np.uint8]], list[npt.NDArray[np.uint8]]]:
+    """Random uint8 batches plus letterboxed generated scenes (and their garment crops)."""
+    from fashionbox.core.imaging import crop_garments
+    from fashionbox.training.data import render_sample
+
+    rng = np.random.default_rng(0)
+    scenes = [render_sample(90_000 + i, size, label_map) for i in range(samples)]
+    detector_batches = [rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8),
+                        np.stack([s.pixels for s in scenes])]
+    crops = [crop_garments(s.pixels, s.boxes, crop) for s in scenes]
+    attribute_batches = [rng.integers(0, 256, (3, crop, crop, 3), dtype=np.uint8), np.concatenate(crops)]
+    return detector_batches, attribute_batches
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    import onnx
+    import onnxruntime
+    import torch
+
+    versions = {"fashionbox": version("fashionbox-converter"), "torch": torch.__version__, "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+    transformers = sys.modules.get("transformers")  # only when a family loaded a Hugging Face checkpoint
+    if transformers is not None:
+        versions["transformers"] = str(transformers.__version__)
+    return versions
+
+
+def convert(options: ConvertOptions) -> ConvertResult:
+    """Export, check, compare and write the repository; nothing is written on failure."""
+    from fashionbox.converter.export import compare_attributes, export_attributes_onnx
+    from fashionbox.converter.repository import (
+        MODEL_VERSION,
+        WEIGHTS_FILE,
+        RepositorySettings,
+        gpu_scheduling,
+        step_timeouts,
+        write_repository,
+    )
+    from fashionbox.core.serving import RuntimeSettings
+    from fashionbox.models import file_sha256, load_attributes
+    from fashionbox.models.nms import NmsSettings
+
+    runtime = options.resolved_runtime
+    if runtime == "tensorrt" and options.engines.build == "now":
+        from fashionbox.converter.tensorrt import import_tensorrt
+
+        import_tensorrt()  # refuse before minutes of export when engines cannot be built here
+    family_name, detector_path = resolve_spec(options.detector, "detector")
+    _, attributes_path = resolve_spec(options.attributes, "attributes")
+    family = FAMILIES[family_name]()
+    if runtime == "torch" and not family.torch_runtime:
+        raise ConvertError(f"the torch runtime serves FashionBox checkpoints; a {family.name} detector runs through "
+                           "ONNX Runtime (--target cpu) or TensorRT (--target gpu)")
+    detector, label_map = family.load_detector(detector_path)
+    classifier, attribute_labels = load_attributes(attributes_path)
+    if attribute_labels.attribute_groups != label_map.attribute_groups:
+        raise ConvertError("the detector's and the attribute heads' label maps disagree on attribute groups")
+    nms = NmsSettings(score_threshold=options.score_threshold, iou_threshold=options.iou_threshold,
+                      max_per_class=options.max_detections, max_detections=options.max_detections)
+    size = family.input_size(detector)
+    crop = classifier.config.crop_size
+    detector_sha, attributes_sha = file_sha256(detector_path), file_sha256(attributes_path)
+    runtime_settings = RuntimeSettings(
+        runtime="torch" if runtime == "torch" else "onnxruntime",
+        precision="fp16" if runtime == "torch" and options.target == "gpu" and options.engines.fp16 else "fp32",
+        score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold)
+    repository_settings = step_timeouts({
+        "target": options.target, "runtime": runtime_settings, "gpu_decode": options.engines.gpu_decode,
+        **(gpu_scheduling() if options.target == "gpu" else {}), **options.repository_settings})
+    settings = RepositorySettings(input_size=size, crop_size=crop, max_detections=options.max_detections,
+                                  model_name=family.name, model_version=f"{detector_sha[:8]}-{attributes_sha[:8]}",
+                                  **repository_settings)
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="fashionbox-convert-") as tmp:
+        detector_onnx = family.export_detector(detector, Path(tmp) / "detector.onnx", nms=nms, opset=options.opset)
+        attributes_onnx = export_attributes_onnx(classifier, Path(tmp) / "attributes.onnx", opset=options.opset)
+        det_batches, attr_batches = _comparison_inputs(size, crop, options.compare_samples, attribute_labels)
+        det_report = family.compare_detector(detector, detector_onnx, det_batches, nms)
+        attr_report = compare_attributes(classifier, attributes_onnx, attr_batches)
+        reports = [det_report, attr_report]
+        if runtime == "torch":
+            from fashionbox.converter.export import compare_torch_runners
+
+            reports += compare_torch_runners(detector_path, detector_onnx, attributes_path, attributes_onnx,
+                                             det_batches, attr_batches, runtime_settings,
+                                             max_detections=options.max_detections,
+                                             num_attribute_labels=label_map.num_attribute_labels)
+        for report in reports:
+            log.info("%s: max abs error ONNX Runtime vs PyTorch %s over %d samples",
+                     report.model, report.max_abs_error, report.samples)
+            report.raise_if_over(options.tolerance)
+        manifest = {
+            "created_unix_s": int(started),
+            "target": options.target,
+            "runtime": runtime,
+            "precision": runtime_settings.precision if runtime == "torch" else None,
+            "family": family.name,
+            "sources": {
+                "detector": {"spec": options.detector, "sha256": detector_sha,
+                             "file": detector_path.name},
+                "attributes": {"spec": options.attributes, "sha256": attributes_sha,
+                               "file": attributes_path.name},
+            },
+            "export": {"opset": options.opset, "nms": asdict(nms), "input_size": size, "crop_size": crop,
+                       "exporter": "torch.onnx (TorchScript), dynamic batch"},
+            "comparison": {**{report.model: report.max_abs_error for report in reports},
+                           "tolerance": options.tolerance},
+            "versions": _versions(),
+        }
+        gpu = None
+        files: dict[str, Path] = {}
+        if runtime == "torch":  # the runners load the checkpoints themselves
+            files = {f"{contract.DETECTOR_MODEL}/{MODEL_VERSION}/{WEIGHTS_FILE}": detector_path,
+                     f"{contract.ATTRIBUTES_MODEL}/{MODEL_VERSION}/{WEIGHTS_FILE}": attributes_path}
+        if runtime == "tensorrt":
+            from fashionbox.converter.tensorrt import prepare_gpu_repository
+
+            gpu = prepare_gpu_repository(Path(tmp), detector_onnx=detector_onnx, attributes_onnx=attributes_onnx,
+                                         settings=settings, label_map=label_map, options=options.engines,
+                                         detector_batches=det_batches)
+            manifest["engines"] = gpu.manifest
+        repository = write_repository(options.out, detector_onnx=detector_onnx, attributes_onnx=attributes_onnx,
+                                      label_map=label_map, settings=settings, manifest=manifest,
+                                      configs=gpu.configs if gpu else None, files=gpu.files if gpu else files)
+    log.info("model repository written to %s in %.1f s", repository, time.time() - started)
+    return ConvertResult(repository, {report.model: report.max_abs_error for report in reports},
+                         json.loads(json.dumps(manifest)))

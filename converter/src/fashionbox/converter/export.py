@@ -1,0 +1,240 @@
+"""Export steps: PyTorch -> ONNX (dynamic batch, NMS in the graph), checked and compared.
+
+Small typed steps (STYLE.md rule 6), each testable alone::
+
+    export_detector_onnx(detector, path, nms=NmsSettings(), opset=17)
+    export_attributes_onnx(classifier, path, opset=17)
+    check_onnx(path)                                         # onnx.checker, full check
+    report = compare_detector(detector, path, batches)       # max abs error vs PyTorch
+    report.raise_if_over(tolerance)
+
+The detector graph ends in ONNX ``NonMaxSuppression`` (supported by ONNX Runtime and by
+TensorRT since 8.5), so the served pipeline has no python NMS step. The TorchScript-based
+exporter is used because it keeps the batch dimension dynamic with a batch-1 example
+(FIELD_NOTES: the dynamo exporter silently fixes it at 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor, nn
+
+from fashionbox import contract
+from fashionbox.models import AttributeClassifier, FashionDetector
+from fashionbox.models.nms import NmsSettings
+
+if TYPE_CHECKING:
+    from fashionbox.core.serving import RuntimeSettings
+
+__all__ = [
+    "ComparisonReport",
+    "ExportError",
+    "check_onnx",
+    "compare_attributes",
+    "compare_detector",
+    "compare_torch_runners",
+    "export_attributes_onnx",
+    "export_detector_onnx",
+]
+
+log = logging.getLogger(__name__)
+
+MIN_OPSET = 17
+
+
+class ExportError(RuntimeError):
+    """An exported model is invalid or disagrees with PyTorch beyond the tolerance."""
+
+
+class _DetectorGraph(nn.Module):
+    def __init__(self, detector: FashionDetector) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.detector(pixels)
+        return out.boxes, out.scores
+
+
+def _torch_export(module: nn.Module, example: Tensor, path: Path, input_name: str,
+                  output_names: list[str], opset: int) -> None:
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is below the supported minimum {MIN_OPSET}")
+    dynamic = {input_name: {0: "batch"}}
+    for name in output_names:
+        dynamic[name] = {0: "batch"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+        torch.onnx.export(
+            module.eval(),
+            (example,),
+            str(path),
+            input_names=[input_name],
+            output_names=output_names,
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def _append_nms(path: Path, nms: NmsSettings) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    graph.initializer.extend([
+        helper.make_tensor("nms_max_per_class", TensorProto.INT64, [1], [nms.max_per_class]),
+        helper.make_tensor("nms_iou_threshold", TensorProto.FLOAT, [1], [nms.iou_threshold]),
+        helper.make_tensor("nms_score_threshold", TensorProto.FLOAT, [1], [nms.score_threshold]),
+    ])
+    graph.node.append(helper.make_node(
+        "NonMaxSuppression",
+        [contract.ONNX_DETECTOR_BOXES, contract.ONNX_DETECTOR_SCORES, "nms_max_per_class", "nms_iou_threshold",
+         "nms_score_threshold"],
+        [contract.ONNX_DETECTOR_SELECTED],
+        name="nms",
+        center_point_box=0,  # corner boxes; IoU is symmetric in x/y so x1,y1,x2,y2 order is fine
+    ))
+    graph.output.append(helper.make_tensor_value_info(contract.ONNX_DETECTOR_SELECTED, TensorProto.INT64,
+                                                      ["selected", 3]))
+    onnx.save(model, str(path))
+
+
+def export_detector_onnx(detector: FashionDetector, path: Path, *, nms: NmsSettings, opset: int = MIN_OPSET) -> Path:
+    size = detector.config.input_size
+    example = torch.zeros((1, size, size, 3), dtype=torch.uint8)
+    _torch_export(_DetectorGraph(detector), example, path, contract.ONNX_DETECTOR_INPUT,
+                  [contract.ONNX_DETECTOR_BOXES, contract.ONNX_DETECTOR_SCORES], opset)
+    _append_nms(path, nms)
+    check_onnx(path)
+    return path
+
+
+def export_attributes_onnx(classifier: AttributeClassifier, path: Path, *, opset: int = MIN_OPSET) -> Path:
+    size = classifier.config.crop_size
+    example = torch.zeros((1, size, size, 3), dtype=torch.uint8)
+    _torch_export(classifier, example, path, contract.ONNX_ATTRIBUTES_INPUT, [contract.ONNX_ATTRIBUTES_OUTPUT], opset)
+    check_onnx(path)
+    return path
+
+
+def check_onnx(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"{path} fails onnx.checker: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ComparisonReport:
+    """Largest absolute difference between ONNX Runtime and PyTorch, per output."""
+
+    model: str
+    max_abs_error: dict[str, float]
+    samples: int
+
+    def raise_if_over(self, tolerance: dict[str, float]) -> None:
+        over = {k: v for k, v in self.max_abs_error.items() if v > tolerance.get(k, 0.0)}
+        if over:
+            raise ExportError(f"{self.model}: ONNX Runtime differs from PyTorch beyond tolerance: {over} "
+                              f"(tolerance {tolerance})")
+
+
+def _session(path: Path) -> object:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def compare_detector(detector: FashionDetector, path: Path, batches: Sequence[npt.NDArray[np.uint8]],
+                     nms: NmsSettings) -> ComparisonReport:
+    """Run both on each uint8 batch [B, S, S, 3]; compare boxes, scores and the NMS selection."""
+    from fashionbox.models.nms import nms_onnx_semantics
+
+    session = _session(path)
+    errors = {"boxes": 0.0, "scores": 0.0, "nms_count_mismatch": 0.0, "nms_scores": 0.0}
+    samples = 0
+    for batch in batches:
+        with torch.no_grad():
+            reference = detector.eval()(torch.from_numpy(batch))
+        boxes, scores, selected = session.run(None, {contract.ONNX_DETECTOR_INPUT: batch})  # type: ignore[attr-defined]
+        errors["boxes"] = max(errors["boxes"], float(np.abs(boxes - reference.boxes.numpy()).max()))
+        errors["scores"] = max(errors["scores"], float(np.abs(scores - reference.scores.numpy()).max()))
+        expected = nms_onnx_semantics(reference.boxes, reference.scores, nms).numpy()
+        # Compare what NMS kept by score, per (image, class): among exactly tied scores either
+        # runtime may keep a different box, which is not an error.
+        reference_scores = reference.scores.numpy()
+        for b, c in {(int(b), int(c)) for b, c, _ in np.concatenate([expected, selected]).tolist()}:
+            ours = np.sort(scores[b, c, selected[(selected[:, 0] == b) & (selected[:, 1] == c), 2]])
+            theirs = np.sort(reference_scores[b, c, expected[(expected[:, 0] == b) & (expected[:, 1] == c), 2]])
+            if len(ours) != len(theirs):
+                errors["nms_count_mismatch"] += 1.0
+            else:
+                errors["nms_scores"] = max(errors["nms_scores"], float(np.abs(ours - theirs).max(initial=0.0)))
+        samples += len(batch)
+    return ComparisonReport("detector", errors, samples)
+
+
+def compare_attributes(classifier: AttributeClassifier, path: Path,
+                       batches: Sequence[npt.NDArray[np.uint8]]) -> ComparisonReport:
+    session = _session(path)
+    worst = 0.0
+    samples = 0
+    for batch in batches:
+        with torch.no_grad():
+            reference = classifier.eval()(torch.from_numpy(batch)).numpy()
+        (probs,) = session.run(None, {contract.ONNX_ATTRIBUTES_INPUT: batch})  # type: ignore[attr-defined]
+        worst = max(worst, float(np.abs(probs - reference).max()))
+        samples += len(batch)
+    return ComparisonReport("attributes", {"probs": worst}, samples)
+
+
+
+def compare_torch_runners(detector_weights: Path, detector_onnx: Path, attributes_weights: Path,
+                          attributes_onnx: Path, detector_batches: Sequence[npt.NDArray[np.uint8]],
+                          attribute_batches: Sequence[npt.NDArray[np.uint8]], runtime: RuntimeSettings, *,
+                          max_detections: int, num_attribute_labels: int) -> list[ComparisonReport]:
+    """The torch runtime's runners (on the CPU, FP32) against the ONNX graphs, answer for answer.
+
+    Checks what the torch runtime adds to the networks the ONNX comparison already covered:
+    batched NMS and the gathering of detections. Per image the same number of detections
+    (``detections_count_mismatch`` counts images where they differ), then the largest difference
+    of boxes and scores in the served order, and of the attribute probabilities.
+    """
+    from fashionbox.core.serving import OnnxAttributes, OnnxDetector, OrtSettings
+    from fashionbox.models.torch_runtime import TorchAttributes, TorchDetector
+
+    cpu = replace(runtime, precision="fp32")
+    torch_detector = TorchDetector.from_settings(detector_weights, cpu, device="cpu", max_detections=max_detections)
+    onnx_detector = OnnxDetector(detector_onnx, OrtSettings(), max_detections=max_detections)
+    errors = {"boxes": 0.0, "scores": 0.0, "detections_count_mismatch": 0.0}
+    samples = 0
+    for batch in detector_batches:
+        for ours, theirs in zip(torch_detector.detect(batch), onnx_detector.detect(batch), strict=True):
+            if len(ours) != len(theirs):
+                errors["detections_count_mismatch"] += 1.0
+            elif len(ours):
+                errors["boxes"] = max(errors["boxes"], float(np.abs(ours.boxes - theirs.boxes).max()))
+                errors["scores"] = max(errors["scores"], float(np.abs(ours.scores - theirs.scores).max()))
+        samples += len(batch)
+    torch_heads = TorchAttributes(attributes_weights, device="cpu", precision="fp32",
+                                  num_attribute_labels=num_attribute_labels)
+    onnx_heads = OnnxAttributes(attributes_onnx, OrtSettings(), num_attribute_labels=num_attribute_labels)
+    worst = max(float(np.abs(torch_heads.classify(b) - onnx_heads.classify(b)).max()) for b in attribute_batches)
+    return [ComparisonReport("torch detector", errors, samples),
+            ComparisonReport("torch attributes", {"probs": worst}, sum(len(b) for b in attribute_batches))]

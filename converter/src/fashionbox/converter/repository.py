@@ -1,0 +1,787 @@
+"""Write a complete Triton model repository: configs, model sources, ONNX graphs, labels, manifest.
+
+Pure, typed steps (STYLE.md rules 6 and 7) and one orchestrator:
+
+- :class:`RepositorySettings` (with a :class:`ModelScheduling` per model) validates itself;
+- :func:`model_configs` builds every ``config.pbtxt`` as a ``model_config_pb2.ModelConfig``, so the
+  schema is checked when the config is made, not when Triton loads it;
+- :func:`write_model_config` writes one with ``text_format``;
+- :func:`check_onnx_contract` checks that the ONNX graphs have the tensors of ``contract.py``;
+- :func:`write_repository` assembles everything in a hidden sibling folder and moves it into
+  place only when complete, so a crash never leaves a half-written repository where Triton
+  looks.
+
+Layout written (``S`` = input size, every model has version ``1``)::
+
+    <out>/labels.json                 the label map (contract.LABELS_FILE)
+    <out>/manifest.json               what the caller passed: provenance of the weights
+    <out>/README.md                   the ensemble's inputs and outputs
+    <out>/preprocess/config.pbtxt     python backend;  1/model.py
+    <out>/detector/config.pbtxt       python backend running ONNX Runtime;  1/model.py, 1/model.onnx
+    <out>/attributes/config.pbtxt     python backend running ONNX Runtime;  1/model.py, 1/model.onnx
+    <out>/postprocess/config.pbtxt    python backend, calls ``attributes`` through BLS;  1/model.py
+    <out>/fashion/config.pbtxt        the ensemble clients call;  1/ (empty, Triton requires it)
+
+Usage::
+
+    write_repository(
+        Path("build/model_repository"),
+        detector_onnx=Path("build/detector.onnx"),
+        attributes_onnx=Path("build/attributes.onnx"),
+        label_map=default_label_map(),
+        settings=RepositorySettings(input_size=320, crop_size=96, model_version="2024.06-a1b2c3"),
+        manifest={"export": {...}},
+    )
+
+:func:`model_configs` writes the cpu profile. The gpu profile (``detector`` and ``attributes``
+as ``tensorrt_plan`` models on ``KIND_GPU`` with ``model.plan`` files, ``preprocess`` decoding on
+the GPU) is derived from it by :func:`fashionbox.converter.tensorrt.gpu_model_configs` and
+written by :func:`write_repository` through its ``configs`` and ``files`` arguments.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from fashionbox import contract
+from fashionbox.contract.labels import LabelMap
+from fashionbox.core.gpu_imaging import DecodeSettings
+from fashionbox.core.imaging import DecodeLimits
+from fashionbox.core.serving import (
+    AdmissionSettings,
+    AttributesParameters,
+    DetectorParameters,
+    OrtSettings,
+    ParameterSet,
+    PostprocessParameters,
+    PreprocessParameters,
+    RuntimeSettings,
+)
+
+__all__ = [
+    "CONFIG_FILE",
+    "DEFAULT_ENTRY_QUEUE_SIZE",
+    "DEFAULT_MAX_IN_FLIGHT",
+    "DEFAULT_STEP_QUEUE_TIMEOUT_US",
+    "LABELS_JSON_PARAMETER",
+    "MODEL_VERSION",
+    "ModelScheduling",
+    "RepositorySettings",
+    "Target",
+    "check_onnx_contract",
+    "ensemble_config",
+    "gpu_preprocess",
+    "gpu_scheduling",
+    "model_configs",
+    "step_timeouts",
+    "write_model_config",
+    "write_repository",
+]
+
+logger = logging.getLogger(__name__)
+
+Target = Literal["cpu", "gpu"]
+TARGETS: tuple[Target, ...] = ("cpu", "gpu")
+
+CONFIG_FILE = "config.pbtxt"
+MODEL_VERSION = "1"
+ONNX_FILE = "model.onnx"
+LABELS_JSON_PARAMETER = contract.LABELS_PARAMETER
+"""Ensemble config parameter holding the label map JSON, so clients read labels from the server."""
+MODEL_VERSION_PARAMETER = "model_version"
+WEIGHTS_FILE = RuntimeSettings.weights_file
+"""The checkpoint a ``torch`` runner loads, in its model's version folder."""
+
+_PYTHON_SOURCE = "model.py"
+_README = "README.md"
+_SOURCE_PACKAGE = "fashionbox.model_repository"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+# KServe v2 datatypes (contract.py) -> model config types. BYTES is TYPE_STRING in configs.
+_CONFIG_TYPES = {
+    "BOOL": mc.TYPE_BOOL,
+    "UINT8": mc.TYPE_UINT8,
+    "INT32": mc.TYPE_INT32,
+    "INT64": mc.TYPE_INT64,
+    "FP16": mc.TYPE_FP16,
+    "FP32": mc.TYPE_FP32,
+    "BYTES": mc.TYPE_STRING,
+}
+
+# The python-backend models, in pipeline order, and the ensemble steps among them.
+_PYTHON_MODELS = (
+    contract.PREPROCESS_MODEL,
+    contract.DETECTOR_MODEL,
+    contract.ATTRIBUTES_MODEL,
+    contract.POSTPROCESS_MODEL,
+)
+_ENSEMBLE_STEPS = (contract.PREPROCESS_MODEL, contract.DETECTOR_MODEL, contract.POSTPROCESS_MODEL)
+
+DEFAULT_ENTRY_QUEUE_SIZE = 16
+"""Requests that may wait for ``preprocess``, the ensemble's entry: two batches of 8, about 0.15 s
+of work at the ~110 img/s one CPU server reaches (BENCHMARKS.md). Past it Triton refuses at once."""
+DEFAULT_STEP_QUEUE_TIMEOUT_US = 1_000_000
+"""Longest wait in the queue of ``detector`` and ``postprocess`` in a repository without admission
+control (``--max-in-flight 0``; with it, their queues never hold more than ``max_in_flight``, and a
+timeout would only lose the admitted request's slot): a bound for when one of them, not the entry,
+is the bottleneck (seen at 2x overload on the shared CPU; a GPU detector under load). Far above
+their normal wait (milliseconds), so it only acts past capacity: 250 ms fired
+on the busy shared CI machine at six requests in flight, and 500 ms while a draining stop
+unloaded the ensemble (0.5 s) and in a batch held back by a 500 ms batching delay. 2 s held
+those but cut goodput at 2x load to 54 % (1 s: 62 %; 500 ms: 71 %), docs/RELIABILITY.md."""
+
+DEFAULT_MAX_IN_FLIGHT = 16
+"""Requests admitted into the ensemble at once (CPU target): two detector batches, about 0.2 s of
+work at the ~80-100 img/s one 2-core server sustains. Past it the entry refuses at once (at twice
+the sustainable rate: p50 2 ms, p99 7-15 ms as the rate rises; goodput 91-100 % of it, where 24
+kept 86 %: docs/RELIABILITY.md)."""
+
+
+# -- settings ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelScheduling:
+    """How Triton schedules one model: instances and dynamic batching.
+
+    ``max_queue_delay_us`` defaults to 0: Triton still batches whatever is queued when an
+    instance frees up, and FIELD_NOTES measured 2.2 ms added latency for a 2 ms delay at low
+    load. Tune it with the load-test harness, not by guessing.
+
+    The queue policy (off unless set: Triton's own default) makes an overloaded server refuse
+    work instead of queueing it without bound: past ``max_queue_size`` waiting requests Triton
+    rejects a new one at once, and a request that waited ``queue_timeout_us`` is rejected, both
+    with UNAVAILABLE, which the client retries with backoff. :class:`RepositorySettings` sets
+    the policy FashionBox ships (docs/RELIABILITY.md has the measurements behind it):
+
+    - the entry, ``preprocess``, is bounded by size: its refusals come back in milliseconds;
+    - ``detector`` and ``postprocess`` are bounded by the admission control
+      (``RepositorySettings.max_in_flight``), which caps the requests inside the whole ensemble;
+      without it (``max_in_flight=0``) :func:`step_timeouts` bounds them by waiting time: on a
+      CPU the entry admits faster than the detector finishes, and without a bound there latency
+      grows without limit. Not by size: a size-bounded single-instance model that refuses many requests a second
+      left its instance mostly idle in Triton 2.51 (goodput fell to 5-10 % of capacity). A
+      request refused by a later step fails as a whole with that status, never half-answered;
+      only the work already done for it is lost;
+    - ``attributes`` stays unbounded: ``postprocess`` calls it synchronously (BLS), so its queue
+      never holds more than one request per ``postprocess`` instance, and a refusal there would
+      surface as a postprocess error rather than as overload.
+    """
+
+    instances: int = 1
+    max_batch_size: int = 8
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
+    max_queue_size: int = 0
+    """Requests that may wait in this model's queue; one more is rejected at once with
+    UNAVAILABLE "Exceeds maximum queue size". 0 is unbounded (Triton's own default)."""
+    queue_timeout_us: int = 0
+    """Longest wait in this model's queue before the request is rejected (UNAVAILABLE "Request
+    timeout expired"); 0 is no limit. Not taken from clients: Triton 2.51's ensemble does not pass
+    a request's own timeout on to its steps (measured: a 1 ms timeout still ran after 700 ms)."""
+
+    def __post_init__(self) -> None:
+        if self.instances < 1:
+            raise ValueError(f"instances must be at least 1, got {self.instances}")
+        if self.max_queue_size < 0:
+            raise ValueError(f"max_queue_size must not be negative (0 is unbounded), got {self.max_queue_size}")
+        if self.queue_timeout_us < 0:
+            raise ValueError(f"queue_timeout_us must not be negative (0 is none), got {self.queue_timeout_us}")
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {self.max_batch_size}")
+        if self.max_queue_delay_us < 0:
+            raise ValueError(f"max_queue_delay_us must not be negative, got {self.max_queue_delay_us}")
+        sizes = self.preferred_batch_sizes
+        if any(not 1 <= s <= self.max_batch_size for s in sizes):
+            raise ValueError(f"preferred_batch_sizes {sizes} must lie in [1, max_batch_size={self.max_batch_size}]")
+        if list(sizes) != sorted(set(sizes)):
+            raise ValueError(f"preferred_batch_sizes {sizes} must be strictly increasing")
+
+
+def gpu_scheduling() -> dict[str, Any]:
+    """Starting scheduling for the GPU profiles (one GPU), before ``fashionbox tune`` refines it.
+
+    A GPU runs a batch of 64 letterboxes in about the time a CPU core runs one, so the networks
+    get large batches and two instances (one computes while the other's inputs are copied), and
+    the CPU-side python steps (``preprocess`` decodes what nvJPEG cannot, ``postprocess`` crops and
+    builds results) get many instances: they, not the GPU, bound the throughput. The entry queue
+    and the admission bound hold about a quarter second of work at 2,000 images/s before the
+    server refuses.
+    """
+    return {
+        "max_in_flight": 512,
+        "preprocess": ModelScheduling(instances=8, max_batch_size=32, max_queue_size=512),
+        "detector": ModelScheduling(instances=2, max_batch_size=64),
+        "attributes": ModelScheduling(instances=2, max_batch_size=256),
+        "postprocess": ModelScheduling(instances=8, max_batch_size=32),
+    }
+
+
+def step_timeouts(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` (keyword arguments of :class:`RepositorySettings`) with the later steps bounded by
+    :data:`DEFAULT_STEP_QUEUE_TIMEOUT_US` when admission control is off and they are not given."""
+    if settings.get("max_in_flight", DEFAULT_MAX_IN_FLIGHT):
+        return dict(settings)
+    bounded = ModelScheduling(queue_timeout_us=DEFAULT_STEP_QUEUE_TIMEOUT_US)
+    return {"detector": bounded, "postprocess": bounded, **settings}
+
+
+@dataclass(frozen=True)
+class RepositorySettings:
+    """Everything about a repository that is not the weights or the label map.
+
+    ``input_size`` and ``crop_size`` must match the ONNX graphs (checked by
+    :func:`write_repository`). The ensemble's ``max_batch_size`` is the smallest of its steps',
+    since Triton refuses an ensemble that allows more than one of its steps.
+    """
+
+    input_size: int = 320
+    crop_size: int = 96
+    max_detections: int = 100
+    """Per image, after NMS."""
+    preprocess: ModelScheduling = field(
+        default_factory=lambda: ModelScheduling(instances=2, max_queue_size=DEFAULT_ENTRY_QUEUE_SIZE)
+    )
+    """The entry: admits or refuses (``max_in_flight``) and refuses past a short queue (see
+    :class:`ModelScheduling`). Two instances, so a refusal rarely waits behind a decode."""
+    detector: ModelScheduling = field(default_factory=ModelScheduling)
+    """No queue bound of its own: admission control bounds what can wait here (without it, use
+    :func:`step_timeouts`)."""
+    attributes: ModelScheduling = field(default_factory=lambda: ModelScheduling(max_batch_size=64))
+    """Batches crops, not images: several per image. Unbounded queue: see :class:`ModelScheduling`."""
+    postprocess: ModelScheduling = field(default_factory=ModelScheduling)
+    ort: OrtSettings = field(default_factory=OrtSettings)
+    """ONNX Runtime threading (runtime ``onnxruntime``)."""
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    """What runs ``detector`` and ``attributes`` in the python backend: ONNX Runtime (the cpu
+    target's default) or PyTorch (``torch``: on the GPU for target gpu, else the CPU). Target gpu
+    with ``onnxruntime`` means TensorRT engines instead (configs from ``gpu_model_configs``)."""
+    gpu_decode: bool = True
+    """Target gpu: ``preprocess`` runs on a GPU instance and decodes JPEGs with nvJPEG where it can."""
+    max_image_bytes: int = DecodeLimits.max_image_bytes
+    max_pixels: int = DecodeLimits.max_pixels
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    """Admission control: requests inside the ensemble at once; ``preprocess`` refuses more at once
+    with UNAVAILABLE (:mod:`fashionbox.core.admission`). 0 is off."""
+    admission_ttl_ms: int = 0
+    """A slot whose request never reached ``postprocess`` (its stub died, or a later step's queue
+    timeout refused it) frees itself after this long: more than an admitted request spends in the
+    pipeline. 0: the later steps' queue timeouts together plus 5 s (5 s by default). Short,
+    because until then a lost slot is capacity refused."""
+    model_version: str = "unversioned"
+    """Recorded in every result for provenance (e.g. a date plus the weights' hash)."""
+    model_name: str = ""
+    """The detector family, recorded in every result."""
+    target: Target = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("input_size", "crop_size", "max_detections", "max_image_bytes", "max_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        DecodeLimits(max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels)  # refuses unusable limits
+        if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int) or self.max_in_flight < 0:
+            raise ValueError(f"max_in_flight must be a whole number >= 0 (0 is off), got {self.max_in_flight!r}")
+        if self.admission_ttl_ms < 0 or 0 < self.admission_ttl_ms <= self._later_timeouts_ms:
+            raise ValueError(
+                f"admission_ttl_ms ({self.admission_ttl_ms}) must be more than the later steps' queue timeouts "
+                f"together ({self._later_timeouts_ms} ms), or slots of requests still in the pipeline expire; "
+                "0 chooses for you")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if not isinstance(self.runtime, RuntimeSettings):
+            raise TypeError(f"runtime must be a RuntimeSettings, got {type(self.runtime).__name__}")
+        if self.runtime.precision == "fp16" and not (self.target == "gpu" and self.runtime.runtime == "torch"):
+            raise ValueError("precision fp16 applies to the torch runtime on target gpu only (CPUs serve fp32)")
+        for name in ("preprocess", "detector", "attributes", "postprocess"):
+            if not isinstance(getattr(self, name), ModelScheduling):
+                raise TypeError(f"{name} must be a ModelScheduling, got {type(getattr(self, name)).__name__}")
+        # A step's queue timeout must leave room for the batching delays a request may sit out on its
+        # way there, or requests held back only to form a batch are refused as if the server were full.
+        delays_us = 0
+        for name in ("preprocess", "detector", "postprocess"):
+            scheduling = getattr(self, name)
+            delays_us += scheduling.max_queue_delay_us
+            if scheduling.queue_timeout_us and scheduling.queue_timeout_us <= 2 * delays_us:
+                raise ValueError(
+                    f"{name}.queue_timeout_us ({scheduling.queue_timeout_us}) must be more than twice the batching "
+                    f"delays up to it ({delays_us} us), or batched requests time out; raise it or set 0 (no limit)"
+                )
+
+    @property
+    def admission(self) -> tuple[ParameterSet, ...]:
+        """The admission parameters ``preprocess`` and ``postprocess`` share; none when it is off."""
+        if not self.max_in_flight:
+            return ()
+        ttl_ms = self.admission_ttl_ms or self._later_timeouts_ms + 5_000
+        return (AdmissionSettings(max_in_flight=self.max_in_flight, admission_ttl_ms=ttl_ms),)
+
+    @property
+    def _later_timeouts_ms(self) -> int:
+        return (self.detector.queue_timeout_us + self.postprocess.queue_timeout_us) // 1000
+
+    @property
+    def ensemble_max_batch_size(self) -> int:
+        return min(self.preprocess.max_batch_size, self.detector.max_batch_size, self.postprocess.max_batch_size)
+
+    def scheduling(self, model: str) -> ModelScheduling:
+        schedules = {
+            contract.PREPROCESS_MODEL: self.preprocess,
+            contract.DETECTOR_MODEL: self.detector,
+            contract.ATTRIBUTES_MODEL: self.attributes,
+            contract.POSTPROCESS_MODEL: self.postprocess,
+        }
+        return schedules[model]
+
+
+# -- configs ------------------------------------------------------------------------------------------
+
+
+def _dims(spec: contract.TensorSpec, sizes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
+    # contract.py leaves checkpoint-dependent sizes as -1; the converter knows them.
+    return sizes.get(spec.name, spec.dims)
+
+
+def _io(specs: tuple[contract.TensorSpec, ...], sizes: Mapping[str, tuple[int, ...]], message: type[Any]) -> list[Any]:
+    return [message(name=s.name, data_type=_CONFIG_TYPES[s.datatype], dims=list(_dims(s, sizes))) for s in specs]
+
+
+def _tensor_sizes(settings: RepositorySettings, label_map: LabelMap) -> dict[str, tuple[int, ...]]:
+    s, c, a = settings.input_size, settings.crop_size, label_map.num_attribute_labels
+    return {
+        contract.PIXELS.name: (s, s, 3),
+        contract.CROPS.name: (c, c, 3),
+        contract.ATTRIBUTE_PROBS.name: (a,),
+        contract.ATTRIBUTE_SCORES.name: (-1, a),
+    }
+
+
+def _parameters(config: Any, *sets: ParameterSet) -> None:
+    for parameter_set in sets:
+        for key, value in parameter_set.to_parameters().items():
+            config.parameters[key].string_value = value
+
+
+def _queue_policy(scheduling: ModelScheduling) -> Any:
+    # REJECT (the enum's zero, so not written out) rather than DELAY: a timed-out request fails
+    # instead of running late.
+    return mc.ModelQueuePolicy(
+        timeout_action=mc.ModelQueuePolicy.REJECT,
+        default_timeout_microseconds=scheduling.queue_timeout_us,
+        max_queue_size=scheduling.max_queue_size,
+    )
+
+
+def _python_model(
+    name: str,
+    scheduling: ModelScheduling,
+    inputs: tuple[contract.TensorSpec, ...],
+    outputs: tuple[contract.TensorSpec, ...],
+    sizes: Mapping[str, tuple[int, ...]],
+    *parameters: ParameterSet,
+) -> Any:
+    config = mc.ModelConfig(
+        name=name,
+        backend="python",
+        max_batch_size=scheduling.max_batch_size,
+        input=_io(inputs, sizes, mc.ModelInput),
+        output=_io(outputs, sizes, mc.ModelOutput),
+        instance_group=[mc.ModelInstanceGroup(count=scheduling.instances, kind=mc.ModelInstanceGroup.KIND_CPU)],
+        dynamic_batching=mc.ModelDynamicBatching(
+            preferred_batch_size=list(scheduling.preferred_batch_sizes),
+            max_queue_delay_microseconds=scheduling.max_queue_delay_us,
+        ),
+    )
+    if scheduling.max_queue_size or scheduling.queue_timeout_us:
+        # Only when bounded: an empty policy would still be written out as "default_queue_policy { }".
+        config.dynamic_batching.default_queue_policy.CopyFrom(_queue_policy(scheduling))
+    _parameters(config, *parameters)
+    return config
+
+
+def _runner_model(
+    name: str,
+    settings: RepositorySettings,
+    inputs: tuple[contract.TensorSpec, ...],
+    outputs: tuple[contract.TensorSpec, ...],
+    sizes: Mapping[str, tuple[int, ...]],
+    parameters: ParameterSet,
+) -> Any:
+    """The seam between runtimes: a network model's config for ``settings.target`` and runtime."""
+    scheduling = settings.scheduling(name)
+    if settings.runtime.runtime == "torch":
+        config = _python_model(name, scheduling, inputs, outputs, sizes, parameters)
+        for key, value in settings.runtime.for_model(name).items():
+            config.parameters[key].string_value = value
+        if settings.target == "gpu":
+            _on_gpu(config)
+        return config
+    if settings.target == "cpu":
+        return _python_model(name, scheduling, inputs, outputs, sizes, parameters, settings.ort)
+    # gpu with engines: tensorrt_plan models with KIND_GPU instances and model.plan, built on the serving host.
+    raise ValueError(
+        f"target {settings.target!r} with runtime {settings.runtime.runtime!r} is not written by model_configs: "
+        "the TensorRT profile's configs come from fashionbox.converter.tensorrt.gpu_model_configs"
+    )
+
+
+def _on_gpu(config: Any) -> None:
+    """Run every instance of ``config`` on a GPU: ``count`` instances on each GPU Triton sees."""
+    for group in config.instance_group:
+        group.kind = mc.ModelInstanceGroup.KIND_GPU
+
+
+def gpu_preprocess(config: Any) -> None:
+    """The GPU profiles' ``preprocess``: a GPU instance decoding JPEGs with nvJPEG where it can."""
+    _on_gpu(config)
+    _parameters(config, DecodeSettings(decode_device="auto"))
+
+
+def ensemble_config(settings: RepositorySettings, label_map: LabelMap, steps: Mapping[str, Any]) -> Any:
+    """The ``fashion`` ensemble: each step's tensors wired by name, as ``contract.py`` draws it.
+
+    Every input and output of every step maps to the ensemble tensor of the same name, so the
+    wiring follows from the step configs and cannot forget a tensor.
+    """
+    sizes = _tensor_sizes(settings, label_map)
+    config = mc.ModelConfig(
+        name=contract.ENSEMBLE_MODEL,
+        platform="ensemble",
+        max_batch_size=settings.ensemble_max_batch_size,
+        input=_io(contract.ENSEMBLE_INPUTS, sizes, mc.ModelInput),
+        output=_io(contract.ENSEMBLE_OUTPUTS, sizes, mc.ModelOutput),
+    )
+    for name in _ENSEMBLE_STEPS:
+        step_config = steps[name]
+        config.ensemble_scheduling.step.append(
+            mc.ModelEnsembling.Step(
+                model_name=name,
+                model_version=-1,
+                input_map={t.name: t.name for t in step_config.input},
+                output_map={t.name: t.name for t in step_config.output},
+            )
+        )
+    config.parameters[LABELS_JSON_PARAMETER].string_value = label_map.to_json()
+    config.parameters[MODEL_VERSION_PARAMETER].string_value = settings.model_version
+    return config
+
+
+def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str, Any]:
+    """Every model's ``ModelConfig``, keyed by model name, in pipeline order (ensemble last)."""
+    sizes = _tensor_sizes(settings, label_map)
+    configs: dict[str, Any] = {
+        contract.PREPROCESS_MODEL: _python_model(
+            contract.PREPROCESS_MODEL,
+            settings.preprocess,
+            (contract.IMAGE,),
+            (contract.PIXELS, contract.IMAGE_INFO),
+            sizes,
+            PreprocessParameters(
+                input_size=settings.input_size,
+                max_image_bytes=settings.max_image_bytes,
+                max_pixels=settings.max_pixels,
+            ),
+            *settings.admission,
+        ),
+        contract.DETECTOR_MODEL: _runner_model(
+            contract.DETECTOR_MODEL,
+            settings,
+            (contract.PIXELS,),
+            (contract.DET_BOXES, contract.DET_SCORES, contract.DET_CLASSES),
+            sizes,
+            DetectorParameters(
+                input_size=settings.input_size, max_detections=settings.max_detections, onnx_file=ONNX_FILE
+            ),
+        ),
+        contract.ATTRIBUTES_MODEL: _runner_model(
+            contract.ATTRIBUTES_MODEL,
+            settings,
+            (contract.CROPS,),
+            (contract.ATTRIBUTE_PROBS,),
+            sizes,
+            AttributesParameters(
+                crop_size=settings.crop_size,
+                num_attribute_labels=label_map.num_attribute_labels,
+                onnx_file=ONNX_FILE,
+            ),
+        ),
+        contract.POSTPROCESS_MODEL: _python_model(
+            contract.POSTPROCESS_MODEL,
+            settings.postprocess,
+            (contract.PIXELS, contract.IMAGE_INFO, contract.DET_BOXES, contract.DET_SCORES, contract.DET_CLASSES),
+            contract.ENSEMBLE_OUTPUTS,
+            sizes,
+            PostprocessParameters(
+                input_size=settings.input_size,
+                crop_size=settings.crop_size,
+                attributes_max_batch_size=settings.attributes.max_batch_size,
+                attributes_model=contract.ATTRIBUTES_MODEL,
+                model_version=settings.model_version,
+                model_name=settings.model_name,
+            ),
+            *settings.admission,
+        ),
+    }
+    if settings.target == "gpu" and settings.gpu_decode:
+        gpu_preprocess(configs[contract.PREPROCESS_MODEL])
+    configs[contract.ENSEMBLE_MODEL] = ensemble_config(settings, label_map, configs)
+    return configs
+
+
+def write_model_config(path: Path, config: Any) -> None:
+    """Write ``config`` as ``config.pbtxt`` text, the format Triton reads."""
+    path.write_text(text_format.MessageToString(config), encoding="utf-8")
+
+
+# -- ONNX checks --------------------------------------------------------------------------------------
+
+
+_TensorShapes = dict[str, tuple[int, tuple[int | None, ...]]]
+
+
+def _import_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ImportError("checking ONNX graphs needs onnx: pip install 'fashionbox[convert]'") from exc
+    return onnx
+
+
+def _onnx_io(path: Path) -> tuple[_TensorShapes, _TensorShapes]:
+    """``(inputs, outputs)`` of an ONNX file: name -> (element type, dims with None for dynamic)."""
+    model = _import_onnx().load(str(path), load_external_data=False)
+
+    def describe(values: Any) -> _TensorShapes:
+        out = {}
+        for value in values:
+            tensor = value.type.tensor_type
+            dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+            out[value.name] = (tensor.elem_type, dims)
+        return out
+
+    return describe(model.graph.input), describe(model.graph.output)
+
+
+def _check_tensor(
+    path: Path,
+    tensors: _TensorShapes,
+    name: str,
+    elem_type: int,
+    dims: tuple[int | None, ...],
+) -> None:
+    if name not in tensors:
+        raise ValueError(f"{path}: no tensor {name!r} (has {sorted(tensors)}); see fashionbox/contract.py")
+    have_type, have_dims = tensors[name]
+    if have_type != elem_type:
+        raise ValueError(f"{path}: tensor {name!r} has ONNX element type {have_type}, expected {elem_type}")
+    if len(have_dims) != len(dims) or any(
+        want is not None and have is not None and have != want for have, want in zip(have_dims, dims, strict=True)
+    ):
+        shown = ["?" if d is None else d for d in dims]
+        raise ValueError(f"{path}: tensor {name!r} has shape {list(have_dims)}, expected {shown}")
+
+
+def check_onnx_contract(
+    detector_onnx: Path, attributes_onnx: Path, settings: RepositorySettings, label_map: LabelMap
+) -> None:
+    """Refuse graphs whose tensor names, types or static sizes disagree with the settings.
+
+    A detector exported at another input size, or attribute heads trained with another label
+    map, would otherwise load fine and serve wrong results.
+    """
+    tp = _import_onnx().TensorProto
+    s, c = settings.input_size, label_map.num_categories
+    inputs, outputs = _onnx_io(detector_onnx)
+    _check_tensor(detector_onnx, inputs, contract.ONNX_DETECTOR_INPUT, tp.UINT8, (None, s, s, 3))
+    _check_tensor(detector_onnx, outputs, contract.ONNX_DETECTOR_BOXES, tp.FLOAT, (None, None, 4))
+    _check_tensor(detector_onnx, outputs, contract.ONNX_DETECTOR_SCORES, tp.FLOAT, (None, c, None))
+    _check_tensor(detector_onnx, outputs, contract.ONNX_DETECTOR_SELECTED, tp.INT64, (None, 3))
+
+    k, a = settings.crop_size, label_map.num_attribute_labels
+    inputs, outputs = _onnx_io(attributes_onnx)
+    _check_tensor(attributes_onnx, inputs, contract.ONNX_ATTRIBUTES_INPUT, tp.UINT8, (None, k, k, 3))
+    _check_tensor(attributes_onnx, outputs, contract.ONNX_ATTRIBUTES_OUTPUT, tp.FLOAT, (None, a))
+
+
+# -- writing ------------------------------------------------------------------------------------------
+
+
+def _inside(root: Path, *parts: str) -> Path:
+    """``root / parts``, refusing names that would escape ``root`` (``..``, absolute, separators)."""
+    for part in parts:
+        if not _SAFE_NAME.match(part) or part in (".", ".."):
+            raise ValueError(f"refusing path component {part!r}: not a plain file or model name")
+    path = root.joinpath(*parts)
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"refusing {path}: it leaves the repository {root}")
+    return path
+
+
+def _model_source(name: str) -> bytes:
+    source = resources.files(_SOURCE_PACKAGE).joinpath(name, _PYTHON_SOURCE)
+    if not source.is_file():
+        raise FileNotFoundError(f"no python-backend source for model {name!r} in package {_SOURCE_PACKAGE}")
+    return source.read_bytes()
+
+
+def _build(
+    root: Path,
+    configs: Mapping[str, Any],
+    onnx_files: Mapping[str, Path],
+    label_map: LabelMap,
+    manifest_json: str,
+    files: Mapping[str, Path] | None = None,
+) -> None:
+    for name, config in configs.items():
+        if config.name != name:
+            raise ValueError(f"config keyed {name!r} is named {config.name!r}")
+        model_dir = _inside(root, name)
+        version_dir = _inside(model_dir, MODEL_VERSION)
+        version_dir.mkdir(parents=True)
+        write_model_config(_inside(model_dir, CONFIG_FILE), config)
+        if config.backend == "python":
+            _inside(version_dir, _PYTHON_SOURCE).write_bytes(_model_source(name))
+        if name in onnx_files and config.backend == "python":  # the ONNX Runtime runners (cpu target)
+            shutil.copyfile(onnx_files[name], _inside(version_dir, ONNX_FILE))
+    label_map.save(_inside(root, contract.LABELS_FILE))
+    _inside(root, contract.MANIFEST_FILE).write_text(manifest_json, encoding="utf-8")
+    readme = resources.files(_SOURCE_PACKAGE).joinpath(_README)
+    if readme.is_file():
+        _inside(root, _README).write_bytes(readme.read_bytes())
+    for relative, source in (files or {}).items():  # e.g. TensorRT plans and build_engines.sh (gpu target)
+        destination = _inside(root, *relative.split("/"))
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, destination)  # keeps the mode: build_engines.sh stays executable
+
+
+def _check_replaceable(out: Path) -> None:
+    # Replacing means deleting the old folder: only ever do that to a repository we wrote.
+    if out.is_symlink() or not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder; refusing to replace it")
+    if any(out.iterdir()) and not (out / contract.MANIFEST_FILE).is_file():
+        raise FileExistsError(
+            f"{out} is not empty and has no {contract.MANIFEST_FILE}: it does not look like a repository "
+            "written by FashionBox, so it is not replaced"
+        )
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # no libc symbol (glibc < 2.28, musl)
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # kernel or file system without it
+        return False
+    raise OSError(error, os.strerror(error), str(a), None, str(b))
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Move the finished ``staging`` folder to ``out``; the old ``out`` stays until the new one is there.
+
+    On Linux the two folders are exchanged in one ``renameat2`` call, so a process killed at any
+    moment (SIGKILL, power loss) leaves either the old or the new repository at ``out``, never
+    none; the old one then sits under the hidden staging name until it is removed. Elsewhere
+    POSIX cannot exchange two non-empty folders atomically: the old one is renamed aside first
+    and renamed back if the second rename fails (an exception, not a kill, between the two).
+    """
+    if not (out.exists() or out.is_symlink()):
+        os.rename(staging, out)
+        return
+    _check_replaceable(out)
+    if _exchange(staging, out):
+        shutil.rmtree(staging, ignore_errors=True)  # now the previous repository
+        return
+    previous = out.with_name(f".{out.name}.previous-{uuid.uuid4().hex[:8]}")
+    os.rename(out, previous)
+    try:
+        os.rename(staging, out)
+    except BaseException:
+        os.rename(previous, out)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def write_repository(
+    out: Path,
+    *,
+    detector_onnx: Path,
+    attributes_onnx: Path,
+    label_map: LabelMap,
+    settings: RepositorySettings,
+    manifest: Mapping[str, Any],
+    configs: Mapping[str, Any] | None = None,
+    files: Mapping[str, Path] | None = None,
+) -> Path:
+    """Write the whole repository to ``out`` (replacing a previous one) and return ``out``.
+
+    ``configs`` replaces :func:`model_configs` (the gpu target derives its own,
+    :func:`fashionbox.converter.tensorrt.gpu_model_configs`); ``files`` maps repository-relative
+    paths to files copied there last. The ONNX graphs are always checked against the contract.
+
+    Everything is checked before the first byte is written (configs, ONNX contract, manifest is
+    JSON), then built in a hidden sibling folder and renamed into place. If anything fails, the
+    sibling is removed and a previous repository at ``out`` is left as it was.
+    """
+    out = Path(out)
+    if out.name in ("", ".", "..") or out.resolve() == Path(out.anchor or "/").resolve():
+        raise ValueError(f"refusing to write a repository at {str(out)!r}")
+    for path in (detector_onnx, attributes_onnx):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path}")
+    configs = dict(configs) if configs is not None else model_configs(settings, label_map)
+    for path in (files or {}).values():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"file to copy into the repository not found: {path}")
+    check_onnx_contract(Path(detector_onnx), Path(attributes_onnx), settings, label_map)
+    try:
+        manifest_json = json.dumps(dict(manifest), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"manifest must be JSON-serialisable: {exc}") from exc
+    if out.exists() or out.is_symlink():
+        _check_replaceable(out)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.incomplete-", dir=out.parent))
+    try:
+        _build(
+            staging,
+            configs,
+            {contract.DETECTOR_MODEL: Path(detector_onnx), contract.ATTRIBUTES_MODEL: Path(attributes_onnx)},
+            label_map,
+            manifest_json,
+            files,
+        )
+        staging.chmod(0o755)  # mkdtemp makes it 0700; a server running as another user must read it
+        _swap_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("wrote model repository %s (%s)", out, ", ".join(configs))
+    return out

@@ -1,0 +1,785 @@
+"""What every FashionBox python-backend model needs: settings, ONNX Runtime sessions, responses.
+
+The ``model.py`` files in ``model_repository/`` stay thin glue: they read their settings through
+:class:`ModelArgs` and the :class:`ParameterSet` classes, run ONNX models through
+:class:`OnnxDetector` / :class:`OnnxAttributes` (which the reference pipeline uses too),
+and answer requests through :func:`respond_each` / :func:`run_concatenated`, which turn a
+:class:`RequestError` into an error response for that one request while the rest of the batch
+carries on (DESIGN.md: errors are per request).
+
+Triton's ``triton_python_backend_utils`` exists only inside the python backend stub, so it is
+imported lazily by the few functions that build responses; everything else here is plain Python
+and unit-tested without a server.
+
+Each model's ``parameters`` are a :class:`ParameterSet` dataclass defined here: the converter
+writes them with ``to_parameters()`` and the model reads them with ``from_parameters()``, so the
+names and types exist once.
+
+Usage inside a ``model.py``::
+
+    def initialize(self, args):
+        self.args = ModelArgs.from_backend_args(args)
+        params = AttributesParameters.from_parameters(self.args.parameters)
+        self.heads = OnnxAttributes(self.args.version_file(params.onnx_file),
+                                    OrtSettings.from_parameters(self.args.parameters),
+                                    num_attribute_labels=params.num_attribute_labels)
+
+    def execute(self, requests):
+        return run_concatenated(requests, InputSpec("CROPS", np.uint8, (96, 96, 3)),
+                                compute=self.heads.classify, split=..., model="attributes")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, ClassVar, NoReturn, Protocol, TypeVar, cast, get_type_hints
+
+import numpy as np
+
+from fashionbox import contract
+from fashionbox.contract.labels import LabelMap
+from fashionbox.core.imaging import DecodeLimits
+from fashionbox.core.postprocessing import AnyArray, DetectorOutput, Float32Array, gather_detections
+
+__all__ = [
+    "AdmissionSettings",
+    "AttributesParameters",
+    "ChunkResult",
+    "DetectorParameters",
+    "ErrorCode",
+    "InputSpec",
+    "ModelArgs",
+    "OnnxAttributes",
+    "OnnxDetector",
+    "OrtSettings",
+    "ParameterError",
+    "ParameterSet",
+    "Parameters",
+    "PostprocessParameters",
+    "PreprocessParameters",
+    "RequestError",
+    "RuntimeSettings",
+    "call_model_chunked",
+    "check_session_io",
+    "create_ort_session",
+    "error_response",
+    "load_attributes_runner",
+    "load_detector_runner",
+    "read_input",
+    "respond_each",
+    "run_concatenated",
+    "safe_relative_path",
+    "success_response",
+    "unexpected_error",
+]
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class ParameterError(ValueError):
+    """A model's config ``parameters`` entry is missing or does not parse; fails model load."""
+
+
+class ErrorCode(Enum):
+    """The ``pb_utils.TritonError`` codes FashionBox models answer with (value: attribute name)."""
+
+    INVALID_ARG = "INVALID_ARG"
+    """The request itself is wrong (bad image, wrong shape); the client must change it."""
+    INTERNAL = "INTERNAL"
+    """The server failed on a valid request (a runtime error, a broken model)."""
+    UNAVAILABLE = "UNAVAILABLE"
+    """A model this one depends on could not be reached; retrying may help."""
+
+
+class RequestError(Exception):
+    """Fails one request with ``code`` and a message written for the person who sent it."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.INVALID_ARG) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+# -- settings -------------------------------------------------------------------------------------
+
+
+class Parameters:
+    """Typed, explicit reads of a model config's ``parameters`` (all strings in ``config.pbtxt``).
+
+    Every getter names the model and the parameter in its error, and booleans accept only
+    true/false/1/0/yes/no/on/off, so ``"false"`` can never read as ``True``.
+    """
+
+    def __init__(self, values: Mapping[str, str], *, model_name: str = "model") -> None:
+        self._values = dict(values)
+        self._model_name = model_name
+
+    @classmethod
+    def from_model_config(cls, config: Mapping[str, Any]) -> Parameters:
+        """From the model config dict Triton hands to ``initialize`` (``json.loads(args["model_config"])``)."""
+        raw = config.get("parameters") or {}
+        values: dict[str, str] = {}
+        for key, value in raw.items():
+            if isinstance(value, Mapping):
+                values[str(key)] = str(value.get("string_value", ""))
+            else:
+                values[str(key)] = str(value)
+        return cls(values, model_name=str(config.get("name", "model")))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._values
+
+    def _fail(self, name: str, problem: str) -> NoReturn:
+        raise ParameterError(f"model {self._model_name!r}: parameter {name!r} {problem}")
+
+    def string(self, name: str, default: str | None = None) -> str:
+        if name in self._values:
+            return self._values[name]
+        if default is None:
+            self._fail(name, "is required but missing from config.pbtxt")
+        return default
+
+    def integer(self, name: str, default: int | None = None, *, minimum: int | None = None) -> int:
+        if name not in self._values:
+            if default is None:
+                self._fail(name, "is required but missing from config.pbtxt")
+            value = default
+        else:
+            text = self._values[name].strip()
+            try:
+                value = int(text)
+            except ValueError:
+                self._fail(name, f"must be an integer, got {text!r}")
+        if minimum is not None and value < minimum:
+            self._fail(name, f"must be at least {minimum}, got {value}")
+        return value
+
+    def number(self, name: str, default: float | None = None) -> float:
+        if name not in self._values:
+            if default is None:
+                self._fail(name, "is required but missing from config.pbtxt")
+            return default
+        text = self._values[name].strip()
+        try:
+            value = float(text)
+        except ValueError:
+            self._fail(name, f"must be a number, got {text!r}")
+        if not np.isfinite(value):
+            self._fail(name, f"must be a finite number, got {text!r}")
+        return value
+
+    def boolean(self, name: str, default: bool | None = None) -> bool:
+        if name not in self._values:
+            if default is None:
+                self._fail(name, "is required but missing from config.pbtxt")
+            return default
+        text = self._values[name].strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        self._fail(name, f"must be true or false, got {self._values[name]!r}")
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def safe_relative_path(root: Path, relative: str) -> Path:
+    """``root / relative``, refusing anything that would leave ``root`` (absolute paths, ``..``)."""
+    candidate = Path(relative)
+    parts = candidate.parts
+    if not parts or candidate.is_absolute() or any(not _SAFE_NAME.match(part) for part in parts):
+        raise ParameterError(f"path {relative!r} must be a plain relative path inside {root}")
+    resolved_root = root.resolve()
+    resolved = (resolved_root / candidate).resolve()
+    if not resolved.is_relative_to(resolved_root):
+        raise ParameterError(f"path {relative!r} leaves {root}")
+    return root / candidate
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """The ``args`` Triton passes to ``initialize``, parsed once."""
+
+    name: str
+    version: str
+    model_dir: Path
+    """The model's folder (Triton calls it ``model_repository``); ``labels.json`` is one level up."""
+    config: Mapping[str, Any]
+    backend_args: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Everything Triton passed, e.g. ``model_instance_kind`` and ``model_instance_device_id``."""
+
+    @classmethod
+    def from_backend_args(cls, args: Mapping[str, str]) -> ModelArgs:
+        config = json.loads(args["model_config"])
+        return cls(
+            name=str(args.get("model_name", config.get("name", "model"))),
+            version=str(args["model_version"]),
+            model_dir=Path(args["model_repository"]),
+            config=config,
+            backend_args=dict(args),
+        )
+
+    @property
+    def parameters(self) -> Parameters:
+        return Parameters.from_model_config(self.config)
+
+    @property
+    def version_dir(self) -> Path:
+        return self.model_dir / self.version
+
+    @property
+    def repository_dir(self) -> Path:
+        return self.model_dir.parent
+
+    @property
+    def instance_kind(self) -> str:
+        """``KIND_CPU`` or ``KIND_GPU`` (Triton passes ``CPU`` / ``GPU``) for this model instance."""
+        return "GPU" if str(self.backend_args.get("model_instance_kind", "CPU")).upper() == "GPU" else "CPU"
+
+    @property
+    def device_id(self) -> int:
+        return int(self.backend_args.get("model_instance_device_id", 0) or 0)
+
+    def torch_device(self) -> str:
+        """Where a PyTorch runner of this instance computes: ``cuda:<id>`` for ``KIND_GPU``, else ``cpu``."""
+        return f"cuda:{self.device_id}" if self.instance_kind == "GPU" else "cpu"
+
+    def version_file(self, relative: str) -> Path:
+        """A file inside this model's version folder (e.g. ``model.onnx``); escaping it is refused."""
+        return safe_relative_path(self.version_dir, relative)
+
+    def label_map(self) -> LabelMap:
+        """The label map the converter wrote next to the models (``<repository>/labels.json``)."""
+        return LabelMap.load(self.repository_dir / contract.LABELS_FILE)
+
+    def max_batch_size(self) -> int:
+        return int(self.config.get("max_batch_size", 0))
+
+
+# -- ONNX Runtime -----------------------------------------------------------------------------------
+
+
+P = TypeVar("P", bound="ParameterSet")
+
+
+class ParameterSet:
+    """Base of the frozen dataclasses that hold one model's config ``parameters``.
+
+    The converter writes :meth:`to_parameters` into ``config.pbtxt`` and the model reads
+    :meth:`from_parameters` back, so each parameter's name, type and default are defined once,
+    here. Fields are ``int`` (at least 1), ``float``, ``str`` or ``bool``; fields without a default
+    are required in the config.
+    """
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(cast(Any, self)):
+            value = getattr(self, field.name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+                raise ValueError(f"{type(self).__name__}.{field.name} must be at least 1, got {value}")
+
+    def to_parameters(self) -> dict[str, str]:
+        """``{name: string value}`` as Triton stores them (booleans as ``true``/``false``)."""
+        out: dict[str, str] = {}
+        for field in dataclasses.fields(cast(Any, self)):
+            value = getattr(self, field.name)
+            if isinstance(value, bool):
+                out[field.name] = "true" if value else "false"
+            else:
+                out[field.name] = repr(value) if isinstance(value, float) else str(value)
+        return out
+
+    @classmethod
+    def from_parameters(cls: type[P], params: Parameters) -> P:
+        hints = get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for field in dataclasses.fields(cast(Any, cls)):
+            default = None if field.default is dataclasses.MISSING else field.default
+            kind = hints[field.name]
+            if kind is bool:
+                kwargs[field.name] = params.boolean(field.name, default)
+            elif kind is int:
+                kwargs[field.name] = params.integer(field.name, default, minimum=1)
+            elif kind is float:
+                kwargs[field.name] = params.number(field.name, default)
+            elif kind is str:
+                kwargs[field.name] = params.string(field.name, default)
+            else:  # a programming error in a subclass, caught by the unit tests
+                raise TypeError(f"{cls.__name__}.{field.name}: parameters must be int, float, str or bool, not {kind}")
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class OrtSettings(ParameterSet):
+    """ONNX Runtime threading for one model instance (parameters of ``detector`` and ``attributes``).
+
+    FIELD_NOTES: on 2 cores, more single-thread instances beat fewer multi-thread ones, and
+    spinning off costs throughput, hence the defaults.
+    """
+
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    allow_spinning: bool = True
+
+
+RUNTIMES = ("onnxruntime", "torch")
+"""What runs a network model inside the python backend (TensorRT engines are not python models)."""
+PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class RuntimeSettings(ParameterSet):
+    """Which runtime a python-backend network model (``detector``, ``attributes``) uses.
+
+    ``onnxruntime`` runs ``model.onnx`` on the CPU (:class:`OrtSettings` apply). ``torch`` runs the
+    safetensors checkpoint (``weights_file``) with PyTorch on the instance's device: ``cuda:<id>``
+    for a ``KIND_GPU`` instance, else the CPU, in ``fp16`` (autocast, CUDA only) or ``fp32``. The
+    NMS thresholds are the ones the converter baked into the ONNX graph.
+    """
+
+    runtime: str = "onnxruntime"
+    weights_file: str = "model.safetensors"
+    precision: str = "fp32"
+    pre_nms_top_k: int = 512
+    """Torch runtime, detector: candidates per image and class that enter NMS."""
+    score_threshold: float = contract.DEFAULT_SCORE_THRESHOLD
+    iou_threshold: float = contract.DEFAULT_IOU_THRESHOLD
+    torch_threads: int = 1
+    """Torch runtime: CPU threads of the instance's stub process (its own process, so its own pool).
+    One, as for ONNX Runtime: more single-thread instances beat fewer multi-thread ones."""
+
+    DETECTOR_ONLY: ClassVar[tuple[str, ...]] = ("pre_nms_top_k", "score_threshold", "iou_threshold")
+
+    def for_model(self, name: str) -> dict[str, str]:
+        """:meth:`to_parameters` for model ``name``: the NMS fields only where NMS runs (the detector)."""
+        parameters = self.to_parameters()
+        if name != contract.DETECTOR_MODEL:
+            for key in self.DETECTOR_ONLY:
+                del parameters[key]
+        return parameters
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+@dataclass(frozen=True)
+class AdmissionSettings(ParameterSet):
+    """Admission control (:mod:`fashionbox.core.admission`), parameters of ``preprocess`` and ``postprocess``.
+
+    Present only when the repository bounds the requests inside the ensemble: ``preprocess``
+    refuses a request that finds ``max_in_flight`` already admitted, ``postprocess`` gives a slot
+    back for each request it answers; a slot never given back frees itself after ``admission_ttl_ms``.
+    """
+
+    max_in_flight: int
+    admission_ttl_ms: int = 5_000
+
+    @classmethod
+    def optional(cls, params: Parameters) -> AdmissionSettings | None:
+        """The settings, or None when the config has no ``max_in_flight`` (admission control off)."""
+        return cls.from_parameters(params) if "max_in_flight" in params else None
+
+    def slots(self, args: ModelArgs) -> Any:
+        """This server's shared :class:`fashionbox.core.admission.AdmissionSlots`."""
+        from fashionbox.core.admission import AdmissionSlots
+
+        return AdmissionSlots.for_server(args.repository_dir, capacity=self.max_in_flight,
+                                         ttl_s=self.admission_ttl_ms / 1000.0)
+
+
+@dataclass(frozen=True)
+class PreprocessParameters(ParameterSet):
+    """Parameters of the ``preprocess`` model."""
+
+    input_size: int
+    """Side of the square letterbox the detector takes, in pixels."""
+    max_image_bytes: int = DecodeLimits.max_image_bytes
+    max_pixels: int = DecodeLimits.max_pixels
+
+    @property
+    def limits(self) -> DecodeLimits:
+        return DecodeLimits(max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels)
+
+
+@dataclass(frozen=True)
+class DetectorParameters(ParameterSet):
+    """Parameters of the ``detector`` model (plus :class:`OrtSettings`)."""
+
+    input_size: int
+    max_detections: int = 100
+    """Per image, after NMS."""
+    onnx_file: str = "model.onnx"
+    """Relative to the version folder."""
+
+
+@dataclass(frozen=True)
+class AttributesParameters(ParameterSet):
+    """Parameters of the ``attributes`` model (plus :class:`OrtSettings`)."""
+
+    crop_size: int
+    num_attribute_labels: int
+    """Length of the probs vector; checked against every ONNX Runtime result."""
+    onnx_file: str = "model.onnx"
+
+
+@dataclass(frozen=True)
+class PostprocessParameters(ParameterSet):
+    """Parameters of the ``postprocess`` model."""
+
+    input_size: int
+    crop_size: int
+    attributes_max_batch_size: int
+    """The ``attributes`` model's ``max_batch_size``: larger BLS calls are split into chunks."""
+    attributes_model: str = contract.ATTRIBUTES_MODEL
+    model_version: str = ""
+    """Recorded in every ``ImageDetections`` for provenance."""
+    model_name: str = ""
+
+
+def create_ort_session(model_path: Path, settings: OrtSettings) -> Any:
+    """An ONNX Runtime CPU session for ``model_path`` with ``settings`` applied."""
+    import onnxruntime as ort
+
+    if not model_path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {model_path}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = settings.inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    spinning = "1" if settings.allow_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
+    session = ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+    logger.info(
+        "loaded %s (intra_op_threads=%d, inter_op_threads=%d, allow_spinning=%s)",
+        model_path,
+        settings.intra_op_threads,
+        settings.inter_op_threads,
+        settings.allow_spinning,
+    )
+    return session
+
+
+def check_session_io(session: Any, *, inputs: Sequence[str], outputs: Sequence[str], model_path: Path) -> None:
+    """Fail model load, naming the file, when an ONNX graph does not have the contract's tensors."""
+    have_in = [i.name for i in session.get_inputs()]
+    have_out = [o.name for o in session.get_outputs()]
+    missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
+    if missing:
+        raise ValueError(
+            f"{model_path} does not follow the FashionBox ONNX contract: missing tensors {missing}; "
+            f"it has inputs {have_in} and outputs {have_out}"
+        )
+
+
+class OnnxDetector:
+    """The detector ONNX graph (``pixels`` -> ``boxes``, ``scores``, ``selected``) plus gathering.
+
+    Used by the ``detector`` model and by the in-process reference pipeline, so both produce
+    identical detections from identical pixels.
+    """
+
+    def __init__(self, model_path: Path, settings: OrtSettings, *, max_detections: int) -> None:
+        if max_detections < 1:
+            raise ValueError(f"max_detections must be at least 1, got {max_detections}")
+        self.model_path = model_path
+        self.max_detections = max_detections
+        self.session = create_ort_session(model_path, settings)
+        self._outputs = [contract.ONNX_DETECTOR_BOXES, contract.ONNX_DETECTOR_SCORES, contract.ONNX_DETECTOR_SELECTED]
+        check_session_io(
+            self.session, inputs=[contract.ONNX_DETECTOR_INPUT], outputs=self._outputs, model_path=model_path
+        )
+
+    def detect(self, pixels: AnyArray) -> list[DetectorOutput]:
+        """uint8 ``[B, S, S, 3]`` letterboxed images -> one :class:`DetectorOutput` per image."""
+        boxes, scores, selected = self.session.run(self._outputs, {contract.ONNX_DETECTOR_INPUT: pixels})
+        return gather_detections(boxes, scores, selected, max_detections=self.max_detections)
+
+
+class OnnxAttributes:
+    """The attribute ONNX graph: uint8 crops ``[B, C, C, 3]`` -> float32 probs ``[B, A]``."""
+
+    def __init__(self, model_path: Path, settings: OrtSettings, *, num_attribute_labels: int) -> None:
+        self.model_path = model_path
+        self.num_attribute_labels = num_attribute_labels
+        self.session = create_ort_session(model_path, settings)
+        check_session_io(
+            self.session,
+            inputs=[contract.ONNX_ATTRIBUTES_INPUT],
+            outputs=[contract.ONNX_ATTRIBUTES_OUTPUT],
+            model_path=model_path,
+        )
+
+    def classify(self, crops: AnyArray) -> Float32Array:
+        (probs,) = self.session.run([contract.ONNX_ATTRIBUTES_OUTPUT], {contract.ONNX_ATTRIBUTES_INPUT: crops})
+        probs = np.asarray(probs, dtype=np.float32)
+        expected = (crops.shape[0], self.num_attribute_labels)
+        if probs.shape != expected:
+            # A label map that does not match the heads would mislabel every attribute: refuse.
+            raise ValueError(f"{self.model_path} returned probs of shape {probs.shape}, expected {expected}")
+        return probs
+
+
+class DetectorRunner(Protocol):
+    def detect(self, pixels: AnyArray) -> list[DetectorOutput]: ...
+
+
+class AttributesRunner(Protocol):
+    def classify(self, crops: AnyArray) -> Float32Array: ...
+
+
+def _load_runner(
+    args: ModelArgs,
+    onnx_file: str,
+    make_onnx: Callable[[Path, OrtSettings], R],
+    make_torch: Callable[[Path, RuntimeSettings, str], R],
+) -> tuple[R, str]:
+    """The runner of ``args``' runtime (:class:`RuntimeSettings`), and a line saying what was loaded."""
+    runtime = RuntimeSettings.from_parameters(args.parameters)
+    if runtime.runtime == "torch":
+        from fashionbox.models.torch_runtime import set_threads
+
+        set_threads(runtime.torch_threads)
+        path, device = args.version_file(runtime.weights_file), args.torch_device()
+        return make_torch(path, runtime, device), f"{path} on {device} ({runtime.precision}) {runtime}"
+    ort = OrtSettings.from_parameters(args.parameters)
+    path = args.version_file(onnx_file)
+    return make_onnx(path, ort), f"{path} {ort}"
+
+
+def load_detector_runner(args: ModelArgs) -> tuple[DetectorRunner, str]:
+    """The ``detector`` model's runner for its config's runtime, and a line saying what was loaded."""
+    params = DetectorParameters.from_parameters(args.parameters)
+
+    def torch_detector(path: Path, runtime: RuntimeSettings, device: str) -> DetectorRunner:
+        from fashionbox.models.torch_runtime import TorchDetector
+
+        return TorchDetector.from_settings(path, runtime, device=device, max_detections=params.max_detections,
+                                           max_batch_size=max(1, args.max_batch_size()))
+
+    def onnx_detector(path: Path, ort: OrtSettings) -> DetectorRunner:
+        return OnnxDetector(path, ort, max_detections=params.max_detections)
+
+    runner, loaded = _load_runner(args, params.onnx_file, onnx_detector, torch_detector)
+    return runner, f"{loaded} {params}"
+
+
+def load_attributes_runner(args: ModelArgs) -> tuple[AttributesRunner, str]:
+    """The ``attributes`` model's runner for its config's runtime, and a line saying what was loaded."""
+    params = AttributesParameters.from_parameters(args.parameters)
+
+    def torch_heads(path: Path, runtime: RuntimeSettings, device: str) -> AttributesRunner:
+        from fashionbox.models.torch_runtime import TorchAttributes
+
+        return TorchAttributes(path, device=device, precision=runtime.precision,
+                               num_attribute_labels=params.num_attribute_labels,
+                               max_batch_size=max(1, args.max_batch_size()))
+
+    def onnx_heads(path: Path, ort: OrtSettings) -> AttributesRunner:
+        return OnnxAttributes(path, ort, num_attribute_labels=params.num_attribute_labels)
+
+    runner, loaded = _load_runner(args, params.onnx_file, onnx_heads, torch_heads)
+    return runner, f"{loaded} {params}"
+
+
+# -- requests and responses ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one request's input tensor must look like, batch dimension excluded (-1: any size)."""
+
+    name: str
+    dtype: type[np.generic]
+    dims: tuple[int, ...]
+
+    def check(self, array: AnyArray) -> AnyArray:
+        """``array`` as ``[batch, *dims]`` of ``dtype``; a :class:`RequestError` says what is wrong."""
+        expected = tuple("?" if d < 0 else d for d in self.dims)
+        if array.ndim != 1 + len(self.dims) or any(
+            want >= 0 and have != want for have, want in zip(array.shape[1:], self.dims, strict=True)
+        ):
+            raise RequestError(
+                f"input {self.name} must have shape [batch, {', '.join(map(str, expected))}], got {list(array.shape)}"
+            )
+        if self.dtype is np.object_:
+            if array.dtype != np.object_:
+                raise RequestError(f"input {self.name} must be BYTES, got {array.dtype}")
+            return array
+        if array.dtype != self.dtype:
+            raise RequestError(f"input {self.name} must be {np.dtype(self.dtype).name}, got {array.dtype}")
+        return array
+
+
+def _pb_utils() -> Any:
+    # Only the python backend stub provides this module; importing it lazily keeps the rest of
+    # this module usable (and testable) anywhere.
+    return importlib.import_module("triton_python_backend_utils")
+
+
+def read_input(request: Any, spec: InputSpec) -> AnyArray:
+    """The request's ``spec.name`` tensor, checked against ``spec``."""
+    tensor = _pb_utils().get_input_tensor_by_name(request, spec.name)
+    if tensor is None:
+        raise RequestError(f"input {spec.name} is missing from the request")
+    return spec.check(tensor.as_numpy())
+
+
+def error_response(error: RequestError) -> Any:
+    """A response that fails its request with ``error.code`` and ``error.message``."""
+    pb_utils = _pb_utils()
+    code = getattr(pb_utils.TritonError, error.code.value)
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(error.message, code))
+
+
+def success_response(outputs: Mapping[str, AnyArray]) -> Any:
+    pb_utils = _pb_utils()
+    return pb_utils.InferenceResponse(
+        output_tensors=[pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in outputs.items()]
+    )
+
+
+def unexpected_error(model: str, exc: BaseException) -> RequestError:
+    """Log a bug-shaped failure with its traceback and turn it into an ``INTERNAL`` error."""
+    logger.exception("%s: unexpected error while serving a request", model)
+    return RequestError(f"{model} failed: {type(exc).__name__}: {exc}", ErrorCode.INTERNAL)
+
+
+def respond_each(
+    requests: Sequence[Any],
+    handle: Callable[[Any], Mapping[str, AnyArray]],
+    *,
+    model: str,
+) -> list[Any]:
+    """One response per request from ``handle(request)``; a failure answers only its own request."""
+    responses = []
+    for request in requests:
+        try:
+            responses.append(success_response(handle(request)))
+        except RequestError as exc:
+            responses.append(error_response(exc))
+        except Exception as exc:
+            responses.append(error_response(unexpected_error(model, exc)))
+    return responses
+
+
+def run_concatenated(
+    requests: Sequence[Any],
+    spec: InputSpec,
+    *,
+    compute: Callable[[AnyArray], R],
+    split: Callable[[R, slice], Mapping[str, AnyArray]],
+    model: str,
+) -> list[Any]:
+    """Run ``compute`` once over every valid request's rows, then answer each request its slice.
+
+    Requests whose input is malformed are answered with their error and left out of the batch;
+    if ``compute`` itself fails, every request that was in it fails with ``INTERNAL``.
+    """
+    responses: list[Any] = [None] * len(requests)
+    arrays: list[AnyArray] = []
+    members: list[int] = []
+    for i, request in enumerate(requests):
+        try:
+            arrays.append(read_input(request, spec))
+            members.append(i)
+        except RequestError as exc:
+            responses[i] = error_response(exc)
+    if not arrays:
+        return responses
+    try:
+        batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+        result = compute(batch)
+    except Exception as exc:
+        failure = exc if isinstance(exc, RequestError) else unexpected_error(model, exc)
+        for i in members:
+            responses[i] = error_response(failure)
+        return responses
+    start = 0
+    for i, array in zip(members, arrays, strict=True):
+        stop = start + array.shape[0]
+        try:
+            responses[i] = success_response(split(result, slice(start, stop)))
+        except RequestError as exc:
+            responses[i] = error_response(exc)
+        except Exception as exc:
+            responses[i] = error_response(unexpected_error(model, exc))
+        start = stop
+    return responses
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """One BLS call's share of a chunked call: its rows and either the outputs or the error."""
+
+    rows: slice
+    output: AnyArray | None
+    error: RequestError | None
+
+
+def call_model_chunked(
+    model_name: str,
+    *,
+    input_name: str,
+    output_name: str,
+    array: AnyArray,
+    max_batch_size: int,
+) -> list[ChunkResult]:
+    """Run ``array`` through another Triton model via BLS, at most ``max_batch_size`` rows a call.
+
+    Errors are returned, not raised, so the caller can fail exactly the requests whose rows were
+    in the failed chunk.
+    """
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+    pb_utils = _pb_utils()
+    results = []
+    for start in range(0, array.shape[0], max_batch_size):
+        rows = slice(start, min(start + max_batch_size, array.shape[0]))
+        try:
+            request = pb_utils.InferenceRequest(
+                model_name=model_name,
+                requested_output_names=[output_name],
+                inputs=[pb_utils.Tensor(input_name, np.ascontiguousarray(array[rows]))],
+            )
+            response = request.exec()
+            if response.has_error():
+                raise RequestError(f"model {model_name!r} failed: {response.error().message()}", ErrorCode.INTERNAL)
+            tensor = pb_utils.get_output_tensor_by_name(response, output_name)
+            if tensor is None:
+                raise RequestError(f"model {model_name!r} returned no {output_name}", ErrorCode.INTERNAL)
+            output = tensor.as_numpy()
+            if output.shape[0] != rows.stop - rows.start:
+                raise RequestError(
+                    f"model {model_name!r} returned {output.shape[0]} rows of {output_name} for "
+                    f"{rows.stop - rows.start} inputs",
+                    ErrorCode.INTERNAL,
+                )
+            results.append(ChunkResult(rows, output, None))
+        except RequestError as exc:
+            logger.error("BLS call to %s failed: %s", model_name, exc.message)
+            results.append(ChunkResult(rows, None, exc))
+        except Exception as exc:
+            logger.exception("BLS call to %s failed", model_name)
+            results.append(
+                ChunkResult(rows, None, RequestError(f"calling model {model_name!r} failed: {exc}", ErrorCode.INTERNAL))
+            )
+    return results

@@ -1,0 +1,625 @@
+"""``fashionbox tune``: search dynamic batching and instance counts per composing model under an SLO.
+
+The repository is copied to a temporary folder and served by an embedded Triton on loopback with
+explicit model control. Each configuration tried is written into the copy's ``config.pbtxt`` files
+through ``ModelConfig`` protobufs (:func:`apply_scheduling`, :func:`make_consistent`), the changed
+models are reloaded through Triton's repository API (``load_model``), and the same runner as
+``fashionbox loadtest`` measures it. The objective is throughput; the constraint is p99 latency
+(and no errors) at any of the measured concurrencies.
+
+The search is coordinate descent with line search (Model Analyzer's quick search, in spirit): from
+the current configuration, one parameter of one model moves one step at a time through its candidate
+values, keeps going while the objective improves by at least ``min_gain`` (noise guard), and passes
+repeat until a pass changes nothing or the trial budget is spent. It tries a few dozen configurations
+where the cross product has thousands::
+
+    report = tune(TuneOptions(repository=Path("artifacts/model_repository"), images=corpus.images,
+                              space=TuneSpace(models=("preprocess", "detector")), slo_p99_ms=150))
+    report.best.config                      # ((model, ModelScheduling), ...)
+    write_back(options.repository, report.best.config)     # what --write does
+
+Nothing is changed in the original repository unless :func:`write_back` is called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fashionbox import contract
+from fashionbox.converter.repository import CONFIG_FILE, ModelScheduling, write_model_config
+from fashionbox.loadtest.errors import LoadTestConfigError, TuneError
+from fashionbox.loadtest.events import Listener
+from fashionbox.loadtest.report import Point
+from fashionbox.loadtest.runner import RunOptions, Target, run_target, sweep_concurrency
+from fashionbox.loadtest.senders import RequestSpec, SenderKind
+from fashionbox.loadtest.windows import StabilityRule
+
+__all__ = [
+    "PARAMETERS",
+    "Trial",
+    "TuneConfig",
+    "TuneOptions",
+    "TuneReport",
+    "TuneSpace",
+    "apply_scheduling",
+    "coordinate_descent",
+    "describe_scheduling",
+    "make_consistent",
+    "read_config",
+    "read_configs",
+    "scheduling_of",
+    "tune",
+    "write_back",
+]
+
+logger = logging.getLogger(__name__)
+
+PARAMETERS = ("instances", "max_batch_size", "max_queue_delay_us", "preferred_batch_sizes")
+# postprocess splits its BLS calls to ``attributes`` by this parameter (fashionbox.core.serving.PostprocessParameters).
+ATTRIBUTES_MAX_BATCH_PARAMETER = "attributes_max_batch_size"
+
+TuneConfig = tuple[tuple[str, ModelScheduling], ...]
+"""One configuration: a scheduling per tuned model, in the space's model order (hashable)."""
+
+
+# -- configs through ModelConfig protobufs ---------------------------------------------------------------
+
+
+def _mc() -> Any:
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2
+
+
+def read_config(path: Path) -> Any:
+    """A ``config.pbtxt`` parsed into a ``ModelConfig`` (the schema is checked on parsing)."""
+    from google.protobuf import text_format
+
+    try:
+        return text_format.Parse(path.read_text(encoding="utf-8"), _mc().ModelConfig())
+    except (OSError, text_format.ParseError) as exc:
+        raise TuneError(f"cannot read {path}: {exc}") from exc
+
+
+def read_configs(repository: Path) -> dict[str, Any]:
+    """Every model's config in ``repository``, keyed by folder name, sorted."""
+    configs = {}
+    for folder in sorted(p for p in repository.iterdir() if p.is_dir() and (p / CONFIG_FILE).is_file()):
+        configs[folder.name] = read_config(folder / CONFIG_FILE)
+    if not configs:
+        raise LoadTestConfigError(f"{repository} holds no model (no */{CONFIG_FILE})")
+    return configs
+
+
+def scheduling_of(config: Any) -> ModelScheduling:
+    instances = sum(max(group.count, 1) for group in config.instance_group) or 1
+    batching = config.dynamic_batching
+    return ModelScheduling(
+        instances=instances,
+        max_batch_size=max(config.max_batch_size, 1),
+        preferred_batch_sizes=tuple(batching.preferred_batch_size),
+        max_queue_delay_us=int(batching.max_queue_delay_microseconds),
+        max_queue_size=int(batching.default_queue_policy.max_queue_size),
+        queue_timeout_us=int(batching.default_queue_policy.default_timeout_microseconds),
+    )
+
+
+def apply_scheduling(config: Any, scheduling: ModelScheduling) -> Any:
+    """A copy of ``config`` with ``scheduling``'s instances and dynamic batching (kind and devices kept)."""
+    mc = _mc()
+    out = mc.ModelConfig()
+    out.CopyFrom(config)
+    out.max_batch_size = scheduling.max_batch_size
+    if out.instance_group:
+        first = mc.ModelInstanceGroup()
+        first.CopyFrom(out.instance_group[0])
+        del out.instance_group[:]
+        first.count = scheduling.instances
+        out.instance_group.append(first)
+    else:
+        out.instance_group.append(
+            mc.ModelInstanceGroup(count=scheduling.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+        )
+    batching = out.dynamic_batching
+    del batching.preferred_batch_size[:]
+    batching.preferred_batch_size.extend(scheduling.preferred_batch_sizes)
+    batching.max_queue_delay_microseconds = scheduling.max_queue_delay_us
+    # Other queue-policy fields (timeout action, override) are kept as the config had them.
+    batching.default_queue_policy.max_queue_size = scheduling.max_queue_size
+    batching.default_queue_policy.default_timeout_microseconds = scheduling.queue_timeout_us
+    if batching.default_queue_policy == _mc().ModelQueuePolicy():
+        batching.ClearField("default_queue_policy")
+    return out
+
+
+def make_consistent(configs: Mapping[str, Any]) -> dict[str, Any]:
+    """Copies of ``configs`` with the fields that follow from others updated.
+
+    - an ensemble's ``max_batch_size`` is the smallest of its steps' (Triton refuses a larger one);
+    - ``postprocess`` splits its BLS calls to ``attributes`` by ``attributes``' ``max_batch_size``.
+    """
+    mc = _mc()
+    out = {}
+    for name, config in configs.items():
+        copy = mc.ModelConfig()
+        copy.CopyFrom(config)
+        out[name] = copy
+    for config in out.values():
+        steps = [step.model_name for step in config.ensemble_scheduling.step]
+        if config.platform == "ensemble" and steps and all(s in out for s in steps):
+            config.max_batch_size = min(out[s].max_batch_size for s in steps)
+    post, attributes = out.get(contract.POSTPROCESS_MODEL), out.get(contract.ATTRIBUTES_MODEL)
+    if post is not None and attributes is not None and ATTRIBUTES_MAX_BATCH_PARAMETER in post.parameters:
+        post.parameters[ATTRIBUTES_MAX_BATCH_PARAMETER].string_value = str(attributes.max_batch_size)
+    return out
+
+
+def configs_for(base: Mapping[str, Any], config: TuneConfig) -> dict[str, Any]:
+    """``base`` with every tuned model's scheduling applied, made consistent."""
+    changed = dict(base)
+    for model, scheduling in config:
+        if model not in changed:
+            raise LoadTestConfigError(f"model {model!r} is not in the repository (has {sorted(base)})")
+        changed[model] = apply_scheduling(changed[model], scheduling)
+    return make_consistent(changed)
+
+
+def describe_scheduling(s: ModelScheduling) -> str:
+    """``"2 inst, batch 8, delay 500 us, preferred [4]"``."""
+    text = f"{s.instances} inst, batch {s.max_batch_size}, delay {s.max_queue_delay_us} us"
+    return text + (f", preferred {list(s.preferred_batch_sizes)}" if s.preferred_batch_sizes else "")
+
+
+def write_back(repository: Path, config: TuneConfig) -> list[Path]:
+    """Write ``config`` into ``repository``'s config files; returns the files that changed."""
+    base = read_configs(repository)
+    new = configs_for(base, config)
+    written = []
+    for name, model_config in new.items():
+        if model_config != base[name]:
+            path = repository / name / CONFIG_FILE
+            write_model_config(path, model_config)
+            written.append(path)
+    return written
+
+
+# -- the search ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TuneSpace:
+    """Candidate values per parameter, for every model in ``models`` (a parameter with one value is fixed)."""
+
+    models: tuple[str, ...] = (
+        contract.PREPROCESS_MODEL,
+        contract.DETECTOR_MODEL,
+        contract.ATTRIBUTES_MODEL,
+        contract.POSTPROCESS_MODEL,
+    )
+    instances: tuple[int, ...] = (1, 2, 3, 4)
+    max_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
+    queue_delays_us: tuple[int, ...] = (0, 500, 1000, 2000, 5000)
+    preferred: tuple[tuple[int, ...], ...] = ((),)
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise LoadTestConfigError("nothing to tune: no model")
+        for name in ("instances", "max_batch_sizes", "queue_delays_us", "preferred"):
+            values = getattr(self, name)
+            if not values or len(set(values)) != len(values):
+                raise LoadTestConfigError(f"{name} needs distinct candidate values, got {values}")
+        if min(self.instances) < 1 or min(self.max_batch_sizes) < 1 or min(self.queue_delays_us) < 0:
+            raise LoadTestConfigError("instances and batch sizes must be positive, delays not negative")
+
+    def options(self, parameter: str) -> list[Any]:
+        values: Sequence[Any] = {
+            "instances": self.instances,
+            "max_batch_size": self.max_batch_sizes,
+            "max_queue_delay_us": self.queue_delays_us,
+            "preferred_batch_sizes": self.preferred,
+        }[parameter]
+        return sorted(values, key=lambda v: (len(v), v) if isinstance(v, tuple) else v)
+
+    def coordinates(self) -> list[tuple[str, str]]:
+        """(model, parameter) pairs to search, instances first: they move throughput most on CPU."""
+        return [(m, p) for p in PARAMETERS for m in self.models if len(self.options(p)) > 1]
+
+    @property
+    def cross_product_size(self) -> int:
+        per_model = len(self.instances) * len(self.max_batch_sizes) * len(self.queue_delays_us) * len(self.preferred)
+        return int(per_model ** len(self.models))
+
+
+def _with(config: TuneConfig, model: str, parameter: str, value: Any) -> TuneConfig | None:
+    """``config`` with one parameter changed; None if the result is invalid (e.g. preferred > max batch)."""
+    out = []
+    for name, scheduling in config:
+        if name == model:
+            try:
+                scheduling = dataclasses.replace(scheduling, **{parameter: value})
+            except ValueError:
+                return None
+        out.append((name, scheduling))
+    return tuple(out)
+
+
+def _nearest_index(options: Sequence[Any], value: Any) -> int:
+    if value in options:
+        return list(options).index(value)
+    if isinstance(value, tuple):
+        return 0
+    return min(range(len(options)), key=lambda k: abs(options[k] - value))
+
+
+@dataclass(frozen=True)
+class Trial:
+    index: int
+    config: TuneConfig
+    change: str
+    throughput_rps: float
+    """The best throughput among the measured concurrencies that met the SLO (else the best at all)."""
+    p99_ms: float
+    concurrency: int | None
+    meets_slo: bool
+    points: tuple[Point, ...] = ()
+    error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        def num(v: float) -> float | None:
+            return round(v, 3) if math.isfinite(v) else None
+
+        return {
+            "index": self.index,
+            "change": self.change,
+            "config": {m: dataclasses.asdict(s) for m, s in self.config},
+            "throughput_rps": num(self.throughput_rps),
+            "p99_ms": num(self.p99_ms),
+            "concurrency": self.concurrency,
+            "meets_slo": self.meets_slo,
+            "error": self.error,
+            "points": [
+                {
+                    "concurrency": p.load.concurrency,
+                    "throughput_rps": num(p.throughput_rps),
+                    "p50_ms": num(p.latency.p50_ms),
+                    "p99_ms": num(p.latency.p99_ms),
+                    "errors": p.error_count,
+                    "stable": p.stable,
+                }
+                for p in self.points
+            ],
+        }
+
+
+def better(a: Trial, b: Trial, min_gain: float) -> bool:
+    """Whether ``a`` beats ``b`` by a margin: feasible beats infeasible; then throughput; then lower p99."""
+    if a.error:
+        return False
+    if b.error:
+        return True
+    if a.meets_slo != b.meets_slo:
+        return a.meets_slo
+    if a.meets_slo:
+        return a.throughput_rps > b.throughput_rps * (1.0 + min_gain)
+    return a.p99_ms < b.p99_ms * (1.0 - min_gain)
+
+
+Evaluate = Callable[[TuneConfig, str], Awaitable[Trial]]
+
+
+async def coordinate_descent(
+    evaluate: Evaluate,
+    start: TuneConfig,
+    space: TuneSpace,
+    *,
+    max_trials: int,
+    min_gain: float = 0.03,
+    max_passes: int = 3,
+) -> tuple[list[Trial], Trial]:
+    """Every trial made (in order) and the best one. ``evaluate`` is called once per distinct config."""
+    trials: list[Trial] = []
+    seen: dict[TuneConfig, Trial] = {}
+
+    async def measure(config: TuneConfig, change: str) -> Trial:
+        if config not in seen:
+            trial = await evaluate(config, change)
+            seen[config] = trial
+            trials.append(trial)
+        return seen[config]
+
+    best = await measure(start, "baseline")
+    for _ in range(max_passes):
+        moved = False
+        for model, parameter in space.coordinates():
+            options = space.options(parameter)
+            current = dict(best.config)[model]
+            here = _nearest_index(options, getattr(current, parameter))
+            for direction in (1, -1):
+                improved = False
+                j = here + direction
+                while 0 <= j < len(options) and len(trials) < max_trials:
+                    candidate = _with(best.config, model, parameter, options[j])
+                    if candidate is None:
+                        j += direction
+                        continue
+                    if candidate in seen:
+                        break  # measured before and left behind: going back cannot improve
+                    old = getattr(dict(best.config)[model], parameter)
+                    trial = await measure(candidate, f"{model}.{parameter} {_show(old)} -> {_show(options[j])}")
+                    if not better(trial, best, min_gain):
+                        break
+                    best, improved, moved = trial, True, True
+                    j += direction
+                if improved:
+                    break  # this direction paid off; the other one goes back where we came from
+            if len(trials) >= max_trials:
+                return trials, best
+        if not moved:
+            break
+    return trials, best
+
+
+def _show(value: Any) -> str:
+    return str(list(value)) if isinstance(value, tuple) else str(value)
+
+
+# -- running it against a server --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    repository: Path
+    images: tuple[bytes, ...]
+    space: TuneSpace = field(default_factory=TuneSpace)
+    slo_p99_ms: float = 150.0
+    concurrency: tuple[int, ...] = (4, 8)
+    max_trials: int = 16
+    min_gain: float = 0.03
+    window_s: float = 2.0
+    warmup_s: float = 1.5
+    max_duration_s: float = 12.0
+    stability: StabilityRule = field(default_factory=lambda: StabilityRule(tolerance=0.2))
+    sender: SenderKind = "raw"
+    timeout_s: float = 30.0
+    model: str = contract.ENSEMBLE_MODEL
+    server_log: Path | None = None
+    corpus: dict[str, object] = field(default_factory=dict)
+    confirm: bool = True
+    """Measure baseline and best again, back to back, after the search."""
+
+    def __post_init__(self) -> None:
+        if not self.images:
+            raise LoadTestConfigError("no image to send")
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise LoadTestConfigError(f"concurrency levels must be positive, got {self.concurrency}")
+        if self.max_trials < 1:
+            raise LoadTestConfigError(f"max_trials must be at least 1, got {self.max_trials}")
+        if not self.slo_p99_ms > 0:
+            raise LoadTestConfigError(f"the SLO must be a positive p99 in ms, got {self.slo_p99_ms}")
+
+
+@dataclass(frozen=True)
+class TuneReport:
+    repository: Path
+    slo_p99_ms: float
+    concurrency: tuple[int, ...]
+    space: TuneSpace
+    trials: tuple[Trial, ...]
+    best: Trial
+    baseline: Trial
+    written: tuple[Path, ...] = ()
+    confirmation: tuple[Trial, ...] = ()
+    """Baseline and best measured again back to back after the search (empty if the baseline won)."""
+    min_gain: float = 0.0
+
+    @property
+    def confirmed(self) -> bool:
+        """Whether the best beats the baseline by ``min_gain`` when measured back to back (True without a re-run)."""
+        if self.best.config == self.baseline.config:
+            return False
+        if len(self.confirmation) != 2:
+            return True
+        again_base, again_best = self.confirmation
+        return better(again_best, again_base, self.min_gain) or (
+            again_best.meets_slo
+            and again_best.p99_ms < again_base.p99_ms * (1.0 - self.min_gain)
+            and again_best.throughput_rps >= again_base.throughput_rps
+        )
+
+    @property
+    def gain(self) -> float:
+        """Throughput gain of the best over the baseline, from the back-to-back confirmation if there is one."""
+        baseline, best = self.confirmation if len(self.confirmation) == 2 else (self.baseline, self.best)
+        if not (baseline.meets_slo and best.meets_slo) or not baseline.throughput_rps > 0:
+            return math.nan
+        return best.throughput_rps / baseline.throughput_rps - 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": "fashionbox.tune/1",
+            "repository": str(self.repository),
+            "slo_p99_ms": self.slo_p99_ms,
+            "concurrency": list(self.concurrency),
+            "space": {
+                "models": list(self.space.models),
+                "instances": list(self.space.instances),
+                "max_batch_sizes": list(self.space.max_batch_sizes),
+                "queue_delays_us": list(self.space.queue_delays_us),
+                "preferred": [list(p) for p in self.space.preferred],
+                "cross_product_size": self.space.cross_product_size,
+            },
+            "trials": [t.as_dict() for t in self.trials],
+            "baseline": self.baseline.index,
+            "best": self.best.index,
+            "confirmation": [t.as_dict() for t in self.confirmation],
+            "confirmed": self.confirmed,
+            "gain": None if math.isnan(self.gain) else round(self.gain, 4),
+            "written": [str(p) for p in self.written],
+        }
+
+
+def _trial_from_points(
+    index: int, config: TuneConfig, change: str, points: Sequence[Point], slo_p99_ms: float
+) -> Trial:
+    feasible = [p for p in points if p.error_count == 0 and p.latency.count and p.latency.p99_ms <= slo_p99_ms]
+    pool = feasible or [p for p in points if p.latency.count]
+    if not pool:
+        return Trial(index, config, change, 0.0, math.inf, None, False, tuple(points), "no request succeeded")
+    best = max(pool, key=lambda p: p.throughput_rps) if feasible else min(pool, key=lambda p: p.latency.p99_ms)
+    return Trial(
+        index,
+        config,
+        change,
+        best.throughput_rps,
+        best.latency.p99_ms,
+        best.load.concurrency,
+        bool(feasible),
+        tuple(points),
+    )
+
+
+class _Reloader:
+    """Writes configs into the served copy and reloads what changed, in an order Triton accepts."""
+
+    def __init__(self, repository: Path, url: str, model: str, timeout_s: float) -> None:
+        self.repository = repository
+        self.url = url
+        self.model = model
+        self.timeout_s = timeout_s
+        self.base = read_configs(repository)
+        self.current = dict(self.base)
+
+    async def apply(self, config: TuneConfig) -> None:
+        new = configs_for(self.base, config)
+        changed = [name for name, c in new.items() if c != self.current[name]]
+        if not changed:
+            return
+        try:
+            await self._load(new, changed)
+        except TuneError:
+            previous = self.current
+            logger.warning("restoring the previous configuration after a failed reload")
+            await self._load(previous, changed, current=new)
+            raise
+
+    async def _load(
+        self, new: Mapping[str, Any], changed: Sequence[str], current: Mapping[str, Any] | None = None
+    ) -> None:
+        import tritonclient.grpc.aio as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        current = self.current if current is None else current
+        for name in changed:
+            write_model_config(self.repository / name / CONFIG_FILE, new[name])
+        ensembles = [n for n in changed if new[n].platform == "ensemble"]
+        shrinking = [n for n in ensembles if new[n].max_batch_size < current[n].max_batch_size]
+        growing = [n for n in ensembles if n not in shrinking]
+        # A smaller ensemble batch is valid with the old steps, a larger one only with the new steps.
+        order = shrinking + [n for n in changed if n not in ensembles] + growing
+        client = grpcclient.InferenceServerClient(self.url)
+        try:
+            for name in order:
+                logger.info("reloading %s", name)
+                await client.load_model(name, client_timeout=120.0)
+            if not await client.is_model_ready(self.model, client_timeout=self.timeout_s):
+                raise TuneError(f"{self.model} is not ready after reloading {order}")
+        except InferenceServerException as exc:
+            raise TuneError(f"reloading {order} failed: {exc}") from exc
+        finally:
+            await client.close()
+        self.current = dict(new)
+
+
+async def _tune_on(
+    url: str,
+    served_copy: Path,
+    options: TuneOptions,
+    listener: Listener | None,
+    on_trial: Callable[[Trial], None] | None,
+) -> tuple[list[Trial], Trial, list[Trial]]:
+    reloader = _Reloader(served_copy, url, options.model, options.timeout_s)
+    for model in options.space.models:
+        if model not in reloader.base:
+            raise LoadTestConfigError(f"model {model!r} is not in {options.repository} (has {sorted(reloader.base)})")
+    start: TuneConfig = tuple((m, scheduling_of(reloader.base[m])) for m in options.space.models)
+    run_options = RunOptions(
+        targets=(Target("tune", url, None),),
+        stages=sweep_concurrency(options.concurrency),
+        images=options.images,
+        request=RequestSpec.for_ensemble(options.model),
+        sender=options.sender,
+        window_s=options.window_s,
+        warmup_s=options.warmup_s,
+        max_duration_s=options.max_duration_s,
+        stability=options.stability,
+        timeout_s=options.timeout_s,
+        corpus=options.corpus,
+    )
+    counter = iter(range(10**9))
+
+    async def evaluate(config: TuneConfig, change: str) -> Trial:
+        index = next(counter)
+        try:
+            await reloader.apply(config)
+        except TuneError as exc:
+            trial = Trial(index, config, change, 0.0, math.inf, None, False, (), str(exc))
+        else:
+            target_report = await run_target(run_options.targets[0], run_options.stages, run_options, listener)
+            trial = _trial_from_points(index, config, change, target_report.points, options.slo_p99_ms)
+        if on_trial is not None:
+            on_trial(trial)
+        return trial
+
+    trials, best = await coordinate_descent(
+        evaluate, start, options.space, max_trials=options.max_trials, min_gain=options.min_gain
+    )
+    confirmation: list[Trial] = []
+    if options.confirm and best.config != start:
+        # Trials ran minutes apart; other work on the machine may have helped or hurt some. The
+        # winner and the baseline measured back to back again say whether the gain is real.
+        for config, change in ((start, "baseline, again"), (best.config, "best, again")):
+            confirmation.append(await evaluate(config, change))
+    return trials, best, confirmation
+
+
+def tune(
+    options: TuneOptions, *, listener: Listener | None = None, on_trial: Callable[[Trial], None] | None = None
+) -> TuneReport:
+    """Serve a copy of the repository, search, stop the server; the original repository is untouched."""
+    from fashionbox.server import ServerConfig, TritonServer, find_free_ports
+
+    with tempfile.TemporaryDirectory(prefix="fashionbox-tune-") as tmp:
+        copy = Path(tmp) / "repository"
+        shutil.copytree(options.repository, copy)
+        grpc_port, http_port, metrics_port = find_free_ports(3)
+        config = ServerConfig(
+            repository=copy,
+            grpc_port=grpc_port,
+            http_port=http_port,
+            metrics_port=metrics_port,
+            model_control_mode="explicit",
+            load_models=("*",),
+            log_path=options.server_log or Path(tmp) / "tritonserver.log",
+        )
+        with TritonServer(config) as server:
+            trials, best, confirmation = asyncio.run(_tune_on(server.endpoints.grpc, copy, options, listener, on_trial))
+    return TuneReport(
+        options.repository,
+        options.slo_p99_ms,
+        options.concurrency,
+        options.space,
+        tuple(trials),
+        best,
+        trials[0],
+        confirmation=tuple(confirmation),
+        min_gain=options.min_gain,
+    )

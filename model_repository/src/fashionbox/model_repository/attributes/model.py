@@ -1,0 +1,53 @@
+"""Triton model ``attributes``: garment crops -> attribute probabilities, ONNX Runtime or PyTorch.
+
+CROPS UINT8 [C, C, 3] -> ATTRIBUTE_PROBS FP32 [A] (softmax per attribute group, concatenated in
+label-map order). Called by ``postprocess`` through BLS; the whole dynamic batch of crops runs as
+one call of its runtime (ONNX Runtime on the CPU, or PyTorch on the instance's device). Parameters:
+:class:`fashionbox.core.serving.AttributesParameters`, :class:`fashionbox.core.serving.RuntimeSettings` and
+:class:`fashionbox.core.serving.OrtSettings`.
+"""
+
+# Bootstrap: the python backend stub ignores PYTHONPATH, so make the server's site-packages visible.
+import os
+import site
+import sys
+
+_site_packages = os.environ.get("FASHIONBOX_SITE_PACKAGES")  # set by `fashionbox serve`; unset in containers
+if _site_packages:
+    _before = list(sys.path)
+    for _folder in _site_packages.split(os.pathsep):
+        site.addsitedir(_folder)  # processes .pth files, so editable installs resolve too
+    sys.path[:0] = [p for p in sys.path if p not in _before]
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from fashionbox import contract  # noqa: E402
+from fashionbox.core.serving import (  # noqa: E402
+    AttributesParameters,
+    InputSpec,
+    ModelArgs,
+    load_attributes_runner,
+    run_concatenated,
+)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.args = ModelArgs.from_backend_args(args)
+        params = AttributesParameters.from_parameters(self.args.parameters)
+        self.heads, loaded = load_attributes_runner(self.args)
+        self.crops = InputSpec(contract.CROPS.name, np.uint8, (params.crop_size, params.crop_size, 3))
+        pb_utils.Logger.log_info(f"{self.args.name}: {loaded}")
+
+    def execute(self, requests):
+        return run_concatenated(
+            requests, self.crops, compute=self.heads.classify, split=self._split, model=self.args.name
+        )
+
+    @staticmethod
+    def _split(probs, part):
+        return {contract.ATTRIBUTE_PROBS.name: probs[part]}
+
+    def finalize(self):
+        self.heads = None

@@ -1,0 +1,57 @@
+"""Triton model ``detector``: letterboxed pixels -> detections, ONNX Runtime (CPU) or PyTorch (GPU/CPU).
+
+PIXELS UINT8 [S, S, 3] -> DET_BOXES FP32 [-1, 4] (letterbox px), DET_SCORES FP32 [-1],
+DET_CLASSES INT32 [-1]. The whole dynamic batch runs as one call: ONNX Runtime with NMS inside
+the graph, or PyTorch on the instance's device with batched NMS (runtime ``torch``), and
+:mod:`fashionbox.core.postprocessing` gathers the kept boxes per image. A request carrying
+several images gets rows padded with class -1. Parameters:
+:class:`fashionbox.core.serving.DetectorParameters`, :class:`fashionbox.core.serving.RuntimeSettings` and
+:class:`fashionbox.core.serving.OrtSettings`.
+"""
+
+# Bootstrap: the python backend stub ignores PYTHONPATH, so make the server's site-packages visible.
+import os
+import site
+import sys
+
+_site_packages = os.environ.get("FASHIONBOX_SITE_PACKAGES")  # set by `fashionbox serve`; unset in containers
+if _site_packages:
+    _before = list(sys.path)
+    for _folder in _site_packages.split(os.pathsep):
+        site.addsitedir(_folder)  # processes .pth files, so editable installs resolve too
+    sys.path[:0] = [p for p in sys.path if p not in _before]
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from fashionbox import contract  # noqa: E402
+from fashionbox.core.postprocessing import stack_padded  # noqa: E402
+from fashionbox.core.serving import (  # noqa: E402
+    DetectorParameters,
+    InputSpec,
+    ModelArgs,
+    load_detector_runner,
+    run_concatenated,
+)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.args = ModelArgs.from_backend_args(args)
+        params = DetectorParameters.from_parameters(self.args.parameters)
+        self.detector, loaded = load_detector_runner(self.args)
+        self.pixels = InputSpec(contract.PIXELS.name, np.uint8, (params.input_size, params.input_size, 3))
+        pb_utils.Logger.log_info(f"{self.args.name}: {loaded}")
+
+    def execute(self, requests):
+        return run_concatenated(
+            requests, self.pixels, compute=self.detector.detect, split=self._split, model=self.args.name
+        )
+
+    @staticmethod
+    def _split(rows, part):
+        boxes, scores, classes = stack_padded(rows[part])
+        return {contract.DET_BOXES.name: boxes, contract.DET_SCORES.name: scores, contract.DET_CLASSES.name: classes}
+
+    def finalize(self):
+        self.detector = None

@@ -1,0 +1,94 @@
+"""Triton model ``preprocess``: encoded images -> letterboxed pixels + the mapping back.
+
+IMAGE BYTES [1] -> PIXELS UINT8 [S, S, 3], IMAGE_INFO FP32 [5]. A request whose image does not
+decode fails alone with INVALID_ARG; the rest of the batch is answered normally. Parameters:
+:class:`fashionbox.core.serving.PreprocessParameters`; the decode limits among them can be overridden
+at serve time by the environment (:meth:`fashionbox.core.imaging.DecodeLimits.from_env`). With
+:class:`fashionbox.core.serving.AdmissionSettings` it is the ensemble's admission control: every request
+of a batch is admitted or refused (UNAVAILABLE, at once) before any image is decoded.
+"""
+
+# Bootstrap: the python backend stub ignores PYTHONPATH, so make the server's site-packages visible.
+import os
+import site
+import sys
+
+_site_packages = os.environ.get("FASHIONBOX_SITE_PACKAGES")  # set by `fashionbox serve`; unset in containers
+if _site_packages:
+    _before = list(sys.path)
+    for _folder in _site_packages.split(os.pathsep):
+        site.addsitedir(_folder)  # processes .pth files, so editable installs resolve too
+    sys.path[:0] = [p for p in sys.path if p not in _before]
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from fashionbox import contract  # noqa: E402
+from fashionbox.core.gpu_imaging import DecodeSettings, select_decoder  # noqa: E402
+from fashionbox.core.imaging import DecodeLimits, InvalidImageError  # noqa: E402
+from fashionbox.core.serving import (  # noqa: E402
+    AdmissionSettings,
+    ErrorCode,
+    InputSpec,
+    ModelArgs,
+    PreprocessParameters,
+    RequestError,
+    error_response,
+    read_input,
+    respond_each,
+)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.args = ModelArgs.from_backend_args(args)
+        params = PreprocessParameters.from_parameters(self.args.parameters)
+        self.input_size = params.input_size
+        # FASHIONBOX_MAX_IMAGE_BYTES / FASHIONBOX_MAX_PIXELS in the server's environment override
+        # the limits in config.pbtxt, so an operator can change them without a new repository.
+        self.limits = DecodeLimits.from_env(os.environ, params.limits)
+        self.image = InputSpec(contract.IMAGE.name, np.object_, contract.IMAGE.dims)
+        # The GPU profile decodes JPEGs with nvJPEG (decode_device auto/cuda); everything else on the CPU.
+        self.decoder = select_decoder(DecodeSettings.from_parameters(self.args.parameters).decode_device,
+                                      gpu_index=self.args.device_id)
+        pb_utils.Logger.log_info(f"{self.args.name}: decoding images on {self.decoder.device}")
+        pb_utils.Logger.log_info(f"{self.args.name}: {params}, effective {self.limits}")
+        admission = AdmissionSettings.optional(self.args.parameters)
+        self.slots = admission.slots(self.args) if admission else None
+        if admission:
+            self.refusal = RequestError(
+                f"the server is at capacity ({admission.max_in_flight} requests in flight); retry later",
+                ErrorCode.UNAVAILABLE)
+            pb_utils.Logger.log_info(f"{self.args.name}: admission control {admission}, slots {self.slots.path}")
+
+    def execute(self, requests):
+        if self.slots is None:
+            return respond_each(requests, self._preprocess, model=self.args.name)
+        admitted = self.slots.take(len(requests))  # the whole batch decided before anything is decoded
+        answers = respond_each(requests[:admitted], self._admitted, model=self.args.name)
+        return answers + [error_response(self.refusal) for _ in requests[admitted:]]
+
+    def _admitted(self, request):
+        try:
+            return self._preprocess(request)
+        except BaseException:
+            self.slots.release()  # it ends here: postprocess will not give its slot back
+            raise
+
+    def _preprocess(self, request):
+        images = read_input(request, self.image).reshape(-1)
+        size = self.input_size
+        pixels = np.empty((len(images), size, size, 3), dtype=np.uint8)
+        info = np.empty((len(images), 5), dtype=np.float32)
+        for row, data in enumerate(images):
+            try:
+                pixels[row], box = self.decoder.decode_letterbox(bytes(data), size, self.limits)
+            except InvalidImageError as exc:
+                where = f"image {row} of {len(images)} in this request: " if len(images) > 1 else ""
+                raise RequestError(f"{where}{exc}") from exc
+            info[row] = box.as_array()
+        return {contract.PIXELS.name: pixels, contract.IMAGE_INFO.name: info}
+
+    def finalize(self):
+        if self.slots is not None:
+            self.slots.close()

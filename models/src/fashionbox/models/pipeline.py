@@ -1,0 +1,131 @@
+"""The served pipeline's steps, run in one process: the fidelity reference and the baseline.
+
+Same functions as the Triton models (``fashionbox.core.imaging``, ``fashionbox.core.postprocessing``),
+with the networks swapped in through two callables, so a difference between served and
+in-process results can only come from the runtime:
+
+- :meth:`InProcessPipeline.torch_reference`: the PyTorch models, NMS with ONNX semantics
+  in PyTorch; what ``fashionbox eval --reference`` and the fidelity check compare against;
+- :meth:`InProcessPipeline.from_repository`: the exported ONNX graphs in ONNX Runtime, read
+  from a model repository; the "best configuration without Triton" baseline of the benchmark.
+
+Usage::
+
+    pipeline = InProcessPipeline.torch_reference()
+    result = pipeline.run([jpeg_bytes])[0]     # ImageResult: boxes in original pixels, ...
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from fashionbox import contract
+from fashionbox.contract.labels import LabelMap
+from fashionbox.core.imaging import (
+    DecodeLimits,
+    InvalidImageError,
+    LetterboxInfo,
+    crop_garments,
+    decode_image,
+    letterbox,
+)
+from fashionbox.core.postprocessing import DetectorOutput, ImageResult, finish_detections
+
+__all__ = ["InProcessPipeline"]
+
+U8 = npt.NDArray[np.uint8]
+DetectFn = Callable[[U8], list[DetectorOutput]]
+ClassifyFn = Callable[[U8], npt.NDArray[np.float32]]
+
+
+@dataclass
+class InProcessPipeline:
+    detect: DetectFn
+    classify: ClassifyFn
+    label_map: LabelMap
+    input_size: int
+    crop_size: int
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+
+    def run(self, images: Sequence[bytes]) -> list[ImageResult | InvalidImageError]:
+        """Decode, detect (one batch), crop, classify (one batch), assemble; errors per image."""
+        decoded: list[tuple[int, U8, LetterboxInfo]] = []
+        results: list[ImageResult | InvalidImageError | None] = [None] * len(images)
+        for i, data in enumerate(images):
+            try:
+                pixels, info = letterbox(decode_image(data, target_size=self.input_size, limits=self.limits),
+                                         self.input_size)
+            except InvalidImageError as exc:
+                results[i] = exc
+                continue
+            decoded.append((i, pixels, info))
+        if decoded:
+            batch = np.stack([pixels for _, pixels, _ in decoded])
+            detections = self.detect(batch)
+            crops = [crop_garments(pixels, det.boxes, self.crop_size)
+                     for (_, pixels, _), det in zip(decoded, detections, strict=True)]
+            all_crops = np.concatenate(crops) if crops else np.zeros((0, self.crop_size, self.crop_size, 3), np.uint8)
+            probs = (self.classify(all_crops) if len(all_crops)
+                     else np.zeros((0, self.label_map.num_attribute_labels), np.float32))
+            start = 0
+            for (i, _, info), det in zip(decoded, detections, strict=True):
+                stop = start + len(det)
+                results[i] = finish_detections(det, info, probs[start:stop], self.label_map)
+                start = stop
+        return [r for r in results if r is not None]
+
+    # -- constructors ------------------------------------------------------------------------------------
+
+    @classmethod
+    def torch_reference(cls, detector_path: Path | None = None, attributes_path: Path | None = None, *,
+                        score_threshold: float = contract.DEFAULT_SCORE_THRESHOLD,
+                        iou_threshold: float = contract.DEFAULT_IOU_THRESHOLD,
+                        max_detections: int = contract.DEFAULT_MAX_DETECTIONS,
+                        threads: int | None = None) -> InProcessPipeline:
+        import torch
+
+        from fashionbox.core.postprocessing import gather_detections
+        from fashionbox.models import default_weights, load_attributes, load_detector
+        from fashionbox.models.nms import NmsSettings, nms_onnx_semantics
+
+        if threads:
+            torch.set_num_threads(threads)
+        detector, label_map = load_detector(detector_path or default_weights("detector"))
+        classifier, _ = load_attributes(attributes_path or default_weights("attributes"))
+        nms = NmsSettings(score_threshold, iou_threshold, max_detections, max_detections)
+
+        def detect(pixels: U8) -> list[DetectorOutput]:
+            with torch.no_grad():
+                out = detector(torch.from_numpy(pixels))
+                selected = nms_onnx_semantics(out.boxes, out.scores, nms)
+            return gather_detections(out.boxes.numpy(), out.scores.numpy(), selected.numpy(),
+                                     max_detections=max_detections)
+
+        def classify(crops: U8) -> npt.NDArray[np.float32]:
+            with torch.no_grad():
+                probs: npt.NDArray[np.float32] = classifier(torch.from_numpy(crops)).numpy()
+            return probs
+
+        return cls(detect, classify, label_map, detector.config.input_size, classifier.config.crop_size)
+
+    @classmethod
+    def from_repository(cls, repository: Path, *, intra_op_threads: int = 1) -> InProcessPipeline:
+        """The ONNX graphs of a converted repository, in ONNX Runtime, with its settings."""
+        from fashionbox.core.serving import OnnxAttributes, OnnxDetector, OrtSettings
+
+        manifest = json.loads((repository / contract.MANIFEST_FILE).read_text())
+        label_map = LabelMap.load(repository / contract.LABELS_FILE)
+        export = manifest["export"]
+        settings = OrtSettings(intra_op_threads=intra_op_threads)
+        detector = OnnxDetector(repository / contract.DETECTOR_MODEL / "1" / "model.onnx", settings,
+                                max_detections=int(export["nms"]["max_detections"]))
+        attributes = OnnxAttributes(repository / contract.ATTRIBUTES_MODEL / "1" / "model.onnx", settings,
+                                    num_attribute_labels=label_map.num_attribute_labels)
+        return cls(detector.detect, attributes.classify, label_map, int(export["input_size"]),
+                   int(export["crop_size"]))

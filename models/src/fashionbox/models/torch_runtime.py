@@ -1,0 +1,240 @@
+"""PyTorch runners for the python backend: the detector and the attribute heads on CUDA or the CPU.
+
+The GPU profile without TensorRT (``fashionbox convert --target gpu --runtime torch``) serves the
+networks with PyTorch on the model instance's GPU; the same classes run on the CPU, which is how
+they are tested on a machine without CUDA and how the converter checks them against ONNX Runtime
+before it writes a repository. They load the FashionBox safetensors checkpoint (no pickle, no code
+from a file) into the networks of :mod:`fashionbox.models`, and answer exactly as
+:class:`fashionbox.core.serving.OnnxDetector` / :class:`fashionbox.core.serving.OnnxAttributes` do::
+
+    detector = TorchDetector(path, device="cuda:0", precision="fp16", nms=NmsSettings(), max_detections=100)
+    detector.detect(pixels)          # uint8 [B, S, S, 3] -> list[DetectorOutput]
+    heads = TorchAttributes(path, device="cuda:0", precision="fp16", num_attribute_labels=15)
+    heads.classify(crops)            # uint8 [B, C, C, 3] -> float32 [B, A]
+
+On CUDA each runner pads a batch to the next of a few fixed sizes (:func:`batch_buckets` of the
+model's ``max_batch_size``) and runs every one at load: a shape's first sight costs seconds there.
+
+FP16 is autocast (convolutions and matmuls in half precision, reductions and the box decode in
+float32), and only on CUDA: asking for it on a CPU is refused, never silently dropped. A device
+that is not there (``cuda:1`` on a one-GPU host, CUDA on a CPU build of torch) fails model load
+with a message naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fashionbox.core.postprocessing import AnyArray, DetectorOutput, Float32Array, detections_from_kept
+
+if TYPE_CHECKING:
+    import torch
+
+    from fashionbox.core.serving import RuntimeSettings
+    from fashionbox.models.nms import NmsSettings
+
+__all__ = ["TorchAttributes", "TorchDetector", "TorchRuntimeError", "batch_buckets", "resolve_device", "set_threads"]
+
+log = logging.getLogger(__name__)
+
+
+class TorchRuntimeError(RuntimeError):
+    """The requested device or precision is not available here; fails model load."""
+
+
+def set_threads(threads: int) -> None:
+    """CPU threads of this process's torch pools (a python-backend stub runs one model instance)."""
+    import torch
+
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # only settable before the first parallel region
+        torch.set_num_interop_threads(threads)
+
+
+def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
+    """The batch sizes a CUDA runner pads to: powers of two below ``max_batch_size``, and it.
+
+    On the first sight of an input shape, cuDNN builds execution plans for every convolution (and,
+    for its runtime-fused engines, compiles kernels): measured on an H200, a dynamically batched
+    detector spent over a second per new batch size, and a 4 s load window saw almost nothing but
+    such first sights. Padding a batch up to the next bucket bounds the shapes to ``log2(max) + 1``,
+    all run once at load, for at most twice the rows of compute on a device that has it to spare.
+    """
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+    buckets = [1]
+    while buckets[-1] * 2 < max_batch_size:
+        buckets.append(buckets[-1] * 2)
+    if buckets[-1] != max_batch_size:
+        buckets.append(max_batch_size)
+    return tuple(buckets)
+
+
+def resolve_device(device: str, precision: str) -> torch.device:
+    """``device`` checked against this host and ``precision`` against the device."""
+    import torch
+
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise TorchRuntimeError(f"unknown torch device {device!r}: {exc}") from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TorchRuntimeError(
+                f"device {device} was asked for (a KIND_GPU instance) but this torch ({torch.__version__}) sees no "
+                "CUDA device: install a CUDA build of torch on the GPU host, or serve the cpu profile")
+        index = 0 if resolved.index is None else resolved.index
+        if index >= torch.cuda.device_count():
+            raise TorchRuntimeError(f"device {device} does not exist: this host has {torch.cuda.device_count()} GPU(s)")
+        resolved = torch.device("cuda", index)
+    elif resolved.type != "cpu":
+        raise TorchRuntimeError(f"device {device!r}: FashionBox runs PyTorch on cuda or cpu only")
+    if precision == "fp16" and resolved.type != "cuda":
+        raise TorchRuntimeError("fp16 needs a CUDA device; on the CPU serve fp32 (it is not dropped silently)")
+    if precision not in ("fp16", "fp32"):
+        raise TorchRuntimeError(f"precision must be fp16 or fp32, got {precision!r}")
+    return resolved
+
+
+class _Runner:
+    """Shared device, precision and input handling of the two runners."""
+
+    def __init__(self, model: Any, *, device: str, precision: str, max_batch_size: int,
+                 bucketed: bool | None) -> None:
+        import torch
+
+        self.device = resolve_device(device, precision)
+        self.precision = precision
+        self.model = model.to(self.device).eval()
+        if self.device.type == "cuda":
+            # NHWC input permuted to NCHW is channels-last in memory already. No cudnn.benchmark: it
+            # would time every algorithm per shape; the buckets bound the shapes, warm_up runs each.
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # On the CPU a new shape costs nothing and padding would cost compute: buckets by default on CUDA.
+        use_buckets = self.device.type == "cuda" if bucketed is None else bucketed
+        self.buckets: tuple[int, ...] = batch_buckets(max_batch_size) if use_buckets else ()
+
+    def warm_up(self, sample_shape: tuple[int, ...]) -> None:
+        """Run every batch shape this runner will see (one on the CPU, each bucket on CUDA) before serving."""
+        for size in self.buckets or (1,):
+            self._run(np.zeros((size, *sample_shape), dtype=np.uint8))
+
+    def _run(self, array: AnyArray) -> Any:
+        raise NotImplementedError
+
+    def _padded(self, array: AnyArray) -> AnyArray:
+        """``array`` with zero rows appended up to its bucket (as is on the CPU, or past the largest)."""
+        rows = array.shape[0]
+        bucket = next((b for b in self.buckets if b >= rows), rows)
+        if bucket == rows:
+            return array
+        padded = np.zeros((bucket, *array.shape[1:]), dtype=array.dtype)
+        padded[:rows] = array
+        return padded
+
+    def _context(self) -> contextlib.AbstractContextManager[Any]:
+        import torch
+
+        if self.precision == "fp16":
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def _tensor(self, array: AnyArray) -> torch.Tensor:
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+
+class TorchDetector(_Runner):
+    """The FashionBox detector network plus batched NMS (:func:`fashionbox.models.nms.nms_batched`)."""
+
+    def __init__(self, weights: Path, *, device: str, precision: str, nms: NmsSettings, max_detections: int,
+                 pre_nms_top_k: int = 512, max_batch_size: int = 1, bucketed: bool | None = None) -> None:
+        from fashionbox.models import load_detector
+
+        if max_detections < 1:
+            raise ValueError(f"max_detections must be at least 1, got {max_detections}")
+        detector, _labels = load_detector(weights)
+        super().__init__(detector, device=device, precision=precision, max_batch_size=max_batch_size,
+                         bucketed=bucketed)
+        self.weights = weights
+        self.nms = nms
+        self.max_detections = max_detections
+        self.pre_nms_top_k = pre_nms_top_k
+        self.input_size = int(detector.config.input_size)
+        self.warm_up((self.input_size, self.input_size, 3))
+        log.info("torch detector %s on %s (%s)", weights, self.device, precision)
+
+    @classmethod
+    def from_settings(cls, weights: Path, runtime: RuntimeSettings, *, device: str,
+                      max_detections: int, max_batch_size: int = 1) -> TorchDetector:
+        from fashionbox.models.nms import NmsSettings
+
+        nms = NmsSettings(score_threshold=runtime.score_threshold, iou_threshold=runtime.iou_threshold,
+                          max_per_class=max_detections, max_detections=max_detections)
+        return cls(weights, device=device, precision=runtime.precision, nms=nms, max_detections=max_detections,
+                   pre_nms_top_k=runtime.pre_nms_top_k, max_batch_size=max_batch_size)
+
+    def _run(self, array: AnyArray) -> list[DetectorOutput]:
+        return self.detect(array)
+
+    def detect(self, pixels: AnyArray) -> list[DetectorOutput]:
+        """uint8 ``[B, S, S, 3]`` letterboxed images -> one :class:`DetectorOutput` per image."""
+        import torch
+
+        from fashionbox.models.nms import nms_batched
+
+        rows = pixels.shape[0]
+        with torch.inference_mode():
+            with self._context():
+                out = self.model(self._tensor(self._padded(pixels)))
+            boxes, scores = out.boxes[:rows].float(), out.scores[:rows].float()
+            selected = nms_batched(boxes, scores, self.nms, pre_nms_top_k=self.pre_nms_top_k)
+            # Gathered on the device: only the kept rows cross to the host, not [B, N, 4] and [B, C, N].
+            b, c, n = selected.unbind(1)
+            return detections_from_kept(selected.cpu().numpy(), boxes[b, n].cpu().numpy(),
+                                        scores[b, c, n].cpu().numpy(), batch=int(boxes.shape[0]),
+                                        max_detections=self.max_detections)
+
+
+class TorchAttributes(_Runner):
+    """The attribute heads: uint8 crops ``[B, C, C, 3]`` -> float32 probs ``[B, A]``."""
+
+    def __init__(self, weights: Path, *, device: str, precision: str, num_attribute_labels: int,
+                 max_batch_size: int = 1, bucketed: bool | None = None) -> None:
+        from fashionbox.models import load_attributes
+
+        classifier, _labels = load_attributes(weights)
+        super().__init__(classifier, device=device, precision=precision, max_batch_size=max_batch_size,
+                         bucketed=bucketed)
+        self.weights = weights
+        self.num_attribute_labels = num_attribute_labels
+        size = int(classifier.config.crop_size)
+        self.warm_up((size, size, 3))  # also checks the label count
+        log.info("torch attribute heads %s on %s (%s)", weights, self.device, precision)
+
+    def _run(self, array: AnyArray) -> Float32Array:
+        return self.classify(array)
+
+    def classify(self, crops: AnyArray) -> Float32Array:
+        import torch
+
+        with torch.inference_mode():
+            with self._context():
+                probs = self.model(self._tensor(self._padded(crops)))
+            result: Float32Array = probs[:crops.shape[0]].float().cpu().numpy()
+        expected = (crops.shape[0], self.num_attribute_labels)
+        if result.shape != expected:
+            # A label map that does not match the heads would mislabel every attribute: refuse.
+            raise ValueError(f"{self.weights} returned probs of shape {result.shape}, expected {expected}")
+        return result
