@@ -5,5 +5,6 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/python -m mypy
+.venv/bin/lint-imports
 .venv/bin/python -m fashionbox.contract.protogen --check
 .venv/bin/python -m pytest -q "$@"

@@ -41,9 +41,8 @@ from fashionbox.core.serving import (
     ParameterError,
     Parameters,
     RuntimeSettings,
-    load_attributes_runner,
-    load_detector_runner,
 )
+from fashionbox.model_repository.runners import load_attributes_runner, load_detector_runner
 from fashionbox.models import default_weights
 from fashionbox.models.nms import NmsSettings, nms_batched, nms_onnx_semantics
 from fashionbox.models.pipeline import InProcessPipeline

@@ -71,8 +71,6 @@ __all__ = [
     "check_session_io",
     "create_ort_session",
     "error_response",
-    "load_attributes_runner",
-    "load_detector_runner",
     "read_input",
     "respond_each",
     "run_concatenated",
@@ -544,60 +542,6 @@ class DetectorRunner(Protocol):
 
 class AttributesRunner(Protocol):
     def classify(self, crops: AnyArray) -> Float32Array: ...
-
-
-def _load_runner(
-    args: ModelArgs,
-    onnx_file: str,
-    make_onnx: Callable[[Path, OrtSettings], R],
-    make_torch: Callable[[Path, RuntimeSettings, str], R],
-) -> tuple[R, str]:
-    """The runner of ``args``' runtime (:class:`RuntimeSettings`), and a line saying what was loaded."""
-    runtime = RuntimeSettings.from_parameters(args.parameters)
-    if runtime.runtime == "torch":
-        from fashionbox.models.torch_runtime import set_threads
-
-        set_threads(runtime.torch_threads)
-        path, device = args.version_file(runtime.weights_file), args.torch_device()
-        return make_torch(path, runtime, device), f"{path} on {device} ({runtime.precision}) {runtime}"
-    ort = OrtSettings.from_parameters(args.parameters)
-    path = args.version_file(onnx_file)
-    return make_onnx(path, ort), f"{path} {ort}"
-
-
-def load_detector_runner(args: ModelArgs) -> tuple[DetectorRunner, str]:
-    """The ``detector`` model's runner for its config's runtime, and a line saying what was loaded."""
-    params = DetectorParameters.from_parameters(args.parameters)
-
-    def torch_detector(path: Path, runtime: RuntimeSettings, device: str) -> DetectorRunner:
-        from fashionbox.models.torch_runtime import TorchDetector
-
-        return TorchDetector.from_settings(path, runtime, device=device, max_detections=params.max_detections,
-                                           max_batch_size=max(1, args.max_batch_size()))
-
-    def onnx_detector(path: Path, ort: OrtSettings) -> DetectorRunner:
-        return OnnxDetector(path, ort, max_detections=params.max_detections)
-
-    runner, loaded = _load_runner(args, params.onnx_file, onnx_detector, torch_detector)
-    return runner, f"{loaded} {params}"
-
-
-def load_attributes_runner(args: ModelArgs) -> tuple[AttributesRunner, str]:
-    """The ``attributes`` model's runner for its config's runtime, and a line saying what was loaded."""
-    params = AttributesParameters.from_parameters(args.parameters)
-
-    def torch_heads(path: Path, runtime: RuntimeSettings, device: str) -> AttributesRunner:
-        from fashionbox.models.torch_runtime import TorchAttributes
-
-        return TorchAttributes(path, device=device, precision=runtime.precision,
-                               num_attribute_labels=params.num_attribute_labels,
-                               max_batch_size=max(1, args.max_batch_size()))
-
-    def onnx_heads(path: Path, ort: OrtSettings) -> AttributesRunner:
-        return OnnxAttributes(path, ort, num_attribute_labels=params.num_attribute_labels)
-
-    runner, loaded = _load_runner(args, params.onnx_file, onnx_heads, torch_heads)
-    return runner, f"{loaded} {params}"
 
 
 # -- requests and responses ----------------------------------------------------------------------------

@@ -25,13 +25,13 @@ In code::
 """
 
 from fashionbox.loadtest.errors import LoadTestConfigError, LoadTestError, TargetUnavailable, TuneError
+from fashionbox.loadtest.level import measure_concurrency
 from fashionbox.loadtest.parallel import measure_concurrency_parallel
 from fashionbox.loadtest.report import Point, Report
 from fashionbox.loadtest.runner import (
     RunOptions,
     Stage,
     Target,
-    measure_concurrency,
     run,
     run_async,
     sweep_concurrency,

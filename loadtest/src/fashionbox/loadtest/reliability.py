@@ -367,7 +367,7 @@ def measure_capacity_rps(
     refuse any (at the default concurrency 8 and entry bound 16) and the figure is what the server
     completes.
     """
-    from fashionbox.loadtest.runner import measure_concurrency
+    from fashionbox.loadtest.level import measure_concurrency
 
     point = measure_concurrency(
         url, images, concurrency=concurrency, duration_s=duration_s, warmup_s=1.0, timeout_s=timeout_s, metrics=None

@@ -36,7 +36,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fashionbox import contract
 from fashionbox.loadtest.errors import LoadTestConfigError, TargetUnavailable
 from fashionbox.loadtest.events import Listener, PointMeasured, StageStarted, WindowMeasured
 from fashionbox.loadtest.report import HarnessUsage, LoadLevel, Point, Report, RunSettings, TargetReport
@@ -65,7 +64,6 @@ __all__ = [
     "Stage",
     "Target",
     "check_ready",
-    "measure_concurrency",
     "run",
     "run_async",
     "run_target",
@@ -600,51 +598,3 @@ def _environment() -> dict[str, object]:
     import platform
 
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
-
-
-def measure_concurrency(
-    url: str,
-    images: Sequence[bytes],
-    *,
-    concurrency: int,
-    duration_s: float,
-    warmup_s: float = 1.0,
-    model: str = contract.ENSEMBLE_MODEL,
-    timeout_s: float = 30.0,
-    metrics: str | None = "default",
-    processes: int = 1,
-) -> Point:
-    """One closed-loop level held for exactly ``duration_s`` (three windows, stability reported, not awaited).
-
-    ``processes`` above 1 spreads the load over that many processes
-    (:func:`~fashionbox.loadtest.parallel.measure_concurrency_parallel`), for servers faster than one
-    client process can load: the point then has one window, exact merged percentiles and the CPU of
-    all load processes, but no server statistics or metrics (``metrics`` is ignored).
-    """
-    if processes != 1:
-        # Imported here: parallel.py builds on this module.
-        from fashionbox.loadtest.parallel import measure_concurrency_parallel
-
-        return measure_concurrency_parallel(
-            url,
-            images,
-            concurrency=concurrency,
-            duration_s=duration_s,
-            processes=processes,
-            warmup_s=warmup_s,
-            model=model,
-            timeout_s=timeout_s,
-        )
-    options = RunOptions(
-        targets=(Target("target", url, metrics_url_for(url, metrics)),),
-        stages=(Stage(ClosedShape(FixedConcurrency(concurrency, hold_s=duration_s)), until_stable=False),),
-        images=tuple(images),
-        request=RequestSpec.for_ensemble(model),
-        window_s=duration_s / 3,
-        warmup_s=warmup_s,
-        max_duration_s=duration_s,
-        timeout_s=timeout_s,
-    )
-    report = run(options)
-    (point,) = report.points
-    return point

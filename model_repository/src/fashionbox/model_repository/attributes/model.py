@@ -27,9 +27,9 @@ from fashionbox.core.serving import (  # noqa: E402
     AttributesParameters,
     InputSpec,
     ModelArgs,
-    load_attributes_runner,
     run_concatenated,
 )
+from fashionbox.model_repository.runners import load_attributes_runner  # noqa: E402
 
 
 class TritonPythonModel:

@@ -30,9 +30,9 @@ from fashionbox.core.serving import (  # noqa: E402
     DetectorParameters,
     InputSpec,
     ModelArgs,
-    load_detector_runner,
     run_concatenated,
 )
+from fashionbox.model_repository.runners import load_detector_runner  # noqa: E402
 
 
 class TritonPythonModel:
