@@ -7,7 +7,7 @@ network) gets one archive, ``<out>/site-py<X.Y>.tar.xz``, to unpack into a folde
 ``PYTHONPATH`` (``scripts/gpu_session.sh`` does it):
 
 - the packages this project pins that the machine lacks or has in a version we cannot use, at the
-  versions installed here: numpy 1.x (numpy 2 empties python-backend outputs, FIELD_NOTES),
+  versions installed here: numpy 1.x (numpy 2 empties python-backend outputs, docs/FIELD_NOTES.md),
   tritonclient (with its ``perf_analyzer``, under ``bin/``), python-rapidjson, hdrhistogram; built
   for the target Python by ``pip install --target --python-version``. Not protobuf: the image's
   onnx needs its newer protobuf, and tritonclient's generated code runs on it (checked with 7.x);

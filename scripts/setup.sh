@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 
 # The python-backend stub of the wheel's tritonserver links the system libpython3.11
-# (FIELD_NOTES); install it when missing and we are allowed to.
+# (docs/FIELD_NOTES.md); install it when missing and we are allowed to.
 if ! ldconfig -p 2>/dev/null | grep -q 'libpython3\.11\.so\.1\.0'; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "installing libpython3.11 for the Triton python backend ..."

@@ -125,7 +125,7 @@ def test_each_image_format_returns_all_five_outputs_with_consistent_shapes(clien
 
     n = outputs["SCORES"].shape[1]
     a = LABELS.num_attribute_labels
-    # numpy 2 in the stub's environment returns empty tensors without any error (FIELD_NOTES)
+    # numpy 2 in the stub's environment returns empty tensors without any error (docs/FIELD_NOTES.md)
     assert n > 0, "no detections came back: are the python-backend outputs empty?"
     assert outputs["BOXES"].shape == (1, n, 4) and outputs["BOXES"].dtype == np.float32
     assert outputs["SCORES"].dtype == np.float32

@@ -3,7 +3,7 @@
 The binary ships in the ``tritonclient==2.50.0`` wheel (installed as ``bin/perf_analyzer``). It links
 ``libb64.so.0d`` and ``libcudart.so.12``, which the nvidia-pytriton wheel carries under mangled names
 in ``nvidia_pytriton.libs/``; they are symlinked under their real names into a folder put on
-``LD_LIBRARY_PATH`` (FIELD_NOTES). A BYTES input given as ``{"b64": ...}`` in ``--input-data`` must
+``LD_LIBRARY_PATH`` (docs/FIELD_NOTES.md). A BYTES input given as ``{"b64": ...}`` in ``--input-data`` must
 encode the serialised element: a 4-byte little-endian length, then the bytes.
 """
 

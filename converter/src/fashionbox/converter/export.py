@@ -1,6 +1,6 @@
 """Export steps: PyTorch -> ONNX (dynamic batch, NMS in the graph), checked and compared.
 
-Small typed steps (STYLE.md rule 6), each testable alone::
+Small typed steps (docs/STYLE.md rule 6), each testable alone::
 
     export_detector_onnx(detector, path, nms=NmsSettings(), opset=17)
     export_attributes_onnx(classifier, path, opset=17)
@@ -11,7 +11,7 @@ Small typed steps (STYLE.md rule 6), each testable alone::
 The detector graph ends in ONNX ``NonMaxSuppression`` (supported by ONNX Runtime and by
 TensorRT since 8.5), so the served pipeline has no python NMS step. The TorchScript-based
 exporter is used because it keeps the batch dimension dynamic with a batch-1 example
-(FIELD_NOTES: the dynamo exporter silently fixes it at 1).
+(docs/FIELD_NOTES.md: the dynamo exporter silently fixes it at 1).
 """
 
 from __future__ import annotations

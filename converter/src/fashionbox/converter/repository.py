@@ -1,6 +1,6 @@
 """Write a complete Triton model repository: configs, model sources, ONNX graphs, labels, manifest.
 
-Pure, typed steps (STYLE.md rules 6 and 7) and one orchestrator:
+Pure, typed steps (docs/STYLE.md rules 6 and 7) and one orchestrator:
 
 - :class:`RepositorySettings` (with a :class:`ModelScheduling` per model) validates itself;
 - :func:`model_configs` builds every ``config.pbtxt`` as a ``model_config_pb2.ModelConfig``, so the
@@ -162,7 +162,7 @@ class ModelScheduling:
     """How Triton schedules one model: instances and dynamic batching.
 
     ``max_queue_delay_us`` defaults to 0: Triton still batches whatever is queued when an
-    instance frees up, and FIELD_NOTES measured 2.2 ms added latency for a 2 ms delay at low
+    instance frees up, and docs/FIELD_NOTES.md measured 2.2 ms added latency for a 2 ms delay at low
     load. Tune it with the load-test harness, not by guessing.
 
     The queue policy (off unless set: Triton's own default) makes an overloaded server refuse

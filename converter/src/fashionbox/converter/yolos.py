@@ -37,7 +37,7 @@ hidden one.
 mid-layer) position embeddings bicubically from ``config.image_size`` to the input size on every
 forward. The graph is exported from a copy of the model whose ``image_size`` is ``[S, S]`` and
 whose embeddings are the interpolated ones, computed once here with transformers' own code
-(FIELD_NOTES: interpolating at run time made the TorchScript-exported graph 3.6x slower).
+(docs/FIELD_NOTES.md: interpolating at run time made the TorchScript-exported graph 3.6x slower).
 
 Checkpoints are read without pickle: ``model.safetensors`` (or a sharded safetensors index)
 through ``from_pretrained(use_safetensors=True, local_files_only=True)``; a ``pytorch_model.bin``

@@ -5,7 +5,7 @@ The ``model.py`` files in ``model_repository/`` stay thin glue: they read their 
 :class:`OnnxDetector` / :class:`OnnxAttributes` (which the reference pipeline uses too),
 and answer requests through :func:`respond_each` / :func:`run_concatenated`, which turn a
 :class:`RequestError` into an error response for that one request while the rest of the batch
-carries on (DESIGN.md: errors are per request).
+carries on (docs/ARCHITECTURE.md: errors are per request).
 
 Triton's ``triton_python_backend_utils`` exists only inside the python backend stub, so it is
 imported lazily by the few functions that build responses; everything else here is plain Python
@@ -324,7 +324,7 @@ class ParameterSet:
 class OrtSettings(ParameterSet):
     """ONNX Runtime threading for one model instance (parameters of ``detector`` and ``attributes``).
 
-    FIELD_NOTES: on 2 cores, more single-thread instances beat fewer multi-thread ones, and
+    docs/FIELD_NOTES.md: on 2 cores, more single-thread instances beat fewer multi-thread ones, and
     spinning off costs throughput, hence the defaults.
     """
 

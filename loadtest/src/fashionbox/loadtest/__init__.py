@@ -1,6 +1,6 @@
 """Load-test, capacity-planning and tuning harness for FashionBox (``fashionbox loadtest`` / ``tune``).
 
-Parts, each usable alone (STYLE.md rule 9: runner, load shape, stats, report, CLI apart)::
+Parts, each usable alone (docs/STYLE.md rule 9: runner, load shape, stats, report, CLI apart)::
 
     shapes.py        load shapes: closed-loop concurrency, open-loop constant/Poisson rates, step/line ramps
     windows.py       measurement windows and the stability rule (last k windows within a tolerance)

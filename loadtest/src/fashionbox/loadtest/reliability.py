@@ -93,7 +93,7 @@ class OpenLoopResult:
     late_ok: int
     """OK responses that arrived after their deadline, counted from the scheduled time."""
     empty_ok: int
-    """OK responses without data in every requested output (FIELD_NOTES: numpy 2 in the stub)."""
+    """OK responses without data in every requested output (docs/FIELD_NOTES.md: numpy 2 in the stub)."""
     messages: dict[str, dict[str, int]]
     """Status -> the server's messages under it, with their counts (the first 5 different ones)."""
 

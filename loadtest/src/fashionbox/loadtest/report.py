@@ -1,4 +1,4 @@
-"""The frozen result of a load test: the only thing printers see (STYLE.md rule 9).
+"""The frozen result of a load test: the only thing printers see (docs/STYLE.md rule 9).
 
 ::
 

@@ -50,7 +50,7 @@ _MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 # The client side has no reason to cap message sizes: the server applies its own limits.
 _CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 EMPTY_OUTPUT = "EMPTY_OUTPUT"
-"""Status recorded when a response arrives without the requested output's data (FIELD_NOTES: numpy 2)."""
+"""Status recorded when a response arrives without the requested output's data (docs/FIELD_NOTES.md: numpy 2)."""
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ __all__ = [
 class StabilityRule:
     """``windows`` consecutive windows whose throughput and ``latency`` spread ≤ ``tolerance``.
 
-    perf_analyzer's default is 3 windows within 10 %; FIELD_NOTES suggests a looser 30 % on a noisy
+    perf_analyzer's default is 3 windows within 10 %; docs/FIELD_NOTES.md suggests a looser 30 % on a noisy
     2-core machine.
     """
 

@@ -1,6 +1,6 @@
 """The default garment detector: a compact anchor-free single-stage detector (FCOS-style).
 
-Assembled from injected parts (STYLE.md, torchvision detection): a MobileNetV2-style
+Assembled from injected parts (docs/STYLE.md: torchvision detection): a MobileNetV2-style
 backbone, an FPN-lite neck and one head per pyramid level. ``forward`` takes the uint8
 letterboxed images the ``preprocess`` model makes and returns named tensors, the same in
 training and evaluation (the losses live in ``fashionbox.training``)::
