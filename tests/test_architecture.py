@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import grimp
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = sorted(path.parent for path in ROOT.glob("*/pyproject.toml"))

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from fashionbox.loadtest.capacity import parse_costs, plan_capacity
 from fashionbox.loadtest.errors import LoadTestConfigError
-from fashionbox.loadtest.html import nice_ticks, render_html
+from fashionbox.loadtest.html import Series, line_chart, nice_ticks, render_html
 from fashionbox.loadtest.printers import format_report, write_csv, write_json
 from fashionbox.loadtest.report import HarnessUsage, LoadLevel, Point, Report, RunSettings, TargetReport
 from fashionbox.loadtest.server_stats import (
+    ModelBreakdown,
     ModelCounters,
     diff_statistics,
     parse_prometheus,
@@ -278,17 +284,128 @@ def test_terminal_report_shows_points_notes_and_the_capacity_table() -> None:
     assert "processor" in text and "$/1M images" in text and "instances for 500 req/s" in text
 
 
-def test_html_report_is_self_contained_with_plots() -> None:
-    report = _report(CPU, GPU)
-    page = render_html(Report(report.settings, report.targets, plan_capacity(report, slo_p99_ms=150)))
-    assert page.startswith("<!DOCTYPE html>")
-    assert (
-        page.count("<svg") >= 3
-        and "<script" not in page
-        and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _with_server(point: Point, *breakdowns: ModelBreakdown) -> Point:
+    return dataclasses.replace(point, server=breakdowns)
+
+
+def _breakdown(model: str, queue: float, infer: float, *, executions: int = 10) -> ModelBreakdown:
+    return ModelBreakdown(model, 100, 0, executions, 100, 2.0, queue, 0.1, infer, 0.0, queue + 0.1 + infer + 1.0)
+
+
+def _charts(page: str) -> list[ET.Element]:
+    """Every inline chart, parsed: each must be well-formed SVG."""
+    return [ET.fromstring(svg) for svg in re.findall(r"<svg\b.*?</svg>", page, flags=re.DOTALL)]
+
+
+def _texts(chart: ET.Element) -> set[str]:
+    return {"".join(t.itertext()) for t in chart.iter(f"{SVG}text")}
+
+
+def _ids(chart: ET.Element, pattern: str) -> list[ET.Element]:
+    return [g for g in chart.iter(f"{SVG}g") if re.fullmatch(pattern, g.get("id", ""))]
+
+
+def _cells(page: str, *first: str) -> list[str]:
+    """The cells of the table row whose first cells are ``first``."""
+    for row in re.findall(r"<tr>(.*?)</tr>", page):
+        cells = re.findall(r"<td>(.*?)</td>", row)
+        if tuple(cells[: len(first)]) == first:
+            return cells
+    raise AssertionError(f"no row {first}")
+
+
+def test_html_report_draws_every_chart_with_its_series_labels_and_axes() -> None:
+    cpu = TargetReport(
+        "cpu",
+        CPU.url,
+        (
+            _with_server(CPU.points[0], _breakdown("detector", 5.0, 4.0), _breakdown("fashion", 0, 0, executions=0)),
+            _with_server(CPU.points[1], _breakdown("detector", 9.0, 0.0)),
+            *CPU.points[2:],
+        ),
     )
-    assert "Throughput against load" in page and "Latency percentiles against load" in page
-    assert "Capacity at p99" in page
+    report = _report(cpu, GPU)
+    page = render_html(Report(report.settings, report.targets, plan_capacity(report, slo_p99_ms=150)))
+    assert page.startswith("<!DOCTYPE html>") and page.endswith("</body></html>\n")
+    throughput, latency, knee, bars = charts = _charts(page)
+    assert len(charts) == 4  # three line charts for the closed loop, the stage bars
+    titles = (
+        "Throughput against load (closed loop)",
+        "Latency percentiles against load (closed loop)",
+        "p99 latency against throughput (closed loop)",
+        "Server-side time per request, per composing model",
+    )
+    for chart, title in zip(charts, titles, strict=True):
+        assert title in _texts(chart) and f'aria-label="{title}"' in page
+    assert {"concurrency (requests in flight)", "throughput (req/s)", "cpu", "gpu"} <= _texts(throughput)
+    assert {"latency (ms)", "cpu p50", "cpu p90", "cpu p99", "gpu p50", "gpu p90", "gpu p99"} <= _texts(latency)
+    assert {"throughput (req/s)", "p99 latency (ms)", "cpu p99", "gpu p99"} <= _texts(knee)
+    # One line per series, one marker per point of it.
+    assert len(_ids(throughput, r"chart0-series-\d+")) == 2
+    assert len(_ids(latency, r"chart1-series-\d+")) == 6
+    assert len(_ids(knee, r"chart2-series-\d+")) == 2
+    cpu_line, gpu_line = _ids(throughput, r"chart0-series-\d+")
+    assert len(list(cpu_line.iter(f"{SVG}use"))) == 4 and len(list(gpu_line.iter(f"{SVG}use"))) == 3
+    # Bars: the ensemble (no executions) is left out; zero stages draw nothing.
+    assert {"cpu c=1 detector", "cpu c=4 detector", "queue", "compute infer"} <= _texts(bars)
+    assert "cpu c=1 fashion" not in _texts(bars)
+    assert {g.get("id") for g in _ids(bars, r"chart3-bar-\d+-\d+")} == {
+        f"chart3-bar-{b}" for b in ("0-0", "0-1", "0-2", "1-0", "1-1")
+    }
+    # The tables show the report's numbers.
+    percentiles = [f"{cpu.points[1].latency.percentile(k):,.1f}" for k in ("p50", "p90", "p95", "p99")]
+    assert _cells(page, "cpu", "c=4")[:7] == ["cpu", "c=4", "60.0", *percentiles]
+    assert _cells(page, "gpu", "c=32")[8] == "3"  # errors
+    assert _cells(page, "cpu", "c=1", "detector")[3:] == ["100", "5.00", "0.10", "4.00", "0.00", "10.10", "2.00"]
+    assert _cells(page, "cpu")[1:3] == [f"{cpu.points[1].latency.p99_ms:,.1f}", "60.0"]  # capacity: best is c=4
+    assert "Capacity at p99 &le; 150 ms" in page and "Utilisation" in page
+
+
+def test_html_report_is_self_contained_and_deterministic() -> None:
+    report = _report(CPU, GPU)
+    page = render_html(report)
+    assert page == render_html(report)
+    for tag in ("<script", "<link", "<img", "<iframe", "@import", " src="):
+        assert tag not in page
+    ids = re.findall(r' id="([^"]+)"', page)
+    assert len(ids) == len(set(ids)), "element ids repeat across charts"
+    references = re.findall(r'href="([^"]*)"', page) + re.findall(r"url\(([^)]*)\)", page)
+    assert references and set(references) <= {f"#{i}" for i in ids}  # markers and clip paths, all inline
+    namespaces = {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}
+    assert set(re.findall(r"https?://[^\s\"'<>]*", page)) <= namespaces
+
+
+def test_html_report_escapes_what_comes_from_inputs() -> None:
+    name = '<script>alert("x")</script> & $\\alpha$'
+    hidden = "_hidden"
+    targets = (
+        TargetReport(name, '"><img src=x>', tuple(dataclasses.replace(p, target=name) for p in CPU.points)),
+        TargetReport(hidden, "h:1", tuple(dataclasses.replace(p, target=hidden) for p in GPU.points)),
+    )
+    page = render_html(_report(*targets))
+    assert "<script" not in page and "<img" not in page
+    escaped = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; $\\alpha$"
+    assert _cells(page, escaped, "c=1")  # the tables
+    throughput, latency, _ = _charts(page)  # well-formed: the SVG writer escaped the names
+    assert {name, hidden} <= _texts(throughput)  # not mathtext, not dropped for a leading "_"
+    assert {f"{name} p99", f"{hidden} p50"} <= _texts(latency)
+
+
+def test_a_line_chart_without_finite_points_says_no_data() -> None:
+    svg = line_chart(
+        [Series("empty", ((1.0, math.nan),), "#000")], title="Nothing", x_label="x", y_label="y", chart_id="c"
+    )
+    (chart,) = _charts(svg)
+    assert {"Nothing", "no data", "x", "y"} <= _texts(chart) and not _ids(chart, r"c-series-\d+")
+    assert "empty" not in _texts(chart)
+
+
+def test_the_report_modules_do_not_import_matplotlib() -> None:
+    code = "import sys, fashionbox.loadtest.cli, fashionbox.loadtest.html; assert 'matplotlib' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_nice_ticks_cover_the_range_with_round_steps() -> None:

@@ -1,20 +1,32 @@
-"""The HTML report: one self-contained file (inline SVG plots drawn here, no script, no network).
+"""The HTML report: one self-contained file (inline SVG plots drawn by matplotlib, no script, no network).
 
 Plots: throughput against load, latency percentiles against load, latency against throughput,
 and the server-side stage breakdown per composing model; then the tables of the terminal report::
 
     Path("report.html").write_text(render_html(report))
+
+matplotlib is imported by the chart functions only, so a load test without ``--html`` never loads it.
+Each chart is a matplotlib figure saved as SVG with text kept as ``<text>`` (``svg.fonttype: none``),
+mathtext off (a ``$`` in a target name is text), no metadata or date and a fixed hash salt per chart,
+so a report renders the same bytes twice and element ids stay unique within the page.
 """
 
 from __future__ import annotations
 
 import html
+import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fashionbox.loadtest.printers import POINT_COLUMNS
 from fashionbox.loadtest.report import CapacityPlan, Point, Report
+
+if TYPE_CHECKING:
+    from matplotlib.artist import Artist
+    from matplotlib.axes import Axes
 
 __all__ = ["Series", "line_chart", "nice_ticks", "render_html", "stacked_bars"]
 
@@ -26,6 +38,8 @@ _STAGES = (
     ("compute infer", "#e6550d"),
     ("compute output", "#a1d99b"),
 )
+_NO_METADATA: dict[str, str | None] = {"Date": None, "Creator": None, "Format": None, "Type": None}
+_PX = 96.0  # CSS pixels per inch: a figure of ``width / _PX`` inches is ``width`` pixels on the page
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,7 @@ class Series:
     points: tuple[tuple[float, float], ...]
     colour: str
     dash: str = ""
+    """An SVG ``stroke-dasharray`` (``"6 3"``); empty for a solid line."""
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -60,101 +75,136 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
+@contextmanager
+def _figure(chart_id: str, title: str, width: int, height: int) -> Iterator[tuple[Axes, io.StringIO]]:
+    """A titled one-axes figure of ``width`` x ``height`` pixels whose SVG lands in the yielded buffer."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with matplotlib.rc_context(
+        {
+            "svg.fonttype": "none",  # text stays <text>: searchable, and escaped by the SVG writer
+            "svg.hashsalt": f"fashionbox-{chart_id}",  # ids the same every run, and distinct per chart
+            "svg.id": chart_id,
+            "text.parse_math": False,
+            "text.usetex": False,
+            "font.family": "sans-serif",
+            "font.sans-serif": ["DejaVu Sans"],  # the font text is measured with; the browser falls back
+            "font.size": 8.5,
+            "axes.titlesize": 10,
+            "axes.titleweight": "bold",
+            "axes.titlelocation": "left",
+        }
+    ):
+        fig = Figure(figsize=(width / _PX, height / _PX), layout="constrained")
+        FigureCanvasAgg(fig)  # no GUI backend, whatever pyplot's default is
+        ax = fig.add_subplot()
+        ax.set_title(title)
+        buffer = io.StringIO()
+        yield ax, buffer
+        fig.savefig(buffer, format="svg", metadata=_NO_METADATA)
+
+
+def _inline(svg: str, chart_id: str, title: str) -> str:
+    """The ``<svg>`` element alone (no XML prologue or DTD), labelled for screen readers.
+
+    matplotlib names its groups ``figure_1``, ``axes_1``...in every figure; prefixed with the chart's id,
+    they stay unique in a page of several charts (nothing refers to a group; markers and clip paths
+    have salted ids already).
+    """
+    body = svg[svg.index("<svg") :].strip().replace('<g id="', f'<g id="{chart_id}-')
+    return f'<div class="chart" role="img" aria-label="{html.escape(title)}">{body}</div>'
+
+
+def _round_ticks(ax: Axes, which: str, ticks: Sequence[float]) -> None:
+    """Ticks at :func:`nice_ticks` values, the axis spanning exactly them, labelled like the tables."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis, limits = (ax.xaxis, ax.set_xlim) if which == "x" else (ax.yaxis, ax.set_ylim)
+    axis.set_ticks(ticks)
+    axis.set_major_formatter(FuncFormatter(lambda value, _: _fmt(value)))
+    limits(ticks[0], ticks[-1])
+
+
+def _legend(ax: Axes, handles: Sequence[Artist], labels: Sequence[str]) -> None:
+    """A legend right of the plot; labels handed over with their handles, as matplotlib drops a "_name" it finds."""
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
+
+
 def line_chart(
-    series: Sequence[Series], *, title: str, x_label: str, y_label: str, width: int = 620, height: int = 300
+    series: Sequence[Series],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    width: int = 620,
+    height: int = 300,
+    chart_id: str = "chart",
 ) -> str:
-    """An SVG line chart with axes, ticks and a legend."""
-    finite = [(x, y) for s in series for x, y in s.points if math.isfinite(x) and math.isfinite(y)]
-    left, right, top, bottom = 64, 150, 28, 44
-    plot_w, plot_h = width - left - right, height - top - bottom
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-        f'aria-label="{html.escape(title)}" font-family="sans-serif" font-size="11">',
-        f'<text x="{left}" y="16" font-size="13" font-weight="bold">{html.escape(title)}</text>',
-    ]
-    if not finite:
-        out.append(f'<text x="{left + 10}" y="{top + 40}">no data</text></svg>')
-        return "".join(out)
-    xs = nice_ticks(min(0.0, min(x for x, _ in finite)), max(x for x, _ in finite))
-    ys = nice_ticks(0.0, max(y for _, y in finite))
+    """An SVG line chart with axes, ticks and a legend; each drawn series is the group ``{chart_id}-series-{k}``.
 
-    def px(x: float) -> float:
-        return left + (x - xs[0]) / (xs[-1] - xs[0]) * plot_w
-
-    def py(y: float) -> float:
-        return top + plot_h - (y - ys[0]) / (ys[-1] - ys[0]) * plot_h
-
-    for y in ys:
-        out.append(
-            f'<line x1="{left}" x2="{left + plot_w}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#ddd"/>'
-            f'<text x="{left - 6}" y="{py(y) + 4:.1f}" text-anchor="end">{_fmt(y)}</text>'
-        )
-    for x in xs:
-        out.append(
-            f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{top + plot_h}" y2="{top + plot_h + 4}" '
-            f'stroke="#333"/><text x="{px(x):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{_fmt(x)}</text>'
-        )
-    out.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/>')
-    out.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">{html.escape(x_label)}</text>')
-    out.append(
-        f'<text transform="translate(14,{top + plot_h / 2}) rotate(-90)" text-anchor="middle">'
-        f"{html.escape(y_label)}</text>"
-    )
-    for k, s in enumerate(series):
-        pts = [(x, y) for x, y in s.points if math.isfinite(x) and math.isfinite(y)]
-        if not pts:
-            continue
-        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
-        dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
-        out.append(f'<polyline points="{path}" fill="none" stroke="{s.colour}" stroke-width="2"{dash}/>')
-        out.extend(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" fill="{s.colour}"/>' for x, y in pts)
-        ly = top + 12 + 16 * k
-        out.append(
-            f'<line x1="{left + plot_w + 10}" x2="{left + plot_w + 34}" y1="{ly - 4}" y2="{ly - 4}" '
-            f'stroke="{s.colour}" stroke-width="2"{dash}/><text x="{left + plot_w + 38}" y="{ly}">'
-            f"{html.escape(s.name)}</text>"
-        )
-    out.append("</svg>")
-    return "".join(out)
+    Points that are not finite are left out, and so is a series with none left.
+    """
+    drawn = [(s, [(x, y) for x, y in s.points if math.isfinite(x) and math.isfinite(y)]) for s in series]
+    drawn = [(s, pts) for s, pts in drawn if pts]
+    with _figure(chart_id, title, width, height) as (ax, buffer):
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(y_label)
+        if not drawn:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
+        else:
+            finite = [p for _, pts in drawn for p in pts]
+            xs = nice_ticks(min(0.0, min(x for x, _ in finite)), max(x for x, _ in finite))
+            _round_ticks(ax, "x", xs)
+            _round_ticks(ax, "y", nice_ticks(0.0, max(y for _, y in finite)))
+            ax.grid(axis="y", color="#ddd", linewidth=0.8)
+            lines = [
+                ax.plot(
+                    [x for x, _ in pts],
+                    [y for _, y in pts],
+                    color=s.colour,
+                    linewidth=1.6,
+                    linestyle=(0, tuple(float(v) for v in s.dash.split())) if s.dash else "solid",
+                    marker="o",
+                    markersize=3.5,
+                    gid=f"series-{k}",
+                )[0]
+                for k, (s, pts) in enumerate(drawn)
+            ]
+            _legend(ax, lines, [s.name for s, _ in drawn])
+    return _inline(buffer.getvalue(), chart_id, title)
 
 
-def stacked_bars(rows: Sequence[tuple[str, Sequence[float]]], *, title: str, unit: str, width: int = 760) -> str:
-    """Horizontal stacked bars, one per row label, segments in :data:`_STAGES` order."""
-    left, right, top, bar, gap = 230, 120, 28, 14, 6
-    height = top + len(rows) * (bar + gap) + 40
+def stacked_bars(
+    rows: Sequence[tuple[str, Sequence[float]]], *, title: str, unit: str, width: int = 760, chart_id: str = "bars"
+) -> str:
+    """Horizontal stacked bars, one per row label, segments in :data:`_STAGES` order.
+
+    Each drawn segment (finite and positive) is the group ``{chart_id}-bar-{row}-{stage}``.
+    """
+    height = 28 + len(rows) * 20 + 60
     total = max((sum(v for v in values if math.isfinite(v)) for _, values in rows), default=0.0) or 1.0
-    ticks = nice_ticks(0.0, total)
-    plot_w = width - left - right
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-        f'aria-label="{html.escape(title)}" font-family="sans-serif" font-size="11">',
-        f'<text x="8" y="16" font-size="13" font-weight="bold">{html.escape(title)}</text>',
-    ]
-    for k, (label, values) in enumerate(rows):
-        y = top + k * (bar + gap)
-        out.append(f'<text x="{left - 6}" y="{y + bar - 3}" text-anchor="end">{html.escape(label)}</text>')
-        x = float(left)
-        for (_, colour), value in zip(_STAGES, values, strict=False):
-            if not math.isfinite(value) or value <= 0:
-                continue
-            w = value / ticks[-1] * plot_w
-            out.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bar}" fill="{colour}"/>')
-            x += w
-    axis_y = top + len(rows) * (bar + gap)
-    for t in ticks:
-        tx = left + t / ticks[-1] * plot_w
-        out.append(
-            f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{top - 4}" y2="{axis_y}" stroke="#eee"/>'
-            f'<text x="{tx:.1f}" y="{axis_y + 14}" text-anchor="middle">{_fmt(t)}</text>'
-        )
-    out.append(f'<text x="{left + plot_w / 2}" y="{axis_y + 30}" text-anchor="middle">{html.escape(unit)}</text>')
-    for k, (name, colour) in enumerate(_STAGES):
-        out.append(
-            f'<rect x="{left + plot_w + 10}" y="{top + 16 * k}" width="12" height="10" fill="{colour}"/>'
-            f'<text x="{left + plot_w + 26}" y="{top + 9 + 16 * k}">{name}</text>'
-        )
-    out.append("</svg>")
-    return "".join(out)
+    with _figure(chart_id, title, width, height) as (ax, buffer):
+        from matplotlib.patches import Patch
+
+        _round_ticks(ax, "x", nice_ticks(0.0, total))
+        ax.set_yticks(range(len(rows)), [label for label, _ in rows])
+        ax.set_ylim(max(len(rows), 1) - 0.5, -0.5)  # first row on top
+        ax.tick_params(axis="y", length=0)
+        ax.grid(axis="x", color="#eee", linewidth=0.8)
+        ax.set_axisbelow(True)
+        ax.set_xlabel(unit)
+        for r, (_, values) in enumerate(rows):
+            left = 0.0
+            for s, ((_, colour), value) in enumerate(zip(_STAGES, values, strict=False)):
+                if math.isfinite(value) and value > 0:
+                    ax.barh(r, value, left=left, height=0.7, color=colour, gid=f"bar-{r}-{s}")
+                    left += value
+        _legend(ax, [Patch(color=colour) for _, colour in _STAGES], [name for name, _ in _STAGES])
+    return _inline(buffer.getvalue(), chart_id, title)
 
 
 def _by_mode(points: Sequence[Point]) -> dict[str, list[Point]]:
@@ -165,7 +215,7 @@ def _by_mode(points: Sequence[Point]) -> dict[str, list[Point]]:
 
 
 def _charts(report: Report) -> list[str]:
-    charts = []
+    charts: list[str] = []
     targets = [t.name for t in report.targets]
     colour = {name: _COLOURS[k % len(_COLOURS)] for k, name in enumerate(targets)}
     for mode, points in _by_mode(report.points).items():
@@ -182,6 +232,7 @@ def _charts(report: Report) -> list[str]:
                 title=f"Throughput against load ({mode} loop)",
                 x_label=x_label,
                 y_label="throughput (req/s)",
+                chart_id=f"chart{len(charts)}",
             )
         )
         latency = [
@@ -201,6 +252,7 @@ def _charts(report: Report) -> list[str]:
                 title=f"Latency percentiles against load ({mode} loop)",
                 x_label=x_label,
                 y_label="latency (ms)",
+                chart_id=f"chart{len(charts)}",
             )
         )
         knee = [
@@ -214,6 +266,7 @@ def _charts(report: Report) -> list[str]:
                 title=f"p99 latency against throughput ({mode} loop)",
                 x_label="throughput (req/s)",
                 y_label="p99 latency (ms)",
+                chart_id=f"chart{len(charts)}",
             )
         )
     rows = []
@@ -229,6 +282,7 @@ def _charts(report: Report) -> list[str]:
                 rows,
                 title="Server-side time per request, per composing model",
                 unit="ms per request (Triton statistics)",
+                chart_id=f"chart{len(charts)}",
             )
         )
     return charts
@@ -301,7 +355,8 @@ def _capacity_html(plan: CapacityPlan) -> str:
 _STYLE = """body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0 24px}
 td,th{border:1px solid #ccc;padding:3px 8px;font-size:12px;text-align:right}
 td:first-child,th:first-child{text-align:left}
-h1{font-size:20px}h2{font-size:16px;margin-top:28px}.charts svg{margin:6px 12px 6px 0}code{background:#f4f4f4}"""
+h1{font-size:20px}h2{font-size:16px;margin-top:28px}code{background:#f4f4f4}
+.chart{display:inline-block;margin:6px 12px 6px 0}"""
 
 
 def render_html(report: Report) -> str:
