@@ -8,3 +8,4 @@ cd "$(dirname "$0")/.."
 .venv/bin/lint-imports
 .venv/bin/python -m fashionbox.contract.protogen --check
 .venv/bin/python -m pytest -q "$@"
+./scripts/client_compat.sh

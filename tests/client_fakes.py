@@ -13,7 +13,7 @@ import asyncio
 import io
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,7 +27,7 @@ from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 from fashionbox import contract
 from fashionbox.client._base import LABELS_PARAMETER, InferRequest, InferResultLike
 from fashionbox.contract.labels import LabelMap
-from fashionbox.core.results import build_image_detections
+from fashionbox.v1 import detections_pb2
 
 Responder = Callable[[InferRequest], InferResultLike]
 
@@ -85,25 +85,55 @@ def grpc_error(status: str, message: str) -> InferenceServerException:
     return InferenceServerException(msg=message, status=f"StatusCode.{status}")
 
 
-def dress_and_shoe_payload(labels: LabelMap) -> bytes:
-    """A serialized ImageDetections with a striped short-sleeved v-neck dress and a shoe."""
-    row = np.zeros(labels.num_attribute_labels, np.float32)
-    for group, start, _ in labels.group_offsets:
-        best = {"sleeve length": 1, "neckline type": 1, "textile pattern": 1}[group]
-        row[start + best] = 0.9
-    message = build_image_detections(
-        width=640,
-        height=480,
-        boxes=np.array([[100, 50, 300, 450], [400, 400, 480, 470]], np.float32),
-        scores=np.array([0.9, 0.4], np.float32),
-        categories=np.array([labels.category_index("dress"), labels.category_index("shoe")], np.int32),
-        attribute_scores=np.stack([row, row]),
-        label_map=labels,
-        model_version="1",
-        model_name="fashionbox-default",
+def detections_payload(
+    labels: LabelMap,
+    *,
+    width: int,
+    height: int,
+    detections: Sequence[tuple[str, tuple[float, float, float, float], float]] = (),
+    attribute_index: int = 1,
+    attribute_score: float = 0.9,
+    model_version: str = "1",
+    model_name: str = "",
+) -> bytes:
+    """A serialized ImageDetections as the server sends it, written here from the label map.
+
+    ``detections`` are (category, box, score); each gets every attribute group that applies to
+    its category (``labels.applicability``), with the group's label number ``attribute_index``.
+    Built with the schema alone (the server builds it in ``fashionbox.core``), so the unit tests
+    run where only the client is installed.
+    """
+    message = detections_pb2.ImageDetections(
+        width=width, height=height, model_name=model_name, model_version=model_version, label_map=labels.name
     )
+    for category_name, (x1, y1, x2, y2), score in detections:
+        index = labels.category_index(category_name)
+        category = labels.categories[index]
+        detection = message.detections.add(
+            category=category.name, category_index=index, fashionpedia_id=category.fashionpedia_id, score=score
+        )
+        detection.box.x1, detection.box.y1, detection.box.x2, detection.box.y2 = x1, y1, x2, y2
+        for group, applies in zip(labels.attribute_groups, labels.applicability[index], strict=True):
+            if applies:
+                detection.attributes.add(
+                    group=group.name,
+                    label=group.labels[attribute_index],
+                    score=attribute_score,
+                    fashionpedia_id=group.fashionpedia_ids[attribute_index],
+                )
     payload: bytes = message.SerializeToString()
     return payload
+
+
+def dress_and_shoe_payload(labels: LabelMap) -> bytes:
+    """A serialized ImageDetections with a striped short-sleeved v-neck dress and a shoe."""
+    return detections_payload(
+        labels,
+        width=640,
+        height=480,
+        detections=[("dress", (100, 50, 300, 450), 0.9), ("shoe", (400, 400, 480, 470), 0.4)],
+        model_name="fashionbox-default",
+    )
 
 
 def png_bytes(size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:

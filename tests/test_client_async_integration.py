@@ -2,7 +2,8 @@
 
 Each test has a namesake in the blocking client's file and checks the same behaviour through
 ``await``. Results are compared with the blocking client's, image for image: the twins share one
-core, and this shows they also agree on the wire.
+core, and this shows they also agree on the wire. Like its twin, it uses the server of
+``FASHIONBOX_CLIENT_TEST_URL`` when that is set (``client_served.py``).
 """
 
 from __future__ import annotations
@@ -16,17 +17,15 @@ from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from client_servers import (
+from client_images import (
     ADMIN_HEADER,
     ADMIN_KEY,
     NOT_AN_IMAGE,
-    RESTRICT_STATISTICS,
     image_set,
     large_png,
-    restart,
-    standin_repository,
-    start_private_server,
+    unused_port,
 )
+from client_served import Served, served_ensemble
 
 from fashionbox import contract
 from fashionbox.client import (
@@ -43,10 +42,8 @@ from fashionbox.client import (
     Timeouts,
 )
 from fashionbox.contract.labels import default_label_map
-from fashionbox.server import TritonServer, find_free_port
 
 pytestmark = pytest.mark.integration
-pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
 
 RESTART_RETRY = RetryPolicy(max_attempts=200, initial_backoff_s=0.05, max_backoff_s=0.5, jitter=0.5)
 _T = TypeVar("_T")
@@ -57,18 +54,13 @@ def run(coroutine: Coroutine[Any, Any, _T]) -> _T:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    repository = standin_repository(tmp_path_factory)
-    server = start_private_server(repository, tmp_path_factory.mktemp("logs"), extra_args=(RESTRICT_STATISTICS,))
-    try:
-        yield server
-    finally:
-        server.stop(timeout_s=10)
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    yield from served_ensemble(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def config(server: TritonServer) -> ClientConfig:
-    return ClientConfig(url=server.endpoints.grpc)
+def config(served: Served) -> ClientConfig:
+    return ClientConfig(url=served.url)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +119,7 @@ def test_a_deadline_shorter_than_the_work_raises_deadline_exceeded(config: Clien
 
 
 def test_a_server_that_is_down_raises_connect_error_within_the_connect_timeout() -> None:
-    config = ClientConfig(url=f"127.0.0.1:{find_free_port()}", timeouts=Timeouts(connect_s=2.0))
+    config = ClientConfig(url=f"127.0.0.1:{unused_port()}", timeouts=Timeouts(connect_s=2.0))
 
     async def scenario() -> None:
         async with AsyncFashionClient(config=config) as client:
@@ -160,11 +152,14 @@ def test_a_server_that_accepts_but_never_answers_raises_connect_error_after_the_
 
 
 def test_a_server_restarted_mid_run_is_recovered_by_retries_with_no_request_lost(
-    server: TritonServer,
+    served: Served,
     config: ClientConfig,
     expected: dict[bytes, ImageDetections],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    server = served.restartable()
+    from client_servers import restart  # the server parts: only with a private server
+
     images = image_set(400)
     pulled = threading.Semaphore(0)
     outcomes: list[ImageDetections | FashionBoxError] = []

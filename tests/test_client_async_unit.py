@@ -24,6 +24,7 @@ from client_fakes import (
     AsyncFakeTransport,
     FakeTransport,
     TritonClientRecord,
+    detections_payload,
     detections_result,
     dress_and_shoe_payload,
     grpc_error,
@@ -63,7 +64,6 @@ from fashionbox.client import (
 from fashionbox.client._base import LABELS_PARAMETER, InferRequest, InferResultLike
 from fashionbox.client._transport import channel_args
 from fashionbox.contract.labels import LabelMap, default_label_map
-from fashionbox.core.results import build_image_detections
 
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff_s=0.001, max_backoff_s=0.004, jitter=0.0)
 RESTRICTED = "This protocol is restricted, expecting header 'triton-grpc-protocol-admin-key'"
@@ -613,19 +613,7 @@ def test_detect_many_returns_results_in_the_order_of_the_images_not_of_completio
 
 
 def empty_payload(labels: LabelMap, width: int) -> bytes:
-    empty = np.zeros(0)
-    message = build_image_detections(
-        width=width,
-        height=8,
-        boxes=np.zeros((0, 4)),
-        scores=empty,
-        categories=np.zeros(0, np.int32),
-        attribute_scores=empty,
-        label_map=labels,
-        model_version="1",
-    )
-    payload: bytes = message.SerializeToString()
-    return payload
+    return detections_payload(labels, width=width, height=8)
 
 
 def test_detect_many_reads_the_images_lazily_no_further_ahead_than_max_in_flight(answering: FakeTransport) -> None:

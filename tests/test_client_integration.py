@@ -3,7 +3,9 @@
 The mirror of ``test_client_async_integration.py``: each test here has a namesake there that
 checks the same behaviour through ``AsyncFashionClient``. The server is private to this file
 (stand-in models, see ``client_servers.py``), because one test stops and restarts it, and
-Triton's statistics API on it is restricted to callers with the admin header.
+Triton's statistics API on it is restricted to callers with the admin header. With
+``FASHIONBOX_CLIENT_TEST_URL`` set, the tests use that server instead and need only the client
+installed (``client_served.py``); the restart test is skipped there.
 """
 
 from __future__ import annotations
@@ -15,17 +17,15 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from client_servers import (
+from client_images import (
     ADMIN_HEADER,
     ADMIN_KEY,
     NOT_AN_IMAGE,
-    RESTRICT_STATISTICS,
     image_set,
     large_png,
-    restart,
-    standin_repository,
-    start_private_server,
+    unused_port,
 )
+from client_served import Served, served_ensemble
 
 from fashionbox import contract
 from fashionbox.client import (
@@ -41,10 +41,8 @@ from fashionbox.client import (
     Timeouts,
 )
 from fashionbox.contract.labels import default_label_map
-from fashionbox.server import TritonServer, find_free_port
 
 pytestmark = pytest.mark.integration
-pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
 
 # Enough attempts to bridge a server restart (a few seconds), paced so the restarted server is
 # found within half a second of being up.
@@ -52,18 +50,13 @@ RESTART_RETRY = RetryPolicy(max_attempts=200, initial_backoff_s=0.05, max_backof
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    repository = standin_repository(tmp_path_factory)
-    server = start_private_server(repository, tmp_path_factory.mktemp("logs"), extra_args=(RESTRICT_STATISTICS,))
-    try:
-        yield server
-    finally:
-        server.stop(timeout_s=10)
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    yield from served_ensemble(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def config(server: TritonServer) -> ClientConfig:
-    return ClientConfig(url=server.endpoints.grpc)
+def config(served: Served) -> ClientConfig:
+    return ClientConfig(url=served.url)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +109,7 @@ def test_a_deadline_shorter_than_the_work_raises_deadline_exceeded(config: Clien
 
 
 def test_a_server_that_is_down_raises_connect_error_within_the_connect_timeout() -> None:
-    config = ClientConfig(url=f"127.0.0.1:{find_free_port()}", timeouts=Timeouts(connect_s=2.0))
+    config = ClientConfig(url=f"127.0.0.1:{unused_port()}", timeouts=Timeouts(connect_s=2.0))
 
     started = time.monotonic()
     with FashionClient(config=config) as client, pytest.raises(ConnectError, match=r"(?i)connection refused"):
@@ -141,11 +134,14 @@ def test_a_server_that_accepts_but_never_answers_raises_connect_error_after_the_
 
 
 def test_a_server_restarted_mid_run_is_recovered_by_retries_with_no_request_lost(
-    server: TritonServer,
+    served: Served,
     config: ClientConfig,
     expected: dict[bytes, ImageDetections],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    server = served.restartable()
+    from client_servers import restart  # the server parts: only with a private server
+
     images = image_set(400)
     pulled = threading.Semaphore(0)
     outcomes: list[ImageDetections | FashionBoxError] = []

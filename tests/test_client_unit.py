@@ -25,6 +25,7 @@ import tritonclient.grpc as grpcclient
 from client_fakes import (
     FakeTransport,
     TritonClientRecord,
+    detections_payload,
     detections_result,
     dress_and_shoe_payload,
     grpc_error,
@@ -69,7 +70,6 @@ from fashionbox.client._base import LABELS_PARAMETER, InferRequest, InferResultL
 from fashionbox.client._retry import Attempts, retry_delay_s
 from fashionbox.client._transport import channel_args, channel_credentials
 from fashionbox.contract.labels import LabelMap, default_label_map
-from fashionbox.core.results import build_image_detections
 
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff_s=0.001, max_backoff_s=0.004, jitter=0.0)
 RESTRICTED = "This protocol is restricted, expecting header 'triton-grpc-protocol-admin-key'"
@@ -264,16 +264,7 @@ def test_detect_returns_typed_detections_read_from_the_detections_output(answeri
 
 
 def test_an_image_without_detections_gives_an_empty_result_not_none(labels: LabelMap) -> None:
-    empty = build_image_detections(
-        width=10,
-        height=10,
-        boxes=np.zeros((0, 4)),
-        scores=np.zeros(0),
-        categories=np.zeros(0, np.int32),
-        attribute_scores=np.zeros(0),
-        label_map=labels,
-        model_version="1",
-    ).SerializeToString()
+    empty = detections_payload(labels, width=10, height=10)
     transport = FakeTransport(lambda request: detections_result([empty]))
 
     with FashionClient(transport=transport) as client:
@@ -718,7 +709,7 @@ def test_detect_many_returns_results_in_the_order_of_the_images_not_of_completio
     def respond(request: InferRequest) -> InferResultLike:
         width = Image.open(io.BytesIO(sent_image_of(request))).size[0]
         time.sleep(0.002 * (50 - width))  # the first images answer last
-        return detections_result([build_image_detections_payload(labels, width)])
+        return detections_result([empty_payload(labels, width)])
 
     with FashionClient(transport=FakeTransport(respond)) as client:
         outcomes = client.detect_many([png_bytes(size=(w, 8)) for w in range(10, 50)], max_in_flight=16)
@@ -726,20 +717,8 @@ def test_detect_many_returns_results_in_the_order_of_the_images_not_of_completio
     assert [o.width for o in outcomes if isinstance(o, ImageDetections)] == list(range(10, 50))
 
 
-def build_image_detections_payload(labels: LabelMap, width: int) -> bytes:
-    empty = np.zeros(0)
-    message = build_image_detections(
-        width=width,
-        height=8,
-        boxes=np.zeros((0, 4)),
-        scores=empty,
-        categories=np.zeros(0, np.int32),
-        attribute_scores=empty,
-        label_map=labels,
-        model_version="1",
-    )
-    payload: bytes = message.SerializeToString()
-    return payload
+def empty_payload(labels: LabelMap, width: int) -> bytes:
+    return detections_payload(labels, width=width, height=8)
 
 
 def test_detect_many_reads_the_images_lazily_no_further_ahead_than_max_in_flight(answering: FakeTransport) -> None:
@@ -1160,3 +1139,50 @@ def test_the_client_package_is_marked_as_typed() -> None:
     import fashionbox.client
 
     assert (Path(fashionbox.client.__file__).parent / "py.typed").is_file()
+
+
+def _client_import_graph() -> dict[str, set[str]]:
+    """Module -> the client modules it imports anywhere (top level, in functions, under TYPE_CHECKING)."""
+    import ast
+
+    import fashionbox.client
+
+    folder = Path(fashionbox.client.__file__).parent
+    names = {path.stem for path in folder.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1 or node.module == "fashionbox.client":
+                    targets = [node.module] if node.level == 1 and node.module else [a.name for a in node.names]
+                elif node.module and node.module.startswith("fashionbox.client."):
+                    targets = [node.module.split(".")[2]]
+                else:
+                    targets = []
+                imported.update(t.split(".")[0] for t in targets)
+            elif isinstance(node, ast.Import):
+                imported.update(
+                    a.name.split(".")[2] for a in node.names if a.name.startswith("fashionbox.client.")
+                )
+        graph[path.stem] = (imported & names) - {path.stem}
+    return graph
+
+
+def test_the_client_modules_import_each_other_without_cycles() -> None:
+    graph = _client_import_graph()
+    assert graph["_drawing"] == {"_images"}, "drawing reads detections through protocols, not _types"
+
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        if module in path:
+            raise AssertionError(" -> ".join((*path[path.index(module) :], module)))
+        if module in done:
+            return
+        for imported in sorted(graph[module]):
+            visit(imported, (*path, module))
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, ())

@@ -41,8 +41,9 @@ from fashionbox.v1 import detections_pb2
 
 from ._config import ClientConfig, ImageEncoding, _is_seconds
 from ._exceptions import ClientClosed, ConfigError, InvalidInput, ProtocolError
+from ._images import ImageInput, array_to_image
 from ._retry import Attempts
-from ._types import ImageDetections, ImageInput, ModelInfo, ModelStatistics, TensorInfo
+from ._types import ImageDetections, ModelInfo, ModelStatistics, TensorInfo
 
 __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
@@ -51,7 +52,6 @@ __all__ = [
     "InferRequest",
     "InferResultLike",
     "InputTensor",
-    "array_to_image",
     "encode_image",
     "parse_detections",
     "parse_label_map",
@@ -99,21 +99,6 @@ class InferRequest:
 
 
 # -- images ---------------------------------------------------------------------------------------
-
-
-def array_to_image(array: npt.NDArray[Any]) -> Image.Image:
-    """A PIL image from a ``uint8 [height, width, 3]`` RGB array; anything else is refused.
-
-    Refused rather than converted, because the usual mistakes (float 0-1 pixels, BGR from
-    OpenCV, a batch dimension) cannot be repaired by guessing and would give quietly wrong boxes.
-    """
-    if array.dtype != np.uint8:
-        raise InvalidInput(f"image arrays must be uint8, got {array.dtype} (scale floats to 0-255 and cast)")
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise InvalidInput(f"image arrays must be [height, width, 3] RGB, got shape {tuple(array.shape)}")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise InvalidInput(f"image array has no pixels: shape {tuple(array.shape)}")
-    return Image.fromarray(np.ascontiguousarray(array))
 
 
 def _has_transparency(image: Image.Image) -> bool:

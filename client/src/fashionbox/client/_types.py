@@ -16,14 +16,14 @@ Usage::
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 from PIL import Image
+
+from ._images import ImageInput
 
 if TYPE_CHECKING:
     from fashionbox.v1 import detections_pb2
@@ -38,11 +38,6 @@ __all__ = [
     "ModelStatistics",
     "TensorInfo",
 ]
-
-ImageInput: TypeAlias = bytes | bytearray | memoryview | str | os.PathLike[str] | Image.Image | npt.NDArray[Any]
-"""What ``detect`` and ``draw`` accept: encoded bytes, a file path (``str`` is always a path),
-a PIL image, or a numpy ``uint8`` array ``[height, width, 3]`` in RGB order."""
-
 
 def _f32(value: float) -> float:
     """The shortest Python float that reads back as the same float32.
@@ -233,9 +228,9 @@ class ImageDetections:
 
         See :func:`fashionbox.client.draw.draw_detections`.
         """
-        from .draw import draw_detections  # drawing needs fonts; plain detect() callers never load them
+        from ._drawing import render  # drawing needs fonts; plain detect() callers never load them
 
-        return draw_detections(image, self, show_attributes=show_attributes)
+        return render(image, self.detections, source_size=(self.width, self.height), show_attributes=show_attributes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,12 @@ bytes) exactly as::
 
     cd client && python -m grpc_tools.protoc -I src --python_out=src --pyi_out=src src/fashionbox/v1/detections.proto
 
+The compiler stays at grpcio-tools 1.62.x (protoc 25, "Protobuf Python Version: 4.25"): its
+modules run on every protobuf runtime the client allows, 4.21 up to 6.x and both the upb and the
+pure-Python implementation (``scripts/client_compat.sh`` runs them at both ends). protoc 26 and
+later write a ``runtime_version`` check into each module, which needs protobuf >= 5.26 and refuses
+runtimes older than the compiler; moving to it means raising the client's protobuf floor.
+
 Usage::
 
     python -m fashionbox.contract.protogen            # rewrite the committed modules in place
@@ -91,7 +97,7 @@ def stale_files(*, proto_root: Path = PROTO_ROOT) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fashionbox.contract.protogen",
-        description="Regenerate (or with --check, verify) the committed Python modules of proto/.",
+        description="Regenerate (or with --check, verify) the committed Python modules of the result schema.",
     )
     parser.add_argument("--check", action="store_true", help="do not write; exit 1 if the committed modules are stale")
     args = parser.parse_args(argv)
