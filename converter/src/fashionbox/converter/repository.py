@@ -57,7 +57,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fashionbox import contract
@@ -74,6 +73,7 @@ from fashionbox.core.serving import (
     PreprocessParameters,
     RuntimeSettings,
 )
+from fashionbox.server.model_config import CONFIG_FILE, ModelScheduling, write_model_config
 
 __all__ = [
     "CONFIG_FILE",
@@ -100,7 +100,6 @@ logger = logging.getLogger(__name__)
 Target = Literal["cpu", "gpu"]
 TARGETS: tuple[Target, ...] = ("cpu", "gpu")
 
-CONFIG_FILE = "config.pbtxt"
 MODEL_VERSION = "1"
 ONNX_FILE = "model.onnx"
 LABELS_JSON_PARAMETER = contract.LABELS_PARAMETER
@@ -155,64 +154,6 @@ kept 86 %: docs/RELIABILITY.md)."""
 
 
 # -- settings ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelScheduling:
-    """How Triton schedules one model: instances and dynamic batching.
-
-    ``max_queue_delay_us`` defaults to 0: Triton still batches whatever is queued when an
-    instance frees up, and docs/FIELD_NOTES.md measured 2.2 ms added latency for a 2 ms delay at low
-    load. Tune it with the load-test harness, not by guessing.
-
-    The queue policy (off unless set: Triton's own default) makes an overloaded server refuse
-    work instead of queueing it without bound: past ``max_queue_size`` waiting requests Triton
-    rejects a new one at once, and a request that waited ``queue_timeout_us`` is rejected, both
-    with UNAVAILABLE, which the client retries with backoff. :class:`RepositorySettings` sets
-    the policy FashionBox ships (docs/RELIABILITY.md has the measurements behind it):
-
-    - the entry, ``preprocess``, is bounded by size: its refusals come back in milliseconds;
-    - ``detector`` and ``postprocess`` are bounded by the admission control
-      (``RepositorySettings.max_in_flight``), which caps the requests inside the whole ensemble;
-      without it (``max_in_flight=0``) :func:`step_timeouts` bounds them by waiting time: on a
-      CPU the entry admits faster than the detector finishes, and without a bound there latency
-      grows without limit. Not by size: a size-bounded single-instance model that refuses many requests a second
-      left its instance mostly idle in Triton 2.51 (goodput fell to 5-10 % of capacity). A
-      request refused by a later step fails as a whole with that status, never half-answered;
-      only the work already done for it is lost;
-    - ``attributes`` stays unbounded: ``postprocess`` calls it synchronously (BLS), so its queue
-      never holds more than one request per ``postprocess`` instance, and a refusal there would
-      surface as a postprocess error rather than as overload.
-    """
-
-    instances: int = 1
-    max_batch_size: int = 8
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_us: int = 0
-    max_queue_size: int = 0
-    """Requests that may wait in this model's queue; one more is rejected at once with
-    UNAVAILABLE "Exceeds maximum queue size". 0 is unbounded (Triton's own default)."""
-    queue_timeout_us: int = 0
-    """Longest wait in this model's queue before the request is rejected (UNAVAILABLE "Request
-    timeout expired"); 0 is no limit. Not taken from clients: Triton 2.51's ensemble does not pass
-    a request's own timeout on to its steps (measured: a 1 ms timeout still ran after 700 ms)."""
-
-    def __post_init__(self) -> None:
-        if self.instances < 1:
-            raise ValueError(f"instances must be at least 1, got {self.instances}")
-        if self.max_queue_size < 0:
-            raise ValueError(f"max_queue_size must not be negative (0 is unbounded), got {self.max_queue_size}")
-        if self.queue_timeout_us < 0:
-            raise ValueError(f"queue_timeout_us must not be negative (0 is none), got {self.queue_timeout_us}")
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be at least 1, got {self.max_batch_size}")
-        if self.max_queue_delay_us < 0:
-            raise ValueError(f"max_queue_delay_us must not be negative, got {self.max_queue_delay_us}")
-        sizes = self.preferred_batch_sizes
-        if any(not 1 <= s <= self.max_batch_size for s in sizes):
-            raise ValueError(f"preferred_batch_sizes {sizes} must lie in [1, max_batch_size={self.max_batch_size}]")
-        if list(sizes) != sorted(set(sizes)):
-            raise ValueError(f"preferred_batch_sizes {sizes} must be strictly increasing")
 
 
 def gpu_scheduling() -> dict[str, Any]:
@@ -543,11 +484,6 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
         gpu_preprocess(configs[contract.PREPROCESS_MODEL])
     configs[contract.ENSEMBLE_MODEL] = ensemble_config(settings, label_map, configs)
     return configs
-
-
-def write_model_config(path: Path, config: Any) -> None:
-    """Write ``config`` as ``config.pbtxt`` text, the format Triton reads."""
-    path.write_text(text_format.MessageToString(config), encoding="utf-8")
 
 
 # -- ONNX checks --------------------------------------------------------------------------------------

@@ -35,13 +35,20 @@ from pathlib import Path
 from typing import Any
 
 from fashionbox import contract
-from fashionbox.converter.repository import CONFIG_FILE, ModelScheduling, write_model_config
 from fashionbox.loadtest.errors import LoadTestConfigError, TuneError
 from fashionbox.loadtest.events import Listener
 from fashionbox.loadtest.report import Point
 from fashionbox.loadtest.runner import RunOptions, Target, run_target, sweep_concurrency
 from fashionbox.loadtest.senders import RequestSpec, SenderKind
 from fashionbox.loadtest.windows import StabilityRule
+from fashionbox.server import model_config as triton_config
+from fashionbox.server.model_config import (
+    CONFIG_FILE,
+    ModelScheduling,
+    apply_scheduling,
+    scheduling_of,
+    write_model_config,
+)
 
 __all__ = [
     "PARAMETERS",
@@ -74,20 +81,12 @@ TuneConfig = tuple[tuple[str, ModelScheduling], ...]
 # -- configs through ModelConfig protobufs ---------------------------------------------------------------
 
 
-def _mc() -> Any:
-    from tritonclient.grpc import model_config_pb2
-
-    return model_config_pb2
-
-
 def read_config(path: Path) -> Any:
     """A ``config.pbtxt`` parsed into a ``ModelConfig`` (the schema is checked on parsing)."""
-    from google.protobuf import text_format
-
     try:
-        return text_format.Parse(path.read_text(encoding="utf-8"), _mc().ModelConfig())
-    except (OSError, text_format.ParseError) as exc:
-        raise TuneError(f"cannot read {path}: {exc}") from exc
+        return triton_config.read_config(path)
+    except triton_config.ModelConfigError as exc:
+        raise TuneError(str(exc)) from exc
 
 
 def read_configs(repository: Path) -> dict[str, Any]:
@@ -100,54 +99,13 @@ def read_configs(repository: Path) -> dict[str, Any]:
     return configs
 
 
-def scheduling_of(config: Any) -> ModelScheduling:
-    instances = sum(max(group.count, 1) for group in config.instance_group) or 1
-    batching = config.dynamic_batching
-    return ModelScheduling(
-        instances=instances,
-        max_batch_size=max(config.max_batch_size, 1),
-        preferred_batch_sizes=tuple(batching.preferred_batch_size),
-        max_queue_delay_us=int(batching.max_queue_delay_microseconds),
-        max_queue_size=int(batching.default_queue_policy.max_queue_size),
-        queue_timeout_us=int(batching.default_queue_policy.default_timeout_microseconds),
-    )
-
-
-def apply_scheduling(config: Any, scheduling: ModelScheduling) -> Any:
-    """A copy of ``config`` with ``scheduling``'s instances and dynamic batching (kind and devices kept)."""
-    mc = _mc()
-    out = mc.ModelConfig()
-    out.CopyFrom(config)
-    out.max_batch_size = scheduling.max_batch_size
-    if out.instance_group:
-        first = mc.ModelInstanceGroup()
-        first.CopyFrom(out.instance_group[0])
-        del out.instance_group[:]
-        first.count = scheduling.instances
-        out.instance_group.append(first)
-    else:
-        out.instance_group.append(
-            mc.ModelInstanceGroup(count=scheduling.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
-        )
-    batching = out.dynamic_batching
-    del batching.preferred_batch_size[:]
-    batching.preferred_batch_size.extend(scheduling.preferred_batch_sizes)
-    batching.max_queue_delay_microseconds = scheduling.max_queue_delay_us
-    # Other queue-policy fields (timeout action, override) are kept as the config had them.
-    batching.default_queue_policy.max_queue_size = scheduling.max_queue_size
-    batching.default_queue_policy.default_timeout_microseconds = scheduling.queue_timeout_us
-    if batching.default_queue_policy == _mc().ModelQueuePolicy():
-        batching.ClearField("default_queue_policy")
-    return out
-
-
 def make_consistent(configs: Mapping[str, Any]) -> dict[str, Any]:
     """Copies of ``configs`` with the fields that follow from others updated.
 
     - an ensemble's ``max_batch_size`` is the smallest of its steps' (Triton refuses a larger one);
     - ``postprocess`` splits its BLS calls to ``attributes`` by ``attributes``' ``max_batch_size``.
     """
-    mc = _mc()
+    mc = triton_config.model_config_pb2()
     out = {}
     for name, config in configs.items():
         copy = mc.ModelConfig()
