@@ -71,10 +71,10 @@ def linked_libraries(files: list[Path], libs: Path) -> set[Path]:
 
 def copy_triton(target: Path, python_version: str) -> str:
     """The embedded Triton, cut to serving, in the wheel's layout under ``target``; returns its version."""
-    from fashionbox.server import _STUB_NAME, _find_triton_distribution
+    from fashionbox.server import STUB_NAME, find_triton_distribution
 
-    dist = _find_triton_distribution()
-    stub = dist.root / "python_backend_stubs" / python_version / _STUB_NAME
+    dist = find_triton_distribution()
+    stub = dist.root / "python_backend_stubs" / python_version / STUB_NAME
     if not stub.is_file():
         raise SystemExit(f"nvidia-pytriton {dist.version} has no python backend stub for Python {python_version}")
     root = target / "pytriton" / "tritonserver"

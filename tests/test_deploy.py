@@ -111,9 +111,9 @@ def _triton_command(config: Any, repository_key: str | None = None) -> list[str]
 
 def _stop_budget_s(config: Any) -> float:
     """The longest ``fashionbox serve`` takes to stop: the drain (at most the exit timeout), then Triton's exit."""
-    from fashionbox.server import _STOP_GRACE_S
+    from fashionbox.server import STOP_GRACE_S
 
-    return 2 * config.exit_timeout_s + _STOP_GRACE_S
+    return 2 * config.exit_timeout_s + STOP_GRACE_S
 
 
 def test_the_engine_builder_uses_the_tensorrt_release_of_the_serving_triton(compose: dict[str, Any]) -> None:
@@ -132,8 +132,30 @@ def test_triton_starts_after_the_engines_are_built_and_refuses_foreign_ones(comp
     triton = compose["services"]["triton"]
     assert triton["depends_on"] == {"engine-builder": {"condition": "service_completed_successfully"}}
     entrypoint = triton["entrypoint"]
-    assert entrypoint[1:] == ["python3", "-m", "fashionbox.converter.tensorrt", "check", "/models", "--"]
+    assert entrypoint[1:] == ["python3", "-m", "fashionbox.server.engines", "check", "/models", "--"]
     assert _serve_config(triton["command"]).repository == Path("/models")
+    # The server part checks its engines by itself: the image needs no converter to start.
+    import importlib.util
+
+    assert importlib.util.find_spec(entrypoint[3]) is not None
+
+
+def test_serve_without_flags_serves_what_convert_writes_by_default() -> None:
+    import argparse
+
+    from fashionbox.commands.cli import build_parser
+    from fashionbox.server import DEFAULT_REPOSITORY, add_serve_arguments, config_from_arguments
+
+    convert_out = build_parser().parse_args(["convert"]).out
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    assert config_from_arguments(parser.parse_args([]), environ={}).repository == convert_out == DEFAULT_REPOSITORY
+    serve = build_parser().parse_args(["serve"])
+    assert config_from_arguments(serve, environ={}).repository == convert_out
+    # The variable still wins over the default, and a flag over both.
+    assert config_from_arguments(serve, environ={"FASHIONBOX_REPOSITORY": "/m"}).repository == Path("/m")
+    flagged = build_parser().parse_args(["serve", "--repository=/f"])
+    assert config_from_arguments(flagged, environ={"FASHIONBOX_REPOSITORY": "/m"}).repository == Path("/f")
 
 
 def test_the_secure_profile_passes_tritons_tls_flags_with_secrets_from_files(

@@ -40,9 +40,9 @@ def cut_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_cut_triton_holds_only_what_serving_loads(cut_site: Path) -> None:
-    from fashionbox.server import _find_triton_distribution
+    from fashionbox.server import find_triton_distribution
 
-    installed = _find_triton_distribution()
+    installed = find_triton_distribution()
     root = cut_site / "pytriton" / "tritonserver"
     assert (root / "bin" / "tritonserver").is_file()
     assert (root / "backends" / "python" / "libtriton_python.so").is_file()
@@ -68,8 +68,8 @@ def test_a_server_started_from_the_cut_triton_alone_answers(cut_site: Path, tmp_
     # cache, so binary, libraries, backend and stub all come from the cut copy.
     program = f"""
 import numpy as np, tritonclient.grpc as grpcclient
-from fashionbox.server import _find_triton_distribution, start_on_free_ports
-assert _find_triton_distribution().root.is_relative_to({str(cut_site)!r}), _find_triton_distribution()
+from fashionbox.server import find_triton_distribution, start_on_free_ports
+assert find_triton_distribution().root.is_relative_to({str(cut_site)!r}), find_triton_distribution()
 server = start_on_free_ports(__import__("pathlib").Path({str(repository)!r}), {str(tmp_path)!r})
 try:
     client = grpcclient.InferenceServerClient(server.endpoints.grpc)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,8 +34,10 @@ from fashionbox.server import (
     config_from_arguments,
     find_free_ports,
     prepare_backend_directory,
+    settings,
     stub_import_paths,
 )
+from fashionbox.server.config import environment_variables
 
 if TYPE_CHECKING:
     from conftest import TritonServers
@@ -216,6 +221,136 @@ def test_serve_flags_win_over_the_environment() -> None:
     assert config.extra_args == ("--log-info=false",)
 
 
+# -- settings declared once (fashionbox.server.settings) -------------------------------------------
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    return parser
+
+
+def test_every_config_field_has_a_flag_and_a_variable_each_named_once() -> None:
+    options = {option for action in _serve_parser()._actions for option in action.option_strings}
+    flags: list[str] = []
+    variables: list[str] = []
+    for field in dataclasses.fields(ServerConfig):
+        setting = field.metadata.get(settings.SETTING)
+        assert setting is not None, f"{field.name} is not declared"
+        inputs = [(i.flag, i.variable) for i in setting.inputs]
+        assert any(flag for flag, _ in inputs) and any(variable for _, variable in inputs), field.name
+        flags += [flag for flag, _ in inputs if flag]
+        variables += [variable for _, variable in inputs if variable]
+    assert len(flags) == len(set(flags)) and len(variables) == len(set(variables))
+    assert set(flags) <= options
+    assert variables == environment_variables() and all(v.startswith("FASHIONBOX_") for v in variables)
+
+
+# Input name -> (the variable's value, the flags saying the same); every value differs from the default.
+SAMPLES: dict[str, tuple[str, list[str]]] = {
+    "repository": ("/srv/models", ["--repository=/srv/models"]),
+    "host": ("::1", ["--host=::1"]),
+    "grpc_port": ("9101", ["--grpc-port=9101"]),
+    "http_port": ("9100", ["--http-port=9100"]),
+    "metrics_port": ("9102", ["--metrics-port=9102"]),
+    "model_control_mode": ("explicit", ["--model-control-mode=explicit"]),
+    "load_models": ("echo, fashion", ["--load-model=echo", "--load-model=fashion"]),
+    "strict_readiness": ("off", ["--no-strict-readiness"]),
+    "exit_timeout_s": ("7", ["--exit-timeout-s=7"]),
+    "startup_timeout_s": ("9.5", ["--startup-timeout-s=9.5"]),
+    "log_path": ("/tmp/t.log", ["--log-file=/tmp/t.log"]),
+    "log_verbose": ("1", ["--log-verbose"]),
+    "python_shm_default_bytes": ("4096", ["--python-shm-default-bytes=4096"]),
+    "python_shm_growth_bytes": ("8192", ["--python-shm-growth-bytes=8192"]),
+    "extra_args": ("--grpc-keepalive-time=10000 '--log-info=false'",
+                   ["--triton-arg=--grpc-keepalive-time=10000", "--triton-arg=--log-info=false"]),
+    "cache_dir": ("/var/cache/fb", ["--cache-dir=/var/cache/fb"]),
+    "tls_cert": ("{pem}/server.crt", ["--tls-cert={pem}/server.crt"]),
+    "tls_key": ("{pem}/server.key", ["--tls-key={pem}/server.key"]),
+    "tls_client_ca": ("{pem}/ca.crt", ["--tls-client-ca={pem}/ca.crt"]),
+    "admin_key_file": ("{pem}/admin.key", ["--admin-key-file={pem}/admin.key"]),
+    "secure": ("yes", ["--secure"]),
+    "drain_on_stop": ("0", ["--no-drain-on-stop"]),
+}
+
+
+def test_the_environment_and_the_flags_give_the_same_config(tmp_path: Path) -> None:
+    for name in ("server.crt", "server.key", "ca.crt"):
+        (tmp_path / name).write_text(f"-----BEGIN {name}-----\n")
+    (tmp_path / "admin.key").write_text("admin-key-for-the-same-config-test\n")
+    declared = {i.name: i for _, setting in settings.declared(ServerConfig) for i in setting.inputs}
+    flagged = {name for name, source in declared.items() if source.flag is not None}
+    assert set(SAMPLES) == flagged, "a declared input without a sample here (or a sample of no input)"
+
+    environ = {declared[name].variable or "": value.format(pem=tmp_path) for name, (value, _) in SAMPLES.items()}
+    words = [word.format(pem=tmp_path) for _, flags in SAMPLES.values() for word in flags]
+    from_env = ServerConfig.from_env(environ=environ)
+    from_flags = config_from_arguments(_serve_parser().parse_args(words), environ={})
+
+    assert from_env == from_flags
+    for field in dataclasses.fields(ServerConfig):
+        if field.default is not dataclasses.MISSING:
+            assert getattr(from_env, field.name) != field.default, f"the sample leaves {field.name} at its default"
+    assert from_env.tls is not None and from_env.tls.mutual
+    assert from_env.admin_key == "admin-key-for-the-same-config-test"
+    # The key itself comes from the environment only (never a flag: shell history).
+    key_only = ServerConfig.from_env(environ={"FASHIONBOX_REPOSITORY": "/m", "FASHIONBOX_ADMIN_KEY": "k" * 20})
+    assert key_only.admin_key == "k" * 20
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("GRPC_PORT", "80O1", "FASHIONBOX_GRPC_PORT must be an integer, got '80O1'"),
+        ("STARTUP_TIMEOUT_S", "soon", "FASHIONBOX_STARTUP_TIMEOUT_S must be a number, got 'soon'"),
+        ("MODEL_CONTROL_MODE", "poll", "FASHIONBOX_MODEL_CONTROL_MODE must be one of none, explicit, got 'poll'"),
+        ("SECURE", "si", "FASHIONBOX_SECURE must be one of true/false/1/0/yes/no/on/off, got 'si'"),
+        ("DRAIN_ON_STOP", "2", "FASHIONBOX_DRAIN_ON_STOP must be one of true/false"),
+        ("TRITON_ARGS", "--log-info='false", "FASHIONBOX_TRITON_ARGS must be shell words"),
+        ("TLS_CLIENT_CA", "/ca.crt", "TLS needs both a certificate and a private key"),
+        ("ADMIN_KEY", "short", "at least 16"),
+        ("GRPC_PORT", "0", "grpc_port must be an integer in 1..65535"),
+    ],
+)
+def test_unclear_values_in_the_environment_are_refused_naming_the_variable(
+    variable: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ServerConfig.from_env(environ={"FASHIONBOX_REPOSITORY": "/m", f"FASHIONBOX_{variable}": value})
+
+
+def test_an_unclear_flag_value_is_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _serve_parser().parse_args(["--grpc-port=80O1"])
+    assert "argument --grpc-port: expected an integer, got '80O1'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _serve_parser().parse_args(["--model-control-mode=poll"])
+    assert "invalid choice: 'poll'" in capsys.readouterr().err
+
+
+def test_the_server_modules_import_each_other_without_a_circle_nor_the_converter() -> None:
+    package = Path(settings.__file__).parent
+    parts = {f"fashionbox.server.{path.stem}": path for path in package.glob("*.py") if path.stem != "__init__"}
+    graph: dict[str, set[str]] = {}
+    for module, path in parts.items():
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                # "from fashionbox.server import settings" imports the part, not the facade.
+                names |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in parts else node.module
+                          for a in node.names}
+            elif isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+        assert not any(name.startswith("fashionbox.converter") for name in names), path.name
+        assert "fashionbox.server" not in names, f"{path.name} imports the facade"
+        graph[module] = {name for name in names if name in parts and name != module}
+    done: list[str] = []
+    while len(done) < len(graph):  # peel off the parts whose imports are all done: a DAG peels to the end
+        ready = sorted(m for m in graph if m not in done and graph[m] <= set(done))
+        assert ready, f"an import circle among {sorted(set(graph) - set(done))}"
+        done += ready
+
+
 def test_command_binds_every_service_to_the_configured_host_only(tmp_path: Path) -> None:
     config = ServerConfig(repository=tmp_path, grpc_port=9001, http_port=9000, metrics_port=9002)
     command = build_command(
@@ -338,7 +473,7 @@ def test_server_answers_grpc_inference(grpc_client: object) -> None:
 @pytest.mark.integration
 def test_python_backend_model_sees_numpy_1_and_returns_non_empty_outputs(grpc_client: object) -> None:
     output, version = infer_echo(grpc_client, np.ones((1, 4), dtype=np.float32))
-    assert output.size == 4  # numpy 2 in the stub empties outputs silently (FIELD_NOTES)
+    assert output.size == 4  # numpy 2 in the stub empties outputs silently (docs/FIELD_NOTES.md)
     stub_numpy = version[0, 0].decode()
     assert stub_numpy.split(".")[0] == "1", f"the stub imported numpy {stub_numpy}"
 
@@ -382,9 +517,9 @@ def test_models_import_from_the_servers_pythonpath(
 
 def _installed_triton(home: Path, backends: Path) -> Path:
     """An installed Triton's layout (as /opt/tritonserver in NGC's image), made of the wheel's files."""
-    from fashionbox.server import _find_triton_distribution
+    from fashionbox.server import find_triton_distribution
 
-    wheel = _find_triton_distribution()
+    wheel = find_triton_distribution()
     (home / "bin").mkdir(parents=True)
     (home / "bin" / "tritonserver").symlink_to(wheel.binary)
     (home / "lib").symlink_to(wheel.libs)

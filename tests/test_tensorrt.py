@@ -1,4 +1,5 @@
-"""fashionbox.converter.tensorrt: engine graphs, GPU configs, trtexec commands, engine records.
+"""fashionbox.converter.tensorrt (engine graphs, GPU configs, trtexec commands, engine records) and
+fashionbox.server.engines (the serve-time check of those records).
 
 Everything here runs on a CPU (the engine graphs run in ONNX Runtime; trtexec and nvidia-smi are
 stand-in scripts); the tests that build real engines carry the ``tensorrt`` marker and skip with a
@@ -26,31 +27,34 @@ from tritonclient.grpc import model_config_pb2 as mc
 from fashionbox import contract
 from fashionbox.contract.labels import default_label_map
 from fashionbox.converter import ConvertError, ConvertOptions, convert
-from fashionbox.converter import tensorrt as trt_module
 from fashionbox.converter.repository import ModelScheduling, RepositorySettings, model_configs, write_repository
 from fashionbox.converter.tensorrt import (
-    ENGINES_RECORD,
     ENGINES_SCRIPT,
     EngineError,
-    EngineMismatchError,
     EngineOptions,
     EngineSpec,
     Fp16UnsupportedError,
-    GpuInfo,
     OptimizationProfile,
     build_engine,
-    check_engine_compatibility,
     compare_detector_graphs,
     engine_specs,
     gpu_model_configs,
-    local_gpus,
     prepare_gpu_repository,
     profile_for,
     tensorrt_attributes_graph,
     tensorrt_detector_graph,
     trtexec_command,
 )
-from fashionbox.server import RepositoryError, _check_repository
+from fashionbox.server import RepositoryError
+from fashionbox.server import engines as serving
+from fashionbox.server.checks import check_repository
+from fashionbox.server.engines import (
+    ENGINES_RECORD,
+    EngineMismatchError,
+    GpuInfo,
+    check_engine_compatibility,
+    local_gpus,
+)
 
 LABELS = default_label_map()
 SIZE, CROP, K = 64, 32, 10
@@ -273,7 +277,7 @@ def test_engines_later_writes_the_engine_graphs_configs_and_the_build_script(lat
 
 
 def test_serving_refuses_a_repository_whose_engines_are_not_built(later_repository: Path) -> None:
-    with pytest.raises(EngineError, match=f"not built yet; run .*{re.escape(ENGINES_SCRIPT)}"):
+    with pytest.raises(serving.EngineError, match=f"not built yet; run .*{re.escape(ENGINES_SCRIPT)}"):
         check_engine_compatibility(later_repository, gpus=[H200], tensorrt_version="10.5.0")
 
 
@@ -322,24 +326,44 @@ def test_fashionbox_serve_refuses_foreign_engines_and_says_where_gpu_repositorie
     subprocess.run(["sh", str(later_repository / ENGINES_SCRIPT)], check=True, env=_fake_tools(tmp_path / "bin"),
                    capture_output=True)
     monkeypatch.setenv("TRT_VERSION", "10.5.0.18")
-    monkeypatch.setattr(trt_module, "local_gpus", lambda: [GpuInfo("NVIDIA A10G", "8.6")])
+    monkeypatch.setattr(serving, "local_gpus", lambda: [GpuInfo("NVIDIA A10G", "8.6")])
     with pytest.raises(RepositoryError, match=r"compute capability 8\.6"):
-        _check_repository(later_repository)
-    monkeypatch.setattr(trt_module, "local_gpus", lambda: [H200])
+        check_repository(later_repository)
+    monkeypatch.setattr(serving, "local_gpus", lambda: [H200])
     with pytest.raises(RepositoryError, match=r"embedded server .* cannot load"):
-        _check_repository(later_repository)
+        check_repository(later_repository)
 
 
 def test_the_entrypoint_check_refuses_then_execs_the_server(later_repository: Path, tmp_path: Path) -> None:
     env = _fake_tools(tmp_path / "bin", gpu_line="NVIDIA A10G, 8.6")
     subprocess.run(["sh", str(later_repository / ENGINES_SCRIPT)], check=True, env=env, capture_output=True)
-    command = [sys.executable, "-m", "fashionbox.converter.tensorrt", "check", str(later_repository), "--",
+    command = [sys.executable, "-m", "fashionbox.server.engines", "check", str(later_repository), "--",
                "echo", "server started"]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "server started"
+    assert "fit this machine" in done.stderr and "RuntimeWarning" not in done.stderr
     (tmp_path / "bin" / "nvidia-smi").write_text('#!/bin/sh\necho "NVIDIA L4, 8.9"\n')
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     assert done.returncode == 1 and "compute capability 8.9" in done.stderr and "server started" not in done.stdout
+
+
+def test_the_serve_time_check_does_not_import_the_converter(later_repository: Path, tmp_path: Path) -> None:
+    env = _fake_tools(tmp_path / "bin")
+    subprocess.run(["sh", str(later_repository / ENGINES_SCRIPT)], check=True, env=env, capture_output=True)
+    program = (
+        "import sys\n"
+        "from fashionbox.server.checks import check_repository\n"
+        "from fashionbox.server.engines import check_engine_compatibility, main\n"
+        f"assert check_engine_compatibility(__import__('pathlib').Path({str(later_repository)!r})) is not None\n"
+        "print(sorted(m for m in sys.modules if m.startswith('fashionbox.converter')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_build_error_is_also_the_serving_sides_engine_error() -> None:
+    assert issubclass(EngineError, ConvertError) and issubclass(EngineError, serving.EngineError)
+    assert issubclass(Fp16UnsupportedError, serving.EngineError)
 
 
 def test_a_cpu_repository_has_nothing_to_check(tmp_path: Path) -> None:

@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fashionbox import contract
+from fashionbox.server.config import DEFAULT_REPOSITORY
 
 __all__ = ["main"]
-
-DEFAULT_REPOSITORY = Path("artifacts/model_repository")
 
 
 def _url(text: str) -> str:

@@ -13,10 +13,10 @@ __all__ = ["user_facing"]
 _USER_ERRORS = frozenset({
     "fashionbox.contract.labels.LabelMapError",
     "fashionbox.core.imaging.InvalidImageError",
-    "fashionbox.converter.ConvertError",
+    "fashionbox.converter.errors.ConvertError",
     "fashionbox.converter.export.ExportError",
     "fashionbox.models.CheckpointError",
-    "fashionbox.server.ServerError",
+    "fashionbox.server.errors.ServerError",
     "fashionbox.client._exceptions.FashionBoxError",
 })
 

@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from fashionbox import contract
 from fashionbox.contract.labels import LabelMap
+from fashionbox.converter.errors import ConvertError
 
 if TYPE_CHECKING:
     from fashionbox.converter.tensorrt import EngineOptions
@@ -41,10 +42,6 @@ Target = Literal["cpu", "gpu"]
 Runtime = Literal["auto", "onnxruntime", "tensorrt", "torch"]
 RUNTIMES: dict[Target, tuple[str, ...]] = {"cpu": ("onnxruntime", "torch"), "gpu": ("tensorrt", "torch")}
 """What may run the networks on each target; the first is ``auto``'s choice."""
-
-
-class ConvertError(ValueError):
-    """A bad spec, a bad combination of options, or a model that fails its checks."""
 
 
 @dataclass(frozen=True)

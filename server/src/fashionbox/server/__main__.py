@@ -2,6 +2,6 @@
 
 import sys
 
-from fashionbox.server import _main
+from fashionbox.server.cli import main
 
-sys.exit(_main())
+sys.exit(main())

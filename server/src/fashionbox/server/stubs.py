@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from fashionbox.server.errors import PortInUseError
+
 __all__ = ["STUB_NAME", "StubWatch", "children", "python_stubs", "restart_on_same_ports", "supervise"]
 
 logger = logging.getLogger(__name__)
@@ -106,7 +108,7 @@ class StubWatch:
 
 
 class Supervised(Protocol):
-    """What :func:`supervise` needs of a server (``fashionbox.server.TritonServer`` has it)."""
+    """What :func:`supervise` needs of a server (``fashionbox.server.process.TritonServer`` has it)."""
 
     @property
     def pid(self) -> int | None: ...
@@ -129,8 +131,6 @@ def restart_on_same_ports(server: Supervised, stop_timeout_s: float) -> None:
     Between the two another process may briefly hold one of the ports; the start is tried again
     for a few seconds before giving up.
     """
-    from fashionbox.server import PortInUseError  # here: fashionbox.server imports this module
-
     server.stop(timeout_s=stop_timeout_s)
     for attempt in range(1, _RESTART_ATTEMPTS + 1):
         try:

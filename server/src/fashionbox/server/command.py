@@ -1,0 +1,54 @@
+"""The ``tritonserver`` command line for a ``ServerConfig``: pure, so tests check it without a server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fashionbox.server.config import ServerConfig
+from fashionbox.server.errors import ConfigError
+from fashionbox.server.security import security_arguments
+
+__all__ = ["build_command", "locks_repository"]
+
+
+def locks_repository(config: ServerConfig) -> bool:
+    """Whether the server runs Triton's explicit mode only to drain (see ``ServerConfig.drain_on_stop``)."""
+    return config.model_control_mode == "none" and config.drain_on_stop
+
+
+def build_command(
+    config: ServerConfig, *, binary: Path, backend_directory: Path, repository_key: str | None = None
+) -> list[str]:
+    """The tritonserver command line for ``config``.
+
+    ``repository_key`` locks the model-repository API of a draining server in mode "none" that has
+    no admin key; such a server needs one.
+    """
+    locked = locks_repository(config)
+    if locked and config.admin_key is None and repository_key is None:
+        raise ConfigError("a draining server in model control mode 'none' needs a repository key or an admin key")
+    command = [
+        str(binary),
+        f"--model-repository={config.repository.resolve()}",
+        f"--backend-directory={backend_directory}",
+        f"--model-control-mode={'explicit' if locked else config.model_control_mode}",
+        *(f"--load-model={name}" for name in (("*",) if locked else config.load_models)),
+        f"--strict-readiness={str(config.strict_readiness).lower()}",
+        f"--exit-timeout-secs={config.exit_timeout_s}",
+        f"--log-verbose={config.log_verbose}",
+        # Explicit addresses: without them Triton listens on every interface.
+        f"--grpc-address={config.host}",
+        f"--grpc-port={config.grpc_port}",
+        f"--http-address={config.host}",
+        f"--http-port={config.http_port}",
+        "--allow-metrics=true",
+        f"--metrics-address={config.host}",
+        f"--metrics-port={config.metrics_port}",
+    ]
+    if config.python_shm_default_bytes is not None:
+        command.append(f"--backend-config=python,shm-default-byte-size={config.python_shm_default_bytes}")
+    if config.python_shm_growth_bytes is not None:
+        command.append(f"--backend-config=python,shm-growth-byte-size={config.python_shm_growth_bytes}")
+    command.extend(security_arguments(config.tls, config.admin_key, repository_key=repository_key if locked else None))
+    command.extend(config.extra_args)
+    return command

@@ -1,0 +1,389 @@
+"""``TritonServer``: one ``tritonserver`` child process on one model repository.
+
+    config = ServerConfig(repository=Path("build/model_repository"))
+    with TritonServer(config) as server:          # start() + wait_until_ready()
+        client = tritonclient.grpc.InferenceServerClient(server.endpoints.grpc)
+        ...
+    # leaving the block stops the server (drain, SIGTERM, then SIGKILL after the timeout)
+
+How the child is wrapped, and why:
+
+- it binds ``127.0.0.1`` unless another host is asked for: Triton itself binds every interface;
+- its stdout and stderr go to a log file that outlives it, so a failed start can show the log tail;
+- it runs in its own process group, so Ctrl-C in a terminal reaches only us and we stop it in order,
+  and so stopping can also kill the python-backend stubs it forked;
+- it gets ``SIGKILL`` when its parent dies (``PR_SET_PDEATHSIG``), so a crashed or killed parent
+  never leaves a server holding the ports. The stubs notice their parent is gone and exit on their own
+  a few seconds later;
+- it gets ``FASHIONBOX_SITE_PACKAGES`` and ``LD_LIBRARY_PATH`` for the python-backend stubs
+  (:mod:`fashionbox.server.triton`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import types
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from fashionbox.contract import ADMIN_KEY_NAME
+from fashionbox.core.admission import slots_path
+from fashionbox.server.checks import check_repository
+from fashionbox.server.command import build_command, locks_repository
+from fashionbox.server.config import ServerConfig, is_loopback
+from fashionbox.server.errors import PortInUseError, ServerError, ServerStartError
+from fashionbox.server.network import Endpoints, find_free_ports, port_is_free
+from fashionbox.server.security import new_repository_key, redact
+from fashionbox.server.triton import (
+    SITE_PACKAGES_ENV,
+    find_triton_distribution,
+    libpython_dir,
+    prepare_backend_directory,
+    stub_import_paths,
+)
+
+__all__ = ["LOG_TAIL_LINES", "STOP_GRACE_S", "TritonServer", "start_on_free_ports"]
+
+logger = logging.getLogger(__name__)
+
+_LOG_NAME = "tritonserver.log"
+# Triton waits up to --exit-timeout-secs for in-flight requests, then unloads the models; this is
+# the extra time stop() allows for the unloading before it kills.
+STOP_GRACE_S = 5.0
+_POLL_INTERVAL_S = 0.1
+LOG_TAIL_LINES = 40
+
+_PR_SET_PDEATHSIG = 1
+_T = TypeVar("_T", bound="TritonServer")
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A preexec_fn that makes the child receive SIGKILL when this process dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    # Load libc here, before the fork: dlopen in the forked child is not async-signal-safe. The hook
+    # itself only makes three system calls, which keeps preexec_fn's deadlock risk with threads small.
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent_pid = os.getpid()
+
+    def hook() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # The parent may have died between fork and prctl; then no signal would ever come.
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def _exit_status(process: subprocess.Popen[bytes]) -> int | None:
+    """Exit code (negative signal number if killed) of an exited child, without reaping it.
+
+    Leaving the child a zombie keeps its pid, and so its process-group id, from being reused
+    until we have killed the rest of its group.
+    """
+    if process.returncode is not None:
+        return process.returncode
+    try:
+        result = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        # Reaped behind our back (a SIGCHLD handler, say): let Popen record what it can.
+        return process.poll()
+    if result is None:
+        return None
+    if result.si_code == os.CLD_EXITED:
+        return result.si_status
+    return -result.si_status
+
+
+class TritonServer:
+    """One tritonserver child process on one model repository.
+
+    ``start()`` must run on a thread that lives as long as the server: Linux delivers the
+    parent-death signal when the *thread* that started the child exits, not only the process.
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        self._log_path: Path | None = config.log_path
+        self._command: list[str] = []
+        self._returncode: int | None = None
+        self._repository_key: str | None = None  # locks the repository API of a draining server
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> Endpoints:
+        return Endpoints.for_config(self.config)
+
+    @property
+    def log_path(self) -> Path | None:
+        """The server log; known once start() has run (or from the config)."""
+        return self._log_path
+
+    @property
+    def command(self) -> list[str]:
+        """The command line of the running (or last) server; empty before start()."""
+        return list(self._command)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit code of the stopped server (negative: killed by that signal)."""
+        return self._returncode
+
+    def is_alive(self) -> bool:
+        return self._process is not None and _exit_status(self._process) is None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check the repository and ports, then start the child. Returns without waiting for readiness."""
+        if self._process is not None:
+            raise ServerError("the server is already started")
+        config = self.config
+        check_repository(config.repository)
+        for protocol, port in (
+            ("grpc", config.grpc_port),
+            ("http", config.http_port),
+            ("metrics", config.metrics_port),
+        ):
+            if not port_is_free(config.host, port):
+                raise PortInUseError(port, protocol, config.host)
+        if not is_loopback(config.host):
+            logger.warning(
+                "binding %s: the server is reachable from the network%s",
+                config.host,
+                "" if config.tls is not None else " over plaintext gRPC (no --tls-cert)",
+            )
+
+        dist = find_triton_distribution()
+        backend_directory = prepare_backend_directory(config.cache_dir)
+        self._repository_key = new_repository_key() if locks_repository(config) and config.admin_key is None else None
+        self._command = build_command(
+            config, binary=dist.binary, backend_directory=backend_directory, repository_key=self._repository_key
+        )
+
+        if self._log_path is None:
+            self._log_path = Path(tempfile.mkdtemp(prefix="fashionbox-triton-")) / _LOG_NAME
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Append: a log file the user named may hold the story of an earlier run worth keeping.
+        self._log_file = open(self._log_path, "ab")  # noqa: SIM115 - closed in stop()
+
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            dict.fromkeys(filter(None, [str(dist.libs), env.get("LD_LIBRARY_PATH"), libpython_dir()]))
+        )
+        env[SITE_PACKAGES_ENV] = os.pathsep.join(stub_import_paths())
+        logger.info(
+            "starting tritonserver: %s", shlex.join(redact(self._command, config.admin_key, self._repository_key))
+        )
+        try:
+            self._process = subprocess.Popen(
+                self._command,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent_hook(),
+            )
+        except OSError as exc:
+            self._close_log()
+            raise ServerStartError(f"could not run {dist.binary}: {exc}") from exc
+        self._returncode = None
+        logger.info("tritonserver pid %d, log %s", self._process.pid, self._log_path)
+
+    def wait_until_ready(self, timeout_s: float | None = None) -> None:
+        """Poll HTTP ``/v2/health/ready`` until it answers 200; fail fast if the server exits."""
+        process = self._require_process()
+        timeout_s = self.config.startup_timeout_s if timeout_s is None else timeout_s
+        url = f"{self.endpoints.http}/v2/health/ready"
+        # No proxies: an http_proxy variable must not send a loopback health check elsewhere.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            code = _exit_status(process)
+            if code is not None:
+                raise self._exited_error(code)
+            try:
+                with opener.open(url, timeout=1.0) as response:
+                    if response.status == 200:
+                        logger.info("tritonserver ready: gRPC %s, HTTP %s", self.endpoints.grpc, self.endpoints.http)
+                        return
+            except urllib.error.HTTPError as exc:
+                exc.close()  # 503 while models load; the error holds the open response
+            except OSError:
+                pass  # not listening yet (URLError is an OSError)
+            if time.monotonic() >= deadline:
+                raise ServerStartError(
+                    f"the server was not ready after {timeout_s:g} s (full log: {self._log_path})", self.log_tail()
+                )
+            time.sleep(_POLL_INTERVAL_S)
+
+    def wait(self, timeout_s: float | None = None) -> int | None:
+        """Wait for the server to exit on its own; its exit code, or None if still running at the timeout."""
+        process = self._require_process()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while (code := _exit_status(process)) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(_POLL_INTERVAL_S)
+        return code
+
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """Stop the server: SIGTERM, then SIGKILL to its whole process group after ``timeout_s``.
+
+        The default timeout is the config's exit timeout plus a grace for unloading models.
+        Returns the exit code (None if never started); calling it again is harmless.
+        """
+        process = self._process
+        if process is None:
+            return self._returncode
+        timeout_s = self.config.exit_timeout_s + STOP_GRACE_S if timeout_s is None else timeout_s
+        if _exit_status(process) is None:
+            if timeout_s > 0 and (self.config.model_control_mode == "explicit" or locks_repository(self.config)):
+                # SIGTERM alone fails ensemble requests between two steps; unloading the ensemble
+                # first lets them finish (fashionbox.server.drain). Needs the repository API. Imported
+                # here so the package never imports it before `python -m fashionbox.server.drain` runs it.
+                from fashionbox.server.drain import drain
+
+                key = self.config.admin_key or self._repository_key
+                drain(
+                    self.endpoints.http,
+                    timeout_s=min(timeout_s, float(self.config.exit_timeout_s)),
+                    headers={ADMIN_KEY_NAME: key} if key else None,
+                )
+            # Only the server gets SIGTERM: it unloads the models, which ends the stubs in order.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+            if self.wait(timeout_s) is None:
+                logger.warning("tritonserver did not stop within %g s; killing it", timeout_s)
+        # The server is a zombie or still running, so its group id is still ours: kill whatever is left
+        # in the group (the server if it hung, stubs orphaned by a crash) before reaping.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        self._returncode = process.wait()
+        self._process = None
+        self._close_log()
+        with contextlib.suppress(OSError):  # the admission slots its stubs shared (fashionbox.core.admission)
+            slots_path(Path(self.config.repository), process.pid).unlink(missing_ok=True)
+        logger.info("tritonserver stopped with code %d", self._returncode)
+        return self._returncode
+
+    def __enter__(self: _T) -> _T:
+        self.start()
+        try:
+            self.wait_until_ready()
+        except BaseException:
+            self.stop(timeout_s=0)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: types.TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines of the server log, without Triton's start-up tables ("" if no log yet).
+
+        The tables (backends, models, options) are 200 characters wide and would push the error
+        lines that explain a failed start out of the tail; the full log stays in the file.
+        """
+        if self._log_path is None or not self._log_path.is_file():
+            return ""
+        with open(self._log_path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 256 * 1024))
+            text = log.read().decode("utf-8", errors="replace")
+        kept = [line for line in text.splitlines() if line.strip() and not line.startswith(("+", "|"))]
+        return "\n".join(kept[-lines:])
+
+    def _require_process(self) -> subprocess.Popen[bytes]:
+        if self._process is None:
+            raise ServerError("the server is not started")
+        return self._process
+
+    def _exited_error(self, code: int) -> ServerStartError:
+        tail = self.log_tail()
+        # A port can be taken between our check and Triton's bind; Triton then names it in the log.
+        match = re.search(r"Socket '(?P<address>[^']*):(?P<port>\d+)' already in use", tail)
+        if match:
+            port = int(match["port"])
+            protocols = {
+                self.config.grpc_port: "grpc",
+                self.config.http_port: "http",
+                self.config.metrics_port: "metrics",
+            }
+            return PortInUseError(port, protocols.get(port, "grpc"), self.config.host, tail)
+        return ServerStartError(
+            f"tritonserver exited with code {code} before it was ready (full log: {self._log_path})", tail
+        )
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+
+def start_on_free_ports(
+    repository: Path, log_dir: Path, *, wait: bool = True, attempts: int = 3, **fields: Any
+) -> TritonServer:
+    """A server on fresh loopback ports (more ``ServerConfig`` fields in ``fields``), started and,
+    unless ``wait=False``, ready. For tests, scripts and tools that run a private server.
+
+    Ports are found free, then bound by Triton a moment later; another process may take one in
+    between, so the start is tried ``attempts`` times on new ports. Call from the thread that will
+    stop it: the server dies with the thread that started it (``PR_SET_PDEATHSIG``).
+    """
+    for attempt in range(1, attempts + 1):
+        grpc_port, http_port, metrics_port = find_free_ports(3)
+        server = TritonServer(
+            ServerConfig(
+                repository=repository,
+                grpc_port=grpc_port,
+                http_port=http_port,
+                metrics_port=metrics_port,
+                log_path=Path(log_dir) / f"tritonserver-{grpc_port}.log",
+                **fields,
+            )
+        )
+        try:
+            server.start()
+            if wait:
+                server.wait_until_ready()
+        except PortInUseError:
+            server.stop(timeout_s=0)
+            if attempt == attempts:
+                raise
+            continue
+        except BaseException:
+            server.stop(timeout_s=0)
+            raise
+        return server
+    raise AssertionError("unreachable")
+
+
