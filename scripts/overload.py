@@ -112,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         report = run(args, args.url, None)
     else:
-        from fashionbox.loadtest.reliability import embedded_server
+        from fashionbox.server import running_server
 
         with (
             tempfile.TemporaryDirectory(prefix="fashionbox-overload-") as logs,
-            embedded_server(args.repository, Path(logs)) as server,
+            running_server(args.repository, Path(logs)) as server,
         ):
             report = run(args, server.endpoints.grpc, server)
     args.out.parent.mkdir(parents=True, exist_ok=True)

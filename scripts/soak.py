@@ -144,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         report = soak(args, args.url, args.server_pid)
     else:
-        from fashionbox.loadtest.reliability import embedded_server
+        from fashionbox.server import running_server
 
         with (
             tempfile.TemporaryDirectory(prefix="fashionbox-soak-") as logs,
-            embedded_server(args.repository, Path(logs)) as server,
+            running_server(args.repository, Path(logs)) as server,
         ):
             report = soak(args, server.endpoints.grpc, server.pid)
     rss, latency = report["rss"], report["latency_ms"]

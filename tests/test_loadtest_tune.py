@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -23,6 +24,7 @@ from fashionbox.loadtest.tune import (
     ATTRIBUTES_MAX_BATCH_PARAMETER,
     Trial,
     TuneConfig,
+    TuneOptions,
     TuneReport,
     TuneSpace,
     apply_scheduling,
@@ -31,6 +33,7 @@ from fashionbox.loadtest.tune import (
     make_consistent,
     read_configs,
     scheduling_of,
+    tune,
     write_back,
 )
 
@@ -119,6 +122,29 @@ SPACE = TuneSpace(
     models=("detector",), instances=(1, 2, 3, 4), max_batch_sizes=(1, 2, 4, 8, 16, 32), queue_delays_us=(0, 1000, 4000)
 )
 START: TuneConfig = (("detector", ModelScheduling(instances=1, max_batch_size=1)),)
+
+
+def test_tune_serves_a_copy_through_the_launcher_it_is_handed(tmp_path: Path) -> None:
+    original = tmp_path / "repository"
+    original.mkdir()
+    _write(original)
+    before = {p.relative_to(original): p.read_bytes() for p in original.rglob("*") if p.is_file()}
+    launched: list[tuple[Path, Path | None]] = []
+
+    class Launched(Exception):
+        pass
+
+    def launch(repository: Path, log_path: Path | None) -> contextlib.AbstractContextManager[str]:
+        launched.append((repository, log_path))
+        assert {p.relative_to(repository): p.read_bytes() for p in repository.rglob("*") if p.is_file()} == before
+        raise Launched
+
+    with pytest.raises(Launched):
+        tune(TuneOptions(repository=original, images=(b"jpeg",), server_log=tmp_path / "server.log"), launch=launch)
+    ((served, log_path),) = launched
+    assert served != original and log_path == tmp_path / "server.log"
+    assert not served.exists(), "the copy is removed when tune ends"
+    assert {p.relative_to(original): p.read_bytes() for p in original.rglob("*") if p.is_file()} == before
 
 
 def test_coordinate_descent_finds_the_optimum_with_far_fewer_trials_than_the_cross_product() -> None:

@@ -43,8 +43,8 @@ from fashionbox.client import (
     Timeouts,
 )
 from fashionbox.converter.repository import ModelScheduling, RepositorySettings
-from fashionbox.loadtest.reliability import drive_open_loop, embedded_server
-from fashionbox.server import Endpoints, ServerConfig, TritonServer, find_free_ports
+from fashionbox.loadtest.reliability import drive_open_loop
+from fashionbox.server import Endpoints, ServerConfig, TritonServer, find_free_ports, running_server
 from fashionbox.server.stubs import StubWatch, python_stubs, supervise
 
 pytestmark = pytest.mark.integration
@@ -276,7 +276,7 @@ def test_a_draining_stop_finishes_every_request_in_flight_and_refuses_new_ones_c
     shipped_policy_repository: Path, tmp_path: Path
 ) -> None:
     # The default config: stop() unloads the ensemble first (fashionbox.server.drain), then SIGTERMs.
-    with embedded_server(shipped_policy_repository, tmp_path, exit_timeout_s=5) as server:
+    with running_server(shipped_policy_repository, tmp_path, exit_timeout_s=5) as server:
         # Larger images: requests long enough that several were sent well before the stop began.
         calls, stopped, stop_s, code = _under_load(server, server.stop, size=(1600, 1200))
 

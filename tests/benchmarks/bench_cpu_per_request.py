@@ -102,7 +102,7 @@ def served_ms(url: str, server_pid: int, images: list[bytes], duration_s: float)
 
 def main(argv: list[str] | None = None) -> int:
     from fashionbox.converter import ConvertOptions, convert
-    from fashionbox.loadtest.reliability import embedded_server
+    from fashionbox.server import running_server
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="fashionbox-bench-cpu-") as tmp:
         repository = convert(ConvertOptions(out=Path(tmp) / "repo")).repository  # the shipped settings
-        with embedded_server(repository, Path(tmp) / "logs") as server:
+        with running_server(repository, Path(tmp) / "logs") as server:
             url = str(server.endpoints.grpc)
             assert server.pid is not None
             served_ms(url, server.pid, images, 3.0)  # warm every instance

@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from fashionbox.loadtest.corpus import generated_corpus, parse_size_mix
-    from fashionbox.loadtest.reliability import embedded_server
+    from fashionbox.server import running_server
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         for profile in profiles:
             repository = convert_profile(profile, Path(tmp) / profile, args.cores, max(concurrencies))
             # Every server stays up for all rounds (an idle one costs no CPU): started once, not per round.
-            server = servers.enter_context(embedded_server(repository, Path(tmp) / f"log-{profile}",
+            server = servers.enter_context(running_server(repository, Path(tmp) / f"log-{profile}",
                                                            exit_timeout_s=30, startup_timeout_s=600))
             urls[profile] = str(server.endpoints.grpc)
             # Warm at the admission bound, not past it: a closed loop past it turns into a flood of

@@ -357,6 +357,7 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
 def tune_main(args: argparse.Namespace) -> int:
     from fashionbox.loadtest.printers import format_trial, format_tune
     from fashionbox.loadtest.tune import TuneOptions, TuneSpace, tune, write_back
+    from fashionbox.server import serve_for_tuning
 
     try:
         space = TuneSpace(
@@ -398,7 +399,7 @@ def tune_main(args: argparse.Namespace) -> int:
             if not args.quiet:
                 print(format_trial(trial, args.slo_p99_ms), file=sys.stderr, flush=True)
 
-        report = tune(options, on_trial=on_trial)
+        report = tune(options, launch=serve_for_tuning, on_trial=on_trial)
         if args.write and report.confirmed:
             written = write_back(args.repository, report.best.config)
             report = dataclasses.replace(report, written=tuple(written))

@@ -24,7 +24,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,6 @@ __all__ = [
     "RssSampler",
     "add_run_arguments",
     "drive_open_loop",
-    "embedded_server",
     "images_and_capacity",
     "measure_capacity_rps",
     "process_tree_rss_bytes",
@@ -400,16 +399,3 @@ def images_and_capacity(args: argparse.Namespace, url: str) -> tuple[list[bytes]
     if capacity is None:
         capacity = measure_capacity_rps(url, images, concurrency=args.capacity_concurrency, duration_s=args.capacity_s)
     return images, float(capacity)
-
-
-@contextlib.contextmanager
-def embedded_server(repository: Path, log_dir: Path, *, exit_timeout_s: int = 10, **fields: Any) -> Iterator[Any]:
-    """A ready embedded ``TritonServer`` on free loopback ports (more ``ServerConfig`` fields in
-    ``fields``); stopped on leaving the block, unless stopped already."""
-    from fashionbox.server import start_on_free_ports
-
-    server = start_on_free_ports(repository, log_dir, exit_timeout_s=exit_timeout_s, **fields)
-    try:
-        yield server
-    finally:
-        server.stop()

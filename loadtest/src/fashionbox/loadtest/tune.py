@@ -30,9 +30,10 @@ import math
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fashionbox import contract
 from fashionbox.loadtest.errors import LoadTestConfigError, TuneError
@@ -549,27 +550,27 @@ async def _tune_on(
     return trials, best, confirmation
 
 
-def tune(
-    options: TuneOptions, *, listener: Listener | None = None, on_trial: Callable[[Trial], None] | None = None
-) -> TuneReport:
-    """Serve a copy of the repository, search, stop the server; the original repository is untouched."""
-    from fashionbox.server import ServerConfig, TritonServer, find_free_ports
+class Launcher(Protocol):
+    """Serves a repository folder with model control ``explicit`` and every model loaded, and yields
+    its gRPC URL; tune rewrites the folder's configs and reloads models through that server.
+    :func:`fashionbox.server.serve_for_tuning` is the embedded server's."""
 
+    def __call__(self, repository: Path, log_path: Path | None) -> AbstractContextManager[str]: ...
+
+
+def tune(
+    options: TuneOptions,
+    *,
+    launch: Launcher,
+    listener: Listener | None = None,
+    on_trial: Callable[[Trial], None] | None = None,
+) -> TuneReport:
+    """Serve a copy of the repository through ``launch``, search, stop; the original is untouched."""
     with tempfile.TemporaryDirectory(prefix="fashionbox-tune-") as tmp:
         copy = Path(tmp) / "repository"
         shutil.copytree(options.repository, copy)
-        grpc_port, http_port, metrics_port = find_free_ports(3)
-        config = ServerConfig(
-            repository=copy,
-            grpc_port=grpc_port,
-            http_port=http_port,
-            metrics_port=metrics_port,
-            model_control_mode="explicit",
-            load_models=("*",),
-            log_path=options.server_log or Path(tmp) / "tritonserver.log",
-        )
-        with TritonServer(config) as server:
-            trials, best, confirmation = asyncio.run(_tune_on(server.endpoints.grpc, copy, options, listener, on_trial))
+        with launch(copy, options.server_log or Path(tmp) / "tritonserver.log") as url:
+            trials, best, confirmation = asyncio.run(_tune_on(url, copy, options, listener, on_trial))
     return TuneReport(
         options.repository,
         options.slo_p99_ms,

@@ -31,7 +31,7 @@ from fashionbox.server.command import build_command
 from fashionbox.server.config import DEFAULT_REPOSITORY, ServerConfig, parse_bool
 from fashionbox.server.errors import ConfigError, PortInUseError, RepositoryError, ServerError, ServerStartError
 from fashionbox.server.network import Endpoints, find_free_port, find_free_ports
-from fashionbox.server.process import STOP_GRACE_S, TritonServer, start_on_free_ports
+from fashionbox.server.process import STOP_GRACE_S, TritonServer, running_server, serve_for_tuning, start_on_free_ports
 from fashionbox.server.stubs import STUB_NAME
 from fashionbox.server.triton import (
     TRITON_HOME_ENV,
@@ -64,6 +64,8 @@ __all__ = [
     "parse_bool",
     "prepare_backend_directory",
     "run_server_cli",
+    "running_server",
+    "serve_for_tuning",
     "serve_main",
     "start_on_free_ports",
     "stub_import_paths",

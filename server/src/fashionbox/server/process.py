@@ -35,7 +35,7 @@ import time
 import types
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -387,3 +387,33 @@ def start_on_free_ports(
     raise AssertionError("unreachable")
 
 
+@contextlib.contextmanager
+def running_server(
+    repository: Path, log_dir: Path, *, exit_timeout_s: int = 10, **fields: Any
+) -> Iterator[TritonServer]:
+    """A ready server on free loopback ports (:func:`start_on_free_ports`), stopped on leaving the
+    block unless stopped already. For scripts, benchmarks and tests that run a private server."""
+    server = start_on_free_ports(repository, log_dir, exit_timeout_s=exit_timeout_s, **fields)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def serve_for_tuning(repository: Path, log_path: Path | None = None) -> Iterator[str]:
+    """Serve ``repository`` with model control ``explicit`` and every model loaded; yields the gRPC
+    URL. ``fashionbox tune`` rewrites the configs in ``repository`` and reloads the models through it
+    (the launcher it is handed: :class:`fashionbox.loadtest.tune.Launcher`)."""
+    grpc_port, http_port, metrics_port = find_free_ports(3)
+    config = ServerConfig(
+        repository=repository,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        metrics_port=metrics_port,
+        model_control_mode="explicit",
+        load_models=("*",),
+        log_path=log_path if log_path is not None else repository.parent / "tritonserver.log",
+    )
+    with TritonServer(config) as server:
+        yield str(server.endpoints.grpc)
