@@ -48,12 +48,12 @@ if ! ldconfig -p 2>/dev/null | grep -q "libpython$version.so.1.0"; then
 fi
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH" PYTHONUNBUFFERED=1
 # This checkout's parts, installed as here (editable, setuptools from the image, no dependencies
-# resolved); where that fails, every part's src/ folder on PYTHONPATH (they are PEP 420 portions).
+# resolved); where that fails, every part's folder on PYTHONPATH (they are PEP 420 portions).
 parts=$(for f in */pyproject.toml; do printf -- '-e ./%s ' "$(dirname "$f")"; done)
 # shellcheck disable=SC2086 # one argument per part
 if ! "$PYTHON" -m pip install --quiet --no-index --no-deps --no-build-isolation $parts; then
-  echo "editable install failed: putting every part's src/ on PYTHONPATH instead"
-  for src in "$REPO"/*/src; do PYTHONPATH="$PYTHONPATH:$src"; done
+  echo "editable install failed: putting every part's folder on PYTHONPATH instead"
+  for project in "$REPO"/*/pyproject.toml; do PYTHONPATH="$PYTHONPATH:$(dirname "$project")"; done
   export PYTHONPATH
 fi
 export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/fashionbox-cache}

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Lint the result schema (client/src/fashionbox/v1/*.proto) with buf and check it for breaking changes
+# Lint the result schema (client/fashionbox/v1/*.proto) with buf and check it for breaking changes
 # against the last released schema. buf comes from npm, pinned, installed under .venv/ (git-ignored);
 # node and npm are installed with apt-get where they are missing and we may.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BUF_VERSION=1.75.0
-# The schema as released: the last commit in which it lived in proto/ (it moved to client/src/ in the
+# The schema as released: the last commit in which it lived in proto/ (it moved to client/ in the
 # next one; unchanged since it was written). Breaking changes are checked against this file; move the
 # reference (commit and subdir) forward only together with a release of the schema.
 SCHEMA_REFERENCE=da762a1ddb4bda64dcd651ca205fb75aec05dc4b
@@ -34,5 +34,5 @@ if ! git cat-file -e "$SCHEMA_REFERENCE^{commit}" 2>/dev/null; then
 fi
 
 "$buf" lint
-"$buf" breaking client/src --against ".git#ref=$SCHEMA_REFERENCE,subdir=$SCHEMA_REFERENCE_DIR"
+"$buf" breaking client --against ".git#ref=$SCHEMA_REFERENCE,subdir=$SCHEMA_REFERENCE_DIR"
 echo "buf $BUF_VERSION: schema lint clean, no breaking change against ${SCHEMA_REFERENCE:0:12}:$SCHEMA_REFERENCE_DIR"

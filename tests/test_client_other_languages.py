@@ -30,7 +30,7 @@ from fashionbox.client import ClientConfig, FashionClient, ImageDetections
 from fashionbox.v1 import detections_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "client" / "src" / "fashionbox" / "v1" / "detections.proto"
+SCHEMA = ROOT / "client" / "fashionbox" / "v1" / "detections.proto"
 README = ROOT / "client" / "README.md"
 needs_shell = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("bash", "base64", "jq", "tail", "wc")),
@@ -77,8 +77,8 @@ def test_the_contract_table_in_the_readme_is_the_contract() -> None:
 
 
 def copy_schema(folder: Path) -> None:
-    """The schema as the client's README finds it: ``src/fashionbox/v1/detections.proto`` under its folder."""
-    target = folder / "src" / "fashionbox" / "v1"
+    """The schema as the client's README finds it: ``fashionbox/v1/detections.proto`` under its folder."""
+    target = folder / "fashionbox" / "v1"
     target.mkdir(parents=True)
     shutil.copy(SCHEMA, target / SCHEMA.name)
 

@@ -18,7 +18,7 @@ from fashionbox.contract.labels import (
     fashionpedia_taxonomy,
 )
 
-DEFAULT_JSON = (Path(__file__).resolve().parents[1] / "client" / "src" / "fashionbox" / "contract" / "data"
+DEFAULT_JSON = (Path(__file__).resolve().parents[1] / "client" / "fashionbox" / "contract" / "data"
                 / "default_labels.json")
 
 CATEGORIES = (

@@ -28,7 +28,7 @@ def test_the_check_command_passes_when_the_modules_are_up_to_date() -> None:
 
 @needs_compiler
 def test_the_check_notices_a_hand_edited_module(tmp_path: Path) -> None:
-    copy = tmp_path / "src"
+    copy = tmp_path / "schema"
     shutil.copytree(protogen.PROTO_ROOT / "fashionbox" / "v1", copy / "fashionbox" / "v1")
     edited = copy / "fashionbox" / "v1" / "detections_pb2.pyi"
     edited.write_text(edited.read_text() + "\n# edited by hand\n")

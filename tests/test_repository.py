@@ -367,7 +367,7 @@ def test_a_written_repository_has_every_file_triton_loads(tmp_path: Path, onnx_m
         "preprocess/config.pbtxt",
     ]
     assert (out / "fashion" / "1").is_dir()
-    source_root = Path(__file__).resolve().parents[1] / "model_repository" / "src" / "fashionbox" / "model_repository"
+    source_root = Path(__file__).resolve().parents[1] / "model_repository" / "fashionbox" / "model_repository"
     for name in ("preprocess", "detector", "attributes", "postprocess"):
         assert (out / name / "1" / "model.py").read_bytes() == (source_root / name / "model.py").read_bytes()
         parsed = text_format.Parse((out / name / "config.pbtxt").read_text(), mc.ModelConfig())

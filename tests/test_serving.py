@@ -344,7 +344,7 @@ def _load_model(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> A
     )
     config = model_configs(settings, LABELS)[name]
     LABELS.save(tmp_path / contract.LABELS_FILE)
-    sources = Path(__file__).resolve().parents[1] / "model_repository" / "src" / "fashionbox" / "model_repository"
+    sources = Path(__file__).resolve().parents[1] / "model_repository" / "fashionbox" / "model_repository"
     source = sources / name / "model.py"
     spec = importlib.util.spec_from_file_location(f"fashionbox_offline_{name}_model", source)
     assert spec is not None and spec.loader is not None

@@ -5,7 +5,7 @@ client needs no protobuf compiler; this module keeps them honest. It runs the co
 with grpcio-tools (pinned in the ``dev`` extra, because another protoc version writes different
 bytes) exactly as::
 
-    cd client && python -m grpc_tools.protoc -I src --python_out=src --pyi_out=src src/fashionbox/v1/detections.proto
+    cd client && python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. fashionbox/v1/detections.proto
 
 The compiler stays at grpcio-tools 1.62.x (protoc 25, "Protobuf Python Version: 4.25"): its
 modules run on every protobuf runtime the client allows, 4.21 up to 6.x and both the upb and the
@@ -31,7 +31,7 @@ from pathlib import Path
 __all__ = ["PROTO_FILES", "PROTO_ROOT", "ProtogenError", "generate", "main", "stale_files"]
 
 PROTO_ROOT = Path(__file__).resolve().parents[2]
-"""The client's ``src/`` folder: the schema's include root and the generated modules' output root."""
+"""The client's folder: the schema's include root and the generated modules' output root."""
 
 PROTO_FILES = ("fashionbox/v1/detections.proto",)
 """Schema files, relative to the include root (which is also the import path protoc records)."""
