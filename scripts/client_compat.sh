@@ -54,7 +54,7 @@ step "wheel: fashionbox-client"
 # From a clean copy: setuptools' build/ folder in the checkout may hold files deleted since.
 mkdir -p "$work/src"
 tar -C client --exclude=build --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$work/src" -xf -
-.venv/bin/python -m pip wheel --quiet --no-deps --wheel-dir "$work/dist" "$work/src"
+.venv/bin/python -m build --wheel --outdir "$work/dist" "$work/src" >"$work/build.log"
 wheel=$(ls "$work"/dist/fashionbox_client-*.whl)
 echo "$(basename "$wheel")"
 

@@ -23,7 +23,7 @@ try:
     import tritonclient.grpc.aio as aio_grpcclient
 except ImportError as exc:  # tritonclient is installed without its grpc extra
     raise ImportError(
-        "fashionbox.client needs tritonclient's gRPC support: pip install 'tritonclient[grpc]==2.50.0'"
+        "fashionbox.client needs tritonclient's gRPC support: pip install 'tritonclient[grpc]>=2.50'"
     ) from exc
 
 __all__ = ["AsyncGrpcTransport", "AsyncTransport", "GrpcTransport", "Transport", "channel_args", "channel_credentials"]

@@ -36,7 +36,7 @@ PROTO_ROOT = Path(__file__).resolve().parents[2]
 PROTO_FILES = ("fashionbox/v1/detections.proto",)
 """Schema files, relative to the include root (which is also the import path protoc records)."""
 
-_INSTALL_HINT = "grpcio-tools is needed to compile the schema: pip install 'fashionbox[dev]'"
+_INSTALL_HINT = "grpcio-tools is needed to compile the schema: pip install grpcio-tools==1.62.3 (requirements-dev.txt)"
 
 
 class ProtogenError(RuntimeError):

@@ -496,7 +496,7 @@ def _import_onnx() -> Any:
     try:
         import onnx
     except ImportError as exc:
-        raise ImportError("checking ONNX graphs needs onnx: pip install 'fashionbox[convert]'") from exc
+        raise ImportError("checking ONNX graphs needs onnx: pip install fashionbox-converter") from exc
     return onnx
 
 

@@ -205,7 +205,7 @@ def _import_onnx() -> Any:
     try:
         import onnx
     except ImportError as exc:
-        raise ImportError("preparing TensorRT graphs needs onnx: pip install 'fashionbox[convert]'") from exc
+        raise ImportError("preparing TensorRT graphs needs onnx: pip install fashionbox-converter") from exc
     return onnx
 
 

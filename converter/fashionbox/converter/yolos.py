@@ -89,7 +89,8 @@ PREPROCESSOR_FILE = "preprocessor_config.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 """Looked for in this order; the first present is the checkpoint's weights."""
 
-INSTALL_HINT = "YOLOS checkpoints need transformers: pip install 'fashionbox[hf]' (or -c constraints.txt transformers)"
+INSTALL_HINT = ("YOLOS checkpoints need transformers: pip install 'fashionbox-converter[hf]' "
+                "(or -c constraints.txt transformers)")
 
 
 class YolosError(ValueError):

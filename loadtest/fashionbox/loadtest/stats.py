@@ -38,7 +38,7 @@ def _hdr() -> Any:
     try:
         from hdrh.histogram import HdrHistogram
     except ImportError as exc:  # pragma: no cover - the extra is part of the install
-        raise ImportError("the load-test harness needs hdrhistogram: pip install 'fashionbox[loadtest]'") from exc
+        raise ImportError("the load-test harness needs hdrhistogram: pip install fashionbox-loadtest") from exc
     return HdrHistogram
 
 

@@ -74,7 +74,7 @@ def find_triton_distribution() -> TritonDistribution:
     # import pulls in much more than we need).
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise ServerStartError("the embedded server needs nvidia-pytriton: pip install 'fashionbox[server]'")
+        raise ServerStartError("the embedded server needs nvidia-pytriton: pip install fashionbox-server")
     package = Path(next(iter(spec.submodule_search_locations)))
     dist = TritonDistribution(
         root=package / "tritonserver",
