@@ -1,4 +1,5 @@
-"""The runner on a fake server (the transport seam): closed and open loop, stability stop, coordinated omission.
+"""The runner on a fake server (the transport seam): closed and open loop, stability stop, coordinated omission,
+and the error backoff (a server that fails every request at once must not be flooded).
 
 The fake answers after a fixed service time with a fixed number of requests served at once, and can
 stall for a while: enough to check the runner's arithmetic against values known in advance.
@@ -7,6 +8,7 @@ stall for a while: enough to check the runner's arithmetic against values known 
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -15,14 +17,18 @@ from fashionbox.loadtest.report import TargetReport
 from fashionbox.loadtest.runner import RunOptions, Stage, Target, run_target, sweep_concurrency, sweep_rates
 from fashionbox.loadtest.senders import SenderKind
 from fashionbox.loadtest.server_stats import ServerSnapshot
-from fashionbox.loadtest.shapes import ClosedShape, ConcurrencySteps
+from fashionbox.loadtest.shapes import ClosedShape, ConcurrencySteps, ConstantRate, FixedConcurrency, OpenShape
 from fashionbox.loadtest.windows import StabilityRule
 
 TARGET = Target("fake", "127.0.0.1:1", None)
 
 
 class FakeServer:
-    """``servers`` requests at a time, ``service_s`` each; a stall blocks everything for ``stall_s`` once."""
+    """``servers`` requests at a time, ``service_s`` each; a stall blocks everything for ``stall_s`` once.
+
+    Until ``refuse_until_s`` (``math.inf``: always) every request is refused at once with UNAVAILABLE,
+    as by a server that is restarting.
+    """
 
     kind: SenderKind = "raw"
 
@@ -33,12 +39,14 @@ class FakeServer:
         stall_at_s: float | None = None,
         stall_s: float = 0.0,
         fail_every: int = 0,
+        refuse_until_s: float = 0.0,
     ) -> None:
         self.service_s = service_s
         self.slots = asyncio.Semaphore(servers)
         self.stall_at_s = stall_at_s
         self.stall_s = stall_s
         self.fail_every = fail_every
+        self.refuse_until_s = refuse_until_s
         self.sent = 0
         self.t0 = 0.0
 
@@ -50,13 +58,17 @@ class FakeServer:
 
     async def send(self, index: int) -> str | None:
         self.sent += 1
+        number = self.sent  # every fail_every-th request fails, whatever the others do meanwhile
+        if asyncio.get_running_loop().time() - self.t0 < self.refuse_until_s:
+            await asyncio.sleep(0)  # the refusal comes back at once
+            return "UNAVAILABLE"
         async with self.slots:
             now = asyncio.get_running_loop().time() - self.t0
             if self.stall_at_s is not None and now >= self.stall_at_s:
                 self.stall_at_s = None
                 await asyncio.sleep(self.stall_s)
             await asyncio.sleep(self.service_s)
-        if self.fail_every and self.sent % self.fail_every == 0:
+        if self.fail_every and number % self.fail_every == 0:
             return "RESOURCE_EXHAUSTED"
         return None
 
@@ -157,3 +169,76 @@ def test_a_concurrency_step_ramp_gives_one_point_per_step() -> None:
     assert all(p.load.ramp and p.windows_used == 2 for p in report.points)
     low, high = report.points
     assert high.throughput_rps == pytest.approx(3 * low.throughput_rps, rel=0.25)
+
+
+# -- error backoff ------------------------------------------------------------------------------------------
+
+
+def _held(shape: ClosedShape | OpenShape) -> tuple[Stage, ...]:
+    return (Stage(shape, until_stable=False),)
+
+
+CLOSED_8_FOR_1_S = _held(ClosedShape(FixedConcurrency(8, hold_s=1.0)))
+OPEN_400_FOR_1_S = _held(OpenShape(ConstantRate(400.0, hold_s=1.0)))
+
+
+def test_closed_loop_backs_off_from_a_server_that_fails_every_request() -> None:
+    server = FakeServer(service_s=0.005, refuse_until_s=math.inf)
+    report = _run(CLOSED_8_FOR_1_S, server, window_s=0.25, warmup_s=0.0)
+    # Each worker waits 5 ms, 10 ms, 20 ms... (at least half of each, jittered) up to 1 s: about ten
+    # sends a worker in a second, against tens of thousands without the backoff.
+    assert server.sent < 200
+    (point,) = report.points
+    assert set(point.errors) == {"UNAVAILABLE"} and point.throughput_rps == 0
+    assert point.backoff_s > 2.0  # of the 8 worker-seconds, most were spent waiting
+    assert "error backoff: workers waited" in point.note
+    d = point.as_dict()
+    assert d["backoff_s"] == pytest.approx(point.backoff_s, abs=1e-3) and d["skipped_sends"] == 0
+    assert sum(w["backoff_s"] for w in d["windows"]) == pytest.approx(point.backoff_s, abs=0.01)
+
+
+def test_without_backoff_the_closed_loop_resends_at_once() -> None:
+    server = FakeServer(service_s=0.005, refuse_until_s=math.inf)
+    report = _run(CLOSED_8_FOR_1_S, server, window_s=0.25, warmup_s=0.0, error_backoff=False)
+    assert server.sent > 1000  # the old behaviour, kept for measuring refusals on purpose
+    (point,) = report.points
+    assert point.backoff_s == 0 and "backoff" not in point.note
+
+
+def test_backoff_resets_once_the_server_answers_again() -> None:
+    server = FakeServer(service_s=0.01, refuse_until_s=0.4)
+    report = _run(CLOSED_8_FOR_1_S, server, window_s=0.25, warmup_s=0.0, error_backoff_max_s=0.1)
+    (point,) = report.points
+    first, *_, last = point.windows
+    assert first.backoff_s > 0 and first.ok == 0
+    # Healthy from 0.4 s, every worker back by 0.5 s at the latest (waits are at most 0.1 s); from
+    # then on no request fails, so no worker waits and the loop runs at full speed.
+    assert last.backoff_s == 0 and last.errors == {}
+    assert last.throughput_rps > 0.25 * 8 / 0.01
+
+
+def test_open_loop_skips_sends_while_most_answers_are_errors() -> None:
+    server = FakeServer(service_s=0.005, refuse_until_s=math.inf)
+    report = _run(OPEN_400_FOR_1_S, server, window_s=0.25, warmup_s=0.0)
+    # About ten probes a second get through instead of 400.
+    assert server.sent < 100
+    (point,) = report.points
+    assert point.skipped_sends > 200
+    assert "scheduled sends skipped" in point.note and "not held" in point.note
+    assert point.as_dict()["skipped_sends"] == point.skipped_sends
+
+
+def test_open_loop_without_backoff_sends_every_scheduled_request() -> None:
+    server = FakeServer(service_s=0.005, refuse_until_s=math.inf)
+    report = _run(OPEN_400_FOR_1_S, server, window_s=0.25, warmup_s=0.0, error_backoff=False)
+    assert server.sent > 300
+    (point,) = report.points
+    assert point.skipped_sends == 0 and "skipped" not in point.note
+
+
+def test_backoff_leaves_a_healthy_open_loop_alone() -> None:
+    server = FakeServer(service_s=0.005)
+    report = _run(OPEN_400_FOR_1_S, server, window_s=0.25, warmup_s=0.0)
+    (point,) = report.points
+    assert point.skipped_sends == 0 and point.backoff_s == 0
+    assert server.sent > 300

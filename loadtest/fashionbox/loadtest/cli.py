@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fashionbox import contract
+from fashionbox.loadtest.backoff import DEFAULT_BACKOFF_INITIAL_S, DEFAULT_BACKOFF_MAX_S, DEFAULT_PROBE_RPS
 from fashionbox.loadtest.errors import LoadTestConfigError, LoadTestError
 
 if TYPE_CHECKING:
@@ -190,6 +191,33 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--seed", type=int, default=0, help="seed of Poisson arrivals")
     s.add_argument("--max-in-flight", type=int, default=4096, help="open loop: cap on requests in flight")
+    b = parser.add_argument_group("error backoff (so that a server that is down or refusing is not flooded)")
+    b.add_argument(
+        "--error-backoff-initial-s",
+        type=float,
+        default=DEFAULT_BACKOFF_INITIAL_S,
+        help="closed loop: a worker's wait after a failed request, jittered, doubling while failures "
+        "continue, reset by a success (default %(default)s)",
+    )
+    b.add_argument(
+        "--error-backoff-max-s",
+        type=float,
+        default=DEFAULT_BACKOFF_MAX_S,
+        help="closed loop: the longest such wait (default %(default)s)",
+    )
+    b.add_argument(
+        "--error-probe-rps",
+        type=float,
+        default=DEFAULT_PROBE_RPS,
+        help="open loop: while most answers of the last second are errors, skip scheduled sends beyond "
+        "the successes plus this many a second (default %(default)s)",
+    )
+    b.add_argument(
+        "--no-error-backoff",
+        dest="error_backoff",
+        action="store_false",
+        help="send on errors as if they were successes: to measure refusals on purpose (overload)",
+    )
     _add_measurement_arguments(parser, duration_s=30.0, window_s=3.0, warmup_s=2.0, tolerance=0.10)
     o = parser.add_argument_group("output and capacity planning")
     o.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON")
@@ -273,6 +301,10 @@ def loadtest_main(args: argparse.Namespace) -> int:
             channels=args.channels,
             max_in_flight=args.max_in_flight,
             corpus=corpus,
+            error_backoff=args.error_backoff,
+            error_backoff_initial_s=args.error_backoff_initial_s,
+            error_backoff_max_s=args.error_backoff_max_s,
+            error_probe_rps=args.error_probe_rps,
         )
         if not args.quiet:
             print(

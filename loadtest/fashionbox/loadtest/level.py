@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fashionbox import contract
+from fashionbox.loadtest.backoff import BackoffSettings
 from fashionbox.loadtest.parallel import measure_concurrency_parallel
 from fashionbox.loadtest.report import Point
 from fashionbox.loadtest.runner import RunOptions, Stage, Target, metrics_url_for, run
@@ -30,6 +31,7 @@ def measure_concurrency(
     timeout_s: float = 30.0,
     metrics: str | None = "default",
     processes: int = 1,
+    backoff: BackoffSettings | None = None,
 ) -> Point:
     """One closed-loop level held for exactly ``duration_s`` (three windows, stability reported, not awaited).
 
@@ -37,7 +39,9 @@ def measure_concurrency(
     (:func:`~fashionbox.loadtest.parallel.measure_concurrency_parallel`), for servers faster than one
     client process can load: the point then has one window, exact merged percentiles and the CPU of
     all load processes, but no server statistics or metrics (``metrics`` is ignored).
+    ``backoff``: how workers back off after errors (default :class:`BackoffSettings`: on).
     """
+    backoff = backoff if backoff is not None else BackoffSettings()
     if processes != 1:
         return measure_concurrency_parallel(
             url,
@@ -48,6 +52,7 @@ def measure_concurrency(
             warmup_s=warmup_s,
             model=model,
             timeout_s=timeout_s,
+            backoff=backoff,
         )
     options = RunOptions(
         targets=(Target("target", url, metrics_url_for(url, metrics)),),
@@ -58,6 +63,10 @@ def measure_concurrency(
         warmup_s=warmup_s,
         max_duration_s=duration_s,
         timeout_s=timeout_s,
+        error_backoff=backoff.enabled,
+        error_backoff_initial_s=backoff.initial_s,
+        error_backoff_max_s=backoff.max_s,
+        error_probe_rps=backoff.probe_rps,
     )
     report = run(options)
     (point,) = report.points

@@ -236,6 +236,8 @@ CSV_COLUMNS = (
     "stable",
     "duration_s",
     "windows_used",
+    "backoff_s",
+    "skipped_sends",
     "note",
 )
 
@@ -270,6 +272,8 @@ def write_csv(report: Report, path: Path) -> None:
                     p.stable,
                     d["duration_s"],
                     p.windows_used,
+                    d["backoff_s"],
+                    p.skipped_sends,
                     p.note,
                 ]
             )

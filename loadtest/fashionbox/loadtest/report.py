@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from fashionbox.loadtest.backoff import BackoffSettings
 from fashionbox.loadtest.server_stats import MetricsSummary, ModelBreakdown
 from fashionbox.loadtest.stats import LatencySummary
 from fashionbox.loadtest.windows import StabilityRule, WindowSummary
@@ -107,6 +108,10 @@ class Point:
     windows: tuple[WindowSummary, ...] = ()
     throughput_spread: float = math.nan
     latency_spread: float = math.nan
+    backoff_s: float = 0.0
+    """Closed loop: seconds the workers spent, added up, waiting after errors before sending again."""
+    skipped_sends: int = 0
+    """Open loop: scheduled sends not made because most recent answers were errors (the offered rate was not held)."""
 
     @property
     def error_count(self) -> int:
@@ -139,6 +144,8 @@ class Point:
                 "windows_used": self.windows_used,
                 "throughput_spread": _num(self.throughput_spread),
                 "latency_spread": _num(self.latency_spread),
+                "backoff_s": _num(self.backoff_s),
+                "skipped_sends": self.skipped_sends,
                 "server": [b.as_dict() for b in self.server],
                 "metrics": self.metrics.as_dict() if self.metrics is not None else None,
                 "harness": None
@@ -161,6 +168,8 @@ class Point:
                         "p50_ms": _num(w.latency.p50_ms),
                         "p99_ms": _num(w.latency.p99_ms),
                         "send_lag_p99_ms": _num(w.send_lag_p99_ms),
+                        "backoff_s": _num(w.backoff_s),
+                        "skipped_sends": w.skipped_sends,
                     }
                     for w in self.windows
                 ],
@@ -200,6 +209,7 @@ class RunSettings:
     corpus: dict[str, object]
     model: str
     timeout_s: float
+    error_backoff: BackoffSettings = field(default_factory=BackoffSettings)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -217,6 +227,7 @@ class RunSettings:
             "corpus": dict(self.corpus),
             "model": self.model,
             "timeout_s": self.timeout_s,
+            "error_backoff": self.error_backoff.as_dict(),
         }
 
 

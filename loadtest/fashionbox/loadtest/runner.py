@@ -22,6 +22,12 @@ How a stage is measured:
 Open loop sends each request at its scheduled time without waiting for earlier ones, and measures
 its latency from that scheduled time, so a server that stalls is charged for the whole stall
 (no coordinated omission). How late the sender itself was is recorded as ``send_lag``.
+
+Errors are backed off (:mod:`fashionbox.loadtest.backoff`), so a server that is down or refusing is
+not flooded: a closed-loop worker waits after a failure (``error_backoff_initial_s`` doubling up to
+``error_backoff_max_s``, with jitter, reset by a success) and the open loop skips scheduled sends
+while most recent answers are errors (beyond ``error_probe_rps``). Points report both
+(``backoff_s``, ``skipped_sends`` and a note); ``error_backoff=False`` measures refusals as they come.
 """
 
 from __future__ import annotations
@@ -31,11 +37,19 @@ import contextlib
 import itertools
 import logging
 import math
+import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from fashionbox.loadtest.backoff import (
+    DEFAULT_BACKOFF_INITIAL_S,
+    DEFAULT_BACKOFF_MAX_S,
+    DEFAULT_PROBE_RPS,
+    BackoffSettings,
+    backoff_notes,
+)
 from fashionbox.loadtest.errors import LoadTestConfigError, TargetUnavailable
 from fashionbox.loadtest.events import Listener, PointMeasured, StageStarted, WindowMeasured
 from fashionbox.loadtest.report import HarnessUsage, LoadLevel, Point, Report, RunSettings, TargetReport
@@ -179,6 +193,14 @@ class RunOptions:
     max_in_flight: int = 4096
     """Open loop: requests in flight at most; later ones wait (and their wait counts as latency)."""
     corpus: dict[str, object] = field(default_factory=dict)
+    error_backoff: bool = True
+    """Back off after errors (closed loop: wait before resending; open loop: skip sends); off to measure refusals."""
+    error_backoff_initial_s: float = DEFAULT_BACKOFF_INITIAL_S
+    """Closed loop: a worker's wait after its first failure in a row (jittered), doubling after each further one."""
+    error_backoff_max_s: float = DEFAULT_BACKOFF_MAX_S
+    """Closed loop: a worker's longest wait after failures."""
+    error_probe_rps: float = DEFAULT_PROBE_RPS
+    """Open loop: sends a second beyond the successes while most answers of the last second are errors."""
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -196,6 +218,15 @@ class RunOptions:
             raise LoadTestConfigError(f"max_requests must be positive, got {self.max_requests}")
         if self.max_in_flight < 1 or self.channels < 1:
             raise LoadTestConfigError("max_in_flight and channels must be positive")
+        self.backoff_settings()  # raises LoadTestConfigError for bad error backoff values
+
+    def backoff_settings(self) -> BackoffSettings:
+        return BackoffSettings(
+            enabled=self.error_backoff,
+            initial_s=self.error_backoff_initial_s,
+            max_s=self.error_backoff_max_s,
+            probe_rps=self.error_probe_rps,
+        )
 
     def settings(self) -> RunSettings:
         return RunSettings(
@@ -209,6 +240,7 @@ class RunOptions:
             corpus=dict(self.corpus),
             model=self.request.model,
             timeout_s=self.timeout_s,
+            error_backoff=self.backoff_settings(),
         )
 
 
@@ -251,6 +283,7 @@ class _Phase:
         self.snapshots: dict[int, ServerSnapshot] = {}
         self.cpu_at: dict[int, tuple[float, float]] = {}
         self.stopping = False
+        self.stopped = asyncio.Event()
         self.client_errors = 0
         self.in_flight: set[asyncio.Task[None]] = set()
         self.t0 = 0.0
@@ -260,7 +293,8 @@ class _Phase:
         assert self.loop is not None
         return self.loop.time() - self.t0
 
-    async def _one(self, index: int, t_start: float) -> None:
+    async def _one(self, index: int, t_start: float) -> str | None:
+        """Send request ``index`` and record its answer; its status (None: success)."""
         try:
             status = await self.sender.send(index)
         except Exception as exc:  # a sender bug must cost one request, not the run
@@ -275,15 +309,35 @@ class _Phase:
             status=status,
             bytes_sent=self.bytes_of[index % len(self.bytes_of)],
         )
+        return status
+
+    async def _back_off(self, delay_s: float) -> None:
+        """Wait ``delay_s`` (less if the phase stops meanwhile) and record the wait."""
+        t_start = self.now()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopped.wait(), delay_s)
+        finally:
+            self.recorder.record_backoff(t_s=t_start, backoff_s=self.now() - t_start)
 
     # closed loop: workers keep ``concurrency_at(t)`` requests in flight.
     async def _closed(self, shape: ClosedShape) -> None:
         warmup = self.options.warmup_s
         workers: dict[int, asyncio.Task[None]] = {}
 
+        settings = self.options.backoff_settings()
+        rng = random.Random(shape.label)
+
         async def worker(k: int) -> None:
+            backoff = settings.for_worker(rng)
             while not self.stopping and k < shape.concurrency_at(max(self.now() - warmup, 0.0)):
-                await self._one(next(self.counter), self.now())
+                status = await self._one(next(self.counter), self.now())
+                if backoff is None:
+                    continue
+                if status is None:
+                    backoff.succeeded()
+                elif not self.stopping:
+                    await self._back_off(backoff.failed())
 
         try:
             while not self.stopping:
@@ -313,10 +367,13 @@ class _Phase:
         assert self.loop is not None
         loop = self.loop
         slots = asyncio.Semaphore(self.options.max_in_flight)
+        gate = self.options.backoff_settings().gate()
 
         async def one(index: int, t_sched: float) -> None:
             try:
-                await self._one(index, t_sched)
+                status = await self._one(index, t_sched)
+                if gate is not None:
+                    gate.answered(self.now(), ok=status is None)
             finally:
                 slots.release()
 
@@ -334,8 +391,13 @@ class _Phase:
                 behind += 1
                 if behind % 32 == 0:  # far behind schedule: still let responses in
                     await asyncio.sleep(0)
+            if gate is not None and not gate.allows(self.now()):
+                self.recorder.record_skipped_send(t_s=self.now())
+                continue
             await slots.acquire()
             t_sent = self.now()
+            if gate is not None:
+                gate.sent(t_sent)
             self.recorder.record_send_lag(t_sent_s=t_sent, lag_s=t_sent - t_sched)
             task = loop.create_task(one(next(self.counter), t_sched))
             self.in_flight.add(task)
@@ -393,6 +455,7 @@ class _Phase:
                 boundary += 1
         finally:
             self.stopping = True
+            self.stopped.set()
             await self._drain(generator)
         self.recorder.truncate(completed_windows)
         return self._points(target)
@@ -469,6 +532,8 @@ class _Phase:
         # Poisson counts vary by sqrt(n): only a shortfall beyond three of those is the server's.
         if load.mode == "open" and measured.ok < min(0.95 * expected, expected - 3 * math.sqrt(expected)):
             notes.append(f"throughput {measured.throughput_rps:.1f} req/s is below the offered {level:g} req/s")
+        worker_s = level * measured.duration_s if load.mode == "closed" else 0.0
+        notes += backoff_notes(backoff_s=measured.backoff_s, skipped_sends=measured.skipped_sends, worker_s=worker_s)
         errors = measured.errors
         return Point(
             target=target,
@@ -488,6 +553,8 @@ class _Phase:
             windows=tuple(summaries),
             throughput_spread=verdict.throughput_spread,
             latency_spread=verdict.latency_spread,
+            backoff_s=measured.backoff_s,
+            skipped_sends=measured.skipped_sends,
         )
 
     def _harness(self, first: int, last: int, send_lag_p99_ms: float) -> HarnessUsage:

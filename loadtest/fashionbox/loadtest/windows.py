@@ -70,6 +70,10 @@ class Window:
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     bytes_sent: int = 0
+    backoff_s: float = 0.0
+    """Closed loop: seconds workers spent backing off after errors (waits begun in this window)."""
+    skipped_sends: int = 0
+    """Open loop: scheduled sends skipped because most recent answers were errors."""
     closed: bool = False
     """Set once the window has ended: nothing lands in it any more, so its summary is kept."""
     _summary: WindowSummary | None = field(default=None, repr=False)
@@ -96,6 +100,8 @@ class Window:
             latency=self.latency.summary(),
             bytes_sent=self.bytes_sent,
             send_lag_p99_ms=self.send_lag.value_at_ms(99.0),
+            backoff_s=self.backoff_s,
+            skipped_sends=self.skipped_sends,
         )
         if self.closed:
             self._summary = summary
@@ -115,6 +121,8 @@ class WindowSummary:
     bytes_sent: int
     send_lag_p99_ms: float
     """Open loop: how late the sender was against the schedule (99th percentile); NaN in closed loop."""
+    backoff_s: float = 0.0
+    skipped_sends: int = 0
 
 
 class WindowRecorder:
@@ -162,6 +170,18 @@ class WindowRecorder:
         index = self.window_index(t_sent_s)
         if index >= 0:
             self._window(index).send_lag.record_s(max(lag_s, 0.0))
+
+    def record_backoff(self, *, t_s: float, backoff_s: float) -> None:
+        """A closed-loop worker waited ``backoff_s`` after an error, from ``t_s`` on."""
+        index = self.window_index(t_s)
+        if index >= 0:
+            self._window(index).backoff_s += backoff_s
+
+    def record_skipped_send(self, *, t_s: float) -> None:
+        """The open loop did not send a request scheduled at about ``t_s`` (errors dominated)."""
+        index = self.window_index(t_s)
+        if index >= 0:
+            self._window(index).skipped_sends += 1
 
     def complete_windows(self, now_s: float) -> list[Window]:
         """Windows that have ended by ``now_s`` (including empty ones, which still count)."""
@@ -227,6 +247,8 @@ class Aggregate:
     bytes_sent: int
     latency: LatencyHistogram
     send_lag: LatencyHistogram
+    backoff_s: float = 0.0
+    skipped_sends: int = 0
 
     @property
     def throughput_rps(self) -> float:
@@ -244,4 +266,6 @@ def aggregate(windows: Sequence[Window]) -> Aggregate:
         bytes_sent=sum(w.bytes_sent for w in windows),
         latency=LatencyHistogram.merged(w.latency for w in windows),
         send_lag=LatencyHistogram.merged(w.send_lag for w in windows),
+        backoff_s=sum(w.backoff_s for w in windows),
+        skipped_sends=sum(w.skipped_sends for w in windows),
     )
