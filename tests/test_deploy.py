@@ -49,9 +49,11 @@ def test_server_reserves_a_gpu_checks_readiness_and_drains_on_stop(compose: dict
     config = _serve_config(service["command"])
     assert config.drain_on_stop and config.model_control_mode == "none" and config.host == "0.0.0.0"
     # Every model loaded, nothing loadable from outside, the ensemble unloadable by the wrapper alone.
-    triton = _triton_command(config, repository_key="wrapper-only-repository-key")
+    triton = _triton_command(config, launcher_key="wrapper-only-launcher-key")
     assert _flag(triton, "--model-control-mode") == "explicit" and _flag(triton, "--load-model") == "*"
-    assert _flag(triton, "--http-restricted-api").startswith("model-repository:")
+    assert _flag(triton, "--http-restricted-api").startswith("model-repository,shared-memory,trace,logging:")
+    # HTTP is plaintext: it binds apart from gRPC; here on every interface, published on the host's loopback.
+    assert _flag(triton, "--http-address") == "0.0.0.0" and config.http
     assert _flag(triton, "--exit-timeout-secs") == str(config.exit_timeout_s) == "30"
     assert _flag(triton, "--backend-config") == "python,shm-default-byte-size=16777216"
     grace_s = int(str(service["stop_grace_period"]).rstrip("s"))
@@ -100,13 +102,13 @@ def _serve_config(command: list[str], environ: dict[str, str] | None = None) -> 
     return config_from_arguments(parser.parse_args(command[2:]), environ=environ or {})
 
 
-def _triton_command(config: Any, repository_key: str | None = None) -> list[str]:
+def _triton_command(config: Any, launcher_key: str | None = None) -> list[str]:
     """The tritonserver command ``fashionbox serve`` runs for ``config`` in the image."""
     from fashionbox.server import build_command
 
     home = Path("/opt/tritonserver")
     return build_command(config, binary=home / "bin/tritonserver", backend_directory=home / "backends",
-                         repository_key=repository_key)
+                         launcher_key=launcher_key)
 
 
 def _stop_budget_s(config: Any) -> float:
@@ -169,6 +171,7 @@ def test_the_secure_profile_passes_tritons_tls_flags_with_secrets_from_files(
     # The secrets as compose mounts them, here under a temporary folder instead of /run/secrets/.
     for name in secure["secrets"]:
         (tmp_path / name).write_text(ADMIN_KEY if name == "admin_key" else f"-----BEGIN {name}-----\n")
+        (tmp_path / name).chmod(0o600)  # a key file other users may read is refused
     config = _serve_config([word.replace("/run/secrets/", f"{tmp_path}/") for word in secure["command"]])
     assert config.secure and config.tls is not None and config.tls.mutual and config.admin_key == ADMIN_KEY
     command = _triton_command(config)
@@ -178,7 +181,9 @@ def test_the_secure_profile_passes_tritons_tls_flags_with_secrets_from_files(
         assert _flag(command, flag) == str(tmp_path / secret) and secret in secure["secrets"]
     restriction = f"{','.join(ADMIN_APIS)}:{ADMIN_KEY_NAME}={ADMIN_KEY}"
     assert _flag(command, "--grpc-restricted-protocol") == restriction
-    assert _flag(command, "--http-restricted-api") == restriction
+    # HTTP is plaintext, on the container's loopback only; inference over it needs the key too.
+    assert _flag(command, "--http-restricted-api") == restriction.replace(":", ",inference:", 1)
+    assert _flag(command, "--http-address") == "127.0.0.1" and _flag(command, "--grpc-address") == "0.0.0.0"
     assert config.exit_timeout_s == _serve_config(compose["services"]["triton"]["command"]).exit_timeout_s
     assert all(compose["secrets"][name]["file"].startswith("./secrets/") for name in secure["secrets"])
     assert "/secrets/" in (ROOT / ".gitignore").read_text().splitlines()  # no secret ever lands in git
@@ -200,9 +205,10 @@ def test_the_loadtest_service_measures_the_triton_service(compose: dict[str, Any
 def test_compose_publishes_the_contract_ports(compose: dict[str, Any]) -> None:
     from fashionbox.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
 
-    for name in ("triton", "triton-secure"):
+    for name, ports in (("triton", {DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT}),
+                        ("triton-secure", {DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT})):  # its HTTP: loopback only
         published = {int(p.split(":")[-1]) for p in compose["services"][name]["ports"]}
-        assert published == {DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT}
+        assert published == ports
 
 
 # -- Kubernetes -------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pki import ca_pem, issue, make_ca
 from fashionbox.server import ConfigError, ServerConfig, add_serve_arguments, build_command, config_from_arguments
 from fashionbox.server.security import (
     ADMIN_APIS,
+    CLOSED_APIS,
     SecurityError,
     ServerTls,
     check_admin_key,
@@ -60,6 +61,7 @@ def test_an_unusable_admin_key_is_refused_with_the_rule(key: str, problem: str) 
 def test_the_admin_key_is_read_from_its_file_ignoring_the_trailing_newline(tmp_path: Path) -> None:
     path = tmp_path / "admin.key"
     path.write_text(KEY + "\n")
+    path.chmod(0o600)
 
     assert read_admin_key(path, environ={}) == KEY
 
@@ -67,6 +69,7 @@ def test_the_admin_key_is_read_from_its_file_ignoring_the_trailing_newline(tmp_p
 def test_the_admin_key_comes_from_the_file_variable_before_the_key_variable(tmp_path: Path) -> None:
     path = tmp_path / "admin.key"
     path.write_text(KEY)
+    path.chmod(0o600)
     environ = {"FASHIONBOX_ADMIN_KEY_FILE": str(path), "FASHIONBOX_ADMIN_KEY": "other-key-0123456789"}
 
     assert read_admin_key(environ=environ) == KEY
@@ -78,6 +81,7 @@ def test_a_missing_or_empty_key_file_is_an_error_not_an_open_server(tmp_path: Pa
     with pytest.raises(SecurityError, match="cannot be read"):
         read_admin_key(tmp_path / "missing.key", environ={})
     (tmp_path / "empty.key").write_text("")
+    (tmp_path / "empty.key").chmod(0o600)
     with pytest.raises(SecurityError, match="at least 16"):
         read_admin_key(tmp_path / "empty.key", environ={})
 
@@ -159,6 +163,7 @@ def test_extra_arguments_may_not_fight_the_security_settings(repository: Path) -
 def test_serve_flags_build_the_secure_config(tmp_path: Path, pem_files: dict[str, Path]) -> None:
     key_file = tmp_path / "admin.key"
     key_file.write_text(KEY)
+    key_file.chmod(0o600)
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
     args = parser.parse_args([
@@ -193,3 +198,130 @@ def test_tls_and_key_come_from_the_environment_too(tmp_path: Path, pem_files: di
 
     assert config.secure and config.admin_key == KEY and config.tls is not None and not config.tls.mutual
 
+
+
+# -- key files other users may read -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o606, 0o601])
+def test_a_key_file_other_users_may_read_is_refused_like_ssh_does(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "admin.key"
+    path.write_text(KEY)
+    path.chmod(mode)
+
+    with pytest.raises(SecurityError, match=rf"open to other users \(mode {mode:04o}\): run chmod 600"):
+        read_admin_key(path, environ={})
+    with pytest.raises(SecurityError, match="open to other users"):
+        read_admin_key(environ={"FASHIONBOX_ADMIN_KEY_FILE": str(path)})
+    with pytest.raises(ConfigError, match="open to other users"):
+        ServerConfig.from_env(repository=tmp_path, environ={"FASHIONBOX_ADMIN_KEY_FILE": str(path)})
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400, 0o640])
+def test_a_key_file_of_its_owner_or_group_is_read(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "admin.key"
+    path.write_text(KEY)
+    path.chmod(mode)
+
+    assert read_admin_key(path, environ={}) == KEY
+
+
+# -- the side doors: APIs closed in every profile, HTTP apart from gRPC ----------------------------------
+
+LAUNCHER_KEY = "launcher-key-nobody-else-knows-0123"
+
+
+def _flag_values(command: list[str], flag: str) -> list[str]:
+    return [word.split("=", 1)[1] for word in command if word.startswith(f"{flag}=")]
+
+
+def _restrictions(command: list[str]) -> tuple[list[str], list[str]]:
+    return _flag_values(command, "--grpc-restricted-protocol"), _flag_values(command, "--http-restricted-api")
+
+
+def test_without_an_admin_key_the_launcher_key_closes_shared_memory_trace_logging_and_the_repository(
+    repository: Path,
+) -> None:
+    command = build_command(ServerConfig(repository=repository), binary=Path("t"), backend_directory=Path("b"),
+                            launcher_key=LAUNCHER_KEY)
+
+    closed = f"model-repository,shared-memory,trace,logging:admin-key={LAUNCHER_KEY}"
+    assert _restrictions(command) == ([closed], [closed])
+    assert CLOSED_APIS == ("shared-memory", "trace", "logging") and set(CLOSED_APIS) <= set(ADMIN_APIS)
+    # Clients still read labels (model config) and statistics, and infer, without any key.
+    assert not {"model-config", "statistics", "inference", "health", "metadata"} & set(ServerConfig(
+        repository=repository).closed_apis())
+
+
+def test_explicit_model_control_without_a_key_keeps_the_repository_api_open_but_closes_the_rest(
+    repository: Path,
+) -> None:
+    # fashionbox tune loads and unloads through it (explicit mode is loopback only without a key).
+    config = ServerConfig(repository=repository, model_control_mode="explicit")
+    command = build_command(config, binary=Path("t"), backend_directory=Path("b"), launcher_key=LAUNCHER_KEY)
+
+    closed = f"shared-memory,trace,logging:admin-key={LAUNCHER_KEY}"
+    assert _restrictions(command) == ([closed], [closed])
+
+
+def test_an_admin_key_replaces_the_launcher_key(repository: Path) -> None:
+    config = ServerConfig(repository=repository, admin_key=KEY)
+    command = build_command(config, binary=Path("t"), backend_directory=Path("b"), launcher_key=LAUNCHER_KEY)
+
+    restriction = f"{','.join(ADMIN_APIS)}:admin-key={KEY}"
+    assert _restrictions(command) == ([restriction], [restriction])
+    assert not any(LAUNCHER_KEY in word for word in command)
+
+
+def test_extra_restrictions_may_not_restrict_an_api_twice(repository: Path) -> None:
+    with pytest.raises(ConfigError, match="restricts logging, shared-memory, which the server closes itself"):
+        ServerConfig(repository=repository, extra_args=("--http-restricted-api=logging,shared-memory:k=v",))
+    # Groups the server leaves open may still be restricted by hand (the client tests restrict statistics).
+    config = ServerConfig(repository=repository, extra_args=("--grpc-restricted-protocol=statistics:k=v0123",))
+    assert config.extra_args
+
+
+def test_http_binds_loopback_apart_from_grpc_and_can_be_turned_off(repository: Path) -> None:
+    exposed = ServerConfig(repository=repository, host="0.0.0.0", admin_key=KEY)
+    command = build_command(exposed, binary=Path("t"), backend_directory=Path("b"))
+    assert _flag_values(command, "--grpc-address") == _flag_values(command, "--metrics-address") == ["0.0.0.0"]
+    assert _flag_values(command, "--http-address") == ["127.0.0.1"]
+
+    off = ServerConfig(repository=repository, host="0.0.0.0", http=False, admin_key=KEY)
+    command = build_command(off, binary=Path("t"), backend_directory=Path("b"))
+    assert "--allow-http=false" in command and not _flag_values(command, "--http-address")
+    # The drain goes over HTTP: without it, mode "none" stays Triton's mode "none".
+    assert "--model-control-mode=none" in command
+
+
+def test_http_flags_and_variables(repository: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    args = parser.parse_args(["--repository", str(repository), "--no-http", "--http-host", "10.0.0.5"])
+    config = config_from_arguments(args, environ={})
+    assert not config.http and config.http_host == "10.0.0.5"
+
+    config = ServerConfig.from_env(repository, {"FASHIONBOX_HTTP": "false", "FASHIONBOX_HTTP_HOST": "::1"})
+    assert not config.http and config.http_host == "::1"
+    assert ServerConfig(repository=repository).http and ServerConfig(repository=repository).http_host == "127.0.0.1"
+
+
+def test_the_secure_profile_refuses_http_off_loopback_and_closes_http_inference(
+    repository: Path, pem_files: dict[str, Path]
+) -> None:
+    tls = ServerTls(pem_files["cert"], pem_files["key"], pem_files["ca"])
+    with pytest.raises(ConfigError, match=r"secure profile serves HTTP on loopback only.*--http-host 0\.0\.0\.0"):
+        ServerConfig(repository=repository, secure=True, tls=tls, admin_key=KEY, host="0.0.0.0", http_host="0.0.0.0")
+    # Off HTTP, or loopback HTTP (the default, even with gRPC on every interface), is fine.
+    assert ServerConfig(repository=repository, secure=True, tls=tls, admin_key=KEY, http=False, http_host="0.0.0.0")
+    config = ServerConfig(repository=repository, secure=True, tls=tls, admin_key=KEY, host="0.0.0.0")
+
+    grpc, http = _restrictions(build_command(config, binary=Path("t"), backend_directory=Path("b")))
+    assert grpc == [f"{','.join(ADMIN_APIS)}:admin-key={KEY}"]
+    assert http == [f"{','.join(ADMIN_APIS)},inference:admin-key={KEY}"]  # plaintext inference: the key too
+
+
+def test_explicit_model_control_is_refused_when_http_leaves_loopback_without_a_key(repository: Path) -> None:
+    with pytest.raises(ConfigError, match=r"on 0\.0\.0\.0 would let anyone on the network load and unload"):
+        ServerConfig(repository=repository, model_control_mode="explicit", http_host="0.0.0.0")
+    assert ServerConfig(repository=repository, model_control_mode="explicit", http_host="0.0.0.0", http=False)

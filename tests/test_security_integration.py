@@ -146,6 +146,48 @@ def test_health_and_metadata_stay_open_over_http(secure: SecureServer) -> None:
     assert _http_status(f"{secure.http}/v2/models/{contract.ENSEMBLE_MODEL}") == 200
 
 
+# -- HTTP, the plaintext side door ----------------------------------------------------------------------
+
+
+def test_plaintext_http_inference_is_refused_without_the_key(secure: SecureServer) -> None:
+    # HTTP has no TLS: without this a local caller would infer past the client certificates.
+    body = b'{"inputs": [{"name": "IMAGE", "shape": [1, 1], "datatype": "BYTES", "data": ["not an image"]}]}'
+    url = f"{secure.http}/v2/models/{contract.ENSEMBLE_MODEL}/infer"
+
+    assert _http_status(url, data=body) == 403
+    assert _http_status(url, headers={contract.ADMIN_KEY_NAME: ADMIN_KEY}, data=body) != 403  # past the door
+    assert "(plaintext; inference needs the admin key)" in secure.log.read_text()
+
+
+def _serve_refusal(tmp_path: Path, *extra: str, key_mode: int = 0o600) -> subprocess.CompletedProcess[str]:
+    ca = make_ca("refusal CA")
+    server_key, server_cert = issue(ca, "fashionbox.test", server=True).write(tmp_path, "server")
+    key_file = tmp_path / "admin.key"
+    key_file.write_text(ADMIN_KEY + "\n")
+    key_file.chmod(key_mode)
+    command = [
+        sys.executable, "-m", "fashionbox.commands.cli", "serve", "--secure", "--repository", str(tmp_path),
+        "--tls-cert", str(server_cert), "--tls-key", str(server_key), "--admin-key-file", str(key_file), *extra,
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASHIONBOX_")}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, check=False)
+
+
+def test_the_secure_profile_refuses_to_start_with_http_off_loopback(tmp_path: Path) -> None:
+    result = _serve_refusal(tmp_path, "--host", "0.0.0.0", "--http-host", "0.0.0.0")
+
+    assert result.returncode == 2, result.stderr
+    assert "the secure profile serves HTTP on loopback only" in result.stderr and "--no-http" in result.stderr
+
+
+def test_serve_refuses_an_admin_key_file_other_users_may_read(tmp_path: Path) -> None:
+    result = _serve_refusal(tmp_path, key_mode=0o644)
+
+    assert result.returncode == 2, result.stderr
+    assert "is open to other users (mode 0644): run chmod 600" in result.stderr
+    assert ADMIN_KEY not in result.stderr + result.stdout
+
+
 # -- what the key guards ------------------------------------------------------------------------------
 
 

@@ -252,6 +252,8 @@ SAMPLES: dict[str, tuple[str, list[str]]] = {
     "host": ("::1", ["--host=::1"]),
     "grpc_port": ("9101", ["--grpc-port=9101"]),
     "http_port": ("9100", ["--http-port=9100"]),
+    "http": ("off", ["--no-http"]),
+    "http_host": ("::1", ["--http-host=::1"]),
     "metrics_port": ("9102", ["--metrics-port=9102"]),
     "model_control_mode": ("explicit", ["--model-control-mode=explicit"]),
     "load_models": ("echo, fashion", ["--load-model=echo", "--load-model=fashion"]),
@@ -278,6 +280,7 @@ def test_the_environment_and_the_flags_give_the_same_config(tmp_path: Path) -> N
     for name in ("server.crt", "server.key", "ca.crt"):
         (tmp_path / name).write_text(f"-----BEGIN {name}-----\n")
     (tmp_path / "admin.key").write_text("admin-key-for-the-same-config-test\n")
+    (tmp_path / "admin.key").chmod(0o600)
     declared = {i.name: i for _, setting in settings.declared(ServerConfig) for i in setting.inputs}
     flagged = {name for name, source in declared.items() if source.flag is not None}
     assert set(SAMPLES) == flagged, "a declared input without a sample here (or a sample of no input)"
@@ -354,7 +357,7 @@ def test_the_server_modules_import_each_other_without_a_circle_nor_the_converter
 def test_command_binds_every_service_to_the_configured_host_only(tmp_path: Path) -> None:
     config = ServerConfig(repository=tmp_path, grpc_port=9001, http_port=9000, metrics_port=9002)
     command = build_command(
-        config, binary=Path("/bin/tritonserver"), backend_directory=Path("/backends"), repository_key=LOCK_KEY
+        config, binary=Path("/bin/tritonserver"), backend_directory=Path("/backends"), launcher_key=LOCK_KEY
     )
     for service in ("grpc", "http", "metrics"):
         assert f"--{service}-address=127.0.0.1" in command
@@ -371,16 +374,17 @@ def _control_flags(command: list[str]) -> list[str]:
 
 
 def test_mode_none_runs_triton_explicit_with_every_model_and_the_repository_api_locked(tmp_path: Path) -> None:
-    # So stop() can drain (unload the ensemble first) while nobody else can load or unload.
+    # So stop() can drain (unload the ensemble first) while nobody else can load or unload; shared
+    # memory, trace and logging are closed with the same key, which only the launcher knows.
     command = build_command(
-        ServerConfig(repository=tmp_path), binary=Path("t"), backend_directory=Path("b"), repository_key=LOCK_KEY
+        ServerConfig(repository=tmp_path), binary=Path("t"), backend_directory=Path("b"), launcher_key=LOCK_KEY
     )
 
     assert _control_flags(command) == [
         "--model-control-mode=explicit",
         "--load-model=*",
-        f"--grpc-restricted-protocol=model-repository:admin-key={LOCK_KEY}",
-        f"--http-restricted-api=model-repository:admin-key={LOCK_KEY}",
+        f"--grpc-restricted-protocol=model-repository,shared-memory,trace,logging:admin-key={LOCK_KEY}",
+        f"--http-restricted-api=model-repository,shared-memory,trace,logging:admin-key={LOCK_KEY}",
     ]
 
 
@@ -396,15 +400,17 @@ def test_an_admin_key_locks_the_repository_api_with_the_other_admin_apis(tmp_pat
 
 def test_without_draining_mode_none_is_triton_mode_none(tmp_path: Path) -> None:
     config = ServerConfig(repository=tmp_path, drain_on_stop=False)
+    command = build_command(config, binary=Path("t"), backend_directory=Path("b"), launcher_key=LOCK_KEY)
 
-    assert _control_flags(build_command(config, binary=Path("t"), backend_directory=Path("b"))) == [
-        "--model-control-mode=none"
-    ]
+    assert _control_flags(command)[0] == "--model-control-mode=none"
+    assert "--load-model=*" not in command
 
 
-def test_a_draining_command_without_any_key_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="needs a repository key"):
-        build_command(ServerConfig(repository=tmp_path), binary=Path("t"), backend_directory=Path("b"))
+def test_a_command_without_any_key_is_refused(tmp_path: Path) -> None:
+    # Without an admin key the launcher's key closes the side doors: no command without one.
+    for config in (ServerConfig(repository=tmp_path), ServerConfig(repository=tmp_path, drain_on_stop=False)):
+        with pytest.raises(ConfigError, match="needs a launcher key"):
+            build_command(config, binary=Path("t"), backend_directory=Path("b"))
 
 
 # -- start-up checks (no server process) ---------------------------------------------------------
@@ -696,3 +702,122 @@ def test_tritonserver_dies_when_its_parent_is_killed(echo_repository: Path, tmp_
     assert wait_for(lambda: process_is_gone(server_pid), timeout_s=5), "tritonserver outlived its parent"
     # The stubs are not our children; they notice the server is gone and exit by themselves.
     assert wait_for(lambda: live_processes_in_group(server_pid) == [], timeout_s=15), "stubs outlived the server"
+
+
+# -- the side doors: closed APIs, private files, HTTP off ------------------------------------------------
+
+
+def _http_call(url: str, data: bytes | None = None) -> int:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return int(exc.code)
+
+
+@pytest.mark.integration
+def test_without_an_admin_key_shared_memory_trace_logging_and_the_repository_are_closed(
+    echo_server: TritonServer, grpc_client: Any
+) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    # A file a client would like Triton to write into, as the admission slots in /dev/shm.
+    shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(os.environ.get("TMPDIR", "/tmp"))
+    target = shm / f"fashionbox-side-door-{os.getpid()}"
+    target.write_bytes(b"\0" * 128)
+    try:
+        with pytest.raises(InferenceServerException, match="restricted"):
+            grpc_client.register_system_shared_memory("slots", f"/{target.name}", 128)
+        with pytest.raises(InferenceServerException, match="restricted"):
+            grpc_client.get_system_shared_memory_status()
+    finally:
+        target.unlink()
+    with pytest.raises(InferenceServerException, match="restricted"):
+        grpc_client.update_log_settings({"log_verbose_level": 1})
+    with pytest.raises(InferenceServerException, match="restricted"):
+        grpc_client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]})
+    with pytest.raises(InferenceServerException, match="restricted"):
+        grpc_client.unload_model("echo")
+
+    http = echo_server.endpoints.http
+    assert _http_call(f"{http}/v2/systemsharedmemory/region/slots/register",
+                      f'{{"key": "/{target.name}", "offset": 0, "byte_size": 128}}'.encode()) == 403
+    assert _http_call(f"{http}/v2/logging", b'{"log_verbose_level": 1}') == 403
+    assert _http_call(f"{http}/v2/trace/setting", b'{"trace_level": ["TIMESTAMPS"]}') == 403
+    assert _http_call(f"{http}/v2/repository/models/echo/unload", b"{}") == 403
+    # What clients call stays open: inference, health, metadata, the model config (labels), statistics.
+    assert grpc_client.is_model_ready("echo")
+    assert grpc_client.get_model_config("echo").config.name == "echo"
+    assert grpc_client.get_inference_statistics("echo").model_stats
+    assert _http_call(f"{http}/v2/health/ready") == 200
+    data = np.ones((1, 3), dtype=np.float32)
+    np.testing.assert_array_equal(infer_echo(grpc_client, data)[0], data)
+
+
+def _umask(pid: int) -> str:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:"))
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_server_and_its_stubs_create_files_for_their_owner_only(echo_server: TritonServer) -> None:
+    from fashionbox.server.stubs import python_stubs
+
+    assert echo_server.pid is not None and echo_server.log_path is not None
+    stubs = python_stubs(echo_server.pid)
+    assert stubs, "no python-backend stub found"
+    assert {_umask(pid) for pid in (echo_server.pid, *stubs)} == {"0077"}
+    assert echo_server.log_path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.integration
+def test_a_temporary_log_folder_is_private_and_removed_on_stop(echo_repository: Path, tmp_path: Path) -> None:
+    config = dataclasses.replace(free_port_config(echo_repository, tmp_path), log_path=None)
+    with TritonServer(config) as server:
+        log = server.log_path
+        assert log is not None and log.parent.name.startswith("fashionbox-triton-")
+        assert log.parent.stat().st_mode & 0o777 == 0o700
+        assert log.stat().st_mode & 0o777 == 0o600
+        assert "successfully loaded 'echo'" in log.read_text()
+    assert not log.parent.exists()
+
+
+@pytest.mark.integration
+def test_a_temporary_log_folder_is_kept_when_the_start_fails(tmp_path: Path) -> None:
+    repository = tmp_path / "broken"
+    write_model(repository, "echo", "raise RuntimeError('this model does not load')\n")
+    config = dataclasses.replace(free_port_config(repository, tmp_path, startup_timeout_s=60.0), log_path=None)
+    server = TritonServer(config)
+    server.start()
+    with pytest.raises(ServerStartError):
+        server.wait_until_ready()
+    server.stop(timeout_s=0)
+    assert server.log_path is not None and server.log_path.is_file(), "the log that explains the failure is gone"
+    server.log_path.unlink()
+    server.log_path.parent.rmdir()
+
+
+@pytest.mark.integration
+def test_without_http_the_server_gets_ready_and_nothing_listens_on_the_http_port(
+    echo_repository: Path, tmp_path: Path
+) -> None:
+    import tritonclient.grpc as grpcclient
+
+    with TritonServer(free_port_config(echo_repository, tmp_path, http=False)) as server:
+        assert "--allow-http=false" in server.command
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", server.config.http_port), timeout=2).close()
+        client = grpcclient.InferenceServerClient(server.endpoints.grpc)
+        try:
+            data = np.arange(3, dtype=np.float32).reshape(1, 3)
+            np.testing.assert_array_equal(infer_echo(client, data)[0], data)
+        finally:
+            client.close()
+    assert server.returncode == 0

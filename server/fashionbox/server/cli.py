@@ -58,11 +58,15 @@ def run_server_cli(config: ServerConfig) -> int:
             return 1
         endpoints = server.endpoints
         transport = "plaintext" if config.tls is None else ("mutual TLS" if config.tls.mutual else "TLS")
-        admin = "restricted to the admin key" if config.admin_key is not None else "open"
+        if config.admin_key is not None:
+            admin = "admin APIs restricted to the admin key"
+        else:
+            admin = f"APIs closed: {', '.join(config.closed_apis())}"
+        http = f"{endpoints.http} (plaintext{'; inference needs the admin key' if config.secure else ''})"
         print(
             f"FashionBox Triton server ready (pid {server.pid})\n"
-            f"  gRPC     {endpoints.grpc} ({transport}; admin APIs {admin})\n"
-            f"  HTTP     {endpoints.http}\n"
+            f"  gRPC     {endpoints.grpc} ({transport}; {admin})\n"
+            f"  HTTP     {http if config.http else 'off'}\n"
             f"  metrics  {endpoints.metrics}\n"
             f"  log      {server.log_path}\n"
             "Press Ctrl-C to stop.",

@@ -12,21 +12,26 @@ __all__ = ["build_command", "locks_repository"]
 
 
 def locks_repository(config: ServerConfig) -> bool:
-    """Whether the server runs Triton's explicit mode only to drain (see ``ServerConfig.drain_on_stop``)."""
-    return config.model_control_mode == "none" and config.drain_on_stop
+    """Whether the server runs Triton's explicit mode only to drain (see ``ServerConfig.drain_on_stop``);
+    the drain goes over HTTP, so not without it."""
+    return config.model_control_mode == "none" and config.drain_on_stop and config.http
 
 
 def build_command(
-    config: ServerConfig, *, binary: Path, backend_directory: Path, repository_key: str | None = None
+    config: ServerConfig, *, binary: Path, backend_directory: Path, launcher_key: str | None = None
 ) -> list[str]:
     """The tritonserver command line for ``config``.
 
-    ``repository_key`` locks the model-repository API of a draining server in mode "none" that has
-    no admin key; such a server needs one.
+    ``launcher_key`` (:func:`fashionbox.server.security.new_launcher_key`) closes the APIs no client
+    needs (shared memory, trace, logging, the model repository) on a server without an admin key;
+    such a server needs one.
     """
     locked = locks_repository(config)
-    if locked and config.admin_key is None and repository_key is None:
-        raise ConfigError("a draining server in model control mode 'none' needs a repository key or an admin key")
+    if config.admin_key is None and launcher_key is None:
+        raise ConfigError(
+            "a server without an admin key needs a launcher key: it closes the shared-memory, trace, logging "
+            "and model-repository APIs"
+        )
     command = [
         str(binary),
         f"--model-repository={config.repository.resolve()}",
@@ -39,8 +44,8 @@ def build_command(
         # Explicit addresses: without them Triton listens on every interface.
         f"--grpc-address={config.host}",
         f"--grpc-port={config.grpc_port}",
-        f"--http-address={config.host}",
-        f"--http-port={config.http_port}",
+        *((f"--http-address={config.http_host}", f"--http-port={config.http_port}") if config.http
+          else ("--allow-http=false",)),
         "--allow-metrics=true",
         f"--metrics-address={config.host}",
         f"--metrics-port={config.metrics_port}",
@@ -49,6 +54,14 @@ def build_command(
         command.append(f"--backend-config=python,shm-default-byte-size={config.python_shm_default_bytes}")
     if config.python_shm_growth_bytes is not None:
         command.append(f"--backend-config=python,shm-growth-byte-size={config.python_shm_growth_bytes}")
-    command.extend(security_arguments(config.tls, config.admin_key, repository_key=repository_key if locked else None))
+    command.extend(
+        security_arguments(
+            config.tls,
+            config.admin_key,
+            launcher_key=launcher_key,
+            repository_open=config.model_control_mode == "explicit",
+            secure=config.secure,
+        )
+    )
     command.extend(config.extra_args)
     return command

@@ -19,11 +19,13 @@ from fashionbox.contract import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PO
 from fashionbox.server import settings
 from fashionbox.server.errors import ConfigError
 from fashionbox.server.security import (
+    RESTRICTION_FLAGS,
     SECURITY_FLAGS,
     SecurityError,
     ServerTls,
     check_admin_key,
     read_admin_key,
+    restricted_apis,
     security_arguments,
 )
 from fashionbox.server.settings import BOOLEAN, INTEGER, NUMBER, PATH, TEXT, Input, Setting, declare, one_of
@@ -156,6 +158,17 @@ class ServerConfig:
     http_port: int = dataclasses.field(
         default=DEFAULT_HTTP_PORT, metadata=declare("HTTP port", flag="--http-port", env="HTTP_PORT", parser=INTEGER)
     )
+    # Triton's HTTP has no TLS, so it binds apart from gRPC, on loopback unless asked otherwise.
+    http: bool = dataclasses.field(
+        default=True,
+        metadata=declare("serve HTTP (plaintext: health probes, the drain on stop); --no-http turns it off",
+                         flag="--http", env="HTTP", parser=BOOLEAN, form="switch"),
+    )
+    http_host: str = dataclasses.field(
+        default=DEFAULT_HOST,
+        metadata=declare("address HTTP binds, apart from --host; HTTP has no TLS", flag="--http-host",
+                         env="HTTP_HOST"),
+    )
     metrics_port: int = dataclasses.field(
         default=DEFAULT_METRICS_PORT,
         metadata=declare("Prometheus metrics port", flag="--metrics-port", env="METRICS_PORT", parser=INTEGER),
@@ -223,7 +236,8 @@ class ServerConfig:
     admin_key: str | None = dataclasses.field(default=None, repr=False, metadata={settings.SETTING: _ADMIN_KEY})
     secure: bool = dataclasses.field(
         default=False,
-        metadata=declare("secure profile: refuse to start without TLS and an admin key", flag="--secure",
+        metadata=declare("secure profile: refuse to start without TLS and an admin key, or with HTTP off loopback; "
+                         "HTTP inference then needs the key too", flag="--secure",
                          env="SECURE", parser=BOOLEAN, form="on", group=_SECURITY),
     )
     # Let stop() drain in-flight requests (fashionbox.server.drain). In mode "none" Triton then runs in explicit
@@ -231,7 +245,8 @@ class ServerConfig:
     # (the admin key, when set): from outside it is mode "none", nothing can be loaded or unloaded.
     drain_on_stop: bool = dataclasses.field(
         default=True,
-        metadata=declare("on stop, unload the ensemble first so requests inside it finish", flag="--drain-on-stop",
+        metadata=declare("on stop, unload the ensemble first so requests inside it finish (over HTTP: not with "
+                         "--no-http)", flag="--drain-on-stop",
                          env="DRAIN_ON_STOP", parser=BOOLEAN, form="switch"),
     )
 
@@ -245,8 +260,8 @@ class ServerConfig:
         object.__setattr__(self, "load_models", tuple(self.load_models))
         object.__setattr__(self, "extra_args", tuple(self.extra_args))
 
-        if not self.host:
-            raise ConfigError("host must not be empty")
+        if not self.host or not self.http_host:
+            raise ConfigError("host and http_host must not be empty")
         ports = {"grpc_port": self.grpc_port, "http_port": self.http_port, "metrics_port": self.metrics_port}
         for name, port in ports.items():
             # Port 0 would let Triton pick, but then nobody could tell the clients where it is.
@@ -276,7 +291,17 @@ class ServerConfig:
                 raise ConfigError(f"extra argument {arg!r} sets {flag}, which ServerConfig manages; use its field")
             if flag in SECURITY_FLAGS and (self.tls is not None or self.admin_key is not None):
                 raise ConfigError(f"extra argument {flag} conflicts with the tls/admin_key settings; use those only")
+            # Without an admin key the launcher closes these itself; Triton refuses a group restricted twice.
+            twice = set(arg.partition("=")[2].partition(":")[0].split(",")) & set(self.closed_apis())
+            if flag in RESTRICTION_FLAGS and twice:
+                raise ConfigError(f"extra argument {arg!r} restricts {', '.join(sorted(twice))}, which the server "
+                                  "closes itself (set an admin key to open them to its holders)")
         self._check_security()
+
+    def closed_apis(self) -> tuple[str, ...]:
+        """The API groups no caller may use without the admin key (without one: nobody)."""
+        return restricted_apis(admin_key=self.admin_key is not None,
+                               repository_open=self.model_control_mode == "explicit")
 
     def _check_security(self) -> None:
         try:
@@ -287,10 +312,17 @@ class ServerConfig:
             missing = [name for name, value in (("TLS (--tls-cert/--tls-key)", self.tls),
                                                 ("an admin key (--admin-key-file)", self.admin_key)) if value is None]
             raise ConfigError(f"the secure profile needs {' and '.join(missing)}")
-        # Explicit mode lets a caller load and unload models at run time: never open to the network.
-        if self.model_control_mode == "explicit" and self.admin_key is None and not is_loopback(self.host):
+        # HTTP has no TLS: in the secure profile it would be a plaintext side door past the certificates.
+        if self.secure and self.http and not is_loopback(self.http_host):
             raise ConfigError(
-                f"model_control_mode='explicit' on {self.host} would let anyone on the network load and unload "
+                f"the secure profile serves HTTP on loopback only: HTTP has no TLS, so --http-host {self.http_host} "
+                "would let the network past the gRPC certificates; keep the default (127.0.0.1) or pass --no-http"
+            )
+        # Explicit mode lets a caller load and unload models at run time: never open to the network.
+        exposed = [h for h in (self.host, *((self.http_host,) if self.http else ())) if not is_loopback(h)]
+        if self.model_control_mode == "explicit" and self.admin_key is None and exposed:
+            raise ConfigError(
+                f"model_control_mode='explicit' on {exposed[0]} would let anyone on the network load and unload "
                 "models: bind loopback, or set an admin key to restrict the model-repository API"
             )
 

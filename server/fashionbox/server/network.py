@@ -18,7 +18,7 @@ class Endpoints:
     """Where clients reach a server. ``grpc`` is ``host:port``, the form ``tritonclient.grpc`` takes."""
 
     grpc: str
-    http: str  # base URL, e.g. http://127.0.0.1:8000
+    http: str  # base URL, e.g. http://127.0.0.1:8000 (where it would be, when HTTP is off)
     metrics: str  # Prometheus scrape URL
 
     @classmethod
@@ -26,7 +26,7 @@ class Endpoints:
         host = connect_host(config.host)
         return cls(
             grpc=f"{host}:{config.grpc_port}",
-            http=f"http://{host}:{config.http_port}",
+            http=f"http://{connect_host(config.http_host)}:{config.http_port}",
             metrics=f"http://{host}:{config.metrics_port}/metrics",
         )
 

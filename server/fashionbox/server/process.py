@@ -12,6 +12,10 @@ How the child is wrapped, and why:
 - its stdout and stderr go to a log file that outlives it, so a failed start can show the log tail;
 - it runs in its own process group, so Ctrl-C in a terminal reaches only us and we stop it in order,
   and so stopping can also kill the python-backend stubs it forked;
+- it runs under umask 077, as do the python-backend stubs it forks, so whatever they create (the
+  admission slots and the stubs' regions in ``/dev/shm``, Triton's files) is its owner's alone; the
+  log file is made 0600 and a temporary log folder 0700, removed on stop (kept when the start failed
+  or the server died, so the log can be read);
 - it gets ``SIGKILL`` when its parent dies (``PR_SET_PDEATHSIG``), so a crashed or killed parent
   never leaves a server holding the ports. The stubs notice their parent is gone and exit on their own
   a few seconds later;
@@ -27,6 +31,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,7 +51,7 @@ from fashionbox.server.command import build_command, locks_repository
 from fashionbox.server.config import ServerConfig, is_loopback
 from fashionbox.server.errors import PortInUseError, ServerError, ServerStartError
 from fashionbox.server.network import Endpoints, find_free_ports, port_is_free
-from fashionbox.server.security import new_repository_key, redact
+from fashionbox.server.security import new_launcher_key, redact
 from fashionbox.server.triton import (
     SITE_PACKAGES_ENV,
     find_triton_distribution,
@@ -67,19 +72,28 @@ _POLL_INTERVAL_S = 0.1
 LOG_TAIL_LINES = 40
 
 _PR_SET_PDEATHSIG = 1
+CHILD_UMASK = 0o077
+"""The umask of tritonserver and its stubs: what they create is readable by their owner only."""
+# Triton logs this once every model is loaded and the gRPC endpoint listens: readiness without HTTP.
+_GRPC_STARTED = b"Started GRPCInferenceService at "
 _T = TypeVar("_T", bound="TritonServer")
 
 
-def _die_with_parent_hook() -> Callable[[], None] | None:
-    """A preexec_fn that makes the child receive SIGKILL when this process dies (Linux only)."""
+def _child_setup_hook() -> Callable[[], None]:
+    """A preexec_fn: umask 077, and SIGKILL for the child when this process dies (Linux only)."""
     if not sys.platform.startswith("linux"):
-        return None
+
+        def restrict() -> None:
+            os.umask(CHILD_UMASK)
+
+        return restrict
     # Load libc here, before the fork: dlopen in the forked child is not async-signal-safe. The hook
-    # itself only makes three system calls, which keeps preexec_fn's deadlock risk with threads small.
+    # itself only makes four system calls, which keeps preexec_fn's deadlock risk with threads small.
     libc = ctypes.CDLL(None, use_errno=True)
     parent_pid = os.getpid()
 
     def hook() -> None:
+        os.umask(CHILD_UMASK)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         # The parent may have died between fork and prctl; then no signal would ever come.
         if os.getppid() != parent_pid:
@@ -122,7 +136,11 @@ class TritonServer:
         self._log_path: Path | None = config.log_path
         self._command: list[str] = []
         self._returncode: int | None = None
-        self._repository_key: str | None = None  # locks the repository API of a draining server
+        # Without an admin key: closes the APIs no client needs (security.CLOSED_APIS), unlocks the drain.
+        self._launcher_key: str | None = None
+        self._own_log_dir: Path | None = None  # a temporary log folder we made; removed on stop
+        self._keep_log = False  # the start failed or the server died: the log explains it
+        self._log_start = 0  # where this run's lines begin in the log file
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -160,32 +178,42 @@ class TritonServer:
             raise ServerError("the server is already started")
         config = self.config
         check_repository(config.repository)
-        for protocol, port in (
-            ("grpc", config.grpc_port),
-            ("http", config.http_port),
-            ("metrics", config.metrics_port),
+        for protocol, host, port in (
+            ("grpc", config.host, config.grpc_port),
+            *((("http", config.http_host, config.http_port),) if config.http else ()),
+            ("metrics", config.host, config.metrics_port),
         ):
-            if not port_is_free(config.host, port):
-                raise PortInUseError(port, protocol, config.host)
+            if not port_is_free(host, port):
+                raise PortInUseError(port, protocol, host)
         if not is_loopback(config.host):
             logger.warning(
                 "binding %s: the server is reachable from the network%s",
                 config.host,
                 "" if config.tls is not None else " over plaintext gRPC (no --tls-cert)",
             )
+        if config.http and not is_loopback(config.http_host):
+            logger.warning("binding HTTP to %s: plaintext HTTP (no TLS) is reachable from the network",
+                           config.http_host)
+        if not config.http and config.drain_on_stop:
+            logger.info("HTTP is off: stop() cannot drain the ensemble first (the drain goes over HTTP)")
 
         dist = find_triton_distribution()
         backend_directory = prepare_backend_directory(config.cache_dir)
-        self._repository_key = new_repository_key() if locks_repository(config) and config.admin_key is None else None
+        self._launcher_key = new_launcher_key() if config.admin_key is None else None
         self._command = build_command(
-            config, binary=dist.binary, backend_directory=backend_directory, repository_key=self._repository_key
+            config, binary=dist.binary, backend_directory=backend_directory, launcher_key=self._launcher_key
         )
 
-        if self._log_path is None:
-            self._log_path = Path(tempfile.mkdtemp(prefix="fashionbox-triton-")) / _LOG_NAME
-        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._keep_log = False
+        if config.log_path is None:  # a fresh folder per start (mkdtemp makes it 0700)
+            self._own_log_dir = Path(tempfile.mkdtemp(prefix="fashionbox-triton-"))
+            self._log_path = self._own_log_dir / _LOG_NAME
+        assert self._log_path is not None
+        self._log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Append: a log file the user named may hold the story of an earlier run worth keeping.
-        self._log_file = open(self._log_path, "ab")  # noqa: SIM115 - closed in stop()
+        descriptor = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._log_file = os.fdopen(descriptor, "ab")
+        self._log_start = self._log_file.tell()
 
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
@@ -193,7 +221,7 @@ class TritonServer:
         )
         env[SITE_PACKAGES_ENV] = os.pathsep.join(stub_import_paths())
         logger.info(
-            "starting tritonserver: %s", shlex.join(redact(self._command, config.admin_key, self._repository_key))
+            "starting tritonserver: %s", shlex.join(redact(self._command, config.admin_key, self._launcher_key))
         )
         try:
             self._process = subprocess.Popen(
@@ -203,40 +231,58 @@ class TritonServer:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent_hook(),
+                preexec_fn=_child_setup_hook(),
             )
         except OSError as exc:
             self._close_log()
+            self._remove_own_log_dir()  # it holds nothing yet
             raise ServerStartError(f"could not run {dist.binary}: {exc}") from exc
         self._returncode = None
         logger.info("tritonserver pid %d, log %s", self._process.pid, self._log_path)
 
     def wait_until_ready(self, timeout_s: float | None = None) -> None:
-        """Poll HTTP ``/v2/health/ready`` until it answers 200; fail fast if the server exits."""
+        """Poll HTTP ``/v2/health/ready`` until it answers 200 (without HTTP: wait for Triton to log
+        that gRPC listens, which it does once every model is loaded); fail fast if the server exits."""
         process = self._require_process()
         timeout_s = self.config.startup_timeout_s if timeout_s is None else timeout_s
-        url = f"{self.endpoints.http}/v2/health/ready"
-        # No proxies: an http_proxy variable must not send a loopback health check elsewhere.
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        ready = self._http_ready if self.config.http else self._grpc_started
         deadline = time.monotonic() + timeout_s
         while True:
             code = _exit_status(process)
             if code is not None:
                 raise self._exited_error(code)
-            try:
-                with opener.open(url, timeout=1.0) as response:
-                    if response.status == 200:
-                        logger.info("tritonserver ready: gRPC %s, HTTP %s", self.endpoints.grpc, self.endpoints.http)
-                        return
-            except urllib.error.HTTPError as exc:
-                exc.close()  # 503 while models load; the error holds the open response
-            except OSError:
-                pass  # not listening yet (URLError is an OSError)
+            if ready():
+                http = self.endpoints.http if self.config.http else "off"
+                logger.info("tritonserver ready: gRPC %s, HTTP %s", self.endpoints.grpc, http)
+                return
             if time.monotonic() >= deadline:
+                self._keep_log = True
                 raise ServerStartError(
                     f"the server was not ready after {timeout_s:g} s (full log: {self._log_path})", self.log_tail()
                 )
             time.sleep(_POLL_INTERVAL_S)
+
+    def _http_ready(self) -> bool:
+        # No proxies: an http_proxy variable must not send a loopback health check elsewhere.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(f"{self.endpoints.http}/v2/health/ready", timeout=1.0) as response:
+                return bool(response.status == 200)
+        except urllib.error.HTTPError as exc:
+            exc.close()  # 503 while models load; the error holds the open response
+        except OSError:
+            pass  # not listening yet (URLError is an OSError)
+        return False
+
+    def _grpc_started(self) -> bool:
+        if self._log_path is None:
+            return False
+        try:
+            with open(self._log_path, "rb") as log:
+                log.seek(self._log_start)
+                return _GRPC_STARTED in log.read()
+        except OSError:
+            return False
 
     def wait(self, timeout_s: float | None = None) -> int | None:
         """Wait for the server to exit on its own; its exit code, or None if still running at the timeout."""
@@ -258,14 +304,17 @@ class TritonServer:
         if process is None:
             return self._returncode
         timeout_s = self.config.exit_timeout_s + STOP_GRACE_S if timeout_s is None else timeout_s
-        if _exit_status(process) is None:
-            if timeout_s > 0 and (self.config.model_control_mode == "explicit" or locks_repository(self.config)):
+        if _exit_status(process) is not None:
+            self._keep_log = True  # it died on its own: its log says why
+        else:
+            drains = self.config.model_control_mode == "explicit" or locks_repository(self.config)
+            if timeout_s > 0 and drains and self.config.http:
                 # SIGTERM alone fails ensemble requests between two steps; unloading the ensemble
                 # first lets them finish (fashionbox.server.drain). Needs the repository API. Imported
                 # here so the package never imports it before `python -m fashionbox.server.drain` runs it.
                 from fashionbox.server.drain import drain
 
-                key = self.config.admin_key or self._repository_key
+                key = self.config.admin_key or self._launcher_key
                 drain(
                     self.endpoints.http,
                     timeout_s=min(timeout_s, float(self.config.exit_timeout_s)),
@@ -286,6 +335,7 @@ class TritonServer:
         with contextlib.suppress(OSError):  # the admission slots its stubs shared (fashionbox.core.admission)
             slots_path(Path(self.config.repository), process.pid).unlink(missing_ok=True)
         logger.info("tritonserver stopped with code %d", self._returncode)
+        self._remove_own_log_dir()
         return self._returncode
 
     def __enter__(self: _T) -> _T:
@@ -339,9 +389,20 @@ class TritonServer:
                 self.config.metrics_port: "metrics",
             }
             return PortInUseError(port, protocols.get(port, "grpc"), self.config.host, tail)
+        self._keep_log = True
         return ServerStartError(
             f"tritonserver exited with code {code} before it was ready (full log: {self._log_path})", tail
         )
+
+    def _remove_own_log_dir(self) -> None:
+        """Remove the temporary log folder start() made, unless its log explains a failure."""
+        folder, self._own_log_dir = self._own_log_dir, None
+        if folder is None:
+            return
+        if self._keep_log:
+            logger.info("keeping the server log %s", self._log_path)
+            return
+        shutil.rmtree(folder, ignore_errors=True)
 
     def _close_log(self) -> None:
         if self._log_file is not None:

@@ -6,16 +6,22 @@ Two independent settings, both turned into Triton's own flags by :func:`security
   (``--grpc-use-ssl-mutual``: only clients holding a certificate signed by that CA get in).
 - an admin key: the admin APIs (:data:`ADMIN_APIS`: model repository, model config, shared memory,
   statistics, trace, logging) are restricted on gRPC (``--grpc-restricted-protocol``) and HTTP
-  (``--http-restricted-api``) to callers sending the key; health, metadata and inference stay open.
-  gRPC callers send it as the ``triton-grpc-protocol-admin-key`` metadata entry (Triton adds the
-  prefix), HTTP callers as the ``admin-key`` header::
+  (``--http-restricted-api``) to callers sending the key; health, metadata and inference stay open
+  (on HTTP, in the secure profile, inference too needs the key: HTTP has no TLS). gRPC callers send
+  it as the ``triton-grpc-protocol-admin-key`` metadata entry (Triton adds the prefix), HTTP callers
+  as the ``admin-key`` header::
 
       ClientConfig(url=..., headers={contract.ADMIN_GRPC_HEADER: key})
+
+- without an admin key, the launcher's own key (:func:`new_launcher_key`, random, made at each start
+  and never shown) closes what no client needs (:data:`CLOSED_APIS`: shared memory, trace, logging,
+  and the model repository unless the user runs explicit model control): nobody can call them.
 
 Triton only takes the key on its command line, so it is visible to local users who can read the
 server's ``/proc/<pid>/cmdline``; FashionBox reads it from a file or the environment (never from its
 own flags, which end up in shell history) and redacts it from its logs. Triton serves HTTP without
-TLS: in the secure profile bind HTTP where only probes reach it, or keep the host on loopback.
+TLS: the secure profile serves it on loopback only (or not at all), for probes and the drain. A key file
+that other users may read is refused, as ssh refuses such a private key.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shlex
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,24 +39,36 @@ from fashionbox.contract import ADMIN_KEY_NAME, ENV_PREFIX
 
 __all__ = [
     "ADMIN_APIS",
+    "CLOSED_APIS",
     "MIN_ADMIN_KEY_CHARS",
+    "RESTRICTION_FLAGS",
     "SECURITY_FLAGS",
     "SecurityError",
     "ServerTls",
     "check_admin_key",
-    "new_repository_key",
+    "new_launcher_key",
     "read_admin_key",
     "redact",
+    "restricted_apis",
     "security_arguments",
 ]
 
 ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
 """Triton API groups only an admin may call: loading models, reading configs, shared memory, stats, trace, logs."""
 
+CLOSED_APIS = ("shared-memory", "trace", "logging")
+"""Closed in every profile: with the admin key, else with the launcher's key that nobody else knows.
+
+Registering shared memory lets a client make Triton read or write any file it may open (the
+admission slots in /dev/shm, say); trace and logging switch on tracing or verbose logs for everyone.
+"""
+
 MIN_ADMIN_KEY_CHARS = 16
 # Triton parses "<apis>:<key>=<value>", so the value must not carry ':', ',' or '='; header values
 # must not carry whitespace or control characters either.
 _ADMIN_KEY_PATTERN = re.compile(r"[A-Za-z0-9._~+/-]+")
+
+RESTRICTION_FLAGS = frozenset({"--grpc-restricted-protocol", "--http-restricted-api"})
 
 SECURITY_FLAGS = frozenset(
     {
@@ -57,8 +77,7 @@ SECURITY_FLAGS = frozenset(
         "--grpc-server-cert",
         "--grpc-server-key",
         "--grpc-root-cert",
-        "--grpc-restricted-protocol",
-        "--http-restricted-api",
+        *RESTRICTION_FLAGS,
     }
 )
 """Flags :func:`security_arguments` sets; extra arguments may not set them too once TLS or a key is configured."""
@@ -118,15 +137,30 @@ def check_admin_key(key: str) -> str:
     return key
 
 
+def _check_private(path: Path) -> None:
+    """Refuse a key file other users may read or write (as ssh refuses such a private key)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise SecurityError(f"admin key file {os.fspath(path)!r} cannot be read: {exc.strerror or exc}") from exc
+    if mode & stat.S_IRWXO:
+        raise SecurityError(
+            f"admin key file {os.fspath(path)!r} is open to other users (mode {stat.S_IMODE(mode):04o}): "
+            f"run chmod 600 {shlex.quote(os.fspath(path))} (640 for a group the server runs in)"
+        )
+
+
 def read_admin_key(path: Path | None = None, environ: Mapping[str, str] | None = None) -> str | None:
     """The admin key from ``path``, else ``$FASHIONBOX_ADMIN_KEY_FILE``, else ``$FASHIONBOX_ADMIN_KEY``; or None.
 
-    A key file holds the key on its first line (a trailing newline is fine).
+    A key file holds the key on its first line (a trailing newline is fine); one that other users may
+    read is refused.
     """
     env = os.environ if environ is None else environ
     if path is None and env.get(f"{ENV_PREFIX}ADMIN_KEY_FILE", "").strip():
         path = Path(env[f"{ENV_PREFIX}ADMIN_KEY_FILE"].strip())
     if path is not None:
+        _check_private(Path(path))
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -137,26 +171,45 @@ def read_admin_key(path: Path | None = None, environ: Mapping[str, str] | None =
     return check_admin_key(value) if value else None
 
 
-def security_arguments(
-    tls: ServerTls | None, admin_key: str | None, *, repository_key: str | None = None
-) -> list[str]:
-    """Triton flags for TLS and the admin restriction (empty when nothing is set).
+def restricted_apis(*, admin_key: bool, repository_open: bool = False) -> tuple[str, ...]:
+    """The API groups a server restricts: every admin API to the holders of an admin key, else
+    :data:`CLOSED_APIS` and the model repository (unless ``repository_open``) to nobody."""
+    if admin_key:
+        return ADMIN_APIS
+    return CLOSED_APIS if repository_open else ("model-repository", *CLOSED_APIS)
 
-    ``repository_key`` locks only the model-repository API, for a server whose owner needs it
-    (to drain before stopping) but whose user set no admin key; an admin key locks it anyway.
+
+def security_arguments(
+    tls: ServerTls | None,
+    admin_key: str | None,
+    *,
+    launcher_key: str | None = None,
+    repository_open: bool = False,
+    secure: bool = False,
+) -> list[str]:
+    """Triton flags for TLS and the API restrictions (only the TLS ones when no key is given).
+
+    With ``admin_key`` every admin API (:data:`ADMIN_APIS`) needs it; ``secure`` adds HTTP inference
+    (HTTP has no TLS: plaintext inference would pass the gRPC certificates by). Without it,
+    ``launcher_key`` (:func:`new_launcher_key`) closes :data:`CLOSED_APIS` and the model-repository
+    API, unless ``repository_open`` (explicit model control without an admin key, loopback only).
     """
     arguments = tls.arguments() if tls is not None else []
-    if admin_key is not None:
-        restriction = f"{','.join(ADMIN_APIS)}:{ADMIN_KEY_NAME}={check_admin_key(admin_key)}"
-    elif repository_key is not None:
-        restriction = f"model-repository:{ADMIN_KEY_NAME}={check_admin_key(repository_key)}"
-    else:
+    key = admin_key if admin_key is not None else launcher_key
+    if key is None:
         return arguments
-    return [*arguments, f"--grpc-restricted-protocol={restriction}", f"--http-restricted-api={restriction}"]
+    check_admin_key(key)
+    apis = restricted_apis(admin_key=admin_key is not None, repository_open=repository_open)
+    http_apis = (*apis, "inference") if secure else apis
+    return [
+        *arguments,
+        f"--grpc-restricted-protocol={','.join(apis)}:{ADMIN_KEY_NAME}={key}",
+        f"--http-restricted-api={','.join(http_apis)}:{ADMIN_KEY_NAME}={key}",
+    ]
 
 
-def new_repository_key() -> str:
-    """A random key for :func:`security_arguments`' ``repository_key``: known only to this process."""
+def new_launcher_key() -> str:
+    """A random key for :func:`security_arguments`' ``launcher_key``: known only to this process."""
     return secrets.token_urlsafe(24)
 
 
