@@ -50,6 +50,10 @@ def build_command(
         f"--metrics-address={config.host}",
         f"--metrics-port={config.metrics_port}",
     ]
+    # Triton 2.51 has no flag lowering its gRPC (2 GiB) or HTTP message ceilings, and the python
+    # backend no option capping its shared memory: what bounds an oversized request, and what not,
+    # is in docs/RELIABILITY.md ("Oversized requests"). The backend commits each stub's default
+    # region at start, so sizing it for a batch at the byte limit would cost that much per instance.
     if config.python_shm_default_bytes is not None:
         command.append(f"--backend-config=python,shm-default-byte-size={config.python_shm_default_bytes}")
     if config.python_shm_growth_bytes is not None:
