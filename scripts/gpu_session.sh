@@ -90,13 +90,15 @@ timeout "$SHAPES_S" "$PYTHON" tests/benchmarks/bench_torch_shapes.py --out "$OUT
   >"$OUT/shapes.log" 2>&1
 echo "bench_torch_shapes exit $?"; tail -n 4 "$OUT/shapes.log"
 
-step "CUDA tests (limit ${TESTS_S}s; 0 skips them)"
+step "CUDA and TensorRT tests (limit ${TESTS_S}s; 0 skips them)"
 if [ "$TESTS_S" -gt 0 ]; then
   # -W default: the device's newer packages may warn where ours do not; a warning is not a failure here.
   # From tests/: `python -m pytest` puts its folder first on sys.path, and this checkout's own
   # fashionbox/ folder (without the parts pyproject maps into it) must not shadow the package.
-  (cd tests && timeout "$TESTS_S" "$PYTHON" -m pytest -q -p no:cacheprovider -W default -m cuda -rs \
-    test_torch_runtime.py test_gpu_imaging.py) >"$OUT/cuda_tests.log" 2>&1
+  # "cuda or tensorrt": the TensorRT engine tests run where the tensorrt package is present (they
+  # skip, saying so, where it is not).
+  (cd tests && timeout "$TESTS_S" "$PYTHON" -m pytest -q -p no:cacheprovider -W default -m "cuda or tensorrt" -rs \
+    test_torch_runtime.py test_gpu_imaging.py test_tensorrt.py) >"$OUT/cuda_tests.log" 2>&1
   echo "pytest exit $? (log: cuda_tests.log)"; tail -n 15 "$OUT/cuda_tests.log"
 else
   echo "skipped (TESTS_S=0)"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import require_all
 
 from fashionbox.server import TritonServer, start_on_free_ports
 
@@ -59,6 +60,11 @@ class TritonServers:
         for server in self._servers.values():
             server.stop(timeout_s=10)
         self._servers.clear()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Under CI or FASHIONBOX_REQUIRE_ALL=1 a missing server-side dependency is an error, not a skip.
+    config.pluginmanager.register(require_all, "fashionbox-require-all")
 
 
 @pytest.fixture(scope="session")

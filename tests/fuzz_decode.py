@@ -170,7 +170,20 @@ def outcome_class(outcome: str) -> str:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+    """This process's own peak resident memory (MB).
+
+    Linux's ``ru_maxrss`` is no good for that in a child process: it starts at the parent's peak at
+    the fork and keeps it across exec, so a subprocess of a test session that once held 1 GB reads
+    1 GB before it has done anything. ``VmHWM`` is the peak of the process's own address space.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB; no /proc elsewhere
 
 
 def random_mutation(rng: random.Random) -> Mutation:

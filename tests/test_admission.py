@@ -221,6 +221,7 @@ def test_the_client_reads_at_capacity_as_overload_and_retries(admission_server: 
     assert _server_slots(admission_server).in_use() == 0
 
 
+@pytest.mark.integration
 def test_the_stopped_server_removes_its_slots_file(tmp_path: Path) -> None:
     pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
     settings = RepositorySettings(input_size=64, crop_size=32, max_detections=10, max_in_flight=2)

@@ -43,8 +43,6 @@ from fashionbox.client import (
 )
 from fashionbox.contract.labels import default_label_map
 
-pytestmark = pytest.mark.integration
-
 RESTART_RETRY = RetryPolicy(max_attempts=200, initial_backoff_s=0.05, max_backoff_s=0.5, jitter=0.5)
 _T = TypeVar("_T")
 
@@ -70,6 +68,7 @@ def expected(config: ClientConfig) -> dict[bytes, ImageDetections]:
         return {image: client.detect(image) for image in set(image_set(50))}
 
 
+@pytest.mark.integration
 def test_a_thousand_detections_through_detect_many_all_succeed_and_equal_single_calls(
     config: ClientConfig, expected: dict[bytes, ImageDetections]
 ) -> None:
@@ -87,6 +86,7 @@ def test_a_thousand_detections_through_detect_many_all_succeed_and_equal_single_
     assert sum(len(o) for o in outcomes if isinstance(o, ImageDetections)) > 0, "the stand-ins find garments"
 
 
+@pytest.mark.integration
 def test_detect_many_sends_concurrently_so_the_server_batches_requests(config: ClientConfig) -> None:
     admin = ClientConfig(url=config.url, headers={ADMIN_HEADER: ADMIN_KEY})
 
@@ -104,6 +104,7 @@ def test_detect_many_sends_concurrently_so_the_server_batches_requests(config: C
     assert batches <= 0.9 * images, f"{batches} executions for {images} images: requests were not pipelined"
 
 
+@pytest.mark.integration
 def test_a_deadline_shorter_than_the_work_raises_deadline_exceeded(config: ClientConfig) -> None:
     image = large_png()
 
@@ -151,6 +152,7 @@ def test_a_server_that_accepts_but_never_answers_raises_connect_error_after_the_
     assert 0.9 < elapsed_s < 2.0, "bounded by connect_s, not by request_s"
 
 
+@pytest.mark.integration
 def test_a_server_restarted_mid_run_is_recovered_by_retries_with_no_request_lost(
     served: Served,
     config: ClientConfig,
@@ -206,6 +208,7 @@ def test_a_server_restarted_mid_run_is_recovered_by_retries_with_no_request_lost
     assert any("retrying" in record.getMessage() for record in caplog.records), "the restart was noticed"
 
 
+@pytest.mark.integration
 def test_a_bad_image_among_good_ones_fails_alone_with_its_message(
     config: ClientConfig, expected: dict[bytes, ImageDetections]
 ) -> None:
@@ -226,6 +229,7 @@ def test_a_bad_image_among_good_ones_fails_alone_with_its_message(
     assert [o for i, o in enumerate(outcomes) if i not in bad] == [expected[image] for image in good]
 
 
+@pytest.mark.integration
 def test_health_labels_model_info_and_statistics_are_read_from_the_server(config: ClientConfig) -> None:
     async def scenario() -> Any:
         async with AsyncFashionClient(config=config) as client:
@@ -246,6 +250,7 @@ def test_health_labels_model_info_and_statistics_are_read_from_the_server(config
     assert {contract.ENSEMBLE_MODEL, contract.PREPROCESS_MODEL, contract.DETECTOR_MODEL} <= names
 
 
+@pytest.mark.integration
 def test_the_client_refuses_calls_after_close(config: ClientConfig) -> None:
     async def scenario() -> None:
         client = AsyncFashionClient(config=config)

@@ -6,7 +6,10 @@ checks (``fuzz_decode.py``) for as long as it is given.
 
 from __future__ import annotations
 
-import random
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,9 +21,6 @@ from fuzz_decode import (  # noqa: E402
     Mutation,
     check_one,
     mutate,
-    outcome_class,
-    peak_rss_mb,
-    random_input,
 )
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -65,11 +65,47 @@ def test_arbitrary_bytes_are_served_or_refused_with_a_reason(prefix: bytes, body
     check_one(prefix + body)
 
 
-def test_a_seeded_run_covers_both_outcomes_without_growing_memory() -> None:
-    rng = random.Random(11)
-    before_mb = peak_rss_mb()
+MEMORY_RUN = """
+import json, random, sys
+sys.path.insert(0, {tests!r})
+from fuzz_decode import SEEDS, check_one, outcome_class, peak_rss_mb, random_input
 
-    classes = {outcome_class(check_one(random_input(rng))) for _ in range(2000)}
+for seed in SEEDS:  # warm up: imports, codecs and their first buffers are not growth
+    check_one(seed)
+before_mb = peak_rss_mb()
+rng, kept, classes = random.Random(11), [], set()
+for _ in range({count}):
+    classes.add(outcome_class(check_one(random_input(rng))))
+    kept.append(b"x" * {leak_bytes})  # the leaking stand-in, when the caller asks for one
+print(json.dumps({{"classes": sorted(classes), "growth_mb": peak_rss_mb() - before_mb}}))
+"""
+
+
+def seeded_run_in_a_fresh_process(count: int, leak_bytes: int = 0) -> tuple[set[str], float]:
+    """Classes of outcome, and how far the peak RSS rose over a baseline taken after warming up.
+
+    In a fresh process, so the baseline is this run's own: within the test session the peak RSS
+    has long been raised by earlier tests (model loading, servers' clients), and a growth measured
+    against that high-water mark could never show. (The child reads its own address space's peak,
+    ``VmHWM``: its ``ru_maxrss`` would start at this session's.) ``leak_bytes`` keeps that many
+    bytes per input alive, standing in for a decoder that leaks.
+    """
+    script = MEMORY_RUN.format(tests=str(Path(__file__).parent), count=count, leak_bytes=leak_bytes)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    return set(answer["classes"]), float(answer["growth_mb"])
+
+
+def test_a_seeded_run_covers_both_outcomes_without_growing_memory() -> None:
+    classes, growth_mb = seeded_run_in_a_fresh_process(count=2000)
 
     assert "served" in classes and len(classes) >= 5, classes
-    assert peak_rss_mb() - before_mb < PEAK_RSS_GROWTH_MB
+    assert growth_mb < PEAK_RSS_GROWTH_MB
+
+
+def test_the_memory_check_catches_a_leak_of_its_own_size() -> None:
+    """The same measurement with a stand-in leaking 2 MiB per input over 200 inputs (400 MiB) fails it."""
+    _, growth_mb = seeded_run_in_a_fresh_process(count=200, leak_bytes=2 << 20)
+
+    assert growth_mb >= PEAK_RSS_GROWTH_MB, f"a 400 MiB leak grew the peak by only {growth_mb:.0f} MB"

@@ -23,7 +23,6 @@ from fashionbox.contract.labels import default_label_map
 from fashionbox.converter.repository import CONFIG_FILE, ModelScheduling, RepositorySettings
 from fashionbox.loadtest.tune import read_configs, scheduling_of
 
-pytestmark = pytest.mark.integration
 pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
 
 LABELS = default_label_map()
@@ -46,6 +45,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+@pytest.mark.integration
 def test_a_short_sweep_writes_every_report_form(triton_server: Any, repository: Path, tmp_path: Path) -> None:
     server = triton_server(repository)
     out = tmp_path / "report"
@@ -81,6 +81,7 @@ def test_a_short_sweep_writes_every_report_form(triton_server: Any, repository: 
     assert page.count("<svg") >= 4 and "Server-side time per request" in page
 
 
+@pytest.mark.integration
 def test_a_ramp_reports_one_point_per_step(triton_server: Any, repository: Path, tmp_path: Path) -> None:
     server = triton_server(repository)
     out = tmp_path / "ramp.json"
@@ -100,6 +101,7 @@ def test_an_unreachable_target_fails_with_a_message(capsys: pytest.CaptureFixtur
     assert "did not answer" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_a_short_tune_reloads_models_and_writes_the_recommendation(repository: Path, tmp_path: Path) -> None:
     mine = tmp_path / "repository"
     shutil.copytree(repository, mine)

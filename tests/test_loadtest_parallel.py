@@ -160,7 +160,6 @@ def test_two_load_processes_measure_a_real_server(triton_server: Any, tmp_path_f
     assert not multiprocessing.active_children()
 
 
-@pytest.mark.integration
 def test_a_target_that_does_not_answer_fails_fast_and_leaves_no_process() -> None:
     from fashionbox.server import find_free_port
 

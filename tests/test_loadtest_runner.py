@@ -98,8 +98,12 @@ def test_closed_loop_throughput_is_concurrency_over_latency() -> None:
     report = _run(sweep_concurrency((4,)), FakeServer(service_s=0.02), stability=StabilityRule(tolerance=0.3))
     (point,) = report.points
     assert point.load.concurrency == 4
-    assert point.throughput_rps == pytest.approx(4 / 0.02, rel=0.2)
-    assert point.latency.p50_ms == pytest.approx(20, rel=0.25)
+    # Little's law ties the two measured numbers together, however slow the machine runs the fake:
+    # 4 requests always in flight, each taking the mean latency.
+    assert point.throughput_rps * point.latency.mean_ms / 1000 == pytest.approx(4, rel=0.3)
+    # Never faster than the service time; generous above it for a busy shared machine.
+    assert 19 <= point.latency.p50_ms < 200
+    assert 4 / 0.2 < point.throughput_rps <= 1.15 * 4 / 0.02
     assert point.errors == {} and point.bytes_sent > 0
 
 
@@ -146,8 +150,11 @@ def test_open_loop_sends_at_the_offered_rate_whatever_the_latency() -> None:
     report = _run(sweep_rates((50.0,)), FakeServer(service_s=0.1), stability=StabilityRule(tolerance=0.5))
     (point,) = report.points
     assert point.load.rate_rps == 50.0
-    assert point.throughput_rps == pytest.approx(50.0, rel=0.15)  # 5 requests in flight, never waiting on each other
-    assert point.latency.p50_ms == pytest.approx(100, rel=0.15)
+    # The schedule, not the answers, paces the sends: at 100+ ms a request, one sender waiting on
+    # each answer would manage under 10 req/s; the open loop keeps ~5 in flight and holds 50.
+    assert 35 < point.throughput_rps < 65
+    assert 99 <= point.latency.p50_ms < 400
+    assert point.throughput_rps * point.latency.mean_ms / 1000 > 3, "several requests in flight at once"
 
 
 def test_open_loop_charges_a_stall_to_every_request_scheduled_during_it() -> None:
@@ -168,7 +175,8 @@ def test_a_concurrency_step_ramp_gives_one_point_per_step() -> None:
     assert [p.load.concurrency for p in report.points] == [1, 3]
     assert all(p.load.ramp and p.windows_used == 2 for p in report.points)
     low, high = report.points
-    assert high.throughput_rps == pytest.approx(3 * low.throughput_rps, rel=0.25)
+    # Three workers against a server without a limit: well over twice the throughput of one.
+    assert high.throughput_rps > 2 * low.throughput_rps
 
 
 # -- error backoff ------------------------------------------------------------------------------------------

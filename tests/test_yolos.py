@@ -129,6 +129,26 @@ def test_a_bin_holding_arbitrary_objects_is_refused(checkpoint_dir: Path, tmp_pa
         load_yolos(checkpoint_weights(tmp_path))
 
 
+def _copy_with_processor_size(checkpoint_dir: Path, folder: Path, size: dict[str, int]) -> Path:
+    for name in ("config.json", "model.safetensors"):
+        (folder / name).write_bytes((checkpoint_dir / name).read_bytes())
+    processor = json.loads((checkpoint_dir / "preprocessor_config.json").read_text(encoding="utf-8"))
+    (folder / "preprocessor_config.json").write_text(json.dumps({**processor, "size": size}), encoding="utf-8")
+    return checkpoint_weights(folder)
+
+
+def test_a_processor_without_any_size_is_refused(checkpoint_dir: Path, tmp_path: Path) -> None:
+    weights = _copy_with_processor_size(checkpoint_dir, tmp_path, {"shortest_edge": 0, "longest_edge": 0})
+    with pytest.raises(ValueError, match=r"cannot tell the input size from the processor's size \{\}$"):
+        load_yolos(weights)
+
+
+def test_a_processor_size_below_the_patch_size_is_refused(checkpoint_dir: Path, tmp_path: Path) -> None:
+    weights = _copy_with_processor_size(checkpoint_dir, tmp_path, {"shortest_edge": 8, "longest_edge": 112})
+    with pytest.raises(ValueError, match=r"^shortest_edge 8 is smaller than the patch size 16$"):
+        load_yolos(weights)
+
+
 # -- export and in-process parity -----------------------------------------------------------------------------
 
 

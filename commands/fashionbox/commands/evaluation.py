@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # the client is only needed for its result type here
     from fashionbox.client import ImageDetections
 
 __all__ = [
+    "SCORE_TOLERANCE",
     "EvalSample",
     "FidelityReport",
     "Prediction",
@@ -269,17 +270,32 @@ class FidelityReport:
     unexplained_differences: int
     attribute_ties: int
     """Attribute labels that differ where the top two probabilities are within 1e-3."""
+    max_score_diff: float = 0.0
+    """Largest score difference between a served detection and the reference one it was paired with."""
+    score_mismatches: int = 0
+    """Paired detections whose scores differ by more than the score tolerance (each also unexplained)."""
 
     @property
     def identical(self) -> bool:
         return self.unexplained_differences == 0 and self.max_box_diff_px <= 0.5
 
 
+SCORE_TOLERANCE = 1e-3
+"""Default largest score difference of a paired detection: the converter holds ONNX Runtime to 1e-4
+of PyTorch; the rest is room for the served path's other runtime (torch, TensorRT FP32)."""
+
+
 def compare_fidelity(served: Sequence[Sequence[Prediction]], reference: Sequence[Sequence[Prediction]],
-                     score_threshold: float, tolerance: float = 1e-3) -> FidelityReport:
-    """Pair each served detection with the reference one (same category, best IoU) and compare."""
-    detections = matched = cat_mis = attr_mis = ties = unexplained = attr_ties = 0
-    max_diff = 0.0
+                     score_threshold: float, tolerance: float = 1e-3,
+                     score_tolerance: float = SCORE_TOLERANCE) -> FidelityReport:
+    """Pair each served detection with the reference one (same category, best IoU) and compare.
+
+    ``tolerance`` is how near the threshold an unpaired detection's score (or how near each other
+    two differing attribute labels' scores) must be to count as a tie; ``score_tolerance`` is how
+    far a paired detection's score may lie from the reference's before it counts as a mismatch.
+    """
+    detections = matched = cat_mis = attr_mis = ties = unexplained = attr_ties = score_mis = 0
+    max_diff = max_score_diff = 0.0
     for served_preds, ref_preds in zip(served, reference, strict=True):
         detections += len(ref_preds)
         used: set[int] = set()
@@ -299,6 +315,11 @@ def compare_fidelity(served: Sequence[Sequence[Prediction]], reference: Sequence
             matched += 1
             r = ref_preds[best]
             max_diff = max(max_diff, max(abs(a - b) for a, b in zip(p.box, r.box, strict=True)))
+            score_diff = abs(p.score - r.score)
+            max_score_diff = max(max_score_diff, score_diff)
+            if score_diff > score_tolerance:
+                score_mis += 1
+                unexplained += 1
             for group, label in r.attributes.items():
                 if p.attributes.get(group) != label:
                     # Probabilities agree to ~1e-6 across runtimes, so differing labels mean the top
@@ -315,7 +336,7 @@ def compare_fidelity(served: Sequence[Sequence[Prediction]], reference: Sequence
                 else:
                     unexplained += 1
     return FidelityReport(len(reference), detections, matched, cat_mis, attr_mis, max_diff, ties, unexplained,
-                          attr_ties)
+                          attr_ties, max_score_diff, score_mis)
 
 
 # -- the CLI -------------------------------------------------------------------------------------------
