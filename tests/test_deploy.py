@@ -45,8 +45,10 @@ def test_server_reserves_a_gpu_checks_readiness_and_drains_on_stop(compose: dict
     service = compose["services"]["triton"]
     device = service["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
-    assert "/v2/health/ready" in " ".join(service["healthcheck"]["test"])
     config = _serve_config(service["command"])
+    # Healthy means the supervisor's verdict (every model ready, no stub dead), not Triton's own ready.
+    assert config.ready_file is not None
+    assert service["healthcheck"]["test"] == ["CMD", "test", "-f", str(config.ready_file)]
     assert config.drain_on_stop and config.model_control_mode == "none" and config.host == "0.0.0.0"
     # Every model loaded, nothing loadable from outside, the ensemble unloadable by the wrapper alone.
     triton = _triton_command(config, launcher_key="wrapper-only-launcher-key")
@@ -261,15 +263,19 @@ def test_every_replica_gets_a_gpu_and_a_read_only_repository(k8s: dict[str, dict
     assert source["readOnly"] is True
 
 
-def test_probes_hit_tritons_health_endpoints_on_the_contract_ports(k8s: dict[str, dict[str, Any]]) -> None:
+def test_probes_read_the_supervisors_verdict_and_tritons_liveness_on_the_contract_ports(
+    k8s: dict[str, dict[str, Any]],
+) -> None:
     from fashionbox.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
 
     triton = _triton(k8s)
     ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
     assert ports == {"http": DEFAULT_HTTP_PORT, "grpc": DEFAULT_GRPC_PORT, "metrics": DEFAULT_METRICS_PORT}
-    assert triton["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    config = _serve_config(triton["args"], environ={"FASHIONBOX_ADMIN_KEY": ADMIN_KEY})
+    assert config.ready_file is not None
+    verdict = {"command": ["test", "-f", str(config.ready_file)]}
+    assert triton["readinessProbe"]["exec"] == verdict and triton["startupProbe"]["exec"] == verdict
     assert triton["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
-    assert triton["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     annotations = k8s["Deployment/fashionbox-triton"]["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(DEFAULT_METRICS_PORT)
 

@@ -45,7 +45,7 @@ from fashionbox.client import (
 from fashionbox.converter.repository import ModelScheduling, RepositorySettings
 from fashionbox.loadtest.reliability import drive_open_loop
 from fashionbox.server import Endpoints, ServerConfig, TritonServer, find_free_ports, running_server
-from fashionbox.server.stubs import StubWatch, python_stubs, supervise
+from fashionbox.server.stubs import SHM_DIR, StubWatch, python_stubs, supervise
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
@@ -409,3 +409,173 @@ def test_a_killed_stub_is_noticed_the_server_restarted_and_no_acknowledged_answe
     messages = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
     assert any("is not healthy" in m or "UNAVAILABLE" in m for m in messages), messages[:3]
     assert recovered_s < 60
+
+
+# -- recovery time, shared memory, readiness, admin model changes -----------------------------------------
+
+ADMIN = "reliability-admin-key-0123456789"
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _supervised(server: TritonServer, ready_file: Path, work: Callable[[], None]) -> list[list[str]]:
+    """Run ``work`` on a thread while ``supervise`` (as ``fashionbox serve`` runs it) keeps this thread,
+    the one that started the server; returns the restarts it made. Re-raises what ``work`` raised."""
+    restarts: list[list[str]] = []
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # re-raised on the test's thread
+            failure.append(exc)
+        finally:
+            stop.set()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        code = supervise(server, stop=stop, on_restart=restarts.append, ready_file=ready_file)
+    finally:
+        stop.set()
+        worker.join(timeout=120)
+    if failure:
+        raise failure[0]
+    assert code is None, f"the server exited with {code}"
+    assert not ready_file.exists(), "supervision ended: no ready file"
+    return restarts
+
+
+def _regions_left(regions: tuple[str, ...]) -> list[str]:
+    return [region for region in regions if (SHM_DIR / region).exists()]
+
+
+def test_a_killed_stub_is_replaced_within_seconds_readiness_drops_meanwhile_and_no_shared_memory_leaks(
+    shipped_policy_repository: Path, tmp_path: Path
+) -> None:
+    server = start_private_server(shipped_policy_repository, tmp_path)
+    ready_file = tmp_path / "pipeline.ready"
+    image = dark_jpeg(0, size=(320, 240))
+    config = ClientConfig(url=server.endpoints.grpc, retry=RetryPolicy.disabled(), timeouts=Timeouts(request_s=10))
+    recoveries: list[float] = []
+    left: list[list[str]] = []
+    unready_seen: list[bool] = []
+    ready_again: list[float] = []
+    final_regions: tuple[str, ...] = ()
+
+    def kill_three_times() -> None:
+        nonlocal final_regions
+        with FashionClient(config=config) as client:
+            expected = client.detect(image)
+            for _ in range(3):
+                assert _wait_until(ready_file.exists, 30), "the pipeline is ready: the ready file is there"
+                assert server.pid is not None
+                watch = StubWatch.of(server.pid)
+                assert len(watch.regions) == len(watch.stubs) >= 4, watch
+                victim = next(pid for pid, name in watch.stubs if name.startswith(contract.DETECTOR_MODEL))
+                killed = time.monotonic()
+                os.kill(victim, signal.SIGKILL)
+                unready = False
+                while True:  # light load: one request at a time, a short pause after a failure
+                    if not unready and not ready_file.exists():
+                        unready = True
+                    elif unready and ready_file.exists() and len(ready_again) < len(recoveries) + 1:
+                        ready_again.append(time.monotonic() - killed)
+                    sent = time.monotonic()
+                    try:
+                        answer = client.detect(image)
+                    except FashionBoxError:
+                        time.sleep(0.05)
+                    else:
+                        if sent > killed:
+                            recoveries.append(time.monotonic() - killed)
+                            assert answer == expected
+                            break
+                    assert time.monotonic() - killed < 60, "no good answer within 60 s of the kill"
+                unready_seen.append(unready)
+                assert _wait_until(ready_file.exists, 30)
+                left.append(_regions_left(watch.regions))
+            assert server.pid is not None
+            final_regions = StubWatch.of(server.pid).regions
+
+    try:
+        restarts = _supervised(server, ready_file, kill_three_times)
+    finally:
+        server.stop(timeout_s=10)
+
+    logger.info(
+        "stub killed 3 times: ready file back after %s s, first good answer after %s s",
+        ", ".join(f"{r:.2f}" for r in ready_again),
+        ", ".join(f"{r:.2f}" for r in recoveries),
+    )
+    assert len(restarts) == 3 and all(dead[0].startswith(contract.DETECTOR_MODEL) for dead in restarts), restarts
+    # The benchmark figure is under 5 s (docs/RELIABILITY.md); a busy 2-core CI machine gets 10.
+    assert all(r < 10 for r in recoveries), recoveries
+    assert unready_seen == [True, True, True], "the ready file is gone while the pipeline is broken"
+    assert left == [[], [], []], "the killed server's /dev/shm regions (the dead stub's too) are removed"
+    assert final_regions and _regions_left(final_regions) == [], "a stopped server leaves no region"
+
+
+def _admin_call(server: TritonServer, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{server.endpoints.http}{path}",
+        data=b"{}" if "/repository/" in path else None,
+        headers={"Content-Type": "application/json", contract.ADMIN_KEY_NAME: ADMIN},
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=30) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return int(exc.code), exc.read().decode()
+
+
+def test_an_admin_unload_or_reload_restarts_nothing_and_the_ready_file_follows_the_pipeline(
+    shipped_policy_repository: Path, tmp_path: Path
+) -> None:
+    server = start_private_server(shipped_policy_repository, tmp_path, admin_key=ADMIN)
+    pid = server.pid
+    ready_file = tmp_path / "pipeline.ready"
+    image = dark_jpeg(1, size=(320, 240))
+    config = ClientConfig(url=server.endpoints.grpc, retry=RetryPolicy.disabled(), timeouts=Timeouts(request_s=10))
+    steps: list[str] = []
+
+    def change_models() -> None:
+        with FashionClient(config=config) as client:
+            expected = client.detect(image)
+            assert _wait_until(ready_file.exists, 30)
+            for model in (contract.ENSEMBLE_MODEL, contract.ATTRIBUTES_MODEL, contract.PREPROCESS_MODEL):
+                assert _admin_call(server, f"/v2/repository/models/{model}/unload") == (200, ""), model
+                assert _wait_until(lambda: not ready_file.exists(), 10), f"{model} unloaded: not ready"
+                if model == contract.ENSEMBLE_MODEL:
+                    # Triton's own readiness does not see it (an unloaded model is no loaded model).
+                    assert _admin_call(server, "/v2/health/ready")[0] == 200
+                    with pytest.raises(ModelNotReady):
+                        client.detect(image)
+                time.sleep(1.5)  # a few supervisor polls: no restart
+                assert server.pid == pid
+                # The admin's load is answered (not "Server not ready" from a restart under way).
+                assert _admin_call(server, f"/v2/repository/models/{model}/load") == (200, ""), model
+                assert _wait_until(ready_file.exists, 10), f"{model} loaded again: ready"
+                assert client.detect(image) == expected
+                steps.append(f"unload+load {model}")
+
+    try:
+        restarts = _supervised(server, ready_file, change_models)
+    finally:
+        server.stop(timeout_s=10)
+
+    assert restarts == [], "a model changed through the repository API by a key holder is no crash"
+    assert len(steps) == 3, steps

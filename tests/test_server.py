@@ -273,6 +273,7 @@ SAMPLES: dict[str, tuple[str, list[str]]] = {
     "admin_key_file": ("{pem}/admin.key", ["--admin-key-file={pem}/admin.key"]),
     "secure": ("yes", ["--secure"]),
     "drain_on_stop": ("0", ["--no-drain-on-stop"]),
+    "ready_file": ("/run/fb/ready", ["--ready-file=/run/fb/ready"]),
 }
 
 
@@ -660,13 +661,16 @@ def test_a_server_that_exits_early_fails_fast_with_the_log_tail(tmp_path: Path) 
 # -- the CLI in a child process ------------------------------------------------------------------
 
 
-def spawn_serve(repository: Path, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+def spawn_serve(
+    repository: Path, tmp_path: Path, *extra: str
+) -> tuple[subprocess.Popen[bytes], int, Path]:
     """Run ``python -m fashionbox.server`` and wait for its ready banner; returns (process, server pid, output)."""
     grpc_port, http_port, metrics_port = find_free_ports(3)
     output = tmp_path / "serve.out"
     args = [
         *("--repository", str(repository), "--log-file", str(tmp_path / "tritonserver.log")),
         *("--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port)),
+        *extra,
     ]
     with open(output, "wb") as sink:
         process = subprocess.Popen(
@@ -691,6 +695,23 @@ def test_serve_stops_cleanly_on_sigterm(echo_repository: Path, tmp_path: Path) -
     assert process.wait(timeout=20) == 0, output.read_text()
     assert process_is_gone(server_pid)
     assert "gRPC     127.0.0.1:" in output.read_text()
+
+
+@pytest.mark.integration
+def test_serve_keeps_a_ready_file_while_every_model_is_ready_and_removes_it_on_stop(
+    echo_repository: Path, tmp_path: Path
+) -> None:
+    ready_file = tmp_path / "probe" / "ready"
+    process, _, output = spawn_serve(echo_repository, tmp_path, "--ready-file", str(ready_file))
+    try:
+        assert wait_for(ready_file.exists, timeout_s=10), output.read_text()
+        assert ready_file.read_text().startswith("ready\n")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=20)
+    assert code == 0, output.read_text()
+    assert not ready_file.exists(), "no ready file once the server is stopped"
+    assert f"ready    {ready_file}" in output.read_text()
 
 
 @pytest.mark.integration

@@ -69,13 +69,14 @@ def run_server_cli(config: ServerConfig) -> int:
             f"  HTTP     {http if config.http else 'off'}\n"
             f"  metrics  {endpoints.metrics}\n"
             f"  log      {server.log_path}\n"
+            f"  ready    {config.ready_file or 'no ready file (--ready-file)'}\n"
             "Press Ctrl-C to stop.",
             flush=True,
         )
         # Triton 2.51 neither restarts a python-backend stub that dies nor stops reporting ready:
-        # supervise() restarts the server then (fashionbox.server.stubs).
+        # supervise() restarts the server then, and keeps the ready file (fashionbox.server.stubs).
         try:
-            code = supervise(server)
+            code = supervise(server, ready_file=config.ready_file)
         except ServerStartError as exc:
             print(f"fashionbox serve: the restart after a python backend stub died failed: {exc}", file=sys.stderr)
             return 1

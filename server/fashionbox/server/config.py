@@ -249,6 +249,13 @@ class ServerConfig:
                          "--no-http)", flag="--drain-on-stop",
                          env="DRAIN_ON_STOP", parser=BOOLEAN, form="switch"),
     )
+    # Written by `fashionbox serve` while every model of the pipeline is READY and no stub died; probes read it.
+    ready_file: Path | None = dataclasses.field(
+        default=None,
+        metadata=declare("file that exists while the pipeline answers (every model READY, no stub dead): for "
+                         "readiness probes, e.g. test -f FILE", flag="--ready-file", env="READY_FILE", parser=PATH,
+                         metavar="FILE", shown_default="none"),
+    )
 
     def __post_init__(self) -> None:
         # Accept str paths from callers but store Paths, so equality and hashing are predictable.
@@ -257,6 +264,8 @@ class ServerConfig:
             object.__setattr__(self, "log_path", Path(self.log_path))
         if self.cache_dir is not None:
             object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+        if self.ready_file is not None:
+            object.__setattr__(self, "ready_file", Path(self.ready_file))
         object.__setattr__(self, "load_models", tuple(self.load_models))
         object.__setattr__(self, "extra_args", tuple(self.extra_args))
 

@@ -39,6 +39,7 @@ import tempfile
 import time
 import types
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,6 +53,7 @@ from fashionbox.server.config import ServerConfig, is_loopback
 from fashionbox.server.errors import PortInUseError, ServerError, ServerStartError
 from fashionbox.server.network import Endpoints, find_free_ports, port_is_free
 from fashionbox.server.security import new_launcher_key, redact
+from fashionbox.server.stubs import StubWatch, remove_regions
 from fashionbox.server.triton import (
     SITE_PACKAGES_ENV,
     find_triton_distribution,
@@ -141,6 +143,9 @@ class TritonServer:
         self._own_log_dir: Path | None = None  # a temporary log folder we made; removed on stop
         self._keep_log = False  # the start failed or the server died: the log explains it
         self._log_start = 0  # where this run's lines begin in the log file
+        # The python stubs' /dev/shm regions seen in this run: removed once the server is stopped, since a
+        # killed stub or server leaves its own behind (a clean Triton exit removes them itself).
+        self._stub_regions: set[str] = set()
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -254,6 +259,7 @@ class TritonServer:
             if ready():
                 http = self.endpoints.http if self.config.http else "off"
                 logger.info("tritonserver ready: gRPC %s, HTTP %s", self.endpoints.grpc, http)
+                self.watch_stubs()
                 return
             if time.monotonic() >= deadline:
                 self._keep_log = True
@@ -261,6 +267,39 @@ class TritonServer:
                     f"the server was not ready after {timeout_s:g} s (full log: {self._log_path})", self.log_tail()
                 )
             time.sleep(_POLL_INTERVAL_S)
+
+    def watch_stubs(self) -> StubWatch:
+        """The python-backend stubs alive now (:class:`fashionbox.server.stubs.StubWatch`); their
+        shared-memory regions are removed once the server is stopped."""
+        watch = StubWatch.of(self._require_process().pid)
+        self._stub_regions.update(watch.regions)
+        return watch
+
+    def pipeline_models(self) -> tuple[str, ...]:
+        """The models this server loads at start (every model folder of the repository, or the
+        explicit mode's ``load_models``): the pipeline answers only while each is READY."""
+        config = self.config
+        if config.model_control_mode == "explicit" and "*" not in config.load_models:
+            return tuple(config.load_models)
+        repository = Path(config.repository)
+        return tuple(sorted(entry.name for entry in repository.iterdir()
+                            if not entry.name.startswith(".") and (entry / "config.pbtxt").is_file()))
+
+    def model_ready(self, model: str) -> bool | None:
+        """Triton's ``/v2/models/<model>/ready``: True (READY), False (loading, unloading, unloaded,
+        unknown), None (no HTTP, not running, or no answer within a second)."""
+        if not self.config.http or not self.is_alive():
+            return None
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        url = f"{self.endpoints.http}/v2/models/{urllib.parse.quote(model)}/ready"
+        try:
+            with opener.open(url, timeout=1.0) as response:
+                return bool(response.status == 200)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return False
+        except OSError:
+            return None
 
     def _http_ready(self) -> bool:
         # No proxies: an http_proxy variable must not send a loopback health check elsewhere.
@@ -320,10 +359,14 @@ class TritonServer:
                     timeout_s=min(timeout_s, float(self.config.exit_timeout_s)),
                     headers={ADMIN_KEY_NAME: key} if key else None,
                 )
+            with contextlib.suppress(OSError):  # the stubs' regions, to remove if they are killed
+                self._stub_regions.update(StubWatch.of(process.pid).regions)
             # Only the server gets SIGTERM: it unloads the models, which ends the stubs in order.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGTERM)
-            if self.wait(timeout_s) is None:
+            if timeout_s <= 0:
+                logger.info("killing tritonserver (stop without waiting)")
+            elif self.wait(timeout_s) is None:
                 logger.warning("tritonserver did not stop within %g s; killing it", timeout_s)
         # The server is a zombie or still running, so its group id is still ours: kill whatever is left
         # in the group (the server if it hung, stubs orphaned by a crash) before reaping.
@@ -334,6 +377,9 @@ class TritonServer:
         self._close_log()
         with contextlib.suppress(OSError):  # the admission slots its stubs shared (fashionbox.core.admission)
             slots_path(Path(self.config.repository), process.pid).unlink(missing_ok=True)
+        regions, self._stub_regions = self._stub_regions, set()
+        if removed := remove_regions(regions):
+            logger.info("removed %d shared-memory region(s) the python backend left in /dev/shm", len(removed))
         logger.info("tritonserver stopped with code %d", self._returncode)
         self._remove_own_log_dir()
         return self._returncode
