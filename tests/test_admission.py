@@ -34,71 +34,85 @@ class Clock:
         return self.now
 
 
-def test_slots_are_taken_until_none_is_left_and_given_back(tmp_path: Path) -> None:
+def test_slots_are_taken_until_none_is_left_and_given_back_by_key(tmp_path: Path) -> None:
     slots = AdmissionSlots(tmp_path / "slots", capacity=3, ttl_s=10)
 
-    assert [slots.take(1) == 1 for _ in range(4)] == [True, True, True, False]
+    assert [slots.take([key]) == 1 for key in (1, 2, 3, 4)] == [True, True, True, False]
     assert slots.in_use() == 3
-    slots.release()
-    assert slots.in_use() == 2 and slots.take(1) == 1 and slots.take(1) == 0
+    slots.release([2])
+    slots.release([2, 99])  # a key with no slot frees nothing
+    assert slots.in_use() == 2 and slots.take([5]) == 1 and slots.take([6]) == 0
 
 
 def test_take_admits_as_many_as_are_free_under_one_lock(tmp_path: Path) -> None:
     slots = AdmissionSlots(tmp_path / "slots", capacity=5, ttl_s=10)
-    assert slots.take(2) == 2
+    assert slots.take([1, 2]) == 2
 
-    assert slots.take(4) == 3
-    assert slots.take(1) == 0 and slots.in_use() == 5
-    assert slots.take(0) == 0
+    assert slots.take([3, 4, 5, 6]) == 3
+    assert slots.take([7]) == 0 and slots.in_use() == 5
+    assert slots.take([]) == 0
 
 
 def test_a_slot_never_given_back_frees_itself_after_the_ttl(tmp_path: Path) -> None:
     clock = Clock()
     slots = AdmissionSlots(tmp_path / "slots", capacity=2, ttl_s=5, clock=clock)
-    assert slots.take(2) == 2 and slots.take(1) == 0
+    assert slots.take([1, 2]) == 2 and slots.take([3]) == 0
 
     clock.now += 5.5
     assert slots.in_use() == 0
-    assert slots.take(2) == 2
+    assert slots.take([4, 5]) == 2
 
 
-def test_release_gives_back_the_oldest_live_slots_and_never_more_than_are_taken(tmp_path: Path) -> None:
+def test_a_pending_slot_frees_itself_quickly_unless_confirmed_then_lasts_the_ttl(tmp_path: Path) -> None:
     clock = Clock()
-    slots = AdmissionSlots(tmp_path / "slots", capacity=3, ttl_s=5, clock=clock)
-    slots.take(1)
-    clock.now += 1
-    slots.take(1)
+    slots = AdmissionSlots(tmp_path / "slots", capacity=3, ttl_s=5, pending_s=1, clock=clock)
+    assert slots.take([1, 2, 3]) == 3
+    clock.now += 0.5
+    slots.confirm([2])  # reached the detector: only the ensemble gets there
 
-    slots.release(5)
+    clock.now += 0.6  # 1.1 s after the take: the two unconfirmed slots are free again
+    assert slots.in_use() == 1 and slots.take([4, 5]) == 2
+    clock.now += 3.8  # 4.4 s after its confirmation
+    assert slots.in_use() == 1
+    slots.confirm([1])  # its pending slot expired: confirming it takes none
+    clock.now += 0.7  # 5.1 s after its confirmation
     assert slots.in_use() == 0
-    assert slots.take(3) == 3
+
+
+def test_pending_time_must_be_positive_and_at_most_the_ttl(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="pending_s"):
+        AdmissionSlots(tmp_path / "slots", capacity=1, ttl_s=1, pending_s=2)
+    with pytest.raises(ValueError, match="admission_pending_ms"):
+        AdmissionSettings(max_in_flight=4, admission_ttl_ms=500, admission_pending_ms=1_000)
 
 
 def test_processes_opening_the_same_file_share_the_slots(tmp_path: Path) -> None:
     first = AdmissionSlots(tmp_path / "slots", capacity=2, ttl_s=10)
     second = AdmissionSlots(tmp_path / "slots", capacity=2, ttl_s=10)
 
-    assert first.take(1) == 1 and second.take(1) == 1
-    assert first.take(1) == 0 and second.take(1) == 0
-    second.release()
-    assert first.take(1) == 1
+    assert first.take([1]) == 1 and second.take([2]) == 1
+    assert first.take([3]) == 0 and second.take([4]) == 0
+    second.release([1])
+    assert first.take([5]) == 1
 
 
-def _hammer(path: str, rounds: int, results: mp.Queue) -> None:
+def _hammer(path: str, rounds: int, worker: int, results: mp.Queue) -> None:
     slots = AdmissionSlots(Path(path), capacity=5, ttl_s=60)
     taken = 0
-    for _ in range(rounds):
-        if slots.take(1) == 1:
+    for round_ in range(rounds):
+        key = worker * 1_000_000 + round_ + 1
+        if slots.take([key]) == 1:
             taken += 1
             assert slots.in_use() <= 5
-            slots.release()
+            slots.confirm([key])
+            slots.release([key])
     results.put(taken)
 
 
 def test_concurrent_processes_never_hold_more_than_the_capacity(tmp_path: Path) -> None:
     context = mp.get_context("spawn")
     results: mp.Queue = context.Queue()
-    workers = [context.Process(target=_hammer, args=(str(tmp_path / "slots"), 300, results)) for _ in range(4)]
+    workers = [context.Process(target=_hammer, args=(str(tmp_path / "slots"), 300, i, results)) for i in range(4)]
     for worker in workers:
         worker.start()
     taken = [results.get(timeout=60) for _ in workers]
@@ -139,12 +153,14 @@ def test_admission_settings_go_to_preprocess_and_postprocess_only_when_on() -> N
     on = model_configs(RepositorySettings(max_in_flight=24), labels)
 
     assert all("max_in_flight" not in config.parameters for config in off.values())
-    for name in ("preprocess", "postprocess"):
+    for name in ("preprocess", "detector", "postprocess"):
         parameters = Parameters.from_model_config({"name": name, "parameters": {
             k: {"string_value": v.string_value} for k, v in on[name].parameters.items()}})
         # Unset, the TTL is 5 s (more than the later steps' queue timeouts, none here).
-        assert AdmissionSettings.optional(parameters) == AdmissionSettings(max_in_flight=24, admission_ttl_ms=5_000)
-    assert "max_in_flight" not in on["detector"].parameters
+        assert AdmissionSettings.optional(parameters) == AdmissionSettings(max_in_flight=24, admission_ttl_ms=5_000,
+                                                                           admission_pending_ms=1_000)
+    assert "max_in_flight" in on["detector"].parameters  # it confirms the slots preprocess takes
+    assert "max_in_flight" not in on["attributes"].parameters
     assert AdmissionSettings.optional(Parameters({})) is None
 
 

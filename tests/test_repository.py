@@ -69,6 +69,7 @@ EXPECTED = {
         input { name: "IMAGE" data_type: TYPE_STRING dims: [1] }
         output { name: "PIXELS" data_type: TYPE_UINT8 dims: [64, 64, 3] }
         output { name: "IMAGE_INFO" data_type: TYPE_FP32 dims: [5] }
+        output { name: "TOKEN" data_type: TYPE_UINT8 dims: [32] }
         instance_group { count: 2 kind: KIND_CPU }
         dynamic_batching {
           preferred_batch_size: [2, 4] max_queue_delay_microseconds: 500
@@ -79,10 +80,12 @@ EXPECTED = {
         parameters { key: "max_pixels" value { string_value: "4000000" } }
         parameters { key: "max_in_flight" value { string_value: "12" } }
         parameters { key: "admission_ttl_ms" value { string_value: "5000" } }
+        parameters { key: "admission_pending_ms" value { string_value: "1000" } }
     """,
     "detector": """
         name: "detector"  backend: "python"  max_batch_size: 8
         input { name: "PIXELS" data_type: TYPE_UINT8 dims: [64, 64, 3] }
+        input { name: "TOKEN" data_type: TYPE_UINT8 dims: [32] }
         output { name: "DET_BOXES" data_type: TYPE_FP32 dims: [-1, 4] }
         output { name: "DET_SCORES" data_type: TYPE_FP32 dims: [-1] }
         output { name: "DET_CLASSES" data_type: TYPE_INT32 dims: [-1] }
@@ -94,10 +97,14 @@ EXPECTED = {
         parameters { key: "intra_op_threads" value { string_value: "2" } }
         parameters { key: "inter_op_threads" value { string_value: "1" } }
         parameters { key: "allow_spinning" value { string_value: "true" } }
+        parameters { key: "max_in_flight" value { string_value: "12" } }
+        parameters { key: "admission_ttl_ms" value { string_value: "5000" } }
+        parameters { key: "admission_pending_ms" value { string_value: "1000" } }
     """,
     "attributes": """
         name: "attributes"  backend: "python"  max_batch_size: 32
         input { name: "CROPS" data_type: TYPE_UINT8 dims: [32, 32, 3] }
+        input { name: "TOKEN" data_type: TYPE_UINT8 dims: [32] }
         output { name: "ATTRIBUTE_PROBS" data_type: TYPE_FP32 dims: [15] }
         instance_group { count: 1 kind: KIND_CPU }
         dynamic_batching { max_queue_delay_microseconds: 100 }
@@ -115,6 +122,7 @@ EXPECTED = {
         input { name: "DET_BOXES" data_type: TYPE_FP32 dims: [-1, 4] }
         input { name: "DET_SCORES" data_type: TYPE_FP32 dims: [-1] }
         input { name: "DET_CLASSES" data_type: TYPE_INT32 dims: [-1] }
+        input { name: "TOKEN" data_type: TYPE_UINT8 dims: [32] }
         output { name: "BOXES" data_type: TYPE_FP32 dims: [-1, 4] }
         output { name: "SCORES" data_type: TYPE_FP32 dims: [-1] }
         output { name: "CATEGORIES" data_type: TYPE_INT32 dims: [-1] }
@@ -128,8 +136,10 @@ EXPECTED = {
         parameters { key: "attributes_model" value { string_value: "attributes" } }
         parameters { key: "model_version" value { string_value: "test-1" } }
         parameters { key: "model_name" value { string_value: "standin" } }
+        parameters { key: "attributes_token" value { string_value: "true" } }
         parameters { key: "max_in_flight" value { string_value: "12" } }
         parameters { key: "admission_ttl_ms" value { string_value: "5000" } }
+        parameters { key: "admission_pending_ms" value { string_value: "1000" } }
     """,
     "fashion": """
         name: "fashion"  platform: "ensemble"  max_batch_size: 4
@@ -145,10 +155,12 @@ EXPECTED = {
             input_map { key: "IMAGE" value: "IMAGE" }
             output_map { key: "PIXELS" value: "PIXELS" }
             output_map { key: "IMAGE_INFO" value: "IMAGE_INFO" }
+            output_map { key: "TOKEN" value: "TOKEN" }
           }
           step {
             model_name: "detector" model_version: -1
             input_map { key: "PIXELS" value: "PIXELS" }
+            input_map { key: "TOKEN" value: "TOKEN" }
             output_map { key: "DET_BOXES" value: "DET_BOXES" }
             output_map { key: "DET_SCORES" value: "DET_SCORES" }
             output_map { key: "DET_CLASSES" value: "DET_CLASSES" }
@@ -160,6 +172,7 @@ EXPECTED = {
             input_map { key: "DET_BOXES" value: "DET_BOXES" }
             input_map { key: "DET_SCORES" value: "DET_SCORES" }
             input_map { key: "DET_CLASSES" value: "DET_CLASSES" }
+            input_map { key: "TOKEN" value: "TOKEN" }
             output_map { key: "BOXES" value: "BOXES" }
             output_map { key: "SCORES" value: "SCORES" }
             output_map { key: "CATEGORIES" value: "CATEGORIES" }

@@ -21,6 +21,7 @@ from onnx_standins import DetectorStandIn, write_attributes, write_detector
 
 from fashionbox import contract
 from fashionbox.contract.labels import default_label_map
+from fashionbox.core.capability import SECRET_ENV, PipelineKey
 from fashionbox.core.serving import (
     AttributesParameters,
     DetectorParameters,
@@ -362,11 +363,15 @@ def _load_model(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> A
     return model
 
 
-def _post_request(num_detections: int) -> dict[str, _FakeTensor]:
+def _post_request(num_detections: int, key: PipelineKey | None = None) -> dict[str, _FakeTensor]:
+    """What the ensemble gives postprocess; its TOKEN made with ``key`` (default: no secret)."""
     s = POST_SETTINGS["input_size"]
     boxes = np.tile(np.array([4, 4, 20, 28], np.float32), (1, num_detections, 1))
+    pixels = np.zeros((1, s, s, 3), np.uint8)
+    key = key or PipelineKey(None)
     arrays = {
-        "PIXELS": np.zeros((1, s, s, 3), np.uint8),
+        "TOKEN": key.sign(key.new_request_key(), pixels),
+        "PIXELS": pixels,
         "IMAGE_INFO": np.array([[64, 64, 0.5, 0, 0]], np.float32),  # a 64x64 image at scale 0.5
         "DET_BOXES": boxes,
         "DET_SCORES": np.linspace(0.9, 0.5, num_detections, dtype=np.float32)[None],
@@ -414,6 +419,54 @@ def test_postprocess_makes_no_bls_call_when_nothing_was_detected(
     assert responses[0].outputs["DETECTIONS"].shape == (1, 1)
 
 
+def test_with_a_secret_postprocess_refuses_a_forged_token_alone_and_sends_attributes_its_own(
+    fake_pb_utils: _FakePbUtils, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = bytes(range(32))
+    monkeypatch.setenv(SECRET_ENV, secret.hex())
+    a = LABELS.num_attribute_labels
+    fake_pb_utils.bls = lambda model, inputs: _FakeBlsResponse(
+        {"ATTRIBUTE_PROBS": np.full((len(inputs["CROPS"]), a), 0.5, np.float32)})
+    model = _load_model("postprocess", tmp_path, monkeypatch)
+    server = PipelineKey(secret)
+
+    forged = _post_request(2, PipelineKey(b"not the server's secret"))
+    tampered = _post_request(2, server)
+    tampered["PIXELS"] = _FakeTensor("PIXELS", np.ones_like(tampered["PIXELS"].as_numpy()))
+    responses = model.execute([_post_request(2, server), forged, tampered, _post_request(2)])
+
+    assert responses[0].error is None and responses[0].outputs["BOXES"].shape == (1, 2, 4)
+    for refused in responses[1:]:
+        assert refused.error.code == "INVALID_ARG"
+        assert "'postprocess' is a step of the ensemble 'fashion' and takes no direct calls" in refused.error.text
+    assert "not made by this server for these pixels" in responses[2].error.text
+    ((called, inputs),) = fake_pb_utils.bls_calls
+    assert called == "attributes" and inputs["TOKEN"].shape == (2, 32)
+    server.check_attributes(inputs["TOKEN"], model="attributes")  # the token attributes accepts
+
+
+def test_a_token_is_bound_to_its_pixels_its_secret_and_its_lifetime() -> None:
+    clock = [100.0]
+    key = PipelineKey(bytes(32), lifetime_s=5, clock=lambda: clock[0])
+    pixels = np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)
+    tokens = key.sign(77, pixels)
+
+    assert tokens.shape == (2, 32) and key.check(tokens, pixels, model="detector") == 77
+    with pytest.raises(RequestError, match="not made by this server"):
+        key.check(tokens, pixels[::-1].copy(), model="detector")
+    with pytest.raises(RequestError, match="not made by this server"):
+        PipelineKey(bytes(range(32)), clock=lambda: clock[0]).check(tokens, pixels, model="detector")
+    with pytest.raises(RequestError, match="attributes"):
+        key.check_attributes(np.zeros((1, 32), np.uint8), model="attributes")
+    clock[0] += 6
+    with pytest.raises(RequestError, match="expired"):
+        key.check(tokens, pixels, model="detector")
+    # Without a secret (a server not started by `fashionbox serve`) nothing is checked.
+    assert PipelineKey(None).check(np.zeros((2, 32), np.uint8), pixels, model="detector") == 0
+    assert PipelineKey.from_env({}).enforced is False
+    assert PipelineKey.from_env({SECRET_ENV: bytes(32).hex()}).enforced is True
+
+
 @pytest.mark.usefixtures("fake_pb_utils")
 def test_preprocess_answers_a_corrupt_image_alone_with_invalid_arg(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -435,6 +488,7 @@ def test_preprocess_answers_a_corrupt_image_alone_with_invalid_arg(
         assert response.error is None
         assert response.outputs["PIXELS"].shape == (1, size, size, 3)
         np.testing.assert_allclose(response.outputs["IMAGE_INFO"], [[64, 32, 0.5, 0, 8]])
+        assert response.outputs["TOKEN"].shape == (1, 32)
     assert responses[1].error.code == "INVALID_ARG"
     assert "not a JPEG, PNG or WebP image" in responses[1].error.text
 

@@ -133,8 +133,13 @@ def test_gpu_configs_are_tensorrt_plans_on_gpus_and_the_ensemble_is_unchanged() 
     gpu = gpu_model_configs(SETTINGS, LABELS, EngineOptions(cuda_graphs=True))
 
     assert list(gpu) == list(cpu)
-    assert gpu[contract.ENSEMBLE_MODEL] == cpu[contract.ENSEMBLE_MODEL]
-    assert gpu[contract.POSTPROCESS_MODEL] == cpu[contract.POSTPROCESS_MODEL]
+    # The engines take no capability TOKEN: the ensemble does not wire it to the detector, postprocess
+    # sends attributes none, and no detector confirms admission slots (pending for the whole TTL).
+    ensemble = cpu[contract.ENSEMBLE_MODEL]
+    del ensemble.ensemble_scheduling.step[1].input_map[contract.TOKEN.name]
+    assert gpu[contract.ENSEMBLE_MODEL] == ensemble
+    assert gpu[contract.POSTPROCESS_MODEL] == _engine_side(cpu[contract.POSTPROCESS_MODEL])
+    assert gpu[contract.POSTPROCESS_MODEL].parameters["attributes_token"].string_value == "false"
     for name in (contract.DETECTOR_MODEL, contract.ATTRIBUTES_MODEL):
         config = gpu[name]
         assert config.platform == "tensorrt_plan" and config.backend == ""
@@ -144,6 +149,7 @@ def test_gpu_configs_are_tensorrt_plans_on_gpus_and_the_ensemble_is_unchanged() 
         assert config.max_batch_size == cpu[name].max_batch_size
         assert config.optimization.cuda.graphs
         assert not config.parameters  # ONNX Runtime threading means nothing to TensorRT
+        assert [i.name for i in config.input] == [i.name for i in cpu[name].input if i.name != contract.TOKEN.name]
         parsed = text_format.Parse(text_format.MessageToString(config), mc.ModelConfig())
         assert parsed == config
     preprocess = gpu[contract.PREPROCESS_MODEL]
@@ -196,7 +202,17 @@ dynamic_batching {{
 
 def test_without_gpu_decode_preprocess_stays_on_the_cpu_profile() -> None:
     gpu = gpu_model_configs(SETTINGS, LABELS, EngineOptions(gpu_decode=False))
-    assert gpu[contract.PREPROCESS_MODEL] == model_configs(SETTINGS, LABELS)[contract.PREPROCESS_MODEL]
+    assert gpu[contract.PREPROCESS_MODEL] == _engine_side(model_configs(SETTINGS, LABELS)[contract.PREPROCESS_MODEL])
+
+
+def _engine_side(config: Any) -> Any:
+    """A python step's CPU config as the TensorRT profile writes it (no TOKEN to the engines, no pending slots)."""
+    parameters = config.parameters
+    if "admission_pending_ms" in parameters:
+        parameters["admission_pending_ms"].string_value = parameters["admission_ttl_ms"].string_value
+    if "attributes_token" in parameters:
+        parameters["attributes_token"].string_value = "false"
+    return config
 
 
 # -- profiles and trtexec -----------------------------------------------------------------------------------

@@ -6,13 +6,15 @@ Shapes exclude the batch dimension (every model batches); ``-1`` is a variable d
 
 Pipeline (ensemble ``fashion``)::
 
-    IMAGE ─► preprocess ─► PIXELS, IMAGE_INFO
-    PIXELS ─► detector ─► DET_BOXES, DET_SCORES, DET_CLASSES        (NMS inside the ONNX graph)
-    PIXELS, IMAGE_INFO, DET_* ─► postprocess ─► BOXES, SCORES, CATEGORIES, ATTRIBUTE_SCORES, DETECTIONS
-                                   └─ BLS: CROPS ─► attributes ─► ATTRIBUTE_PROBS
+    IMAGE ─► preprocess ─► PIXELS, IMAGE_INFO, TOKEN
+    PIXELS, TOKEN ─► detector ─► DET_BOXES, DET_SCORES, DET_CLASSES        (NMS inside the ONNX graph)
+    PIXELS, IMAGE_INFO, TOKEN, DET_* ─► postprocess ─► BOXES, SCORES, CATEGORIES, ATTRIBUTE_SCORES, DETECTIONS
+                                          └─ BLS: CROPS, TOKEN ─► attributes ─► ATTRIBUTE_PROBS
 
 ``postprocess`` cuts the crops for the attribute heads and calls the ``attributes`` model
-through BLS, because the number of crops per image is known only after detection.
+through BLS, because the number of crops per image is known only after detection. ``TOKEN``
+makes the steps callable by the ensemble only (docs/RELIABILITY.md, "Direct calls to the
+pipeline's steps").
 """
 
 from __future__ import annotations
@@ -71,6 +73,14 @@ DET_SCORES = TensorSpec("DET_SCORES", "FP32", (-1,), "detection confidence")
 DET_CLASSES = TensorSpec("DET_CLASSES", "INT32", (-1,), "category index")
 CROPS = TensorSpec("CROPS", "UINT8", (-1, -1, 3), "one garment crop, HWC uint8, square")
 ATTRIBUTE_PROBS = TensorSpec("ATTRIBUTE_PROBS", "FP32", (-1,), "softmax per group, concatenated")
+TOKEN = TensorSpec(
+    "TOKEN",
+    "UINT8",
+    (32,),
+    "capability token per image: made by preprocess with the server's secret, checked by detector, "
+    "postprocess and attributes, which refuse direct calls without it (fashionbox.core.capability); "
+    "internal to the ensemble, never one of its outputs",
+)
 
 # -- inside the ONNX graphs ---------------------------------------------------------------------------
 

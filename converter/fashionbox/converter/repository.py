@@ -16,7 +16,7 @@ Layout written (``S`` = input size, every model has version ``1``)::
     <out>/labels.json                 the label map (contract.LABELS_FILE)
     <out>/manifest.json               what the caller passed: provenance of the weights
     <out>/README.md                   the ensemble's inputs and outputs
-    <out>/preprocess/config.pbtxt     python backend;  1/model.py
+    <out>/preprocess/config.pbtxt     python backend, makes each image's capability TOKEN;  1/model.py
     <out>/detector/config.pbtxt       python backend running ONNX Runtime;  1/model.py, 1/model.onnx
     <out>/attributes/config.pbtxt     python backend running ONNX Runtime;  1/model.py, 1/model.onnx
     <out>/postprocess/config.pbtxt    python backend, calls ``attributes`` through BLS;  1/model.py
@@ -364,6 +364,7 @@ def _runner_model(
     outputs: tuple[contract.TensorSpec, ...],
     sizes: Mapping[str, tuple[int, ...]],
     parameters: ParameterSet,
+    admission: tuple[ParameterSet, ...] = (),
 ) -> Any:
     """The seam between runtimes: a network model's config for ``settings.target`` and runtime."""
     scheduling = settings.scheduling(name)
@@ -371,11 +372,12 @@ def _runner_model(
         config = _python_model(name, scheduling, inputs, outputs, sizes, parameters)
         for key, value in settings.runtime.for_model(name).items():
             config.parameters[key].string_value = value
+        _parameters(config, *admission)
         if settings.target == "gpu":
             _on_gpu(config)
         return config
     if settings.target == "cpu":
-        return _python_model(name, scheduling, inputs, outputs, sizes, parameters, settings.ort)
+        return _python_model(name, scheduling, inputs, outputs, sizes, parameters, settings.ort, *admission)
     # gpu with engines: tensorrt_plan models with KIND_GPU instances and model.plan, built on the serving host.
     raise ValueError(
         f"target {settings.target!r} with runtime {settings.runtime.runtime!r} is not written by model_configs: "
@@ -399,7 +401,8 @@ def ensemble_config(settings: RepositorySettings, label_map: LabelMap, steps: Ma
     """The ``fashion`` ensemble: each step's tensors wired by name, as ``contract.py`` draws it.
 
     Every input and output of every step maps to the ensemble tensor of the same name, so the
-    wiring follows from the step configs and cannot forget a tensor.
+    wiring follows from the step configs and cannot forget a tensor (``TOKEN`` too: from
+    ``preprocess`` to ``detector`` and ``postprocess``; it is no output of the ensemble).
     """
     sizes = _tensor_sizes(settings, label_map)
     config = mc.ModelConfig(
@@ -432,7 +435,7 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
             contract.PREPROCESS_MODEL,
             settings.preprocess,
             (contract.IMAGE,),
-            (contract.PIXELS, contract.IMAGE_INFO),
+            (contract.PIXELS, contract.IMAGE_INFO, contract.TOKEN),
             sizes,
             PreprocessParameters(
                 input_size=settings.input_size,
@@ -444,17 +447,18 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
         contract.DETECTOR_MODEL: _runner_model(
             contract.DETECTOR_MODEL,
             settings,
-            (contract.PIXELS,),
+            (contract.PIXELS, contract.TOKEN),
             (contract.DET_BOXES, contract.DET_SCORES, contract.DET_CLASSES),
             sizes,
             DetectorParameters(
                 input_size=settings.input_size, max_detections=settings.max_detections, onnx_file=ONNX_FILE
             ),
+            settings.admission,  # it confirms the slots preprocess takes
         ),
         contract.ATTRIBUTES_MODEL: _runner_model(
             contract.ATTRIBUTES_MODEL,
             settings,
-            (contract.CROPS,),
+            (contract.CROPS, contract.TOKEN),
             (contract.ATTRIBUTE_PROBS,),
             sizes,
             AttributesParameters(
@@ -466,7 +470,8 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
         contract.POSTPROCESS_MODEL: _python_model(
             contract.POSTPROCESS_MODEL,
             settings.postprocess,
-            (contract.PIXELS, contract.IMAGE_INFO, contract.DET_BOXES, contract.DET_SCORES, contract.DET_CLASSES),
+            (contract.PIXELS, contract.IMAGE_INFO, contract.DET_BOXES, contract.DET_SCORES, contract.DET_CLASSES,
+             contract.TOKEN),
             contract.ENSEMBLE_OUTPUTS,
             sizes,
             PostprocessParameters(

@@ -336,7 +336,8 @@ def tensorrt_config(cpu_config: Any, *, cuda_graphs: bool = False,
 
     config = mc.ModelConfig(name=cpu_config.name, platform=TENSORRT_PLATFORM,
                             max_batch_size=cpu_config.max_batch_size)
-    config.input.extend(cpu_config.input)
+    # A TensorRT engine checks no capability token: the TOKEN input the python runner takes is dropped.
+    config.input.extend(i for i in cpu_config.input if i.name != contract.TOKEN.name)
     config.output.extend(cpu_config.output)
     for output in config.output:
         if output_dims and output.name in output_dims:
@@ -370,6 +371,13 @@ def gpu_model_configs(settings: Any, label_map: Any, options: EngineOptions) -> 
                                                          cuda_graphs=options.cuda_graphs)
     if options.gpu_decode:
         gpu_preprocess(configs[contract.PREPROCESS_MODEL])
+    postprocess = configs[contract.POSTPROCESS_MODEL]
+    postprocess.parameters["attributes_token"].string_value = "false"  # the engine takes no TOKEN
+    # No python detector confirms the slots preprocess takes: they are held for the whole TTL.
+    for name in (contract.PREPROCESS_MODEL, contract.POSTPROCESS_MODEL):
+        parameters = configs[name].parameters
+        if "admission_pending_ms" in parameters:
+            parameters["admission_pending_ms"].string_value = parameters["admission_ttl_ms"].string_value
     configs[contract.ENSEMBLE_MODEL] = ensemble_config(cpu_settings, label_map, configs)
     return configs
 

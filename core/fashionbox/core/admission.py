@@ -5,10 +5,14 @@ the entry (``preprocess``) admits faster than the detector finishes, so with onl
 bounds the excess waits in a later step's queue and is refused there after its timeout, about a
 second later (docs/RELIABILITY.md). :class:`AdmissionSlots` bounds the whole pipeline instead:
 ``preprocess`` takes a slot for each request before it decodes anything and refuses one that finds
-every slot taken, at once, with UNAVAILABLE; ``postprocess`` gives a slot back for each request it
-answers, whatever the answer; a bad image gives its slot back in ``preprocess``. A request that
-never reaches ``postprocess`` otherwise (its stub died; a later step's queue timeout, where one is
-set) holds its slot until it is ``ttl_s`` old, so a lost release costs a slot for a while, never
+every slot taken, at once, with UNAVAILABLE. Each slot is keyed by its request's random key (carried
+in the request's capability token, :mod:`fashionbox.core.capability`). The slot is *pending* until
+``detector``, which only the ensemble can reach, confirms it; a pending slot frees itself after
+``pending_s`` (1 s), so a direct call to ``preprocess``, whose outputs go back to its caller, holds
+a slot that briefly. ``postprocess`` gives back the slot of each request it answers, by its key,
+whatever the answer; a bad image gives its slot back in ``preprocess``. A confirmed request that
+never reaches ``postprocess`` (its stub died; a later step's queue timeout, where one is set) holds
+its slot until ``ttl_s`` after its confirmation, so a lost release costs a slot for a while, never
 for good.
 
 The slots are admission times in a small file shared by the stub processes of one server
@@ -17,10 +21,10 @@ The slots are admission times in a small file shared by the stub processes of on
 from the repository and the server's process id, so two servers never share one and a restarted
 server starts empty::
 
-    slots = AdmissionSlots.for_server(repository_dir, capacity=16, ttl_s=5.0)
-    admitted = slots.take(len(requests))     # the first `admitted` go in; the rest are refused
-    ...
-    slots.release()                          # one per request answered
+    slots = AdmissionSlots.for_server(repository_dir, capacity=16, ttl_s=5.0, pending_s=1.0)
+    admitted = slots.take(keys)              # preprocess: the first `admitted` go in; the rest are refused
+    slots.confirm(keys)                      # detector
+    slots.release(keys)                      # postprocess: each request answered
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import mmap
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +43,8 @@ import numpy.typing as npt
 
 __all__ = ["AdmissionSlots", "slots_path"]
 
-_SLOT_TYPE = np.dtype("<f8")  # admission time (time.monotonic()); 0.0 is a free slot
+# Per slot: when it frees itself (time.monotonic(); 0.0 is free) and the key of the request holding it.
+_SLOT_TYPE = np.dtype([("expires", "<f8"), ("key", "<u8")])
 _FILE_PREFIX = "fashionbox-admission-"
 
 
@@ -54,14 +59,19 @@ def slots_path(repository: Path, server_pid: int) -> Path:
 class AdmissionSlots:
     """``capacity`` slots in the file at ``path``; see the module docstring."""
 
-    def __init__(self, path: Path, *, capacity: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, path: Path, *, capacity: int, ttl_s: float, pending_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         if not ttl_s > 0:
             raise ValueError(f"ttl_s must be positive, got {ttl_s}")
+        pending_s = ttl_s if pending_s is None else pending_s
+        if not 0 < pending_s <= ttl_s:
+            raise ValueError(f"pending_s must be positive and at most ttl_s ({ttl_s}), got {pending_s}")
         self.path = Path(path)
         self.capacity = capacity
         self.ttl_s = ttl_s
+        self.pending_s = pending_s
         self._clock = clock
         size = capacity * _SLOT_TYPE.itemsize
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -70,45 +80,57 @@ class AdmissionSlots:
                 if os.fstat(fd).st_size < size:  # the first process sizes it; zeros are free slots
                     os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size)
-            self._times: npt.NDArray[np.float64] = np.frombuffer(self._map, dtype=_SLOT_TYPE, count=capacity)
+            self._slots: npt.NDArray[np.void] = np.frombuffer(self._map, dtype=_SLOT_TYPE, count=capacity)
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
 
     @classmethod
-    def for_server(cls, repository: Path, *, capacity: int, ttl_s: float) -> AdmissionSlots:
+    def for_server(cls, repository: Path, *, capacity: int, ttl_s: float,
+                   pending_s: float | None = None) -> AdmissionSlots:
         """The slots of the server this python-backend stub belongs to (its parent process)."""
-        return cls(slots_path(repository, os.getppid()), capacity=capacity, ttl_s=ttl_s)
+        return cls(slots_path(repository, os.getppid()), capacity=capacity, ttl_s=ttl_s, pending_s=pending_s)
 
     def _live(self, now: float) -> npt.NDArray[np.bool_]:
-        live: npt.NDArray[np.bool_] = (self._times != 0.0) & (now - self._times <= self.ttl_s)
+        live: npt.NDArray[np.bool_] = self._slots["expires"] > now
         return live
 
-    def take(self, count: int) -> int:
-        """Take up to ``count`` slots, as many as are free, under one lock; how many were taken.
-
-        ``preprocess`` admits the first ``take(len(requests))`` requests of a batch and refuses the rest.
-        """
+    def take(self, keys: Sequence[int]) -> int:
+        """Take a pending slot for each of ``keys`` in order, as many as are free, under one lock;
+        how many were taken (``preprocess`` admits the first ``take(keys)`` requests of a batch and
+        refuses the rest). A pending slot frees itself after ``pending_s`` unless confirmed."""
         with _Lock(self._fd):
             now = self._clock()
-            free = np.flatnonzero(~self._live(now))[:max(count, 0)]
-            self._times[free] = now
+            free = np.flatnonzero(~self._live(now))[:len(keys)]
+            self._slots["key"][free] = np.asarray(keys[:len(free)], dtype=np.uint64)
+            self._slots["expires"][free] = now + self.pending_s
             return len(free)
 
-    def release(self, count: int = 1) -> None:
-        """Give back ``count`` slots: the oldest taken ones (which slot does not matter, only how many)."""
+    def confirm(self, keys: Sequence[int]) -> None:
+        """The requests of ``keys`` reached the step only the ensemble reaches: hold their live slots
+        for ``ttl_s``. A key without a live slot (its pending time ran out first) takes none: that
+        request finishes uncounted rather than another one being refused."""
         with _Lock(self._fd):
-            live = np.flatnonzero(self._live(self._clock()))
-            oldest = live[np.argsort(self._times[live], kind="stable")[:count]]
-            self._times[oldest] = 0.0
+            now = self._clock()
+            for key in keys:
+                mine = (self._slots["key"] == np.uint64(key)) & self._live(now)
+                self._slots["expires"][mine] = now + self.ttl_s
+
+    def release(self, keys: Sequence[int]) -> None:
+        """Give back the slots of ``keys`` (a key with no slot, already freed or expired, frees nothing)."""
+        with _Lock(self._fd):
+            for key in keys:
+                mine = self._slots["key"] == np.uint64(key)
+                self._slots["expires"][mine] = 0.0
+                self._slots["key"][mine] = 0
 
     def in_use(self) -> int:
         with _Lock(self._fd):
             return int(self._live(self._clock()).sum())
 
     def close(self) -> None:
-        del self._times  # the array shares the map's buffer: it must go before the map closes
+        del self._slots  # the array shares the map's buffer: it must go before the map closes
         self._map.close()
         os.close(self._fd)
 

@@ -382,12 +382,22 @@ class AdmissionSettings(ParameterSet):
     """Admission control (:mod:`fashionbox.core.admission`), parameters of ``preprocess`` and ``postprocess``.
 
     Present only when the repository bounds the requests inside the ensemble: ``preprocess``
-    refuses a request that finds ``max_in_flight`` already admitted, ``postprocess`` gives a slot
-    back for each request it answers; a slot never given back frees itself after ``admission_ttl_ms``.
+    refuses a request that finds ``max_in_flight`` already admitted, ``detector`` confirms the slot
+    of each request it runs, ``postprocess`` gives a slot back for each request it answers; a slot
+    never given back frees itself after ``admission_ttl_ms`` (``admission_pending_ms`` unconfirmed).
     """
 
     max_in_flight: int
     admission_ttl_ms: int = 5_000
+    admission_pending_ms: int = 1_000
+    """A slot ``preprocess`` took stays *pending* this long unless ``detector`` (which only the
+    ensemble reaches) confirms it: what a direct ``preprocess`` call can hold. At most the TTL."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.admission_pending_ms > self.admission_ttl_ms:
+            raise ValueError(f"admission_pending_ms ({self.admission_pending_ms}) must not exceed "
+                             f"admission_ttl_ms ({self.admission_ttl_ms})")
 
     @classmethod
     def optional(cls, params: Parameters) -> AdmissionSettings | None:
@@ -399,7 +409,8 @@ class AdmissionSettings(ParameterSet):
         from fashionbox.core.admission import AdmissionSlots
 
         return AdmissionSlots.for_server(args.repository_dir, capacity=self.max_in_flight,
-                                         ttl_s=self.admission_ttl_ms / 1000.0)
+                                         ttl_s=self.admission_ttl_ms / 1000.0,
+                                         pending_s=self.admission_pending_ms / 1000.0)
 
 
 @dataclass(frozen=True)
@@ -449,6 +460,8 @@ class PostprocessParameters(ParameterSet):
     model_version: str = ""
     """Recorded in every ``ImageDetections`` for provenance."""
     model_name: str = ""
+    attributes_token: bool = True
+    """Send ``attributes`` a ``TOKEN`` (false where it is a TensorRT engine, which takes none)."""
 
 
 def create_ort_session(model_path: Path, settings: OrtSettings) -> Any:
@@ -632,18 +645,23 @@ def run_concatenated(
     compute: Callable[[AnyArray], R],
     split: Callable[[R, slice], Mapping[str, AnyArray]],
     model: str,
+    check: Callable[[Any, AnyArray], None] | None = None,
 ) -> list[Any]:
     """Run ``compute`` once over every valid request's rows, then answer each request its slice.
 
-    Requests whose input is malformed are answered with their error and left out of the batch;
-    if ``compute`` itself fails, every request that was in it fails with ``INTERNAL``.
+    Requests whose input is malformed, or that ``check(request, array)`` refuses (a
+    :class:`RequestError`), are answered with their error and left out of the batch; if
+    ``compute`` itself fails, every request that was in it fails with ``INTERNAL``.
     """
     responses: list[Any] = [None] * len(requests)
     arrays: list[AnyArray] = []
     members: list[int] = []
     for i, request in enumerate(requests):
         try:
-            arrays.append(read_input(request, spec))
+            array = read_input(request, spec)
+            if check is not None:
+                check(request, array)
+            arrays.append(array)
             members.append(i)
         except RequestError as exc:
             responses[i] = error_response(exc)
@@ -686,9 +704,11 @@ def call_model_chunked(
     output_name: str,
     array: AnyArray,
     max_batch_size: int,
+    extra: Callable[[int], Mapping[str, AnyArray]] | None = None,
 ) -> list[ChunkResult]:
     """Run ``array`` through another Triton model via BLS, at most ``max_batch_size`` rows a call.
 
+    ``extra(rows)`` gives further inputs of a chunk of ``rows`` rows (e.g. a capability token).
     Errors are returned, not raised, so the caller can fail exactly the requests whose rows were
     in the failed chunk.
     """
@@ -702,7 +722,9 @@ def call_model_chunked(
             request = pb_utils.InferenceRequest(
                 model_name=model_name,
                 requested_output_names=[output_name],
-                inputs=[pb_utils.Tensor(input_name, np.ascontiguousarray(array[rows]))],
+                inputs=[pb_utils.Tensor(input_name, np.ascontiguousarray(array[rows]))] + [
+                    pb_utils.Tensor(name, np.ascontiguousarray(value))
+                    for name, value in (extra(rows.stop - rows.start) if extra else {}).items()],
             )
             response = request.exec()
             if response.has_error():

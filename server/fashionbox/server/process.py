@@ -20,7 +20,10 @@ How the child is wrapped, and why:
   never leaves a server holding the ports. The stubs notice their parent is gone and exit on their own
   a few seconds later;
 - it gets ``FASHIONBOX_SITE_PACKAGES`` and ``LD_LIBRARY_PATH`` for the python-backend stubs
-  (:mod:`fashionbox.server.triton`).
+  (:mod:`fashionbox.server.triton`), and ``FASHIONBOX_PIPELINE_SECRET``, made afresh at each start,
+  with which the stubs make and check the tokens that keep the ensemble's steps from direct calls
+  (:mod:`fashionbox.core.capability`): in the child's environment only, never in a config or on its
+  command line, so only processes of the server's user can read it (``/proc/PID/environ`` is 0400).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from typing import IO, Any, TypeVar
 
 from fashionbox.contract import ADMIN_KEY_NAME
 from fashionbox.core.admission import slots_path
+from fashionbox.core.capability import SECRET_ENV as PIPELINE_SECRET_ENV
+from fashionbox.core.capability import new_secret
 from fashionbox.server.checks import check_repository
 from fashionbox.server.command import build_command, locks_repository
 from fashionbox.server.config import ServerConfig, is_loopback
@@ -225,6 +230,9 @@ class TritonServer:
             dict.fromkeys(filter(None, [str(dist.libs), env.get("LD_LIBRARY_PATH"), libpython_dir()]))
         )
         env[SITE_PACKAGES_ENV] = os.pathsep.join(stub_import_paths())
+        # A fresh secret per start, in the child's environment only (its stubs inherit it; not in
+        # config.pbtxt nor on the command line): the steps' capability tokens (fashionbox.core.capability).
+        env[PIPELINE_SECRET_ENV] = new_secret()
         logger.info(
             "starting tritonserver: %s", shlex.join(redact(self._command, config.admin_key, self._launcher_key))
         )

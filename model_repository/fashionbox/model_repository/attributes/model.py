@@ -1,8 +1,10 @@
 """Triton model ``attributes``: garment crops -> attribute probabilities, ONNX Runtime or PyTorch.
 
-CROPS UINT8 [C, C, 3] -> ATTRIBUTE_PROBS FP32 [A] (softmax per attribute group, concatenated in
-label-map order). Called by ``postprocess`` through BLS; the whole dynamic batch of crops runs as
-one call of its runtime (ONNX Runtime on the CPU, or PyTorch on the instance's device). Parameters:
+CROPS UINT8 [C, C, 3], TOKEN UINT8 [32] -> ATTRIBUTE_PROBS FP32 [A] (softmax per attribute
+group, concatenated in label-map order). Called by ``postprocess`` through BLS only: a request
+without the token ``postprocess`` sends is refused alone (:mod:`fashionbox.core.capability`); the
+whole dynamic batch of crops runs as one call of its runtime (ONNX Runtime on the CPU, or PyTorch
+on the instance's device). Parameters:
 :class:`fashionbox.core.serving.AttributesParameters`, :class:`fashionbox.core.serving.RuntimeSettings` and
 :class:`fashionbox.core.serving.OrtSettings`.
 """
@@ -23,10 +25,13 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from fashionbox import contract  # noqa: E402
+from fashionbox.core.capability import TOKEN_INPUT, PipelineKey  # noqa: E402
 from fashionbox.core.serving import (  # noqa: E402
     AttributesParameters,
     InputSpec,
     ModelArgs,
+    RequestError,
+    read_input,
     run_concatenated,
 )
 from fashionbox.model_repository.runners import load_attributes_runner  # noqa: E402
@@ -38,12 +43,22 @@ class TritonPythonModel:
         params = AttributesParameters.from_parameters(self.args.parameters)
         self.heads, loaded = load_attributes_runner(self.args)
         self.crops = InputSpec(contract.CROPS.name, np.uint8, (params.crop_size, params.crop_size, 3))
+        self.key = PipelineKey.for_step(None)
+        if not self.key.enforced:
+            pb_utils.Logger.log_warn(f"{self.args.name}: {self.key.warning}")
         pb_utils.Logger.log_info(f"{self.args.name}: {loaded}")
 
     def execute(self, requests):
         return run_concatenated(
-            requests, self.crops, compute=self.heads.classify, split=self._split, model=self.args.name
+            requests, self.crops, compute=self.heads.classify, split=self._split, model=self.args.name,
+            check=self._check,
         )
+
+    def _check(self, request, crops):
+        tokens = read_input(request, TOKEN_INPUT)
+        if tokens.shape[0] != crops.shape[0]:
+            raise RequestError(f"{contract.TOKEN.name} has {tokens.shape[0]} rows for {crops.shape[0]} crops")
+        self.key.check_attributes(tokens, model=self.args.name)
 
     @staticmethod
     def _split(probs, part):

@@ -1,9 +1,11 @@
 """Triton model ``detector``: letterboxed pixels -> detections, ONNX Runtime (CPU) or PyTorch (GPU/CPU).
 
-PIXELS UINT8 [S, S, 3] -> DET_BOXES FP32 [-1, 4] (letterbox px), DET_SCORES FP32 [-1],
-DET_CLASSES INT32 [-1]. The whole dynamic batch runs as one call: ONNX Runtime with NMS inside
-the graph, or PyTorch on the instance's device with batched NMS (runtime ``torch``), and
-:mod:`fashionbox.core.postprocessing` gathers the kept boxes per image. A request carrying
+PIXELS UINT8 [S, S, 3], TOKEN UINT8 [32] -> DET_BOXES FP32 [-1, 4] (letterbox px), DET_SCORES FP32 [-1],
+DET_CLASSES INT32 [-1]. A request whose TOKEN was not made by ``preprocess`` for its pixels is refused
+alone (INVALID_ARG): only the ensemble calls this step (:mod:`fashionbox.core.capability`); with
+admission control, it confirms each request's pending slot. The whole dynamic batch runs as one
+call: ONNX Runtime with NMS inside the graph, or PyTorch on the instance's device with batched NMS
+(runtime ``torch``), and :mod:`fashionbox.core.postprocessing` gathers the kept boxes per image. A request carrying
 several images gets rows padded with class -1. Parameters:
 :class:`fashionbox.core.serving.DetectorParameters`, :class:`fashionbox.core.serving.RuntimeSettings` and
 :class:`fashionbox.core.serving.OrtSettings`.
@@ -25,11 +27,13 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from fashionbox import contract  # noqa: E402
+from fashionbox.core.capability import TOKEN_INPUT, guarded_step  # noqa: E402
 from fashionbox.core.postprocessing import stack_padded  # noqa: E402
 from fashionbox.core.serving import (  # noqa: E402
     DetectorParameters,
     InputSpec,
     ModelArgs,
+    read_input,
     run_concatenated,
 )
 from fashionbox.model_repository.runners import load_detector_runner  # noqa: E402
@@ -41,12 +45,20 @@ class TritonPythonModel:
         params = DetectorParameters.from_parameters(self.args.parameters)
         self.detector, loaded = load_detector_runner(self.args)
         self.pixels = InputSpec(contract.PIXELS.name, np.uint8, (params.input_size, params.input_size, 3))
+        self.slots, self.key = guarded_step(self.args, pb_utils.Logger.log_warn)
         pb_utils.Logger.log_info(f"{self.args.name}: {loaded}")
 
     def execute(self, requests):
         return run_concatenated(
-            requests, self.pixels, compute=self.detector.detect, split=self._split, model=self.args.name
+            requests, self.pixels, compute=self.detector.detect, split=self._split, model=self.args.name,
+            check=self._check,
         )
+
+    def _check(self, request, pixels):
+        """Refuse a request the ensemble did not make; confirm the admission slot of one it did."""
+        key = self.key.check(read_input(request, TOKEN_INPUT), pixels, model=self.args.name)
+        if self.slots is not None:
+            self.slots.confirm([key])
 
     @staticmethod
     def _split(rows, part):
@@ -55,3 +67,5 @@ class TritonPythonModel:
 
     def finalize(self):
         self.detector = None
+        if self.slots is not None:
+            self.slots.close()

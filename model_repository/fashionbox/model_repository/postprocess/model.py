@@ -1,10 +1,12 @@
 """Triton model ``postprocess``: detections -> attribute crops -> the ensemble's final outputs.
 
-Inputs per image: PIXELS, IMAGE_INFO, DET_BOXES, DET_SCORES, DET_CLASSES. It cuts the crops of
+Inputs per image: PIXELS, IMAGE_INFO, TOKEN, DET_BOXES, DET_SCORES, DET_CLASSES. A request whose
+TOKEN was not made by ``preprocess`` for its pixels is refused alone (INVALID_ARG): only the ensemble
+calls this step (:mod:`fashionbox.core.capability`). It cuts the crops of
 every detection of every request in the dynamic batch, classifies them with ONE BLS call to the
-``attributes`` model (split into chunks of that model's max batch size; skipped when nothing
-was detected), then answers each request with BOXES (original pixels), SCORES, CATEGORIES,
-ATTRIBUTE_SCORES (groups that do not apply are 0) and DETECTIONS (a serialized
+``attributes`` model (split into chunks of that model's max batch size, each with the token
+``attributes`` takes; skipped when nothing was detected), then answers each request with BOXES
+(original pixels), SCORES, CATEGORIES, ATTRIBUTE_SCORES (groups that do not apply are 0) and DETECTIONS (a serialized
 ``fashionbox.v1.ImageDetections`` per image). A failed BLS chunk fails exactly the requests whose
 crops were in it. Parameters: :class:`fashionbox.core.serving.PostprocessParameters`.
 """
@@ -25,11 +27,11 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from fashionbox import contract  # noqa: E402
+from fashionbox.core.capability import TOKEN_INPUT, guarded_step  # noqa: E402
 from fashionbox.core.imaging import LetterboxInfo, crop_garments  # noqa: E402
 from fashionbox.core.postprocessing import finish_detections, stack_image_results, unpad  # noqa: E402
 from fashionbox.core.results import build_image_detections  # noqa: E402
 from fashionbox.core.serving import (  # noqa: E402
-    AdmissionSettings,
     InputSpec,
     ModelArgs,
     PostprocessParameters,
@@ -67,22 +69,22 @@ class TritonPythonModel:
             InputSpec(contract.DET_CLASSES.name, np.int32, contract.DET_CLASSES.dims),
         )
         pb_utils.Logger.log_info(f"{self.args.name}: label map {self.label_map.name!r} {params}")
-        admission = AdmissionSettings.optional(self.args.parameters)
-        self.slots = admission.slots(self.args) if admission else None
+        self.slots, self.key = guarded_step(self.args, pb_utils.Logger.log_warn)
 
     def execute(self, requests):
+        keys = []  # of the requests whose token is good: each one admitted by preprocess ends here
         try:
-            return self._execute(requests)
+            return self._execute(requests, keys)
         finally:
             if self.slots is not None:
-                self.slots.release(len(requests))  # each request admitted by preprocess ends here
+                self.slots.release(keys)
 
-    def _execute(self, requests):
+    def _execute(self, requests, keys):
         responses = [None] * len(requests)
         staged = {}
         for i, request in enumerate(requests):
             try:
-                staged[i] = self._stage(request)
+                staged[i] = self._stage(request, keys)
             except RequestError as exc:
                 responses[i] = error_response(exc)
             except Exception as exc:
@@ -99,8 +101,9 @@ class TritonPythonModel:
                 responses[i] = error_response(unexpected_error(self.args.name, exc))
         return responses
 
-    def _stage(self, request):
+    def _stage(self, request, keys):
         pixels, info, boxes, scores, classes = (read_input(request, spec) for spec in self.specs)
+        keys.append(self.key.check(read_input(request, TOKEN_INPUT), pixels, model=self.args.name))
         count = pixels.shape[0]
         if not info.shape[0] == boxes.shape[0] == scores.shape[0] == classes.shape[0] == count:
             raise RequestError(
@@ -128,6 +131,7 @@ class TritonPythonModel:
                 output_name=contract.ATTRIBUTE_PROBS.name,
                 array=np.concatenate([stage.crops for stage in staged.values()], axis=0),
                 max_batch_size=self.params.attributes_max_batch_size,
+                extra=self._attributes_token if self.params.attributes_token else None,
             )
         failures = {}
         for chunk in chunks:
@@ -142,6 +146,9 @@ class TritonPythonModel:
             probs[i] = all_probs[start:stop]
             start = stop
         return probs, failures
+
+    def _attributes_token(self, rows):
+        return {contract.TOKEN.name: self.key.attributes_tokens(rows)}
 
     def _finish(self, stage, probs):
         results, messages, start = [], [], 0

@@ -1,11 +1,13 @@
 """Triton model ``preprocess``: encoded images -> letterboxed pixels + the mapping back.
 
-IMAGE BYTES [1] -> PIXELS UINT8 [S, S, 3], IMAGE_INFO FP32 [5]. A request whose image does not
+IMAGE BYTES [1] -> PIXELS UINT8 [S, S, 3], IMAGE_INFO FP32 [5], TOKEN UINT8 [32] (the capability
+token ``detector`` and ``postprocess`` check: :mod:`fashionbox.core.capability`). A request whose image does not
 decode fails alone with INVALID_ARG; the rest of the batch is answered normally. Parameters:
 :class:`fashionbox.core.serving.PreprocessParameters`; the decode limits among them can be overridden
 at serve time by the environment (:meth:`fashionbox.core.imaging.DecodeLimits.from_env`). With
 :class:`fashionbox.core.serving.AdmissionSettings` it is the ensemble's admission control: every request
-of a batch is admitted or refused (UNAVAILABLE, at once) before any image is decoded.
+of a batch is admitted or refused (UNAVAILABLE, at once) before any image is decoded; its slot stays
+pending (``admission_pending_ms``) until ``detector`` confirms it.
 """
 
 # Bootstrap: the python backend stub ignores PYTHONPATH, so make the server's site-packages visible.
@@ -24,6 +26,7 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from fashionbox import contract  # noqa: E402
+from fashionbox.core.capability import PipelineKey  # noqa: E402
 from fashionbox.core.gpu_imaging import DecodeSettings, select_decoder  # noqa: E402
 from fashionbox.core.imaging import DecodeLimits, InvalidImageError  # noqa: E402
 from fashionbox.core.serving import (  # noqa: E402
@@ -55,6 +58,9 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{self.args.name}: {params}, effective {self.limits}")
         admission = AdmissionSettings.optional(self.args.parameters)
         self.slots = admission.slots(self.args) if admission else None
+        self.key = PipelineKey.for_step(admission)
+        if not self.key.enforced:
+            pb_utils.Logger.log_warn(f"{self.args.name}: {self.key.warning}")
         if admission:
             self.refusal = RequestError(
                 f"the server is at capacity ({admission.max_in_flight} requests in flight); retry later",
@@ -62,20 +68,22 @@ class TritonPythonModel:
             pb_utils.Logger.log_info(f"{self.args.name}: admission control {admission}, slots {self.slots.path}")
 
     def execute(self, requests):
+        keyed = [(request, self.key.new_request_key()) for request in requests]  # a request's slot and token key
         if self.slots is None:
-            return respond_each(requests, self._preprocess, model=self.args.name)
-        admitted = self.slots.take(len(requests))  # the whole batch decided before anything is decoded
-        answers = respond_each(requests[:admitted], self._admitted, model=self.args.name)
+            return respond_each(keyed, self._preprocess, model=self.args.name)
+        admitted = self.slots.take([key for _, key in keyed])  # the whole batch decided before anything is decoded
+        answers = respond_each(keyed[:admitted], self._admitted, model=self.args.name)
         return answers + [error_response(self.refusal) for _ in requests[admitted:]]
 
-    def _admitted(self, request):
+    def _admitted(self, keyed):
         try:
-            return self._preprocess(request)
+            return self._preprocess(keyed)
         except BaseException:
-            self.slots.release()  # it ends here: postprocess will not give its slot back
+            self.slots.release([keyed[1]])  # it ends here: postprocess will not give its slot back
             raise
 
-    def _preprocess(self, request):
+    def _preprocess(self, keyed):
+        request, key = keyed
         images = read_input(request, self.image).reshape(-1)
         size = self.input_size
         pixels = np.empty((len(images), size, size, 3), dtype=np.uint8)
@@ -87,7 +95,8 @@ class TritonPythonModel:
                 where = f"image {row} of {len(images)} in this request: " if len(images) > 1 else ""
                 raise RequestError(f"{where}{exc}") from exc
             info[row] = box.as_array()
-        return {contract.PIXELS.name: pixels, contract.IMAGE_INFO.name: info}
+        return {contract.PIXELS.name: pixels, contract.IMAGE_INFO.name: info,
+                contract.TOKEN.name: self.key.sign(key, pixels)}
 
     def finalize(self):
         if self.slots is not None:
