@@ -151,7 +151,8 @@ class FakeTransport:
     """Records every call and answers from canned values, or raises canned errors.
 
     ``error`` fails every call; ``failures`` fail the next calls in turn, one each, then the
-    canned answers come (for retries). ``delay_s`` holds each ``infer`` that long, and
+    canned answers come (for retries). ``delay_s`` holds each ``infer`` that long (or as long as
+    it returns for the request, when it is a function), and
     ``peak_in_flight`` tells how many were held at once.
     """
 
@@ -165,7 +166,7 @@ class FakeTransport:
         server_ready: bool = True,
         model_ready: bool = True,
         config: Any = None,
-        delay_s: float = 0.0,
+        delay_s: float | Callable[[InferRequest], float] = 0.0,
     ) -> None:
         self.responder = responder
         self.error = error
@@ -201,6 +202,9 @@ class FakeTransport:
             with self._lock:
                 self.in_flight -= 1
 
+    def delay_for(self, request: InferRequest) -> float:
+        return self.delay_s(request) if callable(self.delay_s) else self.delay_s
+
     def infer_now(self, request: InferRequest) -> InferResultLike:
         with self._lock:
             self.requests.append(request)
@@ -210,7 +214,7 @@ class FakeTransport:
 
     def infer(self, request: InferRequest) -> InferResultLike:
         with self.holding():
-            time.sleep(self.delay_s)
+            time.sleep(self.delay_for(request))
             return self.infer_now(request)
 
     def is_server_live(self, *, timeout_s: float) -> bool:
@@ -251,7 +255,7 @@ class AsyncFakeTransport:
 
     async def infer(self, request: InferRequest) -> InferResultLike:
         with self.fake.holding():
-            await asyncio.sleep(self.fake.delay_s)
+            await asyncio.sleep(self.fake.delay_for(request))
             return self.fake.infer_now(request)
 
     async def is_server_live(self, *, timeout_s: float) -> bool:

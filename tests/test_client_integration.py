@@ -1,7 +1,8 @@
-"""``FashionClient`` against a real embedded Triton: volume, deadlines, dead servers, restarts, bad images.
+"""Both clients against a real embedded Triton: volume, deadlines, dead servers, restarts, bad images.
 
-The mirror of ``test_client_async_integration.py``: each test here has a namesake there that
-checks the same behaviour through ``AsyncFashionClient``. The server is private to this file
+Each test takes the ``twin`` fixture and runs through ``FashionClient`` and through
+``AsyncFashionClient`` (behind blocking methods, ``client_twins.py``); both are compared with the
+blocking client's single calls, image for image, so the two also agree on the wire. The server is private to this file
 (stand-in models, see ``client_servers.py``), because one test stops and restarts it, and
 Triton's statistics API on it is restricted to callers with the admin header. With
 ``FASHIONBOX_CLIENT_TEST_URL`` set, the tests use that server instead and need only the client
@@ -26,6 +27,7 @@ from client_images import (
     unused_port,
 )
 from client_served import Served, served_ensemble
+from client_twins import TWINS, Twin
 
 from fashionbox import contract
 from fashionbox.client import (
@@ -47,6 +49,12 @@ from fashionbox.contract.labels import default_label_map
 RESTART_RETRY = RetryPolicy(max_attempts=200, initial_backoff_s=0.05, max_backoff_s=0.5, jitter=0.5)
 
 
+@pytest.fixture(params=TWINS)
+def twin(request: pytest.FixtureRequest) -> Iterator[Twin]:
+    with Twin(request.param) as twin:
+        yield twin
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     yield from served_ensemble(tmp_path_factory)
@@ -66,11 +74,11 @@ def expected(config: ClientConfig) -> dict[bytes, ImageDetections]:
 
 @pytest.mark.integration
 def test_a_thousand_detections_through_detect_many_all_succeed_and_equal_single_calls(
-    config: ClientConfig, expected: dict[bytes, ImageDetections]
+    twin: Twin, config: ClientConfig, expected: dict[bytes, ImageDetections]
 ) -> None:
     images = image_set(1000)
 
-    with FashionClient(config=config) as client:
+    with twin.client(config=config) as client:
         outcomes = client.detect_many(images, max_in_flight=64)
 
     failures = [o for o in outcomes if not isinstance(o, ImageDetections)]
@@ -80,9 +88,9 @@ def test_a_thousand_detections_through_detect_many_all_succeed_and_equal_single_
 
 
 @pytest.mark.integration
-def test_detect_many_sends_concurrently_so_the_server_batches_requests(config: ClientConfig) -> None:
+def test_detect_many_sends_concurrently_so_the_server_batches_requests(twin: Twin, config: ClientConfig) -> None:
     admin = ClientConfig(url=config.url, headers={ADMIN_HEADER: ADMIN_KEY})
-    with FashionClient(config=admin) as client:
+    with twin.client(config=admin) as client:
         before = {s.model_name: s for s in client.statistics(contract.PREPROCESS_MODEL)}
         client.detect_many(image_set(256), max_in_flight=64)
         after = {s.model_name: s for s in client.statistics(contract.PREPROCESS_MODEL)}
@@ -96,10 +104,10 @@ def test_detect_many_sends_concurrently_so_the_server_batches_requests(config: C
 
 
 @pytest.mark.integration
-def test_a_deadline_shorter_than_the_work_raises_deadline_exceeded(config: ClientConfig) -> None:
+def test_a_deadline_shorter_than_the_work_raises_deadline_exceeded(twin: Twin, config: ClientConfig) -> None:
     image = large_png()
 
-    with FashionClient(config=config) as client:
+    with twin.client(config=config) as client:
         assert client.detect(image).width == 2400, "the work itself succeeds given time"
         started = time.monotonic()
         with pytest.raises(DeadlineExceeded):
@@ -109,17 +117,17 @@ def test_a_deadline_shorter_than_the_work_raises_deadline_exceeded(config: Clien
     assert elapsed_s < 0.5, "a deadline is not retried"
 
 
-def test_a_server_that_is_down_raises_connect_error_within_the_connect_timeout() -> None:
+def test_a_server_that_is_down_raises_connect_error_within_the_connect_timeout(twin: Twin) -> None:
     config = ClientConfig(url=f"127.0.0.1:{unused_port()}", timeouts=Timeouts(connect_s=2.0))
 
     started = time.monotonic()
-    with FashionClient(config=config) as client, pytest.raises(ConnectError, match=r"(?i)connection refused"):
+    with twin.client(config=config) as client, pytest.raises(ConnectError, match=r"(?i)connection refused"):
         client.detect(image_set(1)[0])
 
     assert time.monotonic() - started < config.timeouts.connect_s, "retries included"
 
 
-def test_a_server_that_accepts_but_never_answers_raises_connect_error_after_the_connect_timeout() -> None:
+def test_a_server_that_accepts_but_never_answers_raises_connect_error_after_the_connect_timeout(twin: Twin) -> None:
     with socket.socket() as hung:  # the kernel completes the TCP handshake; nobody speaks HTTP/2
         hung.bind(("127.0.0.1", 0))
         hung.listen(8)
@@ -127,7 +135,7 @@ def test_a_server_that_accepts_but_never_answers_raises_connect_error_after_the_
         config = ClientConfig(url=url, timeouts=Timeouts(connect_s=1.0, request_s=30.0), retry=RetryPolicy.disabled())
 
         started = time.monotonic()
-        with FashionClient(config=config) as client, pytest.raises(ConnectError):
+        with twin.client(config=config) as client, pytest.raises(ConnectError):
             client.detect(image_set(1)[0])
         elapsed_s = time.monotonic() - started
 
@@ -136,6 +144,7 @@ def test_a_server_that_accepts_but_never_answers_raises_connect_error_after_the_
 
 @pytest.mark.integration
 def test_a_server_restarted_mid_run_is_recovered_by_retries_with_no_request_lost(
+    twin: Twin,
     served: Served,
     config: ClientConfig,
     expected: dict[bytes, ImageDetections],
@@ -148,7 +157,7 @@ def test_a_server_restarted_mid_run_is_recovered_by_retries_with_no_request_lost
     pulled = threading.Semaphore(0)
     outcomes: list[ImageDetections | FashionBoxError] = []
     crashed: list[BaseException] = []
-    client = FashionClient(config=ClientConfig(url=config.url, timeouts=Timeouts(request_s=30.0), retry=RESTART_RETRY))
+    client = twin.client(config=ClientConfig(url=config.url, timeouts=Timeouts(request_s=30.0), retry=RESTART_RETRY))
 
     def feed() -> Iterator[bytes]:
         for image in images:
@@ -184,13 +193,13 @@ def test_a_server_restarted_mid_run_is_recovered_by_retries_with_no_request_lost
 
 @pytest.mark.integration
 def test_a_bad_image_among_good_ones_fails_alone_with_its_message(
-    config: ClientConfig, expected: dict[bytes, ImageDetections]
+    twin: Twin, config: ClientConfig, expected: dict[bytes, ImageDetections]
 ) -> None:
     good = image_set(20)
     truncated = good[0][: len(good[0]) // 3]
     images = [*good[:5], NOT_AN_IMAGE, *good[5:12], truncated, *good[12:]]
 
-    with FashionClient(config=config) as client:
+    with twin.client(config=config) as client:
         outcomes = client.detect_many(images, max_in_flight=8)
 
     bad = {index: outcome for index, outcome in enumerate(outcomes) if not isinstance(outcome, ImageDetections)}
@@ -201,8 +210,8 @@ def test_a_bad_image_among_good_ones_fails_alone_with_its_message(
 
 
 @pytest.mark.integration
-def test_health_labels_model_info_and_statistics_are_read_from_the_server(config: ClientConfig) -> None:
-    with FashionClient(config=config) as client:
+def test_health_labels_model_info_and_statistics_are_read_from_the_server(twin: Twin, config: ClientConfig) -> None:
+    with twin.client(config=config) as client:
         assert client.health() is True
         assert client.ready() is True
         assert client.labels() == default_label_map()
@@ -213,14 +222,14 @@ def test_health_labels_model_info_and_statistics_are_read_from_the_server(config
     assert info.name == contract.ENSEMBLE_MODEL
     assert [(t.name, t.datatype) for t in info.inputs] == [("IMAGE", "BYTES")]
     assert contract.DETECTIONS.name in [t.name for t in info.outputs]
-    with FashionClient(config=ClientConfig(url=config.url, headers={ADMIN_HEADER: ADMIN_KEY})) as admin:
+    with twin.client(config=ClientConfig(url=config.url, headers={ADMIN_HEADER: ADMIN_KEY})) as admin:
         names = {s.model_name for s in admin.statistics()}
     assert {contract.ENSEMBLE_MODEL, contract.PREPROCESS_MODEL, contract.DETECTOR_MODEL} <= names
 
 
 @pytest.mark.integration
-def test_the_client_refuses_calls_after_close(config: ClientConfig) -> None:
-    client = FashionClient(config=config)
+def test_the_client_refuses_calls_after_close(twin: Twin, config: ClientConfig) -> None:
+    client = twin.client(config=config)
     client.detect(image_set(1)[0])
     client.close()
 

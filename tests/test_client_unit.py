@@ -1,8 +1,10 @@
-"""The typed blocking client without a server: a fake transport answers with real tritonclient messages.
+"""Both typed clients without a server: a fake transport answers with real tritonclient messages.
 
-The fakes live in ``client_fakes.py``, shared with ``test_client_async_unit.py``, which mirrors this
-file test for test for everything that does I/O. Pure parts (request building, result types,
-configuration, drawing, the retry schedule) are tested here only: both clients use the same code.
+Every test that makes calls takes the ``twin`` fixture and runs twice: through ``FashionClient``
+and through ``AsyncFashionClient`` (behind the blocking methods of ``client_twins.py``), against
+one ``FakeTransport`` (``client_fakes.py``). Pure parts (request building, result types,
+configuration, drawing, the retry schedule) run once: both clients use the same code. What only
+asyncio has is in ``test_client_async_unit.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from client_fakes import (
     png_bytes,
     sent_image_of,
 )
+from client_twins import TWINS, Client, Twin
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
@@ -75,6 +78,12 @@ FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff_s=0.001, max_backoff_s=
 RESTRICTED = "This protocol is restricted, expecting header 'triton-grpc-protocol-admin-key'"
 
 
+@pytest.fixture(params=TWINS)
+def twin(request: pytest.FixtureRequest) -> Iterator[Twin]:
+    with Twin(request.param) as twin:
+        yield twin
+
+
 @pytest.fixture(scope="module")
 def labels() -> LabelMap:
     return default_label_map()
@@ -87,16 +96,16 @@ def answering(labels: LabelMap) -> FakeTransport:
 
 
 def sent_image(transport: FakeTransport) -> bytes:
-    tensor = transport.requests[-1].inputs[0].data
-    payload: bytes = tensor.reshape(-1)[0]
-    return payload
+    return sent_image_of(transport.requests[-1])
 
 
 # -- requests: what goes on the wire --------------------------------------------------------------
 
 
-def test_the_request_holds_one_image_as_a_bytes_tensor_and_asks_for_detections(answering: FakeTransport) -> None:
-    with FashionClient(transport=answering) as client:
+def test_the_request_holds_one_image_as_a_bytes_tensor_and_asks_for_detections(
+    twin: Twin, answering: FakeTransport
+) -> None:
+    with twin.client(transport=answering) as client:
         client.detect(png_bytes())
 
     request = answering.requests[0]
@@ -108,45 +117,47 @@ def test_the_request_holds_one_image_as_a_bytes_tensor_and_asks_for_detections(a
     assert request.timeout_s == pytest.approx(Timeouts().request_s, abs=0.5)
 
 
-def test_the_request_tensor_is_accepted_by_tritonclient(answering: FakeTransport) -> None:
-    with FashionClient(transport=answering) as client:
+def test_the_request_tensor_is_accepted_by_tritonclient(twin: Twin, answering: FakeTransport) -> None:
+    with twin.client(transport=answering) as client:
         client.detect(png_bytes())
     tensor = answering.requests[0].inputs[0]
 
     grpcclient.InferInput(tensor.name, list(tensor.data.shape), tensor.datatype).set_data_from_numpy(tensor.data)
 
 
-def test_encoded_bytes_are_sent_exactly_as_given(answering: FakeTransport) -> None:
+def test_encoded_bytes_are_sent_exactly_as_given(twin: Twin, answering: FakeTransport) -> None:
     image = png_bytes() + b"\x00\x00"  # trailing NULs would be lost in a numpy bytes_ array
 
-    with FashionClient(transport=answering) as client:
+    with twin.client(transport=answering) as client:
         client.detect(image)
 
     assert sent_image(answering) == image
 
 
 @pytest.mark.parametrize("as_path", [str, Path])
-def test_a_file_is_sent_with_its_bytes_unchanged(answering: FakeTransport, tmp_path: Path, as_path: Any) -> None:
+def test_a_file_is_sent_with_its_bytes_unchanged(
+    twin: Twin, answering: FakeTransport, tmp_path: Path, as_path: Any
+) -> None:
     file = tmp_path / "look.png"
     file.write_bytes(png_bytes())
 
-    with FashionClient(transport=answering) as client:
+    with twin.client(transport=answering) as client:
         client.detect(as_path(file))
 
     assert sent_image(answering) == file.read_bytes()
 
 
-def test_a_missing_file_fails_before_anything_is_sent(answering: FakeTransport, tmp_path: Path) -> None:
-    with FashionClient(transport=answering) as client, pytest.raises(InvalidInput, match="cannot read image file"):
+def test_a_missing_file_fails_before_anything_is_sent(twin: Twin, answering: FakeTransport, tmp_path: Path) -> None:
+    with twin.client(transport=answering) as client, pytest.raises(InvalidInput, match="cannot read image file"):
         client.detect(tmp_path / "missing.jpg")
 
     assert answering.requests == []
 
 
-def test_a_pil_image_is_sent_as_full_chroma_jpeg_by_default(answering: FakeTransport) -> None:
+def test_a_pil_image_is_sent_as_full_chroma_jpeg_by_default(twin: Twin, answering: FakeTransport) -> None:
     image = Image.new("RGB", (64, 48), (10, 120, 240))
 
-    with FashionClient(transport=answering) as client:
+    with twin.client(transport=answering) as client:
         client.detect(image)
 
     sent = Image.open(io.BytesIO(sent_image(answering)))
@@ -155,11 +166,11 @@ def test_a_pil_image_is_sent_as_full_chroma_jpeg_by_default(answering: FakeTrans
     assert np.abs(np.asarray(sent, np.int16) - np.asarray(image, np.int16)).max() <= 3
 
 
-def test_png_encoding_sends_a_numpy_array_losslessly(answering: FakeTransport) -> None:
+def test_png_encoding_sends_a_numpy_array_losslessly(twin: Twin, answering: FakeTransport) -> None:
     pixels = np.random.default_rng(0).integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
     config = ClientConfig(encoding=ImageEncoding(format="PNG"))
 
-    with FashionClient(config=config, transport=answering) as client:
+    with twin.client(config=config, transport=answering) as client:
         client.detect(pixels)
 
     sent = Image.open(io.BytesIO(sent_image(answering)))
@@ -167,22 +178,26 @@ def test_png_encoding_sends_a_numpy_array_losslessly(answering: FakeTransport) -
     assert np.array_equal(np.asarray(sent), pixels)
 
 
-def test_an_image_with_transparency_is_sent_as_png_even_when_jpeg_is_configured(answering: FakeTransport) -> None:
-    with FashionClient(transport=answering) as client:
+def test_an_image_with_transparency_is_sent_as_png_even_when_jpeg_is_configured(
+    twin: Twin, answering: FakeTransport
+) -> None:
+    with twin.client(transport=answering) as client:
         client.detect(Image.new("RGBA", (8, 8), (255, 0, 0, 128)))
 
     sent = Image.open(io.BytesIO(sent_image(answering)))
     assert (sent.format, sent.mode) == ("PNG", "RGBA")
 
 
-def test_a_pil_image_is_turned_upright_by_its_exif_orientation_before_it_is_sent(answering: FakeTransport) -> None:
+def test_a_pil_image_is_turned_upright_by_its_exif_orientation_before_it_is_sent(
+    twin: Twin, answering: FakeTransport
+) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees: portrait
     buffer = io.BytesIO()
     Image.new("RGB", (40, 20), (0, 200, 0)).save(buffer, format="JPEG", exif=exif)
     stored_landscape = Image.open(io.BytesIO(buffer.getvalue()))
 
-    with FashionClient(transport=answering) as client:
+    with twin.client(transport=answering) as client:
         client.detect(stored_landscape)
 
     assert Image.open(io.BytesIO(sent_image(answering))).size == (20, 40)
@@ -199,24 +214,24 @@ def test_a_pil_image_is_turned_upright_by_its_exif_orientation_before_it_is_sent
     ],
 )
 def test_arrays_that_are_not_uint8_rgb_are_refused(
-    answering: FakeTransport, array: npt.NDArray[Any], complaint: str
+    twin: Twin, answering: FakeTransport, array: npt.NDArray[Any], complaint: str
 ) -> None:
-    with FashionClient(transport=answering) as client, pytest.raises(InvalidInput, match=complaint):
+    with twin.client(transport=answering) as client, pytest.raises(InvalidInput, match=complaint):
         client.detect(array)
     assert answering.requests == []
 
 
 @pytest.mark.parametrize("value", [42, ["look.jpg"], None, b""])
-def test_values_that_are_not_images_are_refused_with_a_hint(answering: FakeTransport, value: Any) -> None:
-    with FashionClient(transport=answering) as client, pytest.raises(InvalidInput):
+def test_values_that_are_not_images_are_refused_with_a_hint(twin: Twin, answering: FakeTransport, value: Any) -> None:
+    with twin.client(transport=answering) as client, pytest.raises(InvalidInput):
         client.detect(value)
     assert answering.requests == []
 
 
-def test_timeout_s_overrides_the_configured_request_timeout_for_one_call(answering: FakeTransport) -> None:
+def test_timeout_s_overrides_the_configured_request_timeout_for_one_call(twin: Twin, answering: FakeTransport) -> None:
     config = ClientConfig(timeouts=Timeouts(request_s=12.0))
 
-    with FashionClient(config=config, transport=answering) as client:
+    with twin.client(config=config, transport=answering) as client:
         client.detect(png_bytes(), timeout_s=0.5)
         client.detect(png_bytes())
 
@@ -224,8 +239,10 @@ def test_timeout_s_overrides_the_configured_request_timeout_for_one_call(answeri
 
 
 @pytest.mark.parametrize("timeout_s", [0, -1.0, True])
-def test_a_timeout_that_is_not_a_positive_number_is_refused(answering: FakeTransport, timeout_s: Any) -> None:
-    with FashionClient(transport=answering) as client, pytest.raises(ConfigError, match="timeout_s"):
+def test_a_timeout_that_is_not_a_positive_number_is_refused(
+    twin: Twin, answering: FakeTransport, timeout_s: Any
+) -> None:
+    with twin.client(transport=answering) as client, pytest.raises(ConfigError, match="timeout_s"):
         client.detect(png_bytes(), timeout_s=timeout_s)
 
 
@@ -243,8 +260,8 @@ def test_channel_args_carry_the_connect_timeout_and_keepalive_in_milliseconds() 
 # -- responses: what comes back ------------------------------------------------------------------------
 
 
-def test_detect_returns_typed_detections_read_from_the_detections_output(answering: FakeTransport) -> None:
-    with FashionClient(transport=answering) as client:
+def test_detect_returns_typed_detections_read_from_the_detections_output(twin: Twin, answering: FakeTransport) -> None:
+    with twin.client(transport=answering) as client:
         result = client.detect(png_bytes())
 
     assert (result.width, result.height, len(result)) == (640, 480, 2)
@@ -263,11 +280,11 @@ def test_detect_returns_typed_detections_read_from_the_detections_output(answeri
     )
 
 
-def test_an_image_without_detections_gives_an_empty_result_not_none(labels: LabelMap) -> None:
+def test_an_image_without_detections_gives_an_empty_result_not_none(twin: Twin, labels: LabelMap) -> None:
     empty = detections_payload(labels, width=10, height=10)
     transport = FakeTransport(lambda request: detections_result([empty]))
 
-    with FashionClient(transport=transport) as client:
+    with twin.client(transport=transport) as client:
         result = client.detect(png_bytes())
 
     assert result == ImageDetections(width=10, height=10, model_version="1", label_map=labels.name)
@@ -283,10 +300,12 @@ def test_an_image_without_detections_gives_an_empty_result_not_none(labels: Labe
     ],
     ids=["missing", "corrupt", "two-payloads", "wrong-dtype"],
 )
-def test_an_answer_that_breaks_the_contract_raises_protocol_error(result: InferResultLike, complaint: str) -> None:
+def test_an_answer_that_breaks_the_contract_raises_protocol_error(
+    twin: Twin, result: InferResultLike, complaint: str
+) -> None:
     transport = FakeTransport(lambda request: result)
 
-    with FashionClient(transport=transport) as client, pytest.raises(ProtocolError, match=complaint):
+    with twin.client(transport=transport) as client, pytest.raises(ProtocolError, match=complaint):
         client.detect(png_bytes())
 
 
@@ -327,12 +346,12 @@ IN_ENSEMBLE = "in ensemble 'fashion', [request id: <id_unknown>]"
     ],
 )
 def test_each_grpc_status_becomes_its_own_fashionbox_error_chained_to_the_original(
-    status: str | None, message: str, expected: type[FashionBoxError]
+    twin: Twin, status: str | None, message: str, expected: type[FashionBoxError]
 ) -> None:
     original = InferenceServerException(msg=message, status=status)
     transport = FakeTransport(error=original)
 
-    with FashionClient(transport=transport) as client, pytest.raises(FashionBoxError) as caught:
+    with twin.client(transport=transport) as client, pytest.raises(FashionBoxError) as caught:
         client.detect(png_bytes())
 
     assert type(caught.value) is expected
@@ -343,10 +362,10 @@ def test_each_grpc_status_becomes_its_own_fashionbox_error_chained_to_the_origin
 
 
 @pytest.mark.parametrize("call", ["health", "ready", "labels", "model_info", "statistics"])
-def test_errors_from_every_call_are_translated_not_only_from_detect(call: str) -> None:
+def test_errors_from_every_call_are_translated_not_only_from_detect(twin: Twin, call: str) -> None:
     transport = FakeTransport(error=InferenceServerException(msg="connection refused", status="StatusCode.UNAVAILABLE"))
 
-    with FashionClient(transport=transport) as client, pytest.raises(ConnectError):
+    with twin.client(transport=transport) as client, pytest.raises(ConnectError):
         getattr(client, call)()
 
 
@@ -410,8 +429,10 @@ def test_only_errors_that_may_pass_by_waiting_are_marked_retryable(status: str, 
     ],
     ids=["detect", "detect_many", "health", "ready", "labels", "model_info", "statistics"],
 )
-def test_a_closed_client_refuses_every_call(answering: FakeTransport, call: Callable[[FashionClient], Any]) -> None:
-    client = FashionClient(transport=answering)
+def test_a_closed_client_refuses_every_call(
+    twin: Twin, answering: FakeTransport, call: Callable[[Client], Any]
+) -> None:
+    client = twin.client(transport=answering)
     client.close()
 
     with pytest.raises(ClientClosed):
@@ -419,23 +440,25 @@ def test_a_closed_client_refuses_every_call(answering: FakeTransport, call: Call
     assert answering.requests == []
 
 
-def test_leaving_the_with_block_closes_the_transport_and_closing_twice_is_harmless(answering: FakeTransport) -> None:
-    with FashionClient(transport=answering) as client:
+def test_leaving_the_with_block_closes_the_transport_and_closing_twice_is_harmless(
+    twin: Twin, answering: FakeTransport
+) -> None:
+    with twin.client(transport=answering) as client:
         assert not client.is_closed
 
     assert client.is_closed and answering.closed
     client.close()
 
 
-def test_a_closed_client_cannot_be_entered_again(answering: FakeTransport) -> None:
-    client = FashionClient(transport=answering)
+def test_a_closed_client_cannot_be_entered_again(twin: Twin, answering: FakeTransport) -> None:
+    client = twin.client(transport=answering)
     client.close()
 
     with pytest.raises(ClientClosed), client:
         pass
 
 
-def test_detect_many_returns_a_result_or_an_error_per_image_in_order(labels: LabelMap) -> None:
+def test_detect_many_returns_a_result_or_an_error_per_image_in_order(twin: Twin, labels: LabelMap) -> None:
     good = dress_and_shoe_payload(labels)
 
     def respond(request: InferRequest) -> InferResultLike:
@@ -443,14 +466,16 @@ def test_detect_many_returns_a_result_or_an_error_per_image_in_order(labels: Lab
             raise InferenceServerException(msg="corrupt or truncated JPEG", status="StatusCode.INVALID_ARGUMENT")
         return detections_result([good])
 
-    with FashionClient(transport=FakeTransport(respond)) as client:
+    with twin.client(transport=FakeTransport(respond)) as client:
         outcomes = client.detect_many([png_bytes(), b"broken", 42, png_bytes()])  # type: ignore[list-item]
 
     assert [type(o) for o in outcomes] == [ImageDetections, InvalidImage, InvalidInput, ImageDetections]
 
 
-def test_detect_many_refuses_a_bad_timeout_at_once_instead_of_failing_every_image(answering: FakeTransport) -> None:
-    with FashionClient(transport=answering) as client, pytest.raises(ConfigError):
+def test_detect_many_refuses_a_bad_timeout_at_once_instead_of_failing_every_image(
+    twin: Twin, answering: FakeTransport
+) -> None:
+    with twin.client(transport=answering) as client, pytest.raises(ConfigError):
         client.detect_many([png_bytes(), png_bytes()], timeout_s=-1)
     assert answering.requests == []
 
@@ -458,13 +483,15 @@ def test_detect_many_refuses_a_bad_timeout_at_once_instead_of_failing_every_imag
 # -- server and model ------------------------------------------------------------------------------------
 
 
-def test_labels_are_read_from_the_ensemble_config_parameters(answering: FakeTransport, labels: LabelMap) -> None:
-    with FashionClient(transport=answering) as client:
+def test_labels_are_read_from_the_ensemble_config_parameters(
+    twin: Twin, answering: FakeTransport, labels: LabelMap
+) -> None:
+    with twin.client(transport=answering) as client:
         assert client.labels() == labels
 
 
-def test_labels_are_read_once_until_a_refresh_is_asked_for(answering: FakeTransport) -> None:
-    with FashionClient(transport=answering) as client:
+def test_labels_are_read_once_until_a_refresh_is_asked_for(twin: Twin, answering: FakeTransport) -> None:
+    with twin.client(transport=answering) as client:
         client.labels()
         client.labels()
         client.labels(refresh=True)
@@ -473,17 +500,19 @@ def test_labels_are_read_once_until_a_refresh_is_asked_for(answering: FakeTransp
 
 
 @pytest.mark.parametrize("stored", [None, "{not json", json.dumps({"name": "x"})])
-def test_a_config_without_a_readable_label_map_raises_protocol_error(stored: str | None) -> None:
+def test_a_config_without_a_readable_label_map_raises_protocol_error(twin: Twin, stored: str | None) -> None:
     config = labels_config(None)
     if stored is not None:
         config.config.parameters[LABELS_PARAMETER].string_value = stored
 
-    with FashionClient(transport=FakeTransport(config=config)) as client, pytest.raises(ProtocolError):
+    with twin.client(transport=FakeTransport(config=config)) as client, pytest.raises(ProtocolError):
         client.labels()
 
 
-def test_model_info_describes_the_ensemble_without_repeating_the_label_map(answering: FakeTransport) -> None:
-    with FashionClient(transport=answering) as client:
+def test_model_info_describes_the_ensemble_without_repeating_the_label_map(
+    twin: Twin, answering: FakeTransport
+) -> None:
+    with twin.client(transport=answering) as client:
         info = client.model_info()
 
     assert (info.name, info.versions, info.platform, info.max_batch_size) == ("fashion", ("1",), "ensemble", 16)
@@ -494,16 +523,18 @@ def test_model_info_describes_the_ensemble_without_repeating_the_label_map(answe
 @pytest.mark.parametrize(
     ("server_ready", "model_ready", "expected"), [(True, True, True), (True, False, False), (False, True, False)]
 )
-def test_ready_needs_both_the_server_and_the_model(server_ready: bool, model_ready: bool, expected: bool) -> None:
+def test_ready_needs_both_the_server_and_the_model(
+    twin: Twin, server_ready: bool, model_ready: bool, expected: bool
+) -> None:
     transport = FakeTransport(server_ready=server_ready, model_ready=model_ready)
 
-    with FashionClient(transport=transport) as client:
+    with twin.client(transport=transport) as client:
         assert client.ready() is expected
         assert client.health() is True
 
 
-def test_statistics_are_a_typed_summary_per_model_sorted_by_name(answering: FakeTransport) -> None:
-    with FashionClient(transport=answering) as client:
+def test_statistics_are_a_typed_summary_per_model_sorted_by_name(twin: Twin, answering: FakeTransport) -> None:
+    with twin.client(transport=answering) as client:
         detector, ensemble = client.statistics()
 
     assert detector == ModelStatistics(
@@ -523,8 +554,8 @@ def test_statistics_are_a_typed_summary_per_model_sorted_by_name(answering: Fake
     assert answering.statistics_asked == [""], "no name asks Triton for every model"
 
 
-def test_statistics_for_one_model_ask_the_server_for_that_model(answering: FakeTransport) -> None:
-    with FashionClient(transport=answering) as client:
+def test_statistics_for_one_model_ask_the_server_for_that_model(twin: Twin, answering: FakeTransport) -> None:
+    with twin.client(transport=answering) as client:
         client.statistics("detector")
 
     assert answering.statistics_asked == ["detector"]
@@ -533,8 +564,10 @@ def test_statistics_for_one_model_ask_the_server_for_that_model(answering: FakeT
 # -- retries ------------------------------------------------------------------------------------------------
 
 
-def retrying_client(transport: FakeTransport, policy: RetryPolicy = FAST_RETRY, **timeouts: float) -> FashionClient:
-    return FashionClient(config=ClientConfig(retry=policy, timeouts=Timeouts(**timeouts)), transport=transport)
+def retrying_client(
+    twin: Twin, transport: FakeTransport, policy: RetryPolicy = FAST_RETRY, **timeouts: float
+) -> Client:
+    return twin.client(config=ClientConfig(retry=policy, timeouts=Timeouts(**timeouts)), transport=transport)
 
 
 @pytest.mark.parametrize(
@@ -551,23 +584,23 @@ def retrying_client(transport: FakeTransport, policy: RetryPolicy = FAST_RETRY, 
     ids=["refused", "stopping", "queue-full", "exhausted", "loading", "unloaded", "step-stopping"],
 )
 def test_unavailable_and_resource_exhausted_are_retried_until_an_attempt_succeeds(
-    labels: LabelMap, failure: InferenceServerException
+    twin: Twin, labels: LabelMap, failure: InferenceServerException
 ) -> None:
     payload = dress_and_shoe_payload(labels)
     transport = FakeTransport(lambda request: detections_result([payload]), failures=[failure, failure])
 
-    with retrying_client(transport) as client:
+    with retrying_client(twin, transport) as client:
         result = client.detect(png_bytes())
 
     assert len(result) == 2
     assert len(transport.requests) == 3
 
 
-def test_retries_stop_after_max_attempts_and_raise_the_last_error_chained() -> None:
+def test_retries_stop_after_max_attempts_and_raise_the_last_error_chained(twin: Twin) -> None:
     failures = [grpc_error("UNAVAILABLE", f"connection refused {n}") for n in range(1, 10)]
     transport = FakeTransport(lambda request: detections_result([]), failures=failures)
 
-    with retrying_client(transport) as client, pytest.raises(ConnectError, match="refused 4") as caught:
+    with retrying_client(twin, transport) as client, pytest.raises(ConnectError, match="refused 4") as caught:
         client.detect(png_bytes())
 
     assert len(transport.requests) == FAST_RETRY.max_attempts
@@ -587,22 +620,22 @@ def test_retries_stop_after_max_attempts_and_raise_the_last_error_chained() -> N
     ids=["bad-image", "too-large", "unknown-model", "deadline", "restricted", "internal"],
 )
 def test_errors_that_cannot_pass_by_waiting_are_raised_at_once(
-    failure: InferenceServerException, expected: type[FashionBoxError]
+    twin: Twin, failure: InferenceServerException, expected: type[FashionBoxError]
 ) -> None:
     transport = FakeTransport(lambda request: detections_result([]), error=failure)
 
-    with retrying_client(transport) as client, pytest.raises(expected):
+    with retrying_client(twin, transport) as client, pytest.raises(expected):
         client.detect(png_bytes())
 
     assert len(transport.requests) == 1
 
 
-def test_each_attempt_gets_the_time_left_until_the_calls_deadline() -> None:
+def test_each_attempt_gets_the_time_left_until_the_calls_deadline(twin: Twin) -> None:
     failure = grpc_error("UNAVAILABLE", "connection refused")
     policy = RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.05, jitter=0.0)
     transport = FakeTransport(lambda request: detections_result([]), failures=[failure] * 3)
 
-    with retrying_client(transport, policy) as client, pytest.raises(ConnectError):
+    with retrying_client(twin, transport, policy) as client, pytest.raises(ConnectError):
         client.detect(png_bytes(), timeout_s=2.0)
 
     first, second, third = transport.timeouts_s
@@ -611,12 +644,12 @@ def test_each_attempt_gets_the_time_left_until_the_calls_deadline() -> None:
     assert third == pytest.approx(second - 0.05, abs=0.03)
 
 
-def test_a_backoff_that_would_end_after_the_deadline_is_not_slept() -> None:
+def test_a_backoff_that_would_end_after_the_deadline_is_not_slept(twin: Twin) -> None:
     policy = RetryPolicy(max_attempts=5, initial_backoff_s=1.0, max_backoff_s=1.0, jitter=0.0)
     transport = FakeTransport(error=grpc_error("UNAVAILABLE", "connection refused"))
 
     started = time.monotonic()
-    with retrying_client(transport, policy) as client, pytest.raises(ConnectError):
+    with retrying_client(twin, transport, policy) as client, pytest.raises(ConnectError):
         client.detect(png_bytes(), timeout_s=0.3)
 
     assert time.monotonic() - started < 0.2
@@ -624,29 +657,29 @@ def test_a_backoff_that_would_end_after_the_deadline_is_not_slept() -> None:
 
 
 @pytest.mark.parametrize("call", ["labels", "model_info", "statistics"])
-def test_reads_of_the_server_are_retried_like_detections(labels: LabelMap, call: str) -> None:
+def test_reads_of_the_server_are_retried_like_detections(twin: Twin, labels: LabelMap, call: str) -> None:
     transport = FakeTransport(config=labels_config(labels), failures=[grpc_error("UNAVAILABLE", "connection refused")])
 
-    with retrying_client(transport) as client:
+    with retrying_client(twin, transport) as client:
         getattr(client, call)()
 
     assert len(transport.timeouts_s) >= 2
 
 
 @pytest.mark.parametrize("call", ["health", "ready"])
-def test_health_and_ready_are_never_retried_they_report_now(call: str) -> None:
+def test_health_and_ready_are_never_retried_they_report_now(twin: Twin, call: str) -> None:
     transport = FakeTransport(failures=[grpc_error("UNAVAILABLE", "connection refused")])
 
-    with retrying_client(transport) as client, pytest.raises(ConnectError):
+    with retrying_client(twin, transport) as client, pytest.raises(ConnectError):
         getattr(client, call)()
 
     assert len(transport.timeouts_s) == 1
 
 
-def test_a_disabled_retry_policy_makes_one_attempt() -> None:
+def test_a_disabled_retry_policy_makes_one_attempt(twin: Twin) -> None:
     transport = FakeTransport(error=grpc_error("UNAVAILABLE", "connection refused"))
 
-    with retrying_client(transport, RetryPolicy.disabled()) as client, pytest.raises(ConnectError):
+    with retrying_client(twin, transport, RetryPolicy.disabled()) as client, pytest.raises(ConnectError):
         client.detect(png_bytes())
 
     assert len(transport.requests) == 1
@@ -695,23 +728,25 @@ def test_attempts_count_down_one_deadline_on_the_given_clock() -> None:
 # -- detect_many: pipelined ------------------------------------------------------------------------------
 
 
-def test_detect_many_keeps_max_in_flight_requests_going_at_once(answering: FakeTransport) -> None:
+def test_detect_many_keeps_max_in_flight_requests_going_at_once(twin: Twin, answering: FakeTransport) -> None:
     answering.delay_s = 0.02
 
-    with FashionClient(transport=answering) as client:
+    with twin.client(transport=answering) as client:
         outcomes = client.detect_many([png_bytes()] * 40, max_in_flight=8)
 
     assert all(isinstance(o, ImageDetections) for o in outcomes)
     assert answering.peak_in_flight == 8
 
 
-def test_detect_many_returns_results_in_the_order_of_the_images_not_of_completion(labels: LabelMap) -> None:
-    def respond(request: InferRequest) -> InferResultLike:
-        width = Image.open(io.BytesIO(sent_image_of(request))).size[0]
-        time.sleep(0.002 * (50 - width))  # the first images answer last
-        return detections_result([empty_payload(labels, width)])
+def test_detect_many_returns_results_in_the_order_of_the_images_not_of_completion(twin: Twin, labels: LabelMap) -> None:
+    def width(request: InferRequest) -> int:
+        return Image.open(io.BytesIO(sent_image_of(request))).size[0]
 
-    with FashionClient(transport=FakeTransport(respond)) as client:
+    def respond(request: InferRequest) -> InferResultLike:
+        return detections_result([empty_payload(labels, width(request))])
+
+    transport = FakeTransport(respond, delay_s=lambda request: 0.002 * (50 - width(request)))  # the first answer last
+    with twin.client(transport=transport) as client:
         outcomes = client.detect_many([png_bytes(size=(w, 8)) for w in range(10, 50)], max_in_flight=16)
 
     assert [o.width for o in outcomes if isinstance(o, ImageDetections)] == list(range(10, 50))
@@ -721,7 +756,9 @@ def empty_payload(labels: LabelMap, width: int) -> bytes:
     return detections_payload(labels, width=width, height=8)
 
 
-def test_detect_many_reads_the_images_lazily_no_further_ahead_than_max_in_flight(answering: FakeTransport) -> None:
+def test_detect_many_reads_the_images_lazily_no_further_ahead_than_max_in_flight(
+    twin: Twin, answering: FakeTransport
+) -> None:
     answering.delay_s = 0.01
     produced = 0
     most_ahead = 0
@@ -733,14 +770,14 @@ def test_detect_many_reads_the_images_lazily_no_further_ahead_than_max_in_flight
             most_ahead = max(most_ahead, produced - len(answering.requests))
             yield png_bytes()
 
-    with FashionClient(transport=answering) as client:
+    with twin.client(transport=answering) as client:
         assert len(client.detect_many(images(), max_in_flight=4)) == 30
 
     assert most_ahead <= 4 + 1
 
 
-def test_detect_many_with_one_in_flight_sends_one_after_another(answering: FakeTransport) -> None:
-    with FashionClient(transport=answering) as client:
+def test_detect_many_with_one_in_flight_sends_one_after_another(twin: Twin, answering: FakeTransport) -> None:
+    with twin.client(transport=answering) as client:
         client.detect_many([png_bytes()] * 5, max_in_flight=1)
 
     assert answering.peak_in_flight == 1
@@ -748,16 +785,18 @@ def test_detect_many_with_one_in_flight_sends_one_after_another(answering: FakeT
 
 @pytest.mark.parametrize("max_in_flight", [0, -3, 2.5, True])
 def test_detect_many_refuses_a_max_in_flight_that_is_not_a_positive_integer(
-    answering: FakeTransport, max_in_flight: Any
+    twin: Twin, answering: FakeTransport, max_in_flight: Any
 ) -> None:
-    with FashionClient(transport=answering) as client, pytest.raises(ConfigError, match="max_in_flight"):
+    with twin.client(transport=answering) as client, pytest.raises(ConfigError, match="max_in_flight"):
         client.detect_many([png_bytes()], max_in_flight=max_in_flight)
     assert answering.requests == []
 
 
-def test_closing_the_client_during_detect_many_raises_client_closed(answering: FakeTransport) -> None:
+def test_closing_the_client_from_another_thread_during_detect_many_raises_client_closed(
+    twin: Twin, answering: FakeTransport
+) -> None:
     answering.delay_s = 0.01
-    client = FashionClient(transport=answering)
+    client = twin.client(transport=answering)
     closer = threading.Timer(0.05, client.close)
     closer.start()
 
@@ -827,8 +866,8 @@ def test_invalid_settings_are_refused_when_built(build: Callable[[], object]) ->
         build()
 
 
-def test_the_url_argument_wins_over_the_configured_url(answering: FakeTransport) -> None:
-    client = FashionClient("elsewhere:8001", config=ClientConfig(url="triton:8001"), transport=answering)
+def test_the_url_argument_wins_over_the_configured_url(twin: Twin, answering: FakeTransport) -> None:
+    client = twin.client("elsewhere:8001", config=ClientConfig(url="triton:8001"), transport=answering)
 
     assert client.url == "elsewhere:8001"
     assert client.config.url == "elsewhere:8001"
@@ -971,14 +1010,20 @@ def test_tls_credentials_come_from_pem_bytes_or_files_and_a_missing_file_is_a_co
         FashionClient(config=missing)
 
 
-def test_the_grpc_transport_sends_headers_and_compression_with_its_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_grpc_transport_sends_headers_and_compression_with_its_calls(
+    twin: Twin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fashionbox.client import _transport
 
     record = TritonClientRecord()
     monkeypatch.setattr(_transport.grpcclient, "InferenceServerClient", record.sync_client)
+    monkeypatch.setattr(_transport.aio_grpcclient, "InferenceServerClient", record.async_client)
     config = ClientConfig(url="triton:9001", headers={"admin-key": "k"}, compression="deflate")
+    client = twin.client(config=config)  # asyncio: outside any event loop
+    if twin.is_async:
+        assert record.built == {}, "the asyncio channel is made inside the running loop, on the first call"
 
-    with FashionClient(config=config) as client:
+    with client:
         client.detect(png_bytes())
         client.health()
         client.statistics()
@@ -989,6 +1034,7 @@ def test_the_grpc_transport_sends_headers_and_compression_with_its_calls(monkeyp
     assert [name for name, _ in record.calls] == ["infer", "is_server_live", "get_inference_statistics"]
     assert all(kwargs["headers"] == {"admin-key": "k"} for _, kwargs in record.calls)
     assert record.calls[0][1]["compression_algorithm"] == "deflate"
+    assert record.closed
 
 
 # -- result types --------------------------------------------------------------------------------------------
@@ -1073,8 +1119,8 @@ def test_a_bounding_box_knows_its_size() -> None:
     assert (box.width, box.height, box.area, box.as_list()) == (30, 40, 1200, [10, 20, 40, 60])
 
 
-def test_float32_values_from_the_wire_read_as_their_shortest_decimal(answering: FakeTransport) -> None:
-    with FashionClient(transport=answering) as client:
+def test_float32_values_from_the_wire_read_as_their_shortest_decimal(twin: Twin, answering: FakeTransport) -> None:
+    with twin.client(transport=answering) as client:
         dress = client.detect(png_bytes()).detections[0]
 
     assert repr(dress.score) == "0.9"
@@ -1162,9 +1208,7 @@ def _client_import_graph() -> dict[str, set[str]]:
                     targets = []
                 imported.update(t.split(".")[0] for t in targets)
             elif isinstance(node, ast.Import):
-                imported.update(
-                    a.name.split(".")[2] for a in node.names if a.name.startswith("fashionbox.client.")
-                )
+                imported.update(a.name.split(".")[2] for a in node.names if a.name.startswith("fashionbox.client."))
         graph[path.stem] = (imported & names) - {path.stem}
     return graph
 
