@@ -101,6 +101,18 @@ def test_an_unreachable_target_fails_with_a_message(capsys: pytest.CaptureFixtur
     assert "did not answer" in capsys.readouterr().err
 
 
+def test_costs_for_a_target_the_run_lacks_are_refused_before_any_request(capsys: pytest.CaptureFixture[str]) -> None:
+    from fashionbox.server import find_free_port
+
+    # Nothing listens on the port: a refusal after the run would say "did not answer" instead.
+    code = main(["loadtest", "--url", f"127.0.0.1:{find_free_port()}", "--concurrency", "1", "--slo-p99-ms", "150",
+                 "--cost-per-hour", "cpu=0.17", *QUICK])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--cost-per-hour names unknown targets ['cpu']; the targets are ['server']" in err
+    assert "did not answer" not in err
+
+
 @pytest.mark.integration
 def test_a_short_tune_reloads_models_and_writes_the_recommendation(repository: Path, tmp_path: Path) -> None:
     mine = tmp_path / "repository"

@@ -59,9 +59,7 @@ def plan_capacity(
     if target_rps is not None and not target_rps > 0:
         raise LoadTestConfigError(f"the target load must be positive, got {target_rps!r}")
     costs = dict(cost_per_hour or {})
-    unknown = sorted(set(costs) - {t.name for t in report.targets})
-    if unknown:
-        raise LoadTestConfigError(f"--cost-per-hour names unknown targets {unknown}")
+    check_cost_targets(costs, [t.name for t in report.targets])
     rows = []
     for target in report.targets:
         best, note = best_point(target.points, slo_p99_ms)
@@ -70,6 +68,15 @@ def plan_capacity(
             instances = max(1, math.ceil(target_rps / best.throughput_rps - 1e-9))
         rows.append(CapacityRow(target.name, best, instances, costs.get(target.name), note))
     return CapacityPlan(slo_p99_ms, target_rps, tuple(rows))
+
+
+def check_cost_targets(costs: Mapping[str, float], target_names: Sequence[str]) -> None:
+    """Refuse costs for targets the run does not have (checked before a run, not after it)."""
+    unknown = sorted(set(costs) - set(target_names))
+    if unknown:
+        raise LoadTestConfigError(
+            f"--cost-per-hour names unknown targets {unknown}; the targets are {sorted(target_names)}"
+            " (name them with --target NAME=HOST:PORT, or --name with --url)")
 
 
 def parse_costs(items: Sequence[str]) -> dict[str, float]:

@@ -266,7 +266,7 @@ def _window_for(stages: Sequence[Stage], window_s: float) -> float:
 
 
 def loadtest_main(args: argparse.Namespace) -> int:
-    from fashionbox.loadtest.capacity import parse_costs, plan_capacity
+    from fashionbox.loadtest.capacity import check_cost_targets, parse_costs, plan_capacity
     from fashionbox.loadtest.html import render_html
     from fashionbox.loadtest.printers import format_report, write_csv, write_json
     from fashionbox.loadtest.runner import RunOptions, Target, metrics_url_for, run
@@ -281,6 +281,7 @@ def loadtest_main(args: argparse.Namespace) -> int:
             if args.target
             else (Target(args.name, args.url, metrics_url_for(args.url, args.metrics)),)
         )
+        check_cost_targets(costs, [t.name for t in targets])
         stages = _stages(args)
         images, corpus = _corpus(args)
         request = RequestSpec(
