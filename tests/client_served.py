@@ -44,7 +44,7 @@ def served_ensemble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served
     if url:
         yield Served(url, None)
         return
-    pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
+    pytest.importorskip("pytriton", reason="the embedded server needs fashionbox-server (nvidia-pytriton)")
     from client_servers import standin_repository, start_private_server
 
     server = start_private_server(

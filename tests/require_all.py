@@ -1,13 +1,13 @@
 """In CI, a missing server-side dependency fails the run instead of skipping the tests that need it.
 
-A developer's machine without the 'server' extra skips the ~150 tests that start Triton, and says
+A developer's machine without fashionbox-server skips the ~150 tests that start Triton, and says
 so in the summary (``-ra``). In CI that same skip would turn a broken install into a green run.
 With the environment variable ``CI`` set (as CI services set it) or ``FASHIONBOX_REQUIRE_ALL=1``
 (``scripts/test.sh`` sets it):
 
 * the session refuses to start when a module of :data:`REQUIRED_MODULES` is not importable;
 * a test or test module skipped because something could not be imported (``pytest.importorskip``,
-  or a reason naming a missing extra) fails instead.
+  or a reason naming a missing distribution) fails instead.
 
 Tests marked ``cuda`` or ``tensorrt`` keep their skips: they need hardware or a package only the
 GPU machine has (``scripts/gpu_session.sh`` runs them there). ``FASHIONBOX_REQUIRE_ALL=0`` turns
@@ -26,22 +26,22 @@ import pytest
 REQUIRE_ALL_ENV = "FASHIONBOX_REQUIRE_ALL"
 
 REQUIRED_MODULES: dict[str, str] = {
-    "pytriton": "the embedded Triton server (the 'server' extra)",
+    "pytriton": "the embedded Triton server (fashionbox-server)",
     "tritonclient.grpc": "Triton's gRPC client",
     "torch": "PyTorch (models, converter, training)",
     "onnx": "the converter's graph checks",
     "onnxruntime": "the CPU runtime of the served graphs",
-    "transformers": "the YOLOS family (the 'hf' extra)",
+    "transformers": "the YOLOS family (fashionbox-converter[hf])",
     "faster_coco_eval": "COCO mAP in `fashionbox eval`",
-    "hypothesis": "the decode fuzzing (the dev extra)",
-    "grpc_tools": "compiling the result schema (the dev extra)",
+    "hypothesis": "the decode fuzzing (requirements-dev.txt)",
+    "grpc_tools": "compiling the result schema (requirements-dev.txt)",
 }
 """Module -> what needs it. Everything the CPU suite runs; nothing that needs a GPU."""
 
 HARDWARE_MARKERS = ("cuda", "tensorrt")
 """Tests with these markers may still skip: what they need exists only on a GPU machine."""
 
-MISSING_DEPENDENCY = re.compile(r"could not import|No module named|needs the '[\w-]+' extra|the dev extra")
+MISSING_DEPENDENCY = re.compile(r"could not import|No module named|needs fashionbox-[\w-]+|requirements-dev\.txt")
 """Skip reasons that say a package is missing (pytest.importorskip's own words, or this suite's)."""
 
 

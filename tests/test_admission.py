@@ -179,7 +179,7 @@ def test_repository_settings_refuse_a_bad_bound_or_a_ttl_shorter_than_the_pipeli
 @pytest.fixture(scope="module")
 def admission_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     """Stand-in models, at most 3 requests inside the ensemble."""
-    pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
+    pytest.importorskip("pytriton", reason="the embedded server needs fashionbox-server (nvidia-pytriton)")
     settings = RepositorySettings(input_size=64, crop_size=32, max_detections=10, max_in_flight=3,
                                   preprocess=ModelScheduling(instances=2, max_batch_size=4, max_queue_size=16),
                                   model_version="admission")
@@ -239,7 +239,7 @@ def test_the_client_reads_at_capacity_as_overload_and_retries(admission_server: 
 
 @pytest.mark.integration
 def test_the_stopped_server_removes_its_slots_file(tmp_path: Path) -> None:
-    pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
+    pytest.importorskip("pytriton", reason="the embedded server needs fashionbox-server (nvidia-pytriton)")
     settings = RepositorySettings(input_size=64, crop_size=32, max_detections=10, max_in_flight=2)
     repository = write_standin_repository(tmp_path, settings, purpose="admission tests")
     server = start_private_server(repository, tmp_path / "logs")

@@ -30,7 +30,7 @@ from fashionbox.converter.repository import ModelScheduling, RepositorySettings
 from fashionbox.server import TritonServer
 from fashionbox.v1 import detections_pb2
 
-pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
+pytest.importorskip("pytriton", reason="the embedded server needs fashionbox-server (nvidia-pytriton)")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
 MAX_IMAGE_BYTES = 1_000_000

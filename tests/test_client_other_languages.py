@@ -113,7 +113,7 @@ def test_the_request_block_prefixes_the_image_with_its_little_endian_length(tmp_
 
 @pytest.fixture(scope="module")
 def url(triton_server: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
-    pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
+    pytest.importorskip("pytriton", reason="the embedded server needs fashionbox-server (nvidia-pytriton)")
     endpoint: str = triton_server(standin_repository(tmp_path_factory)).endpoints.grpc
     return endpoint
 

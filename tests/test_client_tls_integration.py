@@ -31,7 +31,7 @@ from fashionbox.server import TritonServer
 from fashionbox.server.security import ServerTls
 
 pytestmark = pytest.mark.integration
-pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
+pytest.importorskip("pytriton", reason="the embedded server needs fashionbox-server (nvidia-pytriton)")
 
 NO_RETRY = RetryPolicy.disabled()  # handshakes fail the same way every time
 

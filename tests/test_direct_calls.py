@@ -29,7 +29,7 @@ SIZE, CROP, CAPACITY = 64, 32, 16
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
+    pytest.importorskip("pytriton", reason="the embedded server needs fashionbox-server (nvidia-pytriton)")
     settings = RepositorySettings(input_size=SIZE, crop_size=CROP, max_detections=10, max_in_flight=CAPACITY,
                                   preprocess=ModelScheduling(instances=2, max_batch_size=4, max_queue_size=32),
                                   model_version="direct")

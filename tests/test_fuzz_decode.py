@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-hypothesis = pytest.importorskip("hypothesis", reason="fuzzing needs the 'dev' extra (hypothesis)")
+hypothesis = pytest.importorskip("hypothesis", reason="fuzzing needs hypothesis (requirements-dev.txt)")
 
 from fuzz_decode import (  # noqa: E402
     MUTATIONS,

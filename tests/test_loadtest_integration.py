@@ -23,7 +23,7 @@ from fashionbox.contract.labels import default_label_map
 from fashionbox.converter.repository import CONFIG_FILE, ModelScheduling, RepositorySettings
 from fashionbox.loadtest.tune import read_configs, scheduling_of
 
-pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
+pytest.importorskip("pytriton", reason="the embedded server needs fashionbox-server (nvidia-pytriton)")
 
 LABELS = default_label_map()
 SETTINGS = RepositorySettings(

@@ -143,7 +143,7 @@ def test_a_busy_load_process_marks_the_point_saturated() -> None:
 
 @pytest.mark.integration
 def test_two_load_processes_measure_a_real_server(triton_server: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
-    pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
+    pytest.importorskip("pytriton", reason="the embedded server needs fashionbox-server (nvidia-pytriton)")
     from client_servers import image_set, standin_repository
 
     server = triton_server(standin_repository(tmp_path_factory))

@@ -50,7 +50,7 @@ SHM_GROWTH_LIMIT_MB = 1
 
 @pytest.fixture(scope="module")
 def server(triton_server: Any, tmp_path_factory: pytest.TempPathFactory) -> TritonServer:
-    pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
+    pytest.importorskip("pytriton", reason="the embedded server needs fashionbox-server (nvidia-pytriton)")
     repository = write_standin_repository(tmp_path_factory.mktemp("oversized"), SETTINGS, purpose="oversized requests")
     started: TritonServer = triton_server(repository)
     return started

@@ -30,7 +30,7 @@ from fashionbox.core.serving import OnnxAttributes, OnnxDetector, OrtSettings
 from fashionbox.v1 import detections_pb2
 
 pytestmark = pytest.mark.integration
-pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
+pytest.importorskip("pytriton", reason="the embedded server needs fashionbox-server (nvidia-pytriton)")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
 LABELS = default_label_map()

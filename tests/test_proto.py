@@ -12,7 +12,7 @@ from fashionbox.contract import protogen
 from fashionbox.v1 import detections_pb2
 
 needs_compiler = pytest.mark.skipif(
-    importlib.util.find_spec("grpc_tools") is None, reason="grpcio-tools (the dev extra) compiles the schema"
+    importlib.util.find_spec("grpc_tools") is None, reason="grpcio-tools (requirements-dev.txt) compiles the schema"
 )
 
 

@@ -48,7 +48,7 @@ from fashionbox.server import Endpoints, ServerConfig, TritonServer, find_free_p
 from fashionbox.server.stubs import SHM_DIR, StubWatch, python_stubs, supervise
 
 pytestmark = pytest.mark.integration
-pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
+pytest.importorskip("pytriton", reason="the embedded server needs fashionbox-server (nvidia-pytriton)")
 
 ROOT = Path(__file__).resolve().parent.parent
 logger = logging.getLogger(__name__)

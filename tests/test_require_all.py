@@ -18,8 +18,8 @@ import pytest
 def test_needs_a_missing_package():
     pytest.importorskip("fashionbox_no_such_package")
 
-def test_needs_the_server_extra():
-    pytest.skip("the embedded server needs the 'server' extra")
+def test_needs_the_server_distribution():
+    pytest.skip("the embedded server needs fashionbox-server (nvidia-pytriton)")
 
 def test_skips_for_another_reason():
     pytest.skip("reads /proc")
@@ -34,7 +34,7 @@ def test_runs():
 
 MODULE_SKIP = '''
 import pytest
-pytest.importorskip("fashionbox_no_such_package", reason="the YOLOS family needs the 'hf' extra")
+pytest.importorskip("fashionbox_no_such_package", reason="YOLOS needs fashionbox-converter[hf] (transformers)")
 
 def test_never_collected():
     pass
@@ -65,8 +65,8 @@ def test_in_ci_a_skip_for_a_missing_package_fails_and_hardware_skips_stay(tmp_pa
 
     assert done.returncode == 1, done.stdout + done.stderr
     failed = {line.split()[1] for line in done.stdout.splitlines() if line.startswith("FAILED")}
-    assert failed == {"test_suite.py::test_needs_a_missing_package", "test_suite.py::test_needs_the_server_extra"}, (
-        done.stdout)
+    expected = {"test_suite.py::test_needs_a_missing_package", "test_suite.py::test_needs_the_server_distribution"}
+    assert failed == expected, done.stdout
     skipped = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]
     assert len(skipped) == 2, done.stdout  # "reads /proc" and the cuda-marked test
     assert "1 passed" in done.stdout and "missing dependency, which is an error under CI" in done.stdout
@@ -77,7 +77,7 @@ def test_in_ci_a_module_skipped_for_a_missing_package_is_a_collection_error(tmp_
 
     assert done.returncode == 2, done.stdout + done.stderr  # interrupted: errors during collection
     assert "ERROR test_module_skip.py - skipped for a missing dependency" in done.stdout, done.stdout
-    assert "the YOLOS family needs the 'hf' extra" in done.stdout
+    assert "YOLOS needs fashionbox-converter[hf] (transformers)" in done.stdout
 
 
 def test_explicitly_off_wins_over_ci(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from fashionbox.client import AccessDenied, ClientConfig, FashionClient, RetryPo
 from fashionbox.server import find_free_ports
 
 pytestmark = pytest.mark.integration
-pytest.importorskip("pytriton", reason="the embedded server needs the 'server' extra")
+pytest.importorskip("pytriton", reason="the embedded server needs fashionbox-server (nvidia-pytriton)")
 
 ADMIN_KEY = "fashionbox-test-admin-key-0123456789"
 EXIT_TIMEOUT_S = 5

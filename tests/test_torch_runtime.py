@@ -299,7 +299,7 @@ def test_the_converter_refuses_a_runtime_its_target_cannot_run(target: str, runt
 
 
 def test_the_converter_refuses_the_torch_runtime_for_a_family_it_cannot_serve(tmp_path: Path) -> None:
-    pytest.importorskip("transformers", reason="the YOLOS family needs the 'hf' extra")
+    pytest.importorskip("transformers", reason="YOLOS needs fashionbox-converter[hf] (transformers)")
     from test_yolos import save_tiny_yolos
 
     folder = save_tiny_yolos(tmp_path / "yolos")

@@ -19,7 +19,7 @@ from fashionbox.commands.evaluation import EvalSample, GroundTruth, Prediction, 
 from fashionbox.contract.labels import default_label_map, fashionpedia_taxonomy
 from fashionbox.converter import ConvertError, ConvertOptions, convert, resolve_spec
 
-transformers = pytest.importorskip("transformers", reason="the YOLOS family needs the 'hf' extra")
+transformers = pytest.importorskip("transformers", reason="YOLOS needs fashionbox-converter[hf] (transformers)")
 torch = pytest.importorskip("torch")
 
 from fashionbox.converter.yolos import (  # noqa: E402

@@ -61,9 +61,9 @@ def set_threads(threads: int) -> None:
 def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
     """The batch sizes a CUDA runner pads to: powers of two below ``max_batch_size``, and it.
 
-    On the first sight of an input shape, cuDNN builds execution plans for every convolution (and,
-    for its runtime-fused engines, compiles kernels): measured on an H200, a dynamically batched
-    detector spent over a second per new batch size, and a 4 s load window saw almost nothing but
+    The first call at a new input shape is slow on CUDA (cuDNN plans each convolution per shape;
+    inferred, not profiled): measured on an H200, 2-3 s per new batch size for the detector
+    (tests/benchmarks/bench_torch_shapes.py), and a 4 s load window saw almost nothing but
     such first sights. Padding a batch up to the next bucket bounds the shapes to ``log2(max) + 1``,
     all run once at load, for at most twice the rows of compute on a device that has it to spare.
     """
