@@ -9,7 +9,13 @@ Pipeline (ensemble ``fashion``)::
     IMAGE ─► preprocess ─► PIXELS, IMAGE_INFO, TOKEN
     PIXELS, TOKEN ─► detector ─► DET_BOXES, DET_SCORES, DET_CLASSES        (NMS inside the ONNX graph)
     PIXELS, IMAGE_INFO, TOKEN, DET_* ─► postprocess ─► BOXES, SCORES, CATEGORIES, ATTRIBUTE_SCORES, DETECTIONS
-                                          └─ BLS: CROPS, TOKEN ─► attributes ─► ATTRIBUTE_PROBS
+                                          └─ BLS: CROPS, TOKEN ─► attributes ─► ATTRIBUTE_PROBS (, CROP_MASKS)
+
+Instance masks have two sources, and travel to the client only inside DETECTIONS (a dense mask
+tensor per image would dwarf every other output): a segmenting detector family (YOLO-seg) adds
+DET_MASK_COEFFS and DET_PROTOS to the detector's outputs (masks are assembled in ``postprocess``
+for the kept detections only); the default family's attribute model adds CROP_MASKS, a mask on
+each garment crop's grid that ``postprocess`` pastes back into the box (Mask R-CNN style).
 
 ``postprocess`` cuts the crops for the attribute heads and calls the ``attributes`` model
 through BLS, because the number of crops per image is known only after detection. ``TOKEN``
@@ -73,6 +79,13 @@ DET_SCORES = TensorSpec("DET_SCORES", "FP32", (-1,), "detection confidence")
 DET_CLASSES = TensorSpec("DET_CLASSES", "INT32", (-1,), "category index")
 CROPS = TensorSpec("CROPS", "UINT8", (-1, -1, 3), "one garment crop, HWC uint8, square")
 ATTRIBUTE_PROBS = TensorSpec("ATTRIBUTE_PROBS", "FP32", (-1,), "softmax per group, concatenated")
+DET_MASK_COEFFS = TensorSpec("DET_MASK_COEFFS", "FP32", (-1, -1),
+                             "per detection (rows of DET_BOXES), its coefficients over DET_PROTOS; segmenting families only")
+DET_PROTOS = TensorSpec("DET_PROTOS", "FP32", (-1, -1, -1),
+                        "mask prototypes [K, h, w] covering the whole letterbox; segmenting families only")
+CROP_MASKS = TensorSpec("CROP_MASKS", "FP32", (-1, -1),
+                        "per crop, the garment's mask probability on a square grid over the crop (the same "
+                        "widened box as CROPS); attribute models with a mask head only")
 TOKEN = TensorSpec(
     "TOKEN",
     "UINT8",
@@ -90,6 +103,9 @@ ONNX_DETECTOR_SCORES = "scores"  # float32 [B, C, N]
 ONNX_DETECTOR_SELECTED = "selected"  # int64 [M, 3]: (batch, class, box) kept by NonMaxSuppression
 ONNX_ATTRIBUTES_INPUT = "crops"  # uint8 [B, C, C, 3]
 ONNX_ATTRIBUTES_OUTPUT = "probs"  # float32 [B, A]
+ONNX_ATTRIBUTES_MASKS = "masks"  # float32 [B, m, m], probabilities (attribute models with a mask head)
+ONNX_DETECTOR_MASK_COEFFS = "mask_coeffs"  # float32 [B, N, K] (segmenting families), rows as in "boxes"
+ONNX_DETECTOR_PROTOS = "protos"  # float32 [B, K, h, w] (segmenting families)
 
 # -- files the converter writes into the repository ---------------------------------------------------
 

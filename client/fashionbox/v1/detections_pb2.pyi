@@ -29,21 +29,33 @@ class AttributePrediction(_message.Message):
     fashionpedia_id: int
     def __init__(self, group: _Optional[str] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., fashionpedia_id: _Optional[int] = ...) -> None: ...
 
+class Mask(_message.Message):
+    __slots__ = ("width", "height", "counts")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., counts: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class Detection(_message.Message):
-    __slots__ = ("box", "category", "category_index", "fashionpedia_id", "score", "attributes")
+    __slots__ = ("box", "category", "category_index", "fashionpedia_id", "score", "attributes", "mask")
     BOX_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_INDEX_FIELD_NUMBER: _ClassVar[int]
     FASHIONPEDIA_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
     box: BoundingBox
     category: str
     category_index: int
     fashionpedia_id: int
     score: float
     attributes: _containers.RepeatedCompositeFieldContainer[AttributePrediction]
-    def __init__(self, box: _Optional[_Union[BoundingBox, _Mapping]] = ..., category: _Optional[str] = ..., category_index: _Optional[int] = ..., fashionpedia_id: _Optional[int] = ..., score: _Optional[float] = ..., attributes: _Optional[_Iterable[_Union[AttributePrediction, _Mapping]]] = ...) -> None: ...
+    mask: Mask
+    def __init__(self, box: _Optional[_Union[BoundingBox, _Mapping]] = ..., category: _Optional[str] = ..., category_index: _Optional[int] = ..., fashionpedia_id: _Optional[int] = ..., score: _Optional[float] = ..., attributes: _Optional[_Iterable[_Union[AttributePrediction, _Mapping]]] = ..., mask: _Optional[_Union[Mask, _Mapping]] = ...) -> None: ...
 
 class ImageDetections(_message.Message):
     __slots__ = ("width", "height", "detections", "model_name", "model_version", "label_map")
