@@ -70,7 +70,9 @@ def test_field_numbers_never_change_because_clients_in_other_languages_depend_on
         "fashionpedia_id": 4,
         "score": 5,
         "attributes": 6,
+        "mask": 7,
     }
+    assert _field_numbers(detections_pb2.Mask) == {"width": 1, "height": 2, "counts": 3}
     assert _field_numbers(detections_pb2.ImageDetections) == {
         "width": 1,
         "height": 2,
