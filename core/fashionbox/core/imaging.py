@@ -34,6 +34,7 @@ __all__ = [
     "InvalidImageError",
     "LetterboxInfo",
     "crop_garments",
+    "crop_regions",
     "decode_image",
     "letterbox",
     "pillow_pixel_ceiling",
@@ -311,28 +312,42 @@ def letterbox(decoded: DecodedImage, size: int) -> tuple[Pixels, LetterboxInfo]:
     return canvas, info
 
 
+def crop_regions(boxes: ArrayLike, width: int, height: int, *, margin: float = CROP_MARGIN) -> npt.NDArray[np.float32]:
+    """The region ``[n, 4]`` (``x1, y1, x2, y2``) each garment crop covers, in the frame of ``boxes``.
+
+    Each box widened by ``margin`` of its size on every side and clipped to the ``width`` x
+    ``height`` frame. One definition for :func:`crop_garments` (the attribute heads' crops), the
+    mask head's targets and pasting its masks back, so the three agree on the geometry.
+    """
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    bw = np.maximum(boxes[:, 2] - boxes[:, 0], 1.0)
+    bh = np.maximum(boxes[:, 3] - boxes[:, 1], 1.0)
+    return np.stack([
+        np.maximum(0.0, boxes[:, 0] - margin * bw),
+        np.maximum(0.0, boxes[:, 1] - margin * bh),
+        np.minimum(float(width), boxes[:, 2] + margin * bw),
+        np.minimum(float(height), boxes[:, 3] + margin * bh),
+    ], axis=1).astype(np.float32)
+
+
 def crop_garments(pixels: Pixels, boxes: ArrayLike, size: int, *, margin: float = CROP_MARGIN) -> Pixels:
     """Square crops ``[n, size, size, 3]`` of letterbox ``pixels`` around ``boxes`` (letterbox px).
 
-    Each box is widened by ``margin`` on every side and resized (not aspect-preserving) to
-    ``size``; the attribute heads are trained on crops made by this same function.
+    Each box is widened by ``margin`` on every side (:func:`crop_regions`) and resized (not
+    aspect-preserving) to ``size``; the attribute heads are trained on crops made by this same
+    function.
     """
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     out = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
     if len(boxes) == 0:
         return out
     image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))
-    limit_w, limit_h = image.size
-    for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
-        bw, bh = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
-        box = (
-            max(0.0, x1 - margin * bw),
-            max(0.0, y1 - margin * bh),
-            min(float(limit_w), x2 + margin * bw),
-            min(float(limit_h), y2 + margin * bh),
-        )
-        if box[2] - box[0] < 1.0 or box[3] - box[1] < 1.0:
+    regions = crop_regions(boxes, image.size[0], image.size[1], margin=margin)
+    for i, region in enumerate(regions.tolist()):
+        x1, y1, x2, y2 = region
+        if x2 - x1 < 1.0 or y2 - y1 < 1.0:
             out[i] = PAD_VALUE
             continue
-        out[i] = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
+        out[i] = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=(x1, y1, x2, y2)),
+                            dtype=np.uint8)
     return out
