@@ -322,12 +322,13 @@ def crop_regions(boxes: ArrayLike, width: int, height: int, *, margin: float = C
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     bw = np.maximum(boxes[:, 2] - boxes[:, 0], 1.0)
     bh = np.maximum(boxes[:, 3] - boxes[:, 1], 1.0)
-    return np.stack([
+    regions: npt.NDArray[np.float32] = np.stack([
         np.maximum(0.0, boxes[:, 0] - margin * bw),
         np.maximum(0.0, boxes[:, 1] - margin * bh),
         np.minimum(float(width), boxes[:, 2] + margin * bw),
         np.minimum(float(height), boxes[:, 3] + margin * bh),
     ], axis=1).astype(np.float32)
+    return regions
 
 
 def crop_garments(pixels: Pixels, boxes: ArrayLike, size: int, *, margin: float = CROP_MARGIN) -> Pixels:
