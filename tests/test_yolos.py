@@ -22,14 +22,13 @@ from fashionbox.converter import ConvertError, ConvertOptions, convert, resolve_
 transformers = pytest.importorskip("transformers", reason="YOLOS needs fashionbox-converter[hf] (transformers)")
 torch = pytest.importorskip("torch")
 
+from fashionbox.converter.labels import ATTRIBUTE_PROXIES, family_label_map  # noqa: E402
 from fashionbox.converter.yolos import (  # noqa: E402
-    ATTRIBUTE_PROXIES,
     checkpoint_weights,
     compare_yolos,
     export_yolos_onnx,
     load_yolos,
     reference_detections,
-    yolos_label_map,
 )
 from fashionbox.models.nms import NmsSettings  # noqa: E402
 
@@ -79,7 +78,7 @@ def test_every_fashionpedia_category_has_an_explicit_attribute_proxy() -> None:
 
 
 def test_yolos_label_map_keeps_id2label_order_and_gives_parts_no_attributes() -> None:
-    labels = yolos_label_map(dict(enumerate(FASHIONPEDIA)))
+    labels = family_label_map(dict(enumerate(FASHIONPEDIA)), name="yolos")
     assert labels.category_names == tuple(FASHIONPEDIA)
     assert labels.attribute_groups == default_label_map().attribute_groups
     assert labels.groups_for("sleeve") == labels.groups_for("neckline") == ()
@@ -90,7 +89,7 @@ def test_yolos_label_map_keeps_id2label_order_and_gives_parts_no_attributes() ->
 
 def test_yolos_label_map_refuses_gaps_in_id2label() -> None:
     with pytest.raises(ValueError, match=r"0\.\.1"):
-        yolos_label_map({0: "dress", 2: "sleeve"})
+        family_label_map({0: "dress", 2: "sleeve"}, name="yolos")
 
 
 # -- specs and loading -----------------------------------------------------------------------------------

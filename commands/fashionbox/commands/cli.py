@@ -50,7 +50,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
               if (value := getattr(args, name)) is not None}
     result = convert(ConvertOptions(out=args.out, detector=args.detector, attributes=args.attributes,
                                     target=args.target, runtime=args.runtime, opset=args.opset,
-                                    score_threshold=args.score_threshold,
+                                    score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
                                     max_detections=args.max_detections, repository_settings=limits,
                                     engines=engines))
     print(f"model repository: {result.repository}")
@@ -133,8 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "PyTorch in the python backend (on the GPU for --target gpu, FP16 unless --no-fp16)")
     p.add_argument("--out", type=Path, default=DEFAULT_REPOSITORY)
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--score-threshold", type=float, default=contract.DEFAULT_SCORE_THRESHOLD)
-    p.add_argument("--max-detections", type=int, default=contract.DEFAULT_MAX_DETECTIONS)
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="detections at or below this are dropped (default: the family's own predictor's, "
+                        f"{contract.DEFAULT_SCORE_THRESHOLD} for FashionBox checkpoints)")
+    p.add_argument("--iou-threshold", type=float, default=None,
+                   help="NMS IoU threshold (default: the family's own predictor's)")
+    p.add_argument("--max-detections", type=int, default=None,
+                   help="per image (default: the family's, "
+                        f"{contract.DEFAULT_MAX_DETECTIONS} for FashionBox checkpoints)")
     p.add_argument("--max-image-bytes", type=int, help="larger images are refused (default 32 MiB)")
     p.add_argument("--max-pixels", type=int, help="images declaring more pixels are refused (default 64000000)")
     p.add_argument("--max-in-flight", type=int,

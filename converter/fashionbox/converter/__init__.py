@@ -33,6 +33,7 @@ from fashionbox.converter.errors import ConvertError
 
 if TYPE_CHECKING:
     from fashionbox.converter.tensorrt import EngineOptions
+    from fashionbox.models.nms import NmsSettings
 
 __all__ = ["FAMILIES", "ConvertError", "ConvertOptions", "ConvertResult", "Family", "convert", "resolve_spec"]
 
@@ -56,6 +57,11 @@ class Family:
     """Side of the square letterbox the loaded detector is served at."""
     torch_runtime: bool = False
     """Whether :class:`fashionbox.models.torch_runtime.TorchDetector` can serve its checkpoints."""
+    score_threshold: float = contract.DEFAULT_SCORE_THRESHOLD
+    iou_threshold: float = contract.DEFAULT_IOU_THRESHOLD
+    max_detections: int = contract.DEFAULT_MAX_DETECTIONS
+    """The family's own predictor's defaults (``ConvertOptions`` overrides them): a checkpoint
+    served by FashionBox answers as its library's predictor would."""
 
 
 def _default_family() -> Family:
@@ -68,8 +74,9 @@ def _default_family() -> Family:
 def _yolos_family() -> Family:
     from fashionbox.converter.yolos import compare_yolos, export_yolos_onnx, load_yolos_family
 
+    # transformers' post_process_object_detection keeps scores above 0.5; DETR-style models need no NMS
     return Family("yolos", load_yolos_family, export_yolos_onnx, compare_yolos,
-                  input_size=lambda checkpoint: int(checkpoint.input_size))
+                  input_size=lambda checkpoint: int(checkpoint.input_size), score_threshold=0.5)
 
 
 FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yolos": _yolos_family}
@@ -90,9 +97,10 @@ class ConvertOptions:
     ``torch`` (PyTorch in the python backend, on the GPU for target gpu, FP16 unless
     ``engines.fp16`` is off)."""
     opset: int = 17
-    score_threshold: float = contract.DEFAULT_SCORE_THRESHOLD
-    iou_threshold: float = contract.DEFAULT_IOU_THRESHOLD
-    max_detections: int = contract.DEFAULT_MAX_DETECTIONS
+    score_threshold: float | None = None
+    iou_threshold: float | None = None
+    max_detections: int | None = None
+    """``None``: the family's default (:class:`Family`), its own predictor's."""
     compare_samples: int = 8
     """Generated scenes used to compare ONNX Runtime with PyTorch (plus random inputs)."""
     tolerance: dict[str, float] = field(default_factory=lambda: {
@@ -195,6 +203,19 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def family_nms(family: Family, options: ConvertOptions) -> NmsSettings:
+    """The detector graph's thresholds: the options' where given, else the family's defaults."""
+    from fashionbox.models.nms import NmsSettings
+
+    def pick(given: float | None, default: float) -> float:
+        return default if given is None else given
+
+    max_detections = int(pick(options.max_detections, family.max_detections))
+    return NmsSettings(score_threshold=pick(options.score_threshold, family.score_threshold),
+                       iou_threshold=pick(options.iou_threshold, family.iou_threshold),
+                       max_per_class=max_detections, max_detections=max_detections)
+
+
 def convert(options: ConvertOptions) -> ConvertResult:
     """Export, check, compare and write the repository; nothing is written on failure."""
     from fashionbox.converter.export import compare_attributes, export_attributes_onnx
@@ -208,7 +229,6 @@ def convert(options: ConvertOptions) -> ConvertResult:
     )
     from fashionbox.core.serving import RuntimeSettings
     from fashionbox.models import file_sha256, load_attributes
-    from fashionbox.models.nms import NmsSettings
 
     runtime = options.resolved_runtime
     if runtime == "tensorrt" and options.engines.build == "now":
@@ -225,8 +245,8 @@ def convert(options: ConvertOptions) -> ConvertResult:
     classifier, attribute_labels = load_attributes(attributes_path)
     if attribute_labels.attribute_groups != label_map.attribute_groups:
         raise ConvertError("the detector's and the attribute heads' label maps disagree on attribute groups")
-    nms = NmsSettings(score_threshold=options.score_threshold, iou_threshold=options.iou_threshold,
-                      max_per_class=options.max_detections, max_detections=options.max_detections)
+    nms = family_nms(family, options)
+    max_detections = nms.max_detections
     size = family.input_size(detector)
     crop = classifier.config.crop_size
     detector_sha, attributes_sha = file_sha256(detector_path), file_sha256(attributes_path)
@@ -237,7 +257,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
     repository_settings = step_timeouts({
         "target": options.target, "runtime": runtime_settings, "gpu_decode": options.engines.gpu_decode,
         **(gpu_scheduling() if options.target == "gpu" else {}), **options.repository_settings})
-    settings = RepositorySettings(input_size=size, crop_size=crop, max_detections=options.max_detections,
+    settings = RepositorySettings(input_size=size, crop_size=crop, max_detections=max_detections,
                                   model_name=family.name, model_version=f"{detector_sha[:8]}-{attributes_sha[:8]}",
                                   **repository_settings)
     started = time.time()
@@ -253,7 +273,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
 
             reports += compare_torch_runners(detector_path, detector_onnx, attributes_path, attributes_onnx,
                                              det_batches, attr_batches, runtime_settings,
-                                             max_detections=options.max_detections,
+                                             max_detections=max_detections,
                                              num_attribute_labels=label_map.num_attribute_labels)
         for report in reports:
             log.info("%s: max abs error ONNX Runtime vs PyTorch %s over %d samples",

@@ -50,7 +50,7 @@ import copy
 import json
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,25 +61,23 @@ import torch
 from torch import Tensor, nn
 
 from fashionbox import contract
-from fashionbox.contract.labels import Category, LabelMap, LabelMapError, default_label_map, fashionpedia_taxonomy
+from fashionbox.contract.labels import LabelMap
 from fashionbox.converter.export import MIN_OPSET, ComparisonReport, ExportError, _session, check_onnx
+from fashionbox.converter.labels import family_label_map
 from fashionbox.core.postprocessing import DetectorOutput, gather_detections
 from fashionbox.models.nms import NmsSettings
 
 __all__ = [
-    "ATTRIBUTE_PROXIES",
     "CONFIG_FILE",
     "WEIGHT_FILES",
     "YolosCheckpoint",
     "YolosError",
-    "attribute_proxy",
     "checkpoint_weights",
     "compare_yolos",
     "export_yolos_onnx",
     "load_yolos",
     "reference_detections",
     "yolos_input_size",
-    "yolos_label_map",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,101 +101,6 @@ def _transformers() -> Any:
     except ImportError as exc:
         raise ImportError(INSTALL_HINT) from exc
     return transformers
-
-
-# -- the category mapping -----------------------------------------------------------------------------
-
-ATTRIBUTE_PROXIES: Mapping[str, str | None] = {
-    "shirt, blouse": "shirt, blouse",
-    "top, t-shirt, sweatshirt": "top, t-shirt, sweatshirt",
-    "sweater": "sweater",
-    "cardigan": "sweater",
-    "jacket": "jacket",
-    "vest": "jacket",
-    "pants": "pants",
-    "shorts": "shorts",
-    "skirt": "skirt",
-    "coat": "coat",
-    "dress": "dress",
-    "jumpsuit": "dress",
-    "cape": "coat",
-    "glasses": None,
-    "hat": "hat",
-    "headband, head covering, hair accessory": None,
-    "tie": None,
-    "glove": None,
-    "watch": None,
-    "belt": None,
-    "leg warmer": None,
-    "tights, stockings": None,
-    "sock": None,
-    "shoe": "shoe",
-    "bag, wallet": "bag, wallet",
-    "scarf": None,
-    "umbrella": None,
-    # garment parts, closures and decorations: reported as detections, never given attributes
-    "hood": None,
-    "collar": None,
-    "lapel": None,
-    "epaulette": None,
-    "sleeve": None,
-    "pocket": None,
-    "neckline": None,
-    "buckle": None,
-    "zipper": None,
-    "applique": None,
-    "bead": None,
-    "bow": None,
-    "flower": None,
-    "fringe": None,
-    "ribbon": None,
-    "rivet": None,
-    "ruffle": None,
-    "sequin": None,
-    "tassel": None,
-}
-"""Fashionpedia category (a YOLOS ``id2label`` name) -> the default label map's category whose
-attribute groups apply to it, or ``None`` when the attribute heads say nothing about it.
-
-The attribute heads are trained on crops of the default label map's 12 garments; a YOLOS garment
-gets the groups of the garment it looks like (a cardigan is classified as a sweater is), and
-parts such as ``sleeve`` and ``neckline`` are detections without attributes. Names outside this
-table (a checkpoint with its own classes) get no attributes either."""
-
-
-def attribute_proxy(name: str) -> str | None:
-    """The default-label-map category whose attribute groups apply to ``name`` (see :data:`ATTRIBUTE_PROXIES`)."""
-    return ATTRIBUTE_PROXIES.get(name)
-
-
-def yolos_label_map(id2label: Mapping[int, str], attribute_labels: LabelMap | None = None,
-                    *, name: str = "yolos") -> LabelMap:
-    """The served label map: categories in ``id2label`` order, attribute groups of the attribute heads.
-
-    ``id2label`` must cover ``0..n-1`` (the model's class indices). Fashionpedia names keep their
-    Fashionpedia id and supercategory; other names keep their checkpoint id.
-    """
-    attribute_labels = attribute_labels or default_label_map()
-    ids = sorted(int(k) for k in id2label)
-    if ids != list(range(len(ids))):
-        raise YolosError(f"id2label must number its classes 0..{len(ids) - 1}, got ids {ids}")
-    taxonomy = {c["name"]: c for c in fashionpedia_taxonomy()["categories"]}
-    categories = []
-    for index in ids:
-        label = str(id2label[index])
-        proxy = attribute_proxy(label)
-        try:
-            groups = attribute_labels.groups_for(proxy) if proxy is not None else ()
-        except LabelMapError:
-            groups = ()  # the attribute heads' label map does not have that garment
-        known = taxonomy.get(label)
-        categories.append(Category(
-            name=label,
-            fashionpedia_id=int(known["id"]) if known else index,
-            supercategory=str(known["supercategory"]) if known else "unknown",
-            groups=tuple(groups),
-        ))
-    return LabelMap(name=name, categories=tuple(categories), attribute_groups=attribute_labels.attribute_groups)
 
 
 # -- loading ------------------------------------------------------------------------------------------
@@ -311,7 +214,7 @@ def load_yolos(weights: Path, attribute_labels: LabelMap | None = None) -> Yolos
         processor=processor,
         preprocessing=preprocessing,
         input_size=yolos_input_size(preprocessing, int(model.config.patch_size)),
-        label_map=yolos_label_map(id2label, attribute_labels),
+        label_map=family_label_map(id2label, attribute_labels, name="yolos"),
     )
 
 
