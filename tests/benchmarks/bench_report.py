@@ -19,8 +19,23 @@ from pathlib import Path
 from typing import Any
 
 
+def cpu_model() -> dict[str, Any]:
+    """The CPU's model name and the matrix/vector flags runtimes care about (machines of this
+    project's kind differ: AMD EPYC, Intel Xeon with AMX), from /proc/cpuinfo where it exists."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"cpu_model": platform.processor() or "unknown"}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
+    return {"cpu_model": fields.get("model name", "unknown"), "cpu_flags": [f for f in wanted if f in flags]}
+
+
 def machine(**extra: Any) -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), **extra}
+    return {"cpus": os.cpu_count(), **cpu_model(), "platform": platform.platform(),
+            "python": platform.python_version(), **extra}
 
 
 def write_report(out: Path, script: str, argv: Sequence[str] | None, fields: dict[str, Any], *,
