@@ -80,7 +80,8 @@ DET_CLASSES = TensorSpec("DET_CLASSES", "INT32", (-1,), "category index")
 CROPS = TensorSpec("CROPS", "UINT8", (-1, -1, 3), "one garment crop, HWC uint8, square")
 ATTRIBUTE_PROBS = TensorSpec("ATTRIBUTE_PROBS", "FP32", (-1,), "softmax per group, concatenated")
 DET_MASK_COEFFS = TensorSpec("DET_MASK_COEFFS", "FP32", (-1, -1),
-                             "per detection (rows of DET_BOXES), its coefficients over DET_PROTOS; segmenting families only")
+                             "per detection (rows of DET_BOXES), its coefficients over DET_PROTOS; "
+                             "segmenting families only")
 DET_PROTOS = TensorSpec("DET_PROTOS", "FP32", (-1, -1, -1),
                         "mask prototypes [K, h, w] covering the whole letterbox; segmenting families only")
 CROP_MASKS = TensorSpec("CROP_MASKS", "FP32", (-1, -1),
