@@ -18,7 +18,7 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 OLDEST=(numpy==1.24.0 protobuf==4.21.1 "tritonclient[grpc]==2.50.0" grpcio==1.66.1 pillow==10.0.0)
 # Whatever is newest; the majors are checked below so a resolver that backs off is noticed.
 NEWEST=("numpy>=2" "protobuf>=6" "tritonclient[grpc]" grpcio pillow)
-TESTS=(tests/test_client_unit.py tests/test_client_async_unit.py tests/test_proto.py
+TESTS=(tests/test_client_unit.py tests/test_client_async_unit.py tests/test_client_masks.py tests/test_proto.py
        tests/test_client_integration.py)
 
 started=$SECONDS

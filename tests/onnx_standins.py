@@ -7,7 +7,8 @@ They have the exact tensor names, dtypes and shapes of ``fashionbox/contract.py`
   mean brightness, so different images give different scores) and ``selected`` int64 ``[M, 3]``
   from a real ``NonMaxSuppression`` node;
 - attributes: ``crops`` uint8 ``[B, K, K, 3]`` -> ``probs`` float32 ``[B, A]``: the mean colour of
-  the crop through a fixed linear layer, then a softmax per attribute group.
+  the crop through a fixed linear layer, then a softmax per attribute group; with ``mask_size``
+  also ``masks`` float32 ``[B, m, m]`` (a mask head's output: :func:`standin_mask_probs`).
 
 Replace them with the real exported models by pointing the fixtures at other files; nothing else
 in the tests depends on how these graphs compute.
@@ -147,8 +148,26 @@ def write_detector(path: Path, spec: DetectorStandIn) -> Path:
     return _save(graph, path)
 
 
-def write_attributes(path: Path, *, crop_size: int, group_sizes: Sequence[int], seed: int = 0) -> Path:
-    """Write the stand-in attribute heads: ``softmax per group(mean_rgb(crops) / 255 @ W + b)``."""
+def standin_mask_logits(mask_size: int) -> NDArray[Any]:
+    """float32 ``[m, m]``: an ellipse a little narrower than the grid, +4 inside and -4 outside."""
+    centres = (np.arange(mask_size, dtype=np.float32) + 0.5) / mask_size - 0.5
+    inside = (centres[:, None] / 0.45) ** 2 + (centres[None, :] / 0.3) ** 2 <= 1.0
+    return np.where(inside, np.float32(4.0), np.float32(-4.0)).astype(np.float32)
+
+
+def standin_mask_probs(crops: NDArray[Any], mask_size: int) -> NDArray[Any]:
+    """The stand-in's ``masks`` for ``crops`` (reference for tests): ``sigmoid(ellipse - 6 * mean / 255)``,
+    so every crop gets the ellipse, a little smaller the brighter the crop is."""
+    brightness = crops.reshape(crops.shape[0], -1).astype(np.float32).mean(axis=1) / np.float32(255)
+    z = standin_mask_logits(mask_size)[None] - np.float32(6.0) * brightness[:, None, None]
+    probs: NDArray[Any] = (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+    return probs
+
+
+def write_attributes(path: Path, *, crop_size: int, group_sizes: Sequence[int], seed: int = 0,
+                     mask_size: int = 0) -> Path:
+    """Write the stand-in attribute heads: ``softmax per group(mean_rgb(crops) / 255 @ W + b)``, and
+    with ``mask_size`` a mask head's ``masks`` output (:func:`standin_mask_probs`)."""
     a = int(sum(group_sizes))
     rng = np.random.default_rng(seed)
     weight = rng.normal(0.0, 3.0, size=(3, a)).astype(np.float32)
@@ -169,11 +188,24 @@ def write_attributes(path: Path, *, crop_size: int, group_sizes: Sequence[int], 
         *(helper.make_node("Softmax", [g], [o], axis=1) for g, o in zip(group_names, soft_names, strict=True)),
         helper.make_node("Concat", soft_names, ["probs"], axis=1),
     ]
+    outputs = [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [_BATCH, a])]
+    if mask_size:
+        nodes += [
+            helper.make_node("ReduceMean", ["rgb"], ["brightness"], axes=[1], keepdims=1),  # [B, 1]
+            _const("shape_b11", np.array([-1, 1, 1], dtype=np.int64)),
+            helper.make_node("Reshape", ["brightness", "shape_b11"], ["brightness_b11"]),
+            _const("minus6", np.array(-6.0, dtype=np.float32)),
+            helper.make_node("Mul", ["brightness_b11", "minus6"], ["shift"]),
+            _const("ellipse", standin_mask_logits(mask_size)[None]),
+            helper.make_node("Add", ["shift", "ellipse"], ["mask_logits"]),  # [B, m, m]
+            helper.make_node("Sigmoid", ["mask_logits"], ["masks"]),
+        ]
+        outputs.append(helper.make_tensor_value_info("masks", TensorProto.FLOAT, [_BATCH, mask_size, mask_size]))
     graph = helper.make_graph(
         nodes,
         "fashionbox_attributes_standin",
         [helper.make_tensor_value_info("crops", TensorProto.UINT8, [_BATCH, crop_size, crop_size, 3])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [_BATCH, a])],
+        outputs,
     )
     return _save(graph, path)
 

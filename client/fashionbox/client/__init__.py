@@ -13,6 +13,8 @@ Usage::
         for detection in result.above(0.5):
             print(detection.category, round(detection.score, 2), detection.box.as_list())
             print("  sleeves:", detection.attribute("sleeve length"))
+            if detection.mask is not None:                 # models that segment: bool [height, width]
+                print("  pixels:", int(detection.mask.sum()))
 
         long_sleeved = result.with_attribute("sleeve length", "wrist-length")
         print(result.to_json(indent=2))
@@ -59,6 +61,7 @@ from ._types import (
     Detection,
     ImageDetections,
     ImageInput,
+    MaskRLE,
     ModelInfo,
     ModelStatistics,
     TensorInfo,
@@ -91,6 +94,7 @@ __all__ = [
     "InvalidInput",
     "KeepAlive",
     "LabelMap",
+    "MaskRLE",
     "ModelInfo",
     "ModelNotReady",
     "ModelStatistics",

@@ -12,6 +12,8 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
 from ._images import ImageInput, open_image
@@ -76,6 +78,8 @@ class DrawableDetection(Protocol):
     def category_index(self) -> int | None: ...
     @property
     def attributes(self) -> Mapping[str, _Score]: ...
+    @property
+    def mask(self) -> npt.NDArray[np.bool_] | None: ...
 
 
 def category_colour(detection: DrawableDetection) -> tuple[int, int, int]:
@@ -106,6 +110,30 @@ def _scaled(box: _Box, scale_x: float, scale_y: float) -> tuple[float, float, fl
     return x1, y1, max(x1, box.x2 * scale_x), max(y1, box.y2 * scale_y)
 
 
+MASK_OPACITY = 0.45
+"""How much of a mask's fill colour covers the image under it."""
+
+
+def _overlay_masks(canvas: Image.Image, detections: Sequence[DrawableDetection]) -> Image.Image:
+    """``canvas`` with each detection's mask filled semi-transparently in its box colour (in the
+    order given: later ones on top). Masks at another size than the canvas are scaled to it."""
+    alpha = round(255 * MASK_OPACITY)
+    overlay: Image.Image | None = None
+    for detection in detections:
+        mask = detection.mask
+        if mask is None or not mask.any():
+            continue
+        if overlay is None:
+            overlay = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+        stencil = Image.fromarray(np.where(mask, np.uint8(alpha), np.uint8(0)))
+        if stencil.size != canvas.size:
+            stencil = stencil.resize(canvas.size, Image.Resampling.NEAREST)
+        overlay.paste((*category_colour(detection), alpha), (0, 0, *canvas.size), stencil)
+    if overlay is None:
+        return canvas
+    return Image.alpha_composite(canvas.convert("RGBA"), overlay).convert("RGB")
+
+
 def _label_lines(detection: DrawableDetection, show_attributes: bool) -> list[str]:
     lines = [f"{detection.category} {detection.score:.2f}"]
     if show_attributes:
@@ -119,8 +147,12 @@ def render(
     *,
     source_size: tuple[int, int] | None,
     show_attributes: bool,
+    show_masks: bool = True,
 ) -> Image.Image:
     """A new RGB image: ``image`` with the boxes and labels of ``detections`` drawn on it.
+
+    Detections with a mask (and ``show_masks``) get it filled semi-transparently in their box
+    colour under the boxes and labels.
 
     ``source_size`` is the (width, height) the boxes were computed on; when the image has
     another size (a thumbnail of the original) the boxes are scaled to it. ``None`` draws the
@@ -137,8 +169,10 @@ def render(
     line_px = max(2, round(max(width, height) / 400))
     font = _font(max(11, round(min(width, height) / 40)))
     pad_px = max(2, line_px)
-    draw = ImageDraw.Draw(canvas)
     ordered = sorted(detections, key=lambda d: d.score)
+    if show_masks:
+        canvas = _overlay_masks(canvas, ordered)
+    draw = ImageDraw.Draw(canvas)
     boxes = [_scaled(d.box, scale_x, scale_y) for d in ordered]
 
     # Every box first, then every label, so no box line crosses a label.

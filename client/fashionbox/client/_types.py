@@ -11,6 +11,10 @@ Usage::
     for detection in result.above(0.5).with_attribute("sleeve length", "wrist-length"):
         print(detection.category, detection.box.as_list(), detection.attribute("neckline type"))
     result.draw("look.jpg").save("look.boxes.png")
+
+Models that segment also send each detection's instance mask: ``detection.mask`` is a boolean
+array ``[height, width]`` at the image's size (decoded from ``detection.mask_rle``, the COCO
+run-length encoding the server sends, on each access), ``None`` for results without masks.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
+
+from fashionbox.contract.rle import decode_rle, rle_area
 
 from ._images import ImageInput
 
@@ -34,6 +41,7 @@ __all__ = [
     "Detection",
     "ImageDetections",
     "ImageInput",
+    "MaskRLE",
     "ModelInfo",
     "ModelStatistics",
     "TensorInfo",
@@ -85,6 +93,39 @@ class AttributeScore:
 
 
 @dataclass(frozen=True, slots=True)
+class MaskRLE:
+    """An instance mask as the server sends it: COCO uncompressed run-length encoding.
+
+    ``counts`` alternates runs of pixels outside and inside the mask, column by column (down the
+    first column, then the next), starting with a run outside; they sum to ``width * height``.
+    pycocotools reads :meth:`to_coco` as it is. Small, hashable and cheap to store; :meth:`to_array`
+    expands it.
+    """
+
+    width: int
+    height: int
+    counts: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "counts", tuple(int(c) for c in self.counts))
+        if sum(self.counts) != self.width * self.height:
+            raise ValueError(f"mask RLE counts sum to {sum(self.counts)}, not {self.width} x {self.height}")
+
+    @property
+    def area(self) -> int:
+        """Pixels inside the mask."""
+        return rle_area(self.counts)
+
+    def to_array(self) -> npt.NDArray[np.bool_]:
+        """The mask as a boolean array ``[height, width]``."""
+        return decode_rle(self.counts, self.width, self.height)
+
+    def to_coco(self) -> dict[str, Any]:
+        """``{"size": [height, width], "counts": [...]}``, COCO's uncompressed RLE (``pycocotools.mask``)."""
+        return {"size": [self.height, self.width], "counts": list(self.counts)}
+
+
+@dataclass(frozen=True, slots=True)
 class Detection:
     """One garment or accessory.
 
@@ -100,11 +141,20 @@ class Detection:
     """Index of the category in the server's label map (``FashionClient.labels()``)."""
     fashionpedia_id: int | None = None
     """Fashionpedia category id."""
+    mask_rle: MaskRLE | None = None
+    """The instance mask as sent (run-length encoded), for callers that store it; ``None`` when the
+    served model does not segment."""
 
     def __post_init__(self) -> None:
         # A private copy, so the caller's dict cannot change a frozen result afterwards. A plain
         # dict rather than a MappingProxyType, because results must pickle (process pools, caches).
         object.__setattr__(self, "attributes", dict(self.attributes))
+
+    @property
+    def mask(self) -> npt.NDArray[np.bool_] | None:
+        """The pixels of the garment: a boolean array ``[height, width]`` at the image's size (the
+        frame of the box), or ``None`` without a mask. Decoded on each access: keep it in a variable."""
+        return None if self.mask_rle is None else self.mask_rle.to_array()
 
     def attribute(self, group: str) -> str | None:
         """The label predicted for ``group``, or ``None`` when the group does not apply."""
@@ -112,7 +162,7 @@ class Detection:
         return None if prediction is None else prediction.label
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "box": self.box.as_list(),
             "category": self.category,
             "score": self.score,
@@ -121,6 +171,9 @@ class Detection:
                 for group, prediction in self.attributes.items()
             },
         }
+        if self.mask_rle is not None:
+            out["mask"] = self.mask_rle.to_coco()
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +237,8 @@ class ImageDetections:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types: ``{"width", "height", "detections": [{"box", "category", "score", "attributes"}]}``.
 
-        ``box`` is ``[x1, y1, x2, y2]``; ``attributes`` is ``{group: {"label", "score"}}``.
+        ``box`` is ``[x1, y1, x2, y2]``; ``attributes`` is ``{group: {"label", "score"}}``; a detection
+        with a mask also has ``mask``: ``{"size": [height, width], "counts": [...]}`` (COCO RLE).
         """
         return {
             "width": self.width,
@@ -211,6 +265,8 @@ class ImageDetections:
                 },
                 category_index=int(d.category_index),
                 fashionpedia_id=int(d.fashionpedia_id),
+                mask_rle=(MaskRLE(int(d.mask.width), int(d.mask.height), tuple(d.mask.counts))
+                          if d.HasField("mask") else None),
             )
             for d in message.detections
         )
@@ -223,14 +279,16 @@ class ImageDetections:
             label_map=str(message.label_map),
         )
 
-    def draw(self, image: ImageInput, *, show_attributes: bool = True) -> Image.Image:
-        """A copy of ``image`` with every box, its category, score and attributes drawn on it.
+    def draw(self, image: ImageInput, *, show_attributes: bool = True, show_masks: bool = True) -> Image.Image:
+        """A copy of ``image`` with every box, its category, score and attributes drawn on it, and
+        each mask filled semi-transparently in its box colour.
 
         See :func:`fashionbox.client.draw.draw_detections`.
         """
         from ._drawing import render  # drawing needs fonts; plain detect() callers never load them
 
-        return render(image, self.detections, source_size=(self.width, self.height), show_attributes=show_attributes)
+        return render(image, self.detections, source_size=(self.width, self.height), show_attributes=show_attributes,
+                      show_masks=show_masks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Quality and fidelity measurement: COCO bbox mAP, attribute accuracy, served-vs-reference.
+"""Quality and fidelity measurement: COCO bbox and segm mAP, attribute accuracy, served-vs-reference.
 
 ``fashionbox eval`` renders a held-out set of generated scenes (a seed the training never
 used) or reads a COCO annotation file (``--coco-annotations FILE --images DIR``, e.g. real
@@ -13,6 +13,11 @@ PyTorch reference with ``--reference``) and reports::
 IoU thresholds 0.5:0.95 of TP/(TP+FP+FN), averaged over images. ``attribute_f1`` is the macro F1
 over each group's labels, on garments matched at IoU >= 0.5.
 
+When the predictions carry instance masks (a segmenting model) and the truth has them (generated
+scenes always do: ``render_scene_with_instances``), the report adds ``segm_map`` and
+``segm_map50`` (COCO segm mAP@[.5:.95] and @.5) and ``imaterialist_mask_score`` (the same
+iMaterialist figure with mask IoU). Masks travel as COCO uncompressed RLE counts at the image's size.
+
 Predictions from either path are reduced to :class:`Prediction` so the metrics code is one.
 """
 
@@ -24,13 +29,14 @@ import logging
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fashionbox.contract.labels import LabelMap, default_label_map
+from fashionbox.core.masks import FrameMask, InstanceMask, paste_crop_masks
 from fashionbox.core.postprocessing import ImageResult
 
 if TYPE_CHECKING:  # the client is only needed for its result type here
@@ -43,13 +49,18 @@ __all__ = [
     "Prediction",
     "attribute_accuracy",
     "attribute_f1",
+    "coco_dataset",
     "coco_metrics",
     "compare_fidelity",
+    "has_masks",
     "heldout_samples",
+    "imaterialist_mask_score",
     "imaterialist_score",
     "predictions_from_detections",
     "predictions_from_result",
+    "predictions_with_masks",
     "run_eval_cli",
+    "segm_metrics",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,6 +73,8 @@ class Prediction:
     score: float
     attributes: dict[str, str] = field(default_factory=dict)
     attribute_scores: dict[str, float] = field(default_factory=dict)
+    mask: tuple[int, ...] | None = None
+    """COCO uncompressed RLE counts at the image's size (``fashionbox.v1.Mask``); None without a mask."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,8 @@ class GroundTruth:
     box: tuple[float, float, float, float]
     category: str
     attributes: dict[str, str]
+    mask: tuple[int, ...] | None = None
+    """COCO uncompressed RLE counts of the garment's visible pixels; None where the source has none."""
 
 
 @dataclass(frozen=True)
@@ -81,15 +96,20 @@ class EvalSample:
 
 
 def heldout_samples(count: int, seed: int, label_map: LabelMap | None = None) -> list[EvalSample]:
-    """Generated scenes at photo sizes, JPEG-encoded; seeds disjoint from training (seed 1)."""
-    from fashionbox.synth import render_scene
+    """Generated scenes at photo sizes, JPEG-encoded; seeds disjoint from training (seed 1).
+
+    Each garment's truth carries its mask: its visible pixels in the scene's instance map.
+    """
+    from fashionbox.synth import render_scene_with_instances
     from fashionbox.training.data import scene_seed
 
     label_map = label_map or default_label_map()
     samples = []
     for i in range(count):
-        scene = render_scene(scene_seed(seed, i), label_map=label_map)
-        truth = tuple(GroundTruth(tuple(g.box), g.category, dict(g.attributes)) for g in scene.garments)  # type: ignore[arg-type]
+        scene, instances = render_scene_with_instances(scene_seed(seed, i), label_map=label_map)
+        truth = tuple(GroundTruth(tuple(g.box), g.category, dict(g.attributes),  # type: ignore[arg-type]
+                                  tuple(InstanceMask.from_array(instances == k + 1).to_rle()))
+                      for k, g in enumerate(scene.garments))
         samples.append(EvalSample(f"heldout-{seed}-{i:05d}", scene.encode(format="JPEG", quality=90),
                                   scene.image.width, scene.image.height, truth))
     return samples
@@ -119,6 +139,7 @@ def predictions_from_detections(result: ImageDetections) -> list[Prediction]:
         Prediction(
             (d.box.x1, d.box.y1, d.box.x2, d.box.y2), d.category, d.score,
             {g: a.label for g, a in d.attributes.items()}, {g: a.score for g, a in d.attributes.items()},
+            d.mask_rle.counts if d.mask_rle is not None else None,
         )
         for d in result.detections
     ]
@@ -135,10 +156,39 @@ def _iou(a: Sequence[float], b: Sequence[float]) -> float:
 def coco_metrics(samples: Sequence[EvalSample], predictions: Sequence[Sequence[Prediction]],
                  label_map: LabelMap) -> dict[str, float]:
     """COCO bbox mAP@[.5:.95] and mAP@.5 (faster-coco-eval, the COCO definition)."""
-    from faster_coco_eval import COCO, COCOeval_faster
+    return _coco_evaluate(*coco_dataset(samples, predictions, label_map, "bbox"), "bbox")
 
+
+def segm_metrics(samples: Sequence[EvalSample], predictions: Sequence[Sequence[Prediction]],
+                 label_map: LabelMap) -> dict[str, float]:
+    """COCO segm mAP@[.5:.95] and mAP@.5 on the masks (faster-coco-eval, the COCO definition)."""
+    return _coco_evaluate(*coco_dataset(samples, predictions, label_map, "segm"), "segm")
+
+
+def has_masks(samples: Sequence[EvalSample], predictions: Sequence[Sequence[Prediction]]) -> bool:
+    """Whether mask metrics apply: some prediction carries a mask and every truth has one."""
+    return (any(p.mask is not None for preds in predictions for p in preds)
+            and all(t.mask is not None for sample in samples for t in sample.truth))
+
+
+def _compressed(counts: Sequence[int] | None, width: int, height: int) -> dict[str, Any]:
+    """COCO compressed RLE of ``counts`` (an empty mask where there is none), as the evaluators read it."""
+    from faster_coco_eval.core import mask as mask_utils
+
+    values = [width * height] if counts is None else [int(c) for c in counts]
+    rle: dict[str, Any] = mask_utils.frPyObjects({"size": [height, width], "counts": values}, height, width)
+    return rle
+
+
+def coco_dataset(samples: Sequence[EvalSample], predictions: Sequence[Sequence[Prediction]],
+                 label_map: LabelMap, iou_type: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The COCO ground-truth dataset and result list for a ``bbox`` or ``segm`` evaluation (any COCO
+    evaluator reads them). Truth the model cannot name still counts, as misses; for ``segm`` every
+    truth needs its mask, and a prediction without one counts with an empty mask.
+    """
+    segm = iou_type == "segm"
     cat_id = {c.name: i + 1 for i, c in enumerate(label_map.categories)}
-    for sample in samples:  # truth the model cannot name still counts, as misses
+    for sample in samples:
         for truth in sample.truth:
             cat_id.setdefault(truth.category, len(cat_id) + 1)
     images: list[dict[str, Any]] = []
@@ -148,24 +198,40 @@ def coco_metrics(samples: Sequence[EvalSample], predictions: Sequence[Sequence[P
         images.append({"id": image_id, "width": sample.width, "height": sample.height, "file_name": sample.name})
         for truth in sample.truth:
             x1, y1, x2, y2 = truth.box
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cat_id[truth.category],
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+            annotation = {"id": len(annotations) + 1, "image_id": image_id, "category_id": cat_id[truth.category],
+                          "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
+            if segm:
+                if truth.mask is None:
+                    raise ValueError(f"{sample.name}: a garment of the truth has no mask; segm needs every one")
+                annotation["area"] = int(np.sum(truth.mask[1::2]))
+                annotation["segmentation"] = _compressed(truth.mask, sample.width, sample.height)
+            annotations.append(annotation)
         for p in preds:
-            x1, y1, x2, y2 = p.box
-            detections.append({"image_id": image_id, "category_id": cat_id[p.category],
-                               "bbox": [x1, y1, x2 - x1, y2 - y1], "score": p.score})
-    gt = COCO()
-    gt.dataset = {"images": images, "annotations": annotations,
-                  "categories": [{"id": i, "name": n} for n, i in cat_id.items()]}
-    gt.createIndex()
+            detection: dict[str, Any] = {"image_id": image_id, "category_id": cat_id[p.category], "score": p.score}
+            if segm:  # no "bbox": the evaluators then take each result's area and box from its mask
+                detection["segmentation"] = _compressed(p.mask, sample.width, sample.height)
+            else:
+                x1, y1, x2, y2 = p.box
+                detection["bbox"] = [x1, y1, x2 - x1, y2 - y1]
+            detections.append(detection)
+    dataset = {"images": images, "annotations": annotations,
+               "categories": [{"id": i, "name": n} for n, i in cat_id.items()]}
+    return dataset, detections
+
+
+def _coco_evaluate(dataset: dict[str, Any], detections: list[dict[str, Any]], iou_type: str) -> dict[str, float]:
+    from faster_coco_eval import COCO, COCOeval_faster
+
     if not detections:
-        return {"bbox_map": 0.0, "bbox_map50": 0.0}
-    dt = gt.loadRes(detections)
-    evaluator = COCOeval_faster(gt, dt, "bbox", print_function=log.debug)
+        return {f"{iou_type}_map": 0.0, f"{iou_type}_map50": 0.0}
+    gt = COCO()
+    gt.dataset = dataset
+    gt.createIndex()
+    evaluator = COCOeval_faster(gt, gt.loadRes(detections), iou_type, print_function=log.debug)
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
-    return {"bbox_map": float(evaluator.stats[0]), "bbox_map50": float(evaluator.stats[1])}
+    return {f"{iou_type}_map": float(evaluator.stats[0]), f"{iou_type}_map50": float(evaluator.stats[1])}
 
 
 def attribute_accuracy(samples: Sequence[EvalSample], predictions: Sequence[Sequence[Prediction]],
@@ -230,6 +296,47 @@ def imaterialist_score(samples: Sequence[EvalSample], predictions: Sequence[Sequ
         scores = []
         for threshold in iou_thresholds:
             tp = len(_match(sample.truth, preds, threshold))
+            scores.append(tp / (len(preds) + len(sample.truth) - tp))
+        per_image.append(float(np.mean(scores)))
+    return float(np.mean(per_image)) if per_image else float("nan")
+
+
+def _match_ious(truth: Sequence[GroundTruth], preds: Sequence[Prediction], ious: np.ndarray[Any, Any],
+                threshold: float) -> int:
+    """True positives of :func:`_match` (greedy by score, same category) with IoUs ``[preds, truth]`` given."""
+    used: set[int] = set()
+    for i in sorted(range(len(preds)), key=lambda k: -preds[k].score):
+        best, best_iou = -1, threshold
+        for k, t in enumerate(truth):
+            if k in used or t.category != preds[i].category:
+                continue
+            if ious[i, k] >= best_iou:
+                best, best_iou = k, float(ious[i, k])
+        if best >= 0:
+            used.add(best)
+    return len(used)
+
+
+def imaterialist_mask_score(samples: Sequence[EvalSample], predictions: Sequence[Sequence[Prediction]],
+                            iou_thresholds: Sequence[float] = IMATERIALIST_IOUS) -> float:
+    """:func:`imaterialist_score` with mask IoU: the iMaterialist (FGVC6) metric as its competition defined it.
+
+    A prediction without a mask counts with an empty one (it can only be a false positive).
+    """
+    from faster_coco_eval.core import mask as mask_utils
+
+    per_image = []
+    for sample, preds in zip(samples, predictions, strict=True):
+        if not sample.truth and not preds:
+            continue
+        ious = np.zeros((len(preds), len(sample.truth)))
+        if preds and sample.truth:
+            dt = [_compressed(p.mask, sample.width, sample.height) for p in preds]
+            gt = [_compressed(t.mask, sample.width, sample.height) for t in sample.truth]
+            ious = np.asarray(mask_utils.iou(dt, gt, [0] * len(gt)), dtype=np.float64).reshape(len(dt), len(gt))
+        scores = []
+        for threshold in iou_thresholds:
+            tp = _match_ious(sample.truth, preds, ious, threshold)
             scores.append(tp / (len(preds) + len(sample.truth) - tp))
         per_image.append(float(np.mean(scores)))
     return float(np.mean(per_image)) if per_image else float("nan")
@@ -362,11 +469,26 @@ def _reference_predictions(samples: Sequence[EvalSample]) -> tuple[list[list[Pre
     pipeline = InProcessPipeline.torch_reference()
     out: list[list[Prediction]] = []
     for sample in samples:
+        if pipeline.classify_masks is not None:  # attribute heads with a mask head: masks as served
+            (masked,) = pipeline.run_with_masks([sample.data])
+            if isinstance(masked, Exception):
+                raise masked
+            out.append(predictions_with_masks(predictions_from_result(masked.result, pipeline.label_map),
+                                              paste_crop_masks(masked.crop_masks, masked.boxes_letterbox,
+                                                               masked.info)))
+            continue
         (result,) = pipeline.run([sample.data])
         if isinstance(result, Exception):
             raise result
         out.append(predictions_from_result(result, pipeline.label_map))
     return out, pipeline.label_map
+
+
+def predictions_with_masks(predictions: Sequence[Prediction], masks: Sequence[FrameMask]) -> list[Prediction]:
+    """``predictions`` with ``masks`` (one each, in order) attached as RLE counts."""
+    if len(predictions) != len(masks):
+        raise ValueError(f"{len(masks)} masks for {len(predictions)} predictions")
+    return [replace(p, mask=tuple(m.to_rle())) for p, m in zip(predictions, masks, strict=True)]
 
 
 def _coco_samples(annotation_file: Path, image_dir: Path, label_map: LabelMap | None = None) -> list[EvalSample]:
@@ -386,6 +508,9 @@ def evaluate(samples: Sequence[EvalSample], predictions: Sequence[Sequence[Predi
     report: dict[str, Any] = {"images": len(samples), "detections": sum(len(p) for p in predictions)}
     report.update(coco_metrics(samples, predictions, label_map))
     report["imaterialist_score"] = imaterialist_score(samples, predictions)
+    if has_masks(samples, predictions):
+        report.update(segm_metrics(samples, predictions, label_map))
+        report["imaterialist_mask_score"] = imaterialist_mask_score(samples, predictions)
     accuracy = attribute_accuracy(samples, predictions, label_map)
     report["attribute_accuracy"] = {g: v["accuracy"] for g, v in accuracy.items()}
     report["attribute_matched"] = {g: v["matched"] for g, v in accuracy.items()}

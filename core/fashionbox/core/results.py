@@ -13,9 +13,15 @@ Usage::
         label_map=labels, model_version="1",
     )
     payload = message.SerializeToString()
+
+With instance masks (a segmenting family or the default model's mask head), ``masks`` holds each
+detection's COCO uncompressed RLE counts at ``width x height`` (``InstanceMask.to_rle()`` of
+:mod:`fashionbox.core.masks`), or ``None`` for a detection without one.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +43,7 @@ def build_image_detections(
     label_map: LabelMap,
     model_version: str,
     model_name: str = "",
+    masks: Sequence[Sequence[int] | None] | None = None,
 ) -> detections_pb2.ImageDetections:
     """One image's detections as an ``ImageDetections`` message.
 
@@ -52,6 +59,9 @@ def build_image_detections(
             and says which groups apply to which category.
         model_version: version string recorded by the converter, for provenance.
         model_name: name of the detector family, for provenance.
+        masks: per detection, its mask as COCO uncompressed RLE counts over the ``width x height``
+            image (column-major, starting with a run outside), or ``None`` where it has none;
+            ``None`` for the whole argument when the model does not segment.
 
     Only the groups that apply to a detection's category (``label_map.applicability``) are
     reported: a shoe has no sleeve length, and a score for it would be noise that a search
@@ -90,6 +100,14 @@ def build_image_detections(
             f"category indices must lie in [0, {label_map.num_categories}) for label map {label_map.name!r}, "
             f"got {category_array.tolist()}"
         )
+    mask_list = list(masks) if masks is not None else [None] * count
+    if len(mask_list) != count:
+        raise ValueError(f"masks must have {count} entries to match the scores, got {len(mask_list)}")
+    pixels = int(width) * int(height)
+    for k, counts in enumerate(mask_list):
+        # Cheap (a sum), and a mask that does not cover the image exactly would decode to garbage.
+        if counts is not None and sum(counts) != pixels:
+            raise ValueError(f"mask {k}: RLE counts sum to {sum(counts)}, not width * height = {pixels}")
 
     groups = label_map.attribute_groups
     offsets = label_map.group_offsets
@@ -102,8 +120,8 @@ def build_image_detections(
         label_map=label_map.name,
     )
     # Python lists once, rather than numpy scalar access per field: this runs per image on the server.
-    for box, score, category_index, row in zip(
-        box_array.tolist(), score_array.tolist(), category_array.tolist(), attribute_array, strict=True
+    for box, score, category_index, row, counts in zip(
+        box_array.tolist(), score_array.tolist(), category_array.tolist(), attribute_array, mask_list, strict=True
     ):
         category = label_map.categories[category_index]
         detection = message.detections.add(
@@ -113,6 +131,9 @@ def build_image_detections(
             score=score,
         )
         detection.box.x1, detection.box.y1, detection.box.x2, detection.box.y2 = box
+        if counts is not None:
+            detection.mask.width, detection.mask.height = int(width), int(height)
+            detection.mask.counts.extend(counts)
         for group, (_, start, stop), applies in zip(groups, offsets, applicability[category_index], strict=True):
             if not applies:
                 continue

@@ -1,7 +1,9 @@
 """Triton model ``attributes``: garment crops -> attribute probabilities, ONNX Runtime or PyTorch.
 
 CROPS UINT8 [C, C, 3], TOKEN UINT8 [32] -> ATTRIBUTE_PROBS FP32 [A] (softmax per attribute
-group, concatenated in label-map order). Called by ``postprocess`` through BLS only: a request
+group, concatenated in label-map order), and CROP_MASKS FP32 [m, m] (the garment's mask
+probability over the crop) when the network has a mask head (its runner's ``mask_size``).
+Called by ``postprocess`` through BLS only: a request
 without the token ``postprocess`` sends is refused alone (:mod:`fashionbox.core.capability`); the
 whole dynamic batch of crops runs as one call of its runtime (ONNX Runtime on the CPU, or PyTorch
 on the instance's device). Parameters:
@@ -46,9 +48,19 @@ class TritonPythonModel:
         self.key = PipelineKey.for_step(None)
         if not self.key.enforced:
             pb_utils.Logger.log_warn(f"{self.args.name}: {self.key.warning}")
-        pb_utils.Logger.log_info(f"{self.args.name}: {loaded}")
+        # A runner written before mask heads existed has no mask_size: it has no mask head either.
+        # Masks go out only where the config declares CROP_MASKS (the converter adds it when the
+        # graph has a mask head), so a config and its model never disagree on the outputs.
+        declared = {output["name"] for output in self.args.config.get("output", [])}
+        self.masks = int(getattr(self.heads, "mask_size", 0)) > 0 and contract.CROP_MASKS.name in declared
+        pb_utils.Logger.log_info(f"{self.args.name}: {loaded}" + (" with a mask head" if self.masks else ""))
 
     def execute(self, requests):
+        if self.masks:
+            return run_concatenated(
+                requests, self.crops, compute=self.heads.classify_with_masks, split=self._split_with_masks,
+                model=self.args.name, check=self._check,
+            )
         return run_concatenated(
             requests, self.crops, compute=self.heads.classify, split=self._split, model=self.args.name,
             check=self._check,
@@ -63,6 +75,11 @@ class TritonPythonModel:
     @staticmethod
     def _split(probs, part):
         return {contract.ATTRIBUTE_PROBS.name: probs[part]}
+
+    @staticmethod
+    def _split_with_masks(result, part):
+        probs, masks = result
+        return {contract.ATTRIBUTE_PROBS.name: probs[part], contract.CROP_MASKS.name: masks[part]}
 
     def finalize(self):
         self.heads = None

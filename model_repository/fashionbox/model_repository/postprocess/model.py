@@ -9,6 +9,12 @@ every detection of every request in the dynamic batch, classifies them with ONE 
 (original pixels), SCORES, CATEGORIES, ATTRIBUTE_SCORES (groups that do not apply are 0) and DETECTIONS (a serialized
 ``fashionbox.v1.ImageDetections`` per image). A failed BLS chunk fails exactly the requests whose
 crops were in it. Parameters: :class:`fashionbox.core.serving.PostprocessParameters`.
+
+Instance masks (each detection's ``mask`` in DETECTIONS, COCO RLE at the original resolution):
+with ``detector_masks`` the detector segments, and DET_MASK_COEFFS (rows as DET_BOXES) and
+DET_PROTOS are inputs too, assembled by ``fashionbox.core.proto_masks.masks_from_protos``; else
+with ``crop_masks`` the same BLS call asks ``attributes`` for CROP_MASKS, pasted into the image by
+:func:`fashionbox.core.masks.paste_crop_masks`. Without either, detections carry no mask.
 """
 
 # Bootstrap: the python backend stub ignores PYTHONPATH, so make the server's site-packages visible.
@@ -29,7 +35,8 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from fashionbox import contract  # noqa: E402
 from fashionbox.core.capability import TOKEN_INPUT, guarded_step  # noqa: E402
 from fashionbox.core.imaging import LetterboxInfo, crop_garments  # noqa: E402
-from fashionbox.core.postprocessing import finish_detections, stack_image_results, unpad  # noqa: E402
+from fashionbox.core.masks import paste_crop_masks  # noqa: E402
+from fashionbox.core.postprocessing import PAD_CLASS, finish_detections, stack_image_results, unpad  # noqa: E402
 from fashionbox.core.results import build_image_detections  # noqa: E402
 from fashionbox.core.serving import (  # noqa: E402
     InputSpec,
@@ -47,10 +54,11 @@ from fashionbox.core.serving import (  # noqa: E402
 class _Staged:
     """One request between cropping and the attribute call."""
 
-    def __init__(self, rows, infos, crops):
+    def __init__(self, rows, infos, crops, segments=None):
         self.rows = rows  # list[DetectorOutput], letterbox px
         self.infos = infos  # list[LetterboxInfo]
         self.crops = crops  # uint8 [sum of detections, C, C, 3]
+        self.segments = segments  # detector_masks: per image (coeffs [n, K] of the kept rows, protos [K, h, w])
 
 
 class TritonPythonModel:
@@ -68,6 +76,16 @@ class TritonPythonModel:
             InputSpec(contract.DET_SCORES.name, np.float32, contract.DET_SCORES.dims),
             InputSpec(contract.DET_CLASSES.name, np.int32, contract.DET_CLASSES.dims),
         )
+        self.segment_specs = (
+            InputSpec(contract.DET_MASK_COEFFS.name, np.float32, contract.DET_MASK_COEFFS.dims),
+            InputSpec(contract.DET_PROTOS.name, np.float32, contract.DET_PROTOS.dims),
+        ) if params.detector_masks else ()
+        # A segmenting detector's masks win: the attribute model is then not asked for its own.
+        self.crop_masks = params.crop_masks and not params.detector_masks
+        if params.detector_masks:
+            from fashionbox.core.proto_masks import masks_from_protos  # only segmenting families need it
+
+            self.masks_from_protos = masks_from_protos
         pb_utils.Logger.log_info(f"{self.args.name}: label map {self.label_map.name!r} {params}")
         self.slots, self.key = guarded_step(self.args, pb_utils.Logger.log_warn)
 
@@ -117,12 +135,27 @@ class TritonPythonModel:
             rows=rows,
             infos=[LetterboxInfo.from_array(info[k]) for k in range(count)],
             crops=np.concatenate(crops, axis=0) if crops else empty,
+            segments=self._segments(request, boxes, classes) if self.segment_specs else None,
         )
 
+    def _segments(self, request, boxes, classes):
+        """Per image, the mask coefficients of the detections unpad kept, and the image's prototypes."""
+        coeffs, protos = (read_input(request, spec) for spec in self.segment_specs)
+        if not coeffs.shape[0] == protos.shape[0] == boxes.shape[0] or coeffs.shape[1] != boxes.shape[1]:
+            raise RequestError(
+                f"{contract.DET_MASK_COEFFS.name} {list(coeffs.shape)} and {contract.DET_PROTOS.name} "
+                f"{list(protos.shape)} do not match {contract.DET_BOXES.name} {list(boxes.shape)}"
+            )
+        if coeffs.shape[2] != protos.shape[1]:
+            raise RequestError(f"{coeffs.shape[2]} mask coefficients per detection for {protos.shape[1]} prototypes")
+        return [(coeffs[k][classes[k] != PAD_CLASS], protos[k]) for k in range(boxes.shape[0])]
+
     def _classify(self, staged):
-        """Attribute probs per request index, and the errors of requests whose BLS chunk failed."""
+        """Attribute probs (and crop masks, else None) per request index, and the errors of requests
+        whose BLS chunk failed."""
         owners = np.array([i for i, stage in staged.items() for _ in range(stage.crops.shape[0])], dtype=np.int64)
         all_probs = np.zeros((len(owners), self.label_map.num_attribute_labels), dtype=np.float32)
+        all_masks = None
         chunks = []
         if len(owners):
             chunks = call_model_chunked(
@@ -132,29 +165,48 @@ class TritonPythonModel:
                 array=np.concatenate([stage.crops for stage in staged.values()], axis=0),
                 max_batch_size=self.params.attributes_max_batch_size,
                 extra=self._attributes_token if self.params.attributes_token else None,
+                extra_outputs=(contract.CROP_MASKS.name,) if self.crop_masks else (),
             )
         failures = {}
         for chunk in chunks:
             if chunk.error is not None:
                 for i in np.unique(owners[chunk.rows]).tolist():
                     failures[i] = chunk.error
-            else:
-                all_probs[chunk.rows] = chunk.output
+                continue
+            all_probs[chunk.rows] = chunk.output
+            if self.crop_masks:
+                masks = chunk.extras[contract.CROP_MASKS.name]
+                if all_masks is None:
+                    all_masks = np.zeros((len(owners), *masks.shape[1:]), dtype=np.float32)
+                all_masks[chunk.rows] = masks
         probs, start = {}, 0
         for i, stage in staged.items():
             stop = start + stage.crops.shape[0]
-            probs[i] = all_probs[start:stop]
+            probs[i] = (all_probs[start:stop], all_masks[start:stop] if all_masks is not None else None)
             start = stop
         return probs, failures
 
     def _attributes_token(self, rows):
         return {contract.TOKEN.name: self.key.attributes_tokens(rows)}
 
-    def _finish(self, stage, probs):
+    def _masks(self, stage, image, row, info, crop_masks):
+        """RLE counts per detection of image ``image`` of ``stage``, or None when there are no masks."""
+        if stage.segments is not None:
+            coeffs, protos = stage.segments[image]
+            masks = self.masks_from_protos(coeffs, protos, row.boxes, info)
+        elif crop_masks is not None:
+            masks = paste_crop_masks(crop_masks, row.boxes, info, input_size=self.params.input_size)
+        else:
+            return None
+        return [mask.to_rle() for mask in masks]
+
+    def _finish(self, stage, classified):
+        probs, crop_masks = classified
         results, messages, start = [], [], 0
-        for row, info in zip(stage.rows, stage.infos, strict=True):
+        for image, (row, info) in enumerate(zip(stage.rows, stage.infos, strict=True)):
             stop = start + len(row)
             result = finish_detections(row, info, probs[start:stop], self.label_map)
+            masks = self._masks(stage, image, row, info, crop_masks[start:stop] if crop_masks is not None else None)
             start = stop
             results.append(result)
             message = build_image_detections(
@@ -167,6 +219,7 @@ class TritonPythonModel:
                 label_map=self.label_map,
                 model_version=self.params.model_version,
                 model_name=self.params.model_name,
+                masks=masks,
             )
             messages.append(message.SerializeToString())
         boxes, scores, categories, attributes = stack_image_results(
