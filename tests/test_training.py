@@ -14,7 +14,8 @@ import torch
 from fashionbox.models import DetectorConfig, FashionDetector
 from fashionbox.training.data import SceneCache
 from fashionbox.training.detection import DetectionTargets, assign_targets, detection_loss
-from fashionbox.training.trainer import _batch, _jitter, _lr_at
+from fashionbox.training.schedule import lr_at
+from fashionbox.training.trainer import _batch, _jitter
 
 torch.set_num_threads(1)
 
@@ -197,17 +198,17 @@ def test_a_few_optimizer_steps_on_one_batch_reduce_the_loss() -> None:
 
 
 def test_learning_rate_warms_up_linearly_to_the_base_rate() -> None:
-    assert _lr_at(0, 1000, 3e-3) == pytest.approx(3e-5)
-    assert _lr_at(49, 1000, 3e-3) == pytest.approx(1.5e-3)
-    assert _lr_at(99, 1000, 3e-3) == pytest.approx(3e-3)
-    assert _lr_at(9, 1000, 3e-3, warmup=10) == pytest.approx(3e-3)
+    assert lr_at(0, 1000, 3e-3) == pytest.approx(3e-5)
+    assert lr_at(49, 1000, 3e-3) == pytest.approx(1.5e-3)
+    assert lr_at(99, 1000, 3e-3) == pytest.approx(3e-3)
+    assert lr_at(9, 1000, 3e-3, warmup=10) == pytest.approx(3e-3)
 
 
 def test_learning_rate_follows_a_cosine_from_the_base_rate_to_two_percent_of_it() -> None:
-    assert _lr_at(100, 1000, 3e-3) == pytest.approx(3e-3)
-    assert _lr_at(550, 1000, 3e-3) == pytest.approx(3e-3 * 0.51)
-    assert _lr_at(1000, 1000, 3e-3) == pytest.approx(3e-3 * 0.02)
-    rates = [_lr_at(step, 1000, 3e-3) for step in range(100, 1001)]
+    assert lr_at(100, 1000, 3e-3) == pytest.approx(3e-3)
+    assert lr_at(550, 1000, 3e-3) == pytest.approx(3e-3 * 0.51)
+    assert lr_at(1000, 1000, 3e-3) == pytest.approx(3e-3 * 0.02)
+    rates = [lr_at(step, 1000, 3e-3) for step in range(100, 1001)]
     assert all(a >= b for a, b in itertools.pairwise(rates))
 
 

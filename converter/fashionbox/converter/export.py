@@ -3,7 +3,7 @@
 Small typed steps (docs/STYLE.md rule 6), each testable alone::
 
     export_detector_onnx(detector, path, nms=NmsSettings(), opset=17)
-    export_attributes_onnx(classifier, path, opset=17)
+    export_attributes_onnx(classifier, path, opset=17)           # + "masks" when it has a mask head
     check_onnx(path)                                         # onnx.checker, full check
     report = compare_detector(detector, path, batches)       # max abs error vs PyTorch
     report.raise_if_over(tolerance)
@@ -121,10 +121,25 @@ def export_detector_onnx(detector: FashionDetector, path: Path, *, nms: NmsSetti
     return path
 
 
+class _AttributesWithMasksGraph(nn.Module):
+    def __init__(self, classifier: AttributeClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, crops: Tensor) -> tuple[Tensor, Tensor]:
+        return self.classifier.predict(crops)
+
+
 def export_attributes_onnx(classifier: AttributeClassifier, path: Path, *, opset: int = MIN_OPSET) -> Path:
+    """``crops`` -> ``probs`` and, when ``classifier`` has a mask head, ``masks`` float32 [B, m, m]."""
     size = classifier.config.crop_size
     example = torch.zeros((1, size, size, 3), dtype=torch.uint8)
-    _torch_export(classifier, example, path, contract.ONNX_ATTRIBUTES_INPUT, [contract.ONNX_ATTRIBUTES_OUTPUT], opset)
+    if classifier.mask_head is None:
+        _torch_export(classifier, example, path, contract.ONNX_ATTRIBUTES_INPUT, [contract.ONNX_ATTRIBUTES_OUTPUT],
+                      opset)
+    else:
+        _torch_export(_AttributesWithMasksGraph(classifier), example, path, contract.ONNX_ATTRIBUTES_INPUT,
+                      [contract.ONNX_ATTRIBUTES_OUTPUT, contract.ONNX_ATTRIBUTES_MASKS], opset)
     check_onnx(path)
     return path
 
@@ -192,16 +207,25 @@ def compare_detector(detector: FashionDetector, path: Path, batches: Sequence[np
 
 def compare_attributes(classifier: AttributeClassifier, path: Path,
                        batches: Sequence[npt.NDArray[np.uint8]]) -> ComparisonReport:
+    """Largest difference of ``probs`` and, with a mask head, of the ``masks`` probabilities."""
     session = _session(path)
-    worst = 0.0
+    names = [contract.ONNX_ATTRIBUTES_OUTPUT]
+    if classifier.mask_head is not None:
+        names.append(contract.ONNX_ATTRIBUTES_MASKS)
+    errors = dict.fromkeys(["probs", "masks"][: len(names)], 0.0)
     samples = 0
     for batch in batches:
         with torch.no_grad():
-            reference = classifier.eval()(torch.from_numpy(batch)).numpy()
-        (probs,) = session.run(None, {contract.ONNX_ATTRIBUTES_INPUT: batch})  # type: ignore[attr-defined]
-        worst = max(worst, float(np.abs(probs - reference).max()))
+            crops = torch.from_numpy(batch)
+            model = classifier.eval()
+            reference = list(model.predict(crops)) if model.mask_head is not None else [model(crops)]
+        outputs = session.run(names, {contract.ONNX_ATTRIBUTES_INPUT: batch})  # type: ignore[attr-defined]
+        for key, ours, theirs in zip(errors, outputs, reference, strict=True):
+            if ours.shape != tuple(theirs.shape):
+                raise ExportError(f"{path}: {key} has shape {ours.shape}, PyTorch gives {tuple(theirs.shape)}")
+            errors[key] = max(errors[key], float(np.abs(ours - theirs.numpy()).max(initial=0.0)))
         samples += len(batch)
-    return ComparisonReport("attributes", {"probs": worst}, samples)
+    return ComparisonReport("attributes", errors, samples)
 
 
 
@@ -236,5 +260,12 @@ def compare_torch_runners(detector_weights: Path, detector_onnx: Path, attribute
                                   num_attribute_labels=num_attribute_labels)
     onnx_heads = OnnxAttributes(attributes_onnx, OrtSettings(), num_attribute_labels=num_attribute_labels)
     worst = max(float(np.abs(torch_heads.classify(b) - onnx_heads.classify(b)).max()) for b in attribute_batches)
+    head_errors = {"probs": worst}
+    if torch_heads.mask_size:
+        session = _session(attributes_onnx)
+        head_errors["masks"] = max(
+            float(np.abs(torch_heads.classify_with_masks(b)[1] - session.run(  # type: ignore[attr-defined]
+                [contract.ONNX_ATTRIBUTES_MASKS], {contract.ONNX_ATTRIBUTES_INPUT: b})[0]).max(initial=0.0))
+            for b in attribute_batches)
     return [ComparisonReport("torch detector", errors, samples),
-            ComparisonReport("torch attributes", {"probs": worst}, sum(len(b) for b in attribute_batches))]
+            ComparisonReport("torch attributes", head_errors, sum(len(b) for b in attribute_batches))]

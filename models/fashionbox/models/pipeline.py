@@ -13,6 +13,12 @@ Usage::
 
     pipeline = InProcessPipeline.torch_reference()
     result = pipeline.run([jpeg_bytes])[0]     # ImageResult: boxes in original pixels, ...
+    masked = pipeline.run_with_masks([jpeg_bytes])[0]   # MaskedResult, when the heads have a mask head
+
+With an attribute checkpoint that has a mask head, :meth:`InProcessPipeline.run_with_masks` also
+returns each detection's mask probabilities on the head's grid over its crop region
+(``fashionbox.core.imaging.crop_regions`` of its letterbox box), with the letterbox boxes and the
+mapping to the original image that pasting them needs.
 """
 
 from __future__ import annotations
@@ -37,11 +43,25 @@ from fashionbox.core.imaging import (
 )
 from fashionbox.core.postprocessing import DetectorOutput, ImageResult, finish_detections
 
-__all__ = ["InProcessPipeline"]
+__all__ = ["InProcessPipeline", "MaskedResult"]
 
 U8 = npt.NDArray[np.uint8]
+F32 = npt.NDArray[np.float32]
 DetectFn = Callable[[U8], list[DetectorOutput]]
-ClassifyFn = Callable[[U8], npt.NDArray[np.float32]]
+ClassifyFn = Callable[[U8], F32]
+ClassifyMasksFn = Callable[[U8], tuple[F32, F32]]
+
+
+@dataclass(frozen=True)
+class MaskedResult:
+    """One image's result with its detections' masks as the mask head gives them."""
+
+    result: ImageResult
+    crop_masks: F32
+    """float32 ``[n, m, m]``: mask probabilities over each detection's crop region, rows as in ``result``."""
+    boxes_letterbox: F32
+    """float32 ``[n, 4]``: the detections' boxes in letterbox pixels (what the crops were cut around)."""
+    info: LetterboxInfo
 
 
 @dataclass
@@ -52,11 +72,22 @@ class InProcessPipeline:
     input_size: int
     crop_size: int
     limits: DecodeLimits = field(default_factory=DecodeLimits)
+    classify_masks: ClassifyMasksFn | None = None
+    """Probs and crop masks in one pass, when the attribute heads have a mask head."""
 
     def run(self, images: Sequence[bytes]) -> list[ImageResult | InvalidImageError]:
         """Decode, detect (one batch), crop, classify (one batch), assemble; errors per image."""
+        return [r.result if isinstance(r, MaskedResult) else r for r in self._run(images, masks=False)]
+
+    def run_with_masks(self, images: Sequence[bytes]) -> list[MaskedResult | InvalidImageError]:
+        """As :meth:`run`, with each detection's crop mask; needs attribute heads with a mask head."""
+        if self.classify_masks is None:
+            raise ValueError("these attribute heads have no mask head: use a checkpoint trained with one")
+        return self._run(images, masks=True)
+
+    def _run(self, images: Sequence[bytes], *, masks: bool) -> list[MaskedResult | InvalidImageError]:
         decoded: list[tuple[int, U8, LetterboxInfo]] = []
-        results: list[ImageResult | InvalidImageError | None] = [None] * len(images)
+        results: list[MaskedResult | InvalidImageError | None] = [None] * len(images)
         for i, data in enumerate(images):
             try:
                 pixels, info = letterbox(decode_image(data, target_size=self.input_size, limits=self.limits),
@@ -71,12 +102,19 @@ class InProcessPipeline:
             crops = [crop_garments(pixels, det.boxes, self.crop_size)
                      for (_, pixels, _), det in zip(decoded, detections, strict=True)]
             all_crops = np.concatenate(crops) if crops else np.zeros((0, self.crop_size, self.crop_size, 3), np.uint8)
-            probs = (self.classify(all_crops) if len(all_crops)
-                     else np.zeros((0, self.label_map.num_attribute_labels), np.float32))
+            probs = np.zeros((0, self.label_map.num_attribute_labels), np.float32)
+            crop_masks = np.zeros((0, 0, 0), np.float32)
+            if len(all_crops) and masks and self.classify_masks is not None:
+                probs, crop_masks = self.classify_masks(all_crops)
+            elif len(all_crops):
+                probs = self.classify(all_crops)
             start = 0
             for (i, _, info), det in zip(decoded, detections, strict=True):
                 stop = start + len(det)
-                results[i] = finish_detections(det, info, probs[start:stop], self.label_map)
+                result = finish_detections(det, info, probs[start:stop], self.label_map)
+                m = crop_masks.shape[-1]
+                image_masks = crop_masks[start:stop] if len(crop_masks) else np.zeros((len(det), m, m), np.float32)
+                results[i] = MaskedResult(result, image_masks, np.asarray(det.boxes, np.float32).reshape(-1, 4), info)
                 start = stop
         return [r for r in results if r is not None]
 
@@ -112,7 +150,13 @@ class InProcessPipeline:
                 probs: npt.NDArray[np.float32] = classifier(torch.from_numpy(crops)).numpy()
             return probs
 
-        return cls(detect, classify, label_map, detector.config.input_size, classifier.config.crop_size)
+        def classify_masks(crops: U8) -> tuple[F32, F32]:
+            with torch.no_grad():
+                probs, masks = classifier.predict(torch.from_numpy(crops))
+            return probs.numpy(), masks.numpy()
+
+        return cls(detect, classify, label_map, detector.config.input_size, classifier.config.crop_size,
+                   classify_masks=classify_masks if classifier.mask_size else None)
 
     @classmethod
     def from_repository(cls, repository: Path, *, intra_op_threads: int = 1) -> InProcessPipeline:
@@ -128,4 +172,5 @@ class InProcessPipeline:
         attributes = OnnxAttributes(repository / contract.ATTRIBUTES_MODEL / "1" / "model.onnx", settings,
                                     num_attribute_labels=label_map.num_attribute_labels)
         return cls(detector.detect, attributes.classify, label_map, int(export["input_size"]),
-                   int(export["crop_size"]))
+                   int(export["crop_size"]),
+                   classify_masks=attributes.classify_with_masks if attributes.mask_size else None)

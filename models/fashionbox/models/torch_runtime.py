@@ -11,6 +11,7 @@ from a file) into the networks of :mod:`fashionbox.models`, and answer exactly a
     detector.detect(pixels)          # uint8 [B, S, S, 3] -> list[DetectorOutput]
     heads = TorchAttributes(path, device="cuda:0", precision="fp16", num_attribute_labels=15)
     heads.classify(crops)            # uint8 [B, C, C, 3] -> float32 [B, A]
+    heads.classify_with_masks(crops) # ... and float32 [B, m, m] mask probabilities (heads.mask_size > 0)
 
 On CUDA each runner pads a batch to the next of a few fixed sizes (:func:`batch_buckets` of the
 model's ``max_batch_size``) and runs every one at load: a shape's first sight costs seconds there.
@@ -208,7 +209,11 @@ class TorchDetector(_Runner):
 
 
 class TorchAttributes(_Runner):
-    """The attribute heads: uint8 crops ``[B, C, C, 3]`` -> float32 probs ``[B, A]``."""
+    """The attribute heads: uint8 crops ``[B, C, C, 3]`` -> float32 probs ``[B, A]``.
+
+    With a checkpoint that has a mask head (``mask_size > 0``), :meth:`classify_with_masks` also
+    returns each crop's mask probabilities ``[B, m, m]``, from the same pass over the trunk.
+    """
 
     def __init__(self, weights: Path, *, device: str, precision: str, num_attribute_labels: int,
                  max_batch_size: int = 1, bucketed: bool | None = None) -> None:
@@ -219,11 +224,15 @@ class TorchAttributes(_Runner):
                          bucketed=bucketed)
         self.weights = weights
         self.num_attribute_labels = num_attribute_labels
+        self.mask_size: int = int(classifier.mask_size)
+        """Side of the mask grid; 0 when the checkpoint has no mask head."""
         size = int(classifier.config.crop_size)
         self.warm_up((size, size, 3))  # also checks the label count
         log.info("torch attribute heads %s on %s (%s)", weights, self.device, precision)
 
     def _run(self, array: AnyArray) -> Float32Array:
+        if self.mask_size:
+            return self.classify_with_masks(array)[0]
         return self.classify(array)
 
     def classify(self, crops: AnyArray) -> Float32Array:
@@ -233,8 +242,25 @@ class TorchAttributes(_Runner):
             with self._context():
                 probs = self.model(self._tensor(self._padded(crops)))
             result: Float32Array = probs[:crops.shape[0]].float().cpu().numpy()
-        expected = (crops.shape[0], self.num_attribute_labels)
-        if result.shape != expected:
+        return self._checked(result, crops.shape[0])
+
+    def classify_with_masks(self, crops: AnyArray) -> tuple[Float32Array, Float32Array]:
+        """Probs ``[B, A]`` and mask probabilities ``[B, m, m]`` (over each crop's region)."""
+        import torch
+
+        if not self.mask_size:
+            raise ValueError(f"{self.weights} has no mask head: serve masks from a checkpoint trained with one")
+        rows = crops.shape[0]
+        with torch.inference_mode():
+            with self._context():
+                probs, masks = self.model.predict(self._tensor(self._padded(crops)))
+            result: Float32Array = probs[:rows].float().cpu().numpy()
+            mask_result: Float32Array = masks[:rows].float().cpu().numpy()
+        return self._checked(result, rows), mask_result
+
+    def _checked(self, probs: Float32Array, rows: int) -> Float32Array:
+        expected = (rows, self.num_attribute_labels)
+        if probs.shape != expected:
             # A label map that does not match the heads would mislabel every attribute: refuse.
-            raise ValueError(f"{self.weights} returned probs of shape {result.shape}, expected {expected}")
-        return result
+            raise ValueError(f"{self.weights} returned probs of shape {probs.shape}, expected {expected}")
+        return probs

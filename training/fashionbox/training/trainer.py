@@ -1,4 +1,4 @@
-"""Training of the default family: the detector, then the attribute heads, on generated scenes.
+"""Training of the default family: the detector, the attribute heads, then their mask head, on generated scenes.
 
 ``fashionbox train`` calls :func:`train_default`; each stage checkpoints (safetensors, with the
 optimizer step in the metadata) every ``checkpoint_every`` steps and resumes from its last
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,8 +25,9 @@ from fashionbox.core.imaging import crop_garments
 from fashionbox.models import AttributeClassifier, AttributeConfig, DetectorConfig, FashionDetector, save_checkpoint
 from fashionbox.training.data import SceneCache, build_scene_cache
 from fashionbox.training.detection import assign_targets, detection_loss
+from fashionbox.training.schedule import lr_at
 
-__all__ = ["TrainSettings", "train_attributes", "train_default", "train_detector"]
+__all__ = ["STAGES", "TrainSettings", "train_attributes", "train_default", "train_detector"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,12 @@ class TrainSettings:
     attribute_lr: float = 3e-3
     box_jitter: float = 0.06
     """Crop boxes are jittered by this fraction of their size, like a detector's boxes."""
+    mask_scenes: int = 3000
+    """Scenes (the first of the training seed's) rendered with instance maps for the mask head."""
+    mask_size: int = 48
+    mask_steps: int = 500
+    mask_batch: int = 32
+    mask_lr: float = 3e-3
     threads: int = 2
     checkpoint_every: int = 100
     resume: bool = False
@@ -56,20 +62,15 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.train_scenes < self.detector_batch:
             raise ValueError("train_scenes must be at least one batch")
-        if self.detector_steps < 1 or self.attribute_epochs < 1:
+        if self.detector_steps < 1 or self.attribute_epochs < 1 or self.mask_steps < 1:
             raise ValueError("steps and epochs must be >= 1")
+        if self.mask_size < 1 or self.mask_scenes < 1 or self.mask_batch < 1:
+            raise ValueError("mask_size, mask_scenes and mask_batch must be >= 1")
 
     def to_json(self) -> str:
         """The recipe, recorded in checkpoints; local folders are left out (they name this machine)."""
         recipe = {k: v for k, v in asdict(self).items() if k not in ("out_dir", "cache_dir")}
         return json.dumps(recipe, sort_keys=True)
-
-
-def _lr_at(step: int, total: int, base: float, warmup: int = 100) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _batch(cache: SceneCache, indices: npt.NDArray[np.int64], rng: np.random.Generator,
@@ -107,7 +108,7 @@ def train_detector(settings: TrainSettings, cache: SceneCache, label_map: LabelM
     t0 = time.perf_counter()
     for step in progress:
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, settings.detector_steps, settings.detector_lr)
+            group["lr"] = lr_at(step, settings.detector_steps, settings.detector_lr)
         indices = rng.choice(len(cache), settings.detector_batch, replace=False)
         pixels, boxes, classes = _batch(cache, indices, rng, settings.input_size)
         outputs = model(pixels)
@@ -168,7 +169,7 @@ def train_attributes(settings: TrainSettings, cache: SceneCache, label_map: Labe
             x = torch.from_numpy(np.ascontiguousarray(np.stack(crops)))
             y = torch.from_numpy(cache.attributes[chosen])
             for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, total, settings.attribute_lr, warmup=50)
+                group["lr"] = lr_at(step, total, settings.attribute_lr, warmup=50)
             logits = model.logits(x)
             losses = [torch.nn.functional.cross_entropy(g, y[:, j], ignore_index=-1, reduction="sum")
                       for j, g in enumerate(logits)]
@@ -186,16 +187,36 @@ def train_attributes(settings: TrainSettings, cache: SceneCache, label_map: Labe
     return path
 
 
-def train_default(settings: TrainSettings, *, stages: tuple[str, ...] = ("detector", "attributes")) -> dict[str, Path]:
+STAGES = ("detector", "attributes", "masks")
+
+
+def train_default(settings: TrainSettings, *, stages: tuple[str, ...] = STAGES) -> dict[str, Path]:
+    """Train ``stages`` in order; ``masks`` adds the mask head to the attribute checkpoint in ``out_dir``
+    (the one just trained, or one already there), or to the shipped one when there is none."""
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown training stages {sorted(unknown)}; choose from {STAGES}")
     torch.set_num_threads(settings.threads)
     label_map = default_label_map()
     settings.out_dir.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=settings.train_scenes, desc="scenes", unit="scene") as bar:
-        cache = build_scene_cache(settings.cache_dir, count=settings.train_scenes, seed=settings.seed,
-                                  input_size=settings.input_size, label_map=label_map, progress=bar.update)
     written: dict[str, Path] = {}
-    if "detector" in stages:
-        written["detector"] = train_detector(settings, cache, label_map)
-    if "attributes" in stages:
-        written["attributes"] = train_attributes(settings, cache, label_map)
+    if "detector" in stages or "attributes" in stages:
+        with tqdm(total=settings.train_scenes, desc="scenes", unit="scene") as bar:
+            cache = build_scene_cache(settings.cache_dir, count=settings.train_scenes, seed=settings.seed,
+                                      input_size=settings.input_size, label_map=label_map, progress=bar.update)
+        if "detector" in stages:
+            written["detector"] = train_detector(settings, cache, label_map)
+        if "attributes" in stages:
+            written["attributes"] = train_attributes(settings, cache, label_map)
+    if "masks" in stages:
+        from fashionbox.models import default_weights
+        from fashionbox.training.masks import build_mask_cache, train_masks
+
+        base = settings.out_dir / "attributes.safetensors"
+        if not base.is_file():
+            base = default_weights("attributes")
+        with tqdm(total=settings.mask_scenes, desc="scenes with instances", unit="scene") as bar:
+            masks = build_mask_cache(settings.cache_dir, count=settings.mask_scenes, seed=settings.seed,
+                                     input_size=settings.input_size, label_map=label_map, progress=bar.update)
+        written["attributes"] = train_masks(settings, masks, label_map, base=base)
     return written
