@@ -37,6 +37,7 @@ __all__ = [
     "mask_attribute_scores",
     "stack_image_results",
     "stack_padded",
+    "stack_padded_masks",
     "unpad",
 ]
 
@@ -58,16 +59,23 @@ class DetectorOutput:
     """float32 ``[n]``, sorted descending."""
     classes: Int32Array
     """int32 ``[n]``: category indices into the label map."""
+    mask_coeffs: Float32Array | None = None
+    """Segmenting families only: float32 ``[n, K]``, each detection's coefficients over ``protos``."""
+    protos: Float32Array | None = None
+    """Segmenting families only: float32 ``[K, h, w]``, the image's mask prototypes."""
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
     @classmethod
-    def empty(cls) -> DetectorOutput:
+    def empty(cls, protos: Float32Array | None = None) -> DetectorOutput:
+        """No detections (of a segmenting graph when ``protos`` ``[K, h, w]`` is given)."""
         return cls(
             boxes=np.zeros((0, 4), dtype=np.float32),
             scores=np.zeros((0,), dtype=np.float32),
             classes=np.zeros((0,), dtype=np.int32),
+            mask_coeffs=None if protos is None else np.zeros((0, protos.shape[0]), dtype=np.float32),
+            protos=protos,
         )
 
 
@@ -77,6 +85,8 @@ def gather_detections(
     selected: AnyArray,
     *,
     max_detections: int,
+    mask_coeffs: AnyArray | None = None,
+    protos: AnyArray | None = None,
 ) -> list[DetectorOutput]:
     """Collect the boxes ONNX ``NonMaxSuppression`` kept, per image, sorted by score.
 
@@ -85,6 +95,10 @@ def gather_detections(
     several classes; each kept (class, box) pair is one detection. The order is by score
     descending, ties by box index then class, so the result does not depend on the order in which
     a runtime happens to list ``selected``. At most ``max_detections`` are kept per image.
+
+    A segmenting graph also gives ``mask_coeffs`` float32 ``[B, N, K]`` and ``protos`` float32
+    ``[B, K, h, w]`` (both or neither): each detection then carries its box's coefficients (rows as
+    ``boxes``) and its image's prototypes.
 
     Raises ``ValueError`` when the shapes disagree or ``selected`` points outside the tensors:
     that means the ONNX graph breaks the contract, and silently dropping rows would hide it.
@@ -100,8 +114,17 @@ def gather_detections(
     if scores.ndim != 3 or scores.shape[0] != batch or scores.shape[2] != num_boxes:
         raise ValueError(f"scores must be [B={batch}, C, N={num_boxes}], got shape {scores.shape}")
     num_classes = scores.shape[1]
+    if (mask_coeffs is None) != (protos is None):
+        raise ValueError("mask_coeffs and protos come together (a segmenting graph gives both)")
+    if mask_coeffs is not None and protos is not None:
+        mask_coeffs = np.asarray(mask_coeffs, dtype=np.float32)
+        protos = np.asarray(protos, dtype=np.float32)
+        if mask_coeffs.ndim != 3 or mask_coeffs.shape[:2] != (batch, num_boxes):
+            raise ValueError(f"mask_coeffs must be [B={batch}, N={num_boxes}, K], got shape {mask_coeffs.shape}")
+        if protos.ndim != 4 or protos.shape[:2] != (batch, mask_coeffs.shape[2]):
+            raise ValueError(f"protos must be [B={batch}, K={mask_coeffs.shape[2]}, h, w], got shape {protos.shape}")
     if selected.size == 0:
-        return [DetectorOutput.empty() for _ in range(batch)]
+        return [DetectorOutput.empty(None if protos is None else protos[b]) for b in range(batch)]
     if selected.ndim != 2 or selected.shape[1] != 3:
         raise ValueError(f"selected must be [M, 3], got shape {selected.shape}")
     if not np.issubdtype(selected.dtype, np.integer):
@@ -115,15 +138,19 @@ def gather_detections(
             raise ValueError(f"selected holds a {name} index outside [0, {limit}): {values.min()}..{values.max()}")
 
     return detections_from_kept(selected, boxes[b_idx, n_idx], scores[b_idx, c_idx, n_idx],
-                                batch=batch, max_detections=max_detections)
+                                batch=batch, max_detections=max_detections,
+                                kept_mask_coeffs=None if mask_coeffs is None else mask_coeffs[b_idx, n_idx],
+                                protos=protos)
 
 
 def detections_from_kept(
-    selected: AnyArray, kept_boxes: AnyArray, kept_scores: AnyArray, *, batch: int, max_detections: int
+    selected: AnyArray, kept_boxes: AnyArray, kept_scores: AnyArray, *, batch: int, max_detections: int,
+    kept_mask_coeffs: AnyArray | None = None, protos: AnyArray | None = None,
 ) -> list[DetectorOutput]:
     """:func:`gather_detections` from the kept rows alone: ``selected [M, 3]``, boxes ``[M, 4]``, scores ``[M]``.
 
     For a runtime that gathers on its device and copies only what NMS kept (``TorchDetector``).
+    A segmenting graph's ``kept_mask_coeffs [M, K]`` and ``protos [B, K, h, w]`` go with them.
     """
     selected = np.asarray(selected).reshape(-1, 3)
     b_idx, c_idx, n_idx = (selected[:, k].astype(np.int64) for k in range(3))
@@ -132,6 +159,11 @@ def detections_from_kept(
     if not len(kept_boxes) == len(kept_scores) == len(selected):
         raise ValueError(f"{len(selected)} kept rows but {len(kept_boxes)} boxes and {len(kept_scores)} scores")
     # np.lexsort sorts by the last key first: batch, then score descending, then box, then class.
+    coeffs = None if kept_mask_coeffs is None else np.asarray(kept_mask_coeffs, dtype=np.float32)
+    if coeffs is not None and (coeffs.ndim != 2 or len(coeffs) != len(selected)):
+        raise ValueError(f"{len(selected)} kept rows but mask coefficients of shape {coeffs.shape}")
+    if (coeffs is None) != (protos is None):
+        raise ValueError("kept_mask_coeffs and protos come together (a segmenting graph gives both)")
     order = np.lexsort((c_idx, n_idx, -kept_scores, b_idx))
     results: list[DetectorOutput] = []
     sorted_batch = b_idx[order]
@@ -142,6 +174,8 @@ def detections_from_kept(
                 boxes=np.ascontiguousarray(kept_boxes[rows]),
                 scores=np.ascontiguousarray(kept_scores[rows]),
                 classes=np.ascontiguousarray(c_idx[rows], dtype=np.int32),
+                mask_coeffs=None if coeffs is None else np.ascontiguousarray(coeffs[rows]),
+                protos=None if protos is None else np.asarray(protos[image], dtype=np.float32),
             )
         )
     return results
@@ -195,6 +229,24 @@ def stack_padded(rows: Sequence[DetectorOutput]) -> tuple[Float32Array, Float32A
         scores[i, :n] = row.scores
         classes[i, :n] = row.classes
     return boxes, scores, classes
+
+
+def stack_padded_masks(rows: Sequence[DetectorOutput]) -> tuple[Float32Array, Float32Array]:
+    """A segmenting graph's ``DET_MASK_COEFFS [k, n_max, K]`` and ``DET_PROTOS [k, K, h, w]``.
+
+    Rows as :func:`stack_padded`'s (padding rows are zeros). Raises ``ValueError`` for rows
+    without masks: the graph does not segment.
+    """
+    if not rows:
+        raise ValueError("no images to stack")
+    if any(r.mask_coeffs is None or r.protos is None for r in rows):
+        raise ValueError("these detections carry no mask coefficients: the detector graph does not segment")
+    protos = np.stack([np.asarray(r.protos, dtype=np.float32) for r in rows])
+    width = max(len(r) for r in rows)
+    coeffs = np.zeros((len(rows), width, protos.shape[1]), dtype=np.float32)
+    for i, row in enumerate(rows):
+        coeffs[i, :len(row)] = row.mask_coeffs
+    return coeffs, protos
 
 
 def unpad(boxes: AnyArray, scores: AnyArray, classes: AnyArray) -> DetectorOutput:

@@ -1,11 +1,13 @@
 """Triton model ``detector``: letterboxed pixels -> detections, ONNX Runtime (CPU) or PyTorch (GPU/CPU).
 
 PIXELS UINT8 [S, S, 3], TOKEN UINT8 [32] -> DET_BOXES FP32 [-1, 4] (letterbox px), DET_SCORES FP32 [-1],
-DET_CLASSES INT32 [-1]. A request whose TOKEN was not made by ``preprocess`` for its pixels is refused
-alone (INVALID_ARG): only the ensemble calls this step (:mod:`fashionbox.core.capability`); with
-admission control, it confirms each request's pending slot. The whole dynamic batch runs as one
-call: ONNX Runtime with NMS inside the graph, or PyTorch on the instance's device with batched NMS
-(runtime ``torch``), and :mod:`fashionbox.core.postprocessing` gathers the kept boxes per image. A request carrying
+DET_CLASSES INT32 [-1], and for a segmenting graph (an Ultralytics YOLO-seg) DET_MASK_COEFFS FP32
+[-1, K] (rows as DET_BOXES, padding rows 0) and DET_PROTOS FP32 [K, h, w]. A request whose TOKEN was
+not made by ``preprocess`` for its pixels is refused alone (INVALID_ARG): only the ensemble calls
+this step (:mod:`fashionbox.core.capability`); with admission control, it confirms each request's
+pending slot. The whole dynamic batch runs as one call: ONNX Runtime with NMS inside the graph, or
+PyTorch on the instance's device with batched NMS (runtime ``torch``), and
+:mod:`fashionbox.core.postprocessing` gathers the kept boxes per image. A request carrying
 several images gets rows padded with class -1. Parameters:
 :class:`fashionbox.core.serving.DetectorParameters`, :class:`fashionbox.core.serving.RuntimeSettings` and
 :class:`fashionbox.core.serving.OrtSettings`.
@@ -28,7 +30,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from fashionbox import contract  # noqa: E402
 from fashionbox.core.capability import TOKEN_INPUT, guarded_step  # noqa: E402
-from fashionbox.core.postprocessing import stack_padded  # noqa: E402
+from fashionbox.core.postprocessing import stack_padded, stack_padded_masks  # noqa: E402
 from fashionbox.core.serving import (  # noqa: E402
     DetectorParameters,
     InputSpec,
@@ -46,7 +48,11 @@ class TritonPythonModel:
         self.detector, loaded = load_detector_runner(self.args)
         self.pixels = InputSpec(contract.PIXELS.name, np.uint8, (params.input_size, params.input_size, 3))
         self.slots, self.key = guarded_step(self.args, pb_utils.Logger.log_warn)
-        pb_utils.Logger.log_info(f"{self.args.name}: {loaded}")
+        # the graph gives mask coefficients and the repository routes them (detector_masks); a
+        # segmenting graph served without masks keeps them to itself
+        declared = {output["name"] for output in self.args.config.get("output", [])}
+        self.segments = bool(getattr(self.detector, "segments", False)) and contract.DET_MASK_COEFFS.name in declared
+        pb_utils.Logger.log_info(f"{self.args.name}: {loaded}{' (segmenting)' if self.segments else ''}")
 
     def execute(self, requests):
         return run_concatenated(
@@ -60,10 +66,15 @@ class TritonPythonModel:
         if self.slots is not None:
             self.slots.confirm([key])
 
-    @staticmethod
-    def _split(rows, part):
+    def _split(self, rows, part):
         boxes, scores, classes = stack_padded(rows[part])
-        return {contract.DET_BOXES.name: boxes, contract.DET_SCORES.name: scores, contract.DET_CLASSES.name: classes}
+        outputs = {contract.DET_BOXES.name: boxes, contract.DET_SCORES.name: scores,
+                   contract.DET_CLASSES.name: classes}
+        if self.segments:
+            coeffs, protos = stack_padded_masks(rows[part])
+            outputs[contract.DET_MASK_COEFFS.name] = coeffs
+            outputs[contract.DET_PROTOS.name] = protos
+        return outputs
 
     def finalize(self):
         self.detector = None

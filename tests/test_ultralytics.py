@@ -1,0 +1,334 @@
+"""The Ultralytics YOLO family: tiny random YOLOv8 / YOLOv8-seg exports converted, served, equal to Ultralytics.
+
+No network and no pickle: each model is built from Ultralytics' own YAML (scaled down: 128 px,
+width 1/16), exported with Ultralytics' own ``model.export(format="onnx")``, and the converter
+reads only that ONNX file. The reference is Ultralytics' predictor (``YOLO("x.onnx").predict``)
+on the same letterboxed pixels (its NMS is its own ``TorchNMS``: torchvision cannot load here;
+tests/ultralytics_models.py). Parity: category equal, score within 1e-3, box within 0.5 px, mask
+IoU >= 0.98. The segment model is exported with a dynamic batch, the detect model with the
+default batch of 1 (served image by image).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from fashionbox.converter import ConvertError, ConvertOptions, convert, resolve_spec
+from fashionbox.core.imaging import LetterboxInfo, decode_image, letterbox
+from fashionbox.core.proto_masks import masks_from_protos
+from fashionbox.core.serving import OnnxDetector, OrtSettings
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("yaml")
+
+from ultralytics_models import (  # noqa: E402
+    DEEPFASHION2,
+    build_yolo,
+    import_ultralytics,
+    load_predictor,
+    predict,
+)
+
+import_ultralytics()  # fails with the install hint of requirements-dev.txt when missing
+
+onnx = pytest.importorskip("onnx")
+
+from fashionbox.converter.labels import family_label_map  # noqa: E402
+from fashionbox.converter.ultralytics import (  # noqa: E402
+    UltralyticsError,
+    compare_ultralytics,
+    export_ultralytics_onnx,
+    load_ultralytics,
+)
+from fashionbox.models.nms import NmsSettings  # noqa: E402
+
+SIZE = 128
+NMS = NmsSettings(score_threshold=0.25, iou_threshold=0.7, max_per_class=300, max_detections=300)
+
+
+@pytest.fixture(scope="module")
+def seg_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_yolo(tmp_path_factory.mktemp("yolo-seg"), task="segment", imgsz=SIZE, dynamic=True)
+
+
+@pytest.fixture(scope="module")
+def det_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_yolo(tmp_path_factory.mktemp("yolo-det"), task="detect", imgsz=SIZE, dynamic=False, seed=1)
+
+
+def _scenes() -> list[bytes]:
+    from fashionbox.synth import render_scene
+
+    sizes = [(640, 480), (360, 640), (500, 500)]
+    return [render_scene(70 + i, size=size).encode(format="JPEG", quality=90) for i, size in enumerate(sizes)]
+
+
+def _letterboxed() -> list[tuple[bytes, npt.NDArray[np.uint8], LetterboxInfo]]:
+    out = []
+    for data in _scenes():
+        pixels, info = letterbox(decode_image(data, target_size=SIZE), SIZE)
+        out.append((data, pixels, info))
+    return out
+
+
+def _boxes(result: Any) -> npt.NDArray[np.float32]:
+    return np.asarray(result.boxes.xyxy.numpy(), dtype=np.float32).reshape(-1, 4)
+
+
+def _iou(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def _reference_original_masks(result: Any, info: LetterboxInfo) -> npt.NDArray[np.bool_]:
+    """Ultralytics' letterbox masks taken to the original image by its own ``scale_masks``."""
+    from ultralytics.utils.ops import scale_masks
+
+    masks = result.masks.data[:, None].float()
+    return (scale_masks(masks, (info.height, info.width))[:, 0] > 0.5).numpy()
+
+
+# -- loading, labels and refusals ---------------------------------------------------------------------
+
+
+def test_loader_reads_task_size_and_deepfashion2_names_from_the_metadata(seg_onnx: Path, det_onnx: Path) -> None:
+    seg, det = load_ultralytics(seg_onnx), load_ultralytics(det_onnx)
+    assert (seg.task, seg.input_size, seg.mask_dim, seg.fixed_batch) == ("segment", SIZE, 32, None)
+    assert (det.task, det.input_size, det.mask_dim, det.fixed_batch) == ("detect", SIZE, 0, 1)
+    labels = seg.label_map
+    assert labels.category_names == DEEPFASHION2
+    defaults = family_label_map({0: "dress", 1: "pants", 2: "top, t-shirt, sweatshirt", 3: "jacket"}, name="x")
+    assert labels.groups_for("long sleeve dress") == defaults.groups_for("dress")
+    assert labels.groups_for("trousers") == defaults.groups_for("pants")
+    assert labels.groups_for("sling") == defaults.groups_for("top, t-shirt, sweatshirt")
+    assert labels.groups_for("short sleeve outwear") == defaults.groups_for("jacket")
+    assert labels.groups_for("long sleeve dress")  # the attribute heads run on these garments
+
+
+def test_modanet_and_underscored_names_get_attribute_proxies() -> None:
+    labels = family_label_map(dict(enumerate(["bag", "boots", "outer", "skirts", "headwear", "sunglasses",
+                                              "long_sleeved_dress"])), name="modanet")
+    defaults = family_label_map({0: "bag, wallet", 1: "shoe", 2: "coat", 3: "skirt", 4: "hat", 5: "dress"}, name="x")
+    assert labels.groups_for("bag") == defaults.groups_for("bag, wallet")
+    assert labels.groups_for("boots") == defaults.groups_for("shoe")
+    assert labels.groups_for("outer") == defaults.groups_for("coat")
+    assert labels.groups_for("skirts") == defaults.groups_for("skirt")
+    assert labels.groups_for("headwear") == defaults.groups_for("hat")
+    assert labels.groups_for("long_sleeved_dress") == defaults.groups_for("dress")
+    assert labels.groups_for("sunglasses") == ()
+
+
+def test_spec_resolves_an_onnx_file_and_refuses_pickles_other_files_and_attribute_heads(seg_onnx: Path,
+                                                                                       tmp_path: Path) -> None:
+    assert resolve_spec(f"ultralytics:{seg_onnx}", "detector") == ("ultralytics", seg_onnx)
+    (tmp_path / "best.pt").write_bytes(b"not read")
+    with pytest.raises(ConvertError, match=r"pickles and are refused; export it to ONNX first: yolo export"):
+        resolve_spec(f"ultralytics:{tmp_path / 'best.pt'}", "detector")
+    with pytest.raises(ConvertError, match=r"expected the \.onnx file"):
+        resolve_spec(f"ultralytics:{tmp_path / 'best.engine'}", "detector")
+    with pytest.raises(ConvertError, match="checkpoint not found"):
+        resolve_spec(f"ultralytics:{tmp_path / 'missing.onnx'}", "detector")
+    with pytest.raises(ConvertError, match="attribute heads"):
+        resolve_spec(f"ultralytics:{seg_onnx}", "attributes")
+
+
+def _edited(source: Path, target: Path, *, metadata: dict[str, str | None] | None = None,
+            transpose_head: bool = False) -> Path:
+    model = onnx.load(str(source))
+    props = {p.key: p.value for p in model.metadata_props}
+    for key, value in (metadata or {}).items():
+        if value is None:
+            props.pop(key, None)
+        else:
+            props[key] = value
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    if transpose_head:  # another layout: [B, N, channels] instead of [B, channels, N]
+        head = model.graph.output[0]
+        model.graph.node.append(onnx.helper.make_node("Transpose", [head.name], ["other_layout"], perm=[0, 2, 1]))
+        dims = [d.dim_value or d.dim_param for d in head.type.tensor_type.shape.dim]
+        new = onnx.helper.make_tensor_value_info("other_layout", onnx.TensorProto.FLOAT, [dims[0], dims[2], dims[1]])
+        model.graph.output[0].CopyFrom(new)
+    onnx.save(model, str(target))
+    return target
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"metadata": {"names": repr(dict(enumerate(DEEPFASHION2[:12])))}},
+     r"has 49 channels per anchor, but 4 box \+ 12 classes \(metadata 'names'\) \+ 32 mask = 48"),
+    ({"metadata": {"imgsz": "[128, 160]"}}, r"imgsz 128x160 is not square"),
+    ({"metadata": {"imgsz": "[100, 100]"}}, r"imgsz 100 is not a multiple of the model's stride 32"),
+    ({"metadata": {"task": "pose"}}, r"task 'pose' is not served"),
+    ({"metadata": {"names": None}}, r"has no Ultralytics metadata \['names'\]"),
+    ({"metadata": {"names": "__import__('os').getcwd()"}}, r"metadata 'names' is not readable"),
+    ({"metadata": {"end2end": "True"}}, r"end-to-end \(NMS-inside\) export is not served"),
+    ({"transpose_head": True}, r"channels per anchor"),
+])
+def test_bad_exports_are_refused_with_what_is_wrong(seg_onnx: Path, tmp_path: Path, edit: dict[str, Any],
+                                                     message: str) -> None:
+    bad = _edited(seg_onnx, tmp_path / "bad.onnx", **edit)
+    with pytest.raises(UltralyticsError, match=message):
+        load_ultralytics(bad)
+
+
+def test_a_truncated_file_is_refused_before_anything_is_written(seg_onnx: Path, tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.onnx"
+    data = seg_onnx.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "repository"
+    with pytest.raises(ConvertError, match="is not a readable ONNX model"):
+        convert(ConvertOptions(out=out, detector=f"ultralytics:{truncated}"))
+    assert not out.exists()
+
+
+# -- the served graph against Ultralytics' predictor, in process ----------------------------------------
+
+
+def test_served_graph_equals_the_users_graph_with_numpy_decode(seg_onnx: Path, det_onnx: Path,
+                                                                tmp_path: Path) -> None:
+    batches = [np.random.default_rng(i).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8) for i in range(2)]
+    batches.append(np.stack([pixels for _, pixels, _ in _letterboxed()]))
+    for source in (seg_onnx, det_onnx):
+        model = load_ultralytics(source)
+        served = export_ultralytics_onnx(model, tmp_path / f"{source.stem}-served.onnx", nms=NMS)
+        report = compare_ultralytics(model, served, batches, NMS)
+        assert report.max_abs_error["detections_count_mismatch"] == 0
+        assert report.max_abs_error["boxes"] < 1e-4
+        assert report.max_abs_error["scores"] < 1e-6
+        assert report.max_abs_error.get("mask_coeffs", 0.0) < 1e-5
+
+
+@pytest.mark.parametrize("task", ["segment", "detect"])
+def test_served_detections_and_masks_equal_ultralytics_predictor_in_process(
+        task: str, seg_onnx: Path, det_onnx: Path, tmp_path: Path) -> None:
+    source = seg_onnx if task == "segment" else det_onnx
+    model = load_ultralytics(source)
+    served = OnnxDetector(export_ultralytics_onnx(model, tmp_path / "served.onnx", nms=NMS), OrtSettings(),
+                          max_detections=NMS.max_detections)
+    assert served.segments == (task == "segment")
+    reference = load_predictor(source, task)
+    images = _letterboxed()
+    ours = served.detect(np.stack([pixels for _, pixels, _ in images]))
+    theirs = predict(reference, [pixels for _, pixels, _ in images], imgsz=SIZE)
+    total = dropped = masked = 0
+    for row, result, (_, _, info) in zip(ours, theirs, images, strict=True):
+        keep = np.ones(len(row), dtype=bool)
+        if task == "segment":
+            assert row.mask_coeffs is not None and row.protos is not None
+            identity = LetterboxInfo(SIZE, SIZE, 1.0, 0, 0)  # the masks at the letterbox, as the predictor's
+            at_letterbox = masks_from_protos(row.mask_coeffs, row.protos, row.boxes, identity)
+            # Ultralytics' predictor drops detections whose mask is empty; the rest must match it
+            keep = np.array([m.area > 0 for m in at_letterbox], dtype=bool)
+            dropped += int((~keep).sum())
+        assert row.classes[keep].tolist() == result.boxes.cls.numpy().astype(int).tolist()
+        np.testing.assert_allclose(row.scores[keep], result.boxes.conf.numpy(), atol=1e-3)
+        # Ultralytics clips its boxes to the image it was given (here the letterbox)
+        np.testing.assert_allclose(np.clip(row.boxes[keep], 0, SIZE), _boxes(result), atol=0.5)
+        total += int(keep.sum())
+        if task == "segment" and keep.any():
+            assert row.mask_coeffs is not None and row.protos is not None
+            kept = [m for m, k in zip(at_letterbox, keep, strict=True) if k]
+            expected = result.masks.data.numpy().astype(bool)
+            for mine, theirs_mask in zip(kept, expected, strict=True):
+                assert _iou(mine.to_array(), theirs_mask) >= 0.98
+            original = masks_from_protos(row.mask_coeffs[keep], row.protos, row.boxes[keep], info)
+            expected_original = _reference_original_masks(result, info)
+            ious = [_iou(m.to_array(), e) for m, e in zip(original, expected_original, strict=True)]
+            assert min(ious) >= 0.98, ious
+            # the masks are shapes, not the whole box or nothing
+            assert any(0 < m.area < 0.9 * m.bits.size for m in original)
+            masked += len(original)
+    assert total >= 3  # the random model detects something on every run of this test
+    assert masked == (total if task == "segment" else 0)
+
+
+def test_openvino_serves_a_batch_one_export_image_by_image_as_onnx_runtime_does(det_onnx: Path,
+                                                                                tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    from fashionbox.core.openvino_runtime import OpenVinoDetector
+
+    path = export_ultralytics_onnx(load_ultralytics(det_onnx), tmp_path / "served.onnx", nms=NMS)
+    pixels = np.stack([pixels for _, pixels, _ in _letterboxed()])
+    expected = OnnxDetector(path, OrtSettings(), max_detections=300).detect(pixels)
+    got = OpenVinoDetector(path, OrtSettings(), max_detections=300).detect(pixels)
+    assert [r.classes.tolist() for r in got] == [r.classes.tolist() for r in expected]
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=0.05)
+
+
+# -- converted and served through a real Triton ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def seg_repository(seg_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ultralytics-repo") / "repository"
+    return convert(ConvertOptions(out=out, detector=f"ultralytics:{seg_onnx}", compare_samples=2)).repository
+
+
+def test_convert_writes_a_segmenting_repository_with_ultralytics_defaults(seg_repository: Path) -> None:
+    manifest = json.loads((seg_repository / "manifest.json").read_text())
+    labels = json.loads((seg_repository / "labels.json").read_text())
+    assert manifest["family"] == "ultralytics"
+    assert manifest["export"]["input_size"] == SIZE
+    assert manifest["export"]["nms"] == {"score_threshold": 0.25, "iou_threshold": 0.7, "max_per_class": 300,
+                                         "max_detections": 300}
+    assert manifest["comparison"]["detector"]["detections_count_mismatch"] == 0
+    assert [c["name"] for c in labels["categories"]] == list(DEEPFASHION2)
+    assert "versions" in manifest and "ultralytics" not in manifest["versions"]
+
+
+def test_cli_convert_takes_an_ultralytics_onnx_file(det_onnx: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from fashionbox.commands.cli import main
+
+    assert main(["convert", "--detector", f"ultralytics:{det_onnx}", "--out", str(tmp_path / "repo")]) == 0
+    manifest = json.loads((tmp_path / "repo" / "manifest.json").read_text())
+    assert manifest["family"] == "ultralytics"
+    assert manifest["sources"]["detector"]["file"] == det_onnx.name
+    assert "model repository" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_served_yolo_seg_equals_ultralytics_predictor_over_grpc(
+        triton_server: Any, seg_repository: Path, seg_onnx: Path) -> None:
+    from fashionbox.client import FashionClient
+
+    reference = load_predictor(seg_onnx, "segment")
+    labels = load_ultralytics(seg_onnx).label_map
+    server = triton_server(seg_repository)
+    compared = masked = 0
+    with FashionClient(str(server.endpoints.grpc)) as client:
+        for data, pixels, info in _letterboxed():
+            served = client.detect(data).detections
+            (result,) = predict(reference, [pixels], imgsz=SIZE)
+            # Ultralytics drops detections whose mask is empty (see the in-process test)
+            with_mask = [d for d in served if d.mask is not None and d.mask.any()]
+            assert [d.category for d in with_mask] == [labels.category_names[int(c)] for c in result.boxes.cls]
+            np.testing.assert_allclose([d.score for d in with_mask], result.boxes.conf.numpy(), atol=1e-3)
+            boxes = np.array([[d.box.x1, d.box.y1, d.box.x2, d.box.y2] for d in with_mask]).reshape(-1, 4)
+            np.testing.assert_allclose(boxes, info.to_original(_boxes(result)), atol=0.5)
+            if with_mask:
+                expected = _reference_original_masks(result, info)
+                for detection, mask in zip(with_mask, expected, strict=True):
+                    assert detection.mask is not None and detection.mask.shape == (info.height, info.width)
+                    assert _iou(detection.mask, mask) >= 0.98
+                    masked += 1
+            compared += len(with_mask)
+    assert compared > 0 and masked == compared
+
+
+def test_importing_ultralytics_for_the_reference_leaves_pillow_s_open_alone() -> None:
+    """The rest of the session's decode refusals depend on Pillow's own ``Image.open``."""
+    from PIL import Image
+    from ultralytics_models import import_ultralytics
+
+    import_ultralytics()
+    assert Image.open.__module__ == "PIL.Image"
