@@ -7,7 +7,9 @@ go through :func:`convert` itself, so the check in ``convert`` is what refuses, 
 
 Refusals tested elsewhere: a runtime the target cannot run and the torch runtime for a YOLOS
 detector (test_torch_runtime.py), ``hf:`` folders of other model types, without weights, or
-given as attribute heads (test_yolos.py), ``--engines now`` without TensorRT (test_tensorrt.py),
+given as attribute heads (test_yolos.py), DETR-style checkpoints without id2label, with a class
+head that does not match it, truncated, without a processor config, and ``hf:ORG/NAME`` offline
+with an empty cache (test_detr_families.py), ``--engines now`` without TensorRT (test_tensorrt.py),
 the export steps' own refusals and reports (test_export.py).
 """
 
@@ -63,7 +65,8 @@ def test_opset_17_is_accepted(tmp_path: Path) -> None:
 
 
 def test_an_unknown_family_prefix_is_refused_naming_the_known_ones() -> None:
-    with pytest.raises(ConvertError, match=r"^unknown model family 'onnx' in 'onnx:model'; known: \['fashionbox', "
+    with pytest.raises(ConvertError, match=r"^unknown model family 'onnx' in 'onnx:model'; known: "
+                                           r"\['conditional_detr', 'detr', 'fashionbox', 'rt_detr', 'ultralytics', "
                                            r"'yolos'\]$"):
         resolve_spec("onnx:model", "detector")
 

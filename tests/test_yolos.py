@@ -101,11 +101,11 @@ def test_hf_spec_resolves_a_yolos_folder_to_its_safetensors(checkpoint_dir: Path
 
 def test_hf_spec_refuses_other_model_types_missing_weights_and_attribute_heads(tmp_path: Path,
                                                                                checkpoint_dir: Path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "detr"}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "deformable_detr"}))
     with pytest.raises(ConvertError, match="none of"):
         resolve_spec(f"hf:{tmp_path}", "detector")
     (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ConvertError, match="'detr' is not supported"):
+    with pytest.raises(ConvertError, match="'deformable_detr' is not supported"):
         resolve_spec(f"hf:{tmp_path}", "detector")
     with pytest.raises(ConvertError, match="attribute heads"):
         resolve_spec(f"hf:{checkpoint_dir}", "attributes")
@@ -122,9 +122,30 @@ def test_a_bin_checkpoint_loads_through_weights_only_torch_load(checkpoint_dir: 
 
 
 def test_a_bin_holding_arbitrary_objects_is_refused(checkpoint_dir: Path, tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_bytes((checkpoint_dir / "config.json").read_bytes())
+    for name in ("config.json", "preprocessor_config.json"):
+        (tmp_path / name).write_bytes((checkpoint_dir / name).read_bytes())
     torch.save({"not": argparse.Namespace(x=1)}, tmp_path / "pytorch_model.bin")
     with pytest.raises(ValueError, match="weights_only"):
+        load_yolos(checkpoint_weights(tmp_path))
+
+
+def test_a_yolos_whose_id2label_does_not_match_its_class_head_is_refused(checkpoint_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        (tmp_path / name).write_bytes((checkpoint_dir / name).read_bytes())
+    config = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
+    config["id2label"] = {str(i): name for i, name in enumerate(FASHIONPEDIA[:45])}
+    config["label2id"] = {name: i for i, name in enumerate(FASHIONPEDIA[:45])}
+    (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"class_labels_classifier\.layers\.2\.weight has 47 rows but id2label names "
+                                         r"45 classes plus the no-object class \(46\)$"):
+        load_yolos(checkpoint_weights(tmp_path))
+
+
+def test_a_yolos_without_its_preprocessor_config_is_refused(checkpoint_dir: Path, tmp_path: Path) -> None:
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).write_bytes((checkpoint_dir / name).read_bytes())
+    with pytest.raises(ValueError, match=r"has no preprocessor_config\.json"):
         load_yolos(checkpoint_weights(tmp_path))
 
 

@@ -1,0 +1,503 @@
+"""The DETR-style transformers families: a Hugging Face object-detection checkpoint -> the detector ONNX graph.
+
+One room for what every transformers DETR-style detector shares (DETR, Conditional DETR, RT-DETR
+here; YOLOS adds its position-embedding baking in :mod:`fashionbox.converter.yolos`). What differs
+per ``model_type`` is one :class:`DetrStyle` row of :data:`STYLES`: the model and processor
+classes, how the class head turns into scores (the processor's ``post_process_object_detection``,
+read from the installed transformers), and the predictor's defaults::
+
+    checkpoint = load_detr(Path("detr-fashion/model.safetensors"), STYLES["detr"])   # no pickle
+    export_detr_onnx(checkpoint, Path("detector.onnx"), nms=NmsSettings(score_threshold=0.5))
+    report = compare_detr(checkpoint, Path("detector.onnx"), batches, nms)           # vs transformers
+
+**Post-processing is the processor's, inside the graph.** The graph takes the same uint8
+letterboxed pixels as the default detector and ends in the contract's three tensors
+(``contract.ONNX_DETECTOR_*``: ``boxes [B, N, 4]`` in letterbox pixels, ``scores [B, C, N]``,
+``selected [M, 3]`` rows of (batch, class, query)), so the ``detector`` and ``postprocess`` models
+serve it unchanged. Two scorings, as transformers' processors do it:
+
+- ``softmax`` (DETR, YOLOS: ``DetrImageProcessor.post_process_object_detection``): softmax over
+  the classes, the last (no-object) class dropped, the best class per query, every query above
+  the threshold.
+- ``sigmoid_top_k`` (Conditional DETR, RT-DETR with ``use_focal_loss``): a sigmoid per class, the
+  ``k`` best (query, class) pairs over all queries x classes, then those above the threshold; one
+  query may be reported for two classes. ``k`` is 100 for Conditional DETR (the processor's
+  ``top_k``) and the number of queries for RT-DETR (its ``num_top_queries``).
+
+No NMS in either (DETR-style models need none); ``postprocess`` maps the boxes to original pixels
+with the letterbox geometry, as for every family.
+
+**Why the served input is a square letterbox, and how parity is defined.** The processors resize
+each image their own way: DETR, Conditional DETR and YOLOS to a short side of
+``size["shortest_edge"]`` (long side at most ``longest_edge``) and pad the batch bottom-right with
+zeros plus a ``pixel_mask``; RT-DETR stretches every image to ``size["height"] x size["width"]``
+(640 x 640) ignoring its aspect ratio. The pipeline batches fixed-size ``PIXELS`` across requests,
+so FashionBox letterboxes every image to one square side ``S`` (the processor's
+``shortest_edge``, or the smaller of ``height``/``width``): the long side becomes ``S`` and the
+aspect ratio is kept. The processor's rescale factor, mean and std are read from the checkpoint's
+``preprocessor_config.json`` and applied in the graph. Parity (:func:`reference_detections`) is
+measured on the *same letterboxed pixels*: transformers' processor normalises them
+(``do_resize=False, do_pad=False``), the PyTorch model runs, the processor's
+``post_process_object_detection`` (its defaults but the threshold) turns its output into boxes in
+letterbox pixels. What is compared is the exported graph and serving path against transformers'
+own model and post-processing; the resize is a documented difference from the processors', not a
+hidden one.
+
+**Checked before anything is loaded or written** (:func:`check_checkpoint`): ``config.json``'s
+``model_type`` is this style's, it names its classes (``id2label``, numbered ``0..n-1``), the
+class head's shape in the weights' header matches that label count (plus the no-object class for
+``softmax`` styles), the weights file is a whole safetensors file, and
+``preprocessor_config.json`` is there (transformers' own ``AutoImageProcessor`` needs it too:
+without it the input size and normalisation would be guesses). Weights load without pickle:
+safetensors (or a sharded safetensors index) through ``from_pretrained(use_safetensors=True)``; a
+``pytorch_model.bin`` only through ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor, nn
+
+from fashionbox import contract
+from fashionbox.contract.labels import LabelMap
+from fashionbox.converter.errors import ConvertError
+from fashionbox.converter.export import MIN_OPSET, ComparisonReport, ExportError, _session, check_onnx
+from fashionbox.converter.labels import family_label_map
+from fashionbox.core.postprocessing import DetectorOutput, gather_detections
+from fashionbox.models.nms import NmsSettings
+
+__all__ = [
+    "CONFIG_FILE",
+    "PREPROCESSOR_FILE",
+    "STYLES",
+    "WEIGHT_FILES",
+    "DetrCheckpoint",
+    "DetrError",
+    "DetrPreprocessing",
+    "DetrStyle",
+    "check_checkpoint",
+    "checkpoint_weights",
+    "compare_detections",
+    "compare_detr",
+    "export_detr_onnx",
+    "hf_model_type",
+    "load_detr",
+    "reference_detections",
+]
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+"""Looked for in this order; the first present is the checkpoint's weights."""
+
+INSTALL_HINT = ("Hugging Face checkpoints need transformers: pip install 'fashionbox-converter[hf]' "
+                "(or -c constraints.txt transformers)")
+
+Scoring = Literal["softmax", "sigmoid_top_k"]
+
+
+class DetrError(ConvertError):
+    """A checkpoint folder that is not a usable checkpoint of its DETR-style family."""
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+    return transformers
+
+
+@dataclass(frozen=True)
+class DetrPreprocessing:
+    """The processor's normalisation, applied inside the graph: ``(pixel * rescale - mean) / std``."""
+
+    rescale_factor: float
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+    shortest_edge: int
+    """The processor's ``size["shortest_edge"]``, or the smaller side of a fixed ``height`` x ``width``."""
+
+
+def _identity(model: Any, size: int) -> Any:
+    return model
+
+
+def _plain_input_size(preprocessing: DetrPreprocessing, config: Any) -> int:
+    # the CNN backbones take any size; below one stride-32 cell there is nothing left to detect
+    if preprocessing.shortest_edge < 32:
+        raise DetrError(f"the processor's size {preprocessing.shortest_edge} is below 32 pixels")
+    return preprocessing.shortest_edge
+
+
+def _no_check(config: dict[str, Any]) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class DetrStyle:
+    """What one ``model_type`` needs beyond the shared code: classes, scoring, defaults."""
+
+    model_type: str
+    model_class: str
+    """The ``transformers`` class loaded (never ``AutoModel``: the ``model_type`` is checked first)."""
+    processor_class: str
+    """The pure PIL/numpy processor (no torchvision needed: docs/FIELD_NOTES.md)."""
+    scoring: Scoring
+    class_head: str
+    """Regex of the class head's weight names in the checkpoint; the last match (the last decoder
+    layer's) must have one row per class (plus the no-object class for ``softmax``)."""
+    top_k: int | None = None
+    """``sigmoid_top_k``: the processor's ``top_k`` (``None``: the number of queries)."""
+    score_threshold: float = 0.5
+    """``post_process_object_detection``'s default threshold."""
+    max_detections: int = 100
+    """At most this many per image: the model's queries (DETR's default 100), or ``top_k``."""
+    input_size: Callable[[DetrPreprocessing, Any], int] = _plain_input_size
+    """Side of the served square letterbox, from the processor's size and the model's config."""
+    prepare_export: Callable[[Any, int], Any] = _identity
+    """The model the graph is exported from, at square side ``S`` (YOLOS bakes its embeddings)."""
+    check_config: Callable[[dict[str, Any]], None] = _no_check
+    """Refuses configurations the processor's post-processing does not describe."""
+
+    @property
+    def no_object_class(self) -> bool:
+        return self.scoring == "softmax"
+
+
+def _rt_detr_check(config: dict[str, Any]) -> None:
+    if not config.get("use_focal_loss", True):
+        raise DetrError("RT-DETR checkpoints trained without focal loss (use_focal_loss false) are not supported: "
+                        "their post-processing drops a real class as if it were 'no object'")
+
+
+STYLES: dict[str, DetrStyle] = {
+    "detr": DetrStyle("detr", "DetrForObjectDetection", "DetrImageProcessorPil", "softmax",
+                      class_head=r"class_labels_classifier\.weight"),
+    "conditional_detr": DetrStyle("conditional_detr", "ConditionalDetrForObjectDetection",
+                                  "ConditionalDetrImageProcessorPil", "sigmoid_top_k",
+                                  class_head=r"class_labels_classifier\.weight", top_k=100),
+    "rt_detr": DetrStyle("rt_detr", "RTDetrForObjectDetection", "RTDetrImageProcessorPil", "sigmoid_top_k",
+                         class_head=r"model\.decoder\.class_embed\.\d+\.weight", max_detections=300,
+                         check_config=_rt_detr_check),
+}
+"""``model_type`` -> its style (YOLOS's row lives in :mod:`fashionbox.converter.yolos`)."""
+
+
+# -- checking the folder (JSON and the safetensors header only: nothing imported or executed) ----------------
+
+
+def checkpoint_weights(folder: Path) -> Path:
+    """The weights file of a Hugging Face checkpoint folder (refusing folders without config.json)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DetrError(f"{folder} is not a folder: expected a Hugging Face checkpoint folder")
+    if not (folder / CONFIG_FILE).is_file():
+        raise DetrError(f"{folder} has no {CONFIG_FILE}: not a Hugging Face checkpoint folder")
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise DetrError(f"{folder} has none of {list(WEIGHT_FILES)}")
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((Path(folder) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DetrError(f"cannot read {Path(folder) / CONFIG_FILE}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise DetrError(f"{Path(folder) / CONFIG_FILE} is not a JSON object")
+    return config
+
+
+def hf_model_type(folder: Path) -> str:
+    """``model_type`` of ``folder/config.json`` (read as JSON: nothing is imported or executed)."""
+    return str(_read_config(folder).get("model_type", ""))
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _tensor_shapes(weights: Path) -> dict[str, list[int]]:
+    """Name -> shape of every tensor, from the safetensors header(s); a truncated file is refused."""
+    from safetensors import safe_open
+
+    files = [weights]
+    if weights.name.endswith(".index.json"):
+        try:
+            weight_map = json.loads(weights.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DetrError(f"cannot read the shard index {weights}: {exc}") from exc
+        files = [weights.parent / name for name in sorted(set(weight_map.values()))]
+    shapes: dict[str, list[int]] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                    shapes[key] = list(handle.get_slice(key).get_shape())
+        except Exception as exc:  # safetensors raises its own SafetensorError for truncated or foreign files
+            raise DetrError(f"{file} is not a whole safetensors file (truncated or damaged?): {exc}") from exc
+    return shapes
+
+
+def check_checkpoint(weights: Path, style: DetrStyle) -> dict[str, Any]:
+    """Refuse a folder that is not a usable ``style`` checkpoint before any weights load; its config."""
+    folder = Path(weights).parent
+    config = _read_config(folder)
+    model_type = str(config.get("model_type", ""))
+    if model_type != style.model_type:
+        raise DetrError(f"{folder}: model_type {model_type!r} is not a {style.model_type} checkpoint")
+    style.check_config(config)
+    id2label = config.get("id2label")
+    if not isinstance(id2label, dict) or not id2label:
+        raise DetrError(f"{folder / CONFIG_FILE} has no id2label: the class names must come from the checkpoint")
+    num_labels = len(id2label)
+    if not (folder / PREPROCESSOR_FILE).is_file():
+        raise DetrError(f"{folder} has no {PREPROCESSOR_FILE}: the input size and normalisation must come from the "
+                        "checkpoint (transformers' AutoImageProcessor needs it too)")
+    if Path(weights).suffix == ".bin":
+        return config  # shapes are checked by from_pretrained after the weights_only load
+    shapes = _tensor_shapes(Path(weights))
+    heads = sorted((k for k in shapes if re.fullmatch(style.class_head, k)), key=_natural_key)
+    if not heads:
+        raise DetrError(f"{weights} has no class head ({style.class_head}): not a {style.model_class} checkpoint")
+    rows = shapes[heads[-1]][0]
+    expected = num_labels + int(style.no_object_class)
+    if rows != expected:
+        extra = " plus the no-object class" if style.no_object_class else ""
+        raise DetrError(f"{weights}: the class head {heads[-1]} has {rows} rows but id2label names {num_labels} "
+                        f"classes{extra} ({expected})")
+    return config
+
+
+# -- loading -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DetrCheckpoint:
+    folder: Path
+    style: DetrStyle
+    model: Any
+    """The ``style.model_class`` model in eval mode, as transformers loaded it."""
+    processor: Any
+    """The ``style.processor_class`` processor from the folder's preprocessor config."""
+    preprocessing: DetrPreprocessing
+    input_size: int
+    """Side of the square letterbox the detector is served at."""
+    label_map: LabelMap
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.model.config.num_labels)
+
+
+def _load_model(cls: Any, folder: Path, weights: Path) -> Any:
+    try:
+        if weights.name == "pytorch_model.bin":
+            # transformers reads it with torch.load(weights_only=True): tensors only, no arbitrary
+            # objects; said explicitly here so a future default cannot turn pickle back on.
+            try:
+                model = cls.from_pretrained(str(folder), use_safetensors=False, weights_only=True,
+                                            local_files_only=True)
+            except Exception as exc:
+                raise DetrError(f"{weights} does not load as a {cls.__name__} through torch.load(weights_only=True): "
+                                f"{exc}") from exc
+        else:
+            model = cls.from_pretrained(str(folder), use_safetensors=True, local_files_only=True)
+    except DetrError:
+        raise
+    except Exception as exc:  # transformers' own errors: missing or mismatched tensors
+        raise DetrError(f"{weights} does not load as a {cls.__name__}: {exc}") from exc
+    return model.eval()
+
+
+def preprocessing_of(processor: Any, folder: Path) -> DetrPreprocessing:
+    """The processor's size and normalisation, as its ``preprocess`` would apply them."""
+    size = {k: v for k, v in dict(processor.size).items() if v}
+    sides = [size[k] for k in ("shortest_edge", "height", "width", "max_height", "max_width") if k in size]
+    if not sides:
+        raise DetrError(f"{folder}: cannot tell the input size from the processor's size {size}")
+    return DetrPreprocessing(
+        rescale_factor=float(processor.rescale_factor) if processor.do_rescale else 1.0,
+        image_mean=tuple(float(v) for v in processor.image_mean) if processor.do_normalize else (0.0, 0.0, 0.0),
+        image_std=tuple(float(v) for v in processor.image_std) if processor.do_normalize else (1.0, 1.0, 1.0),
+        shortest_edge=int(size.get("shortest_edge", min(sides))),
+    )
+
+
+def load_detr(weights: Path, style: DetrStyle, attribute_labels: LabelMap | None = None) -> DetrCheckpoint:
+    """Check, then load the checkpoint whose weights file is ``weights`` (see :func:`checkpoint_weights`)."""
+    weights = Path(weights)
+    folder = weights.parent
+    check_checkpoint(weights, style)
+    transformers = _transformers()
+    cls = getattr(transformers, style.model_class)
+    model = _load_model(cls, folder, weights)
+    if not isinstance(model, cls):
+        raise DetrError(f"{folder} holds a {type(model).__name__}, not a {style.model_class}")
+    processor = getattr(transformers, style.processor_class).from_pretrained(str(folder), local_files_only=True)
+    preprocessing = preprocessing_of(processor, folder)
+    id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+    if len(id2label) != model.config.num_labels:
+        raise DetrError(f"id2label has {len(id2label)} entries for {model.config.num_labels} labels")
+    return DetrCheckpoint(
+        folder=folder,
+        style=style,
+        model=model,
+        processor=processor,
+        preprocessing=preprocessing,
+        input_size=style.input_size(preprocessing, model.config),
+        label_map=family_label_map(id2label, attribute_labels, name=style.model_type),
+    )
+
+
+def family_loader(style: DetrStyle) -> Callable[[Path], tuple[DetrCheckpoint, LabelMap]]:
+    """The family table's loader for ``style``: the checkpoint and its label map."""
+
+    def load(weights: Path) -> tuple[DetrCheckpoint, LabelMap]:
+        checkpoint = load_detr(weights, style)
+        return checkpoint, checkpoint.label_map
+
+    return load
+
+
+# -- export ------------------------------------------------------------------------------------------------
+
+
+class _DetrGraph(nn.Module):
+    """uint8 ``[B, S, S, 3]`` -> ``boxes [B, N, 4]`` (letterbox px), ``scores [B, C, N]``, ``selected [M, 3]``."""
+
+    def __init__(self, model: Any, preprocessing: DetrPreprocessing, size: int, score_threshold: float,
+                 scoring: Scoring, top_k: int) -> None:
+        super().__init__()
+        self.model = model
+        self.size = float(size)
+        self.rescale = float(preprocessing.rescale_factor)
+        self.score_threshold = float(score_threshold)
+        self.scoring = scoring
+        self.top_k = int(top_k)
+        self.register_buffer("mean", torch.tensor(preprocessing.image_mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(preprocessing.image_std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x = pixels.permute(0, 3, 1, 2).to(torch.float32) * self.rescale
+        x = (x - self.get_buffer("mean")) / self.get_buffer("std")
+        out = self.model(pixel_values=x)
+        cx, cy, w, h = out.pred_boxes.unbind(-1)
+        boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1) * self.size
+        if self.scoring == "softmax":
+            probs = out.logits.softmax(-1)[..., :-1]  # drop the no-object class
+            scores, classes = probs.max(-1)
+            kept = torch.nonzero(scores > self.score_threshold)  # [M, 2]: (batch, query)
+            best = classes[kept[:, 0], kept[:, 1]]
+            selected = torch.stack([kept[:, 0], best, kept[:, 1]], dim=1)
+        else:
+            probs = out.logits.sigmoid()  # [B, N, C]
+            num_classes = probs.shape[-1]
+            values, index = torch.topk(probs.flatten(1), self.top_k, dim=1)  # over queries x classes
+            kept = torch.nonzero(values > self.score_threshold)  # [M, 2]: (batch, rank)
+            flat = index[kept[:, 0], kept[:, 1]]
+            selected = torch.stack([kept[:, 0], flat % num_classes, torch.div(flat, num_classes,
+                                                                              rounding_mode="floor")], dim=1)
+        return boxes, probs.transpose(1, 2), selected
+
+
+def graph_top_k(checkpoint: DetrCheckpoint) -> int:
+    """``sigmoid_top_k``: the ``k`` the processor keeps (at most queries x classes, as ``min`` there)."""
+    queries = int(checkpoint.model.config.num_queries)
+    pairs = queries * checkpoint.num_labels
+    return min(checkpoint.style.top_k or queries, pairs)
+
+
+def export_detr_onnx(checkpoint: DetrCheckpoint, path: Path, *, nms: NmsSettings, opset: int = MIN_OPSET) -> Path:
+    """Export the graph (dynamic batch, TorchScript exporter); ``nms.score_threshold`` is the threshold."""
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is below the supported minimum {MIN_OPSET}")
+    size = checkpoint.input_size
+    style = checkpoint.style
+    top_k = graph_top_k(checkpoint) if style.scoring == "sigmoid_top_k" else 0
+    graph = _DetrGraph(style.prepare_export(checkpoint.model, size), checkpoint.preprocessing, size,
+                       nms.score_threshold, style.scoring, top_k).eval()
+    example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    names = [contract.ONNX_DETECTOR_BOXES, contract.ONNX_DETECTOR_SCORES, contract.ONNX_DETECTOR_SELECTED]
+    dynamic = {contract.ONNX_DETECTOR_INPUT: {0: "batch"}, contract.ONNX_DETECTOR_BOXES: {0: "batch"},
+               contract.ONNX_DETECTOR_SCORES: {0: "batch"}, contract.ONNX_DETECTOR_SELECTED: {0: "selected"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation warnings from torch and transformers
+        torch.onnx.export(graph, (example,), str(path), input_names=[contract.ONNX_DETECTOR_INPUT],
+                          output_names=names, dynamic_axes=dynamic, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
+    checkpoint.model.eval()  # the exporter restores the graph's mode on every submodule: keep eval certain
+    check_onnx(path)
+    return path
+
+
+# -- the transformers reference and the comparison -------------------------------------------------------
+
+
+def reference_detections(checkpoint: DetrCheckpoint, pixels: npt.NDArray[np.uint8],
+                         score_threshold: float) -> list[DetectorOutput]:
+    """Transformers' own result on letterboxed ``pixels`` ``[B, S, S, 3]``: boxes in letterbox pixels.
+
+    The processor normalises the pixels (no resize, no pad), the PyTorch model runs and the
+    processor's ``post_process_object_detection`` (its defaults, but ``threshold``) keeps the
+    detections; they are sorted by score descending, ties by query then class, as
+    :func:`fashionbox.core.postprocessing.gather_detections` sorts the served ones.
+    """
+    processor = checkpoint.processor
+    inputs = processor(images=list(pixels), do_resize=False, do_pad=False, return_tensors="pt")
+    with torch.no_grad():
+        outputs = checkpoint.model(pixel_values=inputs["pixel_values"])
+    size = checkpoint.input_size
+    results = processor.post_process_object_detection(outputs, threshold=score_threshold,
+                                                      target_sizes=[(size, size)] * len(pixels))
+    rows = []
+    for result in results:
+        scores = result["scores"].numpy().astype(np.float32)
+        labels = result["labels"].numpy().astype(np.int32)
+        boxes = result["boxes"].numpy().astype(np.float32).reshape(-1, 4)
+        order = np.lexsort((labels, np.arange(len(scores)), -scores))
+        rows.append(DetectorOutput(boxes=boxes[order], scores=scores[order], classes=labels[order]))
+    return rows
+
+
+def compare_detections(ours: Sequence[DetectorOutput], theirs: Sequence[DetectorOutput],
+                       errors: dict[str, float]) -> None:
+    """Accumulate into ``errors``: ``kept_mismatch`` (images whose kept set differs), ``boxes``, ``scores``."""
+    for a, b in zip(ours, theirs, strict=True):
+        if len(a) != len(b) or not np.array_equal(a.classes, b.classes):
+            errors["kept_mismatch"] = errors.get("kept_mismatch", 0.0) + 1.0
+            continue
+        if len(a):
+            errors["boxes"] = max(errors.get("boxes", 0.0), float(np.abs(a.boxes - b.boxes).max()))
+            errors["scores"] = max(errors.get("scores", 0.0), float(np.abs(a.scores - b.scores).max()))
+
+
+def compare_detr(checkpoint: DetrCheckpoint, path: Path, batches: Sequence[npt.NDArray[np.uint8]],
+                 nms: NmsSettings) -> ComparisonReport:
+    """ONNX Runtime (through the served gathering) against transformers, on each uint8 batch."""
+    session = _session(path)
+    errors = {"kept_mismatch": 0.0, "boxes": 0.0, "scores": 0.0}
+    samples = 0
+    for batch in batches:
+        boxes, scores, selected = session.run(None, {contract.ONNX_DETECTOR_INPUT: batch})  # type: ignore[attr-defined]
+        limit = max(1, int(boxes.shape[1]) * int(scores.shape[1]))
+        ours = gather_detections(boxes, scores, selected, max_detections=limit)
+        compare_detections(ours, reference_detections(checkpoint, batch, nms.score_threshold), errors)
+        samples += len(batch)
+    return ComparisonReport("detector", errors, samples)

@@ -1,0 +1,352 @@
+"""DETR-style families (DETR, Conditional DETR, RT-DETR): tiny random checkpoints converted, served, as transformers.
+
+No network: each checkpoint is a random-initialised transformers config (transformers' own ResNet
+backbone, ``use_pretrained_backbone=False``; docs/FIELD_NOTES.md) saved with ``save_pretrained``
+into a temporary folder with its processor's ``preprocessor_config.json``. The weights are redrawn
+wider than transformers' initialisation (``spread``) so that queries differ: with the default
+initialisation every query gives the same score and box, and RT-DETR's query selection (a top-k
+over encoder positions) meets exact ties that ONNX Runtime and PyTorch break differently.
+
+Parity: the served detections (embedded Triton, gRPC, the typed client) against transformers'
+model plus its processor's ``post_process_object_detection`` on the same letterboxed pixels:
+category equal, score within 1e-3, box within 0.5 px.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fashionbox.converter import FAMILIES, ConvertError, ConvertOptions, convert, family_nms, resolve_spec
+
+transformers = pytest.importorskip("transformers", reason="DETR-style families need fashionbox-converter[hf]")
+torch = pytest.importorskip("torch")
+
+from fashionbox.converter.detr import (  # noqa: E402
+    STYLES,
+    DetrError,
+    checkpoint_weights,
+    compare_detr,
+    export_detr_onnx,
+    load_detr,
+    reference_detections,
+)
+from fashionbox.models.nms import NmsSettings  # noqa: E402
+
+INPUT_SIZE = 64
+THRESHOLD = 0.3
+NAMES = ["shirt, blouse", "pants", "dress", "shoe", "sleeve", "neckline", "bag, wallet"]
+FAMILY_NAMES = ("detr", "conditional_detr", "rt_detr")
+GAIN = {"detr": 1.5, "conditional_detr": 1.5, "rt_detr": 4.0}
+"""Weight scale per family (``spread``): RT-DETR needs more for its encoder positions to differ."""
+
+
+def _resnet(**kwargs: Any) -> Any:
+    return transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], **kwargs)
+
+
+def tiny_config(model_type: str, names: list[str] = NAMES) -> Any:
+    labels = {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    detr_like = {"use_timm_backbone": False, "use_pretrained_backbone": False, "d_model": 16, "encoder_layers": 1,
+                 "decoder_layers": 1, "encoder_attention_heads": 2, "decoder_attention_heads": 2,
+                 "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "num_queries": 10, **labels}
+    if model_type == "detr":
+        return transformers.DetrConfig(backbone_config=_resnet(out_features=["stage4"]), **detr_like)
+    if model_type == "conditional_detr":
+        return transformers.ConditionalDetrConfig(backbone_config=_resnet(out_features=["stage4"]), **detr_like)
+    if model_type == "rt_detr":
+        backbone = transformers.RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16],
+                                                   depths=[1, 1, 1, 1], out_features=["stage2", "stage3", "stage4"])
+        return transformers.RTDetrConfig(
+            backbone_config=backbone, use_pretrained_backbone=False, encoder_hidden_dim=16, d_model=16,
+            encoder_in_channels=[16, 16, 16], decoder_in_channels=[16, 16, 16], encoder_ffn_dim=32,
+            decoder_ffn_dim=32, encoder_layers=1, decoder_layers=1, num_queries=10, **labels)
+    raise AssertionError(model_type)
+
+
+def spread(model: Any, gain: float, seed: int) -> None:
+    """Redraw every weight ``N(0, gain / sqrt(fan_in))`` and every bias ``N(0, 0.2)``; norms stay as built."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name.lower() or ".bn." in name:
+                continue
+            scale = gain / math.sqrt(parameter[0].numel()) if parameter.dim() > 1 else 0.2
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
+
+
+def processor_for(model_type: str) -> Any:
+    if model_type == "rt_detr":
+        return transformers.RTDetrImageProcessorPil(size={"height": INPUT_SIZE, "width": INPUT_SIZE})
+    cls = {"detr": transformers.DetrImageProcessorPil,
+           "conditional_detr": transformers.ConditionalDetrImageProcessorPil}[model_type]
+    return cls(size={"shortest_edge": INPUT_SIZE, "longest_edge": 112})
+
+
+def save_tiny(folder: Path, model_type: str, *, seed: int = 0, names: list[str] = NAMES) -> Path:
+    """A tiny random checkpoint of ``model_type`` in ``folder`` (model.safetensors, config, processor config)."""
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForObjectDetection.from_config(tiny_config(model_type, names)).eval()
+    spread(model, GAIN[model_type], seed)
+    model.save_pretrained(folder)
+    processor_for(model_type).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return {name: save_tiny(tmp_path_factory.mktemp(f"tiny-{name}"), name) for name in FAMILY_NAMES}
+
+
+@pytest.fixture(scope="module")
+def repositories(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("detr-repos")
+    return {name: convert(ConvertOptions(out=out / name, detector=f"hf:{folder}", score_threshold=THRESHOLD,
+                                         compare_samples=2, runtime="onnxruntime")).repository
+            for name, folder in checkpoints.items()}
+
+
+# -- the family table -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_hf_spec_resolves_each_model_type_to_its_family(checkpoints: dict[str, Path], name: str) -> None:
+    assert resolve_spec(f"hf:{checkpoints[name]}", "detector") == (name, checkpoints[name] / "model.safetensors")
+
+
+@pytest.mark.parametrize(("name", "scoring", "max_detections"),
+                         [("detr", "softmax", 100), ("conditional_detr", "sigmoid_top_k", 100),
+                          ("rt_detr", "sigmoid_top_k", 300), ("yolos", "softmax", 100)])
+def test_each_family_defaults_to_its_processors_post_processing(tmp_path: Path, name: str, scoring: str,
+                                                                max_detections: int) -> None:
+    family = FAMILIES[name]()
+    nms = family_nms(family, ConvertOptions(out=tmp_path))
+    assert (nms.score_threshold, nms.max_detections) == (0.5, max_detections)  # threshold=0.5 in each processor
+    assert family_nms(family, ConvertOptions(out=tmp_path, score_threshold=0.2)).score_threshold == 0.2
+    if name != "yolos":
+        assert STYLES[name].scoring == scoring
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_the_processors_size_and_normalisation_come_from_the_checkpoint(checkpoints: dict[str, Path],
+                                                                       name: str) -> None:
+    checkpoint = load_detr(checkpoint_weights(checkpoints[name]), STYLES[name])
+    assert checkpoint.input_size == INPUT_SIZE
+    pre = checkpoint.preprocessing
+    assert pre.rescale_factor == pytest.approx(1 / 255)
+    if name == "rt_detr":  # RTDetrImageProcessor does not normalise
+        assert (pre.image_mean, pre.image_std) == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    else:
+        assert pre.image_mean == pytest.approx((0.485, 0.456, 0.406))
+    assert checkpoint.label_map.category_names == tuple(NAMES)
+    assert checkpoint.label_map.groups_for("sleeve") == ()
+
+
+# -- export and in-process parity ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_exported_graph_equals_transformers_post_processing(checkpoints: dict[str, Path], tmp_path: Path,
+                                                            name: str) -> None:
+    checkpoint = load_detr(checkpoint_weights(checkpoints[name]), STYLES[name])
+    nms = NmsSettings(score_threshold=THRESHOLD)
+    path = export_detr_onnx(checkpoint, tmp_path / "detector.onnx", nms=nms)
+    batches = [np.random.default_rng(i).integers(0, 256, (3, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+               for i in range(2)]
+    report = compare_detr(checkpoint, path, batches, nms)
+    assert report.max_abs_error["kept_mismatch"] == 0
+    assert report.max_abs_error["scores"] < 1e-4
+    assert report.max_abs_error["boxes"] < 0.05  # letterbox pixels
+    kept = [r for b in batches for r in reference_detections(checkpoint, b, THRESHOLD)]
+    assert sum(len(r) for r in kept) > 0, "the threshold must keep something for the comparison to mean anything"
+
+
+def test_top_k_families_may_report_one_query_for_two_classes(checkpoints: dict[str, Path]) -> None:
+    """Conditional DETR's post-processing ranks (query, class) pairs, not queries: the graph must too."""
+    checkpoint = load_detr(checkpoint_weights(checkpoints["conditional_detr"]), STYLES["conditional_detr"])
+    pixels = np.random.default_rng(0).integers(0, 256, (3, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    inputs = checkpoint.processor(images=list(pixels), do_resize=False, do_pad=False, return_tensors="pt")
+    with torch.no_grad():
+        probs = checkpoint.model(pixel_values=inputs["pixel_values"]).logits.sigmoid()
+    assert int((probs > THRESHOLD).sum(-1).max()) > 1, "the tiny model should score some query above it twice"
+
+
+# -- bad checkpoints: refused before anything is written ----------------------------------------------------
+
+
+def _copy(folder: Path, into: Path, *, skip: tuple[str, ...] = ()) -> Path:
+    into.mkdir(parents=True, exist_ok=True)
+    for file in folder.iterdir():
+        if file.name not in skip:
+            (into / file.name).write_bytes(file.read_bytes())
+    return into
+
+
+def _refused(spec_folder: Path, tmp_path: Path, match: str) -> None:
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "repo"
+    with pytest.raises(ConvertError, match=match):
+        convert(ConvertOptions(out=out, detector=f"hf:{spec_folder}", compare_samples=1))
+    assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+def test_a_checkpoint_of_a_family_that_is_not_detr_style_is_refused(checkpoints: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    folder = _copy(checkpoints["detr"], tmp_path / "vit")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "vit"}))
+    _refused(folder, tmp_path, r"model_type 'vit' is not supported; known: \['conditional_detr', 'detr', 'rt_detr', "
+                               r"'yolos'\]$")
+
+
+def test_loading_a_checkpoint_as_another_family_is_refused(checkpoints: dict[str, Path]) -> None:
+    with pytest.raises(DetrError, match=r"model_type 'detr' is not a rt_detr checkpoint$"):
+        load_detr(checkpoint_weights(checkpoints["detr"]), STYLES["rt_detr"])
+
+
+def test_a_config_without_id2label_is_refused(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    folder = _copy(checkpoints["conditional_detr"], tmp_path / "unnamed")
+    config = json.loads((folder / "config.json").read_text())
+    del config["id2label"], config["label2id"]
+    (folder / "config.json").write_text(json.dumps(config))
+    _refused(folder, tmp_path, r"config\.json has no id2label: the class names must come from the checkpoint$")
+
+
+@pytest.mark.parametrize(("name", "rows"), [("detr", "8 rows but id2label names 6 classes plus the no-object class "
+                                                      r"\(7\)$"),
+                                            ("rt_detr", r"7 rows but id2label names 6 classes \(6\)$")])
+def test_a_label_count_that_does_not_match_the_class_head_is_refused(checkpoints: dict[str, Path], tmp_path: Path,
+                                                                     name: str, rows: str) -> None:
+    folder = _copy(checkpoints[name], tmp_path / "fewer")
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"] = {str(i): n for i, n in enumerate(NAMES[:-1])}
+    config["label2id"] = {n: i for i, n in enumerate(NAMES[:-1])}
+    (folder / "config.json").write_text(json.dumps(config))
+    _refused(folder, tmp_path, rf"the class head \S+ has {rows}")
+
+
+def test_a_truncated_safetensors_file_is_refused(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    folder = _copy(checkpoints["detr"], tmp_path / "truncated")
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    _refused(folder, tmp_path, r"model\.safetensors is not a whole safetensors file \(truncated or damaged\?\)")
+
+
+def test_a_checkpoint_without_its_preprocessor_config_is_refused(checkpoints: dict[str, Path],
+                                                                 tmp_path: Path) -> None:
+    folder = _copy(checkpoints["rt_detr"], tmp_path / "no-processor", skip=("preprocessor_config.json",))
+    _refused(folder, tmp_path, r"has no preprocessor_config\.json: the input size and normalisation must come from "
+                               r"the checkpoint")
+
+
+def test_an_rt_detr_trained_without_focal_loss_is_refused(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    folder = _copy(checkpoints["rt_detr"], tmp_path / "softmax")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "use_focal_loss": False}))
+    _refused(folder, tmp_path, r"use_focal_loss false\) are not supported")
+
+
+# -- Hub ids ---------------------------------------------------------------------------------------------------
+
+
+def test_an_offline_hub_id_missing_from_the_cache_stops_naming_the_cache(tmp_path: Path) -> None:
+    """For real: a fresh process, HF_HUB_OFFLINE=1 and an empty HF_HOME; the CLI's one-line error."""
+    home = tmp_path / "hf-home"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(home)}
+    env.pop("HF_HUB_CACHE", None)
+    done = subprocess.run([sys.executable, "-m", "fashionbox.commands.cli", "convert", "--detector",
+                           "hf:valentinafeve/yolos-fashionpedia", "--out", str(tmp_path / "repo")],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert (f"hf:valentinafeve/yolos-fashionpedia: HF_HUB_OFFLINE is set and the Hugging Face cache {home / 'hub'} "
+            "has no copy of valentinafeve/yolos-fashionpedia") in done.stderr
+    assert f"HF_HUB_CACHE={home / 'hub'} hf download valentinafeve/yolos-fashionpedia" in done.stderr
+    assert not (tmp_path / "repo").exists()
+
+
+def _fill_hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
+    """The Hub cache layout huggingface_hub writes (blobs by hash, a snapshot of links, refs/main)."""
+    import hashlib
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for file in sorted(folder.iterdir()):
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_a_hub_id_is_served_from_a_filled_cache_offline(checkpoints: dict[str, Path], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import scan_cache_dir
+
+    cache = tmp_path / "hf-home" / "hub"
+    snapshot = _fill_hub_cache(cache, "fashion-org/tiny-rt-detr", checkpoints["rt_detr"])
+    (repo,) = scan_cache_dir(cache).repos  # huggingface_hub reads it as its own cache
+    assert repo.repo_id == "fashion-org/tiny-rt-detr"
+    assert {f.file_name for r in repo.revisions for f in r.files} >= {"config.json", "model.safetensors"}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    family, weights = resolve_spec("hf:fashion-org/tiny-rt-detr", "detector")
+    assert (family, weights) == ("rt_detr", snapshot / "model.safetensors")
+    assert load_detr(weights, STYLES["rt_detr"]).label_map.category_names == tuple(NAMES)
+
+
+def test_an_absent_local_path_is_not_taken_for_a_hub_id(tmp_path: Path) -> None:
+    with pytest.raises(ConvertError, match=r"is not a folder: expected a Hugging Face checkpoint folder$"):
+        resolve_spec(f"hf:{tmp_path / 'org' / 'name'}", "detector")
+
+
+# -- served through a real Triton ---------------------------------------------------------------------------------
+
+
+def _scenes() -> list[bytes]:
+    from fashionbox.synth import render_scene
+
+    sizes = [(640, 480), (360, 640), (500, 500)]
+    return [render_scene(70 + i, size=size).encode(format="JPEG", quality=90) for i, size in enumerate(sizes)]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_served_detections_equal_transformers_on_the_same_images(
+        triton_server: Any, repositories: dict[str, Path], checkpoints: dict[str, Path], name: str) -> None:
+    from fashionbox.client import FashionClient
+    from fashionbox.core.imaging import decode_image, letterbox
+
+    checkpoint = load_detr(checkpoint_weights(checkpoints[name]), STYLES[name])
+    labels = checkpoint.label_map
+    manifest = json.loads((repositories[name] / "manifest.json").read_text())
+    assert manifest["family"] == name
+    assert [c["name"] for c in json.loads((repositories[name] / "labels.json").read_text())["categories"]] == NAMES
+    server = triton_server(repositories[name])
+    total = 0
+    with FashionClient(str(server.endpoints.grpc)) as client:
+        for data in _scenes():
+            served = client.detect(data).detections
+            pixels, info = letterbox(decode_image(data, target_size=INPUT_SIZE), INPUT_SIZE)
+            (expected,) = reference_detections(checkpoint, pixels[None], THRESHOLD)
+            assert [d.category for d in served] == [labels.category_names[c] for c in expected.classes]
+            np.testing.assert_allclose([d.score for d in served], expected.scores, atol=1e-3)
+            boxes = np.array([[d.box.x1, d.box.y1, d.box.x2, d.box.y2] for d in served]).reshape(-1, 4)
+            np.testing.assert_allclose(boxes, info.to_original(expected.boxes), atol=0.5)
+            for d in served:
+                assert set(d.attributes) == set(labels.groups_for(d.category))
+            total += len(served)
+    assert total > 0
