@@ -382,6 +382,13 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="skip measuring baseline and best again back to back after the search",
     )
+    parser.add_argument(
+        "--runtime",
+        dest="runtimes",
+        action="append",
+        choices=("onnxruntime/fp32", "openvino/fp32", "openvino/bf16"),  # tune.CPU_RUNTIMES (checked there too)
+        help="a CPU runtime to search first (repeat the flag for several; default: keep the repository's)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every trial as JSON")
     parser.add_argument("--server-log", type=Path, metavar="FILE", help="keep the tuning server's log here")
     _add_measurement_arguments(parser, duration_s=12.0, window_s=2.0, warmup_s=1.5, tolerance=0.20)
@@ -419,6 +426,7 @@ def tune_main(args: argparse.Namespace) -> int:
             server_log=args.server_log,
             confirm=args.confirm,
             corpus=corpus,
+            runtimes=tuple(args.runtimes or ()),
         )
         if not args.quiet:
             print(
@@ -434,7 +442,7 @@ def tune_main(args: argparse.Namespace) -> int:
 
         report = tune(options, launch=serve_for_tuning, on_trial=on_trial)
         if args.write and report.confirmed:
-            written = write_back(args.repository, report.best.config)
+            written = write_back(args.repository, report.best.config, runtime=report.best.runtime)
             report = dataclasses.replace(report, written=tuple(written))
         elif args.write:
             print("not written: the recommendation's gain was not confirmed", file=sys.stderr)

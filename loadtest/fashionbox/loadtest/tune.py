@@ -18,6 +18,13 @@ where the cross product has thousands::
     report.best.config                      # ((model, ModelScheduling), ...)
     write_back(options.repository, report.best.config)     # what --write does
 
+With ``TuneOptions.runtimes`` (target cpu repositories), the runtime is searched first, as one more
+coordinate: the ``detector`` and ``attributes`` python models run the same ``model.onnx`` in ONNX
+Runtime or OpenVINO (fp32, or bf16 on CPUs with AMX/AVX512-BF16), so switching is a config parameter
+(:func:`apply_runtime`), not a re-conversion. Each candidate is measured once at the starting
+scheduling, the best (by the same ``min_gain`` rule) is kept, and the scheduling search runs on it;
+``write_back(repository, config, runtime=report.best.runtime)`` writes both.
+
 Nothing is changed in the original repository unless :func:`write_back` is called.
 """
 
@@ -58,12 +65,15 @@ __all__ = [
     "TuneOptions",
     "TuneReport",
     "TuneSpace",
+    "apply_runtime",
     "apply_scheduling",
+    "choose_runtime",
     "coordinate_descent",
     "describe_scheduling",
     "make_consistent",
     "read_config",
     "read_configs",
+    "runtime_of",
     "scheduling_of",
     "tune",
     "write_back",
@@ -77,6 +87,10 @@ ATTRIBUTES_MAX_BATCH_PARAMETER = "attributes_max_batch_size"
 
 TuneConfig = tuple[tuple[str, ModelScheduling], ...]
 """One configuration: a scheduling per tuned model, in the space's model order (hashable)."""
+CPU_RUNTIMES = ("onnxruntime/fp32", "openvino/fp32", "openvino/bf16")
+"""Runtime candidates (``runtime/precision``) of the cpu target's network models (issue 23)."""
+RUNTIME_MODELS = (contract.DETECTOR_MODEL, contract.ATTRIBUTES_MODEL)
+"""The python models whose ``runtime`` and ``precision`` parameters say what runs their ``model.onnx``."""
 
 
 # -- configs through ModelConfig protobufs ---------------------------------------------------------------
@@ -132,16 +146,45 @@ def configs_for(base: Mapping[str, Any], config: TuneConfig) -> dict[str, Any]:
     return make_consistent(changed)
 
 
+def runtime_of(configs: Mapping[str, Any]) -> str:
+    """``runtime/precision`` of the ``detector`` model's config (ONNX Runtime fp32 when it names none)."""
+    if contract.DETECTOR_MODEL not in configs:
+        raise LoadTestConfigError(f"no {contract.DETECTOR_MODEL} model (has {sorted(configs)})")
+    parameters = configs[contract.DETECTOR_MODEL].parameters
+    runtime = parameters["runtime"].string_value if "runtime" in parameters else "onnxruntime"
+    precision = parameters["precision"].string_value if "precision" in parameters else "fp32"
+    return f"{runtime}/{precision}"
+
+
+def apply_runtime(configs: Mapping[str, Any], runtime: str) -> dict[str, Any]:
+    """Copies of ``configs`` whose network models run their ``model.onnx`` in ``runtime`` (``CPU_RUNTIMES``)."""
+    if runtime not in CPU_RUNTIMES:
+        raise LoadTestConfigError(f"unknown runtime {runtime!r}; choose from {CPU_RUNTIMES}")
+    name, precision = runtime.split("/")
+    out = make_consistent(configs)  # copies
+    for model in RUNTIME_MODELS:
+        config = out.get(model)
+        parameters = config.parameters if config is not None else {}
+        current = parameters["runtime"].string_value if "runtime" in parameters else "onnxruntime"
+        if config is None or config.backend != "python" or "onnx_file" not in parameters or current == "torch":
+            raise LoadTestConfigError(
+                f"the runtime search switches {model} between ONNX Runtime and OpenVINO on its model.onnx; this "
+                f"repository's {model} is not such a model (convert with --target cpu)")
+        config.parameters["runtime"].string_value = name
+        config.parameters["precision"].string_value = precision
+    return out
+
+
 def describe_scheduling(s: ModelScheduling) -> str:
     """``"2 inst, batch 8, delay 500 us, preferred [4]"``."""
     text = f"{s.instances} inst, batch {s.max_batch_size}, delay {s.max_queue_delay_us} us"
     return text + (f", preferred {list(s.preferred_batch_sizes)}" if s.preferred_batch_sizes else "")
 
 
-def write_back(repository: Path, config: TuneConfig) -> list[Path]:
-    """Write ``config`` into ``repository``'s config files; returns the files that changed."""
+def write_back(repository: Path, config: TuneConfig, *, runtime: str = "") -> list[Path]:
+    """Write ``config`` (and ``runtime``, when given) into ``repository``'s configs; returns the files changed."""
     base = read_configs(repository)
-    new = configs_for(base, config)
+    new = configs_for(apply_runtime(base, runtime) if runtime else base, config)
     written = []
     for name, model_config in new.items():
         if model_config != base[name]:
@@ -231,6 +274,8 @@ class Trial:
     meets_slo: bool
     points: tuple[Point, ...] = ()
     error: str = ""
+    runtime: str = ""
+    """``runtime/precision`` the networks ran in (set when the search includes the runtime)."""
 
     def as_dict(self) -> dict[str, Any]:
         def num(v: float) -> float | None:
@@ -239,6 +284,7 @@ class Trial:
         return {
             "index": self.index,
             "change": self.change,
+            **({"runtime": self.runtime} if self.runtime else {}),
             "config": {m: dataclasses.asdict(s) for m, s in self.config},
             "throughput_rps": num(self.throughput_rps),
             "p99_ms": num(self.p99_ms),
@@ -273,6 +319,26 @@ def better(a: Trial, b: Trial, min_gain: float) -> bool:
 
 
 Evaluate = Callable[[TuneConfig, str], Awaitable[Trial]]
+
+
+async def choose_runtime(
+    evaluate: Callable[[str, str], Awaitable[Trial]], current: str, candidates: Sequence[str], min_gain: float
+) -> tuple[list[Trial], str]:
+    """Every runtime measured once (``evaluate(runtime, change)``), the current first; the best.
+
+    A candidate replaces the best so far only when :func:`better` by ``min_gain`` (noise guard), so
+    the current runtime stays unless another clearly wins; a candidate that fails to load never does.
+    """
+    trials = [await evaluate(current, "baseline")]
+    best, chosen = trials[0], current
+    for runtime in candidates:
+        if runtime == current:
+            continue
+        trial = await evaluate(runtime, f"runtime {current} -> {runtime}")
+        trials.append(trial)
+        if better(trial, best, min_gain):
+            best, chosen = trial, runtime
+    return trials, chosen
 
 
 async def coordinate_descent(
@@ -354,6 +420,8 @@ class TuneOptions:
     corpus: dict[str, object] = field(default_factory=dict)
     confirm: bool = True
     """Measure baseline and best again, back to back, after the search."""
+    runtimes: tuple[str, ...] = ()
+    """Runtime candidates searched first (``CPU_RUNTIMES``; target cpu repositories); empty: keep the runtime."""
 
     def __post_init__(self) -> None:
         if not self.images:
@@ -364,6 +432,9 @@ class TuneOptions:
             raise LoadTestConfigError(f"max_trials must be at least 1, got {self.max_trials}")
         if not self.slo_p99_ms > 0:
             raise LoadTestConfigError(f"the SLO must be a positive p99 in ms, got {self.slo_p99_ms}")
+        unknown = [r for r in self.runtimes if r not in CPU_RUNTIMES]
+        if unknown:
+            raise LoadTestConfigError(f"unknown runtimes {unknown}; choose from {CPU_RUNTIMES}")
 
 
 @dataclass(frozen=True)
@@ -383,7 +454,7 @@ class TuneReport:
     @property
     def confirmed(self) -> bool:
         """Whether the best beats the baseline by ``min_gain`` when measured back to back (True without a re-run)."""
-        if self.best.config == self.baseline.config:
+        if self.best.config == self.baseline.config and self.best.runtime == self.baseline.runtime:
             return False
         if len(self.confirmation) != 2:
             return True
@@ -419,6 +490,7 @@ class TuneReport:
             "trials": [t.as_dict() for t in self.trials],
             "baseline": self.baseline.index,
             "best": self.best.index,
+            **({"runtime": self.best.runtime} if self.best.runtime else {}),
             "confirmation": [t.as_dict() for t in self.confirmation],
             "confirmed": self.confirmed,
             "gain": None if math.isnan(self.gain) else round(self.gain, 4),
@@ -524,6 +596,8 @@ async def _tune_on(
         corpus=options.corpus,
     )
     counter = iter(range(10**9))
+    original = reloader.base
+    runtime = runtime_of(original) if options.runtimes else ""
 
     async def evaluate(config: TuneConfig, change: str) -> Trial:
         index = next(counter)
@@ -534,20 +608,38 @@ async def _tune_on(
         else:
             target_report = await run_target(run_options.targets[0], run_options.stages, run_options, listener)
             trial = _trial_from_points(index, config, change, target_report.points, options.slo_p99_ms)
+        trial = dataclasses.replace(trial, runtime=runtime)
         if on_trial is not None:
             on_trial(trial)
         return trial
 
+    def use_runtime(name: str) -> None:
+        nonlocal runtime
+        runtime = name
+        reloader.base = apply_runtime(original, name)
+
+    runtime_trials: list[Trial] = []
+    baseline_runtime = runtime
+    if options.runtimes:
+        async def evaluate_runtime(name: str, change: str) -> Trial:
+            use_runtime(name)
+            return await evaluate(start, change)
+
+        runtime_trials, chosen = await choose_runtime(evaluate_runtime, runtime, options.runtimes, options.min_gain)
+        use_runtime(chosen)
     trials, best = await coordinate_descent(
         evaluate, start, options.space, max_trials=options.max_trials, min_gain=options.min_gain
     )
     confirmation: list[Trial] = []
-    if options.confirm and best.config != start:
+    if options.confirm and (best.config != start or best.runtime != baseline_runtime):
         # Trials ran minutes apart; other work on the machine may have helped or hurt some. The
         # winner and the baseline measured back to back again say whether the gain is real.
-        for config, change in ((start, "baseline, again"), (best.config, "best, again")):
+        pairs = ((start, "baseline, again", baseline_runtime), (best.config, "best, again", runtime))
+        for config, change, name in pairs:
+            if options.runtimes:
+                use_runtime(name)
             confirmation.append(await evaluate(config, change))
-    return trials, best, confirmation
+    return runtime_trials + trials, best, confirmation
 
 
 class Launcher(Protocol):

@@ -1,7 +1,8 @@
 """The networks' runners of the ``detector`` and ``attributes`` models, chosen by their config's runtime.
 
 ``onnxruntime`` runs the version folder's ``model.onnx`` (:class:`fashionbox.core.serving.OnnxDetector`,
-:class:`fashionbox.core.serving.OnnxAttributes`); ``torch`` runs the safetensors checkpoint with
+:class:`fashionbox.core.serving.OnnxAttributes`); ``openvino`` runs the same file with OpenVINO, fp32 or
+bf16 (:mod:`fashionbox.core.openvino_runtime`, imported only then); ``torch`` runs the safetensors checkpoint with
 PyTorch on the instance's device (:mod:`fashionbox.models.torch_runtime`, imported only then, so an
 ONNX-only environment needs no torch). This module sits above both ``fashionbox.core`` and
 ``fashionbox.models``: the python models call it, neither of those two imports the other.
@@ -35,6 +36,7 @@ def _load_runner(
     onnx_file: str,
     make_onnx: Callable[[Path, OrtSettings], R],
     make_torch: Callable[[Path, RuntimeSettings, str], R],
+    make_openvino: Callable[[Path, OrtSettings, str], R],
 ) -> tuple[R, str]:
     """The runner of ``args``' runtime (:class:`RuntimeSettings`), and a line saying what was loaded."""
     runtime = RuntimeSettings.from_parameters(args.parameters)
@@ -46,6 +48,8 @@ def _load_runner(
         return make_torch(path, runtime, device), f"{path} on {device} ({runtime.precision}) {runtime}"
     ort = OrtSettings.from_parameters(args.parameters)
     path = args.version_file(onnx_file)
+    if runtime.runtime == "openvino":  # bf16 is checked against this (serving) host's CPU at load
+        return make_openvino(path, ort, runtime.precision), f"{path} in OpenVINO ({runtime.precision}) {ort}"
     return make_onnx(path, ort), f"{path} {ort}"
 
 
@@ -62,7 +66,12 @@ def load_detector_runner(args: ModelArgs) -> tuple[DetectorRunner, str]:
     def onnx_detector(path: Path, ort: OrtSettings) -> DetectorRunner:
         return OnnxDetector(path, ort, max_detections=params.max_detections)
 
-    runner, loaded = _load_runner(args, params.onnx_file, onnx_detector, torch_detector)
+    def openvino_detector(path: Path, ort: OrtSettings, precision: str) -> DetectorRunner:
+        from fashionbox.core.openvino_runtime import OpenVinoDetector
+
+        return OpenVinoDetector(path, ort, max_detections=params.max_detections, precision=precision)
+
+    runner, loaded = _load_runner(args, params.onnx_file, onnx_detector, torch_detector, openvino_detector)
     return runner, f"{loaded} {params}"
 
 
@@ -80,5 +89,10 @@ def load_attributes_runner(args: ModelArgs) -> tuple[AttributesRunner, str]:
     def onnx_heads(path: Path, ort: OrtSettings) -> AttributesRunner:
         return OnnxAttributes(path, ort, num_attribute_labels=params.num_attribute_labels)
 
-    runner, loaded = _load_runner(args, params.onnx_file, onnx_heads, torch_heads)
+    def openvino_heads(path: Path, ort: OrtSettings, precision: str) -> AttributesRunner:
+        from fashionbox.core.openvino_runtime import OpenVinoAttributes
+
+        return OpenVinoAttributes(path, ort, num_attribute_labels=params.num_attribute_labels, precision=precision)
+
+    runner, loaded = _load_runner(args, params.onnx_file, onnx_heads, torch_heads, openvino_heads)
     return runner, f"{loaded} {params}"

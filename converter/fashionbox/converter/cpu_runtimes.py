@@ -1,0 +1,294 @@
+"""The CPU runtimes at convert time: OpenVINO checked against ONNX Runtime, and ``auto``'s measured choice.
+
+``fashionbox convert --target cpu`` serves the exported ONNX graphs with ONNX Runtime or OpenVINO
+(:mod:`fashionbox.core.openvino_runtime`), fp32, or bf16 in OpenVINO where the CPU has AMX or
+AVX512-BF16. Which is faster depends on the host (docs/FIELD_NOTES.md, "CPU runtimes differ by
+host"), so ``--runtime auto`` measures it here, on the converting host, on the graphs just exported:
+
+- :func:`check_openvino`: OpenVINO's answers against ONNX Runtime's on the converter's comparison
+  inputs. fp32 is held to the converter's tolerances (``ConvertOptions.tolerance``); bf16 rounds
+  activations to 8 bits of mantissa, so it is held to :data:`BF16_TOLERANCE` over detections
+  matched between the two (same class, IoU >= 0.5), with a bound on the share of detections that
+  only one side keeps (those sitting at the score threshold flip). Box mAP and attribute accuracy
+  on held-out scenes are the quality bar proper (tests/test_openvino_quality.py, and the benchmark).
+- :func:`choose_cpu_runtime`: time every candidate that passed, interleaved, medians of
+  :data:`TIMING_ROUNDS` rounds, and pick the fastest; the timings and the CPU they were taken on
+  go into the repository's manifest.
+
+bf16 is a candidate of ``auto`` only when asked for (``--precision bf16``): it changes answers at
+the threshold, which is the user's trade to make, not the converter's.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fashionbox.converter.errors import ConvertError
+from fashionbox.converter.export import ComparisonReport
+from fashionbox.core.openvino_runtime import (
+    INSTALL_HINT,
+    OpenVinoAttributes,
+    OpenVinoDetector,
+    OpenVinoError,
+    check_precision,
+    host_cpu,
+    import_openvino,
+)
+from fashionbox.core.postprocessing import DetectorOutput
+from fashionbox.core.serving import OnnxAttributes, OnnxDetector, OrtSettings
+
+__all__ = [
+    "BF16_TOLERANCE",
+    "TIMING_ROUNDS",
+    "CpuChoice",
+    "check_bf16_host",
+    "check_openvino",
+    "choose_cpu_runtime",
+    "compare_runners",
+]
+
+log = logging.getLogger(__name__)
+
+BF16_TOLERANCE: dict[str, float] = {"scores": 0.03, "unmatched_fraction": 0.05, "probs": 0.03}
+"""bf16 against ONNX Runtime fp32: on detections matched by class and IoU >= 0.5, the largest score
+difference; the share of detections kept by one side only; the largest attribute probability
+difference. Measured on the default models (30 scenes and random pixels): 0.009, 0.016 and 0.018.
+Boxes are bounded by the match (IoU >= 0.5) and recorded (``matched_boxes``, letterbox px: about 5
+on scenes, 15 on random pixels, whose low-score boxes are ill-defined), not held to a figure."""
+TIMING_ROUNDS = 9
+"""Interleaved rounds per candidate in ``auto``'s timing (each: one detector batch of 1, one
+attribute batch of 8); the median decides."""
+MATCH_IOU = 0.5
+
+U8 = npt.NDArray[np.uint8]
+
+
+def check_bf16_host() -> None:
+    """Refuse bf16 on a converting host without AMX or AVX512-BF16 (it could not be checked here)."""
+    try:
+        check_precision("bf16")
+    except OpenVinoError as exc:
+        raise ConvertError(f"{exc} (the converter checks bf16's quality on this host before writing it)") from exc
+
+
+def _iou(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def _match(ours: DetectorOutput, theirs: DetectorOutput) -> list[tuple[int, int]]:
+    """Greedy by our score: each of our detections takes the unused same-class one of highest IoU."""
+    pairs: list[tuple[int, int]] = []
+    used: set[int] = set()
+    for i in np.argsort(-ours.scores, kind="stable"):
+        best, best_iou = -1, MATCH_IOU
+        for j in range(len(theirs)):
+            if j in used or int(theirs.classes[j]) != int(ours.classes[i]):
+                continue
+            iou = _iou(ours.boxes[i], theirs.boxes[j])
+            if iou >= best_iou:
+                best, best_iou = j, iou
+        if best >= 0:
+            used.add(best)
+            pairs.append((int(i), best))
+    return pairs
+
+
+def compare_runners(name: str, detector: Any, attributes: Any, reference_detector: Any, reference_attributes: Any,
+                    detector_batches: Sequence[U8], attribute_batches: Sequence[U8], *,
+                    matched: bool = False) -> list[ComparisonReport]:
+    """Two runtimes' runners, answer for answer: ``detector``/``attributes`` against the references.
+
+    Per image the same number of detections (``detections_count_mismatch`` counts images where they
+    differ). Exact parity (``matched`` false, the converter's tolerance keys): in served order where
+    the counts agree, ``boxes``/``scores`` are the largest differences. ``matched`` (bf16): over
+    detections matched by class and IoU, any counts, ``matched_boxes``, ``matched_scores`` and
+    ``unmatched_fraction`` (detections one side only keeps, over the reference's count). ``probs``:
+    the largest attribute probability difference.
+    """
+    errors = {"boxes": 0.0, "scores": 0.0, "detections_count_mismatch": 0.0, "matched_boxes": 0.0,
+              "matched_scores": 0.0, "unmatched_fraction": 0.0}
+    unmatched = total = samples = 0
+    for batch in detector_batches:
+        for ours, theirs in zip(detector.detect(batch), reference_detector.detect(batch), strict=True):
+            if len(ours) != len(theirs):
+                errors["detections_count_mismatch"] += 1.0
+            elif len(ours):
+                errors["boxes"] = max(errors["boxes"], float(np.abs(ours.boxes - theirs.boxes).max()))
+                errors["scores"] = max(errors["scores"], float(np.abs(ours.scores - theirs.scores).max()))
+            pairs = _match(ours, theirs)
+            for i, j in pairs:
+                box = float(np.abs(ours.boxes[i] - theirs.boxes[j]).max())
+                errors["matched_boxes"] = max(errors["matched_boxes"], box)
+                errors["matched_scores"] = max(errors["matched_scores"], abs(float(ours.scores[i] - theirs.scores[j])))
+            unmatched += len(ours) + len(theirs) - 2 * len(pairs)
+            total += len(theirs)
+        samples += len(batch)
+    errors["unmatched_fraction"] = unmatched / max(total, 1)
+    kept = ("detections_count_mismatch", "matched_boxes", "matched_scores", "unmatched_fraction") if matched \
+        else ("boxes", "scores", "detections_count_mismatch")
+    errors = {key: errors[key] for key in kept}
+    worst = max(float(np.abs(attributes.classify(b) - reference_attributes.classify(b)).max())
+                for b in attribute_batches)
+    return [ComparisonReport(f"{name} detector", errors, samples),
+            ComparisonReport(f"{name} attributes", {"probs": worst}, sum(len(b) for b in attribute_batches))]
+
+
+def _over(reports: Sequence[ComparisonReport], precision: str, tolerance: dict[str, float]) -> dict[str, float]:
+    """What exceeds the tolerance: fp32 in served order (exact parity), bf16 on matched detections."""
+    if precision == "bf16":
+        checked = [("matched_scores", "scores"), ("unmatched_fraction", "unmatched_fraction"), ("probs", "probs")]
+    else:
+        checked = [(k, k) for k in ("boxes", "scores", "detections_count_mismatch", "probs")]
+    over: dict[str, float] = {}
+    for report in reports:
+        for key, limit in checked:
+            value = report.max_abs_error.get(key)
+            if value is not None and value > tolerance.get(limit, 0.0):
+                over[f"{report.model}: {key}"] = value
+    return over
+
+
+@dataclass(frozen=True)
+class _Graphs:
+    detector_onnx: Path
+    attributes_onnx: Path
+    max_detections: int
+    num_attribute_labels: int
+    threads: int
+
+    def onnxruntime(self) -> tuple[OnnxDetector, OnnxAttributes]:
+        settings = OrtSettings(intra_op_threads=self.threads)
+        return (OnnxDetector(self.detector_onnx, settings, max_detections=self.max_detections),
+                OnnxAttributes(self.attributes_onnx, settings, num_attribute_labels=self.num_attribute_labels))
+
+    def openvino(self, precision: str) -> tuple[OpenVinoDetector, OpenVinoAttributes]:
+        settings = OrtSettings(intra_op_threads=self.threads)
+        return (OpenVinoDetector(self.detector_onnx, settings, max_detections=self.max_detections, precision=precision),
+                OpenVinoAttributes(self.attributes_onnx, settings, num_attribute_labels=self.num_attribute_labels,
+                                   precision=precision))
+
+
+def check_openvino(detector_onnx: Path, attributes_onnx: Path, detector_batches: Sequence[U8],
+                   attribute_batches: Sequence[U8], *, precision: str, tolerance: dict[str, float],
+                   max_detections: int, num_attribute_labels: int) -> list[ComparisonReport]:
+    """OpenVINO at ``precision`` against ONNX Runtime; :class:`ConvertError` beyond tolerance.
+
+    fp32 is held to ``tolerance`` (the converter's), bf16 to :data:`BF16_TOLERANCE`.
+    """
+    graphs = _Graphs(detector_onnx, attributes_onnx, max_detections, num_attribute_labels, threads=1)
+    reports, _ = _compare(graphs, precision, detector_batches, attribute_batches, graphs.onnxruntime())
+    limits = BF16_TOLERANCE if precision == "bf16" else tolerance
+    over = _over(reports, precision, limits)
+    if over:
+        raise ConvertError(f"OpenVINO {precision} differs from ONNX Runtime beyond tolerance: {over} "
+                           f"(tolerance {limits})")
+    return reports
+
+
+def _compare(graphs: _Graphs, precision: str, detector_batches: Sequence[U8], attribute_batches: Sequence[U8],
+             reference: tuple[Any, Any]) -> tuple[list[ComparisonReport], tuple[Any, Any]]:
+    """OpenVINO's runners at ``precision`` against ``reference`` (ONNX Runtime's), and the runners."""
+    try:
+        runners = graphs.openvino(precision)
+    except OpenVinoError as exc:
+        raise ConvertError(str(exc)) from exc
+    reports = compare_runners(f"openvino {precision}", *runners, *reference, detector_batches, attribute_batches,
+                              matched=precision == "bf16")
+    return reports, runners
+
+
+@dataclass(frozen=True)
+class CpuChoice:
+    """``auto``'s pick on this host, and the record of why (the manifest's ``cpu_runtime``)."""
+
+    runtime: str
+    precision: str
+    reports: list[ComparisonReport]
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def _time_ms(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return (time.perf_counter() - started) * 1000.0
+
+
+def choose_cpu_runtime(detector_onnx: Path, attributes_onnx: Path, detector_batches: Sequence[U8],
+                       attribute_batches: Sequence[U8], *, allow_bf16: bool, tolerance: dict[str, float],
+                       max_detections: int, num_attribute_labels: int, threads: int = 1,
+                       rounds: int = TIMING_ROUNDS) -> CpuChoice:
+    """Time ONNX Runtime fp32, OpenVINO fp32 and (``allow_bf16``) OpenVINO bf16; the fastest that passed.
+
+    A candidate that fails its check, or OpenVINO when it is not installed, is left out and the
+    reason recorded. Each round runs every candidate once (a detector batch of 1 and an attribute
+    batch of 8, as one image with its garments), in a rotating order; the score is the median.
+    """
+    graphs = _Graphs(detector_onnx, attributes_onnx, max_detections, num_attribute_labels, threads)
+    runners: dict[str, tuple[Any, Any]] = {"onnxruntime/fp32": graphs.onnxruntime()}
+    excluded: dict[str, str] = {}
+    reports: list[ComparisonReport] = []
+    precisions: tuple[str, ...] = ("fp32", "bf16") if allow_bf16 else ("fp32",)
+    try:
+        import_openvino()
+    except OpenVinoError:
+        excluded.update({f"openvino/{p}": f"not installed ({INSTALL_HINT})" for p in precisions})
+        precisions = ()
+    for precision in precisions:
+        key = f"openvino/{precision}"
+        candidate_reports, candidate = _compare(graphs, precision, detector_batches, attribute_batches,
+                                                runners["onnxruntime/fp32"])
+        limits = BF16_TOLERANCE if precision == "bf16" else tolerance
+        over = _over(candidate_reports, precision, limits)
+        reports += candidate_reports
+        if over:
+            log.warning("auto: %s left out, it differs from ONNX Runtime beyond tolerance: %s", key, over)
+            excluded[key] = f"beyond tolerance {limits}: {over}"
+            continue
+        runners[key] = candidate
+    pixels = _first_rows(detector_batches, 1)
+    crops = _first_rows(attribute_batches, 8)
+    names = list(runners)
+    samples: dict[str, dict[str, list[float]]] = {n: {"detector_b1": [], "attributes_b8": []} for n in names}
+    for name in names:  # warm-up: first calls allocate
+        detector, attributes = runners[name]
+        detector.detect(pixels)
+        attributes.classify(crops)
+    for round_index in range(rounds):
+        for k in range(len(names)):
+            name = names[(round_index + k) % len(names)]
+            detector, attributes = runners[name]
+            samples[name]["detector_b1"].append(_time_ms(functools.partial(detector.detect, pixels)))
+            samples[name]["attributes_b8"].append(_time_ms(functools.partial(attributes.classify, crops)))
+    timings = {name: {part: round(statistics.median(values), 3) for part, values in parts.items()}
+               for name, parts in samples.items()}
+    for parts in timings.values():
+        parts["total"] = round(parts["detector_b1"] + parts["attributes_b8"], 3)
+    chosen = min(names, key=lambda n: timings[n]["total"])
+    runtime, precision = chosen.split("/")
+    log.info("auto: %s chosen on %s (%s)", chosen, host_cpu().model,
+             ", ".join(f"{n} {t['total']:.2f} ms" for n, t in timings.items()))
+    record = {"chosen": chosen, "timings_ms": timings, "excluded": excluded, "rounds": rounds, "threads": threads,
+              "measured": "median of interleaved rounds: detector batch 1 + attributes batch 8",
+              "cpu": host_cpu().as_dict()}
+    return CpuChoice(runtime, precision, reports, record)
+
+
+def _first_rows(batches: Sequence[U8], rows: int) -> U8:
+    joined = np.concatenate(list(batches))
+    while len(joined) < rows:
+        joined = np.concatenate([joined, joined])
+    return np.ascontiguousarray(joined[:rows])

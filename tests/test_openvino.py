@@ -1,0 +1,315 @@
+"""The OpenVINO CPU runtime: parity with ONNX Runtime, bf16 refusals, ``auto``'s choice, and serving.
+
+OpenVINO reads the converter's ONNX graphs as they are (NonMaxSuppression included). fp32 must
+answer as ONNX Runtime does within the converter's tolerances; bf16 runs only where the CPU has AMX
+or AVX512-BF16, and is refused elsewhere: the refusal is tested by injecting a CPU without those
+flags, since this suite also runs on hosts that have them. A repository converted with
+``--runtime openvino`` is served by a real embedded Triton over gRPC and answers as the ONNX
+Runtime pipeline does. bf16's quality (box mAP, attribute accuracy) is in test_openvino_quality.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from fashionbox import contract
+from fashionbox.client import FashionClient
+from fashionbox.commands.cli import main as fashionbox_main
+from fashionbox.commands.evaluation import (
+    compare_fidelity,
+    heldout_samples,
+    predictions_from_detections,
+    predictions_from_result,
+)
+from fashionbox.contract.labels import default_label_map
+from fashionbox.converter import ConvertError, ConvertOptions, _comparison_inputs, convert
+from fashionbox.converter.cpu_runtimes import BF16_TOLERANCE, check_openvino, choose_cpu_runtime, compare_runners
+from fashionbox.converter.repository import RepositorySettings, model_configs
+from fashionbox.core import openvino_runtime
+from fashionbox.core.openvino_runtime import (
+    CpuInfo,
+    OpenVinoAttributes,
+    OpenVinoDetector,
+    OpenVinoError,
+    OpenVinoSession,
+    check_precision,
+    host_cpu,
+)
+from fashionbox.core.serving import (
+    ModelArgs,
+    OnnxAttributes,
+    OnnxDetector,
+    OrtSettings,
+    RuntimeSettings,
+    create_ort_session,
+)
+from fashionbox.model_repository.runners import load_attributes_runner, load_detector_runner
+from fashionbox.models.pipeline import InProcessPipeline
+
+Batches = tuple[list[npt.NDArray[np.uint8]], list[npt.NDArray[np.uint8]]]
+LABELS = default_label_map()
+TOLERANCE = ConvertOptions(out=Path("unused")).tolerance
+NO_BF16 = CpuInfo("AMD EPYC 7R13 Processor", frozenset({"avx2", "avx512f", "avx512_vnni", "fma"}))
+AMX = CpuInfo("Intel(R) Xeon(R) Platinum 8488C", frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}))
+BF16_HERE = host_cpu().has_bf16
+
+
+@pytest.fixture(scope="module")
+def openvino_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default models converted with ``--runtime openvino`` (fp32)."""
+    out = tmp_path_factory.mktemp("openvino") / "repository"
+    return convert(ConvertOptions(out=out, runtime="openvino", compare_samples=4)).repository
+
+
+@pytest.fixture(scope="module")
+def batches() -> Batches:
+    """The converter's own comparison inputs: random pixels plus generated scenes, and their crops."""
+    return _comparison_inputs(320, 96, 8, LABELS)
+
+
+def _graphs(repository: Path) -> tuple[Path, Path]:
+    return (repository / contract.DETECTOR_MODEL / "1" / "model.onnx",
+            repository / contract.ATTRIBUTES_MODEL / "1" / "model.onnx")
+
+
+# -- the host's CPU and the bf16 refusal ------------------------------------------------------------------
+
+
+def test_cpu_flags_are_read_from_proc_cpuinfo() -> None:
+    text = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 avx512f amx_bf16 "
+            "amx_tile avx512_bf16\n\nprocessor\t: 1\nmodel name\t: ignored\nflags\t\t: fpu\n")
+    cpu = CpuInfo.parse_cpuinfo(text)
+
+    assert cpu.model == "Intel(R) Xeon(R) Processor"
+    assert cpu.bf16_units == ("amx_bf16", "avx512_bf16")
+    assert cpu.as_dict()["isa_flags"] == ["amx_bf16", "amx_tile", "avx2", "avx512_bf16", "avx512f"]
+    assert not CpuInfo.parse_cpuinfo("flags : avx2 avx512f\n").has_bf16
+
+
+def test_bf16_is_refused_on_a_cpu_without_amx_or_avx512_bf16_and_allowed_with_either() -> None:
+    with pytest.raises(OpenVinoError, match=r"bf16 needs a CPU with AMX or AVX512-BF16 .*AMD EPYC 7R13"):
+        check_precision("bf16", NO_BF16)
+    check_precision("bf16", AMX)
+    check_precision("bf16", CpuInfo("Xeon", frozenset({"avx512_bf16"})))
+    check_precision("fp32", NO_BF16)
+    with pytest.raises(OpenVinoError, match="precision must be one of"):
+        check_precision("fp16", AMX)
+
+
+def test_a_bf16_runner_fails_to_load_on_a_serving_host_without_bf16(openvino_repository: Path) -> None:
+    detector_onnx, attributes_onnx = _graphs(openvino_repository)
+    with pytest.raises(OpenVinoError, match="bf16 needs a CPU with AMX or AVX512-BF16"):
+        OpenVinoDetector(detector_onnx, OrtSettings(), max_detections=10, precision="bf16", cpu=NO_BF16)
+    with pytest.raises(OpenVinoError, match="bf16 needs a CPU with AMX or AVX512-BF16"):
+        OpenVinoAttributes(attributes_onnx, OrtSettings(), num_attribute_labels=LABELS.num_attribute_labels,
+                           precision="bf16", cpu=NO_BF16)
+
+
+def test_the_model_files_refuse_a_bf16_config_on_a_host_without_bf16(openvino_repository: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(openvino_runtime, "host_cpu", lambda: NO_BF16)
+    args = ModelArgs.from_backend_args(_backend_args(openvino_repository, contract.DETECTOR_MODEL, "bf16"))
+    with pytest.raises(OpenVinoError, match="AMD EPYC 7R13"):
+        load_detector_runner(args)
+
+
+def test_the_converter_refuses_bf16_on_a_converting_host_without_it_before_exporting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(openvino_runtime, "host_cpu", lambda: NO_BF16)
+    for runtime in ("openvino", "auto"):
+        with pytest.raises(ConvertError, match="bf16 needs a CPU with AMX or AVX512-BF16"):
+            convert(ConvertOptions(out=tmp_path / runtime, runtime=runtime, precision="bf16"))
+        assert not (tmp_path / runtime).exists()
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"runtime": "onnxruntime", "precision": "bf16"}, "bf16 runs in OpenVINO only"),
+    ({"runtime": "torch", "precision": "bf16"}, "bf16 runs in OpenVINO only"),
+    ({"target": "gpu", "runtime": "openvino"}, "runtime 'openvino' does not run on target gpu"),
+    ({"target": "gpu", "precision": "bf16"}, "--precision applies to target cpu"),
+    ({"precision": "fp16"}, "choose fp32 or bf16"),
+])
+def test_the_converter_refuses_precisions_its_runtime_cannot_run(fields: dict[str, Any], message: str,
+                                                                 tmp_path: Path) -> None:
+    with pytest.raises(ConvertError, match=message):
+        ConvertOptions(out=tmp_path, **fields)
+
+
+def test_runtime_settings_pair_bf16_with_openvino_only() -> None:
+    assert RuntimeSettings(runtime="openvino", precision="bf16").precision == "bf16"
+    with pytest.raises(ValueError, match="precision 'bf16' does not run in runtime 'onnxruntime'"):
+        RuntimeSettings(precision="bf16")
+    with pytest.raises(ValueError, match="precision 'fp16' does not run in runtime 'openvino'"):
+        RuntimeSettings(runtime="openvino", precision="fp16")
+    with pytest.raises(ValueError, match="runtime openvino runs on target cpu only"):
+        RepositorySettings(target="gpu", runtime=RuntimeSettings(runtime="openvino"))
+
+
+def test_the_cli_refuses_bf16_for_onnx_runtime_in_one_line(capsys: pytest.CaptureFixture[str],
+                                                           tmp_path: Path) -> None:
+    code = fashionbox_main(["convert", "--out", str(tmp_path / "r"), "--runtime", "onnxruntime",
+                            "--precision", "bf16"])
+
+    assert code == 2
+    assert "error: ConvertError: bf16 runs in OpenVINO only" in capsys.readouterr().err
+
+
+# -- parity with ONNX Runtime ----------------------------------------------------------------------------
+
+
+def test_the_session_returns_every_output_of_the_graph_by_name_as_onnx_runtime_does(
+        openvino_repository: Path, batches: Batches) -> None:
+    for path, feeds in zip(_graphs(openvino_repository),
+                           ({contract.ONNX_DETECTOR_INPUT: batches[0][1]},
+                            {contract.ONNX_ATTRIBUTES_INPUT: batches[1][1]}), strict=True):
+        ours = OpenVinoSession(path, OrtSettings())
+        theirs = create_ort_session(path, OrtSettings())
+        names = [o.name for o in theirs.get_outputs()]
+        assert [o.name for o in ours.get_outputs()] == names
+        assert [i.name for i in ours.get_inputs()] == [i.name for i in theirs.get_inputs()]
+        for name, a, b in zip(names, ours.run(None, feeds), theirs.run(names, feeds), strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape, name
+        (first,) = ours.run(names[:1], feeds)
+        first[...] = 0  # a copy: the next call's outputs are not written into it, nor it into them
+        assert np.any(ours.run(names[:1], feeds)[0])
+
+
+def test_openvino_fp32_answers_as_onnx_runtime_within_the_converter_tolerances(
+        openvino_repository: Path, batches: Batches) -> None:
+    detector_onnx, attributes_onnx = _graphs(openvino_repository)
+    reports = compare_runners(
+        "openvino fp32",
+        OpenVinoDetector(detector_onnx, OrtSettings(), max_detections=50, precision="fp32"),
+        OpenVinoAttributes(attributes_onnx, OrtSettings(), num_attribute_labels=LABELS.num_attribute_labels),
+        OnnxDetector(detector_onnx, OrtSettings(), max_detections=50),
+        OnnxAttributes(attributes_onnx, OrtSettings(), num_attribute_labels=LABELS.num_attribute_labels),
+        *batches)
+    detector, attributes = (report.max_abs_error for report in reports)
+
+    assert detector["detections_count_mismatch"] == 0
+    assert detector["boxes"] <= TOLERANCE["boxes"] and detector["scores"] <= TOLERANCE["scores"]
+    assert attributes["probs"] <= TOLERANCE["probs"]
+    assert reports[0].samples == sum(len(b) for b in batches[0])
+
+
+@pytest.mark.skipif(not BF16_HERE, reason="this CPU has neither AMX nor AVX512-BF16 (the refusal is tested above)")
+def test_openvino_bf16_stays_within_its_stated_tolerance_and_really_runs_bf16(
+        openvino_repository: Path, batches: Batches) -> None:
+    detector_onnx, attributes_onnx = _graphs(openvino_repository)
+    reports = check_openvino(detector_onnx, attributes_onnx, *batches, precision="bf16", tolerance=TOLERANCE,
+                             max_detections=50, num_attribute_labels=LABELS.num_attribute_labels)
+    detector, attributes = (report.max_abs_error for report in reports)
+
+    assert detector["matched_scores"] <= BF16_TOLERANCE["scores"]
+    assert detector["unmatched_fraction"] <= BF16_TOLERANCE["unmatched_fraction"]
+    assert attributes["probs"] <= BF16_TOLERANCE["probs"]
+    # bf16 differs from fp32 (it is not fp32 under another name) ...
+    assert detector["matched_scores"] > 1e-4 and attributes["probs"] > 1e-4
+    # ... and the compiled model says so
+    session = OpenVinoSession(detector_onnx, OrtSettings(), precision="bf16")
+    assert session.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "bf16"
+    fp32 = OpenVinoSession(detector_onnx, OrtSettings(), precision="fp32")  # OpenVINO's default here is bf16
+    assert fp32.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
+
+
+# -- repositories ---------------------------------------------------------------------------------------------
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    from google.protobuf import json_format
+
+    return dict(json_format.MessageToDict(config, preserving_proto_field_name=True))
+
+
+def _backend_args(repository: Path, model: str, precision: str) -> dict[str, str]:
+    settings = RepositorySettings(max_detections=50, runtime=RuntimeSettings(runtime="openvino", precision=precision))
+    config = json.dumps(_config_dict(model_configs(settings, LABELS)[model]))
+    return {"model_config": config, "model_version": "1", "model_repository": str(repository / model),
+            "model_name": model}
+
+
+def test_the_openvino_repository_keeps_the_onnx_graphs_and_names_its_runtime(openvino_repository: Path) -> None:
+    manifest = json.loads((openvino_repository / contract.MANIFEST_FILE).read_text())
+    assert manifest["runtime"] == "openvino" and manifest["precision"] == "fp32"
+    assert manifest["cpu_runtime"]["cpu"]["model"] == host_cpu().model
+    assert manifest["comparison"]["openvino fp32 detector"]["detections_count_mismatch"] == 0
+    assert "openvino" in manifest["versions"]
+    for model in (contract.DETECTOR_MODEL, contract.ATTRIBUTES_MODEL):
+        assert (openvino_repository / model / "1" / "model.onnx").is_file()
+        config = (openvino_repository / model / "config.pbtxt").read_text()
+        assert 'key: "runtime"\n  value {\n    string_value: "openvino"' in config
+        assert 'key: "intra_op_threads"' in config  # OpenVINO's threads, as ONNX Runtime's
+
+
+def test_the_model_files_load_the_openvino_runners_their_configs_name(openvino_repository: Path) -> None:
+    detector, loaded = load_detector_runner(
+        ModelArgs.from_backend_args(_backend_args(openvino_repository, contract.DETECTOR_MODEL, "fp32")))
+    heads, _ = load_attributes_runner(
+        ModelArgs.from_backend_args(_backend_args(openvino_repository, contract.ATTRIBUTES_MODEL, "fp32")))
+
+    assert isinstance(detector, OpenVinoDetector) and isinstance(heads, OpenVinoAttributes)
+    assert "in OpenVINO (fp32)" in loaded
+
+
+def test_auto_times_both_runtimes_and_records_the_choice_with_the_cpu(
+        openvino_repository: Path, batches: Batches) -> None:
+    detector_onnx, attributes_onnx = _graphs(openvino_repository)
+    choice = choose_cpu_runtime(detector_onnx, attributes_onnx, *batches, allow_bf16=BF16_HERE, tolerance=TOLERANCE,
+                                max_detections=50, num_attribute_labels=LABELS.num_attribute_labels, rounds=3)
+    timings = choice.record["timings_ms"]
+
+    expected = {"onnxruntime/fp32", "openvino/fp32"} | ({"openvino/bf16"} if BF16_HERE else set())
+    assert set(timings) == expected
+    assert choice.record["chosen"] == min(timings, key=lambda name: timings[name]["total"])
+    assert choice.record["chosen"] == f"{choice.runtime}/{choice.precision}"
+    assert all(t["detector_b1"] > 0 and t["attributes_b8"] > 0 for t in timings.values())
+    assert choice.record["cpu"]["model"] == host_cpu().model and "isa_flags" in choice.record["cpu"]
+
+
+def test_auto_leaves_out_openvino_when_it_is_not_installed_and_says_why(
+        openvino_repository: Path, batches: Batches,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing() -> Any:
+        raise OpenVinoError("the openvino runtime needs the openvino package: pip install 'fashionbox-core[openvino]'")
+
+    monkeypatch.setattr("fashionbox.converter.cpu_runtimes.import_openvino", missing)
+    choice = choose_cpu_runtime(*_graphs(openvino_repository), *batches, allow_bf16=False, tolerance=TOLERANCE,
+                                max_detections=50, num_attribute_labels=LABELS.num_attribute_labels, rounds=1)
+
+    assert (choice.runtime, choice.precision) == ("onnxruntime", "fp32")
+    assert "fashionbox-core[openvino]" in choice.record["excluded"]["openvino/fp32"]
+
+
+# -- served ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_served_openvino_repository_answers_over_grpc_as_the_onnx_runtime_pipeline(
+        triton_server: Any, openvino_repository: Path) -> None:
+    server = triton_server(openvino_repository)
+    samples = heldout_samples(16, seed=11)
+    with FashionClient(str(server.endpoints.grpc)) as client:
+        answers = client.detect_many([s.data for s in samples])
+    served = []
+    for answer in answers:
+        assert not isinstance(answer, Exception), answer
+        served.append(predictions_from_detections(answer))
+    reference = InProcessPipeline.from_repository(openvino_repository)  # ONNX Runtime on the same graphs
+    expected = []
+    for sample in samples:
+        (result,) = reference.run([sample.data])
+        assert not isinstance(result, Exception)
+        expected.append(predictions_from_result(result, reference.label_map))
+
+    report = compare_fidelity(served, expected, score_threshold=contract.DEFAULT_SCORE_THRESHOLD)
+    assert report.detections >= len(samples)
+    assert report.unexplained_differences == 0, report
+    assert report.max_box_diff_px <= 0.5, report
+    log = Path(server.log_path).read_text()
+    assert "in OpenVINO (fp32)" in log  # the python models loaded the OpenVINO runners
