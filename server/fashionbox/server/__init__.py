@@ -22,6 +22,10 @@ This module re-exports the public names of its parts, each importing only those 
 - ``engines``: the serve-time TensorRT engine check (``python -m fashionbox.server.engines check``);
 - ``checks``: the checks before a start; ``drain``: unloading the ensemble before a stop;
 - ``process``: ``TritonServer``; ``cli``: ``fashionbox serve`` / ``python -m fashionbox.server``.
+
+For operators' own tools (docs/TUNING.md), not imported here: ``launcher`` (``fashionbox-tritonserver``,
+the embedded tritonserver as an executable), ``perf_analyzer`` (``fashionbox-perf-analyzer``) and
+``model_analyzer`` (a Triton Model Analyzer config for the ensemble).
 """
 
 from __future__ import annotations

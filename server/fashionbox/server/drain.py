@@ -34,6 +34,8 @@ __all__ = ["drain"]
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.05
+# Index states of a model that is (or is about to be) serving, or still finishing what it holds.
+_LOADED_STATES = frozenset({"READY", "LOADING", "UNLOADING"})
 
 
 def _post(url: str, headers: Mapping[str, str], timeout_s: float) -> Any:
@@ -52,10 +54,10 @@ def drain(
 ) -> bool:
     """Unload ``models`` and wait until their requests in flight are done; never raises.
 
-    ``http_url`` is the server's HTTP base URL. Returns True once every model is unloaded, False if
-    the server refused (not in explicit mode, the repository API locked by a key not in
-    ``headers``), is unreachable, or the requests inside did not finish within ``timeout_s``; the
-    caller then stops the server anyway.
+    ``http_url`` is the server's HTTP base URL. Returns True once every model is unloaded (at once
+    when none is loaded), False if the server refused (not in explicit mode, the repository API
+    locked by a key not in ``headers``), is unreachable, or the requests inside did not finish
+    within ``timeout_s``; the caller then stops the server anyway.
     """
     started = time.monotonic()
     call_headers = dict(headers or {})
@@ -63,17 +65,23 @@ def drain(
     def left_s() -> float:
         return timeout_s - (time.monotonic() - started)
 
+    def loaded() -> list[str]:
+        # A model never loaded has no state in the index (explicit mode without it): nothing to wait for.
+        index = _post(f"{http_url}/v2/repository/index", call_headers, left_s()) or []
+        states = {entry.get("name"): entry.get("state") for entry in index}
+        return [model for model in models if states.get(model) in _LOADED_STATES]
+
     try:
-        for model in models:
+        waiting = loaded()
+        for model in waiting:
             _post(f"{http_url}/v2/repository/models/{urllib.parse.quote(model)}/unload", call_headers, left_s())
-        while left_s() > 0:
-            index = _post(f"{http_url}/v2/repository/index", call_headers, left_s()) or []
-            states = {entry.get("name"): entry.get("state") for entry in index}
-            if all(states.get(model, "UNAVAILABLE") == "UNAVAILABLE" for model in models):
-                logger.info("drained %s in %.2f s", ", ".join(models), time.monotonic() - started)
-                return True
+        while waiting and left_s() > 0:
             time.sleep(_POLL_S)
-        logger.warning("requests in %s did not finish within %g s", ", ".join(models), timeout_s)
+            waiting = loaded()
+        if not waiting:
+            logger.info("drained %s in %.2f s", ", ".join(models), time.monotonic() - started)
+            return True
+        logger.warning("requests in %s did not finish within %g s", ", ".join(waiting), timeout_s)
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")[:200]
         logger.warning("could not drain %s before stopping: HTTP %d %s", ", ".join(models), exc.code, detail)

@@ -59,13 +59,7 @@ from fashionbox.server.errors import PortInUseError, ServerError, ServerStartErr
 from fashionbox.server.network import Endpoints, find_free_ports, port_is_free
 from fashionbox.server.security import new_launcher_key, redact
 from fashionbox.server.stubs import StubWatch, remove_regions
-from fashionbox.server.triton import (
-    SITE_PACKAGES_ENV,
-    find_triton_distribution,
-    libpython_dir,
-    prepare_backend_directory,
-    stub_import_paths,
-)
+from fashionbox.server.triton import find_triton_distribution, prepare_backend_directory, server_environment
 
 __all__ = ["LOG_TAIL_LINES", "STOP_GRACE_S", "TritonServer", "start_on_free_ports"]
 
@@ -225,11 +219,7 @@ class TritonServer:
         self._log_file = os.fdopen(descriptor, "ab")
         self._log_start = self._log_file.tell()
 
-        env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            dict.fromkeys(filter(None, [str(dist.libs), env.get("LD_LIBRARY_PATH"), libpython_dir()]))
-        )
-        env[SITE_PACKAGES_ENV] = os.pathsep.join(stub_import_paths())
+        env = server_environment(dist, os.environ)
         # A fresh secret per start, in the child's environment only (its stubs inherit it; not in
         # config.pbtxt nor on the command line): the steps' capability tokens (fashionbox.core.capability).
         env[PIPELINE_SECRET_ENV] = new_secret()

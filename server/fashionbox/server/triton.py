@@ -18,6 +18,7 @@ import shutil
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ __all__ = [
     "find_triton_distribution",
     "libpython_dir",
     "prepare_backend_directory",
+    "server_environment",
     "stub_import_paths",
 ]
 
@@ -97,6 +99,19 @@ def stub_import_paths() -> list[str]:
     installed = sysconfig.get_paths()
     paths += [installed["purelib"], installed["platlib"]]
     return list(dict.fromkeys(os.path.abspath(p) for p in paths))
+
+
+def server_environment(dist: TritonDistribution, environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with what tritonserver and its python-backend stubs need from this interpreter:
+    Triton's libraries (and this interpreter's libpython where the system's loader cannot find it) on
+    ``LD_LIBRARY_PATH``, and ``FASHIONBOX_SITE_PACKAGES`` for the models' imports. The one place
+    ``fashionbox serve`` and ``fashionbox-tritonserver`` get it from."""
+    env = dict(environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        dict.fromkeys(filter(None, [str(dist.libs), env.get("LD_LIBRARY_PATH"), libpython_dir()]))
+    )
+    env[SITE_PACKAGES_ENV] = os.pathsep.join(stub_import_paths())
+    return env
 
 
 def libpython_dir() -> str | None:
