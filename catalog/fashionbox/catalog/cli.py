@@ -1,0 +1,187 @@
+"""``fashionbox catalog index|search|duplicates|web``: the catalog's subcommands.
+
+``fashionbox.commands.cli`` adds them with :func:`add_catalog_arguments` and runs
+:func:`catalog_main`; this module imports nothing heavy until a subcommand runs. Results go to
+stdout (``--json``: JSON), progress and messages to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from fashionbox.client import DEFAULT_MAX_IN_FLIGHT, DEFAULT_URL
+
+_ERRORS_SHOWN = 20
+"""Failed or deferred images listed after a run (all of them are in ``--json`` and in the database)."""
+
+
+def _url(text: str) -> str:
+    if ":" not in text:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return text
+
+
+def _where(p: argparse.ArgumentParser) -> None:
+    from .database import DEFAULT_CATALOG
+
+    p.add_argument("--catalog", type=Path, default=None,
+                   help=f"catalog folder: the embedded PostgreSQL's data and uploads (default {DEFAULT_CATALOG})")
+    p.add_argument("--database", metavar="URL", default=None,
+                   help="postgresql://... of any PostgreSQL with pgvector, instead of the embedded one")
+
+
+def _filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--category", help="garment category, e.g. dress")
+    p.add_argument("--attribute", action="append", default=[], metavar="GROUP=LABEL",
+                   help='e.g. "sleeve length=wrist-length" (repeat for several)')
+    p.add_argument("--min-score", type=float, default=0.0, help="minimum detection score")
+    p.add_argument("--board", help="only images on this board")
+
+
+def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="catalog_command", required=True)
+
+    p = sub.add_parser("index", help="send every image of a folder through the server into the catalog")
+    p.add_argument("folders", type=Path, nargs="+", metavar="DIR")
+    p.add_argument("--url", type=_url, default=DEFAULT_URL, help="server gRPC HOST:PORT")
+    _where(p)
+    p.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT, help="requests in flight at once")
+    p.add_argument("--watch", action="store_true", help="keep running and index new files as they appear")
+    p.add_argument("--poll-s", type=float, default=2.0, help="--watch: seconds between scans")
+    p.add_argument("--json", action="store_true", help="print the run's report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    p = sub.add_parser("search", help="garments by category and attributes, ranked, grouped by image")
+    _where(p)
+    _filters(p)
+    p.add_argument("--limit", type=int, default=50, help="images to return")
+    p.add_argument("--json", action="store_true", help="JSON rows: image, category, box, attributes, score")
+
+    p = sub.add_parser("duplicates", help="groups of exact copies and near copies (perceptual hash)")
+    _where(p)
+    p.add_argument("--kind", choices=("all", "exact", "near"), default="all")
+    p.add_argument("--max-distance", type=int, default=None,
+                   help="near copies: pHash Hamming distance in bits (default: the measured one)")
+    p.add_argument("--board", help="only images on this board")
+    p.add_argument("--json", action="store_true", help="a list of groups, each a list of image paths")
+
+    p = sub.add_parser("web", help="the catalog's web page: browse, filter, upload, boards, duplicates")
+    _where(p)
+    p.add_argument("--url", type=_url, default=DEFAULT_URL, help="server gRPC HOST:PORT (for uploads)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--max-upload-mb", type=float, default=None, help="largest upload accepted")
+
+
+def catalog_main(args: argparse.Namespace) -> int:
+    from .errors import CatalogError
+
+    command = {"index": _index, "search": _search, "duplicates": _duplicates, "web": _web}[args.catalog_command]
+    try:
+        return command(args)
+    except (CatalogError, FileNotFoundError) as exc:  # the library raises; the command says what was wrong
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from .database import Database
+
+    return Database.open(catalog=args.catalog, database_url=args.database)
+
+
+def _index(args: argparse.Namespace) -> int:
+    from fashionbox.client import FashionClient
+
+    from .indexer import Indexer, IndexReport, Progress
+
+    db = _open(args)
+    quiet = args.quiet
+
+    def progress(p: Progress) -> None:
+        if not quiet:
+            print(p.line(), file=sys.stderr, flush=True)
+
+    def summary(report: IndexReport) -> None:
+        if args.json:
+            print(json.dumps(report.to_dict()), flush=True)
+        else:
+            print(f"{report.indexed} indexed, {report.copied} exact copies, {report.skipped} unchanged, "
+                  f"{report.failed} failed, {report.deferred} deferred in {report.elapsed_s:.1f} s "
+                  f"({db.describe()})", file=sys.stderr, flush=True)
+        for path, message in report.errors[:_ERRORS_SHOWN]:
+            print(f"  {path}: {message}", file=sys.stderr)
+        if len(report.errors) > _ERRORS_SHOWN:
+            print(f"  ... and {len(report.errors) - _ERRORS_SHOWN} more", file=sys.stderr)
+
+    with FashionClient(args.url) as client:
+        indexer = Indexer(db, client, max_in_flight=args.max_in_flight, progress=progress)
+        if args.watch:
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            print(f"watching {', '.join(map(str, args.folders))} (Ctrl-C stops)", file=sys.stderr, flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                indexer.watch(args.folders, poll_s=args.poll_s, stop=stop.is_set, on_report=summary)
+            return 0
+        deferred = 0
+        for folder in args.folders:
+            report = indexer.index_folder(folder)
+            summary(report)
+            deferred += report.deferred
+    return 1 if deferred else 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from .queries import Catalog, SearchFilter, parse_attribute
+
+    query = SearchFilter(category=args.category, attributes=tuple(parse_attribute(a) for a in args.attribute),
+                         min_score=args.min_score, board=args.board)
+    hits = Catalog(_open(args)).search(query, limit=args.limit)
+    if args.json:
+        print(json.dumps([row for hit in hits for row in hit.rows()], ensure_ascii=False))
+        return 0
+    for hit in hits:
+        print(f"{hit.score:.3f}  {hit.image}")
+        for g in hit.garments:
+            attrs = ", ".join(f"{k}={v['label']}" for k, v in g.attributes.items())
+            print(f"    {g.rank:.3f} {g.category} [{', '.join(f'{c:.0f}' for c in g.box)}] {attrs}")
+    if not hits:
+        print("no matching garments", file=sys.stderr)
+    return 0
+
+
+def _duplicates(args: argparse.Namespace) -> int:
+    from .queries import DEFAULT_MAX_DISTANCE, Catalog
+
+    distance = DEFAULT_MAX_DISTANCE if args.max_distance is None else args.max_distance
+    groups = Catalog(_open(args)).duplicates(kind=args.kind, max_distance=distance, board=args.board)
+    if args.json:
+        print(json.dumps(groups, ensure_ascii=False))
+        return 0
+    for number, group in enumerate(groups, 1):
+        print(f"group {number} ({len(group)} images)")
+        for path in group:
+            print(f"    {path}")
+    if not groups:
+        print("no duplicates", file=sys.stderr)
+    return 0
+
+
+def _web(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .web import WebSettings, create_app
+
+    settings = WebSettings(url=args.url) if args.max_upload_mb is None else WebSettings(
+        url=args.url, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+    app = create_app(_open(args), settings)
+    print(f"catalog web page on http://{args.host}:{args.port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,515 @@
+"""The catalog end to end: the shipped model served by a real Triton, a real embedded PostgreSQL.
+
+A dozen generated scenes (known garments) plus exact, re-encoded and resized copies and two bad
+files are indexed through ``fashionbox catalog index``; search and duplicates are checked against
+the generator's ground truth, indexing is checked to be idempotent and to survive an interruption,
+and the web page is driven in a real headless Chromium (Debian's chromium-driver, Selenium):
+filter, click through, a board, an upload saved into the collection. Screenshots are kept under
+``artifacts/test-screenshots/catalog/`` (phone-sized window).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from catalog_collection import Truth, write_collection
+
+from fashionbox.catalog import Catalog, Database, DatabaseError, Indexer, SearchFilter
+from fashionbox.catalog.database import stop_embedded
+from fashionbox.catalog.schema import LATEST_VERSION
+from fashionbox.client import FashionClient
+from fashionbox.commands.cli import main
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("pytriton", reason="the embedded server needs fashionbox-server (nvidia-pytriton)")
+
+SCENES = 12
+SEED = 17
+MIN_SCORE = 0.5
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "test-screenshots" / "catalog"
+
+
+@pytest.fixture(scope="module")
+def url(triton_server: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The shipped model, converted here (or the repository named by ``FASHIONBOX_CATALOG_TEST_REPOSITORY``,
+    one converted before, to save the half minute), served by the embedded Triton."""
+    from fashionbox.converter import ConvertOptions, convert
+
+    given = os.environ.get("FASHIONBOX_CATALOG_TEST_REPOSITORY")
+    repository = Path(given) if given else convert(
+        ConvertOptions(out=tmp_path_factory.mktemp("catalog-default") / "model_repository")).repository
+    return str(triton_server(repository).endpoints.grpc)
+
+
+@pytest.fixture(scope="module")
+def folder() -> Iterator[Path]:
+    # Not under pytest's tmp: as root, the embedded PostgreSQL runs as its own user, which must reach its
+    # data folder, and every pytest session makes /tmp/pytest-of-USER private again (0700).
+    path = Path(tempfile.mkdtemp(prefix="fashionbox-catalog-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        stop_embedded(path / "catalog" / "postgres")
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def truth(folder: Path) -> Truth:
+    truth = write_collection(folder, count=SCENES, seed=SEED)
+    bad = folder / "photos" / "bad"
+    bad.mkdir()
+    (bad / "truncated.jpg").write_bytes((folder / "photos" / f"scene-{SEED}-0005.jpg").read_bytes()[:600])
+    (bad / "not-an-image.jpg").write_text("hello")
+    return truth
+
+
+@pytest.fixture(scope="module")
+def indexed(url: str, folder: Path, truth: Truth) -> dict[str, Any]:
+    """The collection indexed through the CLI; its JSON report and what it printed on stderr."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    out = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = main(["catalog", "index", str(folder / "photos"), "--url", url, "--catalog", str(folder / "catalog"),
+                     "--max-in-flight", "4", "--json"])
+    return {"code": code, "report": json.loads(out.getvalue()), "stderr": err.getvalue()}
+
+
+@pytest.fixture(scope="module")
+def db(indexed: dict[str, Any], folder: Path) -> Database:
+    return Database.open(catalog=folder / "catalog")
+
+
+def _cli_json(*args: str) -> Any:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(list(args)) == 0
+    return json.loads(out.getvalue())
+
+
+# -- indexing ------------------------------------------------------------------------------------------
+
+def test_indexing_stores_every_image_once_copies_without_the_server_and_bad_files_as_failed(
+    indexed: dict[str, Any], db: Database, truth: Truth
+) -> None:
+    report = indexed["report"]
+    assert indexed["code"] == 0, indexed["stderr"]
+    copies = sum(len(g) - 1 for g in truth.exact)
+    assert report["copied"] == copies
+    assert report["indexed"] == SCENES + len(truth.near)  # near copies are new content: they go to the server
+    assert report["failed"] == 2 and report["deferred"] == 0
+    failed = dict((Path(e["image"]).name, e["error"]) for e in report["errors"])
+    assert set(failed) == {"truncated.jpg", "not-an-image.jpg"}
+    assert all(message for message in failed.values())
+    assert "images/s" in indexed["stderr"] and "ETA" in indexed["stderr"]
+    with db.connect() as conn:
+        rows = conn.execute("SELECT status, count(*) FROM images GROUP BY status").fetchall()
+        assert dict(rows) == {"indexed": SCENES + len(truth.near) + copies, "failed": 2}
+        garments = conn.execute("SELECT count(*) FROM garments").fetchone()
+        assert garments is not None and garments[0] >= SCENES
+        no_hash = conn.execute("SELECT count(*) FROM images WHERE status = 'indexed' AND (phash IS NULL "
+                               "OR width IS NULL OR length(sha256) <> 64)").fetchone()
+        assert no_hash == (0,)
+
+
+def test_a_second_run_changes_nothing(url: str, db: Database, folder: Path) -> None:
+    with db.connect() as conn:
+        before = conn.execute("SELECT count(*), max(id) FROM images").fetchone()
+        garments = conn.execute("SELECT count(*), max(id) FROM garments").fetchone()
+    with FashionClient(url) as client:
+        report = Indexer(db, client).index_folder(folder / "photos")
+    assert (report.indexed, report.copied, report.failed) == (0, 0, 0)
+    assert report.skipped == SCENES + 2 + 2 + 2  # scenes, copies, bad files
+    with db.connect() as conn:
+        assert conn.execute("SELECT count(*), max(id) FROM images").fetchone() == before
+        assert conn.execute("SELECT count(*), max(id) FROM garments").fetchone() == garments
+
+
+class _Killed(BaseException):
+    """Stands for a kill in the middle of a run: not an Exception, so nothing catches it."""
+
+
+def test_an_interrupted_run_loses_nothing_and_stores_nothing_twice(url: str, db: Database, folder: Path,
+                                                                   truth: Truth) -> None:
+    more = folder / "more"
+    more.mkdir()
+    # new content, so that every file goes to the server
+    extra = write_collection(folder / "extra", count=10, seed=SEED + 1, exact=0, reencoded=0, resized=0)
+    for i, path in enumerate(sorted(extra.garments)):
+        shutil.copy(path, more / f"more-{i}.jpg")
+
+    with FashionClient(url) as client:
+        calls = 0
+        real = client.detect
+
+        def dies_on_the_seventh_image(image: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 7:
+                raise _Killed()
+            return real(image, **kwargs)
+
+        client.detect = dies_on_the_seventh_image  # type: ignore[method-assign]
+        with pytest.raises(_Killed):
+            Indexer(db, client, max_in_flight=1, chunk_size=3).index_folder(more)
+        with db.connect() as conn:
+            stored = conn.execute("SELECT count(*) FROM images WHERE path LIKE %s", (f"{more.resolve()}/%",)).fetchone()
+        assert stored == (6,)  # two chunks were committed, the third was not
+        client.detect = real  # type: ignore[method-assign]
+        report = Indexer(db, client, max_in_flight=2, chunk_size=3).index_folder(more)
+    assert report.indexed == 4 and report.skipped == 6
+    with db.connect() as conn:
+        rows = conn.execute("SELECT path, count(*) FROM images WHERE path LIKE %s GROUP BY path",
+                            (f"{more.resolve()}/%",)).fetchall()
+    assert len(rows) == 10 and all(count == 1 for _, count in rows)
+
+
+def test_watch_picks_up_a_new_file(url: str, db: Database, folder: Path) -> None:
+    watched = folder / "watched"
+    watched.mkdir()
+    stop = threading.Event()
+    reports: list[Any] = []
+    with FashionClient(url) as client:
+        indexer = Indexer(db, client)
+        thread = threading.Thread(target=indexer.watch, args=([watched],),
+                                  kwargs={"poll_s": 0.2, "stop": stop.is_set, "on_report": reports.append})
+        thread.start()
+        try:
+            new = write_collection(folder / "watched-source", count=1, seed=SEED + 3, exact=0, reencoded=0,
+                                   resized=0)
+            target = watched / "new.jpg"
+            shutil.copy(next(iter(new.garments)), target)
+            deadline = time.monotonic() + 60
+            while Catalog(db).image_id_of(str(target.resolve())) is None:
+                assert time.monotonic() < deadline, "the new file was not indexed"
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert [r.indexed for r in reports] == [1]
+
+
+def test_masks_are_stored_as_served(url: str, db: Database, truth: Truth) -> None:
+    path = sorted(truth.garments)[3]
+    with FashionClient(url) as client:
+        served = client.detect(path)
+    record = Catalog(db).image(Catalog(db).image_id_of(path) or -1)
+    assert record is not None
+    assert [g.category for g in record.garments] == [d.category for d in served.detections]
+    expected = [None if d.mask_rle is None else d.mask_rle.to_coco() for d in served.detections]
+    assert list(record.masks) == expected
+
+
+# -- search ------------------------------------------------------------------------------------------------
+
+def _first_category(truth: Truth) -> str:
+    return truth.garments[sorted(truth.garments)[0]][0][0]
+
+
+def test_search_by_category_and_attributes_matches_the_generator(db: Database, truth: Truth) -> None:
+    catalog = Catalog(db)
+    originals = set(truth.garments)
+    pairs = sorted({(c, g, v) for garments in truth.garments.values() for c, attrs in garments
+                    for g, v in attrs.items() if g in ("sleeve length", "neckline type")})
+    categories = sorted({c for garments in truth.garments.values() for c, _ in garments})
+    tallies = {"found": 0, "expected": 0, "hits": 0}
+    for category in categories:
+        expected = truth.images_with(category)
+        hits = catalog.search(SearchFilter(category=category, min_score=MIN_SCORE), limit=1000)
+        found = {h.image for h in hits} & originals
+        tallies["found"] += len(found)
+        tallies["expected"] += len(expected)
+        tallies["hits"] += len(found & expected)
+    assert tallies["hits"] / tallies["expected"] >= 0.8, tallies
+    assert tallies["hits"] / tallies["found"] >= 0.8, tallies
+
+    attr = {"found": 0, "expected": 0, "hits": 0}
+    for category, group, label in pairs:
+        expected = truth.images_with(category, {group: label})
+        query = SearchFilter(category=category, attributes=((group, label),), min_score=MIN_SCORE)
+        found = {h.image for h in catalog.search(query, limit=1000)} & originals
+        attr["found"] += len(found)
+        attr["expected"] += len(expected)
+        attr["hits"] += len(found & expected)
+    assert attr["expected"] > 0
+    assert attr["hits"] / attr["expected"] >= 0.65, attr
+    assert attr["hits"] / attr["found"] >= 0.65, attr
+
+
+def test_search_json_rows_are_ranked_and_grouped_by_image(db: Database, folder: Path, truth: Truth) -> None:
+    category, attrs = next((c, a) for garments in truth.garments.values() for c, a in garments if a)
+    group, label = next(iter(attrs.items()))
+    rows = _cli_json("catalog", "search", "--catalog", str(folder / "catalog"), "--category", category,
+                     "--attribute", f"{group}={label}", "--json")
+    assert rows, (category, group, label)
+    for row in rows:
+        assert set(row) >= {"image", "category", "box", "attributes", "score"}
+        assert row["category"] == category and row["attributes"][group]["label"] == label
+        expected = row["detection_score"] * row["attributes"][group]["score"]
+        assert row["score"] == pytest.approx(expected, rel=1e-5)
+        assert len(row["box"]) == 4
+    order = [row["image"] for row in rows]
+    blocks = [image for i, image in enumerate(order) if i == 0 or order[i - 1] != image]
+    assert len(blocks) == len(set(order)), "an image's garments are not together"
+    best = [max(r["score"] for r in rows if r["image"] == image) for image in blocks]
+    assert best == sorted(best, reverse=True)
+    rows_of_image = [r["score"] for r in rows if r["image"] == blocks[0]]
+    assert rows_of_image == sorted(rows_of_image, reverse=True)
+
+
+def test_a_malformed_attribute_filter_is_a_clear_error(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["catalog", "search", "--catalog", str(folder / "catalog"), "--attribute", "sleeve length"])
+    assert code == 2
+    assert "GROUP=LABEL" in capsys.readouterr().err
+
+
+# -- duplicates -------------------------------------------------------------------------------------------
+
+def test_duplicates_finds_exact_and_near_copies_and_nothing_else(db: Database, folder: Path, truth: Truth) -> None:
+    groups = _cli_json("catalog", "duplicates", "--catalog", str(folder / "catalog"), "--json")
+    assert sorted(groups) == sorted(truth.exact + truth.near)
+    exact = _cli_json("catalog", "duplicates", "--catalog", str(folder / "catalog"), "--kind", "exact", "--json")
+    assert sorted(exact) == sorted(truth.exact)
+
+
+# -- the database -------------------------------------------------------------------------------------------
+
+def test_migrations_are_recorded_and_a_newer_schema_is_refused(db: Database) -> None:
+    assert db.schema_version() == LATEST_VERSION
+    assert db.migrate() == LATEST_VERSION  # again: nothing to do
+    with db.connect() as conn:
+        versions = [v for (v,) in conn.execute("SELECT version FROM catalog_schema ORDER BY version")]
+        assert versions == list(range(1, LATEST_VERSION + 1))
+        conn.execute("INSERT INTO catalog_schema (version, description) VALUES (%s, 'from the future')",
+                     (LATEST_VERSION + 1,))
+    try:
+        with pytest.raises(DatabaseError, match="newer"):
+            db.migrate()
+    finally:
+        with db.connect() as conn:
+            conn.execute("DELETE FROM catalog_schema WHERE version = %s", (LATEST_VERSION + 1,))
+
+
+def test_a_database_url_reaches_the_same_catalog_and_its_password_is_never_shown(db: Database, folder: Path) -> None:
+    rows = _cli_json("catalog", "duplicates", "--database", db.url, "--json")
+    assert rows == Catalog(db).duplicates()
+    bad = "postgresql://someone:s3cret-pw@127.0.0.1:1/nowhere"
+    with pytest.raises(DatabaseError) as caught:
+        Database.open(database_url=bad)
+    assert "s3cret-pw" not in str(caught.value) and "someone:***@" in str(caught.value)
+
+
+# -- the web page ------------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def web(db: Database, url: str) -> Iterator[str]:
+    import uvicorn
+
+    from fashionbox.catalog.web import WebSettings, create_app
+
+    port = _free_port()
+    app = create_app(db, WebSettings(url=url, max_upload_bytes=2 * 1024 * 1024))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "the web page did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _get(address: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(address, timeout=30) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+def _post_file(address: str, name: str, data: bytes) -> tuple[int, bytes]:
+    boundary = "fashionbox-test-boundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="photo"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(address, data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+def test_the_http_api_answers_as_the_python_api(web: str, db: Database, truth: Truth) -> None:
+    category = _first_category(truth)
+    status, body = _get(f"{web}/api/search?category={urllib.request.quote(category)}")
+    assert status == 200
+    assert json.loads(body) == json.loads(json.dumps(Catalog(db).search_rows(SearchFilter(category=category))))
+    status, body = _get(f"{web}/api/duplicates")
+    assert status == 200 and json.loads(body) == Catalog(db).duplicates()
+    status, body = _get(f"{web}/api/search?attribute=nonsense")
+    assert status == 400 and "GROUP=LABEL" in json.loads(body)["error"]
+
+
+def test_uploads_too_large_or_not_images_are_refused_clearly(web: str) -> None:
+    status, body = _post_file(f"{web}/upload", "big.jpg", b"\xff" * (3 * 1024 * 1024))
+    assert status == 413 and b"limit" in body
+    status, body = _post_file(f"{web}/upload", "notes.jpg", b"just some text, not a photo")
+    assert status == 415 and b"JPEG, PNG or WebP" in body
+
+
+def test_files_outside_the_indexed_roots_are_never_served(web: str, db: Database, folder: Path,
+                                                          truth: Truth) -> None:
+    outside = folder / "outside.jpg"
+    shutil.copy(next(iter(truth.garments)), outside)
+    with db.connect() as conn:
+        row = conn.execute("INSERT INTO images (path, sha256, size_bytes, status) VALUES (%s, %s, 1, 'indexed') "
+                           "RETURNING id", (str(outside.resolve()), "0" * 64)).fetchone()
+    assert row is not None
+    try:
+        assert _get(f"{web}/file/{row[0]}")[0] == 404
+        assert _get(f"{web}/image/{row[0]}/drawn.png")[0] == 404
+        image_id = Catalog(db).image_id_of(next(iter(truth.garments)))
+        status, body = _get(f"{web}/file/{image_id}")
+        assert status == 200 and body[:2] == b"\xff\xd8"
+    finally:
+        with db.connect() as conn:
+            conn.execute("DELETE FROM images WHERE id = %s", (row[0],))
+
+
+PHONE_WIDTH_PX = 390
+
+
+def _shot(browser: Any, name: str) -> None:
+    """Keep a screenshot, and check the page fits a phone-sized screen (nothing wider than the window)."""
+    browser.save_screenshot(str(SCREENSHOTS / name))
+    assert browser.execute_script("return window.innerWidth") == PHONE_WIDTH_PX
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= PHONE_WIDTH_PX, name
+
+
+def _browser() -> Any:
+    if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
+        pytest.skip("the browser test needs chromium and chromium-driver (scripts/setup.sh installs them with apt-get; "
+                    "selenium is in requirements-dev.txt)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or ""
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    # a phone's screen (headless windows are at least 500 px wide; device emulation sets the viewport)
+    options.add_experimental_option("mobileEmulation", {"deviceMetrics": {"width": PHONE_WIDTH_PX, "height": 844,
+                                                                          "pixelRatio": 1.0}})
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver") or ""), options=options)
+
+
+def _follow(browser: Any, element: Any) -> None:
+    """Click a link or submit button and wait for the next page to load."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, 120).until(expected_conditions.staleness_of(old))
+    WebDriverWait(browser, 120).until(lambda b: b.execute_script("return document.readyState") == "complete")
+
+
+def _wait_for_image(browser: Any, image: Any) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 120).until(
+        lambda b: b.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image))
+
+
+def test_in_a_real_browser_filter_click_through_board_and_upload(web: str, db: Database, folder: Path,
+                                                                 truth: Truth) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    browser = _browser()
+    try:
+        browser.set_page_load_timeout(60)
+        browser.get(web + "/")
+        assert "Catalog" in browser.find_element(By.TAG_NAME, "h1").text
+        _shot(browser, "1-browse.png")
+
+        # filter by a category the generator drew: every card shown holds one
+        category = Select(browser.find_element(By.ID, "category"))
+        choice = _first_category(truth)
+        category.select_by_value(choice)
+        _follow(browser, browser.find_element(By.ID, "apply"))
+        cards = browser.find_elements(By.CSS_SELECTOR, "#results .card")
+        assert cards
+        shown = {card.get_attribute("data-image") for card in cards}
+        assert shown == {h.image for h in Catalog(db).search(SearchFilter(category=choice), limit=48)}
+        _shot(browser, "2-filtered.png")
+
+        # click through to an image: drawn boxes load, garments listed
+        first = cards[0].get_attribute("data-image")
+        _follow(browser, cards[0].find_element(By.TAG_NAME, "a"))
+        _wait_for_image(browser, browser.find_element(By.ID, "drawn"))
+        assert choice in browser.find_element(By.ID, "garments").text
+        _shot(browser, "3-image.png")
+
+        # gather it into a board, then browse the board
+        browser.find_element(By.ID, "board-name").send_keys("consultation 1")
+        _follow(browser, browser.find_element(By.ID, "add"))
+        assert "consultation 1" in browser.find_element(By.ID, "boards").text
+        _follow(browser, browser.find_element(By.LINK_TEXT, "consultation 1"))
+        on_board = {c.get_attribute("data-image") for c in browser.find_elements(By.CSS_SELECTOR, "#results .card")}
+        assert on_board == {first}
+        _shot(browser, "4-board.png")
+
+        # upload a new photo: boxes drawn, then saved into the collection and indexed at once
+        new = write_collection(folder / "upload", count=1, seed=SEED + 2, exact=0, reencoded=0, resized=0)
+        photo = next(iter(new.garments))
+        browser.get(web + "/upload")
+        browser.find_element(By.ID, "photo").send_keys(photo)
+        _follow(browser, browser.find_element(By.ID, "send"))
+        _wait_for_image(browser, browser.find_element(By.ID, "drawn"))
+        assert "garments found" in browser.find_element(By.TAG_NAME, "h1").text
+        _shot(browser, "5-upload.png")
+        _follow(browser, browser.find_element(By.ID, "save-button"))
+        _wait_for_image(browser, browser.find_element(By.ID, "drawn"))
+        saved = list(db.uploads.glob("*.jpg"))
+        assert len(saved) == 1 and Catalog(db).image_id_of(str(saved[0].resolve())) is not None
+        assert f"/image/{Catalog(db).image_id_of(str(saved[0].resolve()))}" in browser.current_url
+        _shot(browser, "6-saved.png")
+
+        browser.get(web + "/duplicates")
+        assert f"{len(Catalog(db).duplicates())} groups" in browser.find_element(By.TAG_NAME, "h1").text
+        _shot(browser, "7-duplicates.png")
+    finally:
+        browser.quit()
