@@ -22,6 +22,14 @@ if ! command -v jq >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
     apt-get update -qq && apt-get install -y -qq jq >/dev/null
 fi
 
+# The catalog's browser test drives Debian's headless Chromium through its chromedriver (Selenium);
+# Playwright's own browser download does not work here (docs/FIELD_NOTES.md).
+if ! { command -v chromium && command -v chromedriver; } >/dev/null && [ "$(id -u)" = 0 ] \
+        && command -v apt-get >/dev/null; then
+    echo "installing chromium and chromium-driver for the catalog's browser test ..."
+    apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
@@ -31,5 +39,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     # torch is pinned to 2.13.0 (a local CPU wheel); the constraints keep pip from pulling CUDA builds.
     .venv/bin/python -m pip install -q -c constraints.txt -r requirements-dev.txt
+    # Ultralytics (tests/benchmarks of the ultralytics family only) without its declared dependencies:
+    # they pull torchvision, which does not load against this CPU torch, and opencv-python; what it
+    # needs is in requirements-dev.txt (docs/FIELD_NOTES.md).
+    .venv/bin/python -m pip install -q -c constraints.txt --no-deps ultralytics
     echo "$digest" > "$stamp"
 fi

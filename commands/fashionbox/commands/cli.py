@@ -1,4 +1,4 @@
-"""The ``fashionbox`` command: train, convert, serve, detect, eval, synth, demo.
+"""The ``fashionbox`` command: train, convert, serve, detect, eval, synth, demo, loadtest, tune, model-analyzer-config.
 
 Each subcommand imports its part lazily, so ``fashionbox detect`` works with the client
 extra alone (no torch). Reports go to stdout as tables or JSON; logs go to stderr.
@@ -34,7 +34,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     settings = TrainSettings(out_dir=args.out, cache_dir=args.cache_dir, seed=args.seed, train_scenes=args.scenes,
                              detector_steps=args.detector_steps, attribute_epochs=args.attribute_epochs,
                              threads=args.threads, resume=args.resume)
-    written = train_default(settings, stages=tuple(args.stage or ("detector", "attributes")))
+    written = train_default(settings, stages=tuple(args.stage or ("detector", "attributes", "masks")))
     for kind, path in written.items():
         print(f"{kind}: {path}")
     return 0
@@ -49,14 +49,20 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     limits = {name: value for name in ("max_image_bytes", "max_pixels", "max_in_flight")
               if (value := getattr(args, name)) is not None}
     result = convert(ConvertOptions(out=args.out, detector=args.detector, attributes=args.attributes,
-                                    target=args.target, runtime=args.runtime, opset=args.opset,
+                                    target=args.target, runtime=args.runtime, precision=args.precision,
+                                    opset=args.opset,
                                     score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
                                     max_detections=args.max_detections, repository_settings=limits,
                                     engines=engines))
     print(f"model repository: {result.repository}")
     for model, errors in result.reports.items():
-        print(f"  {model}: max abs error ONNX Runtime vs PyTorch " +
-              ", ".join(f"{k}={v:.3g}" for k, v in errors.items()))
+        against = "OpenVINO vs ONNX Runtime" if model.startswith("openvino") else "ONNX Runtime vs PyTorch"
+        print(f"  {model}: max abs error {against} " + ", ".join(f"{k}={v:.3g}" for k, v in errors.items()))
+    if "cpu_runtime" in result.manifest:
+        chosen = result.manifest["cpu_runtime"]
+        timings = chosen.get("timings_ms", {})
+        print(f"runtime: {chosen['chosen']}" + (" (measured: " + ", ".join(
+            f"{name} {t['total']:.2f} ms" for name, t in timings.items()) + ")" if timings else ""))
     return 0
 
 
@@ -99,6 +105,29 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return tune_main(args)
 
 
+def _cmd_catalog(args: argparse.Namespace) -> int:
+    from fashionbox.catalog.cli import catalog_main
+
+    return catalog_main(args)
+
+
+def _cmd_model_analyzer_config(args: argparse.Namespace) -> int:
+    from fashionbox.loadtest.corpus import folder_corpus, generated_corpus, parse_size_mix
+    from fashionbox.server.model_analyzer import AnalyzerSearch, write_setup
+
+    if args.images is not None:
+        images = folder_corpus(args.images, limit=args.generate).images
+    else:
+        images = generated_corpus(args.generate, parse_size_mix(args.sizes)).images
+    search = AnalyzerSearch(mode=args.search_mode, max_instance_count=args.max_instance_count,
+                            max_model_batch_size=args.max_model_batch_size, max_concurrency=args.max_concurrency,
+                            grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port)
+    path = write_setup(args.repository, args.output, images, search)
+    print(f"wrote {path} and its perf_analyzer input data ({len(images)} images); run:\n"
+          f"  model-analyzer profile -f {path}")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from fashionbox.server import serve_main
 
@@ -118,19 +147,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-steps", type=int, default=1000)
     p.add_argument("--attribute-epochs", type=int, default=6)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--stage", action="append", choices=["detector", "attributes"],
-                   help="train only this stage (repeatable); default both")
+    p.add_argument("--stage", action="append", choices=["detector", "attributes", "masks"],
+                   help="train only this stage (repeatable); default all three (masks: the attribute "
+                        "checkpoint's mask head, on --out's attribute weights or the shipped ones)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("convert", help="export to ONNX, check, and write a Triton model repository")
     p.add_argument("--detector", default="default",
-                   help="'default', a detector .safetensors checkpoint, or hf:FOLDER (a YOLOS checkpoint)")
+                   help="'default', a FashionBox detector .safetensors checkpoint, hf:FOLDER_OR_HUB_ID (a "
+                        "transformers YOLOS, DETR, Conditional DETR or RT-DETR checkpoint), or ultralytics:FILE.onnx "
+                        "(what `yolo export format=onnx` writes for a YOLOv8/YOLO11 detect or -seg model)")
     p.add_argument("--attributes", default="default", help="'default' or an attributes .safetensors checkpoint")
     p.add_argument("--target", choices=["cpu", "gpu"], default="cpu")
-    p.add_argument("--runtime", choices=["auto", "onnxruntime", "tensorrt", "torch"], default="auto",
-                   help="what runs the networks: auto is onnxruntime on cpu and TensorRT engines on gpu; torch is "
+    p.add_argument("--runtime", choices=["auto", "onnxruntime", "openvino", "tensorrt", "torch"], default="auto",
+                   help="what runs the networks: auto is TensorRT engines on gpu and, on cpu, the faster of "
+                        "onnxruntime and openvino measured on this host (recorded in manifest.json); torch is "
                         "PyTorch in the python backend (on the GPU for --target gpu, FP16 unless --no-fp16)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                   help="--target cpu: fp32 (default) or bf16, OpenVINO only and only on a CPU with AMX or "
+                        "AVX512-BF16 (refused elsewhere); with --runtime auto, bf16 makes OpenVINO bf16 a candidate")
     p.add_argument("--out", type=Path, default=DEFAULT_REPOSITORY)
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--score-threshold", type=float, default=None,
@@ -209,6 +245,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_tune_arguments(p)
     p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser("catalog", help="index a photo collection, search it by attributes, find duplicates, web page")
+    from fashionbox.catalog.cli import add_catalog_arguments
+
+    add_catalog_arguments(p)
+    p.set_defaults(func=_cmd_catalog)
+
+    p = sub.add_parser("model-analyzer-config",
+                       help="write a Triton Model Analyzer config and input data for the ensemble (docs/TUNING.md)")
+    p.add_argument("--repository", type=Path, default=Path(DEFAULT_REPOSITORY),
+                   help="model repository to profile (default %(default)s)")
+    p.add_argument("--output", type=Path, default=Path("model-analyzer"),
+                   help="folder for the config, the input data and Model Analyzer's results (default %(default)s)")
+    p.add_argument("--images", type=Path, metavar="DIR", help="send images from this folder")
+    p.add_argument("--generate", type=int, default=8, metavar="N",
+                   help="images to send: N generated scenes, or at most N from --images (default %(default)s)")
+    p.add_argument("--sizes", default="1280x960:1", help="size mix of generated scenes (default %(default)s)")
+    p.add_argument("--search-mode", choices=("quick", "brute", "optuna"), default="quick")
+    p.add_argument("--max-instance-count", type=int, default=3)
+    p.add_argument("--max-model-batch-size", type=int, default=16,
+                   help="the search's largest max_batch_size; its smallest is the ensemble's (default %(default)s)")
+    p.add_argument("--max-concurrency", type=int, default=16)
+    p.add_argument("--grpc-port", type=int, default=contract.DEFAULT_GRPC_PORT)
+    p.add_argument("--http-port", type=int, default=contract.DEFAULT_HTTP_PORT)
+    p.add_argument("--metrics-port", type=int, default=contract.DEFAULT_METRICS_PORT)
+    p.set_defaults(func=_cmd_model_analyzer_config)
     return parser
 
 

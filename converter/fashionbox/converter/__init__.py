@@ -8,7 +8,8 @@ export/compare pair, not another branch::
     result.repository, result.reports
 
 Model specs: ``default`` (the shipped weights) or a path to a FashionBox ``.safetensors``
-checkpoint. Nothing is downloaded and no code is executed from a checkpoint.
+checkpoint, and the outside families' specs (:func:`resolve_spec`). No code is executed from a
+checkpoint; the only download is ``hf:ORG/NAME``'s config and safetensors files (:mod:`.hub`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,6 +33,7 @@ from fashionbox.contract.labels import LabelMap
 from fashionbox.converter.errors import ConvertError
 
 if TYPE_CHECKING:
+    from fashionbox.converter.cpu_runtimes import CpuChoice
     from fashionbox.converter.tensorrt import EngineOptions
     from fashionbox.models.nms import NmsSettings
 
@@ -40,9 +42,12 @@ __all__ = ["FAMILIES", "ConvertError", "ConvertOptions", "ConvertResult", "Famil
 log = logging.getLogger(__name__)
 
 Target = Literal["cpu", "gpu"]
-Runtime = Literal["auto", "onnxruntime", "tensorrt", "torch"]
-RUNTIMES: dict[Target, tuple[str, ...]] = {"cpu": ("onnxruntime", "torch"), "gpu": ("tensorrt", "torch")}
-"""What may run the networks on each target; the first is ``auto``'s choice."""
+Runtime = Literal["auto", "onnxruntime", "openvino", "tensorrt", "torch"]
+CpuPrecision = Literal["fp32", "bf16"]
+RUNTIMES: dict[Target, tuple[str, ...]] = {"cpu": ("onnxruntime", "openvino", "torch"), "gpu": ("tensorrt", "torch")}
+"""What may run the networks on each target; the first is ``auto``'s choice on gpu, and on cpu where
+nothing is measured (the checks before export). On cpu ``auto`` times ONNX Runtime and OpenVINO on
+the exported graphs and keeps the faster (:mod:`fashionbox.converter.cpu_runtimes`)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ class Family:
     max_detections: int = contract.DEFAULT_MAX_DETECTIONS
     """The family's own predictor's defaults (``ConvertOptions`` overrides them): a checkpoint
     served by FashionBox answers as its library's predictor would."""
+    segments: Callable[[Any], bool] = lambda detector: False
+    """Whether the loaded detector's graph gives mask coefficients and prototypes (``detector_masks``)."""
 
 
 def _default_family() -> Family:
@@ -71,19 +78,50 @@ def _default_family() -> Family:
     return Family("fashionbox", load_detector, export_detector_onnx, compare_detector, torch_runtime=True)
 
 
+def _detr_style_family(style: Any) -> Family:
+    from fashionbox.converter.detr import compare_detr, export_detr_onnx, family_loader
+
+    # transformers' post_process_object_detection keeps scores above its threshold (0.5 in each
+    # DETR-style processor); DETR-style models need no NMS; at most the queries (or top_k) per image
+    return Family(style.model_type, family_loader(style), export_detr_onnx, compare_detr,
+                  input_size=lambda checkpoint: int(checkpoint.input_size),
+                  score_threshold=style.score_threshold, max_detections=style.max_detections)
+
+
 def _yolos_family() -> Family:
-    from fashionbox.converter.yolos import compare_yolos, export_yolos_onnx, load_yolos_family
+    from fashionbox.converter.yolos import YOLOS
 
-    # transformers' post_process_object_detection keeps scores above 0.5; DETR-style models need no NMS
-    return Family("yolos", load_yolos_family, export_yolos_onnx, compare_yolos,
-                  input_size=lambda checkpoint: int(checkpoint.input_size), score_threshold=0.5)
+    return _detr_style_family(YOLOS)
 
 
-FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yolos": _yolos_family}
+def _hf_family(model_type: str) -> Callable[[], Family]:
+    def factory() -> Family:
+        from fashionbox.converter.detr import STYLES
+
+        return _detr_style_family(STYLES[model_type])
+
+    return factory
+
+
+def _ultralytics_family() -> Family:
+    from fashionbox.converter.ultralytics import compare_ultralytics, export_ultralytics_onnx, load_ultralytics_family
+
+    # Ultralytics' predictor defaults: conf 0.25, NMS IoU 0.7, max_det 300
+    return Family("ultralytics", load_ultralytics_family, export_ultralytics_onnx, compare_ultralytics,
+                  input_size=lambda model: int(model.input_size), score_threshold=0.25, iou_threshold=0.7,
+                  max_detections=300, segments=lambda model: bool(model.segments))
+
+
+FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yolos": _yolos_family,
+                                             "detr": _hf_family("detr"),
+                                             "conditional_detr": _hf_family("conditional_detr"),
+                                             "rt_detr": _hf_family("rt_detr"),
+                                             "ultralytics": _ultralytics_family}
 """Family name -> factory (lazy, so importing the converter does not import torch)."""
 
-HF_MODEL_TYPES: dict[str, str] = {"yolos": "yolos"}
-"""``model_type`` of a Hugging Face checkpoint's config.json -> family (specs ``hf:FOLDER``)."""
+HF_MODEL_TYPES: dict[str, str] = {"yolos": "yolos", "detr": "detr", "conditional_detr": "conditional_detr",
+                                  "rt_detr": "rt_detr"}
+"""``model_type`` of a Hugging Face checkpoint's config.json -> family (specs ``hf:FOLDER_OR_HUB_ID``)."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +133,11 @@ class ConvertOptions:
     runtime: Runtime = "auto"
     """What runs the networks: ``onnxruntime`` (cpu) or TensorRT engines (gpu) for ``auto``, or
     ``torch`` (PyTorch in the python backend, on the GPU for target gpu, FP16 unless
-    ``engines.fp16`` is off)."""
+    ``engines.fp16`` is off), or ``openvino`` (the same ONNX graphs in OpenVINO, target cpu). ``auto``
+    on cpu measures ONNX Runtime and OpenVINO here and records the choice in the manifest."""
+    precision: CpuPrecision | None = None
+    """Target cpu: ``fp32`` or ``bf16`` (OpenVINO only, on a CPU with AMX or AVX512-BF16: refused
+    elsewhere). ``None`` is fp32. With ``auto``, ``bf16`` makes OpenVINO bf16 a candidate too."""
     opset: int = 17
     score_threshold: float | None = None
     iou_threshold: float | None = None
@@ -104,8 +146,8 @@ class ConvertOptions:
     compare_samples: int = 8
     """Generated scenes used to compare ONNX Runtime with PyTorch (plus random inputs)."""
     tolerance: dict[str, float] = field(default_factory=lambda: {
-        "boxes": 0.05, "scores": 1e-4, "probs": 1e-4, "nms_count_mismatch": 0.0, "nms_scores": 1e-4,
-        "detections_count_mismatch": 0.0})
+        "boxes": 0.05, "scores": 1e-4, "probs": 1e-4, "masks": 1e-4, "nms_count_mismatch": 0.0, "nms_scores": 1e-4,
+        "detections_count_mismatch": 0.0, "mask_coeffs": 1e-4})
     repository_settings: dict[str, Any] = field(default_factory=dict)
     """Overrides for ``RepositorySettings`` (instance counts, batching...)."""
     engines: EngineOptions = field(default_factory=lambda: _engine_options())
@@ -119,6 +161,12 @@ class ConvertOptions:
         if self.runtime != "auto" and self.runtime not in RUNTIMES[self.target]:
             raise ConvertError(f"runtime {self.runtime!r} does not run on target {self.target}; choose one of "
                                f"{RUNTIMES[self.target]}")
+        if self.precision not in (None, "fp32", "bf16"):
+            raise ConvertError(f"precision {self.precision!r}: choose fp32 or bf16 (target gpu: --no-fp16)")
+        if self.precision is not None and self.target != "cpu":
+            raise ConvertError("--precision applies to target cpu; target gpu is FP16 unless --no-fp16")
+        if self.precision == "bf16" and self.runtime not in ("openvino", "auto"):
+            raise ConvertError(f"bf16 runs in OpenVINO only (--runtime openvino or auto), not {self.runtime}")
 
     @property
     def resolved_runtime(self) -> str:
@@ -139,11 +187,14 @@ def _engine_options() -> EngineOptions:
 
 
 def resolve_spec(spec: str, kind: Literal["detector", "attributes"]) -> tuple[str, Path]:
-    """``default`` | ``PATH.safetensors`` | ``hf:FOLDER`` (detector only) -> (family, weights file)."""
+    """``default`` | ``PATH.safetensors`` | ``hf:FOLDER`` | ``ultralytics:FILE.onnx`` (detector only)
+    -> (family, weights file)."""
     from fashionbox.models import default_weights
 
     if spec == "default":
         return "fashionbox", default_weights(kind)
+    if spec.startswith("ultralytics:") and not Path(spec).exists():
+        return _resolve_ultralytics(Path(spec[len("ultralytics:"):]), kind)
     if spec.startswith("hf:") and not Path(spec).exists():
         return _resolve_hf(Path(spec[3:]), kind)
     if ":" in spec and not Path(spec).exists():
@@ -157,15 +208,30 @@ def resolve_spec(spec: str, kind: Literal["detector", "attributes"]) -> tuple[st
     return "fashionbox", path
 
 
+def _resolve_ultralytics(path: Path, kind: Literal["detector", "attributes"]) -> tuple[str, Path]:
+    from fashionbox.converter.ultralytics import UltralyticsError, check_path
+
+    if kind != "detector":
+        raise ConvertError("ultralytics: files are detectors; the attribute heads are FashionBox checkpoints")
+    try:
+        return "ultralytics", check_path(path)
+    except UltralyticsError as exc:
+        raise ConvertError(str(exc)) from exc
+
+
 def _resolve_hf(folder: Path, kind: Literal["detector", "attributes"]) -> tuple[str, Path]:
-    from fashionbox.converter.yolos import YolosError, checkpoint_weights, hf_model_type
+    """``hf:FOLDER``, or ``hf:ORG/NAME`` (not a local folder) fetched through the Hub cache (:mod:`.hub`)."""
+    from fashionbox.converter.detr import DetrError, checkpoint_weights, hf_model_type
+    from fashionbox.converter.hub import fetch_checkpoint, is_hub_id
 
     if kind != "detector":
         raise ConvertError("hf: checkpoints are detectors; the attribute heads are FashionBox checkpoints")
+    if not folder.exists() and is_hub_id(folder.as_posix()):
+        folder = fetch_checkpoint(folder.as_posix())
     try:
         weights = checkpoint_weights(folder)
         model_type = hf_model_type(folder)
-    except YolosError as exc:
+    except DetrError as exc:
         raise ConvertError(str(exc)) from exc
     if model_type not in HF_MODEL_TYPES:
         raise ConvertError(f"{folder}: Hugging Face model_type {model_type!r} is not supported; "
@@ -200,6 +266,9 @@ def _versions() -> dict[str, str]:
     transformers = sys.modules.get("transformers")  # only when a family loaded a Hugging Face checkpoint
     if transformers is not None:
         versions["transformers"] = str(transformers.__version__)
+    openvino = sys.modules.get("openvino")  # only when a CPU runtime was checked or measured with it
+    if openvino is not None:
+        versions["openvino"] = str(openvino.__version__)
     return versions
 
 
@@ -214,6 +283,29 @@ def family_nms(family: Family, options: ConvertOptions) -> NmsSettings:
     return NmsSettings(score_threshold=pick(options.score_threshold, family.score_threshold),
                        iou_threshold=pick(options.iou_threshold, family.iou_threshold),
                        max_per_class=max_detections, max_detections=max_detections)
+
+
+def _cpu_runtime(options: ConvertOptions, detector_onnx: Path, attributes_onnx: Path,
+                 det_batches: list[npt.NDArray[np.uint8]], attr_batches: list[npt.NDArray[np.uint8]], *,
+                 max_detections: int, num_attribute_labels: int, threads: int) -> CpuChoice | None:
+    """Target cpu: ``auto``'s measured choice, or OpenVINO's check when asked for; ``None`` otherwise."""
+    from fashionbox.converter.cpu_runtimes import CpuChoice, check_openvino, choose_cpu_runtime
+    from fashionbox.core.openvino_runtime import host_cpu
+
+    if options.target != "cpu":
+        return None
+    if options.runtime == "auto":
+        return choose_cpu_runtime(detector_onnx, attributes_onnx, det_batches, attr_batches,
+                                  allow_bf16=options.precision == "bf16", tolerance=options.tolerance,
+                                  max_detections=max_detections, num_attribute_labels=num_attribute_labels,
+                                  threads=threads)
+    if options.runtime != "openvino":
+        return None
+    precision = options.precision or "fp32"
+    reports = check_openvino(detector_onnx, attributes_onnx, det_batches, attr_batches, precision=precision,
+                             tolerance=options.tolerance, max_detections=max_detections,
+                             num_attribute_labels=num_attribute_labels)
+    return CpuChoice("openvino", precision, reports, {"chosen": f"openvino/{precision}", "cpu": host_cpu().as_dict()})
 
 
 def convert(options: ConvertOptions) -> ConvertResult:
@@ -231,6 +323,17 @@ def convert(options: ConvertOptions) -> ConvertResult:
     from fashionbox.models import file_sha256, load_attributes
 
     runtime = options.resolved_runtime
+    measure_cpu = options.target == "cpu" and options.runtime == "auto"
+    if runtime == "openvino" or (measure_cpu and options.precision == "bf16"):
+        from fashionbox.converter.cpu_runtimes import check_bf16_host
+        from fashionbox.core.openvino_runtime import OpenVinoError, import_openvino
+
+        try:
+            import_openvino()  # refuse before the export when OpenVINO was asked for and is missing
+        except OpenVinoError as exc:
+            raise ConvertError(str(exc)) from exc
+        if options.precision == "bf16":
+            check_bf16_host()
     if runtime == "tensorrt" and options.engines.build == "now":
         from fashionbox.converter.tensorrt import import_tensorrt
 
@@ -251,12 +354,15 @@ def convert(options: ConvertOptions) -> ConvertResult:
     crop = classifier.config.crop_size
     detector_sha, attributes_sha = file_sha256(detector_path), file_sha256(attributes_path)
     runtime_settings = RuntimeSettings(
-        runtime="torch" if runtime == "torch" else "onnxruntime",
-        precision="fp16" if runtime == "torch" and options.target == "gpu" and options.engines.fp16 else "fp32",
+        runtime=runtime if runtime in ("torch", "openvino") else "onnxruntime",
+        precision=("fp16" if runtime == "torch" and options.target == "gpu" and options.engines.fp16
+                   else (options.precision or "fp32") if runtime == "openvino" else "fp32"),
         score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold)
     repository_settings = step_timeouts({
         "target": options.target, "runtime": runtime_settings, "gpu_decode": options.engines.gpu_decode,
         **(gpu_scheduling() if options.target == "gpu" else {}), **options.repository_settings})
+    if family.segments(detector):  # the detector's mask tensors go to postprocess
+        repository_settings = {"detector_masks": True, **repository_settings}
     settings = RepositorySettings(input_size=size, crop_size=crop, max_detections=max_detections,
                                   model_name=family.name, model_version=f"{detector_sha[:8]}-{attributes_sha[:8]}",
                                   **repository_settings)
@@ -279,11 +385,19 @@ def convert(options: ConvertOptions) -> ConvertResult:
             log.info("%s: max abs error ONNX Runtime vs PyTorch %s over %d samples",
                      report.model, report.max_abs_error, report.samples)
             report.raise_if_over(options.tolerance)
+        cpu_runtime = _cpu_runtime(options, detector_onnx, attributes_onnx, det_batches, attr_batches,
+                                   max_detections=max_detections, num_attribute_labels=label_map.num_attribute_labels,
+                                   threads=settings.ort.intra_op_threads)
+        if cpu_runtime is not None:
+            runtime = cpu_runtime.runtime
+            reports += cpu_runtime.reports
+            runtime_settings = replace(runtime_settings, runtime=runtime, precision=cpu_runtime.precision)
+            settings = replace(settings, runtime=runtime_settings)
         manifest = {
             "created_unix_s": int(started),
             "target": options.target,
             "runtime": runtime,
-            "precision": runtime_settings.precision if runtime == "torch" else None,
+            "precision": runtime_settings.precision if runtime in ("torch", "openvino") else None,
             "family": family.name,
             "sources": {
                 "detector": {"spec": options.detector, "sha256": detector_sha,
@@ -297,6 +411,8 @@ def convert(options: ConvertOptions) -> ConvertResult:
                            "tolerance": options.tolerance},
             "versions": _versions(),
         }
+        if cpu_runtime is not None:  # what auto measured (or the explicit check), and on which CPU
+            manifest["cpu_runtime"] = cpu_runtime.record
         gpu = None
         files: dict[str, Path] = {}
         if runtime == "torch":  # the runners load the checkpoints themselves

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from fashionbox.contract.labels import Category, LabelMap, LabelMapError, default_label_map, fashionpedia_taxonomy
 from fashionbox.converter.errors import ConvertError
 
-__all__ = ["ATTRIBUTE_PROXIES", "attribute_proxy", "family_label_map"]
+__all__ = ["ATTRIBUTE_PROXIES", "DATASET_PROXIES", "attribute_proxy", "family_label_map"]
 
 
 ATTRIBUTE_PROXIES: Mapping[str, str | None] = {
@@ -75,9 +75,55 @@ parts such as ``sleeve`` and ``neckline`` are detections without attributes. Nam
 table (a checkpoint with its own classes) get no attributes either."""
 
 
+DATASET_PROXIES: Mapping[str, str | None] = {
+    # DeepFashion2's 13 categories (its annotations' spelling; "vest", a sleeveless top there, is
+    # looked up in ATTRIBUTE_PROXIES first, where Fashionpedia's vest is a jacket's)
+    "short sleeve top": "top, t-shirt, sweatshirt",
+    "long sleeve top": "top, t-shirt, sweatshirt",
+    "short sleeve outwear": "jacket",
+    "long sleeve outwear": "jacket",
+    "sling": "top, t-shirt, sweatshirt",
+    "trousers": "pants",
+    "short sleeve dress": "dress",
+    "long sleeve dress": "dress",
+    "vest dress": "dress",
+    "sling dress": "dress",
+    # DeepFashion2 as its YOLO conversions often name it
+    "short sleeved shirt": "top, t-shirt, sweatshirt",
+    "long sleeved shirt": "top, t-shirt, sweatshirt",
+    "short sleeved outwear": "jacket",
+    "long sleeved outwear": "jacket",
+    "short sleeved dress": "dress",
+    "long sleeved dress": "dress",
+    # ModaNet's 13 categories ("dress", "pants", "shorts" are in ATTRIBUTE_PROXIES already)
+    "bag": "bag, wallet",
+    "boots": "shoe",
+    "footwear": "shoe",
+    "outer": "coat",
+    "top": "top, t-shirt, sweatshirt",
+    "skirts": "skirt",
+    "headwear": "hat",
+    "sunglasses": None,
+    "scarf & tie": None,
+    "scarf/tie": None,
+}
+"""The other datasets fashion models are trained on (DeepFashion2, ModaNet): class name -> proxy,
+as :data:`ATTRIBUTE_PROXIES`. Names are matched lower-case with ``_`` and ``-`` read as spaces, so
+``short_sleeved_shirt`` finds ``short sleeved shirt``."""
+
+
 def attribute_proxy(name: str) -> str | None:
-    """The default-label-map category whose attribute groups apply to ``name`` (see :data:`ATTRIBUTE_PROXIES`)."""
-    return ATTRIBUTE_PROXIES.get(name)
+    """The default-label-map category whose attribute groups apply to ``name``.
+
+    Looked up in :data:`ATTRIBUTE_PROXIES` (Fashionpedia), then :data:`DATASET_PROXIES`, each
+    first as written, then lower-case with ``_``/``-`` as spaces; ``None`` when neither knows it.
+    """
+    normalised = " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+    for table in (ATTRIBUTE_PROXIES, DATASET_PROXIES):
+        for key in (name, normalised):
+            if key in table:
+                return table[key]
+    return None
 
 
 def family_label_map(id2label: Mapping[int, str], attribute_labels: LabelMap | None = None,

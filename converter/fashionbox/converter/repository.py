@@ -17,8 +17,8 @@ Layout written (``S`` = input size, every model has version ``1``)::
     <out>/manifest.json               what the caller passed: provenance of the weights
     <out>/README.md                   the ensemble's inputs and outputs
     <out>/preprocess/config.pbtxt     python backend, makes each image's capability TOKEN;  1/model.py
-    <out>/detector/config.pbtxt       python backend running ONNX Runtime;  1/model.py, 1/model.onnx
-    <out>/attributes/config.pbtxt     python backend running ONNX Runtime;  1/model.py, 1/model.onnx
+    <out>/detector/config.pbtxt       python backend running ONNX Runtime or OpenVINO;  1/model.py, 1/model.onnx
+    <out>/attributes/config.pbtxt     python backend running ONNX Runtime or OpenVINO;  1/model.py, 1/model.onnx
     <out>/postprocess/config.pbtxt    python backend, calls ``attributes`` through BLS;  1/model.py
     <out>/fashion/config.pbtxt        the ensemble clients call;  1/ (empty, Triton requires it)
 
@@ -52,7 +52,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +85,7 @@ __all__ = [
     "ModelScheduling",
     "RepositorySettings",
     "Target",
+    "attributes_mask_size",
     "check_onnx_contract",
     "ensemble_config",
     "gpu_preprocess",
@@ -209,10 +210,11 @@ class RepositorySettings:
     """Batches crops, not images: several per image. Unbounded queue: see :class:`ModelScheduling`."""
     postprocess: ModelScheduling = field(default_factory=ModelScheduling)
     ort: OrtSettings = field(default_factory=OrtSettings)
-    """ONNX Runtime threading (runtime ``onnxruntime``)."""
+    """ONNX Runtime threading (runtime ``onnxruntime``), and OpenVINO's (``openvino``: ``intra_op_threads``)."""
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     """What runs ``detector`` and ``attributes`` in the python backend: ONNX Runtime (the cpu
-    target's default) or PyTorch (``torch``: on the GPU for target gpu, else the CPU). Target gpu
+    target's default), OpenVINO (``openvino``, target cpu, fp32 or bf16, on the same ``model.onnx``)
+    or PyTorch (``torch``: on the GPU for target gpu, else the CPU). Target gpu
     with ``onnxruntime`` means TensorRT engines instead (configs from ``gpu_model_configs``)."""
     gpu_decode: bool = True
     """Target gpu: ``preprocess`` runs on a GPU instance and decodes JPEGs with nvJPEG where it can."""
@@ -231,12 +233,21 @@ class RepositorySettings:
     model_name: str = ""
     """The detector family, recorded in every result."""
     target: Target = "cpu"
+    detector_masks: bool = False
+    """The detector segments (its family says so): it also outputs DET_MASK_COEFFS and DET_PROTOS, which
+    the ensemble wires into ``postprocess`` to give each detection its mask."""
+    crop_mask_size: int = 0
+    """Side of the attribute model's mask grid (CROP_MASKS), 0 without a mask head. Read from the
+    attribute graph's ``masks`` output by :func:`write_repository`, which overrides what is given here."""
 
     def __post_init__(self) -> None:
         for name in ("input_size", "crop_size", "max_detections", "max_image_bytes", "max_pixels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.crop_mask_size, bool) or not isinstance(self.crop_mask_size, int) or self.crop_mask_size < 0:
+            raise ValueError(f"crop_mask_size must be a whole number >= 0 (0: no mask head), "
+                             f"got {self.crop_mask_size!r}")
         DecodeLimits(max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels)  # refuses unusable limits
         if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int) or self.max_in_flight < 0:
             raise ValueError(f"max_in_flight must be a whole number >= 0 (0 is off), got {self.max_in_flight!r}")
@@ -251,6 +262,8 @@ class RepositorySettings:
             raise TypeError(f"runtime must be a RuntimeSettings, got {type(self.runtime).__name__}")
         if self.runtime.precision == "fp16" and not (self.target == "gpu" and self.runtime.runtime == "torch"):
             raise ValueError("precision fp16 applies to the torch runtime on target gpu only (CPUs serve fp32)")
+        if self.runtime.runtime == "openvino" and self.target != "cpu":
+            raise ValueError("runtime openvino runs on target cpu only (target gpu serves TensorRT engines or torch)")
         for name in ("preprocess", "detector", "attributes", "postprocess"):
             if not isinstance(getattr(self, name), ModelScheduling):
                 raise TypeError(f"{name} must be a ModelScheduling, got {type(getattr(self, name)).__name__}")
@@ -305,12 +318,13 @@ def _io(specs: tuple[contract.TensorSpec, ...], sizes: Mapping[str, tuple[int, .
 
 
 def _tensor_sizes(settings: RepositorySettings, label_map: LabelMap) -> dict[str, tuple[int, ...]]:
-    s, c, a = settings.input_size, settings.crop_size, label_map.num_attribute_labels
+    s, c, a, m = settings.input_size, settings.crop_size, label_map.num_attribute_labels, settings.crop_mask_size
     return {
         contract.PIXELS.name: (s, s, 3),
         contract.CROPS.name: (c, c, 3),
         contract.ATTRIBUTE_PROBS.name: (a,),
         contract.ATTRIBUTE_SCORES.name: (-1, a),
+        **({contract.CROP_MASKS.name: (m, m)} if m else {}),
     }
 
 
@@ -377,7 +391,11 @@ def _runner_model(
             _on_gpu(config)
         return config
     if settings.target == "cpu":
-        return _python_model(name, scheduling, inputs, outputs, sizes, parameters, settings.ort, *admission)
+        config = _python_model(name, scheduling, inputs, outputs, sizes, parameters, settings.ort, *admission)
+        if settings.runtime.runtime == "openvino":  # the same model.onnx, run by OpenVINO at this precision
+            for key in ("runtime", "precision"):
+                config.parameters[key].string_value = settings.runtime.to_parameters()[key]
+        return config
     # gpu with engines: tensorrt_plan models with KIND_GPU instances and model.plan, built on the serving host.
     raise ValueError(
         f"target {settings.target!r} with runtime {settings.runtime.runtime!r} is not written by model_configs: "
@@ -430,6 +448,10 @@ def ensemble_config(settings: RepositorySettings, label_map: LabelMap, steps: Ma
 def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str, Any]:
     """Every model's ``ModelConfig``, keyed by model name, in pipeline order (ensemble last)."""
     sizes = _tensor_sizes(settings, label_map)
+    # Instance masks: a segmenting detector's tensors go to postprocess through the ensemble; the
+    # attribute model's CROP_MASKS reach it through the same BLS call as ATTRIBUTE_PROBS.
+    segments = (contract.DET_MASK_COEFFS, contract.DET_PROTOS) if settings.detector_masks else ()
+    crop_masks = (contract.CROP_MASKS,) if settings.crop_mask_size else ()
     configs: dict[str, Any] = {
         contract.PREPROCESS_MODEL: _python_model(
             contract.PREPROCESS_MODEL,
@@ -448,7 +470,7 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
             contract.DETECTOR_MODEL,
             settings,
             (contract.PIXELS, contract.TOKEN),
-            (contract.DET_BOXES, contract.DET_SCORES, contract.DET_CLASSES),
+            (contract.DET_BOXES, contract.DET_SCORES, contract.DET_CLASSES, *segments),
             sizes,
             DetectorParameters(
                 input_size=settings.input_size, max_detections=settings.max_detections, onnx_file=ONNX_FILE
@@ -459,7 +481,7 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
             contract.ATTRIBUTES_MODEL,
             settings,
             (contract.CROPS, contract.TOKEN),
-            (contract.ATTRIBUTE_PROBS,),
+            (contract.ATTRIBUTE_PROBS, *crop_masks),
             sizes,
             AttributesParameters(
                 crop_size=settings.crop_size,
@@ -471,7 +493,7 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
             contract.POSTPROCESS_MODEL,
             settings.postprocess,
             (contract.PIXELS, contract.IMAGE_INFO, contract.DET_BOXES, contract.DET_SCORES, contract.DET_CLASSES,
-             contract.TOKEN),
+             contract.TOKEN, *segments),
             contract.ENSEMBLE_OUTPUTS,
             sizes,
             PostprocessParameters(
@@ -481,6 +503,8 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
                 attributes_model=contract.ATTRIBUTES_MODEL,
                 model_version=settings.model_version,
                 model_name=settings.model_name,
+                crop_masks=bool(settings.crop_mask_size),
+                detector_masks=settings.detector_masks,
             ),
             *settings.admission,
         ),
@@ -555,10 +579,32 @@ def check_onnx_contract(
     _check_tensor(detector_onnx, outputs, contract.ONNX_DETECTOR_SCORES, tp.FLOAT, (None, c, None))
     _check_tensor(detector_onnx, outputs, contract.ONNX_DETECTOR_SELECTED, tp.INT64, (None, 3))
 
-    k, a = settings.crop_size, label_map.num_attribute_labels
+    if settings.detector_masks:
+        _check_tensor(detector_onnx, outputs, contract.ONNX_DETECTOR_MASK_COEFFS, tp.FLOAT, (None, None, None))
+        _check_tensor(detector_onnx, outputs, contract.ONNX_DETECTOR_PROTOS, tp.FLOAT, (None, None, None, None))
+
+    k, a, m = settings.crop_size, label_map.num_attribute_labels, settings.crop_mask_size
     inputs, outputs = _onnx_io(attributes_onnx)
     _check_tensor(attributes_onnx, inputs, contract.ONNX_ATTRIBUTES_INPUT, tp.UINT8, (None, k, k, 3))
     _check_tensor(attributes_onnx, outputs, contract.ONNX_ATTRIBUTES_OUTPUT, tp.FLOAT, (None, a))
+    if m:
+        _check_tensor(attributes_onnx, outputs, contract.ONNX_ATTRIBUTES_MASKS, tp.FLOAT, (None, m, m))
+
+
+def attributes_mask_size(attributes_onnx: Path) -> int:
+    """Side ``m`` of the attribute graph's mask head (output ``masks`` ``[batch, m, m]``); 0 without one.
+
+    Read from the graph, so a repository serves masks exactly when its attribute model makes them.
+    """
+    _, outputs = _onnx_io(attributes_onnx)
+    if contract.ONNX_ATTRIBUTES_MASKS not in outputs:
+        return 0
+    _, dims = outputs[contract.ONNX_ATTRIBUTES_MASKS]
+    if len(dims) != 3 or dims[1] is None or dims[1] < 1 or dims[1] != dims[2]:
+        shown = ["?" if d is None else d for d in dims]
+        raise ValueError(f"{attributes_onnx}: tensor {contract.ONNX_ATTRIBUTES_MASKS!r} must be [batch, m, m] "
+                         f"with a fixed m, got {shown}")
+    return dims[1]
 
 
 # -- writing ------------------------------------------------------------------------------------------
@@ -685,6 +731,8 @@ def write_repository(
     ``configs`` replaces :func:`model_configs` (the gpu target derives its own,
     :func:`fashionbox.converter.tensorrt.gpu_model_configs`); ``files`` maps repository-relative
     paths to files copied there last. The ONNX graphs are always checked against the contract.
+    Without ``configs``, ``settings.crop_mask_size`` is read from the attribute graph
+    (:func:`attributes_mask_size`): a graph with a mask head gets CROP_MASKS served, one without does not.
 
     Everything is checked before the first byte is written (configs, ONNX contract, manifest is
     JSON), then built in a hidden sibling folder and renamed into place. If anything fails, the
@@ -696,6 +744,8 @@ def write_repository(
     for path in (detector_onnx, attributes_onnx):
         if not Path(path).is_file():
             raise FileNotFoundError(f"ONNX model not found: {path}")
+    if configs is None:
+        settings = replace(settings, crop_mask_size=attributes_mask_size(Path(attributes_onnx)))
     configs = dict(configs) if configs is not None else model_configs(settings, label_map)
     for path in (files or {}).values():
         if not Path(path).is_file():

@@ -333,16 +333,18 @@ class OrtSettings(ParameterSet):
     allow_spinning: bool = True
 
 
-RUNTIMES = ("onnxruntime", "torch")
+RUNTIMES = ("onnxruntime", "openvino", "torch")
 """What runs a network model inside the python backend (TensorRT engines are not python models)."""
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
 class RuntimeSettings(ParameterSet):
     """Which runtime a python-backend network model (``detector``, ``attributes``) uses.
 
-    ``onnxruntime`` runs ``model.onnx`` on the CPU (:class:`OrtSettings` apply). ``torch`` runs the
+    ``onnxruntime`` runs ``model.onnx`` on the CPU (:class:`OrtSettings` apply). ``openvino`` runs the
+    same file with OpenVINO, ``fp32`` or ``bf16`` where the CPU has AMX or AVX512-BF16
+    (:mod:`fashionbox.core.openvino_runtime`; :class:`OrtSettings`' threads apply). ``torch`` runs the
     safetensors checkpoint (``weights_file``) with PyTorch on the instance's device: ``cuda:<id>``
     for a ``KIND_GPU`` instance, else the CPU, in ``fp16`` (autocast, CUDA only) or ``fp32``. The
     NMS thresholds are the ones the converter baked into the ONNX graph.
@@ -375,6 +377,10 @@ class RuntimeSettings(ParameterSet):
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if (self.precision == "bf16") != (self.runtime == "openvino" and self.precision != "fp32"):
+            # bf16 is OpenVINO's inference precision hint (fp32 or bf16 there); fp16 is the torch runtime's.
+            raise ValueError(f"precision {self.precision!r} does not run in runtime {self.runtime!r}: bf16 is "
+                             "OpenVINO's (fp32 or bf16), fp16 the torch runtime's on CUDA")
 
 
 @dataclass(frozen=True)
@@ -462,6 +468,10 @@ class PostprocessParameters(ParameterSet):
     model_name: str = ""
     attributes_token: bool = True
     """Send ``attributes`` a ``TOKEN`` (false where it is a TensorRT engine, which takes none)."""
+    crop_masks: bool = False
+    """``attributes`` has a mask head: ask it for CROP_MASKS too and paste them into each detection."""
+    detector_masks: bool = False
+    """The detector segments: DET_MASK_COEFFS and DET_PROTOS are inputs, assembled into each detection's mask."""
 
 
 def create_ort_session(model_path: Path, settings: OrtSettings) -> Any:
@@ -505,7 +515,10 @@ class OnnxDetector:
     """The detector ONNX graph (``pixels`` -> ``boxes``, ``scores``, ``selected``) plus gathering.
 
     Used by the ``detector`` model and by the in-process reference pipeline, so both produce
-    identical detections from identical pixels.
+    identical detections from identical pixels. A segmenting graph (outputs ``mask_coeffs`` and
+    ``protos`` too: :attr:`segments`) gives each detection its mask coefficients and prototypes. A
+    graph whose batch is fixed at 1 (an Ultralytics export without ``dynamic=True``) runs image
+    by image.
     """
 
     def __init__(self, model_path: Path, settings: OrtSettings, *, max_detections: int) -> None:
@@ -513,15 +526,32 @@ class OnnxDetector:
             raise ValueError(f"max_detections must be at least 1, got {max_detections}")
         self.model_path = model_path
         self.max_detections = max_detections
-        self.session = create_ort_session(model_path, settings)
+        self.session = self._create_session(model_path, settings)
         self._outputs = [contract.ONNX_DETECTOR_BOXES, contract.ONNX_DETECTOR_SCORES, contract.ONNX_DETECTOR_SELECTED]
         check_session_io(
             self.session, inputs=[contract.ONNX_DETECTOR_INPUT], outputs=self._outputs, model_path=model_path
         )
+        names = {o.name for o in self.session.get_outputs()}
+        self.segments = {contract.ONNX_DETECTOR_MASK_COEFFS, contract.ONNX_DETECTOR_PROTOS} <= names
+        """Whether the graph segments (each detection then carries ``mask_coeffs`` and ``protos``)."""
+        if self.segments:
+            self._outputs += [contract.ONNX_DETECTOR_MASK_COEFFS, contract.ONNX_DETECTOR_PROTOS]
+        graph_input = next(i for i in self.session.get_inputs() if i.name == contract.ONNX_DETECTOR_INPUT)
+        self._one_at_a_time = list(graph_input.shape)[:1] == [1]
+
+    def _create_session(self, model_path: Path, settings: OrtSettings) -> Any:
+        """What runs the graph: ONNX Runtime here; :mod:`fashionbox.core.openvino_runtime` overrides it."""
+        return create_ort_session(model_path, settings)
 
     def detect(self, pixels: AnyArray) -> list[DetectorOutput]:
         """uint8 ``[B, S, S, 3]`` letterboxed images -> one :class:`DetectorOutput` per image."""
-        boxes, scores, selected = self.session.run(self._outputs, {contract.ONNX_DETECTOR_INPUT: pixels})
+        if self._one_at_a_time and len(pixels) != 1:
+            return [row for k in range(len(pixels)) for row in self.detect(pixels[k:k + 1])]
+        outputs = self.session.run(self._outputs, {contract.ONNX_DETECTOR_INPUT: pixels})
+        boxes, scores, selected = outputs[:3]
+        if self.segments:
+            return gather_detections(boxes, scores, selected, max_detections=self.max_detections,
+                                     mask_coeffs=outputs[3], protos=outputs[4])
         return gather_detections(boxes, scores, selected, max_detections=self.max_detections)
 
 
@@ -531,22 +561,55 @@ class OnnxAttributes:
     def __init__(self, model_path: Path, settings: OrtSettings, *, num_attribute_labels: int) -> None:
         self.model_path = model_path
         self.num_attribute_labels = num_attribute_labels
-        self.session = create_ort_session(model_path, settings)
+        self.session = self._create_session(model_path, settings)
         check_session_io(
             self.session,
             inputs=[contract.ONNX_ATTRIBUTES_INPUT],
             outputs=[contract.ONNX_ATTRIBUTES_OUTPUT],
             model_path=model_path,
         )
+        self.mask_size = _mask_size(self.session, model_path)
+        """Side ``m`` of the mask head's grid (graph output ``masks`` ``[B, m, m]``); 0 without one."""
+
+    def _create_session(self, model_path: Path, settings: OrtSettings) -> Any:
+        """What runs the graph: ONNX Runtime here; :mod:`fashionbox.core.openvino_runtime` overrides it."""
+        return create_ort_session(model_path, settings)
 
     def classify(self, crops: AnyArray) -> Float32Array:
         (probs,) = self.session.run([contract.ONNX_ATTRIBUTES_OUTPUT], {contract.ONNX_ATTRIBUTES_INPUT: crops})
-        probs = np.asarray(probs, dtype=np.float32)
-        expected = (crops.shape[0], self.num_attribute_labels)
+        return self._checked_probs(probs, crops.shape[0])
+
+    def classify_with_masks(self, crops: AnyArray) -> tuple[Float32Array, Float32Array]:
+        """float32 probs ``[B, A]`` and the mask head's probabilities ``[B, m, m]`` over each crop."""
+        if not self.mask_size:
+            raise ValueError(f"{self.model_path} has no mask head (no output {contract.ONNX_ATTRIBUTES_MASKS!r})")
+        probs, masks = self.session.run([contract.ONNX_ATTRIBUTES_OUTPUT, contract.ONNX_ATTRIBUTES_MASKS],
+                                        {contract.ONNX_ATTRIBUTES_INPUT: crops})
+        masks = np.asarray(masks, dtype=np.float32)
+        expected = (crops.shape[0], self.mask_size, self.mask_size)
+        if masks.shape != expected:
+            raise ValueError(f"{self.model_path} returned masks of shape {masks.shape}, expected {expected}")
+        return self._checked_probs(probs, crops.shape[0]), masks
+
+    def _checked_probs(self, output: Any, count: int) -> Float32Array:
+        probs: Float32Array = np.asarray(output, dtype=np.float32)
+        expected = (count, self.num_attribute_labels)
         if probs.shape != expected:
             # A label map that does not match the heads would mislabel every attribute: refuse.
             raise ValueError(f"{self.model_path} returned probs of shape {probs.shape}, expected {expected}")
         return probs
+
+
+def _mask_size(session: Any, model_path: Path) -> int:
+    """``m`` of an attribute graph's ``masks`` output ``[B, m, m]``; 0 when the graph has none."""
+    for output in session.get_outputs():
+        if output.name == contract.ONNX_ATTRIBUTES_MASKS:
+            shape = list(output.shape)
+            if len(shape) != 3 or not isinstance(shape[1], int) or shape[1] < 1 or shape[1] != shape[2]:
+                raise ValueError(f"{model_path}: output {contract.ONNX_ATTRIBUTES_MASKS!r} must be "
+                                 f"[batch, m, m] with a fixed m, got {shape}")
+            return int(shape[1])
+    return 0
 
 
 class DetectorRunner(Protocol):
@@ -554,7 +617,14 @@ class DetectorRunner(Protocol):
 
 
 class AttributesRunner(Protocol):
+    @property
+    def mask_size(self) -> int:
+        """Side of the mask head's square grid over each crop; 0 when the network has no mask head."""
+
     def classify(self, crops: AnyArray) -> Float32Array: ...
+
+    def classify_with_masks(self, crops: AnyArray) -> tuple[Float32Array, Float32Array]:
+        """Attribute probs ``[N, A]`` and mask probabilities ``[N, m, m]`` (only when ``mask_size``)."""
 
 
 # -- requests and responses ----------------------------------------------------------------------------
@@ -695,6 +765,8 @@ class ChunkResult:
     rows: slice
     output: AnyArray | None
     error: RequestError | None
+    extras: Mapping[str, AnyArray] = dataclasses.field(default_factory=dict)
+    """The ``extra_outputs`` asked for, by name (empty when the call failed)."""
 
 
 def call_model_chunked(
@@ -705,10 +777,12 @@ def call_model_chunked(
     array: AnyArray,
     max_batch_size: int,
     extra: Callable[[int], Mapping[str, AnyArray]] | None = None,
+    extra_outputs: Sequence[str] = (),
 ) -> list[ChunkResult]:
     """Run ``array`` through another Triton model via BLS, at most ``max_batch_size`` rows a call.
 
-    ``extra(rows)`` gives further inputs of a chunk of ``rows`` rows (e.g. a capability token).
+    ``extra(rows)`` gives further inputs of a chunk of ``rows`` rows (e.g. a capability token);
+    ``extra_outputs`` names further outputs to ask for (e.g. CROP_MASKS), each with a row per input.
     Errors are returned, not raised, so the caller can fail exactly the requests whose rows were
     in the failed chunk.
     """
@@ -721,7 +795,7 @@ def call_model_chunked(
         try:
             request = pb_utils.InferenceRequest(
                 model_name=model_name,
-                requested_output_names=[output_name],
+                requested_output_names=[output_name, *extra_outputs],
                 inputs=[pb_utils.Tensor(input_name, np.ascontiguousarray(array[rows]))] + [
                     pb_utils.Tensor(name, np.ascontiguousarray(value))
                     for name, value in (extra(rows.stop - rows.start) if extra else {}).items()],
@@ -729,17 +803,20 @@ def call_model_chunked(
             response = request.exec()
             if response.has_error():
                 raise RequestError(f"model {model_name!r} failed: {response.error().message()}", ErrorCode.INTERNAL)
-            tensor = pb_utils.get_output_tensor_by_name(response, output_name)
-            if tensor is None:
-                raise RequestError(f"model {model_name!r} returned no {output_name}", ErrorCode.INTERNAL)
-            output = tensor.as_numpy()
-            if output.shape[0] != rows.stop - rows.start:
-                raise RequestError(
-                    f"model {model_name!r} returned {output.shape[0]} rows of {output_name} for "
-                    f"{rows.stop - rows.start} inputs",
-                    ErrorCode.INTERNAL,
-                )
-            results.append(ChunkResult(rows, output, None))
+            outputs: dict[str, AnyArray] = {}
+            for name in (output_name, *extra_outputs):
+                tensor = pb_utils.get_output_tensor_by_name(response, name)
+                if tensor is None:
+                    raise RequestError(f"model {model_name!r} returned no {name}", ErrorCode.INTERNAL)
+                outputs[name] = tensor.as_numpy()
+                if outputs[name].shape[0] != rows.stop - rows.start:
+                    raise RequestError(
+                        f"model {model_name!r} returned {outputs[name].shape[0]} rows of {name} for "
+                        f"{rows.stop - rows.start} inputs",
+                        ErrorCode.INTERNAL,
+                    )
+            output = outputs.pop(output_name)
+            results.append(ChunkResult(rows, output, None, outputs))
         except RequestError as exc:
             logger.error("BLS call to %s failed: %s", model_name, exc.message)
             results.append(ChunkResult(rows, None, exc))
