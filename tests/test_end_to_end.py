@@ -143,3 +143,18 @@ def test_demo_serves_detects_draws_and_load_tests_then_exits(default_repository:
     assert [p["concurrency"] for p in points] == [1, 4]
     assert all(p["throughput_rps"] > 0 and not p["errors"] for p in points)
     assert "stopping the server" in done.stdout
+    assert "using the model repository" in done.stdout  # the fixture holds the shipped weights as they are
+
+
+def test_the_demo_converts_again_a_repository_left_from_other_weights(default_repository: Path,
+                                                                       tmp_path: Path) -> None:
+    from fashionbox.commands.demo import _stale_reason
+
+    assert _stale_reason(default_repository) == ""
+    assert _stale_reason(tmp_path) == "none there yet"
+    manifest = json.loads((default_repository / "manifest.json").read_text())
+    manifest["sources"]["attributes"]["sha256"] = "0" * 64  # as a checkout before the mask head left it
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert _stale_reason(tmp_path) == "it was converted from other attribute weights than the shipped ones"
+    (tmp_path / "manifest.json").write_text("{")
+    assert _stale_reason(tmp_path) == "its manifest is unreadable"

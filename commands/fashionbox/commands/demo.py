@@ -33,19 +33,42 @@ def _sample_images(out_dir: Path, count: int) -> list[Path]:
     return paths
 
 
+def _stale_reason(repository: Path) -> str:
+    """Why ``repository`` must be converted again for the demo ("" when it holds the shipped weights as
+    they are now: a repository left from an older checkout would otherwise be served silently)."""
+    import json
+
+    from fashionbox.models import default_weights, file_sha256
+
+    manifest_file = repository / contract.MANIFEST_FILE
+    if not manifest_file.is_file():
+        return "none there yet"
+    try:
+        sources = json.loads(manifest_file.read_text())["sources"]
+        recorded = (sources["detector"]["sha256"], sources["attributes"]["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its manifest is unreadable"
+    if recorded[0] != file_sha256(default_weights("detector")):
+        return "it was converted from other detector weights than the shipped ones"
+    if recorded[1] != file_sha256(default_weights("attributes")):
+        return "it was converted from other attribute weights than the shipped ones"
+    return ""
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from fashionbox.commands.detect import detect_files
     from fashionbox.loadtest import measure_concurrency
     from fashionbox.server import ServerConfig, TritonServer, find_free_port
 
     repository: Path = args.repository
-    if not (repository / contract.MANIFEST_FILE).is_file():
+    stale = _stale_reason(repository)
+    if stale:
         from fashionbox.converter import ConvertOptions, convert
 
-        print(f"[1/5] converting the shipped weights into {repository} ...", flush=True)
+        print(f"[1/5] converting the shipped weights into {repository} ({stale}) ...", flush=True)
         convert(ConvertOptions(out=repository))
     else:
-        print(f"[1/5] using the model repository at {repository}", flush=True)
+        print(f"[1/5] using the model repository at {repository} (converted from the shipped weights)", flush=True)
 
     images = _sample_images(args.out / "samples", args.images)
     config = ServerConfig(repository=repository, grpc_port=find_free_port(), http_port=find_free_port(),
