@@ -416,6 +416,14 @@ def test_convert_target_gpu_engines_later_writes_the_gpu_repository_of_the_shipp
     pixels = np.zeros((2, detector.input[0].dims[0], detector.input[0].dims[1], 3), dtype=np.uint8)
     boxes, _, classes = _run(out / "detector/1/model.onnx", {contract.PIXELS.name: pixels})
     assert boxes.shape == (2, contract.DEFAULT_MAX_DETECTIONS, 4) and classes.dtype == np.int32
+    # The shipped attribute graph has the mask head: its engine graph and config serve CROP_MASKS too.
+    attributes = text_format.Parse((out / "attributes/config.pbtxt").read_text(), mc.ModelConfig())
+    assert [o.name for o in attributes.output] == [contract.ATTRIBUTE_PROBS.name, contract.CROP_MASKS.name]
+    crops = np.zeros((3, attributes.input[0].dims[0], attributes.input[0].dims[1], 3), dtype=np.uint8)
+    probs, masks = _run(out / "attributes/1/model.onnx", {contract.CROPS.name: crops})
+    assert probs.shape[0] == 3 and masks.shape == (3, *attributes.output[1].dims)
+    postprocess = text_format.Parse((out / "postprocess/config.pbtxt").read_text(), mc.ModelConfig())
+    assert postprocess.parameters["crop_masks"].string_value == "true"
 
 
 def _fake_tensorrt(*, fast_fp16: bool) -> Any:

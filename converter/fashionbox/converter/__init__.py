@@ -315,6 +315,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
         MODEL_VERSION,
         WEIGHTS_FILE,
         RepositorySettings,
+        attributes_mask_size,
         gpu_scheduling,
         step_timeouts,
         write_repository,
@@ -370,6 +371,9 @@ def convert(options: ConvertOptions) -> ConvertResult:
     with tempfile.TemporaryDirectory(prefix="fashionbox-convert-") as tmp:
         detector_onnx = family.export_detector(detector, Path(tmp) / "detector.onnx", nms=nms, opset=options.opset)
         attributes_onnx = export_attributes_onnx(classifier, Path(tmp) / "attributes.onnx", opset=options.opset)
+        # Every profile (the GPU's configs are written before write_repository sees the graph) serves
+        # the crop masks exactly when the attribute graph has a mask head.
+        settings = replace(settings, crop_mask_size=attributes_mask_size(attributes_onnx))
         det_batches, attr_batches = _comparison_inputs(size, crop, options.compare_samples, attribute_labels)
         det_report = family.compare_detector(detector, detector_onnx, det_batches, nms)
         attr_report = compare_attributes(classifier, attributes_onnx, attr_batches)

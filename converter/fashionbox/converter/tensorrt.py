@@ -304,21 +304,23 @@ def tensorrt_detector_graph(src: Path, dst: Path, *, max_detections: int) -> Pat
 
 
 def tensorrt_attributes_graph(src: Path, dst: Path) -> Path:
-    """The attribute graph with the contract's tensor names: ``CROPS`` -> ``ATTRIBUTE_PROBS``."""
+    """The attribute graph with the contract's tensor names: ``CROPS`` -> ``ATTRIBUTE_PROBS``
+    (and ``CROP_MASKS`` where the graph has a mask head)."""
     onnx = _import_onnx()
     from onnx import helper
 
     model = onnx.load(str(src))
     graph = model.graph
     _rename_input(graph, contract.ONNX_ATTRIBUTES_INPUT, contract.CROPS.name)
-    for output in graph.output:
-        if output.name == contract.ONNX_ATTRIBUTES_OUTPUT:
-            graph.node.append(helper.make_node("Identity", [output.name], [contract.ATTRIBUTE_PROBS.name],
-                                               name="attribute_probs"))
-            output.name = contract.ATTRIBUTE_PROBS.name
-            break
-    else:
+    renames = {contract.ONNX_ATTRIBUTES_OUTPUT: (contract.ATTRIBUTE_PROBS.name, "attribute_probs"),
+               contract.ONNX_ATTRIBUTES_MASKS: (contract.CROP_MASKS.name, "crop_masks")}
+    if contract.ONNX_ATTRIBUTES_OUTPUT not in {output.name for output in graph.output}:
         raise EngineError(f"{src}: the attribute graph has no output {contract.ONNX_ATTRIBUTES_OUTPUT!r}")
+    for output in graph.output:
+        if output.name in renames:
+            name, node = renames[output.name]
+            graph.node.append(helper.make_node("Identity", [output.name], [name], name=node))
+            output.name = name
     return _check_and_save(model, dst)
 
 
