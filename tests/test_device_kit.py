@@ -99,5 +99,5 @@ def test_the_session_script_is_valid_bash_and_its_benchmark_arguments_parse() ->
         sys.path.remove(str(ROOT / "tests" / "benchmarks"))
     args = bench_gpu.build_parser().parse_args(shlex.split(match.group(1)))
     assert set(args.profiles.split(",")) <= set(bench_gpu.PROFILES)
-    assert {"cpu", "gpu"} <= set(args.profiles.split(","))  # the comparison the session is for
+    assert {"cpu-best", "gpu"} <= set(args.profiles.split(","))  # GPU against the best CPU runtime (issue 23)
     assert args.rounds >= 2  # medians of several runs
