@@ -13,6 +13,7 @@ COPY converter /opt/fashionbox/converter
 COPY model_repository /opt/fashionbox/model_repository
 COPY server /opt/fashionbox/server
 COPY loadtest /opt/fashionbox/loadtest
+COPY catalog /opt/fashionbox/catalog
 COPY commands /opt/fashionbox/commands
 
 # Every part's code (one distribution per folder, docs/ARCHITECTURE.md), and only the third-party
@@ -20,11 +21,15 @@ COPY commands /opt/fashionbox/commands
 # (the converter and the networks' torch code are imported only by the commands that need them).
 # numpy < 2 is pinned by the constraints: numpy 2 empties python-backend outputs (docs/FIELD_NOTES.md).
 # GPU JPEG decoding in preprocess needs torch and torchvision for this image's CUDA as well; without
-# them it decodes on the CPU (and logs so).
+# them it decodes on the CPU (and logs so). The catalog's code is there for the `fashionbox` command's
+# parser; its database and web dependencies are not (run the catalog beside the server, not in it).
+# OpenVINO serves repositories converted with `--runtime openvino` (Triton's own openvino backend in
+# this image could serve the same ONNX files natively; FashionBox uses its python-backend runner).
 RUN cd /opt/fashionbox && python3 -m pip install --no-cache-dir --no-deps \
-      ./client ./core ./models ./synth ./training ./converter ./model_repository ./server ./loadtest ./commands && \
+      ./client ./core ./models ./synth ./training ./converter ./model_repository ./server ./loadtest ./catalog \
+      ./commands && \
     python3 -m pip install --no-cache-dir -c constraints.txt \
-      numpy pillow protobuf "tritonclient[grpc]" onnxruntime hdrhistogram
+      numpy pillow protobuf "tritonclient[grpc]" onnxruntime openvino hdrhistogram
 # `fashionbox serve` runs this image's Triton (binary, libraries, backends) instead of the wheel's.
 ENV FASHIONBOX_TRITON_HOME=/opt/tritonserver
 

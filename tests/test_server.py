@@ -628,7 +628,8 @@ def test_stop_kills_a_server_that_does_not_exit_within_the_timeout(tmp_path: Pat
     assert took_s < 3.0
     assert server.returncode == -signal.SIGKILL
     assert process_is_gone(pid)
-    assert live_processes_in_group(pid) == []
+    # SIGKILL is delivered at once, but a stub tearing down its memory is still listed for a moment.
+    assert wait_for(lambda: live_processes_in_group(pid) == [], 5), live_processes_in_group(pid)
 
 
 BROKEN_MODEL = (
