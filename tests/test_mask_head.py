@@ -213,3 +213,22 @@ def test_run_keeps_its_results_when_masks_are_asked_for(shipped_pipeline) -> Non
     np.testing.assert_array_equal(plain.boxes, masked.result.boxes)
     np.testing.assert_array_equal(plain.attribute_scores, masked.result.attribute_scores)
     assert masked.crop_masks.shape[0] == len(plain) == masked.boxes_letterbox.shape[0]
+
+
+def test_the_in_process_pipeline_answers_what_the_ensemble_would_masks_included() -> None:
+    """``InProcessPipeline.detections``: the serialized answer, the baseline the benchmarks hold the server to."""
+    from fashionbox.core.imaging import InvalidImageError
+    from fashionbox.models.pipeline import InProcessPipeline
+    from fashionbox.synth import render_scene
+    from fashionbox.v1 import detections_pb2
+
+    pipeline = InProcessPipeline.torch_reference()
+    scene = render_scene(31, size=(640, 480))
+    good, bad = pipeline.detections([scene.encode(), b"not an image"])
+    assert isinstance(bad, InvalidImageError)
+    assert isinstance(good, bytes)
+    message = detections_pb2.ImageDetections.FromString(good)
+    assert (message.width, message.height) == (640, 480) and len(message.detections) > 0
+    for detection in message.detections:
+        assert detection.HasField("mask") and sum(detection.mask.counts) == 640 * 480
+        assert sum(detection.mask.counts[1::2]) > 0  # every garment found has some pixels

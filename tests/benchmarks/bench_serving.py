@@ -71,14 +71,14 @@ def _baseline_worker(
 
     pipeline = InProcessPipeline.from_repository(Path(repository), intra_op_threads=config.threads)
     for i in range(0, 8, config.batch):  # warm-up: sessions, allocator, caches
-        pipeline.run(images[i : i + config.batch])
+        pipeline.detections(images[i : i + config.batch])
     start.wait()
     done = 0
     i = 0
     t_end = time.perf_counter() + duration_s
     while time.perf_counter() < t_end:
         batch = [images[(i + k) % len(images)] for k in range(config.batch)]
-        pipeline.run(batch)
+        pipeline.detections(batch)  # the served answer's work: results, masks, the serialized proto
         done += len(batch)
         i += config.batch
     results.put(done)

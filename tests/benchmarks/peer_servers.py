@@ -15,36 +15,17 @@ Used by ``bench_peers.py``; not part of FashionBox.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint's annotations at run time.
-import io
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from fashionbox.core.imaging import InvalidImageError
-from fashionbox.core.results import build_image_detections
 from fashionbox.models.pipeline import InProcessPipeline
 
 REPOSITORY_VARIABLE = "FASHIONBOX_PEER_REPOSITORY"
-
-
-def detections_bytes(pipeline: InProcessPipeline, images: Sequence[bytes]) -> list[bytes | InvalidImageError]:
-    """The pipeline's results as the ensemble's DETECTIONS bytes, an error per bad image."""
-    out: list[bytes | InvalidImageError] = []
-    for data, result in zip(images, pipeline.run(images), strict=True):
-        if isinstance(result, InvalidImageError):
-            out.append(result)
-            continue
-        width, height = Image.open(io.BytesIO(data)).size  # the header only (these JPEGs carry no EXIF)
-        message = build_image_detections(
-            width=width, height=height, boxes=result.boxes, scores=result.scores,
-            categories=result.categories, attribute_scores=result.attribute_scores,
-            label_map=pipeline.label_map, model_version="peer")
-        out.append(message.SerializeToString())
-    return out
 
 
 def make_app() -> Any:
@@ -57,7 +38,7 @@ def make_app() -> Any:
     @api.post("/detect")
     async def detect(request: Request) -> Response:
         body = await request.body()
-        (answer,) = await run_in_threadpool(detections_bytes, pipeline, [body])
+        (answer,) = await run_in_threadpool(pipeline.detections, [body])
         if isinstance(answer, InvalidImageError):
             raise HTTPException(status_code=400, detail=str(answer))
         return Response(content=answer, media_type="application/x-protobuf")
@@ -81,7 +62,7 @@ def serve_pytriton(repository: Path, *, grpc_port: int, http_port: int, metrics_
         @batch
         def infer(IMAGE: np.ndarray) -> dict[str, np.ndarray]:  # the tensor's name
             images = [bytes(row[0]) for row in IMAGE]
-            answers = detections_bytes(pipeline, images)
+            answers = pipeline.detections(images)
             if any(isinstance(a, InvalidImageError) for a in answers):
                 raise ValueError("; ".join(str(a) for a in answers if isinstance(a, InvalidImageError)))
             return {"DETECTIONS": np.array([[a] for a in answers], dtype=np.object_)}

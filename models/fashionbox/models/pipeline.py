@@ -85,6 +85,32 @@ class InProcessPipeline:
             raise ValueError("these attribute heads have no mask head: use a checkpoint trained with one")
         return self._run(images, masks=True)
 
+    def detections(self, images: Sequence[bytes], *,
+                   model_version: str = "in-process") -> list[bytes | InvalidImageError]:
+        """What the ensemble's DETECTIONS output carries for each image: a serialized
+        ``fashionbox.v1.ImageDetections``, masks pasted and encoded as ``postprocess`` does when the
+        attribute heads have a mask head; an error per bad image. The in-process equivalent of the
+        whole served answer, for baselines that must do the same work as the server."""
+        from fashionbox.core.masks import paste_crop_masks
+        from fashionbox.core.results import build_image_detections
+
+        out: list[bytes | InvalidImageError] = []
+        for item in self._run(images, masks=self.classify_masks is not None):
+            if isinstance(item, InvalidImageError):
+                out.append(item)
+                continue
+            result, info = item.result, item.info
+            masks = None
+            if self.classify_masks is not None:
+                pasted = paste_crop_masks(item.crop_masks, item.boxes_letterbox, info, input_size=self.input_size)
+                masks = [mask.to_rle() for mask in pasted]
+            message = build_image_detections(
+                width=info.width, height=info.height, boxes=result.boxes, scores=result.scores,
+                categories=result.categories, attribute_scores=result.attribute_scores,
+                label_map=self.label_map, model_version=model_version, masks=masks)
+            out.append(message.SerializeToString())
+        return out
+
     def _run(self, images: Sequence[bytes], *, masks: bool) -> list[MaskedResult | InvalidImageError]:
         decoded: list[tuple[int, U8, LetterboxInfo]] = []
         results: list[MaskedResult | InvalidImageError | None] = [None] * len(images)
