@@ -32,6 +32,8 @@ REQUIRED_MODULES: dict[str, str] = {
     "onnx": "the converter's graph checks",
     "onnxruntime": "the CPU runtime of the served graphs",
     "transformers": "the YOLOS family (fashionbox-converter[hf])",
+    "tokenizers": "the embedder family's text tokenizer (fashionbox-core[text])",
+    "sentencepiece": "SigLIP's tokenizer in the embedder family (fashionbox-converter[hf])",
     "faster_coco_eval": "COCO mAP in `fashionbox eval`",
     "hypothesis": "the decode fuzzing (requirements-dev.txt)",
     "grpc_tools": "compiling the result schema (requirements-dev.txt)",

@@ -30,6 +30,8 @@ from fashionbox.converter import FAMILIES, ConvertError, ConvertOptions, convert
 transformers = pytest.importorskip("transformers", reason="DETR-style families need fashionbox-converter[hf]")
 torch = pytest.importorskip("torch")
 
+from image_model_fixtures import fill_hub_cache  # noqa: E402
+
 from fashionbox.converter.detr import (  # noqa: E402
     STYLES,
     DetrError,
@@ -272,31 +274,12 @@ def test_an_offline_hub_id_missing_from_the_cache_stops_naming_the_cache(tmp_pat
     assert not (tmp_path / "repo").exists()
 
 
-def _fill_hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
-    """The Hub cache layout huggingface_hub writes (blobs by hash, a snapshot of links, refs/main)."""
-    import hashlib
-
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
-    snapshot = repo / "snapshots" / commit
-    (repo / "blobs").mkdir(parents=True)
-    snapshot.mkdir(parents=True)
-    for file in sorted(folder.iterdir()):
-        data = file.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    return snapshot
-
-
 def test_a_hub_id_is_served_from_a_filled_cache_offline(checkpoints: dict[str, Path], tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import scan_cache_dir
 
     cache = tmp_path / "hf-home" / "hub"
-    snapshot = _fill_hub_cache(cache, "fashion-org/tiny-rt-detr", checkpoints["rt_detr"])
+    snapshot = fill_hub_cache(cache, "fashion-org/tiny-rt-detr", checkpoints["rt_detr"])
     (repo,) = scan_cache_dir(cache).repos  # huggingface_hub reads it as its own cache
     assert repo.repo_id == "fashion-org/tiny-rt-detr"
     assert {f.file_name for r in repo.revisions for f in r.files} >= {"config.json", "model.safetensors"}

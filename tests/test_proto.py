@@ -71,8 +71,11 @@ def test_field_numbers_never_change_because_clients_in_other_languages_depend_on
         "score": 5,
         "attributes": 6,
         "mask": 7,
+        "embedding": 8,
     }
     assert _field_numbers(detections_pb2.Mask) == {"width": 1, "height": 2, "counts": 3}
+    assert _field_numbers(detections_pb2.Embedding) == {"model": 1, "dimension": 2, "dtype": 3, "values": 4}
+    assert _field_numbers(detections_pb2.ImageLabel) == {"label": 1, "score": 2, "index": 3}
     assert _field_numbers(detections_pb2.ImageDetections) == {
         "width": 1,
         "height": 2,
@@ -80,6 +83,9 @@ def test_field_numbers_never_change_because_clients_in_other_languages_depend_on
         "model_name": 4,
         "model_version": 5,
         "label_map": 6,
+        "labels": 7,
+        "labels_model": 8,
+        "embedding": 9,
     }
 
 

@@ -61,9 +61,11 @@ from ._types import (
     Detection,
     ImageDetections,
     ImageInput,
+    ImageLabel,
     MaskRLE,
     ModelInfo,
     ModelStatistics,
+    PackedEmbedding,
     TensorInfo,
 )
 from .draw import draw_detections
@@ -90,6 +92,7 @@ __all__ = [
     "ImageDetections",
     "ImageEncoding",
     "ImageInput",
+    "ImageLabel",
     "InvalidImage",
     "InvalidInput",
     "KeepAlive",
@@ -99,6 +102,7 @@ __all__ = [
     "ModelNotReady",
     "ModelStatistics",
     "Overloaded",
+    "PackedEmbedding",
     "ProtocolError",
     "RetryPolicy",
     "ServerError",

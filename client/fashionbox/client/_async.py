@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
 
 from fashionbox.contract.labels import LabelMap
 
@@ -27,6 +30,8 @@ from ._base import (
     parse_label_map,
     parse_model_info,
     parse_statistics,
+    parse_text_embeddings,
+    text_batches,
 )
 from ._config import ClientConfig
 from ._exceptions import ClientClosed, FashionBoxError, translate_triton_errors
@@ -120,6 +125,19 @@ class AsyncFashionClient(BaseClient):
             return await self._transport.infer(replace(request, timeout_s=attempt_timeout_s))
 
         return parse_detections(await self._call(infer, request.timeout_s))
+
+    async def embed_text(self, texts: Sequence[str], *, timeout_s: float | None = None) -> npt.NDArray[np.float32]:
+        """Vectors for ``texts`` in the served embedder's space; see :meth:`FashionClient.embed_text`."""
+        self._ensure_open()
+        rows = []
+        for batch in text_batches(texts):
+            request = self._build_text_request(batch, timeout_s=timeout_s)
+
+            async def infer(attempt_timeout_s: float, request: InferRequest = request) -> InferResultLike:
+                return await self._transport.infer(replace(request, timeout_s=attempt_timeout_s))
+
+            rows.append(parse_text_embeddings(await self._call(infer, request.timeout_s), len(batch)))
+        return np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
     async def detect_many(
         self,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -147,6 +147,31 @@ def encode_image(image: ImageInput, encoding: ImageEncoding) -> bytes:
     if not data:
         raise InvalidInput("the image is empty (0 bytes)")
     return data
+
+
+TEXT_BATCH = 16
+"""Texts per ``text_embedder`` request (its ``max_batch_size`` as the converter writes it)."""
+
+
+def text_batches(texts: Sequence[str]) -> list[list[str]]:
+    """``texts`` checked (a list of non-empty strings) and split into requests of :data:`TEXT_BATCH`."""
+    if isinstance(texts, str | bytes):
+        raise InvalidInput("embed_text takes a list of texts, not one string: embed_text([text])")
+    items = list(texts)
+    for k, text in enumerate(items):
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInput(f"text {k} must be a non-empty string, got {text!r}")
+    return [items[k:k + TEXT_BATCH] for k in range(0, len(items), TEXT_BATCH)]
+
+
+def parse_text_embeddings(result: InferResultLike, count: int) -> npt.NDArray[np.float32]:
+    """``[count, D]`` float32 from ``text_embedder``'s TEXT_EMBEDDINGS."""
+    name = contract.TEXT_EMBEDDINGS.name
+    array = result.as_numpy(name)
+    if array is None or array.ndim != 2 or array.shape[0] != count:
+        shape = None if array is None else list(array.shape)
+        raise ProtocolError(f"{contract.TEXT_EMBEDDER_MODEL} answered {name} of shape {shape} for {count} texts")
+    return np.asarray(array, dtype=np.float32)
 
 
 # -- responses ------------------------------------------------------------------------------------
@@ -303,6 +328,18 @@ class BaseClient:
         if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise ConfigError(f"max_in_flight must be an integer >= 1, got {max_in_flight!r}")
         return max_in_flight
+
+    def _build_text_request(self, texts: Sequence[str], *, timeout_s: float | None) -> InferRequest:
+        tensor = np.empty((len(texts), *contract.TEXT.dims), dtype=np.object_)
+        for k, text in enumerate(texts):
+            tensor.flat[k] = text.encode("utf-8")
+        return InferRequest(
+            model_name=contract.TEXT_EMBEDDER_MODEL,
+            model_version="",
+            inputs=(InputTensor(contract.TEXT.name, contract.TEXT.datatype, tensor),),
+            outputs=(contract.TEXT_EMBEDDINGS.name,),
+            timeout_s=self._timeout_s(timeout_s),
+        )
 
     def _build_detect_request(self, image: ImageInput, *, timeout_s: float | None) -> InferRequest:
         data = encode_image(image, self._config.encoding)

@@ -6,22 +6,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from types import TracebackType
 from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
 
 from fashionbox.contract.labels import LabelMap
 
 from ._base import (
     DEFAULT_MAX_IN_FLIGHT,
     BaseClient,
+    InferRequest,
     InferResultLike,
     parse_detections,
     parse_label_map,
     parse_model_info,
     parse_statistics,
+    parse_text_embeddings,
+    text_batches,
 )
 from ._config import ClientConfig
 from ._exceptions import ClientClosed, FashionBoxError, translate_triton_errors
@@ -118,6 +124,28 @@ class FashionClient(BaseClient):
             return self._transport.infer(replace(request, timeout_s=attempt_timeout_s))
 
         return parse_detections(self._call(infer, request.timeout_s))
+
+    def embed_text(self, texts: Sequence[str], *, timeout_s: float | None = None) -> npt.NDArray[np.float32]:
+        """Vectors for ``texts`` in the served embedder's space: float32 ``[len(texts), D]``, L2-normalised,
+        so ``embed_text(["red dress"]) @ result.embedding`` is a cosine similarity (search by words).
+
+        Needs a repository converted with an embedder family that has a text tower (``--embedder
+        hf:...`` with CLIP or SigLIP); otherwise the server answers that ``text_embedder`` is unknown
+        (:class:`ServerError`). ``timeout_s`` applies to each request of up to 16 texts.
+
+        Raises:
+            InvalidInput: ``texts`` is one string, or holds an empty or non-string text (nothing was sent).
+        """
+        self._ensure_open()
+        rows = []
+        for batch in text_batches(texts):
+            request = self._build_text_request(batch, timeout_s=timeout_s)
+
+            def infer(attempt_timeout_s: float, request: InferRequest = request) -> InferResultLike:
+                return self._transport.infer(replace(request, timeout_s=attempt_timeout_s))
+
+            rows.append(parse_text_embeddings(self._call(infer, request.timeout_s), len(batch)))
+        return np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
     def detect_many(
         self,

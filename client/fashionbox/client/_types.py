@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from fashionbox.contract.embedding import unpack_embedding
 from fashionbox.contract.rle import decode_rle, rle_area
 
 from ._images import ImageInput
@@ -41,9 +42,11 @@ __all__ = [
     "Detection",
     "ImageDetections",
     "ImageInput",
+    "ImageLabel",
     "MaskRLE",
     "ModelInfo",
     "ModelStatistics",
+    "PackedEmbedding",
     "TensorInfo",
 ]
 
@@ -126,6 +129,40 @@ class MaskRLE:
 
 
 @dataclass(frozen=True, slots=True)
+class PackedEmbedding:
+    """A feature vector as the server sends it (``fashionbox.v1.Embedding``): L2-normalised, packed.
+
+    ``model`` names the model that made it: vectors of different models are not comparable.
+    ``to_array()`` unpacks it to float32; the dot product of two is their cosine similarity.
+    """
+
+    model: str
+    dimension: int
+    dtype: str
+    values: bytes
+
+    def __post_init__(self) -> None:
+        self.to_array()  # refuses a length that does not match dimension and dtype
+
+    def to_array(self) -> npt.NDArray[np.float32]:
+        return unpack_embedding(self.values, self.dimension, self.dtype)
+
+    @classmethod
+    def from_proto(cls, message: Any) -> PackedEmbedding:
+        return cls(str(message.model), int(message.dimension), str(message.dtype), bytes(message.values))
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLabel:
+    """One image-level label (a classifier's class for the whole image), e.g. a product vertical."""
+
+    label: str
+    score: float
+    index: int
+    """Index of the label in the classifier's label list."""
+
+
+@dataclass(frozen=True, slots=True)
 class Detection:
     """One garment or accessory.
 
@@ -144,6 +181,8 @@ class Detection:
     mask_rle: MaskRLE | None = None
     """The instance mask as sent (run-length encoded), for callers that store it; ``None`` when the
     served model does not segment."""
+    packed_embedding: PackedEmbedding | None = None
+    """The garment's feature vector as sent; ``None`` when the served model embeds nothing."""
 
     def __post_init__(self) -> None:
         # A private copy, so the caller's dict cannot change a frozen result afterwards. A plain
@@ -155,6 +194,13 @@ class Detection:
         """The pixels of the garment: a boolean array ``[height, width]`` at the image's size (the
         frame of the box), or ``None`` without a mask. Decoded on each access: keep it in a variable."""
         return None if self.mask_rle is None else self.mask_rle.to_array()
+
+    @property
+    def embedding(self) -> npt.NDArray[np.float32] | None:
+        """The garment's L2-normalised feature vector (float32 ``[dimension]``, computed on its crop),
+        or ``None`` when the served model embeds nothing. Compare only vectors of the same
+        ``packed_embedding.model``."""
+        return None if self.packed_embedding is None else self.packed_embedding.to_array()
 
     def attribute(self, group: str) -> str | None:
         """The label predicted for ``group``, or ``None`` when the group does not apply."""
@@ -173,6 +219,8 @@ class Detection:
         }
         if self.mask_rle is not None:
             out["mask"] = self.mask_rle.to_coco()
+        if self.packed_embedding is not None:
+            out["embedding"] = self.packed_embedding.to_array().tolist()
         return out
 
 
@@ -191,9 +239,26 @@ class ImageDetections:
     model_name: str = ""
     label_map: str = ""
     """Name of the label map the category and attribute names come from."""
+    labels: tuple[ImageLabel, ...] = ()
+    """Image-level labels (the classifier's top k, by descending score); empty without a classifier."""
+    labels_model: str = ""
+    """Which classifier gave ``labels``."""
+    packed_embedding: PackedEmbedding | None = None
+    """The whole image's feature vector as sent; ``None`` when the served model embeds nothing."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detections", tuple(self.detections))
+        object.__setattr__(self, "labels", tuple(self.labels))
+
+    @property
+    def embedding(self) -> npt.NDArray[np.float32] | None:
+        """The whole image's L2-normalised feature vector (float32 ``[dimension]``), or ``None``."""
+        return None if self.packed_embedding is None else self.packed_embedding.to_array()
+
+    @property
+    def label(self) -> str | None:
+        """The most likely image-level label, or ``None`` without a classifier."""
+        return self.labels[0].label if self.labels else None
 
     def __len__(self) -> int:
         return len(self.detections)
@@ -211,6 +276,9 @@ class ImageDetections:
             model_version=self.model_version,
             model_name=self.model_name,
             label_map=self.label_map,
+            labels=self.labels,
+            labels_model=self.labels_model,
+            packed_embedding=self.packed_embedding,
         )
 
     def above(self, min_score: float) -> ImageDetections:
@@ -240,11 +308,16 @@ class ImageDetections:
         ``box`` is ``[x1, y1, x2, y2]``; ``attributes`` is ``{group: {"label", "score"}}``; a detection
         with a mask also has ``mask``: ``{"size": [height, width], "counts": [...]}`` (COCO RLE).
         """
-        return {
+        out: dict[str, Any] = {
             "width": self.width,
             "height": self.height,
             "detections": [d.to_dict() for d in self.detections],
         }
+        if self.labels:
+            out["labels"] = [{"label": lab.label, "score": lab.score} for lab in self.labels]
+        if self.packed_embedding is not None:
+            out["embedding"] = self.packed_embedding.to_array().tolist()
+        return out
 
     def to_json(self, *, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
@@ -267,6 +340,7 @@ class ImageDetections:
                 fashionpedia_id=int(d.fashionpedia_id),
                 mask_rle=(MaskRLE(int(d.mask.width), int(d.mask.height), tuple(d.mask.counts))
                           if d.HasField("mask") else None),
+                packed_embedding=PackedEmbedding.from_proto(d.embedding) if d.HasField("embedding") else None,
             )
             for d in message.detections
         )
@@ -277,6 +351,9 @@ class ImageDetections:
             model_version=str(message.model_version),
             model_name=str(message.model_name),
             label_map=str(message.label_map),
+            labels=tuple(ImageLabel(str(lab.label), _f32(lab.score), int(lab.index)) for lab in message.labels),
+            labels_model=str(message.labels_model),
+            packed_embedding=PackedEmbedding.from_proto(message.embedding) if message.HasField("embedding") else None,
         )
 
     def draw(self, image: ImageInput, *, show_attributes: bool = True, show_masks: bool = True) -> Image.Image:

@@ -6,10 +6,20 @@ Shapes exclude the batch dimension (every model batches); ``-1`` is a variable d
 
 Pipeline (ensemble ``fashion``)::
 
-    IMAGE ─► preprocess ─► PIXELS, IMAGE_INFO, TOKEN
+    IMAGE ─► preprocess ─► PIXELS, IMAGE_INFO, TOKEN (, CLASSIFIER_VIEW, EMBEDDER_VIEW)
     PIXELS, TOKEN ─► detector ─► DET_BOXES, DET_SCORES, DET_CLASSES        (NMS inside the ONNX graph)
-    PIXELS, IMAGE_INFO, TOKEN, DET_* ─► postprocess ─► BOXES, SCORES, CATEGORIES, ATTRIBUTE_SCORES, DETECTIONS
-                                          └─ BLS: CROPS, TOKEN ─► attributes ─► ATTRIBUTE_PROBS (, CROP_MASKS)
+    PIXELS, IMAGE_INFO, TOKEN, DET_* (, *_VIEW) ─► postprocess ─► BOXES, SCORES, CATEGORIES, ATTRIBUTE_SCORES,
+                                                                 DETECTIONS
+        └─ BLS: CROPS, TOKEN ─► attributes ─► ATTRIBUTE_PROBS (, CROP_MASKS, CROP_EMBEDDINGS, VERTICAL_PROBS)
+        └─ BLS: VIEWS, TOKEN ─► classifier ─► LABEL_PROBS             (a classifier family, whole image)
+        └─ BLS: VIEWS, TOKEN ─► embedder ─► EMBEDDINGS                (an embedder family, crops + whole image)
+    TEXT ─► text_embedder ─► TEXT_EMBEDDINGS                          (the embedder's text tower, called directly)
+
+Image-level labels and vectors travel inside DETECTIONS too (``ImageDetections.labels``,
+``embedding``, ``Detection.embedding``). The image-level networks see the image as their own
+processor would (``preprocess`` makes each view from the one decode); the default model's vertical
+and embedding heads read the attribute trunk, and each image reaches them as one more crop: the
+whole photo (``fashionbox.core.imaging.whole_image_crop``).
 
 Instance masks have two sources, and travel to the client only inside DETECTIONS (a dense mask
 tensor per image would dwarf every other output): a segmenting detector family (YOLO-seg) adds
@@ -29,10 +39,13 @@ from dataclasses import dataclass
 
 __all__ = [
     "ATTRIBUTES_MODEL",
+    "CLASSIFIER_MODEL",
     "DETECTOR_MODEL",
+    "EMBEDDER_MODEL",
     "ENSEMBLE_MODEL",
     "POSTPROCESS_MODEL",
     "PREPROCESS_MODEL",
+    "TEXT_EMBEDDER_MODEL",
     "TensorSpec",
 ]
 
@@ -41,6 +54,10 @@ PREPROCESS_MODEL = "preprocess"
 DETECTOR_MODEL = "detector"
 ATTRIBUTES_MODEL = "attributes"
 POSTPROCESS_MODEL = "postprocess"
+CLASSIFIER_MODEL = "classifier"
+EMBEDDER_MODEL = "embedder"
+TEXT_EMBEDDER_MODEL = "text_embedder"
+"""The text tower of an embedder family: a model of its own that clients call directly (``embed_text``)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +104,20 @@ DET_PROTOS = TensorSpec("DET_PROTOS", "FP32", (-1, -1, -1),
 CROP_MASKS = TensorSpec("CROP_MASKS", "FP32", (-1, -1),
                         "per crop, the garment's mask probability on a square grid over the crop (the same "
                         "widened box as CROPS); attribute models with a mask head only")
+CROP_EMBEDDINGS = TensorSpec("CROP_EMBEDDINGS", "FP32", (-1,),
+                             "per crop, its L2-normalised feature vector; attribute models with an embedding head only")
+VERTICAL_PROBS = TensorSpec("VERTICAL_PROBS", "FP32", (-1,),
+                            "per crop, softmax over product verticals; attribute models with a vertical head only")
+CLASSIFIER_VIEW = TensorSpec("CLASSIFIER_VIEW", "UINT8", (-1, -1, 3),
+                             "the whole image as the classifier family's processor resizes and crops it, HWC uint8")
+EMBEDDER_VIEW = TensorSpec("EMBEDDER_VIEW", "UINT8", (-1, -1, 3),
+                           "the whole image as the embedder family's processor resizes and crops it, HWC uint8")
+VIEWS = TensorSpec("VIEWS", "UINT8", (-1, -1, 3), "what classifier and embedder take: images at their input size")
+LABEL_PROBS = TensorSpec("LABEL_PROBS", "FP32", (-1,), "per image, the classifier's probability of each label")
+EMBEDDINGS = TensorSpec("EMBEDDINGS", "FP32", (-1,), "per view or garment crop, the embedder's L2-normalised vector")
+TEXT = TensorSpec("TEXT", "BYTES", (1,), "one UTF-8 text per batch row (text_embedder, called directly)")
+TEXT_EMBEDDINGS = TensorSpec("TEXT_EMBEDDINGS", "FP32", (-1,),
+                             "per text, its L2-normalised vector in the embedder's image space")
 TOKEN = TensorSpec(
     "TOKEN",
     "UINT8",
@@ -107,6 +138,13 @@ ONNX_ATTRIBUTES_OUTPUT = "probs"  # float32 [B, A]
 ONNX_ATTRIBUTES_MASKS = "masks"  # float32 [B, m, m], probabilities (attribute models with a mask head)
 ONNX_DETECTOR_MASK_COEFFS = "mask_coeffs"  # float32 [B, N, K] (segmenting families), rows as in "boxes"
 ONNX_DETECTOR_PROTOS = "protos"  # float32 [B, K, h, w] (segmenting families)
+ONNX_ATTRIBUTES_EMBEDDINGS = "embeddings"  # float32 [B, D], L2-normalised (attribute models with an embedding head)
+ONNX_ATTRIBUTES_VERTICALS = "verticals"  # float32 [B, V], softmax over product verticals (with a vertical head)
+ONNX_IMAGE_INPUT = "images"  # uint8 [B, H, W, 3]: the image graphs of the classifier and embedder families
+ONNX_CLASSIFIER_OUTPUT = "probs"  # float32 [B, L]: softmax (single-label) or sigmoid (multi-label)
+ONNX_EMBEDDER_OUTPUT = "embeddings"  # float32 [B, D], L2-normalised (image and text graphs alike)
+ONNX_TEXT_INPUT_IDS = "input_ids"  # int64 [B, T]: token ids, padded as the family's tokenizer pads
+ONNX_TEXT_ATTENTION_MASK = "attention_mask"  # int64 [B, T]: only in text graphs whose tower reads it
 
 # -- files the converter writes into the repository ---------------------------------------------------
 

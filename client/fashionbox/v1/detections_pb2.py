@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x61shionbox/v1/detections.proto\x12\rfashionbox.v1\"=\n\x0b\x42oundingBox\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\"[\n\x13\x41ttributePrediction\x12\r\n\x05group\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x17\n\x0f\x66\x61shionpedia_id\x18\x04 \x01(\x05\"5\n\x04Mask\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x0e\n\x06\x63ounts\x18\x03 \x03(\r\"\xe1\x01\n\tDetection\x12\'\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x1a.fashionbox.v1.BoundingBox\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x16\n\x0e\x63\x61tegory_index\x18\x03 \x01(\x05\x12\x17\n\x0f\x66\x61shionpedia_id\x18\x04 \x01(\x05\x12\r\n\x05score\x18\x05 \x01(\x02\x12\x36\n\nattributes\x18\x06 \x03(\x0b\x32\".fashionbox.v1.AttributePrediction\x12!\n\x04mask\x18\x07 \x01(\x0b\x32\x13.fashionbox.v1.Mask\"\x9c\x01\n\x0fImageDetections\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12,\n\ndetections\x18\x03 \x03(\x0b\x32\x18.fashionbox.v1.Detection\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x11\n\tlabel_map\x18\x06 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x61shionbox/v1/detections.proto\x12\rfashionbox.v1\"=\n\x0b\x42oundingBox\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\"[\n\x13\x41ttributePrediction\x12\r\n\x05group\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x17\n\x0f\x66\x61shionpedia_id\x18\x04 \x01(\x05\"5\n\x04Mask\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x0e\n\x06\x63ounts\x18\x03 \x03(\r\"L\n\tEmbedding\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\r\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0e\n\x06values\x18\x04 \x01(\x0c\"9\n\nImageLabel\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05index\x18\x03 \x01(\x05\"\x8e\x02\n\tDetection\x12\'\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x1a.fashionbox.v1.BoundingBox\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x16\n\x0e\x63\x61tegory_index\x18\x03 \x01(\x05\x12\x17\n\x0f\x66\x61shionpedia_id\x18\x04 \x01(\x05\x12\r\n\x05score\x18\x05 \x01(\x02\x12\x36\n\nattributes\x18\x06 \x03(\x0b\x32\".fashionbox.v1.AttributePrediction\x12!\n\x04mask\x18\x07 \x01(\x0b\x32\x13.fashionbox.v1.Mask\x12+\n\tembedding\x18\x08 \x01(\x0b\x32\x18.fashionbox.v1.Embedding\"\x8a\x02\n\x0fImageDetections\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12,\n\ndetections\x18\x03 \x03(\x0b\x32\x18.fashionbox.v1.Detection\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x11\n\tlabel_map\x18\x06 \x01(\t\x12)\n\x06labels\x18\x07 \x03(\x0b\x32\x19.fashionbox.v1.ImageLabel\x12\x14\n\x0clabels_model\x18\x08 \x01(\t\x12+\n\tembedding\x18\t \x01(\x0b\x32\x18.fashionbox.v1.Embeddingb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -27,8 +27,12 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_ATTRIBUTEPREDICTION']._serialized_end=203
   _globals['_MASK']._serialized_start=205
   _globals['_MASK']._serialized_end=258
-  _globals['_DETECTION']._serialized_start=261
-  _globals['_DETECTION']._serialized_end=486
-  _globals['_IMAGEDETECTIONS']._serialized_start=489
-  _globals['_IMAGEDETECTIONS']._serialized_end=645
+  _globals['_EMBEDDING']._serialized_start=260
+  _globals['_EMBEDDING']._serialized_end=336
+  _globals['_IMAGELABEL']._serialized_start=338
+  _globals['_IMAGELABEL']._serialized_end=395
+  _globals['_DETECTION']._serialized_start=398
+  _globals['_DETECTION']._serialized_end=668
+  _globals['_IMAGEDETECTIONS']._serialized_start=671
+  _globals['_IMAGEDETECTIONS']._serialized_end=937
 # @@protoc_insertion_point(module_scope)

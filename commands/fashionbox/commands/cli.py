@@ -49,6 +49,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     limits = {name: value for name in ("max_image_bytes", "max_pixels", "max_in_flight")
               if (value := getattr(args, name)) is not None}
     result = convert(ConvertOptions(out=args.out, detector=args.detector, attributes=args.attributes,
+                                    classifier=args.classifier, embedder=args.embedder,
                                     target=args.target, runtime=args.runtime, precision=args.precision,
                                     opset=args.opset,
                                     score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
@@ -56,7 +57,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                                     engines=engines))
     print(f"model repository: {result.repository}")
     for model, errors in result.reports.items():
-        against = "OpenVINO vs ONNX Runtime" if model.startswith("openvino") else "ONNX Runtime vs PyTorch"
+        against = ("OpenVINO vs ONNX Runtime" if model.startswith("openvino")
+                   else "ONNX Runtime vs transformers" if model in ("classifier", "embedder")
+                   else "ONNX Runtime vs PyTorch")
         print(f"  {model}: max abs error {against} " + ", ".join(f"{k}={v:.3g}" for k, v in errors.items()))
     if "cpu_runtime" in result.manifest:
         chosen = result.manifest["cpu_runtime"]
@@ -159,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "transformers YOLOS, DETR, Conditional DETR or RT-DETR checkpoint), or ultralytics:FILE.onnx "
                         "(what `yolo export format=onnx` writes for a YOLOv8/YOLO11 detect or -seg model)")
     p.add_argument("--attributes", default="default", help="'default' or an attributes .safetensors checkpoint")
+    p.add_argument("--classifier", default=None, metavar="hf:FOLDER_OR_HUB_ID",
+                   help="an image classifier (any transformers AutoModelForImageClassification: ViT, ConvNeXt, "
+                        "ResNet, ...): its top labels for the whole image in every result, instead of the default "
+                        "model's product verticals")
+    p.add_argument("--embedder", default=None, metavar="hf:FOLDER_OR_HUB_ID",
+                   help="a CLIP or SigLIP model from transformers: a vector for every garment and the whole image "
+                        "in every result, instead of the default model's, and its text tower as the model "
+                        "text_embedder (FashionClient.embed_text)")
     p.add_argument("--target", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--runtime", choices=["auto", "onnxruntime", "openvino", "tensorrt", "torch"], default="auto",
                    help="what runs the networks: auto is TensorRT engines on gpu and, on cpu, the faster of "

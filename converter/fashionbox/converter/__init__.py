@@ -129,6 +129,12 @@ class ConvertOptions:
     out: Path
     detector: str = "default"
     attributes: str = "default"
+    classifier: str | None = None
+    """An image-level classifier family (``hf:FOLDER_OR_HUB_ID``): labels for the whole image, served
+    instead of the default model's product verticals."""
+    embedder: str | None = None
+    """An embedder family (``hf:FOLDER_OR_HUB_ID``, CLIP or SigLIP): vectors for every garment and the
+    whole image (and ``text_embedder`` for its text tower), instead of the default model's embedding."""
     target: Target = "cpu"
     runtime: Runtime = "auto"
     """What runs the networks: ``onnxruntime`` (cpu) or TensorRT engines (gpu) for ``auto``, or
@@ -147,7 +153,8 @@ class ConvertOptions:
     """Generated scenes used to compare ONNX Runtime with PyTorch (plus random inputs)."""
     tolerance: dict[str, float] = field(default_factory=lambda: {
         "boxes": 0.05, "scores": 1e-4, "probs": 1e-4, "masks": 1e-4, "nms_count_mismatch": 0.0, "nms_scores": 1e-4,
-        "detections_count_mismatch": 0.0, "mask_coeffs": 1e-4})
+        "detections_count_mismatch": 0.0, "mask_coeffs": 1e-4, "embeddings": 1e-4, "embeddings_cosine": 1e-6,
+        "verticals": 1e-4})
     repository_settings: dict[str, Any] = field(default_factory=dict)
     """Overrides for ``RepositorySettings`` (instance counts, batching...)."""
     engines: EngineOptions = field(default_factory=lambda: _engine_options())
@@ -308,6 +315,64 @@ def _cpu_runtime(options: ConvertOptions, detector_onnx: Path, attributes_onnx: 
     return CpuChoice("openvino", precision, reports, {"chosen": f"openvino/{precision}", "cpu": host_cpu().as_dict()})
 
 
+@dataclass
+class _Branches:
+    """The image-level families' exports: repository settings, graphs, files, reports, manifest."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    onnx: dict[str, Path] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+    reports: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per kind, the family's ONNX graph against its own library (:func:`compare_image_model`)."""
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def _load_image_models(options: ConvertOptions) -> dict[str, Any]:
+    """``--classifier`` / ``--embedder`` loaded (before minutes of detector export), by kind."""
+    specs = {"classifier": options.classifier, "embedder": options.embedder}
+    if not any(specs.values()):
+        return {}
+    from fashionbox.converter.image_models import load_image_model
+
+    return {kind: load_image_model(spec, kind) for kind, spec in specs.items() if spec}  # type: ignore[arg-type]
+
+
+def _comparison_images(samples: int) -> list[npt.NDArray[np.uint8]]:
+    """Generated scenes at their own (odd) sizes: what the image-level families are compared on."""
+    from fashionbox.synth import render_scene
+
+    return [np.asarray(render_scene(95_000 + i).image.convert("RGB")) for i in range(max(2, samples // 2))]
+
+
+def _export_image_models(models: dict[str, Any], tmp: Path, options: ConvertOptions) -> _Branches:
+    """Export and compare each image-level family; what the repository needs of them."""
+    from fashionbox.converter.image_models import compare_image_model, export_image_model
+    from fashionbox.converter.repository import MODEL_VERSION, TOKENIZER_DIR, ImageBranch
+
+    out = _Branches()
+    if not models:
+        return out
+    images = _comparison_images(options.compare_samples)
+    for kind, model in models.items():
+        files = export_image_model(model, tmp / kind, opset=options.opset)
+        report = compare_image_model(model, files, images)
+        out.reports[kind] = dict(report)
+        size = len(model.labels) if kind == "classifier" else int(model.dimension)
+        out.settings[kind] = ImageBranch(name=model.name, view=model.view.to_json(), height=model.view.height,
+                                         width=model.view.width, size=size, labels=tuple(model.labels),
+                                         text=kind == "embedder" and "text" in files)
+        name = contract.CLASSIFIER_MODEL if kind == "classifier" else contract.EMBEDDER_MODEL
+        out.onnx[name] = files["image"]
+        if kind == "embedder" and "text" in files:
+            out.onnx[contract.TEXT_EMBEDDER_MODEL] = files["text"]
+            for path in sorted(Path(files["tokenizer"]).iterdir()):
+                if path.is_file():
+                    out.files[f"{contract.TEXT_EMBEDDER_MODEL}/{MODEL_VERSION}/{TOKENIZER_DIR}/{path.name}"] = path
+        out.manifest[kind] = {"spec": getattr(options, kind), "name": model.name, "size": size,
+                              "view": json.loads(model.view.to_json()), "text": kind == "embedder" and "text" in files}
+    return out
+
+
 def convert(options: ConvertOptions) -> ConvertResult:
     """Export, check, compare and write the repository; nothing is written on failure."""
     from fashionbox.converter.export import compare_attributes, export_attributes_onnx
@@ -315,6 +380,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
         MODEL_VERSION,
         WEIGHTS_FILE,
         RepositorySettings,
+        attributes_embedding_size,
         attributes_mask_size,
         gpu_scheduling,
         step_timeouts,
@@ -339,6 +405,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
         from fashionbox.converter.tensorrt import import_tensorrt
 
         import_tensorrt()  # refuse before minutes of export when engines cannot be built here
+    image_models = _load_image_models(options)
     family_name, detector_path = resolve_spec(options.detector, "detector")
     _, attributes_path = resolve_spec(options.attributes, "attributes")
     family = FAMILIES[family_name]()
@@ -366,6 +433,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
         repository_settings = {"detector_masks": True, **repository_settings}
     settings = RepositorySettings(input_size=size, crop_size=crop, max_detections=max_detections,
                                   model_name=family.name, model_version=f"{detector_sha[:8]}-{attributes_sha[:8]}",
+                                  vertical_labels=tuple(getattr(classifier.config, "verticals", ())),
                                   **repository_settings)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fashionbox-convert-") as tmp:
@@ -373,7 +441,8 @@ def convert(options: ConvertOptions) -> ConvertResult:
         attributes_onnx = export_attributes_onnx(classifier, Path(tmp) / "attributes.onnx", opset=options.opset)
         # Every profile (the GPU's configs are written before write_repository sees the graph) serves
         # the crop masks exactly when the attribute graph has a mask head.
-        settings = replace(settings, crop_mask_size=attributes_mask_size(attributes_onnx))
+        settings = replace(settings, crop_mask_size=attributes_mask_size(attributes_onnx),
+                           crop_embedding_size=attributes_embedding_size(attributes_onnx))
         det_batches, attr_batches = _comparison_inputs(size, crop, options.compare_samples, attribute_labels)
         det_report = family.compare_detector(detector, detector_onnx, det_batches, nms)
         attr_report = compare_attributes(classifier, attributes_onnx, attr_batches)
@@ -389,6 +458,9 @@ def convert(options: ConvertOptions) -> ConvertResult:
             log.info("%s: max abs error ONNX Runtime vs PyTorch %s over %d samples",
                      report.model, report.max_abs_error, report.samples)
             report.raise_if_over(options.tolerance)
+        branches = _export_image_models(image_models, Path(tmp), options)
+        settings = replace(settings, classifier=branches.settings.get("classifier"),
+                           embedder=branches.settings.get("embedder"))
         cpu_runtime = _cpu_runtime(options, detector_onnx, attributes_onnx, det_batches, attr_batches,
                                    max_detections=max_detections, num_attribute_labels=label_map.num_attribute_labels,
                                    threads=settings.ort.intra_op_threads)
@@ -412,9 +484,13 @@ def convert(options: ConvertOptions) -> ConvertResult:
             "export": {"opset": options.opset, "nms": asdict(nms), "input_size": size, "crop_size": crop,
                        "exporter": "torch.onnx (TorchScript), dynamic batch"},
             "comparison": {**{report.model: report.max_abs_error for report in reports},
-                           "tolerance": options.tolerance},
+                           **branches.reports, "tolerance": options.tolerance},
             "versions": _versions(),
         }
+        if branches.manifest:
+            manifest["image_models"] = branches.manifest
+        for image_level in settings.image_level():  # what postprocess serves; the in-process baseline reads it
+            manifest["image_level"] = image_level.to_parameters()
         if cpu_runtime is not None:  # what auto measured (or the explicit check), and on which CPU
             manifest["cpu_runtime"] = cpu_runtime.record
         gpu = None
@@ -431,7 +507,9 @@ def convert(options: ConvertOptions) -> ConvertResult:
             manifest["engines"] = gpu.manifest
         repository = write_repository(options.out, detector_onnx=detector_onnx, attributes_onnx=attributes_onnx,
                                       label_map=label_map, settings=settings, manifest=manifest,
-                                      configs=gpu.configs if gpu else None, files=gpu.files if gpu else files)
+                                      configs=gpu.configs if gpu else None,
+                                      files={**(gpu.files if gpu else files), **branches.files},
+                                      branch_onnx=branches.onnx)
     log.info("model repository written to %s in %.1f s", repository, time.time() - started)
-    return ConvertResult(repository, {report.model: report.max_abs_error for report in reports},
+    return ConvertResult(repository, {**{report.model: report.max_abs_error for report in reports}, **branches.reports},
                          json.loads(json.dumps(manifest)))

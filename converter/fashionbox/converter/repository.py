@@ -21,6 +21,9 @@ Layout written (``S`` = input size, every model has version ``1``)::
     <out>/attributes/config.pbtxt     python backend running ONNX Runtime or OpenVINO;  1/model.py, 1/model.onnx
     <out>/postprocess/config.pbtxt    python backend, calls ``attributes`` through BLS;  1/model.py
     <out>/fashion/config.pbtxt        the ensemble clients call;  1/ (empty, Triton requires it)
+    <out>/classifier/config.pbtxt     a classifier family's graph (BLS from postprocess);  1/model.py, 1/model.onnx
+    <out>/embedder/config.pbtxt       an embedder family's graph (BLS from postprocess);  1/model.py, 1/model.onnx
+    <out>/text_embedder/config.pbtxt  its text tower, called directly;  1/model.py, 1/model.onnx, 1/tokenizer/
 
 Usage::
 
@@ -66,12 +69,16 @@ from fashionbox.core.imaging import DecodeLimits
 from fashionbox.core.serving import (
     AdmissionSettings,
     AttributesParameters,
+    BranchParameters,
     DetectorParameters,
+    ImageLevelParameters,
     OrtSettings,
     ParameterSet,
     PostprocessParameters,
     PreprocessParameters,
     RuntimeSettings,
+    TextEmbedderParameters,
+    ViewParameters,
 )
 from fashionbox.server.model_config import CONFIG_FILE, ModelScheduling, write_model_config
 
@@ -82,9 +89,11 @@ __all__ = [
     "DEFAULT_STEP_QUEUE_TIMEOUT_US",
     "LABELS_JSON_PARAMETER",
     "MODEL_VERSION",
+    "ImageBranch",
     "ModelScheduling",
     "RepositorySettings",
     "Target",
+    "attributes_embedding_size",
     "attributes_mask_size",
     "check_onnx_contract",
     "ensemble_config",
@@ -133,6 +142,35 @@ _PYTHON_MODELS = (
     contract.POSTPROCESS_MODEL,
 )
 _ENSEMBLE_STEPS = (contract.PREPROCESS_MODEL, contract.DETECTOR_MODEL, contract.POSTPROCESS_MODEL)
+_SOURCES = {contract.CLASSIFIER_MODEL: "branch", contract.EMBEDDER_MODEL: "branch"}
+"""Models whose python source is shared (one image-level network model.py serves both)."""
+TOKENIZER_DIR = TextEmbedderParameters.tokenizer_dir
+
+
+@dataclass(frozen=True)
+class ImageBranch:
+    """An image-level network of another family, served beside the detector: ``classifier`` (image labels)
+    or ``embedder`` (vectors for every garment and the whole image, and a text tower when it has one)."""
+
+    name: str
+    """Provenance sent with every result (``labels_model``, the embeddings' ``model``), e.g. ``hf:org/name``."""
+    view: str
+    """:class:`fashionbox.core.views.ViewRecipe` JSON: how ``preprocess`` makes its input from the decode."""
+    height: int
+    width: int
+    size: int
+    """Labels (classifier) or dimension (embedder)."""
+    labels: tuple[str, ...] = ()
+    """Classifier: the labels' names in index order."""
+    text: bool = False
+    """Embedder: serve its text tower as ``text_embedder``."""
+
+    def __post_init__(self) -> None:
+        for name in ("height", "width", "size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ImageBranch.{name} must be positive, got {getattr(self, name)}")
+        if self.labels and len(self.labels) != self.size:
+            raise ValueError(f"{len(self.labels)} label names for {self.size} classifier outputs")
 
 DEFAULT_ENTRY_QUEUE_SIZE = 16
 """Requests that may wait for ``preprocess``, the ensemble's entry: two batches of 8, about 0.15 s
@@ -239,6 +277,23 @@ class RepositorySettings:
     crop_mask_size: int = 0
     """Side of the attribute model's mask grid (CROP_MASKS), 0 without a mask head. Read from the
     attribute graph's ``masks`` output by :func:`write_repository`, which overrides what is given here."""
+    crop_embedding_size: int = 0
+    """Dimension of the attribute model's embedding head (CROP_EMBEDDINGS), 0 without one: the default
+    model's garment and image vectors when no embedder family is served. Read from the graph."""
+    vertical_labels: tuple[str, ...] = ()
+    """The attribute model's vertical head's labels (VERTICAL_PROBS), () without one: the default model's
+    image-level labels when no classifier family is served. Checked against the graph."""
+    classifier: ImageBranch | None = None
+    embedder: ImageBranch | None = None
+    label_top_k: int = 5
+    """Image-level labels sent per image (the classifier's top k)."""
+    embedding_dtype: str = "float16"
+    """How vectors are packed in results: ``float16`` (half the bytes) or ``float32``."""
+    image_models: ModelScheduling = field(default_factory=lambda: ModelScheduling(max_batch_size=32))
+    """``classifier`` and ``embedder``: called through BLS like ``attributes``, so unbounded queues."""
+    text_embedder: ModelScheduling = field(
+        default_factory=lambda: ModelScheduling(max_batch_size=16, max_queue_size=DEFAULT_ENTRY_QUEUE_SIZE))
+    """An entry clients call directly: bounded like ``preprocess``."""
 
     def __post_init__(self) -> None:
         for name in ("input_size", "crop_size", "max_detections", "max_image_bytes", "max_pixels"):
@@ -248,6 +303,17 @@ class RepositorySettings:
         if isinstance(self.crop_mask_size, bool) or not isinstance(self.crop_mask_size, int) or self.crop_mask_size < 0:
             raise ValueError(f"crop_mask_size must be a whole number >= 0 (0: no mask head), "
                              f"got {self.crop_mask_size!r}")
+        if self.crop_embedding_size < 0 or self.label_top_k < 1:
+            raise ValueError("crop_embedding_size must be >= 0 and label_top_k >= 1")
+        if self.embedding_dtype not in ("float16", "float32"):
+            raise ValueError(f"embedding_dtype must be float16 or float32, got {self.embedding_dtype!r}")
+        if len(self.vertical_labels) == 1:
+            raise ValueError("a vertical head needs at least two labels")
+        if self.classifier is not None and not self.classifier.labels:
+            raise ValueError("the classifier needs its label names (ImageBranch.labels)")
+        if self.embedder is not None and self.embedder.height != self.embedder.width:
+            raise ValueError(f"the embedder's input must be square (garment crops are cut square), got "
+                             f"{self.embedder.height}x{self.embedder.width}")
         DecodeLimits(max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels)  # refuses unusable limits
         if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int) or self.max_in_flight < 0:
             raise ValueError(f"max_in_flight must be a whole number >= 0 (0 is off), got {self.max_in_flight!r}")
@@ -301,8 +367,54 @@ class RepositorySettings:
             contract.DETECTOR_MODEL: self.detector,
             contract.ATTRIBUTES_MODEL: self.attributes,
             contract.POSTPROCESS_MODEL: self.postprocess,
+            contract.CLASSIFIER_MODEL: self.image_models,
+            contract.EMBEDDER_MODEL: self.image_models,
+            contract.TEXT_EMBEDDER_MODEL: self.text_embedder,
         }
         return schedules[model]
+
+    @property
+    def labels_from(self) -> str:
+        """Where image-level labels come from: a classifier family wins over the default vertical head."""
+        return "classifier" if self.classifier else "attributes" if self.vertical_labels else ""
+
+    @property
+    def embeddings_from(self) -> str:
+        """Where vectors come from: an embedder family wins over the default embedding head."""
+        return "embedder" if self.embedder else "attributes" if self.crop_embedding_size else ""
+
+    def image_level(self) -> tuple[ParameterSet, ...]:
+        """``postprocess``'s image-level parameters; none when nothing image-level is served."""
+        if not (self.labels_from or self.embeddings_from):
+            return ()
+        return (ImageLevelParameters(**self._image_level()),)
+
+    def views(self) -> tuple[ParameterSet, ...]:
+        """``preprocess``'s view recipes; none without a classifier or embedder family."""
+        if not (self.classifier or self.embedder):
+            return ()
+        return (ViewParameters(classifier_view=self.classifier.view if self.classifier else "",
+                               embedder_view=self.embedder.view if self.embedder else ""),)
+
+    def _image_level(self) -> dict[str, Any]:
+        labels = self.classifier.labels if self.classifier else self.vertical_labels
+        if self.embedder:
+            embedding_model = self.embedder.name
+        else:
+            embedding_model = f"{self.model_name or 'fashionbox'}@{self.model_version}"
+        return {
+            "labels_from": self.labels_from,
+            "label_names": json.dumps(list(labels) if self.labels_from else []),
+            "labels_model": (self.classifier.name if self.classifier
+                             else f"{self.model_name or 'fashionbox'} verticals" if self.vertical_labels else ""),
+            "label_top_k": self.label_top_k,
+            "embeddings_from": self.embeddings_from,
+            "embedding_model": embedding_model if self.embeddings_from else "",
+            "embedding_dtype": self.embedding_dtype,
+            "embedder_view": self.embedder.view if self.embedder else "",
+            "classifier_max_batch_size": self.image_models.max_batch_size,
+            "embedder_max_batch_size": self.image_models.max_batch_size,
+        }
 
 
 # -- configs ------------------------------------------------------------------------------------------
@@ -319,13 +431,23 @@ def _io(specs: tuple[contract.TensorSpec, ...], sizes: Mapping[str, tuple[int, .
 
 def _tensor_sizes(settings: RepositorySettings, label_map: LabelMap) -> dict[str, tuple[int, ...]]:
     s, c, a, m = settings.input_size, settings.crop_size, label_map.num_attribute_labels, settings.crop_mask_size
-    return {
+    sizes: dict[str, tuple[int, ...]] = {
         contract.PIXELS.name: (s, s, 3),
         contract.CROPS.name: (c, c, 3),
         contract.ATTRIBUTE_PROBS.name: (a,),
         contract.ATTRIBUTE_SCORES.name: (-1, a),
         **({contract.CROP_MASKS.name: (m, m)} if m else {}),
+        **({contract.CROP_EMBEDDINGS.name: (settings.crop_embedding_size,)} if settings.crop_embedding_size else {}),
+        **({contract.VERTICAL_PROBS.name: (len(settings.vertical_labels),)} if settings.vertical_labels else {}),
     }
+    if settings.classifier:
+        sizes[contract.CLASSIFIER_VIEW.name] = (settings.classifier.height, settings.classifier.width, 3)
+        sizes[contract.LABEL_PROBS.name] = (settings.classifier.size,)
+    if settings.embedder:
+        sizes[contract.EMBEDDER_VIEW.name] = (settings.embedder.height, settings.embedder.width, 3)
+        sizes[contract.EMBEDDINGS.name] = (settings.embedder.size,)
+        sizes[contract.TEXT_EMBEDDINGS.name] = (settings.embedder.size,)
+    return sizes
 
 
 def _parameters(config: Any, *sets: ParameterSet) -> None:
@@ -451,19 +573,25 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
     # Instance masks: a segmenting detector's tensors go to postprocess through the ensemble; the
     # attribute model's CROP_MASKS reach it through the same BLS call as ATTRIBUTE_PROBS.
     segments = (contract.DET_MASK_COEFFS, contract.DET_PROTOS) if settings.detector_masks else ()
-    crop_masks = (contract.CROP_MASKS,) if settings.crop_mask_size else ()
+    crop_outputs = tuple(spec for spec, present in (
+        (contract.CROP_MASKS, settings.crop_mask_size), (contract.CROP_EMBEDDINGS, settings.crop_embedding_size),
+        (contract.VERTICAL_PROBS, settings.vertical_labels)) if present)
+    # the image-level families' views: made by preprocess from its decode, read by postprocess
+    views = tuple(spec for spec, branch in ((contract.CLASSIFIER_VIEW, settings.classifier),
+                                            (contract.EMBEDDER_VIEW, settings.embedder)) if branch)
     configs: dict[str, Any] = {
         contract.PREPROCESS_MODEL: _python_model(
             contract.PREPROCESS_MODEL,
             settings.preprocess,
             (contract.IMAGE,),
-            (contract.PIXELS, contract.IMAGE_INFO, contract.TOKEN),
+            (contract.PIXELS, contract.IMAGE_INFO, contract.TOKEN, *views),
             sizes,
             PreprocessParameters(
                 input_size=settings.input_size,
                 max_image_bytes=settings.max_image_bytes,
                 max_pixels=settings.max_pixels,
             ),
+            *settings.views(),
             *settings.admission,
         ),
         contract.DETECTOR_MODEL: _runner_model(
@@ -481,7 +609,7 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
             contract.ATTRIBUTES_MODEL,
             settings,
             (contract.CROPS, contract.TOKEN),
-            (contract.ATTRIBUTE_PROBS, *crop_masks),
+            (contract.ATTRIBUTE_PROBS, *crop_outputs),
             sizes,
             AttributesParameters(
                 crop_size=settings.crop_size,
@@ -493,7 +621,7 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
             contract.POSTPROCESS_MODEL,
             settings.postprocess,
             (contract.PIXELS, contract.IMAGE_INFO, contract.DET_BOXES, contract.DET_SCORES, contract.DET_CLASSES,
-             contract.TOKEN, *segments),
+             contract.TOKEN, *segments, *views),
             contract.ENSEMBLE_OUTPUTS,
             sizes,
             PostprocessParameters(
@@ -506,12 +634,39 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
                 crop_masks=bool(settings.crop_mask_size),
                 detector_masks=settings.detector_masks,
             ),
+            *settings.image_level(),
             *settings.admission,
         ),
     }
+    configs.update(_branch_configs(settings, sizes))
     if settings.target == "gpu" and settings.gpu_decode:
         gpu_preprocess(configs[contract.PREPROCESS_MODEL])
     configs[contract.ENSEMBLE_MODEL] = ensemble_config(settings, label_map, configs)
+    return configs
+
+
+def _branch_configs(settings: RepositorySettings, sizes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+    """``classifier``, ``embedder`` and ``text_embedder``, for the families the settings serve."""
+    configs: dict[str, Any] = {}
+    runtime = settings.runtime.to_parameters() if settings.runtime.runtime == "openvino" else {}
+    for name, branch, output, graph_output in (
+            (contract.CLASSIFIER_MODEL, settings.classifier, contract.LABEL_PROBS, contract.ONNX_CLASSIFIER_OUTPUT),
+            (contract.EMBEDDER_MODEL, settings.embedder, contract.EMBEDDINGS, contract.ONNX_EMBEDDER_OUTPUT)):
+        if branch is None:
+            continue
+        config = _python_model(name, settings.scheduling(name), (contract.VIEWS, contract.TOKEN), (output,),
+                               {**sizes, contract.VIEWS.name: (branch.height, branch.width, 3)},
+                               BranchParameters(height=branch.height, width=branch.width, size=branch.size,
+                                                graph_output=graph_output, onnx_file=ONNX_FILE),
+                               settings.ort)
+        for key in ("runtime", "precision"):  # OpenVINO where the other networks run in it; else ONNX Runtime
+            if key in runtime:
+                config.parameters[key].string_value = runtime[key]
+        configs[name] = config
+    if settings.embedder is not None and settings.embedder.text:
+        configs[contract.TEXT_EMBEDDER_MODEL] = _python_model(
+            contract.TEXT_EMBEDDER_MODEL, settings.text_embedder, (contract.TEXT,), (contract.TEXT_EMBEDDINGS,),
+            sizes, TextEmbedderParameters(dimension=settings.embedder.size, onnx_file=ONNX_FILE), settings.ort)
     return configs
 
 
@@ -589,6 +744,24 @@ def check_onnx_contract(
     _check_tensor(attributes_onnx, outputs, contract.ONNX_ATTRIBUTES_OUTPUT, tp.FLOAT, (None, a))
     if m:
         _check_tensor(attributes_onnx, outputs, contract.ONNX_ATTRIBUTES_MASKS, tp.FLOAT, (None, m, m))
+    if settings.crop_embedding_size:
+        _check_tensor(attributes_onnx, outputs, contract.ONNX_ATTRIBUTES_EMBEDDINGS, tp.FLOAT,
+                      (None, settings.crop_embedding_size))
+    if settings.vertical_labels:
+        _check_tensor(attributes_onnx, outputs, contract.ONNX_ATTRIBUTES_VERTICALS, tp.FLOAT,
+                      (None, len(settings.vertical_labels)))
+
+
+def attributes_embedding_size(attributes_onnx: Path) -> int:
+    """Dimension of the attribute graph's embedding head (output ``embeddings`` ``[batch, D]``); 0 without one."""
+    _, outputs = _onnx_io(attributes_onnx)
+    if contract.ONNX_ATTRIBUTES_EMBEDDINGS not in outputs:
+        return 0
+    _, dims = outputs[contract.ONNX_ATTRIBUTES_EMBEDDINGS]
+    if len(dims) != 2 or dims[1] is None or dims[1] < 1:
+        raise ValueError(f"{attributes_onnx}: tensor {contract.ONNX_ATTRIBUTES_EMBEDDINGS!r} must be [batch, D] "
+                         f"with a fixed D, got {['?' if d is None else d for d in dims]}")
+    return dims[1]
 
 
 def attributes_mask_size(attributes_onnx: Path) -> int:
@@ -644,7 +817,7 @@ def _build(
         version_dir.mkdir(parents=True)
         write_model_config(_inside(model_dir, CONFIG_FILE), config)
         if config.backend == "python":
-            _inside(version_dir, _PYTHON_SOURCE).write_bytes(_model_source(name))
+            _inside(version_dir, _PYTHON_SOURCE).write_bytes(_model_source(_SOURCES.get(name, name)))
         if name in onnx_files and config.backend == "python":  # the ONNX Runtime runners (cpu target)
             shutil.copyfile(onnx_files[name], _inside(version_dir, ONNX_FILE))
     label_map.save(_inside(root, contract.LABELS_FILE))
@@ -725,12 +898,15 @@ def write_repository(
     manifest: Mapping[str, Any],
     configs: Mapping[str, Any] | None = None,
     files: Mapping[str, Path] | None = None,
+    branch_onnx: Mapping[str, Path] | None = None,
 ) -> Path:
     """Write the whole repository to ``out`` (replacing a previous one) and return ``out``.
 
     ``configs`` replaces :func:`model_configs` (the gpu target derives its own,
     :func:`fashionbox.converter.tensorrt.gpu_model_configs`); ``files`` maps repository-relative
-    paths to files copied there last. The ONNX graphs are always checked against the contract.
+    paths to files copied there last; ``branch_onnx`` maps ``classifier`` / ``embedder`` /
+    ``text_embedder`` to their graphs (the text tower's tokenizer comes through ``files``). The ONNX
+    graphs are always checked against the contract.
     Without ``configs``, ``settings.crop_mask_size`` is read from the attribute graph
     (:func:`attributes_mask_size`): a graph with a mask head gets CROP_MASKS served, one without does not.
 
@@ -745,7 +921,8 @@ def write_repository(
         if not Path(path).is_file():
             raise FileNotFoundError(f"ONNX model not found: {path}")
     if configs is None:
-        settings = replace(settings, crop_mask_size=attributes_mask_size(Path(attributes_onnx)))
+        settings = replace(settings, crop_mask_size=attributes_mask_size(Path(attributes_onnx)),
+                           crop_embedding_size=attributes_embedding_size(Path(attributes_onnx)))
     configs = dict(configs) if configs is not None else model_configs(settings, label_map)
     for path in (files or {}).values():
         if not Path(path).is_file():
@@ -764,7 +941,8 @@ def write_repository(
         _build(
             staging,
             configs,
-            {contract.DETECTOR_MODEL: Path(detector_onnx), contract.ATTRIBUTES_MODEL: Path(attributes_onnx)},
+            {contract.DETECTOR_MODEL: Path(detector_onnx), contract.ATTRIBUTES_MODEL: Path(attributes_onnx),
+             **{name: Path(path) for name, path in (branch_onnx or {}).items()}},
             label_map,
             manifest_json,
             files,

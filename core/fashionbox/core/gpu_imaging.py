@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -60,10 +60,22 @@ class DecodeSettings(ParameterSet):
             raise ValueError(f"decode_device must be one of {DECODE_DEVICES}, got {self.decode_device!r}")
 
 
+class View(Protocol):
+    """How an image-level network's processor makes its input (:class:`fashionbox.core.views.ViewRecipe`)."""
+
+    @property
+    def min_source_short_side(self) -> int: ...
+
+    def apply(self, image: Image.Image) -> Pixels: ...
+
+
 class ImageDecoder(Protocol):
     device: str
 
     def decode_letterbox(self, data: bytes, size: int, limits: DecodeLimits) -> tuple[Pixels, LetterboxInfo]: ...
+
+    def decode_views(self, data: bytes, size: int, limits: DecodeLimits,
+                     views: Sequence[View]) -> tuple[Pixels, LetterboxInfo, list[Pixels]]: ...
 
 
 class CpuDecoder:
@@ -73,6 +85,14 @@ class CpuDecoder:
 
     def decode_letterbox(self, data: bytes, size: int, limits: DecodeLimits) -> tuple[Pixels, LetterboxInfo]:
         return letterbox(decode_image(data, target_size=size, limits=limits), size)
+
+    def decode_views(self, data: bytes, size: int, limits: DecodeLimits,
+                     views: Sequence[View]) -> tuple[Pixels, LetterboxInfo, list[Pixels]]:
+        """The letterbox and each view from one decode (at the resolution the largest view needs)."""
+        decoded = decode_image(data, target_size=size, limits=limits,
+                               min_short_side=max((view.min_source_short_side for view in views), default=0))
+        pixels, info = letterbox(decoded, size)
+        return pixels, info, [view.apply(decoded.image) for view in views]
 
 
 @dataclass(frozen=True)
@@ -187,6 +207,11 @@ class GpuDecoder:
     def __init__(self, ops: TorchImageOps, cpu: ImageDecoder | None = None) -> None:
         self.ops = ops
         self.cpu = cpu or CpuDecoder()
+
+    def decode_views(self, data: bytes, size: int, limits: DecodeLimits,
+                     views: Sequence[View]) -> tuple[Pixels, LetterboxInfo, list[Pixels]]:
+        """On the CPU: the views must be the family processor's own (PIL) resize, bit for bit."""
+        return self.cpu.decode_views(data, size, limits, views)
 
     def decode_letterbox(self, data: bytes, size: int, limits: DecodeLimits) -> tuple[Pixels, LetterboxInfo]:
         header = _jpeg_header(data, limits)

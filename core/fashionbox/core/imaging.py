@@ -38,6 +38,7 @@ __all__ = [
     "decode_image",
     "letterbox",
     "pillow_pixel_ceiling",
+    "whole_image_crop",
 ]
 
 PAD_VALUE = 114
@@ -163,6 +164,12 @@ class LetterboxInfo:
         np.clip(out[:, 1::2], 0, self.height, out=out[:, 1::2])
         return out
 
+    @property
+    def content_box(self) -> FloatArray:
+        """``[4]``: where the photo lies in the letterbox (x1, y1, x2, y2 in letterbox pixels), padding excluded."""
+        box: FloatArray = self.to_letterbox(np.array([[0.0, 0.0, self.width, self.height]], dtype=np.float32))[0]
+        return box
+
     def to_letterbox(self, boxes: ArrayLike) -> FloatArray:
         """Original-image boxes ``[n, 4]`` to letterbox pixels (for training targets)."""
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
@@ -220,11 +227,13 @@ def _declared_pixels(exc: Exception) -> str:
     return found.group(1) if found else "too many"
 
 
-def decode_image(data: bytes, *, target_size: int, limits: DecodeLimits | None = None) -> DecodedImage:
+def decode_image(data: bytes, *, target_size: int, limits: DecodeLimits | None = None,
+                 min_short_side: int = 0) -> DecodedImage:
     """Decode JPEG/PNG/WebP bytes to an RGB image, checking limits before decoding pixels.
 
     JPEGs are decoded at the smallest DCT scale that still covers ``target_size`` on the long
-    side (Pillow ``draft``), which is 2-3x cheaper than a full decode for photos. Any bytes give
+    side (Pillow ``draft``), which is 2-3x cheaper than a full decode for photos; ``min_short_side``
+    keeps at least that many pixels on the short side too (what an image-level view needs). Any bytes give
     either a :class:`DecodedImage` or :class:`InvalidImageError` (``tests/fuzz_decode.py``).
     """
     with warnings.catch_warnings():
@@ -233,10 +242,10 @@ def decode_image(data: bytes, *, target_size: int, limits: DecodeLimits | None =
         # a warning per hostile request would flood the server log, and an "error" filter
         # would turn a servable image into a refusal.
         warnings.simplefilter("ignore")
-        return _decode(data, target_size, limits or DecodeLimits())
+        return _decode(data, target_size, limits or DecodeLimits(), min_short_side)
 
 
-def _decode(data: bytes, target_size: int, limits: DecodeLimits) -> DecodedImage:
+def _decode(data: bytes, target_size: int, limits: DecodeLimits, min_short_side: int = 0) -> DecodedImage:
     if not data:
         raise InvalidImageError("empty image: the request carried 0 bytes")
     if len(data) > limits.max_image_bytes:
@@ -268,7 +277,9 @@ def _decode(data: bytes, target_size: int, limits: DecodeLimits) -> DecodedImage
     oriented_w, oriented_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
     try:
         if image.format == "JPEG":
-            long_side = max(width, height)
+            long_side, short_side = max(width, height), min(width, height)
+            if short_side and min_short_side * long_side > target_size * short_side:
+                target_size = -(-min_short_side * long_side // short_side)  # the short side needs more
             if long_side > target_size:
                 requested = (max(1, width * target_size // long_side), max(1, height * target_size // long_side))
                 image.draft("RGB", requested)
@@ -352,3 +363,10 @@ def crop_garments(pixels: Pixels, boxes: ArrayLike, size: int, *, margin: float 
         out[i] = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=(x1, y1, x2, y2)),
                             dtype=np.uint8)
     return out
+
+
+def whole_image_crop(pixels: Pixels, info: LetterboxInfo, size: int) -> Pixels:
+    """``[1, size, size, 3]``: the whole photo inside letterbox ``pixels`` (its padding left out) as one
+    crop, resized like a garment crop (:func:`crop_garments`, no margin). What the default model's
+    image-level heads (product vertical, image embedding) read, in training and in serving alike."""
+    return crop_garments(pixels, info.content_box[None, :], size, margin=0.0)

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from fashionbox.core.postprocessing import AnyArray
-from fashionbox.core.serving import OnnxAttributes, OnnxDetector, OrtSettings
+from fashionbox.core.serving import OnnxAttributes, OnnxDetector, OnnxImageBranch, OrtSettings
 
 __all__ = [
     "BF16_FLAGS",
@@ -55,6 +55,7 @@ __all__ = [
     "OpenVinoAttributes",
     "OpenVinoDetector",
     "OpenVinoError",
+    "OpenVinoImageBranch",
     "OpenVinoSession",
     "check_precision",
     "host_cpu",
@@ -235,6 +236,19 @@ class OpenVinoAttributes(OnnxAttributes):
         self.precision = precision
         self._cpu = cpu
         super().__init__(model_path, settings, num_attribute_labels=num_attribute_labels)
+
+    def _create_session(self, model_path: Path, settings: OrtSettings) -> Any:
+        return OpenVinoSession(model_path, settings, precision=self.precision, cpu=self._cpu)
+
+
+class OpenVinoImageBranch(OnnxImageBranch):
+    """:class:`fashionbox.core.serving.OnnxImageBranch` (a classifier or embedder graph) run by OpenVINO."""
+
+    def __init__(self, model_path: Path, settings: OrtSettings, *, output: str, size: int, precision: str = "fp32",
+                 cpu: CpuInfo | None = None) -> None:
+        self.precision = precision
+        self._cpu = cpu
+        super().__init__(model_path, settings, output=output, size=size)
 
     def _create_session(self, model_path: Path, settings: OrtSettings) -> Any:
         return OpenVinoSession(model_path, settings, precision=self.precision, cpu=self._cpu)

@@ -17,6 +17,11 @@ Usage::
 With instance masks (a segmenting family or the default model's mask head), ``masks`` holds each
 detection's COCO uncompressed RLE counts at ``width x height`` (``InstanceMask.to_rle()`` of
 :mod:`fashionbox.core.masks`), or ``None`` for a detection without one.
+
+Image-level labels and embeddings (a classifier or embedder family, or the default model's vertical
+and embedding heads) ride along: ``labels`` (the top k as ``(index, label, score)``),
+``embeddings`` (one L2-normalised row per detection) and ``image_embedding``, packed with
+:func:`fashionbox.contract.embedding.pack_embedding`.
 """
 
 from __future__ import annotations
@@ -26,10 +31,36 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from fashionbox.contract.embedding import pack_embedding
 from fashionbox.contract.labels import LabelMap
 from fashionbox.v1 import detections_pb2
 
-__all__ = ["build_image_detections"]
+__all__ = ["EmbeddingSettings", "build_image_detections", "top_labels"]
+
+
+class EmbeddingSettings:
+    """How the vectors of one model are sent: the model's name (provenance) and the packed dtype."""
+
+    __slots__ = ("dtype", "model")
+
+    def __init__(self, model: str, dtype: str = "float16") -> None:
+        pack_embedding(np.zeros(1, dtype=np.float32), dtype)  # refuses an unknown dtype now
+        self.model, self.dtype = model, dtype
+
+    def fill(self, message: detections_pb2.Embedding, vector: npt.ArrayLike) -> None:
+        array = np.asarray(vector, dtype=np.float32).reshape(-1)
+        message.model, message.dimension, message.dtype = self.model, array.shape[0], self.dtype
+        message.values = pack_embedding(array, self.dtype)
+
+
+def top_labels(probs: npt.ArrayLike, names: Sequence[str], k: int) -> list[tuple[int, str, float]]:
+    """The ``k`` most likely of ``probs`` (one image's ``[L]``) as ``(index, name, score)``, best first;
+    ties keep the lower index first."""
+    row = np.asarray(probs, dtype=np.float32).reshape(-1)
+    if row.shape[0] != len(names):
+        raise ValueError(f"{row.shape[0]} label scores for {len(names)} label names")
+    order = np.argsort(-row, kind="stable")[: max(0, k)]
+    return [(int(i), names[int(i)], float(row[int(i)])) for i in order]
 
 
 def build_image_detections(
@@ -44,6 +75,11 @@ def build_image_detections(
     model_version: str,
     model_name: str = "",
     masks: Sequence[Sequence[int] | None] | None = None,
+    labels: Sequence[tuple[int, str, float]] = (),
+    labels_model: str = "",
+    embeddings: npt.ArrayLike | None = None,
+    image_embedding: npt.ArrayLike | None = None,
+    embedding: EmbeddingSettings | None = None,
 ) -> detections_pb2.ImageDetections:
     """One image's detections as an ``ImageDetections`` message.
 
@@ -62,6 +98,10 @@ def build_image_detections(
         masks: per detection, its mask as COCO uncompressed RLE counts over the ``width x height``
             image (column-major, starting with a run outside), or ``None`` where it has none;
             ``None`` for the whole argument when the model does not segment.
+        labels: the image-level labels to send, ``(index, label, score)`` best first (:func:`top_labels`),
+            and ``labels_model`` the classifier that gave them.
+        embeddings: ``[n, D]`` one vector per detection, or ``None``; ``image_embedding`` ``[D]`` the
+            whole image's; both sent as ``embedding`` says (model name, dtype), which they need.
 
     Only the groups that apply to a detection's category (``label_map.applicability``) are
     reported: a shoe has no sleeve length, and a score for it would be noise that a search
@@ -103,6 +143,15 @@ def build_image_detections(
     mask_list = list(masks) if masks is not None else [None] * count
     if len(mask_list) != count:
         raise ValueError(f"masks must have {count} entries to match the scores, got {len(mask_list)}")
+    embedding_rows: list[npt.NDArray[np.float32] | None] = [None] * count
+    if embeddings is not None or image_embedding is not None:
+        if embedding is None:
+            raise ValueError("embeddings need `embedding` (the model's name and the dtype they are sent in)")
+        if embeddings is not None:
+            rows = np.asarray(embeddings, dtype=np.float32)
+            if rows.ndim != 2 or rows.shape[0] != count:
+                raise ValueError(f"embeddings must have shape [{count}, D] to match the scores, got {rows.shape}")
+            embedding_rows = list(rows)
     pixels = int(width) * int(height)
     for k, counts in enumerate(mask_list):
         # Cheap (a sum), and a mask that does not cover the image exactly would decode to garbage.
@@ -119,9 +168,15 @@ def build_image_detections(
         model_version=model_version,
         label_map=label_map.name,
     )
+    for index, name, probability in labels:
+        message.labels.add(label=name, score=probability, index=index)
+    message.labels_model = labels_model
+    if image_embedding is not None and embedding is not None:
+        embedding.fill(message.embedding, image_embedding)
     # Python lists once, rather than numpy scalar access per field: this runs per image on the server.
-    for box, score, category_index, row, counts in zip(
-        box_array.tolist(), score_array.tolist(), category_array.tolist(), attribute_array, mask_list, strict=True
+    for box, score, category_index, row, counts, vector in zip(
+        box_array.tolist(), score_array.tolist(), category_array.tolist(), attribute_array, mask_list,
+        embedding_rows, strict=True
     ):
         category = label_map.categories[category_index]
         detection = message.detections.add(
@@ -134,6 +189,8 @@ def build_image_detections(
         if counts is not None:
             detection.mask.width, detection.mask.height = int(width), int(height)
             detection.mask.counts.extend(counts)
+        if vector is not None and embedding is not None:
+            embedding.fill(detection.embedding, vector)
         for group, (_, start, stop), applies in zip(groups, offsets, applicability[category_index], strict=True):
             if not applies:
                 continue

@@ -52,13 +52,17 @@ from fashionbox.core.postprocessing import AnyArray, DetectorOutput, Float32Arra
 __all__ = [
     "AdmissionSettings",
     "AttributesParameters",
+    "BranchParameters",
     "ChunkResult",
     "DetectorParameters",
     "ErrorCode",
+    "ImageLevelParameters",
     "InputSpec",
     "ModelArgs",
     "OnnxAttributes",
     "OnnxDetector",
+    "OnnxImageBranch",
+    "OnnxTextEmbedder",
     "OrtSettings",
     "ParameterError",
     "ParameterSet",
@@ -67,6 +71,8 @@ __all__ = [
     "PreprocessParameters",
     "RequestError",
     "RuntimeSettings",
+    "TextEmbedderParameters",
+    "ViewParameters",
     "call_model_chunked",
     "check_session_io",
     "create_ort_session",
@@ -434,6 +440,20 @@ class PreprocessParameters(ParameterSet):
 
 
 @dataclass(frozen=True)
+class ViewParameters(ParameterSet):
+    """``preprocess``'s image-level views, present only in repositories that serve a classifier or
+    embedder family: each recipe (:class:`fashionbox.core.views.ViewRecipe` JSON) makes its output
+    (CLASSIFIER_VIEW, EMBEDDER_VIEW) from the same decode as the letterbox. Empty: not served."""
+
+    classifier_view: str = ""
+    embedder_view: str = ""
+
+    @classmethod
+    def optional(cls, params: Parameters) -> ViewParameters:
+        return cls.from_parameters(params)
+
+
+@dataclass(frozen=True)
 class DetectorParameters(ParameterSet):
     """Parameters of the ``detector`` model (plus :class:`OrtSettings`)."""
 
@@ -472,6 +492,86 @@ class PostprocessParameters(ParameterSet):
     """``attributes`` has a mask head: ask it for CROP_MASKS too and paste them into each detection."""
     detector_masks: bool = False
     """The detector segments: DET_MASK_COEFFS and DET_PROTOS are inputs, assembled into each detection's mask."""
+
+
+@dataclass(frozen=True)
+class ImageLevelParameters(ParameterSet):
+    """``postprocess``'s image-level labels and vectors, written only in repositories that serve them
+    (:meth:`optional` gives the empty set, nothing served, for the others)."""
+
+    labels_from: str = ""
+    """Where image-level labels come from: ``classifier`` (the classifier family, on CLASSIFIER_VIEW),
+    ``attributes`` (the default model's vertical head, on each image's whole-photo crop) or nothing."""
+    label_names: str = "[]"
+    """JSON list of the image-level labels' names, in the classifier's index order."""
+    labels_model: str = ""
+    label_top_k: int = 5
+    embeddings_from: str = ""
+    """Where vectors come from: ``embedder`` (the embedder family, on garment crops cut at its input
+    size and on EMBEDDER_VIEW), ``attributes`` (the default model's embedding head, on the attribute
+    crops and the whole-photo crop) or nothing."""
+    embedding_model: str = ""
+    embedding_dtype: str = "float16"
+    embedder_view: str = ""
+    """The embedder's :class:`fashionbox.core.views.ViewRecipe` JSON: garment crops go through it as an
+    image through the family's processor (:func:`fashionbox.core.views.crop_views`)."""
+    classifier_max_batch_size: int = 32
+    embedder_max_batch_size: int = 64
+
+    SOURCES: ClassVar[dict[str, tuple[str, ...]]] = {"labels_from": ("", "classifier", "attributes"),
+                                                      "embeddings_from": ("", "embedder", "attributes")}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, allowed in self.SOURCES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        names = json.loads(self.label_names)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("label_names must be a JSON list of strings")
+        if self.labels_from and len(names) < 2:
+            raise ValueError(f"labels_from {self.labels_from!r} needs at least two label_names")
+        if self.embedding_dtype not in ("float16", "float32"):
+            raise ValueError(f"embedding_dtype must be float16 or float32, got {self.embedding_dtype!r}")
+
+    @property
+    def image_label_names(self) -> tuple[str, ...]:
+        return tuple(json.loads(self.label_names))
+
+    @property
+    def whole_image_crop(self) -> bool:
+        """Whether each image also goes to ``attributes`` as one crop of the whole photo."""
+        return "attributes" in (self.labels_from, self.embeddings_from)
+
+    @classmethod
+    def optional(cls, params: Parameters) -> ImageLevelParameters:
+        return cls.from_parameters(params) if "labels_from" in params else cls()
+
+
+@dataclass(frozen=True)
+class BranchParameters(ParameterSet):
+    """Parameters of the image-level networks ``classifier`` and ``embedder`` (plus :class:`OrtSettings`):
+    uint8 images ``[height, width, 3]`` in, one float32 row of ``size`` out (LABEL_PROBS or EMBEDDINGS)."""
+
+    height: int
+    width: int
+    size: int
+    """Labels (classifier) or dimension (embedder): checked against every result."""
+    graph_output: str
+    """The ONNX graph's output: ``contract.ONNX_CLASSIFIER_OUTPUT`` or ``ONNX_EMBEDDER_OUTPUT``."""
+    onnx_file: str = "model.onnx"
+
+
+@dataclass(frozen=True)
+class TextEmbedderParameters(ParameterSet):
+    """Parameters of ``text_embedder`` (plus :class:`OrtSettings`): TEXT in, TEXT_EMBEDDINGS out."""
+
+    dimension: int
+    max_text_bytes: int = 2048
+    """A longer text is refused (INVALID_ARG) before it is tokenized."""
+    onnx_file: str = "model.onnx"
+    tokenizer_dir: str = "tokenizer"
+    """Relative to the version folder: what :class:`fashionbox.core.text.TextTokenizer` loads."""
 
 
 def create_ort_session(model_path: Path, settings: OrtSettings) -> Any:
@@ -570,6 +670,10 @@ class OnnxAttributes:
         )
         self.mask_size = _mask_size(self.session, model_path)
         """Side ``m`` of the mask head's grid (graph output ``masks`` ``[B, m, m]``); 0 without one."""
+        names = {o.name for o in self.session.get_outputs()}
+        self.outputs = tuple(n for n in (contract.ONNX_ATTRIBUTES_MASKS, contract.ONNX_ATTRIBUTES_EMBEDDINGS,
+                                         contract.ONNX_ATTRIBUTES_VERTICALS) if n in names)
+        """The optional heads' outputs this graph has (``masks``, ``embeddings``, ``verticals``)."""
 
     def _create_session(self, model_path: Path, settings: OrtSettings) -> Any:
         """What runs the graph: ONNX Runtime here; :mod:`fashionbox.core.openvino_runtime` overrides it."""
@@ -591,6 +695,21 @@ class OnnxAttributes:
             raise ValueError(f"{self.model_path} returned masks of shape {masks.shape}, expected {expected}")
         return self._checked_probs(probs, crops.shape[0]), masks
 
+    def run(self, crops: AnyArray, names: Sequence[str]) -> dict[str, Float32Array]:
+        """``probs`` and the optional outputs ``names`` (of :attr:`outputs`), by ONNX name, one row per crop."""
+        missing = [n for n in names if n not in self.outputs]
+        if missing:
+            raise ValueError(f"{self.model_path} has no output {missing} (it has {list(self.outputs)})")
+        wanted = [contract.ONNX_ATTRIBUTES_OUTPUT, *names]
+        results = self.session.run(wanted, {contract.ONNX_ATTRIBUTES_INPUT: crops})
+        out = {name: np.asarray(value, dtype=np.float32) for name, value in zip(wanted, results, strict=True)}
+        out[contract.ONNX_ATTRIBUTES_OUTPUT] = self._checked_probs(out[contract.ONNX_ATTRIBUTES_OUTPUT], crops.shape[0])
+        for name in names:
+            if out[name].shape[0] != crops.shape[0]:
+                raise ValueError(f"{self.model_path} returned {out[name].shape[0]} rows of {name} for "
+                                 f"{crops.shape[0]} crops")
+        return out
+
     def _checked_probs(self, output: Any, count: int) -> Float32Array:
         probs: Float32Array = np.asarray(output, dtype=np.float32)
         expected = (count, self.num_attribute_labels)
@@ -598,6 +717,57 @@ class OnnxAttributes:
             # A label map that does not match the heads would mislabel every attribute: refuse.
             raise ValueError(f"{self.model_path} returned probs of shape {probs.shape}, expected {expected}")
         return probs
+
+
+class OnnxImageBranch:
+    """An image-level graph (classifier or embedder): uint8 ``images`` ``[B, H, W, 3]`` -> float32
+    ``[B, size]``, the graph's ``output`` (``probs`` or ``embeddings``)."""
+
+    def __init__(self, model_path: Path, settings: OrtSettings, *, output: str, size: int) -> None:
+        self.model_path, self.output, self.size = model_path, output, size
+        self.session = self._create_session(model_path, settings)
+        check_session_io(self.session, inputs=[contract.ONNX_IMAGE_INPUT], outputs=[output], model_path=model_path)
+
+    def _create_session(self, model_path: Path, settings: OrtSettings) -> Any:
+        """What runs the graph: ONNX Runtime here; :mod:`fashionbox.core.openvino_runtime` overrides it."""
+        return create_ort_session(model_path, settings)
+
+    def run(self, images: AnyArray) -> Float32Array:
+        (rows,) = self.session.run([self.output], {contract.ONNX_IMAGE_INPUT: images})
+        result: Float32Array = np.asarray(rows, dtype=np.float32)
+        if result.shape != (images.shape[0], self.size):
+            raise ValueError(f"{self.model_path} returned {self.output} of shape {result.shape}, "
+                             f"expected {(images.shape[0], self.size)}")
+        return result
+
+
+class OnnxTextEmbedder:
+    """An embedder family's text tower: texts -> its tokenizer (:class:`fashionbox.core.text.TextTokenizer`,
+    saved next to the graph) -> the text graph -> float32 ``[n, dimension]``, L2-normalised."""
+
+    def __init__(self, model_path: Path, tokenizer_dir: Path, settings: OrtSettings, *, dimension: int) -> None:
+        from fashionbox.core.text import TextTokenizer
+
+        self.model_path, self.dimension = model_path, dimension
+        self.tokenizer = TextTokenizer.from_folder(tokenizer_dir)
+        self.session = create_ort_session(model_path, settings)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        check_session_io(self.session, inputs=[contract.ONNX_TEXT_INPUT_IDS], outputs=[contract.ONNX_EMBEDDER_OUTPUT],
+                         model_path=model_path)
+
+    def embed(self, texts: Sequence[str]) -> Float32Array:
+        """One vector per text; a text the tokenizer refuses raises :class:`RequestError` (INVALID_ARG)."""
+        try:
+            feeds = self.tokenizer(list(texts))
+        except ValueError as exc:
+            raise RequestError(str(exc)) from exc
+        (rows,) = self.session.run([contract.ONNX_EMBEDDER_OUTPUT],
+                                   {name: feeds[name] for name in self.inputs})
+        result: Float32Array = np.asarray(rows, dtype=np.float32)
+        if result.shape != (len(texts), self.dimension):
+            raise ValueError(f"{self.model_path} returned embeddings of shape {result.shape}, "
+                             f"expected {(len(texts), self.dimension)}")
+        return result
 
 
 def _mask_size(session: Any, model_path: Path) -> int:
@@ -625,6 +795,13 @@ class AttributesRunner(Protocol):
 
     def classify_with_masks(self, crops: AnyArray) -> tuple[Float32Array, Float32Array]:
         """Attribute probs ``[N, A]`` and mask probabilities ``[N, m, m]`` (only when ``mask_size``)."""
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The optional heads' ONNX output names the network has (``masks``, ``embeddings``, ``verticals``)."""
+
+    def run(self, crops: AnyArray, names: Sequence[str]) -> dict[str, Float32Array]:
+        """``probs`` and the optional outputs ``names``, keyed by ONNX output name."""
 
 
 # -- requests and responses ----------------------------------------------------------------------------

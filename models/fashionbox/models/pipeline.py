@@ -40,10 +40,11 @@ from fashionbox.core.imaging import (
     crop_garments,
     decode_image,
     letterbox,
+    whole_image_crop,
 )
 from fashionbox.core.postprocessing import DetectorOutput, ImageResult, finish_detections
 
-__all__ = ["InProcessPipeline", "MaskedResult"]
+__all__ = ["ImageLevelHeads", "InProcessPipeline", "MaskedResult"]
 
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]
@@ -62,6 +63,25 @@ class MaskedResult:
     boxes_letterbox: F32
     """float32 ``[n, 4]``: the detections' boxes in letterbox pixels (what the crops were cut around)."""
     info: LetterboxInfo
+    embeddings: F32 | None = None
+    """float32 ``[n, D]``: each detection's vector (the default model's embedding head), or None."""
+    image_embedding: F32 | None = None
+    label_probs: F32 | None = None
+    """float32 ``[V]``: the image's product-vertical probabilities, or None."""
+
+
+@dataclass(frozen=True)
+class ImageLevelHeads:
+    """The default model's attribute network with its image-level heads, as ``postprocess`` uses it: the
+    garment crops and each image's whole-photo crop (:func:`fashionbox.core.imaging.whole_image_crop`)
+    in one call that returns every output by ONNX name (``probs``, ``masks``, ``embeddings``, ``verticals``)."""
+
+    run: Callable[[U8], dict[str, F32]]
+    vertical_labels: tuple[str, ...] = ()
+    embedding_model: str = ""
+    labels_model: str = ""
+    top_k: int = 5
+    dtype: str = "float16"
 
 
 @dataclass
@@ -74,6 +94,8 @@ class InProcessPipeline:
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     classify_masks: ClassifyMasksFn | None = None
     """Probs and crop masks in one pass, when the attribute heads have a mask head."""
+    image_heads: ImageLevelHeads | None = None
+    """The embedding and vertical heads, when the attribute network has them: then every call goes through it."""
 
     def run(self, images: Sequence[bytes]) -> list[ImageResult | InvalidImageError]:
         """Decode, detect (one batch), crop, classify (one batch), assemble; errors per image."""
@@ -92,7 +114,10 @@ class InProcessPipeline:
         attribute heads have a mask head; an error per bad image. The in-process equivalent of the
         whole served answer, for baselines that must do the same work as the server."""
         from fashionbox.core.masks import paste_crop_masks
-        from fashionbox.core.results import build_image_detections
+        from fashionbox.core.results import EmbeddingSettings, build_image_detections, top_labels
+
+        heads = self.image_heads
+        embedding = EmbeddingSettings(heads.embedding_model, heads.dtype) if heads and heads.embedding_model else None
 
         out: list[bytes | InvalidImageError] = []
         for item in self._run(images, masks=self.classify_masks is not None):
@@ -107,7 +132,12 @@ class InProcessPipeline:
             message = build_image_detections(
                 width=info.width, height=info.height, boxes=result.boxes, scores=result.scores,
                 categories=result.categories, attribute_scores=result.attribute_scores,
-                label_map=self.label_map, model_version=model_version, masks=masks)
+                label_map=self.label_map, model_version=model_version, masks=masks,
+                labels=(top_labels(item.label_probs, heads.vertical_labels, heads.top_k)
+                        if heads and item.label_probs is not None else ()),
+                labels_model=heads.labels_model if heads and item.label_probs is not None else "",
+                embeddings=item.embeddings if embedding else None,
+                image_embedding=item.image_embedding if embedding else None, embedding=embedding)
             out.append(message.SerializeToString())
         return out
 
@@ -130,17 +160,34 @@ class InProcessPipeline:
             all_crops = np.concatenate(crops) if crops else np.zeros((0, self.crop_size, self.crop_size, 3), np.uint8)
             probs = np.zeros((0, self.label_map.num_attribute_labels), np.float32)
             crop_masks = np.zeros((0, 0, 0), np.float32)
-            if len(all_crops) and masks and self.classify_masks is not None:
+            extra: dict[str, F32] = {}
+            if self.image_heads is not None:  # garments and whole photos in one call, as postprocess makes it
+                n = len(all_crops)
+                images_crops = np.concatenate([whole_image_crop(pixels, info, self.crop_size)
+                                               for _, pixels, info in decoded])
+                outputs = self.image_heads.run(np.concatenate([all_crops, images_crops]))
+                probs = outputs[contract.ONNX_ATTRIBUTES_OUTPUT][:n]
+                if masks and contract.ONNX_ATTRIBUTES_MASKS in outputs:
+                    crop_masks = outputs[contract.ONNX_ATTRIBUTES_MASKS][:n]
+                extra = {name: values for name, values in outputs.items()
+                         if name in (contract.ONNX_ATTRIBUTES_EMBEDDINGS, contract.ONNX_ATTRIBUTES_VERTICALS)}
+            elif len(all_crops) and masks and self.classify_masks is not None:
                 probs, crop_masks = self.classify_masks(all_crops)
             elif len(all_crops):
                 probs = self.classify(all_crops)
-            start = 0
-            for (i, _, info), det in zip(decoded, detections, strict=True):
+            start, total = 0, len(all_crops)
+            for k, ((i, _, info), det) in enumerate(zip(decoded, detections, strict=True)):
                 stop = start + len(det)
                 result = finish_detections(det, info, probs[start:stop], self.label_map)
                 m = crop_masks.shape[-1]
                 image_masks = crop_masks[start:stop] if len(crop_masks) else np.zeros((len(det), m, m), np.float32)
-                results[i] = MaskedResult(result, image_masks, np.asarray(det.boxes, np.float32).reshape(-1, 4), info)
+                vectors = extra.get(contract.ONNX_ATTRIBUTES_EMBEDDINGS)
+                verticals = extra.get(contract.ONNX_ATTRIBUTES_VERTICALS)
+                results[i] = MaskedResult(
+                    result, image_masks, np.asarray(det.boxes, np.float32).reshape(-1, 4), info,
+                    embeddings=vectors[start:stop] if vectors is not None else None,
+                    image_embedding=vectors[total + k] if vectors is not None else None,
+                    label_probs=verticals[total + k] if verticals is not None else None)
                 start = stop
         return [r for r in results if r is not None]
 
@@ -199,4 +246,26 @@ class InProcessPipeline:
                                     num_attribute_labels=label_map.num_attribute_labels)
         return cls(detector.detect, attributes.classify, label_map, int(export["input_size"]),
                    int(export["crop_size"]),
-                   classify_masks=attributes.classify_with_masks if attributes.mask_size else None)
+                   classify_masks=attributes.classify_with_masks if attributes.mask_size else None,
+                   image_heads=_repository_heads(manifest, attributes))
+
+
+def _repository_heads(manifest: dict[str, object], attributes: object) -> ImageLevelHeads | None:
+    """The image-level heads a repository's ``postprocess`` serves from its attribute graph, if any (the
+    manifest's ``image_level``: ``postprocess``'s :class:`fashionbox.core.serving.ImageLevelParameters`)."""
+    from fashionbox.core.serving import ImageLevelParameters, OnnxAttributes, Parameters
+
+    recorded = manifest.get("image_level")
+    if not isinstance(attributes, OnnxAttributes) or not isinstance(recorded, dict):
+        return None
+    params = ImageLevelParameters.from_parameters(Parameters({str(k): str(v) for k, v in recorded.items()}))
+    if "attributes" not in (params.labels_from, params.embeddings_from):
+        return None
+    names = tuple(attributes.outputs)
+
+    def run(crops: U8) -> dict[str, F32]:
+        return attributes.run(crops, names)
+
+    return ImageLevelHeads(run, vertical_labels=params.image_label_names if params.labels_from == "attributes" else (),
+                           embedding_model=params.embedding_model if params.embeddings_from == "attributes" else "",
+                           labels_model=params.labels_model, top_k=params.label_top_k, dtype=params.embedding_dtype)

@@ -2,7 +2,9 @@
 
 CROPS UINT8 [C, C, 3], TOKEN UINT8 [32] -> ATTRIBUTE_PROBS FP32 [A] (softmax per attribute
 group, concatenated in label-map order), and CROP_MASKS FP32 [m, m] (the garment's mask
-probability over the crop) when the network has a mask head (its runner's ``mask_size``).
+probability over the crop) when the network has a mask head (its runner's ``mask_size``),
+CROP_EMBEDDINGS FP32 [D] and VERTICAL_PROBS FP32 [V] when it has an embedding or vertical head:
+each optional output is served where the config declares it and the network has it.
 Called by ``postprocess`` through BLS only: a request
 without the token ``postprocess`` sends is refused alone (:mod:`fashionbox.core.capability`); the
 whole dynamic batch of crops runs as one call of its runtime (ONNX Runtime on the CPU, or PyTorch
@@ -38,6 +40,13 @@ from fashionbox.core.serving import (  # noqa: E402
 )
 from fashionbox.model_repository.runners import load_attributes_runner  # noqa: E402
 
+# the network's optional outputs (ONNX names) -> the outputs this model serves them as
+_OPTIONAL = {
+    contract.ONNX_ATTRIBUTES_MASKS: contract.CROP_MASKS.name,
+    contract.ONNX_ATTRIBUTES_EMBEDDINGS: contract.CROP_EMBEDDINGS.name,
+    contract.ONNX_ATTRIBUTES_VERTICALS: contract.VERTICAL_PROBS.name,
+}
+
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -48,23 +57,33 @@ class TritonPythonModel:
         self.key = PipelineKey.for_step(None)
         if not self.key.enforced:
             pb_utils.Logger.log_warn(f"{self.args.name}: {self.key.warning}")
-        # A runner written before mask heads existed has no mask_size: it has no mask head either.
-        # Masks go out only where the config declares CROP_MASKS (the converter adds it when the
-        # graph has a mask head), so a config and its model never disagree on the outputs.
+        # Optional heads' outputs go out only where the config declares them (the converter adds
+        # each one the graph has), so a config and its model never disagree on the outputs; a runner
+        # written before the optional heads existed has none.
         declared = {output["name"] for output in self.args.config.get("output", [])}
-        self.masks = int(getattr(self.heads, "mask_size", 0)) > 0 and contract.CROP_MASKS.name in declared
-        pb_utils.Logger.log_info(f"{self.args.name}: {loaded}" + (" with a mask head" if self.masks else ""))
+        have = tuple(getattr(self.heads, "outputs", ()))
+        self.extras = {graph: served for graph, served in _OPTIONAL.items() if graph in have and served in declared}
+        pb_utils.Logger.log_info(f"{self.args.name}: {loaded}; optional outputs {sorted(self.extras.values())}")
 
     def execute(self, requests):
-        if self.masks:
+        if self.extras:
             return run_concatenated(
-                requests, self.crops, compute=self.heads.classify_with_masks, split=self._split_with_masks,
-                model=self.args.name, check=self._check,
+                requests, self.crops, compute=self._run_all, split=self._split_all, model=self.args.name,
+                check=self._check,
             )
         return run_concatenated(
             requests, self.crops, compute=self.heads.classify, split=self._split, model=self.args.name,
             check=self._check,
         )
+
+    def _run_all(self, crops):
+        return self.heads.run(crops, tuple(self.extras))
+
+    def _split_all(self, outputs, part):
+        served = {contract.ATTRIBUTE_PROBS.name: outputs[contract.ONNX_ATTRIBUTES_OUTPUT][part]}
+        for graph, name in self.extras.items():
+            served[name] = outputs[graph][part]
+        return served
 
     def _check(self, request, crops):
         tokens = read_input(request, TOKEN_INPUT)
@@ -76,10 +95,6 @@ class TritonPythonModel:
     def _split(probs, part):
         return {contract.ATTRIBUTE_PROBS.name: probs[part]}
 
-    @staticmethod
-    def _split_with_masks(result, part):
-        probs, masks = result
-        return {contract.ATTRIBUTE_PROBS.name: probs[part], contract.CROP_MASKS.name: masks[part]}
 
     def finalize(self):
         self.heads = None

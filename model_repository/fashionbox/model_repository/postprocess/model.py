@@ -15,6 +15,15 @@ with ``detector_masks`` the detector segments, and DET_MASK_COEFFS (rows as DET_
 DET_PROTOS are inputs too, assembled by ``fashionbox.core.proto_masks.masks_from_protos``; else
 with ``crop_masks`` the same BLS call asks ``attributes`` for CROP_MASKS, pasted into the image by
 :func:`fashionbox.core.masks.paste_crop_masks`. Without either, detections carry no mask.
+
+Image-level labels and vectors (``labels``, ``embedding`` of ImageDetections and of each detection):
+with ``labels_from=classifier`` one BLS call to ``classifier`` takes every image's CLASSIFIER_VIEW;
+with ``embeddings_from=embedder`` one BLS call to ``embedder`` takes every detection's crop (cut at
+the embedder's input size) and every image's EMBEDDER_VIEW; with ``attributes`` as either source,
+each image joins the attribute call as one more crop, the whole photo
+(:func:`fashionbox.core.imaging.whole_image_crop`), and the default model's vertical and embedding
+heads answer in the same call (VERTICAL_PROBS, CROP_EMBEDDINGS). A failed call fails exactly the
+requests whose rows were in it.
 """
 
 # Bootstrap: the python backend stub ignores PYTHONPATH, so make the server's site-packages visible.
@@ -34,11 +43,12 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from fashionbox import contract  # noqa: E402
 from fashionbox.core.capability import TOKEN_INPUT, guarded_step  # noqa: E402
-from fashionbox.core.imaging import LetterboxInfo, crop_garments  # noqa: E402
+from fashionbox.core.imaging import LetterboxInfo, crop_garments, whole_image_crop  # noqa: E402
 from fashionbox.core.masks import paste_crop_masks  # noqa: E402
 from fashionbox.core.postprocessing import PAD_CLASS, finish_detections, stack_image_results, unpad  # noqa: E402
-from fashionbox.core.results import build_image_detections  # noqa: E402
+from fashionbox.core.results import EmbeddingSettings, build_image_detections, top_labels  # noqa: E402
 from fashionbox.core.serving import (  # noqa: E402
+    ImageLevelParameters,
     InputSpec,
     ModelArgs,
     PostprocessParameters,
@@ -49,16 +59,31 @@ from fashionbox.core.serving import (  # noqa: E402
     success_response,
     unexpected_error,
 )
+from fashionbox.core.views import ViewRecipe, crop_views  # noqa: E402
 
 
 class _Staged:
-    """One request between cropping and the attribute call."""
+    """One request between cropping and the network calls."""
 
-    def __init__(self, rows, infos, crops, segments=None):
+    def __init__(self, rows, infos, crops, segments=None, image_crops=None, views=None, embed_crops=None):
         self.rows = rows  # list[DetectorOutput], letterbox px
         self.infos = infos  # list[LetterboxInfo]
         self.crops = crops  # uint8 [sum of detections, C, C, 3]
         self.segments = segments  # detector_masks: per image (coeffs [n, K] of the kept rows, protos [K, h, w])
+        self.image_crops = image_crops  # whole_image_crop: uint8 [images, C, C, 3] (default image-level heads)
+        self.views = views or {}  # CLASSIFIER_VIEW / EMBEDDER_VIEW: uint8 [images, H, W, 3]
+        self.embed_crops = embed_crops  # embedder family: uint8 [sum of detections, E, E, 3]
+
+
+class _Answers:
+    """What the network calls gave one request (rows in its detection order, then its images')."""
+
+    def __init__(self):
+        self.probs = None  # [detections, A]
+        self.masks = None  # [detections, m, m] or None
+        self.embeddings = None  # [detections, D] or None
+        self.image_embeddings = None  # [images, D] or None
+        self.label_probs = None  # [images, L] or None
 
 
 class TritonPythonModel:
@@ -86,7 +111,23 @@ class TritonPythonModel:
             from fashionbox.core.proto_masks import masks_from_protos  # only segmenting families need it
 
             self.masks_from_protos = masks_from_protos
-        pb_utils.Logger.log_info(f"{self.args.name}: label map {self.label_map.name!r} {params}")
+        self.image_level = image_level = ImageLevelParameters.optional(self.args.parameters)
+        self.view_specs = tuple(
+            InputSpec(spec.name, np.uint8, (-1, -1, 3)) for spec, used in (
+                (contract.CLASSIFIER_VIEW, image_level.labels_from == "classifier"),
+                (contract.EMBEDDER_VIEW, image_level.embeddings_from == "embedder")) if used)
+        self.label_names = image_level.image_label_names
+        self.embedder_view = None
+        if image_level.embeddings_from == "embedder":
+            self.embedder_view = ViewRecipe.from_json(image_level.embedder_view)
+        self.embedding = (EmbeddingSettings(image_level.embedding_model, image_level.embedding_dtype)
+                          if image_level.embeddings_from else None)
+        # what the attribute call answers besides ATTRIBUTE_PROBS
+        self.attribute_extras = tuple(name for name, wanted in (
+            (contract.CROP_MASKS.name, self.crop_masks),
+            (contract.CROP_EMBEDDINGS.name, image_level.embeddings_from == "attributes"),
+            (contract.VERTICAL_PROBS.name, image_level.labels_from == "attributes")) if wanted)
+        pb_utils.Logger.log_info(f"{self.args.name}: label map {self.label_map.name!r} {params} {image_level}")
         self.slots, self.key = guarded_step(self.args, pb_utils.Logger.log_warn)
 
     def execute(self, requests):
@@ -108,13 +149,13 @@ class TritonPythonModel:
             except Exception as exc:
                 responses[i] = error_response(unexpected_error(self.args.name, exc))
 
-        probs, failures = self._classify(staged)
+        answers, failures = self._call_networks(staged)
         for i, stage in staged.items():
             if i in failures:
                 responses[i] = error_response(failures[i])
                 continue
             try:
-                responses[i] = success_response(self._finish(stage, probs[i]))
+                responses[i] = success_response(self._finish(stage, answers[i]))
             except Exception as exc:
                 responses[i] = error_response(unexpected_error(self.args.name, exc))
         return responses
@@ -131,11 +172,25 @@ class TritonPythonModel:
         rows = [unpad(boxes[k], scores[k], classes[k]) for k in range(count)]
         crops = [crop_garments(pixels[k], rows[k].boxes, self.crop_size) for k in range(count)]
         empty = np.empty((0, self.crop_size, self.crop_size, 3), dtype=np.uint8)
+        infos = [LetterboxInfo.from_array(info[k]) for k in range(count)]
+        views = {}
+        for spec in self.view_specs:
+            views[spec.name] = read_input(request, spec)
+            if views[spec.name].shape[0] != count:
+                raise RequestError(f"{spec.name} has {views[spec.name].shape[0]} images for {count} in PIXELS")
+        embed_crops = None
+        if self.embedder_view is not None:
+            embed_crops = np.concatenate([crop_views(pixels[k], rows[k].boxes, self.embedder_view)
+                                          for k in range(count)], axis=0)
         return _Staged(
             rows=rows,
-            infos=[LetterboxInfo.from_array(info[k]) for k in range(count)],
+            infos=infos,
             crops=np.concatenate(crops, axis=0) if crops else empty,
             segments=self._segments(request, boxes, classes) if self.segment_specs else None,
+            image_crops=(np.concatenate([whole_image_crop(pixels[k], infos[k], self.crop_size) for k in range(count)])
+                         if self.image_level.whole_image_crop else None),
+            views=views,
+            embed_crops=embed_crops,
         )
 
     def _segments(self, request, boxes, classes):
@@ -150,41 +205,71 @@ class TritonPythonModel:
             raise RequestError(f"{coeffs.shape[2]} mask coefficients per detection for {protos.shape[1]} prototypes")
         return [(coeffs[k][classes[k] != PAD_CLASS], protos[k]) for k in range(boxes.shape[0])]
 
-    def _classify(self, staged):
-        """Attribute probs (and crop masks, else None) per request index, and the errors of requests
-        whose BLS chunk failed."""
-        owners = np.array([i for i, stage in staged.items() for _ in range(stage.crops.shape[0])], dtype=np.int64)
-        all_probs = np.zeros((len(owners), self.label_map.num_attribute_labels), dtype=np.float32)
-        all_masks = None
-        chunks = []
-        if len(owners):
-            chunks = call_model_chunked(
-                self.params.attributes_model,
-                input_name=contract.CROPS.name,
-                output_name=contract.ATTRIBUTE_PROBS.name,
-                array=np.concatenate([stage.crops for stage in staged.values()], axis=0),
-                max_batch_size=self.params.attributes_max_batch_size,
-                extra=self._attributes_token if self.params.attributes_token else None,
-                extra_outputs=(contract.CROP_MASKS.name,) if self.crop_masks else (),
-            )
+    def _call_networks(self, staged):
+        """Per request index its :class:`_Answers`, and the errors of requests whose rows were in a failed call."""
+        answers = {i: _Answers() for i in staged}
         failures = {}
+        attributes_rows = {i: (np.concatenate([stage.crops, stage.image_crops]) if stage.image_crops is not None
+                               else stage.crops) for i, stage in staged.items()}
+        extras = self._bls(self.params.attributes_model, contract.ATTRIBUTE_PROBS.name, attributes_rows,
+                           self.params.attributes_max_batch_size, failures, self.attribute_extras)
+        for i, outputs in extras.items():
+            n = staged[i].crops.shape[0]
+            answer = answers[i]
+            answer.probs = outputs[contract.ATTRIBUTE_PROBS.name][:n]
+            answer.masks = outputs[contract.CROP_MASKS.name][:n] if self.crop_masks else None
+            if contract.CROP_EMBEDDINGS.name in outputs:
+                answer.embeddings = outputs[contract.CROP_EMBEDDINGS.name][:n]
+                answer.image_embeddings = outputs[contract.CROP_EMBEDDINGS.name][n:]
+            if contract.VERTICAL_PROBS.name in outputs:
+                answer.label_probs = outputs[contract.VERTICAL_PROBS.name][n:]
+        if self.image_level.labels_from == "classifier":
+            views = {i: stage.views[contract.CLASSIFIER_VIEW.name] for i, stage in staged.items() if i not in failures}
+            for i, outputs in self._bls(contract.CLASSIFIER_MODEL, contract.LABEL_PROBS.name, views,
+                                        self.image_level.classifier_max_batch_size, failures).items():
+                answers[i].label_probs = outputs[contract.LABEL_PROBS.name]
+        if self.image_level.embeddings_from == "embedder":
+            rows = {i: np.concatenate([stage.embed_crops, stage.views[contract.EMBEDDER_VIEW.name]])
+                    for i, stage in staged.items() if i not in failures}
+            for i, outputs in self._bls(contract.EMBEDDER_MODEL, contract.EMBEDDINGS.name, rows,
+                                        self.image_level.embedder_max_batch_size, failures).items():
+                n = staged[i].embed_crops.shape[0]
+                answers[i].embeddings = outputs[contract.EMBEDDINGS.name][:n]
+                answers[i].image_embeddings = outputs[contract.EMBEDDINGS.name][n:]
+        return answers, failures
+
+    def _bls(self, model, output, arrays, max_batch_size, failures, extra_outputs=()):
+        """One chunked BLS call to ``model`` over every request's rows (``arrays``: request index ->
+        rows); per request that it answered, ``{output and extra_outputs: its rows}``. Requests whose
+        rows were in a failed chunk go into ``failures``, and out of the answer."""
+        arrays = {i: array for i, array in arrays.items() if i not in failures}
+        owners = np.array([i for i, array in arrays.items() for _ in range(array.shape[0])], dtype=np.int64)
+        if not len(owners):
+            return {i: {name: array[:0] for name in (output, *extra_outputs)} for i, array in arrays.items()}
+        first = next(a for a in arrays.values() if a.shape[0])
+        chunks = call_model_chunked(
+            model, input_name=contract.CROPS.name if model == self.params.attributes_model else contract.VIEWS.name,
+            output_name=output, array=np.concatenate([a for a in arrays.values() if a.shape[0]] or [first[:0]]),
+            max_batch_size=max_batch_size,
+            extra=self._attributes_token if self.params.attributes_token else None,
+            extra_outputs=extra_outputs)
+        results = {}
         for chunk in chunks:
             if chunk.error is not None:
                 for i in np.unique(owners[chunk.rows]).tolist():
                     failures[i] = chunk.error
                 continue
-            all_probs[chunk.rows] = chunk.output
-            if self.crop_masks:
-                masks = chunk.extras[contract.CROP_MASKS.name]
-                if all_masks is None:
-                    all_masks = np.zeros((len(owners), *masks.shape[1:]), dtype=np.float32)
-                all_masks[chunk.rows] = masks
-        probs, start = {}, 0
-        for i, stage in staged.items():
-            stop = start + stage.crops.shape[0]
-            probs[i] = (all_probs[start:stop], all_masks[start:stop] if all_masks is not None else None)
+            for name, values in ((output, chunk.output), *chunk.extras.items()):
+                if name not in results:
+                    results[name] = np.zeros((len(owners), *values.shape[1:]), dtype=np.float32)
+                results[name][chunk.rows] = values
+        answered, start = {}, 0
+        for i, array in arrays.items():
+            stop = start + array.shape[0]
+            if i not in failures:
+                answered[i] = {name: values[start:stop] for name, values in results.items()}
             start = stop
-        return probs, failures
+        return answered
 
     def _attributes_token(self, rows):
         return {contract.TOKEN.name: self.key.attributes_tokens(rows)}
@@ -200,13 +285,14 @@ class TritonPythonModel:
             return None
         return [mask.to_rle() for mask in masks]
 
-    def _finish(self, stage, classified):
-        probs, crop_masks = classified
+    def _finish(self, stage, answer):
+        probs, crop_masks = answer.probs, answer.masks
         results, messages, start = [], [], 0
         for image, (row, info) in enumerate(zip(stage.rows, stage.infos, strict=True)):
             stop = start + len(row)
             result = finish_detections(row, info, probs[start:stop], self.label_map)
             masks = self._masks(stage, image, row, info, crop_masks[start:stop] if crop_masks is not None else None)
+            embeddings = answer.embeddings[start:stop] if answer.embeddings is not None else None
             start = stop
             results.append(result)
             message = build_image_detections(
@@ -220,6 +306,12 @@ class TritonPythonModel:
                 model_version=self.params.model_version,
                 model_name=self.params.model_name,
                 masks=masks,
+                labels=(top_labels(answer.label_probs[image], self.label_names, self.image_level.label_top_k)
+                        if answer.label_probs is not None else ()),
+                labels_model=self.image_level.labels_model if answer.label_probs is not None else "",
+                embeddings=embeddings,
+                image_embedding=answer.image_embeddings[image] if answer.image_embeddings is not None else None,
+                embedding=self.embedding,
             )
             messages.append(message.SerializeToString())
         boxes, scores, categories, attributes = stack_image_results(

@@ -1,7 +1,10 @@
 """Triton model ``preprocess``: encoded images -> letterboxed pixels + the mapping back.
 
 IMAGE BYTES [1] -> PIXELS UINT8 [S, S, 3], IMAGE_INFO FP32 [5], TOKEN UINT8 [32] (the capability
-token ``detector`` and ``postprocess`` check: :mod:`fashionbox.core.capability`). A request whose image does not
+token ``detector`` and ``postprocess`` check: :mod:`fashionbox.core.capability`), and with an
+image-level family CLASSIFIER_VIEW / EMBEDDER_VIEW UINT8 [H, W, 3]: the same decode resized and
+cropped as that family's own processor does (:class:`fashionbox.core.views.ViewRecipe`), so the image
+is decoded once for every network. A request whose image does not
 decode fails alone with INVALID_ARG; the rest of the batch is answered normally. Parameters:
 :class:`fashionbox.core.serving.PreprocessParameters`; the decode limits among them can be overridden
 at serve time by the environment (:meth:`fashionbox.core.imaging.DecodeLimits.from_env`). With
@@ -36,6 +39,7 @@ from fashionbox.core.serving import (  # noqa: E402
     ModelArgs,
     PreprocessParameters,
     RequestError,
+    ViewParameters,
     error_response,
     read_input,
     respond_each,
@@ -51,6 +55,14 @@ class TritonPythonModel:
         # the limits in config.pbtxt, so an operator can change them without a new repository.
         self.limits = DecodeLimits.from_env(os.environ, params.limits)
         self.image = InputSpec(contract.IMAGE.name, np.object_, contract.IMAGE.dims)
+        self.views = {}  # output name -> ViewRecipe, in config order
+        view_params = ViewParameters.optional(self.args.parameters)
+        for name, recipe in ((contract.CLASSIFIER_VIEW.name, view_params.classifier_view),
+                             (contract.EMBEDDER_VIEW.name, view_params.embedder_view)):
+            if recipe:
+                from fashionbox.core.views import ViewRecipe  # only repositories with image-level families
+
+                self.views[name] = ViewRecipe.from_json(recipe)
         # The GPU profile decodes JPEGs with nvJPEG (decode_device auto/cuda); everything else on the CPU.
         self.decoder = select_decoder(DecodeSettings.from_parameters(self.args.parameters).decode_device,
                                       gpu_index=self.args.device_id)
@@ -88,15 +100,23 @@ class TritonPythonModel:
         size = self.input_size
         pixels = np.empty((len(images), size, size, 3), dtype=np.uint8)
         info = np.empty((len(images), 5), dtype=np.float32)
+        views = {name: np.empty((len(images), recipe.height, recipe.width, 3), dtype=np.uint8)
+                 for name, recipe in self.views.items()}
         for row, data in enumerate(images):
             try:
-                pixels[row], box = self.decoder.decode_letterbox(bytes(data), size, self.limits)
+                if views:
+                    pixels[row], box, made = self.decoder.decode_views(bytes(data), size, self.limits,
+                                                                       list(self.views.values()))
+                    for name, view in zip(views, made, strict=True):
+                        views[name][row] = view
+                else:
+                    pixels[row], box = self.decoder.decode_letterbox(bytes(data), size, self.limits)
             except InvalidImageError as exc:
                 where = f"image {row} of {len(images)} in this request: " if len(images) > 1 else ""
                 raise RequestError(f"{where}{exc}") from exc
             info[row] = box.as_array()
         return {contract.PIXELS.name: pixels, contract.IMAGE_INFO.name: info,
-                contract.TOKEN.name: self.key.sign(key, pixels)}
+                contract.TOKEN.name: self.key.sign(key, pixels), **views}
 
     def finalize(self):
         if self.slots is not None:

@@ -1,0 +1,189 @@
+"""Classifier and embedder families (issue 16): tiny random transformers models, converted beside the
+default detector, served by the real embedded Triton, against their own library on the same pixels.
+
+- labels: the top-5 of ``AutoModelForImageClassification`` on its processor's pixel values of the same
+  image, names equal and scores within 1e-3;
+- the image vector: cosine >= 0.999 with CLIP's ``get_image_features`` on its processor's pixels;
+- each garment's vector: cosine >= 0.999 with ``get_image_features`` on its processor's pixels of the same
+  crop (cut from the letterbox around the detector's box: what ``postprocess`` cuts);
+- ``embed_text``: cosine >= 0.999 with ``get_text_features`` on the processor's tokens;
+- the text tower refuses bad texts alone; the image-level networks refuse direct calls.
+
+Images are PNGs (decoded at full size, as transformers decodes them: a JPEG larger than the letterbox is
+decoded at a reduced DCT scale, which changes the view's pixels slightly).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from client_servers import start_private_server
+from image_model_fixtures import PHRASES, build_tiny_classifier, build_tiny_clip
+from PIL import Image
+
+from fashionbox import contract
+from fashionbox.client import FashionBoxError, FashionClient
+from fashionbox.converter import ConvertOptions, convert
+from fashionbox.server import TritonServer
+
+transformers = pytest.importorskip("transformers", reason="the families need fashionbox-converter[hf]")
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("families")
+    return {"classifier": build_tiny_classifier(root / "vit", "vit"), "embedder": build_tiny_clip(root / "clip")}
+
+
+@pytest.fixture(scope="module")
+def repository(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("families-repo") / "repo"
+    return convert(ConvertOptions(out=out, classifier=f"hf:{folders['classifier']}",
+                                  embedder=f"hf:{folders['embedder']}", compare_samples=2,
+                                  runtime="onnxruntime")).repository
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    pytest.importorskip("pytriton", reason="the embedded server needs fashionbox-server (nvidia-pytriton)")
+    started = start_private_server(repository, tmp_path_factory.mktemp("families-logs"))
+    try:
+        yield started
+    finally:
+        started.stop(timeout_s=10)
+
+
+def _photos() -> list[tuple[Image.Image, bytes]]:
+    from fashionbox.synth import render_scene
+
+    out = []
+    for seed, size in ((81, (640, 480)), (82, (360, 640)), (83, (500, 500))):
+        image = render_scene(seed, size=size).image.convert("RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        out.append((image, buffer.getvalue()))
+    return out
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    return np.sum(a * b, axis=-1)
+
+
+def test_the_repository_records_and_wires_both_families(repository: Path, folders: dict[str, Path]) -> None:
+    manifest = json.loads((repository / contract.MANIFEST_FILE).read_text())
+    assert set(manifest["image_models"]) == {"classifier", "embedder"} and manifest["image_models"]["embedder"]["text"]
+    for name in (contract.CLASSIFIER_MODEL, contract.EMBEDDER_MODEL, contract.TEXT_EMBEDDER_MODEL):
+        assert (repository / name / "1" / "model.onnx").is_file()
+    assert any((repository / contract.TEXT_EMBEDDER_MODEL / "1" / "tokenizer").iterdir())
+    assert manifest["comparison"]["classifier"] and manifest["comparison"]["embedder"]
+
+
+def test_served_labels_and_vectors_equal_their_library(server: TritonServer, repository: Path,
+                                                       folders: dict[str, Path]) -> None:
+    from fashionbox.core.imaging import crop_garments, decode_image, letterbox
+    from fashionbox.core.serving import OnnxDetector, OrtSettings
+    from fashionbox.core.views import ViewRecipe
+
+    classifier = transformers.AutoModelForImageClassification.from_pretrained(folders["classifier"]).eval()
+    classifier_processor = transformers.AutoImageProcessor.from_pretrained(folders["classifier"])
+    clip = transformers.CLIPModel.from_pretrained(folders["embedder"]).eval()
+    clip_processor = transformers.CLIPImageProcessor.from_pretrained(folders["embedder"])
+    manifest = json.loads((repository / contract.MANIFEST_FILE).read_text())
+    size = int(manifest["export"]["input_size"])
+    side = ViewRecipe.from_json(json.dumps(manifest["image_models"]["embedder"]["view"])).min_source_short_side
+    detector = OnnxDetector(repository / contract.DETECTOR_MODEL / "1" / "model.onnx", OrtSettings(),
+                            max_detections=int(manifest["export"]["nms"]["max_detections"]))
+    names = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
+    garments = 0
+    with FashionClient(str(server.endpoints.grpc)) as client, torch.no_grad():
+        for image, png in _photos():
+            served = client.detect(png)
+            # labels: the library's forward on its processor's pixels of the same image
+            logits = classifier(**classifier_processor(images=image, return_tensors="pt")).logits[0]
+            probs = torch.softmax(logits, dim=-1).numpy()
+            top = np.argsort(-probs, kind="stable")[:5]
+            assert [label.label for label in served.labels] == [names[i] for i in top]
+            np.testing.assert_allclose([label.score for label in served.labels], probs[top], atol=1e-3)
+            assert served.labels_model.startswith("hf:") or served.labels_model
+            # the image's vector
+            expected = clip.get_image_features(**clip_processor(images=image, return_tensors="pt"))
+            expected = getattr(expected, "pooler_output", expected)
+            assert served.embedding is not None and served.packed_embedding is not None
+            assert served.packed_embedding.model == manifest["image_models"]["embedder"]["name"]
+            assert _cosines(served.embedding, expected.numpy()[0]) >= 0.999
+            assert abs(float(np.linalg.norm(served.embedding)) - 1.0) < 1e-2
+            # each garment's vector, on the crop postprocess cuts around the detector's box
+            pixels, _ = letterbox(decode_image(png, target_size=size), size)
+            (found,) = detector.detect(pixels[None])
+            assert len(found) == len(served.detections)
+            if not len(found):
+                continue
+            # the crops postprocess cuts, given to the library's processor as a user would give them
+            crops = [Image.fromarray(c) for c in crop_garments(pixels, found.boxes, side)]
+            expected = clip.get_image_features(**clip_processor(images=crops, return_tensors="pt"))
+            expected = getattr(expected, "pooler_output", expected).numpy()
+            vectors = np.stack([d.embedding for d in served.detections])
+            assert float(_cosines(vectors, expected).min()) >= 0.999
+            garments += len(found)
+    assert garments > 0, "the default detector found nothing: the garment vectors went untested"
+
+
+def test_embed_text_equals_the_text_tower(server: TritonServer, folders: dict[str, Path]) -> None:
+    clip = transformers.CLIPModel.from_pretrained(folders["embedder"]).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folders["embedder"])
+    with FashionClient(str(server.endpoints.grpc)) as client, torch.no_grad():
+        served = client.embed_text(list(PHRASES))
+        expected = clip.get_text_features(**tokenizer(list(PHRASES), padding=True, return_tensors="pt"))
+        expected = getattr(expected, "pooler_output", expected).numpy()
+        assert served.shape == expected.shape
+        assert float(_cosines(served, expected).min()) >= 0.999
+        many = client.embed_text([PHRASES[0]] * 20)  # more than one request's worth
+        assert many.shape[0] == 20 and float(_cosines(many, np.repeat(served[:1], 20, axis=0)).min()) > 0.9999
+
+
+def test_bad_texts_fail_alone_and_the_steps_take_no_direct_calls(server: TritonServer) -> None:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    with FashionClient(str(server.endpoints.grpc)) as client:
+        with pytest.raises(FashionBoxError, match="more than the 2048"):
+            client.embed_text(["x" * 5000])
+        assert client.embed_text([PHRASES[1]]).shape[0] == 1  # the server carries on
+
+    with grpcclient.InferenceServerClient(server.endpoints.grpc) as raw:
+        views = grpcclient.InferInput(contract.VIEWS.name, [1, 32, 32, 3], "UINT8")
+        views.set_data_from_numpy(np.zeros((1, 32, 32, 3), np.uint8))
+        token = grpcclient.InferInput(contract.TOKEN.name, [1, 32], "UINT8")
+        token.set_data_from_numpy(np.zeros((1, 32), np.uint8))
+        for model in (contract.CLASSIFIER_MODEL, contract.EMBEDDER_MODEL):
+            config = raw.get_model_config(model).config
+            dims = [int(d) for d in config.input[0].dims]
+            views = grpcclient.InferInput(contract.VIEWS.name, [1, *dims], "UINT8")
+            views.set_data_from_numpy(np.zeros((1, *dims), np.uint8))
+            with pytest.raises(InferenceServerException, match="takes no direct calls"):
+                raw.infer(model, [views, token])
+
+
+def test_a_repository_without_the_families_sends_no_labels_or_vectors_to_a_new_client(
+        triton_server: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The stand-in repository has no image-level heads: every new field decodes empty, no error."""
+    from client_servers import write_client_repository
+
+    repository = write_client_repository(tmp_path_factory.mktemp("plain"))
+    server = triton_server(repository)
+    with FashionClient(str(server.endpoints.grpc)) as client:
+        image = np.full((64, 80, 3), 128, np.uint8)
+        result = client.detect(image)
+        assert result.labels == () and result.embedding is None
+        assert all(d.embedding is None for d in result.detections)
