@@ -489,3 +489,32 @@ def test_real_engines_build_from_the_engine_graphs_and_record_this_gpu(graphs: d
         engine = runtime.deserialize_cuda_engine((out / model / "1" / "model.plan").read_bytes())
         assert engine is not None
         assert [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)] == names  # what Triton binds
+
+
+def test_the_engine_attribute_graph_names_every_optional_head_as_the_configs_do(tmp_path: Path) -> None:
+    """An attribute graph with embedding and vertical heads keeps them under the served names (a
+    TensorRT engine's outputs are matched to the config by name)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_node("ReduceMean", ["as_float"], ["pooled"], axes=[1, 2], keepdims=0)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["crops"], ["as_float"], to=TensorProto.FLOAT), x,
+         helper.make_node("Softmax", ["pooled"], ["probs"], axis=1),
+         helper.make_node("LpNormalization", ["pooled"], ["embeddings"], axis=1, p=2),
+         helper.make_node("Softmax", ["pooled"], ["verticals"], axis=1)],
+        "heads", [helper.make_tensor_value_info("crops", TensorProto.UINT8, ["n", CROP, CROP, 3])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", 3])
+         for name in ("probs", "embeddings", "verticals")])
+    source = tmp_path / "heads.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    engine_graph = tensorrt_attributes_graph(source, tmp_path / "engine.onnx")
+
+    session = ort.InferenceSession(str(engine_graph), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    assert names == [contract.ATTRIBUTE_PROBS.name, contract.CROP_EMBEDDINGS.name, contract.VERTICAL_PROBS.name]
+    crops = np.random.default_rng(0).integers(0, 256, (2, CROP, CROP, 3), dtype=np.uint8)
+    renamed = session.run(None, {contract.CROPS.name: crops})
+    original = _run(source, {"crops": crops})
+    for a, b in zip(renamed, original, strict=True):
+        np.testing.assert_array_equal(a, b)

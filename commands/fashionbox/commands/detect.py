@@ -33,6 +33,12 @@ def format_table(name: str, result: ImageDetections) -> str:
         rows.append((str(i), detection.category, f"{detection.score:.2f}", box, _attributes_text(data["attributes"])))
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
     lines = [header]
+    if result.labels:
+        lines.append(f"image labels ({result.labels_model}): "
+                     + ", ".join(f"{label.label} {label.score:.2f}" for label in result.labels))
+    if result.packed_embedding is not None:
+        lines.append(f"embeddings: {result.packed_embedding.dimension}-d from {result.packed_embedding.model}, "
+                     "one per detection and one for the image (--json prints them)")
     for r in rows:
         lines.append("  ".join(r[c].ljust(widths[c]) for c in range(4)) + "  " + r[4])
     return "\n".join(lines)

@@ -304,8 +304,8 @@ def tensorrt_detector_graph(src: Path, dst: Path, *, max_detections: int) -> Pat
 
 
 def tensorrt_attributes_graph(src: Path, dst: Path) -> Path:
-    """The attribute graph with the contract's tensor names: ``CROPS`` -> ``ATTRIBUTE_PROBS``
-    (and ``CROP_MASKS`` where the graph has a mask head)."""
+    """The attribute graph with the contract's tensor names: ``CROPS`` -> ``ATTRIBUTE_PROBS`` (and
+    ``CROP_MASKS``, ``CROP_EMBEDDINGS``, ``VERTICAL_PROBS`` where the graph has those heads)."""
     onnx = _import_onnx()
     from onnx import helper
 
@@ -313,7 +313,9 @@ def tensorrt_attributes_graph(src: Path, dst: Path) -> Path:
     graph = model.graph
     _rename_input(graph, contract.ONNX_ATTRIBUTES_INPUT, contract.CROPS.name)
     renames = {contract.ONNX_ATTRIBUTES_OUTPUT: (contract.ATTRIBUTE_PROBS.name, "attribute_probs"),
-               contract.ONNX_ATTRIBUTES_MASKS: (contract.CROP_MASKS.name, "crop_masks")}
+               contract.ONNX_ATTRIBUTES_MASKS: (contract.CROP_MASKS.name, "crop_masks"),
+               contract.ONNX_ATTRIBUTES_EMBEDDINGS: (contract.CROP_EMBEDDINGS.name, "crop_embeddings"),
+               contract.ONNX_ATTRIBUTES_VERTICALS: (contract.VERTICAL_PROBS.name, "vertical_probs")}
     if contract.ONNX_ATTRIBUTES_OUTPUT not in {output.name for output in graph.output}:
         raise EngineError(f"{src}: the attribute graph has no output {contract.ONNX_ATTRIBUTES_OUTPUT!r}")
     for output in graph.output:
@@ -358,7 +360,8 @@ def gpu_model_configs(settings: Any, label_map: Any, options: EngineOptions) -> 
 
     ``detector`` and ``attributes`` become ``tensorrt_plan`` models; ``preprocess`` runs on a
     GPU instance and decodes JPEGs with nvJPEG where it can; ``postprocess`` and the ensemble
-    are unchanged.
+    are unchanged. An image-level family's networks (``classifier``, ``embedder``, ``text_embedder``)
+    stay python models running their ONNX graphs in ONNX Runtime on the CPU: no engines for them yet.
     """
     from fashionbox.converter.repository import ensemble_config, gpu_preprocess, model_configs
 

@@ -211,8 +211,10 @@ class TritonPythonModel:
         failures = {}
         attributes_rows = {i: (np.concatenate([stage.crops, stage.image_crops]) if stage.image_crops is not None
                                else stage.crops) for i, stage in staged.items()}
+        # a TensorRT attribute engine takes no TOKEN (attributes_token false); the python branches always do
         extras = self._bls(self.params.attributes_model, contract.ATTRIBUTE_PROBS.name, attributes_rows,
-                           self.params.attributes_max_batch_size, failures, self.attribute_extras)
+                           self.params.attributes_max_batch_size, failures, self.attribute_extras,
+                           token=self.params.attributes_token)
         for i, outputs in extras.items():
             n = staged[i].crops.shape[0]
             answer = answers[i]
@@ -238,7 +240,7 @@ class TritonPythonModel:
                 answers[i].image_embeddings = outputs[contract.EMBEDDINGS.name][n:]
         return answers, failures
 
-    def _bls(self, model, output, arrays, max_batch_size, failures, extra_outputs=()):
+    def _bls(self, model, output, arrays, max_batch_size, failures, extra_outputs=(), token=True):
         """One chunked BLS call to ``model`` over every request's rows (``arrays``: request index ->
         rows); per request that it answered, ``{output and extra_outputs: its rows}``. Requests whose
         rows were in a failed chunk go into ``failures``, and out of the answer."""
@@ -251,7 +253,7 @@ class TritonPythonModel:
             model, input_name=contract.CROPS.name if model == self.params.attributes_model else contract.VIEWS.name,
             output_name=output, array=np.concatenate([a for a in arrays.values() if a.shape[0]] or [first[:0]]),
             max_batch_size=max_batch_size,
-            extra=self._attributes_token if self.params.attributes_token else None,
+            extra=self._attributes_token if token else None,
             extra_outputs=extra_outputs)
         results = {}
         for chunk in chunks:
