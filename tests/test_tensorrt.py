@@ -518,3 +518,48 @@ def test_the_engine_attribute_graph_names_every_optional_head_as_the_configs_do(
     original = _run(source, {"crops": crops})
     for a, b in zip(renamed, original, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _branch_graph(path: Path, output: str, size: int, side: int = 16) -> Path:
+    """A stand-in image-level graph: uint8 ``images`` [n, side, side, 3] -> ``output`` [n, size]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [3, size], np.linspace(-1, 1, 3 * size).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
+         helper.make_node("ReduceMean", ["f"], ["pooled"], axes=[1, 2], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "w"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], [output], axis=1)],
+        "branch", [helper.make_tensor_value_info("images", TensorProto.UINT8, ["n", side, side, 3])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["n", size])], initializer=[weights])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_the_families_networks_become_engines_that_take_no_token(graphs: dict[str, Path], tmp_path: Path) -> None:
+    from fashionbox.converter.repository import ImageBranch
+
+    settings = RepositorySettings(
+        input_size=SIZE, crop_size=CROP, max_detections=K,
+        classifier=ImageBranch(name="c", view="{}", height=16, width=16, size=3, labels=("a", "b", "c")),
+        embedder=ImageBranch(name="e", view="{}", height=16, width=16, size=4, text=False))
+    branches = {contract.CLASSIFIER_MODEL: _branch_graph(tmp_path / "c.onnx", "probs", 3),
+                contract.EMBEDDER_MODEL: _branch_graph(tmp_path / "e.onnx", "embeddings", 4)}
+    gpu = prepare_gpu_repository(tmp_path / "work", detector_onnx=graphs["detector"],
+                                 attributes_onnx=graphs["attributes"], settings=settings, label_map=LABELS,
+                                 options=EngineOptions(build="later"), detector_batches=[_images(0)],
+                                 branch_onnx=branches)
+    for name, served in ((contract.CLASSIFIER_MODEL, contract.LABEL_PROBS.name),
+                         (contract.EMBEDDER_MODEL, contract.EMBEDDINGS.name)):
+        config = gpu.configs[name]
+        assert config.platform == "tensorrt_plan" and [i.name for i in config.input] == [contract.VIEWS.name]
+        assert [o.name for o in config.output] == [served]
+        engine_graph = gpu.files[f"{name}/1/model.onnx"]
+        views = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+        (renamed,) = _run(engine_graph, {contract.VIEWS.name: views})
+        (original,) = _run(branches[name], {"images": views})
+        np.testing.assert_array_equal(renamed, original)
+    assert gpu.configs[contract.POSTPROCESS_MODEL].parameters["branch_token"].string_value == "false"
+    script = gpu.files[ENGINES_SCRIPT].read_text()
+    assert f"--onnx={contract.CLASSIFIER_MODEL}/1/model.onnx" in script and "--maxShapes=VIEWS:" in script

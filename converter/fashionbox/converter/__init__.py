@@ -503,7 +503,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
 
             gpu = prepare_gpu_repository(Path(tmp), detector_onnx=detector_onnx, attributes_onnx=attributes_onnx,
                                          settings=settings, label_map=label_map, options=options.engines,
-                                         detector_batches=det_batches)
+                                         detector_batches=det_batches, branch_onnx=branches.onnx)
             manifest["engines"] = gpu.manifest
         repository = write_repository(options.out, detector_onnx=detector_onnx, attributes_onnx=attributes_onnx,
                                       label_map=label_map, settings=settings, manifest=manifest,

@@ -326,6 +326,31 @@ def tensorrt_attributes_graph(src: Path, dst: Path) -> Path:
     return _check_and_save(model, dst)
 
 
+_BRANCH_TENSORS = {contract.CLASSIFIER_MODEL: (contract.ONNX_CLASSIFIER_OUTPUT, contract.LABEL_PROBS.name),
+                   contract.EMBEDDER_MODEL: (contract.ONNX_EMBEDDER_OUTPUT, contract.EMBEDDINGS.name)}
+"""An image-level family's network -> (its graph's output, the served output name)."""
+
+
+def tensorrt_branch_graph(model: str, src: Path, dst: Path) -> Path:
+    """A classifier's or embedder's image graph with the contract's tensor names: ``VIEWS`` ->
+    ``LABEL_PROBS`` (classifier) or ``EMBEDDINGS`` (embedder)."""
+    onnx = _import_onnx()
+    from onnx import helper
+
+    graph_output, served = _BRANCH_TENSORS[model]
+    onnx_model = onnx.load(str(src))
+    graph = onnx_model.graph
+    _rename_input(graph, contract.ONNX_IMAGE_INPUT, contract.VIEWS.name)
+    for output in graph.output:
+        if output.name == graph_output:
+            graph.node.append(helper.make_node("Identity", [graph_output], [served], name=served.lower()))
+            output.name = served
+            break
+    else:
+        raise EngineError(f"{src}: the {model} graph has no output {graph_output!r}")
+    return _check_and_save(onnx_model, dst)
+
+
 # -- configs ------------------------------------------------------------------------------------------
 
 
@@ -360,8 +385,9 @@ def gpu_model_configs(settings: Any, label_map: Any, options: EngineOptions) -> 
 
     ``detector`` and ``attributes`` become ``tensorrt_plan`` models; ``preprocess`` runs on a
     GPU instance and decodes JPEGs with nvJPEG where it can; ``postprocess`` and the ensemble
-    are unchanged. An image-level family's networks (``classifier``, ``embedder``, ``text_embedder``)
-    stay python models running their ONNX graphs in ONNX Runtime on the CPU: no engines for them yet.
+    are unchanged. An image-level family's ``classifier`` and ``embedder`` become engines too
+    (:func:`tensorrt_branch_graph`); ``text_embedder`` stays a python model (its tokenizer runs in
+    Python) running its graph in ONNX Runtime on the CPU.
     """
     from fashionbox.converter.repository import ensemble_config, gpu_preprocess, model_configs
 
@@ -374,10 +400,15 @@ def gpu_model_configs(settings: Any, label_map: Any, options: EngineOptions) -> 
                      contract.DET_CLASSES.name: (k,)})
     configs[contract.ATTRIBUTES_MODEL] = tensorrt_config(configs[contract.ATTRIBUTES_MODEL],
                                                          cuda_graphs=options.cuda_graphs)
+    for branch in _BRANCH_TENSORS:  # an image-level family's networks: engines too
+        if branch in configs:
+            configs[branch] = tensorrt_config(configs[branch], cuda_graphs=options.cuda_graphs)
     if options.gpu_decode:
         gpu_preprocess(configs[contract.PREPROCESS_MODEL])
     postprocess = configs[contract.POSTPROCESS_MODEL]
     postprocess.parameters["attributes_token"].string_value = "false"  # the engine takes no TOKEN
+    if "labels_from" in postprocess.parameters:  # nor do the families' engines
+        postprocess.parameters["branch_token"].string_value = "false"
     # No python detector confirms the slots preprocess takes: they are held for the whole TTL.
     for name in (contract.PREPROCESS_MODEL, contract.POSTPROCESS_MODEL):
         parameters = configs[name].parameters
@@ -560,7 +591,8 @@ class GpuRepository:
 
 def prepare_gpu_repository(work: Path, *, detector_onnx: Path, attributes_onnx: Path, settings: Any,
                            label_map: Any, options: EngineOptions,
-                           detector_batches: Sequence[Any]) -> GpuRepository:
+                           detector_batches: Sequence[Any],
+                           branch_onnx: Mapping[str, Path] | None = None) -> GpuRepository:
     """Engine graphs (checked against the CPU graphs), GPU configs, and engines now or a script."""
     work = Path(work) / "tensorrt"
     work.mkdir(parents=True, exist_ok=True)
@@ -568,6 +600,8 @@ def prepare_gpu_repository(work: Path, *, detector_onnx: Path, attributes_onnx: 
         contract.DETECTOR_MODEL: tensorrt_detector_graph(detector_onnx, work / "detector.onnx",
                                                          max_detections=settings.max_detections),
         contract.ATTRIBUTES_MODEL: tensorrt_attributes_graph(attributes_onnx, work / "attributes.onnx"),
+        **{name: tensorrt_branch_graph(name, path, work / f"{name}.onnx")
+           for name, path in (branch_onnx or {}).items() if name in _BRANCH_TENSORS},
     }
     compared = compare_detector_graphs(detector_onnx, graphs[contract.DETECTOR_MODEL], detector_batches,
                                        max_detections=settings.max_detections)

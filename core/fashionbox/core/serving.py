@@ -517,6 +517,8 @@ class ImageLevelParameters(ParameterSet):
     image through the family's processor (:func:`fashionbox.core.views.crop_views`)."""
     classifier_max_batch_size: int = 32
     embedder_max_batch_size: int = 64
+    branch_token: bool = True
+    """Send ``classifier`` and ``embedder`` a ``TOKEN`` (false where they are TensorRT engines, which take none)."""
 
     SOURCES: ClassVar[dict[str, tuple[str, ...]]] = {"labels_from": ("", "classifier", "attributes"),
                                                       "embeddings_from": ("", "embedder", "attributes")}

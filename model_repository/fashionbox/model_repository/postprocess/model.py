@@ -228,13 +228,15 @@ class TritonPythonModel:
         if self.image_level.labels_from == "classifier":
             views = {i: stage.views[contract.CLASSIFIER_VIEW.name] for i, stage in staged.items() if i not in failures}
             for i, outputs in self._bls(contract.CLASSIFIER_MODEL, contract.LABEL_PROBS.name, views,
-                                        self.image_level.classifier_max_batch_size, failures).items():
+                                        self.image_level.classifier_max_batch_size, failures,
+                                        token=self.image_level.branch_token).items():
                 answers[i].label_probs = outputs[contract.LABEL_PROBS.name]
         if self.image_level.embeddings_from == "embedder":
             rows = {i: np.concatenate([stage.embed_crops, stage.views[contract.EMBEDDER_VIEW.name]])
                     for i, stage in staged.items() if i not in failures}
             for i, outputs in self._bls(contract.EMBEDDER_MODEL, contract.EMBEDDINGS.name, rows,
-                                        self.image_level.embedder_max_batch_size, failures).items():
+                                        self.image_level.embedder_max_batch_size, failures,
+                                        token=self.image_level.branch_token).items():
                 n = staged[i].embed_crops.shape[0]
                 answers[i].embeddings = outputs[contract.EMBEDDINGS.name][:n]
                 answers[i].image_embeddings = outputs[contract.EMBEDDINGS.name][n:]
