@@ -29,12 +29,13 @@ def _count_or_folder(text: str) -> int | Path:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fashionbox.training.trainer import TrainSettings, train_default
+    from fashionbox.training.trainer import STAGES, TrainSettings, train_default
 
     settings = TrainSettings(out_dir=args.out, cache_dir=args.cache_dir, seed=args.seed, train_scenes=args.scenes,
                              detector_steps=args.detector_steps, attribute_epochs=args.attribute_epochs,
+                             retrieval_identities=args.identities, vertical_photos=args.product_photos,
                              threads=args.threads, resume=args.resume)
-    written = train_default(settings, stages=tuple(args.stage or ("detector", "attributes", "masks")))
+    written = train_default(settings, stages=tuple(args.stage or STAGES))
     for kind, path in written.items():
         print(f"{kind}: {path}")
     return 0
@@ -149,10 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenes", type=int, default=8000, help="generated training scenes")
     p.add_argument("--detector-steps", type=int, default=1000)
     p.add_argument("--attribute-epochs", type=int, default=6)
+    p.add_argument("--identities", type=int, default=2000, help="garment identities for the embedding head")
+    p.add_argument("--product-photos", type=int, default=12000, help="product photos for the vertical head")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--stage", action="append", choices=["detector", "attributes", "masks"],
-                   help="train only this stage (repeatable); default all three (masks: the attribute "
-                        "checkpoint's mask head, on --out's attribute weights or the shipped ones)")
+    p.add_argument("--stage", action="append",
+                   choices=["detector", "attributes", "masks", "embedding", "verticals"],
+                   help="train only this stage (repeatable); default all five (masks, embedding, verticals: "
+                        "that head of the attribute checkpoint, on --out's attribute weights or the shipped "
+                        "ones, every other tensor kept)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.set_defaults(func=_cmd_train)
 

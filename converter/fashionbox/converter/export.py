@@ -3,7 +3,7 @@
 Small typed steps (docs/STYLE.md rule 6), each testable alone::
 
     export_detector_onnx(detector, path, nms=NmsSettings(), opset=17)
-    export_attributes_onnx(classifier, path, opset=17)           # + "masks" when it has a mask head
+    export_attributes_onnx(classifier, path, opset=17)       # + "masks", "embeddings", "verticals" with those heads
     check_onnx(path)                                         # onnx.checker, full check
     report = compare_detector(detector, path, batches)       # max abs error vs PyTorch
     report.raise_if_over(tolerance)
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ComparisonReport",
     "ExportError",
+    "attribute_output_names",
     "check_onnx",
     "compare_attributes",
     "compare_detector",
@@ -121,27 +122,60 @@ def export_detector_onnx(detector: FashionDetector, path: Path, *, nms: NmsSetti
     return path
 
 
-class _AttributesWithMasksGraph(nn.Module):
+def attribute_output_names(classifier: AttributeClassifier) -> list[str]:
+    """The attribute graph's outputs, in order: ``probs`` [, ``masks``] [, ``embeddings``] [, ``verticals``]
+    (``AttributeClassifier.output_names``: the contract's ONNX names)."""
+    return list(classifier.output_names)
+
+
+class _AttributesGraph(nn.Module):
+    """Every output of the classifier from one pass over the trunk, as a tuple in ``output_names`` order."""
+
     def __init__(self, classifier: AttributeClassifier) -> None:
         super().__init__()
         self.classifier = classifier
 
-    def forward(self, crops: Tensor) -> tuple[Tensor, Tensor]:
-        return self.classifier.predict(crops)
+    def forward(self, crops: Tensor) -> tuple[Tensor, ...]:
+        outputs = self.classifier.outputs(crops)
+        return tuple(outputs[name] for name in self.classifier.output_names)
 
 
 def export_attributes_onnx(classifier: AttributeClassifier, path: Path, *, opset: int = MIN_OPSET) -> Path:
-    """``crops`` -> ``probs`` and, when ``classifier`` has a mask head, ``masks`` float32 [B, m, m]."""
+    """``crops`` -> ``probs`` and, with those heads, ``masks`` float32 [B, m, m], ``embeddings``
+    float32 [B, D] (unit length) and ``verticals`` float32 [B, V] (softmax)."""
     size = classifier.config.crop_size
     example = torch.zeros((1, size, size, 3), dtype=torch.uint8)
-    if classifier.mask_head is None:
-        _torch_export(classifier, example, path, contract.ONNX_ATTRIBUTES_INPUT, [contract.ONNX_ATTRIBUTES_OUTPUT],
-                      opset)
+    names = attribute_output_names(classifier)
+    if len(names) == 1:
+        _torch_export(classifier, example, path, contract.ONNX_ATTRIBUTES_INPUT, names, opset)
     else:
-        _torch_export(_AttributesWithMasksGraph(classifier), example, path, contract.ONNX_ATTRIBUTES_INPUT,
-                      [contract.ONNX_ATTRIBUTES_OUTPUT, contract.ONNX_ATTRIBUTES_MASKS], opset)
+        _torch_export(_AttributesGraph(classifier), example, path, contract.ONNX_ATTRIBUTES_INPUT, names, opset)
+        with torch.no_grad():
+            shapes = {name: tuple(value.shape[1:])
+                      for name, value in zip(names, classifier.eval().outputs(example).values(), strict=True)}
+        _fix_output_dims(path, shapes)
     check_onnx(path)
     return path
+
+
+def _fix_output_dims(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Write the fixed sizes after the batch into the graph's outputs (the TorchScript exporter leaves
+    the embedding's width unknown: F.normalize's shape is not inferred), so the repository step
+    reads ``D`` and ``V`` from the graph."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for output in model.graph.output:
+        if output.name not in shapes:
+            continue
+        dims = output.type.tensor_type.shape.dim
+        if len(dims) != 1 + len(shapes[output.name]):
+            raise ExportError(f"{path}: output {output.name!r} has rank {len(dims)}, PyTorch gives "
+                              f"{1 + len(shapes[output.name])}")
+        for dim, size in zip(list(dims)[1:], shapes[output.name], strict=True):
+            dim.ClearField("dim_param")
+            dim.dim_value = size
+    onnx.save(model, str(path))
 
 
 def check_onnx(path: Path) -> None:
@@ -207,23 +241,29 @@ def compare_detector(detector: FashionDetector, path: Path, batches: Sequence[np
 
 def compare_attributes(classifier: AttributeClassifier, path: Path,
                        batches: Sequence[npt.NDArray[np.uint8]]) -> ComparisonReport:
-    """Largest difference of ``probs`` and, with a mask head, of the ``masks`` probabilities."""
+    """Largest difference of ``probs`` and, with those heads, of the ``masks`` probabilities, the
+    ``verticals`` softmax and the ``embeddings`` (max abs difference, and ``embeddings_cosine``:
+    the largest ``1 - cosine`` between a crop's two embeddings)."""
     session = _session(path)
-    names = [contract.ONNX_ATTRIBUTES_OUTPUT]
-    if classifier.mask_head is not None:
-        names.append(contract.ONNX_ATTRIBUTES_MASKS)
-    errors = dict.fromkeys(["probs", "masks"][: len(names)], 0.0)
+    keys = list(classifier.output_names)
+    names = attribute_output_names(classifier)
+    errors = dict.fromkeys(keys, 0.0)
+    if "embeddings" in keys:
+        errors["embeddings_cosine"] = 0.0
     samples = 0
     for batch in batches:
         with torch.no_grad():
-            crops = torch.from_numpy(batch)
-            model = classifier.eval()
-            reference = list(model.predict(crops)) if model.mask_head is not None else [model(crops)]
+            reference = classifier.eval().outputs(torch.from_numpy(batch))
         outputs = session.run(names, {contract.ONNX_ATTRIBUTES_INPUT: batch})  # type: ignore[attr-defined]
-        for key, ours, theirs in zip(errors, outputs, reference, strict=True):
-            if ours.shape != tuple(theirs.shape):
-                raise ExportError(f"{path}: {key} has shape {ours.shape}, PyTorch gives {tuple(theirs.shape)}")
-            errors[key] = max(errors[key], float(np.abs(ours - theirs.numpy()).max(initial=0.0)))
+        for key, ours in zip(keys, outputs, strict=True):
+            theirs = reference[key].numpy()
+            if ours.shape != theirs.shape:
+                raise ExportError(f"{path}: {key} has shape {ours.shape}, PyTorch gives {theirs.shape}")
+            errors[key] = max(errors[key], float(np.abs(ours - theirs).max(initial=0.0)))
+            if key == "embeddings":
+                cosine = (ours * theirs).sum(axis=1) / np.maximum(
+                    np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1), 1e-12)
+                errors["embeddings_cosine"] = max(errors["embeddings_cosine"], float((1 - cosine).max(initial=0.0)))
         samples += len(batch)
     return ComparisonReport("attributes", errors, samples)
 

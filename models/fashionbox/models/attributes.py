@@ -19,6 +19,17 @@ garment's mask probability on an ``m x m`` grid covering exactly the crop's regi
 The head reads the trunk and changes nothing in it, so ``probs`` are the same with or without
 it; a checkpoint written before the head existed (no ``mask_size`` in its config) loads as a
 classifier without one.
+
+Two more heads read the same frozen trunk through one *descriptor* (:meth:`AttributeClassifier.descriptor`:
+average- and max-pooled maps of every stage and of the embedding conv): with ``retrieval_dim > 0``
+an :class:`EmbeddingHead` gives each crop an L2-normalised garment embedding for visual search,
+and with ``verticals`` a :class:`VerticalHead` gives a softmax over product verticals (fed the
+whole photo as one crop). :meth:`AttributeClassifier.outputs` returns every output the
+classifier has, keyed by its ONNX name, from one pass over the trunk::
+
+    model = AttributeClassifier(AttributeConfig(group_sizes=(5, 5), retrieval_dim=128,
+                                                verticals=("tops", "bottoms")))
+    out = model.outputs(crops)   # {"probs": [B, 10], "embeddings": [B, 128], "verticals": [B, 2]}
 """
 
 from __future__ import annotations
@@ -30,9 +41,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fashionbox import contract
 from fashionbox.models.detector import PIXEL_MEAN, PIXEL_STD, InvertedResidual, _conv_bn
 
-__all__ = ["AttributeClassifier", "AttributeConfig", "MaskHead"]
+__all__ = ["AttributeClassifier", "AttributeConfig", "EmbeddingHead", "MaskHead", "VerticalHead"]
+
+# Output names of AttributeClassifier.outputs: the attribute graph's ONNX output names, from the contract.
+OUTPUT_PROBS = contract.ONNX_ATTRIBUTES_OUTPUT
+OUTPUT_MASKS = contract.ONNX_ATTRIBUTES_MASKS
+OUTPUT_EMBEDDINGS = contract.ONNX_ATTRIBUTES_EMBEDDINGS
+OUTPUT_VERTICALS = contract.ONNX_ATTRIBUTES_VERTICALS
 
 
 @dataclass(frozen=True)
@@ -52,6 +70,13 @@ class AttributeConfig:
     """Side of the mask head's square grid; 0: no mask head (checkpoints from before it)."""
     mask_channels: tuple[int, int, int, int] = (64, 64, 48, 24)
     """Decoder width at the trunk's last four stages' strides (16, 8, 4 and 2 of the crop here)."""
+    retrieval_dim: int = 0
+    """Width of the garment embedding (visual search); 0: no embedding head. Not ``embedding``,
+    which is the trunk's width."""
+    verticals: tuple[str, ...] = ()
+    """Product vertical names, in the vertical head's output order; empty: no vertical head."""
+    head_hidden: int = 512
+    """Hidden width of the embedding and vertical heads' MLPs."""
 
     def __post_init__(self) -> None:
         if not self.group_sizes or min(self.group_sizes) < 2:
@@ -62,6 +87,12 @@ class AttributeConfig:
             raise ValueError("the mask head needs a trunk of at least four stages")
         if self.mask_size and self.crop_size % 16:
             raise ValueError(f"the mask head needs crop_size divisible by 16, got {self.crop_size}")
+        if self.retrieval_dim < 0:
+            raise ValueError(f"retrieval_dim must be 0 (no embedding head) or positive, got {self.retrieval_dim}")
+        if self.verticals and (len(self.verticals) < 2 or len(set(self.verticals)) != len(self.verticals)):
+            raise ValueError(f"verticals must be empty or at least two distinct names, got {self.verticals}")
+        if self.head_hidden < 1:
+            raise ValueError(f"head_hidden must be positive, got {self.head_hidden}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -73,6 +104,8 @@ class AttributeConfig:
         data["stages"] = tuple(tuple(s) for s in data["stages"])
         if "mask_channels" in data:
             data["mask_channels"] = tuple(data["mask_channels"])
+        if "verticals" in data:
+            data["verticals"] = tuple(data["verticals"])
         return cls(**data)
 
 
@@ -123,6 +156,31 @@ class MaskHead(nn.Module):
         return logits[:, 0]
 
 
+class EmbeddingHead(nn.Module):
+    """Descriptor -> L2-normalised garment embedding: LayerNorm, a two-layer MLP, then unit length."""
+
+    def __init__(self, descriptor: int, hidden: int, dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.LayerNorm(descriptor), nn.Linear(descriptor, hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, dim))
+
+    def forward(self, descriptor: Tensor) -> Tensor:
+        return F.normalize(self.mlp(descriptor), dim=1)
+
+
+class VerticalHead(nn.Module):
+    """Descriptor -> product-vertical logits (softmax in :meth:`AttributeClassifier.outputs`)."""
+
+    def __init__(self, descriptor: int, hidden: int, classes: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.LayerNorm(descriptor), nn.Linear(descriptor, hidden), nn.ReLU(inplace=True),
+                                 nn.Dropout(0.1), nn.Linear(hidden, classes))
+
+    def forward(self, descriptor: Tensor) -> Tensor:
+        logits: Tensor = self.mlp(descriptor)
+        return logits
+
+
 def _up(x: Tensor, like: Tensor) -> Tensor:
     return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
@@ -157,6 +215,15 @@ class AttributeClassifier(nn.Module):
         if config.mask_size:
             skips = (stage_channels[-1], stage_channels[-2], stage_channels[-3], stage_channels[0])
             self.mask_head = MaskHead(config.embedding, skips, config.mask_channels, config.mask_size)
+        # Every stage's last block and the embedding conv, average- and max-pooled: the descriptor.
+        self._stage_ends = tuple(stage_ends)
+        self.descriptor_size = 2 * (sum(stage_channels) + config.embedding)
+        self.embedding_head: EmbeddingHead | None = None
+        if config.retrieval_dim:
+            self.embedding_head = EmbeddingHead(self.descriptor_size, config.head_hidden, config.retrieval_dim)
+        self.vertical_head: VerticalHead | None = None
+        if config.verticals:
+            self.vertical_head = VerticalHead(self.descriptor_size, config.head_hidden, len(config.verticals))
 
     @property
     def mask_size(self) -> int:
@@ -166,10 +233,11 @@ class AttributeClassifier(nn.Module):
     def _normalise(self, crops: Tensor) -> Tensor:
         return (crops.permute(0, 3, 1, 2).float() - self.mean) / self.std
 
-    def _trunk(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """The pooled embedding and, when the mask head exists, the maps it reads."""
+    def _trunk(self, x: Tensor, wanted: tuple[int, ...] | None = None) -> tuple[Tensor, list[Tensor]]:
+        """The pooled embedding and the maps of layers ``wanted`` (default: those the mask head reads)."""
         maps: list[Tensor] = []
-        wanted = (*self._skip_indices, self._embedding_index) if self.mask_head is not None else ()
+        if wanted is None:
+            wanted = (*self._skip_indices, self._embedding_index) if self.mask_head is not None else ()
         for index, layer in enumerate(self.features):
             x = layer(x)
             if index in wanted:
@@ -193,6 +261,53 @@ class AttributeClassifier(nn.Module):
         """Probs ``[B, A]`` and mask probabilities ``[B, m, m]`` in one pass over the trunk."""
         probs, logits = self._with_masks(crops)
         return probs, torch.sigmoid(logits)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """What :meth:`outputs` returns, in the exported graph's output order."""
+        names = [OUTPUT_PROBS]
+        if self.mask_head is not None:
+            names.append(OUTPUT_MASKS)
+        if self.embedding_head is not None:
+            names.append(OUTPUT_EMBEDDINGS)
+        if self.vertical_head is not None:
+            names.append(OUTPUT_VERTICALS)
+        return tuple(names)
+
+    def descriptor(self, crops: Tensor) -> Tensor:
+        """The frozen trunk's pooled multi-stage features ``[B, descriptor_size]`` (what the embedding
+        and vertical heads read; training caches it)."""
+        return self._descriptor_and_maps(self._normalise(crops))[1]
+
+    def _descriptor_and_maps(self, image: Tensor) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
+        indices = tuple(sorted({*self._stage_ends, *self._skip_indices, self._embedding_index}))
+        embedding, maps = self._trunk(image, indices)
+        by_index = dict(zip(indices, maps, strict=True))
+        pooled = [by_index[i] for i in (*self._stage_ends, self._embedding_index)]
+        descriptor = torch.cat([m.mean(dim=(2, 3)) for m in pooled] + [m.amax(dim=(2, 3)) for m in pooled], dim=1)
+        return embedding, descriptor, by_index
+
+    def outputs(self, crops: Tensor) -> dict[str, Tensor]:
+        """Every output this classifier has, keyed by :attr:`output_names`, from one pass over the trunk:
+        ``probs`` [B, A], ``masks`` [B, m, m] (probabilities), ``embeddings`` [B, D] (unit length),
+        ``verticals`` [B, V] (softmax)."""
+        if self.embedding_head is None and self.vertical_head is None:
+            if self.mask_head is None:
+                return {OUTPUT_PROBS: self(crops)}
+            probs, masks = self.predict(crops)
+            return {OUTPUT_PROBS: probs, OUTPUT_MASKS: masks}
+        image = self._normalise(crops)
+        embedding, descriptor, by_index = self._descriptor_and_maps(image)
+        result = {OUTPUT_PROBS: torch.cat([torch.softmax(head(embedding), dim=1) for head in self.heads], dim=1)}
+        if self.mask_head is not None:
+            deep, mid, shallow, fine = (by_index[i] for i in self._skip_indices)
+            logits = self.mask_head(by_index[self._embedding_index], deep, mid, shallow, fine, image)
+            result[OUTPUT_MASKS] = torch.sigmoid(logits)
+        if self.embedding_head is not None:
+            result[OUTPUT_EMBEDDINGS] = self.embedding_head(descriptor)
+        if self.vertical_head is not None:
+            result[OUTPUT_VERTICALS] = torch.softmax(self.vertical_head(descriptor), dim=1)
+        return result
 
     def _with_masks(self, crops: Tensor) -> tuple[Tensor, Tensor]:
         if self.mask_head is None:

@@ -258,6 +258,33 @@ class TorchAttributes(_Runner):
             mask_result: Float32Array = masks[:rows].float().cpu().numpy()
         return self._checked(result, rows), mask_result
 
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """What :meth:`run_all` returns: ``probs`` and, with those heads, ``masks``, ``embeddings``,
+        ``verticals`` (the attribute graph's ONNX output names)."""
+        names: tuple[str, ...] = self.model.output_names
+        return names
+
+    @property
+    def verticals(self) -> tuple[str, ...]:
+        """The vertical head's class names, in output order; empty without one."""
+        names: tuple[str, ...] = self.model.config.verticals if self.model.vertical_head is not None else ()
+        return names
+
+    def run_all(self, crops: AnyArray) -> dict[str, Float32Array]:
+        """Every output of the checkpoint for uint8 crops ``[B, C, C, 3]``, from one pass over the trunk:
+        ``probs`` [B, A], ``masks`` [B, m, m], ``embeddings`` [B, D] (unit length), ``verticals`` [B, V]."""
+        import torch
+
+        rows = crops.shape[0]
+        with torch.inference_mode():
+            with self._context():
+                outputs = self.model.outputs(self._tensor(self._padded(crops)))
+            result: dict[str, Float32Array] = {name: value[:rows].float().cpu().numpy()
+                                               for name, value in outputs.items()}
+        self._checked(result["probs"], rows)
+        return result
+
     def _checked(self, probs: Float32Array, rows: int) -> Float32Array:
         expected = (rows, self.num_attribute_labels)
         if probs.shape != expected:

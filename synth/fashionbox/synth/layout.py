@@ -35,9 +35,10 @@ from .garments import (
     Neckline,
     Role,
 )
+from .identity import GarmentIdentity
 from .patterns import PATTERN_GROUP, PATTERN_LABELS, PatternKind, PatternSpec, sample_pattern
 
-__all__ = ["Placed", "plan_scene"]
+__all__ = ["Placed", "plan_product", "plan_scene"]
 
 _MIN_GROUND_CONTRAST = 80.0
 """Fabric against skin and background: enough that a sleeve end and a silhouette are visible."""
@@ -65,6 +66,8 @@ class Placed:
     pattern: PatternSpec
     category: str | None = None
     attributes: Mapping[str, str] = field(default_factory=dict)
+    identity: int | None = None
+    """The :class:`GarmentIdentity` this garment is, when the scene was asked to place one."""
 
 
 @dataclass(frozen=True)
@@ -77,13 +80,20 @@ class _Context:
     """Image width in image units (1 when landscape)."""
     height: float
     background: tuple[RGB, ...]
+    identities: tuple[GarmentIdentity, ...] = ()
 
 
 def plan_scene(rnd: random.Random, label_map: LabelMap, catalogue: Mapping[str, GarmentKind], config: SceneConfig,
-               size: tuple[int, int], background: Sequence[RGB]) -> list[Placed]:
-    """Everything to paint, in paint order (later covers earlier)."""
+               size: tuple[int, int], background: Sequence[RGB],
+               identities: Sequence[GarmentIdentity] = ()) -> list[Placed]:
+    """Everything to paint, in paint order (later covers earlier).
+
+    ``identities`` are placed first (worn by the figure where their role is free, else laid
+    flat), drawn as themselves; the rest of the garment budget is random as usual.
+    """
     long_side = max(size)
-    ctx = _Context(rnd, label_map, catalogue, config, size[0] / long_side, size[1] / long_side, tuple(background))
+    ctx = _Context(rnd, label_map, catalogue, config, size[0] / long_side, size[1] / long_side, tuple(background),
+                   tuple(identities))
     budget = rnd.randint(config.min_garments, config.max_garments)
     if rnd.random() < config.outfit_probability:
         placed = _plan_outfit(ctx, budget)
@@ -91,8 +101,31 @@ def plan_scene(rnd: random.Random, label_map: LabelMap, catalogue: Mapping[str, 
             garments = sum(1 for p in placed if p.category is not None)
             # Garments scattered beside a figure never cover it: nothing floats in front of a person.
             figure = _union([_extent(p) for p in placed])
-            return placed + _plan_flat_lay(ctx, budget - garments, [(figure, 0.0)])
-    return _plan_flat_lay(ctx, budget, [])
+            worn = {p.identity for p in placed if p.identity is not None}
+            rest = [i for i in ctx.identities if i.identity not in worn]
+            return placed + _plan_flat_lay(ctx, budget - garments, [(figure, 0.0)], rest)
+    return _plan_flat_lay(ctx, budget, [], ctx.identities)
+
+
+def plan_product(rnd: random.Random, catalogue: Mapping[str, GarmentKind], size: tuple[int, int],
+                 identity: GarmentIdentity, fill: float, rotation_deg: float) -> Placed:
+    """A product photo's one garment: ``identity`` centred, its box's long side ``fill`` of the frame's."""
+    long_side = max(size)
+    width, height = size[0] / long_side, size[1] / long_side
+    arms = (rnd.uniform(0.15, 0.45), rnd.uniform(0.15, 0.45))
+    params = GarmentParams(identity.sleeve_cover, identity.neckline, arms, rnd.uniform(0.24, 0.34))
+    drawing = catalogue[identity.category].draw(params, random.Random(identity.shape_seed))
+    x0, y0, x1, y1 = drawing.bounds()
+    scale = min(fill * width / max(x1 - x0, 1e-6), fill * height / max(y1 - y0, 1e-6))
+    centre = ((x0 + x1) / 2, (y0 + y1) / 2)
+    jitter = (1 - fill) * 0.25
+    cx = width / 2 + rnd.uniform(-jitter, jitter) * width
+    cy = height / 2 + rnd.uniform(-jitter, jitter) * height
+    transform = Affine.place((cx, cy), scale, math.radians(rotation_deg)).then(
+        Affine.translation(-centre[0], -centre[1]))
+    colours = {**identity.colours, Paint.SKIN: skin_tone(rnd), Paint.HAIR: hair_colour(rnd)}
+    return Placed(drawing, transform, colours, identity.pattern, identity.category, dict(identity.attributes),
+                  identity.identity)
 
 
 # -- garments: attributes, geometry, colours ------------------------------------------------------
@@ -138,7 +171,17 @@ _IDENTITY = Affine.translation(0.0, 0.0)
 
 
 def _garment(ctx: _Context, category: str, place: _PlaceFn, skin: RGB, hair: RGB,
-             arms: tuple[float, float], legs: float) -> Placed | None:
+             arms: tuple[float, float], legs: float, identity: GarmentIdentity | None = None) -> Placed | None:
+    if identity is not None:
+        # The identity's own labels, shape draws, colours and pattern; only the pose is the scene's.
+        params = GarmentParams(identity.sleeve_cover, identity.neckline, arms, legs)
+        drawing = ctx.catalogue[category].draw(params, random.Random(identity.shape_seed))
+        transform = place(drawing)
+        if transform is None:
+            return None
+        colours = {**identity.colours, Paint.SKIN: skin, Paint.HAIR: hair}
+        return Placed(drawing, transform, colours, identity.pattern, category, dict(identity.attributes),
+                      identity.identity)
     attributes = _attributes(ctx, category)
     params = _params(ctx, attributes, arms, legs)
     drawing = ctx.catalogue[category].draw(params, ctx.rnd)
@@ -152,17 +195,19 @@ def _garment(ctx: _Context, category: str, place: _PlaceFn, skin: RGB, hair: RGB
 # -- flat-lay -------------------------------------------------------------------------------------
 
 
-def _plan_flat_lay(ctx: _Context, count: int, obstacles: list[_Obstacle]) -> list[Placed]:
+def _plan_flat_lay(ctx: _Context, count: int, obstacles: list[_Obstacle],
+                   identities: Sequence[GarmentIdentity] = ()) -> list[Placed]:
     placed: list[Placed] = []
-    for _ in range(max(0, count)):
-        category = ctx.rnd.choice(ctx.label_map.category_names)
+    for k in range(max(len(identities), count)):
+        identity = identities[k] if k < len(identities) else None
+        category = identity.category if identity is not None else ctx.rnd.choice(ctx.label_map.category_names)
         arms = (ctx.rnd.uniform(0.15, 0.7), ctx.rnd.uniform(0.15, 0.7))
 
         def place(drawing: Drawing, category: str = category) -> Affine | None:
             return _flat_position(ctx, category, drawing, obstacles)
 
         item = _garment(ctx, category, place, skin_tone(ctx.rnd), hair_colour(ctx.rnd), arms,
-                        ctx.rnd.uniform(0.24, 0.36))
+                        ctx.rnd.uniform(0.24, 0.36), identity)
         if item is not None:
             placed.append(item)
             obstacles.append((_extent(item), ctx.config.max_overlap))
@@ -266,7 +311,7 @@ _PAINT_ORDER = (Role.LOWER, Role.FEET, Role.UPPER, Role.FULL, Role.HEAD, Role.HA
 def _plan_outfit(ctx: _Context, budget: int) -> list[Placed]:
     rnd = ctx.rnd
     closeup = rnd.random() < _CLOSEUP_PROBABILITY
-    chosen = _outfit_categories(ctx, budget, closeup)
+    chosen = _wear_identities(ctx, _outfit_categories(ctx, budget, closeup), closeup)
     if not chosen:
         return []
     chosen.sort(key=lambda rc: _PAINT_ORDER.index(rc[0]))
@@ -278,8 +323,8 @@ def _plan_outfit(ctx: _Context, budget: int) -> list[Placed]:
     # Figure units first; the figure transform is known once all pieces are drawn.
     pieces: list[tuple[Placed, Affine]] = []
     hands: Mapping[str, Point] = {}
-    for role, category in chosen:
-        item = _garment(ctx, category, lambda drawing: _IDENTITY, skin, hair, arms, legs)
+    for role, category, identity in chosen:
+        item = _garment(ctx, category, lambda drawing: _IDENTITY, skin, hair, arms, legs, identity)
         if item is None:
             continue
         if role in (Role.UPPER, Role.FULL):
@@ -287,14 +332,37 @@ def _plan_outfit(ctx: _Context, budget: int) -> list[Placed]:
         # A pair of shoes is one drawing placed twice: the two match.
         for origin, mirror in _origins(role, pose, hands, rnd):
             pieces.append((item, Affine.place(origin, 1.0, mirror=mirror)))
-    has_hat = any(role is Role.HEAD for role, _ in chosen)
+    has_hat = any(role is Role.HEAD for role, _, _ in chosen)
     figure = _figure_transform(ctx, pieces, has_hat, rnd.uniform(1.3, 1.8) if closeup else None)
     body_colours = {Paint.SKIN: skin, Paint.HAIR: hair}
     placed = [Placed(body, figure, body_colours, sample_pattern(PatternKind.PLAIN, rnd, skin))]
     for item, local in pieces:
         placed.append(Placed(item.drawing, figure.then(local), item.colours, item.pattern, item.category,
-                             item.attributes))
+                             item.attributes, item.identity))
     return placed
+
+
+def _wear_identities(ctx: _Context, chosen: Sequence[tuple[Role, str]], closeup: bool,
+                     ) -> list[tuple[Role, str, GarmentIdentity | None]]:
+    """The outfit with the scene's identities put on in place of what their role displaces.
+
+    A dress displaces the top and the bottom, a top or a bottom displaces a dress; an identity
+    that cannot be worn here (shoes in a close-up, a second identity of one role) stays for the
+    flat-lay beside the figure.
+    """
+    outfit: list[tuple[Role, str, GarmentIdentity | None]] = [(role, name, None) for role, name in chosen]
+    if not outfit:
+        return outfit
+    displaces = {Role.FULL: {Role.UPPER, Role.LOWER, Role.FULL}, Role.UPPER: {Role.UPPER, Role.FULL},
+                 Role.LOWER: {Role.LOWER, Role.FULL}}
+    for identity in ctx.identities:
+        role = ctx.catalogue[identity.category].role
+        if (closeup and role in (Role.FEET, Role.LOWER)) or any(i is not None and r is role for r, _, i in outfit):
+            continue
+        gone = displaces.get(role, {role})
+        outfit = [entry for entry in outfit if entry[0] not in gone]
+        outfit.append((role, identity.category, identity))
+    return outfit
 
 
 def _origins(role: Role, pose: GarmentParams, hands: Mapping[str, Point], rnd: random.Random,

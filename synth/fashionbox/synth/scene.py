@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, ImageChops
 
 from fashionbox.contract.labels import LabelMap, default_label_map
 
@@ -35,13 +35,18 @@ from .canvas import Affine, Layer, rasterise
 from .config import SceneConfig
 from .errors import SynthError
 from .garments import garment_catalogue
-from .layout import Placed, plan_scene
+from .identity import GarmentIdentity, sample_identity
+from .layout import Placed, plan_product, plan_scene
 from .photo import finish_photo
 
 __all__ = [
     "DROPPED_INSTANCE",
     "GarmentAnnotation",
+    "ProductPhoto",
     "Scene",
+    "identity_view_seed",
+    "render_identity_scenes",
+    "render_product_photo",
     "render_scene",
     "render_scene_with_instances",
 ]
@@ -58,6 +63,8 @@ class GarmentAnnotation:
     """``x1, y1, x2, y2`` in pixels of the scene image (x2, y2 exclusive edges)."""
     attributes: Mapping[str, str]
     """``{group: label}`` for exactly the groups the label map applies to the category."""
+    identity: int | None = None
+    """The garment identity (``fashionbox.synth.identity``) this is, in scenes asked to place one."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +93,19 @@ def render_scene(seed: int, *, label_map: LabelMap | None = None, size: tuple[in
 
 def render_scene_with_instances(seed: int, *, label_map: LabelMap | None = None,
                                 size: tuple[int, int] | None = None,
-                                config: SceneConfig | None = None) -> tuple[Scene, NDArray[np.uint8]]:
+                                config: SceneConfig | None = None,
+                                identities: Sequence[GarmentIdentity] = (),
+                                underlay: Callable[[Image.Image], object] | None = None,
+                                ) -> tuple[Scene, NDArray[np.uint8]]:
     """The scene and its instance map: uint8 ``[H, W]``, ``i + 1`` on the visible pixels of
-    ``scene.garments[i]``, :data:`DROPPED_INSTANCE` on garments left unannotated, 0 elsewhere."""
+    ``scene.garments[i]``, :data:`DROPPED_INSTANCE` on garments left unannotated, 0 elsewhere.
+
+    ``identities`` are placed in the scene as themselves (their annotations carry ``identity``);
+    one may still end up unannotated, too occluded, like any garment.
+
+    ``underlay`` paints on the background (in place) after the plan is drawn and before the
+    garments: never annotated, it leaves the garments and their boxes as they are
+    (``fashionbox.synth.distractors`` uses it)."""
     if seed < 0:
         raise SynthError(f"seeds are non-negative integers, got {seed}")
     label_map = label_map or default_label_map()
@@ -100,12 +117,109 @@ def render_scene_with_instances(seed: int, *, label_map: LabelMap | None = None,
     if width < 16 or height < 16:
         raise SynthError(f"scene size must be at least 16x16 pixels, got {width}x{height}")
     background = render_background((width, height), rnd)
-    plan = plan_scene(rnd, label_map, catalogue, config, (width, height), background.colours)
+    plan = plan_scene(rnd, label_map, catalogue, config, (width, height), background.colours, identities)
     image = background.image
+    if underlay is not None:
+        underlay(image)
     ids, layers = _composite(image, plan)
     garments, instances = _annotate(plan, ids, layers, config)
     image = finish_photo(image, rnd, np.random.default_rng(seed), config)
     return Scene(image, garments, seed), instances
+
+
+def identity_view_seed(identity: int, view: int, attempt: int = 0) -> int:
+    """Scene seed of view ``view`` of garment ``identity`` (``attempt`` > 0: a retry)."""
+    return int(np.random.SeedSequence([identity, view, attempt, 16]).generate_state(1, np.uint32)[0])
+
+
+def render_identity_scenes(identity: GarmentIdentity | int, views: int, *, label_map: LabelMap | None = None,
+                           config: SceneConfig | None = None, max_attempts: int = 8) -> list[Scene]:
+    """``views`` scenes, each showing garment ``identity`` annotated (``GarmentAnnotation.identity``).
+
+    Every view is a scene of its own seed (:func:`identity_view_seed`): its own background,
+    light, pose, scale, rotation and neighbours; only the garment stays itself. A view in which
+    the garment ends up too occluded to annotate is drawn again with the next attempt's seed.
+    """
+    label_map = label_map or default_label_map()
+    garment = identity if isinstance(identity, GarmentIdentity) else sample_identity(identity, label_map=label_map)
+    if views < 1:
+        raise SynthError(f"views must be at least 1, got {views}")
+    scenes: list[Scene] = []
+    for view in range(views):
+        for attempt in range(max_attempts):
+            seed = identity_view_seed(garment.identity, view, attempt)
+            scene, _ = render_scene_with_instances(seed, label_map=label_map, config=config, identities=(garment,))
+            if any(g.identity == garment.identity for g in scene.garments):
+                scenes.append(scene)
+                break
+        else:
+            raise SynthError(f"identity {garment.identity} stayed hidden in {max_attempts} attempts of view {view}")
+    return scenes
+
+
+@dataclass(frozen=True)
+class ProductPhoto:
+    """A single-product photo: one garment, centred, on a plain or lightly textured ground."""
+
+    image: Image.Image
+    garment: GarmentAnnotation
+    vertical: str
+    """The product vertical (``fashionbox.synth.verticals``) of the garment's category."""
+    seed: int
+
+    def encode(self, format: str = "JPEG", quality: int = 90) -> bytes:
+        return Scene(self.image, (self.garment,), self.seed).encode(format, quality)
+
+
+_PRODUCT_ASPECTS = (1.0, 1.0, 4 / 5, 3 / 4, 2 / 3, 5 / 4, 4 / 3, 3 / 2)
+"""Width / height of product photos: square shop tiles, portrait and landscape."""
+
+
+def render_product_photo(seed: int, *, label_map: LabelMap | None = None, category: str | None = None,
+                         ) -> ProductPhoto:
+    """The product photo of ``seed``: one garment (of ``category`` when given) filling 45-90 % of the frame."""
+    from .verticals import vertical_of
+
+    if seed < 0:
+        raise SynthError(f"seeds are non-negative integers, got {seed}")
+    label_map = label_map or default_label_map()
+    catalogue = garment_catalogue(label_map)
+    rnd = random.Random(f"product-{seed}")
+    garment = sample_identity(rnd.getrandbits(48), label_map=label_map, category=category)
+    long_side = rnd.randint(320, 1000)
+    aspect = rnd.choice(_PRODUCT_ASPECTS)
+    width, height = (long_side, round(long_side / aspect)) if aspect >= 1 else (round(long_side * aspect), long_side)
+    image = _product_ground((width, height), rnd)
+    item = plan_product(rnd, catalogue, (width, height), garment, rnd.uniform(0.45, 0.9), rnd.uniform(-6.0, 6.0))
+    ids, layers = _composite(image, [item])
+    config = SceneConfig(min_visible_fraction=0.05, min_box_px=2.0, blur_probability=0.2, max_noise_level=3)
+    annotated, _ = _annotate([item], ids, layers, config)
+    if not annotated:
+        raise SynthError(f"product photo {seed} drew no visible garment")
+    image = finish_photo(image, rnd, np.random.default_rng(seed), config)
+    return ProductPhoto(image, annotated[0], vertical_of(garment.category), seed)
+
+
+def _product_ground(size: tuple[int, int], rnd: random.Random) -> Image.Image:
+    """White, light grey or a pale tint; sometimes a soft gradient or a faint texture."""
+    if rnd.random() < 0.5:
+        grey = rnd.uniform(225, 255)
+        base = np.array([grey, grey, grey])
+    else:
+        base = np.array([rnd.uniform(170, 250) for _ in range(3)])
+    width, height = size
+    grid = np.ones((8, 8, 1), dtype=np.float32)
+    if rnd.random() < 0.5:
+        ys = np.linspace(-0.5, 0.5, 8, dtype=np.float32)[:, None, None]
+        grid = grid * (1 - rnd.uniform(0.0, 0.15) * ys)
+    small = np.clip(grid * base[None, None, :], 0, 255).astype(np.uint8)
+    image = Image.fromarray(small, "RGB").resize(size, Image.Resampling.BILINEAR)
+    if rnd.random() < 0.3:
+        shape = (height // 4 + 1, width // 4 + 1)
+        noise = np.random.default_rng(rnd.getrandbits(32)).normal(0, rnd.uniform(2, 6), shape)
+        texture = Image.fromarray(np.clip(128 + noise, 0, 255).astype(np.uint8), "L").resize(size)
+        image = ImageChops.add(image, Image.merge("RGB", (texture,) * 3), scale=1.0, offset=-128)
+    return image
 
 
 def _choose_size(rnd: random.Random, config: SceneConfig) -> tuple[int, int]:
@@ -164,7 +278,7 @@ def _annotate(plan: Sequence[Placed], ids: NDArray[np.uint8], painted: Mapping[i
             relabel[instance] = DROPPED_INSTANCE
             continue
         assert item.category is not None
-        garments.append(GarmentAnnotation(item.category, box, dict(item.attributes)))
+        garments.append(GarmentAnnotation(item.category, box, dict(item.attributes), item.identity))
         relabel[instance] = len(garments)
     return tuple(garments), relabel[ids]
 

@@ -1,4 +1,5 @@
-"""Training of the default family: the detector, the attribute heads, then their mask head, on generated scenes.
+"""Training of the default family: the detector, the attribute heads, then their mask, embedding and
+vertical heads, on generated scenes (the last two: ``fashionbox.training.retrieval``).
 
 ``fashionbox train`` calls :func:`train_default`; each stage checkpoints (safetensors, with the
 optimizer step in the metadata) every ``checkpoint_every`` steps and resumes from its last
@@ -54,6 +55,23 @@ class TrainSettings:
     mask_steps: int = 500
     mask_batch: int = 32
     mask_lr: float = 3e-3
+    retrieval_identities: int = 2000
+    """Garment identities (training seeds) the embedding head learns from."""
+    retrieval_views: int = 4
+    """Scenes per identity."""
+    retrieval_crops_per_view: int = 2
+    """Jittered crops per scene (the second mirrored)."""
+    retrieval_dim: int = 128
+    retrieval_steps: int = 3000
+    retrieval_identities_per_batch: int = 64
+    retrieval_crops_per_identity: int = 4
+    retrieval_lr: float = 2e-3
+    retrieval_temperature: float = 0.07
+    vertical_photos: int = 12000
+    """Single-product photos (training seeds) the vertical head learns from."""
+    vertical_steps: int = 1500
+    vertical_batch: int = 128
+    vertical_lr: float = 2e-3
     threads: int = 2
     checkpoint_every: int = 100
     resume: bool = False
@@ -66,6 +84,12 @@ class TrainSettings:
             raise ValueError("steps and epochs must be >= 1")
         if self.mask_size < 1 or self.mask_scenes < 1 or self.mask_batch < 1:
             raise ValueError("mask_size, mask_scenes and mask_batch must be >= 1")
+        if min(self.retrieval_identities, self.retrieval_views, self.retrieval_crops_per_view, self.retrieval_dim,
+               self.retrieval_steps, self.retrieval_crops_per_identity, self.vertical_photos, self.vertical_steps,
+               self.vertical_batch) < 1 or self.retrieval_identities_per_batch < 2:
+            raise ValueError("retrieval and vertical sizes and steps must be >= 1 (>= 2 identities per batch)")
+        if self.retrieval_temperature <= 0:
+            raise ValueError("retrieval_temperature must be positive")
 
     def to_json(self) -> str:
         """The recipe, recorded in checkpoints; local folders are left out (they name this machine)."""
@@ -187,12 +211,13 @@ def train_attributes(settings: TrainSettings, cache: SceneCache, label_map: Labe
     return path
 
 
-STAGES = ("detector", "attributes", "masks")
+STAGES = ("detector", "attributes", "masks", "embedding", "verticals")
 
 
 def train_default(settings: TrainSettings, *, stages: tuple[str, ...] = STAGES) -> dict[str, Path]:
-    """Train ``stages`` in order; ``masks`` adds the mask head to the attribute checkpoint in ``out_dir``
-    (the one just trained, or one already there), or to the shipped one when there is none."""
+    """Train ``stages`` in order; ``masks``, ``embedding`` and ``verticals`` add their head to the
+    attribute checkpoint in ``out_dir`` (the one just trained, or one already there), or to the
+    shipped one when there is none, keeping every other tensor as it is."""
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown training stages {sorted(unknown)}; choose from {STAGES}")
@@ -219,4 +244,37 @@ def train_default(settings: TrainSettings, *, stages: tuple[str, ...] = STAGES) 
             masks = build_mask_cache(settings.cache_dir, count=settings.mask_scenes, seed=settings.seed,
                                      input_size=settings.input_size, label_map=label_map, progress=bar.update)
         written["attributes"] = train_masks(settings, masks, label_map, base=base)
+    for stage in ("embedding", "verticals"):
+        if stage in stages:
+            written["attributes"] = _train_retrieval_stage(settings, stage, label_map)
     return written
+
+
+def _train_retrieval_stage(settings: TrainSettings, stage: str, label_map: LabelMap) -> Path:
+    from fashionbox.models import default_weights, load_attributes
+    from fashionbox.synth import VERTICALS
+    from fashionbox.training.retrieval import (
+        build_identity_cache,
+        build_product_cache,
+        identity_seeds,
+        train_embedding,
+        train_verticals,
+    )
+
+    base = settings.out_dir / "attributes.safetensors"
+    if not base.is_file():
+        base = default_weights("attributes")
+    classifier, _ = load_attributes(base)
+    if stage == "embedding":
+        seeds = identity_seeds(settings.seed, settings.retrieval_identities)
+        with tqdm(total=len(seeds), desc="identities", unit="garment") as bar:
+            cache = build_identity_cache(settings.cache_dir, classifier, seeds=seeds, views=settings.retrieval_views,
+                                         crops_per_view=settings.retrieval_crops_per_view,
+                                         input_size=settings.input_size, jitter=settings.box_jitter,
+                                         label_map=label_map, progress=bar.update)
+        return train_embedding(settings, cache, label_map, base=base)
+    seeds = identity_seeds(settings.seed, settings.vertical_photos)
+    with tqdm(total=len(seeds), desc="product photos", unit="photo") as bar:
+        products = build_product_cache(settings.cache_dir, classifier, seeds=seeds, input_size=settings.input_size,
+                                       verticals=VERTICALS, label_map=label_map, progress=bar.update)
+    return train_verticals(settings, products, label_map, base=base)
