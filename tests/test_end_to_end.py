@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from fashionbox import contract
@@ -158,3 +159,34 @@ def test_the_demo_converts_again_a_repository_left_from_other_weights(default_re
     assert _stale_reason(tmp_path) == "it was converted from other attribute weights than the shipped ones"
     (tmp_path / "manifest.json").write_text("{")
     assert _stale_reason(tmp_path) == "its manifest is unreadable"
+
+
+def test_served_image_labels_and_vectors_equal_the_in_process_pipeline(
+        url: str, default_repository: Path, heldout: list[EvalSample]) -> None:
+    """The default model's product vertical and garment/photo embeddings, as served, against the same
+    graphs in process (``InProcessPipeline.from_repository``: the whole photo as one more crop)."""
+    from fashionbox.client import ImageDetections
+    from fashionbox.v1 import detections_pb2
+
+    pipeline = InProcessPipeline.from_repository(default_repository)
+    assert pipeline.image_heads is not None and len(pipeline.image_heads.vertical_labels) == 7
+    compared = 0
+    with FashionClient(url) as client:
+        for sample in heldout[:6]:
+            served = client.detect(sample.data)
+            (raw,) = pipeline.detections([sample.data])
+            assert isinstance(raw, bytes)
+            expected = ImageDetections.from_proto(detections_pb2.ImageDetections.FromString(raw))
+            assert [label.label for label in served.labels] == [label.label for label in expected.labels]
+            np.testing.assert_allclose([label.score for label in served.labels],
+                                       [label.score for label in expected.labels], atol=1e-3)
+            assert served.labels_model == "fashionbox verticals"
+            assert served.embedding is not None and expected.embedding is not None
+            assert served.packed_embedding is not None and served.packed_embedding.dimension == 128
+            assert float(served.embedding @ expected.embedding) >= 0.999
+            assert len(served) == len(expected)
+            for mine, theirs in zip(served, expected, strict=True):
+                assert mine.embedding is not None and theirs.embedding is not None
+                assert float(mine.embedding @ theirs.embedding) >= 0.999
+                compared += 1
+    assert compared > 0
