@@ -76,3 +76,70 @@ def write_collection(folder: Path, *, count: int, seed: int, exact: int = 2, ree
         truth.near.append(sorted([str(path.resolve()), str(copy.resolve())]))
         k += 1
     return truth
+
+
+HELD_OUT_IDENTITIES = 10**12
+"""Identity seeds from here up are never trained on (``fashionbox.training.retrieval.HELD_OUT_BASE``)."""
+
+
+@dataclass(frozen=True)
+class IdentityTruth:
+    """Photos of known garments (``fashionbox.synth.render_identity_scenes``) and transformed copies."""
+
+    views: dict[str, tuple[int, str, tuple[float, float, float, float], frozenset[str]]]
+    """Resolved path -> (identity, category, box of that garment in the photo, its label set: the category
+    and ``group=label`` of each attribute, for S3's protocol)."""
+    transformed: list[list[str]] = field(default_factory=list)
+    """Groups (sorted paths) of a photo and its flipped, cropped and colour-changed copies."""
+
+    def paths_of(self, identity: int) -> list[str]:
+        return sorted(p for p, v in self.views.items() if v[0] == identity)
+
+
+TRANSFORMS = ("flipped", "cropped", "recoloured")
+
+
+def transform(image: Image.Image, kind: str) -> Image.Image:
+    """A transformed copy: mirrored, cropped to the central 80 % (then back to the size), or its colours changed."""
+    from PIL import ImageEnhance, ImageOps
+
+    if kind == "flipped":
+        return ImageOps.mirror(image)
+    if kind == "cropped":
+        w, h = image.size
+        return image.crop((w // 10, h // 10, w - w // 10, h - h // 10)).resize((w, h), Image.Resampling.LANCZOS)
+    if kind == "recoloured":
+        return ImageEnhance.Brightness(ImageEnhance.Color(image).enhance(1.6)).enhance(1.1)
+    raise ValueError(f"unknown transform {kind!r}")
+
+
+def write_identities(folder: Path, *, identities: int, views: int, seed: int = 0, transformed: int = 0,
+                     transforms: tuple[str, ...] = TRANSFORMS) -> IdentityTruth:
+    """``views`` photos of each of ``identities`` held-out garments under ``folder``, and for the first
+    ``transformed`` photos one copy per transform in ``transforms`` (under ``folder/copies``)."""
+    from fashionbox.synth import render_identity_scenes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, tuple[int, str, tuple[float, float, float, float], frozenset[str]]] = {}
+    images: list[tuple[Path, Image.Image]] = []
+    for k in range(identities):
+        identity = HELD_OUT_IDENTITIES + seed * 100_000 + k
+        for view, scene in enumerate(render_identity_scenes(identity, views)):
+            garment = next(g for g in scene.garments if g.identity == identity)
+            path = folder / f"identity-{identity}-view{view}.jpg"
+            path.write_bytes(_jpeg(scene.image, 90))
+            labels = frozenset([garment.category, *(f"{g}={v}" for g, v in garment.attributes.items())])
+            out[str(path.resolve())] = (identity, garment.category, garment.box, labels)
+            images.append((path, scene.image))
+    truth = IdentityTruth(out)
+    if transformed:
+        copies = folder / "copies"
+        copies.mkdir(exist_ok=True)
+        for path, image in images[:transformed]:
+            group = [str(path.resolve())]
+            for kind in transforms:
+                copy = copies / f"{kind}-{path.name}"
+                copy.write_bytes(_jpeg(transform(image, kind), 90))
+                group.append(str(copy.resolve()))
+            truth.transformed.append(sorted(group))
+    return truth

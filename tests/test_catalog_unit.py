@@ -128,3 +128,128 @@ def test_uploads_are_checked_for_type_and_size() -> None:
         assert caught.value.status == status
     with pytest.raises(ValueError):
         WebSettings(max_upload_bytes=0)
+
+
+# -- visual search: SQL building, thresholds, vectors ---------------------------------------------------
+
+
+def test_each_embedding_model_gets_its_own_partial_hnsw_index_on_its_dimension() -> None:
+    from fashionbox.catalog.vectors import EmbeddingModel
+
+    small = EmbeddingModel(3, "fashionbox@1", "garment", 128)
+    assert small.cast == "vector(128)" and small.index_cast == "halfvec(128)" and small.indexed
+    assert small.index_ddl() == ("CREATE INDEX IF NOT EXISTS garments_embedding_hnsw_3 ON garments USING hnsw "
+                                 "((embedding::halfvec(128)) halfvec_cosine_ops) WITH (m = 16, ef_construction = 64) "
+                                 "WHERE embedding_model_id = 3")
+    wide = EmbeddingModel(4, "big", "image", 3072)  # past HNSW's 2,000 for vector: halfvec holds 4,000
+    assert wide.indexed and "halfvec(3072)" in wide.index_ddl()
+    assert wide.index_ddl().startswith("CREATE INDEX IF NOT EXISTS images_embedding_hnsw_4 ON images ")
+    assert not EmbeddingModel(5, "huge", "image", 4096).indexed
+
+
+def test_the_similarity_query_orders_by_the_indexed_expression_or_exactly_by_one_no_index_matches() -> None:
+    from fashionbox.catalog.queries import _where, similar_sql
+    from fashionbox.catalog.vectors import EmbeddingModel
+
+    model = EmbeddingModel(7, "m", "garment", 64)
+    where, params = _where(SearchFilter(category="dress", attributes=(("sleeve length", "short"),), label="tops"))
+    assert params[0] == "dress" and params[-1] == "tops" and len(params) == 3
+    indexed = similar_sql(model, where, exact=False)
+    exact = similar_sql(model, where, exact=True)
+    assert "ORDER BY (g.embedding::halfvec(64) <=> %s::halfvec(64))\n" in indexed
+    assert "halfvec" not in exact and "ORDER BY distance, id LIMIT %s" in exact
+    assert "(SELECT count(*) FROM filtered)" in exact and "filtered" not in indexed
+    for sql in (indexed, exact):
+        assert "g.embedding_model_id = 7 AND NOT g.overlapped AND g.category = %s AND g.attributes @> %s" in sql
+        assert "(g.embedding::vector(64) <=> %s::vector(64)) AS distance" in sql  # similarities in float32
+        assert "NOT (g.image_id = ANY(%s))" in sql
+        # the vector, the filter's values, the excluded images, the vector or the scan limit, garments, images
+        assert sql.count("%s") == 1 + len(params) + 1 + 3
+
+
+def test_cosine_pairs_are_exactly_the_pairs_at_or_above_the_threshold() -> None:
+    from fashionbox.catalog.vectors import cosine_pairs
+
+    rng = np.random.default_rng(11)
+    vectors = rng.normal(size=(301, 16)).astype(np.float32)
+    vectors[100] = vectors[7] + 0.05 * rng.normal(size=16)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    similarity = vectors @ vectors.T
+    for threshold in (0.99, 0.8, 0.5):
+        expected = [(i, j) for i in range(301) for j in range(i + 1, 301) if similarity[i, j] >= threshold]
+        assert cosine_pairs(vectors, threshold, block=64) == expected
+    assert (7, 100) in cosine_pairs(vectors, 0.99)
+    assert cosine_pairs(vectors[:1], 0.0) == []
+
+
+def test_a_vector_literal_reads_back_exactly_and_bad_vectors_are_refused() -> None:
+    from fashionbox.catalog import CatalogError
+    from fashionbox.catalog.vectors import normalised, vector_literal
+
+    vector = np.random.default_rng(2).normal(size=8).astype(np.float32)
+    text = vector_literal(vector)
+    assert text.startswith("[") and text.endswith("]")
+    assert np.array_equal(np.array(text[1:-1].split(","), dtype=np.float32), vector)
+    for bad in (np.zeros(0), np.array([1.0, np.nan])):
+        with pytest.raises(CatalogError):
+            vector_literal(bad)
+    assert float(np.linalg.norm(normalised([3.0, 4.0]))) == pytest.approx(1.0)
+    with pytest.raises(CatalogError, match="not zero"):
+        normalised([0.0, 0.0])
+
+
+def test_the_query_garment_of_a_new_photo_is_numbered_from_one_and_needs_a_vector() -> None:
+    from fashionbox.catalog.queries import query_from_result
+    from fashionbox.client import PackedEmbedding
+    from fashionbox.contract.embedding import pack_embedding
+
+    def packed(values: list[float]) -> PackedEmbedding:
+        return PackedEmbedding("m@1", len(values), "float16", pack_embedding(values, "float16"))
+
+    result = ImageDetections(100, 100, (
+        Detection(BoundingBox(10, 10, 50, 50), "sweater", 0.7, packed_embedding=packed([1.0, 0.0])),
+        Detection(BoundingBox(11, 10, 50, 51), "top, t-shirt, sweatshirt", 0.9, packed_embedding=packed([0.0, 1.0])),
+        Detection(BoundingBox(60, 60, 90, 90), "shoe", 0.5),
+    ))
+    best = query_from_result(result)  # the best-scoring garment: number 2
+    assert best.number == 2 and best.category == "top, t-shirt, sweatshirt" and best.model == "m@1"
+    assert best.vector.tolist() == [0.0, 1.0] and best.image_id is None
+    assert query_from_result(result, 1).category == "sweater"
+    with pytest.raises(QueryError, match="sends no garment vectors"):
+        query_from_result(result, 3)
+    for number in (0, 4):
+        with pytest.raises(QueryError, match="numbered from 1"):
+            query_from_result(result, number)
+    with pytest.raises(QueryError, match="no garment"):
+        query_from_result(ImageDetections(10, 10, ()))
+
+
+def test_duplicate_thresholds_are_checked() -> None:
+    from fashionbox.catalog import Catalog
+    from fashionbox.catalog.queries import DEFAULT_MIN_COSINE
+
+    assert 0.0 < DEFAULT_MIN_COSINE < 1.0
+    catalog = Catalog(Database("postgresql://nobody@127.0.0.1:1/none"))
+    for kwargs, message in (({"min_cosine": 1.2}, "cosine"), ({"max_distance": 65}, "bits"),
+                            ({"kind": "rotated"}, "transformed")):
+        with pytest.raises(QueryError, match=message):
+            catalog.duplicates(**kwargs)
+
+
+def test_photos_match_when_their_garments_match_both_ways() -> None:
+    from fashionbox.catalog.vectors import garment_set_similarity, matching_photos
+
+    rng = np.random.default_rng(4)
+    garments = rng.normal(size=(6, 32)).astype(np.float32)
+    garments /= np.linalg.norm(garments, axis=1, keepdims=True)
+    a = garments[:3]
+    mirrored = a[::-1] + 0.01 * rng.normal(size=(3, 32)).astype(np.float32)  # the same garments, moved
+    mirrored /= np.linalg.norm(mirrored, axis=1, keepdims=True)
+    assert garment_set_similarity(a, mirrored) > 0.99
+    part = garment_set_similarity(a, a[:1])  # one garment of three: a crop of it, or another photo of one
+    assert part == pytest.approx((1.0 + float((a[1:] @ a[0]).sum())) / 3, abs=1e-5)
+    assert garment_set_similarity(a, np.zeros((0, 32), dtype=np.float32)) == -1.0
+    owners = np.array([0, 0, 0, 1, 1, 1, 2, 3, 3, 3], dtype=np.int64)
+    vectors = np.concatenate([a, mirrored, a[:1], garments[3:]])
+    assert matching_photos(owners, vectors, 0.95) == [(0, 1)]
+    assert (0, 2) in matching_photos(owners, vectors, part - 0.01)

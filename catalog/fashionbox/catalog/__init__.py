@@ -10,32 +10,47 @@ Usage::
         Indexer(db, client).index_folder(Path("photos"))      # incremental, resumable
     catalog = Catalog(db)
     hits = catalog.search(SearchFilter(category="dress", attributes=(("sleeve length", "wrist-length"),)))
-    groups = catalog.duplicates()                             # [[path, ...], ...]
+    start, similar = catalog.similar_to(Path("query.jpg"), garment=1)   # garments like garment 1 of a photo
+    groups = catalog.duplicates()                             # [[path, ...], ...]: exact, near, transformed
 
-The command line is ``fashionbox catalog index|search|duplicates|web`` (:mod:`fashionbox.catalog.cli`);
+The command line is ``fashionbox catalog index|search|similar|duplicates|web`` (:mod:`fashionbox.catalog.cli`);
 the web page is :func:`fashionbox.catalog.web.create_app`. Modules: ``database`` (connections,
 the embedded server, migrations), ``schema`` (the migrations), ``hashing`` (SHA-256, pHash),
-``indexer``, ``queries``, ``web``, ``errors`` (the exception tree).
+``vectors`` (embedding models, their HNSW indexes, vectors as SQL values), ``indexer``, ``queries``,
+``web``, ``errors`` (the exception tree).
 """
 
 from .database import DEFAULT_CATALOG, Database, redact_url
 from .errors import CatalogError, DatabaseError, QueryError, UploadRejected
 from .indexer import Indexer, IndexReport, Progress, find_images
-from .queries import DEFAULT_MAX_DISTANCE, Catalog, GarmentHit, ImageHit, SearchFilter, parse_attribute
+from .queries import (
+    DEFAULT_MAX_DISTANCE,
+    DEFAULT_MIN_COSINE,
+    Catalog,
+    GarmentHit,
+    ImageHit,
+    QueryGarment,
+    SearchFilter,
+    parse_attribute,
+)
+from .vectors import EmbeddingModel
 
 __all__ = [
     "DEFAULT_CATALOG",
     "DEFAULT_MAX_DISTANCE",
+    "DEFAULT_MIN_COSINE",
     "Catalog",
     "CatalogError",
     "Database",
     "DatabaseError",
+    "EmbeddingModel",
     "GarmentHit",
     "ImageHit",
     "IndexReport",
     "Indexer",
     "Progress",
     "QueryError",
+    "QueryGarment",
     "SearchFilter",
     "UploadRejected",
     "find_images",

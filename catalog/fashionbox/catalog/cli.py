@@ -1,4 +1,4 @@
-"""``fashionbox catalog index|search|duplicates|web``: the catalog's subcommands.
+"""``fashionbox catalog index|search|similar|duplicates|web``: the catalog's subcommands.
 
 ``fashionbox.commands.cli`` adds them with :func:`add_catalog_arguments` and runs
 :func:`catalog_main`; this module imports nothing heavy until a subcommand runs. Results go to
@@ -43,6 +43,7 @@ def _filters(p: argparse.ArgumentParser) -> None:
                    help='e.g. "sleeve length=wrist-length" (repeat for several)')
     p.add_argument("--min-score", type=float, default=0.0, help="minimum detection score")
     p.add_argument("--board", help="only images on this board")
+    p.add_argument("--label", help="only images whose top image-level label is this (e.g. a product vertical)")
 
 
 def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,17 +59,40 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the run's report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
-    p = sub.add_parser("search", help="garments by category and attributes, ranked, grouped by image")
+    p = sub.add_parser("search", help="garments by category, attributes, image-level label or words, ranked, "
+                                      "grouped by image")
     _where(p)
     _filters(p)
+    p.add_argument("--text", metavar="WORDS", help='rank garments by similarity to these words (e.g. "red floral '
+                   'dress"); needs a server with a text tower (--embedder hf:CLIP-or-SigLIP) at --url')
+    p.add_argument("--url", type=_url, default=DEFAULT_URL, help="server gRPC HOST:PORT (for --text)")
     p.add_argument("--limit", type=int, default=50, help="images to return")
-    p.add_argument("--json", action="store_true", help="JSON rows: image, category, box, attributes, score")
+    p.add_argument("--json", action="store_true",
+                   help="JSON rows: image, category, box, attributes, score (--text: similarity)")
 
-    p = sub.add_parser("duplicates", help="groups of exact copies and near copies (perceptual hash)")
+    p = sub.add_parser("similar", help="garments like a garment of a photo (indexed or new), grouped by image")
+    p.add_argument("image", type=Path, metavar="IMAGE", help="the query photo: indexed (found by path or content) "
+                   "or new (sent through the server at --url)")
+    p.add_argument("--garment", type=int, default=None, metavar="N",
+                   help="which garment of the photo, numbered from 1 as the image page lists them "
+                        "(default: the best-scoring one)")
     _where(p)
-    p.add_argument("--kind", choices=("all", "exact", "near"), default="all")
+    _filters(p)
+    p.add_argument("--url", type=_url, default=DEFAULT_URL, help="server gRPC HOST:PORT (for a photo not indexed)")
+    p.add_argument("--limit", type=int, default=20, help="images to return")
+    p.add_argument("--ef-search", type=int, default=None, help="HNSW candidate list size (default: the measured one)")
+    p.add_argument("--json", action="store_true",
+                   help="JSON rows: image, category, box, attributes, similarity (grouped by image)")
+
+    p = sub.add_parser("duplicates", help="groups of exact copies, near copies (perceptual hash) and transformed "
+                                          "copies (garment vectors)")
+    _where(p)
+    p.add_argument("--kind", choices=("all", "exact", "near", "transformed"), default="all")
     p.add_argument("--max-distance", type=int, default=None,
                    help="near copies: pHash Hamming distance in bits (default: the measured one)")
+    p.add_argument("--min-cosine", type=float, default=None,
+                   help="transformed copies (crop, flip, colour): how alike two photos' garments must be, each "
+                        "garment's best cosine similarity in the other photo, averaged (default: the measured one)")
     p.add_argument("--board", help="only images on this board")
     p.add_argument("--json", action="store_true", help="a list of groups, each a list of image paths")
 
@@ -83,7 +107,8 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
 def catalog_main(args: argparse.Namespace) -> int:
     from .errors import CatalogError
 
-    command = {"index": _index, "search": _search, "duplicates": _duplicates, "web": _web}[args.catalog_command]
+    command = {"index": _index, "search": _search, "similar": _similar, "duplicates": _duplicates,
+               "web": _web}[args.catalog_command]
     try:
         return command(args)
     except (CatalogError, FileNotFoundError) as exc:  # the library raises; the command says what was wrong
@@ -138,14 +163,30 @@ def _index(args: argparse.Namespace) -> int:
     return 1 if deferred else 0
 
 
-def _search(args: argparse.Namespace) -> int:
-    from .queries import Catalog, SearchFilter, parse_attribute
+def _filter(args: argparse.Namespace) -> Any:
+    from .queries import SearchFilter, parse_attribute
 
-    query = SearchFilter(category=args.category, attributes=tuple(parse_attribute(a) for a in args.attribute),
-                         min_score=args.min_score, board=args.board)
-    hits = Catalog(_open(args)).search(query, limit=args.limit)
-    if args.json:
-        print(json.dumps([row for hit in hits for row in hit.rows()], ensure_ascii=False))
+    return SearchFilter(category=args.category, attributes=tuple(parse_attribute(a) for a in args.attribute),
+                        min_score=args.min_score, board=args.board, label=args.label)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from .queries import Catalog
+
+    query = _filter(args)
+    catalog = Catalog(_open(args))
+    if args.text is not None:
+        from .queries import embed_words
+
+        vector, model = embed_words(args.url, args.text)
+        hits = catalog.search_text(vector, model=model, query=query, limit=args.limit)
+        return _print_hits(hits, args.json, "similarity")
+    return _print_hits(catalog.search(query, limit=args.limit), args.json, "score")
+
+
+def _print_hits(hits: list[Any], as_json: bool, rank_key: str) -> int:
+    if as_json:
+        print(json.dumps([row for hit in hits for row in hit.rows(rank_key=rank_key)], ensure_ascii=False))
         return 0
     for hit in hits:
         print(f"{hit.score:.3f}  {hit.image}")
@@ -157,11 +198,38 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _similar(args: argparse.Namespace) -> int:
+    from fashionbox.client import FashionBoxError, FashionClient
+
+    from .queries import Catalog
+
+    if not args.image.is_file():
+        raise FileNotFoundError(f"no such photo: {args.image}")
+    catalog = Catalog(_open(args))
+    query = _filter(args)
+    with FashionClient(args.url) as client:
+        try:
+            start = catalog.query_garment(args.image, garment=args.garment, client=client)
+        except FashionBoxError as exc:
+            print(f"error: the photo is not in the catalog and the server at {args.url} could not detect in it: "
+                  f"{exc}", file=sys.stderr)
+            return 2
+    hits = catalog.similar(start.vector, model=start.model, query=query, limit=args.limit,
+                           exclude_images=catalog.same_photo(start.image_id), ef_search=args.ef_search)
+    if not args.json:
+        where = "indexed" if start.image_id is not None else "sent through the server"
+        print(f"garment {start.number} ({start.category}) of {args.image} ({where}), model {start.model}",
+              file=sys.stderr)
+    return _print_hits(hits, args.json, "similarity")
+
+
 def _duplicates(args: argparse.Namespace) -> int:
-    from .queries import DEFAULT_MAX_DISTANCE, Catalog
+    from .queries import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_COSINE, Catalog
 
     distance = DEFAULT_MAX_DISTANCE if args.max_distance is None else args.max_distance
-    groups = Catalog(_open(args)).duplicates(kind=args.kind, max_distance=distance, board=args.board)
+    cosine = DEFAULT_MIN_COSINE if args.min_cosine is None else args.min_cosine
+    groups = Catalog(_open(args)).duplicates(kind=args.kind, max_distance=distance, board=args.board,
+                                             min_cosine=cosine)
     if args.json:
         print(json.dumps(groups, ensure_ascii=False))
         return 0

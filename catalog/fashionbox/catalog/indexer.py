@@ -19,6 +19,11 @@ chunk in one transaction: a kill loses at most the chunks not yet committed, whi
 picks up, and the unique ``images.path`` means nothing is stored twice. An image the server (or
 Pillow) cannot read is stored as ``failed`` with its message; a server that is down or overloaded
 stops nothing either, but its images are left for the next run (``IndexReport.deferred``).
+
+Where the server sends them, each garment's and the image's vectors are stored with the id of
+their model (``embedding_models``, keyed by ``PackedEmbedding.model``, its HNSW index created with
+its row: :mod:`fashionbox.catalog.vectors`), and the image-level labels (``images.labels``; the top
+one in ``label``/``label_score``, indexed for ``search --label``).
 """
 
 from __future__ import annotations
@@ -46,10 +51,12 @@ from fashionbox.client import (
     ImageDetections,
     InvalidImage,
     InvalidInput,
+    PackedEmbedding,
 )
 
 from .database import Database
 from .hashing import phash64, sha256_hex, warm_up
+from .vectors import EmbeddingModel, Kind, ensure_model, vector_literal
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +163,7 @@ class Indexer:
         self._max_in_flight = max_in_flight
         self._chunk_size = chunk_size or max(8, 2 * max_in_flight)
         self._progress = progress
+        self._models = _Models()
         warm_up()
 
     # -- public ------------------------------------------------------------------------------------
@@ -307,7 +315,7 @@ class Indexer:
                     tally.errors.append((str(item.path), f"deferred: {outcome}"))
                     logger.warning("%s: %s (left for the next run)", item.path, outcome)
                 else:
-                    _store_result(conn, root_id, item, outcome)
+                    _store_result(conn, root_id, item, outcome, self._models)
                     tally.indexed += 1
                     written += 1
         return written
@@ -367,21 +375,25 @@ def _known_files(conn: psycopg.Connection[Any], paths: list[str]) -> dict[str, t
 
 _UPSERT_IMAGE = """
 INSERT INTO images (path, root_id, sha256, size_bytes, mtime_ns, status, error, width, height, phash,
-                    model_name, model_version, label_map, indexed_at)
+                    model_name, model_version, label_map, embedding, embedding_model_id, labels, label,
+                    label_score, labels_model, indexed_at)
 VALUES (%(path)s, %(root_id)s, %(sha256)s, %(size_bytes)s, %(mtime_ns)s, %(status)s, %(error)s, %(width)s,
-        %(height)s, %(phash)s, %(model_name)s, %(model_version)s, %(label_map)s, now())
+        %(height)s, %(phash)s, %(model_name)s, %(model_version)s, %(label_map)s, %(embedding)s::vector,
+        %(embedding_model_id)s, %(labels)s, %(label)s, %(label_score)s, %(labels_model)s, now())
 ON CONFLICT (path) DO UPDATE SET
     root_id = EXCLUDED.root_id, sha256 = EXCLUDED.sha256, size_bytes = EXCLUDED.size_bytes,
     mtime_ns = EXCLUDED.mtime_ns, status = EXCLUDED.status, error = EXCLUDED.error, width = EXCLUDED.width,
     height = EXCLUDED.height, phash = EXCLUDED.phash, model_name = EXCLUDED.model_name,
     model_version = EXCLUDED.model_version, label_map = EXCLUDED.label_map, indexed_at = now(),
-    embedding = NULL, embedding_model_id = NULL
+    embedding = EXCLUDED.embedding, embedding_model_id = EXCLUDED.embedding_model_id, labels = EXCLUDED.labels,
+    label = EXCLUDED.label, label_score = EXCLUDED.label_score, labels_model = EXCLUDED.labels_model
 RETURNING id
 """
 
 _INSERT_GARMENT = """
-INSERT INTO garments (image_id, ordinal, category, score, x1, y1, x2, y2, attributes, overlapped, mask_rle)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+INSERT INTO garments (image_id, ordinal, category, score, x1, y1, x2, y2, attributes, overlapped, mask_rle,
+                      embedding, embedding_model_id)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::vector, %s)
 """
 
 OVERLAP_IOU = 0.7
@@ -418,7 +430,29 @@ def _upsert_image(conn: psycopg.Connection[Any], values: dict[str, Any]) -> int:
 def _image_values(root_id: int, item: _Loaded) -> dict[str, Any]:
     return {"path": str(item.path), "root_id": root_id, "sha256": item.sha256, "size_bytes": item.size_bytes,
             "mtime_ns": item.mtime_ns, "status": "indexed", "error": None, "width": None, "height": None,
-            "phash": item.phash, "model_name": None, "model_version": None, "label_map": None}
+            "phash": item.phash, "model_name": None, "model_version": None, "label_map": None, "embedding": None,
+            "embedding_model_id": None, "labels": None, "label": None, "label_score": None, "labels_model": None}
+
+
+class _Models:
+    """The ``embedding_models`` rows an indexer has stored vectors of, by (name, kind, dimension)."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, Kind, int], EmbeddingModel] = {}
+
+    def id_of(self, conn: psycopg.Connection[Any], packed: PackedEmbedding | None, kind: Kind) -> int | None:
+        if packed is None:
+            return None
+        key = (packed.model, kind, packed.dimension)
+        model = self._known.get(key)
+        if model is None:
+            model = ensure_model(conn, packed.model, kind, packed.dimension)
+            self._known[key] = model
+        return model.id
+
+
+def _literal(packed: PackedEmbedding | None) -> str | None:
+    return None if packed is None else vector_literal(packed.to_array())
 
 
 def _store_failed(conn: psycopg.Connection[Any], root_id: int, item: _Loaded, message: str) -> None:
@@ -427,10 +461,18 @@ def _store_failed(conn: psycopg.Connection[Any], root_id: int, item: _Loaded, me
     _upsert_image(conn, values)
 
 
-def _store_result(conn: psycopg.Connection[Any], root_id: int, item: _Loaded, result: ImageDetections) -> None:
+def _store_result(conn: psycopg.Connection[Any], root_id: int, item: _Loaded, result: ImageDetections,
+                  models: _Models) -> None:
     values = _image_values(root_id, item)
     values.update(width=result.width, height=result.height, model_name=result.model_name,
-                  model_version=result.model_version, label_map=result.label_map)
+                  model_version=result.model_version, label_map=result.label_map,
+                  embedding=_literal(result.packed_embedding),
+                  embedding_model_id=models.id_of(conn, result.packed_embedding, "image"))
+    if result.labels:
+        values.update(labels=Jsonb([{"label": lab.label, "score": lab.score, "index": lab.index}
+                                    for lab in result.labels]),
+                      label=result.labels[0].label, label_score=result.labels[0].score,
+                      labels_model=result.labels_model or None)
     image_id = _upsert_image(conn, values)
     rows = []
     covered = overlapped_flags(result)
@@ -438,8 +480,10 @@ def _store_result(conn: psycopg.Connection[Any], root_id: int, item: _Loaded, re
         box = detection.box
         attributes = {group: {"label": a.label, "score": a.score} for group, a in detection.attributes.items()}
         mask = None if detection.mask_rle is None else detection.mask_rle.to_coco()
+        packed = detection.packed_embedding
         rows.append((image_id, ordinal, detection.category, detection.score, box.x1, box.y1, box.x2, box.y2,
-                     Jsonb(attributes), covered[ordinal], None if mask is None else Jsonb(mask)))
+                     Jsonb(attributes), covered[ordinal], None if mask is None else Jsonb(mask), _literal(packed),
+                     models.id_of(conn, packed, "garment")))
     if rows:
         with conn.cursor() as cursor:
             cursor.executemany(_INSERT_GARMENT, rows)
@@ -449,9 +493,11 @@ def _copy_image(conn: psycopg.Connection[Any], source_id: int, root_id: int, ite
     """A new path with the content of image ``source_id``: same facts and garments, its own row."""
     row = conn.execute(
         """INSERT INTO images (path, root_id, sha256, size_bytes, mtime_ns, status, error, width, height, phash,
-                               model_name, model_version, label_map, embedding, embedding_model_id)
+                               model_name, model_version, label_map, embedding, embedding_model_id, labels, label,
+                               label_score, labels_model)
            SELECT %s, %s, sha256, size_bytes, %s, status, error, width, height, phash,
-                  model_name, model_version, label_map, embedding, embedding_model_id
+                  model_name, model_version, label_map, embedding, embedding_model_id, labels, label, label_score,
+                  labels_model
            FROM images WHERE id = %s
            ON CONFLICT (path) DO UPDATE SET root_id = EXCLUDED.root_id, sha256 = EXCLUDED.sha256,
                size_bytes = EXCLUDED.size_bytes,
@@ -459,7 +505,8 @@ def _copy_image(conn: psycopg.Connection[Any], source_id: int, root_id: int, ite
                width = EXCLUDED.width, height = EXCLUDED.height, phash = EXCLUDED.phash,
                model_name = EXCLUDED.model_name, model_version = EXCLUDED.model_version,
                label_map = EXCLUDED.label_map, embedding = EXCLUDED.embedding,
-               embedding_model_id = EXCLUDED.embedding_model_id, indexed_at = now()
+               embedding_model_id = EXCLUDED.embedding_model_id, labels = EXCLUDED.labels, label = EXCLUDED.label,
+               label_score = EXCLUDED.label_score, labels_model = EXCLUDED.labels_model, indexed_at = now()
            RETURNING id""",
         (str(item.path), root_id, item.mtime_ns, source_id)).fetchone()
     assert row is not None

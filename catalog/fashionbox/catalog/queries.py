@@ -16,11 +16,17 @@ rank is its detection score times the score of each attribute the filter names, 
 model is sure is a dress *and* sure has wrist-length sleeves ranks first; an image ranks by its
 best matching garment. A board restricts any search to the images gathered in it.
 
-Where the embeddings slot in (issue 16): ``SearchFilter`` is the WHERE clause that ``similar``
-will share (``_where``), and ranking is one SQL expression (``_rank``) that a vector search
-replaces with ``1 - (embedding <=> query)`` ordered by the HNSW index; transformed-copy
-duplicates join :meth:`Catalog.duplicates` as a third kind of edge (embedding cosine above a
-threshold) in the same union-find.
+Visual search (the vectors the server sends, issue 16): :meth:`Catalog.similar` ranks garments by
+cosine similarity to a query vector, with the same ``SearchFilter`` as ``search`` in the same
+SQL query (``_where``), grouped by image. It orders by ``embedding::halfvec(d) <=> q`` under the
+model's id, which the model's HNSW index answers (``SET LOCAL hnsw.ef_search``, with pgvector's
+iterative scan so that a filter cannot starve it); where the filter leaves few garments
+(:data:`EXACT_SEARCH_MAX_ROWS`) it computes every distance instead, exactly: one scan that stops
+after that many rows tells which case it is and answers the selective one. :meth:`Catalog.similar_to`
+finds the query garment in an indexed photo (by path or content) or sends a new photo through
+the server; :meth:`Catalog.search_text` ranks by a text vector (``FashionClient.embed_text``).
+Transformed-copy duplicates are a third kind of edge in :meth:`Catalog.duplicates` (photos whose
+garments' vectors match, :func:`~fashionbox.catalog.vectors.matching_photos`), in the same union-find.
 """
 
 from __future__ import annotations
@@ -28,13 +34,19 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from fashionbox.client import FashionClient, ImageDetections
+
 from .database import Database
 from .errors import QueryError
-from .hashing import hamming_many
+from .hashing import hamming_many, sha256_hex
+from .indexer import overlapped_flags
+from .vectors import EmbeddingModel, cosine_pairs, matching_photos, models, normalised, vector_literal
+from .vectors import Kind as EmbeddingKind
 
 DEFAULT_MAX_DISTANCE = 6
 """Default pHash Hamming distance for near copies. Measured (tests/benchmarks/bench_catalog.py,
@@ -46,6 +58,30 @@ search for pairs (:func:`near_pairs`) slows as the distance grows: 1-2 s at 6 bi
 25,000 images."""
 
 DEFAULT_LIMIT = 50
+
+DEFAULT_MIN_COSINE = 0.75
+"""Default garment-match similarity (each garment's best cosine in the other photo, averaged, the
+smaller way: :func:`~fashionbox.catalog.vectors.garment_set_similarity`) from which two photos are
+transformed copies (crop, flip, colour). Measured on generated scenes and copies
+(tests/benchmarks/bench_catalog_similar.py, BENCHMARKS.md "Catalog: visual search"): different
+scenes paired from 0.6 down, none at 0.7 and up; 0.75 keeps a margin and finds 0.9 of flipped,
+all recoloured and half the cropped (central 80 %) copies. Whole-image vectors could not do this
+here: flipped copies at cosine 0.37-0.79 of their original, different scenes up to 0.87."""
+
+DEFAULT_EF_SEARCH = 100
+"""HNSW candidate list size (``hnsw.ef_search``; pgvector's default is 40); raised to the number
+of garments a query asks for when that is larger. Recall@10 against exact search measured in
+tests/benchmarks/bench_catalog_similar.py."""
+
+EXACT_SEARCH_MAX_ROWS = 2000
+"""A filter that leaves at most this many garments of the model is answered by computing every
+distance (exact, and about as fast as the index at that size); above it, by the HNSW index."""
+
+CANDIDATES_PER_IMAGE = 3
+"""A similarity query fetches this many nearest garments per image asked for, then groups them."""
+
+_MAX_LIMIT = 1000
+_MAX_EF_SEARCH = 1000
 
 
 def parse_attribute(text: str) -> tuple[str, str]:
@@ -69,8 +105,12 @@ class SearchFilter:
     include_overlapped: bool = False
     """Also garments whose box a higher-scoring garment of another category covers (``overlapped``):
     the same thing seen as a second category, left out by default."""
+    label: str | None = None
+    """Only images whose top image-level label (a product vertical, say) is this one."""
 
     def __post_init__(self) -> None:
+        if self.label is not None and not self.label.strip():
+            raise QueryError("an image-level label filter must not be empty")
         if not 0.0 <= self.min_score <= 1.0:
             raise QueryError(f"min_score is a probability in [0, 1], got {self.min_score}")
         groups = [group for group, _ in self.attributes]
@@ -103,11 +143,12 @@ class ImageHit:
     height: int | None
     garments: tuple[GarmentHit, ...] = field(default_factory=tuple)
 
-    def rows(self) -> list[dict[str, Any]]:
-        """One JSON row per garment: ``image``, ``category``, ``box``, ``attributes``, ``score`` (the rank),
-        ``detection_score``."""
-        return [{"image": self.image, "image_id": self.image_id, "category": g.category, "box": list(g.box),
-                 "attributes": g.attributes, "score": g.rank, "detection_score": g.score} for g in self.garments]
+    def rows(self, *, rank_key: str = "score") -> list[dict[str, Any]]:
+        """One JSON row per garment: ``image``, ``category``, ``box``, ``attributes``, ``score`` (the rank;
+        ``rank_key`` renames it: ``similarity`` for visual search), ``detection_score``, ``garment_id``."""
+        return [{"image": self.image, "image_id": self.image_id, "garment_id": g.garment_id, "category": g.category,
+                 "box": list(g.box), "attributes": g.attributes, rank_key: g.rank, "detection_score": g.score}
+                for g in self.garments]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +164,8 @@ class ImageRecord:
     garments: tuple[GarmentHit, ...]
     masks: tuple[dict[str, Any] | None, ...]
     boards: tuple[str, ...]
+    labels: tuple[tuple[str, float], ...] = ()
+    """Image-level labels (label, score), best first, as stored; empty without a classifier."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +179,23 @@ class Facets:
     failed: int
 
 
-Kind = Literal["all", "exact", "near"]
+Kind = Literal["all", "exact", "near", "transformed"]
+
+
+@dataclass(frozen=True, slots=True)
+class QueryGarment:
+    """The garment a ``similar`` query starts from: its vector and where it came from."""
+
+    model: str
+    """The embedding model's name: only vectors of this model are compared with it."""
+    vector: np.ndarray[Any, np.dtype[np.float32]]
+    category: str
+    box: tuple[float, float, float, float]
+    number: int
+    """Its number in its photo (1 = the first detection, as the image page lists them)."""
+    image_id: int | None = None
+    """The indexed image it is in (left out of the answer with its exact copies), or ``None`` for a new photo."""
+    garment_id: int | None = None
 
 
 class Catalog:
@@ -151,6 +210,8 @@ class Catalog:
         """Images with garments matching ``query``, best first, each with its matching garments (best first)."""
         if limit < 1 or offset < 0:
             raise QueryError(f"limit must be >= 1 and offset >= 0, got {limit} and {offset}")
+        if query.label is not None and not (query.category or query.attributes or query.min_score > 0):
+            return self._by_label(query, limit=limit, offset=offset)
         where, params = _where(query)
         rank, rank_params = _rank(query)
         sql = f"""
@@ -176,6 +237,169 @@ class Catalog:
         """:meth:`search` flattened to JSON rows, grouped by image in rank order."""
         return [row for hit in self.search(query, limit=limit) for row in hit.rows()]
 
+    def _by_label(self, query: SearchFilter, *, limit: int, offset: int) -> list[ImageHit]:
+        """Images whose top image-level label is ``query.label``, by its score, with their garments
+        (a label is a fact about the whole photo: an image with no garment is found too)."""
+        board_join, board_params = _board_join(query.board)
+        overlapped = "" if query.include_overlapped else "AND NOT g.overlapped"
+        with self.db.connect() as conn:
+            rows = conn.execute(
+                f"""WITH page AS (SELECT i.id, i.label_score FROM images i {board_join}
+                                 WHERE i.label = %s AND i.status = 'indexed'
+                                 ORDER BY i.label_score DESC, i.id LIMIT %s OFFSET %s)
+                    SELECT i.id, i.path, p.label_score, i.width, i.height, g.id, g.category, g.score, g.x1, g.y1,
+                           g.x2, g.y2, g.attributes, g.mask_rle IS NOT NULL, p.label_score * g.score
+                    FROM page p JOIN images i ON i.id = p.id
+                    LEFT JOIN garments g ON g.image_id = i.id {overlapped}
+                    ORDER BY p.label_score DESC, i.id, g.score DESC, g.id""",
+                [*board_params, query.label, limit, offset]).fetchall()
+        return _group(rows, keep_image_score=True)
+
+    # -- visual search -------------------------------------------------------------------------------
+
+    def embedding_models(self, kind: EmbeddingKind | None = None) -> list[EmbeddingModel]:
+        """The embedding models whose vectors the catalog holds (of ``kind``), oldest first."""
+        with self.db.connect() as conn:
+            return models(conn, kind)
+
+    def _model(self, name: str, kind: EmbeddingKind, dimension: int) -> EmbeddingModel:
+        known = self.embedding_models(kind)
+        for model in known:
+            if model.name == name:
+                if model.dimension != dimension:
+                    raise QueryError(f"the query vector has {dimension} dimensions; {kind} vectors of model "
+                                     f"{name!r} in this catalog have {model.dimension}")
+                return model
+        held = ", ".join(f"{m.name!r} ({m.dimension}-d)" for m in known) or "none"
+        raise QueryError(f"this catalog holds no {kind} vectors of model {name!r} (it holds: {held}); vectors of "
+                         f"different models are not comparable: index the photos with that model's server")
+
+    def similar(self, vector: np.ndarray[Any, np.dtype[np.float32]], *, model: str,
+                query: SearchFilter | None = None, limit: int = DEFAULT_LIMIT,
+                exclude_images: Sequence[int] = (), ef_search: int | None = None,
+                exact: bool | None = None) -> list[ImageHit]:
+        """Images with garments like ``vector`` (a vector of embedding model ``model``) that match
+        ``query``, most similar first, each with its nearest garments; ``GarmentHit.rank`` and
+        ``ImageHit.score`` are cosine similarities.
+
+        ``exact``: ``None`` chooses (exact when the filter leaves at most :data:`EXACT_SEARCH_MAX_ROWS`
+        garments of the model, else the HNSW index); ``True``/``False`` force it (the benchmark's
+        recall against exact search).
+        """
+        query = query or SearchFilter()
+        if not 1 <= limit <= _MAX_LIMIT:
+            raise QueryError(f"limit must be in [1, {_MAX_LIMIT}], got {limit}")
+        target = normalised(vector)
+        chosen = self._model(model, "garment", int(target.size))
+        candidates = limit * CANDIDATES_PER_IMAGE
+        if ef_search is not None and not 1 <= ef_search <= _MAX_EF_SEARCH:
+            raise QueryError(f"ef_search must be in [1, {_MAX_EF_SEARCH}] (pgvector's limit), got {ef_search}")
+        # past 1,000 candidates pgvector's iterative scan goes on beyond ef_search
+        ef = max(ef_search or DEFAULT_EF_SEARCH, min(candidates, _MAX_EF_SEARCH))
+        where, params = _where(query)
+        excluded = [int(i) for i in exclude_images]
+        literal = vector_literal(target)
+        with self.db.connect() as conn, conn.transaction():
+            if exact is not False:
+                # Exact first, reading at most EXACT_SEARCH_MAX_ROWS + 1 filtered garments: a selective filter
+                # is answered by this one scan; past that, the scan stopped early and the index answers.
+                scan = None if exact or not chosen.indexed else EXACT_SEARCH_MAX_ROWS + 1
+                rows = conn.execute(similar_sql(chosen, where, exact=True),
+                                    [literal, *params, excluded, scan, candidates, limit]).fetchall()
+                if scan is None or not rows or int(rows[0][-1]) < scan:
+                    return _group(rows, keep_image_score=True)
+            conn.execute("SELECT set_config('hnsw.ef_search', %s, true), "
+                         "set_config('hnsw.iterative_scan', 'relaxed_order', true)", (str(ef),))
+            rows = conn.execute(similar_sql(chosen, where, exact=False),
+                                [literal, *params, excluded, literal, candidates, limit]).fetchall()
+        return _group(rows, keep_image_score=True)
+
+    def garment_embedding(self, garment_id: int) -> QueryGarment:
+        """An indexed garment as a query: its vector, model, category and photo."""
+        with self.db.connect() as conn:
+            row = conn.execute(
+                """SELECT g.embedding::real[], m.name, g.category, g.x1, g.y1, g.x2, g.y2, g.ordinal, g.image_id
+                   FROM garments g LEFT JOIN embedding_models m ON m.id = g.embedding_model_id
+                   WHERE g.id = %s""", (garment_id,)).fetchone()
+        if row is None:
+            raise QueryError(f"no garment {garment_id} in this catalog")
+        if row[0] is None:
+            raise QueryError(f"garment {garment_id} has no vector: it was indexed by a server that sends no "
+                             f"embeddings (re-index it with one that does)")
+        return QueryGarment(str(row[1]), np.asarray(row[0], dtype=np.float32), str(row[2]),
+                            (float(row[3]), float(row[4]), float(row[5]), float(row[6])), int(row[7]) + 1,
+                            int(row[8]), int(garment_id))
+
+    def similar_to_garment(self, garment_id: int, *, query: SearchFilter | None = None,
+                           limit: int = DEFAULT_LIMIT) -> list[ImageHit]:
+        """Garments like indexed garment ``garment_id``, in other photos (its own photo and exact copies
+        of it left out), grouped by image."""
+        start = self.garment_embedding(garment_id)
+        return self.similar(start.vector, model=start.model, query=query, limit=limit,
+                            exclude_images=self.same_photo(start.image_id))
+
+    def same_photo(self, image_id: int | None) -> list[int]:
+        """Image ``image_id`` and its exact copies (same content): what a similarity answer leaves out."""
+        if image_id is None:
+            return []
+        with self.db.connect() as conn:
+            return [int(i) for (i,) in conn.execute(
+                "SELECT id FROM images WHERE sha256 = (SELECT sha256 FROM images WHERE id = %s)",
+                (image_id,)).fetchall()]
+
+    def query_garment(self, photo: Path | bytes, *, garment: int | None = None,
+                      client: FashionClient | None = None) -> QueryGarment:
+        """The query garment ``garment`` (numbered from 1 as the image page lists them; default: the
+        best-scoring garment no other garment covers) of ``photo``: looked up in the catalog by its path
+        or its content (SHA-256) when it is indexed, else sent through the server with ``client``."""
+        data = photo if isinstance(photo, bytes) else _read(photo)
+        image_id = self.image_id_of(str(photo.resolve())) if isinstance(photo, Path) else None
+        if image_id is None:
+            with self.db.connect() as conn:
+                row = conn.execute("SELECT id FROM images WHERE sha256 = %s AND status = 'indexed' ORDER BY id "
+                                   "LIMIT 1", (sha256_hex(data),)).fetchone()
+            image_id = None if row is None else int(row[0])
+        if image_id is not None:
+            with self.db.connect() as conn:
+                rows = conn.execute("SELECT id, overlapped, score FROM garments WHERE image_id = %s ORDER BY ordinal",
+                                    (image_id,)).fetchall()
+            if rows:
+                number = garment if garment is not None else _best(
+                    [(bool(o), float(s)) for _, o, s in rows])
+                _check_number(number, len(rows))
+                return self.garment_embedding(int(rows[number - 1][0]))
+            if client is None:
+                raise QueryError("the photo is indexed but no garment was found in it")
+        if client is None:
+            raise QueryError("the photo is not in the catalog: give the server's address (--url) to send it "
+                             "through the server")
+        return query_from_result(client.detect(data), garment)
+
+    def similar_to(self, photo: Path | bytes, *, garment: int | None = None, client: FashionClient | None = None,
+                   query: SearchFilter | None = None,
+                   limit: int = DEFAULT_LIMIT) -> tuple[QueryGarment, list[ImageHit]]:
+        """:meth:`query_garment`, then garments like it in other photos (:meth:`similar`)."""
+        start = self.query_garment(photo, garment=garment, client=client)
+        hits = self.similar(start.vector, model=start.model, query=query, limit=limit,
+                            exclude_images=self.same_photo(start.image_id))
+        return start, hits
+
+    def search_text(self, vector: np.ndarray[Any, np.dtype[np.float32]], *, model: str | None = None,
+                    query: SearchFilter | None = None, limit: int = DEFAULT_LIMIT) -> list[ImageHit]:
+        """Garments ranked by cosine similarity to a text's vector (``FashionClient.embed_text``), grouped
+        by image. ``model``: the text tower's model (its garment vectors are searched); ``None``: the one
+        garment model of the vector's dimension, an error when there is none or several."""
+        target = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if model is None:
+            fitting = [m for m in self.embedding_models("garment") if m.dimension == target.size]
+            if len(fitting) != 1:
+                held = ", ".join(f"{m.name!r} ({m.dimension}-d)" for m in self.embedding_models("garment")) or "none"
+                raise QueryError(f"the text vector has {target.size} dimensions and this catalog's garment vectors "
+                                 f"are of models {held}: " + ("no" if not fitting else "more than one") +
+                                 " model fits; the words must be embedded by the model that indexed the photos")
+            model = fitting[0].name
+        return self.similar(target, model=model, query=query, limit=limit)
+
     def facets(self, board: str | None = None) -> Facets:
         board_join, board_params = _board_join(board)
         with self.db.connect() as conn:
@@ -199,22 +423,29 @@ class Catalog:
     # -- duplicates --------------------------------------------------------------------------------
 
     def duplicates(self, *, kind: Kind = "all", max_distance: int = DEFAULT_MAX_DISTANCE,
-                   board: str | None = None) -> list[list[str]]:
+                   board: str | None = None, min_cosine: float = DEFAULT_MIN_COSINE) -> list[list[str]]:
         """Groups of two or more images that are copies of each other, each a sorted list of paths.
 
-        ``exact``: the same bytes (SHA-256). ``near``: pHash within ``max_distance`` bits, joined
-        transitively (single linkage), exact copies included. ``all`` is ``near``: every exact copy is
-        also a near copy. Groups are sorted by size, then by first path.
+        ``exact``: the same bytes (SHA-256). ``near``: pHash within ``max_distance`` bits.
+        ``transformed``: crops, flips, colour changes that move a pHash far: photos whose garments
+        match, each garment's best cosine similarity in the other photo averaged (both ways, the
+        smaller) at least ``min_cosine`` (photos without garments: their whole-image vectors' cosine);
+        only vectors of one model are compared. Every kind includes the exact copies, and edges are
+        joined transitively (single linkage); ``all`` joins all three.
+        Groups are sorted by size, then by first path.
         """
-        if kind not in ("all", "exact", "near"):
-            raise QueryError(f"duplicates kind is all, exact or near, got {kind!r}")
+        if kind not in ("all", "exact", "near", "transformed"):
+            raise QueryError(f"duplicates kind is all, exact, near or transformed, got {kind!r}")
         if not 0 <= max_distance <= 64:
             raise QueryError(f"max_distance is a number of bits in [0, 64], got {max_distance}")
+        if not -1.0 <= min_cosine <= 1.0:
+            raise QueryError(f"min_cosine is a cosine similarity in [-1, 1], got {min_cosine}")
         board_join, board_params = _board_join(board)
+        vectors = "i.embedding::real[]" if kind in ("all", "transformed") else "NULL::real[]"
         with self.db.connect() as conn:
             rows = conn.execute(
-                f"SELECT i.id, i.path, i.sha256, i.phash FROM images i {board_join} ORDER BY i.id",
-                board_params).fetchall()
+                f"SELECT i.id, i.path, i.sha256, i.phash, i.embedding_model_id, {vectors} FROM images i {board_join} "
+                "ORDER BY i.id", board_params).fetchall()
         paths = [str(r[1]) for r in rows]
         parent = list(range(len(rows)))
 
@@ -236,22 +467,55 @@ class Catalog:
                 union(first_of[sha], index)
             else:
                 first_of[sha] = index
-        if kind != "exact":
+        if kind in ("all", "near"):
             hashed = [index for index, row in enumerate(rows) if row[3] is not None]
             for a, b in near_pairs(np.array([int(rows[i][3]) for i in hashed], dtype=np.int64), max_distance):
                 union(hashed[a], hashed[b])
+        if kind in ("all", "transformed"):
+            for a, b in self._transformed_pairs(rows, board_join, board_params, min_cosine):
+                union(a, b)
         groups: dict[int, list[str]] = {}
         for index in range(len(rows)):
             groups.setdefault(find(index), []).append(paths[index])
         found = [sorted(g) for g in groups.values() if len(g) > 1]
         return sorted(found, key=lambda g: (-len(g), g[0]))
 
+    def _transformed_pairs(self, rows: Sequence[tuple[Any, ...]], board_join: str, board_params: list[Any],
+                           min_cosine: float) -> list[tuple[int, int]]:
+        """Row index pairs of transformed copies: photos whose garments match (the garments' vectors,
+        :func:`~fashionbox.catalog.vectors.matching_photos`); photos without garments by their whole-image
+        vectors. Only vectors of one model are compared."""
+        row_of = {int(row[0]): index for index, row in enumerate(rows)}
+        with self.db.connect() as conn:
+            garments = conn.execute(
+                f"SELECT g.image_id, g.embedding_model_id, g.embedding::real[] FROM garments g JOIN images i "
+                f"ON i.id = g.image_id {board_join} WHERE NOT g.overlapped AND g.embedding IS NOT NULL "
+                "ORDER BY g.image_id, g.ordinal", board_params).fetchall()
+        pairs: list[tuple[int, int]] = []
+        by_model: dict[int, tuple[list[int], list[Any]]] = {}
+        for image_id, model_id, vector in garments:
+            owners, vectors = by_model.setdefault(int(model_id), ([], []))
+            owners.append(row_of[int(image_id)])
+            vectors.append(vector)
+        for owners, vectors in by_model.values():
+            matrix = _unit_rows(np.asarray(vectors, dtype=np.float32))
+            pairs += matching_photos(np.asarray(owners, dtype=np.int64), matrix, min_cosine)
+        with_garments = {owner for owners, _ in by_model.values() for owner in owners}
+        by_image_model: dict[int, list[int]] = {}
+        for index, row in enumerate(rows):
+            if row[4] is not None and row[5] is not None and index not in with_garments:
+                by_image_model.setdefault(int(row[4]), []).append(index)
+        for members in by_image_model.values():
+            matrix = _unit_rows(np.asarray([rows[i][5] for i in members], dtype=np.float32))
+            pairs += [(members[a], members[b]) for a, b in cosine_pairs(matrix, min_cosine)]
+        return pairs
+
     # -- images and boards ---------------------------------------------------------------------------
 
     def image(self, image_id: int) -> ImageRecord | None:
         with self.db.connect() as conn:
-            row = conn.execute("SELECT id, path, status, error, width, height, sha256, phash FROM images WHERE id = %s",
-                               (image_id,)).fetchone()
+            row = conn.execute("SELECT id, path, status, error, width, height, sha256, phash, labels FROM images "
+                               "WHERE id = %s", (image_id,)).fetchone()
             if row is None:
                 return None
             garments = conn.execute(
@@ -261,8 +525,15 @@ class Catalog:
                                   "WHERE bi.image_id = %s ORDER BY b.name", (image_id,)).fetchall()
         hits = tuple(GarmentHit(int(g[0]), str(g[1]), (float(g[3]), float(g[4]), float(g[5]), float(g[6])),
                                 float(g[2]), dict(g[7]), float(g[2]), g[8] is not None) for g in garments)
+        labels = tuple((str(entry["label"]), float(entry["score"])) for entry in row[8] or ())
         return ImageRecord(int(row[0]), str(row[1]), str(row[2]), row[3], row[4], row[5], str(row[6]), row[7], hits,
-                           tuple(g[8] for g in garments), tuple(str(b) for (b,) in boards))
+                           tuple(g[8] for g in garments), tuple(str(b) for (b,) in boards), labels)
+
+    def labels(self) -> list[str]:
+        """The top image-level labels the catalog holds (for a filter's choices), sorted."""
+        with self.db.connect() as conn:
+            return [str(label) for (label,) in conn.execute(
+                "SELECT DISTINCT label FROM images WHERE label IS NOT NULL ORDER BY 1").fetchall()]
 
     def image_id_of(self, path: str) -> int | None:
         with self.db.connect() as conn:
@@ -305,7 +576,7 @@ class Catalog:
 
     def browse(self, query: SearchFilter, *, limit: int = DEFAULT_LIMIT, offset: int = 0) -> list[ImageHit]:
         """Like :meth:`search`, but an empty filter lists every indexed image (with its garments)."""
-        if query.category or query.attributes or query.min_score > 0:
+        if query.category or query.attributes or query.min_score > 0 or query.label is not None:
             return self.search(query, limit=limit, offset=offset)
         board_join, board_params = _board_join(query.board)
         with self.db.connect() as conn:
@@ -342,6 +613,9 @@ def _where(query: SearchFilter) -> tuple[str, list[Any]]:
         clauses.append("g.image_id IN (SELECT bi.image_id FROM board_images bi JOIN boards b ON b.id = bi.board_id "
                        "WHERE b.name = %s)")
         params.append(query.board)
+    if query.label is not None:
+        clauses.append("g.image_id IN (SELECT li.id FROM images li WHERE li.label = %s)")
+        params.append(query.label)
     return " AND ".join(clauses), params
 
 
@@ -351,7 +625,135 @@ def _rank(query: SearchFilter) -> tuple[str, list[Any]]:
     for group, _ in query.attributes:
         factors.append("(g.attributes -> %s ->> 'score')::real")
         params.append(group)
+    if query.label is not None:
+        factors.append("(SELECT li.label_score FROM images li WHERE li.id = g.image_id)")
     return " * ".join(factors), params
+
+
+def similar_sql(model: EmbeddingModel, where: str, *, exact: bool) -> str:
+    """The one statement of a similarity query: the nearest garments of ``model`` that pass ``where``
+    (``_where``'s fragment), grouped by image.
+
+    Through the index (``exact`` false), parameters: the query vector, ``where``'s values, the image
+    ids left out, the query vector again, the number of garments, the number of images. The order is
+    the expression the model's HNSW index is built on (half precision), under its partial-index
+    condition (the model id as a literal integer, so that a prepared generic plan still matches it);
+    the similarities returned, and the final order, are the float32 ones.
+
+    Exact: the filtered garments (at most the fifth parameter's count; ``NULL``: all) with their
+    float32 distances, no index order at all, then the nearest of them; parameters: the query vector,
+    ``where``'s values, the image ids left out, the scan limit, the number of garments, the number of
+    images. Each row ends with the number of filtered garments read, so that a caller learns whether
+    the scan limit cut the answer short."""
+    distance = f"(g.embedding::{model.cast} <=> %s::{model.cast})"
+    columns = f"""g.id, g.image_id, g.category, g.score, g.x1, g.y1, g.x2, g.y2, g.attributes,
+                   g.mask_rle IS NOT NULL AS has_mask, {distance} AS distance"""
+    condition = f"g.embedding_model_id = {int(model.id)} AND {where} AND NOT (g.image_id = ANY(%s))"
+    if exact:
+        # the scan reads only what the distance needs; the other columns of the nearest few come after
+        nearest = f"""filtered AS MATERIALIZED (
+            SELECT g.id, {distance} AS distance FROM garments g WHERE {condition} LIMIT %s
+        ), nearest AS MATERIALIZED (
+            SELECT {columns.replace(distance, "f.distance")}
+            FROM (SELECT * FROM filtered ORDER BY distance, id LIMIT %s) f JOIN garments g ON g.id = f.id"""
+        read = ", (SELECT count(*) FROM filtered)"
+    else:
+        nearest = f"""nearest AS MATERIALIZED (
+            SELECT {columns} FROM garments g WHERE {condition}
+            ORDER BY (g.embedding::{model.index_cast} <=> %s::{model.index_cast})
+            LIMIT %s"""
+        read = ""
+    return f"""
+        WITH {nearest}
+        ), ranked AS (
+            SELECT image_id, min(distance) AS best FROM nearest GROUP BY image_id ORDER BY best, image_id LIMIT %s
+        )
+        SELECT r.image_id, i.path, 1 - r.best, i.width, i.height, n.id, n.category, n.score, n.x1, n.y1, n.x2, n.y2,
+               n.attributes, n.has_mask, 1 - n.distance{read}
+        FROM ranked r JOIN images i ON i.id = r.image_id JOIN nearest n ON n.image_id = r.image_id
+        ORDER BY r.best, r.image_id, n.distance, n.id
+    """  # every interpolated part is fixed SQL or an integer of ours; values are parameters
+
+
+def _best(garments: Sequence[tuple[bool, float]]) -> int:
+    """The number (from 1) of the best-scoring garment that no other covers (or of the best one)."""
+    if not garments:
+        raise QueryError("no garment was found in the photo")
+    order = sorted(range(len(garments)), key=lambda k: (garments[k][0], -garments[k][1], k))
+    return order[0] + 1
+
+
+def _check_number(number: int, count: int) -> None:
+    if not 1 <= number <= count:
+        raise QueryError(f"garment {number} does not exist: the photo has {count} garment"
+                         f"{'' if count == 1 else 's'}, numbered from 1")
+
+
+def query_from_result(result: ImageDetections, garment: int | None = None) -> QueryGarment:
+    """Garment ``garment`` (from 1; default: the best one no other covers) of a new photo's result."""
+    detections = result.detections
+    covered = overlapped_flags(result)
+    number = garment if garment is not None else _best([(c, d.score) for c, d in zip(covered, detections,
+                                                                                      strict=True)])
+    _check_number(number, len(detections))
+    chosen = detections[number - 1]
+    if chosen.packed_embedding is None:
+        raise QueryError("the server sends no garment vectors: serve a model with an embedding (the default "
+                         "model's embedding head, or --embedder) to find similar garments")
+    box = chosen.box
+    return QueryGarment(chosen.packed_embedding.model, chosen.packed_embedding.to_array(), chosen.category,
+                        (box.x1, box.y1, box.x2, box.y2), number)
+
+
+_PROBE_PX = 64
+
+
+def embed_words(url: str, text: str) -> tuple[np.ndarray[Any, np.dtype[np.float32]], str]:
+    """The vector of ``text`` from the server at ``url`` and the name of the model whose space it is in.
+
+    The text tower is the served embedder's: its name is read from the embedding of a small blank
+    probe image (the server offers no other way to ask), so that the catalog compares the words only
+    with vectors of that model. A clear error when the server has no text tower."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    from fashionbox.client import FashionBoxError, FashionClient
+
+    if not text.strip():
+        raise QueryError("the words to search for are empty")
+    with FashionClient(url) as client:
+        try:
+            vector = client.embed_text([text])[0]
+        except FashionBoxError as exc:
+            if "text_embedder" in str(exc):
+                raise QueryError(f"the server at {url} has no text tower, so it cannot search by words: serve a "
+                                 f"repository converted with --embedder hf:... of a CLIP or SigLIP model "
+                                 f"({exc})") from exc
+            raise QueryError(f"the server at {url} could not embed the words: {exc}") from exc
+        buffer = BytesIO()
+        Image.new("RGB", (_PROBE_PX, _PROBE_PX), (128, 128, 128)).save(buffer, format="PNG")
+        try:
+            probe = client.detect(buffer.getvalue())
+        except FashionBoxError as exc:
+            raise QueryError(f"the server at {url} could not say which model embeds the words: {exc}") from exc
+    if probe.packed_embedding is None:
+        raise QueryError(f"the server at {url} embeds words but sends no image vectors: no catalog vector can be "
+                         f"compared with them")
+    return np.asarray(vector, dtype=np.float32), probe.packed_embedding.model
+
+
+def _unit_rows(matrix: np.ndarray[Any, np.dtype[np.float32]]) -> np.ndarray[Any, np.dtype[np.float32]]:
+    out: np.ndarray[Any, np.dtype[np.float32]] = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True),
+                                                                     1e-12)
+    return out
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise QueryError(f"cannot read the query photo {path}: {exc.strerror or exc}") from exc
 
 
 def _board_join(board: str | None) -> tuple[str, list[Any]]:
@@ -368,14 +770,14 @@ def _board_name(name: str) -> str:
     return name
 
 
-def _group(rows: Sequence[tuple[Any, ...]]) -> list[ImageHit]:
+def _group(rows: Sequence[tuple[Any, ...]], *, keep_image_score: bool = False) -> list[ImageHit]:
     hits: list[ImageHit] = []
     current: list[GarmentHit] = []
     head: tuple[Any, ...] | None = None
 
     def flush() -> None:
         if head is not None:
-            best = max((g.rank for g in current), default=float(head[2]))
+            best = float(head[2]) if keep_image_score else max((g.rank for g in current), default=float(head[2]))
             hits.append(ImageHit(int(head[0]), str(head[1]), best, head[3], head[4], tuple(current)))
 
     for row in rows:

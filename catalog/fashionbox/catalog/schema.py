@@ -8,8 +8,10 @@ Embedding columns (``images.embedding``, ``garments.embedding``) are pgvector ``
 without a fixed dimension, each with the id of the model that wrote it; ``embedding_models``
 records each model's name, dimension and kind. Several models (of different dimensions) can then
 live side by side, and each gets its own HNSW index on ``(embedding::vector(d))`` restricted to
-its model id (pgvector's documented way to index a column of mixed dimensions). Indexing fills
-them when the server sends embeddings; until then they stay NULL.
+its model id (pgvector's documented way to index a column of mixed dimensions; built on
+``halfvec(d)``: :mod:`fashionbox.catalog.vectors`). Indexing fills them when the server sends
+embeddings, and creates a model's index with its row (``vectors.ensure_model``); a model's
+indexes are created by the indexer, not by a migration, since models are data.
 """
 
 from __future__ import annotations
@@ -87,6 +89,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             added_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (board_id, image_id)
         )""",
+    )),
+    Migration(2, "image-level labels", (
+        # labels: the classifier's top k, [{"label", "score", "index"}, ...] best first; label: the top one,
+        # indexed for `search --label` (a product vertical, say: S1's miscategorised products).
+        "ALTER TABLE images ADD COLUMN labels jsonb, ADD COLUMN label text, ADD COLUMN label_score real, "
+        "ADD COLUMN labels_model text",
+        "CREATE INDEX images_label ON images (label, label_score DESC) WHERE label IS NOT NULL",
     )),
 )
 """Every migration, oldest first; versions are 1, 2, 3, ... with no gaps."""

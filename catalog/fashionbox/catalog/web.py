@@ -14,10 +14,13 @@ with 415; ``/file/{id}`` serves only files of indexed images that lie, after res
 inside a root the catalog indexed. Uploads go to the server at ``url`` for detection, wait in
 ``UPLOADS/.pending`` (a hidden folder, never indexed), and are indexed at once when saved.
 
-Routes: ``/`` (browse; ``?category=&attribute=GROUP=LABEL&board=``), ``/image/{id}``,
-``/image/{id}/drawn.png``, ``/file/{id}``, ``/upload`` (GET form, POST photo), ``/upload/save``,
-``/boards`` (GET list, POST create), ``/boards/add``, ``/duplicates``, and JSON at ``/api/search``
-and ``/api/duplicates`` (the same rows as ``fashionbox catalog search|duplicates --json``).
+Routes: ``/`` (browse; ``?category=&attribute=GROUP=LABEL&board=&label=``), ``/image/{id}``,
+``/image/{id}/drawn.png``, ``/file/{id}``, ``/similar/{garment_id}`` (garments like one, across the
+catalog, grouped by image; the image page links each garment there), ``/upload`` (GET form, POST
+photo), ``/upload/save``, ``/boards`` (GET list, POST create), ``/boards/add``, ``/duplicates``, and
+JSON at ``/api/search`` (``?text=`` ranks by words through the server's text tower),
+``/api/similar`` (GET ``?garment_id=``, or POST a photo with ``garment``) and ``/api/duplicates``
+(the same rows as ``fashionbox catalog search|similar|duplicates --json``).
 """
 
 from __future__ import annotations
@@ -57,7 +60,16 @@ from fashionbox.client import (
 from .database import Database
 from .errors import CatalogError, QueryError, UploadRejected
 from .indexer import IMAGE_SUFFIXES, Indexer
-from .queries import DEFAULT_MAX_DISTANCE, Catalog, ImageHit, SearchFilter, parse_attribute
+from .queries import (
+    DEFAULT_LIMIT,
+    DEFAULT_MAX_DISTANCE,
+    DEFAULT_MIN_COSINE,
+    Catalog,
+    ImageHit,
+    SearchFilter,
+    embed_words,
+    parse_attribute,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +109,8 @@ select,input,button{font-size:1rem;padding:.3rem;max-width:100%}
 .card img{width:100%;height:150px;object-fit:cover;display:block}.card p{margin:.3rem;font-size:.8rem}
 img.full{max-width:100%;height:auto}table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;
 padding:.3rem;text-align:left;font-size:.85rem}.error{background:#fee;border:1px solid #c00;padding:.6rem}
-.group{margin-bottom:1rem}
+.group{margin-bottom:1rem}.query{display:flex;gap:.6rem;align-items:center;margin-bottom:.8rem}
+.query img{width:120px;height:120px;object-fit:cover}
 """
 
 
@@ -183,7 +196,8 @@ class CatalogApp:
         params = request.query_params
         attributes = tuple(parse_attribute(a) for a in params.getlist("attribute") if a.strip())
         board = params.get("board") or None
-        return SearchFilter(category=params.get("category") or None, attributes=attributes, board=board)
+        return SearchFilter(category=params.get("category") or None, attributes=attributes, board=board,
+                            label=params.get("label") or None)
 
     def browse(self, request: Request) -> Response:
         try:
@@ -196,6 +210,10 @@ class CatalogApp:
         chosen = dict(query.attributes)
         selects = [f'<label>category<select name="category" id="category">'
                    f'{_options(facets.categories, query.category, "any")}</select></label>']
+        image_labels = self.catalog.labels()
+        if image_labels:
+            selects.append(f'<label>photo label<select name="label" id="label">'
+                           f'{_options(image_labels, query.label, "any")}</select></label>')
         for group, labels in facets.attributes.items():
             values = [f"{group}={label}" for label in labels]
             current = f"{group}={chosen[group]}" if group in chosen else None
@@ -206,6 +224,7 @@ class CatalogApp:
         more = ""
         if len(hits) == PAGE_SIZE:
             args = [("category", query.category or "")] + [("attribute", f"{g}={v}") for g, v in query.attributes]
+            args += [("label", query.label)] if query.label else []
             args += [("board", query.board)] if query.board else []
             more = f'<p><a id="more" href="/?{_e(urlencode([*args, ("page", str(page + 1))]))}">More</a></p>'
         body = (f'<p>{facets.images} images, {facets.garments} garments'
@@ -229,13 +248,19 @@ class CatalogApp:
             attrs = "<br>".join(f"{_e(k)}: {_e(v['label'])} ({float(v['score']):.2f})" for k, v in g.attributes.items())
             query = urlencode([("category", g.category)])
             rows.append(f'<tr><td>{number}</td><td><a href="/?{_e(query)}">{_e(g.category)}</a></td>'
-                        f"<td>{g.score:.2f}</td><td>{attrs}</td></tr>")
+                        f"<td>{g.score:.2f}</td><td>{attrs}</td>"
+                        f'<td><a class="similar" id="similar-{number}" href="/similar/{g.garment_id}">similar</a>'
+                        f"</td></tr>")
         boards = ", ".join(f'<a href="/?{_e(urlencode([("board", b)]))}">{_e(b)}</a>' for b in record.boards) or "none"
         known = "".join(f'<option value="{_e(name)}">' for name, _ in self.catalog.boards())
+        labels = ", ".join(f'<a href="/?{_e(urlencode([("label", label)]))}">{_e(label)}</a> ({score:.2f})'
+                           for label, score in record.labels)
         body = (f'<p>{_e(record.image)}</p>'
+                + (f'<p id="labels">Photo labels: {labels}</p>' if labels else "")
                 + (f'<p class="error">{_e(record.error)}</p>' if record.status == "failed" else
                    f'<img class="full" id="drawn" src="/image/{record.image_id}/drawn.png" alt="detections">')
-                + f'<table id="garments"><tr><th>#</th><th>category</th><th>score</th><th>attributes</th></tr>'
+                + f'<table id="garments"><tr><th>#</th><th>category</th><th>score</th><th>attributes</th>'
+                f'<th></th></tr>'
                 f'{"".join(rows)}</table><p>Boards: <span id="boards">{boards}</span></p>'
                 f'<form method="post" action="/boards/add" id="add-to-board">'
                 f'<input type="hidden" name="image_id" value="{record.image_id}">'
@@ -243,6 +268,32 @@ class CatalogApp:
                 f'maxlength="200"></label><datalist id="known-boards">{known}</datalist>'
                 f'<button type="submit" id="add">Add</button></form>')
         return _page(Path(record.image).name, body)
+
+    def similar(self, request: Request) -> Response:
+        """Garments like garment ``garment_id`` across the catalog, grouped by image (filters as on ``/``)."""
+        garment_id = int(request.path_params["garment_id"])
+        try:
+            query = self._filter(request)
+            start = self.catalog.garment_embedding(garment_id)
+            hits = self.catalog.similar(start.vector, model=start.model, query=query, limit=PAGE_SIZE // 2,
+                                        exclude_images=self.catalog.same_photo(start.image_id))
+        except (QueryError, ValueError) as exc:
+            return _error(str(exc), 400 if "no garment" not in str(exc) else 404)
+        x1, y1, x2, y2 = start.box
+        head = (f'<div class="query" id="query"><a href="/image/{start.image_id}"><img src="/image/{start.image_id}'
+                f'/drawn.png" alt="query photo"></a><p>Garment {start.number} ({_e(start.category)}), box '
+                f'[{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}]<br><a id="same-category" href="/similar/{garment_id}?'
+                f'{_e(urlencode([("category", start.category)]))}">only {_e(start.category)}</a></p></div>')
+        groups = []
+        for hit in hits:
+            garments = "<br>".join(f"{_e(g.category)} {g.rank:.3f}" for g in hit.garments)
+            groups.append(f'<div class="card" data-image="{_e(hit.image)}" data-similarity="{hit.score:.4f}">'
+                          f'<a href="/image/{hit.image_id}"><img src="/file/{hit.image_id}" '
+                          f'alt="{_e(Path(hit.image).name)}" loading="lazy"><p>{_e(Path(hit.image).name)}<br>'
+                          f"{garments}</p></a></div>")
+        body = head + (f'<div class="grid" id="results">{"".join(groups)}</div>' if groups
+                       else '<p id="empty">No similar garments.</p>')
+        return _page(f"Similar to garment {start.number}", body)
 
     def drawn(self, request: Request) -> Response:
         record = self.catalog.image(int(request.path_params["image_id"]))
@@ -395,7 +446,8 @@ class CatalogApp:
     def duplicates(self, request: Request) -> Response:
         try:
             distance = int(request.query_params.get("max_distance", DEFAULT_MAX_DISTANCE))
-            groups = self.catalog.duplicates(max_distance=distance)
+            cosine = float(request.query_params.get("min_cosine", DEFAULT_MIN_COSINE))
+            groups = self.catalog.duplicates(max_distance=distance, min_cosine=cosine)
         except (QueryError, ValueError) as exc:
             return _error(str(exc), 400)
         ids = {path: self.catalog.image_id_of(path) for group in groups for path in group}
@@ -405,16 +457,25 @@ class CatalogApp:
                             f"<p>{_e(Path(p).name)}</p></a></div>" for p in group)
             parts.append(f'<div class="group"><h2>Group {number}</h2><div class="grid">{cards}</div></div>')
         body = (f'<form class="filters" method="get"><label>pHash distance (bits)<input type="number" min="0" '
-                f'max="64" name="max_distance" value="{distance}"></label><button type="submit">Find</button></form>'
+                f'max="64" name="max_distance" value="{distance}"></label><label>garment match (transformed '
+                f'copies)<input type="number" min="-1" max="1" step="0.005" name="min_cosine" value="{cosine:g}">'
+                f'</label><button type="submit">Find</button></form>'
                 + ("".join(parts) or '<p id="empty">No duplicates.</p>'))
         return _page(f"Duplicates: {len(groups)} groups", body)
 
     # -- JSON ----------------------------------------------------------------------------------------------
 
     def api_search(self, request: Request) -> Response:
+        """Rows as ``fashionbox catalog search --json``; ``?text=words`` ranks by the words (``similarity``)
+        through the server's text tower, an error (400) when it has none."""
         try:
             query = self._filter(request)
             limit = int(request.query_params.get("limit", "50"))
+            text = request.query_params.get("text")
+            if text is not None:
+                vector, model = embed_words(self.settings.url, text)
+                hits = self.catalog.search_text(vector, model=model, query=query, limit=limit)
+                return JSONResponse([row for hit in hits for row in hit.rows(rank_key="similarity")])
             return JSONResponse(self.catalog.search_rows(query, limit=limit))
         except (QueryError, ValueError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
@@ -422,10 +483,38 @@ class CatalogApp:
     def api_duplicates(self, request: Request) -> Response:
         try:
             distance = int(request.query_params.get("max_distance", DEFAULT_MAX_DISTANCE))
+            cosine = float(request.query_params.get("min_cosine", DEFAULT_MIN_COSINE))
             kind = request.query_params.get("kind", "all")
-            return JSONResponse(self.catalog.duplicates(kind=kind, max_distance=distance))  # type: ignore[arg-type]
+            return JSONResponse(self.catalog.duplicates(kind=kind, max_distance=distance,  # type: ignore[arg-type]
+                                                        min_cosine=cosine))
         except (QueryError, ValueError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
+
+    async def api_similar(self, request: Request) -> Response:
+        """GET ``?garment_id=N`` (an indexed garment) or POST a photo (field ``photo``, optional ``garment``
+        numbered from 1; an indexed photo is found by content, a new one goes through the server): JSON rows
+        ``image``, ``category``, ``box``, ``attributes``, ``similarity``, grouped by image. Filters as on ``/``."""
+        try:
+            query = self._filter(request)
+            limit = int(request.query_params.get("limit", str(DEFAULT_LIMIT)))
+            if request.method == "GET":
+                start = self.catalog.garment_embedding(int(request.query_params.get("garment_id", "")))
+            else:
+                garment_text = request.query_params.get("garment")
+                data = await self._read_upload(request)
+                self._check_image(data)
+                garment = int(garment_text) if garment_text else None
+                start = await run_in_threadpool(self.catalog.query_garment, data, garment=garment,
+                                                client=self.client())
+            hits = self.catalog.similar(start.vector, model=start.model, query=query, limit=limit,
+                                        exclude_images=self.catalog.same_photo(start.image_id))
+        except UploadRejected as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        except (QueryError, ValueError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        except FashionBoxError as exc:
+            return JSONResponse({"error": f"the server could not detect in this photo: {exc}"}, status_code=502)
+        return JSONResponse([row for hit in hits for row in hit.rows(rank_key="similarity")])
 
 
 def _sha256(data: bytes) -> str:
@@ -447,6 +536,7 @@ def create_app(db: Database, settings: WebSettings | None = None) -> Starlette:
         Route("/failed", handlers.failed),
         Route("/image/{image_id:int}", handlers.image),
         Route("/image/{image_id:int}/drawn.png", handlers.drawn),
+        Route("/similar/{garment_id:int}", handlers.similar),
         Route("/file/{image_id:int}", handlers.file),
         Route("/upload", handlers.upload_form, methods=["GET"]),
         Route("/upload", handlers.upload, methods=["POST"]),
@@ -456,6 +546,7 @@ def create_app(db: Database, settings: WebSettings | None = None) -> Starlette:
         Route("/boards/add", handlers.add_to_board, methods=["POST"]),
         Route("/duplicates", handlers.duplicates),
         Route("/api/search", handlers.api_search),
+        Route("/api/similar", handlers.api_similar, methods=["GET", "POST"]),
         Route("/api/duplicates", handlers.api_duplicates),
     ]
     @asynccontextmanager

@@ -262,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_tune_arguments(p)
     p.set_defaults(func=_cmd_tune)
 
-    p = sub.add_parser("catalog", help="index a photo collection, search it by attributes, find duplicates, web page")
+    p = sub.add_parser("catalog", help="index a photo collection; search it by attributes, words or likeness; "
+                                        "duplicates; web page")
     from fashionbox.catalog.cli import add_catalog_arguments
 
     add_catalog_arguments(p)

@@ -1,0 +1,400 @@
+"""Benchmark: the catalog's visual search and transformed-copy duplicates, end to end through the database.
+
+    .venv/bin/python tests/benchmarks/bench_catalog_similar.py [--identities 120] [--views 3] [--copies 40]
+        [--garments 100000] [--queries 300] [--only retrieval|duplicates|speed]
+        [--url HOST:PORT | --repository PATH] [--out tests/benchmarks/results/catalog_similar.json]
+
+Starts the embedded Triton on a repository converted from the shipped weights (or ``--repository``
+converted before, or ``--url`` of a running server) and an embedded PostgreSQL in a temporary
+folder, then measures:
+
+- **retrieval**: photos of held-out garment identities (``fashionbox.synth.render_identity_scenes``,
+  seeds never trained on), ``--views`` each, are indexed through the server. Each identity's garment
+  in view 0 (the stored garment that best covers the generator's box) is the query, asked through
+  ``Catalog.similar`` (HNSW, the query photo left out). *Instance recall@k*: one of the k most
+  similar garments is the same garment in another view (a stored garment covering the generator's
+  box there, IoU >= 0.5). *S3's protocol* (issue 16): the gallery is view 1 of every other identity;
+  a gallery garment is relevant when its label set (category and attribute labels) has IoU >= 0.5
+  with the query's; precision / recall / F1 at k = 1, 5, 10, the catalog's ranking restricted to
+  the gallery garments.
+- **duplicates**: generated scenes with an exact copy, a re-encoded (JPEG q70), a resized (50 %),
+  a flipped, a cropped (central 80 %) and a recoloured copy each are indexed; pairs found per kind
+  and threshold (SHA-256; the stored pHash within ``DEFAULT_MAX_DISTANCE``; ``--kind transformed``,
+  the photos' garment-match similarity, at thresholds 0.5-0.99) against the true pairs, with
+  imagehash's pHash of the full decode alone as the baseline, and the whole-image vectors' cosines
+  of each kind of pair and of the closest different scenes beside. The default threshold is the
+  smallest at which no two different scenes pair, plus a margin.
+- **speed**: ``--garments`` synthetic vectors (128-d, clustered: 5,000 centres plus noise, random
+  categories and attribute labels of the label map; synthetic rows, not detections) loaded with
+  COPY, the model's HNSW index built; p50 / p99 of ``Catalog.similar`` with a category filter, with
+  a category and an attribute filter, and with none, and recall@10 of each against exact search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import imagehash
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_report import write_report
+from catalog_collection import transform, write_identities
+
+from fashionbox.catalog import Catalog, Database, Indexer, SearchFilter
+from fashionbox.catalog.database import stop_embedded
+from fashionbox.catalog.hashing import bits_to_int64, hamming
+from fashionbox.catalog.queries import DEFAULT_EF_SEARCH, DEFAULT_MAX_DISTANCE, DEFAULT_MIN_COSINE
+from fashionbox.catalog.vectors import ensure_model, vector_literal
+from fashionbox.client import FashionClient
+from fashionbox.contract.labels import default_label_map
+
+ROOT = Path(__file__).resolve().parents[2]
+RETRIEVAL_SEED = 9171
+DUP_SEED = 9172
+KS = (1, 5, 10)
+COSINES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
+COSINE_MARGIN = 0.01
+COPY_KINDS = ("exact", "jpeg-q70", "resized-50", "flipped", "cropped", "recoloured")
+
+
+def _jpeg(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+def _stored_garment(db: Database, path: str, box: tuple[float, ...]) -> int | None:
+    """The id of the stored garment of ``path`` (one ``similar`` returns: not ``overlapped``) that best
+    covers the generator's ``box`` (IoU >= 0.5), or ``None`` when the detector missed it."""
+    with db.connect() as conn:
+        rows = conn.execute("SELECT g.id, g.x1, g.y1, g.x2, g.y2 FROM garments g JOIN images i ON i.id = g.image_id "
+                            "WHERE i.path = %s AND NOT g.overlapped", (path,)).fetchall()
+    scored = [(_iou(tuple(float(c) for c in row[1:]), box), int(row[0])) for row in rows]
+    best = max(scored, default=(0.0, -1))
+    return best[1] if best[0] >= 0.5 else None
+
+
+def bench_retrieval(db: Database, client: FashionClient, folder: Path, identities: int,
+                    views: int) -> dict[str, Any]:
+    truth = write_identities(folder, identities=identities, views=views, seed=RETRIEVAL_SEED)
+    start = time.perf_counter()
+    report = Indexer(db, client).index_folder(folder)
+    index_s = time.perf_counter() - start
+    catalog = Catalog(db)
+    ids = sorted({v[0] for v in truth.views.values()})
+    view_of = {path: int(Path(path).stem.rsplit("view", 1)[1]) for path in truth.views}
+    labels = {identity: label_set for identity, _, _, label_set in truth.views.values()}
+
+    def shown(image: str, box: tuple[float, ...]) -> tuple[int, int] | None:
+        """(identity, view) when a returned garment is a generator's identity garment (IoU >= 0.5)."""
+        if image not in truth.views:
+            return None
+        identity, _, true_box, _ = truth.views[image]
+        return (identity, view_of[image]) if _iou(box, true_box) >= 0.5 else None
+
+    query_of = {identity: _stored_garment(db, path, box) for path, (identity, _, box, _) in truth.views.items()
+                if view_of[path] == 0}
+    detected = sum(_stored_garment(db, path, v[2]) is not None for path, v in truth.views.items())
+    gallery = {v[0] for path, v in truth.views.items() if view_of[path] == 1 and _stored_garment(db, path, v[2])}
+    hits = {k: 0 for k in KS}
+    queries = 0
+    s3: dict[int, dict[str, list[float]]] = {k: {"precision": [], "recall": []} for k in KS}
+    for identity in ids:
+        query_id = query_of.get(identity)
+        if query_id is None:
+            continue
+        queries += 1
+        start_garment = catalog.garment_embedding(query_id)
+        exclude = catalog.same_photo(start_garment.image_id)
+        results = catalog.similar(start_garment.vector, model=start_garment.model, limit=max(KS),
+                                  exclude_images=exclude)
+        ranked = sorted(((hit.image, g) for hit in results for g in hit.garments), key=lambda item: -item[1].rank)
+        found_at = [shown(image, g.box) for image, g in ranked]
+        for k in KS:
+            hits[k] += any(f is not None and f[0] == identity for f in found_at[:k])
+        # S3: the catalog's ranking restricted to the gallery (view 1 of every other identity)
+        wide = catalog.similar(start_garment.vector, model=start_garment.model, limit=1000, exclude_images=exclude)
+        order: list[int] = []
+        for image, g in sorted(((h.image, g) for h in wide for g in h.garments), key=lambda item: -item[1].rank):
+            f = shown(image, g.box)
+            if f is not None and f[1] == 1 and f[0] != identity and f[0] in gallery and f[0] not in order:
+                order.append(f[0])
+        relevant = {j for j in gallery if j != identity and _label_iou(labels[identity], labels[j]) >= 0.5}
+        if not relevant:
+            continue
+        for k in KS:
+            found = sum(j in relevant for j in order[:k])
+            s3[k]["precision"].append(found / k)
+            s3[k]["recall"].append(found / len(relevant))
+    s3_out: dict[str, float] = {}
+    for k in KS:
+        precision = float(np.mean(s3[k]["precision"])) if s3[k]["precision"] else 0.0
+        recall = float(np.mean(s3[k]["recall"])) if s3[k]["recall"] else 0.0
+        s3_out[f"precision@{k}"] = round(precision, 4)
+        s3_out[f"recall@{k}"] = round(recall, 4)
+        s3_out[f"f1@{k}"] = round(2 * precision * recall / max(precision + recall, 1e-12), 4)
+    s3_out["queries"] = len(s3[1]["precision"])
+    garments = catalog.facets().garments
+    return {"embedding_model": [m.name for m in catalog.embedding_models("garment")],
+            "identities": identities, "views": views, "photos": len(truth.views), "indexed": report.indexed,
+            "garments_stored": garments, "index_s": round(index_s, 1), "identity_garments_detected": detected,
+            "queries": queries, "instance": {f"recall@{k}": round(hits[k] / max(queries, 1), 4) for k in KS},
+            "s3_protocol": s3_out,
+            "note": "the gallery is every garment stored (the identities' and their scenes' other garments); "
+                    "queries whose garment the detector missed (no stored box with IoU >= 0.5) are left out; "
+                    "a hit is a returned garment covering the same identity's box in another view (IoU >= 0.5)"}
+
+
+def _label_iou(a: frozenset[str], b: frozenset[str]) -> float:
+    return len(a & b) / max(1, len(a | b))
+
+
+def bench_duplicates(db: Database, client: FashionClient, folder: Path, originals: int) -> dict[str, Any]:
+    from fashionbox.synth import render_scene
+
+    folder.mkdir(parents=True)
+    true_pairs: dict[str, set[tuple[str, str]]] = {k: set() for k in COPY_KINDS}
+    files: list[Path] = []
+    for i in range(originals):
+        scene = render_scene(DUP_SEED * 100_000 + i)
+        data = _jpeg(scene.image, 90)
+        original = folder / f"scene-{i:04d}.jpg"
+        original.write_bytes(data)
+        files.append(original)
+        kind = COPY_KINDS[i % len(COPY_KINDS)]
+        copy = folder / f"copy-{kind}-{i:04d}.jpg"
+        if kind == "exact":
+            copy.write_bytes(data)
+        elif kind == "jpeg-q70":
+            copy.write_bytes(_jpeg(scene.image, 70))
+        elif kind == "resized-50":
+            copy.write_bytes(_jpeg(scene.image.resize((scene.image.width // 2, scene.image.height // 2),
+                                                      Image.Resampling.LANCZOS), 90))
+        else:
+            copy.write_bytes(_jpeg(transform(scene.image, kind), 90))
+        files.append(copy)
+        pair = sorted((str(original.resolve()), str(copy.resolve())))
+        true_pairs[kind].add((pair[0], pair[1]))
+    Indexer(db, client).index_folder(folder)
+    catalog = Catalog(db)
+    all_true = set().union(*true_pairs.values())
+
+    def scores(found: set[tuple[str, str]]) -> dict[str, Any]:
+        return {"precision": round(len(found & all_true) / len(found), 4) if found else 1.0,
+                "recall": round(len(found & all_true) / len(all_true), 4), "false_pairs": len(found - all_true),
+                "recall_by_kind": {k: round(len(found & v) / len(v), 4) for k, v in true_pairs.items() if v}}
+
+    def pairs_of(groups: list[list[str]]) -> set[tuple[str, str]]:
+        return {(a, b) for g in groups for i, a in enumerate(g) for b in g[i + 1:]}
+
+    # the image vectors' cosines: each kind of true pair, and the closest two different scenes
+    with db.connect() as conn:
+        stored = {str(p): np.asarray(v, dtype=np.float32) for p, v in conn.execute(
+            "SELECT path, embedding::real[] FROM images WHERE embedding IS NOT NULL").fetchall()}
+    pair_cosines = {k: sorted(float(stored[a] @ stored[b]) for a, b in v if a in stored and b in stored)
+                    for k, v in true_pairs.items()}
+    names = sorted(stored)
+    matrix = np.stack([stored[n] for n in names]) if names else np.zeros((0, 1), dtype=np.float32)
+    similarity = matrix @ matrix.T
+    truly = {(names.index(a), names.index(b)) for a, b in all_true if a in stored and b in stored}
+    different = [float(similarity[i, j]) for i in range(len(names)) for j in range(i + 1, len(names))
+                 if (i, j) not in truly and (j, i) not in truly]
+    by_cosine = {}
+    for cosine in COSINES:
+        by_cosine[str(cosine)] = scores(pairs_of(catalog.duplicates(kind="transformed", min_cosine=cosine)))
+    clean = [c for c in COSINES if by_cosine[str(c)]["false_pairs"] == 0]
+    start = time.perf_counter()
+    everything = catalog.duplicates(kind="all")
+    all_s = time.perf_counter() - start
+    baseline_hashes = {}
+    for path in files:
+        with Image.open(path) as image:
+            baseline_hashes[str(path.resolve())] = bits_to_int64(imagehash.phash(image).hash.flatten())
+    hashed = sorted(baseline_hashes)
+    baseline = {}
+    for distance in (DEFAULT_MAX_DISTANCE, 10, 16):
+        found = {(a, b) for i, a in enumerate(hashed) for b in hashed[i + 1:]
+                 if hamming(baseline_hashes[a], baseline_hashes[b]) <= distance}
+        baseline[str(distance)] = scores(found)
+    return {"embedding_model": [m.name for m in catalog.embedding_models("garment")],
+            "originals": originals, "files": len(files), "true_pairs": {k: len(v) for k, v in true_pairs.items()},
+            "exact_sha256": scores(pairs_of(catalog.duplicates(kind="exact"))),
+            f"near_phash_{DEFAULT_MAX_DISTANCE}": scores(pairs_of(catalog.duplicates(kind="near"))),
+            "transformed_by_cosine": by_cosine,
+            "smallest_cosine_without_false_pairs": min(clean) if clean else None,
+            "suggested_default_cosine": round(min(clean) + COSINE_MARGIN, 3) if clean else None,
+            "default_min_cosine": DEFAULT_MIN_COSINE,
+            "true_pair_cosine_min_median": {k: [round(v[0], 4), round(float(np.median(v)), 4)]
+                                            for k, v in pair_cosines.items() if v},
+            "different_scenes_cosine_max_p999": [round(max(different), 4),
+                                                 round(float(np.quantile(different, 0.999)), 4)] if different else None,
+            "all_at_defaults": scores(pairs_of(everything)), "all_query_s": round(all_s, 3),
+            "phash_baseline_by_distance": baseline}
+
+
+def bench_speed(db: Database, garments: int, queries: int, dimension: int = 128) -> dict[str, Any]:
+    labels = default_label_map()
+    rng = np.random.default_rng(7)
+    categories = list(labels.category_names)
+    with_groups = [c for c in categories if labels.groups_for(c)]
+    per_image = 4
+    images = garments // per_image
+    centres = rng.normal(size=(5000, dimension)).astype(np.float32)
+    assignment = rng.integers(0, len(centres), size=images * per_image)
+    vectors = centres[assignment] + 0.5 * rng.normal(size=(images * per_image, dimension)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    start = time.perf_counter()
+    with db.connect() as conn:
+        with conn.transaction():
+            model = ensure_model(conn, "synthetic@128", "garment", dimension)
+            conn.execute(f"DROP INDEX {model.index_name}")  # built after the load, as a bulk load would
+            with conn.cursor().copy("COPY images (path, sha256, size_bytes, status, width, height) FROM STDIN") as copy:
+                for i in range(images):
+                    copy.write_row((f"/synthetic/{i:07d}.jpg", f"{i:064x}", 1000, "indexed", 640, 480))
+            first = conn.execute("SELECT min(id) FROM images WHERE path LIKE '/synthetic/%'").fetchone()
+            assert first is not None
+            with conn.cursor().copy("COPY garments (image_id, ordinal, category, score, x1, y1, x2, y2, attributes, "
+                                    "embedding, embedding_model_id) FROM STDIN") as copy:
+                row = 0
+                for i in range(images):
+                    for k in range(per_image):
+                        category = categories[int(rng.integers(len(categories)))]
+                        attributes = {group: {"label": labels.group(group).labels[
+                            int(rng.integers(len(labels.group(group).labels)))], "score": 0.9}
+                            for group in labels.groups_for(category)}
+                        copy.write_row((int(first[0]) + i, k, category, 0.9, 10, 10, 100, 100, json.dumps(attributes),
+                                        vector_literal(vectors[row]), model.id))
+                        row += 1
+        load_s = time.perf_counter() - start
+        start = time.perf_counter()
+        conn.execute(model.index_ddl())
+        index_s = time.perf_counter() - start
+        conn.execute("ANALYZE images")
+        conn.execute("ANALYZE garments")
+    catalog = Catalog(db)
+    kinds: dict[str, list[SearchFilter]] = {"none": [], "category": [], "category+attribute": []}
+    for _ in range(queries):
+        category = with_groups[int(rng.integers(len(with_groups)))]
+        group = next(iter(labels.groups_for(category)))
+        label = labels.group(group).labels[int(rng.integers(len(labels.group(group).labels)))]
+        kinds["none"].append(SearchFilter())
+        kinds["category"].append(SearchFilter(category=category))
+        kinds["category+attribute"].append(SearchFilter(category=category, attributes=((group, label),)))
+    out: dict[str, Any] = {}
+    for name, filters in kinds.items():
+        latencies = []
+        recalls = []
+        for k, query in enumerate(filters):
+            target = vectors[int(rng.integers(len(vectors)))]
+            start = time.perf_counter()
+            hits = catalog.similar(target, model=model.name, query=query, limit=10)
+            latencies.append((time.perf_counter() - start) * 1000)
+            if k % 3 == 0:  # exact search is slow unfiltered: every third query is checked
+                found = _top_garments(hits, 10)
+                exact = _top_garments(catalog.similar(target, model=model.name, query=query, limit=10, exact=True),
+                                      10)
+                recalls.append(len(found & exact) / max(1, len(exact)))
+        latencies.sort()
+        out[name] = {"queries": len(filters), "p50_ms": round(latencies[len(latencies) // 2], 2),
+                     "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2),
+                     "max_ms": round(latencies[-1], 2), "recall@10_vs_exact": round(float(np.mean(recalls)), 4),
+                     "recall_checked_queries": len(recalls)}
+    return {"garments": images * per_image, "images": images, "dimension": dimension, "synthetic_vectors": True,
+            "load_s_copy": round(load_s, 2), "hnsw_build_s": round(index_s, 2), "ef_search": DEFAULT_EF_SEARCH,
+            "limit_images": 10, "by_filter": out, "goal_p99_ms": 20, "goal_recall@10": 0.95,
+            "note": "synthetic clustered vectors and rows loaded with COPY; each query through Catalog.similar "
+                    "(a pooled connection), wall time; recall: the top-10 garments against exact search"}
+
+
+def _top_garments(hits: list[Any], k: int) -> set[int]:
+    ranked = sorted((g for hit in hits for g in hit.garments), key=lambda g: -g.rank)
+    return {g.garment_id for g in ranked[:k]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="a running server's gRPC HOST:PORT (default: start the shipped model)")
+    parser.add_argument("--repository", type=Path, help="a converted repository to serve (default: convert the "
+                        "shipped model)")
+    parser.add_argument("--identities", type=int, default=120)
+    parser.add_argument("--views", type=int, default=3)
+    parser.add_argument("--copies", type=int, default=60, help="originals for the duplicates part")
+    parser.add_argument("--garments", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--only", action="append", choices=("retrieval", "duplicates", "speed"))
+    parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/catalog_similar.json")
+    args = parser.parse_args(argv)
+    parts = set(args.only or ("retrieval", "duplicates", "speed"))
+
+    work = Path(tempfile.mkdtemp(prefix="fashionbox-bench-similar-"))
+    work.chmod(0o755)  # the embedded PostgreSQL runs as its own user when this runs as root
+    server = None
+    results: dict[str, Any] = {}
+    try:
+        url = args.url
+        if url is None and parts != {"speed"}:
+            from fashionbox.server import start_on_free_ports
+
+            repository = args.repository
+            if repository is None:
+                from fashionbox.converter import ConvertOptions, convert
+
+                repository = convert(ConvertOptions(out=work / "repository")).repository
+            (work / "logs").mkdir()
+            server = start_on_free_ports(repository, work / "logs")
+            url = server.endpoints.grpc
+        with FashionClient(url or "127.0.0.1:1") as client:
+            if "retrieval" in parts:
+                db = Database.open(catalog=work / "retrieval-catalog")
+                results["retrieval"] = bench_retrieval(db, client, work / "identities", args.identities, args.views)
+                print(json.dumps(results["retrieval"]), file=sys.stderr)
+                db.close()
+            if "duplicates" in parts:
+                db = Database.open(catalog=work / "dup-catalog")
+                results["duplicates"] = bench_duplicates(db, client, work / "dups", args.copies)
+                print(json.dumps({k: v for k, v in results["duplicates"].items() if k != "transformed_by_cosine"}),
+                      file=sys.stderr)
+                db.close()
+        if "speed" in parts:
+            db = Database.open(catalog=work / "speed-catalog")
+            results["speed"] = bench_speed(db, args.garments, args.queries)
+            print(json.dumps(results["speed"]), file=sys.stderr)
+            db.close()
+    finally:
+        if server is not None:
+            server.stop(timeout_s=10)
+        for folder in work.glob("*catalog*"):
+            stop_embedded(folder / "postgres")
+        shutil.rmtree(work, ignore_errors=True)
+    previous: dict[str, Any] = {}
+    if args.only and args.out.exists():  # a partial run keeps the other parts' figures
+        previous = {k: v for k, v in json.loads(args.out.read_text()).items()
+                    if k in ("retrieval", "duplicates", "speed")}
+    if args.repository is not None:  # converted elsewhere: the embedding model's name says which weights
+        results["repository"] = "given (--repository)"
+    write_report(args.out, __file__, argv, {**previous, **results})
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
