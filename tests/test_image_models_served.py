@@ -139,7 +139,7 @@ def test_served_labels_and_vectors_equal_their_library(server: TritonServer, rep
     assert garments > 0, "the default detector found nothing: the garment vectors went untested"
 
 
-def test_embed_text_equals_the_text_tower(server: TritonServer, folders: dict[str, Path]) -> None:
+def test_embed_text_equals_the_text_tower(server: TritonServer, folders: dict[str, Path], repository: Path) -> None:
     clip = transformers.CLIPModel.from_pretrained(folders["embedder"]).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folders["embedder"])
     with FashionClient(str(server.endpoints.grpc)) as client, torch.no_grad():
@@ -148,6 +148,8 @@ def test_embed_text_equals_the_text_tower(server: TritonServer, folders: dict[st
         expected = getattr(expected, "pooler_output", expected).numpy()
         assert served.shape == expected.shape
         assert float(_cosines(served, expected).min()) >= 0.999
+        manifest = json.loads((repository / contract.MANIFEST_FILE).read_text())
+        assert client.text_model() == manifest["image_models"]["embedder"]["name"]  # whose image vectors match
         many = client.embed_text([PHRASES[0]] * 20)  # more than one request's worth
         assert many.shape[0] == 20 and float(_cosines(many, np.repeat(served[:1], 20, axis=0)).min()) > 0.9999
 

@@ -705,19 +705,10 @@ def query_from_result(result: ImageDetections, garment: int | None = None) -> Qu
                         (box.x1, box.y1, box.x2, box.y2), number)
 
 
-_PROBE_PX = 64
-
-
 def embed_words(url: str, text: str) -> tuple[np.ndarray[Any, np.dtype[np.float32]], str]:
-    """The vector of ``text`` from the server at ``url`` and the name of the model whose space it is in.
-
-    The text tower is the served embedder's: its name is read from the embedding of a small blank
-    probe image (the server offers no other way to ask), so that the catalog compares the words only
-    with vectors of that model. A clear error when the server has no text tower."""
-    from io import BytesIO
-
-    from PIL import Image
-
+    """The vector of ``text`` from the server at ``url`` and the name of the model whose space it is in
+    (``FashionClient.text_model``), so that the catalog compares the words only with vectors of that
+    model. A clear error when the server has no text tower."""
     from fashionbox.client import FashionBoxError, FashionClient
 
     if not text.strip():
@@ -725,22 +716,14 @@ def embed_words(url: str, text: str) -> tuple[np.ndarray[Any, np.dtype[np.float3
     with FashionClient(url) as client:
         try:
             vector = client.embed_text([text])[0]
+            model = client.text_model()
         except FashionBoxError as exc:
             if "text_embedder" in str(exc):
                 raise QueryError(f"the server at {url} has no text tower, so it cannot search by words: serve a "
                                  f"repository converted with --embedder hf:... of a CLIP or SigLIP model "
                                  f"({exc})") from exc
             raise QueryError(f"the server at {url} could not embed the words: {exc}") from exc
-        buffer = BytesIO()
-        Image.new("RGB", (_PROBE_PX, _PROBE_PX), (128, 128, 128)).save(buffer, format="PNG")
-        try:
-            probe = client.detect(buffer.getvalue())
-        except FashionBoxError as exc:
-            raise QueryError(f"the server at {url} could not say which model embeds the words: {exc}") from exc
-    if probe.packed_embedding is None:
-        raise QueryError(f"the server at {url} embeds words but sends no image vectors: no catalog vector can be "
-                         f"compared with them")
-    return np.asarray(vector, dtype=np.float32), probe.packed_embedding.model
+    return np.asarray(vector, dtype=np.float32), model
 
 
 def _unit_rows(matrix: np.ndarray[Any, np.dtype[np.float32]]) -> np.ndarray[Any, np.dtype[np.float32]]:

@@ -227,6 +227,15 @@ def parse_label_map(config_response: Any) -> LabelMap:
         raise ProtocolError(f"model {config.name!r} has an unreadable label map: {exc}") from exc
 
 
+def parse_text_model(config_response: Any) -> str:
+    """The name of the embedder whose space ``text_embedder``'s vectors are in (its ``embedding_model``)."""
+    config = _config_message(config_response)
+    if "embedding_model" not in config.parameters:
+        raise ProtocolError(f"model {config.name!r} does not say which embedder it belongs to (no "
+                            "'embedding_model' parameter): convert the repository again")
+    return str(config.parameters["embedding_model"].string_value)
+
+
 def _tensors(metadata: Any) -> tuple[TensorInfo, ...]:
     return tuple(
         TensorInfo(name=str(t.name), datatype=str(t.datatype), shape=tuple(int(d) for d in t.shape)) for t in metadata

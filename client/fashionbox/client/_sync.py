@@ -15,6 +15,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from fashionbox import contract
 from fashionbox.contract.labels import LabelMap
 
 from ._base import (
@@ -27,6 +28,7 @@ from ._base import (
     parse_model_info,
     parse_statistics,
     parse_text_embeddings,
+    parse_text_model,
     text_batches,
 )
 from ._config import ClientConfig
@@ -146,6 +148,14 @@ class FashionClient(BaseClient):
 
             rows.append(parse_text_embeddings(self._call(infer, request.timeout_s), len(batch)))
         return np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+
+    def text_model(self, *, timeout_s: float | None = None) -> str:
+        """The embedder ``embed_text``'s vectors belong to: compare them with vectors whose
+        ``packed_embedding.model`` is this name, and no others."""
+        self._ensure_open()
+        config = self._call(lambda attempt_s: self._transport.get_model_config(
+            contract.TEXT_EMBEDDER_MODEL, "", timeout_s=attempt_s), timeout_s)
+        return parse_text_model(config)
 
     def detect_many(
         self,

@@ -666,7 +666,8 @@ def _branch_configs(settings: RepositorySettings, sizes: Mapping[str, tuple[int,
     if settings.embedder is not None and settings.embedder.text:
         configs[contract.TEXT_EMBEDDER_MODEL] = _python_model(
             contract.TEXT_EMBEDDER_MODEL, settings.text_embedder, (contract.TEXT,), (contract.TEXT_EMBEDDINGS,),
-            sizes, TextEmbedderParameters(dimension=settings.embedder.size, onnx_file=ONNX_FILE), settings.ort)
+            sizes, TextEmbedderParameters(dimension=settings.embedder.size, embedding_model=settings.embedder.name,
+                                          onnx_file=ONNX_FILE), settings.ort)
     return configs
 
 

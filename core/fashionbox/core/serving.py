@@ -569,6 +569,8 @@ class TextEmbedderParameters(ParameterSet):
     """Parameters of ``text_embedder`` (plus :class:`OrtSettings`): TEXT in, TEXT_EMBEDDINGS out."""
 
     dimension: int
+    embedding_model: str = ""
+    """The embedder's name, as its image vectors carry it (``Embedding.model``): which vectors these compare with."""
     max_text_bytes: int = 2048
     """A longer text is refused (INVALID_ARG) before it is tokenized."""
     onnx_file: str = "model.onnx"
