@@ -189,3 +189,30 @@ def test_a_repository_without_the_families_sends_no_labels_or_vectors_to_a_new_c
         result = client.detect(image)
         assert result.labels == () and result.embedding is None
         assert all(d.embedding is None for d in result.detections)
+
+
+def test_the_torch_runtime_serves_the_families_as_their_graphs(
+        server: TritonServer, folders: dict[str, Path], triton_server: Any,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``--runtime torch`` (the GPU profile without TensorRT; here on the CPU): the families run as their
+    transformers models in PyTorch, the graph the converter exports, and answer as ONNX Runtime does."""
+    out = tmp_path_factory.mktemp("families-torch") / "repo"
+    repository = convert(ConvertOptions(out=out, classifier=f"hf:{folders['classifier']}",
+                                        embedder=f"hf:{folders['embedder']}", compare_samples=2,
+                                        runtime="torch")).repository
+    for name in (contract.CLASSIFIER_MODEL, contract.EMBEDDER_MODEL):
+        assert (repository / name / "1" / "transformers" / "model.safetensors").is_file()
+        assert 'string_value: "torch"' in (repository / name / "config.pbtxt").read_text()
+    torch_server = triton_server(repository)
+    with FashionClient(str(server.endpoints.grpc)) as onnx_client, \
+            FashionClient(str(torch_server.endpoints.grpc)) as torch_client:
+        for _, png in _photos()[:2]:
+            expected, served = onnx_client.detect(png), torch_client.detect(png)
+            assert [label.label for label in served.labels] == [label.label for label in expected.labels]
+            np.testing.assert_allclose([label.score for label in served.labels],
+                                       [label.score for label in expected.labels], atol=1e-3)
+            assert served.embedding is not None and expected.embedding is not None
+            assert float(served.embedding @ expected.embedding) >= 0.999
+            for mine, theirs in zip(served.detections, expected.detections, strict=True):
+                assert mine.embedding is not None and theirs.embedding is not None
+                assert float(mine.embedding @ theirs.embedding) >= 0.999

@@ -344,10 +344,11 @@ def _comparison_images(samples: int) -> list[npt.NDArray[np.uint8]]:
     return [np.asarray(render_scene(95_000 + i).image.convert("RGB")) for i in range(max(2, samples // 2))]
 
 
-def _export_image_models(models: dict[str, Any], tmp: Path, options: ConvertOptions) -> _Branches:
+def _export_image_models(models: dict[str, Any], tmp: Path, options: ConvertOptions, runtime: str) -> _Branches:
     """Export and compare each image-level family; what the repository needs of them."""
     from fashionbox.converter.image_models import compare_image_model, export_image_model
     from fashionbox.converter.repository import MODEL_VERSION, TOKENIZER_DIR, ImageBranch
+    from fashionbox.model_repository.runners import TORCH_FOLDER
 
     out = _Branches()
     if not models:
@@ -363,6 +364,9 @@ def _export_image_models(models: dict[str, Any], tmp: Path, options: ConvertOpti
                                          text=kind == "embedder" and "text" in files)
         name = contract.CLASSIFIER_MODEL if kind == "classifier" else contract.EMBEDDER_MODEL
         out.onnx[name] = files["image"]
+        if runtime == "torch":  # the torch runner rebuilds the graph from the transformers files
+            for path in sorted(_torch_files(model, tmp / kind / "transformers").iterdir()):
+                out.files[f"{name}/{MODEL_VERSION}/{TORCH_FOLDER}/{path.name}"] = path
         if kind == "embedder" and "text" in files:
             out.onnx[contract.TEXT_EMBEDDER_MODEL] = files["text"]
             for path in sorted(Path(files["tokenizer"]).iterdir()):
@@ -371,6 +375,21 @@ def _export_image_models(models: dict[str, Any], tmp: Path, options: ConvertOpti
         out.manifest[kind] = {"spec": getattr(options, kind), "name": model.name, "size": size,
                               "view": json.loads(model.view.to_json()), "text": kind == "embedder" and "text" in files}
     return out
+
+
+def _torch_files(model: Any, folder: Path) -> Path:
+    """``folder`` with what :class:`fashionbox.models.torch_runtime.TorchImageBranch` loads: the transformers
+    config and safetensors weights, and ``branch.json`` (kind, model class, normalisation, input size)."""
+    from fashionbox.converter.image_models import EMBEDDER_STYLES
+    from fashionbox.models.torch_runtime import BRANCH_FILE
+
+    model.model.save_pretrained(folder, safe_serialization=True)
+    model_class = ("AutoModelForImageClassification" if model.kind == "classifier"
+                   else EMBEDDER_STYLES[str(model.model.config.model_type)].model_class)
+    (folder / BRANCH_FILE).write_text(json.dumps({
+        "kind": model.kind, "model_class": model_class, "scale": list(model.scale), "bias": list(model.bias),
+        "multi_label": model.multi_label, "height": model.view.height, "width": model.view.width}), encoding="utf-8")
+    return folder
 
 
 def convert(options: ConvertOptions) -> ConvertResult:
@@ -458,7 +477,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
             log.info("%s: max abs error ONNX Runtime vs PyTorch %s over %d samples",
                      report.model, report.max_abs_error, report.samples)
             report.raise_if_over(options.tolerance)
-        branches = _export_image_models(image_models, Path(tmp), options)
+        branches = _export_image_models(image_models, Path(tmp), options, runtime)
         settings = replace(settings, classifier=branches.settings.get("classifier"),
                            embedder=branches.settings.get("embedder"))
         cpu_runtime = _cpu_runtime(options, detector_onnx, attributes_onnx, det_batches, attr_batches,

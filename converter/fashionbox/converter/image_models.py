@@ -62,6 +62,7 @@ from fashionbox.converter.errors import ConvertError
 from fashionbox.converter.export import MIN_OPSET, ExportError, _session, check_onnx
 from fashionbox.core.text import SETTINGS_FILE, TOKENIZER_FILE, TextSettings, TextTokenizer
 from fashionbox.core.views import RESAMPLE_FILTERS, ViewRecipe
+from fashionbox.models.image_graph import ImageGraph, TextGraph, features
 
 __all__ = [
     "CLASSIFIER_TOLERANCE",
@@ -450,48 +451,15 @@ def load_image_model(spec: str, kind: Kind) -> ImageModel:
 # -- the graphs ------------------------------------------------------------------------------------------------
 
 
-def _features(output: Any) -> Tensor:
-    """``get_*_features`` returns a tensor (transformers 4) or an output whose ``pooler_output`` is it (5)."""
-    if isinstance(output, Tensor):
-        return output
-    return output.pooler_output  # type: ignore[no-any-return]
-
-
 def _image_features(model: Any, pixel_values: Tensor) -> Tensor:
     with torch.no_grad():
-        features: Tensor = _features(model.get_image_features(pixel_values=pixel_values))
-    return features
+        result: Tensor = features(model.get_image_features(pixel_values=pixel_values))
+    return result
 
 
-class _ImageGraph(nn.Module):
-    """uint8 ``[B, H, W, 3]`` -> ``probs [B, L]`` (classifier) or L2-normalised ``embeddings [B, D]``."""
-
-    def __init__(self, image_model: ImageModel) -> None:
-        super().__init__()
-        self.model = image_model.model
-        self.kind = image_model.kind
-        self.multi_label = image_model.multi_label
-        self.register_buffer("scale", torch.tensor(image_model.scale, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("bias", torch.tensor(image_model.bias, dtype=torch.float32).view(1, 3, 1, 1))
-
-    def forward(self, images: Tensor) -> Tensor:
-        x = images.permute(0, 3, 1, 2).to(torch.float32) * self.get_buffer("scale") + self.get_buffer("bias")
-        if self.kind == "classifier":
-            logits: Tensor = self.model(pixel_values=x).logits
-            return logits.sigmoid() if self.multi_label else logits.softmax(-1)
-        return nn.functional.normalize(_features(self.model.get_image_features(pixel_values=x)), dim=-1)
-
-
-class _TextGraph(nn.Module):
-    """int64 ``input_ids [B, T]`` (, ``attention_mask [B, T]``) -> L2-normalised ``embeddings [B, D]``."""
-
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        out = self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
-        return nn.functional.normalize(_features(out), dim=-1)
+def _image_graph(model: ImageModel) -> ImageGraph:
+    return ImageGraph(model.model, kind=model.kind, scale=model.scale, bias=model.bias,
+                      multi_label=model.multi_label)
 
 
 def _export(module: nn.Module, example: tuple[Tensor, ...], path: Path, inputs: list[str], output: str,
@@ -512,7 +480,7 @@ def export_image_model(model: ImageModel, out_dir: Path, *, opset: int = MIN_OPS
     out_dir.mkdir(parents=True, exist_ok=True)
     output = contract.ONNX_CLASSIFIER_OUTPUT if model.kind == "classifier" else contract.ONNX_EMBEDDER_OUTPUT
     example = torch.zeros((2, model.view.height, model.view.width, 3), dtype=torch.uint8)  # batch 2: FIELD_NOTES
-    files = {"image": _export(_ImageGraph(model).eval(), (example,), out_dir / "image.onnx",
+    files = {"image": _export(_image_graph(model).eval(), (example,), out_dir / "image.onnx",
                               [contract.ONNX_IMAGE_INPUT], output,
                               {contract.ONNX_IMAGE_INPUT: {0: "batch"}, output: {0: "batch"}}, opset)}
     model.model.eval()  # the exporter restores each submodule's mode: keep eval certain
@@ -524,7 +492,7 @@ def export_image_model(model: ImageModel, out_dir: Path, *, opset: int = MIN_OPS
         dynamic = {name: {0: "batch", 1: "tokens"} for name in names}
         dynamic[contract.ONNX_EMBEDDER_OUTPUT] = {0: "batch"}
         example_text = tuple(torch.from_numpy(feeds[name]) for name in names)
-        files["text"] = _export(_TextGraph(model.model).eval(), example_text, out_dir / "text.onnx", names,
+        files["text"] = _export(TextGraph(model.model).eval(), example_text, out_dir / "text.onnx", names,
                                 contract.ONNX_EMBEDDER_OUTPUT, dynamic, opset)
         model.model.eval()
     return files
@@ -602,7 +570,7 @@ def compare_image_model(model: ImageModel, files: dict[str, Path], images: Seque
             tokens = model.tokenizer(list(TEXT_PHRASES), padding=settings.padding, truncation=True,
                                      max_length=settings.max_length, return_tensors="pt")
             kwargs = {name: tokens[name] for name in settings.input_names}
-            text_theirs = _features(model.model.get_text_features(**kwargs)).numpy()
+            text_theirs = features(model.model.get_text_features(**kwargs)).numpy()
             report["text_min_cosine"] = float(_cosines(text_ours, text_theirs).min())
             same = all(np.array_equal(feeds[n], tokens[n].numpy()) for n in settings.input_names)
             report["tokens_equal"] = float(same)

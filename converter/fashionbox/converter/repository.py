@@ -654,14 +654,22 @@ def _branch_configs(settings: RepositorySettings, sizes: Mapping[str, tuple[int,
             (contract.EMBEDDER_MODEL, settings.embedder, contract.EMBEDDINGS, contract.ONNX_EMBEDDER_OUTPUT)):
         if branch is None:
             continue
-        config = _python_model(name, settings.scheduling(name), (contract.VIEWS, contract.TOKEN), (output,),
-                               {**sizes, contract.VIEWS.name: (branch.height, branch.width, 3)},
-                               BranchParameters(height=branch.height, width=branch.width, size=branch.size,
-                                                graph_output=graph_output, onnx_file=ONNX_FILE),
-                               settings.ort)
-        for key in ("runtime", "precision"):  # OpenVINO where the other networks run in it; else ONNX Runtime
-            if key in runtime:
-                config.parameters[key].string_value = runtime[key]
+        parameters = BranchParameters(height=branch.height, width=branch.width, size=branch.size,
+                                      graph_output=graph_output, onnx_file=ONNX_FILE)
+        views = {**sizes, contract.VIEWS.name: (branch.height, branch.width, 3)}
+        if settings.runtime.runtime == "torch":  # the transformers model in PyTorch, as the other networks
+            config = _python_model(name, settings.scheduling(name), (contract.VIEWS, contract.TOKEN), (output,),
+                                   views, parameters)
+            for key, value in settings.runtime.for_model(name).items():
+                config.parameters[key].string_value = value
+            if settings.target == "gpu":
+                _on_gpu(config)
+        else:
+            config = _python_model(name, settings.scheduling(name), (contract.VIEWS, contract.TOKEN), (output,),
+                                   views, parameters, settings.ort)
+            for key in ("runtime", "precision"):  # OpenVINO where the other networks run in it; else ONNX Runtime
+                if key in runtime:
+                    config.parameters[key].string_value = runtime[key]
         configs[name] = config
     if settings.embedder is not None and settings.embedder.text:
         configs[contract.TEXT_EMBEDDER_MODEL] = _python_model(

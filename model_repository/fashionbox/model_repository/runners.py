@@ -30,7 +30,10 @@ from fashionbox.core.serving import (
     RuntimeSettings,
 )
 
-__all__ = ["load_attributes_runner", "load_branch_runner", "load_detector_runner"]
+__all__ = ["TORCH_FOLDER", "load_attributes_runner", "load_branch_runner", "load_detector_runner"]
+
+TORCH_FOLDER = "transformers"
+"""In a torch-runtime ``classifier`` / ``embedder`` version folder: the family's transformers files."""
 
 R = TypeVar("R")
 
@@ -123,11 +126,20 @@ class _TorchHeads:
         return {contract.ONNX_ATTRIBUTES_OUTPUT: probs, contract.ONNX_ATTRIBUTES_MASKS: masks}
 
 
-def load_branch_runner(args: ModelArgs) -> tuple[OnnxImageBranch, str]:
+def load_branch_runner(args: ModelArgs) -> tuple[Any, str]:
     """The runner of an image-level network (``classifier``, ``embedder``): its ONNX graph in ONNX Runtime,
-    or in OpenVINO where the config says so (the CPU target's choice for the other networks)."""
+    or in OpenVINO where the config says so (the CPU target's choice for the other networks), or its
+    transformers model in PyTorch for the torch runtime (``runtime`` torch: on the GPU in the GPU profile)."""
     params = BranchParameters.from_parameters(args.parameters)
     runtime = RuntimeSettings.from_parameters(args.parameters)
+    if runtime.runtime == "torch":  # the transformers model in PyTorch on the instance's device
+        from fashionbox.models.torch_runtime import TorchImageBranch, set_threads
+
+        set_threads(runtime.torch_threads)
+        folder, device = args.version_file(TORCH_FOLDER), args.torch_device()
+        return (TorchImageBranch(folder, device=device, precision=runtime.precision, size=params.size,
+                                 max_batch_size=max(1, args.max_batch_size())),
+                f"{folder} on {device} ({runtime.precision}) {params}")
     ort = OrtSettings.from_parameters(args.parameters)
     path = args.version_file(params.onnx_file)
     if runtime.runtime == "openvino":

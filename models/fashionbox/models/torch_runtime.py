@@ -39,7 +39,12 @@ if TYPE_CHECKING:
     from fashionbox.core.serving import RuntimeSettings
     from fashionbox.models.nms import NmsSettings
 
-__all__ = ["TorchAttributes", "TorchDetector", "TorchRuntimeError", "batch_buckets", "resolve_device", "set_threads"]
+__all__ = ["BRANCH_FILE", "TorchAttributes", "TorchDetector", "TorchImageBranch", "TorchRuntimeError",
+           "batch_buckets", "resolve_device", "set_threads"]
+
+BRANCH_FILE = "branch.json"
+"""Beside an image-level family's transformers files (``config.json``, ``model.safetensors``): its kind,
+model class, normalisation and input size, what :class:`TorchImageBranch` needs to rebuild the graph."""
 
 log = logging.getLogger(__name__)
 
@@ -291,3 +296,43 @@ class TorchAttributes(_Runner):
             # A label map that does not match the heads would mislabel every attribute: refuse.
             raise ValueError(f"{self.weights} returned probs of shape {probs.shape}, expected {expected}")
         return probs
+
+
+class TorchImageBranch(_Runner):
+    """An image-level family's network (``classifier`` or ``embedder``) in PyTorch: the transformers model
+    saved in ``folder`` (safetensors) inside :class:`fashionbox.models.image_graph.ImageGraph`, the graph the
+    converter exports, so it answers as the ONNX graph does. uint8 ``[B, H, W, 3]`` -> float32 ``[B, size]``.
+    Needs transformers in the serving environment (it builds the model from its config)."""
+
+    def __init__(self, folder: Path, *, device: str, precision: str, size: int, max_batch_size: int = 1,
+                 bucketed: bool | None = None) -> None:
+        import json
+
+        import transformers
+
+        from fashionbox.models.image_graph import ImageGraph
+
+        spec = json.loads((folder / BRANCH_FILE).read_text(encoding="utf-8"))
+        model_class = getattr(transformers, str(spec["model_class"]))
+        network = model_class.from_pretrained(str(folder), use_safetensors=True, local_files_only=True).eval()
+        graph = ImageGraph(network, kind=str(spec["kind"]), scale=spec["scale"], bias=spec["bias"],
+                           multi_label=bool(spec.get("multi_label", False)))
+        super().__init__(graph, device=device, precision=precision, max_batch_size=max_batch_size, bucketed=bucketed)
+        self.folder, self.size = folder, size
+        self.warm_up((int(spec["height"]), int(spec["width"]), 3))
+        log.info("torch %s %s on %s (%s)", spec["kind"], folder, self.device, precision)
+
+    def _run(self, array: AnyArray) -> Float32Array:
+        return self.run(array)
+
+    def run(self, images: AnyArray) -> Float32Array:
+        import torch
+
+        rows = images.shape[0]
+        with torch.inference_mode():
+            with self._context():
+                out = self.model(self._tensor(self._padded(images)))
+            result: Float32Array = out[:rows].float().cpu().numpy()
+        if result.shape != (rows, self.size):
+            raise ValueError(f"{self.folder} returned {result.shape}, expected {(rows, self.size)}")
+        return result
