@@ -145,6 +145,15 @@ def test_demo_serves_detects_draws_and_load_tests_then_exits(default_repository:
     assert all(p["throughput_rps"] > 0 and not p["errors"] for p in points)
     assert "stopping the server" in done.stdout
     assert "using the model repository" in done.stdout  # the fixture holds the shipped weights as they are
+    assert "image labels (fashionbox verticals)" in done.stdout
+    # the catalog step: both samples and the flipped copy indexed into the embedded PostgreSQL, the copy
+    # found first among the garments like the first photo's, and grouped with its original as a duplicate
+    catalog = json.loads((tmp_path / "catalog.json").read_text())
+    assert catalog["indexed"] == 3 and catalog["failed"] == 0
+    first = sorted(tmp_path.glob("samples/*.jpg"))[0].stem
+    assert Path(catalog["similar"][0]).name == f"{first}.flipped.jpg"
+    assert [sorted(Path(p).name for p in group) for group in catalog["duplicates"]] == [
+        [f"{first}.flipped.jpg", f"{first}.jpg"]]
 
 
 def test_the_demo_converts_again_a_repository_left_from_other_weights(default_repository: Path,
