@@ -216,3 +216,26 @@ def test_the_torch_runtime_serves_the_families_as_their_graphs(
             for mine, theirs in zip(served.detections, expected.detections, strict=True):
                 assert mine.embedding is not None and theirs.embedding is not None
                 assert float(mine.embedding @ theirs.embedding) >= 0.999
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs torch with CUDA and an NVIDIA GPU")
+def test_on_the_gpu_the_families_answer_as_their_graphs_on_the_cpu(
+        server: TritonServer, folders: dict[str, Path], triton_server: Any,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The GPU profile without TensorRT (``--target gpu --runtime torch``): classifier and embedder in
+    PyTorch on CUDA (fp16), against the ONNX graphs on the CPU server."""
+    out = tmp_path_factory.mktemp("families-gpu") / "repo"
+    repository = convert(ConvertOptions(out=out, target="gpu", runtime="torch",
+                                        classifier=f"hf:{folders['classifier']}",
+                                        embedder=f"hf:{folders['embedder']}", compare_samples=2)).repository
+    gpu_server = triton_server(repository)
+    with FashionClient(str(server.endpoints.grpc)) as cpu_client, \
+            FashionClient(str(gpu_server.endpoints.grpc)) as gpu_client:
+        for _, png in _photos():
+            expected, served = cpu_client.detect(png), gpu_client.detect(png)
+            assert served.labels[0].label == expected.labels[0].label
+            assert served.embedding is not None and expected.embedding is not None
+            assert float(served.embedding @ expected.embedding) >= 0.99  # fp16 on the GPU
+    log = gpu_server.log_path.read_text() if gpu_server.log_path is not None else ""
+    assert "classifier" in log and "on cuda:0" in log
