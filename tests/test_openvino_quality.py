@@ -3,11 +3,12 @@
 bf16 keeps 8 bits of mantissa, so it cannot match fp32 answer for answer: scores move by about
 0.01 and detections that sit at the score threshold flip (issue 23). What must not move is quality.
 The same exported graphs run the whole in-process pipeline (decode, letterbox, detect, crop,
-classify) three ways on 30 held-out scenes (seed 7, ``fashionbox eval``'s default), scored by the
+classify) three ways on 100 held-out scenes (seed 7, ``fashionbox eval``'s default), scored by the
 house's evaluation code: ONNX Runtime fp32, OpenVINO fp32 (the same figures) and OpenVINO bf16
-(no more than 0.5 points below; being better is no failure). 30 scenes are a small set: one
-flipped detection moves mAP by up to about 0.7 points on some seeds, so the benchmark
-(tests/benchmarks/bench_runtimes.py) measures the same on more scenes.
+(no more than 0.5 points below; being better is no failure). 30 scenes were too small a set: one
+flipped detection moved mAP by up to about 1 point (the hard-negative detector of issue 18: 0.97
+points on the first 30 scenes, within the bar on 100 and 200), so the test uses 100 and the
+benchmark (tests/benchmarks/bench_runtimes.py) measures the same on more scenes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from fashionbox.models.pipeline import InProcessPipeline
 
 QUALITY_POINTS = 0.005
 """0.5 points of box mAP or attribute accuracy (both fractions here)."""
-SCENES, SEED = 30, 7
+SCENES, SEED = 100, 7
 
 
 def _export(folder: Path) -> tuple[Path, Path, LabelMap, int, int, int]:

@@ -28,9 +28,22 @@ def _count_or_folder(text: str) -> int | Path:
     return int(text) if text.isdigit() else Path(text)
 
 
+_COCO_ONLY = ("images", "labels", "skip_unknown", "freeze_backbone", "balance", "device", "amp", "val_fraction",
+              "search", "attribute_steps", "batch", "attribute_lr", "weight_decay")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from fashionbox.training.trainer import STAGES, TrainSettings, train_default
 
+    if args.coco is not None:
+        return _cmd_train_coco(args)
+    given = [f"--{n.replace('_', '-')}" for n in _COCO_ONLY if getattr(args, n) not in (None, False)]
+    if given:
+        print(f"error: {', '.join(given)} only apply to training on your data (--coco ANNOTATIONS.json)",
+              file=sys.stderr)
+        return 2
+    if args.distractors is not None:
+        return _cmd_train_negatives(args)
     settings = TrainSettings(out_dir=args.out, cache_dir=args.cache_dir, seed=args.seed, train_scenes=args.scenes,
                              detector_steps=args.detector_steps, attribute_epochs=args.attribute_epochs,
                              retrieval_identities=args.identities, vertical_photos=args.product_photos,
@@ -38,6 +51,75 @@ def _cmd_train(args: argparse.Namespace) -> int:
     written = train_default(settings, stages=tuple(args.stage or STAGES))
     for kind, path in written.items():
         print(f"{kind}: {path}")
+    return 0
+
+
+def _cmd_train_negatives(args: argparse.Namespace) -> int:
+    from fashionbox.models import default_weights
+    from fashionbox.training.negatives import NegativeSettings, train_detector_negatives
+
+    if args.stage != ["detector"]:
+        print("error: --distractors trains the detector alone: give --stage detector (and no other stage)",
+              file=sys.stderr)
+        return 2
+    if not (0 <= args.distractors <= 1 and 0 <= args.empty_scenes <= 1 and args.distractors + args.empty_scenes <= 1):
+        print("error: --distractors and --empty-scenes are shares of the scenes: each in [0, 1], summing to <= 1",
+              file=sys.stderr)
+        return 2
+    init = default_weights("detector") if args.init == "default" else Path(args.init)
+    if not init.is_file():
+        raise FileNotFoundError(f"--init {args.init}: no detector checkpoint there")
+    settings = NegativeSettings(out_dir=args.out, cache_dir=args.cache_dir, init=init, seed=args.seed,
+                                scenes=args.scenes, distractor_rate=args.distractors,
+                                empty_rate=args.empty_scenes, steps=args.detector_steps, lr=args.detector_lr,
+                                threads=args.threads, resume=args.resume)
+    print(f"detector: {train_detector_negatives(settings)}")
+    return 0
+
+
+def _cmd_train_coco(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import replace
+
+    from fashionbox.contract.labels import default_label_map
+    from fashionbox.training.coco import CocoDataError, CocoTrainSettings, prepare, search_coco, train_coco, with_best
+
+    if args.images is None:
+        print("error: --coco needs the image folder: --images DIR", file=sys.stderr)
+        return 2
+    stages = tuple(args.stage or ("detector", "attributes", "masks"))
+    if set(stages) - {"detector", "attributes", "masks"} or args.distractors is not None:
+        print("error: --coco trains the detector, the attribute heads and (where the annotations carry a "
+              "segmentation) the mask head (--stage detector / attributes / masks); embedding, verticals and "
+              "--distractors train on generated scenes", file=sys.stderr)
+        return 2
+    options = {k: v for k, v in (("attribute_steps", args.attribute_steps), ("detector_batch", args.batch),
+                                 ("attribute_batch", args.batch), ("attribute_lr", args.attribute_lr),
+                                 ("weight_decay", args.weight_decay)) if v is not None}
+    try:
+        settings = CocoTrainSettings(
+            annotations=args.coco, images=args.images, out_dir=args.out, cache_dir=args.cache_dir,
+            labels=tuple(n.strip() for n in args.labels.split(",")) if args.labels else None,
+            skip_unknown=args.skip_unknown, init=args.init, freeze_backbone=args.freeze_backbone,
+            balance=args.balance, device=args.device or "cpu", amp=args.amp,
+            val_fraction=0.1 if args.val_fraction is None else args.val_fraction, seed=args.seed,
+            detector_steps=args.detector_steps, detector_lr=args.detector_lr, threads=args.threads,
+            resume=args.resume, stages=stages, **options)
+        prepared = prepare(settings, default_label_map())
+        data = prepared[0]
+        print(f"data: {len(data.images)} images, {data.garments} garments; unknown categories skipped: "
+              f"{sum(data.unknown_skipped.values())} {data.unknown_skipped or ''}; not in --labels: "
+              f"{data.not_selected}; crowd skipped: {data.crowd_skipped}; boxes clipped to their image: {data.clipped}")
+        if args.search:
+            result = search_coco(settings, args.search, steps_per_trial=args.search_steps, prepared=prepared)
+            print(f"search: {args.search} trials, {result.seconds_per_trial:.1f} s each; best {result.best} "
+                  f"(validation loss {result.best_value:.4f}); {result.best_path}, {result.trials_path}")
+            settings = replace(with_best(settings, result.best), resume=False)
+        report = train_coco(settings, prepared=prepared)
+    except CocoDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_dict(), indent=2))
     return 0
 
 
@@ -159,6 +241,40 @@ def build_parser() -> argparse.ArgumentParser:
                         "that head of the attribute checkpoint, on --out's attribute weights or the shipped "
                         "ones, every other tensor kept)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--distractors", type=float, metavar="RATE",
+                   help="with --stage detector: warm-restart the detector (--init) on scenes of which RATE "
+                        "carry distractors under their garments and --empty-scenes have no garment (hard negatives)")
+    p.add_argument("--empty-scenes", type=float, default=0.25, metavar="RATE",
+                   help="with --distractors: share of scenes with distractors and no garment")
+    p.add_argument("--init", default="default",
+                   help="with --distractors or --coco: the detector to start from, 'default' (shipped) or a "
+                        ".safetensors")
+    p.add_argument("--detector-lr", type=float, default=1e-3,
+                   help="with --distractors or --coco: the detector's peak learning rate")
+    g = p.add_argument_group("your own data (--coco): the detector, the attribute heads and the mask head")
+    g.add_argument("--coco", type=Path, metavar="ANNOTATIONS.json",
+                   help="a COCO-format file (Fashionpedia, iMaterialist, ModaNet, ...): categories mapped by name "
+                        "onto the label map, Fashionpedia attribute_ids onto the attribute groups; uses --init "
+                        "(default, a detector .safetensors with the attributes.safetensors beside it, scratch; "
+                        "hf:ID is refused with the reason), --detector-steps, --detector-lr, --resume")
+    g.add_argument("--images", type=Path, metavar="DIR", help="the images the file's file_name fields name")
+    g.add_argument("--labels", metavar="NAME[,NAME...]", help="train only these label-map categories")
+    g.add_argument("--skip-unknown", action="store_true",
+                   help="leave out annotations of categories the label map does not have (counted) instead of "
+                        "stopping")
+    g.add_argument("--freeze-backbone", action="store_true",
+                   help="train the detector's neck and heads and the attribute heads only")
+    g.add_argument("--balance", action="store_true", help="class-balanced sampling over the (chosen) categories")
+    g.add_argument("--device", metavar="cpu|cuda[:N]", help="default cpu")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA, or a CPU with bf16)")
+    g.add_argument("--val-fraction", type=float, help="held-out images for the validation loss (default 0.1)")
+    g.add_argument("--attribute-steps", type=int, help="default 300")
+    g.add_argument("--attribute-lr", type=float, help="default 1e-3")
+    g.add_argument("--batch", type=int, help="images per detector step and crops per attribute step (16, 64)")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-4)")
+    g.add_argument("--search", type=int, metavar="N", help="first an Optuna search of N trials over learning rate, "
+                   "batch size and weight decay on the validation split; then train with the best")
+    g.add_argument("--search-steps", type=int, default=30, help="steps per stage in each trial (default 30)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("convert", help="export to ONNX, check, and write a Triton model repository")

@@ -18,6 +18,13 @@ scenes always do: ``render_scene_with_instances``), the report adds ``segm_map``
 ``segm_map50`` (COCO segm mAP@[.5:.95] and @.5) and ``imaterialist_mask_score`` (the same
 iMaterialist figure with mask IoU). Masks travel as COCO uncompressed RLE counts at the image's size.
 
+``fashionbox eval`` also reports, under ``fashionpedia``, Fashionpedia's official measure
+(:func:`fashionpedia_measure`: box AP where a match needs both an IoU and an attribute-F1 threshold,
+as the ``fashionpedia`` package's FPEval computes it; ``tests/test_fashionpedia_measure.py`` checks it
+against that package). With a Fashionpedia file the truth's attribute sets are the file's
+``attribute_ids``, all of them; the served model names only its label map's groups, so attributes
+outside them count against it, as they would for any entry to the benchmark.
+
 Predictions from either path are reduced to :class:`Prediction` so the metrics code is one.
 """
 
@@ -52,6 +59,8 @@ __all__ = [
     "coco_dataset",
     "coco_metrics",
     "compare_fidelity",
+    "fashionpedia_measure",
+    "fashionpedia_objects",
     "has_masks",
     "heldout_samples",
     "imaterialist_mask_score",
@@ -84,6 +93,9 @@ class GroundTruth:
     attributes: dict[str, str]
     mask: tuple[int, ...] | None = None
     """COCO uncompressed RLE counts of the garment's visible pixels; None where the source has none."""
+    attribute_ids: tuple[int, ...] | None = None
+    """The file's Fashionpedia ``attribute_ids`` (all of them, not only the label map's groups), for the
+    Fashionpedia measure; None for generated scenes (their ids are the attributes' own)."""
 
 
 @dataclass(frozen=True)
@@ -495,17 +507,41 @@ def _coco_samples(annotation_file: Path, image_dir: Path, label_map: LabelMap | 
     """COCO annotations (Fashionpedia style: ``attribute_ids`` decoded with ``label_map``) and their images."""
     from fashionbox.synth import read_coco_dataset
 
+    raw_ids = _raw_attribute_ids(annotation_file)
     samples = []
     for record in read_coco_dataset(annotation_file, label_map=label_map):
         path = image_dir / record.file_name
-        truth = tuple(GroundTruth(tuple(g.box), g.category, dict(g.attributes)) for g in record.garments)  # type: ignore[arg-type]
+        ids = raw_ids.get(record.image_id, [])
+        truth = tuple(GroundTruth(tuple(g.box), g.category, dict(g.attributes),  # type: ignore[arg-type]
+                                  attribute_ids=ids[k] if k < len(ids) else None)
+                      for k, g in enumerate(record.garments))
         samples.append(EvalSample(record.file_name, path.read_bytes(), record.width, record.height, truth))
     return samples
 
 
+def _raw_attribute_ids(annotation_file: Path) -> dict[int, list[tuple[int, ...] | None]]:
+    """Per image id, each annotation's ``attribute_ids`` in file order (None where it has none), as
+    ``read_coco_dataset`` orders the garments; that reader has already checked the file."""
+    document = json.loads(Path(annotation_file).read_text(encoding="utf-8"))
+    out: dict[int, list[tuple[int, ...] | None]] = {}
+    for a in document.get("annotations", []):
+        ids = a.get("attribute_ids")
+        out.setdefault(int(a["image_id"]), []).append(None if ids is None else tuple(int(i) for i in ids))
+    return out
+
+
 def evaluate(samples: Sequence[EvalSample], predictions: Sequence[Sequence[Prediction]],
-             label_map: LabelMap) -> dict[str, Any]:
+             label_map: LabelMap, *, fashionpedia: bool = False) -> dict[str, Any]:
+    """The report; with ``fashionpedia`` also Fashionpedia's official measure (:func:`fashionpedia_measure`)
+    under ``"fashionpedia"``, when every truth category is a Fashionpedia one."""
     report: dict[str, Any] = {"images": len(samples), "detections": sum(len(p) for p in predictions)}
+    if fashionpedia:
+        try:
+            truth, detections = fashionpedia_objects(samples, predictions, label_map)
+        except ValueError as exc:
+            log.warning("no Fashionpedia measure: %s", exc)
+        else:
+            report["fashionpedia"] = fashionpedia_measure(truth, detections, vocabulary=fashionpedia_vocabulary())
     report.update(coco_metrics(samples, predictions, label_map))
     report["imaterialist_score"] = imaterialist_score(samples, predictions)
     if has_masks(samples, predictions):
@@ -541,7 +577,7 @@ def run_eval_cli(args: argparse.Namespace) -> int:
         predictions, label_map = _reference_predictions(samples)
     else:
         predictions, label_map = _served_predictions(args.url, samples, args.concurrency)
-    report = evaluate(samples, predictions, label_map)
+    report = evaluate(samples, predictions, label_map, fashionpedia=True)
     report["source"] = "reference (in-process PyTorch)" if args.reference else f"served at {args.url}"
     if args.json:
         json.dump(report, sys.stdout, indent=2)
@@ -551,3 +587,286 @@ def run_eval_cli(args: argparse.Namespace) -> int:
             print(f"{key:>20}: {value}")
     return 0
 
+
+
+# -- the Fashionpedia measure --------------------------------------------------------------------------
+#
+# The official measure of Fashionpedia (Jia et al., 2020; the `fashionpedia` package's FPEval, read for
+# these facts): COCO-style AP where a detection matches a truth of its category only when the box IoU
+# reaches the IoU threshold AND the F1 of their attribute sets reaches the F1 threshold. Facts taken
+# from FPEval 1.1:
+# * categories are Fashionpedia's 46 (ids 0-45); only 18 of them ("catsWithAttributes") use the F1
+#   condition, the others are matched on IoU alone;
+# * the F1 is sklearn's `f1_score(average="macro")` of the two multi-hot vectors over the whole
+#   attribute vocabulary (the file's `attributes`, 294 for Fashionpedia): the mean of the F1 of the
+#   "present" and of the "absent" label, over the labels that occur;
+# * thresholds: IoU 0.50:0.95 and F1 0.50:0.95 (step 0.05), each with an extra -1 (no condition);
+#   recall points, area ranges and max detections are COCO's;
+# * "AP" averages precision over IoU 0.50:0.95, and over F1 0.50:0.95 for categories with attributes
+#   (one slice per F1 threshold, so each such category weighs ten times a category without), and
+#   over categories with truth.
+
+FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES = frozenset({10, 7, 0, 6, 5, 4, 9, 31, 33, 3, 12, 11, 1, 2, 8, 32, 29, 28})
+"""Fashionpedia category ids whose matches need the attribute F1 (FPEval's ``catsWithAttributes``)."""
+FASHIONPEDIA_SUPERCATEGORIES = {"o": range(0, 13), "a": range(13, 27), "p": range(27, 46)}
+"""FPEval's super-classes by category id: outerwear (garments), accessories, garment parts."""
+
+_FP_IOUS = np.append(np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True), -1.0)
+_FP_F1S = np.append(np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True), -1.0)
+_FP_RECALLS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
+_FP_MAX_DETS = (1, 10, 100)
+_FP_AREAS = {"all": (0.0, 1e5 ** 2), "small": (0.0, 32.0 ** 2), "medium": (32.0 ** 2, 96.0 ** 2),
+             "large": (96.0 ** 2, 1e5 ** 2)}
+
+
+@dataclass(frozen=True)
+class FashionpediaObject:
+    """One box of the Fashionpedia measure: a truth (``score`` None) or a detection."""
+
+    box: tuple[float, float, float, float]
+    """x1, y1, x2, y2 in image pixels."""
+    category_id: int
+    """Fashionpedia category id (0-45)."""
+    attribute_ids: frozenset[int]
+    score: float | None = None
+    area: float | None = None
+    """A truth's area (Fashionpedia's is its mask's); the box's area when None."""
+    iscrowd: bool = False
+
+
+def _binary_macro_f1(truth: frozenset[int], predicted: frozenset[int], vocabulary: int) -> float:
+    """sklearn ``f1_score(t, p, average="macro")`` of two multi-hot vectors of length ``vocabulary``."""
+    both = len(truth & predicted)
+    union = len(truth | predicted)
+    f1s = []
+    if union:  # label 1 occurs
+        f1s.append(2 * both / (2 * both + len(predicted - truth) + len(truth - predicted)))
+    if len(truth) < vocabulary or len(predicted) < vocabulary:  # label 0 occurs
+        absent = vocabulary - union
+        f1s.append(2 * absent / (2 * absent + len(truth - predicted) + len(predicted - truth)))
+    return float(np.mean(f1s))
+
+
+def _box_ious(dt: Sequence[FashionpediaObject], gt: Sequence[FashionpediaObject]) -> np.ndarray[Any, Any]:
+    """pycocotools' bbox IoU ``[D, G]`` (a crowd truth: intersection over the detection's area)."""
+    out = np.zeros((len(dt), len(gt)))
+    for i, d in enumerate(dt):
+        dw, dh = d.box[2] - d.box[0], d.box[3] - d.box[1]
+        for j, g in enumerate(gt):
+            gw, gh = g.box[2] - g.box[0], g.box[3] - g.box[1]
+            iw = min(d.box[0] + dw, g.box[0] + gw) - max(d.box[0], g.box[0])
+            ih = min(d.box[1] + dh, g.box[1] + gh) - max(d.box[1], g.box[1])
+            if iw <= 0 or ih <= 0:
+                continue
+            inter = iw * ih
+            union = dw * dh if g.iscrowd else dw * dh + gw * gh - inter
+            out[i, j] = inter / union
+    return out
+
+
+def _fp_match(dt: Sequence[FashionpediaObject], gt: Sequence[FashionpediaObject], ious: np.ndarray[Any, Any],
+              f1s: np.ndarray[Any, Any] | None, area: tuple[float, float]
+              ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """FPEval's ``evaluateImg`` for one image and category: matched ``[T, F, D]``, ignored ``[T, F, D]``,
+    truth ignored ``[G]`` (F is 11 with attributes, else 1; ``dt`` sorted by score, ``gt`` by ``gt_ignore``)."""
+    gt_ignore = np.array([int(g.iscrowd or not area[0] <= _fp_area(g) <= area[1]) for g in gt])
+    order = np.argsort(gt_ignore, kind="mergesort")
+    gt = [gt[i] for i in order]
+    gt_ignore = gt_ignore[order]
+    ious = ious[:, order] if ious.size else ious
+    with_f1 = f1s is not None
+    f1s = f1s[:, order] if f1s is not None and f1s.size else f1s
+    thresholds_f1 = _FP_F1S if with_f1 else np.array([-1.0])
+    shape = (len(_FP_IOUS), len(thresholds_f1))
+    gt_matched = np.zeros((*shape, len(gt)), dtype=bool)
+    dt_matched = np.zeros((*shape, len(dt)), dtype=bool)
+    dt_ignore = np.zeros((*shape, len(dt)), dtype=bool)
+    if len(dt) and len(gt):
+        for t, iou_threshold in enumerate(_FP_IOUS):
+            for f, f1_threshold in enumerate(thresholds_f1):
+                for d in range(len(dt)):
+                    best_iou, best_f1, m = min(iou_threshold, 1 - 1e-10), min(f1_threshold, 1 - 1e-10), -1
+                    for g in range(len(gt)):
+                        # FPEval skips a matched crowd truth too; COCOeval (no attributes) lets crowds match again
+                        if gt_matched[t, f, g] and (with_f1 or not gt[g].iscrowd):
+                            continue
+                        if m > -1 and gt_ignore[m] == 0 and gt_ignore[g] == 1:
+                            break
+                        if ious[d, g] < best_iou or (f1s is not None and f1s[d, g] < best_f1):
+                            continue
+                        best_iou, m = ious[d, g], g
+                        if f1s is not None:
+                            best_f1 = f1s[d, g]
+                    if m == -1:
+                        continue
+                    dt_ignore[t, f, d] = bool(gt_ignore[m])
+                    dt_matched[t, f, d] = True
+                    gt_matched[t, f, m] = True
+    outside = np.array([not area[0] <= _fp_area(d) <= area[1] for d in dt], dtype=bool)
+    dt_ignore |= ~dt_matched & outside[None, None, :]
+    return dt_matched, dt_ignore, gt_ignore
+
+
+def _fp_area(o: FashionpediaObject) -> float:
+    if o.area is not None:
+        return o.area
+    return (o.box[2] - o.box[0]) * (o.box[3] - o.box[1])
+
+
+def fashionpedia_measure(truth: Sequence[Sequence[FashionpediaObject]],
+                         detections: Sequence[Sequence[FashionpediaObject]], *,
+                         vocabulary: int) -> dict[str, float]:
+    """Fashionpedia's official box AP (FPEval with ``iouType="bbox"``) of ``detections`` against ``truth``
+    (one list per image), ``vocabulary`` the attribute count of the multi-hot vectors (294).
+
+    Returns FPEval's ``results`` (IoU and F1), with ``AP``, ``AP_IOU50``, ``AP_IOU75``, ``AP_F150``,
+    ``AP_F175``, ``AP_IOU50_F150`` ... ``AP_IOU75_F175``, ``APo``, ``APp``, ``APs``/``m``/``l``,
+    ``AR@1/10/100``, ``ARs@100``...; plus ``box_only_AP`` (its ``resultDet["AP"]``: IoU only).
+    -1 where nothing could be measured, as FPEval.
+    """
+    if len(truth) != len(detections):
+        raise ValueError(f"{len(detections)} detection lists for {len(truth)} images")
+    num_f1, num_iou, num_rec = len(_FP_F1S), len(_FP_IOUS), len(_FP_RECALLS)
+    areas = list(_FP_AREAS.values())
+    precision = -np.ones((num_iou, num_f1, num_rec, 46, len(areas), len(_FP_MAX_DETS)))
+    recall = -np.ones((num_iou, num_f1, 46, len(areas), len(_FP_MAX_DETS)))
+    for objects in (*truth, *detections):
+        for o in objects:
+            if not 0 <= o.category_id < 46:
+                raise ValueError(f"category id {o.category_id} is not a Fashionpedia category (0-45)")
+    for category in range(46):
+        with_f1 = category in FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES
+        per_image = []
+        for gts, dts in zip(truth, detections, strict=True):
+            gt = [g for g in gts if g.category_id == category]
+            dt = [d for d in dts if d.category_id == category]
+            if not gt and not dt:
+                continue
+            order = np.argsort([-(d.score or 0.0) for d in dt], kind="mergesort")
+            dt = [dt[i] for i in order][: _FP_MAX_DETS[-1]]
+            ious = _box_ious(dt, gt)
+            f1s = (np.array([[_binary_macro_f1(g.attribute_ids, d.attribute_ids, vocabulary) for g in gt]
+                             for d in dt]).reshape(len(dt), len(gt)) if with_f1 else None)
+            per_image.append((dt, [_fp_match(dt, gt, ious, f1s, a) for a in areas]))
+        if not per_image:
+            continue
+        for a in range(len(areas)):
+            for k, max_det in enumerate(_FP_MAX_DETS):
+                scores = np.concatenate([[d.score or 0.0 for d in dt[:max_det]] for dt, _ in per_image])
+                order = np.argsort(-scores, kind="mergesort")
+                matched = np.concatenate([m[a][0][:, :, :max_det] for _, m in per_image], axis=2)[:, :, order]
+                ignored = np.concatenate([m[a][1][:, :, :max_det] for _, m in per_image], axis=2)[:, :, order]
+                gt_ignore = np.concatenate([m[a][2] for _, m in per_image])
+                num_gt = int(np.count_nonzero(gt_ignore == 0))
+                if num_gt == 0:
+                    continue
+                tp_sum = np.cumsum(matched & ~ignored, axis=2).astype(float)
+                fp_sum = np.cumsum(~matched & ~ignored, axis=2).astype(float)
+                for t in range(num_iou):
+                    for f in (range(num_f1) if with_f1 else (-1,)):
+                        tp, fp = tp_sum[t, f if with_f1 else 0], fp_sum[t, f if with_f1 else 0]
+                        rc = tp / num_gt
+                        recall[t, f, category, a, k] = rc[-1] if len(tp) else 0
+                        pr = (tp / (fp + tp + np.spacing(1))).tolist()
+                        for i in range(len(tp) - 1, 0, -1):
+                            if pr[i] > pr[i - 1]:
+                                pr[i - 1] = pr[i]
+                        at_recall = [0.0] * num_rec
+                        for r, index in enumerate(np.searchsorted(rc, _FP_RECALLS, side="left")):
+                            if index >= len(pr):
+                                break
+                            at_recall[r] = pr[index]
+                        precision[t, f, :, category, a, k] = at_recall
+    return _fp_summaries(precision, recall)
+
+
+def _fp_select(values: np.ndarray[Any, Any], *, ap: bool, iou_threshold: float | None, f1_threshold: float | None,
+               f1: bool, iou: bool, area: str, max_dets: int, supercategory: str | None) -> float:
+    """FPEval's ``_summarize``: the mean of the measured entries of one slice of ``precision`` / ``recall``."""
+    s = values
+    if iou and iou_threshold is not None:
+        s = s[np.where(iou_threshold == _FP_IOUS)[0]]
+    elif iou:
+        s = s[:-1]
+    else:
+        s = s[[-1]]
+    cat_axis = 3 if ap else 2
+    categories = list(FASHIONPEDIA_SUPERCATEGORIES[supercategory]) if supercategory else list(range(46))
+    parts = []
+    for c in categories:
+        take = [c]
+        if not f1 or c not in FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES:
+            parts.append(np.take(np.take(s, [-1], axis=1), take, axis=cat_axis))
+        elif f1_threshold is not None:
+            parts.append(np.take(np.take(s, np.where(f1_threshold == _FP_F1S)[0], axis=1), take, axis=cat_axis))
+        else:
+            parts.extend(np.take(np.take(s, [f], axis=1), take, axis=cat_axis) for f in range(len(_FP_F1S) - 1))
+    s = np.concatenate(parts, axis=cat_axis)
+    s = s[..., list(_FP_AREAS).index(area), _FP_MAX_DETS.index(max_dets)]
+    measured = s[s > -1]
+    return float(np.mean(measured)) if measured.size else -1.0
+
+
+def _fp_summaries(precision: np.ndarray[Any, Any], recall: np.ndarray[Any, Any]) -> dict[str, float]:
+    def ap(**kw: Any) -> float:
+        args: dict[str, Any] = {"iou_threshold": None, "f1_threshold": None, "f1": True, "iou": True, "area": "all",
+                                "max_dets": 100, "supercategory": None}
+        args.update(kw)
+        return _fp_select(precision, ap=True, **args)
+
+    def ar(**kw: Any) -> float:
+        args: dict[str, Any] = {"iou_threshold": None, "f1_threshold": None, "f1": True, "iou": True, "area": "all",
+                                "max_dets": 100, "supercategory": None}
+        args.update(kw)
+        return _fp_select(recall, ap=False, **args)
+
+    out = {"APo": ap(supercategory="o"), "APp": ap(supercategory="p"), "AP": ap(),
+           "AP_IOU50": ap(iou_threshold=.5), "AP_IOU75": ap(iou_threshold=.75),
+           "AP_F150": ap(f1_threshold=.5), "AP_F175": ap(f1_threshold=.75)}
+    for iou_threshold in (.5, .75):
+        for f1_threshold in (.5, .75):
+            out[f"AP_IOU{int(iou_threshold * 100)}_F1{int(f1_threshold * 100)}"] = ap(
+                iou_threshold=iou_threshold, f1_threshold=f1_threshold)
+    out.update({"APs": ap(area="small"), "APm": ap(area="medium"), "APl": ap(area="large")})
+    for max_dets in _FP_MAX_DETS:
+        out[f"AR@{max_dets}"] = ar(max_dets=max_dets)
+    for area in ("small", "medium", "large"):
+        out[f"AR{area[0]}@100"] = ar(area=area)
+    out["box_only_AP"] = ap(f1=False)
+    return out
+
+
+def fashionpedia_objects(samples: Sequence[EvalSample], predictions: Sequence[Sequence[Prediction]],
+                         label_map: LabelMap) -> tuple[list[list[FashionpediaObject]], list[list[FashionpediaObject]]]:
+    """Truth and detections as Fashionpedia objects: category names to Fashionpedia ids (the taxonomy's),
+    attributes ``{group: label}`` to Fashionpedia attribute ids (``label_map``'s groups). A truth's
+    ``attribute_ids`` from the file are used when the sample carries them (all of Fashionpedia's)."""
+    from fashionbox.contract.labels import fashionpedia_taxonomy
+
+    ids = {c["name"]: int(c["id"]) for c in fashionpedia_taxonomy()["categories"]}
+    unknown = sorted({t.category for s in samples for t in s.truth} - set(ids))
+    if unknown:
+        raise ValueError(f"the Fashionpedia measure needs Fashionpedia categories; these are not: {unknown}")
+
+    def attribute_ids(attributes: dict[str, str]) -> frozenset[int]:
+        out = set()
+        for group, label in attributes.items():
+            if group in label_map.group_names:
+                g = label_map.group(group)
+                if label in g.labels:
+                    out.add(g.fashionpedia_ids[g.labels.index(label)])
+        return frozenset(out)
+
+    truth = [[FashionpediaObject(t.box, ids[t.category],
+                                 frozenset(t.attribute_ids) if t.attribute_ids is not None
+                                 else attribute_ids(t.attributes)) for t in s.truth] for s in samples]
+    detections = [[FashionpediaObject(p.box, ids[p.category], attribute_ids(p.attributes), p.score) for p in preds]
+                  for preds in predictions]
+    return truth, detections
+
+
+def fashionpedia_vocabulary() -> int:
+    """The attribute count of Fashionpedia's multi-hot vectors (its ``attributes`` list: 294)."""
+    from fashionbox.contract.labels import fashionpedia_taxonomy
+
+    return len(fashionpedia_taxonomy()["attributes"])

@@ -1,0 +1,144 @@
+"""Distractors (fashionbox.synth.distractors) and the hard-negative scene mix (fashionbox.training.negatives)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from PIL import Image
+
+from fashionbox.contract.labels import default_label_map
+from fashionbox.synth import SynthConfigError, SynthError, render_scene, render_scene_with_instances
+from fashionbox.synth.distractors import (
+    DISTRACTOR_KINDS,
+    DistractorConfig,
+    paint_distractors,
+    render_distractor_scene,
+    render_scene_with_distractors,
+)
+from fashionbox.training.data import render_sample
+from fashionbox.training.negatives import render_kind_sample, scene_kind
+
+SMALL = (320, 240)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
+def test_a_distractor_scene_has_no_annotations(seed: int) -> None:
+    scene = render_distractor_scene(seed, size=SMALL)
+
+    assert scene.garments == ()
+    assert scene.image.size == SMALL and scene.image.mode == "RGB"
+    assert np.asarray(scene.image).std() > 1.0  # something was drawn
+
+
+def test_a_distractor_scene_is_the_same_for_the_same_seed_and_differs_between_seeds() -> None:
+    first = np.asarray(render_distractor_scene(11, size=SMALL).image)
+    again = np.asarray(render_distractor_scene(11, size=SMALL).image)
+    other = np.asarray(render_distractor_scene(12, size=SMALL).image)
+
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+@pytest.mark.parametrize("seed", [3, 8, 21])
+def test_garments_over_distractors_keep_their_annotations_and_instance_map(seed: int) -> None:
+    plain, plain_ids = render_scene_with_instances(seed, size=SMALL)
+    busy, busy_ids = render_scene_with_distractors(seed, size=SMALL,
+                                                   distractors=DistractorConfig(min_items=4, max_items=6))
+
+    assert busy.garments == plain.garments
+    assert len(busy.garments) > 0
+    assert np.array_equal(busy_ids, plain_ids)
+    pixels_plain, pixels_busy = np.asarray(plain.image), np.asarray(busy.image)
+    assert not np.array_equal(pixels_plain, pixels_busy)
+    # Garments are painted over the distractors: inside them (away from their soft, blurred edges)
+    # the pixels are untouched, the photo finish being the same for both.
+    garment = _eroded(plain_ids > 0, 2)
+    assert garment.sum() > 100
+    assert np.abs(pixels_plain[garment].astype(int) - pixels_busy[garment].astype(int)).max() <= 1
+
+
+def _eroded(mask: NDArray[np.bool_], pixels: int) -> NDArray[np.bool_]:
+    out = mask.copy()
+    for _ in range(pixels):
+        inner = out.copy()
+        inner[1:] &= out[:-1]
+        inner[:-1] &= out[1:]
+        inner[:, 1:] &= out[:, :-1]
+        inner[:, :-1] &= out[:, 1:]
+        out = inner
+    return out
+
+
+def test_scenes_without_distractors_render_as_before() -> None:
+    # The seam draws nothing from the scene's generator: with no underlay the scene is what it was.
+    scene = render_scene(5, size=SMALL)
+    again, _ = render_scene_with_instances(5, size=SMALL, underlay=None)
+
+    assert again.garments == scene.garments
+    assert np.array_equal(np.asarray(again.image), np.asarray(scene.image))
+
+
+@pytest.mark.parametrize("kind", DISTRACTOR_KINDS)
+def test_every_kind_of_distractor_paints_deterministically(kind: str) -> None:
+    config = DistractorConfig(min_items=2, max_items=2, kinds=(kind,), min_size_fraction=0.3)
+    images = []
+    for _ in range(2):
+        image = Image.new("RGB", SMALL, (128, 128, 128))
+        painted = paint_distractors(image, random.Random(7), config)
+        assert painted == [kind, kind]
+        images.append(np.asarray(image))
+    assert np.array_equal(images[0], images[1])
+    assert (images[0] != 128).any()
+
+
+def test_empty_scenes_can_have_no_distractor_at_all() -> None:
+    scene = render_distractor_scene(4, size=SMALL, config=DistractorConfig(min_items=0, max_items=0))
+    assert scene.garments == ()
+
+
+@pytest.mark.parametrize("bad", [
+    {"min_items": 3, "max_items": 2},
+    {"kinds": ("person", "spaceship")},
+    {"kinds": ()},
+    {"jpeg_artefact_probability": 1.5},
+    {"min_size_fraction": 0.0},
+])
+def test_bad_distractor_settings_are_refused_with_the_field_named(bad: dict[str, object]) -> None:
+    with pytest.raises(SynthConfigError, match="DistractorConfig"):
+        DistractorConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_negative_seeds_and_grey_images_are_refused() -> None:
+    with pytest.raises(SynthError, match="non-negative"):
+        render_distractor_scene(-1)
+    with pytest.raises(SynthError, match="RGB"):
+        paint_distractors(Image.new("L", SMALL), random.Random(0))
+
+
+def test_scene_kinds_follow_the_rates_and_depend_only_on_seed_and_index() -> None:
+    kinds = Counter(scene_kind(1, i, 0.35, 0.25) for i in range(4000))
+
+    assert abs(kinds["empty"] / 4000 - 0.25) < 0.03
+    assert abs(kinds["distractors"] / 4000 - 0.35) < 0.03
+    assert [scene_kind(1, i, 0.35, 0.25) for i in range(50)] == [scene_kind(1, i, 0.35, 0.25) for i in range(50)]
+    assert {scene_kind(1, i, 0.0, 0.0) for i in range(200)} == {"normal"}
+
+
+def test_cached_samples_of_each_kind() -> None:
+    label_map = default_label_map()
+    normal = render_kind_sample(1_000_003, "normal", 96, label_map)
+    reference = render_sample(1_000_003, 96, label_map)
+    empty = render_kind_sample(1_000_004, "empty", 96, label_map)
+    busy = render_kind_sample(1_000_003, "distractors", 96, label_map)
+
+    assert np.array_equal(normal.pixels, reference.pixels)  # normal scenes are the plain stage's
+    assert np.array_equal(normal.boxes, reference.boxes)
+    assert empty.boxes.shape == (0, 4) and empty.classes.shape == (0,)
+    assert empty.attributes.shape == (0, len(label_map.attribute_groups))
+    assert np.array_equal(busy.boxes, normal.boxes) and np.array_equal(busy.classes, normal.classes)
+    with pytest.raises(ValueError, match="unknown scene kind"):
+        render_kind_sample(1, "fog", 96, label_map)

@@ -1,0 +1,267 @@
+"""Hard negatives for the detector: a warm restart on scenes that mix garments with distractors.
+
+The shipped detector first learned from scenes holding nothing but garments; on photos with no
+garment it found garments anyway. This stage restarts from a trained detector (``init``) on a
+scene cache in which a chosen share of scenes carries distractors under its garments
+(``fashionbox.synth.distractors``) and another share is empty (distractors only, no garment).
+Every location of an empty scene is a negative for the focal loss, whose ``(1 - p_t) ** gamma``
+factor puts the weight on the confident mistakes (the hard negatives), and a batch's loss is
+normalised by its positives, so an empty scene's mistakes weigh as much as a garment scene's.
+``fashionbox train --stage detector
+--distractors RATE`` runs it::
+
+    settings = NegativeSettings(out_dir=Path("out"), cache_dir=cache, init=default_weights("detector"))
+    path = train_detector_negatives(settings)     # out/detector.safetensors, recipe in its metadata
+
+Which scenes are normal, with distractors or empty depends only on the seed and the index, so
+the cache is reproducible and its normal scenes are exactly those of the plain detector stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from tqdm import tqdm
+
+from fashionbox.contract.labels import LabelMap, default_label_map
+from fashionbox.core.imaging import decode_image, letterbox
+from fashionbox.training.data import SceneCache, SceneSample, scene_seed
+from fashionbox.training.detection import assign_targets, detection_loss
+from fashionbox.training.schedule import lr_at
+
+__all__ = [
+    "SCENE_KINDS",
+    "NegativeSettings",
+    "build_mixed_cache",
+    "render_kind_sample",
+    "scene_kind",
+    "train_detector_negatives",
+]
+
+log = logging.getLogger(__name__)
+
+SCENE_KINDS = ("normal", "distractors", "empty")
+
+
+def scene_kind(seed: int, index: int, distractor_rate: float, empty_rate: float) -> str:
+    """Which kind scene ``index`` of a mixed cache is: ``empty`` with probability ``empty_rate``,
+    ``distractors`` (garments over distractors) with ``distractor_rate``, else ``normal``."""
+    u = random.Random(f"scene-kind-{seed}-{index}").random()
+    if u < empty_rate:
+        return "empty"
+    if u < empty_rate + distractor_rate:
+        return "distractors"
+    return "normal"
+
+
+def render_kind_sample(seed: int, kind: str, input_size: int, label_map: LabelMap) -> SceneSample:
+    """Scene ``seed`` of ``kind``, JPEG round-tripped and letterboxed as served (like ``render_sample``)."""
+    from fashionbox.synth import render_scene
+    from fashionbox.synth.distractors import render_distractor_scene, render_scene_with_distractors
+
+    if kind == "normal":
+        scene = render_scene(seed, label_map=label_map)
+    elif kind == "distractors":
+        scene, _ = render_scene_with_distractors(seed, label_map=label_map)
+    elif kind == "empty":
+        scene = render_distractor_scene(seed)
+    else:
+        raise ValueError(f"unknown scene kind {kind!r}; choose from {SCENE_KINDS}")
+    rng = np.random.default_rng(seed)
+    data = scene.encode(format="JPEG", quality=int(rng.integers(70, 96)))
+    pixels, info = letterbox(decode_image(data, target_size=input_size), input_size)
+    garments = scene.garments
+    boxes = info.to_letterbox(np.array([g.box for g in garments], dtype=np.float32).reshape(-1, 4))
+    classes = np.array([label_map.category_index(g.category) for g in garments], dtype=np.int64)
+    attributes = np.full((len(garments), len(label_map.attribute_groups)), -1, dtype=np.int64)
+    for i, garment in enumerate(garments):
+        for j, group in enumerate(label_map.attribute_groups):
+            label = garment.attributes.get(group.name)
+            if label is not None:
+                attributes[i, j] = group.labels.index(label)
+    return SceneSample(pixels, boxes.astype(np.float32), classes, attributes)
+
+
+def _worker(args: tuple[int, str, int, str]) -> SceneSample:
+    seed, kind, input_size, labels_json = args
+    return render_kind_sample(seed, kind, input_size, LabelMap.from_dict(json.loads(labels_json)))
+
+
+def build_mixed_cache(cache_root: Path, *, count: int, seed: int, input_size: int, distractor_rate: float,
+                      empty_rate: float, label_map: LabelMap | None = None, workers: int = 2,
+                      progress: Callable[[int], None] | None = None) -> SceneCache:
+    """Render ``count`` scenes of mixed kinds (or reuse a complete cache with the same parameters);
+    read back with :class:`~fashionbox.training.data.SceneCache`, plus ``kinds.npy`` (index into
+    :data:`SCENE_KINDS`)."""
+    _check_rates(distractor_rate, empty_rate)
+    label_map = label_map or default_label_map()
+    key = f"mixed-n{count}-seed{seed}-s{input_size}-d{distractor_rate:g}-e{empty_rate:g}-{label_map.name}"
+    folder = Path(cache_root) / key
+    if (folder / "complete").is_file():
+        return SceneCache(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = np.lib.format.open_memmap(  # type: ignore[no-untyped-call]
+        folder / "pixels.npy", mode="w+", dtype=np.uint8, shape=(count, input_size, input_size, 3))
+    kinds = [scene_kind(seed, i, distractor_rate, empty_rate) for i in range(count)]
+    jobs = [(scene_seed(seed, i), kinds[i], input_size, label_map.to_json()) for i in range(count)]
+    boxes, classes, attributes, offsets = [], [], [], [0]
+    with mp.get_context("fork").Pool(workers) as pool:
+        for i, sample in enumerate(pool.imap(_worker, jobs, chunksize=16)):
+            pixels[i] = sample.pixels
+            boxes.append(sample.boxes)
+            classes.append(sample.classes)
+            attributes.append(sample.attributes)
+            offsets.append(offsets[-1] + len(sample.boxes))
+            if progress is not None:
+                progress(1)
+    pixels.flush()
+    del pixels
+    np.save(folder / "boxes.npy", np.concatenate(boxes).astype(np.float32).reshape(-1, 4))
+    np.save(folder / "classes.npy", np.concatenate(classes).astype(np.int64))
+    np.save(folder / "attributes.npy",
+            np.concatenate(attributes).astype(np.int64).reshape(-1, len(label_map.attribute_groups)))
+    np.save(folder / "offsets.npy", np.array(offsets, dtype=np.int64))
+    np.save(folder / "kinds.npy", np.array([SCENE_KINDS.index(k) for k in kinds], dtype=np.int64))
+    (folder / "complete").write_text("ok\n")
+    log.info("cached %d mixed scenes in %s", count, folder)
+    return SceneCache(folder)
+
+
+def _check_rates(distractor_rate: float, empty_rate: float) -> None:
+    if not (0.0 <= distractor_rate <= 1.0 and 0.0 <= empty_rate <= 1.0 and distractor_rate + empty_rate <= 1.0):
+        raise ValueError(f"distractor and empty-scene rates must be in [0, 1] and sum to at most 1, "
+                         f"got {distractor_rate:g} and {empty_rate:g}")
+
+
+@dataclass(frozen=True)
+class NegativeSettings:
+    out_dir: Path
+    cache_dir: Path
+    init: Path
+    """The detector checkpoint the warm restart starts from (the shipped one by default)."""
+    seed: int = 1
+    scenes: int = 4000
+    distractor_rate: float = 0.35
+    """Share of scenes whose garments lie over distractors."""
+    empty_rate: float = 0.25
+    """Share of scenes with distractors and no garment."""
+    steps: int = 600
+    batch: int = 32
+    lr: float = 1e-3
+    warmup: int = 50
+    input_size: int = 320
+    threads: int = 2
+    checkpoint_every: int = 100
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        _check_rates(self.distractor_rate, self.empty_rate)
+        if self.scenes < self.batch or self.batch < 1 or self.steps < 1:
+            raise ValueError("steps and batch must be >= 1 and scenes at least one batch")
+        if self.lr <= 0 or self.warmup < 0:
+            raise ValueError("lr must be positive and warmup non-negative")
+
+    def to_json(self) -> str:
+        """The recipe, for the checkpoint's metadata; local folders are left out."""
+        recipe = {k: v for k, v in asdict(self).items() if k not in ("out_dir", "cache_dir", "init")}
+        return json.dumps({"stage": "detector-hard-negatives", **recipe}, sort_keys=True)
+
+
+def _batch(cache: SceneCache, indices: npt.NDArray[np.int64], rng: np.random.Generator, size: int,
+           ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    order = np.sort(indices)
+    pixels = np.asarray(cache.pixels[order])
+    boxes, classes = [], []
+    for k, i in enumerate(order):
+        b = cache.boxes_of(int(i)).copy()
+        if rng.random() < 0.5:  # horizontal flip: every label here is mirror-symmetric
+            pixels[k] = pixels[k, :, ::-1]
+            b[:, [0, 2]] = size - b[:, [2, 0]]
+        boxes.append(torch.from_numpy(b))
+        classes.append(torch.from_numpy(cache.classes_of(int(i))))
+    return torch.from_numpy(np.ascontiguousarray(pixels)), boxes, classes
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+def train_detector_negatives(settings: NegativeSettings, *, label_map: LabelMap | None = None,
+                             cache: SceneCache | None = None) -> Path:
+    """Warm-restart ``settings.init`` on the mixed cache; writes ``out_dir/detector.safetensors``."""
+    from fashionbox.models import file_sha256, load_detector, save_checkpoint
+
+    torch.set_num_threads(settings.threads)
+    label_map = label_map or default_label_map()
+    if cache is None:
+        with tqdm(total=settings.scenes, desc="mixed scenes", unit="scene") as bar:
+            cache = build_mixed_cache(settings.cache_dir, count=settings.scenes, seed=settings.seed,
+                                      input_size=settings.input_size, distractor_rate=settings.distractor_rate,
+                                      empty_rate=settings.empty_rate, label_map=label_map, progress=bar.update)
+    path = settings.out_dir / "detector.safetensors"
+    start = 0
+    source = settings.init
+    resuming = settings.resume and path.is_file()
+    if resuming:
+        source = path
+        start = int(_metadata(path).get("step", "0"))
+        log.info("resuming hard-negative training at step %d", start)
+    model, loaded_labels = load_detector(source)
+    if loaded_labels.to_json() != label_map.to_json():
+        raise ValueError(f"{source} was trained for label map {loaded_labels.name!r}, not {label_map.name!r}")
+    config = model.config
+    # The starting point and the recipe that made it, so the checkpoint names its whole history
+    # (read before the first checkpoint, which may overwrite ``init`` when it is ``out_dir``'s).
+    if resuming:
+        init_sha = _metadata(path).get("init_sha256", "")
+        init_recipe = _metadata(path).get("init_train_settings", "")
+    else:
+        init_sha = file_sha256(settings.init)
+        init_recipe = _metadata(settings.init).get("train_settings", "")
+    torch.manual_seed(settings.seed + start)
+    rng = np.random.default_rng([settings.seed, start])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
+    model.train()
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    seconds_before = float(_metadata(path).get("train_seconds", "0")) if resuming else 0.0
+    progress = tqdm(range(start, settings.steps), desc="detector (hard negatives)", unit="step", initial=start,
+                    total=settings.steps)
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, settings.steps, settings.lr, warmup=settings.warmup)
+        indices = rng.choice(len(cache), settings.batch, replace=False)
+        pixels, boxes, classes = _batch(cache, indices, rng, settings.input_size)
+        outputs = model(pixels)
+        targets = assign_targets(config, model.centers, model.location_strides, boxes, classes)
+        loss = detection_loss(outputs, targets, config.num_classes)
+        total = loss.total
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+        progress.set_postfix(loss=f"{float(total.detach()):.3f}", cls=f"{float(loss.classification):.3f}",
+                             box=f"{float(loss.box):.3f}")
+        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
+            elapsed = seconds_before + time.perf_counter() - t0
+            rate = (step + 1 - start) / max(1e-9, time.perf_counter() - t0)
+            save_checkpoint(path, model, kind="detector", config_json=config.to_json(), label_map=label_map,
+                            extra={"step": str(step + 1), "train_settings": settings.to_json(),
+                                   "init_sha256": init_sha, "init_train_settings": init_recipe,
+                                   "train_seconds": f"{elapsed:.0f}",
+                                   "steps_per_second": f"{rate:.3f}"})
+    model.eval()
+    return path
