@@ -416,14 +416,22 @@ def test_convert_target_gpu_engines_later_writes_the_gpu_repository_of_the_shipp
     pixels = np.zeros((2, detector.input[0].dims[0], detector.input[0].dims[1], 3), dtype=np.uint8)
     boxes, _, classes = _run(out / "detector/1/model.onnx", {contract.PIXELS.name: pixels})
     assert boxes.shape == (2, contract.DEFAULT_MAX_DETECTIONS, 4) and classes.dtype == np.int32
-    # The shipped attribute graph has the mask head: its engine graph and config serve CROP_MASKS too.
+    # The shipped attribute graph has the mask, embedding and vertical heads: its engine graph and config
+    # serve them under the same names, in the same order (Triton binds a plan's outputs by name).
     attributes = text_format.Parse((out / "attributes/config.pbtxt").read_text(), mc.ModelConfig())
-    assert [o.name for o in attributes.output] == [contract.ATTRIBUTE_PROBS.name, contract.CROP_MASKS.name]
+    served = [contract.ATTRIBUTE_PROBS.name, contract.CROP_MASKS.name, contract.CROP_EMBEDDINGS.name,
+              contract.VERTICAL_PROBS.name]
+    assert [o.name for o in attributes.output] == served
     crops = np.zeros((3, attributes.input[0].dims[0], attributes.input[0].dims[1], 3), dtype=np.uint8)
-    probs, masks = _run(out / "attributes/1/model.onnx", {contract.CROPS.name: crops})
-    assert probs.shape[0] == 3 and masks.shape == (3, *attributes.output[1].dims)
+    session = ort.InferenceSession(str(out / "attributes/1/model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == served
+    outputs = session.run(None, {contract.CROPS.name: crops})
+    for output, config in zip(outputs, attributes.output, strict=True):
+        assert output.shape == (3, *config.dims)
     postprocess = text_format.Parse((out / "postprocess/config.pbtxt").read_text(), mc.ModelConfig())
     assert postprocess.parameters["crop_masks"].string_value == "true"
+    assert postprocess.parameters["labels_from"].string_value == "attributes"
+    assert postprocess.parameters["embeddings_from"].string_value == "attributes"
 
 
 def _fake_tensorrt(*, fast_fp16: bool) -> Any:
