@@ -593,7 +593,7 @@ def _shot(browser: Any, name: str) -> None:
 
 def _browser() -> Any:
     if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
-        pytest.skip("the browser test needs chromium and chromium-driver (scripts/setup.sh installs them with apt-get; "
+        pytest.fail("the browser test needs chromium and chromium-driver (scripts/setup.sh installs them with apt-get; "
                     "selenium is in requirements-dev.txt)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

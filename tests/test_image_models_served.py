@@ -115,7 +115,7 @@ def test_served_labels_and_vectors_equal_their_library(server: TritonServer, rep
             top = np.argsort(-probs, kind="stable")[:5]
             assert [label.label for label in served.labels] == [names[i] for i in top]
             np.testing.assert_allclose([label.score for label in served.labels], probs[top], atol=1e-3)
-            assert served.labels_model.startswith("hf:") or served.labels_model
+            assert served.labels_model == manifest["image_models"]["classifier"]["name"]
             # the image's vector
             expected = clip.get_image_features(**clip_processor(images=image, return_tensors="pt"))
             expected = getattr(expected, "pooler_output", expected)

@@ -227,8 +227,7 @@ def test_the_model_files_load_the_runner_their_config_names(torch_repository: Pa
     detector, loaded = load_detector_runner(ModelArgs.from_backend_args(_backend_args(torch_repository, "detector")))
     heads, _ = load_attributes_runner(ModelArgs.from_backend_args(_backend_args(torch_repository, "attributes")))
 
-    # the attribute runner is served behind the ONNX runner's interface (``outputs`` / ``run``)
-    assert isinstance(detector, TorchDetector) and isinstance(getattr(heads, "heads", None), TorchAttributes)
+    assert isinstance(detector, TorchDetector) and isinstance(heads, TorchAttributes)
     assert "model.safetensors on cpu (fp32)" in loaded
 
 

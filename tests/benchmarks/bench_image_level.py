@@ -44,7 +44,8 @@ def strip_heads(out: Path) -> Path:
     classifier, labels = load_attributes(default_weights("attributes"))
     config = replace(classifier.config, retrieval_dim=0, verticals=())
     bare = AttributeClassifier(config)
-    state = {k: v for k, v in classifier.state_dict().items() if k in bare.state_dict()}
+    kept = bare.state_dict().keys()
+    state = {k: v for k, v in classifier.state_dict().items() if k in kept}
     bare.load_state_dict(state, strict=True)
     save_checkpoint(out, bare, kind="attributes", config_json=config.to_json(), label_map=labels)
     return out

@@ -149,7 +149,7 @@ def encode_image(image: ImageInput, encoding: ImageEncoding) -> bytes:
     return data
 
 
-TEXT_BATCH = 16
+TEXT_BATCH = contract.TEXT_EMBEDDER_MAX_BATCH
 """Texts per ``text_embedder`` request (its ``max_batch_size`` as the converter writes it)."""
 
 

@@ -58,6 +58,8 @@ CLASSIFIER_MODEL = "classifier"
 EMBEDDER_MODEL = "embedder"
 TEXT_EMBEDDER_MODEL = "text_embedder"
 """The text tower of an embedder family: a model of its own that clients call directly (``embed_text``)."""
+TEXT_EMBEDDER_MAX_BATCH = 16
+"""Texts per ``text_embedder`` request: its ``max_batch_size``, and what ``embed_text`` sends at most."""
 
 
 @dataclass(frozen=True)

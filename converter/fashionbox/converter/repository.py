@@ -292,7 +292,8 @@ class RepositorySettings:
     image_models: ModelScheduling = field(default_factory=lambda: ModelScheduling(max_batch_size=32))
     """``classifier`` and ``embedder``: called through BLS like ``attributes``, so unbounded queues."""
     text_embedder: ModelScheduling = field(
-        default_factory=lambda: ModelScheduling(max_batch_size=16, max_queue_size=DEFAULT_ENTRY_QUEUE_SIZE))
+        default_factory=lambda: ModelScheduling(max_batch_size=contract.TEXT_EMBEDDER_MAX_BATCH,
+                                                max_queue_size=DEFAULT_ENTRY_QUEUE_SIZE))
     """An entry clients call directly: bounded like ``preprocess``."""
 
     def __post_init__(self) -> None:

@@ -10,12 +10,10 @@ ONNX-only environment needs no torch). This module sits above both ``fashionbox.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fashionbox import contract
-from fashionbox.core.postprocessing import AnyArray, Float32Array
 from fashionbox.core.serving import (
     AttributesParameters,
     AttributesRunner,
@@ -89,9 +87,9 @@ def load_attributes_runner(args: ModelArgs) -> tuple[AttributesRunner, str]:
     def torch_heads(path: Path, runtime: RuntimeSettings, device: str) -> AttributesRunner:
         from fashionbox.models.torch_runtime import TorchAttributes
 
-        return _TorchHeads(TorchAttributes(path, device=device, precision=runtime.precision,
-                                           num_attribute_labels=params.num_attribute_labels,
-                                           max_batch_size=max(1, args.max_batch_size())))
+        return TorchAttributes(path, device=device, precision=runtime.precision,
+                               num_attribute_labels=params.num_attribute_labels,
+                               max_batch_size=max(1, args.max_batch_size()))
 
     def onnx_heads(path: Path, ort: OrtSettings) -> AttributesRunner:
         return OnnxAttributes(path, ort, num_attribute_labels=params.num_attribute_labels)
@@ -103,27 +101,6 @@ def load_attributes_runner(args: ModelArgs) -> tuple[AttributesRunner, str]:
 
     runner, loaded = _load_runner(args, params.onnx_file, onnx_heads, torch_heads, openvino_heads)
     return runner, f"{loaded} {params}"
-
-
-class _TorchHeads:
-    """:class:`fashionbox.models.torch_runtime.TorchAttributes` behind the ONNX runner's ``outputs`` / ``run``."""
-
-    def __init__(self, heads: Any) -> None:
-        self.heads = heads
-        self.mask_size = int(getattr(heads, "mask_size", 0))
-        self.classify = heads.classify
-        self.classify_with_masks = heads.classify_with_masks
-        if hasattr(heads, "run_all"):
-            self.outputs = tuple(name for name in heads.output_names if name != contract.ONNX_ATTRIBUTES_OUTPUT)
-        else:  # a runner without the embedding and vertical heads
-            self.outputs = (contract.ONNX_ATTRIBUTES_MASKS,) if self.mask_size else ()
-
-    def run(self, crops: AnyArray, names: Sequence[str]) -> dict[str, Float32Array]:
-        if hasattr(self.heads, "run_all"):
-            results: dict[str, Float32Array] = self.heads.run_all(crops)
-            return {name: results[name] for name in (contract.ONNX_ATTRIBUTES_OUTPUT, *names)}
-        probs, masks = self.heads.classify_with_masks(crops)
-        return {contract.ONNX_ATTRIBUTES_OUTPUT: probs, contract.ONNX_ATTRIBUTES_MASKS: masks}
 
 
 def load_branch_runner(args: ModelArgs) -> tuple[Any, str]:

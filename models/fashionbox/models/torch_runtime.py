@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -275,6 +276,19 @@ class TorchAttributes(_Runner):
         """The vertical head's class names, in output order; empty without one."""
         names: tuple[str, ...] = self.model.config.verticals if self.model.vertical_head is not None else ()
         return names
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The optional heads' outputs (``masks``, ``embeddings``, ``verticals``), as the ONNX runner names them."""
+        return tuple(name for name in self.output_names if name != "probs")
+
+    def run(self, crops: AnyArray, names: Sequence[str]) -> dict[str, Float32Array]:
+        """``probs`` and the optional outputs ``names``, keyed by ONNX output name (the ONNX runner's call)."""
+        missing = [name for name in names if name not in self.outputs]
+        if missing:
+            raise ValueError(f"{self.weights} has no output {missing} (it has {list(self.outputs)})")
+        results = self.run_all(crops)
+        return {name: results[name] for name in ("probs", *names)}
 
     def run_all(self, crops: AnyArray) -> dict[str, Float32Array]:
         """Every output of the checkpoint for uint8 crops ``[B, C, C, 3]``, from one pass over the trunk:

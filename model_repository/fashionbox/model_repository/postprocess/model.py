@@ -250,10 +250,9 @@ class TritonPythonModel:
         owners = np.array([i for i, array in arrays.items() for _ in range(array.shape[0])], dtype=np.int64)
         if not len(owners):
             return {i: {name: array[:0] for name in (output, *extra_outputs)} for i, array in arrays.items()}
-        first = next(a for a in arrays.values() if a.shape[0])
         chunks = call_model_chunked(
             model, input_name=contract.CROPS.name if model == self.params.attributes_model else contract.VIEWS.name,
-            output_name=output, array=np.concatenate([a for a in arrays.values() if a.shape[0]] or [first[:0]]),
+            output_name=output, array=np.concatenate([a for a in arrays.values() if a.shape[0]]),
             max_batch_size=max_batch_size,
             extra=self._attributes_token if token else None,
             extra_outputs=extra_outputs)
