@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from client_images import (
@@ -99,3 +100,46 @@ def start_private_server(
 def restart(server: TritonServer) -> None:
     """Stop ``server`` and start it again on the same ports (call from the thread that started it)."""
     restart_on_same_ports(server, stop_timeout_s=15)
+
+
+def infer_model(server: TritonServer, model: str, arrays: dict[str, Any], outputs: list[str]) -> Any:
+    """One raw gRPC call (no retries) of ``model`` with ``arrays`` as its inputs: the step models too."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    inputs = []
+    for name, array in arrays.items():
+        array = np.asarray(array)
+        tensor = grpcclient.InferInput(name, list(array.shape), "BYTES" if array.dtype == object
+                                       else np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    with grpcclient.InferenceServerClient(server.endpoints.grpc) as client:
+        return client.infer(model, inputs, outputs=[grpcclient.InferRequestedOutput(n) for n in outputs])
+
+
+def fill_slots_then_wait(server: TritonServer, entry: str, capacity: int, image: Any) -> tuple[int, float]:
+    """Take every admission slot by ``capacity`` direct calls to the ensemble's entry model (their
+    outputs go back to the caller), then send raw ensemble requests (no retries) until one is
+    admitted: ``(refusals seen, seconds from the first direct call to the admission)``. Each refusal
+    must be the "at capacity" one, and the wait is cut at 3 s."""
+    import time
+
+    from tritonclient.utils import InferenceServerException
+
+    from fashionbox import contract
+
+    started = time.monotonic()
+    for _ in range(capacity):
+        infer_model(server, entry, {"IMAGE": image}, ["TOKEN"])
+    refused = 0
+    while True:
+        try:
+            infer_model(server, contract.ENSEMBLE_MODEL, {"IMAGE": image}, ["DETECTIONS"])
+            return refused, time.monotonic() - started
+        except InferenceServerException as exc:
+            assert "at capacity" in exc.message(), exc
+            refused += 1
+            assert time.monotonic() - started < 3.0, "the direct calls held the slots past their pending time"
+            time.sleep(0.05)

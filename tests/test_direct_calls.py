@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from client_servers import dark_jpeg, start_private_server
+from client_servers import dark_jpeg, fill_slots_then_wait, infer_model, start_private_server
 from onnx_standins import write_standin_repository
 
 from fashionbox import contract
@@ -47,31 +47,17 @@ def _grpc(server: TritonServer) -> Any:
     return grpcclient.InferenceServerClient(server.endpoints.grpc)
 
 
-def _infer(server: TritonServer, model: str, arrays: dict[str, np.ndarray], outputs: list[str]) -> Any:
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import np_to_triton_dtype
-
-    inputs = []
-    for name, array in arrays.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), "BYTES" if array.dtype == object
-                                       else np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    with _grpc(server) as client:
-        return client.infer(model, inputs, outputs=[grpcclient.InferRequestedOutput(n) for n in outputs])
-
-
 def _refusal(server: TritonServer, model: str, arrays: dict[str, np.ndarray], outputs: list[str]) -> Any:
     from tritonclient.utils import InferenceServerException
 
     with pytest.raises(InferenceServerException) as refused:
-        _infer(server, model, arrays, outputs)
+        infer_model(server, model, arrays, outputs)
     return refused.value
 
 
 def _preprocessed(server: TritonServer, seed: int = 1) -> dict[str, np.ndarray]:
     """A direct ``preprocess`` call: what it gives its caller, TOKEN included."""
-    result = _infer(server, contract.PREPROCESS_MODEL, {"IMAGE": np.array([[dark_jpeg(seed)]], dtype=object)},
+    result = infer_model(server, contract.PREPROCESS_MODEL, {"IMAGE": np.array([[dark_jpeg(seed)]], dtype=object)},
                     ["PIXELS", "IMAGE_INFO", "TOKEN"])
     return {name: result.as_numpy(name) for name in ("PIXELS", "IMAGE_INFO", "TOKEN")}
 
@@ -110,23 +96,9 @@ def test_the_steps_refuse_direct_calls_without_a_token_or_with_a_forged_one(serv
 def test_direct_preprocess_calls_hold_admission_for_about_a_second_only(server: TritonServer) -> None:
     time.sleep(1.2)  # earlier tests' pending slots have expired
     image = np.array([[dark_jpeg(5)]], dtype=object)
-    started = time.monotonic()
-    for _ in range(CAPACITY):  # every slot, taken by calls whose outputs go back to their caller
-        _infer(server, contract.PREPROCESS_MODEL, {"IMAGE": image}, ["TOKEN"])
-    refused_at_first = 0
+    # every slot, taken by direct preprocess calls whose outputs go back to their caller
+    refused_at_first, blocked_s = fill_slots_then_wait(server, contract.PREPROCESS_MODEL, CAPACITY, image)
     with FashionClient(server.endpoints.grpc) as client:
-        # Raw gRPC without retries: a refusal shows as UNAVAILABLE "at capacity".
-        from tritonclient.utils import InferenceServerException
-        while True:
-            try:
-                _infer(server, contract.ENSEMBLE_MODEL, {"IMAGE": image}, ["DETECTIONS"])
-                break
-            except InferenceServerException as exc:
-                assert "at capacity" in exc.message(), exc
-                refused_at_first += 1
-                assert time.monotonic() - started < 3.0, "the direct calls held the slots past their pending time"
-                time.sleep(0.05)
-        blocked_s = time.monotonic() - started
         assert isinstance(client.detect(dark_jpeg(6)), ImageDetections)
     # 16 direct calls used to refuse all ensemble traffic for the 5 s TTL; now for the 1 s pending time.
     assert refused_at_first > 0 and blocked_s < 1.6, (refused_at_first, blocked_s)
@@ -147,6 +119,6 @@ def test_a_token_a_direct_preprocess_call_returned_works_for_its_own_pixels_only
     # The documented limit: what preprocess returns to its caller can be replayed to the detector (which
     # confirms its slot: run last, since that slot is then held for the TTL).
     made = _preprocessed(server, seed=4)
-    result = _infer(server, contract.DETECTOR_MODEL, {"PIXELS": made["PIXELS"], "TOKEN": made["TOKEN"]},
+    result = infer_model(server, contract.DETECTOR_MODEL, {"PIXELS": made["PIXELS"], "TOKEN": made["TOKEN"]},
                     ["DET_BOXES"])
     assert result.as_numpy("DET_BOXES").shape[0] == 1

@@ -139,6 +139,7 @@ EXPECTED = {
         parameters { key: "attributes_token" value { string_value: "true" } }
         parameters { key: "crop_masks" value { string_value: "false" } }
         parameters { key: "detector_masks" value { string_value: "false" } }
+        parameters { key: "attributes_inline" value { string_value: "false" } }
         parameters { key: "max_in_flight" value { string_value: "12" } }
         parameters { key: "admission_ttl_ms" value { string_value: "5000" } }
         parameters { key: "admission_pending_ms" value { string_value: "1000" } }

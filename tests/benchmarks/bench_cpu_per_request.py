@@ -101,6 +101,8 @@ def served_ms(url: str, server_pid: int, images: list[bytes], duration_s: float)
 
 
 def main(argv: list[str] | None = None) -> int:
+    import contextlib
+
     from fashionbox.converter import ConvertOptions, convert
     from fashionbox.server import running_server
 
@@ -108,39 +110,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--layouts", default="steps,fused",
+                        help="repository layouts served (RepositorySettings.layout), each measured in every round; "
+                             "the first is the summary's")
     parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/cpu_per_request.json")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
 
+    layouts = args.layouts.split(",")
     images = make_images(args.images)
     rounds: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="fashionbox-bench-cpu-") as tmp:
-        repository = convert(ConvertOptions(out=Path(tmp) / "repo")).repository  # the shipped settings
-        with running_server(repository, Path(tmp) / "logs") as server:
-            url = str(server.endpoints.grpc)
+    with tempfile.TemporaryDirectory(prefix="fashionbox-bench-cpu-") as tmp, contextlib.ExitStack() as stack:
+        servers = {}
+        for layout in layouts:  # the shipped settings, ONNX Runtime in each (the graphs are the same)
+            repository = convert(ConvertOptions(out=Path(tmp) / f"repo-{layout}", runtime="onnxruntime",
+                                                repository_settings={"layout": layout})).repository
+            server = stack.enter_context(running_server(repository, Path(tmp) / f"logs-{layout}"))
             assert server.pid is not None
-            served_ms(url, server.pid, images, 3.0)  # warm every instance
-            for index in range(args.rounds):
-                alone = in_process_ms(repository, images)
-                served = served_ms(url, server.pid, images, args.duration_s)
-                rounds.append({"in_process_ms_per_image": alone, "served": served})
-                print(f"round {index + 1}: in process {sum(alone.values()):.2f} ms/image, served "
+            served_ms(str(server.endpoints.grpc), server.pid, images, 3.0)  # warm every instance
+            servers[layout] = (repository, server)
+        for index in range(args.rounds):
+            alone = in_process_ms(servers[layouts[0]][0], images)
+            measured: dict[str, Any] = {"in_process_ms_per_image": alone}
+            for layout, (_, server) in servers.items():  # the idle one's stubs and server cost ~nothing meanwhile
+                served = served_ms(str(server.endpoints.grpc), server.pid, images, args.duration_s)
+                measured[layout if layout != layouts[0] else "served"] = served
+                print(f"round {index + 1}: in process {sum(alone.values()):.2f} ms/image, served ({layout}) "
                       f"{served['total_ms']:.2f} ms/request at {served['images_per_s']} images/s", flush=True)
+            rounds.append(measured)
 
     def median(values: list[float]) -> float:
         return round(statistics.median(values), 2)
 
+    def summarise(key: str) -> dict[str, Any]:
+        groups = sorted({g for r in rounds for g in r[key]["cpu_ms_per_request"]})
+        return {
+            "served_cpu_ms_per_request": {g: median([r[key]["cpu_ms_per_request"].get(g, 0.0) for r in rounds])
+                                          for g in groups},
+            "served_total_ms": median([r[key]["total_ms"] for r in rounds]),
+            "served_images_per_s": median([r[key]["images_per_s"] for r in rounds]),
+            "errors": sum(r[key]["errors"] for r in rounds),
+        }
+
     steps = rounds[0]["in_process_ms_per_image"]
-    groups = rounds[0]["served"]["cpu_ms_per_request"]
     summary = {
+        "layout": layouts[0],
         "in_process_ms_per_image": {k: median([r["in_process_ms_per_image"][k] for r in rounds]) for k in steps},
-        "served_cpu_ms_per_request": {k: median([r["served"]["cpu_ms_per_request"].get(k, 0.0) for r in rounds])
-                                      for k in groups},
         "in_process_total_ms": median([sum(r["in_process_ms_per_image"].values()) for r in rounds]),
-        "served_total_ms": median([r["served"]["total_ms"] for r in rounds]),
-        "served_images_per_s": median([r["served"]["images_per_s"] for r in rounds]),
-        "errors": sum(r["served"]["errors"] for r in rounds),
+        **summarise("served"),
+        "layouts": {layout: summarise(layout if layout != layouts[0] else "served") for layout in layouts},
     }
     write_report(args.out, __file__, argv, {"concurrency": CONCURRENCY, "summary": summary, "rounds": rounds})
     for key, value in summary.items():

@@ -147,91 +147,103 @@ def run_served(url: str, images: list[bytes], concurrency: int, duration_s: floa
     return result
 
 
+def _schedulings(spec: str) -> dict[str, Any]:
+    from fashionbox.converter.repository import ModelScheduling
+
+    instances = {k: int(v) for k, v in (item.split("=") for item in spec.split(","))}
+    return {name: ModelScheduling(instances=count, max_batch_size=64 if name == "attributes" else 8)
+            for name, count in instances.items()}
+
+
+def _summary(runs: dict[str, Any], baseline: float, concurrencies: list[int]) -> dict[str, Any]:
+    best = max(concurrencies, key=lambda c: statistics.median(
+        p["throughput_rps"] for p in runs["served"].get(str(c), [{"throughput_rps": 0}])))
+    served = statistics.median(p["throughput_rps"] for p in runs["served"][str(best)])
+    return {
+        "served_concurrency": best,
+        "served_images_per_s": round(served, 1),
+        "ratio_served_to_baseline": round(served / baseline, 3),
+        "latency_c1_p50_ms": round(statistics.median(p["latency_ms"]["p50"] for p in runs["latency_c1"]), 1),
+        "latency_c1_p99_ms": round(statistics.median(p["latency_ms"]["p99"] for p in runs["latency_c1"]), 1),
+        "client_cpu_ms_per_request": statistics.median(
+            p["client_cpu_ms_per_request"] for p in runs["served"][str(best)]),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration-s", type=float, default=8.0)
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--concurrency", default="1,4,8,16")
+    parser.add_argument("--layouts", default="steps,fused",
+                        help="repository layouts served, each in every round (RepositorySettings.layout); the first "
+                             "is the summary's")
     parser.add_argument(
         "--instances",
         default="preprocess=2,detector=2,attributes=1,postprocess=2",
-        help="instance count per composing model",
+        help="instance count per composing model, steps layout",
     )
+    parser.add_argument("--fused-instances", default="detector=2,postprocess=2",
+                        help="instance count per composing model, fused layout (detector decodes too; postprocess "
+                             "runs the attribute network)")
     parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/serving.json")
     args = parser.parse_args(argv)
 
     from fashionbox.converter import ConvertOptions, convert
-    from fashionbox.converter.repository import ModelScheduling
     from fashionbox.server import ServerConfig, TritonServer, find_free_ports
 
-    instances = {k: int(v) for k, v in (item.split("=") for item in args.instances.split(","))}
-    overrides = {
-        name: ModelScheduling(instances=count, max_batch_size=64 if name == "attributes" else 8)
-        for name, count in instances.items()
-    }
+    layouts = args.layouts.split(",")
+    specs = {"steps": args.instances, "fused": args.fused_instances}
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     images = make_images(args.images)
-    runs: dict[str, Any] = {"baseline": {c.label: [] for c in BASELINE_CONFIGS}, "served": {}, "latency_c1": []}
+    runs: dict[str, Any] = {"baseline": {c.label: [] for c in BASELINE_CONFIGS}}
+    served_runs: dict[str, dict[str, Any]] = {layout: {"served": {}, "latency_c1": []} for layout in layouts}
     with tempfile.TemporaryDirectory(prefix="fashionbox-bench-") as tmp:
-        repository = convert(ConvertOptions(out=Path(tmp) / "repo", repository_settings=overrides)).repository
-        grpc, http, metrics = find_free_ports(3)
-        config = ServerConfig(
-            repository=repository,
-            grpc_port=grpc,
-            http_port=http,
-            metrics_port=metrics,
-            log_path=Path(tmp) / "tritonserver.log",
-        )
-        best_config, best_concurrency = BASELINE_CONFIGS[0], concurrencies[0]
+        configs = {}
+        for layout in layouts:  # the same weights, converted once per layout; ONNX Runtime in every one
+            repository = convert(ConvertOptions(
+                out=Path(tmp) / f"repo-{layout}", runtime="onnxruntime",
+                repository_settings={"layout": layout, **_schedulings(specs[layout])})).repository
+            grpc, http, metrics = find_free_ports(3)
+            configs[layout] = ServerConfig(repository=repository, grpc_port=grpc, http_port=http,
+                                           metrics_port=metrics, log_path=Path(tmp) / f"tritonserver-{layout}.log")
+        best_config = BASELINE_CONFIGS[0]
+        best_concurrency = {layout: concurrencies[0] for layout in layouts}
         for round_index in range(args.rounds):
             # Round 1 explores every configuration; later rounds repeat only the best of each side.
-            configs = BASELINE_CONFIGS if round_index == 0 else (best_config,)
-            for c in configs:
-                rate = run_baseline(repository, images, c, args.duration_s)
+            baselines = BASELINE_CONFIGS if round_index == 0 else (best_config,)
+            for c in baselines:
+                rate = run_baseline(configs[layouts[0]].repository, images, c, args.duration_s)
                 runs["baseline"][c.label].append(rate)
                 print(f"round {round_index + 1} baseline {c.label}: {rate:.1f} images/s", flush=True)
             best_config = max(BASELINE_CONFIGS, key=lambda c: statistics.median(runs["baseline"][c.label] or [0]))
-            with TritonServer(config) as server:
-                url = server.endpoints.grpc
-                run_served(url, images, 4, 2.0)  # warm every instance
-                levels = concurrencies if round_index == 0 else [best_concurrency]
-                for c in levels:
-                    point = run_served(url, images, c, args.duration_s)
-                    runs["served"].setdefault(str(c), []).append(point)
-                    lat = point["latency_ms"]
-                    print(
-                        f"round {round_index + 1} served c={c}: {point['throughput_rps']:.1f} images/s "
-                        f"p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms",
-                        flush=True,
-                    )
-                best_concurrency = max(
-                    concurrencies,
-                    key=lambda c: statistics.median(
-                        p["throughput_rps"] for p in runs["served"].get(str(c), [{"throughput_rps": 0}])
-                    ),
-                )
-                latency = run_served(url, images, 1, args.duration_s)
-                runs["latency_c1"].append(latency)
-                if round_index == args.rounds - 1:
-                    runs["triton_statistics"] = triton_statistics(url)
+            for layout in layouts:
+                layout_runs = served_runs[layout]
+                with TritonServer(configs[layout]) as server:
+                    url = server.endpoints.grpc
+                    run_served(url, images, 4, 2.0)  # warm every instance
+                    levels = concurrencies if round_index == 0 else [best_concurrency[layout]]
+                    for c in levels:
+                        point = run_served(url, images, c, args.duration_s)
+                        layout_runs["served"].setdefault(str(c), []).append(point)
+                        lat = point["latency_ms"]
+                        print(f"round {round_index + 1} {layout} served c={c}: {point['throughput_rps']:.1f} "
+                              f"images/s p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms", flush=True)
+                    best_concurrency[layout] = max(concurrencies, key=lambda c, r=layout_runs: statistics.median(
+                        p["throughput_rps"] for p in r["served"].get(str(c), [{"throughput_rps": 0}])))
+                    layout_runs["latency_c1"].append(run_served(url, images, 1, args.duration_s))
+                    if round_index == args.rounds - 1:
+                        layout_runs["triton_statistics"] = triton_statistics(url)
 
     baseline = statistics.median(runs["baseline"][best_config.label])
-    served = statistics.median(p["throughput_rps"] for p in runs["served"][str(best_concurrency)])
-    summary = {
-        "baseline_config": best_config.label,
-        "baseline_images_per_s": round(baseline, 1),
-        "served_concurrency": best_concurrency,
-        "served_images_per_s": round(served, 1),
-        "ratio_served_to_baseline": round(served / baseline, 3),
-        "latency_c1_p50_ms": round(statistics.median(p["latency_ms"]["p50"] for p in runs["latency_c1"]), 1),
-        "latency_c1_p99_ms": round(statistics.median(p["latency_ms"]["p99"] for p in runs["latency_c1"]), 1),
-        "client_cpu_ms_per_request": statistics.median(
-            p["client_cpu_ms_per_request"] for p in runs["served"][str(best_concurrency)]
-        ),
-    }
-    write_report(args.out, __file__, argv, {"instances": instances, "rounds": args.rounds,
-                                            "duration_s": args.duration_s, "summary": summary, "runs": runs})
+    layouts_summary = {layout: _summary(served_runs[layout], baseline, concurrencies) for layout in layouts}
+    summary = {"baseline_config": best_config.label, "baseline_images_per_s": round(baseline, 1),
+               "layout": layouts[0], **layouts_summary[layouts[0]], "layouts": layouts_summary}
+    runs["layouts"] = served_runs
+    write_report(args.out, __file__, argv, {"instances": {layout: specs[layout] for layout in layouts},
+                                            "rounds": args.rounds, "duration_s": args.duration_s,
+                                            "summary": summary, "runs": runs})
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -129,7 +129,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     engines = EngineOptions(build=args.engines, fp16=args.fp16, workspace_mib=args.workspace_mib,
                             timing_cache=args.timing_cache, cuda_graphs=args.cuda_graphs)
-    limits = {name: value for name in ("max_image_bytes", "max_pixels", "max_in_flight")
+    limits = {name: value for name in ("max_image_bytes", "max_pixels", "max_in_flight", "layout")
               if (value := getattr(args, name)) is not None}
     result = convert(ConvertOptions(out=args.out, detector=args.detector, attributes=args.attributes,
                                     classifier=args.classifier, embedder=args.embedder,
@@ -314,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-in-flight", type=int,
                    help="admission control: requests inside the pipeline at once; more are refused at once "
                         "(UNAVAILABLE). 0 turns it off")
+    p.add_argument("--layout", choices=["steps", "fused"], default=None,
+                   help="--target cpu with onnxruntime or openvino: fused decodes and detects in one step and runs "
+                        "the attribute network inside postprocess (two python-backend hops per request instead of "
+                        "four); steps (the default) keeps each network a model of its own, as the GPU profile does")
     g = p.add_argument_group("--target gpu (TensorRT engines, or --runtime torch)")
     g.add_argument("--engines", choices=["now", "later"], default="now",
                    help="now: build with the tensorrt package on this (serving) GPU; later: write build_engines.sh "

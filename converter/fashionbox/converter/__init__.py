@@ -174,6 +174,10 @@ class ConvertOptions:
             raise ConvertError("--precision applies to target cpu; target gpu is FP16 unless --no-fp16")
         if self.precision == "bf16" and self.runtime not in ("openvino", "auto"):
             raise ConvertError(f"bf16 runs in OpenVINO only (--runtime openvino or auto), not {self.runtime}")
+        if self.repository_settings.get("layout") == "fused" and (self.target != "cpu" or self.runtime == "torch"):
+            raise ConvertError("--layout fused is a CPU layout for ONNX Runtime and OpenVINO (--target cpu, --runtime "
+                               "auto, onnxruntime or openvino); the GPU profiles and the torch runtime keep the steps "
+                               "layout")
 
     @property
     def resolved_runtime(self) -> str:
@@ -491,6 +495,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
         manifest = {
             "created_unix_s": int(started),
             "target": options.target,
+            "layout": settings.layout,
             "runtime": runtime,
             "precision": runtime_settings.precision if runtime in ("torch", "openvino") else None,
             "family": family.name,

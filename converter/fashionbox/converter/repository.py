@@ -109,6 +109,8 @@ logger = logging.getLogger(__name__)
 
 Target = Literal["cpu", "gpu"]
 TARGETS: tuple[Target, ...] = ("cpu", "gpu")
+Layout = Literal["steps", "fused"]
+LAYOUTS: tuple[Layout, ...] = ("steps", "fused")
 
 MODEL_VERSION = "1"
 ONNX_FILE = "model.onnx"
@@ -141,9 +143,14 @@ _PYTHON_MODELS = (
     contract.ATTRIBUTES_MODEL,
     contract.POSTPROCESS_MODEL,
 )
-_ENSEMBLE_STEPS = (contract.PREPROCESS_MODEL, contract.DETECTOR_MODEL, contract.POSTPROCESS_MODEL)
+_ENSEMBLE_STEPS = {
+    "steps": (contract.PREPROCESS_MODEL, contract.DETECTOR_MODEL, contract.POSTPROCESS_MODEL),
+    "fused": (contract.DETECTOR_MODEL, contract.POSTPROCESS_MODEL),
+}
 _SOURCES = {contract.CLASSIFIER_MODEL: "branch", contract.EMBEDDER_MODEL: "branch"}
 """Models whose python source is shared (one image-level network model.py serves both)."""
+_FUSED_SOURCES = {**_SOURCES, contract.DETECTOR_MODEL: "decode_detect"}
+"""The fused layout's ``detector`` decodes too: the source that does both."""
 TOKENIZER_DIR = TextEmbedderParameters.tokenizer_dir
 
 
@@ -271,6 +278,14 @@ class RepositorySettings:
     model_name: str = ""
     """The detector family, recorded in every result."""
     target: Target = "cpu"
+    layout: Layout = "steps"
+    """How the pipeline is cut into python-backend models. ``steps``: ``preprocess`` (decode),
+    ``detector``, ``postprocess`` calling ``attributes`` through BLS, each network a model of its own
+    to batch and place (the GPU profiles keep it). ``fused`` (target cpu with ONNX Runtime or
+    OpenVINO): ``detector`` decodes and detects in one step, and the attribute network runs inside
+    ``postprocess``: two hops through the python backend per request instead of four. The fused
+    ``detector`` is the entry: it has ``detector``'s instances and batching and ``preprocess``'s queue
+    bound; ``preprocess`` and ``attributes`` are not written."""
     detector_masks: bool = False
     """The detector segments (its family says so): it also outputs DET_MASK_COEFFS and DET_PROTOS, which
     the ensemble wires into ``postprocess`` to give each detection its mask."""
@@ -331,6 +346,11 @@ class RepositorySettings:
             raise ValueError("precision fp16 applies to the torch runtime on target gpu only (CPUs serve fp32)")
         if self.runtime.runtime == "openvino" and self.target != "cpu":
             raise ValueError("runtime openvino runs on target cpu only (target gpu serves TensorRT engines or torch)")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.layout == "fused" and (self.target != "cpu" or self.runtime.runtime == "torch"):
+            raise ValueError("layout fused is a CPU layout for ONNX Runtime and OpenVINO; target gpu and the torch "
+                             "runtime keep the steps layout, each network its own model")
         for name in ("preprocess", "detector", "attributes", "postprocess"):
             if not isinstance(getattr(self, name), ModelScheduling):
                 raise TypeError(f"{name} must be a ModelScheduling, got {type(getattr(self, name)).__name__}")
@@ -360,12 +380,26 @@ class RepositorySettings:
 
     @property
     def ensemble_max_batch_size(self) -> int:
-        return min(self.preprocess.max_batch_size, self.detector.max_batch_size, self.postprocess.max_batch_size)
+        return min(self.scheduling(name).max_batch_size for name in self.ensemble_steps)
+
+    @property
+    def ensemble_steps(self) -> tuple[str, ...]:
+        """The ensemble's steps, in order, for this layout."""
+        return _ENSEMBLE_STEPS[self.layout]
+
+    @property
+    def sources(self) -> Mapping[str, str]:
+        """Model name -> the folder of ``fashionbox.model_repository`` its ``model.py`` comes from, where
+        it is not the model's own name."""
+        return _FUSED_SOURCES if self.layout == "fused" else _SOURCES
 
     def scheduling(self, model: str) -> ModelScheduling:
+        detector = self.detector
+        if self.layout == "fused" and not (detector.max_queue_size or detector.queue_timeout_us):
+            detector = replace(detector, max_queue_size=self.preprocess.max_queue_size)  # it is the entry
         schedules = {
             contract.PREPROCESS_MODEL: self.preprocess,
-            contract.DETECTOR_MODEL: self.detector,
+            contract.DETECTOR_MODEL: detector,
             contract.ATTRIBUTES_MODEL: self.attributes,
             contract.POSTPROCESS_MODEL: self.postprocess,
             contract.CLASSIFIER_MODEL: self.image_models,
@@ -553,7 +587,7 @@ def ensemble_config(settings: RepositorySettings, label_map: LabelMap, steps: Ma
         input=_io(contract.ENSEMBLE_INPUTS, sizes, mc.ModelInput),
         output=_io(contract.ENSEMBLE_OUTPUTS, sizes, mc.ModelOutput),
     )
-    for name in _ENSEMBLE_STEPS:
+    for name in settings.ensemble_steps:
         step_config = steps[name]
         config.ensemble_scheduling.step.append(
             mc.ModelEnsembling.Step(
@@ -634,15 +668,38 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
                 model_name=settings.model_name,
                 crop_masks=bool(settings.crop_mask_size),
                 detector_masks=settings.detector_masks,
+                attributes_inline=settings.layout == "fused",
             ),
             *settings.image_level(),
             *settings.admission,
         ),
     }
+    if settings.layout == "fused":
+        configs = _fused(configs)
     configs.update(_branch_configs(settings, sizes))
     if settings.target == "gpu" and settings.gpu_decode:
         gpu_preprocess(configs[contract.PREPROCESS_MODEL])
     configs[contract.ENSEMBLE_MODEL] = ensemble_config(settings, label_map, configs)
+    return configs
+
+
+def _fused(configs: dict[str, Any]) -> dict[str, Any]:
+    """The steps layout's configs folded into the fused layout's two models (``RepositorySettings.layout``).
+
+    ``detector`` takes ``preprocess``'s input, outputs and parameters beside its own (the entry:
+    admission control and the decode limits); ``postprocess`` takes ``attributes``' parameters
+    and runtime settings, since the attribute network runs inside it.
+    """
+    preprocess, detector = configs.pop(contract.PREPROCESS_MODEL), configs[contract.DETECTOR_MODEL]
+    attributes, postprocess = configs.pop(contract.ATTRIBUTES_MODEL), configs[contract.POSTPROCESS_MODEL]
+    del detector.input[:]
+    detector.input.extend(preprocess.input)
+    outputs = {t.name: t for t in (*preprocess.output, *detector.output)}
+    del detector.output[:]
+    detector.output.extend(outputs.values())
+    for source, target in ((preprocess, detector), (attributes, postprocess)):
+        for key, value in source.parameters.items():
+            target.parameters[key].string_value = value.string_value
     return configs
 
 
@@ -818,6 +875,7 @@ def _build(
     label_map: LabelMap,
     manifest_json: str,
     files: Mapping[str, Path] | None = None,
+    sources: Mapping[str, str] = _SOURCES,
 ) -> None:
     for name, config in configs.items():
         if config.name != name:
@@ -827,7 +885,7 @@ def _build(
         version_dir.mkdir(parents=True)
         write_model_config(_inside(model_dir, CONFIG_FILE), config)
         if config.backend == "python":
-            _inside(version_dir, _PYTHON_SOURCE).write_bytes(_model_source(_SOURCES.get(name, name)))
+            _inside(version_dir, _PYTHON_SOURCE).write_bytes(_model_source(sources.get(name, name)))
         if name in onnx_files and config.backend == "python":  # the ONNX Runtime runners (cpu target)
             shutil.copyfile(onnx_files[name], _inside(version_dir, ONNX_FILE))
     label_map.save(_inside(root, contract.LABELS_FILE))
@@ -945,17 +1003,20 @@ def write_repository(
     if out.exists() or out.is_symlink():
         _check_replaceable(out)
 
+    # the fused layout runs the attribute network inside postprocess
+    attributes_home = contract.POSTPROCESS_MODEL if settings.layout == "fused" else contract.ATTRIBUTES_MODEL
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.incomplete-", dir=out.parent))
     try:
         _build(
             staging,
             configs,
-            {contract.DETECTOR_MODEL: Path(detector_onnx), contract.ATTRIBUTES_MODEL: Path(attributes_onnx),
+            {contract.DETECTOR_MODEL: Path(detector_onnx), attributes_home: Path(attributes_onnx),
              **{name: Path(path) for name, path in (branch_onnx or {}).items()}},
             label_map,
             manifest_json,
             files,
+            settings.sources,
         )
         staging.chmod(0o755)  # mkdtemp makes it 0700; a server running as another user must read it
         _swap_into_place(staging, out)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from fashionbox import contract
 from fashionbox.contract.labels import LabelMap
 
 if TYPE_CHECKING:  # imaging pulls in Pillow; this module needs only the type
@@ -32,6 +33,7 @@ __all__ = [
     "ImageResult",
     "attribute_mask",
     "detections_from_kept",
+    "detector_outputs",
     "finish_detections",
     "gather_detections",
     "mask_attribute_scores",
@@ -247,6 +249,17 @@ def stack_padded_masks(rows: Sequence[DetectorOutput]) -> tuple[Float32Array, Fl
     for i, row in enumerate(rows):
         coeffs[i, :len(row)] = row.mask_coeffs
     return coeffs, protos
+
+
+def detector_outputs(rows: Sequence[DetectorOutput], *, segments: bool) -> dict[str, AnyArray]:
+    """The ``detector`` step's outputs for ``rows`` (one request's images): DET_BOXES, DET_SCORES,
+    DET_CLASSES padded by :func:`stack_padded`, and with ``segments`` DET_MASK_COEFFS and DET_PROTOS."""
+    boxes, scores, classes = stack_padded(rows)
+    outputs: dict[str, AnyArray] = {contract.DET_BOXES.name: boxes, contract.DET_SCORES.name: scores,
+                                    contract.DET_CLASSES.name: classes}
+    if segments:
+        outputs[contract.DET_MASK_COEFFS.name], outputs[contract.DET_PROTOS.name] = stack_padded_masks(rows)
+    return outputs
 
 
 def unpad(boxes: AnyArray, scores: AnyArray, classes: AnyArray) -> DetectorOutput:

@@ -492,6 +492,10 @@ class PostprocessParameters(ParameterSet):
     """``attributes`` has a mask head: ask it for CROP_MASKS too and paste them into each detection."""
     detector_masks: bool = False
     """The detector segments: DET_MASK_COEFFS and DET_PROTOS are inputs, assembled into each detection's mask."""
+    attributes_inline: bool = False
+    """The fused CPU layout: the attribute network runs inside ``postprocess`` (its graph in this model's
+    version folder, :class:`AttributesParameters` and the runtime's settings among its parameters)
+    instead of behind a BLS call to ``attributes``."""
 
 
 @dataclass(frozen=True)

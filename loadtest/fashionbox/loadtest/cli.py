@@ -352,8 +352,9 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=contract.ENSEMBLE_MODEL, help="model clients call (default %(default)s)")
     parser.add_argument(
         "--models",
-        default="preprocess,detector,attributes,postprocess",
-        help="composing models to tune (default %(default)s)",
+        default="",
+        help="composing models to tune (default: those of preprocess, detector, attributes, postprocess the "
+             "repository has: all four in the steps layout, detector and postprocess in the fused one)",
     )
     parser.add_argument("--instances", type=_ints, default=(1, 2, 3), help="candidate instance counts")
     parser.add_argument("--max-batch-sizes", type=_ints, default=(1, 2, 4, 8, 16), help="candidate max_batch_size")
@@ -398,10 +399,12 @@ def tune_main(args: argparse.Namespace) -> int:
     from fashionbox.loadtest.printers import format_trial, format_tune
     from fashionbox.loadtest.tune import TuneOptions, TuneSpace, tune, write_back
     from fashionbox.server import serve_for_tuning
+    from fashionbox.server.model_config import CONFIG_FILE
 
     try:
         space = TuneSpace(
-            models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
+            models=(tuple(m.strip() for m in args.models.split(",") if m.strip())
+                    or tuple(m for m in TuneSpace.models if (args.repository / m / CONFIG_FILE).is_file())),
             instances=args.instances,
             max_batch_sizes=args.max_batch_sizes,
             queue_delays_us=args.queue_delays_us,

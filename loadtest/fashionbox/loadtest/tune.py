@@ -156,13 +156,23 @@ def runtime_of(configs: Mapping[str, Any]) -> str:
     return f"{runtime}/{precision}"
 
 
+def runtime_models(configs: Mapping[str, Any]) -> tuple[str, ...]:
+    """The models whose ``model.onnx`` runs in the chosen runtime: ``detector`` and ``attributes``, or in
+    the fused layout (``postprocess`` runs the attribute network, ``attributes_inline``) ``detector``
+    and ``postprocess``."""
+    post = configs.get(contract.POSTPROCESS_MODEL)
+    inline = post is not None and "attributes_inline" in post.parameters and \
+        post.parameters["attributes_inline"].string_value == "true"
+    return (contract.DETECTOR_MODEL, contract.POSTPROCESS_MODEL) if inline else RUNTIME_MODELS
+
+
 def apply_runtime(configs: Mapping[str, Any], runtime: str) -> dict[str, Any]:
     """Copies of ``configs`` whose network models run their ``model.onnx`` in ``runtime`` (``CPU_RUNTIMES``)."""
     if runtime not in CPU_RUNTIMES:
         raise LoadTestConfigError(f"unknown runtime {runtime!r}; choose from {CPU_RUNTIMES}")
     name, precision = runtime.split("/")
     out = make_consistent(configs)  # copies
-    for model in RUNTIME_MODELS:
+    for model in runtime_models(out):
         config = out.get(model)
         parameters = config.parameters if config is not None else {}
         current = parameters["runtime"].string_value if "runtime" in parameters else "onnxruntime"

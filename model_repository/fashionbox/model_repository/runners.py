@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fashionbox import contract
 from fashionbox.core.serving import (
     AttributesParameters,
     AttributesRunner,
@@ -28,10 +29,24 @@ from fashionbox.core.serving import (
     RuntimeSettings,
 )
 
-__all__ = ["TORCH_FOLDER", "load_attributes_runner", "load_branch_runner", "load_detector_runner"]
+__all__ = [
+    "ATTRIBUTE_EXTRAS",
+    "TORCH_FOLDER",
+    "load_attributes_runner",
+    "load_branch_runner",
+    "load_detector_runner",
+]
 
 TORCH_FOLDER = "transformers"
 """In a torch-runtime ``classifier`` / ``embedder`` version folder: the family's transformers files."""
+
+ATTRIBUTE_EXTRAS = {
+    contract.ONNX_ATTRIBUTES_MASKS: contract.CROP_MASKS.name,
+    contract.ONNX_ATTRIBUTES_EMBEDDINGS: contract.CROP_EMBEDDINGS.name,
+    contract.ONNX_ATTRIBUTES_VERTICALS: contract.VERTICAL_PROBS.name,
+}
+"""The attribute network's optional outputs (ONNX names) -> the tensors they are served as, beside
+ATTRIBUTE_PROBS: by ``attributes``, or by ``postprocess`` where the attribute network runs inside it."""
 
 R = TypeVar("R")
 

@@ -242,7 +242,9 @@ class InProcessPipeline:
         settings = OrtSettings(intra_op_threads=intra_op_threads)
         detector = OnnxDetector(repository / contract.DETECTOR_MODEL / "1" / "model.onnx", settings,
                                 max_detections=int(export["nms"]["max_detections"]))
-        attributes = OnnxAttributes(repository / contract.ATTRIBUTES_MODEL / "1" / "model.onnx", settings,
+        # the fused layout (RepositorySettings.layout) runs the attribute network inside postprocess
+        home = contract.POSTPROCESS_MODEL if manifest.get("layout") == "fused" else contract.ATTRIBUTES_MODEL
+        attributes = OnnxAttributes(repository / home / "1" / "model.onnx", settings,
                                     num_attribute_labels=label_map.num_attribute_labels)
         return cls(detector.detect, attributes.classify, label_map, int(export["input_size"]),
                    int(export["crop_size"]),

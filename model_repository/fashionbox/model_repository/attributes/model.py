@@ -38,14 +38,7 @@ from fashionbox.core.serving import (  # noqa: E402
     read_input,
     run_concatenated,
 )
-from fashionbox.model_repository.runners import load_attributes_runner  # noqa: E402
-
-# the network's optional outputs (ONNX names) -> the outputs this model serves them as
-_OPTIONAL = {
-    contract.ONNX_ATTRIBUTES_MASKS: contract.CROP_MASKS.name,
-    contract.ONNX_ATTRIBUTES_EMBEDDINGS: contract.CROP_EMBEDDINGS.name,
-    contract.ONNX_ATTRIBUTES_VERTICALS: contract.VERTICAL_PROBS.name,
-}
+from fashionbox.model_repository.runners import ATTRIBUTE_EXTRAS, load_attributes_runner  # noqa: E402
 
 
 class TritonPythonModel:
@@ -62,7 +55,8 @@ class TritonPythonModel:
         # written before the optional heads existed has none.
         declared = {output["name"] for output in self.args.config.get("output", [])}
         have = tuple(getattr(self.heads, "outputs", ()))
-        self.extras = {graph: served for graph, served in _OPTIONAL.items() if graph in have and served in declared}
+        self.extras = {graph: served for graph, served in ATTRIBUTE_EXTRAS.items()
+                       if graph in have and served in declared}
         pb_utils.Logger.log_info(f"{self.args.name}: {loaded}; optional outputs {sorted(self.extras.values())}")
 
     def execute(self, requests):

@@ -30,7 +30,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from fashionbox import contract  # noqa: E402
 from fashionbox.core.capability import TOKEN_INPUT, guarded_step  # noqa: E402
-from fashionbox.core.postprocessing import stack_padded, stack_padded_masks  # noqa: E402
+from fashionbox.core.postprocessing import detector_outputs  # noqa: E402
 from fashionbox.core.serving import (  # noqa: E402
     DetectorParameters,
     InputSpec,
@@ -67,14 +67,7 @@ class TritonPythonModel:
             self.slots.confirm([key])
 
     def _split(self, rows, part):
-        boxes, scores, classes = stack_padded(rows[part])
-        outputs = {contract.DET_BOXES.name: boxes, contract.DET_SCORES.name: scores,
-                   contract.DET_CLASSES.name: classes}
-        if self.segments:
-            coeffs, protos = stack_padded_masks(rows[part])
-            outputs[contract.DET_MASK_COEFFS.name] = coeffs
-            outputs[contract.DET_PROTOS.name] = protos
-        return outputs
+        return detector_outputs(rows[part], segments=self.segments)
 
     def finalize(self):
         self.detector = None

@@ -60,6 +60,7 @@ from fashionbox.core.serving import (  # noqa: E402
     unexpected_error,
 )
 from fashionbox.core.views import ViewRecipe, crop_views  # noqa: E402
+from fashionbox.model_repository.runners import ATTRIBUTE_EXTRAS, load_attributes_runner  # noqa: E402
 
 
 class _Staged:
@@ -128,6 +129,15 @@ class TritonPythonModel:
             (contract.CROP_EMBEDDINGS.name, image_level.embeddings_from == "attributes"),
             (contract.VERTICAL_PROBS.name, image_level.labels_from == "attributes")) if wanted)
         pb_utils.Logger.log_info(f"{self.args.name}: label map {self.label_map.name!r} {params} {image_level}")
+        self.heads = None
+        if params.attributes_inline:  # the fused CPU layout: no BLS round trip for the attribute network
+            self.heads, loaded = load_attributes_runner(self.args)
+            served = {name: graph for graph, name in ATTRIBUTE_EXTRAS.items()}
+            self.graph_extras = tuple(served[name] for name in self.attribute_extras)
+            missing = sorted(set(self.graph_extras) - set(getattr(self.heads, "outputs", ())))
+            if missing:
+                raise RuntimeError(f"{self.args.name}: the attribute graph has no output {missing}")
+            pb_utils.Logger.log_info(f"{self.args.name}: attribute network inside this step: {loaded}")
         self.slots, self.key = guarded_step(self.args, pb_utils.Logger.log_warn)
 
     def execute(self, requests):
@@ -211,10 +221,12 @@ class TritonPythonModel:
         failures = {}
         attributes_rows = {i: (np.concatenate([stage.crops, stage.image_crops]) if stage.image_crops is not None
                                else stage.crops) for i, stage in staged.items()}
-        # a TensorRT attribute engine takes no TOKEN (attributes_token false); the python branches always do
-        extras = self._bls(self.params.attributes_model, contract.ATTRIBUTE_PROBS.name, attributes_rows,
-                           self.params.attributes_max_batch_size, failures, self.attribute_extras,
-                           token=self.params.attributes_token)
+        if self.heads is not None:
+            extras = self._inline_attributes(attributes_rows, failures)
+        else:  # a TensorRT attribute engine takes no TOKEN (attributes_token false); the python branches always do
+            extras = self._bls(self.params.attributes_model, contract.ATTRIBUTE_PROBS.name, attributes_rows,
+                               self.params.attributes_max_batch_size, failures, self.attribute_extras,
+                               token=self.params.attributes_token)
         for i, outputs in extras.items():
             n = staged[i].crops.shape[0]
             answer = answers[i]
@@ -274,6 +286,33 @@ class TritonPythonModel:
             start = stop
         return answered
 
+    def _inline_attributes(self, arrays, failures):
+        """The attribute network run here over every request's rows, in chunks of its max batch size;
+        the answer shaped as :meth:`_bls`'s. If a chunk fails, every request in the call fails."""
+        arrays = {i: array for i, array in arrays.items() if i not in failures}
+        rows = [array for array in arrays.values() if array.shape[0]]
+        if not rows:
+            return {i: {name: array[:0] for name in (contract.ATTRIBUTE_PROBS.name, *self.attribute_extras)}
+                    for i, array in arrays.items()}
+        crops = rows[0] if len(rows) == 1 else np.concatenate(rows)
+        chunk = self.params.attributes_max_batch_size
+        try:
+            parts = [self.heads.run(crops[start:start + chunk], self.graph_extras)
+                     for start in range(0, crops.shape[0], chunk)]
+        except Exception as exc:
+            error = unexpected_error(self.args.name, exc)
+            failures.update({i: error for i in arrays})
+            return {}
+        served = {contract.ONNX_ATTRIBUTES_OUTPUT: contract.ATTRIBUTE_PROBS.name, **ATTRIBUTE_EXTRAS}
+        results = {served[graph]: np.concatenate([part[graph] for part in parts]) if len(parts) > 1 else parts[0][graph]
+                   for graph in (contract.ONNX_ATTRIBUTES_OUTPUT, *self.graph_extras)}
+        answered, start = {}, 0
+        for i, array in arrays.items():
+            stop = start + array.shape[0]
+            answered[i] = {name: values[start:stop] for name, values in results.items()}
+            start = stop
+        return answered
+
     def _attributes_token(self, rows):
         return {contract.TOKEN.name: self.key.attributes_tokens(rows)}
 
@@ -330,5 +369,6 @@ class TritonPythonModel:
         }
 
     def finalize(self):
+        self.heads = None
         if self.slots is not None:
             self.slots.close()
