@@ -467,6 +467,20 @@ def test_a_token_is_bound_to_its_pixels_its_secret_and_its_lifetime() -> None:
     assert PipelineKey.from_env({SECRET_ENV: bytes(32).hex()}).enforced is True
 
 
+
+def test_a_token_outlives_a_short_admission_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request slower than the slot TTL (5 s by default) finishes uncounted; its token must not expire
+    with the slot, or a slow pipeline's requests are refused as forged calls."""
+    from fashionbox.core.capability import DEFAULT_LIFETIME_S
+    from fashionbox.core.serving import AdmissionSettings
+
+    monkeypatch.setenv(SECRET_ENV, bytes(32).hex())
+    short = PipelineKey.for_step(AdmissionSettings(max_in_flight=4, admission_ttl_ms=5_000))
+    long = PipelineKey.for_step(AdmissionSettings(max_in_flight=4, admission_ttl_ms=90_000))
+    assert short.lifetime_s == DEFAULT_LIFETIME_S == 30.0 and long.lifetime_s == 90.0
+    assert PipelineKey.for_step(None).lifetime_s == DEFAULT_LIFETIME_S
+
+
 @pytest.mark.usefixtures("fake_pb_utils")
 def test_preprocess_answers_a_corrupt_image_alone_with_invalid_arg(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

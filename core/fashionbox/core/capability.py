@@ -45,7 +45,10 @@ __all__ = ["DEFAULT_LIFETIME_S", "SECRET_ENV", "TOKEN_INPUT", "PipelineKey", "gu
 SECRET_ENV = f"{contract.ENV_PREFIX}PIPELINE_SECRET"
 """The environment variable holding the per-server secret (hex); set by ``fashionbox serve``."""
 DEFAULT_LIFETIME_S = 30.0
-"""How long a token is valid when the repository has no admission control (with it: the slot TTL)."""
+"""How long a token is valid at least (longer where the admission slots' TTL is longer). Not the slot
+TTL itself: a request slower than that (a transformer detector or a CLIP-sized embedder on two busy
+cores takes seconds per image) finishes uncounted once its slot expires, and must not then be
+refused as a forged call (it was, with INVALID_ARGUMENT, when tokens lived exactly the 5 s TTL)."""
 
 TOKEN_INPUT = InputSpec(contract.TOKEN.name, np.uint8, contract.TOKEN.dims)
 """How the steps behind ``preprocess`` read ``TOKEN``."""
@@ -90,8 +93,8 @@ class PipelineKey:
 
     @classmethod
     def for_step(cls, admission: AdmissionSettings | None) -> PipelineKey:
-        """A step's key: tokens live as long as an admission slot (:data:`DEFAULT_LIFETIME_S` without)."""
-        lifetime_s = admission.admission_ttl_ms / 1000.0 if admission else DEFAULT_LIFETIME_S
+        """A step's key: tokens live :data:`DEFAULT_LIFETIME_S`, or an admission slot's TTL where that is longer."""
+        lifetime_s = max(admission.admission_ttl_ms / 1000.0, DEFAULT_LIFETIME_S) if admission else DEFAULT_LIFETIME_S
         return cls.from_env(lifetime_s=lifetime_s)
 
     @property
