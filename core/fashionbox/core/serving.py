@@ -695,13 +695,12 @@ class OnnxAttributes:
         """float32 probs ``[B, A]`` and the mask head's probabilities ``[B, m, m]`` over each crop."""
         if not self.mask_size:
             raise ValueError(f"{self.model_path} has no mask head (no output {contract.ONNX_ATTRIBUTES_MASKS!r})")
-        probs, masks = self.session.run([contract.ONNX_ATTRIBUTES_OUTPUT, contract.ONNX_ATTRIBUTES_MASKS],
-                                        {contract.ONNX_ATTRIBUTES_INPUT: crops})
-        masks = np.asarray(masks, dtype=np.float32)
+        out = self.run(crops, (contract.ONNX_ATTRIBUTES_MASKS,))
+        masks = out[contract.ONNX_ATTRIBUTES_MASKS]
         expected = (crops.shape[0], self.mask_size, self.mask_size)
         if masks.shape != expected:
             raise ValueError(f"{self.model_path} returned masks of shape {masks.shape}, expected {expected}")
-        return self._checked_probs(probs, crops.shape[0]), masks
+        return out[contract.ONNX_ATTRIBUTES_OUTPUT], masks
 
     def run(self, crops: AnyArray, names: Sequence[str]) -> dict[str, Float32Array]:
         """``probs`` and the optional outputs ``names`` (of :attr:`outputs`), by ONNX name, one row per crop."""
