@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_report import write_report
 from bench_yolos import make_images, run_onnx_detector, run_served
+from bench_yolos import run_transformers as run_yolos_way
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = 640
@@ -62,33 +63,8 @@ def save_r18_sized_rt_detr(folder: Path) -> Path:
 
 def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int | None) -> list[float]:
     """Seconds per image, decode to detections, in process (the processor's resize when ``letterbox_size`` is None)."""
-    import io
-
-    import torch
-    import transformers
-    from PIL import Image
-
-    from fashionbox.core.imaging import decode_image, letterbox
-
-    torch.set_num_threads(2)
-    model = transformers.RTDetrForObjectDetection.from_pretrained(str(folder), local_files_only=True).eval()
-    processor = transformers.RTDetrImageProcessorPil.from_pretrained(str(folder), local_files_only=True)
-    seconds = []
-    for data in images:
-        started = time.perf_counter()
-        if letterbox_size is None:
-            image = Image.open(io.BytesIO(data)).convert("RGB")
-            inputs = processor(images=image, return_tensors="pt")
-            target = [(image.height, image.width)]
-        else:
-            pixels, _ = letterbox(decode_image(data, target_size=letterbox_size), letterbox_size)
-            inputs = processor(images=pixels, do_resize=False, do_pad=False, return_tensors="pt")
-            target = [(letterbox_size, letterbox_size)]
-        with torch.no_grad():
-            outputs = model(pixel_values=inputs["pixel_values"])
-        processor.post_process_object_detection(outputs, threshold=0.5, target_sizes=target)
-        seconds.append(time.perf_counter() - started)
-    return seconds
+    return run_yolos_way(folder, images, letterbox_size=letterbox_size, model_class="RTDetrForObjectDetection",
+                         processor_class="RTDetrImageProcessorPil", threshold=0.5)
 
 
 def main(argv: list[str] | None = None) -> int:

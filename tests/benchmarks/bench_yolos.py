@@ -69,8 +69,11 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int | None) -> list[float]:
-    """Seconds per image, decode to detections, in process (the seed's way when ``letterbox_size`` is None)."""
+def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int | None,
+                     model_class: str = "YolosForObjectDetection", processor_class: str = "YolosImageProcessorPil",
+                     threshold: float = 0.3) -> list[float]:
+    """Seconds per image, decode to detections, in process with transformers' ``model_class`` and
+    ``processor_class`` (the seed's way: the processor's own resize, when ``letterbox_size`` is None)."""
     import io
 
     import torch
@@ -80,8 +83,8 @@ def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int |
     from fashionbox.core.imaging import decode_image, letterbox
 
     torch.set_num_threads(2)
-    model = transformers.YolosForObjectDetection.from_pretrained(str(folder), local_files_only=True).eval()
-    processor = transformers.YolosImageProcessorPil.from_pretrained(str(folder), local_files_only=True)
+    model = getattr(transformers, model_class).from_pretrained(str(folder), local_files_only=True).eval()
+    processor = getattr(transformers, processor_class).from_pretrained(str(folder), local_files_only=True)
     seconds = []
     for data in images:
         started = time.perf_counter()
@@ -95,7 +98,7 @@ def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int |
             target = [(letterbox_size, letterbox_size)]
         with torch.no_grad():
             outputs = model(pixel_values=inputs["pixel_values"])
-        processor.post_process_object_detection(outputs, threshold=0.3, target_sizes=target)
+        processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=target)
         seconds.append(time.perf_counter() - started)
     return seconds
 
