@@ -8,7 +8,11 @@ the groups of copies.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,3 +147,18 @@ def write_identities(folder: Path, *, identities: int, views: int, seed: int = 0
                 group.append(str(copy.resolve()))
             truth.transformed.append(sorted(group))
     return truth
+
+
+@contextlib.contextmanager
+def scratch_catalog_folder(prefix: str) -> Iterator[Path]:
+    """A temporary folder for a catalog (its embedded PostgreSQL under ``catalog/postgres``), stopped
+    and removed at the end."""
+    from fashionbox.catalog.database import stop_embedded
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)  # the embedded PostgreSQL may run as its own user (tests/test_catalog_integration.py)
+    try:
+        yield path
+    finally:
+        stop_embedded(path / "catalog" / "postgres")
+        shutil.rmtree(path, ignore_errors=True)

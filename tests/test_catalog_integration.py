@@ -344,10 +344,12 @@ def test_indexing_stores_a_vector_per_garment_and_per_image_and_the_image_labels
         stored = conn.execute("SELECT embedding::real[], label, label_score, labels_model FROM images WHERE path = %s",
                               (path,)).fetchone()
         hnsw = conn.execute("SELECT count(*) FROM pg_indexes WHERE indexdef LIKE '%USING hnsw%'").fetchone()
+        categories = conn.execute("SELECT count(DISTINCT category_id) FROM garment_vectors").fetchone()
     dimension = served.packed_embedding.dimension
     assert models == [(served.packed_embedding.model, "garment", dimension),
                       (served.packed_embedding.model, "image", dimension)]
-    assert hnsw == (2,)
+    # one per model (image vectors, garment vectors) and one per (garment model, category) with vectors
+    assert categories is not None and hnsw == (2 + categories[0],)
     assert stored is not None
     assert served.embedding is not None
     assert float(np.dot(np.asarray(stored[0], dtype=np.float32), served.embedding)) == pytest.approx(1.0, abs=1e-3)

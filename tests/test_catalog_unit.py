@@ -138,13 +138,31 @@ def test_each_embedding_model_gets_its_own_partial_hnsw_index_on_its_dimension()
 
     small = EmbeddingModel(3, "fashionbox@1", "garment", 128)
     assert small.cast == "vector(128)" and small.index_cast == "halfvec(128)" and small.indexed
-    assert small.index_ddl() == ("CREATE INDEX IF NOT EXISTS garments_embedding_hnsw_3 ON garments USING hnsw "
+    # garment vectors are searched in the narrow table (schema version 3), image vectors in images
+    assert small.index_ddl() == ("CREATE INDEX IF NOT EXISTS garment_vectors_hnsw_3 ON garment_vectors USING hnsw "
                                  "((embedding::halfvec(128)) halfvec_cosine_ops) WITH (m = 16, ef_construction = 64) "
-                                 "WHERE embedding_model_id = 3")
+                                 "WHERE model_id = 3")
+    assert small.category_index_name(12) == "garment_vectors_hnsw_3_12"
     wide = EmbeddingModel(4, "big", "image", 3072)  # past HNSW's 2,000 for vector: halfvec holds 4,000
     assert wide.indexed and "halfvec(3072)" in wide.index_ddl()
     assert wide.index_ddl().startswith("CREATE INDEX IF NOT EXISTS images_embedding_hnsw_4 ON images ")
+    assert wide.index_ddl().endswith("WHERE embedding_model_id = 4")
     assert not EmbeddingModel(5, "huge", "image", 4096).indexed
+
+
+def test_the_filter_is_the_same_condition_on_garments_or_on_the_narrow_vector_table() -> None:
+    from fashionbox.catalog.queries import _where
+
+    query = SearchFilter(category="dress", attributes=(("sleeve length", "short"),), min_score=0.5, board="b",
+                         label="tops")
+    wide, wide_params = _where(query)
+    narrow, narrow_params = _where(query, alias="v")
+    assert narrow == wide.replace("g.", "v.")
+    assert [getattr(p, "obj", p) for p in narrow_params] == [getattr(p, "obj", p) for p in wide_params]
+    assert narrow.startswith("NOT v.overlapped AND v.category = %s AND v.attributes @> %s AND v.score >= %s")
+    assert _where(SearchFilter(include_overlapped=True), alias="v") == ("TRUE", [])
+    with pytest.raises(KeyError):
+        _where(query, alias="garments; DROP TABLE images")
 
 
 def test_the_similarity_query_orders_by_the_indexed_expression_or_exactly_by_one_no_index_matches() -> None:
@@ -152,19 +170,27 @@ def test_the_similarity_query_orders_by_the_indexed_expression_or_exactly_by_one
     from fashionbox.catalog.vectors import EmbeddingModel
 
     model = EmbeddingModel(7, "m", "garment", 64)
-    where, params = _where(SearchFilter(category="dress", attributes=(("sleeve length", "short"),), label="tops"))
-    assert params[0] == "dress" and params[-1] == "tops" and len(params) == 3
-    indexed = similar_sql(model, where, exact=False)
-    exact = similar_sql(model, where, exact=True)
-    assert "ORDER BY (g.embedding::halfvec(64) <=> %s::halfvec(64))\n" in indexed
-    assert "halfvec" not in exact and "ORDER BY distance, id LIMIT %s" in exact
-    assert "(SELECT count(*) FROM filtered)" in exact and "filtered" not in indexed
-    for sql in (indexed, exact):
-        assert "g.embedding_model_id = 7 AND NOT g.overlapped AND g.category = %s AND g.attributes @> %s" in sql
-        assert "(g.embedding::vector(64) <=> %s::vector(64)) AS distance" in sql  # similarities in float32
-        assert "NOT (g.image_id = ANY(%s))" in sql
-        # the vector, the filter's values, the excluded images, the vector or the scan limit, garments, images
-        assert sql.count("%s") == 1 + len(params) + 1 + 3
+    where, params = _where(SearchFilter(attributes=(("sleeve length", "short"),), label="tops"), alias="v")
+    assert len(params) == 2
+    for category in (None, 5):
+        indexed = similar_sql(model, where, exact=False, category_id=category)
+        exact = similar_sql(model, where, exact=True, category_id=category)
+        assert "ORDER BY (v.embedding::halfvec(64) <=> %s::halfvec(64))\n" in indexed
+        assert "ORDER BY near, garment_id LIMIT %s" in exact and "ORDER BY (v.embedding" not in exact
+        assert "(SELECT count(*) FROM filtered)" in exact and "filtered" not in indexed
+        assert "(SELECT count(*) FROM picked)" in indexed
+        # the model id (and category id) as literal integers: the partial indexes' conditions
+        scope = "v.model_id = 7" + ("" if category is None else " AND v.category_id = 5")
+        for sql in (indexed, exact):
+            assert f"FROM garment_vectors v WHERE {scope} AND NOT v.overlapped AND v.attributes @> %s" in sql
+            assert "(g.embedding::vector(64) <=> %s::vector(64)) AS distance" in sql  # similarities in float32
+            assert "FROM picked p JOIN garments g ON g.id = p.garment_id" in sql
+            assert "NOT (v.image_id = ANY(%s))" in sql
+        # the filter's values, the excluded images, the vector, the garments, the vector, the images;
+        # exact: the vector first and the scan limit
+        assert indexed.count("%s") == len(params) + 5
+        assert exact.count("%s") == len(params) + 6
+    assert "category_id" not in similar_sql(model, where, exact=False)
 
 
 def test_cosine_pairs_are_exactly_the_pairs_at_or_above_the_threshold() -> None:

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import io
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from catalog_collection import scratch_catalog_folder
 from PIL import Image
 
 from fashionbox.catalog import Catalog, Database, Indexer, QueryError, SearchFilter
-from fashionbox.catalog.database import stop_embedded
 from fashionbox.catalog.queries import QueryGarment, similar_sql
 from fashionbox.catalog.schema import LATEST_VERSION
 from fashionbox.catalog.vectors import models
@@ -68,13 +67,8 @@ def _png(seed: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def folder() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="fashionbox-catalog-vectors-"))
-    path.chmod(0o755)  # the embedded PostgreSQL may run as its own user (tests/test_catalog_integration.py)
-    try:
+    with scratch_catalog_folder("fashionbox-catalog-vectors-") as path:
         yield path
-    finally:
-        stop_embedded(path / "catalog" / "postgres")
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -147,11 +141,31 @@ def test_vectors_labels_models_and_one_hnsw_index_per_model_are_stored(planted: 
                                ).fetchone()
         assert missing == (0,)
         indexes = {name: definition for name, definition in conn.execute(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE indexname LIKE '%embedding_hnsw%'").fetchall()}
-        assert len(indexes) == 2
+            "SELECT indexname, indexdef FROM pg_indexes WHERE indexdef LIKE '%USING hnsw%'").fetchall()}
+        garment_model = next(m for m in models(conn, "garment"))
+        image_model = next(m for m in models(conn, "image"))
+        categories = dict(conn.execute("SELECT name, id FROM garment_categories").fetchall())
+        assert set(categories) == {*CATEGORIES, "shoe"}
+        # one index per model (image vectors in images, garment vectors in the narrow table), one per category
+        assert set(indexes) == {image_model.index_name, garment_model.index_name,
+                                *(garment_model.category_index_name(c) for c in categories.values())}
         for definition in indexes.values():
-            assert "USING hnsw" in definition and f"halfvec({DIM})" in definition
-            assert "embedding_model_id =" in definition
+            assert f"halfvec({DIM})" in definition
+        assert "ON public.images" in indexes[image_model.index_name]
+        assert indexes[garment_model.index_name].endswith(f"WHERE (model_id = {garment_model.id})")
+        for category_id in categories.values():
+            assert indexes[garment_model.category_index_name(category_id)].endswith(
+                f"WHERE ((model_id = {garment_model.id}) AND (category_id = {category_id}))")
+        listed = conn.execute("SELECT count(*) FROM garment_vector_indexes").fetchone()
+        assert listed == (len(categories),)
+        # every garment with a vector has its narrow row, with the same facts
+        narrow = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE v.image_id = g.image_id AND c.name = g.category AND "
+            "v.overlapped = g.overlapped AND v.score = g.score AND v.model_id = g.embedding_model_id) "
+            "FROM garments g JOIN garment_vectors v ON v.garment_id = g.id "
+            "JOIN garment_categories c ON c.id = v.category_id").fetchone()
+        total = conn.execute("SELECT count(*) FROM garments").fetchone()
+        assert total is not None and narrow == (total[0], total[0])
         label = conn.execute("SELECT labels, label, label_score, labels_model FROM images WHERE path LIKE %s",
                              ("%id0-view1.png",)).fetchone()
     assert label is not None
@@ -200,22 +214,29 @@ def test_a_category_filter_runs_in_the_same_query_and_the_index_agrees_with_exac
             assert [h.image for h in chosen] == [h.image for h in exact]
 
 
-def test_the_hnsw_index_answers_the_query_and_the_exact_form_never_uses_it(planted: dict[str, Any]) -> None:
+def test_the_model_or_category_hnsw_index_answers_the_query_and_the_exact_form_never_uses_one(
+        planted: dict[str, Any]) -> None:
     db: Database = planted["db"]
     with db.connect() as conn:
         model = next(m for m in models(conn, "garment"))
+        skirt = conn.execute("SELECT id FROM garment_categories WHERE name = 'skirt'").fetchone()
+    assert skirt is not None
     literal = "[" + ",".join(["0.1"] * DIM) + "]"
     plans = {}
-    for exact in (False, True):
+    for exact, category in ((False, None), (True, None), (False, int(skirt[0])), (True, int(skirt[0]))):
         with db.connect() as conn, conn.transaction():
             # a tiny table: make the planner show what it can use
             conn.execute("SET LOCAL enable_seqscan = off")
             conn.execute("SET LOCAL enable_bitmapscan = off")
-            rows = conn.execute("EXPLAIN " + similar_sql(model, "NOT g.overlapped", exact=exact),
-                                [literal, [], None if exact else literal, 10, 5]).fetchall()
-        plans[exact] = "\n".join(str(r[0]) for r in rows)
-    assert model.index_name in plans[False], plans[False]
-    assert model.index_name not in plans[True], plans[True]
+            sql = similar_sql(model, "NOT v.overlapped", exact=exact, category_id=category)
+            params = [literal, [], None, 10, literal, 5] if exact else [[], literal, 10, literal, 5]
+            rows = conn.execute("EXPLAIN " + sql, params).fetchall()
+        plans[exact, category] = "\n".join(str(r[0]) for r in rows)
+    assert f"Index Scan using {model.index_name} on garment_vectors" in plans[False, None], plans[False, None]
+    by_category = model.category_index_name(int(skirt[0]))
+    assert f"Index Scan using {by_category} on garment_vectors" in plans[False, int(skirt[0])]
+    for category in (None, int(skirt[0])):
+        assert "hnsw" not in plans[True, category], plans[True, category]
 
 
 def test_vectors_of_another_model_or_dimension_are_refused(planted: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from fashionbox.loadtest.reliability import RssSampler, drive_open_loop, process_tree_rss_bytes, refusal_reason
-from fashionbox.server.stubs import STUB_NAME, StubWatch, python_stubs
+from fashionbox.server.stubs import STUB_NAME, StubWatch, crashed, python_stubs
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -41,6 +41,21 @@ def test_the_watch_names_a_stub_that_was_killed_and_only_that_one() -> None:
         for stub in stubs:
             stub.kill()
             stub.wait()
+
+
+def test_the_load_time_stub_of_a_model_ending_is_no_crash() -> None:
+    """The python backend runs a stub named after the model itself while loading it; it ends once the
+    instances serve, with the model READY and no newer stub of its name: not a death."""
+
+    class Server:
+        pid = os.getpid()  # no stub among this process's children: nothing renewed
+
+        def model_ready(self, model: str) -> bool:
+            return True
+
+    gone = [(10**7 + 1, "preprocess"), (10**7 + 2, "preprocess_0_1")]
+    watch = StubWatch(server_pid=os.getpid(), stubs=tuple(gone))
+    assert crashed(Server(), watch, gone) == ["preprocess_0_1"]  # type: ignore[arg-type]
 
 
 def test_refusals_are_told_apart_by_what_triton_said() -> None:

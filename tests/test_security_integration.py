@@ -8,6 +8,7 @@ certificate the CA signed; every admin API answers only callers that send the ke
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -139,6 +140,42 @@ def test_the_serve_banner_names_the_transport_and_the_restriction_but_never_the_
     assert "mutual TLS; admin APIs restricted to the admin key" in banner
     assert "starting tritonserver:" in banner and "admin-key=<redacted>" in banner
     assert ADMIN_KEY not in banner
+
+
+def _private_triton_address(secure: SecureServer) -> str:
+    match = re.search(r"front door: messages over \d+ bytes refused; Triton on (127\.0\.0\.1:\d+)",
+                      secure.log.read_text())
+    assert match, "the banner names the front door and Triton's private port"
+    return match[1]
+
+
+def test_behind_the_front_door_tritons_private_port_takes_neither_plaintext_nor_the_clients_certificate(
+    secure: SecureServer,
+) -> None:
+    # The door holds the operator's TLS; the hop to Triton has its own mutual TLS, made at each start,
+    # so a local user reaching the loopback port gets no way past the client certificates.
+    private = _private_triton_address(secure)
+    assert private != secure.grpc
+    with grpcclient.InferenceServerClient(secure.grpc, ssl=True, root_certificates=str(secure.ca),
+                                          private_key=str(secure.client_key),
+                                          certificate_chain=str(secure.client_cert)) as through_the_door:
+        assert through_the_door.is_server_live()
+    attempts = [
+        grpcclient.InferenceServerClient(private),
+        grpcclient.InferenceServerClient(private, ssl=True, root_certificates=str(secure.ca),
+                                         private_key=str(secure.client_key), certificate_chain=str(secure.client_cert)),
+    ]
+    for client in attempts:
+        with client, pytest.raises(InferenceServerException):
+            client.is_server_live(client_timeout=5)
+    # The control: the hop's own certificates (named on Triton's command line in the log) get in.
+    hop = re.search(r"--grpc-root-cert=(\S+)/ca\.pem", secure.log.read_text())
+    assert hop, "Triton is told to require the hop's client certificate"
+    folder = Path(hop[1])
+    with grpcclient.InferenceServerClient(private, ssl=True, root_certificates=str(folder / "ca.pem"),
+                                          private_key=str(folder / "door.key"),
+                                          certificate_chain=str(folder / "door.pem")) as door:
+        assert door.is_server_live()
 
 
 def test_health_and_metadata_stay_open_over_http(secure: SecureServer) -> None:

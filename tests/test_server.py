@@ -262,6 +262,8 @@ SAMPLES: dict[str, tuple[str, list[str]]] = {
     "startup_timeout_s": ("9.5", ["--startup-timeout-s=9.5"]),
     "log_path": ("/tmp/t.log", ["--log-file=/tmp/t.log"]),
     "log_verbose": ("1", ["--log-verbose"]),
+    "front_door": ("on", ["--front-door"]),
+    "max_request_bytes": ("5000000", ["--max-request-bytes=5000000"]),
     "python_shm_default_bytes": ("4096", ["--python-shm-default-bytes=4096"]),
     "python_shm_growth_bytes": ("8192", ["--python-shm-growth-bytes=8192"]),
     "extra_args": ("--grpc-keepalive-time=10000 '--log-info=false'",
@@ -588,7 +590,8 @@ def test_server_listens_on_loopback_only(echo_server: TritonServer) -> None:
 def test_log_file_holds_the_server_output(echo_server: TritonServer) -> None:
     assert echo_server.log_path is not None
     log = echo_server.log_path.read_text()
-    assert f"Started GRPCInferenceService at 127.0.0.1:{echo_server.config.grpc_port}" in log
+    # Behind the front door (fashionbox.server.front_door) Triton's gRPC listens on a private loopback port.
+    assert f"Started GRPCInferenceService at {echo_server.upstream_grpc}" in log
     assert "successfully loaded 'echo'" in log
 
 

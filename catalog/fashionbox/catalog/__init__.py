@@ -16,7 +16,8 @@ Usage::
 The command line is ``fashionbox catalog index|search|similar|duplicates|web`` (:mod:`fashionbox.catalog.cli`);
 the web page is :func:`fashionbox.catalog.web.create_app`. Modules: ``database`` (connections,
 the embedded server, migrations), ``schema`` (the migrations), ``hashing`` (SHA-256, pHash),
-``vectors`` (embedding models, their HNSW indexes, vectors as SQL values), ``indexer``, ``queries``,
+``vectors`` (embedding models, their HNSW indexes, vectors as SQL values), ``indexer``,
+``ray_indexer`` (``index --ray``: the same indexer on Ray Data, the ``ray`` extra), ``queries``,
 ``web``, ``errors`` (the exception tree).
 """
 

@@ -28,6 +28,20 @@ def _url(text: str) -> str:
     return text
 
 
+def _urls(text: str) -> list[str]:
+    urls = [u.strip() for u in text.split(",") if u.strip()]
+    if not urls:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT[,HOST:PORT...], got {text!r}")
+    return [_url(u) for u in urls]
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _where(p: argparse.ArgumentParser) -> None:
     from .database import DEFAULT_CATALOG
 
@@ -51,9 +65,19 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("index", help="send every image of a folder through the server into the catalog")
     p.add_argument("folders", type=Path, nargs="+", metavar="DIR")
-    p.add_argument("--url", type=_url, default=DEFAULT_URL, help="server gRPC HOST:PORT")
+    p.add_argument("--url", type=_urls, default=[DEFAULT_URL], metavar="HOST:PORT[,HOST:PORT...]",
+                   help="server gRPC HOST:PORT; with --ray, several replicas separated by commas (round robin)")
     _where(p)
-    p.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT, help="requests in flight at once")
+    p.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT,
+                   help="requests in flight at once (with --ray: per server)")
+    p.add_argument("--ray", action="store_true",
+                   help="run as a Ray Data pipeline (needs fashionbox-catalog[ray]): a local Ray, or --ray-address")
+    p.add_argument("--ray-address", metavar="ADDRESS", default=None,
+                   help="--ray: join this Ray cluster (auto, HOST:6379, ray://HOST:10001) instead of a local Ray; "
+                        "the files must be at the same paths on every node")
+    p.add_argument("--ray-cpus", type=_positive, default=2, help="--ray: CPUs of the local Ray (default 2)")
+    p.add_argument("--ray-actors", type=_positive, default=1,
+                   help="--ray: detect actors, each sending to every server round robin (default 1)")
     p.add_argument("--watch", action="store_true", help="keep running and index new files as they appear")
     p.add_argument("--poll-s", type=float, default=2.0, help="--watch: seconds between scans")
     p.add_argument("--json", action="store_true", help="print the run's report as JSON")
@@ -125,8 +149,19 @@ def _open(args: argparse.Namespace) -> Any:
 def _index(args: argparse.Namespace) -> int:
     from fashionbox.client import FashionClient
 
+    from .errors import CatalogError
     from .indexer import Indexer, IndexReport, Progress
 
+    if not args.ray and len(args.url) > 1:
+        raise CatalogError("several servers in --url need --ray (the plain indexer sends to one server)")
+    if not args.ray and (args.ray_address is not None):
+        raise CatalogError("--ray-address needs --ray")
+    if args.ray and args.watch:
+        raise CatalogError("--watch runs the plain indexer; leave out --ray")
+    if args.ray:
+        from .ray_indexer import import_ray
+
+        import_ray()  # the install hint before the database starts
     db = _open(args)
     quiet = args.quiet
 
@@ -146,7 +181,17 @@ def _index(args: argparse.Namespace) -> int:
         if len(report.errors) > _ERRORS_SHOWN:
             print(f"  ... and {len(report.errors) - _ERRORS_SHOWN} more", file=sys.stderr)
 
-    with FashionClient(args.url) as client:
+    if args.ray:
+        from .ray_indexer import RayIndexer, RayOptions
+
+        options = RayOptions(address=args.ray_address, num_cpus=args.ray_cpus, actors=args.ray_actors)
+        reports = RayIndexer(db, args.url, max_in_flight=args.max_in_flight, progress=progress,
+                             options=options).index_folders(args.folders)
+        for report in reports:
+            summary(report)
+        return 1 if any(report.deferred for report in reports) else 0
+
+    with FashionClient(args.url[0]) as client:
         indexer = Indexer(db, client, max_in_flight=args.max_in_flight, progress=progress)
         if args.watch:
             stop = threading.Event()

@@ -174,6 +174,13 @@ class Database:
                                     migration.description)
             except psycopg.Error as exc:
                 raise DatabaseError(f"migrating {redact_url(self.url)} failed: {_no_password(exc, self.url)}") from exc
+            try:
+                # a (model, category) HNSW index skipped while other writers were busy (schema.py, version 3)
+                with conn.transaction():
+                    conn.execute("SELECT garment_vector_indexes_missing()")
+            except psycopg.Error as exc:
+                raise DatabaseError(f"building the vector indexes of {redact_url(self.url)} failed: "
+                                    f"{_no_password(exc, self.url)}") from exc
         return LATEST_VERSION
 
     def close(self) -> None:

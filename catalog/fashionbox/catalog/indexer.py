@@ -134,6 +134,10 @@ class _Tally:
     deferred: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
 
+    def report(self, elapsed_s: float) -> IndexReport:
+        return IndexReport(indexed=self.indexed, copied=self.copied, skipped=self.skipped, failed=self.failed,
+                           deferred=self.deferred, elapsed_s=elapsed_s, errors=tuple(self.errors))
+
 
 def find_images(root: Path) -> list[Path]:
     """Image files under ``root`` (recursively, sorted, resolved), hidden files and folders skipped."""
@@ -183,19 +187,8 @@ class Indexer:
         start = time.perf_counter()
         tally = _Tally()
         with self._db.connect() as conn:
-            root_id = _register_root(conn, root)
-            known = _known_files(conn, [str(p) for p in paths])
-            todo = []
-            for path in paths:
-                row = known.get(str(path))
-                try:
-                    stat = path.stat()
-                except OSError:
-                    stat = None
-                if row is not None and stat is not None and row == (stat.st_size, stat.st_mtime_ns):
-                    tally.skipped += 1
-                else:
-                    todo.append(path)
+            root_id = register_root(conn, root)
+            todo = changed_files(conn, paths, tally)
             total = len(todo)
             chunk = self._chunk_size
             written = 0
@@ -213,7 +206,7 @@ class Indexer:
                         else:
                             loaded.append(item)
                             sent.add(item.sha256)
-                    for item in self._fresh(conn, root_id, loaded, tally):
+                    for item in fresh_items(conn, root_id, loaded, tally):
                         future = None
                         if item.read_error is None:
                             slots.acquire()  # at most max_in_flight requests at the server
@@ -231,19 +224,10 @@ class Indexer:
                     self._report(written + tally.copied + tally.deferred, total, start, tally)
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
-            for item in later:
-                row = conn.execute("SELECT id FROM images WHERE sha256 = %s ORDER BY status = 'indexed' DESC, id "
-                                   "LIMIT 1", (item.sha256,)).fetchone()
-                if row is None:  # its twin was deferred: both go next run
-                    tally.deferred += 1
-                    continue
-                with conn.transaction():
-                    _copy_image(conn, int(row[0]), root_id, item)
-                tally.copied += 1
+            copy_later(conn, root_id, later, tally)
             if later:
                 self._report(written + tally.copied + tally.deferred, total, start, tally)
-        return IndexReport(indexed=tally.indexed, copied=tally.copied, skipped=tally.skipped, failed=tally.failed,
-                           deferred=tally.deferred, elapsed_s=time.perf_counter() - start, errors=tuple(tally.errors))
+        return tally.report(time.perf_counter() - start)
 
     def watch(self, roots: Sequence[Path], *, poll_s: float = 2.0, stop: Callable[[], bool] = lambda: False,
               on_report: Callable[[IndexReport], None] | None = None, settle_s: float = 1.0) -> None:
@@ -265,60 +249,13 @@ class Indexer:
     def _detect_one(self, data: bytes) -> ImageDetections | FashionBoxError:
         try:
             return self._client.detect(data)
-        except FashionBoxError as exc:  # the image's own outcome; _write decides failed or deferred
+        except FashionBoxError as exc:  # the image's own outcome; write_outcomes decides failed or deferred
             return exc
-
-    def _fresh(self, conn: psycopg.Connection[Any], root_id: int, loaded: list[_Loaded],
-               tally: _Tally) -> list[_Loaded]:
-        """Drop files whose content is already indexed (at this path: touch it; elsewhere: copy it)."""
-        shas = [item.sha256 for item in loaded if item.read_error is None]
-        rows = conn.execute("SELECT DISTINCT ON (sha256) sha256, id FROM images WHERE sha256 = ANY(%s) "
-                            "AND status = 'indexed' ORDER BY sha256, id", (shas,)).fetchall()
-        indexed = {str(sha): int(image_id) for sha, image_id in rows}
-        same_path = {str(p) for (p,) in conn.execute(
-            "SELECT path FROM images WHERE path = ANY(%s) AND sha256 = ANY(%s)",
-            ([str(i.path) for i in loaded], shas)).fetchall()}
-        fresh = []
-        for item in loaded:
-            if item.read_error is None and str(item.path) in same_path:
-                conn.execute("UPDATE images SET mtime_ns = %s WHERE path = %s AND sha256 = %s",
-                             (item.mtime_ns, str(item.path), item.sha256))
-                tally.skipped += 1
-            elif item.read_error is None and item.sha256 in indexed:
-                with conn.transaction():
-                    _copy_image(conn, indexed[item.sha256], root_id, item)
-                tally.copied += 1
-            else:
-                fresh.append(item)
-        return fresh
 
     def _write(self, conn: psycopg.Connection[Any], root_id: int,
                entries: list[tuple[_Loaded, Future[ImageDetections | FashionBoxError] | None]], tally: _Tally) -> int:
-        """Store one chunk's outcomes in one transaction; how many images were stored."""
-        outcomes = [(item, None if future is None else future.result()) for item, future in entries]
-        written = 0
-        with conn.transaction():
-            for item, outcome in outcomes:
-                if outcome is None:
-                    message = item.read_error or "unreadable"
-                    _store_failed(conn, root_id, item, message)
-                    tally.failed += 1
-                    tally.errors.append((str(item.path), message))
-                    written += 1
-                elif isinstance(outcome, (InvalidImage, InvalidInput)):
-                    _store_failed(conn, root_id, item, str(outcome))
-                    tally.failed += 1
-                    tally.errors.append((str(item.path), str(outcome)))
-                    written += 1
-                elif isinstance(outcome, FashionBoxError):
-                    tally.deferred += 1
-                    tally.errors.append((str(item.path), f"deferred: {outcome}"))
-                    logger.warning("%s: %s (left for the next run)", item.path, outcome)
-                else:
-                    _store_result(conn, root_id, item, outcome, self._models)
-                    tally.indexed += 1
-                    written += 1
-        return written
+        return write_outcomes(conn, root_id, [(item, None if future is None else future.result())
+                                              for item, future in entries], tally, self._models)
 
     def _report(self, done: int, total: int, start: float, tally: _Tally) -> None:
         if self._progress is not None:
@@ -361,7 +298,10 @@ def _add_phash(item: _Loaded) -> None:
 
 # -- writing rows ---------------------------------------------------------------------------------
 
-def _register_root(conn: psycopg.Connection[Any], root: Path) -> int:
+# The steps below are shared by Indexer and fashionbox.catalog.ray_indexer.RayIndexer: whatever runs the
+# detection, the same rules decide what is new and the same code writes the rows.
+
+def register_root(conn: psycopg.Connection[Any], root: Path) -> int:
     row = conn.execute("INSERT INTO roots (path) VALUES (%s) ON CONFLICT (path) DO UPDATE SET path = EXCLUDED.path "
                        "RETURNING id", (str(root),)).fetchone()
     assert row is not None
@@ -371,6 +311,90 @@ def _register_root(conn: psycopg.Connection[Any], root: Path) -> int:
 def _known_files(conn: psycopg.Connection[Any], paths: list[str]) -> dict[str, tuple[int, int]]:
     rows = conn.execute("SELECT path, size_bytes, mtime_ns FROM images WHERE path = ANY(%s)", (paths,)).fetchall()
     return {str(p): (int(size), int(mtime or -1)) for p, size, mtime in rows}
+
+
+def changed_files(conn: psycopg.Connection[Any], paths: Sequence[Path], tally: _Tally) -> list[Path]:
+    """``paths`` less those already indexed with the same size and modification time (counted as skipped)."""
+    known = _known_files(conn, [str(p) for p in paths])
+    todo = []
+    for path in paths:
+        row = known.get(str(path))
+        try:
+            stat = path.stat()
+        except OSError:
+            stat = None
+        if row is not None and stat is not None and row == (stat.st_size, stat.st_mtime_ns):
+            tally.skipped += 1
+        else:
+            todo.append(path)
+    return todo
+
+
+def fresh_items(conn: psycopg.Connection[Any], root_id: int, loaded: list[_Loaded], tally: _Tally) -> list[_Loaded]:
+    """Drop files whose content is already indexed (at this path: touch it; elsewhere: copy it)."""
+    shas = [item.sha256 for item in loaded if item.read_error is None]
+    rows = conn.execute("SELECT DISTINCT ON (sha256) sha256, id FROM images WHERE sha256 = ANY(%s) "
+                        "AND status = 'indexed' ORDER BY sha256, id", (shas,)).fetchall()
+    indexed = {str(sha): int(image_id) for sha, image_id in rows}
+    same_path = {str(p) for (p,) in conn.execute(
+        "SELECT path FROM images WHERE path = ANY(%s) AND sha256 = ANY(%s)",
+        ([str(i.path) for i in loaded], shas)).fetchall()}
+    fresh = []
+    for item in loaded:
+        if item.read_error is None and str(item.path) in same_path:
+            conn.execute("UPDATE images SET mtime_ns = %s WHERE path = %s AND sha256 = %s",
+                         (item.mtime_ns, str(item.path), item.sha256))
+            tally.skipped += 1
+        elif item.read_error is None and item.sha256 in indexed:
+            with conn.transaction():
+                _copy_image(conn, indexed[item.sha256], root_id, item)
+            tally.copied += 1
+        else:
+            fresh.append(item)
+    return fresh
+
+
+def write_outcomes(conn: psycopg.Connection[Any], root_id: int,
+                   outcomes: Sequence[tuple[_Loaded, ImageDetections | FashionBoxError | None]], tally: _Tally,
+                   models: _Models) -> int:
+    """Store one chunk's outcomes (``None``: the file could not be read) in one transaction; how many
+    images were stored (a deferred one is not)."""
+    written = 0
+    with conn.transaction():
+        for item, outcome in outcomes:
+            if outcome is None:
+                message = item.read_error or "unreadable"
+                _store_failed(conn, root_id, item, message)
+                tally.failed += 1
+                tally.errors.append((str(item.path), message))
+                written += 1
+            elif isinstance(outcome, (InvalidImage, InvalidInput)):
+                _store_failed(conn, root_id, item, str(outcome))
+                tally.failed += 1
+                tally.errors.append((str(item.path), str(outcome)))
+                written += 1
+            elif isinstance(outcome, FashionBoxError):
+                tally.deferred += 1
+                tally.errors.append((str(item.path), f"deferred: {outcome}"))
+                logger.warning("%s: %s (left for the next run)", item.path, outcome)
+            else:
+                _store_result(conn, root_id, item, outcome, models)
+                tally.indexed += 1
+                written += 1
+    return written
+
+
+def copy_later(conn: psycopg.Connection[Any], root_id: int, later: Sequence[_Loaded], tally: _Tally) -> None:
+    """Files with the content of a file sent earlier in the same run: copied from its stored row."""
+    for item in later:
+        row = conn.execute("SELECT id FROM images WHERE sha256 = %s ORDER BY status = 'indexed' DESC, id "
+                           "LIMIT 1", (item.sha256,)).fetchone()
+        if row is None:  # its twin was deferred: both go next run
+            tally.deferred += 1
+            continue
+        with conn.transaction():
+            _copy_image(conn, int(row[0]), root_id, item)
+        tally.copied += 1
 
 
 _UPSERT_IMAGE = """

@@ -18,9 +18,11 @@ best matching garment. A board restricts any search to the images gathered in it
 
 Visual search (the vectors the server sends, issue 16): :meth:`Catalog.similar` ranks garments by
 cosine similarity to a query vector, with the same ``SearchFilter`` as ``search`` in the same
-SQL query (``_where``), grouped by image. It orders by ``embedding::halfvec(d) <=> q`` under the
-model's id, which the model's HNSW index answers (``SET LOCAL hnsw.ef_search``, with pgvector's
-iterative scan so that a filter cannot starve it); where the filter leaves few garments
+SQL query (``_where`` on the narrow ``garment_vectors`` rows, schema version 3), grouped by image.
+It orders by ``embedding::halfvec(d) <=> q`` under the model's id (and the category's id), which
+the model's (or the model and category's) HNSW index answers (``SET LOCAL hnsw.ef_search``, with
+pgvector's iterative scan so that a filter cannot starve it). A query with no filter but a
+category goes straight to that index; with other filters, where they leave few garments
 (:data:`EXACT_SEARCH_MAX_ROWS`) it computes every distance instead, exactly: one scan that stops
 after that many rows tells which case it is and answers the selective one. :meth:`Catalog.similar_to`
 finds the query garment in an indexed photo (by path or content) or sends a new photo through
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,6 +78,15 @@ tests/benchmarks/bench_catalog_similar.py."""
 EXACT_SEARCH_MAX_ROWS = 2000
 """A filter that leaves at most this many garments of the model is answered by computing every
 distance (exact, and about as fast as the index at that size); above it, by the HNSW index."""
+
+CATEGORY_EF_SEARCH = 200
+"""``hnsw.ef_search`` in a category's own HNSW index: recall@10 against exact search 0.967 at 100,
+0.993 at 200, 1.0 at 400, at p50 3.0 / 3.9 / 5.1 ms (100,000 garments; BENCHMARKS.md, "Catalog:
+visual search")."""
+
+FILTERED_EF_SEARCH = 400
+"""``hnsw.ef_search`` where more filters than the category's index holds apply (attributes inside a
+category: recall@10 0.975 at 100 and 200, 0.995 at 400, at p50 4.6 / 4.2 / 5.5 ms)."""
 
 CANDIDATES_PER_IMAGE = 3
 """A similarity query fetches this many nearest garments per image asked for, then groups them."""
@@ -203,6 +214,9 @@ class Catalog:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._models: dict[tuple[str, EmbeddingKind], EmbeddingModel] = {}
+        self._categories: dict[tuple[int, str], tuple[int, bool]] = {}
+        """(model id, category) -> (category id, has its own index), kept once the index exists."""
 
     # -- search ------------------------------------------------------------------------------------
 
@@ -263,9 +277,12 @@ class Catalog:
             return models(conn, kind)
 
     def _model(self, name: str, kind: EmbeddingKind, dimension: int) -> EmbeddingModel:
-        known = self.embedding_models(kind)
+        # a model's row never changes once stored: kept per Catalog, a round trip less per query
+        cached = self._models.get((name, kind))
+        known = [cached] if cached is not None else self.embedding_models(kind)
         for model in known:
             if model.name == name:
+                self._models[name, kind] = model
                 if model.dimension != dimension:
                     raise QueryError(f"the query vector has {dimension} dimensions; {kind} vectors of model "
                                      f"{name!r} in this catalog have {model.dimension}")
@@ -294,25 +311,68 @@ class Catalog:
         candidates = limit * CANDIDATES_PER_IMAGE
         if ef_search is not None and not 1 <= ef_search <= _MAX_EF_SEARCH:
             raise QueryError(f"ef_search must be in [1, {_MAX_EF_SEARCH}] (pgvector's limit), got {ef_search}")
-        # past 1,000 candidates pgvector's iterative scan goes on beyond ef_search
-        ef = max(ef_search or DEFAULT_EF_SEARCH, min(candidates, _MAX_EF_SEARCH))
-        where, params = _where(query)
+
+        def ef(default: int) -> int:  # past 1,000 candidates pgvector's iterative scan goes on beyond ef_search
+            return max(ef_search or default, min(candidates, _MAX_EF_SEARCH))
+
+        narrow, params = _where(replace(query, category=None), alias="v")
         excluded = [int(i) for i in exclude_images]
         literal = vector_literal(target)
-        with self.db.connect() as conn, conn.transaction():
+        # No transaction and few round trips: each one waits for the server's turn on a busy machine, and
+        # that wait, not the search, is what a p99 measures here (BENCHMARKS.md, "Catalog: visual search").
+        with self.db.connect() as conn:
+            category_id, category_indexed = None, False
+            if query.category:
+                known = self._categories.get((chosen.id, query.category))
+                if known is None:
+                    row = conn.execute(
+                        "SELECT c.id, EXISTS (SELECT 1 FROM garment_vector_indexes x WHERE x.model_id = %s "
+                        "AND x.category_id = c.id) FROM garment_categories c WHERE c.name = %s",
+                        (chosen.id, query.category)).fetchone()
+                    if row is None:
+                        return []  # no garment of this category has a vector
+                    known = (int(row[0]), bool(row[1]))
+                    if known[1]:  # a category's id never changes, nor does its index go
+                        self._categories[chosen.id, query.category] = known
+                category_id, category_indexed = known
+            plain = not (query.attributes or query.min_score > 0 or query.board is not None or query.label is not None)
+            if exact is None and chosen.indexed and (category_indexed or (category_id is None and plain)):
+                # The category's own HNSW index (or the model's, with no filter): a category is an unfiltered
+                # search inside it. Other filters within the category: the index with a longer candidate list;
+                # when the scan comes up short of garments, the filter is selective: every distance instead.
+                rows = self._through_index(conn, chosen, narrow, params, excluded, literal, candidates, limit,
+                                           category_id, ef(DEFAULT_EF_SEARCH if category_id is None
+                                                           else CATEGORY_EF_SEARCH if plain else FILTERED_EF_SEARCH))
+                if plain or (rows and int(rows[0][-1]) >= candidates):
+                    return _group(rows, keep_image_score=True)
+                exact = True
             if exact is not False:
                 # Exact first, reading at most EXACT_SEARCH_MAX_ROWS + 1 filtered garments: a selective filter
                 # is answered by this one scan; past that, the scan stopped early and the index answers.
                 scan = None if exact or not chosen.indexed else EXACT_SEARCH_MAX_ROWS + 1
-                rows = conn.execute(similar_sql(chosen, where, exact=True),
-                                    [literal, *params, excluded, scan, candidates, limit]).fetchall()
+                rows = conn.execute(similar_sql(chosen, narrow, exact=True, category_id=category_id),
+                                    [literal, *params, excluded, scan, candidates, literal, limit]).fetchall()
                 if scan is None or not rows or int(rows[0][-1]) < scan:
                     return _group(rows, keep_image_score=True)
-            conn.execute("SELECT set_config('hnsw.ef_search', %s, true), "
-                         "set_config('hnsw.iterative_scan', 'relaxed_order', true)", (str(ef),))
-            rows = conn.execute(similar_sql(chosen, where, exact=False),
-                                [literal, *params, excluded, literal, candidates, limit]).fetchall()
+            filtered = not plain or (category_id is not None and not category_indexed)
+            rows = self._through_index(conn, chosen, narrow, params, excluded, literal, candidates, limit,
+                                       category_id, ef(FILTERED_EF_SEARCH if filtered else CATEGORY_EF_SEARCH
+                                                       if category_id is not None else DEFAULT_EF_SEARCH))
         return _group(rows, keep_image_score=True)
+
+    @staticmethod
+    def _through_index(conn: Any, model: EmbeddingModel, narrow: str, params: list[Any], excluded: list[int],
+                       literal: str, candidates: int, limit: int, category_id: int | None,
+                       ef: int) -> list[tuple[Any, ...]]:
+        # The scan's settings for the connection's session (every index search sets both first: no other
+        # statement depends on them), sent with the search in one pipeline: one round trip.
+        with conn.pipeline():
+            conn.execute("SELECT set_config('hnsw.ef_search', %s, false), "
+                         "set_config('hnsw.iterative_scan', 'relaxed_order', false)", (str(min(ef, _MAX_EF_SEARCH)),))
+            cursor = conn.execute(similar_sql(model, narrow, exact=False, category_id=category_id),
+                                  [*params, excluded, literal, candidates, literal, limit])
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+        return rows
 
     def garment_embedding(self, garment_id: int) -> QueryGarment:
         """An indexed garment as a query: its vector, model, category and photo."""
@@ -487,10 +547,10 @@ class Catalog:
         vectors. Only vectors of one model are compared."""
         row_of = {int(row[0]): index for index, row in enumerate(rows)}
         with self.db.connect() as conn:
-            garments = conn.execute(
-                f"SELECT g.image_id, g.embedding_model_id, g.embedding::real[] FROM garments g JOIN images i "
-                f"ON i.id = g.image_id {board_join} WHERE NOT g.overlapped AND g.embedding IS NOT NULL "
-                "ORDER BY g.image_id, g.ordinal", board_params).fetchall()
+            garments = conn.execute(  # the narrow rows (half precision: a threshold's margin is far wider)
+                f"SELECT v.image_id, v.model_id, v.embedding::real[] FROM garment_vectors v JOIN images i "
+                f"ON i.id = v.image_id {board_join} WHERE NOT v.overlapped ORDER BY v.image_id, v.garment_id",
+                board_params).fetchall()
         pairs: list[tuple[int, int]] = []
         by_model: dict[int, tuple[list[int], list[Any]]] = {}
         for image_id, model_id, vector in garments:
@@ -594,27 +654,30 @@ class Catalog:
 
 # -- SQL fragments (fixed text; values go in as parameters) -------------------------------------------
 
-def _where(query: SearchFilter) -> tuple[str, list[Any]]:
+def _where(query: SearchFilter, alias: str = "g") -> tuple[str, list[Any]]:
+    """``query`` as a SQL condition on ``garments`` (``alias`` ``g``) or ``garment_vectors`` (``v``: the same
+    columns, attribute labels only) and its values."""
+    g = {"g": "g", "v": "v"}[alias]  # a fixed alias, never text from outside
     # only indexed images have garments: no join with images to filter them
-    clauses = ["TRUE" if query.include_overlapped else "NOT g.overlapped"]
+    clauses = ["TRUE" if query.include_overlapped else f"NOT {g}.overlapped"]
     params: list[Any] = []
     if query.category:
-        clauses.append("g.category = %s")
+        clauses.append(f"{g}.category = %s")
         params.append(query.category)
     if query.attributes:
         from psycopg.types.json import Jsonb
 
-        clauses.append("g.attributes @> %s")
+        clauses.append(f"{g}.attributes @> %s")
         params.append(Jsonb({group: {"label": label} for group, label in query.attributes}))
     if query.min_score > 0:
-        clauses.append("g.score >= %s")
+        clauses.append(f"{g}.score >= %s")
         params.append(query.min_score)
     if query.board is not None:
-        clauses.append("g.image_id IN (SELECT bi.image_id FROM board_images bi JOIN boards b ON b.id = bi.board_id "
-                       "WHERE b.name = %s)")
+        clauses.append(f"{g}.image_id IN (SELECT bi.image_id FROM board_images bi JOIN boards b "
+                       "ON b.id = bi.board_id WHERE b.name = %s)")
         params.append(query.board)
     if query.label is not None:
-        clauses.append("g.image_id IN (SELECT li.id FROM images li WHERE li.label = %s)")
+        clauses.append(f"{g}.image_id IN (SELECT li.id FROM images li WHERE li.label = %s)")
         params.append(query.label)
     return " AND ".join(clauses), params
 
@@ -630,41 +693,47 @@ def _rank(query: SearchFilter) -> tuple[str, list[Any]]:
     return " * ".join(factors), params
 
 
-def similar_sql(model: EmbeddingModel, where: str, *, exact: bool) -> str:
-    """The one statement of a similarity query: the nearest garments of ``model`` that pass ``where``
-    (``_where``'s fragment), grouped by image.
+def similar_sql(model: EmbeddingModel, where: str, *, exact: bool, category_id: int | None = None) -> str:
+    """The one statement of a similarity query: the nearest garments of ``model`` (of category
+    ``category_id`` when given) in ``garment_vectors`` that pass ``where`` (``_where``'s fragment on
+    alias ``v``), then their rows in ``garments``, grouped by image.
 
-    Through the index (``exact`` false), parameters: the query vector, ``where``'s values, the image
-    ids left out, the query vector again, the number of garments, the number of images. The order is
-    the expression the model's HNSW index is built on (half precision), under its partial-index
-    condition (the model id as a literal integer, so that a prepared generic plan still matches it);
-    the similarities returned, and the final order, are the float32 ones.
+    The candidates are chosen in half precision, the type of the stored narrow vectors and of the
+    HNSW indexes; the similarities returned, and the final order, are computed from the float32
+    vectors in ``garments`` (only for the chosen few). The model id and the category id are written
+    in as integers of ours, so that a generic prepared plan still matches the partial indexes
+    (``WHERE model_id = m`` and ``WHERE model_id = m AND category_id = c``).
 
-    Exact: the filtered garments (at most the fifth parameter's count; ``NULL``: all) with their
-    float32 distances, no index order at all, then the nearest of them; parameters: the query vector,
-    ``where``'s values, the image ids left out, the scan limit, the number of garments, the number of
-    images. Each row ends with the number of filtered garments read, so that a caller learns whether
-    the scan limit cut the answer short."""
-    distance = f"(g.embedding::{model.cast} <=> %s::{model.cast})"
-    columns = f"""g.id, g.image_id, g.category, g.score, g.x1, g.y1, g.x2, g.y2, g.attributes,
-                   g.mask_rle IS NOT NULL AS has_mask, {distance} AS distance"""
-    condition = f"g.embedding_model_id = {int(model.id)} AND {where} AND NOT (g.image_id = ANY(%s))"
+    Through an index (``exact`` false), parameters: ``where``'s values, the image ids left out, the
+    query vector, the number of garments, the query vector again, the number of images. Exact: the
+    filtered garments (at most the scan limit's count; ``NULL``: all) with their distances, no index
+    order at all, then the nearest of them; parameters: the query vector, ``where``'s values, the
+    image ids left out, the scan limit, the number of garments, the query vector again, the number of
+    images. Each row ends with the number of garments the scan found (exact: filtered garments read),
+    so that a caller learns whether the scan limit cut the answer short, or the index scan came up
+    short of the number asked for (a filter too selective for it)."""
+    half = f"(v.embedding::{model.index_cast} <=> %s::{model.index_cast})"
+    category = "" if category_id is None else f" AND v.category_id = {int(category_id)}"
+    condition = f"v.model_id = {int(model.id)}{category} AND {where} AND NOT (v.image_id = ANY(%s))"
     if exact:
-        # the scan reads only what the distance needs; the other columns of the nearest few come after
-        nearest = f"""filtered AS MATERIALIZED (
-            SELECT g.id, {distance} AS distance FROM garments g WHERE {condition} LIMIT %s
-        ), nearest AS MATERIALIZED (
-            SELECT {columns.replace(distance, "f.distance")}
-            FROM (SELECT * FROM filtered ORDER BY distance, id LIMIT %s) f JOIN garments g ON g.id = f.id"""
+        # the narrow rows only: the garments' other columns are read for the nearest few
+        picked = f"""filtered AS MATERIALIZED (
+            SELECT v.garment_id, {half} AS near FROM garment_vectors v WHERE {condition} LIMIT %s
+        ), picked AS MATERIALIZED (
+            SELECT garment_id FROM filtered ORDER BY near, garment_id LIMIT %s"""
         read = ", (SELECT count(*) FROM filtered)"
     else:
-        nearest = f"""nearest AS MATERIALIZED (
-            SELECT {columns} FROM garments g WHERE {condition}
-            ORDER BY (g.embedding::{model.index_cast} <=> %s::{model.index_cast})
+        picked = f"""picked AS MATERIALIZED (
+            SELECT v.garment_id FROM garment_vectors v WHERE {condition}
+            ORDER BY {half}
             LIMIT %s"""
-        read = ""
+        read = ", (SELECT count(*) FROM picked)"
     return f"""
-        WITH {nearest}
+        WITH {picked}
+        ), nearest AS MATERIALIZED (
+            SELECT g.id, g.image_id, g.category, g.score, g.x1, g.y1, g.x2, g.y2, g.attributes,
+                   g.mask_rle IS NOT NULL AS has_mask, (g.embedding::{model.cast} <=> %s::{model.cast}) AS distance
+            FROM picked p JOIN garments g ON g.id = p.garment_id
         ), ranked AS (
             SELECT image_id, min(distance) AS best FROM nearest GROUP BY image_id ORDER BY best, image_id LIMIT %s
         )

@@ -9,6 +9,13 @@ stored (:func:`ensure_model`); a query uses it by ordering by ``embedding::halfv
 ``embedding_model_id = <id>``, the id written into the SQL as an integer (a parameter would let a
 generic prepared plan miss the partial index).
 
+Garment vectors are searched in the narrow table ``garment_vectors`` (schema version 3: the
+garment's id, image, model, category, flags, attribute labels and the vector as ``halfvec``, kept
+by triggers on ``garments``): the model's index is built there (``WHERE model_id = <id>``), and
+each (model, category) has a partial index of its own (:meth:`EmbeddingModel.category_index_name`),
+so that a category filter is an unfiltered search inside its category. Image vectors stay in
+``images``.
+
 Why ``halfvec``: the server sends float16 vectors by default (``fashionbox.contract.embedding``),
 so half precision loses nothing it had, and the index is 30 % smaller: at 100,000 garments it then
 fits beside the table in the embedded PostgreSQL's 128 MB of shared buffers, and filtered queries
@@ -41,7 +48,8 @@ HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 """pgvector's defaults; ``tests/benchmarks/bench_catalog_similar.py`` measures recall@10 against exact search."""
 
-_TABLES: dict[str, str] = {"garment": "garments", "image": "images"}
+_TABLES: dict[str, str] = {"garment": "garment_vectors", "image": "images"}
+_MODEL_COLUMNS: dict[str, str] = {"garment": "model_id", "image": "embedding_model_id"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,15 +80,28 @@ class EmbeddingModel:
         return _TABLES[self.kind]
 
     @property
+    def model_column(self) -> str:
+        """The column of :attr:`table` that holds the model id."""
+        return _MODEL_COLUMNS[self.kind]
+
+    @property
     def index_name(self) -> str:
+        if self.kind == "garment":
+            return f"garment_vectors_hnsw_{int(self.id)}"
         return f"{self.table}_embedding_hnsw_{int(self.id)}"
 
+    def category_index_name(self, category_id: int) -> str:
+        """The partial HNSW index of this (garment) model's vectors of one category (schema version 3's
+        ``garment_vector_index`` builds it under this name)."""
+        return f"garment_vectors_hnsw_{int(self.id)}_{int(category_id)}"
+
     def index_ddl(self) -> str:
-        """``CREATE INDEX`` of this model's HNSW index (cosine distance), restricted to its rows."""
+        """``CREATE INDEX`` of this model's HNSW index (cosine distance), restricted to its rows: garment
+        vectors in ``garment_vectors``, image vectors in ``images``."""
         return (f"CREATE INDEX IF NOT EXISTS {self.index_name} ON {self.table} USING hnsw "
                 f"((embedding::{self.index_cast}) halfvec_cosine_ops) "
                 f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) "
-                f"WHERE embedding_model_id = {int(self.id)}")
+                f"WHERE {self.model_column} = {int(self.id)}")
 
 
 def vector_literal(vector: npt.ArrayLike) -> str:

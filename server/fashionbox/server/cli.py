@@ -63,9 +63,13 @@ def run_server_cli(config: ServerConfig) -> int:
         else:
             admin = f"APIs closed: {', '.join(config.closed_apis())}"
         http = f"{endpoints.http} (plaintext{'; inference needs the admin key' if config.secure else ''})"
+        bound = server.request_bound
+        door = (f"front door: messages over {bound.max_request_bytes} bytes refused; Triton on {server.upstream_grpc}"
+                if bound is not None else "no front door: Triton takes messages up to 2 GiB")
         print(
             f"FashionBox Triton server ready (pid {server.pid})\n"
             f"  gRPC     {endpoints.grpc} ({transport}; {admin})\n"
+            f"           {door}\n"
             f"  HTTP     {http if config.http else 'off'}\n"
             f"  metrics  {endpoints.metrics}\n"
             f"  log      {server.log_path}\n"

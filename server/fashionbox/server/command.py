@@ -6,9 +6,12 @@ from pathlib import Path
 
 from fashionbox.server.config import ServerConfig
 from fashionbox.server.errors import ConfigError
-from fashionbox.server.security import security_arguments
+from fashionbox.server.security import ServerTls, security_arguments
 
-__all__ = ["build_command", "locks_repository"]
+__all__ = ["LOOPBACK", "build_command", "locks_repository"]
+
+LOOPBACK = "127.0.0.1"
+"""Where Triton's gRPC listens behind the front door."""
 
 
 def locks_repository(config: ServerConfig) -> bool:
@@ -18,13 +21,22 @@ def locks_repository(config: ServerConfig) -> bool:
 
 
 def build_command(
-    config: ServerConfig, *, binary: Path, backend_directory: Path, launcher_key: str | None = None
+    config: ServerConfig,
+    *,
+    binary: Path,
+    backend_directory: Path,
+    launcher_key: str | None = None,
+    upstream_grpc_port: int | None = None,
+    upstream_tls: ServerTls | None = None,
 ) -> list[str]:
     """The tritonserver command line for ``config``.
 
     ``launcher_key`` (:func:`fashionbox.server.security.new_launcher_key`) closes the APIs no client
     needs (shared memory, trace, logging, the model repository) on a server without an admin key;
-    such a server needs one.
+    such a server needs one. ``upstream_grpc_port``: Triton's gRPC sits behind the front door
+    (:mod:`fashionbox.server.front_door`) on that loopback port, with ``upstream_tls`` (the hop's own
+    mutual TLS) or plaintext; the front door holds the operator's TLS settings and listens on
+    ``config.host``/``config.grpc_port``.
     """
     locked = locks_repository(config)
     if config.admin_key is None and launcher_key is None:
@@ -42,8 +54,8 @@ def build_command(
         f"--exit-timeout-secs={config.exit_timeout_s}",
         f"--log-verbose={config.log_verbose}",
         # Explicit addresses: without them Triton listens on every interface.
-        f"--grpc-address={config.host}",
-        f"--grpc-port={config.grpc_port}",
+        f"--grpc-address={LOOPBACK if upstream_grpc_port is not None else config.host}",
+        f"--grpc-port={upstream_grpc_port if upstream_grpc_port is not None else config.grpc_port}",
         *((f"--http-address={config.http_host}", f"--http-port={config.http_port}") if config.http
           else ("--allow-http=false",)),
         "--allow-metrics=true",
@@ -51,16 +63,18 @@ def build_command(
         f"--metrics-port={config.metrics_port}",
     ]
     # Triton 2.51 has no flag lowering its gRPC (2 GiB) or HTTP message ceilings, and the python
-    # backend no option capping its shared memory: what bounds an oversized request, and what not,
-    # is in docs/RELIABILITY.md ("Oversized requests"). The backend commits each stub's default
-    # region at start, so sizing it for a batch at the byte limit would cost that much per instance.
+    # backend no option capping its shared memory: the front door bounds gRPC messages, and with them
+    # what a stub's region can grow to (docs/RELIABILITY.md, "Oversized requests"). The backend's 1 MiB
+    # defaults stay: it grows a region by what an allocation needs rounded up to whole steps, and
+    # commits each stub's default region at start, so sizing it for a batch at the byte limit would
+    # cost that much per instance whether used or not.
     if config.python_shm_default_bytes is not None:
         command.append(f"--backend-config=python,shm-default-byte-size={config.python_shm_default_bytes}")
     if config.python_shm_growth_bytes is not None:
         command.append(f"--backend-config=python,shm-growth-byte-size={config.python_shm_growth_bytes}")
     command.extend(
         security_arguments(
-            config.tls,
+            config.tls if upstream_grpc_port is None else upstream_tls,
             config.admin_key,
             launcher_key=launcher_key,
             repository_open=config.model_control_mode == "explicit",

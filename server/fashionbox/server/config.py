@@ -210,6 +210,22 @@ class ServerConfig:
         metadata=declare("Triton verbose logging level, 1 if bare", flag="--log-verbose", env="LOG_VERBOSE",
                          parser=INTEGER, bare=1, metavar="LEVEL"),
     )
+    # gRPC through FashionBox's own listener (fashionbox.server.front_door), which refuses a message over
+    # max_request_bytes before anything is allocated for it; Triton then listens on a private loopback port.
+    front_door: bool | None = dataclasses.field(
+        default=None,
+        metadata=declare("gRPC through FashionBox's front door, which refuses messages over --max-request-bytes "
+                         "before Triton sees them (Triton's own ceiling is 2 GiB)", flag="--front-door",
+                         env="FRONT_DOOR", parser=BOOLEAN, form="switch",
+                         shown_default="on with --secure (always), a non-loopback --host or --max-request-bytes; "
+                                       "off on loopback"),
+    )
+    max_request_bytes: int | None = dataclasses.field(
+        default=None,
+        metadata=declare("largest gRPC message the front door takes", flag="--max-request-bytes",
+                         env="MAX_REQUEST_BYTES", parser=INTEGER, metavar="BYTES",
+                         shown_default="the repository's max_image_bytes x the ensemble's max batch + 64 KiB"),
+    )
     python_shm_default_bytes: int | None = dataclasses.field(
         default=None,
         metadata=declare("python backend shared memory per model instance", flag="--python-shm-default-bytes",
@@ -290,7 +306,7 @@ class ServerConfig:
             raise ConfigError(f"startup_timeout_s must be > 0, got {self.startup_timeout_s!r}")
         if self.log_verbose < 0:
             raise ConfigError(f"log_verbose must be >= 0, got {self.log_verbose!r}")
-        for name in ("python_shm_default_bytes", "python_shm_growth_bytes"):
+        for name in ("python_shm_default_bytes", "python_shm_growth_bytes", "max_request_bytes"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be > 0, got {value!r}")
@@ -307,6 +323,16 @@ class ServerConfig:
                                   "closes itself (set an admin key to open them to its holders)")
         self._check_security()
 
+    @property
+    def uses_front_door(self) -> bool:
+        """Whether gRPC goes through the front door: as ``front_door`` says, else where the network or an
+        explicit bound asks for it (the secure profile, a non-loopback ``host``, ``max_request_bytes``).
+        Loopback-only servers go without by default: the hop costs about 5 % of the server's CPU per
+        request (BENCHMARKS.md, "The gRPC front door")."""
+        if self.front_door is not None:
+            return self.front_door
+        return self.secure or not is_loopback(self.host) or self.max_request_bytes is not None
+
     def closed_apis(self) -> tuple[str, ...]:
         """The API groups no caller may use without the admin key (without one: nobody)."""
         return restricted_apis(admin_key=self.admin_key is not None,
@@ -321,6 +347,11 @@ class ServerConfig:
             missing = [name for name, value in (("TLS (--tls-cert/--tls-key)", self.tls),
                                                 ("an admin key (--admin-key-file)", self.admin_key)) if value is None]
             raise ConfigError(f"the secure profile needs {' and '.join(missing)}")
+        if self.secure and not self.uses_front_door:
+            raise ConfigError("the secure profile needs the front door: without it Triton takes gRPC messages up to "
+                              "2 GiB whatever the image limit; drop --no-front-door")
+        if self.max_request_bytes is not None and not self.uses_front_door:
+            raise ConfigError("max_request_bytes is enforced by the front door; it cannot be set with --no-front-door")
         # HTTP has no TLS: in the secure profile it would be a plaintext side door past the certificates.
         if self.secure and self.http and not is_loopback(self.http_host):
             raise ConfigError(

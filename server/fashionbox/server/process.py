@@ -9,6 +9,10 @@
 How the child is wrapped, and why:
 
 - it binds ``127.0.0.1`` unless another host is asked for: Triton itself binds every interface;
+- with the front door (``ServerConfig.uses_front_door``: the secure profile, a non-loopback host,
+  ``--front-door``), gRPC's public address is FashionBox's own listener, which refuses messages over
+  the request bound and forwards the rest to Triton on a private loopback port chosen at each start
+  (mutual TLS of its own when the door has TLS) (:mod:`fashionbox.server.front_door`);
 - its stdout and stderr go to a log file that outlives it, so a failed start can show the log tail;
 - it runs in its own process group, so Ctrl-C in a terminal reaches only us and we stop it in order,
   and so stopping can also kill the python-backend stubs it forked;
@@ -16,9 +20,14 @@ How the child is wrapped, and why:
   admission slots and the stubs' regions in ``/dev/shm``, Triton's files) is its owner's alone; the
   log file is made 0600 and a temporary log folder 0700, removed on stop (kept when the start failed
   or the server died, so the log can be read);
-- it gets ``SIGKILL`` when its parent dies (``PR_SET_PDEATHSIG``), so a crashed or killed parent
-  never leaves a server holding the ports. The stubs notice their parent is gone and exit on their own
-  a few seconds later;
+- it gets ``SIGKILL`` when its parent dies (``PR_SET_PDEATHSIG``, set by util-linux's ``setpriv
+  --pdeathsig`` in front of the command), so a crashed or killed parent never leaves a server
+  holding the ports. The stubs notice their parent is gone and exit on their own a few seconds later.
+  No Python code runs in the child between fork and exec (no ``preexec_fn``: the umask is Popen's
+  own), so CPython starts it with ``vfork`` and no ``pthread_atfork`` handler runs there: gRPC's
+  handlers, active while the front door's event loop runs in this process, made a restarted
+  ``tritonserver`` abort before its ``exec`` now and then (``epoll_wait error: Bad file
+  descriptor``, exit -6). Where ``setpriv`` is missing a ``preexec_fn`` sets the signal instead;
 - it gets ``FASHIONBOX_SITE_PACKAGES`` and ``LD_LIBRARY_PATH`` for the python-backend stubs
   (:mod:`fashionbox.server.triton`), and ``FASHIONBOX_PIPELINE_SECRET``, made afresh at each start,
   with which the stubs make and check the tokens that keep the ensemble's steps from direct calls
@@ -44,7 +53,7 @@ import types
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -56,6 +65,7 @@ from fashionbox.server.checks import check_repository
 from fashionbox.server.command import build_command, locks_repository
 from fashionbox.server.config import ServerConfig, is_loopback
 from fashionbox.server.errors import PortInUseError, ServerError, ServerStartError
+from fashionbox.server.front_door import FrontDoor, FrontDoorConfig, HopTls, RequestBound, make_hop_tls, request_bound
 from fashionbox.server.network import Endpoints, find_free_ports, port_is_free
 from fashionbox.server.security import new_launcher_key, redact
 from fashionbox.server.stubs import StubWatch, remove_regions
@@ -78,6 +88,18 @@ CHILD_UMASK = 0o077
 # Triton logs this once every model is loaded and the gRPC endpoint listens: readiness without HTTP.
 _GRPC_STARTED = b"Started GRPCInferenceService at "
 _T = TypeVar("_T", bound="TritonServer")
+
+
+def _child_command(command: Sequence[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """What the child runs, and the ``preexec_fn`` it still needs (None: none, so ``vfork`` is used).
+
+    On Linux with util-linux's ``setpriv`` the command runs behind ``setpriv --pdeathsig KILL``,
+    which sets the signal and execs it in place (same pid); elsewhere :func:`_child_setup_hook`.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if setpriv:
+        return [setpriv, "--pdeathsig", "KILL", "--", *command], None
+    return list(command), _child_setup_hook()
 
 
 def _child_setup_hook() -> Callable[[], None]:
@@ -145,12 +167,32 @@ class TritonServer:
         # The python stubs' /dev/shm regions seen in this run: removed once the server is stopped, since a
         # killed stub or server leaves its own behind (a clean Triton exit removes them itself).
         self._stub_regions: set[str] = set()
+        # gRPC's own listener in front of Triton (fashionbox.server.front_door); Triton then listens on
+        # loopback at _upstream_port, a fresh free port at each start.
+        self._front_door: FrontDoor | None = None
+        self._upstream_port: int | None = None
+        self._request_bound: RequestBound | None = None
+        self._hop_tls: HopTls | None = None  # mutual TLS door -> Triton when the door has TLS
+        self._hop_dir: Path | None = None
 
     # -- state ----------------------------------------------------------------------------------
 
     @property
     def endpoints(self) -> Endpoints:
         return Endpoints.for_config(self.config)
+
+    @property
+    def upstream_grpc(self) -> str:
+        """Where Triton's own gRPC listens: behind the front door a private loopback port, else the
+        public address (:attr:`endpoints`)."""
+        if self._upstream_port is None:
+            return self.endpoints.grpc
+        return f"127.0.0.1:{self._upstream_port}"
+
+    @property
+    def request_bound(self) -> RequestBound | None:
+        """The front door's message bound while it runs; None without a front door."""
+        return self._request_bound if self._front_door is not None else None
 
     @property
     def log_path(self) -> Path | None:
@@ -196,16 +238,23 @@ class TritonServer:
                 "" if config.tls is not None else " over plaintext gRPC (no --tls-cert)",
             )
         if config.http and not is_loopback(config.http_host):
-            logger.warning("binding HTTP to %s: plaintext HTTP (no TLS) is reachable from the network",
-                           config.http_host)
+            logger.warning("binding HTTP to %s: plaintext HTTP (no TLS, no bound on request bodies: the front "
+                           "door is gRPC only) is reachable from the network", config.http_host)
         if not config.http and config.drain_on_stop:
             logger.info("HTTP is off: stop() cannot drain the ensemble first (the drain goes over HTTP)")
 
         dist = find_triton_distribution()
         backend_directory = prepare_backend_directory(config.cache_dir)
         self._launcher_key = new_launcher_key() if config.admin_key is None else None
+        self._upstream_port = self._private_port() if config.uses_front_door else None
+        if config.uses_front_door:
+            self._request_bound = request_bound(config.repository, os.environ, override=config.max_request_bytes)
+            if config.tls is not None:  # else the private port would be a plaintext way past the certificates
+                self._hop_dir = Path(tempfile.mkdtemp(prefix="fashionbox-hop-"))
+                self._hop_tls = make_hop_tls(self._hop_dir)
         self._command = build_command(
-            config, binary=dist.binary, backend_directory=backend_directory, launcher_key=self._launcher_key
+            config, binary=dist.binary, backend_directory=backend_directory, launcher_key=self._launcher_key,
+            upstream_grpc_port=self._upstream_port, upstream_tls=self._hop_tls.server if self._hop_tls else None,
         )
 
         self._keep_log = False
@@ -227,16 +276,27 @@ class TritonServer:
             "starting tritonserver: %s", shlex.join(redact(self._command, config.admin_key, self._launcher_key))
         )
         try:
+            self._open_front_door()
+        except BaseException:
+            self._remove_hop_tls()
+            self._close_log()
+            self._remove_own_log_dir()
+            raise
+        try:
+            command, hook = _child_command(self._command)
             self._process = subprocess.Popen(
-                self._command,
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log_file,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_child_setup_hook(),
+                umask=CHILD_UMASK,
+                preexec_fn=hook,
             )
         except OSError as exc:
+            self._close_front_door()
+            self._remove_hop_tls()
             self._close_log()
             self._remove_own_log_dir()  # it holds nothing yet
             raise ServerStartError(f"could not run {dist.binary}: {exc}") from exc
@@ -372,6 +432,8 @@ class TritonServer:
             os.killpg(process.pid, signal.SIGKILL)
         self._returncode = process.wait()
         self._process = None
+        self._close_front_door()  # after Triton: calls still open were answered or failed by it
+        self._remove_hop_tls()
         self._close_log()
         with contextlib.suppress(OSError):  # the admission slots its stubs shared (fashionbox.core.admission)
             slots_path(Path(self.config.repository), process.pid).unlink(missing_ok=True)
@@ -400,6 +462,37 @@ class TritonServer:
         self.stop()
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _private_port(self) -> int:
+        """A free loopback port for Triton's gRPC behind the front door, none of the configured ones."""
+        config = self.config
+        taken = {config.grpc_port, config.http_port, config.metrics_port}
+        while (port := find_free_ports(1, "127.0.0.1")[0]) in taken:
+            continue
+        return port
+
+    def _open_front_door(self) -> None:
+        """Listen on the public gRPC address (PortInUseError if taken) before Triton starts."""
+        if self._upstream_port is None or self._request_bound is None:
+            return
+        config = self.config
+        door = FrontDoor(FrontDoorConfig(host=config.host, port=config.grpc_port, upstream=self.upstream_grpc,
+                                         max_request_bytes=self._request_bound.max_request_bytes, tls=config.tls,
+                                         upstream_tls=self._hop_tls))
+        door.start()
+        self._front_door = door
+        logger.info("gRPC front door on %s:%d: messages over %s are refused", config.host, config.grpc_port,
+                    self._request_bound.describe())
+
+    def _remove_hop_tls(self) -> None:
+        folder, self._hop_dir, self._hop_tls = self._hop_dir, None, None
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _close_front_door(self) -> None:
+        door, self._front_door = self._front_door, None
+        if door is not None:
+            door.stop()
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last ``lines`` lines of the server log, without Triton's start-up tables ("" if no log yet).

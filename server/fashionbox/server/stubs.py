@@ -298,13 +298,28 @@ def crashed(server: Supervised, watch: StubWatch, dead: list[tuple[int, str]]) -
             other == name and (other_pid not in watched if born is None else other_born > born)
             for other_pid, (other, _, other_born) in alive.items()
         )
-        if renewed:
+        if name == model:
+            # No instance suffix: the model-level stub the python backend runs while it loads the model
+            # (its config's auto-completion), which ends once the instances serve; never a crash.
+            logger.info("stub %s ended: the load-time stub of model %s", name, model)
+        elif renewed:
             logger.info("stub %s ended: its model %s was reloaded", name, model)
-        elif server.model_ready(model) is False:
+        elif _model_ready(server, model) is False:
             logger.info("stub %s ended: its model %s was unloaded", name, model)
         else:
             died.append(name)
     return died
+
+
+def _model_ready(server: Supervised, model: str, attempts: int = 3) -> bool | None:
+    """``server.model_ready(model)``, asked again when the server gave no answer (a second each): a
+    server busy unloading a model under load may not answer at once, and no answer counts as a death."""
+    ready = server.model_ready(model)
+    for _ in range(attempts - 1):
+        if ready is not None:
+            break
+        ready = server.model_ready(model)
+    return ready
 
 
 def _pipeline_verdict(server: Supervised) -> tuple[bool, str]:
