@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layouts", default="steps,fused",
                         help="repository layouts served (RepositorySettings.layout), each measured in every round; "
                              "the first is the summary's")
+    parser.add_argument("--detector", default="default", help="detector checkpoint (fashionbox convert --detector)")
     parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/cpu_per_request.json")
     args = parser.parse_args(argv)
     if args.rounds < 1:
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         servers = {}
         for layout in layouts:  # the shipped settings, ONNX Runtime in each (the graphs are the same)
             repository = convert(ConvertOptions(out=Path(tmp) / f"repo-{layout}", runtime="onnxruntime",
+                                                detector=args.detector,
                                                 repository_settings={"layout": layout})).repository
             server = stack.enter_context(running_server(repository, Path(tmp) / f"logs-{layout}"))
             assert server.pid is not None

@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=6.0)
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--concurrency", default="4,8,16", help="levels tried for saturation")
+    parser.add_argument("--detector", default="default", help="detector checkpoint (fashionbox convert --detector)")
     parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/peers.json")
     args = parser.parse_args(argv)
 
@@ -221,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fashionbox-peers-") as tmp_name:
         tmp = Path(tmp_name)
         # ONNX Runtime in every server, so that they differ in how they serve, not in what runs the graphs
-        repository = convert(ConvertOptions(out=tmp / "repo", runtime="onnxruntime")).repository
-        fused = convert(ConvertOptions(out=tmp / "repo-fused", runtime="onnxruntime",
+        repository = convert(ConvertOptions(out=tmp / "repo", runtime="onnxruntime", detector=args.detector)).repository
+        fused = convert(ConvertOptions(out=tmp / "repo-fused", runtime="onnxruntime", detector=args.detector,
                                        repository_settings={"layout": "fused"})).repository
         servers: dict[str, tuple[Any, Any]] = {
             "fashionbox": (lambda: fashionbox_server(repository, tmp), grpc_sender),

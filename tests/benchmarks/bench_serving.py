@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fused-instances", default="detector=2,postprocess=2",
                         help="instance count per composing model, fused layout (detector decodes too; postprocess "
                              "runs the attribute network)")
+    parser.add_argument("--detector", default="default", help="detector checkpoint (fashionbox convert --detector)")
     parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/serving.json")
     args = parser.parse_args(argv)
 
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = {}
         for layout in layouts:  # the same weights, converted once per layout; ONNX Runtime in every one
             repository = convert(ConvertOptions(
-                out=Path(tmp) / f"repo-{layout}", runtime="onnxruntime",
+                out=Path(tmp) / f"repo-{layout}", runtime="onnxruntime", detector=args.detector,
                 repository_settings={"layout": layout, **_schedulings(specs[layout])})).repository
             grpc, http, metrics = find_free_ports(3)
             configs[layout] = ServerConfig(repository=repository, grpc_port=grpc, http_port=http,
