@@ -283,3 +283,15 @@ def test_file_that_is_not_onnx_fails_the_check(tmp_path: Path) -> None:
 
     with pytest.raises(ExportError, match=r"notes\.onnx fails onnx\.checker"):
         check_onnx(path)
+
+
+def test_the_score_comparison_leaves_out_scores_no_threshold_comes_near() -> None:
+    from fashionbox.converter.export import SCORE_FLOOR, score_error
+
+    # ONNX Runtime's sigmoid underflows to exactly 0 where PyTorch's gives 5e-8: sqrt(5e-8 * 0.3) = 1.2e-4
+    ours = np.array([0.0, 0.5, 0.0009], dtype=np.float32)
+    theirs = np.array([1.2e-4, 0.50002, 0.0], dtype=np.float32)
+    assert score_error(ours, theirs) == pytest.approx(2e-5, abs=1e-7)
+    # at the floor and above, every difference counts, however small the other side is
+    assert score_error(np.array([SCORE_FLOOR], np.float32), np.array([0.0], np.float32)) == pytest.approx(SCORE_FLOOR)
+    assert score_error(np.zeros(3, np.float32), np.zeros(3, np.float32)) == 0.0
