@@ -42,6 +42,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"error: {', '.join(given)} only apply to training on your data (--coco ANNOTATIONS.json)",
               file=sys.stderr)
         return 2
+    if args.mine_negatives and args.distractors is None:
+        print("error: --mine-negatives mines the negative scenes of --distractors training: give --distractors",
+              file=sys.stderr)
+        return 2
     if args.distractors is not None:
         return _cmd_train_negatives(args)
     settings = TrainSettings(out_dir=args.out, cache_dir=args.cache_dir, seed=args.seed, train_scenes=args.scenes,
@@ -69,10 +73,15 @@ def _cmd_train_negatives(args: argparse.Namespace) -> int:
     init = default_weights("detector") if args.init == "default" else Path(args.init)
     if not init.is_file():
         raise FileNotFoundError(f"--init {args.init}: no detector checkpoint there")
-    settings = NegativeSettings(out_dir=args.out, cache_dir=args.cache_dir, init=init, seed=args.seed,
-                                scenes=args.scenes, distractor_rate=args.distractors,
-                                empty_rate=args.empty_scenes, steps=args.detector_steps, lr=args.detector_lr,
-                                threads=args.threads, resume=args.resume)
+    try:
+        settings = NegativeSettings(out_dir=args.out, cache_dir=args.cache_dir, init=init, seed=args.seed,
+                                    scenes=args.scenes, distractor_rate=args.distractors,
+                                    empty_rate=args.empty_scenes, steps=args.detector_steps, lr=args.detector_lr,
+                                    threads=args.threads, resume=args.resume, mine_negatives=args.mine_negatives,
+                                    mine_keep=args.mine_keep, mine_share=args.mine_share, mine_every=args.mine_every)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"detector: {train_detector_negatives(settings)}")
     return 0
 
@@ -246,6 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "carry distractors under their garments and --empty-scenes have no garment (hard negatives)")
     p.add_argument("--empty-scenes", type=float, default=0.25, metavar="RATE",
                    help="with --distractors: share of scenes with distractors and no garment")
+    p.add_argument("--mine-negatives", type=int, default=0, metavar="N",
+                   help="with --distractors: mine hard negatives: every --mine-every steps the detector scores N "
+                        "negative training scenes; the --mine-keep share where it fires hardest fills "
+                        "--mine-share of every batch")
+    p.add_argument("--mine-keep", type=float, default=0.25, metavar="SHARE",
+                   help="with --mine-negatives: share of the scored scenes kept (the hardest)")
+    p.add_argument("--mine-share", type=float, default=0.25, metavar="SHARE",
+                   help="with --mine-negatives: share of every batch drawn from the mined scenes")
+    p.add_argument("--mine-every", type=int, default=100, metavar="STEPS",
+                   help="with --mine-negatives: steps between mining passes")
     p.add_argument("--init", default="default",
                    help="with --distractors or --coco: the detector to start from, 'default' (shipped) or a "
                         ".safetensors")

@@ -15,6 +15,12 @@ normalised by its positives, so an empty scene's mistakes weigh as much as a gar
 
 Which scenes are normal, with distractors or empty depends only on the seed and the index, so
 the cache is reproducible and its normal scenes are exactly those of the plain detector stage.
+
+Hard-negative mining (``mine_negatives=N``, ``--mine-negatives N``): before the first step and every
+``mine_every`` steps the current detector scores ``N`` of the cache's negative scenes (distractors
+or empty; training seeds only, never a held-out dataset seed, :data:`HELDOUT_DATASETS`); the
+``mine_keep`` share where it fires hardest (its highest score on a box that overlaps no garment)
+fills ``mine_share`` of every batch, the rest is drawn uniformly as before.
 """
 
 from __future__ import annotations
@@ -40,17 +46,38 @@ from fashionbox.training.detection import assign_targets, detection_loss
 from fashionbox.training.schedule import lr_at
 
 __all__ = [
+    "HELDOUT_DATASETS",
     "SCENE_KINDS",
     "NegativeSettings",
     "build_mixed_cache",
+    "check_training_seeds",
+    "false_positive_scores",
+    "mining_candidates",
     "render_kind_sample",
     "scene_kind",
+    "select_hardest",
     "train_detector_negatives",
 ]
 
 log = logging.getLogger(__name__)
 
 SCENE_KINDS = ("normal", "distractors", "empty")
+
+HELDOUT_DATASETS = frozenset({7, 9, 11, 13})
+"""Dataset seeds the benchmarks hold out (scene seeds ``seed * 1_000_003 + i``): 7 the quality and
+test seed (bench_quality.py, tests/test_end_to_end.py), 9 the scenes without garments
+(bench_false_positives.py), 11 and 13 the threshold's validation seeds (bench_threshold.py)."""
+
+_DATASET_STRIDE = 1_000_003  # scene_seed's multiplier: a dataset seed owns one block of scene seeds
+
+
+def check_training_seeds(scene_seeds: npt.ArrayLike) -> None:
+    """Refuse scene seeds that belong to a held-out dataset (:data:`HELDOUT_DATASETS`)."""
+    datasets = {int(s) // _DATASET_STRIDE for s in np.asarray(scene_seeds, dtype=np.int64).reshape(-1)}
+    bad = sorted(datasets & HELDOUT_DATASETS)
+    if bad:
+        raise ValueError(f"scene seeds of held-out dataset seed(s) {bad} must not be trained or mined on "
+                         f"(held out: {sorted(HELDOUT_DATASETS)}); choose another --seed")
 
 
 def scene_kind(seed: int, index: int, distractor_rate: float, empty_rate: float) -> str:
@@ -163,6 +190,14 @@ class NegativeSettings:
     threads: int = 2
     checkpoint_every: int = 100
     resume: bool = False
+    mine_negatives: int = 0
+    """Negative scenes the detector scores at each mining pass (0: no mining)."""
+    mine_keep: float = 0.25
+    """Share of the scored scenes kept as mined: those where the detector fires hardest."""
+    mine_share: float = 0.25
+    """Share of every batch drawn from the mined scenes."""
+    mine_every: int = 100
+    """Steps between mining passes (the first is before step one)."""
 
     def __post_init__(self) -> None:
         _check_rates(self.distractor_rate, self.empty_rate)
@@ -170,6 +205,15 @@ class NegativeSettings:
             raise ValueError("steps and batch must be >= 1 and scenes at least one batch")
         if self.lr <= 0 or self.warmup < 0:
             raise ValueError("lr must be positive and warmup non-negative")
+        if self.mine_negatives < 0 or self.mine_every < 1:
+            raise ValueError("mine_negatives must be >= 0 and mine_every >= 1")
+        if not (0.0 < self.mine_keep <= 1.0 and 0.0 <= self.mine_share < 1.0):
+            raise ValueError(f"mine_keep must be in (0, 1] and mine_share in [0, 1), "
+                             f"got {self.mine_keep:g} and {self.mine_share:g}")
+        if self.mine_negatives:
+            check_training_seeds([scene_seed(self.seed, 0), scene_seed(self.seed, self.scenes - 1)])
+            if self.empty_rate + self.distractor_rate == 0:
+                raise ValueError("mining needs negative scenes: give --distractors or --empty-scenes above 0")
 
     def to_json(self) -> str:
         """The recipe, for the checkpoint's metadata; local folders are left out."""
@@ -190,6 +234,73 @@ def _batch(cache: SceneCache, indices: npt.NDArray[np.int64], rng: np.random.Gen
         boxes.append(torch.from_numpy(b))
         classes.append(torch.from_numpy(cache.classes_of(int(i))))
     return torch.from_numpy(np.ascontiguousarray(pixels)), boxes, classes
+
+
+def mining_candidates(cache: SceneCache, seed: int, count: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    """Up to ``count`` indices of the cache's negative scenes (distractors or empty), drawn at random.
+
+    The cache's scene ``i`` was rendered from ``scene_seed(seed, i)``; seeds of a held-out dataset
+    are refused (:func:`check_training_seeds`)."""
+    kinds = np.load(cache.folder / "kinds.npy")
+    negative = np.flatnonzero(kinds != SCENE_KINDS.index("normal")).astype(np.int64)
+    chosen = np.sort(rng.choice(negative, min(count, len(negative)), replace=False)).astype(np.int64)
+    check_training_seeds([scene_seed(seed, int(i)) for i in chosen])
+    return chosen
+
+
+@torch.no_grad()
+def false_positive_scores(model: torch.nn.Module, cache: SceneCache, indices: npt.NDArray[np.int64], *,
+                          iou: float = 0.5, batch: int = 32) -> npt.NDArray[np.float32]:
+    """Per scene, the detector's highest score (any class, before NMS: NMS only removes lower
+    scores) on a box that overlaps every garment of the scene by less than ``iou``: the score of
+    its worst false positive. An empty scene's boxes are all false."""
+    from fashionbox.models.nms import box_iou
+
+    was_training = model.training
+    model.eval()
+    out = np.zeros(len(indices), dtype=np.float32)
+    try:
+        for start in range(0, len(indices), batch):
+            part = indices[start:start + batch]
+            outputs = model(torch.from_numpy(np.asarray(cache.pixels[part])))
+            best = outputs.scores.amax(dim=1)  # [B, N] over classes
+            for k, i in enumerate(part):
+                garments = torch.from_numpy(cache.boxes_of(int(i)))
+                false = best[k]
+                if len(garments):
+                    overlaps = box_iou(outputs.boxes[k], garments).amax(dim=1)
+                    false = torch.where(overlaps < iou, false, torch.zeros_like(false))
+                out[start + k] = float(false.max())
+    finally:
+        model.train(was_training)
+    return out
+
+
+def select_hardest(indices: npt.NDArray[np.int64], scores: npt.NDArray[np.float32], keep: float,
+                   ) -> npt.NDArray[np.int64]:
+    """The ``keep`` share of ``indices`` (at least one) with the highest ``scores``, hardest first
+    (ties: the lower index first)."""
+    if len(indices) != len(scores):
+        raise ValueError(f"{len(indices)} indices but {len(scores)} scores")
+    if not len(indices):
+        return np.zeros(0, dtype=np.int64)
+    count = max(1, round(keep * len(indices)))
+    order = np.lexsort((indices, -scores.astype(np.float64)))
+    hardest: npt.NDArray[np.int64] = np.asarray(indices, dtype=np.int64)[order[:count]]
+    return hardest
+
+
+def _draw(rng: np.random.Generator, size: int, batch: int, mined: npt.NDArray[np.int64], share: float,
+          ) -> npt.NDArray[np.int64]:
+    """A batch of distinct scene indices: ``share`` of it from ``mined``, the rest uniformly."""
+    take = min(len(mined), round(share * batch))
+    if take == 0:
+        return rng.choice(size, batch, replace=False).astype(np.int64)
+    first = rng.choice(mined, take, replace=False)
+    rest = np.setdiff1d(np.arange(size), first, assume_unique=True)
+    drawn: npt.NDArray[np.int64] = np.concatenate([first, rng.choice(rest, batch - take, replace=False)]).astype(
+        np.int64)
+    return drawn
 
 
 def _metadata(path: Path) -> dict[str, str]:
@@ -240,10 +351,25 @@ def train_detector_negatives(settings: NegativeSettings, *, label_map: LabelMap 
     seconds_before = float(_metadata(path).get("train_seconds", "0")) if resuming else 0.0
     progress = tqdm(range(start, settings.steps), desc="detector (hard negatives)", unit="step", initial=start,
                     total=settings.steps)
+    mined = np.zeros(0, dtype=np.int64)
+    mining_log: list[dict[str, float]] = json.loads(_metadata(path).get("mining", "[]")) if resuming else []
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, settings.steps, settings.lr, warmup=settings.warmup)
-        indices = rng.choice(len(cache), settings.batch, replace=False)
+        if settings.mine_negatives and (step % settings.mine_every == 0 or step == start):
+            # Its own generator, keyed by the step, so a resumed run mines the same candidates.
+            candidates = mining_candidates(cache, settings.seed, settings.mine_negatives,
+                                           np.random.default_rng([settings.seed, 1_009, step]))
+            if not len(candidates):
+                raise ValueError(f"no negative scene to mine among the cache's {len(cache)} scenes")
+            hardness = false_positive_scores(model, cache, candidates)
+            mined = select_hardest(candidates, hardness, settings.mine_keep)
+            entry = {"step": float(step), "scored": float(len(candidates)),
+                     "above_0.5": float((hardness > 0.5).mean()), "above_0.3": float((hardness > 0.3).mean()),
+                     "kept_min_score": float(np.sort(hardness)[-len(mined)])}
+            mining_log.append(entry)
+            log.info("mined %d of %d negative scenes at step %d: %s", len(mined), len(candidates), step, entry)
+        indices = _draw(rng, len(cache), settings.batch, mined, settings.mine_share)
         pixels, boxes, classes = _batch(cache, indices, rng, settings.input_size)
         outputs = model(pixels)
         targets = assign_targets(config, model.centers, model.location_strides, boxes, classes)
@@ -262,6 +388,7 @@ def train_detector_negatives(settings: NegativeSettings, *, label_map: LabelMap 
                             extra={"step": str(step + 1), "train_settings": settings.to_json(),
                                    "init_sha256": init_sha, "init_train_settings": init_recipe,
                                    "train_seconds": f"{elapsed:.0f}",
-                                   "steps_per_second": f"{rate:.3f}"})
+                                   "steps_per_second": f"{rate:.3f}",
+                                   **({"mining": json.dumps(mining_log)} if mining_log else {})})
     model.eval()
     return path
