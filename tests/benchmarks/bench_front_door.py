@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     added_cpu = door["serve_process_cpu_ms_per_request"]
     summary["front_door_cpu_ms_per_request"] = round(added_cpu, 3)
     summary["front_door_share_of_server_cpu_pct"] = round(100.0 * added_cpu / door["server_cpu_ms_per_request"], 1)
-    write_report(args.out, __file__, argv, {"repository": str(args.repository), "rounds": args.rounds,
+    shown = args.repository.resolve()
+    shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else Path(shown.name)  # no machine paths
+    write_report(args.out, __file__, argv, {"repository": str(shown), "rounds": args.rounds,
                                             "duration_s": args.duration_s, "saturation": args.saturation,
                                             "summary": summary, "runs": runs})
     print(json.dumps(summary, indent=2))
