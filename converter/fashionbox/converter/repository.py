@@ -136,13 +136,7 @@ _CONFIG_TYPES = {
     "BYTES": mc.TYPE_STRING,
 }
 
-# The python-backend models, in pipeline order, and the ensemble steps among them.
-_PYTHON_MODELS = (
-    contract.PREPROCESS_MODEL,
-    contract.DETECTOR_MODEL,
-    contract.ATTRIBUTES_MODEL,
-    contract.POSTPROCESS_MODEL,
-)
+# The ensemble's steps, in order, per layout (RepositorySettings.layout).
 _ENSEMBLE_STEPS = {
     "steps": (contract.PREPROCESS_MODEL, contract.DETECTOR_MODEL, contract.POSTPROCESS_MODEL),
     "fused": (contract.DETECTOR_MODEL, contract.POSTPROCESS_MODEL),
