@@ -243,7 +243,7 @@ def _triton_pid(serve_pid: int) -> int:
 @pytest.mark.integration
 def test_the_serve_banner_names_the_front_door_and_its_bound(serve: _Serve) -> None:
     text = serve.log.read_text()
-    assert f"front door: messages over {BOUND} bytes refused" in text
+    assert f"front door: messages and bodies over {BOUND} bytes refused" in text
 
 
 @pytest.mark.integration
@@ -335,6 +335,57 @@ def test_the_stream_api_answers_through_the_front_door_and_an_oversized_message_
     assert refused.status() == str(grpc.StatusCode.RESOURCE_EXHAUSTED) and f"vs. {BOUND})" in (refused.message() or "")
     (after,) = stream([_jpeg()])  # a new stream is served as before
     assert np.array_equal(after.as_numpy("DETECTIONS"), good)
+
+
+def _http_refused(base: str, size: int) -> tuple[int, str, float]:
+    """POST ``size`` bytes to the ensemble over HTTP as a client that sends all before it reads."""
+    import http.client
+    import json
+    import time
+    import urllib.parse
+
+    address = urllib.parse.urlsplit(base)
+    connection = http.client.HTTPConnection(address.hostname or "127.0.0.1", address.port, timeout=60)
+    started = time.monotonic()
+    try:
+        connection.request("POST", f"/v2/models/{contract.ENSEMBLE_MODEL}/infer", body=b"\xff" * size,
+                           headers={"Inference-Header-Content-Length": "2"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())["error"], time.monotonic() - started
+    finally:
+        connection.close()
+
+
+@pytest.mark.integration
+def test_http_bodies_far_over_the_bound_are_refused_at_once_memory_stays_flat_and_http_inference_answers(
+    serve: _Serve, channel: Any
+) -> None:
+    import tritonclient.http as httpclient
+
+    good = _decode_detections(channel.unary_unary(INFER)(_infer_request(_jpeg()), timeout=30))
+    with httpclient.InferenceServerClient(serve.http.removeprefix("http://")) as client:
+        def detect() -> Any:
+            tensor = httpclient.InferInput(contract.IMAGE.name, [1, 1], contract.IMAGE.datatype)
+            tensor.set_data_from_numpy(np.array([[_jpeg()]], dtype=np.object_))
+            result = client.infer(contract.ENSEMBLE_MODEL, [tensor],
+                                  outputs=[httpclient.InferRequestedOutput("DETECTIONS")])
+            return result.as_numpy("DETECTIONS")
+
+        assert np.array_equal(detect(), good)  # HTTP through the door answers as gRPC does
+        _http_refused(serve.http, 64 * 2**20)  # warm-up
+        triton_pid = _triton_pid(serve.process.pid)
+        rss_before, shm_before = _rss_mb(serve.process.pid), _shm_mb(triton_pid)
+        for size in SOAK_SIZES_MB:
+            status, error, took_s = _http_refused(serve.http, size * 2**20)
+            assert status == 413 and f"larger than this server takes ({BOUND} bytes" in error, (status, error)
+            assert took_s < REFUSAL_LIMIT_S + 10, f"a {size} MB body took {took_s:.1f} s to be refused"
+            assert np.array_equal(detect(), good)  # others go on
+        rss_after, shm_after = _rss_mb(serve.process.pid), _shm_mb(triton_pid)
+    print(f"HTTP soak: serve tree RSS {rss_before:.0f} -> {rss_after:.0f} MB, "
+          f"stubs' /dev/shm {shm_before:.1f} -> {shm_after:.1f} MB")
+    assert serve.process.poll() is None and _triton_pid(serve.process.pid) == triton_pid
+    assert rss_after - rss_before < SOAK_RSS_GROWTH_LIMIT_MB, f"grew from {rss_before:.0f} to {rss_after:.0f} MB"
+    assert shm_after - shm_before < SHM_GROWTH_LIMIT_MB, f"/dev/shm grew from {shm_before:.1f} to {shm_after:.1f} MB"
 
 
 SHM_BURSTS = 4

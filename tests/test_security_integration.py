@@ -143,7 +143,7 @@ def test_the_serve_banner_names_the_transport_and_the_restriction_but_never_the_
 
 
 def _private_triton_address(secure: SecureServer) -> str:
-    match = re.search(r"front door: messages over \d+ bytes refused; Triton on (127\.0\.0\.1:\d+)",
+    match = re.search(r"front door: messages and bodies over \d+ bytes refused; Triton on (127\.0\.0\.1:\d+)",
                       secure.log.read_text())
     assert match, "the banner names the front door and Triton's private port"
     return match[1]

@@ -64,8 +64,9 @@ def run_server_cli(config: ServerConfig) -> int:
             admin = f"APIs closed: {', '.join(config.closed_apis())}"
         http = f"{endpoints.http} (plaintext{'; inference needs the admin key' if config.secure else ''})"
         bound = server.request_bound
-        door = (f"front door: messages over {bound.max_request_bytes} bytes refused; Triton on {server.upstream_grpc}"
-                if bound is not None else "no front door: Triton takes messages up to 2 GiB")
+        door = (f"front door: messages and bodies over {bound.max_request_bytes} bytes refused; Triton on "
+                f"{server.upstream_grpc}" if bound is not None
+                else "no front door: Triton takes gRPC messages up to 2 GiB, HTTP bodies of any size")
         print(
             f"FashionBox Triton server ready (pid {server.pid})\n"
             f"  gRPC     {endpoints.grpc} ({transport}; {admin})\n"

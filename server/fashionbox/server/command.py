@@ -28,6 +28,7 @@ def build_command(
     launcher_key: str | None = None,
     upstream_grpc_port: int | None = None,
     upstream_tls: ServerTls | None = None,
+    upstream_http_port: int | None = None,
 ) -> list[str]:
     """The tritonserver command line for ``config``.
 
@@ -36,7 +37,8 @@ def build_command(
     such a server needs one. ``upstream_grpc_port``: Triton's gRPC sits behind the front door
     (:mod:`fashionbox.server.front_door`) on that loopback port, with ``upstream_tls`` (the hop's own
     mutual TLS) or plaintext; the front door holds the operator's TLS settings and listens on
-    ``config.host``/``config.grpc_port``.
+    ``config.host``/``config.grpc_port``. ``upstream_http_port``: Triton's HTTP sits behind the door's
+    HTTP side (:mod:`fashionbox.server.http_door`) on that loopback port.
     """
     locked = locks_repository(config)
     if config.admin_key is None and launcher_key is None:
@@ -56,8 +58,9 @@ def build_command(
         # Explicit addresses: without them Triton listens on every interface.
         f"--grpc-address={LOOPBACK if upstream_grpc_port is not None else config.host}",
         f"--grpc-port={upstream_grpc_port if upstream_grpc_port is not None else config.grpc_port}",
-        *((f"--http-address={config.http_host}", f"--http-port={config.http_port}") if config.http
-          else ("--allow-http=false",)),
+        *(("--allow-http=false",) if not config.http
+          else (f"--http-address={LOOPBACK}", f"--http-port={upstream_http_port}") if upstream_http_port is not None
+          else (f"--http-address={config.http_host}", f"--http-port={config.http_port}")),
         "--allow-metrics=true",
         f"--metrics-address={config.host}",
         f"--metrics-port={config.metrics_port}",

@@ -210,19 +210,21 @@ class ServerConfig:
         metadata=declare("Triton verbose logging level, 1 if bare", flag="--log-verbose", env="LOG_VERBOSE",
                          parser=INTEGER, bare=1, metavar="LEVEL"),
     )
-    # gRPC through FashionBox's own listener (fashionbox.server.front_door), which refuses a message over
-    # max_request_bytes before anything is allocated for it; Triton then listens on a private loopback port.
+    # gRPC and HTTP through FashionBox's own listeners (fashionbox.server.front_door, .http_door), which refuse a
+    # message or body over max_request_bytes before anything is allocated for it; Triton then listens on
+    # private loopback ports.
     front_door: bool | None = dataclasses.field(
         default=None,
-        metadata=declare("gRPC through FashionBox's front door, which refuses messages over --max-request-bytes "
-                         "before Triton sees them (Triton's own ceiling is 2 GiB)", flag="--front-door",
+        metadata=declare("gRPC and HTTP through FashionBox's front door, which refuses messages and bodies over "
+                         "--max-request-bytes before Triton sees them (Triton's own: 2 GiB for gRPC, none for HTTP)",
+                         flag="--front-door",
                          env="FRONT_DOOR", parser=BOOLEAN, form="switch",
-                         shown_default="on with --secure (always), a non-loopback --host or --max-request-bytes; "
-                                       "off on loopback"),
+                         shown_default="on with --secure (always), a non-loopback --host or --http-host, or "
+                                       "--max-request-bytes; off on loopback"),
     )
     max_request_bytes: int | None = dataclasses.field(
         default=None,
-        metadata=declare("largest gRPC message the front door takes", flag="--max-request-bytes",
+        metadata=declare("largest gRPC message or HTTP body the front door takes", flag="--max-request-bytes",
                          env="MAX_REQUEST_BYTES", parser=INTEGER, metavar="BYTES",
                          shown_default="the repository's max_image_bytes x the ensemble's max batch + 64 KiB"),
     )
@@ -325,13 +327,15 @@ class ServerConfig:
 
     @property
     def uses_front_door(self) -> bool:
-        """Whether gRPC goes through the front door: as ``front_door`` says, else where the network or an
-        explicit bound asks for it (the secure profile, a non-loopback ``host``, ``max_request_bytes``).
+        """Whether gRPC and HTTP go through the front door: as ``front_door`` says, else where the network or
+        an explicit bound asks for it (the secure profile, a non-loopback ``host`` or ``http_host``,
+        ``max_request_bytes``).
         Loopback-only servers go without by default: the hop costs about 5 % of the server's CPU per
         request (BENCHMARKS.md, "The gRPC front door")."""
         if self.front_door is not None:
             return self.front_door
-        return self.secure or not is_loopback(self.host) or self.max_request_bytes is not None
+        return (self.secure or not is_loopback(self.host) or (self.http and not is_loopback(self.http_host))
+                or self.max_request_bytes is not None)
 
     def closed_apis(self) -> tuple[str, ...]:
         """The API groups no caller may use without the admin key (without one: nobody)."""
@@ -349,7 +353,7 @@ class ServerConfig:
             raise ConfigError(f"the secure profile needs {' and '.join(missing)}")
         if self.secure and not self.uses_front_door:
             raise ConfigError("the secure profile needs the front door: without it Triton takes gRPC messages up to "
-                              "2 GiB whatever the image limit; drop --no-front-door")
+                              "2 GiB and HTTP bodies of any size, whatever the image limit; drop --no-front-door")
         if self.max_request_bytes is not None and not self.uses_front_door:
             raise ConfigError("max_request_bytes is enforced by the front door; it cannot be set with --no-front-door")
         # HTTP has no TLS: in the secure profile it would be a plaintext side door past the certificates.

@@ -1,5 +1,7 @@
 """The front door: FashionBox's own gRPC listener in front of ``tritonserver``, bounding message size.
 
+(Its HTTP side, in the same event loop, is :mod:`fashionbox.server.http_door`.)
+
 Triton 2.51 takes gRPC messages up to 2 GiB and has no flag lowering that; an oversized request
 is received whole, copied into the ``preprocess`` stub's shared memory, and only then refused
 (docs/RELIABILITY.md, "Oversized requests": 2.5 GB of RSS for one 400 MB request). The front door
@@ -45,6 +47,7 @@ import grpc.aio
 
 from fashionbox.contract import ENSEMBLE_MODEL, ENV_PREFIX
 from fashionbox.server.errors import PortInUseError, ServerStartError
+from fashionbox.server.http_door import HttpDoor, HttpDoorConfig
 from fashionbox.server.security import ServerTls
 
 __all__ = ["HEADROOM_BYTES", "STREAM_METHODS", "FrontDoor", "FrontDoorConfig", "HopTls", "RequestBound",
@@ -220,6 +223,8 @@ class FrontDoorConfig:
     tls: ServerTls | None = None
     upstream_tls: HopTls | None = None
     """Mutual TLS to Triton (:class:`HopTls`); None: plaintext on loopback."""
+    http: HttpDoorConfig | None = None
+    """The HTTP side (:mod:`fashionbox.server.http_door`), served in the same event loop; None: no HTTP."""
 
     def __post_init__(self) -> None:
         if self.max_request_bytes < 1:
@@ -317,6 +322,7 @@ class FrontDoor:
         self._thread: threading.Thread | None = None
         self._server: grpc.aio.Server | None = None
         self._channel: grpc.aio.Channel | None = None
+        self._http: HttpDoor | None = None
 
     @property
     def running(self) -> bool:
@@ -375,6 +381,10 @@ class FrontDoor:
         self._server = server
         logger.info("front door on %s: at most %d bytes a message, forwarded to %s", address,
                     config.max_request_bytes, config.upstream)
+        if config.http is not None:
+            http = HttpDoor(config.http)
+            await http.start()
+            self._http = http
 
     def stop(self, grace_s: float = 0.0) -> None:
         """Stop listening (calls still open get ``grace_s`` to finish), close the channel, end the thread.
@@ -384,6 +394,8 @@ class FrontDoor:
             return
 
         async def close() -> None:
+            if self._http is not None:
+                await self._http.stop()
             if self._server is not None:
                 await self._server.stop(grace_s)
             if self._channel is not None:
@@ -397,4 +409,5 @@ class FrontDoor:
         if not loop.is_running():
             loop.close()
         self._server = self._channel = None
+        self._http = None
         self._loop = self._thread = None

@@ -10,9 +10,10 @@ How the child is wrapped, and why:
 
 - it binds ``127.0.0.1`` unless another host is asked for: Triton itself binds every interface;
 - with the front door (``ServerConfig.uses_front_door``: the secure profile, a non-loopback host,
-  ``--front-door``), gRPC's public address is FashionBox's own listener, which refuses messages over
-  the request bound and forwards the rest to Triton on a private loopback port chosen at each start
-  (mutual TLS of its own when the door has TLS) (:mod:`fashionbox.server.front_door`);
+  ``--front-door``), gRPC's and HTTP's public addresses are FashionBox's own listeners, which refuse
+  messages and bodies over the request bound and forward the rest to Triton on private loopback
+  ports chosen at each start (gRPC with mutual TLS of its own when the door has TLS)
+  (:mod:`fashionbox.server.front_door`, :mod:`fashionbox.server.http_door`);
 - its stdout and stderr go to a log file that outlives it, so a failed start can show the log tail;
 - it runs in its own process group, so Ctrl-C in a terminal reaches only us and we stop it in order,
   and so stopping can also kill the python-backend stubs it forked;
@@ -66,6 +67,7 @@ from fashionbox.server.command import build_command, locks_repository
 from fashionbox.server.config import ServerConfig, is_loopback
 from fashionbox.server.errors import PortInUseError, ServerError, ServerStartError
 from fashionbox.server.front_door import FrontDoor, FrontDoorConfig, HopTls, RequestBound, make_hop_tls, request_bound
+from fashionbox.server.http_door import HttpDoorConfig
 from fashionbox.server.network import Endpoints, find_free_ports, port_is_free
 from fashionbox.server.security import new_launcher_key, redact
 from fashionbox.server.stubs import StubWatch, remove_regions
@@ -167,10 +169,11 @@ class TritonServer:
         # The python stubs' /dev/shm regions seen in this run: removed once the server is stopped, since a
         # killed stub or server leaves its own behind (a clean Triton exit removes them itself).
         self._stub_regions: set[str] = set()
-        # gRPC's own listener in front of Triton (fashionbox.server.front_door); Triton then listens on
-        # loopback at _upstream_port, a fresh free port at each start.
+        # Our own listeners in front of Triton (fashionbox.server.front_door); Triton then listens on
+        # loopback at _upstream_port (gRPC) and _upstream_http_port, fresh free ports at each start.
         self._front_door: FrontDoor | None = None
         self._upstream_port: int | None = None
+        self._upstream_http_port: int | None = None  # Triton's HTTP behind the door's HTTP side
         self._request_bound: RequestBound | None = None
         self._hop_tls: HopTls | None = None  # mutual TLS door -> Triton when the door has TLS
         self._hop_dir: Path | None = None
@@ -238,8 +241,8 @@ class TritonServer:
                 "" if config.tls is not None else " over plaintext gRPC (no --tls-cert)",
             )
         if config.http and not is_loopback(config.http_host):
-            logger.warning("binding HTTP to %s: plaintext HTTP (no TLS, no bound on request bodies: the front "
-                           "door is gRPC only) is reachable from the network", config.http_host)
+            logger.warning("binding HTTP to %s: plaintext HTTP (no TLS) is reachable from the network",
+                           config.http_host)
         if not config.http and config.drain_on_stop:
             logger.info("HTTP is off: stop() cannot drain the ensemble first (the drain goes over HTTP)")
 
@@ -247,6 +250,8 @@ class TritonServer:
         backend_directory = prepare_backend_directory(config.cache_dir)
         self._launcher_key = new_launcher_key() if config.admin_key is None else None
         self._upstream_port = self._private_port() if config.uses_front_door else None
+        door_http = config.uses_front_door and config.http
+        self._upstream_http_port = self._private_port(self._upstream_port) if door_http else None
         if config.uses_front_door:
             self._request_bound = request_bound(config.repository, os.environ, override=config.max_request_bytes)
             if config.tls is not None:  # else the private port would be a plaintext way past the certificates
@@ -255,6 +260,7 @@ class TritonServer:
         self._command = build_command(
             config, binary=dist.binary, backend_directory=backend_directory, launcher_key=self._launcher_key,
             upstream_grpc_port=self._upstream_port, upstream_tls=self._hop_tls.server if self._hop_tls else None,
+            upstream_http_port=self._upstream_http_port,
         )
 
         self._keep_log = False
@@ -463,10 +469,10 @@ class TritonServer:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _private_port(self) -> int:
-        """A free loopback port for Triton's gRPC behind the front door, none of the configured ones."""
+    def _private_port(self, *taken_too: int | None) -> int:
+        """A free loopback port for Triton behind the front door: none of the configured ones, nor ``taken_too``."""
         config = self.config
-        taken = {config.grpc_port, config.http_port, config.metrics_port}
+        taken = {config.grpc_port, config.http_port, config.metrics_port, *taken_too}
         while (port := find_free_ports(1, "127.0.0.1")[0]) in taken:
             continue
         return port
@@ -476,12 +482,17 @@ class TritonServer:
         if self._upstream_port is None or self._request_bound is None:
             return
         config = self.config
+        bound = self._request_bound.max_request_bytes
+        http = (HttpDoorConfig(host=config.http_host, port=config.http_port, max_request_bytes=bound,
+                               upstream=f"127.0.0.1:{self._upstream_http_port}")
+                if self._upstream_http_port is not None else None)
         door = FrontDoor(FrontDoorConfig(host=config.host, port=config.grpc_port, upstream=self.upstream_grpc,
-                                         max_request_bytes=self._request_bound.max_request_bytes, tls=config.tls,
-                                         upstream_tls=self._hop_tls))
+                                         max_request_bytes=bound, tls=config.tls, upstream_tls=self._hop_tls,
+                                         http=http))
         door.start()
         self._front_door = door
-        logger.info("gRPC front door on %s:%d: messages over %s are refused", config.host, config.grpc_port,
+        logger.info("front door on %s:%d (gRPC)%s: messages and bodies over %s are refused", config.host,
+                    config.grpc_port, f" and {config.http_host}:{config.http_port} (HTTP)" if http else "",
                     self._request_bound.describe())
 
     def _remove_hop_tls(self) -> None:
