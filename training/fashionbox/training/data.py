@@ -18,6 +18,7 @@ import multiprocessing as mp
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +26,10 @@ import numpy.typing as npt
 from fashionbox.contract.labels import LabelMap, default_label_map
 from fashionbox.core.imaging import decode_image, letterbox
 
-__all__ = ["SceneCache", "SceneSample", "build_scene_cache", "render_sample"]
+if TYPE_CHECKING:
+    from fashionbox.synth.scene import Scene
+
+__all__ = ["SceneCache", "SceneSample", "build_scene_cache", "render_sample", "scene_sample"]
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +50,13 @@ def scene_seed(seed: int, index: int) -> int:
 def render_sample(seed: int, input_size: int, label_map: LabelMap) -> SceneSample:
     from fashionbox.synth import render_scene
 
+    return scene_sample(render_scene(seed, label_map=label_map), seed, input_size, label_map)
+
+
+def scene_sample(scene: Scene, seed: int, input_size: int, label_map: LabelMap) -> SceneSample:
+    """``scene`` JPEG round-tripped (its quality drawn from ``seed``) and letterboxed as the served
+    ``preprocess`` does, with its garments as targets in letterbox pixels."""
     rng = np.random.default_rng(seed)
-    scene = render_scene(seed, label_map=label_map)
     data = scene.encode(format="JPEG", quality=int(rng.integers(70, 96)))
     pixels, info = letterbox(decode_image(data, target_size=input_size), input_size)
     garments = scene.garments

@@ -40,8 +40,7 @@ import torch
 from tqdm import tqdm
 
 from fashionbox.contract.labels import LabelMap, default_label_map
-from fashionbox.core.imaging import decode_image, letterbox
-from fashionbox.training.data import SceneCache, SceneSample, scene_seed
+from fashionbox.training.data import SceneCache, SceneSample, scene_sample, scene_seed
 from fashionbox.training.detection import assign_targets, detection_loss
 from fashionbox.training.schedule import lr_at
 
@@ -104,19 +103,7 @@ def render_kind_sample(seed: int, kind: str, input_size: int, label_map: LabelMa
         scene = render_distractor_scene(seed)
     else:
         raise ValueError(f"unknown scene kind {kind!r}; choose from {SCENE_KINDS}")
-    rng = np.random.default_rng(seed)
-    data = scene.encode(format="JPEG", quality=int(rng.integers(70, 96)))
-    pixels, info = letterbox(decode_image(data, target_size=input_size), input_size)
-    garments = scene.garments
-    boxes = info.to_letterbox(np.array([g.box for g in garments], dtype=np.float32).reshape(-1, 4))
-    classes = np.array([label_map.category_index(g.category) for g in garments], dtype=np.int64)
-    attributes = np.full((len(garments), len(label_map.attribute_groups)), -1, dtype=np.int64)
-    for i, garment in enumerate(garments):
-        for j, group in enumerate(label_map.attribute_groups):
-            label = garment.attributes.get(group.name)
-            if label is not None:
-                attributes[i, j] = group.labels.index(label)
-    return SceneSample(pixels, boxes.astype(np.float32), classes, attributes)
+    return scene_sample(scene, seed, input_size, label_map)
 
 
 def _worker(args: tuple[int, str, int, str]) -> SceneSample:
