@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -162,3 +163,31 @@ def scratch_catalog_folder(prefix: str) -> Iterator[Path]:
     finally:
         stop_embedded(path / "catalog" / "postgres")
         shutil.rmtree(path, ignore_errors=True)
+
+
+class PlantedServer:
+    """A stand-in for the server in catalog tests: each file's answer is fixed in advance, by its bytes
+    (``answers[data] = ImageDetections(...)``); ``detect`` takes a path or the bytes, as the client does."""
+
+    def __init__(self) -> None:
+        self.answers: dict[bytes, Any] = {}
+
+    def detect(self, image: Any, **_: Any) -> Any:
+        data = image if isinstance(image, bytes) else Path(image).read_bytes()
+        return self.answers[data]
+
+
+def spy_on_plans(monkeypatch: Any) -> list[bool]:
+    """Record, per statement ``Catalog.similar`` builds from now on, whether it searches exactly (True) or
+    through an HNSW index (False)."""
+    from fashionbox.catalog import queries
+
+    ways: list[bool] = []
+    real = queries.similar_sql
+
+    def spy(*args: Any, **kwargs: Any) -> str:
+        ways.append(bool(kwargs["exact"]))
+        return str(real(*args, **kwargs))
+
+    monkeypatch.setattr(queries, "similar_sql", spy)
+    return ways

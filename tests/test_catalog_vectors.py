@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from catalog_collection import scratch_catalog_folder
+from catalog_collection import PlantedServer, scratch_catalog_folder
 from PIL import Image
 
 from fashionbox.catalog import Catalog, Database, Indexer, QueryError, SearchFilter
@@ -47,16 +47,6 @@ def _packed(vector: np.ndarray[Any, Any], model: str = MODEL) -> PackedEmbedding
     return PackedEmbedding(model, int(vector.size), "float32", pack_embedding(vector, "float32"))
 
 
-class _Planted:
-    """A stand-in for the server: each file's answer, by its bytes."""
-
-    def __init__(self) -> None:
-        self.answers: dict[bytes, ImageDetections] = {}
-
-    def detect(self, image: Any, **_: Any) -> ImageDetections:
-        data = image if isinstance(image, bytes) else Path(image).read_bytes()
-        return self.answers[data]
-
 
 def _png(seed: int) -> bytes:
     pixels = np.random.default_rng(seed).integers(0, 255, size=(16, 16, 3), dtype=np.uint8)
@@ -76,7 +66,7 @@ def planted(folder: Path) -> dict[str, Any]:
     """IDENTITIES garments seen VIEWS times each (one photo per view, with a distractor garment), plus
     a photo and its transformed copy (image vectors at cosine ~0.99) and a look-alike (~0.85)."""
     rng = np.random.default_rng(5)
-    server = _Planted()
+    server = PlantedServer()
     photos = folder / "photos"
     photos.mkdir()
     identity_of: dict[str, int] = {}
@@ -207,9 +197,10 @@ def test_a_category_filter_runs_in_the_same_query_and_the_index_agrees_with_exac
         assert [h.image for h in indexed] == [h.image for h in exact]
         ranks = [g.rank for h in exact for g in h.garments]
         assert [g.rank for h in indexed for g in h.garments] == pytest.approx(ranks)
-        # chosen by the filter's size: exact under the limit, through the index past it (the same answer here)
-        for limit_rows in (1, 1000):
-            monkeypatch.setattr(queries, "EXACT_SEARCH_MAX_ROWS", limit_rows)
+        # chosen by the filter's estimated size against the garments asked for: through the index when the
+        # factor makes every filter common, exact when it makes every filter selective (the same answer here)
+        for factor in (0, 10**6):
+            monkeypatch.setattr(queries, "SELECTIVE_FACTOR", factor)
             chosen = catalog.similar(start.vector, model=start.model, query=query, limit=10)
             assert [h.image for h in chosen] == [h.image for h in exact]
 
@@ -262,7 +253,7 @@ def test_a_photo_that_is_not_indexed_needs_the_server_and_is_found_by_content(pl
     new = _png(10_000)
     with pytest.raises(QueryError, match="--url"):
         catalog.query_garment(new)
-    server: _Planted = planted["server"]
+    server: PlantedServer = planted["server"]
     vector = catalog.garment_embedding(_garment_of(planted["db"], photos / "id5-view2.png")).vector
     server.answers[new] = ImageDetections(64, 64, (
         Detection(BoundingBox(0, 0, 10, 10), "shoe", 0.3, packed_embedding=_packed(_unit(np.ones(DIM)))),

@@ -16,7 +16,10 @@ running one) and an embedded PostgreSQL in a temporary folder, then measures:
   the fully decoded image alone as the baseline; the default distance is the largest one at which no
   two different scenes are paired;
 - **indexing throughput**: the same images through ``detect_many`` alone (the served detect
-  throughput at saturation) and through the indexer into the database, interleaved rounds, medians;
+  throughput at saturation), through the indexer into the emptied database as a user runs it (a bulk
+  run: the vector indexes built at its end, the build counted) and through the indexer keeping the
+  indexes row by row (``bulk=False``), interleaved rounds in rotating order, medians, CPU per image of
+  this process and of PostgreSQL, load averages;
 - **query latency**: ``--garments`` synthetic garment rows (random categories and attribute labels
   of the label map, four per image: synthetic rows, not detections) loaded with COPY; p50 / p99 of
   filtered searches (category and one or two attributes, 50 images) and the time of ``duplicates``.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import random
 import shutil
 import statistics
@@ -37,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import imagehash
+import psutil
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -166,44 +171,89 @@ def bench_duplicates(db: Database, client: FashionClient, folder: Path, original
             "duplicates_query_s_median": round(statistics.median(timings), 4)}
 
 
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU seconds of ``processes`` so far (those gone count 0)."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def postgres_processes(folder: Path) -> list[psutil.Process]:
+    """The embedded PostgreSQL's postmaster and its backends (pooled connections live across rounds)."""
+    postmaster = psutil.Process(int((folder / "postmaster.pid").read_text().split()[0]))
+    return [postmaster, *postmaster.children(recursive=True)]
+
+
+THROUGHPUT_ARMS = ("detect", "index", "index_row_by_row")
+"""``detect_many`` alone; the indexer as a user runs it (into an empty catalog: a bulk run, the vector
+indexes built at its end, their build counted); the indexer with ``bulk=False`` (the indexes kept row by row)."""
+
+
 def bench_throughput(client: FashionClient, folder: Path, images: int, rounds: int, max_in_flight: int,
                      catalog_root: Path) -> dict[str, Any]:
     truth = write_collection(folder, count=images, seed=SPEED_SEED, exact=0, reencoded=0, resized=0)
     paths = sorted(Path(p) for p in truth.garments)
-    data = [p.read_bytes() for p in paths]
-    client.detect_many(data[: max_in_flight * 2], max_in_flight=max_in_flight)  # warm up
-    detect_rates, index_rates = [], []
+    client.detect_many([p.read_bytes() for p in paths[: max_in_flight * 2]], max_in_flight=max_in_flight)  # warm up
+    rates: dict[str, list[float]] = {arm: [] for arm in THROUGHPUT_ARMS}
+    # CPU per image: this process with its threads, and PostgreSQL's processes (the server's is the rest)
+    cpu_ms: dict[str, dict[str, list[float]]] = {arm: {"process": [], "postgres": []} for arm in THROUGHPUT_ARMS}
+    build_s: list[float] = []
+    loads: list[float] = []
     db = Database.open(catalog=catalog_root / "speed")
+    me = psutil.Process()
     for round_ in range(rounds):
-        order = ("detect", "index") if round_ % 2 == 0 else ("index", "detect")
-        for what in order:
-            if what == "detect":
-                start = time.perf_counter()
-                results = client.detect_many([p.read_bytes() for p in paths], max_in_flight=max_in_flight)
-                seconds = time.perf_counter() - start
-                assert not any(isinstance(r, Exception) for r in results)
-                detect_rates.append(len(paths) / seconds)
-            else:
+        loads.append(round(os.getloadavg()[0], 2))
+        shift = round_ % len(THROUGHPUT_ARMS)  # each arm first, second and third in turn
+        for arm in THROUGHPUT_ARMS[shift:] + THROUGHPUT_ARMS[:shift]:
+            postgres = postgres_processes(catalog_root / "speed" / "postgres")
+            if arm != "detect":
                 with db.connect() as conn:  # the same database, emptied: every image is new again
                     conn.execute("TRUNCATE images, garments, roots, board_images, boards CASCADE")
                     conn.execute("VACUUM ANALYZE")
+            before = (cpu_seconds([me]), cpu_seconds(postgres))
+            start = time.perf_counter()
+            if arm == "detect":
+                results = client.detect_many([p.read_bytes() for p in paths], max_in_flight=max_in_flight)
+                assert not any(isinstance(r, Exception) for r in results)
+            else:
                 indexer = Indexer(db, client, max_in_flight=max_in_flight)
-                start = time.perf_counter()
-                report = indexer.index_folder(folder / "photos")
-                seconds = time.perf_counter() - start
+                report = indexer.index_folder(folder / "photos", bulk=None if arm == "index" else False)
                 assert report.indexed == len(paths), report
-                index_rates.append(len(paths) / seconds)
+                assert report.bulk == (arm == "index"), report
+                if report.bulk:
+                    build_s.append(round(report.index_build_s, 3))
+            seconds = time.perf_counter() - start
+            after = (cpu_seconds([me]), cpu_seconds(postgres))
+            rates[arm].append(len(paths) / seconds)
+            cpu_ms[arm]["process"].append(round((after[0] - before[0]) * 1000 / len(paths), 2))
+            cpu_ms[arm]["postgres"].append(round((after[1] - before[1]) * 1000 / len(paths), 2))
+    loads.append(round(os.getloadavg()[0], 2))
+    with db.connect() as conn:
+        garments = conn.execute("SELECT count(*) FROM garments").fetchone()
     db.close()
-    detect = statistics.median(detect_rates)
-    index = statistics.median(index_rates)
-    return {"images": images, "rounds": rounds, "max_in_flight": max_in_flight,
-            "detect_many_images_per_s": [round(r, 2) for r in detect_rates],
-            "index_images_per_s": [round(r, 2) for r in index_rates],
-            "detect_median": round(detect, 2), "index_median": round(index, 2),
-            "ratio": round(index / detect, 3),
-            "ratio_per_round": [round(i / d, 3) for i, d in zip(index_rates, detect_rates, strict=True)],
-            "ratio_per_round_median": round(statistics.median(i / d for i, d in zip(index_rates, detect_rates,
-                                                                                     strict=True)), 3),
+    detect = statistics.median(rates["detect"])
+
+    def ratios(arm: str) -> list[float]:
+        return [i / d for i, d in zip(rates[arm], rates["detect"], strict=True)]
+
+    return {"images": images, "garments_per_run": int(garments[0]) if garments else None, "rounds": rounds,
+            "max_in_flight": max_in_flight,
+            "arms": {"detect": "detect_many alone", "index": "the indexer's default here (a bulk run: vector indexes "
+                     "built at its end, counted)", "index_row_by_row": "the indexer with bulk=False (every "
+                     "vector index kept row by row, as before)"},
+            "images_per_s": {arm: [round(r, 2) for r in rates[arm]] for arm in THROUGHPUT_ARMS},
+            "median_images_per_s": {arm: round(statistics.median(rates[arm]), 2) for arm in THROUGHPUT_ARMS},
+            "ratio": {arm: round(statistics.median(rates[arm]) / detect, 3) for arm in THROUGHPUT_ARMS[1:]},
+            "ratio_per_round": {arm: [round(r, 3) for r in ratios(arm)] for arm in THROUGHPUT_ARMS[1:]},
+            "ratio_per_round_median": {arm: round(statistics.median(ratios(arm)), 3) for arm in THROUGHPUT_ARMS[1:]},
+            "cpu_ms_per_image_median": {arm: {k: round(statistics.median(v), 2) for k, v in cpu_ms[arm].items()}
+                                        for arm in THROUGHPUT_ARMS},
+            "cpu_ms_per_image": cpu_ms, "index_build_s": build_s, "load_average_1m_per_round": loads,
             "goal_ratio": 0.9}
 
 
@@ -302,9 +352,11 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
                 db.close()
             if "throughput" in parts:
-                results["indexing_throughput"] = bench_throughput(client, work / "speed", args.throughput_images,
-                                                                  args.rounds, args.max_in_flight, work)
-                print(json.dumps(results["indexing_throughput"]), file=sys.stderr)
+                # the default size keeps its key; another is a part of its own (indexing_throughput_480)
+                key = "indexing_throughput" + ("" if args.throughput_images == 160 else f"_{args.throughput_images}")
+                results[key] = bench_throughput(client, work / "speed", args.throughput_images, args.rounds,
+                                                args.max_in_flight, work)
+                print(json.dumps(results[key]), file=sys.stderr)
         if "queries" in parts:
             db = Database.open(catalog=work / "query-catalog")
             results["query_latency"] = bench_queries(db, args.garments, args.queries)
@@ -319,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     previous: dict[str, Any] = {}
     if args.only and args.out.exists():  # a partial run keeps the other parts' figures
         previous = {k: v for k, v in json.loads(args.out.read_text()).items()
-                    if k in ("attribute_search", "duplicates", "indexing_throughput", "query_latency")}
+                    if k in ("attribute_search", "duplicates", "query_latency") or k.startswith("indexing_throughput")}
     write_report(args.out, __file__, argv, {**previous, **results})
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

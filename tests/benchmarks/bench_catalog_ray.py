@@ -41,6 +41,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_catalog import cpu_seconds, postgres_processes
 from bench_report import write_report
 from catalog_collection import write_collection
 
@@ -58,24 +59,6 @@ def _empty(db: Database) -> None:
     with db.connect() as conn:  # the same database, emptied: every image is new again
         conn.execute("TRUNCATE images, garments, roots, board_images, boards CASCADE")
         conn.execute("VACUUM ANALYZE")
-
-
-def _cpu_s(processes: list[psutil.Process]) -> float:
-    """User + system CPU seconds of ``processes`` so far (those gone count 0)."""
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
-
-
-def _postgres(folder: Path) -> list[psutil.Process]:
-    """The embedded PostgreSQL's postmaster and its backends (pooled connections live across rounds)."""
-    postmaster = psutil.Process(int((folder / "postmaster.pid").read_text().split()[0]))
-    return [postmaster, *postmaster.children(recursive=True)]
 
 
 def bench(url: str, work: Path, images: int, rounds: int, max_in_flight: int, cpus: int) -> dict[str, Any]:
@@ -136,15 +119,15 @@ def bench(url: str, work: Path, images: int, rounds: int, max_in_flight: int, cp
                         began = time.perf_counter()
                         stack.enter_context(ray_session(RayOptions(num_cpus=cpus)))
                         ray_start_s.append(time.perf_counter() - began)
-                    postgres = _postgres(work / "catalog" / "postgres")
-                    cpu_before = (_cpu_s([me]), _cpu_s(postgres), _cpu_s(ray_processes()))
+                    postgres = postgres_processes(work / "catalog" / "postgres")
+                    cpu_before = (cpu_seconds([me]), cpu_seconds(postgres), cpu_seconds(ray_processes()))
                     seen.clear()
                     began = time.perf_counter()
                     count = runs[name]()
                     rates[name].append(count / (time.perf_counter() - began))
                     if name in steady and len(seen) > 2 and seen[-1].elapsed_s > seen[0].elapsed_s:
                         steady[name].append((seen[-1].done - seen[0].done) / (seen[-1].elapsed_s - seen[0].elapsed_s))
-                    cpu_after = (_cpu_s([me]), _cpu_s(postgres), _cpu_s(ray_processes()))
+                    cpu_after = (cpu_seconds([me]), cpu_seconds(postgres), cpu_seconds(ray_processes()))
                     for key, a, b in zip(("process", "postgres", "ray_processes"), cpu_before, cpu_after, strict=True):
                         cpu_ms[name][key].append(1000 * (b - a) / count)
             print(json.dumps({k: round(v[-1], 2) for k, v in rates.items()}), file=sys.stderr, flush=True)

@@ -31,6 +31,7 @@ import psycopg
 
 from .errors import DatabaseError
 from .schema import LATEST_VERSION, MIGRATIONS
+from .vectors import repair_vector_indexes
 
 logger = logging.getLogger(__name__)
 
@@ -175,9 +176,9 @@ class Database:
             except psycopg.Error as exc:
                 raise DatabaseError(f"migrating {redact_url(self.url)} failed: {_no_password(exc, self.url)}") from exc
             try:
-                # a (model, category) HNSW index skipped while other writers were busy (schema.py, version 3)
-                with conn.transaction():
-                    conn.execute("SELECT garment_vector_indexes_missing()")
+                # a vector index left out: a (model, category) one skipped while other writers were busy (schema.py,
+                # version 3), or those a killed bulk load dropped (vectors.BulkLoad); none while a bulk load runs
+                repair_vector_indexes(conn, wait=False)
             except psycopg.Error as exc:
                 raise DatabaseError(f"building the vector indexes of {redact_url(self.url)} failed: "
                                     f"{_no_password(exc, self.url)}") from exc

@@ -20,6 +20,12 @@ picks up, and the unique ``images.path`` means nothing is stored twice. An image
 Pillow) cannot read is stored as ``failed`` with its message; a server that is down or overloaded
 stops nothing either, but its images are left for the next run (``IndexReport.deferred``).
 
+A run of many new images (:func:`bulk_wanted`: at least :data:`BULK_MIN_IMAGES`, and as many as the
+catalog holds; ``bulk=True``/``False`` decide instead) drops the vector indexes, loads, and builds them
+at its end (:class:`~fashionbox.catalog.vectors.BulkLoad`): an HNSW index kept row by row costs
+PostgreSQL far more CPU, on the cores the server needs. A killed bulk run leaves them out; the next
+run, or opening the catalog, builds them. :meth:`Indexer.watch` keeps them row by row.
+
 Where the server sends them, each garment's and the image's vectors are stored with the id of
 their model (``embedding_models``, keyed by ``PackedEmbedding.model``, its HNSW index created with
 its row: :mod:`fashionbox.catalog.vectors`), and the image-level labels (``images.labels``; the top
@@ -56,7 +62,7 @@ from fashionbox.client import (
 
 from .database import Database
 from .hashing import phash64, sha256_hex, warm_up
-from .vectors import EmbeddingModel, Kind, ensure_model, vector_literal
+from .vectors import BulkLoad, EmbeddingModel, Kind, ensure_model, repair_vector_indexes, vector_literal
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +108,10 @@ class IndexReport:
     elapsed_s: float = 0.0
     errors: tuple[tuple[str, str], ...] = ()
     """(path, message) of each failed or deferred image."""
+    bulk: bool = False
+    """The run built the vector indexes at its end (:class:`~fashionbox.catalog.vectors.BulkLoad`)."""
+    index_build_s: float = 0.0
+    """Seconds of ``elapsed_s`` spent building them."""
 
     @property
     def sent(self) -> int:
@@ -109,7 +119,8 @@ class IndexReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"indexed": self.indexed, "copied": self.copied, "skipped": self.skipped, "failed": self.failed,
-                "deferred": self.deferred, "elapsed_s": round(self.elapsed_s, 3),
+                "deferred": self.deferred, "elapsed_s": round(self.elapsed_s, 3), "bulk": self.bulk,
+                "index_build_s": round(self.index_build_s, 3),
                 "errors": [{"image": p, "error": m} for p, m in self.errors]}
 
 
@@ -133,10 +144,13 @@ class _Tally:
     failed: int = 0
     deferred: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
+    bulk: bool = False
+    index_build_s: float = 0.0
 
     def report(self, elapsed_s: float) -> IndexReport:
         return IndexReport(indexed=self.indexed, copied=self.copied, skipped=self.skipped, failed=self.failed,
-                           deferred=self.deferred, elapsed_s=elapsed_s, errors=tuple(self.errors))
+                           deferred=self.deferred, elapsed_s=elapsed_s, errors=tuple(self.errors), bulk=self.bulk,
+                           index_build_s=self.index_build_s)
 
 
 def find_images(root: Path) -> list[Path]:
@@ -172,24 +186,34 @@ class Indexer:
 
     # -- public ------------------------------------------------------------------------------------
 
-    def index_folder(self, root: Path, *, min_age_s: float = 0.0) -> IndexReport:
+    def index_folder(self, root: Path, *, min_age_s: float = 0.0, bulk: bool | None = None) -> IndexReport:
         """Index every image under ``root`` that is new or changed since the last run (and, with
-        ``min_age_s``, unmodified for that long: a file still being written waits for the next run)."""
+        ``min_age_s``, unmodified for that long: a file still being written waits for the next run).
+        ``bulk``: :meth:`index_files`."""
         root = root.resolve()
         paths = find_images(root)
         if min_age_s > 0:
             now = time.time()
             paths = [p for p in paths if _age_s(p, now) >= min_age_s]
-        return self.index_files(paths, root=root)
+        return self.index_files(paths, root=root, bulk=bulk)
 
-    def index_files(self, paths: Sequence[Path], *, root: Path) -> IndexReport:
-        """Index ``paths`` (files under ``root``, which is recorded as an indexed root)."""
+    def index_files(self, paths: Sequence[Path], *, root: Path, bulk: bool | None = None) -> IndexReport:
+        """Index ``paths`` (files under ``root``, which is recorded as an indexed root).
+
+        ``bulk``: build the vector indexes once at the end instead of keeping them row by row
+        (:class:`~fashionbox.catalog.vectors.BulkLoad`); ``None`` decides by :func:`bulk_wanted` (as
+        many new files as the catalog holds images, and at least :data:`BULK_MIN_IMAGES`). The build is
+        part of the run (and of ``IndexReport.elapsed_s``); a run that does not bulk-load first builds
+        any index a killed bulk run left out.
+        """
         start = time.perf_counter()
         tally = _Tally()
         with self._db.connect() as conn:
             root_id = register_root(conn, root)
             todo = changed_files(conn, paths, tally)
             total = len(todo)
+            loader = start_bulk_load(conn, len(todo), bulk)
+            self._models.build_indexes = loader is None
             chunk = self._chunk_size
             written = 0
             sent: set[str] = set()
@@ -222,9 +246,16 @@ class Indexer:
                     entries = [window.popleft() for _ in range(min(chunk, len(window)))]
                     written += self._write(conn, root_id, entries, tally)
                     self._report(written + tally.copied + tally.deferred, total, start, tally)
+            except BaseException:
+                if loader is not None:
+                    loader.abandon()  # the indexes stay out: the next run, or opening the catalog, builds them
+                raise
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
             copy_later(conn, root_id, later, tally)
+            if loader is not None:
+                loader.finish()
+                tally.bulk, tally.index_build_s = True, loader.build_s
             if later:
                 self._report(written + tally.copied + tally.deferred, total, start, tally)
         return tally.report(time.perf_counter() - start)
@@ -235,7 +266,7 @@ class Indexer:
         picked up once it has not changed for ``settle_s`` (so that a copy in progress is not read half-way)."""
         while True:
             for root in roots:
-                report = self.index_folder(root, min_age_s=settle_s)
+                report = self.index_folder(root, min_age_s=settle_s, bulk=False)  # new files trickle in: row by row
                 if on_report is not None and (report.sent or report.copied or report.deferred):
                     on_report(report)
             deadline = time.monotonic() + poll_s
@@ -301,6 +332,35 @@ def _add_phash(item: _Loaded) -> None:
 # The steps below are shared by Indexer and fashionbox.catalog.ray_indexer.RayIndexer: whatever runs the
 # detection, the same rules decide what is new and the same code writes the rows.
 
+BULK_MIN_IMAGES = 100
+"""A run bulk-loads (:func:`bulk_wanted`) only from this many new files: below it the row-by-row upkeep
+costs under a second (about 5 ms of PostgreSQL's CPU an image with 14 indexes, BENCHMARKS.md "Catalog"),
+and the indexes stay usable throughout."""
+
+
+def bulk_wanted(conn: psycopg.Connection[Any], new: int, bulk: bool | None) -> bool:
+    """Should a run of ``new`` files build the vector indexes at its end? ``bulk`` true or false decides;
+    ``None``: when the new files are at least :data:`BULK_MIN_IMAGES` and as many as the images stored,
+    so the build (over all the rows, old and new) costs about what keeping the new rows row by row
+    would, and queries run exact (slower) for a run's length at most as long as the catalog took to fill."""
+    if bulk is not None or new < BULK_MIN_IMAGES:
+        return bool(bulk) and new > 0
+    row = conn.execute("SELECT count(*) FROM images WHERE status = 'indexed'").fetchone()
+    return new >= (int(row[0]) if row else 0)
+
+
+def start_bulk_load(conn: psycopg.Connection[Any], new: int, bulk: bool | None) -> BulkLoad | None:
+    """A :class:`BulkLoad` when the run should be one (:func:`bulk_wanted`) and no other holds it; otherwise
+    ``None``, after building any vector index a killed bulk run left out (the rows are kept row by row)."""
+    if bulk_wanted(conn, new, bulk):
+        loader = BulkLoad.begin(conn)
+        if loader is not None:
+            return loader
+    if new:
+        repair_vector_indexes(conn, wait=True)
+    return None
+
+
 def register_root(conn: psycopg.Connection[Any], root: Path) -> int:
     row = conn.execute("INSERT INTO roots (path) VALUES (%s) ON CONFLICT (path) DO UPDATE SET path = EXCLUDED.path "
                        "RETURNING id", (str(root),)).fetchone()
@@ -359,29 +419,42 @@ def write_outcomes(conn: psycopg.Connection[Any], root_id: int,
                    models: _Models) -> int:
     """Store one chunk's outcomes (``None``: the file could not be read) in one transaction; how many
     images were stored (a deferred one is not)."""
-    written = 0
+    # The chunk's rows go in as few statements as it takes (the image rows in one pipeline, the garments in one
+    # COPY, so that garment_vectors' statement trigger runs once a chunk, not once a garment): each statement
+    # costs the server's CPU, shared with the detection on a small machine (BENCHMARKS.md, "Catalog").
+    images: list[dict[str, Any]] = []
+    garments: list[list[tuple[Any, ...]]] = []
     with conn.transaction():
         for item, outcome in outcomes:
             if outcome is None:
                 message = item.read_error or "unreadable"
-                _store_failed(conn, root_id, item, message)
+                images.append(_failed_values(root_id, item, message))
+                garments.append([])
                 tally.failed += 1
                 tally.errors.append((str(item.path), message))
-                written += 1
             elif isinstance(outcome, (InvalidImage, InvalidInput)):
-                _store_failed(conn, root_id, item, str(outcome))
+                images.append(_failed_values(root_id, item, str(outcome)))
+                garments.append([])
                 tally.failed += 1
                 tally.errors.append((str(item.path), str(outcome)))
-                written += 1
             elif isinstance(outcome, FashionBoxError):
                 tally.deferred += 1
                 tally.errors.append((str(item.path), f"deferred: {outcome}"))
                 logger.warning("%s: %s (left for the next run)", item.path, outcome)
             else:
-                _store_result(conn, root_id, item, outcome, models)
+                values, rows = _result_rows(conn, root_id, item, outcome, models)
+                images.append(values)
+                garments.append(rows)
                 tally.indexed += 1
-                written += 1
-    return written
+        if images:
+            image_ids = _upsert_images(conn, images)
+            conn.execute("DELETE FROM garments WHERE image_id = ANY(%s)", (image_ids,))
+            if any(garments):
+                with conn.cursor().copy(_COPY_GARMENTS) as copy:
+                    for image_id, rows in zip(image_ids, garments, strict=True):
+                        for row in rows:
+                            copy.write_row((image_id, *row))
+    return len(images)
 
 
 def copy_later(conn: psycopg.Connection[Any], root_id: int, later: Sequence[_Loaded], tally: _Tally) -> None:
@@ -414,11 +487,8 @@ ON CONFLICT (path) DO UPDATE SET
 RETURNING id
 """
 
-_INSERT_GARMENT = """
-INSERT INTO garments (image_id, ordinal, category, score, x1, y1, x2, y2, attributes, overlapped, mask_rle,
-                      embedding, embedding_model_id)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::vector, %s)
-"""
+_COPY_GARMENTS = """COPY garments (image_id, ordinal, category, score, x1, y1, x2, y2, attributes, overlapped, mask_rle,
+                      embedding, embedding_model_id) FROM STDIN"""
 
 OVERLAP_IOU = 0.7
 """A garment whose box overlaps a higher-scoring garment's this much (IoU) is the same thing seen as
@@ -443,12 +513,18 @@ def _iou(a: BoundingBox, b: BoundingBox) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _upsert_image(conn: psycopg.Connection[Any], values: dict[str, Any]) -> int:
-    row = conn.execute(_UPSERT_IMAGE, values).fetchone()
-    assert row is not None
-    image_id = int(row[0])
-    conn.execute("DELETE FROM garments WHERE image_id = %s", (image_id,))
-    return image_id
+def _upsert_images(conn: psycopg.Connection[Any], values: list[dict[str, Any]]) -> list[int]:
+    """Insert or update the image rows (one pipeline: one round trip); their ids, in order."""
+    ids = []
+    with conn.cursor() as cursor:
+        cursor.executemany(_UPSERT_IMAGE, values, returning=True)
+        while True:
+            row = cursor.fetchone()
+            assert row is not None
+            ids.append(int(row[0]))
+            if not cursor.nextset():
+                break
+    return ids
 
 
 def _image_values(root_id: int, item: _Loaded) -> dict[str, Any]:
@@ -463,6 +539,8 @@ class _Models:
 
     def __init__(self) -> None:
         self._known: dict[tuple[str, Kind, int], EmbeddingModel] = {}
+        self.build_indexes = True
+        """False during a bulk load: a new model's index is built at its end."""
 
     def id_of(self, conn: psycopg.Connection[Any], packed: PackedEmbedding | None, kind: Kind) -> int | None:
         if packed is None:
@@ -470,7 +548,7 @@ class _Models:
         key = (packed.model, kind, packed.dimension)
         model = self._known.get(key)
         if model is None:
-            model = ensure_model(conn, packed.model, kind, packed.dimension)
+            model = ensure_model(conn, packed.model, kind, packed.dimension, index=self.build_indexes)
             self._known[key] = model
         return model.id
 
@@ -479,14 +557,15 @@ def _literal(packed: PackedEmbedding | None) -> str | None:
     return None if packed is None else vector_literal(packed.to_array())
 
 
-def _store_failed(conn: psycopg.Connection[Any], root_id: int, item: _Loaded, message: str) -> None:
+def _failed_values(root_id: int, item: _Loaded, message: str) -> dict[str, Any]:
     values = _image_values(root_id, item)
     values.update(status="failed", error=message)
-    _upsert_image(conn, values)
+    return values
 
 
-def _store_result(conn: psycopg.Connection[Any], root_id: int, item: _Loaded, result: ImageDetections,
-                  models: _Models) -> None:
+def _result_rows(conn: psycopg.Connection[Any], root_id: int, item: _Loaded, result: ImageDetections,
+                 models: _Models) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
+    """The image's row and its garments' rows (without the image id, which the insert gives)."""
     values = _image_values(root_id, item)
     values.update(width=result.width, height=result.height, model_name=result.model_name,
                   model_version=result.model_version, label_map=result.label_map,
@@ -497,7 +576,6 @@ def _store_result(conn: psycopg.Connection[Any], root_id: int, item: _Loaded, re
                                     for lab in result.labels]),
                       label=result.labels[0].label, label_score=result.labels[0].score,
                       labels_model=result.labels_model or None)
-    image_id = _upsert_image(conn, values)
     rows = []
     covered = overlapped_flags(result)
     for ordinal, detection in enumerate(result.detections):
@@ -505,12 +583,10 @@ def _store_result(conn: psycopg.Connection[Any], root_id: int, item: _Loaded, re
         attributes = {group: {"label": a.label, "score": a.score} for group, a in detection.attributes.items()}
         mask = None if detection.mask_rle is None else detection.mask_rle.to_coco()
         packed = detection.packed_embedding
-        rows.append((image_id, ordinal, detection.category, detection.score, box.x1, box.y1, box.x2, box.y2,
+        rows.append((ordinal, detection.category, detection.score, box.x1, box.y1, box.x2, box.y2,
                      Jsonb(attributes), covered[ordinal], None if mask is None else Jsonb(mask), _literal(packed),
                      models.id_of(conn, packed, "garment")))
-    if rows:
-        with conn.cursor() as cursor:
-            cursor.executemany(_INSERT_GARMENT, rows)
+    return values, rows
 
 
 def _copy_image(conn: psycopg.Connection[Any], source_id: int, root_id: int, item: _Loaded) -> None:

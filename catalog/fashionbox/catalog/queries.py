@@ -21,10 +21,11 @@ cosine similarity to a query vector, with the same ``SearchFilter`` as ``search`
 SQL query (``_where`` on the narrow ``garment_vectors`` rows, schema version 3), grouped by image.
 It orders by ``embedding::halfvec(d) <=> q`` under the model's id (and the category's id), which
 the model's (or the model and category's) HNSW index answers (``SET LOCAL hnsw.ef_search``, with
-pgvector's iterative scan so that a filter cannot starve it). A query with no filter but a
-category goes straight to that index; with other filters, where they leave few garments
-(:data:`EXACT_SEARCH_MAX_ROWS`) it computes every distance instead, exactly: one scan that stops
-after that many rows tells which case it is and answers the selective one. :meth:`Catalog.similar_to`
+pgvector's iterative scan so that a filter cannot starve it). Where a category and attribute filter
+passes few garments against those asked for (:data:`SELECTIVE_FACTOR`; estimated from a sample of the
+narrow table kept by the ``Catalog``, :class:`VectorStats`) it computes every distance instead, exactly;
+other filters (a minimum score, a board, an image label) are first read exactly up to
+:data:`EXACT_SEARCH_MAX_ROWS` garments, a scan that tells which case it is. :meth:`Catalog.similar_to`
 finds the query garment in an indexed photo (by path or content) or sends a new photo through
 the server; :meth:`Catalog.search_text` ranks by a text vector (``FashionClient.embed_text``).
 Transformed-copy duplicates are a third kind of edge in :meth:`Catalog.duplicates` (photos whose
@@ -34,6 +35,7 @@ garments' vectors match, :func:`~fashionbox.catalog.vectors.matching_photos`), i
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -85,11 +87,31 @@ CATEGORY_EF_SEARCH = 200
 visual search")."""
 
 FILTERED_EF_SEARCH = 400
-"""``hnsw.ef_search`` where more filters than the category's index holds apply (attributes inside a
-category: recall@10 0.975 at 100 and 200, 0.995 at 400, at p50 4.6 / 4.2 / 5.5 ms)."""
+"""``hnsw.ef_search`` where more filters than the index holds apply (attributes inside a category, with
+pgvector's iterative scan going on past it when too few pass). At 100,000 garments (a category of 8,400,
+an attribute label passing a fifth of it; 150-300 queries each, load average 2-3.5): recall@10 0.967-0.980
+/ 0.969-0.981 / 0.995-0.998 at 100 / 200 / 400, p50 3.0-3.3 / 2.7-3.3 / 3.7-4.3 ms, p99 4.4-4.9 / 3.6-4.8
+/ 4.8-5.4 ms: 400 keeps recall well clear of 0.95 for about a millisecond (BENCHMARKS.md, "Catalog:
+visual search")."""
 
 CANDIDATES_PER_IMAGE = 3
 """A similarity query fetches this many nearest garments per image asked for, then groups them."""
+
+SELECTIVE_FACTOR = 5
+"""A filter is selective, and answered by computing every distance, when the garments it passes (estimated:
+:class:`VectorStats`) are at most this many times the garments asked for, scaled by how many rows the exact
+scan reads against the rows in the index searched (a category's own index: the same rows). An HNSW scan
+with a filter visits about (garments asked for) / (fraction passing) entries, each dearer than a row of the
+exact scan, whose cost is the rows it reads whatever the filter. Measured at 100,000 garments (a category of
+8,400): the category's exact scan 7-8 ms at p50 (3.6-3.9 ms once a bulk run has put the table in category
+order), the filtered HNSW scan 3.3-4.8 ms with 57 or 11 times the garments asked for passing, 5-5.3 ms at
+p50 and 12-14 ms at p90 with about 2 times (BENCHMARKS.md, "Catalog: visual search")."""
+
+STATS_SAMPLE_ROWS = 10_000
+"""Rows of ``garment_vectors`` sampled (``TABLESAMPLE SYSTEM``) for :class:`VectorStats`: 13 ms at 100,000."""
+
+STATS_MAX_AGE_S = 60.0
+"""A :class:`Catalog` samples again when its :class:`VectorStats` are older than this."""
 
 _MAX_LIMIT = 1000
 _MAX_EF_SEARCH = 1000
@@ -209,6 +231,61 @@ class QueryGarment:
     garment_id: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class VectorStats:
+    """How many garments of each (model, category) the narrow table holds, and the share of each
+    attribute label among them, estimated from a sample: what a query's plan is chosen by.
+
+    PostgreSQL's own statistics cannot tell how many rows an attribute filter (``attributes @> ...``
+    on ``jsonb``) passes; these can, assuming the groups independent, cheaply and a little stale (a
+    wrong guess costs time, never a wrong answer: an index scan that comes up short is followed by the
+    exact one)."""
+
+    taken_at: float
+    garments: dict[tuple[int, int], float]
+    """(model id, category id) -> garments (estimated)."""
+    shares: dict[tuple[int, int, str, str], float]
+    """(model id, category id, group, label) -> the share of that (model, category)'s garments with the label."""
+
+    @classmethod
+    def sample(cls, conn: Any, *, rows: int = STATS_SAMPLE_ROWS) -> VectorStats:
+        row = conn.execute("SELECT reltuples, pg_relation_size(oid) FROM pg_class "
+                           "WHERE oid = 'garment_vectors'::regclass").fetchone()
+        # The rows, roughly: the last ANALYZE's count (-1 if none; autovacuum's can lag) or the table's size at
+        # about 400 bytes a row (128-d), whichever is larger. Only the sample's size depends on it.
+        rough = max(float(row[0]), float(row[1]) / 400) if row else 0.0
+        percent = 100.0 if rough <= rows else 100.0 * rows / rough
+        counted = conn.execute(
+            """WITH s AS MATERIALIZED (SELECT model_id, category_id, attributes FROM garment_vectors
+                                       TABLESAMPLE SYSTEM (%s) REPEATABLE (0))
+               SELECT model_id, category_id, NULL, NULL, count(*) FROM s GROUP BY 1, 2
+               UNION ALL
+               SELECT s.model_id, s.category_id, a.key, a.value ->> 'label', count(*)
+               FROM s, jsonb_each(s.attributes) a GROUP BY 1, 2, 3, 4""", (percent,)).fetchall()
+        # SYSTEM sampling reads about that share of the pages (the same ones while the table stays the same:
+        # a query's plan does not change from one sample to the next)
+        scale = 100.0 / percent
+        garments = {(int(m), int(c)): int(n) * scale for m, c, group, _, n in counted if group is None}
+        shares = {(int(m), int(c), str(group), str(label)): int(n) * scale / garments[int(m), int(c)]
+                  for m, c, group, label, n in counted if group is not None and garments.get((int(m), int(c)))}
+        return cls(time.monotonic(), garments, shares)
+
+    def count(self, model_id: int, category_id: int | None) -> float:
+        """Garments of the model (of the category)."""
+        return sum(n for (m, c), n in self.garments.items()
+                   if m == model_id and (category_id is None or c == category_id))
+
+    def passing(self, model_id: int, category_id: int | None, attributes: Sequence[tuple[str, str]]) -> float:
+        """Garments of the model (of the category) with every (group, label) of ``attributes``."""
+        total = 0.0
+        for (m, c), n in self.garments.items():
+            if m == model_id and (category_id is None or c == category_id):
+                for group, label in attributes:
+                    n *= self.shares.get((m, c, group, label), 0.0)
+                total += n
+        return total
+
+
 class Catalog:
     """The query API over one database."""
 
@@ -217,6 +294,7 @@ class Catalog:
         self._models: dict[tuple[str, EmbeddingKind], EmbeddingModel] = {}
         self._categories: dict[tuple[int, str], tuple[int, bool]] = {}
         """(model id, category) -> (category id, has its own index), kept once the index exists."""
+        self._stats: VectorStats | None = None
 
     # -- search ------------------------------------------------------------------------------------
 
@@ -299,9 +377,11 @@ class Catalog:
         ``query``, most similar first, each with its nearest garments; ``GarmentHit.rank`` and
         ``ImageHit.score`` are cosine similarities.
 
-        ``exact``: ``None`` chooses (exact when the filter leaves at most :data:`EXACT_SEARCH_MAX_ROWS`
-        garments of the model, else the HNSW index); ``True``/``False`` force it (the benchmark's
-        recall against exact search).
+        ``exact``: ``None`` chooses: a filter of a category and attributes is estimated (:class:`VectorStats`)
+        and answered exactly when selective (:data:`SELECTIVE_FACTOR`), else through the HNSW index with
+        pgvector's iterative scan (and exactly after all when the scan comes up short); other filters (a
+        minimum score, a board, an image label) read at most :data:`EXACT_SEARCH_MAX_ROWS` filtered garments
+        exactly first. ``True``/``False`` force it (the benchmark's recall against exact search).
         """
         query = query or SearchFilter()
         if not 1 <= limit <= _MAX_LIMIT:
@@ -332,18 +412,28 @@ class Catalog:
                     if row is None:
                         return []  # no garment of this category has a vector
                     known = (int(row[0]), bool(row[1]))
-                    if known[1]:  # a category's id never changes, nor does its index go
-                        self._categories[chosen.id, query.category] = known
+                    if known[1]:  # a category's id never changes; its index goes only during a bulk load, when the
+                        self._categories[chosen.id, query.category] = known  # same SQL sorts the rows: exact
                 category_id, category_indexed = known
             plain = not (query.attributes or query.min_score > 0 or query.board is not None or query.label is not None)
-            if exact is None and chosen.indexed and (category_indexed or (category_id is None and plain)):
-                # The category's own HNSW index (or the model's, with no filter): a category is an unfiltered
-                # search inside it. Other filters within the category: the index with a longer candidate list;
-                # when the scan comes up short of garments, the filter is selective: every distance instead.
+            estimable = query.min_score <= 0 and query.board is None and query.label is None
+            if exact is None and chosen.indexed and estimable:
+                exact = self._selective(conn, chosen.id, category_id, category_indexed, query.attributes, candidates)
+                if not exact:
+                    whole = plain and (category_id is None or category_indexed)  # the index holds what passes
+                    rows = self._through_index(conn, chosen, narrow, params, excluded, literal, candidates, limit,
+                                               category_id, ef(FILTERED_EF_SEARCH if not whole else DEFAULT_EF_SEARCH
+                                                               if category_id is None else CATEGORY_EF_SEARCH))
+                    if whole or (rows and int(rows[0][-1]) >= candidates):
+                        return _group(rows, keep_image_score=True)
+                    exact = True  # fewer passed than asked for: more selective than estimated
+            elif exact is None and chosen.indexed and category_indexed:
+                # Filters the statistics cannot estimate (a minimum score, a board, an image label) inside a category
+                # with its own index: that index with a longer candidate list; when the scan comes up short of
+                # garments, the filter is selective: every distance instead.
                 rows = self._through_index(conn, chosen, narrow, params, excluded, literal, candidates, limit,
-                                           category_id, ef(DEFAULT_EF_SEARCH if category_id is None
-                                                           else CATEGORY_EF_SEARCH if plain else FILTERED_EF_SEARCH))
-                if plain or (rows and int(rows[0][-1]) >= candidates):
+                                           category_id, ef(FILTERED_EF_SEARCH))
+                if rows and int(rows[0][-1]) >= candidates:
                     return _group(rows, keep_image_score=True)
                 exact = True
             if exact is not False:
@@ -359,6 +449,22 @@ class Catalog:
                                        category_id, ef(FILTERED_EF_SEARCH if filtered else CATEGORY_EF_SEARCH
                                                        if category_id is not None else DEFAULT_EF_SEARCH))
         return _group(rows, keep_image_score=True)
+
+    def vector_stats(self, conn: Any) -> VectorStats:
+        """The :class:`VectorStats` this catalog plans with, sampled again past :data:`STATS_MAX_AGE_S`."""
+        stats = self._stats
+        if stats is None or time.monotonic() - stats.taken_at > STATS_MAX_AGE_S:
+            stats = self._stats = VectorStats.sample(conn)
+        return stats
+
+    def _selective(self, conn: Any, model_id: int, category_id: int | None, category_indexed: bool,
+                   attributes: Sequence[tuple[str, str]], candidates: int) -> bool:
+        """Is computing every distance cheaper than the HNSW scan for this filter (:data:`SELECTIVE_FACTOR`)?"""
+        stats = self.vector_stats(conn)
+        passing = stats.passing(model_id, category_id, attributes)
+        read = stats.count(model_id, category_id)  # the rows the exact scan reads (by the (model, category) btree)
+        searched = read if category_id is None or category_indexed else stats.count(model_id, None)
+        return passing * read <= SELECTIVE_FACTOR * candidates * max(searched, 1.0)
 
     @staticmethod
     def _through_index(conn: Any, model: EmbeddingModel, narrow: str, params: list[Any], excluded: list[int],

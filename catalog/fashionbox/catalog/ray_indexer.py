@@ -85,6 +85,7 @@ from .indexer import (
     find_images,
     fresh_items,
     register_root,
+    start_bulk_load,
     write_outcomes,
 )
 
@@ -233,7 +234,9 @@ class RayIndexer:
 
     def __init__(self, db: Database, urls: Sequence[str], *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
                  chunk_size: int | None = None, progress: Callable[[Progress], None] | None = None,
-                 options: RayOptions | None = None) -> None:
+                 options: RayOptions | None = None, bulk: bool | None = None) -> None:
+        """``bulk``: as :meth:`Indexer.index_files <fashionbox.catalog.indexer.Indexer.index_files>` (``None``:
+        decided per run by :func:`~fashionbox.catalog.indexer.bulk_wanted`)."""
         if not urls:
             raise ValueError("RayIndexer needs at least one server URL")
         if max_in_flight < 1:
@@ -245,6 +248,7 @@ class RayIndexer:
         self._progress = progress
         self._options = options or RayOptions()
         self._models = _Models()
+        self._bulk = bulk
 
     def index_folder(self, root: Path) -> IndexReport:
         """Index every image under ``root`` that is new or changed since the last run."""
@@ -277,42 +281,55 @@ class RayIndexer:
     def _pipeline(self, ray: Any, paths: Sequence[Path], root: Path) -> IndexReport:
         start = time.perf_counter()
         tally = _Tally()
-        chunk = self._chunk_size
         with self._db.connect() as conn:
             root_id = register_root(conn, root)
             todo = changed_files(conn, paths, tally)
             if not todo:
                 return tally.report(time.perf_counter() - start)
-            # 1. content hashes (Ray tasks), compared with the database a chunk at a time
-            hashed = ray.data.from_items([{"path": str(p)} for p in todo],
-                                         override_num_blocks=min(len(todo), 2 * self._options.num_cpus))
-            # As many hash tasks at once as detect actors: SHA-256 keeps up with a server (2,000 files/s a
-            # core), and each task at once is a worker process to start (about 1 s of CPU for its imports).
-            hashed = hashed.map_batches(_hash_batch, batch_size=chunk, batch_format="numpy",
-                                        concurrency=self._options.actors)
-            sent: set[str] = set()
-            later: list[_Loaded] = []
-            fresh: list[_Loaded] = []
-            for batch in hashed.iter_batches(batch_size=chunk, batch_format="numpy"):
-                loaded = []
-                for item in _loaded_from(batch):
-                    if item.read_error is None and item.sha256 in sent:
-                        later.append(item)
-                    else:
-                        loaded.append(item)
-                        sent.add(item.sha256)
-                fresh.extend(fresh_items(conn, root_id, loaded, tally))
-            logger.debug("hashed %d files in %.2f s: %d to send", len(todo), time.perf_counter() - start, len(fresh))
-            total = len(todo)
-            written = 0
-            # 2. detection on the servers (actors), 3. written here a chunk at a time
-            if fresh:
-                for batch in self._detected(ray, fresh).iter_batches(batch_size=chunk, batch_format="numpy"):
-                    written += write_outcomes(conn, root_id, list(_outcomes_from(batch)), tally, self._models)
-                    self._report(written + tally.copied + tally.deferred, total, start, tally)
-            copy_later(conn, root_id, later, tally)
-            self._report(written + tally.copied + tally.deferred, total, start, tally)
+            loader = start_bulk_load(conn, len(todo), self._bulk)
+            self._models.build_indexes = loader is None
+            try:
+                self._load(ray, conn, root_id, todo, tally, start)
+            except BaseException:
+                if loader is not None:
+                    loader.abandon()  # the indexes stay out: the next run, or opening the catalog, builds them
+                raise
+            if loader is not None:
+                loader.finish()
+                tally.bulk, tally.index_build_s = True, loader.build_s
         return tally.report(time.perf_counter() - start)
+
+    def _load(self, ray: Any, conn: Any, root_id: int, todo: list[Path], tally: _Tally, start: float) -> None:
+        chunk = self._chunk_size
+        # 1. content hashes (Ray tasks), compared with the database a chunk at a time
+        hashed = ray.data.from_items([{"path": str(p)} for p in todo],
+                                     override_num_blocks=min(len(todo), 2 * self._options.num_cpus))
+        # As many hash tasks at once as detect actors: SHA-256 keeps up with a server (2,000 files/s a
+        # core), and each task at once is a worker process to start (about 1 s of CPU for its imports).
+        hashed = hashed.map_batches(_hash_batch, batch_size=chunk, batch_format="numpy",
+                                    concurrency=self._options.actors)
+        sent: set[str] = set()
+        later: list[_Loaded] = []
+        fresh: list[_Loaded] = []
+        for batch in hashed.iter_batches(batch_size=chunk, batch_format="numpy"):
+            loaded = []
+            for item in _loaded_from(batch):
+                if item.read_error is None and item.sha256 in sent:
+                    later.append(item)
+                else:
+                    loaded.append(item)
+                    sent.add(item.sha256)
+            fresh.extend(fresh_items(conn, root_id, loaded, tally))
+        logger.debug("hashed %d files in %.2f s: %d to send", len(todo), time.perf_counter() - start, len(fresh))
+        total = len(todo)
+        written = 0
+        # 2. detection on the servers (actors), 3. written here a chunk at a time
+        if fresh:
+            for batch in self._detected(ray, fresh).iter_batches(batch_size=chunk, batch_format="numpy"):
+                written += write_outcomes(conn, root_id, list(_outcomes_from(batch)), tally, self._models)
+                self._report(written + tally.copied + tally.deferred, total, start, tally)
+        copy_later(conn, root_id, later, tally)
+        self._report(written + tally.copied + tally.deferred, total, start, tally)
 
     def _detected(self, ray: Any, fresh: list[_Loaded]) -> Any:
         options = self._options

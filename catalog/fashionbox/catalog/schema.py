@@ -22,11 +22,19 @@ finds other writers busy leaves it to the next such commit, or to
 :meth:`~fashionbox.catalog.database.Database.migrate`) and listed in ``garment_vector_indexes``;
 ``garments.embedding`` keeps the float32 vectors the similarities are reported from
 (BENCHMARKS.md, "Catalog: visual search").
+
+Version 4: while a bulk indexing run holds :data:`BULK_LOAD_LOCK` (its vector indexes dropped, to be
+built at its end: :class:`fashionbox.catalog.vectors.BulkLoad`) no commit builds a (model, category)
+index.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+BULK_LOAD_LOCK = 0x46426362
+"""The session advisory lock (one bigint key, "FBcb") a bulk indexing run holds while the vector indexes
+are down (:class:`fashionbox.catalog.vectors.BulkLoad`; migration 4 reads it in ``pg_locks``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +269,39 @@ MIGRATIONS: tuple[Migration, ...] = (
         $$""",
         "SELECT garment_vector_indexes_missing()",
         "ANALYZE garment_vectors",
+    )),
+    Migration(4, "no vector index built at commit while a bulk load runs", (
+        # A bulk indexing run (fashionbox.catalog.vectors.BulkLoad) drops the vector indexes, loads, and builds
+        # them at its end; it holds a session advisory lock meanwhile, which ends with its connection (a killed
+        # run's too). While it is held, a commit that brings a new category or model builds nothing (the run's
+        # end builds every index at once), and neither does opening the catalog.
+        f"""CREATE FUNCTION garment_vector_bulk_load_running() RETURNS boolean LANGUAGE sql STABLE AS $$
+            SELECT EXISTS (SELECT 1 FROM pg_locks
+                           WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database
+                                                                       WHERE datname = current_database())
+                             AND classid = 0 AND objid = {BULK_LOAD_LOCK} AND objsubid = 1 AND granted)
+        $$""",
+        """CREATE OR REPLACE FUNCTION garment_vector_indexes_missing() RETURNS integer LANGUAGE plpgsql AS $$
+        DECLARE
+            pairs integer[];
+            built integer := 0;
+        BEGIN
+            IF garment_vector_bulk_load_running() THEN
+                RETURN 0;
+            END IF;
+            SELECT coalesce(array_agg(ARRAY[m.id, c.id] ORDER BY m.id, c.id), '{}') INTO pairs
+            FROM embedding_models m CROSS JOIN garment_categories c
+            WHERE m.kind = 'garment'
+              AND NOT EXISTS (SELECT 1 FROM garment_vector_indexes x WHERE x.model_id = m.id AND x.category_id = c.id)
+              AND EXISTS (SELECT 1 FROM garment_vectors v WHERE v.model_id = m.id AND v.category_id = c.id);
+            FOR i IN 1 .. coalesce(array_length(pairs, 1), 0) LOOP
+                IF garment_vector_index(pairs[i][1], pairs[i][2]) THEN
+                    built := built + 1;
+                END IF;
+            END LOOP;
+            RETURN built;
+        END
+        $$""",
     )),
 )
 """Every migration, oldest first; versions are 1, 2, 3, ... with no gaps."""
