@@ -165,6 +165,18 @@ def test_a_body_over_the_bound_is_refused_by_its_length_before_anything_is_read(
     assert took_s < 5 and len(seen.requests) == before
 
 
+def test_a_proxy_style_target_is_refused_not_forwarded(door: FrontDoor, upstream: tuple[str, Seen]) -> None:
+    seen = upstream[1]
+    before = len(seen.requests)
+    assert door.config.http is not None
+    with socket.create_connection(("127.0.0.1", door.config.http.port), timeout=30) as raw:
+        raw.sendall(b"GET http://169.254.169.254/latest/meta-data HTTP/1.1\r\nHost: 169.254.169.254\r\n"
+                    b"Connection: close\r\n\r\n")
+        answer = raw.recv(65536).decode()
+    assert answer.startswith("HTTP/1.1 400") and "must be a path" in answer, answer
+    assert len(seen.requests) == before
+
+
 def test_a_body_at_the_bound_passes_and_one_byte_more_is_refused(door: FrontDoor, upstream: tuple[str, Seen]) -> None:
     status, _, answer = _request(door, "POST", "/v2/models/fashion/infer", b"a" * BOUND)
     assert status == 200 and json.loads(answer) == {"echo": BOUND}

@@ -169,6 +169,8 @@ class HttpDoor:
             await session.close()
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
+        if not request.raw_path.startswith("/"):  # absolute-form or authority-form targets: this is no proxy
+            return _error(400, "the request target must be a path (origin form), as Triton's HTTP API takes")
         limit = self.config.max_request_bytes
         length = request.content_length
         if length is not None and length > limit:
