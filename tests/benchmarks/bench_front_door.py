@@ -1,7 +1,7 @@
-"""Benchmark: what the gRPC front door (fashionbox.server.front_door) costs, with and without it, in one run.
+"""Benchmark: what the front door (fashionbox.server.front_door, .http_door) costs, with and without it, in one run.
 
     .venv/bin/python tests/benchmarks/bench_front_door.py [--repository artifacts/model_repository]
-        [--rounds 3] [--duration-s 8] [--out tests/benchmarks/results/front_door.json]
+        [--rounds 3] [--duration-s 8] [--protocol grpc|http] [--out tests/benchmarks/results/front_door.json]
 
 ``fashionbox serve`` runs as an operator runs it, in its own process (the front door lives there, on
 its own thread), once with ``--front-door`` and once with ``--no-front-door`` per round, the order
@@ -11,20 +11,25 @@ alternating between rounds. Each run: a warm-up, images/s at saturation (closed 
 itself less its idle rate (the supervisor's polling, measured for 3 s before each level): the front
 door's CPU; and of the whole server (that process, tritonserver, its stubs) per request. Medians over
 the rounds.
-Images: the 1280x960 JPEGs of bench_serving.py.
+Images: the 1280x960 JPEGs of bench_serving.py. ``--protocol http`` drives the same levels over HTTP
+(the door's HTTP side against Triton's own HTTP): threads with one keep-alive connection each, posting
+inference requests in the binary data extension, as ``tritonclient.http`` sends them.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +62,7 @@ def _tree_cpu_s(pid: int) -> float:
     return total
 
 
-def _serve(repository: Path, folder: Path, front_door: bool) -> tuple[subprocess.Popen[bytes], str]:
+def _serve(repository: Path, folder: Path, front_door: bool) -> tuple[subprocess.Popen[bytes], str, str]:
     from fashionbox.server import find_free_ports
 
     grpc_port, http_port, metrics_port = find_free_ports(3)
@@ -76,7 +81,7 @@ def _serve(repository: Path, folder: Path, front_door: bool) -> tuple[subprocess
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=2) as answer:
                 if answer.status == 200:
-                    return process, f"127.0.0.1:{grpc_port}"
+                    return process, f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"
         except OSError:
             pass
         time.sleep(0.2)
@@ -84,9 +89,82 @@ def _serve(repository: Path, folder: Path, front_door: bool) -> tuple[subprocess
     raise RuntimeError("fashionbox serve was not ready within 120 s")
 
 
-def _point(url: str, images: list[bytes], concurrency: int, duration_s: float, serve_pid: int) -> dict[str, Any]:
+Load = Callable[[int, float, float], dict[str, Any]]
+"""(concurrency, duration_s, warmup_s) -> a point: requests, throughput_rps, latency_ms p50 / p99, errors."""
+
+
+def _grpc_load(url: str, images: list[bytes]) -> Load:
     from fashionbox.loadtest import measure_concurrency
 
+    def load(concurrency: int, duration_s: float, warmup_s: float) -> dict[str, Any]:
+        return dict(measure_concurrency(url, images, concurrency=concurrency, duration_s=duration_s,
+                                        warmup_s=warmup_s, metrics="none").as_dict())
+
+    return load
+
+
+def _http_load(address: str, images: list[bytes]) -> Load:
+    """A closed loop over HTTP: ``concurrency`` threads, each with its own keep-alive connection."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    from fashionbox import contract
+
+    bodies = []
+    for image in images:
+        tensor = httpclient.InferInput(contract.IMAGE.name, [1, 1], contract.IMAGE.datatype)
+        tensor.set_data_from_numpy(np.array([[image]], dtype=np.object_), binary_data=True)
+        body, json_size = httpclient.InferenceServerClient.generate_request_body([tensor])
+        bodies.append((body, json_size))
+    host, port = address.rsplit(":", 1)
+    path = f"/v2/models/{contract.ENSEMBLE_MODEL}/infer"
+
+    def load(concurrency: int, duration_s: float, warmup_s: float) -> dict[str, Any]:
+        started = time.monotonic()
+        measure_from, stop_at = started + warmup_s, started + warmup_s + duration_s
+        latencies: list[list[float]] = [[] for _ in range(concurrency)]
+        errors = [0] * concurrency
+
+        def worker(index: int) -> None:
+            connection = http.client.HTTPConnection(host, int(port), timeout=60)
+            sent = index
+            while (now := time.monotonic()) < stop_at:
+                body, json_size = bodies[sent % len(bodies)]
+                sent += concurrency
+                try:
+                    connection.request("POST", path, body=body, headers={
+                        "Inference-Header-Content-Length": str(json_size),
+                        "Content-Type": "application/octet-stream"})
+                    response = connection.getresponse()
+                    response.read()
+                    ok = response.status == 200
+                except (OSError, http.client.HTTPException):
+                    connection.close()
+                    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+                    ok = False
+                if now >= measure_from and time.monotonic() <= stop_at:
+                    if ok:
+                        latencies[index].append(1000.0 * (time.monotonic() - now))
+                    else:
+                        errors[index] += 1
+            connection.close()
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        done = sorted(latency for per_thread in latencies for latency in per_thread)
+        if not done:
+            raise RuntimeError(f"no HTTP request answered at concurrency {concurrency} ({sum(errors)} errors)")
+        return {"requests": len(done), "throughput_rps": round(len(done) / duration_s, 2), "errors": sum(errors),
+                "latency_ms": {"p50": round(float(np.percentile(done, 50)), 2),
+                               "p99": round(float(np.percentile(done, 99)), 2)}}
+
+    return load
+
+
+def _point(load: Load, concurrency: int, duration_s: float, serve_pid: int) -> dict[str, Any]:
     warmup_s = 1.0
     # The serve process also runs the supervisor (readiness polls, /proc scans): a cost per second, not
     # per request, measured idle first and taken off, so what is left is the front door's.
@@ -94,8 +172,7 @@ def _point(url: str, images: list[bytes], concurrency: int, duration_s: float, s
     time.sleep(IDLE_S)
     idle_rate = (_cpu_s(serve_pid) - idle_before) / (time.monotonic() - idle_started)
     cpu_before, tree_before, started = _cpu_s(serve_pid), _tree_cpu_s(serve_pid), time.monotonic()
-    point = measure_concurrency(url, images, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s,
-                                metrics="none").as_dict()
+    point = load(concurrency, duration_s, warmup_s)
     elapsed = time.monotonic() - started
     share = 1000.0 * duration_s / elapsed  # CPU time covers the warm-up and set-up too: prorated
     cpu_ms = (_cpu_s(serve_pid) - cpu_before - idle_rate * elapsed) * share
@@ -119,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=8.0)
     parser.add_argument("--saturation", type=int, default=16, help="requests in flight at saturation")
     parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc",
+                        help="the protocol the load goes over (http: the door's HTTP side)")
     parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/front_door.json")
     args = parser.parse_args(argv)
 
@@ -128,11 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         for round_index in range(args.rounds):
             order = (True, False) if round_index % 2 == 0 else (False, True)
             for front_door in order:
-                process, url = _serve(args.repository, Path(tmp), front_door)
+                process, grpc_url, http_address = _serve(args.repository, Path(tmp), front_door)
+                load = _grpc_load(grpc_url, images) if args.protocol == "grpc" else _http_load(http_address, images)
                 try:
-                    _point(url, images, 4, 2.0, process.pid)  # warm every instance
-                    saturation = _point(url, images, args.saturation, args.duration_s, process.pid)
-                    single = _point(url, images, 1, args.duration_s, process.pid)
+                    _point(load, 4, 2.0, process.pid)  # warm every instance
+                    saturation = _point(load, args.saturation, args.duration_s, process.pid)
+                    single = _point(load, 1, args.duration_s, process.pid)
                 finally:
                     process.terminate()
                     process.wait(timeout=60)
@@ -166,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["front_door_share_of_server_cpu_pct"] = round(100.0 * added_cpu / door["server_cpu_ms_per_request"], 1)
     shown = args.repository.resolve()
     shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else Path(shown.name)  # no machine paths
-    write_report(args.out, __file__, argv, {"repository": str(shown), "rounds": args.rounds,
+    write_report(args.out, __file__, argv, {"repository": str(shown), "protocol": args.protocol, "rounds": args.rounds,
                                             "duration_s": args.duration_s, "saturation": args.saturation,
                                             "summary": summary, "runs": runs})
     print(json.dumps(summary, indent=2))
