@@ -281,25 +281,14 @@ MIGRATIONS: tuple[Migration, ...] = (
                                                                        WHERE datname = current_database())
                              AND classid = 0 AND objid = {BULK_LOAD_LOCK} AND objsubid = 1 AND granted)
         $$""",
-        """CREATE OR REPLACE FUNCTION garment_vector_indexes_missing() RETURNS integer LANGUAGE plpgsql AS $$
-        DECLARE
-            pairs integer[];
-            built integer := 0;
+        # version 3's builder, kept whole under another name, behind a guard (callers keep the name)
+        "ALTER FUNCTION garment_vector_indexes_missing() RENAME TO garment_vector_indexes_missing_unguarded",
+        """CREATE FUNCTION garment_vector_indexes_missing() RETURNS integer LANGUAGE plpgsql AS $$
         BEGIN
             IF garment_vector_bulk_load_running() THEN
                 RETURN 0;
             END IF;
-            SELECT coalesce(array_agg(ARRAY[m.id, c.id] ORDER BY m.id, c.id), '{}') INTO pairs
-            FROM embedding_models m CROSS JOIN garment_categories c
-            WHERE m.kind = 'garment'
-              AND NOT EXISTS (SELECT 1 FROM garment_vector_indexes x WHERE x.model_id = m.id AND x.category_id = c.id)
-              AND EXISTS (SELECT 1 FROM garment_vectors v WHERE v.model_id = m.id AND v.category_id = c.id);
-            FOR i IN 1 .. coalesce(array_length(pairs, 1), 0) LOOP
-                IF garment_vector_index(pairs[i][1], pairs[i][2]) THEN
-                    built := built + 1;
-                END IF;
-            END LOOP;
-            RETURN built;
+            RETURN garment_vector_indexes_missing_unguarded();
         END
         $$""",
     )),

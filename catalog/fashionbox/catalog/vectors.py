@@ -186,11 +186,9 @@ class VectorIndex:
 def expected_vector_indexes(conn: psycopg.Connection[Any]) -> list[VectorIndex]:
     """Every HNSW index the stored vectors call for: each model's (up to 4,000 dimensions), and each
     (garment model, category) pair's that has vectors (one btree probe per pair)."""
-    expected: list[VectorIndex] = []
-    for model in models(conn):
-        if model.indexed:
-            expected.append(VectorIndex(model.index_name, model.table, model.index_ddl(), model.id))
-    by_id = {m.id: m for m in models(conn, "garment") if m.indexed}
+    indexed = [model for model in models(conn) if model.indexed]
+    expected = [VectorIndex(model.index_name, model.table, model.index_ddl(), model.id) for model in indexed]
+    by_id = {m.id: m for m in indexed if m.kind == "garment"}
     pairs = conn.execute(
         "SELECT m.id, c.id FROM embedding_models m CROSS JOIN garment_categories c WHERE m.kind = 'garment' "
         "AND EXISTS (SELECT 1 FROM garment_vectors v WHERE v.model_id = m.id AND v.category_id = c.id) "
