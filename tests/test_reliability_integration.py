@@ -106,8 +106,10 @@ def test_past_capacity_the_server_refuses_at_once_with_unavailable_and_answers_t
     reasons = result.refusal_latency_by_reason
     assert "queue_full" in reasons and set(reasons) <= {"queue_full", "queue_timeout"}, result.as_dict()["messages"]
     assert result.errors == 0 and result.empty_ok == 0 and result.deadline_misses == 0
-    # Every request answered, each once: accepted or refused, none lost. The first 6 find room.
-    assert result.ok + result.refused == result.sent and result.ok >= 6, result.as_dict()
+    # Every request answered, each once: accepted or refused, none lost. At least 4 find room even
+    # if no request finishes within the burst: one per instance (an idle instance takes a lone
+    # request as a batch of 1 rather than wait for a second) and the 2 the queue holds.
+    assert result.ok + result.refused == result.sent and result.ok >= 4, result.as_dict()
     # Behaviour, not speed: how fast the server says no is measured, with its 10 ms bar, by
     # scripts/overload.py (BENCHMARKS.md); at 2,000 req/s on 2 shared cores a fixed bar in
     # milliseconds here fails now and then. What must hold on any machine: a refusal does not
