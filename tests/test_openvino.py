@@ -307,7 +307,10 @@ def test_a_served_openvino_repository_answers_over_grpc_as_the_onnx_runtime_pipe
         assert not isinstance(result, Exception)
         expected.append(predictions_from_result(result, reference.label_map))
 
-    report = compare_fidelity(served, expected, score_threshold=contract.DEFAULT_SCORE_THRESHOLD)
+    # differences of a score within 1e-3 of the served threshold are explained, not errors
+    manifest = json.loads((openvino_repository / contract.MANIFEST_FILE).read_text())
+    threshold = manifest["export"]["nms"]["score_threshold"]
+    report = compare_fidelity(served, expected, score_threshold=threshold)
     assert report.detections >= len(samples)
     assert report.unexplained_differences == 0, report
     assert report.max_box_diff_px <= 0.5, report

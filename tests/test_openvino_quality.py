@@ -41,7 +41,7 @@ def _export(folder: Path) -> tuple[Path, Path, LabelMap, int, int, int]:
     family = FAMILIES["fashionbox"]()
     detector, label_map = family.load_detector(default_weights("detector"))
     classifier, _ = load_attributes(default_weights("attributes"))
-    nms = family_nms(family, ConvertOptions(out=folder))
+    nms = family_nms(family, ConvertOptions(out=folder), detector)
     detector_onnx = family.export_detector(detector, folder / "detector.onnx", nms=nms, opset=17)
     attributes_onnx = export_attributes_onnx(classifier, folder / "attributes.onnx", opset=17)
     return (detector_onnx, attributes_onnx, label_map, nms.max_detections, family.input_size(detector),

@@ -5,8 +5,9 @@
 
 For each detector (default: ``before``, the detector shipped before hard negatives, read from the
 git commit that added it, and ``after``, the shipped one), through the in-process PyTorch reference
-pipeline (the served pipeline equals it detection for detection: bench_quality.py) at the served
-score threshold 0.3:
+pipeline (the served pipeline equals it detection for detection: bench_quality.py) at its served
+score threshold (a calibrated detector's own, in its calibrated units; else 0.3), on its served
+scores (calibrated where it is: ``fashionbox calibrate``):
 
 * distractor-only scenes (people without the labelled garments, hands, faces, furniture, objects,
   animal-like shapes, text, textures, clutter; no garment) and empty scenes (a background and
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         reliability_table,
     )
     from fashionbox.commands.evaluation import EvalSample, evaluate, heldout_samples, predictions_from_result
-    from fashionbox.models import file_sha256
+    from fashionbox.models import file_sha256, load_detector
     from fashionbox.models.pipeline import InProcessPipeline
     from fashionbox.synth.distractors import DistractorConfig, render_distractor_scene
     from fashionbox.training.data import scene_seed
@@ -121,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                     out.append(predictions_from_result(result, pipeline.label_map))
                 return out
 
-            entry: dict[str, Any] = {"spec": spec, "sha256": file_sha256(path)}
+            config = load_detector(path)[0].config
+            entry: dict[str, Any] = {"spec": spec, "sha256": file_sha256(path), "calibrated": config.calibrated,
+                                     "score_calibration": list(config.score_calibration),
+                                     "served_threshold": config.score_threshold or 0.3}
             for kind, data in negatives.items():
                 entry[kind] = _per_photo(run(data))
             predictions = run([s.data for s in normal])
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     samples_note: list[EvalSample] = normal
     report = write_report(args.out, __file__, argv, {
         "normal_images": len(samples_note), "seed": args.seed, "negatives": args.negatives,
-        "negative_seed": args.negative_seed, "score_threshold": 0.3, "detectors": results,
+        "negative_seed": args.negative_seed, "detectors": results,
     })
     print(json.dumps(report["detectors"], indent=2))
     return 0

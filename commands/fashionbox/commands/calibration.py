@@ -18,7 +18,8 @@ so it keeps the ranking (hence AP) but moves scores across a fixed threshold.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,8 @@ import numpy.typing as npt
 
 from fashionbox.commands.evaluation import EvalSample, Prediction
 
-__all__ = ["apply_platt", "detection_outcomes", "expected_calibration_error", "fit_platt", "reliability_table"]
+__all__ = ["DetectorCalibration", "apply_platt", "choose_threshold", "detection_outcomes", "expected_calibration_error",
+           "fit_detector_calibration", "fit_platt", "reliability_table"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -135,3 +137,155 @@ def apply_platt(confidences: npt.ArrayLike, a: float, b: float) -> F64:
     conf = np.asarray(confidences, dtype=np.float64)
     out: F64 = 1 / (1 + np.exp(-(a * _logit(conf) + b)))
     return out
+
+
+# -- calibrating a detector (`fashionbox calibrate`) ---------------------------------------------------
+
+CALIBRATION_FLOOR = 0.05
+"""Raw scores fitted on start here: low enough that the map is fitted where the served threshold can
+fall, high enough to leave out the thousands of near-zero candidates every image has."""
+THRESHOLD_CANDIDATES = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+"""Calibrated served thresholds :func:`choose_threshold` considers."""
+THRESHOLD_TOLERANCE = 0.005
+
+
+@dataclass(frozen=True)
+class DetectorCalibration:
+    """A fitted Platt map for one detector's scores and what it does, measured on the fitting samples."""
+
+    a: float
+    b: float
+    detections: int
+    """Detections fitted on (raw score above ``floor``)."""
+    true_positive_share: float
+    ece_before: float
+    """ECE (15 bins) of the raw scores of the detections the served threshold keeps."""
+    ece_after: float
+    """ECE of the same detections' calibrated scores, each half of the images mapped by the fit on the other
+    half (an estimate for images the fit has not seen)."""
+    score_threshold: float
+    """The served threshold chosen in calibrated units (:func:`choose_threshold`)."""
+    map50_by_threshold: dict[float, float]
+    floor: float = CALIBRATION_FLOOR
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"a": round(self.a, 6), "b": round(self.b, 6), "detections": self.detections,
+                "true_positive_share": round(self.true_positive_share, 4), "floor": self.floor,
+                "ece_before": round(self.ece_before, 4), "ece_after": round(self.ece_after, 4),
+                "score_threshold": self.score_threshold,
+                "map50_by_threshold": {str(t): round(v, 4) for t, v in self.map50_by_threshold.items()}}
+
+
+def choose_threshold(map50_by_threshold: dict[float, float], tolerance: float = THRESHOLD_TOLERANCE) -> float:
+    """The highest threshold whose mAP@.5 is within ``tolerance`` of the best: among thresholds that
+    detect equally well the one sending the fewest detections on to the attribute heads."""
+    best = max(map50_by_threshold.values())
+    return max(t for t, value in map50_by_threshold.items() if value >= best - tolerance)
+
+
+def fit_detector_calibration(samples: Sequence[EvalSample], raw: Sequence[Sequence[Prediction]],
+                             map50: Callable[[Sequence[Sequence[Prediction]]], float], *,
+                             floor: float = CALIBRATION_FLOOR,
+                             candidates: Sequence[float] = THRESHOLD_CANDIDATES) -> DetectorCalibration:
+    """Fit ``sigmoid(a * logit(s) + b)`` to the outcomes of ``raw`` (uncalibrated predictions above
+    ``floor``) and choose the served threshold in calibrated units by mAP@.5 (``map50`` of a
+    prediction set). Raises ``ValueError`` with too few detections or no right one to fit on."""
+    kept = [[p for p in preds if p.score > floor] for preds in raw]
+    scores, correct = detection_outcomes(samples, kept)
+    if scores.size < 20 or not 0 < correct.sum() < scores.size:
+        raise ValueError(f"{scores.size} detections above {floor}, {int(correct.sum())} of them right: too few to "
+                         f"fit a calibration on (give more validation images)")
+    a, b = fit_platt(scores, correct)
+    if not a > 0:
+        raise ValueError(f"the fitted calibration is not increasing (a = {a:.3g}): the scores do not rank right "
+                         f"detections above wrong ones on these samples")
+    calibrated = [[replace(p, score=float(apply_platt([p.score], a, b)[0])) for p in preds] for preds in kept]
+    by_threshold = {t: map50([[p for p in preds if p.score > t] for preds in calibrated]) for t in candidates}
+    threshold = choose_threshold(by_threshold)
+    # The error before and after, on the detections the served threshold keeps: their raw scores, and
+    # their calibrated ones with each half of the images mapped by the fit on the other half.
+    raw_threshold = float(apply_platt([threshold], 1.0 / a, -b / a)[0])  # the inverse map
+    halves = [detection_outcomes(samples[k::2], kept[k::2]) for k in (0, 1)]
+    fits = [fit_platt(*half) if 0 < half[1].sum() < half[1].size else (a, b) for half in halves]
+    raw_scores = np.concatenate([half[0] for half in halves])
+    hits = np.concatenate([half[1] for half in halves])
+    crossed = np.concatenate([apply_platt(halves[k][0], *fits[1 - k]) for k in (0, 1)])
+    served = raw_scores > raw_threshold
+    return DetectorCalibration(a, b, int(scores.size), float(correct.mean()),
+                               expected_calibration_error(raw_scores[served], hits[served]),
+                               expected_calibration_error(crossed[served], hits[served]),
+                               threshold, by_threshold, floor)
+
+
+VALIDATION_SEEDS = (11, 13)
+"""Generated scenes ``fashionbox calibrate`` fits on by default: neither the training seed (1), the
+quality bar's test seed (7) nor the false-positive scenes' (9)."""
+_FORBIDDEN_SEEDS = {1: "the training seed", 7: "the quality bar's test seed", 9: "the false-positive scenes' seed"}
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    for seed in seeds:
+        if seed in _FORBIDDEN_SEEDS:
+            raise ValueError(f"--seeds {seed} is {_FORBIDDEN_SEEDS[seed]}: calibrating on it would tune to what "
+                             f"measures the model; use validation seeds such as {','.join(map(str, VALIDATION_SEEDS))}")
+    if not seeds:
+        raise ValueError("--seeds needs at least one seed")
+    return seeds
+
+
+def run_calibrate_cli(args: Any) -> int:
+    """``fashionbox calibrate``: fit the detector's score calibration and served threshold on validation
+    images; write the calibrated checkpoint (same weights) to ``--out``."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from fashionbox.commands.evaluation import _coco_samples, coco_metrics, heldout_samples, predictions_from_result
+    from fashionbox.contract.labels import default_label_map
+    from fashionbox.models import checkpoint_metadata, default_weights, file_sha256, load_detector, save_checkpoint
+    from fashionbox.models.pipeline import InProcessPipeline
+
+    detector_path = default_weights("detector") if args.detector == "default" else Path(args.detector)
+    attributes_path = default_weights("attributes") if args.attributes == "default" else Path(args.attributes)
+    if args.coco:
+        if args.images is None:
+            raise FileNotFoundError("--coco needs the image folder: --images DIR")
+        samples = _coco_samples(args.coco, args.images, default_label_map())
+        source = {"coco": Path(args.coco).name, "images": len(samples)}
+    else:
+        seeds = _seeds(args.seeds)
+        samples = [s for seed in seeds for s in heldout_samples(args.scenes, seed)]
+        source = {"generated_seeds": list(seeds), "images": len(samples)}
+    pipeline = InProcessPipeline.torch_reference(detector_path, attributes_path, score_threshold=args.floor,
+                                                 raw_scores=True, threads=args.threads)
+    raw = []
+    for sample in samples:
+        (result,) = pipeline.run([sample.data])
+        if isinstance(result, Exception):
+            raise ValueError(f"{sample.name}: {result}")
+        raw.append(predictions_from_result(result, pipeline.label_map))
+
+    def map50(predictions: Sequence[Sequence[Prediction]]) -> float:
+        return float(coco_metrics(samples, predictions, pipeline.label_map)["bbox_map50"])
+
+    fit = fit_detector_calibration(samples, raw, map50, floor=args.floor)
+    detector, label_map = load_detector(detector_path)
+    detector.with_calibration((fit.a, fit.b), fit.score_threshold)
+    kept = {k: v for k, v in checkpoint_metadata(detector_path).items()
+            if k not in ("format", "kind", "config", "label_map", "calibration")}
+    report = {**fit.as_dict(), "fitted_on": source, "uncalibrated_sha256": file_sha256(detector_path)}
+    save_checkpoint(args.out, detector, kind="detector", config_json=detector.config.to_json(), label_map=label_map,
+                    extra={**kept, "calibration": json.dumps(report, sort_keys=True)})
+    report["out"] = str(args.out)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(f"calibration sigmoid({fit.a:.4f} * logit(s) + {fit.b:.4f}) fitted on {fit.detections} detections "
+              f"({fit.true_positive_share:.1%} right) of {len(samples)} images")
+        print(f"expected calibration error {fit.ece_before:.4f} -> {fit.ece_after:.4f} (cross-fitted halves)")
+        print(f"served threshold {fit.score_threshold} (calibrated; mAP@.5 there "
+              f"{fit.map50_by_threshold[fit.score_threshold]:.4f}, best {max(fit.map50_by_threshold.values()):.4f})")
+        print(f"wrote {args.out}")
+    return 0

@@ -69,13 +69,17 @@ class Family:
     served by FashionBox answers as its library's predictor would."""
     segments: Callable[[Any], bool] = lambda detector: False
     """Whether the loaded detector's graph gives mask coefficients and prototypes (``detector_masks``)."""
+    own_score_threshold: Callable[[Any], float | None] = lambda detector: None
+    """The threshold a loaded checkpoint carries for itself (a calibrated FashionBox detector's, in its
+    calibrated units), which takes the place of ``score_threshold``; None: the family's."""
 
 
 def _default_family() -> Family:
     from fashionbox.converter.export import compare_detector, export_detector_onnx
     from fashionbox.models import load_detector
 
-    return Family("fashionbox", load_detector, export_detector_onnx, compare_detector, torch_runtime=True)
+    return Family("fashionbox", load_detector, export_detector_onnx, compare_detector, torch_runtime=True,
+                  own_score_threshold=lambda detector: detector.config.score_threshold)
 
 
 def _detr_style_family(style: Any) -> Family:
@@ -283,15 +287,17 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def family_nms(family: Family, options: ConvertOptions) -> NmsSettings:
-    """The detector graph's thresholds: the options' where given, else the family's defaults."""
+def family_nms(family: Family, options: ConvertOptions, detector: Any = None) -> NmsSettings:
+    """The detector graph's thresholds: the options' where given, else the loaded ``detector``'s own
+    score threshold where it carries one, else the family's defaults."""
     from fashionbox.models.nms import NmsSettings
 
     def pick(given: float | None, default: float) -> float:
         return default if given is None else given
 
+    own = family.own_score_threshold(detector) if detector is not None else None
     max_detections = int(pick(options.max_detections, family.max_detections))
-    return NmsSettings(score_threshold=pick(options.score_threshold, family.score_threshold),
+    return NmsSettings(score_threshold=pick(options.score_threshold, pick(own, family.score_threshold)),
                        iou_threshold=pick(options.iou_threshold, family.iou_threshold),
                        max_per_class=max_detections, max_detections=max_detections)
 
@@ -439,7 +445,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
     classifier, attribute_labels = load_attributes(attributes_path)
     if attribute_labels.attribute_groups != label_map.attribute_groups:
         raise ConvertError("the detector's and the attribute heads' label maps disagree on attribute groups")
-    nms = family_nms(family, options)
+    nms = family_nms(family, options, detector)
     max_detections = nms.max_detections
     size = family.input_size(detector)
     crop = classifier.config.crop_size

@@ -30,6 +30,7 @@ __all__ = [
     "CheckpointError",
     "DetectorConfig",
     "FashionDetector",
+    "checkpoint_metadata",
     "default_weights",
     "file_sha256",
     "load_attributes",
@@ -72,6 +73,14 @@ def save_checkpoint(path: Path, model: nn.Module, *, kind: Kind, config_json: st
     tmp = Path(path).with_suffix(".tmp")
     save_file(state, str(tmp), metadata=metadata)
     tmp.replace(path)
+
+
+def checkpoint_metadata(path: Path) -> dict[str, str]:
+    """The string metadata a checkpoint carries (its config, label map, training recipe, ...)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
 
 
 def _read(path: Path, kind: Kind) -> tuple[dict[str, object], dict[str, str]]:

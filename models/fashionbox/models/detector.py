@@ -9,20 +9,26 @@ training and evaluation (the losses live in ``fashionbox.training``)::
     out = detector(pixels_uint8_nhwc)   # DetectorOutputs(boxes [B,N,4], scores [B,C,N], ...)
 
 Boxes are x1, y1, x2, y2 in letterbox pixels; scores are ``sqrt(sigmoid(cls) * sigmoid(ctr))``,
-the FCOS ranking score, laid out [B, C, N] as ONNX NonMaxSuppression wants them.
+the FCOS ranking score, laid out [B, C, N] as ONNX NonMaxSuppression wants them. A calibrated
+detector (``DetectorConfig.score_calibration``, fitted by ``fashionbox calibrate``) maps that score
+``s`` to ``sigmoid(a * logit(s) + b)`` inside the graph, so every runtime serves the same calibrated
+score and the served threshold is in its units; the map is monotone, so the ranking (and AP) stays.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["DetectorConfig", "DetectorOutputs", "FashionDetector"]
+__all__ = ["IDENTITY_CALIBRATION", "DetectorConfig", "DetectorOutputs", "FashionDetector", "calibrate_scores"]
+
+IDENTITY_CALIBRATION = (1.0, 0.0)
 
 # ImageNet statistics in 0..255 units; normalisation happens inside the graph so the
 # served model takes the uint8 pixels straight from ``preprocess``.
@@ -50,10 +56,21 @@ class DetectorConfig:
     level_ranges: tuple[float, ...] = (64.0, 128.0, 1e8)
     center_radius: float = 2.5
     extra: dict[str, str] = field(default_factory=dict)
+    score_calibration: tuple[float, float] = IDENTITY_CALIBRATION
+    """``(a, b)`` of the Platt map the served score goes through; ``(1, 0)`` leaves it as trained."""
+    score_threshold: float | None = None
+    """The served threshold chosen with the calibration, in its units (the converter's and the reference's
+    default for this checkpoint); None: the contract's default (``DEFAULT_SCORE_THRESHOLD``)."""
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
             raise ValueError("num_classes must be >= 1")
+        a, b = self.score_calibration
+        if not (math.isfinite(a) and math.isfinite(b) and a > 0):
+            raise ValueError(f"score_calibration (a, b) needs a finite a > 0 (a monotone map) and a finite b, "
+                             f"got {self.score_calibration}")
+        if self.score_threshold is not None and not 0.0 <= self.score_threshold < 1.0:
+            raise ValueError(f"score_threshold must lie in [0, 1), got {self.score_threshold}")
         if self.input_size % max(self.strides):
             raise ValueError(f"input_size {self.input_size} must be a multiple of {max(self.strides)}")
         if len(self.level_ranges) != len(self.strides):
@@ -72,9 +89,14 @@ class DetectorConfig:
     def from_json(cls, text: str) -> DetectorConfig:
         data = json.loads(text)
         data["stages"] = tuple(tuple(s) for s in data["stages"])
-        for key in ("strides", "level_ranges"):
-            data[key] = tuple(data[key])
+        for key in ("strides", "level_ranges", "score_calibration"):
+            if key in data:  # checkpoints from before calibration have none: the identity
+                data[key] = tuple(data[key])
         return cls(**data)
+
+    @property
+    def calibrated(self) -> bool:
+        return tuple(self.score_calibration) != IDENTITY_CALIBRATION
 
     @property
     def num_locations(self) -> int:
@@ -241,4 +263,22 @@ class FashionDetector(nn.Module):
         centers = self.centers[None]
         boxes = torch.cat([centers - ltrb[..., :2], centers + ltrb[..., 2:]], dim=2)
         scores = torch.sqrt(torch.sigmoid(cls_logits) * torch.sigmoid(ctr_logits)[:, None, :])
+        if self.config.calibrated:
+            scores = calibrate_scores(scores, *self.config.score_calibration)
         return DetectorOutputs(boxes, scores, cls_logits.transpose(1, 2), ltrb, ctr_logits)
+
+    def with_calibration(self, calibration: tuple[float, float] = IDENTITY_CALIBRATION,
+                         score_threshold: float | None = None) -> FashionDetector:
+        """This detector (the same module, its weights unchanged) serving scores through ``calibration``
+        with ``score_threshold`` as its served threshold; with neither, the raw ranking score and the
+        contract's threshold, as training needs it (a calibration fitted to other weights is wrong
+        after any step)."""
+        self.config = replace(self.config, score_calibration=(float(calibration[0]), float(calibration[1])),
+                              score_threshold=score_threshold)
+        return self
+
+
+def calibrate_scores(scores: Tensor, a: float, b: float) -> Tensor:
+    """``sigmoid(a * logit(s) + b)``; a score of 0 stays 0 and 1 stays 1 (``logit`` is then infinite)."""
+    logit = torch.log(scores) - torch.log1p(-scores)
+    return torch.sigmoid(a * logit + b)

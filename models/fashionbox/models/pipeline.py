@@ -195,10 +195,14 @@ class InProcessPipeline:
 
     @classmethod
     def torch_reference(cls, detector_path: Path | None = None, attributes_path: Path | None = None, *,
-                        score_threshold: float = contract.DEFAULT_SCORE_THRESHOLD,
+                        score_threshold: float | None = None,
                         iou_threshold: float = contract.DEFAULT_IOU_THRESHOLD,
                         max_detections: int = contract.DEFAULT_MAX_DETECTIONS,
-                        threads: int | None = None) -> InProcessPipeline:
+                        threads: int | None = None, raw_scores: bool = False) -> InProcessPipeline:
+        """The checkpoints in PyTorch, as ``fashionbox convert`` would serve them: at ``score_threshold``,
+        by default the detector's own (a calibrated checkpoint's) or the contract's. ``raw_scores``
+        leaves a calibrated detector's scores uncalibrated (what ``fashionbox calibrate`` fits on);
+        its threshold is then the contract's unless given."""
         import torch
 
         from fashionbox.core.postprocessing import gather_detections
@@ -208,7 +212,12 @@ class InProcessPipeline:
         if threads:
             torch.set_num_threads(threads)
         detector, label_map = load_detector(detector_path or default_weights("detector"))
+        if raw_scores:
+            detector.with_calibration()
         classifier, _ = load_attributes(attributes_path or default_weights("attributes"))
+        if score_threshold is None:
+            own = detector.config.score_threshold
+            score_threshold = contract.DEFAULT_SCORE_THRESHOLD if own is None else own
         nms = NmsSettings(score_threshold, iou_threshold, max_detections, max_detections)
 
         def detect(pixels: U8) -> list[DetectorOutput]:

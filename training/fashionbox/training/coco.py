@@ -51,6 +51,7 @@ from fashionbox.models import (
     AttributeConfig,
     DetectorConfig,
     FashionDetector,
+    checkpoint_metadata,
     default_weights,
     load_attributes,
     load_detector,
@@ -475,6 +476,7 @@ def _starting_detector(settings: CocoTrainSettings, label_map: LabelMap) -> Fash
         return FashionDetector(DetectorConfig(num_classes=label_map.num_categories))
     path = default_weights("detector") if settings.init == "default" else Path(settings.init)
     model, labels = load_detector(path)
+    model.with_calibration()  # trained on raw scores; a calibration fits the weights it was fitted on only
     missing = [n for n in label_map.category_names if n not in labels.category_names]
     if missing:
         raise CocoDataError(f"the starting detector {path} has no class for {missing}; its classes: "
@@ -876,13 +878,6 @@ def _train_mask_head(settings: CocoTrainSettings, model: AttributeClassifier, ar
     return (settings.mask_steps - start) / max(time.perf_counter() - t0, 1e-9)
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
-
-
 def _device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -900,7 +895,7 @@ def prepare(settings: CocoTrainSettings, label_map: LabelMap) -> tuple[CocoData,
     size = 320
     if settings.init not in ("scratch",):
         path = default_weights("detector") if settings.init == "default" else Path(settings.init)
-        size = DetectorConfig.from_json(_metadata(path)["config"]).input_size if path.is_file() else size
+        size = DetectorConfig.from_json(checkpoint_metadata(path)["config"]).input_size if path.is_file() else size
     return data, build_coco_arrays(data, size, settings.cache_dir), size
 
 
@@ -920,9 +915,9 @@ def train_coco(settings: CocoTrainSettings, label_map: LabelMap | None = None,
         path = settings.out_dir / "detector.safetensors"
         model = _starting_detector(settings, data.label_map)
         start = 0
-        if settings.resume and path.is_file() and "coco_step" in _metadata(path):
+        if settings.resume and path.is_file() and "coco_step" in checkpoint_metadata(path):
             model, _ = load_detector(path)
-            start = int(_metadata(path)["coco_step"])
+            start = int(checkpoint_metadata(path)["coco_step"])
             log.info("resuming detector training at step %d", start)
         model.to(device)
         fit = train[:32]
@@ -938,9 +933,9 @@ def train_coco(settings: CocoTrainSettings, label_map: LabelMap | None = None,
         path = settings.out_dir / "attributes.safetensors"
         classifier = _starting_attributes(settings, data.label_map)
         start = 0
-        if settings.resume and path.is_file() and "coco_attribute_step" in _metadata(path):
+        if settings.resume and path.is_file() and "coco_attribute_step" in checkpoint_metadata(path):
             classifier, _ = load_attributes(path)
-            start = int(_metadata(path)["coco_attribute_step"])
+            start = int(checkpoint_metadata(path)["coco_attribute_step"])
             log.info("resuming attribute training at step %d", start)
         classifier.to(device)
         garments = _labelled_garments(arrays, val)
@@ -969,7 +964,7 @@ def _masks_stage(settings: CocoTrainSettings, arrays: CocoArrays, train: npt.NDA
     start = 0
     if path.is_file():  # the attribute stage's result (or an earlier run's)
         classifier, _ = load_attributes(path)
-        meta = _metadata(path)
+        meta = checkpoint_metadata(path)
         if settings.resume and "coco_mask_step" in meta:
             start = int(meta["coco_mask_step"])
             log.info("resuming mask head training at step %d", start)

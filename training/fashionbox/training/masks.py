@@ -33,7 +33,13 @@ from tqdm import tqdm
 
 from fashionbox.contract.labels import LabelMap, default_label_map
 from fashionbox.core.imaging import LetterboxInfo, crop_garments, crop_regions, decode_image, letterbox
-from fashionbox.models import AttributeClassifier, CheckpointError, load_attributes, save_checkpoint
+from fashionbox.models import (
+    AttributeClassifier,
+    CheckpointError,
+    checkpoint_metadata,
+    load_attributes,
+    save_checkpoint,
+)
 from fashionbox.training.schedule import lr_at
 
 __all__ = ["MaskCache", "MaskSample", "MaskTrainSettings", "build_mask_cache", "instance_grid", "mask_batch",
@@ -242,13 +248,6 @@ def with_mask_head(base: AttributeClassifier, mask_size: int) -> AttributeClassi
     return model.eval()
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
-
-
 def train_masks(settings: MaskTrainSettings, cache: MaskCache, label_map: LabelMap, *, base: Path) -> Path:
     """Train the mask head on top of the attribute checkpoint ``base``; writes ``attributes.safetensors``.
 
@@ -260,7 +259,7 @@ def train_masks(settings: MaskTrainSettings, cache: MaskCache, label_map: LabelM
     rng = np.random.default_rng(settings.seed + 2)
     classifier, _ = load_attributes(base)
     start = 0
-    meta = _metadata(base)
+    meta = checkpoint_metadata(base)
     if settings.resume and classifier.mask_size == settings.mask_size and "mask_step" in meta:
         model = classifier
         start = int(meta["mask_step"])

@@ -290,17 +290,10 @@ def _draw(rng: np.random.Generator, size: int, batch: int, mined: npt.NDArray[np
     return drawn
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
-
-
 def train_detector_negatives(settings: NegativeSettings, *, label_map: LabelMap | None = None,
                              cache: SceneCache | None = None) -> Path:
     """Warm-restart ``settings.init`` on the mixed cache; writes ``out_dir/detector.safetensors``."""
-    from fashionbox.models import file_sha256, load_detector, save_checkpoint
+    from fashionbox.models import checkpoint_metadata, file_sha256, load_detector, save_checkpoint
 
     torch.set_num_threads(settings.threads)
     label_map = label_map or default_label_map()
@@ -315,31 +308,32 @@ def train_detector_negatives(settings: NegativeSettings, *, label_map: LabelMap 
     resuming = settings.resume and path.is_file()
     if resuming:
         source = path
-        start = int(_metadata(path).get("step", "0"))
+        start = int(checkpoint_metadata(path).get("step", "0"))
         log.info("resuming hard-negative training at step %d", start)
     model, loaded_labels = load_detector(source)
+    model.with_calibration()  # trained on raw scores; a calibration fits the weights it was fitted on only
     if loaded_labels.to_json() != label_map.to_json():
         raise ValueError(f"{source} was trained for label map {loaded_labels.name!r}, not {label_map.name!r}")
     config = model.config
     # The starting point and the recipe that made it, so the checkpoint names its whole history
     # (read before the first checkpoint, which may overwrite ``init`` when it is ``out_dir``'s).
     if resuming:
-        init_sha = _metadata(path).get("init_sha256", "")
-        init_recipe = _metadata(path).get("init_train_settings", "")
+        init_sha = checkpoint_metadata(path).get("init_sha256", "")
+        init_recipe = checkpoint_metadata(path).get("init_train_settings", "")
     else:
         init_sha = file_sha256(settings.init)
-        init_recipe = _metadata(settings.init).get("train_settings", "")
+        init_recipe = checkpoint_metadata(settings.init).get("train_settings", "")
     torch.manual_seed(settings.seed + start)
     rng = np.random.default_rng([settings.seed, start])
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
     model.train()
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    seconds_before = float(_metadata(path).get("train_seconds", "0")) if resuming else 0.0
+    seconds_before = float(checkpoint_metadata(path).get("train_seconds", "0")) if resuming else 0.0
     progress = tqdm(range(start, settings.steps), desc="detector (hard negatives)", unit="step", initial=start,
                     total=settings.steps)
     mined = np.zeros(0, dtype=np.int64)
-    mining_log: list[dict[str, float]] = json.loads(_metadata(path).get("mining", "[]")) if resuming else []
+    mining_log: list[dict[str, float]] = json.loads(checkpoint_metadata(path).get("mining", "[]")) if resuming else []
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, settings.steps, settings.lr, warmup=settings.warmup)

@@ -40,7 +40,13 @@ from tqdm import tqdm
 
 from fashionbox.contract.labels import LabelMap
 from fashionbox.core.imaging import crop_garments, decode_image, letterbox
-from fashionbox.models import AttributeClassifier, CheckpointError, load_attributes, save_checkpoint
+from fashionbox.models import (
+    AttributeClassifier,
+    CheckpointError,
+    checkpoint_metadata,
+    load_attributes,
+    save_checkpoint,
+)
 from fashionbox.training.schedule import lr_at
 
 __all__ = [
@@ -312,13 +318,6 @@ def with_heads(base: AttributeClassifier, *, retrieval_dim: int | None = None,
     return model.eval()
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
-
-
 def _save(path: Path, model: AttributeClassifier, label_map: LabelMap, meta: dict[str, str],
           extra: dict[str, str]) -> None:
     kept = {k: v for k, v in meta.items() if k not in ("format", "kind", "config", "label_map")}
@@ -358,7 +357,7 @@ def train_embedding(settings: RetrievalSettings, cache: DescriptorCache, label_m
     torch.manual_seed(settings.seed + 3)
     rng = np.random.default_rng(settings.seed + 3)
     classifier, _ = load_attributes(base)
-    meta = _metadata(base)
+    meta = checkpoint_metadata(base)
     start = 0
     if (settings.resume and classifier.config.retrieval_dim == settings.retrieval_dim
             and "embedding_step" in meta):
@@ -397,7 +396,7 @@ def train_verticals(settings: RetrievalSettings, cache: DescriptorCache, label_m
     torch.manual_seed(settings.seed + 4)
     rng = np.random.default_rng(settings.seed + 4)
     classifier, _ = load_attributes(base)
-    meta = _metadata(base)
+    meta = checkpoint_metadata(base)
     verticals = tuple(cache.names)
     start = 0
     if settings.resume and classifier.config.verticals == verticals and "verticals_step" in meta:

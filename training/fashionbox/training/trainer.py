@@ -23,7 +23,14 @@ from tqdm import tqdm
 
 from fashionbox.contract.labels import LabelMap, default_label_map
 from fashionbox.core.imaging import crop_garments
-from fashionbox.models import AttributeClassifier, AttributeConfig, DetectorConfig, FashionDetector, save_checkpoint
+from fashionbox.models import (
+    AttributeClassifier,
+    AttributeConfig,
+    DetectorConfig,
+    FashionDetector,
+    checkpoint_metadata,
+    save_checkpoint,
+)
 from fashionbox.training.data import SceneCache, build_scene_cache
 from fashionbox.training.detection import assign_targets, detection_loss
 from fashionbox.training.schedule import lr_at
@@ -124,7 +131,7 @@ def train_detector(settings: TrainSettings, cache: SceneCache, label_map: LabelM
 
         loaded, _ = load_detector(path)
         model.load_state_dict(loaded.state_dict())
-        start = int(_metadata(path).get("step", "0"))
+        start = int(checkpoint_metadata(path).get("step", "0"))
         log.info("resuming detector training at step %d", start)
     model.train()
     progress = tqdm(range(start, settings.detector_steps), desc="detector", unit="step", initial=start,
@@ -149,13 +156,6 @@ def train_detector(settings: TrainSettings, cache: SceneCache, label_map: LabelM
                             extra={"step": str(step + 1), "train_settings": settings.to_json(),
                                    "train_seconds": f"{time.perf_counter() - t0:.0f}"})
     return path
-
-
-def _metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
 
 
 def _jitter(boxes: npt.NDArray[np.float32], rng: np.random.Generator, amount: float,
