@@ -10,6 +10,7 @@ on a GPU wherever torch sees one.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,10 @@ def scenes() -> np.ndarray:
 
 
 def test_the_torch_detector_answers_as_the_onnx_graph_does(torch_repository: Path, scenes: np.ndarray) -> None:
-    torch_detector = TorchDetector(default_weights("detector"), device="cpu", precision="fp32", nms=NMS,
+    # the threshold the converter served the checkpoint at (a calibrated detector's own)
+    served = json.loads((torch_repository / contract.MANIFEST_FILE).read_text())["export"]["nms"]
+    nms = replace(NMS, score_threshold=served["score_threshold"])
+    torch_detector = TorchDetector(default_weights("detector"), device="cpu", precision="fp32", nms=nms,
                                    max_detections=NMS.max_detections)
     onnx_detector = OnnxDetector(torch_repository / "detector" / "1" / "model.onnx", OrtSettings(),
                                  max_detections=NMS.max_detections)

@@ -97,14 +97,16 @@ def network_ceiling(device: str, precision: str, *, batch: int, seconds: float) 
     import numpy as np
 
     from fashionbox.contract.labels import default_label_map
-    from fashionbox.models import default_weights
+    from fashionbox.models import default_weights, served_score_threshold
     from fashionbox.models.nms import NmsSettings
     from fashionbox.models.torch_runtime import TorchDetector
     from fashionbox.training.data import render_sample
 
     labels = default_label_map()
     scenes = np.stack([render_sample(80_000 + i, 320, labels).pixels for i in range(batch)])
-    detector = TorchDetector(default_weights("detector"), device=device, precision=precision, nms=NmsSettings(),
+    weights = default_weights("detector")
+    detector = TorchDetector(weights, device=device, precision=precision,
+                             nms=NmsSettings(score_threshold=served_score_threshold(weights)),
                              max_detections=100)
     for _ in range(3):
         detector.detect(scenes)

@@ -39,7 +39,7 @@ def measure(device: str, precision: str, max_batch_size: int) -> dict[str, Any]:
     import numpy as np
 
     from fashionbox.contract.labels import default_label_map
-    from fashionbox.models import default_weights
+    from fashionbox.models import default_weights, served_score_threshold
     from fashionbox.models.nms import NmsSettings
     from fashionbox.models.torch_runtime import TorchDetector
     from fashionbox.training.data import render_sample
@@ -47,7 +47,9 @@ def measure(device: str, precision: str, max_batch_size: int) -> dict[str, Any]:
     labels = default_label_map()
     scenes = np.stack([render_sample(90_000 + i, 320, labels).pixels for i in range(max(SIZES))])
     start = time.perf_counter()
-    detector = TorchDetector(default_weights("detector"), device=device, precision=precision, nms=NmsSettings(),
+    weights = default_weights("detector")
+    detector = TorchDetector(weights, device=device, precision=precision,
+                             nms=NmsSettings(score_threshold=served_score_threshold(weights)),
                              max_detections=100, max_batch_size=max_batch_size)
     load_ms = round(1000 * (time.perf_counter() - start), 1)
     sizes = {}

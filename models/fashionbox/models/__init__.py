@@ -36,6 +36,7 @@ __all__ = [
     "load_attributes",
     "load_detector",
     "save_checkpoint",
+    "served_score_threshold",
 ]
 
 Kind = Literal["detector", "attributes"]
@@ -81,6 +82,15 @@ def checkpoint_metadata(path: Path) -> dict[str, str]:
 
     with safe_open(str(path), framework="pt") as handle:
         return dict(handle.metadata() or {})
+
+
+def served_score_threshold(path: Path) -> float:
+    """The score threshold ``fashionbox convert`` serves the detector checkpoint at by default: a calibrated
+    detector's own (in its calibrated units), else the contract's."""
+    from fashionbox import contract
+
+    own = DetectorConfig.from_json(checkpoint_metadata(path)["config"]).score_threshold
+    return contract.DEFAULT_SCORE_THRESHOLD if own is None else own
 
 
 def _read(path: Path, kind: Kind) -> tuple[dict[str, object], dict[str, str]]:
