@@ -191,3 +191,14 @@ def spy_on_plans(monkeypatch: Any) -> list[bool]:
 
     monkeypatch.setattr(queries, "similar_sql", spy)
     return ways
+
+
+def copy_synthetic_images(conn: Any, count: int, prefix: str, *, width: int = 640, height: int = 480) -> int:
+    """COPY ``count`` indexed image rows named ``/{prefix}/NNNNNNN.jpg`` (synthetic rows for garments to
+    hang on, no files); the id of the first (the rest follow it)."""
+    with conn.cursor().copy("COPY images (path, sha256, size_bytes, status, width, height) FROM STDIN") as copy:
+        for i in range(count):
+            copy.write_row((f"/{prefix}/{i:07d}.jpg", f"{i:064x}", 1000, "indexed", width, height))
+    first = conn.execute("SELECT min(id) FROM images WHERE path LIKE %s", (f"/{prefix}/%",)).fetchone()
+    assert first is not None and first[0] is not None
+    return int(first[0])

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from catalog_collection import scratch_catalog_folder, spy_on_plans
+from catalog_collection import copy_synthetic_images, scratch_catalog_folder, spy_on_plans
 
 from fashionbox.catalog import Catalog, Database, SearchFilter
 from fashionbox.catalog.queries import VectorStats
@@ -48,17 +48,13 @@ def catalog() -> Iterator[Catalog]:
         with db.connect() as conn:
             with conn.transaction():
                 model = ensure_model(conn, MODEL, "garment", DIM)
-                with conn.cursor().copy("COPY images (path, sha256, size_bytes, status) FROM STDIN") as copy:
-                    for i in range(GARMENTS // 4):
-                        copy.write_row((f"/planner/{i:05d}.jpg", f"{i:064x}", 1, "indexed"))
-                first = conn.execute("SELECT min(id) FROM images").fetchone()
-                assert first is not None
+                first = copy_synthetic_images(conn, GARMENTS // 4, "planner")
                 with conn.cursor().copy("COPY garments (image_id, ordinal, category, score, x1, y1, x2, y2, "
                                         "attributes, embedding, embedding_model_id) FROM STDIN") as copy:
                     for k in range(GARMENTS):
                         category = ("dress", "skirt")[k % 2]
                         label = "rare" if k % 200 == 0 else "long" if rng.random() < 0.6 else "short"
-                        copy.write_row((int(first[0]) + k // 4, k % 4, category, 0.9, 0, 0, 10, 10,
+                        copy.write_row((first + k // 4, k % 4, category, 0.9, 0, 0, 10, 10,
                                         json.dumps({"length": {"label": label, "score": 0.9}}),
                                         vector_literal(vectors[k]), model.id))
             conn.execute("ANALYZE garment_vectors")

@@ -27,7 +27,8 @@ folder, then measures:
 - **speed**: ``--garments`` synthetic vectors (128-d, clustered: 5,000 centres plus noise, random
   categories and attribute labels of the label map; synthetic rows, not detections) loaded with
   COPY as a bulk indexing run loads (``BulkLoad``: the triggers fill ``garment_vectors``, then the
-  table is put in (model, category) order and the model's and each category's HNSW index built);
+  table is put in (model, garment_id % 16, category) order and the model's and each category's HNSW
+  index built);
   p50 / p99 of ``Catalog.similar`` with a category filter, with a category and an attribute filter,
   with a category and a label of each of its attribute groups (the selective filters: a fifth to a
   125th of the category passes), and with none, and recall@10 of each against exact search.
@@ -57,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_report import write_report
-from catalog_collection import transform, write_identities
+from catalog_collection import copy_synthetic_images, transform, write_identities
 
 from fashionbox.catalog import Catalog, Database, Indexer, SearchFilter
 from fashionbox.catalog.database import stop_embedded
@@ -332,17 +333,13 @@ def bench_speed(db: Database, garments: int, queries: int, dimension: int = 128,
     timings: dict[str, float] = {}
     with db.connect() as conn:
         # loaded as a bulk indexing run loads: the vector indexes down, the rows in, then the table put in
-        # (model, category) order and every index built (BulkLoad.finish, its own maintenance_work_mem)
+        # the bulk load's heap order and every index built (BulkLoad.finish, its own maintenance_work_mem)
         start = time.perf_counter()
         loader = BulkLoad.begin(conn)
         assert loader is not None
         with conn.transaction():
             model = ensure_model(conn, "synthetic@128", "garment", dimension, index=False)
-            with conn.cursor().copy("COPY images (path, sha256, size_bytes, status, width, height) FROM STDIN") as copy:
-                for i in range(images):
-                    copy.write_row((f"/synthetic/{i:07d}.jpg", f"{i:064x}", 1000, "indexed", 640, 480))
-            first = conn.execute("SELECT min(id) FROM images WHERE path LIKE '/synthetic/%'").fetchone()
-            assert first is not None
+            first = copy_synthetic_images(conn, images, "synthetic")
             # one COPY: the insert trigger then fills garment_vectors and builds each category's HNSW index
             with conn.cursor().copy("COPY garments (image_id, ordinal, category, score, x1, y1, x2, y2, attributes, "
                                     "embedding, embedding_model_id) FROM STDIN") as copy:
@@ -353,7 +350,7 @@ def bench_speed(db: Database, garments: int, queries: int, dimension: int = 128,
                         attributes = {group: {"label": labels.group(group).labels[
                             int(rng.integers(len(labels.group(group).labels)))], "score": 0.9}
                             for group in labels.groups_for(category)}
-                        copy.write_row((int(first[0]) + i, k, category, 0.9, 10, 10, 100, 100, json.dumps(attributes),
+                        copy.write_row((first + i, k, category, 0.9, 10, 10, 100, 100, json.dumps(attributes),
                                         vector_literal(vectors[row]), model.id))
                         row += 1
         timings["load_s_copy_with_trigger"] = time.perf_counter() - start
