@@ -209,8 +209,24 @@ def test_calibrate_writes_the_same_weights_with_the_fitted_map_and_threshold(tmp
     assert json.loads(capsys.readouterr().out)["a"] == pytest.approx(report["a"], abs=1e-6)
 
 
+def test_calibrate_fits_on_a_coco_validation_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["synth", "--out", str(tmp_path / "val"), "--count", "12", "--seed", "11"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "calibrated.safetensors"
+    assert main(["calibrate", "--coco", str(tmp_path / "val" / "annotations.json"), "--images",
+                 str(tmp_path / "val" / "images"), "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+
+    assert report["fitted_on"] == {"coco": "annotations.json", "images": 12}
+    assert report["detections"] > 12 and 0 < report["true_positive_share"] < 1
+    assert load_detector(out)[0].config.calibrated
+    code = main(["calibrate", "--coco", str(tmp_path / "val" / "annotations.json"), "--out", str(tmp_path / "x")])
+    assert code == 2 and "--coco needs the image folder: --images DIR" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("seeds", ["7", "11,1", "9"])
-def test_calibrate_refuses_the_seeds_that_measure_or_trained_the_model(tmp_path: Path, seeds: str) -> None:
-    with pytest.raises(ValueError, match="would tune to what measures the model"):
-        main(["calibrate", "--out", str(tmp_path / "x.safetensors"), "--seeds", seeds])
+def test_calibrate_refuses_the_seeds_that_measure_or_trained_the_model(tmp_path: Path, seeds: str,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["calibrate", "--out", str(tmp_path / "x.safetensors"), "--seeds", seeds]) == 2
+    assert "CalibrationError: --seeds" in capsys.readouterr().err  # one line, no traceback
     assert not (tmp_path / "x.safetensors").exists()

@@ -27,8 +27,8 @@ import numpy.typing as npt
 
 from fashionbox.commands.evaluation import EvalSample, Prediction
 
-__all__ = ["DetectorCalibration", "apply_platt", "choose_threshold", "detection_outcomes", "expected_calibration_error",
-           "fit_detector_calibration", "fit_platt", "reliability_table"]
+__all__ = ["CalibrationError", "DetectorCalibration", "apply_platt", "choose_threshold", "detection_outcomes",
+           "expected_calibration_error", "fit_detector_calibration", "fit_platt", "reliability_table"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -149,6 +149,11 @@ THRESHOLD_CANDIDATES = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.
 THRESHOLD_TOLERANCE = 0.005
 
 
+class CalibrationError(ValueError):
+    """A calibration that cannot be fitted as asked (seeds that measure the model, too few detections,
+    scores that do not rank right detections first): the command says so in one line."""
+
+
 @dataclass(frozen=True)
 class DetectorCalibration:
     """A fitted Platt map for one detector's scores and what it does, measured on the fitting samples."""
@@ -193,12 +198,12 @@ def fit_detector_calibration(samples: Sequence[EvalSample], raw: Sequence[Sequen
     kept = [[p for p in preds if p.score > floor] for preds in raw]
     scores, correct = detection_outcomes(samples, kept)
     if scores.size < 20 or not 0 < correct.sum() < scores.size:
-        raise ValueError(f"{scores.size} detections above {floor}, {int(correct.sum())} of them right: too few to "
-                         f"fit a calibration on (give more validation images)")
+        raise CalibrationError(f"{scores.size} detections above {floor}, {int(correct.sum())} of them right: too few "
+                               f"to fit a calibration on (give more validation images)")
     a, b = fit_platt(scores, correct)
     if not a > 0:
-        raise ValueError(f"the fitted calibration is not increasing (a = {a:.3g}): the scores do not rank right "
-                         f"detections above wrong ones on these samples")
+        raise CalibrationError(f"the fitted calibration is not increasing (a = {a:.3g}): the scores do not rank "
+                               f"right detections above wrong ones on these samples")
     calibrated = [[replace(p, score=float(apply_platt([p.score], a, b)[0])) for p in preds] for preds in kept]
     by_threshold = {t: map50([[p for p in preds if p.score > t] for preds in calibrated]) for t in candidates}
     threshold = choose_threshold(by_threshold)
@@ -227,10 +232,11 @@ def _seeds(text: str) -> tuple[int, ...]:
     seeds = tuple(int(part) for part in text.split(",") if part.strip())
     for seed in seeds:
         if seed in _FORBIDDEN_SEEDS:
-            raise ValueError(f"--seeds {seed} is {_FORBIDDEN_SEEDS[seed]}: calibrating on it would tune to what "
-                             f"measures the model; use validation seeds such as {','.join(map(str, VALIDATION_SEEDS))}")
+            raise CalibrationError(f"--seeds {seed} is {_FORBIDDEN_SEEDS[seed]}: calibrating on it would tune to "
+                                   f"what measures the model; use validation seeds such as "
+                                   f"{','.join(map(str, VALIDATION_SEEDS))}")
     if not seeds:
-        raise ValueError("--seeds needs at least one seed")
+        raise CalibrationError("--seeds needs at least one seed")
     return seeds
 
 
@@ -242,7 +248,6 @@ def run_calibrate_cli(args: Any) -> int:
     from pathlib import Path
 
     from fashionbox.commands.evaluation import _coco_samples, coco_metrics, heldout_samples, predictions_from_result
-    from fashionbox.contract.labels import default_label_map
     from fashionbox.models import checkpoint_metadata, default_weights, file_sha256, load_detector, save_checkpoint
     from fashionbox.models.pipeline import InProcessPipeline
 
@@ -251,7 +256,8 @@ def run_calibrate_cli(args: Any) -> int:
     if args.coco:
         if args.images is None:
             raise FileNotFoundError("--coco needs the image folder: --images DIR")
-        samples = _coco_samples(args.coco, args.images, default_label_map())
+        # categories and attribute ids decode through the detector's own label map (a --labels subset)
+        samples = _coco_samples(args.coco, args.images, load_detector(detector_path)[1])
         source = {"coco": Path(args.coco).name, "images": len(samples)}
     else:
         seeds = _seeds(args.seeds)

@@ -11,6 +11,7 @@ __all__ = ["user_facing"]
 
 # Matched by qualified name through the MRO, so nothing heavy (torch) is imported to check.
 _USER_ERRORS = frozenset({
+    "fashionbox.commands.calibration.CalibrationError",
     "fashionbox.contract.labels.LabelMapError",
     "fashionbox.core.imaging.InvalidImageError",
     "fashionbox.converter.errors.ConvertError",
