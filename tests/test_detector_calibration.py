@@ -78,6 +78,7 @@ def test_the_calibration_and_threshold_travel_in_the_config_and_older_configs_re
     del older["score_calibration"], older["score_threshold"]
     plain = DetectorConfig.from_json(json.dumps(older))
     assert not plain.calibrated and plain.score_threshold is None
+    assert again.served_score_threshold == 0.02 and plain.served_score_threshold == DEFAULT_SCORE_THRESHOLD
 
 
 @pytest.mark.parametrize(("calibration", "threshold", "message"), [

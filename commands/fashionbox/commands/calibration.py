@@ -204,7 +204,8 @@ def fit_detector_calibration(samples: Sequence[EvalSample], raw: Sequence[Sequen
     if not a > 0:
         raise CalibrationError(f"the fitted calibration is not increasing (a = {a:.3g}): the scores do not rank "
                                f"right detections above wrong ones on these samples")
-    calibrated = [[replace(p, score=float(apply_platt([p.score], a, b)[0])) for p in preds] for preds in kept]
+    mapped = iter(apply_platt([p.score for preds in kept for p in preds], a, b).tolist())
+    calibrated = [[replace(p, score=next(mapped)) for p in preds] for preds in kept]
     by_threshold = {t: map50([[p for p in preds if p.score > t] for preds in calibrated]) for t in candidates}
     threshold = choose_threshold(by_threshold)
     # The error before and after, on the detections the served threshold keeps: their raw scores, and

@@ -87,10 +87,7 @@ def checkpoint_metadata(path: Path) -> dict[str, str]:
 def served_score_threshold(path: Path) -> float:
     """The score threshold ``fashionbox convert`` serves the detector checkpoint at by default: a calibrated
     detector's own (in its calibrated units), else the contract's."""
-    from fashionbox import contract
-
-    own = DetectorConfig.from_json(checkpoint_metadata(path)["config"]).score_threshold
-    return contract.DEFAULT_SCORE_THRESHOLD if own is None else own
+    return DetectorConfig.from_json(checkpoint_metadata(path)["config"]).served_score_threshold
 
 
 def _read(path: Path, kind: Kind) -> tuple[dict[str, object], dict[str, str]]:

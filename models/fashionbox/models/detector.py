@@ -99,6 +99,13 @@ class DetectorConfig:
         return tuple(self.score_calibration) != IDENTITY_CALIBRATION
 
     @property
+    def served_score_threshold(self) -> float:
+        """The threshold this detector is served at by default: its own (a calibrated one's), else the contract's."""
+        from fashionbox import contract
+
+        return contract.DEFAULT_SCORE_THRESHOLD if self.score_threshold is None else self.score_threshold
+
+    @property
     def num_locations(self) -> int:
         return sum((self.input_size // s) ** 2 for s in self.strides)
 

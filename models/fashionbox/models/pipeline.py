@@ -216,8 +216,7 @@ class InProcessPipeline:
             detector.with_calibration()
         classifier, _ = load_attributes(attributes_path or default_weights("attributes"))
         if score_threshold is None:
-            own = detector.config.score_threshold
-            score_threshold = contract.DEFAULT_SCORE_THRESHOLD if own is None else own
+            score_threshold = detector.config.served_score_threshold
         nms = NmsSettings(score_threshold, iou_threshold, max_detections, max_detections)
 
         def detect(pixels: U8) -> list[DetectorOutput]:
