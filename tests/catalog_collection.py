@@ -202,3 +202,45 @@ def copy_synthetic_images(conn: Any, count: int, prefix: str, *, width: int = 64
     first = conn.execute("SELECT min(id) FROM images WHERE path LIKE %s", (f"/{prefix}/%",)).fetchone()
     assert first is not None and first[0] is not None
     return int(first[0])
+
+
+@dataclass
+class SyntheticGarments:
+    """Rows for the catalog's speed benchmarks: no photo behind them, four garments per image."""
+
+    vectors: Any
+    """[N, dimension] float32 unit vectors around ``centres`` cluster centres."""
+    categories: list[int]
+    """Each garment's category index (into the label map's names), drawn at random."""
+    clusters: list[int]
+    """Each garment's cluster, whose index modulo the categories gives a category that follows the vector."""
+    attributes: list[dict[str, dict[str, Any]]]
+    """Each garment's attributes: a random label of every group its category has, score 0.9."""
+    rng: Any
+    """The generator, left where the rows ended, to draw the queries from."""
+
+
+def synthetic_garments(garments: int, *, dimension: int = 128, centres: int = 5000, seed: int = 7,
+                       ) -> SyntheticGarments:
+    """``garments`` rows (rounded down to whole images of 4), the same for the same arguments."""
+    import numpy as np
+
+    from fashionbox.contract.labels import default_label_map
+
+    labels = default_label_map()
+    names = list(labels.category_names)
+    rng = np.random.default_rng(seed)
+    count = garments // 4 * 4
+    centre_vectors = rng.normal(size=(centres, dimension)).astype(np.float32)
+    clusters = rng.integers(0, centres, size=count)
+    vectors = centre_vectors[clusters] + 0.5 * rng.normal(size=(count, dimension)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    categories: list[int] = []
+    attributes: list[dict[str, dict[str, Any]]] = []
+    for _ in range(count):
+        index = int(rng.integers(len(names)))
+        categories.append(index)
+        attributes.append({group: {"label": choices[int(rng.integers(len(choices)))], "score": 0.9}
+                           for group in labels.groups_for(names[index])
+                           for choices in (labels.group(group).labels,)})
+    return SyntheticGarments(vectors, categories, clusters.tolist(), attributes, rng)

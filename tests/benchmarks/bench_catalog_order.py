@@ -55,8 +55,10 @@ import numpy as np
 import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_report import write_report
+from catalog_collection import synthetic_garments
 
 from fashionbox.catalog import Database
 from fashionbox.catalog.database import stop_embedded
@@ -82,27 +84,13 @@ VARIANTS = ("random", "clustered", "runs", "correlated_random", "correlated_clus
 
 def generate(garments: int, centres: int) -> tuple[npt.NDArray[np.float32], list[int], list[int], list[str],
                                                        np.random.Generator]:
-    """The speed benchmark's rows (bench_catalog_similar.bench_speed: the same seed and the same calls in the
-    same order, so the same vectors and categories at the same size): unit vectors, each garment's category
-    index drawn at random, the category index its cluster gives (``assignment % categories``), its attribute
-    labels as JSON; and the generator, to draw the queries from."""
-    labels = default_label_map()
-    rng = np.random.default_rng(7)
-    categories = list(labels.category_names)
-    images = garments // 4
-    centre_vectors = rng.normal(size=(centres, DIMENSION)).astype(np.float32)
-    assignment = rng.integers(0, len(centre_vectors), size=images * 4)
-    vectors = centre_vectors[assignment] + 0.5 * rng.normal(size=(images * 4, DIMENSION)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    drawn: list[int] = []
-    attributes: list[str] = []
-    for _ in range(images * 4):
-        index = int(rng.integers(len(categories)))
-        drawn.append(index)
-        attributes.append(json.dumps({group: {"label": labels.group(group).labels[
-            int(rng.integers(len(labels.group(group).labels)))]} for group in labels.groups_for(categories[index])}))
-    correlated = [int(a) % len(categories) for a in assignment.tolist()]
-    return vectors, drawn, correlated, attributes, rng
+    """The speed benchmark's rows (bench_catalog_similar.bench_speed's: ``synthetic_garments``): unit vectors,
+    each garment's category index drawn at random, the category index its cluster gives (``cluster %
+    categories``), its attributes as JSON; and the generator, to draw the queries from."""
+    rows = synthetic_garments(garments, dimension=DIMENSION, centres=centres)
+    categories = len(default_label_map().category_names)
+    return (rows.vectors, rows.categories, [c % categories for c in rows.clusters],
+            [json.dumps(a) for a in rows.attributes], rows.rng)
 
 
 def _index_ddl(table: str) -> str:

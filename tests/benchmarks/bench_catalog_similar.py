@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_report import write_report
-from catalog_collection import copy_synthetic_images, transform, write_identities
+from catalog_collection import copy_synthetic_images, synthetic_garments, transform, write_identities
 
 from fashionbox.catalog import Catalog, Database, Indexer, SearchFilter
 from fashionbox.catalog.database import stop_embedded
@@ -320,15 +320,12 @@ def _sizes(conn: Any, model: Any) -> dict[str, float]:
 def bench_speed(db: Database, garments: int, queries: int, dimension: int = 128, *,
                 baseline: bool = True) -> dict[str, Any]:
     labels = default_label_map()
-    rng = np.random.default_rng(7)
     categories = list(labels.category_names)
     with_groups = [c for c in categories if labels.groups_for(c)]
     per_image = 4
     images = garments // per_image
-    centres = rng.normal(size=(5000, dimension)).astype(np.float32)
-    assignment = rng.integers(0, len(centres), size=images * per_image)
-    vectors = centres[assignment] + 0.5 * rng.normal(size=(images * per_image, dimension)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = synthetic_garments(garments, dimension=dimension)
+    vectors, rng = rows.vectors, rows.rng
     load_average = [round(x, 2) for x in os.getloadavg()]
     timings: dict[str, float] = {}
     with db.connect() as conn:
@@ -346,12 +343,8 @@ def bench_speed(db: Database, garments: int, queries: int, dimension: int = 128,
                 row = 0
                 for i in range(images):
                     for k in range(per_image):
-                        category = categories[int(rng.integers(len(categories)))]
-                        attributes = {group: {"label": labels.group(group).labels[
-                            int(rng.integers(len(labels.group(group).labels)))], "score": 0.9}
-                            for group in labels.groups_for(category)}
-                        copy.write_row((first + i, k, category, 0.9, 10, 10, 100, 100, json.dumps(attributes),
-                                        vector_literal(vectors[row]), model.id))
+                        copy.write_row((first + i, k, categories[rows.categories[row]], 0.9, 10, 10, 100, 100,
+                                        json.dumps(rows.attributes[row]), vector_literal(vectors[row]), model.id))
                         row += 1
         timings["load_s_copy_with_trigger"] = time.perf_counter() - start
         loader.finish()
