@@ -254,18 +254,18 @@ def run_calibrate_cli(args: Any) -> int:
 
     detector_path = default_weights("detector") if args.detector == "default" else Path(args.detector)
     attributes_path = default_weights("attributes") if args.attributes == "default" else Path(args.attributes)
-    if args.coco:
-        if args.images is None:
-            raise FileNotFoundError("--coco needs the image folder: --images DIR")
-        # categories and attribute ids decode through the detector's own label map (a --labels subset)
-        samples = _coco_samples(args.coco, args.images, load_detector(detector_path)[1])
-        source = {"coco": Path(args.coco).name, "images": len(samples)}
-    else:
-        seeds = _seeds(args.seeds)
-        samples = [s for seed in seeds for s in heldout_samples(args.scenes, seed)]
-        source = {"generated_seeds": list(seeds), "images": len(samples)}
+    if args.coco and args.images is None:
+        raise FileNotFoundError("--coco needs the image folder: --images DIR")
+    seeds = () if args.coco else _seeds(args.seeds)  # refused seeds before anything loads
     pipeline = InProcessPipeline.torch_reference(detector_path, attributes_path, score_threshold=args.floor,
                                                  raw_scores=True, threads=args.threads)
+    if args.coco:
+        # categories and attribute ids decode through the detector's own label map (a --labels subset)
+        samples = _coco_samples(args.coco, args.images, pipeline.label_map)
+        source = {"coco": Path(args.coco).name, "images": len(samples)}
+    else:
+        samples = [s for seed in seeds for s in heldout_samples(args.scenes, seed)]
+        source = {"generated_seeds": list(seeds), "images": len(samples)}
     raw = []
     for sample in samples:
         (result,) = pipeline.run([sample.data])
