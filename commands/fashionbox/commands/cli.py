@@ -73,21 +73,12 @@ def _cmd_train_negatives(args: argparse.Namespace) -> int:
     init = default_weights("detector") if args.init == "default" else Path(args.init)
     if not init.is_file():
         raise FileNotFoundError(f"--init {args.init}: no detector checkpoint there")
-    if args.global_context:
-        from fashionbox.models import DetectorConfig, checkpoint_metadata
-
-        has = DetectorConfig.from_json(checkpoint_metadata(init)["config"]).global_context
-        if has and has != args.global_context:
-            print(f"error: --init {args.init} already has a context branch of {has} units, not "
-                  f"--global-context {args.global_context} (leave the flag out to keep it)", file=sys.stderr)
-            return 2
     try:
         settings = NegativeSettings(out_dir=args.out, cache_dir=args.cache_dir, init=init, seed=args.seed,
                                     scenes=args.scenes, distractor_rate=args.distractors,
                                     empty_rate=args.empty_scenes, steps=args.detector_steps, lr=args.detector_lr,
                                     threads=args.threads, resume=args.resume, mine_negatives=args.mine_negatives,
-                                    mine_keep=args.mine_keep, mine_share=args.mine_share, mine_every=args.mine_every,
-                                    global_context=args.global_context)
+                                    mine_keep=args.mine_keep, mine_share=args.mine_share, mine_every=args.mine_every)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -280,10 +271,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --mine-negatives: share of every batch drawn from the mined scenes")
     p.add_argument("--mine-every", type=int, default=100, metavar="STEPS",
                    help="with --mine-negatives: steps between mining passes")
-    p.add_argument("--global-context", type=int, default=0, metavar="HIDDEN",
-                   help="with --distractors: give the detector an image-level context branch of HIDDEN units "
-                        "(whole-image evidence per class, added to every location's class logit; starts at zero, "
-                        "so the warm restart begins from --init's exact scores); one --init has is kept")
     p.add_argument("--init", default="default",
                    help="with --distractors or --coco: the detector to start from, 'default' (shipped) or a "
                         ".safetensors")

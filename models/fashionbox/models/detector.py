@@ -8,12 +8,6 @@ training and evaluation (the losses live in ``fashionbox.training``)::
     detector = FashionDetector(DetectorConfig(num_classes=12))
     out = detector(pixels_uint8_nhwc)   # DetectorOutputs(boxes [B,N,4], scores [B,C,N], ...)
 
-An optional image-level context branch (``DetectorConfig.global_context``) pools every pyramid
-level over the whole image and adds one logit per class to every location's class logit, so what
-the whole photo shows weighs on each location (a striped blob on a wall is not trousers in a photo
-that holds no figure); its output layer starts at zero, so a detector gaining it serves exactly
-what it served before.
-
 Boxes are x1, y1, x2, y2 in letterbox pixels; scores are ``sqrt(sigmoid(cls) * sigmoid(ctr))``,
 the FCOS ranking score, laid out [B, C, N] as ONNX NonMaxSuppression wants them. A calibrated
 detector (``DetectorConfig.score_calibration``, fitted by ``fashionbox calibrate``) maps that score
@@ -32,14 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = [
-    "IDENTITY_CALIBRATION",
-    "DetectorConfig",
-    "DetectorOutputs",
-    "FashionDetector",
-    "ImageContext",
-    "calibrate_scores",
-]
+__all__ = ["IDENTITY_CALIBRATION", "DetectorConfig", "DetectorOutputs", "FashionDetector", "calibrate_scores"]
 
 IDENTITY_CALIBRATION = (1.0, 0.0)
 
@@ -74,15 +61,10 @@ class DetectorConfig:
     score_threshold: float | None = None
     """The served threshold chosen with the calibration, in its units (the converter's and the reference's
     default for this checkpoint); None: the contract's default (``DEFAULT_SCORE_THRESHOLD``)."""
-    global_context: int = 0
-    """Hidden width of the image-level context branch (:class:`ImageContext`); 0: no branch (checkpoints
-    from before it read as 0)."""
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
             raise ValueError("num_classes must be >= 1")
-        if self.global_context < 0:
-            raise ValueError(f"global_context is a hidden width >= 0 (0: no context branch), got {self.global_context}")
         a, b = self.score_calibration
         if not (math.isfinite(a) and math.isfinite(b) and a > 0):
             raise ValueError(f"score_calibration (a, b) needs a finite a > 0 (a monotone map) and a finite b, "
@@ -239,24 +221,6 @@ class LevelHead(nn.Module):
         return self.cls(c), self.reg(r), self.ctr(r)
 
 
-class ImageContext(nn.Module):
-    """Per-class logits from the whole image: the mean and the max of every pyramid level's features,
-    through one hidden layer. ``cls`` starts at zero (a detector gaining the branch is unchanged) and is
-    named like the level heads' class layer, so a class subset keeps its rows the same way."""
-
-    def __init__(self, channels: int, levels: int, hidden: int, num_classes: int) -> None:
-        super().__init__()
-        self.hidden = nn.Linear(2 * channels * levels, hidden)
-        self.cls = nn.Linear(hidden, num_classes)
-        nn.init.zeros_(self.cls.weight)
-        nn.init.zeros_(self.cls.bias)
-
-    def forward(self, features: list[Tensor]) -> Tensor:
-        pooled = torch.cat([torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1) for f in features], dim=1)
-        out: Tensor = self.cls(F.relu(self.hidden(pooled)))
-        return out  # [B, C]
-
-
 class FashionDetector(nn.Module):
     mean: Tensor
     std: Tensor
@@ -271,8 +235,6 @@ class FashionDetector(nn.Module):
         self.heads = nn.ModuleList(
             LevelHead(config.neck_channels, config.num_classes, config.head_convs) for _ in config.strides
         )
-        self.context = (ImageContext(config.neck_channels, len(config.strides), config.global_context,
-                                     config.num_classes) if config.global_context else None)
         self.register_buffer("mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
         centers, strides = self._locations(config)
@@ -302,8 +264,6 @@ class FashionDetector(nn.Module):
             reg_parts.append(reg.flatten(2))
             ctr_parts.append(ctr.flatten(2))
         cls_logits = torch.cat(cls_parts, dim=2)  # [B, C, N]
-        if self.context is not None:
-            cls_logits = cls_logits + self.context(features)[:, :, None]
         reg = torch.cat(reg_parts, dim=2).transpose(1, 2)  # [B, N, 4]
         ctr_logits = torch.cat(ctr_parts, dim=2)[:, 0, :]  # [B, N]
         ltrb = F.softplus(reg) * self.location_strides[None, :, None]
@@ -322,22 +282,6 @@ class FashionDetector(nn.Module):
         after any step)."""
         self.config = replace(self.config, score_calibration=(float(calibration[0]), float(calibration[1])),
                               score_threshold=score_threshold)
-        return self
-
-    def with_context(self, hidden: int) -> FashionDetector:
-        """This detector with an image-level context branch of ``hidden`` units added (its output at zero:
-        the scores stay exactly as they were until training moves it); one it already has is kept."""
-        if self.context is not None:
-            if hidden != self.config.global_context:
-                raise ValueError(f"the detector already has a context branch of {self.config.global_context} "
-                                 f"units, not {hidden}")
-            return self
-        if hidden < 1:
-            raise ValueError(f"a context branch needs a hidden width >= 1, got {hidden}")
-        self.config = replace(self.config, global_context=hidden)
-        device = self.centers.device
-        self.context = ImageContext(self.config.neck_channels, len(self.config.strides), hidden,
-                                    self.config.num_classes).to(device).train(self.training)
         return self
 
 

@@ -185,9 +185,6 @@ class NegativeSettings:
     """Share of every batch drawn from the mined scenes."""
     mine_every: int = 100
     """Steps between mining passes (the first is before step one)."""
-    global_context: int = 0
-    """Give the detector an image-level context branch of this many hidden units (0: as ``init`` has it);
-    its output starts at zero, so training starts from ``init``'s exact scores."""
 
     def __post_init__(self) -> None:
         _check_rates(self.distractor_rate, self.empty_rate)
@@ -195,8 +192,6 @@ class NegativeSettings:
             raise ValueError("steps and batch must be >= 1 and scenes at least one batch")
         if self.lr <= 0 or self.warmup < 0:
             raise ValueError("lr must be positive and warmup non-negative")
-        if self.global_context < 0:
-            raise ValueError(f"global_context is a hidden width >= 0, got {self.global_context}")
         if self.mine_negatives < 0 or self.mine_every < 1:
             raise ValueError("mine_negatives must be >= 0 and mine_every >= 1")
         if not (0.0 < self.mine_keep <= 1.0 and 0.0 <= self.mine_share < 1.0):
@@ -319,8 +314,6 @@ def train_detector_negatives(settings: NegativeSettings, *, label_map: LabelMap 
     model.with_calibration()  # trained on raw scores; a calibration fits the weights it was fitted on only
     if loaded_labels.to_json() != label_map.to_json():
         raise ValueError(f"{source} was trained for label map {loaded_labels.name!r}, not {label_map.name!r}")
-    if settings.global_context:
-        model.with_context(settings.global_context)
     config = model.config
     # The starting point and the recipe that made it, so the checkpoint names its whole history
     # (read before the first checkpoint, which may overwrite ``init`` when it is ``out_dir``'s).
