@@ -240,7 +240,9 @@ def synthetic_garments(garments: int, *, dimension: int = 128, centres: int = 50
     for _ in range(count):
         index = int(rng.integers(len(names)))
         categories.append(index)
-        attributes.append({group: {"label": choices[int(rng.integers(len(choices)))], "score": 0.9}
-                           for group in labels.groups_for(names[index])
-                           for choices in (labels.group(group).labels,)})
+        drawn: dict[str, dict[str, Any]] = {}
+        for group in labels.groups_for(names[index]):
+            choices = labels.group(group).labels
+            drawn[group] = {"label": choices[int(rng.integers(len(choices)))], "score": 0.9}
+        attributes.append(drawn)
     return SyntheticGarments(vectors, categories, clusters.tolist(), attributes, rng)
