@@ -140,6 +140,8 @@ EXPECTED = {
         parameters { key: "crop_masks" value { string_value: "false" } }
         parameters { key: "detector_masks" value { string_value: "false" } }
         parameters { key: "attributes_inline" value { string_value: "false" } }
+        parameters { key: "score_offsets" value { string_value: "false" } }
+        parameters { key: "score_threshold" value { string_value: "0.0" } }
         parameters { key: "max_in_flight" value { string_value: "12" } }
         parameters { key: "admission_ttl_ms" value { string_value: "5000" } }
         parameters { key: "admission_pending_ms" value { string_value: "1000" } }

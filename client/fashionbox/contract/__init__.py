@@ -110,6 +110,9 @@ CROP_EMBEDDINGS = TensorSpec("CROP_EMBEDDINGS", "FP32", (-1,),
                              "per crop, its L2-normalised feature vector; attribute models with an embedding head only")
 VERTICAL_PROBS = TensorSpec("VERTICAL_PROBS", "FP32", (-1,),
                             "per crop, softmax over product verticals; attribute models with a vertical head only")
+CROP_SCORE_OFFSETS = TensorSpec("CROP_SCORE_OFFSETS", "FP32", (-1,),
+                                "per crop, one logit offset (<= 0) per category: the second-stage verifier's "
+                                "correction of the detection's score; attribute models with a verifier head only")
 CLASSIFIER_VIEW = TensorSpec("CLASSIFIER_VIEW", "UINT8", (-1, -1, 3),
                              "the whole image as the classifier family's processor resizes and crops it, HWC uint8")
 EMBEDDER_VIEW = TensorSpec("EMBEDDER_VIEW", "UINT8", (-1, -1, 3),
@@ -142,6 +145,7 @@ ONNX_DETECTOR_MASK_COEFFS = "mask_coeffs"  # float32 [B, N, K] (segmenting famil
 ONNX_DETECTOR_PROTOS = "protos"  # float32 [B, K, h, w] (segmenting families)
 ONNX_ATTRIBUTES_EMBEDDINGS = "embeddings"  # float32 [B, D], L2-normalised (attribute models with an embedding head)
 ONNX_ATTRIBUTES_VERTICALS = "verticals"  # float32 [B, V], softmax over product verticals (with a vertical head)
+ONNX_ATTRIBUTES_SCORE_OFFSETS = "score_offsets"  # float32 [B, C], logit offsets <= 0 per category (verifier head)
 ONNX_IMAGE_INPUT = "images"  # uint8 [B, H, W, 3]: the image graphs of the classifier and embedder families
 ONNX_CLASSIFIER_OUTPUT = "probs"  # float32 [B, L]: softmax (single-label) or sigmoid (multi-label)
 ONNX_EMBEDDER_OUTPUT = "embeddings"  # float32 [B, D], L2-normalised (image and text graphs alike)

@@ -158,7 +158,7 @@ class ConvertOptions:
     tolerance: dict[str, float] = field(default_factory=lambda: {
         "boxes": 0.05, "scores": 1e-4, "probs": 1e-4, "masks": 1e-4, "nms_count_mismatch": 0.0, "nms_scores": 1e-4,
         "detections_count_mismatch": 0.0, "mask_coeffs": 1e-4, "embeddings": 1e-4, "embeddings_cosine": 1e-6,
-        "verticals": 1e-4})
+        "verticals": 1e-4, "score_offsets": 1e-4})
     repository_settings: dict[str, Any] = field(default_factory=dict)
     """Overrides for ``RepositorySettings`` (instance counts, batching...)."""
     engines: EngineOptions = field(default_factory=lambda: _engine_options())
@@ -416,7 +416,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
         write_repository,
     )
     from fashionbox.core.serving import RuntimeSettings
-    from fashionbox.models import file_sha256, load_attributes
+    from fashionbox.models import file_sha256, load_attributes, verifier_serves
 
     runtime = options.resolved_runtime
     measure_cpu = options.target == "cpu" and options.runtime == "auto"
@@ -450,6 +450,13 @@ def convert(options: ConvertOptions) -> ConvertResult:
     size = family.input_size(detector)
     crop = classifier.config.crop_size
     detector_sha, attributes_sha = file_sha256(detector_path), file_sha256(attributes_path)
+    verifier = verifier_serves(classifier, detector_sha, label_map.num_categories)
+    verifier_note = ""
+    if classifier.verifier_head is not None and not verifier:
+        verifier_note = (f"the attribute checkpoint's verifier head was fitted to detector "
+                         f"{classifier.config.verifier_detector[:12]}..., not this one ({detector_sha[:12]}...): "
+                         "served without the second stage (fashionbox train --stage verifier refits it)")
+        log.warning("%s", verifier_note)
     runtime_settings = RuntimeSettings(
         runtime=runtime if runtime in ("torch", "openvino") else "onnxruntime",
         precision=("fp16" if runtime == "torch" and options.target == "gpu" and options.engines.fp16
@@ -471,7 +478,8 @@ def convert(options: ConvertOptions) -> ConvertResult:
         # Every profile (the GPU's configs are written before write_repository sees the graph) serves
         # the crop masks exactly when the attribute graph has a mask head.
         settings = replace(settings, crop_mask_size=attributes_mask_size(attributes_onnx),
-                           crop_embedding_size=attributes_embedding_size(attributes_onnx))
+                           crop_embedding_size=attributes_embedding_size(attributes_onnx),
+                           verifier_classes=label_map.num_categories if verifier else 0)
         det_batches, attr_batches = _comparison_inputs(size, crop, options.compare_samples, attribute_labels)
         det_report = family.compare_detector(detector, detector_onnx, det_batches, nms)
         attr_report = compare_attributes(classifier, attributes_onnx, attr_batches)
@@ -521,6 +529,11 @@ def convert(options: ConvertOptions) -> ConvertResult:
             manifest["image_models"] = branches.manifest
         for image_level in settings.image_level():  # what postprocess serves; the in-process baseline reads it
             manifest["image_level"] = image_level.to_parameters()
+        if verifier:  # the second stage: postprocess re-scores at the served threshold
+            manifest["verifier"] = {"classes": label_map.num_categories, "score_threshold": nms.score_threshold,
+                                    "fitted_to": classifier.config.verifier_detector}
+        elif classifier.verifier_head is not None:
+            manifest["verifier_not_served"] = verifier_note
         if cpu_runtime is not None:  # what auto measured (or the explicit check), and on which CPU
             manifest["cpu_runtime"] = cpu_runtime.record
         gpu = None

@@ -292,6 +292,11 @@ class RepositorySettings:
     vertical_labels: tuple[str, ...] = ()
     """The attribute model's vertical head's labels (VERTICAL_PROBS), () without one: the default model's
     image-level labels when no classifier family is served. Checked against the graph."""
+    verifier_classes: int = 0
+    """Categories of the attribute model's verifier head (CROP_SCORE_OFFSETS), 0 where none is served:
+    ``postprocess`` then re-scores every detection by its crop (the second stage) and drops what falls
+    to ``runtime.score_threshold`` or below. Set by the converter only for the detector the head was
+    fitted to (:func:`fashionbox.models.verifier_serves`)."""
     classifier: ImageBranch | None = None
     embedder: ImageBranch | None = None
     label_top_k: int = 5
@@ -313,8 +318,8 @@ class RepositorySettings:
         if isinstance(self.crop_mask_size, bool) or not isinstance(self.crop_mask_size, int) or self.crop_mask_size < 0:
             raise ValueError(f"crop_mask_size must be a whole number >= 0 (0: no mask head), "
                              f"got {self.crop_mask_size!r}")
-        if self.crop_embedding_size < 0 or self.label_top_k < 1:
-            raise ValueError("crop_embedding_size must be >= 0 and label_top_k >= 1")
+        if self.crop_embedding_size < 0 or self.label_top_k < 1 or self.verifier_classes < 0:
+            raise ValueError("crop_embedding_size and verifier_classes must be >= 0 and label_top_k >= 1")
         if self.embedding_dtype not in ("float16", "float32"):
             raise ValueError(f"embedding_dtype must be float16 or float32, got {self.embedding_dtype!r}")
         if len(self.vertical_labels) == 1:
@@ -468,6 +473,7 @@ def _tensor_sizes(settings: RepositorySettings, label_map: LabelMap) -> dict[str
         **({contract.CROP_MASKS.name: (m, m)} if m else {}),
         **({contract.CROP_EMBEDDINGS.name: (settings.crop_embedding_size,)} if settings.crop_embedding_size else {}),
         **({contract.VERTICAL_PROBS.name: (len(settings.vertical_labels),)} if settings.vertical_labels else {}),
+        **({contract.CROP_SCORE_OFFSETS.name: (settings.verifier_classes,)} if settings.verifier_classes else {}),
     }
     if settings.classifier:
         sizes[contract.CLASSIFIER_VIEW.name] = (settings.classifier.height, settings.classifier.width, 3)
@@ -604,7 +610,8 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
     segments = (contract.DET_MASK_COEFFS, contract.DET_PROTOS) if settings.detector_masks else ()
     crop_outputs = tuple(spec for spec, present in (
         (contract.CROP_MASKS, settings.crop_mask_size), (contract.CROP_EMBEDDINGS, settings.crop_embedding_size),
-        (contract.VERTICAL_PROBS, settings.vertical_labels)) if present)
+        (contract.VERTICAL_PROBS, settings.vertical_labels),
+        (contract.CROP_SCORE_OFFSETS, settings.verifier_classes)) if present)
     # the image-level families' views: made by preprocess from its decode, read by postprocess
     views = tuple(spec for spec, branch in ((contract.CLASSIFIER_VIEW, settings.classifier),
                                             (contract.EMBEDDER_VIEW, settings.embedder)) if branch)
@@ -663,6 +670,8 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
                 crop_masks=bool(settings.crop_mask_size),
                 detector_masks=settings.detector_masks,
                 attributes_inline=settings.layout == "fused",
+                score_offsets=bool(settings.verifier_classes),
+                score_threshold=settings.runtime.score_threshold if settings.verifier_classes else 0.0,
             ),
             *settings.image_level(),
             *settings.admission,
@@ -811,6 +820,12 @@ def check_onnx_contract(
     if settings.vertical_labels:
         _check_tensor(attributes_onnx, outputs, contract.ONNX_ATTRIBUTES_VERTICALS, tp.FLOAT,
                       (None, len(settings.vertical_labels)))
+    if settings.verifier_classes:
+        if settings.verifier_classes != label_map.num_categories:
+            raise ValueError(f"verifier_classes {settings.verifier_classes} must be the label map's "
+                             f"{label_map.num_categories} categories")
+        _check_tensor(attributes_onnx, outputs, contract.ONNX_ATTRIBUTES_SCORE_OFFSETS, tp.FLOAT,
+                      (None, settings.verifier_classes))
 
 
 def attributes_embedding_size(attributes_onnx: Path) -> int:

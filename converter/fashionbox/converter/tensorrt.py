@@ -305,7 +305,7 @@ def tensorrt_detector_graph(src: Path, dst: Path, *, max_detections: int) -> Pat
 
 def tensorrt_attributes_graph(src: Path, dst: Path) -> Path:
     """The attribute graph with the contract's tensor names: ``CROPS`` -> ``ATTRIBUTE_PROBS`` (and
-    ``CROP_MASKS``, ``CROP_EMBEDDINGS``, ``VERTICAL_PROBS`` where the graph has those heads)."""
+    ``CROP_MASKS``, ``CROP_EMBEDDINGS``, ``VERTICAL_PROBS``, ``CROP_SCORE_OFFSETS`` where the graph has those heads)."""
     onnx = _import_onnx()
     from onnx import helper
 
@@ -315,7 +315,8 @@ def tensorrt_attributes_graph(src: Path, dst: Path) -> Path:
     renames = {contract.ONNX_ATTRIBUTES_OUTPUT: (contract.ATTRIBUTE_PROBS.name, "attribute_probs"),
                contract.ONNX_ATTRIBUTES_MASKS: (contract.CROP_MASKS.name, "crop_masks"),
                contract.ONNX_ATTRIBUTES_EMBEDDINGS: (contract.CROP_EMBEDDINGS.name, "crop_embeddings"),
-               contract.ONNX_ATTRIBUTES_VERTICALS: (contract.VERTICAL_PROBS.name, "vertical_probs")}
+               contract.ONNX_ATTRIBUTES_VERTICALS: (contract.VERTICAL_PROBS.name, "vertical_probs"),
+               contract.ONNX_ATTRIBUTES_SCORE_OFFSETS: (contract.CROP_SCORE_OFFSETS.name, "crop_score_offsets")}
     if contract.ONNX_ATTRIBUTES_OUTPUT not in {output.name for output in graph.output}:
         raise EngineError(f"{src}: the attribute graph has no output {contract.ONNX_ATTRIBUTES_OUTPUT!r}")
     for output in graph.output:

@@ -10,6 +10,13 @@ Usage::
     rows[0].boxes, rows[0].scores, rows[0].classes                           # letterbox px, sorted
     boxes, scores, classes = stack_padded(rows)                              # one tensor per field
     result = finish_detections(rows[0], letterbox_info, probs, label_map)    # original px, masked
+
+With an attribute network that has a verifier head, each image's detections are re-scored by its
+``score_offsets`` before they are finished; ``keep`` indexes every per-detection array that came
+with them (attribute probabilities, crop masks, vectors)::
+
+    row, keep = rescore_detections(rows[0], offsets, score_threshold=0.02)
+    result = finish_detections(row, letterbox_info, probs[keep], label_map)
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ __all__ = [
     "finish_detections",
     "gather_detections",
     "mask_attribute_scores",
+    "rescore_detections",
     "stack_image_results",
     "stack_padded",
     "stack_padded_masks",
@@ -277,6 +285,37 @@ def unpad(boxes: AnyArray, scores: AnyArray, classes: AnyArray) -> DetectorOutpu
         scores=np.ascontiguousarray(scores[keep]),
         classes=np.ascontiguousarray(classes[keep], dtype=np.int32),
     )
+
+
+def rescore_detections(detections: DetectorOutput, offsets: AnyArray, *,
+                       score_threshold: float) -> tuple[DetectorOutput, npt.NDArray[np.int64]]:
+    """The second stage: ``detections`` re-scored by the verifier head's ``offsets`` (float32 ``[n, C]``,
+    logit offsets <= 0 per category, rows as the detections), those not above ``score_threshold`` dropped
+    (as NMS drops them), best first.
+
+    Each score becomes ``sigmoid(logit(score) + offsets[i, class_i])`` (in float64, clipped away from 0 and
+    1 so a score of exactly 1 stays finite); ties keep the detector's order. Returns the re-scored
+    detections and ``keep``, the indices of the rows kept in their new order, to index every other
+    per-detection array with (a segmenting detection's ``mask_coeffs`` are indexed here).
+    """
+    n = len(detections)
+    offsets = np.asarray(offsets, dtype=np.float32)
+    if offsets.ndim != 2 or offsets.shape[0] != n:
+        raise ValueError(f"score offsets must be [{n}, C] for {n} detections, got shape {offsets.shape}")
+    if n and (detections.classes.min() < 0 or detections.classes.max() >= offsets.shape[1]):
+        raise ValueError(f"a detection's category is outside the verifier's {offsets.shape[1]} categories")
+    p = np.clip(detections.scores.astype(np.float64), 1e-7, 1.0 - 1e-7)
+    logits = np.log(p / (1.0 - p)) + offsets[np.arange(n), detections.classes].astype(np.float64)
+    scores = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+    keep = np.flatnonzero(scores > score_threshold)
+    keep = keep[np.argsort(-scores[keep], kind="stable")].astype(np.int64)
+    return DetectorOutput(
+        boxes=np.ascontiguousarray(detections.boxes[keep]),
+        scores=np.ascontiguousarray(scores[keep]),
+        classes=np.ascontiguousarray(detections.classes[keep]),
+        mask_coeffs=None if detections.mask_coeffs is None else np.ascontiguousarray(detections.mask_coeffs[keep]),
+        protos=detections.protos,
+    ), keep
 
 
 @dataclass(frozen=True)

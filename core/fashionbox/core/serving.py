@@ -496,6 +496,11 @@ class PostprocessParameters(ParameterSet):
     """The fused CPU layout: the attribute network runs inside ``postprocess`` (its graph in this model's
     version folder, :class:`AttributesParameters` and the runtime's settings among its parameters)
     instead of behind a BLS call to ``attributes``."""
+    score_offsets: bool = False
+    """``attributes`` has a verifier head served with this detector: ask it for CROP_SCORE_OFFSETS too and
+    re-score each detection by its crop (``rescore_detections``) before finishing it."""
+    score_threshold: float = 0.0
+    """With ``score_offsets``: the served threshold, applied again to the re-scored detections."""
 
 
 @dataclass(frozen=True)
@@ -680,8 +685,9 @@ class OnnxAttributes:
         """Side ``m`` of the mask head's grid (graph output ``masks`` ``[B, m, m]``); 0 without one."""
         names = {o.name for o in self.session.get_outputs()}
         self.outputs = tuple(n for n in (contract.ONNX_ATTRIBUTES_MASKS, contract.ONNX_ATTRIBUTES_EMBEDDINGS,
-                                         contract.ONNX_ATTRIBUTES_VERTICALS) if n in names)
-        """The optional heads' outputs this graph has (``masks``, ``embeddings``, ``verticals``)."""
+                                         contract.ONNX_ATTRIBUTES_VERTICALS, contract.ONNX_ATTRIBUTES_SCORE_OFFSETS)
+                             if n in names)
+        """The optional heads' outputs this graph has (``masks``, ``embeddings``, ``verticals``, ``score_offsets``)."""
 
     def _create_session(self, model_path: Path, settings: OrtSettings) -> Any:
         """What runs the graph: ONNX Runtime here; :mod:`fashionbox.core.openvino_runtime` overrides it."""

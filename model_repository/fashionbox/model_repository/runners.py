@@ -44,6 +44,7 @@ ATTRIBUTE_EXTRAS = {
     contract.ONNX_ATTRIBUTES_MASKS: contract.CROP_MASKS.name,
     contract.ONNX_ATTRIBUTES_EMBEDDINGS: contract.CROP_EMBEDDINGS.name,
     contract.ONNX_ATTRIBUTES_VERTICALS: contract.VERTICAL_PROBS.name,
+    contract.ONNX_ATTRIBUTES_SCORE_OFFSETS: contract.CROP_SCORE_OFFSETS.name,
 }
 """The attribute network's optional outputs (ONNX names) -> the tensors they are served as, beside
 ATTRIBUTE_PROBS: by ``attributes``, or by ``postprocess`` where the attribute network runs inside it."""

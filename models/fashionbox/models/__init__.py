@@ -37,6 +37,7 @@ __all__ = [
     "load_detector",
     "save_checkpoint",
     "served_score_threshold",
+    "verifier_serves",
 ]
 
 Kind = Literal["detector", "attributes"]
@@ -61,6 +62,16 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def verifier_serves(classifier: AttributeClassifier, detector_sha256: str, categories: int) -> bool:
+    """Whether ``classifier``'s verifier head (the second stage) re-scores a detector's detections: only
+    where it has one, fitted to exactly that detector checkpoint (``detector_sha256``, the file's), over
+    its ``categories``. Its offsets correct that detector's scores; another detector's, even one trained
+    on the same scenes, would be corrected wrongly (``fashionbox train --stage verifier`` refits it)."""
+    config = classifier.config
+    return (classifier.verifier_head is not None and config.verifier_detector == detector_sha256
+            and config.verifier_classes == categories)
 
 
 def save_checkpoint(path: Path, model: nn.Module, *, kind: Kind, config_json: str, label_map: LabelMap,

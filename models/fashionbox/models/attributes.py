@@ -30,6 +30,18 @@ classifier has, keyed by its ONNX name, from one pass over the trunk::
     model = AttributeClassifier(AttributeConfig(group_sizes=(5, 5), retrieval_dim=128,
                                                 verticals=("tops", "bottoms")))
     out = model.outputs(crops)   # {"probs": [B, 10], "embeddings": [B, 128], "verticals": [B, 2]}
+
+With ``verifier_classes > 0`` a :class:`VerifierHead` on the same descriptor is the pipeline's second
+stage: for each crop, one logit offset per detector category, never above 0, that ``postprocess``
+adds to the detection's (calibrated) score logit, ``sigmoid(logit(score) + offset[category])``,
+dropping what then falls below the served threshold
+(:func:`fashionbox.core.postprocessing.rescore_detections`). It can only lower a score: the crop,
+seen at the attribute heads' resolution by a trunk trained on garments, vetoes what the detector's
+small receptive field took for one (a striped rug read as pants). ``fashionbox train --stage
+verifier`` fits it, for one detector, on that detector's own detections::
+
+    model = AttributeClassifier(AttributeConfig(group_sizes=(5, 5), verifier_classes=13))
+    model.outputs(crops)["score_offsets"]   # [B, 13], <= 0
 """
 
 from __future__ import annotations
@@ -44,13 +56,14 @@ from torch import Tensor, nn
 from fashionbox import contract
 from fashionbox.models.detector import PIXEL_MEAN, PIXEL_STD, InvertedResidual, _conv_bn
 
-__all__ = ["AttributeClassifier", "AttributeConfig", "EmbeddingHead", "MaskHead", "VerticalHead"]
+__all__ = ["AttributeClassifier", "AttributeConfig", "EmbeddingHead", "MaskHead", "VerifierHead", "VerticalHead"]
 
 # Output names of AttributeClassifier.outputs: the attribute graph's ONNX output names, from the contract.
 OUTPUT_PROBS = contract.ONNX_ATTRIBUTES_OUTPUT
 OUTPUT_MASKS = contract.ONNX_ATTRIBUTES_MASKS
 OUTPUT_EMBEDDINGS = contract.ONNX_ATTRIBUTES_EMBEDDINGS
 OUTPUT_VERTICALS = contract.ONNX_ATTRIBUTES_VERTICALS
+OUTPUT_SCORE_OFFSETS = contract.ONNX_ATTRIBUTES_SCORE_OFFSETS
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,13 @@ class AttributeConfig:
     """Product vertical names, in the vertical head's output order; empty: no vertical head."""
     head_hidden: int = 512
     """Hidden width of the embedding and vertical heads' MLPs."""
+    verifier_classes: int = 0
+    """Detector categories the verifier head scores (the label map's); 0: no verifier head."""
+    verifier_hidden: int = 64
+    """Hidden width of the verifier head's MLP."""
+    verifier_detector: str = ""
+    """sha256 of the detector checkpoint the verifier was fitted to (its offsets correct that detector's
+    scores): ``fashionbox convert`` serves the verifier with that detector only."""
 
     def __post_init__(self) -> None:
         if not self.group_sizes or min(self.group_sizes) < 2:
@@ -93,6 +113,9 @@ class AttributeConfig:
             raise ValueError(f"verticals must be empty or at least two distinct names, got {self.verticals}")
         if self.head_hidden < 1:
             raise ValueError(f"head_hidden must be positive, got {self.head_hidden}")
+        if self.verifier_classes < 0 or self.verifier_hidden < 1:
+            raise ValueError(f"verifier_classes must be >= 0 and verifier_hidden positive, got "
+                             f"{self.verifier_classes} and {self.verifier_hidden}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -181,6 +204,29 @@ class VerticalHead(nn.Module):
         return logits
 
 
+class VerifierHead(nn.Module):
+    """Descriptor -> per-category logit offsets ``[B, C]``, each ``-softplus(-g) <= 0``: the second stage.
+
+    The descriptor is standardised with statistics fixed at fitting time (``mean``, ``std``: buffers
+    saved with the weights), then a two-layer MLP gives ``g``; ``-softplus(-g)`` is about ``g`` where
+    it is negative and about 0 where it is positive, so the head lowers scores and never raises one.
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, descriptor: int, hidden: int, classes: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(descriptor))
+        self.register_buffer("std", torch.ones(descriptor))
+        self.mlp = nn.Sequential(nn.Linear(descriptor, hidden), nn.ReLU(inplace=True), nn.Dropout(0.2),
+                                 nn.Linear(hidden, classes))
+
+    def forward(self, descriptor: Tensor) -> Tensor:
+        g: Tensor = self.mlp((descriptor - self.mean) / self.std)
+        return -F.softplus(-g)
+
+
 def _up(x: Tensor, like: Tensor) -> Tensor:
     return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
@@ -224,6 +270,9 @@ class AttributeClassifier(nn.Module):
         self.vertical_head: VerticalHead | None = None
         if config.verticals:
             self.vertical_head = VerticalHead(self.descriptor_size, config.head_hidden, len(config.verticals))
+        self.verifier_head: VerifierHead | None = None
+        if config.verifier_classes:
+            self.verifier_head = VerifierHead(self.descriptor_size, config.verifier_hidden, config.verifier_classes)
 
     @property
     def mask_size(self) -> int:
@@ -272,6 +321,8 @@ class AttributeClassifier(nn.Module):
             names.append(OUTPUT_EMBEDDINGS)
         if self.vertical_head is not None:
             names.append(OUTPUT_VERTICALS)
+        if self.verifier_head is not None:
+            names.append(OUTPUT_SCORE_OFFSETS)
         return tuple(names)
 
     def descriptor(self, crops: Tensor) -> Tensor:
@@ -290,8 +341,8 @@ class AttributeClassifier(nn.Module):
     def outputs(self, crops: Tensor) -> dict[str, Tensor]:
         """Every output this classifier has, keyed by :attr:`output_names`, from one pass over the trunk:
         ``probs`` [B, A], ``masks`` [B, m, m] (probabilities), ``embeddings`` [B, D] (unit length),
-        ``verticals`` [B, V] (softmax)."""
-        if self.embedding_head is None and self.vertical_head is None:
+        ``verticals`` [B, V] (softmax), ``score_offsets`` [B, C] (<= 0)."""
+        if self.embedding_head is None and self.vertical_head is None and self.verifier_head is None:
             if self.mask_head is None:
                 return {OUTPUT_PROBS: self(crops)}
             probs, masks = self.predict(crops)
@@ -307,6 +358,8 @@ class AttributeClassifier(nn.Module):
             result[OUTPUT_EMBEDDINGS] = self.embedding_head(descriptor)
         if self.vertical_head is not None:
             result[OUTPUT_VERTICALS] = torch.softmax(self.vertical_head(descriptor), dim=1)
+        if self.verifier_head is not None:
+            result[OUTPUT_SCORE_OFFSETS] = self.verifier_head(descriptor)
         return result
 
     def _with_masks(self, crops: Tensor) -> tuple[Tensor, Tensor]:

@@ -42,7 +42,7 @@ from fashionbox.core.imaging import (
     letterbox,
     whole_image_crop,
 )
-from fashionbox.core.postprocessing import DetectorOutput, ImageResult, finish_detections
+from fashionbox.core.postprocessing import DetectorOutput, ImageResult, finish_detections, rescore_detections
 
 __all__ = ["ImageLevelHeads", "InProcessPipeline", "MaskedResult"]
 
@@ -50,6 +50,7 @@ U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]
 DetectFn = Callable[[U8], list[DetectorOutput]]
 ClassifyFn = Callable[[U8], F32]
+VerifyFn = Callable[[U8], F32]
 ClassifyMasksFn = Callable[[U8], tuple[F32, F32]]
 
 
@@ -96,6 +97,11 @@ class InProcessPipeline:
     """Probs and crop masks in one pass, when the attribute heads have a mask head."""
     image_heads: ImageLevelHeads | None = None
     """The embedding and vertical heads, when the attribute network has them: then every call goes through it."""
+    verify: VerifyFn | None = None
+    """The second stage, when the attribute network's verifier head is served with this detector: crops ->
+    score offsets ``[n, C]`` (with ``image_heads``, its ``score_offsets`` output is used instead)."""
+    verify_threshold: float = 0.0
+    """The served threshold the re-scored detections are held to again (``rescore_detections``)."""
 
     def run(self, images: Sequence[bytes]) -> list[ImageResult | InvalidImageError]:
         """Decode, detect (one batch), crop, classify (one batch), assemble; errors per image."""
@@ -161,6 +167,7 @@ class InProcessPipeline:
             probs = np.zeros((0, self.label_map.num_attribute_labels), np.float32)
             crop_masks = np.zeros((0, 0, 0), np.float32)
             extra: dict[str, F32] = {}
+            offsets: F32 | None = None
             if self.image_heads is not None:  # garments and whole photos in one call, as postprocess makes it
                 n = len(all_crops)
                 images_crops = np.concatenate([whole_image_crop(pixels, info, self.crop_size)
@@ -171,21 +178,30 @@ class InProcessPipeline:
                     crop_masks = outputs[contract.ONNX_ATTRIBUTES_MASKS][:n]
                 extra = {name: values for name, values in outputs.items()
                          if name in (contract.ONNX_ATTRIBUTES_EMBEDDINGS, contract.ONNX_ATTRIBUTES_VERTICALS)}
+                if self.verify is not None:
+                    offsets = outputs[contract.ONNX_ATTRIBUTES_SCORE_OFFSETS][:n]
             elif len(all_crops) and masks and self.classify_masks is not None:
                 probs, crop_masks = self.classify_masks(all_crops)
             elif len(all_crops):
                 probs = self.classify(all_crops)
+            if self.verify is not None and offsets is None:
+                offsets = (self.verify(all_crops) if len(all_crops)
+                           else np.zeros((0, self.label_map.num_categories), np.float32))
             start, total = 0, len(all_crops)
             for k, ((i, _, info), det) in enumerate(zip(decoded, detections, strict=True)):
                 stop = start + len(det)
-                result = finish_detections(det, info, probs[start:stop], self.label_map)
+                rows: slice | npt.NDArray[np.int64] = slice(start, stop)
+                if offsets is not None:  # the second stage, as postprocess runs it
+                    det, kept = rescore_detections(det, offsets[start:stop], score_threshold=self.verify_threshold)
+                    rows = kept + start
+                result = finish_detections(det, info, probs[rows], self.label_map)
                 m = crop_masks.shape[-1]
-                image_masks = crop_masks[start:stop] if len(crop_masks) else np.zeros((len(det), m, m), np.float32)
+                image_masks = crop_masks[rows] if len(crop_masks) else np.zeros((len(det), m, m), np.float32)
                 vectors = extra.get(contract.ONNX_ATTRIBUTES_EMBEDDINGS)
                 verticals = extra.get(contract.ONNX_ATTRIBUTES_VERTICALS)
                 results[i] = MaskedResult(
                     result, image_masks, np.asarray(det.boxes, np.float32).reshape(-1, 4), info,
-                    embeddings=vectors[start:stop] if vectors is not None else None,
+                    embeddings=vectors[rows] if vectors is not None else None,
                     image_embedding=vectors[total + k] if vectors is not None else None,
                     label_probs=verticals[total + k] if verticals is not None else None)
                 start = stop
@@ -198,23 +214,33 @@ class InProcessPipeline:
                         score_threshold: float | None = None,
                         iou_threshold: float = contract.DEFAULT_IOU_THRESHOLD,
                         max_detections: int = contract.DEFAULT_MAX_DETECTIONS,
-                        threads: int | None = None, raw_scores: bool = False) -> InProcessPipeline:
+                        threads: int | None = None, raw_scores: bool = False,
+                        verifier: bool | None = None) -> InProcessPipeline:
         """The checkpoints in PyTorch, as ``fashionbox convert`` would serve them: at ``score_threshold``,
         by default the detector's own (a calibrated checkpoint's) or the contract's. ``raw_scores``
         leaves a calibrated detector's scores uncalibrated (what ``fashionbox calibrate`` fits on);
-        its threshold is then the contract's unless given."""
+        its threshold is then the contract's unless given. ``verifier``: re-score with the attribute
+        network's verifier head (the second stage); None: where the converter would serve it (a head
+        fitted to this detector file, :func:`fashionbox.models.verifier_serves`), False: never, True:
+        always (an error without one)."""
         import torch
 
         from fashionbox.core.postprocessing import gather_detections
-        from fashionbox.models import default_weights, load_attributes, load_detector
+        from fashionbox.models import default_weights, file_sha256, load_attributes, load_detector, verifier_serves
         from fashionbox.models.nms import NmsSettings, nms_onnx_semantics
 
         if threads:
             torch.set_num_threads(threads)
-        detector, label_map = load_detector(detector_path or default_weights("detector"))
+        detector_path = detector_path or default_weights("detector")
+        detector, label_map = load_detector(detector_path)
         if raw_scores:
             detector.with_calibration()
         classifier, _ = load_attributes(attributes_path or default_weights("attributes"))
+        if verifier is None:
+            verifier = not raw_scores and verifier_serves(classifier, file_sha256(detector_path),
+                                                          label_map.num_categories)
+        elif verifier and classifier.verifier_head is None:
+            raise ValueError("these attribute heads have no verifier head (fashionbox train --stage verifier)")
         if score_threshold is None:
             score_threshold = detector.config.served_score_threshold
         nms = NmsSettings(score_threshold, iou_threshold, max_detections, max_detections)
@@ -236,8 +262,15 @@ class InProcessPipeline:
                 probs, masks = classifier.predict(torch.from_numpy(crops))
             return probs.numpy(), masks.numpy()
 
+        def verify(crops: U8) -> F32:
+            with torch.no_grad():
+                out = classifier.outputs(torch.from_numpy(crops))
+                offsets: F32 = out[contract.ONNX_ATTRIBUTES_SCORE_OFFSETS].numpy()
+            return offsets
+
         return cls(detect, classify, label_map, detector.config.input_size, classifier.config.crop_size,
-                   classify_masks=classify_masks if classifier.mask_size else None)
+                   classify_masks=classify_masks if classifier.mask_size else None,
+                   verify=verify if verifier else None, verify_threshold=score_threshold)
 
     @classmethod
     def from_repository(cls, repository: Path, *, intra_op_threads: int = 1) -> InProcessPipeline:
@@ -254,10 +287,18 @@ class InProcessPipeline:
         home = contract.POSTPROCESS_MODEL if manifest.get("layout") == "fused" else contract.ATTRIBUTES_MODEL
         attributes = OnnxAttributes(repository / home / "1" / "model.onnx", settings,
                                     num_attribute_labels=label_map.num_attribute_labels)
+        verifier = manifest.get("verifier")  # {"classes": C, "score_threshold": t} where it is served
+
+        def verify(crops: U8) -> F32:
+            name = contract.ONNX_ATTRIBUTES_SCORE_OFFSETS
+            return attributes.run(crops, (name,))[name]
+
         return cls(detector.detect, attributes.classify, label_map, int(export["input_size"]),
                    int(export["crop_size"]),
                    classify_masks=attributes.classify_with_masks if attributes.mask_size else None,
-                   image_heads=_repository_heads(manifest, attributes))
+                   image_heads=_repository_heads(manifest, attributes),
+                   verify=verify if isinstance(verifier, dict) else None,
+                   verify_threshold=float(verifier["score_threshold"]) if isinstance(verifier, dict) else 0.0)
 
 
 def _repository_heads(manifest: dict[str, object], attributes: object) -> ImageLevelHeads | None:

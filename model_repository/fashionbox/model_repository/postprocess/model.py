@@ -24,6 +24,12 @@ each image joins the attribute call as one more crop, the whole photo
 (:func:`fashionbox.core.imaging.whole_image_crop`), and the default model's vertical and embedding
 heads answer in the same call (VERTICAL_PROBS, CROP_EMBEDDINGS). A failed call fails exactly the
 requests whose rows were in it.
+
+The second stage: with ``score_offsets`` the attribute network has a verifier head fitted to this
+detector, and the same call answers CROP_SCORE_OFFSETS; each image's detections are then re-scored by
+their crops and those at or under ``score_threshold`` dropped
+(:func:`fashionbox.core.postprocessing.rescore_detections`) before anything else is assembled, so
+scores, order, masks and vectors all describe the detections that remain.
 """
 
 # Bootstrap: the python backend stub ignores PYTHONPATH, so make the server's site-packages visible.
@@ -45,7 +51,13 @@ from fashionbox import contract  # noqa: E402
 from fashionbox.core.capability import TOKEN_INPUT, guarded_step  # noqa: E402
 from fashionbox.core.imaging import LetterboxInfo, crop_garments, whole_image_crop  # noqa: E402
 from fashionbox.core.masks import paste_crop_masks  # noqa: E402
-from fashionbox.core.postprocessing import PAD_CLASS, finish_detections, stack_image_results, unpad  # noqa: E402
+from fashionbox.core.postprocessing import (  # noqa: E402
+    PAD_CLASS,
+    finish_detections,
+    rescore_detections,
+    stack_image_results,
+    unpad,
+)
 from fashionbox.core.results import EmbeddingSettings, build_image_detections, top_labels  # noqa: E402
 from fashionbox.core.serving import (  # noqa: E402
     ImageLevelParameters,
@@ -85,6 +97,7 @@ class _Answers:
         self.embeddings = None  # [detections, D] or None
         self.image_embeddings = None  # [images, D] or None
         self.label_probs = None  # [images, L] or None
+        self.score_offsets = None  # [detections, C] or None (a verifier head)
 
 
 class TritonPythonModel:
@@ -127,7 +140,8 @@ class TritonPythonModel:
         self.attribute_extras = tuple(name for name, wanted in (
             (contract.CROP_MASKS.name, self.crop_masks),
             (contract.CROP_EMBEDDINGS.name, image_level.embeddings_from == "attributes"),
-            (contract.VERTICAL_PROBS.name, image_level.labels_from == "attributes")) if wanted)
+            (contract.VERTICAL_PROBS.name, image_level.labels_from == "attributes"),
+            (contract.CROP_SCORE_OFFSETS.name, params.score_offsets)) if wanted)
         pb_utils.Logger.log_info(f"{self.args.name}: label map {self.label_map.name!r} {params} {image_level}")
         self.heads = None
         if params.attributes_inline:  # the fused CPU layout: no BLS round trip for the attribute network
@@ -237,6 +251,8 @@ class TritonPythonModel:
                 answer.image_embeddings = outputs[contract.CROP_EMBEDDINGS.name][n:]
             if contract.VERTICAL_PROBS.name in outputs:
                 answer.label_probs = outputs[contract.VERTICAL_PROBS.name][n:]
+            if contract.CROP_SCORE_OFFSETS.name in outputs:
+                answer.score_offsets = outputs[contract.CROP_SCORE_OFFSETS.name][:n]
         if self.image_level.labels_from == "classifier":
             views = {i: stage.views[contract.CLASSIFIER_VIEW.name] for i, stage in staged.items() if i not in failures}
             for i, outputs in self._bls(contract.CLASSIFIER_MODEL, contract.LABEL_PROBS.name, views,
@@ -316,10 +332,10 @@ class TritonPythonModel:
     def _attributes_token(self, rows):
         return {contract.TOKEN.name: self.key.attributes_tokens(rows)}
 
-    def _masks(self, stage, image, row, info, crop_masks):
-        """RLE counts per detection of image ``image`` of ``stage``, or None when there are no masks."""
-        if stage.segments is not None:
-            coeffs, protos = stage.segments[image]
+    def _masks(self, segments, row, info, crop_masks):
+        """RLE counts per detection of ``row``, or None when there are no masks."""
+        if segments is not None:
+            coeffs, protos = segments
             masks = self.masks_from_protos(coeffs, protos, row.boxes, info)
         elif crop_masks is not None:
             masks = paste_crop_masks(crop_masks, row.boxes, info, input_size=self.params.input_size)
@@ -328,13 +344,20 @@ class TritonPythonModel:
         return [mask.to_rle() for mask in masks]
 
     def _finish(self, stage, answer):
-        probs, crop_masks = answer.probs, answer.masks
         results, messages, start = [], [], 0
         for image, (row, info) in enumerate(zip(stage.rows, stage.infos, strict=True)):
             stop = start + len(row)
-            result = finish_detections(row, info, probs[start:stop], self.label_map)
-            masks = self._masks(stage, image, row, info, crop_masks[start:stop] if crop_masks is not None else None)
-            embeddings = answer.embeddings[start:stop] if answer.embeddings is not None else None
+            rows = slice(start, stop)
+            segments = stage.segments[image] if stage.segments is not None else None
+            if answer.score_offsets is not None:  # the second stage: every per-detection array follows `keep`
+                row, rows = rescore_detections(row, answer.score_offsets[start:stop],
+                                               score_threshold=self.params.score_threshold)
+                rows += start
+                if segments is not None:
+                    segments = (segments[0][rows - start], segments[1])
+            result = finish_detections(row, info, answer.probs[rows], self.label_map)
+            masks = self._masks(segments, row, info, answer.masks[rows] if answer.masks is not None else None)
+            embeddings = answer.embeddings[rows] if answer.embeddings is not None else None
             start = stop
             results.append(result)
             message = build_image_detections(
