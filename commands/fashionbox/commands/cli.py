@@ -30,11 +30,28 @@ def _count_or_folder(text: str) -> int | Path:
 
 _COCO_ONLY = ("images", "labels", "skip_unknown", "freeze_backbone", "balance", "device", "amp", "val_fraction",
               "search", "attribute_steps", "batch", "attribute_lr", "weight_decay")
+_VERIFIER_ONLY = ("verifier_detector", "attributes_base", "verifier_negatives", "verifier_epochs", "verifier_hidden",
+                  "verifier_members", "verifier_lr", "verifier_weight_decay")
+_DEFAULT_SCENES = 8000  # --scenes of the default stages and of --distractors
+_VERIFIER_SCENES = 4000  # --scenes of --stage verifier: the shipped detector's hard-negative cache
+
+
+def _flags(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
+    """The flags among ``names`` given on the command line (those whose default is None or False)."""
+    return [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) not in (None, False)]
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from fashionbox.training.trainer import STAGES, TrainSettings, train_default
 
+    if "verifier" in (args.stage or []):
+        return _cmd_train_verifier(args)
+    given = _flags(args, _VERIFIER_ONLY)
+    if given:
+        print(f"error: {', '.join(given)} only apply to --stage verifier", file=sys.stderr)
+        return 2
+    if args.scenes is None:
+        args.scenes = _DEFAULT_SCENES
     if args.coco is not None:
         return _cmd_train_coco(args)
     given = [f"--{n.replace('_', '-')}" for n in _COCO_ONLY if getattr(args, n) not in (None, False)]
@@ -83,6 +100,45 @@ def _cmd_train_negatives(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"detector: {train_detector_negatives(settings)}")
+    return 0
+
+
+def _cmd_train_verifier(args: argparse.Namespace) -> int:
+    from fashionbox.models import default_weights
+    from fashionbox.training.verifier import VerifierSettings, train_verifier, verifier_summary
+
+    if args.stage != ["verifier"]:
+        print("error: --stage verifier trains the verifier head alone, after its detector: give it without "
+              "other --stage", file=sys.stderr)
+        return 2
+    refused = _flags(args, ("coco", "distractors", *_COCO_ONLY, "mine_negatives", "resume"))
+    if args.init != "default":
+        refused.append("--init")
+    if refused:
+        print(f"error: {', '.join(refused)} do not apply to --stage verifier (it fits the head on generated "
+              "scenes for --verifier-detector; it reruns from its feature cache)", file=sys.stderr)
+        return 2
+    detector = (default_weights("detector") if args.verifier_detector in (None, "default")
+                else Path(args.verifier_detector))
+    base = default_weights("attributes") if args.attributes_base in (None, "default") else Path(args.attributes_base)
+    for flag, path in (("--verifier-detector", detector), ("--attributes-base", base)):
+        if not path.is_file():
+            print(f"error: {flag} {path}: no checkpoint there", file=sys.stderr)
+            return 2
+    options = {k: v for k, v in (("negatives", args.verifier_negatives), ("epochs", args.verifier_epochs),
+                                 ("hidden", args.verifier_hidden), ("members", args.verifier_members),
+                                 ("lr", args.verifier_lr),
+                                 ("weight_decay", args.verifier_weight_decay)) if v is not None}
+    try:
+        settings = VerifierSettings(out_dir=args.out, cache_dir=args.cache_dir, detector=detector, base=base,
+                                    seed=args.seed, scenes=_VERIFIER_SCENES if args.scenes is None else args.scenes,
+                                    threads=args.threads, **options)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = train_verifier(settings)
+    print(verifier_summary(path))
+    print(f"attributes: {path}")
     return 0
 
 
@@ -244,17 +300,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("models/weights"), help="where the .safetensors go")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "fashionbox")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--scenes", type=int, default=8000, help="generated training scenes")
+    p.add_argument("--scenes", type=int, default=None,
+                   help=f"generated training scenes (default {_DEFAULT_SCENES}; --stage verifier: the detector's "
+                        f"hard-negative cache, default {_VERIFIER_SCENES})")
     p.add_argument("--detector-steps", type=int, default=1000)
     p.add_argument("--attribute-epochs", type=int, default=6)
     p.add_argument("--identities", type=int, default=2000, help="garment identities for the embedding head")
     p.add_argument("--product-photos", type=int, default=12000, help="product photos for the vertical head")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--stage", action="append",
-                   choices=["detector", "attributes", "masks", "embedding", "verticals"],
-                   help="train only this stage (repeatable); default all five (masks, embedding, verticals: "
-                        "that head of the attribute checkpoint, on --out's attribute weights or the shipped "
-                        "ones, every other tensor kept)")
+                   choices=["detector", "attributes", "masks", "embedding", "verticals", "verifier"],
+                   help="train only this stage (repeatable); default all five but verifier (masks, embedding, "
+                        "verticals: that head of the attribute checkpoint, on --out's attribute weights or the "
+                        "shipped ones, every other tensor kept); verifier: alone, after its detector (see below)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--distractors", type=float, metavar="RATE",
                    help="with --stage detector: warm-restart the detector (--init) on scenes of which RATE "
@@ -276,6 +334,23 @@ def build_parser() -> argparse.ArgumentParser:
                         ".safetensors")
     p.add_argument("--detector-lr", type=float, default=1e-3,
                    help="with --distractors or --coco: the detector's peak learning rate")
+    g = p.add_argument_group("the verifier head (--stage verifier): the second stage, which lowers the scores of "
+                             "detections its crop does not confirm; fitted for one detector on that detector's "
+                             "detections in its training scenes (--scenes, --seed) and in fresh scenes without "
+                             "garments; writes --out/attributes.safetensors")
+    g.add_argument("--verifier-detector", metavar="PATH",
+                   help="the detector checkpoint it corrects, run as served: 'default' (shipped, the default) or a "
+                        ".safetensors; only that file's detections are re-scored when served")
+    g.add_argument("--attributes-base", metavar="PATH",
+                   help="the attribute checkpoint whose frozen trunk describes the crops and which gets the head: "
+                        "'default' (shipped, the default) or a .safetensors")
+    g.add_argument("--verifier-negatives", type=int, metavar="N", help="fresh scenes without garments (default 4000)")
+    g.add_argument("--verifier-epochs", type=int, metavar="N", help="default 30")
+    g.add_argument("--verifier-hidden", type=int, metavar="N", help="hidden width of each member (default 64)")
+    g.add_argument("--verifier-members", type=int, metavar="N",
+                   help="heads fitted from consecutive seeds and averaged into one (default 5)")
+    g.add_argument("--verifier-lr", type=float, metavar="LR", help="AdamW learning rate (default 1e-3)")
+    g.add_argument("--verifier-weight-decay", type=float, metavar="WD", help="AdamW weight decay (default 0.1)")
     g = p.add_argument_group("your own data (--coco): the detector, the attribute heads and the mask head")
     g.add_argument("--coco", type=Path, metavar="ANNOTATIONS.json",
                    help="a COCO-format file (Fashionpedia, iMaterialist, ModaNet, ...): categories mapped by name "
