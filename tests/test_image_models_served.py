@@ -91,8 +91,10 @@ def test_the_repository_records_and_wires_both_families(repository: Path, folder
 
 def test_served_labels_and_vectors_equal_their_library(server: TritonServer, repository: Path,
                                                        folders: dict[str, Path]) -> None:
+    from fashionbox.contract.labels import LabelMap
     from fashionbox.core.imaging import crop_garments, decode_image, letterbox
-    from fashionbox.core.serving import OnnxDetector, OrtSettings
+    from fashionbox.core.postprocessing import rescore_detections
+    from fashionbox.core.serving import OnnxAttributes, OnnxDetector, OrtSettings
     from fashionbox.core.views import ViewRecipe
 
     classifier = transformers.AutoModelForImageClassification.from_pretrained(folders["classifier"]).eval()
@@ -105,6 +107,10 @@ def test_served_labels_and_vectors_equal_their_library(server: TritonServer, rep
     detector = OnnxDetector(repository / contract.DETECTOR_MODEL / "1" / "model.onnx", OrtSettings(),
                             max_detections=int(manifest["export"]["nms"]["max_detections"]))
     names = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
+    crop = int(manifest["export"]["crop_size"])
+    verifier = (OnnxAttributes(repository / contract.ATTRIBUTES_MODEL / "1" / "model.onnx", OrtSettings(),
+                               num_attribute_labels=LabelMap.load(repository / contract.LABELS_FILE)
+                               .num_attribute_labels) if "verifier" in manifest else None)
     garments = 0
     with FashionClient(str(server.endpoints.grpc)) as client, torch.no_grad():
         for image, png in _photos():
@@ -126,6 +132,11 @@ def test_served_labels_and_vectors_equal_their_library(server: TritonServer, rep
             # each garment's vector, on the crop postprocess cuts around the detector's box
             pixels, _ = letterbox(decode_image(png, target_size=size), size)
             (found,) = detector.detect(pixels[None])
+            if verifier is not None:  # the shipped second stage: the detections its crops confirm
+                name = contract.ONNX_ATTRIBUTES_SCORE_OFFSETS
+                offsets = verifier.run(crop_garments(pixels, found.boxes, crop), (name,))[name]
+                found, _ = rescore_detections(found, offsets,
+                                              score_threshold=manifest["verifier"]["score_threshold"])
             assert len(found) == len(served.detections)
             if not len(found):
                 continue

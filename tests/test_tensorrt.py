@@ -416,11 +416,11 @@ def test_convert_target_gpu_engines_later_writes_the_gpu_repository_of_the_shipp
     pixels = np.zeros((2, detector.input[0].dims[0], detector.input[0].dims[1], 3), dtype=np.uint8)
     boxes, _, classes = _run(out / "detector/1/model.onnx", {contract.PIXELS.name: pixels})
     assert boxes.shape == (2, contract.DEFAULT_MAX_DETECTIONS, 4) and classes.dtype == np.int32
-    # The shipped attribute graph has the mask, embedding and vertical heads: its engine graph and config
-    # serve them under the same names, in the same order (Triton binds a plan's outputs by name).
+    # The shipped attribute graph has the mask, embedding, vertical and verifier heads: its engine graph and
+    # config serve them under the same names, in the same order (Triton binds a plan's outputs by name).
     attributes = text_format.Parse((out / "attributes/config.pbtxt").read_text(), mc.ModelConfig())
     served = [contract.ATTRIBUTE_PROBS.name, contract.CROP_MASKS.name, contract.CROP_EMBEDDINGS.name,
-              contract.VERTICAL_PROBS.name]
+              contract.VERTICAL_PROBS.name, contract.CROP_SCORE_OFFSETS.name]
     assert [o.name for o in attributes.output] == served
     crops = np.zeros((3, attributes.input[0].dims[0], attributes.input[0].dims[1], 3), dtype=np.uint8)
     session = ort.InferenceSession(str(out / "attributes/1/model.onnx"), providers=["CPUExecutionProvider"])
@@ -430,6 +430,7 @@ def test_convert_target_gpu_engines_later_writes_the_gpu_repository_of_the_shipp
         assert output.shape == (3, *config.dims)
     postprocess = text_format.Parse((out / "postprocess/config.pbtxt").read_text(), mc.ModelConfig())
     assert postprocess.parameters["crop_masks"].string_value == "true"
+    assert postprocess.parameters["score_offsets"].string_value == "true"  # the second stage, on the GPU too
     assert postprocess.parameters["labels_from"].string_value == "attributes"
     assert postprocess.parameters["embeddings_from"].string_value == "attributes"
 

@@ -1,13 +1,17 @@
 """False positives and calibration of detectors, before and after, on held-out generated scenes.
 
     .venv/bin/python tests/benchmarks/bench_false_positives.py [--images 200] [--seed 7] \
-        [--negatives 100] [--negative-seed 9] [--detector NAME=PATH|git:REV|shipped ...]
+        [--negatives 100] [--negative-seed 9] [--detector NAME=PATH|git:REV|shipped ...] \
+        [--attributes NAME=PATH|git:REV|shipped ...] [--no-verifier NAME ...]
 
 For each detector (default: ``before``, the detector shipped before hard negatives, read from the
 git commit that added it, and ``after``, the shipped one), through the in-process PyTorch reference
 pipeline (the served pipeline equals it detection for detection: bench_quality.py) at its served
 score threshold (a calibrated detector's own, in its calibrated units; else 0.3), on its served
-scores (calibrated where it is: ``fashionbox calibrate``):
+scores (calibrated where it is: ``fashionbox calibrate``), with the attribute checkpoint given for
+that name (``--attributes NAME=...``; default the shipped one) and its verifier head (the second
+stage: each detection re-scored by its crop) where it was fitted to that detector, unless
+``--no-verifier NAME``:
 
 * distractor-only scenes (people without the labelled garments, hands, faces, furniture, objects,
   animal-like shapes, text, textures, clutter; no garment) and empty scenes (a background and
@@ -42,14 +46,14 @@ BEFORE = "git:68be8b8514be10bf77e4a5afc559137230571ce0"
 THRESHOLDS = (0.3, 0.5)
 
 
-def _resolve(spec: str, tmp: Path, name: str) -> Path:
+def _resolve(spec: str, tmp: Path, name: str, kind: str = "detector") -> Path:
     from fashionbox.models import default_weights
 
     if spec == "shipped":
-        return default_weights("detector")
+        return default_weights(kind)  # type: ignore[arg-type]
     if spec.startswith("git:"):
-        blob = subprocess.run(["git", "-C", str(ROOT), "show", f"{spec[4:]}:{WEIGHTS}"], check=True,
-                              capture_output=True).stdout
+        blob = subprocess.run(["git", "-C", str(ROOT), "show", f"{spec[4:]}:{WEIGHTS.replace('detector', kind)}"],
+                              check=True, capture_output=True).stdout
         path = tmp / f"{name}.safetensors"
         path.write_bytes(blob)
         return path
@@ -79,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detector", action="append", metavar="NAME=SPEC",
                         help=f"a detector to measure: a .safetensors path, git:REV or shipped "
                              f"(default: before={BEFORE} after=shipped)")
+    parser.add_argument("--attributes", action="append", default=[], metavar="NAME=SPEC",
+                        help="the attribute checkpoint for detector NAME (default: shipped)")
+    parser.add_argument("--no-verifier", action="append", default=[], metavar="NAME",
+                        help="measure detector NAME without the verifier head's second stage")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/false_positives.json")
     args = parser.parse_args(argv)
@@ -99,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     from fashionbox.training.data import scene_seed
 
     specs = dict(s.split("=", 1) for s in (args.detector or [f"before={BEFORE}", "after=shipped"]))
+    attribute_specs = dict(s.split("=", 1) for s in args.attributes)
+    unknown = sorted((set(attribute_specs) | set(args.no_verifier)) - set(specs))
+    if unknown:
+        parser.error(f"--attributes / --no-verifier name no --detector: {unknown}")
     normal = heldout_samples(args.images, args.seed)
     bare = DistractorConfig(min_items=0, max_items=0)
     negatives = {
@@ -111,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fashionbox-fp-") as tmp:
         for name, spec in specs.items():
             path = _resolve(spec, Path(tmp), name)
-            pipeline = InProcessPipeline.torch_reference(path, threads=args.threads)
+            attributes = _resolve(attribute_specs.get(name, "shipped"), Path(tmp), f"{name}-attributes", "attributes")
+            pipeline = InProcessPipeline.torch_reference(path, attributes, threads=args.threads,
+                                                         verifier=False if name in args.no_verifier else None)
 
             def run(data: list[bytes], pipeline: InProcessPipeline = pipeline) -> list[list[Any]]:
                 out = []
@@ -125,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             config = load_detector(path)[0].config
             entry: dict[str, Any] = {"spec": spec, "sha256": file_sha256(path), "calibrated": config.calibrated,
                                      "score_calibration": list(config.score_calibration),
-                                     "served_threshold": config.score_threshold or 0.3}
+                                     "served_threshold": config.score_threshold or 0.3,
+                                     "attributes": attribute_specs.get(name, "shipped"),
+                                     "attributes_sha256": file_sha256(attributes),
+                                     "verifier": pipeline.verify is not None}
             for kind, data in negatives.items():
                 entry[kind] = _per_photo(run(data))
             predictions = run([s.data for s in normal])
