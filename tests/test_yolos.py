@@ -193,6 +193,8 @@ def test_convert_writes_a_yolos_repository_with_the_checkpoints_labels(repositor
     assert manifest["sources"]["detector"]["file"] == "model.safetensors"
     assert manifest["export"]["input_size"] == INPUT_SIZE
     assert [c["name"] for c in labels["categories"]] == FASHIONPEDIA
+    # the shipped attribute heads' verifier corrects the default detector only: no second stage here
+    assert "verifier" not in manifest and "a yolos detector is served without" in manifest["verifier_not_served"]
 
 
 def test_cli_convert_takes_an_hf_folder(checkpoint_dir: Path, tmp_path: Path,

@@ -452,7 +452,12 @@ def convert(options: ConvertOptions) -> ConvertResult:
     detector_sha, attributes_sha = file_sha256(detector_path), file_sha256(attributes_path)
     verifier = verifier_serves(classifier, detector_sha, label_map.num_categories)
     verifier_note = ""
-    if classifier.verifier_head is not None and not verifier:
+    if classifier.verifier_head is not None and not verifier and family.name != "fashionbox":
+        verifier_note = (f"the attribute checkpoint's verifier head corrects the default detector it was fitted to "
+                         f"({classifier.config.verifier_detector[:12]}...): a {family.name} detector is served "
+                         "without the second stage")
+        log.info("%s", verifier_note)
+    elif classifier.verifier_head is not None and not verifier:
         verifier_note = (f"the attribute checkpoint's verifier head was fitted to detector "
                          f"{classifier.config.verifier_detector[:12]}..., not this one ({detector_sha[:12]}...): "
                          "served without the second stage (fashionbox train --stage verifier refits it)")
