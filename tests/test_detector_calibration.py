@@ -185,7 +185,11 @@ def test_calibrate_writes_the_same_weights_with_the_fitted_map_and_threshold(tmp
                                                                            capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "calibrated.safetensors"
     assert main(["calibrate", "--out", str(out), "--seeds", "11", "--scenes", "12", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    report = json.loads(printed.out)
+    # the shipped attribute heads' verifier was fitted to the input detector, not to the output file
+    assert report["verifier_refit_needed"] is True
+    assert f"--stage verifier --verifier-detector {out}" in printed.err
 
     calibrated, labels = load_detector(out)
     shipped, shipped_labels = load_detector(default_weights("detector"))

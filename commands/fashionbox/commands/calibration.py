@@ -249,7 +249,15 @@ def run_calibrate_cli(args: Any) -> int:
     from pathlib import Path
 
     from fashionbox.commands.evaluation import _coco_samples, coco_metrics, heldout_samples, predictions_from_result
-    from fashionbox.models import checkpoint_metadata, default_weights, file_sha256, load_detector, save_checkpoint
+    from fashionbox.models import (
+        checkpoint_metadata,
+        default_weights,
+        file_sha256,
+        load_attributes,
+        load_detector,
+        save_checkpoint,
+        verifier_serves,
+    )
     from fashionbox.models.pipeline import InProcessPipeline
 
     detector_path = default_weights("detector") if args.detector == "default" else Path(args.detector)
@@ -285,6 +293,15 @@ def run_calibrate_cli(args: Any) -> int:
     save_checkpoint(args.out, detector, kind="detector", config_json=detector.config.to_json(), label_map=label_map,
                     extra={**kept, "calibration": json.dumps(report, sort_keys=True)})
     report["out"] = str(args.out)
+    # The second stage corrects one detector file's scores: a verifier head fitted to the input is not
+    # served with the calibrated output (another file) until it is refitted for it.
+    classifier, _ = load_attributes(attributes_path)
+    report["verifier_refit_needed"] = verifier_serves(classifier, report["uncalibrated_sha256"],
+                                                      label_map.num_categories)
+    if report["verifier_refit_needed"]:
+        print(f"note: {attributes_path.name}'s verifier head (the second stage) was fitted to the input detector; "
+              f"it is not served with {args.out} until refitted: fashionbox train --stage verifier "
+              f"--verifier-detector {args.out} --attributes-base {attributes_path}", file=sys.stderr)
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
