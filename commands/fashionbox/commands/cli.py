@@ -54,7 +54,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.scenes = _DEFAULT_SCENES
     if args.coco is not None:
         return _cmd_train_coco(args)
-    given = [f"--{n.replace('_', '-')}" for n in _COCO_ONLY if getattr(args, n) not in (None, False)]
+    given = _flags(args, _COCO_ONLY)
     if given:
         print(f"error: {', '.join(given)} only apply to training on your data (--coco ANNOTATIONS.json)",
               file=sys.stderr)
