@@ -49,6 +49,7 @@ __all__ = [
     "SCENE_KINDS",
     "NegativeSettings",
     "build_mixed_cache",
+    "check_scene_rates",
     "check_training_seeds",
     "false_positive_scores",
     "mining_candidates",
@@ -117,7 +118,7 @@ def build_mixed_cache(cache_root: Path, *, count: int, seed: int, input_size: in
     """Render ``count`` scenes of mixed kinds (or reuse a complete cache with the same parameters);
     read back with :class:`~fashionbox.training.data.SceneCache`, plus ``kinds.npy`` (index into
     :data:`SCENE_KINDS`)."""
-    _check_rates(distractor_rate, empty_rate)
+    check_scene_rates(distractor_rate, empty_rate)
     label_map = label_map or default_label_map()
     key = f"mixed-n{count}-seed{seed}-s{input_size}-d{distractor_rate:g}-e{empty_rate:g}-{label_map.name}"
     folder = Path(cache_root) / key
@@ -151,7 +152,8 @@ def build_mixed_cache(cache_root: Path, *, count: int, seed: int, input_size: in
     return SceneCache(folder)
 
 
-def _check_rates(distractor_rate: float, empty_rate: float) -> None:
+def check_scene_rates(distractor_rate: float, empty_rate: float) -> None:
+    """Refuse shares of garments-over-distractors and empty scenes outside [0, 1] or summing past 1."""
     if not (0.0 <= distractor_rate <= 1.0 and 0.0 <= empty_rate <= 1.0 and distractor_rate + empty_rate <= 1.0):
         raise ValueError(f"distractor and empty-scene rates must be in [0, 1] and sum to at most 1, "
                          f"got {distractor_rate:g} and {empty_rate:g}")
@@ -187,7 +189,7 @@ class NegativeSettings:
     """Steps between mining passes (the first is before step one)."""
 
     def __post_init__(self) -> None:
-        _check_rates(self.distractor_rate, self.empty_rate)
+        check_scene_rates(self.distractor_rate, self.empty_rate)
         if self.scenes < self.batch or self.batch < 1 or self.steps < 1:
             raise ValueError("steps and batch must be >= 1 and scenes at least one batch")
         if self.lr <= 0 or self.warmup < 0:

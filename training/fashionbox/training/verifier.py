@@ -65,7 +65,12 @@ from fashionbox.models import (
 from fashionbox.models.attributes import VerifierHead
 from fashionbox.models.nms import box_iou
 from fashionbox.training.data import SceneCache, scene_seed
-from fashionbox.training.negatives import build_mixed_cache, check_training_seeds, render_kind_sample
+from fashionbox.training.negatives import (
+    build_mixed_cache,
+    check_scene_rates,
+    check_training_seeds,
+    render_kind_sample,
+)
 
 __all__ = [
     "DETECTION_BATCH",
@@ -150,10 +155,7 @@ class VerifierSettings:
         if not (self.lr > 0 and self.weight_decay >= 0):
             raise ValueError(f"lr must be positive and weight_decay non-negative, got {self.lr:g} and "
                              f"{self.weight_decay:g}")
-        if not (0.0 <= self.distractor_rate <= 1.0 and 0.0 <= self.empty_rate <= 1.0
-                and self.distractor_rate + self.empty_rate <= 1.0):
-            raise ValueError(f"distractor and empty-scene rates must be in [0, 1] and sum to at most 1, "
-                             f"got {self.distractor_rate:g} and {self.empty_rate:g}")
+        check_scene_rates(self.distractor_rate, self.empty_rate)
         if not 0 <= self.seed < 10**6:
             raise ValueError(f"training seeds are in [0, 10**6), got {self.seed}")
         check_training_seeds(scene_seeds(self.seed, self.scenes, self.negatives))
