@@ -13,6 +13,7 @@ from PIL import Image
 from fashionbox.contract.labels import default_label_map
 from fashionbox.synth import SynthConfigError, SynthError, render_scene, render_scene_with_instances
 from fashionbox.synth.distractors import (
+    DEFAULT_DISTRACTOR_KINDS,
     DISTRACTOR_KINDS,
     DistractorConfig,
     paint_distractors,
@@ -95,6 +96,44 @@ def test_every_kind_of_distractor_paints_deterministically(kind: str) -> None:
     assert (images[0] != 128).any()
 
 
+def test_shapes_are_opt_in_so_default_scenes_render_as_they_did() -> None:
+    assert DistractorConfig().kinds == DEFAULT_DISTRACTOR_KINDS
+    assert "shapes" in DISTRACTOR_KINDS and "shapes" not in DEFAULT_DISTRACTOR_KINDS
+    assert DISTRACTOR_KINDS[:len(DEFAULT_DISTRACTOR_KINDS)] == DEFAULT_DISTRACTOR_KINDS
+    default = [np.asarray(render_distractor_scene(seed, size=SMALL).image) for seed in range(8)]
+    explicit = [np.asarray(render_distractor_scene(seed, size=SMALL, config=DistractorConfig(
+        kinds=DEFAULT_DISTRACTOR_KINDS)).image) for seed in range(8)]
+    every = [np.asarray(render_distractor_scene(seed, size=SMALL, config=DistractorConfig(
+        kinds=DISTRACTOR_KINDS)).image) for seed in range(8)]
+    assert all(np.array_equal(a, b) for a, b in zip(default, explicit, strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(default, every, strict=True))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_shapes_stay_around_their_centre(seed: int) -> None:
+    from fashionbox.synth.distractors import _PAINTERS
+
+    image = Image.new("RGB", (400, 400), (128, 128, 128))
+    size, centre = 80.0, (200.0, 200.0)
+    _PAINTERS["shapes"](image, random.Random(seed), centre, size)
+
+    ys, xs = np.nonzero((np.asarray(image) != 128).any(axis=2))
+    assert len(xs) > 0
+    # Offsets up to half the size, radii up to half the size (a blob's wobble adds up to 45 %).
+    reach = 0.5 * size + 0.5 * 1.45 * size + 2
+    assert centre[0] - reach <= xs.min() and xs.max() <= centre[0] + reach
+    assert centre[1] - reach <= ys.min() and ys.max() <= centre[1] + reach
+
+
+def test_shapes_wear_the_garments_textile_patterns() -> None:
+    # Over many collages, some shapes are filled with patterns: several colours inside one outline.
+    image = Image.new("RGB", (320, 320), (128, 128, 128))
+    config = DistractorConfig(min_items=30, max_items=30, kinds=("shapes",), min_size_fraction=0.5)
+    paint_distractors(image, random.Random(3), config)
+    colours = np.unique(np.asarray(image).reshape(-1, 3), axis=0)
+    assert len(colours) > 200  # flat fills alone would give a few dozen
+
+
 def test_empty_scenes_can_have_no_distractor_at_all() -> None:
     scene = render_distractor_scene(4, size=SMALL, config=DistractorConfig(min_items=0, max_items=0))
     assert scene.garments == ()
@@ -138,6 +177,13 @@ def test_cached_samples_of_each_kind() -> None:
     assert np.array_equal(normal.pixels, reference.pixels)  # normal scenes are the plain stage's
     assert np.array_equal(normal.boxes, reference.boxes)
     assert empty.boxes.shape == (0, 4) and empty.classes.shape == (0,)
+    # The distractors' kinds can be chosen; garments and boxes stay the scene's own.
+    with_shapes = render_kind_sample(1_000_004, "empty", 96, label_map, distractor_kinds=("shapes",))
+    assert not np.array_equal(with_shapes.pixels, empty.pixels)
+    assert np.array_equal(with_shapes.pixels,
+                          render_kind_sample(1_000_004, "empty", 96, label_map, distractor_kinds=("shapes",)).pixels)
+    busy_shapes = render_kind_sample(1_000_003, "distractors", 96, label_map, distractor_kinds=("shapes",))
+    assert np.array_equal(busy_shapes.boxes, busy.boxes) and not np.array_equal(busy_shapes.pixels, busy.pixels)
     assert empty.attributes.shape == (0, len(label_map.attribute_groups))
     assert np.array_equal(busy.boxes, normal.boxes) and np.array_equal(busy.classes, normal.classes)
     with pytest.raises(ValueError, match="unknown scene kind"):

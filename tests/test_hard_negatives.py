@@ -38,6 +38,23 @@ def test_the_mixed_cache_holds_every_kind_and_empty_scenes_have_no_boxes(tmp_pat
     assert again.folder == cache.folder  # reused, not rendered again
 
 
+def test_a_mixed_cache_of_other_distractor_kinds_is_another_cache(tmp_path: Path) -> None:
+    from fashionbox.synth.distractors import DEFAULT_DISTRACTOR_KINDS, DISTRACTOR_KINDS
+
+    common = {"count": 8, "seed": 3, "input_size": 64, "distractor_rate": 0.0, "empty_rate": 1.0}
+    default = build_mixed_cache(tmp_path, **common)  # type: ignore[arg-type]
+    named = build_mixed_cache(tmp_path, distractor_kinds=DEFAULT_DISTRACTOR_KINDS, **common)  # type: ignore[arg-type]
+    every = build_mixed_cache(tmp_path, distractor_kinds=DISTRACTOR_KINDS, **common)  # type: ignore[arg-type]
+
+    assert named.folder == default.folder and "-k" not in default.folder.name  # the caches made before stay valid
+    assert every.folder != default.folder and every.folder.name.startswith(default.folder.name + "-k")
+    assert not np.array_equal(np.asarray(every.pixels), np.asarray(default.pixels))
+    settings = NegativeSettings(out_dir=tmp_path, cache_dir=tmp_path, init=tmp_path, distractor_kinds=("shapes",))
+    assert json.loads(settings.to_json())["distractor_kinds"] == ["shapes"]
+    with pytest.raises(ValueError, match=r"unknown \['spaceship'\]"):
+        NegativeSettings(out_dir=tmp_path, cache_dir=tmp_path, init=tmp_path, distractor_kinds=("spaceship",))
+
+
 def test_a_warm_restart_starts_from_init_and_records_its_recipe(tmp_path: Path) -> None:
     init = default_weights("detector")
     settings = NegativeSettings(out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", init=init, scenes=8,

@@ -177,6 +177,9 @@ def test_held_out_seeds_and_overlapping_scene_ranges_are_refused(tmp_path: Path,
     (["--stage", "verifier", "--init", "other.safetensors"], "--init do not apply"),
     (["--stage", "detector", "--verifier-epochs", "3"], "--verifier-epochs only apply to --stage verifier"),
     (["--stage", "verifier", "--verifier-detector", "missing.safetensors"], "no checkpoint there"),
+    (["--stage", "detector", "--distractor-kinds", "all"], "--distractor-kinds chooses the distractors of"),
+    (["--stage", "verifier", "--distractor-kinds", "person,spaceship"], "unknown ['spaceship']"),
+    (["--stage", "detector", "--distractors", "0.3", "--distractor-kinds", "spaceship"], "unknown ['spaceship']"),
 ])
 def test_train_refuses_what_does_not_go_with_the_verifier_stage(argv: list[str], message: str, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
@@ -206,3 +209,25 @@ def test_averaged_members_give_exactly_the_mean_of_their_outputs() -> None:
     assert merged.mlp[0].weight.shape == (12, 10)  # type: ignore[union-attr]
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert bool((merged(x) <= 0).all())
+
+
+def test_the_fresh_negatives_kinds_are_part_of_the_recipe_and_of_the_feature_cache_key(tmp_path: Path) -> None:
+    from fashionbox.synth.distractors import DEFAULT_DISTRACTOR_KINDS, DISTRACTOR_KINDS
+    from fashionbox.training.verifier import _features_path, _render_empty
+
+    common = {"out_dir": tmp_path, "cache_dir": tmp_path, "detector": tmp_path / "d", "base": tmp_path / "a"}
+    default = VerifierSettings(**common)  # type: ignore[arg-type]
+    every = VerifierSettings(distractor_kinds=DISTRACTOR_KINDS, **common)  # type: ignore[arg-type]
+    classifier = AttributeClassifier(TINY).eval()
+
+    def key(settings: VerifierSettings) -> tuple[Path, dict[str, object]]:
+        return _features_path(settings, "ab" * 32, classifier, SIZE, 0.3, LABELS)
+
+    assert default.distractor_kinds == DEFAULT_DISTRACTOR_KINDS
+    assert "distractor_kinds" not in key(default)[1]  # the caches written before the choice stay valid
+    assert key(every)[1]["distractor_kinds"] == list(DISTRACTOR_KINDS) and key(every)[0] != key(default)[0]
+    assert json.loads(every.to_json())["distractor_kinds"] == list(DISTRACTOR_KINDS)
+    seed = scene_seeds(1, 0, 1)[0]
+    plain = _render_empty((int(seed), SIZE, LABELS.to_json(), DEFAULT_DISTRACTOR_KINDS))
+    shapes = _render_empty((int(seed), SIZE, LABELS.to_json(), ("shapes",)))
+    assert plain.shape == shapes.shape == (SIZE, SIZE, 3) and not np.array_equal(plain, shapes)

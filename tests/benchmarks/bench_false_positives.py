@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/benchmarks/bench_false_positives.py [--images 200] [--seed 7] \
         [--negatives 100] [--negative-seed 9] [--detector NAME=PATH|git:REV|shipped ...] \
-        [--attributes NAME=PATH|git:REV|shipped ...] [--no-verifier NAME ...]
+        [--attributes NAME=PATH|git:REV|shipped ...] [--no-verifier NAME ...] [--all-kinds]
 
 For each detector (default: ``before``, the detector shipped before hard negatives, read from the
 git commit that added it, and ``after``, the shipped one), through the in-process PyTorch reference
@@ -18,6 +18,8 @@ stage: each detection re-scored by its crop) where it was fitted to that detecto
   nothing on it), seeds ``scene_seed(negative_seed, i)``, disjoint from training (seed 1) and the
   quality seed: detections per photo above 0.3 and above 0.5 (goal: none above 0.5, at most one
   above 0.3);
+* with ``--all-kinds``, the same seeds painted with every kind of distractor, the opt-in ``shapes``
+  (a collage of ellipses, boxes and blobs, flat or in the garments' textile patterns) included;
 * the normal held-out scenes of ``bench_quality.py`` (seed 7): box mAP, mAP@.5, attribute
   accuracy (bars 0.60, 0.90, 0.90), and the expected calibration error of the detections
   (``fashionbox.commands.calibration``: right = same category at IoU >= 0.5; 10 and 15 bins).
@@ -87,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the attribute checkpoint for detector NAME (default: shipped)")
     parser.add_argument("--no-verifier", action="append", default=[], metavar="NAME",
                         help="measure detector NAME without the verifier head's second stage")
+    parser.add_argument("--all-kinds", action="store_true",
+                        help="also the negative seeds painted with every distractor kind, 'shapes' (patterned "
+                             "ellipses, boxes and blobs) included: 'distractor_all_kinds'")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/false_positives.json")
     args = parser.parse_args(argv)
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from fashionbox.commands.evaluation import EvalSample, evaluate, heldout_samples, predictions_from_result
     from fashionbox.models import file_sha256, load_detector
     from fashionbox.models.pipeline import InProcessPipeline
-    from fashionbox.synth.distractors import DistractorConfig, render_distractor_scene
+    from fashionbox.synth.distractors import DISTRACTOR_KINDS, DistractorConfig, render_distractor_scene
     from fashionbox.training.data import scene_seed
 
     specs = dict(s.split("=", 1) for s in (args.detector or [f"before={BEFORE}", "after=shipped"]))
@@ -119,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         "empty": [render_distractor_scene(scene_seed(args.negative_seed, i), config=bare).encode(quality=90)
                   for i in range(args.negatives)],
     }
+    if args.all_kinds:  # the same seeds painted with every kind, 'shapes' included (not in the defaults)
+        every = DistractorConfig(kinds=DISTRACTOR_KINDS)
+        negatives["distractor_all_kinds"] = [
+            render_distractor_scene(scene_seed(args.negative_seed, i), config=every).encode(quality=90)
+            for i in range(args.negatives)]
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fashionbox-fp-") as tmp:
         for name, spec in specs.items():

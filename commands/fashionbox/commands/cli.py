@@ -59,6 +59,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"error: {', '.join(given)} only apply to training on your data (--coco ANNOTATIONS.json)",
               file=sys.stderr)
         return 2
+    if args.distractor_kinds is not None and args.distractors is None:
+        print("error: --distractor-kinds chooses the distractors of --distractors training and of --stage verifier",
+              file=sys.stderr)
+        return 2
     if args.mine_negatives and args.distractors is None:
         print("error: --mine-negatives mines the negative scenes of --distractors training: give --distractors",
               file=sys.stderr)
@@ -94,6 +98,7 @@ def _cmd_train_negatives(args: argparse.Namespace) -> int:
         settings = NegativeSettings(out_dir=args.out, cache_dir=args.cache_dir, init=init, seed=args.seed,
                                     scenes=args.scenes, distractor_rate=args.distractors,
                                     empty_rate=args.empty_scenes, steps=args.detector_steps, lr=args.detector_lr,
+                                    distractor_kinds=_distractor_kinds(args.distractor_kinds),
                                     threads=args.threads, resume=args.resume, mine_negatives=args.mine_negatives,
                                     mine_keep=args.mine_keep, mine_share=args.mine_share, mine_every=args.mine_every)
     except ValueError as exc:
@@ -132,7 +137,8 @@ def _cmd_train_verifier(args: argparse.Namespace) -> int:
     try:
         settings = VerifierSettings(out_dir=args.out, cache_dir=args.cache_dir, detector=detector, base=base,
                                     seed=args.seed, scenes=_VERIFIER_SCENES if args.scenes is None else args.scenes,
-                                    threads=args.threads, **options)
+                                    distractor_kinds=_distractor_kinds(args.distractor_kinds), threads=args.threads,
+                                    **options)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -140,6 +146,16 @@ def _cmd_train_verifier(args: argparse.Namespace) -> int:
     print(verifier_summary(path))
     print(f"attributes: {path}")
     return 0
+
+
+def _distractor_kinds(value: str | None) -> tuple[str, ...]:
+    """``--distractor-kinds``: ``default`` (also when not given), ``all`` or a comma-separated list of kinds."""
+    from fashionbox.synth.distractors import DEFAULT_DISTRACTOR_KINDS, DISTRACTOR_KINDS
+
+    named = {None: DEFAULT_DISTRACTOR_KINDS, "default": DEFAULT_DISTRACTOR_KINDS, "all": DISTRACTOR_KINDS}
+    if value in named:
+        return named[value]
+    return tuple(k.strip() for k in str(value).split(",") if k.strip())
 
 
 def _cmd_train_coco(args: argparse.Namespace) -> int:
@@ -319,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "carry distractors under their garments and --empty-scenes have no garment (hard negatives)")
     p.add_argument("--empty-scenes", type=float, default=0.25, metavar="RATE",
                    help="with --distractors: share of scenes with distractors and no garment")
+    p.add_argument("--distractor-kinds", metavar="KINDS",
+                   help="with --distractors and with --stage verifier: the kinds of distractor painted, 'default' "
+                        "(the generator's defaults), 'all' (adds 'shapes': collages of ellipses, boxes and blobs, "
+                        "flat or in the garments' textile patterns) or a comma-separated list; --stage verifier "
+                        "paints them in its mixed scenes and its fresh negatives")
     p.add_argument("--mine-negatives", type=int, default=0, metavar="N",
                    help="with --distractors: mine hard negatives: every --mine-every steps the detector scores N "
                         "negative training scenes; the --mine-keep share where it fires hardest fills "

@@ -25,6 +25,7 @@ fills ``mine_share`` of every batch, the rest is drawn uniformly as before.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing as mp
@@ -40,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 from fashionbox.contract.labels import LabelMap, default_label_map
+from fashionbox.synth.distractors import DEFAULT_DISTRACTOR_KINDS, DistractorConfig
 from fashionbox.training.data import SceneCache, SceneSample, scene_sample, scene_seed
 from fashionbox.training.detection import assign_targets, detection_loss
 from fashionbox.training.schedule import lr_at
@@ -91,36 +93,52 @@ def scene_kind(seed: int, index: int, distractor_rate: float, empty_rate: float)
     return "normal"
 
 
-def render_kind_sample(seed: int, kind: str, input_size: int, label_map: LabelMap) -> SceneSample:
-    """Scene ``seed`` of ``kind``, JPEG round-tripped and letterboxed as served (like ``render_sample``)."""
+def render_kind_sample(seed: int, kind: str, input_size: int, label_map: LabelMap, *,
+                       distractor_kinds: tuple[str, ...] | None = None) -> SceneSample:
+    """Scene ``seed`` of ``kind``, JPEG round-tripped and letterboxed as served (like ``render_sample``);
+    ``distractor_kinds``: what the distractors are drawn from (default: the generator's default kinds)."""
     from fashionbox.synth import render_scene
     from fashionbox.synth.distractors import render_distractor_scene, render_scene_with_distractors
 
+    config = None if distractor_kinds is None else DistractorConfig(kinds=distractor_kinds)
     if kind == "normal":
         scene = render_scene(seed, label_map=label_map)
     elif kind == "distractors":
-        scene, _ = render_scene_with_distractors(seed, label_map=label_map)
+        scene, _ = render_scene_with_distractors(seed, label_map=label_map, distractors=config)
     elif kind == "empty":
-        scene = render_distractor_scene(seed)
+        scene = render_distractor_scene(seed, config=config)
     else:
         raise ValueError(f"unknown scene kind {kind!r}; choose from {SCENE_KINDS}")
     return scene_sample(scene, seed, input_size, label_map)
 
 
-def _worker(args: tuple[int, str, int, str]) -> SceneSample:
-    seed, kind, input_size, labels_json = args
-    return render_kind_sample(seed, kind, input_size, LabelMap.from_dict(json.loads(labels_json)))
+def _worker(args: tuple[int, str, int, str, tuple[str, ...] | None]) -> SceneSample:
+    seed, kind, input_size, labels_json, distractor_kinds = args
+    return render_kind_sample(seed, kind, input_size, LabelMap.from_dict(json.loads(labels_json)),
+                              distractor_kinds=distractor_kinds)
+
+
+def distractor_kinds_tag(kinds: tuple[str, ...] | None) -> str:
+    """What cache names and feature keys add for a choice of distractor kinds: nothing for the
+    generator's defaults (the caches written before the choice existed stay valid), else a digest."""
+    if kinds is None or tuple(kinds) == DEFAULT_DISTRACTOR_KINDS:
+        return ""
+    DistractorConfig(kinds=tuple(kinds))  # refuses unknown kinds, naming them
+    return "-k" + hashlib.sha256(",".join(kinds).encode()).hexdigest()[:8]
 
 
 def build_mixed_cache(cache_root: Path, *, count: int, seed: int, input_size: int, distractor_rate: float,
                       empty_rate: float, label_map: LabelMap | None = None, workers: int = 2,
-                      progress: Callable[[int], None] | None = None) -> SceneCache:
+                      progress: Callable[[int], None] | None = None,
+                      distractor_kinds: tuple[str, ...] | None = None) -> SceneCache:
     """Render ``count`` scenes of mixed kinds (or reuse a complete cache with the same parameters);
     read back with :class:`~fashionbox.training.data.SceneCache`, plus ``kinds.npy`` (index into
-    :data:`SCENE_KINDS`)."""
+    :data:`SCENE_KINDS`). ``distractor_kinds``: what the distractors are drawn from (default: the
+    generator's defaults)."""
     check_scene_rates(distractor_rate, empty_rate)
     label_map = label_map or default_label_map()
-    key = f"mixed-n{count}-seed{seed}-s{input_size}-d{distractor_rate:g}-e{empty_rate:g}-{label_map.name}"
+    key = (f"mixed-n{count}-seed{seed}-s{input_size}-d{distractor_rate:g}-e{empty_rate:g}-{label_map.name}"
+           f"{distractor_kinds_tag(distractor_kinds)}")
     folder = Path(cache_root) / key
     if (folder / "complete").is_file():
         return SceneCache(folder)
@@ -128,7 +146,7 @@ def build_mixed_cache(cache_root: Path, *, count: int, seed: int, input_size: in
     pixels = np.lib.format.open_memmap(  # type: ignore[no-untyped-call]
         folder / "pixels.npy", mode="w+", dtype=np.uint8, shape=(count, input_size, input_size, 3))
     kinds = [scene_kind(seed, i, distractor_rate, empty_rate) for i in range(count)]
-    jobs = [(scene_seed(seed, i), kinds[i], input_size, label_map.to_json()) for i in range(count)]
+    jobs = [(scene_seed(seed, i), kinds[i], input_size, label_map.to_json(), distractor_kinds) for i in range(count)]
     boxes, classes, attributes, offsets = [], [], [], [0]
     with mp.get_context("fork").Pool(workers) as pool:
         for i, sample in enumerate(pool.imap(_worker, jobs, chunksize=16)):
@@ -171,6 +189,8 @@ class NegativeSettings:
     """Share of scenes whose garments lie over distractors."""
     empty_rate: float = 0.25
     """Share of scenes with distractors and no garment."""
+    distractor_kinds: tuple[str, ...] = DEFAULT_DISTRACTOR_KINDS
+    """The kinds of distractor painted (``fashionbox.synth.distractors``)."""
     steps: int = 600
     batch: int = 32
     lr: float = 1e-3
@@ -190,6 +210,7 @@ class NegativeSettings:
 
     def __post_init__(self) -> None:
         check_scene_rates(self.distractor_rate, self.empty_rate)
+        distractor_kinds_tag(self.distractor_kinds)
         if self.scenes < self.batch or self.batch < 1 or self.steps < 1:
             raise ValueError("steps and batch must be >= 1 and scenes at least one batch")
         if self.lr <= 0 or self.warmup < 0:
@@ -303,7 +324,8 @@ def train_detector_negatives(settings: NegativeSettings, *, label_map: LabelMap 
         with tqdm(total=settings.scenes, desc="mixed scenes", unit="scene") as bar:
             cache = build_mixed_cache(settings.cache_dir, count=settings.scenes, seed=settings.seed,
                                       input_size=settings.input_size, distractor_rate=settings.distractor_rate,
-                                      empty_rate=settings.empty_rate, label_map=label_map, progress=bar.update)
+                                      empty_rate=settings.empty_rate, label_map=label_map, progress=bar.update,
+                                      distractor_kinds=settings.distractor_kinds)
     path = settings.out_dir / "detector.safetensors"
     start = 0
     source = settings.init

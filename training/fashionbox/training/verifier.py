@@ -64,11 +64,13 @@ from fashionbox.models import (
 )
 from fashionbox.models.attributes import VerifierHead
 from fashionbox.models.nms import box_iou
+from fashionbox.synth.distractors import DEFAULT_DISTRACTOR_KINDS
 from fashionbox.training.data import SceneCache, scene_seed
 from fashionbox.training.negatives import (
     build_mixed_cache,
     check_scene_rates,
     check_training_seeds,
+    distractor_kinds_tag,
     render_kind_sample,
 )
 
@@ -130,6 +132,9 @@ class VerifierSettings:
     empty_rate: float = 0.25
     negatives: int = 4000
     """Fresh scenes of distractors only (indices ``FRESH_FIRST`` on), every detection on them wrong."""
+    distractor_kinds: tuple[str, ...] = DEFAULT_DISTRACTOR_KINDS
+    """The kinds of distractor painted in the mixed cache's scenes and in the fresh ones
+    (``fashionbox.synth.distractors``); the detector's own recipe is the natural choice."""
     hidden: int = 64
     """Hidden units of each member's MLP."""
     members: int = 5
@@ -156,6 +161,7 @@ class VerifierSettings:
             raise ValueError(f"lr must be positive and weight_decay non-negative, got {self.lr:g} and "
                              f"{self.weight_decay:g}")
         check_scene_rates(self.distractor_rate, self.empty_rate)
+        distractor_kinds_tag(self.distractor_kinds)  # refuses unknown kinds, naming them
         if not 0 <= self.seed < 10**6:
             raise ValueError(f"training seeds are in [0, 10**6), got {self.seed}")
         check_training_seeds(scene_seeds(self.seed, self.scenes, self.negatives))
@@ -256,9 +262,10 @@ def detection_rows(detect: DetectFn, classifier: AttributeClassifier, pixels: np
                         np.concatenate(classes), np.concatenate(right), np.concatenate(scene_of))
 
 
-def _render_empty(args: tuple[int, int, str]) -> npt.NDArray[np.uint8]:
-    seed, input_size, labels_json = args
-    return render_kind_sample(seed, "empty", input_size, LabelMap.from_dict(json.loads(labels_json))).pixels
+def _render_empty(args: tuple[int, int, str, tuple[str, ...]]) -> npt.NDArray[np.uint8]:
+    seed, input_size, labels_json, kinds = args
+    return render_kind_sample(seed, "empty", input_size, LabelMap.from_dict(json.loads(labels_json)),
+                              distractor_kinds=kinds).pixels
 
 
 def _trunk_key(classifier: AttributeClassifier) -> str:
@@ -277,6 +284,8 @@ def _features_path(settings: VerifierSettings, detector_sha256: str, classifier:
         "version": _FEATURES_VERSION, "detector_sha256": detector_sha256, "trunk": _trunk_key(classifier),
         "seed": settings.seed, "scenes": settings.scenes, "distractor_rate": settings.distractor_rate,
         "empty_rate": settings.empty_rate, "negatives": settings.negatives, "fresh_first": FRESH_FIRST,
+        **({} if settings.distractor_kinds == DEFAULT_DISTRACTOR_KINDS  # the caches made before the choice
+           else {"distractor_kinds": list(settings.distractor_kinds)}),
         "input_size": input_size, "score_threshold": score_threshold, "match_iou": MATCH_IOU,
         "nms_iou": contract.DEFAULT_IOU_THRESHOLD, "max_detections": contract.DEFAULT_MAX_DETECTIONS,
         "crop_margin": CROP_MARGIN, "label_map": label_map.name}
@@ -317,7 +326,8 @@ def _extract(settings: VerifierSettings, classifier: AttributeClassifier, label_
         cache: SceneCache = build_mixed_cache(settings.cache_dir, count=settings.scenes, seed=settings.seed,
                                               input_size=input_size, distractor_rate=settings.distractor_rate,
                                               empty_rate=settings.empty_rate, label_map=label_map,
-                                              workers=settings.workers, progress=bar.update)
+                                              workers=settings.workers, progress=bar.update,
+                                              distractor_kinds=settings.distractor_kinds)
     if len(cache) != settings.scenes or cache.pixels.shape[1] != input_size:
         raise ValueError(f"{cache.folder} holds {len(cache)} scenes of {cache.pixels.shape[1]} px, "
                          f"expected {settings.scenes} of {input_size}")
@@ -337,7 +347,8 @@ def _extract(settings: VerifierSettings, classifier: AttributeClassifier, label_
         with tqdm(total=settings.negatives, desc="detections (fresh negatives)", unit="scene") as bar:
             for chunk in range(FRESH_FIRST, FRESH_FIRST + settings.negatives, RENDER_CHUNK):
                 indices = np.arange(chunk, min(chunk + RENDER_CHUNK, FRESH_FIRST + settings.negatives))
-                jobs = [(scene_seed(settings.seed, int(i)), input_size, label_map.to_json()) for i in indices]
+                jobs = [(scene_seed(settings.seed, int(i)), input_size, label_map.to_json(),
+                         settings.distractor_kinds) for i in indices]
                 pixels = np.stack(pool.map(_render_empty, jobs, chunksize=16))
                 for k in range(0, len(indices), DETECTION_BATCH):
                     part = slice(k, k + DETECTION_BATCH)
