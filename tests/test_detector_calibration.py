@@ -16,6 +16,7 @@ from fashionbox.commands.calibration import (
     choose_threshold,
     expected_calibration_error,
     fit_detector_calibration,
+    verifier_refit_command,
 )
 from fashionbox.commands.cli import main
 from fashionbox.commands.evaluation import EvalSample, GroundTruth, Prediction
@@ -166,6 +167,20 @@ def test_the_fit_lowers_the_calibration_error_and_chooses_the_highest_threshold_
 def test_choose_threshold_takes_the_highest_within_the_tolerance() -> None:
     assert choose_threshold({0.01: 0.94, 0.02: 0.938, 0.05: 0.93, 0.1: 0.90}) == 0.02
     assert choose_threshold({0.01: 0.5}) == 0.01
+
+
+def test_the_refit_command_paints_the_distractor_kinds_the_detector_was_trained_with() -> None:
+    from fashionbox.synth.distractors import DEFAULT_DISTRACTOR_KINDS, DISTRACTOR_KINDS
+
+    out, attributes = Path("d.safetensors"), Path("a.safetensors")
+    base = "fashionbox train --stage verifier --verifier-detector d.safetensors --attributes-base a.safetensors"
+    assert verifier_refit_command(out, attributes, "") == base  # no recipe (a calibrated import, say)
+    assert verifier_refit_command(out, attributes, json.dumps({"steps": 400})) == base  # before the choice
+    assert verifier_refit_command(out, attributes, json.dumps({"distractor_kinds": DEFAULT_DISTRACTOR_KINDS})) == base
+    assert verifier_refit_command(out, attributes, json.dumps({"distractor_kinds": DISTRACTOR_KINDS})) == (
+        base + " --distractor-kinds all")
+    assert verifier_refit_command(out, attributes, json.dumps({"distractor_kinds": ["shapes", "text"]})) == (
+        base + " --distractor-kinds shapes,text")
 
 
 def test_too_few_or_no_right_detections_cannot_be_fitted() -> None:

@@ -18,8 +18,10 @@ so it keeps the ranking (hence AP) but moves scores across a fixed threshold.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,8 @@ import numpy.typing as npt
 from fashionbox.commands.evaluation import EvalSample, Prediction
 
 __all__ = ["CalibrationError", "DetectorCalibration", "apply_platt", "choose_threshold", "detection_outcomes",
-           "expected_calibration_error", "fit_detector_calibration", "fit_platt", "reliability_table"]
+           "expected_calibration_error", "fit_detector_calibration", "fit_platt", "reliability_table",
+           "verifier_refit_command"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -244,9 +247,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 def run_calibrate_cli(args: Any) -> int:
     """``fashionbox calibrate``: fit the detector's score calibration and served threshold on validation
     images; write the calibrated checkpoint (same weights) to ``--out``."""
-    import json
     import sys
-    from pathlib import Path
 
     from fashionbox.commands.evaluation import _coco_samples, coco_metrics, heldout_samples, predictions_from_result
     from fashionbox.models import (
@@ -300,8 +301,8 @@ def run_calibrate_cli(args: Any) -> int:
                                                       label_map.num_categories)
     if report["verifier_refit_needed"]:
         print(f"note: {attributes_path.name}'s verifier head (the second stage) was fitted to the input detector; "
-              f"it is not served with {args.out} until refitted: fashionbox train --stage verifier "
-              f"--verifier-detector {args.out} --attributes-base {attributes_path}", file=sys.stderr)
+              f"it is not served with {args.out} until refitted: "
+              f"{verifier_refit_command(args.out, attributes_path, kept.get('train_settings', ''))}", file=sys.stderr)
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -313,3 +314,18 @@ def run_calibrate_cli(args: Any) -> int:
               f"{fit.map50_by_threshold[fit.score_threshold]:.4f}, best {max(fit.map50_by_threshold.values()):.4f})")
         print(f"wrote {args.out}")
     return 0
+
+
+def verifier_refit_command(detector: Path, attributes: Path, train_settings: str) -> str:
+    """The command that fits a verifier head for ``detector``, on the distractor kinds its recipe
+    (``train_settings``, the checkpoint's metadata) was trained with."""
+    from fashionbox.synth.distractors import DEFAULT_DISTRACTOR_KINDS, DISTRACTOR_KINDS
+
+    command = f"fashionbox train --stage verifier --verifier-detector {detector} --attributes-base {attributes}"
+    try:
+        kinds = tuple(json.loads(train_settings).get("distractor_kinds", DEFAULT_DISTRACTOR_KINDS))
+    except (ValueError, AttributeError):  # a recipe that is not a JSON object: nothing to add
+        return command
+    if kinds == DEFAULT_DISTRACTOR_KINDS:
+        return command
+    return command + " --distractor-kinds " + ("all" if kinds == DISTRACTOR_KINDS else ",".join(kinds))
