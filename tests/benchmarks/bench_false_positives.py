@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/benchmarks/bench_false_positives.py [--images 200] [--seed 7] \
         [--negatives 100] [--negative-seed 9] [--detector NAME=PATH|git:REV|shipped ...] \
-        [--attributes NAME=PATH|git:REV|shipped ...] [--no-verifier NAME ...] [--all-kinds]
+        [--attributes NAME=PATH|git:REV|shipped ...] [--no-verifier NAME ...] [--all-kinds] [--noise N]
 
 For each detector (default: ``before``, the detector shipped before hard negatives, read from the
 git commit that added it, and ``after``, the shipped one), through the in-process PyTorch reference
@@ -20,6 +20,7 @@ stage: each detection re-scored by its crop) where it was fitted to that detecto
   above 0.3);
 * with ``--all-kinds``, the same seeds painted with every kind of distractor, the opt-in ``shapes``
   (a collage of ellipses, boxes and blobs, flat or in the garments' textile patterns) included;
+* with ``--noise N``, N photos of coloured 1/f noise (texture with no object);
 * the normal held-out scenes of ``bench_quality.py`` (seed 7): box mAP, mAP@.5, attribute
   accuracy (bars 0.60, 0.90, 0.90), and the expected calibration error of the detections
   (``fashionbox.commands.calibration``: right = same category at IoU >= 0.5; 10 and 15 bins).
@@ -46,6 +47,29 @@ WEIGHTS = "models/fashionbox/models/weights/detector.safetensors"
 BEFORE = "git:68be8b8514be10bf77e4a5afc559137230571ce0"
 """The commit that holds the detector trained without distractors (the one shipped before issue 18)."""
 THRESHOLDS = (0.3, 0.5)
+
+
+def _noise_photo(rng: Any, size: tuple[int, int] = (640, 480)) -> bytes:
+    """A JPEG of coloured noise with a 1/f^alpha amplitude spectrum (alpha in [1, 1.6], natural images'
+    range), channels mixed so colours correlate: texture with no object in it."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    width, height = size
+    fy, fx = np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :]
+    radius = np.hypot(fx, fy)
+    radius[0, 0] = 1.0
+    alpha = rng.uniform(1.0, 1.6)
+    planes = [np.fft.irfft2((rng.normal(size=radius.shape) + 1j * rng.normal(size=radius.shape)) / radius**alpha,
+                            s=(height, width)) for _ in range(3)]
+    pixels = np.stack(planes, -1) @ (np.eye(3) + 0.3 * rng.normal(size=(3, 3)))
+    pixels = (pixels - pixels.mean()) / pixels.std()
+    pixels = 128 + pixels * rng.uniform(30, 60) + 30 * rng.normal(size=3)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
 
 
 def _resolve(spec: str, tmp: Path, name: str, kind: str = "detector") -> Path:
@@ -92,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all-kinds", action="store_true",
                         help="also the negative seeds painted with every distractor kind, 'shapes' (patterned "
                              "ellipses, boxes and blobs) included: 'distractor_all_kinds'")
+    parser.add_argument("--noise", type=int, default=0, metavar="N",
+                        help="also N photos of coloured 1/f noise (natural images' spectrum, no object at all): "
+                             "'noise'")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/false_positives.json")
     args = parser.parse_args(argv)
@@ -124,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         "empty": [render_distractor_scene(scene_seed(args.negative_seed, i), config=bare).encode(quality=90)
                   for i in range(args.negatives)],
     }
+    if args.noise:
+        negatives["noise"] = [_noise_photo(np.random.default_rng([args.negative_seed, i])) for i in range(args.noise)]
     if args.all_kinds:  # the same seeds painted with every kind, 'shapes' included (not in the defaults)
         every = DistractorConfig(kinds=DISTRACTOR_KINDS)
         negatives["distractor_all_kinds"] = [
