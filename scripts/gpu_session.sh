@@ -13,9 +13,11 @@
 # the python-backend stubs; this checkout is installed editable, as here.
 #
 # Everything lands in $OUT (the device tool's folder; ./gpu-session-out elsewhere): session.log,
-# environment.txt, cuda_tests.log, gpu.json, bench.log, and the Triton logs of anything that failed.
+# environment.txt, cuda_tests.log, gpu.json, bench.log, train_gpu.json, train.log, and the Triton logs
+# of anything that failed.
 # Each step has its own time limit, so the files of the finished steps come back when a later one
-# runs long. Limits (seconds): TESTS_S (0: no tests), SHAPES_S, BENCH_S; the benchmark's arguments: BENCH_ARGS.
+# runs long. Limits (seconds): TESTS_S (0: no tests), SHAPES_S, BENCH_S, TRAIN_S; the benchmarks'
+# arguments: BENCH_ARGS, TRAIN_ARGS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -26,6 +28,10 @@ SITE=${FASHIONBOX_DEVICE_SITE:-/tmp/fashionbox-site}
 TESTS_S=${TESTS_S:-100}
 SHAPES_S=${SHAPES_S:-60}
 BENCH_S=${BENCH_S:-380}
+# Last, what a training run costs on the GPU (issue 18: steps/s of `fashionbox train --coco` with
+# --device cuda --amp, tests/benchmarks/bench_train_coco.py); TRAIN_S=0 skips it.
+TRAIN_S=${TRAIN_S:-70}
+TRAIN_ARGS=${TRAIN_ARGS:---images 128 --batch 32 --detector-steps 40 --attribute-steps 40 --trials 0 --threads 8 --device cuda --amp}
 # One round of these three profiles took 255 s on the H200 (2026-12-04: server starts, bucket warm-ups
 # and the network ceilings included); a second round adds about 100 s. cpu-best replaced cpu (ONNX
 # Runtime, measured then: gpu_over_cpu 3.2) so the GPU is measured against the best CPU runtime.
@@ -114,6 +120,13 @@ if [ "$status" -ne 0 ]; then
   # The Triton logs of the failed run: the newest few, one file (the tool brings back 8 files at most).
   find /tmp -name tritonserver.log -newermt "@$started" -print0 2>/dev/null | xargs -0 -r ls -t | head -n 4 |
     while read -r log; do echo "### $log"; tail -n 80 "$log"; done >"$OUT/triton_logs.txt"
+fi
+step "training cost: $TRAIN_ARGS (limit ${TRAIN_S}s; 0 skips it)"
+if [ "$TRAIN_S" -gt 0 ]; then
+  # shellcheck disable=SC2086 # TRAIN_ARGS is a list of arguments
+  timeout "$TRAIN_S" "$PYTHON" tests/benchmarks/bench_train_coco.py $TRAIN_ARGS --out "$OUT/train_gpu.json" \
+    >"$OUT/train.log" 2>&1
+  echo "bench_train_coco exit $? (log: train.log)"; tail -n 3 "$OUT/train.log"
 fi
 step "done in $(( $(date +%s) - started ))s"
 # Last, a short table: the reply of the device tool carries the end of the output.

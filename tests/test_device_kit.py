@@ -101,3 +101,13 @@ def test_the_session_script_is_valid_bash_and_its_benchmark_arguments_parse() ->
     assert set(args.profiles.split(",")) <= set(bench_gpu.PROFILES)
     assert {"cpu-best", "gpu"} <= set(args.profiles.split(","))  # GPU against the best CPU runtime (issue 23)
     assert args.rounds >= 2  # medians of several runs
+    # The training-cost step (issue 18): bench_train_coco on CUDA with mixed precision.
+    match = re.search(r"^TRAIN_ARGS=\$\{TRAIN_ARGS:-(.*)\}$", script.read_text(), re.MULTILINE)
+    assert match is not None, "gpu_session.sh sets no default TRAIN_ARGS"
+    sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
+    try:
+        import bench_train_coco
+    finally:
+        sys.path.remove(str(ROOT / "tests" / "benchmarks"))
+    train = bench_train_coco.build_parser().parse_args(shlex.split(match.group(1)))
+    assert train.device == "cuda" and train.amp and train.detector_steps > 0 and train.attribute_steps > 0

@@ -27,7 +27,7 @@ from bench_report import machine, write_report
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--detector-steps", type=int, default=40)
@@ -40,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--init", default="default", help="default (shipped weights), PATH or scratch")
     parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/train_coco.json")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     import torch
 
@@ -84,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_report(args.out, __file__, argv, {"summary": summary},
                  machine_info=machine(torch=torch.__version__, threads=args.threads, device=args.device,
-                                      amp=args.amp))
+                                      amp=args.amp, **({"gpu": torch.cuda.get_device_name(0)}
+                                                       if args.device.startswith("cuda") else {})))
     print(summary)
     return 0
 
