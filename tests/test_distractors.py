@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from fashionbox.synth.distractors import (
     DEFAULT_DISTRACTOR_KINDS,
     DISTRACTOR_KINDS,
     DistractorConfig,
+    paint_closeup,
     paint_distractors,
     render_distractor_scene,
     render_scene_with_distractors,
@@ -134,6 +136,29 @@ def test_shapes_wear_the_garments_textile_patterns() -> None:
     assert len(colours) > 200  # flat fills alone would give a few dozen
 
 
+@pytest.mark.parametrize("kind", ["face", "animal", "hand", "texture"])
+def test_a_closeup_fills_the_frame(kind: str) -> None:
+    config = DistractorConfig(kinds=(kind,))
+    covered = []
+    for seed in range(6):
+        closeup, scatter = (Image.new("RGB", SMALL, (128, 128, 128)) for _ in range(2))
+        assert paint_closeup(closeup, random.Random(seed), config) in ([kind], [kind, kind])
+        paint_distractors(scatter, random.Random(seed), replace(config, min_items=1, max_items=1))
+        covered.append([float((np.asarray(image) != 128).any(axis=2).mean()) for image in (closeup, scatter)])
+    closeups, scatters = np.array(covered).T
+    assert closeups.min() > 0.15 and np.median(closeups) > 2 * np.median(scatters), covered
+
+
+def test_closeup_scenes_are_opt_in_and_drawn_from_their_own_generator() -> None:
+    share = [render_distractor_scene(seed, size=SMALL, config=DistractorConfig(closeup_probability=0.5))
+             for seed in range(12)]
+    default = [render_distractor_scene(seed, size=SMALL) for seed in range(12)]
+    same = [np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(share, default, strict=True)]
+    # The scenes that are not close-ups are exactly the default ones (same background, same scatter).
+    assert 0 < sum(same) < 12
+    assert all(a.garments == () for a in share)
+
+
 def test_empty_scenes_can_have_no_distractor_at_all() -> None:
     scene = render_distractor_scene(4, size=SMALL, config=DistractorConfig(min_items=0, max_items=0))
     assert scene.garments == ()
@@ -144,6 +169,7 @@ def test_empty_scenes_can_have_no_distractor_at_all() -> None:
     {"kinds": ("person", "spaceship")},
     {"kinds": ()},
     {"jpeg_artefact_probability": 1.5},
+    {"closeup_probability": -0.1},
     {"min_size_fraction": 0.0},
 ])
 def test_bad_distractor_settings_are_refused_with_the_field_named(bad: dict[str, object]) -> None:

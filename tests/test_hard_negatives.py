@@ -53,6 +53,13 @@ def test_a_mixed_cache_of_other_distractor_kinds_is_another_cache(tmp_path: Path
     assert json.loads(settings.to_json())["distractor_kinds"] == ["shapes"]
     with pytest.raises(ValueError, match=r"unknown \['spaceship'\]"):
         NegativeSettings(out_dir=tmp_path, cache_dir=tmp_path, init=tmp_path, distractor_kinds=("spaceship",))
+    closeups = build_mixed_cache(tmp_path, closeups=1.0, **common)  # type: ignore[arg-type]
+    assert closeups.folder.name == default.folder.name + "-c1"
+    assert not np.array_equal(np.asarray(closeups.pixels), np.asarray(default.pixels))
+    assert json.loads(NegativeSettings(out_dir=tmp_path, cache_dir=tmp_path, init=tmp_path,
+                                       closeups=0.3).to_json())["closeups"] == 0.3
+    with pytest.raises(ValueError, match="closeup_probability"):
+        NegativeSettings(out_dir=tmp_path, cache_dir=tmp_path, init=tmp_path, closeups=2.0)
 
 
 def test_a_warm_restart_starts_from_init_and_records_its_recipe(tmp_path: Path) -> None:

@@ -177,7 +177,9 @@ def test_held_out_seeds_and_overlapping_scene_ranges_are_refused(tmp_path: Path,
     (["--stage", "verifier", "--init", "other.safetensors"], "--init do not apply"),
     (["--stage", "detector", "--verifier-epochs", "3"], "--verifier-epochs only apply to --stage verifier"),
     (["--stage", "verifier", "--verifier-detector", "missing.safetensors"], "no checkpoint there"),
-    (["--stage", "detector", "--distractor-kinds", "all"], "--distractor-kinds chooses the distractors of"),
+    (["--stage", "detector", "--distractor-kinds", "all"], "--distractor-kinds choose the distractors of"),
+    (["--stage", "detector", "--closeups", "0.3"], "--closeups choose the distractors of"),
+    (["--stage", "verifier", "--closeups", "1.5"], "DistractorConfig.closeup_probability must be in [0, 1]"),
     (["--stage", "verifier", "--distractor-kinds", "person,spaceship"], "unknown ['spaceship']"),
     (["--stage", "detector", "--distractors", "0.3", "--distractor-kinds", "spaceship"], "unknown ['spaceship']"),
 ])
@@ -227,7 +229,11 @@ def test_the_fresh_negatives_kinds_are_part_of_the_recipe_and_of_the_feature_cac
     assert "distractor_kinds" not in key(default)[1]  # the caches written before the choice stay valid
     assert key(every)[1]["distractor_kinds"] == list(DISTRACTOR_KINDS) and key(every)[0] != key(default)[0]
     assert json.loads(every.to_json())["distractor_kinds"] == list(DISTRACTOR_KINDS)
+    closeups = VerifierSettings(closeups=0.5, **common)  # type: ignore[arg-type]
+    assert key(closeups)[1]["closeups"] == 0.5 and key(closeups)[0] not in (key(default)[0], key(every)[0])
     seed = scene_seeds(1, 0, 1)[0]
-    plain = _render_empty((int(seed), SIZE, LABELS.to_json(), DEFAULT_DISTRACTOR_KINDS))
-    shapes = _render_empty((int(seed), SIZE, LABELS.to_json(), ("shapes",)))
+    plain = _render_empty((int(seed), SIZE, LABELS.to_json(), DEFAULT_DISTRACTOR_KINDS, 0.0))
+    shapes = _render_empty((int(seed), SIZE, LABELS.to_json(), ("shapes",), 0.0))
+    closeup = _render_empty((int(seed), SIZE, LABELS.to_json(), DEFAULT_DISTRACTOR_KINDS, 1.0))
+    assert not np.array_equal(plain, closeup)
     assert plain.shape == shapes.shape == (SIZE, SIZE, 3) and not np.array_equal(plain, shapes)

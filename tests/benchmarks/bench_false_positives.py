@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/benchmarks/bench_false_positives.py [--images 200] [--seed 7] \
         [--negatives 100] [--negative-seed 9] [--detector NAME=PATH|git:REV|shipped ...] \
-        [--attributes NAME=PATH|git:REV|shipped ...] [--no-verifier NAME ...] [--all-kinds] [--noise N]
+        [--attributes NAME=PATH|git:REV|shipped ...] [--no-verifier NAME ...] [--all-kinds] [--closeups] [--noise N]
 
 For each detector (default: ``before``, the detector shipped before hard negatives, read from the
 git commit that added it, and ``after``, the shipped one), through the in-process PyTorch reference
@@ -20,6 +20,8 @@ stage: each detection re-scored by its crop) where it was fitted to that detecto
   above 0.3);
 * with ``--all-kinds``, the same seeds painted with every kind of distractor, the opt-in ``shapes``
   (a collage of ellipses, boxes and blobs, flat or in the garments' textile patterns) included;
+* with ``--closeups``, the same seeds as close-ups: one or two distractors filling the frame, as a
+  pet, a chair or a face photographed up close (``DistractorConfig.closeup_probability``);
 * with ``--noise N``, N photos of coloured 1/f noise (texture with no object);
 * the normal held-out scenes of ``bench_quality.py`` (seed 7): box mAP, mAP@.5, attribute
   accuracy (bars 0.60, 0.90, 0.90), and the expected calibration error of the detections
@@ -116,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all-kinds", action="store_true",
                         help="also the negative seeds painted with every distractor kind, 'shapes' (patterned "
                              "ellipses, boxes and blobs) included: 'distractor_all_kinds'")
+    parser.add_argument("--closeups", action="store_true",
+                        help="also the negative seeds as close-ups (a pet, a chair, a face filling the frame): "
+                             "'closeup'")
     parser.add_argument("--noise", type=int, default=0, metavar="N",
                         help="also N photos of coloured 1/f noise (natural images' spectrum, no object at all): "
                              "'noise'")
@@ -151,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         "empty": [render_distractor_scene(scene_seed(args.negative_seed, i), config=bare).encode(quality=90)
                   for i in range(args.negatives)],
     }
+    if args.closeups:  # the same seeds as close-ups: one or two distractors filling the frame
+        closeup = DistractorConfig(closeup_probability=1.0)
+        negatives["closeup"] = [
+            render_distractor_scene(scene_seed(args.negative_seed, i), config=closeup).encode(quality=90)
+            for i in range(args.negatives)]
     if args.noise:
         negatives["noise"] = [_noise_photo(np.random.default_rng([args.negative_seed, i])) for i in range(args.noise)]
     if args.all_kinds:  # the same seeds painted with every kind, 'shapes' included (not in the defaults)

@@ -59,8 +59,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"error: {', '.join(given)} only apply to training on your data (--coco ANNOTATIONS.json)",
               file=sys.stderr)
         return 2
-    if args.distractor_kinds is not None and args.distractors is None:
-        print("error: --distractor-kinds chooses the distractors of --distractors training and of --stage verifier",
+    given = _flags(args, ("distractor_kinds", "closeups"))
+    if given and args.distractors is None:
+        print(f"error: {', '.join(given)} choose the distractors of --distractors training and of --stage verifier",
               file=sys.stderr)
         return 2
     if args.mine_negatives and args.distractors is None:
@@ -99,7 +100,8 @@ def _cmd_train_negatives(args: argparse.Namespace) -> int:
                                     scenes=args.scenes, distractor_rate=args.distractors,
                                     empty_rate=args.empty_scenes, steps=args.detector_steps, lr=args.detector_lr,
                                     distractor_kinds=_distractor_kinds(args.distractor_kinds),
-                                    threads=args.threads, resume=args.resume, mine_negatives=args.mine_negatives,
+                                    closeups=args.closeups or 0.0, threads=args.threads, resume=args.resume,
+                                    mine_negatives=args.mine_negatives,
                                     mine_keep=args.mine_keep, mine_share=args.mine_share, mine_every=args.mine_every)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -137,8 +139,8 @@ def _cmd_train_verifier(args: argparse.Namespace) -> int:
     try:
         settings = VerifierSettings(out_dir=args.out, cache_dir=args.cache_dir, detector=detector, base=base,
                                     seed=args.seed, scenes=_VERIFIER_SCENES if args.scenes is None else args.scenes,
-                                    distractor_kinds=_distractor_kinds(args.distractor_kinds), threads=args.threads,
-                                    **options)
+                                    distractor_kinds=_distractor_kinds(args.distractor_kinds),
+                                    closeups=args.closeups or 0.0, threads=args.threads, **options)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -340,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the generator's defaults), 'all' (adds 'shapes': collages of ellipses, boxes and blobs, "
                         "flat or in the garments' textile patterns) or a comma-separated list; --stage verifier "
                         "paints them in its mixed scenes and its fresh negatives")
+    p.add_argument("--closeups", type=float, metavar="SHARE",
+                   help="with --distractors and with --stage verifier: share of the scenes without garments that "
+                        "are close-ups, one or two distractors filling the frame (a pet, a chair, a face up close; "
+                        "default 0)")
     p.add_argument("--mine-negatives", type=int, default=0, metavar="N",
                    help="with --distractors: mine hard negatives: every --mine-every steps the detector scores N "
                         "negative training scenes; the --mine-keep share where it fires hardest fills "

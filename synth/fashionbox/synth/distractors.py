@@ -46,10 +46,12 @@ from .photo import finish_photo
 from .scene import Scene, render_scene_with_instances
 
 __all__ = [
+    "CLOSEUP_SIZE",
     "DEFAULT_DISTRACTOR_KINDS",
     "DISTRACTOR_KINDS",
     "DistractorConfig",
     "distractor_rng",
+    "paint_closeup",
     "paint_distractors",
     "photographic_background",
     "render_distractor_scene",
@@ -61,6 +63,9 @@ DEFAULT_DISTRACTOR_KINDS = ("person", "hand", "face", "furniture", "object", "an
 """The kinds :class:`DistractorConfig` draws from by default: the shipped detector's hard negatives and
 the held-out scenes the benchmarks measure on (bench_false_positives.py), unchanged since they were
 made."""
+
+CLOSEUP_SIZE = (0.7, 1.3)
+"""Size of a close-up's distractors, as a fraction of the image's long side."""
 
 DISTRACTOR_KINDS = (*DEFAULT_DISTRACTOR_KINDS, "shapes")
 """Every kind of distractor. ``shapes`` (a dead-leaves collage: overlapping ellipses, rounded boxes and
@@ -81,6 +86,10 @@ class DistractorConfig:
     min_size_fraction: float = 0.08
     max_size_fraction: float = 0.7
     """Size of a distractor, as a fraction of the image's long side."""
+    closeup_probability: float = 0.0
+    """Empty scenes: chance of a close-up instead of a scatter: one or two distractors filling the frame
+    (:data:`CLOSEUP_SIZE` of the long side, centred), as a pet, a chair or a face photographed up close.
+    Opt-in (0 by default, so scenes rendered before it stay the same)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_items <= self.max_items <= 64:
@@ -89,7 +98,7 @@ class DistractorConfig:
         if not self.kinds or unknown:
             raise SynthConfigError(f"DistractorConfig.kinds must be a non-empty subset of {DISTRACTOR_KINDS}, "
                                    f"got unknown {sorted(unknown)}")
-        for name in ("photographic_background_probability", "jpeg_artefact_probability"):
+        for name in ("photographic_background_probability", "jpeg_artefact_probability", "closeup_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise SynthConfigError(f"DistractorConfig.{name} must be in [0, 1]")
         if not 0.0 < self.min_size_fraction <= self.max_size_fraction <= 1.5:
@@ -115,6 +124,22 @@ def paint_distractors(image: Image.Image, rnd: random.Random, config: Distractor
         cx = rnd.uniform(-0.1, 1.1) * image.width
         cy = rnd.uniform(-0.1, 1.1) * image.height
         _PAINTERS[kind](image, rnd, (cx, cy), size)
+        painted.append(kind)
+    return painted
+
+
+def paint_closeup(image: Image.Image, rnd: random.Random, config: DistractorConfig | None = None) -> list[str]:
+    """Paint one or two distractors of ``config.kinds`` that fill the frame (:data:`CLOSEUP_SIZE` of the
+    long side, centred in the middle half); returns the kinds painted."""
+    config = config or DistractorConfig()
+    if image.mode != "RGB":
+        raise SynthError(f"distractors are painted on RGB images, got mode {image.mode}")
+    painted = []
+    for _ in range(rnd.randint(1, 2)):
+        kind = rnd.choice(config.kinds)
+        size = rnd.uniform(*CLOSEUP_SIZE) * max(image.size)
+        centre = (rnd.uniform(0.25, 0.75) * image.width, rnd.uniform(0.25, 0.75) * image.height)
+        _PAINTERS[kind](image, rnd, centre, size)
         painted.append(kind)
     return painted
 
@@ -149,7 +174,12 @@ def render_distractor_scene(seed: int, *, size: tuple[int, int] | None = None,
         image = photographic_background((width, height), rnd)
     else:
         image = render_background((width, height), rnd).image
-    paint_distractors(image, random.Random(f"empty-distractors-{seed}"), config)
+    # The close-up draw has its own generator: with closeup_probability 0 nothing else changes.
+    closeup = config.closeup_probability > 0 and random.Random(f"closeup-{seed}").random() < config.closeup_probability
+    if closeup:
+        paint_closeup(image, random.Random(f"closeup-distractors-{seed}"), config)
+    else:
+        paint_distractors(image, random.Random(f"empty-distractors-{seed}"), config)
     image = finish_photo(image, rnd, np.random.default_rng([seed, 77]), scene_config)
     if rnd.random() < config.jpeg_artefact_probability:
         buffer = io.BytesIO()

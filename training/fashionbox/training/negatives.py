@@ -94,13 +94,14 @@ def scene_kind(seed: int, index: int, distractor_rate: float, empty_rate: float)
 
 
 def render_kind_sample(seed: int, kind: str, input_size: int, label_map: LabelMap, *,
-                       distractor_kinds: tuple[str, ...] | None = None) -> SceneSample:
+                       distractor_kinds: tuple[str, ...] | None = None, closeups: float = 0.0) -> SceneSample:
     """Scene ``seed`` of ``kind``, JPEG round-tripped and letterboxed as served (like ``render_sample``);
-    ``distractor_kinds``: what the distractors are drawn from (default: the generator's default kinds)."""
+    ``distractor_kinds``: what the distractors are drawn from (default: the generator's default kinds);
+    ``closeups``: the share of empty scenes that are close-ups (``DistractorConfig.closeup_probability``)."""
     from fashionbox.synth import render_scene
     from fashionbox.synth.distractors import render_distractor_scene, render_scene_with_distractors
 
-    config = None if distractor_kinds is None else DistractorConfig(kinds=distractor_kinds)
+    config = DistractorConfig(kinds=distractor_kinds or DEFAULT_DISTRACTOR_KINDS, closeup_probability=closeups)
     if kind == "normal":
         scene = render_scene(seed, label_map=label_map)
     elif kind == "distractors":
@@ -112,33 +113,34 @@ def render_kind_sample(seed: int, kind: str, input_size: int, label_map: LabelMa
     return scene_sample(scene, seed, input_size, label_map)
 
 
-def _worker(args: tuple[int, str, int, str, tuple[str, ...] | None]) -> SceneSample:
-    seed, kind, input_size, labels_json, distractor_kinds = args
+def _worker(args: tuple[int, str, int, str, tuple[str, ...] | None, float]) -> SceneSample:
+    seed, kind, input_size, labels_json, distractor_kinds, closeups = args
     return render_kind_sample(seed, kind, input_size, LabelMap.from_dict(json.loads(labels_json)),
-                              distractor_kinds=distractor_kinds)
+                              distractor_kinds=distractor_kinds, closeups=closeups)
 
 
-def distractor_kinds_tag(kinds: tuple[str, ...] | None) -> str:
-    """What cache names and feature keys add for a choice of distractor kinds: nothing for the
-    generator's defaults (the caches written before the choice existed stay valid), else a digest."""
-    if kinds is None or tuple(kinds) == DEFAULT_DISTRACTOR_KINDS:
-        return ""
-    DistractorConfig(kinds=tuple(kinds))  # refuses unknown kinds, naming them
-    return "-k" + hashlib.sha256(",".join(kinds).encode()).hexdigest()[:8]
+def distractor_tag(kinds: tuple[str, ...] | None, closeups: float = 0.0) -> str:
+    """What cache names add for a choice of distractor kinds and close-up share: nothing for the
+    generator's defaults (the caches written before the choice existed stay valid), else ``-k``
+    and a digest of the kinds, ``-c`` and the share. Refuses unknown kinds and shares outside [0, 1]."""
+    kinds = tuple(kinds or DEFAULT_DISTRACTOR_KINDS)
+    DistractorConfig(kinds=kinds, closeup_probability=closeups)  # refuses what it cannot paint, naming it
+    tag = "" if kinds == DEFAULT_DISTRACTOR_KINDS else "-k" + hashlib.sha256(",".join(kinds).encode()).hexdigest()[:8]
+    return tag + (f"-c{closeups:g}" if closeups else "")
 
 
 def build_mixed_cache(cache_root: Path, *, count: int, seed: int, input_size: int, distractor_rate: float,
                       empty_rate: float, label_map: LabelMap | None = None, workers: int = 2,
                       progress: Callable[[int], None] | None = None,
-                      distractor_kinds: tuple[str, ...] | None = None) -> SceneCache:
+                      distractor_kinds: tuple[str, ...] | None = None, closeups: float = 0.0) -> SceneCache:
     """Render ``count`` scenes of mixed kinds (or reuse a complete cache with the same parameters);
     read back with :class:`~fashionbox.training.data.SceneCache`, plus ``kinds.npy`` (index into
     :data:`SCENE_KINDS`). ``distractor_kinds``: what the distractors are drawn from (default: the
-    generator's defaults)."""
+    generator's defaults); ``closeups``: the share of the empty scenes that are close-ups."""
     check_scene_rates(distractor_rate, empty_rate)
     label_map = label_map or default_label_map()
     key = (f"mixed-n{count}-seed{seed}-s{input_size}-d{distractor_rate:g}-e{empty_rate:g}-{label_map.name}"
-           f"{distractor_kinds_tag(distractor_kinds)}")
+           f"{distractor_tag(distractor_kinds, closeups)}")
     folder = Path(cache_root) / key
     if (folder / "complete").is_file():
         return SceneCache(folder)
@@ -146,7 +148,8 @@ def build_mixed_cache(cache_root: Path, *, count: int, seed: int, input_size: in
     pixels = np.lib.format.open_memmap(  # type: ignore[no-untyped-call]
         folder / "pixels.npy", mode="w+", dtype=np.uint8, shape=(count, input_size, input_size, 3))
     kinds = [scene_kind(seed, i, distractor_rate, empty_rate) for i in range(count)]
-    jobs = [(scene_seed(seed, i), kinds[i], input_size, label_map.to_json(), distractor_kinds) for i in range(count)]
+    jobs = [(scene_seed(seed, i), kinds[i], input_size, label_map.to_json(), distractor_kinds, closeups)
+            for i in range(count)]
     boxes, classes, attributes, offsets = [], [], [], [0]
     with mp.get_context("fork").Pool(workers) as pool:
         for i, sample in enumerate(pool.imap(_worker, jobs, chunksize=16)):
@@ -191,6 +194,8 @@ class NegativeSettings:
     """Share of scenes with distractors and no garment."""
     distractor_kinds: tuple[str, ...] = DEFAULT_DISTRACTOR_KINDS
     """The kinds of distractor painted (``fashionbox.synth.distractors``)."""
+    closeups: float = 0.0
+    """Share of the empty scenes that are close-ups (one or two distractors filling the frame)."""
     steps: int = 600
     batch: int = 32
     lr: float = 1e-3
@@ -210,7 +215,7 @@ class NegativeSettings:
 
     def __post_init__(self) -> None:
         check_scene_rates(self.distractor_rate, self.empty_rate)
-        distractor_kinds_tag(self.distractor_kinds)
+        distractor_tag(self.distractor_kinds, self.closeups)
         if self.scenes < self.batch or self.batch < 1 or self.steps < 1:
             raise ValueError("steps and batch must be >= 1 and scenes at least one batch")
         if self.lr <= 0 or self.warmup < 0:
@@ -325,7 +330,7 @@ def train_detector_negatives(settings: NegativeSettings, *, label_map: LabelMap 
             cache = build_mixed_cache(settings.cache_dir, count=settings.scenes, seed=settings.seed,
                                       input_size=settings.input_size, distractor_rate=settings.distractor_rate,
                                       empty_rate=settings.empty_rate, label_map=label_map, progress=bar.update,
-                                      distractor_kinds=settings.distractor_kinds)
+                                      distractor_kinds=settings.distractor_kinds, closeups=settings.closeups)
     path = settings.out_dir / "detector.safetensors"
     start = 0
     source = settings.init

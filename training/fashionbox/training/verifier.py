@@ -70,7 +70,7 @@ from fashionbox.training.negatives import (
     build_mixed_cache,
     check_scene_rates,
     check_training_seeds,
-    distractor_kinds_tag,
+    distractor_tag,
     render_kind_sample,
 )
 
@@ -135,6 +135,9 @@ class VerifierSettings:
     distractor_kinds: tuple[str, ...] = DEFAULT_DISTRACTOR_KINDS
     """The kinds of distractor painted in the mixed cache's scenes and in the fresh ones
     (``fashionbox.synth.distractors``); the detector's own recipe is the natural choice."""
+    closeups: float = 0.0
+    """Share of the empty scenes (the mixed cache's and the fresh ones) that are close-ups: one or two
+    distractors filling the frame."""
     hidden: int = 64
     """Hidden units of each member's MLP."""
     members: int = 5
@@ -161,7 +164,7 @@ class VerifierSettings:
             raise ValueError(f"lr must be positive and weight_decay non-negative, got {self.lr:g} and "
                              f"{self.weight_decay:g}")
         check_scene_rates(self.distractor_rate, self.empty_rate)
-        distractor_kinds_tag(self.distractor_kinds)  # refuses unknown kinds, naming them
+        distractor_tag(self.distractor_kinds, self.closeups)  # refuses what cannot be painted, naming it
         if not 0 <= self.seed < 10**6:
             raise ValueError(f"training seeds are in [0, 10**6), got {self.seed}")
         check_training_seeds(scene_seeds(self.seed, self.scenes, self.negatives))
@@ -262,10 +265,10 @@ def detection_rows(detect: DetectFn, classifier: AttributeClassifier, pixels: np
                         np.concatenate(classes), np.concatenate(right), np.concatenate(scene_of))
 
 
-def _render_empty(args: tuple[int, int, str, tuple[str, ...]]) -> npt.NDArray[np.uint8]:
-    seed, input_size, labels_json, kinds = args
+def _render_empty(args: tuple[int, int, str, tuple[str, ...], float]) -> npt.NDArray[np.uint8]:
+    seed, input_size, labels_json, kinds, closeups = args
     return render_kind_sample(seed, "empty", input_size, LabelMap.from_dict(json.loads(labels_json)),
-                              distractor_kinds=kinds).pixels
+                              distractor_kinds=kinds, closeups=closeups).pixels
 
 
 def _trunk_key(classifier: AttributeClassifier) -> str:
@@ -286,6 +289,7 @@ def _features_path(settings: VerifierSettings, detector_sha256: str, classifier:
         "empty_rate": settings.empty_rate, "negatives": settings.negatives, "fresh_first": FRESH_FIRST,
         **({} if settings.distractor_kinds == DEFAULT_DISTRACTOR_KINDS  # the caches made before the choice
            else {"distractor_kinds": list(settings.distractor_kinds)}),
+        **({"closeups": settings.closeups} if settings.closeups else {}),
         "input_size": input_size, "score_threshold": score_threshold, "match_iou": MATCH_IOU,
         "nms_iou": contract.DEFAULT_IOU_THRESHOLD, "max_detections": contract.DEFAULT_MAX_DETECTIONS,
         "crop_margin": CROP_MARGIN, "label_map": label_map.name}
@@ -327,7 +331,8 @@ def _extract(settings: VerifierSettings, classifier: AttributeClassifier, label_
                                               input_size=input_size, distractor_rate=settings.distractor_rate,
                                               empty_rate=settings.empty_rate, label_map=label_map,
                                               workers=settings.workers, progress=bar.update,
-                                              distractor_kinds=settings.distractor_kinds)
+                                              distractor_kinds=settings.distractor_kinds,
+                                              closeups=settings.closeups)
     if len(cache) != settings.scenes or cache.pixels.shape[1] != input_size:
         raise ValueError(f"{cache.folder} holds {len(cache)} scenes of {cache.pixels.shape[1]} px, "
                          f"expected {settings.scenes} of {input_size}")
@@ -348,7 +353,7 @@ def _extract(settings: VerifierSettings, classifier: AttributeClassifier, label_
             for chunk in range(FRESH_FIRST, FRESH_FIRST + settings.negatives, RENDER_CHUNK):
                 indices = np.arange(chunk, min(chunk + RENDER_CHUNK, FRESH_FIRST + settings.negatives))
                 jobs = [(scene_seed(settings.seed, int(i)), input_size, label_map.to_json(),
-                         settings.distractor_kinds) for i in indices]
+                         settings.distractor_kinds, settings.closeups) for i in indices]
                 pixels = np.stack(pool.map(_render_empty, jobs, chunksize=16))
                 for k in range(0, len(indices), DETECTION_BATCH):
                     part = slice(k, k + DETECTION_BATCH)
