@@ -169,7 +169,7 @@ def test_choose_threshold_takes_the_highest_within_the_tolerance() -> None:
     assert choose_threshold({0.01: 0.5}) == 0.01
 
 
-def test_the_refit_command_paints_the_distractor_kinds_the_detector_was_trained_with() -> None:
+def test_the_refit_command_paints_the_distractors_the_detector_was_trained_with() -> None:
     from fashionbox.synth.distractors import DEFAULT_DISTRACTOR_KINDS, DISTRACTOR_KINDS
 
     out, attributes = Path("d.safetensors"), Path("a.safetensors")
@@ -181,6 +181,9 @@ def test_the_refit_command_paints_the_distractor_kinds_the_detector_was_trained_
         base + " --distractor-kinds all")
     assert verifier_refit_command(out, attributes, json.dumps({"distractor_kinds": ["shapes", "text"]})) == (
         base + " --distractor-kinds shapes,text")
+    assert verifier_refit_command(out, attributes, json.dumps({"closeups": 0.5})) == base + " --closeups 0.5"
+    assert verifier_refit_command(out, attributes, json.dumps(
+        {"distractor_kinds": DISTRACTOR_KINDS, "closeups": 0.25})) == base + " --distractor-kinds all --closeups 0.25"
 
 
 def test_too_few_or_no_right_detections_cannot_be_fitted() -> None:

@@ -317,15 +317,17 @@ def run_calibrate_cli(args: Any) -> int:
 
 
 def verifier_refit_command(detector: Path, attributes: Path, train_settings: str) -> str:
-    """The command that fits a verifier head for ``detector``, on the distractor kinds its recipe
-    (``train_settings``, the checkpoint's metadata) was trained with."""
+    """The command that fits a verifier head for ``detector``, on the distractors its recipe
+    (``train_settings``, the checkpoint's metadata) was trained with: kinds and close-ups."""
     from fashionbox.synth.distractors import DEFAULT_DISTRACTOR_KINDS, DISTRACTOR_KINDS
 
     command = f"fashionbox train --stage verifier --verifier-detector {detector} --attributes-base {attributes}"
     try:
-        kinds = tuple(json.loads(train_settings).get("distractor_kinds", DEFAULT_DISTRACTOR_KINDS))
-    except (ValueError, AttributeError):  # a recipe that is not a JSON object: nothing to add
+        recipe = json.loads(train_settings)
+        kinds = tuple(recipe.get("distractor_kinds", DEFAULT_DISTRACTOR_KINDS))
+        closeups = float(recipe.get("closeups", 0.0))
+    except (ValueError, AttributeError, TypeError):  # a recipe that is not a JSON object: nothing to add
         return command
-    if kinds == DEFAULT_DISTRACTOR_KINDS:
-        return command
-    return command + " --distractor-kinds " + ("all" if kinds == DISTRACTOR_KINDS else ",".join(kinds))
+    if kinds != DEFAULT_DISTRACTOR_KINDS:
+        command += " --distractor-kinds " + ("all" if kinds == DISTRACTOR_KINDS else ",".join(kinds))
+    return command + (f" --closeups {closeups:g}" if closeups else "")
