@@ -134,13 +134,13 @@ def _cmd_train_verifier(args: argparse.Namespace) -> int:
             return 2
     options = {k: v for k, v in (("negatives", args.verifier_negatives), ("epochs", args.verifier_epochs),
                                  ("hidden", args.verifier_hidden), ("members", args.verifier_members),
-                                 ("lr", args.verifier_lr),
-                                 ("weight_decay", args.verifier_weight_decay)) if v is not None}
+                                 ("lr", args.verifier_lr), ("weight_decay", args.verifier_weight_decay),
+                                 ("closeups", args.closeups)) if v is not None}
     try:
         settings = VerifierSettings(out_dir=args.out, cache_dir=args.cache_dir, detector=detector, base=base,
                                     seed=args.seed, scenes=_VERIFIER_SCENES if args.scenes is None else args.scenes,
                                     distractor_kinds=_distractor_kinds(args.distractor_kinds),
-                                    closeups=args.closeups or 0.0, threads=args.threads, **options)
+                                    threads=args.threads, **options)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--closeups", type=float, metavar="SHARE",
                    help="with --distractors and with --stage verifier: share of the scenes without garments that "
                         "are close-ups, one or two distractors filling the frame (a pet, a chair, a face up close; "
-                        "default 0)")
+                        "default 0 with --distractors, 0.33 with --stage verifier)")
     p.add_argument("--mine-negatives", type=int, default=0, metavar="N",
                    help="with --distractors: mine hard negatives: every --mine-every steps the detector scores N "
                         "negative training scenes; the --mine-keep share where it fires hardest fills "
@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--attributes-base", metavar="PATH",
                    help="the attribute checkpoint whose frozen trunk describes the crops and which gets the head: "
                         "'default' (shipped, the default) or a .safetensors")
-    g.add_argument("--verifier-negatives", type=int, metavar="N", help="fresh scenes without garments (default 4000)")
+    g.add_argument("--verifier-negatives", type=int, metavar="N", help="fresh scenes without garments (default 6000)")
     g.add_argument("--verifier-epochs", type=int, metavar="N", help="default 30")
     g.add_argument("--verifier-hidden", type=int, metavar="N", help="hidden width of each member (default 64)")
     g.add_argument("--verifier-members", type=int, metavar="N",

@@ -130,14 +130,15 @@ class VerifierSettings:
     """Scenes of the detector's mixed (hard-negative) cache."""
     distractor_rate: float = 0.35
     empty_rate: float = 0.25
-    negatives: int = 4000
+    negatives: int = 6000
     """Fresh scenes of distractors only (indices ``FRESH_FIRST`` on), every detection on them wrong."""
     distractor_kinds: tuple[str, ...] = DEFAULT_DISTRACTOR_KINDS
     """The kinds of distractor painted in the mixed cache's scenes and in the fresh ones
     (``fashionbox.synth.distractors``); the detector's own recipe is the natural choice."""
-    closeups: float = 0.0
+    closeups: float = 0.33
     """Share of the empty scenes (the mixed cache's and the fresh ones) that are close-ups: one or two
-    distractors filling the frame."""
+    distractors filling the frame. With ``negatives`` 6,000: the 4,000 scattered scenes of the first
+    head's recipe and 2,000 close-ups (a real photo of a cat is a close-up)."""
     hidden: int = 64
     """Hidden units of each member's MLP."""
     members: int = 5
