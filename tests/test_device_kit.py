@@ -8,6 +8,8 @@ from the cut copy alone and answers.
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import importlib.util
 import os
 import re
@@ -87,27 +89,27 @@ finally:
     assert "OUTPUT [[0.0, 1.0, 2.0]]" in done.stdout
 
 
+def _session_arguments(script: Path, variable: str, benchmark: str) -> tuple[argparse.Namespace, ModuleType]:
+    """``variable``'s default in the session script, parsed by ``benchmark``'s own argument parser; and
+    that benchmark's module."""
+    match = re.search(rf"^{variable}=\$\{{{variable}:-(.*)\}}$", script.read_text(), re.MULTILINE)
+    assert match is not None, f"gpu_session.sh sets no default {variable}"
+    sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
+    try:
+        module = importlib.import_module(benchmark)
+    finally:
+        sys.path.remove(str(ROOT / "tests" / "benchmarks"))
+    parsed: argparse.Namespace = module.build_parser().parse_args(shlex.split(match.group(1)))
+    return parsed, module
+
+
 def test_the_session_script_is_valid_bash_and_its_benchmark_arguments_parse() -> None:
     script = ROOT / "scripts" / "gpu_session.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
-    match = re.search(r"^BENCH_ARGS=\$\{BENCH_ARGS:-(.*)\}$", script.read_text(), re.MULTILINE)
-    assert match is not None, "gpu_session.sh sets no default BENCH_ARGS"
-    sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
-    try:
-        import bench_gpu
-    finally:
-        sys.path.remove(str(ROOT / "tests" / "benchmarks"))
-    args = bench_gpu.build_parser().parse_args(shlex.split(match.group(1)))
+    args, bench_gpu = _session_arguments(script, "BENCH_ARGS", "bench_gpu")
     assert set(args.profiles.split(",")) <= set(bench_gpu.PROFILES)
     assert {"cpu-best", "gpu"} <= set(args.profiles.split(","))  # GPU against the best CPU runtime (issue 23)
     assert args.rounds >= 2  # medians of several runs
     # The training-cost step (issue 18): bench_train_coco on CUDA with mixed precision.
-    match = re.search(r"^TRAIN_ARGS=\$\{TRAIN_ARGS:-(.*)\}$", script.read_text(), re.MULTILINE)
-    assert match is not None, "gpu_session.sh sets no default TRAIN_ARGS"
-    sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
-    try:
-        import bench_train_coco
-    finally:
-        sys.path.remove(str(ROOT / "tests" / "benchmarks"))
-    train = bench_train_coco.build_parser().parse_args(shlex.split(match.group(1)))
+    train, _ = _session_arguments(script, "TRAIN_ARGS", "bench_train_coco")
     assert train.device == "cuda" and train.amp and train.detector_steps > 0 and train.attribute_steps > 0
