@@ -149,25 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--attributes / --no-verifier name no --detector: {unknown}")
     normal = heldout_samples(args.images, args.seed)
-    bare = DistractorConfig(min_items=0, max_items=0)
-    negatives = {
-        "distractor_only": [render_distractor_scene(scene_seed(args.negative_seed, i)).encode(quality=90)
-                            for i in range(args.negatives)],
-        "empty": [render_distractor_scene(scene_seed(args.negative_seed, i), config=bare).encode(quality=90)
-                  for i in range(args.negatives)],
-    }
+    def photos(config: DistractorConfig | None) -> list[bytes]:
+        """The negative seeds without garments, painted with ``config`` (the defaults when None)."""
+        return [render_distractor_scene(scene_seed(args.negative_seed, i), config=config).encode(quality=90)
+                for i in range(args.negatives)]
+
+    negatives = {"distractor_only": photos(None), "empty": photos(DistractorConfig(min_items=0, max_items=0))}
     if args.closeups:  # the same seeds as close-ups: one or two distractors filling the frame
-        closeup = DistractorConfig(closeup_probability=1.0)
-        negatives["closeup"] = [
-            render_distractor_scene(scene_seed(args.negative_seed, i), config=closeup).encode(quality=90)
-            for i in range(args.negatives)]
+        negatives["closeup"] = photos(DistractorConfig(closeup_probability=1.0))
     if args.noise:
         negatives["noise"] = [_noise_photo(np.random.default_rng([args.negative_seed, i])) for i in range(args.noise)]
     if args.all_kinds:  # the same seeds painted with every kind, 'shapes' included (not in the defaults)
-        every = DistractorConfig(kinds=DISTRACTOR_KINDS)
-        negatives["distractor_all_kinds"] = [
-            render_distractor_scene(scene_seed(args.negative_seed, i), config=every).encode(quality=90)
-            for i in range(args.negatives)]
+        negatives["distractor_all_kinds"] = photos(DistractorConfig(kinds=DISTRACTOR_KINDS))
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fashionbox-fp-") as tmp:
         for name, spec in specs.items():
