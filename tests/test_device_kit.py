@@ -109,6 +109,7 @@ def test_the_session_script_is_valid_bash_and_its_benchmark_arguments_parse() ->
     args, bench_gpu = _session_arguments(script, "BENCH_ARGS", "bench_gpu")
     assert set(args.profiles.split(",")) <= set(bench_gpu.PROFILES)
     assert {"cpu-best", "gpu"} <= set(args.profiles.split(","))  # GPU against the best CPU runtime (issue 23)
+    assert "gpu-same-shape" in args.profiles.split(",")  # what ragged batches bring to postprocess on the GPU
     assert args.rounds >= 2  # medians of several runs
     # The training-cost step (issue 18): bench_train_coco on CUDA with mixed precision.
     train, _ = _session_arguments(script, "TRAIN_ARGS", "bench_train_coco")

@@ -44,7 +44,10 @@ SETTINGS = RepositorySettings(
     preprocess=ModelScheduling(max_batch_size=4, preferred_batch_sizes=(BATCH_OF_THREE,), max_queue_delay_us=500_000),
     # The 500 ms batching delay must stay below the later steps' queue timeouts (RepositorySettings checks).
     detector=ModelScheduling(queue_timeout_us=5_000_000),
-    postprocess=ModelScheduling(queue_timeout_us=5_000_000),
+    # The same wait at postprocess: three requests with different numbers of detections can share
+    # one execute() only because its DET_* inputs allow ragged batches.
+    postprocess=ModelScheduling(queue_timeout_us=5_000_000, preferred_batch_sizes=(BATCH_OF_THREE,),
+                                max_queue_delay_us=500_000),
     attributes=ModelScheduling(max_batch_size=4),  # small, so one BLS call is split into chunks
     model_version="integration-test",
 )
@@ -106,6 +109,23 @@ def _infer(client: Any, images: Sequence[bytes]) -> dict[str, NDArray[Any]]:
     missing = [name for name, value in outputs.items() if value is None]
     assert not missing, f"outputs missing from the response: {missing}"
     return outputs
+
+
+def _infer_at_once(client: Any, images: Sequence[bytes]) -> dict[int, tuple[Any, Any]]:
+    """One request per image, all sent before any answer: per index, (result, error)."""
+    replies: queue.Queue[tuple[int, Any, Any]] = queue.Queue()
+    for index, data in enumerate(images):
+        client.async_infer(
+            contract.ENSEMBLE_MODEL,
+            [_image_input([data])],
+            callback=lambda result, error, index=index: replies.put((index, result, error)),
+            outputs=[grpcclient.InferRequestedOutput(name) for name in OUTPUTS],
+        )
+    results = {}
+    for _ in images:
+        index, result, error = replies.get(timeout=60)
+        results[index] = (result, error)
+    return results
 
 
 def _reference(data: bytes, onnx_models: tuple[Path, Path]) -> ImageResult:
@@ -182,19 +202,8 @@ def test_exif_rotated_jpeg_reports_the_upright_size(client: Any) -> None:
 def test_bad_jpeg_fails_only_its_own_request_in_a_shared_batch(client: Any) -> None:
     good = _encode(_photo(160, 120, seed=1), "JPEG")
     truncated = good[: len(good) // 3]
-    replies: queue.Queue[tuple[int, Any, Any]] = queue.Queue()
 
-    for index, data in enumerate([good, truncated, good]):
-        client.async_infer(
-            contract.ENSEMBLE_MODEL,
-            [_image_input([data])],
-            callback=lambda result, error, index=index: replies.put((index, result, error)),
-            outputs=[grpcclient.InferRequestedOutput(name) for name in OUTPUTS],
-        )
-    results = {}
-    for _ in range(3):
-        index, result, error = replies.get(timeout=60)
-        results[index] = (result, error)
+    results = _infer_at_once(client, [good, truncated, good])
 
     for index in (0, 2):
         result, error = results[index]
@@ -207,6 +216,37 @@ def test_bad_jpeg_fails_only_its_own_request_in_a_shared_batch(client: Any) -> N
     stats = client.get_inference_statistics(contract.PREPROCESS_MODEL, as_json=True)["model_stats"][0]
     batch_sizes = {int(entry["batch_size"]) for entry in stats.get("batch_stats", [])}
     assert BATCH_OF_THREE in batch_sizes, f"the three requests were not batched together: {batch_sizes}"
+
+
+def test_requests_with_different_numbers_of_detections_share_one_postprocess_batch(
+        client: Any, onnx_models: tuple[Path, Path]) -> None:
+    # Square grey pictures (no letterbox padding): the darker, the more the stand-in detects.
+    images = [_encode(Image.new("RGB", (64, 64), (level,) * 3), "PNG") for level in (20, 100, 140)]
+    expected = [_reference(data, onnx_models) for data in images]
+    counts = [len(result.scores) for result in expected]
+    assert len(set(counts)) == len(counts) and min(counts) > 0, f"the pictures must differ in detections: {counts}"
+    before = _batch_counts(client, contract.POSTPROCESS_MODEL)
+
+    answers = {}
+    for index, (result, error) in _infer_at_once(client, images).items():
+        assert error is None, f"request {index} failed: {error}"
+        answers[index] = result
+
+    after = _batch_counts(client, contract.POSTPROCESS_MODEL)
+    grown = {size: after.get(size, 0) - before.get(size, 0) for size in after}
+    assert grown.get(BATCH_OF_THREE, 0) >= 1, f"postprocess never took the three requests together: {grown}"
+    for index, result in answers.items():  # each request answered with its own rows
+        np.testing.assert_allclose(result.as_numpy("BOXES")[0], expected[index].boxes, atol=1e-4)
+        np.testing.assert_allclose(result.as_numpy("SCORES")[0], expected[index].scores, atol=1e-6)
+        np.testing.assert_array_equal(result.as_numpy("CATEGORIES")[0], expected[index].categories)
+        np.testing.assert_allclose(result.as_numpy("ATTRIBUTE_SCORES")[0], expected[index].attribute_scores,
+                                   atol=1e-6)
+
+
+def _batch_counts(client: Any, model: str) -> dict[int, int]:
+    """Executions per batch size of ``model`` so far (Triton's statistics)."""
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    return {int(entry["batch_size"]): int(entry["compute_infer"]["count"]) for entry in stats.get("batch_stats", [])}
 
 
 def test_bytes_that_are_not_an_image_fail_with_invalid_argument_and_a_human_message(client: Any) -> None:

@@ -119,9 +119,9 @@ EXPECTED = {
         name: "postprocess"  backend: "python"  max_batch_size: 8
         input { name: "PIXELS" data_type: TYPE_UINT8 dims: [64, 64, 3] }
         input { name: "IMAGE_INFO" data_type: TYPE_FP32 dims: [5] }
-        input { name: "DET_BOXES" data_type: TYPE_FP32 dims: [-1, 4] }
-        input { name: "DET_SCORES" data_type: TYPE_FP32 dims: [-1] }
-        input { name: "DET_CLASSES" data_type: TYPE_INT32 dims: [-1] }
+        input { name: "DET_BOXES" data_type: TYPE_FP32 dims: [-1, 4] allow_ragged_batch: true }
+        input { name: "DET_SCORES" data_type: TYPE_FP32 dims: [-1] allow_ragged_batch: true }
+        input { name: "DET_CLASSES" data_type: TYPE_INT32 dims: [-1] allow_ragged_batch: true }
         input { name: "TOKEN" data_type: TYPE_UINT8 dims: [32] }
         output { name: "BOXES" data_type: TYPE_FP32 dims: [-1, 4] }
         output { name: "SCORES" data_type: TYPE_FP32 dims: [-1] }

@@ -140,6 +140,9 @@ def test_gpu_configs_are_tensorrt_plans_on_gpus_and_the_ensemble_is_unchanged() 
     assert gpu[contract.ENSEMBLE_MODEL] == ensemble
     assert gpu[contract.POSTPROCESS_MODEL] == _engine_side(cpu[contract.POSTPROCESS_MODEL])
     assert gpu[contract.POSTPROCESS_MODEL].parameters["attributes_token"].string_value == "false"
+    # the python postprocess batches requests whatever their numbers of detections, as on the CPU
+    assert {i.name for i in gpu[contract.POSTPROCESS_MODEL].input if i.allow_ragged_batch} == {
+        contract.DET_BOXES.name, contract.DET_SCORES.name, contract.DET_CLASSES.name}
     for name in (contract.DETECTOR_MODEL, contract.ATTRIBUTES_MODEL):
         config = gpu[name]
         assert config.platform == "tensorrt_plan" and config.backend == ""
@@ -150,6 +153,7 @@ def test_gpu_configs_are_tensorrt_plans_on_gpus_and_the_ensemble_is_unchanged() 
         assert config.optimization.cuda.graphs
         assert not config.parameters  # ONNX Runtime threading means nothing to TensorRT
         assert [i.name for i in config.input] == [i.name for i in cpu[name].input if i.name != contract.TOKEN.name]
+        assert not any(i.allow_ragged_batch for i in config.input)  # TensorRT would take them flattened
         parsed = text_format.Parse(text_format.MessageToString(config), mc.ModelConfig())
         assert parsed == config
     preprocess = gpu[contract.PREPROCESS_MODEL]

@@ -13,7 +13,10 @@ Triton; the load-test harness drives it closed loop over gRPC with the same 1280
   from the device;
 - ``gpu``: ``--target gpu --runtime torch`` (PyTorch on CUDA, FP16, nvJPEG where torchvision has it);
 - ``gpu-unbatched``: the gpu profile with every step's ``max_batch_size`` 1, so the dynamic
-  batching gain is measured, not assumed.
+  batching gain is measured, not assumed;
+- ``gpu-same-shape``: the gpu profile with ``postprocess``'s inputs not ragged (as converted before
+  6 December 2026): requests reach it together only when they have as many detections, so what
+  ragged batches bring to the CPU-side step that bounded the first GPU run is measured too.
 
 The gpu profiles run only where torch sees CUDA; elsewhere the JSON says they were not measured.
 Per profile: the best throughput over the concurrencies, its p50/p99, latency at concurrency 1,
@@ -49,7 +52,7 @@ from bench_report import machine, write_report
 from bench_serving import run_served, triton_statistics
 
 ROOT = Path(__file__).resolve().parents[2]
-GPU_PROFILES = ("gpu", "gpu-unbatched")
+GPU_PROFILES = ("gpu", "gpu-unbatched", "gpu-same-shape")
 PROFILES = ("cpu", "cpu-best", "cpu-torch", *GPU_PROFILES)
 
 
@@ -89,7 +92,13 @@ def convert_profile(profile: str, out: Path, cores: int, concurrency: int) -> Pa
     if profile == "gpu-unbatched":
         overrides = {name: replace(s, max_batch_size=1, preferred_batch_sizes=())
                      for name, s in gpu_scheduling().items() if isinstance(s, ModelScheduling)}
-    return convert(ConvertOptions(out=out, target="gpu", runtime="torch", repository_settings=overrides)).repository
+    repository = convert(ConvertOptions(out=out, target="gpu", runtime="torch",
+                                        repository_settings=overrides)).repository
+    if profile == "gpu-same-shape":
+        from bench_ragged import set_ragged_batches
+
+        set_ragged_batches(repository, False)
+    return repository
 
 
 def network_ceiling(device: str, precision: str, *, batch: int, seconds: float) -> dict[str, float]:
@@ -210,6 +219,9 @@ def summary_with_ratios(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     if "gpu" in summary and "gpu-unbatched" in summary:
         summary["dynamic_batching_gain"] = round(
             summary["gpu"]["images_per_s"] / summary["gpu-unbatched"]["images_per_s"], 2)
+    if "gpu" in summary and "gpu-same-shape" in summary:  # postprocess batching requests of any detection count
+        summary["ragged_batches_gain"] = round(
+            summary["gpu"]["images_per_s"] / summary["gpu-same-shape"]["images_per_s"], 2)
     return summary
 
 

@@ -491,6 +491,22 @@ def _parameters(config: Any, *sets: ParameterSet) -> None:
             config.parameters[key].string_value = value
 
 
+def _ragged(inputs: list[Any]) -> list[Any]:
+    """Mark every input with a variable dimension (after the batch one) ``allow_ragged_batch``.
+
+    Triton's dynamic batcher only puts requests whose inputs have the same shape into one batch
+    unless an input allows ragged batches. A python-backend model gets each request of a batch as
+    its own tensors, so nothing is padded or concatenated for it; without the flag, ``postprocess``
+    (``DET_BOXES``: one row per detection) met almost only batches of one request, since two
+    images seldom have as many detections, and called ``attributes`` once per request instead of
+    once per batch (BENCHMARKS.md, "Ragged batches"; the fused layout clears it again, :func:`_fused`).
+    """
+    for tensor in inputs:
+        if -1 in tensor.dims:
+            tensor.allow_ragged_batch = True
+    return inputs
+
+
 def _queue_policy(scheduling: ModelScheduling) -> Any:
     # REJECT (the enum's zero, so not written out) rather than DELAY: a timed-out request fails
     # instead of running late.
@@ -513,7 +529,7 @@ def _python_model(
         name=name,
         backend="python",
         max_batch_size=scheduling.max_batch_size,
-        input=_io(inputs, sizes, mc.ModelInput),
+        input=_ragged(_io(inputs, sizes, mc.ModelInput)),
         output=_io(outputs, sizes, mc.ModelOutput),
         instance_group=[mc.ModelInstanceGroup(count=scheduling.instances, kind=mc.ModelInstanceGroup.KIND_CPU)],
         dynamic_batching=mc.ModelDynamicBatching(
@@ -703,6 +719,11 @@ def _fused(configs: dict[str, Any]) -> dict[str, Any]:
     for source, target in ((preprocess, detector), (attributes, postprocess)):
         for key, value in source.parameters.items():
             target.parameters[key].string_value = value.string_value
+    # Ragged batches made the fused postprocess slower (it runs the attribute network itself: 0.79x
+    # the images/s at concurrency 16 on 2 cores, tests/benchmarks/bench_ragged.py), while the steps
+    # layout gained; the fused one batches requests only when their detections are as many.
+    for tensor in postprocess.input:
+        tensor.ClearField("allow_ragged_batch")
     return configs
 
 

@@ -368,6 +368,8 @@ def tensorrt_config(cpu_config: Any, *, cuda_graphs: bool = False,
                             max_batch_size=cpu_config.max_batch_size)
     # A TensorRT engine checks no capability token: the TOKEN input the python runner takes is dropped.
     config.input.extend(i for i in cpu_config.input if i.name != contract.TOKEN.name)
+    for tensor in config.input:  # TensorRT's backend would take a ragged input as one flat tensor
+        tensor.ClearField("allow_ragged_batch")
     config.output.extend(cpu_config.output)
     for output in config.output:
         if output_dims and output.name in output_dims:
