@@ -720,8 +720,8 @@ def _fused(configs: dict[str, Any]) -> dict[str, Any]:
         for key, value in source.parameters.items():
             target.parameters[key].string_value = value.string_value
     # Ragged batches made the fused postprocess slower (it runs the attribute network itself: 0.79x
-    # the images/s at concurrency 16 on 2 cores, tests/benchmarks/bench_ragged.py), while the steps
-    # layout gained; the fused one batches requests only when their detections are as many.
+    # and 0.84x the images/s at concurrency 16 in two runs on 2 cores, tests/benchmarks/bench_ragged.py)
+    # while the steps layout gained; the fused one batches requests only when their detections are as many.
     for tensor in postprocess.input:
         tensor.ClearField("allow_ragged_batch")
     return configs
