@@ -116,6 +116,20 @@ def _raw_detections(server: TritonServer, images: list[bytes]) -> list[bytes]:
     return [bytes(row[0]) for row in result.as_numpy(contract.DETECTIONS.name)]
 
 
+def test_the_converter_runs_two_postprocess_instances_in_the_steps_layout_and_one_in_the_fused(
+        shipped_layouts: dict[str, Path]) -> None:
+    # Measured per layout (tests/benchmarks/bench_scheduling.py): the steps layout's postprocess
+    # waits on its BLS call to attributes, the fused one runs the network itself.
+    from fashionbox.loadtest.tune import read_configs
+
+    def instances(layout: str) -> dict[str, int]:
+        return {name: config.instance_group[0].count for name, config in read_configs(shipped_layouts[layout]).items()
+                if config.instance_group}
+
+    assert instances("steps")[contract.POSTPROCESS_MODEL] == 2 and instances("steps")[contract.ATTRIBUTES_MODEL] == 2
+    assert instances("fused")[contract.POSTPROCESS_MODEL] == 1
+
+
 @pytest.mark.integration
 def test_both_layouts_answer_the_same_for_the_shipped_model(triton_server: Any,
                                                             shipped_layouts: dict[str, Path]) -> None:

@@ -19,11 +19,9 @@ Triton's statistics over the level.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_report import write_report
 from bench_runtimes import make_images
+from served_variants import medians, serve_interleaved, variant_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,15 +63,12 @@ def converted_default(repository: Path) -> str:
     return "ragged" if any(tensor.allow_ragged_batch for tensor in config.input) else "same-shape"
 
 
-def level_figures(point: Any) -> dict[str, Any]:
+def batching_figures(point: Any) -> dict[str, Any]:
+    """``postprocess``'s average batch and ``attributes`` executions per image over the level."""
     models = {m.model: m for m in point.server}
     postprocess, attributes = models.get("postprocess"), models.get("attributes")
     requests = postprocess.requests if postprocess else 0
     return {
-        "images_per_s": round(point.throughput_rps, 2),
-        "p50_ms": round(point.latency.p50_ms, 1),
-        "p99_ms": round(point.latency.p99_ms, 1),
-        "errors": point.error_count,
         "postprocess_avg_batch": round(postprocess.avg_batch_size, 2) if postprocess else None,
         # the fused layout runs the attribute network inside postprocess: no model of its own
         "attributes_calls_per_image": (round(attributes.executions / requests, 3)
@@ -81,65 +77,32 @@ def level_figures(point: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--images", type=int, default=8, help="distinct 1280x960 JPEGs")
-    parser.add_argument("--duration-s", type=float, default=10.0, help="seconds per level")
-    parser.add_argument("--levels", default="1,8,16", help="closed-loop concurrencies")
-    parser.add_argument("--layouts", default="steps,fused")
-    parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/ragged.json")
+    parser = variant_parser(__doc__.splitlines()[0], ROOT / "tests/benchmarks/results/ragged.json", duration_s=10.0)
     args = parser.parse_args(argv)
 
     from fashionbox.converter import ConvertOptions, convert
-    from fashionbox.loadtest import measure_concurrency
-    from fashionbox.server import start_on_free_ports
 
     levels = tuple(int(c) for c in args.levels.split(","))
-    images = make_images(args.images)
+    layouts = args.layouts.split(",")
     load_before = os.getloadavg()
     started = time.time()
-    runs: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="fashionbox-bench-ragged-") as tmp:
         repositories: dict[str, Path] = {}
         defaults: dict[str, str] = {}
-        for layout in args.layouts.split(","):
+        for layout in layouts:
             converted = convert(ConvertOptions(out=Path(tmp) / layout, runtime="onnxruntime",
                                                repository_settings={"layout": layout})).repository
             defaults[layout] = converted_default(converted)
             for ragged, variant in ((True, "ragged"), (False, "same-shape")):
                 copy = shutil.copytree(converted, Path(tmp) / f"{layout}-{variant}")
                 repositories[f"{layout}/{variant}"] = set_ragged_batches(copy, ragged)
-        servers = {}
-        try:
-            for name, path in repositories.items():
-                logs = Path(tmp) / "logs" / name.replace("/", "-")
-                logs.mkdir(parents=True)
-                servers[name] = start_on_free_ports(path, logs)
-            for server in servers.values():  # warm-up: first calls allocate
-                measure_concurrency(server.endpoints.grpc, images, concurrency=2, duration_s=3.0, metrics="none")
-            names = list(servers)
-            for round_index in range(args.rounds):
-                for k in range(len(names)):
-                    name = names[(round_index + k) % len(names)]
-                    run = {str(c): level_figures(measure_concurrency(
-                        servers[name].endpoints.grpc, images, concurrency=c, duration_s=args.duration_s,
-                        warmup_s=1.0, metrics="none")) for c in levels}
-                    runs.setdefault(name, []).append(run)
-                    print(f"round {round_index + 1}/{args.rounds} {name}: {json.dumps(run)}", flush=True)
-        finally:
-            for server in servers.values():
-                server.stop(timeout_s=10)
+        runs = serve_interleaved(repositories, Path(tmp) / "logs", make_images(args.images), levels=levels,
+                                 rounds=args.rounds, duration_s=args.duration_s, extra=batching_figures)
 
-    def median(name: str, level: str, key: str) -> float | None:
-        values = [run[level][key] for run in runs[name] if run[level][key] is not None]
-        return round(statistics.median(values), 3) if values else None
-
-    summary = {name: {level: {key: median(name, level, key) for key in runs[name][0][level]}
-                      for level in runs[name][0]} for name in runs}
+    summary = medians(runs)
     top = str(max(levels))
-    ratios = {layout: round(summary[f"{layout}/ragged"][top]["images_per_s"]
-                            / summary[f"{layout}/same-shape"][top]["images_per_s"], 3)
-              for layout in args.layouts.split(",")}
+    ratios = {layout: round(summary[f"{layout}/ragged"][top]["images_per_s"]  # type: ignore[operator]
+                            / summary[f"{layout}/same-shape"][top]["images_per_s"], 3) for layout in layouts}
     write_report(args.out, __file__, argv, {
         "rounds": args.rounds, "levels": list(levels), "duration_s": args.duration_s,
         "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},

@@ -411,6 +411,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
         RepositorySettings,
         attributes_embedding_size,
         attributes_mask_size,
+        fused_scheduling,
         gpu_scheduling,
         step_timeouts,
         write_repository,
@@ -469,7 +470,9 @@ def convert(options: ConvertOptions) -> ConvertResult:
         score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold)
     repository_settings = step_timeouts({
         "target": options.target, "runtime": runtime_settings, "gpu_decode": options.engines.gpu_decode,
-        **(gpu_scheduling() if options.target == "gpu" else {}), **options.repository_settings})
+        **(gpu_scheduling() if options.target == "gpu" else {}),
+        **(fused_scheduling() if options.repository_settings.get("layout") == "fused" else {}),
+        **options.repository_settings})
     if family.segments(detector):  # the detector's mask tensors go to postprocess
         repository_settings = {"detector_masks": True, **repository_settings}
     settings = RepositorySettings(input_size=size, crop_size=crop, max_detections=max_detections,

@@ -215,6 +215,16 @@ def gpu_scheduling() -> dict[str, Any]:
     }
 
 
+def fused_scheduling() -> dict[str, Any]:
+    """Starting scheduling for the fused CPU layout (``layout="fused"``), where it differs from the steps'.
+
+    One ``postprocess`` instance: it runs the attribute network itself, with no BLS call to wait
+    on, and a second instance made it slower on 2 cores (0.90x the images/s at concurrency 16,
+    ``tests/benchmarks/bench_scheduling.py``), where the steps layout gains from two.
+    """
+    return {"postprocess": ModelScheduling()}
+
+
 def step_timeouts(settings: dict[str, Any]) -> dict[str, Any]:
     """``settings`` (keyword arguments of :class:`RepositorySettings`) with the later steps bounded by
     :data:`DEFAULT_STEP_QUEUE_TIMEOUT_US` when admission control is off and they are not given."""
@@ -245,9 +255,13 @@ class RepositorySettings:
     detector: ModelScheduling = field(default_factory=ModelScheduling)
     """No queue bound of its own: admission control bounds what can wait here (without it, use
     :func:`step_timeouts`)."""
-    attributes: ModelScheduling = field(default_factory=lambda: ModelScheduling(max_batch_size=64))
-    """Batches crops, not images: several per image. Unbounded queue: see :class:`ModelScheduling`."""
-    postprocess: ModelScheduling = field(default_factory=ModelScheduling)
+    attributes: ModelScheduling = field(default_factory=lambda: ModelScheduling(instances=2, max_batch_size=64))
+    """Batches crops, not images: several per image. Unbounded queue: see :class:`ModelScheduling`.
+    Two instances, as ``postprocess`` (below)."""
+    postprocess: ModelScheduling = field(default_factory=lambda: ModelScheduling(instances=2))
+    """Two instances: one crops and assembles while the other waits on its BLS call to
+    ``attributes``; with one of each, the pair ran one request batch at a time and left about a
+    third of two cores idle at saturation (BENCHMARKS.md, "Two instances of postprocess and attributes")."""
     ort: OrtSettings = field(default_factory=OrtSettings)
     """ONNX Runtime threading (runtime ``onnxruntime``), and OpenVINO's (``openvino``: ``intra_op_threads``)."""
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
