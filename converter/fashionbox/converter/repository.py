@@ -219,8 +219,8 @@ def fused_scheduling() -> dict[str, Any]:
     """Starting scheduling for the fused CPU layout (``layout="fused"``), where it differs from the steps'.
 
     One ``postprocess`` instance: it runs the attribute network itself, with no BLS call to wait
-    on, and a second instance made it slower on 2 cores (0.90x the images/s at concurrency 16,
-    ``tests/benchmarks/bench_scheduling.py``), where the steps layout gains from two.
+    on, and a second instance made it slower on 2 cores (0.90x and 0.92x the images/s at concurrency
+    16 in two runs, ``tests/benchmarks/bench_scheduling.py``), where the steps layout gains from two.
     """
     return {"postprocess": ModelScheduling()}
 
