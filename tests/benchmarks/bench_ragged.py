@@ -20,19 +20,15 @@ Triton's statistics over the level.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_report import write_report
-from bench_runtimes import make_images
-from served_variants import medians, serve_interleaved, variant_parser
+from served_variants import measure_variants, ratios, variant_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,38 +75,28 @@ def batching_figures(point: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = variant_parser(__doc__.splitlines()[0], ROOT / "tests/benchmarks/results/ragged.json", duration_s=10.0)
     args = parser.parse_args(argv)
+    defaults: dict[str, str] = {}
 
-    from fashionbox.converter import ConvertOptions, convert
+    def build(folder: Path, layouts: list[str]) -> dict[str, Path]:
+        from fashionbox.converter import ConvertOptions, convert
 
-    levels = tuple(int(c) for c in args.levels.split(","))
-    layouts = args.layouts.split(",")
-    load_before = os.getloadavg()
-    started = time.time()
-    with tempfile.TemporaryDirectory(prefix="fashionbox-bench-ragged-") as tmp:
         repositories: dict[str, Path] = {}
-        defaults: dict[str, str] = {}
         for layout in layouts:
-            converted = convert(ConvertOptions(out=Path(tmp) / layout, runtime="onnxruntime",
+            converted = convert(ConvertOptions(out=folder / layout, runtime="onnxruntime",
                                                repository_settings={"layout": layout})).repository
             defaults[layout] = converted_default(converted)
             for ragged, variant in ((True, "ragged"), (False, "same-shape")):
-                copy = shutil.copytree(converted, Path(tmp) / f"{layout}-{variant}")
+                copy = shutil.copytree(converted, folder / f"{layout}-{variant}")
                 repositories[f"{layout}/{variant}"] = set_ragged_batches(copy, ragged)
-        runs = serve_interleaved(repositories, Path(tmp) / "logs", make_images(args.images), levels=levels,
-                                 rounds=args.rounds, duration_s=args.duration_s, extra=batching_figures)
+        return repositories
 
-    summary = medians(runs)
-    top = str(max(levels))
-    ratios = {layout: round(summary[f"{layout}/ragged"][top]["images_per_s"]  # type: ignore[operator]
-                            / summary[f"{layout}/same-shape"][top]["images_per_s"], 3) for layout in layouts}
-    write_report(args.out, __file__, argv, {
-        "rounds": args.rounds, "levels": list(levels), "duration_s": args.duration_s,
-        "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
-        "converter_default": defaults, "summary": summary,
-        f"ragged_over_same_shape_images_per_s_c{top}": ratios, "runs": runs,
-        "wall_s": round(time.time() - started, 1),
-    })
-    print(json.dumps({"summary": summary, "ratios": ratios}, indent=2))
+    measured = measure_variants(args, "fashionbox-bench-ragged-", build, extra=batching_figures)
+    gains = ratios(measured, "ragged", "same-shape")
+    top = measured.pop("top")
+    del measured["layouts"]
+    write_report(args.out, __file__, argv, {**measured, "converter_default": defaults,
+                                            f"ragged_over_same_shape_images_per_s_c{top}": gains})
+    print(json.dumps({"summary": measured["summary"], "ratios": gains}, indent=2))
     return 0
 
 

@@ -17,10 +17,7 @@ CPU left idle during it (``/proc/stat``; 100 % is one core).
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,8 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_report import write_report
-from bench_runtimes import make_images
-from served_variants import medians, serve_interleaved, variant_parser
+from served_variants import measure_variants, ratios, variant_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,31 +58,20 @@ def main(argv: list[str] | None = None) -> int:
                             duration_s=8.0)
     args = parser.parse_args(argv)
 
-    from fashionbox.converter import ConvertOptions, convert
+    def build(folder: Path, layouts: list[str]) -> dict[str, Path]:
+        from fashionbox.converter import ConvertOptions, convert
 
-    levels = tuple(int(c) for c in args.levels.split(","))
-    layouts = args.layouts.split(",")
-    load_before = os.getloadavg()
-    started = time.time()
-    with tempfile.TemporaryDirectory(prefix="fashionbox-bench-scheduling-") as tmp:
-        repositories = {name: convert(ConvertOptions(out=Path(tmp) / name.replace("/", "-"), runtime="onnxruntime",
-                                                     repository_settings=settings)).repository
-                        for name, settings in variants(layouts).items()}
-        runs = serve_interleaved(repositories, Path(tmp) / "logs", make_images(args.images), levels=levels,
-                                 rounds=args.rounds, duration_s=args.duration_s)
+        return {name: convert(ConvertOptions(out=folder / name.replace("/", "-"), runtime="onnxruntime",
+                                             repository_settings=settings)).repository
+                for name, settings in variants(layouts).items()}
 
-    summary = medians(runs)
-    top = str(max(levels))
-    ratios = {layout: round(summary[f"{layout}/two-instances"][top]["images_per_s"]  # type: ignore[operator]
-                            / summary[f"{layout}/one-instance"][top]["images_per_s"], 3) for layout in layouts}
-    write_report(args.out, __file__, argv, {
-        "rounds": args.rounds, "levels": list(levels), "duration_s": args.duration_s,
-        "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
-        "converter_default_postprocess_instances": converter_defaults(layouts),
-        "summary": summary, f"two_over_one_instance_images_per_s_c{top}": ratios, "runs": runs,
-        "wall_s": round(time.time() - started, 1),
-    })
-    print(json.dumps({"summary": summary, "ratios": ratios}, indent=2))
+    measured = measure_variants(args, "fashionbox-bench-scheduling-", build)
+    gains = ratios(measured, "two-instances", "one-instance")
+    top, layouts = measured.pop("top"), measured.pop("layouts")
+    write_report(args.out, __file__, argv, {**measured,
+                                            "converter_default_postprocess_instances": converter_defaults(layouts),
+                                            f"two_over_one_instance_images_per_s_c{top}": gains})
+    print(json.dumps({"summary": measured["summary"], "ratios": gains}, indent=2))
     return 0
 
 

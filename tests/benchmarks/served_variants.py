@@ -12,6 +12,8 @@ import argparse
 import json
 import os
 import statistics
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -89,3 +91,34 @@ def medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[s
 
     return {name: {level: {key: median(name, level, key) for key in runs[name][0][level]}
                    for level in runs[name][0]} for name in runs}
+
+
+def measure_variants(args: argparse.Namespace, prefix: str,
+                     build: Callable[[Path, list[str]], dict[str, Path]],
+                     extra: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Build the variants (``build(folder, layouts)``: name -> repository) and measure them.
+
+    Returns the report's common fields (rounds, levels, load average, wall time, ``summary`` of
+    medians, ``runs``), with ``layouts`` and ``top`` (the highest level) for the caller's ratios.
+    """
+    from bench_runtimes import make_images
+
+    levels = tuple(int(c) for c in args.levels.split(","))
+    layouts = args.layouts.split(",")
+    load_before = os.getloadavg()
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        repositories = build(Path(tmp), layouts)
+        runs = serve_interleaved(repositories, Path(tmp) / "logs", make_images(args.images), levels=levels,
+                                 rounds=args.rounds, duration_s=args.duration_s, extra=extra)
+    return {"rounds": args.rounds, "levels": list(levels), "duration_s": args.duration_s,
+            "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
+            "summary": medians(runs), "runs": runs, "wall_s": round(time.time() - started, 1),
+            "layouts": layouts, "top": str(max(levels))}
+
+
+def ratios(measured: dict[str, Any], better: str, worse: str) -> dict[str, float]:
+    """Per layout, images/s of ``LAYOUT/better`` over ``LAYOUT/worse`` at the highest level."""
+    summary, top = measured["summary"], measured["top"]
+    return {layout: round(summary[f"{layout}/{better}"][top]["images_per_s"]
+                          / summary[f"{layout}/{worse}"][top]["images_per_s"], 3) for layout in measured["layouts"]}
