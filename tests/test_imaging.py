@@ -22,6 +22,7 @@ from fashionbox.core.imaging import (
     crop_garments,
     decode_image,
     letterbox,
+    rect_canvas,
 )
 
 RED = (255, 0, 0)
@@ -375,6 +376,33 @@ def test_tall_image_is_padded_left_and_right() -> None:
     assert (pixels[:, :16] == PAD_VALUE).all()
     assert (pixels[:, 48:] == PAD_VALUE).all()
     _assert_close_to(pixels[:, 16:48], RED, 0)
+
+
+@pytest.mark.parametrize(("width", "height", "canvas"), [
+    (1280, 960, (480, 640)),  # 4:3: 640x480, already a multiple of 32 of padding away from 640
+    (960, 1280, (640, 480)),
+    (1000, 700, (448, 640)),  # resized 640x448: 192 of padding is a multiple of 32
+    (1000, 710, (480, 640)),  # 640x454: 186 -> 26 of padding, 480
+    (640, 640, (640, 640)),
+    (4000, 10, (32, 640)),  # a thin strip: 2 rows, padded to 32
+])
+def test_a_rect_letterbox_pads_the_short_side_only_to_the_stride(width: int, height: int,
+                                                                 canvas: tuple[int, int]) -> None:
+    assert rect_canvas(width, height, 640, 32) == canvas
+    pixels, info = letterbox(_decoded(width, height), 640, canvas=canvas)
+    assert pixels.shape == (*canvas, 3)
+    # centred, the top and left padding the floor of half, as in the square letterbox
+    content_h, content_w = round(height * info.scale), round(width * info.scale)
+    assert (info.pad_x, info.pad_y) == ((canvas[1] - content_w) // 2, (canvas[0] - content_h) // 2)
+    back = info.to_original(info.to_letterbox(np.array([[0, 0, width, height]], np.float32)))
+    np.testing.assert_allclose(back, [[0, 0, width, height]], atol=1e-3)
+
+
+def test_a_rect_letterbox_refuses_a_stride_that_does_not_divide_its_size_and_a_canvas_too_small() -> None:
+    with pytest.raises(ValueError, match="stride 48 must divide its size 640"):
+        rect_canvas(1280, 960, 640, 48)
+    with pytest.raises(ValueError, match="cannot hold the image resized to 640x480"):
+        letterbox(_decoded(1280, 960), 640, canvas=(448, 640))
 
 
 def test_draft_decoded_jpeg_is_letterboxed_by_its_full_size() -> None:

@@ -35,6 +35,7 @@ from fashionbox.core.serving import (
     Parameters,
     PostprocessParameters,
     PreprocessParameters,
+    RuntimeSettings,
 )
 
 LABELS = default_label_map()
@@ -321,6 +322,11 @@ def test_model_configs_refuses_the_gpu_target_and_names_the_gpu_profile_builder(
         (lambda: ModelScheduling(queue_timeout_us=-1), "queue_timeout_us"),
         (lambda: RepositorySettings(input_size=0), "input_size"),
         (lambda: RepositorySettings(target="tpu"), "target"),  # type: ignore[arg-type]
+        (lambda: RepositorySettings(input_size=320, letterbox_stride=48), "letterbox_stride must be 0"),
+        (lambda: RepositorySettings(letterbox_stride=-32), "letterbox_stride must be 0"),
+        (lambda: RepositorySettings(letterbox_stride=32, target="gpu"), "rect letterbox .* target cpu"),
+        (lambda: RepositorySettings(letterbox_stride=32, runtime=RuntimeSettings(runtime="torch")),
+         "rect letterbox .* target cpu"),
         # A 0.5 s batching delay before a step that refuses after 0.5 s in the queue: batched requests would fail.
         (lambda: RepositorySettings(preprocess=ModelScheduling(max_queue_delay_us=500_000),
                                     detector=ModelScheduling(queue_timeout_us=500_000)),

@@ -27,6 +27,7 @@ from fashionbox.core.serving import (
     DetectorParameters,
     ErrorCode,
     InputSpec,
+    LetterboxSettings,
     ModelArgs,
     OnnxAttributes,
     OnnxDetector,
@@ -264,6 +265,37 @@ def test_a_malformed_request_fails_alone_and_the_others_share_one_compute() -> N
     assert responses[1].error.code == "INVALID_ARG"
     assert "must have shape [batch, 2], got [1, 3]" in responses[1].error.text
     assert responses[3].error.code == "INVALID_ARG" and "missing" in responses[3].error.text
+
+
+@pytest.mark.usefixtures("fake_pb_utils")
+def test_requests_of_different_shapes_run_one_compute_per_shape_each_answered_its_rows() -> None:
+    """A rect letterbox's PIXELS ([-1, -1, 3]): the requests of each shape are one network batch."""
+    calls: list[tuple[int, ...]] = []
+
+    def compute(batch: NDArray[Any]) -> NDArray[Any]:
+        calls.append(batch.shape)
+        return batch.reshape(len(batch), -1).sum(axis=1)
+
+    spec = InputSpec("X", np.float32, (-1, -1))
+    requests = [_request("X", np.full((1, 2, 3), 1, np.float32)), _request("X", np.full((2, 3, 2), 2, np.float32)),
+                _request("X", np.full((1, 2, 3), 3, np.float32)), _request("X", np.ones((1, 4), np.float32))]
+
+    responses = run_concatenated(requests, spec, compute=compute, split=lambda r, s: {"Y": r[s]}, model="m")
+
+    assert sorted(calls) == [(2, 2, 3), (2, 3, 2)]
+    assert [responses[i].outputs["Y"].tolist() for i in range(3)] == [[6.0], [12.0, 12.0], [18.0]]
+    assert responses[3].error.code == "INVALID_ARG"
+
+
+def test_a_rect_letterbox_refuses_pixels_it_does_not_make() -> None:
+    rect = LetterboxSettings(letterbox_stride=32)
+    rect.check(np.zeros((1, 96, 128, 3), np.uint8), 128)
+    rect.check(np.zeros((2, 128, 128, 3), np.uint8), 128)
+    for shape in ((1, 96, 96, 3), (1, 100, 128, 3), (1, 128, 160, 3)):
+        with pytest.raises(RequestError, match="128 on its long side and a multiple of 32"):
+            rect.check(np.zeros(shape, np.uint8), 128)
+    assert LetterboxSettings.optional(Parameters({})) is None
+    assert LetterboxSettings.optional(Parameters({"letterbox_stride": "32"})) == rect
 
 
 @pytest.mark.usefixtures("fake_pb_utils")

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from PIL import Image
 
 from fashionbox.converter import ConvertError, ConvertOptions, convert, resolve_spec
-from fashionbox.core.imaging import LetterboxInfo, decode_image, letterbox
+from fashionbox.core.imaging import DecodedImage, LetterboxInfo, decode_image, letterbox, rect_canvas
 from fashionbox.core.proto_masks import masks_from_protos
 from fashionbox.core.serving import OnnxDetector, OrtSettings
 
@@ -49,6 +50,7 @@ from fashionbox.converter.ultralytics import (  # noqa: E402
 from fashionbox.models.nms import NmsSettings  # noqa: E402
 
 SIZE = 128
+STRIDE = 32  # the YOLOv8 models' largest stride: their rect letterbox's
 NMS = NmsSettings(score_threshold=0.25, iou_threshold=0.7, max_per_class=300, max_detections=300)
 
 
@@ -69,10 +71,13 @@ def _scenes() -> list[bytes]:
     return [render_scene(70 + i, size=size).encode(format="JPEG", quality=90) for i, size in enumerate(sizes)]
 
 
-def _letterboxed() -> list[tuple[bytes, npt.NDArray[np.uint8], LetterboxInfo]]:
+def _letterboxed(*, rect: bool = False) -> list[tuple[bytes, npt.NDArray[np.uint8], LetterboxInfo]]:
+    """Each scene letterboxed square, or each in its own rect letterbox (128x96, 96x128, 128x128)."""
     out = []
     for data in _scenes():
-        pixels, info = letterbox(decode_image(data, target_size=SIZE), SIZE)
+        image = decode_image(data, target_size=SIZE)
+        pixels, info = letterbox(image, SIZE, canvas=rect_canvas(image.width, image.height, SIZE, STRIDE)
+                                 if rect else None)
         out.append((data, pixels, info))
     return out
 
@@ -99,8 +104,9 @@ def _reference_original_masks(result: Any, info: LetterboxInfo) -> npt.NDArray[n
 
 def test_loader_reads_task_size_and_deepfashion2_names_from_the_metadata(seg_onnx: Path, det_onnx: Path) -> None:
     seg, det = load_ultralytics(seg_onnx), load_ultralytics(det_onnx)
-    assert (seg.task, seg.input_size, seg.mask_dim, seg.fixed_batch) == ("segment", SIZE, 32, None)
+    assert (seg.task, seg.input_size, seg.mask_dim, seg.fixed_batch, seg.stride) == ("segment", SIZE, 32, None, STRIDE)
     assert (det.task, det.input_size, det.mask_dim, det.fixed_batch) == ("detect", SIZE, 0, 1)
+    assert (seg.dynamic_shape, det.dynamic_shape) == (True, False)  # dynamic=True: any height and width
     labels = seg.label_map
     assert labels.category_names == DEEPFASHION2
     defaults = family_label_map({0: "dress", 1: "pants", 2: "top, t-shirt, sweatshirt", 3: "jacket"}, name="x")
@@ -191,6 +197,25 @@ def test_a_truncated_file_is_refused_before_anything_is_written(seg_onnx: Path, 
 # -- the served graph against Ultralytics' predictor, in process ----------------------------------------
 
 
+def test_the_rect_letterbox_has_the_shape_and_padding_of_ultralytics_own(tmp_path: Path) -> None:
+    """``rect_canvas`` and ``letterbox(canvas=...)`` against Ultralytics' ``LetterBox(auto=True)``, which its
+    predictor applies to one image of a dynamic export; pixels differ only by the resize (OpenCV's)."""
+    from ultralytics.data.augment import LetterBox
+
+    theirs = LetterBox((640, 640), auto=True, stride=32)
+    for width, height in ((1280, 960), (960, 1280), (1000, 710), (333, 1999), (640, 640), (4000, 10), (75, 50)):
+        canvas = rect_canvas(width, height, 640, 32)
+        image = np.zeros((height, width, 3), np.uint8)
+        image[height // 3:, width // 3:] = 255  # where the content lands shows the padding
+        boxed = theirs(image=image)
+        assert boxed.shape[:2] == canvas, (width, height)
+        pixels, _ = letterbox(DecodedImage(Image.fromarray(image), width, height), 640, canvas=canvas)
+        for axis in (0, 1):  # the rows, then the columns, that hold content: the same on both sides
+            other = (1 - axis, 2)
+            assert np.array_equal(np.flatnonzero((boxed != 114).any(axis=other)),
+                                  np.flatnonzero((pixels != 114).any(axis=other))), (width, height, axis)
+
+
 def test_served_graph_equals_the_users_graph_with_numpy_decode(seg_onnx: Path, det_onnx: Path,
                                                                 tmp_path: Path) -> None:
     batches = [np.random.default_rng(i).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8) for i in range(2)]
@@ -205,32 +230,44 @@ def test_served_graph_equals_the_users_graph_with_numpy_decode(seg_onnx: Path, d
         assert report.max_abs_error.get("mask_coeffs", 0.0) < 1e-5
 
 
-@pytest.mark.parametrize("task", ["segment", "detect"])
+@pytest.mark.parametrize(("task", "rect"), [("segment", False), ("segment", True), ("detect", False)])
 def test_served_detections_and_masks_equal_ultralytics_predictor_in_process(
-        task: str, seg_onnx: Path, det_onnx: Path, tmp_path: Path) -> None:
+        task: str, rect: bool, seg_onnx: Path, det_onnx: Path, tmp_path: Path) -> None:
+    """On the same letterboxed pixels: square, and the dynamic export's rect letterboxes (each image its own
+    shape, as the predictor runs one image of a dynamic export: ``rect``)."""
     source = seg_onnx if task == "segment" else det_onnx
     model = load_ultralytics(source)
     served = OnnxDetector(export_ultralytics_onnx(model, tmp_path / "served.onnx", nms=NMS), OrtSettings(),
                           max_detections=NMS.max_detections)
     assert served.segments == (task == "segment")
     reference = load_predictor(source, task)
-    images = _letterboxed()
-    ours = served.detect(np.stack([pixels for _, pixels, _ in images]))
-    theirs = predict(reference, [pixels for _, pixels, _ in images], imgsz=SIZE)
+    images = _letterboxed(rect=rect)
+    if rect:
+        assert [pixels.shape[:2] for _, pixels, _ in images] == [(96, 128), (128, 96), (128, 128)]
+        ours = [served.detect(pixels[None])[0] for _, pixels, _ in images]
+        theirs = [predict(reference, [pixels], imgsz=SIZE)[0] for _, pixels, _ in images]
+        assert [tuple(result.orig_shape) for result in theirs] == [(96, 128), (128, 96), (128, 128)]
+    else:
+        ours = served.detect(np.stack([pixels for _, pixels, _ in images]))
+        theirs = predict(reference, [pixels for _, pixels, _ in images], imgsz=SIZE)
     total = dropped = masked = 0
-    for row, result, (_, _, info) in zip(ours, theirs, images, strict=True):
+    for row, result, (_, pixels, info) in zip(ours, theirs, images, strict=True):
+        height, width = pixels.shape[:2]
         keep = np.ones(len(row), dtype=bool)
         if task == "segment":
             assert row.mask_coeffs is not None and row.protos is not None
-            identity = LetterboxInfo(SIZE, SIZE, 1.0, 0, 0)  # the masks at the letterbox, as the predictor's
-            at_letterbox = masks_from_protos(row.mask_coeffs, row.protos, row.boxes, identity)
+            assert row.protos.shape[1:] == (height // 4, width // 4)  # the prototypes cover this letterbox
+            identity = LetterboxInfo(width, height, 1.0, 0, 0)  # the masks at the letterbox, as the predictor's
+            at_letterbox = masks_from_protos(row.mask_coeffs, row.protos, row.boxes, identity,
+                                             input_size=(height, width))
             # Ultralytics' predictor drops detections whose mask is empty; the rest must match it
             keep = np.array([m.area > 0 for m in at_letterbox], dtype=bool)
             dropped += int((~keep).sum())
         assert row.classes[keep].tolist() == result.boxes.cls.numpy().astype(int).tolist()
         np.testing.assert_allclose(row.scores[keep], result.boxes.conf.numpy(), atol=1e-3)
         # Ultralytics clips its boxes to the image it was given (here the letterbox)
-        np.testing.assert_allclose(np.clip(row.boxes[keep], 0, SIZE), _boxes(result), atol=0.5)
+        clipped = np.clip(row.boxes[keep], 0, [width, height, width, height])
+        np.testing.assert_allclose(clipped, _boxes(result), atol=0.5)
         total += int(keep.sum())
         if task == "segment" and keep.any():
             assert row.mask_coeffs is not None and row.protos is not None
@@ -238,7 +275,8 @@ def test_served_detections_and_masks_equal_ultralytics_predictor_in_process(
             expected = result.masks.data.numpy().astype(bool)
             for mine, theirs_mask in zip(kept, expected, strict=True):
                 assert _iou(mine.to_array(), theirs_mask) >= 0.98
-            original = masks_from_protos(row.mask_coeffs[keep], row.protos, row.boxes[keep], info)
+            original = masks_from_protos(row.mask_coeffs[keep], row.protos, row.boxes[keep], info,
+                                         input_size=(height, width))
             expected_original = _reference_original_masks(result, info)
             ious = [_iou(m.to_array(), e) for m, e in zip(original, expected_original, strict=True)]
             assert min(ious) >= 0.98, ious
@@ -278,6 +316,13 @@ def test_convert_writes_a_segmenting_repository_with_ultralytics_defaults(seg_re
     labels = json.loads((seg_repository / "labels.json").read_text())
     assert manifest["family"] == "ultralytics"
     assert manifest["export"]["input_size"] == SIZE
+    assert manifest["export"]["letterbox_stride"] == STRIDE  # a dynamic export: the rect letterbox by default
+    for model in ("preprocess", "detector", "postprocess"):
+        config = (seg_repository / model / "config.pbtxt").read_text()
+        assert 'key: "letterbox_stride"' in config and 'string_value: "32"' in config, model
+        assert "dims: -1\n  dims: -1\n  dims: 3" in config, model  # PIXELS: each request's own shape
+    detector_config = (seg_repository / "detector" / "config.pbtxt").read_text()
+    assert "allow_ragged_batch" not in detector_config  # the network batches requests of one shape only
     assert manifest["export"]["nms"] == {"score_threshold": 0.25, "iou_threshold": 0.7, "max_per_class": 300,
                                          "max_detections": 300}
     assert manifest["comparison"]["detector"]["detections_count_mismatch"] == 0
@@ -296,33 +341,80 @@ def test_cli_convert_takes_an_ultralytics_onnx_file(det_onnx: Path, tmp_path: Pa
     assert "model repository" in capsys.readouterr().out
 
 
+def _assert_served_as_predicted(served: Any, result: Any, info: LetterboxInfo, labels: Any) -> int:
+    """A served answer against Ultralytics' predictor on the same letterbox; the detections compared."""
+    # Ultralytics drops detections whose mask is empty (see the in-process test)
+    with_mask = [d for d in served.detections if d.mask is not None and d.mask.any()]
+    assert [d.category for d in with_mask] == [labels.category_names[int(c)] for c in result.boxes.cls]
+    np.testing.assert_allclose([d.score for d in with_mask], result.boxes.conf.numpy(), atol=1e-3)
+    boxes = np.array([[d.box.x1, d.box.y1, d.box.x2, d.box.y2] for d in with_mask]).reshape(-1, 4)
+    np.testing.assert_allclose(boxes, info.to_original(_boxes(result)), atol=0.5)
+    if with_mask:
+        expected = _reference_original_masks(result, info)
+        for detection, mask in zip(with_mask, expected, strict=True):
+            assert detection.mask is not None and detection.mask.shape == (info.height, info.width)
+            assert _iou(detection.mask, mask) >= 0.98
+    return len(with_mask)
+
+
+def test_a_rect_letterbox_is_refused_where_it_cannot_be_served_and_square_is_the_opt_out(
+        seg_onnx: Path, det_onnx: Path, tmp_path: Path) -> None:
+    from fashionbox.commands.cli import main
+
+    with pytest.raises(ConvertError, match="takes only the square 128 letterbox"):  # a fixed-shape export
+        convert(ConvertOptions(out=tmp_path / "fixed", detector=f"ultralytics:{det_onnx}", letterbox="rect",
+                               compare_samples=1))
+    with pytest.raises(ConvertError, match="--letterbox rect is served on target cpu"):
+        ConvertOptions(out=tmp_path / "gpu", detector=f"ultralytics:{seg_onnx}", letterbox="rect", target="gpu")
+    with pytest.raises(ConvertError, match="letterbox 'wide'"):
+        ConvertOptions(out=tmp_path / "x", letterbox="wide")  # type: ignore[arg-type]
+    assert main(["convert", "--detector", f"ultralytics:{seg_onnx}", "--letterbox", "square",
+                 "--out", str(tmp_path / "square")]) == 0
+    assert json.loads((tmp_path / "square" / "manifest.json").read_text())["export"]["letterbox_stride"] == 0
+    assert "letterbox_stride" not in (tmp_path / "square" / "preprocess" / "config.pbtxt").read_text()
+
+
 @pytest.mark.integration
+@pytest.mark.parametrize("layout", ["steps", "fused"])
 def test_served_yolo_seg_equals_ultralytics_predictor_over_grpc(
-        triton_server: Any, seg_repository: Path, seg_onnx: Path) -> None:
-    from fashionbox.client import FashionClient
+        triton_server: Any, seg_repository: Path, seg_onnx: Path, layout: str, tmp_path: Path) -> None:
+    """Served in rect letterboxes (a dynamic export), as the predictor runs each photo: one request at a
+    time, all at once (requests of one shape go through the network together), and two photos of
+    different shapes in one request (they share the smallest letterbox holding both: here the square);
+    in both layouts (the fused one decodes and detects in one step)."""
+    if layout == "fused":
+        seg_repository = convert(ConvertOptions(out=tmp_path / "fused", detector=f"ultralytics:{seg_onnx}",
+                                                compare_samples=1, repository_settings={"layout": "fused"})).repository
+    import tritonclient.grpc as grpcclient
+
+    from fashionbox.client import FashionClient, ImageDetections
+    from fashionbox.v1 import detections_pb2
 
     reference = load_predictor(seg_onnx, "segment")
     labels = load_ultralytics(seg_onnx).label_map
     server = triton_server(seg_repository)
-    compared = masked = 0
+    rect = _letterboxed(rect=True)
+    expected = [predict(reference, [pixels], imgsz=SIZE)[0] for _, pixels, _ in rect]
+    compared = 0
     with FashionClient(str(server.endpoints.grpc)) as client:
-        for data, pixels, info in _letterboxed():
-            served = client.detect(data).detections
-            (result,) = predict(reference, [pixels], imgsz=SIZE)
-            # Ultralytics drops detections whose mask is empty (see the in-process test)
-            with_mask = [d for d in served if d.mask is not None and d.mask.any()]
-            assert [d.category for d in with_mask] == [labels.category_names[int(c)] for c in result.boxes.cls]
-            np.testing.assert_allclose([d.score for d in with_mask], result.boxes.conf.numpy(), atol=1e-3)
-            boxes = np.array([[d.box.x1, d.box.y1, d.box.x2, d.box.y2] for d in with_mask]).reshape(-1, 4)
-            np.testing.assert_allclose(boxes, info.to_original(_boxes(result)), atol=0.5)
-            if with_mask:
-                expected = _reference_original_masks(result, info)
-                for detection, mask in zip(with_mask, expected, strict=True):
-                    assert detection.mask is not None and detection.mask.shape == (info.height, info.width)
-                    assert _iou(detection.mask, mask) >= 0.98
-                    masked += 1
-            compared += len(with_mask)
-    assert compared > 0 and masked == compared
+        for (data, _, info), result in zip(rect, expected, strict=True):
+            compared += _assert_served_as_predicted(client.detect(data), result, info, labels)
+        at_once = client.detect_many([data for data, _, _ in rect] * 4, max_in_flight=12)
+        for index, answer in enumerate(at_once):
+            assert not isinstance(answer, Exception), answer
+            _, _, info = rect[index % len(rect)]
+            compared += _assert_served_as_predicted(answer, expected[index % len(rect)], info, labels)
+    assert compared > 0
+    # a landscape and a portrait photo in one request: both in the square letterbox
+    square = _letterboxed()[:2]
+    tensor = grpcclient.InferInput("IMAGE", [2, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[data] for data, _, _ in square], dtype=np.object_))
+    with grpcclient.InferenceServerClient(str(server.endpoints.grpc)) as raw:
+        reply = raw.infer("fashion", [tensor], outputs=[grpcclient.InferRequestedOutput("DETECTIONS")])
+    for row, (_, pixels, info) in enumerate(square):
+        message = detections_pb2.ImageDetections.FromString(reply.as_numpy("DETECTIONS")[row, 0])
+        (result,) = predict(reference, [pixels], imgsz=SIZE)
+        _assert_served_as_predicted(ImageDetections.from_proto(message), result, info, labels)
 
 
 def test_importing_ultralytics_for_the_reference_leaves_pillow_s_open_alone() -> None:

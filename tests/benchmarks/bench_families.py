@@ -14,19 +14,21 @@ generated scenes so that some boxes pass conf 0.25, as a trained model's would, 
 Measured:
 
 - **served**: ``fashionbox convert --detector ultralytics:FILE.onnx``, the embedded Triton, the
-  closed-loop load generator over gRPC: p50 at concurrency 1, images/s at concurrency 2; twice:
-  with the masks (COCO RLE at the original size in every detection) and the same file converted
-  with ``detector_masks`` off (boxes only). Their difference is the mask output's cost.
+  closed-loop load generator over gRPC: p50 at concurrency 1, images/s at concurrency 2; three
+  repositories: with the masks (COCO RLE at the original size in every detection) in the rect
+  letterbox a dynamic export gets by default (640x480 for these 4:3 photos), the same with
+  ``--letterbox square`` (640x640: what the served path ran before the rect letterbox), and boxes
+  only (``detector_masks`` off, rect). Masks against boxes only is the mask output's cost.
 - **in process**: Ultralytics' predictor (``YOLO("x.onnx").predict``) on each image decoded by
   OpenCV, one at a time, ONNX Runtime with its default threads (both cores): letterbox, network,
   NMS, masks at the letterbox size (``retina_masks=False``, its default). For a dynamic export it
   letterboxes to the smallest stride multiple (640x480 here, ``rect``); again with ``rect=False``,
-  the square 640x640 the served path runs (it batches one fixed shape across requests).
+  the square 640x640.
 - **masks alone**: :func:`fashionbox.core.proto_masks.masks_from_protos` plus RLE for the served
   detections of each image, in process: the mask step's own CPU time per image.
 - **detector graph alone**: the repository's ``detector/1/model.onnx`` (network, decode, NMS) in
-  ONNX Runtime on 2 threads on pre-letterboxed pixels, gathering included: the floor of the
-  served latency at that moment.
+  ONNX Runtime on 2 threads on pre-letterboxed pixels (the rect letterboxes served), gathering
+  included: the floor of the served latency at that moment.
 
 The served pipeline also runs the attribute heads on every detection (one 96x96 crop each, one
 batched call), which Ultralytics' predictor does not.
@@ -35,6 +37,7 @@ batched call), which Ultralytics' predictor does not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -60,17 +63,24 @@ def make_images(count: int, seed: int = 700_000) -> list[bytes]:
     return [render_scene(seed + i, size=(1280, 960)).encode(format="JPEG", quality=90) for i in range(count)]
 
 
-def _letterboxed(images: list[bytes]) -> list[Any]:
-    from fashionbox.core.imaging import decode_image, letterbox
+def _letterboxed(images: list[bytes], *, stride: int = 0) -> list[Any]:
+    """Each image letterboxed square, or (``stride``) in its own rect letterbox, as the served path does."""
+    from fashionbox.core.imaging import decode_image, letterbox, rect_canvas
 
-    return [letterbox(decode_image(data, target_size=SIZE), SIZE) for data in images]
+    boxed = []
+    for data in images:
+        image = decode_image(data, target_size=SIZE)
+        boxed.append(letterbox(image, SIZE, canvas=rect_canvas(image.width, image.height, SIZE, stride)
+                               if stride else None))
+    return boxed
 
 
 def run_ultralytics(onnx_path: Path, images: list[bytes], *, rect: bool = True) -> tuple[list[float], list[int]]:
     """Seconds per image (decode to ``Results``) and detections per image, Ultralytics in process.
 
     ``rect``: its default for a dynamic export, the smallest stride-multiple letterbox (640x480 for
-    these 4:3 images); ``False`` letterboxes to the square 640x640 the served path uses.
+    these 4:3 images, as the served path does since the rect letterbox); ``False`` letterboxes to the
+    square 640x640 (``fashionbox convert --letterbox square``).
     """
     import cv2
     import numpy as np
@@ -90,8 +100,9 @@ def run_ultralytics(onnx_path: Path, images: list[bytes], *, rect: bool = True) 
     return seconds, counts
 
 
-def run_masks_alone(repository: Path, images: list[bytes]) -> tuple[list[float], list[float], list[int]]:
-    """Seconds per image of the detector graph alone and of masks_from_protos + RLE, and the counts."""
+def run_masks_alone(repository: Path, images: list[bytes], stride: int) -> tuple[list[float], list[float], list[int]]:
+    """Seconds per image of the detector graph alone and of masks_from_protos + RLE, and the counts, on the
+    letterboxes the repository serves (``stride``: its rect letterbox's)."""
     import numpy as np
 
     from fashionbox.core.proto_masks import masks_from_protos
@@ -100,7 +111,7 @@ def run_masks_alone(repository: Path, images: list[bytes]) -> tuple[list[float],
     detector = OnnxDetector(repository / "detector" / "1" / "model.onnx", OrtSettings(intra_op_threads=2),
                             max_detections=300)
     graph_s, masks_s, counts = [], [], []
-    letterboxed = _letterboxed(images)
+    letterboxed = _letterboxed(images, stride=stride)
     detector.detect(np.ascontiguousarray(letterboxed[0][0][None]))
     for pixels, info in letterboxed:
         started = time.perf_counter()
@@ -108,7 +119,7 @@ def run_masks_alone(repository: Path, images: list[bytes]) -> tuple[list[float],
         graph_s.append(time.perf_counter() - started)
         assert row.mask_coeffs is not None and row.protos is not None
         started = time.perf_counter()
-        masks = masks_from_protos(row.mask_coeffs, row.protos, row.boxes, info)
+        masks = masks_from_protos(row.mask_coeffs, row.protos, row.boxes, info, input_size=pixels.shape[:2])
         for mask in masks:
             mask.to_rle()
         masks_s.append(time.perf_counter() - started)
@@ -140,25 +151,27 @@ def bench_ultralytics(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     build_s = time.perf_counter() - started
     repositories: dict[str, Path] = {}
     convert_s: dict[str, float] = {}
-    for name, masks in (("masks", True), ("boxes_only", False)):
+    for name, masks, box in VARIANTS:
         started = time.perf_counter()
         repositories[name] = convert(ConvertOptions(
-            out=tmp / f"repo-{name}", detector=f"ultralytics:{onnx_path}", compare_samples=2,
+            out=tmp / f"repo-{name}", detector=f"ultralytics:{onnx_path}", compare_samples=2, letterbox=box,
             repository_settings={"ort": OrtSettings(intra_op_threads=2), "detector_masks": masks})).repository
         convert_s[name] = round(time.perf_counter() - started, 1)
+    stride = json.loads((repositories["masks"] / "manifest.json").read_text())["export"]["letterbox_stride"]
     print(f"built in {build_s:.0f} s, converted in {convert_s}", flush=True)
 
     runs: dict[str, list[Any]] = {"ultralytics_s": [], "ultralytics_detections": [], "masks_alone_s": [],
                                   "detector_graph_alone_s": [], "ultralytics_square_s": [],
-                                  "detections": [], "served_masks_c1": [], "served_masks_c2": [],
-                                  "served_boxes_c1": [], "served_boxes_c2": []}
+                                  "detections": [],
+                                  **{f"served_{name}_c{c}": [] for name, _, _ in VARIANTS for c in (1, 2)}}
     servers = []
-    for name in ("masks", "boxes_only"):
+    for name, _, _ in VARIANTS:
         grpc, http, metrics = find_free_ports(3)
         servers.append(TritonServer(ServerConfig(repository=repositories[name], grpc_port=grpc, http_port=http,
                                                  metrics_port=metrics, log_path=tmp / f"triton-{name}.log")))
-    with servers[0] as with_masks, servers[1] as boxes_only:
-        urls = {"masks": with_masks.endpoints.grpc, "boxes": boxes_only.endpoints.grpc}
+    with contextlib.ExitStack() as stack:
+        urls = {name: stack.enter_context(server).endpoints.grpc
+                for (name, _, _), server in zip(VARIANTS, servers, strict=True)}
         for url in urls.values():
             run_served(url, images, 1, 3.0)  # warm-up
         for round_index in range(args.rounds):
@@ -166,7 +179,7 @@ def bench_ultralytics(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             runs["ultralytics_s"].append(seconds)
             runs["ultralytics_detections"].append(counts)
             runs["ultralytics_square_s"].append(run_ultralytics(onnx_path, images, rect=False)[0])
-            graph_s, seconds, counts = run_masks_alone(repositories["masks"], images)
+            graph_s, seconds, counts = run_masks_alone(repositories["masks"], images, stride)
             runs["detector_graph_alone_s"].append(graph_s)
             runs["masks_alone_s"].append(seconds)
             runs["detections"].append(counts)
@@ -174,10 +187,12 @@ def bench_ultralytics(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 runs[f"served_{key}_c1"].append(run_served(url, images, 1, args.duration_s))
                 runs[f"served_{key}_c2"].append(run_served(url, images, 2, args.duration_s))
             print(f"round {round_index + 1}: ultralytics {statistics.median(runs['ultralytics_s'][-1]):.3f} s/image; "
-                  f"served c=1 p50 masks {runs['served_masks_c1'][-1]['latency_ms']['p50']:.0f} ms, boxes only "
-                  f"{runs['served_boxes_c1'][-1]['latency_ms']['p50']:.0f} ms; c=2 masks "
-                  f"{runs['served_masks_c2'][-1]['throughput_rps']:.2f} images/s, boxes only "
-                  f"{runs['served_boxes_c2'][-1]['throughput_rps']:.2f} images/s; masks alone "
+                  f"served c=1 p50 masks {runs['served_masks_c1'][-1]['latency_ms']['p50']:.0f} ms, square "
+                  f"{runs['served_masks_square_c1'][-1]['latency_ms']['p50']:.0f} ms, boxes only "
+                  f"{runs['served_boxes_only_c1'][-1]['latency_ms']['p50']:.0f} ms; c=2 masks "
+                  f"{runs['served_masks_c2'][-1]['throughput_rps']:.2f} images/s, square "
+                  f"{runs['served_masks_square_c2'][-1]['throughput_rps']:.2f} images/s, boxes only "
+                  f"{runs['served_boxes_only_c2'][-1]['throughput_rps']:.2f} images/s; masks alone "
                   f"{1000 * statistics.median(runs['masks_alone_s'][-1]):.1f} ms/image", flush=True)
 
     def median_of(key: str, field: str) -> float:
@@ -192,15 +207,20 @@ def bench_ultralytics(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     summary = {
         "served_masks_c1_p50_ms": served_p50,
         "served_masks_c2_images_per_s": median_of("served_masks_c2", "rps"),
-        "served_boxes_only_c1_p50_ms": median_of("served_boxes_c1", "p50"),
-        "served_boxes_only_c2_images_per_s": median_of("served_boxes_c2", "rps"),
+        "served_square_c1_p50_ms": median_of("served_masks_square_c1", "p50"),
+        "served_square_c2_images_per_s": median_of("served_masks_square_c2", "rps"),
+        "rect_over_square_c2_images_per_s": round(median_of("served_masks_c2", "rps")
+                                                  / median_of("served_masks_square_c2", "rps"), 2),
+        "served_boxes_only_c1_p50_ms": median_of("served_boxes_only_c1", "p50"),
+        "served_boxes_only_c2_images_per_s": median_of("served_boxes_only_c2", "rps"),
+        "letterbox_stride": stride,
         "ultralytics_in_process_p50_ms": ultra_p50_ms,
         "ultralytics_in_process_images_per_s": round(1 / statistics.mean(flat_ultra), 3),
         "ultralytics_square_640_p50_ms": round(
             1000 * statistics.median(s for r in runs["ultralytics_square_s"] for s in r), 1),
         "speedup_p50_served_vs_in_process": round(ultra_p50_ms / served_p50, 2),
         "speedup_p50_per_round": per_round,
-        "mask_cost_p50_ms_served": round(served_p50 - median_of("served_boxes_c1", "p50"), 1),
+        "mask_cost_p50_ms_served": round(served_p50 - median_of("served_boxes_only_c1", "p50"), 1),
         "detector_graph_alone_p50_ms": round(
             1000 * statistics.median(s for r in runs["detector_graph_alone_s"] for s in r), 1),
         "mask_step_alone_ms_per_image": round(1000 * statistics.median(s for r in runs["masks_alone_s"] for s in r),
@@ -219,6 +239,9 @@ def bench_ultralytics(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "rounds": args.rounds, "images": args.images, "duration_s": args.duration_s,
             "summary": summary, "runs": runs}
 
+
+VARIANTS = (("masks", True, "auto"), ("masks_square", True, "square"), ("boxes_only", False, "auto"))
+"""Served repositories: name, masks served, ``--letterbox`` (auto: the dynamic export's rect letterbox)."""
 
 FAMILIES = {"ultralytics": bench_ultralytics}
 

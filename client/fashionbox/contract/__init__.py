@@ -90,7 +90,9 @@ ENSEMBLE_OUTPUTS = (BOXES, SCORES, CATEGORIES, ATTRIBUTE_SCORES, DETECTIONS)
 
 # -- between composing models ---------------------------------------------------------------------
 
-# PIXELS dims are (S, S, 3); S comes from the detector checkpoint and is written into configs.
+# PIXELS dims are (S, S, 3); S comes from the detector checkpoint and is written into configs. With a
+# rect letterbox (a detector that takes any height and width: RepositorySettings.letterbox_stride) they
+# stay (-1, -1, 3): S on the long side, a multiple of the stride on the short one, per request.
 PIXELS = TensorSpec("PIXELS", "UINT8", (-1, -1, 3), "letterboxed RGB image, HWC uint8")
 IMAGE_INFO = TensorSpec("IMAGE_INFO", "FP32", (5,), "original width, original height, scale, pad x, pad y")
 DET_BOXES = TensorSpec("DET_BOXES", "FP32", (-1, 4), "x1, y1, x2, y2 in letterbox pixels")

@@ -220,7 +220,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                                     opset=args.opset,
                                     score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
                                     max_detections=args.max_detections, repository_settings=limits,
-                                    engines=engines))
+                                    letterbox=args.letterbox, engines=engines))
     print(f"model repository: {result.repository}")
     for model, errors in result.reports.items():
         against = ("OpenVINO vs ONNX Runtime" if model.startswith("openvino")
@@ -441,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-in-flight", type=int,
                    help="admission control: requests inside the pipeline at once; more are refused at once "
                         "(UNAVAILABLE). 0 turns it off")
+    p.add_argument("--letterbox", choices=["auto", "square", "rect"], default="auto",
+                   help="rect: each image letterboxed to the input size on its long side and the smallest stride "
+                        "multiple on the short one, as Ultralytics' predictor runs a dynamic export (a 4:3 photo at "
+                        "640 runs 640x480); square: every image to the square input size; auto (default): rect "
+                        "where the detector's graph takes it and the target is cpu")
     p.add_argument("--layout", choices=["steps", "fused"], default=None,
                    help="--target cpu with onnxruntime or openvino: fused decodes and detects in one step and runs "
                         "the attribute network inside postprocess (two python-backend hops per request instead of "

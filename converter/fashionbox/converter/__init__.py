@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 Target = Literal["cpu", "gpu"]
 Runtime = Literal["auto", "onnxruntime", "openvino", "tensorrt", "torch"]
 CpuPrecision = Literal["fp32", "bf16"]
+Letterbox = Literal["auto", "square", "rect"]
+LETTERBOXES = ("auto", "square", "rect")
 RUNTIMES: dict[Target, tuple[str, ...]] = {"cpu": ("onnxruntime", "openvino", "torch"), "gpu": ("tensorrt", "torch")}
 """What may run the networks on each target; the first is ``auto``'s choice on gpu, and on cpu where
 nothing is measured (the checks before export). On cpu ``auto`` times ONNX Runtime and OpenVINO on
@@ -72,6 +74,9 @@ class Family:
     own_score_threshold: Callable[[Any], float | None] = lambda detector: None
     """The threshold a loaded checkpoint carries for itself (a calibrated FashionBox detector's, in its
     calibrated units), which takes the place of ``score_threshold``; None: the family's."""
+    letterbox_stride: Callable[[Any], int] = lambda detector: 0
+    """The stride of the rect letterbox the loaded detector's graph takes (any height and width that are
+    multiples of it: ``RepositorySettings.letterbox_stride``), 0 where it takes only the square one."""
 
 
 def _default_family() -> Family:
@@ -113,7 +118,8 @@ def _ultralytics_family() -> Family:
     # Ultralytics' predictor defaults: conf 0.25, NMS IoU 0.7, max_det 300
     return Family("ultralytics", load_ultralytics_family, export_ultralytics_onnx, compare_ultralytics,
                   input_size=lambda model: int(model.input_size), score_threshold=0.25, iou_threshold=0.7,
-                  max_detections=300, segments=lambda model: bool(model.segments))
+                  max_detections=300, segments=lambda model: bool(model.segments),
+                  letterbox_stride=lambda model: int(model.stride) if model.dynamic_shape else 0)
 
 
 FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yolos": _yolos_family,
@@ -161,6 +167,11 @@ class ConvertOptions:
         "verticals": 1e-4, "score_offsets": 1e-4})
     repository_settings: dict[str, Any] = field(default_factory=dict)
     """Overrides for ``RepositorySettings`` (instance counts, batching...)."""
+    letterbox: Letterbox = "auto"
+    """``square``: every image letterboxed to the square input size. ``rect``: the smallest stride
+    multiple on the short side (``RepositorySettings.letterbox_stride``), as Ultralytics' predictor
+    runs a dynamic export; refused for a detector whose graph takes only the square. ``auto``: rect
+    where the detector takes it and the target is cpu (ONNX Runtime or OpenVINO), else square."""
     engines: EngineOptions = field(default_factory=lambda: _engine_options())
     """``--target gpu`` only: TensorRT engines built now or later, FP16, workspace, CUDA graphs."""
 
@@ -178,6 +189,11 @@ class ConvertOptions:
             raise ConvertError("--precision applies to target cpu; target gpu is FP16 unless --no-fp16")
         if self.precision == "bf16" and self.runtime not in ("openvino", "auto"):
             raise ConvertError(f"bf16 runs in OpenVINO only (--runtime openvino or auto), not {self.runtime}")
+        if self.letterbox not in LETTERBOXES:
+            raise ConvertError(f"letterbox {self.letterbox!r}: choose one of {LETTERBOXES}")
+        if self.letterbox == "rect" and (self.target != "cpu" or self.runtime == "torch"):
+            raise ConvertError("--letterbox rect is served on target cpu with ONNX Runtime or OpenVINO; the GPU "
+                               "profiles and the torch runtime take the square letterbox")
         if self.repository_settings.get("layout") == "fused" and (self.target != "cpu" or self.runtime == "torch"):
             raise ConvertError("--layout fused is a CPU layout for ONNX Runtime and OpenVINO (--target cpu, --runtime "
                                "auto, onnxruntime or openvino); the GPU profiles and the torch runtime keep the steps "
@@ -254,9 +270,21 @@ def _resolve_hf(folder: Path, kind: Literal["detector", "attributes"]) -> tuple[
     return HF_MODEL_TYPES[model_type], weights
 
 
-def _comparison_inputs(size: int, crop: int, samples: int,
-                       label_map: LabelMap) -> tuple[list[npt.NDArray[np.uint8]], list[npt.NDArray[np.uint8]]]:
-    """Random uint8 batches plus letterboxed generated scenes (and their garment crops)."""
+def _letterbox_stride(options: ConvertOptions, family: Family, detector: Any, runtime: str) -> int:
+    """``RepositorySettings.letterbox_stride`` for ``options.letterbox`` (0: the square letterbox)."""
+    stride = family.letterbox_stride(detector)
+    if options.letterbox == "rect" and not stride:
+        raise ConvertError(f"--letterbox rect: this {family.name} detector's graph takes only the square "
+                           f"{family.input_size(detector)} letterbox (an Ultralytics export takes any height and "
+                           "width when exported with dynamic=True)")
+    rect_served = options.target == "cpu" and runtime != "torch"
+    return stride if options.letterbox == "rect" or (options.letterbox == "auto" and rect_served) else 0
+
+
+def _comparison_inputs(size: int, crop: int, samples: int, label_map: LabelMap, *, letterbox_stride: int = 0
+                       ) -> tuple[list[npt.NDArray[np.uint8]], list[npt.NDArray[np.uint8]]]:
+    """Random uint8 batches plus letterboxed generated scenes (and their garment crops); with a rect
+    letterbox, a landscape and a portrait batch of the shapes a 4:3 photo is served at too."""
     from fashionbox.core.imaging import crop_garments
     from fashionbox.training.data import render_sample
 
@@ -264,6 +292,12 @@ def _comparison_inputs(size: int, crop: int, samples: int,
     scenes = [render_sample(90_000 + i, size, label_map) for i in range(samples)]
     detector_batches = [rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8),
                         np.stack([s.pixels for s in scenes])]
+    if letterbox_stride:
+        from fashionbox.core.imaging import rect_canvas
+
+        short, _ = rect_canvas(4 * size, 3 * size, size, letterbox_stride)
+        detector_batches += [rng.integers(0, 256, (2, short, size, 3), dtype=np.uint8),
+                             rng.integers(0, 256, (1, size, short, 3), dtype=np.uint8)]
     crops = [crop_garments(s.pixels, s.boxes, crop) for s in scenes]
     attribute_batches = [rng.integers(0, 256, (3, crop, crop, 3), dtype=np.uint8), np.concatenate(crops)]
     return detector_batches, attribute_batches
@@ -449,6 +483,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
     nms = family_nms(family, options, detector)
     max_detections = nms.max_detections
     size = family.input_size(detector)
+    stride = _letterbox_stride(options, family, detector, runtime)
     crop = classifier.config.crop_size
     detector_sha, attributes_sha = file_sha256(detector_path), file_sha256(attributes_path)
     verifier = verifier_serves(classifier, detector_sha, label_map.num_categories)
@@ -472,6 +507,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
         "target": options.target, "runtime": runtime_settings, "gpu_decode": options.engines.gpu_decode,
         **(gpu_scheduling() if options.target == "gpu" else {}),
         **(fused_scheduling() if options.repository_settings.get("layout") == "fused" else {}),
+        "letterbox_stride": stride,
         **options.repository_settings})
     if family.segments(detector):  # the detector's mask tensors go to postprocess
         repository_settings = {"detector_masks": True, **repository_settings}
@@ -488,7 +524,8 @@ def convert(options: ConvertOptions) -> ConvertResult:
         settings = replace(settings, crop_mask_size=attributes_mask_size(attributes_onnx),
                            crop_embedding_size=attributes_embedding_size(attributes_onnx),
                            verifier_classes=label_map.num_categories if verifier else 0)
-        det_batches, attr_batches = _comparison_inputs(size, crop, options.compare_samples, attribute_labels)
+        det_batches, attr_batches = _comparison_inputs(size, crop, options.compare_samples, attribute_labels,
+                                                       letterbox_stride=settings.letterbox_stride)
         det_report = family.compare_detector(detector, detector_onnx, det_batches, nms)
         attr_report = compare_attributes(classifier, attributes_onnx, attr_batches)
         reports = [det_report, attr_report]
@@ -528,6 +565,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
                                "file": attributes_path.name},
             },
             "export": {"opset": options.opset, "nms": asdict(nms), "input_size": size, "crop_size": crop,
+                       "letterbox_stride": settings.letterbox_stride,
                        "exporter": "torch.onnx (TorchScript), dynamic batch"},
             "comparison": {**{report.model: report.max_abs_error for report in reports},
                            **branches.reports, "tolerance": options.tolerance},

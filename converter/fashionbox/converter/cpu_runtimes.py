@@ -288,7 +288,8 @@ def choose_cpu_runtime(detector_onnx: Path, attributes_onnx: Path, detector_batc
 
 
 def _first_rows(batches: Sequence[U8], rows: int) -> U8:
-    joined = np.concatenate(list(batches))
+    """``rows`` rows of the batches shaped as the first (a rect letterbox's comparison adds other shapes)."""
+    joined = np.concatenate([batch for batch in batches if batch.shape[1:] == batches[0].shape[1:]])
     while len(joined) < rows:
         joined = np.concatenate([joined, joined])
     return np.ascontiguousarray(joined[:rows])

@@ -72,6 +72,7 @@ from fashionbox.core.serving import (
     BranchParameters,
     DetectorParameters,
     ImageLevelParameters,
+    LetterboxSettings,
     OrtSettings,
     ParameterSet,
     PostprocessParameters,
@@ -247,6 +248,12 @@ class RepositorySettings:
     crop_size: int = 96
     max_detections: int = 100
     """Per image, after NMS."""
+    letterbox_stride: int = 0
+    """0: every image is letterboxed to the square ``input_size``. More (a detector whose graph takes any
+    height and width that are multiples of it, as Ultralytics' ``dynamic=True`` exports do; target cpu):
+    the rect letterbox, ``input_size`` on the long side and the smallest multiple of padding on the short
+    one (:class:`fashionbox.core.serving.LetterboxSettings`): a 4:3 photo runs the network on 3/4 of the
+    pixels. Requests of one shape batch together."""
     preprocess: ModelScheduling = field(
         default_factory=lambda: ModelScheduling(instances=2, max_queue_size=DEFAULT_ENTRY_QUEUE_SIZE)
     )
@@ -361,6 +368,13 @@ class RepositorySettings:
             raise ValueError("runtime openvino runs on target cpu only (target gpu serves TensorRT engines or torch)")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if isinstance(self.letterbox_stride, bool) or not isinstance(self.letterbox_stride, int) \
+                or self.letterbox_stride < 0 or (self.letterbox_stride and self.input_size % self.letterbox_stride):
+            raise ValueError(f"letterbox_stride must be 0 (square) or divide input_size {self.input_size}, "
+                             f"got {self.letterbox_stride!r}")
+        if self.letterbox_stride and (self.target != "cpu" or self.runtime.runtime == "torch"):
+            raise ValueError("a rect letterbox (letterbox_stride) is served on target cpu with ONNX Runtime or "
+                             "OpenVINO; the GPU profiles and the torch runtime take the square letterbox")
         if self.layout == "fused" and (self.target != "cpu" or self.runtime.runtime == "torch"):
             raise ValueError("layout fused is a CPU layout for ONNX Runtime and OpenVINO; target gpu and the torch "
                              "runtime keep the steps layout, each network its own model")
@@ -386,6 +400,11 @@ class RepositorySettings:
             return ()
         ttl_ms = self.admission_ttl_ms or self._later_timeouts_ms + 5_000
         return (AdmissionSettings(max_in_flight=self.max_in_flight, admission_ttl_ms=ttl_ms),)
+
+    @property
+    def letterbox(self) -> tuple[ParameterSet, ...]:
+        """The rect letterbox's parameter (``preprocess``, ``detector``, ``postprocess``); none when square."""
+        return (LetterboxSettings(letterbox_stride=self.letterbox_stride),) if self.letterbox_stride else ()
 
     @property
     def _later_timeouts_ms(self) -> int:
@@ -479,6 +498,8 @@ def _io(specs: tuple[contract.TensorSpec, ...], sizes: Mapping[str, tuple[int, .
 
 def _tensor_sizes(settings: RepositorySettings, label_map: LabelMap) -> dict[str, tuple[int, ...]]:
     s, c, a, m = settings.input_size, settings.crop_size, label_map.num_attribute_labels, settings.crop_mask_size
+    if settings.letterbox_stride:  # each request's own shape (LetterboxSettings)
+        s = -1
     sizes: dict[str, tuple[int, ...]] = {
         contract.PIXELS.name: (s, s, 3),
         contract.CROPS.name: (c, c, 3),
@@ -507,6 +528,9 @@ def _parameters(config: Any, *sets: ParameterSet) -> None:
 
 def _ragged(inputs: list[Any]) -> list[Any]:
     """Mark every input with a variable dimension (after the batch one) ``allow_ragged_batch``.
+
+    Not for the networks' runners (:func:`_runner_model`), which concatenate their requests' tensors
+    into one batch: a rect letterbox's PIXELS must reach ``detector`` in batches of one shape.
 
     Triton's dynamic batcher only puts requests whose inputs have the same shape into one batch
     unless an input allows ragged batches. A python-backend model gets each request of a batch as
@@ -538,12 +562,14 @@ def _python_model(
     outputs: tuple[contract.TensorSpec, ...],
     sizes: Mapping[str, tuple[int, ...]],
     *parameters: ParameterSet,
+    ragged: bool = True,
 ) -> Any:
+    model_inputs = _io(inputs, sizes, mc.ModelInput)
     config = mc.ModelConfig(
         name=name,
         backend="python",
         max_batch_size=scheduling.max_batch_size,
-        input=_ragged(_io(inputs, sizes, mc.ModelInput)),
+        input=_ragged(model_inputs) if ragged else model_inputs,
         output=_io(outputs, sizes, mc.ModelOutput),
         instance_group=[mc.ModelInstanceGroup(count=scheduling.instances, kind=mc.ModelInstanceGroup.KIND_CPU)],
         dynamic_batching=mc.ModelDynamicBatching(
@@ -570,7 +596,7 @@ def _runner_model(
     """The seam between runtimes: a network model's config for ``settings.target`` and runtime."""
     scheduling = settings.scheduling(name)
     if settings.runtime.runtime == "torch":
-        config = _python_model(name, scheduling, inputs, outputs, sizes, parameters)
+        config = _python_model(name, scheduling, inputs, outputs, sizes, parameters, ragged=False)
         for key, value in settings.runtime.for_model(name).items():
             config.parameters[key].string_value = value
         _parameters(config, *admission)
@@ -578,7 +604,8 @@ def _runner_model(
             _on_gpu(config)
         return config
     if settings.target == "cpu":
-        config = _python_model(name, scheduling, inputs, outputs, sizes, parameters, settings.ort, *admission)
+        config = _python_model(name, scheduling, inputs, outputs, sizes, parameters, settings.ort, *admission,
+                               ragged=False)
         if settings.runtime.runtime == "openvino":  # the same model.onnx, run by OpenVINO at this precision
             for key in ("runtime", "precision"):
                 config.parameters[key].string_value = settings.runtime.to_parameters()[key]
@@ -659,6 +686,7 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
             ),
             *settings.views(),
             *settings.admission,
+            *settings.letterbox,
         ),
         contract.DETECTOR_MODEL: _runner_model(
             contract.DETECTOR_MODEL,
@@ -669,7 +697,7 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
             DetectorParameters(
                 input_size=settings.input_size, max_detections=settings.max_detections, onnx_file=ONNX_FILE
             ),
-            settings.admission,  # it confirms the slots preprocess takes
+            (*settings.admission, *settings.letterbox),  # it confirms the slots preprocess takes
         ),
         contract.ATTRIBUTES_MODEL: _runner_model(
             contract.ATTRIBUTES_MODEL,
@@ -705,6 +733,7 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
             ),
             *settings.image_level(),
             *settings.admission,
+            *settings.letterbox,
         ),
     }
     if settings.layout == "fused":
@@ -835,6 +864,9 @@ def check_onnx_contract(
     s, c = settings.input_size, label_map.num_categories
     inputs, outputs = _onnx_io(detector_onnx)
     _check_tensor(detector_onnx, inputs, contract.ONNX_DETECTOR_INPUT, tp.UINT8, (None, s, s, 3))
+    if settings.letterbox_stride and any(d is not None for d in inputs[contract.ONNX_DETECTOR_INPUT][1][1:3]):
+        raise ValueError(f"{detector_onnx}: a rect letterbox (letterbox_stride {settings.letterbox_stride}) needs a "
+                         f"graph that takes any height and width, got {list(inputs[contract.ONNX_DETECTOR_INPUT][1])}")
     _check_tensor(detector_onnx, outputs, contract.ONNX_DETECTOR_BOXES, tp.FLOAT, (None, None, 4))
     _check_tensor(detector_onnx, outputs, contract.ONNX_DETECTOR_SCORES, tp.FLOAT, (None, c, None))
     _check_tensor(detector_onnx, outputs, contract.ONNX_DETECTOR_SELECTED, tp.INT64, (None, 3))

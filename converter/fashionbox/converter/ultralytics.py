@@ -10,8 +10,9 @@ or torch, and no pickle is read: the file's graph and its metadata (``names``, `
     report = compare_ultralytics(model, Path("detector.onnx"), batches, nms)   # vs the user's graph + numpy
 
 **The served graph is the user's graph with FashionBox's ends attached (ONNX graph surgery).**
-In front: uint8 letterboxed pixels ``[B, S, S, 3]`` -> float ``/ 255`` -> NCHW, which is what
-Ultralytics' predictor feeds (RGB, no mean or std). Ultralytics' ``LetterBox`` pads centred with
+In front: uint8 letterboxed pixels ``[B, S, S, 3]`` (a ``dynamic=True`` export: ``[B, H, W, 3]``, the
+rect letterbox its predictor makes, ``RepositorySettings.letterbox_stride``) -> float ``/ 255`` -> NCHW,
+which is what Ultralytics' predictor feeds (RGB, no mean or std). Ultralytics' ``LetterBox`` pads centred with
 114 like :func:`fashionbox.core.imaging.letterbox` (the top/left padding is the floor of half);
 its resize is OpenCV's bilinear where the house's is Pillow's, so parity is defined on the same
 letterboxed pixels. Behind: ``output0 [B, 4 + nc (+ K), N]`` is decoded as its predictor's
@@ -92,6 +93,9 @@ class UltralyticsModel:
     fixed_batch: int | None
     """1 for a default export (batch fixed at 1: served image by image), ``None`` for ``dynamic=True``."""
     label_map: LabelMap
+    dynamic_shape: bool = False
+    """The graph takes any height and width (``dynamic=True``): served with a rect letterbox of
+    ``stride`` (``RepositorySettings.letterbox_stride``), as Ultralytics' predictor runs it."""
 
     @property
     def num_classes(self) -> int:
@@ -194,6 +198,7 @@ def load_ultralytics(path: Path, attribute_labels: LabelMap | None = None) -> Ul
     if len(shape) != 4 or shape[1] != 3 or any(isinstance(s, int) and s != size for s in shape[2:]):
         raise UltralyticsError(f"{path}: input {image.name!r} must be [batch, 3, {size}, {size}], got {shape}")
     fixed_batch = shape[0] if isinstance(shape[0], int) else None
+    dynamic_shape = not any(isinstance(side, int) for side in shape[2:])
 
     expected_outputs = 2 if task == "segment" else 1
     outputs = list(graph.graph.output)
@@ -227,6 +232,7 @@ def load_ultralytics(path: Path, attribute_labels: LabelMap | None = None) -> Ul
                                "graph's contract uses")
     return UltralyticsModel(path=path, graph=graph, task="segment" if mask_dim else "detect", names=names,
                             input_size=size, stride=stride, mask_dim=mask_dim, fixed_batch=fixed_batch,
+                            dynamic_shape=dynamic_shape,
                             label_map=family_label_map(names, attribute_labels, name="ultralytics"))
 
 
@@ -327,8 +333,9 @@ def served_graph(model: UltralyticsModel, nms: NmsSettings) -> onnx.ModelProto:
     graph.node.extend(nodes)
     kept_inputs = [i for i in graph.input if i.name != image_name]
     del graph.input[:]
+    height, width = ("height", "width") if model.dynamic_shape else (model.input_size, model.input_size)
     graph.input.extend([helper.make_tensor_value_info(contract.ONNX_DETECTOR_INPUT, TensorProto.UINT8,
-                                                      [batch, model.input_size, model.input_size, 3]), *kept_inputs])
+                                                      [batch, height, width, 3]), *kept_inputs])
     del graph.output[:]
     graph.output.extend(outputs)
     graph.name = "fashionbox_ultralytics_detector"

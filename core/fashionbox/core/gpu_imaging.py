@@ -25,7 +25,15 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from fashionbox.core.imaging import PAD_VALUE, DecodeLimits, LetterboxInfo, Pixels, decode_image, letterbox
+from fashionbox.core.imaging import (
+    PAD_VALUE,
+    DecodedImage,
+    DecodeLimits,
+    LetterboxInfo,
+    Pixels,
+    decode_image,
+    letterbox,
+)
 from fashionbox.core.serving import ParameterSet
 
 __all__ = [
@@ -89,10 +97,18 @@ class CpuDecoder:
     def decode_views(self, data: bytes, size: int, limits: DecodeLimits,
                      views: Sequence[View]) -> tuple[Pixels, LetterboxInfo, list[Pixels]]:
         """The letterbox and each view from one decode (at the resolution the largest view needs)."""
+        decoded, made = self.decode(data, size, limits, views)
+        pixels, info = letterbox(decoded, size)
+        return pixels, info, made
+
+    @staticmethod
+    def decode(data: bytes, size: int, limits: DecodeLimits,
+               views: Sequence[View] = ()) -> tuple[DecodedImage, list[Pixels]]:
+        """The decoded image, not yet letterboxed (a rect letterbox's shape depends on the request's
+        other images), and each view made from it."""
         decoded = decode_image(data, target_size=size, limits=limits,
                                min_short_side=max((view.min_source_short_side for view in views), default=0))
-        pixels, info = letterbox(decoded, size)
-        return pixels, info, [view.apply(decoded.image) for view in views]
+        return decoded, [view.apply(decoded.image) for view in views]
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ __all__ = [
     "decode_image",
     "letterbox",
     "pillow_pixel_ceiling",
+    "rect_canvas",
     "whole_image_crop",
 ]
 
@@ -309,18 +310,38 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def letterbox(decoded: DecodedImage, size: int) -> tuple[Pixels, LetterboxInfo]:
-    """Resize (keeping aspect) and pad to ``size x size``; returns uint8 HWC and the mapping."""
-    scale = size / max(decoded.width, decoded.height)
-    new_w = max(1, min(size, round(decoded.width * scale)))
-    new_h = max(1, min(size, round(decoded.height * scale)))
+def _fitted(width: int, height: int, size: int) -> tuple[float, int, int]:
+    """The scale that puts the long side of a ``width x height`` image at ``size``, and the resized size."""
+    scale = size / max(width, height)
+    return scale, max(1, min(size, round(width * scale))), max(1, min(size, round(height * scale)))
+
+
+def rect_canvas(width: int, height: int, size: int, stride: int) -> tuple[int, int]:
+    """``(height, width)`` of the smallest letterbox around a ``width x height`` image resized to ``size``
+    on its long side, padded on the short side to the nearest size that leaves a multiple of ``stride``
+    of padding, as Ultralytics' ``LetterBox(auto=True)`` pads (its predictor's ``rect`` inference):
+    a 1280x960 photo at 640 gets 640x480 instead of 640x640. ``stride`` must divide ``size``."""
+    if stride < 1 or size % stride:
+        raise ValueError(f"the letterbox stride {stride} must divide its size {size}")
+    _, new_w, new_h = _fitted(width, height, size)
+    return new_h + (size - new_h) % stride, new_w + (size - new_w) % stride
+
+
+def letterbox(decoded: DecodedImage, size: int, *,
+              canvas: tuple[int, int] | None = None) -> tuple[Pixels, LetterboxInfo]:
+    """Resize (keeping aspect, long side ``size``) and pad, centred, to ``size x size`` or to ``canvas``
+    (``(height, width)``, at least the resized image: :func:`rect_canvas`); uint8 HWC and the mapping."""
+    scale, new_w, new_h = _fitted(decoded.width, decoded.height, size)
+    canvas_h, canvas_w = canvas if canvas is not None else (size, size)
+    if canvas_h < new_h or canvas_w < new_w:
+        raise ValueError(f"a {canvas_w}x{canvas_h} letterbox cannot hold the image resized to {new_w}x{new_h}")
     resized = decoded.image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
-    pad_x = (size - new_w) // 2
-    pad_y = (size - new_h) // 2
-    canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = np.asarray(resized, dtype=np.uint8)
+    pixels = np.full((canvas_h, canvas_w, 3), PAD_VALUE, dtype=np.uint8)
+    pad_x = (canvas_w - new_w) // 2
+    pad_y = (canvas_h - new_h) // 2
+    pixels[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = np.asarray(resized, dtype=np.uint8)
     info = LetterboxInfo(decoded.width, decoded.height, scale, float(pad_x), float(pad_y))
-    return canvas, info
+    return pixels, info
 
 
 def crop_regions(boxes: ArrayLike, width: int, height: int, *, margin: float = CROP_MARGIN) -> npt.NDArray[np.float32]:

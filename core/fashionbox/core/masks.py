@@ -39,6 +39,7 @@ __all__ = [
     "RunMask",
     "decode_rle",
     "encode_rle",
+    "letterbox_shape",
     "paste_crop_masks",
 ]
 
@@ -155,6 +156,14 @@ class FrameMask(Protocol):
     def to_array(self) -> BoolArray: ...
 
 
+def letterbox_shape(info: LetterboxInfo, input_size: int | tuple[int, int] | None) -> tuple[int, int]:
+    """``(height, width)`` of the letterbox: ``input_size`` as given (a side, or the shape of a rect
+    letterbox), or by default the square side ``info`` implies."""
+    if input_size is None:
+        input_size = round(info.scale * max(info.width, info.height))
+    return (input_size, input_size) if isinstance(input_size, int) else (int(input_size[0]), int(input_size[1]))
+
+
 def _pixel_span(start: float, stop: float, pad: float, scale: float, limit: int) -> tuple[int, int]:
     """The original pixels (``first``, ``stop``) whose centres fall in the letterbox span ``[start, stop]``."""
     first = max(0, math.ceil((start - pad) / scale - 0.5))
@@ -233,11 +242,13 @@ def _paste(grids: npt.NDArray[np.float32], regions: npt.NDArray[np.float32], inf
 
 
 def paste_crop_masks(probs: npt.ArrayLike, boxes_letterbox: ArrayLike, info: LetterboxInfo, *,
-                     threshold: float = MASK_THRESHOLD, input_size: int | None = None) -> list[RunMask]:
+                     threshold: float = MASK_THRESHOLD,
+                     input_size: int | tuple[int, int] | None = None) -> list[RunMask]:
     """The mask head's grids ``[N, m, m]`` (probabilities) as masks in the original image.
 
     Grid ``i`` covers ``crop_regions(boxes_letterbox[i], S, S)``, the letterbox region crop ``i``
-    was cut from (``S``: ``input_size``, by default the letterbox side ``info`` implies). Each
+    was cut from (``S``: ``input_size``, by default the letterbox side ``info`` implies; a rect
+    letterbox's ``(height, width)``). Each
     original pixel in that region is sampled bilinearly at its centre's letterbox position (cells
     at the grid's border extend to its edge) and is in the mask when the probability is at least
     ``threshold``; the rest of the image is not. Computed per column from where the interpolated
@@ -249,5 +260,5 @@ def paste_crop_masks(probs: npt.ArrayLike, boxes_letterbox: ArrayLike, info: Let
         raise ValueError(f"crop masks must be [N, m, m] with m >= 1, got shape {grids.shape}")
     if grids.shape[0] != boxes.shape[0]:
         raise ValueError(f"{grids.shape[0]} crop masks for {boxes.shape[0]} boxes")
-    size = input_size if input_size is not None else round(info.scale * max(info.width, info.height))
-    return _paste(grids, crop_regions(boxes, size, size), info, threshold)
+    height, width = letterbox_shape(info, input_size)
+    return _paste(grids, crop_regions(boxes, width, height), info, threshold)

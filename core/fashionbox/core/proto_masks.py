@@ -11,9 +11,9 @@ What it reproduces is Ultralytics' segment predictor (``ultralytics`` 8.4, ``ret
 its default), step by step, so served masks equal the library's:
 
 1. ``process_mask``: the logits ``coeffs @ protos`` are upsampled bilinearly (``align_corners=False``)
-   from the prototype grid to the ``S x S`` letterbox, a pixel is in the mask when its logit is
-   above ``logit(threshold)`` (0 for 0.5, i.e. sigmoid > 0.5), and the mask is cut to the box: pixel
-   columns ``x1 <= x < x2`` and rows ``y1 <= y < y2``.
+   from the prototype grid to the ``S x S`` letterbox (or the rect one's ``W x H``), a pixel is in the
+   mask when its logit is above ``logit(threshold)`` (0 for 0.5, i.e. sigmoid > 0.5), and the mask is
+   cut to the box: pixel columns ``x1 <= x < x2`` and rows ``y1 <= y < y2``.
 2. ``scale_masks``: the letterbox's image content (its padding removed) is resized bilinearly to
    the original ``height x width`` and a pixel is in the mask when the resampled value is above 0.5.
 
@@ -36,7 +36,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from fashionbox.core.imaging import ArrayLike, LetterboxInfo
-from fashionbox.core.masks import InstanceMask
+from fashionbox.core.masks import InstanceMask, letterbox_shape
 
 __all__ = ["PROTO_MASK_THRESHOLD", "masks_from_protos"]
 
@@ -74,24 +74,28 @@ def _span(low: IntArray, high: IntArray, start: int, stop: int) -> tuple[int, in
     return first, last
 
 
-def _content(info: LetterboxInfo, size: int) -> tuple[int, int, int, int]:
-    """Top, left, height, width of the image inside the ``size`` letterbox, as ``scale_masks`` computes them."""
-    gain = min(size / info.height, size / info.width)
+def _content(info: LetterboxInfo, size_h: int, size_w: int) -> tuple[int, int, int, int]:
+    """Top, left, height, width of the image inside the ``size_w x size_h`` letterbox, as ``scale_masks``
+    computes them."""
+    gain = min(size_h / info.height, size_w / info.width)
     content_h = max(round(info.height * gain), 1)
     content_w = max(round(info.width * gain), 1)
-    top = round((size - content_h) / 2 - 0.1)
-    left = round((size - content_w) / 2 - 0.1)
+    top = round((size_h - content_h) / 2 - 0.1)
+    left = round((size_w - content_w) / 2 - 0.1)
     return top, left, content_h, content_w
 
 
+
 def masks_from_protos(coeffs: npt.ArrayLike, protos: npt.ArrayLike, boxes_letterbox: ArrayLike, info: LetterboxInfo,
-                      *, threshold: float = PROTO_MASK_THRESHOLD, input_size: int | None = None) -> list[InstanceMask]:
+                      *, threshold: float = PROTO_MASK_THRESHOLD,
+                      input_size: int | tuple[int, int] | None = None) -> list[InstanceMask]:
     """One mask in the original image per detection (see the module docstring for the steps).
 
     ``coeffs`` float32 ``[N, K]``, ``protos`` float32 ``[K, h, w]``, ``boxes_letterbox`` ``[N, 4]``
     (x1, y1, x2, y2 in letterbox pixels, rows as ``coeffs``). ``input_size`` is the letterbox side
-    ``S`` (by default the one ``info`` implies). A detection whose mask is empty gets
-    :meth:`InstanceMask.empty` (Ultralytics' predictor drops such detections; the caller decides).
+    ``S`` (by default the one ``info`` implies), or ``(height, width)`` of a rect letterbox. A detection
+    whose mask is empty gets :meth:`InstanceMask.empty` (Ultralytics' predictor drops such detections; the
+    caller decides).
     """
     coeffs = np.asarray(coeffs, dtype=np.float32)
     protos = np.asarray(protos, dtype=np.float32)
@@ -104,25 +108,25 @@ def masks_from_protos(coeffs: npt.ArrayLike, protos: npt.ArrayLike, boxes_letter
         raise ValueError(f"{coeffs.shape[0]} mask coefficient rows for {boxes.shape[0]} boxes")
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    size = input_size if input_size is not None else round(info.scale * max(info.width, info.height))
+    size_h, size_w = letterbox_shape(info, input_size)
     _, proto_h, proto_w = protos.shape
     logit_threshold = math.log(threshold / (1.0 - threshold))
     # Step 1's taps: letterbox pixel -> prototype cells. Step 2's: original pixel -> letterbox pixels.
-    ly0, ly1, _ = _bilinear_taps(size, proto_h)
-    lx0, lx1, _ = _bilinear_taps(size, proto_w)
-    top, left, content_h, content_w = _content(info, size)
+    ly0, ly1, _ = _bilinear_taps(size_h, proto_h)
+    lx0, lx1, _ = _bilinear_taps(size_w, proto_w)
+    top, left, content_h, content_w = _content(info, size_h, size_w)
     oy0, oy1, _ = _bilinear_taps(info.height, content_h)
     ox0, ox1, _ = _bilinear_taps(info.width, content_w)
     oy0, oy1, ox0, ox1 = oy0 + top, oy1 + top, ox0 + left, ox1 + left
-    to_proto_x, to_proto_y = proto_w / size, proto_h / size
+    to_proto_x, to_proto_y = proto_w / size_w, proto_h / size_h
     to_content_x, to_content_y = content_w / info.width, content_h / info.height
     # every detection's logits at prototype resolution in one product (K x h x w per detection)
     all_logits = (coeffs @ protos.reshape(protos.shape[0], -1)).reshape(-1, proto_h, proto_w)
     masks: list[InstanceMask] = []
     for logits_full, (x1, y1, x2, y2) in zip(all_logits, boxes.tolist(), strict=True):
         # letterbox pixels the box keeps: x1 <= x < x2 and y1 <= y < y2
-        c0, c1 = max(0, math.ceil(x1)), min(size, math.ceil(x2))
-        r0, r1 = max(0, math.ceil(y1)), min(size, math.ceil(y2))
+        c0, c1 = max(0, math.ceil(x1)), min(size_w, math.ceil(x2))
+        r0, r1 = max(0, math.ceil(y1)), min(size_h, math.ceil(y2))
         xa, xb = _span(ox0, ox1, c0, c1)
         ya, yb = _span(oy0, oy1, r0, r1)
         if c1 <= c0 or r1 <= r0 or xb <= xa or ya >= yb:

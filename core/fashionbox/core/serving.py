@@ -58,6 +58,7 @@ __all__ = [
     "ErrorCode",
     "ImageLevelParameters",
     "InputSpec",
+    "LetterboxSettings",
     "ModelArgs",
     "OnnxAttributes",
     "OnnxDetector",
@@ -437,6 +438,30 @@ class PreprocessParameters(ParameterSet):
     @property
     def limits(self) -> DecodeLimits:
         return DecodeLimits(max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels)
+
+
+@dataclass(frozen=True)
+class LetterboxSettings(ParameterSet):
+    """A rect letterbox (``preprocess``, ``detector`` and ``postprocess``), written only where the detector
+    takes one: each image is letterboxed to ``input_size`` on its long side and, on its short side, to
+    the smallest size that leaves a multiple of ``letterbox_stride`` of padding
+    (:func:`fashionbox.core.imaging.rect_canvas`, Ultralytics' ``rect``), so a 4:3 photo at 640 runs the
+    network on 640x480 instead of 640x640. The images of one request share one letterbox (the smallest
+    holding each of them); Triton batches requests of equal shapes. Absent: the square letterbox."""
+
+    letterbox_stride: int
+
+    @classmethod
+    def optional(cls, params: Parameters) -> LetterboxSettings | None:
+        return cls.from_parameters(params) if "letterbox_stride" in params else None
+
+    def check(self, pixels: AnyArray, input_size: int) -> None:
+        """Refuse ``[n, H, W, 3]`` pixels no rect letterbox of ``input_size`` makes (a :class:`RequestError`)."""
+        height, width = pixels.shape[1:3]
+        if max(height, width) != input_size or height % self.letterbox_stride or width % self.letterbox_stride:
+            raise RequestError(
+                f"input {contract.PIXELS.name} is {width}x{height}: a letterbox of this model is {input_size} on its "
+                f"long side and a multiple of {self.letterbox_stride} on both")
 
 
 @dataclass(frozen=True)
@@ -911,32 +936,37 @@ def run_concatenated(
 
     Requests whose input is malformed, or that ``check(request, array)`` refuses (a
     :class:`RequestError`), are answered with their error and left out of the batch; if
-    ``compute`` itself fails, every request that was in it fails with ``INTERNAL``.
+    ``compute`` itself fails, every request that was in it fails with ``INTERNAL``. Where ``spec``
+    has a variable dimension (a rect letterbox's PIXELS), requests of each shape run as one call.
     """
     responses: list[Any] = [None] * len(requests)
-    arrays: list[AnyArray] = []
-    members: list[int] = []
+    groups: dict[tuple[int, ...], list[tuple[int, AnyArray]]] = {}
     for i, request in enumerate(requests):
         try:
             array = read_input(request, spec)
             if check is not None:
                 check(request, array)
-            arrays.append(array)
-            members.append(i)
+            groups.setdefault(array.shape[1:], []).append((i, array))
         except RequestError as exc:
             responses[i] = error_response(exc)
-    if not arrays:
-        return responses
+    for members in groups.values():
+        _run_group(members, responses, compute, split, model)
+    return responses
+
+
+def _run_group(members: list[tuple[int, AnyArray]], responses: list[Any], compute: Callable[[AnyArray], R],
+               split: Callable[[R, slice], Mapping[str, AnyArray]], model: str) -> None:
+    """:func:`run_concatenated` for requests whose arrays have one shape: one ``compute`` call."""
     try:
-        batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+        batch = members[0][1] if len(members) == 1 else np.concatenate([a for _, a in members], axis=0)
         result = compute(batch)
     except Exception as exc:
         failure = exc if isinstance(exc, RequestError) else unexpected_error(model, exc)
-        for i in members:
+        for i, _ in members:
             responses[i] = error_response(failure)
-        return responses
+        return
     start = 0
-    for i, array in zip(members, arrays, strict=True):
+    for i, array in members:
         stop = start + array.shape[0]
         try:
             responses[i] = success_response(split(result, slice(start, stop)))
@@ -945,7 +975,6 @@ def run_concatenated(
         except Exception as exc:
             responses[i] = error_response(unexpected_error(model, exc))
         start = stop
-    return responses
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,13 @@ import numpy.typing as npt
 
 from fashionbox import contract
 from fashionbox.core.capability import PipelineKey
-from fashionbox.core.gpu_imaging import DecodeSettings, select_decoder
-from fashionbox.core.imaging import DecodeLimits, InvalidImageError
+from fashionbox.core.gpu_imaging import CpuDecoder, DecodeSettings, select_decoder
+from fashionbox.core.imaging import DecodeLimits, InvalidImageError, letterbox, rect_canvas
 from fashionbox.core.serving import (
     AdmissionSettings,
     ErrorCode,
     InputSpec,
+    LetterboxSettings,
     ModelArgs,
     PreprocessParameters,
     RequestError,
@@ -58,10 +59,17 @@ class ImageDecoding:
         # The GPU profile decodes JPEGs with nvJPEG (decode_device auto/cuda); everything else on the CPU.
         self.decoder = select_decoder(DecodeSettings.from_parameters(args.parameters).decode_device,
                                       gpu_index=args.device_id)
-        log_info(f"{args.name}: decoding images on {self.decoder.device}; {params}, effective {self.limits}")
+        self.rect = LetterboxSettings.optional(args.parameters)
+        if self.rect is not None and not isinstance(self.decoder, CpuDecoder):
+            raise ValueError(f"{args.name}: a rect letterbox ({self.rect}) is decoded on the CPU only, "
+                             f"not on {self.decoder.device}")
+        log_info(f"{args.name}: decoding images on {self.decoder.device}; {params}, effective {self.limits}"
+                 f"{f', {self.rect}' if self.rect else ''}")
 
     def decode(self, request: Any) -> Arrays:
         images = read_input(request, self.image).reshape(-1)
+        if self.rect is not None:
+            return self._decode_rect(images, self.rect.letterbox_stride)
         size = self.input_size
         pixels = np.empty((len(images), size, size, 3), dtype=np.uint8)
         info = np.empty((len(images), 5), dtype=np.float32)
@@ -77,10 +85,32 @@ class ImageDecoding:
                 else:
                     pixels[row], box = self.decoder.decode_letterbox(bytes(data), size, self.limits)
             except InvalidImageError as exc:
-                where = f"image {row} of {len(images)} in this request: " if len(images) > 1 else ""
-                raise RequestError(f"{where}{exc}") from exc
+                raise RequestError(f"{_where(row, len(images))}{exc}") from exc
             info[row] = box.as_array()
         return {contract.PIXELS.name: pixels, contract.IMAGE_INFO.name: info, **views}
+
+    def _decode_rect(self, images: npt.NDArray[Any], stride: int) -> Arrays:
+        """:meth:`decode` with a rect letterbox: every image of the request decoded first, then each
+        letterboxed into the smallest rect letterbox that holds them all (one image: its own)."""
+        decoded = []
+        for row, data in enumerate(images):
+            try:
+                decoded.append(CpuDecoder.decode(bytes(data), self.input_size, self.limits, list(self.views.values())))
+            except InvalidImageError as exc:
+                raise RequestError(f"{_where(row, len(images))}{exc}") from exc
+        shapes = [rect_canvas(image.width, image.height, self.input_size, stride) for image, _ in decoded]
+        canvas = (max(h for h, _ in shapes), max(w for _, w in shapes))
+        boxed = [letterbox(image, self.input_size, canvas=canvas) for image, _ in decoded]
+        outputs: Arrays = {contract.PIXELS.name: np.stack([pixels for pixels, _ in boxed]),
+                   contract.IMAGE_INFO.name: np.stack([info.as_array() for _, info in boxed])}
+        for index, name in enumerate(self.views):
+            outputs[name] = np.stack([made[index] for _, made in decoded])
+        return outputs
+
+
+def _where(row: int, count: int) -> str:
+    """How a refusal names the image of a multi-image request."""
+    return f"image {row} of {count} in this request: " if count > 1 else ""
 
 
 class Entry:

@@ -40,6 +40,7 @@ from fashionbox.core.imaging import (
     crop_garments,
     decode_image,
     letterbox,
+    rect_canvas,
     whole_image_crop,
 )
 from fashionbox.core.postprocessing import DetectorOutput, ImageResult, finish_detections, rescore_detections
@@ -102,6 +103,8 @@ class InProcessPipeline:
     score offsets ``[n, C]`` (with ``image_heads``, its ``score_offsets`` output is used instead)."""
     verify_threshold: float = 0.0
     """The served threshold the re-scored detections are held to again (``rescore_detections``)."""
+    letterbox_stride: int = 0
+    """A rect letterbox's stride (``RepositorySettings.letterbox_stride``), each image in its own; 0: square."""
 
     def run(self, images: Sequence[bytes]) -> list[ImageResult | InvalidImageError]:
         """Decode, detect (one batch), crop, classify (one batch), assemble; errors per image."""
@@ -133,7 +136,8 @@ class InProcessPipeline:
             result, info = item.result, item.info
             masks = None
             if self.classify_masks is not None:
-                pasted = paste_crop_masks(item.crop_masks, item.boxes_letterbox, info, input_size=self.input_size)
+                pasted = paste_crop_masks(item.crop_masks, item.boxes_letterbox, info,
+                                          input_size=self._canvas(info.width, info.height))
                 masks = [mask.to_rle() for mask in pasted]
             message = build_image_detections(
                 width=info.width, height=info.height, boxes=result.boxes, scores=result.scores,
@@ -152,15 +156,14 @@ class InProcessPipeline:
         results: list[MaskedResult | InvalidImageError | None] = [None] * len(images)
         for i, data in enumerate(images):
             try:
-                pixels, info = letterbox(decode_image(data, target_size=self.input_size, limits=self.limits),
-                                         self.input_size)
+                image = decode_image(data, target_size=self.input_size, limits=self.limits)
+                pixels, info = letterbox(image, self.input_size, canvas=self._canvas(image.width, image.height))
             except InvalidImageError as exc:
                 results[i] = exc
                 continue
             decoded.append((i, pixels, info))
         if decoded:
-            batch = np.stack([pixels for _, pixels, _ in decoded])
-            detections = self.detect(batch)
+            detections = self._detect_each_shape([pixels for _, pixels, _ in decoded])
             crops = [crop_garments(pixels, det.boxes, self.crop_size)
                      for (_, pixels, _), det in zip(decoded, detections, strict=True)]
             all_crops = np.concatenate(crops) if crops else np.zeros((0, self.crop_size, self.crop_size, 3), np.uint8)
@@ -206,6 +209,22 @@ class InProcessPipeline:
                     label_probs=verticals[total + k] if verticals is not None else None)
                 start = stop
         return [r for r in results if r is not None]
+
+    def _canvas(self, width: int, height: int) -> tuple[int, int]:
+        """``(height, width)`` of a ``width x height`` image's letterbox."""
+        if self.letterbox_stride:
+            return rect_canvas(width, height, self.input_size, self.letterbox_stride)
+        return self.input_size, self.input_size
+
+    def _detect_each_shape(self, pixels: Sequence[U8]) -> list[DetectorOutput]:
+        """The detector over letterboxes of any shapes, one batch per shape (one with the square letterbox)."""
+        shapes: dict[tuple[int, ...], list[int]] = {}
+        for k, image in enumerate(pixels):
+            shapes.setdefault(image.shape, []).append(k)
+        found: dict[int, DetectorOutput] = {}
+        for members in shapes.values():
+            found.update(zip(members, self.detect(np.stack([pixels[k] for k in members])), strict=True))
+        return [found[k] for k in range(len(pixels))]
 
     # -- constructors ------------------------------------------------------------------------------------
 
@@ -298,7 +317,8 @@ class InProcessPipeline:
                    classify_masks=attributes.classify_with_masks if attributes.mask_size else None,
                    image_heads=_repository_heads(manifest, attributes),
                    verify=verify if isinstance(verifier, dict) else None,
-                   verify_threshold=float(verifier["score_threshold"]) if isinstance(verifier, dict) else 0.0)
+                   verify_threshold=float(verifier["score_threshold"]) if isinstance(verifier, dict) else 0.0,
+                   letterbox_stride=int(export.get("letterbox_stride", 0)))
 
 
 def _repository_heads(manifest: dict[str, object], attributes: object) -> ImageLevelHeads | None:

@@ -76,7 +76,15 @@ class TritonPythonModel:
         return responses
 
     def _detect(self, admitted, decoded, responses, failed):
-        """Every decoded image of the batch through the detector at once; each request answered its rows."""
+        """The decoded images of the batch through the detector, one call per letterbox shape (one shape
+        but with a rect letterbox); each request answered its rows."""
+        shapes = {}
+        for i, outputs in decoded.items():
+            shapes.setdefault(outputs[contract.PIXELS.name].shape[1:], {})[i] = outputs
+        for group in shapes.values():
+            self._detect_group(admitted, group, responses, failed)
+
+    def _detect_group(self, admitted, decoded, responses, failed):
         batch = [outputs[contract.PIXELS.name] for outputs in decoded.values()]
         try:
             rows = self.detector.detect(batch[0] if len(batch) == 1 else np.concatenate(batch, axis=0))

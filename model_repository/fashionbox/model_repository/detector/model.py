@@ -34,6 +34,7 @@ from fashionbox.core.postprocessing import detector_outputs  # noqa: E402
 from fashionbox.core.serving import (  # noqa: E402
     DetectorParameters,
     InputSpec,
+    LetterboxSettings,
     ModelArgs,
     read_input,
     run_concatenated,
@@ -46,7 +47,10 @@ class TritonPythonModel:
         self.args = ModelArgs.from_backend_args(args)
         params = DetectorParameters.from_parameters(self.args.parameters)
         self.detector, loaded = load_detector_runner(self.args)
-        self.pixels = InputSpec(contract.PIXELS.name, np.uint8, (params.input_size, params.input_size, 3))
+        # a rect letterbox: any shape the settings allow, requests of each shape run together
+        self.input_size, self.rect = params.input_size, LetterboxSettings.optional(self.args.parameters)
+        side = -1 if self.rect else params.input_size
+        self.pixels = InputSpec(contract.PIXELS.name, np.uint8, (side, side, 3))
         self.slots, self.key = guarded_step(self.args, pb_utils.Logger.log_warn)
         # the graph gives mask coefficients and the repository routes them (detector_masks); a
         # segmenting graph served without masks keeps them to itself
@@ -63,6 +67,8 @@ class TritonPythonModel:
     def _check(self, request, pixels):
         """Refuse a request the ensemble did not make; confirm the admission slot of one it did."""
         key = self.key.check(read_input(request, TOKEN_INPUT), pixels, model=self.args.name)
+        if self.rect is not None:
+            self.rect.check(pixels, self.input_size)
         if self.slots is not None:
             self.slots.confirm([key])
 

@@ -62,6 +62,7 @@ from fashionbox.core.results import EmbeddingSettings, build_image_detections, t
 from fashionbox.core.serving import (  # noqa: E402
     ImageLevelParameters,
     InputSpec,
+    LetterboxSettings,
     ModelArgs,
     PostprocessParameters,
     RequestError,
@@ -78,7 +79,8 @@ from fashionbox.model_repository.runners import ATTRIBUTE_EXTRAS, load_attribute
 class _Staged:
     """One request between cropping and the network calls."""
 
-    def __init__(self, rows, infos, crops, segments=None, image_crops=None, views=None, embed_crops=None):
+    def __init__(self, canvas, rows, infos, crops, segments=None, image_crops=None, views=None, embed_crops=None):
+        self.canvas = canvas  # (height, width) of the request's letterbox
         self.rows = rows  # list[DetectorOutput], letterbox px
         self.infos = infos  # list[LetterboxInfo]
         self.crops = crops  # uint8 [sum of detections, C, C, 3]
@@ -104,7 +106,8 @@ class TritonPythonModel:
     def initialize(self, args):
         self.args = ModelArgs.from_backend_args(args)
         params = PostprocessParameters.from_parameters(self.args.parameters)
-        size = params.input_size
+        self.rect = LetterboxSettings.optional(self.args.parameters)  # then PIXELS come in a request's own shape
+        size = -1 if self.rect else params.input_size
         self.params = params
         self.crop_size = params.crop_size
         self.label_map = self.args.label_map()
@@ -187,6 +190,8 @@ class TritonPythonModel:
     def _stage(self, request, keys):
         pixels, info, boxes, scores, classes = (read_input(request, spec) for spec in self.specs)
         keys.append(self.key.check(read_input(request, TOKEN_INPUT), pixels, model=self.args.name))
+        if self.rect is not None:
+            self.rect.check(pixels, self.params.input_size)
         count = pixels.shape[0]
         if not info.shape[0] == boxes.shape[0] == scores.shape[0] == classes.shape[0] == count:
             raise RequestError(
@@ -207,6 +212,7 @@ class TritonPythonModel:
             embed_crops = np.concatenate([crop_views(pixels[k], rows[k].boxes, self.embedder_view)
                                           for k in range(count)], axis=0)
         return _Staged(
+            canvas=pixels.shape[1:3],
             rows=rows,
             infos=infos,
             crops=np.concatenate(crops, axis=0) if crops else empty,
@@ -332,13 +338,13 @@ class TritonPythonModel:
     def _attributes_token(self, rows):
         return {contract.TOKEN.name: self.key.attributes_tokens(rows)}
 
-    def _masks(self, segments, row, info, crop_masks):
+    def _masks(self, segments, row, info, crop_masks, canvas):
         """RLE counts per detection of ``row``, or None when there are no masks."""
         if segments is not None:
             coeffs, protos = segments
-            masks = self.masks_from_protos(coeffs, protos, row.boxes, info)
+            masks = self.masks_from_protos(coeffs, protos, row.boxes, info, input_size=canvas)
         elif crop_masks is not None:
-            masks = paste_crop_masks(crop_masks, row.boxes, info, input_size=self.params.input_size)
+            masks = paste_crop_masks(crop_masks, row.boxes, info, input_size=canvas)
         else:
             return None
         return [mask.to_rle() for mask in masks]
@@ -356,7 +362,8 @@ class TritonPythonModel:
                 if segments is not None:
                     segments = (segments[0][rows - start], segments[1])
             result = finish_detections(row, info, answer.probs[rows], self.label_map)
-            masks = self._masks(segments, row, info, answer.masks[rows] if answer.masks is not None else None)
+            masks = self._masks(segments, row, info, answer.masks[rows] if answer.masks is not None else None,
+                                stage.canvas)
             embeddings = answer.embeddings[rows] if answer.embeddings is not None else None
             start = stop
             results.append(result)
