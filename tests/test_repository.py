@@ -97,7 +97,7 @@ EXPECTED = {
         parameters { key: "onnx_file" value { string_value: "model.onnx" } }
         parameters { key: "intra_op_threads" value { string_value: "2" } }
         parameters { key: "inter_op_threads" value { string_value: "1" } }
-        parameters { key: "allow_spinning" value { string_value: "true" } }
+        parameters { key: "allow_spinning" value { string_value: "false" } }
         parameters { key: "max_in_flight" value { string_value: "12" } }
         parameters { key: "admission_ttl_ms" value { string_value: "5000" } }
         parameters { key: "admission_pending_ms" value { string_value: "1000" } }
@@ -114,7 +114,7 @@ EXPECTED = {
         parameters { key: "onnx_file" value { string_value: "model.onnx" } }
         parameters { key: "intra_op_threads" value { string_value: "2" } }
         parameters { key: "inter_op_threads" value { string_value: "1" } }
-        parameters { key: "allow_spinning" value { string_value: "true" } }
+        parameters { key: "allow_spinning" value { string_value: "false" } }
     """,
     "postprocess": """
         name: "postprocess"  backend: "python"  max_batch_size: 8

@@ -93,7 +93,7 @@ def test_every_parameter_set_round_trips_through_config_strings(value: Any) -> N
 
 
 def test_parameter_defaults_apply_when_the_config_leaves_them_out() -> None:
-    assert OrtSettings.from_parameters(Parameters({})) == OrtSettings(1, 1, True)
+    assert OrtSettings.from_parameters(Parameters({})) == OrtSettings(1, 1, False)
     assert DetectorParameters.from_parameters(Parameters({"input_size": "64"})).onnx_file == "model.onnx"
 
 

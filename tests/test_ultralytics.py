@@ -334,11 +334,18 @@ def test_cli_convert_takes_an_ultralytics_onnx_file(det_onnx: Path, tmp_path: Pa
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     from fashionbox.commands.cli import main
 
-    assert main(["convert", "--detector", f"ultralytics:{det_onnx}", "--out", str(tmp_path / "repo")]) == 0
+    assert main(["convert", "--detector", f"ultralytics:{det_onnx}", "--out", str(tmp_path / "repo"),
+                 "--threads", "2"]) == 0
     manifest = json.loads((tmp_path / "repo" / "manifest.json").read_text())
     assert manifest["family"] == "ultralytics"
     assert manifest["sources"]["detector"]["file"] == det_onnx.name
     assert "model repository" in capsys.readouterr().out
+    detector = (tmp_path / "repo" / "detector" / "config.pbtxt").read_text()
+    assert 'key: "intra_op_threads"\n  value {\n    string_value: "2"' in detector
+    assert 'key: "allow_spinning"\n  value {\n    string_value: "false"' in detector  # spinning threads hold cores
+    assert main(["convert", "--detector", f"ultralytics:{det_onnx}", "--out", str(tmp_path / "bad"),
+                 "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
 
 
 def _assert_served_as_predicted(served: Any, result: Any, info: LetterboxInfo, labels: Any) -> int:

@@ -214,6 +214,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                             timing_cache=args.timing_cache, cuda_graphs=args.cuda_graphs)
     limits = {name: value for name in ("max_image_bytes", "max_pixels", "max_in_flight", "layout")
               if (value := getattr(args, name)) is not None}
+    if args.threads is not None:
+        from fashionbox.converter import ConvertError
+        from fashionbox.core.serving import OrtSettings
+
+        if args.threads < 1:
+            raise ConvertError(f"--threads must be at least 1, got {args.threads}")
+        limits["ort"] = OrtSettings(intra_op_threads=args.threads)
     result = convert(ConvertOptions(out=args.out, detector=args.detector, attributes=args.attributes,
                                     classifier=args.classifier, embedder=args.embedder,
                                     target=args.target, runtime=args.runtime, precision=args.precision,
@@ -441,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-in-flight", type=int,
                    help="admission control: requests inside the pipeline at once; more are refused at once "
                         "(UNAVAILABLE). 0 turns it off")
+    p.add_argument("--threads", type=int, default=None,
+                   help="--target cpu: ONNX Runtime / OpenVINO threads per network instance (default 1: the default "
+                        "model serves most with one thread per instance; a detector of hundreds of ms per image, "
+                        "e.g. a YOLOv8s-seg, answers sooner with as many threads as cores)")
     p.add_argument("--letterbox", choices=["auto", "square", "rect"], default="auto",
                    help="rect: each image letterboxed to the input size on its long side and the smallest stride "
                         "multiple on the short one, as Ultralytics' predictor runs a dynamic export (a 4:3 photo at "

@@ -331,13 +331,17 @@ class ParameterSet:
 class OrtSettings(ParameterSet):
     """ONNX Runtime threading for one model instance (parameters of ``detector`` and ``attributes``).
 
-    docs/FIELD_NOTES.md: on 2 cores, more single-thread instances beat fewer multi-thread ones, and
-    spinning off costs throughput, hence the defaults.
+    On 2 cores more single-thread instances beat fewer multi-thread ones for the default model
+    (docs/FIELD_NOTES.md), hence one thread. Spinning is off: with one thread there is no worker to
+    spin and it changes nothing (63.0 against 61.6 images/s at concurrency 16), while with two threads
+    per instance the waiting workers of every network instance held the cores the pipeline's other
+    processes needed: the default model at two threads served 35.5 images/s spinning and 57.9 not, and
+    a YOLOv8s-seg-sized detector's p50 fell from 276 to 203 ms (BENCHMARKS.md, "Thread spinning").
     """
 
     intra_op_threads: int = 1
     inter_op_threads: int = 1
-    allow_spinning: bool = True
+    allow_spinning: bool = False
 
 
 RUNTIMES = ("onnxruntime", "openvino", "torch")
