@@ -93,7 +93,7 @@ def shipped_layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     from fashionbox.converter import ConvertOptions, convert
 
     folder = tmp_path_factory.mktemp("layouts")
-    return {layout: convert(ConvertOptions(out=folder / layout, runtime="onnxruntime", compare_samples=2,
+    return {layout: convert(ConvertOptions(out=folder / layout, runtime="onnxruntime", compare_samples=2, cores=2,
                                            repository_settings={"layout": layout})).repository
             for layout in ("steps", "fused")}
 

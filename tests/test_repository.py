@@ -311,6 +311,22 @@ def test_model_configs_refuses_the_gpu_target_and_names_the_gpu_profile_builder(
         model_configs(settings, LABELS)
 
 
+def test_cpu_scheduling_gives_2_cores_the_shipped_defaults_and_more_cores_more_instances() -> None:
+    from fashionbox.converter.repository import cpu_scheduling
+
+    assert RepositorySettings(**cpu_scheduling(2)) == RepositorySettings()
+    assert RepositorySettings(**cpu_scheduling(1)) == RepositorySettings()
+    for cores, counts, in_flight in ((4, (2, 2, 2, 2), 32), (16, (4, 8, 2, 4), 128), (64, (16, 32, 8, 16), 512)):
+        scheduling = cpu_scheduling(cores)
+        assert tuple(scheduling[name].instances for name in ("preprocess", "detector", "attributes",
+                                                             "postprocess")) == counts
+        assert scheduling["max_in_flight"] == in_flight
+        # only the instances change: batching and queue bounds stay the measured ones
+        assert scheduling["preprocess"].max_queue_size == RepositorySettings().preprocess.max_queue_size
+    with pytest.raises(ValueError, match="cores must be a positive integer"):
+        cpu_scheduling(0)
+
+
 @pytest.mark.parametrize(
     ("build", "message"),
     [

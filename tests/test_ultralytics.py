@@ -302,6 +302,26 @@ def test_openvino_serves_a_batch_one_export_image_by_image_as_onnx_runtime_does(
         np.testing.assert_allclose(a.boxes, b.boxes, atol=0.05)
 
 
+def test_openvino_runs_a_dynamic_export_on_rect_letterboxes_as_onnx_runtime_does(seg_onnx: Path,
+                                                                                 tmp_path: Path) -> None:
+    """The rect letterbox's shapes change from request to request: OpenVINO compiles the graph with
+    dynamic height and width and must give what ONNX Runtime gives on each."""
+    pytest.importorskip("openvino")
+    from fashionbox.core.openvino_runtime import OpenVinoDetector
+
+    path = export_ultralytics_onnx(load_ultralytics(seg_onnx), tmp_path / "served.onnx", nms=NMS)
+    expected_runner = OnnxDetector(path, OrtSettings(), max_detections=300)
+    runner = OpenVinoDetector(path, OrtSettings(), max_detections=300)
+    for _, pixels, _ in _letterboxed(rect=True):
+        (expected,) = expected_runner.detect(pixels[None])
+        (got,) = runner.detect(pixels[None])
+        assert got.classes.tolist() == expected.classes.tolist() and len(got) > 0
+        np.testing.assert_allclose(got.scores, expected.scores, atol=1e-4)
+        np.testing.assert_allclose(got.boxes, expected.boxes, atol=0.05)
+        assert got.protos is not None and expected.protos is not None
+        assert got.protos.shape == expected.protos.shape == (32, pixels.shape[0] // 4, pixels.shape[1] // 4)
+
+
 # -- converted and served through a real Triton ------------------------------------------------------------
 
 
@@ -335,7 +355,7 @@ def test_cli_convert_takes_an_ultralytics_onnx_file(det_onnx: Path, tmp_path: Pa
     from fashionbox.commands.cli import main
 
     assert main(["convert", "--detector", f"ultralytics:{det_onnx}", "--out", str(tmp_path / "repo"),
-                 "--threads", "2"]) == 0
+                 "--threads", "2", "--cores", "16"]) == 0
     manifest = json.loads((tmp_path / "repo" / "manifest.json").read_text())
     assert manifest["family"] == "ultralytics"
     assert manifest["sources"]["detector"]["file"] == det_onnx.name
@@ -343,6 +363,15 @@ def test_cli_convert_takes_an_ultralytics_onnx_file(det_onnx: Path, tmp_path: Pa
     detector = (tmp_path / "repo" / "detector" / "config.pbtxt").read_text()
     assert 'key: "intra_op_threads"\n  value {\n    string_value: "2"' in detector
     assert 'key: "allow_spinning"\n  value {\n    string_value: "false"' in detector  # spinning threads hold cores
+    # --cores 16: the steps' instances for a 16-core server, the admission bound with them
+    from fashionbox.loadtest.tune import read_configs
+
+    configs = read_configs(tmp_path / "repo")
+    assert {name: configs[name].instance_group[0].count for name in ("preprocess", "detector", "attributes",
+                                                                     "postprocess")} == {
+        "preprocess": 4, "detector": 8, "attributes": 2, "postprocess": 4}
+    assert configs["preprocess"].parameters["max_in_flight"].string_value == "128"
+    assert manifest["cpu_cores"] == 16
     assert main(["convert", "--detector", f"ultralytics:{det_onnx}", "--out", str(tmp_path / "bad"),
                  "--threads", "0"]) == 2
     assert "--threads must be at least 1" in capsys.readouterr().err

@@ -57,9 +57,11 @@ PROFILES = ("cpu", "cpu-best", "cpu-torch", *GPU_PROFILES)
 
 
 def cpu_instances(cores: int) -> dict[str, int]:
-    """Instances for the CPU profiles: one single-thread instance per core, most for the detector."""
-    return {"preprocess": max(2, cores // 4), "detector": max(1, cores // 2),
-            "attributes": max(1, cores // 8), "postprocess": max(1, cores // 4)}
+    """Instances for the CPU profiles: what ``fashionbox convert --cores`` writes (one single-thread
+    instance per core, most for the detector)."""
+    from fashionbox.converter.repository import cpu_scheduling
+
+    return {name: value.instances for name, value in cpu_scheduling(cores).items() if name != "max_in_flight"}
 
 
 def convert_profile(profile: str, out: Path, cores: int, concurrency: int) -> Path:

@@ -227,7 +227,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                                     opset=args.opset,
                                     score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
                                     max_detections=args.max_detections, repository_settings=limits,
-                                    letterbox=args.letterbox, engines=engines))
+                                    letterbox=args.letterbox, cores=args.cores, engines=engines))
     print(f"model repository: {result.repository}")
     for model, errors in result.reports.items():
         against = ("OpenVINO vs ONNX Runtime" if model.startswith("openvino")
@@ -448,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-in-flight", type=int,
                    help="admission control: requests inside the pipeline at once; more are refused at once "
                         "(UNAVAILABLE). 0 turns it off")
+    p.add_argument("--cores", type=int, default=None,
+                   help="--target cpu, steps layout: the serving machine's cores, which set each step's instances "
+                        "(a quarter for preprocess and postprocess, half for the detector, an eighth for the "
+                        "attribute heads; 2 cores: 2/1/2/2). Default: this machine's")
     p.add_argument("--threads", type=int, default=None,
                    help="--target cpu: ONNX Runtime / OpenVINO threads per network instance (default 1: the default "
                         "model serves most with one thread per instance; a detector of hundreds of ms per image, "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import sys
 import tempfile
@@ -167,6 +168,10 @@ class ConvertOptions:
         "verticals": 1e-4, "score_offsets": 1e-4})
     repository_settings: dict[str, Any] = field(default_factory=dict)
     """Overrides for ``RepositorySettings`` (instance counts, batching...)."""
+    cores: int | None = None
+    """Target cpu, steps layout with ONNX Runtime or OpenVINO: the serving machine's cores, which set
+    the instances of each step (``fashionbox.converter.repository.cpu_scheduling``: 2 cores get the
+    shipped defaults); ``None``: this machine's. Recorded in the manifest (``cpu_cores``)."""
     letterbox: Letterbox = "auto"
     """``square``: every image letterboxed to the square input size. ``rect``: the smallest stride
     multiple on the short side (``RepositorySettings.letterbox_stride``), as Ultralytics' predictor
@@ -189,6 +194,9 @@ class ConvertOptions:
             raise ConvertError("--precision applies to target cpu; target gpu is FP16 unless --no-fp16")
         if self.precision == "bf16" and self.runtime not in ("openvino", "auto"):
             raise ConvertError(f"bf16 runs in OpenVINO only (--runtime openvino or auto), not {self.runtime}")
+        if self.cores is not None and (isinstance(self.cores, bool) or not isinstance(self.cores, int)
+                                       or self.cores < 1):
+            raise ConvertError(f"cores must be a positive integer, got {self.cores!r}")
         if self.letterbox not in LETTERBOXES:
             raise ConvertError(f"letterbox {self.letterbox!r}: choose one of {LETTERBOXES}")
         if self.letterbox == "rect" and (self.target != "cpu" or self.runtime == "torch"):
@@ -445,6 +453,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
         RepositorySettings,
         attributes_embedding_size,
         attributes_mask_size,
+        cpu_scheduling,
         fused_scheduling,
         gpu_scheduling,
         step_timeouts,
@@ -503,9 +512,13 @@ def convert(options: ConvertOptions) -> ConvertResult:
         precision=("fp16" if runtime == "torch" and options.target == "gpu" and options.engines.fp16
                    else (options.precision or "fp32") if runtime == "openvino" else "fp32"),
         score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold)
+    # the steps layout on the CPU: instances for the serving machine's cores (a measured 2-core default)
+    cores = (options.cores or os.cpu_count() or 2) if options.target == "cpu" and runtime != "torch" \
+        and options.repository_settings.get("layout", "steps") == "steps" else None
     repository_settings = step_timeouts({
         "target": options.target, "runtime": runtime_settings, "gpu_decode": options.engines.gpu_decode,
         **(gpu_scheduling() if options.target == "gpu" else {}),
+        **(cpu_scheduling(cores) if cores else {}),
         **(fused_scheduling() if options.repository_settings.get("layout") == "fused" else {}),
         "letterbox_stride": stride,
         **options.repository_settings})
@@ -555,6 +568,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
             "created_unix_s": int(started),
             "target": options.target,
             "layout": settings.layout,
+            "cpu_cores": cores,
             "runtime": runtime,
             "precision": runtime_settings.precision if runtime in ("torch", "openvino") else None,
             "family": family.name,

@@ -97,6 +97,7 @@ __all__ = [
     "attributes_embedding_size",
     "attributes_mask_size",
     "check_onnx_contract",
+    "cpu_scheduling",
     "ensemble_config",
     "gpu_preprocess",
     "gpu_scheduling",
@@ -214,6 +215,28 @@ def gpu_scheduling() -> dict[str, Any]:
         "attributes": ModelScheduling(instances=2, max_batch_size=256),
         "postprocess": ModelScheduling(instances=8, max_batch_size=32),
     }
+
+
+def cpu_scheduling(cores: int) -> dict[str, Any]:
+    """The steps layout's scheduling on the CPU target for a server of ``cores`` cores.
+
+    One single-thread instance per core, most of them for the detector: ``preprocess`` and
+    ``postprocess`` a quarter of the cores each, ``detector`` half, ``attributes`` an eighth, never
+    fewer than :class:`RepositorySettings`' defaults, which are what 2 cores get (measured there:
+    BENCHMARKS.md, "Two instances of postprocess and attributes"); 16 cores get 4 / 8 / 2 / 4, the
+    CPU profile of the first GPU run (240 images/s on an H200 host's 16 cores, BENCHMARKS.md). The
+    admission bound grows with the detector instances it keeps busy. The fused layout and the GPU
+    profiles keep their own (:func:`fused_scheduling`, :func:`gpu_scheduling`).
+    """
+    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+        raise ValueError(f"cores must be a positive integer, got {cores!r}")
+    shipped = RepositorySettings()
+    counts = {"preprocess": cores // 4, "detector": cores // 2, "attributes": cores // 8, "postprocess": cores // 4}
+    scheduling: dict[str, Any] = {name: replace(getattr(shipped, name),
+                                                instances=max(getattr(shipped, name).instances, count))
+                                  for name, count in counts.items()}
+    scheduling["max_in_flight"] = shipped.max_in_flight * max(1, cores // 2)
+    return scheduling
 
 
 def fused_scheduling() -> dict[str, Any]:
