@@ -12,6 +12,7 @@ default batch of 1 (served image by image).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -343,6 +344,9 @@ def test_convert_writes_a_segmenting_repository_with_ultralytics_defaults(seg_re
         assert "dims: -1\n  dims: -1\n  dims: 3" in config, model  # PIXELS: each request's own shape
     detector_config = (seg_repository / "detector" / "config.pbtxt").read_text()
     assert "allow_ragged_batch" not in detector_config  # the network batches requests of one shape only
+    # a detector of hundreds of ms: two threads per network instance (at most the cores), no spinning
+    threads = min(2, os.cpu_count() or 1)
+    assert f'key: "intra_op_threads"\n  value {{\n    string_value: "{threads}"' in detector_config
     assert manifest["export"]["nms"] == {"score_threshold": 0.25, "iou_threshold": 0.7, "max_per_class": 300,
                                          "max_detections": 300}
     assert manifest["comparison"]["detector"]["detections_count_mismatch"] == 0
@@ -355,13 +359,13 @@ def test_cli_convert_takes_an_ultralytics_onnx_file(det_onnx: Path, tmp_path: Pa
     from fashionbox.commands.cli import main
 
     assert main(["convert", "--detector", f"ultralytics:{det_onnx}", "--out", str(tmp_path / "repo"),
-                 "--threads", "2", "--cores", "16"]) == 0
+                 "--threads", "3", "--cores", "16"]) == 0
     manifest = json.loads((tmp_path / "repo" / "manifest.json").read_text())
     assert manifest["family"] == "ultralytics"
     assert manifest["sources"]["detector"]["file"] == det_onnx.name
     assert "model repository" in capsys.readouterr().out
     detector = (tmp_path / "repo" / "detector" / "config.pbtxt").read_text()
-    assert 'key: "intra_op_threads"\n  value {\n    string_value: "2"' in detector
+    assert 'key: "intra_op_threads"\n  value {\n    string_value: "3"' in detector
     assert 'key: "allow_spinning"\n  value {\n    string_value: "false"' in detector  # spinning threads hold cores
     # --cores 16: the steps' instances for a 16-core server, the admission bound with them
     from fashionbox.loadtest.tune import read_configs

@@ -75,6 +75,13 @@ class Family:
     own_score_threshold: Callable[[Any], float | None] = lambda detector: None
     """The threshold a loaded checkpoint carries for itself (a calibrated FashionBox detector's, in its
     calibrated units), which takes the place of ``score_threshold``; None: the family's."""
+    threads: int = 1
+    """ONNX Runtime / OpenVINO threads per network instance on the CPU target, at most the serving
+    machine's cores, unless ``--threads`` says otherwise. 1 for the default model, whose many
+    single-thread instances serve it best; 2 for the other families' detectors, of hundreds of
+    milliseconds per image, which one thread and one instance leave a core idle with (a
+    YOLOv8s-seg-sized one on 2 cores: p50 184 against 315 ms, 1.37x the images/s; BENCHMARKS.md,
+    "Thread spinning and threads per network model")."""
     letterbox_stride: Callable[[Any], int] = lambda detector: 0
     """The stride of the rect letterbox the loaded detector's graph takes (any height and width that are
     multiples of it: ``RepositorySettings.letterbox_stride``), 0 where it takes only the square one."""
@@ -94,7 +101,7 @@ def _detr_style_family(style: Any) -> Family:
     # transformers' post_process_object_detection keeps scores above its threshold (0.5 in each
     # DETR-style processor); DETR-style models need no NMS; at most the queries (or top_k) per image
     return Family(style.model_type, family_loader(style), export_detr_onnx, compare_detr,
-                  input_size=lambda checkpoint: int(checkpoint.input_size),
+                  input_size=lambda checkpoint: int(checkpoint.input_size), threads=2,
                   score_threshold=style.score_threshold, max_detections=style.max_detections)
 
 
@@ -119,7 +126,7 @@ def _ultralytics_family() -> Family:
     # Ultralytics' predictor defaults: conf 0.25, NMS IoU 0.7, max_det 300
     return Family("ultralytics", load_ultralytics_family, export_ultralytics_onnx, compare_ultralytics,
                   input_size=lambda model: int(model.input_size), score_threshold=0.25, iou_threshold=0.7,
-                  max_detections=300, segments=lambda model: bool(model.segments),
+                  max_detections=300, segments=lambda model: bool(model.segments), threads=2,
                   letterbox_stride=lambda model: int(model.stride) if model.dynamic_shape else 0)
 
 
@@ -459,7 +466,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
         step_timeouts,
         write_repository,
     )
-    from fashionbox.core.serving import RuntimeSettings
+    from fashionbox.core.serving import OrtSettings, RuntimeSettings
     from fashionbox.models import file_sha256, load_attributes, verifier_serves
 
     runtime = options.resolved_runtime
@@ -515,7 +522,11 @@ def convert(options: ConvertOptions) -> ConvertResult:
     # the steps layout on the CPU: instances for the serving machine's cores (a measured 2-core default)
     cores = (options.cores or os.cpu_count() or 2) if options.target == "cpu" and runtime != "torch" \
         and options.repository_settings.get("layout", "steps") == "steps" else None
+    # a heavy family's networks: more threads per instance (Family.threads), never more than the cores
+    threads = min(family.threads, options.cores or os.cpu_count() or 1) if options.target == "cpu" \
+        and runtime != "torch" else 1
     repository_settings = step_timeouts({
+        **({"ort": OrtSettings(intra_op_threads=threads)} if threads > 1 else {}),
         "target": options.target, "runtime": runtime_settings, "gpu_decode": options.engines.gpu_decode,
         **(gpu_scheduling() if options.target == "gpu" else {}),
         **(cpu_scheduling(cores) if cores else {}),
