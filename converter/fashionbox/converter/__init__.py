@@ -285,15 +285,14 @@ def _resolve_hf(folder: Path, kind: Literal["detector", "attributes"]) -> tuple[
     return HF_MODEL_TYPES[model_type], weights
 
 
-def _letterbox_stride(options: ConvertOptions, family: Family, detector: Any, runtime: str) -> int:
+def _letterbox_stride(options: ConvertOptions, family: Family, detector: Any, *, onnx_on_cpu: bool) -> int:
     """``RepositorySettings.letterbox_stride`` for ``options.letterbox`` (0: the square letterbox)."""
     stride = family.letterbox_stride(detector)
     if options.letterbox == "rect" and not stride:
         raise ConvertError(f"--letterbox rect: this {family.name} detector's graph takes only the square "
                            f"{family.input_size(detector)} letterbox (an Ultralytics export takes any height and "
                            "width when exported with dynamic=True)")
-    rect_served = options.target == "cpu" and runtime != "torch"
-    return stride if options.letterbox == "rect" or (options.letterbox == "auto" and rect_served) else 0
+    return stride if options.letterbox == "rect" or (options.letterbox == "auto" and onnx_on_cpu) else 0
 
 
 def _comparison_inputs(size: int, crop: int, samples: int, label_map: LabelMap, *, letterbox_stride: int = 0
@@ -499,7 +498,10 @@ def convert(options: ConvertOptions) -> ConvertResult:
     nms = family_nms(family, options, detector)
     max_detections = nms.max_detections
     size = family.input_size(detector)
-    stride = _letterbox_stride(options, family, detector, runtime)
+    # the ONNX graphs in ONNX Runtime or OpenVINO on the CPU: where rect letterboxes, the cores' instances
+    # and a family's threads apply
+    onnx_on_cpu = options.target == "cpu" and runtime != "torch"
+    stride = _letterbox_stride(options, family, detector, onnx_on_cpu=onnx_on_cpu)
     crop = classifier.config.crop_size
     detector_sha, attributes_sha = file_sha256(detector_path), file_sha256(attributes_path)
     verifier = verifier_serves(classifier, detector_sha, label_map.num_categories)
@@ -519,12 +521,12 @@ def convert(options: ConvertOptions) -> ConvertResult:
         precision=("fp16" if runtime == "torch" and options.target == "gpu" and options.engines.fp16
                    else (options.precision or "fp32") if runtime == "openvino" else "fp32"),
         score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold)
-    # the steps layout on the CPU: instances for the serving machine's cores (a measured 2-core default)
-    cores = (options.cores or os.cpu_count() or 2) if options.target == "cpu" and runtime != "torch" \
-        and options.repository_settings.get("layout", "steps") == "steps" else None
-    # a heavy family's networks: more threads per instance (Family.threads), never more than the cores
-    threads = min(family.threads, options.cores or os.cpu_count() or 1) if options.target == "cpu" \
-        and runtime != "torch" else 1
+    # the steps layout: instances for the serving machine's cores (a measured 2-core default); a heavy
+    # family's networks: more threads per instance (Family.threads), never more than the cores
+    serving_cores = options.cores or os.cpu_count() or 2
+    steps = options.repository_settings.get("layout", "steps") == "steps"
+    cores = serving_cores if onnx_on_cpu and steps else None
+    threads = min(family.threads, serving_cores) if onnx_on_cpu else 1
     repository_settings = step_timeouts({
         **({"ort": OrtSettings(intra_op_threads=threads)} if threads > 1 else {}),
         "target": options.target, "runtime": runtime_settings, "gpu_decode": options.engines.gpu_decode,

@@ -32,6 +32,7 @@ from fashionbox.core.imaging import (
     LetterboxInfo,
     Pixels,
     decode_image,
+    fitted_size,
     letterbox,
 )
 from fashionbox.core.serving import ParameterSet
@@ -122,9 +123,7 @@ class LetterboxGeometry:
 
 def letterbox_geometry(width: int, height: int, size: int) -> LetterboxGeometry:
     """Where an upright ``width x height`` image lands in the square letterbox (as ``imaging.letterbox``)."""
-    scale = size / max(width, height)
-    new_w = max(1, min(size, round(width * scale)))
-    new_h = max(1, min(size, round(height * scale)))
+    scale, new_w, new_h = fitted_size(width, height, size)
     return LetterboxGeometry(scale, new_w, new_h, (size - new_w) // 2, (size - new_h) // 2)
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "crop_garments",
     "crop_regions",
     "decode_image",
+    "fitted_size",
     "letterbox",
     "pillow_pixel_ceiling",
     "rect_canvas",
@@ -310,8 +311,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _fitted(width: int, height: int, size: int) -> tuple[float, int, int]:
-    """The scale that puts the long side of a ``width x height`` image at ``size``, and the resized size."""
+def fitted_size(width: int, height: int, size: int) -> tuple[float, int, int]:
+    """The scale that puts the long side of a ``width x height`` image at ``size``, and the resized
+    width and height: where every letterbox (square, rect, the GPU decoder's) puts the image."""
     scale = size / max(width, height)
     return scale, max(1, min(size, round(width * scale))), max(1, min(size, round(height * scale)))
 
@@ -323,7 +325,7 @@ def rect_canvas(width: int, height: int, size: int, stride: int) -> tuple[int, i
     a 1280x960 photo at 640 gets 640x480 instead of 640x640. ``stride`` must divide ``size``."""
     if stride < 1 or size % stride:
         raise ValueError(f"the letterbox stride {stride} must divide its size {size}")
-    _, new_w, new_h = _fitted(width, height, size)
+    _, new_w, new_h = fitted_size(width, height, size)
     return new_h + (size - new_h) % stride, new_w + (size - new_w) % stride
 
 
@@ -331,7 +333,7 @@ def letterbox(decoded: DecodedImage, size: int, *,
               canvas: tuple[int, int] | None = None) -> tuple[Pixels, LetterboxInfo]:
     """Resize (keeping aspect, long side ``size``) and pad, centred, to ``size x size`` or to ``canvas``
     (``(height, width)``, at least the resized image: :func:`rect_canvas`); uint8 HWC and the mapping."""
-    scale, new_w, new_h = _fitted(decoded.width, decoded.height, size)
+    scale, new_w, new_h = fitted_size(decoded.width, decoded.height, size)
     canvas_h, canvas_w = canvas if canvas is not None else (size, size)
     if canvas_h < new_h or canvas_w < new_w:
         raise ValueError(f"a {canvas_w}x{canvas_h} letterbox cannot hold the image resized to {new_w}x{new_h}")
