@@ -336,7 +336,8 @@ class OrtSettings(ParameterSet):
     spin and it changes nothing (63.0 against 61.6 images/s at concurrency 16), while with two threads
     per instance the waiting workers of every network instance held the cores the pipeline's other
     processes needed: the default model at two threads served 35.5 images/s spinning and 57.9 not, and
-    a YOLOv8s-seg-sized detector's p50 fell from 276 to 203 ms (BENCHMARKS.md, "Thread spinning").
+    a YOLOv8s-seg-sized detector's p50 at two threads fell from 218 to 184 ms (BENCHMARKS.md, "Thread
+    spinning and threads per network model").
     """
 
     intra_op_threads: int = 1

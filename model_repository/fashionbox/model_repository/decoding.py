@@ -102,7 +102,7 @@ class ImageDecoding:
         canvas = (max(h for h, _ in shapes), max(w for _, w in shapes))
         boxed = [letterbox(image, self.input_size, canvas=canvas) for image, _ in decoded]
         outputs: Arrays = {contract.PIXELS.name: np.stack([pixels for pixels, _ in boxed]),
-                   contract.IMAGE_INFO.name: np.stack([info.as_array() for _, info in boxed])}
+                           contract.IMAGE_INFO.name: np.stack([info.as_array() for _, info in boxed])}
         for index, name in enumerate(self.views):
             outputs[name] = np.stack([made[index] for _, made in decoded])
         return outputs
