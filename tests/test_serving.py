@@ -38,6 +38,7 @@ from fashionbox.core.serving import (
     PreprocessParameters,
     RequestError,
     call_model_chunked,
+    group_by_shape,
     respond_each,
     run_concatenated,
     safe_relative_path,
@@ -285,6 +286,16 @@ def test_requests_of_different_shapes_run_one_compute_per_shape_each_answered_it
     assert sorted(calls) == [(2, 2, 3), (2, 3, 2)]
     assert [responses[i].outputs["Y"].tolist() for i in range(3)] == [[6.0], [12.0, 12.0], [18.0]]
     assert responses[3].error.code == "INVALID_ARG"
+
+
+def test_group_by_shape_joins_batches_by_row_shape_and_images_by_whole_shape_in_first_seen_order() -> None:
+    batches = [("a", np.zeros((1, 2, 3))), ("b", np.zeros((3, 3, 2))), ("c", np.zeros((2, 2, 3)))]
+    assert [[key for key, _ in group] for group in group_by_shape(batches)] == [["a", "c"], ["b"]]
+
+    images = [(0, np.zeros((2, 3))), (1, np.zeros((3, 3))), (2, np.zeros((2, 3))), (3, np.zeros((2, 4)))]
+    assert [[key for key, _ in group] for group in group_by_shape(images, batched=False)] == [[0, 2], [1], [3]]
+    assert [[key for key, _ in group] for group in group_by_shape(images)] == [[0, 1, 2], [3]]
+    assert group_by_shape([]) == []
 
 
 def test_a_rect_letterbox_refuses_pixels_it_does_not_make() -> None:

@@ -36,7 +36,7 @@ import importlib
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -78,6 +78,7 @@ __all__ = [
     "check_session_io",
     "create_ort_session",
     "error_response",
+    "group_by_shape",
     "read_input",
     "respond_each",
     "run_concatenated",
@@ -89,6 +90,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
+K = TypeVar("K")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -945,18 +947,31 @@ def run_concatenated(
     has a variable dimension (a rect letterbox's PIXELS), requests of each shape run as one call.
     """
     responses: list[Any] = [None] * len(requests)
-    groups: dict[tuple[int, ...], list[tuple[int, AnyArray]]] = {}
+    valid: list[tuple[int, AnyArray]] = []
     for i, request in enumerate(requests):
         try:
             array = read_input(request, spec)
             if check is not None:
                 check(request, array)
-            groups.setdefault(array.shape[1:], []).append((i, array))
+            valid.append((i, array))
         except RequestError as exc:
             responses[i] = error_response(exc)
-    for members in groups.values():
+    for members in group_by_shape(valid):
         _run_group(members, responses, compute, split, model)
     return responses
+
+
+def group_by_shape(arrays: Iterable[tuple[K, AnyArray]], *, batched: bool = True) -> list[list[tuple[K, AnyArray]]]:
+    """``(key, array)`` pairs grouped so that one network call can take each group, in first-seen order.
+
+    ``batched``: the arrays are batches, joined by concatenation, so a row's shape (past the first
+    dimension) decides; otherwise they are single images, joined by stacking, and the whole shape
+    does. One group but with a rect letterbox (whose height and width vary by image).
+    """
+    groups: dict[tuple[int, ...], list[tuple[K, AnyArray]]] = {}
+    for key, array in arrays:
+        groups.setdefault(array.shape[1:] if batched else array.shape, []).append((key, array))
+    return list(groups.values())
 
 
 def _run_group(members: list[tuple[int, AnyArray]], responses: list[Any], compute: Callable[[AnyArray], R],

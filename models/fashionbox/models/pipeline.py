@@ -44,6 +44,7 @@ from fashionbox.core.imaging import (
     whole_image_crop,
 )
 from fashionbox.core.postprocessing import DetectorOutput, ImageResult, finish_detections, rescore_detections
+from fashionbox.core.serving import group_by_shape
 
 __all__ = ["ImageLevelHeads", "InProcessPipeline", "MaskedResult"]
 
@@ -218,12 +219,10 @@ class InProcessPipeline:
 
     def _detect_each_shape(self, pixels: Sequence[U8]) -> list[DetectorOutput]:
         """The detector over letterboxes of any shapes, one batch per shape (one with the square letterbox)."""
-        shapes: dict[tuple[int, ...], list[int]] = {}
-        for k, image in enumerate(pixels):
-            shapes.setdefault(image.shape, []).append(k)
         found: dict[int, DetectorOutput] = {}
-        for members in shapes.values():
-            found.update(zip(members, self.detect(np.stack([pixels[k] for k in members])), strict=True))
+        for members in group_by_shape(enumerate(pixels), batched=False):
+            found.update(zip([k for k, _ in members], self.detect(np.stack([image for _, image in members])),
+                             strict=True))
         return [found[k] for k in range(len(pixels))]
 
     # -- constructors ------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from fashionbox.core.serving import (  # noqa: E402
     ModelArgs,
     RequestError,
     error_response,
+    group_by_shape,
     success_response,
     unexpected_error,
 )
@@ -78,11 +79,8 @@ class TritonPythonModel:
     def _detect(self, admitted, decoded, responses, failed):
         """The decoded images of the batch through the detector, one call per letterbox shape (one shape
         but with a rect letterbox); each request answered its rows."""
-        shapes = {}
-        for i, outputs in decoded.items():
-            shapes.setdefault(outputs[contract.PIXELS.name].shape[1:], {})[i] = outputs
-        for group in shapes.values():
-            self._detect_group(admitted, group, responses, failed)
+        for group in group_by_shape((i, outputs[contract.PIXELS.name]) for i, outputs in decoded.items()):
+            self._detect_group(admitted, {i: decoded[i] for i, _ in group}, responses, failed)
 
     def _detect_group(self, admitted, decoded, responses, failed):
         batch = [outputs[contract.PIXELS.name] for outputs in decoded.values()]
