@@ -21,7 +21,7 @@ from fashionbox import contract
 from fashionbox.commands.cli import main
 from fashionbox.contract.labels import default_label_map
 from fashionbox.converter.repository import CONFIG_FILE, ModelScheduling, RepositorySettings
-from fashionbox.loadtest.tune import read_configs, scheduling_of
+from fashionbox.loadtest.tune import read_configs, scheduling_of, threads_of
 
 pytest.importorskip("pytriton", reason="the embedded server needs fashionbox-server (nvidia-pytriton)")
 
@@ -114,27 +114,34 @@ def test_costs_for_a_target_the_run_lacks_are_refused_before_any_request(capsys:
 
 
 @pytest.mark.integration
-def test_a_short_tune_reloads_models_and_writes_the_recommendation(repository: Path, tmp_path: Path) -> None:
+def test_a_short_tune_reloads_models_and_writes_the_recommendation(repository: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     mine = tmp_path / "repository"
     shutil.copytree(repository, mine)
     out = tmp_path / "tune.json"
+    monkeypatch.setattr("fashionbox.loadtest.tune.host_cores", lambda: 2)  # 4 threads are left out on any host
     code = main([
-        "tune", "--repository", str(mine), "--models", "detector", "--instances", "1,2", "--max-batch-sizes", "4",
-        "--queue-delays-us", "0", "--concurrency", "2", "--max-trials", "2", "--min-gain", "-0.99",
-        "--slo-p99-ms", "5000", "--duration-s", "1.5", *QUICK, "--write", "--json", str(out),
+        "tune", "--repository", str(mine), "--models", "detector", "--instances", "1,2", "--threads", "1,2,4",
+        "--max-batch-sizes", "4", "--queue-delays-us", "0", "--concurrency", "2", "--max-trials", "3",
+        "--min-gain", "-0.99", "--slo-p99-ms", "5000", "--duration-s", "1.5", *QUICK, "--write", "--json", str(out),
     ])  # fmt: skip
     assert code == 0
     doc = json.loads(out.read_text())
     trials = doc["trials"]
-    assert [t["change"] for t in trials] == ["baseline", "detector.instances 1 -> 2"]
+    # Instances first, then the detector's runtime threads (reloaded with intra_op_threads 2).
+    assert [t["change"] for t in trials] == ["baseline", "detector.instances 1 -> 2", "detector.threads 1 -> 2"]
     assert all(t["throughput_rps"] > 0 and t["meets_slo"] and not t["error"] for t in trials)
-    assert doc["space"]["cross_product_size"] == 2
+    assert trials[2]["config"]["detector"]["threads"] == 2
+    assert doc["space"]["threads"] == [1, 2] and doc["space"]["threaded_models"] == ["detector"]
+    assert doc["space"]["cross_product_size"] == 4
     # The winner and the baseline are measured again back to back, to tell a real gain from noise.
     assert [t["change"] for t in doc["confirmation"]] == ["baseline, again", "best, again"]
-    # min-gain -0.99 accepts any measured trial, so the 2-instance config wins and is written back.
-    assert doc["best"] == 1
-    assert scheduling_of(read_configs(mine)[contract.DETECTOR_MODEL]).instances == 2
+    # min-gain -0.99 accepts any measured trial, so the last config wins and is written back.
+    assert doc["best"] == 2
+    written = read_configs(mine)[contract.DETECTOR_MODEL]
+    assert scheduling_of(written).instances == 2 and threads_of(written) == 2
     assert (mine / contract.DETECTOR_MODEL / CONFIG_FILE).read_text() != (
         repository / contract.DETECTOR_MODEL / CONFIG_FILE
     ).read_text()
-    assert scheduling_of(read_configs(repository)[contract.DETECTOR_MODEL]).instances == 1  # the source is untouched
+    source = read_configs(repository)[contract.DETECTOR_MODEL]
+    assert scheduling_of(source).instances == 1 and threads_of(source) == 1  # the source is untouched

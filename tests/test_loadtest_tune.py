@@ -22,6 +22,7 @@ from fashionbox.converter.repository import (
 from fashionbox.core.serving import PostprocessParameters
 from fashionbox.loadtest.tune import (
     ATTRIBUTES_MAX_BATCH_PARAMETER,
+    ModelTuning,
     Trial,
     TuneConfig,
     TuneOptions,
@@ -33,7 +34,9 @@ from fashionbox.loadtest.tune import (
     make_consistent,
     read_configs,
     scheduling_of,
+    threads_of,
     tune,
+    tuning_of,
     write_back,
 )
 
@@ -150,7 +153,8 @@ def test_tune_serves_a_copy_through_the_launcher_it_is_handed(tmp_path: Path) ->
 def test_coordinate_descent_finds_the_optimum_with_far_fewer_trials_than_the_cross_product() -> None:
     trials, best, calls = _search(SPACE, START, max_trials=40)
     assert dict(best.config)["detector"] == ModelScheduling(instances=2, max_batch_size=8)
-    assert len(trials) < SPACE.cross_product_size == 72
+    assert len(trials) < SPACE.size(threaded=()) == 72  # START has no threads: they are not searched
+    assert all("threads" not in t.change for t in trials)
     assert len(calls) == len(set(calls)) == len(trials)  # each configuration measured once
     assert trials[0].change == "baseline"
     assert any(t.change == "detector.instances 1 -> 2" for t in trials)
@@ -185,6 +189,82 @@ def test_a_failed_trial_never_wins() -> None:
     assert best.change == "baseline"
 
 
+def test_threads_are_read_set_and_written_back_only_where_a_model_has_them(tmp_path: Path) -> None:
+    assert tuning_of(CONFIGS[contract.DETECTOR_MODEL]) == ModelTuning(
+        **dataclasses.asdict(RepositorySettings().detector), threads=RepositorySettings().ort.intra_op_threads)
+    assert threads_of(CONFIGS[contract.PREPROCESS_MODEL]) == 0  # no runtime threads: nothing to search
+    _write(tmp_path)
+    config: TuneConfig = (
+        (contract.DETECTOR_MODEL, ModelTuning(**dataclasses.asdict(RepositorySettings().detector), threads=2)),
+        (contract.PREPROCESS_MODEL, tuning_of(CONFIGS[contract.PREPROCESS_MODEL])),
+    )
+    written = write_back(tmp_path, config)
+    assert [p.parent.name for p in written] == [contract.DETECTOR_MODEL]
+    again = read_configs(tmp_path)
+    assert threads_of(again[contract.DETECTOR_MODEL]) == 2
+    assert tuning_of(again[contract.DETECTOR_MODEL]) == dict(config)[contract.DETECTOR_MODEL]
+    assert threads_of(again[contract.ATTRIBUTES_MODEL]) == RepositorySettings().ort.intra_op_threads  # not tuned
+    with pytest.raises(ValueError, match="has no intra_op_threads parameter"):
+        configs_for(CONFIGS, ((contract.PREPROCESS_MODEL, ModelTuning(threads=2)),))
+    with pytest.raises(ValueError, match="threads must not be negative"):
+        ModelTuning(threads=-1)
+
+
+def _threads_objective(config: TuneConfig) -> tuple[float, float]:
+    """A 4-core host: instances x threads past 4 oversubscribe; two threads per instance work best."""
+    s = dict(config)["detector"]
+    used = s.instances * s.threads
+    throughput = 10.0 * min(used, 4) * {1: 1.0, 2: 1.1, 4: 0.9}[s.threads] - 15.0 * max(used - 4, 0)
+    return throughput, 200.0 / s.threads
+
+
+def test_the_search_moves_threads_for_models_that_have_them_and_finds_the_best_split() -> None:
+    space = TuneSpace(models=("detector", "preprocess"), instances=(1, 2), threads=(1, 2, 4), max_batch_sizes=(8,),
+                      queue_delays_us=(0,))
+    start: TuneConfig = (("detector", ModelTuning(instances=1, threads=1)), ("preprocess", ModelScheduling()))
+
+    async def evaluate(config: TuneConfig, change: str) -> Trial:
+        throughput, p99 = _threads_objective(config)
+        return Trial(0, config, change, throughput, p99, 4, p99 <= 250.0)
+
+    trials, best = asyncio.run(coordinate_descent(evaluate, start, space, max_trials=20))
+    assert dict(best.config)["detector"] == ModelTuning(instances=2, threads=2)
+    detector = [t.change for t in trials if t.change.startswith("detector")]
+    assert detector[:3] == ["detector.instances 1 -> 2", "detector.threads 1 -> 2",
+                            "detector.threads 2 -> 4"]  # 2 x 4 oversubscribes: 2 x 2 stays
+    assert not any(t.change.startswith("preprocess.threads") for t in trials)  # it has none
+
+
+def test_the_split_move_trades_threads_for_instances_where_neither_coordinate_alone_gains() -> None:
+    """bench_spinning's YOLOv8s-seg-sized detector on 2 cores (images/s): from 1 instance x 2 threads,
+    a second instance oversubscribes and one thread idles a core; 2 x 1 is found only by the split."""
+    measured = {(1, 1): 3.38, (1, 2): 4.62, (2, 1): 5.25, (2, 2): 4.69}
+    space = TuneSpace(models=("detector",), instances=(1, 2), threads=(1, 2), max_batch_sizes=(8,),
+                      queue_delays_us=(0,))
+
+    async def evaluate(config: TuneConfig, change: str) -> Trial:
+        s = dict(config)["detector"]
+        return Trial(0, config, change, measured[(s.instances, s.threads)], 100.0, 4, True)
+
+    start: TuneConfig = (("detector", ModelTuning(instances=1, threads=2)),)
+    trials, best = asyncio.run(coordinate_descent(evaluate, start, space, max_trials=10))
+    assert [t.change for t in trials] == ["baseline", "detector.instances 1 -> 2", "detector.threads 2 -> 1",
+                                          "detector.instances x threads 1x2 -> 2x1"]
+    assert dict(best.config)["detector"] == ModelTuning(instances=2, threads=1)
+    options, here = space.line("instances x threads", ModelTuning(instances=2, threads=1))
+    assert options == [(2, 1), (1, 2)] and here == 0
+
+
+def test_thread_candidates_above_the_cores_are_left_out_and_the_size_counts_threaded_models() -> None:
+    space = TuneSpace(models=("detector", "preprocess"), instances=(1, 2), threads=(1, 2, 4, 8),
+                      max_batch_sizes=(8,), queue_delays_us=(0,))
+    assert space.within(2).threads == (1, 2)
+    assert space.within(16).threads == (1, 2, 4, 8)
+    assert TuneSpace(threads=(2, 4)).within(1).threads == (2,)  # the smallest stays: the space is never empty
+    assert space.size(threaded=("detector",)) == (2 * 4) * 2
+    assert space.size(threaded=()) == 2 * 2
+
+
 def test_bad_spaces_are_refused() -> None:
     with pytest.raises(ValueError):
         TuneSpace(models=())
@@ -192,6 +272,8 @@ def test_bad_spaces_are_refused() -> None:
         TuneSpace(instances=(1, 1))
     with pytest.raises(ValueError):
         TuneSpace(queue_delays_us=(-1,))
+    with pytest.raises(ValueError):
+        TuneSpace(threads=(0, 1))
 
 
 def _trial(index: int, config: TuneConfig, throughput: float, p99: float = 50.0) -> Trial:

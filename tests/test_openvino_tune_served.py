@@ -27,7 +27,8 @@ def test_tune_measures_each_runtime_on_the_served_copy_and_writes_the_chosen_one
     images = tuple(render_scene(50 + i, size=(640, 480)).encode(format="JPEG") for i in range(2))
     report = tune(TuneOptions(
         repository=repository, images=images, concurrency=(2,), max_trials=1, confirm=False,
-        space=TuneSpace(models=("detector",), instances=(1,), max_batch_sizes=(8,), queue_delays_us=(0,)),
+        space=TuneSpace(models=("detector",), instances=(1,), threads=(1,), max_batch_sizes=(8,),
+                        queue_delays_us=(0,)),
         window_s=0.5, warmup_s=0.5, max_duration_s=2.0, stability=StabilityRule(tolerance=0.5),
         runtimes=("onnxruntime/fp32", "openvino/fp32")), launch=serve_for_tuning)
 

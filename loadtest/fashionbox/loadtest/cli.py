@@ -357,6 +357,13 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
              "repository has: all four in the steps layout, detector and postprocess in the fused one)",
     )
     parser.add_argument("--instances", type=_ints, default=(1, 2, 3), help="candidate instance counts")
+    parser.add_argument(
+        "--threads",
+        type=_ints,
+        default=(1, 2, 4),
+        help="candidate runtime threads per instance of the network models (their intra_op_threads; counts above "
+             "this host's cores are left out; default 1,2,4)",
+    )
     parser.add_argument("--max-batch-sizes", type=_ints, default=(1, 2, 4, 8, 16), help="candidate max_batch_size")
     parser.add_argument(
         "--queue-delays-us", type=_ints, default=(0, 500, 2000, 5000), help="candidate max_queue_delay_microseconds"
@@ -406,6 +413,7 @@ def tune_main(args: argparse.Namespace) -> int:
             models=(tuple(m.strip() for m in args.models.split(",") if m.strip())
                     or tuple(m for m in TuneSpace.models if (args.repository / m / CONFIG_FILE).is_file())),
             instances=args.instances,
+            threads=args.threads,
             max_batch_sizes=args.max_batch_sizes,
             queue_delays_us=args.queue_delays_us,
             preferred=args.preferred_batch_sizes,

@@ -309,7 +309,7 @@ def format_tune(report: TuneReport) -> str:
         )
     parts = [
         f"tried {len(report.trials)} configurations (the full cross product has "
-        f"{report.space.cross_product_size:,}); objective: throughput at p99 <= {report.slo_p99_ms:g} ms over "
+        f"{report.cross_product_size:,}); objective: throughput at p99 <= {report.slo_p99_ms:g} ms over "
         f"concurrency {', '.join(map(str, report.concurrency))}",
         format_table(headers, rows, right=[True, False, True, True, True, False, False]),
     ]

@@ -1,4 +1,4 @@
-"""``fashionbox tune``: search dynamic batching and instance counts per composing model under an SLO.
+"""``fashionbox tune``: search dynamic batching, instance counts and threads per composing model under an SLO.
 
 The repository is copied to a temporary folder and served by an embedded Triton on loopback with
 explicit model control. Each configuration tried is written into the copy's ``config.pbtxt`` files
@@ -11,7 +11,12 @@ The search is coordinate descent with line search (Model Analyzer's quick search
 the current configuration, one parameter of one model moves one step at a time through its candidate
 values, keeps going while the objective improves by at least ``min_gain`` (noise guard), and passes
 repeat until a pass changes nothing or the trial budget is spent. It tries a few dozen configurations
-where the cross product has thousands::
+where the cross product has thousands. Besides Triton's scheduling (instances, ``max_batch_size``,
+queue delay, preferred sizes) it searches the network models' threads per instance (their
+``intra_op_threads`` parameter, :class:`ModelTuning`): on a CPU, one instance of many threads and
+many instances of one thread trade latency against throughput differently per model and host
+(BENCHMARKS.md, "Thread spinning and threads per network model"), so it is measured, not guessed.
+Candidates above the host's cores are left out (the tuning server runs here)::
 
     report = tune(TuneOptions(repository=Path("artifacts/model_repository"), images=corpus.images,
                               space=TuneSpace(models=("preprocess", "detector")), slo_p99_ms=150))
@@ -34,6 +39,7 @@ import asyncio
 import dataclasses
 import logging
 import math
+import os
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -60,6 +66,7 @@ from fashionbox.server.model_config import (
 
 __all__ = [
     "PARAMETERS",
+    "ModelTuning",
     "Trial",
     "TuneConfig",
     "TuneOptions",
@@ -75,18 +82,44 @@ __all__ = [
     "read_configs",
     "runtime_of",
     "scheduling_of",
+    "threads_of",
     "tune",
+    "tuning_of",
     "write_back",
 ]
 
 logger = logging.getLogger(__name__)
 
-PARAMETERS = ("instances", "max_batch_size", "max_queue_delay_us", "preferred_batch_sizes")
+SPLIT = "instances x threads"
+"""The search's move along a fixed core budget: instances and threads per instance changed together,
+their product kept (1 x 2 <-> 2 x 1), which neither coordinate reaches alone when the cores are
+all in use (one more instance oversubscribes, one thread fewer idles a core)."""
+PARAMETERS = ("instances", "threads", SPLIT, "max_batch_size", "max_queue_delay_us", "preferred_batch_sizes")
+THREADS_PARAMETER = "intra_op_threads"
+"""The config parameter that sets a network model's runtime threads per instance
+(:class:`fashionbox.core.serving.OrtSettings`, read by ONNX Runtime, OpenVINO and the torch runtime)."""
 # postprocess splits its BLS calls to ``attributes`` by this parameter (fashionbox.core.serving.PostprocessParameters).
 ATTRIBUTES_MAX_BATCH_PARAMETER = "attributes_max_batch_size"
 
+
+
+@dataclass(frozen=True)
+class ModelTuning(ModelScheduling):
+    """What tune sets for one model: Triton's scheduling and, for a network model, its threads."""
+
+    threads: int = 0
+    """Runtime threads of each instance (the config's ``intra_op_threads``); 0: the model has no such
+    parameter (a pre- or postprocessing step), so there is nothing to set or search."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.threads < 0:
+            raise ValueError(f"threads must not be negative (0 is none), got {self.threads}")
+
+
 TuneConfig = tuple[tuple[str, ModelScheduling], ...]
-"""One configuration: a scheduling per tuned model, in the space's model order (hashable)."""
+"""One configuration: a scheduling per tuned model (a :class:`ModelTuning` where the search sets
+threads too), in the space's model order (hashable)."""
 CPU_RUNTIMES = ("onnxruntime/fp32", "openvino/fp32", "openvino/bf16")
 """Runtime candidates (``runtime/precision``) of the cpu target's network models (issue 23)."""
 RUNTIME_MODELS = (contract.DETECTOR_MODEL, contract.ATTRIBUTES_MODEL)
@@ -136,13 +169,35 @@ def make_consistent(configs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def threads_of(config: Any) -> int:
+    """The runtime threads per instance of ``config`` (its ``intra_op_threads``), 0 where it has none."""
+    parameters = config.parameters
+    if THREADS_PARAMETER not in parameters:
+        return 0
+    try:
+        return int(parameters[THREADS_PARAMETER].string_value)
+    except ValueError as exc:
+        raise TuneError(f"{config.name}: {THREADS_PARAMETER} is not a number: "
+                        f"{parameters[THREADS_PARAMETER].string_value!r}") from exc
+
+
+def tuning_of(config: Any) -> ModelTuning:
+    """The scheduling and threads of ``config`` (what the search starts from)."""
+    return ModelTuning(**dataclasses.asdict(scheduling_of(config)), threads=threads_of(config))
+
+
 def configs_for(base: Mapping[str, Any], config: TuneConfig) -> dict[str, Any]:
-    """``base`` with every tuned model's scheduling applied, made consistent."""
+    """``base`` with every tuned model's scheduling (and threads, where set) applied, made consistent."""
     changed = dict(base)
     for model, scheduling in config:
         if model not in changed:
             raise LoadTestConfigError(f"model {model!r} is not in the repository (has {sorted(base)})")
         changed[model] = apply_scheduling(changed[model], scheduling)
+        threads = getattr(scheduling, "threads", 0)
+        if threads:
+            if THREADS_PARAMETER not in changed[model].parameters:
+                raise LoadTestConfigError(f"{model} has no {THREADS_PARAMETER} parameter: its threads cannot be set")
+            changed[model].parameters[THREADS_PARAMETER].string_value = str(threads)
     return make_consistent(changed)
 
 
@@ -186,8 +241,10 @@ def apply_runtime(configs: Mapping[str, Any], runtime: str) -> dict[str, Any]:
 
 
 def describe_scheduling(s: ModelScheduling) -> str:
-    """``"2 inst, batch 8, delay 500 us, preferred [4]"``."""
-    text = f"{s.instances} inst, batch {s.max_batch_size}, delay {s.max_queue_delay_us} us"
+    """``"2 inst, 1 thread, batch 8, delay 500 us, preferred [4]"`` (threads where the model has them)."""
+    threads = getattr(s, "threads", 0)
+    text = f"{s.instances} inst, " + (f"{threads} thread{'s' if threads > 1 else ''}, " if threads else "")
+    text += f"batch {s.max_batch_size}, delay {s.max_queue_delay_us} us"
     return text + (f", preferred {list(s.preferred_batch_sizes)}" if s.preferred_batch_sizes else "")
 
 
@@ -218,6 +275,9 @@ class TuneSpace:
         contract.POSTPROCESS_MODEL,
     )
     instances: tuple[int, ...] = (1, 2, 3, 4)
+    threads: tuple[int, ...] = (1, 2, 4)
+    """Runtime threads per instance, for the models that have them (:class:`ModelTuning`); candidates
+    above the host's cores are left out when the search runs."""
     max_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
     queue_delays_us: tuple[int, ...] = (0, 500, 1000, 2000, 5000)
     preferred: tuple[tuple[int, ...], ...] = ((),)
@@ -225,39 +285,77 @@ class TuneSpace:
     def __post_init__(self) -> None:
         if not self.models:
             raise LoadTestConfigError("nothing to tune: no model")
-        for name in ("instances", "max_batch_sizes", "queue_delays_us", "preferred"):
+        for name in ("instances", "threads", "max_batch_sizes", "queue_delays_us", "preferred"):
             values = getattr(self, name)
             if not values or len(set(values)) != len(values):
                 raise LoadTestConfigError(f"{name} needs distinct candidate values, got {values}")
-        if min(self.instances) < 1 or min(self.max_batch_sizes) < 1 or min(self.queue_delays_us) < 0:
-            raise LoadTestConfigError("instances and batch sizes must be positive, delays not negative")
+        if min(self.instances) < 1 or min(self.threads) < 1 or min(self.max_batch_sizes) < 1 \
+                or min(self.queue_delays_us) < 0:
+            raise LoadTestConfigError("instances, threads and batch sizes must be positive, delays not negative")
 
     def options(self, parameter: str) -> list[Any]:
         values: Sequence[Any] = {
             "instances": self.instances,
+            "threads": self.threads,
             "max_batch_size": self.max_batch_sizes,
             "max_queue_delay_us": self.queue_delays_us,
             "preferred_batch_sizes": self.preferred,
         }[parameter]
         return sorted(values, key=lambda v: (len(v), v) if isinstance(v, tuple) else v)
 
-    def coordinates(self) -> list[tuple[str, str]]:
-        """(model, parameter) pairs to search, instances first: they move throughput most on CPU."""
-        return [(m, p) for p in PARAMETERS for m in self.models if len(self.options(p)) > 1]
+    def coordinates(self, threaded: Sequence[str] | None = None) -> list[tuple[str, str]]:
+        """(model, parameter) pairs to search, instances first: they move throughput most on CPU, then
+        threads and :data:`SPLIT` (only for the ``threaded`` models, by default all: those with a
+        threads parameter)."""
+        out = []
+        for p in PARAMETERS:
+            for m in self.models:
+                if p in ("threads", SPLIT) and threaded is not None and m not in threaded:
+                    continue
+                searchable = min(len(self.instances), len(self.threads)) > 1 if p == SPLIT \
+                    else len(self.options(p)) > 1
+                if searchable:
+                    out.append((m, p))
+        return out
+
+    def line(self, parameter: str, current: ModelScheduling) -> tuple[list[Any], int]:
+        """The candidate values of ``parameter`` for a model scheduled ``current``, and where it stands.
+
+        :data:`SPLIT`: the ``(instances, threads)`` pairs of the space with ``current``'s product, by threads.
+        """
+        if parameter != SPLIT:
+            options = self.options(parameter)
+            return options, _nearest_index(options, getattr(current, parameter))
+        here = (current.instances, getattr(current, "threads", 0))
+        budget = here[0] * here[1]
+        pairs = {(i, t) for i in self.instances for t in self.threads if i * t == budget} | {here}
+        options = sorted(pairs, key=lambda pair: pair[1])
+        return options, options.index(here)
+
+    def within(self, cores: int) -> TuneSpace:
+        """This space without thread counts above ``cores`` (at least the smallest candidate stays)."""
+        kept = tuple(t for t in self.threads if t <= cores) or (min(self.threads),)
+        return dataclasses.replace(self, threads=kept)
 
     @property
     def cross_product_size(self) -> int:
-        per_model = len(self.instances) * len(self.max_batch_sizes) * len(self.queue_delays_us) * len(self.preferred)
-        return int(per_model ** len(self.models))
+        """Configurations in the whole space, threads counted for every model (see :meth:`size`)."""
+        return self.size(self.models)
+
+    def size(self, threaded: Sequence[str]) -> int:
+        """Configurations in the whole space, threads counted for the ``threaded`` models only."""
+        scheduling = len(self.instances) * len(self.max_batch_sizes) * len(self.queue_delays_us) * len(self.preferred)
+        return int(math.prod(scheduling * (len(self.threads) if m in threaded else 1) for m in self.models))
 
 
 def _with(config: TuneConfig, model: str, parameter: str, value: Any) -> TuneConfig | None:
     """``config`` with one parameter changed; None if the result is invalid (e.g. preferred > max batch)."""
     out = []
+    changes = dict(zip(("instances", "threads"), value, strict=True)) if parameter == SPLIT else {parameter: value}
     for name, scheduling in config:
         if name == model:
             try:
-                scheduling = dataclasses.replace(scheduling, **{parameter: value})
+                scheduling = dataclasses.replace(scheduling, **changes)
             except ValueError:
                 return None
         out.append((name, scheduling))
@@ -360,7 +458,12 @@ async def coordinate_descent(
     min_gain: float = 0.03,
     max_passes: int = 3,
 ) -> tuple[list[Trial], Trial]:
-    """Every trial made (in order) and the best one. ``evaluate`` is called once per distinct config."""
+    """Every trial made (in order) and the best one. ``evaluate`` is called once per distinct config.
+
+    Threads are searched for the models whose starting scheduling has them (a :class:`ModelTuning`
+    with ``threads`` set); the other models keep what their config says.
+    """
+    threaded = [model for model, scheduling in start if getattr(scheduling, "threads", 0)]
     trials: list[Trial] = []
     seen: dict[TuneConfig, Trial] = {}
 
@@ -374,10 +477,8 @@ async def coordinate_descent(
     best = await measure(start, "baseline")
     for _ in range(max_passes):
         moved = False
-        for model, parameter in space.coordinates():
-            options = space.options(parameter)
-            current = dict(best.config)[model]
-            here = _nearest_index(options, getattr(current, parameter))
+        for model, parameter in space.coordinates(threaded):
+            options, here = space.line(parameter, dict(best.config)[model])
             for direction in (1, -1):
                 improved = False
                 j = here + direction
@@ -388,8 +489,9 @@ async def coordinate_descent(
                         continue
                     if candidate in seen:
                         break  # measured before and left behind: going back cannot improve
-                    old = getattr(dict(best.config)[model], parameter)
-                    trial = await measure(candidate, f"{model}.{parameter} {_show(old)} -> {_show(options[j])}")
+                    old = options[here] if parameter == SPLIT else getattr(dict(best.config)[model], parameter)
+                    trial = await measure(candidate, f"{model}.{parameter} {_show(old, parameter)} -> "
+                                                     f"{_show(options[j], parameter)}")
                     if not better(trial, best, min_gain):
                         break
                     best, improved, moved = trial, True, True
@@ -403,7 +505,9 @@ async def coordinate_descent(
     return trials, best
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, parameter: str = "") -> str:
+    if parameter == SPLIT:
+        return "x".join(map(str, value))
     return str(list(value)) if isinstance(value, tuple) else str(value)
 
 
@@ -460,6 +564,13 @@ class TuneReport:
     confirmation: tuple[Trial, ...] = ()
     """Baseline and best measured again back to back after the search (empty if the baseline won)."""
     min_gain: float = 0.0
+    threaded: tuple[str, ...] = ()
+    """The tuned models whose threads were searched (those with a threads parameter)."""
+
+    @property
+    def cross_product_size(self) -> int:
+        """Configurations in the space searched (threads for the threaded models only)."""
+        return self.space.size(self.threaded)
 
     @property
     def confirmed(self) -> bool:
@@ -492,10 +603,12 @@ class TuneReport:
             "space": {
                 "models": list(self.space.models),
                 "instances": list(self.space.instances),
+                "threads": list(self.space.threads),
+                "threaded_models": list(self.threaded),
                 "max_batch_sizes": list(self.space.max_batch_sizes),
                 "queue_delays_us": list(self.space.queue_delays_us),
                 "preferred": [list(p) for p in self.space.preferred],
-                "cross_product_size": self.space.cross_product_size,
+                "cross_product_size": self.cross_product_size,
             },
             "trials": [t.as_dict() for t in self.trials],
             "baseline": self.baseline.index,
@@ -591,7 +704,7 @@ async def _tune_on(
     for model in options.space.models:
         if model not in reloader.base:
             raise LoadTestConfigError(f"model {model!r} is not in {options.repository} (has {sorted(reloader.base)})")
-    start: TuneConfig = tuple((m, scheduling_of(reloader.base[m])) for m in options.space.models)
+    start: TuneConfig = tuple((m, tuning_of(reloader.base[m])) for m in options.space.models)
     run_options = RunOptions(
         targets=(Target("tune", url, None),),
         stages=sweep_concurrency(options.concurrency),
@@ -667,10 +780,21 @@ def tune(
     listener: Listener | None = None,
     on_trial: Callable[[Trial], None] | None = None,
 ) -> TuneReport:
-    """Serve a copy of the repository through ``launch``, search, stop; the original is untouched."""
+    """Serve a copy of the repository through ``launch``, search, stop; the original is untouched.
+
+    Thread counts above this host's cores are left out of the space (the server runs here).
+    """
+    cores = host_cores()
+    space = options.space.within(cores)
+    if space.threads != options.space.threads:
+        left_out = sorted(set(options.space.threads) - set(space.threads))
+        logger.info("threads %s left out: this host has %d cores", left_out, cores)
+    options = dataclasses.replace(options, space=space)
     with tempfile.TemporaryDirectory(prefix="fashionbox-tune-") as tmp:
         copy = Path(tmp) / "repository"
         shutil.copytree(options.repository, copy)
+        base = read_configs(copy)
+        threaded = tuple(m for m in space.models if m in base and threads_of(base[m]))
         with launch(copy, options.server_log or Path(tmp) / "tritonserver.log") as url:
             trials, best, confirmation = asyncio.run(_tune_on(url, copy, options, listener, on_trial))
     return TuneReport(
@@ -683,4 +807,13 @@ def tune(
         trials[0],
         confirmation=tuple(confirmation),
         min_gain=options.min_gain,
+        threaded=threaded,
     )
+
+
+def host_cores() -> int:
+    """The cores this process may run on (the tuning server's, as it runs on this host)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
