@@ -29,7 +29,12 @@ from fashionbox.commands.evaluation import (
 )
 from fashionbox.contract.labels import default_label_map
 from fashionbox.converter import ConvertError, ConvertOptions, _comparison_inputs, convert
-from fashionbox.converter.cpu_runtimes import BF16_TOLERANCE, check_openvino, choose_cpu_runtime, compare_runners
+from fashionbox.converter.cpu_runtimes import (
+    BF16_TOLERANCE,
+    check_openvino,
+    choose_cpu_runtime,
+    compare_runners,
+)
 from fashionbox.converter.repository import RepositorySettings, model_configs
 from fashionbox.core import openvino_runtime
 from fashionbox.core.openvino_runtime import (
@@ -41,6 +46,7 @@ from fashionbox.core.openvino_runtime import (
     check_precision,
     host_cpu,
 )
+from fashionbox.core.postprocessing import DetectorOutput
 from fashionbox.core.serving import (
     ModelArgs,
     OnnxAttributes,
@@ -196,6 +202,58 @@ def test_openvino_fp32_answers_as_onnx_runtime_within_the_converter_tolerances(
     assert detector["boxes"] <= TOLERANCE["boxes"] and detector["scores"] <= TOLERANCE["scores"]
     assert attributes["probs"] <= TOLERANCE["probs"]
     assert reports[0].samples == sum(len(b) for b in batches[0])
+
+
+class _Fixed:
+    """A runner that answers what it is given: detections per image, attribute probabilities per crop."""
+
+    def __init__(self, detections: list[DetectorOutput], probs: float = 0.5) -> None:
+        self.detections, self.probs = detections, probs
+
+    def detect(self, batch: npt.NDArray[np.uint8]) -> list[DetectorOutput]:
+        return self.detections[:len(batch)]
+
+    def classify(self, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        return np.full((len(crops), 3), self.probs, np.float32)
+
+
+def _detections(rows: list[tuple[float, int, float]]) -> DetectorOutput:
+    """(score, class, x1) rows; boxes 10 px wide and tall at (x1, 0)."""
+    return DetectorOutput(boxes=np.array([[x, 0, x + 10, 10] for _, _, x in rows], np.float32).reshape(-1, 4),
+                          scores=np.array([s for s, _, _ in rows], np.float32),
+                          classes=np.array([c for _, c, _ in rows], np.int32))
+
+
+def _served_order_errors(ours: list[tuple[float, int, float]], theirs: list[tuple[float, int, float]],
+                         max_detections: int | None = None) -> dict[str, float]:
+    pixels = np.zeros((1, 8, 8, 3), np.uint8)
+    detector, _ = compare_runners("x", _Fixed([_detections(ours)]), _Fixed([]), _Fixed([_detections(theirs)]),
+                                  _Fixed([]), [pixels], [np.zeros((1, 4, 4, 3), np.uint8)],
+                                  max_detections=max_detections)
+    return detector.max_abs_error
+
+
+def test_exact_parity_takes_tied_scores_in_either_order_and_still_sees_a_real_difference() -> None:
+    ours = [(1.0, 2, 300.0), (1.0, 0, 10.0), (0.6, 1, 50.0)]  # two confident detections saturated at 1.0
+    theirs = [(1.0, 0, 10.0), (1.0, 2, 300.0), (0.6, 1, 50.0)]
+    errors = _served_order_errors(ours, theirs)
+    assert errors == {"boxes": 0.0, "scores": 0.0, "detections_count_mismatch": 0.0}
+    assert _served_order_errors(ours, [theirs[0], (1.0, 2, 302.0), theirs[2]])["boxes"] == 2.0  # a box moved
+    assert _served_order_errors(ours, [theirs[0], (1.0, 2, 330.0), theirs[2]])["detections_count_mismatch"] == 1.0
+    assert _served_order_errors(ours, [theirs[0], (1.0, 1, 300.0), theirs[2]])["detections_count_mismatch"] == 1.0
+    assert _served_order_errors(ours, [theirs[0], theirs[1], (0.5, 1, 50.0)])["scores"] == pytest.approx(0.1)
+    assert _served_order_errors(ours, theirs[:2])["detections_count_mismatch"] == 1.0
+
+
+def test_a_full_list_may_keep_different_detections_of_those_tied_at_its_last_score() -> None:
+    ours = [(0.9, 0, 0.0), (0.3, 1, 100.0), (0.3, 1, 200.0)]
+    theirs = [(0.9, 0, 0.0), (0.3, 1, 100.0), (0.3, 1, 400.0)]  # another 0.3 box kept instead of ours
+    assert _served_order_errors(ours, theirs)["detections_count_mismatch"] == 1.0  # not full: they differ
+    assert _served_order_errors(ours, theirs, max_detections=3) == {
+        "boxes": 0.0, "scores": 0.0, "detections_count_mismatch": 0.0}  # full: a tie at the cut
+    above = [(0.9, 1, 0.0), *theirs[1:]]  # above the cut a detection without its twin still counts
+    assert _served_order_errors(ours, above, max_detections=3)["detections_count_mismatch"] == 1.0
+    assert _served_order_errors(ours, [(0.9, 0, 2.0), *theirs[1:]], max_detections=3)["boxes"] == 2.0
 
 
 @pytest.mark.skipif(not BF16_HERE, reason="this CPU has neither AMX nor AVX512-BF16 (the refusal is tested above)")

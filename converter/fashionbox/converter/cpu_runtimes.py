@@ -6,7 +6,8 @@ AVX512-BF16. Which is faster depends on the host (docs/FIELD_NOTES.md, "CPU runt
 host"), so ``--runtime auto`` measures it here, on the converting host, on the graphs just exported:
 
 - :func:`check_openvino`: OpenVINO's answers against ONNX Runtime's on the converter's comparison
-  inputs. fp32 is held to the converter's tolerances (``ConvertOptions.tolerance``); bf16 rounds
+  inputs. fp32 is held to the converter's tolerances (``ConvertOptions.tolerance``), detection by
+  detection (tied scores may come in either order: :data:`SCORE_TIE`); bf16 rounds
   activations to 8 bits of mantissa, so it is held to :data:`BF16_TOLERANCE` over detections
   matched between the two (same class, IoU >= 0.5), with a bound on the share of detections that
   only one side keeps (those sitting at the score threshold flip). Box mAP and attribute accuracy
@@ -69,6 +70,11 @@ TIMING_ROUNDS = 9
 """Interleaved rounds per candidate in ``auto``'s timing (each: one detector batch of 1, one
 attribute batch of 8); the median decides."""
 MATCH_IOU = 0.5
+SCORE_TIE = 1e-5
+"""Scores closer than this to a full list's last score are ties at its cut: either runtime may keep
+another of them. Ties also make the served order ambiguous (two runtimes may serve equal scores in
+either order), so exact parity pairs detections by identity, not by position: a confident
+detection's sigmoid saturates at exactly 1.0 in fp32, so ties come with trained models too."""
 
 U8 = npt.NDArray[np.uint8]
 
@@ -107,29 +113,42 @@ def _match(ours: DetectorOutput, theirs: DetectorOutput) -> list[tuple[int, int]
     return pairs
 
 
+def _differ(ours: DetectorOutput, theirs: DetectorOutput, pairs: Sequence[tuple[int, int]],
+            max_detections: int | None) -> bool:
+    """Whether one image's detections differ between two runtimes: other counts, or a detection without
+    its twin (``pairs``) on the other side, but for those tied at a full list's last score."""
+    if len(ours) != len(theirs):
+        return True
+    cut = max(float(ours.scores.min()), float(theirs.scores.min())) \
+        if max_detections is not None and len(ours) >= max_detections else None
+    paired_ours, paired_theirs = {i for i, _ in pairs}, {j for _, j in pairs}
+    alone = [float(ours.scores[i]) for i in range(len(ours)) if i not in paired_ours] + \
+        [float(theirs.scores[j]) for j in range(len(theirs)) if j not in paired_theirs]
+    return any(cut is None or score > cut + SCORE_TIE for score in alone)
+
+
 def compare_runners(name: str, detector: Any, attributes: Any, reference_detector: Any, reference_attributes: Any,
                     detector_batches: Sequence[U8], attribute_batches: Sequence[U8], *,
-                    matched: bool = False) -> list[ComparisonReport]:
+                    matched: bool = False, max_detections: int | None = None) -> list[ComparisonReport]:
     """Two runtimes' runners, answer for answer: ``detector``/``attributes`` against the references.
 
-    Per image the same number of detections (``detections_count_mismatch`` counts images where they
-    differ). Exact parity (``matched`` false, the converter's tolerance keys): in served order where
-    the counts agree, ``boxes``/``scores`` are the largest differences. ``matched`` (bf16): over
-    detections matched by class and IoU, any counts, ``matched_boxes``, ``matched_scores`` and
-    ``unmatched_fraction`` (detections one side only keeps, over the reference's count). ``probs``:
-    the largest attribute probability difference.
+    Detections are paired with their twins on the other side (same class, IoU >= 0.5, greedy by
+    score), not by position: which of several tied scores is served first is not compared.
+    ``detections_count_mismatch`` counts the images whose detections differ: other counts, or a
+    detection without a twin, but where the list is full (``max_detections``) for those tied at its
+    last score (either runtime may keep another of them). Exact parity (``matched`` false, the
+    converter's tolerance keys): ``boxes``/``scores``, the largest differences between twins.
+    ``matched`` (bf16): the same as ``matched_boxes``, ``matched_scores``, and ``unmatched_fraction``
+    (detections one side only keeps, over the reference's count). ``probs``: the largest attribute
+    probability difference.
     """
-    errors = {"boxes": 0.0, "scores": 0.0, "detections_count_mismatch": 0.0, "matched_boxes": 0.0,
-              "matched_scores": 0.0, "unmatched_fraction": 0.0}
+    errors = {"detections_count_mismatch": 0.0, "matched_boxes": 0.0, "matched_scores": 0.0,
+              "unmatched_fraction": 0.0}
     unmatched = total = samples = 0
     for batch in detector_batches:
         for ours, theirs in zip(detector.detect(batch), reference_detector.detect(batch), strict=True):
-            if len(ours) != len(theirs):
-                errors["detections_count_mismatch"] += 1.0
-            elif len(ours):
-                errors["boxes"] = max(errors["boxes"], float(np.abs(ours.boxes - theirs.boxes).max()))
-                errors["scores"] = max(errors["scores"], float(np.abs(ours.scores - theirs.scores).max()))
             pairs = _match(ours, theirs)
+            errors["detections_count_mismatch"] += float(_differ(ours, theirs, pairs, max_detections))
             for i, j in pairs:
                 box = float(np.abs(ours.boxes[i] - theirs.boxes[j]).max())
                 errors["matched_boxes"] = max(errors["matched_boxes"], box)
@@ -138,9 +157,9 @@ def compare_runners(name: str, detector: Any, attributes: Any, reference_detecto
             total += len(theirs)
         samples += len(batch)
     errors["unmatched_fraction"] = unmatched / max(total, 1)
-    kept = ("detections_count_mismatch", "matched_boxes", "matched_scores", "unmatched_fraction") if matched \
-        else ("boxes", "scores", "detections_count_mismatch")
-    errors = {key: errors[key] for key in kept}
+    if not matched:
+        errors = {"boxes": errors["matched_boxes"], "scores": errors["matched_scores"],
+                  "detections_count_mismatch": errors["detections_count_mismatch"]}
     worst = max(float(np.abs(attributes.classify(b) - reference_attributes.classify(b)).max())
                 for b in attribute_batches)
     return [ComparisonReport(f"{name} detector", errors, samples),
@@ -207,7 +226,7 @@ def _compare(graphs: _Graphs, precision: str, detector_batches: Sequence[U8], at
     except OpenVinoError as exc:
         raise ConvertError(str(exc)) from exc
     reports = compare_runners(f"openvino {precision}", *runners, *reference, detector_batches, attribute_batches,
-                              matched=precision == "bf16")
+                              matched=precision == "bf16", max_detections=graphs.max_detections)
     return reports, runners
 
 
