@@ -311,7 +311,7 @@ def test_model_configs_refuses_the_gpu_target_and_names_the_gpu_profile_builder(
         model_configs(settings, LABELS)
 
 
-def test_cpu_scheduling_gives_2_cores_the_shipped_defaults_and_more_cores_more_instances() -> None:
+def test_cpu_scheduling_gives_2_cores_the_shipped_defaults_and_more_cores_more_instances_of_their_threads() -> None:
     from fashionbox.converter.repository import cpu_scheduling
 
     assert RepositorySettings(**cpu_scheduling(2)) == RepositorySettings()
@@ -323,8 +323,17 @@ def test_cpu_scheduling_gives_2_cores_the_shipped_defaults_and_more_cores_more_i
         assert scheduling["max_in_flight"] == in_flight
         # only the instances change: batching and queue bounds stay the measured ones
         assert scheduling["preprocess"].max_queue_size == RepositorySettings().preprocess.max_queue_size
+    # two threads per network instance (a heavy family): half the network instances, the same cores
+    two = cpu_scheduling(16, threads=2)
+    assert tuple(two[name].instances for name in ("preprocess", "detector", "attributes", "postprocess")) == (
+        4, 4, 2, 4)
+    assert RepositorySettings(**cpu_scheduling(2, threads=2)) == RepositorySettings()
+    assert cpu_scheduling(64, threads=4)["detector"].instances == 8 and cpu_scheduling(3, threads=2)[
+        "detector"].instances == 1
     with pytest.raises(ValueError, match="cores must be a positive integer"):
         cpu_scheduling(0)
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        cpu_scheduling(16, threads=0)
 
 
 @pytest.mark.parametrize(

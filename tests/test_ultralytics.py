@@ -367,15 +367,21 @@ def test_cli_convert_takes_an_ultralytics_onnx_file(det_onnx: Path, tmp_path: Pa
     detector = (tmp_path / "repo" / "detector" / "config.pbtxt").read_text()
     assert 'key: "intra_op_threads"\n  value {\n    string_value: "3"' in detector
     assert 'key: "allow_spinning"\n  value {\n    string_value: "false"' in detector  # spinning threads hold cores
-    # --cores 16: the steps' instances for a 16-core server, the admission bound with them
+    # --cores 16: the steps' instances for a 16-core server, the admission bound with them; the detector's
+    # 8 cores as 2 instances of 3 threads (not 8 of 3: 24 threads on 8 cores)
     from fashionbox.loadtest.tune import read_configs
 
     configs = read_configs(tmp_path / "repo")
     assert {name: configs[name].instance_group[0].count for name in ("preprocess", "detector", "attributes",
                                                                      "postprocess")} == {
-        "preprocess": 4, "detector": 8, "attributes": 2, "postprocess": 4}
+        "preprocess": 4, "detector": 2, "attributes": 2, "postprocess": 4}
     assert configs["preprocess"].parameters["max_in_flight"].string_value == "128"
     assert manifest["cpu_cores"] == 16
+    # the family's own two threads: the detector's 8 cores as 4 instances of 2
+    assert main(["convert", "--detector", f"ultralytics:{det_onnx}", "--out", str(tmp_path / "repo2"),
+                 "--cores", "16", "--runtime", "onnxruntime"]) == 0
+    detector = read_configs(tmp_path / "repo2")["detector"]
+    assert detector.instance_group[0].count == 4 and detector.parameters["intra_op_threads"].string_value == "2"
     assert main(["convert", "--detector", f"ultralytics:{det_onnx}", "--out", str(tmp_path / "bad"),
                  "--threads", "0"]) == 2
     assert "--threads must be at least 1" in capsys.readouterr().err

@@ -522,16 +522,19 @@ def convert(options: ConvertOptions) -> ConvertResult:
                    else (options.precision or "fp32") if runtime == "openvino" else "fp32"),
         score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold)
     # the steps layout: instances for the serving machine's cores (a measured 2-core default); a heavy
-    # family's networks: more threads per instance (Family.threads), never more than the cores
+    # family's networks: more threads per instance (Family.threads), never more than the cores, and as
+    # many fewer network instances
     serving_cores = options.cores or os.cpu_count() or 2
     steps = options.repository_settings.get("layout", "steps") == "steps"
     cores = serving_cores if onnx_on_cpu and steps else None
     threads = min(family.threads, serving_cores) if onnx_on_cpu else 1
+    given_ort = options.repository_settings.get("ort")  # --threads
     repository_settings = step_timeouts({
         **({"ort": OrtSettings(intra_op_threads=threads)} if threads > 1 else {}),
         "target": options.target, "runtime": runtime_settings, "gpu_decode": options.engines.gpu_decode,
         **(gpu_scheduling() if options.target == "gpu" else {}),
-        **(cpu_scheduling(cores) if cores else {}),
+        **(cpu_scheduling(cores, given_ort.intra_op_threads if isinstance(given_ort, OrtSettings) else threads)
+           if cores else {}),
         **(fused_scheduling() if options.repository_settings.get("layout") == "fused" else {}),
         "letterbox_stride": stride,
         **options.repository_settings})

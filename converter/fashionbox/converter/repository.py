@@ -217,21 +217,25 @@ def gpu_scheduling() -> dict[str, Any]:
     }
 
 
-def cpu_scheduling(cores: int) -> dict[str, Any]:
+def cpu_scheduling(cores: int, threads: int = 1) -> dict[str, Any]:
     """The steps layout's scheduling on the CPU target for a server of ``cores`` cores.
 
-    One single-thread instance per core, most of them for the detector: ``preprocess`` and
-    ``postprocess`` a quarter of the cores each, ``detector`` half, ``attributes`` an eighth, never
-    fewer than :class:`RepositorySettings`' defaults, which are what 2 cores get (measured there:
-    BENCHMARKS.md, "Two instances of postprocess and attributes"); 16 cores get 4 / 8 / 2 / 4, the
-    CPU profile of the first GPU run (240 images/s on an H200 host's 16 cores, BENCHMARKS.md). The
-    admission bound grows with the detector instances it keeps busy. The fused layout and the GPU
-    profiles keep their own (:func:`fused_scheduling`, :func:`gpu_scheduling`).
+    A core per runtime thread, most of them for the detector: ``preprocess`` and ``postprocess`` a
+    quarter of the cores each (single-thread instances), ``detector`` half and ``attributes`` an
+    eighth, as instances of ``threads`` threads each (a heavy family's two: half as many instances,
+    so that they do not oversubscribe the cores), never fewer than :class:`RepositorySettings`'
+    defaults, which are what 2 cores get (measured there: BENCHMARKS.md, "Two instances of
+    postprocess and attributes"); 16 cores get 4 / 8 / 2 / 4 with one thread, the CPU profile of the
+    first GPU run (240 images/s on an H200 host's 16 cores, BENCHMARKS.md), 4 / 4 / 2 / 4 with two.
+    The admission bound grows with the cores. The fused layout and the GPU profiles keep their own
+    (:func:`fused_scheduling`, :func:`gpu_scheduling`).
     """
-    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
-        raise ValueError(f"cores must be a positive integer, got {cores!r}")
+    for name, value in (("cores", cores), ("threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     shipped = RepositorySettings()
-    counts = {"preprocess": cores // 4, "detector": cores // 2, "attributes": cores // 8, "postprocess": cores // 4}
+    counts = {"preprocess": cores // 4, "detector": cores // 2 // threads, "attributes": cores // 8 // threads,
+              "postprocess": cores // 4}
     scheduling: dict[str, Any] = {name: replace(getattr(shipped, name),
                                                 instances=max(getattr(shipped, name).instances, count))
                                   for name, count in counts.items()}
