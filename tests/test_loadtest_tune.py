@@ -255,6 +255,22 @@ def test_the_split_move_trades_threads_for_instances_where_neither_coordinate_al
     assert options == [(2, 1), (1, 2)] and here == 0
 
 
+def test_the_split_move_walks_its_line_and_names_each_step_from_where_it_stood() -> None:
+    space = TuneSpace(models=("detector",), instances=(1, 2, 4), threads=(1, 2, 4), max_batch_sizes=(8,),
+                      queue_delays_us=(0,))
+
+    async def evaluate(config: TuneConfig, change: str) -> Trial:  # 4 cores: more instances, fewer threads win
+        s = dict(config)["detector"]
+        used = s.instances * s.threads
+        return Trial(0, config, change, 10.0 * s.instances - (100.0 if used > 4 else 0.0), 100.0, 4, True)
+
+    start: TuneConfig = (("detector", ModelTuning(instances=1, threads=4)),)
+    trials, best = asyncio.run(coordinate_descent(evaluate, start, space, max_trials=20))
+    assert dict(best.config)["detector"] == ModelTuning(instances=4, threads=1)
+    split = [t.change for t in trials if "x threads" in t.change]
+    assert split[:2] == ["detector.instances x threads 1x4 -> 2x2", "detector.instances x threads 2x2 -> 4x1"]
+
+
 def test_thread_candidates_above_the_cores_are_left_out_and_the_size_counts_threaded_models() -> None:
     space = TuneSpace(models=("detector", "preprocess"), instances=(1, 2), threads=(1, 2, 4, 8),
                       max_batch_sizes=(8,), queue_delays_us=(0,))

@@ -102,7 +102,6 @@ THREADS_PARAMETER = "intra_op_threads"
 ATTRIBUTES_MAX_BATCH_PARAMETER = "attributes_max_batch_size"
 
 
-
 @dataclass(frozen=True)
 class ModelTuning(ModelScheduling):
     """What tune sets for one model: Triton's scheduling and, for a network model, its threads."""
@@ -489,7 +488,8 @@ async def coordinate_descent(
                         continue
                     if candidate in seen:
                         break  # measured before and left behind: going back cannot improve
-                    old = options[here] if parameter == SPLIT else getattr(dict(best.config)[model], parameter)
+                    now = dict(best.config)[model]
+                    old = (now.instances, getattr(now, "threads", 0)) if parameter == SPLIT else getattr(now, parameter)
                     trial = await measure(candidate, f"{model}.{parameter} {_show(old, parameter)} -> "
                                                      f"{_show(options[j], parameter)}")
                     if not better(trial, best, min_gain):
