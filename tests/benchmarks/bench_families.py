@@ -13,7 +13,8 @@ on both sides, rounds interleaved (the VM is shared: compare within a round).
 generated scenes so that some boxes pass conf 0.25, as a trained model's would, not hundreds).
 Measured:
 
-- **served**: ``fashionbox convert --detector ultralytics:FILE.onnx``, the embedded Triton, the
+- **served**: ``fashionbox convert --detector ultralytics:FILE.onnx`` (``--runtime auto``: the faster
+  of ONNX Runtime and OpenVINO fp32 on this host, recorded as ``runtimes``), the embedded Triton, the
   closed-loop load generator over gRPC: p50 at concurrency 1, images/s at concurrency 2; three
   repositories: with the masks (COCO RLE at the original size in every detection) in the rect
   letterbox a dynamic export gets by default (640x480 for these 4:3 photos), the same with
@@ -158,6 +159,10 @@ def bench_ultralytics(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             repository_settings={"ort": OrtSettings(intra_op_threads=2), "detector_masks": masks})).repository
         convert_s[name] = round(time.perf_counter() - started, 1)
     stride = json.loads((repositories["masks"] / "manifest.json").read_text())["export"]["letterbox_stride"]
+    runtimes = {}  # what --runtime auto chose for each repository on this host
+    for name, repository in repositories.items():
+        manifest = json.loads((repository / "manifest.json").read_text())
+        runtimes[name] = manifest.get("cpu_runtime", {}).get("chosen", manifest["runtime"])
     print(f"built in {build_s:.0f} s, converted in {convert_s}", flush=True)
 
     runs: dict[str, list[Any]] = {"ultralytics_s": [], "ultralytics_detections": [], "masks_alone_s": [],
@@ -231,6 +236,7 @@ def bench_ultralytics(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "goal_served_faster_than_in_process": served_p50 < ultra_p50_ms,
         "build_s": round(build_s, 1),
         "convert_s": convert_s,
+        "runtimes": runtimes,
     }
     return {"model": {"architecture": "YOLOv8s-seg (yolov8-seg.yaml, scale width 0.50 depth 0.33)",
                       "classes": 13, "imgsz": SIZE, "class_logits_mean_std": CLASS_LOGITS,
