@@ -8,6 +8,7 @@ and stand-in repositories check the per-request errors, the capability token and
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,6 +129,32 @@ def test_the_converter_runs_two_postprocess_instances_in_the_steps_layout_and_on
 
     assert instances("steps")[contract.POSTPROCESS_MODEL] == 2 and instances("steps")[contract.ATTRIBUTES_MODEL] == 2
     assert instances("fused")[contract.POSTPROCESS_MODEL] == 1
+
+
+def test_fused_scheduling_splits_the_cores_by_what_each_model_costs(tmp_path: Path) -> None:
+    from fashionbox.converter import ConvertOptions, convert
+    from fashionbox.converter.repository import fused_scheduling
+    from fashionbox.loadtest.tune import read_configs
+
+    def counts(scheduling: dict[str, Any]) -> tuple[int, int, int]:
+        return (scheduling[contract.DETECTOR_MODEL].instances, scheduling[contract.POSTPROCESS_MODEL].instances,
+                scheduling["max_in_flight"])
+
+    shipped = RepositorySettings().max_in_flight
+    assert counts(fused_scheduling(2)) == (1, 1, shipped)  # measured on 2 cores: one of each
+    assert counts(fused_scheduling(16)) == (6, 9, 8 * shipped)
+    assert counts(fused_scheduling(16, threads=2)) == (3, 4, 8 * shipped)  # instances of two threads
+    assert counts(fused_scheduling(1)) == (1, 1, shipped)
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        fused_scheduling(16, threads=0)
+
+    repository = convert(ConvertOptions(out=tmp_path / "fused16", runtime="onnxruntime", compare_samples=1, cores=16,
+                                        repository_settings={"layout": "fused"})).repository
+    configs = read_configs(repository)
+    assert configs[contract.DETECTOR_MODEL].instance_group[0].count == 6
+    assert configs[contract.POSTPROCESS_MODEL].instance_group[0].count == 9
+    assert configs[contract.DETECTOR_MODEL].parameters["max_in_flight"].string_value == str(8 * shipped)
+    assert json.loads((repository / contract.MANIFEST_FILE).read_text())["cpu_cores"] == 16
 
 
 @pytest.mark.integration

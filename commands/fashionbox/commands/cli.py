@@ -449,9 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="admission control: requests inside the pipeline at once; more are refused at once "
                         "(UNAVAILABLE). 0 turns it off")
     p.add_argument("--cores", type=int, default=None,
-                   help="--target cpu, steps layout: the serving machine's cores, which set each step's instances "
-                        "(a quarter for preprocess and postprocess, half for the detector, an eighth for the "
-                        "attribute heads; 2 cores: 2/1/2/2). Default: this machine's")
+                   help="--target cpu: the serving machine's cores, which set each step's instances (steps "
+                        "layout: a quarter for preprocess and postprocess, half for the detector, an eighth for "
+                        "the attribute heads; 2 cores: 2/1/2/2; fused: two fifths for the detector, three for "
+                        "postprocess; network instances of --threads threads each). Default: this machine's")
     p.add_argument("--threads", type=int, default=None,
                    help="--target cpu: ONNX Runtime / OpenVINO threads per network instance (default: 1 for the "
                         "default model, which serves most with one thread per instance; 2, at most the cores, for "

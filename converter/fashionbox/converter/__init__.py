@@ -176,9 +176,10 @@ class ConvertOptions:
     repository_settings: dict[str, Any] = field(default_factory=dict)
     """Overrides for ``RepositorySettings`` (instance counts, batching...)."""
     cores: int | None = None
-    """Target cpu, steps layout with ONNX Runtime or OpenVINO: the serving machine's cores, which set
-    the instances of each step (``fashionbox.converter.repository.cpu_scheduling``: 2 cores get the
-    shipped defaults); ``None``: this machine's. Recorded in the manifest (``cpu_cores``)."""
+    """Target cpu with ONNX Runtime or OpenVINO: the serving machine's cores, which set the instances
+    of each step (``fashionbox.converter.repository.cpu_scheduling``, ``fused_scheduling`` for the
+    fused layout: 2 cores get the shipped defaults); ``None``: this machine's. Recorded in the
+    manifest (``cpu_cores``)."""
     letterbox: Letterbox = "auto"
     """``square``: every image letterboxed to the square input size. ``rect``: the smallest stride
     multiple on the short side (``RepositorySettings.letterbox_stride``), as Ultralytics' predictor
@@ -521,21 +522,20 @@ def convert(options: ConvertOptions) -> ConvertResult:
         precision=("fp16" if runtime == "torch" and options.target == "gpu" and options.engines.fp16
                    else (options.precision or "fp32") if runtime == "openvino" else "fp32"),
         score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold)
-    # the steps layout: instances for the serving machine's cores (a measured 2-core default); a heavy
-    # family's networks: more threads per instance (Family.threads), never more than the cores, and as
-    # many fewer network instances
+    # on the CPU, instances for the serving machine's cores (a measured 2-core default), per layout; a
+    # heavy family's networks: more threads per instance (Family.threads), never more than the cores,
+    # and as many fewer network instances
     serving_cores = options.cores or os.cpu_count() or 2
-    steps = options.repository_settings.get("layout", "steps") == "steps"
-    cores = serving_cores if onnx_on_cpu and steps else None
+    fused = options.repository_settings.get("layout") == "fused"
+    cores = serving_cores if onnx_on_cpu else None
     threads = min(family.threads, serving_cores) if onnx_on_cpu else 1
     given_ort = options.repository_settings.get("ort")  # --threads
+    instance_threads = given_ort.intra_op_threads if isinstance(given_ort, OrtSettings) else threads
     repository_settings = step_timeouts({
         **({"ort": OrtSettings(intra_op_threads=threads)} if threads > 1 else {}),
         "target": options.target, "runtime": runtime_settings, "gpu_decode": options.engines.gpu_decode,
         **(gpu_scheduling() if options.target == "gpu" else {}),
-        **(cpu_scheduling(cores, given_ort.intra_op_threads if isinstance(given_ort, OrtSettings) else threads)
-           if cores else {}),
-        **(fused_scheduling() if options.repository_settings.get("layout") == "fused" else {}),
+        **((fused_scheduling if fused else cpu_scheduling)(cores, instance_threads) if cores else {}),
         "letterbox_stride": stride,
         **options.repository_settings})
     if family.segments(detector):  # the detector's mask tensors go to postprocess

@@ -217,6 +217,12 @@ def gpu_scheduling() -> dict[str, Any]:
     }
 
 
+def _check_cores(cores: int, threads: int) -> None:
+    for name, value in (("cores", cores), ("threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def cpu_scheduling(cores: int, threads: int = 1) -> dict[str, Any]:
     """The steps layout's scheduling on the CPU target for a server of ``cores`` cores.
 
@@ -230,9 +236,7 @@ def cpu_scheduling(cores: int, threads: int = 1) -> dict[str, Any]:
     The admission bound grows with the cores. The fused layout and the GPU profiles keep their own
     (:func:`fused_scheduling`, :func:`gpu_scheduling`).
     """
-    for name, value in (("cores", cores), ("threads", threads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    _check_cores(cores, threads)
     shipped = RepositorySettings()
     counts = {"preprocess": cores // 4, "detector": cores // 2 // threads, "attributes": cores // 8 // threads,
               "postprocess": cores // 4}
@@ -243,14 +247,26 @@ def cpu_scheduling(cores: int, threads: int = 1) -> dict[str, Any]:
     return scheduling
 
 
-def fused_scheduling() -> dict[str, Any]:
-    """Starting scheduling for the fused CPU layout (``layout="fused"``), where it differs from the steps'.
+def fused_scheduling(cores: int = 2, threads: int = 1) -> dict[str, Any]:
+    """Scheduling for the fused CPU layout (``layout="fused"``) on a server of ``cores`` cores.
 
-    One ``postprocess`` instance: it runs the attribute network itself, with no BLS call to wait
-    on, and a second instance made it slower on 2 cores (0.90x and 0.92x the images/s at concurrency
-    16 in two runs, ``tests/benchmarks/bench_scheduling.py``), where the steps layout gains from two.
+    Its two python models split the cores by what each costs per image: ``detector`` (decode and
+    the detector network) two fifths, ``postprocess`` (crops, the attribute network, masks, the
+    result) three fifths, as measured per request on 2 cores (11.4 and 17.5 ms of CPU,
+    ``tests/benchmarks/bench_cpu_per_request.py``, BENCHMARKS.md "Where the gap goes"), as
+    instances of ``threads`` threads each, never
+    fewer than one. 2 cores get one of each: a second ``postprocess`` instance made it slower there
+    (0.90x and 0.92x the images/s at concurrency 16 in two runs, ``tests/benchmarks/bench_scheduling.py``),
+    where the steps layout gains from two (it waits on its BLS call to ``attributes``); 16 cores get
+    6 / 9. The admission bound grows with the cores, as :func:`cpu_scheduling`'s.
     """
-    return {"postprocess": ModelScheduling()}
+    _check_cores(cores, threads)
+    shipped = RepositorySettings()
+    counts = {"detector": cores * 2 // 5 // threads, "postprocess": cores * 3 // 5 // threads}
+    scheduling: dict[str, Any] = {name: replace(getattr(shipped, name), instances=max(1, count))
+                                  for name, count in counts.items()}
+    scheduling["max_in_flight"] = shipped.max_in_flight * max(1, cores // 2)
+    return scheduling
 
 
 def step_timeouts(settings: dict[str, Any]) -> dict[str, Any]:
