@@ -253,12 +253,12 @@ def fused_scheduling(cores: int = 2, threads: int = 1) -> dict[str, Any]:
     Its two python models split the cores by what each costs per image: ``detector`` (decode and
     the detector network) two fifths, ``postprocess`` (crops, the attribute network, masks, the
     result) three fifths, as measured per request on 2 cores (11.4 and 17.5 ms of CPU,
-    ``tests/benchmarks/bench_cpu_per_request.py``, BENCHMARKS.md "Where the gap goes"), as
-    instances of ``threads`` threads each, never
-    fewer than one. 2 cores get one of each: a second ``postprocess`` instance made it slower there
-    (0.90x and 0.92x the images/s at concurrency 16 in two runs, ``tests/benchmarks/bench_scheduling.py``),
-    where the steps layout gains from two (it waits on its BLS call to ``attributes``); 16 cores get
-    6 / 9. The admission bound grows with the cores, as :func:`cpu_scheduling`'s.
+    ``tests/benchmarks/bench_cpu_per_request.py``, BENCHMARKS.md "Where the gap goes"), as instances
+    of ``threads`` threads each, never fewer than one. 2 cores get one of each: a second
+    ``postprocess`` instance made it slower there (0.90x and 0.92x the images/s at concurrency 16 in
+    two runs, ``tests/benchmarks/bench_scheduling.py``), where the steps layout gains from two (it
+    waits on its BLS call to ``attributes``); 16 cores get 6 / 9. The admission bound grows with the
+    cores, as :func:`cpu_scheduling`'s.
     """
     _check_cores(cores, threads)
     shipped = RepositorySettings()
