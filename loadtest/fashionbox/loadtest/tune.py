@@ -336,11 +336,6 @@ class TuneSpace:
         kept = tuple(t for t in self.threads if t <= cores) or (min(self.threads),)
         return dataclasses.replace(self, threads=kept)
 
-    @property
-    def cross_product_size(self) -> int:
-        """Configurations in the whole space, threads counted for every model (see :meth:`size`)."""
-        return self.size(self.models)
-
     def size(self, threaded: Sequence[str]) -> int:
         """Configurations in the whole space, threads counted for the ``threaded`` models only."""
         scheduling = len(self.instances) * len(self.max_batch_sizes) * len(self.queue_delays_us) * len(self.preferred)
