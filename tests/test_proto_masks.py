@@ -96,3 +96,52 @@ def test_bad_mask_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="1 mask coefficient rows for 2 boxes"):
         masks_from_protos(np.ones((1, 2)), np.ones((2, 8, 8)), np.zeros((2, 4)), info)
     assert masks_from_protos(np.ones((0, 2)), np.ones((2, 8, 8)), np.zeros((0, 4)), info) == []
+
+
+def _smooth_prototypes(rng: np.random.Generator, count: int, height: int, width: int) -> np.ndarray:
+    """Low-frequency random fields, so that coefficients over them give blob-shaped masks."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    return np.stack([np.sin(xx / width * rng.uniform(2, 9) + rng.uniform(0, 6))
+                     * np.cos(yy / height * rng.uniform(2, 9) + rng.uniform(0, 6))
+                     for _ in range(count)]).astype(np.float32)
+
+
+@pytest.mark.parametrize(("width", "height", "canvas"), [
+    (100, 75, (128, 128)),  # smaller than the letterbox: step 2 shrinks (the content is 128x96, padded)
+    (50, 120, (128, 64)),  # smaller, portrait, in a rect letterbox
+    (1000, 750, (96, 128)),  # larger by a non-integer factor (7.8x), rect letterbox, no padding
+    (333, 500, (128, 128)),  # odd sizes, padded left and right
+])
+def test_masks_equal_ultralytics_process_mask_then_scale_masks(width: int, height: int,
+                                                               canvas: tuple[int, int]) -> None:
+    """The two steps against Ultralytics' own ``process_mask(upsample=True)`` and ``scale_masks`` (torch)
+    on the same coefficients and prototypes: original images smaller than the letterbox (which the
+    Pillow resize this replaced refused: "box offset can't be negative"), larger by any factor, padded."""
+    import torch
+    from ultralytics_models import import_ultralytics
+
+    from fashionbox.core.imaging import fitted_size
+
+    import_ultralytics()
+    from ultralytics.utils import ops
+    rng = np.random.default_rng(width * height)
+    canvas_h, canvas_w = canvas
+    scale, new_w, new_h = fitted_size(width, height, max(canvas))
+    info = LetterboxInfo(width, height, scale, float((canvas_w - new_w) // 2), float((canvas_h - new_h) // 2))
+    protos = _smooth_prototypes(rng, 8, canvas_h // 4, canvas_w // 4)
+    coeffs = rng.normal(0, 1, size=(12, 8)).astype(np.float32)
+    corner = rng.uniform(0, 1, size=(12, 2)) * [canvas_w * 0.6, canvas_h * 0.6]
+    sizes = rng.uniform([8, 8], [canvas_w * 0.5, canvas_h * 0.5], size=(12, 2))
+    boxes = np.concatenate([corner, corner + sizes], axis=1).astype(np.float32)
+    boxes[0] = [0.3, 0.0, canvas_w - 0.7, canvas_h]  # the whole letterbox: runs continue from column to column
+    ours = masks_from_protos(coeffs, protos, boxes, info, input_size=canvas)
+    at_letterbox = ops.process_mask(torch.from_numpy(protos), torch.from_numpy(coeffs), torch.from_numpy(boxes),
+                                    canvas, upsample=True)
+    resampled = ops.scale_masks(at_letterbox[:, None].float(), (height, width))[:, 0].numpy()
+    expected = resampled > 0.5
+    assert expected.any(axis=(1, 2)).sum() >= 8  # most boxes hold a mask
+    for mask, theirs, values in zip(ours, expected, resampled, strict=True):
+        differing = mask.to_array() != theirs
+        # only ties: pixels that sample exactly 0.5, which float32 rounding puts on either side
+        assert np.all(np.abs(values[differing] - 0.5) < 1e-4), values[differing]
+        assert differing.sum() <= max(16, 0.02 * theirs.sum())

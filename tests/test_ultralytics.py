@@ -72,10 +72,18 @@ def _scenes() -> list[bytes]:
     return [render_scene(70 + i, size=size).encode(format="JPEG", quality=90) for i, size in enumerate(sizes)]
 
 
-def _letterboxed(*, rect: bool = False) -> list[tuple[bytes, npt.NDArray[np.uint8], LetterboxInfo]]:
+def _thumbnail() -> bytes:
+    """A photo smaller than the letterbox: the letterbox enlarges it, so the masks shrink back to it."""
+    from fashionbox.synth import render_scene
+
+    return render_scene(77, size=(100, 75)).encode(format="JPEG", quality=90)
+
+
+def _letterboxed(*, rect: bool = False,
+                 scenes: list[bytes] | None = None) -> list[tuple[bytes, npt.NDArray[np.uint8], LetterboxInfo]]:
     """Each scene letterboxed square, or each in its own rect letterbox (128x96, 96x128, 128x128)."""
     out = []
-    for data in _scenes():
+    for data in _scenes() if scenes is None else scenes:
         image = decode_image(data, target_size=SIZE)
         pixels, info = letterbox(image, SIZE, canvas=rect_canvas(image.width, image.height, SIZE, STRIDE)
                                  if rect else None)
@@ -282,7 +290,9 @@ def test_served_detections_and_masks_equal_ultralytics_predictor_in_process(
             ious = [_iou(m.to_array(), e) for m, e in zip(original, expected_original, strict=True)]
             assert min(ious) >= 0.98, ious
             # the masks are shapes, not the whole box or nothing
-            assert any(0 < m.area < 0.9 * m.bits.size for m in original)
+            sides = np.diff(row.boxes[keep].reshape(-1, 2, 2), axis=1).reshape(-1, 2) / info.scale
+            box_areas = sides[:, 0] * sides[:, 1]  # in original pixels
+            assert any(0 < m.area < 0.9 * box for m, box in zip(original, box_areas, strict=True))
             masked += len(original)
     assert total >= 3  # the random model detects something on every run of this test
     assert masked == (total if task == "segment" else 0)
@@ -451,6 +461,11 @@ def test_served_yolo_seg_equals_ultralytics_predictor_over_grpc(
             _, _, info = rect[index % len(rect)]
             compared += _assert_served_as_predicted(answer, expected[index % len(rect)], info, labels)
     assert compared > 0
+    # a thumbnail smaller than the letterbox (its masks were refused: "box offset can't be negative")
+    ((data, pixels, info),) = _letterboxed(rect=True, scenes=[_thumbnail()])
+    (result,) = predict(reference, [pixels], imgsz=SIZE)
+    with FashionClient(str(server.endpoints.grpc)) as client:
+        assert _assert_served_as_predicted(client.detect(data), result, info, labels) > 0
     # a landscape and a portrait photo in one request: both in the square letterbox
     square = _letterboxed()[:2]
     tensor = grpcclient.InferInput("IMAGE", [2, 1], "BYTES")

@@ -8,7 +8,10 @@ One 1280x960 image with ``--garments`` detections of garment-like sizes (a fixed
 - a mask head's grid (``--mask-size``, smooth blob-shaped probabilities), pasted by
   :func:`fashionbox.core.masks.paste_crop_masks`, or
 - a YOLO-seg detector's coefficients over 32 prototypes (160x160 at a 640 letterbox), assembled
-  by :func:`fashionbox.core.proto_masks.masks_from_protos` (when that module is installed);
+  by :func:`fashionbox.core.proto_masks.masks_from_protos` (when that module is installed), on
+  this 1280x960 photo and on a 4032x3024 one (a phone camera's), against the straightforward form
+  (both of Ultralytics' steps sampled at every pixel of the box and of its original region, then
+  RLE pixel by pixel; the masks checked equal but for ties);
 
 then RLE-encoded from the box-sized regions and written into the result proto. Timed, each the
 median over rounds of the per-image time: pasting / assembling, RLE, ``build_image_detections``
@@ -96,7 +99,51 @@ def _median_ms(function: Callable[[], Any], rounds: int, repeats: int = 3) -> fl
     return statistics.median(times)
 
 
-def _proto_cost(rounds: int, garments: int, rng: np.random.Generator) -> dict[str, Any] | None:
+def _taps(out_size: int, in_size: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """torch's ``interpolate(mode="bilinear", align_corners=False)`` taps: lower cell, upper cell, its weight."""
+    src = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    low = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    return low, np.minimum(low + 1, in_size - 1), src - low
+
+
+def _pixelwise_proto_masks(coeffs: np.ndarray[Any, Any], protos: np.ndarray[Any, Any], boxes: np.ndarray[Any, Any],
+                           info: Any, size: int) -> list[Any]:
+    """The straightforward form, for comparison: Ultralytics' two steps sampled at every pixel of each
+    box (at the letterbox) and of its region in the original image, kept as the region's bits
+    (:class:`fashionbox.core.masks.InstanceMask`, RLE-encoded pixel by pixel)."""
+    from fashionbox.core.masks import InstanceMask
+
+    k, grid_h, grid_w = protos.shape
+    logits = (coeffs @ protos.reshape(k, -1)).reshape(-1, grid_h, grid_w)
+    ly0, ly1, wy = _taps(size, grid_h)
+    lx0, lx1, wx = _taps(size, grid_w)
+    gain = min(size / info.height, size / info.width)
+    content_h, content_w = round(info.height * gain), round(info.width * gain)
+    top, left = round((size - content_h) / 2 - 0.1), round((size - content_w) / 2 - 0.1)
+    oy0, oy1, fy = _taps(info.height, content_h)
+    ox0, ox1, fx = _taps(info.width, content_w)
+    out = []
+    for grid, (x1, y1, x2, y2) in zip(logits, boxes.tolist(), strict=True):
+        c0, c1, r0, r1 = max(0, int(np.ceil(x1))), min(size, int(np.ceil(x2))), max(0, int(np.ceil(y1))), min(
+            size, int(np.ceil(y2)))
+        canvas = np.zeros((size, size), dtype=np.float32)  # step 1 within the box, at the letterbox
+        rows = grid[ly0[r0:r1]] * (1 - wy[r0:r1, None]) + grid[ly1[r0:r1]] * wy[r0:r1, None]
+        canvas[r0:r1, c0:c1] = (rows[:, lx0[c0:c1]] * (1 - wx[c0:c1]) + rows[:, lx1[c0:c1]] * wx[c0:c1]) > 0
+        # step 2: the original pixels whose taps reach the box
+        ys = np.flatnonzero((oy1 + top >= r0) & (oy0 + top < r1))
+        xs = np.flatnonzero((ox1 + left >= c0) & (ox0 + left < c1))
+        if not ys.size or not xs.size:
+            out.append(InstanceMask.empty(info.width, info.height))
+            continue
+        ya, yb, xa, xb = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+        down = (canvas[oy0[ya:yb] + top] * (1 - fy[ya:yb, None]) + canvas[oy1[ya:yb] + top] * fy[ya:yb, None])
+        bits = (down[:, ox0[xa:xb] + left] * (1 - fx[xa:xb]) + down[:, ox1[xa:xb] + left] * fx[xa:xb]) > 0.5
+        out.append(InstanceMask(xa, ya, bits, info.width, info.height))
+    return out
+
+
+def _proto_cost(rounds: int, garments: int, rng: np.random.Generator, width: int = WIDTH,
+                height: int = HEIGHT) -> dict[str, Any] | None:
     try:
         from fashionbox.core.proto_masks import masks_from_protos
     except ImportError:
@@ -104,7 +151,7 @@ def _proto_cost(rounds: int, garments: int, rng: np.random.Generator) -> dict[st
     from fashionbox.core.imaging import LetterboxInfo
 
     size, k, grid = 640, 32, 160
-    info = LetterboxInfo(WIDTH, HEIGHT, size / WIDTH, 0.0, (size - HEIGHT * size / WIDTH) / 2)
+    info = LetterboxInfo(width, height, size / width, 0.0, (size - height * size / width) / 2)
     boxes = _boxes(rng, garments, size)
     # Prototypes that make blob-shaped masks in the boxes: coefficients pick smooth random fields.
     yy, xx = np.mgrid[0:grid, 0:grid].astype(np.float32) / grid
@@ -112,10 +159,16 @@ def _proto_cost(rounds: int, garments: int, rng: np.random.Generator) -> dict[st
                        for _ in range(k)]).astype(np.float32)
     coeffs = rng.normal(0, 1, size=(garments, k)).astype(np.float32)
     masks = masks_from_protos(coeffs, protos, boxes, info)
+    baseline = _pixelwise_proto_masks(coeffs, protos, boxes, info, size)
+    differing = sum(int((a.to_array() != b.to_array()).sum()) for a, b in zip(masks, baseline, strict=True))
+    assert differing <= 1e-4 * sum(m.area for m in baseline), differing  # the same masks, but for ties
     return {
-        "letterbox": size, "prototypes": [k, grid, grid],
+        "image": [width, height], "letterbox": size, "prototypes": [k, grid, grid],
         "assemble_ms": _median_ms(lambda: masks_from_protos(coeffs, protos, boxes, info), rounds),
         "rle_ms": _median_ms(lambda: [m.to_rle() for m in masks], rounds),
+        "per_pixel_assemble_and_rle_ms": _median_ms(
+            lambda: [m.to_rle() for m in _pixelwise_proto_masks(coeffs, protos, boxes, info, size)], rounds),
+        "pixels_differing_from_per_pixel": differing,
         "mask_pixels_mean": float(np.mean([m.area for m in masks])),
     }
 
@@ -175,6 +228,7 @@ def run(rounds: int, garments: int, mask_size: int) -> dict[str, Any]:
         "payload_bytes": {"without_masks": len(plain), "with_masks": len(masked)},
         "crop_masks": crop_masks,
         "proto_masks": _proto_cost(rounds, garments, rng),
+        "proto_masks_4032x3024": _proto_cost(rounds, garments, rng, 4032, 3024),
         "client": client,
         "build_image_detections_ms": {"without_masks": build_plain_ms, "with_masks": build_masked_ms},
     }
@@ -197,8 +251,11 @@ def main(argv: list[str] | None = None) -> int:
           f"+{summary['client']['parse_added_ms']:.2f} ms, all masks expanded "
           f"{summary['client']['decode_all_masks_ms']:.2f} ms")
     if summary["proto_masks"]:
-        proto = summary["proto_masks"]
-        print(f"YOLO-seg prototypes: assemble {proto['assemble_ms']:.2f} ms + RLE {proto['rle_ms']:.2f} ms per image")
+        for key in ("proto_masks", "proto_masks_4032x3024"):
+            proto = summary[key]
+            print(f"YOLO-seg prototypes, {proto['image'][0]}x{proto['image'][1]}: assemble {proto['assemble_ms']:.2f} "
+                  f"ms + RLE {proto['rle_ms']:.2f} ms per image; every pixel, then its RLE: "
+                  f"{proto['per_pixel_assemble_and_rle_ms']:.2f} ms")
     print(f"written to {args.out} ({report['machine']['cpu_model']})")
     return 0
 
