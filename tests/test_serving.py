@@ -367,8 +367,9 @@ def test_a_bls_call_is_split_into_chunks_and_a_failed_chunk_is_reported_not_rais
 POST_SETTINGS = {"input_size": 32, "crop_size": 8, "attributes_max_batch_size": 4}
 
 
-def _load_model(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Import ``model_repository/<name>/model.py`` and initialize it as Triton would."""
+def _load_model(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings_: Any) -> Any:
+    """Import ``model_repository/<name>/model.py`` and initialize it as Triton would (``settings_``: more
+    :class:`RepositorySettings`)."""
     import sysconfig
 
     from google.protobuf import json_format
@@ -385,6 +386,7 @@ def _load_model(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> A
         attributes=ModelScheduling(max_batch_size=POST_SETTINGS["attributes_max_batch_size"]),
         max_in_flight=0,  # one model alone never gives slots back; tests/test_admission.py serves it whole
         model_version="offline",
+        **settings_,
     )
     config = model_configs(settings, LABELS)[name]
     LABELS.save(tmp_path / contract.LABELS_FILE)
@@ -448,6 +450,64 @@ def test_postprocess_fails_only_the_requests_whose_crops_were_in_a_failed_bls_ch
     assert responses[1].outputs["BOXES"].shape == (1, 0, 4)
     assert responses[2].error.code == "INTERNAL"
     assert "attributes" in responses[2].error.text and "out of memory" in responses[2].error.text
+
+
+def test_postprocess_assembles_a_segmenting_detectors_masks_during_the_attribute_call_failing_one_request_alone(
+    fake_pb_utils: _FakePbUtils, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``detector_masks`` the masks need nothing the attribute call answers: they are assembled on
+    a worker thread while that call runs, and a request whose masks fail is answered with its error
+    alone."""
+    import threading
+
+    from fashionbox.client import ImageDetections
+    from fashionbox.core.imaging import LetterboxInfo
+    from fashionbox.core.proto_masks import masks_from_protos
+    from fashionbox.v1 import detections_pb2
+
+    a = LABELS.num_attribute_labels
+    assembling = threading.Event()
+
+    def assemble(coeffs: NDArray[Any], protos: NDArray[Any], boxes: NDArray[Any], info: LetterboxInfo,
+                 **kwargs: Any) -> list[Any]:
+        assembling.set()
+        if np.all(coeffs == 7.0):
+            raise ValueError("prototypes out of range")
+        return masks_from_protos(coeffs, protos, boxes, info, **kwargs)
+
+    def bls(model: str, inputs: dict[str, NDArray[Any]]) -> _FakeBlsResponse:
+        assert assembling.wait(timeout=10), "the masks did not start before the attribute call returned"
+        return _FakeBlsResponse({"ATTRIBUTE_PROBS": np.full((len(inputs["CROPS"]), a), 0.5, np.float32)})
+
+    fake_pb_utils.bls = bls
+    model = _load_model("postprocess", tmp_path, monkeypatch, detector_masks=True)
+    model.masks_from_protos = assemble
+    protos = np.zeros((1, 2, 8, 8), np.float32)
+    protos[0, 0, :, :4], protos[0, 0, :, 4:] = 1.0, -1.0  # coefficients (1, 0): the letterbox's left half
+    requests = []
+    for coeffs in ([1.0, 0.0], [7.0, 7.0], [1.0, 0.0]):  # the second request's make `assemble` fail
+        request = _post_request(2)
+        coeffs = np.tile(np.array(coeffs, np.float32), (1, 2, 1))
+        request["DET_MASK_COEFFS"] = _FakeTensor("DET_MASK_COEFFS", coeffs)
+        request["DET_PROTOS"] = _FakeTensor("DET_PROTOS", protos)
+        requests.append(request)
+    try:
+        responses = model.execute(requests)
+    finally:
+        model.finalize()
+    assert responses[1].error.code == "INTERNAL" and "prototypes out of range" in responses[1].error.text
+    expected = masks_from_protos(np.array([[1.0, 0.0]] * 2, np.float32), protos[0], np.array([[4, 4, 20, 28]] * 2),
+                                 LetterboxInfo(64, 64, 0.5, 0, 0), input_size=POST_SETTINGS["input_size"])
+    for response in (responses[0], responses[2]):
+        assert response.error is None
+        message = detections_pb2.ImageDetections.FromString(response.outputs["DETECTIONS"][0, 0])
+        detections = ImageDetections.from_proto(message).detections
+        assert len(detections) == 2 and all(d.mask is not None for d in detections)
+        for detection, mask in zip(detections, expected, strict=True):
+            np.testing.assert_array_equal(detection.mask, mask.to_array())
+            # the box (8..40 x 8..56 in the original) left of the prototypes' edge (x = 32)
+            assert detection.mask[10:54, 10:30].all() and not detection.mask[:, 33:].any()
+            assert not detection.mask[:6].any() and not detection.mask[58:].any()
 
 
 def test_postprocess_makes_no_bls_call_when_nothing_was_detected(

@@ -36,6 +36,7 @@ scores, order, masks and vectors all describe the detections that remain.
 import os
 import site
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 _site_packages = os.environ.get("FASHIONBOX_SITE_PACKAGES")  # set by `fashionbox serve`; unset in containers
 if _site_packages:
@@ -124,10 +125,14 @@ class TritonPythonModel:
         ) if params.detector_masks else ()
         # A segmenting detector's masks win: the attribute model is then not asked for its own.
         self.crop_masks = params.crop_masks and not params.detector_masks
+        self.mask_worker = None
         if params.detector_masks:
             from fashionbox.core.proto_masks import masks_from_protos  # only segmenting families need it
 
             self.masks_from_protos = masks_from_protos
+            # They need nothing the network calls answer: assembled on this thread while those run
+            # (a BLS call waits with the GIL released; numpy and Pillow release it too).
+            self.mask_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.args.name}-masks")
         self.image_level = image_level = ImageLevelParameters.optional(self.args.parameters)
         self.view_specs = tuple(
             InputSpec(spec.name, np.uint8, (-1, -1, 3)) for spec, used in (
@@ -176,13 +181,17 @@ class TritonPythonModel:
             except Exception as exc:
                 responses[i] = error_response(unexpected_error(self.args.name, exc))
 
+        pending = self.mask_worker.submit(self._assemble_masks, staged) if self.mask_worker is not None else None
         answers, failures = self._call_networks(staged)
+        assembled = pending.result() if pending is not None else {}
         for i, stage in staged.items():
             if i in failures:
                 responses[i] = error_response(failures[i])
                 continue
             try:
-                responses[i] = success_response(self._finish(stage, answers[i]))
+                if isinstance(assembled.get(i), Exception):
+                    raise assembled[i]
+                responses[i] = success_response(self._finish(stage, answers[i], assembled.get(i)))
             except Exception as exc:
                 responses[i] = error_response(unexpected_error(self.args.name, exc))
         return responses
@@ -338,32 +347,37 @@ class TritonPythonModel:
     def _attributes_token(self, rows):
         return {contract.TOKEN.name: self.key.attributes_tokens(rows)}
 
-    def _masks(self, segments, row, info, crop_masks, canvas):
-        """RLE counts per detection of ``row``, or None when there are no masks."""
-        if segments is not None:
-            coeffs, protos = segments
-            masks = self.masks_from_protos(coeffs, protos, row.boxes, info, input_size=canvas)
-        elif crop_masks is not None:
-            masks = paste_crop_masks(crop_masks, row.boxes, info, input_size=canvas)
-        else:
-            return None
-        return [mask.to_rle() for mask in masks]
+    def _assemble_masks(self, staged):
+        """A segmenting detector's masks, per request index: per image, the RLE counts of each of its
+        detections (before the second stage drops any), or the exception that request met."""
+        assembled = {}
+        for i, stage in staged.items():
+            try:
+                assembled[i] = [
+                    [mask.to_rle() for mask in self.masks_from_protos(coeffs, protos, row.boxes, info,
+                                                                       input_size=stage.canvas)]
+                    for (coeffs, protos), row, info in zip(stage.segments, stage.rows, stage.infos, strict=True)]
+            except Exception as exc:
+                assembled[i] = exc
+        return assembled
 
-    def _finish(self, stage, answer):
+    def _finish(self, stage, answer, assembled=None):
+        """The request's outputs; ``assembled``: per image, the RLE counts of its detector's masks."""
         results, messages, start = [], [], 0
         for image, (row, info) in enumerate(zip(stage.rows, stage.infos, strict=True)):
             stop = start + len(row)
             rows = slice(start, stop)
-            segments = stage.segments[image] if stage.segments is not None else None
+            masks = assembled[image] if assembled is not None else None
             if answer.score_offsets is not None:  # the second stage: every per-detection array follows `keep`
                 row, rows = rescore_detections(row, answer.score_offsets[start:stop],
                                                score_threshold=self.params.score_threshold)
                 rows += start
-                if segments is not None:
-                    segments = (segments[0][rows - start], segments[1])
+                if masks is not None:
+                    masks = [masks[k] for k in (rows - start).tolist()]
             result = finish_detections(row, info, answer.probs[rows], self.label_map)
-            masks = self._masks(segments, row, info, answer.masks[rows] if answer.masks is not None else None,
-                                stage.canvas)
+            if answer.masks is not None:
+                masks = [mask.to_rle() for mask in paste_crop_masks(answer.masks[rows], row.boxes, info,
+                                                                    input_size=stage.canvas)]
             embeddings = answer.embeddings[rows] if answer.embeddings is not None else None
             start = stop
             results.append(result)
@@ -400,5 +414,7 @@ class TritonPythonModel:
 
     def finalize(self):
         self.heads = None
+        if self.mask_worker is not None:
+            self.mask_worker.shutdown(wait=True)
         if self.slots is not None:
             self.slots.close()
