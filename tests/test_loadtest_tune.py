@@ -20,6 +20,7 @@ from fashionbox.converter.repository import (
     write_model_config,
 )
 from fashionbox.core.serving import PostprocessParameters
+from fashionbox.loadtest.printers import format_tune
 from fashionbox.loadtest.tune import (
     ATTRIBUTES_MAX_BATCH_PARAMETER,
     ModelTuning,
@@ -294,6 +295,46 @@ def test_bad_spaces_are_refused() -> None:
 
 def _trial(index: int, config: TuneConfig, throughput: float, p99: float = 50.0) -> Trial:
     return Trial(index, config, "x", throughput, p99, 4, True)
+
+
+def _measured(index: int, config: TuneConfig, levels: dict[int, tuple[float, float]], slo: float) -> Trial:
+    """A trial from points at each concurrency: ``{concurrency: (requests/s, p99 ms)}``."""
+    from fashionbox.loadtest.report import LoadLevel, Point
+    from fashionbox.loadtest.stats import LatencyHistogram
+    from fashionbox.loadtest.tune import _trial_from_points
+
+    points = []
+    for concurrency, (rps, p99) in levels.items():
+        histogram = LatencyHistogram()
+        for k in range(100):
+            histogram.record_s(p99 * (0.5 + 0.5 * k / 98) / 1000)
+        points.append(Point(target="t", load=LoadLevel("closed", concurrency), duration_s=9.0, windows_used=3,
+                            throughput_rps=rps, latency=histogram.summary(), errors={}, requests=100,
+                            bytes_sent=0, stable=True, note=""))
+    return _trial_from_points(index, config, "x", points, slo)
+
+
+def test_the_report_gives_the_gain_at_one_concurrency_beside_the_capacity_gain() -> None:
+    """A baseline whose p99 crosses the SLO by a few ms at the best's concurrency falls back a level: the
+    capacity gain then counts the step between levels (+20 %), the same-concurrency gain does not (+4 %)."""
+    best_config: TuneConfig = (("detector", ModelScheduling(instances=2)),)
+    baseline = _measured(0, START, {2: (50.0, 100.0), 4: (57.7, 170.0)}, 150.0)
+    best = _measured(1, best_config, {2: (52.0, 95.0), 4: (59.8, 140.0)}, 150.0)
+    assert (baseline.concurrency, baseline.throughput_rps, best.concurrency) == (2, 50.0, 4)
+    report = TuneReport(repository=Path("r"), slo_p99_ms=150.0, concurrency=(2, 4), space=SPACE,
+                        trials=(baseline, best), best=best, baseline=baseline, min_gain=0.03)
+    assert report.gain == pytest.approx(59.8 / 50.0 - 1)
+    level, gain = report.level_gain
+    assert level == 4 and gain == pytest.approx(59.8 / 57.7 - 1)
+    assert report.to_dict()["level_gain"] == {"concurrency": 4, "gain": round(59.8 / 57.7 - 1, 4)}
+    text = format_tune(report)
+    assert "throughput gain within the SLO: +20%" in text
+    assert "capacity within the SLO is at concurrency 2 (its p99 there: 1" in text
+    assert "at concurrency 4 the gain is +4%" in text
+    # measured at one level only, or both at the same level: nothing more to say
+    same = _measured(1, best_config, {2: (60.0, 95.0), 4: (59.0, 160.0)}, 150.0)
+    report = dataclasses.replace(report, trials=(baseline, same), best=same)
+    assert report.level_gain == (2, pytest.approx(0.2)) and "the gain is" not in format_tune(report)
 
 
 @pytest.mark.parametrize(

@@ -329,6 +329,16 @@ def format_tune(report: TuneReport) -> str:
     if math.isfinite(report.gain):
         basis = "back to back" if len(report.confirmation) == 2 else "during the search"
         parts.append(f"throughput gain within the SLO: {report.gain:+.0%} (measured {basis})")
+        level, level_gain = report.level_gain
+        measured = report.confirmation[0] if len(report.confirmation) == 2 else report.baseline
+        if math.isfinite(level_gain) and measured.concurrency != level:
+            there = [p for p in measured.points if p.load.concurrency == level]
+            why = (f" (its p99 there: {_f(there[0].latency.p99_ms)} ms)"
+                   if there and there[0].latency.p99_ms > report.slo_p99_ms else "")
+            parts.append(
+                f"  the baseline's capacity within the SLO is at concurrency {measured.concurrency}{why}; "
+                f"at concurrency {level} the gain is {level_gain:+.0%}"
+            )
     elif not report.best.meets_slo:
         parts.append("no configuration tried meets the SLO; the one shown has the lowest p99")
     if report.best.config != report.baseline.config and not report.confirmed:

@@ -589,7 +589,29 @@ class TuneReport:
             return math.nan
         return best.throughput_rps / baseline.throughput_rps - 1.0
 
+    @property
+    def level_gain(self) -> tuple[int | None, float]:
+        """The best's throughput over the baseline's at one concurrency, the one where the best reached
+        its throughput within the SLO (from the back-to-back confirmation if there is one), whatever the
+        baseline's p99 there; NaN where the baseline was not measured at that concurrency.
+
+        :attr:`gain` compares capacities within the SLO, which may come from different concurrencies: a
+        baseline whose p99 crosses the SLO at the best's level by a few ms falls back to a lower level,
+        and the capacity gain then counts the whole step between levels. This one does not.
+        """
+        baseline, best = self.confirmation if len(self.confirmation) == 2 else (self.baseline, self.best)
+        if best.concurrency is None or not best.meets_slo:
+            return None, math.nan
+        def at(trial: Trial) -> float:
+            rates = [p.throughput_rps for p in trial.points if p.load.concurrency == best.concurrency]
+            return rates[0] if rates else math.nan
+        base_rps, best_rps = at(baseline), at(best)
+        if not base_rps > 0 or math.isnan(best_rps):
+            return best.concurrency, math.nan
+        return best.concurrency, best_rps / base_rps - 1.0
+
     def to_dict(self) -> dict[str, Any]:
+        level, level_gain = self.level_gain
         return {
             "schema": "fashionbox.tune/1",
             "repository": str(self.repository),
@@ -612,6 +634,7 @@ class TuneReport:
             "confirmation": [t.as_dict() for t in self.confirmation],
             "confirmed": self.confirmed,
             "gain": None if math.isnan(self.gain) else round(self.gain, 4),
+            "level_gain": {"concurrency": level, "gain": None if math.isnan(level_gain) else round(level_gain, 4)},
             "written": [str(p) for p in self.written],
         }
 
