@@ -71,7 +71,10 @@ def _photos() -> list[tuple[Image.Image, bytes]]:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         out.append((image, buffer.getvalue()))
-    return out
+    blank = Image.new("RGB", (320, 240), (200, 200, 200))  # a photo without garments: nothing detected
+    buffer = io.BytesIO()
+    blank.save(buffer, format="PNG")
+    return [*out, (blank, buffer.getvalue())]
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -111,7 +114,7 @@ def test_served_labels_and_vectors_equal_their_library(server: TritonServer, rep
     verifier = (OnnxAttributes(repository / contract.ATTRIBUTES_MODEL / "1" / "model.onnx", OrtSettings(),
                                num_attribute_labels=LabelMap.load(repository / contract.LABELS_FILE)
                                .num_attribute_labels) if "verifier" in manifest else None)
-    garments = 0
+    garments = empty = 0
     with FashionClient(str(server.endpoints.grpc)) as client, torch.no_grad():
         for image, png in _photos():
             served = client.detect(png)
@@ -138,7 +141,8 @@ def test_served_labels_and_vectors_equal_their_library(server: TritonServer, rep
                 found, _ = rescore_detections(found, offsets,
                                               score_threshold=manifest["verifier"]["score_threshold"])
             assert len(found) == len(served.detections)
-            if not len(found):
+            if not len(found):  # answered with its labels and vector (was INTERNAL: the empty attribute call)
+                empty += 1
                 continue
             # the crops postprocess cuts, given to the library's processor as a user would give them
             crops = [Image.fromarray(c) for c in crop_garments(pixels, found.boxes, side)]
@@ -148,6 +152,7 @@ def test_served_labels_and_vectors_equal_their_library(server: TritonServer, rep
             assert float(_cosines(vectors, expected).min()) >= 0.999
             garments += len(found)
     assert garments > 0, "the default detector found nothing: the garment vectors went untested"
+    assert empty > 0, "every photo had a garment: a photo without one went untested"
 
 
 def test_embed_text_equals_the_text_tower(server: TritonServer, folders: dict[str, Path], repository: Path) -> None:

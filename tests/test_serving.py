@@ -522,6 +522,35 @@ def test_postprocess_makes_no_bls_call_when_nothing_was_detected(
     assert responses[0].outputs["DETECTIONS"].shape == (1, 1)
 
 
+@pytest.mark.parametrize("inline", [False, True])
+def test_postprocess_answers_photos_without_detections_when_the_attribute_call_has_extra_outputs(
+    fake_pb_utils: _FakePbUtils, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inline: bool
+) -> None:
+    """No detection and no whole-photo crop (image-level labels and vectors from other models): no
+    attribute call, and no second stage or mask to assemble. The answer was INTERNAL ("score offsets
+    must be [0, C] for 0 detections, got shape (0, 8, 8, 3)"): the empty answer took the crops' shape."""
+    if inline:  # the fused layout runs the attribute network inside postprocess: it must not be called either
+        from fashionbox.model_repository import runners
+
+        class Heads:
+            outputs = ("masks", "score_offsets")
+
+            def run(self, crops: NDArray[Any], names: Any) -> dict[str, NDArray[Any]]:
+                raise AssertionError("the attribute network ran on no crops")
+
+        monkeypatch.setattr(runners, "load_attributes_runner", lambda args: (Heads(), "stand-in"))
+    model = _load_model("postprocess", tmp_path, monkeypatch, verifier_classes=LABELS.num_categories,
+                        crop_mask_size=8, layout="fused" if inline else "steps")
+
+    responses = model.execute([_post_request(0), _post_request(0)])
+
+    assert fake_pb_utils.bls_calls == []
+    for response in responses:
+        assert response.error is None, response.error
+        assert response.outputs["ATTRIBUTE_SCORES"].shape == (1, 0, LABELS.num_attribute_labels)
+        assert response.outputs["DETECTIONS"].shape == (1, 1)
+
+
 def test_with_a_secret_postprocess_refuses_a_forged_token_alone_and_sends_attributes_its_own(
     fake_pb_utils: _FakePbUtils, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -259,6 +259,9 @@ class TritonPythonModel:
         for i, outputs in extras.items():
             n = staged[i].crops.shape[0]
             answer = answers[i]
+            if contract.ATTRIBUTE_PROBS.name not in outputs:  # no call: nothing detected, no whole-photo crop
+                answer.probs = np.zeros((0, self.label_map.num_attribute_labels), dtype=np.float32)
+                continue
             answer.probs = outputs[contract.ATTRIBUTE_PROBS.name][:n]
             answer.masks = outputs[contract.CROP_MASKS.name][:n] if self.crop_masks else None
             if contract.CROP_EMBEDDINGS.name in outputs:
@@ -287,12 +290,13 @@ class TritonPythonModel:
 
     def _bls(self, model, output, arrays, max_batch_size, failures, extra_outputs=(), token=True):
         """One chunked BLS call to ``model`` over every request's rows (``arrays``: request index ->
-        rows); per request that it answered, ``{output and extra_outputs: its rows}``. Requests whose
+        rows); per request that it answered, ``{output and extra_outputs: its rows}``, or ``{}`` when no
+        request had a row (no call made: the outputs' shapes are the model's to say). Requests whose
         rows were in a failed chunk go into ``failures``, and out of the answer."""
         arrays = {i: array for i, array in arrays.items() if i not in failures}
         owners = np.array([i for i, array in arrays.items() for _ in range(array.shape[0])], dtype=np.int64)
         if not len(owners):
-            return {i: {name: array[:0] for name in (output, *extra_outputs)} for i, array in arrays.items()}
+            return {i: {} for i in arrays}
         chunks = call_model_chunked(
             model, input_name=contract.CROPS.name if model == self.params.attributes_model else contract.VIEWS.name,
             output_name=output, array=np.concatenate([a for a in arrays.values() if a.shape[0]]),
@@ -323,8 +327,7 @@ class TritonPythonModel:
         arrays = {i: array for i, array in arrays.items() if i not in failures}
         rows = [array for array in arrays.values() if array.shape[0]]
         if not rows:
-            return {i: {name: array[:0] for name in (contract.ATTRIBUTE_PROBS.name, *self.attribute_extras)}
-                    for i, array in arrays.items()}
+            return {i: {} for i in arrays}
         crops = rows[0] if len(rows) == 1 else np.concatenate(rows)
         chunk = self.params.attributes_max_batch_size
         try:
