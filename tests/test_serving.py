@@ -471,7 +471,7 @@ def test_postprocess_assembles_a_segmenting_detectors_masks_during_the_attribute
     def assemble(coeffs: NDArray[Any], protos: NDArray[Any], boxes: NDArray[Any], info: LetterboxInfo,
                  **kwargs: Any) -> list[Any]:
         assembling.set()
-        if np.all(coeffs == 7.0):
+        if coeffs.size and np.all(coeffs == 7.0):
             raise ValueError("prototypes out of range")
         return masks_from_protos(coeffs, protos, boxes, info, **kwargs)
 
@@ -491,10 +491,15 @@ def test_postprocess_assembles_a_segmenting_detectors_masks_during_the_attribute
         request["DET_MASK_COEFFS"] = _FakeTensor("DET_MASK_COEFFS", coeffs)
         request["DET_PROTOS"] = _FakeTensor("DET_PROTOS", protos)
         requests.append(request)
+    nothing = _post_request(0)  # a photo without detections still carries its prototypes
+    nothing["DET_MASK_COEFFS"] = _FakeTensor("DET_MASK_COEFFS", np.zeros((1, 0, 2), np.float32))
+    nothing["DET_PROTOS"] = _FakeTensor("DET_PROTOS", protos)
     try:
-        responses = model.execute(requests)
+        responses = model.execute([*requests, nothing])
     finally:
         model.finalize()
+    assert responses[3].error is None, responses[3].error.text
+    assert responses[3].outputs["BOXES"].shape == (1, 0, 4)
     assert responses[1].error.code == "INTERNAL" and "prototypes out of range" in responses[1].error.text
     expected = masks_from_protos(np.array([[1.0, 0.0]] * 2, np.float32), protos[0], np.array([[4, 4, 20, 28]] * 2),
                                  LetterboxInfo(64, 64, 0.5, 0, 0), input_size=POST_SETTINGS["input_size"])
