@@ -93,7 +93,6 @@ def _content(info: LetterboxInfo, size_h: int, size_w: int) -> tuple[int, int, i
     return top, left, content_h, content_w
 
 
-
 @dataclass(frozen=True)
 class _Runs:
     """Runs of mask pixels in a region's columns: ``columns[i]`` holds rows ``[starts[i], ends[i])``."""

@@ -12,7 +12,8 @@ crops were in it. Parameters: :class:`fashionbox.core.serving.PostprocessParamet
 
 Instance masks (each detection's ``mask`` in DETECTIONS, COCO RLE at the original resolution):
 with ``detector_masks`` the detector segments, and DET_MASK_COEFFS (rows as DET_BOXES) and
-DET_PROTOS are inputs too, assembled by ``fashionbox.core.proto_masks.masks_from_protos``; else
+DET_PROTOS are inputs too, assembled by ``fashionbox.core.proto_masks.masks_from_protos`` on a
+worker thread while the attribute call runs (they need nothing it answers); else
 with ``crop_masks`` the same BLS call asks ``attributes`` for CROP_MASKS, pasted into the image by
 :func:`fashionbox.core.masks.paste_crop_masks`. Without either, detections carry no mask.
 
