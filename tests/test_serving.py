@@ -455,39 +455,45 @@ def test_postprocess_fails_only_the_requests_whose_crops_were_in_a_failed_bls_ch
 def test_postprocess_assembles_a_segmenting_detectors_masks_during_the_attribute_call_failing_one_request_alone(
     fake_pb_utils: _FakePbUtils, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With ``detector_masks`` the masks need nothing the attribute call answers: they are assembled on
-    a worker thread while that call runs, and a request whose masks fail is answered with its error
-    alone."""
+    """With ``detector_masks``: a detection whose mask is empty at the letterbox is dropped before its
+    crop is cut (as Ultralytics' predictor drops it); the masks' original-size step needs nothing the
+    attribute call answers and runs on a worker thread while that call runs; a request whose masks
+    fail there is answered with its error alone."""
     import threading
 
     from fashionbox.client import ImageDetections
     from fashionbox.core.imaging import LetterboxInfo
-    from fashionbox.core.proto_masks import masks_from_protos
+    from fashionbox.core.proto_masks import ProtoMasks, masks_from_protos
     from fashionbox.v1 import detections_pb2
 
     a = LABELS.num_attribute_labels
     assembling = threading.Event()
+    crops_sent: list[int] = []
 
-    def assemble(coeffs: NDArray[Any], protos: NDArray[Any], boxes: NDArray[Any], info: LetterboxInfo,
-                 **kwargs: Any) -> list[Any]:
-        assembling.set()
-        if coeffs.size and np.all(coeffs == 7.0):
-            raise ValueError("prototypes out of range")
-        return masks_from_protos(coeffs, protos, boxes, info, **kwargs)
+    class Assembling(ProtoMasks):
+        def original(self, masks: Any) -> Any:
+            assembling.set()
+            if self.info.width == 66:  # the second request's photo
+                raise ValueError("prototypes out of range")
+            return super().original(masks)
 
     def bls(model: str, inputs: dict[str, NDArray[Any]]) -> _FakeBlsResponse:
         assert assembling.wait(timeout=10), "the masks did not start before the attribute call returned"
+        crops_sent.append(len(inputs["CROPS"]))
         return _FakeBlsResponse({"ATTRIBUTE_PROBS": np.full((len(inputs["CROPS"]), a), 0.5, np.float32)})
 
     fake_pb_utils.bls = bls
     model = _load_model("postprocess", tmp_path, monkeypatch, detector_masks=True)
-    model.masks_from_protos = assemble
+    model.proto_masks = Assembling
     protos = np.zeros((1, 2, 8, 8), np.float32)
     protos[0, 0, :, :4], protos[0, 0, :, 4:] = 1.0, -1.0  # coefficients (1, 0): the letterbox's left half
     requests = []
-    for coeffs in ([1.0, 0.0], [7.0, 7.0], [1.0, 0.0]):  # the second request's make `assemble` fail
+    for width, second in ((64, [1.0, 0.0]), (66, [1.0, 0.0]), (64, [-1.0, 0.0])):  # the third's second: empty
         request = _post_request(2)
-        coeffs = np.tile(np.array(coeffs, np.float32), (1, 2, 1))
+        request["IMAGE_INFO"] = _FakeTensor("IMAGE_INFO", np.array([[width, 64, 0.5, 0, 0]], np.float32))
+        coeffs = np.array([[[1.0, 0.0], second]], np.float32)
+        if second[0] < 0:  # the box inside the left half: no pixel of it is in the mask
+            request["DET_BOXES"] = _FakeTensor("DET_BOXES", np.array([[[4, 4, 20, 28], [2, 2, 12, 12]]], np.float32))
         request["DET_MASK_COEFFS"] = _FakeTensor("DET_MASK_COEFFS", coeffs)
         request["DET_PROTOS"] = _FakeTensor("DET_PROTOS", protos)
         requests.append(request)
@@ -498,17 +504,19 @@ def test_postprocess_assembles_a_segmenting_detectors_masks_during_the_attribute
         responses = model.execute([*requests, nothing])
     finally:
         model.finalize()
+    assert crops_sent == [4, 1]  # 2 + 2 + 1 crops in chunks of 4: the empty mask's detection has none
     assert responses[3].error is None, responses[3].error.text
     assert responses[3].outputs["BOXES"].shape == (1, 0, 4)
     assert responses[1].error.code == "INTERNAL" and "prototypes out of range" in responses[1].error.text
     expected = masks_from_protos(np.array([[1.0, 0.0]] * 2, np.float32), protos[0], np.array([[4, 4, 20, 28]] * 2),
                                  LetterboxInfo(64, 64, 0.5, 0, 0), input_size=POST_SETTINGS["input_size"])
-    for response in (responses[0], responses[2]):
+    for response, count in ((responses[0], 2), (responses[2], 1)):
         assert response.error is None
+        assert response.outputs["BOXES"].shape == (1, count, 4)
         message = detections_pb2.ImageDetections.FromString(response.outputs["DETECTIONS"][0, 0])
         detections = ImageDetections.from_proto(message).detections
-        assert len(detections) == 2 and all(d.mask is not None for d in detections)
-        for detection, mask in zip(detections, expected, strict=True):
+        assert len(detections) == count and all(d.mask is not None for d in detections)
+        for detection, mask in zip(detections, expected[:count], strict=True):
             np.testing.assert_array_equal(detection.mask, mask.to_array())
             # the box (8..40 x 8..56 in the original) left of the prototypes' edge (x = 32)
             assert detection.mask[10:54, 10:30].all() and not detection.mask[:, 33:].any()

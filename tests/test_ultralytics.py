@@ -398,9 +398,11 @@ def test_cli_convert_takes_an_ultralytics_onnx_file(det_onnx: Path, tmp_path: Pa
 
 
 def _assert_served_as_predicted(served: Any, result: Any, info: LetterboxInfo, labels: Any) -> int:
-    """A served answer against Ultralytics' predictor on the same letterbox; the detections compared."""
-    # Ultralytics drops detections whose mask is empty (see the in-process test)
-    with_mask = [d for d in served.detections if d.mask is not None and d.mask.any()]
+    """A served answer against Ultralytics' predictor on the same letterbox; the detections compared.
+    Both drop a detection whose mask is empty at the letterbox (see the in-process test): the lists are
+    the same, every served detection has its mask."""
+    with_mask = list(served.detections)
+    assert all(d.mask is not None for d in with_mask)
     assert [d.category for d in with_mask] == [labels.category_names[int(c)] for c in result.boxes.cls]
     np.testing.assert_allclose([d.score for d in with_mask], result.boxes.conf.numpy(), atol=1e-3)
     boxes = np.array([[d.box.x1, d.box.y1, d.box.x2, d.box.y2] for d in with_mask]).reshape(-1, 4)

@@ -22,7 +22,7 @@ with them (attribute probabilities, crop masks, vectors)::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -76,6 +76,16 @@ class DetectorOutput:
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+    def subset(self, keep: npt.NDArray[np.bool_] | npt.NDArray[np.int64]) -> DetectorOutput:
+        """The detections ``keep`` selects (a boolean mask, or indices in the order wanted)."""
+        return DetectorOutput(
+            boxes=np.ascontiguousarray(self.boxes[keep]),
+            scores=np.ascontiguousarray(self.scores[keep]),
+            classes=np.ascontiguousarray(self.classes[keep]),
+            mask_coeffs=None if self.mask_coeffs is None else np.ascontiguousarray(self.mask_coeffs[keep]),
+            protos=self.protos,
+        )
 
     @classmethod
     def empty(cls, protos: Float32Array | None = None) -> DetectorOutput:
@@ -309,13 +319,7 @@ def rescore_detections(detections: DetectorOutput, offsets: AnyArray, *,
     scores = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
     keep = np.flatnonzero(scores > score_threshold)
     keep = keep[np.argsort(-scores[keep], kind="stable")].astype(np.int64)
-    return DetectorOutput(
-        boxes=np.ascontiguousarray(detections.boxes[keep]),
-        scores=np.ascontiguousarray(scores[keep]),
-        classes=np.ascontiguousarray(detections.classes[keep]),
-        mask_coeffs=None if detections.mask_coeffs is None else np.ascontiguousarray(detections.mask_coeffs[keep]),
-        protos=detections.protos,
-    ), keep
+    return replace(detections.subset(keep), scores=np.ascontiguousarray(scores[keep])), keep
 
 
 @dataclass(frozen=True)

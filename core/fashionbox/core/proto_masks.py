@@ -7,6 +7,13 @@ prototypes ``protos [K, h, w]`` (``fashionbox.contract``: DET_MASK_COEFFS, DET_P
     masks = masks_from_protos(coeffs, protos, boxes_letterbox, info)   # list[RunMask]
     counts = [mask.to_rle() for mask in masks]
 
+or the two steps below apart, as ``postprocess`` runs them (the first tells which detections have a
+mask at all, the second is most of the cost and can run while other work does)::
+
+    geometry = ProtoMasks(info, protos.shape[1:], input_size=(height, width))
+    letterbox = geometry.letterbox(coeffs, protos, boxes_letterbox)     # list[LetterboxMask]
+    masks = geometry.original([m for m in letterbox if not m.empty])    # list[RunMask]
+
 What it reproduces is Ultralytics' segment predictor (``ultralytics`` 8.4, ``retina_masks=False``,
 its default), step by step, so served masks equal the library's:
 
@@ -34,6 +41,7 @@ about 2x less CPU per photo at 1280x960 and 10x at 4032x3024 (BENCHMARKS.md, "Ma
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +51,7 @@ from PIL import Image
 from fashionbox.core.imaging import ArrayLike, LetterboxInfo
 from fashionbox.core.masks import RunMask, letterbox_shape
 
-__all__ = ["PROTO_MASK_THRESHOLD", "masks_from_protos"]
+__all__ = ["PROTO_MASK_THRESHOLD", "LetterboxMask", "ProtoMasks", "masks_from_protos"]
 
 PROTO_MASK_THRESHOLD = 0.5
 """Ultralytics' rule: a pixel is in the mask when sigmoid(logit) > 0.5 (and > 0.5 after rescaling)."""
@@ -162,6 +170,123 @@ def _window_runs(window: npt.NDArray[np.bool_], low: IntArray, high: IntArray, w
     return _Runs(column[0::2][kept], starts[kept], ends[kept])
 
 
+@dataclass(frozen=True)
+class LetterboxMask:
+    """Step 1 for one detection: its mask at the letterbox, as the window that holds its box and all
+    step 2 reads (``bits``, bool, from letterbox column ``left`` and row ``top``), and the original
+    pixels step 2 gives it (columns ``[x0, x1)``, rows ``[y0, y1)``)."""
+
+    bits: npt.NDArray[np.bool_]
+    left: int
+    top: int
+    x0: int
+    x1: int
+    y0: int
+    y1: int
+
+    @property
+    def empty(self) -> bool:
+        """No letterbox pixel of the box is in the mask: Ultralytics' predictor drops such a detection."""
+        return not self.bits.any()
+
+
+class ProtoMasks:
+    """One image's mask geometry, from its letterbox to its original pixels: the two steps apart.
+
+    ``letterbox`` (step 1) tells which detections have a mask at all before any other work is done
+    on them; ``original`` (step 2) is the bulk of the cost and needs nothing else, so it can run
+    while other work does. :func:`masks_from_protos` is both in a row.
+    """
+
+    def __init__(self, info: LetterboxInfo, grid: tuple[int, int], *, threshold: float = PROTO_MASK_THRESHOLD,
+                 input_size: int | tuple[int, int] | None = None) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        self.info = info
+        self.grid = grid
+        self.size_h, self.size_w = size_h, size_w = letterbox_shape(info, input_size)
+        self.logit_threshold = np.float32(math.log(threshold / (1.0 - threshold)))
+        proto_h, proto_w = grid
+        # Step 1's taps: letterbox pixel -> prototype cells. Step 2's: original pixel -> letterbox pixels.
+        self.ly0, self.ly1, _ = _bilinear_taps(size_h, proto_h)
+        self.lx0, self.lx1, _ = _bilinear_taps(size_w, proto_w)
+        top, left, content_h, content_w = _content(info, size_h, size_w)
+        oy0, oy1, _ = _bilinear_taps(info.height, content_h)
+        ox0, ox1, self.fx = _bilinear_taps(info.width, content_w)
+        self.oy0, self.oy1, self.ox0, self.ox1 = oy0 + top, oy1 + top, ox0 + left, ox1 + left
+        self.content_top = top
+        self.row_step = content_h / info.height  # letterbox rows per original row (step 2's taps, before clamping)
+        self.crossings = _crossing_table(self.fx)  # per original column, shared by every detection
+
+    def letterbox(self, coeffs: npt.ArrayLike, protos: npt.ArrayLike,
+                  boxes_letterbox: ArrayLike) -> list[LetterboxMask]:
+        """Step 1 for each detection (``coeffs [N, K]`` over ``protos [K, h, w]``, ``boxes_letterbox [N, 4]``)."""
+        coeffs = np.asarray(coeffs, dtype=np.float32)
+        protos = np.asarray(protos, dtype=np.float32)
+        boxes = np.asarray(boxes_letterbox, dtype=np.float32).reshape(-1, 4)
+        if protos.ndim != 3 or min(protos.shape) < 1:
+            raise ValueError(f"protos must be [K, h, w], got shape {protos.shape}")
+        if protos.shape[1:] != self.grid:
+            raise ValueError(f"protos cover a {protos.shape[1]}x{protos.shape[2]} grid, "
+                             f"not {self.grid[0]}x{self.grid[1]}")
+        if coeffs.ndim != 2 or coeffs.shape[1] != protos.shape[0]:
+            raise ValueError(f"mask coefficients must be [N, K={protos.shape[0]}], got shape {coeffs.shape}")
+        if coeffs.shape[0] != boxes.shape[0]:
+            raise ValueError(f"{coeffs.shape[0]} mask coefficient rows for {boxes.shape[0]} boxes")
+        proto_h, proto_w = self.grid
+        to_proto_x, to_proto_y = proto_w / self.size_w, proto_h / self.size_h
+        # every detection's logits at prototype resolution in one product (K x h x w per detection)
+        all_logits = (coeffs @ protos.reshape(protos.shape[0], -1)).reshape(-1, proto_h, proto_w)
+        out: list[LetterboxMask] = []
+        for logits_full, (bx1, by1, bx2, by2) in zip(all_logits, boxes.tolist(), strict=True):
+            # letterbox pixels the box keeps: x1 <= x < x2 and y1 <= y < y2
+            c0, c1 = max(0, math.ceil(bx1)), min(self.size_w, math.ceil(bx2))
+            r0, r1 = max(0, math.ceil(by1)), min(self.size_h, math.ceil(by2))
+            if c1 <= c0 or r1 <= r0:
+                out.append(LetterboxMask(np.zeros((0, 0), dtype=np.bool_), 0, 0, 0, 0, 0, 0))
+                continue
+            x0, x1 = _span(self.ox0, self.ox1, c0, c1)
+            y0, y1 = _span(self.oy0, self.oy1, r0, r1)
+            # the window: the box, and the letterbox pixels step 2 reads for those original pixels
+            wc0, wc1, wr0, wr1 = c0, c1, r0, r1
+            if x1 > x0 and y1 > y0:
+                wc0, wc1 = min(c0, int(self.ox0[x0])), max(c1, int(self.ox1[x1 - 1]) + 1)
+                wr0, wr1 = min(r0, int(self.oy0[y0])), max(r1, int(self.oy1[y1 - 1]) + 1)
+            else:
+                x0 = x1 = y0 = y1 = 0
+            # the prototype cells those read
+            pc0, pc1 = int(self.lx0[wc0]), int(self.lx1[wc1 - 1]) + 1
+            pr0, pr1 = int(self.ly0[wr0]), int(self.ly1[wr1 - 1]) + 1
+            # Pillow's bilinear upsampling of a float image over a source box samples as torch's
+            # interpolate(align_corners=False) does, clamped at the edges (the box's cells are all there)
+            upsampled = _resize(logits_full[pr0:pr1, pc0:pc1], (wc1 - wc0, wr1 - wr0),
+                                (wc0 * to_proto_x - pc0, wr0 * to_proto_y - pr0, wc1 * to_proto_x - pc0,
+                                 wr1 * to_proto_y - pr0))
+            bits = upsampled > self.logit_threshold
+            bits[:, : c0 - wc0] = False
+            bits[:, c1 - wc0:] = False
+            bits[: r0 - wr0] = False
+            bits[r1 - wr0:] = False
+            out.append(LetterboxMask(bits, wc0, wr0, x0, x1, y0, y1))
+        return out
+
+    def original(self, masks: Sequence[LetterboxMask]) -> list[RunMask]:
+        """Step 2: each letterbox mask resampled to the original image, as runs."""
+        info = self.info
+        out: list[RunMask] = []
+        for mask in masks:
+            if mask.x1 <= mask.x0 or mask.y1 <= mask.y0 or mask.empty:
+                out.append(RunMask(np.zeros((0,), dtype=np.int64), info.width, info.height))
+                continue
+            columns = slice(mask.x0, mask.x1)
+            runs = _window_runs(mask.bits, self.ox0[columns] - mask.left, self.ox1[columns] - mask.left,
+                                self.fx[columns], self.crossings[columns],
+                                start=(mask.y0 + 0.5) * self.row_step - 0.5 + self.content_top - mask.top,
+                                step=self.row_step, count=mask.y1 - mask.y0)
+            out.append(RunMask(runs.flat(mask.x0, mask.y0, info.height), info.width, info.height))
+        return out
+
+
 def masks_from_protos(coeffs: npt.ArrayLike, protos: npt.ArrayLike, boxes_letterbox: ArrayLike, info: LetterboxInfo,
                       *, threshold: float = PROTO_MASK_THRESHOLD,
                       input_size: int | tuple[int, int] | None = None) -> list[RunMask]:
@@ -170,63 +295,11 @@ def masks_from_protos(coeffs: npt.ArrayLike, protos: npt.ArrayLike, boxes_letter
     ``coeffs`` float32 ``[N, K]``, ``protos`` float32 ``[K, h, w]``, ``boxes_letterbox`` ``[N, 4]``
     (x1, y1, x2, y2 in letterbox pixels, rows as ``coeffs``). ``input_size`` is the letterbox side
     ``S`` (by default the one ``info`` implies), or ``(height, width)`` of a rect letterbox. A detection
-    whose mask is empty gets a mask without runs (Ultralytics' predictor drops such detections; the
-    caller decides).
+    whose mask is empty gets a mask without runs (Ultralytics' predictor drops such detections:
+    :attr:`LetterboxMask.empty` tells which, after :meth:`ProtoMasks.letterbox`).
     """
-    coeffs = np.asarray(coeffs, dtype=np.float32)
     protos = np.asarray(protos, dtype=np.float32)
-    boxes = np.asarray(boxes_letterbox, dtype=np.float32).reshape(-1, 4)
     if protos.ndim != 3 or min(protos.shape) < 1:
         raise ValueError(f"protos must be [K, h, w], got shape {protos.shape}")
-    if coeffs.ndim != 2 or coeffs.shape[1] != protos.shape[0]:
-        raise ValueError(f"mask coefficients must be [N, K={protos.shape[0]}], got shape {coeffs.shape}")
-    if coeffs.shape[0] != boxes.shape[0]:
-        raise ValueError(f"{coeffs.shape[0]} mask coefficient rows for {boxes.shape[0]} boxes")
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    size_h, size_w = letterbox_shape(info, input_size)
-    _, proto_h, proto_w = protos.shape
-    logit_threshold = math.log(threshold / (1.0 - threshold))
-    # Step 1's taps: letterbox pixel -> prototype cells. Step 2's: original pixel -> letterbox pixels.
-    ly0, ly1, _ = _bilinear_taps(size_h, proto_h)
-    lx0, lx1, _ = _bilinear_taps(size_w, proto_w)
-    top, left, content_h, content_w = _content(info, size_h, size_w)
-    oy0, oy1, _ = _bilinear_taps(info.height, content_h)
-    ox0, ox1, fx = _bilinear_taps(info.width, content_w)
-    oy0, oy1, ox0, ox1 = oy0 + top, oy1 + top, ox0 + left, ox1 + left
-    row_step = content_h / info.height  # letterbox rows per original row (step 2's taps, before clamping)
-    crossings = _crossing_table(fx)  # per original column, shared by every detection
-    to_proto_x, to_proto_y = proto_w / size_w, proto_h / size_h
-    # every detection's logits at prototype resolution in one product (K x h x w per detection)
-    all_logits = (coeffs @ protos.reshape(protos.shape[0], -1)).reshape(-1, proto_h, proto_w)
-    masks: list[RunMask] = []
-    for logits_full, (x1, y1, x2, y2) in zip(all_logits, boxes.tolist(), strict=True):
-        # letterbox pixels the box keeps: x1 <= x < x2 and y1 <= y < y2
-        c0, c1 = max(0, math.ceil(x1)), min(size_w, math.ceil(x2))
-        r0, r1 = max(0, math.ceil(y1)), min(size_h, math.ceil(y2))
-        xa, xb = _span(ox0, ox1, c0, c1)
-        ya, yb = _span(oy0, oy1, r0, r1)
-        if c1 <= c0 or r1 <= r0 or xb <= xa or ya >= yb:
-            masks.append(RunMask(np.zeros((0,), dtype=np.int64), info.width, info.height))
-            continue
-        # the letterbox window step 2 reads for those original pixels, and the prototype cells it needs
-        wc0, wc1 = int(ox0[xa]), int(ox1[xb - 1]) + 1
-        wr0, wr1 = int(oy0[ya]), int(oy1[yb - 1]) + 1
-        pc0, pc1 = int(lx0[wc0]), int(lx1[wc1 - 1]) + 1
-        pr0, pr1 = int(ly0[wr0]), int(ly1[wr1 - 1]) + 1
-        logits = logits_full[pr0:pr1, pc0:pc1]
-        # Pillow's bilinear upsampling of a float image over a source box samples as torch's
-        # interpolate(align_corners=False) does, clamped at the edges (the box's cells are all there)
-        upsampled = _resize(logits, (wc1 - wc0, wr1 - wr0),
-                            (wc0 * to_proto_x - pc0, wr0 * to_proto_y - pr0, wc1 * to_proto_x - pc0,
-                             wr1 * to_proto_y - pr0))
-        window = upsampled > np.float32(logit_threshold)
-        window[:, : max(0, c0 - wc0)] = False
-        window[:, max(0, c1 - wc0):] = False
-        window[: max(0, r0 - wr0)] = False
-        window[max(0, r1 - wr0):] = False
-        # step 2: the window (letterbox pixels wc0.., wr0..) resampled to original pixels [ya, yb) x [xa, xb)
-        runs = _window_runs(window, ox0[xa:xb] - wc0, ox1[xa:xb] - wc0, fx[xa:xb], crossings[xa:xb],
-                            start=(ya + 0.5) * row_step - 0.5 + top - wr0, step=row_step, count=yb - ya)
-        masks.append(RunMask(runs.flat(xa, ya, info.height), info.width, info.height))
-    return masks
+    geometry = ProtoMasks(info, (protos.shape[1], protos.shape[2]), threshold=threshold, input_size=input_size)
+    return geometry.original(geometry.letterbox(coeffs, protos, boxes_letterbox))

@@ -12,8 +12,10 @@ crops were in it. Parameters: :class:`fashionbox.core.serving.PostprocessParamet
 
 Instance masks (each detection's ``mask`` in DETECTIONS, COCO RLE at the original resolution):
 with ``detector_masks`` the detector segments, and DET_MASK_COEFFS (rows as DET_BOXES) and
-DET_PROTOS are inputs too, assembled by ``fashionbox.core.proto_masks.masks_from_protos`` on a
-worker thread while the attribute call runs (they need nothing it answers); else
+DET_PROTOS are inputs too, assembled as Ultralytics' predictor assembles them
+(``fashionbox.core.proto_masks.ProtoMasks``): at the letterbox first, where a detection whose mask
+is empty is dropped as the predictor drops it, then in the original photo on a worker thread while
+the attribute call runs (that step needs nothing the call answers); else
 with ``crop_masks`` the same BLS call asks ``attributes`` for CROP_MASKS, pasted into the image by
 :func:`fashionbox.core.masks.paste_crop_masks`. Without either, detections carry no mask.
 
@@ -86,7 +88,7 @@ class _Staged:
         self.rows = rows  # list[DetectorOutput], letterbox px
         self.infos = infos  # list[LetterboxInfo]
         self.crops = crops  # uint8 [sum of detections, C, C, 3]
-        self.segments = segments  # detector_masks: per image (coeffs [n, K] of the kept rows, protos [K, h, w])
+        self.segments = segments  # detector_masks: per image (ProtoMasks, a LetterboxMask per row of `rows`)
         self.image_crops = image_crops  # whole_image_crop: uint8 [images, C, C, 3] (default image-level heads)
         self.views = views or {}  # CLASSIFIER_VIEW / EMBEDDER_VIEW: uint8 [images, H, W, 3]
         self.embed_crops = embed_crops  # embedder family: uint8 [sum of detections, E, E, 3]
@@ -128,10 +130,10 @@ class TritonPythonModel:
         self.crop_masks = params.crop_masks and not params.detector_masks
         self.mask_worker = None
         if params.detector_masks:
-            from fashionbox.core.proto_masks import masks_from_protos  # only segmenting families need it
+            from fashionbox.core.proto_masks import ProtoMasks  # only segmenting families need it
 
-            self.masks_from_protos = masks_from_protos
-            # They need nothing the network calls answer: assembled on this thread while those run
+            self.proto_masks = ProtoMasks
+            # Step 2 needs nothing the network calls answer: it runs on this thread while they run
             # (a BLS call waits with the GIL released; numpy and Pillow release it too).
             self.mask_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.args.name}-masks")
         self.image_level = image_level = ImageLevelParameters.optional(self.args.parameters)
@@ -209,9 +211,11 @@ class TritonPythonModel:
                 f"DET_BOXES {boxes.shape[0]}, DET_SCORES {scores.shape[0]}, DET_CLASSES {classes.shape[0]}"
             )
         rows = [unpad(boxes[k], scores[k], classes[k]) for k in range(count)]
+        infos = [LetterboxInfo.from_array(info[k]) for k in range(count)]
+        segments = (self._letterbox_masks(request, boxes, classes, rows, infos, pixels.shape[1:3])
+                    if self.segment_specs else None)
         crops = [crop_garments(pixels[k], rows[k].boxes, self.crop_size) for k in range(count)]
         empty = np.empty((0, self.crop_size, self.crop_size, 3), dtype=np.uint8)
-        infos = [LetterboxInfo.from_array(info[k]) for k in range(count)]
         views = {}
         for spec in self.view_specs:
             views[spec.name] = read_input(request, spec)
@@ -226,15 +230,19 @@ class TritonPythonModel:
             rows=rows,
             infos=infos,
             crops=np.concatenate(crops, axis=0) if crops else empty,
-            segments=self._segments(request, boxes, classes) if self.segment_specs else None,
+            segments=segments,
             image_crops=(np.concatenate([whole_image_crop(pixels[k], infos[k], self.crop_size) for k in range(count)])
                          if self.image_level.whole_image_crop else None),
             views=views,
             embed_crops=embed_crops,
         )
 
-    def _segments(self, request, boxes, classes):
-        """Per image, the mask coefficients of the detections unpad kept, and the image's prototypes."""
+    def _letterbox_masks(self, request, boxes, classes, rows, infos, canvas):
+        """A segmenting detector's masks at the letterbox (step 1), per image ``(geometry, masks)``.
+
+        A detection whose mask is empty there is dropped from ``rows`` (in place), as Ultralytics'
+        predictor drops it: no crop, no attributes, no answer for it.
+        """
         coeffs, protos = (read_input(request, spec) for spec in self.segment_specs)
         if not coeffs.shape[0] == protos.shape[0] == boxes.shape[0] or coeffs.shape[1] != boxes.shape[1]:
             raise RequestError(
@@ -243,7 +251,16 @@ class TritonPythonModel:
             )
         if coeffs.shape[2] != protos.shape[1]:
             raise RequestError(f"{coeffs.shape[2]} mask coefficients per detection for {protos.shape[1]} prototypes")
-        return [(coeffs[k][classes[k] != PAD_CLASS], protos[k]) for k in range(boxes.shape[0])]
+        segments = []
+        for k in range(boxes.shape[0]):
+            geometry = self.proto_masks(infos[k], protos.shape[2:4], input_size=canvas)
+            masks = geometry.letterbox(coeffs[k][classes[k] != PAD_CLASS], protos[k], rows[k].boxes)
+            keep = np.array([not mask.empty for mask in masks], dtype=bool)
+            if not keep.all():
+                rows[k] = rows[k].subset(keep)
+                masks = [mask for mask, kept in zip(masks, keep, strict=True) if kept]
+            segments.append((geometry, masks))
+        return segments
 
     def _call_networks(self, staged):
         """Per request index its :class:`_Answers`, and the errors of requests whose rows were in a failed call."""
@@ -352,15 +369,14 @@ class TritonPythonModel:
         return {contract.TOKEN.name: self.key.attributes_tokens(rows)}
 
     def _assemble_masks(self, staged):
-        """A segmenting detector's masks, per request index: per image, the RLE counts of each of its
-        detections (before the second stage drops any), or the exception that request met."""
+        """A segmenting detector's masks in the original photos (step 2), per request index: per image,
+        the RLE counts of each of its detections (before the second stage drops any), or the exception
+        that request met."""
         assembled = {}
         for i, stage in staged.items():
             try:
-                assembled[i] = [
-                    [mask.to_rle() for mask in self.masks_from_protos(coeffs, protos, row.boxes, info,
-                                                                       input_size=stage.canvas)]
-                    for (coeffs, protos), row, info in zip(stage.segments, stage.rows, stage.infos, strict=True)]
+                assembled[i] = [[mask.to_rle() for mask in geometry.original(masks)]
+                                for geometry, masks in stage.segments]
             except Exception as exc:
                 assembled[i] = exc
         return assembled
