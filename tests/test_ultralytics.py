@@ -480,6 +480,40 @@ def test_served_yolo_seg_equals_ultralytics_predictor_over_grpc(
         _assert_served_as_predicted(ImageDetections.from_proto(message), result, info, labels)
 
 
+def test_served_yolo_seg_drops_the_detections_whose_masks_are_empty_as_the_predictor_does(
+        triton_server: Any, tmp_path: Path) -> None:
+    """Mask coefficients biased down (``mask_bias``): about half the detections' masks come out empty
+    at the letterbox. Ultralytics' predictor drops them; served, they are dropped before their crops
+    are cut, so the answer is the predictor's list, detection for detection."""
+    from fashionbox.client import FashionClient
+    from fashionbox.core.proto_masks import ProtoMasks
+
+    source = build_yolo(tmp_path / "sparse", task="segment", imgsz=SIZE, dynamic=True, mask_bias=-0.5)
+    graph = OnnxDetector(export_ultralytics_onnx(load_ultralytics(source), tmp_path / "graph.onnx", nms=NMS),
+                         OrtSettings(), max_detections=NMS.max_detections)
+    rect = _letterboxed(rect=True)
+    empty = kept = 0
+    for _, pixels, _ in rect:  # the served graph's own detections: some masks empty, some not
+        (row,) = graph.detect(pixels[None])
+        assert row.mask_coeffs is not None and row.protos is not None
+        height, width = pixels.shape[:2]
+        geometry = ProtoMasks(LetterboxInfo(width, height, 1.0, 0, 0), row.protos.shape[1:],
+                              input_size=(height, width))
+        masks = geometry.letterbox(row.mask_coeffs, row.protos, row.boxes)
+        empty += sum(mask.empty for mask in masks)
+        kept += sum(not mask.empty for mask in masks)
+    assert empty >= 3 and kept >= 3, (empty, kept)
+    repository = convert(ConvertOptions(out=tmp_path / "repo", detector=f"ultralytics:{source}",
+                                        compare_samples=1)).repository
+    reference = load_predictor(source, "segment")
+    labels = load_ultralytics(source).label_map
+    server = triton_server(repository)
+    with FashionClient(str(server.endpoints.grpc)) as client:
+        served = sum(_assert_served_as_predicted(client.detect(data), predict(reference, [pixels], imgsz=SIZE)[0],
+                                                 info, labels) for data, pixels, info in rect)
+    assert served == kept
+
+
 def test_importing_ultralytics_for_the_reference_leaves_pillow_s_open_alone() -> None:
     """The rest of the session's decode refusals depend on Pillow's own ``Image.open``."""
     from PIL import Image

@@ -66,7 +66,7 @@ def build_yolo(folder: Path, *, task: str = "segment", imgsz: int = 128, width: 
                depth: float = 0.33, names: tuple[str, ...] = DEEPFASHION2, dynamic: bool = True,
                seed: int = 0, class_bias: tuple[float, float] = (-1.0, 1.0),
                class_logits: tuple[float, float] | None = None,
-               calibration: npt.NDArray[np.uint8] | None = None) -> Path:
+               calibration: npt.NDArray[np.uint8] | None = None, mask_bias: float = 0.0) -> Path:
     """A random YOLOv8 (``task`` detect or segment) from Ultralytics' YAML, exported to ONNX by Ultralytics.
 
     ``width``/``depth`` scale the YAML's ``n`` model (0.25 / 0.33); YOLOv8s is 0.50 / 0.33. Returns
@@ -75,7 +75,9 @@ def build_yolo(folder: Path, *, task: str = "segment", imgsz: int = 128, width: 
     class convolutions are instead rescaled so their logits over random images have that mean and
     spread (a trained model's few confident boxes, for benchmarks: (-4.5, 1) keeps some tens).
     ``calibration`` (uint8 RGB ``[n, imgsz, imgsz, 3]``, e.g. letterboxed scenes) replaces the
-    random images the BatchNorm statistics and that rescaling are taken on.
+    random images the BatchNorm statistics and that rescaling are taken on. ``mask_bias`` is added to
+    every mask coefficient's bias (segment): negative, some detections' masks come out empty, which
+    Ultralytics' predictor drops.
     """
     import torch
     import yaml
@@ -112,6 +114,9 @@ def build_yolo(folder: Path, *, task: str = "segment", imgsz: int = 128, width: 
             head[-1].bias.normal_(*class_bias, generator=generator)
         if class_logits is not None:
             _rescale_class_logits(network, imgsz, class_logits, generator, images)
+        if mask_bias:
+            for head in network.model[-1].cv4:  # the mask coefficients, per stride
+                head[-1].bias += mask_bias
     network.eval()
     # Ultralytics writes next to the working folder for a model built from a YAML: work in ``folder``
     with warnings.catch_warnings(), contextlib.chdir(folder):
