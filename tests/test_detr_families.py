@@ -108,12 +108,28 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: save_tiny(tmp_path_factory.mktemp(f"tiny-{name}"), name) for name in FAMILY_NAMES}
 
 
+def _convert_each(checkpoints: dict[str, Path], out: Path, runtime: Any) -> dict[str, Path]:
+    return {name: convert(ConvertOptions(out=out / name, detector=f"hf:{folder}", score_threshold=THRESHOLD,
+                                         compare_samples=2, runtime=runtime)).repository
+            for name, folder in checkpoints.items()}
+
+
 @pytest.fixture(scope="module")
 def repositories(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("detr-repos")
-    return {name: convert(ConvertOptions(out=out / name, detector=f"hf:{folder}", score_threshold=THRESHOLD,
-                                         compare_samples=2, runtime="onnxruntime")).repository
-            for name, folder in checkpoints.items()}
+    return _convert_each(checkpoints, tmp_path_factory.mktemp("detr-repos"), "onnxruntime")
+
+
+def assert_detects_as(runner: Any, reference: Any, *, size: int, seeds: int = 3) -> None:
+    """``runner.detect`` equals ``reference(pixels)`` (transformers' detections) on random uint8 batches."""
+    found = 0
+    for seed in range(seeds):
+        pixels = np.random.default_rng(seed).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+        for ours, theirs in zip(runner.detect(pixels), reference(pixels), strict=True):
+            assert ours.classes.tolist() == theirs.classes.tolist()
+            np.testing.assert_allclose(ours.scores, theirs.scores, atol=1e-5)
+            np.testing.assert_allclose(ours.boxes, theirs.boxes, atol=1e-3)
+            found += len(ours)
+    assert found > 0, "the threshold must keep something for the comparison to mean anything"
 
 
 # -- the family table -------------------------------------------------------------------------------------
@@ -306,19 +322,15 @@ def _scenes() -> list[bytes]:
     return [render_scene(70 + i, size=size).encode(format="JPEG", quality=90) for i, size in enumerate(sizes)]
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("name", FAMILY_NAMES)
-def test_served_detections_equal_transformers_on_the_same_images(
-        triton_server: Any, repositories: dict[str, Path], checkpoints: dict[str, Path], name: str) -> None:
+def _assert_served_as_transformers(server: Any, repository: Path, folder: Path, name: str) -> None:
     from fashionbox.client import FashionClient
     from fashionbox.core.imaging import decode_image, letterbox
 
-    checkpoint = load_detr(checkpoint_weights(checkpoints[name]), STYLES[name])
+    checkpoint = load_detr(checkpoint_weights(folder), STYLES[name])
     labels = checkpoint.label_map
-    manifest = json.loads((repositories[name] / "manifest.json").read_text())
+    manifest = json.loads((repository / "manifest.json").read_text())
     assert manifest["family"] == name
-    assert [c["name"] for c in json.loads((repositories[name] / "labels.json").read_text())["categories"]] == NAMES
-    server = triton_server(repositories[name])
+    assert [c["name"] for c in json.loads((repository / "labels.json").read_text())["categories"]] == NAMES
     total = 0
     with FashionClient(str(server.endpoints.grpc)) as client:
         for data in _scenes():
@@ -333,3 +345,90 @@ def test_served_detections_equal_transformers_on_the_same_images(
                 assert set(d.attributes) == set(labels.groups_for(d.category))
             total += len(served)
     assert total > 0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_served_detections_equal_transformers_on_the_same_images(
+        triton_server: Any, repositories: dict[str, Path], checkpoints: dict[str, Path], name: str) -> None:
+    _assert_served_as_transformers(triton_server(repositories[name]), repositories[name], checkpoints[name], name)
+
+
+# -- the torch runtime: the transformers model in PyTorch (the GPU profile without TensorRT) ----------------------
+
+
+@pytest.fixture(scope="module")
+def torch_repositories(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return _convert_each(checkpoints, tmp_path_factory.mktemp("detr-torch-repos"), "torch")
+
+
+def _torch_folder(repository: Path) -> Path:
+    from fashionbox.model_repository.runners import TORCH_FOLDER
+
+    return repository / "detector" / "1" / TORCH_FOLDER
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_the_torch_runtime_detector_answers_as_transformers_on_the_same_pixels(
+        torch_repositories: dict[str, Path], checkpoints: dict[str, Path], name: str) -> None:
+    from fashionbox.models.torch_runtime import TorchDetrDetector
+
+    repository = torch_repositories[name]
+    manifest = json.loads((repository / "manifest.json").read_text())
+    assert manifest["runtime"] == "torch" and manifest["precision"] == "fp32"
+    assert manifest["comparison"]["torch detector"]["detections_count_mismatch"] == 0
+    # safetensors and JSON only: nothing a loader would unpickle
+    assert sorted(p.name for p in _torch_folder(repository).iterdir()) == ["config.json", "detector.json",
+                                                                            "model.safetensors"]
+    checkpoint = load_detr(checkpoint_weights(checkpoints[name]), STYLES[name])
+    runner = TorchDetrDetector(_torch_folder(repository), device="cpu", precision="fp32", score_threshold=THRESHOLD,
+                               max_detections=STYLES[name].max_detections)
+    assert_detects_as(runner, lambda pixels: reference_detections(checkpoint, pixels, THRESHOLD), size=INPUT_SIZE)
+
+
+def test_the_torch_runtime_detector_pads_to_its_buckets_and_answers_only_the_rows_asked_for(
+        torch_repositories: dict[str, Path]) -> None:
+    from fashionbox.models.torch_runtime import TorchDetrDetector
+
+    folder = _torch_folder(torch_repositories["rt_detr"])
+    plain = TorchDetrDetector(folder, device="cpu", precision="fp32", score_threshold=THRESHOLD, max_detections=300)
+    padded = TorchDetrDetector(folder, device="cpu", precision="fp32", score_threshold=THRESHOLD, max_detections=300,
+                               max_batch_size=8, bucketed=True)
+    assert padded.buckets == (1, 2, 4, 8)
+    pixels = np.random.default_rng(5).integers(0, 256, (5, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    for rows in (1, 3, 5):  # padded to 1, 4 and 8 rows: the padding's detections are not answered
+        ours, theirs = padded.detect(pixels[:rows]), plain.detect(pixels[:rows])
+        assert len(ours) == rows
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.classes.tolist() == b.classes.tolist()
+            np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+    assert sum(len(d) for d in plain.detect(np.zeros((2, INPUT_SIZE, INPUT_SIZE, 3), np.uint8))) > 0, (
+        "zero rows must detect something here, or the padding test proves nothing")
+
+
+def test_a_torch_runtime_folder_without_its_spec_fails_load_naming_it(torch_repositories: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    from fashionbox.models.torch_runtime import TorchDetrDetector, TorchRuntimeError
+
+    folder = _copy(_torch_folder(torch_repositories["detr"]), tmp_path / "no-spec", skip=("detector.json",))
+    with pytest.raises(ValueError, match=r"detector\.json is not a DETR-style detector spec"):
+        TorchDetrDetector(folder, device="cpu", precision="fp32", score_threshold=THRESHOLD, max_detections=10)
+    spec = json.loads((_torch_folder(torch_repositories["detr"]) / "detector.json").read_text())
+    _copy(_torch_folder(torch_repositories["detr"]), tmp_path / "renamed")
+    (tmp_path / "renamed" / "detector.json").write_text(json.dumps({**spec, "model_class": "NoSuchDetector"}))
+    with pytest.raises(TorchRuntimeError, match="has no NoSuchDetector"):
+        TorchDetrDetector(tmp_path / "renamed", device="cpu", precision="fp32", score_threshold=THRESHOLD,
+                          max_detections=10)
+    with pytest.raises(TorchRuntimeError, match="fp16 needs a CUDA device"):
+        TorchDetrDetector(_torch_folder(torch_repositories["detr"]), device="cpu", precision="fp16",
+                          score_threshold=THRESHOLD, max_detections=10)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["detr", "rt_detr"])  # the two scorings: softmax, sigmoid top-k
+def test_a_served_torch_runtime_repository_equals_transformers_on_the_same_images(
+        triton_server: Any, torch_repositories: dict[str, Path], checkpoints: dict[str, Path], name: str) -> None:
+    server = triton_server(torch_repositories[name])
+    _assert_served_as_transformers(server, torch_repositories[name], checkpoints[name], name)
+    assert server.log_path is not None
+    assert f"{_torch_folder(torch_repositories[name])} on cpu (fp32)" in server.log_path.read_text()

@@ -303,12 +303,13 @@ def test_the_converter_refuses_a_runtime_its_target_cannot_run(target: str, runt
 
 
 def test_the_converter_refuses_the_torch_runtime_for_a_family_it_cannot_serve(tmp_path: Path) -> None:
-    pytest.importorskip("transformers", reason="YOLOS needs fashionbox-converter[hf] (transformers)")
-    from test_yolos import save_tiny_yolos
-
-    folder = save_tiny_yolos(tmp_path / "yolos")
-    with pytest.raises(ConvertError, match="the torch runtime serves FashionBox checkpoints"):
-        convert(ConvertOptions(out=tmp_path / "repository", detector=f"hf:{folder}", runtime="torch"))
+    # an Ultralytics export is an ONNX graph only, no network the torch runtime could rebuild: refused
+    # before the file is read (it is not even ONNX here)
+    export = tmp_path / "yolo.onnx"
+    export.write_bytes(b"not read")
+    with pytest.raises(ConvertError, match="the torch runtime serves FashionBox checkpoints and transformers "
+                                           r"\(hf:\) detectors; a ultralytics detector runs through ONNX Runtime"):
+        convert(ConvertOptions(out=tmp_path / "repository", detector=f"ultralytics:{export}", runtime="torch"))
     assert not (tmp_path / "repository").exists()
 
 
@@ -368,6 +369,35 @@ def test_on_the_gpu_the_runners_agree_with_the_cpu(precision: str, scenes: np.nd
     cpu_heads = TorchAttributes(default_weights("attributes"), device="cpu", precision="fp32",
                                 num_attribute_labels=LABELS.num_attribute_labels)
     np.testing.assert_allclose(heads.classify(crops), cpu_heads.classify(crops), atol=tolerance)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs torch with CUDA and an NVIDIA GPU")
+@pytest.mark.parametrize("name", ["detr", "rt_detr"])
+def test_on_the_gpu_a_transformers_family_in_fp16_agrees_with_the_cpu(name: str, tmp_path: Path) -> None:
+    pytest.importorskip("transformers", reason="the DETR-style families need transformers")
+    from test_detr_families import INPUT_SIZE, save_tiny
+
+    from fashionbox.model_repository.runners import TORCH_FOLDER
+    from fashionbox.models.torch_runtime import TorchDetrDetector
+
+    repository = convert(ConvertOptions(out=tmp_path / "repository", detector=f"hf:{save_tiny(tmp_path / name, name)}",
+                                        score_threshold=0.3, compare_samples=2, target="gpu",
+                                        runtime="torch")).repository
+    folder = repository / "detector" / "1" / TORCH_FOLDER
+    cpu = TorchDetrDetector(folder, device="cpu", precision="fp32", score_threshold=0.3, max_detections=100)
+    gpu = TorchDetrDetector(folder, device="cuda:0", precision="fp16", score_threshold=0.3, max_detections=100,
+                            max_batch_size=8)
+    assert gpu.buckets == (1, 2, 4, 8)
+    pixels = np.random.default_rng(0).integers(0, 256, (5, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    found = 0
+    for ours, theirs in zip(gpu.detect(pixels), cpu.detect(pixels), strict=True):
+        clear = theirs.scores > 0.3 + 0.03  # in FP16 a score at the threshold may fall either side
+        assert ours.classes[: clear.sum()].tolist() == theirs.classes[clear].tolist()
+        np.testing.assert_allclose(ours.scores[: clear.sum()], theirs.scores[clear], atol=0.03)
+        np.testing.assert_allclose(ours.boxes[: clear.sum()], theirs.boxes[clear], atol=0.5)
+        found += int(clear.sum())
+    assert found > 0
 
 
 @pytest.mark.cuda

@@ -186,6 +186,30 @@ def test_exported_graph_equals_transformers_post_processing(checkpoint_dir: Path
     assert sum(len(r) for b in batches for r in reference_detections(checkpoint, b, THRESHOLD)) > 0
 
 
+def test_the_torch_runtime_serves_a_bin_checkpoint_as_safetensors_with_baked_embeddings(
+        checkpoint_dir: Path, tmp_path: Path) -> None:
+    """The torch runtime's YOLOS is the exported graph's model (position embeddings interpolated once to the
+    served square, from a 64x96 checkpoint), saved again as safetensors even from a pytorch_model.bin."""
+    from test_detr_families import assert_detects_as
+
+    from fashionbox.model_repository.runners import TORCH_FOLDER
+    from fashionbox.models.torch_runtime import TorchDetrDetector
+
+    reference = load_yolos(checkpoint_weights(checkpoint_dir))
+    source = tmp_path / "bin"
+    source.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        (source / name).write_bytes((checkpoint_dir / name).read_bytes())
+    torch.save(reference.model.state_dict(), source / "pytorch_model.bin")
+    repository = convert(ConvertOptions(out=tmp_path / "repository", detector=f"hf:{source}",
+                                        score_threshold=THRESHOLD, compare_samples=2, runtime="torch")).repository
+    folder = repository / "detector" / "1" / TORCH_FOLDER
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "detector.json", "model.safetensors"]
+    assert json.loads((folder / "config.json").read_text())["image_size"] == [INPUT_SIZE, INPUT_SIZE]
+    runner = TorchDetrDetector(folder, device="cpu", precision="fp32", score_threshold=THRESHOLD, max_detections=100)
+    assert_detects_as(runner, lambda pixels: reference_detections(reference, pixels, THRESHOLD), size=INPUT_SIZE)
+
+
 def test_convert_writes_a_yolos_repository_with_the_checkpoints_labels(repository: Path) -> None:
     manifest = json.loads((repository / "manifest.json").read_text())
     labels = json.loads((repository / "labels.json").read_text())

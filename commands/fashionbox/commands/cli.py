@@ -429,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=["auto", "onnxruntime", "openvino", "tensorrt", "torch"], default="auto",
                    help="what runs the networks: auto is TensorRT engines on gpu and, on cpu, the faster of "
                         "onnxruntime and openvino measured on this host (recorded in manifest.json); torch is "
-                        "PyTorch in the python backend (on the GPU for --target gpu, FP16 unless --no-fp16)")
+                        "PyTorch in the python backend (on the GPU for --target gpu, FP16 unless --no-fp16) for "
+                        "FashionBox checkpoints and hf: detectors")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                    help="--target cpu: fp32 (default) or bf16, OpenVINO only and only on a CPU with AMX or "
                         "AVX512-BF16 (refused elsewhere); with --runtime auto, bf16 makes OpenVINO bf16 a candidate")

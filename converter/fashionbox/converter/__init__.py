@@ -64,7 +64,11 @@ class Family:
     input_size: Callable[[Any], int] = lambda detector: int(detector.config.input_size)
     """Side of the square letterbox the loaded detector is served at."""
     torch_runtime: bool = False
-    """Whether :class:`fashionbox.models.torch_runtime.TorchDetector` can serve its checkpoints."""
+    """Whether the torch runtime can serve its checkpoints: :class:`fashionbox.models.torch_runtime.TorchDetector`
+    the checkpoint file itself, or (``torch_files``) :class:`fashionbox.models.torch_runtime.TorchDetrDetector`."""
+    torch_files: Callable[[Any, Path], Path] | None = None
+    """Writes what the torch runtime loads for the loaded detector into a folder (a transformers family's
+    saved model and graph spec) and returns it; None: the runtime loads the checkpoint file itself."""
     score_threshold: float = contract.DEFAULT_SCORE_THRESHOLD
     iou_threshold: float = contract.DEFAULT_IOU_THRESHOLD
     max_detections: int = contract.DEFAULT_MAX_DETECTIONS
@@ -96,13 +100,14 @@ def _default_family() -> Family:
 
 
 def _detr_style_family(style: Any) -> Family:
-    from fashionbox.converter.detr import compare_detr, export_detr_onnx, family_loader
+    from fashionbox.converter.detr import compare_detr, export_detr_onnx, family_loader, write_torch_files
 
     # transformers' post_process_object_detection keeps scores above its threshold (0.5 in each
     # DETR-style processor); DETR-style models need no NMS; at most the queries (or top_k) per image
     return Family(style.model_type, family_loader(style), export_detr_onnx, compare_detr,
                   input_size=lambda checkpoint: int(checkpoint.input_size), threads=2,
-                  score_threshold=style.score_threshold, max_detections=style.max_detections)
+                  score_threshold=style.score_threshold, max_detections=style.max_detections,
+                  torch_runtime=True, torch_files=write_torch_files)
 
 
 def _yolos_family() -> Family:
@@ -451,6 +456,24 @@ def _torch_files(model: Any, folder: Path) -> Path:
     return folder
 
 
+def _torch_detector(family: Family, detector: Any, detector_path: Path, tmp: Path, runtime: Any,
+                    max_detections: int) -> tuple[dict[str, Path], Any]:
+    """The torch runtime's detector files (repository path -> file) and its runner on the CPU in fp32, which
+    the converter checks against the ONNX graph: the FashionBox checkpoint itself, or the family's files."""
+    from fashionbox.converter.repository import MODEL_VERSION, WEIGHTS_FILE
+    from fashionbox.model_repository.runners import TORCH_FOLDER
+    from fashionbox.models.torch_runtime import TorchDetector, TorchDetrDetector
+
+    cpu = replace(runtime, precision="fp32")
+    version = f"{contract.DETECTOR_MODEL}/{MODEL_VERSION}"
+    if family.torch_files is None:
+        return ({f"{version}/{WEIGHTS_FILE}": detector_path},
+                TorchDetector.from_settings(detector_path, cpu, device="cpu", max_detections=max_detections))
+    folder = family.torch_files(detector, tmp / "torch-detector")
+    files = {f"{version}/{TORCH_FOLDER}/{path.name}": path for path in sorted(folder.iterdir()) if path.is_file()}
+    return files, TorchDetrDetector.from_settings(folder, cpu, device="cpu", max_detections=max_detections)
+
+
 def convert(options: ConvertOptions) -> ConvertResult:
     """Export, check, compare and write the repository; nothing is written on failure."""
     from fashionbox.converter.export import compare_attributes, export_attributes_onnx
@@ -490,8 +513,9 @@ def convert(options: ConvertOptions) -> ConvertResult:
     _, attributes_path = resolve_spec(options.attributes, "attributes")
     family = FAMILIES[family_name]()
     if runtime == "torch" and not family.torch_runtime:
-        raise ConvertError(f"the torch runtime serves FashionBox checkpoints; a {family.name} detector runs through "
-                           "ONNX Runtime (--target cpu) or TensorRT (--target gpu)")
+        raise ConvertError(f"the torch runtime serves FashionBox checkpoints and transformers (hf:) detectors; a "
+                           f"{family.name} detector runs through ONNX Runtime or OpenVINO (--target cpu) or TensorRT "
+                           "(--target gpu)")
     detector, label_map = family.load_detector(detector_path)
     classifier, attribute_labels = load_attributes(attributes_path)
     if attribute_labels.attribute_groups != label_map.attribute_groups:
@@ -558,12 +582,15 @@ def convert(options: ConvertOptions) -> ConvertResult:
         det_report = family.compare_detector(detector, detector_onnx, det_batches, nms)
         attr_report = compare_attributes(classifier, attributes_onnx, attr_batches)
         reports = [det_report, attr_report]
-        if runtime == "torch":
+        torch_files: dict[str, Path] = {}
+        if runtime == "torch":  # the runners load the checkpoints themselves, checked against the graphs
             from fashionbox.converter.export import compare_torch_runners
 
-            reports += compare_torch_runners(detector_path, detector_onnx, attributes_path, attributes_onnx,
-                                             det_batches, attr_batches, runtime_settings,
-                                             max_detections=max_detections,
+            torch_files, torch_detector = _torch_detector(family, detector, detector_path, Path(tmp),
+                                                          runtime_settings, max_detections)
+            torch_files[f"{contract.ATTRIBUTES_MODEL}/{MODEL_VERSION}/{WEIGHTS_FILE}"] = attributes_path
+            reports += compare_torch_runners(torch_detector, detector_onnx, attributes_path, attributes_onnx,
+                                             det_batches, attr_batches, max_detections=max_detections,
                                              num_attribute_labels=label_map.num_attribute_labels)
         for report in reports:
             log.info("%s: max abs error ONNX Runtime vs PyTorch %s over %d samples",
@@ -613,10 +640,6 @@ def convert(options: ConvertOptions) -> ConvertResult:
         if cpu_runtime is not None:  # what auto measured (or the explicit check), and on which CPU
             manifest["cpu_runtime"] = cpu_runtime.record
         gpu = None
-        files: dict[str, Path] = {}
-        if runtime == "torch":  # the runners load the checkpoints themselves
-            files = {f"{contract.DETECTOR_MODEL}/{MODEL_VERSION}/{WEIGHTS_FILE}": detector_path,
-                     f"{contract.ATTRIBUTES_MODEL}/{MODEL_VERSION}/{WEIGHTS_FILE}": attributes_path}
         if runtime == "tensorrt":
             from fashionbox.converter.tensorrt import prepare_gpu_repository
 
@@ -627,7 +650,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
         repository = write_repository(options.out, detector_onnx=detector_onnx, attributes_onnx=attributes_onnx,
                                       label_map=label_map, settings=settings, manifest=manifest,
                                       configs=gpu.configs if gpu else None,
-                                      files={**(gpu.files if gpu else files), **branches.files},
+                                      files={**(gpu.files if gpu else torch_files), **branches.files},
                                       branch_onnx=branches.onnx)
     log.info("model repository written to %s in %.1f s", repository, time.time() - started)
     return ConvertResult(repository, {**{report.model: report.max_abs_error for report in reports}, **branches.reports},

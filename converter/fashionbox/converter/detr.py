@@ -25,7 +25,9 @@ serve it unchanged. Two scorings, as transformers' processors do it:
   ``top_k``) and the number of queries for RT-DETR (its ``num_top_queries``).
 
 No NMS in either (DETR-style models need none); ``postprocess`` maps the boxes to original pixels
-with the letterbox geometry, as for every family.
+with the letterbox geometry, as for every family. The graph itself is
+:class:`fashionbox.models.detr_graph.DetrGraph`, which the torch runtime also serves from the files
+:func:`write_torch_files` writes (the model saved by transformers, and the graph's spec).
 
 **Why the served input is a square letterbox, and how parity is defined.** The processors resize
 each image their own way: DETR, Conditional DETR and YOLOS to a short side of
@@ -67,7 +69,6 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch import Tensor, nn
 
 from fashionbox import contract
 from fashionbox.contract.labels import LabelMap
@@ -75,6 +76,7 @@ from fashionbox.converter.errors import ConvertError
 from fashionbox.converter.export import MIN_OPSET, ComparisonReport, ExportError, _session, check_onnx
 from fashionbox.converter.labels import family_label_map
 from fashionbox.core.postprocessing import DetectorOutput, gather_detections
+from fashionbox.models.detr_graph import DetrGraph, DetrSpec
 from fashionbox.models.nms import NmsSettings
 
 __all__ = [
@@ -90,10 +92,13 @@ __all__ = [
     "checkpoint_weights",
     "compare_detections",
     "compare_detr",
+    "detr_graph",
+    "detr_spec",
     "export_detr_onnx",
     "hf_model_type",
     "load_detr",
     "reference_detections",
+    "write_torch_files",
 ]
 
 log = logging.getLogger(__name__)
@@ -379,44 +384,6 @@ def family_loader(style: DetrStyle) -> Callable[[Path], tuple[DetrCheckpoint, La
 # -- export ------------------------------------------------------------------------------------------------
 
 
-class _DetrGraph(nn.Module):
-    """uint8 ``[B, S, S, 3]`` -> ``boxes [B, N, 4]`` (letterbox px), ``scores [B, C, N]``, ``selected [M, 3]``."""
-
-    def __init__(self, model: Any, preprocessing: DetrPreprocessing, size: int, score_threshold: float,
-                 scoring: Scoring, top_k: int) -> None:
-        super().__init__()
-        self.model = model
-        self.size = float(size)
-        self.rescale = float(preprocessing.rescale_factor)
-        self.score_threshold = float(score_threshold)
-        self.scoring = scoring
-        self.top_k = int(top_k)
-        self.register_buffer("mean", torch.tensor(preprocessing.image_mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(preprocessing.image_std, dtype=torch.float32).view(1, 3, 1, 1))
-
-    def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        x = pixels.permute(0, 3, 1, 2).to(torch.float32) * self.rescale
-        x = (x - self.get_buffer("mean")) / self.get_buffer("std")
-        out = self.model(pixel_values=x)
-        cx, cy, w, h = out.pred_boxes.unbind(-1)
-        boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1) * self.size
-        if self.scoring == "softmax":
-            probs = out.logits.softmax(-1)[..., :-1]  # drop the no-object class
-            scores, classes = probs.max(-1)
-            kept = torch.nonzero(scores > self.score_threshold)  # [M, 2]: (batch, query)
-            best = classes[kept[:, 0], kept[:, 1]]
-            selected = torch.stack([kept[:, 0], best, kept[:, 1]], dim=1)
-        else:
-            probs = out.logits.sigmoid()  # [B, N, C]
-            num_classes = probs.shape[-1]
-            values, index = torch.topk(probs.flatten(1), self.top_k, dim=1)  # over queries x classes
-            kept = torch.nonzero(values > self.score_threshold)  # [M, 2]: (batch, rank)
-            flat = index[kept[:, 0], kept[:, 1]]
-            selected = torch.stack([kept[:, 0], flat % num_classes, torch.div(flat, num_classes,
-                                                                              rounding_mode="floor")], dim=1)
-        return boxes, probs.transpose(1, 2), selected
-
-
 def graph_top_k(checkpoint: DetrCheckpoint) -> int:
     """``sigmoid_top_k``: the ``k`` the processor keeps (at most queries x classes, as ``min`` there)."""
     queries = int(checkpoint.model.config.num_queries)
@@ -424,15 +391,30 @@ def graph_top_k(checkpoint: DetrCheckpoint) -> int:
     return min(checkpoint.style.top_k or queries, pairs)
 
 
+def detr_spec(checkpoint: DetrCheckpoint) -> DetrSpec:
+    """What the graph is built from besides the model: the style's scoring, the input size, the
+    processor's normalisation (written beside the transformers files for the torch runtime)."""
+    style, preprocessing = checkpoint.style, checkpoint.preprocessing
+    mean, std = preprocessing.image_mean, preprocessing.image_std
+    return DetrSpec(model_class=style.model_class, scoring=style.scoring,
+                    top_k=graph_top_k(checkpoint) if style.scoring == "sigmoid_top_k" else 0,
+                    input_size=checkpoint.input_size, rescale_factor=preprocessing.rescale_factor,
+                    image_mean=(mean[0], mean[1], mean[2]), image_std=(std[0], std[1], std[2]))
+
+
+def detr_graph(checkpoint: DetrCheckpoint, score_threshold: float) -> DetrGraph:
+    """The graph that is exported (YOLOS: its position embeddings baked at the served size)."""
+    spec = detr_spec(checkpoint)
+    return DetrGraph(checkpoint.style.prepare_export(checkpoint.model, spec.input_size), spec,
+                     score_threshold).eval()
+
+
 def export_detr_onnx(checkpoint: DetrCheckpoint, path: Path, *, nms: NmsSettings, opset: int = MIN_OPSET) -> Path:
     """Export the graph (dynamic batch, TorchScript exporter); ``nms.score_threshold`` is the threshold."""
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is below the supported minimum {MIN_OPSET}")
     size = checkpoint.input_size
-    style = checkpoint.style
-    top_k = graph_top_k(checkpoint) if style.scoring == "sigmoid_top_k" else 0
-    graph = _DetrGraph(style.prepare_export(checkpoint.model, size), checkpoint.preprocessing, size,
-                       nms.score_threshold, style.scoring, top_k).eval()
+    graph = detr_graph(checkpoint, nms.score_threshold)
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
     names = [contract.ONNX_DETECTOR_BOXES, contract.ONNX_DETECTOR_SCORES, contract.ONNX_DETECTOR_SELECTED]
     dynamic = {contract.ONNX_DETECTOR_INPUT: {0: "batch"}, contract.ONNX_DETECTOR_BOXES: {0: "batch"},
@@ -445,6 +427,18 @@ def export_detr_onnx(checkpoint: DetrCheckpoint, path: Path, *, nms: NmsSettings
     checkpoint.model.eval()  # the exporter restores the graph's mode on every submodule: keep eval certain
     check_onnx(path)
     return path
+
+
+def write_torch_files(checkpoint: DetrCheckpoint, folder: Path) -> Path:
+    """``folder`` with what :class:`fashionbox.models.torch_runtime.TorchDetrDetector` loads: the exported
+    graph's transformers model (YOLOS: with its baked embeddings) as config and safetensors, and
+    :data:`fashionbox.models.detr_graph.SPEC_FILE`. The weights are the checkpoint's, saved again by
+    transformers: no pickle, whatever the checkpoint's own format."""
+    spec = detr_spec(checkpoint)
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint.style.prepare_export(checkpoint.model, spec.input_size).save_pretrained(folder, safe_serialization=True)
+    spec.write(folder)
+    return folder
 
 
 # -- the transformers reference and the comparison -------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +33,7 @@ from fashionbox.models import AttributeClassifier, FashionDetector
 from fashionbox.models.nms import NmsSettings
 
 if TYPE_CHECKING:
-    from fashionbox.core.serving import RuntimeSettings
+    from fashionbox.core.serving import DetectorRunner
 
 __all__ = [
     "ComparisonReport",
@@ -283,22 +283,22 @@ def compare_attributes(classifier: AttributeClassifier, path: Path,
 
 
 
-def compare_torch_runners(detector_weights: Path, detector_onnx: Path, attributes_weights: Path,
+def compare_torch_runners(torch_detector: DetectorRunner, detector_onnx: Path, attributes_weights: Path,
                           attributes_onnx: Path, detector_batches: Sequence[npt.NDArray[np.uint8]],
-                          attribute_batches: Sequence[npt.NDArray[np.uint8]], runtime: RuntimeSettings, *,
+                          attribute_batches: Sequence[npt.NDArray[np.uint8]], *,
                           max_detections: int, num_attribute_labels: int) -> list[ComparisonReport]:
     """The torch runtime's runners (on the CPU, FP32) against the ONNX graphs, answer for answer.
 
-    Checks what the torch runtime adds to the networks the ONNX comparison already covered:
-    batched NMS and the gathering of detections. Per image the same number of detections
-    (``detections_count_mismatch`` counts images where they differ), then the largest difference
-    of boxes and scores in the served order, and of the attribute probabilities.
+    ``torch_detector`` is the runtime's detector runner (:class:`fashionbox.models.torch_runtime.TorchDetector`
+    or a family's :class:`fashionbox.models.torch_runtime.TorchDetrDetector`). Checks what the torch
+    runtime adds to the networks the ONNX comparison already covered: batched NMS (or the family's
+    graph rebuilt from its saved files) and the gathering of detections. Per image the same number of
+    detections (``detections_count_mismatch`` counts images where they differ), then the largest
+    difference of boxes and scores in the served order, and of the attribute probabilities.
     """
     from fashionbox.core.serving import OnnxAttributes, OnnxDetector, OrtSettings
-    from fashionbox.models.torch_runtime import TorchAttributes, TorchDetector
+    from fashionbox.models.torch_runtime import TorchAttributes
 
-    cpu = replace(runtime, precision="fp32")
-    torch_detector = TorchDetector.from_settings(detector_weights, cpu, device="cpu", max_detections=max_detections)
     onnx_detector = OnnxDetector(detector_onnx, OrtSettings(), max_detections=max_detections)
     errors = {"boxes": 0.0, "scores": 0.0, "detections_count_mismatch": 0.0}
     samples = 0

@@ -2,10 +2,11 @@
 
 ``onnxruntime`` runs the version folder's ``model.onnx`` (:class:`fashionbox.core.serving.OnnxDetector`,
 :class:`fashionbox.core.serving.OnnxAttributes`); ``openvino`` runs the same file with OpenVINO, fp32 or
-bf16 (:mod:`fashionbox.core.openvino_runtime`, imported only then); ``torch`` runs the safetensors checkpoint with
-PyTorch on the instance's device (:mod:`fashionbox.models.torch_runtime`, imported only then, so an
-ONNX-only environment needs no torch). This module sits above both ``fashionbox.core`` and
-``fashionbox.models``: the python models call it, neither of those two imports the other.
+bf16 (:mod:`fashionbox.core.openvino_runtime`, imported only then); ``torch`` runs the safetensors checkpoint
+(or a DETR-style family's transformers files, :data:`TORCH_FOLDER`) with PyTorch on the instance's device
+(:mod:`fashionbox.models.torch_runtime`, imported only then, so an ONNX-only environment needs no torch).
+This module sits above both ``fashionbox.core`` and ``fashionbox.models``: the python models call it,
+neither of those two imports the other.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ __all__ = [
 ]
 
 TORCH_FOLDER = "transformers"
-"""In a torch-runtime ``classifier`` / ``embedder`` version folder: the family's transformers files."""
+"""In a torch-runtime ``classifier`` / ``embedder`` version folder, and a DETR-style family's ``detector``
+one: the family's transformers files (a FashionBox ``detector`` has its checkpoint there instead)."""
 
 ATTRIBUTE_EXTRAS = {
     contract.ONNX_ATTRIBUTES_MASKS: contract.CROP_MASKS.name,
@@ -58,14 +60,17 @@ def _load_runner(
     make_onnx: Callable[[Path, OrtSettings], R],
     make_torch: Callable[[Path, RuntimeSettings, str], R],
     make_openvino: Callable[[Path, OrtSettings, str], R],
+    torch_folder: bool = False,
 ) -> tuple[R, str]:
-    """The runner of ``args``' runtime (:class:`RuntimeSettings`), and a line saying what was loaded."""
+    """The runner of ``args``' runtime (:class:`RuntimeSettings`), and a line saying what was loaded. The
+    torch runner loads the version folder's checkpoint, or (``torch_folder``) its :data:`TORCH_FOLDER`."""
     runtime = RuntimeSettings.from_parameters(args.parameters)
     if runtime.runtime == "torch":
         from fashionbox.models.torch_runtime import set_threads
 
         set_threads(runtime.torch_threads)
-        path, device = args.version_file(runtime.weights_file), args.torch_device()
+        path = args.version_file(TORCH_FOLDER if torch_folder else runtime.weights_file)
+        device = args.torch_device()
         return make_torch(path, runtime, device), f"{path} on {device} ({runtime.precision}) {runtime}"
     ort = OrtSettings.from_parameters(args.parameters)
     path = args.version_file(onnx_file)
@@ -78,11 +83,15 @@ def load_detector_runner(args: ModelArgs) -> tuple[DetectorRunner, str]:
     """The ``detector`` model's runner for its config's runtime, and a line saying what was loaded."""
     params = DetectorParameters.from_parameters(args.parameters)
 
-    def torch_detector(path: Path, runtime: RuntimeSettings, device: str) -> DetectorRunner:
-        from fashionbox.models.torch_runtime import TorchDetector
+    # a DETR-style family's transformers files, where a FashionBox detector has its checkpoint
+    family = args.version_file(TORCH_FOLDER).is_dir()
 
-        return TorchDetector.from_settings(path, runtime, device=device, max_detections=params.max_detections,
-                                           max_batch_size=max(1, args.max_batch_size()))
+    def torch_detector(path: Path, runtime: RuntimeSettings, device: str) -> DetectorRunner:
+        from fashionbox.models.torch_runtime import TorchDetector, TorchDetrDetector
+
+        runner = TorchDetrDetector if family else TorchDetector
+        return runner.from_settings(path, runtime, device=device, max_detections=params.max_detections,
+                                    max_batch_size=max(1, args.max_batch_size()))
 
     def onnx_detector(path: Path, ort: OrtSettings) -> DetectorRunner:
         return OnnxDetector(path, ort, max_detections=params.max_detections)
@@ -92,7 +101,8 @@ def load_detector_runner(args: ModelArgs) -> tuple[DetectorRunner, str]:
 
         return OpenVinoDetector(path, ort, max_detections=params.max_detections, precision=precision)
 
-    runner, loaded = _load_runner(args, params.onnx_file, onnx_detector, torch_detector, openvino_detector)
+    runner, loaded = _load_runner(args, params.onnx_file, onnx_detector, torch_detector, openvino_detector,
+                                  torch_folder=family)
     return runner, f"{loaded} {params}"
 
 

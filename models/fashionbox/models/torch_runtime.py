@@ -1,14 +1,19 @@
-"""PyTorch runners for the python backend: the detector and the attribute heads on CUDA or the CPU.
+"""PyTorch runners for the python backend: the detectors, the attribute heads and the image-level
+networks on CUDA or the CPU.
 
 The GPU profile without TensorRT (``fashionbox convert --target gpu --runtime torch``) serves the
 networks with PyTorch on the model instance's GPU; the same classes run on the CPU, which is how
 they are tested on a machine without CUDA and how the converter checks them against ONNX Runtime
-before it writes a repository. They load the FashionBox safetensors checkpoint (no pickle, no code
-from a file) into the networks of :mod:`fashionbox.models`, and answer exactly as
-:class:`fashionbox.core.serving.OnnxDetector` / :class:`fashionbox.core.serving.OnnxAttributes` do::
+before it writes a repository. They load safetensors only (no pickle, no code from a file): the
+FashionBox checkpoint into the networks of :mod:`fashionbox.models`, or a transformers family's
+saved model into the graph the converter exports (:class:`TorchDetrDetector`, :class:`TorchImageBranch`),
+and answer exactly as :class:`fashionbox.core.serving.OnnxDetector` /
+:class:`fashionbox.core.serving.OnnxAttributes` do::
 
     detector = TorchDetector(path, device="cuda:0", precision="fp16", nms=NmsSettings(), max_detections=100)
     detector.detect(pixels)          # uint8 [B, S, S, 3] -> list[DetectorOutput]
+    detr = TorchDetrDetector(folder, device="cuda:0", precision="fp16", score_threshold=0.5, max_detections=100)
+    detr.detect(pixels)              # the same, a DETR-style family's graph (its post-processing inside)
     heads = TorchAttributes(path, device="cuda:0", precision="fp16", num_attribute_labels=15)
     heads.classify(crops)            # uint8 [B, C, C, 3] -> float32 [B, A]
     heads.classify_with_masks(crops) # ... and float32 [B, m, m] mask probabilities (heads.mask_size > 0)
@@ -40,8 +45,8 @@ if TYPE_CHECKING:
     from fashionbox.core.serving import RuntimeSettings
     from fashionbox.models.nms import NmsSettings
 
-__all__ = ["BRANCH_FILE", "TorchAttributes", "TorchDetector", "TorchImageBranch", "TorchRuntimeError",
-           "batch_buckets", "resolve_device", "set_threads"]
+__all__ = ["BRANCH_FILE", "TorchAttributes", "TorchDetector", "TorchDetrDetector", "TorchImageBranch",
+           "TorchRuntimeError", "batch_buckets", "resolve_device", "set_threads"]
 
 BRANCH_FILE = "branch.json"
 """Beside an image-level family's transformers files (``config.json``, ``model.safetensors``): its kind,
@@ -146,6 +151,13 @@ class _Runner:
         padded[:rows] = array
         return padded
 
+    def _forward(self, array: AnyArray) -> Any:
+        """The model on ``array`` padded to its bucket, in inference mode (autocast for fp16)."""
+        import torch
+
+        with torch.inference_mode(), self._context():
+            return self.model(self._tensor(self._padded(array)))
+
     def _context(self) -> contextlib.AbstractContextManager[Any]:
         import torch
 
@@ -212,6 +224,55 @@ class TorchDetector(_Runner):
             return detections_from_kept(selected.cpu().numpy(), boxes[b, n].cpu().numpy(),
                                         scores[b, c, n].cpu().numpy(), batch=int(boxes.shape[0]),
                                         max_detections=self.max_detections)
+
+
+class TorchDetrDetector(_Runner):
+    """A DETR-style family's detector (DETR, Conditional DETR, RT-DETR, YOLOS) in PyTorch: the transformers
+    model saved in ``folder`` (safetensors) inside :class:`fashionbox.models.detr_graph.DetrGraph`, the
+    graph the converter exports, so it answers as the ONNX graph does (its post-processing included:
+    no NMS). uint8 ``[B, S, S, 3]`` letterboxed images -> one :class:`DetectorOutput` per image. Needs
+    transformers in the serving environment (it builds the model from its config)."""
+
+    def __init__(self, folder: Path, *, device: str, precision: str, score_threshold: float, max_detections: int,
+                 max_batch_size: int = 1, bucketed: bool | None = None) -> None:
+        import transformers
+
+        from fashionbox.models.detr_graph import DetrGraph, DetrSpec
+
+        if max_detections < 1:
+            raise ValueError(f"max_detections must be at least 1, got {max_detections}")
+        spec = DetrSpec.read(folder)
+        model_class = getattr(transformers, spec.model_class, None)
+        if model_class is None:
+            raise TorchRuntimeError(f"{folder}: this transformers ({transformers.__version__}) has no "
+                                    f"{spec.model_class}")
+        network = model_class.from_pretrained(str(folder), use_safetensors=True, local_files_only=True).eval()
+        super().__init__(DetrGraph(network, spec, score_threshold), device=device, precision=precision,
+                         max_batch_size=max_batch_size, bucketed=bucketed)
+        self.folder = folder
+        self.max_detections = max_detections
+        self.input_size = spec.input_size
+        self.warm_up((self.input_size, self.input_size, 3))
+        log.info("torch %s detector %s on %s (%s)", spec.model_class, folder, self.device, precision)
+
+    @classmethod
+    def from_settings(cls, folder: Path, runtime: RuntimeSettings, *, device: str, max_detections: int,
+                      max_batch_size: int = 1) -> TorchDetrDetector:
+        return cls(folder, device=device, precision=runtime.precision, score_threshold=runtime.score_threshold,
+                   max_detections=max_detections, max_batch_size=max_batch_size)
+
+    def _run(self, array: AnyArray) -> list[DetectorOutput]:
+        return self.detect(array)
+
+    def detect(self, pixels: AnyArray) -> list[DetectorOutput]:
+        """uint8 ``[B, S, S, 3]`` letterboxed images -> one :class:`DetectorOutput` per image."""
+        from fashionbox.core.postprocessing import gather_detections
+
+        rows = pixels.shape[0]
+        boxes, scores, selected = self._forward(pixels)
+        selected = selected[selected[:, 0] < rows]  # the bucket's padding rows are not answered
+        return gather_detections(boxes[:rows].cpu().numpy(), scores[:rows].cpu().numpy(), selected.cpu().numpy(),
+                                 max_detections=self.max_detections)
 
 
 class TorchAttributes(_Runner):
@@ -340,13 +401,8 @@ class TorchImageBranch(_Runner):
         return self.run(array)
 
     def run(self, images: AnyArray) -> Float32Array:
-        import torch
-
         rows = images.shape[0]
-        with torch.inference_mode():
-            with self._context():
-                out = self.model(self._tensor(self._padded(images)))
-            result: Float32Array = out[:rows].float().cpu().numpy()
+        result: Float32Array = self._forward(images)[:rows].float().cpu().numpy()
         if result.shape != (rows, self.size):
             raise ValueError(f"{self.folder} returned {result.shape}, expected {(rows, self.size)}")
         return result

@@ -1,0 +1,125 @@
+"""A DETR-style detector with its processor's normalisation and post-processing: what is exported and
+what the torch runtime serves, one definition.
+
+:class:`DetrGraph` wraps a transformers object-detection model (DETR, Conditional DETR, RT-DETR,
+YOLOS) so that it takes what ``preprocess`` makes, uint8 letterboxed pixels ``[B, S, S, 3]``, applies
+the processor's ``(pixel * rescale - mean) / std`` and returns the detector contract's three tensors:
+``boxes [B, N, 4]`` (corners in letterbox pixels), ``scores [B, C, N]`` and ``selected [M, 3]`` rows of
+(batch, class, query), with the processor's ``post_process_object_detection`` done inside:
+
+- ``softmax`` (DETR, YOLOS): softmax over the classes, the no-object class dropped, the best class
+  per query, every query above the threshold;
+- ``sigmoid_top_k`` (Conditional DETR, RT-DETR): a sigmoid per class, the ``top_k`` best (query,
+  class) pairs over all queries x classes, those above the threshold (one query may be kept for two
+  classes).
+
+The converter (``fashionbox.converter.detr``) exports it to ONNX; the torch runtime
+(:class:`fashionbox.models.torch_runtime.TorchDetrDetector`) runs it as it is, rebuilt from
+:data:`SPEC_FILE` beside the transformers files. No transformers import here: the caller builds the model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SCORINGS", "SPEC_FILE", "DetrGraph", "DetrSpec"]
+
+SPEC_FILE = "detector.json"
+"""Beside a DETR-style family's transformers files (``config.json``, ``model.safetensors``): its model
+class, scoring, input size and normalisation (:class:`DetrSpec`)."""
+
+SCORINGS = ("softmax", "sigmoid_top_k")
+
+
+@dataclass(frozen=True)
+class DetrSpec:
+    """What rebuilds a :class:`DetrGraph` around the saved transformers model (the threshold is the
+    serving config's, not part of the spec)."""
+
+    model_class: str
+    """The ``transformers`` class the folder loads as (``DetrForObjectDetection``, ...)."""
+    scoring: str
+    top_k: int
+    """``sigmoid_top_k``: the (query, class) pairs kept before the threshold; 0 for ``softmax``."""
+    input_size: int
+    rescale_factor: float
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
+        if self.scoring == "sigmoid_top_k" and self.top_k < 1:
+            raise ValueError(f"sigmoid_top_k needs top_k >= 1, got {self.top_k}")
+        if self.input_size < 1:
+            raise ValueError(f"input_size must be positive, got {self.input_size}")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            raise ValueError(f"image_mean and image_std need 3 values each (std > 0), got {self.image_mean}, "
+                             f"{self.image_std}")
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / SPEC_FILE
+        path.write_text(json.dumps(asdict(self), indent=1), encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> DetrSpec:
+        path = Path(folder) / SPEC_FILE
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            return cls(model_class=str(raw["model_class"]), scoring=str(raw["scoring"]), top_k=int(raw["top_k"]),
+                       input_size=int(raw["input_size"]), rescale_factor=float(raw["rescale_factor"]),
+                       image_mean=_triple(raw["image_mean"]), image_std=_triple(raw["image_std"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} is not a DETR-style detector spec: {exc}") from exc
+
+
+def _triple(values: Sequence[Any]) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in values)
+    return a, b, c
+
+
+class DetrGraph(nn.Module):
+    """uint8 ``[B, S, S, 3]`` -> ``boxes [B, N, 4]`` (letterbox px), ``scores [B, C, N]``, ``selected [M, 3]``."""
+
+    def __init__(self, model: Any, spec: DetrSpec, score_threshold: float) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = spec
+        self.size = float(spec.input_size)
+        self.rescale = float(spec.rescale_factor)
+        self.score_threshold = float(score_threshold)
+        self.register_buffer("mean", torch.tensor(spec.image_mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.image_std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x = pixels.permute(0, 3, 1, 2).to(torch.float32) * self.rescale
+        x = (x - self.get_buffer("mean")) / self.get_buffer("std")
+        out = self.model(pixel_values=x)
+        # float32 from here on: under CUDA autocast the heads answer in half precision, and the
+        # threshold and top-k must compare what the ONNX graph compares
+        cx, cy, w, h = out.pred_boxes.float().unbind(-1)
+        boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1) * self.size
+        logits = out.logits.float()
+        if self.spec.scoring == "softmax":
+            probs = logits.softmax(-1)[..., :-1]  # drop the no-object class
+            scores, classes = probs.max(-1)
+            kept = torch.nonzero(scores > self.score_threshold)  # [M, 2]: (batch, query)
+            best = classes[kept[:, 0], kept[:, 1]]
+            selected = torch.stack([kept[:, 0], best, kept[:, 1]], dim=1)
+        else:
+            probs = logits.sigmoid()  # [B, N, C]
+            num_classes = probs.shape[-1]
+            values, index = torch.topk(probs.flatten(1), self.spec.top_k, dim=1)  # over queries x classes
+            kept = torch.nonzero(values > self.score_threshold)  # [M, 2]: (batch, rank)
+            flat = index[kept[:, 0], kept[:, 1]]
+            selected = torch.stack([kept[:, 0], flat % num_classes, torch.div(flat, num_classes,
+                                                                              rounding_mode="floor")], dim=1)
+        return boxes, probs.transpose(1, 2), selected
