@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -377,6 +378,10 @@ def test_the_torch_runtime_detector_answers_as_transformers_on_the_same_pixels(
     manifest = json.loads((repository / "manifest.json").read_text())
     assert manifest["runtime"] == "torch" and manifest["precision"] == "fp32"
     assert manifest["comparison"]["torch detector"]["detections_count_mismatch"] == 0
+    # CPU instances of the family's threads, as its ONNX Runtime instances would have (2, at most the cores)
+    config = (repository / "detector" / "config.pbtxt").read_text()
+    assert re.search(r'key: "torch_threads"\s+value \{\s+string_value: "(\d+)"', config).group(1) == str(
+        min(2, os.cpu_count() or 2))
     # safetensors and JSON only: nothing a loader would unpickle
     assert sorted(p.name for p in _torch_folder(repository).iterdir()) == ["config.json", "detector.json",
                                                                             "model.safetensors"]

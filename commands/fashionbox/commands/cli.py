@@ -455,9 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the attribute heads; 2 cores: 2/1/2/2; fused: two fifths for the detector, three for "
                         "postprocess; network instances of --threads threads each). Default: this machine's")
     p.add_argument("--threads", type=int, default=None,
-                   help="--target cpu: ONNX Runtime / OpenVINO threads per network instance (default: 1 for the "
-                        "default model, which serves most with one thread per instance; 2, at most the cores, for "
-                        "the other families' detectors of hundreds of ms per image)")
+                   help="--target cpu: ONNX Runtime / OpenVINO (or torch) threads per network instance (default: 1 "
+                        "for the default model, which serves most with one thread per instance; 2, at most the "
+                        "cores, for the other families' detectors of hundreds of ms per image)")
     p.add_argument("--letterbox", choices=["auto", "square", "rect"], default="auto",
                    help="rect: each image letterboxed to the input size on its long side and the smallest stride "
                         "multiple on the short one, as Ultralytics' predictor runs a dynamic export (a 4:3 photo at "

@@ -541,11 +541,6 @@ def convert(options: ConvertOptions) -> ConvertResult:
                          f"{classifier.config.verifier_detector[:12]}..., not this one ({detector_sha[:12]}...): "
                          "served without the second stage (fashionbox train --stage verifier refits it)")
         log.warning("%s", verifier_note)
-    runtime_settings = RuntimeSettings(
-        runtime=runtime if runtime in ("torch", "openvino") else "onnxruntime",
-        precision=("fp16" if runtime == "torch" and options.target == "gpu" and options.engines.fp16
-                   else (options.precision or "fp32") if runtime == "openvino" else "fp32"),
-        score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold)
     # on the CPU, instances for the serving machine's cores (a measured 2-core default), per layout; a
     # heavy family's networks: more threads per instance (Family.threads), never more than the cores,
     # and as many fewer network instances
@@ -555,6 +550,14 @@ def convert(options: ConvertOptions) -> ConvertResult:
     threads = min(family.threads, serving_cores) if onnx_on_cpu else 1
     given_ort = options.repository_settings.get("ort")  # --threads
     instance_threads = given_ort.intra_op_threads if isinstance(given_ort, OrtSettings) else threads
+    # the torch runtime on CPU instances: as many threads as the family's ONNX instances would have
+    torch_threads = ((given_ort.intra_op_threads if isinstance(given_ort, OrtSettings)
+                      else min(family.threads, serving_cores)) if runtime == "torch" and options.target == "cpu" else 1)
+    runtime_settings = RuntimeSettings(
+        runtime=runtime if runtime in ("torch", "openvino") else "onnxruntime",
+        precision=("fp16" if runtime == "torch" and options.target == "gpu" and options.engines.fp16
+                   else (options.precision or "fp32") if runtime == "openvino" else "fp32"),
+        score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold, torch_threads=torch_threads)
     repository_settings = step_timeouts({
         **({"ort": OrtSettings(intra_op_threads=threads)} if threads > 1 else {}),
         "target": options.target, "runtime": runtime_settings, "gpu_decode": options.engines.gpu_decode,

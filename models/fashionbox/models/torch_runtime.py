@@ -115,6 +115,18 @@ def resolve_device(device: str, precision: str) -> torch.device:
     return resolved
 
 
+def _from_pretrained(folder: Path, model_class: str) -> Any:
+    """transformers' ``model_class`` from ``folder``'s config and safetensors, in eval mode; no progress bars
+    (a model instance's log is no terminal)."""
+    import transformers
+
+    cls = getattr(transformers, model_class, None)
+    if cls is None:
+        raise TorchRuntimeError(f"{folder}: this transformers ({transformers.__version__}) has no {model_class}")
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    return cls.from_pretrained(str(folder), use_safetensors=True, local_files_only=True).eval()
+
+
 class _Runner:
     """Shared device, precision and input handling of the two runners."""
 
@@ -235,18 +247,12 @@ class TorchDetrDetector(_Runner):
 
     def __init__(self, folder: Path, *, device: str, precision: str, score_threshold: float, max_detections: int,
                  max_batch_size: int = 1, bucketed: bool | None = None) -> None:
-        import transformers
-
         from fashionbox.models.detr_graph import DetrGraph, DetrSpec
 
         if max_detections < 1:
             raise ValueError(f"max_detections must be at least 1, got {max_detections}")
         spec = DetrSpec.read(folder)
-        model_class = getattr(transformers, spec.model_class, None)
-        if model_class is None:
-            raise TorchRuntimeError(f"{folder}: this transformers ({transformers.__version__}) has no "
-                                    f"{spec.model_class}")
-        network = model_class.from_pretrained(str(folder), use_safetensors=True, local_files_only=True).eval()
+        network = _from_pretrained(folder, spec.model_class)
         super().__init__(DetrGraph(network, spec, score_threshold), device=device, precision=precision,
                          max_batch_size=max_batch_size, bucketed=bucketed)
         self.folder = folder
@@ -383,13 +389,10 @@ class TorchImageBranch(_Runner):
                  bucketed: bool | None = None) -> None:
         import json
 
-        import transformers
-
         from fashionbox.models.image_graph import ImageGraph
 
         spec = json.loads((folder / BRANCH_FILE).read_text(encoding="utf-8"))
-        model_class = getattr(transformers, str(spec["model_class"]))
-        network = model_class.from_pretrained(str(folder), use_safetensors=True, local_files_only=True).eval()
+        network = _from_pretrained(folder, str(spec["model_class"]))
         graph = ImageGraph(network, kind=str(spec["kind"]), scale=spec["scale"], bias=spec["bias"],
                            multi_label=bool(spec.get("multi_label", False)))
         super().__init__(graph, device=device, precision=precision, max_batch_size=max_batch_size, bucketed=bucketed)
