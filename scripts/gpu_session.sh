@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
-# The prepared run for a session lent a GPU machine (the `device` tool): in one call, the CUDA tests
-# and the GPU profile measured against the CPU fallback (tests/benchmarks/bench_gpu.py).
+# The prepared run for a session lent a GPU machine (the `device` tool): the CUDA tests, the GPU
+# profile measured against the CPU fallback (tests/benchmarks/bench_gpu.py), the training cost, and a
+# transformers family's detector on the GPU against the best CPU runtime.
 #
 #   here, once:  .venv/bin/python scripts/device_kit.py        # -> .devicekit/site-py3.12.tar.xz (~41 MiB)
-#   device:      run(command="bash scripts/gpu_session.sh", carry=[".devicekit"], timeout_s=590)
+#   device:      run(command="STEPS='shapes tests bench' bash scripts/gpu_session.sh", carry=[".devicekit"],
+#                    timeout_s=560)
+#   at once:     run(command="STEPS='family train' bash scripts/gpu_session.sh", carry=[".devicekit"],
+#                    timeout_s=<what is left, less a minute>)
 #
+# The second call must follow the first at once: the machine goes back after about 30 s idle, and a
+# fresh one costs its start again. STEPS (default: all five) picks the steps, in this order.
 # Measured on the H200 (2026-12-04): unpack and environment 25 s, shape benchmark 46 s, CUDA tests
 # 70 s, one benchmark round 255 s; a machine's start adds about 30 s to the call's device time.
+# The family step is not measured on a GPU yet (about 150 s estimated: two conversions of an
+# RT-DETR-R18-sized model, its CUDA buckets at load, one round).
 #
 # That machine has PyTorch on CUDA and numpy 2 but no Triton, no tritonclient and no network: the kit
 # (scripts/device_kit.py) is unpacked into a folder on PYTHONPATH, which `fashionbox serve` forwards to
 # the python-backend stubs; this checkout is installed editable, as here.
 #
-# Everything lands in $OUT (the device tool's folder; ./gpu-session-out elsewhere): session.log,
-# environment.txt, cuda_tests.log, gpu.json, bench.log, train_gpu.json, train.log, and the Triton logs
-# of anything that failed.
+# Everything lands in $OUT (the device tool's folder; ./gpu-session-out elsewhere): session.log and
+# environment.txt, then per step torch_shapes.json + shapes.log, cuda_tests.log, gpu.json + gpu.log,
+# train_gpu.json + train.log, gpu_rt_detr.json + gpu_rt_detr.log, and the Triton logs of a benchmark
+# that failed (NAME_triton_logs.txt). The tool brings back 8 files a call: hence the two calls above.
 # Each step has its own time limit, so the files of the finished steps come back when a later one
-# runs long. Limits (seconds): TESTS_S (0: no tests), SHAPES_S, BENCH_S, TRAIN_S; the benchmarks'
-# arguments: BENCH_ARGS, TRAIN_ARGS.
+# runs long. Limits (seconds): TESTS_S (0: no tests), SHAPES_S, BENCH_S, TRAIN_S, FAMILY_S; the
+# benchmarks' arguments: BENCH_ARGS, TRAIN_ARGS, FAMILY_ARGS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -28,7 +37,7 @@ SITE=${FASHIONBOX_DEVICE_SITE:-/tmp/fashionbox-site}
 TESTS_S=${TESTS_S:-100}
 SHAPES_S=${SHAPES_S:-60}
 BENCH_S=${BENCH_S:-380}
-# Last, what a training run costs on the GPU (issue 18: steps/s of `fashionbox train --coco` with
+# What a training run costs on the GPU (issue 18: steps/s of `fashionbox train --coco` with
 # --device cuda --amp, tests/benchmarks/bench_train_coco.py); TRAIN_S=0 skips it.
 TRAIN_S=${TRAIN_S:-70}
 TRAIN_ARGS=${TRAIN_ARGS:---images 128 --batch 32 --detector-steps 40 --attribute-steps 40 --trials 0 --threads 8 --device cuda --amp}
@@ -38,6 +47,11 @@ TRAIN_ARGS=${TRAIN_ARGS:---images 128 --batch 32 --detector-steps 40 --attribute
 # gpu-same-shape replaced gpu-unbatched (dynamic batching gain 10.0 then) to measure what ragged
 # batches bring to postprocess, the CPU-side step that bounded that run.
 BENCH_ARGS=${BENCH_ARGS:---rounds 2 --duration-s 4 --ceiling-s 1 --profiles gpu,cpu-best,gpu-same-shape --concurrency 64,256}
+# A family on the GPU (issue 20): an RT-DETR-R18-sized transformers detector (random weights) served by
+# the torch runtime on CUDA (fp16) against the best CPU runtime on the same 16 cores; the networks alone too.
+FAMILY_S=${FAMILY_S:-200}
+FAMILY_ARGS=${FAMILY_ARGS:---detector rt-detr-r18 --rounds 1 --duration-s 4 --ceiling-s 1 --profiles gpu,cpu-best --concurrency 16,64 --images 16 --no-perf-analyzer}
+STEPS=${STEPS:-shapes tests bench train family}
 mkdir -p "$OUT" "$SITE"
 exec > >(tee -a "$OUT/session.log") 2>&1
 step() { echo "== $(date -u +%T) $*"; }
@@ -94,13 +108,17 @@ EOF
   echo "perf_analyzer: $(command -v perf_analyzer)"
 } 2>&1 | tee "$OUT/environment.txt"
 
+wanted() { case " $STEPS " in *" $1 "*) return 0 ;; *) echo "(not in STEPS: $STEPS)"; return 1 ;; esac; }
+
 step "first sight of a batch shape, unbucketed and bucketed (limit ${SHAPES_S}s)"
-timeout "$SHAPES_S" "$PYTHON" tests/benchmarks/bench_torch_shapes.py --out "$OUT/torch_shapes.json" \
-  >"$OUT/shapes.log" 2>&1
-echo "bench_torch_shapes exit $?"; tail -n 4 "$OUT/shapes.log"
+if wanted shapes; then
+  timeout "$SHAPES_S" "$PYTHON" tests/benchmarks/bench_torch_shapes.py --out "$OUT/torch_shapes.json" \
+    >"$OUT/shapes.log" 2>&1
+  echo "bench_torch_shapes exit $?"; tail -n 4 "$OUT/shapes.log"
+fi
 
 step "CUDA and TensorRT tests (limit ${TESTS_S}s; 0 skips them)"
-if [ "$TESTS_S" -gt 0 ]; then
+if wanted tests && [ "$TESTS_S" -gt 0 ]; then
   # -W default: the device's newer packages may warn where ours do not; a warning is not a failure here.
   # From tests/: `python -m pytest` puts its folder first on sys.path, and this checkout's own
   # fashionbox/ folder (without the parts pyproject maps into it) must not shadow the package.
@@ -110,37 +128,53 @@ if [ "$TESTS_S" -gt 0 ]; then
     test_torch_runtime.py test_gpu_imaging.py test_tensorrt.py) >"$OUT/cuda_tests.log" 2>&1
   echo "pytest exit $? (log: cuda_tests.log)"; tail -n 15 "$OUT/cuda_tests.log"
 else
-  echo "skipped (TESTS_S=0)"
+  echo "skipped (TESTS_S=$TESTS_S, STEPS=$STEPS)"
 fi
 
+# bench_gpu.py with ARGS into OUT/NAME.json (log OUT/NAME.log) within LIMIT seconds; where it fails, the
+# newest Triton logs into OUT/NAME_triton_logs.txt (the tool brings back a limited number of files).
+bench_gpu() {
+  local name=$1 limit=$2 args=$3 status
+  # shellcheck disable=SC2086 # args is a list of arguments
+  timeout "$limit" "$PYTHON" tests/benchmarks/bench_gpu.py $args --out "$OUT/$name.json" >"$OUT/$name.log" 2>&1
+  status=$?
+  echo "bench_gpu exit $status (log: $name.log)"; tail -n 40 "$OUT/$name.log"
+  if [ "$status" -ne 0 ]; then
+    find /tmp -name tritonserver.log -newermt "@$started" -print0 2>/dev/null | xargs -0 -r ls -t | head -n 4 |
+      while read -r log; do echo "### $log"; tail -n 80 "$log"; done >"$OUT/${name}_triton_logs.txt"
+  fi
+}
+
 step "benchmark: $BENCH_ARGS (limit ${BENCH_S}s)"
-# shellcheck disable=SC2086 # BENCH_ARGS is a list of arguments
-timeout "$BENCH_S" "$PYTHON" tests/benchmarks/bench_gpu.py $BENCH_ARGS --out "$OUT/gpu.json" >"$OUT/bench.log" 2>&1
-status=$?
-echo "bench_gpu exit $status (log: bench.log)"; tail -n 40 "$OUT/bench.log"
-if [ "$status" -ne 0 ]; then
-  # The Triton logs of the failed run: the newest few, one file (the tool brings back 8 files at most).
-  find /tmp -name tritonserver.log -newermt "@$started" -print0 2>/dev/null | xargs -0 -r ls -t | head -n 4 |
-    while read -r log; do echo "### $log"; tail -n 80 "$log"; done >"$OUT/triton_logs.txt"
-fi
+if wanted bench; then bench_gpu gpu "$BENCH_S" "$BENCH_ARGS"; fi
+
 step "training cost: $TRAIN_ARGS (limit ${TRAIN_S}s; 0 skips it)"
-if [ "$TRAIN_S" -gt 0 ]; then
+if wanted train && [ "$TRAIN_S" -gt 0 ]; then
   # shellcheck disable=SC2086 # TRAIN_ARGS is a list of arguments
   timeout "$TRAIN_S" "$PYTHON" tests/benchmarks/bench_train_coco.py $TRAIN_ARGS --out "$OUT/train_gpu.json" \
     >"$OUT/train.log" 2>&1
   echo "bench_train_coco exit $? (log: train.log)"; tail -n 3 "$OUT/train.log"
 fi
+
+step "a family on the GPU: $FAMILY_ARGS (limit ${FAMILY_S}s; 0 skips it)"
+if wanted family && [ "$FAMILY_S" -gt 0 ]; then bench_gpu gpu_rt_detr "$FAMILY_S" "$FAMILY_ARGS"; fi
+
 step "done in $(( $(date +%s) - started ))s"
-# Last, a short table: the reply of the device tool carries the end of the output.
-"$PYTHON" - "$OUT/gpu.json" <<'EOF' || true
+# Last, a short table per benchmark run: the reply of the device tool carries the end of the output.
+for report in "$OUT/gpu.json" "$OUT/gpu_rt_detr.json"; do
+  [ -f "$report" ] || continue
+  "$PYTHON" - "$report" <<'EOF' || true
 import json, sys
 report = json.load(open(sys.argv[1]))
 summary = report["summary"]
+print(sys.argv[1].rsplit("/", 1)[-1], "detector", report.get("detector", "default"))
 print(f"{'profile':<14}{'img/s':>9}{'at c':>6}{'p50 ms':>9}{'p99 ms':>9}{'c1 p50':>8}{'perf_an.':>10}{'errors':>8}")
 for name, f in summary.items():
     if isinstance(f, dict):
-        print(f"{name:<14}{f['images_per_s']:>9}{f['at_concurrency']:>6}{f['p50_ms']:>9}{f['p99_ms']:>9}"
-              f"{f['c1_p50_ms']:>8}{f.get('perf_analyzer_images_per_s', '-'):>10}{f['errors_all_levels']:>8}")
+        cells = [str(f.get(key, "-")) for key in ("images_per_s", "at_concurrency", "p50_ms", "p99_ms", "c1_p50_ms",
+                                                  "perf_analyzer_images_per_s", "errors_all_levels")]
+        print(f"{name:<14}" + "".join(f"{c:>{w}}" for c, w in zip(cells, (9, 6, 9, 9, 8, 10, 8))))
 print({k: v for k, v in summary.items() if not isinstance(v, dict)}, "rounds", report.get("rounds_done"),
-      "not measured", report.get("not_measured"))
+      "not measured", report.get("not_measured"), "networks alone", report.get("network_ceiling"))
 EOF
+done

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from test_server import ECHO_MODEL, write_model
@@ -114,3 +115,26 @@ def test_the_session_script_is_valid_bash_and_its_benchmark_arguments_parse() ->
     # The training-cost step (issue 18): bench_train_coco on CUDA with mixed precision.
     train, _ = _session_arguments(script, "TRAIN_ARGS", "bench_train_coco")
     assert train.device == "cuda" and train.amp and train.detector_steps > 0 and train.attribute_steps > 0
+    # A family on the GPU (issue 20): a transformers detector through the torch runtime against the best CPU.
+    family, _ = _session_arguments(script, "FAMILY_ARGS", "bench_gpu")
+    assert family.detector in bench_gpu.DETECTORS and family.detector != "default"
+    assert {"cpu-best", "gpu"} == set(family.profiles.split(","))
+    steps = re.search(r"^STEPS=\$\{STEPS:-(.*)\}$", script.read_text(), re.MULTILINE)
+    assert steps is not None and set(steps.group(1).split()) == {"shapes", "tests", "bench", "train", "family"}
+
+
+def test_the_gpu_summary_keeps_levels_where_no_request_finished_and_ratios_only_over_measured_rates() -> None:
+    """A heavy family's CPU profile at a high level may finish no request in a short window: its latency is
+    None there. The summary (written after every profile, so a run cut short keeps it) must not fail on it."""
+    _, bench_gpu = _session_arguments(ROOT / "scripts" / "gpu_session.sh", "BENCH_ARGS", "bench_gpu")
+
+    def run(rate: float, p50: float | None) -> dict[str, Any]:
+        point = {"throughput_rps": rate, "concurrency": 16, "errors": 0, "latency_ms": {"p50": p50, "p99": p50}}
+        return {"best": point, "points": {"16": point}, "latency_c1": {"latency_ms": {"p50": 600.0, "p99": 700.0}}}
+
+    summary = bench_gpu.summary_with_ratios([{"gpu": run(300.0, 50.0), "cpu-best": run(0.0, None)},
+                                             {"gpu": run(310.0, 52.0), "cpu-best": run(2.0, 4000.0)}])
+    assert summary["cpu-best"]["p50_ms"] == 4000.0 and summary["gpu"]["p50_ms"] == 51.0
+    assert summary["gpu_over_best_cpu"] == round(305.0 / 1.0, 1)
+    summary = bench_gpu.summary_with_ratios([{"gpu": run(300.0, 50.0), "cpu-best": run(0.0, None)}])
+    assert summary["cpu-best"]["p50_ms"] is None and "gpu_over_best_cpu" not in summary
