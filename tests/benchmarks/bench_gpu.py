@@ -270,7 +270,9 @@ def summary_with_ratios(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians per profile, with the GPU/CPU ratio and the dynamic batching gain where both sides ran."""
     summary = summarize(rounds)
     for name, figures in summary.items():
-        checked = [r[name]["perf_analyzer"] for r in rounds if "throughput_rps" in r[name].get("perf_analyzer", {})]
+        # a round still under way has only the profiles measured so far
+        checked = [r[name]["perf_analyzer"] for r in rounds
+                   if "throughput_rps" in r.get(name, {}).get("perf_analyzer", {})]
         if checked:
             figures["perf_analyzer_images_per_s"] = round(checked[-1]["throughput_rps"], 1)
 
