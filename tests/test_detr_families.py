@@ -420,8 +420,13 @@ def test_a_torch_runtime_folder_without_its_spec_fails_load_naming_it(torch_repo
         TorchDetrDetector(folder, device="cpu", precision="fp32", score_threshold=THRESHOLD, max_detections=10)
     spec = json.loads((_torch_folder(torch_repositories["detr"]) / "detector.json").read_text())
     _copy(_torch_folder(torch_repositories["detr"]), tmp_path / "renamed")
-    (tmp_path / "renamed" / "detector.json").write_text(json.dumps({**spec, "model_class": "NoSuchDetector"}))
-    with pytest.raises(TorchRuntimeError, match="has no NoSuchDetector"):
+    (tmp_path / "renamed" / "detector.json").write_text(json.dumps({**spec, "model_class": "NoSuchForObjectDetection"}))
+    with pytest.raises(TorchRuntimeError, match="has no NoSuchForObjectDetection"):
+        TorchDetrDetector(tmp_path / "renamed", device="cpu", precision="fp32", score_threshold=THRESHOLD,
+                          max_detections=10)
+    # only an object-detection class is looked up in transformers, nothing else the module holds
+    (tmp_path / "renamed" / "detector.json").write_text(json.dumps({**spec, "model_class": "pipeline"}))
+    with pytest.raises(ValueError, match=r"must name a transformers \.\.\.ForObjectDetection class, got 'pipeline'"):
         TorchDetrDetector(tmp_path / "renamed", device="cpu", precision="fp32", score_threshold=THRESHOLD,
                           max_detections=10)
     with pytest.raises(TorchRuntimeError, match="fp16 needs a CUDA device"):

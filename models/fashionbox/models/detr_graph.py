@@ -54,6 +54,10 @@ class DetrSpec:
     image_std: tuple[float, float, float]
 
     def __post_init__(self) -> None:
+        if not self.model_class.isidentifier() or not self.model_class.endswith("ForObjectDetection"):
+            # the runner looks the name up in transformers: an object-detection model class and nothing else
+            raise ValueError(f"model_class must name a transformers ...ForObjectDetection class, got "
+                             f"{self.model_class!r}")
         if self.scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
         if self.scoring == "sigmoid_top_k" and self.top_k < 1:
