@@ -403,8 +403,9 @@ def test_engines_now_without_tensorrt_is_refused_before_any_export(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as when the package is absent
-    with pytest.raises(EngineError, match="--engines later"):
+    with pytest.raises(EngineError, match="--engines later") as refused:
         convert(ConvertOptions(out=tmp_path / "repo", target="gpu"))
+    assert "--runtime torch runs the networks with PyTorch on the GPU" in str(refused.value)  # the other way
     assert not (tmp_path / "repo").exists()
 
 

@@ -479,7 +479,8 @@ def import_tensorrt() -> Any:
             "--target gpu --engines now needs the TensorRT Python package on the serving GPU "
             "(pip install tensorrt, or run in the NGC tensorrt container); or pass --engines later to "
             f"write the repository with {ENGINES_SCRIPT} (the trtexec commands) and build the engines on "
-            "the deployment GPU (the compose engine-builder service does)"
+            "the deployment GPU (the compose engine-builder service does); or serve without engines: "
+            "--runtime torch runs the networks with PyTorch on the GPU"
         ) from exc
     return tensorrt
 
