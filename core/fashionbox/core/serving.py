@@ -373,7 +373,8 @@ class RuntimeSettings(ParameterSet):
     iou_threshold: float = contract.DEFAULT_IOU_THRESHOLD
     torch_threads: int = 1
     """Torch runtime: CPU threads of the instance's stub process (its own process, so its own pool).
-    One, as for ONNX Runtime: more single-thread instances beat fewer multi-thread ones."""
+    One for the default model, as for ONNX Runtime (more single-thread instances beat fewer multi-thread
+    ones); on CPU instances a heavier family's threads per instance (2), as its ONNX Runtime instances."""
 
     DETECTOR_ONLY: ClassVar[tuple[str, ...]] = ("pre_nms_top_k", "score_threshold", "iou_threshold")
 
