@@ -345,6 +345,12 @@ def _assert_served_as_transformers(server: Any, repository: Path, folder: Path, 
             for d in served:
                 assert set(d.attributes) == set(labels.groups_for(d.category))
             total += len(served)
+        # nine in flight at once, as the dynamic batcher meets them: each answer as when sent alone
+        sequential = [client.detect(data).detections for data in _scenes()]
+        for together, alone in zip(client.detect_many(_scenes() * 3, max_in_flight=9), sequential * 3, strict=True):
+            assert not isinstance(together, Exception), together
+            assert [d.category for d in together.detections] == [d.category for d in alone]
+            np.testing.assert_allclose([d.score for d in together.detections], [d.score for d in alone], atol=1e-4)
     assert total > 0
 
 
