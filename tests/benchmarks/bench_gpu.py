@@ -153,8 +153,9 @@ def network_ceiling(device: str, precision: str, *, batch: int, seconds: float,
                                  nms=NmsSettings(score_threshold=served_score_threshold(weights)),
                                  max_detections=100)
     else:
+        # one batch size here: no buckets to warm (each first sight costs seconds on CUDA)
         detector = TorchDetrDetector(torch_folder, device=device, precision=precision, score_threshold=0.5,
-                                     max_detections=300, max_batch_size=batch)
+                                     max_detections=300, bucketed=False)
         size = detector.input_size
     labels = default_label_map()
     scenes = np.stack([render_sample(80_000 + i, size, labels).pixels for i in range(batch)])
