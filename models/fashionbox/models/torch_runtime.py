@@ -128,7 +128,7 @@ def _from_pretrained(folder: Path, model_class: str) -> Any:
 
 
 class _Runner:
-    """Shared device, precision and input handling of the two runners."""
+    """Shared device, precision and input handling of the runners."""
 
     def __init__(self, model: Any, *, device: str, precision: str, max_batch_size: int,
                  bucketed: bool | None) -> None:
