@@ -417,6 +417,27 @@ def test_the_torch_runtime_detector_pads_to_its_buckets_and_answers_only_the_row
         "zero rows must detect something here, or the padding test proves nothing")
 
 
+def test_the_graph_spec_round_trips_and_refuses_what_the_graph_cannot_run(tmp_path: Path) -> None:
+    from fashionbox.models.detr_graph import DetrSpec
+
+    spec = DetrSpec(model_class="RTDetrForObjectDetection", scoring="sigmoid_top_k", top_k=300, input_size=640,
+                    rescale_factor=1 / 255, image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0))
+    spec.write(tmp_path)
+    assert DetrSpec.read(tmp_path) == spec
+    good = {"model_class": "DetrForObjectDetection", "scoring": "softmax", "top_k": 0, "input_size": 800,
+            "rescale_factor": 1 / 255, "image_mean": (0.485, 0.456, 0.406), "image_std": (0.229, 0.224, 0.225)}
+    DetrSpec(**good)  # type: ignore[arg-type]
+    for change, message in [({"scoring": "argmax"}, "scoring must be one of"),
+                            ({"scoring": "sigmoid_top_k", "top_k": 0}, "sigmoid_top_k needs top_k >= 1"),
+                            ({"input_size": 0}, "input_size must be positive"),
+                            ({"image_std": (0.2, 0.0, 0.2)}, "std > 0"),
+                            ({"image_mean": (0.5, 0.5)}, "3 values each"),
+                            ({"model_class": "AutoModel"}, "ForObjectDetection class"),
+                            ({"model_class": "os.system; DetrForObjectDetection"}, "ForObjectDetection class")]:
+        with pytest.raises(ValueError, match=message):
+            DetrSpec(**{**good, **change})  # type: ignore[arg-type]
+
+
 def test_a_torch_runtime_folder_without_its_spec_fails_load_naming_it(torch_repositories: dict[str, Path],
                                                                       tmp_path: Path) -> None:
     from fashionbox.models.torch_runtime import TorchDetrDetector, TorchRuntimeError
