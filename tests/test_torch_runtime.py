@@ -373,17 +373,18 @@ def test_on_the_gpu_the_runners_agree_with_the_cpu(precision: str, scenes: np.nd
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="needs torch with CUDA and an NVIDIA GPU")
-@pytest.mark.parametrize("name", ["detr", "rt_detr"])
+@pytest.mark.parametrize("name", ["detr", "rt_detr", "yolos"])  # softmax, sigmoid top-k, a ViT
 def test_on_the_gpu_a_transformers_family_in_fp16_agrees_with_the_cpu(name: str, tmp_path: Path) -> None:
     pytest.importorskip("transformers", reason="the DETR-style families need transformers")
     from test_detr_families import INPUT_SIZE, save_tiny
+    from test_yolos import save_tiny_yolos
 
     from fashionbox.model_repository.runners import TORCH_FOLDER
     from fashionbox.models.torch_runtime import TorchDetrDetector
 
-    repository = convert(ConvertOptions(out=tmp_path / "repository", detector=f"hf:{save_tiny(tmp_path / name, name)}",
-                                        score_threshold=0.3, compare_samples=2, target="gpu",
-                                        runtime="torch")).repository
+    folder = save_tiny_yolos(tmp_path / name) if name == "yolos" else save_tiny(tmp_path / name, name)
+    repository = convert(ConvertOptions(out=tmp_path / "repository", detector=f"hf:{folder}", score_threshold=0.3,
+                                        compare_samples=2, target="gpu", runtime="torch")).repository
     folder = repository / "detector" / "1" / TORCH_FOLDER
     cpu = TorchDetrDetector(folder, device="cpu", precision="fp32", score_threshold=0.3, max_detections=100)
     gpu = TorchDetrDetector(folder, device="cuda:0", precision="fp16", score_threshold=0.3, max_detections=100,
