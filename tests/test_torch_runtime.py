@@ -376,7 +376,7 @@ def test_on_the_gpu_the_runners_agree_with_the_cpu(precision: str, scenes: np.nd
 @pytest.mark.parametrize("name", ["detr", "rt_detr", "yolos"])  # softmax, sigmoid top-k, a ViT
 def test_on_the_gpu_a_transformers_family_in_fp16_agrees_with_the_cpu(name: str, tmp_path: Path) -> None:
     pytest.importorskip("transformers", reason="the DETR-style families need transformers")
-    from test_detr_families import INPUT_SIZE, save_tiny
+    from test_detr_families import save_tiny
     from test_yolos import save_tiny_yolos
 
     from fashionbox.model_repository.runners import TORCH_FOLDER
@@ -390,7 +390,7 @@ def test_on_the_gpu_a_transformers_family_in_fp16_agrees_with_the_cpu(name: str,
     gpu = TorchDetrDetector(folder, device="cuda:0", precision="fp16", score_threshold=0.3, max_detections=100,
                             max_batch_size=8)
     assert gpu.buckets == (1, 2, 4, 8)
-    pixels = np.random.default_rng(0).integers(0, 256, (5, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    pixels = np.random.default_rng(0).integers(0, 256, (5, cpu.input_size, cpu.input_size, 3), dtype=np.uint8)
     found = 0
     for ours, theirs in zip(gpu.detect(pixels), cpu.detect(pixels), strict=True):
         clear = theirs.scores > 0.3 + 0.03  # in FP16 a score at the threshold may fall either side
