@@ -178,14 +178,36 @@ def test_exported_graph_equals_transformers_post_processing(checkpoints: dict[st
     checkpoint = load_detr(checkpoint_weights(checkpoints[name]), STYLES[name])
     nms = NmsSettings(score_threshold=THRESHOLD)
     path = export_detr_onnx(checkpoint, tmp_path / "detector.onnx", nms=nms)
-    batches = [np.random.default_rng(i).integers(0, 256, (3, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
-               for i in range(2)]
+    # the square letterbox; where the style takes a rect one (DETR, Conditional DETR), landscape and
+    # portrait inputs too, each scaled by its own width and height
+    shapes = [(INPUT_SIZE, INPUT_SIZE)] * 2
+    if STYLES[name].letterbox_stride:
+        shapes += [(INPUT_SIZE // 2, INPUT_SIZE), (INPUT_SIZE, INPUT_SIZE // 2), (3 * INPUT_SIZE // 2, INPUT_SIZE)]
+    batches = [np.random.default_rng(i).integers(0, 256, (3, h, w, 3), dtype=np.uint8)
+               for i, (h, w) in enumerate(shapes)]
     report = compare_detr(checkpoint, path, batches, nms)
     assert report.max_abs_error["kept_mismatch"] == 0
     assert report.max_abs_error["scores"] < 1e-4
     assert report.max_abs_error["boxes"] < 0.05  # letterbox pixels
-    kept = [r for b in batches for r in reference_detections(checkpoint, b, THRESHOLD)]
-    assert sum(len(r) for r in kept) > 0, "the threshold must keep something for the comparison to mean anything"
+    for batch in batches:  # each shape keeps something, or its comparison proves nothing
+        kept = reference_detections(checkpoint, batch, THRESHOLD)
+        assert sum(len(r) for r in kept) > 0, f"nothing kept at {batch.shape[1:3]}"
+        # boxes in the input's own pixels: the rect inputs' reach past the short side's middle
+        assert max(float(r.boxes[:, 2].max(initial=0)) for r in kept) <= batch.shape[2] + 1
+
+
+def test_detr_and_conditional_detr_take_any_height_and_width_the_others_only_the_square(
+        checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    from fashionbox import contract
+    from fashionbox.converter.repository import _onnx_io
+
+    for name in FAMILY_NAMES:
+        checkpoint = load_detr(checkpoint_weights(checkpoints[name]), STYLES[name])
+        assert FAMILIES[name]().letterbox_stride(checkpoint) == (32 if name != "rt_detr" else 0)
+        path = export_detr_onnx(checkpoint, tmp_path / f"{name}.onnx", nms=NmsSettings(score_threshold=THRESHOLD))
+        inputs, _ = _onnx_io(path)
+        sides = list(inputs[contract.ONNX_DETECTOR_INPUT][1][1:3])
+        assert sides == ([None, None] if name != "rt_detr" else [INPUT_SIZE, INPUT_SIZE]), (name, sides)
 
 
 def test_top_k_families_may_report_one_query_for_two_classes(checkpoints: dict[str, Path]) -> None:
@@ -319,24 +341,31 @@ def test_an_absent_local_path_is_not_taken_for_a_hub_id(tmp_path: Path) -> None:
 def _scenes() -> list[bytes]:
     from fashionbox.synth import render_scene
 
-    sizes = [(640, 480), (360, 640), (500, 500)]
+    # a rect letterbox of the tiny models' stride (32 at 64 px) serves the 2:1 ones on half the square
+    sizes = [(640, 480), (360, 640), (500, 500), (640, 300), (280, 640)]
     return [render_scene(70 + i, size=size).encode(format="JPEG", quality=90) for i, size in enumerate(sizes)]
 
 
 def _assert_served_as_transformers(server: Any, repository: Path, folder: Path, name: str) -> None:
     from fashionbox.client import FashionClient
-    from fashionbox.core.imaging import decode_image, letterbox
+    from fashionbox.core.imaging import decode_image, letterbox, rect_canvas
 
     checkpoint = load_detr(checkpoint_weights(folder), STYLES[name])
     labels = checkpoint.label_map
     manifest = json.loads((repository / "manifest.json").read_text())
     assert manifest["family"] == name
     assert [c["name"] for c in json.loads((repository / "labels.json").read_text())["categories"]] == NAMES
-    total = 0
+    # ONNX Runtime on the CPU serves DETR and Conditional DETR with a rect letterbox by default
+    stride = manifest["export"]["letterbox_stride"]
+    assert stride == (STYLES[name].letterbox_stride if manifest["runtime"] != "torch" else 0)
+    total, canvases = 0, set()
     with FashionClient(str(server.endpoints.grpc)) as client:
         for data in _scenes():
             served = client.detect(data).detections
-            pixels, info = letterbox(decode_image(data, target_size=INPUT_SIZE), INPUT_SIZE)
+            decoded = decode_image(data, target_size=INPUT_SIZE)
+            canvas = rect_canvas(decoded.width, decoded.height, INPUT_SIZE, stride) if stride else None
+            pixels, info = letterbox(decoded, INPUT_SIZE, canvas=canvas)
+            canvases.add(pixels.shape[:2])
             (expected,) = reference_detections(checkpoint, pixels[None], THRESHOLD)
             assert [d.category for d in served] == [labels.category_names[c] for c in expected.classes]
             np.testing.assert_allclose([d.score for d in served], expected.scores, atol=1e-3)
@@ -345,7 +374,9 @@ def _assert_served_as_transformers(server: Any, repository: Path, folder: Path, 
             for d in served:
                 assert set(d.attributes) == set(labels.groups_for(d.category))
             total += len(served)
-        # nine in flight at once, as the dynamic batcher meets them: each answer as when sent alone
+        if stride:  # the 2:1 scenes ran on half the square, each way round
+            assert canvases == {(INPUT_SIZE, INPUT_SIZE), (INPUT_SIZE // 2, INPUT_SIZE), (INPUT_SIZE, INPUT_SIZE // 2)}
+        # in flight at once, as the dynamic batcher meets them (shapes mixed): each answer as when sent alone
         sequential = [client.detect(data).detections for data in _scenes()]
         for together, alone in zip(client.detect_many(_scenes() * 3, max_in_flight=9), sequential * 3, strict=True):
             assert not isinstance(together, Exception), together
@@ -359,6 +390,19 @@ def _assert_served_as_transformers(server: Any, repository: Path, folder: Path, 
 def test_served_detections_equal_transformers_on_the_same_images(
         triton_server: Any, repositories: dict[str, Path], checkpoints: dict[str, Path], name: str) -> None:
     _assert_served_as_transformers(triton_server(repositories[name]), repositories[name], checkpoints[name], name)
+
+
+@pytest.mark.integration
+def test_a_served_openvino_repository_takes_the_rect_letterbox_as_onnx_runtime(
+        triton_server: Any, checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """OpenVINO compiles the graph with a dynamic height and width once and serves every shape of it."""
+    pytest.importorskip("openvino", reason="the openvino runtime needs fashionbox-core[openvino]")
+    repository = convert(ConvertOptions(out=tmp_path / "detr-openvino", detector=f"hf:{checkpoints['detr']}",
+                                        score_threshold=THRESHOLD, compare_samples=2, runtime="openvino")).repository
+    manifest = json.loads((repository / "manifest.json").read_text())
+    assert manifest["runtime"] == "openvino"
+    assert manifest["comparison"]["openvino fp32 detector"]["detections_count_mismatch"] == 0
+    _assert_served_as_transformers(triton_server(repository), repository, checkpoints["detr"], "detr")
 
 
 # -- the torch runtime: the transformers model in PyTorch (the GPU profile without TensorRT) ----------------------

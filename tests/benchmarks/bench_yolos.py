@@ -103,13 +103,18 @@ def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int |
     return seconds
 
 
-def run_onnx_detector(repository: Path, images: list[bytes], size: int) -> list[float]:
-    """Seconds per image for the served detector graph alone, 2 ONNX Runtime threads, batch 1."""
-    from fashionbox.core.imaging import decode_image, letterbox
+def run_onnx_detector(repository: Path, images: list[bytes], size: int, stride: int = 0) -> list[float]:
+    """Seconds per image for the served detector graph alone, 2 ONNX Runtime threads, batch 1, on the
+    square letterbox (or the rect one of ``stride``)."""
+    from fashionbox.core.imaging import decode_image, letterbox, rect_canvas
     from fashionbox.core.serving import OrtSettings, create_ort_session
 
     session = create_ort_session(repository / "detector" / "1" / "model.onnx", OrtSettings(intra_op_threads=2))
-    pixels = [letterbox(decode_image(data, target_size=size), size)[0][None] for data in images]
+    pixels = []
+    for data in images:
+        decoded = decode_image(data, target_size=size)
+        canvas = rect_canvas(decoded.width, decoded.height, size, stride) if stride else None
+        pixels.append(letterbox(decoded, size, canvas=canvas)[0][None])
     session.run(None, {"pixels": pixels[0]})
     seconds = []
     for batch in pixels:

@@ -461,8 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--letterbox", choices=["auto", "square", "rect"], default="auto",
                    help="rect: each image letterboxed to the input size on its long side and the smallest stride "
                         "multiple on the short one, as Ultralytics' predictor runs a dynamic export (a 4:3 photo at "
-                        "640 runs 640x480); square: every image to the square input size; auto (default): rect "
-                        "where the detector's graph takes it and the target is cpu")
+                        "640 runs 640x480; DETR and Conditional DETR take it too); square: every image to the "
+                        "square input size; auto (default): rect where the detector's graph takes it and the "
+                        "target is cpu")
     p.add_argument("--layout", choices=["steps", "fused"], default=None,
                    help="--target cpu with onnxruntime or openvino: fused decodes and detects in one step and runs "
                         "the attribute network inside postprocess (two python-backend hops per request instead of "

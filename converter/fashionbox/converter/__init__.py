@@ -107,7 +107,8 @@ def _detr_style_family(style: Any) -> Family:
     return Family(style.model_type, family_loader(style), export_detr_onnx, compare_detr,
                   input_size=lambda checkpoint: int(checkpoint.input_size), threads=2,
                   score_threshold=style.score_threshold, max_detections=style.max_detections,
-                  torch_runtime=True, torch_files=write_torch_files)
+                  torch_runtime=True, torch_files=write_torch_files,
+                  letterbox_stride=lambda checkpoint: int(checkpoint.style.letterbox_stride))
 
 
 def _yolos_family() -> Family:
@@ -188,8 +189,9 @@ class ConvertOptions:
     letterbox: Letterbox = "auto"
     """``square``: every image letterboxed to the square input size. ``rect``: the smallest stride
     multiple on the short side (``RepositorySettings.letterbox_stride``), as Ultralytics' predictor
-    runs a dynamic export; refused for a detector whose graph takes only the square. ``auto``: rect
-    where the detector takes it and the target is cpu (ONNX Runtime or OpenVINO), else square."""
+    runs a dynamic export (DETR and Conditional DETR take it too); refused for a detector whose graph
+    takes only the square. ``auto``: rect where the detector takes it and the target is cpu (ONNX
+    Runtime or OpenVINO), else square."""
     engines: EngineOptions = field(default_factory=lambda: _engine_options())
     """``--target gpu`` only: TensorRT engines built now or later, FP16, workspace, CUDA graphs."""
 
@@ -296,15 +298,16 @@ def _letterbox_stride(options: ConvertOptions, family: Family, detector: Any, *,
     stride = family.letterbox_stride(detector)
     if options.letterbox == "rect" and not stride:
         raise ConvertError(f"--letterbox rect: this {family.name} detector's graph takes only the square "
-                           f"{family.input_size(detector)} letterbox (an Ultralytics export takes any height and "
-                           "width when exported with dynamic=True)")
+                           f"{family.input_size(detector)} letterbox (DETR and Conditional DETR take any height and "
+                           "width, and an Ultralytics export does when exported with dynamic=True)")
     return stride if options.letterbox == "rect" or (options.letterbox == "auto" and onnx_on_cpu) else 0
 
 
 def _comparison_inputs(size: int, crop: int, samples: int, label_map: LabelMap, *, letterbox_stride: int = 0
                        ) -> tuple[list[npt.NDArray[np.uint8]], list[npt.NDArray[np.uint8]]]:
     """Random uint8 batches plus letterboxed generated scenes (and their garment crops); with a rect
-    letterbox, a landscape and a portrait batch of the shapes a 4:3 photo is served at too."""
+    letterbox, a batch of the shape a 4:3 landscape photo is served at and one of a 1:2 portrait's (which
+    a stride of half the size, as a tiny test model's, still serves narrower than the square)."""
     from fashionbox.core.imaging import crop_garments
     from fashionbox.training.data import render_sample
 
@@ -315,9 +318,10 @@ def _comparison_inputs(size: int, crop: int, samples: int, label_map: LabelMap, 
     if letterbox_stride:
         from fashionbox.core.imaging import rect_canvas
 
-        short, _ = rect_canvas(4 * size, 3 * size, size, letterbox_stride)
-        detector_batches += [rng.integers(0, 256, (2, short, size, 3), dtype=np.uint8),
-                             rng.integers(0, 256, (1, size, short, 3), dtype=np.uint8)]
+        landscape = rect_canvas(4 * size, 3 * size, size, letterbox_stride)
+        portrait = rect_canvas(size, 2 * size, size, letterbox_stride)
+        detector_batches += [rng.integers(0, 256, (2, *landscape, 3), dtype=np.uint8),
+                             rng.integers(0, 256, (1, *portrait, 3), dtype=np.uint8)]
     crops = [crop_garments(s.pixels, s.boxes, crop) for s in scenes]
     attribute_batches = [rng.integers(0, 256, (3, crop, crop, 3), dtype=np.uint8), np.concatenate(crops)]
     return detector_batches, attribute_batches

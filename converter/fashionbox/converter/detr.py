@@ -29,21 +29,27 @@ with the letterbox geometry, as for every family. The graph itself is
 :class:`fashionbox.models.detr_graph.DetrGraph`, which the torch runtime also serves from the files
 :func:`write_torch_files` writes (the model saved by transformers, and the graph's spec).
 
-**Why the served input is a square letterbox, and how parity is defined.** The processors resize
-each image their own way: DETR, Conditional DETR and YOLOS to a short side of
-``size["shortest_edge"]`` (long side at most ``longest_edge``) and pad the batch bottom-right with
-zeros plus a ``pixel_mask``; RT-DETR stretches every image to ``size["height"] x size["width"]``
-(640 x 640) ignoring its aspect ratio. The pipeline batches fixed-size ``PIXELS`` across requests,
-so FashionBox letterboxes every image to one square side ``S`` (the processor's
-``shortest_edge``, or the smaller of ``height``/``width``): the long side becomes ``S`` and the
-aspect ratio is kept. The processor's rescale factor, mean and std are read from the checkpoint's
-``preprocessor_config.json`` and applied in the graph. Parity (:func:`reference_detections`) is
-measured on the *same letterboxed pixels*: transformers' processor normalises them
+**The served letterbox, and how parity is defined.** The processors resize each image their own
+way: DETR, Conditional DETR and YOLOS to a short side of ``size["shortest_edge"]`` (long side at
+most ``longest_edge``) and pad the batch bottom-right with zeros plus a ``pixel_mask``; RT-DETR
+stretches every image to ``size["height"] x size["width"]`` (640 x 640) ignoring its aspect ratio.
+The pipeline batches equal-shaped ``PIXELS`` across requests, so FashionBox letterboxes every image
+with its long side at ``S`` (the processor's ``shortest_edge``, or the smaller of
+``height``/``width``), the aspect ratio kept: to the square ``S x S`` on the GPU and for RT-DETR
+and YOLOS, whose graphs take only that (RT-DETR's anchors are traced at one size, YOLOS's position
+embeddings are baked at it); DETR and Conditional DETR, whose sine position embeddings follow the
+input, are exported with a dynamic height and width (:attr:`DetrStyle.letterbox_stride`) and
+served on the CPU with the rect letterbox (``RepositorySettings.letterbox_stride``: the short side
+padded only to the next multiple of 32, a 4:3 photo at 800 runs 800 x 608), unless
+``--letterbox square``. The processor's rescale factor, mean and std are read from the
+checkpoint's ``preprocessor_config.json`` and applied in the graph; the boxes are scaled by the
+input's own width and height, as ``target_sizes`` does. Parity (:func:`reference_detections`) is
+measured on the *same letterboxed pixels*, square or rect: transformers' processor normalises them
 (``do_resize=False, do_pad=False``), the PyTorch model runs, the processor's
 ``post_process_object_detection`` (its defaults but the threshold) turns its output into boxes in
 letterbox pixels. What is compared is the exported graph and serving path against transformers'
-own model and post-processing; the resize is a documented difference from the processors', not a
-hidden one.
+own model and post-processing; the resize (and the letterbox's grey padding where the processor
+pads with zeros and a mask) is a documented difference from the processors', not a hidden one.
 
 **Checked before anything is loaded or written** (:func:`check_checkpoint`): ``config.json``'s
 ``model_type`` is this style's, it names its classes (``id2label``, numbered ``0..n-1``), the
@@ -177,6 +183,11 @@ class DetrStyle:
     """The model the graph is exported from, at square side ``S`` (YOLOS bakes its embeddings)."""
     check_config: Callable[[dict[str, Any]], None] = _no_check
     """Refuses configurations the processor's post-processing does not describe."""
+    letterbox_stride: int = 0
+    """Where the graph takes any height and width (its position embeddings follow the input: DETR,
+    Conditional DETR), the stride of the rect letterbox it is served with on the CPU (the backbone's
+    output stride, 32); 0 where it takes only the square (RT-DETR's traced anchors, YOLOS's baked
+    embeddings)."""
 
     @property
     def no_object_class(self) -> bool:
@@ -191,10 +202,10 @@ def _rt_detr_check(config: dict[str, Any]) -> None:
 
 STYLES: dict[str, DetrStyle] = {
     "detr": DetrStyle("detr", "DetrForObjectDetection", "DetrImageProcessorPil", "softmax",
-                      class_head=r"class_labels_classifier\.weight"),
+                      class_head=r"class_labels_classifier\.weight", letterbox_stride=32),
     "conditional_detr": DetrStyle("conditional_detr", "ConditionalDetrForObjectDetection",
                                   "ConditionalDetrImageProcessorPil", "sigmoid_top_k",
-                                  class_head=r"class_labels_classifier\.weight", top_k=100),
+                                  class_head=r"class_labels_classifier\.weight", top_k=100, letterbox_stride=32),
     "rt_detr": DetrStyle("rt_detr", "RTDetrForObjectDetection", "RTDetrImageProcessorPil", "sigmoid_top_k",
                          class_head=r"model\.decoder\.class_embed\.\d+\.weight", max_detections=300,
                          check_config=_rt_detr_check),
@@ -410,14 +421,16 @@ def detr_graph(checkpoint: DetrCheckpoint, score_threshold: float) -> DetrGraph:
 
 
 def export_detr_onnx(checkpoint: DetrCheckpoint, path: Path, *, nms: NmsSettings, opset: int = MIN_OPSET) -> Path:
-    """Export the graph (dynamic batch, TorchScript exporter); ``nms.score_threshold`` is the threshold."""
+    """Export the graph (dynamic batch, and height and width where the style takes a rect letterbox;
+    TorchScript exporter); ``nms.score_threshold`` is the threshold."""
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is below the supported minimum {MIN_OPSET}")
     size = checkpoint.input_size
     graph = detr_graph(checkpoint, nms.score_threshold)
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
     names = [contract.ONNX_DETECTOR_BOXES, contract.ONNX_DETECTOR_SCORES, contract.ONNX_DETECTOR_SELECTED]
-    dynamic = {contract.ONNX_DETECTOR_INPUT: {0: "batch"}, contract.ONNX_DETECTOR_BOXES: {0: "batch"},
+    sides = {1: "height", 2: "width"} if checkpoint.style.letterbox_stride else {}
+    dynamic = {contract.ONNX_DETECTOR_INPUT: {0: "batch", **sides}, contract.ONNX_DETECTOR_BOXES: {0: "batch"},
                contract.ONNX_DETECTOR_SCORES: {0: "batch"}, contract.ONNX_DETECTOR_SELECTED: {0: "selected"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation warnings from torch and transformers
@@ -446,7 +459,7 @@ def write_torch_files(checkpoint: DetrCheckpoint, folder: Path) -> Path:
 
 def reference_detections(checkpoint: DetrCheckpoint, pixels: npt.NDArray[np.uint8],
                          score_threshold: float) -> list[DetectorOutput]:
-    """Transformers' own result on letterboxed ``pixels`` ``[B, S, S, 3]``: boxes in letterbox pixels.
+    """Transformers' own result on letterboxed ``pixels`` ``[B, H, W, 3]``: boxes in letterbox pixels.
 
     The processor normalises the pixels (no resize, no pad), the PyTorch model runs and the
     processor's ``post_process_object_detection`` (its defaults, but ``threshold``) keeps the
@@ -457,9 +470,9 @@ def reference_detections(checkpoint: DetrCheckpoint, pixels: npt.NDArray[np.uint
     inputs = processor(images=list(pixels), do_resize=False, do_pad=False, return_tensors="pt")
     with torch.no_grad():
         outputs = checkpoint.model(pixel_values=inputs["pixel_values"])
-    size = checkpoint.input_size
+    height, width = pixels.shape[1:3]
     results = processor.post_process_object_detection(outputs, threshold=score_threshold,
-                                                      target_sizes=[(size, size)] * len(pixels))
+                                                      target_sizes=[(height, width)] * len(pixels))
     rows = []
     for result in results:
         scores = result["scores"].numpy().astype(np.float32)

@@ -2,9 +2,11 @@
 what the torch runtime serves, one definition.
 
 :class:`DetrGraph` wraps a transformers object-detection model (DETR, Conditional DETR, RT-DETR,
-YOLOS) so that it takes what ``preprocess`` makes, uint8 letterboxed pixels ``[B, S, S, 3]``, applies
-the processor's ``(pixel * rescale - mean) / std`` and returns the detector contract's three tensors:
-``boxes [B, N, 4]`` (corners in letterbox pixels), ``scores [B, C, N]`` and ``selected [M, 3]`` rows of
+YOLOS) so that it takes what ``preprocess`` makes, uint8 letterboxed pixels ``[B, H, W, 3]`` (the square
+``S x S``, or a rect letterbox where the model takes any height and width: DETR, Conditional DETR),
+applies the processor's ``(pixel * rescale - mean) / std`` and returns the detector contract's three
+tensors: ``boxes [B, N, 4]`` (corners in letterbox pixels: the normalised boxes times the input's own
+width and height, as ``target_sizes`` does), ``scores [B, C, N]`` and ``selected [M, 3]`` rows of
 (batch, class, query), with the processor's ``post_process_object_detection`` done inside:
 
 - ``softmax`` (DETR, YOLOS): softmax over the classes, the no-object class dropped, the best class
@@ -28,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.onnx.operators import shape_as_tensor
 
 __all__ = ["SCORINGS", "SPEC_FILE", "DetrGraph", "DetrSpec"]
 
@@ -91,13 +94,12 @@ def _triple(values: Sequence[Any]) -> tuple[float, float, float]:
 
 
 class DetrGraph(nn.Module):
-    """uint8 ``[B, S, S, 3]`` -> ``boxes [B, N, 4]`` (letterbox px), ``scores [B, C, N]``, ``selected [M, 3]``."""
+    """uint8 ``[B, H, W, 3]`` -> ``boxes [B, N, 4]`` (letterbox px), ``scores [B, C, N]``, ``selected [M, 3]``."""
 
     def __init__(self, model: Any, spec: DetrSpec, score_threshold: float) -> None:
         super().__init__()
         self.model = model
         self.spec = spec
-        self.size = float(spec.input_size)
         self.rescale = float(spec.rescale_factor)
         self.score_threshold = float(score_threshold)
         self.register_buffer("mean", torch.tensor(spec.image_mean, dtype=torch.float32).view(1, 3, 1, 1))
@@ -110,7 +112,9 @@ class DetrGraph(nn.Module):
         # float32 from here on: under CUDA autocast the heads answer in half precision, and the
         # threshold and top-k must compare what the ONNX graph compares
         cx, cy, w, h = out.pred_boxes.float().unbind(-1)
-        boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1) * self.size
+        # (W, H, W, H) of this input, a traced Shape in the ONNX graph: a rect letterbox scales as the square
+        sides = shape_as_tensor(pixels)[torch.tensor([2, 1, 2, 1])].to(device=cx.device, dtype=torch.float32)
+        boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1) * sides
         logits = out.logits.float()
         if self.spec.scoring == "softmax":
             probs = logits.softmax(-1)[..., :-1]  # drop the no-object class
