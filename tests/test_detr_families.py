@@ -177,11 +177,12 @@ def test_exported_graph_equals_transformers_post_processing(checkpoints: dict[st
                                                             name: str) -> None:
     checkpoint = load_detr(checkpoint_weights(checkpoints[name]), STYLES[name])
     nms = NmsSettings(score_threshold=THRESHOLD)
-    path = export_detr_onnx(checkpoint, tmp_path / "detector.onnx", nms=nms)
+    stride = checkpoint.letterbox_stride
+    path = export_detr_onnx(checkpoint, tmp_path / "detector.onnx", nms=nms, letterbox_stride=stride)
     # the square letterbox; where the style takes a rect one (DETR, Conditional DETR), landscape and
     # portrait inputs too, each scaled by its own width and height
     shapes = [(INPUT_SIZE, INPUT_SIZE)] * 2
-    if STYLES[name].letterbox_stride:
+    if stride:
         shapes += [(INPUT_SIZE // 2, INPUT_SIZE), (INPUT_SIZE, INPUT_SIZE // 2), (3 * INPUT_SIZE // 2, INPUT_SIZE)]
     batches = [np.random.default_rng(i).integers(0, 256, (3, h, w, 3), dtype=np.uint8)
                for i, (h, w) in enumerate(shapes)]
@@ -196,18 +197,27 @@ def test_exported_graph_equals_transformers_post_processing(checkpoints: dict[st
         assert max(float(r.boxes[:, 2].max(initial=0)) for r in kept) <= batch.shape[2] + 1
 
 
-def test_detr_and_conditional_detr_take_any_height_and_width_the_others_only_the_square(
+def test_detr_and_conditional_detr_export_for_a_rect_letterbox_rt_detr_only_for_the_square(
         checkpoints: dict[str, Path], tmp_path: Path) -> None:
     from fashionbox import contract
+    from fashionbox.converter.export import ExportError
     from fashionbox.converter.repository import _onnx_io
 
+    nms = NmsSettings(score_threshold=THRESHOLD)
     for name in FAMILY_NAMES:
         checkpoint = load_detr(checkpoint_weights(checkpoints[name]), STYLES[name])
-        assert FAMILIES[name]().letterbox_stride(checkpoint) == (32 if name != "rt_detr" else 0)
-        path = export_detr_onnx(checkpoint, tmp_path / f"{name}.onnx", nms=NmsSettings(score_threshold=THRESHOLD))
-        inputs, _ = _onnx_io(path)
-        sides = list(inputs[contract.ONNX_DETECTOR_INPUT][1][1:3])
-        assert sides == ([None, None] if name != "rt_detr" else [INPUT_SIZE, INPUT_SIZE]), (name, sides)
+        stride = FAMILIES[name]().letterbox_stride(checkpoint)
+        assert stride == (32 if name != "rt_detr" else 0)
+        square = export_detr_onnx(checkpoint, tmp_path / f"{name}.onnx", nms=nms)
+        assert list(_onnx_io(square)[0][contract.ONNX_DETECTOR_INPUT][1][1:3]) == [INPUT_SIZE, INPUT_SIZE]
+        if stride:  # a dynamic height and width, for any multiple of the stride that divides the size
+            rect = export_detr_onnx(checkpoint, tmp_path / f"{name}-rect.onnx", nms=nms, letterbox_stride=stride)
+            assert list(_onnx_io(rect)[0][contract.ONNX_DETECTOR_INPUT][1][1:3]) == [None, None]
+            with pytest.raises(ExportError, match="its stride is 32"):
+                export_detr_onnx(checkpoint, tmp_path / "odd.onnx", nms=nms, letterbox_stride=16)
+        else:
+            with pytest.raises(ExportError, match="takes only the square letterbox"):
+                export_detr_onnx(checkpoint, tmp_path / "rect.onnx", nms=nms, letterbox_stride=32)
 
 
 def test_top_k_families_may_report_one_query_for_two_classes(checkpoints: dict[str, Path]) -> None:
@@ -357,7 +367,7 @@ def _assert_served_as_transformers(server: Any, repository: Path, folder: Path, 
     assert [c["name"] for c in json.loads((repository / "labels.json").read_text())["categories"]] == NAMES
     # ONNX Runtime on the CPU serves DETR and Conditional DETR with a rect letterbox by default
     stride = manifest["export"]["letterbox_stride"]
-    assert stride == (STYLES[name].letterbox_stride if manifest["runtime"] != "torch" else 0)
+    assert stride == (checkpoint.letterbox_stride if manifest["runtime"] != "torch" else 0)
     total, canvases = 0, set()
     with FashionClient(str(server.endpoints.grpc)) as client:
         for data in _scenes():

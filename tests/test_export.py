@@ -265,6 +265,13 @@ def test_opset_below_17_is_refused_before_anything_is_written(tmp_path: Path, op
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_default_detector_is_exported_for_the_square_letterbox_only(tmp_path: Path,
+                                                                        detector: FashionDetector) -> None:
+    with pytest.raises(ExportError, match="takes only the square letterbox"):
+        export_detector_onnx(detector, tmp_path / "detector.onnx", nms=NMS, letterbox_stride=32)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_invalid_onnx_file_fails_the_check_with_its_path(tmp_path: Path) -> None:
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "broken", [],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])

@@ -422,6 +422,13 @@ def test_a_rect_letterbox_is_refused_where_it_cannot_be_served_and_square_is_the
     with pytest.raises(ConvertError, match="takes only the square 128 letterbox"):  # a fixed-shape export
         convert(ConvertOptions(out=tmp_path / "fixed", detector=f"ultralytics:{det_onnx}", letterbox="rect",
                                compare_samples=1))
+    # the exporter itself refuses a rect letterbox for it too, and a stride the dynamic export does not divide
+    fixed, dynamic = load_ultralytics(det_onnx), load_ultralytics(seg_onnx)
+    with pytest.raises(UltralyticsError, match="needs a dynamic=True export"):
+        export_ultralytics_onnx(fixed, tmp_path / "fixed.onnx", nms=NMS, letterbox_stride=32)
+    with pytest.raises(UltralyticsError, match="a multiple of its stride 32"):
+        export_ultralytics_onnx(dynamic, tmp_path / "odd.onnx", nms=NMS, letterbox_stride=16)
+    assert export_ultralytics_onnx(dynamic, tmp_path / "rect.onnx", nms=NMS, letterbox_stride=32).is_file()
     with pytest.raises(ConvertError, match="--letterbox rect is served on target cpu"):
         ConvertOptions(out=tmp_path / "gpu", detector=f"ultralytics:{seg_onnx}", letterbox="rect", target="gpu")
     with pytest.raises(ConvertError, match="letterbox 'wide'"):

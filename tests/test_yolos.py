@@ -172,18 +172,57 @@ def test_a_processor_size_below_the_patch_size_is_refused(checkpoint_dir: Path, 
 # -- export and in-process parity -----------------------------------------------------------------------------
 
 
-def test_exported_graph_equals_transformers_post_processing(checkpoint_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stride", [0, 16])  # the square letterbox (baked embeddings), the rect one (interpolated)
+def test_exported_graph_equals_transformers_post_processing(checkpoint_dir: Path, tmp_path: Path,
+                                                            stride: int) -> None:
+    from fashionbox import contract
+    from fashionbox.converter.repository import _onnx_io
+
     checkpoint = load_yolos(checkpoint_weights(checkpoint_dir))
-    assert checkpoint.input_size == INPUT_SIZE
+    assert checkpoint.input_size == INPUT_SIZE and checkpoint.letterbox_stride == 16  # the patch size
     nms = NmsSettings(score_threshold=THRESHOLD)
-    path = export_yolos_onnx(checkpoint, tmp_path / "detector.onnx", nms=nms)
-    batches = [np.random.default_rng(i).integers(0, 256, (3, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
-               for i in range(2)]
+    path = export_yolos_onnx(checkpoint, tmp_path / "detector.onnx", nms=nms, letterbox_stride=stride)
+    sides = list(_onnx_io(path)[0][contract.ONNX_DETECTOR_INPUT][1][1:3])
+    assert sides == ([None, None] if stride else [INPUT_SIZE, INPUT_SIZE])
+    # transformers interpolates the checkpoint's 64x96 embeddings to each input's own patch grid
+    shapes = [(INPUT_SIZE, INPUT_SIZE)] * 2 + ([(48, INPUT_SIZE), (INPUT_SIZE, 32), (16, INPUT_SIZE)] if stride else [])
+    batches = [np.random.default_rng(i).integers(0, 256, (3, h, w, 3), dtype=np.uint8)
+               for i, (h, w) in enumerate(shapes)]
     report = compare_yolos(checkpoint, path, batches, nms)
     assert report.max_abs_error["kept_mismatch"] == 0
     assert report.max_abs_error["scores"] < 1e-5
     assert report.max_abs_error["boxes"] < 1e-3  # letterbox pixels
-    assert sum(len(r) for b in batches for r in reference_detections(checkpoint, b, THRESHOLD)) > 0
+    for batch in batches:  # each shape keeps something, or its comparison proves nothing
+        assert sum(len(r) for r in reference_detections(checkpoint, batch, THRESHOLD)) > 0, batch.shape
+
+
+@pytest.mark.parametrize(("out_size", "in_size"), [(4, 6), (6, 4), (5, 5), (1, 4), (24, 54), (32, 54), (7, 3)])
+def test_the_bicubic_matrix_is_torchs_bicubic_interpolation(out_size: int, in_size: int) -> None:
+    from fashionbox.converter.yolos import bicubic_matrix
+
+    table = torch.randn(2, 3, in_size, in_size + 2)
+    theirs = torch.nn.functional.interpolate(table, size=(out_size, in_size + 2), mode="bicubic", align_corners=False)
+    ours = torch.matmul(bicubic_matrix(out_size, in_size), table)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_the_rect_model_answers_as_transformers_at_any_patch_grid(checkpoint_dir: Path) -> None:
+    """The swapped-in position embeddings (initial and mid-layer) are transformers' at every input size."""
+    from fashionbox.converter.yolos import RectMidPositionEmbeddings, RectPositionEmbeddings, rect_model
+
+    checkpoint = load_yolos(checkpoint_weights(checkpoint_dir))
+    model = checkpoint.model
+    assert model.config.use_mid_position_embeddings  # both tables are exercised
+    rect = rect_model(model)
+    assert isinstance(rect.vit.embeddings.interpolation, RectPositionEmbeddings)
+    assert isinstance(rect.vit.encoder.interpolation, RectMidPositionEmbeddings)
+    assert not isinstance(model.vit.embeddings.interpolation, RectPositionEmbeddings)  # a copy: the original kept
+    for height, width in [(64, 64), (48, 64), (64, 16), (96, 64)]:
+        pixels = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(height + width))
+        with torch.no_grad():
+            theirs, ours = model(pixel_values=pixels), rect(pixel_values=pixels)
+        torch.testing.assert_close(ours.logits, theirs.logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours.pred_boxes, theirs.pred_boxes, atol=1e-5, rtol=1e-5)
 
 
 def test_the_torch_runtime_serves_a_bin_checkpoint_as_safetensors_with_baked_embeddings(
@@ -277,16 +316,22 @@ def _scenes() -> list[bytes]:
 def test_served_yolos_detections_equal_transformers_on_the_same_images(
         triton_server: Any, repository: Path, checkpoint_dir: Path) -> None:
     from fashionbox.client import FashionClient
-    from fashionbox.core.imaging import decode_image, letterbox
+    from fashionbox.core.imaging import decode_image, letterbox, rect_canvas
 
     checkpoint = load_yolos(checkpoint_weights(checkpoint_dir))
     labels = checkpoint.label_map
+    # on the CPU the rect letterbox by default: the long side at 64, the short one a multiple of the patch size
+    assert json.loads((repository / "manifest.json").read_text())["export"]["letterbox_stride"] == 16
     server = triton_server(repository)
     total = parts = garments = 0
+    canvases = set()
     with FashionClient(str(server.endpoints.grpc)) as client:
         for data in _scenes():
             served = client.detect(data).detections
-            pixels, info = letterbox(decode_image(data, target_size=INPUT_SIZE), INPUT_SIZE)
+            decoded = decode_image(data, target_size=INPUT_SIZE)
+            pixels, info = letterbox(decoded, INPUT_SIZE,
+                                     canvas=rect_canvas(decoded.width, decoded.height, INPUT_SIZE, 16))
+            canvases.add(pixels.shape[:2])
             (expected,) = reference_detections(checkpoint, pixels[None], THRESHOLD)
             assert [d.category for d in served] == [labels.category_names[c] for c in expected.classes]
             np.testing.assert_allclose([d.score for d in served], expected.scores, atol=1e-3)
@@ -299,6 +344,7 @@ def test_served_yolos_detections_equal_transformers_on_the_same_images(
             total += len(served)
     # garments carry the attribute heads' groups; parts such as sleeve are reported without attributes
     assert total > 0 and parts > 0 and garments > 0
+    assert canvases == {(48, INPUT_SIZE), (INPUT_SIZE, 48), (INPUT_SIZE, INPUT_SIZE)}  # 4:3, 9:16, square
 
 
 @pytest.mark.integration

@@ -1,25 +1,29 @@
-"""Benchmark: a DETR-R50-sized model served with the square letterbox against the rect one, in one run.
+"""Benchmark: a DETR-style model served with the square letterbox against the rect one, in one run.
 
-    .venv/bin/python tests/benchmarks/bench_detr_letterbox.py [--rounds 3] [--images 4] \
-        [--out results/detr_letterbox.json]
+    .venv/bin/python tests/benchmarks/bench_detr_letterbox.py [--family detr|yolos] [--rounds 3] \
+        [--images 4] [--out results/detr_letterbox.json]
 
-The model has ``facebook/detr-resnet-50``'s shape (transformers' own ResNet-50, 6 + 6 transformer
-layers 256 wide, 100 queries) with 46 Fashionpedia labels and random weights: the same compute, no
-download; its processor is ``DetrImageProcessor``'s default (shortest edge 800). It is converted
-twice from the same folder, ONNX Runtime on the CPU, 2 threads per detector instance:
+``--family detr``: ``facebook/detr-resnet-50``'s shape (transformers' own ResNet-50, 6 + 6 transformer
+layers 256 wide, 100 queries), processor ``DetrImageProcessor``'s default (shortest edge 800, stride
+32). ``--family yolos``: the seeds' ``yolos-fashionpedia`` shape (YOLOS-small, ``bench_yolos.py``'s),
+processor shortest edge 512 (stride 16, the patch size). 46 Fashionpedia labels and random weights:
+the same compute, no download. Converted twice from the same folder, ONNX Runtime on the CPU, 2
+threads per detector instance:
 
-- **square**: ``--letterbox square``, every photo letterboxed to 800 x 800;
-- **rect**: ``--letterbox rect`` (the default for DETR on the CPU since its graph takes any height and
-  width): the long side at 800, the short side padded to a multiple of 32, so a 4:3 photo runs the
-  network on 800 x 608 (24 % fewer pixels).
+- **square**: ``--letterbox square``, every photo letterboxed to S x S (YOLOS: embeddings baked at it);
+- **rect**: ``--letterbox rect`` (the default for these families on the CPU: their graphs take any
+  height and width): the long side at S, the short side padded to a multiple of the stride, so a 4:3
+  photo runs the network on 800 x 608 (DETR, 24 % fewer pixels) or 512 x 384 (YOLOS, 25 % fewer
+  patch tokens; its position embeddings interpolated in the graph).
 
 On the same photos (generated, fixed seeds; half 1280x960 landscape, half 960x1280 portrait, as
 catalogue shots come) each round measures, interleaved: the detector graph alone in ONNX Runtime on
-each repository's own letterbox (batch 1), then each repository served by the embedded Triton
+each repository's own letterbox (batch 1) and the rect graph on the square letterbox (what a graph
+that takes any shape costs on the same pixels), then each repository served by the embedded Triton
 through the closed-loop load generator over gRPC at concurrency 1 (p50, p99, images/s) and 2
 (images/s). Both servers stay up, one measured at a time. The detections differ between the two
 (other pixels go in); that each equals transformers on its own pixels is the tests' job
-(``tests/test_detr_families.py``). The JSON keeps every run and the medians.
+(``tests/test_detr_families.py``, ``tests/test_yolos.py``). The JSON keeps every run and the medians.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_report import write_report
-from bench_yolos import run_onnx_detector, run_served
+from bench_yolos import SEED_PROCESSOR_SIZE, SEED_SHAPE, run_onnx_detector, run_served, save_seed_sized_yolos
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ("square", "rect")
@@ -62,6 +66,14 @@ def save_r50_sized_detr(folder: Path) -> Path:
     return folder
 
 
+FAMILIES = {"detr": save_r50_sized_detr, "yolos": save_seed_sized_yolos}
+"""``--family`` -> what saves its random checkpoint."""
+MODELS = {"detr": {"family": "detr", "backbone": "transformers ResNet-50 (bottleneck [3, 4, 6, 3])", **R50_SHAPE,
+                   "weights": "random (detr-resnet-50's shape, same compute)"},
+          "yolos": {"family": "yolos", **SEED_SHAPE, "processor": SEED_PROCESSOR_SIZE,
+                    "weights": "random (yolos-fashionpedia's shape, same compute)"}}
+
+
 def make_photos(count: int) -> list[bytes]:
     from fashionbox.synth import render_scene
 
@@ -74,16 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=4, help="distinct photos, half landscape, half portrait")
     parser.add_argument("--duration-s", type=float, default=20.0, help="served measurement window per level")
-    parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/detr_letterbox.json")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="detr")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: tests/benchmarks/results/detr_letterbox.json (yolos_letterbox.json)")
     args = parser.parse_args(argv)
+    out = args.out or ROOT / f"tests/benchmarks/results/{args.family}_letterbox.json"
 
     from fashionbox.converter import ConvertOptions, convert
     from fashionbox.server import ServerConfig, TritonServer, find_free_ports
 
     photos = make_photos(args.images)
     runs: dict[str, Any] = {v: {"alone_s": [], "served_c1": [], "served_c2": []} for v in VARIANTS}
+    runs["rect"]["alone_on_square_s"] = []  # the rect graph fed the square letterbox: what taking any shape costs
     with tempfile.TemporaryDirectory(prefix="fashionbox-bench-detr-letterbox-") as tmp, ExitStack() as stack:
-        folder = save_r50_sized_detr(Path(tmp) / "detr-r50")
+        folder = FAMILIES[args.family](Path(tmp) / args.family)
         repositories, strides, convert_s, comparisons, urls = {}, {}, {}, {}, {}
         for variant in VARIANTS:
             started = time.perf_counter()
@@ -107,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             for variant in VARIANTS:
                 alone = run_onnx_detector(repositories[variant], photos, size, strides[variant])
                 runs[variant]["alone_s"].append(alone)
+            runs["rect"]["alone_on_square_s"].append(run_onnx_detector(repositories["rect"], photos, size))
             for variant in VARIANTS:
                 runs[variant]["served_c1"].append(run_served(urls[variant], photos, 1, args.duration_s))
                 runs[variant]["served_c2"].append(run_served(urls[variant], photos, 2, args.duration_s))
@@ -132,16 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "square": square, "rect": rect,
         "rect_speedup_detector_alone": round(square["detector_alone_p50_ms"] / rect["detector_alone_p50_ms"], 2),
+        "rect_graph_on_square_p50_ms": round(
+            1000 * statistics.median(s for r in runs["rect"]["alone_on_square_s"] for s in r), 1),
         "rect_speedup_served_p50": round(square["served_c1_p50_ms"] / rect["served_c1_p50_ms"], 2),
         "rect_speedup_served_p50_per_round": per_round,
         "rect_gain_c2_images_per_s": round(rect["served_c2_images_per_s"] / square["served_c2_images_per_s"], 2),
         "convert_s": convert_s,
         "convert_comparison": comparisons,
     }
-    write_report(args.out, __file__, argv, {
-        "model": {"family": "detr", "backbone": "transformers ResNet-50 (bottleneck [3, 4, 6, 3])", **R50_SHAPE,
-                  "labels": 46, "input_size": size, "letterbox_stride": strides["rect"],
-                  "weights": "random (detr-resnet-50's shape, same compute)"},
+    write_report(out, __file__, argv, {
+        "model": {**MODELS[args.family], "labels": 46, "input_size": size, "letterbox_stride": strides["rect"]},
         "photos": {"count": args.images, "sizes": ["1280x960", "960x1280"]},
         "rounds": args.rounds, "duration_s": args.duration_s, "summary": summary, "runs": runs,
     })

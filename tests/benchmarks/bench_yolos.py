@@ -9,7 +9,9 @@ On the same 1280x960 JPEGs (generated, fixed seeds) it measures:
 
 - **served**: ``fashionbox convert --detector hf:FOLDER`` into a repository, the embedded Triton,
   the closed-loop load generator over gRPC: latency p50/p99 at concurrency 1, images/s at
-  concurrency 2. The detector runs at a 512x512 letterbox (see ``converter/yolos.py``).
+  concurrency 2. The detector runs at a 512x512 letterbox (``--letterbox square``, so that the
+  baseline below sees the same pixels; the CPU's default rect letterbox, 512x384 for these photos,
+  is measured against it by ``bench_detr_letterbox.py --family yolos``; see ``converter/yolos.py``).
 - **transformers, seed's way**: what the seed's web app did, in process: ``YolosImageProcessor``
   (resize to short side 512, long side at most 864), ``YolosForObjectDetection`` in PyTorch eager,
   ``post_process_object_detection``; torch on 2 threads; one image at a time.
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = save_seed_sized_yolos(Path(tmp) / "yolos-small")
         started = time.perf_counter()
         repository = convert(ConvertOptions(
-            out=Path(tmp) / "repo", detector=f"hf:{folder}", compare_samples=2,
+            out=Path(tmp) / "repo", detector=f"hf:{folder}", compare_samples=2, letterbox="square",
             repository_settings={"ort": OrtSettings(intra_op_threads=2)})).repository
         convert_s = time.perf_counter() - started
         print(f"converted in {convert_s:.0f} s", flush=True)

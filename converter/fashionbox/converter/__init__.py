@@ -60,6 +60,8 @@ class Family:
     name: str
     load_detector: Callable[[Path], tuple[Any, LabelMap]]
     export_detector: Callable[..., Path]
+    """``(detector, path, *, nms, opset, letterbox_stride)``: the detector graph for the square letterbox
+    (``letterbox_stride`` 0) or the rect one of that stride (a multiple of :attr:`letterbox_stride`'s)."""
     compare_detector: Callable[..., Any]
     input_size: Callable[[Any], int] = lambda detector: int(detector.config.input_size)
     """Side of the square letterbox the loaded detector is served at."""
@@ -108,7 +110,7 @@ def _detr_style_family(style: Any) -> Family:
                   input_size=lambda checkpoint: int(checkpoint.input_size), threads=2,
                   score_threshold=style.score_threshold, max_detections=style.max_detections,
                   torch_runtime=True, torch_files=write_torch_files,
-                  letterbox_stride=lambda checkpoint: int(checkpoint.style.letterbox_stride))
+                  letterbox_stride=lambda checkpoint: checkpoint.letterbox_stride)
 
 
 def _yolos_family() -> Family:
@@ -189,7 +191,7 @@ class ConvertOptions:
     letterbox: Letterbox = "auto"
     """``square``: every image letterboxed to the square input size. ``rect``: the smallest stride
     multiple on the short side (``RepositorySettings.letterbox_stride``), as Ultralytics' predictor
-    runs a dynamic export (DETR and Conditional DETR take it too); refused for a detector whose graph
+    runs a dynamic export (DETR, Conditional DETR and YOLOS take it too); refused for a detector whose graph
     takes only the square. ``auto``: rect where the detector takes it and the target is cpu (ONNX
     Runtime or OpenVINO), else square."""
     engines: EngineOptions = field(default_factory=lambda: _engine_options())
@@ -298,8 +300,8 @@ def _letterbox_stride(options: ConvertOptions, family: Family, detector: Any, *,
     stride = family.letterbox_stride(detector)
     if options.letterbox == "rect" and not stride:
         raise ConvertError(f"--letterbox rect: this {family.name} detector's graph takes only the square "
-                           f"{family.input_size(detector)} letterbox (DETR and Conditional DETR take any height and "
-                           "width, and an Ultralytics export does when exported with dynamic=True)")
+                           f"{family.input_size(detector)} letterbox (DETR, Conditional DETR and YOLOS take any height "
+                           "and width, and an Ultralytics export does when exported with dynamic=True)")
     return stride if options.letterbox == "rect" or (options.letterbox == "auto" and onnx_on_cpu) else 0
 
 
@@ -577,7 +579,8 @@ def convert(options: ConvertOptions) -> ConvertResult:
                                   **repository_settings)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fashionbox-convert-") as tmp:
-        detector_onnx = family.export_detector(detector, Path(tmp) / "detector.onnx", nms=nms, opset=options.opset)
+        detector_onnx = family.export_detector(detector, Path(tmp) / "detector.onnx", nms=nms, opset=options.opset,
+                                               letterbox_stride=stride)
         attributes_onnx = export_attributes_onnx(classifier, Path(tmp) / "attributes.onnx", opset=options.opset)
         # Every profile (the GPU's configs are written before write_repository sees the graph) serves
         # the crop masks exactly when the attribute graph has a mask head.

@@ -35,15 +35,16 @@ most ``longest_edge``) and pad the batch bottom-right with zeros plus a ``pixel_
 stretches every image to ``size["height"] x size["width"]`` (640 x 640) ignoring its aspect ratio.
 The pipeline batches equal-shaped ``PIXELS`` across requests, so FashionBox letterboxes every image
 with its long side at ``S`` (the processor's ``shortest_edge``, or the smaller of
-``height``/``width``), the aspect ratio kept: to the square ``S x S`` on the GPU and for RT-DETR
-and YOLOS, whose graphs take only that (RT-DETR's anchors are traced at one size, YOLOS's position
-embeddings are baked at it); DETR and Conditional DETR, whose sine position embeddings follow the
-input, are exported with a dynamic height and width (:attr:`DetrStyle.letterbox_stride`) and
-served on the CPU with the rect letterbox (``RepositorySettings.letterbox_stride``: the short side
-padded only to the next multiple of 32, a 4:3 photo at 800 runs 800 x 608), unless
-``--letterbox square``. The processor's rescale factor, mean and std are read from the
-checkpoint's ``preprocessor_config.json`` and applied in the graph; the boxes are scaled by the
-input's own width and height, as ``target_sizes`` does. Parity (:func:`reference_detections`) is
+``height``/``width``), the aspect ratio kept: to the square ``S x S`` on the GPU and for RT-DETR,
+whose graph takes only that (its anchors are traced at one size). DETR and Conditional DETR (whose
+sine position embeddings follow the input) and YOLOS (whose position embeddings the exported graph
+interpolates to the input, :mod:`fashionbox.converter.yolos`) are exported with a dynamic height
+and width (:attr:`DetrStyle.rect_stride`) and served on the CPU with the rect letterbox
+(``RepositorySettings.letterbox_stride``: the short side padded only to the next multiple of the
+stride, so a 4:3 photo at 800 runs DETR on 800 x 608), unless ``--letterbox square``. The
+processor's rescale factor, mean and std are read from the checkpoint's ``preprocessor_config.json``
+and applied in the graph; the boxes are scaled by the input's own width and height, as
+``target_sizes`` does. Parity (:func:`reference_detections`) is
 measured on the *same letterboxed pixels*, square or rect: transformers' processor normalises them
 (``do_resize=False, do_pad=False``), the PyTorch model runs, the processor's
 ``post_process_object_detection`` (its defaults but the threshold) turns its output into boxes in
@@ -158,6 +159,20 @@ def _no_check(config: dict[str, Any]) -> None:
     return None
 
 
+def _square_only(config: Any) -> int:
+    return 0
+
+
+def _backbone_stride(config: Any) -> int:
+    # the CNN backbone's output stride: the feature map (and the position embeddings computed on its
+    # mask) covers the input exactly
+    return 32
+
+
+def _same_model(model: Any) -> Any:
+    return model
+
+
 @dataclass(frozen=True)
 class DetrStyle:
     """What one ``model_type`` needs beyond the shared code: classes, scoring, defaults."""
@@ -183,11 +198,13 @@ class DetrStyle:
     """The model the graph is exported from, at square side ``S`` (YOLOS bakes its embeddings)."""
     check_config: Callable[[dict[str, Any]], None] = _no_check
     """Refuses configurations the processor's post-processing does not describe."""
-    letterbox_stride: int = 0
-    """Where the graph takes any height and width (its position embeddings follow the input: DETR,
-    Conditional DETR), the stride of the rect letterbox it is served with on the CPU (the backbone's
-    output stride, 32); 0 where it takes only the square (RT-DETR's traced anchors, YOLOS's baked
-    embeddings)."""
+    rect_stride: Callable[[Any], int] = _square_only
+    """From the model's config: the stride of the rect letterbox the graph can be exported for (any
+    height and width that are multiples of it; ``RepositorySettings.letterbox_stride``): DETR's and
+    Conditional DETR's backbone stride (their sine position embeddings follow the input), YOLOS's
+    patch size; 0 where the graph takes only the square (RT-DETR's anchors are traced at one size)."""
+    prepare_rect: Callable[[Any], Any] = _same_model
+    """The model the rect graph is exported from (YOLOS: its position embeddings interpolated in the graph)."""
 
     @property
     def no_object_class(self) -> bool:
@@ -202,10 +219,11 @@ def _rt_detr_check(config: dict[str, Any]) -> None:
 
 STYLES: dict[str, DetrStyle] = {
     "detr": DetrStyle("detr", "DetrForObjectDetection", "DetrImageProcessorPil", "softmax",
-                      class_head=r"class_labels_classifier\.weight", letterbox_stride=32),
+                      class_head=r"class_labels_classifier\.weight", rect_stride=_backbone_stride),
     "conditional_detr": DetrStyle("conditional_detr", "ConditionalDetrForObjectDetection",
                                   "ConditionalDetrImageProcessorPil", "sigmoid_top_k",
-                                  class_head=r"class_labels_classifier\.weight", top_k=100, letterbox_stride=32),
+                                  class_head=r"class_labels_classifier\.weight", top_k=100,
+                                  rect_stride=_backbone_stride),
     "rt_detr": DetrStyle("rt_detr", "RTDetrForObjectDetection", "RTDetrImageProcessorPil", "sigmoid_top_k",
                          class_head=r"model\.decoder\.class_embed\.\d+\.weight", max_detections=300,
                          check_config=_rt_detr_check),
@@ -321,6 +339,11 @@ class DetrCheckpoint:
     def num_labels(self) -> int:
         return int(self.model.config.num_labels)
 
+    @property
+    def letterbox_stride(self) -> int:
+        """The rect letterbox's stride the graph can be exported for; 0: the square only."""
+        return int(self.style.rect_stride(self.model.config))
+
 
 def _load_model(cls: Any, folder: Path, weights: Path) -> Any:
     try:
@@ -420,16 +443,27 @@ def detr_graph(checkpoint: DetrCheckpoint, score_threshold: float) -> DetrGraph:
                      score_threshold).eval()
 
 
-def export_detr_onnx(checkpoint: DetrCheckpoint, path: Path, *, nms: NmsSettings, opset: int = MIN_OPSET) -> Path:
-    """Export the graph (dynamic batch, and height and width where the style takes a rect letterbox;
-    TorchScript exporter); ``nms.score_threshold`` is the threshold."""
+def export_detr_onnx(checkpoint: DetrCheckpoint, path: Path, *, nms: NmsSettings, opset: int = MIN_OPSET,
+                     letterbox_stride: int = 0) -> Path:
+    """Export the graph (TorchScript exporter; dynamic batch) for the square letterbox, or with
+    ``letterbox_stride`` for the rect one (a dynamic height and width too: a multiple of the style's
+    :attr:`DetrCheckpoint.letterbox_stride`); ``nms.score_threshold`` is the threshold."""
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is below the supported minimum {MIN_OPSET}")
     size = checkpoint.input_size
-    graph = detr_graph(checkpoint, nms.score_threshold)
+    if letterbox_stride:
+        own = checkpoint.letterbox_stride
+        if not own or letterbox_stride % own or size % letterbox_stride:
+            raise ExportError(f"a {checkpoint.style.model_type} graph cannot be exported for a rect letterbox of "
+                              f"stride {letterbox_stride} at {size}: " + (
+                                  f"its stride is {own}" if own else "it takes only the square letterbox"))
+        graph = DetrGraph(checkpoint.style.prepare_rect(checkpoint.model), detr_spec(checkpoint),
+                          nms.score_threshold).eval()
+    else:
+        graph = detr_graph(checkpoint, nms.score_threshold)
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
     names = [contract.ONNX_DETECTOR_BOXES, contract.ONNX_DETECTOR_SCORES, contract.ONNX_DETECTOR_SELECTED]
-    sides = {1: "height", 2: "width"} if checkpoint.style.letterbox_stride else {}
+    sides = {1: "height", 2: "width"} if letterbox_stride else {}
     dynamic = {contract.ONNX_DETECTOR_INPUT: {0: "batch", **sides}, contract.ONNX_DETECTOR_BOXES: {0: "batch"},
                contract.ONNX_DETECTOR_SCORES: {0: "batch"}, contract.ONNX_DETECTOR_SELECTED: {0: "selected"}}
     with warnings.catch_warnings():

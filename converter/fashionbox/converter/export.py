@@ -112,7 +112,11 @@ def _append_nms(path: Path, nms: NmsSettings) -> None:
     onnx.save(model, str(path))
 
 
-def export_detector_onnx(detector: FashionDetector, path: Path, *, nms: NmsSettings, opset: int = MIN_OPSET) -> Path:
+def export_detector_onnx(detector: FashionDetector, path: Path, *, nms: NmsSettings, opset: int = MIN_OPSET,
+                         letterbox_stride: int = 0) -> Path:
+    """The detector graph with NMS appended, for the square letterbox (the only one its graph takes)."""
+    if letterbox_stride:
+        raise ExportError("the FashionBox detector's graph takes only the square letterbox")
     size = detector.config.input_size
     example = torch.zeros((1, size, size, 3), dtype=torch.uint8)
     _torch_export(_DetectorGraph(detector), example, path, contract.ONNX_DETECTOR_INPUT,

@@ -346,10 +346,16 @@ def served_graph(model: UltralyticsModel, nms: NmsSettings) -> onnx.ModelProto:
     return served
 
 
-def export_ultralytics_onnx(model: UltralyticsModel, path: Path, *, nms: NmsSettings, opset: int | None = None) -> Path:
-    """Write the served graph to ``path`` (the graph keeps the export's own opset; ``opset`` is not used)."""
+def export_ultralytics_onnx(model: UltralyticsModel, path: Path, *, nms: NmsSettings, opset: int | None = None,
+                            letterbox_stride: int = 0) -> Path:
+    """Write the served graph to ``path`` (the graph keeps the export's own opset; ``opset`` is not used).
+    A rect letterbox (``letterbox_stride``) is served from a ``dynamic=True`` export as it is, at a
+    multiple of its stride; a fixed-shape export takes only the square."""
     import onnx
 
+    if letterbox_stride and (not model.dynamic_shape or letterbox_stride % model.stride):
+        raise UltralyticsError(f"{model.path}: a rect letterbox of stride {letterbox_stride} needs a dynamic=True "
+                               f"export and a multiple of its stride {model.stride}")
     served = served_graph(model, nms)
     try:
         onnx.checker.check_model(served, full_check=True)

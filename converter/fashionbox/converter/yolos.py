@@ -36,11 +36,19 @@ is compared is the whole exported graph and serving path against transformers' o
 post-processing; the resize choice is a documented difference from the seed's web app, not a
 hidden one.
 
-**Position embeddings are baked at the serving size.** YOLOS interpolates its (initial and
-mid-layer) position embeddings bicubically from ``config.image_size`` to the input size on every
-forward. The graph is exported from a copy of the model whose ``image_size`` is ``[S, S]`` and
-whose embeddings are the interpolated ones, computed once here with transformers' own code
-(docs/FIELD_NOTES.md: interpolating at run time made the TorchScript-exported graph 3.6x slower).
+**Position embeddings: baked for the square, interpolated in the graph for the rect letterbox.**
+YOLOS interpolates its (initial and mid-layer) position embeddings bicubically from
+``config.image_size`` to the input size on every forward. For the square letterbox (the GPU, the
+torch runtime, ``--letterbox square``) the graph is exported from a copy of the model whose
+``image_size`` is ``[S, S]`` and whose embeddings are the interpolated ones, computed once here with
+transformers' own code (docs/FIELD_NOTES.md: ``interpolate`` exported as ONNX ``Resize`` made the
+graph 3.6x slower). For the rect letterbox (the CPU's default: the long side at ``S``, the short side
+a multiple of the patch size, so a 4:3 photo at 512 runs 512 x 384 patches' worth of tokens instead
+of 512 x 512) the graph takes any height and width and interpolates in it, as two matrix products:
+:func:`bicubic_matrix` builds PyTorch's bicubic kernel (``align_corners=False``, a = -0.75, edges
+clamped) for the input's own patch grid from the traced shape, and ``A_h @ table @ A_w^T`` replaces
+``Resize`` (:class:`RectPositionEmbeddings`, :class:`RectMidPositionEmbeddings`, swapped into a copy
+of the model by :func:`rect_model`); a few megaflops beside the network's tens of gigaflops.
 
 Checkpoints are read without pickle: ``model.safetensors`` (or a sharded safetensors index)
 through ``from_pretrained(use_safetensors=True, local_files_only=True)``; a ``pytorch_model.bin``
@@ -56,6 +64,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+from torch import Tensor, nn
 
 from fashionbox.contract.labels import LabelMap
 from fashionbox.converter.detr import (
@@ -86,11 +95,13 @@ __all__ = [
     "YolosCheckpoint",
     "YolosError",
     "YolosPreprocessing",
+    "bicubic_matrix",
     "checkpoint_weights",
     "compare_yolos",
     "export_yolos_onnx",
     "hf_model_type",
     "load_yolos",
+    "rect_model",
     "reference_detections",
     "yolos_input_size",
 ]
@@ -128,10 +139,91 @@ def _baked(model: Any, size: int) -> Any:
     return baked
 
 
+CUBIC_A = -0.75
+"""PyTorch's bicubic kernel coefficient (``upsample_bicubic2d``)."""
+
+
+def bicubic_matrix(out_size: int | Tensor, in_size: int) -> Tensor:
+    """``[out_size, in_size]``: the weights ``interpolate(mode="bicubic", align_corners=False)`` gives
+    each output position over the input ones along one axis (its source ``(i + 0.5) * in / out - 0.5``,
+    four taps, indices clamped to the edge). ``out_size`` may be a traced size: the ONNX graph builds
+    the matrix for each input's own shape."""
+    out = torch.as_tensor(out_size)
+    position = torch.arange(out).to(torch.float32)  # type: ignore[call-overload]  # a traced size: a tensor
+    source = (position + 0.5) * (in_size / out.to(torch.float32)) - 0.5
+    floor = torch.floor(source)
+    t = source - floor
+
+    def near(x: Tensor) -> Tensor:  # |x| <= 1
+        return ((CUBIC_A + 2) * x - (CUBIC_A + 3)) * x * x + 1
+
+    def far(x: Tensor) -> Tensor:  # 1 < |x| < 2
+        return ((CUBIC_A * x - 5 * CUBIC_A) * x + 8 * CUBIC_A) * x - 4 * CUBIC_A
+
+    weights = torch.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], dim=1)  # [out, 4]
+    taps = (floor.to(torch.int64)[:, None] + torch.arange(-1, 3)[None]).clamp(0, in_size - 1)  # [out, 4]
+    hits = (taps[..., None] == torch.arange(in_size)[None, None]).to(torch.float32)  # [out, 4, in]
+    return (weights[..., None] * hits).sum(dim=1)
+
+
+def _resize_grid(patches: Tensor, grid: tuple[int, int], height: Any, width: Any, patch: int) -> Tensor:
+    """``[..., h0 * w0, D]`` position embeddings on the checkpoint's patch grid -> ``[..., h * w, D]`` on the
+    input's (``height // patch`` x ``width // patch``), bicubic as transformers interpolates them."""
+    table = patches.reshape(*patches.shape[:-2], grid[0], grid[1], patches.shape[-1])  # [..., h0, w0, D]
+    table = table.transpose(-1, -2).transpose(-2, -3)  # [..., D, h0, w0] (movedim exports a bad perm)
+    table = torch.matmul(bicubic_matrix(height // patch, grid[0]), table)  # [..., D, h, w0]
+    table = torch.matmul(table, bicubic_matrix(width // patch, grid[1]).t())  # [..., D, h, w]
+    return table.flatten(-2).transpose(-1, -2)  # [..., h * w, D]
+
+
+class RectPositionEmbeddings(nn.Module):
+    """Stands in for YOLOS's ``InterpolateInitialPositionEmbeddings``: the same output for any input
+    size, without ``interpolate`` (so the ONNX graph has matrix products, not ``Resize``)."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.patch = int(config.patch_size)
+        self.grid = (int(config.image_size[0]) // self.patch, int(config.image_size[1]) // self.patch)
+        self.detection_tokens = int(config.num_detection_tokens)
+
+    def forward(self, pos_embed: Tensor, img_size: tuple[Any, Any]) -> Tensor:
+        n = self.detection_tokens
+        patches = _resize_grid(pos_embed[:, 1:-n], self.grid, img_size[0], img_size[1], self.patch)
+        return torch.cat((pos_embed[:, :1], patches, pos_embed[:, -n:]), dim=1)
+
+
+class RectMidPositionEmbeddings(RectPositionEmbeddings):
+    """Stands in for ``InterpolateMidPositionEmbeddings`` (which holds the mid-layer table itself)."""
+
+    def __init__(self, config: Any, table: Tensor) -> None:
+        super().__init__(config)
+        self.mid_position_embeddings = nn.Parameter(table.detach().clone(), requires_grad=False)
+
+    def forward(self, img_size: tuple[Any, Any]) -> Tensor:  # type: ignore[override]
+        table, n = self.mid_position_embeddings, self.detection_tokens  # [layers - 1, 1, seq, D]
+        patches = _resize_grid(table[:, :, 1:-n], self.grid, img_size[0], img_size[1], self.patch)
+        return torch.cat((table[:, :, :1], patches, table[:, :, -n:]), dim=2)
+
+
+def rect_model(model: Any) -> Any:
+    """A copy of ``model`` whose position embeddings are interpolated to each input's size in the graph."""
+    rect = copy.deepcopy(model).eval()
+    rect.vit.embeddings.interpolation = RectPositionEmbeddings(model.config)
+    if model.config.use_mid_position_embeddings:
+        rect.vit.encoder.interpolation = RectMidPositionEmbeddings(
+            model.config, model.vit.encoder.interpolation.mid_position_embeddings)
+    return rect
+
+
+def _patch_stride(config: Any) -> int:
+    return int(config.patch_size)
+
+
 YOLOS = DetrStyle("yolos", "YolosForObjectDetection", "YolosImageProcessorPil", "softmax",
                   class_head=r"class_labels_classifier\.layers\.\d+\.weight",
-                  input_size=_input_size, prepare_export=_baked)
-"""YOLOS: DETR's softmax post-processing (threshold 0.5), a patch-size input and baked embeddings."""
+                  input_size=_input_size, prepare_export=_baked, rect_stride=_patch_stride, prepare_rect=rect_model)
+"""YOLOS: DETR's softmax post-processing (threshold 0.5), a patch-size input, embeddings baked for the
+square letterbox or interpolated in the graph for the rect one."""
 
 
 def load_yolos(weights: Path, attribute_labels: LabelMap | None = None) -> DetrCheckpoint:
@@ -143,9 +235,11 @@ load_yolos_family = family_loader(YOLOS)
 """The family table's loader: the checkpoint and its label map."""
 
 
-def export_yolos_onnx(checkpoint: DetrCheckpoint, path: Path, *, nms: NmsSettings, opset: int = MIN_OPSET) -> Path:
-    """Export the graph (dynamic batch, TorchScript exporter); ``nms.score_threshold`` is the threshold."""
-    return export_detr_onnx(checkpoint, path, nms=nms, opset=opset)
+def export_yolos_onnx(checkpoint: DetrCheckpoint, path: Path, *, nms: NmsSettings, opset: int = MIN_OPSET,
+                      letterbox_stride: int = 0) -> Path:
+    """Export the graph (:func:`fashionbox.converter.detr.export_detr_onnx`: the square letterbox, or the
+    rect one of ``letterbox_stride``, a multiple of the patch size); ``nms.score_threshold`` is the threshold."""
+    return export_detr_onnx(checkpoint, path, nms=nms, opset=opset, letterbox_stride=letterbox_stride)
 
 
 def reference_detections(checkpoint: DetrCheckpoint, pixels: npt.NDArray[np.uint8],
