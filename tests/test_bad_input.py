@@ -318,8 +318,8 @@ def test_the_convert_command_passes_the_limits_to_the_repository_settings(
 
     given: list[Any] = []
     monkeypatch.setattr(fashionbox.converter, "convert",
-                        lambda options: given.append(options) or SimpleNamespace(repository=tmp_path, reports={},
-                                                                                   manifest={}))
+                        lambda options: given.append(options) or SimpleNamespace(
+                            repository=tmp_path, reports={}, manifest={"export": {"input_size": 320}}))
 
     assert main(["convert", "--out", str(tmp_path), "--max-image-bytes", "5000000", "--max-pixels", "1000000"]) == 0
     assert main(["convert", "--out", str(tmp_path)]) == 0

@@ -373,7 +373,9 @@ def test_cli_convert_takes_an_ultralytics_onnx_file(det_onnx: Path, tmp_path: Pa
     manifest = json.loads((tmp_path / "repo" / "manifest.json").read_text())
     assert manifest["family"] == "ultralytics"
     assert manifest["sources"]["detector"]["file"] == det_onnx.name
-    assert "model repository" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "model repository" in out
+    assert "letterbox: square 128x128" in out  # a fixed-shape export
     detector = (tmp_path / "repo" / "detector" / "config.pbtxt").read_text()
     assert 'key: "intra_op_threads"\n  value {\n    string_value: "3"' in detector
     assert 'key: "allow_spinning"\n  value {\n    string_value: "false"' in detector  # spinning threads hold cores

@@ -269,7 +269,9 @@ def test_cli_convert_takes_an_hf_folder(checkpoint_dir: Path, tmp_path: Path,
     manifest = json.loads((tmp_path / "repo" / "manifest.json").read_text())
     assert manifest["family"] == "yolos"
     assert manifest["versions"]["transformers"] == transformers.__version__
-    assert "model repository" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "model repository" in out
+    assert "letterbox: rect (long side 64, short side a multiple of 16)" in out  # the CPU's default for YOLOS
 
 
 # -- evaluation metrics ------------------------------------------------------------------------------------
