@@ -291,6 +291,41 @@ def test_a_truncated_safetensors_file_is_refused(checkpoints: dict[str, Path], t
     _refused(folder, tmp_path, r"model\.safetensors is not a whole safetensors file \(truncated or damaged\?\)")
 
 
+def test_an_input_size_serves_the_checkpoint_at_another_letterbox_side(checkpoints: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    from fashionbox.converter.detr import resized_checkpoint
+
+    repository = convert(ConvertOptions(out=tmp_path / "detr-96", detector=f"hf:{checkpoints['detr']}",
+                                        score_threshold=THRESHOLD, compare_samples=2, runtime="onnxruntime",
+                                        input_size=96)).repository
+    manifest = json.loads((repository / "manifest.json").read_text())
+    assert manifest["export"]["input_size"] == 96 and manifest["export"]["input_size_from"] == "--input-size"
+    assert manifest["export"]["letterbox_stride"] == 32  # still the rect letterbox: 96 on the long side
+    assert re.search(r'key: "input_size"\s+value \{\s+string_value: "96"', (repository / "preprocess" /
+                                                                           "config.pbtxt").read_text())
+    # the served graph at 96 (square and rect) equals transformers fed the same pixels
+    checkpoint = resized_checkpoint(load_detr(checkpoint_weights(checkpoints["detr"]), STYLES["detr"]), 96)
+    batches = [np.random.default_rng(2).integers(0, 256, (3, h, w, 3), dtype=np.uint8)  # each shape keeps some
+               for h, w in [(96, 96), (64, 96), (96, 32)]]
+    report = compare_detr(checkpoint, repository / "detector" / "1" / "model.onnx", batches,
+                          NmsSettings(score_threshold=THRESHOLD))
+    assert report.max_abs_error["kept_mismatch"] == 0 and report.max_abs_error["boxes"] < 0.05
+    assert all(sum(len(r) for r in reference_detections(checkpoint, b, THRESHOLD)) for b in batches)
+    # sizes the graph's stride does not divide, and anchors fixed in the checkpoint, are refused
+    with pytest.raises(ConvertError, match="--input-size 100: a detr detector takes a multiple of 32"):
+        convert(ConvertOptions(out=tmp_path / "odd", detector=f"hf:{checkpoints['detr']}", input_size=100))
+    folder = _copy(checkpoints["rt_detr"], tmp_path / "anchored")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "anchor_image_size": [INPUT_SIZE, INPUT_SIZE]}))
+    anchored = load_detr(checkpoint_weights(folder), STYLES["rt_detr"])
+    with pytest.raises(ConvertError, match=r"anchors are precomputed for \[64, 64\]"):
+        resized_checkpoint(anchored, 96)
+    with pytest.raises(ConvertError, match="input_size must be a positive integer"):
+        ConvertOptions(out=tmp_path / "zero", input_size=0)
+    with pytest.raises(ConvertError, match="a fashionbox detector is served at its own 320 only"):
+        convert(ConvertOptions(out=tmp_path / "default", input_size=640))
+
+
 def test_a_checkpoint_without_its_preprocessor_config_is_refused(checkpoints: dict[str, Path],
                                                                  tmp_path: Path) -> None:
     folder = _copy(checkpoints["rt_detr"], tmp_path / "no-processor", skip=("preprocessor_config.json",))

@@ -431,6 +431,15 @@ def test_a_rect_letterbox_is_refused_where_it_cannot_be_served_and_square_is_the
     with pytest.raises(UltralyticsError, match="a multiple of its stride 32"):
         export_ultralytics_onnx(dynamic, tmp_path / "odd.onnx", nms=NMS, letterbox_stride=16)
     assert export_ultralytics_onnx(dynamic, tmp_path / "rect.onnx", nms=NMS, letterbox_stride=32).is_file()
+    # another imgsz: a dynamic export at a multiple of its stride, as its predictor's imgsz=; never a fixed one
+    with pytest.raises(ConvertError, match="exported at a fixed 128x128"):
+        convert(ConvertOptions(out=tmp_path / "fixed160", detector=f"ultralytics:{det_onnx}", input_size=160))
+    with pytest.raises(ConvertError, match="takes a multiple of its stride 32"):
+        convert(ConvertOptions(out=tmp_path / "odd", detector=f"ultralytics:{seg_onnx}", input_size=150))
+    convert(ConvertOptions(out=tmp_path / "seg160", detector=f"ultralytics:{seg_onnx}", input_size=160,
+                           compare_samples=1))
+    export = json.loads((tmp_path / "seg160" / "manifest.json").read_text())["export"]
+    assert (export["input_size"], export["input_size_from"], export["letterbox_stride"]) == (160, "--input-size", 32)
     with pytest.raises(ConvertError, match="--letterbox rect is served on target cpu"):
         ConvertOptions(out=tmp_path / "gpu", detector=f"ultralytics:{seg_onnx}", letterbox="rect", target="gpu")
     with pytest.raises(ConvertError, match="letterbox 'wide'"):

@@ -249,6 +249,23 @@ def test_the_torch_runtime_serves_a_bin_checkpoint_as_safetensors_with_baked_emb
     assert_detects_as(runner, lambda pixels: reference_detections(reference, pixels, THRESHOLD), size=INPUT_SIZE)
 
 
+def test_an_input_size_of_a_patch_multiple_serves_yolos_at_it(checkpoint_dir: Path, tmp_path: Path) -> None:
+    """Both graphs at another side: the square one baked there, the rect one interpolating to it."""
+    from fashionbox.converter.detr import resized_checkpoint
+
+    checkpoint = resized_checkpoint(load_yolos(checkpoint_weights(checkpoint_dir)), 80)
+    nms = NmsSettings(score_threshold=THRESHOLD)
+    for stride, shapes in [(0, [(80, 80)]), (16, [(80, 80), (48, 80), (80, 16)])]:
+        path = export_yolos_onnx(checkpoint, tmp_path / f"detector-{stride}.onnx", nms=nms, letterbox_stride=stride)
+        batches = [np.random.default_rng(i).integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+                   for i, (h, w) in enumerate(shapes)]
+        report = compare_yolos(checkpoint, path, batches, nms)
+        assert report.max_abs_error["kept_mismatch"] == 0 and report.max_abs_error["scores"] < 1e-5
+        assert all(sum(len(r) for r in reference_detections(checkpoint, b, THRESHOLD)) for b in batches)
+    with pytest.raises(ConvertError, match="--input-size 72: a yolos detector takes a multiple of 16"):
+        convert(ConvertOptions(out=tmp_path / "odd", detector=f"hf:{checkpoint_dir}", input_size=72))
+
+
 def test_convert_writes_a_yolos_repository_with_the_checkpoints_labels(repository: Path) -> None:
     manifest = json.loads((repository / "manifest.json").read_text())
     labels = json.loads((repository / "labels.json").read_text())

@@ -227,7 +227,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                                     opset=args.opset,
                                     score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
                                     max_detections=args.max_detections, repository_settings=limits,
-                                    letterbox=args.letterbox, cores=args.cores, engines=engines))
+                                    letterbox=args.letterbox, input_size=args.input_size, cores=args.cores,
+                                    engines=engines))
     print(f"model repository: {result.repository}")
     export = result.manifest["export"]
     size, stride = export["input_size"], export.get("letterbox_stride", 0)
@@ -462,6 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--target cpu: ONNX Runtime / OpenVINO (or torch) threads per network instance (default: 1 "
                         "for the default model, which serves most with one thread per instance; 2, at most the "
                         "cores, for the other families' detectors of hundreds of ms per image)")
+    p.add_argument("--input-size", type=int, default=None, metavar="N",
+                   help="serve the detector at letterbox side N (the long side with a rect letterbox) instead of its "
+                        "own (a transformers processor's shortest_edge, an Ultralytics export's imgsz): larger for "
+                        "small garments, smaller for speed; a multiple of the graph's stride, refused for "
+                        "fixed-shape graphs")
     p.add_argument("--letterbox", choices=["auto", "square", "rect"], default="auto",
                    help="rect: each image letterboxed to the input size on its long side and the smallest stride "
                         "multiple on the short one, as Ultralytics' predictor runs a dynamic export (a 4:3 photo at "

@@ -91,6 +91,9 @@ class Family:
     letterbox_stride: Callable[[Any], int] = lambda detector: 0
     """The stride of the rect letterbox the loaded detector's graph takes (any height and width that are
     multiples of it: ``RepositorySettings.letterbox_stride``), 0 where it takes only the square one."""
+    resize: Callable[[Any, int], Any] | None = None
+    """``(detector, size)``: the loaded detector served at another letterbox side (``--input-size``),
+    refused (a ``ConvertError``) where its graph cannot take it; None: served at its own size only."""
 
 
 def _default_family() -> Family:
@@ -102,7 +105,13 @@ def _default_family() -> Family:
 
 
 def _detr_style_family(style: Any) -> Family:
-    from fashionbox.converter.detr import compare_detr, export_detr_onnx, family_loader, write_torch_files
+    from fashionbox.converter.detr import (
+        compare_detr,
+        export_detr_onnx,
+        family_loader,
+        resized_checkpoint,
+        write_torch_files,
+    )
 
     # transformers' post_process_object_detection keeps scores above its threshold (0.5 in each
     # DETR-style processor); DETR-style models need no NMS; at most the queries (or top_k) per image
@@ -110,7 +119,7 @@ def _detr_style_family(style: Any) -> Family:
                   input_size=lambda checkpoint: int(checkpoint.input_size), threads=2,
                   score_threshold=style.score_threshold, max_detections=style.max_detections,
                   torch_runtime=True, torch_files=write_torch_files,
-                  letterbox_stride=lambda checkpoint: checkpoint.letterbox_stride)
+                  letterbox_stride=lambda checkpoint: checkpoint.letterbox_stride, resize=resized_checkpoint)
 
 
 def _yolos_family() -> Family:
@@ -129,13 +138,19 @@ def _hf_family(model_type: str) -> Callable[[], Family]:
 
 
 def _ultralytics_family() -> Family:
-    from fashionbox.converter.ultralytics import compare_ultralytics, export_ultralytics_onnx, load_ultralytics_family
+    from fashionbox.converter.ultralytics import (
+        compare_ultralytics,
+        export_ultralytics_onnx,
+        load_ultralytics_family,
+        resized_ultralytics,
+    )
 
     # Ultralytics' predictor defaults: conf 0.25, NMS IoU 0.7, max_det 300
     return Family("ultralytics", load_ultralytics_family, export_ultralytics_onnx, compare_ultralytics,
                   input_size=lambda model: int(model.input_size), score_threshold=0.25, iou_threshold=0.7,
                   max_detections=300, segments=lambda model: bool(model.segments), threads=2,
-                  letterbox_stride=lambda model: int(model.stride) if model.dynamic_shape else 0)
+                  letterbox_stride=lambda model: int(model.stride) if model.dynamic_shape else 0,
+                  resize=resized_ultralytics)
 
 
 FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yolos": _yolos_family,
@@ -194,6 +209,11 @@ class ConvertOptions:
     runs a dynamic export (DETR, Conditional DETR and YOLOS take it too); refused for a detector whose graph
     takes only the square. ``auto``: rect where the detector takes it and the target is cpu (ONNX
     Runtime or OpenVINO), else square."""
+    input_size: int | None = None
+    """The letterbox's side (its long side with a rect letterbox) to serve the detector at, instead of
+    its own (a transformers processor's ``shortest_edge``, an Ultralytics export's ``imgsz``): a larger
+    one for accuracy on small garments, a smaller one for speed. Refused where the graph cannot take it
+    (a fixed-shape export, the default model, a size the graph's stride does not divide)."""
     engines: EngineOptions = field(default_factory=lambda: _engine_options())
     """``--target gpu`` only: TensorRT engines built now or later, FP16, workspace, CUDA graphs."""
 
@@ -216,6 +236,9 @@ class ConvertOptions:
             raise ConvertError(f"cores must be a positive integer, got {self.cores!r}")
         if self.letterbox not in LETTERBOXES:
             raise ConvertError(f"letterbox {self.letterbox!r}: choose one of {LETTERBOXES}")
+        if self.input_size is not None and (isinstance(self.input_size, bool) or not isinstance(self.input_size, int)
+                                            or self.input_size < 1):
+            raise ConvertError(f"input_size must be a positive integer, got {self.input_size!r}")
         if self.letterbox == "rect" and (self.target != "cpu" or self.runtime == "torch"):
             raise ConvertError("--letterbox rect is served on target cpu with ONNX Runtime or OpenVINO; the GPU "
                                "profiles and the torch runtime take the square letterbox")
@@ -523,6 +546,12 @@ def convert(options: ConvertOptions) -> ConvertResult:
                            f"{family.name} detector runs through ONNX Runtime or OpenVINO (--target cpu) or TensorRT "
                            "(--target gpu)")
     detector, label_map = family.load_detector(detector_path)
+    own_size = family.input_size(detector)
+    if options.input_size is not None and options.input_size != own_size:
+        if family.resize is None:
+            raise ConvertError(f"--input-size {options.input_size}: a {family.name} detector is served at its own "
+                               f"{own_size} only")
+        detector = family.resize(detector, options.input_size)
     classifier, attribute_labels = load_attributes(attributes_path)
     if attribute_labels.attribute_groups != label_map.attribute_groups:
         raise ConvertError("the detector's and the attribute heads' label maps disagree on attribute groups")
@@ -631,7 +660,8 @@ def convert(options: ConvertOptions) -> ConvertResult:
                 "attributes": {"spec": options.attributes, "sha256": attributes_sha,
                                "file": attributes_path.name},
             },
-            "export": {"opset": options.opset, "nms": asdict(nms), "input_size": size, "crop_size": crop,
+            "export": {"opset": options.opset, "nms": asdict(nms), "input_size": size,
+                       "input_size_from": "checkpoint" if size == own_size else "--input-size", "crop_size": crop,
                        "letterbox_stride": settings.letterbox_stride,
                        "exporter": "torch.onnx (TorchScript), dynamic batch"},
             "comparison": {**{report.model: report.max_abs_error for report in reports},

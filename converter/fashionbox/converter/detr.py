@@ -69,7 +69,7 @@ import logging
 import re
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,6 +105,7 @@ __all__ = [
     "hf_model_type",
     "load_detr",
     "reference_detections",
+    "resized_checkpoint",
     "write_torch_files",
 ]
 
@@ -403,6 +404,21 @@ def load_detr(weights: Path, style: DetrStyle, attribute_labels: LabelMap | None
         input_size=style.input_size(preprocessing, model.config),
         label_map=family_label_map(id2label, attribute_labels, name=style.model_type),
     )
+
+
+def resized_checkpoint(checkpoint: DetrCheckpoint, size: int) -> DetrCheckpoint:
+    """``checkpoint`` served at letterbox side ``size`` instead of its processor's: a multiple of the
+    graph's stride (YOLOS: the patch size; the CNN backbones: 32). Refused for an RT-DETR whose anchors
+    are precomputed for one size (``anchor_image_size``)."""
+    step = checkpoint.letterbox_stride or 32
+    name = checkpoint.style.model_type
+    if size < step or size % step:
+        raise DetrError(f"--input-size {size}: a {name} detector takes a multiple of {step}")
+    anchors = getattr(checkpoint.model.config, "anchor_image_size", None)
+    if anchors:
+        raise DetrError(f"--input-size {size}: this {name} checkpoint's anchors are precomputed for {list(anchors)} "
+                        "(anchor_image_size in config.json): it is served at its own size only")
+    return replace(checkpoint, input_size=size)
 
 
 def family_loader(style: DetrStyle) -> Callable[[Path], tuple[DetrCheckpoint, LabelMap]]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import ast
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -60,6 +60,7 @@ __all__ = [
     "load_ultralytics",
     "load_ultralytics_family",
     "reference_detections",
+    "resized_ultralytics",
 ]
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,17 @@ def _probe(graph: onnx.ModelProto, size: int, path: Path) -> list[npt.NDArray[np
                                                            np.zeros((1, 3, size, size), dtype=np.float32)})]
     except Exception as exc:  # onnxruntime's own errors: a graph that does not run
         raise UltralyticsError(f"{path}: ONNX Runtime cannot run the graph on a {size}x{size} image: {exc}") from exc
+
+
+def resized_ultralytics(model: UltralyticsModel, size: int) -> UltralyticsModel:
+    """``model`` served at letterbox side ``size`` instead of its ``imgsz``: a ``dynamic=True`` export at
+    a multiple of its stride, as Ultralytics' predictor runs one at another ``imgsz``."""
+    if not model.dynamic_shape:
+        raise UltralyticsError(f"--input-size {size}: {model.path} was exported at a fixed {model.input_size}x"
+                               f"{model.input_size}; export it with dynamic=True to serve it at another size")
+    if size < model.stride or size % model.stride:
+        raise UltralyticsError(f"--input-size {size}: this export takes a multiple of its stride {model.stride}")
+    return replace(model, input_size=size)
 
 
 def load_ultralytics_family(path: Path) -> tuple[UltralyticsModel, LabelMap]:
