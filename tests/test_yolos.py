@@ -331,16 +331,27 @@ def _scenes() -> list[bytes]:
     return [render_scene(50 + i, size=size).encode(format="JPEG", quality=90) for i, size in enumerate(sizes)]
 
 
+@pytest.fixture(scope="module")
+def fused_repository(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("yolos-fused") / "repository"
+    return convert(ConvertOptions(out=out, detector=f"hf:{checkpoint_dir}", score_threshold=THRESHOLD,
+                                  compare_samples=2, repository_settings={"layout": "fused"})).repository
+
+
 @pytest.mark.integration
+@pytest.mark.parametrize("layout", ["steps", "fused"])  # fused: decode and detect in one step, a call per shape
 def test_served_yolos_detections_equal_transformers_on_the_same_images(
-        triton_server: Any, repository: Path, checkpoint_dir: Path) -> None:
+        triton_server: Any, request: pytest.FixtureRequest, checkpoint_dir: Path, layout: str) -> None:
     from fashionbox.client import FashionClient
     from fashionbox.core.imaging import decode_image, letterbox, rect_canvas
 
+    repository = request.getfixturevalue("repository" if layout == "steps" else "fused_repository")
     checkpoint = load_yolos(checkpoint_weights(checkpoint_dir))
     labels = checkpoint.label_map
+    manifest = json.loads((repository / "manifest.json").read_text())
+    assert manifest["layout"] == layout
     # on the CPU the rect letterbox by default: the long side at 64, the short one a multiple of the patch size
-    assert json.loads((repository / "manifest.json").read_text())["export"]["letterbox_stride"] == 16
+    assert manifest["export"]["letterbox_stride"] == 16
     server = triton_server(repository)
     total = parts = garments = 0
     canvases = set()
@@ -364,6 +375,12 @@ def test_served_yolos_detections_equal_transformers_on_the_same_images(
     # garments carry the attribute heads' groups; parts such as sleeve are reported without attributes
     assert total > 0 and parts > 0 and garments > 0
     assert canvases == {(48, INPUT_SIZE), (INPUT_SIZE, 48), (INPUT_SIZE, INPUT_SIZE)}  # 4:3, 9:16, square
+    with FashionClient(str(server.endpoints.grpc)) as client:  # the shapes mixed in flight: each as alone
+        alone = [client.detect(data).detections for data in _scenes()]
+        together = client.detect_many(_scenes() * 3, max_in_flight=9)
+    for result, expected in zip(together, alone * 3, strict=True):
+        assert not isinstance(result, Exception), result
+        assert [d.category for d in result.detections] == [d.category for d in expected]
 
 
 @pytest.mark.integration
