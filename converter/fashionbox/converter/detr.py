@@ -44,9 +44,9 @@ and width (:attr:`DetrStyle.rect_stride`) and served on the CPU with the rect le
 stride, so a 4:3 photo at 800 runs DETR on 800 x 608), unless ``--letterbox square``. The
 processor's rescale factor, mean and std are read from the checkpoint's ``preprocessor_config.json``
 and applied in the graph; the boxes are scaled by the input's own width and height, as
-``target_sizes`` does. Parity (:func:`reference_detections`) is
-measured on the *same letterboxed pixels*, square or rect: transformers' processor normalises them
-(``do_resize=False, do_pad=False``), the PyTorch model runs, the processor's
+``target_sizes`` does. Parity (:func:`reference_detections`) is measured on the *same letterboxed
+pixels*, square or rect: transformers' processor normalises them (``do_resize=False,
+do_pad=False``), the PyTorch model runs, the processor's
 ``post_process_object_detection`` (its defaults but the threshold) turns its output into boxes in
 letterbox pixels. What is compared is the exported graph and serving path against transformers'
 own model and post-processing; the resize (and the letterbox's grey padding where the processor

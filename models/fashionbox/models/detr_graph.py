@@ -3,7 +3,8 @@ what the torch runtime serves, one definition.
 
 :class:`DetrGraph` wraps a transformers object-detection model (DETR, Conditional DETR, RT-DETR,
 YOLOS) so that it takes what ``preprocess`` makes, uint8 letterboxed pixels ``[B, H, W, 3]`` (the square
-``S x S``, or a rect letterbox where the model takes any height and width: DETR, Conditional DETR),
+``S x S``, or a rect letterbox where the model takes any height and width: DETR, Conditional DETR,
+YOLOS with its embeddings interpolated in the graph),
 applies the processor's ``(pixel * rescale - mean) / std`` and returns the detector contract's three
 tensors: ``boxes [B, N, 4]`` (corners in letterbox pixels: the normalised boxes times the input's own
 width and height, as ``target_sizes`` does), ``scores [B, C, N]`` and ``selected [M, 3]`` rows of
