@@ -272,6 +272,7 @@ def test_convert_writes_a_yolos_repository_with_the_checkpoints_labels(repositor
     assert manifest["family"] == "yolos"
     assert manifest["sources"]["detector"]["file"] == "model.safetensors"
     assert manifest["export"]["input_size"] == INPUT_SIZE
+    assert manifest["export"]["exporter"] == "torch.onnx (TorchScript), dynamic batch, height and width"  # rect
     assert [c["name"] for c in labels["categories"]] == FASHIONPEDIA
     # the shipped attribute heads' verifier corrects the default detector only: no second stage here
     assert "verifier" not in manifest and "a yolos detector is served without" in manifest["verifier_not_served"]

@@ -663,7 +663,9 @@ def convert(options: ConvertOptions) -> ConvertResult:
             "export": {"opset": options.opset, "nms": asdict(nms), "input_size": size,
                        "input_size_from": "checkpoint" if size == own_size else "--input-size", "crop_size": crop,
                        "letterbox_stride": settings.letterbox_stride,
-                       "exporter": "torch.onnx (TorchScript), dynamic batch"},
+                       "exporter": ("the file's own graph (Ultralytics' exporter)" if family.name == "ultralytics"
+                                    else "torch.onnx (TorchScript), dynamic batch"
+                                    + (", height and width" if settings.letterbox_stride else ""))},
             "comparison": {**{report.model: report.max_abs_error for report in reports},
                            **branches.reports, "tolerance": options.tolerance},
             "versions": _versions(),
