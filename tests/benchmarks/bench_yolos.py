@@ -1,6 +1,6 @@
 """Benchmark: a YOLOS-small-sized model served by FashionBox against in-process transformers, in one run.
 
-    .venv/bin/python tests/benchmarks/bench_yolos.py [--rounds 3] [--images 4] [--out results/yolos.json]
+    .venv/bin/python tests/benchmarks/bench_yolos.py [--letterbox square|rect] [--rounds 3] [--images 4] [--out ...]
 
 The model has the seeds' ``yolos-fashionpedia`` shape (YOLOS-small: hidden 384, 12 layers, 6 heads,
 100 detection tokens, ``image_size [512, 864]``, 46 Fashionpedia labels, processor
@@ -9,14 +9,15 @@ On the same 1280x960 JPEGs (generated, fixed seeds) it measures:
 
 - **served**: ``fashionbox convert --detector hf:FOLDER`` into a repository, the embedded Triton,
   the closed-loop load generator over gRPC: latency p50/p99 at concurrency 1, images/s at
-  concurrency 2. The detector runs at a 512x512 letterbox (``--letterbox square``, so that the
-  baseline below sees the same pixels; the CPU's default rect letterbox, 512x384 for these photos,
-  is measured against it by ``bench_detr_letterbox.py --family yolos``; see ``converter/yolos.py``).
+  concurrency 2. The detector runs at a 512x512 letterbox (``--letterbox square``, the default here),
+  or with ``--letterbox rect`` at the CPU's default rect one, 512x384 for these photos (the two
+  are measured against each other by ``bench_detr_letterbox.py --family yolos``; ``converter/yolos.py``).
 - **transformers, seed's way**: what the seed's web app did, in process: ``YolosImageProcessor``
   (resize to short side 512, long side at most 864), ``YolosForObjectDetection`` in PyTorch eager,
   ``post_process_object_detection``; torch on 2 threads; one image at a time.
-- **transformers, same 512x512 letterbox**: the same in-process PyTorch path fed FashionBox's
-  letterbox, so the runtime's share of the difference is visible apart from the input size.
+- **transformers, same letterbox**: the same in-process PyTorch path fed FashionBox's letterbox
+  (square or rect, as served), so the runtime's share of the difference is visible apart from the
+  input size.
 - **detector graph alone**: the repository's ``detector/1/model.onnx`` in ONNX Runtime (2 threads)
   on pre-letterboxed pixels: the floor the served latency cannot go below on this machine, at
   the same moment (the VM is shared, so the floor moves with the neighbours' load).
@@ -73,16 +74,17 @@ def _percentile(values: list[float], q: float) -> float:
 
 def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int | None,
                      model_class: str = "YolosForObjectDetection", processor_class: str = "YolosImageProcessorPil",
-                     threshold: float = 0.3) -> list[float]:
+                     threshold: float = 0.3, stride: int = 0) -> list[float]:
     """Seconds per image, decode to detections, in process with transformers' ``model_class`` and
-    ``processor_class`` (the seed's way: the processor's own resize, when ``letterbox_size`` is None)."""
+    ``processor_class`` (the seed's way: the processor's own resize, when ``letterbox_size`` is None;
+    else FashionBox's square letterbox, or its rect one of ``stride``)."""
     import io
 
     import torch
     import transformers
     from PIL import Image
 
-    from fashionbox.core.imaging import decode_image, letterbox
+    from fashionbox.core.imaging import decode_image, letterbox, rect_canvas
 
     torch.set_num_threads(2)
     model = getattr(transformers, model_class).from_pretrained(str(folder), local_files_only=True).eval()
@@ -95,9 +97,11 @@ def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int |
             inputs = processor(images=image, return_tensors="pt")
             target = [(image.height, image.width)]
         else:
-            pixels, _ = letterbox(decode_image(data, target_size=letterbox_size), letterbox_size)
+            decoded = decode_image(data, target_size=letterbox_size)
+            canvas = rect_canvas(decoded.width, decoded.height, letterbox_size, stride) if stride else None
+            pixels, _ = letterbox(decoded, letterbox_size, canvas=canvas)
             inputs = processor(images=pixels, do_resize=False, do_pad=False, return_tensors="pt")
-            target = [(letterbox_size, letterbox_size)]
+            target = [pixels.shape[:2]]
         with torch.no_grad():
             outputs = model(pixel_values=inputs["pixel_values"])
         processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=target)
@@ -139,8 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=4, help="distinct images; each baseline runs each once a round")
     parser.add_argument("--duration-s", type=float, default=15.0, help="served measurement window per level")
-    parser.add_argument("--out", type=Path, default=ROOT / "tests/benchmarks/results/yolos.json")
+    parser.add_argument("--letterbox", choices=["square", "rect"], default="square",
+                        help="what is served, and what the same-letterbox baseline is fed (rect: the CPU's default)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: tests/benchmarks/results/yolos.json (square), yolos_rect.json (rect)")
     args = parser.parse_args(argv)
+    out = args.out or ROOT / f"tests/benchmarks/results/{'yolos' if args.letterbox == 'square' else 'yolos_rect'}.json"
+    stride = 16 if args.letterbox == "rect" else 0  # the patch size
 
     from fashionbox.converter import ConvertOptions, convert
     from fashionbox.core.serving import OrtSettings
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = save_seed_sized_yolos(Path(tmp) / "yolos-small")
         started = time.perf_counter()
         repository = convert(ConvertOptions(
-            out=Path(tmp) / "repo", detector=f"hf:{folder}", compare_samples=2, letterbox="square",
+            out=Path(tmp) / "repo", detector=f"hf:{folder}", compare_samples=2, letterbox=args.letterbox,
             repository_settings={"ort": OrtSettings(intra_op_threads=2)})).repository
         convert_s = time.perf_counter() - started
         print(f"converted in {convert_s:.0f} s", flush=True)
@@ -166,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             for round_index in range(args.rounds):
                 seed_way = run_transformers(folder, images, letterbox_size=None)
                 runs["seed_way_s"].append(seed_way)
-                same = run_transformers(folder, images, letterbox_size=512)
+                same = run_transformers(folder, images, letterbox_size=512, stride=stride)
                 runs["letterbox_s"].append(same)
-                alone = run_onnx_detector(repository, images, 512)
+                alone = run_onnx_detector(repository, images, 512, stride)
                 runs["onnx_alone_s"].append(alone)
                 c1 = run_served(url, images, 1, args.duration_s)
                 runs["served_c1"].append(c1)
@@ -214,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         "goal_p50_under_1s": served_p50 <= 1000.0,
         "convert_s": round(convert_s, 1),
     }
-    write_report(args.out, __file__, argv, {
+    write_report(out, __file__, argv, {
         "model": {**SEED_SHAPE, "processor_size": SEED_PROCESSOR_SIZE, "served_letterbox": 512,
+                  "letterbox": args.letterbox, "letterbox_stride": stride,
                   "weights": "random (same compute as the seed's checkpoint)"},
         "rounds": args.rounds, "images": args.images, "duration_s": args.duration_s, "summary": summary, "runs": runs,
     })
