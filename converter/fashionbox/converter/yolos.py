@@ -176,33 +176,37 @@ def _resize_grid(patches: Tensor, grid: tuple[int, int], height: Any, width: Any
     return table.flatten(-2).transpose(-1, -2)  # [..., h * w, D]
 
 
+def _interpolated(table: Tensor, config: Any, img_size: tuple[Any, Any]) -> Tensor:
+    """``[..., 1 + h0 * w0 + detection tokens, D]`` -> the same with the patches on the input's grid: what
+    transformers' YOLOS interpolation modules return, without ``interpolate``."""
+    patch, n = int(config.patch_size), int(config.num_detection_tokens)
+    grid = (int(config.image_size[0]) // patch, int(config.image_size[1]) // patch)
+    patches = _resize_grid(table[..., 1:-n, :], grid, img_size[0], img_size[1], patch)
+    return torch.cat((table[..., :1, :], patches, table[..., -n:, :]), dim=-2)
+
+
 class RectPositionEmbeddings(nn.Module):
     """Stands in for YOLOS's ``InterpolateInitialPositionEmbeddings``: the same output for any input
     size, without ``interpolate`` (so the ONNX graph has matrix products, not ``Resize``)."""
 
     def __init__(self, config: Any) -> None:
         super().__init__()
-        self.patch = int(config.patch_size)
-        self.grid = (int(config.image_size[0]) // self.patch, int(config.image_size[1]) // self.patch)
-        self.detection_tokens = int(config.num_detection_tokens)
+        self.config = config
 
     def forward(self, pos_embed: Tensor, img_size: tuple[Any, Any]) -> Tensor:
-        n = self.detection_tokens
-        patches = _resize_grid(pos_embed[:, 1:-n], self.grid, img_size[0], img_size[1], self.patch)
-        return torch.cat((pos_embed[:, :1], patches, pos_embed[:, -n:]), dim=1)
+        return _interpolated(pos_embed, self.config, img_size)
 
 
-class RectMidPositionEmbeddings(RectPositionEmbeddings):
+class RectMidPositionEmbeddings(nn.Module):
     """Stands in for ``InterpolateMidPositionEmbeddings`` (which holds the mid-layer table itself)."""
 
     def __init__(self, config: Any, table: Tensor) -> None:
-        super().__init__(config)
+        super().__init__()
+        self.config = config
         self.mid_position_embeddings = nn.Parameter(table.detach().clone(), requires_grad=False)
 
-    def forward(self, img_size: tuple[Any, Any]) -> Tensor:  # type: ignore[override]
-        table, n = self.mid_position_embeddings, self.detection_tokens  # [layers - 1, 1, seq, D]
-        patches = _resize_grid(table[:, :, 1:-n], self.grid, img_size[0], img_size[1], self.patch)
-        return torch.cat((table[:, :, :1], patches, table[:, :, -n:]), dim=2)
+    def forward(self, img_size: tuple[Any, Any]) -> Tensor:
+        return _interpolated(self.mid_position_embeddings, self.config, img_size)  # [layers - 1, 1, seq, D]
 
 
 def rect_model(model: Any) -> Any:
