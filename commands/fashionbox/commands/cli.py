@@ -471,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--letterbox", choices=["auto", "square", "rect"], default="auto",
                    help="rect: each image letterboxed to the input size on its long side and the smallest stride "
                         "multiple on the short one, as Ultralytics' predictor runs a dynamic export (a 4:3 photo at "
-                        "640 runs 640x480; DETR, Conditional DETR and YOLOS take it too); square: every image to the "
+                        "640 runs 640x480; the transformers detectors take it too, but an RT-DETR with "
+                        "anchor_image_size); square: every image to the "
                         "square input size; auto (default): rect where the detector's graph takes it and the "
                         "target is cpu")
     p.add_argument("--layout", choices=["steps", "fused"], default=None,

@@ -206,7 +206,7 @@ class ConvertOptions:
     letterbox: Letterbox = "auto"
     """``square``: every image letterboxed to the square input size. ``rect``: the smallest stride
     multiple on the short side (``RepositorySettings.letterbox_stride``), as Ultralytics' predictor
-    runs a dynamic export (DETR, Conditional DETR and YOLOS take it too); refused for a detector whose graph
+    runs a dynamic export (the transformers detectors take it too); refused for a detector whose graph
     takes only the square. ``auto``: rect where the detector takes it and the target is cpu (ONNX
     Runtime or OpenVINO), else square."""
     input_size: int | None = None
@@ -323,8 +323,9 @@ def _letterbox_stride(options: ConvertOptions, family: Family, detector: Any, *,
     stride = family.letterbox_stride(detector)
     if options.letterbox == "rect" and not stride:
         raise ConvertError(f"--letterbox rect: this {family.name} detector's graph takes only the square "
-                           f"{family.input_size(detector)} letterbox (DETR, Conditional DETR and YOLOS take any height "
-                           "and width, and an Ultralytics export does when exported with dynamic=True)")
+                           f"{family.input_size(detector)} letterbox (DETR, Conditional DETR, YOLOS and an RT-DETR "
+                           "without anchor_image_size take any height and width, and an Ultralytics export does when "
+                           "exported with dynamic=True)")
     return stride if options.letterbox == "rect" or (options.letterbox == "auto" and onnx_on_cpu) else 0
 
 

@@ -35,13 +35,14 @@ most ``longest_edge``) and pad the batch bottom-right with zeros plus a ``pixel_
 stretches every image to ``size["height"] x size["width"]`` (640 x 640) ignoring its aspect ratio.
 The pipeline batches equal-shaped ``PIXELS`` across requests, so FashionBox letterboxes every image
 with its long side at ``S`` (the processor's ``shortest_edge``, or the smaller of
-``height``/``width``), the aspect ratio kept: to the square ``S x S`` on the GPU and for RT-DETR,
-whose graph takes only that (its anchors are traced at one size). DETR and Conditional DETR (whose
-sine position embeddings follow the input) and YOLOS (whose position embeddings the exported graph
-interpolates to the input, :mod:`fashionbox.converter.yolos`) are exported with a dynamic height
-and width (:attr:`DetrStyle.rect_stride`) and served on the CPU with the rect letterbox
-(``RepositorySettings.letterbox_stride``: the short side padded only to the next multiple of the
-stride, so a 4:3 photo at 800 runs DETR on 800 x 608), unless ``--letterbox square``. The
+``height``/``width``), the aspect ratio kept: to the square ``S x S`` on the GPU. DETR and
+Conditional DETR (whose sine position embeddings follow the input), RT-DETR (whose anchors and
+encoder position embeddings transformers computes from the feature maps' traced shapes, unless the
+config precomputes them for one size: ``anchor_image_size``) and YOLOS (whose position embeddings the
+exported graph interpolates to the input, :mod:`fashionbox.converter.yolos`) are exported with a
+dynamic height and width (:attr:`DetrStyle.rect_stride`) and served on the CPU with the rect
+letterbox (``RepositorySettings.letterbox_stride``: the short side padded only to the next multiple
+of the stride, so a 4:3 photo at 800 runs DETR on 800 x 608), unless ``--letterbox square``. The
 processor's rescale factor, mean and std are read from the checkpoint's ``preprocessor_config.json``
 and applied in the graph; the boxes are scaled by the input's own width and height, as
 ``target_sizes`` does. Parity (:func:`reference_detections`) is measured on the *same letterboxed
@@ -160,14 +161,48 @@ def _no_check(config: dict[str, Any]) -> None:
     return None
 
 
-def _square_only(config: Any) -> int:
+def _any_size(config: Any, size: int) -> None:
+    return None
+
+
+def _square_only(config: Any, size: int) -> int:
     return 0
 
 
-def _backbone_stride(config: Any) -> int:
+def _backbone_stride(config: Any, size: int) -> int:
     # the CNN backbone's output stride: the feature map (and the position embeddings computed on its
     # mask) covers the input exactly
     return 32
+
+
+def _rt_detr_strides(config: Any) -> list[int]:
+    # the encoder's levels: the backbone's feature strides, then one stride-2 convolution per extra level
+    strides = [int(s) for s in config.feat_strides]
+    while len(strides) < int(config.num_feature_levels):
+        strides.append(strides[-1] * 2)
+    return strides
+
+
+def rt_detr_tokens(config: Any, height: int, width: int) -> int:
+    """The encoder tokens of an RT-DETR input: the query selection takes its ``num_queries`` among them."""
+    return sum(-(-height // s) * -(-width // s) for s in _rt_detr_strides(config))
+
+
+def _rt_detr_size(config: Any, size: int) -> None:
+    tokens = rt_detr_tokens(config, size, size)
+    if tokens < int(config.num_queries):
+        raise DetrError(f"a {size}x{size} input leaves {tokens} encoder tokens, fewer than the {config.num_queries} "
+                        "queries RT-DETR selects among them: serve it at a larger size")
+
+
+def _rt_detr_rect_stride(config: Any, size: int) -> int:
+    # the deepest feature stride: the hybrid encoder upsamples each level onto the one above it, so the
+    # sides must divide by it. Square only where the anchors are precomputed for one size, or where a
+    # strip's short side of one stride would leave fewer encoder tokens than the queries selected.
+    stride = max(int(s) for s in config.feat_strides)
+    if getattr(config, "anchor_image_size", None) or rt_detr_tokens(config, size, stride) < int(config.num_queries):
+        return 0
+    return stride
 
 
 def _same_model(model: Any) -> Any:
@@ -199,11 +234,15 @@ class DetrStyle:
     """The model the graph is exported from, at square side ``S`` (YOLOS bakes its embeddings)."""
     check_config: Callable[[dict[str, Any]], None] = _no_check
     """Refuses configurations the processor's post-processing does not describe."""
-    rect_stride: Callable[[Any], int] = _square_only
-    """From the model's config: the stride of the rect letterbox the graph can be exported for (any
-    height and width that are multiples of it; ``RepositorySettings.letterbox_stride``): DETR's and
-    Conditional DETR's backbone stride (their sine position embeddings follow the input), YOLOS's
-    patch size; 0 where the graph takes only the square (RT-DETR's anchors are traced at one size)."""
+    check_size: Callable[[Any, int], None] = _any_size
+    """From the model's config: refuses a letterbox side the model cannot run (RT-DETR: fewer encoder
+    tokens than queries)."""
+    rect_stride: Callable[[Any, int], int] = _square_only
+    """From the model's config and the letterbox side: the stride of the rect letterbox the graph can be
+    exported for (any height and width that are multiples of it; ``RepositorySettings.letterbox_stride``):
+    the CNN backbones' deepest stride (DETR's and Conditional DETR's sine position embeddings, RT-DETR's
+    anchors and encoder position embeddings follow the input), YOLOS's patch size; 0 where the graph
+    takes only the square (an RT-DETR whose ``anchor_image_size`` fixes its anchors)."""
     prepare_rect: Callable[[Any], Any] = _same_model
     """The model the rect graph is exported from (YOLOS: its position embeddings interpolated in the graph)."""
 
@@ -227,7 +266,7 @@ STYLES: dict[str, DetrStyle] = {
                                   rect_stride=_backbone_stride),
     "rt_detr": DetrStyle("rt_detr", "RTDetrForObjectDetection", "RTDetrImageProcessorPil", "sigmoid_top_k",
                          class_head=r"model\.decoder\.class_embed\.\d+\.weight", max_detections=300,
-                         check_config=_rt_detr_check),
+                         check_config=_rt_detr_check, check_size=_rt_detr_size, rect_stride=_rt_detr_rect_stride),
 }
 """``model_type`` -> its style (YOLOS's row lives in :mod:`fashionbox.converter.yolos`)."""
 
@@ -343,7 +382,7 @@ class DetrCheckpoint:
     @property
     def letterbox_stride(self) -> int:
         """The rect letterbox's stride the graph can be exported for; 0: the square only."""
-        return int(self.style.rect_stride(self.model.config))
+        return int(self.style.rect_stride(self.model.config, self.input_size))
 
 
 def _load_model(cls: Any, folder: Path, weights: Path) -> Any:
@@ -395,13 +434,15 @@ def load_detr(weights: Path, style: DetrStyle, attribute_labels: LabelMap | None
     id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
     if len(id2label) != model.config.num_labels:
         raise DetrError(f"id2label has {len(id2label)} entries for {model.config.num_labels} labels")
+    input_size = style.input_size(preprocessing, model.config)
+    style.check_size(model.config, input_size)
     return DetrCheckpoint(
         folder=folder,
         style=style,
         model=model,
         processor=processor,
         preprocessing=preprocessing,
-        input_size=style.input_size(preprocessing, model.config),
+        input_size=input_size,
         label_map=family_label_map(id2label, attribute_labels, name=style.model_type),
     )
 
@@ -409,7 +450,8 @@ def load_detr(weights: Path, style: DetrStyle, attribute_labels: LabelMap | None
 def resized_checkpoint(checkpoint: DetrCheckpoint, size: int) -> DetrCheckpoint:
     """``checkpoint`` served at letterbox side ``size`` instead of its processor's: a multiple of the
     graph's stride (YOLOS: the patch size; the CNN backbones: 32). Refused for an RT-DETR whose anchors
-    are precomputed for one size (``anchor_image_size``)."""
+    are precomputed for one size (``anchor_image_size``) or that would have fewer encoder tokens than
+    queries at that size."""
     step = checkpoint.letterbox_stride or 32
     name = checkpoint.style.model_type
     if size < step or size % step:
@@ -418,6 +460,10 @@ def resized_checkpoint(checkpoint: DetrCheckpoint, size: int) -> DetrCheckpoint:
     if anchors:
         raise DetrError(f"--input-size {size}: this {name} checkpoint's anchors are precomputed for {list(anchors)} "
                         "(anchor_image_size in config.json): it is served at its own size only")
+    try:
+        checkpoint.style.check_size(checkpoint.model.config, size)
+    except DetrError as exc:
+        raise DetrError(f"--input-size {size}: {exc}") from None
     return replace(checkpoint, input_size=size)
 
 

@@ -219,7 +219,7 @@ def rect_model(model: Any) -> Any:
     return rect
 
 
-def _patch_stride(config: Any) -> int:
+def _patch_stride(config: Any, size: int) -> int:
     return int(config.patch_size)
 
 
