@@ -256,6 +256,24 @@ def test_a_full_list_may_keep_different_detections_of_those_tied_at_its_last_sco
     assert _served_order_errors(ours, [(0.9, 0, 2.0), *theirs[1:]], max_detections=3)["boxes"] == 2.0
 
 
+def test_degenerate_boxes_pair_with_their_twins() -> None:
+    """A random model's boxes may have no height or width (IoU 0 even with themselves): the same box on
+    both sides is still the same detection, a moved one still is not."""
+    flat = DetectorOutput(boxes=np.array([[63.8, 64.0, 64.1, 64.0], [0.0, 64.0, 0.0, 64.0]], np.float32),
+                          scores=np.array([0.9, 0.8], np.float32), classes=np.array([1, 1], np.int32))
+    moved = DetectorOutput(boxes=flat.boxes + np.array([[0, 0, 0, 0], [0, 0.5, 0, 0.5]], np.float32),
+                           scores=flat.scores, classes=flat.classes)
+    pixels = np.zeros((1, 8, 8, 3), np.uint8)
+
+    def errors(theirs: DetectorOutput) -> dict[str, float]:
+        detector, _ = compare_runners("x", _Fixed([flat]), _Fixed([]), _Fixed([theirs]), _Fixed([]), [pixels],
+                                      [np.zeros((1, 4, 4, 3), np.uint8)])
+        return detector.max_abs_error
+
+    assert errors(flat) == {"boxes": 0.0, "scores": 0.0, "detections_count_mismatch": 0.0}
+    assert errors(moved)["detections_count_mismatch"] == 1.0
+
+
 @pytest.mark.skipif(not BF16_HERE, reason="this CPU has neither AMX nor AVX512-BF16 (the refusal is tested above)")
 def test_openvino_bf16_stays_within_its_stated_tolerance_and_really_runs_bf16(
         openvino_repository: Path, batches: Batches) -> None:

@@ -81,6 +81,10 @@ class Family:
     own_score_threshold: Callable[[Any], float | None] = lambda detector: None
     """The threshold a loaded checkpoint carries for itself (a calibrated FashionBox detector's, in its
     calibrated units), which takes the place of ``score_threshold``; None: the family's."""
+    own_max_detections: Callable[[Any], int | None] = lambda detector: None
+    """The most detections a loaded detector's graph gives an image (a DETR-style checkpoint's queries,
+    or its top-k), which takes the place of ``max_detections``: where a full list is cut, the runtimes'
+    comparisons excuse the ties at its last score; None: the family's."""
     threads: int = 1
     """ONNX Runtime / OpenVINO threads per network instance on the CPU target, at most the serving
     machine's cores, unless ``--threads`` says otherwise. 1 for the default model, whose many
@@ -109,6 +113,7 @@ def _detr_style_family(style: Any) -> Family:
         compare_detr,
         export_detr_onnx,
         family_loader,
+        graph_max_detections,
         resized_checkpoint,
         write_torch_files,
     )
@@ -118,7 +123,7 @@ def _detr_style_family(style: Any) -> Family:
     return Family(style.model_type, family_loader(style), export_detr_onnx, compare_detr,
                   input_size=lambda checkpoint: int(checkpoint.input_size), threads=2,
                   score_threshold=style.score_threshold, max_detections=style.max_detections,
-                  torch_runtime=True, torch_files=write_torch_files,
+                  own_max_detections=graph_max_detections, torch_runtime=True, torch_files=write_torch_files,
                   letterbox_stride=lambda checkpoint: checkpoint.letterbox_stride, resize=resized_checkpoint)
 
 
@@ -157,11 +162,12 @@ FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yol
                                              "detr": _hf_family("detr"),
                                              "conditional_detr": _hf_family("conditional_detr"),
                                              "rt_detr": _hf_family("rt_detr"),
+                                             "rt_detr_v2": _hf_family("rt_detr_v2"),
                                              "ultralytics": _ultralytics_family}
 """Family name -> factory (lazy, so importing the converter does not import torch)."""
 
 HF_MODEL_TYPES: dict[str, str] = {"yolos": "yolos", "detr": "detr", "conditional_detr": "conditional_detr",
-                                  "rt_detr": "rt_detr"}
+                                  "rt_detr": "rt_detr", "rt_detr_v2": "rt_detr_v2"}
 """``model_type`` of a Hugging Face checkpoint's config.json -> family (specs ``hf:FOLDER_OR_HUB_ID``)."""
 
 
@@ -324,8 +330,8 @@ def _letterbox_stride(options: ConvertOptions, family: Family, detector: Any, *,
     if options.letterbox == "rect" and not stride:
         raise ConvertError(f"--letterbox rect: this {family.name} detector's graph takes only the square "
                            f"{family.input_size(detector)} letterbox (DETR, Conditional DETR, YOLOS and an RT-DETR "
-                           "without anchor_image_size take any height and width, and an Ultralytics export does when "
-                           "exported with dynamic=True)")
+                           "without anchor_image_size or discrete sampling take any height and width, and an "
+                           "Ultralytics export does when exported with dynamic=True)")
     return stride if options.letterbox == "rect" or (options.letterbox == "auto" and onnx_on_cpu) else 0
 
 
@@ -373,14 +379,15 @@ def _versions() -> dict[str, str]:
 
 def family_nms(family: Family, options: ConvertOptions, detector: Any = None) -> NmsSettings:
     """The detector graph's thresholds: the options' where given, else the loaded ``detector``'s own
-    score threshold where it carries one, else the family's defaults."""
+    score threshold and most detections where it carries them, else the family's defaults."""
     from fashionbox.models.nms import NmsSettings
 
     def pick(given: float | None, default: float) -> float:
         return default if given is None else given
 
     own = family.own_score_threshold(detector) if detector is not None else None
-    max_detections = int(pick(options.max_detections, family.max_detections))
+    own_max = family.own_max_detections(detector) if detector is not None else None
+    max_detections = int(pick(options.max_detections, pick(own_max, family.max_detections)))
     return NmsSettings(score_threshold=pick(options.score_threshold, pick(own, family.score_threshold)),
                        iou_threshold=pick(options.iou_threshold, family.iou_threshold),
                        max_per_class=max_detections, max_detections=max_detections)

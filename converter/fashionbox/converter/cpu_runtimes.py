@@ -70,6 +70,9 @@ TIMING_ROUNDS = 9
 """Interleaved rounds per candidate in ``auto``'s timing (each: one detector batch of 1, one
 attribute batch of 8); the median decides."""
 MATCH_IOU = 0.5
+TWIN_PX = 0.05
+"""Boxes whose corners agree within this (letterbox px; the converter's fp32 box tolerance) are twins
+whatever their IoU: a degenerate box (no width or height, as a random model's may be) has none."""
 SCORE_TIE = 1e-5
 """Scores closer than this to a full list's last score are ties at its cut: either runtime may keep
 another of them. Ties also make the served order ambiguous (two runtimes may serve equal scores in
@@ -95,6 +98,13 @@ def _iou(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
+def _overlap(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
+    """IoU; above any IoU for twins (:data:`TWIN_PX`), the closer the higher (a random model's
+    degenerate boxes come in near copies: each takes its own)."""
+    distance = float(np.abs(a - b).max())
+    return 2.0 - distance / TWIN_PX if distance <= TWIN_PX else _iou(a, b)
+
+
 def _match(ours: DetectorOutput, theirs: DetectorOutput) -> list[tuple[int, int]]:
     """Greedy by our score: each of our detections takes the unused same-class one of highest IoU."""
     pairs: list[tuple[int, int]] = []
@@ -104,7 +114,7 @@ def _match(ours: DetectorOutput, theirs: DetectorOutput) -> list[tuple[int, int]
         for j in range(len(theirs)):
             if j in used or int(theirs.classes[j]) != int(ours.classes[i]):
                 continue
-            iou = _iou(ours.boxes[i], theirs.boxes[j])
+            iou = _overlap(ours.boxes[i], theirs.boxes[j])
             if iou >= best_iou:
                 best, best_iou = j, iou
         if best >= 0:
@@ -132,8 +142,9 @@ def compare_runners(name: str, detector: Any, attributes: Any, reference_detecto
                     matched: bool = False, max_detections: int | None = None) -> list[ComparisonReport]:
     """Two runtimes' runners, answer for answer: ``detector``/``attributes`` against the references.
 
-    Detections are paired with their twins on the other side (same class, IoU >= 0.5, greedy by
-    score), not by position: which of several tied scores is served first is not compared.
+    Detections are paired with their twins on the other side (same class, IoU >= 0.5 or corners within
+    :data:`TWIN_PX`, greedy by score), not by position: which of several tied scores is served first is
+    not compared.
     ``detections_count_mismatch`` counts the images whose detections differ: other counts, or a
     detection without a twin, but where the list is full (``max_detections``) for those tied at its
     last score (either runtime may keep another of them). Exact parity (``matched`` false, the

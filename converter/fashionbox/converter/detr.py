@@ -1,7 +1,7 @@
 """The DETR-style transformers families: a Hugging Face object-detection checkpoint -> the detector ONNX graph.
 
-One room for what every transformers DETR-style detector shares (DETR, Conditional DETR, RT-DETR
-here; YOLOS adds its position-embedding baking in :mod:`fashionbox.converter.yolos`). What differs
+One room for what every transformers DETR-style detector shares (DETR, Conditional DETR, RT-DETR,
+RT-DETRv2 here; YOLOS adds its position-embedding baking in :mod:`fashionbox.converter.yolos`). What differs
 per ``model_type`` is one :class:`DetrStyle` row of :data:`STYLES`: the model and processor
 classes, how the class head turns into scores (the processor's ``post_process_object_detection``,
 read from the installed transformers), and the predictor's defaults::
@@ -19,7 +19,7 @@ serve it unchanged. Two scorings, as transformers' processors do it:
 - ``softmax`` (DETR, YOLOS: ``DetrImageProcessor.post_process_object_detection``): softmax over
   the classes, the last (no-object) class dropped, the best class per query, every query above
   the threshold.
-- ``sigmoid_top_k`` (Conditional DETR, RT-DETR with ``use_focal_loss``): a sigmoid per class, the
+- ``sigmoid_top_k`` (Conditional DETR, RT-DETR and v2 with ``use_focal_loss``): a sigmoid per class, the
   ``k`` best (query, class) pairs over all queries x classes, then those above the threshold; one
   query may be reported for two classes. ``k`` is 100 for Conditional DETR (the processor's
   ``top_k``) and the number of queries for RT-DETR (its ``num_top_queries``).
@@ -205,6 +205,12 @@ def _rt_detr_rect_stride(config: Any, size: int) -> int:
     return stride
 
 
+def _rt_detr_v2_rect_stride(config: Any, size: int) -> int:
+    # "discrete" sampling scales its sampling grid by torch.tensor([[width, height]]), which the tracer
+    # bakes in at the export size: square only (the default "bilinear" method follows the input)
+    return 0 if getattr(config, "decoder_method", "default") == "discrete" else _rt_detr_rect_stride(config, size)
+
+
 def _same_model(model: Any) -> Any:
     return model
 
@@ -242,7 +248,8 @@ class DetrStyle:
     exported for (any height and width that are multiples of it; ``RepositorySettings.letterbox_stride``):
     the CNN backbones' deepest stride (DETR's and Conditional DETR's sine position embeddings, RT-DETR's
     anchors and encoder position embeddings follow the input), YOLOS's patch size; 0 where the graph
-    takes only the square (an RT-DETR whose ``anchor_image_size`` fixes its anchors)."""
+    takes only the square (an RT-DETR whose ``anchor_image_size`` fixes its anchors, an RT-DETRv2 with
+    ``decoder_method`` "discrete")."""
     prepare_rect: Callable[[Any], Any] = _same_model
     """The model the rect graph is exported from (YOLOS: its position embeddings interpolated in the graph)."""
 
@@ -267,6 +274,10 @@ STYLES: dict[str, DetrStyle] = {
     "rt_detr": DetrStyle("rt_detr", "RTDetrForObjectDetection", "RTDetrImageProcessorPil", "sigmoid_top_k",
                          class_head=r"model\.decoder\.class_embed\.\d+\.weight", max_detections=300,
                          check_config=_rt_detr_check, check_size=_rt_detr_size, rect_stride=_rt_detr_rect_stride),
+    "rt_detr_v2": DetrStyle("rt_detr_v2", "RTDetrV2ForObjectDetection", "RTDetrImageProcessorPil", "sigmoid_top_k",
+                            class_head=r"model\.decoder\.class_embed\.\d+\.weight", max_detections=300,
+                            check_config=_rt_detr_check, check_size=_rt_detr_size,
+                            rect_stride=_rt_detr_v2_rect_stride),
 }
 """``model_type`` -> its style (YOLOS's row lives in :mod:`fashionbox.converter.yolos`)."""
 
@@ -485,6 +496,15 @@ def graph_top_k(checkpoint: DetrCheckpoint) -> int:
     queries = int(checkpoint.model.config.num_queries)
     pairs = queries * checkpoint.num_labels
     return min(checkpoint.style.top_k or queries, pairs)
+
+
+def graph_max_detections(checkpoint: DetrCheckpoint) -> int:
+    """The most detections the graph gives an image: the queries (YOLOS: its detection tokens), each
+    at most once (``softmax``), or the top-k (query, class) pairs (``sigmoid_top_k``)."""
+    if checkpoint.style.scoring == "sigmoid_top_k":
+        return graph_top_k(checkpoint)
+    config = checkpoint.model.config
+    return int(getattr(config, "num_queries", None) or config.num_detection_tokens)
 
 
 def detr_spec(checkpoint: DetrCheckpoint) -> DetrSpec:
