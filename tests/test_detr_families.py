@@ -1,5 +1,5 @@
-"""DETR-style families (DETR, Conditional DETR, RT-DETR, RT-DETRv2): tiny random checkpoints converted, served,
-as transformers.
+"""DETR-style families (DETR, Conditional DETR, RT-DETR, RT-DETRv2, D-FINE): tiny random checkpoints converted,
+served, as transformers.
 
 No network: each checkpoint is a random-initialised transformers config (transformers' own ResNet
 backbone, ``use_pretrained_backbone=False``; docs/FIELD_NOTES.md) saved with ``save_pretrained``
@@ -50,8 +50,10 @@ from fashionbox.models.nms import NmsSettings  # noqa: E402
 INPUT_SIZE = 64
 THRESHOLD = 0.3
 NAMES = ["shirt, blouse", "pants", "dress", "shoe", "sleeve", "neckline", "bag, wallet"]
-FAMILY_NAMES = ("detr", "conditional_detr", "rt_detr", "rt_detr_v2")
-GAIN = {"detr": 1.5, "conditional_detr": 1.5, "rt_detr": 4.0, "rt_detr_v2": 4.0}
+FAMILY_NAMES = ("detr", "conditional_detr", "rt_detr", "rt_detr_v2", "d_fine")
+RT_DETR_LIKE = ("rt_detr", "rt_detr_v2", "d_fine")
+"""RT-DETR and its successors: the same processor, query selection and post-processing."""
+GAIN = {"detr": 1.5, "conditional_detr": 1.5, "rt_detr": 4.0, "rt_detr_v2": 4.0, "d_fine": 1.5}
 """Weight scale per family (``spread``): RT-DETR needs more for its encoder positions to differ."""
 
 
@@ -68,11 +70,12 @@ def tiny_config(model_type: str, names: list[str] = NAMES) -> Any:
         return transformers.DetrConfig(backbone_config=_resnet(out_features=["stage4"]), **detr_like)
     if model_type == "conditional_detr":
         return transformers.ConditionalDetrConfig(backbone_config=_resnet(out_features=["stage4"]), **detr_like)
-    if model_type in ("rt_detr", "rt_detr_v2"):
+    if model_type in RT_DETR_LIKE:
         backbone = transformers.RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16],
                                                    depths=[1, 1, 1, 1], out_features=["stage2", "stage3", "stage4"])
-        # v2 ties its box heads across decoder layers: it needs two of them
-        config = transformers.RTDetrConfig if model_type == "rt_detr" else transformers.RTDetrV2Config
+        # v2 and D-FINE tie their box heads across decoder layers: they need two of them
+        config = {"rt_detr": transformers.RTDetrConfig, "rt_detr_v2": transformers.RTDetrV2Config,
+                  "d_fine": transformers.DFineConfig}[model_type]
         return config(
             backbone_config=backbone, use_pretrained_backbone=False, encoder_hidden_dim=16, d_model=16,
             encoder_in_channels=[16, 16, 16], decoder_in_channels=[16, 16, 16], encoder_ffn_dim=32,
@@ -81,19 +84,24 @@ def tiny_config(model_type: str, names: list[str] = NAMES) -> Any:
     raise AssertionError(model_type)
 
 
+CONSTANTS = ("reg_scale", "up")
+"""D-FINE's box-distribution constants, parameters set from its config: redrawn, boxes turn to NaN."""
+
+
 def spread(model: Any, gain: float, seed: int) -> None:
-    """Redraw every weight ``N(0, gain / sqrt(fan_in))`` and every bias ``N(0, 0.2)``; norms stay as built."""
+    """Redraw every weight ``N(0, gain / sqrt(fan_in))`` and every bias ``N(0, 0.2)``; norms and constants
+    stay as built."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if "norm" in name.lower() or ".bn." in name:
+            if "norm" in name.lower() or ".bn." in name or name.rsplit(".", 1)[-1] in CONSTANTS:
                 continue
             scale = gain / math.sqrt(parameter[0].numel()) if parameter.dim() > 1 else 0.2
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
 
 
 def processor_for(model_type: str) -> Any:
-    if model_type in ("rt_detr", "rt_detr_v2"):  # v2's hub checkpoints name RTDetrImageProcessor too
+    if model_type in RT_DETR_LIKE:  # v2's and D-FINE's hub checkpoints name RTDetrImageProcessor too
         return transformers.RTDetrImageProcessorPil(size={"height": INPUT_SIZE, "width": INPUT_SIZE})
     cls = {"detr": transformers.DetrImageProcessorPil,
            "conditional_detr": transformers.ConditionalDetrImageProcessorPil}[model_type]
@@ -170,7 +178,7 @@ def test_a_checkpoint_serves_at_most_what_its_graph_gives(checkpoints: dict[str,
     default for its hub checkpoints, unless --max-detections says otherwise."""
     family = FAMILIES[name]()
     checkpoint, _ = family.load_detector(checkpoint_weights(checkpoints[name]))
-    expected = {"detr": 10, "conditional_detr": 70, "rt_detr": 10, "rt_detr_v2": 10}[name]
+    expected = {"detr": 10, "conditional_detr": 70, "rt_detr": 10, "rt_detr_v2": 10, "d_fine": 10}[name]
     assert family_nms(family, ConvertOptions(out=tmp_path), checkpoint).max_detections == expected
     assert family_nms(family, ConvertOptions(out=tmp_path, max_detections=5), checkpoint).max_detections == 5
 
@@ -182,7 +190,7 @@ def test_the_processors_size_and_normalisation_come_from_the_checkpoint(checkpoi
     assert checkpoint.input_size == INPUT_SIZE
     pre = checkpoint.preprocessing
     assert pre.rescale_factor == pytest.approx(1 / 255)
-    if name.startswith("rt_detr"):  # RTDetrImageProcessor does not normalise
+    if name in RT_DETR_LIKE:  # RTDetrImageProcessor does not normalise
         assert (pre.image_mean, pre.image_std) == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     else:
         assert pre.image_mean == pytest.approx((0.485, 0.456, 0.406))
@@ -243,10 +251,12 @@ def test_each_family_exports_for_a_rect_letterbox_an_anchored_rt_detr_only_for_t
         export_detr_onnx(anchored, tmp_path / "rect.onnx", nms=nms, letterbox_stride=32)
 
 
-def test_an_rt_detr_v2_with_discrete_sampling_takes_the_square_only_and_equals_transformers_there(
-        checkpoints: dict[str, Path], tmp_path: Path) -> None:
-    """Discrete sampling scales its grid by a tensor the tracer bakes at the export size."""
-    checkpoint = _configured(checkpoints, "rt_detr_v2", tmp_path, decoder_method="discrete")
+@pytest.mark.parametrize("name", ["rt_detr_v2", "d_fine"])
+def test_discrete_sampling_takes_the_square_only_and_equals_transformers_there(
+        checkpoints: dict[str, Path], tmp_path: Path, name: str) -> None:
+    """RT-DETRv2's and D-FINE's discrete sampling scales its grid by a tensor the tracer bakes at the
+    export size."""
+    checkpoint = _configured(checkpoints, name, tmp_path, decoder_method="discrete")
     assert checkpoint.letterbox_stride == 0 and checkpoint.model.config.decoder_method == "discrete"
     nms = NmsSettings(score_threshold=THRESHOLD)
     path = export_detr_onnx(checkpoint, tmp_path / "discrete.onnx", nms=nms)
@@ -335,8 +345,8 @@ def test_a_checkpoint_of_a_family_that_is_not_detr_style_is_refused(checkpoints:
     folder = _copy(checkpoints["detr"], tmp_path / "vit")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "vit"}))
-    _refused(folder, tmp_path, r"model_type 'vit' is not supported; known: \['conditional_detr', 'detr', 'rt_detr', "
-                               r"'rt_detr_v2', 'yolos'\]$")
+    _refused(folder, tmp_path, r"model_type 'vit' is not supported; known: \['conditional_detr', 'd_fine', 'detr', "
+                               r"'rt_detr', 'rt_detr_v2', 'yolos'\]$")
 
 
 def test_loading_a_checkpoint_as_another_family_is_refused(checkpoints: dict[str, Path]) -> None:

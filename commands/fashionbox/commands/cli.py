@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="export to ONNX, check, and write a Triton model repository")
     p.add_argument("--detector", default="default",
                    help="'default', a FashionBox detector .safetensors checkpoint, hf:FOLDER_OR_HUB_ID (a "
-                        "transformers YOLOS, DETR, Conditional DETR, RT-DETR or RT-DETRv2 checkpoint), or "
+                        "transformers YOLOS, DETR, Conditional DETR, RT-DETR, RT-DETRv2 or D-FINE checkpoint), or "
                         "ultralytics:FILE.onnx (what `yolo export format=onnx` writes for a YOLOv8/YOLO11 detect or "
                         "-seg model)")
     p.add_argument("--attributes", default="default", help="'default' or an attributes .safetensors checkpoint")
@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rect: each image letterboxed to the input size on its long side and the smallest stride "
                         "multiple on the short one, as Ultralytics' predictor runs a dynamic export (a 4:3 photo at "
                         "640 runs 640x480; the transformers detectors take it too, but an RT-DETR with "
-                        "anchor_image_size or discrete sampling); square: every image to the "
+                        "anchor_image_size, or discrete sampling); square: every image to the "
                         "square input size; auto (default): rect where the detector's graph takes it and the "
                         "target is cpu")
     p.add_argument("--layout", choices=["steps", "fused"], default=None,

@@ -162,12 +162,12 @@ FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yol
                                              "detr": _hf_family("detr"),
                                              "conditional_detr": _hf_family("conditional_detr"),
                                              "rt_detr": _hf_family("rt_detr"),
-                                             "rt_detr_v2": _hf_family("rt_detr_v2"),
+                                             "rt_detr_v2": _hf_family("rt_detr_v2"), "d_fine": _hf_family("d_fine"),
                                              "ultralytics": _ultralytics_family}
 """Family name -> factory (lazy, so importing the converter does not import torch)."""
 
 HF_MODEL_TYPES: dict[str, str] = {"yolos": "yolos", "detr": "detr", "conditional_detr": "conditional_detr",
-                                  "rt_detr": "rt_detr", "rt_detr_v2": "rt_detr_v2"}
+                                  "rt_detr": "rt_detr", "rt_detr_v2": "rt_detr_v2", "d_fine": "d_fine"}
 """``model_type`` of a Hugging Face checkpoint's config.json -> family (specs ``hf:FOLDER_OR_HUB_ID``)."""
 
 
@@ -329,9 +329,9 @@ def _letterbox_stride(options: ConvertOptions, family: Family, detector: Any, *,
     stride = family.letterbox_stride(detector)
     if options.letterbox == "rect" and not stride:
         raise ConvertError(f"--letterbox rect: this {family.name} detector's graph takes only the square "
-                           f"{family.input_size(detector)} letterbox (DETR, Conditional DETR, YOLOS and an RT-DETR "
-                           "without anchor_image_size or discrete sampling take any height and width, and an "
-                           "Ultralytics export does when exported with dynamic=True)")
+                           f"{family.input_size(detector)} letterbox (the transformers detectors take any height and "
+                           "width but an RT-DETR with anchor_image_size and an RT-DETRv2 or D-FINE with discrete "
+                           "sampling; an Ultralytics export does when exported with dynamic=True)")
     return stride if options.letterbox == "rect" or (options.letterbox == "auto" and onnx_on_cpu) else 0
 
 

@@ -1,7 +1,7 @@
 """The DETR-style transformers families: a Hugging Face object-detection checkpoint -> the detector ONNX graph.
 
 One room for what every transformers DETR-style detector shares (DETR, Conditional DETR, RT-DETR,
-RT-DETRv2 here; YOLOS adds its position-embedding baking in :mod:`fashionbox.converter.yolos`). What differs
+RT-DETRv2, D-FINE here; YOLOS adds its position-embedding baking in :mod:`fashionbox.converter.yolos`). What differs
 per ``model_type`` is one :class:`DetrStyle` row of :data:`STYLES`: the model and processor
 classes, how the class head turns into scores (the processor's ``post_process_object_detection``,
 read from the installed transformers), and the predictor's defaults::
@@ -19,7 +19,7 @@ serve it unchanged. Two scorings, as transformers' processors do it:
 - ``softmax`` (DETR, YOLOS: ``DetrImageProcessor.post_process_object_detection``): softmax over
   the classes, the last (no-object) class dropped, the best class per query, every query above
   the threshold.
-- ``sigmoid_top_k`` (Conditional DETR, RT-DETR and v2 with ``use_focal_loss``): a sigmoid per class, the
+- ``sigmoid_top_k`` (Conditional DETR; RT-DETR, v2 and D-FINE with ``use_focal_loss``): a sigmoid per class, the
   ``k`` best (query, class) pairs over all queries x classes, then those above the threshold; one
   query may be reported for two classes. ``k`` is 100 for Conditional DETR (the processor's
   ``top_k``) and the number of queries for RT-DETR (its ``num_top_queries``).
@@ -31,14 +31,16 @@ with the letterbox geometry, as for every family. The graph itself is
 
 **The served letterbox, and how parity is defined.** The processors resize each image their own
 way: DETR, Conditional DETR and YOLOS to a short side of ``size["shortest_edge"]`` (long side at
-most ``longest_edge``) and pad the batch bottom-right with zeros plus a ``pixel_mask``; RT-DETR
-stretches every image to ``size["height"] x size["width"]`` (640 x 640) ignoring its aspect ratio.
+most ``longest_edge``) and pad the batch bottom-right with zeros plus a ``pixel_mask``; RT-DETR's
+processor (RT-DETRv2's and D-FINE's too) stretches every image to ``size["height"] x size["width"]``
+(640 x 640) ignoring its aspect ratio.
 The pipeline batches equal-shaped ``PIXELS`` across requests, so FashionBox letterboxes every image
 with its long side at ``S`` (the processor's ``shortest_edge``, or the smaller of
 ``height``/``width``), the aspect ratio kept: to the square ``S x S`` on the GPU. DETR and
-Conditional DETR (whose sine position embeddings follow the input), RT-DETR (whose anchors and
-encoder position embeddings transformers computes from the feature maps' traced shapes, unless the
-config precomputes them for one size: ``anchor_image_size``) and YOLOS (whose position embeddings the
+Conditional DETR (whose sine position embeddings follow the input), RT-DETR, RT-DETRv2 and D-FINE
+(whose anchors and encoder position embeddings transformers computes from the feature maps' traced
+shapes, unless the config precomputes them for one size, ``anchor_image_size``, or samples
+"discrete"ly at a traced-in size) and YOLOS (whose position embeddings the
 exported graph interpolates to the input, :mod:`fashionbox.converter.yolos`) are exported with a
 dynamic height and width (:attr:`DetrStyle.rect_stride`) and served on the CPU with the rect
 letterbox (``RepositorySettings.letterbox_stride``: the short side padded only to the next multiple
@@ -248,8 +250,8 @@ class DetrStyle:
     exported for (any height and width that are multiples of it; ``RepositorySettings.letterbox_stride``):
     the CNN backbones' deepest stride (DETR's and Conditional DETR's sine position embeddings, RT-DETR's
     anchors and encoder position embeddings follow the input), YOLOS's patch size; 0 where the graph
-    takes only the square (an RT-DETR whose ``anchor_image_size`` fixes its anchors, an RT-DETRv2 with
-    ``decoder_method`` "discrete")."""
+    takes only the square (an RT-DETR whose ``anchor_image_size`` fixes its anchors, an RT-DETRv2 or
+    D-FINE with ``decoder_method`` "discrete")."""
     prepare_rect: Callable[[Any], Any] = _same_model
     """The model the rect graph is exported from (YOLOS: its position embeddings interpolated in the graph)."""
 
@@ -278,6 +280,10 @@ STYLES: dict[str, DetrStyle] = {
                             class_head=r"model\.decoder\.class_embed\.\d+\.weight", max_detections=300,
                             check_config=_rt_detr_check, check_size=_rt_detr_size,
                             rect_stride=_rt_detr_v2_rect_stride),
+    # D-FINE: RT-DETRv2's encoder, query selection and sampling with a box-distribution decoder
+    "d_fine": DetrStyle("d_fine", "DFineForObjectDetection", "RTDetrImageProcessorPil", "sigmoid_top_k",
+                        class_head=r"model\.decoder\.class_embed\.\d+\.weight", max_detections=300,
+                        check_config=_rt_detr_check, check_size=_rt_detr_size, rect_stride=_rt_detr_v2_rect_stride),
 }
 """``model_type`` -> its style (YOLOS's row lives in :mod:`fashionbox.converter.yolos`)."""
 
