@@ -1,10 +1,13 @@
 """Benchmark: an RT-DETR-R18-sized model served by FashionBox against in-process transformers, in one run.
 
-    .venv/bin/python tests/benchmarks/bench_detr.py [--letterbox square|rect] [--rounds 2] [--images 3] [--out ...]
+    .venv/bin/python tests/benchmarks/bench_detr.py [--family rt_detr|rt_detr_v2|d_fine] [--letterbox square|rect] \
+        [--rounds 2] [--images 3] [--out ...]
 
 The model has ``PekingU/rtdetr_r18vd``'s shape (ResNet-18-vd basic blocks, hybrid encoder 256 wide,
 3 decoder layers, 300 queries) with 46 Fashionpedia labels and random weights: the same compute, no
-download. Its processor is ``RTDetrImageProcessor``'s default (640 x 640, rescale, no normalisation).
+download; ``--family rt_detr_v2`` the same shape as RT-DETRv2 (``rtdetr_v2_r18vd``'s), ``--family
+d_fine`` D-FINE's decoder on it (D-FINE's own checkpoints use HGNetV2 backbones). Their processor is
+``RTDetrImageProcessor``'s default (640 x 640, rescale, no normalisation).
 On the same 1280x960 JPEGs (generated, fixed seeds) it measures:
 
 - **served**: ``convert(detector="hf:FOLDER")`` into a repository (ONNX Runtime), the embedded
@@ -47,19 +50,27 @@ R18_SHAPE = {"encoder_in_channels": [128, 256, 512], "encoder_hidden_dim": 256, 
              "d_model": 256, "decoder_layers": 3, "decoder_ffn_dim": 1024, "num_queries": 300}
 
 
-def save_r18_sized_rt_detr(folder: Path) -> Path:
+FAMILIES = {"rt_detr": ("RTDetrConfig", "RTDetrForObjectDetection", "rtdetr_r18vd's shape"),
+            "rt_detr_v2": ("RTDetrV2Config", "RTDetrV2ForObjectDetection", "rtdetr_v2_r18vd's shape"),
+            "d_fine": ("DFineConfig", "DFineForObjectDetection",
+                       "D-FINE's decoder on rtdetr_r18vd's backbone and encoder shape")}
+"""``--family`` -> its transformers config and model classes, and what the random model's shape is."""
+
+
+def save_r18_sized_rt_detr(folder: Path, family: str = "rt_detr") -> Path:
     import torch
     import transformers
 
     from fashionbox.contract.labels import fashionpedia_taxonomy
 
+    config_class, model_class, _ = FAMILIES[family]
     names = [c["name"] for c in fashionpedia_taxonomy()["categories"]]
     torch.manual_seed(0)
-    config = transformers.RTDetrConfig(backbone_config=transformers.RTDetrResNetConfig(**BACKBONE),
-                                       use_pretrained_backbone=False, **R18_SHAPE,
-                                       id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    transformers.RTDetrForObjectDetection(config).save_pretrained(folder)
-    transformers.RTDetrImageProcessorPil().save_pretrained(folder)  # 640 x 640, its default
+    config = getattr(transformers, config_class)(
+        backbone_config=transformers.RTDetrResNetConfig(**BACKBONE), use_pretrained_backbone=False, **R18_SHAPE,
+        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    getattr(transformers, model_class)(config).save_pretrained(folder)
+    transformers.RTDetrImageProcessorPil().save_pretrained(folder)  # 640 x 640, its default (v2's, D-FINE's too)
     return folder
 
 
@@ -74,10 +85,11 @@ def recorded_not_enforced() -> dict[str, float]:
     return {**ConvertOptions(out=ROOT).tolerance, **dict.fromkeys(unbounded, float("inf"))}
 
 
-def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int | None, stride: int = 0) -> list[float]:
+def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int | None, stride: int = 0,
+                     family: str = "rt_detr") -> list[float]:
     """Seconds per image, decode to detections, in process (the processor's resize when ``letterbox_size`` is None;
     else FashionBox's square letterbox, or its rect one of ``stride``)."""
-    return run_yolos_way(folder, images, letterbox_size=letterbox_size, model_class="RTDetrForObjectDetection",
+    return run_yolos_way(folder, images, letterbox_size=letterbox_size, model_class=FAMILIES[family][1],
                          processor_class="RTDetrImageProcessorPil", threshold=0.5, stride=stride)
 
 
@@ -88,9 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=10.0, help="served measurement window per level")
     parser.add_argument("--letterbox", choices=["square", "rect"], default="square",
                         help="what is served, and what the same-letterbox baseline is fed (rect: the CPU's default)")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="rt_detr")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: results/detr.json (rt_detr), results/FAMILY.json; _rect before .json for rect")
     args = parser.parse_args(argv)
-    out = args.out or ROOT / f"tests/benchmarks/results/{'detr' if args.letterbox == 'square' else 'detr_rect'}.json"
+    name = "detr" if args.family == "rt_detr" else args.family
+    out = args.out or ROOT / f"tests/benchmarks/results/{name}{'' if args.letterbox == 'square' else '_rect'}.json"
     stride = 32 if args.letterbox == "rect" else 0  # the deepest feature stride
 
     from fashionbox.converter import ConvertOptions, convert
@@ -100,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     images = make_images(args.images)
     runs: dict[str, Any] = {"own_way_s": [], "letterbox_s": [], "onnx_alone_s": [], "served_c1": [], "served_c2": []}
     with tempfile.TemporaryDirectory(prefix="fashionbox-bench-detr-") as tmp:
-        folder = save_r18_sized_rt_detr(Path(tmp) / "rt-detr-r18")
+        folder = save_r18_sized_rt_detr(Path(tmp) / args.family, args.family)
         started = time.perf_counter()
         result = convert(ConvertOptions(
             out=Path(tmp) / "repo", detector=f"hf:{folder}", compare_samples=2, runtime="onnxruntime",
@@ -116,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
             url = server.endpoints.grpc
             run_served(url, images, 1, 3.0)  # warm-up
             for round_index in range(args.rounds):
-                own = run_transformers(folder, images, letterbox_size=None)
+                own = run_transformers(folder, images, letterbox_size=None, family=args.family)
                 runs["own_way_s"].append(own)
-                same = run_transformers(folder, images, letterbox_size=SIZE, stride=stride)
+                same = run_transformers(folder, images, letterbox_size=SIZE, stride=stride, family=args.family)
                 runs["letterbox_s"].append(same)
                 alone = run_onnx_detector(repository, images, SIZE, stride)
                 runs["onnx_alone_s"].append(alone)
@@ -153,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         "convert_comparison_not_enforced": result.reports["detector"],
     }
     write_report(out, __file__, argv, {
-        "model": {"family": "rt_detr", "backbone": BACKBONE, **R18_SHAPE, "labels": 46, "served_letterbox": SIZE,
+        "model": {"family": args.family, "backbone": BACKBONE, **R18_SHAPE, "labels": 46, "served_letterbox": SIZE,
                   "letterbox": args.letterbox, "letterbox_stride": stride,
-                  "weights": "random (rtdetr_r18vd's shape, same compute)"},
+                  "weights": f"random ({FAMILIES[args.family][2]}, same compute)"},
         "rounds": args.rounds, "images": args.images, "duration_s": args.duration_s, "summary": summary, "runs": runs,
     })
     print(json.dumps(summary, indent=2))

@@ -162,7 +162,8 @@ FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yol
                                              "detr": _hf_family("detr"),
                                              "conditional_detr": _hf_family("conditional_detr"),
                                              "rt_detr": _hf_family("rt_detr"),
-                                             "rt_detr_v2": _hf_family("rt_detr_v2"), "d_fine": _hf_family("d_fine"),
+                                             "rt_detr_v2": _hf_family("rt_detr_v2"),
+                                             "d_fine": _hf_family("d_fine"),
                                              "ultralytics": _ultralytics_family}
 """Family name -> factory (lazy, so importing the converter does not import torch)."""
 

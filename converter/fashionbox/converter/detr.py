@@ -1,8 +1,8 @@
 """The DETR-style transformers families: a Hugging Face object-detection checkpoint -> the detector ONNX graph.
 
 One room for what every transformers DETR-style detector shares (DETR, Conditional DETR, RT-DETR,
-RT-DETRv2, D-FINE here; YOLOS adds its position-embedding baking in :mod:`fashionbox.converter.yolos`). What differs
-per ``model_type`` is one :class:`DetrStyle` row of :data:`STYLES`: the model and processor
+RT-DETRv2, D-FINE here; YOLOS adds its position-embedding baking in :mod:`fashionbox.converter.yolos`).
+What differs per ``model_type`` is one :class:`DetrStyle` row of :data:`STYLES`: the model and processor
 classes, how the class head turns into scores (the processor's ``post_process_object_detection``,
 read from the installed transformers), and the predictor's defaults::
 
@@ -19,10 +19,10 @@ serve it unchanged. Two scorings, as transformers' processors do it:
 - ``softmax`` (DETR, YOLOS: ``DetrImageProcessor.post_process_object_detection``): softmax over
   the classes, the last (no-object) class dropped, the best class per query, every query above
   the threshold.
-- ``sigmoid_top_k`` (Conditional DETR; RT-DETR, v2 and D-FINE with ``use_focal_loss``): a sigmoid per class, the
-  ``k`` best (query, class) pairs over all queries x classes, then those above the threshold; one
-  query may be reported for two classes. ``k`` is 100 for Conditional DETR (the processor's
-  ``top_k``) and the number of queries for RT-DETR (its ``num_top_queries``).
+- ``sigmoid_top_k`` (Conditional DETR; RT-DETR, v2 and D-FINE with ``use_focal_loss``): a sigmoid
+  per class, the ``k`` best (query, class) pairs over all queries x classes, then those above the
+  threshold; one query may be reported for two classes. ``k`` is 100 for Conditional DETR (the
+  processor's ``top_k``) and the number of queries for the RT-DETR kin (its ``num_top_queries``).
 
 No NMS in either (DETR-style models need none); ``postprocess`` maps the boxes to original pixels
 with the letterbox geometry, as for every family. The graph itself is
