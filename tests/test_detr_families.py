@@ -54,7 +54,8 @@ FAMILY_NAMES = ("detr", "conditional_detr", "rt_detr", "rt_detr_v2", "d_fine")
 RT_DETR_LIKE = ("rt_detr", "rt_detr_v2", "d_fine")
 """RT-DETR and its successors: the same processor, query selection and post-processing."""
 GAIN = {"detr": 1.5, "conditional_detr": 1.5, "rt_detr": 4.0, "rt_detr_v2": 4.0, "d_fine": 1.5}
-"""Weight scale per family (``spread``): RT-DETR needs more for its encoder positions to differ."""
+"""Weight scale per family (``spread``): RT-DETR needs more for its encoder positions to differ; at that
+scale D-FINE's boxes overflow to NaN."""
 
 
 def _resnet(**kwargs: Any) -> Any:
@@ -208,7 +209,7 @@ def test_exported_graph_equals_transformers_post_processing(checkpoints: dict[st
     nms = NmsSettings(score_threshold=THRESHOLD)
     stride = checkpoint.letterbox_stride
     path = export_detr_onnx(checkpoint, tmp_path / "detector.onnx", nms=nms, letterbox_stride=stride)
-    # the square letterbox; where the style takes a rect one (all three here), landscape and portrait
+    # the square letterbox; where the style takes a rect one (every family here), landscape and portrait
     # inputs too, each scaled by its own width and height
     shapes = [(INPUT_SIZE, INPUT_SIZE)] * 2
     if stride:
