@@ -44,6 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_detr import BACKBONE, R18_SHAPE, recorded_not_enforced, save_r18_sized_rt_detr
+from bench_detr import FAMILIES as RT_DETR_SHAPES
 from bench_report import write_report
 from bench_yolos import SEED_PROCESSOR_SIZE, SEED_SHAPE, run_onnx_detector, run_served, save_seed_sized_yolos
 
@@ -75,7 +76,7 @@ FAMILIES = {"detr": save_r50_sized_detr, "rt_detr": save_r18_sized_rt_detr, "yol
 MODELS = {"detr": {"family": "detr", "backbone": "transformers ResNet-50 (bottleneck [3, 4, 6, 3])", **R50_SHAPE,
                    "weights": "random (detr-resnet-50's shape, same compute)"},
           "rt_detr": {"family": "rt_detr", "backbone": BACKBONE, **R18_SHAPE,
-                      "weights": "random (rtdetr_r18vd's shape, same compute)"},
+                      "weights": f"random ({RT_DETR_SHAPES['rt_detr'][2]}, same compute)"},
           "yolos": {"family": "yolos", **SEED_SHAPE, "processor": SEED_PROCESSOR_SIZE,
                     "weights": "random (yolos-fashionpedia's shape, same compute)"}}
 
