@@ -1,5 +1,5 @@
-"""DETR-style families (DETR, Conditional DETR, RT-DETR, RT-DETRv2, D-FINE): tiny random checkpoints converted,
-served, as transformers.
+"""DETR-style families (DETR, Conditional DETR, Deformable DETR, RT-DETR, RT-DETRv2, D-FINE): tiny random
+checkpoints converted, served, as transformers.
 
 No network: each checkpoint is a random-initialised transformers config (transformers' own ResNet
 backbone, ``use_pretrained_backbone=False``; docs/FIELD_NOTES.md) saved with ``save_pretrained``
@@ -15,6 +15,7 @@ category equal, score within 1e-3, box within 0.5 px.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -50,10 +51,11 @@ from fashionbox.models.nms import NmsSettings  # noqa: E402
 INPUT_SIZE = 64
 THRESHOLD = 0.3
 NAMES = ["shirt, blouse", "pants", "dress", "shoe", "sleeve", "neckline", "bag, wallet"]
-FAMILY_NAMES = ("detr", "conditional_detr", "rt_detr", "rt_detr_v2", "d_fine")
+FAMILY_NAMES = ("detr", "conditional_detr", "deformable_detr", "rt_detr", "rt_detr_v2", "d_fine")
 RT_DETR_LIKE = ("rt_detr", "rt_detr_v2", "d_fine")
 """RT-DETR and its successors: the same processor, query selection and post-processing."""
-GAIN = {"detr": 1.5, "conditional_detr": 1.5, "rt_detr": 4.0, "rt_detr_v2": 4.0, "d_fine": 1.5}
+GAIN = {"detr": 1.5, "conditional_detr": 1.5, "deformable_detr": 1.5, "rt_detr": 4.0, "rt_detr_v2": 4.0,
+        "d_fine": 1.5}
 """Weight scale per family (``spread``): RT-DETR needs more for its encoder positions to differ; at that
 scale D-FINE's boxes overflow to NaN."""
 
@@ -71,6 +73,12 @@ def tiny_config(model_type: str, names: list[str] = NAMES) -> Any:
         return transformers.DetrConfig(backbone_config=_resnet(out_features=["stage4"]), **detr_like)
     if model_type == "conditional_detr":
         return transformers.ConditionalDetrConfig(backbone_config=_resnet(out_features=["stage4"]), **detr_like)
+    if model_type == "deformable_detr":
+        # three levels (strides 8, 16, 32): a fourth, at 64, would be one cell at 64 px. 32 wide for its
+        # GroupNorms' 32 groups; two decoder layers, as its box heads tie across them (one fails to build)
+        return transformers.DeformableDetrConfig(
+            backbone_config=_resnet(out_features=["stage2", "stage3", "stage4"]), num_feature_levels=3,
+            encoder_n_points=2, decoder_n_points=2, **{**detr_like, "d_model": 32, "decoder_layers": 2})
     if model_type in RT_DETR_LIKE:
         backbone = transformers.RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16],
                                                    depths=[1, 1, 1, 1], out_features=["stage2", "stage3", "stage4"])
@@ -105,14 +113,19 @@ def processor_for(model_type: str) -> Any:
     if model_type in RT_DETR_LIKE:  # v2's and D-FINE's hub checkpoints name RTDetrImageProcessor too
         return transformers.RTDetrImageProcessorPil(size={"height": INPUT_SIZE, "width": INPUT_SIZE})
     cls = {"detr": transformers.DetrImageProcessorPil,
-           "conditional_detr": transformers.ConditionalDetrImageProcessorPil}[model_type]
+           "conditional_detr": transformers.ConditionalDetrImageProcessorPil,
+           "deformable_detr": transformers.DeformableDetrImageProcessorPil}[model_type]
     return cls(size={"shortest_edge": INPUT_SIZE, "longest_edge": 112})
 
 
-def save_tiny(folder: Path, model_type: str, *, seed: int = 0, names: list[str] = NAMES) -> Path:
-    """A tiny random checkpoint of ``model_type`` in ``folder`` (model.safetensors, config, processor config)."""
+def save_tiny(folder: Path, model_type: str, *, seed: int = 0, names: list[str] = NAMES, **fields: Any) -> Path:
+    """A tiny random checkpoint of ``model_type`` in ``folder`` (model.safetensors, config, processor config),
+    with ``fields`` set in its config."""
     torch.manual_seed(seed)
-    model = transformers.AutoModelForObjectDetection.from_config(tiny_config(model_type, names)).eval()
+    config = tiny_config(model_type, names)
+    for key, value in fields.items():
+        setattr(config, key, value)
+    model = transformers.AutoModelForObjectDetection.from_config(config).eval()
     spread(model, GAIN[model_type], seed)
     model.save_pretrained(folder)
     processor_for(model_type).save_pretrained(folder)
@@ -160,7 +173,8 @@ def test_hf_spec_resolves_each_model_type_to_its_family(checkpoints: dict[str, P
 
 @pytest.mark.parametrize(("name", "scoring", "max_detections"),
                          [("detr", "softmax", 100), ("conditional_detr", "sigmoid_top_k", 100),
-                          ("rt_detr", "sigmoid_top_k", 300), ("yolos", "softmax", 100)])
+                          ("deformable_detr", "sigmoid_top_k", 100), ("rt_detr", "sigmoid_top_k", 300),
+                          ("yolos", "softmax", 100)])
 def test_each_family_defaults_to_its_processors_post_processing(tmp_path: Path, name: str, scoring: str,
                                                                 max_detections: int) -> None:
     family = FAMILIES[name]()
@@ -175,11 +189,12 @@ def test_each_family_defaults_to_its_processors_post_processing(tmp_path: Path, 
 def test_a_checkpoint_serves_at_most_what_its_graph_gives(checkpoints: dict[str, Path], tmp_path: Path,
                                                           name: str) -> None:
     """The pipeline's most detections per image is the loaded graph's own (10 queries here; Conditional
-    DETR's top 100 (query, class) pairs of 10 x 7; RT-DETR's top-k of its queries), not the family's
+    and Deformable DETR's top 100 (query, class) pairs of 10 x 7; RT-DETR's top-k of its queries), not the family's
     default for its hub checkpoints, unless --max-detections says otherwise."""
     family = FAMILIES[name]()
     checkpoint, _ = family.load_detector(checkpoint_weights(checkpoints[name]))
-    expected = {"detr": 10, "conditional_detr": 70, "rt_detr": 10, "rt_detr_v2": 10, "d_fine": 10}[name]
+    expected = {"detr": 10, "conditional_detr": 70, "deformable_detr": 70, "rt_detr": 10, "rt_detr_v2": 10,
+                "d_fine": 10}[name]
     assert family_nms(family, ConvertOptions(out=tmp_path), checkpoint).max_detections == expected
     assert family_nms(family, ConvertOptions(out=tmp_path, max_detections=5), checkpoint).max_detections == 5
 
@@ -272,22 +287,30 @@ def test_discrete_sampling_takes_the_square_only_and_equals_transformers_there(
     assert all(sum(len(r) for r in reference_detections(checkpoint, b, THRESHOLD)) for b in batches)
 
 
+def assert_counts_tokens(model: Any, encoder: Any, tokens_in: Any, count: Any) -> None:
+    """``count(config, height, width)`` equals the sequence ``encoder`` is called with (``tokens_in(args,
+    kwargs)``: ``[B, tokens, C]``) at square, strip and odd shapes."""
+    seen: list[int] = []
+    hook = encoder.register_forward_pre_hook(lambda module, args, kwargs: seen.append(tokens_in(args, kwargs).shape[1]),
+                                             with_kwargs=True)
+    try:
+        for height, width in [(64, 64), (32, 64), (96, 32), (160, 128)]:
+            with torch.no_grad():
+                model(pixel_values=torch.zeros(1, 3, height, width))
+            assert seen[-1] == count(model.config, height, width), (height, width)
+    finally:
+        hook.remove()
+
+
 def test_rt_detr_needs_as_many_encoder_tokens_as_it_selects_queries(checkpoints: dict[str, Path]) -> None:
     """RT-DETR's query selection takes ``num_queries`` of its encoder tokens: a strip's rect letterbox (one
     stride on the short side) or a small input size must leave that many, or transformers' top-k fails."""
     from fashionbox.converter.detr import resized_checkpoint, rt_detr_tokens
 
     checkpoint = load_detr(checkpoint_weights(checkpoints["rt_detr"]), STYLES["rt_detr"])
-    model, config = checkpoint.model, checkpoint.model.config
-    seen: list[int] = []
-    hook = model.model.enc_output.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
-    try:
-        for height, width in [(64, 64), (32, 64), (96, 32), (160, 128)]:
-            with torch.no_grad():
-                model(pixel_values=torch.zeros(1, 3, height, width))
-            assert seen[-1] == rt_detr_tokens(config, height, width), (height, width)
-    finally:
-        hook.remove()
+    config = checkpoint.model.config
+    assert_counts_tokens(checkpoint.model, checkpoint.model.model.enc_output, lambda args, kwargs: args[0],
+                         rt_detr_tokens)
     # a real RT-DETR's 300 queries: a 640 letterbox leaves enough on a strip (420), a 448 one does not (294)
     real = transformers.RTDetrConfig(num_queries=300)
     assert rt_detr_tokens(real, 32, 640) == 420 and rt_detr_tokens(real, 32, 448) == 294
@@ -301,6 +324,81 @@ def test_rt_detr_needs_as_many_encoder_tokens_as_it_selects_queries(checkpoints:
     assert resized_checkpoint(checkpoint, 32).input_size == 32
     with pytest.raises(DetrError, match="--input-size 32: a 32x32 input leaves 21 encoder tokens, fewer than the 30"):
         resized_checkpoint(crowded, 32)
+
+
+def _rect_batches() -> list[Any]:
+    # the square, a strip each way (its deepest level one cell high: linspace over one step) and a taller one
+    shapes = [(INPUT_SIZE, INPUT_SIZE), (INPUT_SIZE // 2, INPUT_SIZE), (INPUT_SIZE, INPUT_SIZE // 2),
+              (3 * INPUT_SIZE // 2, INPUT_SIZE)]
+    return [np.random.default_rng(i).integers(0, 256, (2, h, w, 3), dtype=np.uint8) for i, (h, w) in enumerate(shapes)]
+
+
+@pytest.mark.parametrize("fields", [{"with_box_refine": True},
+                                    {"with_box_refine": True, "two_stage": True, "two_stage_num_proposals": 10}],
+                         ids=["box-refine", "two-stage"])
+def test_deformable_detr_variants_export_rect_and_equal_transformers(tmp_path: Path, fields: dict[str, Any]) -> None:
+    """Box refinement and the two-stage proposals (the encoder's top tokens become the queries) take the
+    rect letterbox too, equal to transformers at every shape."""
+    folder = save_tiny(tmp_path / "variant", "deformable_detr", **fields)
+    checkpoint = load_detr(checkpoint_weights(folder), STYLES["deformable_detr"])
+    assert all(getattr(checkpoint.model.config, k) == v for k, v in fields.items())
+    assert checkpoint.letterbox_stride == 32
+    nms = NmsSettings(score_threshold=THRESHOLD)
+    path = export_detr_onnx(checkpoint, tmp_path / "detector.onnx", nms=nms, letterbox_stride=32)
+    batches = _rect_batches()
+    report = compare_detr(checkpoint, path, batches, nms)
+    assert report.max_abs_error["kept_mismatch"] == 0 and report.max_abs_error["scores"] < 1e-4
+    assert report.max_abs_error["boxes"] < 0.05
+    assert all(sum(len(r) for r in reference_detections(checkpoint, b, THRESHOLD)) for b in batches)
+
+
+def test_deformable_detr_needs_both_trace_fixes_for_the_rect_letterbox(checkpoints: dict[str, Path], tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without its levels' shapes rebuilt from the input, a rect graph scales the sampling offsets by the
+    export size's levels at every shape; without the exporter's linspace mended, a level one cell high
+    (a strip) gives NaN reference points. Each alone breaks the shapes it is there for."""
+    from fashionbox.converter import detr
+
+    checkpoint = load_detr(checkpoint_weights(checkpoints["deformable_detr"]), STYLES["deformable_detr"])
+    nms = NmsSettings(score_threshold=THRESHOLD)
+    square, strip, _, taller = _rect_batches()
+
+    def mismatches(name: str, batch: Any) -> float:
+        path = export_detr_onnx(checkpoint, tmp_path / f"{name}.onnx", nms=nms, letterbox_stride=32)
+        return compare_detr(checkpoint, path, [batch], nms).max_abs_error["kept_mismatch"]
+
+    assert mismatches("fixed", strip) == 0 and mismatches("fixed-taller", taller) == 0
+    # the export size's level shapes baked in: right on the square only
+    unshaped = replace(checkpoint, style=replace(checkpoint.style, prepare_rect=lambda model: model))
+    path = export_detr_onnx(unshaped, tmp_path / "unshaped.onnx", nms=nms, letterbox_stride=32)
+    assert compare_detr(checkpoint, path, [square], nms).max_abs_error["kept_mismatch"] == 0
+    assert compare_detr(checkpoint, path, [taller], nms).max_abs_error["kept_mismatch"] > 0
+    # the exporter's own linspace: right wherever each level has more than one row and column
+    monkeypatch.setattr(detr, "_exporter_fixes", lambda opset: contextlib.nullcontext())
+    assert mismatches("nan", taller) == 0 and mismatches("nan-strip", strip) > 0
+
+
+def test_deformable_detr_sizes_its_levels_and_tokens_from_the_config(checkpoints: dict[str, Path]) -> None:
+    """The levels' strides give the encoder's token count (a two-stage model's proposals are chosen among
+    them) and the deepest level's cells (one cell: its GroupNorm refuses a batch of one)."""
+    from fashionbox.converter.detr import deformable_tokens
+
+    checkpoint = load_detr(checkpoint_weights(checkpoints["deformable_detr"]), STYLES["deformable_detr"])
+    assert_counts_tokens(checkpoint.model, checkpoint.model.model.encoder,
+                         lambda args, kwargs: kwargs["inputs_embeds"], deformable_tokens)
+    # a real one: a timm ResNet-50's strides 8, 16, 32 and an extra level at 64; 300 queries
+    real = transformers.DeformableDetrConfig()
+    assert deformable_tokens(real, 800, 800) == 100 * 100 + 50 * 50 + 25 * 25 + 13 * 13
+    style = STYLES["deformable_detr"]
+    style.check_size(real, 96)
+    with pytest.raises(DetrError, match="a 64x64 input leaves one cell on Deformable DETR's stride-64 level"):
+        style.check_size(real, 64)
+    two_stage = transformers.DeformableDetrConfig(two_stage=True, with_box_refine=True)
+    assert deformable_tokens(two_stage, 32, 800) == 538 and style.rect_stride(two_stage, 800) == 32
+    assert deformable_tokens(two_stage, 32, 416) == 280 and style.rect_stride(two_stage, 416) == 0
+    assert style.rect_stride(real, 416) == 32  # one stage: the queries are learned, not chosen among tokens
+    with pytest.raises(DetrError, match="a 96x96 input leaves 193 encoder tokens, fewer than the 300 proposals"):
+        style.check_size(two_stage, 96)
 
 
 def test_top_k_families_may_report_one_query_for_two_classes(checkpoints: dict[str, Path]) -> None:
@@ -350,8 +448,8 @@ def test_a_checkpoint_of_a_family_that_is_not_detr_style_is_refused(checkpoints:
     folder = _copy(checkpoints["detr"], tmp_path / "vit")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "vit"}))
-    _refused(folder, tmp_path, r"model_type 'vit' is not supported; known: \['conditional_detr', 'd_fine', 'detr', "
-                               r"'rt_detr', 'rt_detr_v2', 'yolos'\]$")
+    _refused(folder, tmp_path, r"model_type 'vit' is not supported; known: \['conditional_detr', 'd_fine', "
+                               r"'deformable_detr', 'detr', 'rt_detr', 'rt_detr_v2', 'yolos'\]$")
 
 
 def test_loading_a_checkpoint_as_another_family_is_refused(checkpoints: dict[str, Path]) -> None:
@@ -531,7 +629,7 @@ def test_served_detections_equal_transformers_on_the_same_images(
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name", ["detr", "rt_detr"])
+@pytest.mark.parametrize("name", ["detr", "deformable_detr", "rt_detr"])
 def test_a_served_openvino_repository_takes_the_rect_letterbox_as_onnx_runtime(
         triton_server: Any, checkpoints: dict[str, Path], tmp_path: Path, name: str) -> None:
     """OpenVINO compiles the graph with a dynamic height and width once and serves every shape of it. The

@@ -164,11 +164,13 @@ FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yol
                                              "rt_detr": _hf_family("rt_detr"),
                                              "rt_detr_v2": _hf_family("rt_detr_v2"),
                                              "d_fine": _hf_family("d_fine"),
+                                             "deformable_detr": _hf_family("deformable_detr"),
                                              "ultralytics": _ultralytics_family}
 """Family name -> factory (lazy, so importing the converter does not import torch)."""
 
 HF_MODEL_TYPES: dict[str, str] = {"yolos": "yolos", "detr": "detr", "conditional_detr": "conditional_detr",
-                                  "rt_detr": "rt_detr", "rt_detr_v2": "rt_detr_v2", "d_fine": "d_fine"}
+                                  "rt_detr": "rt_detr", "rt_detr_v2": "rt_detr_v2", "d_fine": "d_fine",
+                                  "deformable_detr": "deformable_detr"}
 """``model_type`` of a Hugging Face checkpoint's config.json -> family (specs ``hf:FOLDER_OR_HUB_ID``)."""
 
 

@@ -1,7 +1,8 @@
 """The DETR-style transformers families: a Hugging Face object-detection checkpoint -> the detector ONNX graph.
 
-One room for what every transformers DETR-style detector shares (DETR, Conditional DETR, RT-DETR,
-RT-DETRv2, D-FINE here; YOLOS adds its position-embedding baking in :mod:`fashionbox.converter.yolos`).
+One room for what every transformers DETR-style detector shares (DETR, Conditional DETR, Deformable
+DETR, RT-DETR, RT-DETRv2, D-FINE here; YOLOS adds its position-embedding baking in
+:mod:`fashionbox.converter.yolos`).
 What differs per ``model_type`` is one :class:`DetrStyle` row of :data:`STYLES`: the model and processor
 classes, how the class head turns into scores (the processor's ``post_process_object_detection``,
 read from the installed transformers), and the predictor's defaults::
@@ -19,10 +20,11 @@ serve it unchanged. Two scorings, as transformers' processors do it:
 - ``softmax`` (DETR, YOLOS: ``DetrImageProcessor.post_process_object_detection``): softmax over
   the classes, the last (no-object) class dropped, the best class per query, every query above
   the threshold.
-- ``sigmoid_top_k`` (Conditional DETR; RT-DETR, v2 and D-FINE with ``use_focal_loss``): a sigmoid
-  per class, the ``k`` best (query, class) pairs over all queries x classes, then those above the
-  threshold; one query may be reported for two classes. ``k`` is 100 for Conditional DETR (the
-  processor's ``top_k``) and the number of queries for the RT-DETR kin (its ``num_top_queries``).
+- ``sigmoid_top_k`` (Conditional and Deformable DETR; RT-DETR, v2 and D-FINE with ``use_focal_loss``):
+  a sigmoid per class, the ``k`` best (query, class) pairs over all queries x classes, then those
+  above the threshold; one query may be reported for two classes. ``k`` is 100 for Conditional and
+  Deformable DETR (the processor's ``top_k``) and the number of queries for the RT-DETR kin (its
+  ``num_top_queries``).
 
 No NMS in either (DETR-style models need none); ``postprocess`` maps the boxes to original pixels
 with the letterbox geometry, as for every family. The graph itself is
@@ -30,8 +32,8 @@ with the letterbox geometry, as for every family. The graph itself is
 :func:`write_torch_files` writes (the model saved by transformers, and the graph's spec).
 
 **The served letterbox, and how parity is defined.** The processors resize each image their own
-way: DETR, Conditional DETR and YOLOS to a short side of ``size["shortest_edge"]`` (long side at
-most ``longest_edge``) and pad the batch bottom-right with zeros plus a ``pixel_mask``; RT-DETR's
+way: DETR, Conditional and Deformable DETR and YOLOS to a short side of ``size["shortest_edge"]``
+(long side at most ``longest_edge``) and pad the batch bottom-right with zeros plus a ``pixel_mask``; RT-DETR's
 processor (RT-DETRv2's and D-FINE's too) stretches every image to ``size["height"] x size["width"]``
 (640 x 640) ignoring its aspect ratio.
 The pipeline batches equal-shaped ``PIXELS`` across requests, so FashionBox letterboxes every image
@@ -40,7 +42,9 @@ with its long side at ``S`` (the processor's ``shortest_edge``, or the smaller o
 Conditional DETR (whose sine position embeddings follow the input), RT-DETR, RT-DETRv2 and D-FINE
 (whose anchors and encoder position embeddings transformers computes from the feature maps' traced
 shapes, unless the config precomputes them for one size, ``anchor_image_size``, or samples
-"discrete"ly at a traced-in size) and YOLOS (whose position embeddings the
+"discrete"ly at a traced-in size), Deformable DETR (its levels' shapes rebuilt from the input for
+the tracer, :func:`deformable_rect_model`, and the exporter's ``linspace`` mended for a level one
+cell high) and YOLOS (whose position embeddings the
 exported graph interpolates to the input, :mod:`fashionbox.converter.yolos`) are exported with a
 dynamic height and width (:attr:`DetrStyle.rect_stride`) and served on the CPU with the rect
 letterbox (``RepositorySettings.letterbox_stride``: the short side padded only to the next multiple
@@ -67,11 +71,13 @@ safetensors (or a sharded safetensors index) through ``from_pretrained(use_safet
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -185,9 +191,13 @@ def _rt_detr_strides(config: Any) -> list[int]:
     return strides
 
 
+def _tokens(strides: Sequence[int], height: int, width: int) -> int:
+    return sum(-(-height // s) * -(-width // s) for s in strides)
+
+
 def rt_detr_tokens(config: Any, height: int, width: int) -> int:
     """The encoder tokens of an RT-DETR input: the query selection takes its ``num_queries`` among them."""
-    return sum(-(-height // s) * -(-width // s) for s in _rt_detr_strides(config))
+    return _tokens(_rt_detr_strides(config), height, width)
 
 
 def _rt_detr_size(config: Any, size: int) -> None:
@@ -211,6 +221,70 @@ def _rt_detr_v2_rect_stride(config: Any, size: int) -> int:
     # "discrete" sampling scales its sampling grid by torch.tensor([[width, height]]), which the tracer
     # bakes in at the export size: square only (the default "bilinear" method follows the input)
     return 0 if getattr(config, "decoder_method", "default") == "discrete" else _rt_detr_rect_stride(config, size)
+
+
+def _deformable_strides(config: Any) -> list[int]:
+    # the levels: the backbone's outputs (its last, stride 32, and each earlier one half of it: ResNet,
+    # Swin; transformers takes three of them from a timm backbone when there are several levels), then
+    # one stride-2 convolution per extra level
+    levels = int(config.num_feature_levels)
+    backbone = getattr(config, "backbone_config", None)
+    outputs = 1 if levels == 1 else min(levels, len(getattr(backbone, "out_features", None) or ()) or 3)
+    return [32 >> (outputs - 1 - i) for i in range(outputs)] + [32 << (i + 1) for i in range(levels - outputs)]
+
+
+def deformable_tokens(config: Any, height: int, width: int) -> int:
+    """The encoder tokens of a Deformable DETR input: a two-stage model's proposals are its
+    ``two_stage_num_proposals`` best among them."""
+    return _tokens(_deformable_strides(config), height, width)
+
+
+def _proposals(config: Any) -> int:
+    # the encoder tokens a two-stage model keeps as its queries' proposals; none for one stage
+    return int(config.two_stage_num_proposals) if config.two_stage else 0
+
+
+def _deformable_size(config: Any, size: int) -> None:
+    deepest = _deformable_strides(config)[-1]
+    if size <= deepest:
+        # one cell on the deepest level: its GroupNorm has a single value per group and refuses a batch of one
+        raise DetrError(f"a {size}x{size} input leaves one cell on Deformable DETR's stride-{deepest} level: serve "
+                        "it at a larger size")
+    tokens = deformable_tokens(config, size, size)
+    if _proposals(config) > tokens:
+        raise DetrError(f"a {size}x{size} input leaves {tokens} encoder tokens, fewer than the {_proposals(config)} "
+                        "proposals two-stage Deformable DETR selects among them: serve it at a larger size")
+
+
+def _deformable_rect_stride(config: Any, size: int) -> int:
+    # the backbone's stride; square only where a two-stage model's strip of one stride would leave fewer
+    # encoder tokens than the proposals it selects
+    return 0 if _proposals(config) > deformable_tokens(config, size, 32) else 32
+
+
+def _traced_level_shapes(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    # the levels' (height, width) table, rebuilt from the feature maps' sizes with stack, which the
+    # tracer records as operations on the input's shape
+    levels = kwargs["spatial_shapes_list"]
+    kwargs["spatial_shapes"] = torch.stack([torch.stack([torch.as_tensor(h), torch.as_tensor(w)]) for h, w in levels])
+    return args, kwargs
+
+
+def deformable_rect_model(model: Any) -> Any:
+    """A copy of a Deformable DETR ``model`` whose attention layers take the levels' shapes from the input.
+
+    transformers builds the ``spatial_shapes`` table that scales the sampling offsets with
+    ``torch.as_tensor`` over the feature maps' sizes: the tracer records it as a constant, so a graph
+    exported at one size would scale offsets wrongly at every other (silently: the shapes still fit).
+    Each multi-scale attention layer here rebuilds it from ``spatial_shapes_list``, the same sizes."""
+    rect = copy.deepcopy(model).eval()
+    layers = [m for m in rect.modules() if type(m).__name__ == "DeformableDetrMultiscaleDeformableAttention"]
+    if not layers:
+        raise DetrError(f"{type(model).__name__} has no DeformableDetrMultiscaleDeformableAttention layer to trace "
+                        "the level shapes through")
+    for layer in layers:
+        layer.register_forward_pre_hook(_traced_level_shapes, with_kwargs=True)
+    return rect
 
 
 def _same_model(model: Any) -> Any:
@@ -284,6 +358,12 @@ STYLES: dict[str, DetrStyle] = {
     "d_fine": DetrStyle("d_fine", "DFineForObjectDetection", "RTDetrImageProcessorPil", "sigmoid_top_k",
                         class_head=r"model\.decoder\.class_embed\.\d+\.weight", max_detections=300,
                         check_config=_rt_detr_check, check_size=_rt_detr_size, rect_stride=_rt_detr_v2_rect_stride),
+    # Deformable DETR: Conditional DETR's post-processing (k = 100); two-stage and box refinement alike
+    "deformable_detr": DetrStyle("deformable_detr", "DeformableDetrForObjectDetection",
+                                 "DeformableDetrImageProcessorPil", "sigmoid_top_k",
+                                 class_head=r"(model\.decoder\.)?class_embed\.\d+\.weight", top_k=100,
+                                 check_size=_deformable_size, rect_stride=_deformable_rect_stride,
+                                 prepare_rect=deformable_rect_model),
 }
 """``model_type`` -> its style (YOLOS's row lives in :mod:`fashionbox.converter.yolos`)."""
 
@@ -531,6 +611,31 @@ def detr_graph(checkpoint: DetrCheckpoint, score_threshold: float) -> DetrGraph:
                      score_threshold).eval()
 
 
+def _linspace_symbolic(g: Any, start: Any, end: Any, steps: Any, dtype: Any, layout: Any, device: Any,
+                       pin_memory: Any) -> Any:
+    # the TorchScript exporter's own linspace divides by steps - 1: NaN for one step, where torch gives
+    # [start] (a level one cell high on a strip's letterbox: Deformable DETR's reference points)
+    from torch.onnx import symbolic_helper
+    from torch.onnx import symbolic_opset9 as ops
+
+    one = g.op("Constant", value_t=torch.tensor(1, dtype=torch.int64))
+    intervals = g.op("Max", ops.sub(g, steps, one), one)
+    step = ops.div(g, ops.sub(g, end, start), intervals)
+    return ops.add(g, ops.mul(g, symbolic_helper._arange_helper(g, steps, None), step), start)
+
+
+@contextmanager
+def _exporter_fixes(opset: int) -> Iterator[None]:
+    # the TorchScript exporter's registry (deprecated with that exporter, which these graphs need)
+    from torch.onnx.utils import register_custom_op_symbolic, unregister_custom_op_symbolic
+
+    register_custom_op_symbolic("aten::linspace", _linspace_symbolic, opset)
+    try:
+        yield
+    finally:
+        unregister_custom_op_symbolic("aten::linspace", opset)
+
+
 def export_detr_onnx(checkpoint: DetrCheckpoint, path: Path, *, nms: NmsSettings, opset: int = MIN_OPSET,
                      letterbox_stride: int = 0) -> Path:
     """Export the graph (TorchScript exporter; dynamic batch) for the square letterbox, or with
@@ -554,7 +659,7 @@ def export_detr_onnx(checkpoint: DetrCheckpoint, path: Path, *, nms: NmsSettings
     sides = {1: "height", 2: "width"} if letterbox_stride else {}
     dynamic = {contract.ONNX_DETECTOR_INPUT: {0: "batch", **sides}, contract.ONNX_DETECTOR_BOXES: {0: "batch"},
                contract.ONNX_DETECTOR_SCORES: {0: "batch"}, contract.ONNX_DETECTOR_SELECTED: {0: "selected"}}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _exporter_fixes(opset):
         warnings.simplefilter("ignore")  # tracer and deprecation warnings from torch and transformers
         torch.onnx.export(graph, (example,), str(path), input_names=[contract.ONNX_DETECTOR_INPUT],
                           output_names=names, dynamic_axes=dynamic, opset_version=opset,

@@ -1,10 +1,10 @@
 """A DETR-style detector with its processor's normalisation and post-processing: what is exported and
 what the torch runtime serves, one definition.
 
-:class:`DetrGraph` wraps a transformers object-detection model (DETR, Conditional DETR, RT-DETR,
-YOLOS) so that it takes what ``preprocess`` makes, uint8 letterboxed pixels ``[B, H, W, 3]`` (the square
-``S x S``, or a rect letterbox where the model takes any height and width: DETR, Conditional DETR,
-YOLOS with its embeddings interpolated in the graph),
+:class:`DetrGraph` wraps a transformers object-detection model (DETR, Conditional and Deformable DETR,
+RT-DETR and its kin, YOLOS) so that it takes what ``preprocess`` makes, uint8 letterboxed pixels
+``[B, H, W, 3]`` (the square ``S x S``, or a rect letterbox where the model takes any height and width:
+all of them but a few configurations, YOLOS with its embeddings interpolated in the graph),
 applies the processor's ``(pixel * rescale - mean) / std`` and returns the detector contract's three
 tensors: ``boxes [B, N, 4]`` (corners in letterbox pixels: the normalised boxes times the input's own
 width and height, as ``target_sizes`` does), ``scores [B, C, N]`` and ``selected [M, 3]`` rows of
@@ -12,9 +12,9 @@ width and height, as ``target_sizes`` does), ``scores [B, C, N]`` and ``selected
 
 - ``softmax`` (DETR, YOLOS): softmax over the classes, the no-object class dropped, the best class
   per query, every query above the threshold;
-- ``sigmoid_top_k`` (Conditional DETR, RT-DETR): a sigmoid per class, the ``top_k`` best (query,
-  class) pairs over all queries x classes, those above the threshold (one query may be kept for two
-  classes).
+- ``sigmoid_top_k`` (Conditional and Deformable DETR, the RT-DETR kin): a sigmoid per class, the
+  ``top_k`` best (query, class) pairs over all queries x classes, those above the threshold (one query
+  may be kept for two classes).
 
 The converter (``fashionbox.converter.detr``) exports it to ONNX; the torch runtime
 (:class:`fashionbox.models.torch_runtime.TorchDetrDetector`) runs it as it is, rebuilt from
