@@ -1,23 +1,27 @@
-"""Benchmark: an RT-DETR-R18-sized model served by FashionBox against in-process transformers, in one run.
+"""Benchmark: a DETR-style model served by FashionBox against in-process transformers, in one run.
 
-    .venv/bin/python tests/benchmarks/bench_detr.py [--family rt_detr|rt_detr_v2|d_fine] [--letterbox square|rect] \
-        [--rounds 2] [--images 3] [--out ...]
+    .venv/bin/python tests/benchmarks/bench_detr.py [--family rt_detr|rt_detr_v2|d_fine|deformable_detr] \
+        [--letterbox square|rect] [--rounds 2] [--images 3] [--out ...]
 
-The model has ``PekingU/rtdetr_r18vd``'s shape (ResNet-18-vd basic blocks, hybrid encoder 256 wide,
-3 decoder layers, 300 queries) with 46 Fashionpedia labels and random weights: the same compute, no
-download; ``--family rt_detr_v2`` the same shape as RT-DETRv2 (``rtdetr_v2_r18vd``'s), ``--family
-d_fine`` D-FINE's decoder on it (D-FINE's own checkpoints use HGNetV2 backbones). Their processor is
-``RTDetrImageProcessor``'s default (640 x 640, rescale, no normalisation).
+``--family rt_detr`` (the default): ``PekingU/rtdetr_r18vd``'s shape (ResNet-18-vd basic blocks,
+hybrid encoder 256 wide, 3 decoder layers, 300 queries); ``--family rt_detr_v2`` the same shape as
+RT-DETRv2 (``rtdetr_v2_r18vd``'s), ``--family d_fine`` D-FINE's decoder on it (D-FINE's own
+checkpoints use HGNetV2 backbones); their processor is ``RTDetrImageProcessor``'s default (640 x 640,
+rescale, no normalisation). ``--family deformable_detr``: ``SenseTime/deformable-detr``'s shape
+(ResNet-50, four levels, 6 + 6 deformable layers 256 wide, 300 queries), processor
+``DeformableDetrImageProcessor``'s default (shortest edge 800). 46 Fashionpedia labels and random
+weights: the same compute, no download.
 On the same 1280x960 JPEGs (generated, fixed seeds) it measures:
 
 - **served**: ``convert(detector="hf:FOLDER")`` into a repository (ONNX Runtime), the embedded
   Triton, the closed-loop load generator over gRPC: latency p50/p99 at concurrency 1, images/s at
-  concurrency 2. The detector runs at a 640x640 letterbox (``--letterbox square``, the default here),
-  or with ``--letterbox rect`` at the CPU's default rect one, 640x480 for these photos (the two are
-  measured against each other by ``bench_detr_letterbox.py --family rt_detr``; ``converter/detr.py``).
-- **transformers, its own way**: ``RTDetrImageProcessor`` (stretch to 640 x 640),
-  ``RTDetrForObjectDetection`` in PyTorch eager, ``post_process_object_detection``; torch on 2
-  threads; one image at a time.
+  concurrency 2. The detector runs at a square letterbox (``--letterbox square``, the default here:
+  640 x 640, 800 x 800 for Deformable DETR), or with ``--letterbox rect`` at the CPU's default rect
+  one, 640 x 480 (800 x 608) for these photos (the two are measured against each other by
+  ``bench_detr_letterbox.py``; ``converter/detr.py``).
+- **transformers, its own way**: the family's processor (RT-DETR's stretches to 640 x 640, Deformable
+  DETR's resizes to a short side of 800), the model in PyTorch eager, ``post_process_object_detection``;
+  torch on 2 threads; one image at a time.
 - **transformers, same letterbox**: the same in-process path fed FashionBox's letterbox (square or rect).
 - **detector graph alone**: the repository's ``detector/1/model.onnx`` in ONNX Runtime (2 threads)
   on pre-letterboxed pixels.
@@ -33,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,35 +48,77 @@ from bench_yolos import make_images, run_onnx_detector, run_served
 from bench_yolos import run_transformers as run_yolos_way
 
 ROOT = Path(__file__).resolve().parents[2]
-SIZE = 640
 BACKBONE = {"embedding_size": 64, "hidden_sizes": [64, 128, 256, 512], "depths": [2, 2, 2, 2],
             "layer_type": "basic", "out_features": ["stage2", "stage3", "stage4"]}
 R18_SHAPE = {"encoder_in_channels": [128, 256, 512], "encoder_hidden_dim": 256, "encoder_ffn_dim": 1024,
              "d_model": 256, "decoder_layers": 3, "decoder_ffn_dim": 1024, "num_queries": 300}
 
 
-FAMILIES = {"rt_detr": ("RTDetrConfig", "RTDetrForObjectDetection", "rtdetr_r18vd's shape"),
-            "rt_detr_v2": ("RTDetrV2Config", "RTDetrV2ForObjectDetection", "rtdetr_v2_r18vd's shape"),
-            "d_fine": ("DFineConfig", "DFineForObjectDetection",
-                       "D-FINE's decoder on rtdetr_r18vd's backbone and encoder shape")}
-"""``--family`` -> its transformers config and model classes, and what the random model's shape is."""
+DEFORMABLE_R50_SHAPE = {"d_model": 256, "encoder_layers": 6, "decoder_layers": 6, "encoder_attention_heads": 8,
+                        "decoder_attention_heads": 8, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024,
+                        "num_queries": 300, "num_feature_levels": 4, "encoder_n_points": 4, "decoder_n_points": 4}
+R50_BACKBONE = "transformers ResNet-50 (bottleneck [3, 4, 6, 3]), stages 2-4"
+
+
+@dataclass(frozen=True)
+class BenchFamily:
+    config_class: str
+    model_class: str
+    shape: str
+    """What the random model's shape is."""
+    processor_class: str = "RTDetrImageProcessorPil"
+    size: int = 640
+    """The processor's size: the served letterbox's side."""
+
+
+FAMILIES = {"rt_detr": BenchFamily("RTDetrConfig", "RTDetrForObjectDetection", "rtdetr_r18vd's shape"),
+            "rt_detr_v2": BenchFamily("RTDetrV2Config", "RTDetrV2ForObjectDetection", "rtdetr_v2_r18vd's shape"),
+            "d_fine": BenchFamily("DFineConfig", "DFineForObjectDetection",
+                                  "D-FINE's decoder on rtdetr_r18vd's backbone and encoder shape"),
+            "deformable_detr": BenchFamily("DeformableDetrConfig", "DeformableDetrForObjectDetection",
+                                           "SenseTime/deformable-detr's shape", "DeformableDetrImageProcessorPil", 800)}
+"""``--family`` -> its transformers classes, processor and size, and what the random model's shape is."""
+
+
+def _labels() -> dict[str, Any]:
+    from fashionbox.contract.labels import fashionpedia_taxonomy
+
+    names = [c["name"] for c in fashionpedia_taxonomy()["categories"]]
+    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
 
 def save_r18_sized_rt_detr(folder: Path, family: str = "rt_detr") -> Path:
     import torch
     import transformers
 
-    from fashionbox.contract.labels import fashionpedia_taxonomy
-
-    config_class, model_class, _ = FAMILIES[family]
-    names = [c["name"] for c in fashionpedia_taxonomy()["categories"]]
+    bench = FAMILIES[family]
     torch.manual_seed(0)
-    config = getattr(transformers, config_class)(
+    config = getattr(transformers, bench.config_class)(
         backbone_config=transformers.RTDetrResNetConfig(**BACKBONE), use_pretrained_backbone=False, **R18_SHAPE,
-        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    getattr(transformers, model_class)(config).save_pretrained(folder)
+        **_labels())
+    getattr(transformers, bench.model_class)(config).save_pretrained(folder)
     transformers.RTDetrImageProcessorPil().save_pretrained(folder)  # 640 x 640, its default (v2's, D-FINE's too)
     return folder
+
+
+def save_r50_sized_deformable_detr(folder: Path) -> Path:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    backbone = transformers.ResNetConfig(out_features=["stage2", "stage3", "stage4"])  # ResNet-50
+    config = transformers.DeformableDetrConfig(use_timm_backbone=False, use_pretrained_backbone=False,
+                                               backbone_config=backbone, **DEFORMABLE_R50_SHAPE, **_labels())
+    transformers.DeformableDetrForObjectDetection(config).save_pretrained(folder)
+    transformers.DeformableDetrImageProcessorPil().save_pretrained(folder)  # shortest edge 800, its default
+    return folder
+
+
+def save_sized(folder: Path, family: str) -> tuple[Path, dict[str, Any]]:
+    """``family``'s random checkpoint in ``folder``, and its shape for the report."""
+    if family == "deformable_detr":
+        return save_r50_sized_deformable_detr(folder), {"backbone": R50_BACKBONE, **DEFORMABLE_R50_SHAPE}
+    return save_r18_sized_rt_detr(folder, family), {"backbone": BACKBONE, **R18_SHAPE}
 
 
 def recorded_not_enforced() -> dict[str, float]:
@@ -89,8 +136,9 @@ def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int |
                      family: str = "rt_detr") -> list[float]:
     """Seconds per image, decode to detections, in process (the processor's resize when ``letterbox_size`` is None;
     else FashionBox's square letterbox, or its rect one of ``stride``)."""
-    return run_yolos_way(folder, images, letterbox_size=letterbox_size, model_class=FAMILIES[family][1],
-                         processor_class="RTDetrImageProcessorPil", threshold=0.5, stride=stride)
+    bench = FAMILIES[family]
+    return run_yolos_way(folder, images, letterbox_size=letterbox_size, model_class=bench.model_class,
+                         processor_class=bench.processor_class, threshold=0.5, stride=stride)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     name = "detr" if args.family == "rt_detr" else args.family
     out = args.out or ROOT / f"tests/benchmarks/results/{name}{'' if args.letterbox == 'square' else '_rect'}.json"
-    stride = 32 if args.letterbox == "rect" else 0  # the deepest feature stride
+    stride = 32 if args.letterbox == "rect" else 0  # the backbone's deepest feature stride
+    size = FAMILIES[args.family].size
 
     from fashionbox.converter import ConvertOptions, convert
     from fashionbox.core.serving import OrtSettings
@@ -115,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     images = make_images(args.images)
     runs: dict[str, Any] = {"own_way_s": [], "letterbox_s": [], "onnx_alone_s": [], "served_c1": [], "served_c2": []}
     with tempfile.TemporaryDirectory(prefix="fashionbox-bench-detr-") as tmp:
-        folder = save_r18_sized_rt_detr(Path(tmp) / args.family, args.family)
+        folder, shape = save_sized(Path(tmp) / args.family, args.family)
         started = time.perf_counter()
         result = convert(ConvertOptions(
             out=Path(tmp) / "repo", detector=f"hf:{folder}", compare_samples=2, runtime="onnxruntime",
@@ -133,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             for round_index in range(args.rounds):
                 own = run_transformers(folder, images, letterbox_size=None, family=args.family)
                 runs["own_way_s"].append(own)
-                same = run_transformers(folder, images, letterbox_size=SIZE, stride=stride, family=args.family)
+                same = run_transformers(folder, images, letterbox_size=size, stride=stride, family=args.family)
                 runs["letterbox_s"].append(same)
-                alone = run_onnx_detector(repository, images, SIZE, stride)
+                alone = run_onnx_detector(repository, images, size, stride)
                 runs["onnx_alone_s"].append(alone)
                 c1 = run_served(url, images, 1, args.duration_s)
                 runs["served_c1"].append(c1)
@@ -168,9 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         "convert_comparison_not_enforced": result.reports["detector"],
     }
     write_report(out, __file__, argv, {
-        "model": {"family": args.family, "backbone": BACKBONE, **R18_SHAPE, "labels": 46, "served_letterbox": SIZE,
+        "model": {"family": args.family, **shape, "labels": 46, "served_letterbox": size,
                   "letterbox": args.letterbox, "letterbox_stride": stride,
-                  "weights": f"random ({FAMILIES[args.family][2]}, same compute)"},
+                  "weights": f"random ({FAMILIES[args.family].shape}, same compute)"},
         "rounds": args.rounds, "images": args.images, "duration_s": args.duration_s, "summary": summary, "runs": runs,
     })
     print(json.dumps(summary, indent=2))

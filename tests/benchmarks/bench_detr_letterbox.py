@@ -76,7 +76,7 @@ FAMILIES = {"detr": save_r50_sized_detr, "rt_detr": save_r18_sized_rt_detr, "yol
 MODELS = {"detr": {"family": "detr", "backbone": "transformers ResNet-50 (bottleneck [3, 4, 6, 3])", **R50_SHAPE,
                    "weights": "random (detr-resnet-50's shape, same compute)"},
           "rt_detr": {"family": "rt_detr", "backbone": BACKBONE, **R18_SHAPE,
-                      "weights": f"random ({RT_DETR_SHAPES['rt_detr'][2]}, same compute)"},
+                      "weights": f"random ({RT_DETR_SHAPES['rt_detr'].shape}, same compute)"},
           "yolos": {"family": "yolos", **SEED_SHAPE, "processor": SEED_PROCESSOR_SIZE,
                     "weights": "random (yolos-fashionpedia's shape, same compute)"}}
 
