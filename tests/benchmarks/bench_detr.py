@@ -62,13 +62,14 @@ R50_BACKBONE = "transformers ResNet-50 (bottleneck [3, 4, 6, 3]), stages 2-4"
 
 @dataclass(frozen=True)
 class BenchFamily:
+    """A ``--family``: its transformers classes, what the random model's shape is, its processor and that
+    processor's size (the served letterbox's side)."""
+
     config_class: str
     model_class: str
     shape: str
-    """What the random model's shape is."""
     processor_class: str = "RTDetrImageProcessorPil"
     size: int = 640
-    """The processor's size: the served letterbox's side."""
 
 
 FAMILIES = {"rt_detr": BenchFamily("RTDetrConfig", "RTDetrForObjectDetection", "rtdetr_r18vd's shape"),
