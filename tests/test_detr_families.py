@@ -1,5 +1,5 @@
-"""DETR-style families (DETR, Conditional DETR, Deformable DETR, RT-DETR, RT-DETRv2, D-FINE): tiny random
-checkpoints converted, served, as transformers.
+"""DETR-style families (DETR, Conditional DETR, Deformable DETR, DAB-DETR, RT-DETR, RT-DETRv2, D-FINE): tiny
+random checkpoints converted, served, as transformers.
 
 No network: each checkpoint is a random-initialised transformers config (transformers' own ResNet
 backbone, ``use_pretrained_backbone=False``; docs/FIELD_NOTES.md) saved with ``save_pretrained``
@@ -51,11 +51,11 @@ from fashionbox.models.nms import NmsSettings  # noqa: E402
 INPUT_SIZE = 64
 THRESHOLD = 0.3
 NAMES = ["shirt, blouse", "pants", "dress", "shoe", "sleeve", "neckline", "bag, wallet"]
-FAMILY_NAMES = ("detr", "conditional_detr", "deformable_detr", "rt_detr", "rt_detr_v2", "d_fine")
+FAMILY_NAMES = ("detr", "conditional_detr", "deformable_detr", "dab_detr", "rt_detr", "rt_detr_v2", "d_fine")
 RT_DETR_LIKE = ("rt_detr", "rt_detr_v2", "d_fine")
 """RT-DETR and its successors: the same processor, query selection and post-processing."""
-GAIN = {"detr": 1.5, "conditional_detr": 1.5, "deformable_detr": 1.5, "rt_detr": 4.0, "rt_detr_v2": 4.0,
-        "d_fine": 1.5}
+GAIN = {"detr": 1.5, "conditional_detr": 1.5, "deformable_detr": 1.5, "dab_detr": 1.5, "rt_detr": 4.0,
+        "rt_detr_v2": 4.0, "d_fine": 1.5}
 """Weight scale per family (``spread``): RT-DETR needs more for its encoder positions to differ; at that
 scale D-FINE's boxes overflow to NaN."""
 
@@ -79,6 +79,10 @@ def tiny_config(model_type: str, names: list[str] = NAMES) -> Any:
         return transformers.DeformableDetrConfig(
             backbone_config=_resnet(out_features=["stage2", "stage3", "stage4"]), num_feature_levels=3,
             encoder_n_points=2, decoder_n_points=2, **{**detr_like, "d_model": 32, "decoder_layers": 2})
+    if model_type == "dab_detr":  # its width is hidden_size
+        detr_like = {k: v for k, v in detr_like.items() if k != "d_model"}
+        return transformers.DabDetrConfig(backbone_config=_resnet(out_features=["stage4"]), hidden_size=16,
+                                          **detr_like)
     if model_type in RT_DETR_LIKE:
         backbone = transformers.RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16],
                                                    depths=[1, 1, 1, 1], out_features=["stage2", "stage3", "stage4"])
@@ -114,7 +118,8 @@ def processor_for(model_type: str) -> Any:
         return transformers.RTDetrImageProcessorPil(size={"height": INPUT_SIZE, "width": INPUT_SIZE})
     cls = {"detr": transformers.DetrImageProcessorPil,
            "conditional_detr": transformers.ConditionalDetrImageProcessorPil,
-           "deformable_detr": transformers.DeformableDetrImageProcessorPil}[model_type]
+           "deformable_detr": transformers.DeformableDetrImageProcessorPil,
+           "dab_detr": transformers.ConditionalDetrImageProcessorPil}[model_type]
     return cls(size={"shortest_edge": INPUT_SIZE, "longest_edge": 112})
 
 
@@ -173,7 +178,8 @@ def test_hf_spec_resolves_each_model_type_to_its_family(checkpoints: dict[str, P
 
 @pytest.mark.parametrize(("name", "scoring", "max_detections"),
                          [("detr", "softmax", 100), ("conditional_detr", "sigmoid_top_k", 100),
-                          ("deformable_detr", "sigmoid_top_k", 100), ("rt_detr", "sigmoid_top_k", 300),
+                          ("deformable_detr", "sigmoid_top_k", 100), ("dab_detr", "sigmoid_top_k", 100),
+                          ("rt_detr", "sigmoid_top_k", 300),
                           ("yolos", "softmax", 100)])
 def test_each_family_defaults_to_its_processors_post_processing(tmp_path: Path, name: str, scoring: str,
                                                                 max_detections: int) -> None:
@@ -188,13 +194,13 @@ def test_each_family_defaults_to_its_processors_post_processing(tmp_path: Path, 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_a_checkpoint_serves_at_most_what_its_graph_gives(checkpoints: dict[str, Path], tmp_path: Path,
                                                           name: str) -> None:
-    """The pipeline's most detections per image is the loaded graph's own (10 queries here; Conditional
-    and Deformable DETR's top 100 (query, class) pairs of 10 x 7; RT-DETR's top-k of its queries), not the family's
-    default for its hub checkpoints, unless --max-detections says otherwise."""
+    """The pipeline's most detections per image is the loaded graph's own (10 queries here; Conditional,
+    Deformable and DAB-DETR's top 100 (query, class) pairs of 10 x 7; RT-DETR's top-k of its queries), not
+    the family's default for its hub checkpoints, unless --max-detections says otherwise."""
     family = FAMILIES[name]()
     checkpoint, _ = family.load_detector(checkpoint_weights(checkpoints[name]))
-    expected = {"detr": 10, "conditional_detr": 70, "deformable_detr": 70, "rt_detr": 10, "rt_detr_v2": 10,
-                "d_fine": 10}[name]
+    expected = {"detr": 10, "conditional_detr": 70, "deformable_detr": 70, "dab_detr": 70, "rt_detr": 10,
+                "rt_detr_v2": 10, "d_fine": 10}[name]
     assert family_nms(family, ConvertOptions(out=tmp_path), checkpoint).max_detections == expected
     assert family_nms(family, ConvertOptions(out=tmp_path, max_detections=5), checkpoint).max_detections == 5
 
@@ -238,9 +244,9 @@ def test_exported_graph_equals_transformers_post_processing(checkpoints: dict[st
     for batch in batches:  # each shape keeps something, or its comparison proves nothing
         kept = reference_detections(checkpoint, batch, THRESHOLD)
         assert sum(len(r) for r in kept) > 0, f"nothing kept at {batch.shape[1:3]}"
-        # boxes in the input's own pixels: x within its width, whatever the shape (RT-DETR's post-processing
-        # does not clip: a box may reach a little past the edge)
-        assert max(float(r.boxes[:, 2].max(initial=0)) for r in kept) <= 1.1 * batch.shape[2]
+        # boxes in the input's own pixels: x scaled by its width, whatever the shape. No post-processing here
+        # clips: a centre and a size each in [0, 1] reach up to 1.5 widths (DAB-DETR's random boxes do)
+        assert max(float(r.boxes[:, 2].max(initial=0)) for r in kept) <= 1.5 * batch.shape[2]
 
 
 def test_each_family_exports_for_a_rect_letterbox_an_anchored_rt_detr_only_for_the_square(
@@ -401,6 +407,28 @@ def test_deformable_detr_sizes_its_levels_and_tokens_from_the_config(checkpoints
         style.check_size(two_stage, 96)
 
 
+def test_the_comparison_takes_near_ties_in_either_order_and_nothing_else() -> None:
+    """Two runtimes may order two detections whose scores differ by 1e-7 either way (a DAB-DETR comparison
+    did); a kept set that really differs is still a mismatch."""
+    from fashionbox.converter.detr import compare_detections
+    from fashionbox.core.postprocessing import DetectorOutput
+
+    def detections(scores: list[float], classes: list[int]) -> DetectorOutput:
+        boxes = np.array([[10.0 * c, 0.0, 10.0 * c + 5, 5.0] for c in classes], np.float32).reshape(-1, 4)
+        return DetectorOutput(boxes=boxes, scores=np.array(scores, np.float32), classes=np.array(classes, np.int32))
+
+    ours = detections([0.9, 0.8808927, 0.88089263, 0.5], [1, 6, 5, 2])
+    errors: dict[str, float] = {}
+    compare_detections([ours], [detections([0.9, 0.88089323, 0.8808929, 0.5], [1, 5, 6, 2])], errors)
+    assert errors.get("kept_mismatch", 0.0) == 0 and errors["scores"] < 1e-6 and errors["boxes"] == 0
+    for scores, classes in [([0.9, 0.88, 0.87, 0.5], [1, 5, 6, 2]),  # 0.01 apart: not a tie, another order
+                            ([0.9, 0.8808927, 0.88089263, 0.5], [1, 6, 6, 2]),  # another class
+                            ([0.9, 0.8808927, 0.88089263], [1, 6, 5])]:  # one fewer
+        errors = {}
+        compare_detections([ours], [detections(scores, classes)], errors)
+        assert errors["kept_mismatch"] == 1, (scores, classes)
+
+
 def test_top_k_families_may_report_one_query_for_two_classes(checkpoints: dict[str, Path]) -> None:
     """Conditional DETR's post-processing ranks (query, class) pairs, not queries: the graph must too."""
     checkpoint = load_detr(checkpoint_weights(checkpoints["conditional_detr"]), STYLES["conditional_detr"])
@@ -449,7 +477,7 @@ def test_a_checkpoint_of_a_family_that_is_not_detr_style_is_refused(checkpoints:
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "vit"}))
     _refused(folder, tmp_path, r"model_type 'vit' is not supported; known: \['conditional_detr', 'd_fine', "
-                               r"'deformable_detr', 'detr', 'rt_detr', 'rt_detr_v2', 'yolos'\]$")
+                               r"'dab-detr', 'deformable_detr', 'detr', 'rt_detr', 'rt_detr_v2', 'yolos'\]$")
 
 
 def test_loading_a_checkpoint_as_another_family_is_refused(checkpoints: dict[str, Path]) -> None:

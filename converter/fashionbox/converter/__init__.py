@@ -120,7 +120,7 @@ def _detr_style_family(style: Any) -> Family:
 
     # transformers' post_process_object_detection keeps scores above its threshold (0.5 in each
     # DETR-style processor); DETR-style models need no NMS; at most the queries (or top_k) per image
-    return Family(style.model_type, family_loader(style), export_detr_onnx, compare_detr,
+    return Family(style.family, family_loader(style), export_detr_onnx, compare_detr,
                   input_size=lambda checkpoint: int(checkpoint.input_size), threads=2,
                   score_threshold=style.score_threshold, max_detections=style.max_detections,
                   own_max_detections=graph_max_detections, torch_runtime=True, torch_files=write_torch_files,
@@ -133,11 +133,11 @@ def _yolos_family() -> Family:
     return _detr_style_family(YOLOS)
 
 
-def _hf_family(model_type: str) -> Callable[[], Family]:
+def _hf_family(name: str) -> Callable[[], Family]:
     def factory() -> Family:
         from fashionbox.converter.detr import STYLES
 
-        return _detr_style_family(STYLES[model_type])
+        return _detr_style_family(STYLES[name])
 
     return factory
 
@@ -165,12 +165,13 @@ FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yol
                                              "rt_detr_v2": _hf_family("rt_detr_v2"),
                                              "d_fine": _hf_family("d_fine"),
                                              "deformable_detr": _hf_family("deformable_detr"),
+                                             "dab_detr": _hf_family("dab_detr"),
                                              "ultralytics": _ultralytics_family}
 """Family name -> factory (lazy, so importing the converter does not import torch)."""
 
 HF_MODEL_TYPES: dict[str, str] = {"yolos": "yolos", "detr": "detr", "conditional_detr": "conditional_detr",
                                   "rt_detr": "rt_detr", "rt_detr_v2": "rt_detr_v2", "d_fine": "d_fine",
-                                  "deformable_detr": "deformable_detr"}
+                                  "deformable_detr": "deformable_detr", "dab-detr": "dab_detr"}
 """``model_type`` of a Hugging Face checkpoint's config.json -> family (specs ``hf:FOLDER_OR_HUB_ID``)."""
 
 

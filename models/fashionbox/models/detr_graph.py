@@ -1,8 +1,8 @@
 """A DETR-style detector with its processor's normalisation and post-processing: what is exported and
 what the torch runtime serves, one definition.
 
-:class:`DetrGraph` wraps a transformers object-detection model (DETR, Conditional and Deformable DETR,
-RT-DETR and its kin, YOLOS) so that it takes what ``preprocess`` makes, uint8 letterboxed pixels
+:class:`DetrGraph` wraps a transformers object-detection model (DETR, Conditional, Deformable and
+DAB-DETR, RT-DETR and its kin, YOLOS) so that it takes what ``preprocess`` makes, uint8 letterboxed pixels
 ``[B, H, W, 3]`` (the square ``S x S``, or a rect letterbox where the model takes any height and width:
 all of them but a few configurations, YOLOS with its embeddings interpolated in the graph),
 applies the processor's ``(pixel * rescale - mean) / std`` and returns the detector contract's three
@@ -12,7 +12,7 @@ width and height, as ``target_sizes`` does), ``scores [B, C, N]`` and ``selected
 
 - ``softmax`` (DETR, YOLOS): softmax over the classes, the no-object class dropped, the best class
   per query, every query above the threshold;
-- ``sigmoid_top_k`` (Conditional and Deformable DETR, the RT-DETR kin): a sigmoid per class, the
+- ``sigmoid_top_k`` (Conditional, Deformable and DAB-DETR, the RT-DETR kin): a sigmoid per class, the
   ``top_k`` best (query, class) pairs over all queries x classes, those above the threshold (one query
   may be kept for two classes).
 
