@@ -1,5 +1,5 @@
-"""DETR-style families (DETR, Conditional DETR, Deformable DETR, DAB-DETR, RT-DETR, RT-DETRv2, D-FINE): tiny
-random checkpoints converted, served, as transformers.
+"""DETR-style families (DETR, Conditional DETR, Deformable DETR, DAB-DETR, RT-DETR, RT-DETRv2, D-FINE,
+DEIMv2): tiny random checkpoints converted, served, as transformers.
 
 No network: each checkpoint is a random-initialised transformers config (transformers' own ResNet
 backbone, ``use_pretrained_backbone=False``; docs/FIELD_NOTES.md) saved with ``save_pretrained``
@@ -51,17 +51,27 @@ from fashionbox.models.nms import NmsSettings  # noqa: E402
 INPUT_SIZE = 64
 THRESHOLD = 0.3
 NAMES = ["shirt, blouse", "pants", "dress", "shoe", "sleeve", "neckline", "bag, wallet"]
-FAMILY_NAMES = ("detr", "conditional_detr", "deformable_detr", "dab_detr", "rt_detr", "rt_detr_v2", "d_fine")
-RT_DETR_LIKE = ("rt_detr", "rt_detr_v2", "d_fine")
+FAMILY_NAMES = ("detr", "conditional_detr", "deformable_detr", "dab_detr", "rt_detr", "rt_detr_v2", "d_fine",
+                "deimv2")
+RT_DETR_LIKE = ("rt_detr", "rt_detr_v2", "d_fine", "deimv2")
 """RT-DETR and its successors: the same processor, query selection and post-processing."""
 GAIN = {"detr": 1.5, "conditional_detr": 1.5, "deformable_detr": 1.5, "dab_detr": 1.5, "rt_detr": 4.0,
-        "rt_detr_v2": 4.0, "d_fine": 1.5}
+        "rt_detr_v2": 4.0, "d_fine": 1.5, "deimv2": 1.0}
 """Weight scale per family (``spread``): RT-DETR needs more for its encoder positions to differ; at that
-scale D-FINE's boxes overflow to NaN."""
+scale D-FINE's boxes overflow to NaN; at D-FINE's, DEIMv2's HGNetV2 amplifies float noise to 6e-4 in
+the scores."""
 
 
 def _resnet(**kwargs: Any) -> Any:
     return transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], **kwargs)
+
+
+def tiny_hgnet(out_features: list[str]) -> Any:
+    """A tiny HGNetV2 (DEIMv2's CNN backbone): four stages 16 wide, one block of one layer each."""
+    return transformers.HGNetV2Config(
+        embedding_size=8, stem_channels=[3, 8, 8], stage_in_channels=[8, 16, 16, 16], stage_mid_channels=[8, 8, 8, 8],
+        stage_out_channels=[16, 16, 16, 16], stage_num_blocks=[1, 1, 1, 1], stage_numb_of_layers=[1, 1, 1, 1],
+        stage_kernel_size=[3, 3, 3, 3], hidden_sizes=[16, 16, 16, 16], depths=[1, 1, 1, 1], out_features=out_features)
 
 
 def tiny_config(model_type: str, names: list[str] = NAMES) -> Any:
@@ -84,11 +94,12 @@ def tiny_config(model_type: str, names: list[str] = NAMES) -> Any:
         return transformers.DabDetrConfig(backbone_config=_resnet(out_features=["stage4"]), hidden_size=16,
                                           **detr_like)
     if model_type in RT_DETR_LIKE:
-        backbone = transformers.RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16],
-                                                   depths=[1, 1, 1, 1], out_features=["stage2", "stage3", "stage4"])
-        # v2 and D-FINE tie their box heads across decoder layers: they need two of them
+        backbone = (tiny_hgnet(["stage2", "stage3", "stage4"]) if model_type == "deimv2" else  # its own backbone
+                    transformers.RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16],
+                                                    depths=[1, 1, 1, 1], out_features=["stage2", "stage3", "stage4"]))
+        # v2, D-FINE and DEIMv2 tie their box heads across decoder layers: they need two of them
         config = {"rt_detr": transformers.RTDetrConfig, "rt_detr_v2": transformers.RTDetrV2Config,
-                  "d_fine": transformers.DFineConfig}[model_type]
+                  "d_fine": transformers.DFineConfig, "deimv2": transformers.Deimv2Config}[model_type]
         return config(
             backbone_config=backbone, use_pretrained_backbone=False, encoder_hidden_dim=16, d_model=16,
             encoder_in_channels=[16, 16, 16], decoder_in_channels=[16, 16, 16], encoder_ffn_dim=32,
@@ -107,7 +118,8 @@ def spread(model: Any, gain: float, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if "norm" in name.lower() or ".bn." in name or name.rsplit(".", 1)[-1] in CONSTANTS:
+            kept = "norm" in name.lower() or ".bn." in name or name.rsplit(".", 1)[-1] in CONSTANTS
+            if kept or not parameter.numel():  # and empty ones (DINOv3 without register tokens)
                 continue
             scale = gain / math.sqrt(parameter[0].numel()) if parameter.dim() > 1 else 0.2
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
@@ -200,7 +212,7 @@ def test_a_checkpoint_serves_at_most_what_its_graph_gives(checkpoints: dict[str,
     family = FAMILIES[name]()
     checkpoint, _ = family.load_detector(checkpoint_weights(checkpoints[name]))
     expected = {"detr": 10, "conditional_detr": 70, "deformable_detr": 70, "dab_detr": 70, "rt_detr": 10,
-                "rt_detr_v2": 10, "d_fine": 10}[name]
+                "rt_detr_v2": 10, "d_fine": 10, "deimv2": 10}[name]
     assert family_nms(family, ConvertOptions(out=tmp_path), checkpoint).max_detections == expected
     assert family_nms(family, ConvertOptions(out=tmp_path, max_detections=5), checkpoint).max_detections == 5
 
@@ -273,7 +285,7 @@ def test_each_family_exports_for_a_rect_letterbox_an_anchored_rt_detr_only_for_t
         export_detr_onnx(anchored, tmp_path / "rect.onnx", nms=nms, letterbox_stride=32)
 
 
-@pytest.mark.parametrize("name", ["rt_detr_v2", "d_fine"])
+@pytest.mark.parametrize("name", ["rt_detr_v2", "d_fine", "deimv2"])
 def test_discrete_sampling_takes_the_square_only_and_equals_transformers_there(
         checkpoints: dict[str, Path], tmp_path: Path, name: str) -> None:
     """RT-DETRv2's and D-FINE's discrete sampling scales its grid by a tensor the tracer bakes at the
@@ -306,6 +318,44 @@ def assert_counts_tokens(model: Any, encoder: Any, tokens_in: Any, count: Any) -
             assert seen[-1] == count(model.config, height, width), (height, width)
     finally:
         hook.remove()
+
+
+def _deimv2_variant(variant: str) -> dict[str, Any]:
+    """Config fields of DEIMv2's smallest sizes (the lite encoder on two levels) or its DINOv3 ones."""
+    if variant == "lite":
+        return {"backbone_config": tiny_hgnet(["stage3", "stage4"]), "encoder_type": "lite",
+                "encoder_in_channels": [16, 16], "feat_strides": [16, 32], "num_feature_levels": 2,
+                "decoder_in_channels": [16, 16]}
+    vit = transformers.DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                                       patch_size=16, out_indices=[1, 2, 3], num_register_tokens=0)
+    return {"backbone_config": vit, "spatial_tuning_adapter_inplanes": 4}
+
+
+@pytest.mark.parametrize("variant", ["lite", "dinov3"])
+def test_deimv2_variants_take_their_letterbox_equal_to_transformers(tmp_path: Path, variant: str) -> None:
+    """The lite encoder follows the input (rect); a DINOv3 backbone's patch grid is resized to sizes
+    computed with int(), fixed at the export size by the tracer (a rect graph traced anyway failed at other
+    shapes: measured, not kept): square only, equal to transformers there."""
+    from fashionbox.converter.export import ExportError
+
+    folder = save_tiny(tmp_path / variant, "deimv2", **_deimv2_variant(variant))
+    checkpoint = load_detr(checkpoint_weights(folder), STYLES["deimv2"])
+    nms = NmsSettings(score_threshold=THRESHOLD)
+    if variant == "dinov3":
+        assert checkpoint.letterbox_stride == 0
+        with pytest.raises(ExportError, match="takes only the square letterbox"):
+            export_detr_onnx(checkpoint, tmp_path / "rect.onnx", nms=nms, letterbox_stride=32)
+        path = export_detr_onnx(checkpoint, tmp_path / "square.onnx", nms=nms)
+        batches = [np.random.default_rng(i).integers(0, 256, (2, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+                   for i in range(2)]
+    else:
+        assert checkpoint.letterbox_stride == 32
+        path = export_detr_onnx(checkpoint, tmp_path / "rect.onnx", nms=nms, letterbox_stride=32)
+        batches = _rect_batches()
+    report = compare_detr(checkpoint, path, batches, nms)
+    assert report.max_abs_error["kept_mismatch"] == 0 and report.max_abs_error["scores"] < 1e-4
+    assert report.max_abs_error["boxes"] < 0.05
+    assert all(sum(len(r) for r in reference_detections(checkpoint, b, THRESHOLD)) for b in batches)
 
 
 def test_rt_detr_needs_as_many_encoder_tokens_as_it_selects_queries(checkpoints: dict[str, Path]) -> None:
@@ -477,7 +527,7 @@ def test_a_checkpoint_of_a_family_that_is_not_detr_style_is_refused(checkpoints:
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "vit"}))
     _refused(folder, tmp_path, r"model_type 'vit' is not supported; known: \['conditional_detr', 'd_fine', "
-                               r"'dab-detr', 'deformable_detr', 'detr', 'rt_detr', 'rt_detr_v2', 'yolos'\]$")
+                               r"'dab-detr', 'deformable_detr', 'deimv2', 'detr', 'rt_detr', 'rt_detr_v2', 'yolos'\]$")
 
 
 def test_loading_a_checkpoint_as_another_family_is_refused(checkpoints: dict[str, Path]) -> None:

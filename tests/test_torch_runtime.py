@@ -373,7 +373,7 @@ def test_on_the_gpu_the_runners_agree_with_the_cpu(precision: str, scenes: np.nd
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="needs torch with CUDA and an NVIDIA GPU")
-@pytest.mark.parametrize("name", ["detr", "rt_detr", "yolos"])  # softmax, sigmoid top-k, a ViT
+@pytest.mark.parametrize("name", ["detr", "rt_detr", "deformable_detr", "yolos"])  # softmax, top-k, sampling, ViT
 def test_on_the_gpu_a_transformers_family_in_fp16_agrees_with_the_cpu(name: str, tmp_path: Path) -> None:
     pytest.importorskip("transformers", reason="the DETR-style families need transformers")
     from test_detr_families import save_tiny

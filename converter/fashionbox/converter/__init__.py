@@ -164,6 +164,7 @@ FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yol
                                              "rt_detr": _hf_family("rt_detr"),
                                              "rt_detr_v2": _hf_family("rt_detr_v2"),
                                              "d_fine": _hf_family("d_fine"),
+                                             "deimv2": _hf_family("deimv2"),
                                              "deformable_detr": _hf_family("deformable_detr"),
                                              "dab_detr": _hf_family("dab_detr"),
                                              "ultralytics": _ultralytics_family}
@@ -171,7 +172,7 @@ FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yol
 
 HF_MODEL_TYPES: dict[str, str] = {"yolos": "yolos", "detr": "detr", "conditional_detr": "conditional_detr",
                                   "rt_detr": "rt_detr", "rt_detr_v2": "rt_detr_v2", "d_fine": "d_fine",
-                                  "deformable_detr": "deformable_detr", "dab-detr": "dab_detr"}
+                                  "deimv2": "deimv2", "deformable_detr": "deformable_detr", "dab-detr": "dab_detr"}
 """``model_type`` of a Hugging Face checkpoint's config.json -> family (specs ``hf:FOLDER_OR_HUB_ID``)."""
 
 

@@ -1,7 +1,7 @@
 """The DETR-style transformers families: a Hugging Face object-detection checkpoint -> the detector ONNX graph.
 
 One room for what every transformers DETR-style detector shares (DETR, Conditional DETR, Deformable
-DETR, DAB-DETR, RT-DETR, RT-DETRv2, D-FINE here; YOLOS adds its position-embedding baking in
+DETR, DAB-DETR, RT-DETR, RT-DETRv2, D-FINE, DEIMv2 here; YOLOS adds its position-embedding baking in
 :mod:`fashionbox.converter.yolos`).
 What differs per ``model_type`` is one :class:`DetrStyle` row of :data:`STYLES`: the model and processor
 classes, how the class head turns into scores (the processor's ``post_process_object_detection``,
@@ -20,7 +20,7 @@ serve it unchanged. Two scorings, as transformers' processors do it:
 - ``softmax`` (DETR, YOLOS: ``DetrImageProcessor.post_process_object_detection``): softmax over
   the classes, the last (no-object) class dropped, the best class per query, every query above
   the threshold.
-- ``sigmoid_top_k`` (Conditional, Deformable and DAB-DETR; RT-DETR, v2 and D-FINE with
+- ``sigmoid_top_k`` (Conditional, Deformable and DAB-DETR; RT-DETR, v2, D-FINE and DEIMv2 with
   ``use_focal_loss``): a sigmoid per class, the ``k`` best (query, class) pairs over all queries x
   classes, then those above the threshold; one query may be reported for two classes. ``k`` is 100
   for Conditional, Deformable and DAB-DETR (the processor's ``top_k``) and the number of queries for
@@ -31,21 +31,22 @@ with the letterbox geometry, as for every family. The graph itself is
 :class:`fashionbox.models.detr_graph.DetrGraph`, which the torch runtime also serves from the files
 :func:`write_torch_files` writes (the model saved by transformers, and the graph's spec).
 
-**The served letterbox, and how parity is defined.** The processors resize each image their own
-way: DETR, Conditional, Deformable and DAB-DETR and YOLOS to a short side of
-``size["shortest_edge"]`` (long side at most ``longest_edge``) and pad the batch bottom-right with
-zeros plus a ``pixel_mask``; RT-DETR's processor (RT-DETRv2's and D-FINE's too) stretches every image
-to ``size["height"] x size["width"]`` (640 x 640) ignoring its aspect ratio.
+**The served letterbox, and how parity is defined.** The processors resize each image their own way:
+DETR, Conditional, Deformable and DAB-DETR and YOLOS to a short side of ``size["shortest_edge"]`` (long
+side at most ``longest_edge``) and pad the batch bottom-right with zeros plus a ``pixel_mask``;
+RT-DETR's processor (RT-DETRv2's, D-FINE's and DEIMv2's too) stretches every image to ``size["height"] x
+size["width"]`` (640 x 640) ignoring its aspect ratio.
 The pipeline batches equal-shaped ``PIXELS`` across requests, so FashionBox letterboxes every image with
 its long side at ``S`` (the processor's ``shortest_edge``, or the smaller of ``height``/``width``), the
 aspect ratio kept: to the square ``S x S`` on the GPU. DETR, Conditional and DAB-DETR (whose sine
-position embeddings follow the input), RT-DETR, RT-DETRv2 and D-FINE (whose anchors and encoder position
-embeddings transformers computes from the feature maps' traced shapes, unless the config precomputes
-them for one size, ``anchor_image_size``, or samples "discrete"ly at a traced-in size), Deformable DETR
-(its levels' shapes rebuilt from the input for the tracer, :func:`deformable_rect_model`, and the
-exporter's ``linspace`` mended for a level one cell high) and YOLOS (whose position embeddings the
-exported graph interpolates to the input, :mod:`fashionbox.converter.yolos`) are exported with a dynamic
-height and width (:attr:`DetrStyle.rect_stride`) and served on the CPU with the rect letterbox
+position embeddings follow the input), RT-DETR, RT-DETRv2, D-FINE and DEIMv2 (whose anchors and encoder
+position embeddings transformers computes from the feature maps' traced shapes, unless the config
+precomputes them for one size, ``anchor_image_size``, samples "discrete"ly at a traced-in size, or
+resizes a DINOv3 backbone's patch grid to sizes fixed at the export size), Deformable DETR (its levels'
+shapes rebuilt from the input for the tracer, :func:`deformable_rect_model`, and the exporter's
+``linspace`` mended for a level one cell high) and YOLOS (whose position embeddings the exported graph
+interpolates to the input, :mod:`fashionbox.converter.yolos`) are exported with a dynamic height and
+width (:attr:`DetrStyle.rect_stride`) and served on the CPU with the rect letterbox
 (``RepositorySettings.letterbox_stride``: the short side padded only to the next multiple of the stride,
 so a 4:3 photo at 800 runs DETR on 800 x 608), unless ``--letterbox square``. The processor's rescale
 factor, mean and std are read from the checkpoint's ``preprocessor_config.json`` and applied in the
@@ -221,6 +222,13 @@ def _rt_detr_v2_rect_stride(config: Any, size: int) -> int:
     return 0 if getattr(config, "decoder_method", "default") == "discrete" else _rt_detr_rect_stride(config, size)
 
 
+def _deimv2_rect_stride(config: Any, size: int) -> int:
+    # the DINOv3 variants resize the ViT's patch grid to sizes computed with int(), which the tracer
+    # bakes in at the export size: square only (the HGNetV2 and lite variants follow the input)
+    backbone = getattr(config, "backbone_config", None)
+    return 0 if getattr(backbone, "model_type", None) == "dinov3_vit" else _rt_detr_v2_rect_stride(config, size)
+
+
 def _deformable_strides(config: Any) -> list[int]:
     # the levels: the backbone's outputs (its last, stride 32, and each earlier one half of it: ResNet,
     # Swin; transformers takes three of them from a timm backbone when there are several levels), then
@@ -361,6 +369,10 @@ STYLES: dict[str, DetrStyle] = {
     "d_fine": DetrStyle("d_fine", "DFineForObjectDetection", "RTDetrImageProcessorPil", "sigmoid_top_k",
                         class_head=r"model\.decoder\.class_embed\.\d+\.weight", max_detections=300,
                         check_config=_rt_detr_check, check_size=_rt_detr_size, rect_stride=_rt_detr_v2_rect_stride),
+    # DEIMv2: D-FINE's decoder on HGNetV2 (hybrid or lite encoder) or DINOv3 backbones
+    "deimv2": DetrStyle("deimv2", "Deimv2ForObjectDetection", "RTDetrImageProcessorPil", "sigmoid_top_k",
+                        class_head=r"model\.decoder\.class_embed\.\d+\.weight", max_detections=300,
+                        check_config=_rt_detr_check, check_size=_rt_detr_size, rect_stride=_deimv2_rect_stride),
     # Deformable DETR: Conditional DETR's post-processing (k = 100); two-stage and box refinement alike
     "deformable_detr": DetrStyle("deformable_detr", "DeformableDetrForObjectDetection",
                                  "DeformableDetrImageProcessorPil", "sigmoid_top_k",
