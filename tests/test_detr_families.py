@@ -180,6 +180,17 @@ def assert_detects_as(runner: Any, reference: Any, *, size: int, seeds: int = 3)
     assert found > 0, "the threshold must keep something for the comparison to mean anything"
 
 
+def assert_graph_equals_transformers(checkpoint: DetrCheckpoint, path: Path, batches: list[Any]) -> None:
+    """The ONNX graph at ``path`` keeps what transformers keeps on each batch (scores within 1e-4, boxes within
+    0.05 letterbox px), and each batch keeps something, or its comparison proves nothing."""
+    report = compare_detr(checkpoint, path, batches, NmsSettings(score_threshold=THRESHOLD))
+    assert report.max_abs_error["kept_mismatch"] == 0
+    assert report.max_abs_error["scores"] < 1e-4
+    assert report.max_abs_error["boxes"] < 0.05
+    for batch in batches:
+        assert sum(len(r) for r in reference_detections(checkpoint, batch, THRESHOLD)), f"nothing kept at {batch.shape}"
+
+
 # -- the family table -------------------------------------------------------------------------------------
 
 
@@ -249,13 +260,9 @@ def test_exported_graph_equals_transformers_post_processing(checkpoints: dict[st
         shapes += [(INPUT_SIZE // 2, INPUT_SIZE), (INPUT_SIZE, INPUT_SIZE // 2), (3 * INPUT_SIZE // 2, INPUT_SIZE)]
     batches = [np.random.default_rng(i).integers(0, 256, (3, h, w, 3), dtype=np.uint8)
                for i, (h, w) in enumerate(shapes)]
-    report = compare_detr(checkpoint, path, batches, nms)
-    assert report.max_abs_error["kept_mismatch"] == 0
-    assert report.max_abs_error["scores"] < 1e-4
-    assert report.max_abs_error["boxes"] < 0.05  # letterbox pixels
-    for batch in batches:  # each shape keeps something, or its comparison proves nothing
+    assert_graph_equals_transformers(checkpoint, path, batches)
+    for batch in batches:
         kept = reference_detections(checkpoint, batch, THRESHOLD)
-        assert sum(len(r) for r in kept) > 0, f"nothing kept at {batch.shape[1:3]}"
         # boxes in the input's own pixels: x scaled by its width, whatever the shape. No post-processing here
         # clips: a centre and a size each in [0, 1] reach up to 1.5 widths (DAB-DETR's random boxes do)
         assert max(float(r.boxes[:, 2].max(initial=0)) for r in kept) <= 1.5 * batch.shape[2]
@@ -300,9 +307,7 @@ def test_discrete_sampling_takes_the_square_only_and_equals_transformers_there(
     path = export_detr_onnx(checkpoint, tmp_path / "discrete.onnx", nms=nms)
     batches = [np.random.default_rng(i).integers(0, 256, (3, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
                for i in range(2)]
-    report = compare_detr(checkpoint, path, batches, nms)
-    assert report.max_abs_error["kept_mismatch"] == 0 and report.max_abs_error["boxes"] < 0.05
-    assert all(sum(len(r) for r in reference_detections(checkpoint, b, THRESHOLD)) for b in batches)
+    assert_graph_equals_transformers(checkpoint, path, batches)
 
 
 def assert_counts_tokens(model: Any, encoder: Any, tokens_in: Any, count: Any) -> None:
@@ -352,10 +357,7 @@ def test_deimv2_variants_take_their_letterbox_equal_to_transformers(tmp_path: Pa
         assert checkpoint.letterbox_stride == 32
         path = export_detr_onnx(checkpoint, tmp_path / "rect.onnx", nms=nms, letterbox_stride=32)
         batches = _rect_batches()
-    report = compare_detr(checkpoint, path, batches, nms)
-    assert report.max_abs_error["kept_mismatch"] == 0 and report.max_abs_error["scores"] < 1e-4
-    assert report.max_abs_error["boxes"] < 0.05
-    assert all(sum(len(r) for r in reference_detections(checkpoint, b, THRESHOLD)) for b in batches)
+    assert_graph_equals_transformers(checkpoint, path, batches)
 
 
 def test_rt_detr_needs_as_many_encoder_tokens_as_it_selects_queries(checkpoints: dict[str, Path]) -> None:
@@ -401,11 +403,7 @@ def test_deformable_detr_variants_export_rect_and_equal_transformers(tmp_path: P
     assert checkpoint.letterbox_stride == 32
     nms = NmsSettings(score_threshold=THRESHOLD)
     path = export_detr_onnx(checkpoint, tmp_path / "detector.onnx", nms=nms, letterbox_stride=32)
-    batches = _rect_batches()
-    report = compare_detr(checkpoint, path, batches, nms)
-    assert report.max_abs_error["kept_mismatch"] == 0 and report.max_abs_error["scores"] < 1e-4
-    assert report.max_abs_error["boxes"] < 0.05
-    assert all(sum(len(r) for r in reference_detections(checkpoint, b, THRESHOLD)) for b in batches)
+    assert_graph_equals_transformers(checkpoint, path, _rect_batches())
 
 
 def test_deformable_detr_needs_both_trace_fixes_for_the_rect_letterbox(checkpoints: dict[str, Path], tmp_path: Path,
@@ -579,10 +577,7 @@ def test_an_input_size_serves_the_checkpoint_at_another_letterbox_side(checkpoin
     checkpoint = resized_checkpoint(load_detr(checkpoint_weights(checkpoints["detr"]), STYLES["detr"]), 96)
     batches = [np.random.default_rng(2).integers(0, 256, (3, h, w, 3), dtype=np.uint8)  # each shape keeps some
                for h, w in [(96, 96), (64, 96), (96, 32)]]
-    report = compare_detr(checkpoint, repository / "detector" / "1" / "model.onnx", batches,
-                          NmsSettings(score_threshold=THRESHOLD))
-    assert report.max_abs_error["kept_mismatch"] == 0 and report.max_abs_error["boxes"] < 0.05
-    assert all(sum(len(r) for r in reference_detections(checkpoint, b, THRESHOLD)) for b in batches)
+    assert_graph_equals_transformers(checkpoint, repository / "detector" / "1" / "model.onnx", batches)
     # sizes the graph's stride does not divide, and anchors fixed in the checkpoint, are refused
     with pytest.raises(ConvertError, match="--input-size 100: a detr detector takes a multiple of 32"):
         convert(ConvertOptions(out=tmp_path / "odd", detector=f"hf:{checkpoints['detr']}", input_size=100))
