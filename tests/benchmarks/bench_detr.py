@@ -1,6 +1,6 @@
 """Benchmark: a DETR-style model served by FashionBox against in-process transformers, in one run.
 
-    .venv/bin/python tests/benchmarks/bench_detr.py [--family rt_detr|rt_detr_v2|d_fine|deformable_detr] \
+    .venv/bin/python tests/benchmarks/bench_detr.py [--family rt_detr|rt_detr_v2|d_fine|deformable_detr|dab_detr] \
         [--letterbox square|rect] [--rounds 2] [--images 3] [--out ...]
 
 ``--family rt_detr`` (the default): ``PekingU/rtdetr_r18vd``'s shape (ResNet-18-vd basic blocks,
@@ -9,18 +9,20 @@ RT-DETRv2 (``rtdetr_v2_r18vd``'s), ``--family d_fine`` D-FINE's decoder on it (D
 checkpoints use HGNetV2 backbones); their processor is ``RTDetrImageProcessor``'s default (640 x 640,
 rescale, no normalisation). ``--family deformable_detr``: ``SenseTime/deformable-detr``'s shape
 (ResNet-50, four levels, 6 + 6 deformable layers 256 wide, 300 queries), processor
-``DeformableDetrImageProcessor``'s default (shortest edge 800). 46 Fashionpedia labels and random
-weights: the same compute, no download.
+``DeformableDetrImageProcessor``'s default (shortest edge 800). ``--family dab_detr``:
+``IDEA-Research/dab-detr-resnet-50``'s shape (ResNet-50's last stage, 6 + 6 layers 256 wide, 300
+queries), processor ``ConditionalDetrImageProcessor``'s default (shortest edge 800). 46 Fashionpedia
+labels and random weights: the same compute, no download.
 On the same 1280x960 JPEGs (generated, fixed seeds) it measures:
 
 - **served**: ``convert(detector="hf:FOLDER")`` into a repository (ONNX Runtime), the embedded
   Triton, the closed-loop load generator over gRPC: latency p50/p99 at concurrency 1, images/s at
   concurrency 2. The detector runs at a square letterbox (``--letterbox square``, the default here:
-  640 x 640, 800 x 800 for Deformable DETR), or with ``--letterbox rect`` at the CPU's default rect
+  640 x 640, 800 x 800 for Deformable and DAB-DETR), or with ``--letterbox rect`` at the CPU's default rect
   one, 640 x 480 (800 x 608) for these photos (the two are measured against each other by
   ``bench_detr_letterbox.py``; ``converter/detr.py``).
 - **transformers, its own way**: the family's processor (RT-DETR's stretches to 640 x 640, Deformable
-  DETR's resizes to a short side of 800), the model in PyTorch eager, ``post_process_object_detection``;
+  and DAB-DETR's resize to a short side of 800), the model in PyTorch eager, ``post_process_object_detection``;
   torch on 2 threads; one image at a time.
 - **transformers, same letterbox**: the same in-process path fed FashionBox's letterbox (square or rect).
 - **detector graph alone**: the repository's ``detector/1/model.onnx`` in ONNX Runtime (2 threads)
@@ -57,7 +59,11 @@ R18_SHAPE = {"encoder_in_channels": [128, 256, 512], "encoder_hidden_dim": 256, 
 DEFORMABLE_R50_SHAPE = {"d_model": 256, "encoder_layers": 6, "decoder_layers": 6, "encoder_attention_heads": 8,
                         "decoder_attention_heads": 8, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024,
                         "num_queries": 300, "num_feature_levels": 4, "encoder_n_points": 4, "decoder_n_points": 4}
-R50_BACKBONE = "transformers ResNet-50 (bottleneck [3, 4, 6, 3]), stages 2-4"
+DAB_R50_SHAPE = {"hidden_size": 256, "encoder_layers": 6, "decoder_layers": 6, "encoder_attention_heads": 8,
+                 "decoder_attention_heads": 8, "encoder_ffn_dim": 2048, "decoder_ffn_dim": 2048, "num_queries": 300}
+R50_SHAPES = {"deformable_detr": (["stage2", "stage3", "stage4"], DEFORMABLE_R50_SHAPE),
+              "dab_detr": (["stage4"], DAB_R50_SHAPE)}
+"""The ResNet-50 families: the backbone's stages they take and their transformer's shape."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,10 @@ FAMILIES = {"rt_detr": BenchFamily("RTDetrConfig", "RTDetrForObjectDetection", "
             "d_fine": BenchFamily("DFineConfig", "DFineForObjectDetection",
                                   "D-FINE's decoder on rtdetr_r18vd's backbone and encoder shape"),
             "deformable_detr": BenchFamily("DeformableDetrConfig", "DeformableDetrForObjectDetection",
-                                           "SenseTime/deformable-detr's shape", "DeformableDetrImageProcessorPil", 800)}
+                                           "SenseTime/deformable-detr's shape", "DeformableDetrImageProcessorPil", 800),
+            "dab_detr": BenchFamily("DabDetrConfig", "DabDetrForObjectDetection",
+                                    "IDEA-Research/dab-detr-resnet-50's shape",
+                                    "ConditionalDetrImageProcessorPil", 800)}
 """``--family`` -> its transformers classes, processor and size, and what the random model's shape is."""
 
 
@@ -102,23 +111,26 @@ def save_r18_sized_rt_detr(folder: Path, family: str = "rt_detr") -> Path:
     return folder
 
 
-def save_r50_sized_deformable_detr(folder: Path) -> Path:
+def save_r50_sized(folder: Path, family: str) -> Path:
     import torch
     import transformers
 
+    bench = FAMILIES[family]
+    stages, shape = R50_SHAPES[family]
     torch.manual_seed(0)
-    backbone = transformers.ResNetConfig(out_features=["stage2", "stage3", "stage4"])  # ResNet-50
-    config = transformers.DeformableDetrConfig(use_timm_backbone=False, use_pretrained_backbone=False,
-                                               backbone_config=backbone, **DEFORMABLE_R50_SHAPE, **_labels())
-    transformers.DeformableDetrForObjectDetection(config).save_pretrained(folder)
-    transformers.DeformableDetrImageProcessorPil().save_pretrained(folder)  # shortest edge 800, its default
+    backbone = transformers.ResNetConfig(out_features=stages)  # ResNet-50: bottleneck blocks [3, 4, 6, 3]
+    config = getattr(transformers, bench.config_class)(use_timm_backbone=False, use_pretrained_backbone=False,
+                                                       backbone_config=backbone, **shape, **_labels())
+    getattr(transformers, bench.model_class)(config).save_pretrained(folder)
+    getattr(transformers, bench.processor_class)().save_pretrained(folder)  # shortest edge 800, its default
     return folder
 
 
 def save_sized(folder: Path, family: str) -> tuple[Path, dict[str, Any]]:
     """``family``'s random checkpoint in ``folder``, and its shape for the report."""
-    if family == "deformable_detr":
-        return save_r50_sized_deformable_detr(folder), {"backbone": R50_BACKBONE, **DEFORMABLE_R50_SHAPE}
+    if family in R50_SHAPES:
+        stages, shape = R50_SHAPES[family]
+        return save_r50_sized(folder, family), {"backbone": f"transformers ResNet-50, {', '.join(stages)}", **shape}
     return save_r18_sized_rt_detr(folder, family), {"backbone": BACKBONE, **R18_SHAPE}
 
 

@@ -41,8 +41,8 @@ its long side at ``S`` (the processor's ``shortest_edge``, or the smaller of ``h
 aspect ratio kept: to the square ``S x S`` on the GPU. DETR, Conditional and DAB-DETR (whose sine
 position embeddings follow the input), RT-DETR, RT-DETRv2, D-FINE and DEIMv2 (whose anchors and encoder
 position embeddings transformers computes from the feature maps' traced shapes, unless the config
-precomputes them for one size, ``anchor_image_size``, samples "discrete"ly at a traced-in size, or
-resizes a DINOv3 backbone's patch grid to sizes fixed at the export size), Deformable DETR (its levels'
+precomputes them for one size, ``anchor_image_size``, or samples "discrete"ly at a traced-in size; a
+DINOv3 backbone's levels sized from the input, :func:`deimv2_rect_model`), Deformable DETR (its levels'
 shapes rebuilt from the input for the tracer, :func:`deformable_rect_model`, and the exporter's
 ``linspace`` mended for a level one cell high) and YOLOS (whose position embeddings the exported graph
 interpolates to the input, :mod:`fashionbox.converter.yolos`) are exported with a dynamic height and
@@ -74,6 +74,7 @@ import copy
 import json
 import logging
 import re
+import types
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -222,11 +223,37 @@ def _rt_detr_v2_rect_stride(config: Any, size: int) -> int:
     return 0 if getattr(config, "decoder_method", "default") == "discrete" else _rt_detr_rect_stride(config, size)
 
 
-def _deimv2_rect_stride(config: Any, size: int) -> int:
-    # the DINOv3 variants resize the ViT's patch grid to sizes computed with int(), which the tracer
-    # bakes in at the export size: square only (the HGNetV2 and lite variants follow the input)
-    backbone = getattr(config, "backbone_config", None)
-    return 0 if getattr(backbone, "model_type", None) == "dinov3_vit" else _rt_detr_v2_rect_stride(config, size)
+def _dinov3_levels(encoder: Any, pixel_values: torch.Tensor, **kwargs: Any) -> list[torch.Tensor]:
+    # DEIMv2's DINOv3 encoder: the ViT's feature maps resized to the patch grid times 2, 1 and 1/2 and fused
+    # with the spatial tuning adapter's. transformers computes those sizes with int(), a constant to the
+    # tracer; here they are integer arithmetic on the input's traced sides (equal: the grid is even on a
+    # letterbox of stride 32)
+    feature_maps = encoder.backbone(pixel_values, **kwargs).feature_maps
+    patch = encoder.backbone.config.patch_size
+    rows, cols = pixel_values.shape[2] // patch, pixel_values.shape[3] // patch
+    fused = []
+    for i, (feature, detail) in enumerate(zip(feature_maps, encoder.spatial_tuning_adapter(pixel_values),
+                                              strict=False)):
+        up = len(feature_maps) - 2 - i
+        size = [rows * 2**up, cols * 2**up] if up >= 0 else [rows // 2**-up, cols // 2**-up]
+        semantic = torch.nn.functional.interpolate(feature, size=size, mode="bilinear", align_corners=False)
+        fused.append(encoder.fusion_proj[i](torch.cat([semantic.to(detail.device), detail], dim=1)))
+    return fused
+
+
+def _is_dinov3(config: Any) -> bool:
+    return getattr(getattr(config, "backbone_config", None), "model_type", None) == "dinov3_vit"
+
+
+def deimv2_rect_model(model: Any) -> Any:
+    """DEIMv2 for the rect export: the model itself (HGNetV2 backbones follow the input), or a copy whose
+    DINOv3 encoder sizes its levels from the traced input (:func:`_dinov3_levels`)."""
+    if not _is_dinov3(model.config):
+        return model
+    rect = copy.deepcopy(model).eval()
+    encoder = rect.model.conv_encoder
+    encoder.forward = types.MethodType(_dinov3_levels, encoder)
+    return rect
 
 
 def _deformable_strides(config: Any) -> list[int]:
@@ -372,7 +399,8 @@ STYLES: dict[str, DetrStyle] = {
     # DEIMv2: D-FINE's decoder on HGNetV2 (hybrid or lite encoder) or DINOv3 backbones
     "deimv2": DetrStyle("deimv2", "Deimv2ForObjectDetection", "RTDetrImageProcessorPil", "sigmoid_top_k",
                         class_head=r"model\.decoder\.class_embed\.\d+\.weight", max_detections=300,
-                        check_config=_rt_detr_check, check_size=_rt_detr_size, rect_stride=_deimv2_rect_stride),
+                        check_config=_rt_detr_check, check_size=_rt_detr_size, rect_stride=_rt_detr_v2_rect_stride,
+                        prepare_rect=deimv2_rect_model),
     # Deformable DETR: Conditional DETR's post-processing (k = 100); two-stage and box refinement alike
     "deformable_detr": DetrStyle("deformable_detr", "DeformableDetrForObjectDetection",
                                  "DeformableDetrImageProcessorPil", "sigmoid_top_k",
