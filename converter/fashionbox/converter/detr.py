@@ -225,9 +225,9 @@ def _rt_detr_v2_rect_stride(config: Any, size: int) -> int:
 
 def _dinov3_levels(encoder: Any, pixel_values: torch.Tensor, **kwargs: Any) -> list[torch.Tensor]:
     # DEIMv2's DINOv3 encoder: the ViT's feature maps resized to the patch grid times 2, 1 and 1/2 and fused
-    # with the spatial tuning adapter's. transformers computes those sizes with int(), a constant to the
-    # tracer; here they are integer arithmetic on the input's traced sides (equal: the grid is even on a
-    # letterbox of stride 32)
+    # with the spatial tuning adapter's. transformers computes those sizes as int(rows * 2 ** k), a
+    # constant to the tracer; here the same integers (rows * 2 ** k, or rows // 2 ** -k) follow the
+    # input's traced sides
     feature_maps = encoder.backbone(pixel_values, **kwargs).feature_maps
     patch = encoder.backbone.config.patch_size
     rows, cols = pixel_values.shape[2] // patch, pixel_values.shape[3] // patch
