@@ -16,6 +16,7 @@ ConvNeXt's ``crop_pct``) so that the view tests cover every geometry. Weights ar
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,7 +93,7 @@ def build_tiny_classifier(folder: Path, arch: ClassifierArch = "vit", *, multi_l
     return folder
 
 
-def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _clip_vocab(phrases: Sequence[str] = PHRASES) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """A byte-level BPE vocabulary as CLIP's: every byte alone and as a word end, plus merges of the phrases."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -100,7 +101,7 @@ def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     tokens = chars + [c + "</w>" for c in chars]
     merges: list[tuple[str, str]] = []
     known = set(tokens)
-    for phrase in PHRASES:
+    for phrase in phrases:
         for word in phrase.split():
             pieces = [*word[:-1], word[-1] + "</w>"]
             while len(pieces) > 1:
@@ -139,6 +140,41 @@ def build_tiny_clip(folder: Path) -> Path:
                                                resample=3, do_center_crop=True)
     model.save_pretrained(folder)
     tf.CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def build_tiny_owl(folder: Path, model_type: Literal["owlv2", "owlvit"] = "owlv2", *, size: int = 64,
+                   phrases: Sequence[str] = ()) -> Path:
+    """A random ``Owlv2ForObjectDetection`` / ``OwlViTForObjectDetection`` (``size`` px, 16 px patches, hidden 32)
+    with its image processor and a CLIP BPE tokenizer (24 positions; the hub's have 16) built from :data:`PHRASES`
+    and ``phrases`` (the default queries: pass ``fashionbox.converter.owl.DEFAULT_QUERIES.texts``)."""
+    import transformers as tf
+
+    folder = Path(folder)
+    vocab, merges = _clip_vocab((*PHRASES, *phrases))
+    # OWL's tokenizers pad with "!" (id 0 in the hub's vocabulary; its forward takes a first id of 0 for a padded query)
+    tokenizer = tf.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=24, pad_token="!")
+    torch.manual_seed(0)
+    text = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "max_position_embeddings": 24, "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": vocab["<|endoftext|>"], "pad_token_id": tokenizer.pad_token_id}
+    vision = {"image_size": size, "patch_size": 16, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 2}
+    if model_type == "owlv2":
+        model = tf.Owlv2ForObjectDetection(tf.Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
+        image_processor = tf.Owlv2ImageProcessorPil(size={"height": size, "width": size})
+        processor = tf.Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    else:
+        model = tf.OwlViTForObjectDetection(tf.OwlViTConfig(text_config=text, vision_config=vision, projection_dim=32))
+        image_processor = tf.OwlViTImageProcessorPil(size={"height": size, "width": size},
+                                                     crop_size={"height": size, "width": size})
+        processor = tf.OwlViTProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.eval()
+    _spread(model, seed=4, std=0.1)
+    with torch.no_grad():  # boxes about half the image wide (not a patch): neighbours overlap, NMS has work
+        model.box_head.dense2.bias[2:] += 1.0
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
     return folder
 
 

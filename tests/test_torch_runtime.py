@@ -373,16 +373,21 @@ def test_on_the_gpu_the_runners_agree_with_the_cpu(precision: str, scenes: np.nd
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="needs torch with CUDA and an NVIDIA GPU")
-@pytest.mark.parametrize("name", ["detr", "rt_detr", "deformable_detr", "yolos"])  # softmax, top-k, sampling, ViT
+@pytest.mark.parametrize("name", ["detr", "rt_detr", "deformable_detr", "yolos", "owlv2"])
 def test_on_the_gpu_a_transformers_family_in_fp16_agrees_with_the_cpu(name: str, tmp_path: Path) -> None:
+    """softmax, top-k, deformable sampling, a ViT, and an open-vocabulary detector (its text queries baked)."""
     pytest.importorskip("transformers", reason="the DETR-style families need transformers")
+    from image_model_fixtures import build_tiny_owl
     from test_detr_families import save_tiny
     from test_yolos import save_tiny_yolos
 
+    from fashionbox.converter.owl import DEFAULT_QUERIES
     from fashionbox.model_repository.runners import TORCH_FOLDER
     from fashionbox.models.torch_runtime import TorchDetrDetector
 
-    folder = save_tiny_yolos(tmp_path / name) if name == "yolos" else save_tiny(tmp_path / name, name)
+    folder = (save_tiny_yolos(tmp_path / name) if name == "yolos"
+              else build_tiny_owl(tmp_path / name, phrases=DEFAULT_QUERIES.texts) if name == "owlv2"
+              else save_tiny(tmp_path / name, name))
     repository = convert(ConvertOptions(out=tmp_path / "repository", detector=f"hf:{folder}", score_threshold=0.3,
                                         compare_samples=2, target="gpu", runtime="torch")).repository
     folder = repository / "detector" / "1" / TORCH_FOLDER

@@ -101,11 +101,11 @@ def test_hf_spec_resolves_a_yolos_folder_to_its_safetensors(checkpoint_dir: Path
 
 def test_hf_spec_refuses_other_model_types_missing_weights_and_attribute_heads(tmp_path: Path,
                                                                                checkpoint_dir: Path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "owlv2"}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "grounding-dino"}))
     with pytest.raises(ConvertError, match="none of"):
         resolve_spec(f"hf:{tmp_path}", "detector")
     (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ConvertError, match="'owlv2' is not supported"):
+    with pytest.raises(ConvertError, match="'grounding-dino' is not supported"):
         resolve_spec(f"hf:{tmp_path}", "detector")
     with pytest.raises(ConvertError, match="attribute heads"):
         resolve_spec(f"hf:{checkpoint_dir}", "attributes")

@@ -228,7 +228,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                                     score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
                                     max_detections=args.max_detections, repository_settings=limits,
                                     letterbox=args.letterbox, input_size=args.input_size, cores=args.cores,
-                                    engines=engines))
+                                    queries=args.queries, engines=engines))
     print(f"model repository: {result.repository}")
     export = result.manifest["export"]
     size, stride = export["input_size"], export.get("letterbox_stride", 0)
@@ -420,10 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default="default",
                    help="'default', a FashionBox detector .safetensors checkpoint, hf:FOLDER_OR_HUB_ID (a "
                         "transformers YOLOS, DETR, Conditional DETR, Deformable DETR, DAB-DETR, RT-DETR, RT-DETRv2, "
-                        "D-FINE or DEIMv2 checkpoint), or "
+                        "D-FINE or DEIMv2 checkpoint, or an open-vocabulary OWL-ViT or OWLv2 one: see --queries), or "
                         "ultralytics:FILE.onnx (what `yolo export format=onnx` writes for a YOLOv8/YOLO11 detect or "
                         "-seg model)")
     p.add_argument("--attributes", default="default", help="'default' or an attributes .safetensors checkpoint")
+    p.add_argument("--queries", type=Path, default=None, metavar="FILE",
+                   help="an OWL-ViT / OWLv2 detector's classes: one a line, 'name' (asked as 'a photo of a name') or "
+                        "'name: query text'; default: the 27 Fashionpedia garments and accessories")
     p.add_argument("--classifier", default=None, metavar="hf:FOLDER_OR_HUB_ID",
                    help="an image classifier (any transformers AutoModelForImageClassification: ViT, ConvNeXt, "
                         "ResNet, ...): its top labels for the whole image in every result, instead of the default "

@@ -98,6 +98,9 @@ class Family:
     resize: Callable[[Any, int], Any] | None = None
     """``(detector, size)``: the loaded detector served at another letterbox side (``--input-size``),
     refused (a ``ConvertError``) where its graph cannot take it; None: served at its own size only."""
+    queries: Callable[[Any, Path], tuple[Any, LabelMap]] | None = None
+    """``(detector, file)``: an open-vocabulary detector serving the classes a queries file names
+    (``--queries``), and their label map; None: the classes are the checkpoint's own."""
 
 
 def _default_family() -> Family:
@@ -142,6 +145,20 @@ def _hf_family(name: str) -> Callable[[], Family]:
     return factory
 
 
+def _owl_family(model_type: str) -> Callable[[], Family]:
+    def factory() -> Family:
+        from fashionbox.converter import owl
+
+        # the OWL processors' threshold (0.1), class-wise NMS at transformers' image-guided default (0.3)
+        return Family(model_type, owl.owl_loader(model_type), owl.export_owl_onnx, owl.compare_owl,
+                      input_size=lambda checkpoint: int(checkpoint.input_size), threads=2,
+                      score_threshold=owl.SCORE_THRESHOLD, iou_threshold=owl.IOU_THRESHOLD,
+                      max_detections=owl.MAX_DETECTIONS, torch_runtime=True, torch_files=owl.write_owl_torch_files,
+                      queries=owl.requery)
+
+    return factory
+
+
 def _ultralytics_family() -> Family:
     from fashionbox.converter.ultralytics import (
         compare_ultralytics,
@@ -167,13 +184,18 @@ FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yol
                                              "deimv2": _hf_family("deimv2"),
                                              "deformable_detr": _hf_family("deformable_detr"),
                                              "dab_detr": _hf_family("dab_detr"),
+                                             "owlv2": _owl_family("owlv2"), "owlvit": _owl_family("owlvit"),
                                              "ultralytics": _ultralytics_family}
 """Family name -> factory (lazy, so importing the converter does not import torch)."""
 
 HF_MODEL_TYPES: dict[str, str] = {"yolos": "yolos", "detr": "detr", "conditional_detr": "conditional_detr",
                                   "rt_detr": "rt_detr", "rt_detr_v2": "rt_detr_v2", "d_fine": "d_fine",
-                                  "deimv2": "deimv2", "deformable_detr": "deformable_detr", "dab-detr": "dab_detr"}
+                                  "deimv2": "deimv2", "deformable_detr": "deformable_detr", "dab-detr": "dab_detr",
+                                  "owlv2": "owlv2", "owlvit": "owlvit"}
 """``model_type`` of a Hugging Face checkpoint's config.json -> family (specs ``hf:FOLDER_OR_HUB_ID``)."""
+
+OPEN_VOCABULARY = frozenset({"owlv2", "owlvit"})
+"""The families whose classes are text queries (``--queries``), embedded by the checkpoint's own tokenizer."""
 
 
 @dataclass(frozen=True)
@@ -225,6 +247,10 @@ class ConvertOptions:
     its own (a transformers processor's ``shortest_edge``, an Ultralytics export's ``imgsz``): a larger
     one for accuracy on small garments, a smaller one for speed. Refused where the graph cannot take it
     (a fixed-shape export, the default model, a size the graph's stride does not divide)."""
+    queries: Path | None = None
+    """An open-vocabulary detector's classes (OWL-ViT, OWLv2): a queries file, one class a line, ``name`` or
+    ``name: query text`` (``fashionbox.converter.owl.read_queries``); None: the family's default (the 27
+    Fashionpedia garments and accessories). Refused for the families whose classes are their checkpoint's."""
     engines: EngineOptions = field(default_factory=lambda: _engine_options())
     """``--target gpu`` only: TensorRT engines built now or later, FP16, workspace, CUDA graphs."""
 
@@ -316,13 +342,18 @@ def _resolve_hf(folder: Path, kind: Literal["detector", "attributes"]) -> tuple[
 
     if kind != "detector":
         raise ConvertError("hf: checkpoints are detectors; the attribute heads are FashionBox checkpoints")
-    if not folder.exists() and is_hub_id(folder.as_posix()):
-        folder = fetch_checkpoint(folder.as_posix())
+    repo_id = folder.as_posix() if not folder.exists() and is_hub_id(folder.as_posix()) else None
+    if repo_id:
+        folder = fetch_checkpoint(repo_id)
     try:
         weights = checkpoint_weights(folder)
         model_type = hf_model_type(folder)
     except DetrError as exc:
         raise ConvertError(str(exc)) from exc
+    if repo_id and HF_MODEL_TYPES.get(model_type) in OPEN_VOCABULARY:  # its tokenizer embeds the queries
+        from fashionbox.converter.image_models import fetch_hub_folder
+
+        weights = fetch_hub_folder(repo_id, text_files=True) / weights.name
     if model_type not in HF_MODEL_TYPES:
         raise ConvertError(f"{folder}: Hugging Face model_type {model_type!r} is not supported; "
                            f"known: {sorted(HF_MODEL_TYPES)}")
@@ -334,9 +365,10 @@ def _letterbox_stride(options: ConvertOptions, family: Family, detector: Any, *,
     stride = family.letterbox_stride(detector)
     if options.letterbox == "rect" and not stride:
         raise ConvertError(f"--letterbox rect: this {family.name} detector's graph takes only the square "
-                           f"{family.input_size(detector)} letterbox (the transformers detectors take any height and "
-                           "width but an RT-DETR with anchor_image_size and an RT-DETRv2 or D-FINE with discrete "
-                           "sampling; an Ultralytics export does when exported with dynamic=True)")
+                           f"{family.input_size(detector)} letterbox (the DETR-style transformers detectors take any "
+                           "height and width but an RT-DETR with anchor_image_size and an RT-DETRv2 or D-FINE with "
+                           "discrete sampling; OWL-ViT and OWLv2 their own square only; an Ultralytics export does "
+                           "when exported with dynamic=True)")
     return stride if options.letterbox == "rect" or (options.letterbox == "auto" and onnx_on_cpu) else 0
 
 
@@ -558,7 +590,13 @@ def convert(options: ConvertOptions) -> ConvertResult:
         raise ConvertError(f"the torch runtime serves FashionBox checkpoints and transformers (hf:) detectors; a "
                            f"{family.name} detector runs through ONNX Runtime or OpenVINO (--target cpu) or TensorRT "
                            "(--target gpu)")
+    if options.queries is not None and family.queries is None:
+        raise ConvertError(f"--queries names the classes of an open-vocabulary detector "
+                           f"({', '.join(sorted(OPEN_VOCABULARY))}); a {family.name} detector's classes are its "
+                           "checkpoint's")
     detector, label_map = family.load_detector(detector_path)
+    if options.queries is not None and family.queries is not None:
+        detector, label_map = family.queries(detector, Path(options.queries))
     own_size = family.input_size(detector)
     if options.input_size is not None and options.input_size != own_size:
         if family.resize is None:
@@ -683,6 +721,9 @@ def convert(options: ConvertOptions) -> ConvertResult:
                            **branches.reports, "tolerance": options.tolerance},
             "versions": _versions(),
         }
+        if family.queries is not None:  # an open-vocabulary detector: what each served class was asked as
+            manifest["queries"] = {"file": Path(options.queries).name if options.queries else None,
+                                   "classes": dict(zip(detector.queries.names, detector.queries.texts, strict=True))}
         if branches.manifest:
             manifest["image_models"] = branches.manifest
         for image_level in settings.image_level():  # what postprocess serves; the in-process baseline reads it

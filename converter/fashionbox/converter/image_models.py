@@ -176,8 +176,8 @@ def _read_json(file: Path) -> dict[str, Any]:
     return data
 
 
-def _fetch(repo_id: str, *, text_files: bool) -> Path:
-    """The Hub snapshot of ``repo_id`` (:mod:`.hub`), with the tokenizer files too when asked."""
+def fetch_hub_folder(repo_id: str, *, text_files: bool) -> Path:
+    """The Hub snapshot of ``repo_id`` (:mod:`.hub`), with the tokenizer files too when asked (a text tower's)."""
     from fashionbox.converter.hub import HubError, fetch_checkpoint, hub_cache_dir, hub_offline
 
     folder = fetch_checkpoint(repo_id)
@@ -208,7 +208,7 @@ def resolve_folder(spec: str, kind: Kind) -> tuple[Path, str]:
     if folder.exists():
         return folder, folder.name
     if is_hub_id(text):
-        return _fetch(text, text_files=kind == "embedder"), spec
+        return fetch_hub_folder(text, text_files=kind == "embedder"), spec
     raise ImageModelError(f"{spec}: {folder} does not exist and is not a Hub id ORG/NAME")
 
 

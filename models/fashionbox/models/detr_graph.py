@@ -39,7 +39,9 @@ SPEC_FILE = "detector.json"
 """Beside a DETR-style family's transformers files (``config.json``, ``model.safetensors``): its model
 class, scoring, input size and normalisation (:class:`DetrSpec`)."""
 
-SCORINGS = ("softmax", "sigmoid_top_k")
+SCORINGS = ("softmax", "sigmoid_top_k", "owl")
+"""How the class head turns into scores: the two DETR-style post-processings of :class:`DetrGraph`, and
+``owl`` (:class:`fashionbox.models.owl_graph.OwlGraph`: each patch's best text query, NMS after the graph)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,8 @@ class DetrGraph(nn.Module):
 
     def __init__(self, model: Any, spec: DetrSpec, score_threshold: float) -> None:
         super().__init__()
+        if spec.scoring not in ("softmax", "sigmoid_top_k"):
+            raise ValueError(f"a DetrGraph serves the softmax and sigmoid_top_k scorings, not {spec.scoring!r}")
         self.model = model
         self.spec = spec
         self.rescale = float(spec.rescale_factor)

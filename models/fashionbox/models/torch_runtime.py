@@ -186,6 +186,20 @@ class _Runner:
         return tensor
 
 
+def _nms_detections(boxes: torch.Tensor, scores: torch.Tensor, nms: NmsSettings, pre_nms_top_k: int,
+                    max_detections: int) -> list[DetectorOutput]:
+    """Batched NMS on the device, then only the kept rows cross to the host (not ``[B, N, 4]`` and ``[B, C, N]``)."""
+    import torch
+
+    from fashionbox.models.nms import nms_batched
+
+    with torch.inference_mode():
+        selected = nms_batched(boxes, scores, nms, pre_nms_top_k=pre_nms_top_k)
+        b, c, n = selected.unbind(1)
+        return detections_from_kept(selected.cpu().numpy(), boxes[b, n].cpu().numpy(), scores[b, c, n].cpu().numpy(),
+                                    batch=int(boxes.shape[0]), max_detections=max_detections)
+
+
 class TorchDetector(_Runner):
     """The FashionBox detector network plus batched NMS (:func:`fashionbox.models.nms.nms_batched`)."""
 
@@ -223,19 +237,12 @@ class TorchDetector(_Runner):
         """uint8 ``[B, S, S, 3]`` letterboxed images -> one :class:`DetectorOutput` per image."""
         import torch
 
-        from fashionbox.models.nms import nms_batched
-
         rows = pixels.shape[0]
         with torch.inference_mode():
             with self._context():
                 out = self.model(self._tensor(self._padded(pixels)))
-            boxes, scores = out.boxes[:rows].float(), out.scores[:rows].float()
-            selected = nms_batched(boxes, scores, self.nms, pre_nms_top_k=self.pre_nms_top_k)
-            # Gathered on the device: only the kept rows cross to the host, not [B, N, 4] and [B, C, N].
-            b, c, n = selected.unbind(1)
-            return detections_from_kept(selected.cpu().numpy(), boxes[b, n].cpu().numpy(),
-                                        scores[b, c, n].cpu().numpy(), batch=int(boxes.shape[0]),
-                                        max_detections=self.max_detections)
+            return _nms_detections(out.boxes[:rows].float(), out.scores[:rows].float(), self.nms,
+                                   self.pre_nms_top_k, self.max_detections)
 
 
 class TorchDetrDetector(_Runner):
@@ -246,17 +253,27 @@ class TorchDetrDetector(_Runner):
     transformers in the serving environment (it builds the model from its config)."""
 
     def __init__(self, folder: Path, *, device: str, precision: str, score_threshold: float, max_detections: int,
-                 max_batch_size: int = 1, bucketed: bool | None = None) -> None:
+                 max_batch_size: int = 1, bucketed: bool | None = None, iou_threshold: float = 1.0,
+                 pre_nms_top_k: int = 512) -> None:
         from fashionbox.models.detr_graph import DetrGraph, DetrSpec
+        from fashionbox.models.nms import NmsSettings
+        from fashionbox.models.owl_graph import OWL_SCORING, OwlGraph, load_queries
 
         if max_detections < 1:
             raise ValueError(f"max_detections must be at least 1, got {max_detections}")
         spec = DetrSpec.read(folder)
         network = _from_pretrained(folder, spec.model_class)
-        super().__init__(DetrGraph(network, spec, score_threshold), device=device, precision=precision,
-                         max_batch_size=max_batch_size, bucketed=bucketed)
+        # an open-vocabulary (OWL) graph gives every patch's box and best query's score: NMS follows, as for
+        # the default detector; the DETR-style graphs end in their processor's own selection
+        self.nms = (NmsSettings(score_threshold=score_threshold, iou_threshold=iou_threshold,
+                                max_per_class=max_detections, max_detections=max_detections)
+                    if spec.scoring == OWL_SCORING else None)
+        graph = (OwlGraph(network, spec, load_queries(folder)) if self.nms is not None
+                 else DetrGraph(network, spec, score_threshold))
+        super().__init__(graph, device=device, precision=precision, max_batch_size=max_batch_size, bucketed=bucketed)
         self.folder = folder
         self.max_detections = max_detections
+        self.pre_nms_top_k = pre_nms_top_k
         self.input_size = spec.input_size
         self.warm_up((self.input_size, self.input_size, 3))
         log.info("torch %s detector %s on %s (%s)", spec.model_class, folder, self.device, precision)
@@ -265,7 +282,8 @@ class TorchDetrDetector(_Runner):
     def from_settings(cls, folder: Path, runtime: RuntimeSettings, *, device: str, max_detections: int,
                       max_batch_size: int = 1) -> TorchDetrDetector:
         return cls(folder, device=device, precision=runtime.precision, score_threshold=runtime.score_threshold,
-                   max_detections=max_detections, max_batch_size=max_batch_size)
+                   max_detections=max_detections, max_batch_size=max_batch_size, iou_threshold=runtime.iou_threshold,
+                   pre_nms_top_k=runtime.pre_nms_top_k)
 
     def _run(self, array: AnyArray) -> list[DetectorOutput]:
         return self.detect(array)
@@ -275,6 +293,10 @@ class TorchDetrDetector(_Runner):
         from fashionbox.core.postprocessing import gather_detections
 
         rows = pixels.shape[0]
+        if self.nms is not None:
+            boxes, scores = self._forward(pixels)
+            return _nms_detections(boxes[:rows].float(), scores[:rows].float(), self.nms, self.pre_nms_top_k,
+                                   self.max_detections)
         boxes, scores, selected = self._forward(pixels)
         selected = selected[selected[:, 0] < rows]  # the bucket's padding rows are not answered
         return gather_detections(boxes[:rows].cpu().numpy(), scores[:rows].cpu().numpy(), selected.cpu().numpy(),

@@ -1,0 +1,384 @@
+"""The open-vocabulary families, OWL-ViT and OWLv2: a transformers checkpoint plus text queries -> the detector graph.
+
+A fashion team with no labelled photos can still serve real detections: OWL-ViT (``model_type``
+``owlvit``) and OWLv2 (``owlv2``) were trained on web-scale image-text pairs and find whatever a text
+query names. FashionBox serves them with a fixed list of classes, each a query::
+
+    checkpoint = load_owl(Path("owlv2-base-patch16-ensemble/model.safetensors"), "owlv2")  # the default queries
+    checkpoint = with_queries(checkpoint, read_queries(Path("queries.txt")))               # or your own
+    export_owl_onnx(checkpoint, Path("detector.onnx"), nms=NmsSettings(score_threshold=0.1, iou_threshold=0.3))
+    report = compare_owl(checkpoint, Path("detector.onnx"), batches, nms)                  # vs transformers
+
+**The classes.** By default the 27 Fashionpedia garments and accessories (``shirt, blouse`` ...
+``umbrella``; its garment parts, closures and decorations are left out: a zero-shot detector asked for
+"sleeve" finds one on every shirt), each named by its Fashionpedia name, so the served label map, the
+attribute heads' garments and the catalog read them as they read a Fashionpedia-trained checkpoint's;
+the query is ``a photo of a`` and the name's alternatives joined by ``or`` ("a photo of a shirt or
+blouse"), :data:`QUERY_TEMPLATE`. ``--queries FILE`` replaces them (:func:`read_queries`): one class a
+line, ``name`` or ``name: query text``. The queries are embedded once, at conversion, by the
+checkpoint's own text tower (its tokenizer, as its processor pads them); the graph holds the
+embeddings (:class:`fashionbox.models.owl_graph.OwlGraph`) and runs the image side only. A query longer
+than the text tower's positions is refused (transformers would truncate it silently).
+
+**Post-processing.** The processor's ``post_process_object_detection`` inside the graph (each patch's
+best query, a sigmoid, boxes scaled by the input's side; its default threshold 0.1), then class-wise
+NMS (IoU 0.3, transformers' own default where it suppresses: ``post_process_image_guided_detection``):
+an OWL model answers with one box per image patch, and neighbouring patches match one garment.
+``--iou-threshold 1`` turns NMS off and serves exactly the processor's list.
+
+**The letterbox.** Square only, at the checkpoint's own size (the processor's ``height``: 960 for
+OWLv2 base, 768 for OWL-ViT B/32): the ViT's position embeddings and the box bias are laid out for
+that grid (transformers can interpolate them, but the hub checkpoints were not trained that way).
+OWLv2's processor pads each photo to a square bottom-right with grey and resizes it; FashionBox
+letterboxes it centred with grey, the same square up to where the padding sits. Parity
+(:func:`reference_detections`) is on the same letterboxed pixels: the processor normalises them
+(``do_resize=False, do_pad=False``), transformers' model runs with the queries' token ids and its
+post-processing keeps the detections, and the same NMS (:func:`fashionbox.models.nms.nms_onnx_semantics`)
+follows.
+
+**Checked before any weights load** (JSON and the safetensors header): ``model_type``, the processor's
+``preprocessor_config.json`` and a square size, the tokenizer's files, a whole safetensors file.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from fashionbox import contract
+from fashionbox.contract.labels import LabelMap, fashionpedia_taxonomy
+from fashionbox.converter.detr import (
+    PREPROCESSOR_FILE,
+    DetrError,
+    DetrPreprocessing,
+    _load_model,
+    _read_config,
+    _tensor_shapes,
+    _transformers,
+    compare_graph,
+    preprocessing_of,
+)
+from fashionbox.converter.export import MIN_OPSET, ComparisonReport, ExportError, _append_nms, check_onnx
+from fashionbox.converter.labels import family_label_map
+from fashionbox.core.postprocessing import DetectorOutput, gather_detections
+from fashionbox.models.detr_graph import DetrSpec
+from fashionbox.models.nms import NmsSettings, nms_onnx_semantics
+from fashionbox.models.owl_graph import OWL_SCORING, OwlGraph, save_queries
+
+__all__ = [
+    "DEFAULT_QUERIES",
+    "OWL_STYLES",
+    "QUERY_TEMPLATE",
+    "OwlCheckpoint",
+    "OwlStyle",
+    "Queries",
+    "compare_owl",
+    "export_owl_onnx",
+    "load_owl",
+    "owl_loader",
+    "owl_spec",
+    "query_embeddings",
+    "read_queries",
+    "reference_detections",
+    "with_queries",
+    "write_owl_torch_files",
+]
+
+log = logging.getLogger(__name__)
+
+PROCESSOR_FILE = "processor_config.json"
+"""Where transformers 5 saves a processor (the image processor nested); older checkpoints have
+``preprocessor_config.json``: either is read."""
+
+SCORE_THRESHOLD = 0.1
+"""``post_process_object_detection``'s default threshold in both OWL processors."""
+IOU_THRESHOLD = 0.3
+"""Class-wise NMS IoU: transformers' ``post_process_image_guided_detection`` default (its text-query
+post-processing has no NMS: ``--iou-threshold 1`` serves that list as it is)."""
+MAX_DETECTIONS = 100
+
+QUERY_TEMPLATE = "a photo of a {}"
+"""A class name's query: its alternatives (``shirt, blouse``) joined by ``or``, in this template."""
+
+
+@dataclass(frozen=True)
+class OwlStyle:
+    model_type: str
+    model_class: str
+    processor_class: str
+    """The pure PIL/numpy image processor (no torchvision)."""
+
+    @property
+    def family(self) -> str:
+        return self.model_type
+
+
+OWL_STYLES: dict[str, OwlStyle] = {
+    "owlv2": OwlStyle("owlv2", "Owlv2ForObjectDetection", "Owlv2ImageProcessorPil"),
+    "owlvit": OwlStyle("owlvit", "OwlViTForObjectDetection", "OwlViTImageProcessorPil"),
+}
+
+
+@dataclass(frozen=True)
+class Queries:
+    """The served classes: their names (the label map's) and the text each is queried with."""
+
+    names: tuple[str, ...]
+    texts: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.names or len(self.names) != len(self.texts):
+            raise DetrError("the queries need at least one class, each with one query text")
+        if len(set(self.names)) != len(self.names):
+            twice = sorted({n for n in self.names if self.names.count(n) > 1})
+            raise DetrError(f"the queries name a class twice: {twice}")
+        if any(not n.strip() or not t.strip() for n, t in zip(self.names, self.texts, strict=True)):
+            raise DetrError("a query's class name and text must not be empty")
+
+
+def query_text(name: str) -> str:
+    """``shirt, blouse`` -> ``a photo of a shirt or blouse``."""
+    return QUERY_TEMPLATE.format(" or ".join(part.strip() for part in name.split(",") if part.strip()))
+
+
+def _default_queries() -> Queries:
+    garments = [str(c["name"]) for c in fashionpedia_taxonomy()["categories"]
+                if c["supercategory"] not in ("garment parts", "closures", "decorations")]
+    return Queries(tuple(garments), tuple(query_text(name) for name in garments))
+
+
+DEFAULT_QUERIES = _default_queries()
+"""The 27 Fashionpedia garments and accessories, each queried as :func:`query_text` says."""
+
+
+def read_queries(path: Path) -> Queries:
+    """A queries file: UTF-8, one class a line, ``name`` (queried as :func:`query_text` says) or
+    ``name: query text``; blank lines and lines starting with ``#`` are skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DetrError(f"cannot read the queries file {path}: {exc}") from exc
+    names: list[str] = []
+    texts: list[str] = []
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, text = line.partition(":")
+        name, text = name.strip(), text.strip()
+        if not name or (sep and not text):
+            raise DetrError(f"{path}:{number}: expected 'name' or 'name: query text', got {raw!r}")
+        names.append(name)
+        texts.append(text if sep else query_text(name))
+    if not names:
+        raise DetrError(f"{path} names no class: one class a line, 'name' or 'name: query text'")
+    try:
+        return Queries(tuple(names), tuple(texts))
+    except DetrError as exc:
+        raise DetrError(f"{path}: {exc}") from None
+
+
+# -- checking and loading -------------------------------------------------------------------------------------
+
+
+def _check_folder(weights: Path, style: OwlStyle) -> None:
+    folder = weights.parent
+    config = _read_config(folder)
+    model_type = str(config.get("model_type", ""))
+    if model_type != style.model_type:
+        raise DetrError(f"{folder}: model_type {model_type!r} is not a {style.model_type} checkpoint")
+    if not (folder / PREPROCESSOR_FILE).is_file() and not (folder / PROCESSOR_FILE).is_file():
+        raise DetrError(f"{folder} has neither {PREPROCESSOR_FILE} nor {PROCESSOR_FILE}: the input size and "
+                        "normalisation must come from the checkpoint")
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json")):
+        raise DetrError(f"{folder} has no tokenizer (tokenizer.json or vocab.json): the queries are embedded with "
+                        "the checkpoint's own tokenizer")
+    if weights.suffix != ".bin":
+        _tensor_shapes(weights)  # a truncated or foreign file is refused before loading
+
+
+@dataclass(frozen=True)
+class OwlCheckpoint:
+    folder: Path
+    style: OwlStyle
+    model: Any
+    """The ``style.model_class`` model in eval mode, as transformers loaded it."""
+    processor: Any
+    """The ``style.processor_class`` image processor from the folder's preprocessor config."""
+    tokenizer: Any
+    preprocessing: DetrPreprocessing
+    input_size: int
+    """Side of the square letterbox (the processor's size)."""
+    queries: Queries
+    embeddings: torch.Tensor
+    """The queries' text embeddings ``[Q, D]``, as the model's forward computes them."""
+    label_map: LabelMap
+
+
+def _tokens(checkpoint_tokenizer: Any, model: Any, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The processor's tokenization (padded to the text tower's positions); refuses a query that does not fit."""
+    length = int(model.config.text_config.max_position_embeddings)
+    for text in texts:
+        count = len(checkpoint_tokenizer(text)["input_ids"])
+        if count > length:
+            raise DetrError(f"the query {text!r} is {count} tokens: this checkpoint's text tower takes at most "
+                            f"{length} (shorten it in the queries file)")
+    encoded = checkpoint_tokenizer(list(texts), padding="max_length", max_length=length, return_tensors="pt")
+    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+
+def query_embeddings(model: Any, tokenizer: Any, texts: Sequence[str], size: int) -> torch.Tensor:
+    """``[Q, D]``: the model's own ``image_text_embedder`` text side (the image's is not used)."""
+    tokens = _tokens(tokenizer, model, texts)
+    pixels = torch.zeros((1, 3, size, size), dtype=torch.float32)
+    with torch.no_grad():
+        embeddings: torch.Tensor = model.image_text_embedder(pixel_values=pixels, **tokens)[0]
+    return embeddings.reshape(len(texts), -1).detach().clone()
+
+
+def with_queries(checkpoint: OwlCheckpoint, queries: Queries) -> OwlCheckpoint:
+    """``checkpoint`` serving ``queries``' classes: their embeddings and label map."""
+    embeddings = query_embeddings(checkpoint.model, checkpoint.tokenizer, queries.texts, checkpoint.input_size)
+    return replace(checkpoint, queries=queries, embeddings=embeddings, label_map=_label_map(queries, checkpoint.style))
+
+
+def _label_map(queries: Queries, style: OwlStyle) -> LabelMap:
+    return family_label_map(dict(enumerate(queries.names)), name=style.model_type)
+
+
+def load_owl(weights: Path, model_type: str, queries: Queries = DEFAULT_QUERIES) -> OwlCheckpoint:
+    """Check, then load the checkpoint whose weights file is ``weights``; embed ``queries``."""
+    weights = Path(weights)
+    style = OWL_STYLES[model_type]
+    _check_folder(weights, style)
+    transformers = _transformers()
+    cls = getattr(transformers, style.model_class)
+    model = _load_model(cls, weights.parent, weights)
+    if not isinstance(model, cls):
+        raise DetrError(f"{weights.parent} holds a {type(model).__name__}, not a {style.model_class}")
+    folder = weights.parent
+    processor = getattr(transformers, style.processor_class).from_pretrained(str(folder), local_files_only=True)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # transformers' own errors for damaged tokenizer files
+        raise DetrError(f"{folder}: the tokenizer does not load: {exc}") from exc
+    preprocessing = preprocessing_of(processor, folder)
+    size = dict(processor.size)
+    side = int(model.config.vision_config.image_size)
+    if size.get("height", side) != size.get("width", side) or preprocessing.shortest_edge != side:
+        raise DetrError(f"{folder}: the processor's size {size} is not the vision tower's square {side}: FashionBox "
+                        "serves an OWL checkpoint at its own square")
+    return OwlCheckpoint(folder=folder, style=style, model=model, processor=processor, tokenizer=tokenizer,
+                         preprocessing=preprocessing, input_size=side, queries=queries,
+                         embeddings=query_embeddings(model, tokenizer, queries.texts, side),
+                         label_map=_label_map(queries, style))
+
+
+def owl_loader(model_type: str) -> Callable[[Path], tuple[OwlCheckpoint, LabelMap]]:
+    """The family table's loader: the checkpoint with the default queries, and its label map."""
+
+    def load(weights: Path) -> tuple[OwlCheckpoint, LabelMap]:
+        checkpoint = load_owl(weights, model_type)
+        return checkpoint, checkpoint.label_map
+
+    return load
+
+
+def requery(checkpoint: OwlCheckpoint, path: Path) -> tuple[OwlCheckpoint, LabelMap]:
+    """The family table's ``queries``: ``checkpoint`` serving the classes of the queries file ``path``."""
+    checkpoint = with_queries(checkpoint, read_queries(path))
+    return checkpoint, checkpoint.label_map
+
+
+# -- export -------------------------------------------------------------------------------------------------
+
+
+def owl_spec(checkpoint: OwlCheckpoint) -> DetrSpec:
+    mean, std = checkpoint.preprocessing.image_mean, checkpoint.preprocessing.image_std
+    return DetrSpec(model_class=checkpoint.style.model_class, scoring=OWL_SCORING, top_k=0,
+                    input_size=checkpoint.input_size, rescale_factor=checkpoint.preprocessing.rescale_factor,
+                    image_mean=(mean[0], mean[1], mean[2]), image_std=(std[0], std[1], std[2]))
+
+
+def owl_graph(checkpoint: OwlCheckpoint) -> OwlGraph:
+    return OwlGraph(checkpoint.model, owl_spec(checkpoint), checkpoint.embeddings).eval()
+
+
+def export_owl_onnx(checkpoint: OwlCheckpoint, path: Path, *, nms: NmsSettings, opset: int = MIN_OPSET,
+                    letterbox_stride: int = 0) -> Path:
+    """The graph (TorchScript exporter; dynamic batch) for the square letterbox, class-wise NMS appended."""
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is below the supported minimum {MIN_OPSET}")
+    if letterbox_stride:
+        raise ExportError(f"a {checkpoint.style.model_type} graph takes only the square letterbox (its position "
+                          "embeddings and box bias are laid out for its own grid)")
+    size = checkpoint.input_size
+    example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    dynamic = {contract.ONNX_DETECTOR_INPUT: {0: "batch"}, contract.ONNX_DETECTOR_BOXES: {0: "batch"},
+               contract.ONNX_DETECTOR_SCORES: {0: "batch"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation warnings from torch and transformers
+        torch.onnx.export(owl_graph(checkpoint), (example,), str(path), input_names=[contract.ONNX_DETECTOR_INPUT],
+                          output_names=[contract.ONNX_DETECTOR_BOXES, contract.ONNX_DETECTOR_SCORES],
+                          dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, dynamo=False)
+    checkpoint.model.eval()
+    _append_nms(path, nms)
+    check_onnx(path)
+    return path
+
+
+def write_owl_torch_files(checkpoint: OwlCheckpoint, folder: Path) -> Path:
+    """``folder`` with what :class:`fashionbox.models.torch_runtime.TorchDetrDetector` loads: the model saved
+    by transformers (safetensors), the graph's spec and the queries' embeddings."""
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint.model.save_pretrained(folder, safe_serialization=True)
+    owl_spec(checkpoint).write(folder)
+    save_queries(folder, checkpoint.embeddings)
+    return folder
+
+
+# -- the transformers reference and the comparison -----------------------------------------------------------
+
+
+def reference_detections(checkpoint: OwlCheckpoint, pixels: npt.NDArray[np.uint8],
+                         nms: NmsSettings) -> list[DetectorOutput]:
+    """Transformers' own result on letterboxed ``pixels`` ``[B, S, S, 3]``, then the served NMS.
+
+    The processor normalises the pixels (no resize, no pad), the model runs with the queries' token ids,
+    ``post_process_object_detection`` keeps the patches above ``nms.score_threshold`` (boxes in letterbox
+    pixels), and :func:`fashionbox.models.nms.nms_onnx_semantics` suppresses among each class's boxes."""
+    batch, height, width = pixels.shape[:3]
+    inputs = checkpoint.processor(images=list(pixels), do_resize=False, do_pad=False, return_tensors="pt")
+    tokens = _tokens(checkpoint.tokenizer, checkpoint.model, checkpoint.queries.texts)
+    with torch.no_grad():
+        outputs = checkpoint.model(pixel_values=inputs["pixel_values"],
+                                   **{k: v.repeat(batch, 1) for k, v in tokens.items()})
+    results = checkpoint.processor.post_process_object_detection(outputs, threshold=nms.score_threshold,
+                                                                 target_sizes=[(height, width)] * batch)
+    classes = len(checkpoint.queries.names)
+    rows = []
+    for result in results:
+        boxes = result["boxes"].to(torch.float32).reshape(1, -1, 4)
+        labels = result["labels"]
+        scores = torch.zeros((1, classes, boxes.shape[1]), dtype=torch.float32)
+        scores[0, labels, torch.arange(len(labels))] = result["scores"].to(torch.float32)
+        selected = nms_onnx_semantics(boxes, scores, nms).numpy()
+        kept = gather_detections(boxes.numpy(), scores.numpy(), selected, max_detections=nms.max_detections)[0]
+        order = np.lexsort((kept.classes, -kept.scores))
+        rows.append(DetectorOutput(boxes=kept.boxes[order], scores=kept.scores[order], classes=kept.classes[order]))
+    return rows
+
+
+def compare_owl(checkpoint: OwlCheckpoint, path: Path, batches: Sequence[npt.NDArray[np.uint8]],
+                nms: NmsSettings) -> ComparisonReport:
+    """ONNX Runtime (through the served gathering) against transformers plus the same NMS, on each uint8 batch."""
+    return compare_graph(path, batches, lambda batch: reference_detections(checkpoint, batch, nms),
+                         max_detections=nms.max_detections)
