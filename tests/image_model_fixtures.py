@@ -117,6 +117,31 @@ def _clip_vocab(phrases: Sequence[str] = PHRASES) -> tuple[dict[str, int], list[
     return {token: i for i, token in enumerate(tokens)}, merges
 
 
+def trained_clip_vocab(phrases: Sequence[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte-level BPE vocabulary as CLIP's, its merges trained on ``phrases`` (``tokenizers``' BPE trainer):
+    every word of them comes out whole, as the hub's CLIP tokenizer keeps common words, so a query takes
+    about as many positions as there."""
+    import json
+    import re
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    tokenizer = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=5000, min_frequency=1, end_of_word_suffix="</w>", initial_alphabet=chars,
+                                  show_progress=False)
+    # CLIP's pre-tokenizer: lower case, runs of letters, each other character alone
+    tokenizer.train_from_iterator([w for p in phrases for w in re.findall(r"[a-z]+|[^\sa-z]", p.lower())], trainer)
+    model = json.loads(tokenizer.to_str())["model"]
+    vocab: dict[str, int] = dict(model["vocab"])
+    for token in [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]:
+        vocab.setdefault(token, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return vocab, merges  # type: ignore[return-value]
+
+
 def build_tiny_clip(folder: Path) -> Path:
     """A random ``CLIPModel`` (32 px images, 16-d projection) with its processor and BPE tokenizer."""
     import transformers as tf
@@ -146,17 +171,17 @@ def build_tiny_clip(folder: Path) -> Path:
 def build_tiny_owl(folder: Path, model_type: Literal["owlv2", "owlvit"] = "owlv2", *, size: int = 64,
                    phrases: Sequence[str] = ()) -> Path:
     """A random ``Owlv2ForObjectDetection`` / ``OwlViTForObjectDetection`` (``size`` px, 16 px patches, hidden 32)
-    with its image processor and a CLIP BPE tokenizer (24 positions; the hub's have 16) built from :data:`PHRASES`
-    and ``phrases`` (the default queries: pass ``fashionbox.converter.owl.DEFAULT_QUERIES.texts``)."""
+    with its image processor and a CLIP BPE tokenizer (16 positions, as the hub's) trained on :data:`PHRASES` and
+    ``phrases`` (the default queries: pass ``fashionbox.converter.owl.DEFAULT_QUERIES.texts``)."""
     import transformers as tf
 
     folder = Path(folder)
-    vocab, merges = _clip_vocab((*PHRASES, *phrases))
+    vocab, merges = trained_clip_vocab((*PHRASES, *phrases))
     # OWL's tokenizers pad with "!" (id 0 in the hub's vocabulary; its forward takes a first id of 0 for a padded query)
-    tokenizer = tf.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=24, pad_token="!")
+    tokenizer = tf.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16, pad_token="!")
     torch.manual_seed(0)
     text = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "max_position_embeddings": 24, "bos_token_id": vocab["<|startoftext|>"],
+            "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": vocab["<|startoftext|>"],
             "eos_token_id": vocab["<|endoftext|>"], "pad_token_id": tokenizer.pad_token_id}
     vision = {"image_size": size, "patch_size": 16, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
               "num_attention_heads": 2}

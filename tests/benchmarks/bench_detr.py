@@ -34,8 +34,6 @@ Rounds interleave them; the JSON keeps every run and the medians.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 import tempfile
 import time
@@ -45,8 +43,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_report import write_report
-from bench_yolos import make_images, run_onnx_detector, run_served
+from bench_rounds import baseline_summary, served_rounds, served_summary, write_rounds
+from bench_yolos import make_images, run_onnx_detector
 from bench_yolos import run_transformers as run_yolos_way
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,10 +170,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from fashionbox.converter import ConvertOptions, convert
     from fashionbox.core.serving import OrtSettings
-    from fashionbox.server import ServerConfig, TritonServer, find_free_ports
 
     images = make_images(args.images)
-    runs: dict[str, Any] = {"own_way_s": [], "letterbox_s": [], "onnx_alone_s": [], "served_c1": [], "served_c2": []}
     with tempfile.TemporaryDirectory(prefix="fashionbox-bench-detr-") as tmp:
         folder, shape = save_sized(Path(tmp) / args.family, args.family)
         started = time.perf_counter()
@@ -186,56 +182,23 @@ def main(argv: list[str] | None = None) -> int:
         repository = result.repository
         convert_s = time.perf_counter() - started
         print(f"converted in {convert_s:.0f} s", flush=True)
-        grpc, http, metrics = find_free_ports(3)
-        config = ServerConfig(repository=repository, grpc_port=grpc, http_port=http, metrics_port=metrics,
-                              log_path=Path(tmp) / "tritonserver.log")
-        with TritonServer(config) as server:
-            url = server.endpoints.grpc
-            run_served(url, images, 1, 3.0)  # warm-up
-            for round_index in range(args.rounds):
-                own = run_transformers(folder, images, letterbox_size=None, family=args.family)
-                runs["own_way_s"].append(own)
-                same = run_transformers(folder, images, letterbox_size=size, stride=stride, family=args.family)
-                runs["letterbox_s"].append(same)
-                alone = run_onnx_detector(repository, images, size, stride)
-                runs["onnx_alone_s"].append(alone)
-                c1 = run_served(url, images, 1, args.duration_s)
-                runs["served_c1"].append(c1)
-                c2 = run_served(url, images, 2, args.duration_s)
-                runs["served_c2"].append(c2)
-                print(f"round {round_index + 1}: transformers own way {statistics.median(own):.3f} s/image, "
-                      f"same letterbox {statistics.median(same):.3f} s/image, detector graph alone "
-                      f"{statistics.median(alone):.3f} s/image; served c=1 p50 "
-                      f"{c1['latency_ms']['p50']:.0f} ms, c=2 {c2['throughput_rps']:.2f} images/s", flush=True)
+        runs = served_rounds(repository, images, rounds=args.rounds, duration_s=args.duration_s, baselines={
+            "own_way_s": lambda: run_transformers(folder, images, letterbox_size=None, family=args.family),
+            "letterbox_s": lambda: run_transformers(folder, images, letterbox_size=size, stride=stride,
+                                                    family=args.family),
+            "onnx_alone_s": lambda: run_onnx_detector(repository, images, size, stride)})
 
-    def baseline(key: str) -> dict[str, float]:
-        flat = [s for run in runs[key] for s in run]
-        return {"p50_ms": round(1000 * statistics.median(flat), 1), "images_per_s": round(1 / statistics.mean(flat), 3)}
-
-    served_p50 = statistics.median(p["latency_ms"]["p50"] for p in runs["served_c1"])
-    own_way = baseline("own_way_s")
-    per_round = [1000 * statistics.median(s) / c1["latency_ms"]["p50"]
-                 for s, c1 in zip(runs["own_way_s"], runs["served_c1"], strict=True)]
     summary = {
-        "served_c1_p50_ms": round(served_p50, 1),
-        "served_c1_p99_ms": round(statistics.median(p["latency_ms"]["p99"] for p in runs["served_c1"]), 1),
-        "served_c1_images_per_s": round(statistics.median(p["throughput_rps"] for p in runs["served_c1"]), 3),
-        "served_c2_images_per_s": round(statistics.median(p["throughput_rps"] for p in runs["served_c2"]), 3),
-        "transformers_own_way": own_way,
-        "transformers_same_letterbox": baseline("letterbox_s"),
-        "detector_graph_alone": baseline("onnx_alone_s"),
-        "speedup_p50_vs_own_way": round(own_way["p50_ms"] / served_p50, 2),
-        "speedup_p50_vs_own_way_per_round": [round(r, 2) for r in per_round],
+        **served_summary(runs, against="own_way_s"),
+        "transformers_own_way": baseline_summary(runs, "own_way_s"),
+        "transformers_same_letterbox": baseline_summary(runs, "letterbox_s"),
+        "detector_graph_alone": baseline_summary(runs, "onnx_alone_s"),
         "convert_s": round(convert_s, 1),
         "convert_comparison_not_enforced": result.reports["detector"],
     }
-    write_report(out, __file__, argv, {
-        "model": {"family": args.family, **shape, "labels": 46, "served_letterbox": size,
-                  "letterbox": args.letterbox, "letterbox_stride": stride,
-                  "weights": f"random ({FAMILIES[args.family].shape}, same compute)"},
-        "rounds": args.rounds, "images": args.images, "duration_s": args.duration_s, "summary": summary, "runs": runs,
-    })
-    print(json.dumps(summary, indent=2))
+    model = {"family": args.family, **shape, "labels": 46, "served_letterbox": size, "letterbox": args.letterbox,
+             "letterbox_stride": stride, "weights": f"random ({FAMILIES[args.family].shape}, same compute)"}
+    write_rounds(out, __file__, argv, args, model, summary, runs)
     return 0
 
 

@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_detr import BACKBONE, R18_SHAPE, recorded_not_enforced, save_r18_sized_rt_detr
 from bench_detr import FAMILIES as RT_DETR_SHAPES
 from bench_report import write_report
-from bench_yolos import SEED_PROCESSOR_SIZE, SEED_SHAPE, run_onnx_detector, run_served, save_seed_sized_yolos
+from bench_rounds import run_served
+from bench_yolos import SEED_PROCESSOR_SIZE, SEED_SHAPE, run_onnx_detector, save_seed_sized_yolos
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = ("square", "rect")

@@ -28,17 +28,15 @@ Rounds interleave the three; the JSON keeps every run and the medians.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_report import write_report
+from bench_rounds import served_rounds, write_rounds
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED_SHAPE = {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6, "intermediate_size": 1536,
@@ -130,14 +128,6 @@ def run_onnx_detector(repository: Path, images: list[bytes], size: int, stride: 
     return seconds
 
 
-def run_served(url: str, images: list[bytes], concurrency: int, duration_s: float) -> dict[str, Any]:
-    from fashionbox.loadtest import measure_concurrency
-
-    point = measure_concurrency(url, images, concurrency=concurrency, duration_s=duration_s, warmup_s=2.0,
-                                metrics="none")
-    return dict(point.as_dict())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -153,11 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from fashionbox.converter import ConvertOptions, convert
     from fashionbox.core.serving import OrtSettings
-    from fashionbox.server import ServerConfig, TritonServer, find_free_ports
 
     images = make_images(args.images)
-    runs: dict[str, Any] = {"seed_way_s": [], "letterbox_s": [], "onnx_alone_s": [], "served_c1": [],
-                            "served_c2": []}
     with tempfile.TemporaryDirectory(prefix="fashionbox-bench-yolos-") as tmp:
         folder = save_seed_sized_yolos(Path(tmp) / "yolos-small")
         started = time.perf_counter()
@@ -166,28 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             repository_settings={"ort": OrtSettings(intra_op_threads=2)})).repository
         convert_s = time.perf_counter() - started
         print(f"converted in {convert_s:.0f} s", flush=True)
-        grpc, http, metrics = find_free_ports(3)
-        config = ServerConfig(repository=repository, grpc_port=grpc, http_port=http, metrics_port=metrics,
-                              log_path=Path(tmp) / "tritonserver.log")
-        with TritonServer(config) as server:
-            url = server.endpoints.grpc
-            run_served(url, images, 1, 3.0)  # warm-up
-            for round_index in range(args.rounds):
-                seed_way = run_transformers(folder, images, letterbox_size=None)
-                runs["seed_way_s"].append(seed_way)
-                same = run_transformers(folder, images, letterbox_size=512, stride=stride)
-                runs["letterbox_s"].append(same)
-                alone = run_onnx_detector(repository, images, 512, stride)
-                runs["onnx_alone_s"].append(alone)
-                c1 = run_served(url, images, 1, args.duration_s)
-                runs["served_c1"].append(c1)
-                c2 = run_served(url, images, 2, args.duration_s)
-                runs["served_c2"].append(c2)
-                print(f"round {round_index + 1}: transformers seed's way {statistics.median(seed_way):.2f} s/image, "
-                      f"same letterbox {statistics.median(same):.2f} s/image, detector graph alone "
-                      f"{statistics.median(alone):.2f} s/image; served c=1 p50 "
-                      f"{c1['latency_ms']['p50']:.0f} ms p99 {c1['latency_ms']['p99']:.0f} ms, "
-                      f"c=2 {c2['throughput_rps']:.2f} images/s", flush=True)
+        runs = served_rounds(repository, images, rounds=args.rounds, duration_s=args.duration_s, baselines={
+            "seed_way_s": lambda: run_transformers(folder, images, letterbox_size=None),
+            "letterbox_s": lambda: run_transformers(folder, images, letterbox_size=512, stride=stride),
+            "onnx_alone_s": lambda: run_onnx_detector(repository, images, 512, stride)})
 
     def baseline(key: str) -> dict[str, float]:
         flat = [s for run in runs[key] for s in run]
@@ -223,13 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         "goal_p50_under_1s": served_p50 <= 1000.0,
         "convert_s": round(convert_s, 1),
     }
-    write_report(out, __file__, argv, {
-        "model": {**SEED_SHAPE, "processor_size": SEED_PROCESSOR_SIZE, "served_letterbox": 512,
-                  "letterbox": args.letterbox, "letterbox_stride": stride,
-                  "weights": "random (same compute as the seed's checkpoint)"},
-        "rounds": args.rounds, "images": args.images, "duration_s": args.duration_s, "summary": summary, "runs": runs,
-    })
-    print(json.dumps(summary, indent=2))
+    model = {**SEED_SHAPE, "processor_size": SEED_PROCESSOR_SIZE, "served_letterbox": 512,
+             "letterbox": args.letterbox, "letterbox_stride": stride,
+             "weights": "random (same compute as the seed's checkpoint)"}
+    write_rounds(out, __file__, argv, args, model, summary, runs)
     return 0
 
 

@@ -108,7 +108,6 @@ __all__ = [
     "checkpoint_weights",
     "compare_detections",
     "compare_detr",
-    "compare_graph",
     "detr_graph",
     "detr_spec",
     "export_detr_onnx",
@@ -797,24 +796,16 @@ def compare_detections(ours: Sequence[DetectorOutput], theirs: Sequence[Detector
             errors["scores"] = max(errors.get("scores", 0.0), float(np.abs(a.scores[i] - b.scores[j]).max()))
 
 
-def compare_graph(path: Path, batches: Sequence[npt.NDArray[np.uint8]],
-                  reference: Callable[[npt.NDArray[np.uint8]], list[DetectorOutput]], *,
-                  max_detections: int | None = None) -> ComparisonReport:
-    """ONNX Runtime (through the served gathering, at most ``max_detections`` an image; None: all the graph
-    selects) against ``reference``'s detections, on each uint8 batch (:func:`compare_detections`)."""
+def compare_detr(checkpoint: DetrCheckpoint, path: Path, batches: Sequence[npt.NDArray[np.uint8]],
+                 nms: NmsSettings) -> ComparisonReport:
+    """ONNX Runtime (through the served gathering) against transformers, on each uint8 batch."""
     session = _session(path)
     errors = {"kept_mismatch": 0.0, "boxes": 0.0, "scores": 0.0}
     samples = 0
     for batch in batches:
         boxes, scores, selected = session.run(None, {contract.ONNX_DETECTOR_INPUT: batch})  # type: ignore[attr-defined]
-        limit = max_detections or max(1, int(boxes.shape[1]) * int(scores.shape[1]))
+        limit = max(1, int(boxes.shape[1]) * int(scores.shape[1]))
         ours = gather_detections(boxes, scores, selected, max_detections=limit)
-        compare_detections(ours, reference(batch), errors)
+        compare_detections(ours, reference_detections(checkpoint, batch, nms.score_threshold), errors)
         samples += len(batch)
     return ComparisonReport("detector", errors, samples)
-
-
-def compare_detr(checkpoint: DetrCheckpoint, path: Path, batches: Sequence[npt.NDArray[np.uint8]],
-                 nms: NmsSettings) -> ComparisonReport:
-    """ONNX Runtime (through the served gathering) against transformers, on each uint8 batch."""
-    return compare_graph(path, batches, lambda batch: reference_detections(checkpoint, batch, nms.score_threshold))

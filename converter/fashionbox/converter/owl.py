@@ -29,20 +29,28 @@ an OWL model answers with one box per image patch, and neighbouring patches matc
 **The letterbox.** Square only, at the checkpoint's own size (the processor's ``height``: 960 for
 OWLv2 base, 768 for OWL-ViT B/32): the ViT's position embeddings and the box bias are laid out for
 that grid (transformers can interpolate them, but the hub checkpoints were not trained that way).
-OWLv2's processor pads each photo to a square bottom-right with grey and resizes it; FashionBox
-letterboxes it centred with grey, the same square up to where the padding sits. Parity
-(:func:`reference_detections`) is on the same letterboxed pixels: the processor normalises them
-(``do_resize=False, do_pad=False``), transformers' model runs with the queries' token ids and its
-post-processing keeps the detections, and the same NMS (:func:`fashionbox.models.nms.nms_onnx_semantics`)
-follows.
+OWLv2's processor pads each photo to a square bottom-right with 0.5 grey and resizes it; FashionBox
+letterboxes it centred with grey 114: the same square up to where the padding sits and its shade.
+OWL-ViT's processor crops the centre square (a photo's sides are cut off); the letterbox keeps the
+whole photo.
+
+**Parity** is on the same letterboxed pixels: the processor normalises them (its resize and its pad or
+centre crop turned off) and transformers' model runs with the queries' token ids. The converter's check
+(:func:`compare_owl`) is dense: every patch's score, query and box against ``post_process_object_detection``
+with no threshold (:func:`dense_reference`), and the graph's NMS against
+:func:`fashionbox.models.nms.nms_onnx_semantics` on the graph's own outputs, so a score a hair from the
+threshold or two boxes at the IoU limit cannot refuse a good conversion by chance (with hundreds or
+thousands of patches an image such near ties are to be expected now and then: an estimate, not measured
+on real weights). The tests also compare the served list itself with the processor's
+list after the same NMS (:func:`reference_detections`).
 
 **Checked before any weights load** (JSON and the safetensors header): ``model_type``, the processor's
-``preprocessor_config.json`` and a square size, the tokenizer's files, a whole safetensors file.
+config (``preprocessor_config.json``, or transformers 5's ``processor_config.json``), the tokenizer's
+files, a whole safetensors file; then the processor's size must be the vision tower's square.
 """
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -63,10 +71,9 @@ from fashionbox.converter.detr import (
     _read_config,
     _tensor_shapes,
     _transformers,
-    compare_graph,
     preprocessing_of,
 )
-from fashionbox.converter.export import MIN_OPSET, ComparisonReport, ExportError, _append_nms, check_onnx
+from fashionbox.converter.export import MIN_OPSET, ComparisonReport, ExportError, _append_nms, _session, check_onnx
 from fashionbox.converter.labels import family_label_map
 from fashionbox.core.postprocessing import DetectorOutput, gather_detections
 from fashionbox.models.detr_graph import DetrSpec
@@ -81,6 +88,7 @@ __all__ = [
     "OwlStyle",
     "Queries",
     "compare_owl",
+    "dense_reference",
     "export_owl_onnx",
     "load_owl",
     "owl_loader",
@@ -92,8 +100,6 @@ __all__ = [
     "write_owl_torch_files",
 ]
 
-log = logging.getLogger(__name__)
-
 PROCESSOR_FILE = "processor_config.json"
 """Where transformers 5 saves a processor (the image processor nested); older checkpoints have
 ``preprocessor_config.json``: either is read."""
@@ -104,6 +110,7 @@ IOU_THRESHOLD = 0.3
 """Class-wise NMS IoU: transformers' ``post_process_image_guided_detection`` default (its text-query
 post-processing has no NMS: ``--iou-threshold 1`` serves that list as it is)."""
 MAX_DETECTIONS = 100
+"""At most this many per image after NMS (the processor keeps every patch above the threshold)."""
 
 QUERY_TEMPLATE = "a photo of a {}"
 """A class name's query: its alternatives (``shirt, blouse``) joined by ``or``, in this template."""
@@ -111,19 +118,22 @@ QUERY_TEMPLATE = "a photo of a {}"
 
 @dataclass(frozen=True)
 class OwlStyle:
+    """What differs between OWL-ViT and OWLv2 here: classes and the processor's switches (the family is the
+    ``model_type``)."""
+
     model_type: str
     model_class: str
     processor_class: str
     """The pure PIL/numpy image processor (no torchvision)."""
-
-    @property
-    def family(self) -> str:
-        return self.model_type
+    as_given: tuple[str, ...]
+    """The processor's switches that, turned off, leave letterboxed pixels as they are but for the
+    normalisation (its resize, and OWLv2's pad or OWL-ViT's centre crop)."""
 
 
 OWL_STYLES: dict[str, OwlStyle] = {
-    "owlv2": OwlStyle("owlv2", "Owlv2ForObjectDetection", "Owlv2ImageProcessorPil"),
-    "owlvit": OwlStyle("owlvit", "OwlViTForObjectDetection", "OwlViTImageProcessorPil"),
+    "owlv2": OwlStyle("owlv2", "Owlv2ForObjectDetection", "Owlv2ImageProcessorPil", ("do_resize", "do_pad")),
+    "owlvit": OwlStyle("owlvit", "OwlViTForObjectDetection", "OwlViTImageProcessorPil",
+                       ("do_resize", "do_center_crop")),
 }
 
 
@@ -348,6 +358,17 @@ def write_owl_torch_files(checkpoint: OwlCheckpoint, folder: Path) -> Path:
 # -- the transformers reference and the comparison -----------------------------------------------------------
 
 
+def _transformers_outputs(checkpoint: OwlCheckpoint, pixels: npt.NDArray[np.uint8]) -> Any:
+    """The model's forward on letterboxed ``pixels`` (normalised by its processor, nothing else) and the
+    queries' token ids, as transformers' own example runs it."""
+    inputs = checkpoint.processor(images=list(pixels), return_tensors="pt",
+                                  **dict.fromkeys(checkpoint.style.as_given, False))
+    tokens = _tokens(checkpoint.tokenizer, checkpoint.model, checkpoint.queries.texts)
+    with torch.no_grad():
+        return checkpoint.model(pixel_values=inputs["pixel_values"],
+                                **{k: v.repeat(len(pixels), 1) for k, v in tokens.items()})
+
+
 def reference_detections(checkpoint: OwlCheckpoint, pixels: npt.NDArray[np.uint8],
                          nms: NmsSettings) -> list[DetectorOutput]:
     """Transformers' own result on letterboxed ``pixels`` ``[B, S, S, 3]``, then the served NMS.
@@ -356,11 +377,7 @@ def reference_detections(checkpoint: OwlCheckpoint, pixels: npt.NDArray[np.uint8
     ``post_process_object_detection`` keeps the patches above ``nms.score_threshold`` (boxes in letterbox
     pixels), and :func:`fashionbox.models.nms.nms_onnx_semantics` suppresses among each class's boxes."""
     batch, height, width = pixels.shape[:3]
-    inputs = checkpoint.processor(images=list(pixels), do_resize=False, do_pad=False, return_tensors="pt")
-    tokens = _tokens(checkpoint.tokenizer, checkpoint.model, checkpoint.queries.texts)
-    with torch.no_grad():
-        outputs = checkpoint.model(pixel_values=inputs["pixel_values"],
-                                   **{k: v.repeat(batch, 1) for k, v in tokens.items()})
+    outputs = _transformers_outputs(checkpoint, pixels)
     results = checkpoint.processor.post_process_object_detection(outputs, threshold=nms.score_threshold,
                                                                  target_sizes=[(height, width)] * batch)
     classes = len(checkpoint.queries.names)
@@ -377,8 +394,50 @@ def reference_detections(checkpoint: OwlCheckpoint, pixels: npt.NDArray[np.uint8
     return rows
 
 
+LABEL_TIE = 1e-4
+"""A patch whose best two queries' scores are closer than this may name either: float noise, not a different
+answer (the comparison does not count it)."""
+
+
+def dense_reference(checkpoint: OwlCheckpoint, pixels: npt.NDArray[np.uint8]
+                    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.float32],
+                               npt.NDArray[np.float32]]:
+    """transformers' answer for every patch of letterboxed ``pixels`` ``[B, S, S, 3]``: the processor's
+    ``post_process_object_detection`` with no threshold gives each patch's score ``[B, N]``, query ``[B, N]``
+    and box ``[B, N, 4]`` (letterbox pixels); and the margin ``[B, N]`` between its best two queries' scores."""
+    batch, height, width = pixels.shape[:3]
+    outputs = _transformers_outputs(checkpoint, pixels)
+    results = checkpoint.processor.post_process_object_detection(outputs, threshold=-1.0,
+                                                                 target_sizes=[(height, width)] * batch)
+    top = outputs.logits.float().sigmoid().topk(min(2, outputs.logits.shape[-1]), dim=-1).values
+    margin = (top[..., 0] - top[..., -1]) if top.shape[-1] > 1 else torch.full_like(top[..., 0], float("inf"))
+    return (np.stack([r["scores"].float().numpy() for r in results]), np.stack([r["labels"].numpy() for r in results]),
+            np.stack([r["boxes"].float().numpy() for r in results]), margin.numpy())
+
+
 def compare_owl(checkpoint: OwlCheckpoint, path: Path, batches: Sequence[npt.NDArray[np.uint8]],
                 nms: NmsSettings) -> ComparisonReport:
-    """ONNX Runtime (through the served gathering) against transformers plus the same NMS, on each uint8 batch."""
-    return compare_graph(path, batches, lambda batch: reference_detections(checkpoint, batch, nms),
-                         max_detections=nms.max_detections)
+    """The exported graph (ONNX Runtime) against transformers, patch by patch, and its NMS against
+    :func:`fashionbox.models.nms.nms_onnx_semantics` on the graph's own boxes and scores.
+
+    ``scores`` and ``boxes``: the largest difference over every patch (its best query's score, its box)
+    from transformers' model and ``post_process_object_detection``; ``labels_mismatch``: patches whose best
+    query differs, their best two not within :data:`LABEL_TIE`; ``nms_count_mismatch``: images whose kept
+    set differs from the reference NMS's on the same inputs. Dense, so a score a hair's breadth from the
+    threshold, or two boxes at the IoU limit, cannot refuse a good conversion by chance."""
+    session = _session(path)
+    errors = {"scores": 0.0, "boxes": 0.0, "labels_mismatch": 0.0, "nms_count_mismatch": 0.0}
+    samples = 0
+    for batch in batches:
+        boxes, scores, selected = session.run(None, {contract.ONNX_DETECTOR_INPUT: batch})  # type: ignore[attr-defined]
+        ref_scores, ref_labels, ref_boxes, margin = dense_reference(checkpoint, batch)
+        errors["scores"] = max(errors["scores"], float(np.abs(scores.max(axis=1) - ref_scores).max()))
+        errors["boxes"] = max(errors["boxes"], float(np.abs(boxes - ref_boxes).max()))
+        errors["labels_mismatch"] += float(((scores.argmax(axis=1) != ref_labels) & (margin > LABEL_TIE)).sum())
+        expected = nms_onnx_semantics(torch.from_numpy(boxes), torch.from_numpy(scores), nms).numpy()
+        for image in range(len(batch)):
+            ours = {tuple(row) for row in selected[selected[:, 0] == image].tolist()}
+            if ours != {tuple(row) for row in expected[expected[:, 0] == image].tolist()}:
+                errors["nms_count_mismatch"] += 1
+        samples += len(batch)
+    return ComparisonReport("detector", errors, samples)
