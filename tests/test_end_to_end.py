@@ -126,6 +126,40 @@ def test_cli_detect_json_prints_one_object_per_image_with_boxes_in_original_pixe
     assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == sorted(f"{p.stem}.annotated.jpg" for p in paths)
 
 
+def test_cli_detect_writes_a_coco_dataset_that_training_reads(url: str, heldout: list[EvalSample],
+                                                               tmp_path: Path) -> None:
+    """Pseudo-labels: the served detections as COCO, read back by ``train --coco``'s own loader as the same boxes."""
+    from fashionbox.contract.labels import default_label_map
+    from fashionbox.training.coco import load_coco
+
+    paths = []
+    for i, sample in enumerate(heldout[:3]):
+        path = tmp_path / "photos" / ("shop" if i else "studio") / f"{sample.name}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(sample.data)
+        paths.append(path)
+    out = tmp_path / "labels" / "pseudo.json"
+    done = _cli("detect", "--url", url, "--min-score", "0.4", "--coco", str(out), *map(str, paths))
+    assert done.returncode == 0, done.stderr
+    assert f"train on them: fashionbox train --coco {out} --images {tmp_path / 'photos'}" in done.stdout
+    document = json.loads(out.read_text())
+    assert [image["file_name"] for image in document["images"]] == [
+        p.relative_to(tmp_path / "photos").as_posix() for p in paths]
+    labels = default_label_map()
+    assert [c["name"] for c in document["categories"]] == list(labels.category_names)
+    with FashionClient(url) as client:
+        served = [client.detect(p.read_bytes()).above(0.4) for p in paths]
+    assert len(document["annotations"]) == sum(len(r) for r in served) > 0
+    for annotation in document["annotations"]:
+        assert annotation["score"] >= 0.4 and annotation["iscrowd"] == 0
+    data = load_coco(out, tmp_path / "photos", labels)
+    assert data.garments == len(document["annotations"]) and data.clipped == 0
+    for image, result in zip(data.images, served, strict=True):
+        expected = np.array([d.box.as_list() for d in result.detections], np.float32).reshape(-1, 4)
+        np.testing.assert_allclose(image.boxes, expected, atol=1e-3)
+        assert [labels.category_names[c] for c in image.classes] == [d.category for d in result.detections]
+
+
 def test_cli_eval_reports_coco_map_and_attribute_accuracy(url: str) -> None:
     done = _cli("eval", "--url", url, "--images", "12", "--seed", "11", "--json")
     assert done.returncode == 0, done.stderr

@@ -251,7 +251,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     from fashionbox.commands.detect import detect_files
 
     return detect_files(args.images, url=args.url, as_json=args.json, min_score=args.min_score,
-                        draw_dir=args.draw, timeout_s=args.timeout_s)
+                        draw_dir=args.draw, timeout_s=args.timeout_s, coco=args.coco)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -507,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     p.add_argument("--min-score", type=float, default=0.3)
     p.add_argument("--draw", type=Path, metavar="OUT_DIR", help="write annotated pictures here")
+    p.add_argument("--coco", type=Path, metavar="OUT.json",
+                   help="write the detections (above --min-score) as a COCO dataset that `fashionbox train --coco` "
+                        "reads: pseudo-labels, e.g. from an OWLv2 detector, to train the default detector on your "
+                        "photos")
     p.add_argument("--timeout-s", type=float, default=30.0)
     p.set_defaults(func=_cmd_detect)
 
