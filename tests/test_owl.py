@@ -292,6 +292,28 @@ def test_the_manifest_records_what_each_class_was_asked_as(repositories: dict[st
     assert default["export"]["letterbox_stride"] == 0 and default["export"]["nms"]["iou_threshold"] == 0.3
 
 
+def test_the_cli_converts_with_a_queries_file_and_says_what_it_compared(folders: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    queries = _queries_file(tmp_path, "dress\nhandbag: a yellow handbag\n")
+    done = subprocess.run([sys.executable, "-m", "fashionbox.commands.cli", "convert", "--detector",
+                           f"hf:{folders['owlvit']}", "--queries", str(queries), "--runtime", "onnxruntime",
+                           "--out", str(tmp_path / "repo")], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "labels_mismatch=0" in done.stdout and "nms_count_mismatch=0" in done.stdout
+    manifest = json.loads((tmp_path / "repo" / "manifest.json").read_text())
+    assert manifest["family"] == "owlvit"
+    assert manifest["queries"]["classes"] == {"dress": "a photo of a dress", "handbag": "a yellow handbag"}
+    # and a queries file for a family whose classes are its checkpoint's: the CLI's one-line error, nothing written
+    done = subprocess.run([sys.executable, "-m", "fashionbox.commands.cli", "convert", "--queries", str(queries),
+                           "--out", str(tmp_path / "default")], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 2 and "--queries names the classes of an open-vocabulary detector" in done.stderr
+    assert not (tmp_path / "default").exists()
+
+
 def test_the_torch_runtime_detector_answers_as_transformers_with_the_same_nms(
         repositories: dict[str, Path], loaded: dict[str, OwlCheckpoint]) -> None:
     from fashionbox.converter.detr import compare_detections

@@ -509,8 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draw", type=Path, metavar="OUT_DIR", help="write annotated pictures here")
     p.add_argument("--coco", type=Path, metavar="OUT.json",
                    help="write the detections (above --min-score) as a COCO dataset that `fashionbox train --coco` "
-                        "reads: pseudo-labels, e.g. from an OWLv2 detector, to train the default detector on your "
-                        "photos")
+                        "reads, instead of printing them: pseudo-labels, e.g. from an OWLv2 detector, to train the "
+                        "default detector on your photos")
     p.add_argument("--timeout-s", type=float, default=30.0)
     p.set_defaults(func=_cmd_detect)
 

@@ -10,8 +10,8 @@ query names. FashionBox serves them with a fixed list of classes, each a query::
     report = compare_owl(checkpoint, Path("detector.onnx"), batches, nms)                  # vs transformers
 
 **The classes.** By default the 27 Fashionpedia garments and accessories (``shirt, blouse`` ...
-``umbrella``; its garment parts, closures and decorations are left out: a zero-shot detector asked for
-"sleeve" finds one on every shirt), each named by its Fashionpedia name, so the served label map, the
+``umbrella``; its garment parts, closures and decorations are left out: they are pieces of what the
+other queries find), each named by its Fashionpedia name, so the served label map, the
 attribute heads' garments and the catalog read them as they read a Fashionpedia-trained checkpoint's;
 the query is ``a photo of a`` and the name's alternatives joined by ``or`` ("a photo of a shirt or
 blouse"), :data:`QUERY_TEMPLATE`. ``--queries FILE`` replaces them (:func:`read_queries`): one class a
