@@ -74,6 +74,7 @@ from fashionbox.converter.detr import (
     preprocessing_of,
 )
 from fashionbox.converter.export import MIN_OPSET, ComparisonReport, ExportError, _append_nms, _session, check_onnx
+from fashionbox.converter.image_models import PROCESSOR_FILE  # transformers 5's processor file
 from fashionbox.converter.labels import family_label_map
 from fashionbox.core.postprocessing import DetectorOutput, gather_detections
 from fashionbox.models.detr_graph import DetrSpec
@@ -100,9 +101,6 @@ __all__ = [
     "write_owl_torch_files",
 ]
 
-PROCESSOR_FILE = "processor_config.json"
-"""Where transformers 5 saves a processor (the image processor nested); older checkpoints have
-``preprocessor_config.json``: either is read."""
 
 SCORE_THRESHOLD = 0.1
 """``post_process_object_detection``'s default threshold in both OWL processors."""
