@@ -6,7 +6,8 @@ No network: each checkpoint is a random ``Owlv2ForObjectDetection`` / ``OwlViTFo
 (``image_model_fixtures.build_tiny_owl``); its boxes are widened so that neighbouring patches overlap and
 the served NMS has work. Parity: the graph (ONNX Runtime, the torch runtime, Triton over gRPC) against
 transformers' model run with the queries' token ids, its processor's ``post_process_object_detection``
-and the same NMS, on the same letterboxed pixels.
+and the same NMS, on the same letterboxed pixels; a class given by an example photo against transformers'
+``image_guided_detection``, a prompt ensemble against the mean of the texts' ``get_text_features``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from fashionbox.converter.detr import DetrError, checkpoint_weights  # noqa: E40
 from fashionbox.converter.export import ExportError  # noqa: E402
 from fashionbox.converter.owl import (  # noqa: E402
     DEFAULT_QUERIES,
+    Example,
     OwlCheckpoint,
     Queries,
     compare_owl,
@@ -77,6 +79,17 @@ def _queries_file(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def _example_photo(path: Path, seed: int) -> Path:
+    """A garment cropped from a generated scene, as a user would crop an example of an item."""
+    from fashionbox.synth import render_scene
+
+    scene = render_scene(seed, size=(480, 360))
+    x0, y0, x1, y1 = scene.garments[0].box
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scene.image.crop((int(x0), int(y0), int(x1) + 1, int(y1) + 1)).save(path)
+    return path
+
+
 # -- the classes -------------------------------------------------------------------------------------------------
 
 
@@ -104,11 +117,32 @@ def test_a_queries_file_names_the_classes_and_their_query_texts(tmp_path: Path) 
                               ("a photo of a dress", "a yellow handbag", "a photo of a shoe or boot"))
 
 
+def test_a_queries_file_reads_prompt_ensembles_and_example_photos(tmp_path: Path) -> None:
+    _example_photo(tmp_path / "examples" / "tote.png", 1)
+    queries = read_queries(_queries_file(tmp_path, "dress: a long dress | an evening gown\n"
+                                                   "our tote: @examples/tote.png | a yellow handbag\n"
+                                                   "tote alone: @ examples/tote.png\n"))
+    tote = Example(path=tmp_path / "examples" / "tote.png", written="examples/tote.png")
+    assert queries.prompts == (("a long dress", "an evening gown"), (tote, "a yellow handbag"), (tote,))
+    assert queries.texts == ("a long dress", "an evening gown", "a yellow handbag") and queries.examples == (tote,)
+    assert not queries.plain and read_queries(_queries_file(tmp_path, "dress\nbag: a bag\n")).plain
+    described = queries.manifest()
+    assert described["classes"]["our tote"] == ["@examples/tote.png", "a yellow handbag"]
+    import hashlib
+    assert described["examples"] == {"examples/tote.png": hashlib.sha256(tote.path.read_bytes()).hexdigest()}
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("# nothing\n\n", "names no class"),
     ("dress\ndress: a long dress\n", r"queries\.txt: the queries name a class twice: \['dress'\]"),
-    ("dress:\n", r":1: expected 'name' or 'name: query text', got 'dress:'"),
-    ("dress\n: a dress\n", r":2: expected 'name' or 'name: query text'"),
+    ("dress:\n", r":1: expected 'name' or 'name: prompt \| prompt \.\.\.' \(a text or '@photo.jpg' each\), "
+                 r"got 'dress:'"),
+    ("dress\n: a dress\n", r":2: expected 'name' or 'name: prompt"),
+    ("dress: a dress || a gown\n", r":1: expected 'name' or 'name: prompt"),
+    ("dress: a gown |\n", r":1: expected 'name' or 'name: prompt"),
+    ("bag: @missing.jpg\n", r":1: the example photo 'missing.jpg' is not a file \(a path relative to the queries "
+                            r"file's folder, after '@'\)"),
+    ("bag: @\n", r":1: the example photo '' is not a file"),
 ])
 def test_a_malformed_queries_file_is_refused_naming_the_line(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(DetrError, match=message):
@@ -137,6 +171,82 @@ def test_other_queries_change_the_classes_and_the_scores(loaded: dict[str, OwlCh
     # each patch scores one class, its best query's
     assert ((scores > 0).sum(axis=1) == 1).all()
     assert compare_owl(checkpoint, path, _batches(), NMS).max_abs_error["labels_mismatch"] == 0
+
+
+def _text_features(checkpoint: OwlCheckpoint, texts: list[str]) -> Any:
+    """transformers' own text embeddings (its ``get_text_features``), as unit vectors."""
+    tokens = checkpoint.tokenizer(texts, padding="max_length", max_length=16, return_tensors="pt")
+    towers = getattr(checkpoint.model, checkpoint.style.model_type)  # model.owlv2 / model.owlvit
+    with torch.no_grad():
+        features = towers.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+    features = getattr(features, "pooler_output", features)
+    return torch.nn.functional.normalize(features, dim=-1)
+
+
+@pytest.mark.parametrize("name", MODEL_TYPES)
+def test_a_prompt_ensemble_is_the_mean_of_its_texts_own_embeddings(loaded: dict[str, OwlCheckpoint], tmp_path: Path,
+                                                                   name: str) -> None:
+    texts = ["a photo of a dress", "a blue dress with long sleeves", "a photo of a skirt"]
+    checkpoint = with_queries(loaded[name], Queries(("dress", "shirt"), (tuple(texts), "a red shirt")))
+    expected = _text_features(checkpoint, texts).mean(0)
+    assert torch.allclose(checkpoint.embeddings[0], expected, atol=1e-5)
+    assert torch.allclose(checkpoint.embeddings[1], _text_features(checkpoint, ["a red shirt"])[0], atol=1e-5)
+    # an ensemble of one text is that text's query, as transformers' forward computes it
+    single = with_queries(loaded[name], Queries(("dress",), (("a photo of a dress",),)))
+    assert torch.equal(single.embeddings[0], with_queries(loaded[name], Queries(("dress",), ("a photo of a dress",)))
+                       .embeddings[0])
+    # the exported graph against the model's own heads with these embeddings: every patch, and the NMS
+    report = compare_owl(checkpoint, export_owl_onnx(checkpoint, tmp_path / "ensemble.onnx", nms=NMS), _batches(), NMS)
+    assert report.max_abs_error["labels_mismatch"] == 0 and report.max_abs_error["nms_count_mismatch"] == 0
+    assert report.max_abs_error["boxes"] < 1e-3 and report.max_abs_error["scores"] < 1e-5
+    # and the ensemble does change the class: other scores than its first text alone
+    first = with_queries(loaded[name], Queries(("dress", "shirt"), (texts[0], "a red shirt")))
+    assert not torch.allclose(first.embeddings[0], checkpoint.embeddings[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("name", MODEL_TYPES)
+def test_a_class_given_by_an_example_photo_is_transformers_image_guided_detection(
+        loaded: dict[str, OwlCheckpoint], tmp_path: Path, name: str) -> None:
+    from fashionbox import contract
+    from fashionbox.converter.export import _session
+
+    checkpoint = loaded[name]
+    tote = Example(path=_example_photo(tmp_path / "tote.png", 2), written="tote.png")
+    guided = with_queries(checkpoint, Queries(("our tote",), ((tote,),)))
+    assert guided.label_map.category_names == ("our tote",) and guided.embeddings.shape == (1, 32)
+    path = export_owl_onnx(guided, tmp_path / "guided.onnx", nms=NO_NMS)
+    query = checkpoint.processor(images=[np.asarray(_open(tote.path))], return_tensors="pt")["pixel_values"]
+    for batch in _batches():
+        boxes, scores, _ = _session(path).run(None, {contract.ONNX_DETECTOR_INPUT: batch})  # type: ignore[attr-defined]
+        pixels = checkpoint.processor(images=list(batch), return_tensors="pt",
+                                      **dict.fromkeys(checkpoint.style.as_given, False))["pixel_values"]
+        with torch.no_grad():  # transformers' one-shot detection: the photo's query against every patch
+            outputs = checkpoint.model.image_guided_detection(pixel_values=pixels,
+                                                              query_pixel_values=query.repeat(len(batch), 1, 1, 1))
+        expected_scores = outputs.logits[..., 0].sigmoid().numpy()
+        cx, cy, w, h = outputs.target_pred_boxes.unbind(-1)
+        expected_boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1).numpy() * SIZE
+        np.testing.assert_allclose(scores[:, 0, :], expected_scores, atol=1e-5)
+        np.testing.assert_allclose(boxes, expected_boxes, atol=1e-3)
+    # the converter's own check agrees, and with texts mixed in the photo's class is another class than the texts'
+    mixed = with_queries(checkpoint, Queries(("our tote", "dress"), ((tote, "a yellow handbag"), "a photo of a dress")))
+    report = compare_owl(mixed, export_owl_onnx(mixed, tmp_path / "mixed.onnx", nms=NMS), _batches(), NMS)
+    assert report.max_abs_error["labels_mismatch"] == 0 and report.max_abs_error["nms_count_mismatch"] == 0
+    assert not torch.allclose(mixed.embeddings[0], guided.embeddings[0], atol=1e-3)
+
+
+def _open(path: Path) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def test_an_example_that_is_not_a_photo_is_refused_naming_it(loaded: dict[str, OwlCheckpoint], tmp_path: Path) -> None:
+    (tmp_path / "notes.png").write_text("not a photo", encoding="utf-8")
+    broken = Queries(("bag",), ((Example(path=tmp_path / "notes.png", written="notes.png"),),))
+    with pytest.raises(DetrError, match=r"the example photo 'notes.png' \(.*notes.png\) cannot be read: "):
+        with_queries(loaded["owlvit"], broken)
 
 
 # -- the graph against transformers ------------------------------------------------------------------------------
@@ -268,7 +378,9 @@ def test_a_hub_id_brings_the_tokenizer_with_the_weights_offline(folders: dict[st
 def repositories(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("owl-repos")
     queries = root / "queries.txt"
-    queries.write_text("shirt, blouse\ndress: a blue dress with long sleeves\nshoe\nbag, wallet\n", encoding="utf-8")
+    _example_photo(root / "examples" / "tote.png", 4)
+    queries.write_text("shirt, blouse\ndress: a blue dress with long sleeves | a photo of a dress\nshoe\n"
+                       "bag, wallet\nour tote: @examples/tote.png\n", encoding="utf-8")
     out = {name: convert(ConvertOptions(out=root / name, detector=f"hf:{folder}", compare_samples=2,
                                         runtime="onnxruntime")).repository for name, folder in folders.items()}
     out["torch"] = convert(ConvertOptions(out=root / "torch", detector=f"hf:{folders['owlv2']}", compare_samples=2,
@@ -279,11 +391,16 @@ def repositories(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFact
 def test_the_manifest_records_what_each_class_was_asked_as(repositories: dict[str, Path]) -> None:
     manifest = json.loads((repositories["torch"] / "manifest.json").read_text())
     assert manifest["family"] == "owlv2" and manifest["runtime"] == "torch"
+    import hashlib
+
+    tote = (repositories["torch"].parent / "examples" / "tote.png").read_bytes()
     assert manifest["queries"] == {"file": "queries.txt", "classes": {
-        "shirt, blouse": "a photo of a shirt or blouse", "dress": "a blue dress with long sleeves",
-        "shoe": "a photo of a shoe", "bag, wallet": "a photo of a bag or wallet"}}
+        "shirt, blouse": ["a photo of a shirt or blouse"],
+        "dress": ["a blue dress with long sleeves", "a photo of a dress"],
+        "shoe": ["a photo of a shoe"], "bag, wallet": ["a photo of a bag or wallet"],
+        "our tote": ["@examples/tote.png"]}, "examples": {"examples/tote.png": hashlib.sha256(tote).hexdigest()}}
     labels = json.loads((repositories["torch"] / "labels.json").read_text())
-    assert [c["name"] for c in labels["categories"]] == ["shirt, blouse", "dress", "shoe", "bag, wallet"]
+    assert [c["name"] for c in labels["categories"]] == ["shirt, blouse", "dress", "shoe", "bag, wallet", "our tote"]
     assert manifest["comparison"]["detector"]["labels_mismatch"] == 0
     assert manifest["comparison"]["detector"]["nms_count_mismatch"] == 0
     assert manifest["comparison"]["torch detector"]["detections_count_mismatch"] == 0
@@ -305,7 +422,7 @@ def test_the_cli_converts_with_a_queries_file_and_says_what_it_compared(folders:
     assert "labels_mismatch=0" in done.stdout and "nms_count_mismatch=0" in done.stdout
     manifest = json.loads((tmp_path / "repo" / "manifest.json").read_text())
     assert manifest["family"] == "owlvit"
-    assert manifest["queries"]["classes"] == {"dress": "a photo of a dress", "handbag": "a yellow handbag"}
+    assert manifest["queries"]["classes"] == {"dress": ["a photo of a dress"], "handbag": ["a yellow handbag"]}
     # and a queries file for a family whose classes are its checkpoint's: the CLI's one-line error, nothing written
     done = subprocess.run([sys.executable, "-m", "fashionbox.commands.cli", "convert", "--queries", str(queries),
                            "--out", str(tmp_path / "default")], capture_output=True, text=True, timeout=300,

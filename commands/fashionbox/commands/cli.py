@@ -426,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attributes", default="default", help="'default' or an attributes .safetensors checkpoint")
     p.add_argument("--queries", type=Path, default=None, metavar="FILE",
                    help="an OWL-ViT / OWLv2 detector's classes: one a line, 'name' (asked as 'a photo of a name') or "
-                        "'name: query text'; default: the 27 Fashionpedia garments and accessories")
+                        "'name: prompt | prompt ...', a prompt a text or '@photo.jpg' (an example photo, relative to "
+                        "the file), several averaged; default: the 27 Fashionpedia garments and accessories")
     p.add_argument("--classifier", default=None, metavar="hf:FOLDER_OR_HUB_ID",
                    help="an image classifier (any transformers AutoModelForImageClassification: ViT, ConvNeXt, "
                         "ResNet, ...): its top labels for the whole image in every result, instead of the default "

@@ -195,7 +195,8 @@ HF_MODEL_TYPES: dict[str, str] = {"yolos": "yolos", "detr": "detr", "conditional
 """``model_type`` of a Hugging Face checkpoint's config.json -> family (specs ``hf:FOLDER_OR_HUB_ID``)."""
 
 OPEN_VOCABULARY = frozenset({"owlv2", "owlvit"})
-"""The families whose classes are text queries (``--queries``), embedded by the checkpoint's own tokenizer."""
+"""The families whose classes are queries (``--queries``: texts, embedded by the checkpoint's own tokenizer and
+text tower, or example photos)."""
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,8 @@ class ConvertOptions:
     (a fixed-shape export, the default model, a size the graph's stride does not divide)."""
     queries: Path | None = None
     """An open-vocabulary detector's classes (OWL-ViT, OWLv2): a queries file, one class a line, ``name`` or
-    ``name: query text`` (``fashionbox.converter.owl.read_queries``); None: the family's default (the 27
+    ``name: prompt | prompt ...``, each a text or ``@photo.jpg`` (an example photo), several averaged
+    (``fashionbox.converter.owl.read_queries``); None: the family's default (the 27
     Fashionpedia garments and accessories). Refused for the families whose classes are their checkpoint's."""
     engines: EngineOptions = field(default_factory=lambda: _engine_options())
     """``--target gpu`` only: TensorRT engines built now or later, FP16, workspace, CUDA graphs."""
@@ -723,7 +725,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
         }
         if family.queries is not None:  # an open-vocabulary detector: what each served class was asked as
             manifest["queries"] = {"file": Path(options.queries).name if options.queries else None,
-                                   "classes": dict(zip(detector.queries.names, detector.queries.texts, strict=True))}
+                                   **detector.queries.manifest()}
         if branches.manifest:
             manifest["image_models"] = branches.manifest
         for image_level in settings.image_level():  # what postprocess serves; the in-process baseline reads it

@@ -15,10 +15,15 @@ other queries find), each named by its Fashionpedia name, so the served label ma
 attribute heads' garments and the catalog read them as they read a Fashionpedia-trained checkpoint's;
 the query is ``a photo of a`` and the name's alternatives joined by ``or`` ("a photo of a shirt or
 blouse"), :data:`QUERY_TEMPLATE`. ``--queries FILE`` replaces them (:func:`read_queries`): one class a
-line, ``name`` or ``name: query text``. The queries are embedded once, at conversion, by the
-checkpoint's own text tower (its tokenizer, as its processor pads them); the graph holds the
-embeddings (:class:`fashionbox.models.owl_graph.OwlGraph`) and runs the image side only. A query longer
-than the text tower's positions is refused (transformers would truncate it silently).
+line, ``name`` or ``name: prompt | prompt ...``, a prompt being a text or ``@photo.jpg``, an
+:class:`Example` photo (an image-guided query: the class is what looks like the object in it). Several
+prompts are averaged as unit vectors into one class embedding (prompt ensembling); texts and photos may
+mix. The queries are embedded once, at conversion: a text by the checkpoint's own text tower (its
+tokenizer, as its processor pads them), a photo by its processor, image tower and
+``embed_image_query`` (:func:`example_embedding`, transformers' ``image_guided_detection`` query side);
+the graph holds the embeddings (:class:`fashionbox.models.owl_graph.OwlGraph`) and runs the image side
+only. A query longer than the text tower's positions is refused (transformers would truncate it
+silently).
 
 **Post-processing.** The processor's ``post_process_object_detection`` inside the graph (each patch's
 best query, a sigmoid, boxes scaled by the input's side; its default threshold 0.1), then class-wise
@@ -35,7 +40,8 @@ OWL-ViT's processor crops the centre square (a photo's sides are cut off); the l
 whole photo.
 
 **Parity** is on the same letterboxed pixels: the processor normalises them (its resize and its pad or
-centre crop turned off) and transformers' model runs with the queries' token ids. The converter's check
+centre crop turned off) and transformers' model runs with the queries' token ids (prompt ensembles and
+example photos: the model's image tower and heads with the classes' embeddings computed again). The converter's check
 (:func:`compare_owl`) is dense: every patch's score, query and box against ``post_process_object_detection``
 with no threshold (:func:`dense_reference`), and the graph's NMS against
 :func:`fashionbox.models.nms.nms_onnx_semantics` on the graph's own outputs, so a score a hair from the
@@ -51,10 +57,12 @@ files, a whole safetensors file; then the processor's size must be the vision to
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -85,11 +93,14 @@ __all__ = [
     "DEFAULT_QUERIES",
     "OWL_STYLES",
     "QUERY_TEMPLATE",
+    "Example",
     "OwlCheckpoint",
     "OwlStyle",
+    "Prompt",
     "Queries",
     "compare_owl",
     "dense_reference",
+    "example_embedding",
     "export_owl_onnx",
     "load_owl",
     "owl_loader",
@@ -97,6 +108,7 @@ __all__ = [
     "query_embeddings",
     "read_queries",
     "reference_detections",
+    "requery",
     "with_queries",
     "write_owl_torch_files",
 ]
@@ -136,20 +148,65 @@ OWL_STYLES: dict[str, OwlStyle] = {
 
 
 @dataclass(frozen=True)
+class Example:
+    """An example photo of a class (an image-guided query): the class is what looks like the object in it.
+
+    Best cropped to the one garment: the model picks one of the photo's boxes as the query (OWL-ViT: the most
+    distinctive of those nearly covering the photo; OWLv2: its most object-like box), as transformers'
+    ``image_guided_detection`` does."""
+
+    path: Path
+    written: str
+    """The path as the queries file wrote it (relative to the file's folder): what the manifest records."""
+
+
+Prompt = str | Example
+"""One way of asking for a class: a text query, or an :class:`Example` photo."""
+
+
+@dataclass(frozen=True)
 class Queries:
-    """The served classes: their names (the label map's) and the text each is queried with."""
+    """The served classes: their names (the label map's) and what each is asked as: one or more prompts, a
+    text or an example photo each (several: their embeddings averaged, a prompt ensemble). A plain string
+    stands for one text prompt."""
 
     names: tuple[str, ...]
-    texts: tuple[str, ...]
+    prompts: tuple[tuple[Prompt, ...], ...]
 
     def __post_init__(self) -> None:
-        if not self.names or len(self.names) != len(self.texts):
-            raise DetrError("the queries need at least one class, each with one query text")
+        prompts = tuple((p,) if isinstance(p, str | Example) else tuple(p) for p in self.prompts)
+        object.__setattr__(self, "prompts", prompts)
+        if not self.names or len(self.names) != len(prompts):
+            raise DetrError("the queries need at least one class, each with at least one prompt")
         if len(set(self.names)) != len(self.names):
             twice = sorted({n for n in self.names if self.names.count(n) > 1})
             raise DetrError(f"the queries name a class twice: {twice}")
-        if any(not n.strip() or not t.strip() for n, t in zip(self.names, self.texts, strict=True)):
-            raise DetrError("a query's class name and text must not be empty")
+        if any(not n.strip() or not ps or any(isinstance(p, str) and not p.strip() for p in ps)
+               for n, ps in zip(self.names, prompts, strict=True)):
+            raise DetrError("a query's class name and its prompts must not be empty")
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """Every text prompt, each once, in the order they first appear."""
+        return tuple(dict.fromkeys(p for ps in self.prompts for p in ps if isinstance(p, str)))
+
+    @property
+    def examples(self) -> tuple[Example, ...]:
+        """Every example photo, each once, in the order they first appear."""
+        return tuple(dict.fromkeys(p for ps in self.prompts for p in ps if isinstance(p, Example)))
+
+    @property
+    def plain(self) -> bool:
+        """One text a class: transformers' own forward, with the texts' token ids, computes these classes."""
+        return all(len(ps) == 1 and isinstance(ps[0], str) for ps in self.prompts)
+
+    def manifest(self) -> dict[str, Any]:
+        """What the repository's manifest records: each class's prompts (an example photo as ``@`` and its path
+        as written) and each example photo's SHA-256, so a later reader can tell which photo it was."""
+        classes = {name: [p if isinstance(p, str) else f"{EXAMPLE_MARK}{p.written}" for p in ps]
+                   for name, ps in zip(self.names, self.prompts, strict=True)}
+        examples = {e.written: hashlib.sha256(e.path.read_bytes()).hexdigest() for e in self.examples}
+        return {"classes": classes, "examples": examples}
 
 
 def query_text(name: str) -> str:
@@ -160,36 +217,56 @@ def query_text(name: str) -> str:
 def _default_queries() -> Queries:
     garments = [str(c["name"]) for c in fashionpedia_taxonomy()["categories"]
                 if c["supercategory"] not in ("garment parts", "closures", "decorations")]
-    return Queries(tuple(garments), tuple(query_text(name) for name in garments))
+    return Queries(tuple(garments), tuple((query_text(name),) for name in garments))
 
 
 DEFAULT_QUERIES = _default_queries()
 """The 27 Fashionpedia garments and accessories, each queried as :func:`query_text` says."""
 
+PROMPT_SEPARATOR = "|"
+EXAMPLE_MARK = "@"
+
+
+def _prompt(text: str, folder: Path, where: str) -> Prompt:
+    if not text.startswith(EXAMPLE_MARK):
+        return text
+    written = text[len(EXAMPLE_MARK):].strip()
+    path = folder / written
+    if not written or not path.is_file():
+        raise DetrError(f"{where}: the example photo {written!r} is not a file (a path relative to the queries "
+                        "file's folder, after '@')")
+    return Example(path=path, written=written)
+
 
 def read_queries(path: Path) -> Queries:
     """A queries file: UTF-8, one class a line, ``name`` (queried as :func:`query_text` says) or
-    ``name: query text``; blank lines and lines starting with ``#`` are skipped."""
+    ``name: prompt | prompt ...``, each prompt a text or ``@photo.jpg`` (an example photo, relative to the
+    file's folder); several prompts are averaged (a prompt ensemble). Blank lines and lines starting with
+    ``#`` are skipped."""
+    path = Path(path)
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DetrError(f"cannot read the queries file {path}: {exc}") from exc
     names: list[str] = []
-    texts: list[str] = []
+    prompts: list[tuple[Prompt, ...]] = []
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         name, sep, text = line.partition(":")
-        name, text = name.strip(), text.strip()
-        if not name or (sep and not text):
-            raise DetrError(f"{path}:{number}: expected 'name' or 'name: query text', got {raw!r}")
+        name = name.strip()
+        parts = [part.strip() for part in text.split(PROMPT_SEPARATOR)] if sep else []
+        if not name or (sep and not all(parts)):
+            raise DetrError(f"{path}:{number}: expected 'name' or 'name: prompt | prompt ...' (a text or "
+                            f"'@photo.jpg' each), got {raw!r}")
         names.append(name)
-        texts.append(text if sep else query_text(name))
+        prompts.append(tuple(_prompt(part, path.parent, f"{path}:{number}") for part in parts) if sep
+                       else (query_text(name),))
     if not names:
-        raise DetrError(f"{path} names no class: one class a line, 'name' or 'name: query text'")
+        raise DetrError(f"{path} names no class: one class a line, 'name' or 'name: prompt | prompt ...'")
     try:
-        return Queries(tuple(names), tuple(texts))
+        return Queries(tuple(names), tuple(prompts))
     except DetrError as exc:
         raise DetrError(f"{path}: {exc}") from None
 
@@ -243,8 +320,8 @@ def _tokens(checkpoint_tokenizer: Any, model: Any, texts: Sequence[str]) -> dict
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
-def query_embeddings(model: Any, tokenizer: Any, texts: Sequence[str], size: int) -> torch.Tensor:
-    """``[Q, D]``: the model's own ``image_text_embedder`` text side (the image's is not used)."""
+def _text_embeddings(model: Any, tokenizer: Any, texts: Sequence[str], size: int) -> torch.Tensor:
+    """``[T, D]``: the model's own ``image_text_embedder`` text side (the image's is not used)."""
     tokens = _tokens(tokenizer, model, texts)
     pixels = torch.zeros((1, 3, size, size), dtype=torch.float32)
     with torch.no_grad():
@@ -252,9 +329,50 @@ def query_embeddings(model: Any, tokenizer: Any, texts: Sequence[str], size: int
     return embeddings.reshape(len(texts), -1).detach().clone()
 
 
+def _example_pixels(example: Example, size: int) -> npt.NDArray[np.uint8]:
+    from fashionbox.core.imaging import InvalidImageError, decode_image
+
+    try:
+        decoded = decode_image(example.path.read_bytes(), target_size=size)
+    except (OSError, InvalidImageError) as exc:
+        raise DetrError(f"the example photo {example.written!r} ({example.path}) cannot be read: {exc}") from exc
+    return np.asarray(decoded.image.convert("RGB"), dtype=np.uint8)
+
+
+def example_embedding(model: Any, processor: Any, example: Example, size: int) -> torch.Tensor:
+    """``[D]``: an example photo's query embedding as transformers' ``image_guided_detection`` takes it: the photo
+    through the checkpoint's own processor (its resize, and OWLv2's pad or OWL-ViT's centre crop), the image
+    tower, then the model's ``embed_image_query`` (which picks the box that stands for the photo)."""
+    inputs = processor(images=[_example_pixels(example, size)], return_tensors="pt")
+    with torch.no_grad():
+        feature_map = model.image_embedder(pixel_values=inputs["pixel_values"])[0]
+        batch, rows, cols, dim = feature_map.shape
+        embeds = model.embed_image_query(feature_map.reshape(batch, rows * cols, dim), feature_map)[0]
+    if embeds is None:  # OWL-ViT's selection found no box (non-finite boxes)
+        raise DetrError(f"the example photo {example.written!r} gave the model no box to take as the query")
+    vector: torch.Tensor = embeds.reshape(-1).detach().clone()
+    return vector
+
+
+def query_embeddings(model: Any, processor: Any, tokenizer: Any, queries: Queries, size: int) -> torch.Tensor:
+    """``[Q, D]``: each class's embedding. One prompt: its text's or example photo's embedding as the model
+    computes it; several: the mean of their unit vectors (the OWL papers' prompt ensembling; the class head
+    normalises the mean again)."""
+    vectors: dict[Prompt, torch.Tensor] = {}
+    if queries.texts:
+        vectors.update(zip(queries.texts, _text_embeddings(model, tokenizer, queries.texts, size), strict=True))
+    vectors.update((example, example_embedding(model, processor, example, size)) for example in queries.examples)
+    rows = []
+    for prompts in queries.prompts:
+        stacked = torch.stack([vectors[prompt] for prompt in prompts])
+        rows.append(stacked[0] if len(prompts) == 1 else torch.nn.functional.normalize(stacked, dim=-1).mean(0))
+    return torch.stack(rows)
+
+
 def with_queries(checkpoint: OwlCheckpoint, queries: Queries) -> OwlCheckpoint:
     """``checkpoint`` serving ``queries``' classes: their embeddings and label map."""
-    embeddings = query_embeddings(checkpoint.model, checkpoint.tokenizer, queries.texts, checkpoint.input_size)
+    embeddings = query_embeddings(checkpoint.model, checkpoint.processor, checkpoint.tokenizer, queries,
+                                  checkpoint.input_size)
     return replace(checkpoint, queries=queries, embeddings=embeddings, label_map=_label_map(queries, checkpoint.style))
 
 
@@ -286,7 +404,7 @@ def load_owl(weights: Path, model_type: str, queries: Queries = DEFAULT_QUERIES)
                         "serves an OWL checkpoint at its own square")
     return OwlCheckpoint(folder=folder, style=style, model=model, processor=processor, tokenizer=tokenizer,
                          preprocessing=preprocessing, input_size=side, queries=queries,
-                         embeddings=query_embeddings(model, tokenizer, queries.texts, side),
+                         embeddings=query_embeddings(model, processor, tokenizer, queries, side),
                          label_map=_label_map(queries, style))
 
 
@@ -357,14 +475,26 @@ def write_owl_torch_files(checkpoint: OwlCheckpoint, folder: Path) -> Path:
 
 
 def _transformers_outputs(checkpoint: OwlCheckpoint, pixels: npt.NDArray[np.uint8]) -> Any:
-    """The model's forward on letterboxed ``pixels`` (normalised by its processor, nothing else) and the
-    queries' token ids, as transformers' own example runs it."""
+    """transformers' answer on letterboxed ``pixels``, normalised by the checkpoint's processor and nothing else.
+
+    Plain queries (one text a class): the model's forward with the texts' token ids, as transformers' own
+    example runs it. Prompt ensembles and example photos: the model's own image tower and heads
+    (``image_embedder``, ``class_predictor``, ``box_predictor``, the steps of its forward) with the classes'
+    embeddings computed again from their prompts (:func:`query_embeddings`)."""
     inputs = checkpoint.processor(images=list(pixels), return_tensors="pt",
                                   **dict.fromkeys(checkpoint.style.as_given, False))
-    tokens = _tokens(checkpoint.tokenizer, checkpoint.model, checkpoint.queries.texts)
+    model, queries = checkpoint.model, checkpoint.queries
     with torch.no_grad():
-        return checkpoint.model(pixel_values=inputs["pixel_values"],
-                                **{k: v.repeat(len(pixels), 1) for k, v in tokens.items()})
+        if queries.plain:
+            tokens = _tokens(checkpoint.tokenizer, model, [str(ps[0]) for ps in queries.prompts])
+            repeated = {k: v.repeat(len(pixels), 1) for k, v in tokens.items()}
+            return model(pixel_values=inputs["pixel_values"], **repeated)
+        embeds = query_embeddings(model, checkpoint.processor, checkpoint.tokenizer, queries, checkpoint.input_size)
+        feature_map = model.image_embedder(pixel_values=inputs["pixel_values"])[0]
+        batch, rows, cols, dim = feature_map.shape
+        patches = feature_map.reshape(batch, rows * cols, dim)
+        logits = model.class_predictor(patches, embeds.unsqueeze(0).expand(batch, -1, -1), None)[0]
+        return SimpleNamespace(logits=logits, pred_boxes=model.box_predictor(patches, feature_map))
 
 
 def reference_detections(checkpoint: OwlCheckpoint, pixels: npt.NDArray[np.uint8],

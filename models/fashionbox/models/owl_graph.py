@@ -1,18 +1,19 @@
-"""An open-vocabulary detector (OWL-ViT, OWLv2) with its text queries baked in: what is exported and what
+"""An open-vocabulary detector (OWL-ViT, OWLv2) with its queries baked in: what is exported and what
 the torch runtime serves, one definition.
 
-OWL-ViT and OWLv2 score every image patch against text embeddings: the classes are whatever the
-queries name ("a photo of a dress", ...). The converter (``fashionbox.converter.owl``) embeds the
-queries once with the checkpoint's own text tower; :class:`OwlGraph` holds those embeddings as a
-constant ``[Q, D]`` and runs only the image side per request, so a detector with a fixed class list
-is served like any other. It takes uint8 letterboxed pixels ``[B, S, S, 3]`` (the square: the ViT's
-position embeddings and the box bias are laid out for the checkpoint's own grid), applies the
-processor's ``(pixel * rescale - mean) / std`` and returns the detector contract's ``boxes [B, N, 4]``
-(corners in letterbox pixels, one box per patch) and ``scores [B, C, N]``, each patch scoring only its
-best query, with the sigmoid of that query's logit: the processor's ``post_process_object_detection``
-(a max over the queries, a sigmoid, the boxes scaled by the image's side). Class-wise NMS follows as
-for the default detector (ONNX ``NonMaxSuppression`` appended to the exported graph; ``nms_batched`` in
-the torch runtime): one object is matched by many neighbouring patches.
+OWL-ViT and OWLv2 score every image patch against query embeddings: the classes are whatever the queries
+name ("a photo of a dress", ...) or show (an example photo). The converter
+(``fashionbox.converter.owl``) embeds the queries once with the checkpoint's own text and image towers;
+:class:`OwlGraph` holds those embeddings as a constant ``[Q, D]`` and runs only the image side per
+request, so a detector with a fixed class list is served like any other. It takes uint8 letterboxed
+pixels ``[B, S, S, 3]`` (the square: the ViT's position embeddings and the box bias are laid out for the
+checkpoint's own grid), applies the processor's ``(pixel * rescale - mean) / std`` and returns the
+detector contract's ``boxes [B, N, 4]`` (corners in letterbox pixels, one box per patch) and ``scores
+[B, C, N]``, each patch scoring only its best query, with the sigmoid of that query's logit: the
+processor's ``post_process_object_detection`` (a max over the queries, a sigmoid, the boxes scaled by
+the image's side). Class-wise NMS follows as for the default detector (ONNX ``NonMaxSuppression``
+appended to the exported graph; ``nms_batched`` in the torch runtime): one object is matched by many
+neighbouring patches.
 
 The spec is a :class:`fashionbox.models.detr_graph.DetrSpec` with scoring :data:`OWL_SCORING`; the
 embeddings are saved beside it (:data:`QUERIES_FILE`). No transformers import here.
@@ -34,7 +35,7 @@ OWL_SCORING = "owl"
 """:attr:`DetrSpec.scoring` of an open-vocabulary detector: each patch's best query, NMS after the graph."""
 
 QUERIES_FILE = "queries.safetensors"
-"""Beside an OWL family's transformers files: the text queries' embeddings ``[Q, D]`` (tensor ``queries``)."""
+"""Beside an OWL family's transformers files: the classes' query embeddings ``[Q, D]`` (tensor ``queries``)."""
 
 
 def save_queries(folder: Path, embeddings: Tensor) -> Path:
@@ -76,7 +77,7 @@ class OwlGraph(nn.Module):
     def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         x = pixels.permute(0, 3, 1, 2).to(torch.float32) * self.rescale
         x = (x - self.get_buffer("mean")) / self.get_buffer("std")
-        # transformers' own steps of OwlViT/Owlv2ForObjectDetection.forward, the text side done once
+        # transformers' own steps of OwlViT/Owlv2ForObjectDetection.forward, the queries embedded once
         feature_map = self.model.image_embedder(pixel_values=x)[0]  # [B, h, w, D]
         batch, rows, cols, dim = feature_map.shape
         patches = feature_map.reshape(batch, rows * cols, dim)
