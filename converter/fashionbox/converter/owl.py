@@ -41,7 +41,7 @@ whole photo.
 
 **Parity** is on the same letterboxed pixels: the processor normalises them (its resize and its pad or
 centre crop turned off) and transformers' model runs with the queries' token ids (prompt ensembles and
-example photos: the model's image tower and heads with the classes' embeddings computed again). The converter's check
+example photos: the model's image tower and heads against the classes' embeddings). The converter's check
 (:func:`compare_owl`) is dense: every patch's score, query and box against ``post_process_object_detection``
 with no threshold (:func:`dense_reference`), and the graph's NMS against
 :func:`fashionbox.models.nms.nms_onnx_semantics` on the graph's own outputs, so a score a hair from the
@@ -478,9 +478,10 @@ def _transformers_outputs(checkpoint: OwlCheckpoint, pixels: npt.NDArray[np.uint
     """transformers' answer on letterboxed ``pixels``, normalised by the checkpoint's processor and nothing else.
 
     Plain queries (one text a class): the model's forward with the texts' token ids, as transformers' own
-    example runs it. Prompt ensembles and example photos: the model's own image tower and heads
-    (``image_embedder``, ``class_predictor``, ``box_predictor``, the steps of its forward) with the classes'
-    embeddings computed again from their prompts (:func:`query_embeddings`)."""
+    example runs it. Prompt ensembles and example photos, which that forward cannot take: the model's own
+    image tower and heads (``image_embedder``, ``class_predictor``, ``box_predictor``, the steps of its
+    forward) against the classes' embeddings as converted (how those follow from their prompts is held to
+    transformers' ``image_guided_detection`` and ``get_text_features`` in tests/test_owl.py)."""
     inputs = checkpoint.processor(images=list(pixels), return_tensors="pt",
                                   **dict.fromkeys(checkpoint.style.as_given, False))
     model, queries = checkpoint.model, checkpoint.queries
@@ -489,7 +490,7 @@ def _transformers_outputs(checkpoint: OwlCheckpoint, pixels: npt.NDArray[np.uint
             tokens = _tokens(checkpoint.tokenizer, model, [str(ps[0]) for ps in queries.prompts])
             repeated = {k: v.repeat(len(pixels), 1) for k, v in tokens.items()}
             return model(pixel_values=inputs["pixel_values"], **repeated)
-        embeds = query_embeddings(model, checkpoint.processor, checkpoint.tokenizer, queries, checkpoint.input_size)
+        embeds = checkpoint.embeddings
         feature_map = model.image_embedder(pixel_values=inputs["pixel_values"])[0]
         batch, rows, cols, dim = feature_map.shape
         patches = feature_map.reshape(batch, rows * cols, dim)
