@@ -520,8 +520,8 @@ def test_a_checkpoint_of_a_family_that_is_not_detr_style_is_refused(checkpoints:
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "vit"}))
     _refused(folder, tmp_path, r"model_type 'vit' is not supported; known: \['conditional_detr', 'd_fine', "
-                               r"'dab-detr', 'deformable_detr', 'deimv2', 'detr', 'owlv2', 'owlvit', 'rt_detr', "
-                               r"'rt_detr_v2', 'yolos'\]$")
+                               r"'dab-detr', 'deformable_detr', 'deimv2', 'detr', 'owlv2', 'owlvit', 'rf_detr', "
+                               r"'rt_detr', 'rt_detr_v2', 'yolos'\]$")
 
 
 def test_loading_a_checkpoint_as_another_family_is_refused(checkpoints: dict[str, Path]) -> None:

@@ -184,6 +184,7 @@ FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yol
                                              "deimv2": _hf_family("deimv2"),
                                              "deformable_detr": _hf_family("deformable_detr"),
                                              "dab_detr": _hf_family("dab_detr"),
+                                             "rf_detr": _hf_family("rf_detr"),
                                              "owlv2": _owl_family("owlv2"), "owlvit": _owl_family("owlvit"),
                                              "ultralytics": _ultralytics_family}
 """Family name -> factory (lazy, so importing the converter does not import torch)."""
@@ -191,7 +192,7 @@ FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yol
 HF_MODEL_TYPES: dict[str, str] = {"yolos": "yolos", "detr": "detr", "conditional_detr": "conditional_detr",
                                   "rt_detr": "rt_detr", "rt_detr_v2": "rt_detr_v2", "d_fine": "d_fine",
                                   "deimv2": "deimv2", "deformable_detr": "deformable_detr", "dab-detr": "dab_detr",
-                                  "owlv2": "owlv2", "owlvit": "owlvit"}
+                                  "rf_detr": "rf_detr", "owlv2": "owlv2", "owlvit": "owlvit"}
 """``model_type`` of a Hugging Face checkpoint's config.json -> family (specs ``hf:FOLDER_OR_HUB_ID``)."""
 
 OPEN_VOCABULARY = frozenset({"owlv2", "owlvit"})

@@ -1,7 +1,7 @@
 """The DETR-style transformers families: a Hugging Face object-detection checkpoint -> the detector ONNX graph.
 
 One room for what every transformers DETR-style detector shares (DETR, Conditional DETR, Deformable
-DETR, DAB-DETR, RT-DETR, RT-DETRv2, D-FINE, DEIMv2 here; YOLOS adds its position-embedding baking in
+DETR, DAB-DETR, RT-DETR, RT-DETRv2, D-FINE, DEIMv2, RF-DETR here; YOLOS adds its position-embedding baking in
 :mod:`fashionbox.converter.yolos`).
 What differs per ``model_type`` is one :class:`DetrStyle` row of :data:`STYLES`: the model and processor
 classes, how the class head turns into scores (the processor's ``post_process_object_detection``,
@@ -24,7 +24,10 @@ serve it unchanged. Two scorings, as transformers' processors do it:
   ``use_focal_loss``): a sigmoid per class, the ``k`` best (query, class) pairs over all queries x
   classes, then those above the threshold; one query may be reported for two classes. ``k`` is 100
   for Conditional, Deformable and DAB-DETR (the processor's ``top_k``) and the number of queries for
-  the RT-DETR kin (its ``num_top_queries``).
+  the RT-DETR kin (its ``num_top_queries``) and RF-DETR (its processor's ``top_k`` default). RF-DETR's
+  processor module needs torchvision: its ``post_process_object_detection`` is compiled from the
+  installed transformers' source (:func:`library_post_process`), and DETR's PIL processor reads its
+  normalisation (RF-DETR's processor is DETR's preprocessing in transformers' own definition).
 
 No NMS in either (DETR-style models need none); ``postprocess`` maps the boxes to original pixels
 with the letterbox geometry, as for every family. The graph itself is
@@ -70,7 +73,9 @@ safetensors (or a sharded safetensors index) through ``from_pretrained(use_safet
 
 from __future__ import annotations
 
+import ast
 import copy
+import functools
 import json
 import logging
 import re
@@ -111,7 +116,9 @@ __all__ = [
     "detr_graph",
     "detr_spec",
     "export_detr_onnx",
+    "fixed_position_embeddings",
     "hf_model_type",
+    "library_post_process",
     "load_detr",
     "reference_detections",
     "resized_checkpoint",
@@ -320,6 +327,36 @@ def deformable_rect_model(model: Any) -> Any:
     return rect
 
 
+def _windowed_vit_size(config: Any, size: int) -> None:
+    backbone = config.backbone_config
+    step = int(backbone.patch_size) * int(getattr(backbone, "num_windows", 1))
+    if size % step:
+        raise DetrError(f"a {config.model_type} backbone takes a side that its patch size times its windows "
+                        f"({backbone.patch_size} x {getattr(backbone, 'num_windows', 1)} = {step}) divides, not {size}")
+
+
+def fixed_position_embeddings(model: Any, size: int) -> Any:
+    """A copy of ``model`` whose ViT backbone adds the position embeddings it computes for ``size`` x ``size`` as a
+    constant: RF-DETR's DINOv2 always interpolates them while traced, with an antialiased bicubic resize that
+    ONNX cannot express. The values are the ones the model computes eagerly at that size (parity holds exactly);
+    the weights saved from the copy are the checkpoint's."""
+    exported = copy.deepcopy(model)
+    found = [m for m in exported.modules() if hasattr(m, "interpolate_pos_encoding") and hasattr(m, "patch_size")]
+    if len(found) != 1:
+        raise DetrError(f"{type(model).__name__}: expected one ViT embeddings module, found {len(found)}")
+    embeddings = found[0]
+    patches = (size // int(embeddings.patch_size)) ** 2
+    tokens = torch.zeros((1, patches + 1, embeddings.position_embeddings.shape[-1]))
+    with torch.no_grad():
+        fixed: torch.Tensor = embeddings.interpolate_pos_encoding(tokens, size, size).detach().clone()
+
+    def constant(self: Any, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return fixed.to(tokens.dtype)
+
+    embeddings.interpolate_pos_encoding = types.MethodType(constant, embeddings)
+    return exported
+
+
 def _same_model(model: Any) -> Any:
     return model
 
@@ -361,6 +398,11 @@ class DetrStyle:
     D-FINE with ``decoder_method`` "discrete")."""
     prepare_rect: Callable[[Any], Any] = _same_model
     """The model the rect graph is exported from (YOLOS: its position embeddings interpolated in the graph)."""
+    post_process_source: tuple[str, str] | None = None
+    """``(module, Class)`` of the family's own image processor when that needs torchvision (RF-DETR's):
+    the reference runs that class's ``post_process_object_detection`` read from the installed
+    transformers' source (:func:`library_post_process`), ``processor_class`` normalising the pixels. None:
+    ``processor_class``'s own post-processing."""
 
     @property
     def no_object_class(self) -> bool:
@@ -410,6 +452,13 @@ STYLES: dict[str, DetrStyle] = {
     # DAB-DETR: anchor boxes as queries; its checkpoints name Conditional DETR's processor and post-processing
     "dab_detr": DetrStyle("dab-detr", "DabDetrForObjectDetection", "ConditionalDetrImageProcessorPil",
                           "sigmoid_top_k", class_head=r"class_embed\.weight", top_k=100, rect_stride=_backbone_stride),
+    # RF-DETR: a windowed DINOv2 backbone, LW-DETR's two-stage deformable decoder (k = the queries). Its processor
+    # is DETR's preprocessing on torchvision; its own post-processing is read from transformers' source
+    "rf_detr": DetrStyle("rf_detr", "RfDetrForObjectDetection", "DetrImageProcessorPil", "sigmoid_top_k",
+                         class_head=r"class_embed\.weight", max_detections=300, check_size=_windowed_vit_size,
+                         prepare_export=fixed_position_embeddings,
+                         post_process_source=("transformers.models.rf_detr.image_processing_rf_detr",
+                                              "RfDetrImageProcessor")),
 }
 """Family name (:attr:`DetrStyle.family`) -> its style (YOLOS's row lives in :mod:`fashionbox.converter.yolos`)."""
 
@@ -730,6 +779,36 @@ def write_torch_files(checkpoint: DetrCheckpoint, folder: Path) -> Path:
 # -- the transformers reference and the comparison -------------------------------------------------------
 
 
+@functools.cache
+def library_post_process(module: str, cls: str) -> Callable[..., Any]:
+    """``cls.post_process_object_detection`` of the installed transformers' ``module``, without importing the
+    module: RF-DETR's processor module imports torchvision at its top (its preprocessing runs on torchvision),
+    which a CPU-only torch may lack, while its post-processing is plain torch. The function's own source is
+    compiled alone, with the names it uses (``torch``, ``center_to_corners_format``, ``TensorType``); it is
+    transformers' code as installed, not a copy. A :class:`DetrError` if the installed file has no such method."""
+    import importlib.util
+
+    from transformers.image_transforms import center_to_corners_format
+    from transformers.utils.generic import TensorType
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise DetrError(f"the installed transformers has no {module}: update transformers")
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"), filename=spec.origin)
+    found = [node for c in tree.body if isinstance(c, ast.ClassDef) and c.name == cls for node in c.body
+             if isinstance(node, ast.FunctionDef) and node.name == "post_process_object_detection"]
+    if not found:
+        raise DetrError(f"{spec.origin} has no {cls}.post_process_object_detection: this transformers is not "
+                        "supported for this family")
+    function = found[0]
+    function.decorator_list = []
+    namespace: dict[str, Any] = {"torch": torch, "center_to_corners_format": center_to_corners_format,
+                                 "TensorType": TensorType}
+    exec(compile(ast.Module(body=[function], type_ignores=[]), spec.origin, "exec"), namespace)
+    method = namespace["post_process_object_detection"]
+    return functools.partial(method, None)  # an unbound method: its ``self`` is not used
+
+
 def reference_detections(checkpoint: DetrCheckpoint, pixels: npt.NDArray[np.uint8],
                          score_threshold: float) -> list[DetectorOutput]:
     """Transformers' own result on letterboxed ``pixels`` ``[B, H, W, 3]``: boxes in letterbox pixels.
@@ -744,8 +823,9 @@ def reference_detections(checkpoint: DetrCheckpoint, pixels: npt.NDArray[np.uint
     with torch.no_grad():
         outputs = checkpoint.model(pixel_values=inputs["pixel_values"])
     height, width = pixels.shape[1:3]
-    results = processor.post_process_object_detection(outputs, threshold=score_threshold,
-                                                      target_sizes=[(height, width)] * len(pixels))
+    post_process = (library_post_process(*checkpoint.style.post_process_source)
+                    if checkpoint.style.post_process_source else processor.post_process_object_detection)
+    results = post_process(outputs, threshold=score_threshold, target_sizes=[(height, width)] * len(pixels))
     rows = []
     for result in results:
         scores = result["scores"].numpy().astype(np.float32)
