@@ -1,6 +1,7 @@
 """Benchmark: a DETR-style model served by FashionBox against in-process transformers, in one run.
 
-    .venv/bin/python tests/benchmarks/bench_detr.py [--family rt_detr|rt_detr_v2|d_fine|deformable_detr|dab_detr] \
+    .venv/bin/python tests/benchmarks/bench_detr.py \
+        [--family rt_detr|rt_detr_v2|d_fine|deformable_detr|dab_detr|rf_detr] \
         [--letterbox square|rect] [--rounds 2] [--images 3] [--out ...]
 
 ``--family rt_detr`` (the default): ``PekingU/rtdetr_r18vd``'s shape (ResNet-18-vd basic blocks,
@@ -11,7 +12,9 @@ rescale, no normalisation). ``--family deformable_detr``: ``SenseTime/deformable
 (ResNet-50, four levels, 6 + 6 deformable layers 256 wide, 300 queries), processor
 ``DeformableDetrImageProcessor``'s default (shortest edge 800). ``--family dab_detr``:
 ``IDEA-Research/dab-detr-resnet-50``'s shape (ResNet-50's last stage, 6 + 6 layers 256 wide, 300
-queries), processor ``ConditionalDetrImageProcessor``'s default (shortest edge 800). 46 Fashionpedia
+queries), processor ``ConditionalDetrImageProcessor``'s default (shortest edge 800). ``--family rf_detr``:
+RF-DETR base's shape (transformers' ``RfDetrConfig`` defaults: a windowed DINOv2-S, 300 queries), its hub
+processor config (560 x 560, stretched; DETR's preprocessing, RF-DETR's own post-processing). 46 Fashionpedia
 labels and random weights: the same compute, no download.
 On the same 1280x960 JPEGs (generated, fixed seeds) it measures:
 
@@ -84,7 +87,10 @@ FAMILIES = {"rt_detr": BenchFamily("RTDetrConfig", "RTDetrForObjectDetection", "
                                            "SenseTime/deformable-detr's shape", "DeformableDetrImageProcessorPil", 800),
             "dab_detr": BenchFamily("DabDetrConfig", "DabDetrForObjectDetection",
                                     "IDEA-Research/dab-detr-resnet-50's shape",
-                                    "ConditionalDetrImageProcessorPil", 800)}
+                                    "ConditionalDetrImageProcessorPil", 800),
+            "rf_detr": BenchFamily("RfDetrConfig", "RfDetrForObjectDetection",
+                                   "RF-DETR base's shape (transformers' RfDetrConfig defaults)",
+                                   "DetrImageProcessorPil", 560)}
 """``--family`` -> its transformers classes, processor and size, and what the random model's shape is."""
 
 
@@ -124,8 +130,27 @@ def save_r50_sized(folder: Path, family: str) -> Path:
     return folder
 
 
+def save_rf_detr_base_sized(folder: Path) -> Path:
+    """RF-DETR base's shape (``RfDetrConfig()``: a windowed DINOv2-S at patch 14 in 4 x 4 windows, LW-DETR's
+    decoder, 3 layers 256 wide, 300 queries) and its hub processor config (560 x 560)."""
+    import json
+
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    transformers.RfDetrForObjectDetection(transformers.RfDetrConfig(**_labels())).save_pretrained(folder)
+    transformers.DetrImageProcessorPil(size={"height": 560, "width": 560}).save_pretrained(folder)
+    config = folder / "preprocessor_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "image_processor_type": "RfDetrImageProcessor"}))
+    return folder
+
+
 def save_sized(folder: Path, family: str) -> tuple[Path, dict[str, Any]]:
     """``family``'s random checkpoint in ``folder``, and its shape for the report."""
+    if family == "rf_detr":
+        return save_rf_detr_base_sized(folder), {"backbone": "windowed DINOv2-S, patch 14, 4 x 4 windows",
+                                                  "d_model": 256, "decoder_layers": 3, "num_queries": 300}
     if family in R50_SHAPES:
         stages, shape = R50_SHAPES[family]
         return save_r50_sized(folder, family), {"backbone": f"transformers ResNet-50, {', '.join(stages)}", **shape}
@@ -147,9 +172,13 @@ def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int |
                      family: str = "rt_detr") -> list[float]:
     """Seconds per image, decode to detections, in process (the processor's resize when ``letterbox_size`` is None;
     else FashionBox's square letterbox, or its rect one of ``stride``)."""
+    from fashionbox.converter.detr import STYLES, library_post_process
+
     bench = FAMILIES[family]
+    source = STYLES[family].post_process_source  # RF-DETR's own post-processing, its processor being torchvision's
     return run_yolos_way(folder, images, letterbox_size=letterbox_size, model_class=bench.model_class,
-                         processor_class=bench.processor_class, threshold=0.5, stride=stride)
+                         processor_class=bench.processor_class, threshold=0.5, stride=stride,
+                         post_process=library_post_process(*source) if source else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -72,10 +74,12 @@ def _percentile(values: list[float], q: float) -> float:
 
 def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int | None,
                      model_class: str = "YolosForObjectDetection", processor_class: str = "YolosImageProcessorPil",
-                     threshold: float = 0.3, stride: int = 0) -> list[float]:
+                     threshold: float = 0.3, stride: int = 0,
+                     post_process: Callable[..., Any] | None = None) -> list[float]:
     """Seconds per image, decode to detections, in process with transformers' ``model_class`` and
     ``processor_class`` (the seed's way: the processor's own resize, when ``letterbox_size`` is None;
-    else FashionBox's square letterbox, or its rect one of ``stride``)."""
+    else FashionBox's square letterbox, or its rect one of ``stride``); ``post_process`` instead of the
+    processor's ``post_process_object_detection`` where the family's own is another class's (RF-DETR)."""
     import io
 
     import torch
@@ -102,7 +106,7 @@ def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int |
             target = [pixels.shape[:2]]
         with torch.no_grad():
             outputs = model(pixel_values=inputs["pixel_values"])
-        processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=target)
+        (post_process or processor.post_process_object_detection)(outputs, threshold=threshold, target_sizes=target)
         seconds.append(time.perf_counter() - started)
     return seconds
 

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 from fashionbox.client import FashionBoxError, FashionClient, ImageDetections
 from fashionbox.contract.labels import LabelMap
 
-__all__ = ["coco_dataset", "detect_files", "format_table"]
+__all__ = ["coco_dataset", "common_folder", "detect_files", "format_table"]
 
 
 def _attributes_text(detection_attributes: dict[str, dict[str, object]]) -> str:
