@@ -274,6 +274,38 @@ def test_degenerate_boxes_pair_with_their_twins() -> None:
     assert errors(moved)["detections_count_mismatch"] == 1.0
 
 
+def test_a_segmenting_graphs_twins_are_held_to_the_same_mask_logits() -> None:
+    """YOLO-seg and RF-DETR-Seg: the twins' mask logits (coefficients times prototypes) are compared, in whatever
+    order the runtimes serve them, and fp32's limit refuses a runtime whose masks differ."""
+    from dataclasses import replace
+
+    from fashionbox.converter.cpu_runtimes import _over
+    from fashionbox.converter.export import ComparisonReport
+
+    protos = np.random.default_rng(0).normal(size=(3, 4, 4)).astype(np.float32)
+    coeffs = np.array([[1.0, 0.0, 0.5], [0.0, 2.0, 0.0]], np.float32)
+    plain = _detections([(0.9, 0, 0.0), (0.8, 1, 100.0)])
+    ours = replace(plain, mask_coeffs=coeffs, protos=protos)
+    swapped = DetectorOutput(boxes=ours.boxes[::-1].copy(), scores=np.array([0.9, 0.9], np.float32),
+                             classes=ours.classes[::-1].copy(), mask_coeffs=coeffs[::-1].copy(), protos=protos)
+    ours = replace(ours, scores=np.array([0.9, 0.9], np.float32))
+    pixels = np.zeros((1, 8, 8, 3), np.uint8)
+
+    def errors(theirs: DetectorOutput) -> dict[str, float]:
+        detector, _ = compare_runners("x", _Fixed([ours]), _Fixed([]), _Fixed([theirs]), _Fixed([]), [pixels],
+                                      [np.zeros((1, 4, 4, 3), np.uint8)])
+        return detector.max_abs_error
+
+    assert errors(swapped)["mask_logits"] == 0.0  # the same masks, served in the other order
+    other = replace(swapped, mask_coeffs=swapped.mask_coeffs + np.float32(0.1))
+    expected = float(np.abs(0.1 * protos.sum(axis=0)).max())
+    assert errors(other)["mask_logits"] == pytest.approx(expected, rel=1e-5)
+    report = ComparisonReport("openvino fp32 detector", errors(other), 1)
+    assert _over([report], "fp32", {"mask_logits": 1e-2}) == {
+        "openvino fp32 detector: mask_logits": report.max_abs_error["mask_logits"]}
+    assert "mask_logits" not in errors(plain)  # boxes only: nothing to compare
+
+
 @pytest.mark.skipif(not BF16_HERE, reason="this CPU has neither AMX nor AVX512-BF16 (the refusal is tested above)")
 def test_openvino_bf16_stays_within_its_stated_tolerance_and_really_runs_bf16(
         openvino_repository: Path, batches: Batches) -> None:

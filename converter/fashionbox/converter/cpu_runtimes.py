@@ -150,12 +150,14 @@ def compare_runners(name: str, detector: Any, attributes: Any, reference_detecto
     last score (either runtime may keep another of them). Exact parity (``matched`` false, the
     converter's tolerance keys): ``boxes``/``scores``, the largest differences between twins.
     ``matched`` (bf16): the same as ``matched_boxes``, ``matched_scores``, and ``unmatched_fraction``
-    (detections one side only keeps, over the reference's count). ``probs``: the largest attribute
-    probability difference.
+    (detections one side only keeps, over the reference's count). A segmenting graph (YOLO-seg, RF-DETR-Seg)
+    adds ``mask_logits``: the largest difference between twins' mask logits over the prototype grid.
+    ``probs``: the largest attribute probability difference.
     """
     errors = {"detections_count_mismatch": 0.0, "matched_boxes": 0.0, "matched_scores": 0.0,
               "unmatched_fraction": 0.0}
     unmatched = total = samples = 0
+    masks: float | None = None
     for batch in detector_batches:
         for ours, theirs in zip(detector.detect(batch), reference_detector.detect(batch), strict=True):
             pairs = _match(ours, theirs)
@@ -164,6 +166,8 @@ def compare_runners(name: str, detector: Any, attributes: Any, reference_detecto
                 box = float(np.abs(ours.boxes[i] - theirs.boxes[j]).max())
                 errors["matched_boxes"] = max(errors["matched_boxes"], box)
                 errors["matched_scores"] = max(errors["matched_scores"], abs(float(ours.scores[i] - theirs.scores[j])))
+            if ours.protos is not None and theirs.protos is not None:  # a segmenting graph: the twins' mask logits
+                masks = max(masks or 0.0, _mask_logits_error(ours, theirs, pairs))
             unmatched += len(ours) + len(theirs) - 2 * len(pairs)
             total += len(theirs)
         samples += len(batch)
@@ -171,18 +175,32 @@ def compare_runners(name: str, detector: Any, attributes: Any, reference_detecto
     if not matched:
         errors = {"boxes": errors["matched_boxes"], "scores": errors["matched_scores"],
                   "detections_count_mismatch": errors["detections_count_mismatch"]}
+    if masks is not None:
+        errors["mask_logits"] = masks
     worst = max(float(np.abs(attributes.classify(b) - reference_attributes.classify(b)).max())
                 for b in attribute_batches)
     return [ComparisonReport(f"{name} detector", errors, samples),
             ComparisonReport(f"{name} attributes", {"probs": worst}, sum(len(b) for b in attribute_batches))]
 
 
+def _mask_logits_error(ours: DetectorOutput, theirs: DetectorOutput, pairs: Sequence[tuple[int, int]]) -> float:
+    """The largest difference between twin detections' mask logits (coefficients times the image's prototypes)."""
+    coeffs, twin_coeffs, protos, twin_protos = ours.mask_coeffs, theirs.mask_coeffs, ours.protos, theirs.protos
+    if not pairs or coeffs is None or twin_coeffs is None or protos is None or twin_protos is None:
+        return 0.0
+    rows, twins = (list(side) for side in zip(*pairs, strict=True))
+    mine = coeffs[rows] @ protos.reshape(protos.shape[0], -1)
+    other = twin_coeffs[twins] @ twin_protos.reshape(twin_protos.shape[0], -1)
+    return float(np.abs(mine - other).max())
+
+
 def _over(reports: Sequence[ComparisonReport], precision: str, tolerance: dict[str, float]) -> dict[str, float]:
-    """What exceeds the tolerance: fp32 in served order (exact parity), bf16 on matched detections."""
+    """What exceeds the tolerance: fp32 in served order (exact parity, a segmenting graph's mask logits too),
+    bf16 on matched detections (its mask logits recorded, not bounded: 8 bits of mantissa)."""
     if precision == "bf16":
         checked = [("matched_scores", "scores"), ("unmatched_fraction", "unmatched_fraction"), ("probs", "probs")]
     else:
-        checked = [(k, k) for k in ("boxes", "scores", "detections_count_mismatch", "probs")]
+        checked = [(k, k) for k in ("boxes", "scores", "detections_count_mismatch", "probs", "mask_logits")]
     over: dict[str, float] = {}
     for report in reports:
         for key, limit in checked:
