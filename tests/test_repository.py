@@ -140,6 +140,7 @@ EXPECTED = {
         parameters { key: "attributes_token" value { string_value: "true" } }
         parameters { key: "crop_masks" value { string_value: "false" } }
         parameters { key: "detector_masks" value { string_value: "false" } }
+        parameters { key: "detector_mask_crop" value { string_value: "true" } }
         parameters { key: "attributes_inline" value { string_value: "false" } }
         parameters { key: "score_offsets" value { string_value: "false" } }
         parameters { key: "score_threshold" value { string_value: "0.0" } }

@@ -45,6 +45,7 @@ from fashionbox.converter.detr import (  # noqa: E402
     library_post_process,
     load_detr,
     reference_detections,
+    reference_mask_logits,
     resized_checkpoint,
 )
 from fashionbox.converter.export import ExportError  # noqa: E402
@@ -63,11 +64,13 @@ def tiny_rf_detr(names: list[str] = NAMES) -> Any:
         intermediate_size=64, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
 
 
-def save_tiny_rf_detr(folder: Path, *, seed: int = 0) -> Path:
+def save_tiny_rf_detr(folder: Path, *, seed: int = 0, segmentation: bool = False) -> Path:
     """The checkpoint and a preprocessor config as the hub's RF-DETR ones: ``RfDetrImageProcessor``, a square size
-    (the backbone's ``image_size`` is 48, so the 64 px letterbox interpolates its position embeddings)."""
+    (the backbone's ``image_size`` is 48, so the 64 px letterbox interpolates its position embeddings).
+    ``segmentation``: RF-DETR-Seg (``RfDetrForInstanceSegmentation``, its config's ``architectures`` says so)."""
     torch.manual_seed(seed)
-    model = transformers.RfDetrForObjectDetection(tiny_rf_detr()).eval()
+    cls = transformers.RfDetrForInstanceSegmentation if segmentation else transformers.RfDetrForObjectDetection
+    model = cls(tiny_rf_detr()).eval()
     spread(model, 1.5, seed)
     model.save_pretrained(folder)
     transformers.DetrImageProcessorPil(size={"height": INPUT_SIZE, "width": INPUT_SIZE}).save_pretrained(folder)
@@ -199,3 +202,138 @@ def test_served_detections_equal_transformers_on_the_same_images(triton_server: 
     assert manifest["comparison"]["detector"]["kept_mismatch"] == 0
     assert manifest["export"]["letterbox_stride"] == 0  # the square, whatever --letterbox auto prefers on the CPU
     _assert_served_as_transformers(triton_server(repository), repository, folder, "rf_detr")
+
+
+# -- RF-DETR-Seg: the same detector with a query-mask head -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def seg_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_rf_detr(tmp_path_factory.mktemp("tiny-rf_detr_seg"), seed=1, segmentation=True)
+
+
+@pytest.fixture(scope="module")
+def seg_checkpoint(seg_folder: Path) -> Any:
+    return load_detr(checkpoint_weights(seg_folder), STYLES["rf_detr_seg"])
+
+
+def _instance_masks(checkpoint: Any, pixels: Any) -> list[dict[str, Any]]:
+    """RF-DETR's own ``post_process_instance_segmentation`` (from the installed source) on the model's forward,
+    per-instance binary maps at the letterbox's size."""
+    post_process = library_post_process("transformers.models.rf_detr.image_processing_rf_detr",
+                                        "RfDetrImageProcessor", "post_process_instance_segmentation")
+    inputs = checkpoint.processor(images=list(pixels), do_resize=False, do_pad=False, return_tensors="pt")
+    with torch.no_grad():
+        outputs = checkpoint.model(pixel_values=inputs["pixel_values"])
+    return post_process(outputs, threshold=THRESHOLD, target_sizes=[pixels.shape[1:3]] * len(pixels),
+                        return_binary_maps=True)
+
+
+def test_an_rf_detr_seg_checkpoint_is_told_by_its_architecture_and_serves_masks(seg_folder: Path,
+                                                                                 seg_checkpoint: Any,
+                                                                                 tmp_path: Path) -> None:
+    from fashionbox.converter import ConvertError
+
+    assert resolve_spec(f"hf:{seg_folder}", "detector") == ("rf_detr_seg", seg_folder / "model.safetensors")
+    family = FAMILIES["rf_detr_seg"]()
+    assert family.segments(seg_checkpoint) and not family.mask_crop and not family.torch_runtime
+    with pytest.raises(ConvertError, match="a rf_detr_seg detector runs through ONNX Runtime or OpenVINO"):
+        _convert(seg_folder, tmp_path / "torch", "torch")
+
+
+def test_the_graph_factors_the_models_own_mask_logits(seg_checkpoint: Any) -> None:
+    from fashionbox.converter.detr import detr_graph
+
+    graph = detr_graph(seg_checkpoint, THRESHOLD)
+    pixels = torch.from_numpy(_batches()[2])
+    with torch.no_grad():
+        *_, coeffs, protos = graph(pixels)
+    expected = reference_mask_logits(seg_checkpoint, pixels.numpy())
+    assert coeffs.shape == (3, QUERIES, 33) and protos.shape == (3, 33, INPUT_SIZE // 4, INPUT_SIZE // 4)
+    # float noise only (the logits reach tens here: the sums run in another order)
+    np.testing.assert_allclose(torch.einsum("bqk,bkhw->bqhw", coeffs, protos).numpy(), expected, rtol=1e-4, atol=1e-3)
+    assert float(np.abs(expected).max()) > 1.0  # masks that mean something: logits well away from 0
+
+
+def test_the_exported_seg_graph_equals_transformers_boxes_and_mask_logits(seg_checkpoint: Any, tmp_path: Path) -> None:
+    from fashionbox.converter.detr import compare_detr
+
+    path = export_detr_onnx(seg_checkpoint, tmp_path / "seg.onnx", nms=NmsSettings(score_threshold=THRESHOLD))
+    assert_graph_equals_transformers(seg_checkpoint, path, _batches())
+    report = compare_detr(seg_checkpoint, path, _batches(), NmsSettings(score_threshold=THRESHOLD))
+    assert report.max_abs_error["mask_logits"] < 1e-2  # the converter's tolerance: logits, thresholded at 0
+
+
+def test_masks_over_the_whole_letterbox_equal_rf_detrs_instance_post_processing(seg_checkpoint: Any) -> None:
+    """What ``postprocess`` assembles at the letterbox without the box cut (``detector_mask_crop`` false), for the
+    graph's kept detections, against RF-DETR's per-instance binary maps: the same instances, the same pixels but
+    for logits within float noise of 0."""
+    from fashionbox.converter.detr import detr_graph
+    from fashionbox.core.imaging import LetterboxInfo
+    from fashionbox.core.postprocessing import gather_detections
+    from fashionbox.core.proto_masks import ProtoMasks
+
+    graph = detr_graph(seg_checkpoint, THRESHOLD)
+    compared = 0
+    for batch in _batches():
+        with torch.no_grad():
+            boxes, scores, selected, coeffs, protos = (t.numpy() for t in graph(torch.from_numpy(batch)))
+        kept = gather_detections(boxes, scores, selected, max_detections=QUERIES * len(NAMES), mask_coeffs=coeffs,
+                                 protos=protos)
+        for image, (ours, theirs) in enumerate(zip(kept, _instance_masks(seg_checkpoint, batch), strict=True)):
+            info = LetterboxInfo(width=INPUT_SIZE, height=INPUT_SIZE, scale=1.0, pad_x=0, pad_y=0)
+            geometry = ProtoMasks(info, protos.shape[2:4], input_size=INPUT_SIZE)
+            whole = np.tile(np.array([0, 0, INPUT_SIZE, INPUT_SIZE], dtype=np.float32), (len(ours), 1))
+            masks = [m for m in geometry.letterbox(ours.mask_coeffs, protos[image], whole) if not m.empty]
+            reference = theirs["segmentation"].numpy()
+            assert len(masks) == len(reference) == len(theirs["segments_info"])
+            for mask, expected in zip(masks, reference, strict=True):
+                bits = np.zeros((INPUT_SIZE, INPUT_SIZE), dtype=bool)
+                bits[mask.top:mask.top + mask.bits.shape[0], mask.left:mask.left + mask.bits.shape[1]] = mask.bits
+                assert (bits != expected).mean() < 0.005
+                compared += 1
+    assert compared > 0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_served_rf_detr_seg_masks_equal_its_instance_post_processing(triton_server: Any, seg_folder: Path,
+                                                                    seg_checkpoint: Any, tmp_path: Path,
+                                                                    runtime: str) -> None:
+    """ONNX Runtime, and OpenVINO (what ``--runtime auto`` picked for this tiny model on an AMD EPYC: its mask logits
+    are held to ONNX Runtime's by the converter, as YOLO-seg's)."""
+    from PIL import Image
+    from test_detr_families import _scenes
+
+    from fashionbox.client import FashionClient
+    from fashionbox.core.imaging import decode_image, letterbox
+
+    if runtime == "openvino":
+        pytest.importorskip("openvino", reason="the openvino runtime needs fashionbox-core[openvino]")
+    repository = _convert(seg_folder, tmp_path / "seg", runtime)
+    manifest = json.loads((repository / "manifest.json").read_text())
+    assert manifest["family"] == "rf_detr_seg" and manifest["comparison"]["detector"]["mask_logits"] < 1e-2
+    if runtime == "openvino":
+        assert manifest["comparison"]["openvino fp32 detector"]["mask_logits"] < 1e-2
+    server = triton_server(repository)
+    labels = seg_checkpoint.label_map
+    ious = []
+    with FashionClient(str(server.endpoints.grpc)) as client:
+        for data in _scenes():
+            served = client.detect(data).detections
+            decoded = decode_image(data, target_size=INPUT_SIZE)
+            pixels, info = letterbox(decoded, INPUT_SIZE)
+            (theirs,) = _instance_masks(seg_checkpoint, pixels[None])
+            assert [d.category for d in served] == [labels.category_names[s["label_id"]]
+                                                    for s in theirs["segments_info"]]
+            np.testing.assert_allclose([d.score for d in served], [s["score"] for s in theirs["segments_info"]],
+                                       atol=1e-3)
+            for detection, expected in zip(served, theirs["segmentation"].numpy(), strict=True):
+                mask = detection.mask
+                assert mask is not None and mask.shape == (info.height, info.width)
+                # the reference's letterbox map, its content resized to the photo (bilinear, > 0.5)
+                top, left = round(info.pad_y), round(info.pad_x)
+                content = expected[top:INPUT_SIZE - top, left:INPUT_SIZE - left].astype(np.float32)
+                resized = np.asarray(Image.fromarray(content).resize((info.width, info.height), Image.BILINEAR)) > 0.5
+                ious.append((mask & resized).sum() / max(1, (mask | resized).sum()))
+    assert ious and min(ious) > 0.8 and float(np.mean(ious)) > 0.9

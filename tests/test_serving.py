@@ -523,6 +523,36 @@ def test_postprocess_assembles_a_segmenting_detectors_masks_during_the_attribute
             assert not detection.mask[:6].any() and not detection.mask[58:].any()
 
 
+def test_postprocess_takes_each_mask_whole_without_the_box_cut(
+    fake_pb_utils: _FakePbUtils, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``detector_mask_crop`` false (RF-DETR-Seg's post-processing): a detection's mask is what its logits say over
+    the whole letterbox, outside its box too; a detection whose whole mask is empty is still dropped."""
+    from fashionbox.client import ImageDetections
+    from fashionbox.v1 import detections_pb2
+
+    a = LABELS.num_attribute_labels
+    fake_pb_utils.bls = lambda model, inputs: _FakeBlsResponse(
+        {"ATTRIBUTE_PROBS": np.full((len(inputs["CROPS"]), a), 0.5, np.float32)})
+    model = _load_model("postprocess", tmp_path, monkeypatch, detector_masks=True, detector_mask_crop=False)
+    protos = np.zeros((1, 2, 8, 8), np.float32)
+    protos[0, 0, :, :4], protos[0, 0, :, 4:] = 1.0, -1.0  # coefficients (1, 0): the letterbox's left half
+    request = _post_request(2)
+    request["IMAGE_INFO"] = _FakeTensor("IMAGE_INFO", np.array([[64, 64, 0.5, 0, 0]], np.float32))
+    request["DET_BOXES"] = _FakeTensor("DET_BOXES", np.array([[[4, 4, 12, 12], [2, 2, 12, 12]]], np.float32))
+    request["DET_MASK_COEFFS"] = _FakeTensor("DET_MASK_COEFFS", np.array([[[1.0, 0.0], [0.0, 0.0]]], np.float32))
+    request["DET_PROTOS"] = _FakeTensor("DET_PROTOS", protos)
+    try:
+        (response,) = model.execute([request])
+    finally:
+        model.finalize()
+    assert response.error is None, response.error.text
+    message = detections_pb2.ImageDetections.FromString(response.outputs["DETECTIONS"][0, 0])
+    (detection,) = ImageDetections.from_proto(message).detections  # the second's mask is empty everywhere
+    # the box is 8..24 in the original; the mask is the whole left half, 0..32, every row
+    assert detection.mask is not None and detection.mask[:, :31].all() and not detection.mask[:, 33:].any()
+
+
 def test_postprocess_makes_no_bls_call_when_nothing_was_detected(
     fake_pb_utils: _FakePbUtils, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,7 +22,7 @@ and embedding heads read the attribute trunk, and each image reaches them as one
 whole photo (``fashionbox.core.imaging.whole_image_crop``).
 
 Instance masks have two sources, and travel to the client only inside DETECTIONS (a dense mask
-tensor per image would dwarf every other output): a segmenting detector family (YOLO-seg) adds
+tensor per image would dwarf every other output): a segmenting detector family (YOLO-seg, RF-DETR-Seg) adds
 DET_MASK_COEFFS and DET_PROTOS to the detector's outputs (masks are assembled in ``postprocess``
 for the kept detections only); the default family's attribute model adds CROP_MASKS, a mask on
 each garment crop's grid that ``postprocess`` pastes back into the box (Mask R-CNN style).

@@ -78,6 +78,9 @@ class Family:
     served by FashionBox answers as its library's predictor would."""
     segments: Callable[[Any], bool] = lambda detector: False
     """Whether the loaded detector's graph gives mask coefficients and prototypes (``detector_masks``)."""
+    mask_crop: bool = True
+    """A segmenting graph's masks are cut to their boxes, as Ultralytics' predictor does; False: each mask over
+    the whole letterbox (RF-DETR-Seg's post-processing). Both drop a detection whose mask is empty."""
     own_score_threshold: Callable[[Any], float | None] = lambda detector: None
     """The threshold a loaded checkpoint carries for itself (a calibrated FashionBox detector's, in its
     calibrated units), which takes the place of ``score_threshold``; None: the family's."""
@@ -126,8 +129,10 @@ def _detr_style_family(style: Any) -> Family:
     return Family(style.family, family_loader(style), export_detr_onnx, compare_detr,
                   input_size=lambda checkpoint: int(checkpoint.input_size), threads=2,
                   score_threshold=style.score_threshold, max_detections=style.max_detections,
-                  own_max_detections=graph_max_detections, torch_runtime=True, torch_files=write_torch_files,
-                  letterbox_stride=lambda checkpoint: checkpoint.letterbox_stride, resize=resized_checkpoint)
+                  own_max_detections=graph_max_detections, torch_runtime=not style.masks,
+                  torch_files=write_torch_files, segments=lambda checkpoint: bool(checkpoint.style.masks),
+                  mask_crop=False, letterbox_stride=lambda checkpoint: checkpoint.letterbox_stride,
+                  resize=resized_checkpoint)
 
 
 def _yolos_family() -> Family:
@@ -184,7 +189,7 @@ FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yol
                                              "deimv2": _hf_family("deimv2"),
                                              "deformable_detr": _hf_family("deformable_detr"),
                                              "dab_detr": _hf_family("dab_detr"),
-                                             "rf_detr": _hf_family("rf_detr"),
+                                             "rf_detr": _hf_family("rf_detr"), "rf_detr_seg": _hf_family("rf_detr_seg"),
                                              "owlv2": _owl_family("owlv2"), "owlvit": _owl_family("owlvit"),
                                              "ultralytics": _ultralytics_family}
 """Family name -> factory (lazy, so importing the converter does not import torch)."""
@@ -194,6 +199,9 @@ HF_MODEL_TYPES: dict[str, str] = {"yolos": "yolos", "detr": "detr", "conditional
                                   "deimv2": "deimv2", "deformable_detr": "deformable_detr", "dab-detr": "dab_detr",
                                   "rf_detr": "rf_detr", "owlv2": "owlv2", "owlvit": "owlvit"}
 """``model_type`` of a Hugging Face checkpoint's config.json -> family (specs ``hf:FOLDER_OR_HUB_ID``)."""
+
+HF_ARCHITECTURES: dict[str, str] = {"RfDetrForInstanceSegmentation": "rf_detr_seg"}
+"""An ``architectures`` entry of config.json -> family, where one ``model_type`` has two (RF-DETR and RF-DETR-Seg)."""
 
 OPEN_VOCABULARY = frozenset({"owlv2", "owlvit"})
 """The families whose classes are queries (``--queries``: texts, embedded by the checkpoint's own tokenizer and
@@ -230,7 +238,7 @@ class ConvertOptions:
     tolerance: dict[str, float] = field(default_factory=lambda: {
         "boxes": 0.05, "scores": 1e-4, "probs": 1e-4, "masks": 1e-4, "nms_count_mismatch": 0.0, "nms_scores": 1e-4,
         "detections_count_mismatch": 0.0, "mask_coeffs": 1e-4, "embeddings": 1e-4, "embeddings_cosine": 1e-6,
-        "verticals": 1e-4, "score_offsets": 1e-4})
+        "verticals": 1e-4, "score_offsets": 1e-4, "mask_logits": 1e-2})
     repository_settings: dict[str, Any] = field(default_factory=dict)
     """Overrides for ``RepositorySettings`` (instance counts, batching...)."""
     cores: int | None = None
@@ -340,7 +348,7 @@ def _resolve_ultralytics(path: Path, kind: Literal["detector", "attributes"]) ->
 
 def _resolve_hf(folder: Path, kind: Literal["detector", "attributes"]) -> tuple[str, Path]:
     """``hf:FOLDER``, or ``hf:ORG/NAME`` (not a local folder) fetched through the Hub cache (:mod:`.hub`)."""
-    from fashionbox.converter.detr import DetrError, checkpoint_weights, hf_model_type
+    from fashionbox.converter.detr import DetrError, checkpoint_weights, hf_architectures, hf_model_type
     from fashionbox.converter.hub import fetch_checkpoint, is_hub_id
 
     if kind != "detector":
@@ -360,7 +368,8 @@ def _resolve_hf(folder: Path, kind: Literal["detector", "attributes"]) -> tuple[
     if model_type not in HF_MODEL_TYPES:
         raise ConvertError(f"{folder}: Hugging Face model_type {model_type!r} is not supported; "
                            f"known: {sorted(HF_MODEL_TYPES)}")
-    return HF_MODEL_TYPES[model_type], weights
+    architectures = [HF_ARCHITECTURES[a] for a in hf_architectures(folder) if a in HF_ARCHITECTURES]
+    return (architectures[0] if architectures else HF_MODEL_TYPES[model_type]), weights
 
 
 def _letterbox_stride(options: ConvertOptions, family: Family, detector: Any, *, onnx_on_cpu: bool) -> int:
@@ -655,7 +664,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
         "letterbox_stride": stride,
         **options.repository_settings})
     if family.segments(detector):  # the detector's mask tensors go to postprocess
-        repository_settings = {"detector_masks": True, **repository_settings}
+        repository_settings = {"detector_masks": True, "detector_mask_crop": family.mask_crop, **repository_settings}
     settings = RepositorySettings(input_size=size, crop_size=crop, max_detections=max_detections,
                                   model_name=family.name, model_version=f"{detector_sha[:8]}-{attributes_sha[:8]}",
                                   vertical_labels=tuple(getattr(classifier.config, "verticals", ())),

@@ -28,6 +28,8 @@ serve it unchanged. Two scorings, as transformers' processors do it:
   processor module needs torchvision: its ``post_process_object_detection`` is compiled from the
   installed transformers' source (:func:`library_post_process`), and DETR's PIL processor reads its
   normalisation (RF-DETR's processor is DETR's preprocessing in transformers' own definition).
+  RF-DETR-Seg (``rf_detr_seg``, told by ``architectures``) adds each query's mask coefficients and the
+  image's prototypes (:attr:`DetrStyle.masks`), checked against the model's ``pred_masks``.
 
 No NMS in either (DETR-style models need none); ``postprocess`` maps the boxes to original pixels
 with the letterbox geometry, as for every family. The graph itself is
@@ -123,11 +125,13 @@ __all__ = [
     "fixed_position_embeddings",
     "graph_max_detections",
     "graph_top_k",
+    "hf_architectures",
     "hf_model_type",
     "library_post_process",
     "load_detr",
     "preprocessing_of",
     "reference_detections",
+    "reference_mask_logits",
     "resized_checkpoint",
     "rt_detr_tokens",
     "write_torch_files",
@@ -406,6 +410,12 @@ class DetrStyle:
     D-FINE with ``decoder_method`` "discrete")."""
     prepare_rect: Callable[[Any], Any] = _same_model
     """The model the rect graph is exported from (YOLOS: its position embeddings interpolated in the graph)."""
+    masks: bool = False
+    """A query-mask head (RF-DETR-Seg): the graph also gives mask coefficients and prototypes
+    (:meth:`fashionbox.models.detr_graph.DetrGraph.segments`), served as YOLO-seg's but not cut to the box."""
+    name: str = ""
+    """The converter's family name where it is not the ``model_type``'s (a segmenting model of a detection
+    ``model_type``: ``rf_detr_seg``)."""
     post_process_source: tuple[str, str] | None = None
     """``(module, Class)`` of the family's own image processor when that needs torchvision (RF-DETR's):
     the reference runs that class's ``post_process_object_detection`` read from the installed
@@ -418,8 +428,9 @@ class DetrStyle:
 
     @property
     def family(self) -> str:
-        """The converter's family name: the ``model_type``, ``-`` written ``_`` (DAB-DETR's is ``dab-detr``)."""
-        return self.model_type.replace("-", "_")
+        """The converter's family name: :attr:`name`, or the ``model_type`` with ``-`` written ``_`` (DAB-DETR's
+        is ``dab-detr``)."""
+        return self.name or self.model_type.replace("-", "_")
 
 
 def _rt_detr_check(config: dict[str, Any]) -> None:
@@ -467,6 +478,13 @@ STYLES: dict[str, DetrStyle] = {
                          prepare_export=fixed_position_embeddings,
                          post_process_source=("transformers.models.rf_detr.image_processing_rf_detr",
                                               "RfDetrImageProcessor")),
+    # RF-DETR-Seg: the same detector inside a query-mask head (config.json's architectures names it)
+    "rf_detr_seg": DetrStyle("rf_detr", "RfDetrForInstanceSegmentation", "DetrImageProcessorPil", "sigmoid_top_k",
+                             class_head=r"class_embed\.weight", max_detections=300,
+                             check_size=_windowed_vit_size, prepare_export=fixed_position_embeddings, masks=True,
+                             name="rf_detr_seg",
+                             post_process_source=("transformers.models.rf_detr.image_processing_rf_detr",
+                                                  "RfDetrImageProcessor")),
 }
 """Family name (:attr:`DetrStyle.family`) -> its style (YOLOS's row lives in :mod:`fashionbox.converter.yolos`)."""
 
@@ -495,6 +513,12 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise DetrError(f"{Path(folder) / CONFIG_FILE} is not a JSON object")
     return config
+
+
+def hf_architectures(folder: Path) -> list[str]:
+    """``architectures`` of ``folder/config.json`` (read as JSON), or none."""
+    names = _read_config(folder).get("architectures") or []
+    return [str(name) for name in names] if isinstance(names, list) else []
 
 
 def hf_model_type(folder: Path) -> str:
@@ -704,7 +728,7 @@ def detr_spec(checkpoint: DetrCheckpoint) -> DetrSpec:
     return DetrSpec(model_class=style.model_class, scoring=style.scoring,
                     top_k=graph_top_k(checkpoint) if style.scoring == "sigmoid_top_k" else 0,
                     input_size=checkpoint.input_size, rescale_factor=preprocessing.rescale_factor,
-                    image_mean=(mean[0], mean[1], mean[2]), image_std=(std[0], std[1], std[2]))
+                    image_mean=(mean[0], mean[1], mean[2]), image_std=(std[0], std[1], std[2]), masks=style.masks)
 
 
 def detr_graph(checkpoint: DetrCheckpoint, score_threshold: float) -> DetrGraph:
@@ -762,6 +786,9 @@ def export_detr_onnx(checkpoint: DetrCheckpoint, path: Path, *, nms: NmsSettings
     sides = {1: "height", 2: "width"} if letterbox_stride else {}
     dynamic = {contract.ONNX_DETECTOR_INPUT: {0: "batch", **sides}, contract.ONNX_DETECTOR_BOXES: {0: "batch"},
                contract.ONNX_DETECTOR_SCORES: {0: "batch"}, contract.ONNX_DETECTOR_SELECTED: {0: "selected"}}
+    if checkpoint.style.masks:  # RF-DETR-Seg: each query's mask coefficients and the image's prototypes
+        names += [contract.ONNX_DETECTOR_MASK_COEFFS, contract.ONNX_DETECTOR_PROTOS]
+        dynamic.update({contract.ONNX_DETECTOR_MASK_COEFFS: {0: "batch"}, contract.ONNX_DETECTOR_PROTOS: {0: "batch"}})
     with warnings.catch_warnings(), _exporter_fixes(opset):
         warnings.simplefilter("ignore")  # tracer and deprecation warnings from torch and transformers
         torch.onnx.export(graph, (example,), str(path), input_names=[contract.ONNX_DETECTOR_INPUT],
@@ -788,12 +815,13 @@ def write_torch_files(checkpoint: DetrCheckpoint, folder: Path) -> Path:
 
 
 @functools.cache
-def library_post_process(module: str, cls: str) -> Callable[..., Any]:
-    """``cls.post_process_object_detection`` of the installed transformers' ``module``, without importing the
-    module: RF-DETR's processor module imports torchvision at its top (its preprocessing runs on torchvision),
-    which a CPU-only torch may lack, while its post-processing is plain torch. The function's own source is
-    compiled alone, with the names it uses (``torch``, ``center_to_corners_format``, ``TensorType``); it is
-    transformers' code as installed, not a copy. A :class:`DetrError` if the installed file has no such method."""
+def library_post_process(module: str, cls: str, method: str = "post_process_object_detection") -> Callable[..., Any]:
+    """``cls.method`` (``post_process_object_detection``, or ``post_process_instance_segmentation``) of the installed
+    transformers' ``module``, without importing the module: RF-DETR's processor module imports torchvision at its
+    top (its preprocessing runs on torchvision), which a CPU-only torch may lack, while its post-processing is
+    plain torch. The method's own source is compiled alone, with the names it uses (``torch``, ``F``,
+    ``center_to_corners_format``, ``TensorType``); it is transformers' code as installed, not a copy. A
+    :class:`DetrError` if the installed file has no such method."""
     import importlib.util
 
     from transformers.image_transforms import center_to_corners_format
@@ -804,17 +832,15 @@ def library_post_process(module: str, cls: str) -> Callable[..., Any]:
         raise DetrError(f"the installed transformers has no {module}: update transformers")
     tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"), filename=spec.origin)
     found = [node for c in tree.body if isinstance(c, ast.ClassDef) and c.name == cls for node in c.body
-             if isinstance(node, ast.FunctionDef) and node.name == "post_process_object_detection"]
+             if isinstance(node, ast.FunctionDef) and node.name == method]
     if not found:
-        raise DetrError(f"{spec.origin} has no {cls}.post_process_object_detection: this transformers is not "
-                        "supported for this family")
+        raise DetrError(f"{spec.origin} has no {cls}.{method}: this transformers is not supported for this family")
     function = found[0]
     function.decorator_list = []
-    namespace: dict[str, Any] = {"torch": torch, "center_to_corners_format": center_to_corners_format,
-                                 "TensorType": TensorType}
+    namespace: dict[str, Any] = {"torch": torch, "F": torch.nn.functional, "Any": Any,
+                                 "center_to_corners_format": center_to_corners_format, "TensorType": TensorType}
     exec(compile(ast.Module(body=[function], type_ignores=[]), spec.origin, "exec"), namespace)
-    method = namespace["post_process_object_detection"]
-    return functools.partial(method, None)  # an unbound method: its ``self`` is not used
+    return functools.partial(namespace[method], None)  # an unbound method: its ``self`` is not used
 
 
 def reference_detections(checkpoint: DetrCheckpoint, pixels: npt.NDArray[np.uint8],
@@ -888,12 +914,27 @@ def compare_detr(checkpoint: DetrCheckpoint, path: Path, batches: Sequence[npt.N
                  nms: NmsSettings) -> ComparisonReport:
     """ONNX Runtime (through the served gathering) against transformers, on each uint8 batch."""
     session = _session(path)
-    errors = {"kept_mismatch": 0.0, "boxes": 0.0, "scores": 0.0}
+    errors = {"kept_mismatch": 0.0, "boxes": 0.0, "scores": 0.0, **({"mask_logits": 0.0} if checkpoint.style.masks
+                                                                    else {})}
     samples = 0
     for batch in batches:
-        boxes, scores, selected = session.run(None, {contract.ONNX_DETECTOR_INPUT: batch})  # type: ignore[attr-defined]
+        outputs = session.run(None, {contract.ONNX_DETECTOR_INPUT: batch})  # type: ignore[attr-defined]
+        boxes, scores, selected = outputs[:3]
         limit = max(1, int(boxes.shape[1]) * int(scores.shape[1]))
         ours = gather_detections(boxes, scores, selected, max_detections=limit)
         compare_detections(ours, reference_detections(checkpoint, batch, nms.score_threshold), errors)
+        if checkpoint.style.masks:  # every query's mask logits: coefficients times prototypes, against pred_masks
+            logits = np.einsum("bqk,bkhw->bqhw", outputs[3], outputs[4])
+            expected = reference_mask_logits(checkpoint, batch)
+            errors["mask_logits"] = max(errors["mask_logits"], float(np.abs(logits - expected).max()))
         samples += len(batch)
     return ComparisonReport("detector", errors, samples)
+
+
+def reference_mask_logits(checkpoint: DetrCheckpoint, pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """A segmenting checkpoint's ``pred_masks`` ``[B, Q, h, w]`` (transformers' forward) on letterboxed ``pixels``,
+    normalised by the processor as :func:`reference_detections` does."""
+    inputs = checkpoint.processor(images=list(pixels), do_resize=False, do_pad=False, return_tensors="pt")
+    with torch.no_grad():
+        masks: npt.NDArray[np.float32] = checkpoint.model(pixel_values=inputs["pixel_values"]).pred_masks.numpy()
+    return masks

@@ -347,6 +347,9 @@ class RepositorySettings:
     detector_masks: bool = False
     """The detector segments (its family says so): it also outputs DET_MASK_COEFFS and DET_PROTOS, which
     the ensemble wires into ``postprocess`` to give each detection its mask."""
+    detector_mask_crop: bool = True
+    """With ``detector_masks``: each mask cut to its box (Ultralytics' predictor); False: each mask over the
+    whole letterbox (RF-DETR-Seg's). Either way a detection whose mask is empty is dropped, as both do."""
     crop_mask_size: int = 0
     """Side of the attribute model's mask grid (CROP_MASKS), 0 without a mask head. Read from the
     attribute graph's ``masks`` output by :func:`write_repository`, which overrides what is given here."""
@@ -770,6 +773,7 @@ def model_configs(settings: RepositorySettings, label_map: LabelMap) -> dict[str
                 model_name=settings.model_name,
                 crop_masks=bool(settings.crop_mask_size),
                 detector_masks=settings.detector_masks,
+                detector_mask_crop=settings.detector_mask_crop,
                 attributes_inline=settings.layout == "fused",
                 score_offsets=bool(settings.verifier_classes),
                 score_threshold=settings.runtime.score_threshold if settings.verifier_classes else 0.0,

@@ -525,6 +525,9 @@ class PostprocessParameters(ParameterSet):
     """``attributes`` has a mask head: ask it for CROP_MASKS too and paste them into each detection."""
     detector_masks: bool = False
     """The detector segments: DET_MASK_COEFFS and DET_PROTOS are inputs, assembled into each detection's mask."""
+    detector_mask_crop: bool = True
+    """With ``detector_masks``: cut each mask to its box (Ultralytics' predictor); false: each mask over the whole
+    letterbox (RF-DETR-Seg's post-processing). Either way a detection whose mask is empty is dropped, as both do."""
     attributes_inline: bool = False
     """The fused CPU layout: the attribute network runs inside ``postprocess`` (its graph in this model's
     version folder, :class:`AttributesParameters` and the runtime's settings among its parameters)

@@ -262,6 +262,9 @@ class TorchDetrDetector(_Runner):
         if max_detections < 1:
             raise ValueError(f"max_detections must be at least 1, got {max_detections}")
         spec = DetrSpec.read(folder)
+        if spec.masks:  # the runner's outputs have no mask tensors: ONNX Runtime and OpenVINO serve them
+            raise TorchRuntimeError(f"{folder}: a segmenting DETR-style detector ({spec.model_class}) is served by "
+                                    "ONNX Runtime or OpenVINO, not the torch runtime")
         network = _from_pretrained(folder, spec.model_class)
         # an open-vocabulary (OWL) graph gives every patch's box and best query's score: NMS follows, as for
         # the default detector; the DETR-style graphs end in their processor's own selection

@@ -15,7 +15,8 @@ with ``detector_masks`` the detector segments, and DET_MASK_COEFFS (rows as DET_
 DET_PROTOS are inputs too, assembled as Ultralytics' predictor assembles them
 (``fashionbox.core.proto_masks.ProtoMasks``): at the letterbox first, where a detection whose mask
 is empty is dropped as the predictor drops it, then in the original photo on a worker thread while
-the attribute call runs (that step needs nothing the call answers); else
+the attribute call runs (that step needs nothing the call answers). With ``detector_mask_crop`` false
+(RF-DETR-Seg's post-processing) the masks are not cut to their boxes; else
 with ``crop_masks`` the same BLS call asks ``attributes`` for CROP_MASKS, pasted into the image by
 :func:`fashionbox.core.masks.paste_crop_masks`. Without either, detections carry no mask.
 
@@ -126,6 +127,7 @@ class TritonPythonModel:
             InputSpec(contract.DET_MASK_COEFFS.name, np.float32, contract.DET_MASK_COEFFS.dims),
             InputSpec(contract.DET_PROTOS.name, np.float32, contract.DET_PROTOS.dims),
         ) if params.detector_masks else ()
+        self.mask_crop = params.detector_mask_crop
         # A segmenting detector's masks win: the attribute model is then not asked for its own.
         self.crop_masks = params.crop_masks and not params.detector_masks
         self.mask_worker = None
@@ -240,8 +242,9 @@ class TritonPythonModel:
     def _letterbox_masks(self, request, boxes, classes, rows, infos, canvas):
         """A segmenting detector's masks at the letterbox (step 1), per image ``(geometry, masks)``.
 
-        A detection whose mask is empty there is dropped from ``rows`` (in place), as Ultralytics'
-        predictor drops it: no crop, no attributes, no answer for it.
+        With ``detector_mask_crop`` (Ultralytics' rule) each mask is cut to its box; without it (RF-DETR-Seg's)
+        it is taken over the whole letterbox. A detection whose mask is empty there is dropped from ``rows``
+        (in place), as both predictors drop it: no crop, no attributes, no answer for it.
         """
         coeffs, protos = (read_input(request, spec) for spec in self.segment_specs)
         if not coeffs.shape[0] == protos.shape[0] == boxes.shape[0] or coeffs.shape[1] != boxes.shape[1]:
@@ -254,7 +257,9 @@ class TritonPythonModel:
         segments = []
         for k in range(boxes.shape[0]):
             geometry = self.proto_masks(infos[k], protos.shape[2:4], input_size=canvas)
-            masks = geometry.letterbox(coeffs[k][classes[k] != PAD_CLASS], protos[k], rows[k].boxes)
+            cut = rows[k].boxes if self.mask_crop else np.tile(
+                np.array([0.0, 0.0, canvas[1], canvas[0]], dtype=np.float32), (len(rows[k].boxes), 1))
+            masks = geometry.letterbox(coeffs[k][classes[k] != PAD_CLASS], protos[k], cut)
             keep = np.array([not mask.empty for mask in masks], dtype=bool)
             if not keep.all():
                 rows[k] = rows[k].subset(keep)
