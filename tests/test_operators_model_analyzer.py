@@ -2,9 +2,9 @@
 and ``fashionbox-perf-analyzer``, on the config ``fashionbox model-analyzer-config`` writes (docs/TUNING.md).
 
 The integration test runs a tiny Model Analyzer profile (the shipped configuration and one searched, one
-concurrency, short measurement windows, no concurrency sweep for the reports) in its local launch mode against a real embedded server on a
-stand-in repository, and checks it measured the whole ensemble, wrote its results and report, and
-logged no error.
+concurrency, short measurement windows, no concurrency sweep for the reports) in its local launch mode
+against a real embedded server on a stand-in repository, and checks it measured the whole ensemble,
+wrote its results and report, and logged no error.
 """
 
 from __future__ import annotations
