@@ -131,7 +131,7 @@ def _detr_style_family(style: Any) -> Family:
                   score_threshold=style.score_threshold, max_detections=style.max_detections,
                   own_max_detections=graph_max_detections, torch_runtime=not style.masks,
                   torch_files=write_torch_files, segments=lambda checkpoint: bool(checkpoint.style.masks),
-                  mask_crop=False, letterbox_stride=lambda checkpoint: checkpoint.letterbox_stride,
+                  mask_crop=not style.masks, letterbox_stride=lambda checkpoint: checkpoint.letterbox_stride,
                   resize=resized_checkpoint)
 
 
