@@ -166,11 +166,22 @@ def test_the_position_embeddings_are_fixed_for_the_export_as_the_model_computes_
 def test_another_input_size_must_be_a_multiple_of_the_patch_windows(checkpoint: Any, tmp_path: Path) -> None:
     with pytest.raises(DetrError, match=r"patch size times its windows \(8 x 2 = 16\) divides, not 40"):
         STYLES["rf_detr"].check_size(checkpoint.model.config, 40)
-    bigger = resized_checkpoint(checkpoint, 96)
-    assert bigger.input_size == 96
-    path = export_detr_onnx(bigger, tmp_path / "96.onnx", nms=NmsSettings(score_threshold=THRESHOLD))
-    assert_graph_equals_transformers(bigger, path, [np.random.default_rng(3).integers(0, 256, (2, 96, 96, 3),
+    with pytest.raises(DetrError, match=r"--input-size 40: a rf_detr detector takes a multiple of 16$"):
+        resized_checkpoint(checkpoint, 40)
+    bigger = resized_checkpoint(checkpoint, 80)  # not a multiple of the CNN families' 32: RF-DETR's own step
+    assert bigger.input_size == 80
+    path = export_detr_onnx(bigger, tmp_path / "80.onnx", nms=NmsSettings(score_threshold=THRESHOLD))
+    assert_graph_equals_transformers(bigger, path, [np.random.default_rng(3).integers(0, 256, (2, 80, 80, 3),
                                                                                       dtype=np.uint8)])
+
+
+def test_a_rect_letterbox_is_refused_naming_the_square(folder: Path, tmp_path: Path) -> None:
+    from fashionbox.converter import ConvertError
+
+    with pytest.raises(ConvertError, match=r"--letterbox rect: this rf_detr detector's graph takes only the square "
+                                           r"64 letterbox .*RF-DETR and RF-DETR-Seg their own square only"):
+        convert(ConvertOptions(out=tmp_path / "repo", detector=f"hf:{folder}", letterbox="rect"))
+    assert not (tmp_path / "repo").exists()
 
 
 # -- converted: the torch runtime and the served repository --------------------------------------------------------

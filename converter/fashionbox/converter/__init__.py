@@ -379,7 +379,8 @@ def _letterbox_stride(options: ConvertOptions, family: Family, detector: Any, *,
         raise ConvertError(f"--letterbox rect: this {family.name} detector's graph takes only the square "
                            f"{family.input_size(detector)} letterbox (the DETR-style transformers detectors take any "
                            "height and width but an RT-DETR with anchor_image_size and an RT-DETRv2 or D-FINE with "
-                           "discrete sampling; OWL-ViT and OWLv2 their own square only; an Ultralytics export does "
+                           "discrete sampling; OWL-ViT, OWLv2, RF-DETR and RF-DETR-Seg their own square only; an "
+                           "Ultralytics export does "
                            "when exported with dynamic=True)")
     return stride if options.letterbox == "rect" or (options.letterbox == "auto" and onnx_on_cpu) else 0
 

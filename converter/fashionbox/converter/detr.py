@@ -339,9 +339,15 @@ def deformable_rect_model(model: Any) -> Any:
     return rect
 
 
+def _windowed_vit_step(config: Any) -> int:
+    """RF-DETR's side step: its DINOv2's patch size times its windows (14 x 4 = 56 for the base model)."""
+    backbone = config.backbone_config
+    return int(backbone.patch_size) * int(getattr(backbone, "num_windows", 1))
+
+
 def _windowed_vit_size(config: Any, size: int) -> None:
     backbone = config.backbone_config
-    step = int(backbone.patch_size) * int(getattr(backbone, "num_windows", 1))
+    step = _windowed_vit_step(config)
     if size % step:
         raise DetrError(f"a {config.model_type} backbone takes a side that its patch size times its windows "
                         f"({backbone.patch_size} x {getattr(backbone, 'num_windows', 1)} = {step}) divides, not {size}")
@@ -416,6 +422,10 @@ class DetrStyle:
     name: str = ""
     """The converter's family name where it is not the ``model_type``'s (a segmenting model of a detection
     ``model_type``: ``rf_detr_seg``)."""
+    size_step: Callable[[Any], int] = lambda config: 32
+    """From the model's config: what ``--input-size`` must be a multiple of where the graph takes the square only
+    (a rect-capable graph's is its :attr:`rect_stride`): the CNN backbones' deepest stride, RF-DETR's patch
+    size times its windows."""
     post_process_source: tuple[str, str] | None = None
     """``(module, Class)`` of the family's own image processor when that needs torchvision (RF-DETR's):
     the reference runs that class's ``post_process_object_detection`` read from the installed
@@ -475,13 +485,14 @@ STYLES: dict[str, DetrStyle] = {
     # is DETR's preprocessing on torchvision; its own post-processing is read from transformers' source
     "rf_detr": DetrStyle("rf_detr", "RfDetrForObjectDetection", "DetrImageProcessorPil", "sigmoid_top_k",
                          class_head=r"class_embed\.weight", max_detections=300, check_size=_windowed_vit_size,
-                         prepare_export=fixed_position_embeddings,
+                         size_step=_windowed_vit_step, prepare_export=fixed_position_embeddings,
                          post_process_source=("transformers.models.rf_detr.image_processing_rf_detr",
                                               "RfDetrImageProcessor")),
     # RF-DETR-Seg: the same detector inside a query-mask head (config.json's architectures names it)
     "rf_detr_seg": DetrStyle("rf_detr", "RfDetrForInstanceSegmentation", "DetrImageProcessorPil", "sigmoid_top_k",
                              class_head=r"class_embed\.weight", max_detections=300,
-                             check_size=_windowed_vit_size, prepare_export=fixed_position_embeddings, masks=True,
+                             check_size=_windowed_vit_size, size_step=_windowed_vit_step,
+                             prepare_export=fixed_position_embeddings, masks=True,
                              name="rf_detr_seg",
                              post_process_source=("transformers.models.rf_detr.image_processing_rf_detr",
                                                   "RfDetrImageProcessor")),
@@ -672,11 +683,11 @@ def load_detr(weights: Path, style: DetrStyle, attribute_labels: LabelMap | None
 
 
 def resized_checkpoint(checkpoint: DetrCheckpoint, size: int) -> DetrCheckpoint:
-    """``checkpoint`` served at letterbox side ``size`` instead of its processor's: a multiple of the
-    graph's stride (YOLOS: the patch size; the CNN backbones: 32). Refused for an RT-DETR whose anchors
-    are precomputed for one size (``anchor_image_size``) or that would have fewer encoder tokens than
+    """``checkpoint`` served at letterbox side ``size`` instead of its processor's: a multiple of the graph's stride
+    (YOLOS: the patch size; the CNN backbones: 32; RF-DETR: patch size x windows). Refused for an RT-DETR whose
+    anchors are precomputed for one size (``anchor_image_size``) or that would have fewer encoder tokens than
     queries at that size."""
-    step = checkpoint.letterbox_stride or 32
+    step = checkpoint.letterbox_stride or checkpoint.style.size_step(checkpoint.model.config)
     name = checkpoint.style.model_type
     if size < step or size % step:
         raise DetrError(f"--input-size {size}: a {name} detector takes a multiple of {step}")
