@@ -13,9 +13,9 @@ rescale, no normalisation). ``--family deformable_detr``: ``SenseTime/deformable
 ``DeformableDetrImageProcessor``'s default (shortest edge 800). ``--family dab_detr``:
 ``IDEA-Research/dab-detr-resnet-50``'s shape (ResNet-50's last stage, 6 + 6 layers 256 wide, 300
 queries), processor ``ConditionalDetrImageProcessor``'s default (shortest edge 800). ``--family rf_detr``:
-RF-DETR base's shape (transformers' ``RfDetrConfig`` defaults: a windowed DINOv2-S, 300 queries), its hub
-processor config (560 x 560, stretched; DETR's preprocessing, RF-DETR's own post-processing). 46 Fashionpedia
-labels and random weights: the same compute, no download.
+RF-DETR base's shape (transformers' ``RfDetrConfig`` defaults: a windowed DINOv2-S, 300 queries), a processor
+config as transformers' RF-DETR test checkpoint has it (560 x 560, stretched; DETR's preprocessing, RF-DETR's
+own post-processing). 46 Fashionpedia labels and random weights: the same compute, no download.
 On the same 1280x960 JPEGs (generated, fixed seeds) it measures:
 
 - **served**: ``convert(detector="hf:FOLDER")`` into a repository (ONNX Runtime), the embedded
@@ -132,7 +132,8 @@ def save_r50_sized(folder: Path, family: str) -> Path:
 
 def save_rf_detr_base_sized(folder: Path) -> Path:
     """RF-DETR base's shape (``RfDetrConfig()``: a windowed DINOv2-S at patch 14 in 4 x 4 windows, LW-DETR's
-    decoder, 3 layers 256 wide, 300 queries) and its hub processor config (560 x 560)."""
+    decoder, 3 layers 256 wide, 300 queries) and a processor config as transformers' RF-DETR test checkpoint has it
+    (560 x 560; the base model's own was not fetched)."""
     import json
 
     import torch

@@ -329,21 +329,22 @@ def _text_embeddings(model: Any, tokenizer: Any, texts: Sequence[str], size: int
     return embeddings.reshape(len(texts), -1).detach().clone()
 
 
-def _example_pixels(example: Example, size: int) -> npt.NDArray[np.uint8]:
-    from fashionbox.core.imaging import InvalidImageError, decode_image
+def _example_pixels(example: Example) -> npt.NDArray[np.uint8]:
+    from fashionbox.core.imaging import DecodeLimits, InvalidImageError, decode_image
 
-    try:
-        decoded = decode_image(example.path.read_bytes(), target_size=size)
+    limits = DecodeLimits()
+    try:  # at full resolution, as transformers' processor takes a photo (no side exceeds the pixel limit: no DCT draft)
+        decoded = decode_image(example.path.read_bytes(), target_size=limits.max_pixels, limits=limits)
     except (OSError, InvalidImageError) as exc:
         raise DetrError(f"the example photo {example.written!r} ({example.path}) cannot be read: {exc}") from exc
     return np.asarray(decoded.image.convert("RGB"), dtype=np.uint8)
 
 
-def example_embedding(model: Any, processor: Any, example: Example, size: int) -> torch.Tensor:
+def example_embedding(model: Any, processor: Any, example: Example) -> torch.Tensor:
     """``[D]``: an example photo's query embedding as transformers' ``image_guided_detection`` takes it: the photo
     through the checkpoint's own processor (its resize, and OWLv2's pad or OWL-ViT's centre crop), the image
     tower, then the model's ``embed_image_query`` (which picks the box that stands for the photo)."""
-    inputs = processor(images=[_example_pixels(example, size)], return_tensors="pt")
+    inputs = processor(images=[_example_pixels(example)], return_tensors="pt")
     with torch.no_grad():
         feature_map = model.image_embedder(pixel_values=inputs["pixel_values"])[0]
         batch, rows, cols, dim = feature_map.shape
@@ -361,7 +362,7 @@ def query_embeddings(model: Any, processor: Any, tokenizer: Any, queries: Querie
     vectors: dict[Prompt, torch.Tensor] = {}
     if queries.texts:
         vectors.update(zip(queries.texts, _text_embeddings(model, tokenizer, queries.texts, size), strict=True))
-    vectors.update((example, example_embedding(model, processor, example, size)) for example in queries.examples)
+    vectors.update((example, example_embedding(model, processor, example)) for example in queries.examples)
     rows = []
     for prompts in queries.prompts:
         stacked = torch.stack([vectors[prompt] for prompt in prompts])
