@@ -104,7 +104,7 @@ def test_an_rf_detr_checkpoint_is_its_own_family_with_its_processors_defaults(fo
     assert resolve_spec(f"hf:{folder}", "detector") == ("rf_detr", folder / "model.safetensors")
     family = FAMILIES["rf_detr"]()
     nms = family_nms(family, ConvertOptions(out=tmp_path), checkpoint)
-    # the processor's threshold 0.5; its top-k is the queries (10 here, 300 for the hub's)
+    # the processor's threshold 0.5; its top-k is the queries (10 here, 300 in RfDetrConfig's defaults)
     assert (nms.score_threshold, nms.max_detections) == (0.5, QUERIES)
     assert STYLES["rf_detr"].scoring == "sigmoid_top_k" and STYLES["rf_detr"].max_detections == 300
     assert checkpoint.input_size == INPUT_SIZE and checkpoint.letterbox_stride == 0  # the square only
