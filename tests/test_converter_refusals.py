@@ -67,8 +67,8 @@ def test_opset_17_is_accepted(tmp_path: Path) -> None:
 def test_an_unknown_family_prefix_is_refused_naming_the_known_ones() -> None:
     with pytest.raises(ConvertError, match=r"^unknown model family 'onnx' in 'onnx:model'; known: "
                                            r"\['conditional_detr', 'd_fine', 'dab_detr', 'deformable_detr', 'deimv2', "
-                                           r"'detr', 'fashionbox', 'owlv2', 'owlvit', 'rf_detr', 'rf_detr_seg', "
-                                           r"'rt_detr', 'rt_detr_v2', 'ultralytics', 'yolos'\]$"):
+                                           r"'detr', 'fashionbox', 'lw_detr', 'owlv2', 'owlvit', 'rf_detr', "
+                                           r"'rf_detr_seg', 'rt_detr', 'rt_detr_v2', 'ultralytics', 'yolos'\]$"):
         resolve_spec("onnx:model", "detector")
 
 

@@ -154,10 +154,31 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: save_tiny(tmp_path_factory.mktemp(f"tiny-{name}"), name) for name in FAMILY_NAMES}
 
 
+def convert_hf(folder: Path, out: Path, runtime: Any) -> Path:
+    """The checkpoint in ``folder`` converted at the tests' threshold, checked on two samples."""
+    return convert(ConvertOptions(out=out, detector=f"hf:{folder}", score_threshold=THRESHOLD, compare_samples=2,
+                                  runtime=runtime)).repository
+
+
 def _convert_each(checkpoints: dict[str, Path], out: Path, runtime: Any) -> dict[str, Path]:
-    return {name: convert(ConvertOptions(out=out / name, detector=f"hf:{folder}", score_threshold=THRESHOLD,
-                                         compare_samples=2, runtime=runtime)).repository
-            for name, folder in checkpoints.items()}
+    return {name: convert_hf(folder, out / name, runtime) for name, folder in checkpoints.items()}
+
+
+def assert_torch_runtime_answers_as_transformers(folder: Path, checkpoint: DetrCheckpoint, out: Path,
+                                                 max_detections: int) -> None:
+    """Converted with ``--runtime torch``: the converter's check passed, and the runner the repository holds
+    detects as transformers on the same pixels."""
+    from fashionbox.model_repository.runners import TORCH_FOLDER
+    from fashionbox.models.torch_runtime import TorchDetrDetector
+
+    repository = convert_hf(folder, out, "torch")
+    manifest = json.loads((repository / "manifest.json").read_text())
+    assert manifest["family"] == checkpoint.style.family
+    assert manifest["comparison"]["torch detector"]["detections_count_mismatch"] == 0
+    runner = TorchDetrDetector(repository / "detector" / "1" / TORCH_FOLDER, device="cpu", precision="fp32",
+                               score_threshold=THRESHOLD, max_detections=max_detections)
+    assert_detects_as(runner, lambda pixels: reference_detections(checkpoint, pixels, THRESHOLD),
+                      size=checkpoint.input_size)
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +199,19 @@ def assert_detects_as(runner: Any, reference: Any, *, size: int, seeds: int = 3)
             np.testing.assert_allclose(ours.boxes, theirs.boxes, rtol=1e-3, atol=1e-3)
             found += len(ours)
     assert found > 0, "the threshold must keep something for the comparison to mean anything"
+
+
+def square_batches(first_scene: int) -> list[Any]:
+    """Two random uint8 batches and one of three generated scenes (seeds from ``first_scene``), each
+    letterboxed to the square."""
+    from fashionbox.core.imaging import decode_image, letterbox
+    from fashionbox.synth import render_scene
+
+    scenes = [letterbox(decode_image(render_scene(first_scene + i, size=size).encode(format="PNG"),
+                                     target_size=INPUT_SIZE), INPUT_SIZE)[0]
+              for i, size in enumerate([(640, 480), (300, 640), (500, 500)])]
+    return [np.random.default_rng(i).integers(0, 256, (3, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+            for i in range(2)] + [np.stack(scenes)]
 
 
 def assert_graph_equals_transformers(checkpoint: DetrCheckpoint, path: Path, batches: list[Any]) -> None:
@@ -523,8 +557,8 @@ def test_a_checkpoint_of_a_family_that_is_not_detr_style_is_refused(checkpoints:
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "vit"}))
     _refused(folder, tmp_path, r"model_type 'vit' is not supported; known: \['conditional_detr', 'd_fine', "
-                               r"'dab-detr', 'deformable_detr', 'deimv2', 'detr', 'owlv2', 'owlvit', 'rf_detr', "
-                               r"'rt_detr', 'rt_detr_v2', 'yolos'\]$")
+                               r"'dab-detr', 'deformable_detr', 'deimv2', 'detr', 'lw_detr', 'owlv2', 'owlvit', "
+                               r"'rf_detr', 'rt_detr', 'rt_detr_v2', 'yolos'\]$")
 
 
 def test_loading_a_checkpoint_as_another_family_is_refused(checkpoints: dict[str, Path]) -> None:
@@ -646,7 +680,7 @@ def test_an_absent_local_path_is_not_taken_for_a_hub_id(tmp_path: Path) -> None:
 # -- served through a real Triton ---------------------------------------------------------------------------------
 
 
-def _scenes() -> list[bytes]:
+def scenes() -> list[bytes]:
     from fashionbox.synth import render_scene
 
     # a rect letterbox of the tiny models' stride (32 at 64 px) serves the 2:1 ones on half the square
@@ -654,21 +688,23 @@ def _scenes() -> list[bytes]:
     return [render_scene(70 + i, size=size).encode(format="JPEG", quality=90) for i, size in enumerate(sizes)]
 
 
-def _assert_served_as_transformers(server: Any, repository: Path, folder: Path, name: str) -> None:
+def assert_served_as_transformers(server: Any, repository: Path, folder: Path, style: Any) -> None:
+    """The served answers (gRPC, the typed client) equal transformers' on the same letterboxed pixels, one by one
+    and in flight together; ``style``: the family's :class:`DetrStyle`."""
     from fashionbox.client import FashionClient
     from fashionbox.core.imaging import decode_image, letterbox, rect_canvas
 
-    checkpoint = load_detr(checkpoint_weights(folder), STYLES[name])
+    checkpoint = load_detr(checkpoint_weights(folder), style)
     labels = checkpoint.label_map
     manifest = json.loads((repository / "manifest.json").read_text())
-    assert manifest["family"] == name
+    assert manifest["family"] == style.family
     assert [c["name"] for c in json.loads((repository / "labels.json").read_text())["categories"]] == NAMES
     # ONNX Runtime on the CPU serves each family with a rect letterbox by default
     stride = manifest["export"]["letterbox_stride"]
     assert stride == (checkpoint.letterbox_stride if manifest["runtime"] != "torch" else 0)
     total, canvases = 0, set()
     with FashionClient(str(server.endpoints.grpc)) as client:
-        for data in _scenes():
+        for data in scenes():
             served = client.detect(data).detections
             decoded = decode_image(data, target_size=INPUT_SIZE)
             canvas = rect_canvas(decoded.width, decoded.height, INPUT_SIZE, stride) if stride else None
@@ -683,10 +719,10 @@ def _assert_served_as_transformers(server: Any, repository: Path, folder: Path, 
                 assert set(d.attributes) == set(labels.groups_for(d.category))
             total += len(served)
         if stride:  # the 2:1 scenes ran on half the square, each way round
-            assert canvases == {(INPUT_SIZE, INPUT_SIZE), (INPUT_SIZE // 2, INPUT_SIZE), (INPUT_SIZE, INPUT_SIZE // 2)}
+            assert {(INPUT_SIZE, INPUT_SIZE), (INPUT_SIZE // 2, INPUT_SIZE), (INPUT_SIZE, INPUT_SIZE // 2)} <= canvases
         # in flight at once, as the dynamic batcher meets them (shapes mixed): each answer as when sent alone
-        sequential = [client.detect(data).detections for data in _scenes()]
-        for together, alone in zip(client.detect_many(_scenes() * 3, max_in_flight=9), sequential * 3, strict=True):
+        sequential = [client.detect(data).detections for data in scenes()]
+        for together, alone in zip(client.detect_many(scenes() * 3, max_in_flight=9), sequential * 3, strict=True):
             assert not isinstance(together, Exception), together
             assert [d.category for d in together.detections] == [d.category for d in alone]
             np.testing.assert_allclose([d.score for d in together.detections], [d.score for d in alone], atol=1e-4)
@@ -697,7 +733,8 @@ def _assert_served_as_transformers(server: Any, repository: Path, folder: Path, 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_served_detections_equal_transformers_on_the_same_images(
         triton_server: Any, repositories: dict[str, Path], checkpoints: dict[str, Path], name: str) -> None:
-    _assert_served_as_transformers(triton_server(repositories[name]), repositories[name], checkpoints[name], name)
+    assert_served_as_transformers(triton_server(repositories[name]), repositories[name], checkpoints[name],
+                                  STYLES[name])
 
 
 @pytest.mark.integration
@@ -712,7 +749,7 @@ def test_a_served_openvino_repository_takes_the_rect_letterbox_as_onnx_runtime(
     manifest = json.loads((repository / "manifest.json").read_text())
     assert manifest["runtime"] == "openvino"
     assert manifest["comparison"]["openvino fp32 detector"]["detections_count_mismatch"] == 0
-    _assert_served_as_transformers(triton_server(repository), repository, checkpoints[name], name)
+    assert_served_as_transformers(triton_server(repository), repository, checkpoints[name], STYLES[name])
 
 
 # -- the torch runtime: the transformers model in PyTorch (the GPU profile without TensorRT) ----------------------
@@ -820,6 +857,6 @@ def test_a_torch_runtime_folder_without_its_spec_fails_load_naming_it(torch_repo
 def test_a_served_torch_runtime_repository_equals_transformers_on_the_same_images(
         triton_server: Any, torch_repositories: dict[str, Path], checkpoints: dict[str, Path], name: str) -> None:
     server = triton_server(torch_repositories[name])
-    _assert_served_as_transformers(server, torch_repositories[name], checkpoints[name], name)
+    assert_served_as_transformers(server, torch_repositories[name], checkpoints[name], STYLES[name])
     assert server.log_path is not None
     assert f"{_torch_folder(torch_repositories[name])} on cpu (fp32)" in server.log_path.read_text()

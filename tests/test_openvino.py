@@ -233,6 +233,17 @@ def _served_order_errors(ours: list[tuple[float, int, float]], theirs: list[tupl
     return detector.max_abs_error
 
 
+def test_a_twin_answering_another_number_of_images_is_refused_naming_the_batch() -> None:
+    """What OpenVINO's CPU plugin did with a graph it compiled wrongly (a batched MatMul over a constant, in a
+    first LW-DETR rect graph): one answer short, no error; the comparison stops naming it."""
+    pixels = np.zeros((2, 8, 16, 3), np.uint8)
+    one = [_detections([(0.9, 0, 1.0)])]
+    with pytest.raises(ConvertError, match=r"^openvino fp32: 1 answers \(the reference 2\) for a batch of 2 images "
+                                           r"of 8x16: the runtime does not run this graph as ONNX Runtime does$"):
+        compare_runners("openvino fp32", _Fixed(one), _Fixed([]), _Fixed(one * 2), _Fixed([]), [pixels],
+                        [np.zeros((1, 4, 4, 3), np.uint8)])
+
+
 def test_exact_parity_takes_tied_scores_in_either_order_and_still_sees_a_real_difference() -> None:
     ours = [(1.0, 2, 300.0), (1.0, 0, 10.0), (0.6, 1, 50.0)]  # two confident detections saturated at 1.0
     theirs = [(1.0, 0, 10.0), (1.0, 2, 300.0), (0.6, 1, 50.0)]

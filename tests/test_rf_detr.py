@@ -30,10 +30,12 @@ from test_detr_families import (  # noqa: E402
     INPUT_SIZE,
     NAMES,
     THRESHOLD,
-    _assert_served_as_transformers,
-    assert_detects_as,
     assert_graph_equals_transformers,
+    assert_served_as_transformers,
+    assert_torch_runtime_answers_as_transformers,
+    convert_hf,
     spread,
+    square_batches,
 )
 
 from fashionbox.converter.detr import (  # noqa: E402
@@ -44,7 +46,6 @@ from fashionbox.converter.detr import (  # noqa: E402
     fixed_position_embeddings,
     library_post_process,
     load_detr,
-    reference_detections,
     reference_mask_logits,
     resized_checkpoint,
 )
@@ -89,16 +90,6 @@ def checkpoint(folder: Path) -> Any:
     return load_detr(checkpoint_weights(folder), STYLES["rf_detr"])
 
 
-def _batches() -> list[Any]:
-    from fashionbox.core.imaging import decode_image, letterbox
-    from fashionbox.synth import render_scene
-
-    scenes = [letterbox(decode_image(render_scene(90 + i, size=size).encode(format="PNG"), target_size=INPUT_SIZE),
-                        INPUT_SIZE)[0] for i, size in enumerate([(640, 480), (300, 640), (500, 500)])]
-    return [np.random.default_rng(i).integers(0, 256, (3, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
-            for i in range(2)] + [np.stack(scenes)]
-
-
 def test_an_rf_detr_checkpoint_is_its_own_family_with_its_processors_defaults(folder: Path, checkpoint: Any,
                                                                             tmp_path: Path) -> None:
     assert resolve_spec(f"hf:{folder}", "detector") == ("rf_detr", folder / "model.safetensors")
@@ -133,7 +124,7 @@ def test_the_reference_post_processing_is_rf_detrs_own_from_the_installed_source
 def test_the_exported_graph_equals_transformers_with_rf_detrs_post_processing(checkpoint: Any,
                                                                               tmp_path: Path) -> None:
     path = export_detr_onnx(checkpoint, tmp_path / "detector.onnx", nms=NmsSettings(score_threshold=THRESHOLD))
-    assert_graph_equals_transformers(checkpoint, path, _batches())
+    assert_graph_equals_transformers(checkpoint, path, square_batches(90))
     # square only: the windows and the interpolated position embeddings are laid out for the traced side
     with pytest.raises(ExportError, match="takes only the square letterbox"):
         export_detr_onnx(checkpoint, tmp_path / "rect.onnx", nms=NmsSettings(score_threshold=THRESHOLD),
@@ -187,32 +178,18 @@ def test_a_rect_letterbox_is_refused_naming_the_square(folder: Path, tmp_path: P
 # -- converted: the torch runtime and the served repository --------------------------------------------------------
 
 
-def _convert(folder: Path, out: Path, runtime: Any) -> Path:
-    return convert(ConvertOptions(out=out, detector=f"hf:{folder}", score_threshold=THRESHOLD, compare_samples=2,
-                                  runtime=runtime)).repository
-
-
 def test_the_torch_runtime_answers_as_transformers(folder: Path, checkpoint: Any, tmp_path: Path) -> None:
-    from fashionbox.model_repository.runners import TORCH_FOLDER
-    from fashionbox.models.torch_runtime import TorchDetrDetector
-
-    repository = _convert(folder, tmp_path / "torch", "torch")
-    manifest = json.loads((repository / "manifest.json").read_text())
-    assert manifest["family"] == "rf_detr"
-    assert manifest["comparison"]["torch detector"]["detections_count_mismatch"] == 0
-    runner = TorchDetrDetector(repository / "detector" / "1" / TORCH_FOLDER, device="cpu", precision="fp32",
-                               score_threshold=THRESHOLD, max_detections=QUERIES)
-    assert_detects_as(runner, lambda pixels: reference_detections(checkpoint, pixels, THRESHOLD), size=INPUT_SIZE)
+    assert_torch_runtime_answers_as_transformers(folder, checkpoint, tmp_path / "torch", max_detections=QUERIES)
 
 
 @pytest.mark.integration
 def test_served_detections_equal_transformers_on_the_same_images(triton_server: Any, folder: Path,
                                                                  tmp_path: Path) -> None:
-    repository = _convert(folder, tmp_path / "onnx", "onnxruntime")
+    repository = convert_hf(folder, tmp_path / "onnx", "onnxruntime")
     manifest = json.loads((repository / "manifest.json").read_text())
     assert manifest["comparison"]["detector"]["kept_mismatch"] == 0
     assert manifest["export"]["letterbox_stride"] == 0  # the square, whatever --letterbox auto prefers on the CPU
-    _assert_served_as_transformers(triton_server(repository), repository, folder, "rf_detr")
+    assert_served_as_transformers(triton_server(repository), repository, folder, STYLES["rf_detr"])
 
 
 # -- RF-DETR-Seg: the same detector with a query-mask head -------------------------------------------------------
@@ -249,14 +226,14 @@ def test_an_rf_detr_seg_checkpoint_is_told_by_its_architecture_and_serves_masks(
     family = FAMILIES["rf_detr_seg"]()
     assert family.segments(seg_checkpoint) and not family.mask_crop and not family.torch_runtime
     with pytest.raises(ConvertError, match="a rf_detr_seg detector runs through ONNX Runtime or OpenVINO"):
-        _convert(seg_folder, tmp_path / "torch", "torch")
+        convert_hf(seg_folder, tmp_path / "torch", "torch")
 
 
 def test_the_graph_factors_the_models_own_mask_logits(seg_checkpoint: Any) -> None:
     from fashionbox.converter.detr import detr_graph
 
     graph = detr_graph(seg_checkpoint, THRESHOLD)
-    pixels = torch.from_numpy(_batches()[2])
+    pixels = torch.from_numpy(square_batches(90)[2])
     with torch.no_grad():
         *_, coeffs, protos = graph(pixels)
     expected = reference_mask_logits(seg_checkpoint, pixels.numpy())
@@ -270,8 +247,8 @@ def test_the_exported_seg_graph_equals_transformers_boxes_and_mask_logits(seg_ch
     from fashionbox.converter.detr import compare_detr
 
     path = export_detr_onnx(seg_checkpoint, tmp_path / "seg.onnx", nms=NmsSettings(score_threshold=THRESHOLD))
-    assert_graph_equals_transformers(seg_checkpoint, path, _batches())
-    report = compare_detr(seg_checkpoint, path, _batches(), NmsSettings(score_threshold=THRESHOLD))
+    assert_graph_equals_transformers(seg_checkpoint, path, square_batches(90))
+    report = compare_detr(seg_checkpoint, path, square_batches(90), NmsSettings(score_threshold=THRESHOLD))
     assert report.max_abs_error["mask_logits"] < 1e-2  # the converter's tolerance: logits, thresholded at 0
 
 
@@ -286,7 +263,7 @@ def test_masks_over_the_whole_letterbox_equal_rf_detrs_instance_post_processing(
 
     graph = detr_graph(seg_checkpoint, THRESHOLD)
     compared = 0
-    for batch in _batches():
+    for batch in square_batches(90):
         with torch.no_grad():
             boxes, scores, selected, coeffs, protos = (t.numpy() for t in graph(torch.from_numpy(batch)))
         kept = gather_detections(boxes, scores, selected, max_detections=QUERIES * len(NAMES), mask_coeffs=coeffs,
@@ -314,14 +291,14 @@ def test_served_rf_detr_seg_masks_equal_its_instance_post_processing(triton_serv
     """ONNX Runtime, and OpenVINO (what ``--runtime auto`` picked for this tiny model on an AMD EPYC: its mask logits
     are held to ONNX Runtime's by the converter, as YOLO-seg's)."""
     from PIL import Image
-    from test_detr_families import _scenes
+    from test_detr_families import scenes
 
     from fashionbox.client import FashionClient
     from fashionbox.core.imaging import decode_image, letterbox
 
     if runtime == "openvino":
         pytest.importorskip("openvino", reason="the openvino runtime needs fashionbox-core[openvino]")
-    repository = _convert(seg_folder, tmp_path / "seg", runtime)
+    repository = convert_hf(seg_folder, tmp_path / "seg", runtime)
     manifest = json.loads((repository / "manifest.json").read_text())
     assert manifest["family"] == "rf_detr_seg" and manifest["comparison"]["detector"]["mask_logits"] < 1e-2
     if runtime == "openvino":
@@ -330,7 +307,7 @@ def test_served_rf_detr_seg_masks_equal_its_instance_post_processing(triton_serv
     labels = seg_checkpoint.label_map
     ious = []
     with FashionClient(str(server.endpoints.grpc)) as client:
-        for data in _scenes():
+        for data in scenes():
             served = client.detect(data).detections
             decoded = decode_image(data, target_size=INPUT_SIZE)
             pixels, info = letterbox(decoded, INPUT_SIZE)

@@ -373,13 +373,14 @@ def test_on_the_gpu_the_runners_agree_with_the_cpu(precision: str, scenes: np.nd
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="needs torch with CUDA and an NVIDIA GPU")
-@pytest.mark.parametrize("name", ["detr", "rt_detr", "deformable_detr", "yolos", "owlv2", "rf_detr"])
+@pytest.mark.parametrize("name", ["detr", "rt_detr", "deformable_detr", "yolos", "owlv2", "rf_detr", "lw_detr"])
 def test_on_the_gpu_a_transformers_family_in_fp16_agrees_with_the_cpu(name: str, tmp_path: Path) -> None:
     """softmax, top-k, deformable sampling, a ViT, an open-vocabulary detector (its text queries baked), and
-    RF-DETR's windowed DINOv2."""
+    RF-DETR's windowed DINOv2, LW-DETR's windowed ViT."""
     pytest.importorskip("transformers", reason="the DETR-style families need transformers")
     from image_model_fixtures import build_tiny_owl
     from test_detr_families import save_tiny
+    from test_lw_detr import save_tiny_lw_detr
     from test_rf_detr import save_tiny_rf_detr
     from test_yolos import save_tiny_yolos
 
@@ -390,6 +391,7 @@ def test_on_the_gpu_a_transformers_family_in_fp16_agrees_with_the_cpu(name: str,
     folder = (save_tiny_yolos(tmp_path / name) if name == "yolos"
               else build_tiny_owl(tmp_path / name, phrases=DEFAULT_QUERIES.texts) if name == "owlv2"
               else save_tiny_rf_detr(tmp_path / name) if name == "rf_detr"
+              else save_tiny_lw_detr(tmp_path / name) if name == "lw_detr"
               else save_tiny(tmp_path / name, name))
     repository = convert(ConvertOptions(out=tmp_path / "repository", detector=f"hf:{folder}", score_threshold=0.3,
                                         compare_samples=2, target="gpu", runtime="torch")).repository

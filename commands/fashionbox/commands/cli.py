@@ -420,8 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default="default",
                    help="'default', a FashionBox detector .safetensors checkpoint, hf:FOLDER_OR_HUB_ID (a "
                         "transformers YOLOS, DETR, Conditional DETR, Deformable DETR, DAB-DETR, RT-DETR, RT-DETRv2, "
-                        "D-FINE, DEIMv2 or RF-DETR checkpoint, or an open-vocabulary OWL-ViT or OWLv2 one: see "
-                        "--queries), or "
+                        "D-FINE, DEIMv2, LW-DETR or RF-DETR checkpoint, or an open-vocabulary OWL-ViT or OWLv2 "
+                        "one: see --queries), or "
                         "ultralytics:FILE.onnx (what `yolo export format=onnx` writes for a YOLOv8/YOLO11 detect or "
                         "-seg model)")
     p.add_argument("--attributes", default="default", help="'default' or an attributes .safetensors checkpoint")

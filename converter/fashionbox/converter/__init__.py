@@ -141,6 +141,12 @@ def _yolos_family() -> Family:
     return _detr_style_family(YOLOS)
 
 
+def _lw_detr_family() -> Family:
+    from fashionbox.converter.lw_detr import LW_DETR
+
+    return _detr_style_family(LW_DETR)
+
+
 def _hf_family(name: str) -> Callable[[], Family]:
     def factory() -> Family:
         from fashionbox.converter.detr import STYLES
@@ -188,7 +194,7 @@ FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yol
                                              "d_fine": _hf_family("d_fine"),
                                              "deimv2": _hf_family("deimv2"),
                                              "deformable_detr": _hf_family("deformable_detr"),
-                                             "dab_detr": _hf_family("dab_detr"),
+                                             "dab_detr": _hf_family("dab_detr"), "lw_detr": _lw_detr_family,
                                              "rf_detr": _hf_family("rf_detr"), "rf_detr_seg": _hf_family("rf_detr_seg"),
                                              "owlv2": _owl_family("owlv2"), "owlvit": _owl_family("owlvit"),
                                              "ultralytics": _ultralytics_family}
@@ -197,7 +203,7 @@ FAMILIES: dict[str, Callable[[], Family]] = {"fashionbox": _default_family, "yol
 HF_MODEL_TYPES: dict[str, str] = {"yolos": "yolos", "detr": "detr", "conditional_detr": "conditional_detr",
                                   "rt_detr": "rt_detr", "rt_detr_v2": "rt_detr_v2", "d_fine": "d_fine",
                                   "deimv2": "deimv2", "deformable_detr": "deformable_detr", "dab-detr": "dab_detr",
-                                  "rf_detr": "rf_detr", "owlv2": "owlv2", "owlvit": "owlvit"}
+                                  "lw_detr": "lw_detr", "rf_detr": "rf_detr", "owlv2": "owlv2", "owlvit": "owlvit"}
 """``model_type`` of a Hugging Face checkpoint's config.json -> family (specs ``hf:FOLDER_OR_HUB_ID``)."""
 
 HF_ARCHITECTURES: dict[str, str] = {"RfDetrForInstanceSegmentation": "rf_detr_seg"}
@@ -378,10 +384,10 @@ def _letterbox_stride(options: ConvertOptions, family: Family, detector: Any, *,
     if options.letterbox == "rect" and not stride:
         raise ConvertError(f"--letterbox rect: this {family.name} detector's graph takes only the square "
                            f"{family.input_size(detector)} letterbox (the DETR-style transformers detectors take any "
-                           "height and width but an RT-DETR with anchor_image_size and an RT-DETRv2 or D-FINE with "
-                           "discrete sampling; OWL-ViT, OWLv2, RF-DETR and RF-DETR-Seg their own square only; an "
-                           "Ultralytics export does "
-                           "when exported with dynamic=True)")
+                           "height and width but an RT-DETR with anchor_image_size, an RT-DETRv2 or D-FINE with "
+                           "discrete sampling, and a two-stage Deformable DETR or an LW-DETR whose strip of one stride "
+                           "leaves fewer encoder tokens than queries; OWL-ViT, OWLv2, RF-DETR and RF-DETR-Seg their "
+                           "own square only; an Ultralytics export does when exported with dynamic=True)")
     return stride if options.letterbox == "rect" or (options.letterbox == "auto" and onnx_on_cpu) else 0
 
 

@@ -159,7 +159,13 @@ def compare_runners(name: str, detector: Any, attributes: Any, reference_detecto
     unmatched = total = samples = 0
     masks: float | None = None
     for batch in detector_batches:
-        for ours, theirs in zip(detector.detect(batch), reference_detector.detect(batch), strict=True):
+        answers, references = detector.detect(batch), reference_detector.detect(batch)
+        if len(answers) != len(batch) or len(references) != len(batch):
+            # a runtime that compiled the graph wrongly for some shape (seen: OpenVINO on a batched MatMul)
+            raise ConvertError(f"{name}: {len(answers)} answers (the reference {len(references)}) for a batch of "
+                               f"{len(batch)} images of {batch.shape[1]}x{batch.shape[2]}: the runtime does not run "
+                               "this graph as ONNX Runtime does")
+        for ours, theirs in zip(answers, references, strict=True):
             pairs = _match(ours, theirs)
             errors["detections_count_mismatch"] += float(_differ(ours, theirs, pairs, max_detections))
             for i, j in pairs:

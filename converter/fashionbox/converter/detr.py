@@ -2,7 +2,7 @@
 
 One room for what every transformers DETR-style detector shares (DETR, Conditional DETR, Deformable
 DETR, DAB-DETR, RT-DETR, RT-DETRv2, D-FINE, DEIMv2, RF-DETR here; YOLOS adds its position-embedding baking in
-:mod:`fashionbox.converter.yolos`).
+:mod:`fashionbox.converter.yolos`, LW-DETR its windowed ViT's in :mod:`fashionbox.converter.lw_detr`).
 What differs per ``model_type`` is one :class:`DetrStyle` row of :data:`STYLES`: the model and processor
 classes, how the class head turns into scores (the processor's ``post_process_object_detection``,
 read from the installed transformers), and the predictor's defaults::
@@ -134,6 +134,7 @@ __all__ = [
     "reference_mask_logits",
     "resized_checkpoint",
     "rt_detr_tokens",
+    "traced_level_shapes",
     "write_torch_files",
 ]
 
@@ -329,14 +330,18 @@ def deformable_rect_model(model: Any) -> Any:
     ``torch.as_tensor`` over the feature maps' sizes: the tracer records it as a constant, so a graph
     exported at one size would scale offsets wrongly at every other (silently: the shapes still fit).
     Each multi-scale attention layer here rebuilds it from ``spatial_shapes_list``, the same sizes."""
-    rect = copy.deepcopy(model).eval()
-    layers = [m for m in rect.modules() if type(m).__name__ == "DeformableDetrMultiscaleDeformableAttention"]
+    return traced_level_shapes(copy.deepcopy(model).eval(), "DeformableDetrMultiscaleDeformableAttention")
+
+
+def traced_level_shapes(model: Any, layer_class: str) -> Any:
+    """``model`` (changed in place) with each multi-scale deformable attention layer of class ``layer_class``
+    rebuilding its ``spatial_shapes`` table from ``spatial_shapes_list`` (see :func:`deformable_rect_model`)."""
+    layers = [m for m in model.modules() if type(m).__name__ == layer_class]
     if not layers:
-        raise DetrError(f"{type(model).__name__} has no DeformableDetrMultiscaleDeformableAttention layer to trace "
-                        "the level shapes through")
+        raise DetrError(f"{type(model).__name__} has no {layer_class} layer to trace the level shapes through")
     for layer in layers:
         layer.register_forward_pre_hook(_traced_level_shapes, with_kwargs=True)
-    return rect
+    return model
 
 
 def _windowed_vit_step(config: Any) -> int:
