@@ -1,7 +1,7 @@
 """Benchmark: a DETR-style model served by FashionBox against in-process transformers, in one run.
 
     .venv/bin/python tests/benchmarks/bench_detr.py \
-        [--family rt_detr|rt_detr_v2|d_fine|deformable_detr|dab_detr|rf_detr] \
+        [--family rt_detr|rt_detr_v2|d_fine|deformable_detr|dab_detr|lw_detr|rf_detr] \
         [--letterbox square|rect] [--rounds 2] [--images 3] [--out ...]
 
 ``--family rt_detr`` (the default): ``PekingU/rtdetr_r18vd``'s shape (ResNet-18-vd basic blocks,
@@ -15,7 +15,10 @@ rescale, no normalisation). ``--family deformable_detr``: ``SenseTime/deformable
 queries), processor ``ConditionalDetrImageProcessor``'s default (shortest edge 800). ``--family rf_detr``:
 RF-DETR base's shape (transformers' ``RfDetrConfig`` defaults: a windowed DINOv2-S, 300 queries), a processor
 config as transformers' RF-DETR test checkpoint has it (560 x 560, stretched; DETR's preprocessing, RF-DETR's
-own post-processing). 46 Fashionpedia labels and random weights: the same compute, no download.
+own post-processing). ``--family lw_detr``: LW-DETR small's shape (transformers' ``LwDetrConfig`` defaults: a
+ViT-T 192 wide, 10 layers in 4 x 4 windows at patch 16, 300 queries; its projector at scale 1, as LW-DETR small's),
+Deformable DETR's processor at 640 x 640 (stretched), its post-processing (k = 100).
+46 Fashionpedia labels and random weights: the same compute, no download.
 On the same 1280x960 JPEGs (generated, fixed seeds) it measures:
 
 - **served**: ``convert(detector="hf:FOLDER")`` into a repository (ONNX Runtime), the embedded
@@ -90,7 +93,10 @@ FAMILIES = {"rt_detr": BenchFamily("RTDetrConfig", "RTDetrForObjectDetection", "
                                     "ConditionalDetrImageProcessorPil", 800),
             "rf_detr": BenchFamily("RfDetrConfig", "RfDetrForObjectDetection",
                                    "RF-DETR base's shape (transformers' RfDetrConfig defaults)",
-                                   "DetrImageProcessorPil", 560)}
+                                   "DetrImageProcessorPil", 560),
+            "lw_detr": BenchFamily("LwDetrConfig", "LwDetrForObjectDetection",
+                                   "LW-DETR small's shape (transformers' LwDetrConfig defaults, projector at scale 1)",
+                                   "DeformableDetrImageProcessorPil", 640)}
 """``--family`` -> its transformers classes, processor and size, and what the random model's shape is."""
 
 
@@ -147,11 +153,35 @@ def save_rf_detr_base_sized(folder: Path) -> Path:
     return folder
 
 
+def save_lw_detr_small_sized(folder: Path) -> Path:
+    """LW-DETR small's shape (``LwDetrConfig()``, which transformers documents as ``lwdetr_small_60e_coco``'s, with
+    its single projector level at scale 1: the defaults leave the list empty) and Deformable DETR's processor at
+    640 x 640 (the checkpoint's own was not fetched)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LwDetrConfig(projector_scale_factors=[1.0], **_labels())
+    transformers.LwDetrForObjectDetection(config).save_pretrained(folder)
+    transformers.DeformableDetrImageProcessorPil(size={"height": 640, "width": 640}).save_pretrained(folder)
+    return folder
+
+
+def _style(family: str) -> Any:
+    from fashionbox.converter.detr import STYLES
+    from fashionbox.converter.lw_detr import LW_DETR
+
+    return LW_DETR if family == "lw_detr" else STYLES[family]
+
+
 def save_sized(folder: Path, family: str) -> tuple[Path, dict[str, Any]]:
     """``family``'s random checkpoint in ``folder``, and its shape for the report."""
     if family == "rf_detr":
         return save_rf_detr_base_sized(folder), {"backbone": "windowed DINOv2-S, patch 14, 4 x 4 windows",
                                                   "d_model": 256, "decoder_layers": 3, "num_queries": 300}
+    if family == "lw_detr":
+        return save_lw_detr_small_sized(folder), {"backbone": "windowed ViT-T, patch 16, 4 x 4 windows, 10 layers",
+                                                   "d_model": 256, "decoder_layers": 3, "num_queries": 300}
     if family in R50_SHAPES:
         stages, shape = R50_SHAPES[family]
         return save_r50_sized(folder, family), {"backbone": f"transformers ResNet-50, {', '.join(stages)}", **shape}
@@ -173,10 +203,10 @@ def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int |
                      family: str = "rt_detr") -> list[float]:
     """Seconds per image, decode to detections, in process (the processor's resize when ``letterbox_size`` is None;
     else FashionBox's square letterbox, or its rect one of ``stride``)."""
-    from fashionbox.converter.detr import STYLES, library_post_process
+    from fashionbox.converter.detr import library_post_process
 
     bench = FAMILIES[family]
-    source = STYLES[family].post_process_source  # RF-DETR's own post-processing, its processor being torchvision's
+    source = _style(family).post_process_source  # RF-DETR's own post-processing, its processor being torchvision's
     return run_yolos_way(folder, images, letterbox_size=letterbox_size, model_class=bench.model_class,
                          processor_class=bench.processor_class, threshold=0.5, stride=stride,
                          post_process=library_post_process(*source) if source else None)
