@@ -218,15 +218,42 @@ def _instance_masks(checkpoint: Any, pixels: Any) -> list[dict[str, Any]]:
 
 
 def test_an_rf_detr_seg_checkpoint_is_told_by_its_architecture_and_serves_masks(seg_folder: Path,
-                                                                                 seg_checkpoint: Any,
-                                                                                 tmp_path: Path) -> None:
-    from fashionbox.converter import ConvertError
-
+                                                                                 seg_checkpoint: Any) -> None:
     assert resolve_spec(f"hf:{seg_folder}", "detector") == ("rf_detr_seg", seg_folder / "model.safetensors")
     family = FAMILIES["rf_detr_seg"]()
-    assert family.segments(seg_checkpoint) and not family.mask_crop and not family.torch_runtime
-    with pytest.raises(ConvertError, match="a rf_detr_seg detector runs through ONNX Runtime or OpenVINO"):
-        convert_hf(seg_folder, tmp_path / "torch", "torch")
+    assert family.segments(seg_checkpoint) and not family.mask_crop and family.torch_runtime
+
+
+def test_the_torch_runtime_gives_each_detection_the_graphs_mask_coefficients(seg_folder: Path, seg_checkpoint: Any,
+                                                                            tmp_path: Path) -> None:
+    """Converted with ``--runtime torch`` (the converter holds its mask logits to ONNX Runtime's), the runner
+    answers as the exported graph, coefficients and prototypes included, for the rows asked for only (three
+    images padded to a bucket of four)."""
+    from fashionbox.converter.detr import detr_graph
+    from fashionbox.core.postprocessing import gather_detections
+    from fashionbox.model_repository.runners import TORCH_FOLDER
+    from fashionbox.models.torch_runtime import TorchDetrDetector
+
+    repository = convert_hf(seg_folder, tmp_path / "torch", "torch")
+    comparison = json.loads((repository / "manifest.json").read_text())["comparison"]["torch detector"]
+    assert comparison["detections_count_mismatch"] == 0 and comparison["mask_logits"] < 1e-2
+    limit = QUERIES * len(NAMES)
+    runner = TorchDetrDetector(repository / "detector" / "1" / TORCH_FOLDER, device="cpu", precision="fp32",
+                               score_threshold=THRESHOLD, max_detections=limit, max_batch_size=4, bucketed=True)
+    assert runner.segments and runner.buckets == (1, 2, 4)
+    batch = square_batches(90)[2]
+    graph = detr_graph(seg_checkpoint, THRESHOLD)
+    with torch.no_grad():
+        boxes, scores, selected, coeffs, protos = (t.numpy() for t in graph(torch.from_numpy(batch)))
+    expected = gather_detections(boxes, scores, selected, max_detections=limit, mask_coeffs=coeffs, protos=protos)
+    answers = runner.detect(batch)
+    assert len(answers) == len(batch) and sum(len(a) for a in answers) > 0
+    for ours, theirs in zip(answers, expected, strict=True):
+        assert ours.classes.tolist() == theirs.classes.tolist()
+        np.testing.assert_allclose(ours.scores, theirs.scores, atol=1e-5)
+        assert ours.mask_coeffs is not None and theirs.mask_coeffs is not None
+        np.testing.assert_allclose(ours.mask_coeffs, theirs.mask_coeffs, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(ours.protos, theirs.protos, rtol=1e-4, atol=1e-4)
 
 
 def test_the_graph_factors_the_models_own_mask_logits(seg_checkpoint: Any) -> None:
@@ -284,12 +311,13 @@ def test_masks_over_the_whole_letterbox_equal_rf_detrs_instance_post_processing(
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino", "torch"])
 def test_served_rf_detr_seg_masks_equal_its_instance_post_processing(triton_server: Any, seg_folder: Path,
                                                                     seg_checkpoint: Any, tmp_path: Path,
                                                                     runtime: str) -> None:
-    """ONNX Runtime, and OpenVINO (what ``--runtime auto`` picked for this tiny model on an AMD EPYC: its mask logits
-    are held to ONNX Runtime's by the converter, as YOLO-seg's)."""
+    """ONNX Runtime, OpenVINO (what ``--runtime auto`` picked for this tiny model on an AMD EPYC) and the torch
+    runtime (the GPU's without TensorRT): their mask logits are held to ONNX Runtime's by the converter, as
+    YOLO-seg's."""
     from PIL import Image
     from test_detr_families import scenes
 
@@ -301,8 +329,9 @@ def test_served_rf_detr_seg_masks_equal_its_instance_post_processing(triton_serv
     repository = convert_hf(seg_folder, tmp_path / "seg", runtime)
     manifest = json.loads((repository / "manifest.json").read_text())
     assert manifest["family"] == "rf_detr_seg" and manifest["comparison"]["detector"]["mask_logits"] < 1e-2
-    if runtime == "openvino":
-        assert manifest["comparison"]["openvino fp32 detector"]["mask_logits"] < 1e-2
+    if runtime != "onnxruntime":
+        twin = {"openvino": "openvino fp32 detector", "torch": "torch detector"}[runtime]
+        assert manifest["comparison"][twin]["mask_logits"] < 1e-2
     server = triton_server(repository)
     labels = seg_checkpoint.label_map
     ious = []

@@ -129,7 +129,7 @@ def _detr_style_family(style: Any) -> Family:
     return Family(style.family, family_loader(style), export_detr_onnx, compare_detr,
                   input_size=lambda checkpoint: int(checkpoint.input_size), threads=2,
                   score_threshold=style.score_threshold, max_detections=style.max_detections,
-                  own_max_detections=graph_max_detections, torch_runtime=not style.masks,
+                  own_max_detections=graph_max_detections, torch_runtime=True,
                   torch_files=write_torch_files, segments=lambda checkpoint: bool(checkpoint.style.masks),
                   mask_crop=not style.masks, letterbox_stride=lambda checkpoint: checkpoint.letterbox_stride,
                   resize=resized_checkpoint)

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fashionbox.converter.errors import ConvertError
-from fashionbox.converter.export import ComparisonReport
+from fashionbox.converter.export import ComparisonReport, mask_logits_error
 from fashionbox.core.openvino_runtime import (
     INSTALL_HINT,
     OpenVinoAttributes,
@@ -173,7 +173,7 @@ def compare_runners(name: str, detector: Any, attributes: Any, reference_detecto
                 errors["matched_boxes"] = max(errors["matched_boxes"], box)
                 errors["matched_scores"] = max(errors["matched_scores"], abs(float(ours.scores[i] - theirs.scores[j])))
             if ours.protos is not None and theirs.protos is not None:  # a segmenting graph: the twins' mask logits
-                masks = max(masks or 0.0, _mask_logits_error(ours, theirs, pairs))
+                masks = max(masks or 0.0, mask_logits_error(ours, theirs, pairs))
             unmatched += len(ours) + len(theirs) - 2 * len(pairs)
             total += len(theirs)
         samples += len(batch)
@@ -187,17 +187,6 @@ def compare_runners(name: str, detector: Any, attributes: Any, reference_detecto
                 for b in attribute_batches)
     return [ComparisonReport(f"{name} detector", errors, samples),
             ComparisonReport(f"{name} attributes", {"probs": worst}, sum(len(b) for b in attribute_batches))]
-
-
-def _mask_logits_error(ours: DetectorOutput, theirs: DetectorOutput, pairs: Sequence[tuple[int, int]]) -> float:
-    """The largest difference between twin detections' mask logits (coefficients times the image's prototypes)."""
-    coeffs, twin_coeffs, protos, twin_protos = ours.mask_coeffs, theirs.mask_coeffs, ours.protos, theirs.protos
-    if not pairs or coeffs is None or twin_coeffs is None or protos is None or twin_protos is None:
-        return 0.0
-    rows, twins = (list(side) for side in zip(*pairs, strict=True))
-    mine = coeffs[rows] @ protos.reshape(protos.shape[0], -1)
-    other = twin_coeffs[twins] @ twin_protos.reshape(twin_protos.shape[0], -1)
-    return float(np.abs(mine - other).max())
 
 
 def _over(reports: Sequence[ComparisonReport], precision: str, tolerance: dict[str, float]) -> dict[str, float]:

@@ -33,6 +33,7 @@ from fashionbox.models import AttributeClassifier, FashionDetector
 from fashionbox.models.nms import NmsSettings
 
 if TYPE_CHECKING:
+    from fashionbox.core.postprocessing import DetectorOutput
     from fashionbox.core.serving import DetectorRunner
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "compare_torch_runners",
     "export_attributes_onnx",
     "export_detector_onnx",
+    "mask_logits_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -287,6 +289,18 @@ def compare_attributes(classifier: AttributeClassifier, path: Path,
 
 
 
+def mask_logits_error(ours: DetectorOutput, theirs: DetectorOutput, pairs: Sequence[tuple[int, int]]) -> float:
+    """The largest difference between twin detections' mask logits (coefficients times the image's prototypes);
+    ``pairs``: (our row, their row) of each twin pair. 0 where either side does not segment."""
+    coeffs, twin_coeffs, protos, twin_protos = ours.mask_coeffs, theirs.mask_coeffs, ours.protos, theirs.protos
+    if not pairs or coeffs is None or twin_coeffs is None or protos is None or twin_protos is None:
+        return 0.0
+    rows, twins = (list(side) for side in zip(*pairs, strict=True))
+    mine = coeffs[rows] @ protos.reshape(protos.shape[0], -1)
+    other = twin_coeffs[twins] @ twin_protos.reshape(twin_protos.shape[0], -1)
+    return float(np.abs(mine - other).max())
+
+
 def compare_torch_runners(torch_detector: DetectorRunner, detector_onnx: Path, attributes_weights: Path,
                           attributes_onnx: Path, detector_batches: Sequence[npt.NDArray[np.uint8]],
                           attribute_batches: Sequence[npt.NDArray[np.uint8]], *,
@@ -298,13 +312,15 @@ def compare_torch_runners(torch_detector: DetectorRunner, detector_onnx: Path, a
     runtime adds to the networks the ONNX comparison already covered: batched NMS (or the family's
     graph rebuilt from its saved files) and the gathering of detections. Per image the same number of
     detections (``detections_count_mismatch`` counts images where they differ), then the largest
-    difference of boxes and scores in the served order, and of the attribute probabilities.
+    difference of boxes and scores in the served order (a segmenting graph's mask logits too), and of the
+    attribute probabilities.
     """
     from fashionbox.core.serving import OnnxAttributes, OnnxDetector, OrtSettings
     from fashionbox.models.torch_runtime import TorchAttributes
 
     onnx_detector = OnnxDetector(detector_onnx, OrtSettings(), max_detections=max_detections)
-    errors = {"boxes": 0.0, "scores": 0.0, "detections_count_mismatch": 0.0}
+    errors = {"boxes": 0.0, "scores": 0.0, "detections_count_mismatch": 0.0,
+              **({"mask_logits": 0.0} if onnx_detector.segments else {})}
     samples = 0
     for batch in detector_batches:
         for ours, theirs in zip(torch_detector.detect(batch), onnx_detector.detect(batch), strict=True):
@@ -313,6 +329,11 @@ def compare_torch_runners(torch_detector: DetectorRunner, detector_onnx: Path, a
             elif len(ours):
                 errors["boxes"] = max(errors["boxes"], float(np.abs(ours.boxes - theirs.boxes).max()))
                 errors["scores"] = max(errors["scores"], float(np.abs(ours.scores - theirs.scores).max()))
+                if onnx_detector.segments:  # a segmenting graph (RF-DETR-Seg): the mask logits, in served order
+                    if ours.protos is None:
+                        raise ExportError("the ONNX graph segments but the torch runtime's detections carry no masks")
+                    errors["mask_logits"] = max(errors["mask_logits"],
+                                                mask_logits_error(ours, theirs, [(i, i) for i in range(len(ours))]))
         samples += len(batch)
     torch_heads = TorchAttributes(attributes_weights, device="cpu", precision="fp32",
                                   num_attribute_labels=num_attribute_labels)

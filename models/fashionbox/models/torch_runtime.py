@@ -249,7 +249,8 @@ class TorchDetrDetector(_Runner):
     """A DETR-style family's detector (DETR, Conditional DETR, RT-DETR, YOLOS) in PyTorch: the transformers
     model saved in ``folder`` (safetensors) inside :class:`fashionbox.models.detr_graph.DetrGraph`, the
     graph the converter exports, so it answers as the ONNX graph does (its post-processing included:
-    no NMS). uint8 ``[B, S, S, 3]`` letterboxed images -> one :class:`DetectorOutput` per image. Needs
+    no NMS; a segmenting graph's mask coefficients and prototypes, RF-DETR-Seg's, with each detection).
+    uint8 ``[B, S, S, 3]`` letterboxed images -> one :class:`DetectorOutput` per image. Needs
     transformers in the serving environment (it builds the model from its config)."""
 
     def __init__(self, folder: Path, *, device: str, precision: str, score_threshold: float, max_detections: int,
@@ -262,9 +263,8 @@ class TorchDetrDetector(_Runner):
         if max_detections < 1:
             raise ValueError(f"max_detections must be at least 1, got {max_detections}")
         spec = DetrSpec.read(folder)
-        if spec.masks:  # the runner's outputs have no mask tensors: ONNX Runtime and OpenVINO serve them
-            raise TorchRuntimeError(f"{folder}: a segmenting DETR-style detector ({spec.model_class}) is served by "
-                                    "ONNX Runtime or OpenVINO, not the torch runtime")
+        self.segments = spec.masks
+        """Whether the graph segments (RF-DETR-Seg): each detection then carries ``mask_coeffs`` and ``protos``."""
         network = _from_pretrained(folder, spec.model_class)
         # an open-vocabulary (OWL) graph gives every patch's box and best query's score: NMS follows, as for
         # the default detector; the DETR-style graphs end in their processor's own selection
@@ -300,10 +300,13 @@ class TorchDetrDetector(_Runner):
             boxes, scores = self._forward(pixels)
             return _nms_detections(boxes[:rows].float(), scores[:rows].float(), self.nms, self.pre_nms_top_k,
                                    self.max_detections)
-        boxes, scores, selected = self._forward(pixels)
+        boxes, scores, selected, *masks = self._forward(pixels)
         selected = selected[selected[:, 0] < rows]  # the bucket's padding rows are not answered
-        return gather_detections(boxes[:rows].cpu().numpy(), scores[:rows].cpu().numpy(), selected.cpu().numpy(),
-                                 max_detections=self.max_detections)
+        # a segmenting graph's coefficients [B, Q, K] and prototypes [B, K, h, w], in fp32 as ONNX Runtime's
+        coeffs, protos = (t[:rows].float().cpu().numpy() for t in masks) if self.segments else (None, None)
+        return gather_detections(boxes[:rows].float().cpu().numpy(), scores[:rows].float().cpu().numpy(),
+                                 selected.cpu().numpy(), max_detections=self.max_detections, mask_coeffs=coeffs,
+                                 protos=protos)
 
 
 class TorchAttributes(_Runner):
