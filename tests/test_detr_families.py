@@ -401,10 +401,12 @@ def test_rt_detr_needs_as_many_encoder_tokens_as_it_selects_queries(checkpoints:
     config = checkpoint.model.config
     assert_counts_tokens(checkpoint.model, checkpoint.model.model.enc_output, lambda args, kwargs: args[0],
                          rt_detr_tokens)
-    # a real RT-DETR's 300 queries: a 640 letterbox leaves enough on a strip (420), a 448 one does not (294)
+    # a real RT-DETR's 300 queries: a 640 letterbox leaves enough on a strip (420), a 448 one does not (294):
+    # its rect letterbox's short side is at least 64 there (588 tokens)
     real = transformers.RTDetrConfig(num_queries=300)
     assert rt_detr_tokens(real, 32, 640) == 420 and rt_detr_tokens(real, 32, 448) == 294
-    assert STYLES["rt_detr"].rect_stride(real, 640) == 32 and STYLES["rt_detr"].rect_stride(real, 448) == 0
+    assert STYLES["rt_detr"].rect_stride(real, 640) == STYLES["rt_detr"].rect_stride(real, 448) == 32
+    assert STYLES["rt_detr"].rect_min_side(real, 640, 32) == 0 and STYLES["rt_detr"].rect_min_side(real, 448, 32) == 64
     STYLES["rt_detr"].check_size(real, 128)  # 336 tokens on the square
     with pytest.raises(DetrError, match="a 96x96 input leaves 189 encoder tokens, fewer than the 300 queries"):
         STYLES["rt_detr"].check_size(real, 96)
@@ -480,9 +482,11 @@ def test_deformable_detr_sizes_its_levels_and_tokens_from_the_config(checkpoints
     with pytest.raises(DetrError, match="a 64x64 input leaves one cell on Deformable DETR's stride-64 level"):
         style.check_size(real, 64)
     two_stage = transformers.DeformableDetrConfig(two_stage=True, with_box_refine=True)
-    assert deformable_tokens(two_stage, 32, 800) == 538 and style.rect_stride(two_stage, 800) == 32
-    assert deformable_tokens(two_stage, 32, 416) == 280 and style.rect_stride(two_stage, 416) == 0
-    assert style.rect_stride(real, 416) == 32  # one stage: the queries are learned, not chosen among tokens
+    assert deformable_tokens(two_stage, 32, 800) == 538 and style.rect_min_side(two_stage, 800, 32) == 0
+    # at 416 a strip of 32 leaves 280 tokens for 300 proposals: the rect letterbox's short side is 64 at least
+    assert deformable_tokens(two_stage, 32, 416) == 280 and deformable_tokens(two_stage, 64, 416) == 553
+    assert style.rect_stride(two_stage, 416) == 32 and style.rect_min_side(two_stage, 416, 32) == 64
+    assert style.rect_min_side(real, 416, 32) == 0  # one stage: the queries are learned, not chosen among tokens
     with pytest.raises(DetrError, match="a 96x96 input leaves 193 encoder tokens, fewer than the 300 proposals"):
         style.check_size(two_stage, 96)
 
@@ -700,14 +704,15 @@ def assert_served_as_transformers(server: Any, repository: Path, folder: Path, s
     assert manifest["family"] == style.family
     assert [c["name"] for c in json.loads((repository / "labels.json").read_text())["categories"]] == NAMES
     # ONNX Runtime on the CPU serves each family with a rect letterbox by default
-    stride = manifest["export"]["letterbox_stride"]
+    stride, min_side = manifest["export"]["letterbox_stride"], manifest["export"]["letterbox_min_side"]
     assert stride == (checkpoint.letterbox_stride if manifest["runtime"] != "torch" else 0)
+    assert min_side == checkpoint.letterbox_min_side(stride)
     total, canvases = 0, set()
     with FashionClient(str(server.endpoints.grpc)) as client:
         for data in scenes():
             served = client.detect(data).detections
             decoded = decode_image(data, target_size=INPUT_SIZE)
-            canvas = rect_canvas(decoded.width, decoded.height, INPUT_SIZE, stride) if stride else None
+            canvas = rect_canvas(decoded.width, decoded.height, INPUT_SIZE, stride, min_side) if stride else None
             pixels, info = letterbox(decoded, INPUT_SIZE, canvas=canvas)
             canvases.add(pixels.shape[:2])
             (expected,) = reference_detections(checkpoint, pixels[None], THRESHOLD)

@@ -398,6 +398,20 @@ def test_a_rect_letterbox_pads_the_short_side_only_to_the_stride(width: int, hei
     np.testing.assert_allclose(back, [[0, 0, width, height]], atol=1e-3)
 
 
+def test_a_rect_letterbox_keeps_its_short_side_at_least_its_min_side() -> None:
+    """A detector that selects a fixed number of queries among its tokens: a thin strip is padded up to the min
+    side, a photo already past it is untouched; the min side is a multiple of the stride, at most the size."""
+    assert rect_canvas(4000, 10, 640, 32, 128) == (128, 640)
+    assert rect_canvas(10, 4000, 640, 32, 128) == (640, 128)
+    assert rect_canvas(1280, 960, 640, 32, 128) == rect_canvas(1280, 960, 640, 32) == (480, 640)
+    assert rect_canvas(4000, 10, 640, 32, 640) == (640, 640)  # as high as the size: the square
+    pixels, info = letterbox(_decoded(4000, 10), 640, canvas=(128, 640))
+    assert pixels.shape == (128, 640, 3) and info.pad_y == (128 - 2) // 2
+    for bad in (48, 672, -32):
+        with pytest.raises(ValueError, match=f"min side {bad} must be a multiple of its stride 32 up to its size 640"):
+            rect_canvas(1280, 960, 640, 32, bad)
+
+
 def test_a_rect_letterbox_refuses_a_stride_that_does_not_divide_its_size_and_a_canvas_too_small() -> None:
     with pytest.raises(ValueError, match="stride 48 must divide its size 640"):
         rect_canvas(1280, 960, 640, 48)

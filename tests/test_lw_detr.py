@@ -42,6 +42,7 @@ from fashionbox.converter.detr import (  # noqa: E402
     checkpoint_weights,
     export_detr_onnx,
     load_detr,
+    reference_detections,
     resized_checkpoint,
 )
 from fashionbox.converter.export import ExportError  # noqa: E402
@@ -151,11 +152,16 @@ def test_sides_are_multiples_of_patch_windows_with_tokens_for_every_query(checkp
     path = export_detr_onnx(bigger, tmp_path / "80.onnx", nms=NmsSettings(score_threshold=THRESHOLD))
     assert_graph_equals_transformers(bigger, path, [np.random.default_rng(3).integers(0, 256, (2, 80, 80, 3),
                                                                                       dtype=np.uint8)])
-    # 30 queries: 80 tokens at the square serve them, a strip of one step (20 tokens) does not
+    # 30 queries: 80 tokens at the square serve them, a strip of one step (20 tokens) does not, of two (40) does
     crowded = load_detr(checkpoint_weights(save_tiny_lw_detr(tmp_path / "crowded", num_queries=30)), LW_DETR)
-    assert crowded.input_size == INPUT_SIZE and crowded.letterbox_stride == 0
+    assert crowded.input_size == INPUT_SIZE and crowded.letterbox_stride == STEP
+    assert checkpoint.letterbox_min_side(STEP) == 0 and crowded.letterbox_min_side(STEP) == 2 * STEP
     with pytest.raises(DetrError, match="a 32x32 input leaves 20 encoder tokens, fewer than the 30 proposals"):
         resized_checkpoint(crowded, 32)
+    # LW-DETR small's shape: 300 queries among one level of 16 px patches; a 640 letterbox's strip needs 128 px
+    small = transformers.LwDetrConfig(projector_scale_factors=[1.0])
+    assert lw_detr_tokens(small, 64, 640) == 160 and lw_detr_tokens(small, 128, 640) == 320
+    assert LW_DETR.rect_stride(small, 640) == 64 and LW_DETR.rect_min_side(small, 640, 64) == 128
 
 
 # -- converted: the torch runtime and the served repository --------------------------------------------------------
@@ -180,3 +186,29 @@ def test_served_detections_equal_transformers_on_the_same_images(triton_server: 
     if runtime == "openvino":
         assert manifest["comparison"]["openvino fp32 detector"]["detections_count_mismatch"] == 0
     assert_served_as_transformers(triton_server(repository), repository, folder, LW_DETR)
+
+
+@pytest.mark.integration
+def test_a_model_whose_strips_lack_tokens_serves_them_at_its_min_side(triton_server: Any, tmp_path: Path) -> None:
+    """30 queries: a 5:1 strip's own rect letterbox (one step, 16 x 64) would leave 20 tokens and fail the
+    decoder's top-k; the repository's min side (32) pads it to 32 x 64, where transformers answers the same."""
+    from fashionbox.client import FashionClient
+    from fashionbox.core.imaging import decode_image, letterbox
+    from fashionbox.synth import render_scene
+
+    folder = save_tiny_lw_detr(tmp_path / "crowded", num_queries=30)
+    repository = convert_hf(folder, tmp_path / "repository", "onnxruntime")
+    export = json.loads((repository / "manifest.json").read_text())["export"]
+    assert (export["letterbox_stride"], export["letterbox_min_side"]) == (STEP, 2 * STEP)
+    server = triton_server(repository)
+    assert_served_as_transformers(server, repository, folder, LW_DETR)
+    checkpoint = load_detr(checkpoint_weights(folder), LW_DETR)
+    data = render_scene(7, size=(640, 128)).encode(format="JPEG", quality=90)
+    pixels, info = letterbox(decode_image(data, target_size=INPUT_SIZE), INPUT_SIZE, canvas=(2 * STEP, INPUT_SIZE))
+    (expected,) = reference_detections(checkpoint, pixels[None], THRESHOLD)
+    with FashionClient(str(server.endpoints.grpc)) as client:
+        served = client.detect(data).detections
+    assert len(served) == len(expected) > 0
+    np.testing.assert_allclose([d.score for d in served], expected.scores, atol=1e-3)
+    np.testing.assert_allclose([[d.box.x1, d.box.y1, d.box.x2, d.box.y2] for d in served],
+                               info.to_original(expected.boxes), atol=0.5)

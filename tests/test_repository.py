@@ -350,6 +350,9 @@ def test_cpu_scheduling_gives_2_cores_the_shipped_defaults_and_more_cores_more_i
         (lambda: RepositorySettings(target="tpu"), "target"),  # type: ignore[arg-type]
         (lambda: RepositorySettings(input_size=320, letterbox_stride=48), "letterbox_stride must be 0"),
         (lambda: RepositorySettings(letterbox_stride=-32), "letterbox_stride must be 0"),
+        (lambda: RepositorySettings(letterbox_min_side=64), "letterbox_min_side must be 0 or, with a rect letterbox"),
+        (lambda: RepositorySettings(letterbox_stride=32, letterbox_min_side=48), "a multiple of letterbox_stride 32"),
+        (lambda: RepositorySettings(letterbox_stride=32, letterbox_min_side=352), "up to input_size 320"),
         (lambda: RepositorySettings(letterbox_stride=32, target="gpu"), "rect letterbox .* target cpu"),
         (lambda: RepositorySettings(letterbox_stride=32, runtime=RuntimeSettings(runtime="torch")),
          "rect letterbox .* target cpu"),

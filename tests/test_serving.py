@@ -307,6 +307,13 @@ def test_a_rect_letterbox_refuses_pixels_it_does_not_make() -> None:
             rect.check(np.zeros(shape, np.uint8), 128)
     assert LetterboxSettings.optional(Parameters({})) is None
     assert LetterboxSettings.optional(Parameters({"letterbox_stride": "32"})) == rect
+    # with a min side (LW-DETR's queries need tokens): a strip below it is refused, the canvas floored to it
+    floored = LetterboxSettings(letterbox_stride=32, letterbox_min_side=64)
+    floored.check(np.zeros((1, 64, 128, 3), np.uint8), 128)
+    with pytest.raises(RequestError, match="a multiple of 32 on both, at least 64 on the short one"):
+        floored.check(np.zeros((1, 32, 128, 3), np.uint8), 128)
+    assert floored.canvas(4000, 10, 128) == (64, 128) and rect.canvas(4000, 10, 128) == (32, 128)
+    assert LetterboxSettings.optional(Parameters({"letterbox_stride": "32", "letterbox_min_side": "64"})) == floored
 
 
 @pytest.mark.usefixtures("fake_pb_utils")

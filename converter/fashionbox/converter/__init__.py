@@ -98,6 +98,10 @@ class Family:
     letterbox_stride: Callable[[Any], int] = lambda detector: 0
     """The stride of the rect letterbox the loaded detector's graph takes (any height and width that are
     multiples of it: ``RepositorySettings.letterbox_stride``), 0 where it takes only the square one."""
+    letterbox_min_side: Callable[[Any, int], int] = lambda detector, stride: 0
+    """``(detector, stride)``: the shortest side its rect letterbox of that stride may have
+    (``RepositorySettings.letterbox_min_side``; 0: none), where a thin strip would leave fewer encoder tokens
+    than the queries the detector selects among them."""
     resize: Callable[[Any, int], Any] | None = None
     """``(detector, size)``: the loaded detector served at another letterbox side (``--input-size``),
     refused (a ``ConvertError``) where its graph cannot take it; None: served at its own size only."""
@@ -132,6 +136,7 @@ def _detr_style_family(style: Any) -> Family:
                   own_max_detections=graph_max_detections, torch_runtime=True,
                   torch_files=write_torch_files, segments=lambda checkpoint: bool(checkpoint.style.masks),
                   mask_crop=not style.masks, letterbox_stride=lambda checkpoint: checkpoint.letterbox_stride,
+                  letterbox_min_side=lambda checkpoint, stride: checkpoint.letterbox_min_side(stride),
                   resize=resized_checkpoint)
 
 
@@ -384,18 +389,18 @@ def _letterbox_stride(options: ConvertOptions, family: Family, detector: Any, *,
     if options.letterbox == "rect" and not stride:
         raise ConvertError(f"--letterbox rect: this {family.name} detector's graph takes only the square "
                            f"{family.input_size(detector)} letterbox (the DETR-style transformers detectors take any "
-                           "height and width but an RT-DETR with anchor_image_size, an RT-DETRv2 or D-FINE with "
-                           "discrete sampling, and a two-stage Deformable DETR or an LW-DETR whose strip of one stride "
-                           "leaves fewer encoder tokens than queries; OWL-ViT, OWLv2, RF-DETR and RF-DETR-Seg their "
-                           "own square only; an Ultralytics export does when exported with dynamic=True)")
+                           "height and width but an RT-DETR with anchor_image_size and an RT-DETRv2 or D-FINE with "
+                           "discrete sampling; OWL-ViT, OWLv2, RF-DETR and RF-DETR-Seg their own square only; an "
+                           "Ultralytics export does when exported with dynamic=True)")
     return stride if options.letterbox == "rect" or (options.letterbox == "auto" and onnx_on_cpu) else 0
 
 
-def _comparison_inputs(size: int, crop: int, samples: int, label_map: LabelMap, *, letterbox_stride: int = 0
-                       ) -> tuple[list[npt.NDArray[np.uint8]], list[npt.NDArray[np.uint8]]]:
+def _comparison_inputs(size: int, crop: int, samples: int, label_map: LabelMap, *, letterbox_stride: int = 0,
+                       letterbox_min_side: int = 0) -> tuple[list[npt.NDArray[np.uint8]], list[npt.NDArray[np.uint8]]]:
     """Random uint8 batches plus letterboxed generated scenes (and their garment crops); with a rect
-    letterbox, a batch of the shape a 4:3 landscape photo is served at and one of a 1:2 portrait's (which
-    a stride of half the size, as a tiny test model's, still serves narrower than the square)."""
+    letterbox, a batch of the shape a 4:3 landscape photo is served at, one of a 1:2 portrait's (which
+    a stride of half the size, as a tiny test model's, still serves narrower than the square) and one of
+    the thinnest strip the letterbox makes (its min side, or one stride)."""
     from fashionbox.core.imaging import crop_garments
     from fashionbox.training.data import render_sample
 
@@ -406,10 +411,12 @@ def _comparison_inputs(size: int, crop: int, samples: int, label_map: LabelMap, 
     if letterbox_stride:
         from fashionbox.core.imaging import rect_canvas
 
-        landscape = rect_canvas(4 * size, 3 * size, size, letterbox_stride)
-        portrait = rect_canvas(size, 2 * size, size, letterbox_stride)
+        landscape = rect_canvas(4 * size, 3 * size, size, letterbox_stride, letterbox_min_side)
+        portrait = rect_canvas(size, 2 * size, size, letterbox_stride, letterbox_min_side)
+        strip = rect_canvas(size, 1, size, letterbox_stride, letterbox_min_side)
         detector_batches += [rng.integers(0, 256, (2, *landscape, 3), dtype=np.uint8),
-                             rng.integers(0, 256, (1, *portrait, 3), dtype=np.uint8)]
+                             rng.integers(0, 256, (1, *portrait, 3), dtype=np.uint8),
+                             rng.integers(0, 256, (1, *strip, 3), dtype=np.uint8)]
     crops = [crop_garments(s.pixels, s.boxes, crop) for s in scenes]
     attribute_batches = [rng.integers(0, 256, (3, crop, crop, 3), dtype=np.uint8), np.concatenate(crops)]
     return detector_batches, attribute_batches
@@ -668,7 +675,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
         "target": options.target, "runtime": runtime_settings, "gpu_decode": options.engines.gpu_decode,
         **(gpu_scheduling() if options.target == "gpu" else {}),
         **((fused_scheduling if fused else cpu_scheduling)(cores, instance_threads) if cores else {}),
-        "letterbox_stride": stride,
+        "letterbox_stride": stride, "letterbox_min_side": family.letterbox_min_side(detector, stride) if stride else 0,
         **options.repository_settings})
     if family.segments(detector):  # the detector's mask tensors go to postprocess
         repository_settings = {"detector_masks": True, "detector_mask_crop": family.mask_crop, **repository_settings}
@@ -687,7 +694,8 @@ def convert(options: ConvertOptions) -> ConvertResult:
                            crop_embedding_size=attributes_embedding_size(attributes_onnx),
                            verifier_classes=label_map.num_categories if verifier else 0)
         det_batches, attr_batches = _comparison_inputs(size, crop, options.compare_samples, attribute_labels,
-                                                       letterbox_stride=settings.letterbox_stride)
+                                                       letterbox_stride=settings.letterbox_stride,
+                                                       letterbox_min_side=settings.letterbox_min_side)
         det_report = family.compare_detector(detector, detector_onnx, det_batches, nms)
         attr_report = compare_attributes(classifier, attributes_onnx, attr_batches)
         reports = [det_report, attr_report]
@@ -733,6 +741,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
             "export": {"opset": options.opset, "nms": asdict(nms), "input_size": size,
                        "input_size_from": "checkpoint" if size == own_size else "--input-size", "crop_size": crop,
                        "letterbox_stride": settings.letterbox_stride,
+                       "letterbox_min_side": settings.letterbox_min_side,
                        "exporter": ("the file's own graph (Ultralytics' exporter)" if family.name == "ultralytics"
                                     else "torch.onnx (TorchScript), dynamic batch"
                                     + (", height and width" if settings.letterbox_stride else ""))},

@@ -53,7 +53,9 @@ shapes rebuilt from the input for the tracer, :func:`deformable_rect_model`, and
 interpolates to the input, :mod:`fashionbox.converter.yolos`) are exported with a dynamic height and
 width (:attr:`DetrStyle.rect_stride`) and served on the CPU with the rect letterbox
 (``RepositorySettings.letterbox_stride``: the short side padded only to the next multiple of the stride,
-so a 4:3 photo at 800 runs DETR on 800 x 608), unless ``--letterbox square``. The processor's rescale
+so a 4:3 photo at 800 runs DETR on 800 x 608; no shorter than ``letterbox_min_side`` where the model selects
+a fixed number of queries among its encoder tokens, :attr:`DetrStyle.rect_min_side`), unless
+``--letterbox square``. The processor's rescale
 factor, mean and std are read from the checkpoint's ``preprocessor_config.json`` and applied in the
 graph; the boxes are scaled by the input's own width and height, as ``target_sizes`` does. Parity
 (:func:`reference_detections`) is measured on the *same letterboxed pixels*, square or rect:
@@ -134,6 +136,7 @@ __all__ = [
     "reference_mask_logits",
     "resized_checkpoint",
     "rt_detr_tokens",
+    "token_floor",
     "traced_level_shapes",
     "write_torch_files",
 ]
@@ -229,12 +232,26 @@ def _rt_detr_size(config: Any, size: int) -> None:
 
 def _rt_detr_rect_stride(config: Any, size: int) -> int:
     # the deepest feature stride: the hybrid encoder upsamples each level onto the one above it, so the
-    # sides must divide by it. Square only where the anchors are precomputed for one size, or where a
-    # strip's short side of one stride would leave fewer encoder tokens than the queries selected.
-    stride = max(int(s) for s in config.feat_strides)
-    if getattr(config, "anchor_image_size", None) or rt_detr_tokens(config, size, stride) < int(config.num_queries):
-        return 0
-    return stride
+    # sides must divide by it. Square only where the anchors are precomputed for one size (a strip too thin
+    # for the queries selected is the letterbox's min side's business: token_floor)
+    return 0 if getattr(config, "anchor_image_size", None) else max(int(s) for s in config.feat_strides)
+
+
+def token_floor(tokens: Callable[[Any, int, int], int], selected: Callable[[Any], int]
+                ) -> Callable[[Any, int, int], int]:
+    """A :attr:`DetrStyle.rect_min_side`: the shortest multiple of the stride whose strip (that short side, the
+    letterbox's long one) leaves ``tokens(config, height, width)`` at least the ``selected(config)`` queries or
+    proposals the model selects among them (transformers' top-k fails on fewer); 0 where one stride does."""
+    def floor(config: Any, size: int, stride: int) -> int:
+        wanted = selected(config)
+        side = next((side for side in range(stride, size, stride) if tokens(config, side, size) >= wanted), size)
+        return 0 if side == stride else side
+
+    return floor
+
+
+def _no_floor(config: Any, size: int, stride: int) -> int:
+    return 0
 
 
 def _rt_detr_v2_rect_stride(config: Any, size: int) -> int:
@@ -310,9 +327,8 @@ def _deformable_size(config: Any, size: int) -> None:
 
 
 def _deformable_rect_stride(config: Any, size: int) -> int:
-    # the backbone's stride; square only where a two-stage model's strip of one stride would leave fewer
-    # encoder tokens than the proposals it selects
-    return 0 if _proposals(config) > deformable_tokens(config, size, 32) else 32
+    # the backbone's stride (a two-stage model's strip too thin for its proposals: the min side's business)
+    return 32
 
 
 def _traced_level_shapes(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
@@ -421,6 +437,11 @@ class DetrStyle:
     D-FINE with ``decoder_method`` "discrete")."""
     prepare_rect: Callable[[Any], Any] = _same_model
     """The model the rect graph is exported from (YOLOS: its position embeddings interpolated in the graph)."""
+    rect_min_side: Callable[[Any, int, int], int] = _no_floor
+    """From the model's config, the letterbox side and the rect stride: the rect letterbox's shortest side
+    (``RepositorySettings.letterbox_min_side``; 0: none), where the model selects a fixed number of queries
+    among its encoder tokens (RT-DETR's queries, a two-stage Deformable DETR's proposals, LW-DETR's): a thin
+    strip must leave that many (:func:`token_floor`)."""
     masks: bool = False
     """A query-mask head (RF-DETR-Seg): the graph also gives mask coefficients and prototypes
     (:meth:`fashionbox.models.detr_graph.DetrGraph.segments`), served as YOLO-seg's but not cut to the box."""
@@ -454,6 +475,13 @@ def _rt_detr_check(config: dict[str, Any]) -> None:
                         "their post-processing drops a real class as if it were 'no object'")
 
 
+def _queries(config: Any) -> int:
+    return int(config.num_queries)
+
+
+_RT_DETR_FLOOR = token_floor(rt_detr_tokens, _queries)
+"""The RT-DETR kin select ``num_queries`` among their encoder tokens."""
+
 STYLES: dict[str, DetrStyle] = {
     "detr": DetrStyle("detr", "DetrForObjectDetection", "DetrImageProcessorPil", "softmax",
                       class_head=r"class_labels_classifier\.weight", rect_stride=_backbone_stride),
@@ -463,26 +491,29 @@ STYLES: dict[str, DetrStyle] = {
                                   rect_stride=_backbone_stride),
     "rt_detr": DetrStyle("rt_detr", "RTDetrForObjectDetection", "RTDetrImageProcessorPil", "sigmoid_top_k",
                          class_head=r"model\.decoder\.class_embed\.\d+\.weight", max_detections=300,
-                         check_config=_rt_detr_check, check_size=_rt_detr_size, rect_stride=_rt_detr_rect_stride),
+                         check_config=_rt_detr_check, check_size=_rt_detr_size, rect_stride=_rt_detr_rect_stride,
+                         rect_min_side=_RT_DETR_FLOOR),
     "rt_detr_v2": DetrStyle("rt_detr_v2", "RTDetrV2ForObjectDetection", "RTDetrImageProcessorPil", "sigmoid_top_k",
                             class_head=r"model\.decoder\.class_embed\.\d+\.weight", max_detections=300,
                             check_config=_rt_detr_check, check_size=_rt_detr_size,
-                            rect_stride=_rt_detr_v2_rect_stride),
+                            rect_stride=_rt_detr_v2_rect_stride, rect_min_side=_RT_DETR_FLOOR),
     # D-FINE: RT-DETRv2's encoder, query selection and sampling with a box-distribution decoder
     "d_fine": DetrStyle("d_fine", "DFineForObjectDetection", "RTDetrImageProcessorPil", "sigmoid_top_k",
                         class_head=r"model\.decoder\.class_embed\.\d+\.weight", max_detections=300,
-                        check_config=_rt_detr_check, check_size=_rt_detr_size, rect_stride=_rt_detr_v2_rect_stride),
+                        check_config=_rt_detr_check, check_size=_rt_detr_size, rect_stride=_rt_detr_v2_rect_stride,
+                        rect_min_side=_RT_DETR_FLOOR),
     # DEIMv2: D-FINE's decoder on HGNetV2 (hybrid or lite encoder) or DINOv3 backbones
     "deimv2": DetrStyle("deimv2", "Deimv2ForObjectDetection", "RTDetrImageProcessorPil", "sigmoid_top_k",
                         class_head=r"model\.decoder\.class_embed\.\d+\.weight", max_detections=300,
                         check_config=_rt_detr_check, check_size=_rt_detr_size, rect_stride=_rt_detr_v2_rect_stride,
-                        prepare_rect=deimv2_rect_model),
+                        prepare_rect=deimv2_rect_model, rect_min_side=_RT_DETR_FLOOR),
     # Deformable DETR: Conditional DETR's post-processing (k = 100); two-stage and box refinement alike
     "deformable_detr": DetrStyle("deformable_detr", "DeformableDetrForObjectDetection",
                                  "DeformableDetrImageProcessorPil", "sigmoid_top_k",
                                  class_head=r"(model\.decoder\.)?class_embed\.\d+\.weight", top_k=100,
                                  check_size=_deformable_size, rect_stride=_deformable_rect_stride,
-                                 prepare_rect=deformable_rect_model),
+                                 prepare_rect=deformable_rect_model,
+                                 rect_min_side=token_floor(deformable_tokens, _proposals)),
     # DAB-DETR: anchor boxes as queries; its checkpoints name Conditional DETR's processor and post-processing
     "dab_detr": DetrStyle("dab-detr", "DabDetrForObjectDetection", "ConditionalDetrImageProcessorPil",
                           "sigmoid_top_k", class_head=r"class_embed\.weight", top_k=100, rect_stride=_backbone_stride),
@@ -623,6 +654,10 @@ class DetrCheckpoint:
     def letterbox_stride(self) -> int:
         """The rect letterbox's stride the graph can be exported for; 0: the square only."""
         return int(self.style.rect_stride(self.model.config, self.input_size))
+
+    def letterbox_min_side(self, stride: int) -> int:
+        """The shortest side of its rect letterbox of ``stride`` (0: none; :attr:`DetrStyle.rect_min_side`)."""
+        return int(self.style.rect_min_side(self.model.config, self.input_size, stride)) if stride else 0
 
 
 def _load_model(cls: Any, folder: Path, weights: Path) -> Any:

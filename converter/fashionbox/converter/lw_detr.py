@@ -19,8 +19,9 @@ holds the loading, checks, graph, reference and comparison); what is LW-DETR's o
   with YOLOS's bicubic matrices (:func:`rect_model`, :func:`fashionbox.converter.yolos.bicubic_matrix`:
   two matrix products where ``Resize`` would be) and takes its deformable attention's level shapes
   from the input (:func:`fashionbox.converter.detr.traced_level_shapes`, as Deformable DETR's).
-  The rect stride is the square's step; a model whose strip of one step would leave fewer tokens than
-  queries takes the square only.
+  The rect stride is the square's step; where a strip of one step would leave fewer tokens than queries,
+  the rect letterbox's short side is at least the step that leaves enough (``letterbox_min_side``: 128 for
+  LW-DETR small at 640, so every photo but a 5:1 strip runs on its own shape).
 
 Parity, as for every DETR-style family, is against the model plus Deformable DETR's
 ``post_process_object_detection`` on the same letterboxed pixels (tests/test_lw_detr.py).
@@ -36,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fashionbox.converter.detr import DetrError, DetrStyle, traced_level_shapes
+from fashionbox.converter.detr import DetrError, DetrStyle, token_floor, traced_level_shapes
 from fashionbox.converter.yolos import bicubic_matrix
 
 __all__ = ["EMBEDDINGS_CLASS", "LW_DETR", "baked_positions", "lw_detr_tokens", "rect_model"]
@@ -79,10 +80,8 @@ def _check_size(config: Any, size: int) -> None:
                         "proposals LW-DETR selects among them: serve it at a larger size")
 
 
-def _rect_stride(config: Any, size: int) -> int:
-    # the step; the square only where a strip one step high would leave fewer tokens than the queries
-    step = _step(config)
-    return step if lw_detr_tokens(config, step, size) >= int(config.num_queries) else 0
+def _queries(config: Any) -> int:
+    return int(config.num_queries)
 
 
 def _embeddings(model: Any) -> Any:
@@ -136,6 +135,7 @@ def rect_model(model: Any) -> Any:
 
 LW_DETR = DetrStyle("lw_detr", "LwDetrForObjectDetection", "DeformableDetrImageProcessorPil", "sigmoid_top_k",
                     class_head=r"class_embed\.weight", top_k=100, check_size=_check_size, size_step=_step,
-                    prepare_export=baked_positions, rect_stride=_rect_stride, prepare_rect=rect_model)
+                    prepare_export=baked_positions, rect_stride=lambda config, size: _step(config),
+                    prepare_rect=rect_model, rect_min_side=token_floor(lw_detr_tokens, _queries))
 """LW-DETR: Deformable DETR's post-processing (k = 100, threshold 0.5); sides a multiple of patch x windows;
 position embeddings baked for the square letterbox or interpolated in the graph for the rect one."""

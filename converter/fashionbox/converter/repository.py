@@ -297,6 +297,10 @@ class RepositorySettings:
     the rect letterbox, ``input_size`` on the long side and the smallest multiple of padding on the short
     one (:class:`fashionbox.core.serving.LetterboxSettings`): a 4:3 photo runs the network on 3/4 of the
     pixels. Requests of one shape batch together."""
+    letterbox_min_side: int = 0
+    """With the rect letterbox: no side shorter than this (a multiple of ``letterbox_stride``; 0: none), where the
+    detector selects a fixed number of queries among its encoder tokens and a thin strip would leave fewer
+    (LW-DETR's 300 among a ViT's one level)."""
     preprocess: ModelScheduling = field(
         default_factory=lambda: ModelScheduling(instances=2, max_queue_size=DEFAULT_ENTRY_QUEUE_SIZE)
     )
@@ -418,6 +422,13 @@ class RepositorySettings:
                 or self.letterbox_stride < 0 or (self.letterbox_stride and self.input_size % self.letterbox_stride):
             raise ValueError(f"letterbox_stride must be 0 (square) or divide input_size {self.input_size}, "
                              f"got {self.letterbox_stride!r}")
+        if isinstance(self.letterbox_min_side, bool) or not isinstance(self.letterbox_min_side, int) \
+                or self.letterbox_min_side < 0 or (self.letterbox_min_side and (
+                    not self.letterbox_stride or self.letterbox_min_side % self.letterbox_stride
+                    or self.letterbox_min_side > self.input_size)):
+            raise ValueError(f"letterbox_min_side must be 0 or, with a rect letterbox, a multiple of letterbox_stride "
+                             f"{self.letterbox_stride} up to input_size {self.input_size}, "
+                             f"got {self.letterbox_min_side!r}")
         if self.letterbox_stride and (self.target != "cpu" or self.runtime.runtime == "torch"):
             raise ValueError("a rect letterbox (letterbox_stride) is served on target cpu with ONNX Runtime or "
                              "OpenVINO; the GPU profiles and the torch runtime take the square letterbox")
@@ -450,7 +461,10 @@ class RepositorySettings:
     @property
     def letterbox(self) -> tuple[ParameterSet, ...]:
         """The rect letterbox's parameter (``preprocess``, ``detector``, ``postprocess``); none when square."""
-        return (LetterboxSettings(letterbox_stride=self.letterbox_stride),) if self.letterbox_stride else ()
+        if not self.letterbox_stride:
+            return ()
+        return (LetterboxSettings(letterbox_stride=self.letterbox_stride,
+                                  letterbox_min_side=max(1, self.letterbox_min_side)),)
 
     @property
     def _later_timeouts_ms(self) -> int:

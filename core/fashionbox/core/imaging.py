@@ -318,15 +318,21 @@ def fitted_size(width: int, height: int, size: int) -> tuple[float, int, int]:
     return scale, max(1, min(size, round(width * scale))), max(1, min(size, round(height * scale)))
 
 
-def rect_canvas(width: int, height: int, size: int, stride: int) -> tuple[int, int]:
+def rect_canvas(width: int, height: int, size: int, stride: int, min_side: int = 0) -> tuple[int, int]:
     """``(height, width)`` of the smallest letterbox around a ``width x height`` image resized to ``size``
     on its long side, padded on the short side to the nearest size that leaves a multiple of ``stride``
     of padding, as Ultralytics' ``LetterBox(auto=True)`` pads (its predictor's ``rect`` inference):
-    a 1280x960 photo at 640 gets 640x480 instead of 640x640. ``stride`` must divide ``size``."""
+    a 1280x960 photo at 640 gets 640x480 instead of 640x640. ``stride`` must divide ``size``.
+    ``min_side`` (a multiple of ``stride`` up to ``size``; 0: none): no side shorter than it, for a detector
+    that selects a fixed number of queries among its encoder tokens (a 10:1 strip at 640 gets 640x128
+    rather than 640x64 where its min side is 128)."""
     if stride < 1 or size % stride:
         raise ValueError(f"the letterbox stride {stride} must divide its size {size}")
+    if min_side < 0 or min_side % stride or min_side > size:
+        raise ValueError(f"the letterbox's min side {min_side} must be a multiple of its stride {stride} up to its "
+                         f"size {size}")
     _, new_w, new_h = fitted_size(width, height, size)
-    return new_h + (size - new_h) % stride, new_w + (size - new_w) % stride
+    return max(min_side, new_h + (size - new_h) % stride), max(min_side, new_w + (size - new_w) % stride)
 
 
 def letterbox(decoded: DecodedImage, size: int, *,

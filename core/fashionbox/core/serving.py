@@ -46,7 +46,7 @@ import numpy as np
 
 from fashionbox import contract
 from fashionbox.contract.labels import LabelMap
-from fashionbox.core.imaging import DecodeLimits
+from fashionbox.core.imaging import DecodeLimits, rect_canvas
 from fashionbox.core.postprocessing import AnyArray, DetectorOutput, Float32Array, gather_detections
 
 __all__ = [
@@ -458,18 +458,28 @@ class LetterboxSettings(ParameterSet):
     holding each of them); Triton batches requests of equal shapes. Absent: the square letterbox."""
 
     letterbox_stride: int
+    letterbox_min_side: int = 1
+    """No side shorter than this (a multiple of the stride; 1: none but the stride): a detector that selects a
+    fixed number of queries among its encoder tokens needs that many on a thin strip (LW-DETR)."""
 
     @classmethod
     def optional(cls, params: Parameters) -> LetterboxSettings | None:
         return cls.from_parameters(params) if "letterbox_stride" in params else None
 
+    def canvas(self, width: int, height: int, input_size: int) -> tuple[int, int]:
+        """``(height, width)`` of a ``width x height`` image's rect letterbox at ``input_size``."""
+        floor = self.letterbox_min_side if self.letterbox_min_side > 1 else 0
+        return rect_canvas(width, height, input_size, self.letterbox_stride, floor)
+
     def check(self, pixels: AnyArray, input_size: int) -> None:
         """Refuse ``[n, H, W, 3]`` pixels no rect letterbox of ``input_size`` makes (a :class:`RequestError`)."""
         height, width = pixels.shape[1:3]
-        if max(height, width) != input_size or height % self.letterbox_stride or width % self.letterbox_stride:
+        if max(height, width) != input_size or height % self.letterbox_stride or width % self.letterbox_stride \
+                or min(height, width) < self.letterbox_min_side:
+            floor = f", at least {self.letterbox_min_side} on the short one" if self.letterbox_min_side > 1 else ""
             raise RequestError(
                 f"input {contract.PIXELS.name} is {width}x{height}: a letterbox of this model is {input_size} on its "
-                f"long side and a multiple of {self.letterbox_stride} on both")
+                f"long side and a multiple of {self.letterbox_stride} on both{floor}")
 
 
 @dataclass(frozen=True)

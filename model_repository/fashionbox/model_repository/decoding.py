@@ -20,7 +20,7 @@ import numpy.typing as npt
 from fashionbox import contract
 from fashionbox.core.capability import PipelineKey
 from fashionbox.core.gpu_imaging import CpuDecoder, DecodeSettings, select_decoder
-from fashionbox.core.imaging import DecodeLimits, InvalidImageError, letterbox, rect_canvas
+from fashionbox.core.imaging import DecodeLimits, InvalidImageError, letterbox
 from fashionbox.core.serving import (
     AdmissionSettings,
     ErrorCode,
@@ -69,7 +69,7 @@ class ImageDecoding:
     def decode(self, request: Any) -> Arrays:
         images = read_input(request, self.image).reshape(-1)
         if self.rect is not None:
-            return self._decode_rect(images, self.rect.letterbox_stride)
+            return self._decode_rect(images, self.rect)
         size = self.input_size
         pixels = np.empty((len(images), size, size, 3), dtype=np.uint8)
         info = np.empty((len(images), 5), dtype=np.float32)
@@ -89,7 +89,7 @@ class ImageDecoding:
             info[row] = box.as_array()
         return {contract.PIXELS.name: pixels, contract.IMAGE_INFO.name: info, **views}
 
-    def _decode_rect(self, images: npt.NDArray[Any], stride: int) -> Arrays:
+    def _decode_rect(self, images: npt.NDArray[Any], rect: LetterboxSettings) -> Arrays:
         """:meth:`decode` with a rect letterbox: every image of the request decoded first, then each
         letterboxed into the smallest rect letterbox that holds them all (one image: its own)."""
         decoded = []
@@ -98,7 +98,7 @@ class ImageDecoding:
                 decoded.append(CpuDecoder.decode(bytes(data), self.input_size, self.limits, list(self.views.values())))
             except InvalidImageError as exc:
                 raise RequestError(f"{_where(row, len(images))}{exc}") from exc
-        shapes = [rect_canvas(image.width, image.height, self.input_size, stride) for image, _ in decoded]
+        shapes = [rect.canvas(image.width, image.height, self.input_size) for image, _ in decoded]
         canvas = (max(h for h, _ in shapes), max(w for _, w in shapes))
         boxed = [letterbox(image, self.input_size, canvas=canvas) for image, _ in decoded]
         outputs: Arrays = {contract.PIXELS.name: np.stack([pixels for pixels, _ in boxed]),
