@@ -40,6 +40,7 @@ Rounds interleave them; the JSON keeps every run and the medians.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -200,7 +201,7 @@ def recorded_not_enforced() -> dict[str, float]:
 
 
 def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int | None, stride: int = 0,
-                     family: str = "rt_detr") -> list[float]:
+                     min_side: int = 0, family: str = "rt_detr") -> list[float]:
     """Seconds per image, decode to detections, in process (the processor's resize when ``letterbox_size`` is None;
     else FashionBox's square letterbox, or its rect one of ``stride``)."""
     from fashionbox.converter.detr import library_post_process
@@ -208,7 +209,7 @@ def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int |
     bench = FAMILIES[family]
     source = _style(family).post_process_source  # RF-DETR's own post-processing, its processor being torchvision's
     return run_yolos_way(folder, images, letterbox_size=letterbox_size, model_class=bench.model_class,
-                         processor_class=bench.processor_class, threshold=0.5, stride=stride,
+                         processor_class=bench.processor_class, threshold=0.5, stride=stride, min_side=min_side,
                          post_process=library_post_process(*source) if source else None)
 
 
@@ -225,7 +226,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     name = "detr" if args.family == "rt_detr" else args.family
     out = args.out or ROOT / f"tests/benchmarks/results/{name}{'' if args.letterbox == 'square' else '_rect'}.json"
-    stride = 32 if args.letterbox == "rect" else 0  # the backbone's deepest feature stride
     size = FAMILIES[args.family].size
 
     from fashionbox.converter import ConvertOptions, convert
@@ -241,12 +241,14 @@ def main(argv: list[str] | None = None) -> int:
             repository_settings={"ort": OrtSettings(intra_op_threads=2)}))
         repository = result.repository
         convert_s = time.perf_counter() - started
+        export = json.loads((repository / "manifest.json").read_text())["export"]
+        stride, min_side = int(export["letterbox_stride"]), int(export["letterbox_min_side"])  # rect: the graph's
         print(f"converted in {convert_s:.0f} s", flush=True)
         runs = served_rounds(repository, images, rounds=args.rounds, duration_s=args.duration_s, baselines={
             "own_way_s": lambda: run_transformers(folder, images, letterbox_size=None, family=args.family),
             "letterbox_s": lambda: run_transformers(folder, images, letterbox_size=size, stride=stride,
-                                                    family=args.family),
-            "onnx_alone_s": lambda: run_onnx_detector(repository, images, size, stride)})
+                                                    min_side=min_side, family=args.family),
+            "onnx_alone_s": lambda: run_onnx_detector(repository, images, size, stride, min_side)})
 
     summary = {
         **served_summary(runs, against="own_way_s"),
@@ -257,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         "convert_comparison_not_enforced": result.reports["detector"],
     }
     model = {"family": args.family, **shape, "labels": 46, "served_letterbox": size, "letterbox": args.letterbox,
-             "letterbox_stride": stride, "weights": f"random ({FAMILIES[args.family].shape}, same compute)"}
+             "letterbox_stride": stride, "letterbox_min_side": min_side,
+             "weights": f"random ({FAMILIES[args.family].shape}, same compute)"}
     write_rounds(out, __file__, argv, args, model, summary, runs)
     return 0
 

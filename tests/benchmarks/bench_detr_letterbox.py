@@ -1,13 +1,15 @@
 """Benchmark: a DETR-style model served with the square letterbox against the rect one, in one run.
 
-    .venv/bin/python tests/benchmarks/bench_detr_letterbox.py [--family detr|rt_detr|yolos] [--rounds 3] \
+    .venv/bin/python tests/benchmarks/bench_detr_letterbox.py [--family detr|rt_detr|yolos|lw_detr] [--rounds 3] \
         [--images 4] [--out results/detr_letterbox.json]
 
 ``--family detr``: ``facebook/detr-resnet-50``'s shape (transformers' own ResNet-50, 6 + 6 transformer
 layers 256 wide, 100 queries), processor ``DetrImageProcessor``'s default (shortest edge 800, stride
 32). ``--family rt_detr``: ``PekingU/rtdetr_r18vd``'s shape (``bench_detr.py``'s), processor 640 x 640
 (stride 32, the deepest feature map). ``--family yolos``: the seeds' ``yolos-fashionpedia`` shape
-(YOLOS-small, ``bench_yolos.py``'s), processor shortest edge 512 (stride 16, the patch size). 46
+(YOLOS-small, ``bench_yolos.py``'s), processor shortest edge 512 (stride 16, the patch size). ``--family
+lw_detr``: LW-DETR small's shape (``bench_detr.py``'s), processor 640 x 640 (stride 64, the patch size times
+the windows per side; its min side 128 does not bite on these photos). 46
 Fashionpedia labels and random weights:
 the same compute, no download. Converted twice from the same folder, ONNX Runtime on the CPU, 2
 threads per detector instance:
@@ -17,7 +19,8 @@ threads per detector instance:
   height and width): the long side at S, the short side padded to a multiple of the stride, so a 4:3
   photo runs the network on 800 x 608 (DETR, 24 % fewer pixels), 640 x 480 (RT-DETR, 25 % fewer; its
   anchors and encoder position embeddings follow the feature maps) or 512 x 384 (YOLOS, 25 % fewer
-  patch tokens; its position embeddings interpolated in the graph).
+  patch tokens; its position embeddings interpolated in the graph) or 640 x 512 (LW-DETR, 20 % fewer: 480
+  padded to a multiple of 64).
 
 On the same photos (generated, fixed seeds; half 1280x960 landscape, half 960x1280 portrait, as
 catalogue shots come) each round measures, interleaved: the detector graph alone in ONNX Runtime on
@@ -43,7 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_detr import BACKBONE, R18_SHAPE, recorded_not_enforced, save_r18_sized_rt_detr
+from bench_detr import BACKBONE, R18_SHAPE, recorded_not_enforced, save_lw_detr_small_sized, save_r18_sized_rt_detr
 from bench_detr import FAMILIES as RT_DETR_SHAPES
 from bench_report import write_report
 from bench_rounds import run_served
@@ -72,14 +75,18 @@ def save_r50_sized_detr(folder: Path) -> Path:
     return folder
 
 
-FAMILIES = {"detr": save_r50_sized_detr, "rt_detr": save_r18_sized_rt_detr, "yolos": save_seed_sized_yolos}
+FAMILIES = {"detr": save_r50_sized_detr, "rt_detr": save_r18_sized_rt_detr, "yolos": save_seed_sized_yolos,
+            "lw_detr": save_lw_detr_small_sized}
 """``--family`` -> what saves its random checkpoint."""
 MODELS = {"detr": {"family": "detr", "backbone": "transformers ResNet-50 (bottleneck [3, 4, 6, 3])", **R50_SHAPE,
                    "weights": "random (detr-resnet-50's shape, same compute)"},
           "rt_detr": {"family": "rt_detr", "backbone": BACKBONE, **R18_SHAPE,
                       "weights": f"random ({RT_DETR_SHAPES['rt_detr'].shape}, same compute)"},
           "yolos": {"family": "yolos", **SEED_SHAPE, "processor": SEED_PROCESSOR_SIZE,
-                    "weights": "random (yolos-fashionpedia's shape, same compute)"}}
+                    "weights": "random (yolos-fashionpedia's shape, same compute)"},
+          "lw_detr": {"family": "lw_detr", "backbone": "windowed ViT-T, patch 16, 4 x 4 windows, 10 layers",
+                      "d_model": 256, "decoder_layers": 3, "num_queries": 300,
+                      "weights": f"random ({RT_DETR_SHAPES['lw_detr'].shape}, same compute)"}}
 
 
 def make_photos(count: int) -> list[bytes]:
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     runs["rect"]["alone_on_square_s"] = []  # the rect graph fed the square letterbox: what taking any shape costs
     with tempfile.TemporaryDirectory(prefix="fashionbox-bench-detr-letterbox-") as tmp, ExitStack() as stack:
         folder = FAMILIES[args.family](Path(tmp) / args.family)
-        repositories, strides, convert_s, comparisons, urls = {}, {}, {}, {}, {}
+        repositories, strides, min_sides, convert_s, comparisons, urls = {}, {}, {}, {}, {}, {}
         for variant in VARIANTS:
             started = time.perf_counter()
             result = convert(ConvertOptions(out=Path(tmp) / variant, detector=f"hf:{folder}", compare_samples=2,
@@ -119,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             repositories[variant] = result.repository
             manifest = json.loads((result.repository / "manifest.json").read_text())
             strides[variant] = int(manifest["export"]["letterbox_stride"])
+            min_sides[variant] = int(manifest["export"]["letterbox_min_side"])
             comparisons[variant] = result.reports["detector"]
             print(f"{variant}: converted in {convert_s[variant]:.0f} s, letterbox stride {strides[variant]}",
                   flush=True)
@@ -131,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         size = int(json.loads((repositories["square"] / "manifest.json").read_text())["export"]["input_size"])
         for round_index in range(args.rounds):
             for variant in VARIANTS:
-                alone = run_onnx_detector(repositories[variant], photos, size, strides[variant])
+                alone = run_onnx_detector(repositories[variant], photos, size, strides[variant], min_sides[variant])
                 runs[variant]["alone_s"].append(alone)
             runs["rect"]["alone_on_square_s"].append(run_onnx_detector(repositories["rect"], photos, size))
             for variant in VARIANTS:
@@ -168,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         "convert_comparison": comparisons,
     }
     write_report(out, __file__, argv, {
-        "model": {**MODELS[args.family], "labels": 46, "input_size": size, "letterbox_stride": strides["rect"]},
+        "model": {**MODELS[args.family], "labels": 46, "input_size": size, "letterbox_stride": strides["rect"],
+                  "letterbox_min_side": min_sides["rect"]},
         "photos": {"count": args.images, "sizes": ["1280x960", "960x1280"]},
         "rounds": args.rounds, "duration_s": args.duration_s, "summary": summary, "runs": runs,
     })

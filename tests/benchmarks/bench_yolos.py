@@ -74,11 +74,11 @@ def _percentile(values: list[float], q: float) -> float:
 
 def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int | None,
                      model_class: str = "YolosForObjectDetection", processor_class: str = "YolosImageProcessorPil",
-                     threshold: float = 0.3, stride: int = 0,
+                     threshold: float = 0.3, stride: int = 0, min_side: int = 0,
                      post_process: Callable[..., Any] | None = None) -> list[float]:
     """Seconds per image, decode to detections, in process with transformers' ``model_class`` and
     ``processor_class`` (the seed's way: the processor's own resize, when ``letterbox_size`` is None;
-    else FashionBox's square letterbox, or its rect one of ``stride``); ``post_process`` instead of the
+    else FashionBox's square letterbox, or its rect one of ``stride`` and ``min_side``); ``post_process`` instead of the
     processor's ``post_process_object_detection`` where the family's own is another class's (RF-DETR)."""
     import io
 
@@ -100,7 +100,7 @@ def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int |
             target = [(image.height, image.width)]
         else:
             decoded = decode_image(data, target_size=letterbox_size)
-            canvas = rect_canvas(decoded.width, decoded.height, letterbox_size, stride) if stride else None
+            canvas = rect_canvas(decoded.width, decoded.height, letterbox_size, stride, min_side) if stride else None
             pixels, _ = letterbox(decoded, letterbox_size, canvas=canvas)
             inputs = processor(images=pixels, do_resize=False, do_pad=False, return_tensors="pt")
             target = [pixels.shape[:2]]
@@ -111,9 +111,10 @@ def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int |
     return seconds
 
 
-def run_onnx_detector(repository: Path, images: list[bytes], size: int, stride: int = 0) -> list[float]:
+def run_onnx_detector(repository: Path, images: list[bytes], size: int, stride: int = 0,
+                      min_side: int = 0) -> list[float]:
     """Seconds per image for the served detector graph alone, 2 ONNX Runtime threads, batch 1, on the
-    square letterbox (or the rect one of ``stride``)."""
+    square letterbox (or the rect one of ``stride`` and ``min_side``)."""
     from fashionbox.core.imaging import decode_image, letterbox, rect_canvas
     from fashionbox.core.serving import OrtSettings, create_ort_session
 
@@ -121,7 +122,7 @@ def run_onnx_detector(repository: Path, images: list[bytes], size: int, stride: 
     pixels = []
     for data in images:
         decoded = decode_image(data, target_size=size)
-        canvas = rect_canvas(decoded.width, decoded.height, size, stride) if stride else None
+        canvas = rect_canvas(decoded.width, decoded.height, size, stride, min_side) if stride else None
         pixels.append(letterbox(decoded, size, canvas=canvas)[0][None])
     session.run(None, {"pixels": pixels[0]})
     seconds = []
