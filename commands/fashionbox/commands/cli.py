@@ -231,9 +231,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                                     queries=args.queries, engines=engines))
     print(f"model repository: {result.repository}")
     export = result.manifest["export"]
-    size, stride = export["input_size"], export.get("letterbox_stride", 0)
-    print("letterbox: " + (f"rect (long side {size}, short side a multiple of {stride})" if stride
-                           else f"square {size}x{size}"))
+    size, stride, floor = export["input_size"], export.get("letterbox_stride", 0), export.get("letterbox_min_side", 0)
+    print("letterbox: " + (f"rect (long side {size}, short side a multiple of {stride}"
+                           f"{f', at least {floor}' if floor else ''})" if stride else f"square {size}x{size}"))
     for model, errors in result.reports.items():
         against = ("OpenVINO vs ONNX Runtime" if model.startswith("openvino")
                    else "ONNX Runtime vs transformers" if model in ("classifier", "embedder")
