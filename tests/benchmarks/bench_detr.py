@@ -1,7 +1,7 @@
 """Benchmark: a DETR-style model served by FashionBox against in-process transformers, in one run.
 
     .venv/bin/python tests/benchmarks/bench_detr.py \
-        [--family rt_detr|rt_detr_v2|d_fine|deformable_detr|dab_detr|lw_detr|rf_detr] \
+        [--family rt_detr|rt_detr_v2|d_fine|deformable_detr|dab_detr|lw_detr|rf_detr|rf_detr_seg] \
         [--letterbox square|rect] [--rounds 2] [--images 3] [--out ...]
 
 ``--family rt_detr`` (the default): ``PekingU/rtdetr_r18vd``'s shape (ResNet-18-vd basic blocks,
@@ -15,9 +15,10 @@ rescale, no normalisation). ``--family deformable_detr``: ``SenseTime/deformable
 queries), processor ``ConditionalDetrImageProcessor``'s default (shortest edge 800). ``--family rf_detr``:
 RF-DETR base's shape (transformers' ``RfDetrConfig`` defaults: a windowed DINOv2-S, 300 queries), a processor
 config as transformers' RF-DETR test checkpoint has it (560 x 560, stretched; DETR's preprocessing, RF-DETR's
-own post-processing). ``--family lw_detr``: LW-DETR small's shape (transformers' ``LwDetrConfig`` defaults: a
-ViT-T 192 wide, 10 layers in 4 x 4 windows at patch 16, 300 queries; its projector at scale 1, as LW-DETR small's),
-Deformable DETR's processor at 640 x 640 (stretched), its post-processing (k = 100).
+own post-processing); ``--family rf_detr_seg`` the same inside RF-DETR-Seg's mask head, its own way ending in
+RF-DETR's ``post_process_instance_segmentation``. ``--family lw_detr``: LW-DETR small's shape (transformers'
+``LwDetrConfig`` defaults: a ViT-T 192 wide, 10 layers in 4 x 4 windows at patch 16, 300 queries; its projector at
+scale 1, as LW-DETR small's), Deformable DETR's processor at 640 x 640 (stretched), its post-processing (k = 100).
 46 Fashionpedia labels and random weights: the same compute, no download.
 On the same 1280x960 JPEGs (generated, fixed seeds) it measures:
 
@@ -95,6 +96,9 @@ FAMILIES = {"rt_detr": BenchFamily("RTDetrConfig", "RTDetrForObjectDetection", "
             "rf_detr": BenchFamily("RfDetrConfig", "RfDetrForObjectDetection",
                                    "RF-DETR base's shape (transformers' RfDetrConfig defaults)",
                                    "DetrImageProcessorPil", 560),
+            "rf_detr_seg": BenchFamily("RfDetrConfig", "RfDetrForInstanceSegmentation",
+                                       "RF-DETR-Seg on RF-DETR base's shape (transformers' RfDetrConfig defaults)",
+                                       "DetrImageProcessorPil", 560),
             "lw_detr": BenchFamily("LwDetrConfig", "LwDetrForObjectDetection",
                                    "LW-DETR small's shape (transformers' LwDetrConfig defaults, projector at scale 1)",
                                    "DeformableDetrImageProcessorPil", 640)}
@@ -137,7 +141,7 @@ def save_r50_sized(folder: Path, family: str) -> Path:
     return folder
 
 
-def save_rf_detr_base_sized(folder: Path) -> Path:
+def save_rf_detr_base_sized(folder: Path, family: str = "rf_detr") -> Path:
     """RF-DETR base's shape (``RfDetrConfig()``: a windowed DINOv2-S at patch 14 in 4 x 4 windows, LW-DETR's
     decoder, 3 layers 256 wide, 300 queries) and a processor config as transformers' RF-DETR test checkpoint has it
     (560 x 560; the base model's own was not fetched)."""
@@ -147,7 +151,7 @@ def save_rf_detr_base_sized(folder: Path) -> Path:
     import transformers
 
     torch.manual_seed(0)
-    transformers.RfDetrForObjectDetection(transformers.RfDetrConfig(**_labels())).save_pretrained(folder)
+    getattr(transformers, FAMILIES[family].model_class)(transformers.RfDetrConfig(**_labels())).save_pretrained(folder)
     transformers.DetrImageProcessorPil(size={"height": 560, "width": 560}).save_pretrained(folder)
     config = folder / "preprocessor_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "image_processor_type": "RfDetrImageProcessor"}))
@@ -177,8 +181,8 @@ def _style(family: str) -> Any:
 
 def save_sized(folder: Path, family: str) -> tuple[Path, dict[str, Any]]:
     """``family``'s random checkpoint in ``folder``, and its shape for the report."""
-    if family == "rf_detr":
-        return save_rf_detr_base_sized(folder), {"backbone": "windowed DINOv2-S, patch 14, 4 x 4 windows",
+    if family in ("rf_detr", "rf_detr_seg"):
+        return save_rf_detr_base_sized(folder, family), {"backbone": "windowed DINOv2-S, patch 14, 4 x 4 windows",
                                                   "d_model": 256, "decoder_layers": 3, "num_queries": 300}
     if family == "lw_detr":
         return save_lw_detr_small_sized(folder), {"backbone": "windowed ViT-T, patch 16, 4 x 4 windows, 10 layers",
@@ -207,10 +211,12 @@ def run_transformers(folder: Path, images: list[bytes], *, letterbox_size: int |
     from fashionbox.converter.detr import library_post_process
 
     bench = FAMILIES[family]
-    source = _style(family).post_process_source  # RF-DETR's own post-processing, its processor being torchvision's
+    style = _style(family)
+    source = style.post_process_source  # RF-DETR's own post-processing, its processor being torchvision's
+    method = "post_process_instance_segmentation" if style.masks else "post_process_object_detection"
     return run_yolos_way(folder, images, letterbox_size=letterbox_size, model_class=bench.model_class,
                          processor_class=bench.processor_class, threshold=0.5, stride=stride, min_side=min_side,
-                         post_process=library_post_process(*source) if source else None)
+                         post_process=library_post_process(*source, method) if source else None)
 
 
 def main(argv: list[str] | None = None) -> int:
