@@ -256,6 +256,32 @@ def test_the_torch_runtime_gives_each_detection_the_graphs_mask_coefficients(seg
         np.testing.assert_allclose(ours.protos, theirs.protos, rtol=1e-4, atol=1e-4)
 
 
+def test_the_gpu_profile_carries_rf_detr_seg_masks_through_the_engine_graph(seg_folder: Path, tmp_path: Path) -> None:
+    """``--target gpu --runtime tensorrt`` (engines built later, on the GPU): the engine graph keeps each kept
+    detection's mask coefficients (rows as the boxes, zero in the padding) and the prototypes, as its config
+    declares; the converter checks them against the CPU graph in ONNX Runtime. (A first version dropped them:
+    the config declared outputs the engine lacked, which Triton would have refused on the GPU.)"""
+    import onnxruntime as ort
+
+    from fashionbox import contract
+    from fashionbox.converter.tensorrt import EngineOptions
+
+    repository = convert(ConvertOptions(out=tmp_path / "gpu", detector=f"hf:{seg_folder}", score_threshold=THRESHOLD,
+                                        compare_samples=2, target="gpu", runtime="tensorrt",
+                                        engines=EngineOptions(build="later"))).repository
+    session = ort.InferenceSession(str(repository / "detector" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    assert names == [contract.DET_BOXES.name, contract.DET_SCORES.name, contract.DET_CLASSES.name,
+                     contract.DET_MASK_COEFFS.name, contract.DET_PROTOS.name]
+    config = (repository / "detector" / "config.pbtxt").read_text()
+    assert all(f'name: "{name}"' in config for name in names)
+    _, _, classes, coeffs, protos = session.run(None, {contract.PIXELS.name: square_batches(90)[2]})
+    valid = classes >= 0  # the padding's rows (none here: 10 queries, all kept) are zero, checked by the converter
+    assert valid.any() and np.abs(coeffs[valid]).max() > 0 and not coeffs[~valid].any()
+    assert coeffs.shape[2] == protos.shape[1] == 33 and protos.shape[2:] == (INPUT_SIZE // 4, INPUT_SIZE // 4)
+
+
 def test_the_graph_factors_the_models_own_mask_logits(seg_checkpoint: Any) -> None:
     from fashionbox.converter.detr import detr_graph
 

@@ -36,6 +36,7 @@ from fashionbox.converter.tensorrt import (
     Fp16UnsupportedError,
     OptimizationProfile,
     build_engine,
+    check_engine_outputs,
     compare_detector_graphs,
     engine_specs,
     gpu_model_configs,
@@ -106,6 +107,21 @@ def test_the_engine_detector_graph_pads_exactly_the_detections_the_cpu_graph_kee
     assert classes[0].tolist() == [0, 10, 5, 2, 6] + [-1] * (K - 5)  # the stand-in's black-image detections
     assert (np.diff(scores[0, :5]) <= 0).all()
     assert classes[1].tolist() == [-1] * K and not scores[1].any() and not boxes[1].any()  # white: padding only
+
+
+def test_an_engine_graph_without_the_outputs_its_config_declares_is_refused(graphs: dict[str, Path]) -> None:
+    """Triton would refuse the engine on the GPU: the converter refuses it first (a segmenting detector's config
+    declares DET_MASK_COEFFS and DET_PROTOS; a graph that drops them is caught here). Outputs the config does not
+    serve are dropped from the graph (see the attribute graph's below)."""
+    from dataclasses import replace
+
+    plain = gpu_model_configs(SETTINGS, LABELS, EngineOptions())[contract.DETECTOR_MODEL]
+    check_engine_outputs(graphs["engine_detector"], plain)
+    segmenting = gpu_model_configs(replace(SETTINGS, detector_masks=True), LABELS,
+                                   EngineOptions())[contract.DETECTOR_MODEL]
+    with pytest.raises(EngineError, match=r"outputs \['DET_BOXES', 'DET_CLASSES', 'DET_SCORES'\] lack "
+                                          r"\['DET_MASK_COEFFS', 'DET_PROTOS'\], which the detector config declares"):
+        check_engine_outputs(graphs["engine_detector"], segmenting)
 
 
 def test_the_engine_graphs_use_the_contract_tensor_names_triton_binds(graphs: dict[str, Path]) -> None:

@@ -342,6 +342,32 @@ def seg_repository(seg_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return convert(ConvertOptions(out=out, detector=f"ultralytics:{seg_onnx}", compare_samples=2)).repository
 
 
+def test_the_gpu_profile_carries_yolo_seg_masks_through_the_engine_graph(seg_onnx: Path, tmp_path: Path) -> None:
+    """``--target gpu`` (TensorRT engines built later): the engine graph gives each kept detection's mask
+    coefficients (zero in the padding rows) and the prototypes, as the detector config declares, checked by the
+    converter against the CPU graph in ONNX Runtime. A first version dropped them (the config declared outputs
+    the engine lacked: Triton would have refused it on the GPU)."""
+    import onnxruntime as ort
+
+    from fashionbox import contract
+    from fashionbox.converter.tensorrt import EngineOptions
+
+    repository = convert(ConvertOptions(out=tmp_path / "gpu", detector=f"ultralytics:{seg_onnx}", compare_samples=2,
+                                        target="gpu", runtime="tensorrt",
+                                        engines=EngineOptions(build="later"))).repository
+    session = ort.InferenceSession(str(repository / "detector" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == [
+        contract.DET_BOXES.name, contract.DET_SCORES.name, contract.DET_CLASSES.name, contract.DET_MASK_COEFFS.name,
+        contract.DET_PROTOS.name]
+    pixels = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+    _, _, classes, coeffs, protos = session.run(None, {contract.PIXELS.name: pixels})
+    valid = classes >= 0
+    assert valid.any() and (~valid).any()  # kept detections and padding rows
+    assert np.abs(coeffs[valid]).max() > 0 and not coeffs[~valid].any()
+    assert protos.shape[:2] == (2, coeffs.shape[2])
+
+
 def test_convert_writes_a_segmenting_repository_with_ultralytics_defaults(seg_repository: Path) -> None:
     manifest = json.loads((seg_repository / "manifest.json").read_text())
     labels = json.loads((seg_repository / "labels.json").read_text())

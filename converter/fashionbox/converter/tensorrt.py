@@ -71,6 +71,7 @@ __all__ = [
     "OptimizationProfile",
     "build_engine",
     "check_engine_compatibility",
+    "check_engine_outputs",
     "compare_detector_graphs",
     "engine_specs",
     "engines_script",
@@ -234,7 +235,9 @@ def tensorrt_detector_graph(src: Path, dst: Path, *, max_detections: int) -> Pat
 
     Per image: the kept (class, box) pairs by score descending, ties by box then class (as
     :func:`fashionbox.core.postprocessing.gather_detections` orders them), padded to ``max_detections``
-    with zero boxes, zero scores and class -1.
+    with zero boxes, zero scores and class -1. A segmenting graph (YOLO-seg, RF-DETR-Seg: ``mask_coeffs`` and
+    ``protos``) adds ``DET_MASK_COEFFS`` (each kept detection's coefficients, rows as ``DET_BOXES``, zero in the
+    padding) and ``DET_PROTOS`` (the image's prototypes as they are), which ``postprocess`` assembles masks from.
     """
     if max_detections < 1:
         raise ConvertError(f"max_detections must be at least 1, got {max_detections}")
@@ -250,6 +253,7 @@ def tensorrt_detector_graph(src: Path, dst: Path, *, max_detections: int) -> Pat
         raise EngineError(f"{src}: the detector graph lacks outputs {sorted(wanted - outputs)}")
     boxes, scores, selected = (contract.ONNX_DETECTOR_BOXES, contract.ONNX_DETECTOR_SCORES,
                                contract.ONNX_DETECTOR_SELECTED)
+    segments = {contract.ONNX_DETECTOR_MASK_COEFFS, contract.ONNX_DETECTOR_PROTOS} <= outputs
 
     def const(name: str, dtype: int, dims: list[int], values: list[Any]) -> str:
         graph.initializer.append(helper.make_tensor(f"pad_{name}", dtype, dims, values))
@@ -292,13 +296,26 @@ def tensorrt_detector_graph(src: Path, dst: Path, *, max_detections: int) -> Pat
                                        name="det_scores"))
     gathered = node("GatherND", [boxes, node("Unsqueeze", [box_index, axis_last], "box_index3")], "boxes_kept",
                     batch_dims=1)  # [B, K, 4]
-    graph.node.append(helper.make_node("Where", [node("Unsqueeze", [valid, axis_last], "valid3"), gathered, zero],
-                                       [contract.DET_BOXES.name], name="det_boxes"))
+    valid3 = node("Unsqueeze", [valid, axis_last], "valid3")
+    graph.node.append(helper.make_node("Where", [valid3, gathered, zero], [contract.DET_BOXES.name], name="det_boxes"))
+    if segments:  # the kept rows' mask coefficients, gathered as the boxes; the prototypes as they are
+        coeffs = node("GatherND", [contract.ONNX_DETECTOR_MASK_COEFFS, node("Unsqueeze", [box_index, axis_last],
+                                                                             "coeff_index3")],
+                      "coeffs_kept", batch_dims=1)  # [B, K, D]
+        graph.node.append(helper.make_node("Where", [valid3, coeffs, zero], [contract.DET_MASK_COEFFS.name],
+                                           name="det_mask_coeffs"))
+        graph.node.append(helper.make_node("Identity", [contract.ONNX_DETECTOR_PROTOS], [contract.DET_PROTOS.name],
+                                           name="det_protos"))
     del graph.output[:]
     graph.output.extend([
         helper.make_tensor_value_info(contract.DET_BOXES.name, TensorProto.FLOAT, ["batch", max_detections, 4]),
         helper.make_tensor_value_info(contract.DET_SCORES.name, TensorProto.FLOAT, ["batch", max_detections]),
         helper.make_tensor_value_info(contract.DET_CLASSES.name, TensorProto.INT32, ["batch", max_detections]),
+        *([helper.make_tensor_value_info(contract.DET_MASK_COEFFS.name, TensorProto.FLOAT,
+                                         ["batch", max_detections, "coefficients"]),
+           helper.make_tensor_value_info(contract.DET_PROTOS.name, TensorProto.FLOAT,
+                                         ["batch", "coefficients", "proto_height", "proto_width"])]
+          if segments else []),
     ])
     return _check_and_save(model, dst)
 
@@ -565,21 +582,54 @@ def compare_detector_graphs(cpu_onnx: Path, engine_onnx: Path, batches: Sequence
 
     cpu, engine = session(cpu_onnx), session(engine_onnx)
     names = [contract.DET_BOXES.name, contract.DET_SCORES.name, contract.DET_CLASSES.name]
+    cpu_names = [contract.ONNX_DETECTOR_BOXES, contract.ONNX_DETECTOR_SCORES, contract.ONNX_DETECTOR_SELECTED]
+    segments = contract.ONNX_DETECTOR_PROTOS in {o.name for o in cpu.get_outputs()}
+    if segments:
+        names += [contract.DET_MASK_COEFFS.name, contract.DET_PROTOS.name]
+        cpu_names += [contract.ONNX_DETECTOR_MASK_COEFFS, contract.ONNX_DETECTOR_PROTOS]
     images = 0
     for batch in batches:
-        boxes, scores, selected = cpu.run([contract.ONNX_DETECTOR_BOXES, contract.ONNX_DETECTOR_SCORES,
-                                           contract.ONNX_DETECTOR_SELECTED], {contract.ONNX_DETECTOR_INPUT: batch})
-        rows = gather_detections(boxes, scores, selected, max_detections=max_detections)
+        boxes, scores, selected, *masks = cpu.run(cpu_names, {contract.ONNX_DETECTOR_INPUT: batch})
+        rows = gather_detections(boxes, scores, selected, max_detections=max_detections,
+                                 **(dict(zip(("mask_coeffs", "protos"), masks, strict=True)) if segments else {}))
         want_boxes, want_scores, want_classes = stack_padded(rows)
-        got_boxes, got_scores, got_classes = engine.run(names, {contract.PIXELS.name: batch})
+        got_boxes, got_scores, got_classes, *got_masks = engine.run(names, {contract.PIXELS.name: batch})
         n = want_classes.shape[1]
         if (got_classes[:, n:] != -1).any() or not np.array_equal(got_classes[:, :n], want_classes):
             raise EngineError(f"{engine_onnx}: the padded engine graph keeps other detections than the CPU graph")
         if not (np.allclose(got_scores[:, :n], want_scores, atol=1e-6)
                 and np.allclose(got_boxes[:, :n], want_boxes, atol=1e-4)):
             raise EngineError(f"{engine_onnx}: the padded engine graph's scores or boxes differ from the CPU graph")
+        if segments:
+            got_coeffs, got_protos = got_masks
+            for image, row in enumerate(rows):
+                if row.mask_coeffs is None or not (np.allclose(got_coeffs[image, :len(row)], row.mask_coeffs, atol=1e-5)
+                        and not got_coeffs[image, len(row):].any()
+                        and np.array_equal(got_protos[image], masks[1][image])):
+                    raise EngineError(f"{engine_onnx}: the padded engine graph's mask coefficients or prototypes "
+                                      "differ from the CPU graph")
         images += len(batch)
     return images
+
+
+def check_engine_outputs(engine_onnx: Path, config: Any) -> None:
+    """Make the engine graph's outputs the ones its Triton config declares: refuse a graph that lacks one (Triton
+    would refuse to load the engine on the GPU, long after the conversion); drop the outputs the config does not
+    serve (an attribute graph's verifier offsets beside another family's detector), which TensorRT then does not
+    compute."""
+    onnx = _import_onnx()
+    model = onnx.load(str(engine_onnx))
+    outputs = [o.name for o in model.graph.output]
+    declared = {o.name for o in config.output}
+    missing = declared - set(outputs)
+    if missing:
+        raise EngineError(f"{engine_onnx}: the engine graph's outputs {sorted(outputs)} lack {sorted(missing)}, which "
+                          f"the {config.name} config declares")
+    if declared != set(outputs):
+        kept = [o for o in model.graph.output if o.name in declared]
+        del model.graph.output[:]
+        model.graph.output.extend(kept)
+        _check_and_save(model, engine_onnx)
 
 
 @dataclass(frozen=True)
@@ -612,6 +662,8 @@ def prepare_gpu_repository(work: Path, *, detector_onnx: Path, attributes_onnx: 
     logger.info("engine detector graph matches the CPU graph on %d images (ONNX Runtime)", compared)
     configs = gpu_model_configs(settings, label_map, options)
     specs = engine_specs(configs)
+    for spec in specs:
+        check_engine_outputs(graphs[spec.model], configs[spec.model])
     files = {str(spec.onnx): graphs[spec.model] for spec in specs}
     record = None
     if options.build == "now":
