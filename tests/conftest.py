@@ -8,9 +8,11 @@
         client = tritonclient.grpc.InferenceServerClient(server.endpoints.grpc)
 
 Servers bind 127.0.0.1 on free ports and write their log under pytest's temporary folder. The same
-repository with the same extra ``ServerConfig`` fields gets the same running server for the whole
-session, so each test file pays for a start once; all are stopped when the session ends. Keep a
-shared server read-only in tests (no unloading models); start a private ``TritonServer`` otherwise.
+repository with the same extra ``ServerConfig`` fields gets the same running server within a test file,
+so each file pays for a start once; a file's servers are stopped when it ends (each holds about a
+gigabyte with its python stubs: kept for the whole session, the suite's forty-odd servers outgrew a 24 GiB
+machine). Keep a shared server read-only in tests (no unloading models); start a private ``TritonServer``
+otherwise.
 """
 
 from __future__ import annotations
@@ -57,14 +59,20 @@ class TritonServers:
         log_dir.mkdir(parents=True, exist_ok=True)
         return start_on_free_ports(repository, log_dir, attempts=self._PORT_ATTEMPTS, **fields)
 
-    def stop_all(self) -> None:
+    def started(self) -> set[tuple[str, str]]:
+        """The keys of the servers running now (see :meth:`stop_all`)."""
+        return set(self._servers)
+
+    def stop_all(self, keep: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()) -> None:
+        """Stop every server but those of ``keep`` (keys from :meth:`started`)."""
         # together: each drains and waits for its own exit (up to 10 s), and one after another the
         # session's dozens of shared servers took three minutes at its end
-        servers = list(self._servers.values())
-        if servers:
-            with ThreadPoolExecutor(max_workers=len(servers)) as pool:
-                list(pool.map(lambda server: server.stop(timeout_s=10), servers))
-        self._servers.clear()
+        stopping = {key: server for key, server in self._servers.items() if key not in keep}
+        if stopping:
+            with ThreadPoolExecutor(max_workers=len(stopping)) as pool:
+                list(pool.map(lambda server: server.stop(timeout_s=10), stopping.values()))
+        for key in stopping:
+            del self._servers[key]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -80,3 +88,11 @@ def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonSe
         yield servers
     finally:
         servers.stop_all()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _servers_of_this_file(triton_server: TritonServers) -> Iterator[None]:
+    """Stops the shared servers a test file started when it ends (its module fixtures are torn down first)."""
+    before = triton_server.started()
+    yield
+    triton_server.stop_all(keep=before)
