@@ -36,9 +36,9 @@ from fashionbox.converter.tensorrt import (
     Fp16UnsupportedError,
     OptimizationProfile,
     build_engine,
-    check_engine_outputs,
     compare_detector_graphs,
     engine_specs,
+    fit_engine_outputs,
     gpu_model_configs,
     prepare_gpu_repository,
     profile_for,
@@ -116,12 +116,12 @@ def test_an_engine_graph_without_the_outputs_its_config_declares_is_refused(grap
     from dataclasses import replace
 
     plain = gpu_model_configs(SETTINGS, LABELS, EngineOptions())[contract.DETECTOR_MODEL]
-    check_engine_outputs(graphs["engine_detector"], plain)
+    fit_engine_outputs(graphs["engine_detector"], plain)
     segmenting = gpu_model_configs(replace(SETTINGS, detector_masks=True), LABELS,
                                    EngineOptions())[contract.DETECTOR_MODEL]
     with pytest.raises(EngineError, match=r"outputs \['DET_BOXES', 'DET_CLASSES', 'DET_SCORES'\] lack "
                                           r"\['DET_MASK_COEFFS', 'DET_PROTOS'\], which the detector config declares"):
-        check_engine_outputs(graphs["engine_detector"], segmenting)
+        fit_engine_outputs(graphs["engine_detector"], segmenting)
 
 
 def test_the_engine_graphs_use_the_contract_tensor_names_triton_binds(graphs: dict[str, Path]) -> None:

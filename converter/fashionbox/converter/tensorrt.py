@@ -71,10 +71,10 @@ __all__ = [
     "OptimizationProfile",
     "build_engine",
     "check_engine_compatibility",
-    "check_engine_outputs",
     "compare_detector_graphs",
     "engine_specs",
     "engines_script",
+    "fit_engine_outputs",
     "gpu_model_configs",
     "local_gpus",
     "prepare_gpu_repository",
@@ -612,7 +612,7 @@ def compare_detector_graphs(cpu_onnx: Path, engine_onnx: Path, batches: Sequence
     return images
 
 
-def check_engine_outputs(engine_onnx: Path, config: Any) -> None:
+def fit_engine_outputs(engine_onnx: Path, config: Any) -> None:
     """Make the engine graph's outputs the ones its Triton config declares: refuse a graph that lacks one (Triton
     would refuse to load the engine on the GPU, long after the conversion); drop the outputs the config does not
     serve (an attribute graph's verifier offsets beside another family's detector), which TensorRT then does not
@@ -663,7 +663,7 @@ def prepare_gpu_repository(work: Path, *, detector_onnx: Path, attributes_onnx: 
     configs = gpu_model_configs(settings, label_map, options)
     specs = engine_specs(configs)
     for spec in specs:
-        check_engine_outputs(graphs[spec.model], configs[spec.model])
+        fit_engine_outputs(graphs[spec.model], configs[spec.model])
     files = {str(spec.onnx): graphs[spec.model] for spec in specs}
     record = None
     if options.build == "now":
