@@ -44,12 +44,15 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"classifier": build_tiny_classifier(root / "vit", "vit"), "embedder": build_tiny_clip(root / "clip")}
 
 
+def _convert_with_families(folders: dict[str, Path], out: Path, **options: Any) -> Path:
+    """The default models with both families beside them."""
+    return convert(ConvertOptions(out=out, classifier=f"hf:{folders['classifier']}",
+                                  embedder=f"hf:{folders['embedder']}", compare_samples=2, **options)).repository
+
+
 @pytest.fixture(scope="module")
 def repository(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("families-repo") / "repo"
-    return convert(ConvertOptions(out=out, classifier=f"hf:{folders['classifier']}",
-                                  embedder=f"hf:{folders['embedder']}", compare_samples=2,
-                                  runtime="onnxruntime")).repository
+    return _convert_with_families(folders, tmp_path_factory.mktemp("families-repo") / "repo", runtime="onnxruntime")
 
 
 @pytest.fixture(scope="module")
@@ -207,15 +210,16 @@ def test_a_repository_without_the_families_sends_no_labels_or_vectors_to_a_new_c
         assert all(d.embedding is None for d in result.detections)
 
 
+@pytest.fixture(scope="module")
+def torch_repository(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _convert_with_families(folders, tmp_path_factory.mktemp("families-torch") / "repo", runtime="torch")
+
+
 def test_the_torch_runtime_serves_the_families_as_their_graphs(
-        server: TritonServer, folders: dict[str, Path], triton_server: Any,
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+        server: TritonServer, torch_repository: Path, triton_server: Any) -> None:
     """``--runtime torch`` (the GPU profile without TensorRT; here on the CPU): the families run as their
     transformers models in PyTorch, the graph the converter exports, and answer as ONNX Runtime does."""
-    out = tmp_path_factory.mktemp("families-torch") / "repo"
-    repository = convert(ConvertOptions(out=out, classifier=f"hf:{folders['classifier']}",
-                                        embedder=f"hf:{folders['embedder']}", compare_samples=2,
-                                        runtime="torch")).repository
+    repository = torch_repository
     for name in (contract.CLASSIFIER_MODEL, contract.EMBEDDER_MODEL):
         assert (repository / name / "1" / "transformers" / "model.safetensors").is_file()
         assert 'string_value: "torch"' in (repository / name / "config.pbtxt").read_text()
@@ -234,6 +238,40 @@ def test_the_torch_runtime_serves_the_families_as_their_graphs(
                 assert float(mine.embedding @ theirs.embedding) >= 0.999
 
 
+def test_an_auto_pick_of_the_torch_runtime_writes_the_repository_runtime_torch_writes(
+        folders: dict[str, Path], torch_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where ``--runtime auto`` measures the torch runtime fastest (OWLv2's full-attention ViT on an AVX2
+    host), the repository is ``--runtime torch``'s: every config, and the files (the image-level families'
+    transformers folders among them), with the measurement in the manifest. The timing is made to
+    favour torch here; which runtime wins on this host is ``test_openvino_auto``'s."""
+    from fashionbox.converter import cpu_runtimes
+
+    measured = cpu_runtimes._interleaved
+
+    def torch_fastest(runners: dict[str, Any], *args: Any) -> dict[str, dict[str, list[float]]]:
+        samples = measured(runners, *args)
+        samples["torch/fp32"] = {part: [0.001 for _ in times] for part, times in samples["torch/fp32"].items()}
+        return samples
+
+    monkeypatch.setattr(cpu_runtimes, "_interleaved", torch_fastest)
+    repository = _convert_with_families(folders, tmp_path / "repo")  # --runtime auto
+
+    def tree(root: Path) -> set[str]:
+        return {str(path.relative_to(root)) for path in root.rglob("*")
+                if path.is_file() and "__pycache__" not in path.parts}  # (the served one's bytecode)
+
+    assert tree(repository) == tree(torch_repository)
+    for config in sorted(torch_repository.glob("*/config.pbtxt")):
+        assert (repository / config.relative_to(torch_repository)).read_text() == config.read_text(), config
+    manifest = json.loads((repository / contract.MANIFEST_FILE).read_text())
+    expected = json.loads((torch_repository / contract.MANIFEST_FILE).read_text())
+    assert (manifest["runtime"], manifest["precision"], manifest["cpu_cores"]) == ("torch", "fp32", None)
+    assert {key: manifest[key] for key in ("export", "layout", "image_models")} == \
+        {key: expected[key] for key in ("export", "layout", "image_models")}
+    assert manifest["cpu_runtime"]["chosen"] == "torch/fp32" and "cpu_runtime" not in expected
+    assert set(manifest["cpu_runtime"]["timings_ms"]) == {"onnxruntime/fp32", "openvino/fp32", "torch/fp32"}
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs torch with CUDA and an NVIDIA GPU")
 def test_on_the_gpu_the_families_answer_as_their_graphs_on_the_cpu(
@@ -241,10 +279,8 @@ def test_on_the_gpu_the_families_answer_as_their_graphs_on_the_cpu(
         tmp_path_factory: pytest.TempPathFactory) -> None:
     """The GPU profile without TensorRT (``--target gpu --runtime torch``): classifier and embedder in
     PyTorch on CUDA (fp16), against the ONNX graphs on the CPU server."""
-    out = tmp_path_factory.mktemp("families-gpu") / "repo"
-    repository = convert(ConvertOptions(out=out, target="gpu", runtime="torch",
-                                        classifier=f"hf:{folders['classifier']}",
-                                        embedder=f"hf:{folders['embedder']}", compare_samples=2)).repository
+    repository = _convert_with_families(folders, tmp_path_factory.mktemp("families-gpu") / "repo", target="gpu",
+                                        runtime="torch")
     gpu_server = triton_server(repository)
     with FashionClient(str(server.endpoints.grpc)) as cpu_client, \
             FashionClient(str(gpu_server.endpoints.grpc)) as gpu_client:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+import torch
 
 from fashionbox import contract
 from fashionbox.client import FashionClient
@@ -28,13 +29,16 @@ from fashionbox.commands.evaluation import (
     predictions_from_result,
 )
 from fashionbox.contract.labels import default_label_map
-from fashionbox.converter import ConvertError, ConvertOptions, _comparison_inputs, convert
+from fashionbox.converter import ConvertError, ConvertOptions, _comparison_inputs, convert, resolve_spec
 from fashionbox.converter.cpu_runtimes import (
     BF16_TOLERANCE,
+    MIN_TIMING_ROUNDS,
+    TorchCandidate,
     check_openvino,
     choose_cpu_runtime,
     compare_runners,
 )
+from fashionbox.converter.export import ComparisonReport, compare_torch_runners
 from fashionbox.converter.repository import RepositorySettings, model_configs
 from fashionbox.core import openvino_runtime
 from fashionbox.core.openvino_runtime import (
@@ -57,6 +61,7 @@ from fashionbox.core.serving import (
 )
 from fashionbox.model_repository.runners import load_attributes_runner, load_detector_runner
 from fashionbox.models.pipeline import InProcessPipeline
+from fashionbox.models.torch_runtime import TorchAttributes, TorchDetector
 
 Batches = tuple[list[npt.NDArray[np.uint8]], list[npt.NDArray[np.uint8]]]
 LABELS = default_label_map()
@@ -403,6 +408,56 @@ def test_auto_leaves_out_openvino_when_it_is_not_installed_and_says_why(
 
     assert (choice.runtime, choice.precision) == ("onnxruntime", "fp32")
     assert "fashionbox-core[openvino]" in choice.record["excluded"]["openvino/fp32"]
+
+
+@pytest.fixture(scope="module")
+def torch_runners(openvino_repository: Path, batches: Batches) -> TorchCandidate:
+    """The torch runtime's CPU runners of the default checkpoints, checked against the graphs as the converter
+    checks them."""
+    options = ConvertOptions(out=Path("unused"))
+    (_, detector_weights), (_, attributes_weights) = (resolve_spec(options.detector, "detector"),
+                                                      resolve_spec(options.attributes, "attributes"))
+    nms = json.loads((openvino_repository / contract.MANIFEST_FILE).read_text())["export"]["nms"]
+    detector = TorchDetector.from_settings(
+        detector_weights, RuntimeSettings(score_threshold=nms["score_threshold"], iou_threshold=nms["iou_threshold"]),
+        device="cpu", max_detections=nms["max_detections"])
+    heads = TorchAttributes(attributes_weights, device="cpu", precision="fp32",
+                            num_attribute_labels=LABELS.num_attribute_labels)
+    detector_onnx, attributes_onnx = _graphs(openvino_repository)
+    reports = compare_torch_runners(detector, detector_onnx, attributes_weights, attributes_onnx, *batches,
+                                    max_detections=nms["max_detections"],
+                                    num_attribute_labels=LABELS.num_attribute_labels)
+    return TorchCandidate(detector, heads, reports)
+
+
+def test_auto_times_the_torch_runtime_at_the_instances_threads_within_its_time_budget(
+        openvino_repository: Path, batches: Batches, torch_runners: TorchCandidate) -> None:
+    threads_before = torch.get_num_threads()
+    choice = choose_cpu_runtime(*_graphs(openvino_repository), *batches, allow_bf16=False, tolerance=TOLERANCE,
+                                max_detections=50, num_attribute_labels=LABELS.num_attribute_labels, rounds=5,
+                                budget_s=0.0, threads=1, torch=torch_runners)
+    timings = choice.record["timings_ms"]
+
+    assert set(timings) == {"onnxruntime/fp32", "openvino/fp32", "torch/fp32"}
+    assert timings["torch/fp32"]["detector_b1"] > 0 and timings["torch/fp32"]["attributes_b8"] > 0
+    assert choice.record["chosen"] == min(timings, key=lambda name: timings[name]["total"])
+    assert [r.model for r in choice.reports if r.model.startswith("torch")] == ["torch detector", "torch attributes"]
+    assert torch.get_num_threads() == threads_before  # set to the instances' 1 while timing, then restored
+    assert choice.record["rounds"] == MIN_TIMING_ROUNDS  # past its time budget, auto stops at the minimum
+
+
+def test_auto_leaves_out_a_torch_runtime_beyond_tolerance_and_records_what_could_not_be_a_candidate(
+        openvino_repository: Path, batches: Batches, torch_runners: TorchCandidate) -> None:
+    wrong = TorchCandidate(torch_runners.detector, torch_runners.attributes,
+                           [ComparisonReport("torch detector", {"boxes": 3.0, "scores": 0.0}, 8)])
+    choice = choose_cpu_runtime(*_graphs(openvino_repository), *batches, allow_bf16=False, tolerance=TOLERANCE,
+                                max_detections=50, num_attribute_labels=LABELS.num_attribute_labels, rounds=1,
+                                torch=wrong, not_candidates={"openvino/bf16": "asked for no bf16"})
+
+    assert "torch/fp32" not in choice.record["timings_ms"]
+    assert "torch detector: boxes" in choice.record["excluded"]["torch/fp32"]
+    assert choice.record["excluded"]["openvino/bf16"] == "asked for no bf16"
+    assert choice.runtime in ("onnxruntime", "openvino")
 
 
 # -- served ------------------------------------------------------------------------------------------------

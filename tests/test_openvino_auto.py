@@ -1,7 +1,8 @@
 """``fashionbox convert --runtime auto`` on target cpu: the faster runtime measured on this host.
 
-One conversion through the command line: ONNX Runtime fp32, OpenVINO fp32 and (on a CPU with AMX
-or AVX512-BF16, where ``--precision bf16`` is accepted) OpenVINO bf16 are checked and timed, and
+One conversion through the command line: ONNX Runtime fp32, OpenVINO fp32, the torch runtime (the
+default detector takes the square letterbox) and (on a CPU with AMX or AVX512-BF16, where
+``--precision bf16`` is accepted) OpenVINO bf16 are checked and timed, and
 the choice, the timings and the CPU they were measured on land in ``manifest.json`` and the
 choice in the ``detector`` and ``attributes`` configs. Which runtime wins depends on the host and
 its load, so the test checks that the recorded choice is the fastest recorded, not which it is.
@@ -16,6 +17,8 @@ import pytest
 
 from fashionbox import contract
 from fashionbox.commands.cli import main as fashionbox_main
+from fashionbox.converter import FAMILIES, _torch_not_candidate
+from fashionbox.converter.repository import RepositorySettings
 from fashionbox.core.openvino_runtime import host_cpu
 
 BF16_HERE = host_cpu().has_bf16
@@ -30,15 +33,31 @@ def test_auto_conversion_writes_the_measured_runtime_into_configs_and_manifest(
     record = manifest["cpu_runtime"]
     timings = record["timings_ms"]
 
-    expected = {"onnxruntime/fp32", "openvino/fp32"} | ({"openvino/bf16"} if BF16_HERE else set())
-    assert set(timings) == expected and record["excluded"] == {}
+    expected = {"onnxruntime/fp32", "openvino/fp32", "torch/fp32"} | ({"openvino/bf16"} if BF16_HERE else set())
+    assert set(timings) == expected and record["excluded"] == {}  # the default detector takes the square letterbox
     assert record["chosen"] == min(timings, key=lambda name: timings[name]["total"])
     runtime, chosen_precision = record["chosen"].split("/")
     assert manifest["runtime"] == runtime
-    assert manifest["precision"] == (chosen_precision if runtime == "openvino" else None)
+    assert manifest["precision"] == (chosen_precision if runtime in ("openvino", "torch") else None)
     assert record["cpu"] == host_cpu().as_dict() and record["cpu"]["bf16"] == BF16_HERE
+    # the torch runners were held to the converter's tolerances, as --runtime torch's are
+    assert manifest["comparison"]["torch detector"]["detections_count_mismatch"] == 0
+    assert manifest["comparison"]["torch attributes"]["probs"] <= manifest["comparison"]["tolerance"]["probs"]
     for model in (contract.DETECTOR_MODEL, contract.ATTRIBUTES_MODEL):
         config = (out / model / "config.pbtxt").read_text()
+        assert f'string_value: "{runtime}"' in config or runtime == "onnxruntime", model
         assert ('string_value: "openvino"' in config) == (runtime == "openvino"), model
-        assert (f'string_value: "{chosen_precision}"' in config) == (runtime == "openvino"), model
+        assert ((out / model / "1" / "model.safetensors").is_file()) == (runtime == "torch"), model
     assert f"runtime: {record['chosen']} (measured: onnxruntime/fp32 " in capsys.readouterr().out
+
+
+def test_what_auto_cannot_weigh_is_recorded_with_why() -> None:
+    """The torch runtime serves the square letterbox and the steps layout, and the families with a torch runner."""
+    default, ultralytics = FAMILIES["fashionbox"](), FAMILIES["ultralytics"]()
+    assert _torch_not_candidate(default, RepositorySettings()) == {}
+    assert "rect one here (--letterbox square lets auto weigh it)" in _torch_not_candidate(
+        default, RepositorySettings(letterbox_stride=32))["torch/fp32"]
+    assert _torch_not_candidate(default, RepositorySettings(layout="fused")) == {
+        "torch/fp32": "the fused layout runs the ONNX graphs only"}
+    assert _torch_not_candidate(ultralytics, RepositorySettings()) == {
+        "torch/fp32": "no torch runner for ultralytics detectors"}

@@ -244,6 +244,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         timings = chosen.get("timings_ms", {})
         print(f"runtime: {chosen['chosen']}" + (" (measured: " + ", ".join(
             f"{name} {t['total']:.2f} ms" for name, t in timings.items()) + ")" if timings else ""))
+        for name, why in chosen.get("excluded", {}).items():
+            print(f"  not a candidate: {name}: {why}")
     return 0
 
 
@@ -439,8 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "text_embedder (FashionClient.embed_text)")
     p.add_argument("--target", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--runtime", choices=["auto", "onnxruntime", "openvino", "tensorrt", "torch"], default="auto",
-                   help="what runs the networks: auto is TensorRT engines on gpu and, on cpu, the faster of "
-                        "onnxruntime and openvino measured on this host (recorded in manifest.json); torch is "
+                   help="what runs the networks: auto is TensorRT engines on gpu and, on cpu, the fastest of "
+                        "onnxruntime, openvino and (with the square letterbox) torch measured on this host "
+                        "(recorded in manifest.json); torch is "
                         "PyTorch in the python backend (on the GPU for --target gpu, FP16 unless --no-fp16) for "
                         "FashionBox checkpoints and hf: detectors")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None,

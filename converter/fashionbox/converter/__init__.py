@@ -14,6 +14,7 @@ checkpoint; the only download is ``hf:ORG/NAME``'s config and safetensors files 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -34,7 +35,8 @@ from fashionbox.contract.labels import LabelMap
 from fashionbox.converter.errors import ConvertError
 
 if TYPE_CHECKING:
-    from fashionbox.converter.cpu_runtimes import CpuChoice
+    from fashionbox.converter.cpu_runtimes import CpuChoice, TorchCandidate
+    from fashionbox.converter.repository import RepositorySettings
     from fashionbox.converter.tensorrt import EngineOptions
     from fashionbox.models.nms import NmsSettings
 
@@ -50,7 +52,8 @@ LETTERBOXES = ("auto", "square", "rect")
 RUNTIMES: dict[Target, tuple[str, ...]] = {"cpu": ("onnxruntime", "openvino", "torch"), "gpu": ("tensorrt", "torch")}
 """What may run the networks on each target; the first is ``auto``'s choice on gpu, and on cpu where
 nothing is measured (the checks before export). On cpu ``auto`` times ONNX Runtime and OpenVINO on
-the exported graphs and keeps the faster (:mod:`fashionbox.converter.cpu_runtimes`)."""
+the exported graphs, and the torch runtime where it could serve the repository (the square letterbox),
+and keeps the fastest (:mod:`fashionbox.converter.cpu_runtimes`)."""
 
 
 @dataclass(frozen=True)
@@ -235,7 +238,9 @@ class ConvertOptions:
     """What runs the networks: ``onnxruntime`` (cpu) or TensorRT engines (gpu) for ``auto``, or
     ``torch`` (PyTorch in the python backend, on the GPU for target gpu, FP16 unless
     ``engines.fp16`` is off), or ``openvino`` (the same ONNX graphs in OpenVINO, target cpu). ``auto``
-    on cpu measures ONNX Runtime and OpenVINO here and records the choice in the manifest."""
+    on cpu measures ONNX Runtime and OpenVINO here, and the torch runtime where the family has one and the
+    letterbox is square (a rect letterbox serves fewer pixels than any runtime saves), and records the
+    choice in the manifest; a torch pick writes the repository ``torch`` would."""
     precision: CpuPrecision | None = None
     """Target cpu: ``fp32`` or ``bf16`` (OpenVINO only, on a CPU with AMX or AVX512-BF16: refused
     elsewhere). ``None`` is fp32. With ``auto``, ``bf16`` makes OpenVINO bf16 a candidate too."""
@@ -458,8 +463,10 @@ def family_nms(family: Family, options: ConvertOptions, detector: Any = None) ->
 
 def _cpu_runtime(options: ConvertOptions, detector_onnx: Path, attributes_onnx: Path,
                  det_batches: list[npt.NDArray[np.uint8]], attr_batches: list[npt.NDArray[np.uint8]], *,
-                 max_detections: int, num_attribute_labels: int, threads: int) -> CpuChoice | None:
-    """Target cpu: ``auto``'s measured choice, or OpenVINO's check when asked for; ``None`` otherwise."""
+                 max_detections: int, num_attribute_labels: int, threads: int, torch: TorchCandidate | None = None,
+                 not_candidates: dict[str, str] | None = None) -> CpuChoice | None:
+    """Target cpu: ``auto``'s measured choice (``torch``: the torch runtime a candidate too), or OpenVINO's
+    check when asked for; ``None`` otherwise."""
     from fashionbox.converter.cpu_runtimes import CpuChoice, check_openvino, choose_cpu_runtime
     from fashionbox.core.openvino_runtime import host_cpu
 
@@ -469,7 +476,7 @@ def _cpu_runtime(options: ConvertOptions, detector_onnx: Path, attributes_onnx: 
         return choose_cpu_runtime(detector_onnx, attributes_onnx, det_batches, attr_batches,
                                   allow_bf16=options.precision == "bf16", tolerance=options.tolerance,
                                   max_detections=max_detections, num_attribute_labels=num_attribute_labels,
-                                  threads=threads)
+                                  threads=threads, torch=torch, not_candidates=not_candidates)
     if options.runtime != "openvino":
         return None
     precision = options.precision or "fp32"
@@ -508,11 +515,11 @@ def _comparison_images(samples: int) -> list[npt.NDArray[np.uint8]]:
     return [np.asarray(render_scene(95_000 + i).image.convert("RGB")) for i in range(max(2, samples // 2))]
 
 
-def _export_image_models(models: dict[str, Any], tmp: Path, options: ConvertOptions, runtime: str) -> _Branches:
-    """Export and compare each image-level family; what the repository needs of them."""
+def _export_image_models(models: dict[str, Any], tmp: Path, options: ConvertOptions) -> _Branches:
+    """Export and compare each image-level family; what the repository needs of them (the torch runtime's
+    files apart: :func:`_branch_torch_files`)."""
     from fashionbox.converter.image_models import compare_image_model, export_image_model
     from fashionbox.converter.repository import MODEL_VERSION, TOKENIZER_DIR, ImageBranch
-    from fashionbox.model_repository.runners import TORCH_FOLDER
 
     out = _Branches()
     if not models:
@@ -526,11 +533,8 @@ def _export_image_models(models: dict[str, Any], tmp: Path, options: ConvertOpti
         out.settings[kind] = ImageBranch(name=model.name, view=model.view.to_json(), height=model.view.height,
                                          width=model.view.width, size=size, labels=tuple(model.labels),
                                          text=kind == "embedder" and "text" in files)
-        name = contract.CLASSIFIER_MODEL if kind == "classifier" else contract.EMBEDDER_MODEL
+        name = _branch_model(kind)
         out.onnx[name] = files["image"]
-        if runtime == "torch":  # the torch runner rebuilds the graph from the transformers files
-            for path in sorted(_torch_files(model, tmp / kind / "transformers").iterdir()):
-                out.files[f"{name}/{MODEL_VERSION}/{TORCH_FOLDER}/{path.name}"] = path
         if kind == "embedder" and "text" in files:
             out.onnx[contract.TEXT_EMBEDDER_MODEL] = files["text"]
             for path in sorted(Path(files["tokenizer"]).iterdir()):
@@ -539,6 +543,21 @@ def _export_image_models(models: dict[str, Any], tmp: Path, options: ConvertOpti
         out.manifest[kind] = {"spec": getattr(options, kind), "name": model.name, "size": size,
                               "view": json.loads(model.view.to_json()), "text": kind == "embedder" and "text" in files}
     return out
+
+
+def _branch_model(kind: str) -> str:
+    return contract.CLASSIFIER_MODEL if kind == "classifier" else contract.EMBEDDER_MODEL
+
+
+def _branch_torch_files(models: dict[str, Any], tmp: Path) -> dict[str, Path]:
+    """The torch runtime's files of the image-level families (repository path -> file): its runner
+    rebuilds each graph from the transformers files."""
+    from fashionbox.converter.repository import MODEL_VERSION
+    from fashionbox.model_repository.runners import TORCH_FOLDER
+
+    return {f"{_branch_model(kind)}/{MODEL_VERSION}/{TORCH_FOLDER}/{path.name}": path
+            for kind, model in models.items()
+            for path in sorted(_torch_files(model, tmp / kind / "transformers").iterdir())}
 
 
 def _torch_files(model: Any, folder: Path) -> Path:
@@ -554,6 +573,35 @@ def _torch_files(model: Any, folder: Path) -> Path:
         "kind": model.kind, "model_class": model_class, "scale": list(model.scale), "bias": list(model.bias),
         "multi_label": model.multi_label, "height": model.view.height, "width": model.view.width}), encoding="utf-8")
     return folder
+
+
+def _torch_not_candidate(family: Family, settings: RepositorySettings) -> dict[str, str]:
+    """Why ``auto`` cannot weigh the torch runtime for this repository (``{}``: it can)."""
+    why = (f"no torch runner for {family.name} detectors" if not family.torch_runtime
+           else "takes the square letterbox only, and this detector is served with the rect one here (--letterbox "
+                "square lets auto weigh it)" if settings.letterbox_stride
+           else "the fused layout runs the ONNX graphs only" if settings.layout == "fused" else "")
+    return {"torch/fp32": why} if why else {}
+
+
+def _torch_runners(family: Family, detector: Any, detector_path: Path, attributes_path: Path, tmp: Path,
+                   detector_onnx: Path, attributes_onnx: Path, det_batches: list[npt.NDArray[np.uint8]],
+                   attr_batches: list[npt.NDArray[np.uint8]], *, settings: Any, max_detections: int,
+                   num_labels: int) -> tuple[dict[str, Path], TorchCandidate]:
+    """The torch runtime's files (repository path -> file) and its CPU runners, checked against the ONNX
+    graphs (:func:`fashionbox.converter.export.compare_torch_runners`)."""
+    from fashionbox.converter.cpu_runtimes import TorchCandidate
+    from fashionbox.converter.export import compare_torch_runners
+    from fashionbox.converter.repository import MODEL_VERSION, WEIGHTS_FILE
+    from fashionbox.models.torch_runtime import TorchAttributes
+
+    files, torch_detector = _torch_detector(family, detector, detector_path, tmp, settings, max_detections)
+    files[f"{contract.ATTRIBUTES_MODEL}/{MODEL_VERSION}/{WEIGHTS_FILE}"] = attributes_path
+    heads = TorchAttributes(attributes_path, device="cpu", precision="fp32", num_attribute_labels=num_labels)
+    reports = compare_torch_runners(torch_detector, detector_onnx, attributes_path, attributes_onnx, det_batches,
+                                    attr_batches, max_detections=max_detections, num_attribute_labels=num_labels,
+                                    torch_heads=heads)
+    return files, TorchCandidate(torch_detector, heads, reports)
 
 
 def _torch_detector(family: Family, detector: Any, detector_path: Path, tmp: Path, runtime: Any,
@@ -574,22 +622,63 @@ def _torch_detector(family: Family, detector: Any, detector_path: Path, tmp: Pat
     return files, TorchDetrDetector.from_settings(folder, cpu, device="cpu", max_detections=max_detections)
 
 
-def convert(options: ConvertOptions) -> ConvertResult:
-    """Export, check, compare and write the repository; nothing is written on failure."""
-    from fashionbox.converter.export import compare_attributes, export_attributes_onnx
+GRAPH_FIELDS = ("crop_mask_size", "crop_embedding_size", "verifier_classes", "classifier", "embedder")
+"""The :class:`RepositorySettings` fields read off the exported graphs and image-level families, kept when
+``auto``'s pick rebuilds the rest for the torch runtime."""
+
+
+def _repository_settings(options: ConvertOptions, family: Family, detector: Any, runtime: str, *, nms: NmsSettings,
+                         stride: int, size: int, crop: int, model_version: str,
+                         verticals: tuple[str, ...]) -> tuple[RepositorySettings, int | None]:
+    """What runs the networks (``runtime``) and how many instances of each step, before the graphs are known;
+    and the serving machine's cores they were sized for (``None``: not sized by cores).
+
+    On the CPU with the ONNX graphs, instances for the serving machine's cores (a measured 2-core
+    default), per layout; a heavy family's networks: more threads per instance (:attr:`Family.threads`),
+    never more than the cores, and as many fewer network instances. The torch runtime on CPU
+    instances: as many threads as the family's ONNX instances would have.
+    """
     from fashionbox.converter.repository import (
-        MODEL_VERSION,
-        WEIGHTS_FILE,
         RepositorySettings,
-        attributes_embedding_size,
-        attributes_mask_size,
         cpu_scheduling,
         fused_scheduling,
         gpu_scheduling,
         step_timeouts,
-        write_repository,
     )
     from fashionbox.core.serving import OrtSettings, RuntimeSettings
+
+    onnx_on_cpu = options.target == "cpu" and runtime != "torch"
+    serving_cores = options.cores or os.cpu_count() or 2
+    fused = options.repository_settings.get("layout") == "fused"
+    cores = serving_cores if onnx_on_cpu else None
+    threads = min(family.threads, serving_cores) if onnx_on_cpu else 1
+    given_ort = options.repository_settings.get("ort")  # --threads
+    instance_threads = given_ort.intra_op_threads if isinstance(given_ort, OrtSettings) else threads
+    torch_threads = ((given_ort.intra_op_threads if isinstance(given_ort, OrtSettings)
+                      else min(family.threads, serving_cores)) if runtime == "torch" and options.target == "cpu" else 1)
+    runtime_settings = RuntimeSettings(
+        runtime=runtime if runtime in ("torch", "openvino") else "onnxruntime",
+        precision=("fp16" if runtime == "torch" and options.target == "gpu" and options.engines.fp16
+                   else (options.precision or "fp32") if runtime == "openvino" else "fp32"),
+        score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold, torch_threads=torch_threads)
+    repository_settings = step_timeouts({
+        **({"ort": OrtSettings(intra_op_threads=threads)} if threads > 1 else {}),
+        "target": options.target, "runtime": runtime_settings, "gpu_decode": options.engines.gpu_decode,
+        **(gpu_scheduling() if options.target == "gpu" else {}),
+        **((fused_scheduling if fused else cpu_scheduling)(cores, instance_threads) if cores else {}),
+        "letterbox_stride": stride, "letterbox_min_side": family.letterbox_min_side(detector, stride) if stride else 0,
+        **options.repository_settings})
+    if family.segments(detector):  # the detector's mask tensors go to postprocess
+        repository_settings = {"detector_masks": True, "detector_mask_crop": family.mask_crop, **repository_settings}
+    return RepositorySettings(input_size=size, crop_size=crop, max_detections=nms.max_detections,
+                              model_name=family.name, model_version=model_version, vertical_labels=verticals,
+                              **repository_settings), cores
+
+
+def convert(options: ConvertOptions) -> ConvertResult:
+    """Export, check, compare and write the repository; nothing is written on failure."""
+    from fashionbox.converter.export import compare_attributes, export_attributes_onnx
+    from fashionbox.converter.repository import attributes_embedding_size, attributes_mask_size, write_repository
     from fashionbox.models import file_sha256, load_attributes, verifier_serves
 
     runtime = options.resolved_runtime
@@ -635,8 +724,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
     nms = family_nms(family, options, detector)
     max_detections = nms.max_detections
     size = family.input_size(detector)
-    # the ONNX graphs in ONNX Runtime or OpenVINO on the CPU: where rect letterboxes, the cores' instances
-    # and a family's threads apply
+    # the ONNX graphs in ONNX Runtime or OpenVINO on the CPU: where rect letterboxes apply
     onnx_on_cpu = options.target == "cpu" and runtime != "torch"
     stride = _letterbox_stride(options, family, detector, onnx_on_cpu=onnx_on_cpu)
     crop = classifier.config.crop_size
@@ -653,36 +741,12 @@ def convert(options: ConvertOptions) -> ConvertResult:
                          f"{classifier.config.verifier_detector[:12]}..., not this one ({detector_sha[:12]}...): "
                          "served without the second stage (fashionbox train --stage verifier refits it)")
         log.warning("%s", verifier_note)
-    # on the CPU, instances for the serving machine's cores (a measured 2-core default), per layout; a
-    # heavy family's networks: more threads per instance (Family.threads), never more than the cores,
-    # and as many fewer network instances
-    serving_cores = options.cores or os.cpu_count() or 2
-    fused = options.repository_settings.get("layout") == "fused"
-    cores = serving_cores if onnx_on_cpu else None
-    threads = min(family.threads, serving_cores) if onnx_on_cpu else 1
-    given_ort = options.repository_settings.get("ort")  # --threads
-    instance_threads = given_ort.intra_op_threads if isinstance(given_ort, OrtSettings) else threads
-    # the torch runtime on CPU instances: as many threads as the family's ONNX instances would have
-    torch_threads = ((given_ort.intra_op_threads if isinstance(given_ort, OrtSettings)
-                      else min(family.threads, serving_cores)) if runtime == "torch" and options.target == "cpu" else 1)
-    runtime_settings = RuntimeSettings(
-        runtime=runtime if runtime in ("torch", "openvino") else "onnxruntime",
-        precision=("fp16" if runtime == "torch" and options.target == "gpu" and options.engines.fp16
-                   else (options.precision or "fp32") if runtime == "openvino" else "fp32"),
-        score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold, torch_threads=torch_threads)
-    repository_settings = step_timeouts({
-        **({"ort": OrtSettings(intra_op_threads=threads)} if threads > 1 else {}),
-        "target": options.target, "runtime": runtime_settings, "gpu_decode": options.engines.gpu_decode,
-        **(gpu_scheduling() if options.target == "gpu" else {}),
-        **((fused_scheduling if fused else cpu_scheduling)(cores, instance_threads) if cores else {}),
-        "letterbox_stride": stride, "letterbox_min_side": family.letterbox_min_side(detector, stride) if stride else 0,
-        **options.repository_settings})
-    if family.segments(detector):  # the detector's mask tensors go to postprocess
-        repository_settings = {"detector_masks": True, "detector_mask_crop": family.mask_crop, **repository_settings}
-    settings = RepositorySettings(input_size=size, crop_size=crop, max_detections=max_detections,
-                                  model_name=family.name, model_version=f"{detector_sha[:8]}-{attributes_sha[:8]}",
-                                  vertical_labels=tuple(getattr(classifier.config, "verticals", ())),
-                                  **repository_settings)
+    model_version = f"{detector_sha[:8]}-{attributes_sha[:8]}"
+    settings_for = functools.partial(_repository_settings, options, family, detector, nms=nms, stride=stride,
+                                     size=size, crop=crop, model_version=model_version,
+                                     verticals=tuple(getattr(classifier.config, "verticals", ())))
+    settings, cores = settings_for(runtime)
+    runtime_settings = settings.runtime
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fashionbox-convert-") as tmp:
         detector_onnx = family.export_detector(detector, Path(tmp) / "detector.onnx", nms=nms, opset=options.opset,
@@ -700,30 +764,41 @@ def convert(options: ConvertOptions) -> ConvertResult:
         attr_report = compare_attributes(classifier, attributes_onnx, attr_batches)
         reports = [det_report, attr_report]
         torch_files: dict[str, Path] = {}
-        if runtime == "torch":  # the runners load the checkpoints themselves, checked against the graphs
-            from fashionbox.converter.export import compare_torch_runners
-
-            torch_files, torch_detector = _torch_detector(family, detector, detector_path, Path(tmp),
-                                                          runtime_settings, max_detections)
-            torch_files[f"{contract.ATTRIBUTES_MODEL}/{MODEL_VERSION}/{WEIGHTS_FILE}"] = attributes_path
-            reports += compare_torch_runners(torch_detector, detector_onnx, attributes_path, attributes_onnx,
-                                             det_batches, attr_batches, max_detections=max_detections,
-                                             num_attribute_labels=label_map.num_attribute_labels)
+        torch_runners: TorchCandidate | None = None
+        not_candidates = _torch_not_candidate(family, settings) if measure_cpu else {}
+        if runtime == "torch" or (measure_cpu and not not_candidates):
+            # the runners load the checkpoints themselves, checked against the graphs (auto: a candidate)
+            torch_files, torch_runners = _torch_runners(family, detector, detector_path, attributes_path, Path(tmp),
+                                                        detector_onnx, attributes_onnx, det_batches, attr_batches,
+                                                        settings=runtime_settings, max_detections=max_detections,
+                                                        num_labels=label_map.num_attribute_labels)
+            if runtime == "torch":
+                reports += torch_runners.reports
         for report in reports:
             log.info("%s: max abs error ONNX Runtime vs PyTorch %s over %d samples",
                      report.model, report.max_abs_error, report.samples)
             report.raise_if_over(options.tolerance)
-        branches = _export_image_models(image_models, Path(tmp), options, runtime)
+        branches = _export_image_models(image_models, Path(tmp), options)
         settings = replace(settings, classifier=branches.settings.get("classifier"),
                            embedder=branches.settings.get("embedder"))
         cpu_runtime = _cpu_runtime(options, detector_onnx, attributes_onnx, det_batches, attr_batches,
                                    max_detections=max_detections, num_attribute_labels=label_map.num_attribute_labels,
-                                   threads=settings.ort.intra_op_threads)
+                                   threads=settings.ort.intra_op_threads,
+                                   torch=torch_runners if measure_cpu else None, not_candidates=not_candidates)
         if cpu_runtime is not None:
             runtime = cpu_runtime.runtime
             reports += cpu_runtime.reports
-            runtime_settings = replace(runtime_settings, runtime=runtime, precision=cpu_runtime.precision)
-            settings = replace(settings, runtime=runtime_settings)
+            if runtime == "torch":  # auto's pick: the repository --runtime torch writes
+                settings = replace(settings_for("torch")[0], **{name: getattr(settings, name) for name in GRAPH_FIELDS})
+                cores = None
+            else:
+                settings = replace(settings, runtime=replace(settings.runtime, runtime=runtime,
+                                                             precision=cpu_runtime.precision))
+            runtime_settings = settings.runtime
+        if runtime != "torch":
+            torch_files = {}
+        else:
+            branches.files.update(_branch_torch_files(image_models, Path(tmp)))
         manifest = {
             "created_unix_s": int(started),
             "target": options.target,

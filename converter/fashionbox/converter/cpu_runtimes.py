@@ -13,8 +13,12 @@ host"), so ``--runtime auto`` measures it here, on the converting host, on the g
   only one side keeps (those sitting at the score threshold flip). Box mAP and attribute accuracy
   on held-out scenes are the quality bar proper (tests/test_openvino_quality.py, and the benchmark).
 - :func:`choose_cpu_runtime`: time every candidate that passed, interleaved, medians of
-  :data:`TIMING_ROUNDS` rounds, and pick the fastest; the timings and the CPU they were taken on
-  go into the repository's manifest.
+  :data:`TIMING_ROUNDS` rounds (fewer past :data:`TIMING_BUDGET_S`), and pick the fastest; the timings and the CPU they were taken on
+  go into the repository's manifest. The torch runtime (PyTorch in the python backend) is a
+  candidate too where it could serve the repository (:class:`TorchCandidate`: a family with a torch
+  runner, the square letterbox, the steps layout): PyTorch eager is as fast as ONNX Runtime or
+  faster on some networks and hosts (OWLv2's full-attention ViT on an AVX2 EPYC, BENCHMARKS.md). It is
+  held to the converter's fp32 tolerances in served order, as ``--runtime torch`` is.
 
 bf16 is a candidate of ``auto`` only when asked for (``--precision bf16``): it changes answers at
 the threshold, which is the user's trade to make, not the converter's.
@@ -22,11 +26,12 @@ the threshold, which is the user's trade to make, not the converter's.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,8 +55,11 @@ from fashionbox.core.serving import OnnxAttributes, OnnxDetector, OrtSettings
 
 __all__ = [
     "BF16_TOLERANCE",
+    "MIN_TIMING_ROUNDS",
+    "TIMING_BUDGET_S",
     "TIMING_ROUNDS",
     "CpuChoice",
+    "TorchCandidate",
     "check_bf16_host",
     "check_openvino",
     "choose_cpu_runtime",
@@ -69,6 +77,11 @@ on scenes, 15 on random pixels, whose low-score boxes are ill-defined), not held
 TIMING_ROUNDS = 9
 """Interleaved rounds per candidate in ``auto``'s timing (each: one detector batch of 1, one
 attribute batch of 8); the median decides."""
+TIMING_BUDGET_S = 60.0
+"""After this long (the warm-up included), ``auto`` stops timing at the end of a round once it has
+:data:`MIN_TIMING_ROUNDS`: a ViT of 10 s an image (OWLv2 at 960 px on 2 cores) would otherwise spend
+minutes of a conversion on it. The manifest records the rounds run."""
+MIN_TIMING_ROUNDS = 3
 MATCH_IOU = 0.5
 TWIN_PX = 0.05
 """Boxes whose corners agree within this (letterbox px; the converter's fp32 box tolerance) are twins
@@ -255,6 +268,16 @@ def _compare(graphs: _Graphs, precision: str, detector_batches: Sequence[U8], at
 
 
 @dataclass(frozen=True)
+class TorchCandidate:
+    """The torch runtime as a candidate of ``auto``: its CPU runners (fp32) and their check against the
+    ONNX graphs (:func:`fashionbox.converter.export.compare_torch_runners`, the same as ``--runtime torch``)."""
+
+    detector: Any
+    attributes: Any
+    reports: list[ComparisonReport]
+
+
+@dataclass(frozen=True)
 class CpuChoice:
     """``auto``'s pick on this host, and the record of why (the manifest's ``cpu_runtime``)."""
 
@@ -273,16 +296,22 @@ def _time_ms(call: Callable[[], object]) -> float:
 def choose_cpu_runtime(detector_onnx: Path, attributes_onnx: Path, detector_batches: Sequence[U8],
                        attribute_batches: Sequence[U8], *, allow_bf16: bool, tolerance: dict[str, float],
                        max_detections: int, num_attribute_labels: int, threads: int = 1,
-                       rounds: int = TIMING_ROUNDS) -> CpuChoice:
-    """Time ONNX Runtime fp32, OpenVINO fp32 and (``allow_bf16``) OpenVINO bf16; the fastest that passed.
+                       rounds: int = TIMING_ROUNDS, budget_s: float = TIMING_BUDGET_S,
+                       torch: TorchCandidate | None = None,
+                       not_candidates: dict[str, str] | None = None) -> CpuChoice:
+    """Time ONNX Runtime fp32, OpenVINO fp32, (``allow_bf16``) OpenVINO bf16 and (``torch``) the torch
+    runtime; the fastest that passed.
 
     A candidate that fails its check, or OpenVINO when it is not installed, is left out and the
-    reason recorded. Each round runs every candidate once (a detector batch of 1 and an attribute
-    batch of 8, as one image with its garments), in a rotating order; the score is the median.
+    reason recorded, as are ``not_candidates`` (``runtime/precision`` -> why this repository could not
+    serve it). Each round runs every candidate once (a detector batch of 1 and an attribute batch of
+    8, as one image with its garments), in a rotating order, ``rounds`` of them, or past ``budget_s``
+    seconds no more than :data:`MIN_TIMING_ROUNDS` (fewer if ``rounds`` is); the score is the median. Every
+    candidate runs ``threads`` threads per network (PyTorch's pool set to it while timing).
     """
     graphs = _Graphs(detector_onnx, attributes_onnx, max_detections, num_attribute_labels, threads)
     runners: dict[str, tuple[Any, Any]] = {"onnxruntime/fp32": graphs.onnxruntime()}
-    excluded: dict[str, str] = {}
+    excluded: dict[str, str] = dict(not_candidates or {})
     reports: list[ComparisonReport] = []
     precisions: tuple[str, ...] = ("fp32", "bf16") if allow_bf16 else ("fp32",)
     try:
@@ -302,20 +331,19 @@ def choose_cpu_runtime(detector_onnx: Path, attributes_onnx: Path, detector_batc
             excluded[key] = f"beyond tolerance {limits}: {over}"
             continue
         runners[key] = candidate
-    pixels = _first_rows(detector_batches, 1)
-    crops = _first_rows(attribute_batches, 8)
+    if torch is not None:
+        reports += torch.reports
+        over = {f"{report.model}: {key}": value for report in torch.reports
+                for key, value in report.over(tolerance).items()}
+        if over:
+            log.warning("auto: torch/fp32 left out, it differs from ONNX Runtime beyond tolerance: %s", over)
+            excluded["torch/fp32"] = f"beyond tolerance {tolerance}: {over}"
+        else:
+            runners["torch/fp32"] = (torch.detector, torch.attributes)
+    with _torch_threads(threads if "torch/fp32" in runners else 0):
+        samples = _interleaved(runners, _first_rows(detector_batches, 1), _first_rows(attribute_batches, 8), rounds,
+                               budget_s)
     names = list(runners)
-    samples: dict[str, dict[str, list[float]]] = {n: {"detector_b1": [], "attributes_b8": []} for n in names}
-    for name in names:  # warm-up: first calls allocate
-        detector, attributes = runners[name]
-        detector.detect(pixels)
-        attributes.classify(crops)
-    for round_index in range(rounds):
-        for k in range(len(names)):
-            name = names[(round_index + k) % len(names)]
-            detector, attributes = runners[name]
-            samples[name]["detector_b1"].append(_time_ms(functools.partial(detector.detect, pixels)))
-            samples[name]["attributes_b8"].append(_time_ms(functools.partial(attributes.classify, crops)))
     timings = {name: {part: round(statistics.median(values), 3) for part, values in parts.items()}
                for name, parts in samples.items()}
     for parts in timings.values():
@@ -324,10 +352,49 @@ def choose_cpu_runtime(detector_onnx: Path, attributes_onnx: Path, detector_batc
     runtime, precision = chosen.split("/")
     log.info("auto: %s chosen on %s (%s)", chosen, host_cpu().model,
              ", ".join(f"{n} {t['total']:.2f} ms" for n, t in timings.items()))
-    record = {"chosen": chosen, "timings_ms": timings, "excluded": excluded, "rounds": rounds, "threads": threads,
+    record = {"chosen": chosen, "timings_ms": timings, "excluded": excluded,
+              "rounds": len(samples[chosen]["detector_b1"]), "threads": threads,
               "measured": "median of interleaved rounds: detector batch 1 + attributes batch 8",
               "cpu": host_cpu().as_dict()}
     return CpuChoice(runtime, precision, reports, record)
+
+
+def _interleaved(runners: dict[str, tuple[Any, Any]], pixels: U8, crops: U8, rounds: int,
+                 budget_s: float = TIMING_BUDGET_S) -> dict[str, dict[str, list[float]]]:
+    """Each runner's times (ms) per round, the runners in a rotating order, after a warm-up call each; past
+    ``budget_s`` no round starts once :data:`MIN_TIMING_ROUNDS` are done."""
+    started = time.perf_counter()
+    names = list(runners)
+    samples: dict[str, dict[str, list[float]]] = {n: {"detector_b1": [], "attributes_b8": []} for n in names}
+    for name in names:  # warm-up: first calls allocate
+        detector, attributes = runners[name]
+        detector.detect(pixels)
+        attributes.classify(crops)
+    for round_index in range(rounds):
+        if round_index >= MIN_TIMING_ROUNDS and time.perf_counter() - started > budget_s:
+            break
+        for k in range(len(names)):
+            name = names[(round_index + k) % len(names)]
+            detector, attributes = runners[name]
+            samples[name]["detector_b1"].append(_time_ms(functools.partial(detector.detect, pixels)))
+            samples[name]["attributes_b8"].append(_time_ms(functools.partial(attributes.classify, crops)))
+    return samples
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """PyTorch's intra-op pool at ``threads`` (as a served instance's), restored after; 0: untouched."""
+    if not threads:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _first_rows(batches: Sequence[U8], rows: int) -> U8:

@@ -35,6 +35,7 @@ from fashionbox.models.nms import NmsSettings
 if TYPE_CHECKING:
     from fashionbox.core.postprocessing import DetectorOutput
     from fashionbox.core.serving import DetectorRunner
+    from fashionbox.models.torch_runtime import TorchAttributes
 
 __all__ = [
     "ComparisonReport",
@@ -201,8 +202,12 @@ class ComparisonReport:
     max_abs_error: dict[str, float]
     samples: int
 
+    def over(self, tolerance: dict[str, float]) -> dict[str, float]:
+        """The outputs whose difference exceeds ``tolerance`` (a key it lacks allows none)."""
+        return {k: v for k, v in self.max_abs_error.items() if v > tolerance.get(k, 0.0)}
+
     def raise_if_over(self, tolerance: dict[str, float]) -> None:
-        over = {k: v for k, v in self.max_abs_error.items() if v > tolerance.get(k, 0.0)}
+        over = self.over(tolerance)
         if over:
             raise ExportError(f"{self.model}: ONNX Runtime differs from PyTorch beyond tolerance: {over} "
                               f"(tolerance {tolerance})")
@@ -304,7 +309,8 @@ def mask_logits_error(ours: DetectorOutput, theirs: DetectorOutput, pairs: Seque
 def compare_torch_runners(torch_detector: DetectorRunner, detector_onnx: Path, attributes_weights: Path,
                           attributes_onnx: Path, detector_batches: Sequence[npt.NDArray[np.uint8]],
                           attribute_batches: Sequence[npt.NDArray[np.uint8]], *,
-                          max_detections: int, num_attribute_labels: int) -> list[ComparisonReport]:
+                          max_detections: int, num_attribute_labels: int,
+                          torch_heads: TorchAttributes | None = None) -> list[ComparisonReport]:
     """The torch runtime's runners (on the CPU, FP32) against the ONNX graphs, answer for answer.
 
     ``torch_detector`` is the runtime's detector runner (:class:`fashionbox.models.torch_runtime.TorchDetector`
@@ -335,8 +341,9 @@ def compare_torch_runners(torch_detector: DetectorRunner, detector_onnx: Path, a
                     errors["mask_logits"] = max(errors["mask_logits"],
                                                 mask_logits_error(ours, theirs, [(i, i) for i in range(len(ours))]))
         samples += len(batch)
-    torch_heads = TorchAttributes(attributes_weights, device="cpu", precision="fp32",
-                                  num_attribute_labels=num_attribute_labels)
+    if torch_heads is None:  # else the caller's runner of ``attributes_weights``
+        torch_heads = TorchAttributes(attributes_weights, device="cpu", precision="fp32",
+                                      num_attribute_labels=num_attribute_labels)
     onnx_heads = OnnxAttributes(attributes_onnx, OrtSettings(), num_attribute_labels=num_attribute_labels)
     worst = max(float(np.abs(torch_heads.classify(b) - onnx_heads.classify(b)).max()) for b in attribute_batches)
     head_errors = {"probs": worst}
