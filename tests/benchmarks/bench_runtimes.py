@@ -1,4 +1,4 @@
-"""Benchmark: the CPU runtimes (ONNX Runtime fp32, OpenVINO fp32, OpenVINO bf16) in one run on this host.
+"""Benchmark: the CPU runtimes (ONNX Runtime fp32, OpenVINO fp32 and bf16, PyTorch) in one run on this host.
 
     .venv/bin/python tests/benchmarks/bench_runtimes.py [--rounds 3] [--out tests/benchmarks/results/runtimes.json]
 
@@ -8,15 +8,19 @@ host"), so everything is measured in one run and written with the CPU's model an
 - **networks alone**: the default detector (batch 1 and 8, 320 px) and the attribute heads (batch 1
   and 8, 96 px crops), each runtime and precision, 1 and 2 threads; each round runs every
   combination once (``--calls`` calls, median), rounds interleaved, the median of rounds reported;
-- **served**: the default models converted with ``--runtime onnxruntime``, ``--runtime openvino`` and
-  (where the CPU has AMX or AVX512-BF16) ``--runtime openvino --precision bf16``, each on its own
+  the torch runtime's runners (``fashionbox.models.torch_runtime``: the network and its batched NMS
+  in PyTorch eager) are what ``--runtime torch`` serves on CPU instances;
+- **served**: the default models converted with ``--runtime onnxruntime``, ``--runtime openvino``,
+  ``--runtime torch`` and (where the CPU has AMX or AVX512-BF16) ``--runtime openvino --precision
+  bf16``, each on its own
   embedded Triton, driven over gRPC by the closed-loop load generator: p50/p99 at concurrency 1 and
   images/s at saturation (the best of the higher concurrencies); servers interleaved per round;
 - **cost**: the capacity planner's cost per million images per runtime (``fashionbox.loadtest.capacity``:
   the best point under ``--slo-p99-ms``, at ``--cost-per-hour``, S0's C5 CPU price by default);
 - **quality**: box mAP and attribute accuracy of the in-process pipeline per runtime on
   ``--quality-scenes`` held-out scenes (``fashionbox eval``'s default seed 7);
-- **auto**: what ``fashionbox convert --runtime auto --precision bf16`` chose here, with its timings.
+- **auto**: what ``fashionbox convert --runtime auto --precision bf16`` (fp32 where bf16 is refused)
+  chose here, with its timings: whether its quick timing picks the runtime that serves fastest.
 
 The machine is a shared 2-core VM: figures move with the neighbours' load (recorded as the load
 average), so only medians of interleaved rounds are compared.
@@ -55,10 +59,29 @@ def make_images(count: int) -> list[bytes]:
 def candidates() -> list[tuple[str, str]]:
     from fashionbox.core.openvino_runtime import host_cpu
 
-    found = [("onnxruntime", "fp32"), ("openvino", "fp32")]
+    found = [("onnxruntime", "fp32"), ("openvino", "fp32"), ("torch", "fp32")]
     if host_cpu().has_bf16:
         found.append(("openvino", "bf16"))
     return found
+
+
+class _TorchThreads:
+    """A torch runner whose calls run PyTorch's pool at ``threads`` (it is per process, not per runner)."""
+
+    def __init__(self, runner: Any, threads: int) -> None:
+        self.runner, self.threads = runner, threads
+
+    def detect(self, pixels: Any) -> Any:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        return self.runner.detect(pixels)
+
+    def classify(self, crops: Any) -> Any:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        return self.runner.classify(crops)
 
 
 def runners(repository: Path, runtime: str, precision: str, threads: int) -> tuple[Any, Any]:
@@ -71,6 +94,16 @@ def runners(repository: Path, runtime: str, precision: str, threads: int) -> tup
     attributes_onnx = repository / "attributes" / "1" / "model.onnx"
     settings = OrtSettings(intra_op_threads=threads)
     a = labels.num_attribute_labels
+    if runtime == "torch":  # a --runtime torch repository's checkpoints, at its NMS settings
+        from fashionbox.core.serving import RuntimeSettings
+        from fashionbox.models.torch_runtime import TorchAttributes, TorchDetector
+
+        nms = json.loads((repository / "manifest.json").read_text())["export"]["nms"]
+        runtime_settings = RuntimeSettings(score_threshold=nms["score_threshold"], iou_threshold=nms["iou_threshold"])
+        return (_TorchThreads(TorchDetector.from_settings(repository / "detector" / "1" / "model.safetensors",
+                                                          runtime_settings, device="cpu", max_detections=50), threads),
+                _TorchThreads(TorchAttributes(repository / "attributes" / "1" / "model.safetensors", device="cpu",
+                                              precision="fp32", num_attribute_labels=a), threads))
     if runtime == "onnxruntime":
         return (OnnxDetector(detector_onnx, settings, max_detections=50),
                 OnnxAttributes(attributes_onnx, settings, num_attribute_labels=a))
@@ -87,18 +120,19 @@ def _median_ms(call: Callable[[], object], calls: int) -> float:
     return 1000 * statistics.median(seconds)
 
 
-def networks(repository: Path, rounds: int, calls: int) -> dict[str, Any]:
+def networks(repositories: dict[str, Path], rounds: int, calls: int) -> dict[str, Any]:
     """Median-of-rounds ms per call for every runtime x precision x threads x network x batch."""
     from fashionbox.contract.labels import LabelMap
     from fashionbox.core.imaging import crop_garments
     from fashionbox.training.data import render_sample
 
-    labels = LabelMap.load(repository / "labels.json")
+    labels = LabelMap.load(repositories["onnxruntime/fp32"] / "labels.json")
     scenes = [render_sample(91_000 + i, 320, labels) for i in range(8)]
     pixels = np.stack([s.pixels for s in scenes])
     crops = np.concatenate([crop_garments(s.pixels, s.boxes, 96) for s in scenes])[:8]
     inputs = {1: (pixels[:1], crops[:1]), 8: (pixels, crops)}
-    loaded = {(runtime, precision, threads): runners(repository, runtime, precision, threads)
+    loaded = {(runtime, precision, threads):
+              runners(repositories[f"{runtime}/{precision}"], runtime, precision, threads)
               for runtime, precision in candidates() for threads in (1, 2)}
     for detector, heads in loaded.values():  # warm-up: first calls allocate
         for batch_pixels, batch_crops in inputs.values():
@@ -121,7 +155,7 @@ def networks(repository: Path, rounds: int, calls: int) -> dict[str, Any]:
             "rounds_ms": {k: [round(x, 3) for x in v] for k, v in samples.items()}}
 
 
-def quality(repository: Path, scenes: int) -> dict[str, Any]:
+def quality(repositories: dict[str, Path], scenes: int) -> dict[str, Any]:
     """Box mAP and pooled attribute accuracy of the whole in-process pipeline per runtime."""
     from fashionbox.commands.evaluation import (
         attribute_accuracy,
@@ -132,10 +166,10 @@ def quality(repository: Path, scenes: int) -> dict[str, Any]:
     from fashionbox.models.pipeline import InProcessPipeline
 
     samples = heldout_samples(scenes, seed=7)
-    reference = InProcessPipeline.from_repository(repository)
+    reference = InProcessPipeline.from_repository(repositories["onnxruntime/fp32"])
     out: dict[str, Any] = {"scenes": scenes, "seed": 7}
     for runtime, precision in candidates():
-        detector, heads = runners(repository, runtime, precision, 1)
+        detector, heads = runners(repositories[f"{runtime}/{precision}"], runtime, precision, 1)
         pipeline = InProcessPipeline(detector.detect, heads.classify, reference.label_map, reference.input_size,
                                      reference.crop_size)
         predictions = []
@@ -236,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         auto = convert(ConvertOptions(out=Path(tmp) / "auto", runtime="auto",
                                       precision="bf16" if host_cpu().has_bf16 else None))
         print(f"auto chose {auto.manifest['cpu_runtime']['chosen']}", flush=True)
-        network_figures = networks(repositories["onnxruntime/fp32"], args.rounds, args.calls)
-        quality_figures = quality(repositories["onnxruntime/fp32"], args.quality_scenes)
+        network_figures = networks(repositories, args.rounds, args.calls)
+        quality_figures = quality(repositories, args.quality_scenes)
         served_figures = served(repositories, make_images(args.images), args.rounds, args.duration_s, levels,
                                 args.slo_p99_ms, args.cost_per_hour, Path(tmp) / "logs")
     write_report(args.out, __file__, argv, {
@@ -250,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         "auto": auto.manifest["cpu_runtime"],
         "convert_s": convert_s,
         "wall_s": round(time.time() - started, 1),
-    }, machine_info=machine(openvino=_version("openvino"), onnxruntime=_version("onnxruntime")))
+    }, machine_info=machine(openvino=_version("openvino"), onnxruntime=_version("onnxruntime"),
+                            torch=_version("torch")))
     print(json.dumps({"served": served_figures["summary"], "quality": quality_figures,
                       "networks": network_figures["median_ms"]}, indent=2))
     return 0
