@@ -32,11 +32,13 @@ from fashionbox.contract.labels import default_label_map
 from fashionbox.converter import ConvertError, ConvertOptions, _comparison_inputs, convert, resolve_spec
 from fashionbox.converter.cpu_runtimes import (
     BF16_TOLERANCE,
+    MARGIN,
     MIN_TIMING_ROUNDS,
     TorchCandidate,
     check_openvino,
     choose_cpu_runtime,
     compare_runners,
+    pick,
 )
 from fashionbox.converter.export import ComparisonReport, compare_torch_runners
 from fashionbox.converter.repository import RepositorySettings, model_configs
@@ -390,10 +392,23 @@ def test_auto_times_both_runtimes_and_records_the_choice_with_the_cpu(
 
     expected = {"onnxruntime/fp32", "openvino/fp32"} | ({"openvino/bf16"} if BF16_HERE else set())
     assert set(timings) == expected
-    assert choice.record["chosen"] == min(timings, key=lambda name: timings[name]["total"])
+    assert choice.record["chosen"] == pick(timings) and choice.record["fastest"] == min(
+        timings, key=lambda name: timings[name]["total"])
     assert choice.record["chosen"] == f"{choice.runtime}/{choice.precision}"
     assert all(t["detector_b1"] > 0 and t["attributes_b8"] > 0 for t in timings.values())
     assert choice.record["cpu"]["model"] == host_cpu().model and "isa_flags" in choice.record["cpu"]
+
+
+def test_auto_keeps_onnx_runtime_unless_another_runtime_beats_it_by_the_margin() -> None:
+    def timed(**totals: float) -> dict[str, dict[str, float]]:
+        return {name.replace("_", "/"): {"total": total} for name, total in totals.items()}
+
+    assert MARGIN == 0.10
+    assert pick(timed(onnxruntime_fp32=100.0, openvino_fp32=91.0, torch_fp32=95.0)) == "onnxruntime/fp32"
+    assert pick(timed(onnxruntime_fp32=100.0, openvino_fp32=89.0, torch_fp32=95.0)) == "openvino/fp32"
+    assert pick(timed(onnxruntime_fp32=100.0, openvino_bf16=60.0, openvino_fp32=89.0)) == "openvino/bf16"
+    assert pick(timed(onnxruntime_fp32=80.0, openvino_fp32=100.0)) == "onnxruntime/fp32"
+    assert pick(timed(onnxruntime_fp32=100.0, torch_fp32=91.0), margin=0.0) == "torch/fp32"
 
 
 def test_auto_leaves_out_openvino_when_it_is_not_installed_and_says_why(
@@ -440,7 +455,7 @@ def test_auto_times_the_torch_runtime_at_the_instances_threads_within_its_time_b
 
     assert set(timings) == {"onnxruntime/fp32", "openvino/fp32", "torch/fp32"}
     assert timings["torch/fp32"]["detector_b1"] > 0 and timings["torch/fp32"]["attributes_b8"] > 0
-    assert choice.record["chosen"] == min(timings, key=lambda name: timings[name]["total"])
+    assert choice.record["chosen"] == pick(timings)
     assert [r.model for r in choice.reports if r.model.startswith("torch")] == ["torch detector", "torch attributes"]
     assert torch.get_num_threads() == threads_before  # set to the instances' 1 while timing, then restored
     assert choice.record["rounds"] == MIN_TIMING_ROUNDS  # past its time budget, auto stops at the minimum

@@ -244,6 +244,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         timings = chosen.get("timings_ms", {})
         print(f"runtime: {chosen['chosen']}" + (" (measured: " + ", ".join(
             f"{name} {t['total']:.2f} ms" for name, t in timings.items()) + ")" if timings else ""))
+        if chosen.get("fastest", chosen["chosen"]) != chosen["chosen"]:
+            print(f"  {chosen['fastest']} measured faster by less than {chosen['margin']:.0%}: "
+                  f"{chosen['chosen']} kept (the probe cannot tell them apart)")
         for name, why in chosen.get("excluded", {}).items():
             print(f"  not a candidate: {name}: {why}")
     return 0
