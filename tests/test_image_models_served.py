@@ -269,7 +269,40 @@ def test_an_auto_pick_of_the_torch_runtime_writes_the_repository_runtime_torch_w
     assert {key: manifest[key] for key in ("export", "layout", "image_models")} == \
         {key: expected[key] for key in ("export", "layout", "image_models")}
     assert manifest["cpu_runtime"]["chosen"] == "torch/fp32" and "cpu_runtime" not in expected
-    assert set(manifest["cpu_runtime"]["timings_ms"]) == {"onnxruntime/fp32", "openvino/fp32", "torch/fp32"}
+    timings = manifest["cpu_runtime"]["timings_ms"]
+    assert set(timings) == {"onnxruntime/fp32", "openvino/fp32", "torch/fp32"}
+    # a pick moves the families too, so every candidate ran them, as served per photo, checked first
+    for parts in timings.values():
+        assert set(parts) == {"detector_b1", "attributes_b8", "classifier_b1", "embedder_b9", "total"}
+    comparison = manifest["comparison"]
+    for candidate in ("openvino fp32", "torch fp32"):
+        assert comparison[f"{candidate} classifier"]["probs"] <= comparison["tolerance"]["probs"]
+        assert comparison[f"{candidate} embedder"]["embeddings"] <= comparison["tolerance"]["embeddings"]
+
+
+def test_auto_leaves_out_a_runtime_whose_image_level_networks_differ(repository: Path) -> None:
+    """The families' graphs are checked per candidate before they are timed (here a tolerance no runtime meets)."""
+    from fashionbox.contract.labels import LabelMap
+    from fashionbox.converter import _comparison_inputs
+    from fashionbox.converter.cpu_runtimes import BranchProbe, choose_cpu_runtime
+
+    manifest = json.loads((repository / contract.MANIFEST_FILE).read_text())
+    embedder = manifest["image_models"]["embedder"]
+    probe = BranchProbe("embedder", repository / contract.EMBEDDER_MODEL / "1" / "model.onnx",
+                        contract.ONNX_EMBEDDER_OUTPUT, embedder["size"], embedder["view"]["height"],
+                        embedder["view"]["width"])
+    labels = LabelMap.load(repository / "labels.json")
+    tolerance = {**ConvertOptions(out=Path("unused")).tolerance, "embeddings": -1.0}
+    choice = choose_cpu_runtime(repository / contract.DETECTOR_MODEL / "1" / "model.onnx",
+                                repository / contract.ATTRIBUTES_MODEL / "1" / "model.onnx",
+                                *_comparison_inputs(320, 96, 2, labels), allow_bf16=False, tolerance=tolerance,
+                                max_detections=manifest["export"]["nms"]["max_detections"],
+                                num_attribute_labels=labels.num_attribute_labels, rounds=1, branches=[probe])
+
+    assert "embedder: embeddings" in choice.record["excluded"]["openvino/fp32"]
+    assert set(choice.record["timings_ms"]) == {"onnxruntime/fp32"} and choice.runtime == "onnxruntime"
+    assert "embedder_b9" in choice.record["timings_ms"]["onnxruntime/fp32"]
+    assert choice.record["measured"].endswith("+ embedder batch 9")
 
 
 @pytest.mark.cuda

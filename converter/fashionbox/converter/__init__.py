@@ -35,7 +35,7 @@ from fashionbox.contract.labels import LabelMap
 from fashionbox.converter.errors import ConvertError
 
 if TYPE_CHECKING:
-    from fashionbox.converter.cpu_runtimes import CpuChoice, TorchCandidate
+    from fashionbox.converter.cpu_runtimes import BranchProbe, CpuChoice, TorchCandidate
     from fashionbox.converter.repository import RepositorySettings
     from fashionbox.converter.tensorrt import EngineOptions
     from fashionbox.models.nms import NmsSettings
@@ -464,6 +464,7 @@ def family_nms(family: Family, options: ConvertOptions, detector: Any = None) ->
 def _cpu_runtime(options: ConvertOptions, detector_onnx: Path, attributes_onnx: Path,
                  det_batches: list[npt.NDArray[np.uint8]], attr_batches: list[npt.NDArray[np.uint8]], *,
                  max_detections: int, num_attribute_labels: int, threads: int, torch: TorchCandidate | None = None,
+                 branches: list[BranchProbe] | None = None,
                  not_candidates: dict[str, str] | None = None) -> CpuChoice | None:
     """Target cpu: ``auto``'s measured choice (``torch``: the torch runtime a candidate too), or OpenVINO's
     check when asked for; ``None`` otherwise."""
@@ -476,7 +477,8 @@ def _cpu_runtime(options: ConvertOptions, detector_onnx: Path, attributes_onnx: 
         return choose_cpu_runtime(detector_onnx, attributes_onnx, det_batches, attr_batches,
                                   allow_bf16=options.precision == "bf16", tolerance=options.tolerance,
                                   max_detections=max_detections, num_attribute_labels=num_attribute_labels,
-                                  threads=threads, torch=torch, not_candidates=not_candidates)
+                                  threads=threads, torch=torch, branches=branches or [],
+                                  not_candidates=not_candidates)
     if options.runtime != "openvino":
         return None
     precision = options.precision or "fp32"
@@ -549,6 +551,14 @@ def _branch_model(kind: str) -> str:
     return contract.CLASSIFIER_MODEL if kind == "classifier" else contract.EMBEDDER_MODEL
 
 
+def _branch_torch_folder(model: Any, kind: str, tmp: Path) -> Path:
+    """The torch runtime's folder of an image-level family (:func:`_torch_files`), written once."""
+    from fashionbox.models.torch_runtime import BRANCH_FILE
+
+    folder = tmp / kind / "transformers"
+    return folder if (folder / BRANCH_FILE).is_file() else _torch_files(model, folder)
+
+
 def _branch_torch_files(models: dict[str, Any], tmp: Path) -> dict[str, Path]:
     """The torch runtime's files of the image-level families (repository path -> file): its runner
     rebuilds each graph from the transformers files."""
@@ -557,7 +567,22 @@ def _branch_torch_files(models: dict[str, Any], tmp: Path) -> dict[str, Path]:
 
     return {f"{_branch_model(kind)}/{MODEL_VERSION}/{TORCH_FOLDER}/{path.name}": path
             for kind, model in models.items()
-            for path in sorted(_torch_files(model, tmp / kind / "transformers").iterdir())}
+            for path in sorted(_branch_torch_folder(model, kind, tmp).iterdir())}
+
+
+def _branch_probes(models: dict[str, Any], branches: _Branches, settings: RepositorySettings, tmp: Path, *,
+                   torch: bool) -> list[BranchProbe]:
+    """The image-level families in ``auto``'s probe (``torch``: with their folders for the torch candidate)."""
+    from fashionbox.converter.cpu_runtimes import BranchProbe
+
+    probes = []
+    for kind, model in models.items():
+        branch = settings.classifier if kind == "classifier" else settings.embedder
+        assert branch is not None  # set from the same export
+        output = contract.ONNX_CLASSIFIER_OUTPUT if kind == "classifier" else contract.ONNX_EMBEDDER_OUTPUT
+        probes.append(BranchProbe(kind, branches.onnx[_branch_model(kind)], output, branch.size, branch.height,
+                                  branch.width, torch_folder=_branch_torch_folder(model, kind, tmp) if torch else None))
+    return probes
 
 
 def _torch_files(model: Any, folder: Path) -> Path:
@@ -784,7 +809,9 @@ def convert(options: ConvertOptions) -> ConvertResult:
         cpu_runtime = _cpu_runtime(options, detector_onnx, attributes_onnx, det_batches, attr_batches,
                                    max_detections=max_detections, num_attribute_labels=label_map.num_attribute_labels,
                                    threads=settings.ort.intra_op_threads,
-                                   torch=torch_runners if measure_cpu else None, not_candidates=not_candidates)
+                                   torch=torch_runners if measure_cpu else None, not_candidates=not_candidates,
+                                   branches=_branch_probes(image_models, branches, settings, Path(tmp),
+                                                           torch=torch_runners is not None) if measure_cpu else [])
         if cpu_runtime is not None:
             runtime = cpu_runtime.runtime
             reports += cpu_runtime.reports

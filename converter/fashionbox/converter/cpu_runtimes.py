@@ -47,12 +47,13 @@ from fashionbox.core.openvino_runtime import (
     OpenVinoAttributes,
     OpenVinoDetector,
     OpenVinoError,
+    OpenVinoImageBranch,
     check_precision,
     host_cpu,
     import_openvino,
 )
 from fashionbox.core.postprocessing import DetectorOutput
-from fashionbox.core.serving import OnnxAttributes, OnnxDetector, OrtSettings
+from fashionbox.core.serving import OnnxAttributes, OnnxDetector, OnnxImageBranch, OrtSettings
 
 __all__ = [
     "BF16_TOLERANCE",
@@ -60,6 +61,7 @@ __all__ = [
     "MIN_TIMING_ROUNDS",
     "TIMING_BUDGET_S",
     "TIMING_ROUNDS",
+    "BranchProbe",
     "CpuChoice",
     "TorchCandidate",
     "check_bf16_host",
@@ -289,6 +291,48 @@ class TorchCandidate:
 
 
 @dataclass(frozen=True)
+class BranchProbe:
+    """An image-level network served beside the detector (``--classifier``, ``--embedder``) in ``auto``'s
+    probe: each candidate runs it too (its ONNX graph, or for the torch runtime its transformers folder),
+    checked against ONNX Runtime and timed as served per photo: a classifier on the photo (batch 1), an
+    embedder on 8 garments and the photo (batch 9, one call as ``postprocess`` makes it)."""
+
+    kind: str
+    """``classifier`` or ``embedder``."""
+    onnx: Path
+    output: str
+    size: int
+    height: int
+    width: int
+    torch_folder: Path | None = None
+    """What :class:`fashionbox.models.torch_runtime.TorchImageBranch` loads (the torch candidate only)."""
+
+    @property
+    def batch(self) -> int:
+        return 1 if self.kind == "classifier" else 9
+
+    @property
+    def key(self) -> str:
+        """Its comparison key: the converter's tolerance for the classifier's probabilities or the vectors."""
+        return "probs" if self.kind == "classifier" else "embeddings"
+
+    def runner(self, runtime: str, precision: str, threads: int) -> Any:
+        settings = OrtSettings(intra_op_threads=threads)
+        if runtime == "torch":
+            from fashionbox.models.torch_runtime import TorchImageBranch
+
+            if self.torch_folder is None:
+                raise ConvertError(f"the {self.kind}'s transformers folder is needed for the torch runtime")
+            return TorchImageBranch(self.torch_folder, device="cpu", precision="fp32", size=self.size)
+        if runtime == "openvino":
+            return OpenVinoImageBranch(self.onnx, settings, output=self.output, size=self.size, precision=precision)
+        return OnnxImageBranch(self.onnx, settings, output=self.output, size=self.size)
+
+    def images(self) -> U8:
+        return np.random.default_rng(5).integers(0, 256, (self.batch, self.height, self.width, 3), dtype=np.uint8)
+
+
+@dataclass(frozen=True)
 class CpuChoice:
     """``auto``'s pick on this host, and the record of why (the manifest's ``cpu_runtime``)."""
 
@@ -308,11 +352,13 @@ def choose_cpu_runtime(detector_onnx: Path, attributes_onnx: Path, detector_batc
                        attribute_batches: Sequence[U8], *, allow_bf16: bool, tolerance: dict[str, float],
                        max_detections: int, num_attribute_labels: int, threads: int = 1,
                        rounds: int = TIMING_ROUNDS, budget_s: float = TIMING_BUDGET_S,
-                       torch: TorchCandidate | None = None,
+                       torch: TorchCandidate | None = None, branches: Sequence[BranchProbe] = (),
                        not_candidates: dict[str, str] | None = None) -> CpuChoice:
     """Time ONNX Runtime fp32, OpenVINO fp32, (``allow_bf16``) OpenVINO bf16 and (``torch``) the torch
     runtime; the fastest that passed (:func:`pick`: ONNX Runtime unless another beats it by :data:`MARGIN`).
 
+    ``branches``: the image-level networks the repository serves, run by every candidate too
+    (:class:`BranchProbe`): checked and timed with the rest, since a pick moves them as well.
     A candidate that fails its check, or OpenVINO when it is not installed, is left out and the
     reason recorded, as are ``not_candidates`` (``runtime/precision`` -> why this repository could not
     serve it). Each round runs every candidate once (a detector batch of 1 and an attribute batch of
@@ -352,13 +398,20 @@ def choose_cpu_runtime(detector_onnx: Path, attributes_onnx: Path, detector_batc
         else:
             runners["torch/fp32"] = (torch.detector, torch.attributes)
     with _torch_threads(threads if "torch/fp32" in runners else 0):
-        samples = _interleaved(runners, _first_rows(detector_batches, 1), _first_rows(attribute_batches, 8), rounds,
-                               budget_s)
+        branch_runners = _branch_runners(branches, runners, threads, tolerance, excluded, reports)
+        pixels, crops = _first_rows(detector_batches, 1), _first_rows(attribute_batches, 8)
+        calls: dict[str, dict[str, Callable[[], object]]] = {
+            name: {"detector_b1": functools.partial(detector.detect, pixels),
+                   "attributes_b8": functools.partial(attributes.classify, crops),
+                   **{f"{probe.kind}_b{probe.batch}": functools.partial(branch_runners[name][probe.kind].run,
+                                                                         probe.images()) for probe in branches}}
+            for name, (detector, attributes) in runners.items()}
+        samples = _interleaved(calls, rounds, budget_s)
     names = list(runners)
     timings = {name: {part: round(statistics.median(values), 3) for part, values in parts.items()}
                for name, parts in samples.items()}
     for parts in timings.values():
-        parts["total"] = round(parts["detector_b1"] + parts["attributes_b8"], 3)
+        parts["total"] = round(sum(parts.values()), 3)
     chosen, fastest = pick(timings), min(names, key=lambda n: timings[n]["total"])
     runtime, precision = chosen.split("/")
     log.info("auto: %s chosen on %s (%s)%s", chosen, host_cpu().model,
@@ -367,7 +420,8 @@ def choose_cpu_runtime(detector_onnx: Path, attributes_onnx: Path, detector_batc
     record = {"chosen": chosen, "fastest": fastest, "margin": MARGIN,
               "timings_ms": timings, "excluded": excluded,
               "rounds": len(samples[chosen]["detector_b1"]), "threads": threads,
-              "measured": "median of interleaved rounds: detector batch 1 + attributes batch 8",
+              "measured": "median of interleaved rounds: detector batch 1 + attributes batch 8"
+                          + "".join(f" + {probe.kind} batch {probe.batch}" for probe in branches),
               "cpu": host_cpu().as_dict()}
     return CpuChoice(runtime, precision, reports, record)
 
@@ -380,26 +434,51 @@ def pick(timings: dict[str, dict[str, float]], margin: float = MARGIN) -> str:
     return fastest
 
 
-def _interleaved(runners: dict[str, tuple[Any, Any]], pixels: U8, crops: U8, rounds: int,
+def _interleaved(calls: dict[str, dict[str, Callable[[], object]]], rounds: int,
                  budget_s: float = TIMING_BUDGET_S) -> dict[str, dict[str, list[float]]]:
-    """Each runner's times (ms) per round, the runners in a rotating order, after a warm-up call each; past
-    ``budget_s`` no round starts once :data:`MIN_TIMING_ROUNDS` are done."""
+    """Each candidate's times (ms) per part and round, the candidates in a rotating order, after a warm-up
+    call each; past ``budget_s`` no round starts once :data:`MIN_TIMING_ROUNDS` are done."""
     started = time.perf_counter()
-    names = list(runners)
-    samples: dict[str, dict[str, list[float]]] = {n: {"detector_b1": [], "attributes_b8": []} for n in names}
-    for name in names:  # warm-up: first calls allocate
-        detector, attributes = runners[name]
-        detector.detect(pixels)
-        attributes.classify(crops)
+    names = list(calls)
+    samples: dict[str, dict[str, list[float]]] = {n: {part: [] for part in calls[n]} for n in names}
+    for parts in calls.values():  # warm-up: first calls allocate
+        for call in parts.values():
+            call()
     for round_index in range(rounds):
         if round_index >= MIN_TIMING_ROUNDS and time.perf_counter() - started > budget_s:
             break
         for k in range(len(names)):
             name = names[(round_index + k) % len(names)]
-            detector, attributes = runners[name]
-            samples[name]["detector_b1"].append(_time_ms(functools.partial(detector.detect, pixels)))
-            samples[name]["attributes_b8"].append(_time_ms(functools.partial(attributes.classify, crops)))
+            for part, call in calls[name].items():
+                samples[name][part].append(_time_ms(call))
     return samples
+
+
+def _branch_runners(branches: Sequence[BranchProbe], runners: dict[str, tuple[Any, Any]], threads: int,
+                    tolerance: dict[str, float], excluded: dict[str, str],
+                    reports: list[ComparisonReport]) -> dict[str, dict[str, Any]]:
+    """Each candidate's runners of the image-level networks, checked against ONNX Runtime's on the probe's
+    images; a candidate whose branch differs beyond tolerance (fp32; bf16's recorded) leaves ``runners``
+    for ``excluded``, its reports added to ``reports``."""
+    out: dict[str, dict[str, Any]] = {name: {} for name in runners}
+    if not branches:
+        return out
+    out[REFERENCE] = {probe.kind: probe.runner("onnxruntime", "fp32", threads) for probe in branches}
+    expected = {probe.kind: out[REFERENCE][probe.kind].run(probe.images()) for probe in branches}
+    for name in [n for n in runners if n != REFERENCE]:
+        runtime, precision = name.split("/")
+        over: dict[str, float] = {}
+        for probe in branches:
+            runner = out[name][probe.kind] = probe.runner(runtime, precision, threads)
+            error = float(np.abs(runner.run(probe.images()) - expected[probe.kind]).max())
+            reports.append(ComparisonReport(f"{runtime} {precision} {probe.kind}", {probe.key: error}, probe.batch))
+            if precision == "fp32" and error > tolerance.get(probe.key, 0.0):
+                over[f"{probe.kind}: {probe.key}"] = error
+        if over:
+            log.warning("auto: %s left out, its image-level networks differ from ONNX Runtime: %s", name, over)
+            excluded[name] = f"beyond tolerance {tolerance}: {over}"
+            del runners[name], out[name]
+    return out
 
 
 @contextlib.contextmanager
