@@ -1,6 +1,6 @@
 """Benchmark: what ``fashionbox convert --runtime auto`` costs a conversion, and what its probe measured.
 
-    .venv/bin/python tests/benchmarks/bench_auto_cost.py [--family default|owlvit] [--rounds 2]
+    .venv/bin/python tests/benchmarks/bench_auto_cost.py [--family default|owlvit|clip] [--rounds 2]
         [--out tests/benchmarks/results/auto_cost_FAMILY.json]
 
 ``auto`` (the default runtime on target cpu) checks every candidate against ONNX Runtime on the
@@ -14,9 +14,12 @@ interleaved rounds: ``fashionbox.converter.cpu_runtimes``), so it costs conversi
 - ``auto-without-torch``: the same with the torch runtime left out (what ``auto`` was before it
   weighed torch), for the torch candidate's own share.
 
-Families: the shipped default models, or ``owlvit``: an OWL-ViT B/32-sized random model (768 px,
+Families: the shipped default models; ``owlvit``: an OWL-ViT B/32-sized random model (768 px,
 ``bench_owl.save_base_sized``), the square letterbox where the torch runtime is a candidate, its
-comparison recorded, not enforced (random weights), two comparison scenes (as ``bench_owl``).
+comparison recorded, not enforced (random weights), two comparison scenes (as ``bench_owl``); or
+``clip``: the default models with a ViT-B/32-sized random CLIP embedder (``--embedder``,
+``bench_image_level.vit_b32_clip``), which every candidate runs in the probe on 8 garments and the
+photo (batch 9).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ VARIANTS = ("onnxruntime", "auto", "auto-without-torch")
 def _options(family: str, folder: Path | None) -> dict[str, Any]:
     if family == "default":
         return {}
+    if family == "clip":
+        return {"embedder": f"hf:{folder}"}
     from bench_detr import recorded_not_enforced
 
     return {"detector": f"hf:{folder}", "compare_samples": 2, "tolerance": recorded_not_enforced()}
@@ -67,7 +72,7 @@ def _convert(variant: str, out: Path, options: dict[str, Any]) -> tuple[float, d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=["default", "owlvit"], default="default")
+    parser.add_argument("--family", choices=["default", "owlvit", "clip"], default="default")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -82,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench_owl import save_base_sized
 
             folder = save_base_sized(Path(tmp) / "owlvit", "owlvit")
+        elif args.family == "clip":
+            from bench_image_level import vit_b32_clip
+
+            folder = vit_b32_clip(Path(tmp) / "clip")
         options = _options(args.family, folder)
         for round_index in range(args.rounds):
             for k in range(len(VARIANTS)):
