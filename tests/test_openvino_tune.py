@@ -16,7 +16,13 @@ import pytest
 
 from fashionbox import contract
 from fashionbox.contract.labels import default_label_map
-from fashionbox.converter.repository import CONFIG_FILE, RepositorySettings, model_configs, write_model_config
+from fashionbox.converter.repository import (
+    CONFIG_FILE,
+    ImageBranch,
+    RepositorySettings,
+    model_configs,
+    write_model_config,
+)
 from fashionbox.core.serving import RuntimeSettings
 from fashionbox.loadtest.errors import LoadTestConfigError
 from fashionbox.loadtest.tune import (
@@ -29,6 +35,7 @@ from fashionbox.loadtest.tune import (
     apply_runtime,
     choose_runtime,
     read_configs,
+    runtime_models,
     runtime_of,
     write_back,
 )
@@ -61,6 +68,23 @@ def test_switching_the_runtime_rewrites_only_the_network_models_parameters() -> 
         assert dict(switched[name].parameters) == dict(converted[name].parameters)
     assert apply_runtime(switched, "onnxruntime/fp32")[contract.DETECTOR_MODEL].parameters["runtime"].string_value \
         == "onnxruntime"
+
+
+def test_the_image_level_networks_switch_with_the_others() -> None:
+    """A classifier and an embedder run in the repository's runtime, as the converter writes them."""
+    branches = {"classifier": ImageBranch(name="hf:c", view="{}", height=32, width=32, size=3, labels=("a", "b", "c")),
+                "embedder": ImageBranch(name="hf:e", view="{}", height=32, width=32, size=8)}
+    configs = model_configs(RepositorySettings(**branches), LABELS)  # type: ignore[arg-type]
+    converted = model_configs(RepositorySettings(runtime=RuntimeSettings(runtime="openvino", precision="fp32"),
+                                                 **branches), LABELS)  # type: ignore[arg-type]
+
+    assert runtime_models(configs) == (contract.DETECTOR_MODEL, contract.ATTRIBUTES_MODEL, contract.CLASSIFIER_MODEL,
+                                       contract.EMBEDDER_MODEL)
+    switched = apply_runtime(configs, "openvino/fp32")
+    for name in (contract.CLASSIFIER_MODEL, contract.EMBEDDER_MODEL):
+        assert dict(switched[name].parameters) == dict(converted[name].parameters), name
+        back = apply_runtime(switched, "onnxruntime/fp32")[name].parameters
+        assert (back["runtime"].string_value, back["precision"].string_value) == ("onnxruntime", "fp32")
 
 
 def test_repositories_whose_networks_are_not_onnx_python_models_are_refused() -> None:

@@ -24,8 +24,9 @@ Candidates above the host's cores are left out (the tuning server runs here)::
     write_back(options.repository, report.best.config)     # what --write does
 
 With ``TuneOptions.runtimes`` (target cpu repositories), the runtime is searched first, as one more
-coordinate: the ``detector`` and ``attributes`` python models run the same ``model.onnx`` in ONNX
-Runtime or OpenVINO (fp32, or bf16 on CPUs with AMX/AVX512-BF16), so switching is a config parameter
+coordinate: the ``detector`` and ``attributes`` python models (and ``classifier`` and ``embedder``
+where served) run the same ``model.onnx`` in ONNX Runtime or OpenVINO (fp32, or bf16 on CPUs with
+AMX/AVX512-BF16), so switching is a config parameter
 (:func:`apply_runtime`), not a re-conversion. Each candidate is measured once at the starting
 scheduling, the best (by the same ``min_gain`` rule) is kept, and the scheduling search runs on it;
 ``write_back(repository, config, runtime=report.best.runtime)`` writes both.
@@ -121,6 +122,7 @@ TuneConfig = tuple[tuple[str, ModelScheduling], ...]
 threads too), in the space's model order (hashable)."""
 CPU_RUNTIMES = ("onnxruntime/fp32", "openvino/fp32", "openvino/bf16")
 """Runtime candidates (``runtime/precision``) of the cpu target's network models (issue 23)."""
+BRANCH_MODELS = (contract.CLASSIFIER_MODEL, contract.EMBEDDER_MODEL)
 RUNTIME_MODELS = (contract.DETECTOR_MODEL, contract.ATTRIBUTES_MODEL)
 """The python models whose ``runtime`` and ``precision`` parameters say what runs their ``model.onnx``."""
 
@@ -213,11 +215,13 @@ def runtime_of(configs: Mapping[str, Any]) -> str:
 def runtime_models(configs: Mapping[str, Any]) -> tuple[str, ...]:
     """The models whose ``model.onnx`` runs in the chosen runtime: ``detector`` and ``attributes``, or in
     the fused layout (``postprocess`` runs the attribute network, ``attributes_inline``) ``detector``
-    and ``postprocess``."""
+    and ``postprocess``; and the image-level networks ``classifier`` and ``embedder`` where the
+    repository serves them (the converter runs them in the others' runtime)."""
     post = configs.get(contract.POSTPROCESS_MODEL)
     inline = post is not None and "attributes_inline" in post.parameters and \
         post.parameters["attributes_inline"].string_value == "true"
-    return (contract.DETECTOR_MODEL, contract.POSTPROCESS_MODEL) if inline else RUNTIME_MODELS
+    networks = (contract.DETECTOR_MODEL, contract.POSTPROCESS_MODEL) if inline else RUNTIME_MODELS
+    return networks + tuple(name for name in BRANCH_MODELS if name in configs)
 
 
 def apply_runtime(configs: Mapping[str, Any], runtime: str) -> dict[str, Any]:
