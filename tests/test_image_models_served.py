@@ -223,11 +223,15 @@ def test_the_torch_runtime_serves_the_families_as_their_graphs(
     for name in (contract.CLASSIFIER_MODEL, contract.EMBEDDER_MODEL):
         assert (repository / name / "1" / "transformers" / "model.safetensors").is_file()
         assert 'string_value: "torch"' in (repository / name / "config.pbtxt").read_text()
-    torch_server = triton_server(repository)
-    with FashionClient(str(server.endpoints.grpc)) as onnx_client, \
-            FashionClient(str(torch_server.endpoints.grpc)) as torch_client:
+    _assert_families_answer_alike(triton_server(repository), server)
+
+
+def _assert_families_answer_alike(ours: TritonServer, reference: TritonServer) -> None:
+    """The same labels (scores within 1e-3) and vectors (cosine >= 0.999) from both servers, photo by photo."""
+    with FashionClient(str(reference.endpoints.grpc)) as reference_client, \
+            FashionClient(str(ours.endpoints.grpc)) as client:
         for _, png in _photos()[:2]:
-            expected, served = onnx_client.detect(png), torch_client.detect(png)
+            expected, served = reference_client.detect(png), client.detect(png)
             assert [label.label for label in served.labels] == [label.label for label in expected.labels]
             np.testing.assert_allclose([label.score for label in served.labels],
                                        [label.score for label in expected.labels], atol=1e-3)
@@ -236,6 +240,20 @@ def test_the_torch_runtime_serves_the_families_as_their_graphs(
             for mine, theirs in zip(served.detections, expected.detections, strict=True):
                 assert mine.embedding is not None and theirs.embedding is not None
                 assert float(mine.embedding @ theirs.embedding) >= 0.999
+
+
+def test_openvino_serves_the_families_checked_against_onnx_runtime_at_conversion(
+        server: TritonServer, folders: dict[str, Path], triton_server: Any, tmp_path: Path) -> None:
+    """``--runtime openvino``: the families' graphs run in OpenVINO too, checked against ONNX Runtime when
+    converted (the manifest's comparison), and served answer as the ONNX Runtime server does."""
+    repository = _convert_with_families(folders, tmp_path / "repo", runtime="openvino")
+    manifest = json.loads((repository / contract.MANIFEST_FILE).read_text())
+    tolerance = manifest["comparison"]["tolerance"]
+    assert manifest["comparison"]["openvino fp32 classifier"]["probs"] <= tolerance["probs"]
+    assert manifest["comparison"]["openvino fp32 embedder"]["embeddings"] <= tolerance["embeddings"]
+    for name in (contract.CLASSIFIER_MODEL, contract.EMBEDDER_MODEL):
+        assert 'string_value: "openvino"' in (repository / name / "config.pbtxt").read_text(), name
+    _assert_families_answer_alike(triton_server(repository), server)
 
 
 def test_an_auto_pick_of_the_torch_runtime_writes_the_repository_runtime_torch_writes(

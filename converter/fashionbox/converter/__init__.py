@@ -484,7 +484,7 @@ def _cpu_runtime(options: ConvertOptions, detector_onnx: Path, attributes_onnx: 
     precision = options.precision or "fp32"
     reports = check_openvino(detector_onnx, attributes_onnx, det_batches, attr_batches, precision=precision,
                              tolerance=options.tolerance, max_detections=max_detections,
-                             num_attribute_labels=num_attribute_labels)
+                             num_attribute_labels=num_attribute_labels, branches=branches or [])
     return CpuChoice("openvino", precision, reports, {"chosen": f"openvino/{precision}", "cpu": host_cpu().as_dict()})
 
 
@@ -811,7 +811,7 @@ def convert(options: ConvertOptions) -> ConvertResult:
                                    threads=settings.ort.intra_op_threads,
                                    torch=torch_runners if measure_cpu else None, not_candidates=not_candidates,
                                    branches=_branch_probes(image_models, branches, settings, Path(tmp),
-                                                           torch=torch_runners is not None) if measure_cpu else [])
+                                                           torch=torch_runners is not None and measure_cpu))
         if cpu_runtime is not None:
             runtime = cpu_runtime.runtime
             reports += cpu_runtime.reports

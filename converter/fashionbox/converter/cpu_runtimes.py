@@ -253,18 +253,23 @@ class _Graphs:
 
 def check_openvino(detector_onnx: Path, attributes_onnx: Path, detector_batches: Sequence[U8],
                    attribute_batches: Sequence[U8], *, precision: str, tolerance: dict[str, float],
-                   max_detections: int, num_attribute_labels: int) -> list[ComparisonReport]:
+                   max_detections: int, num_attribute_labels: int,
+                   branches: Sequence[BranchProbe] = ()) -> list[ComparisonReport]:
     """OpenVINO at ``precision`` against ONNX Runtime; :class:`ConvertError` beyond tolerance.
 
-    fp32 is held to ``tolerance`` (the converter's), bf16 to :data:`BF16_TOLERANCE`.
+    fp32 is held to ``tolerance`` (the converter's), bf16 to :data:`BF16_TOLERANCE`; the image-level
+    networks (``branches``) too, as ``auto`` checks them (bf16's recorded).
     """
     graphs = _Graphs(detector_onnx, attributes_onnx, max_detections, num_attribute_labels, threads=1)
-    reports, _ = _compare(graphs, precision, detector_batches, attribute_batches, graphs.onnxruntime())
+    reports, runners = _compare(graphs, precision, detector_batches, attribute_batches, graphs.onnxruntime())
     limits = BF16_TOLERANCE if precision == "bf16" else tolerance
     over = _over(reports, precision, limits)
-    if over:
-        raise ConvertError(f"OpenVINO {precision} differs from ONNX Runtime beyond tolerance: {over} "
-                           f"(tolerance {limits})")
+    excluded: dict[str, str] = {}
+    _branch_runners(branches, {REFERENCE: graphs.onnxruntime(), f"openvino/{precision}": runners}, 1, tolerance,
+                    excluded, reports)
+    if over or excluded:
+        raise ConvertError(f"OpenVINO {precision} differs from ONNX Runtime beyond tolerance: "
+                           f"{over or excluded[f'openvino/{precision}']} (tolerance {limits})")
     return reports
 
 
