@@ -261,12 +261,13 @@ def check_openvino(detector_onnx: Path, attributes_onnx: Path, detector_batches:
     networks (``branches``) too, as ``auto`` checks them (bf16's recorded).
     """
     graphs = _Graphs(detector_onnx, attributes_onnx, max_detections, num_attribute_labels, threads=1)
-    reports, runners = _compare(graphs, precision, detector_batches, attribute_batches, graphs.onnxruntime())
+    reference = graphs.onnxruntime()
+    reports, runners = _compare(graphs, precision, detector_batches, attribute_batches, reference)
     limits = BF16_TOLERANCE if precision == "bf16" else tolerance
     over = _over(reports, precision, limits)
     excluded: dict[str, str] = {}
-    _branch_runners(branches, {REFERENCE: graphs.onnxruntime(), f"openvino/{precision}": runners}, 1, tolerance,
-                    excluded, reports)
+    _branch_runners(branches, {REFERENCE: reference, f"openvino/{precision}": runners}, 1, tolerance, excluded,
+                    reports)
     if over or excluded:
         raise ConvertError(f"OpenVINO {precision} differs from ONNX Runtime beyond tolerance: "
                            f"{over or excluded[f'openvino/{precision}']} (tolerance {limits})")
