@@ -203,7 +203,7 @@ def test_bad_jpeg_fails_only_its_own_request_in_a_shared_batch(client: Any) -> N
     good = _encode(_photo(160, 120, seed=1), "JPEG")
     truncated = good[: len(good) // 3]
 
-    results = _infer_at_once(client, [good, truncated, good])
+    results = _infer_batched(client, contract.PREPROCESS_MODEL, [good, truncated, good])
 
     for index in (0, 2):
         result, error = results[index]
@@ -213,9 +213,6 @@ def test_bad_jpeg_fails_only_its_own_request_in_a_shared_batch(client: Any) -> N
     assert error is not None, "the truncated JPEG was answered as if it were fine"
     assert error.status() == "StatusCode.INVALID_ARGUMENT"
     assert "truncated" in error.message() or "corrupt" in error.message(), error.message()
-    stats = client.get_inference_statistics(contract.PREPROCESS_MODEL, as_json=True)["model_stats"][0]
-    batch_sizes = {int(entry["batch_size"]) for entry in stats.get("batch_stats", [])}
-    assert BATCH_OF_THREE in batch_sizes, f"the three requests were not batched together: {batch_sizes}"
 
 
 def test_requests_with_different_numbers_of_detections_share_one_postprocess_batch(
@@ -225,22 +222,36 @@ def test_requests_with_different_numbers_of_detections_share_one_postprocess_bat
     expected = [_reference(data, onnx_models) for data in images]
     counts = [len(result.scores) for result in expected]
     assert len(set(counts)) == len(counts) and min(counts) > 0, f"the pictures must differ in detections: {counts}"
-    before = _batch_counts(client, contract.POSTPROCESS_MODEL)
 
     answers = {}
-    for index, (result, error) in _infer_at_once(client, images).items():
+    for index, (result, error) in _infer_batched(client, contract.POSTPROCESS_MODEL, images).items():
         assert error is None, f"request {index} failed: {error}"
         answers[index] = result
 
-    after = _batch_counts(client, contract.POSTPROCESS_MODEL)
-    grown = {size: after.get(size, 0) - before.get(size, 0) for size in after}
-    assert grown.get(BATCH_OF_THREE, 0) >= 1, f"postprocess never took the three requests together: {grown}"
     for index, result in answers.items():  # each request answered with its own rows
         np.testing.assert_allclose(result.as_numpy("BOXES")[0], expected[index].boxes, atol=1e-4)
         np.testing.assert_allclose(result.as_numpy("SCORES")[0], expected[index].scores, atol=1e-6)
         np.testing.assert_array_equal(result.as_numpy("CATEGORIES")[0], expected[index].categories)
         np.testing.assert_allclose(result.as_numpy("ATTRIBUTE_SCORES")[0], expected[index].attribute_scores,
                                    atol=1e-6)
+
+
+def _infer_batched(client: Any, model: str, images: Sequence[bytes], tries: int = 3) -> dict[int, tuple[Any, Any]]:
+    """``_infer_at_once`` until ``model`` has run the requests as one batch: the answers of that try.
+
+    The batching delay (500 ms) bounds how far apart the requests may reach ``model``; a loaded host
+    (the CI suite on two cores) can space them further now and then, so a split try is sent again.
+    A step that cannot batch them at all (ragged inputs refused, a missing preferred size) fails every try.
+    """
+    grown: dict[int, int] = {}
+    for _ in range(tries):
+        before = _batch_counts(client, model)
+        results = _infer_at_once(client, images)
+        after = _batch_counts(client, model)
+        grown = {size: after.get(size, 0) - before.get(size, 0) for size in after if after[size] != before.get(size)}
+        if grown.get(len(images), 0) >= 1:
+            return results
+    pytest.fail(f"{model} never ran the {len(images)} requests as one batch in {tries} tries: {grown} (last try)")
 
 
 def _batch_counts(client: Any, model: str) -> dict[int, int]:
