@@ -216,12 +216,12 @@ def compare_runners(name: str, detector: Any, attributes: Any, reference_detecto
 
 
 def _over(reports: Sequence[ComparisonReport], precision: str, tolerance: dict[str, float]) -> dict[str, float]:
-    """What exceeds the tolerance: fp32 in served order (exact parity, a segmenting graph's mask logits too),
-    bf16 on matched detections (its mask logits recorded, not bounded: 8 bits of mantissa)."""
-    if precision == "bf16":
-        checked = [("matched_scores", "scores"), ("unmatched_fraction", "unmatched_fraction"), ("probs", "probs")]
-    else:
-        checked = [(k, k) for k in ("boxes", "scores", "detections_count_mismatch", "probs", "mask_logits")]
+    """What exceeds the tolerance, as ``"<report's model>: <key>"``: fp32 every key of every report
+    (:meth:`ComparisonReport.over`: served order, exact parity, a segmenting graph's mask logits too), bf16
+    on matched detections (its mask logits recorded, not bounded: 8 bits of mantissa)."""
+    if precision != "bf16":
+        return {f"{report.model}: {key}": value for report in reports for key, value in report.over(tolerance).items()}
+    checked = [("matched_scores", "scores"), ("unmatched_fraction", "unmatched_fraction"), ("probs", "probs")]
     over: dict[str, float] = {}
     for report in reports:
         for key, limit in checked:
@@ -334,7 +334,9 @@ class BranchProbe:
             return OpenVinoImageBranch(self.onnx, settings, output=self.output, size=self.size, precision=precision)
         return OnnxImageBranch(self.onnx, settings, output=self.output, size=self.size)
 
+    @functools.cached_property
     def images(self) -> U8:
+        """The probe's photos (random pixels, fixed seed), made once: every candidate runs the same batch."""
         return np.random.default_rng(5).integers(0, 256, (self.batch, self.height, self.width, 3), dtype=np.uint8)
 
 
@@ -396,8 +398,7 @@ def choose_cpu_runtime(detector_onnx: Path, attributes_onnx: Path, detector_batc
         runners[key] = candidate
     if torch is not None:
         reports += torch.reports
-        over = {f"{report.model}: {key}": value for report in torch.reports
-                for key, value in report.over(tolerance).items()}
+        over = _over(torch.reports, "fp32", tolerance)
         if over:
             log.warning("auto: torch/fp32 left out, it differs from ONNX Runtime beyond tolerance: %s", over)
             excluded["torch/fp32"] = f"beyond tolerance {tolerance}: {over}"
@@ -410,7 +411,7 @@ def choose_cpu_runtime(detector_onnx: Path, attributes_onnx: Path, detector_batc
             name: {"detector_b1": functools.partial(detector.detect, pixels),
                    "attributes_b8": functools.partial(attributes.classify, crops),
                    **{f"{probe.kind}_b{probe.batch}": functools.partial(branch_runners[name][probe.kind].run,
-                                                                         probe.images()) for probe in branches}}
+                                                                         probe.images) for probe in branches}}
             for name, (detector, attributes) in runners.items()}
         samples = _interleaved(calls, rounds, budget_s)
     names = list(runners)
@@ -470,13 +471,13 @@ def _branch_runners(branches: Sequence[BranchProbe], runners: dict[str, tuple[An
     if not branches:
         return out
     out[REFERENCE] = {probe.kind: probe.runner("onnxruntime", "fp32", threads) for probe in branches}
-    expected = {probe.kind: out[REFERENCE][probe.kind].run(probe.images()) for probe in branches}
+    expected = {probe.kind: out[REFERENCE][probe.kind].run(probe.images) for probe in branches}
     for name in [n for n in runners if n != REFERENCE]:
         runtime, precision = name.split("/")
         over: dict[str, float] = {}
         for probe in branches:
             runner = out[name][probe.kind] = probe.runner(runtime, precision, threads)
-            error = float(np.abs(runner.run(probe.images()) - expected[probe.kind]).max())
+            error = float(np.abs(runner.run(probe.images) - expected[probe.kind]).max())
             reports.append(ComparisonReport(f"{runtime} {precision} {probe.kind}", {probe.key: error}, probe.batch))
             if precision == "fp32" and error > tolerance.get(probe.key, 0.0):
                 over[f"{probe.kind}: {probe.key}"] = error
