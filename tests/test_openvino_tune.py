@@ -3,13 +3,16 @@
 On target cpu the ``detector`` and ``attributes`` python models run the same ``model.onnx`` in
 either runtime, so the search switches their ``runtime``/``precision`` parameters (no
 re-conversion), measures each candidate once at the starting scheduling and keeps the best by the
-same noise guard as every other coordinate. Without a server here: the configs and the choice on
-known objectives; the real reload path is the one the scheduling search already uses.
+same noise guard as every other coordinate. A repository converted for the torch runtime ships the
+graphs beside its checkpoints, so it switches to those two and back. Without a server here: the
+configs and the choice on known objectives; the real reload path is the one the scheduling search
+already uses (``tests/test_openvino_tune_served.py`` serves both).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -23,7 +26,7 @@ from fashionbox.converter.repository import (
     model_configs,
     write_model_config,
 )
-from fashionbox.core.serving import RuntimeSettings
+from fashionbox.core.serving import OrtSettings, RuntimeSettings
 from fashionbox.loadtest.errors import LoadTestConfigError
 from fashionbox.loadtest.tune import (
     CPU_RUNTIMES,
@@ -34,15 +37,21 @@ from fashionbox.loadtest.tune import (
     TuneSpace,
     apply_runtime,
     choose_runtime,
+    configs_for,
+    missing_runtime_files,
     read_configs,
     runtime_models,
     runtime_of,
+    threads_of,
+    tuning_of,
     write_back,
 )
 
 LABELS = default_label_map()
 CPU_CONFIGS = model_configs(RepositorySettings(), LABELS)
 START: TuneConfig = ()
+BRANCHES = {"classifier": ImageBranch(name="hf:c", view="{}", height=32, width=32, size=3, labels=("a", "b", "c")),
+            "embedder": ImageBranch(name="hf:e", view="{}", height=32, width=32, size=8)}
 
 
 def test_a_cpu_repository_runs_onnx_runtime_fp32_until_told_otherwise() -> None:
@@ -72,11 +81,9 @@ def test_switching_the_runtime_rewrites_only_the_network_models_parameters() -> 
 
 def test_the_image_level_networks_switch_with_the_others() -> None:
     """A classifier and an embedder run in the repository's runtime, as the converter writes them."""
-    branches = {"classifier": ImageBranch(name="hf:c", view="{}", height=32, width=32, size=3, labels=("a", "b", "c")),
-                "embedder": ImageBranch(name="hf:e", view="{}", height=32, width=32, size=8)}
-    configs = model_configs(RepositorySettings(**branches), LABELS)  # type: ignore[arg-type]
+    configs = model_configs(RepositorySettings(**BRANCHES), LABELS)  # type: ignore[arg-type]
     converted = model_configs(RepositorySettings(runtime=RuntimeSettings(runtime="openvino", precision="fp32"),
-                                                 **branches), LABELS)  # type: ignore[arg-type]
+                                                 **BRANCHES), LABELS)  # type: ignore[arg-type]
 
     assert runtime_models(configs) == (contract.DETECTOR_MODEL, contract.ATTRIBUTES_MODEL, contract.CLASSIFIER_MODEL,
                                        contract.EMBEDDER_MODEL)
@@ -87,10 +94,65 @@ def test_the_image_level_networks_switch_with_the_others() -> None:
         assert (back["runtime"].string_value, back["precision"].string_value) == ("onnxruntime", "fp32")
 
 
-def test_repositories_whose_networks_are_not_onnx_python_models_are_refused() -> None:
-    torch_configs = model_configs(RepositorySettings(runtime=RuntimeSettings(runtime="torch")), LABELS)
+def test_a_torch_repository_switches_to_onnx_runtime_and_openvino_as_the_converter_writes_them() -> None:
+    torch_configs = model_configs(RepositorySettings(runtime=RuntimeSettings(runtime="torch", torch_threads=2),
+                                                     **BRANCHES), LABELS)  # type: ignore[arg-type]
+    assert runtime_of(torch_configs) == "torch/fp32"
+
+    for runtime, precision in (("openvino", "fp32"), ("onnxruntime", "fp32")):
+        switched = apply_runtime(torch_configs, f"{runtime}/{precision}")
+        converted = model_configs(RepositorySettings(ort=OrtSettings(intra_op_threads=2),
+                                                     runtime=RuntimeSettings(runtime=runtime, precision=precision),
+                                                     **BRANCHES), LABELS)  # type: ignore[arg-type]
+        assert runtime_of(switched) == f"{runtime}/{precision}"
+        for name in (contract.DETECTOR_MODEL, contract.ATTRIBUTES_MODEL, contract.CLASSIFIER_MODEL,
+                     contract.EMBEDDER_MODEL):
+            parameters = {key: value.string_value for key, value in switched[name].parameters.items()}
+            wanted = {key: value.string_value for key, value in converted[name].parameters.items()}
+            # the converter names no runtime for ONNX Runtime (its default); the switch names it
+            assert parameters == {**wanted, "runtime": runtime, "precision": precision}, name
+            assert threads_of(switched[name]) == 2, "the threads per instance carry over"
+    assert apply_runtime(torch_configs, "torch/fp32") == torch_configs, "back to torch: the configs as converted"
+
+
+def test_only_a_repository_converted_for_torch_switches_to_it_and_gpu_profiles_not_at_all() -> None:
+    with pytest.raises(LoadTestConfigError, match="runs onnxruntime; the torch runtime's checkpoints"):
+        apply_runtime(CPU_CONFIGS, "torch/fp32")
+    gpu_torch = model_configs(RepositorySettings(target="gpu", runtime=RuntimeSettings(runtime="torch")), LABELS)
     with pytest.raises(LoadTestConfigError, match="convert with --target cpu"):
-        apply_runtime(torch_configs, "openvino/fp32")
+        apply_runtime(gpu_torch, "onnxruntime/fp32")
+
+
+def test_the_threads_of_a_torch_network_are_its_torch_threads() -> None:
+    torch_configs = model_configs(RepositorySettings(runtime=RuntimeSettings(runtime="torch", torch_threads=2)), LABELS)
+    detector = torch_configs[contract.DETECTOR_MODEL]
+    assert tuning_of(detector).threads == 2
+
+    changed = configs_for(torch_configs, ((contract.DETECTOR_MODEL,
+                                           dataclasses.replace(tuning_of(detector), threads=1)),))
+    parameters = changed[contract.DETECTOR_MODEL].parameters
+    assert parameters["torch_threads"].string_value == "1"
+    assert "intra_op_threads" not in parameters, "the torch runtime reads torch_threads only"
+
+
+def test_the_files_a_runtime_needs_are_named_where_the_repository_lacks_them(tmp_path: Path) -> None:
+    torch_configs = model_configs(RepositorySettings(runtime=RuntimeSettings(runtime="torch"), **BRANCHES),
+                                  LABELS)  # type: ignore[arg-type]
+    for name in (contract.DETECTOR_MODEL, contract.ATTRIBUTES_MODEL):
+        (tmp_path / name / "1").mkdir(parents=True)
+        (tmp_path / name / "1" / "model.onnx").write_bytes(b"graph")
+    (tmp_path / contract.DETECTOR_MODEL / "1" / "model.safetensors").write_bytes(b"weights")
+    for name in (contract.CLASSIFIER_MODEL, contract.EMBEDDER_MODEL):
+        (tmp_path / name / "1" / "transformers").mkdir(parents=True)
+
+    assert missing_runtime_files(tmp_path, torch_configs, "torch/fp32") == ["attributes/1/model.safetensors"]
+    assert missing_runtime_files(tmp_path, torch_configs, "openvino/fp32") == [
+        "classifier/1/model.onnx", "embedder/1/model.onnx"]
+    (tmp_path / contract.ATTRIBUTES_MODEL / "1" / "model.safetensors").write_bytes(b"weights")
+    assert missing_runtime_files(tmp_path, torch_configs, "torch/fp32") == []
+
+
+def test_unknown_runtimes_are_refused() -> None:
     with pytest.raises(LoadTestConfigError, match="unknown runtime"):
         apply_runtime(CPU_CONFIGS, "tvm/fp32")
     with pytest.raises(LoadTestConfigError, match="unknown runtimes"):
@@ -103,16 +165,18 @@ def _choose(throughput: dict[str, float], errors: frozenset[str] = frozenset(),
         error = "failed to load" if runtime in errors else ""
         return Trial(0, START, change, throughput[runtime], 50.0, 4, True, error=error, runtime=runtime)
 
-    return asyncio.run(choose_runtime(evaluate, current, CPU_RUNTIMES, min_gain=0.03))
+    return asyncio.run(choose_runtime(evaluate, current, tuple(throughput), min_gain=0.03))
 
 
 def test_the_runtime_search_measures_each_candidate_once_and_keeps_the_fastest() -> None:
-    trials, chosen = _choose({"onnxruntime/fp32": 40.0, "openvino/fp32": 30.0, "openvino/bf16": 55.0})
+    trials, chosen = _choose({"onnxruntime/fp32": 40.0, "openvino/fp32": 30.0, "openvino/bf16": 55.0,
+                              "torch/fp32": 35.0})
 
     assert chosen == "openvino/bf16"
     assert [t.runtime for t in trials] == list(CPU_RUNTIMES)
     assert [t.change for t in trials] == ["baseline", "runtime onnxruntime/fp32 -> openvino/fp32",
-                                          "runtime onnxruntime/fp32 -> openvino/bf16"]
+                                          "runtime onnxruntime/fp32 -> openvino/bf16",
+                                          "runtime onnxruntime/fp32 -> torch/fp32"]
 
 
 def test_a_runtime_within_the_noise_guard_does_not_replace_the_current_one() -> None:
@@ -146,6 +210,27 @@ def test_a_runtime_change_alone_counts_as_a_recommendation() -> None:
     assert report.confirmed
     assert report.to_dict()["runtime"] == "openvino/bf16"
     assert report.to_dict()["trials"][1]["runtime"] == "openvino/bf16"
+
+
+def test_the_report_names_each_trials_runtime_and_the_recommended_one() -> None:
+    from fashionbox.loadtest.printers import format_tune
+
+    baseline = Trial(0, START, "baseline", 29.0, 260.0, 4, True, runtime="torch/fp32")
+    switched = Trial(1, START, "runtime torch/fp32 -> onnxruntime/fp32", 49.0, 190.0, 4, True,
+                     runtime="onnxruntime/fp32")
+    again = Trial(2, START, "baseline", 51.0, 140.0, 4, True, runtime="onnxruntime/fp32")
+    report = TuneReport(Path("r"), 300.0, (4,), TuneSpace(), (baseline, switched, again), again, baseline,
+                        min_gain=0.03)
+
+    lines = format_tune(report).splitlines()
+    header = next(line for line in lines if line.startswith("#"))
+    assert header.split()[:3] == ["#", "change", "runtime"]
+    assert next(line for line in lines if line.startswith("2 ")).split()[:3] == ["2", "baseline", "onnxruntime/fp32"]
+    assert "  runtime: onnxruntime/fp32   (was torch/fp32)" in lines
+    plain = dataclasses.replace(report, trials=(dataclasses.replace(baseline, runtime=""),),
+                                best=dataclasses.replace(baseline, runtime=""),
+                                baseline=dataclasses.replace(baseline, runtime=""))
+    assert "runtime" not in format_tune(plain), "no runtime column nor line where the runtime was not searched"
 
 
 def test_the_tune_command_offers_exactly_the_runtimes_tune_searches() -> None:

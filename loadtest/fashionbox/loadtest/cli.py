@@ -361,8 +361,8 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=_ints,
         default=(1, 2, 4),
-        help="candidate runtime threads per instance of the network models (their intra_op_threads; counts above "
-             "this host's cores are left out; default 1,2,4)",
+        help="candidate runtime threads per instance of the network models (their intra_op_threads, or the torch "
+             "runtime's torch_threads; counts above this host's cores are left out; default 1,2,4)",
     )
     parser.add_argument("--max-batch-sizes", type=_ints, default=(1, 2, 4, 8, 16), help="candidate max_batch_size")
     parser.add_argument(
@@ -394,8 +394,9 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         "--runtime",
         dest="runtimes",
         action="append",
-        choices=("onnxruntime/fp32", "openvino/fp32", "openvino/bf16"),  # tune.CPU_RUNTIMES (checked there too)
-        help="a CPU runtime to search first (repeat the flag for several; default: keep the repository's)",
+        choices=("onnxruntime/fp32", "openvino/fp32", "openvino/bf16", "torch/fp32"),  # tune.CPU_RUNTIMES
+        help="a CPU runtime to search first (repeat the flag for several; default: keep the repository's); "
+             "torch/fp32 in a repository converted with --runtime torch",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every trial as JSON")
     parser.add_argument("--server-log", type=Path, metavar="FILE", help="keep the tuning server's log here")

@@ -293,13 +293,15 @@ def format_tune(report: TuneReport) -> str:
     from fashionbox.loadtest.tune import describe_scheduling
 
     best_path = {report.best.index}
-    headers = ["#", "change", "req/s", "p99 ms", "at c", "SLO", ""]
+    searched_runtime = any(t.runtime for t in report.trials)  # a column only where the search switched it
+    headers = ["#", "change", *(["runtime"] if searched_runtime else []), "req/s", "p99 ms", "at c", "SLO", ""]
     rows = []
     for t in report.trials:
         rows.append(
             [
                 str(t.index),
                 t.change,
+                *([t.runtime] if searched_runtime else []),
                 _f(t.throughput_rps),
                 _f(t.p99_ms),
                 str(t.concurrency) if t.concurrency is not None else "-",
@@ -311,10 +313,14 @@ def format_tune(report: TuneReport) -> str:
         f"tried {len(report.trials)} configurations (the full cross product has "
         f"{report.cross_product_size:,}); objective: throughput at p99 <= {report.slo_p99_ms:g} ms over "
         f"concurrency {', '.join(map(str, report.concurrency))}",
-        format_table(headers, rows, right=[True, False, True, True, True, False, False]),
+        format_table(headers, rows, right=[True, False, *([False] if searched_runtime else []), True, True, True,
+                                           False, False]),
     ]
     baseline = dict(report.baseline.config)
     parts.append("\nrecommended configuration:")
+    if report.best.runtime:
+        was = report.baseline.runtime
+        parts.append(f"  runtime: {report.best.runtime}" + (f"   (was {was})" if was != report.best.runtime else ""))
     for model, scheduling in report.best.config:
         before = baseline.get(model)
         mark = "" if before == scheduling else f"   (was {describe_scheduling(before)})" if before else ""

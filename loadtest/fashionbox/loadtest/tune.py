@@ -13,9 +13,10 @@ values, keeps going while the objective improves by at least ``min_gain`` (noise
 repeat until a pass changes nothing or the trial budget is spent. It tries a few dozen configurations
 where the cross product has thousands. Besides Triton's scheduling (instances, ``max_batch_size``,
 queue delay, preferred sizes) it searches the network models' threads per instance (their
-``intra_op_threads`` parameter, :class:`ModelTuning`): on a CPU, one instance of many threads and
-many instances of one thread trade latency against throughput differently per model and host
-(BENCHMARKS.md, "Thread spinning and threads per network model"), so it is measured, not guessed.
+``intra_op_threads``, or the torch runtime's ``torch_threads``, :class:`ModelTuning`): on a CPU, one
+instance of many threads and many instances of one thread trade latency against throughput
+differently per model and host (BENCHMARKS.md, "Thread spinning and threads per network model"), so
+it is measured, not guessed.
 Candidates above the host's cores are left out (the tuning server runs here)::
 
     report = tune(TuneOptions(repository=Path("artifacts/model_repository"), images=corpus.images,
@@ -27,9 +28,13 @@ With ``TuneOptions.runtimes`` (target cpu repositories), the runtime is searched
 coordinate: the ``detector`` and ``attributes`` python models (and ``classifier`` and ``embedder``
 where served) run the same ``model.onnx`` in ONNX Runtime or OpenVINO (fp32, or bf16 on CPUs with
 AMX/AVX512-BF16), so switching is a config parameter
-(:func:`apply_runtime`), not a re-conversion. Each candidate is measured once at the starting
-scheduling, the best (by the same ``min_gain`` rule) is kept, and the scheduling search runs on it;
-``write_back(repository, config, runtime=report.best.runtime)`` writes both.
+(:func:`apply_runtime`), not a re-conversion. The torch runtime is a candidate too where the
+repository was converted for it (``--runtime torch``, or ``auto`` where it picked torch): such a
+repository ships the checkpoints beside the same graphs, so its networks switch between PyTorch, ONNX
+Runtime and OpenVINO (:func:`missing_runtime_files` says what another repository lacks). Each
+candidate is measured once at the starting scheduling, the best (by the same ``min_gain`` rule) is
+kept, and the scheduling search runs on it; ``write_back(repository, config,
+runtime=report.best.runtime)`` writes both.
 
 Nothing is changed in the original repository unless :func:`write_back` is called.
 """
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -50,6 +56,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fashionbox import contract
+from fashionbox.core.serving import OrtSettings, RuntimeSettings
 from fashionbox.loadtest.errors import LoadTestConfigError, TuneError
 from fashionbox.loadtest.events import Listener
 from fashionbox.loadtest.report import Point
@@ -79,11 +86,13 @@ __all__ = [
     "coordinate_descent",
     "describe_scheduling",
     "make_consistent",
+    "missing_runtime_files",
     "read_config",
     "read_configs",
     "runtime_of",
     "scheduling_of",
     "threads_of",
+    "threads_parameter",
     "tune",
     "tuning_of",
     "write_back",
@@ -97,8 +106,10 @@ their product kept (1 x 2 <-> 2 x 1), which neither coordinate reaches alone whe
 all in use (one more instance oversubscribes, one thread fewer idles a core)."""
 PARAMETERS = ("instances", "threads", SPLIT, "max_batch_size", "max_queue_delay_us", "preferred_batch_sizes")
 THREADS_PARAMETER = "intra_op_threads"
-"""The config parameter that sets a network model's runtime threads per instance
-(:class:`fashionbox.core.serving.OrtSettings`, read by ONNX Runtime, OpenVINO and the torch runtime)."""
+"""The config parameter that sets a network model's runtime threads per instance in ONNX Runtime and
+OpenVINO (:class:`fashionbox.core.serving.OrtSettings`)."""
+TORCH_THREADS_PARAMETER = "torch_threads"
+"""The torch runtime's (:class:`fashionbox.core.serving.RuntimeSettings`): its instance's PyTorch pool."""
 # postprocess splits its BLS calls to ``attributes`` by this parameter (fashionbox.core.serving.PostprocessParameters).
 ATTRIBUTES_MAX_BATCH_PARAMETER = "attributes_max_batch_size"
 
@@ -108,7 +119,7 @@ class ModelTuning(ModelScheduling):
     """What tune sets for one model: Triton's scheduling and, for a network model, its threads."""
 
     threads: int = 0
-    """Runtime threads of each instance (the config's ``intra_op_threads``); 0: the model has no such
+    """Runtime threads of each instance (the config's :func:`threads_parameter`); 0: the model has no such
     parameter (a pre- or postprocessing step), so there is nothing to set or search."""
 
     def __post_init__(self) -> None:
@@ -120,8 +131,11 @@ class ModelTuning(ModelScheduling):
 TuneConfig = tuple[tuple[str, ModelScheduling], ...]
 """One configuration: a scheduling per tuned model (a :class:`ModelTuning` where the search sets
 threads too), in the space's model order (hashable)."""
-CPU_RUNTIMES = ("onnxruntime/fp32", "openvino/fp32", "openvino/bf16")
-"""Runtime candidates (``runtime/precision``) of the cpu target's network models (issue 23)."""
+CPU_RUNTIMES = ("onnxruntime/fp32", "openvino/fp32", "openvino/bf16", "torch/fp32")
+"""Runtime candidates (``runtime/precision``) of the cpu target's network models (issue 23); the torch
+runtime's in a repository converted for it (:func:`apply_runtime`)."""
+ORT_KEYS = tuple(f.name for f in dataclasses.fields(OrtSettings))
+RUNTIME_KEYS = tuple(f.name for f in dataclasses.fields(RuntimeSettings))
 BRANCH_MODELS = (contract.CLASSIFIER_MODEL, contract.EMBEDDER_MODEL)
 RUNTIME_MODELS = (contract.DETECTOR_MODEL, contract.ATTRIBUTES_MODEL)
 """The python models whose ``runtime`` and ``precision`` parameters say what runs their ``model.onnx``."""
@@ -170,16 +184,26 @@ def make_consistent(configs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def threads_of(config: Any) -> int:
-    """The runtime threads per instance of ``config`` (its ``intra_op_threads``), 0 where it has none."""
+def _runtime(config: Any) -> str:
     parameters = config.parameters
-    if THREADS_PARAMETER not in parameters:
+    return parameters["runtime"].string_value if "runtime" in parameters else "onnxruntime"
+
+
+def threads_parameter(config: Any) -> str:
+    """The parameter of ``config`` that holds its runtime threads per instance: ``torch_threads`` where the
+    torch runtime runs the network, else ``intra_op_threads`` (ONNX Runtime, OpenVINO)."""
+    return TORCH_THREADS_PARAMETER if _runtime(config) == "torch" else THREADS_PARAMETER
+
+
+def threads_of(config: Any) -> int:
+    """The runtime threads per instance of ``config`` (:func:`threads_parameter`), 0 where it has none."""
+    parameters, key = config.parameters, threads_parameter(config)
+    if key not in parameters:
         return 0
     try:
-        return int(parameters[THREADS_PARAMETER].string_value)
+        return int(parameters[key].string_value)
     except ValueError as exc:
-        raise TuneError(f"{config.name}: {THREADS_PARAMETER} is not a number: "
-                        f"{parameters[THREADS_PARAMETER].string_value!r}") from exc
+        raise TuneError(f"{config.name}: {key} is not a number: {parameters[key].string_value!r}") from exc
 
 
 def tuning_of(config: Any) -> ModelTuning:
@@ -196,9 +220,10 @@ def configs_for(base: Mapping[str, Any], config: TuneConfig) -> dict[str, Any]:
         changed[model] = apply_scheduling(changed[model], scheduling)
         threads = getattr(scheduling, "threads", 0)
         if threads:
-            if THREADS_PARAMETER not in changed[model].parameters:
-                raise LoadTestConfigError(f"{model} has no {THREADS_PARAMETER} parameter: its threads cannot be set")
-            changed[model].parameters[THREADS_PARAMETER].string_value = str(threads)
+            key = threads_parameter(changed[model])
+            if key not in changed[model].parameters:
+                raise LoadTestConfigError(f"{model} has no {key} parameter: its threads cannot be set")
+            changed[model].parameters[key].string_value = str(threads)
     return make_consistent(changed)
 
 
@@ -207,9 +232,8 @@ def runtime_of(configs: Mapping[str, Any]) -> str:
     if contract.DETECTOR_MODEL not in configs:
         raise LoadTestConfigError(f"no {contract.DETECTOR_MODEL} model (has {sorted(configs)})")
     parameters = configs[contract.DETECTOR_MODEL].parameters
-    runtime = parameters["runtime"].string_value if "runtime" in parameters else "onnxruntime"
     precision = parameters["precision"].string_value if "precision" in parameters else "fp32"
-    return f"{runtime}/{precision}"
+    return f"{_runtime(configs[contract.DETECTOR_MODEL])}/{precision}"
 
 
 def runtime_models(configs: Mapping[str, Any]) -> tuple[str, ...]:
@@ -225,22 +249,80 @@ def runtime_models(configs: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def apply_runtime(configs: Mapping[str, Any], runtime: str) -> dict[str, Any]:
-    """Copies of ``configs`` whose network models run their ``model.onnx`` in ``runtime`` (``CPU_RUNTIMES``)."""
+    """Copies of ``configs`` whose network models run in ``runtime`` (``CPU_RUNTIMES``).
+
+    ONNX Runtime and OpenVINO run each model's ``model.onnx``: switching between them is the ``runtime``
+    and ``precision`` parameters. The torch runtime runs the checkpoints with the NMS settings a torch
+    conversion wrote into the configs, so only such a repository's configs switch to it (they stay as
+    converted) and from it: to ONNX Runtime or OpenVINO its runtime parameters give way to the
+    converter's ONNX Runtime ones, at the same threads per instance. The instances stay on the CPU:
+    a GPU profile's models are refused.
+    """
     if runtime not in CPU_RUNTIMES:
         raise LoadTestConfigError(f"unknown runtime {runtime!r}; choose from {CPU_RUNTIMES}")
     name, precision = runtime.split("/")
     out = make_consistent(configs)  # copies
+    gpu = triton_config.model_config_pb2().ModelInstanceGroup.KIND_GPU
     for model in runtime_models(out):
         config = out.get(model)
-        parameters = config.parameters if config is not None else {}
-        current = parameters["runtime"].string_value if "runtime" in parameters else "onnxruntime"
-        if config is None or config.backend != "python" or "onnx_file" not in parameters or current == "torch":
+        if config is None or config.backend != "python" or "onnx_file" not in config.parameters \
+                or any(group.kind == gpu for group in config.instance_group):
             raise LoadTestConfigError(
-                f"the runtime search switches {model} between ONNX Runtime and OpenVINO on its model.onnx; this "
-                f"repository's {model} is not such a model (convert with --target cpu)")
+                f"the runtime search switches the CPU runtime of {model}, a python model with a model.onnx on "
+                f"CPU instances; this repository's {model} is not such a model (convert with --target cpu)")
+        current = _runtime(config)
+        if name == "torch" and current != "torch":
+            raise LoadTestConfigError(
+                f"{runtime}: this repository's {model} runs {current}; the torch runtime's checkpoints and "
+                "settings come from a conversion for it (fashionbox convert --runtime torch, or --runtime auto "
+                "where it picks torch), whose repository tune switches to ONNX Runtime and OpenVINO and back")
+        if name == "torch":
+            continue  # as converted: fp32 on the CPU
+        if current == "torch":  # the converter's ONNX Runtime parameters, at the instance's threads
+            threads = threads_of(config) or 1
+            for key in RUNTIME_KEYS:
+                if key in config.parameters:
+                    del config.parameters[key]
+            for key, value in OrtSettings(intra_op_threads=threads).to_parameters().items():
+                config.parameters[key].string_value = value
         config.parameters["runtime"].string_value = name
         config.parameters["precision"].string_value = precision
     return out
+
+
+def missing_runtime_files(repository: Path, configs: Mapping[str, Any], runtime: str) -> list[str]:
+    """The files ``runtime``'s runners would load that ``repository`` lacks (relative paths): each
+    network model's ``model.onnx`` for ONNX Runtime and OpenVINO; for the torch runtime its checkpoint,
+    or the transformers folder of a DETR-style detector or an image-level network."""
+    from fashionbox.model_repository.runners import TORCH_FOLDER
+
+    missing = []
+    for model in runtime_models(configs):
+        parameters = configs[model].parameters
+        versions = sorted((p for p in (repository / model).glob("[0-9]*") if p.is_dir() and p.name.isdigit()),
+                          key=lambda p: int(p.name))
+        version = versions[-1] if versions else repository / model / "1"
+        if runtime.split("/")[0] != "torch":
+            wanted = [parameters["onnx_file"].string_value if "onnx_file" in parameters else "model.onnx"]
+        elif model in (contract.DETECTOR_MODEL, contract.ATTRIBUTES_MODEL):
+            weights = parameters["weights_file"].string_value if "weights_file" in parameters else "model.safetensors"
+            wanted = [weights, TORCH_FOLDER] if model == contract.DETECTOR_MODEL else [weights]
+        else:
+            wanted = [TORCH_FOLDER]
+        if not any((version / name).exists() for name in wanted):
+            missing.append(f"{model}/{version.name}/{' or '.join(wanted)}")
+    return missing
+
+
+def _check_runtime_files(repository: Path, configs: Mapping[str, Any], runtimes: Sequence[str]) -> None:
+    """:class:`LoadTestConfigError` naming what each of ``runtimes`` would load and ``repository`` lacks."""
+    lacking = {runtime: missing for runtime in runtimes
+               if (missing := missing_runtime_files(repository, configs, runtime))}
+    if lacking:
+        hint = " (the torch runtime's files come with fashionbox convert --runtime torch)" if any(
+            runtime.startswith("torch/") for runtime in lacking) else ""
+        raise LoadTestConfigError("; ".join(f"{runtime} cannot run here: {repository} lacks {', '.join(missing)}"
+                                            for runtime, missing in lacking.items()) + hint)
 
 
 def describe_scheduling(s: ModelScheduling) -> str:
@@ -252,7 +334,11 @@ def describe_scheduling(s: ModelScheduling) -> str:
 
 
 def write_back(repository: Path, config: TuneConfig, *, runtime: str = "") -> list[Path]:
-    """Write ``config`` (and ``runtime``, when given) into ``repository``'s configs; returns the files changed."""
+    """Write ``config`` (and ``runtime``, when given) into ``repository``'s configs; returns the files changed.
+
+    A runtime that changes is recorded in the manifest too (its ``runtime`` and ``precision``, what the
+    repository says runs its networks), with the one it was converted for (``converted_runtime``).
+    """
     base = read_configs(repository)
     new = configs_for(apply_runtime(base, runtime) if runtime else base, config)
     written = []
@@ -261,6 +347,15 @@ def write_back(repository: Path, config: TuneConfig, *, runtime: str = "") -> li
             path = repository / name / CONFIG_FILE
             write_model_config(path, model_config)
             written.append(path)
+    manifest_path = repository / contract.MANIFEST_FILE
+    if runtime and runtime != runtime_of(base) and manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest.setdefault("converted_runtime", f"{manifest.get('runtime', 'onnxruntime')}/"
+                                                 f"{manifest.get('precision', 'fp32')}")
+        manifest["runtime"], manifest["precision"] = runtime.split("/")
+        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
+                                 encoding="utf-8")
+        written.append(manifest_path)
     return written
 
 
@@ -816,6 +911,9 @@ def tune(
         copy = Path(tmp) / "repository"
         shutil.copytree(options.repository, copy)
         base = read_configs(copy)
+        _check_runtime_files(options.repository, base, options.runtimes)
+        for runtime in options.runtimes:  # a runtime the configs cannot switch to fails here, not mid-search
+            apply_runtime(base, runtime)
         threaded = tuple(m for m in space.models if m in base and threads_of(base[m]))
         with launch(copy, options.server_log or Path(tmp) / "tritonserver.log") as url:
             trials, best, confirmation = asyncio.run(_tune_on(url, copy, options, listener, on_trial))
