@@ -134,7 +134,6 @@ threads too), in the space's model order (hashable)."""
 CPU_RUNTIMES = ("onnxruntime/fp32", "openvino/fp32", "openvino/bf16", "torch/fp32")
 """Runtime candidates (``runtime/precision``) of the cpu target's network models (issue 23); the torch
 runtime's in a repository converted for it (:func:`apply_runtime`)."""
-ORT_KEYS = tuple(f.name for f in dataclasses.fields(OrtSettings))
 RUNTIME_KEYS = tuple(f.name for f in dataclasses.fields(RuntimeSettings))
 BRANCH_MODELS = (contract.CLASSIFIER_MODEL, contract.EMBEDDER_MODEL)
 RUNTIME_MODELS = (contract.DETECTOR_MODEL, contract.ATTRIBUTES_MODEL)
