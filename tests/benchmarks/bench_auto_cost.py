@@ -1,6 +1,6 @@
 """Benchmark: what ``fashionbox convert --runtime auto`` costs a conversion, and what its probe measured.
 
-    .venv/bin/python tests/benchmarks/bench_auto_cost.py [--family default|owlvit|clip] [--rounds 2]
+    .venv/bin/python tests/benchmarks/bench_auto_cost.py [--family default|owlvit|clip|rt_detr|yolos] [--rounds 2]
         [--out tests/benchmarks/results/auto_cost_FAMILY.json]
 
 ``auto`` (the default runtime on target cpu) checks every candidate against ONNX Runtime on the
@@ -19,7 +19,13 @@ Families: the shipped default models; ``owlvit``: an OWL-ViT B/32-sized random m
 comparison recorded, not enforced (random weights), two comparison scenes (as ``bench_owl``); or
 ``clip``: the default models with a ViT-B/32-sized random CLIP embedder (``--embedder``,
 ``bench_image_level.vit_b32_clip``), which every candidate runs in the probe on 8 garments and the
-photo (batch 9).
+photo (batch 9); ``rt_detr``: an RT-DETR R18-sized random model (640 px, ``bench_detr.save_sized``);
+``yolos``: a YOLOS-small-sized random model at the seed's 512-864 px processor
+(``bench_yolos.save_seed_sized_yolos``). These two are converted with ``--letterbox square``, so that
+the torch runtime is weighed (the rect letterbox they are served with by default is not a torch
+candidate); their comparison is recorded, not enforced, as OWL-ViT's. Each family's record is also its
+detector's and attribute heads' time per runtime on this host (the probe's interleaved medians:
+``auto``'s ``timings_ms``).
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ def _options(family: str, folder: Path | None) -> dict[str, Any]:
         return {"embedder": f"hf:{folder}"}
     from bench_detr import recorded_not_enforced
 
-    return {"detector": f"hf:{folder}", "compare_samples": 2, "tolerance": recorded_not_enforced()}
+    square = {"letterbox": "square"} if family in ("rt_detr", "yolos") else {}
+    return {"detector": f"hf:{folder}", "compare_samples": 2, "tolerance": recorded_not_enforced(), **square}
 
 
 def _convert(variant: str, out: Path, options: dict[str, Any]) -> tuple[float, dict[str, Any]]:
@@ -72,7 +79,7 @@ def _convert(variant: str, out: Path, options: dict[str, Any]) -> tuple[float, d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=["default", "owlvit", "clip"], default="default")
+    parser.add_argument("--family", choices=["default", "owlvit", "clip", "rt_detr", "yolos"], default="default")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -91,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
             from bench_image_level import vit_b32_clip
 
             folder = vit_b32_clip(Path(tmp) / "clip")
+        elif args.family == "rt_detr":
+            from bench_detr import save_sized
+
+            folder, _ = save_sized(Path(tmp) / "rt_detr", "rt_detr")
+        elif args.family == "yolos":
+            from bench_yolos import save_seed_sized_yolos
+
+            folder = save_seed_sized_yolos(Path(tmp) / "yolos")
         options = _options(args.family, folder)
         for round_index in range(args.rounds):
             for k in range(len(VARIANTS)):
