@@ -18,6 +18,7 @@ otherwise.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -78,6 +79,21 @@ class TritonServers:
 def pytest_configure(config: pytest.Config) -> None:
     # Under CI or FASHIONBOX_REQUIRE_ALL=1 a missing server-side dependency is an error, not a skip.
     config.pluginmanager.register(require_all, "fashionbox-require-all")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _openvino_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """OpenVINO's model cache in the session's temporary folder, not the user's cache folder: the runners
+    and the servers the tests start (they inherit this environment) share it, as a host's do."""
+    from fashionbox.core.openvino_runtime import CACHE_ENV
+
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("openvino-cache"))
+    yield
+    if before is None:
+        del os.environ[CACHE_ENV]
+    else:
+        os.environ[CACHE_ENV] = before
 
 
 @pytest.fixture(scope="session")

@@ -44,11 +44,13 @@ from fashionbox.converter.export import ComparisonReport, compare_torch_runners
 from fashionbox.converter.repository import RepositorySettings, model_configs
 from fashionbox.core import openvino_runtime
 from fashionbox.core.openvino_runtime import (
+    CACHE_ENV,
     CpuInfo,
     OpenVinoAttributes,
     OpenVinoDetector,
     OpenVinoError,
     OpenVinoSession,
+    cache_dir,
     check_precision,
     host_cpu,
 )
@@ -209,6 +211,47 @@ def test_openvino_fp32_answers_as_onnx_runtime_within_the_converter_tolerances(
     assert detector["boxes"] <= TOLERANCE["boxes"] and detector["scores"] <= TOLERANCE["scores"]
     assert attributes["probs"] <= TOLERANCE["probs"]
     assert reports[0].samples == sum(len(b) for b in batches[0])
+
+
+def _cache_files(folder: Path) -> dict[Path, bytes]:
+    return {path: path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_compiled_graphs_are_kept_in_the_model_cache_and_a_broken_cache_only_costs_a_compile(
+        openvino_repository: Path, batches: Batches, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    detector_onnx, _ = _graphs(openvino_repository)
+    pixels = batches[0][0]
+    expected = OnnxDetector(detector_onnx, OrtSettings(), max_detections=50).detect(pixels)
+
+    def answers() -> list[tuple[Any, Any]]:
+        runner = OpenVinoDetector(detector_onnx, OrtSettings(), max_detections=50, precision="fp32")
+        return [(row.boxes, row.scores) for row in runner.detect(pixels)]
+
+    def assert_answers_as_onnx_runtime() -> None:
+        for (boxes, scores), theirs in zip(answers(), expected, strict=True):
+            np.testing.assert_allclose(boxes, theirs.boxes, atol=TOLERANCE["boxes"])
+            np.testing.assert_allclose(scores, theirs.scores, atol=TOLERANCE["scores"])
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    assert cache_dir() == cache
+    assert_answers_as_onnx_runtime()
+    written = _cache_files(cache)
+    assert written, "the compiled graph was not written to the model cache"
+    assert_answers_as_onnx_runtime()  # read back from the cache
+    assert _cache_files(cache) == written, "a cached graph is read, not compiled and written again"
+
+    for path in written:  # a truncated or foreign blob: compiled again, same answers
+        path.write_bytes(b"not a compiled graph")
+    assert_answers_as_onnx_runtime()
+
+    monkeypatch.setenv(CACHE_ENV, "off")
+    assert cache_dir() is None
+    blocked = tmp_path / "a-file"
+    blocked.write_text("in the way")
+    monkeypatch.setenv(CACHE_ENV, str(blocked / "cache"))
+    assert cache_dir() is None, "a cache folder that cannot be made turns the cache off"
+    assert_answers_as_onnx_runtime()
 
 
 class _Fixed:

@@ -13,7 +13,10 @@ ONNX Runtime's ``run(output_names, feeds)``, so every output the ONNX Runtime ru
 
 The graph is compiled once per model instance, with ``OrtSettings.intra_op_threads`` as OpenVINO's
 ``INFERENCE_NUM_THREADS``, one stream and no core pinning (several single-thread instances share
-the cores, as ONNX Runtime's do: docs/FIELD_NOTES.md).
+the cores, as ONNX Runtime's do: docs/FIELD_NOTES.md). Compiled graphs are kept in OpenVINO's model
+cache (:func:`cache_dir`, ``FASHIONBOX_OPENVINO_CACHE``): compiling a ViT-sized graph takes minutes
+(a YOLOS-small-sized one 104 s on 2 vCPUs), loading it from the cache a fraction of a second, so only
+the first load of a graph on a host pays (``auto``'s check at conversion, or the first instance).
 
 **Precision is always explicit.** On a CPU with AMX or AVX512-BF16, OpenVINO's CPU plugin runs
 bf16 *by default*; ``fp32`` therefore sets the inference precision hint to ``f32``, and ``bf16`` to
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import platform
 import re
 from collections.abc import Mapping, Sequence
@@ -49,6 +53,7 @@ from fashionbox.core.serving import OnnxAttributes, OnnxDetector, OnnxImageBranc
 
 __all__ = [
     "BF16_FLAGS",
+    "CACHE_ENV",
     "INSTALL_HINT",
     "OPENVINO_PRECISIONS",
     "CpuInfo",
@@ -57,6 +62,7 @@ __all__ = [
     "OpenVinoError",
     "OpenVinoImageBranch",
     "OpenVinoSession",
+    "cache_dir",
     "check_precision",
     "host_cpu",
     "import_openvino",
@@ -141,6 +147,32 @@ def import_openvino() -> Any:
     return openvino
 
 
+CACHE_ENV = "FASHIONBOX_OPENVINO_CACHE"
+"""Where OpenVINO keeps compiled graphs (its ``CACHE_DIR``): a folder, or ``off``; unset, the user's cache
+folder (``$XDG_CACHE_HOME/fashionbox/openvino``, else ``~/.cache/fashionbox/openvino``)."""
+
+
+def cache_dir() -> Path | None:
+    """OpenVINO's model cache folder (:data:`CACHE_ENV`), created; None where it is off or cannot be written.
+
+    OpenVINO keys an entry by the graph's content and the compile settings, so one folder serves every
+    repository, precision and thread count on a host."""
+    value = os.environ.get(CACHE_ENV, "").strip()
+    if value.lower() == "off":
+        return None
+    try:
+        folder = Path(value) if value else \
+            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fashionbox" / "openvino"
+        folder.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: no home folder to resolve
+        log.warning("OpenVINO's model cache is off: %s", exc)
+        return None
+    if not os.access(folder, os.W_OK):
+        log.warning("OpenVINO's model cache is off: %s is not writable", folder)
+        return None
+    return folder
+
+
 @functools.cache
 def _core() -> Any:
     # One Core per process (a python-backend stub serves one model instance): it holds the plugins.
@@ -182,17 +214,26 @@ class OpenVinoSession:
         check_precision(precision, cpu)
         if not model_path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {model_path}")
-        core = _core()
         self.model_path = model_path
         self.precision = precision
-        self.compiled = core.compile_model(str(model_path), "CPU", {
+        config = {
             "INFERENCE_PRECISION_HINT": _HINTS[precision],
             "INFERENCE_NUM_THREADS": settings.intra_op_threads,
             "NUM_STREAMS": 1,
             "PERFORMANCE_HINT": "LATENCY",
             "ENABLE_CPU_PINNING": False,
-        })
-        compiled_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        }
+        cache = cache_dir()
+        self.compiled: Any = None
+        if cache is not None:
+            try:
+                self.compiled = _core().compile_model(str(model_path), "CPU", {**config, "CACHE_DIR": str(cache)})
+            except Exception as exc:  # any failure of the cache: compile as without one
+                log.warning("%s: OpenVINO's model cache in %s failed (%s); compiling without it", model_path, cache,
+                            exc)
+        if self.compiled is None or self._compiled_precision() != _HINTS[precision]:
+            self.compiled = _core().compile_model(str(model_path), "CPU", config)  # the answer that counts
+        compiled_precision = self._compiled_precision()
         if compiled_precision != _HINTS[precision]:  # OpenVINO falls back to f32 where bf16 cannot run
             raise OpenVinoError(f"{model_path}: OpenVINO compiled {compiled_precision} where {precision} was asked "
                                 "for; this CPU cannot run it as asked")
@@ -201,6 +242,9 @@ class OpenVinoSession:
         self._request = self.compiled.create_infer_request()
         log.info("loaded %s in OpenVINO %s (%s, threads=%d)", model_path, import_openvino().__version__, precision,
                  settings.intra_op_threads)
+
+    def _compiled_precision(self) -> str:
+        return str(self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
 
     def get_inputs(self) -> list[_Tensor]:
         return list(self._inputs)
