@@ -183,9 +183,17 @@ def make_consistent(configs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_DEFAULTS = RuntimeSettings()
+"""What a network model's config means where it names no ``runtime``, ``precision`` or ``weights_file``."""
+
+
+def _parameter(config: Any, key: str, default: str) -> str:
+    """``config``'s parameter ``key`` (a ``config.pbtxt`` string), ``default`` where it has none."""
+    return config.parameters[key].string_value if key in config.parameters else default
+
+
 def _runtime(config: Any) -> str:
-    parameters = config.parameters
-    return parameters["runtime"].string_value if "runtime" in parameters else "onnxruntime"
+    return _parameter(config, "runtime", _DEFAULTS.runtime)
 
 
 def threads_parameter(config: Any) -> str:
@@ -230,9 +238,8 @@ def runtime_of(configs: Mapping[str, Any]) -> str:
     """``runtime/precision`` of the ``detector`` model's config (ONNX Runtime fp32 when it names none)."""
     if contract.DETECTOR_MODEL not in configs:
         raise LoadTestConfigError(f"no {contract.DETECTOR_MODEL} model (has {sorted(configs)})")
-    parameters = configs[contract.DETECTOR_MODEL].parameters
-    precision = parameters["precision"].string_value if "precision" in parameters else "fp32"
-    return f"{_runtime(configs[contract.DETECTOR_MODEL])}/{precision}"
+    detector = configs[contract.DETECTOR_MODEL]
+    return f"{_runtime(detector)}/{_parameter(detector, 'precision', _DEFAULTS.precision)}"
 
 
 def runtime_models(configs: Mapping[str, Any]) -> tuple[str, ...]:
@@ -297,14 +304,13 @@ def missing_runtime_files(repository: Path, configs: Mapping[str, Any], runtime:
 
     missing = []
     for model in runtime_models(configs):
-        parameters = configs[model].parameters
         versions = sorted((p for p in (repository / model).glob("[0-9]*") if p.is_dir() and p.name.isdigit()),
                           key=lambda p: int(p.name))
         version = versions[-1] if versions else repository / model / "1"
         if runtime.split("/")[0] != "torch":
-            wanted = [parameters["onnx_file"].string_value if "onnx_file" in parameters else "model.onnx"]
+            wanted = [_parameter(configs[model], "onnx_file", "model.onnx")]
         elif model in (contract.DETECTOR_MODEL, contract.ATTRIBUTES_MODEL):
-            weights = parameters["weights_file"].string_value if "weights_file" in parameters else "model.safetensors"
+            weights = _parameter(configs[model], "weights_file", _DEFAULTS.weights_file)
             wanted = [weights, TORCH_FOLDER] if model == contract.DETECTOR_MODEL else [weights]
         else:
             wanted = [TORCH_FOLDER]
