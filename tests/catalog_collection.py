@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from fashionbox.synth import render_scene
@@ -163,6 +164,13 @@ def scratch_catalog_folder(prefix: str) -> Iterator[Path]:
     finally:
         stop_embedded(path / "catalog" / "postgres")
         shutil.rmtree(path, ignore_errors=True)
+
+
+def random_unit(rng: np.random.Generator, dim: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """A random unit vector of ``dim`` float32s (a planted garment's or image's embedding)."""
+    v = rng.normal(size=dim).astype(np.float32)
+    out: np.ndarray[Any, np.dtype[np.float32]] = v / np.linalg.norm(v)
+    return out
 
 
 class PlantedServer:

@@ -2,9 +2,10 @@
 
 A dozen generated scenes (known garments) plus exact, re-encoded and resized copies and two bad
 files are indexed through ``fashionbox catalog index``; search and duplicates are checked against
-the generator's ground truth, indexing is checked to be idempotent and to survive an interruption,
-and the web page is driven in a real headless Chromium (Debian's chromium-driver, Selenium):
-filter, click through, a board, an upload saved into the collection, a garment's similar ones.
+the generator's ground truth, indexing is checked to be idempotent, to survive an interruption and to
+follow a watched folder (new files in, a deleted one out), and the web page is driven in a real headless
+Chromium (Debian's chromium-driver, Selenium): filter, click through, a board, an upload saved into the
+collection, a garment's similar ones.
 Screenshots are kept under ``artifacts/test-screenshots/catalog/`` (phone-sized window).
 
 Visual search runs on the vectors the served default model sends (its garment embedding and
@@ -188,30 +189,46 @@ def test_an_interrupted_run_loses_nothing_and_stores_nothing_twice(url: str, db:
     assert len(rows) == 10 and all(count == 1 for _, count in rows)
 
 
-def test_watch_picks_up_a_new_file(url: str, db: Database, folder: Path) -> None:
+def test_watch_picks_up_new_files_and_prunes_a_deleted_one(url: str, db: Database, folder: Path) -> None:
     watched = folder / "watched"
     watched.mkdir()
     stop = threading.Event()
     reports: list[Any] = []
+    pruned: list[Any] = []
+    catalog = Catalog(db)
+
+    def wait_for(condition: Any, what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+
     with FashionClient(url) as client:
         indexer = Indexer(db, client)
         thread = threading.Thread(target=indexer.watch, args=([watched],),
-                                  kwargs={"poll_s": 0.2, "stop": stop.is_set, "on_report": reports.append})
+                                  kwargs={"poll_s": 0.2, "stop": stop.is_set, "on_report": reports.append,
+                                          "prune": True, "on_prune": pruned.append})
         thread.start()
         try:
-            new = write_collection(folder / "watched-source", count=1, seed=SEED + 3, exact=0, reencoded=0,
+            new = write_collection(folder / "watched-source", count=2, seed=SEED + 3, exact=0, reencoded=0,
                                    resized=0)
-            target = watched / "new.jpg"
-            shutil.copy(next(iter(new.garments)), target)
-            deadline = time.monotonic() + 60
-            while Catalog(db).image_id_of(str(target.resolve())) is None:
-                assert time.monotonic() < deadline, "the new file was not indexed"
-                time.sleep(0.1)
+            targets = [watched / "new.jpg", watched / "deleted.jpg"]
+            for source, target in zip(sorted(new.garments), targets, strict=True):
+                shutil.copy(source, target)
+            wait_for(lambda: all(catalog.image_id_of(str(t.resolve())) for t in targets), "the new files were not "
+                     "indexed")
+            deleted = catalog.image_id_of(str(targets[1].resolve()))
+            targets[1].unlink()
+            wait_for(lambda: catalog.image_id_of(str(targets[1].resolve())) is None, "the deleted file stayed")
         finally:
             stop.set()
             thread.join(timeout=30)
     assert not thread.is_alive()
-    assert [r.indexed for r in reports] == [1]
+    assert sum(r.indexed for r in reports) == 2
+    assert [r.removed for r in pruned] == [1] and pruned[0].folders[0].missing == (str(targets[1].resolve()),)
+    with db.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM garments WHERE image_id = %s", (deleted,)).fetchone() == (0,)
+    assert catalog.image_id_of(str(targets[0].resolve())) is not None
 
 
 def test_masks_are_stored_as_served(url: str, db: Database, truth: Truth) -> None:

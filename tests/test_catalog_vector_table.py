@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from catalog_collection import PlantedServer, scratch_catalog_folder, spy_on_plans
+from catalog_collection import PlantedServer, random_unit, scratch_catalog_folder, spy_on_plans
 from PIL import Image
 from psycopg.types.json import Jsonb
 
@@ -42,9 +42,7 @@ def folder() -> Iterator[Path]:
 
 
 def _unit(rng: np.random.Generator) -> np.ndarray[Any, np.dtype[np.float32]]:
-    v = rng.normal(size=DIM).astype(np.float32)
-    out: np.ndarray[Any, np.dtype[np.float32]] = v / np.linalg.norm(v)
-    return out
+    return random_unit(rng, DIM)
 
 
 def _version_2(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Database:

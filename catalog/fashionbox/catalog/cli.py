@@ -1,4 +1,4 @@
-"""``fashionbox catalog index|search|similar|duplicates|web``: the catalog's subcommands.
+"""``fashionbox catalog index|prune|search|similar|duplicates|web``: the catalog's subcommands.
 
 ``fashionbox.commands.cli`` adds them with :func:`add_catalog_arguments` and runs
 :func:`catalog_main`; this module imports nothing heavy until a subcommand runs. Results go to
@@ -83,9 +83,22 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
                         "many images; queries run exact meanwhile); default: when the new images are at least "
                         "100 and as many as the catalog holds; --watch keeps them row by row")
     p.add_argument("--watch", action="store_true", help="keep running and index new files as they appear")
+    p.add_argument("--prune", action="store_true",
+                   help="also remove the images of these folders whose files are gone (as `catalog prune` does, "
+                        "without --force); with --watch, as they go")
     p.add_argument("--poll-s", type=float, default=2.0, help="--watch: seconds between scans")
     p.add_argument("--json", action="store_true", help="print the run's report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    p = sub.add_parser("prune", help="remove the images whose files are gone (deleted or moved) from the catalog")
+    p.add_argument("folders", type=Path, nargs="*", metavar="DIR",
+                   help="only images under these folders (default: every indexed folder)")
+    _where(p)
+    p.add_argument("--dry-run", action="store_true", help="list what is gone, remove nothing")
+    p.add_argument("--force", action="store_true",
+                   help="remove them also where a folder is not there, or none of its images is (refused "
+                        "without it: a disk that is not mounted looks like that)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("search", help="garments by category, attributes, image-level label or words, ranked, "
                                       "grouped by image")
@@ -135,7 +148,7 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
 def catalog_main(args: argparse.Namespace) -> int:
     from .errors import CatalogError
 
-    command = {"index": _index, "search": _search, "similar": _similar, "duplicates": _duplicates,
+    command = {"index": _index, "prune": _prune, "search": _search, "similar": _similar, "duplicates": _duplicates,
                "web": _web}[args.catalog_command]
     try:
         return command(args)
@@ -155,6 +168,7 @@ def _index(args: argparse.Namespace) -> int:
 
     from .errors import CatalogError
     from .indexer import Indexer, IndexReport, Progress
+    from .prune import PruneReport, prune_lines
 
     if not args.ray and len(args.url) > 1:
         raise CatalogError("several servers in --url need --ray (the plain indexer sends to one server)")
@@ -188,6 +202,13 @@ def _index(args: argparse.Namespace) -> int:
         if len(report.errors) > _ERRORS_SHOWN:
             print(f"  ... and {len(report.errors) - _ERRORS_SHOWN} more", file=sys.stderr)
 
+    def pruned(report: PruneReport) -> None:
+        if args.json:
+            print(json.dumps({"pruned": report.to_dict()}), flush=True)
+        else:
+            for line in prune_lines(report, shown=_ERRORS_SHOWN):
+                print(line, file=sys.stderr, flush=True)
+
     if args.ray:
         from .ray_indexer import RayIndexer, RayOptions
 
@@ -196,7 +217,8 @@ def _index(args: argparse.Namespace) -> int:
                              options=options, bulk=args.bulk).index_folders(args.folders)
         for report in reports:
             summary(report)
-        return 1 if any(report.deferred for report in reports) else 0
+        refused = _prune_after(args, db, pruned)
+        return 1 if refused or any(report.deferred for report in reports) else 0
 
     with FashionClient(args.url[0]) as client:
         indexer = Indexer(db, client, max_in_flight=args.max_in_flight, progress=progress)
@@ -205,14 +227,49 @@ def _index(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             print(f"watching {', '.join(map(str, args.folders))} (Ctrl-C stops)", file=sys.stderr, flush=True)
             with contextlib.suppress(KeyboardInterrupt):
-                indexer.watch(args.folders, poll_s=args.poll_s, stop=stop.is_set, on_report=summary)
+                indexer.watch(args.folders, poll_s=args.poll_s, stop=stop.is_set, on_report=summary,
+                              prune=args.prune, on_prune=pruned)
             return 0
         deferred = 0
         for folder in args.folders:
             report = indexer.index_folder(folder, bulk=args.bulk)
             summary(report)
             deferred += report.deferred
-    return 1 if deferred else 0
+    refused = _prune_after(args, db, pruned)
+    return 1 if deferred or refused else 0
+
+
+def _prune_after(args: argparse.Namespace, db: Any, show: Any) -> bool:
+    """``index --prune``: prune the run's folders (never forced); whether a folder was refused."""
+    if not args.prune:
+        return False
+    from .prune import prune
+
+    report = prune(db, args.folders)
+    show(report)
+    return bool(report.refused)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from .errors import CatalogError
+    from .prune import prune, prune_lines
+
+    db = _open(args)
+    report = prune(db, args.folders or None, dry_run=args.dry_run, force=args.force)
+    if args.json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        for line in prune_lines(report, shown=_ERRORS_SHOWN):
+            print(line, file=sys.stderr)
+        verb = "would be removed (dry run)" if report.dry_run else "removed"
+        print(f"{report.missing} of {sum(f.indexed for f in report.folders)} images gone, "
+              f"{report.missing if report.dry_run else report.removed} {verb}, "
+              f"{len(report.refused)} folder{'s' if len(report.refused) != 1 else ''} refused "
+              f"in {report.elapsed_s:.1f} s ({db.describe()})", file=sys.stderr)
+    empty = [f.folder for f in report.folders if f.indexed == 0]
+    if args.folders and empty:  # a mistyped folder: say so rather than report nothing gone
+        raise CatalogError(f"no image in the catalog is under {', '.join(empty)}")
+    return 1 if report.refused else 0
 
 
 def _filter(args: argparse.Namespace) -> Any:

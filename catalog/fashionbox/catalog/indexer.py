@@ -62,6 +62,8 @@ from fashionbox.client import (
 
 from .database import Database
 from .hashing import phash64, sha256_hex, warm_up
+from .prune import PruneReport
+from .prune import prune as prune_missing
 from .vectors import BulkLoad, EmbeddingModel, Kind, ensure_model, repair_vector_indexes, vector_literal
 
 logger = logging.getLogger(__name__)
@@ -261,14 +263,26 @@ class Indexer:
         return tally.report(time.perf_counter() - start)
 
     def watch(self, roots: Sequence[Path], *, poll_s: float = 2.0, stop: Callable[[], bool] = lambda: False,
-              on_report: Callable[[IndexReport], None] | None = None, settle_s: float = 1.0) -> None:
+              on_report: Callable[[IndexReport], None] | None = None, settle_s: float = 1.0,
+              prune: bool = False, on_prune: Callable[[PruneReport], None] | None = None) -> None:
         """Index ``roots`` now, then again every ``poll_s`` seconds until ``stop()`` is true; a file is
-        picked up once it has not changed for ``settle_s`` (so that a copy in progress is not read half-way)."""
+        picked up once it has not changed for ``settle_s`` (so that a copy in progress is not read half-way).
+        ``prune``: after each scan, remove the images of ``roots`` whose files are gone
+        (:func:`~fashionbox.catalog.prune.prune`, refusing as it does); ``on_prune`` hears of each removal,
+        and of a refusal when it first happens."""
+        refusals: dict[str, str | None] = {}
         while True:
             for root in roots:
                 report = self.index_folder(root, min_age_s=settle_s, bulk=False)  # new files trickle in: row by row
                 if on_report is not None and (report.sent or report.copied or report.deferred):
                     on_report(report)
+                if prune:
+                    pruned = prune_missing(self._db, [root])
+                    refused = pruned.folders[0].refused
+                    news = pruned.removed > 0 or (refused is not None and refusals.get(str(root)) != refused)
+                    refusals[str(root)] = refused
+                    if on_prune is not None and news:
+                        on_prune(pruned)
             deadline = time.monotonic() + poll_s
             while time.monotonic() < deadline:
                 if stop():

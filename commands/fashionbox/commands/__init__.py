@@ -1,4 +1,5 @@
 """The ``fashionbox`` command and what only the commands use: ``cli`` (train, convert, serve,
-detect, eval, synth, demo, loadtest, tune), ``demo``, ``detect``, ``evaluation`` and ``errors``
+detect, eval, calibrate, synth, demo, loadtest, tune, catalog, model-analyzer-config), ``demo``, ``detect``,
+``calibration``, ``evaluation`` and ``errors``
 (which exceptions a user sees as one line). The top floor: it may import every other part.
 """

@@ -1,4 +1,5 @@
-"""The ``fashionbox`` command: train, convert, serve, detect, eval, synth, demo, loadtest, tune, model-analyzer-config.
+"""The ``fashionbox`` command: train, convert, serve, detect, eval, calibrate, synth, demo, loadtest, tune,
+catalog, model-analyzer-config.
 
 Each subcommand imports its part lazily, so ``fashionbox detect`` works with the client
 extra alone (no torch). Reports go to stdout as tables or JSON; logs go to stderr.
@@ -327,7 +328,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fashionbox", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fashionbox", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
