@@ -208,7 +208,8 @@ def test_a_second_ray_run_changes_nothing(runs: dict[str, Any], url: str, folder
         assert conn.execute("SELECT count(*), max(id) FROM garments").fetchone() == garments
 
 
-def test_new_files_in_a_ray_run_are_all_sent_over_two_replicas(runs: dict[str, Any], url: str, folder: Path) -> None:
+def test_new_files_in_a_ray_run_are_all_sent_over_two_replicas_and_gone_ones_pruned(runs: dict[str, Any], url: str,
+                                                                                    folder: Path) -> None:
     more = folder / "more"
     extra = write_collection(folder / "extra", count=4, seed=SEED + 1, exact=0, reencoded=0, resized=0)
     more.mkdir()
@@ -219,6 +220,14 @@ def test_new_files_in_a_ray_run_are_all_sent_over_two_replicas(runs: dict[str, A
                           "--json", "--ray", "--ray-actors", "2")
     assert code == 0, err
     assert json.loads(out)["indexed"] == 4
+
+    (more / "more-0.jpg").unlink()  # --prune after a Ray run: one JSON line per folder, then the prune's
+    code, out, err = _run("catalog", "index", str(more), "--url", url, "--catalog", str(folder / "ray"), "--json",
+                          "--ray", "--prune")
+    report, pruned = (json.loads(line) for line in out.splitlines())
+    assert code == 0 and report["skipped"] == 3, err
+    assert pruned["pruned"]["removed"] == 1 and pruned["pruned"]["folders"][0]["missing"] == [
+        str((more / "more-0.jpg").resolve())]
 
 
 def test_ray_leaves_no_process_or_folder_behind(runs: dict[str, Any]) -> None:
