@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -547,25 +548,26 @@ def web(db: Database, url: str) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-def _get(address: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(address, timeout=30) as response:
-            return int(response.status), response.read()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read()
-
-
-def _post_file(address: str, name: str, data: bytes) -> tuple[int, bytes]:
-    boundary = "fashionbox-test-boundary"
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="photo"; filename="{name}"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(address, data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+def _send(address: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """GET ``address`` (POST ``data``, if given) with ``headers``; the status and body (redirects followed)."""
+    request = urllib.request.Request(address, data=data, method="GET" if data is None else "POST",
+                                     headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
+
+
+def _get(address: str) -> tuple[int, bytes]:
+    return _send(address)
+
+
+def _post_file(address: str, name: str, data: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    boundary = "fashionbox-test-boundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="photo"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return _send(address, body, {"Content-Type": f"multipart/form-data; boundary={boundary}", **(headers or {})})
 
 
 def test_the_http_api_answers_similar_as_the_python_api(web: str, db: Database, identities: IdentityTruth) -> None:
@@ -600,6 +602,33 @@ def test_uploads_too_large_or_not_images_are_refused_clearly(web: str) -> None:
     assert status == 413 and b"limit" in body
     status, body = _post_file(f"{web}/upload", "notes.jpg", b"just some text, not a photo")
     assert status == 415 and b"JPEG, PNG or WebP" in body
+
+
+def test_other_names_and_changes_from_other_sites_are_refused(web: str, db: Database, truth: Truth) -> None:
+    port = web.rsplit(":", 1)[1]
+    image_id = Catalog(db).image_id_of(next(iter(truth.garments)))
+    # DNS rebinding: a page of evil.example, its name resolving to 127.0.0.1, reads nothing (the browser sends
+    # its name in Host); the page's own names answer
+    for path in ("/api/search", f"/file/{image_id}", "/"):
+        status, body = _send(f"{web}{path}", headers={"Host": f"evil.example:{port}"})
+        assert status == 403 and b"not served under the name" in body, path
+        assert _send(f"{web}{path}", headers={"Host": f"localhost:{port}"})[0] == 200, path
+    # a form of another site posting here, as browsers send it: refused before anything is read or stored
+    name = "posted-from-elsewhere"
+    form = urllib.parse.urlencode({"name": name}).encode()
+    url_encoded = {"Content-Type": "application/x-www-form-urlencoded"}
+    for elsewhere in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"}):
+        status, body = _send(f"{web}/boards", form, {**url_encoded, **elsewhere})
+        assert status == 403 and b"cannot change the catalog" in body, elsewhere
+        photo = Path(next(iter(truth.garments))).read_bytes()
+        assert _post_file(f"{web}/upload", "photo.jpg", photo, elsewhere)[0] == 403
+    assert name not in dict(Catalog(db).boards())
+    # the page's own form (what Chromium sends: the browser test clicks through it), and a script
+    assert _send(f"{web}/boards", form, {**url_encoded, "Origin": web, "Sec-Fetch-Site": "same-origin"})[0] == 200
+    assert name in dict(Catalog(db).boards())
+    assert _send(f"{web}/boards", urllib.parse.urlencode({"name": name + "-script"}).encode(), url_encoded)[0] == 200
+    with db.connect() as conn:
+        conn.execute("DELETE FROM boards WHERE name LIKE %s", (name + "%",))
 
 
 def test_files_outside_the_indexed_roots_are_never_served(web: str, db: Database, folder: Path,

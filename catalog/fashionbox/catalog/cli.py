@@ -141,6 +141,9 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
     _where(p)
     p.add_argument("--url", type=_url, default=DEFAULT_URL, help="server gRPC HOST:PORT (for uploads)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a name the page is reached by, besides loopback's and --host (repeat for several; * for "
+                        "any): other names in Host are refused, against DNS rebinding")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-upload-mb", type=float, default=None, help="largest upload accepted")
 
@@ -355,9 +358,15 @@ def _web(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .web import WebSettings, create_app
+    from .webguard import allowed_hosts
 
-    settings = WebSettings(url=args.url) if args.max_upload_mb is None else WebSettings(
-        url=args.url, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+    hosts = allowed_hosts(args.host, args.allowed_host)
+    if hosts is None and "*" not in args.allowed_host:
+        print(f"warning: bound to every interface ({args.host}) with no --allowed-host: the page answers under "
+              "any name, DNS rebinding included; --allowed-host NAME lists the names it is reached by",
+              file=sys.stderr)
+    settings = WebSettings(url=args.url, allowed_hosts=hosts) if args.max_upload_mb is None else WebSettings(
+        url=args.url, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), allowed_hosts=hosts)
     app = create_app(_open(args), settings)
     print(f"catalog web page on http://{args.host}:{args.port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

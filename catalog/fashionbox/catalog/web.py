@@ -8,7 +8,9 @@ Usage::
 A Starlette app, HTML written here (every value escaped), no script at all: forms and links only,
 so there is no build step and nothing from a CDN. One CSS grid, so it reads on a phone-sized screen.
 
-Safe by default: ``fashionbox catalog web`` binds loopback; an upload larger than
+Safe by default: ``fashionbox catalog web`` binds loopback and answers only the names it is served
+under, and refuses a request from another site that would change something
+(:mod:`fashionbox.catalog.webguard`: DNS rebinding, cross-site forms); an upload larger than
 ``max_upload_bytes`` is refused with 413 before it is read, one that is not a JPEG, PNG or WebP
 with 415; ``/file/{id}`` serves only files of indexed images that lie, after resolving links,
 inside a root the catalog indexed. Uploads go to the server at ``url`` for detection, wait in
@@ -43,6 +45,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -70,6 +73,7 @@ from .queries import (
     embed_words,
     parse_attribute,
 )
+from .webguard import LOOPBACK_NAMES, WebGuard
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +93,8 @@ class WebSettings:
     """The server's gRPC HOST:PORT, for uploads."""
     max_upload_bytes: int = 20 * 1024 * 1024
     max_upload_pixels: int = 50_000_000
+    allowed_hosts: frozenset[str] | None = LOOPBACK_NAMES
+    """The ``Host`` names answered (:func:`fashionbox.catalog.webguard.allowed_hosts`; ``None``: any)."""
 
     def __post_init__(self) -> None:
         if self.max_upload_bytes < 1 or self.max_upload_pixels < 1:
@@ -566,4 +572,5 @@ def create_app(db: Database, settings: WebSettings | None = None) -> Starlette:
     # A body past this is cut off (413) as it arrives; below it, an upload over the limit is read and
     # refused with a clear page.
     return Starlette(routes=routes, exception_handlers={CatalogError: on_catalog_error, HTTPException: on_http_error},
-                     lifespan=lifespan, max_body_size=_BODY_LIMIT_FACTOR * handlers.settings.max_upload_bytes)
+                     lifespan=lifespan, max_body_size=_BODY_LIMIT_FACTOR * handlers.settings.max_upload_bytes,
+                     middleware=[Middleware(WebGuard, hosts=handlers.settings.allowed_hosts)])
