@@ -4,8 +4,8 @@ A dozen generated scenes (known garments) plus exact, re-encoded and resized cop
 files are indexed through ``fashionbox catalog index``; search and duplicates are checked against
 the generator's ground truth, indexing is checked to be idempotent, to survive an interruption and to
 follow a watched folder (new files in, a deleted one out), and the web page is driven in a real headless
-Chromium (Debian's chromium-driver, Selenium): filter, click through, a board, an upload saved into the
-collection, a garment's similar ones.
+Chromium (Debian's chromium-driver, Selenium): filter, click through, a board (an image added, taken off,
+the board deleted), an upload saved into the collection, a garment's similar ones.
 Screenshots are kept under ``artifacts/test-screenshots/catalog/`` (phone-sized window).
 
 Visual search runs on the vectors the served default model sends (its garment embedding and
@@ -735,6 +735,19 @@ def test_in_a_real_browser_filter_click_through_board_and_upload(web: str, db: D
         on_board = {c.get_attribute("data-image") for c in browser.find_elements(By.CSS_SELECTOR, "#results .card")}
         assert on_board == {first}
         _shot(browser, "4-board.png")
+
+        # take it off the board again (the image stays), then delete the board
+        first_id = Catalog(db).image_id_of(first or "")
+        browser.get(f"{web}/image/{first_id}")
+        _follow(browser, browser.find_element(By.ID, "remove-1"))
+        assert browser.find_element(By.ID, "boards").text == "none"
+        assert dict(Catalog(db).boards())["consultation 1"] == 0
+        browser.get(web + "/boards")
+        assert "consultation 1 (0)" in browser.find_element(By.ID, "board-list").text
+        _shot(browser, "4-boards.png")
+        _follow(browser, browser.find_element(By.ID, "delete-1"))
+        assert "consultation 1" not in browser.find_element(By.ID, "board-list").text
+        assert "consultation 1" not in dict(Catalog(db).boards()) and Catalog(db).image(first_id or -1) is not None
 
         # upload a new photo: boxes drawn, then saved into the collection and indexed at once
         new = write_collection(folder / "upload", count=1, seed=SEED + 2, exact=0, reencoded=0, resized=0)

@@ -740,6 +740,17 @@ class Catalog:
                 "ON CONFLICT DO NOTHING", (int(row[0]), ids))
             return cursor.rowcount
 
+    def remove_from_board(self, name: str, image_ids: Iterable[int]) -> int:
+        """Take images off board ``name`` (the images stay in the catalog); how many were on it."""
+        with self.db.connect() as conn:
+            return conn.execute("DELETE FROM board_images bi USING boards b WHERE bi.board_id = b.id AND b.name = %s "
+                                "AND bi.image_id = ANY(%s)", (_board_name(name), list(image_ids))).rowcount
+
+    def delete_board(self, name: str) -> bool:
+        """Delete board ``name`` (its images stay in the catalog); whether it existed."""
+        with self.db.connect() as conn:
+            return conn.execute("DELETE FROM boards WHERE name = %s", (_board_name(name),)).rowcount > 0
+
     def browse(self, query: SearchFilter, *, limit: int = DEFAULT_LIMIT, offset: int = 0) -> list[ImageHit]:
         """Like :meth:`search`, but an empty filter lists every indexed image (with its garments)."""
         if query.category or query.attributes or query.min_score > 0 or query.label is not None:

@@ -19,7 +19,8 @@ inside a root the catalog indexed. Uploads go to the server at ``url`` for detec
 Routes: ``/`` (browse; ``?category=&attribute=GROUP=LABEL&board=&label=``), ``/image/{id}``,
 ``/image/{id}/drawn.png``, ``/file/{id}``, ``/similar/{garment_id}`` (garments like one, across the
 catalog, grouped by image; the image page links each garment there), ``/upload`` (GET form, POST
-photo), ``/upload/save``, ``/boards`` (GET list, POST create), ``/boards/add``, ``/duplicates``, and
+photo), ``/upload/save``, ``/boards`` (GET list, POST create), ``/boards/add``, ``/boards/remove`` (an
+image off a board), ``/boards/delete`` (a board; its images stay), ``/duplicates``, and
 JSON at ``/api/search`` (``?text=`` ranks by words through the server's text tower),
 ``/api/similar`` (GET ``?garment_id=``, or POST a photo with ``garment``) and ``/api/duplicates``
 (the same rows as ``fashionbox catalog search|similar|duplicates --json``).
@@ -117,6 +118,7 @@ img.full{max-width:100%;height:auto}table{border-collapse:collapse;width:100%}td
 padding:.3rem;text-align:left;font-size:.85rem}.error{background:#fee;border:1px solid #c00;padding:.6rem}
 .group{margin-bottom:1rem}.query{display:flex;gap:.6rem;align-items:center;margin-bottom:.8rem}
 .query img{width:120px;height:120px;object-fit:cover}
+form.inline{display:inline}button.remove,button.delete{font-size:.8rem;padding:.1rem .4rem}
 """
 
 
@@ -257,7 +259,11 @@ class CatalogApp:
                         f"<td>{g.score:.2f}</td><td>{attrs}</td>"
                         f'<td><a class="similar" id="similar-{number}" href="/similar/{g.garment_id}">similar</a>'
                         f"</td></tr>")
-        boards = ", ".join(f'<a href="/?{_e(urlencode([("board", b)]))}">{_e(b)}</a>' for b in record.boards) or "none"
+        boards = "".join(
+            f'<li><a href="/?{_e(urlencode([("board", b)]))}">{_e(b)}</a> <form method="post" action="/boards/remove" '
+            f'class="inline"><input type="hidden" name="image_id" value="{record.image_id}"><input type="hidden" '
+            f'name="board" value="{_e(b)}"><button type="submit" class="remove" id="remove-{number}">remove</button>'
+            f"</form></li>" for number, b in enumerate(record.boards, 1))
         known = "".join(f'<option value="{_e(name)}">' for name, _ in self.catalog.boards())
         labels = ", ".join(f'<a href="/?{_e(urlencode([("label", label)]))}">{_e(label)}</a> ({score:.2f})'
                            for label, score in record.labels)
@@ -267,7 +273,7 @@ class CatalogApp:
                    f'<img class="full" id="drawn" src="/image/{record.image_id}/drawn.png" alt="detections">')
                 + f'<table id="garments"><tr><th>#</th><th>category</th><th>score</th><th>attributes</th>'
                 f'<th></th></tr>'
-                f'{"".join(rows)}</table><p>Boards: <span id="boards">{boards}</span></p>'
+                f'{"".join(rows)}</table><p>Boards:</p><ul id="boards">{boards or "<li>none</li>"}</ul>'
                 f'<form method="post" action="/boards/add" id="add-to-board">'
                 f'<input type="hidden" name="image_id" value="{record.image_id}">'
                 f'<label>Add to board <input name="board" id="board-name" list="known-boards" required '
@@ -425,8 +431,10 @@ class CatalogApp:
     # -- boards and duplicates ------------------------------------------------------------------------------
 
     def boards(self, request: Request) -> Response:
-        items = "".join(f'<li><a href="/?{_e(urlencode([("board", name)]))}">{_e(name)}</a> ({count})</li>'
-                        for name, count in self.catalog.boards())
+        items = "".join(f'<li><a href="/?{_e(urlencode([("board", name)]))}">{_e(name)}</a> ({count}) '
+                        f'<form method="post" action="/boards/delete" class="inline"><input type="hidden" name="name" '
+                        f'value="{_e(name)}"><button type="submit" class="delete" id="delete-{number}">delete</button>'
+                        f"</form></li>" for number, (name, count) in enumerate(self.catalog.boards(), 1))
         body = (f'<form method="post" action="/boards" id="new-board"><label>New board '
                 f'<input name="name" id="new-board-name" required maxlength="200"></label> '
                 f'<button type="submit" id="create">Create</button></form><ul id="board-list">{items}</ul>')
@@ -448,6 +456,24 @@ class CatalogApp:
         except (QueryError, ValueError) as exc:
             return _error(str(exc), 400)
         return RedirectResponse(f"/image/{image_id}", status_code=303)
+
+    async def remove_from_board(self, request: Request) -> Response:
+        form = await request.form(max_files=0, max_fields=4)
+        try:
+            image_id = int(str(form.get("image_id", "")))
+            self.catalog.remove_from_board(str(form.get("board", "")), [image_id])
+        except (QueryError, ValueError) as exc:
+            return _error(str(exc), 400)
+        return RedirectResponse(f"/image/{image_id}", status_code=303)
+
+    async def delete_board(self, request: Request) -> Response:
+        """Delete a board (its images stay); a board that is not there is not an error (deleted twice)."""
+        form = await request.form(max_files=0, max_fields=4)
+        try:
+            self.catalog.delete_board(str(form.get("name", "")))
+        except QueryError as exc:
+            return _error(str(exc), 400)
+        return RedirectResponse("/boards", status_code=303)
 
     def duplicates(self, request: Request) -> Response:
         try:
@@ -550,6 +576,8 @@ def create_app(db: Database, settings: WebSettings | None = None) -> Starlette:
         Route("/boards", handlers.boards, methods=["GET"]),
         Route("/boards", handlers.create_board, methods=["POST"]),
         Route("/boards/add", handlers.add_to_board, methods=["POST"]),
+        Route("/boards/remove", handlers.remove_from_board, methods=["POST"]),
+        Route("/boards/delete", handlers.delete_board, methods=["POST"]),
         Route("/duplicates", handlers.duplicates),
         Route("/api/search", handlers.api_search),
         Route("/api/similar", handlers.api_similar, methods=["GET", "POST"]),
