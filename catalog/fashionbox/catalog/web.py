@@ -34,7 +34,7 @@ import io
 import logging
 import re
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -441,39 +441,37 @@ class CatalogApp:
         return _page("Boards", body)
 
     async def create_board(self, request: Request) -> Response:
-        form = await request.form(max_files=0, max_fields=4)
-        try:
-            self.catalog.create_board(str(form.get("name", "")))
-        except QueryError as exc:
-            return _error(str(exc), 400)
-        return RedirectResponse("/boards", status_code=303)
-
-    async def add_to_board(self, request: Request) -> Response:
-        form = await request.form(max_files=0, max_fields=4)
-        try:
-            image_id = int(str(form.get("image_id", "")))
-            self.catalog.add_to_board(str(form.get("board", "")), [image_id])
-        except (QueryError, ValueError) as exc:
-            return _error(str(exc), 400)
-        return RedirectResponse(f"/image/{image_id}", status_code=303)
-
-    async def remove_from_board(self, request: Request) -> Response:
-        form = await request.form(max_files=0, max_fields=4)
-        try:
-            image_id = int(str(form.get("image_id", "")))
-            self.catalog.remove_from_board(str(form.get("board", "")), [image_id])
-        except (QueryError, ValueError) as exc:
-            return _error(str(exc), 400)
-        return RedirectResponse(f"/image/{image_id}", status_code=303)
+        return await self._board_form(request, self.catalog.create_board)
 
     async def delete_board(self, request: Request) -> Response:
         """Delete a board (its images stay); a board that is not there is not an error (deleted twice)."""
+        return await self._board_form(request, self.catalog.delete_board)
+
+    async def add_to_board(self, request: Request) -> Response:
+        return await self._image_board_form(request, self.catalog.add_to_board)
+
+    async def remove_from_board(self, request: Request) -> Response:
+        return await self._image_board_form(request, self.catalog.remove_from_board)
+
+    async def _board_form(self, request: Request, change: Callable[[str], object]) -> Response:
+        """A form naming a board (``name``): ``change(name)``, then back to the boards."""
         form = await request.form(max_files=0, max_fields=4)
         try:
-            self.catalog.delete_board(str(form.get("name", "")))
+            change(str(form.get("name", "")))
         except QueryError as exc:
             return _error(str(exc), 400)
         return RedirectResponse("/boards", status_code=303)
+
+    async def _image_board_form(self, request: Request, change: Callable[[str, list[int]], int]) -> Response:
+        """A form naming an image and a board (``image_id``, ``board``): ``change(board, [image_id])``, then back
+        to the image."""
+        form = await request.form(max_files=0, max_fields=4)
+        try:
+            image_id = int(str(form.get("image_id", "")))
+            change(str(form.get("board", "")), [image_id])
+        except (QueryError, ValueError) as exc:
+            return _error(str(exc), 400)
+        return RedirectResponse(f"/image/{image_id}", status_code=303)
 
     def duplicates(self, request: Request) -> Response:
         try:
