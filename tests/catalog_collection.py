@@ -175,14 +175,18 @@ def random_unit(rng: np.random.Generator, dim: int) -> np.ndarray[Any, np.dtype[
 
 class PlantedServer:
     """A stand-in for the server in catalog tests: each file's answer is fixed in advance, by its bytes
-    (``answers[data] = ImageDetections(...)``); ``detect`` takes a path or the bytes, as the client does."""
+    (``answers[data] = ImageDetections(...)``, or an exception to raise, as the client raises the server's
+    refusals); ``detect`` takes a path or the bytes, as the client does."""
 
     def __init__(self) -> None:
         self.answers: dict[bytes, Any] = {}
 
     def detect(self, image: Any, **_: Any) -> Any:
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
-        return self.answers[data]
+        answer = self.answers[data]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
 
 
 def spy_on_plans(monkeypatch: Any) -> list[bool]:

@@ -1,4 +1,4 @@
-"""``fashionbox catalog index|prune|search|similar|duplicates|web``: the catalog's subcommands.
+"""``fashionbox catalog index|prune|info|search|similar|duplicates|web``: the catalog's subcommands.
 
 ``fashionbox.commands.cli`` adds them with :func:`add_catalog_arguments` and runs
 :func:`catalog_main`; this module imports nothing heavy until a subcommand runs. Results go to
@@ -100,6 +100,11 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
                         "without it: a disk that is not mounted looks like that)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    p = sub.add_parser("info", help="what the catalog holds: images, garments, folders, embedding models and "
+                                    "their indexes, size")
+    _where(p)
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+
     p = sub.add_parser("search", help="garments by category, attributes, image-level label or words, ranked, "
                                       "grouped by image")
     _where(p)
@@ -151,8 +156,8 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
 def catalog_main(args: argparse.Namespace) -> int:
     from .errors import CatalogError
 
-    command = {"index": _index, "prune": _prune, "search": _search, "similar": _similar, "duplicates": _duplicates,
-               "web": _web}[args.catalog_command]
+    command = {"index": _index, "prune": _prune, "info": _info, "search": _search, "similar": _similar,
+               "duplicates": _duplicates, "web": _web}[args.catalog_command]
     try:
         return command(args)
     except (CatalogError, FileNotFoundError) as exc:  # the library raises; the command says what was wrong
@@ -273,6 +278,14 @@ def _prune(args: argparse.Namespace) -> int:
     if args.folders and empty:  # a mistyped folder: say so rather than report nothing gone
         raise CatalogError(f"no image in the catalog is under {', '.join(empty)}")
     return 1 if report.refused else 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .summary import summarize
+
+    summary = summarize(_open(args))
+    print(json.dumps(summary.to_dict(), ensure_ascii=False) if args.json else "\n".join(summary.lines()))
+    return 0
 
 
 def _filter(args: argparse.Namespace) -> Any:

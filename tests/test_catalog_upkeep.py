@@ -1,13 +1,16 @@
-"""Pruning: images whose files are gone leave the catalog (``fashionbox catalog prune``, ``index --prune``,
-``Indexer.watch(prune=True)``), in a real embedded PostgreSQL with a planted server (no Triton: the answers
-are fixed per file; ``tests/test_catalog_integration.py`` prunes as it watches against the real server).
+"""A catalog's upkeep, in a real embedded PostgreSQL with a planted server (no Triton: the answers are fixed per
+file): pruning, where images whose files are gone leave the catalog (``fashionbox catalog prune``,
+``index --prune``, ``Indexer.watch(prune=True)``; ``tests/test_catalog_integration.py`` prunes as it watches
+against the real server), and ``fashionbox catalog info``, what the catalog holds.
 
-Checked: a dry run reports the gone files and removes nothing; a prune removes exactly those images, and
+Checked for pruning: a dry run reports the gone files and removes nothing; a prune removes exactly those images, and
 with them their garments, garment vectors and board places, so that search, similar and duplicates stop
 returning them, while a moved file's new path (indexed as an exact copy) stays; a folder named on the
 command line is told apart from a sibling sharing its prefix; a folder that is not there, or where none
 of the images is, is refused unless forced, and a forced prune of a folder that is gone forgets the
-folder; the command's JSON and exit codes; ``index --prune`` and a watch that prunes as files go.
+folder; the command's JSON and exit codes; ``index --prune`` and a watch that prunes as files go. For
+``info``: the counts of images, failures, garments by category, boards, folders (one gone), each model's
+vectors and whether its indexes are ready (not while a killed bulk run left them out).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from PIL import Image
 
 from fashionbox.catalog import Catalog, Database, Indexer, SearchFilter
 from fashionbox.catalog.prune import outermost, prune
-from fashionbox.client import AttributeScore, BoundingBox, Detection, ImageDetections, PackedEmbedding
+from fashionbox.client import AttributeScore, BoundingBox, Detection, ImageDetections, InvalidImage, PackedEmbedding
 from fashionbox.commands.cli import main
 from fashionbox.contract.embedding import pack_embedding
 
@@ -43,8 +46,8 @@ def folder() -> Iterator[Path]:
         yield path
 
 
-def _photo(server: PlantedServer, path: Path, seed: int) -> Path:
-    """A small PNG at ``path`` whose planted answer is two dresses with vectors of its own."""
+def _photo(server: PlantedServer, path: Path, seed: int, category: str = "dress") -> Path:
+    """A small PNG at ``path`` whose planted answer is two garments of ``category`` with vectors of their own."""
     rng = np.random.default_rng(seed)
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, size=(8, 8, 3), dtype=np.uint8)).save(buffer, format="PNG")
@@ -52,7 +55,7 @@ def _photo(server: PlantedServer, path: Path, seed: int) -> Path:
     path.write_bytes(buffer.getvalue())
     vectors = [pack_embedding(random_unit(rng, DIM), "float32") for _ in range(2)]
     detections = tuple(
-        Detection(BoundingBox(k, k, 20 + k, 20 + k), "dress", 0.9, {"length": AttributeScore("long", 0.8)},
+        Detection(BoundingBox(k, k, 20 + k, 20 + k), category, 0.9, {"length": AttributeScore("long", 0.8)},
                   packed_embedding=PackedEmbedding(MODEL, DIM, "float32", vector))
         for k, vector in enumerate(vectors))
     server.answers[buffer.getvalue()] = ImageDetections(32, 32, detections)
@@ -235,3 +238,41 @@ def test_watch_prunes_as_files_go(folder: Path) -> None:
     assert [r.removed for r in pruned] == [1, 0]
     assert pruned[0].folders[0].missing == (str(first.resolve()),)
     assert pruned[1].refused and _paths(db) == {str(second.resolve())}
+
+
+def test_info_counts_what_the_catalog_holds(folder: Path) -> None:
+    from fashionbox.catalog.vectors import BulkLoad
+
+    server = PlantedServer()
+    photos, other = folder / "photos", folder / "other"
+    for i in range(3):
+        _photo(server, photos / f"{i}.png", i)
+    _photo(server, other / "hat.png", 9, category="hat")
+    (photos / "broken.png").write_bytes(b"not a photo")
+    server.answers[b"not a photo"] = InvalidImage("cannot decode", status="INVALID_ARGUMENT")
+    db = Database.open(catalog=folder / "catalog")
+    _index(db, server, photos, other)
+    Catalog(db).add_to_board("picks", [Catalog(db).image_id_of(str((photos / "0.png").resolve())) or -1])
+    shutil.rmtree(other)
+
+    code, out, err = _cli("catalog", "info", "--json", "--catalog", str(folder / "catalog"))
+    info = json.loads(out)
+    assert code == 0, err
+    assert (info["images"], info["failed"], info["garments"], info["boards"]) == (4, 1, 8, 1)
+    assert info["categories"] == {"dress": 6, "hat": 2} and info["labelled"] == 0
+    assert info["folders"] == [
+        {"path": str(other.resolve()), "images": 1, "failed": 0, "present": False},
+        {"path": str(photos.resolve()), "images": 4, "failed": 1, "present": True}]
+    assert info["models"] == [{"name": MODEL, "kind": "garment", "dimension": DIM, "vectors": 8,
+                               "indexes_ready": True}]
+    assert info["schema_version"] >= 4 and info["size_bytes"] > 1_000_000 and not info["bulk_load_running"]
+    code, out, _ = _cli("catalog", "info", "--catalog", str(folder / "catalog"))
+    assert "4 images indexed, 1 failed" in out and "dress 6, hat 2" in out and "NOT THERE" in out
+
+    with db.connect() as conn:  # a bulk run killed half-way: its indexes are down until the next run builds them
+        loader = BulkLoad.begin(conn)
+        assert loader is not None
+        loader.abandon()
+    from fashionbox.catalog.summary import summarize
+
+    assert summarize(db).models[0].indexes_ready is False
