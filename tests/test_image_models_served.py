@@ -244,16 +244,26 @@ def _assert_families_answer_alike(ours: TritonServer, reference: TritonServer) -
 
 def test_openvino_serves_the_families_checked_against_onnx_runtime_at_conversion(
         server: TritonServer, folders: dict[str, Path], triton_server: Any, tmp_path: Path) -> None:
-    """``--runtime openvino``: the families' graphs run in OpenVINO too, checked against ONNX Runtime when
-    converted (the manifest's comparison), and served answer as the ONNX Runtime server does."""
+    """``--runtime openvino``: the families' graphs and the embedder's text tower run in OpenVINO too, checked
+    against ONNX Runtime when converted (the manifest's comparison), and served answer as the ONNX Runtime
+    server does."""
     repository = _convert_with_families(folders, tmp_path / "repo", runtime="openvino")
     manifest = json.loads((repository / contract.MANIFEST_FILE).read_text())
     tolerance = manifest["comparison"]["tolerance"]
     assert manifest["comparison"]["openvino fp32 classifier"]["probs"] <= tolerance["probs"]
     assert manifest["comparison"]["openvino fp32 embedder"]["embeddings"] <= tolerance["embeddings"]
-    for name in (contract.CLASSIFIER_MODEL, contract.EMBEDDER_MODEL):
+    assert manifest["comparison"]["openvino fp32 text_embedder"]["embeddings"] <= tolerance["embeddings"]
+    for name in (contract.CLASSIFIER_MODEL, contract.EMBEDDER_MODEL, contract.TEXT_EMBEDDER_MODEL):
         assert 'string_value: "openvino"' in (repository / name / "config.pbtxt").read_text(), name
-    _assert_families_answer_alike(triton_server(repository), server)
+    ours = triton_server(repository)
+    _assert_families_answer_alike(ours, server)
+    with FashionClient(str(server.endpoints.grpc)) as reference, FashionClient(str(ours.endpoints.grpc)) as client:
+        served, expected = client.embed_text(list(PHRASES)), reference.embed_text(list(PHRASES))
+        np.testing.assert_allclose(served, expected, atol=tolerance["embeddings"])
+        assert client.embed_text([PHRASES[0]]).shape[0] == 1  # one text: another sequence length, reshaped
+    assert ours.log_path is not None
+    assert any("text_embedder: " in line and "in OpenVINO (fp32)" in line
+               for line in ours.log_path.read_text(errors="replace").splitlines())
 
 
 def test_an_auto_pick_of_the_torch_runtime_writes_the_repository_runtime_torch_writes(

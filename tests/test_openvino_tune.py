@@ -94,6 +94,26 @@ def test_the_image_level_networks_switch_with_the_others() -> None:
         assert (back["runtime"].string_value, back["precision"].string_value) == ("onnxruntime", "fp32")
 
 
+def test_an_embedders_text_tower_follows_into_openvino_and_stays_in_onnx_runtime_elsewhere() -> None:
+    """``text_embedder`` (ONNX only) is written as the converter writes it for each runtime: OpenVINO's
+    parameters with the networks there, none (ONNX Runtime) for ONNX Runtime and for the torch runtime."""
+    branches = {**BRANCHES, "embedder": dataclasses.replace(BRANCHES["embedder"], text=True)}
+
+    def converted(runtime: str, precision: str = "fp32") -> dict[str, object]:
+        return model_configs(RepositorySettings(runtime=RuntimeSettings(runtime=runtime, precision=precision),
+                                                **branches), LABELS)  # type: ignore[arg-type]
+
+    text = contract.TEXT_EMBEDDER_MODEL
+    onnx, torch = converted("onnxruntime"), converted("torch")
+    assert "runtime" not in onnx[text].parameters and "runtime" not in torch[text].parameters  # type: ignore[attr-defined]
+    for start in (onnx, torch):
+        for runtime, precision in (("openvino", "fp32"), ("openvino", "bf16")):
+            switched = apply_runtime(start, f"{runtime}/{precision}")
+            assert switched[text] == converted(runtime, precision)[text], (runtime, precision)
+            assert apply_runtime(switched, "onnxruntime/fp32")[text] == onnx[text]
+    assert apply_runtime(torch, "torch/fp32")[text] == torch[text]
+
+
 def test_a_torch_repository_switches_to_onnx_runtime_and_openvino_as_the_converter_writes_them() -> None:
     torch_configs = model_configs(RepositorySettings(runtime=RuntimeSettings(runtime="torch", torch_threads=2),
                                                      **BRANCHES), LABELS)  # type: ignore[arg-type]

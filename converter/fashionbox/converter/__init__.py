@@ -498,6 +498,8 @@ class _Branches:
     reports: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per kind, the family's ONNX graph against its own library (:func:`compare_image_model`)."""
     manifest: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Path | None = None
+    """The text tower's tokenizer folder, where the embedder has one."""
 
 
 def _load_image_models(options: ConvertOptions) -> dict[str, Any]:
@@ -539,6 +541,7 @@ def _export_image_models(models: dict[str, Any], tmp: Path, options: ConvertOpti
         out.onnx[name] = files["image"]
         if kind == "embedder" and "text" in files:
             out.onnx[contract.TEXT_EMBEDDER_MODEL] = files["text"]
+            out.tokenizer = Path(files["tokenizer"])
             for path in sorted(Path(files["tokenizer"]).iterdir()):
                 if path.is_file():
                     out.files[f"{contract.TEXT_EMBEDDER_MODEL}/{MODEL_VERSION}/{TOKENIZER_DIR}/{path.name}"] = path
@@ -815,6 +818,12 @@ def convert(options: ConvertOptions) -> ConvertResult:
         if cpu_runtime is not None:
             runtime = cpu_runtime.runtime
             reports += cpu_runtime.reports
+            if runtime == "openvino" and branches.tokenizer is not None and settings.embedder is not None:
+                from fashionbox.converter.cpu_runtimes import check_text_tower
+
+                reports.append(check_text_tower(branches.onnx[contract.TEXT_EMBEDDER_MODEL], branches.tokenizer,
+                                                dimension=settings.embedder.size, precision=cpu_runtime.precision,
+                                                tolerance=options.tolerance))
             if runtime == "torch":  # auto's pick: the repository --runtime torch writes
                 settings = replace(settings_for("torch")[0], **{name: getattr(settings, name) for name in GRAPH_FIELDS})
                 cores = None

@@ -59,6 +59,7 @@ __all__ = [
     "BF16_TOLERANCE",
     "MARGIN",
     "MIN_TIMING_ROUNDS",
+    "TEXT_PROBES",
     "TIMING_BUDGET_S",
     "TIMING_ROUNDS",
     "BranchProbe",
@@ -66,6 +67,7 @@ __all__ = [
     "TorchCandidate",
     "check_bf16_host",
     "check_openvino",
+    "check_text_tower",
     "choose_cpu_runtime",
     "compare_runners",
     "pick",
@@ -284,6 +286,34 @@ def _compare(graphs: _Graphs, precision: str, detector_batches: Sequence[U8], at
     reports = compare_runners(f"openvino {precision}", *runners, *reference, detector_batches, attribute_batches,
                               matched=precision == "bf16", max_detections=graphs.max_detections)
     return reports, runners
+
+
+TEXT_PROBES = ("a red floral dress", "black leather ankle boots with a low block heel", "striped shirt", "x")
+"""What :func:`check_text_tower` embeds: texts of other lengths, so that the batch pads."""
+
+
+def check_text_tower(onnx: Path, tokenizer_dir: Path, *, dimension: int, precision: str,
+                     tolerance: dict[str, float]) -> ComparisonReport:
+    """An embedder's text tower (``text_embedder``) in OpenVINO against ONNX Runtime: :data:`TEXT_PROBES` as
+    one padded batch and the first alone (another shape). fp32 is held to the converter's ``embeddings``
+    tolerance (:class:`ConvertError` beyond it), bf16 recorded, as the image-level networks' are."""
+    from fashionbox.core.openvino_runtime import OpenVinoTextEmbedder
+    from fashionbox.core.serving import OnnxTextEmbedder
+
+    settings = OrtSettings(intra_op_threads=1)
+    reference = OnnxTextEmbedder(onnx, tokenizer_dir, settings, dimension=dimension)
+    try:
+        ours = OpenVinoTextEmbedder(onnx, tokenizer_dir, settings, dimension=dimension, precision=precision)
+    except OpenVinoError as exc:
+        raise ConvertError(str(exc)) from exc
+    error = max(float(np.abs(ours.embed(texts) - reference.embed(texts)).max())
+                for texts in (list(TEXT_PROBES), list(TEXT_PROBES[:1])))
+    report = ComparisonReport(f"openvino {precision} text_embedder", {"embeddings": error}, len(TEXT_PROBES) + 1)
+    limit = tolerance.get("embeddings", 0.0)
+    if precision != "bf16" and error > limit:
+        raise ConvertError(f"OpenVINO {precision} runs the text tower beyond tolerance: embeddings {error:.2e} "
+                           f"(tolerance {limit:.2e}); convert with --runtime onnxruntime")
+    return report
 
 
 @dataclass(frozen=True)

@@ -858,10 +858,14 @@ def _branch_configs(settings: RepositorySettings, sizes: Mapping[str, tuple[int,
                     config.parameters[key].string_value = runtime[key]
         configs[name] = config
     if settings.embedder is not None and settings.embedder.text:
-        configs[contract.TEXT_EMBEDDER_MODEL] = _python_model(
+        config = _python_model(
             contract.TEXT_EMBEDDER_MODEL, settings.text_embedder, (contract.TEXT,), (contract.TEXT_EMBEDDINGS,),
             sizes, TextEmbedderParameters(dimension=settings.embedder.size, embedding_model=settings.embedder.name,
                                           onnx_file=ONNX_FILE), settings.ort)
+        for key in ("runtime", "precision"):  # the text graph in OpenVINO too where the networks run in it
+            if key in runtime:
+                config.parameters[key].string_value = runtime[key]
+        configs[contract.TEXT_EMBEDDER_MODEL] = config
     return configs
 
 

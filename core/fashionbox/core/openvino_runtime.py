@@ -1,8 +1,10 @@
 """OpenVINO runners for the python backend: the converter's ONNX graphs on the CPU, fp32 or bf16.
 
 ``fashionbox convert --runtime openvino [--precision bf16]`` keeps the repository's ``model.onnx``
-and writes ``runtime: openvino`` into the ``detector`` and ``attributes`` configs; those models
-then load :class:`OpenVinoDetector` / :class:`OpenVinoAttributes`, which answer exactly as
+and writes ``runtime: openvino`` into the ``detector`` and ``attributes`` configs (and those of the
+image-level networks and an embedder's text tower, :class:`OpenVinoImageBranch`,
+:class:`OpenVinoTextEmbedder`); those models then load :class:`OpenVinoDetector` /
+:class:`OpenVinoAttributes`, which answer exactly as
 :class:`fashionbox.core.serving.OnnxDetector` / :class:`fashionbox.core.serving.OnnxAttributes`
 do: they *are* those classes with the session swapped for :class:`OpenVinoSession`, which offers
 ONNX Runtime's ``run(output_names, feeds)``, so every output the ONNX Runtime runners read by name
@@ -49,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from fashionbox.core.postprocessing import AnyArray
-from fashionbox.core.serving import OnnxAttributes, OnnxDetector, OnnxImageBranch, OrtSettings
+from fashionbox.core.serving import OnnxAttributes, OnnxDetector, OnnxImageBranch, OnnxTextEmbedder, OrtSettings
 
 __all__ = [
     "BF16_FLAGS",
@@ -62,6 +64,7 @@ __all__ = [
     "OpenVinoError",
     "OpenVinoImageBranch",
     "OpenVinoSession",
+    "OpenVinoTextEmbedder",
     "cache_dir",
     "check_precision",
     "host_cpu",
@@ -293,6 +296,19 @@ class OpenVinoImageBranch(OnnxImageBranch):
         self.precision = precision
         self._cpu = cpu
         super().__init__(model_path, settings, output=output, size=size)
+
+    def _create_session(self, model_path: Path, settings: OrtSettings) -> Any:
+        return OpenVinoSession(model_path, settings, precision=self.precision, cpu=self._cpu)
+
+
+class OpenVinoTextEmbedder(OnnxTextEmbedder):
+    """:class:`fashionbox.core.serving.OnnxTextEmbedder` (an embedder family's text tower) run by OpenVINO."""
+
+    def __init__(self, model_path: Path, tokenizer_dir: Path, settings: OrtSettings, *, dimension: int,
+                 precision: str = "fp32", cpu: CpuInfo | None = None) -> None:
+        self.precision = precision
+        self._cpu = cpu
+        super().__init__(model_path, tokenizer_dir, settings, dimension=dimension)
 
     def _create_session(self, model_path: Path, settings: OrtSettings) -> Any:
         return OpenVinoSession(model_path, settings, precision=self.precision, cpu=self._cpu)

@@ -809,10 +809,14 @@ class OnnxTextEmbedder:
 
         self.model_path, self.dimension = model_path, dimension
         self.tokenizer = TextTokenizer.from_folder(tokenizer_dir)
-        self.session = create_ort_session(model_path, settings)
+        self.session = self._create_session(model_path, settings)
         self.inputs = [i.name for i in self.session.get_inputs()]
         check_session_io(self.session, inputs=[contract.ONNX_TEXT_INPUT_IDS], outputs=[contract.ONNX_EMBEDDER_OUTPUT],
                          model_path=model_path)
+
+    def _create_session(self, model_path: Path, settings: OrtSettings) -> Any:
+        """The graph's session: ONNX Runtime here (OpenVINO's runner overrides it)."""
+        return create_ort_session(model_path, settings)
 
     def embed(self, texts: Sequence[str]) -> Float32Array:
         """One vector per text; a text the tokenizer refuses raises :class:`RequestError` (INVALID_ARG)."""

@@ -261,8 +261,9 @@ def apply_runtime(configs: Mapping[str, Any], runtime: str) -> dict[str, Any]:
     and ``precision`` parameters. The torch runtime runs the checkpoints with the NMS settings a torch
     conversion wrote into the configs, so only such a repository's configs switch to it (they stay as
     converted) and from it: to ONNX Runtime or OpenVINO its runtime parameters give way to the
-    converter's ONNX Runtime ones, at the same threads per instance. The instances stay on the CPU:
-    a GPU profile's models are refused.
+    converter's ONNX Runtime ones, at the same threads per instance. An embedder's text tower
+    (``text_embedder``, ONNX only) goes to OpenVINO with them and stays in ONNX Runtime otherwise, as the
+    converter writes it. The instances stay on the CPU: a GPU profile's models are refused.
     """
     if runtime not in CPU_RUNTIMES:
         raise LoadTestConfigError(f"unknown runtime {runtime!r}; choose from {CPU_RUNTIMES}")
@@ -293,6 +294,14 @@ def apply_runtime(configs: Mapping[str, Any], runtime: str) -> dict[str, Any]:
                 config.parameters[key].string_value = value
         config.parameters["runtime"].string_value = name
         config.parameters["precision"].string_value = precision
+    text = out.get(contract.TEXT_EMBEDDER_MODEL)
+    if text is not None:  # an embedder's text tower: into OpenVINO with the networks, else ONNX Runtime (as converted)
+        for key in ("runtime", "precision"):
+            if key in text.parameters:
+                del text.parameters[key]
+        if name == "openvino":
+            text.parameters["runtime"].string_value = name
+            text.parameters["precision"].string_value = precision
     return out
 
 

@@ -1,4 +1,5 @@
-"""The networks' runners of the ``detector`` and ``attributes`` models, chosen by their config's runtime.
+"""The networks' runners of the ``detector``, ``attributes``, image-level and text models, chosen by their
+config's runtime.
 
 ``onnxruntime`` runs the version folder's ``model.onnx`` (:class:`fashionbox.core.serving.OnnxDetector`,
 :class:`fashionbox.core.serving.OnnxAttributes`); ``openvino`` runs the same file with OpenVINO, fp32 or
@@ -26,8 +27,10 @@ from fashionbox.core.serving import (
     OnnxAttributes,
     OnnxDetector,
     OnnxImageBranch,
+    OnnxTextEmbedder,
     OrtSettings,
     RuntimeSettings,
+    TextEmbedderParameters,
 )
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "load_attributes_runner",
     "load_branch_runner",
     "load_detector_runner",
+    "load_text_runner",
 ]
 
 TORCH_FOLDER = "transformers"
@@ -152,3 +156,19 @@ def load_branch_runner(args: ModelArgs) -> tuple[Any, str]:
                                     precision=runtime.precision),
                 f"{path} in OpenVINO ({runtime.precision}) {ort} {params}")
     return OnnxImageBranch(path, ort, output=params.graph_output, size=params.size), f"{path} {ort} {params}"
+
+
+def load_text_runner(args: ModelArgs) -> tuple[OnnxTextEmbedder, str]:
+    """The ``text_embedder`` model's runner: its text graph in OpenVINO where the config says so (a repository
+    whose networks run in OpenVINO), else in ONNX Runtime (the torch runtime included: the text tower ships as
+    ONNX only); and a line saying what was loaded."""
+    params = TextEmbedderParameters.from_parameters(args.parameters)
+    runtime = RuntimeSettings.from_parameters(args.parameters)
+    ort = OrtSettings.from_parameters(args.parameters)
+    path, tokenizer = args.version_file(params.onnx_file), args.version_file(params.tokenizer_dir)
+    if runtime.runtime == "openvino":
+        from fashionbox.core.openvino_runtime import OpenVinoTextEmbedder
+
+        return (OpenVinoTextEmbedder(path, tokenizer, ort, dimension=params.dimension, precision=runtime.precision),
+                f"{path} in OpenVINO ({runtime.precision}) {ort} {params}")
+    return OnnxTextEmbedder(path, tokenizer, ort, dimension=params.dimension), f"{path} {ort} {params}"

@@ -7,7 +7,9 @@ it is an entry of the server, like the ensemble, so it refuses what a bad caller
 a text that is not UTF-8, empty, or longer than ``max_text_bytes`` fails its request alone
 (INVALID_ARG) before anything is tokenized, and its queue is bounded (``max_queue_size``). The
 tokenizer the converter saved runs here (:mod:`fashionbox.core.text`), the text graph in ONNX
-Runtime. Parameters: :class:`fashionbox.core.serving.TextEmbedderParameters`, ``OrtSettings``.
+Runtime, or in OpenVINO where the repository's networks run in it
+(:func:`fashionbox.model_repository.runners.load_text_runner`). Parameters:
+:class:`fashionbox.core.serving.TextEmbedderParameters`, ``OrtSettings``, ``RuntimeSettings``.
 """
 
 # Bootstrap: the python backend stub ignores PYTHONPATH, so make the server's site-packages visible.
@@ -29,13 +31,12 @@ from fashionbox import contract  # noqa: E402
 from fashionbox.core.serving import (  # noqa: E402
     InputSpec,
     ModelArgs,
-    OnnxTextEmbedder,
-    OrtSettings,
     RequestError,
     TextEmbedderParameters,
     read_input,
     respond_each,
 )
+from fashionbox.model_repository.runners import load_text_runner  # noqa: E402
 
 
 class TritonPythonModel:
@@ -44,10 +45,8 @@ class TritonPythonModel:
         params = TextEmbedderParameters.from_parameters(self.args.parameters)
         self.params = params
         self.text = InputSpec(contract.TEXT.name, np.object_, contract.TEXT.dims)
-        self.embedder = OnnxTextEmbedder(self.args.version_file(params.onnx_file),
-                                         self.args.version_file(params.tokenizer_dir),
-                                         OrtSettings.from_parameters(self.args.parameters), dimension=params.dimension)
-        pb_utils.Logger.log_info(f"{self.args.name}: {params}")
+        self.embedder, loaded = load_text_runner(self.args)
+        pb_utils.Logger.log_info(f"{self.args.name}: {loaded}")
 
     def execute(self, requests):
         return respond_each(requests, self._embed, model=self.args.name)
