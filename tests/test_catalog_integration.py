@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -32,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from catalog_collection import IdentityTruth, Truth, write_collection, write_identities
+from catalog_collection import IdentityTruth, Truth, serve_web, write_collection, write_identities
 
 from fashionbox.catalog import Catalog, Database, DatabaseError, Indexer, SearchFilter
 from fashionbox.catalog.database import stop_embedded
@@ -520,32 +519,12 @@ def test_a_database_url_reaches_the_same_catalog_and_its_password_is_never_shown
 
 # -- the web page ------------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def web(db: Database, url: str) -> Iterator[str]:
-    import uvicorn
-
     from fashionbox.catalog.web import WebSettings, create_app
 
-    port = _free_port()
-    app = create_app(db, WebSettings(url=url, max_upload_bytes=2 * 1024 * 1024))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "the web page did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_web(create_app(db, WebSettings(url=url, max_upload_bytes=2 * 1024 * 1024))) as address:
+        yield address
 
 
 def _send(address: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -595,6 +574,13 @@ def test_the_http_api_answers_as_the_python_api(web: str, db: Database, truth: T
     assert status == 200 and json.loads(body) == Catalog(db).duplicates()
     status, body = _get(f"{web}/api/search?attribute=nonsense")
     assert status == 400 and "GROUP=LABEL" in json.loads(body)["error"]
+
+
+def test_without_a_text_tower_the_page_offers_no_words_search_and_says_why_when_asked(web: str) -> None:
+    status, body = _get(f"{web}/")
+    assert status == 200 and b'id="text"' not in body  # the default model has no text tower
+    status, body = _get(f"{web}/?text=red%20floral%20dress")
+    assert status == 400 and b"no text tower" in body and b'id="filters"' in body
 
 
 def test_uploads_too_large_or_not_images_are_refused_clearly(web: str) -> None:

@@ -7,7 +7,8 @@ default detector, served by the real embedded Triton, against their own library 
 - each garment's vector: cosine >= 0.999 with ``get_image_features`` on its processor's pixels of the same
   crop (cut from the letterbox around the detector's box: what ``postprocess`` cuts);
 - ``embed_text``: cosine >= 0.999 with ``get_text_features`` on the processor's tokens;
-- the text tower refuses bad texts alone; the image-level networks refuse direct calls.
+- the text tower refuses bad texts alone; the image-level networks refuse direct calls;
+- the catalog's web page searches by words through the text tower, ranked as ``Catalog.search_text``.
 
 Images are PNGs (decoded at full size, as transformers decodes them: a JPEG larger than the letterbox is
 decoded at a reduced DCT scale, which changes the view's pixels slightly).
@@ -352,3 +353,37 @@ def test_on_the_gpu_the_families_answer_as_their_graphs_on_the_cpu(
             assert float(served.embedding @ expected.embedding) >= 0.99  # fp16 on the GPU
     log = gpu_server.log_path.read_text() if gpu_server.log_path is not None else ""
     assert "classifier" in log and "on cuda:0" in log
+
+
+def test_the_catalog_web_page_searches_by_words_through_the_text_tower(server: TritonServer) -> None:
+    """With a text tower served, the catalog's web page offers a words box and ranks photos by the words as
+    ``Catalog.search_text`` does (the default model has none: ``tests/test_catalog_integration.py``)."""
+    import re
+    import urllib.parse
+    import urllib.request
+
+    from catalog_collection import scratch_catalog_folder, serve_web
+
+    from fashionbox.catalog import Catalog, Database, Indexer
+    from fashionbox.catalog.web import WebSettings, create_app
+
+    url = str(server.endpoints.grpc)
+    with scratch_catalog_folder("fashionbox-catalog-words-") as folder:
+        photos = folder / "photos"
+        photos.mkdir()
+        for i, (_, png) in enumerate(_photos()[:3]):
+            (photos / f"{i}.png").write_bytes(png)
+        db = Database.open(catalog=folder / "catalog")
+        with FashionClient(url) as client:
+            assert Indexer(db, client).index_folder(photos).indexed == 3
+            vector, model = client.embed_text([PHRASES[0]])[0], client.text_model()
+        expected = [hit.image for hit in Catalog(db).search_text(vector, model=model, limit=48)]
+        assert len(expected) == 3  # every photo has garments with vectors of the text tower's model
+        with serve_web(create_app(db, WebSettings(url=url))) as web:
+            with urllib.request.urlopen(f"{web}/", timeout=30) as response:
+                page = response.read().decode()
+            with urllib.request.urlopen(f"{web}/?{urllib.parse.urlencode({'text': PHRASES[0]})}", timeout=30) as r:
+                shown = re.findall(r'data-image="([^"]+)"', r.read().decode())
+        assert 'id="text"' in page
+        assert shown == expected
+        assert shown != re.findall(r'data-image="([^"]+)"', page)  # not the browsing order (newest first)

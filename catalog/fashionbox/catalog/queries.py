@@ -34,6 +34,7 @@ garments' vectors match, :func:`~fashionbox.catalog.vectors.matching_photos`), i
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Iterable, Sequence
@@ -891,18 +892,20 @@ def query_from_result(result: ImageDetections, garment: int | None = None) -> Qu
                         (box.x1, box.y1, box.x2, box.y2), number)
 
 
-def embed_words(url: str, text: str) -> tuple[np.ndarray[Any, np.dtype[np.float32]], str]:
-    """The vector of ``text`` from the server at ``url`` and the name of the model whose space it is in
-    (``FashionClient.text_model``), so that the catalog compares the words only with vectors of that
-    model. A clear error when the server has no text tower."""
+def embed_words(url: str, text: str, *, client: FashionClient | None = None) -> tuple[
+        np.ndarray[Any, np.dtype[np.float32]], str]:
+    """The vector of ``text`` from the server at ``url`` (through ``client`` where given, else a client of
+    its own) and the name of the model whose space it is in (``FashionClient.text_model``), so that the
+    catalog compares the words only with vectors of that model. A clear error when the server has no
+    text tower."""
     from fashionbox.client import FashionBoxError, FashionClient
 
     if not text.strip():
         raise QueryError("the words to search for are empty")
-    with FashionClient(url) as client:
+    with contextlib.nullcontext(client) if client is not None else FashionClient(url) as sender:
         try:
-            vector = client.embed_text([text])[0]
-            model = client.text_model()
+            vector = sender.embed_text([text])[0]
+            model = sender.text_model()
         except FashionBoxError as exc:
             if "text_embedder" in str(exc):
                 raise QueryError(f"the server at {url} has no text tower, so it cannot search by words: serve a "

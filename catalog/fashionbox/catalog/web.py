@@ -16,7 +16,8 @@ with 415; ``/file/{id}`` serves only files of indexed images that lie, after res
 inside a root the catalog indexed. Uploads go to the server at ``url`` for detection, wait in
 ``UPLOADS/.pending`` (a hidden folder, never indexed), and are indexed at once when saved.
 
-Routes: ``/`` (browse; ``?category=&attribute=GROUP=LABEL&board=&label=``), ``/image/{id}``,
+Routes: ``/`` (browse; ``?category=&attribute=GROUP=LABEL&board=&label=``, and ``&text=words`` ranked by
+the words through the server's text tower, whose box the page shows where the server has one), ``/image/{id}``,
 ``/image/{id}/drawn.png``, ``/file/{id}``, ``/similar/{garment_id}`` (garments like one, across the
 catalog, grouped by image; the image page links each garment there), ``/upload`` (GET form, POST
 photo), ``/upload/save``, ``/boards`` (GET list, POST create), ``/boards/add``, ``/boards/remove`` (an
@@ -34,6 +35,7 @@ import io
 import logging
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -86,6 +88,9 @@ _FORM_OVERHEAD_BYTES = 64 * 1024
 """Room for the multipart headers and the other fields around an upload of the largest size."""
 _BODY_LIMIT_FACTOR = 4
 _TOKEN = re.compile(r"^[0-9a-f]{64}$")
+TEXT_TOWER_TTL_S = 30.0
+"""How long the page trusts its last answer to "does the server have a text tower" (the words box)."""
+TEXT_TOWER_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,11 +193,25 @@ class CatalogApp:
         self.catalog = Catalog(db)
         self.settings = settings
         self._client: FashionClient | None = None
+        self._text_tower: tuple[float, str | None] | None = None
 
     def client(self) -> FashionClient:
         if self._client is None:
             self._client = FashionClient(self.settings.url)
         return self._client
+
+    def text_tower(self) -> str | None:
+        """The model whose space the server's text tower embeds words in, or ``None`` (no text tower, or no
+        server): asked again after :data:`TEXT_TOWER_TTL_S`, so that the page offers a words search exactly
+        where one can answer without asking on every page."""
+        now = time.monotonic()
+        if self._text_tower is None or now - self._text_tower[0] > TEXT_TOWER_TTL_S:
+            try:
+                name: str | None = self.client().text_model(timeout_s=TEXT_TOWER_TIMEOUT_S)
+            except FashionBoxError:
+                name = None
+            self._text_tower = (now, name)
+        return self._text_tower[1]
 
     def close(self) -> None:
         if self._client is not None:
@@ -213,11 +232,22 @@ class CatalogApp:
             page = max(0, int(request.query_params.get("page", "0") or 0))
         except (QueryError, ValueError) as exc:
             return _error(str(exc), 400)
+        words = request.query_params.get("text", "").strip()
         facets = self.catalog.facets(query.board)
-        hits = self.catalog.browse(query, limit=PAGE_SIZE, offset=page * PAGE_SIZE)
+        problem = None
+        if words:  # ranked by the words' similarity, through the server's text tower: one page
+            try:
+                vector, model = embed_words(self.settings.url, words, client=self.client())
+                hits = self.catalog.search_text(vector, model=model, query=query, limit=PAGE_SIZE)
+            except QueryError as exc:
+                hits, problem = [], str(exc)
+        else:
+            hits = self.catalog.browse(query, limit=PAGE_SIZE, offset=page * PAGE_SIZE)
         chosen = dict(query.attributes)
-        selects = [f'<label>category<select name="category" id="category">'
-                   f'{_options(facets.categories, query.category, "any")}</select></label>']
+        selects = [f'<label>words<input name="text" id="text" value="{_e(words)}" maxlength="500" '
+                   'placeholder="red floral dress"></label>'] if words or self.text_tower() else []
+        selects.append(f'<label>category<select name="category" id="category">'
+                       f'{_options(facets.categories, query.category, "any")}</select></label>')
         image_labels = self.catalog.labels()
         if image_labels:
             selects.append(f'<label>photo label<select name="label" id="label">'
@@ -230,7 +260,7 @@ class CatalogApp:
         board_input = f'<input type="hidden" name="board" value="{_e(query.board)}">' if query.board else ""
         title = f"Board: {query.board}" if query.board else "Catalog"
         more = ""
-        if len(hits) == PAGE_SIZE:
+        if len(hits) == PAGE_SIZE and not words:
             args = [("category", query.category or "")] + [("attribute", f"{g}={v}") for g, v in query.attributes]
             args += [("label", query.label)] if query.label else []
             args += [("board", query.board)] if query.board else []
@@ -238,8 +268,9 @@ class CatalogApp:
         body = (f'<p>{facets.images} images, {facets.garments} garments'
                 + (f', <a href="/failed">{facets.failed} failed</a>' if facets.failed else "") + "</p>"
                 f'<form class="filters" method="get" action="/" id="filters">{"".join(selects)}{board_input}'
-                f'<button type="submit" id="apply">Filter</button></form>{_cards(hits)}{more}')
-        return _page(title, body)
+                f'<button type="submit" id="apply">Filter</button></form>'
+                + (f'<p class="error" id="error">{_e(problem)}</p>' if problem else _cards(hits) + more))
+        return _page(title, body, status=400 if problem else 200)
 
     def failed(self, request: Request) -> Response:
         rows = "".join(f"<tr><td>{_e(p)}</td><td>{_e(m)}</td></tr>" for p, m in self.catalog.failed())
@@ -503,7 +534,7 @@ class CatalogApp:
             limit = int(request.query_params.get("limit", "50"))
             text = request.query_params.get("text")
             if text is not None:
-                vector, model = embed_words(self.settings.url, text)
+                vector, model = embed_words(self.settings.url, text, client=self.client())
                 hits = self.catalog.search_text(vector, model=model, query=query, limit=limit)
                 return JSONResponse([row for hit in hits for row in hit.rows(rank_key="similarity")])
             return JSONResponse(self.catalog.search_rows(query, limit=limit))
