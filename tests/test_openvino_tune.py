@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,7 @@ from fashionbox.loadtest.tune import (
     runtime_models,
     runtime_of,
     threads_of,
+    torch_settings_of,
     tuning_of,
     write_back,
 )
@@ -141,6 +143,33 @@ def test_only_a_repository_converted_for_torch_switches_to_it_and_gpu_profiles_n
     gpu_torch = model_configs(RepositorySettings(target="gpu", runtime=RuntimeSettings(runtime="torch")), LABELS)
     with pytest.raises(LoadTestConfigError, match="convert with --target cpu"):
         apply_runtime(gpu_torch, "onnxruntime/fp32")
+
+
+def test_a_repository_converted_for_torch_goes_back_to_it_after_tune_wrote_another_runtime(tmp_path: Path) -> None:
+    """``tune --write`` moved a torch repository to ONNX Runtime: its manifest still says it was converted for
+    torch, with the NMS it exported, so the torch runtime is a candidate again and writing it back gives the
+    configs as converted (the threads per instance carried both ways)."""
+    nms = RuntimeSettings(runtime="torch", torch_threads=2, score_threshold=0.3, iou_threshold=0.55)
+    torch_configs = model_configs(RepositorySettings(runtime=nms, **BRANCHES), LABELS)  # type: ignore[arg-type]
+    for name, config in torch_configs.items():
+        (tmp_path / name).mkdir()
+        write_model_config(tmp_path / name / CONFIG_FILE, config)
+    (tmp_path / contract.MANIFEST_FILE).write_text(json.dumps(
+        {"runtime": "torch", "precision": "fp32", "export": {"nms": {"score_threshold": 0.3, "iou_threshold": 0.55}}}))
+
+    write_back(tmp_path, START, runtime="onnxruntime/fp32")
+    assert runtime_of(read_configs(tmp_path)) == "onnxruntime/fp32"
+    assert json.loads((tmp_path / contract.MANIFEST_FILE).read_text())["converted_runtime"] == "torch/fp32"
+    settings = torch_settings_of(tmp_path)
+    assert settings is not None and (settings.score_threshold, settings.iou_threshold) == (0.3, 0.55)
+    with pytest.raises(LoadTestConfigError, match="runs onnxruntime"):  # without the manifest's settings
+        apply_runtime(read_configs(tmp_path), "torch/fp32")
+
+    write_back(tmp_path, START, runtime="torch/fp32")
+    assert read_configs(tmp_path) == torch_configs
+    assert json.loads((tmp_path / contract.MANIFEST_FILE).read_text())["runtime"] == "torch"
+    (tmp_path / contract.MANIFEST_FILE).write_text(json.dumps({"runtime": "onnxruntime"}))
+    assert torch_settings_of(tmp_path) is None  # converted for ONNX Runtime: no torch settings to go back to
 
 
 def test_the_threads_of_a_torch_network_are_its_torch_threads() -> None:

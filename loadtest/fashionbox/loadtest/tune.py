@@ -93,6 +93,7 @@ __all__ = [
     "scheduling_of",
     "threads_of",
     "threads_parameter",
+    "torch_settings_of",
     "tune",
     "tuning_of",
     "write_back",
@@ -135,6 +136,7 @@ CPU_RUNTIMES = ("onnxruntime/fp32", "openvino/fp32", "openvino/bf16", "torch/fp3
 """Runtime candidates (``runtime/precision``) of the cpu target's network models (issue 23); the torch
 runtime's in a repository converted for it (:func:`apply_runtime`)."""
 RUNTIME_KEYS = tuple(f.name for f in dataclasses.fields(RuntimeSettings))
+ORT_KEYS = tuple(f.name for f in dataclasses.fields(OrtSettings))
 BRANCH_MODELS = (contract.CLASSIFIER_MODEL, contract.EMBEDDER_MODEL)
 RUNTIME_MODELS = (contract.DETECTOR_MODEL, contract.ATTRIBUTES_MODEL)
 """The python models whose ``runtime`` and ``precision`` parameters say what runs their ``model.onnx``."""
@@ -254,14 +256,33 @@ def runtime_models(configs: Mapping[str, Any]) -> tuple[str, ...]:
     return networks + tuple(name for name in BRANCH_MODELS if name in configs)
 
 
-def apply_runtime(configs: Mapping[str, Any], runtime: str) -> dict[str, Any]:
+def torch_settings_of(repository: Path) -> RuntimeSettings | None:
+    """The torch runtime's settings of a repository converted for it (its manifest's ``runtime``, or
+    ``converted_runtime`` once tune wrote another) whose configs may run another runtime now: its NMS
+    thresholds as exported; ``None`` for a repository converted for another runtime."""
+    path = repository / contract.MANIFEST_FILE
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    converted = str(manifest.get("converted_runtime") or manifest.get("runtime") or "")
+    nms = manifest.get("export", {}).get("nms", {})
+    if not converted.startswith("torch") or not {"score_threshold", "iou_threshold"} <= set(nms):
+        return None
+    return RuntimeSettings(runtime="torch", score_threshold=float(nms["score_threshold"]),
+                           iou_threshold=float(nms["iou_threshold"]))
+
+
+def apply_runtime(configs: Mapping[str, Any], runtime: str, *,
+                  torch_settings: RuntimeSettings | None = None) -> dict[str, Any]:
     """Copies of ``configs`` whose network models run in ``runtime`` (``CPU_RUNTIMES``).
 
     ONNX Runtime and OpenVINO run each model's ``model.onnx``: switching between them is the ``runtime``
     and ``precision`` parameters. The torch runtime runs the checkpoints with the NMS settings a torch
     conversion wrote into the configs, so only such a repository's configs switch to it (they stay as
     converted) and from it: to ONNX Runtime or OpenVINO its runtime parameters give way to the
-    converter's ONNX Runtime ones, at the same threads per instance. An embedder's text tower
+    converter's ONNX Runtime ones, at the same threads per instance; and back, where ``torch_settings``
+    (:func:`torch_settings_of` its manifest) gives the torch runtime's parameters again, as the converter
+    wrote them, at the same threads per instance. An embedder's text tower
     (``text_embedder``, ONNX only) goes to OpenVINO with them and stays in ONNX Runtime otherwise, as the
     converter writes it. The instances stay on the CPU: a GPU profile's models are refused.
     """
@@ -278,11 +299,20 @@ def apply_runtime(configs: Mapping[str, Any], runtime: str) -> dict[str, Any]:
                 f"the runtime search switches the CPU runtime of {model}, a python model with a model.onnx on "
                 f"CPU instances; this repository's {model} is not such a model (convert with --target cpu)")
         current = _runtime(config)
-        if name == "torch" and current != "torch":
+        if name == "torch" and current != "torch" and torch_settings is None:
             raise LoadTestConfigError(
                 f"{runtime}: this repository's {model} runs {current}; the torch runtime's checkpoints and "
                 "settings come from a conversion for it (fashionbox convert --runtime torch, or --runtime auto "
                 "where it picks torch), whose repository tune switches to ONNX Runtime and OpenVINO and back")
+        if name == "torch" and current != "torch" and torch_settings is not None:
+            threads = threads_of(config) or 1  # the converter's torch parameters, at the instance's threads
+            for key in (*ORT_KEYS, *RUNTIME_KEYS):
+                if key in config.parameters:
+                    del config.parameters[key]
+            settings = dataclasses.replace(torch_settings, torch_threads=threads)
+            for key, value in settings.for_model(model).items():
+                config.parameters[key].string_value = value
+            continue
         if name == "torch":
             continue  # as converted: fp32 on the CPU
         if current == "torch":  # the converter's ONNX Runtime parameters, at the instance's threads
@@ -354,7 +384,8 @@ def write_back(repository: Path, config: TuneConfig, *, runtime: str = "") -> li
     repository says runs its networks), with the one it was converted for (``converted_runtime``).
     """
     base = read_configs(repository)
-    new = configs_for(apply_runtime(base, runtime) if runtime else base, config)
+    switched = apply_runtime(base, runtime, torch_settings=torch_settings_of(repository)) if runtime else base
+    new = configs_for(switched, config)
     written = []
     for name, model_config in new.items():
         if model_config != base[name]:
@@ -852,6 +883,7 @@ async def _tune_on(
     counter = iter(range(10**9))
     original = reloader.base
     runtime = runtime_of(original) if options.runtimes else ""
+    torch = torch_settings_of(served_copy)
 
     async def evaluate(config: TuneConfig, change: str) -> Trial:
         index = next(counter)
@@ -870,7 +902,7 @@ async def _tune_on(
     def use_runtime(name: str) -> None:
         nonlocal runtime
         runtime = name
-        reloader.base = apply_runtime(original, name)
+        reloader.base = apply_runtime(original, name, torch_settings=torch)
 
     runtime_trials: list[Trial] = []
     baseline_runtime = runtime
@@ -927,7 +959,7 @@ def tune(
         base = read_configs(copy)
         _check_runtime_files(options.repository, base, options.runtimes)
         for runtime in options.runtimes:  # a runtime the configs cannot switch to fails here, not mid-search
-            apply_runtime(base, runtime)
+            apply_runtime(base, runtime, torch_settings=torch_settings_of(copy))
         threaded = tuple(m for m in space.models if m in base and threads_of(base[m]))
         with launch(copy, options.server_log or Path(tmp) / "tritonserver.log") as url:
             trials, best, confirmation = asyncio.run(_tune_on(url, copy, options, listener, on_trial))
