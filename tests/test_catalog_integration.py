@@ -583,6 +583,30 @@ def test_without_a_text_tower_the_page_offers_no_words_search_and_says_why_when_
     assert status == 400 and b"no text tower" in body and b'id="filters"' in body
 
 
+def test_a_board_downloads_as_a_zip_of_its_photos(web: str, db: Database, truth: Truth) -> None:
+    import io
+    import zipfile
+
+    photos = sorted(truth.garments)[:2]
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for path in photos:
+        image_id = Catalog(db).image_id_of(path)
+        assert _send(f"{web}/boards/add", urllib.parse.urlencode({"image_id": image_id, "board": "send: 2"}).encode(),
+                     form)[0] == 200
+    request = urllib.request.Request(f"{web}/boards/download?{urllib.parse.urlencode({'name': 'send: 2'})}")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.headers["Content-Type"] == "application/zip"
+        assert 'filename="send-2.zip"' in response.headers["Content-Disposition"]
+        archive = zipfile.ZipFile(io.BytesIO(response.read()))
+    assert archive.namelist() == [Path(p).name for p in photos]
+    for path in photos:
+        assert archive.read(Path(path).name) == Path(path).read_bytes()
+    status, body = _get(f"{web}/boards/download?name=no%20such%20board")
+    assert status == 404 and b"no board named" in body
+    with db.connect() as conn:
+        conn.execute("DELETE FROM boards WHERE name = 'send: 2'")
+
+
 def test_uploads_too_large_or_not_images_are_refused_clearly(web: str) -> None:
     status, body = _post_file(f"{web}/upload", "big.jpg", b"\xff" * (3 * 1024 * 1024))
     assert status == 413 and b"limit" in body

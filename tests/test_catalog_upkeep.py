@@ -276,3 +276,28 @@ def test_info_counts_what_the_catalog_holds(folder: Path) -> None:
     from fashionbox.catalog.summary import summarize
 
     assert summarize(db).models[0].indexes_ready is False
+
+
+def test_export_copies_a_boards_photos_numbering_same_names_and_listing_the_gone(folder: Path) -> None:
+    server = PlantedServer()
+    first = _photo(server, folder / "photos" / "look.png", 1)
+    second = _photo(server, folder / "photos" / "more" / "look.png", 2)  # the same name in another folder
+    third = _photo(server, folder / "photos" / "gone.png", 3)
+    db = Database.open(catalog=folder / "catalog")
+    _index(db, server, folder / "photos")
+    catalog = Catalog(db)
+    for path in (first, second, third):
+        catalog.add_to_board("to send", [catalog.image_id_of(str(path.resolve())) or -1])
+    third.unlink()
+    where = ["--catalog", str(folder / "catalog")]
+
+    code, out, err = _cli("catalog", "export", str(folder / "out"), "--board", "to send", "--json", *where)
+    report = json.loads(out)
+    assert code == 0, err
+    assert report == {"board": "to send", "written": ["look.png", "2-look.png"], "missing": [str(third.resolve())]}
+    assert (folder / "out" / "look.png").read_bytes() == first.read_bytes()
+    assert (folder / "out" / "2-look.png").read_bytes() == second.read_bytes()
+    code, _, err = _cli("catalog", "export", str(folder / "out"), "--board", "to send", *where)
+    assert code == 2 and "already has look.png, 2-look.png" in err  # nothing overwritten
+    code, _, err = _cli("catalog", "export", str(folder / "elsewhere"), "--board", "nope", *where)
+    assert code == 2 and "no board named 'nope'" in err and not (folder / "elsewhere").exists()

@@ -13,13 +13,14 @@ Usage::
     start, similar = catalog.similar_to(Path("query.jpg"), garment=1)   # garments like garment 1 of a photo
     groups = catalog.duplicates()                             # [[path, ...], ...]: exact, near, transformed
 
-The command line is ``fashionbox catalog index|prune|info|search|similar|duplicates|web``
+The command line is ``fashionbox catalog index|prune|info|export|search|similar|duplicates|web``
 (:mod:`fashionbox.catalog.cli`); the web page is :func:`fashionbox.catalog.web.create_app`. Modules:
 ``database`` (connections, the embedded server, migrations), ``schema`` (the migrations), ``hashing``
 (SHA-256, pHash), ``vectors`` (embedding models, their HNSW indexes, vectors as SQL values), ``indexer``,
-``prune`` (images whose files are gone leave the catalog), ``summary`` (what it holds), ``ray_indexer``
-(``index --ray``: the same indexer on Ray Data, the ``ray`` extra), ``queries``, ``web``, ``webguard``
-(the page's guard against other sites), ``errors`` (the exception tree).
+``prune`` (images whose files are gone leave the catalog), ``summary`` (what it holds), ``export`` (a
+board's photos into a folder or a zip), ``ray_indexer`` (``index --ray``: the same indexer on Ray Data,
+the ``ray`` extra), ``queries``, ``web``, ``webguard`` (the page's guard against other sites),
+``errors`` (the exception tree).
 """
 
 from .database import DEFAULT_CATALOG, Database, redact_url

@@ -1,4 +1,4 @@
-"""``fashionbox catalog index|prune|info|search|similar|duplicates|web``: the catalog's subcommands.
+"""``fashionbox catalog index|prune|info|export|search|similar|duplicates|web``: the catalog's subcommands.
 
 ``fashionbox.commands.cli`` adds them with :func:`add_catalog_arguments` and runs
 :func:`catalog_main`; this module imports nothing heavy until a subcommand runs. Results go to
@@ -105,6 +105,12 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
     _where(p)
     p.add_argument("--json", action="store_true", help="print it as JSON")
 
+    p = sub.add_parser("export", help="copy a board's photos into a folder (to hand a set of references on)")
+    p.add_argument("folder", type=Path, metavar="DIR", help="where the photos go (made if needed; nothing overwritten)")
+    p.add_argument("--board", required=True, help="the board")
+    _where(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
     p = sub.add_parser("search", help="garments by category, attributes, image-level label or words, ranked, "
                                       "grouped by image")
     _where(p)
@@ -156,8 +162,8 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
 def catalog_main(args: argparse.Namespace) -> int:
     from .errors import CatalogError
 
-    command = {"index": _index, "prune": _prune, "info": _info, "search": _search, "similar": _similar,
-               "duplicates": _duplicates, "web": _web}[args.catalog_command]
+    command = {"index": _index, "prune": _prune, "info": _info, "export": _export, "search": _search,
+               "similar": _similar, "duplicates": _duplicates, "web": _web}[args.catalog_command]
     try:
         return command(args)
     except (CatalogError, FileNotFoundError) as exc:  # the library raises; the command says what was wrong
@@ -285,6 +291,22 @@ def _info(args: argparse.Namespace) -> int:
 
     summary = summarize(_open(args))
     print(json.dumps(summary.to_dict(), ensure_ascii=False) if args.json else "\n".join(summary.lines()))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_board
+    from .queries import Catalog
+
+    report = export_board(Catalog(_open(args)), args.board, args.folder)
+    if args.json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        print(f"{len(report.written)} photos of board {args.board!r} copied into {args.folder}"
+              + (f"; {len(report.missing)} not there (fashionbox catalog prune removes them):" if report.missing
+                 else ""), file=sys.stderr)
+        for path in report.missing[:_ERRORS_SHOWN]:
+            print(f"  {path}", file=sys.stderr)
     return 0
 
 

@@ -741,6 +741,18 @@ class Catalog:
                 "ON CONFLICT DO NOTHING", (int(row[0]), ids))
             return cursor.rowcount
 
+    def board_images(self, name: str) -> list[tuple[int, str]]:
+        """(image id, path) of every image on board ``name``, in the order they were added; a board that
+        does not exist is a :class:`QueryError`."""
+        name = _board_name(name)
+        with self.db.connect() as conn:
+            if conn.execute("SELECT 1 FROM boards WHERE name = %s", (name,)).fetchone() is None:
+                raise QueryError(f"no board named {name!r}")
+            rows = conn.execute("SELECT i.id, i.path FROM board_images bi JOIN boards b ON b.id = bi.board_id "
+                                "JOIN images i ON i.id = bi.image_id WHERE b.name = %s "
+                                "ORDER BY bi.added_at, i.id", (name,)).fetchall()
+        return [(int(i), str(p)) for i, p in rows]
+
     def remove_from_board(self, name: str, image_ids: Iterable[int]) -> int:
         """Take images off board ``name`` (the images stay in the catalog); how many were on it."""
         with self.db.connect() as conn:

@@ -21,7 +21,8 @@ the words through the server's text tower, whose box the page shows where the se
 ``/image/{id}/drawn.png``, ``/file/{id}``, ``/similar/{garment_id}`` (garments like one, across the
 catalog, grouped by image; the image page links each garment there), ``/upload`` (GET form, POST
 photo), ``/upload/save``, ``/boards`` (GET list, POST create), ``/boards/add``, ``/boards/remove`` (an
-image off a board), ``/boards/delete`` (a board; its images stay), ``/duplicates``, and
+image off a board), ``/boards/delete`` (a board; its images stay), ``/boards/download?name=`` (a board's
+photos as a zip), ``/duplicates``, and
 JSON at ``/api/search`` (``?text=`` ranks by words through the server's text tower),
 ``/api/similar`` (GET ``?garment_id=``, or POST a photo with ``garment``) and ``/api/duplicates``
 (the same rows as ``fashionbox catalog search|similar|duplicates --json``).
@@ -33,8 +34,10 @@ import base64
 import html
 import io
 import logging
+import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -45,6 +48,7 @@ from urllib.parse import urlencode
 
 from PIL import Image, UnidentifiedImageError
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -65,6 +69,7 @@ from fashionbox.client import (
 
 from .database import Database
 from .errors import CatalogError, QueryError, UploadRejected
+from .export import write_board_zip
 from .indexer import IMAGE_SUFFIXES, Indexer
 from .queries import (
     DEFAULT_LIMIT,
@@ -123,7 +128,7 @@ img.full{max-width:100%;height:auto}table{border-collapse:collapse;width:100%}td
 padding:.3rem;text-align:left;font-size:.85rem}.error{background:#fee;border:1px solid #c00;padding:.6rem}
 .group{margin-bottom:1rem}.query{display:flex;gap:.6rem;align-items:center;margin-bottom:.8rem}
 .query img{width:120px;height:120px;object-fit:cover}
-form.inline{display:inline}button.remove,button.delete{font-size:.8rem;padding:.1rem .4rem}
+form.inline{display:inline}button.remove,button.delete{font-size:.8rem;padding:.1rem .4rem}a.download{font-size:.8rem}
 """
 
 
@@ -463,6 +468,8 @@ class CatalogApp:
 
     def boards(self, request: Request) -> Response:
         items = "".join(f'<li><a href="/?{_e(urlencode([("board", name)]))}">{_e(name)}</a> ({count}) '
+                        f'<a class="download" id="download-{number}" href="/boards/download?'
+                        f'{_e(urlencode([("name", name)]))}">download</a> '
                         f'<form method="post" action="/boards/delete" class="inline"><input type="hidden" name="name" '
                         f'value="{_e(name)}"><button type="submit" class="delete" id="delete-{number}">delete</button>'
                         f"</form></li>" for number, (name, count) in enumerate(self.catalog.boards(), 1))
@@ -470,6 +477,23 @@ class CatalogApp:
                 f'<input name="name" id="new-board-name" required maxlength="200"></label> '
                 f'<button type="submit" id="create">Create</button></form><ul id="board-list">{items}</ul>')
         return _page("Boards", body)
+
+    def download_board(self, request: Request) -> Response:
+        """The board's photos as a zip (only files the page serves: :meth:`_servable`), built in a temporary
+        file that is removed once sent."""
+        name = request.query_params.get("name", "")
+        with tempfile.NamedTemporaryFile(prefix="fashionbox-board-", suffix=".zip", delete=False) as out:
+            try:
+                report = write_board_zip(self.catalog, name, out, locate=self._servable)
+            except QueryError as exc:
+                out.close()
+                os.unlink(out.name)
+                return _error(str(exc), 404)
+        if report.missing:
+            logger.info("board %r: %d photos not there, left out of the zip", name, len(report.missing))
+        filename = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "board"
+        return FileResponse(out.name, media_type="application/zip", filename=f"{filename}.zip",
+                            background=BackgroundTask(os.unlink, out.name))
 
     async def create_board(self, request: Request) -> Response:
         return await self._board_form(request, self.catalog.create_board)
@@ -607,6 +631,7 @@ def create_app(db: Database, settings: WebSettings | None = None) -> Starlette:
         Route("/boards/add", handlers.add_to_board, methods=["POST"]),
         Route("/boards/remove", handlers.remove_from_board, methods=["POST"]),
         Route("/boards/delete", handlers.delete_board, methods=["POST"]),
+        Route("/boards/download", handlers.download_board),
         Route("/duplicates", handlers.duplicates),
         Route("/api/search", handlers.api_search),
         Route("/api/similar", handlers.api_similar, methods=["GET", "POST"]),
