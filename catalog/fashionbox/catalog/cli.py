@@ -276,8 +276,9 @@ def _prune(args: argparse.Namespace) -> int:
         for line in prune_lines(report, shown=_ERRORS_SHOWN):
             print(line, file=sys.stderr)
         verb = "would be removed (dry run)" if report.dry_run else "removed"
+        removable = sum(len(f.missing) for f in report.folders if f.refused is None)
         print(f"{report.missing} of {sum(f.indexed for f in report.folders)} images gone, "
-              f"{report.missing if report.dry_run else report.removed} {verb}, "
+              f"{removable if report.dry_run else report.removed} {verb}, "
               f"{len(report.refused)} folder{'s' if len(report.refused) != 1 else ''} refused "
               f"in {report.elapsed_s:.1f} s ({db.describe()})", file=sys.stderr)
     empty = [f.folder for f in report.folders if f.indexed == 0]

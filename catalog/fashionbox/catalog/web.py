@@ -482,13 +482,16 @@ class CatalogApp:
         """The board's photos as a zip (only files the page serves: :meth:`_servable`), built in a temporary
         file that is removed once sent."""
         name = request.query_params.get("name", "")
-        with tempfile.NamedTemporaryFile(prefix="fashionbox-board-", suffix=".zip", delete=False) as out:
-            try:
+        out = tempfile.NamedTemporaryFile(prefix="fashionbox-board-", suffix=".zip", delete=False)  # noqa: SIM115
+        try:
+            with out:
                 report = write_board_zip(self.catalog, name, out, locate=self._servable)
-            except QueryError as exc:
-                out.close()
-                os.unlink(out.name)
-                return _error(str(exc), 404)
+        except QueryError as exc:
+            os.unlink(out.name)
+            return _error(str(exc), 404)
+        except BaseException:
+            os.unlink(out.name)  # a file that could not be read, say: no zip left behind
+            raise
         if report.missing:
             logger.info("board %r: %d photos not there, left out of the zip", name, len(report.missing))
         filename = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "board"
