@@ -652,6 +652,8 @@ def test_files_outside_the_indexed_roots_are_never_served(web: str, db: Database
     try:
         assert _get(f"{web}/file/{row[0]}")[0] == 404
         assert _get(f"{web}/image/{row[0]}/drawn.png")[0] == 404
+        status, body = _get(f"{web}/image/{row[0]}")  # its page says why there is no picture, not a broken one
+        assert status == 200 and b'id="gone"' in body and b'id="drawn"' not in body
         image_id = Catalog(db).image_id_of(next(iter(truth.garments)))
         status, body = _get(f"{web}/file/{image_id}")
         assert status == 200 and body[:2] == b"\xff\xd8"

@@ -306,6 +306,9 @@ class CatalogApp:
         body = (f'<p>{_e(record.image)}</p>'
                 + (f'<p id="labels">Photo labels: {labels}</p>' if labels else "")
                 + (f'<p class="error">{_e(record.error)}</p>' if record.status == "failed" else
+                   '<p class="error" id="gone">The file is not there any more (moved or deleted) or not in an indexed '
+                   'folder: <code>fashionbox catalog prune</code> removes what is gone.</p>'
+                   if self._servable(record.image) is None else
                    f'<img class="full" id="drawn" src="/image/{record.image_id}/drawn.png" alt="detections">')
                 + f'<table id="garments"><tr><th>#</th><th>category</th><th>score</th><th>attributes</th>'
                 f'<th></th></tr>'
