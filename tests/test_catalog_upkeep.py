@@ -301,3 +301,6 @@ def test_export_copies_a_boards_photos_numbering_same_names_and_listing_the_gone
     assert code == 2 and "already has look.png, 2-look.png" in err  # nothing overwritten
     code, _, err = _cli("catalog", "export", str(folder / "elsewhere"), "--board", "nope", *where)
     assert code == 2 and "no board named 'nope'" in err and not (folder / "elsewhere").exists()
+    (folder / "a-file").write_text("not a folder")
+    code, _, err = _cli("catalog", "export", str(folder / "a-file"), "--board", "to send", *where)
+    assert code == 2 and "cannot export into" in err and "Traceback" not in err

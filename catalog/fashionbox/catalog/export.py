@@ -77,9 +77,12 @@ def export_board(catalog: Any, board: str, folder: Path) -> ExportReport:
     if clashes:
         raise QueryError(f"{folder} already has {', '.join(clashes[:5])}{' ...' if len(clashes) > 5 else ''}: "
                          "export into an empty folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, file in files:
-        shutil.copy2(file, folder / name)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, file in files:
+            shutil.copy2(file, folder / name)
+    except OSError as exc:  # a file where the folder should be, no permission, a full disk: the reason, no trace
+        raise QueryError(f"cannot export into {folder}: {exc.strerror or exc}") from exc
     return ExportReport(board, tuple(name for name, _ in files), tuple(missing))
 
 
