@@ -267,7 +267,7 @@ def test_info_counts_what_the_catalog_holds(folder: Path) -> None:
                                "indexes_ready": True}]
     assert info["schema_version"] >= 4 and info["size_bytes"] > 1_000_000 and not info["bulk_load_running"]
     code, out, _ = _cli("catalog", "info", "--catalog", str(folder / "catalog"))
-    assert "4 images indexed, 1 failed" in out and "dress 6, hat 2" in out and "NOT THERE" in out
+    assert "4 images indexed, 1 failed" in out and "dress 6; hat 2" in out and "NOT THERE" in out
 
     with db.connect() as conn:  # a bulk run killed half-way: its indexes are down until the next run builds them
         loader = BulkLoad.begin(conn)

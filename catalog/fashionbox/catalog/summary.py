@@ -72,7 +72,7 @@ class CatalogSummary:
 
     def lines(self) -> list[str]:
         """The summary for a terminal."""
-        categories = ", ".join(f"{name} {count}" for name, count in self.categories) or "none"
+        categories = "; ".join(f"{name} {count}" for name, count in self.categories) or "none"  # names hold commas
         out = [f"{self.database}, schema version {self.schema_version}, {self.size_bytes / 1e6:.1f} MB",
                f"{self.images} images indexed, {self.failed} failed, {self.labelled} with an image-level label, "
                f"{self.boards} boards",
