@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -256,6 +257,24 @@ class SyntheticGarments:
     """Each garment's attributes: a random label of every group its category has, score 0.9."""
     rng: Any
     """The generator, left where the rows ended, to draw the queries from."""
+
+
+def copy_synthetic_garments(conn: Any, rows: SyntheticGarments, first_image: int, images: int, model_id: int, *,
+                            per_image: int = 4) -> None:
+    """COPY ``rows`` as the garments of ``images`` images whose ids follow ``first_image``, ``per_image`` each
+    (one COPY: the insert trigger then fills ``garment_vectors``)."""
+    from fashionbox.catalog.vectors import vector_literal
+    from fashionbox.contract.labels import default_label_map
+
+    categories = list(default_label_map().category_names)
+    with conn.cursor().copy("COPY garments (image_id, ordinal, category, score, x1, y1, x2, y2, attributes, "
+                            "embedding, embedding_model_id) FROM STDIN") as copy:
+        row = 0
+        for i in range(images):
+            for k in range(per_image):
+                copy.write_row((first_image + i, k, categories[rows.categories[row]], 0.9, 10, 10, 100, 100,
+                                json.dumps(rows.attributes[row]), vector_literal(rows.vectors[row]), model_id))
+                row += 1
 
 
 def synthetic_garments(garments: int, *, dimension: int = 128, centres: int = 5000, seed: int = 7,

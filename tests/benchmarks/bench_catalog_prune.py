@@ -38,13 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_report import write_report
-from catalog_collection import synthetic_garments
+from catalog_collection import copy_synthetic_garments, synthetic_garments
 
 from fashionbox.catalog import Catalog, Database, Indexer, SearchFilter
 from fashionbox.catalog.database import stop_embedded
 from fashionbox.catalog.indexer import register_root
 from fashionbox.catalog.prune import prune
-from fashionbox.catalog.vectors import BulkLoad, ensure_model, vector_literal
+from fashionbox.catalog.vectors import BulkLoad, ensure_model
 from fashionbox.contract.labels import default_label_map
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,8 +55,6 @@ DIMENSION = 128
 def load(db: Database, photos: Path, images: int) -> tuple[Any, Any, float]:
     """``images`` empty files under ``photos`` and their rows (four garments each, loaded as a bulk run); the
     garments' rows (:func:`synthetic_garments`), the model and the seconds the load took."""
-    labels = default_label_map()
-    categories = list(labels.category_names)
     rows = synthetic_garments(images * PER_IMAGE, dimension=DIMENSION)
     photos.mkdir(parents=True)
     paths = [photos / f"{i:07d}.jpg" for i in range(images)]
@@ -78,14 +76,7 @@ def load(db: Database, photos: Path, images: int) -> tuple[Any, Any, float]:
             first_row = conn.execute("SELECT min(id) FROM images").fetchone()
             assert first_row is not None
             first = int(first_row[0])
-            with conn.cursor().copy("COPY garments (image_id, ordinal, category, score, x1, y1, x2, y2, attributes, "
-                                    "embedding, embedding_model_id) FROM STDIN") as copy:
-                row = 0
-                for i in range(images):
-                    for k in range(PER_IMAGE):
-                        copy.write_row((first + i, k, categories[rows.categories[row]], 0.9, 10, 10, 100, 100,
-                                        json.dumps(rows.attributes[row]), vector_literal(rows.vectors[row]), model.id))
-                        row += 1
+            copy_synthetic_garments(conn, rows, first, images, model.id, per_image=PER_IMAGE)
         loader.finish()
         conn.execute("ANALYZE images")
         conn.execute("ANALYZE garment_vectors")

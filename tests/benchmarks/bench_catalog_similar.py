@@ -58,7 +58,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_report import write_report
-from catalog_collection import copy_synthetic_images, synthetic_garments, transform, write_identities
+from catalog_collection import (
+    copy_synthetic_garments,
+    copy_synthetic_images,
+    synthetic_garments,
+    transform,
+    write_identities,
+)
 
 from fashionbox.catalog import Catalog, Database, Indexer, SearchFilter
 from fashionbox.catalog.database import stop_embedded
@@ -338,14 +344,7 @@ def bench_speed(db: Database, garments: int, queries: int, dimension: int = 128,
             model = ensure_model(conn, "synthetic@128", "garment", dimension, index=False)
             first = copy_synthetic_images(conn, images, "synthetic")
             # one COPY: the insert trigger then fills garment_vectors and builds each category's HNSW index
-            with conn.cursor().copy("COPY garments (image_id, ordinal, category, score, x1, y1, x2, y2, attributes, "
-                                    "embedding, embedding_model_id) FROM STDIN") as copy:
-                row = 0
-                for i in range(images):
-                    for k in range(per_image):
-                        copy.write_row((first + i, k, categories[rows.categories[row]], 0.9, 10, 10, 100, 100,
-                                        json.dumps(rows.attributes[row]), vector_literal(vectors[row]), model.id))
-                        row += 1
+            copy_synthetic_garments(conn, rows, first, images, model.id, per_image=per_image)
         timings["load_s_copy_with_trigger"] = time.perf_counter() - start
         loader.finish()
         timings["bulk_finish_s_cluster_and_every_hnsw_index"] = loader.build_s
