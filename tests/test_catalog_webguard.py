@@ -1,6 +1,8 @@
-"""The web page's guard (:mod:`fashionbox.catalog.webguard`) on its own: which ``Host`` names are answered,
-and which requests from another site are refused. ``tests/test_catalog_integration.py`` sends the same
-requests to the real page (uvicorn) and drives it in Chromium, whose own same-origin forms must pass.
+"""The policy against other sites (:mod:`fashionbox.core.cross_site`) and the web page's guard around it
+(:mod:`fashionbox.catalog.webguard`) on their own: which ``Host`` names are answered, and which
+requests from another site are refused. ``tests/test_catalog_integration.py`` sends the same requests
+to the real page (uvicorn) and drives it in Chromium, whose own same-origin forms must pass; the
+server's HTTP side applies the same policy (``tests/test_http_door.py``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from fashionbox.catalog.webguard import LOOPBACK_NAMES, WebGuard, allowed_hosts, host_name, same_authority
+from fashionbox.catalog.webguard import WebGuard
+from fashionbox.core.cross_site import LOOPBACK_NAMES, allowed_hosts, host_name, same_authority
 
 
 @pytest.mark.parametrize(("host", "name"), [

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from fashionbox.core.cross_site import SitePolicy, allowed_hosts
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -275,7 +277,14 @@ def test_probes_read_the_supervisors_verdict_and_tritons_liveness_on_the_contrac
     assert config.ready_file is not None
     verdict = {"command": ["test", "-f", str(config.ready_file)]}
     assert triton["readinessProbe"]["exec"] == verdict and triton["startupProbe"]["exec"] == verdict
-    assert triton["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    probe = triton["livenessProbe"]["httpGet"]
+    assert (probe["path"], probe["port"]) == ("/v2/health/live", "http")
+    # HTTP answers only the names it is served under (fashionbox.core.cross_site): the probe sends one of them.
+    sites = SitePolicy(allowed_hosts(config.http_host, config.http_allowed_hosts), flag="", subject="")
+    assert sites.hosts is not None, "bound to every interface, HTTP would answer any name: DNS rebinding"
+    headers = {h["name"].lower(): h["value"] for h in probe["httpHeaders"]}
+    assert sites.refusal("GET", headers) is None
+    assert sites.refusal("GET", {"host": "10.1.2.3:8000"}) is not None  # the kubelet's default: the pod's IP
     annotations = k8s["Deployment/fashionbox-triton"]["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(DEFAULT_METRICS_PORT)
 

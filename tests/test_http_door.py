@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from fashionbox.contract import ADMIN_KEY_NAME
-from fashionbox.server import PortInUseError, ServerConfig, build_command
+from fashionbox.server import ConfigError, PortInUseError, ServerConfig, build_command
 from fashionbox.server.front_door import FrontDoor, FrontDoorConfig
 from fashionbox.server.http_door import BodyTooLarge, HttpDoorConfig, inflate
 from fashionbox.server.network import find_free_ports
@@ -86,12 +86,11 @@ def upstream() -> Iterator[tuple[str, Seen]]:
     server.server_close()
 
 
-def _door(upstream_http: str) -> FrontDoor:
-    grpc_port, http_port = find_free_ports(2)
-    # The gRPC side points nowhere (its channel connects lazily): only the HTTP side is under test.
-    return FrontDoor(FrontDoorConfig(host="127.0.0.1", port=grpc_port, upstream="127.0.0.1:9", max_request_bytes=BOUND,
-                                     http=HttpDoorConfig(host="127.0.0.1", port=http_port, upstream=upstream_http,
-                                                         max_request_bytes=BOUND)))
+def _door(upstream_http: str, names: tuple[str, ...] = ()) -> FrontDoor:
+    (http_port,) = find_free_ports(1)
+    # The HTTP side alone, as on a loopback server (gRPC straight to Triton).
+    return FrontDoor(None, HttpDoorConfig(host="127.0.0.1", port=http_port, upstream=upstream_http,
+                                          max_request_bytes=BOUND, names=names))
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +102,8 @@ def door(upstream: tuple[str, Seen]) -> Iterator[FrontDoor]:
 
 
 def _connection(door: FrontDoor) -> http.client.HTTPConnection:
-    assert door.config.http is not None
-    return http.client.HTTPConnection("127.0.0.1", door.config.http.port, timeout=30)
+    assert door.http is not None
+    return http.client.HTTPConnection("127.0.0.1", door.http.port, timeout=30)
 
 
 def _request(door: FrontDoor, method: str, path: str, body: bytes | None = None,
@@ -152,11 +151,12 @@ def test_a_body_over_the_bound_is_refused_by_its_length_before_anything_is_read(
 ) -> None:
     seen = upstream[1]
     before = len(seen.requests)
-    assert door.config.http is not None
-    with socket.create_connection(("127.0.0.1", door.config.http.port), timeout=30) as raw:
+    assert door.http is not None
+    with socket.create_connection(("127.0.0.1", door.http.port), timeout=30) as raw:
         started = time.monotonic()
-        raw.sendall(f"POST /v2/models/fashion/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {10**10}\r\n\r\n".encode()
-                    + b"\xff" * 1000)  # 10 GB announced, a few bytes sent: the answer may not wait for the rest
+        # 10 GB announced, a few bytes sent: the answer may not wait for the rest.
+        raw.sendall(f"POST /v2/models/fashion/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {10**10}\r\n"
+                    "\r\n".encode() + b"\xff" * 1000)
         answer = raw.recv(65536).decode()
         took_s = time.monotonic() - started
     assert answer.startswith("HTTP/1.1 413"), answer
@@ -168,8 +168,8 @@ def test_a_body_over_the_bound_is_refused_by_its_length_before_anything_is_read(
 def test_a_proxy_style_target_is_refused_not_forwarded(door: FrontDoor, upstream: tuple[str, Seen]) -> None:
     seen = upstream[1]
     before = len(seen.requests)
-    assert door.config.http is not None
-    with socket.create_connection(("127.0.0.1", door.config.http.port), timeout=30) as raw:
+    assert door.http is not None
+    with socket.create_connection(("127.0.0.1", door.http.port), timeout=30) as raw:
         raw.sendall(b"GET http://169.254.169.254/latest/meta-data HTTP/1.1\r\nHost: 169.254.169.254\r\n"
                     b"Connection: close\r\n\r\n")
         answer = raw.recv(65536).decode()
@@ -243,6 +243,74 @@ def test_inflate_holds_no_more_than_the_bound_and_refuses_a_cut_body() -> None:
         inflate(gzip.compress(data)[:-20], "gzip", len(data))
 
 
+def test_other_names_in_host_are_refused_before_triton_sees_them(door: FrontDoor, upstream: tuple[str, Seen]) -> None:
+    """DNS rebinding: another site's name resolving to 127.0.0.1 reaches the door with that name in Host."""
+    seen = upstream[1]
+    before = len(seen.requests)
+    assert door.http is not None
+    port = door.http.port
+    for method, path, body in (("GET", "/v2/models/fashion", None), ("POST", "/v2/models/fashion/infer", b"{}")):
+        status, _, answer = _request(door, method, path, body, {"Host": f"rebound.example:{port}"})
+        assert status == 403, (method, path)
+        assert json.loads(answer)["error"] == (f"forbidden: not served under the name 'rebound.example:{port}' "
+                                               "(--http-allowed-host names more)")
+    assert len(seen.requests) == before
+    for name in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}"):
+        assert _request(door, "GET", "/v2/health/ready", headers={"Host": name})[0] == 200, name
+    assert len(seen.requests) == before + 4
+
+
+def test_a_request_from_another_site_that_changes_something_is_refused(
+    door: FrontDoor, upstream: tuple[str, Seen]
+) -> None:
+    """A form on another site posting to the server (inference, the repository API): the browser marks it."""
+    seen = upstream[1]
+    assert door.http is not None
+    own = f"http://127.0.0.1:{door.http.port}"
+    before = len(seen.requests)
+    for marks in ({"Origin": "http://elsewhere.example"}, {"Origin": "null"}, {"Origin": f"{own}0"},
+                  {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site", "Origin": own}):
+        for path in ("/v2/models/fashion/infer", "/v2/repository/models/fashion/unload"):
+            status, _, answer = _request(door, "POST", path, b"{}", {"Content-Type": "text/plain", **marks})
+            assert status == 403 and "cannot change this server" in json.loads(answer)["error"], (marks, path)
+    assert len(seen.requests) == before
+    # Its own origin, a same-origin fetch, a client that is not a browser, and reads from anywhere pass.
+    for method, marks in (("POST", {"Origin": own}), ("POST", {"Sec-Fetch-Site": "same-origin"}), ("POST", {}),
+                          ("GET", {"Origin": "http://elsewhere.example", "Sec-Fetch-Site": "cross-site"})):
+        assert _request(door, method, "/v2/models/fashion/infer", b"{}" if method == "POST" else None,
+                        marks)[0] == 200, (method, marks)
+    assert len(seen.requests) == before + 4
+
+
+def test_names_given_are_answered_and_a_wildcard_bind_answers_any(upstream: tuple[str, Seen]) -> None:
+    named = _door(upstream[0], names=("Models.Internal", "10.0.0.7"))
+    named.start()
+    try:
+        assert named.http is not None
+        for name, status in (("models.internal", 200), (f"10.0.0.7:{named.http.port}", 200), ("other.internal", 403)):
+            assert _request(named, "GET", "/v2/health/ready", headers={"Host": name})[0] == status, name
+    finally:
+        named.stop()
+    anywhere = HttpDoorConfig(host="0.0.0.0", port=1, upstream="127.0.0.1:2", max_request_bytes=BOUND)
+    assert anywhere.sites.hosts is None  # the machine's names on its networks cannot be known: any (and a warning)
+    assert HttpDoorConfig(host="10.0.0.7", port=1, upstream="127.0.0.1:2", max_request_bytes=BOUND,
+                          names=("*",)).sites.hosts is None
+    bound_there = HttpDoorConfig(host="10.0.0.7", port=1, upstream="127.0.0.1:2", max_request_bytes=BOUND).sites
+    assert bound_there.hosts is not None and "10.0.0.7" in bound_there.hosts and "localhost" in bound_there.hosts
+    assert bound_there.refusal("GET", {"host": "10.0.0.7:8000"}) is None
+    assert bound_there.refusal("GET", {"host": "fashionbox.example"}) is not None
+
+
+def test_http_goes_through_the_door_wherever_it_is_served_unless_the_door_is_refused(tmp_path: Path) -> None:
+    loopback = ServerConfig(repository=tmp_path)
+    assert loopback.uses_http_door and not loopback.uses_front_door  # gRPC direct, HTTP guarded
+    assert not ServerConfig(repository=tmp_path, front_door=False).uses_http_door
+    assert not ServerConfig(repository=tmp_path, http=False).uses_http_door
+    assert ServerConfig(repository=tmp_path, http_allowed_hosts=("models.internal",)).uses_http_door
+    with pytest.raises(ConfigError, match="http_allowed_hosts is enforced by the front door's HTTP side"):
+        ServerConfig(repository=tmp_path, http_allowed_hosts=("models.internal",), front_door=False)
+
+
 def test_an_unreachable_triton_is_answered_with_503_and_readiness_reads_not_ready() -> None:
     (closed_port,) = find_free_ports(1)
     opened = _door(f"127.0.0.1:{closed_port}")
@@ -260,9 +328,10 @@ def test_a_taken_http_port_is_refused_naming_it_and_the_grpc_side_is_closed_agai
         holder.listen()
         taken = holder.getsockname()[1]
         (grpc_port,) = find_free_ports(1)
-        blocked = FrontDoor(FrontDoorConfig(
-            host="127.0.0.1", port=grpc_port, upstream="127.0.0.1:9", max_request_bytes=BOUND,
-            http=HttpDoorConfig(host="127.0.0.1", port=taken, upstream=upstream[0], max_request_bytes=BOUND)))
+        # The gRPC side points nowhere (its channel connects lazily): it only has to bind and let go.
+        blocked = FrontDoor(
+            FrontDoorConfig(host="127.0.0.1", port=grpc_port, upstream="127.0.0.1:9", max_request_bytes=BOUND),
+            HttpDoorConfig(host="127.0.0.1", port=taken, upstream=upstream[0], max_request_bytes=BOUND))
         with pytest.raises(PortInUseError, match=str(taken)):
             blocked.start()
     assert not blocked.running

@@ -243,7 +243,8 @@ def _triton_pid(serve_pid: int) -> int:
 @pytest.mark.integration
 def test_the_serve_banner_names_the_front_door_and_its_bound(serve: _Serve) -> None:
     text = serve.log.read_text()
-    assert f"front door: messages and bodies over {BOUND} bytes refused" in text
+    assert f"front door: messages over {BOUND} bytes refused" in text
+    assert f"bodies over {BOUND} bytes and other sites refused" in text  # the HTTP line
 
 
 @pytest.mark.integration

@@ -143,7 +143,7 @@ def test_the_serve_banner_names_the_transport_and_the_restriction_but_never_the_
 
 
 def _private_triton_address(secure: SecureServer) -> str:
-    match = re.search(r"front door: messages and bodies over \d+ bytes refused; Triton on (127\.0\.0\.1:\d+)",
+    match = re.search(r"front door: messages over \d+ bytes refused; Triton on (127\.0\.0\.1:\d+)",
                       secure.log.read_text())
     assert match, "the banner names the front door and Triton's private port"
     return match[1]
@@ -193,7 +193,7 @@ def test_plaintext_http_inference_is_refused_without_the_key(secure: SecureServe
 
     assert _http_status(url, data=body) == 403
     assert _http_status(url, headers={contract.ADMIN_KEY_NAME: ADMIN_KEY}, data=body) != 403  # past the door
-    assert "(plaintext; inference needs the admin key)" in secure.log.read_text()
+    assert "(plaintext; inference needs the admin key; bodies over" in secure.log.read_text()
 
 
 def _serve_refusal(tmp_path: Path, *extra: str, key_mode: int = 0o600) -> subprocess.CompletedProcess[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import json
 import os
 import re
 import signal
@@ -254,6 +255,8 @@ SAMPLES: dict[str, tuple[str, list[str]]] = {
     "http_port": ("9100", ["--http-port=9100"]),
     "http": ("off", ["--no-http"]),
     "http_host": ("::1", ["--http-host=::1"]),
+    "http_allowed_hosts": ("models.internal, 10.0.0.7", ["--http-allowed-host=models.internal",
+                                                         "--http-allowed-host=10.0.0.7"]),
     "metrics_port": ("9102", ["--metrics-port=9102"]),
     "model_control_mode": ("explicit", ["--model-control-mode=explicit"]),
     "load_models": ("echo, fashion", ["--load-model=echo", "--load-model=fashion"]),
@@ -596,8 +599,11 @@ def test_log_file_holds_the_server_output(echo_server: TritonServer) -> None:
 
 
 @pytest.mark.integration
-def test_stop_ends_the_server_gracefully(echo_repository: Path, tmp_path: Path) -> None:
-    with TritonServer(free_port_config(echo_repository, tmp_path)) as server:
+@pytest.mark.parametrize("front_door", [None, True], ids=["http-door", "grpc-and-http-door"])
+def test_stop_ends_the_server_gracefully(echo_repository: Path, tmp_path: Path, front_door: bool | None) -> None:
+    # The door's connections to Triton's HTTP (the readiness checks went through it) must not hold Triton's
+    # exit: it waits for open HTTP connections up to its exit timeout, past stop()'s 10 s, then gets killed.
+    with TritonServer(free_port_config(echo_repository, tmp_path, front_door=front_door)) as server:
         pid = server.pid
         assert pid is not None and server.is_alive()
         started = time.monotonic()
@@ -783,6 +789,57 @@ def test_without_an_admin_key_shared_memory_trace_logging_and_the_repository_are
     assert _http_call(f"{http}/v2/health/ready") == 200
     data = np.ones((1, 3), dtype=np.float32)
     np.testing.assert_array_equal(infer_echo(grpc_client, data)[0], data)
+
+
+def _http_exchange(address: str, method: str, path: str, headers: dict[str, str],
+                   body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    import http.client
+
+    host, port = address.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.integration
+def test_a_loopback_servers_http_refuses_other_sites_and_serves_its_own(echo_server: TritonServer) -> None:
+    """A web page in a browser on the server's host reaches loopback: by DNS rebinding (its own name
+    resolving to 127.0.0.1, sent in Host) or by a form posted across sites. Triton's HTTP checks
+    neither, so the front door's HTTP side stands in front of it in the default profile too, while
+    gRPC still goes to Triton directly."""
+    config = echo_server.config
+    assert not config.uses_front_door and echo_server.upstream_grpc == echo_server.endpoints.grpc
+    assert echo_server.log_path is not None
+    started = re.search(r"Started HTTPService at 127\.0\.0\.1:(\d+)", echo_server.log_path.read_text())
+    assert started and int(started[1]) != config.http_port  # Triton's own HTTP is private, behind the door
+    http = echo_server.endpoints.http
+    port = config.http_port
+    infer = json.dumps({"inputs": [{"name": "INPUT", "shape": [1, 3], "datatype": "FP32",
+                                    "data": [1.0, 2.0, 3.0]}]}).encode()
+    path = "/v2/models/echo/infer"
+
+    for method, target, body in (("GET", "/v2/models/echo", None), ("GET", "/v2/health/ready", None),
+                                 ("POST", path, infer)):
+        status, _, answer = _http_exchange(http, method, target, {"Host": f"rebound.example:{port}"}, body)
+        assert status == 403 and "not served under the name 'rebound.example" in json.loads(answer)["error"]
+    for marks in ({"Origin": "http://elsewhere.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
+                  {"Sec-Fetch-Site": "same-site", "Origin": f"http://127.0.0.1:{port}"}):
+        status, _, answer = _http_exchange(http, "POST", path, {"Content-Type": "text/plain", **marks}, infer)
+        assert status == 403 and "cannot change this server" in json.loads(answer)["error"], marks
+
+    # The server's own names, its own origin, and clients that are not browsers are served.
+    for headers in ({}, {"Host": f"localhost:{port}"}, {"Origin": f"http://127.0.0.1:{port}"},
+                    {"Sec-Fetch-Site": "same-origin"}):
+        status, _, answer = _http_exchange(http, "POST", path, {"Content-Type": "application/json", **headers},
+                                           infer)
+        assert status == 200, (headers, answer)
+        assert json.loads(answer)["outputs"][0]["data"] == [1.0, 2.0, 3.0]
+    status, headers, _ = _http_exchange(http, "GET", "/v2/models/echo", {"Origin": "http://elsewhere.example"})
+    assert status == 200 and "access-control-allow-origin" not in headers  # readable by the server's own pages only
 
 
 def _umask(pid: int) -> str:

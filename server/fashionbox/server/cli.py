@@ -62,11 +62,14 @@ def run_server_cli(config: ServerConfig) -> int:
             admin = "admin APIs restricted to the admin key"
         else:
             admin = f"APIs closed: {', '.join(config.closed_apis())}"
-        http = f"{endpoints.http} (plaintext{'; inference needs the admin key' if config.secure else ''})"
         bound = server.request_bound
-        door = (f"front door: messages and bodies over {bound.max_request_bytes} bytes refused; Triton on "
-                f"{server.upstream_grpc}" if bound is not None
-                else "no front door: Triton takes gRPC messages up to 2 GiB, HTTP bodies of any size")
+        door = (f"front door: messages over {bound.max_request_bytes} bytes refused; Triton on {server.upstream_grpc}"
+                if bound is not None and config.uses_front_door
+                else "no front door: Triton takes gRPC messages up to 2 GiB")
+        guard = (f"; bodies over {bound.max_request_bytes} bytes and other sites refused"
+                 if bound is not None and config.uses_http_door
+                 else "; no front door: bodies of any size, other sites not refused")
+        http = f"{endpoints.http} (plaintext{'; inference needs the admin key' if config.secure else ''}{guard})"
         print(
             f"FashionBox Triton server ready (pid {server.pid})\n"
             f"  gRPC     {endpoints.grpc} ({transport}; {admin})\n"

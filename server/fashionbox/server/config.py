@@ -169,6 +169,14 @@ class ServerConfig:
         metadata=declare("address HTTP binds, apart from --host; HTTP has no TLS", flag="--http-host",
                          env="HTTP_HOST"),
     )
+    # Browsers: only these names in Host are answered over HTTP (DNS rebinding), fashionbox.core.cross_site.
+    http_allowed_hosts: tuple[str, ...] = dataclasses.field(
+        default=(),
+        metadata=declare("a name HTTP is reached by, besides loopback's and --http-host (other names in Host get "
+                         "403: DNS rebinding); '*' for any; repeatable, or comma-separated",
+                         flag="--http-allowed-host", env="HTTP_ALLOWED_HOSTS", many="comma", metavar="NAME",
+                         shown_default="none; with --http-host 0.0.0.0 any name is answered (a warning says so)"),
+    )
     metrics_port: int = dataclasses.field(
         default=DEFAULT_METRICS_PORT,
         metadata=declare("Prometheus metrics port", flag="--metrics-port", env="METRICS_PORT", parser=INTEGER),
@@ -216,11 +224,12 @@ class ServerConfig:
     front_door: bool | None = dataclasses.field(
         default=None,
         metadata=declare("gRPC and HTTP through FashionBox's front door, which refuses messages and bodies over "
-                         "--max-request-bytes before Triton sees them (Triton's own: 2 GiB for gRPC, none for HTTP)",
+                         "--max-request-bytes before Triton sees them (Triton's own: 2 GiB for gRPC, none for HTTP); "
+                         "--no-front-door also takes HTTP's guard against other sites away",
                          flag="--front-door",
                          env="FRONT_DOOR", parser=BOOLEAN, form="switch",
                          shown_default="on with --secure (always), a non-loopback --host or --http-host, or "
-                                       "--max-request-bytes; off on loopback"),
+                                       "--max-request-bytes; on loopback HTTP only"),
     )
     max_request_bytes: int | None = dataclasses.field(
         default=None,
@@ -337,6 +346,15 @@ class ServerConfig:
         return (self.secure or not is_loopback(self.host) or (self.http and not is_loopback(self.http_host))
                 or self.max_request_bytes is not None)
 
+    @property
+    def uses_http_door(self) -> bool:
+        """Whether HTTP goes through the front door's HTTP side (:mod:`fashionbox.server.http_door`): wherever
+        HTTP is served, unless ``front_door`` is False. A loopback server's HTTP needs it too: a web page in
+        a browser on the same host reaches loopback, and Triton's HTTP checks neither ``Host`` nor
+        ``Origin`` (:mod:`fashionbox.core.cross_site`). Its cost is about 1-1.8 ms of CPU per HTTP request
+        (BENCHMARKS.md, "The door's HTTP side"); FashionBox's client speaks gRPC."""
+        return self.http and self.front_door is not False
+
     def closed_apis(self) -> tuple[str, ...]:
         """The API groups no caller may use without the admin key (without one: nobody)."""
         return restricted_apis(admin_key=self.admin_key is not None,
@@ -356,6 +374,9 @@ class ServerConfig:
                               "2 GiB and HTTP bodies of any size, whatever the image limit; drop --no-front-door")
         if self.max_request_bytes is not None and not self.uses_front_door:
             raise ConfigError("max_request_bytes is enforced by the front door; it cannot be set with --no-front-door")
+        if self.http_allowed_hosts and self.http and not self.uses_http_door:
+            raise ConfigError("http_allowed_hosts is enforced by the front door's HTTP side; it cannot be set with "
+                              "--no-front-door")
         # HTTP has no TLS: in the secure profile it would be a plaintext side door past the certificates.
         if self.secure and self.http and not is_loopback(self.http_host):
             raise ConfigError(

@@ -1,6 +1,7 @@
 """The front door: FashionBox's own gRPC listener in front of ``tritonserver``, bounding message size.
 
-(Its HTTP side, in the same event loop, is :mod:`fashionbox.server.http_door`.)
+(Its HTTP side, in the same event loop, is :mod:`fashionbox.server.http_door`; on a loopback server
+the door may run that side alone, HTTP being FashionBox's way into Triton's HTTP in every profile.)
 
 Triton 2.51 takes gRPC messages up to 2 GiB and has no flag lowering that; an oversized request
 is received whole, copied into the ``preprocess`` stub's shared memory, and only then refused
@@ -14,7 +15,8 @@ message with ``RESOURCE_EXHAUSTED`` ``Received message larger than max (N vs. M)
 length prefix, before the message is read into memory, and long before Triton sees it::
 
     door = FrontDoor(FrontDoorConfig(host="0.0.0.0", port=8001, upstream="127.0.0.1:40123",
-                                     max_request_bytes=request_bound(repository).max_request_bytes))
+                                     max_request_bytes=request_bound(repository).max_request_bytes),
+                     http=None)   # or an HttpDoorConfig: the HTTP side in the same loop
     door.start()      # binds (PortInUseError if taken), serves on its own thread
     ...
     door.stop()
@@ -223,8 +225,6 @@ class FrontDoorConfig:
     tls: ServerTls | None = None
     upstream_tls: HopTls | None = None
     """Mutual TLS to Triton (:class:`HopTls`); None: plaintext on loopback."""
-    http: HttpDoorConfig | None = None
-    """The HTTP side (:mod:`fashionbox.server.http_door`), served in the same event loop; None: no HTTP."""
 
     def __post_init__(self) -> None:
         if self.max_request_bytes < 1:
@@ -314,10 +314,16 @@ def _credentials(tls: ServerTls) -> grpc.ServerCredentials:
 
 
 class FrontDoor:
-    """A running front door (:mod:`fashionbox.server.front_door`): ``start()``, then ``stop()``."""
+    """A running front door (:mod:`fashionbox.server.front_door`): ``start()``, then ``stop()``.
 
-    def __init__(self, config: FrontDoorConfig) -> None:
+    ``config``: the gRPC side (None: HTTP only); ``http``: the HTTP side (:mod:`fashionbox.server.http_door`),
+    served in the same event loop (None: no HTTP)."""
+
+    def __init__(self, config: FrontDoorConfig | None, http: HttpDoorConfig | None = None) -> None:
+        if config is None and http is None:
+            raise ValueError("a front door needs a gRPC side, an HTTP side, or both")
         self.config = config
+        self.http = http
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: grpc.aio.Server | None = None
@@ -326,7 +332,7 @@ class FrontDoor:
 
     @property
     def running(self) -> bool:
-        return self._server is not None
+        return self._server is not None or self._http is not None
 
     def start(self) -> None:
         """Bind and serve on a thread of its own; raises :class:`PortInUseError` when the port is taken."""
@@ -343,7 +349,14 @@ class FrontDoor:
             raise
 
     async def _start(self) -> None:
-        config = self.config
+        if self.config is not None:
+            await self._start_grpc(self.config)
+        if self.http is not None:
+            http = HttpDoor(self.http)
+            await http.start()
+            self._http = http
+
+    async def _start_grpc(self, config: FrontDoorConfig) -> None:
         upstream_options = [
             ("grpc.max_send_message_length", -1),
             ("grpc.max_receive_message_length", -1),
@@ -381,10 +394,6 @@ class FrontDoor:
         self._server = server
         logger.info("front door on %s: at most %d bytes a message, forwarded to %s", address,
                     config.max_request_bytes, config.upstream)
-        if config.http is not None:
-            http = HttpDoor(config.http)
-            await http.start()
-            self._http = http
 
     def stop(self, grace_s: float = 0.0) -> None:
         """Stop listening (calls still open get ``grace_s`` to finish), close the channel, end the thread.

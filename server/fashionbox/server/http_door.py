@@ -13,6 +13,14 @@ listens on a private loopback port and this listener takes the public HTTP addre
 - a compressed body whose inflated size passes the bound: it is inflated here, in bounded steps,
   and forwarded plain (``415`` for an encoding other than gzip, deflate or identity).
 
+Before any of that, it applies FashionBox's policy against other sites
+(:mod:`fashionbox.core.cross_site`, the same as the catalog's web page): ``403`` for a ``Host`` that
+is not a name the server is served under (loopback's, ``--http-host``, ``--http-allowed-host``:
+DNS rebinding), and for a request that can change something (inference, the repository API) that a
+browser marks as sent from another site (``Sec-Fetch-Site``, a foreign ``Origin``: a form on another
+site posting to the server). Clients that are not browsers send neither mark and pass. This is why
+the HTTP side runs in every profile, also where gRPC goes to Triton directly.
+
 The bound is the gRPC side's (:func:`fashionbox.server.front_door.request_bound`): ``max_image_bytes``
 x the ensemble's max batch + 64 KiB. JSON inference requests carry their images in the binary data
 extension (what ``tritonclient.http`` sends by default), so an image costs its own bytes here too.
@@ -40,6 +48,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from fashionbox.core.cross_site import SitePolicy, allowed_hosts
 from fashionbox.server.errors import PortInUseError
 
 __all__ = ["HOP_BY_HOP_HEADERS", "BodyTooLarge", "HttpDoor", "HttpDoorConfig", "inflate"]
@@ -68,10 +77,17 @@ class HttpDoorConfig:
     upstream: str
     """``host:port`` of Triton's HTTP on loopback."""
     max_request_bytes: int
+    names: tuple[str, ...] = ()
+    """``Host`` names answered besides loopback's and ``host`` (``--http-allowed-host``; ``*``: any)."""
 
     def __post_init__(self) -> None:
         if self.max_request_bytes < 1:
             raise ValueError(f"max_request_bytes must be positive, got {self.max_request_bytes}")
+
+    @property
+    def sites(self) -> SitePolicy:
+        """The policy against other sites (:mod:`fashionbox.core.cross_site`) for this address and names."""
+        return SitePolicy(allowed_hosts(self.host, self.names), flag="--http-allowed-host", subject="this server")
 
 
 def inflate(body: bytes, encoding: str, limit: int) -> bytes:
@@ -130,6 +146,7 @@ class HttpDoor:
 
     def __init__(self, config: HttpDoorConfig) -> None:
         self.config = config
+        self._sites = config.sites
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -137,8 +154,11 @@ class HttpDoor:
         """Bind (:class:`PortInUseError` when the port is taken) and serve."""
         config = self.config
         # auto_decompress off: a compressed answer travels on as Triton wrote it, Content-Encoding and all.
+        # force_close: a connection to Triton per request, closed after it. Triton's HTTP waits on exit, up to
+        # its exit timeout, for every connection still open, so idle keep-alive ones held stop() for that
+        # long (a loopback connect costs about 0.1 ms).
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),
+            connector=aiohttp.TCPConnector(limit=0, force_close=True),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT_S),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
@@ -157,8 +177,14 @@ class HttpDoor:
             await self._session.close()
             raise PortInUseError(config.port, "http", config.host) from exc
         self._runner = runner
-        logger.info("HTTP front door on %s:%d: bodies over %d bytes refused, forwarded to %s", config.host,
-                    config.port, config.max_request_bytes, config.upstream)
+        hosts = self._sites.hosts
+        logger.info("HTTP front door on %s:%d: bodies over %d bytes refused, Host names %s, forwarded to %s",
+                    config.host, config.port, config.max_request_bytes,
+                    "any" if hosts is None else ", ".join(sorted(hosts)), config.upstream)
+        if hosts is None and "*" not in config.names:
+            logger.warning("HTTP bound to every interface (%s) with no --http-allowed-host: any name in Host is "
+                           "answered, so DNS rebinding is not refused; --http-allowed-host NAME lists the names "
+                           "the server is reached by", config.host)
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
@@ -171,6 +197,10 @@ class HttpDoor:
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         if not request.raw_path.startswith("/"):  # absolute-form or authority-form targets: this is no proxy
             return _error(400, "the request target must be a path (origin form), as Triton's HTTP API takes")
+        refusal = self._sites.refusal(request.method, request.headers)
+        if refusal is not None:
+            logger.warning("HTTP %s %s refused: %s", request.method, request.path, refusal)
+            return _error(403, f"forbidden: {refusal}")
         limit = self.config.max_request_bytes
         length = request.content_length
         if length is not None and length > limit:

@@ -194,7 +194,8 @@ class TritonServer:
 
     @property
     def request_bound(self) -> RequestBound | None:
-        """The front door's message bound while it runs; None without a front door."""
+        """The front door's bound while it runs, on gRPC messages where the door has a gRPC side
+        (``config.uses_front_door``) and on HTTP bodies; None without a front door."""
         return self._request_bound if self._front_door is not None else None
 
     @property
@@ -243,6 +244,10 @@ class TritonServer:
         if config.http and not is_loopback(config.http_host):
             logger.warning("binding HTTP to %s: plaintext HTTP (no TLS) is reachable from the network",
                            config.http_host)
+        if config.http and not config.uses_http_door:
+            logger.warning("--no-front-door: HTTP goes to Triton directly, which checks neither Host nor Origin, so "
+                           "a web page in a browser that reaches %s can use the server (docs/RELIABILITY.md)",
+                           config.http_host)
         if not config.http and config.drain_on_stop:
             logger.info("HTTP is off: stop() cannot drain the ensemble first (the drain goes over HTTP)")
 
@@ -250,13 +255,12 @@ class TritonServer:
         backend_directory = prepare_backend_directory(config.cache_dir)
         self._launcher_key = new_launcher_key() if config.admin_key is None else None
         self._upstream_port = self._private_port() if config.uses_front_door else None
-        door_http = config.uses_front_door and config.http
-        self._upstream_http_port = self._private_port(self._upstream_port) if door_http else None
-        if config.uses_front_door:
+        self._upstream_http_port = self._private_port(self._upstream_port) if config.uses_http_door else None
+        if config.uses_front_door or config.uses_http_door:
             self._request_bound = request_bound(config.repository, os.environ, override=config.max_request_bytes)
-            if config.tls is not None:  # else the private port would be a plaintext way past the certificates
-                self._hop_dir = Path(tempfile.mkdtemp(prefix="fashionbox-hop-"))
-                self._hop_tls = make_hop_tls(self._hop_dir)
+        if config.uses_front_door and config.tls is not None:  # else the private port would be a plaintext way
+            self._hop_dir = Path(tempfile.mkdtemp(prefix="fashionbox-hop-"))  # past the certificates
+            self._hop_tls = make_hop_tls(self._hop_dir)
         self._command = build_command(
             config, binary=dist.binary, backend_directory=backend_directory, launcher_key=self._launcher_key,
             upstream_grpc_port=self._upstream_port, upstream_tls=self._hop_tls.server if self._hop_tls else None,
@@ -478,21 +482,24 @@ class TritonServer:
         return port
 
     def _open_front_door(self) -> None:
-        """Listen on the public gRPC address (PortInUseError if taken) before Triton starts."""
-        if self._upstream_port is None or self._request_bound is None:
+        """Listen on the public gRPC address (behind the door) and the HTTP one (PortInUseError if taken)
+        before Triton starts."""
+        if self._request_bound is None:
             return
         config = self.config
         bound = self._request_bound.max_request_bytes
+        grpc_side = (FrontDoorConfig(host=config.host, port=config.grpc_port, upstream=self.upstream_grpc,
+                                     max_request_bytes=bound, tls=config.tls, upstream_tls=self._hop_tls)
+                     if self._upstream_port is not None else None)
         http = (HttpDoorConfig(host=config.http_host, port=config.http_port, max_request_bytes=bound,
-                               upstream=f"127.0.0.1:{self._upstream_http_port}")
+                               upstream=f"127.0.0.1:{self._upstream_http_port}", names=config.http_allowed_hosts)
                 if self._upstream_http_port is not None else None)
-        door = FrontDoor(FrontDoorConfig(host=config.host, port=config.grpc_port, upstream=self.upstream_grpc,
-                                         max_request_bytes=bound, tls=config.tls, upstream_tls=self._hop_tls,
-                                         http=http))
+        door = FrontDoor(grpc_side, http)
         door.start()
         self._front_door = door
-        logger.info("front door on %s:%d (gRPC)%s: messages and bodies over %s are refused", config.host,
-                    config.grpc_port, f" and {config.http_host}:{config.http_port} (HTTP)" if http else "",
+        sides = [f"{config.host}:{config.grpc_port} (gRPC)"] if grpc_side else []
+        sides += [f"{config.http_host}:{config.http_port} (HTTP)"] if http else []
+        logger.info("front door on %s: messages and bodies over %s are refused", " and ".join(sides),
                     self._request_bound.describe())
 
     def _remove_hop_tls(self) -> None:
