@@ -41,7 +41,7 @@ from fashionbox.converter.cpu_runtimes import (
     pick,
 )
 from fashionbox.converter.export import ComparisonReport, compare_torch_runners
-from fashionbox.converter.repository import RepositorySettings, model_configs
+from fashionbox.converter.repository import RepositorySettings
 from fashionbox.core import openvino_runtime
 from fashionbox.core.openvino_runtime import (
     CACHE_ENV,
@@ -66,6 +66,7 @@ from fashionbox.core.serving import (
 from fashionbox.model_repository.runners import load_attributes_runner, load_detector_runner
 from fashionbox.models.pipeline import InProcessPipeline
 from fashionbox.models.torch_runtime import TorchAttributes, TorchDetector
+from fashionbox.server.model_config import backend_args
 
 Batches = tuple[list[npt.NDArray[np.uint8]], list[npt.NDArray[np.uint8]]]
 LABELS = default_label_map()
@@ -390,17 +391,9 @@ def test_openvino_bf16_stays_within_its_stated_tolerance_and_really_runs_bf16(
 # -- repositories ---------------------------------------------------------------------------------------------
 
 
-def _config_dict(config: Any) -> dict[str, Any]:
-    from google.protobuf import json_format
-
-    return dict(json_format.MessageToDict(config, preserving_proto_field_name=True))
-
-
 def _backend_args(repository: Path, model: str, precision: str) -> dict[str, str]:
-    settings = RepositorySettings(max_detections=50, runtime=RuntimeSettings(runtime="openvino", precision=precision))
-    config = json.dumps(_config_dict(model_configs(settings, LABELS)[model]))
-    return {"model_config": config, "model_version": "1", "model_repository": str(repository / model),
-            "model_name": model}
+    """What Triton passes the model, from the repository's own config (its precision set to ``precision``)."""
+    return backend_args(repository, model, parameters={"precision": precision})
 
 
 def test_the_openvino_repository_keeps_the_onnx_graphs_and_names_its_runtime(openvino_repository: Path) -> None:

@@ -54,6 +54,7 @@ from fashionbox.models.torch_runtime import (
     batch_buckets,
     resolve_device,
 )
+from fashionbox.server.model_config import backend_args
 from fashionbox.training.data import render_sample
 
 LABELS = default_label_map()
@@ -209,16 +210,9 @@ def test_a_gpu_instance_on_a_host_without_cuda_fails_load_naming_the_device() ->
         TorchDetector(default_weights("detector"), device="cuda:0", precision="fp16", nms=NMS, max_detections=5)
 
 
-def _backend_args(repository: Path, model: str, *, kind: str = "CPU", device_id: int = 0) -> dict[str, str]:
-    config = json.dumps(_config_dict(model_configs(_torch_settings("cpu"), LABELS)[model]))
-    return {"model_config": config, "model_version": "1", "model_repository": str(repository / model),
-            "model_name": model, "model_instance_kind": kind, "model_instance_device_id": str(device_id)}
-
-
-def _config_dict(config: Any) -> dict[str, Any]:
-    from google.protobuf import json_format
-
-    return json_format.MessageToDict(config, preserving_proto_field_name=True)
+def _backend_args(repository: Path, model: str) -> dict[str, str]:
+    """What Triton passes the model, from the repository's own config."""
+    return backend_args(repository, model)
 
 
 def _torch_settings(target: str, **fields: Any) -> RepositorySettings:

@@ -8,8 +8,10 @@ host"), so everything is measured in one run and written with the CPU's model an
 - **networks alone**: the default detector (batch 1 and 8, 320 px) and the attribute heads (batch 1
   and 8, 96 px crops), each runtime and precision, 1 and 2 threads; each round runs every
   combination once (``--calls`` calls, median), rounds interleaved, the median of rounds reported;
-  the torch runtime's runners (``fashionbox.models.torch_runtime``: the network and its batched NMS
-  in PyTorch eager) are what ``--runtime torch`` serves on CPU instances;
+  each runner loaded as the repository's ``detector`` and ``attributes`` models load it
+  (``fashionbox.model_repository.runners`` from their ``config.pbtxt``, only the threads set), so the
+  torch runtime's (the network and its batched NMS in PyTorch eager) is what ``--runtime torch``
+  serves on CPU instances;
 - **served**: the default models converted with ``--runtime onnxruntime``, ``--runtime openvino``,
   ``--runtime torch`` and (where the CPU has AMX or AVX512-BF16) ``--runtime openvino --precision
   bf16``, each on its own
@@ -85,30 +87,24 @@ class _TorchThreads:
 
 
 def runners(repository: Path, runtime: str, precision: str, threads: int) -> tuple[Any, Any]:
-    from fashionbox.contract.labels import LabelMap
-    from fashionbox.core.openvino_runtime import OpenVinoAttributes, OpenVinoDetector
-    from fashionbox.core.serving import OnnxAttributes, OnnxDetector, OrtSettings
+    """The detector's and the heads' runners as the repository's models load them
+    (``fashionbox.model_repository.runners`` from each ``config.pbtxt``), at ``threads``."""
+    from fashionbox.core.serving import ModelArgs, RuntimeSettings
+    from fashionbox.model_repository.runners import load_attributes_runner, load_detector_runner
+    from fashionbox.server.model_config import backend_args
 
-    labels = LabelMap.load(repository / "labels.json")
-    detector_onnx = repository / "detector" / "1" / "model.onnx"
-    attributes_onnx = repository / "attributes" / "1" / "model.onnx"
-    settings = OrtSettings(intra_op_threads=threads)
-    a = labels.num_attribute_labels
-    if runtime == "torch":  # a --runtime torch repository's checkpoints, at its NMS settings
-        from fashionbox.core.serving import RuntimeSettings
-        from fashionbox.models.torch_runtime import TorchAttributes, TorchDetector
-
-        nms = json.loads((repository / "manifest.json").read_text())["export"]["nms"]
-        runtime_settings = RuntimeSettings(score_threshold=nms["score_threshold"], iou_threshold=nms["iou_threshold"])
-        return (_TorchThreads(TorchDetector.from_settings(repository / "detector" / "1" / "model.safetensors",
-                                                          runtime_settings, device="cpu", max_detections=50), threads),
-                _TorchThreads(TorchAttributes(repository / "attributes" / "1" / "model.safetensors", device="cpu",
-                                              precision="fp32", num_attribute_labels=a), threads))
-    if runtime == "onnxruntime":
-        return (OnnxDetector(detector_onnx, settings, max_detections=50),
-                OnnxAttributes(attributes_onnx, settings, num_attribute_labels=a))
-    return (OpenVinoDetector(detector_onnx, settings, max_detections=50, precision=precision),
-            OpenVinoAttributes(attributes_onnx, settings, num_attribute_labels=a, precision=precision))
+    # the runtime's own threads parameter (OpenVINO takes ONNX Runtime's)
+    override = {"torch_threads" if runtime == "torch" else "intra_op_threads": str(threads)}
+    args = {model: ModelArgs.from_backend_args(backend_args(repository, model, parameters=override))
+            for model in ("detector", "attributes")}
+    for model_args in args.values():
+        named = RuntimeSettings.from_parameters(model_args.parameters)
+        assert (named.runtime, named.precision) == (runtime, precision), (repository, named)
+    detector, _ = load_detector_runner(args["detector"])
+    heads, _ = load_attributes_runner(args["attributes"])
+    if runtime == "torch":  # PyTorch's pool is per process: set at each call, as each stub has its own
+        return _TorchThreads(detector, threads), _TorchThreads(heads, threads)
+    return detector, heads
 
 
 def _median_ms(call: Callable[[], object], calls: int) -> float:

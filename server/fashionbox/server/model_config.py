@@ -8,12 +8,14 @@ Triton's schema), so a bad field fails when the config is made, not when Triton 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONFIG_FILE", "ModelConfigError", "ModelScheduling", "apply_scheduling", "model_config_pb2",
-           "read_config", "scheduling_of", "write_model_config"]
+__all__ = ["CONFIG_FILE", "ModelConfigError", "ModelScheduling", "apply_scheduling", "backend_args",
+           "model_config_pb2", "read_config", "scheduling_of", "write_model_config"]
 
 CONFIG_FILE = "config.pbtxt"
 
@@ -96,6 +98,22 @@ def read_config(path: Path) -> Any:
         return text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2().ModelConfig())
     except (OSError, text_format.ParseError) as exc:
         raise ModelConfigError(f"cannot read {path}: {exc}") from exc
+
+
+def backend_args(repository: Path, model: str, *, version: str = "1", parameters: Mapping[str, str] | None = None,
+                 kind: str = "CPU", device_id: int = 0) -> dict[str, str]:
+    """The ``args`` Triton's python backend passes ``model``'s ``initialize``, from its ``config.pbtxt`` in
+    ``repository`` (``parameters`` set over the config's): for tools and tests that load a model's
+    runners as a server would (``fashionbox.model_repository.runners``). The config travels as the JSON
+    Triton makes of it (proto field names)."""
+    from google.protobuf import json_format
+
+    config = read_config(repository / model / CONFIG_FILE)
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = value
+    return {"model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
+            "model_version": version, "model_repository": str(repository / model), "model_name": model,
+            "model_instance_kind": kind, "model_instance_device_id": str(device_id)}
 
 
 def write_model_config(path: Path, config: Any) -> None:
