@@ -30,10 +30,14 @@ def test_auto_conversion_writes_the_measured_runtime_into_configs_and_manifest(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     precision = "bf16" if BF16_HERE else "fp32"
     out = tmp_path / "repository"
-    assert fashionbox_main(["convert", "--out", str(out), "--runtime", "auto", "--precision", precision]) == 0
+    # Product shots of three garments: the probe's attribute batch is a photo's garments (default 8).
+    assert fashionbox_main(["convert", "--out", str(out), "--runtime", "auto", "--precision", precision,
+                            "--auto-garments", "3"]) == 0
     manifest = json.loads((out / contract.MANIFEST_FILE).read_text())
     record = manifest["cpu_runtime"]
     timings = record["timings_ms"]
+    assert record["garments_per_photo"] == 3 and "attributes batch 3" in record["measured"]
+    assert all(set(parts) == {"detector_b1", "attributes_b3", "total"} for parts in timings.values())
 
     expected = {"onnxruntime/fp32", "openvino/fp32", "torch/fp32"} | ({"openvino/bf16"} if BF16_HERE else set())
     assert set(timings) == expected and record["excluded"] == {}  # the default detector takes the square letterbox
@@ -66,3 +70,19 @@ def test_what_auto_cannot_weigh_is_recorded_with_why() -> None:
         "torch/fp32": "the fused layout runs the ONNX graphs only"}
     assert _torch_not_candidate(ultralytics, RepositorySettings()) == {
         "torch/fp32": "no torch runner for ultralytics detectors"}
+
+
+def test_auto_garments_is_a_photos_garments_and_sets_the_embedders_batch(tmp_path: Path) -> None:
+    from fashionbox.converter import ConvertError, ConvertOptions
+    from fashionbox.converter.cpu_runtimes import PROBE_GARMENTS, BranchProbe
+
+    def probe(kind: str, **garments: int) -> BranchProbe:
+        return BranchProbe(kind, tmp_path / "model.onnx", "out", 32, 32, 32, **garments)
+
+    assert probe("embedder").batch == PROBE_GARMENTS + 1 == 9  # the photo's garments and the photo, one call
+    assert probe("embedder", garments=1).batch == 2 and probe("embedder", garments=1).images.shape[0] == 2
+    assert probe("classifier", garments=5).batch == 1  # the photo alone
+    for refused in (0, -1, 257, True, 2.5):
+        with pytest.raises(ConvertError, match=r"auto_garments must be an integer in 1\.\.256"):
+            ConvertOptions(out=tmp_path, auto_garments=refused)  # type: ignore[arg-type]
+

@@ -229,7 +229,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                                     score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
                                     max_detections=args.max_detections, repository_settings=limits,
                                     letterbox=args.letterbox, input_size=args.input_size, cores=args.cores,
-                                    queries=args.queries, engines=engines))
+                                    auto_garments=args.auto_garments, queries=args.queries, engines=engines))
     print(f"model repository: {result.repository}")
     export = result.manifest["export"]
     size, stride, floor = export["input_size"], export.get("letterbox_stride", 0), export.get("letterbox_min_side", 0)
@@ -450,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(recorded in manifest.json); torch is "
                         "PyTorch in the python backend (on the GPU for --target gpu, FP16 unless --no-fp16) for "
                         "FashionBox checkpoints and hf: detectors")
+    p.add_argument("--auto-garments", type=int, default=8, metavar="N",
+                   help="--runtime auto on --target cpu: garments a photo of your collection carries, which the "
+                        "runtimes' timing weighs against the detector's photo (default 8; 1 for product shots)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                    help="--target cpu: fp32 (default) or bf16, OpenVINO only and only on a CPU with AMX or "
                         "AVX512-BF16 (refused elsewhere); with --runtime auto, bf16 makes OpenVINO bf16 a candidate")

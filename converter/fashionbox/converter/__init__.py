@@ -262,6 +262,11 @@ class ConvertOptions:
     of each step (``fashionbox.converter.repository.cpu_scheduling``, ``fused_scheduling`` for the
     fused layout: 2 cores get the shipped defaults); ``None``: this machine's. Recorded in the
     manifest (``cpu_cores``)."""
+    auto_garments: int = 8
+    """``--runtime auto`` on target cpu: the garments a photo of the collection carries, which
+    ``auto``'s probe weighs (its attribute batch, the embedder's garments:
+    ``fashionbox.converter.cpu_runtimes.PROBE_GARMENTS`` by default; 1 for product shots). Recorded
+    in the manifest (``cpu_runtime.garments_per_photo``)."""
     letterbox: Letterbox = "auto"
     """``square``: every image letterboxed to the square input size. ``rect``: the smallest stride
     multiple on the short side (``RepositorySettings.letterbox_stride``), as Ultralytics' predictor
@@ -298,6 +303,9 @@ class ConvertOptions:
         if self.cores is not None and (isinstance(self.cores, bool) or not isinstance(self.cores, int)
                                        or self.cores < 1):
             raise ConvertError(f"cores must be a positive integer, got {self.cores!r}")
+        if isinstance(self.auto_garments, bool) or not isinstance(self.auto_garments, int) or not \
+                1 <= self.auto_garments <= 256:
+            raise ConvertError(f"auto_garments must be an integer in 1..256, got {self.auto_garments!r}")
         if self.letterbox not in LETTERBOXES:
             raise ConvertError(f"letterbox {self.letterbox!r}: choose one of {LETTERBOXES}")
         if self.input_size is not None and (isinstance(self.input_size, bool) or not isinstance(self.input_size, int)
@@ -478,7 +486,7 @@ def _cpu_runtime(options: ConvertOptions, detector_onnx: Path, attributes_onnx: 
                                   allow_bf16=options.precision == "bf16", tolerance=options.tolerance,
                                   max_detections=max_detections, num_attribute_labels=num_attribute_labels,
                                   threads=threads, torch=torch, branches=branches or [],
-                                  not_candidates=not_candidates)
+                                  not_candidates=not_candidates, garments=options.auto_garments)
     if options.runtime != "openvino":
         return None
     precision = options.precision or "fp32"
@@ -574,7 +582,7 @@ def _branch_torch_files(models: dict[str, Any], tmp: Path) -> dict[str, Path]:
 
 
 def _branch_probes(models: dict[str, Any], branches: _Branches, settings: RepositorySettings, tmp: Path, *,
-                   torch: bool) -> list[BranchProbe]:
+                   torch: bool, garments: int) -> list[BranchProbe]:
     """The image-level families in ``auto``'s probe (``torch``: with their folders for the torch candidate)."""
     from fashionbox.converter.cpu_runtimes import BranchProbe
 
@@ -584,7 +592,8 @@ def _branch_probes(models: dict[str, Any], branches: _Branches, settings: Reposi
         assert branch is not None  # set from the same export
         output = contract.ONNX_CLASSIFIER_OUTPUT if kind == "classifier" else contract.ONNX_EMBEDDER_OUTPUT
         probes.append(BranchProbe(kind, branches.onnx[_branch_model(kind)], output, branch.size, branch.height,
-                                  branch.width, torch_folder=_branch_torch_folder(model, kind, tmp) if torch else None))
+                                  branch.width, torch_folder=_branch_torch_folder(model, kind, tmp) if torch else None,
+                                  garments=garments))
     return probes
 
 
@@ -814,7 +823,8 @@ def convert(options: ConvertOptions) -> ConvertResult:
                                    threads=settings.ort.intra_op_threads,
                                    torch=torch_runners if measure_cpu else None, not_candidates=not_candidates,
                                    branches=_branch_probes(image_models, branches, settings, Path(tmp),
-                                                           torch=torch_runners is not None and measure_cpu))
+                                                           torch=torch_runners is not None and measure_cpu,
+                                                           garments=options.auto_garments))
         if cpu_runtime is not None:
             runtime = cpu_runtime.runtime
             reports += cpu_runtime.reports

@@ -59,6 +59,7 @@ __all__ = [
     "BF16_TOLERANCE",
     "MARGIN",
     "MIN_TIMING_ROUNDS",
+    "PROBE_GARMENTS",
     "TEXT_PROBES",
     "TIMING_BUDGET_S",
     "TIMING_ROUNDS",
@@ -83,7 +84,12 @@ Boxes are bounded by the match (IoU >= 0.5) and recorded (``matched_boxes``, let
 on scenes, 15 on random pixels, whose low-score boxes are ill-defined), not held to a figure."""
 TIMING_ROUNDS = 9
 """Interleaved rounds per candidate in ``auto``'s timing (each: one detector batch of 1, one
-attribute batch of 8); the median decides."""
+attribute batch of :data:`PROBE_GARMENTS`); the median decides."""
+PROBE_GARMENTS = 8
+"""Garments a photo carries in ``auto``'s probe: the attribute heads' batch beside the detector's single
+photo, and the embedder's garments besides the photo. A guess for street and editorial photos;
+``fashionbox convert --auto-garments N`` says what the collection holds (1 for product shots of one
+garment), so the probe weighs the detector and the heads as serving will."""
 TIMING_BUDGET_S = 60.0
 """After this long (the warm-up included), ``auto`` stops timing at the end of a round once it has
 :data:`MIN_TIMING_ROUNDS`: a ViT of 10 s an image (OWLv2 at 960 px on 2 cores) would otherwise spend
@@ -331,7 +337,8 @@ class BranchProbe:
     """An image-level network served beside the detector (``--classifier``, ``--embedder``) in ``auto``'s
     probe: each candidate runs it too (its ONNX graph, or for the torch runtime its transformers folder),
     checked against ONNX Runtime and timed as served per photo: a classifier on the photo (batch 1), an
-    embedder on 8 garments and the photo (batch 9, one call as ``postprocess`` makes it)."""
+    embedder on ``garments`` garments and the photo (batch 9 by default, one call as ``postprocess``
+    makes it)."""
 
     kind: str
     """``classifier`` or ``embedder``."""
@@ -342,10 +349,12 @@ class BranchProbe:
     width: int
     torch_folder: Path | None = None
     """What :class:`fashionbox.models.torch_runtime.TorchImageBranch` loads (the torch candidate only)."""
+    garments: int = PROBE_GARMENTS
+    """Garments a photo carries (:data:`PROBE_GARMENTS`)."""
 
     @property
     def batch(self) -> int:
-        return 1 if self.kind == "classifier" else 9
+        return 1 if self.kind == "classifier" else self.garments + 1
 
     @property
     def key(self) -> str:
@@ -391,7 +400,7 @@ def choose_cpu_runtime(detector_onnx: Path, attributes_onnx: Path, detector_batc
                        max_detections: int, num_attribute_labels: int, threads: int = 1,
                        rounds: int = TIMING_ROUNDS, budget_s: float = TIMING_BUDGET_S,
                        torch: TorchCandidate | None = None, branches: Sequence[BranchProbe] = (),
-                       not_candidates: dict[str, str] | None = None) -> CpuChoice:
+                       not_candidates: dict[str, str] | None = None, garments: int = PROBE_GARMENTS) -> CpuChoice:
     """Time ONNX Runtime fp32, OpenVINO fp32, (``allow_bf16``) OpenVINO bf16 and (``torch``) the torch
     runtime; the fastest that passed (:func:`pick`: ONNX Runtime unless another beats it by :data:`MARGIN`).
 
@@ -400,9 +409,10 @@ def choose_cpu_runtime(detector_onnx: Path, attributes_onnx: Path, detector_batc
     A candidate that fails its check, or OpenVINO when it is not installed, is left out and the
     reason recorded, as are ``not_candidates`` (``runtime/precision`` -> why this repository could not
     serve it). Each round runs every candidate once (a detector batch of 1 and an attribute batch of
-    8, as one image with its garments), in a rotating order, ``rounds`` of them, or past ``budget_s``
-    seconds no more than :data:`MIN_TIMING_ROUNDS` (fewer if ``rounds`` is); the score is the median. Every
-    candidate runs ``threads`` threads per network (PyTorch's pool set to it while timing).
+    ``garments``, as one image with its garments: :data:`PROBE_GARMENTS`), in a rotating order,
+    ``rounds`` of them, or past ``budget_s`` seconds no more than :data:`MIN_TIMING_ROUNDS` (fewer if
+    ``rounds`` is); the score is the median. Every candidate runs ``threads`` threads per network
+    (PyTorch's pool set to it while timing).
     """
     graphs = _Graphs(detector_onnx, attributes_onnx, max_detections, num_attribute_labels, threads)
     runners: dict[str, tuple[Any, Any]] = {REFERENCE: graphs.onnxruntime()}
@@ -436,10 +446,10 @@ def choose_cpu_runtime(detector_onnx: Path, attributes_onnx: Path, detector_batc
             runners["torch/fp32"] = (torch.detector, torch.attributes)
     with _torch_threads(threads if "torch/fp32" in runners else 0):
         branch_runners = _branch_runners(branches, runners, threads, tolerance, excluded, reports)
-        pixels, crops = _first_rows(detector_batches, 1), _first_rows(attribute_batches, 8)
+        pixels, crops = _first_rows(detector_batches, 1), _first_rows(attribute_batches, garments)
         calls: dict[str, dict[str, Callable[[], object]]] = {
             name: {"detector_b1": functools.partial(detector.detect, pixels),
-                   "attributes_b8": functools.partial(attributes.classify, crops),
+                   f"attributes_b{garments}": functools.partial(attributes.classify, crops),
                    **{f"{probe.kind}_b{probe.batch}": functools.partial(branch_runners[name][probe.kind].run,
                                                                          probe.images) for probe in branches}}
             for name, (detector, attributes) in runners.items()}
@@ -456,8 +466,8 @@ def choose_cpu_runtime(detector_onnx: Path, attributes_onnx: Path, detector_batc
              f"; {fastest} is faster by less than {MARGIN:.0%}" if fastest != chosen else "")
     record = {"chosen": chosen, "fastest": fastest, "margin": MARGIN,
               "timings_ms": timings, "excluded": excluded,
-              "rounds": len(samples[chosen]["detector_b1"]), "threads": threads,
-              "measured": "median of interleaved rounds: detector batch 1 + attributes batch 8"
+              "rounds": len(samples[chosen]["detector_b1"]), "threads": threads, "garments_per_photo": garments,
+              "measured": f"median of interleaved rounds: detector batch 1 + attributes batch {garments}"
                           + "".join(f" + {probe.kind} batch {probe.batch}" for probe in branches),
               "cpu": host_cpu().as_dict()}
     return CpuChoice(runtime, precision, reports, record)
