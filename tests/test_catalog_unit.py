@@ -117,6 +117,22 @@ def test_progress_says_count_rate_and_eta() -> None:
     assert "ETA ?" in Progress(done=0, total=10, elapsed_s=0.0, failed=0).line()
 
 
+def test_the_web_page_sends_uploads_with_the_connection_it_was_given() -> None:
+    """``catalog web --tls-ca ... --admin-key-file ...``: the page's client to the server carries them."""
+    from fashionbox.client import ClientConfig, TlsConfig
+
+    connection = ClientConfig(tls=TlsConfig(root_certificates=b"-----BEGIN CERTIFICATE-----\n"),
+                              headers={"triton-grpc-protocol-admin-key": "k" * 20})
+    app = CatalogApp(Database("postgresql://nobody@127.0.0.1:1/none"),
+                     WebSettings(url="models.internal:8001", connection=connection))
+    client = app.client()
+    try:
+        assert client.url == "models.internal:8001"
+        assert client.config.tls == connection.tls and client.config.headers == connection.headers
+    finally:
+        client.close()
+
+
 def test_uploads_are_checked_for_type_and_size() -> None:
     app = CatalogApp(Database("postgresql://nobody@127.0.0.1:1/none"), WebSettings(max_upload_pixels=10_000))
     small = Image.new("RGB", (50, 40), "red")

@@ -834,6 +834,57 @@ def test_config_from_env_with_nothing_set_is_the_default() -> None:
     assert ClientConfig.from_env({}) == ClientConfig()
 
 
+def _connection(tmp_path: Path, argv: list[str], environ: dict[str, str] | None = None) -> ClientConfig:
+    import argparse
+
+    from fashionbox.client.connection import add_connection_arguments, connection_from_arguments
+
+    parser = argparse.ArgumentParser()
+    add_connection_arguments(parser)
+    return connection_from_arguments(parser.parse_args(argv), environ or {})
+
+
+def test_the_tools_connection_flags_go_over_the_variables_and_carry_the_files_bytes(tmp_path: Path) -> None:
+    pem = {name: tmp_path / f"{name}.pem" for name in ("ca", "env_ca", "cert", "key")}
+    for name, path in pem.items():
+        path.write_text(f"-----BEGIN {name}-----\n")
+    (tmp_path / "admin.key").write_text("  the-operators-admin-key \n")
+
+    assert _connection(tmp_path, []) == ClientConfig()  # nothing given: the defaults, plaintext
+    mutual = _connection(tmp_path, ["--tls-ca", str(pem["ca"]), "--tls-cert", str(pem["cert"]),
+                                    "--tls-key", str(pem["key"]), "--tls-server-name", "fashionbox.internal",
+                                    "--admin-key-file", str(tmp_path / "admin.key")],
+                         {"FASHIONBOX_TLS_ROOT_CERTIFICATES": str(pem["env_ca"]),
+                          "FASHIONBOX_HEADERS": "x-team=catalog"})
+    assert mutual.tls == TlsConfig(root_certificates=b"-----BEGIN ca-----\n", private_key=b"-----BEGIN key-----\n",
+                                   certificate_chain=b"-----BEGIN cert-----\n",
+                                   server_name_override="fashionbox.internal")
+    assert mutual.headers == {"x-team": "catalog", contract.ADMIN_GRPC_HEADER: "the-operators-admin-key"}
+    assert pickle.loads(pickle.dumps(mutual)) == mutual  # sent to other processes as it is
+    # a flag left out keeps the variable's value; the files' bytes, not their paths
+    from_env = _connection(tmp_path, ["--tls-cert", str(pem["cert"]), "--tls-key", str(pem["key"])],
+                           {"FASHIONBOX_TLS_ROOT_CERTIFICATES": str(pem["env_ca"])})
+    assert from_env.tls is not None and from_env.tls.root_certificates == b"-----BEGIN env_ca-----\n"
+    # a server name alone is TLS against the system's roots
+    named = _connection(tmp_path, ["--tls-server-name", "fashionbox.internal"])
+    assert named.tls == TlsConfig(server_name_override="fashionbox.internal")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--tls-ca", "{tmp}/missing.pem"], r"--tls-ca .*missing\.pem: No such file"),
+    (["--tls-ca", "{tmp}/plain.txt"], r"--tls-ca .*plain\.txt: not a PEM file"),
+    (["--tls-cert", "{tmp}/cert.pem"], "mutual TLS needs both private_key and certificate_chain"),
+    (["--admin-key-file", "{tmp}/empty.key"], r"--admin-key-file .*empty\.key: the file is empty"),
+    (["--admin-key-file", "{tmp}/missing.key"], r"--admin-key-file .*missing\.key: No such file"),
+])
+def test_the_tools_connection_flags_name_what_is_wrong(tmp_path: Path, argv: list[str], message: str) -> None:
+    (tmp_path / "plain.txt").write_text("not a certificate")
+    (tmp_path / "cert.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    (tmp_path / "empty.key").write_text("\n")
+    with pytest.raises(ConfigError, match=message):
+        _connection(tmp_path, [arg.format(tmp=tmp_path) for arg in argv])
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [

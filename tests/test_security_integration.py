@@ -7,6 +7,7 @@ certificate the CA signed; every admin API answers only callers that send the ke
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -223,6 +224,122 @@ def test_serve_refuses_an_admin_key_file_other_users_may_read(tmp_path: Path) ->
     assert result.returncode == 2, result.stderr
     assert "is open to other users (mode 0644): run chmod 600" in result.stderr
     assert ADMIN_KEY not in result.stderr + result.stdout
+
+
+# -- FashionBox's own tools ------------------------------------------------------------------------------
+
+
+def _tool(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``fashionbox ARGS`` in this process: its exit code, stdout and stderr."""
+    from fashionbox.commands.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_command_line_tools_reach_the_secure_server_with_its_certificates_and_key(
+    secure: SecureServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """detect and eval (and the catalog's commands, the same flags) as an operator runs them against the
+    secure profile: the CA, this client's certificate and key, the admin key for what it guards."""
+    for name in [n for n in os.environ if n.startswith("FASHIONBOX_")]:
+        monkeypatch.delenv(name)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(image_set(1)[0])
+    key_file = tmp_path / "admin.key"
+    key_file.write_text(ADMIN_KEY + "\n")
+    tls = ["--tls-ca", str(secure.ca), "--tls-cert", str(secure.client_cert), "--tls-key", str(secure.client_key)]
+
+    code, out, err = _tool(capsys, "detect", str(photo), "--url", secure.grpc, "--json", *tls)
+    assert code == 0, err
+    answer = json.loads(out.splitlines()[0])
+    with FashionClient(config=secure.client_config()) as client:
+        assert answer["detections"] == client.detect(photo.read_bytes()).to_dict()["detections"]
+    for missing in (["--tls-ca", str(secure.ca)], []):  # no client certificate; no TLS at all
+        code, _, err = _tool(capsys, "detect", str(photo), "--url", secure.grpc, *missing)
+        assert code == 1 and f"{photo}: " in err, err
+
+    # eval reads the label map, which the secure profile keeps behind the admin key
+    code, _, err = _tool(capsys, "eval", "--url", secure.grpc, "--images", "2", "--json", *tls)
+    assert code == 2 and "AccessDenied" in err and "give it with --admin-key-file FILE" in err, err
+    code, out, err = _tool(capsys, "eval", "--url", secure.grpc, "--images", "2", "--json", *tls,
+                           "--admin-key-file", str(key_file))
+    assert code == 0 and json.loads(out)["source"] == f"served at {secure.grpc}", err
+
+    # the same connection from the client's variables instead of flags
+    monkeypatch.setenv("FASHIONBOX_TLS_ROOT_CERTIFICATES", str(secure.ca))
+    monkeypatch.setenv("FASHIONBOX_TLS_PRIVATE_KEY", str(secure.client_key))
+    monkeypatch.setenv("FASHIONBOX_TLS_CERTIFICATE_CHAIN", str(secure.client_cert))
+    code, out, err = _tool(capsys, "detect", str(photo), "--url", secure.grpc, "--json")
+    assert code == 0 and json.loads(out.splitlines()[0])["detections"] == answer["detections"], err
+    code, _, err = _tool(capsys, "detect", str(photo), "--url", secure.grpc, "--tls-cert", str(tmp_path / "nope.pem"),
+                         "--tls-key", str(secure.client_key))
+    assert code == 2 and "--tls-cert" in err and "nope.pem" in err, err
+
+
+def test_the_catalog_indexes_and_asks_the_secure_server_with_the_same_flags(
+    secure: SecureServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    import tempfile
+
+    from fashionbox.catalog.database import stop_embedded
+
+    for name in [n for n in os.environ if n.startswith("FASHIONBOX_")]:
+        monkeypatch.delenv(name)
+    # Not under pytest's tmp: as root the embedded PostgreSQL runs as its own user, which must reach it.
+    folder = Path(tempfile.mkdtemp(prefix="fashionbox-secure-catalog-"))
+    folder.chmod(0o755)
+    try:
+        photos = folder / "photos"
+        photos.mkdir()
+        for index, data in enumerate(image_set(3)):
+            (photos / f"photo-{index}.jpg").write_bytes(data)
+        new_photo = folder / "new.jpg"
+        new_photo.write_bytes(image_set(4)[3])
+        tls = ["--tls-ca", str(secure.ca), "--tls-cert", str(secure.client_cert), "--tls-key", str(secure.client_key)]
+        where = ["--catalog", str(folder / "catalog"), "--url", secure.grpc]
+
+        code, _, err = _tool(capsys, "catalog", "index", str(photos), *where, "--quiet")
+        assert code == 1 and "0 indexed" in err and "3 deferred" in err, err  # plaintext: left for a next run
+        code, out, err = _tool(capsys, "catalog", "index", str(photos), *where, "--json", "--quiet", *tls)
+        assert code == 0 and json.loads(out)["indexed"] == 3, err
+        # the stand-ins send no garment vectors, so a new photo's "more like this" stops there, past TLS
+        code, _, err = _tool(capsys, "catalog", "similar", str(new_photo), *where, *tls)
+        assert code == 2 and "the server sends no garment vectors" in err, err
+        code, _, err = _tool(capsys, "catalog", "similar", str(new_photo), *where)
+        assert code == 2 and "could not detect in it" in err, err
+    finally:
+        stop_embedded(folder / "catalog" / "postgres")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("sender", ["raw", "tritonclient", "typed"])
+def test_the_load_test_measures_the_secure_server_through_every_sender(
+    secure: SecureServer, sender: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Capacity planning for the secure profile measures it with TLS on, and reads Triton's statistics
+    (behind the admin key there) for the server's breakdown."""
+    for name in [n for n in os.environ if n.startswith("FASHIONBOX_")]:
+        monkeypatch.delenv(name)
+    key_file = tmp_path / "admin.key"
+    key_file.write_text(ADMIN_KEY)
+    tls = ["--tls-ca", str(secure.ca), "--tls-cert", str(secure.client_cert), "--tls-key", str(secure.client_key)]
+    run = ["loadtest", "--url", secure.grpc, "--metrics", "none", "--sender", sender, "--concurrency", "2",
+           "--generate", "2", "--warmup-s", "0.2", "--window-s", "0.5", "--duration-s", "1", "--quiet",
+           "--json", str(tmp_path / "report.json")]
+
+    code, _, err = _tool(capsys, *run, "--tls-ca", str(secure.ca))  # no client certificate: not even ready
+    assert code == 1 and "did not answer" in err, err
+    code, _, err = _tool(capsys, *run, *tls, "--admin-key-file", str(key_file))
+    assert code == 0, err
+    (point,) = json.loads((tmp_path / "report.json").read_text())["points"]
+    assert point["requests"] > 0 and point["errors"] == 0, point
+    # the server's breakdown comes from Triton's statistics, behind the admin key here
+    assert {row["model"]: row["requests"] for row in point["server"]}["fashion"] > 0
 
 
 # -- what the key guards ------------------------------------------------------------------------------

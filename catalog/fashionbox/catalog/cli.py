@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fashionbox.client import DEFAULT_MAX_IN_FLIGHT, DEFAULT_URL
+from fashionbox.client.connection import add_connection_arguments, connection_from_arguments
 
 _ERRORS_SHOWN = 20
 """Failed or deferred images listed after a run (all of them are in ``--json`` and in the database)."""
@@ -89,6 +90,7 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--poll-s", type=float, default=2.0, help="--watch: seconds between scans")
     p.add_argument("--json", action="store_true", help="print the run's report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    add_connection_arguments(p)
 
     p = sub.add_parser("prune", help="remove the images whose files are gone (deleted or moved) from the catalog")
     p.add_argument("folders", type=Path, nargs="*", metavar="DIR",
@@ -118,6 +120,7 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--text", metavar="WORDS", help='rank garments by similarity to these words (e.g. "red floral '
                    'dress"); needs a server with a text tower (--embedder hf:CLIP-or-SigLIP) at --url')
     p.add_argument("--url", type=_url, default=DEFAULT_URL, help="server gRPC HOST:PORT (for --text)")
+    add_connection_arguments(p)
     p.add_argument("--limit", type=int, default=50, help="images to return")
     p.add_argument("--json", action="store_true",
                    help="JSON rows: image, category, box, attributes, score (--text: similarity)")
@@ -131,6 +134,7 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
     _where(p)
     _filters(p)
     p.add_argument("--url", type=_url, default=DEFAULT_URL, help="server gRPC HOST:PORT (for a photo not indexed)")
+    add_connection_arguments(p)
     p.add_argument("--limit", type=int, default=20, help="images to return")
     p.add_argument("--ef-search", type=int, default=None, help="HNSW candidate list size (default: the measured one)")
     p.add_argument("--json", action="store_true",
@@ -151,6 +155,7 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("web", help="the catalog's web page: browse, filter, upload, boards, duplicates")
     _where(p)
     p.add_argument("--url", type=_url, default=DEFAULT_URL, help="server gRPC HOST:PORT (for uploads)")
+    add_connection_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="a name the page is reached by, besides loopback's and --host (repeat for several; * for "
@@ -192,6 +197,7 @@ def _index(args: argparse.Namespace) -> int:
         raise CatalogError("--watch runs the plain indexer; leave out --ray")
     if args.bulk and args.watch:
         raise CatalogError("--bulk is for one run: --watch keeps the vector indexes row by row")
+    connection = connection_from_arguments(args)
     if args.ray:
         from .ray_indexer import import_ray
 
@@ -228,13 +234,13 @@ def _index(args: argparse.Namespace) -> int:
 
         options = RayOptions(address=args.ray_address, num_cpus=args.ray_cpus, actors=args.ray_actors)
         reports = RayIndexer(db, args.url, max_in_flight=args.max_in_flight, progress=progress,
-                             options=options, bulk=args.bulk).index_folders(args.folders)
+                             options=options, bulk=args.bulk, connection=connection).index_folders(args.folders)
         for report in reports:
             summary(report)
         refused = _prune_after(args, db, pruned)
         return 1 if refused or any(report.deferred for report in reports) else 0
 
-    with FashionClient(args.url[0]) as client:
+    with FashionClient(args.url[0], config=connection) as client:
         indexer = Indexer(db, client, max_in_flight=args.max_in_flight, progress=progress)
         if args.watch:
             stop = threading.Event()
@@ -326,7 +332,7 @@ def _search(args: argparse.Namespace) -> int:
     if args.text is not None:
         from .queries import embed_words
 
-        vector, model = embed_words(args.url, args.text)
+        vector, model = embed_words(args.url, args.text, connection=connection_from_arguments(args))
         hits = catalog.search_text(vector, model=model, query=query, limit=args.limit)
         return _print_hits(hits, args.json, "similarity")
     return _print_hits(catalog.search(query, limit=args.limit), args.json, "score")
@@ -355,7 +361,7 @@ def _similar(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no such photo: {args.image}")
     catalog = Catalog(_open(args))
     query = _filter(args)
-    with FashionClient(args.url) as client:
+    with FashionClient(args.url, config=connection_from_arguments(args)) as client:
         try:
             start = catalog.query_garment(args.image, garment=args.garment, client=client)
         except FashionBoxError as exc:
@@ -401,8 +407,10 @@ def _web(args: argparse.Namespace) -> int:
         print(f"warning: bound to every interface ({args.host}) with no --allowed-host: the page answers under "
               "any name, DNS rebinding included; --allowed-host NAME lists the names it is reached by",
               file=sys.stderr)
-    settings = WebSettings(url=args.url, allowed_hosts=hosts) if args.max_upload_mb is None else WebSettings(
-        url=args.url, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), allowed_hosts=hosts)
+    connection = connection_from_arguments(args)
+    settings = WebSettings(url=args.url, allowed_hosts=hosts, connection=connection) \
+        if args.max_upload_mb is None else WebSettings(url=args.url, allowed_hosts=hosts, connection=connection,
+                                                       max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
     app = create_app(_open(args), settings)
     print(f"catalog web page on http://{args.host}:{args.port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

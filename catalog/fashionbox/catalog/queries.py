@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fashionbox.client import FashionClient, ImageDetections
+from fashionbox.client import ClientConfig, FashionClient, ImageDetections
 
 from .database import Database
 from .errors import QueryError
@@ -904,17 +904,17 @@ def query_from_result(result: ImageDetections, garment: int | None = None) -> Qu
                         (box.x1, box.y1, box.x2, box.y2), number)
 
 
-def embed_words(url: str, text: str, *, client: FashionClient | None = None) -> tuple[
-        np.ndarray[Any, np.dtype[np.float32]], str]:
+def embed_words(url: str, text: str, *, client: FashionClient | None = None,
+                connection: ClientConfig | None = None) -> tuple[np.ndarray[Any, np.dtype[np.float32]], str]:
     """The vector of ``text`` from the server at ``url`` (through ``client`` where given, else a client of
-    its own) and the name of the model whose space it is in (``FashionClient.text_model``), so that the
-    catalog compares the words only with vectors of that model. A clear error when the server has no
-    text tower."""
+    its own with ``connection``'s TLS and headers) and the name of the model whose space it is in
+    (``FashionClient.text_model``), so that the catalog compares the words only with vectors of that
+    model. A clear error when the server has no text tower."""
     from fashionbox.client import FashionBoxError, FashionClient
 
     if not text.strip():
         raise QueryError("the words to search for are empty")
-    with contextlib.nullcontext(client) if client is not None else FashionClient(url) as sender:
+    with contextlib.nullcontext(client) if client is not None else FashionClient(url, config=connection) as sender:
         try:
             vector = sender.embed_text([text])[0]
             model = sender.text_model()

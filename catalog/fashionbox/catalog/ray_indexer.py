@@ -64,6 +64,7 @@ import numpy.typing as npt
 
 from fashionbox.client import (
     DEFAULT_MAX_IN_FLIGHT,
+    ClientConfig,
     FashionBoxError,
     FashionClient,
     ImageDetections,
@@ -217,11 +218,11 @@ def _remove(folder: Path, *, attempts: int = 10, pause_s: float = 0.2) -> None:
     logger.warning("could not remove Ray's folder %s", folder)
 
 
-def check_servers(urls: Sequence[str], *, timeout_s: float = 10.0) -> None:
+def check_servers(urls: Sequence[str], *, timeout_s: float = 10.0, connection: ClientConfig | None = None) -> None:
     """Each server answers and its model is ready, or :class:`ServerUnreachable` naming the one that is not."""
     for url in urls:
         try:
-            with FashionClient(url) as client:
+            with FashionClient(url, config=connection) as client:
                 ready = client.ready(timeout_s=timeout_s)
         except FashionBoxError as exc:
             raise ServerUnreachable(f"cannot reach the server at {url}: {exc}") from exc
@@ -234,15 +235,19 @@ class RayIndexer:
 
     def __init__(self, db: Database, urls: Sequence[str], *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
                  chunk_size: int | None = None, progress: Callable[[Progress], None] | None = None,
-                 options: RayOptions | None = None, bulk: bool | None = None) -> None:
+                 options: RayOptions | None = None, bulk: bool | None = None,
+                 connection: ClientConfig | None = None) -> None:
         """``bulk``: as :meth:`Indexer.index_files <fashionbox.catalog.indexer.Indexer.index_files>` (``None``:
-        decided per run by :func:`~fashionbox.catalog.indexer.bulk_wanted`)."""
+        decided per run by :func:`~fashionbox.catalog.indexer.bulk_wanted`). ``connection``: the rest of the
+        connection to the servers (TLS with its PEM bytes, headers: :mod:`fashionbox.client.connection`),
+        sent to the actors with the URLs."""
         if not urls:
             raise ValueError("RayIndexer needs at least one server URL")
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self._db = db
         self._urls = tuple(urls)
+        self._connection = connection
         self._max_in_flight = max_in_flight
         self._chunk_size = chunk_size or max(8, 2 * max_in_flight)
         self._progress = progress
@@ -257,13 +262,13 @@ class RayIndexer:
 
     def index_folders(self, roots: Sequence[Path]) -> list[IndexReport]:
         """:meth:`index_folder` of each root, in one Ray session (Ray starts once)."""
-        check_servers(self._urls)
+        check_servers(self._urls, connection=self._connection)
         with ray_session(self._options):
             return [self._run(find_images(root.resolve()), root.resolve()) for root in roots]
 
     def index_files(self, paths: Sequence[Path], *, root: Path) -> IndexReport:
         """Index ``paths`` (files under ``root``, which is recorded as an indexed root)."""
-        check_servers(self._urls)
+        check_servers(self._urls, connection=self._connection)
         with ray_session(self._options):
             return self._run(paths, root)
 
@@ -351,7 +356,8 @@ class RayIndexer:
                 _Detector, batch_size=batch, batch_format="numpy", num_cpus=0,
                 compute=ray.data.ActorPoolStrategy(
                     size=actors, max_tasks_in_flight_per_actor=max(4, 2 * math.ceil(per_actor / batch))),
-                fn_constructor_kwargs={"urls": self._urls, "max_in_flight": per_actor},
+                fn_constructor_kwargs={"urls": self._urls, "max_in_flight": per_actor,
+                                       "connection": self._connection},
                 ray_remote_args_fn=_no_restarts)
 
     def _report(self, done: int, total: int, start: float, tally: _Tally) -> None:
@@ -407,8 +413,8 @@ def _loaded_from(batch: Batch) -> Iterator[_Loaded]:
 class _Detector:
     """Ray actor: files sent to the servers round robin, ``max_in_flight`` requests at a time in all."""
 
-    def __init__(self, urls: Sequence[str], max_in_flight: int) -> None:
-        self._clients = [FashionClient(url) for url in urls]
+    def __init__(self, urls: Sequence[str], max_in_flight: int, connection: ClientConfig | None = None) -> None:
+        self._clients = [FashionClient(url, config=connection) for url in urls]
         self._turn = itertools.count()
         self._slots = threading.BoundedSemaphore(max_in_flight)
         # More threads than requests: a thread taking a pHash holds no request slot.

@@ -60,6 +60,7 @@ from starlette.routing import Route
 from fashionbox.client import (
     AttributeScore,
     BoundingBox,
+    ClientConfig,
     Detection,
     FashionBoxError,
     FashionClient,
@@ -106,6 +107,8 @@ class WebSettings:
     max_upload_pixels: int = 50_000_000
     allowed_hosts: frozenset[str] | None = LOOPBACK_NAMES
     """The ``Host`` names answered (:func:`fashionbox.catalog.webguard.allowed_hosts`; ``None``: any)."""
+    connection: ClientConfig | None = None
+    """The rest of the connection to the server at ``url``: TLS, headers (:mod:`fashionbox.client.connection`)."""
 
     def __post_init__(self) -> None:
         if self.max_upload_bytes < 1 or self.max_upload_pixels < 1:
@@ -202,7 +205,7 @@ class CatalogApp:
 
     def client(self) -> FashionClient:
         if self._client is None:
-            self._client = FashionClient(self.settings.url)
+            self._client = FashionClient(self.settings.url, config=self.settings.connection)
         return self._client
 
     def text_tower(self) -> str | None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fashionbox import contract
+from fashionbox.client.connection import add_connection_arguments, connection_from_arguments
 from fashionbox.server.config import DEFAULT_REPOSITORY
 
 __all__ = ["main"]
@@ -257,7 +258,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     from fashionbox.commands.detect import detect_files
 
     return detect_files(args.images, url=args.url, as_json=args.json, min_score=args.min_score,
-                        draw_dir=args.draw, timeout_s=args.timeout_s, coco=args.coco)
+                        draw_dir=args.draw, timeout_s=args.timeout_s, coco=args.coco,
+                        connection=connection_from_arguments(args))
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -524,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "reads, instead of printing them: pseudo-labels, e.g. from an OWLv2 detector, to train the "
                         "default detector on your photos")
     p.add_argument("--timeout-s", type=float, default=30.0)
+    add_connection_arguments(p)
     p.set_defaults(func=_cmd_detect)
 
     p = sub.add_parser("eval", help="measure quality on held-out generated scenes or a COCO file")
@@ -537,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-dir", type=Path)
     p.add_argument("--json", action="store_true")
     p.add_argument("--concurrency", type=int, default=4)
+    add_connection_arguments(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("calibrate", help="fit the detector's score calibration and served threshold on validation "

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from fashionbox.client import FashionBoxError, FashionClient, ImageDetections
+from fashionbox.client import ClientConfig, FashionBoxError, FashionClient, ImageDetections
 from fashionbox.contract.labels import LabelMap
 
 __all__ = ["coco_dataset", "common_folder", "detect_files", "format_table"]
@@ -89,13 +89,15 @@ def common_folder(paths: Sequence[Path]) -> Path:
 
 def detect_files(images: Sequence[Path], *, url: str, as_json: bool = False, min_score: float = 0.3,
                  draw_dir: Path | None = None, timeout_s: float = 30.0, out: TextIO | None = None,
-                 coco: Path | None = None) -> int:
+                 coco: Path | None = None, connection: ClientConfig | None = None) -> int:
+    """Detect in ``images`` through the server at ``url`` (``connection``: the rest of the connection,
+    TLS and headers: :mod:`fashionbox.client.connection`); 1 if any image failed, else 0."""
     out = out or sys.stdout
     failures = 0
     found: list[tuple[Path, ImageDetections]] = []
     if draw_dir is not None:
         draw_dir.mkdir(parents=True, exist_ok=True)
-    with FashionClient(url) as client:
+    with FashionClient(url, config=connection) as client:
         for path in images:
             try:
                 result = client.detect(path.read_bytes(), timeout_s=timeout_s).above(min_score)

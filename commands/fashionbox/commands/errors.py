@@ -7,7 +7,7 @@ deserve a plain message rather than a traceback.
 
 from __future__ import annotations
 
-__all__ = ["user_facing"]
+__all__ = ["ADMIN_KEY_HINT", "user_facing"]
 
 # Matched by qualified name through the MRO, so nothing heavy (torch) is imported to check.
 _USER_ERRORS = frozenset({
@@ -22,11 +22,17 @@ _USER_ERRORS = frozenset({
 })
 
 
+_ACCESS_DENIED = "fashionbox.client._exceptions.AccessDenied"
+ADMIN_KEY_HINT = ("the server keeps this behind its admin key (fashionbox serve --secure): give it with "
+                  "--admin-key-file FILE")
+
+
 def user_facing(exc: BaseException) -> str | None:
     """A one-line message for errors a user can act on; ``None`` for bugs (show the traceback)."""
     if isinstance(exc, (FileNotFoundError, PermissionError)):
         return str(exc)
-    for cls in type(exc).__mro__:
-        if f"{cls.__module__}.{cls.__qualname__}" in _USER_ERRORS:
-            return f"{type(exc).__name__}: {exc}"
+    names = {f"{cls.__module__}.{cls.__qualname__}" for cls in type(exc).__mro__}
+    if names & _USER_ERRORS:
+        hint = f" ({ADMIN_KEY_HINT})" if _ACCESS_DENIED in names else ""
+        return f"{type(exc).__name__}: {exc}{hint}"
     return None

@@ -46,8 +46,8 @@ from fashionbox.contract.labels import LabelMap, default_label_map
 from fashionbox.core.masks import FrameMask, InstanceMask, paste_crop_masks
 from fashionbox.core.postprocessing import ImageResult
 
-if TYPE_CHECKING:  # the client is only needed for its result type here
-    from fashionbox.client import ImageDetections
+if TYPE_CHECKING:  # the client is only needed for its types here
+    from fashionbox.client import ClientConfig, ImageDetections
 
 __all__ = [
     "SCORE_TOLERANCE",
@@ -461,11 +461,11 @@ def compare_fidelity(served: Sequence[Sequence[Prediction]], reference: Sequence
 # -- the CLI -------------------------------------------------------------------------------------------
 
 
-def _served_predictions(url: str, samples: Sequence[EvalSample],
-                        concurrency: int) -> tuple[list[list[Prediction]], LabelMap]:
+def _served_predictions(url: str, samples: Sequence[EvalSample], concurrency: int,
+                        connection: ClientConfig | None = None) -> tuple[list[list[Prediction]], LabelMap]:
     from fashionbox.client import FashionClient
 
-    with FashionClient(url) as client:
+    with FashionClient(url, config=connection) as client:
         label_map = client.labels()
 
         def one(sample: EvalSample) -> list[Prediction]:
@@ -554,20 +554,23 @@ def evaluate(samples: Sequence[EvalSample], predictions: Sequence[Sequence[Predi
     return report
 
 
-def _served_label_map(url: str) -> LabelMap:
+def _served_label_map(url: str, connection: ClientConfig | None = None) -> LabelMap:
     from fashionbox.client import FashionClient
 
-    with FashionClient(url) as client:
+    with FashionClient(url, config=connection) as client:
         return client.labels()
 
 
 def run_eval_cli(args: argparse.Namespace) -> int:
+    from fashionbox.client.connection import connection_from_arguments
+
+    connection = None if args.reference else connection_from_arguments(args)
     if args.coco:
         image_dir = args.image_dir or (args.images if isinstance(args.images, Path) else None)
         if image_dir is None:
             raise FileNotFoundError("--coco-annotations needs the image folder: --images DIR")
         # Attribute ids decode through the served label map (its categories say which groups apply).
-        labels = default_label_map() if args.reference else _served_label_map(args.url)
+        labels = default_label_map() if args.reference else _served_label_map(args.url, connection)
         samples = _coco_samples(args.coco, Path(image_dir), labels)
     elif isinstance(args.images, Path):
         raise FileNotFoundError("--images DIR needs --coco-annotations FILE")
@@ -576,7 +579,7 @@ def run_eval_cli(args: argparse.Namespace) -> int:
     if args.reference:
         predictions, label_map = _reference_predictions(samples)
     else:
-        predictions, label_map = _served_predictions(args.url, samples, args.concurrency)
+        predictions, label_map = _served_predictions(args.url, samples, args.concurrency, connection)
     report = evaluate(samples, predictions, label_map, fashionpedia=True)
     report["source"] = "reference (in-process PyTorch)" if args.reference else f"served at {args.url}"
     if args.json:

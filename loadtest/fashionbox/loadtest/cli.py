@@ -232,6 +232,9 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=USD",
         help="price of one instance of a target per hour; repeatable",
     )
+    from fashionbox.client.connection import add_connection_arguments
+
+    add_connection_arguments(parser)
 
 
 def _stages(args: argparse.Namespace) -> tuple[Stage, ...]:
@@ -266,6 +269,7 @@ def _window_for(stages: Sequence[Stage], window_s: float) -> float:
 
 
 def loadtest_main(args: argparse.Namespace) -> int:
+    from fashionbox.client.connection import connection_from_arguments
     from fashionbox.loadtest.capacity import check_cost_targets, parse_costs, plan_capacity
     from fashionbox.loadtest.html import render_html
     from fashionbox.loadtest.printers import format_report, write_csv, write_json
@@ -306,6 +310,7 @@ def loadtest_main(args: argparse.Namespace) -> int:
             error_backoff_initial_s=args.error_backoff_initial_s,
             error_backoff_max_s=args.error_backoff_max_s,
             error_probe_rps=args.error_probe_rps,
+            connection=connection_from_arguments(args),
         )
         if not args.quiet:
             print(

@@ -41,7 +41,7 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from fashionbox.loadtest.backoff import (
     DEFAULT_BACKOFF_INITIAL_S,
@@ -70,6 +70,9 @@ from fashionbox.loadtest.shapes import (
     RateLine,
 )
 from fashionbox.loadtest.windows import StabilityRule, Window, WindowRecorder, aggregate, check_stability
+
+if TYPE_CHECKING:
+    from fashionbox.client import ClientConfig
 
 __all__ = [
     "SATURATED_CPU_FRACTION",
@@ -201,6 +204,9 @@ class RunOptions:
     """Closed loop: a worker's longest wait after failures."""
     error_probe_rps: float = DEFAULT_PROBE_RPS
     """Open loop: sends a second beyond the successes while most answers of the last second are errors."""
+    connection: ClientConfig | None = None
+    """TLS and headers (the admin key, for the statistics in the secure profile) to every target
+    (:mod:`fashionbox.client.connection`); ``None``: plaintext."""
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -578,14 +584,17 @@ class _Phase:
 # -- targets and the whole run ---------------------------------------------------------------------------
 
 
-async def check_ready(url: str, model: str, timeout_s: float) -> None:
+async def check_ready(url: str, model: str, timeout_s: float, connection: ClientConfig | None = None) -> None:
     """Raise :class:`TargetUnavailable` unless ``model`` is ready on ``url`` (within ``timeout_s``)."""
     import tritonclient.grpc.aio as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    client = grpcclient.InferenceServerClient(url)
+    from fashionbox.client.connection import grpc_security
+
+    security = grpc_security(connection)
+    client = grpcclient.InferenceServerClient(url, creds=security.credentials, channel_args=list(security.options))
     try:
-        ready = await client.is_model_ready(model, client_timeout=timeout_s)
+        ready = await client.is_model_ready(model, client_timeout=timeout_s, headers=security.headers or None)
     except InferenceServerException as exc:
         raise TargetUnavailable(f"{url} did not answer: {exc}") from exc
     finally:
@@ -609,7 +618,7 @@ async def run_target(
     need no server); by default the target's readiness is checked first.
     """
     if sender is None:
-        await check_ready(target.url, options.request.model, min(options.timeout_s, 10.0))
+        await check_ready(target.url, options.request.model, min(options.timeout_s, 10.0), options.connection)
         sender = make_sender(
             options.sender,
             options.request,
@@ -618,10 +627,11 @@ async def run_target(
             timeout_s=options.timeout_s,
             channels=options.channels,
             threads=max(8, _max_concurrency(stages)),
+            connection=options.connection,
         )
     bytes_of = [len(serialise_request(options.request, image)) for image in options.images]
     if probe is None:
-        probe = ServerProbe(target.url, target.metrics_url)
+        probe = ServerProbe(target.url, target.metrics_url, connection=options.connection)
     counter = itertools.count()
     points: list[Point] = []
     await sender.open()

@@ -24,10 +24,13 @@ import struct
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from fashionbox import contract
 from fashionbox.loadtest.errors import LoadTestConfigError
+
+if TYPE_CHECKING:
+    from fashionbox.client import ClientConfig
 
 __all__ = [
     "SENDER_KINDS",
@@ -114,12 +117,14 @@ class RawGrpcSender:
     kind: SenderKind = "raw"
 
     def __init__(
-        self, spec: RequestSpec, url: str, images: Sequence[bytes], *, timeout_s: float, channels: int = 1
+        self, spec: RequestSpec, url: str, images: Sequence[bytes], *, timeout_s: float, channels: int = 1,
+        connection: ClientConfig | None = None,
     ) -> None:
         if channels < 1:
             raise LoadTestConfigError(f"channels must be at least 1, got {channels}")
         self._spec = spec
         self._url = url
+        self._security = _security(connection)
         self._requests = [serialise_request(spec, image) for image in images]
         self._timeout_s = timeout_s
         self._channel_count = channels
@@ -134,8 +139,11 @@ class RawGrpcSender:
     async def open(self) -> None:
         import grpc
 
+        security = self._security
+        options = [*_CHANNEL_OPTIONS, *security.options]
         for _ in range(self._channel_count):
-            channel = grpc.aio.insecure_channel(self._url, options=_CHANNEL_OPTIONS)
+            channel = (grpc.aio.secure_channel(self._url, security.credentials, options=options)
+                       if security.credentials is not None else grpc.aio.insecure_channel(self._url, options=options))
             self._channels.append(channel)
             # No serialiser: the request is already bytes, and the answer stays bytes until checked.
             self._calls.append(channel.unary_unary(_MODEL_INFER))
@@ -145,7 +153,8 @@ class RawGrpcSender:
 
         call = self._calls[index % self._channel_count]
         try:
-            response = await call(self._requests[index % len(self._requests)], timeout=self._timeout_s)
+            response = await call(self._requests[index % len(self._requests)], timeout=self._timeout_s,
+                                  metadata=self._security.metadata or None)
         except grpc.aio.AioRpcError as exc:
             return status_name(exc.code())
         if not self._verified:
@@ -177,11 +186,13 @@ class TritonClientSender:
 
     kind: SenderKind = "tritonclient"
 
-    def __init__(self, spec: RequestSpec, url: str, images: Sequence[bytes], *, timeout_s: float) -> None:
+    def __init__(self, spec: RequestSpec, url: str, images: Sequence[bytes], *, timeout_s: float,
+                 connection: ClientConfig | None = None) -> None:
         import numpy as np
 
         self._spec = spec
         self._url = url
+        self._security = _security(connection)
         self._arrays = [np.array([[image]], dtype=np.object_) for image in images]
         self._timeout_s = timeout_s
         self._client: Any = None
@@ -190,7 +201,9 @@ class TritonClientSender:
     async def open(self) -> None:
         import tritonclient.grpc.aio as grpcclient
 
-        self._client = grpcclient.InferenceServerClient(self._url, channel_args=_CHANNEL_OPTIONS)
+        security = self._security
+        self._client = grpcclient.InferenceServerClient(self._url, creds=security.credentials,
+                                                        channel_args=[*_CHANNEL_OPTIONS, *security.options])
         self._outputs = [grpcclient.InferRequestedOutput(name) for name in self._spec.outputs]
 
     async def send(self, index: int) -> str | None:
@@ -206,6 +219,7 @@ class TritonClientSender:
                 model_version=self._spec.model_version,
                 outputs=self._outputs,
                 client_timeout=self._timeout_s,
+                headers=self._security.headers or None,
             )
         except InferenceServerException as exc:
             return status_name(exc.status())
@@ -223,7 +237,8 @@ class TypedClientSender:
     kind: SenderKind = "typed"
 
     def __init__(
-        self, spec: RequestSpec, url: str, images: Sequence[bytes], *, timeout_s: float, threads: int = 8
+        self, spec: RequestSpec, url: str, images: Sequence[bytes], *, timeout_s: float, threads: int = 8,
+        connection: ClientConfig | None = None,
     ) -> None:
         if spec.model != contract.ENSEMBLE_MODEL and spec.input_name != contract.IMAGE.name:
             raise LoadTestConfigError("the typed client only speaks to the FashionBox ensemble")
@@ -232,6 +247,7 @@ class TypedClientSender:
         self._images = list(images)
         self._timeout_s = timeout_s
         self._threads = threads
+        self._connection = connection
         self._client: Any = None
         self._pool: ThreadPoolExecutor | None = None
 
@@ -240,7 +256,8 @@ class TypedClientSender:
 
         from fashionbox.client import ClientConfig, FashionClient
 
-        config: Any = ClientConfig(url=self._url, model_name=self._spec.model)
+        config: Any = dataclasses.replace(self._connection or ClientConfig(), url=self._url,
+                                          model_name=self._spec.model)
         retry = getattr(config, "retry", None)
         if retry is not None and dataclasses.is_dataclass(retry) and not isinstance(retry, type):
             # A load test counts failures; the client must not hide them behind retries.
@@ -279,11 +296,21 @@ def make_sender(
     timeout_s: float,
     channels: int = 1,
     threads: int = 8,
+    connection: ClientConfig | None = None,
 ) -> Sender:
+    """A sender of ``kind``; ``connection``: TLS and headers to the target (:mod:`fashionbox.client.connection`)."""
     if kind == "raw":
-        return RawGrpcSender(spec, url, images, timeout_s=timeout_s, channels=channels)
+        return RawGrpcSender(spec, url, images, timeout_s=timeout_s, channels=channels, connection=connection)
     if kind == "tritonclient":
-        return TritonClientSender(spec, url, images, timeout_s=timeout_s)
+        return TritonClientSender(spec, url, images, timeout_s=timeout_s, connection=connection)
     if kind == "typed":
-        return TypedClientSender(spec, url, images, timeout_s=timeout_s, threads=threads)
+        return TypedClientSender(spec, url, images, timeout_s=timeout_s, threads=threads, connection=connection)
     raise LoadTestConfigError(f"sender must be one of {SENDER_KINDS}, got {kind!r}")
+
+
+def _security(connection: ClientConfig | None) -> Any:
+    """:func:`fashionbox.client.connection.grpc_security`, imported when a sender is made."""
+    from fashionbox.client.connection import grpc_security
+
+    return grpc_security(connection)
+

@@ -24,7 +24,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fashionbox.client import ClientConfig
 
 __all__ = [
     "MetricsSummary",
@@ -262,8 +265,11 @@ class ServerSnapshot:
 class ServerProbe:
     """Takes snapshots of one server's statistics and metrics, never failing the load test over them."""
 
-    def __init__(self, url: str, metrics_url: str | None, *, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, metrics_url: str | None, *, timeout_s: float = 5.0,
+                 connection: ClientConfig | None = None) -> None:
         self._url = url
+        self._connection = connection
+        self._security: Any = None  # fashionbox.client.connection.GrpcSecurity, made by open()
         self._metrics_url = metrics_url
         self._timeout_s = timeout_s
         self._client: Any = None
@@ -275,7 +281,11 @@ class ServerProbe:
     async def open(self) -> None:
         import tritonclient.grpc.aio as grpcclient
 
-        self._client = grpcclient.InferenceServerClient(self._url)
+        from fashionbox.client.connection import grpc_security
+
+        self._security = grpc_security(self._connection)
+        self._client = grpcclient.InferenceServerClient(self._url, creds=self._security.credentials,
+                                                        channel_args=list(self._security.options))
 
     async def close(self) -> None:
         if self._client is not None:
@@ -288,7 +298,8 @@ class ServerProbe:
         from tritonclient.utils import InferenceServerException
 
         try:
-            stats = await self._client.get_inference_statistics(as_json=True, client_timeout=self._timeout_s)
+            stats = await self._client.get_inference_statistics(as_json=True, client_timeout=self._timeout_s,
+                                                                headers=self._security.headers or None)
         except InferenceServerException as exc:
             logger.warning("no statistics from %s (%s); the report has no server breakdown", self._url, exc)
             self._stats_ok = False
