@@ -68,6 +68,8 @@ GUARD = WebGuard(lambda *_: None, hosts=LOOPBACK_NAMES)  # type: ignore[arg-type
     (_scope("POST", origin="http://127.0.0.1:8080", sec_fetch_site="same-site"), "another site (same-site)"),
     (_scope("DELETE", origin="http://evil.example"), "another origin"),
     (_scope("GET", origin="http://evil.example", sec_fetch_site="cross-site"), None),  # a link or an <img>: reads
+    (_scope(host=""), None),  # no Host (HTTP/1.0, a health check): no browser's, which always sends one
+    (_scope("POST", host="", origin="http://evil.example"), "another origin (http://evil.example)"),
 ])
 def test_the_guard_refuses_other_names_and_cross_site_changes(scope: dict[str, Any], refused: str | None) -> None:
     found = GUARD.refusal(scope)

@@ -258,6 +258,12 @@ def test_other_names_in_host_are_refused_before_triton_sees_them(door: FrontDoor
     for name in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}"):
         assert _request(door, "GET", "/v2/health/ready", headers={"Host": name})[0] == 200, name
     assert len(seen.requests) == before + 4
+    # No Host at all (HTTP/1.0, as some load balancers' health checks send): no browser's, answered.
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        raw.sendall(b"GET /v2/health/ready HTTP/1.0\r\n\r\n")
+        answer = raw.recv(65536).decode()
+    assert answer.startswith("HTTP/1.0 200") or answer.startswith("HTTP/1.1 200"), answer
+    assert len(seen.requests) == before + 5
 
 
 def test_a_request_from_another_site_that_changes_something_is_refused(

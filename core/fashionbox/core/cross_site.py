@@ -10,7 +10,8 @@ to, in two ways. Both are refused (403) by :meth:`SitePolicy.refusal`, before an
   The browser still sends that name in ``Host``, so only the names the listener is served under are
   answered: the loopback names, the address it binds, and those given on its command line. Bound to
   every interface (``0.0.0.0``, ``::``) with no name given, any name is answered: the machine's names
-  on its networks cannot be known here (the listener warns).
+  on its networks cannot be known here (the listener warns). A request with no ``Host`` at all
+  (HTTP/1.0, as some load balancers' health checks) passes: browsers always send one.
 - **Cross-site requests** (CSRF): a form on another site posts to the listener and the browser sends
   it (a board created, a photo uploaded, an inference run, a model unloaded). A request that can
   change something (any method but GET, HEAD and OPTIONS) is refused where the browser says it comes
@@ -87,7 +88,8 @@ class SitePolicy:
     def refusal(self, method: str, headers: Mapping[str, str], scheme: str = "http") -> str | None:
         """Why a request is refused, or ``None``. ``headers``: the request's, names lower-cased."""
         host = headers.get("host", "")
-        if self.hosts is not None and host_name(host) not in self.hosts:
+        # No Host at all (HTTP/1.0: a load balancer's health check) is no browser's: browsers always send one.
+        if self.hosts is not None and host.strip() and host_name(host) not in self.hosts:
             return f"not served under the name {host!r} ({self.flag} names more)"
         if method.upper() in SAFE_METHODS:
             return None
