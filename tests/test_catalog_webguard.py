@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fashionbox.catalog.webguard import WebGuard
-from fashionbox.core.cross_site import LOOPBACK_NAMES, allowed_hosts, host_name, same_authority
+from fashionbox.core.cross_site import LOOPBACK_NAMES, RefusalLog, allowed_hosts, host_name, same_authority
 
 
 @pytest.mark.parametrize(("host", "name"), [
@@ -95,3 +95,23 @@ def test_a_refused_request_never_reaches_the_app_and_gets_403() -> None:
     asyncio.run(guard(_scope("POST", origin="http://127.0.0.1:8080"), receive, send))
     asyncio.run(guard({"type": "lifespan"}, receive, send))  # not HTTP: passed through
     assert called == ["http", "lifespan"] and len(sent) == 2
+
+
+def test_refusals_are_logged_at_most_once_an_interval_and_the_rest_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """A page's script can send thousands of refused requests a second; the log gets a line per interval."""
+    import logging
+
+    now = [0.0]
+    log = RefusalLog(logging.getLogger("fashionbox.test.refusals"), interval_s=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="fashionbox.test.refusals"):
+        for _ in range(100):
+            log.refused("POST", "/boards", "a request from another origin (null) cannot change the catalog")
+        now[0] = 9.9
+        log.refused("POST", "/boards", "still")
+        now[0] = 10.0
+        log.refused("GET", "/", "not served under the name 'evil.example'")
+    assert [r.getMessage() for r in caplog.records] == [
+        "POST /boards refused: a request from another origin (null) cannot change the catalog",
+        "GET / refused: not served under the name 'evil.example' (100 more refused since the last line)",
+    ]
+

@@ -15,7 +15,14 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from fashionbox.core.cross_site import LOOPBACK_NAMES, SitePolicy, allowed_hosts, host_name, same_authority
+from fashionbox.core.cross_site import (
+    LOOPBACK_NAMES,
+    RefusalLog,
+    SitePolicy,
+    allowed_hosts,
+    host_name,
+    same_authority,
+)
 
 __all__ = ["LOOPBACK_NAMES", "WebGuard", "allowed_hosts", "host_name", "same_authority"]
 
@@ -35,12 +42,13 @@ class WebGuard:
         self.app = app
         self.hosts = hosts
         self.policy = SitePolicy(hosts, flag="fashionbox catalog web --allowed-host", subject="the catalog")
+        self._refusals = RefusalLog(logger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             refusal = self.refusal(scope)
             if refusal is not None:
-                logger.warning("%s %s refused: %s", scope.get("method"), scope.get("path"), refusal)
+                self._refusals.refused(str(scope.get("method")), str(scope.get("path")), refusal)
                 await _forbidden(send, refusal)
                 return
         await self.app(scope, receive, send)

@@ -22,12 +22,15 @@ to, in two ways. Both are refused (403) by :meth:`SitePolicy.refusal`, before an
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["LOOPBACK_NAMES", "SAFE_METHODS", "WILDCARD_BINDS", "SitePolicy", "allowed_hosts", "host_name",
-           "same_authority"]
+__all__ = ["LOOPBACK_NAMES", "SAFE_METHODS", "WILDCARD_BINDS", "RefusalLog", "SitePolicy", "allowed_hosts",
+           "host_name", "same_authority"]
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 """Names a listener bound to loopback is reached by."""
@@ -100,3 +103,29 @@ class SitePolicy:
         if origin is not None and not same_authority(origin, host, scheme):
             return f"a request from another origin ({origin}) cannot change {self.subject}"
         return None
+
+
+class RefusalLog:
+    """Refusals written to ``logger`` at most once per ``interval_s``; those in between are counted into
+    the next line. A page's script can send thousands of refused requests a second: each would
+    otherwise be a line of the listener's log."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._logger = logger
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last: float | None = None
+        self._quiet = 0
+        self._lock = threading.Lock()
+
+    def refused(self, method: str, path: str, reason: str) -> None:
+        with self._lock:
+            now = self._clock()
+            if self._last is not None and now - self._last < self._interval_s:
+                self._quiet += 1
+                return
+            quiet, self._quiet, self._last = self._quiet, 0, now
+        more = f" ({quiet} more refused since the last line)" if quiet else ""
+        self._logger.warning("%s %s refused: %s%s", method, path, reason, more)
+

@@ -48,7 +48,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from fashionbox.core.cross_site import SitePolicy, allowed_hosts
+from fashionbox.core.cross_site import RefusalLog, SitePolicy, allowed_hosts
 from fashionbox.server.errors import PortInUseError
 
 __all__ = ["HOP_BY_HOP_HEADERS", "BodyTooLarge", "HttpDoor", "HttpDoorConfig", "inflate"]
@@ -147,6 +147,7 @@ class HttpDoor:
     def __init__(self, config: HttpDoorConfig) -> None:
         self.config = config
         self._sites = config.sites
+        self._refusals = RefusalLog(logger)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -199,7 +200,7 @@ class HttpDoor:
             return _error(400, "the request target must be a path (origin form), as Triton's HTTP API takes")
         refusal = self._sites.refusal(request.method, request.headers)
         if refusal is not None:
-            logger.warning("HTTP %s %s refused: %s", request.method, request.path, refusal)
+            self._refusals.refused(f"HTTP {request.method}", request.path, refusal)
             return _error(403, f"forbidden: {refusal}")
         limit = self.config.max_request_bytes
         length = request.content_length
