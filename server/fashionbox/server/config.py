@@ -351,7 +351,7 @@ class ServerConfig:
         """Whether HTTP goes through the front door's HTTP side (:mod:`fashionbox.server.http_door`): wherever
         HTTP is served, unless ``front_door`` is False. A loopback server's HTTP needs it too: a web page in
         a browser on the same host reaches loopback, and Triton's HTTP checks neither ``Host`` nor
-        ``Origin`` (:mod:`fashionbox.core.cross_site`). Its cost is about 1.1 ms of CPU per HTTP request
+        ``Origin`` (:mod:`fashionbox.core.cross_site`). Its cost is about 0.8 ms of CPU per HTTP request
         (BENCHMARKS.md, "The door's HTTP side"); FashionBox's client speaks gRPC."""
         return self.http and self.front_door is not False
 

@@ -61,6 +61,8 @@ HOP_BY_HOP_HEADERS = frozenset({
 })
 """Headers that belong to one connection (RFC 9110 section 7.6.1, plus the framing ones each hop sets)."""
 _CONNECT_TIMEOUT_S = 5.0
+_IDLE_UPSTREAM_S = 0.5
+"""How long a connection to Triton's HTTP may stay idle in the door's pool."""
 _INFLATE_STEP = 1 << 20
 
 
@@ -155,11 +157,12 @@ class HttpDoor:
         """Bind (:class:`PortInUseError` when the port is taken) and serve."""
         config = self.config
         # auto_decompress off: a compressed answer travels on as Triton wrote it, Content-Encoding and all.
-        # force_close: a connection to Triton per request, closed after it. Triton's HTTP waits on exit, up to
-        # its exit timeout, for every connection still open, so idle keep-alive ones held stop() for that
-        # long (a loopback connect costs about 0.1 ms).
+        # Idle connections to Triton closed after half a second (aiohttp's default: 15 s): Triton's HTTP
+        # waits on exit, up to its exit timeout, for every connection still open, so idle kept-alive ones
+        # held stop() that long. Kept alive while busy: a connection per request would leave a socket in
+        # TIME_WAIT per request for a minute, more than the ephemeral ports at a GPU's rates.
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, force_close=True),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_IDLE_UPSTREAM_S),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT_S),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
