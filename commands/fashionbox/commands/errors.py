@@ -23,7 +23,7 @@ _USER_ERRORS = frozenset({
 
 
 _ACCESS_DENIED = "fashionbox.client._exceptions.AccessDenied"
-ADMIN_KEY_HINT = ("the server keeps this behind its admin key (fashionbox serve --secure): give it with "
+ADMIN_KEY_HINT = ("the server keeps this behind its admin key (the secure profile): give it with "
                   "--admin-key-file FILE")
 
 
