@@ -315,6 +315,13 @@ def test_http_goes_through_the_door_wherever_it_is_served_unless_the_door_is_ref
     assert ServerConfig(repository=tmp_path, http_allowed_hosts=("models.internal",)).uses_http_door
     with pytest.raises(ConfigError, match="http_allowed_hosts is enforced by the front door's HTTP side"):
         ServerConfig(repository=tmp_path, http_allowed_hosts=("models.internal",), front_door=False)
+    assert loopback.uses_metrics_door and ServerConfig(repository=tmp_path, http=False).uses_metrics_door
+    assert not ServerConfig(repository=tmp_path, front_door=False).uses_metrics_door
+    with pytest.raises(ConfigError, match="metrics_allowed_hosts is enforced by the front door"):
+        ServerConfig(repository=tmp_path, metrics_allowed_hosts=("prometheus.internal",), front_door=False)
+    command = build_command(loopback, binary=Path("t"), backend_directory=Path("b"), launcher_key="k" * 20,
+                            upstream_http_port=45679, upstream_metrics_port=45680)
+    assert "--metrics-address=127.0.0.1" in command and "--metrics-port=45680" in command
 
 
 def test_an_unreachable_triton_is_answered_with_503_and_readiness_reads_not_ready() -> None:

@@ -258,6 +258,7 @@ SAMPLES: dict[str, tuple[str, list[str]]] = {
     "http_allowed_hosts": ("models.internal, 10.0.0.7", ["--http-allowed-host=models.internal",
                                                          "--http-allowed-host=10.0.0.7"]),
     "metrics_port": ("9102", ["--metrics-port=9102"]),
+    "metrics_allowed_hosts": ("prometheus.internal", ["--metrics-allowed-host=prometheus.internal"]),
     "model_control_mode": ("explicit", ["--model-control-mode=explicit"]),
     "load_models": ("echo, fashion", ["--load-model=echo", "--load-model=fashion"]),
     "strict_readiness": ("off", ["--no-strict-readiness"]),
@@ -840,6 +841,15 @@ def test_a_loopback_servers_http_refuses_other_sites_and_serves_its_own(echo_ser
         assert json.loads(answer)["outputs"][0]["data"] == [1.0, 2.0, 3.0]
     status, headers, _ = _http_exchange(http, "GET", "/v2/models/echo", {"Origin": "http://elsewhere.example"})
     assert status == 200 and "access-control-allow-origin" not in headers  # readable by the server's own pages only
+
+    # The metrics endpoint: Triton's on a private port too, the same names answered.
+    started = re.search(r"Started Metrics Service at 127\.0\.0\.1:(\d+)", echo_server.log_path.read_text())
+    assert started and int(started[1]) != config.metrics_port
+    metrics = echo_server.endpoints.metrics.removesuffix("/metrics")
+    status, _, answer = _http_exchange(metrics, "GET", "/metrics", {"Host": f"rebound.example:{config.metrics_port}"})
+    assert status == 403 and "--metrics-allowed-host" in json.loads(answer)["error"]
+    status, _, answer = _http_exchange(metrics, "GET", "/metrics", {"Host": f"localhost:{config.metrics_port}"})
+    assert status == 200 and b"nv_inference_request_success" in answer
 
 
 def _umask(pid: int) -> str:

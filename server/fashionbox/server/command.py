@@ -29,6 +29,7 @@ def build_command(
     upstream_grpc_port: int | None = None,
     upstream_tls: ServerTls | None = None,
     upstream_http_port: int | None = None,
+    upstream_metrics_port: int | None = None,
 ) -> list[str]:
     """The tritonserver command line for ``config``.
 
@@ -38,7 +39,8 @@ def build_command(
     (:mod:`fashionbox.server.front_door`) on that loopback port, with ``upstream_tls`` (the hop's own
     mutual TLS) or plaintext; the front door holds the operator's TLS settings and listens on
     ``config.host``/``config.grpc_port``. ``upstream_http_port``: Triton's HTTP sits behind the door's
-    HTTP side (:mod:`fashionbox.server.http_door`) on that loopback port.
+    HTTP side (:mod:`fashionbox.server.http_door`) on that loopback port; ``upstream_metrics_port``: its
+    metrics endpoint behind another such side.
     """
     locked = locks_repository(config)
     if config.admin_key is None and launcher_key is None:
@@ -62,8 +64,8 @@ def build_command(
           else (f"--http-address={LOOPBACK}", f"--http-port={upstream_http_port}") if upstream_http_port is not None
           else (f"--http-address={config.http_host}", f"--http-port={config.http_port}")),
         "--allow-metrics=true",
-        f"--metrics-address={config.host}",
-        f"--metrics-port={config.metrics_port}",
+        f"--metrics-address={LOOPBACK if upstream_metrics_port is not None else config.host}",
+        f"--metrics-port={upstream_metrics_port if upstream_metrics_port is not None else config.metrics_port}",
     ]
     # Triton 2.51 has no flag lowering its gRPC (2 GiB) or HTTP message ceilings, and the python
     # backend no option capping its shared memory: the front door bounds gRPC messages, and with them

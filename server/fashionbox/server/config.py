@@ -181,6 +181,13 @@ class ServerConfig:
         default=DEFAULT_METRICS_PORT,
         metadata=declare("Prometheus metrics port", flag="--metrics-port", env="METRICS_PORT", parser=INTEGER),
     )
+    metrics_allowed_hosts: tuple[str, ...] = dataclasses.field(
+        default=(),
+        metadata=declare("a name the metrics endpoint is reached by, besides loopback's and --host (other names in "
+                         "Host get 403: DNS rebinding); '*' for any; repeatable, or comma-separated",
+                         flag="--metrics-allowed-host", env="METRICS_ALLOWED_HOSTS", many="comma", metavar="NAME",
+                         shown_default="none; with --host 0.0.0.0 any name is answered (a warning says so)"),
+    )
     model_control_mode: ModelControlMode = dataclasses.field(
         default="none",
         metadata=declare("none: load every model at start; explicit: load and unload through the repository API",
@@ -355,6 +362,14 @@ class ServerConfig:
         (BENCHMARKS.md, "The door's HTTP side"); FashionBox's client speaks gRPC."""
         return self.http and self.front_door is not False
 
+    @property
+    def uses_metrics_door(self) -> bool:
+        """Whether the metrics endpoint goes through the front door too (an HTTP side of its own, GET only
+        in practice): unless ``front_door`` is False. Triton's metrics check no ``Host`` either, so a page
+        rebinding its name to the server's address could read them; a scrape every few seconds costs the
+        door nothing measurable."""
+        return self.front_door is not False
+
     def closed_apis(self) -> tuple[str, ...]:
         """The API groups no caller may use without the admin key (without one: nobody)."""
         return restricted_apis(admin_key=self.admin_key is not None,
@@ -376,6 +391,9 @@ class ServerConfig:
             raise ConfigError("max_request_bytes is enforced by the front door; it cannot be set with --no-front-door")
         if self.http_allowed_hosts and self.http and not self.uses_http_door:
             raise ConfigError("http_allowed_hosts is enforced by the front door's HTTP side; it cannot be set with "
+                              "--no-front-door")
+        if self.metrics_allowed_hosts and not self.uses_metrics_door:
+            raise ConfigError("metrics_allowed_hosts is enforced by the front door; it cannot be set with "
                               "--no-front-door")
         # HTTP has no TLS: in the secure profile it would be a plaintext side door past the certificates.
         if self.secure and self.http and not is_loopback(self.http_host):

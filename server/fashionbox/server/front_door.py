@@ -317,22 +317,24 @@ class FrontDoor:
     """A running front door (:mod:`fashionbox.server.front_door`): ``start()``, then ``stop()``.
 
     ``config``: the gRPC side (None: HTTP only); ``http``: the HTTP side (:mod:`fashionbox.server.http_door`),
-    served in the same event loop (None: no HTTP)."""
+    served in the same event loop (None: no HTTP); ``metrics``: the same in front of the metrics endpoint."""
 
-    def __init__(self, config: FrontDoorConfig | None, http: HttpDoorConfig | None = None) -> None:
-        if config is None and http is None:
+    def __init__(self, config: FrontDoorConfig | None, http: HttpDoorConfig | None = None,
+                 metrics: HttpDoorConfig | None = None) -> None:
+        if config is None and http is None and metrics is None:
             raise ValueError("a front door needs a gRPC side, an HTTP side, or both")
         self.config = config
         self.http = http
+        self.metrics = metrics
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: grpc.aio.Server | None = None
         self._channel: grpc.aio.Channel | None = None
-        self._http: HttpDoor | None = None
+        self._http: list[HttpDoor] = []
 
     @property
     def running(self) -> bool:
-        return self._server is not None or self._http is not None
+        return self._server is not None or bool(self._http)
 
     def start(self) -> None:
         """Bind and serve on a thread of its own; raises :class:`PortInUseError` when the port is taken."""
@@ -351,10 +353,11 @@ class FrontDoor:
     async def _start(self) -> None:
         if self.config is not None:
             await self._start_grpc(self.config)
-        if self.http is not None:
-            http = HttpDoor(self.http)
-            await http.start()
-            self._http = http
+        for side in (self.http, self.metrics):
+            if side is not None:
+                http = HttpDoor(side)
+                await http.start()
+                self._http.append(http)
 
     async def _start_grpc(self, config: FrontDoorConfig) -> None:
         upstream_options = [
@@ -403,8 +406,8 @@ class FrontDoor:
             return
 
         async def close() -> None:
-            if self._http is not None:
-                await self._http.stop()
+            for http in self._http:
+                await http.stop()
             if self._server is not None:
                 await self._server.stop(grace_s)
             if self._channel is not None:
@@ -418,5 +421,5 @@ class FrontDoor:
         if not loop.is_running():
             loop.close()
         self._server = self._channel = None
-        self._http = None
+        self._http = []
         self._loop = self._thread = None

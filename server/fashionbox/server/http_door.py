@@ -81,6 +81,10 @@ class HttpDoorConfig:
     max_request_bytes: int
     names: tuple[str, ...] = ()
     """``Host`` names answered besides loopback's and ``host`` (``--http-allowed-host``; ``*``: any)."""
+    flag: str = "--http-allowed-host"
+    """The option that gives :attr:`names`, said where a name is refused."""
+    label: str = "HTTP"
+    """What this listener is, in the log: ``HTTP``, or ``metrics`` for the metrics endpoint's side."""
 
     def __post_init__(self) -> None:
         if self.max_request_bytes < 1:
@@ -89,7 +93,7 @@ class HttpDoorConfig:
     @property
     def sites(self) -> SitePolicy:
         """The policy against other sites (:mod:`fashionbox.core.cross_site`) for this address and names."""
-        return SitePolicy(allowed_hosts(self.host, self.names), flag="--http-allowed-host", subject="this server")
+        return SitePolicy(allowed_hosts(self.host, self.names), flag=self.flag, subject="this server")
 
 
 def inflate(body: bytes, encoding: str, limit: int) -> bytes:
@@ -182,13 +186,13 @@ class HttpDoor:
             raise PortInUseError(config.port, "http", config.host) from exc
         self._runner = runner
         hosts = self._sites.hosts
-        logger.info("HTTP front door on %s:%d: bodies over %d bytes refused, Host names %s, forwarded to %s",
-                    config.host, config.port, config.max_request_bytes,
+        logger.info("%s front door on %s:%d: bodies over %d bytes refused, Host names %s, forwarded to %s",
+                    config.label, config.host, config.port, config.max_request_bytes,
                     "any" if hosts is None else ", ".join(sorted(hosts)), config.upstream)
         if hosts is None and "*" not in config.names:
-            logger.warning("HTTP bound to every interface (%s) with no --http-allowed-host: any name in Host is "
-                           "answered, so DNS rebinding is not refused; --http-allowed-host NAME lists the names "
-                           "the server is reached by", config.host)
+            logger.warning("%s bound to every interface (%s) with no %s: any name in Host is answered, so DNS "
+                           "rebinding is not refused; %s NAME lists the names the server is reached by",
+                           config.label, config.host, config.flag, config.flag)
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
@@ -203,7 +207,7 @@ class HttpDoor:
             return _error(400, "the request target must be a path (origin form), as Triton's HTTP API takes")
         refusal = self._sites.refusal(request.method, request.headers)
         if refusal is not None:
-            self._refusals.refused(f"HTTP {request.method}", request.path, refusal)
+            self._refusals.refused(f"{self.config.label} {request.method}", request.path, refusal)
             return _error(403, f"forbidden: {refusal}")
         limit = self.config.max_request_bytes
         length = request.content_length

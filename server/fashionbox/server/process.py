@@ -78,6 +78,7 @@ __all__ = ["LOG_TAIL_LINES", "STOP_GRACE_S", "TritonServer", "start_on_free_port
 logger = logging.getLogger(__name__)
 
 _LOG_NAME = "tritonserver.log"
+_METRICS_BODY_BYTES = 64 * 1024
 # Triton waits up to --exit-timeout-secs for in-flight requests, then unloads the models; this is
 # the extra time stop() allows for the unloading before it kills.
 STOP_GRACE_S = 5.0
@@ -174,6 +175,7 @@ class TritonServer:
         self._front_door: FrontDoor | None = None
         self._upstream_port: int | None = None
         self._upstream_http_port: int | None = None  # Triton's HTTP behind the door's HTTP side
+        self._upstream_metrics_port: int | None = None  # Triton's metrics behind the door's metrics side
         self._request_bound: RequestBound | None = None
         self._hop_tls: HopTls | None = None  # mutual TLS door -> Triton when the door has TLS
         self._hop_dir: Path | None = None
@@ -256,7 +258,9 @@ class TritonServer:
         self._launcher_key = new_launcher_key() if config.admin_key is None else None
         self._upstream_port = self._private_port() if config.uses_front_door else None
         self._upstream_http_port = self._private_port(self._upstream_port) if config.uses_http_door else None
-        if config.uses_front_door or config.uses_http_door:
+        self._upstream_metrics_port = (self._private_port(self._upstream_port, self._upstream_http_port)
+                                       if config.uses_metrics_door else None)
+        if config.uses_front_door or config.uses_http_door or config.uses_metrics_door:
             self._request_bound = request_bound(config.repository, os.environ, override=config.max_request_bytes)
         if config.uses_front_door and config.tls is not None:  # else the private port would be a plaintext way
             self._hop_dir = Path(tempfile.mkdtemp(prefix="fashionbox-hop-"))  # past the certificates
@@ -264,7 +268,7 @@ class TritonServer:
         self._command = build_command(
             config, binary=dist.binary, backend_directory=backend_directory, launcher_key=self._launcher_key,
             upstream_grpc_port=self._upstream_port, upstream_tls=self._hop_tls.server if self._hop_tls else None,
-            upstream_http_port=self._upstream_http_port,
+            upstream_http_port=self._upstream_http_port, upstream_metrics_port=self._upstream_metrics_port,
         )
 
         self._keep_log = False
@@ -482,8 +486,8 @@ class TritonServer:
         return port
 
     def _open_front_door(self) -> None:
-        """Listen on the public gRPC address (behind the door) and the HTTP one (PortInUseError if taken)
-        before Triton starts."""
+        """Listen on the public gRPC address (behind the door), the HTTP one and the metrics one
+        (PortInUseError if taken) before Triton starts."""
         if self._request_bound is None:
             return
         config = self.config
@@ -494,11 +498,17 @@ class TritonServer:
         http = (HttpDoorConfig(host=config.http_host, port=config.http_port, max_request_bytes=bound,
                                upstream=f"127.0.0.1:{self._upstream_http_port}", names=config.http_allowed_hosts)
                 if self._upstream_http_port is not None else None)
-        door = FrontDoor(grpc_side, http)
+        # Scrapes carry no body: the bound is only there because every side has one.
+        metrics = (HttpDoorConfig(host=config.host, port=config.metrics_port, max_request_bytes=_METRICS_BODY_BYTES,
+                                  upstream=f"127.0.0.1:{self._upstream_metrics_port}",
+                                  names=config.metrics_allowed_hosts, flag="--metrics-allowed-host", label="metrics")
+                   if self._upstream_metrics_port is not None else None)
+        door = FrontDoor(grpc_side, http, metrics)
         door.start()
         self._front_door = door
         sides = [f"{config.host}:{config.grpc_port} (gRPC)"] if grpc_side else []
         sides += [f"{config.http_host}:{config.http_port} (HTTP)"] if http else []
+        sides += [f"{config.host}:{config.metrics_port} (metrics)"] if metrics else []
         logger.info("front door on %s: messages and bodies over %s are refused", " and ".join(sides),
                     self._request_bound.describe())
 
