@@ -592,7 +592,8 @@ async def check_ready(url: str, model: str, timeout_s: float, connection: Client
     from fashionbox.client.connection import grpc_security
 
     security = grpc_security(connection)
-    client = grpcclient.InferenceServerClient(url, creds=security.credentials, channel_args=list(security.options))
+    client = grpcclient.InferenceServerClient(url, creds=security.credentials,
+                                              channel_args=list(security.options) or None)
     try:
         ready = await client.is_model_ready(model, client_timeout=timeout_s, headers=security.headers or None)
     except InferenceServerException as exc:

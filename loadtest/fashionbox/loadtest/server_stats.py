@@ -285,7 +285,7 @@ class ServerProbe:
 
         self._security = grpc_security(self._connection)
         self._client = grpcclient.InferenceServerClient(self._url, creds=self._security.credentials,
-                                                        channel_args=list(self._security.options))
+                                                        channel_args=list(self._security.options) or None)
 
     async def close(self) -> None:
         if self._client is not None:
