@@ -1,7 +1,8 @@
 """The front door: FashionBox's own gRPC listener in front of ``tritonserver``, bounding message size.
 
-(Its HTTP side, in the same event loop, is :mod:`fashionbox.server.http_door`; on a loopback server
-the door may run that side alone, HTTP being FashionBox's way into Triton's HTTP in every profile.)
+(Its HTTP side, in the same event loop, is :mod:`fashionbox.server.http_door`, and another in front of
+the metrics endpoint; on a loopback server the door runs those alone, HTTP being FashionBox's way into
+Triton's HTTP in every profile.)
 
 Triton 2.51 takes gRPC messages up to 2 GiB and has no flag lowering that; an oversized request
 is received whole, copied into the ``preprocess`` stub's shared memory, and only then refused
@@ -322,7 +323,7 @@ class FrontDoor:
     def __init__(self, config: FrontDoorConfig | None, http: HttpDoorConfig | None = None,
                  metrics: HttpDoorConfig | None = None) -> None:
         if config is None and http is None and metrics is None:
-            raise ValueError("a front door needs a gRPC side, an HTTP side, or both")
+            raise ValueError("a front door needs a side: gRPC, HTTP or metrics")
         self.config = config
         self.http = http
         self.metrics = metrics
