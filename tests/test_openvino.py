@@ -11,6 +11,9 @@ Runtime pipeline does. bf16's quality (box mAP, attribute accuracy) is in test_o
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +197,33 @@ def test_the_session_returns_every_output_of_the_graph_by_name_as_onnx_runtime_d
         (first,) = ours.run(names[:1], feeds)
         first[...] = 0  # a copy: the next call's outputs are not written into it, nor it into them
         assert np.any(ours.run(names[:1], feeds)[0])
+
+
+_COMPILE_AND_COUNT_FORKS = """
+import json, sys, threading, time
+from pathlib import Path
+forks = []
+sys.addaudithook(lambda event, args: event == "os.fork" and forks.append(event))
+from fashionbox.core.openvino_runtime import OpenVinoSession
+from fashionbox.core.serving import OrtSettings
+OpenVinoSession(Path(sys.argv[1]), OrtSettings())
+time.sleep(1)  # openvino-telemetry sends from a worker thread, which forks, right after a compile
+print(json.dumps({"forks": len(forks), "threads": len(threading.enumerate()),
+                  "telemetry": repr(sys.modules.get("openvino_telemetry", "never imported"))}))
+"""
+
+
+def test_openvino_sends_no_telemetry_and_forks_nothing(openvino_repository: Path, tmp_path: Path) -> None:
+    # openvino-telemetry forks a sender from a worker thread when a graph is compiled; in a python-backend
+    # stub that child once hung on the import lock, and the stub's exit waited for it: the model never
+    # finished unloading. A fresh interpreter, as a stub is; HOME where its consent folder would appear.
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"), CACHE_ENV: "off"}
+    run = subprocess.run([sys.executable, "-c", _COMPILE_AND_COUNT_FORKS, str(_graphs(openvino_repository)[1])],
+                         env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    # openvino found the telemetry package absent (None in sys.modules), started no thread, forked nothing
+    assert json.loads(run.stdout.splitlines()[-1]) == {"forks": 0, "threads": 1, "telemetry": "None"}, run.stdout
+    assert not (tmp_path / "intel").exists()  # its consent folder and client id
 
 
 def test_openvino_fp32_answers_as_onnx_runtime_within_the_converter_tolerances(

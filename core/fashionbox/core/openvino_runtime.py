@@ -32,6 +32,15 @@ In NGC's Triton image, Triton's own ``openvino`` backend could serve the same ``
 models use this module instead, so the embedded server (python backend only) and the NGC image
 serve one repository the same way.
 
+**No telemetry.** The ``openvino`` wheel depends on ``openvino-telemetry``, which sends usage events to
+Google Analytics unless a consent file in the user's home says no; it sends them from a process that a
+worker thread forks (``multiprocessing``, fork start method) when a graph is compiled. A model server
+sends nothing home; and in a python-backend stub, whose other threads may hold a lock at that moment
+(the import lock, here), the forked child can hang on it for good: the stub's exit then waits for the
+child, so unloading the model hung until Triton's exit timeout (seen once in 25 stops of the shipped
+repository). :func:`import_openvino` therefore hides the telemetry package before ``openvino`` is
+imported; ``openvino`` takes its absence as "no telemetry" (its own stub), and nothing forks.
+
 Needs the ``openvino`` extra (``pip install 'fashionbox-core[openvino]'``); without it, loading a
 runner fails with that hint, and importing this module works.
 """
@@ -43,6 +52,7 @@ import logging
 import os
 import platform
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +68,7 @@ __all__ = [
     "CACHE_ENV",
     "INSTALL_HINT",
     "OPENVINO_PRECISIONS",
+    "TELEMETRY_PACKAGE",
     "CpuInfo",
     "OpenVinoAttributes",
     "OpenVinoDetector",
@@ -141,8 +152,15 @@ def check_precision(precision: str, cpu: CpuInfo | None = None) -> None:
             f"({cpu.model}) has neither, and OpenVINO would run fp32 instead: serve fp32 here, or bf16 on such a CPU")
 
 
+TELEMETRY_PACKAGE = "openvino_telemetry"
+
+
 def import_openvino() -> Any:
-    """The ``openvino`` package, or :class:`OpenVinoError` with the install hint."""
+    """The ``openvino`` package, with its telemetry off (the module's docstring says why), or
+    :class:`OpenVinoError` with the install hint."""
+    # None in sys.modules makes `import openvino_telemetry` raise ImportError, which openvino answers with
+    # its no-op stub. Set once, before openvino is first imported in this process; kept if already there.
+    sys.modules.setdefault(TELEMETRY_PACKAGE, None)  # type: ignore[arg-type]  # None is import's "absent" mark
     try:
         import openvino  # type: ignore[import-untyped]  # no stubs or py.typed in the wheel
     except ImportError as exc:
