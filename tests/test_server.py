@@ -604,7 +604,8 @@ def test_log_file_holds_the_server_output(echo_server: TritonServer) -> None:
 def test_stop_ends_the_server_gracefully(echo_repository: Path, tmp_path: Path, front_door: bool | None) -> None:
     # The door's connections to Triton's HTTP (the readiness checks went through it) must not hold Triton's
     # exit: it waits for open HTTP connections up to its exit timeout, past stop()'s 10 s, then gets killed.
-    with TritonServer(free_port_config(echo_repository, tmp_path, front_door=front_door)) as server:
+    config = free_port_config(echo_repository, tmp_path, front_door=front_door)
+    with TritonServer(config) as server:
         pid = server.pid
         assert pid is not None and server.is_alive()
         started = time.monotonic()
@@ -612,6 +613,12 @@ def test_stop_ends_the_server_gracefully(echo_repository: Path, tmp_path: Path, 
     assert server.returncode == 0
     assert process_is_gone(pid)
     assert live_processes_in_group(pid) == []  # the python-backend stubs too
+    # Triton's exit looks once a second for open HTTP connections and live models and waits while there
+    # are any: stop() closed the door's HTTP side and unloaded every model first, so it found none.
+    assert config.log_path is not None
+    exit_log = config.log_path.read_text().split("Signal (15) received.")[-1]
+    assert "HTTP service connections" not in exit_log
+    assert re.findall(r"Found (\d+) live models", exit_log) == ["0"]
 
 
 SLEEPY_FINALIZE_MODEL = (

@@ -8,9 +8,11 @@ Unloading the ensemble first does: Triton refuses new requests to it at once (NO
 available versions", which the client retries) and keeps it until the requests already inside
 have passed every step. Unloading needs the repository API, that is Triton's explicit model
 control mode; ``TritonServer`` runs Triton so by default, with that API locked behind a key only
-it holds, and ``stop()`` drains first::
+it holds, and ``stop()`` drains first, then unloads the steps (:func:`unload_all`: Triton's exit
+would look only once a second whether they are gone)::
 
-    drain("http://127.0.0.1:8000", timeout_s=30, headers={"admin-key": key})   # then SIGTERM
+    drain("http://127.0.0.1:8000", timeout_s=30, headers={"admin-key": key})
+    unload_all("http://127.0.0.1:8000", timeout_s=30, headers={"admin-key": key})   # then SIGTERM
 
 The HTTP endpoint is used because it is always plaintext on the server's own host, whatever TLS
 the gRPC endpoint demands of clients.
@@ -29,7 +31,7 @@ from typing import Any
 
 from fashionbox.contract import ENSEMBLE_MODEL
 
-__all__ = ["drain"]
+__all__ = ["drain", "unload_all"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,23 @@ def drain(
     locked by a key not in ``headers``), is unreachable, or the requests inside did not finish
     within ``timeout_s``; the caller then stops the server anyway.
     """
+    return _unload(http_url, tuple(models), timeout_s=timeout_s, headers=headers, verb="drain")
+
+
+def unload_all(http_url: str, *, timeout_s: float, headers: Mapping[str, str] | None = None) -> bool:
+    """Unload every model still loaded, all at once, and wait until they are gone; never raises.
+
+    What ``TritonServer.stop()`` does after :func:`drain`, right before SIGTERM: Triton's exit unloads
+    the models itself but looks whether they are gone only once a second, so a python-backend model
+    whose stub takes 1.2 s to end holds the exit 2 s; unloaded here first, the exit finds none.
+    True once none is loaded; False as :func:`drain` says.
+    """
+    return _unload(http_url, None, timeout_s=timeout_s, headers=headers, verb="unload")
+
+
+def _unload(http_url: str, models: tuple[str, ...] | None, *, timeout_s: float,
+            headers: Mapping[str, str] | None, verb: str) -> bool:
+    """Unload ``models`` (None: every model loaded) and poll the repository index until none is left."""
     started = time.monotonic()
     call_headers = dict(headers or {})
 
@@ -69,24 +88,27 @@ def drain(
         # A model never loaded has no state in the index (explicit mode without it): nothing to wait for.
         index = _post(f"{http_url}/v2/repository/index", call_headers, left_s()) or []
         states = {entry.get("name"): entry.get("state") for entry in index}
-        return [model for model in models if states.get(model) in _LOADED_STATES]
+        names = models if models is not None else sorted(str(name) for name in states)
+        return [model for model in names if states.get(model) in _LOADED_STATES]
 
+    which = ", ".join(models) if models is not None else "every model"
     try:
         waiting = loaded()
+        which = ", ".join(waiting) or which
         for model in waiting:
             _post(f"{http_url}/v2/repository/models/{urllib.parse.quote(model)}/unload", call_headers, left_s())
         while waiting and left_s() > 0:
             time.sleep(_POLL_S)
             waiting = loaded()
         if not waiting:
-            logger.info("drained %s in %.2f s", ", ".join(models), time.monotonic() - started)
+            logger.info("%sed %s in %.2f s", verb, which, time.monotonic() - started)
             return True
         logger.warning("requests in %s did not finish within %g s", ", ".join(waiting), timeout_s)
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")[:200]
-        logger.warning("could not drain %s before stopping: HTTP %d %s", ", ".join(models), exc.code, detail)
+        logger.warning("could not %s %s before stopping: HTTP %d %s", verb, which, exc.code, detail)
     except (OSError, ValueError) as exc:
-        logger.warning("could not drain %s before stopping: %s", ", ".join(models), exc)
+        logger.warning("could not %s %s before stopping: %s", verb, which, exc)
     return False
 
 

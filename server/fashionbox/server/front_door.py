@@ -399,6 +399,23 @@ class FrontDoor:
         logger.info("front door on %s: at most %d bytes a message, forwarded to %s", address,
                     config.max_request_bytes, config.upstream)
 
+    def close_http(self) -> None:
+        """Stop the HTTP and metrics sides (requests in flight get their ``stop_grace_s``), the gRPC side
+        going on; what to do right before Triton gets SIGTERM. Triton's exit waits for every HTTP
+        connection still open, checking once a second, and the sides keep idle ones to it for a while.
+        Calling it again, or after :meth:`stop`, is harmless."""
+        loop = self._loop
+        if loop is None or not self._http:
+            return
+
+        grace_s = max(side.config.stop_grace_s for side in self._http)
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._stop_http(), loop).result(grace_s + _START_TIMEOUT_S)
+
+    async def _stop_http(self) -> None:
+        sides, self._http = self._http, []
+        await asyncio.gather(*(side.stop() for side in sides))
+
     def stop(self, grace_s: float = 0.0) -> None:
         """Stop listening (calls still open get ``grace_s`` to finish), close the channel, end the thread.
         Calling it again is harmless."""
@@ -407,8 +424,7 @@ class FrontDoor:
             return
 
         async def close() -> None:
-            for http in self._http:
-                await http.stop()
+            await self._stop_http()
             if self._server is not None:
                 await self._server.stop(grace_s)
             if self._channel is not None:

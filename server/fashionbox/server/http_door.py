@@ -85,10 +85,14 @@ class HttpDoorConfig:
     """The option that gives :attr:`names`, said where a name is refused."""
     label: str = "HTTP"
     """What this listener is, in the log: ``HTTP``, or ``metrics`` for the metrics endpoint's side."""
+    stop_grace_s: float = 30.0
+    """How long requests in flight get to finish when the side stops (then their connections are closed)."""
 
     def __post_init__(self) -> None:
         if self.max_request_bytes < 1:
             raise ValueError(f"max_request_bytes must be positive, got {self.max_request_bytes}")
+        if self.stop_grace_s < 0:
+            raise ValueError(f"stop_grace_s must not be negative, got {self.stop_grace_s}")
 
     @property
     def sites(self) -> SitePolicy:
@@ -175,7 +179,8 @@ class HttpDoor:
         app.router.add_route("*", "/{path:.*}", self._forward)
         # auto_decompress off here too: aiohttp would inflate a compressed body itself; inflate() does it in
         # bounded steps and says which bound was passed.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False,
+                               shutdown_timeout=config.stop_grace_s)
         await runner.setup()
         site = web.TCPSite(runner, config.host, config.port, reuse_port=False)
         try:
@@ -195,6 +200,8 @@ class HttpDoor:
                            config.label, config.host, config.flag, config.flag)
 
     async def stop(self) -> None:
+        """Stop listening, let requests in flight finish (up to ``stop_grace_s``), close every connection,
+        Triton's included. Calling it again is harmless."""
         runner, self._runner = self._runner, None
         session, self._session = self._session, None
         if runner is not None:

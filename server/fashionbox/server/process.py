@@ -423,14 +423,22 @@ class TritonServer:
                 # SIGTERM alone fails ensemble requests between two steps; unloading the ensemble
                 # first lets them finish (fashionbox.server.drain). Needs the repository API. Imported
                 # here so the package never imports it before `python -m fashionbox.server.drain` runs it.
-                from fashionbox.server.drain import drain
+                from fashionbox.server.drain import drain, unload_all
 
                 key = self.config.admin_key or self._launcher_key
-                drain(
-                    self.endpoints.http,
-                    timeout_s=min(timeout_s, float(self.config.exit_timeout_s)),
-                    headers={ADMIN_KEY_NAME: key} if key else None,
-                )
+                headers = {ADMIN_KEY_NAME: key} if key else None
+                drain_s = min(timeout_s, float(self.config.exit_timeout_s))
+                deadline = time.monotonic() + drain_s
+                drained = drain(self.endpoints.http, timeout_s=drain_s, headers=headers)
+                if drained and (left_s := deadline - time.monotonic()) > 0:
+                    # Then the steps, all at once: Triton's exit would unload them too, but it looks
+                    # once a second whether they are gone (a second or two more per stop).
+                    unload_all(self.endpoints.http, timeout_s=left_s, headers=headers)
+            if timeout_s > 0 and self._front_door is not None:
+                # Triton's exit waits for every HTTP connection still open, looking once a second, and the
+                # door keeps idle ones to it: closed first, stop() takes a second less (requests in flight
+                # get the exit timeout). gRPC stays open: Triton answers or fails those calls itself.
+                self._front_door.close_http()
             with contextlib.suppress(OSError):  # the stubs' regions, to remove if they are killed
                 self._stub_regions.update(StubWatch.of(process.pid).regions)
             # Only the server gets SIGTERM: it unloads the models, which ends the stubs in order.
@@ -496,12 +504,14 @@ class TritonServer:
                                      max_request_bytes=bound, tls=config.tls, upstream_tls=self._hop_tls)
                      if self._upstream_port is not None else None)
         http = (HttpDoorConfig(host=config.http_host, port=config.http_port, max_request_bytes=bound,
-                               upstream=f"127.0.0.1:{self._upstream_http_port}", names=config.http_allowed_hosts)
+                               upstream=f"127.0.0.1:{self._upstream_http_port}", names=config.http_allowed_hosts,
+                               stop_grace_s=config.exit_timeout_s)
                 if self._upstream_http_port is not None else None)
         # Scrapes carry no body: the bound is only there because every side has one.
         metrics = (HttpDoorConfig(host=config.host, port=config.metrics_port, max_request_bytes=_METRICS_BODY_BYTES,
                                   upstream=f"127.0.0.1:{self._upstream_metrics_port}",
-                                  names=config.metrics_allowed_hosts, flag="--metrics-allowed-host", label="metrics")
+                                  names=config.metrics_allowed_hosts, flag="--metrics-allowed-host", label="metrics",
+                                  stop_grace_s=config.exit_timeout_s)
                    if self._upstream_metrics_port is not None else None)
         door = FrontDoor(grpc_side, http, metrics)
         door.start()
