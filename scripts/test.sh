@@ -8,5 +8,6 @@ cd "$(dirname "$0")/.."
 .venv/bin/lint-imports
 .venv/bin/python -m fashionbox.contract.protogen --check
 # A missing server-side dependency fails the run here instead of skipping its tests (tests/require_all.py).
-FASHIONBOX_REQUIRE_ALL=${FASHIONBOX_REQUIRE_ALL:-1} .venv/bin/python -m pytest -q "$@"
+# The slowest tests at the end of the report: where the suite's time goes.
+FASHIONBOX_REQUIRE_ALL=${FASHIONBOX_REQUIRE_ALL:-1} .venv/bin/python -m pytest -q --durations=25 "$@"
 ./scripts/client_compat.sh

@@ -306,14 +306,66 @@ def test_the_catalog_indexes_and_asks_the_secure_server_with_the_same_flags(
         assert code == 1 and "0 indexed" in err and "3 deferred" in err, err  # plaintext: left for a next run
         code, out, err = _tool(capsys, "catalog", "index", str(photos), *where, "--json", "--quiet", *tls)
         assert code == 0 and json.loads(out)["indexed"] == 3, err
+        # Ray's workers get the certificates as bytes (no files on their machines): without them the
+        # handshake fails and every photo is deferred, as in plaintext above.
+        more = folder / "more"
+        more.mkdir()
+        for index, data in enumerate(image_set(6)[4:]):
+            (more / f"more-{index}.jpg").write_bytes(data)
+        code, out, err = _tool(capsys, "catalog", "index", str(more), *where, "--json", "--quiet", "--ray", *tls)
+        assert code == 0 and json.loads(out)["indexed"] == 2, err
         # the stand-ins send no garment vectors, so a new photo's "more like this" stops there, past TLS
         code, _, err = _tool(capsys, "catalog", "similar", str(new_photo), *where, *tls)
         assert code == 2 and "the server sends no garment vectors" in err, err
         code, _, err = _tool(capsys, "catalog", "similar", str(new_photo), *where)
         assert code == 2 and "could not detect in it" in err, err
+        _the_catalog_page_uploads_through_tls(folder / "catalog", secure, tls, new_photo.read_bytes())
     finally:
         stop_embedded(folder / "catalog" / "postgres")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _the_catalog_page_uploads_through_tls(catalog: Path, secure: SecureServer, tls: list[str], photo: bytes) -> None:
+    """The page's upload: detected by the secure server with the connection `catalog web` builds from the
+    flags, then saved and indexed; with no connection the server is not reached."""
+    import argparse
+
+    from catalog_collection import serve_web
+
+    from fashionbox.catalog.database import Database
+    from fashionbox.catalog.web import WebSettings, create_app
+    from fashionbox.client.connection import add_connection_arguments, connection_from_arguments
+
+    parser = argparse.ArgumentParser()
+    add_connection_arguments(parser)
+    connection = connection_from_arguments(parser.parse_args(tls), environ={})
+    boundary = "fashionbox-secure-upload"
+    form = (f'--{boundary}\r\nContent-Disposition: form-data; name="photo"; filename="new.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+    def post(address: str, data: bytes, headers: dict[str, str]) -> tuple[int, str, str]:
+        """The status, body and final address (redirects followed)."""
+        request = urllib.request.Request(address, data=data, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return int(response.status), response.read().decode(), str(response.url)
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(), address
+
+    db = Database.open(catalog=catalog)
+    with serve_web(create_app(db, WebSettings(url=secure.grpc))) as plain:
+        status, body, _ = post(f"{plain}/upload", form, headers)
+        assert status == 502 and "could not detect" in body, body
+    with serve_web(create_app(db, WebSettings(url=secure.grpc, connection=connection))) as page:
+        status, body, _ = post(f"{page}/upload", form, headers)
+        assert status == 200 and "garments found" in body, body
+        token = re.search(r'name="token" value="([0-9a-f]+)"', body)
+        assert token is not None, body
+        status, body, where = post(f"{page}/upload/save", f"token={token[1]}".encode(),
+                                   {"Content-Type": "application/x-www-form-urlencoded"})
+        # indexed through the secure server, then shown on its own page
+        assert status == 200 and re.search(r"/image/\d+$", where), (where, body)
 
 
 @pytest.mark.parametrize("sender", ["raw", "tritonclient", "typed"])
