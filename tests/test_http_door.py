@@ -31,6 +31,7 @@ from fashionbox.server import ConfigError, PortInUseError, ServerConfig, build_c
 from fashionbox.server.front_door import FrontDoor, FrontDoorConfig
 from fashionbox.server.http_door import BodyTooLarge, HttpDoorConfig, inflate
 from fashionbox.server.network import find_free_ports
+from fashionbox.server.security import DOOR_KEY_NAME
 
 BOUND = 200_000
 
@@ -52,7 +53,9 @@ def _recording_handler(seen: Seen) -> type[BaseHTTPRequestHandler]:
         def _answer(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            headers = {key.lower(): value for key, value in self.headers.items()}
+            headers: dict[str, str] = {}
+            for key, value in self.headers.items():  # a header sent twice reads "first, second"
+                headers[key.lower()] = f"{headers[key.lower()]}, {value}" if key.lower() in headers else value
             seen.requests.append((self.command, self.path, headers, body))
             if self.path.startswith("/compressed"):
                 payload, extra = gzip.compress(b'{"compressed": true}'), [("Content-Encoding", "gzip")]
@@ -86,11 +89,11 @@ def upstream() -> Iterator[tuple[str, Seen]]:
     server.server_close()
 
 
-def _door(upstream_http: str, names: tuple[str, ...] = ()) -> FrontDoor:
+def _door(upstream_http: str, names: tuple[str, ...] = (), upstream_key: str | None = None) -> FrontDoor:
     (http_port,) = find_free_ports(1)
     # The HTTP side alone, as on a loopback server (gRPC straight to Triton).
     return FrontDoor(None, HttpDoorConfig(host="127.0.0.1", port=http_port, upstream=upstream_http,
-                                          max_request_bytes=BOUND, names=names))
+                                          max_request_bytes=BOUND, names=names, upstream_key=upstream_key))
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +137,24 @@ def test_a_request_and_its_answer_cross_the_door_unchanged(door: FrontDoor, upst
     assert sent[ADMIN_KEY_NAME] == "the-operators-key" and sent["inference-header-content-length"] == "14"
     assert sent["content-type"] == "application/octet-stream" and sent["x-custom"] == "kept"
     assert "x-hop" not in sent and "keep-alive" not in sent  # named by Connection, or hop-by-hop
+
+
+def test_the_door_sends_triton_its_own_key_and_never_a_callers(upstream: tuple[str, Seen]) -> None:
+    # Triton's HTTP behind the door answers only requests with the door's key (tests/test_server.py); a caller
+    # that sends the header itself neither adds a value nor replaces the door's.
+    key = "door-key-" + "k" * 24
+    seen = upstream[1]
+    for upstream_key, sent_key in ((key, key), (None, None)):
+        keyed = _door(upstream[0], upstream_key=upstream_key)
+        keyed.start()
+        try:
+            assert "door-key-" not in repr(keyed.http)  # not in a config's repr, which may be logged
+            for headers in ({}, {DOOR_KEY_NAME: "forged"}, {DOOR_KEY_NAME.upper(): "forged"}):
+                before = len(seen.requests)
+                assert _request(keyed, "GET", "/v2/health/ready", headers=headers)[0] == 200
+                assert seen.requests[before][2].get(DOOR_KEY_NAME) == sent_key, headers
+        finally:
+            keyed.stop()
 
 
 def test_a_get_an_error_status_and_a_compressed_answer_pass_through(door: FrontDoor) -> None:

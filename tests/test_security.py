@@ -12,6 +12,8 @@ from fashionbox.server import ConfigError, ServerConfig, add_serve_arguments, bu
 from fashionbox.server.security import (
     ADMIN_APIS,
     CLOSED_APIS,
+    DOOR_KEY_NAME,
+    HTTP_APIS,
     SecurityError,
     ServerTls,
     check_admin_key,
@@ -262,6 +264,31 @@ def test_explicit_model_control_without_a_key_keeps_the_repository_api_open_but_
 
     closed = f"shared-memory,trace,logging:admin-key={LAUNCHER_KEY}"
     assert _restrictions(command) == ([closed], [closed])
+
+
+@pytest.mark.parametrize("profile", ["launcher key", "explicit", "admin key", "secure"])
+def test_behind_the_http_door_every_other_http_group_needs_the_doors_key(
+    repository: Path, pem_files: dict[str, Path], profile: str
+) -> None:
+    # Triton's HTTP on its private port: health and metadata too, so a page that finds the port learns nothing.
+    tls = ServerTls(pem_files["cert"], pem_files["key"], pem_files["ca"])
+    config = {"launcher key": ServerConfig(repository=repository),
+              "explicit": ServerConfig(repository=repository, model_control_mode="explicit"),
+              "admin key": ServerConfig(repository=repository, admin_key=KEY),
+              "secure": ServerConfig(repository=repository, secure=True, tls=tls, admin_key=KEY)}[profile]
+    door_key = "d" * 32
+    command = build_command(config, binary=Path("t"), backend_directory=Path("b"), launcher_key=LAUNCHER_KEY,
+                            upstream_http_port=45679, door_key=door_key)
+    grpc, http = _restrictions(command)
+    groups = [group for flag in http for group in flag.split(":")[0].split(",")]
+    assert sorted(groups) == sorted(HTTP_APIS)  # each group restricted once (Triton refuses twice), none left open
+    doors = http[-1].split(":")
+    assert doors[1] == f"{DOOR_KEY_NAME}={door_key}" and {"health", "metadata"} <= set(doors[0].split(","))
+    assert not any(door_key in flag for flag in grpc)  # gRPC is no browser's: its restrictions stay the admin's
+    # Without the door (HTTP straight to Triton, or none) the key restricts nothing.
+    plain = build_command(config, binary=Path("t"), backend_directory=Path("b"), launcher_key=LAUNCHER_KEY,
+                          door_key=door_key)
+    assert not any(door_key in word for word in plain)
 
 
 def test_an_admin_key_replaces_the_launcher_key(repository: Path) -> None:

@@ -849,6 +849,20 @@ def test_a_loopback_servers_http_refuses_other_sites_and_serves_its_own(echo_ser
     status, headers, _ = _http_exchange(http, "GET", "/v2/models/echo", {"Origin": "http://elsewhere.example"})
     assert status == 200 and "access-control-allow-origin" not in headers  # readable by the server's own pages only
 
+    # Triton's own HTTP, on its private port, answers only what the door sends (its key): a page that found the
+    # port by rebinding a name to 127.0.0.1 learns nothing there and runs nothing, whatever it sends.
+    private = f"http://127.0.0.1:{started[1]}"
+    for method, target, body in (("GET", "/v2/health/ready", None), ("GET", "/v2", None),
+                                 ("GET", "/v2/models/echo", None), ("GET", "/v2/models/echo/config", None),
+                                 ("GET", "/v2/models/stats", None), ("POST", path, infer)):
+        status, _, answer = _http_exchange(private, method, target, {"Content-Type": "application/json"}, body)
+        assert status == 403 and "restricted" in json.loads(answer)["error"], (target, answer)
+        guessed = {"fashionbox-door-key": "x" * 32, "Content-Type": "application/json"}
+        assert _http_exchange(private, method, target, guessed, body)[0] == 403, target
+        assert _http_exchange(http, method, target, guessed, body)[0] == 200, target  # the caller's value is dropped
+    (door_key,) = re.findall(r"fashionbox-door-key=(\S+)", " ".join(echo_server.command))
+    assert door_key not in echo_server.log_path.read_text()
+
     # The metrics endpoint: Triton's on a private port too, the same names answered.
     started = re.search(r"Started Metrics Service at 127\.0\.0\.1:(\d+)", echo_server.log_path.read_text())
     assert started and int(started[1]) != config.metrics_port

@@ -30,6 +30,7 @@ def build_command(
     upstream_tls: ServerTls | None = None,
     upstream_http_port: int | None = None,
     upstream_metrics_port: int | None = None,
+    door_key: str | None = None,
 ) -> list[str]:
     """The tritonserver command line for ``config``.
 
@@ -39,8 +40,9 @@ def build_command(
     (:mod:`fashionbox.server.front_door`) on that loopback port, with ``upstream_tls`` (the hop's own
     mutual TLS) or plaintext; the front door holds the operator's TLS settings and listens on
     ``config.host``/``config.grpc_port``. ``upstream_http_port``: Triton's HTTP sits behind the door's
-    HTTP side (:mod:`fashionbox.server.http_door`) on that loopback port; ``upstream_metrics_port``: its
-    metrics endpoint behind another such side.
+    HTTP side (:mod:`fashionbox.server.http_door`) on that loopback port, answering only requests that
+    carry ``door_key``, which the door adds (:func:`fashionbox.server.security.security_arguments`);
+    ``upstream_metrics_port``: its metrics endpoint behind another such side.
     """
     locked = locks_repository(config)
     if config.admin_key is None and launcher_key is None:
@@ -84,6 +86,7 @@ def build_command(
             launcher_key=launcher_key,
             repository_open=config.model_control_mode == "explicit",
             secure=config.secure,
+            door_key=door_key if upstream_http_port is not None and config.http else None,
         )
     )
     command.extend(config.extra_args)

@@ -41,7 +41,7 @@ import json
 import logging
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -50,6 +50,7 @@ from yarl import URL
 
 from fashionbox.core.cross_site import RefusalLog, SitePolicy, allowed_hosts
 from fashionbox.server.errors import PortInUseError
+from fashionbox.server.security import DOOR_KEY_NAME
 
 __all__ = ["HOP_BY_HOP_HEADERS", "BodyTooLarge", "HttpDoor", "HttpDoorConfig", "inflate"]
 
@@ -85,6 +86,9 @@ class HttpDoorConfig:
     """The option that gives :attr:`names`, said where a name is refused."""
     label: str = "HTTP"
     """What this listener is, in the log: ``HTTP``, or ``metrics`` for the metrics endpoint's side."""
+    upstream_key: str | None = field(default=None, repr=False)
+    """Sent to Triton with every request as :data:`~fashionbox.server.security.DOOR_KEY_NAME` (and never taken
+    from a caller): Triton's HTTP behind the door answers nothing without it."""
     stop_grace_s: float = 30.0
     """How long requests in flight get to finish when the side stops (then their connections are closed)."""
 
@@ -240,7 +244,10 @@ class HttpDoor:
         # encoded=True: the path and query go on byte for byte, not normalised by yarl.
         url = URL(f"http://{self.config.upstream}{request.raw_path}", encoded=True)
         try:
-            async with self._session.request(request.method, url, headers=_end_to_end(request.headers, drop),
+            headers = _end_to_end(request.headers, [*drop, DOOR_KEY_NAME])
+            if self.config.upstream_key is not None:
+                headers.append((DOOR_KEY_NAME, self.config.upstream_key))
+            async with self._session.request(request.method, url, headers=headers,
                                              data=body if body or request.can_read_body else None,
                                              allow_redirects=False) as upstream:
                 payload = await upstream.read()

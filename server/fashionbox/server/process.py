@@ -164,6 +164,7 @@ class TritonServer:
         self._returncode: int | None = None
         # Without an admin key: closes the APIs no client needs (security.CLOSED_APIS), unlocks the drain.
         self._launcher_key: str | None = None
+        self._door_key: str | None = None  # what the door's HTTP side sends Triton's (security.DOOR_KEY_NAME)
         self._own_log_dir: Path | None = None  # a temporary log folder we made; removed on stop
         self._keep_log = False  # the start failed or the server died: the log explains it
         self._log_start = 0  # where this run's lines begin in the log file
@@ -258,6 +259,7 @@ class TritonServer:
         self._launcher_key = new_launcher_key() if config.admin_key is None else None
         self._upstream_port = self._private_port() if config.uses_front_door else None
         self._upstream_http_port = self._private_port(self._upstream_port) if config.uses_http_door else None
+        self._door_key = new_launcher_key() if self._upstream_http_port is not None else None
         self._upstream_metrics_port = (self._private_port(self._upstream_port, self._upstream_http_port)
                                        if config.uses_metrics_door else None)
         if config.uses_front_door or config.uses_http_door or config.uses_metrics_door:
@@ -269,6 +271,7 @@ class TritonServer:
             config, binary=dist.binary, backend_directory=backend_directory, launcher_key=self._launcher_key,
             upstream_grpc_port=self._upstream_port, upstream_tls=self._hop_tls.server if self._hop_tls else None,
             upstream_http_port=self._upstream_http_port, upstream_metrics_port=self._upstream_metrics_port,
+            door_key=self._door_key,
         )
 
         self._keep_log = False
@@ -286,9 +289,8 @@ class TritonServer:
         # A fresh secret per start, in the child's environment only (its stubs inherit it; not in
         # config.pbtxt nor on the command line): the steps' capability tokens (fashionbox.core.capability).
         env[PIPELINE_SECRET_ENV] = new_secret()
-        logger.info(
-            "starting tritonserver: %s", shlex.join(redact(self._command, config.admin_key, self._launcher_key))
-        )
+        secrets_ = (config.admin_key, self._launcher_key, self._door_key)
+        logger.info("starting tritonserver: %s", shlex.join(redact(self._command, *secrets_)))
         try:
             self._open_front_door()
         except BaseException:
@@ -505,7 +507,7 @@ class TritonServer:
                      if self._upstream_port is not None else None)
         http = (HttpDoorConfig(host=config.http_host, port=config.http_port, max_request_bytes=bound,
                                upstream=f"127.0.0.1:{self._upstream_http_port}", names=config.http_allowed_hosts,
-                               stop_grace_s=config.exit_timeout_s)
+                               upstream_key=self._door_key, stop_grace_s=config.exit_timeout_s)
                 if self._upstream_http_port is not None else None)
         # Scrapes carry no body: the bound is only there because every side has one.
         metrics = (HttpDoorConfig(host=config.host, port=config.metrics_port, max_request_bytes=_METRICS_BODY_BYTES,

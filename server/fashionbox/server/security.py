@@ -40,6 +40,8 @@ from fashionbox.contract import ADMIN_KEY_NAME, ENV_PREFIX
 __all__ = [
     "ADMIN_APIS",
     "CLOSED_APIS",
+    "DOOR_KEY_NAME",
+    "HTTP_APIS",
     "MIN_ADMIN_KEY_CHARS",
     "RESTRICTION_FLAGS",
     "SECURITY_FLAGS",
@@ -55,6 +57,14 @@ __all__ = [
 
 ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
 """Triton API groups only an admin may call: loading models, reading configs, shared memory, stats, trace, logs."""
+
+HTTP_APIS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics",
+             "trace", "logging")
+"""Every API group of Triton's HTTP (2.51), as ``--http-restricted-api`` names them."""
+
+DOOR_KEY_NAME = "fashionbox-door-key"
+"""The header the front door's HTTP side sends Triton with every request (:func:`security_arguments`'
+``door_key``): behind the door, Triton's HTTP answers no group that is not restricted otherwise without it."""
 
 CLOSED_APIS = ("shared-memory", "trace", "logging")
 """Closed in every profile: with the admin key, else with the launcher's key that nobody else knows.
@@ -186,6 +196,7 @@ def security_arguments(
     launcher_key: str | None = None,
     repository_open: bool = False,
     secure: bool = False,
+    door_key: str | None = None,
 ) -> list[str]:
     """Triton flags for TLS and the API restrictions (only the TLS ones when no key is given).
 
@@ -193,19 +204,25 @@ def security_arguments(
     (HTTP has no TLS: plaintext inference would pass the gRPC certificates by). Without it,
     ``launcher_key`` (:func:`new_launcher_key`) closes :data:`CLOSED_APIS` and the model-repository
     API, unless ``repository_open`` (explicit model control without an admin key, loopback only).
+    ``door_key`` (Triton's HTTP behind the front door's HTTP side, on a private loopback port): every
+    other HTTP group (health and metadata included) needs the :data:`DOOR_KEY_NAME` header, which only
+    the door sends, so a web page that finds the private port (DNS rebinding) is answered nothing.
     """
     arguments = tls.arguments() if tls is not None else []
     key = admin_key if admin_key is not None else launcher_key
-    if key is None:
-        return arguments
-    check_admin_key(key)
-    apis = restricted_apis(admin_key=admin_key is not None, repository_open=repository_open)
-    http_apis = (*apis, "inference") if secure else apis
-    return [
-        *arguments,
-        f"--grpc-restricted-protocol={','.join(apis)}:{ADMIN_KEY_NAME}={key}",
-        f"--http-restricted-api={','.join(http_apis)}:{ADMIN_KEY_NAME}={key}",
-    ]
+    apis: tuple[str, ...] = ()
+    http_apis: tuple[str, ...] = ()
+    if key is not None:
+        check_admin_key(key)
+        apis = restricted_apis(admin_key=admin_key is not None, repository_open=repository_open)
+        http_apis = (*apis, "inference") if secure else apis
+        arguments += [f"--grpc-restricted-protocol={','.join(apis)}:{ADMIN_KEY_NAME}={key}",
+                      f"--http-restricted-api={','.join(http_apis)}:{ADMIN_KEY_NAME}={key}"]
+    if door_key is not None:
+        check_admin_key(door_key)
+        rest = [api for api in HTTP_APIS if api not in http_apis]  # Triton takes each group in one restriction
+        arguments.append(f"--http-restricted-api={','.join(rest)}:{DOOR_KEY_NAME}={door_key}")
+    return arguments
 
 
 def new_launcher_key() -> str:
