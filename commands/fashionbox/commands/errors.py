@@ -7,7 +7,7 @@ deserve a plain message rather than a traceback.
 
 from __future__ import annotations
 
-__all__ = ["ADMIN_KEY_HINT", "user_facing"]
+__all__ = ["user_facing"]
 
 # Matched by qualified name through the MRO, so nothing heavy (torch) is imported to check.
 _USER_ERRORS = frozenset({
@@ -23,7 +23,7 @@ _USER_ERRORS = frozenset({
 
 
 _ACCESS_DENIED = "fashionbox.client._exceptions.AccessDenied"
-ADMIN_KEY_HINT = ("the server keeps this behind its admin key (the secure profile): give it with "
+_ADMIN_KEY_HINT = ("the server keeps this behind its admin key (the secure profile): give it with "
                   "--admin-key-file FILE")
 
 
@@ -33,6 +33,6 @@ def user_facing(exc: BaseException) -> str | None:
         return str(exc)
     names = {f"{cls.__module__}.{cls.__qualname__}" for cls in type(exc).__mro__}
     if names & _USER_ERRORS:
-        hint = f" ({ADMIN_KEY_HINT})" if _ACCESS_DENIED in names else ""
+        hint = f" ({_ADMIN_KEY_HINT})" if _ACCESS_DENIED in names else ""
         return f"{type(exc).__name__}: {exc}{hint}"
     return None
