@@ -37,7 +37,7 @@ Google Analytics unless a consent file in the user's home says no; it sends them
 worker thread forks (``multiprocessing``, fork start method) when a graph is compiled. A model server
 sends nothing home; and in a python-backend stub, whose other threads may hold a lock at that moment
 (the import lock, here), the forked child can hang on it for good: the stub's exit then waits for the
-child, so unloading the model hung until Triton's exit timeout (seen once in 25 stops of the shipped
+child, so unloading the model hung until Triton's exit timeout (twice in about 45 stops of the shipped
 repository). :func:`import_openvino` therefore hides the telemetry package before ``openvino`` is
 imported; ``openvino`` takes its absence as "no telemetry" (its own stub), and nothing forks.
 
