@@ -281,11 +281,13 @@ def test_sigterm_refuses_new_requests_cleanly_and_exits_within_the_exit_timeout(
     assert all(o.retryable for o in refused), {f"{type(o).__name__}: {o}" for o in refused}
 
 
+@pytest.mark.parametrize("http", [True, False], ids=["over-http", "over-grpc"])
 def test_a_draining_stop_finishes_every_request_in_flight_and_refuses_new_ones_cleanly(
-    shipped_policy_repository: Path, tmp_path: Path
+    shipped_policy_repository: Path, tmp_path: Path, http: bool
 ) -> None:
-    # The default config: stop() unloads the ensemble first (fashionbox.server.drain), then SIGTERMs.
-    with running_server(shipped_policy_repository, tmp_path, exit_timeout_s=5) as server:
+    # The default config: stop() unloads the ensemble first (fashionbox.server.drain), then SIGTERMs; with
+    # --no-http the drain goes over Triton's gRPC.
+    with running_server(shipped_policy_repository, tmp_path, exit_timeout_s=5, http=http) as server:
         # Larger images: requests long enough that several were sent well before the stop began.
         calls, stopped, stop_s, code = _under_load(server, server.stop, size=(1600, 1200))
 

@@ -317,8 +317,9 @@ def test_http_binds_loopback_apart_from_grpc_and_can_be_turned_off(repository: P
     off = ServerConfig(repository=repository, host="0.0.0.0", http=False, admin_key=KEY)
     command = build_command(off, binary=Path("t"), backend_directory=Path("b"))
     assert "--allow-http=false" in command and not _flag_values(command, "--http-address")
-    # The drain goes over HTTP: without it, mode "none" stays Triton's mode "none".
-    assert "--model-control-mode=none" in command
+    # Without HTTP the drain goes over gRPC: mode "none" is still run as explicit, the repository API locked.
+    assert "--model-control-mode=explicit" in command and "--load-model=*" in command
+    assert any(flag.startswith("model-repository,") for flag in _flag_values(command, "--grpc-restricted-protocol"))
 
 
 def test_http_flags_and_variables(repository: Path) -> None:

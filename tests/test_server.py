@@ -600,11 +600,14 @@ def test_log_file_holds_the_server_output(echo_server: TritonServer) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("front_door", [None, True], ids=["http-door", "grpc-and-http-door"])
-def test_stop_ends_the_server_gracefully(echo_repository: Path, tmp_path: Path, front_door: bool | None) -> None:
+@pytest.mark.parametrize(("front_door", "http"), [(None, True), (True, True), (None, False), (True, False)],
+                         ids=["http-door", "grpc-and-http-door", "no-http", "grpc-door-no-http"])
+def test_stop_ends_the_server_gracefully(echo_repository: Path, tmp_path: Path, front_door: bool | None,
+                                         http: bool) -> None:
     # The door's connections to Triton's HTTP (the readiness checks went through it) must not hold Triton's
     # exit: it waits for open HTTP connections up to its exit timeout, past stop()'s 10 s, then gets killed.
-    config = free_port_config(echo_repository, tmp_path, front_door=front_door)
+    # Without HTTP the models are unloaded over gRPC (Triton's own, or its private port behind the door).
+    config = free_port_config(echo_repository, tmp_path, front_door=front_door, http=http)
     with TritonServer(config) as server:
         pid = server.pid
         assert pid is not None and server.is_alive()
@@ -618,6 +621,26 @@ def test_stop_ends_the_server_gracefully(echo_repository: Path, tmp_path: Path, 
     assert config.log_path is not None
     exit_log = config.log_path.read_text().split("Signal (15) received.")[-1]
     assert "HTTP service connections" not in exit_log
+    assert re.findall(r"Found (\d+) live models", exit_log) == ["0"]
+
+
+@pytest.mark.integration
+def test_a_tls_server_without_http_drains_over_the_doors_own_tls(echo_repository: Path, tmp_path: Path) -> None:
+    # Mutual TLS at the door and no HTTP: the drain and the unloading go to Triton's private port with the
+    # hop's own certificates (the clients' would not do); the exit then finds no live model.
+    from pki import ca_pem, issue, make_ca
+
+    from fashionbox.server.security import ServerTls
+
+    ca = make_ca("stop-test-ca")
+    key, cert = issue(ca, "localhost", server=True).write(tmp_path, "server")
+    (tmp_path / "ca.pem").write_bytes(ca_pem(ca))
+    config = free_port_config(echo_repository, tmp_path, http=False, front_door=True,
+                              tls=ServerTls(cert, key, tmp_path / "ca.pem"))
+    with TritonServer(config) as server:
+        assert server.upstream_grpc != server.endpoints.grpc
+    assert server.returncode == 0 and config.log_path is not None
+    exit_log = config.log_path.read_text().split("Signal (15) received.")[-1]
     assert re.findall(r"Found (\d+) live models", exit_log) == ["0"]
 
 

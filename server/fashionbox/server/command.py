@@ -15,9 +15,9 @@ LOOPBACK = "127.0.0.1"
 
 
 def locks_repository(config: ServerConfig) -> bool:
-    """Whether the server runs Triton's explicit mode only to drain (see ``ServerConfig.drain_on_stop``);
-    the drain goes over HTTP, so not without it."""
-    return config.model_control_mode == "none" and config.drain_on_stop and config.http
+    """Whether the server runs Triton's explicit mode only to drain (see ``ServerConfig.drain_on_stop``;
+    the drain goes over HTTP, or gRPC where HTTP is off)."""
+    return config.model_control_mode == "none" and config.drain_on_stop
 
 
 def build_command(

@@ -279,8 +279,8 @@ class ServerConfig:
     # (the admin key, when set): from outside it is mode "none", nothing can be loaded or unloaded.
     drain_on_stop: bool = dataclasses.field(
         default=True,
-        metadata=declare("on stop, unload the ensemble first so requests inside it finish (over HTTP: not with "
-                         "--no-http)", flag="--drain-on-stop",
+        metadata=declare("on stop, unload the ensemble first so requests inside it finish (over HTTP, or gRPC "
+                         "with --no-http)", flag="--drain-on-stop",
                          env="DRAIN_ON_STOP", parser=BOOLEAN, form="switch"),
     )
     # Written by `fashionbox serve` while every model of the pipeline is READY and no stub died; probes read it.

@@ -58,7 +58,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from fashionbox.contract import ADMIN_KEY_NAME
+from fashionbox.contract import ADMIN_GRPC_HEADER, ADMIN_KEY_NAME
 from fashionbox.core.admission import slots_path
 from fashionbox.core.capability import SECRET_ENV as PIPELINE_SECRET_ENV
 from fashionbox.core.capability import new_secret
@@ -251,8 +251,6 @@ class TritonServer:
             logger.warning("--no-front-door: HTTP goes to Triton directly, which checks neither Host nor Origin, so "
                            "a web page in a browser that reaches %s can use the server (docs/RELIABILITY.md)",
                            config.http_host)
-        if not config.http and config.drain_on_stop:
-            logger.info("HTTP is off: stop() cannot drain the ensemble first (the drain goes over HTTP)")
 
         dist = find_triton_distribution()
         backend_directory = prepare_backend_directory(config.cache_dir)
@@ -421,21 +419,8 @@ class TritonServer:
             self._keep_log = True  # it died on its own: its log says why
         else:
             drains = self.config.model_control_mode == "explicit" or locks_repository(self.config)
-            if timeout_s > 0 and drains and self.config.http:
-                # SIGTERM alone fails ensemble requests between two steps; unloading the ensemble
-                # first lets them finish (fashionbox.server.drain). Needs the repository API. Imported
-                # here so the package never imports it before `python -m fashionbox.server.drain` runs it.
-                from fashionbox.server.drain import drain, unload_all
-
-                key = self.config.admin_key or self._launcher_key
-                headers = {ADMIN_KEY_NAME: key} if key else None
-                drain_s = min(timeout_s, float(self.config.exit_timeout_s))
-                deadline = time.monotonic() + drain_s
-                drained = drain(self.endpoints.http, timeout_s=drain_s, headers=headers)
-                if drained and (left_s := deadline - time.monotonic()) > 0:
-                    # Then the steps, all at once: Triton's exit would unload them too, but it looks
-                    # once a second whether they are gone (a second or two more per stop).
-                    unload_all(self.endpoints.http, timeout_s=left_s, headers=headers)
+            if timeout_s > 0 and drains:
+                self._drain(min(timeout_s, float(self.config.exit_timeout_s)))
             if timeout_s > 0 and self._front_door is not None:
                 # Triton's exit waits for every HTTP connection still open, looking once a second, and the
                 # door keeps idle ones to it: closed first, stop() takes a second less (requests in flight
@@ -467,6 +452,36 @@ class TritonServer:
         logger.info("tritonserver stopped with code %d", self._returncode)
         self._remove_own_log_dir()
         return self._returncode
+
+    def _drain(self, drain_s: float) -> None:
+        """Before SIGTERM: unload the ensemble and wait for what is inside it (SIGTERM alone fails requests
+        between two steps: fashionbox.server.drain), then every other model, all at once (Triton's exit
+        would look only once a second whether they are gone). Over HTTP, else gRPC; within ``drain_s``."""
+        # Imported here so the package never imports it before `python -m fashionbox.server.drain` runs it.
+        from fashionbox.server.drain import GrpcRepositoryApi, HttpRepositoryApi, RepositoryApi, drain, unload_all
+
+        config = self.config
+        key = config.admin_key or self._launcher_key
+        api: RepositoryApi
+        grpc_api: GrpcRepositoryApi | None = None
+        if config.http:
+            api = HttpRepositoryApi(self.endpoints.http, {ADMIN_KEY_NAME: key} if key else None)
+        elif self._upstream_port is not None or config.tls is None:  # Triton's own gRPC: a private port, or plaintext
+            hop = self._hop_tls
+            api = grpc_api = GrpcRepositoryApi(
+                self.upstream_grpc,
+                credentials=hop.channel_credentials() if hop is not None else None,
+                metadata=((ADMIN_GRPC_HEADER, key),) if key else ())
+        else:
+            logger.info("no drain before stopping: HTTP is off and Triton's own gRPC takes only the clients' TLS")
+            return
+        deadline = time.monotonic() + drain_s
+        try:
+            if drain(api, timeout_s=drain_s) and (left_s := deadline - time.monotonic()) > 0:
+                unload_all(api, timeout_s=left_s)
+        finally:
+            if grpc_api is not None:
+                grpc_api.close()
 
     def __enter__(self: _T) -> _T:
         self.start()
