@@ -6,6 +6,7 @@ import argparse
 import ast
 import dataclasses
 import json
+import logging
 import os
 import re
 import signal
@@ -452,6 +453,55 @@ def test_a_taken_port_raises_port_in_use_error_naming_the_port(echo_repository: 
 @pytest.fixture
 def echo_server(triton_server: TritonServers, echo_repository: Path) -> TritonServer:
     return triton_server(echo_repository)
+
+
+@pytest.mark.integration
+def test_the_drain_over_grpc_is_refused_without_the_key_and_says_so(
+    echo_server: TritonServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The repository API is locked behind the launcher's key on gRPC too: a drain without it changes nothing.
+    from fashionbox.server.drain import GrpcRepositoryApi, drain, unload_all
+
+    api = GrpcRepositoryApi(echo_server.upstream_grpc)
+    try:
+        with caplog.at_level(logging.WARNING, logger="fashionbox.server.drain"):
+            assert drain(api, timeout_s=5) is False
+            assert unload_all(api, timeout_s=5) is False
+    finally:
+        api.close()
+    assert "could not drain fashion before stopping: gRPC" in caplog.text
+    assert "could not unload every model before stopping: gRPC" in caplog.text and "restricted" in caplog.text
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(echo_server.endpoints.grpc)
+    try:
+        assert client.is_model_ready("echo")
+    finally:
+        client.close()
+
+
+@pytest.mark.integration
+def test_the_drain_command_drains_a_server_without_http_over_grpc(echo_repository: Path, tmp_path: Path) -> None:
+    # The operator's tool for a Triton started some other way, here one without HTTP: refused without the key
+    # (the repository API is locked), then the model is unloaded.
+    import tritonclient.grpc as grpcclient
+
+    with TritonServer(free_port_config(echo_repository, tmp_path, http=False)) as server:
+        (key,) = re.findall(r"--grpc-restricted-protocol=\S+:admin-key=(\S+)", " ".join(server.command))
+        env = {name: value for name, value in os.environ.items() if not name.startswith("FASHIONBOX_")}
+        command = [sys.executable, "-m", "fashionbox.server.drain", f"--grpc-url={server.endpoints.grpc}",
+                   "--model=echo", "--timeout-s=10"]
+        refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert refused.returncode == 1 and "could not drain echo before stopping: gRPC" in refused.stderr
+        drained = subprocess.run(command, env={**env, "FASHIONBOX_ADMIN_KEY": key}, capture_output=True, text=True,
+                                 timeout=60, check=False)
+        assert drained.returncode == 0 and "drained echo" in drained.stderr, drained.stderr
+        assert key not in drained.stderr
+        client = grpcclient.InferenceServerClient(server.endpoints.grpc)
+        try:
+            assert not client.is_model_ready("echo")
+        finally:
+            client.close()
 
 
 @pytest.fixture

@@ -195,11 +195,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import argparse
 
-    from fashionbox.contract import ADMIN_KEY_NAME, DEFAULT_HTTP_PORT
+    from fashionbox.contract import ADMIN_GRPC_HEADER, ADMIN_KEY_NAME, DEFAULT_HTTP_PORT
     from fashionbox.server.security import SecurityError, read_admin_key
 
     parser = argparse.ArgumentParser(prog="python -m fashionbox.server.drain", description=main.__doc__)
-    parser.add_argument("--http-url", default=f"http://127.0.0.1:{DEFAULT_HTTP_PORT}", help="server HTTP base URL")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--http-url", default=f"http://127.0.0.1:{DEFAULT_HTTP_PORT}", help="server HTTP base URL")
+    where.add_argument("--grpc-url", metavar="HOST:PORT",
+                       help="drain over the server's gRPC instead (plaintext: a server without HTTP, on its host)")
     parser.add_argument("--timeout-s", type=float, default=10.0, help="longest wait for requests in flight")
     parser.add_argument("--model", action="append", dest="models", help=f"model to unload (default {ENSEMBLE_MODEL})")
     args = parser.parse_args(argv)
@@ -208,10 +211,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         key = read_admin_key()
     except SecurityError as exc:
         parser.error(str(exc))
-    headers = {ADMIN_KEY_NAME: key} if key else None
-    drained = drain(args.http_url.rstrip("/"), tuple(args.models or (ENSEMBLE_MODEL,)), timeout_s=args.timeout_s,
-                    headers=headers)
-    return 0 if drained else 1
+    models = tuple(args.models or (ENSEMBLE_MODEL,))
+    if args.grpc_url is None:
+        drained = drain(args.http_url.rstrip("/"), models, timeout_s=args.timeout_s,
+                        headers={ADMIN_KEY_NAME: key} if key else None)
+        return 0 if drained else 1
+    api = GrpcRepositoryApi(args.grpc_url, metadata=((ADMIN_GRPC_HEADER, key),) if key else ())
+    try:
+        return 0 if drain(api, models, timeout_s=args.timeout_s) else 1
+    finally:
+        api.close()
 
 
 if __name__ == "__main__":
