@@ -139,6 +139,28 @@ def test_a_request_and_its_answer_cross_the_door_unchanged(door: FrontDoor, upst
     assert "x-hop" not in sent and "keep-alive" not in sent  # named by Connection, or hop-by-hop
 
 
+def test_closing_the_http_side_waits_for_a_slow_body_no_longer_than_its_grace(upstream: tuple[str, Seen]) -> None:
+    # stop() closes the HTTP side before SIGTERM (once drained): a client sending its body slowly must not hold
+    # the stop longer than the side's grace (aiohttp's own default: 60 s).
+    (http_port,) = find_free_ports(1)
+    side = FrontDoor(None, HttpDoorConfig(host="127.0.0.1", port=http_port, upstream=upstream[0],
+                                          max_request_bytes=BOUND, stop_grace_s=0.5))
+    side.start()
+    try:
+        with socket.create_connection(("127.0.0.1", http_port), timeout=30) as slow:
+            slow.sendall(b"POST /v2/models/fashion/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"inputs\"")  # and the rest never comes
+            time.sleep(0.3)
+            started = time.monotonic()
+            side.close_http()
+            took_s = time.monotonic() - started
+            assert took_s < 5, took_s
+            assert slow.recv(4096) == b""  # its connection closed
+        assert not side.running
+    finally:
+        side.stop()
+
+
 def test_the_door_sends_triton_its_own_key_and_never_a_callers(upstream: tuple[str, Seen]) -> None:
     # Triton's HTTP behind the door answers only requests with the door's key (tests/test_server.py); a caller
     # that sends the header itself neither adds a value nor replaces the door's.

@@ -89,8 +89,10 @@ class HttpDoorConfig:
     upstream_key: str | None = field(default=None, repr=False)
     """Sent to Triton with every request as :data:`~fashionbox.server.security.DOOR_KEY_NAME` (and never taken
     from a caller): Triton's HTTP behind the door answers nothing without it."""
-    stop_grace_s: float = 30.0
-    """How long requests in flight get to finish when the side stops (then their connections are closed)."""
+    stop_grace_s: float = 5.0
+    """How long requests in flight get to finish when the side stops (then their connections are closed). The
+    server stops it before SIGTERM only once the ensemble is drained, so nothing long is left in flight; a
+    client that sends its body slowly holds the stop this long at most."""
 
     def __post_init__(self) -> None:
         if self.max_request_bytes < 1:

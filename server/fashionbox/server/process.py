@@ -419,12 +419,12 @@ class TritonServer:
             self._keep_log = True  # it died on its own: its log says why
         else:
             drains = self.config.model_control_mode == "explicit" or locks_repository(self.config)
-            if timeout_s > 0 and drains:
-                self._drain(min(timeout_s, float(self.config.exit_timeout_s)))
-            if timeout_s > 0 and self._front_door is not None:
+            drained = timeout_s > 0 and drains and self._drain(min(timeout_s, float(self.config.exit_timeout_s)))
+            if drained and self._front_door is not None:
                 # Triton's exit waits for every HTTP connection still open, looking once a second, and the
-                # door keeps idle ones to it: closed first, stop() takes a second less (requests in flight
-                # get the exit timeout). gRPC stays open: Triton answers or fails those calls itself.
+                # door keeps idle ones to it: closed first, stop() takes a second less. Only once drained:
+                # nothing long is left in flight then (requests get the side's stop_grace_s); undrained, the
+                # door stays open while Triton finishes what it holds. gRPC stays open either way.
                 self._front_door.close_http()
             with contextlib.suppress(OSError):  # the stubs' regions, to remove if they are killed
                 self._stub_regions.update(StubWatch.of(process.pid).regions)
@@ -453,10 +453,11 @@ class TritonServer:
         self._remove_own_log_dir()
         return self._returncode
 
-    def _drain(self, drain_s: float) -> None:
+    def _drain(self, drain_s: float) -> bool:
         """Before SIGTERM: unload the ensemble and wait for what is inside it (SIGTERM alone fails requests
         between two steps: fashionbox.server.drain), then every other model, all at once (Triton's exit
-        would look only once a second whether they are gone). Over HTTP, else gRPC; within ``drain_s``."""
+        would look only once a second whether they are gone). Over HTTP, else gRPC; within ``drain_s``.
+        Whether the ensemble was drained."""
         # Imported here so the package never imports it before `python -m fashionbox.server.drain` runs it.
         from fashionbox.server.drain import GrpcRepositoryApi, HttpRepositoryApi, RepositoryApi, drain, unload_all
 
@@ -474,11 +475,13 @@ class TritonServer:
                 metadata=((ADMIN_GRPC_HEADER, key),) if key else ())
         else:
             logger.info("no drain before stopping: HTTP is off and Triton's own gRPC takes only the clients' TLS")
-            return
+            return False
         deadline = time.monotonic() + drain_s
         try:
-            if drain(api, timeout_s=drain_s) and (left_s := deadline - time.monotonic()) > 0:
+            drained = drain(api, timeout_s=drain_s)
+            if drained and (left_s := deadline - time.monotonic()) > 0:
                 unload_all(api, timeout_s=left_s)
+            return drained
         finally:
             if grpc_api is not None:
                 grpc_api.close()
@@ -522,13 +525,12 @@ class TritonServer:
                      if self._upstream_port is not None else None)
         http = (HttpDoorConfig(host=config.http_host, port=config.http_port, max_request_bytes=bound,
                                upstream=f"127.0.0.1:{self._upstream_http_port}", names=config.http_allowed_hosts,
-                               upstream_key=self._door_key, stop_grace_s=config.exit_timeout_s)
+                               upstream_key=self._door_key)
                 if self._upstream_http_port is not None else None)
         # Scrapes carry no body: the bound is only there because every side has one.
         metrics = (HttpDoorConfig(host=config.host, port=config.metrics_port, max_request_bytes=_METRICS_BODY_BYTES,
                                   upstream=f"127.0.0.1:{self._upstream_metrics_port}",
-                                  names=config.metrics_allowed_hosts, flag="--metrics-allowed-host", label="metrics",
-                                  stop_grace_s=config.exit_timeout_s)
+                                  names=config.metrics_allowed_hosts, flag="--metrics-allowed-host", label="metrics")
                    if self._upstream_metrics_port is not None else None)
         door = FrontDoor(grpc_side, http, metrics)
         door.start()
